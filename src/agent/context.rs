@@ -1,0 +1,83 @@
+//! Renders a step's context for the LLM: compact, each value once, nothing escaped.
+
+use std::fmt::Write;
+
+use serde_json::Value;
+
+use super::StepContext;
+
+/// Earlier outputs that are not declared inputs are cut to this many characters.
+const OTHER_OUTPUT_LIMIT: usize = 1000;
+
+/// A value as the LLM should read it: strings as they are, anything else as compact JSON.
+pub fn render_value(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn truncate(text: &str, limit: usize) -> String {
+    match text.char_indices().nth(limit) {
+        Some((cut, _)) => format!("{}… (truncated)", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+pub(super) fn render(ctx: &StepContext) -> String {
+    let mut out = format!("Task: {}\n", ctx.step.task);
+    if !ctx.inputs.is_empty() {
+        out.push_str("Inputs:\n");
+        for input in &ctx.inputs {
+            let _ = writeln!(out, "- {} ({}): {}", input.name, input.description, render_value(&input.value));
+        }
+    }
+    if !ctx.other_outputs.is_empty() {
+        out.push_str("Earlier outputs:\n");
+        for (name, value) in &ctx.other_outputs {
+            let _ = writeln!(out, "- {name}: {}", truncate(&render_value(value), OTHER_OUTPUT_LIMIT));
+        }
+    }
+    let answers: Vec<_> = ctx.clarifications.iter().filter(|c| c.resolved).collect();
+    if !answers.is_empty() {
+        out.push_str("The user's answers (these override anything else):\n");
+        for c in answers {
+            let subject = c.argument_name().unwrap_or(&c.user_guidance);
+            let response = c.response.as_ref().map(render_value).unwrap_or_default();
+            let _ = writeln!(out, "- {subject}: {response}");
+        }
+    }
+    let ec = &ctx.execution_context;
+    if ec.end_user_id.is_some() || !ec.additional_data.is_empty() {
+        out.push_str("End user:");
+        if let Some(id) = &ec.end_user_id {
+            let _ = write!(out, " id {id}");
+        }
+        for (key, value) in &ec.additional_data {
+            let _ = write!(out, "; {key}: {value}");
+        }
+        out.push('\n');
+    }
+    for line in ec.agent_system_context_extension.iter().flatten() {
+        let _ = writeln!(out, "Note: {line}");
+    }
+    let _ = write!(out, "Today: {}", ctx.today);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        assert_eq!(truncate("héllo", 2), "hé… (truncated)");
+        assert_eq!(truncate("hi", 5), "hi");
+    }
+
+    #[test]
+    fn strings_render_raw_and_others_as_json() {
+        assert_eq!(render_value(&Value::from("a <b> & 'c'")), "a <b> & 'c'");
+        assert_eq!(render_value(&serde_json::json!({"x": 1})), "{\"x\":1}");
+    }
+}

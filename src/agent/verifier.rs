@@ -1,0 +1,145 @@
+use std::sync::Arc;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::one_shot::{ToolAttempt, failed, finish, retries_exhausted, run_tool};
+use super::{Agent, LLM_TOOL_ID, MAX_TOOL_RETRIES, StepContext, StepResult, llm_step};
+use crate::agent::StepOutcome;
+use crate::clarification::Clarification;
+use crate::config::ModelRole;
+use crate::llm::{LlmRequest, Message, OutputSchema, Usage, structured};
+use crate::tool::Tool;
+
+const SYSTEM: &str = "You prepare the arguments of one tool call for a step of a plan. \
+For every argument of the tool, give its value and where it comes from. Use only the task, the inputs, \
+earlier outputs and the user's answers; when none of them supports a value, give null with source \"missing\" \
+rather than a guess. A value may be reformatted to fit the schema.";
+
+/// Where the model says an argument's value comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+enum Source {
+    Task,
+    Input,
+    Clarification,
+    Context,
+    Missing,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+struct ProposedArgument {
+    name: String,
+    value: Value,
+    source: Source,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+struct ProposedArguments {
+    arguments: Vec<ProposedArgument>,
+}
+
+/// Checks where each argument comes from before calling the tool.
+///
+/// One structured LLM call proposes every argument with its source. A required
+/// argument that is missing, or that nothing in the context supports, becomes an
+/// Input clarification instead of a made-up value; on resume the human's answers
+/// fill those arguments. Soft tool errors re-ask for the arguments with the errors
+/// shown, up to [`MAX_TOOL_RETRIES`] times.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VerifierAgent;
+
+#[async_trait::async_trait]
+impl Agent for VerifierAgent {
+    async fn execute(&self, ctx: &StepContext) -> StepResult {
+        match &ctx.tool {
+            None => llm_step::answer(ctx).await,
+            Some(tool) if tool.id() == LLM_TOOL_ID => llm_step::through_tool(ctx, tool).await,
+            Some(tool) => verify_and_call(ctx, Arc::clone(tool)).await,
+        }
+    }
+}
+
+async fn verify_and_call(ctx: &StepContext, tool: Arc<dyn Tool>) -> StepResult {
+    let mut usage = Usage::default();
+    let mut errors: Vec<String> = Vec::new();
+    loop {
+        let proposed = match propose(ctx, tool.as_ref(), &errors).await {
+            Ok((proposed, spent)) => {
+                usage += spent;
+                proposed
+            }
+            Err(message) => return failed(message, usage),
+        };
+        let (args, unsupported) = settle_arguments(ctx, &tool.args_schema(), proposed);
+        if !unsupported.is_empty() {
+            let clarifications =
+                unsupported.into_iter().map(|(name, why)| Clarification::input(ctx.workflow_id, name, why)).collect();
+            return StepResult { outcome: StepOutcome::Clarifications(clarifications), usage };
+        }
+        match run_tool(ctx, tool.as_ref(), Value::Object(args)).await {
+            ToolAttempt::Finished(outcome) => return finish(ctx, tool.as_ref(), outcome, usage).await,
+            ToolAttempt::Retry(message) => {
+                errors.push(message);
+                if errors.len() > MAX_TOOL_RETRIES {
+                    return failed(retries_exhausted(tool.id(), &errors), usage);
+                }
+            }
+        }
+    }
+}
+
+async fn propose(ctx: &StepContext, tool: &dyn Tool, errors: &[String]) -> Result<(ProposedArguments, Usage), String> {
+    let mut prompt = format!(
+        "{}\nTool: {} ({})\nArguments schema: {}",
+        ctx.prompt(),
+        tool.id(),
+        tool.description(),
+        tool.args_schema()
+    );
+    if !errors.is_empty() {
+        prompt.push_str("\nEarlier attempts failed; do not repeat these mistakes:\n- ");
+        prompt.push_str(&errors.join("\n- "));
+    }
+    let request = LlmRequest::new(ModelRole::Execution, vec![Message::system(SYSTEM), Message::user(prompt)])
+        .with_output_schema(OutputSchema::of::<ProposedArguments>("ProposedArguments"));
+    structured(ctx.llm.as_ref(), request).await.map_err(|e| format!("LLM call failed: {e}"))
+}
+
+/// Applies the human's answers, and splits the proposal into the arguments to send
+/// and the required ones nothing supports (`(name, guidance)`).
+fn settle_arguments(
+    ctx: &StepContext,
+    schema: &Value,
+    proposed: ProposedArguments,
+) -> (Map<String, Value>, Vec<(String, String)>) {
+    let properties = schema.get("properties").and_then(Value::as_object);
+    let required: Vec<&str> =
+        schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+    let answer = |name: &str| {
+        ctx.clarifications
+            .iter()
+            .rev()
+            .find(|c| c.resolved && c.argument_name() == Some(name))
+            .and_then(|c| c.response.clone())
+    };
+    let mut args = Map::new();
+    for argument in proposed.arguments {
+        let known = properties.is_none_or(|p| p.contains_key(&argument.name));
+        let supported = argument.source != Source::Missing && !argument.value.is_null();
+        if known && supported {
+            args.insert(argument.name, argument.value);
+        }
+    }
+    let mut unsupported = Vec::new();
+    for name in properties.into_iter().flat_map(|p| p.keys()) {
+        if let Some(value) = answer(name) {
+            args.insert(name.clone(), value);
+        } else if required.contains(&name.as_str()) && !args.contains_key(name) {
+            let about = properties.and_then(|p| p[name].get("description")).and_then(Value::as_str).unwrap_or("");
+            unsupported.push((name.clone(), format!("Please provide a value for `{name}`. {about}").trim().to_owned()));
+        }
+    }
+    (args, unsupported)
+}

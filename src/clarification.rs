@@ -1,0 +1,237 @@
+//! Clarifications: questions a workflow puts to a human before it can go on.
+//!
+//! A tool or an agent raises a [`Clarification`]; the workflow stops in
+//! NEED_CLARIFICATION until every open one is resolved with
+//! [`Runner::resolve_clarification`](crate::Runner::resolve_clarification), then runs on.
+//! In JSON a clarification is one flat object whose `category` says which kind it is,
+//! so it reads back as exactly the kind it was written as.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ids::{ClarificationId, WorkflowId};
+use crate::{Error, Result};
+
+/// A question to a human, with the answer once given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Clarification {
+    /// The clarification's id.
+    #[serde(default)]
+    pub id: ClarificationId,
+    /// The workflow that raised it.
+    pub workflow_id: WorkflowId,
+    /// The index of the step that raised it (set by the runner).
+    #[serde(default)]
+    pub step: Option<usize>,
+    /// What to tell the human.
+    pub user_guidance: String,
+    /// Whether a response has been given.
+    #[serde(default)]
+    pub resolved: bool,
+    /// The human's response (for a value confirmation, the value to confirm until resolved).
+    #[serde(default)]
+    pub response: Option<Value>,
+    /// The kind of question and its own fields.
+    #[serde(flatten)]
+    pub kind: ClarificationKind,
+}
+
+/// The kinds of clarification, tagged in JSON by `category`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "category")]
+#[non_exhaustive]
+pub enum ClarificationKind {
+    /// A value for an argument is needed.
+    #[serde(rename = "Input")]
+    Input {
+        /// The argument the value is for.
+        argument_name: String,
+    },
+    /// One of a list of options must be chosen.
+    #[serde(rename = "Multiple Choice")]
+    MultipleChoice {
+        /// The argument the choice is for.
+        argument_name: String,
+        /// The options; a response must be one of them.
+        options: Vec<Value>,
+    },
+    /// A value (in `response`) must be confirmed before it is used.
+    #[serde(rename = "Value Confirmation")]
+    ValueConfirmation {
+        /// The argument the value is for.
+        argument_name: String,
+    },
+    /// The human must do something at a URL (for example sign in); the tool's
+    /// `ready` check tells when it is done.
+    #[serde(rename = "Action")]
+    Action {
+        /// Where the human acts.
+        action_url: String,
+    },
+    /// Anything else, described by a name and free data.
+    #[serde(rename = "Custom")]
+    Custom {
+        /// What the clarification is about.
+        name: String,
+        /// Free data for the front end that shows it.
+        #[serde(default)]
+        data: Value,
+    },
+}
+
+impl Clarification {
+    fn new(workflow_id: WorkflowId, user_guidance: impl Into<String>, kind: ClarificationKind) -> Self {
+        Self {
+            id: ClarificationId::new(),
+            workflow_id,
+            step: None,
+            user_guidance: user_guidance.into(),
+            resolved: false,
+            response: None,
+            kind,
+        }
+    }
+
+    /// Asks for a value for `argument_name`.
+    pub fn input(workflow_id: WorkflowId, argument_name: impl Into<String>, user_guidance: impl Into<String>) -> Self {
+        Self::new(workflow_id, user_guidance, ClarificationKind::Input { argument_name: argument_name.into() })
+    }
+
+    /// Asks the human to pick one of `options` for `argument_name`.
+    pub fn multiple_choice(
+        workflow_id: WorkflowId,
+        argument_name: impl Into<String>,
+        options: Vec<Value>,
+        user_guidance: impl Into<String>,
+    ) -> Self {
+        let kind = ClarificationKind::MultipleChoice { argument_name: argument_name.into(), options };
+        Self::new(workflow_id, user_guidance, kind)
+    }
+
+    /// Asks the human to confirm `value` for `argument_name`.
+    pub fn value_confirmation(
+        workflow_id: WorkflowId,
+        argument_name: impl Into<String>,
+        value: Value,
+        user_guidance: impl Into<String>,
+    ) -> Self {
+        let kind = ClarificationKind::ValueConfirmation { argument_name: argument_name.into() };
+        Self { response: Some(value), ..Self::new(workflow_id, user_guidance, kind) }
+    }
+
+    /// Asks the human to act at `action_url`.
+    pub fn action(workflow_id: WorkflowId, action_url: impl Into<String>, user_guidance: impl Into<String>) -> Self {
+        Self::new(workflow_id, user_guidance, ClarificationKind::Action { action_url: action_url.into() })
+    }
+
+    /// A clarification of your own kind.
+    pub fn custom(
+        workflow_id: WorkflowId,
+        name: impl Into<String>,
+        data: Value,
+        user_guidance: impl Into<String>,
+    ) -> Self {
+        Self::new(workflow_id, user_guidance, ClarificationKind::Custom { name: name.into(), data })
+    }
+
+    /// The `category` string this kind is tagged with in JSON.
+    pub fn category(&self) -> &'static str {
+        match self.kind {
+            ClarificationKind::Input { .. } => "Input",
+            ClarificationKind::MultipleChoice { .. } => "Multiple Choice",
+            ClarificationKind::ValueConfirmation { .. } => "Value Confirmation",
+            ClarificationKind::Action { .. } => "Action",
+            ClarificationKind::Custom { .. } => "Custom",
+        }
+    }
+
+    /// The argument this clarification supplies, for the argument kinds.
+    pub fn argument_name(&self) -> Option<&str> {
+        match &self.kind {
+            ClarificationKind::Input { argument_name }
+            | ClarificationKind::MultipleChoice { argument_name, .. }
+            | ClarificationKind::ValueConfirmation { argument_name } => Some(argument_name),
+            ClarificationKind::Action { .. } | ClarificationKind::Custom { .. } => None,
+        }
+    }
+
+    /// Records the human's response and marks the clarification resolved.
+    ///
+    /// # Errors
+    /// [`Error::InvalidClarificationResponse`] when a multiple-choice response is not one
+    /// of the options; the clarification is then left unchanged.
+    pub fn resolve(&mut self, response: Value) -> Result<()> {
+        if let ClarificationKind::MultipleChoice { options, .. } = &self.kind {
+            if !options.contains(&response) {
+                return Err(Error::InvalidClarificationResponse {
+                    clarification_id: self.id,
+                    message: format!("{response} is not one of the options {}", Value::Array(options.clone())),
+                });
+            }
+        }
+        self.response = Some(response);
+        self.resolved = true;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn round_trip(clarification: &Clarification) -> Clarification {
+        let text = serde_json::to_string(clarification).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn every_kind_round_trips_losslessly() {
+        let wf = WorkflowId::new();
+        let all = [
+            Clarification::input(wf, "city", "Which city?"),
+            Clarification::multiple_choice(wf, "file", vec![json!("a.txt"), json!("b.txt")], "Which file?"),
+            Clarification::value_confirmation(wf, "amount", json!(42), "Send 42?"),
+            Clarification::action(wf, "https://example.com/auth", "Sign in"),
+            Clarification::custom(wf, "approval", json!({"level": 2}), "Approve?"),
+        ];
+        for clarification in all {
+            assert_eq!(round_trip(&clarification), clarification, "{}", clarification.category());
+        }
+    }
+
+    #[test]
+    fn json_is_flat_and_tagged_by_category() {
+        let c = Clarification::multiple_choice(WorkflowId::new(), "file", vec![json!("a")], "Pick");
+        let value = serde_json::to_value(&c).unwrap();
+        assert_eq!(value["category"], "Multiple Choice");
+        assert_eq!(value["argument_name"], "file");
+        assert_eq!(value["options"], json!(["a"]));
+        assert_eq!(value["resolved"], false);
+    }
+
+    #[test]
+    fn value_confirmation_stays_value_confirmation() {
+        let c = Clarification::value_confirmation(WorkflowId::new(), "x", json!(1), "ok?");
+        assert_eq!(round_trip(&c).category(), "Value Confirmation");
+    }
+
+    #[test]
+    fn multiple_choice_refuses_response_outside_options() {
+        let mut c = Clarification::multiple_choice(WorkflowId::new(), "f", vec![json!("a"), json!("b")], "Pick");
+        let err = c.resolve(json!("c")).unwrap_err();
+        assert!(matches!(err, Error::InvalidClarificationResponse { .. }));
+        assert!(err.to_string().contains("\"c\" is not one of the options"), "{err}");
+        assert!(!c.resolved);
+        c.resolve(json!("b")).unwrap();
+        assert!(c.resolved);
+        assert_eq!(c.response, Some(json!("b")));
+    }
+
+    #[test]
+    fn unknown_category_is_an_error() {
+        let json = json!({"workflow_id": WorkflowId::new(), "user_guidance": "x", "category": "Telepathy"});
+        assert!(serde_json::from_value::<Clarification>(json).is_err());
+    }
+}

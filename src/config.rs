@@ -1,0 +1,879 @@
+//! Configuration: which LLM to use, API keys, storage, logging and limits.
+//!
+//! Build a [`Config`] from the environment ([`Config::from_env`], which loads `.env`
+//! first), from a TOML or JSON file ([`Config::from_file`]), or in code
+//! ([`Config::builder`]). Every environment variable is listed in the README and in
+//! `.env.example`. API keys are [`Secret`]s: redacted in `Debug` and never written
+//! out by [`Config::to_json`] or [`Config::to_toml`].
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::{Error, Result};
+
+/// A secret such as an API key. Its `Debug` output is redacted and it is never serialized.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret in clear, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(\"**********\")")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret)
+    }
+}
+
+/// Declares a config enum that parses case-insensitively from its documented names
+/// (`-` and `_` are interchangeable) and serializes as the first name.
+macro_rules! config_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => [$main:literal $(, $alias:literal)*]),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum $name {
+            $($(#[$vdoc])* $variant),+
+        }
+
+        impl $name {
+            /// Every value, in documentation order.
+            pub const ALL: &'static [Self] = &[$(Self::$variant),+];
+
+            /// The documented name of this value.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $main),+ }
+            }
+
+            fn names() -> String {
+                [$($main),+].join(", ")
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+
+            fn from_str(text: &str) -> std::result::Result<Self, String> {
+                let wanted = text.trim().to_ascii_lowercase().replace('_', "-");
+                $(if wanted == $main.replace('_', "-") $(|| wanted == $alias)* {
+                    return Ok(Self::$variant);
+                })+
+                Err(format!("unknown value {text:?}; valid values are: {}", Self::names()))
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+                let text = String::deserialize(deserializer)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+config_enum!(
+    /// The LLM provider, chosen by `PORTIA_LLM_PROVIDER`.
+    LlmProvider {
+        /// OpenAI's Chat Completions API.
+        OpenAi => ["openai", "open-ai"],
+        /// Anthropic's Messages API.
+        Anthropic => ["anthropic", "claude"],
+        /// Mistral's OpenAI-compatible API.
+        Mistral => ["mistral", "mistralai"],
+        /// Any OpenAI-compatible server at `PORTIA_LLM_BASE_URL` (vLLM, LM Studio, ...).
+        OpenAiCompatible => ["openai-compatible", "compatible"],
+        /// A local Ollama server.
+        Ollama => ["ollama"],
+        /// Groq's OpenAI-compatible API.
+        Groq => ["groq"],
+        /// OpenRouter's OpenAI-compatible API.
+        OpenRouter => ["openrouter"],
+    }
+);
+
+impl LlmProvider {
+    /// The model used when none is configured.
+    pub fn default_model(self) -> &'static str {
+        match self {
+            Self::OpenAi => "gpt-4.1-mini",
+            Self::Anthropic => "claude-sonnet-4-5",
+            Self::Mistral => "mistral-large-latest",
+            Self::OpenAiCompatible | Self::Ollama => "llama3.1",
+            Self::Groq => "llama-3.3-70b-versatile",
+            Self::OpenRouter => "openai/gpt-4.1-mini",
+        }
+    }
+
+    /// The base URL used when none is configured.
+    pub fn default_base_url(self) -> &'static str {
+        match self {
+            Self::OpenAi => "https://api.openai.com/v1",
+            Self::Anthropic => "https://api.anthropic.com",
+            Self::Mistral => "https://api.mistral.ai/v1",
+            Self::OpenAiCompatible | Self::Ollama => "http://localhost:11434/v1",
+            Self::Groq => "https://api.groq.com/openai/v1",
+            Self::OpenRouter => "https://openrouter.ai/api/v1",
+        }
+    }
+
+    /// The environment variable holding this provider's API key, if it needs one.
+    pub fn api_key_var(self) -> Option<&'static str> {
+        match self {
+            Self::OpenAi => Some("OPENAI_API_KEY"),
+            Self::Anthropic => Some("ANTHROPIC_API_KEY"),
+            Self::Mistral => Some("MISTRAL_API_KEY"),
+            Self::Groq => Some("GROQ_API_KEY"),
+            Self::OpenRouter => Some("OPENROUTER_API_KEY"),
+            Self::OpenAiCompatible | Self::Ollama => None,
+        }
+    }
+
+    /// Whether the provider speaks the OpenAI Chat Completions protocol.
+    pub fn is_openai_protocol(self) -> bool {
+        self != Self::Anthropic
+    }
+}
+
+config_enum!(
+    /// Where workflows and plans are stored, chosen by `PORTIA_STORAGE`.
+    StorageKind {
+        /// In memory, lost when the process ends.
+        Memory => ["memory", "mem"],
+        /// One JSON file per plan and workflow under `storage_dir`.
+        Disk => ["disk", "file"],
+    }
+);
+
+config_enum!(
+    /// The execution agent, chosen by `PORTIA_AGENT`.
+    AgentKind {
+        /// One tool-calling LLM call per step.
+        OneShot => ["one_shot", "oneshot"],
+        /// Checks each argument's origin first and asks a human for missing or invented ones.
+        Verifier => ["verifier"],
+    }
+);
+
+config_enum!(
+    /// How steps are scheduled, chosen by `PORTIA_EXECUTION`.
+    ExecutionMode {
+        /// Steps whose inputs are ready run at the same time, up to `max_parallel_steps`.
+        Parallel => ["parallel"],
+        /// One step at a time, in plan order.
+        Sequential => ["sequential"],
+    }
+);
+
+config_enum!(
+    /// The log level, chosen by `PORTIA_LOG_LEVEL`.
+    LogLevel {
+        /// Everything, plan and step outputs included.
+        Trace => ["trace"],
+        /// Plans and step outputs.
+        Debug => ["debug"],
+        /// State changes.
+        Info => ["info"],
+        /// Problems that did not stop the run.
+        Warn => ["warn", "warning"],
+        /// Failures only.
+        Error => ["error"],
+    }
+);
+
+/// What an LLM call is for; each purpose can use its own model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelRole {
+    /// Writing plans.
+    Planning,
+    /// Running steps.
+    Execution,
+    /// Summarizing step and final outputs.
+    Summary,
+}
+
+/// A provider and one of its models.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ModelRef {
+    /// The provider that serves the model.
+    pub provider: LlmProvider,
+    /// The model's name as the provider knows it.
+    pub model: String,
+}
+
+/// Every setting of the SDK. Plain data: clone it, serialize it (keys are left out).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct Config {
+    /// The LLM provider (`PORTIA_LLM_PROVIDER`).
+    pub llm_provider: LlmProvider,
+    /// The default model (`PORTIA_LLM_MODEL`); `provider/model` also picks the provider.
+    pub default_model: Option<String>,
+    /// The model for planning (`PORTIA_PLANNING_MODEL`), else the default model.
+    pub planning_model: Option<String>,
+    /// The model for running steps (`PORTIA_EXECUTION_MODEL`), else the default model.
+    pub execution_model: Option<String>,
+    /// The model for summaries (`PORTIA_SUMMARY_MODEL`), else the default model.
+    pub summary_model: Option<String>,
+    /// Base URL for the provider (`PORTIA_LLM_BASE_URL`); overrides the ones below.
+    pub llm_base_url: Option<String>,
+    /// OpenAI API key (`OPENAI_API_KEY`); also sent to OpenAI-compatible servers if set.
+    #[serde(skip_serializing)]
+    pub openai_api_key: Option<Secret>,
+    /// OpenAI base URL (`OPENAI_BASE_URL`).
+    pub openai_base_url: Option<String>,
+    /// Anthropic API key (`ANTHROPIC_API_KEY`).
+    #[serde(skip_serializing)]
+    pub anthropic_api_key: Option<Secret>,
+    /// Anthropic base URL (`ANTHROPIC_BASE_URL`).
+    pub anthropic_base_url: Option<String>,
+    /// Mistral API key (`MISTRAL_API_KEY`).
+    #[serde(skip_serializing)]
+    pub mistral_api_key: Option<Secret>,
+    /// Groq API key (`GROQ_API_KEY`).
+    #[serde(skip_serializing)]
+    pub groq_api_key: Option<Secret>,
+    /// OpenRouter API key (`OPENROUTER_API_KEY`).
+    #[serde(skip_serializing)]
+    pub openrouter_api_key: Option<Secret>,
+    /// Tavily API key for the search tool (`TAVILY_API_KEY`).
+    #[serde(skip_serializing)]
+    pub tavily_api_key: Option<Secret>,
+    /// Tavily base URL (`TAVILY_BASE_URL`).
+    pub tavily_base_url: Option<String>,
+    /// OpenWeatherMap API key for the weather tool (`OPENWEATHERMAP_API_KEY`).
+    #[serde(skip_serializing)]
+    pub openweathermap_api_key: Option<Secret>,
+    /// OpenWeatherMap base URL (`OPENWEATHERMAP_BASE_URL`).
+    pub openweathermap_base_url: Option<String>,
+    /// Where plans and workflows are stored (`PORTIA_STORAGE`).
+    pub storage: StorageKind,
+    /// The directory for disk storage (`PORTIA_STORAGE_DIR`).
+    pub storage_dir: PathBuf,
+    /// The root directory the file tools may read and write (`PORTIA_FILES_ROOT`).
+    pub files_root: PathBuf,
+    /// The log level (`PORTIA_LOG_LEVEL`).
+    pub log_level: LogLevel,
+    /// The execution agent (`PORTIA_AGENT`).
+    pub agent: AgentKind,
+    /// How steps are scheduled (`PORTIA_EXECUTION`).
+    pub execution: ExecutionMode,
+    /// How many steps may run at once in parallel mode (`PORTIA_MAX_PARALLEL_STEPS`).
+    pub max_parallel_steps: usize,
+    /// Timeout of one HTTP request, in seconds (`PORTIA_REQUEST_TIMEOUT_SECS`).
+    pub request_timeout_secs: u64,
+    /// Overall time allowed for one LLM call including retries, in seconds (`PORTIA_LLM_DEADLINE_SECS`).
+    pub llm_deadline_secs: u64,
+    /// How many times a failed LLM request is retried (`PORTIA_MAX_RETRIES`).
+    pub max_retries: u32,
+    /// The most tokens an LLM may write in one reply (`PORTIA_MAX_TOKENS`).
+    pub max_tokens: u32,
+    /// How many times the planner may try to produce a valid plan (`PORTIA_PLANNER_ATTEMPTS`).
+    pub planner_attempts: u32,
+    /// Whether the final output gets an LLM summary (`PORTIA_SUMMARIZE`).
+    pub summarize_final_output: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            llm_provider: LlmProvider::OpenAi,
+            default_model: None,
+            planning_model: None,
+            execution_model: None,
+            summary_model: None,
+            llm_base_url: None,
+            openai_api_key: None,
+            openai_base_url: None,
+            anthropic_api_key: None,
+            anthropic_base_url: None,
+            mistral_api_key: None,
+            groq_api_key: None,
+            openrouter_api_key: None,
+            tavily_api_key: None,
+            tavily_base_url: None,
+            openweathermap_api_key: None,
+            openweathermap_base_url: None,
+            storage: StorageKind::Memory,
+            storage_dir: PathBuf::from(".portia"),
+            files_root: PathBuf::from("."),
+            log_level: LogLevel::Info,
+            agent: AgentKind::OneShot,
+            execution: ExecutionMode::Parallel,
+            max_parallel_steps: 4,
+            request_timeout_secs: 60,
+            llm_deadline_secs: 300,
+            max_retries: 3,
+            max_tokens: 8192,
+            planner_attempts: 3,
+            summarize_final_output: true,
+        }
+    }
+}
+
+/// Reads a setting from a source of variables, treating empty values as unset.
+struct Vars<F>(F);
+
+impl<F: Fn(&str) -> Option<String>> Vars<F> {
+    fn get(&self, name: &str) -> Option<String> {
+        (self.0)(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+    }
+
+    fn secret(&self, name: &str) -> Option<Secret> {
+        self.get(name).map(Secret)
+    }
+
+    fn parse<T: FromStr>(&self, name: &str) -> Result<Option<T>>
+    where
+        T::Err: fmt::Display,
+    {
+        self.get(name)
+            .map(|v| v.parse::<T>().map_err(|e| Error::invalid_config(name, format!("{v:?}: {e}"))))
+            .transpose()
+    }
+}
+
+impl Config {
+    /// Starts a config in code from the defaults.
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder { config: Config::default() }
+    }
+
+    /// Reads the process environment, after loading `.env` from the working directory
+    /// if there is one (variables already set win over the file).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the variable when a value is not valid, or when
+    /// `.env` cannot be parsed.
+    pub fn from_env() -> Result<Self> {
+        match dotenvy::dotenv() {
+            Ok(_) => {}
+            Err(e) if e.not_found() => {}
+            Err(e) => return Err(Error::invalid_config(".env", e.to_string())),
+        }
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`Config::from_env`], but reads variables from `lookup` instead of the
+    /// process environment (and does not load `.env`). Handy in tests.
+    ///
+    /// # Errors
+    /// As [`Config::from_env`].
+    pub fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let mut config = Config::default();
+        config.apply_vars(&Vars(lookup))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply_vars<F: Fn(&str) -> Option<String>>(&mut self, vars: &Vars<F>) -> Result<()> {
+        self.fill_secrets(vars);
+        let urls = [
+            ("PORTIA_LLM_BASE_URL", &mut self.llm_base_url),
+            ("OPENAI_BASE_URL", &mut self.openai_base_url),
+            ("ANTHROPIC_BASE_URL", &mut self.anthropic_base_url),
+            ("TAVILY_BASE_URL", &mut self.tavily_base_url),
+            ("OPENWEATHERMAP_BASE_URL", &mut self.openweathermap_base_url),
+            ("PORTIA_LLM_MODEL", &mut self.default_model),
+            ("PORTIA_PLANNING_MODEL", &mut self.planning_model),
+            ("PORTIA_EXECUTION_MODEL", &mut self.execution_model),
+            ("PORTIA_SUMMARY_MODEL", &mut self.summary_model),
+        ];
+        for (name, field) in urls {
+            if let Some(value) = vars.get(name) {
+                *field = Some(value);
+            }
+        }
+        self.llm_provider = match vars.parse("PORTIA_LLM_PROVIDER")? {
+            Some(provider) => provider,
+            None => self.inferred_provider(),
+        };
+        set(&mut self.storage, vars.parse("PORTIA_STORAGE")?);
+        set(&mut self.storage_dir, vars.get("PORTIA_STORAGE_DIR").map(PathBuf::from));
+        set(&mut self.files_root, vars.get("PORTIA_FILES_ROOT").map(PathBuf::from));
+        set(&mut self.log_level, vars.parse("PORTIA_LOG_LEVEL")?);
+        set(&mut self.agent, vars.parse("PORTIA_AGENT")?);
+        set(&mut self.execution, vars.parse("PORTIA_EXECUTION")?);
+        set(&mut self.max_parallel_steps, vars.parse("PORTIA_MAX_PARALLEL_STEPS")?);
+        set(&mut self.request_timeout_secs, vars.parse("PORTIA_REQUEST_TIMEOUT_SECS")?);
+        set(&mut self.llm_deadline_secs, vars.parse("PORTIA_LLM_DEADLINE_SECS")?);
+        set(&mut self.max_retries, vars.parse("PORTIA_MAX_RETRIES")?);
+        set(&mut self.max_tokens, vars.parse("PORTIA_MAX_TOKENS")?);
+        set(&mut self.planner_attempts, vars.parse("PORTIA_PLANNER_ATTEMPTS")?);
+        set(&mut self.summarize_final_output, vars.parse("PORTIA_SUMMARIZE")?);
+        Ok(())
+    }
+
+    /// Fills every API key the config does not have yet from `vars`.
+    fn fill_secrets<F: Fn(&str) -> Option<String>>(&mut self, vars: &Vars<F>) {
+        let secrets = [
+            ("OPENAI_API_KEY", &mut self.openai_api_key),
+            ("ANTHROPIC_API_KEY", &mut self.anthropic_api_key),
+            ("MISTRAL_API_KEY", &mut self.mistral_api_key),
+            ("GROQ_API_KEY", &mut self.groq_api_key),
+            ("OPENROUTER_API_KEY", &mut self.openrouter_api_key),
+            ("TAVILY_API_KEY", &mut self.tavily_api_key),
+            ("OPENWEATHERMAP_API_KEY", &mut self.openweathermap_api_key),
+        ];
+        for (name, field) in secrets {
+            if field.is_none() {
+                *field = vars.secret(name);
+            }
+        }
+    }
+
+    /// The provider when none is set: the one a `provider/model` default model names,
+    /// else the first whose key is present (OpenAI, Anthropic, Mistral), else OpenAI.
+    fn inferred_provider(&self) -> LlmProvider {
+        if let Some(provider) = self.default_model.as_deref().and_then(|m| split_provider(m).0) {
+            return provider;
+        }
+        [LlmProvider::OpenAi, LlmProvider::Anthropic, LlmProvider::Mistral]
+            .into_iter()
+            .find(|p| self.api_key(*p).is_some())
+            .unwrap_or(LlmProvider::OpenAi)
+    }
+
+    /// Reads a config file: TOML if the name ends in `.toml`, otherwise JSON.
+    ///
+    /// Settings missing from the file keep their defaults; API keys missing from the
+    /// file are read from the environment, since [`Config::to_json`] never writes them.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the file when it cannot be read or parsed.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let setting = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::invalid_config(&setting, e.to_string()))?;
+        let mut config: Config = if is_toml(path) {
+            toml::from_str(&text).map_err(|e| Error::invalid_config(&setting, e.to_string()))?
+        } else {
+            serde_json::from_str(&text).map_err(|e| Error::invalid_config(&setting, e.to_string()))?
+        };
+        config.fill_secrets(&Vars(|name: &str| std::env::var(name).ok()));
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Writes the config as pretty JSON. API keys are left out.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a Config always serializes")
+    }
+
+    /// Writes the config as TOML. API keys are left out.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a Config always serializes")
+    }
+
+    /// Writes the config to `path` (TOML if it ends in `.toml`, otherwise JSON), so
+    /// that [`Config::from_file`] reads it back.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the file when it cannot be written.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let text = if is_toml(path) { self.to_toml() } else { self.to_json() };
+        std::fs::write(path, text).map_err(|e| Error::invalid_config(path.display().to_string(), e.to_string()))
+    }
+
+    /// Checks the settings that do not depend on what will be used.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the setting and the fix.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_parallel_steps == 0 {
+            return Err(Error::invalid_config("max_parallel_steps", "must be at least 1 (PORTIA_MAX_PARALLEL_STEPS)"));
+        }
+        if self.request_timeout_secs == 0 {
+            return Err(Error::invalid_config("request_timeout_secs", "must be at least 1 second"));
+        }
+        if self.planner_attempts == 0 {
+            return Err(Error::invalid_config("planner_attempts", "must be at least 1"));
+        }
+        if self.storage == StorageKind::Disk && self.storage_dir.as_os_str().is_empty() {
+            return Err(Error::invalid_config("storage_dir", "disk storage needs a directory: set PORTIA_STORAGE_DIR"));
+        }
+        let models = [&self.default_model, &self.planning_model, &self.execution_model, &self.summary_model];
+        if models.iter().any(|m| m.as_deref().is_some_and(|m| split_provider(m).1.trim().is_empty())) {
+            return Err(Error::invalid_config("model", "a model name is empty; give a name such as gpt-4.1-mini"));
+        }
+        Ok(())
+    }
+
+    /// The API key configured for `provider`, if any.
+    pub fn api_key(&self, provider: LlmProvider) -> Option<&Secret> {
+        match provider {
+            LlmProvider::OpenAi | LlmProvider::OpenAiCompatible | LlmProvider::Ollama => self.openai_api_key.as_ref(),
+            LlmProvider::Anthropic => self.anthropic_api_key.as_ref(),
+            LlmProvider::Mistral => self.mistral_api_key.as_ref(),
+            LlmProvider::Groq => self.groq_api_key.as_ref(),
+            LlmProvider::OpenRouter => self.openrouter_api_key.as_ref(),
+        }
+    }
+
+    /// The API key `provider` needs.
+    ///
+    /// # Errors
+    /// [`Error::MissingApiKey`] naming the environment variable to set.
+    pub fn require_api_key(&self, provider: LlmProvider) -> Result<Option<&Secret>> {
+        match (provider.api_key_var(), self.api_key(provider)) {
+            (Some(var), None) => Err(Error::MissingApiKey { service: provider.to_string(), env_var: var.to_owned() }),
+            (_, key) => Ok(key),
+        }
+    }
+
+    /// The base URL to call `provider` at.
+    pub fn base_url(&self, provider: LlmProvider) -> String {
+        let configured = match provider {
+            LlmProvider::OpenAi | LlmProvider::OpenAiCompatible => self.openai_base_url.as_ref(),
+            LlmProvider::Anthropic => self.anthropic_base_url.as_ref(),
+            _ => None,
+        };
+        let url = if provider == self.llm_provider { self.llm_base_url.as_ref().or(configured) } else { configured };
+        url.map_or(provider.default_base_url(), String::as_str).trim_end_matches('/').to_owned()
+    }
+
+    /// The provider and model to use for `role`.
+    pub fn model_for(&self, role: ModelRole) -> ModelRef {
+        let specific = match role {
+            ModelRole::Planning => &self.planning_model,
+            ModelRole::Execution => &self.execution_model,
+            ModelRole::Summary => &self.summary_model,
+        };
+        match specific.as_deref().or(self.default_model.as_deref()) {
+            Some(name) => {
+                let (provider, model) = split_provider(name);
+                ModelRef { provider: provider.unwrap_or(self.llm_provider), model: model.to_owned() }
+            }
+            None => ModelRef { provider: self.llm_provider, model: self.llm_provider.default_model().to_owned() },
+        }
+    }
+
+    /// The timeout of one HTTP request.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+
+    /// Installs a `tracing` subscriber that logs to stderr at the configured level
+    /// (`RUST_LOG`, if set, wins). Stdout stays free for your program's output.
+    /// Does nothing if a subscriber is already installed.
+    pub fn init_logging(&self) {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("portia={}", self.log_level)));
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    }
+}
+
+fn set<T>(field: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *field = value;
+    }
+}
+
+fn is_toml(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("toml"))
+}
+
+/// Splits `provider/model` when the prefix names a provider; otherwise the whole
+/// string is the model (OpenRouter models contain slashes of their own).
+fn split_provider(name: &str) -> (Option<LlmProvider>, &str) {
+    match name.split_once('/') {
+        Some((head, model)) => match head.parse() {
+            Ok(provider) => (Some(provider), model),
+            Err(_) => (None, name),
+        },
+        None => (None, name),
+    }
+}
+
+/// Builds a [`Config`] in code. Start with [`Config::builder`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ConfigBuilder {
+    config: Config,
+}
+
+macro_rules! setters {
+    ($($(#[$doc:meta])* $field:ident: $ty:ty;)+) => {$(
+        $(#[$doc])*
+        pub fn $field(mut self, value: impl Into<$ty>) -> Self {
+            self.config.$field = value.into();
+            self
+        }
+    )+};
+}
+
+macro_rules! optional_setters {
+    ($($(#[$doc:meta])* $field:ident;)+) => {$(
+        $(#[$doc])*
+        pub fn $field(mut self, value: impl Into<String>) -> Self {
+            self.config.$field = Some(value.into());
+            self
+        }
+    )+};
+}
+
+macro_rules! secret_setters {
+    ($($(#[$doc:meta])* $field:ident;)+) => {$(
+        $(#[$doc])*
+        pub fn $field(mut self, value: impl Into<String>) -> Self {
+            self.config.$field = Some(Secret::new(value));
+            self
+        }
+    )+};
+}
+
+impl ConfigBuilder {
+    setters! {
+        /// Sets the LLM provider.
+        llm_provider: LlmProvider;
+        /// Sets the storage kind.
+        storage: StorageKind;
+        /// Sets the disk storage directory.
+        storage_dir: PathBuf;
+        /// Sets the root directory of the file tools.
+        files_root: PathBuf;
+        /// Sets the log level.
+        log_level: LogLevel;
+        /// Sets the execution agent.
+        agent: AgentKind;
+        /// Sets how steps are scheduled.
+        execution: ExecutionMode;
+        /// Sets how many steps may run at once.
+        max_parallel_steps: usize;
+        /// Sets the HTTP request timeout in seconds.
+        request_timeout_secs: u64;
+        /// Sets the overall time allowed for one LLM call, retries included, in seconds.
+        llm_deadline_secs: u64;
+        /// Sets how many times a failed LLM request is retried.
+        max_retries: u32;
+        /// Sets the most tokens an LLM may write in one reply.
+        max_tokens: u32;
+        /// Sets how many times the planner may try.
+        planner_attempts: u32;
+        /// Sets whether the final output gets an LLM summary.
+        summarize_final_output: bool;
+    }
+
+    optional_setters! {
+        /// Sets the default model (`provider/model` is accepted).
+        default_model;
+        /// Sets the planning model.
+        planning_model;
+        /// Sets the execution model.
+        execution_model;
+        /// Sets the summary model.
+        summary_model;
+        /// Sets the provider's base URL.
+        llm_base_url;
+        /// Sets the OpenAI base URL.
+        openai_base_url;
+        /// Sets the Anthropic base URL.
+        anthropic_base_url;
+        /// Sets the Tavily base URL.
+        tavily_base_url;
+        /// Sets the OpenWeatherMap base URL.
+        openweathermap_base_url;
+    }
+
+    secret_setters! {
+        /// Sets the OpenAI API key.
+        openai_api_key;
+        /// Sets the Anthropic API key.
+        anthropic_api_key;
+        /// Sets the Mistral API key.
+        mistral_api_key;
+        /// Sets the Groq API key.
+        groq_api_key;
+        /// Sets the OpenRouter API key.
+        openrouter_api_key;
+        /// Sets the Tavily API key.
+        tavily_api_key;
+        /// Sets the OpenWeatherMap API key.
+        openweathermap_api_key;
+    }
+
+    /// Checks and returns the config.
+    ///
+    /// # Errors
+    /// As [`Config::validate`].
+    pub fn build(self) -> Result<Config> {
+        self.config.validate()?;
+        Ok(self.config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn defaults_are_documented_ones() {
+        let config = Config::from_vars(vars(&[])).unwrap();
+        assert_eq!(config.llm_provider, LlmProvider::OpenAi);
+        assert_eq!(config.storage, StorageKind::Memory);
+        assert_eq!(config.storage_dir, PathBuf::from(".portia"));
+        assert_eq!(config.agent, AgentKind::OneShot);
+        assert_eq!(config.model_for(ModelRole::Planning).model, "gpt-4.1-mini");
+    }
+
+    #[test]
+    fn provider_is_the_first_whose_key_is_present() {
+        let config = Config::from_vars(vars(&[("MISTRAL_API_KEY", "m"), ("ANTHROPIC_API_KEY", "a")])).unwrap();
+        assert_eq!(config.llm_provider, LlmProvider::Anthropic);
+        assert_eq!(config.model_for(ModelRole::Execution).model, "claude-sonnet-4-5");
+    }
+
+    #[test]
+    fn enum_values_parse_case_insensitively() {
+        let config = Config::from_vars(vars(&[
+            ("PORTIA_LLM_PROVIDER", "OpenAI-Compatible"),
+            ("PORTIA_AGENT", "VERIFIER"),
+            ("PORTIA_STORAGE", "Disk"),
+            ("PORTIA_LOG_LEVEL", "DEBUG"),
+            ("PORTIA_EXECUTION", "Sequential"),
+        ]))
+        .unwrap();
+        assert_eq!(config.llm_provider, LlmProvider::OpenAiCompatible);
+        assert_eq!(config.agent, AgentKind::Verifier);
+        assert_eq!(config.storage, StorageKind::Disk);
+        assert_eq!(config.log_level, LogLevel::Debug);
+        assert_eq!(config.execution, ExecutionMode::Sequential);
+    }
+
+    #[test]
+    fn unknown_value_names_the_variable_and_lists_valid_ones() {
+        let err = Config::from_vars(vars(&[("PORTIA_AGENT", "genius")])).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("PORTIA_AGENT"), "{message}");
+        assert!(message.contains("one_shot, verifier"), "{message}");
+    }
+
+    #[test]
+    fn bad_number_names_the_variable() {
+        let err = Config::from_vars(vars(&[("PORTIA_MAX_RETRIES", "lots")])).unwrap_err();
+        assert!(matches!(&err, Error::InvalidConfig { setting, .. } if setting == "PORTIA_MAX_RETRIES"), "{err}");
+    }
+
+    #[test]
+    fn missing_key_names_its_variable() {
+        let config = Config::builder().llm_provider(LlmProvider::Anthropic).build().unwrap();
+        let err = config.require_api_key(LlmProvider::Anthropic).unwrap_err();
+        assert!(err.to_string().contains("ANTHROPIC_API_KEY"), "{err}");
+        assert!(config.require_api_key(LlmProvider::Ollama).unwrap().is_none());
+    }
+
+    #[test]
+    fn provider_slash_model_selects_both() {
+        let config = Config::from_vars(vars(&[("PORTIA_LLM_MODEL", "anthropic/claude-haiku-4-5")])).unwrap();
+        assert_eq!(config.llm_provider, LlmProvider::Anthropic);
+        let planning = Config::builder().planning_model("openai/o4-mini").build().unwrap();
+        let model = planning.model_for(ModelRole::Planning);
+        assert_eq!((model.provider, model.model.as_str()), (LlmProvider::OpenAi, "o4-mini"));
+        let router =
+            Config::builder().llm_provider(LlmProvider::OpenRouter).default_model("meta/llama-4").build().unwrap();
+        assert_eq!(router.model_for(ModelRole::Summary).model, "meta/llama-4");
+    }
+
+    #[test]
+    fn keys_are_redacted_in_debug_and_absent_from_files() {
+        let config = Config::builder().openai_api_key("sk-very-secret").tavily_api_key("tvly-secret").build().unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("very-secret") && !debug.contains("tvly-secret"), "{debug}");
+        assert!(!config.to_json().contains("secret"));
+        assert!(!config.to_toml().contains("secret"));
+    }
+
+    #[test]
+    fn written_config_reads_back_equal_in_json_and_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::builder()
+            .llm_provider(LlmProvider::Anthropic)
+            .planning_model("claude-opus-4-1")
+            .storage(StorageKind::Disk)
+            .storage_dir(dir.path().join("store"))
+            .max_parallel_steps(2usize)
+            .summarize_final_output(false)
+            .build()
+            .unwrap();
+        for name in ["config.json", "config.toml"] {
+            let path = dir.path().join(name);
+            config.save(&path).unwrap();
+            let mut back = Config::from_file(&path).unwrap();
+            back.strip_secrets_for_test();
+            assert_eq!(back, config, "{name}");
+        }
+    }
+
+    #[test]
+    fn unreadable_file_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.json");
+        std::fs::write(&path, "{ not json").unwrap();
+        let err = Config::from_file(&path).unwrap_err();
+        assert!(err.to_string().contains("bad.json"), "{err}");
+        let err = Config::from_file(dir.path().join("missing.toml")).unwrap_err();
+        assert!(err.to_string().contains("missing.toml"), "{err}");
+    }
+
+    #[test]
+    fn zero_parallelism_is_refused_with_the_fix() {
+        let err = Config::builder().max_parallel_steps(0usize).build().unwrap_err();
+        assert!(err.to_string().contains("PORTIA_MAX_PARALLEL_STEPS"), "{err}");
+    }
+
+    impl Config {
+        /// Keys from the test machine's environment must not decide a comparison.
+        fn strip_secrets_for_test(&mut self) {
+            for key in [
+                &mut self.openai_api_key,
+                &mut self.anthropic_api_key,
+                &mut self.mistral_api_key,
+                &mut self.groq_api_key,
+                &mut self.openrouter_api_key,
+                &mut self.tavily_api_key,
+                &mut self.openweathermap_api_key,
+            ] {
+                *key = None;
+            }
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! The LLM seam: one request/response shape for every provider.
+//!
+//! Planner, agents and summaries talk to an [`LlmClient`]: an [`LlmRequest`]
+//! (messages, tools, tool choice, an optional output schema) goes in, an
+//! [`LlmResponse`] (text and/or tool calls, token [`Usage`]) comes out. Providers
+//! translate this to their wire format; retries and timeouts live around them in
+//! one place. In tests, drive it with [`testing::ScriptedLlm`](crate::testing).
+
+use std::fmt;
+use std::ops::{Add, AddAssign};
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::ModelRole;
+
+/// Who wrote a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Instructions.
+    System,
+    /// The user's (or the SDK's) words.
+    User,
+    /// The model's reply.
+    Assistant,
+    /// A tool's result, answering one of the assistant's tool calls.
+    Tool,
+}
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// Who wrote it.
+    pub role: Role,
+    /// Its text.
+    pub content: String,
+    /// The tool calls an assistant message made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// For a tool message, the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl Message {
+    fn text(role: Role, content: impl Into<String>) -> Self {
+        Self { role, content: content.into(), tool_calls: Vec::new(), tool_call_id: None }
+    }
+
+    /// A system message.
+    pub fn system(content: impl Into<String>) -> Self {
+        Self::text(Role::System, content)
+    }
+
+    /// A user message.
+    pub fn user(content: impl Into<String>) -> Self {
+        Self::text(Role::User, content)
+    }
+
+    /// An assistant message, with the tool calls it made.
+    pub fn assistant(content: impl Into<String>, tool_calls: Vec<ToolCall>) -> Self {
+        Self { tool_calls, ..Self::text(Role::Assistant, content) }
+    }
+
+    /// A tool's result for the call `tool_call_id`.
+    pub fn tool_result(tool_call_id: impl Into<String>, content: impl Into<String>) -> Self {
+        Self { tool_call_id: Some(tool_call_id.into()), ..Self::text(Role::Tool, content) }
+    }
+}
+
+/// A call the model asks to make.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// The provider's id for the call.
+    pub id: String,
+    /// The function (tool id) to call.
+    pub name: String,
+    /// The arguments, as JSON.
+    pub arguments: Value,
+}
+
+/// A function the model may call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolDefinition {
+    /// The function's name (the tool id).
+    pub name: String,
+    /// What it does.
+    pub description: String,
+    /// Its arguments' JSON schema.
+    pub parameters: Value,
+}
+
+/// Whether and which tool the model must call.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolChoice {
+    /// The model decides.
+    #[default]
+    Auto,
+    /// The model must call some tool.
+    Required,
+    /// The model must call this tool.
+    Tool(String),
+}
+
+/// The JSON shape a structured reply must have.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputSchema {
+    /// A name for the shape (letters, digits, `_`).
+    pub name: String,
+    /// Its JSON schema.
+    pub schema: Value,
+}
+
+impl OutputSchema {
+    /// The schema of a Rust type.
+    pub fn of<T: JsonSchema>(name: impl Into<String>) -> Self {
+        Self { name: name.into(), schema: schema_value::<T>() }
+    }
+}
+
+/// The JSON schema of `T`, as a plain JSON value.
+pub fn schema_value<T: JsonSchema>() -> Value {
+    serde_json::to_value(schemars::schema_for!(T)).expect("a JSON schema always serializes")
+}
+
+/// One call to an LLM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlmRequest {
+    /// What the call is for; the config picks the model from it.
+    pub purpose: ModelRole,
+    /// A model that overrides the configured one (`provider/model` accepted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The conversation.
+    pub messages: Vec<Message>,
+    /// Functions the model may call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ToolDefinition>,
+    /// Whether and which function it must call.
+    #[serde(default)]
+    pub tool_choice: ToolChoice,
+    /// When set, the reply's text must be JSON of this shape.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<OutputSchema>,
+}
+
+impl LlmRequest {
+    /// A request with these messages and nothing else.
+    pub fn new(purpose: ModelRole, messages: Vec<Message>) -> Self {
+        Self { purpose, model: None, messages, tools: Vec::new(), tool_choice: ToolChoice::Auto, output_schema: None }
+    }
+
+    /// Offers tools to the model.
+    #[must_use]
+    pub fn with_tools(mut self, tools: Vec<ToolDefinition>, choice: ToolChoice) -> Self {
+        self.tools = tools;
+        self.tool_choice = choice;
+        self
+    }
+
+    /// Asks for a JSON reply of this shape.
+    #[must_use]
+    pub fn with_output_schema(mut self, schema: OutputSchema) -> Self {
+        self.output_schema = Some(schema);
+        self
+    }
+}
+
+/// Tokens and calls spent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Usage {
+    /// How many LLM calls were made.
+    pub llm_calls: u32,
+    /// Tokens sent.
+    pub prompt_tokens: u64,
+    /// Tokens received.
+    pub completion_tokens: u64,
+}
+
+impl Usage {
+    /// The usage of one call.
+    pub fn call(prompt_tokens: u64, completion_tokens: u64) -> Self {
+        Self { llm_calls: 1, prompt_tokens, completion_tokens }
+    }
+}
+
+impl Add for Usage {
+    type Output = Self;
+    fn add(self, other: Self) -> Self {
+        Self {
+            llm_calls: self.llm_calls + other.llm_calls,
+            prompt_tokens: self.prompt_tokens + other.prompt_tokens,
+            completion_tokens: self.completion_tokens + other.completion_tokens,
+        }
+    }
+}
+
+impl AddAssign for Usage {
+    fn add_assign(&mut self, other: Self) {
+        *self = *self + other;
+    }
+}
+
+/// The model's reply.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LlmResponse {
+    /// Its text, if any (the JSON, for a structured reply).
+    #[serde(default)]
+    pub text: Option<String>,
+    /// The calls it asks to make.
+    #[serde(default)]
+    pub tool_calls: Vec<ToolCall>,
+    /// What the call cost.
+    #[serde(default)]
+    pub usage: Usage,
+}
+
+impl LlmResponse {
+    /// A text reply.
+    pub fn text(text: impl Into<String>) -> Self {
+        Self { text: Some(text.into()), ..Self::default() }
+    }
+}
+
+/// An LLM call that failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LlmError {
+    /// The provider answered with an error status.
+    #[error("{provider} ({model}) returned HTTP {status}: {message}{}", hint(.status, .key_var))]
+    Http {
+        /// The provider.
+        provider: String,
+        /// The model asked for.
+        model: String,
+        /// The HTTP status.
+        status: u16,
+        /// The provider's own message.
+        message: String,
+        /// How long the provider asked us to wait, if it did.
+        retry_after: Option<Duration>,
+        /// The environment variable holding the key, for authentication failures.
+        key_var: Option<String>,
+    },
+    /// The request could not be sent or its answer not received.
+    #[error("could not reach {provider} ({model}): {message}")]
+    Connection {
+        /// The provider.
+        provider: String,
+        /// The model asked for.
+        model: String,
+        /// What the HTTP client reported.
+        message: String,
+    },
+    /// The request took longer than allowed.
+    #[error("{provider} ({model}) did not answer within {after:?}")]
+    Timeout {
+        /// The provider.
+        provider: String,
+        /// The model asked for.
+        model: String,
+        /// The limit that was reached.
+        after: Duration,
+    },
+    /// The provider's answer could not be understood.
+    #[error("{provider} ({model}) sent a reply that could not be read: {message}")]
+    InvalidResponse {
+        /// The provider.
+        provider: String,
+        /// The model asked for.
+        model: String,
+        /// What was wrong with it.
+        message: String,
+    },
+    /// A structured reply did not fit the wanted shape, even after one re-ask.
+    #[error("the model's reply does not fit the {schema} schema: {message}")]
+    Structured {
+        /// The schema's name.
+        schema: String,
+        /// The parse error.
+        message: String,
+    },
+    /// The client was misused (for example a test double called when nothing was scripted).
+    #[error("{0}")]
+    Other(String),
+}
+
+fn hint(status: &u16, key_var: &Option<String>) -> String {
+    match (status, key_var) {
+        (401 | 403, Some(var)) => format!(" (check the API key in {var})"),
+        _ => String::new(),
+    }
+}
+
+impl LlmError {
+    /// Whether sending the same request again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Http { status, .. } => matches!(status, 408 | 409 | 429 | 500 | 502 | 503 | 504 | 529),
+            Self::Connection { .. } | Self::Timeout { .. } | Self::InvalidResponse { .. } => true,
+            Self::Structured { .. } | Self::Other(_) => false,
+        }
+    }
+
+    /// How long the provider asked us to wait before retrying, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Http { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// A chat model. Implemented by the providers, by [`testing::ScriptedLlm`](crate::testing),
+/// and by anything you bring.
+#[async_trait::async_trait]
+pub trait LlmClient: Send + Sync + fmt::Debug {
+    /// Sends one request and returns the reply.
+    async fn chat(&self, request: LlmRequest) -> Result<LlmResponse, LlmError>;
+}
+
+/// Asks for a reply of type `T` and parses it. A reply that does not parse is
+/// re-asked once, with the parse error shown to the model, before it is an error.
+///
+/// The returned usage covers every call made.
+///
+/// # Errors
+/// The client's [`LlmError`], or [`LlmError::Structured`] when both replies are unusable.
+pub async fn structured<T: DeserializeOwned>(
+    client: &dyn LlmClient,
+    mut request: LlmRequest,
+) -> Result<(T, Usage), LlmError> {
+    let schema_name = request.output_schema.as_ref().map_or_else(|| "output".to_owned(), |s| s.name.clone());
+    let mut usage = Usage::default();
+    let mut last_error = String::new();
+    for attempt in 0..2 {
+        let response = client.chat(request.clone()).await?;
+        usage += response.usage;
+        let text = response.text.unwrap_or_default();
+        match serde_json::from_str::<T>(strip_code_fence(&text)) {
+            Ok(value) => return Ok((value, usage)),
+            Err(e) => {
+                tracing::warn!(attempt, schema = %schema_name, error = %e, "structured reply did not parse");
+                last_error = e.to_string();
+                request.messages.push(Message::assistant(text, Vec::new()));
+                request.messages.push(Message::user(format!(
+                    "That reply is not valid JSON for the {schema_name} schema ({e}). Reply again with only the corrected JSON."
+                )));
+            }
+        }
+    }
+    Err(LlmError::Structured { schema: schema_name, message: last_error })
+}
+
+/// Models served without native JSON mode often wrap JSON in a Markdown fence.
+fn strip_code_fence(text: &str) -> &str {
+    let trimmed = text.trim();
+    let Some(inner) = trimmed.strip_prefix("```") else { return trimmed };
+    let inner = inner.trim_start_matches(|c: char| c.is_ascii_alphanumeric());
+    inner.strip_suffix("```").unwrap_or(inner).trim()
+}
+
+/// The LLM client the config names.
+///
+/// # Errors
+/// [`Error::MissingApiKey`](crate::Error::MissingApiKey) naming the variable to set.
+pub fn client_from_config(config: &crate::Config) -> crate::Result<std::sync::Arc<dyn LlmClient>> {
+    config.require_api_key(config.llm_provider)?;
+    Err(crate::Error::invalid_config(
+        "llm_provider",
+        "no HTTP provider is built in yet; pass a client to RunnerBuilder::llm",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_fences_are_stripped() {
+        assert_eq!(strip_code_fence("```json\n{\"a\":1}\n```"), "{\"a\":1}");
+        assert_eq!(strip_code_fence(" {\"a\":1} "), "{\"a\":1}");
+    }
+
+    #[test]
+    fn auth_errors_name_the_key_variable() {
+        let err = LlmError::Http {
+            provider: "openai".into(),
+            model: "gpt".into(),
+            status: 401,
+            message: "bad key".into(),
+            retry_after: None,
+            key_var: Some("OPENAI_API_KEY".into()),
+        };
+        assert!(err.to_string().ends_with("(check the API key in OPENAI_API_KEY)"), "{err}");
+        assert!(!err.is_retryable());
+    }
+}

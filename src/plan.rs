@@ -1,0 +1,270 @@
+//! Plans: the ordered steps an LLM (or your code) decides on before anything runs.
+//!
+//! A [`Plan`] is plain data. Each [`Step`] names a task, the tool that does it (or
+//! none, for a step the LLM answers itself), the [`Variable`]s it reads and the
+//! name of the output it produces. An input whose name is `$something` refers to
+//! the output of an earlier step; an input with a value is a constant.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ids::PlanId;
+use crate::tool::ToolRegistry;
+use crate::{Error, Result};
+
+/// A plan: the query it answers, the tools it may use, and its steps in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// The plan's id.
+    #[serde(default)]
+    pub id: PlanId,
+    /// What the plan was made for.
+    pub plan_context: PlanContext,
+    /// The steps, in the order they are listed (and, when run one at a time, executed).
+    pub steps: Vec<Step>,
+}
+
+/// What a plan was made for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanContext {
+    /// The user's query.
+    pub query: String,
+    /// The ids of the tools the planner was offered.
+    #[serde(default)]
+    pub tool_ids: Vec<String>,
+}
+
+/// One step of a plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    /// What the step must do, in words.
+    pub task: String,
+    /// What the step reads: earlier outputs (`$name`) or constants.
+    #[serde(default)]
+    pub inputs: Vec<Variable>,
+    /// The tool that carries the step out, or `None` when the LLM answers it directly.
+    ///
+    /// Older plans call this `tool_name`; both spellings are read.
+    #[serde(default, alias = "tool_name")]
+    pub tool_id: Option<String>,
+    /// The name the step's output is stored under, conventionally `$something`.
+    pub output: String,
+}
+
+/// An input of a step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Variable {
+    /// `$name` for a reference to an earlier step's output, or any name for a constant.
+    pub name: String,
+    /// The constant's value; `null` for a reference.
+    #[serde(default)]
+    pub value: Option<Value>,
+    /// What the input means.
+    #[serde(default)]
+    pub description: String,
+}
+
+impl Variable {
+    /// A reference to the output of an earlier step.
+    pub fn reference(name: impl Into<String>, description: impl Into<String>) -> Self {
+        Self { name: name.into(), value: None, description: description.into() }
+    }
+
+    /// A constant input.
+    pub fn constant(name: impl Into<String>, value: impl Into<Value>, description: impl Into<String>) -> Self {
+        Self { name: name.into(), value: Some(value.into()), description: description.into() }
+    }
+
+    /// Whether this input refers to an earlier step's output.
+    pub fn is_reference(&self) -> bool {
+        self.value.is_none()
+    }
+}
+
+/// One thing wrong with a plan, as reported by [`Plan::validate`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "problem", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum PlanProblem {
+    /// A step has an empty task.
+    EmptyTask {
+        /// The step's index.
+        step: usize,
+    },
+    /// Two steps store their output under the same name.
+    DuplicateOutput {
+        /// The later step's index.
+        step: usize,
+        /// The repeated name.
+        output: String,
+    },
+    /// A step reads `$name`, which no earlier step produces.
+    UnknownInput {
+        /// The step's index.
+        step: usize,
+        /// The input's name.
+        input: String,
+    },
+    /// A step uses a tool the registry does not have.
+    UnknownTool {
+        /// The step's index.
+        step: usize,
+        /// The tool id.
+        tool_id: String,
+    },
+}
+
+impl fmt::Display for PlanProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::EmptyTask { step } => write!(f, "step {step} has an empty task"),
+            Self::DuplicateOutput { step, output } => {
+                write!(f, "step {step} reuses the output name {output}; each step needs its own")
+            }
+            Self::UnknownInput { step, input } => {
+                write!(f, "step {step} reads {input}, which no earlier step outputs")
+            }
+            Self::UnknownTool { step, tool_id } => {
+                write!(f, "step {step} uses tool {tool_id:?}, which is not in the tool registry")
+            }
+        }
+    }
+}
+
+impl Plan {
+    /// A new plan with a fresh id.
+    pub fn new(plan_context: PlanContext, steps: Vec<Step>) -> Self {
+        Self { id: PlanId::new(), plan_context, steps }
+    }
+
+    /// Starts writing a plan in code, without an LLM.
+    pub fn builder(query: impl Into<String>) -> PlanBuilder {
+        PlanBuilder::new(query)
+    }
+
+    /// The index of the step that produces `output`, if any.
+    pub fn step_producing(&self, output: &str) -> Option<usize> {
+        self.steps.iter().position(|step| step.output == output)
+    }
+
+    /// Checks the plan against a tool registry and reports every problem at once.
+    ///
+    /// # Errors
+    /// [`Error::InvalidPlan`] listing each [`PlanProblem`].
+    pub fn validate(&self, registry: &dyn ToolRegistry) -> Result<()> {
+        let problems = self.problems(registry);
+        if problems.is_empty() { Ok(()) } else { Err(Error::InvalidPlan(problems)) }
+    }
+
+    /// Every problem [`Plan::validate`] would report; empty when the plan is valid.
+    pub fn problems(&self, registry: &dyn ToolRegistry) -> Vec<PlanProblem> {
+        let mut problems = Vec::new();
+        let mut produced = HashSet::new();
+        for (step, s) in self.steps.iter().enumerate() {
+            if s.task.trim().is_empty() {
+                problems.push(PlanProblem::EmptyTask { step });
+            }
+            for input in s.inputs.iter().filter(|i| i.is_reference()) {
+                if !produced.contains(input.name.as_str()) {
+                    problems.push(PlanProblem::UnknownInput { step, input: input.name.clone() });
+                }
+            }
+            if let Some(tool_id) = &s.tool_id {
+                if registry.get_tool(tool_id).is_err() {
+                    problems.push(PlanProblem::UnknownTool { step, tool_id: tool_id.clone() });
+                }
+            }
+            if !produced.insert(s.output.as_str()) {
+                problems.push(PlanProblem::DuplicateOutput { step, output: s.output.clone() });
+            }
+        }
+        problems
+    }
+}
+
+/// Writes a [`Plan`] in code, for workflows that must be deterministic.
+///
+/// Inputs attach to the most recently added step.
+///
+/// ```
+/// use portia::PlanBuilder;
+///
+/// let plan = PlanBuilder::new("Which stock grew faster in 2024, Amazon or Google?")
+///     .step("Find Amazon's 2024 stock growth", Some("search_tool"), "$amazon")
+///     .step("Find Google's 2024 stock growth", Some("search_tool"), "$google")
+///     .step("Say which grew faster", None, "$answer")
+///     .input("$amazon", "Amazon's growth")
+///     .input("$google", "Google's growth")
+///     .build();
+/// assert_eq!(plan.steps.len(), 3);
+/// assert_eq!(plan.plan_context.tool_ids, ["search_tool"]);
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct PlanBuilder {
+    query: String,
+    tool_ids: Option<Vec<String>>,
+    steps: Vec<Step>,
+}
+
+impl PlanBuilder {
+    /// Starts a plan for `query`.
+    pub fn new(query: impl Into<String>) -> Self {
+        Self { query: query.into(), tool_ids: None, steps: Vec::new() }
+    }
+
+    /// Adds a step. `tool_id` is `None` for a step the LLM answers without a tool.
+    pub fn step(mut self, task: impl Into<String>, tool_id: Option<&str>, output: impl Into<String>) -> Self {
+        self.steps.push(Step {
+            task: task.into(),
+            inputs: Vec::new(),
+            tool_id: tool_id.map(str::to_owned),
+            output: output.into(),
+        });
+        self
+    }
+
+    /// Makes the last step read the output of an earlier step.
+    ///
+    /// # Panics
+    /// If no step has been added yet: that is a bug in the calling code, not bad input.
+    pub fn input(self, name: impl Into<String>, description: impl Into<String>) -> Self {
+        self.with_input(Variable::reference(name, description))
+    }
+
+    /// Gives the last step a constant input.
+    ///
+    /// # Panics
+    /// If no step has been added yet.
+    pub fn constant(self, name: impl Into<String>, value: impl Into<Value>, description: impl Into<String>) -> Self {
+        self.with_input(Variable::constant(name, value, description))
+    }
+
+    /// Sets the plan's tool ids explicitly (by default, the tools its steps use).
+    pub fn tool_ids<I: IntoIterator<Item = S>, S: Into<String>>(mut self, ids: I) -> Self {
+        self.tool_ids = Some(ids.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Finishes the plan. Check it with [`Plan::validate`] before running it.
+    pub fn build(self) -> Plan {
+        let tool_ids = self.tool_ids.unwrap_or_else(|| {
+            let mut ids: Vec<String> = Vec::new();
+            for id in self.steps.iter().filter_map(|s| s.tool_id.as_ref()) {
+                if !ids.contains(id) {
+                    ids.push(id.clone());
+                }
+            }
+            ids
+        });
+        Plan::new(PlanContext { query: self.query, tool_ids }, self.steps)
+    }
+
+    fn with_input(mut self, input: Variable) -> Self {
+        self.steps.last_mut().expect("PlanBuilder: add a step before adding inputs").inputs.push(input);
+        self
+    }
+}

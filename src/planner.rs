@@ -1,0 +1,227 @@
+//! Planners: from a query and a set of tools to a [`Plan`].
+//!
+//! [`OneShotPlanner`] asks the LLM for the whole plan in one structured call, checks
+//! it with [`Plan::validate`], and re-asks with the list of problems until it is
+//! valid or the configured number of attempts is spent. Implement [`Planner`] to
+//! bring your own.
+
+use std::fmt::{self, Write};
+use std::sync::Arc;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::{Config, ModelRole};
+use crate::execution_context::ExecutionContext;
+use crate::llm::{LlmClient, LlmRequest, Message, OutputSchema, Usage, structured};
+use crate::plan::{Plan, PlanContext, Step, Variable};
+use crate::tool::{InMemoryToolRegistry, Tool};
+use crate::{Error, Result};
+
+/// What a planner is asked.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PlanningRequest {
+    /// The user's query.
+    pub query: String,
+    /// The tools the plan may use.
+    pub tools: Vec<Arc<dyn Tool>>,
+    /// Example plans to imitate.
+    pub examples: Vec<Plan>,
+    /// Who the plan is for, and extra planner instructions.
+    pub execution_context: ExecutionContext,
+    /// Today's date, `YYYY-MM-DD`.
+    pub today: String,
+}
+
+/// A plan and what it cost to make.
+#[derive(Debug, Clone)]
+pub struct PlanningOutcome {
+    /// The plan.
+    pub plan: Plan,
+    /// The LLM usage of planning.
+    pub usage: Usage,
+}
+
+/// Turns a query into a plan.
+#[async_trait::async_trait]
+pub trait Planner: Send + Sync + fmt::Debug {
+    /// Makes a plan.
+    ///
+    /// # Errors
+    /// [`Error::Planning`] when no valid plan could be made.
+    async fn plan(&self, request: PlanningRequest) -> Result<PlanningOutcome>;
+}
+
+/// A step as the planning LLM writes it.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+struct PlannedStep {
+    task: String,
+    #[serde(default)]
+    inputs: Vec<PlannedInput>,
+    #[serde(default)]
+    tool_id: Option<String>,
+    output: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+struct PlannedInput {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    value: Option<Value>,
+}
+
+/// The planning LLM's reply: steps, or why it cannot plan.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+struct StepsOrError {
+    #[serde(default)]
+    steps: Vec<PlannedStep>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+const SYSTEM: &str = "You plan how to answer a query with the tools listed. Reply with JSON: {\"steps\": [...]} \
+or, if the tools cannot answer the query, {\"steps\": [], \"error\": \"why\"}. Each step has: task (a self-contained \
+instruction), tool_id (a listed tool id, or null when the step only reasons over earlier outputs), inputs (each earlier \
+output the step needs, as {\"name\": \"$output_name\", \"description\": \"...\"}, or a constant with a \"value\"), and \
+output (a new $snake_case name). Every value a step needs from an earlier step must be declared as an input; steps with \
+no inputs in common may run at the same time. Use the fewest steps; never invent tools or values.";
+
+/// Plans with one structured LLM call, re-asking while the plan is invalid.
+#[derive(Debug, Clone)]
+pub struct OneShotPlanner {
+    llm: Arc<dyn LlmClient>,
+    attempts: u32,
+}
+
+impl OneShotPlanner {
+    /// A planner that calls `llm` and makes at most `config.planner_attempts` attempts.
+    pub fn new(llm: Arc<dyn LlmClient>, config: &Config) -> Self {
+        Self { llm, attempts: config.planner_attempts.max(1) }
+    }
+}
+
+#[async_trait::async_trait]
+impl Planner for OneShotPlanner {
+    async fn plan(&self, request: PlanningRequest) -> Result<PlanningOutcome> {
+        let registry = InMemoryToolRegistry::from_tools(request.tools.iter().cloned())?;
+        let tool_ids: Vec<String> = request.tools.iter().map(|t| t.id().to_owned()).collect();
+        let mut messages = vec![Message::system(SYSTEM), Message::user(prompt(&request))];
+        let mut usage = Usage::default();
+        let mut problems = Vec::new();
+        for attempt in 1..=self.attempts {
+            let llm_request = LlmRequest::new(ModelRole::Planning, messages.clone())
+                .with_output_schema(OutputSchema::of::<StepsOrError>("StepsOrError"));
+            let (reply, spent): (StepsOrError, Usage) = structured(self.llm.as_ref(), llm_request).await?;
+            usage += spent;
+            if let Some(error) = reply.error.filter(|e| !e.trim().is_empty()) {
+                if reply.steps.is_empty() {
+                    return Err(Error::Planning(format!("the planner could not plan: {error}")));
+                }
+            }
+            if reply.steps.is_empty() {
+                problems = vec!["the plan has no steps".to_owned()];
+            } else {
+                let plan = to_plan(&request.query, &tool_ids, &reply.steps);
+                problems = plan.problems(&registry).iter().map(ToString::to_string).collect();
+                if problems.is_empty() {
+                    tracing::info!(plan = %plan.id, steps = plan.steps.len(), attempt, "plan created");
+                    return Ok(PlanningOutcome { plan, usage });
+                }
+            }
+            tracing::warn!(attempt, ?problems, "planner returned an invalid plan; asking again");
+            let reply_json = serde_json::to_string(&reply.steps).unwrap_or_default();
+            messages.push(Message::assistant(format!("{{\"steps\":{reply_json}}}"), Vec::new()));
+            messages.push(Message::user(format!(
+                "That plan is invalid: {}. Reply with a corrected plan.",
+                problems.join("; ")
+            )));
+        }
+        Err(Error::Planning(format!("no valid plan after {} attempts: {}", self.attempts, problems.join("; "))))
+    }
+}
+
+fn to_plan(query: &str, tool_ids: &[String], steps: &[PlannedStep]) -> Plan {
+    let steps = steps
+        .iter()
+        .map(|s| Step {
+            task: s.task.clone(),
+            inputs: s
+                .inputs
+                .iter()
+                .map(|i| Variable { name: i.name.clone(), value: i.value.clone(), description: i.description.clone() })
+                .collect(),
+            tool_id: s.tool_id.clone().filter(|t| !t.is_empty() && t != "null"),
+            output: s.output.clone(),
+        })
+        .collect();
+    Plan::new(PlanContext { query: query.to_owned(), tool_ids: tool_ids.to_vec() }, steps)
+}
+
+/// The planner's user message: tools with their arguments, examples, context, query.
+fn prompt(request: &PlanningRequest) -> String {
+    let mut out = String::from("Tools:\n");
+    for tool in &request.tools {
+        let _ =
+            writeln!(out, "- {}: {} Arguments: {}", tool.id(), tool.description(), describe_args(&tool.args_schema()));
+    }
+    if !request.examples.is_empty() {
+        out.push_str("Example plans:\n");
+        for example in &request.examples {
+            let steps = serde_json::to_string(&example.steps).unwrap_or_default();
+            let _ = writeln!(out, "Query: {} -> {{\"steps\":{steps}}}", example.plan_context.query);
+        }
+    }
+    let ec = &request.execution_context;
+    if let Some(user) = &ec.end_user_id {
+        let _ = writeln!(out, "End user: {user}");
+    }
+    for (key, value) in &ec.additional_data {
+        let _ = writeln!(out, "{key}: {value}");
+    }
+    for line in ec.planner_system_context_extension.iter().flatten() {
+        let _ = writeln!(out, "Note: {line}");
+    }
+    let _ = write!(out, "Today: {}\nQuery: {}", request.today, request.query);
+    out
+}
+
+/// `name (type, required): description` for each argument, compactly.
+fn describe_args(schema: &Value) -> String {
+    let Some(properties) = schema.get("properties").and_then(Value::as_object) else { return "none".to_owned() };
+    let required = schema.get("required").and_then(Value::as_array);
+    let parts: Vec<String> = properties
+        .iter()
+        .map(|(name, p)| {
+            let kind = p
+                .get("type")
+                .map_or_else(|| "any".to_owned(), |t| t.as_str().map_or_else(|| t.to_string(), str::to_owned));
+            let req = if required.is_some_and(|r| r.iter().any(|v| v == name)) { ", required" } else { "" };
+            match p.get("description").and_then(Value::as_str) {
+                Some(about) => format!("{name} ({kind}{req}): {about}"),
+                None => format!("{name} ({kind}{req})"),
+            }
+        })
+        .collect();
+    if parts.is_empty() { "none".to_owned() } else { parts.join("; ") }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn arguments_are_described_compactly() {
+        let schema = json!({
+            "properties": {"city": {"type": "string", "description": "The city"}, "days": {"type": ["integer", "null"]}},
+            "required": ["city"]
+        });
+        assert_eq!(describe_args(&schema), "city (string, required): The city; days ([\"integer\",\"null\"])");
+        assert_eq!(describe_args(&json!({})), "none");
+    }
+}

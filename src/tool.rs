@@ -1,0 +1,393 @@
+//! Tools: what a step calls to act on the world, and registries to find them.
+//!
+//! Implement [`Tool`] directly with a JSON schema of your own, or implement
+//! [`TypedTool`] with an argument struct that derives `Deserialize` and `JsonSchema`
+//! and get the schema and argument parsing for free:
+//!
+//! ```
+//! use portia::tool::{ToolError, ToolOutput, ToolRunContext, TypedTool};
+//! use schemars::JsonSchema;
+//! use serde::Deserialize;
+//!
+//! #[derive(Deserialize, JsonSchema)]
+//! struct AddArgs {
+//!     /// The first number.
+//!     a: f64,
+//!     /// The second number.
+//!     b: f64,
+//! }
+//!
+//! #[derive(Debug)]
+//! struct AddTool;
+//!
+//! #[async_trait::async_trait]
+//! impl TypedTool for AddTool {
+//!     type Args = AddArgs;
+//!     fn id(&self) -> &str { "add_tool" }
+//!     fn name(&self) -> &str { "Add Tool" }
+//!     fn description(&self) -> &str { "Adds two numbers." }
+//!     async fn call(&self, _ctx: &ToolRunContext, args: AddArgs) -> Result<ToolOutput, ToolError> {
+//!         Ok(ToolOutput::value(args.a + args.b))
+//!     }
+//! }
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::clarification::Clarification;
+use crate::config::Config;
+use crate::execution_context::ExecutionContext;
+use crate::ids::WorkflowId;
+use crate::llm::{LlmClient, ToolDefinition};
+use crate::{Error, Result};
+
+/// What a tool run produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolOutput {
+    /// A value, which becomes the step's output.
+    Value(Value),
+    /// Questions for a human; the workflow waits for them before the step runs again.
+    Clarifications(Vec<Clarification>),
+}
+
+impl ToolOutput {
+    /// A value output.
+    pub fn value(value: impl Into<Value>) -> Self {
+        Self::Value(value.into())
+    }
+
+    /// One clarification.
+    pub fn clarification(clarification: Clarification) -> Self {
+        Self::Clarifications(vec![clarification])
+    }
+}
+
+/// A tool run that failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ToolError {
+    /// Worth retrying, perhaps with other arguments: the agent shows the model the
+    /// message and asks again (bad arguments, rate limits, timeouts).
+    #[error("{0}")]
+    Soft(String),
+    /// Retrying cannot help: the step, and the workflow, fail at once.
+    #[error("{0}")]
+    Hard(String),
+}
+
+impl ToolError {
+    /// A retryable error.
+    pub fn soft(message: impl fmt::Display) -> Self {
+        Self::Soft(message.to_string())
+    }
+
+    /// A final error.
+    pub fn hard(message: impl fmt::Display) -> Self {
+        Self::Hard(message.to_string())
+    }
+
+    /// Whether the error is [`ToolError::Soft`].
+    pub fn is_soft(&self) -> bool {
+        matches!(self, Self::Soft(_))
+    }
+}
+
+/// What a tool is given besides its arguments.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct ToolRunContext {
+    /// Who the workflow runs for.
+    pub execution_context: ExecutionContext,
+    /// The workflow the call belongs to.
+    pub workflow_id: WorkflowId,
+    /// The index of the step making the call.
+    pub step: usize,
+    /// The SDK configuration (API keys, base URLs, file root).
+    pub config: Arc<Config>,
+    /// Every clarification this step has raised, with the responses given so far.
+    pub clarifications: Vec<Clarification>,
+    /// The step's task and context as the agent sees it, for tools that ask an LLM.
+    pub step_context: String,
+    /// The runner's LLM client, for tools that ask an LLM.
+    pub llm: Option<Arc<dyn LlmClient>>,
+}
+
+impl fmt::Debug for ToolRunContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ToolRunContext")
+            .field("workflow_id", &self.workflow_id)
+            .field("step", &self.step)
+            .field("execution_context", &self.execution_context)
+            .field("clarifications", &self.clarifications)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ToolRunContext {
+    /// A context for `workflow_id` with nothing else set; the runner fills the rest.
+    pub fn new(workflow_id: WorkflowId, config: Arc<Config>) -> Self {
+        Self {
+            execution_context: ExecutionContext::default(),
+            workflow_id,
+            step: 0,
+            config,
+            clarifications: Vec::new(),
+            step_context: String::new(),
+            llm: None,
+        }
+    }
+
+    /// The response to this step's resolved clarification for `argument_name`, if any.
+    pub fn clarified(&self, argument_name: &str) -> Option<&Value> {
+        self.clarifications
+            .iter()
+            .rev()
+            .find(|c| c.resolved && c.argument_name() == Some(argument_name))
+            .and_then(|c| c.response.as_ref())
+    }
+}
+
+/// A capability a step can call.
+#[async_trait::async_trait]
+pub trait Tool: Send + Sync + fmt::Debug {
+    /// A stable id such as `search_tool`, used in plans.
+    fn id(&self) -> &str;
+    /// A human-readable name such as `Search Tool`.
+    fn name(&self) -> &str;
+    /// What the tool does and when to use it; the planner and agents read this.
+    fn description(&self) -> &str;
+    /// The JSON schema of the tool's arguments (an object).
+    fn args_schema(&self) -> Value;
+    /// What the tool returns.
+    fn output_description(&self) -> &str {
+        ""
+    }
+    /// Whether the tool's outputs are long enough to deserve an LLM summary.
+    fn should_summarize(&self) -> bool {
+        false
+    }
+    /// Whether the tool can run now (for example, whether the user has signed in).
+    async fn ready(&self, _ctx: &ToolRunContext) -> std::result::Result<bool, ToolError> {
+        Ok(true)
+    }
+    /// Runs the tool with the model's arguments.
+    async fn run(&self, ctx: &ToolRunContext, args: Value) -> std::result::Result<ToolOutput, ToolError>;
+
+    /// The tool as a function definition for the LLM.
+    fn definition(&self) -> ToolDefinition {
+        let mut description = self.description().to_owned();
+        if !self.output_description().is_empty() {
+            description.push_str(" Returns: ");
+            description.push_str(self.output_description());
+        }
+        ToolDefinition { name: self.id().to_owned(), description, parameters: self.args_schema() }
+    }
+}
+
+/// A tool with typed arguments; every `TypedTool` is a [`Tool`].
+///
+/// Arguments that do not fit `Args` are a [`ToolError::Soft`] carrying serde's
+/// message, so the agent can show the model what to fix.
+#[async_trait::async_trait]
+pub trait TypedTool: Send + Sync + fmt::Debug {
+    /// The argument struct.
+    type Args: DeserializeOwned + JsonSchema + Send;
+    /// See [`Tool::id`].
+    fn id(&self) -> &str;
+    /// See [`Tool::name`].
+    fn name(&self) -> &str;
+    /// See [`Tool::description`].
+    fn description(&self) -> &str;
+    /// See [`Tool::output_description`].
+    fn output_description(&self) -> &str {
+        ""
+    }
+    /// See [`Tool::should_summarize`].
+    fn should_summarize(&self) -> bool {
+        false
+    }
+    /// See [`Tool::ready`].
+    async fn ready(&self, _ctx: &ToolRunContext) -> std::result::Result<bool, ToolError> {
+        Ok(true)
+    }
+    /// Runs the tool with parsed arguments.
+    async fn call(&self, ctx: &ToolRunContext, args: Self::Args) -> std::result::Result<ToolOutput, ToolError>;
+}
+
+#[async_trait::async_trait]
+impl<T: TypedTool> Tool for T {
+    fn id(&self) -> &str {
+        TypedTool::id(self)
+    }
+    fn name(&self) -> &str {
+        TypedTool::name(self)
+    }
+    fn description(&self) -> &str {
+        TypedTool::description(self)
+    }
+    fn args_schema(&self) -> Value {
+        crate::llm::schema_value::<T::Args>()
+    }
+    fn output_description(&self) -> &str {
+        TypedTool::output_description(self)
+    }
+    fn should_summarize(&self) -> bool {
+        TypedTool::should_summarize(self)
+    }
+    async fn ready(&self, ctx: &ToolRunContext) -> std::result::Result<bool, ToolError> {
+        TypedTool::ready(self, ctx).await
+    }
+    async fn run(&self, ctx: &ToolRunContext, args: Value) -> std::result::Result<ToolOutput, ToolError> {
+        let args = serde_json::from_value(args).map_err(|e| {
+            ToolError::soft(format!("the arguments do not fit the schema of {}: {e}", TypedTool::id(self)))
+        })?;
+        self.call(ctx, args).await
+    }
+}
+
+/// A set of tools to plan and run with.
+pub trait ToolRegistry: Send + Sync + fmt::Debug {
+    /// Every tool, in registration order.
+    fn get_tools(&self) -> Vec<Arc<dyn Tool>>;
+
+    /// The tool with this id. A display name (such as `Search Tool`, as older plans
+    /// have it) is accepted when no id matches.
+    ///
+    /// # Errors
+    /// [`Error::ToolNotFound`].
+    fn get_tool(&self, id: &str) -> Result<Arc<dyn Tool>> {
+        let tools = self.get_tools();
+        tools
+            .iter()
+            .find(|t| t.id() == id)
+            .or_else(|| tools.iter().find(|t| t.name().eq_ignore_ascii_case(id)))
+            .cloned()
+            .ok_or_else(|| Error::ToolNotFound(id.to_owned()))
+    }
+
+    /// The tools worth offering the planner for `query`: all of them unless a
+    /// registry knows better.
+    fn match_tools(&self, _query: &str) -> Vec<Arc<dyn Tool>> {
+        self.get_tools()
+    }
+}
+
+/// Tools held in memory. Registering an id twice is an error.
+#[derive(Debug, Clone, Default)]
+pub struct InMemoryToolRegistry {
+    tools: Vec<Arc<dyn Tool>>,
+}
+
+impl InMemoryToolRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A registry holding `tools`.
+    ///
+    /// # Errors
+    /// [`Error::DuplicateTool`] if two tools share an id.
+    pub fn from_tools(tools: impl IntoIterator<Item = Arc<dyn Tool>>) -> Result<Self> {
+        let mut registry = Self::new();
+        for tool in tools {
+            registry.register(tool)?;
+        }
+        Ok(registry)
+    }
+
+    /// Adds a tool.
+    ///
+    /// # Errors
+    /// [`Error::DuplicateTool`] if its id is taken.
+    pub fn register(&mut self, tool: Arc<dyn Tool>) -> Result<()> {
+        if self.tools.iter().any(|t| t.id() == tool.id()) {
+            return Err(Error::DuplicateTool(tool.id().to_owned()));
+        }
+        self.tools.push(tool);
+        Ok(())
+    }
+
+    /// Adds a tool, builder style.
+    ///
+    /// # Errors
+    /// [`Error::DuplicateTool`] if its id is taken.
+    pub fn with(mut self, tool: impl Tool + 'static) -> Result<Self> {
+        self.register(Arc::new(tool))?;
+        Ok(self)
+    }
+}
+
+impl ToolRegistry for InMemoryToolRegistry {
+    fn get_tools(&self) -> Vec<Arc<dyn Tool>> {
+        self.tools.clone()
+    }
+}
+
+/// Several registries seen as one; the first registry holding an id wins.
+#[derive(Debug, Clone, Default)]
+pub struct AggregatedToolRegistry {
+    registries: Vec<Arc<dyn ToolRegistry>>,
+}
+
+impl AggregatedToolRegistry {
+    /// Combines `registries`, in priority order. Ids found in more than one are
+    /// logged as a warning; see [`AggregatedToolRegistry::duplicate_ids`].
+    pub fn new(registries: Vec<Arc<dyn ToolRegistry>>) -> Self {
+        let registry = Self { registries };
+        for id in registry.duplicate_ids() {
+            tracing::warn!(tool = %id, "tool id registered in more than one registry; the first one wins");
+        }
+        registry
+    }
+
+    /// Adds a registry with lower priority than those already present.
+    #[must_use]
+    pub fn and(mut self, registry: impl ToolRegistry + 'static) -> Self {
+        self.registries.push(Arc::new(registry));
+        Self::new(self.registries)
+    }
+
+    /// Ids that more than one registry holds (only the first is used).
+    pub fn duplicate_ids(&self) -> Vec<String> {
+        let mut seen = Vec::new();
+        let mut duplicates = Vec::new();
+        for tool in self.registries.iter().flat_map(|r| r.get_tools()) {
+            let id = tool.id().to_owned();
+            if seen.contains(&id) {
+                if !duplicates.contains(&id) {
+                    duplicates.push(id);
+                }
+            } else {
+                seen.push(id);
+            }
+        }
+        duplicates
+    }
+}
+
+impl ToolRegistry for AggregatedToolRegistry {
+    fn get_tools(&self) -> Vec<Arc<dyn Tool>> {
+        let mut tools: Vec<Arc<dyn Tool>> = Vec::new();
+        for tool in self.registries.iter().flat_map(|r| r.get_tools()) {
+            if !tools.iter().any(|t| t.id() == tool.id()) {
+                tools.push(tool);
+            }
+        }
+        tools
+    }
+
+    fn match_tools(&self, query: &str) -> Vec<Arc<dyn Tool>> {
+        let mut tools: Vec<Arc<dyn Tool>> = Vec::new();
+        for tool in self.registries.iter().flat_map(|r| r.match_tools(query)) {
+            if !tools.iter().any(|t| t.id() == tool.id()) {
+                tools.push(tool);
+            }
+        }
+        tools
+    }
+}

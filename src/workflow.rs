@@ -1,0 +1,482 @@
+//! Workflows: one run of a plan, with its state, outputs and clarifications.
+//!
+//! A [`Workflow`] is plain data that the runner saves after every change. Its state
+//! only moves through [`Workflow::transition_to`], which refuses illegal moves:
+//!
+//! ```text
+//! NOT_STARTED ──> IN_PROGRESS ──> COMPLETE
+//!                   │    ^   └──> FAILED
+//!                   v    │
+//!     NEED_CLARIFICATION ──> READY_TO_RESUME
+//! ```
+//! Any state that is not COMPLETE or FAILED may also move to FAILED (a cancelled run).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+
+use crate::clarification::Clarification;
+use crate::execution_context::ExecutionContext;
+use crate::ids::{ClarificationId, PlanId, WorkflowId};
+use crate::llm::Usage;
+use crate::plan::Plan;
+use crate::{Error, Result};
+
+/// Where a workflow is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum WorkflowState {
+    /// Created, not yet executed.
+    NotStarted,
+    /// Steps are running.
+    InProgress,
+    /// Waiting for a human to resolve clarifications.
+    NeedClarification,
+    /// Every clarification is resolved; execute it again to go on.
+    ReadyToResume,
+    /// Every step ran; the final output is set.
+    Complete,
+    /// A step failed or the run was cancelled; see [`Workflow::failure`].
+    Failed,
+}
+
+impl WorkflowState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [Self; 6] = [
+        Self::NotStarted,
+        Self::InProgress,
+        Self::NeedClarification,
+        Self::ReadyToResume,
+        Self::Complete,
+        Self::Failed,
+    ];
+
+    /// Whether the workflow can never change again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Complete | Self::Failed)
+    }
+
+    /// Whether moving from `self` to `next` is allowed.
+    pub fn can_transition_to(self, next: Self) -> bool {
+        use WorkflowState::*;
+        match (self, next) {
+            (Complete | Failed, _) => false,
+            (_, Failed) => true,
+            (NotStarted | ReadyToResume, InProgress) => true,
+            (InProgress, NeedClarification | Complete) => true,
+            (NeedClarification, ReadyToResume) => true,
+            _ => false,
+        }
+    }
+
+    /// The name used in JSON, such as `NEED_CLARIFICATION`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotStarted => "NOT_STARTED",
+            Self::InProgress => "IN_PROGRESS",
+            Self::NeedClarification => "NEED_CLARIFICATION",
+            Self::ReadyToResume => "READY_TO_RESUME",
+            Self::Complete => "COMPLETE",
+            Self::Failed => "FAILED",
+        }
+    }
+}
+
+impl fmt::Display for WorkflowState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The output of a step, or of the whole workflow.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Output {
+    /// The value, with its JSON type kept (a number stays a number).
+    #[serde(default)]
+    pub value: Value,
+    /// A short summary of the value, when one was made.
+    #[serde(default)]
+    pub summary: Option<String>,
+}
+
+impl Output {
+    /// An output with no summary.
+    pub fn new(value: impl Into<Value>) -> Self {
+        Self { value: value.into(), summary: None }
+    }
+
+    /// Sets the summary.
+    #[must_use]
+    pub fn with_summary(mut self, summary: impl Into<String>) -> Self {
+        self.summary = Some(summary.into());
+        self
+    }
+}
+
+/// Step outputs keyed by output name, kept in plan order (also in JSON).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepOutputs(Vec<(String, Output)>);
+
+impl StepOutputs {
+    /// The output stored under `name`.
+    pub fn get(&self, name: &str) -> Option<&Output> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, o)| o)
+    }
+
+    /// Whether an output is stored under `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// The outputs in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Output)> {
+        self.0.iter().map(|(n, o)| (n.as_str(), o))
+    }
+
+    /// How many outputs are stored.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether no output is stored.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Stores `output` under `name`, replacing an earlier one, at the position
+    /// `rank` gives (outputs are kept sorted by rank; unknown names go last).
+    fn insert_ranked(&mut self, name: String, output: Output, rank: impl Fn(&str) -> usize) {
+        self.0.retain(|(n, _)| *n != name);
+        let new_rank = rank(&name);
+        let at = self.0.iter().position(|(n, _)| rank(n) > new_rank).unwrap_or(self.0.len());
+        self.0.insert(at, (name, output));
+    }
+}
+
+impl Serialize for StepOutputs {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, output) in &self.0 {
+            map.serialize_entry(name, output)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for StepOutputs {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct OrderedVisitor;
+        impl<'de> Visitor<'de> for OrderedVisitor {
+            type Value = StepOutputs;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map from output name to output")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> std::result::Result<StepOutputs, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = access.next_entry::<String, Output>()? {
+                    entries.push(entry);
+                }
+                Ok(StepOutputs(entries))
+            }
+        }
+        deserializer.deserialize_map(OrderedVisitor)
+    }
+}
+
+/// What a workflow has produced so far.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WorkflowOutputs {
+    /// Every clarification raised, resolved or not.
+    pub clarifications: Vec<Clarification>,
+    /// Each finished step's output, keyed by the step's output name, in plan order.
+    pub step_outputs: StepOutputs,
+    /// The answer to the query: the last step's value, with a summary of the run.
+    pub final_output: Option<Output>,
+}
+
+/// Why a workflow failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// The step that failed, if a step did.
+    pub step: Option<usize>,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// LLM usage of a workflow: in total and per step (keyed by output name).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WorkflowUsage {
+    /// Every call the workflow made, planning (when it was planned by
+    /// [`Runner::execute_query`](crate::Runner::execute_query)) and summaries included.
+    pub total: Usage,
+    /// The calls made to plan the workflow, when the runner planned it.
+    pub planning: Usage,
+    /// The calls each step made, keyed by the step's output name.
+    pub steps: BTreeMap<String, Usage>,
+}
+
+/// One run of a plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Workflow {
+    /// The workflow's id.
+    pub id: WorkflowId,
+    /// The plan it runs.
+    pub plan_id: PlanId,
+    /// The lowest step not yet done (the last step once COMPLETE).
+    #[serde(default)]
+    pub current_step_index: usize,
+    /// Where the workflow is in its life; change it with [`Workflow::transition_to`].
+    #[serde(default = "not_started")]
+    pub state: WorkflowState,
+    /// Who the workflow runs for.
+    #[serde(default)]
+    pub execution_context: ExecutionContext,
+    /// Step outputs, clarifications and the final output.
+    #[serde(default)]
+    pub outputs: WorkflowOutputs,
+    /// Why the workflow failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+    /// The LLM calls and tokens the workflow spent.
+    #[serde(default)]
+    pub usage: WorkflowUsage,
+}
+
+fn not_started() -> WorkflowState {
+    WorkflowState::NotStarted
+}
+
+impl Workflow {
+    /// A new workflow for `plan_id` in NOT_STARTED.
+    pub fn new(plan_id: PlanId, execution_context: ExecutionContext) -> Self {
+        Self {
+            id: WorkflowId::new(),
+            plan_id,
+            current_step_index: 0,
+            state: WorkflowState::NotStarted,
+            execution_context,
+            outputs: WorkflowOutputs::default(),
+            failure: None,
+            usage: WorkflowUsage::default(),
+        }
+    }
+
+    /// Moves to `next`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidWorkflowState`] if the move is not allowed (see the module docs);
+    /// the state is then unchanged.
+    pub fn transition_to(&mut self, next: WorkflowState) -> Result<()> {
+        if !self.state.can_transition_to(next) {
+            return Err(self.invalid_state(format!("move to {next}")));
+        }
+        tracing::info!(workflow = %self.id, plan = %self.plan_id, from = %self.state, to = %next, "workflow state changed");
+        self.state = next;
+        Ok(())
+    }
+
+    /// An [`Error::InvalidWorkflowState`] for attempting `action` now.
+    pub fn invalid_state(&self, action: impl Into<String>) -> Error {
+        Error::InvalidWorkflowState { workflow_id: self.id, state: self.state, action: action.into() }
+    }
+
+    /// Clarifications still waiting for a response.
+    pub fn outstanding_clarifications(&self) -> impl Iterator<Item = &Clarification> {
+        self.outputs.clarifications.iter().filter(|c| !c.resolved)
+    }
+
+    /// Every clarification raised by `step`, resolved or not.
+    pub fn clarifications_for_step(&self, step: usize) -> impl Iterator<Item = &Clarification> {
+        self.outputs.clarifications.iter().filter(move |c| c.step == Some(step))
+    }
+
+    /// Whether `plan`'s step `step` has produced its output.
+    pub fn is_step_done(&self, plan: &Plan, step: usize) -> bool {
+        plan.steps.get(step).is_some_and(|s| self.outputs.step_outputs.contains(&s.output))
+    }
+
+    /// Stores the output of `plan`'s step `step`, keeping plan order, and moves
+    /// `current_step_index` to the lowest step not yet done.
+    pub fn record_step_output(&mut self, plan: &Plan, step: usize, output: Output) {
+        let Some(name) = plan.steps.get(step).map(|s| s.output.clone()) else { return };
+        tracing::debug!(workflow = %self.id, step, output = %name, value = %output.value, "step output");
+        let rank = |n: &str| plan.step_producing(n).unwrap_or(usize::MAX);
+        self.outputs.step_outputs.insert_ranked(name, output, rank);
+        self.update_current_step(plan);
+    }
+
+    /// Records the LLM usage of a step (or, with `step_output` `None`, of the run).
+    pub fn add_usage(&mut self, step_output: Option<&str>, usage: Usage) {
+        self.usage.total += usage;
+        if let Some(name) = step_output {
+            *self.usage.steps.entry(name.to_owned()).or_default() += usage;
+        }
+    }
+
+    /// Adds clarifications raised by `step`, stamping each with the step index.
+    pub fn add_clarifications(&mut self, step: usize, clarifications: impl IntoIterator<Item = Clarification>) {
+        for mut clarification in clarifications {
+            clarification.step = Some(step);
+            clarification.workflow_id = self.id;
+            self.outputs.clarifications.push(clarification);
+        }
+    }
+
+    /// Resolves one clarification; once none is outstanding, a workflow in
+    /// NEED_CLARIFICATION becomes READY_TO_RESUME.
+    ///
+    /// # Errors
+    /// [`Error::ClarificationNotFound`], [`Error::InvalidClarificationResponse`], or
+    /// [`Error::InvalidWorkflowState`] for a workflow that is COMPLETE or FAILED.
+    pub fn resolve_clarification(&mut self, id: ClarificationId, response: Value) -> Result<()> {
+        if self.state.is_terminal() {
+            return Err(self.invalid_state("resolve a clarification"));
+        }
+        let workflow_id = self.id;
+        let clarification = self
+            .outputs
+            .clarifications
+            .iter_mut()
+            .find(|c| c.id == id)
+            .ok_or(Error::ClarificationNotFound { workflow_id, clarification_id: id })?;
+        clarification.resolve(response)?;
+        if self.state == WorkflowState::NeedClarification && self.outstanding_clarifications().next().is_none() {
+            self.transition_to(WorkflowState::ReadyToResume)?;
+        }
+        Ok(())
+    }
+
+    /// Marks the workflow FAILED with `message`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidWorkflowState`] if it is already COMPLETE or FAILED.
+    pub fn fail(&mut self, step: Option<usize>, message: impl Into<String>) -> Result<()> {
+        self.transition_to(WorkflowState::Failed)?;
+        let message = message.into();
+        tracing::warn!(workflow = %self.id, plan = %self.plan_id, ?step, %message, "workflow failed");
+        self.failure = Some(Failure { step, message });
+        Ok(())
+    }
+
+    fn update_current_step(&mut self, plan: &Plan) {
+        let last = plan.steps.len().saturating_sub(1);
+        self.current_step_index = (0..plan.steps.len()).find(|&i| !self.is_step_done(plan, i)).unwrap_or(last);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::plan::PlanBuilder;
+
+    #[test]
+    fn legal_transitions_are_exactly_the_documented_ones() {
+        use WorkflowState::*;
+        let legal = [
+            (NotStarted, InProgress),
+            (NotStarted, Failed),
+            (InProgress, NeedClarification),
+            (InProgress, Complete),
+            (InProgress, Failed),
+            (NeedClarification, ReadyToResume),
+            (NeedClarification, Failed),
+            (ReadyToResume, InProgress),
+            (ReadyToResume, Failed),
+        ];
+        for from in WorkflowState::ALL {
+            for to in WorkflowState::ALL {
+                let mut wf = Workflow::new(PlanId::new(), ExecutionContext::default());
+                wf.state = from;
+                let result = wf.transition_to(to);
+                if legal.contains(&(from, to)) {
+                    assert!(result.is_ok(), "{from} -> {to} should be legal");
+                    assert_eq!(wf.state, to);
+                } else {
+                    let err = result.expect_err(&format!("{from} -> {to} should be refused"));
+                    assert!(matches!(err, Error::InvalidWorkflowState { state, .. } if state == from));
+                    assert_eq!(wf.state, from, "a refused transition leaves the state alone");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn state_serializes_in_screaming_snake_case() {
+        for state in WorkflowState::ALL {
+            assert_eq!(serde_json::to_value(state).unwrap(), json!(state.as_str()));
+        }
+    }
+
+    #[test]
+    fn step_outputs_keep_plan_order_whatever_the_finishing_order() {
+        let plan = PlanBuilder::new("q").step("a", None, "$a").step("b", None, "$b").step("c", None, "$c").build();
+        let mut wf = Workflow::new(plan.id, ExecutionContext::default());
+        wf.record_step_output(&plan, 2, Output::new(3));
+        assert_eq!(wf.current_step_index, 0);
+        wf.record_step_output(&plan, 0, Output::new(1));
+        assert_eq!(wf.current_step_index, 1);
+        wf.record_step_output(&plan, 1, Output::new("two"));
+        let names: Vec<_> = wf.outputs.step_outputs.iter().map(|(n, _)| n.to_owned()).collect();
+        assert_eq!(names, ["$a", "$b", "$c"]);
+        assert_eq!(wf.current_step_index, 2);
+        let text = serde_json::to_string(&wf.outputs.step_outputs).unwrap();
+        assert_eq!(
+            text,
+            r#"{"$a":{"value":1,"summary":null},"$b":{"value":"two","summary":null},"$c":{"value":3,"summary":null}}"#
+        );
+        let back: StepOutputs = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, wf.outputs.step_outputs);
+    }
+
+    #[test]
+    fn values_keep_their_json_type() {
+        let output = Output::new(json!({"price": 219.39, "up": true}));
+        let back: Output = serde_json::from_str(&serde_json::to_string(&output).unwrap()).unwrap();
+        assert_eq!(back.value["price"], json!(219.39));
+        assert_eq!(back.value["up"], json!(true));
+    }
+
+    #[test]
+    fn resolving_the_last_clarification_makes_it_ready_to_resume() {
+        let mut wf = Workflow::new(PlanId::new(), ExecutionContext::default());
+        wf.state = WorkflowState::NeedClarification;
+        let a = Clarification::input(wf.id, "x", "x?");
+        let b = Clarification::input(wf.id, "y", "y?");
+        let (a_id, b_id) = (a.id, b.id);
+        wf.add_clarifications(1, [a, b]);
+        assert!(wf.clarifications_for_step(1).all(|c| c.step == Some(1)));
+        wf.resolve_clarification(a_id, json!(1)).unwrap();
+        assert_eq!(wf.state, WorkflowState::NeedClarification);
+        wf.resolve_clarification(b_id, json!(2)).unwrap();
+        assert_eq!(wf.state, WorkflowState::ReadyToResume);
+        assert_eq!(wf.outstanding_clarifications().count(), 0);
+    }
+
+    #[test]
+    fn resolving_an_unknown_clarification_names_both_ids() {
+        let mut wf = Workflow::new(PlanId::new(), ExecutionContext::default());
+        let missing = ClarificationId::new();
+        let err = wf.resolve_clarification(missing, json!(1)).unwrap_err();
+        assert!(err.to_string().contains(&missing.to_string()));
+        assert!(err.to_string().contains(&wf.id.to_string()));
+    }
+
+    #[test]
+    fn usage_accumulates_per_step_and_in_total() {
+        let mut wf = Workflow::new(PlanId::new(), ExecutionContext::default());
+        let call = Usage { llm_calls: 1, prompt_tokens: 10, completion_tokens: 2 };
+        wf.add_usage(Some("$a"), call);
+        wf.add_usage(Some("$a"), call);
+        wf.add_usage(None, call);
+        assert_eq!(wf.usage.total, Usage { llm_calls: 3, prompt_tokens: 30, completion_tokens: 6 });
+        assert_eq!(wf.usage.steps["$a"].llm_calls, 2);
+    }
+}

@@ -35,6 +35,7 @@ pub mod clarification;
 pub mod config;
 mod error;
 pub mod execution_context;
+pub mod http;
 pub mod ids;
 pub mod llm;
 pub mod plan;

@@ -124,6 +124,9 @@ impl Storage for DiskStorage {
         line.push(b'\n');
         tokio::fs::create_dir_all(&self.dir).await.map_err(io_error)?;
         let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await.map_err(io_error)?;
-        file.write_all(&line).await.map_err(io_error)
+        file.write_all(&line).await.map_err(io_error)?;
+        // tokio hands writes to a blocking thread; without a flush the line may not be
+        // written yet when this returns, and a reader would miss it.
+        file.flush().await.map_err(io_error)
     }
 }

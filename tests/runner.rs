@@ -1,0 +1,322 @@
+//! The runner's state machine, persistence and clarification handling, driven by
+//! the scripted LLM and mock tools.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{config, harness};
+use portia::config::ExecutionMode;
+use portia::runner::ReadyPolicy;
+use portia::storage::{Storage, WorkflowQuery};
+use portia::testing::{MockBehavior, MockTool, ScriptedLlm};
+use portia::{Error, ExecutionContext, InMemoryToolRegistry, PlanBuilder, Runner, Workflow, WorkflowState};
+use serde_json::json;
+
+fn registry(tools: Vec<MockTool>) -> InMemoryToolRegistry {
+    InMemoryToolRegistry::from_tools(tools.into_iter().map(|t| Arc::new(t) as Arc<dyn portia::Tool>)).unwrap()
+}
+
+#[tokio::test]
+async fn workflow_is_saved_after_every_state_change_and_step_output() {
+    let tools = registry(vec![MockTool::returning("add_tool", json!(3))]);
+    let llm = ScriptedLlm::new().tool_call("add_tool", json!({"a": 1, "b": 2})).text("sum is 3");
+    let h = harness(config(ExecutionMode::Sequential, false), tools, llm);
+    let plan = PlanBuilder::new("add")
+        .step("Add 1 and 2", Some("add_tool"), "$sum")
+        .step("Say the sum", None, "$answer")
+        .input("$sum", "the sum")
+        .build();
+    let workflow = h.runner.run_plan(&plan).await.unwrap();
+
+    assert_eq!(workflow.state, WorkflowState::Complete);
+    assert_eq!(workflow.outputs.final_output.as_ref().unwrap().value, json!("sum is 3"));
+    let saved: Vec<(WorkflowState, usize)> =
+        h.storage.snapshots().iter().map(|w| (w.state, w.outputs.step_outputs.len())).collect();
+    assert_eq!(
+        saved,
+        [
+            (WorkflowState::NotStarted, 0),
+            (WorkflowState::InProgress, 0),
+            (WorkflowState::InProgress, 1),
+            (WorkflowState::InProgress, 2),
+            (WorkflowState::Complete, 2),
+        ]
+    );
+    assert_eq!(h.runner.get_workflow(workflow.id).await.unwrap(), workflow, "the stored copy is the final one");
+}
+
+#[tokio::test]
+async fn hand_built_plan_is_saved_by_create_workflow() {
+    let h = harness(config(ExecutionMode::Sequential, false), registry(vec![]), ScriptedLlm::new());
+    let plan = PlanBuilder::new("q").step("think", None, "$x").build();
+    let workflow = h.runner.create_workflow(&plan).await.unwrap();
+    assert_eq!(workflow.state, WorkflowState::NotStarted);
+    assert_eq!(h.runner.get_plan(plan.id).await.unwrap(), plan);
+    assert_eq!(h.runner.get_workflow(workflow.id).await.unwrap(), workflow);
+}
+
+#[tokio::test]
+async fn create_workflow_reports_every_plan_problem() {
+    let h = harness(config(ExecutionMode::Sequential, false), registry(vec![]), ScriptedLlm::new());
+    let plan = PlanBuilder::new("q")
+        .step("", Some("nope_tool"), "$a")
+        .step("b", None, "$a")
+        .input("$missing", "never produced")
+        .build();
+    let Err(Error::InvalidPlan(problems)) = h.runner.create_workflow(&plan).await else {
+        panic!("expected InvalidPlan")
+    };
+    let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    assert_eq!(text.len(), 4, "{text:?}");
+    assert!(text[0].contains("empty task"));
+    assert!(text[1].contains("nope_tool"));
+    assert!(text[2].contains("$missing"));
+    assert!(text[3].contains("reuses the output name $a"));
+    assert!(h.runner.get_plan(plan.id).await.is_err(), "an invalid plan is not saved");
+}
+
+#[tokio::test]
+async fn finished_workflows_cannot_be_executed_again() {
+    let h = harness(config(ExecutionMode::Sequential, false), registry(vec![]), ScriptedLlm::new().text("done"));
+    let plan = PlanBuilder::new("q").step("think", None, "$x").build();
+    let done = h.runner.run_plan(&plan).await.unwrap();
+    let err = h.runner.execute_workflow(done.clone()).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidWorkflowState { state: WorkflowState::Complete, .. }), "{err}");
+    let mut failed = done;
+    failed.state = WorkflowState::Failed;
+    let err = h.runner.execute_workflow(failed).await.unwrap_err();
+    assert!(err.to_string().contains("cannot execute it while it is FAILED"), "{err}");
+}
+
+#[tokio::test]
+async fn unresolved_clarifications_return_the_workflow_unchanged_without_any_call() {
+    let tools = registry(vec![MockTool::new("ask_tool", MockBehavior::ClarifyInput("city".into()))]);
+    let llm = ScriptedLlm::new().tool_call("ask_tool", json!({}));
+    let h = harness(config(ExecutionMode::Sequential, false), tools, llm);
+    let plan = PlanBuilder::new("q").step("Ask for the city", Some("ask_tool"), "$city").build();
+    let waiting = h.runner.run_plan(&plan).await.unwrap();
+    assert_eq!(waiting.state, WorkflowState::NeedClarification);
+    let saves_before = h.storage.snapshots().len();
+
+    let again = h.runner.execute_workflow(waiting.clone()).await.unwrap();
+    assert_eq!(again, waiting);
+    assert_eq!(h.llm.requests().len(), 1, "no LLM call was made");
+    assert_eq!(h.storage.snapshots().len(), saves_before, "nothing was saved");
+}
+
+#[tokio::test]
+async fn clarification_resolved_then_resumed_to_complete() {
+    let tool = Arc::new(MockTool::new("ask_tool", MockBehavior::ClarifyInput("city".into())));
+    let tools = InMemoryToolRegistry::from_tools([tool.clone() as Arc<dyn portia::Tool>]).unwrap();
+    let llm = ScriptedLlm::new().tool_call("ask_tool", json!({})).tool_call("ask_tool", json!({}));
+    let h = harness(config(ExecutionMode::Sequential, false), tools, llm);
+    let plan = PlanBuilder::new("q").step("Ask for the city", Some("ask_tool"), "$city").build();
+
+    let waiting = h.runner.run_plan(&plan).await.unwrap();
+    assert_eq!(waiting.state, WorkflowState::NeedClarification);
+    let clarification = waiting.outstanding_clarifications().next().unwrap().clone();
+    assert_eq!(clarification.step, Some(0));
+    assert_eq!(clarification.argument_name(), Some("city"));
+
+    let ready = h.runner.resolve_clarification(&clarification, "Lisbon").await.unwrap();
+    assert_eq!(ready.state, WorkflowState::ReadyToResume);
+    assert_eq!(
+        h.runner.get_workflow(ready.id).await.unwrap().state,
+        WorkflowState::ReadyToResume,
+        "resolution is saved"
+    );
+
+    let done = h.runner.execute_workflow(ready).await.unwrap();
+    assert_eq!(done.state, WorkflowState::Complete);
+    assert_eq!(done.outputs.step_outputs.get("$city").unwrap().value, json!({"city": "Lisbon"}));
+    let second_call = &tool.calls()[1];
+    assert_eq!(second_call.clarifications[0].response, Some(json!("Lisbon")), "the tool saw the answer");
+    assert!(
+        second_call.step_context.contains("city: Lisbon"),
+        "the agent saw the answer: {}",
+        second_call.step_context
+    );
+}
+
+#[tokio::test]
+async fn multiple_choice_answer_outside_the_options_is_refused_and_not_saved() {
+    let options = vec![json!("a.txt"), json!("b.txt")];
+    let tools = registry(vec![MockTool::new("pick_tool", MockBehavior::ClarifyChoice("file".into(), options))]);
+    let llm = ScriptedLlm::new().tool_call("pick_tool", json!({})).tool_call("pick_tool", json!({}));
+    let h = harness(config(ExecutionMode::Sequential, false), tools, llm);
+    let plan = PlanBuilder::new("q").step("Pick a file", Some("pick_tool"), "$file").build();
+    let waiting = h.runner.run_plan(&plan).await.unwrap();
+    let clarification = waiting.outstanding_clarifications().next().unwrap().clone();
+    assert_eq!(clarification.category(), "Multiple Choice");
+
+    let err = h.runner.resolve_clarification(&clarification, "c.txt").await.unwrap_err();
+    assert!(matches!(err, Error::InvalidClarificationResponse { .. }), "{err}");
+    let stored = h.runner.get_workflow(waiting.id).await.unwrap();
+    assert_eq!(stored.state, WorkflowState::NeedClarification);
+    assert!(!stored.outputs.clarifications[0].resolved);
+
+    let ready = h.runner.resolve_clarification(&clarification, "b.txt").await.unwrap();
+    let done = h.runner.execute_workflow(ready).await.unwrap();
+    assert_eq!(done.outputs.final_output.unwrap().value, json!("b.txt"));
+}
+
+#[tokio::test]
+async fn a_tool_missing_at_execution_fails_the_workflow_with_a_message() {
+    let h = harness(config(ExecutionMode::Sequential, false), registry(vec![]), ScriptedLlm::new());
+    let plan = PlanBuilder::new("q").step("Search", Some("search_tool"), "$x").build();
+    // Stored directly, as a plan made when the registry still had the tool would be.
+    h.runner.storage().save_plan(&plan).await.unwrap();
+    let workflow = Workflow::new(plan.id, ExecutionContext::default());
+    let failed = h.runner.execute_workflow(workflow).await.unwrap();
+    assert_eq!(failed.state, WorkflowState::Failed);
+    let failure = failed.failure.unwrap();
+    assert_eq!(failure.step, Some(0));
+    assert!(failure.message.contains("Tool search_tool is not in the tool registry"), "{}", failure.message);
+    assert_eq!(h.runner.get_workflow(failed.id).await.unwrap().state, WorkflowState::Failed, "the failure is saved");
+}
+
+#[tokio::test]
+async fn execute_by_id_and_missing_ids_give_typed_errors() {
+    let h = harness(config(ExecutionMode::Sequential, false), registry(vec![]), ScriptedLlm::new().text("ok"));
+    let plan = PlanBuilder::new("q").step("think", None, "$x").build();
+    let created = h.runner.create_workflow(&plan).await.unwrap();
+    let done = h.runner.execute_workflow_by_id(created.id).await.unwrap();
+    assert_eq!(done.state, WorkflowState::Complete);
+
+    let missing = portia::WorkflowId::new();
+    assert!(
+        matches!(h.runner.execute_workflow_by_id(missing).await, Err(Error::WorkflowNotFound(id)) if id == missing)
+    );
+    let missing_plan = portia::PlanId::new();
+    assert!(matches!(h.runner.get_plan(missing_plan).await, Err(Error::PlanNotFound(id)) if id == missing_plan));
+}
+
+#[tokio::test]
+async fn empty_plan_completes_without_output_or_calls() {
+    let h = harness(config(ExecutionMode::Sequential, true), registry(vec![]), ScriptedLlm::new());
+    let plan = PlanBuilder::new("nothing to do").build();
+    let done = h.runner.run_plan(&plan).await.unwrap();
+    assert_eq!(done.state, WorkflowState::Complete);
+    assert_eq!(done.outputs.final_output, None);
+}
+
+#[tokio::test]
+async fn final_summary_failure_only_leaves_the_summary_empty() {
+    let llm = ScriptedLlm::new().text("the answer").error(portia::llm::LlmError::Other("summary model down".into()));
+    let h = harness(config(ExecutionMode::Sequential, true), registry(vec![]), llm);
+    let plan = PlanBuilder::new("q").step("think", None, "$x").build();
+    let done = h.runner.run_plan(&plan).await.unwrap();
+    assert_eq!(done.state, WorkflowState::Complete);
+    let final_output = done.outputs.final_output.unwrap();
+    assert_eq!(final_output.value, json!("the answer"));
+    assert_eq!(final_output.summary, None);
+}
+
+#[tokio::test]
+async fn workflows_are_listed_by_state() {
+    let llm = ScriptedLlm::new().text("one").text("two");
+    let h = harness(config(ExecutionMode::Sequential, false), registry(vec![]), llm);
+    let plan = PlanBuilder::new("q").step("think", None, "$x").build();
+    h.runner.run_plan(&plan).await.unwrap();
+    h.runner.run_plan(&plan).await.unwrap();
+    h.runner.create_workflow(&plan).await.unwrap();
+    let complete = h.runner.list_workflows(&WorkflowQuery::in_state(WorkflowState::Complete)).await.unwrap();
+    assert_eq!(complete.count, 2);
+    assert!(complete.results.iter().all(|w| w.state == WorkflowState::Complete));
+    let all = h.runner.list_workflows(&WorkflowQuery { page_size: 2, page: 2, ..Default::default() }).await.unwrap();
+    assert_eq!((all.count, all.total_pages, all.results.len()), (3, 2, 1));
+}
+
+#[tokio::test]
+async fn tool_calls_are_recorded_with_their_outcome() {
+    let storage = Arc::new(portia::storage::InMemoryStorage::new());
+    let tools = registry(vec![MockTool::returning("add_tool", json!(3))]);
+    let llm = Arc::new(ScriptedLlm::new().tool_call("add_tool", json!({"a": 1})));
+    let runner = Runner::builder(config(ExecutionMode::Sequential, false))
+        .tools(tools)
+        .llm(llm)
+        .storage(storage.clone())
+        .build()
+        .unwrap();
+    let plan = PlanBuilder::new("q").step("add", Some("add_tool"), "$sum").build();
+    let done = runner.create_workflow_with(&plan, ExecutionContext::for_end_user("alice")).await.unwrap();
+    let done = runner.execute_workflow(done).await.unwrap();
+    let calls = storage.tool_calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].workflow_id, done.id);
+    assert_eq!(calls[0].tool_id, "add_tool");
+    assert_eq!(calls[0].input, json!({"a": 1}));
+    assert_eq!(calls[0].output, json!(3));
+    assert_eq!(calls[0].end_user_id.as_deref(), Some("alice"));
+    assert_eq!(calls[0].status, portia::storage::ToolCallStatus::Success);
+}
+
+#[tokio::test(start_paused = true)]
+async fn wait_for_ready_polls_the_tool_then_resolves_action_clarifications() {
+    let tool =
+        Arc::new(MockTool::new("oauth_tool", MockBehavior::Action("https://example.com/login".into(), json!("mail"))));
+    let tools = InMemoryToolRegistry::from_tools([tool.clone() as Arc<dyn portia::Tool>]).unwrap();
+    let llm = ScriptedLlm::new().tool_call("oauth_tool", json!({})).tool_call("oauth_tool", json!({}));
+    let h = harness(config(ExecutionMode::Sequential, false), tools, llm);
+    let plan = PlanBuilder::new("q").step("Read mail", Some("oauth_tool"), "$mail").build();
+    let waiting = h.runner.run_plan(&plan).await.unwrap();
+    assert_eq!(waiting.state, WorkflowState::NeedClarification);
+
+    let policy = ReadyPolicy {
+        initial_interval: Duration::from_secs(2),
+        max_interval: Duration::from_secs(8),
+        timeout: Duration::from_secs(600),
+    };
+    let started = tokio::time::Instant::now();
+    let signer = {
+        let tool = tool.clone();
+        async move {
+            tokio::time::sleep(Duration::from_secs(13)).await;
+            tool.set_ready(true);
+        }
+    };
+    let (ready, ()) = tokio::join!(h.runner.wait_for_ready(waiting.id, policy), signer);
+    let ready = ready.unwrap();
+    // Polls at 0, 2, 6, 14 s: the first after the user signed in (13 s) ends the wait.
+    assert_eq!(started.elapsed(), Duration::from_secs(14));
+    assert_eq!(ready.state, WorkflowState::ReadyToResume);
+    assert_eq!(ready.outputs.clarifications[0].response, Some(json!("complete")));
+    let done = h.runner.execute_workflow(ready).await.unwrap();
+    assert_eq!(done.outputs.final_output.unwrap().value, json!("mail"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn wait_for_ready_rereads_the_stored_workflow_and_times_out_with_a_typed_error() {
+    let tool =
+        Arc::new(MockTool::new("oauth_tool", MockBehavior::Action("https://example.com/login".into(), json!(1))));
+    let tools = InMemoryToolRegistry::from_tools([tool.clone() as Arc<dyn portia::Tool>]).unwrap();
+    let h =
+        harness(config(ExecutionMode::Sequential, false), tools, ScriptedLlm::new().tool_call("oauth_tool", json!({})));
+    let plan = PlanBuilder::new("q").step("Read mail", Some("oauth_tool"), "$mail").build();
+    let waiting = h.runner.run_plan(&plan).await.unwrap();
+    let policy = ReadyPolicy { timeout: Duration::from_secs(30), ..ReadyPolicy::default() };
+
+    let err = h.runner.wait_for_ready(waiting.id, policy).await.unwrap_err();
+    assert!(matches!(err, Error::NotReady(id) if id == waiting.id), "{err}");
+
+    // Someone else resolves it (another process, say): the next wait sees the stored state.
+    let clarification = waiting.outputs.clarifications[0].clone();
+    h.runner.resolve_clarification(&clarification, "done elsewhere").await.unwrap();
+    let ready = h.runner.wait_for_ready(waiting.id, policy).await.unwrap();
+    assert_eq!(ready.state, WorkflowState::ReadyToResume);
+}
+
+#[test]
+fn runner_is_send_sync_and_cheap_to_clone() {
+    fn assert_send_sync_clone<T: Send + Sync + Clone + 'static>() {}
+    assert_send_sync_clone::<Runner>();
+}
+
+#[tokio::test]
+async fn runner_without_llm_names_the_missing_key() {
+    let config = portia::Config::builder().llm_provider(portia::config::LlmProvider::Anthropic).build().unwrap();
+    let err = Runner::new(config, InMemoryToolRegistry::new()).unwrap_err();
+    assert!(matches!(&err, Error::MissingApiKey { env_var, .. } if env_var == "ANTHROPIC_API_KEY"), "{err}");
+}

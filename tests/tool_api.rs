@@ -1,0 +1,107 @@
+//! The tools API: typed tools, registries and their errors.
+
+use std::sync::Arc;
+
+use portia::testing::MockTool;
+use portia::tool::{AggregatedToolRegistry, ToolRunContext};
+use portia::{Config, Error, InMemoryToolRegistry, Tool, ToolError, ToolOutput, ToolRegistry, TypedTool, WorkflowId};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::json;
+
+#[derive(Deserialize, JsonSchema)]
+struct AddArgs {
+    /// The first number.
+    a: f64,
+    /// The second number.
+    b: f64,
+}
+
+#[derive(Debug)]
+struct AddTool;
+
+#[async_trait::async_trait]
+impl TypedTool for AddTool {
+    type Args = AddArgs;
+    fn id(&self) -> &str {
+        "add_tool"
+    }
+    fn name(&self) -> &str {
+        "Add Tool"
+    }
+    fn description(&self) -> &str {
+        "Adds two numbers."
+    }
+    fn output_description(&self) -> &str {
+        "The sum."
+    }
+    async fn call(&self, _ctx: &ToolRunContext, args: AddArgs) -> Result<ToolOutput, ToolError> {
+        Ok(ToolOutput::value(args.a + args.b))
+    }
+}
+
+fn ctx() -> ToolRunContext {
+    ToolRunContext::new(WorkflowId::new(), Arc::new(Config::default()))
+}
+
+#[tokio::test]
+async fn typed_tool_gets_its_schema_and_parsing_for_free() {
+    let schema = AddTool.args_schema();
+    assert_eq!(schema["type"], "object");
+    assert_eq!(schema["properties"]["a"]["description"], "The first number.");
+    assert_eq!(schema["required"], json!(["a", "b"]));
+    assert_eq!(AddTool.run(&ctx(), json!({"a": 1, "b": 2.5})).await.unwrap(), ToolOutput::value(3.5));
+    let definition = AddTool.definition();
+    assert_eq!(definition.name, "add_tool");
+    assert_eq!(definition.description, "Adds two numbers. Returns: The sum.");
+}
+
+#[tokio::test]
+async fn arguments_that_do_not_fit_are_a_soft_error_with_serdes_message() {
+    let err = AddTool.run(&ctx(), json!({"a": "one"})).await.unwrap_err();
+    let ToolError::Soft(message) = err else { panic!("expected a soft error") };
+    assert!(message.contains("add_tool"), "{message}");
+    assert!(message.contains("invalid type: string \"one\", expected f64"), "{message}");
+}
+
+#[test]
+fn registering_an_existing_id_is_an_error() {
+    let mut registry = InMemoryToolRegistry::new();
+    registry.register(Arc::new(AddTool)).unwrap();
+    let err = registry.register(Arc::new(AddTool)).unwrap_err();
+    assert!(matches!(&err, Error::DuplicateTool(id) if id == "add_tool"), "{err}");
+    assert_eq!(registry.get_tools().len(), 1);
+}
+
+#[test]
+fn lookup_by_id_falls_back_to_the_display_name_and_reports_unknown_ids() {
+    let registry = InMemoryToolRegistry::new().with(AddTool).unwrap();
+    assert_eq!(registry.get_tool("add_tool").unwrap().id(), "add_tool");
+    assert_eq!(registry.get_tool("add tool").unwrap().id(), "add_tool", "older plans name tools by display name");
+    let err = registry.get_tool("subtract_tool").unwrap_err();
+    assert!(matches!(&err, Error::ToolNotFound(id) if id == "subtract_tool"), "{err}");
+}
+
+#[test]
+fn aggregation_prefers_the_first_registry_and_reports_duplicates() {
+    let first = InMemoryToolRegistry::new().with(MockTool::returning("shared", json!("first"))).unwrap();
+    let second = InMemoryToolRegistry::new()
+        .with(MockTool::returning("shared", json!("second")))
+        .unwrap()
+        .with(MockTool::echo("only_second"))
+        .unwrap();
+    let combined = AggregatedToolRegistry::default().and(first).and(second);
+    assert_eq!(combined.duplicate_ids(), ["shared"]);
+    let ids: Vec<String> = combined.get_tools().iter().map(|t| t.id().to_owned()).collect();
+    assert_eq!(ids, ["shared", "only_second"]);
+    assert_eq!(combined.match_tools("anything").len(), 2);
+}
+
+#[tokio::test]
+async fn first_match_wins_when_running_an_aggregated_tool() {
+    let first = InMemoryToolRegistry::new().with(MockTool::returning("shared", json!("first"))).unwrap();
+    let second = InMemoryToolRegistry::new().with(MockTool::returning("shared", json!("second"))).unwrap();
+    let combined = AggregatedToolRegistry::new(vec![Arc::new(first), Arc::new(second)]);
+    let output = combined.get_tool("shared").unwrap().run(&ctx(), json!({})).await.unwrap();
+    assert_eq!(output, ToolOutput::value("first"));
+}

@@ -320,3 +320,16 @@ async fn runner_without_llm_names_the_missing_key() {
     let err = Runner::new(config, InMemoryToolRegistry::new()).unwrap_err();
     assert!(matches!(&err, Error::MissingApiKey { env_var, .. } if env_var == "ANTHROPIC_API_KEY"), "{err}");
 }
+
+#[tokio::test]
+async fn cancelling_fails_and_saves_the_workflow_once() {
+    let h = harness(config(ExecutionMode::Sequential, false), registry(vec![]), ScriptedLlm::new());
+    let plan = PlanBuilder::new("q").step("think", None, "$x").build();
+    let created = h.runner.create_workflow(&plan).await.unwrap();
+    let cancelled = h.runner.cancel_workflow(created.id, "the user said no").await.unwrap();
+    assert_eq!(cancelled.state, WorkflowState::Failed);
+    assert_eq!(cancelled.failure.as_ref().unwrap().message, "the user said no");
+    assert_eq!(h.runner.get_workflow(created.id).await.unwrap(), cancelled);
+    let err = h.runner.cancel_workflow(created.id, "again").await.unwrap_err();
+    assert!(matches!(err, Error::InvalidWorkflowState { state: WorkflowState::Failed, .. }), "{err}");
+}

@@ -255,6 +255,19 @@ impl Runner {
         Ok(workflow)
     }
 
+    /// Stops a workflow that is not finished: it becomes FAILED with `reason` and is
+    /// saved. Use it when a human rejects a value confirmation, for example.
+    ///
+    /// # Errors
+    /// [`Error::WorkflowNotFound`], or [`Error::InvalidWorkflowState`] for a workflow
+    /// that is already COMPLETE or FAILED.
+    pub async fn cancel_workflow(&self, id: WorkflowId, reason: &str) -> Result<Workflow> {
+        let mut workflow = self.inner.storage.get_workflow(id).await?;
+        workflow.fail(None, reason)?;
+        self.inner.storage.save_workflow(&workflow).await?;
+        Ok(workflow)
+    }
+
     /// Loads a plan.
     ///
     /// # Errors

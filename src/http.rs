@@ -1,14 +1,14 @@
 //! Shared HTTP plumbing for LLM providers and tools.
 //!
-//! When the environment variable `PORTIA_OFFLINE` is set (to anything but `0` or
-//! empty), every request to a host that is not on the loopback interface is refused
-//! before it is sent. This repository's `.cargo/config.toml` sets it for `cargo test`,
-//! so a test that forgot to point a client at its in-process mock server fails
-//! instead of reaching the internet.
+//! In offline mode every request to a host that is not on the loopback interface is
+//! refused before it is sent, with an error naming `PORTIA_OFFLINE`. Offline mode is
+//! on when the crate is built with the `testing` feature (so a test that forgot to
+//! point a client at its in-process mock server fails instead of reaching the
+//! internet), and can be switched either way with `PORTIA_OFFLINE=1` or `PORTIA_OFFLINE=0`.
 
 use std::time::Duration;
 
-/// The environment variable that forbids non-loopback requests.
+/// The environment variable that turns offline mode on (`1`) or off (`0`).
 pub const OFFLINE_VAR: &str = "PORTIA_OFFLINE";
 
 /// An HTTP client (rustls, connection pooling) with a per-request timeout.
@@ -36,9 +36,12 @@ pub(crate) fn check_allowed(url: &str) -> Result<(), String> {
     }
 }
 
-fn offline() -> bool {
-    // Read on every call so a test can switch it; the cost is nothing next to a request.
-    std::env::var(OFFLINE_VAR).is_ok_and(|v| !v.is_empty() && v != "0")
+/// Whether offline mode is on. Read on every call; the cost is nothing next to a request.
+pub fn offline() -> bool {
+    match std::env::var(OFFLINE_VAR) {
+        Ok(value) if !value.trim().is_empty() => value.trim() != "0",
+        _ => cfg!(any(test, feature = "testing")),
+    }
 }
 
 #[cfg(test)]
@@ -47,8 +50,7 @@ mod tests {
 
     #[test]
     fn offline_mode_allows_only_loopback() {
-        // `cargo test` in this repository runs with PORTIA_OFFLINE=1 (see .cargo/config.toml).
-        assert!(offline(), "tests must run with {OFFLINE_VAR} set");
+        assert!(offline(), "unit tests run offline unless {OFFLINE_VAR}=0");
         assert!(check_allowed("http://127.0.0.1:8099/v1").is_ok());
         assert!(check_allowed("http://localhost:1/x").is_ok());
         assert!(check_allowed("http://[::1]:80/").is_ok());

@@ -572,12 +572,16 @@ impl Config {
             ModelRole::Summary => &self.summary_model,
         };
         match specific.as_deref().or(self.default_model.as_deref()) {
-            Some(name) => {
-                let (provider, model) = split_provider(name);
-                ModelRef { provider: provider.unwrap_or(self.llm_provider), model: model.to_owned() }
-            }
+            Some(name) => self.model_ref(name),
             None => ModelRef { provider: self.llm_provider, model: self.llm_provider.default_model().to_owned() },
         }
+    }
+
+    /// Reads a model name the way the model settings are read: a `provider/` prefix
+    /// picks the provider, otherwise the configured provider serves it.
+    pub(crate) fn model_ref(&self, name: &str) -> ModelRef {
+        let (provider, model) = split_provider(name);
+        ModelRef { provider: provider.unwrap_or(self.llm_provider), model: model.to_owned() }
     }
 
     /// The timeout of one HTTP request.

@@ -5,6 +5,17 @@
 //! [`LlmResponse`] (text and/or tool calls, token [`Usage`]) comes out. Providers
 //! translate this to their wire format; retries and timeouts live around them in
 //! one place. In tests, drive it with [`testing::ScriptedLlm`](crate::testing).
+//!
+//! [`client_from_config`] builds the HTTP client for the configured providers:
+//! OpenAI Chat Completions (also used for Mistral, Groq, OpenRouter, Ollama and
+//! other compatible servers) and Anthropic Messages, with retries per [`retry`].
+
+mod anthropic;
+mod openai;
+pub mod retry;
+mod router;
+mod schema;
+mod transport;
 
 use std::fmt;
 use std::ops::{Add, AddAssign};
@@ -120,6 +131,18 @@ impl OutputSchema {
     /// The schema of a Rust type.
     pub fn of<T: JsonSchema>(name: impl Into<String>) -> Self {
         Self { name: name.into(), schema: schema_value::<T>() }
+    }
+
+    /// The name as providers accept it for a schema or tool: letters, digits, `_`
+    /// and `-`, at most 64 characters.
+    pub(crate) fn wire_name(&self) -> String {
+        let name: String = self
+            .name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+            .take(64)
+            .collect();
+        if name.is_empty() { "output".to_owned() } else { name }
     }
 }
 
@@ -286,6 +309,25 @@ pub enum LlmError {
         /// The parse error.
         message: String,
     },
+    /// The provider needs an API key that is not set.
+    #[error("missing API key for {provider}: set the environment variable {env_var}")]
+    MissingApiKey {
+        /// The provider.
+        provider: String,
+        /// The environment variable that provides the key.
+        env_var: String,
+    },
+    /// The request was refused before it was sent: offline mode (`PORTIA_OFFLINE`),
+    /// an invalid URL or key, or a conversation the provider's format cannot carry.
+    #[error("the request to {provider} ({model}) was not sent: {message}")]
+    NotSent {
+        /// The provider.
+        provider: String,
+        /// The model asked for.
+        model: String,
+        /// Why it was not sent.
+        message: String,
+    },
     /// The client was misused (for example a test double called when nothing was scripted).
     #[error("{0}")]
     Other(String),
@@ -304,7 +346,7 @@ impl LlmError {
         match self {
             Self::Http { status, .. } => matches!(status, 408 | 409 | 429 | 500 | 502 | 503 | 504 | 529),
             Self::Connection { .. } | Self::Timeout { .. } | Self::InvalidResponse { .. } => true,
-            Self::Structured { .. } | Self::Other(_) => false,
+            Self::Structured { .. } | Self::MissingApiKey { .. } | Self::NotSent { .. } | Self::Other(_) => false,
         }
     }
 
@@ -359,7 +401,7 @@ pub async fn structured<T: DeserializeOwned>(
 }
 
 /// Models served without native JSON mode often wrap JSON in a Markdown fence.
-fn strip_code_fence(text: &str) -> &str {
+pub(crate) fn strip_code_fence(text: &str) -> &str {
     let trimmed = text.trim();
     let Some(inner) = trimmed.strip_prefix("```") else { return trimmed };
     let inner = inner.trim_start_matches(|c: char| c.is_ascii_alphanumeric());
@@ -368,14 +410,20 @@ fn strip_code_fence(text: &str) -> &str {
 
 /// The LLM client the config names.
 ///
+/// Each request goes to the provider and model its [`LlmRequest::model`] names
+/// (`provider/model` accepted), else to the model configured for its purpose. All
+/// providers share one HTTP connection pool. Failed attempts are retried as
+/// [`retry::RetryPolicy::from_config`] says.
+///
 /// # Errors
-/// [`Error::MissingApiKey`](crate::Error::MissingApiKey) naming the variable to set.
+/// [`Error::MissingApiKey`](crate::Error::MissingApiKey) naming the variable to set
+/// when the configured provider's key is missing; [`Error::InvalidConfig`](crate::Error::InvalidConfig)
+/// for an invalid config. A request for another provider whose key is missing fails
+/// with [`LlmError::MissingApiKey`].
 pub fn client_from_config(config: &crate::Config) -> crate::Result<std::sync::Arc<dyn LlmClient>> {
+    config.validate()?;
     config.require_api_key(config.llm_provider)?;
-    Err(crate::Error::invalid_config(
-        "llm_provider",
-        "no HTTP provider is built in yet; pass a client to RunnerBuilder::llm",
-    ))
+    Ok(std::sync::Arc::new(router::Router::new(config)))
 }
 
 #[cfg(test)]

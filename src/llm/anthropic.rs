@@ -1,0 +1,288 @@
+//! Anthropic Messages (`POST {base}/v1/messages`).
+//!
+//! The API has no JSON mode, so a structured reply is asked for as a call to one
+//! forced tool whose input schema is the wanted schema; the call's input becomes
+//! the reply's text (see [`schema`](super::schema) for schemas that are not
+//! objects). `max_tokens` is required and always sent from the config: a low
+//! default cuts off large tool inputs.
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderValue};
+use serde_json::{Map, Value, json};
+
+use super::retry::RetryPolicy;
+use super::schema::{SentSchema, object_schema};
+use super::transport::{Endpoint, secret_header};
+use super::{LlmError, LlmRequest, LlmResponse, Message, OutputSchema, Role, ToolCall, ToolChoice, Usage};
+use crate::Config;
+use crate::config::{LlmProvider, Secret};
+
+const API_VERSION: &str = "2023-06-01";
+
+/// A client for Anthropic's Messages API.
+#[derive(Debug)]
+pub(crate) struct AnthropicClient {
+    http: reqwest::Client,
+    base_url: String,
+    key: Option<Secret>,
+    timeout: Duration,
+    max_tokens: u32,
+    policy: RetryPolicy,
+}
+
+/// The forced tool that carries a structured reply.
+#[derive(Debug)]
+struct ReplyTool {
+    name: String,
+    input: SentSchema,
+}
+
+impl AnthropicClient {
+    /// A client at the configured Anthropic base URL, sharing `http`'s connection pool.
+    pub(crate) fn new(http: reqwest::Client, config: &Config) -> Self {
+        Self {
+            http,
+            base_url: config.base_url(LlmProvider::Anthropic),
+            key: config.api_key(LlmProvider::Anthropic).cloned(),
+            timeout: config.request_timeout(),
+            max_tokens: config.max_tokens,
+            policy: RetryPolicy::from_config(config),
+        }
+    }
+
+    /// Sends `request` to `model`, retrying per the policy.
+    pub(crate) async fn chat(&self, model: &str, request: &LlmRequest) -> Result<LlmResponse, LlmError> {
+        let endpoint = self.endpoint(model)?;
+        let reply_tool = request.output_schema.as_ref().map(ReplyTool::new);
+        let body =
+            request_body(model, self.max_tokens, request, reply_tool.as_ref()).map_err(|e| endpoint.not_sent(e))?;
+        let (endpoint, body, reply_tool) = (&endpoint, &body, reply_tool.as_ref());
+        self.policy
+            .run(LlmProvider::Anthropic.as_str(), model, move |_| async move {
+                let reply = endpoint.post(body).await?;
+                let response = parse_reply(&reply.body, reply_tool).map_err(|e| endpoint.invalid(e))?;
+                endpoint.log_success(&reply, response.usage);
+                Ok(response)
+            })
+            .await
+    }
+
+    fn endpoint<'a>(&'a self, model: &'a str) -> Result<Endpoint<'a>, LlmError> {
+        let mut endpoint = Endpoint {
+            http: &self.http,
+            provider: LlmProvider::Anthropic,
+            model,
+            url: format!("{}/v1/messages", self.base_url),
+            headers: HeaderMap::new(),
+            key: self.key.as_ref(),
+            key_var: LlmProvider::Anthropic.api_key_var(),
+            timeout: self.timeout,
+        };
+        endpoint.headers.insert("anthropic-version", HeaderValue::from_static(API_VERSION));
+        if let Some(key) = &self.key {
+            let (name, value) = secret_header("x-api-key", key.expose()).map_err(|e| endpoint.not_sent(e))?;
+            endpoint.headers.insert(name, value);
+        }
+        Ok(endpoint)
+    }
+}
+
+impl ReplyTool {
+    fn new(schema: &OutputSchema) -> Self {
+        Self { name: schema.wire_name(), input: SentSchema::new(&schema.schema) }
+    }
+
+    fn definition(&self) -> Value {
+        json!({
+            "name": self.name,
+            "description": format!("Give your answer as the {} object. Always call this tool to reply.", self.name),
+            "input_schema": self.input.schema,
+        })
+    }
+}
+
+/// Tool inputs must be object schemas; a tool without arguments may have none at all.
+fn tool_input_schema(parameters: &Value) -> Value {
+    object_schema(parameters).unwrap_or_else(|| match parameters {
+        Value::Object(node) if !node.is_empty() => parameters.clone(),
+        _ => json!({"type": "object", "properties": {}}),
+    })
+}
+
+fn request_body(
+    model: &str,
+    max_tokens: u32,
+    request: &LlmRequest,
+    reply_tool: Option<&ReplyTool>,
+) -> Result<Value, String> {
+    let (system, messages) = conversation(&request.messages)?;
+    let mut body = Map::new();
+    body.insert("model".into(), json!(model));
+    body.insert("max_tokens".into(), json!(max_tokens));
+    if !system.is_empty() {
+        body.insert("system".into(), json!(system));
+    }
+    body.insert("messages".into(), Value::Array(messages));
+    let mut tools: Vec<Value> = request
+        .tools
+        .iter()
+        .map(
+            |t| json!({"name": t.name, "description": t.description, "input_schema": tool_input_schema(&t.parameters)}),
+        )
+        .collect();
+    let choice = match reply_tool {
+        Some(reply) => {
+            tools.push(reply.definition());
+            Some(json!({"type": "tool", "name": reply.name}))
+        }
+        None => (!tools.is_empty()).then(|| tool_choice(&request.tool_choice)),
+    };
+    if !tools.is_empty() {
+        body.insert("tools".into(), Value::Array(tools));
+    }
+    if let Some(choice) = choice {
+        body.insert("tool_choice".into(), choice);
+    }
+    Ok(Value::Object(body))
+}
+
+fn tool_choice(choice: &ToolChoice) -> Value {
+    match choice {
+        ToolChoice::Auto => json!({"type": "auto"}),
+        ToolChoice::Required => json!({"type": "any"}),
+        ToolChoice::Tool(name) => json!({"type": "tool", "name": name}),
+    }
+}
+
+/// One turn of the Anthropic conversation, built up block by block.
+#[derive(Debug)]
+struct Turn {
+    role: &'static str,
+    blocks: Vec<Value>,
+}
+
+impl Turn {
+    fn only_tool_results(&self) -> bool {
+        self.role == "user" && self.blocks.iter().all(|b| b["type"] == "tool_result")
+    }
+}
+
+/// Splits off the system prompt and maps the rest to turns. Tool results travel in
+/// user turns, consecutive ones together, and a user's words that follow them join
+/// that turn after them, as the API wants results first.
+fn conversation(messages: &[Message]) -> Result<(String, Vec<Value>), String> {
+    let mut system: Vec<&str> = Vec::new();
+    let mut turns: Vec<Turn> = Vec::new();
+    for message in messages {
+        match message.role {
+            Role::System => system.push(&message.content),
+            Role::User => {
+                let block = text_block(&message.content);
+                match turns.last_mut() {
+                    Some(last) if last.role == "user" => last.blocks.extend(block),
+                    _ => turns.push(Turn { role: "user", blocks: block.into_iter().collect() }),
+                }
+            }
+            Role::Assistant => {
+                let mut blocks: Vec<Value> = text_block(&message.content).into_iter().collect();
+                blocks.extend(message.tool_calls.iter().map(
+                    |call| json!({"type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments}),
+                ));
+                turns.push(Turn { role: "assistant", blocks });
+            }
+            Role::Tool => {
+                let id = message.tool_call_id.as_deref().ok_or("a tool message has no tool_call_id")?;
+                let block = json!({"type": "tool_result", "tool_use_id": id, "content": message.content});
+                match turns.last_mut() {
+                    Some(last) if last.only_tool_results() && !last.blocks.is_empty() => last.blocks.push(block),
+                    _ => turns.push(Turn { role: "user", blocks: vec![block] }),
+                }
+            }
+        }
+    }
+    let system = system.into_iter().filter(|s| !s.trim().is_empty()).collect::<Vec<_>>().join("\n\n");
+    // The API refuses empty content, and an empty turn carries nothing.
+    let turns = turns
+        .into_iter()
+        .filter(|t| !t.blocks.is_empty())
+        .map(|t| json!({"role": t.role, "content": t.blocks}))
+        .collect();
+    Ok((system, turns))
+}
+
+fn text_block(text: &str) -> Option<Value> {
+    (!text.is_empty()).then(|| json!({"type": "text", "text": text}))
+}
+
+fn parse_reply(body: &Value, reply_tool: Option<&ReplyTool>) -> Result<LlmResponse, String> {
+    let blocks = body.get("content").and_then(Value::as_array).ok_or("the reply has no content list")?;
+    if body.get("stop_reason").and_then(Value::as_str) == Some("max_tokens") {
+        tracing::warn!("the LLM reply was cut off at max_tokens; raise PORTIA_MAX_TOKENS if this recurs");
+    }
+    let mut texts = Vec::new();
+    let mut tool_calls = Vec::new();
+    for (index, block) in blocks.iter().enumerate() {
+        match block.get("type").and_then(Value::as_str) {
+            Some("text") => texts.extend(block.get("text").and_then(Value::as_str)),
+            Some("tool_use") => tool_calls.push(tool_call(index, block)?),
+            // Thinking and other block kinds carry nothing the caller asked for.
+            _ => {}
+        }
+    }
+    let mut text = (!texts.is_empty()).then(|| texts.join("\n"));
+    if let Some(reply) = reply_tool {
+        if let Some(position) = tool_calls.iter().position(|call| call.name == reply.name) {
+            let call = tool_calls.remove(position);
+            text = Some(reply.input.unwrap(&call.arguments).to_string());
+        }
+    }
+    Ok(LlmResponse { text, tool_calls, usage: usage(body.get("usage")) })
+}
+
+fn tool_call(index: usize, block: &Value) -> Result<ToolCall, String> {
+    let name =
+        block.get("name").and_then(Value::as_str).ok_or_else(|| format!("tool_use block {index} has no name"))?;
+    let arguments = match block.get("input") {
+        Some(input @ Value::Object(_)) => input.clone(),
+        None | Some(Value::Null) => json!({}),
+        Some(other) => return Err(format!("the input of tool_use block {index} ({name}) is not an object: {other}")),
+    };
+    let id = block.get("id").and_then(Value::as_str).map_or_else(|| format!("toolu_{index}"), str::to_owned);
+    Ok(ToolCall { id, name: name.to_owned(), arguments })
+}
+
+/// Cached prompt tokens are still prompt tokens; they are reported apart.
+fn usage(usage: Option<&Value>) -> Usage {
+    let count = |field: &str| usage.and_then(|u| u.get(field)).and_then(Value::as_u64).unwrap_or(0);
+    let prompt = count("input_tokens") + count("cache_creation_input_tokens") + count("cache_read_input_tokens");
+    Usage::call(prompt, count("output_tokens"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tools_without_an_object_schema_get_an_empty_one() {
+        assert_eq!(tool_input_schema(&Value::Null), json!({"type": "object", "properties": {}}));
+        assert_eq!(tool_input_schema(&json!({"properties": {}})), json!({"type": "object", "properties": {}}));
+    }
+
+    #[test]
+    fn user_words_after_tool_results_join_their_turn_after_them() {
+        let messages = [
+            Message::user("go"),
+            Message::assistant("", vec![ToolCall { id: "t1".into(), name: "f".into(), arguments: json!({}) }]),
+            Message::tool_result("t1", "done"),
+            Message::user("now answer"),
+        ];
+        let (_, turns) = conversation(&messages).unwrap();
+        assert_eq!(turns.len(), 3);
+        assert_eq!(
+            turns[2]["content"],
+            json!([{"type": "tool_result", "tool_use_id": "t1", "content": "done"}, {"type": "text", "text": "now answer"}])
+        );
+        assert_eq!(turns[1]["content"], json!([{"type": "tool_use", "id": "t1", "name": "f", "input": {}}]));
+    }
+}

@@ -1,0 +1,206 @@
+//! Retries, backoff and time limits for LLM calls: the one place they live.
+//!
+//! Both providers send each HTTP attempt through [`RetryPolicy::run`]. An attempt
+//! that fails with a retryable [`LlmError`] (see [`LlmError::is_retryable`]) is sent
+//! again after a wait: the provider's `Retry-After` when it gave one (capped), else
+//! an exponential backoff shortened by a random jitter. Each attempt has its own
+//! timeout, and the whole call an overall deadline after which nothing is retried.
+//!
+//! The loop runs on tokio's clock, so tests can drive it with a paused clock and a
+//! fake operation, and set the jitter to zero to make every wait exact.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::LlmError;
+use crate::Config;
+
+/// How failed LLM requests are retried, and how long a call may take.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    max_retries: u32,
+    initial_backoff: Duration,
+    max_backoff: Duration,
+    jitter: f64,
+    max_retry_after: Duration,
+    attempt_timeout: Option<Duration>,
+    deadline: Option<Duration>,
+}
+
+impl Default for RetryPolicy {
+    /// Three retries, backoff from 500 ms doubling up to 30 s with 20% jitter,
+    /// `Retry-After` honoured up to 60 s, no timeouts.
+    fn default() -> Self {
+        Self {
+            max_retries: 3,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+            jitter: 0.2,
+            max_retry_after: Duration::from_secs(60),
+            attempt_timeout: None,
+            deadline: None,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The default policy with the config's retry count, request timeout and overall
+    /// deadline (`llm_deadline_secs = 0` means no overall deadline).
+    pub fn from_config(config: &Config) -> Self {
+        let deadline = (config.llm_deadline_secs > 0).then(|| Duration::from_secs(config.llm_deadline_secs));
+        Self::default()
+            .max_retries(config.max_retries)
+            .attempt_timeout(Some(config.request_timeout()))
+            .deadline(deadline)
+    }
+
+    /// Sets how many times a failed attempt is retried (so at most `n + 1` attempts).
+    #[must_use]
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n;
+        self
+    }
+
+    /// Sets the wait before the first retry; each later one doubles it.
+    #[must_use]
+    pub fn initial_backoff(mut self, wait: Duration) -> Self {
+        self.initial_backoff = wait;
+        self
+    }
+
+    /// Sets the longest backoff between two attempts.
+    #[must_use]
+    pub fn max_backoff(mut self, wait: Duration) -> Self {
+        self.max_backoff = wait;
+        self
+    }
+
+    /// Sets the jitter: each backoff is shortened by a random part of up to this
+    /// fraction of it (clamped to 0..=1). Zero makes waits exact, for tests.
+    #[must_use]
+    pub fn jitter(mut self, fraction: f64) -> Self {
+        self.jitter = if fraction.is_finite() { fraction.clamp(0.0, 1.0) } else { 0.0 };
+        self
+    }
+
+    /// Sets the longest wait a provider's `Retry-After` can impose.
+    #[must_use]
+    pub fn max_retry_after(mut self, wait: Duration) -> Self {
+        self.max_retry_after = wait;
+        self
+    }
+
+    /// Sets the time limit of one attempt (`None`: no limit).
+    #[must_use]
+    pub fn attempt_timeout(mut self, limit: Option<Duration>) -> Self {
+        self.attempt_timeout = limit;
+        self
+    }
+
+    /// Sets the time limit of the whole call, retries and waits included (`None`: no limit).
+    #[must_use]
+    pub fn deadline(mut self, limit: Option<Duration>) -> Self {
+        self.deadline = limit;
+        self
+    }
+
+    /// The backoff before retry number `retry` (0 for the first retry), jitter included.
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let factor = 2u32.checked_pow(retry).unwrap_or(u32::MAX);
+        let full = self.initial_backoff.saturating_mul(factor).min(self.max_backoff);
+        // Jitter only shortens the wait, so `max_backoff` stays a true upper bound.
+        full.mul_f64(1.0 - self.jitter * fastrand::f64())
+    }
+
+    /// How long to wait after `error` before retry number `retry`.
+    fn wait_before(&self, retry: u32, error: &LlmError) -> Duration {
+        match error.retry_after() {
+            Some(asked) => asked.min(self.max_retry_after),
+            None => self.backoff(retry),
+        }
+    }
+
+    /// Runs `operation` until it succeeds, fails with an error that is not retryable,
+    /// runs out of retries, or the deadline passes. `operation` gets the attempt
+    /// number (0 for the first). `provider` and `model` name the call in logs and in
+    /// the [`LlmError::Timeout`] an exceeded time limit gives.
+    ///
+    /// # Errors
+    /// The last attempt's error, or [`LlmError::Timeout`] when a time limit cut an attempt short.
+    pub async fn run<T, F, Fut>(&self, provider: &str, model: &str, mut operation: F) -> Result<T, LlmError>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T, LlmError>>,
+    {
+        let started = Instant::now();
+        let mut attempt = 0;
+        loop {
+            let error = match self.attempt(provider, model, started, operation(attempt)).await {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
+            };
+            if !error.is_retryable() || attempt >= self.max_retries {
+                return Err(error);
+            }
+            let wait = self.wait_before(attempt, &error);
+            if self.deadline.is_some_and(|limit| started.elapsed() + wait >= limit) {
+                tracing::warn!(provider, model, attempt, error = %error, "LLM call deadline reached; not retrying");
+                return Err(error);
+            }
+            tracing::warn!(provider, model, attempt, wait_ms = millis(wait), error = %error, "retrying LLM call");
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+
+    /// One attempt, cut short by whichever comes first of its timeout and the deadline.
+    async fn attempt<T>(
+        &self,
+        provider: &str,
+        model: &str,
+        started: Instant,
+        attempt: impl Future<Output = Result<T, LlmError>>,
+    ) -> Result<T, LlmError> {
+        let left = self.deadline.map(|limit| (limit.saturating_sub(started.elapsed()), limit));
+        let (limit, reported) = match (self.attempt_timeout, left) {
+            (Some(timeout), Some((left, deadline))) if left < timeout => (left, deadline),
+            (Some(timeout), _) => (timeout, timeout),
+            (None, Some((left, deadline))) => (left, deadline),
+            (None, None) => return attempt.await,
+        };
+        tokio::time::timeout(limit, attempt).await.unwrap_or_else(|_| {
+            Err(LlmError::Timeout { provider: provider.to_owned(), model: model.to_owned(), after: reported })
+        })
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let policy = RetryPolicy::default()
+            .initial_backoff(Duration::from_secs(1))
+            .max_backoff(Duration::from_secs(5))
+            .jitter(0.0);
+        let waits: Vec<u64> = (0..5).map(|n| policy.backoff(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 5, 5]);
+        assert_eq!(policy.backoff(u32::MAX), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn config_sets_retries_and_time_limits() {
+        let config = Config::builder().max_retries(7u32).request_timeout_secs(9u64).llm_deadline_secs(0u64);
+        let policy = RetryPolicy::from_config(&config.build().unwrap());
+        assert_eq!(policy.max_retries, 7);
+        assert_eq!(policy.attempt_timeout, Some(Duration::from_secs(9)));
+        assert_eq!(policy.deadline, None);
+    }
+}

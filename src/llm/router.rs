@@ -1,0 +1,73 @@
+//! The client [`client_from_config`](super::client_from_config) returns: it picks the
+//! provider and model of each request and hands it to that provider's client.
+
+use std::collections::HashMap;
+
+use super::anthropic::AnthropicClient;
+use super::openai::OpenAiClient;
+use super::{LlmClient, LlmError, LlmRequest, LlmResponse};
+use crate::Config;
+use crate::config::{LlmProvider, ModelRef};
+
+/// Routes each request to the client of the provider its model belongs to.
+#[derive(Debug)]
+pub(crate) struct Router {
+    config: Config,
+    clients: HashMap<LlmProvider, ProviderClient>,
+}
+
+#[derive(Debug)]
+enum ProviderClient {
+    OpenAi(OpenAiClient),
+    Anthropic(AnthropicClient),
+}
+
+impl Router {
+    /// One client per provider, all on one HTTP client so they share its connection
+    /// pool. Keys are checked per request: only the providers actually used need one.
+    pub(crate) fn new(config: &Config) -> Self {
+        let http = crate::http::client(config.request_timeout());
+        let clients = LlmProvider::ALL
+            .iter()
+            .map(|&provider| {
+                let client = if provider.is_openai_protocol() {
+                    ProviderClient::OpenAi(OpenAiClient::new(http.clone(), config, provider))
+                } else {
+                    ProviderClient::Anthropic(AnthropicClient::new(http.clone(), config))
+                };
+                (provider, client)
+            })
+            .collect();
+        Self { config: config.clone(), clients }
+    }
+
+    /// The request's own model (`provider/model` accepted) or the one configured for its purpose.
+    fn target(&self, request: &LlmRequest) -> ModelRef {
+        match request.model.as_deref().map(str::trim).filter(|m| !m.is_empty()) {
+            Some(name) => self.config.model_ref(name),
+            None => self.config.model_for(request.purpose),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl LlmClient for Router {
+    async fn chat(&self, request: LlmRequest) -> Result<LlmResponse, LlmError> {
+        let ModelRef { provider, model } = self.target(&request);
+        if model.trim().is_empty() {
+            return Err(LlmError::NotSent {
+                provider: provider.to_string(),
+                model,
+                message: "the model name is empty; give one such as gpt-4.1-mini".into(),
+            });
+        }
+        if let Err(crate::Error::MissingApiKey { env_var, .. }) = self.config.require_api_key(provider) {
+            return Err(LlmError::MissingApiKey { provider: provider.to_string(), env_var });
+        }
+        match self.clients.get(&provider) {
+            Some(ProviderClient::OpenAi(client)) => client.chat(&model, &request).await,
+            Some(ProviderClient::Anthropic(client)) => client.chat(&model, &request).await,
+            None => Err(LlmError::Other(format!("no client is built in for the provider {provider}"))),
+        }
+    }
+}

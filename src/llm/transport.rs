@@ -1,0 +1,219 @@
+//! Sending one JSON request to a provider and turning every failure into a typed
+//! [`LlmError`]. Provider modules build bodies and read replies; this module owns
+//! the HTTP exchange, the offline check, error messages and key redaction.
+
+use std::time::{Duration, Instant};
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::Value;
+
+use super::{LlmError, Usage};
+use crate::config::{LlmProvider, Secret};
+
+/// How much of a body that is not a provider error message is kept in an error.
+const BODY_EXCERPT_CHARS: usize = 300;
+
+/// Where and how one provider call is sent.
+#[derive(Debug)]
+pub(crate) struct Endpoint<'a> {
+    pub(crate) http: &'a reqwest::Client,
+    pub(crate) provider: LlmProvider,
+    pub(crate) model: &'a str,
+    pub(crate) url: String,
+    /// Authentication and version headers (values are marked sensitive).
+    pub(crate) headers: HeaderMap,
+    /// Kept only to scrub it from anything the provider echoes back.
+    pub(crate) key: Option<&'a Secret>,
+    /// The variable to name when the provider refuses the key.
+    pub(crate) key_var: Option<&'static str>,
+    /// The HTTP client's per-request timeout, to report when it fires.
+    pub(crate) timeout: Duration,
+}
+
+/// A successful exchange: the parsed body and how long it took.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub(crate) body: Value,
+    pub(crate) status: u16,
+    pub(crate) latency: Duration,
+}
+
+impl Endpoint<'_> {
+    fn provider_name(&self) -> String {
+        self.provider.as_str().to_owned()
+    }
+
+    pub(crate) fn not_sent(&self, message: impl Into<String>) -> LlmError {
+        LlmError::NotSent { provider: self.provider_name(), model: self.model.to_owned(), message: message.into() }
+    }
+
+    pub(crate) fn invalid(&self, message: impl Into<String>) -> LlmError {
+        LlmError::InvalidResponse {
+            provider: self.provider_name(),
+            model: self.model.to_owned(),
+            message: self.redact(&message.into()),
+        }
+    }
+
+    /// Posts `body` once. Never retries: that is the caller's [`RetryPolicy`](super::retry::RetryPolicy)'s job.
+    pub(crate) async fn post(&self, body: &Value) -> Result<Reply, LlmError> {
+        crate::http::check_allowed(&self.url).map_err(|e| self.not_sent(e))?;
+        let started = Instant::now();
+        let sent = self.http.post(&self.url).headers(self.headers.clone()).json(body).send().await;
+        let response = sent.map_err(|e| self.transport_error(&e))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.map_err(|e| self.transport_error(&e))?;
+        let latency = started.elapsed();
+        if !status.is_success() {
+            tracing::debug!(provider = %self.provider, model = self.model, status = status.as_u16(), latency_ms = millis(latency), "LLM call failed");
+            return Err(self.http_error(status.as_u16(), &headers, &bytes));
+        }
+        let body = serde_json::from_slice(&bytes).map_err(|e| {
+            self.invalid(format!("the body is not valid JSON ({e}); it starts with: {}", excerpt(&bytes)))
+        })?;
+        Ok(Reply { body, status: status.as_u16(), latency })
+    }
+
+    /// The one DEBUG line per successful call: who, how fast, how much. Never a body.
+    pub(crate) fn log_success(&self, reply: &Reply, usage: Usage) {
+        tracing::debug!(
+            provider = %self.provider,
+            model = self.model,
+            status = reply.status,
+            latency_ms = millis(reply.latency),
+            prompt_tokens = usage.prompt_tokens,
+            completion_tokens = usage.completion_tokens,
+            "LLM call"
+        );
+    }
+
+    fn transport_error(&self, error: &reqwest::Error) -> LlmError {
+        if error.is_timeout() {
+            return LlmError::Timeout {
+                provider: self.provider_name(),
+                model: self.model.to_owned(),
+                after: self.timeout,
+            };
+        }
+        LlmError::Connection {
+            provider: self.provider_name(),
+            model: self.model.to_owned(),
+            message: self.redact(&error_chain(error)),
+        }
+    }
+
+    fn http_error(&self, status: u16, headers: &HeaderMap, body: &[u8]) -> LlmError {
+        LlmError::Http {
+            provider: self.provider_name(),
+            model: self.model.to_owned(),
+            status,
+            message: self.redact(&error_message(body)),
+            retry_after: retry_after(headers),
+            key_var: matches!(status, 401 | 403).then(|| self.key_var.map(str::to_owned)).flatten(),
+        }
+    }
+
+    /// Providers sometimes quote the key they were sent; it must not reach an error.
+    fn redact(&self, text: &str) -> String {
+        match self.key.map(Secret::expose).filter(|key| !key.is_empty()) {
+            Some(key) if text.contains(key) => text.replace(key, "[redacted]"),
+            _ => text.to_owned(),
+        }
+    }
+}
+
+/// A header that carries a secret: marked sensitive so `Debug` output hides it.
+pub(crate) fn secret_header(name: &'static str, value: &str) -> Result<(HeaderName, HeaderValue), String> {
+    let mut value = HeaderValue::from_str(value)
+        .map_err(|_| format!("the API key for the {name} header contains characters HTTP headers cannot carry"))?;
+    value.set_sensitive(true);
+    Ok((HeaderName::from_static(name), value))
+}
+
+/// The provider's own message: `{"error": {"message": ...}}` (OpenAI and Anthropic),
+/// or the shapes compatible servers use, else the start of the raw body.
+fn error_message(body: &[u8]) -> String {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let found = parsed.as_ref().and_then(|json| {
+        let error = json.get("error");
+        [error.and_then(|e| e.get("message")), error, json.get("message"), json.get("detail")]
+            .into_iter()
+            .flatten()
+            .find_map(Value::as_str)
+            .map(str::to_owned)
+    });
+    found.filter(|m| !m.trim().is_empty()).unwrap_or_else(|| excerpt(body))
+}
+
+fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        return "(empty body)".to_owned();
+    }
+    let mut kept: String = text.chars().take(BODY_EXCERPT_CHARS).collect();
+    if kept.len() < text.len() {
+        kept.push('…');
+    }
+    kept
+}
+
+/// `retry-after-ms` (more precise, sent by OpenAI) or `Retry-After` in seconds.
+/// The HTTP-date form of `Retry-After` is ignored: the backoff applies instead.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let number = |name: &str| {
+        let text = headers.get(name)?.to_str().ok()?;
+        text.trim().parse::<f64>().ok().filter(|n| n.is_finite() && *n >= 0.0)
+    };
+    let from_ms = number("retry-after-ms").and_then(|ms| Duration::try_from_secs_f64(ms / 1000.0).ok());
+    from_ms.or_else(|| number("retry-after").and_then(|s| Duration::try_from_secs_f64(s).ok()))
+}
+
+/// reqwest's top-level message is vague ("error sending request"); the cause says why.
+fn error_chain(error: &reqwest::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+pub(crate) fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_message_prefers_the_providers_own_words() {
+        assert_eq!(error_message(br#"{"error": {"message": "bad model", "type": "x"}}"#), "bad model");
+        assert_eq!(error_message(br#"{"type":"error","error":{"type":"x","message":"overloaded"}}"#), "overloaded");
+        assert_eq!(error_message(br#"{"error": "plain"}"#), "plain");
+        assert_eq!(error_message(br#"{"detail": "nope"}"#), "nope");
+        assert_eq!(error_message(b"<html>502</html>"), "<html>502</html>");
+        assert_eq!(error_message(b""), "(empty body)");
+        let long = "é".repeat(1000);
+        assert_eq!(error_message(long.as_bytes()).chars().count(), BODY_EXCERPT_CHARS + 1);
+    }
+
+    #[test]
+    fn retry_after_reads_both_headers() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert("retry-after", HeaderValue::from_static("3"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(3)));
+        headers.insert("retry-after-ms", HeaderValue::from_static("250"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_millis(250)));
+        headers.insert("retry-after-ms", HeaderValue::from_static("-1"));
+        headers.insert("retry-after", HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
+        assert_eq!(retry_after(&headers), None);
+        headers.insert("retry-after", HeaderValue::from_static("1e300"));
+        assert_eq!(retry_after(&headers), None);
+    }
+}

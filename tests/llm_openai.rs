@@ -461,8 +461,8 @@ async fn client_debug_output_hides_every_key() {
 
 #[tokio::test]
 async fn default_base_url_is_refused_offline_without_a_panic() {
-    // .cargo/config.toml sets this for every test process; without it this test would go online.
-    assert!(std::env::var("PORTIA_OFFLINE").is_ok_and(|v| v == "1"), "run tests through cargo in this repository");
+    // The `testing` feature turns offline mode on; without it this test would go online.
+    assert!(portia::http::offline(), "tests run with the testing feature and without PORTIA_OFFLINE=0");
     let config = Config::builder().openai_api_key(KEY).max_retries(3u32).build().unwrap();
     let started = Instant::now();
     let err = client_from_config(&config).unwrap().chat(ask("hi")).await.unwrap_err();

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{config, harness};
 use portia::config::ExecutionMode;
 use portia::runner::ReadyPolicy;
-use portia::storage::{Storage, WorkflowQuery};
+use portia::storage::WorkflowQuery;
 use portia::testing::{MockBehavior, MockTool, ScriptedLlm};
 use portia::{Error, ExecutionContext, InMemoryToolRegistry, PlanBuilder, Runner, Workflow, WorkflowState};
 use serde_json::json;

@@ -2,6 +2,7 @@
 //!
 //! | id | tool | needs |
 //! |---|---|---|
+//! | `calculator_tool` | [`CalculatorTool`]: arithmetic in words or symbols | - |
 //! | `search_tool` | [`SearchTool`]: web search through Tavily | `TAVILY_API_KEY` |
 //! | `weather_tool` | [`WeatherTool`]: current weather through OpenWeatherMap | `OPENWEATHERMAP_API_KEY` |
 //!
@@ -9,12 +10,14 @@
 //! [`ToolRunContext`](crate::tool::ToolRunContext)'s config when they run, so a
 //! tool can be built before the config is known.
 
+mod calculator;
 mod search;
 mod weather;
 mod web;
 
 use serde_json::Value;
 
+pub use calculator::{CalculatorArgs, CalculatorTool};
 pub use search::{SearchArgs, SearchTool};
 pub use weather::{WeatherArgs, WeatherTool};
 

@@ -5,12 +5,16 @@
 //! | `calculator_tool` | [`CalculatorTool`]: arithmetic in words or symbols | - |
 //! | `search_tool` | [`SearchTool`]: web search through Tavily | `TAVILY_API_KEY` |
 //! | `weather_tool` | [`WeatherTool`]: current weather through OpenWeatherMap | `OPENWEATHERMAP_API_KEY` |
+//! | `file_reader_tool` | [`FileReaderTool`]: reads text, JSON, CSV and spreadsheets | `files_root` |
+//! | `file_writer_tool` | [`FileWriterTool`]: writes text files | `files_root` |
 //!
-//! Tools read API keys and base URLs from the
+//! Tools read API keys, base URLs and the files root from the
 //! [`ToolRunContext`](crate::tool::ToolRunContext)'s config when they run, so a
 //! tool can be built before the config is known.
 
 mod calculator;
+mod files;
+mod root;
 mod search;
 mod weather;
 mod web;
@@ -18,6 +22,7 @@ mod web;
 use serde_json::Value;
 
 pub use calculator::{CalculatorArgs, CalculatorTool};
+pub use files::{FileReaderArgs, FileReaderTool, FileWriterArgs, FileWriterTool};
 pub use search::{SearchArgs, SearchTool};
 pub use weather::{WeatherArgs, WeatherTool};
 

@@ -26,6 +26,7 @@
 //! - [`runner`]: the [`Runner`] and its builder.
 //! - [`planner`] and [`agent`]: the planning and execution strategies.
 //! - [`tool`]: the [`Tool`] trait and registries.
+//! - [`tools`]: the built-in tools (search, weather, calculator, LLM, files) and registries of them.
 //! - [`llm`]: the [`LlmClient`](llm::LlmClient) seam.
 //! - [`storage`]: memory and disk storage.
 //! - `testing` (feature `testing`): a scripted LLM and mock tools.
@@ -45,6 +46,7 @@ pub mod storage;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod tool;
+pub mod tools;
 pub mod workflow;
 
 pub use clarification::{Clarification, ClarificationKind};

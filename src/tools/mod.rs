@@ -1,0 +1,115 @@
+//! The built-in tools and ready-made registries of them.
+//!
+//! | id | tool | needs |
+//! |---|---|---|
+//! | `calculator_tool` | [`CalculatorTool`]: arithmetic in words or symbols | - |
+//! | `search_tool` | [`SearchTool`]: web search through Tavily | `TAVILY_API_KEY` |
+//! | `weather_tool` | [`WeatherTool`]: current weather through OpenWeatherMap | `OPENWEATHERMAP_API_KEY` |
+//! | `llm_tool` | [`LlmTool`]: one LLM call over the step's context | the runner's LLM |
+//! | `file_reader_tool` | [`FileReaderTool`]: reads text, JSON, CSV and spreadsheets | `files_root` |
+//! | `file_writer_tool` | [`FileWriterTool`]: writes text files | `files_root` |
+//!
+//! Tools read API keys, base URLs and the files root from the
+//! [`ToolRunContext`](crate::tool::ToolRunContext)'s config when they run, so a
+//! registry can be built before the config is known.
+//!
+//! ```
+//! use portia::tool::ToolRegistry;
+//! use portia::tools::default_tool_registry;
+//!
+//! let config = portia::Config::builder().tavily_api_key("tvly-...").build().unwrap();
+//! let ids: Vec<String> = default_tool_registry(&config).get_tools().iter().map(|t| t.id().to_owned()).collect();
+//! assert_eq!(ids, ["calculator_tool", "llm_tool", "file_writer_tool", "file_reader_tool", "search_tool"]);
+//! ```
+
+mod calculator;
+mod files;
+mod llm_tool;
+mod root;
+mod search;
+mod weather;
+mod web;
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+pub use calculator::{CalculatorArgs, CalculatorTool};
+pub use files::{FileReaderArgs, FileReaderTool, FileWriterArgs, FileWriterTool};
+pub use llm_tool::{LlmTool, LlmToolArgs};
+pub use search::{SearchArgs, SearchTool};
+pub use weather::{WeatherArgs, WeatherTool};
+
+use crate::config::{Config, Secret};
+use crate::tool::{InMemoryToolRegistry, Tool};
+
+/// Calculator, weather and search: the tools of the examples.
+pub fn example_tool_registry() -> InMemoryToolRegistry {
+    registry(vec![Arc::new(CalculatorTool), Arc::new(WeatherTool::new()), Arc::new(SearchTool::new())])
+}
+
+/// All six built-in tools.
+pub fn open_source_tool_registry() -> InMemoryToolRegistry {
+    registry(vec![
+        Arc::new(CalculatorTool),
+        Arc::new(WeatherTool::new()),
+        Arc::new(SearchTool::new()),
+        Arc::new(LlmTool::new()),
+        Arc::new(FileReaderTool::new()),
+        Arc::new(FileWriterTool::new()),
+    ])
+}
+
+/// The tools that work with `config`: calculator, LLM, file writer and file reader,
+/// plus search when a Tavily key is set and weather when an OpenWeatherMap key is set.
+pub fn default_tool_registry(config: &Config) -> InMemoryToolRegistry {
+    let mut tools: Vec<Arc<dyn Tool>> = vec![
+        Arc::new(CalculatorTool),
+        Arc::new(LlmTool::new()),
+        Arc::new(FileWriterTool::new()),
+        Arc::new(FileReaderTool::new()),
+    ];
+    if has_key(config.tavily_api_key.as_ref()) {
+        tools.push(Arc::new(SearchTool::new()));
+    }
+    if has_key(config.openweathermap_api_key.as_ref()) {
+        tools.push(Arc::new(WeatherTool::new()));
+    }
+    registry(tools)
+}
+
+fn registry(tools: Vec<Arc<dyn Tool>>) -> InMemoryToolRegistry {
+    // The ids are constants of this module and distinct; the registry tests hold that.
+    InMemoryToolRegistry::from_tools(tools).expect("built-in tool ids are distinct")
+}
+
+/// A blank key (an empty variable in `.env`) counts as no key.
+fn has_key(key: Option<&Secret>) -> bool {
+    key.is_some_and(|k| !k.expose().trim().is_empty())
+}
+
+/// A number as JSON, integral values without a fraction (`11`, not `11.0`) as long
+/// as they are exact; NaN and infinities, which JSON cannot hold, become null.
+fn json_number(x: f64) -> Value {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53: beyond it not every integer is representable.
+    if x.fract() == 0.0 && x.abs() < EXACT {
+        // `as` is exact here: the value is integral and within i64's range.
+        #[allow(clippy::cast_possible_truncation)]
+        return Value::from(x as i64);
+    }
+    serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_numbers_drop_exact_fractions_only() {
+        assert_eq!(json_number(11.0), Value::from(11));
+        assert_eq!(json_number(-0.0), Value::from(0));
+        assert_eq!(json_number(2.5), Value::from(2.5));
+        assert_eq!(json_number(1e300), Value::from(1e300));
+        assert_eq!(json_number(f64::NAN), Value::Null);
+    }
+}

@@ -1,0 +1,143 @@
+//! `search_tool`: web search through Tavily.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::web;
+use crate::tool::{ToolError, ToolOutput, ToolRunContext, TypedTool};
+
+const SERVICE: &str = "Tavily";
+const KEY_VAR: &str = "TAVILY_API_KEY";
+const DEFAULT_BASE_URL: &str = "https://api.tavily.com";
+/// Tavily serves at most this many results per search.
+const RESULTS_LIMIT: u32 = 20;
+
+/// Searches the web with Tavily and returns its answer and top sources.
+///
+/// Reads `TAVILY_API_KEY` and `TAVILY_BASE_URL` from the run's config. Sends the
+/// key as a bearer token, never in the body or the URL.
+#[derive(Debug, Clone)]
+pub struct SearchTool {
+    client: reqwest::Client,
+    max_results: u32,
+}
+
+/// The arguments of [`SearchTool`].
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct SearchArgs {
+    /// What to search the web for: a focused query, such as "Amazon stock price change in 2024".
+    pub search_query: String,
+}
+
+/// One source of a search, as returned to the agent.
+#[derive(Debug, Deserialize, Serialize)]
+struct SearchResult {
+    #[serde(default)]
+    title: String,
+    #[serde(default)]
+    url: String,
+    #[serde(default)]
+    content: String,
+}
+
+/// The part of Tavily's reply the tool keeps; scores and raw pages only cost tokens.
+#[derive(Debug, Deserialize)]
+struct TavilyReply {
+    #[serde(default)]
+    answer: Option<String>,
+    #[serde(default)]
+    results: Vec<SearchResult>,
+}
+
+impl SearchTool {
+    /// How many results a search returns unless [`SearchTool::with_max_results`] says otherwise.
+    pub const DEFAULT_MAX_RESULTS: u32 = 3;
+
+    /// A search tool returning [`SearchTool::DEFAULT_MAX_RESULTS`] results.
+    pub fn new() -> Self {
+        Self { client: web::client(), max_results: Self::DEFAULT_MAX_RESULTS }
+    }
+
+    /// Returns up to `max_results` results per search (1 to 20; values outside are clamped).
+    #[must_use]
+    pub fn with_max_results(mut self, max_results: u32) -> Self {
+        self.max_results = max_results.clamp(1, RESULTS_LIMIT);
+        self
+    }
+
+    /// How many results a search returns at most.
+    pub fn max_results(&self) -> u32 {
+        self.max_results
+    }
+}
+
+impl Default for SearchTool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait::async_trait]
+impl TypedTool for SearchTool {
+    type Args = SearchArgs;
+
+    fn id(&self) -> &str {
+        "search_tool"
+    }
+
+    fn name(&self) -> &str {
+        "Search Tool"
+    }
+
+    fn description(&self) -> &str {
+        "Searches the web and returns a short answer with its top sources. Use for current or factual information not in the context."
+    }
+
+    fn output_description(&self) -> &str {
+        "JSON {answer, results: [{title, url, content}]}."
+    }
+
+    async fn call(&self, ctx: &ToolRunContext, args: SearchArgs) -> Result<ToolOutput, ToolError> {
+        let query = args.search_query.trim();
+        if query.is_empty() {
+            return Err(ToolError::soft("search_query is empty; give the words to search for"));
+        }
+        let config = &ctx.config;
+        let key = web::require_key(config.tavily_api_key.as_ref(), SERVICE, KEY_VAR)?;
+        let url = format!("{}/search", web::base_url(config.tavily_base_url.as_ref(), DEFAULT_BASE_URL));
+        web::check_allowed(&url)?;
+        let timeout = config.request_timeout();
+        let body = json!({ "query": query, "include_answer": true, "max_results": self.max_results });
+        let response = self
+            .client
+            .post(&url)
+            .bearer_auth(key)
+            .json(&body)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| web::send_error(SERVICE, e, timeout))?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| web::send_error(SERVICE, e, timeout))?;
+        if !status.is_success() {
+            return Err(web::status_error(SERVICE, status, &web::api_message(&text, key), KEY_VAR, &[]));
+        }
+        self.output(query, &text)
+    }
+}
+
+impl SearchTool {
+    fn output(&self, query: &str, text: &str) -> Result<ToolOutput, ToolError> {
+        // A garbled reply is usually a transient proxy or server fault.
+        let reply: TavilyReply = serde_json::from_str(text)
+            .map_err(|e| ToolError::soft(format!("{SERVICE} sent a reply that could not be read ({e}); try again")))?;
+        let answer = reply.answer.filter(|a| !a.trim().is_empty());
+        if answer.is_none() && reply.results.is_empty() {
+            return Err(ToolError::soft(format!("{SERVICE} found nothing for {query:?}; try a broader query")));
+        }
+        let limit = usize::try_from(self.max_results).unwrap_or(usize::MAX);
+        let results: Vec<SearchResult> = reply.results.into_iter().take(limit).collect();
+        Ok(ToolOutput::value(json!({ "answer": answer, "results": results })))
+    }
+}

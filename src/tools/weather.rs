@@ -1,0 +1,152 @@
+//! `weather_tool`: the current weather in a city, from OpenWeatherMap.
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{json_number, web};
+use crate::tool::{ToolError, ToolOutput, ToolRunContext, TypedTool};
+
+const SERVICE: &str = "OpenWeatherMap";
+const KEY_VAR: &str = "OPENWEATHERMAP_API_KEY";
+const DEFAULT_BASE_URL: &str = "https://api.openweathermap.org";
+
+/// Gets the current weather in a city from OpenWeatherMap, in metric units.
+///
+/// Reads `OPENWEATHERMAP_API_KEY` and `OPENWEATHERMAP_BASE_URL` from the run's config.
+#[derive(Debug, Clone)]
+pub struct WeatherTool {
+    client: reqwest::Client,
+}
+
+/// The arguments of [`WeatherTool`].
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct WeatherArgs {
+    /// The city, optionally with a country code, such as "Paris" or "Paris,FR".
+    pub city: String,
+}
+
+/// The parts of OpenWeatherMap's reply the tool uses.
+#[derive(Debug, Deserialize)]
+struct Reply {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    weather: Vec<Condition>,
+    main: Option<Readings>,
+    #[serde(default)]
+    wind: Option<Wind>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Condition {
+    description: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Readings {
+    temp: f64,
+    #[serde(default)]
+    feels_like: Option<f64>,
+    #[serde(default)]
+    humidity: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Wind {
+    #[serde(default)]
+    speed: Option<f64>,
+}
+
+impl WeatherTool {
+    /// A weather tool.
+    pub fn new() -> Self {
+        Self { client: web::client() }
+    }
+}
+
+impl Default for WeatherTool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait::async_trait]
+impl TypedTool for WeatherTool {
+    type Args = WeatherArgs;
+
+    fn id(&self) -> &str {
+        "weather_tool"
+    }
+
+    fn name(&self) -> &str {
+        "Weather Tool"
+    }
+
+    fn description(&self) -> &str {
+        "Gets the current weather in a city."
+    }
+
+    fn output_description(&self) -> &str {
+        "JSON {summary, city, description, temperature_c, feels_like_c, humidity_pct, wind_speed_ms}."
+    }
+
+    async fn call(&self, ctx: &ToolRunContext, args: WeatherArgs) -> Result<ToolOutput, ToolError> {
+        let city = args.city.trim();
+        if city.is_empty() {
+            return Err(ToolError::soft("city is empty; give a city name such as \"Paris\" or \"Paris,FR\""));
+        }
+        let config = &ctx.config;
+        let key = web::require_key(config.openweathermap_api_key.as_ref(), SERVICE, KEY_VAR)?;
+        // The key travels in the query, so only the URL without it is checked or shown.
+        let url =
+            format!("{}/data/2.5/weather", web::base_url(config.openweathermap_base_url.as_ref(), DEFAULT_BASE_URL));
+        web::check_allowed(&url)?;
+        let timeout = config.request_timeout();
+        let response = self
+            .client
+            .get(&url)
+            .query(&[("q", city), ("appid", key), ("units", "metric")])
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| web::send_error(SERVICE, e, timeout))?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| web::send_error(SERVICE, e, timeout))?;
+        if status.as_u16() == 404 {
+            let message = web::api_message(&text, key);
+            return Err(ToolError::soft(format!(
+                "{SERVICE} does not know the city {city:?} ({message}); check the spelling or add a country code, such as \"Paris,FR\""
+            )));
+        }
+        if !status.is_success() {
+            // 400 means the city argument was unusable, which the agent can fix.
+            return Err(web::status_error(SERVICE, status, &web::api_message(&text, key), KEY_VAR, &[400]));
+        }
+        output(city, &text).map(ToolOutput::value)
+    }
+}
+
+fn output(asked: &str, text: &str) -> Result<Value, ToolError> {
+    let reply: Reply = serde_json::from_str(text)
+        .map_err(|e| ToolError::soft(format!("{SERVICE} sent a reply that could not be read ({e}); try again")))?;
+    let Some(readings) = reply.main else {
+        return Err(ToolError::soft(format!("{SERVICE}'s reply for {asked:?} has no temperature; try again")));
+    };
+    let Some(condition) = reply.weather.first() else {
+        return Err(ToolError::soft(format!("{SERVICE}'s reply for {asked:?} has no weather description; try again")));
+    };
+    let city = reply.name.filter(|n| !n.trim().is_empty()).unwrap_or_else(|| asked.to_owned());
+    let description = &condition.description;
+    let temperature = readings.temp;
+    let optional = |x: Option<f64>| x.map_or(Value::Null, json_number);
+    Ok(json!({
+        "summary": format!("The current weather in {city} is {description} with a temperature of {temperature}°C."),
+        "city": city,
+        "description": description,
+        "temperature_c": json_number(temperature),
+        "feels_like_c": optional(readings.feels_like),
+        "humidity_pct": optional(readings.humidity),
+        "wind_speed_ms": optional(reply.wind.and_then(|w| w.speed)),
+    }))
+}

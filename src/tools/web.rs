@@ -1,0 +1,148 @@
+//! What the web API tools share: keys, base URLs, the HTTP client, and turning
+//! HTTP failures into soft errors (worth retrying) or hard ones (not).
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::config::{Config, Secret};
+use crate::tool::ToolError;
+
+/// API messages are cut to this many characters: enough to act on, not a whole HTML page.
+const MESSAGE_LIMIT: usize = 300;
+
+/// A pooled client. Each request sets its own timeout from the config it runs with.
+pub(super) fn client() -> reqwest::Client {
+    crate::http::client(Config::default().request_timeout())
+}
+
+/// The key, or a hard error naming the variable that provides it.
+pub(super) fn require_key<'a>(key: Option<&'a Secret>, service: &str, var: &str) -> Result<&'a str, ToolError> {
+    match key.map(|k| k.expose().trim()) {
+        Some(key) if !key.is_empty() => Ok(key),
+        _ => Err(ToolError::hard(format!("{service} needs an API key: set the environment variable {var}"))),
+    }
+}
+
+/// `configured` (without a trailing slash) when set, else `default`.
+pub(super) fn base_url(configured: Option<&String>, default: &str) -> String {
+    configured.map(|u| u.trim()).filter(|u| !u.is_empty()).unwrap_or(default).trim_end_matches('/').to_owned()
+}
+
+/// Refuses URLs that offline mode forbids; retrying cannot change that.
+pub(super) fn check_allowed(url: &str) -> Result<(), ToolError> {
+    crate::http::check_allowed(url).map_err(ToolError::hard)
+}
+
+/// A request that got no HTTP answer: worth retrying. The URL is dropped from the
+/// message because it may carry a key in its query.
+pub(super) fn send_error(service: &str, error: reqwest::Error, timeout: Duration) -> ToolError {
+    if error.is_timeout() {
+        return ToolError::soft(format!("{service} did not answer within {}s; try again", timeout.as_secs()));
+    }
+    let kind = if error.is_connect() { "could not connect to" } else { "lost the connection to" };
+    ToolError::soft(format!("{kind} {service}: {}", describe(&error.without_url())))
+}
+
+/// The error and its causes, each once (hyper repeats its cause in its own message).
+fn describe(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// An error status as a soft or hard error.
+///
+/// Authentication failures are hard (a new attempt sends the same key), rate limits
+/// and server errors are soft, and other client errors are hard unless `soft_client`
+/// lists them (statuses that mean the arguments were wrong, which the agent can fix).
+pub(super) fn status_error(
+    service: &str,
+    status: StatusCode,
+    message: &str,
+    key_var: &str,
+    soft_client: &[u16],
+) -> ToolError {
+    let code = status.as_u16();
+    match code {
+        401 | 403 => ToolError::hard(format!(
+            "{service} refused the API key (HTTP {code}: {message}); check the environment variable {key_var}"
+        )),
+        408 | 429 => ToolError::soft(format!("{service} is busy (HTTP {code}: {message}); try again shortly")),
+        _ if status.is_server_error() => {
+            ToolError::soft(format!("{service} had a server error (HTTP {code}: {message}); try again"))
+        }
+        _ if soft_client.contains(&code) => {
+            ToolError::soft(format!("{service} could not answer (HTTP {code}: {message})"))
+        }
+        _ => ToolError::hard(format!("{service} refused the request (HTTP {code}: {message})")),
+    }
+}
+
+/// The human-readable message of an API error body, with `key` blanked out in case
+/// the API echoed it.
+pub(super) fn api_message(body: &str, key: &str) -> String {
+    let message =
+        serde_json::from_str::<Value>(body).ok().and_then(|v| message_in(&v)).unwrap_or_else(|| body.trim().to_owned());
+    let message = if key.is_empty() { message } else { message.replace(key, "[redacted]") };
+    match message.char_indices().nth(MESSAGE_LIMIT) {
+        Some((cut, _)) => format!("{}…", &message[..cut]),
+        None if message.is_empty() => "no details given".to_owned(),
+        None => message,
+    }
+}
+
+/// Finds the message in the shapes APIs use: `{"message"}`, `{"detail": {"error"}}`,
+/// `{"detail"}`, `{"error": {"message"}}`, `{"error"}`.
+fn message_in(value: &Value) -> Option<String> {
+    let text = |v: &Value| v.as_str().map(str::to_owned);
+    value
+        .get("message")
+        .and_then(text)
+        .or_else(|| value.pointer("/detail/error").and_then(text))
+        .or_else(|| value.get("detail").and_then(text))
+        .or_else(|| value.pointer("/error/message").and_then(text))
+        .or_else(|| value.get("error").and_then(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_found_in_common_shapes_and_keys_blanked() {
+        assert_eq!(api_message(r#"{"cod":"404","message":"city not found"}"#, "k"), "city not found");
+        assert_eq!(api_message(r#"{"detail":{"error":"Unauthorized"}}"#, "k"), "Unauthorized");
+        assert_eq!(api_message(r#"{"error":{"message":"bad"}}"#, "k"), "bad");
+        assert_eq!(api_message("plain text with sk-123", "sk-123"), "plain text with [redacted]");
+        assert_eq!(api_message("", "k"), "no details given");
+        assert_eq!(api_message(&"x".repeat(400), "k").chars().count(), MESSAGE_LIMIT + 1);
+    }
+
+    #[test]
+    fn statuses_split_into_soft_and_hard() {
+        let error =
+            |code: u16, soft: &[u16]| status_error("Api", StatusCode::from_u16(code).unwrap(), "m", "API_KEY", soft);
+        assert!(matches!(error(401, &[]), ToolError::Hard(m) if m.contains("API_KEY")));
+        assert!(error(429, &[]).is_soft());
+        assert!(error(503, &[]).is_soft());
+        assert!(!error(404, &[]).is_soft());
+        assert!(error(404, &[404]).is_soft());
+    }
+
+    #[test]
+    fn blank_keys_are_missing() {
+        let blank = Secret::new("  ");
+        let err = require_key(Some(&blank), "Tavily", "TAVILY_API_KEY").unwrap_err();
+        assert!(matches!(err, ToolError::Hard(m) if m.contains("TAVILY_API_KEY")));
+    }
+}

@@ -1,0 +1,107 @@
+//! The LLM tool with a scripted LLM: one call, the right prompt, the right errors.
+
+use std::sync::Arc;
+
+use portia::agent::LLM_TOOL_ID;
+use portia::config::ModelRole;
+use portia::llm::{LlmError, Role};
+use portia::testing::ScriptedLlm;
+use portia::tools::{LlmTool, open_source_tool_registry};
+use portia::{Config, PlanBuilder, Runner, Tool, ToolError, ToolOutput, ToolRunContext, WorkflowId, WorkflowState};
+use serde_json::json;
+
+fn ctx(llm: Option<Arc<ScriptedLlm>>, step_context: &str) -> ToolRunContext {
+    let mut ctx = ToolRunContext::new(WorkflowId::new(), Arc::new(Config::default()));
+    ctx.llm = llm.map(|l| l as Arc<dyn portia::llm::LlmClient>);
+    ctx.step_context = step_context.to_owned();
+    ctx
+}
+
+#[tokio::test]
+async fn one_execution_call_with_the_task_and_the_step_context() {
+    let llm = Arc::new(ScriptedLlm::new().text("Amazon grew faster."));
+    let context = "Earlier outputs:\n- $amazon: +44%\n- $google: +36%";
+    let output = LlmTool::new()
+        .run(&ctx(Some(llm.clone()), context), json!({"task": "Say which stock grew faster"}))
+        .await
+        .unwrap();
+
+    assert_eq!(output, ToolOutput::value("Amazon grew faster."));
+    let requests = llm.requests();
+    assert_eq!(requests.len(), 1);
+    let request = &requests[0];
+    assert_eq!(request.purpose, ModelRole::Execution);
+    assert!(request.tools.is_empty() && request.output_schema.is_none());
+    assert_eq!(request.messages.len(), 2);
+    assert_eq!(request.messages[0].role, Role::System);
+    assert_eq!(request.messages[0].content, LlmTool::new().system_prompt());
+    assert_eq!(request.messages[1].role, Role::User);
+    let prompt = &request.messages[1].content;
+    assert!(prompt.contains("Say which stock grew faster"), "{prompt}");
+    assert!(prompt.contains("$amazon: +44%") && prompt.contains("$google: +36%"), "{prompt}");
+}
+
+#[tokio::test]
+async fn the_runners_context_already_holding_the_task_is_sent_once() {
+    let llm = Arc::new(ScriptedLlm::new().text("ok"));
+    let context = "Task: Summarise the results\nToday: 2025-02-25";
+    LlmTool::new().run(&ctx(Some(llm.clone()), context), json!({"task": "Summarise the results"})).await.unwrap();
+    assert_eq!(llm.requests()[0].messages[1].content, context);
+}
+
+#[tokio::test]
+async fn without_context_the_prompt_is_the_task() {
+    let llm = Arc::new(ScriptedLlm::new().text("Hello"));
+    LlmTool::new().run(&ctx(Some(llm.clone()), ""), json!({"task": "Greet the user"})).await.unwrap();
+    assert_eq!(llm.requests()[0].messages[1].content, "Greet the user");
+}
+
+#[tokio::test]
+async fn a_custom_system_prompt_is_used() {
+    let llm = Arc::new(ScriptedLlm::new().text("Ahoy"));
+    let tool = LlmTool::new().with_system_prompt("Talk like a pirate.");
+    tool.run(&ctx(Some(llm.clone()), ""), json!({"task": "Greet"})).await.unwrap();
+    assert_eq!(llm.requests()[0].messages[0].content, "Talk like a pirate.");
+}
+
+#[tokio::test]
+async fn no_llm_in_the_context_is_a_hard_error() {
+    let err = LlmTool::new().run(&ctx(None, ""), json!({"task": "Anything"})).await.unwrap_err();
+    assert!(matches!(&err, ToolError::Hard(m) if m.contains("needs an LLM")), "{err:?}");
+}
+
+#[tokio::test]
+async fn llm_failures_and_empty_answers_are_soft_errors() {
+    let llm = Arc::new(ScriptedLlm::new().error(LlmError::Other("model overloaded".into())).text("  "));
+    let ctx = ctx(Some(llm.clone()), "");
+    let err = LlmTool::new().run(&ctx, json!({"task": "Anything"})).await.unwrap_err();
+    assert!(matches!(&err, ToolError::Soft(m) if m.contains("model overloaded")), "{err:?}");
+    let err = LlmTool::new().run(&ctx, json!({"task": "Anything"})).await.unwrap_err();
+    assert!(matches!(&err, ToolError::Soft(m) if m.contains("empty answer")), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_plan_step_on_the_llm_tool_costs_exactly_one_llm_call() {
+    let llm = Arc::new(ScriptedLlm::new().text("Amazon grew faster."));
+    let config = Config::builder().summarize_final_output(false).build().unwrap();
+    let runner = Runner::builder(config).tools(open_source_tool_registry()).llm(llm.clone()).build().unwrap();
+    let plan = PlanBuilder::new("Which grew faster?")
+        .step("Say which stock grew faster", Some(LLM_TOOL_ID), "$answer")
+        .build();
+
+    let workflow = runner.run_plan(&plan).await.unwrap();
+
+    assert_eq!(workflow.state, WorkflowState::Complete, "{:?}", workflow.failure);
+    assert_eq!(workflow.outputs.step_outputs.get("$answer").unwrap().value, json!("Amazon grew faster."));
+    let requests = llm.requests();
+    assert_eq!(requests.len(), 1, "the agent calls the tool directly, without a tool-calling round trip");
+    assert!(requests[0].messages[1].content.contains("Task: Say which stock grew faster"));
+}
+
+#[test]
+fn the_tool_uses_the_agents_id_and_takes_a_task() {
+    let tool = LlmTool::new();
+    assert_eq!((tool.id(), tool.name()), (LLM_TOOL_ID, "LLM Tool"));
+    assert_eq!(tool.args_schema()["required"], json!(["task"]));
+    assert!(!tool.should_summarize());
+}

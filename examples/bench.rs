@@ -1,0 +1,328 @@
+//! Benchmark: runs the stock_compare workflow N times at a given concurrency and
+//! prints one JSON line of figures.
+//!
+//! ```sh
+//! # against its own server (a child process, so its CPU is not counted as the SDK's)
+//! cargo run --release --example bench -- --n 100 --concurrency 50
+//! # against any OpenAI- and Tavily-compatible server, such as ../shared/fake-llm
+//! cargo run --release --example bench -- --n 100 --concurrency 50 --base-url http://127.0.0.1:8099
+//! ```
+//!
+//! The built-in server answers like a model would for this scenario, after
+//! `--latency-ms` per LLM call and `--tool-latency-ms` per search, and counts tokens
+//! as fake-llm does (one per four characters of messages, tools and schema).
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use portia::storage::InMemoryStorage;
+use portia::{Config, Runner, WorkflowState};
+use serde_json::{Value, json};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+const QUERY: &str = "Which stock price grew faster in 2024, Amazon or Google?";
+
+#[derive(Parser, Debug)]
+#[command(about = "Run the stock_compare workflow N times and print one JSON line of figures")]
+struct Args {
+    /// How many workflows to run.
+    #[arg(long, default_value_t = 1)]
+    n: usize,
+    /// How many workflows run at once.
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// Latency of each LLM call of the built-in server, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    latency_ms: u64,
+    /// Latency of each search call of the built-in server, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    tool_latency_ms: u64,
+    /// Use this server (OpenAI API under /v1, Tavily at /search) instead of the built-in one.
+    #[arg(long)]
+    base_url: Option<String>,
+    /// Run steps one at a time instead of in parallel.
+    #[arg(long)]
+    sequential: bool,
+    /// Internal: serve the fake APIs and print the port.
+    #[arg(long, hide = true)]
+    serve: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    if args.serve {
+        runtime.block_on(serve(args.latency_ms, args.tool_latency_ms));
+        return ExitCode::SUCCESS;
+    }
+    match runtime.block_on(run(&args)) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("bench: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Spawns this program as the fake server and returns the child and its base URL.
+fn spawn_server(args: &Args) -> Result<(Child, String), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new(exe)
+        .args([
+            "--serve",
+            "--latency-ms",
+            &args.latency_ms.to_string(),
+            "--tool-latency-ms",
+            &args.tool_latency_ms.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("could not start the built-in server: {e}"))?;
+    let stdout = child.stdout.take().ok_or("the server has no stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).map_err(|e| e.to_string())?;
+    let url = line.trim().strip_prefix("LISTENING ").ok_or_else(|| format!("unexpected server output {line:?}"))?;
+    Ok((child, url.to_owned()))
+}
+
+async fn run(args: &Args) -> Result<Value, String> {
+    let (child, base_url) = match &args.base_url {
+        Some(url) => (None, url.trim_end_matches('/').to_owned()),
+        None => {
+            let (child, url) = spawn_server(args)?;
+            (Some(child), url)
+        }
+    };
+    let result = measure(args, &base_url).await;
+    if let Some(mut child) = child {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    result
+}
+
+async fn measure(args: &Args, base_url: &str) -> Result<Value, String> {
+    let execution = if args.sequential { "sequential" } else { "parallel" };
+    let config = Config::builder()
+        .llm_provider(portia::config::LlmProvider::OpenAi)
+        .openai_api_key("sk-bench")
+        .openai_base_url(format!("{base_url}/v1"))
+        .tavily_api_key("tvly-bench")
+        .tavily_base_url(base_url)
+        .execution(execution.parse::<portia::config::ExecutionMode>()?)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let storage = Arc::new(InMemoryStorage::new());
+    let runner = Runner::builder(config)
+        .tools(portia::tools::example_tool_registry())
+        .storage(storage.clone())
+        .build()
+        .map_err(|e| e.to_string())?;
+
+    let cpu_before = cpu_seconds();
+    let started = Instant::now();
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..args.n {
+        let runner = runner.clone();
+        let permit = semaphore.clone().acquire_owned().await.map_err(|e| e.to_string())?;
+        tasks.spawn(async move {
+            let began = Instant::now();
+            let result = runner.execute_query(QUERY).await;
+            drop(permit);
+            (began.elapsed(), result)
+        });
+    }
+    let mut latencies = Vec::with_capacity(args.n);
+    let (mut calls, mut prompt, mut completion, mut failed) = (0u64, 0u64, 0u64, 0usize);
+    while let Some(joined) = tasks.join_next().await {
+        let (latency, result) = joined.map_err(|e| e.to_string())?;
+        latencies.push(latency);
+        match result {
+            Ok(workflow) if workflow.state == WorkflowState::Complete => {
+                calls += u64::from(workflow.usage.total.llm_calls);
+                prompt += workflow.usage.total.prompt_tokens;
+                completion += workflow.usage.total.completion_tokens;
+            }
+            Ok(workflow) => {
+                failed += 1;
+                eprintln!("bench: workflow ended {}: {:?}", workflow.state, workflow.failure);
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("bench: {e}");
+            }
+        }
+    }
+    let wall = started.elapsed();
+    let cpu = cpu_seconds() - cpu_before;
+    let done = (args.n - failed).max(1) as f64;
+    latencies.sort();
+    Ok(json!({
+        "workflows": args.n,
+        "failed": failed,
+        "concurrency": args.concurrency,
+        "execution": execution,
+        "server": args.base_url.clone().unwrap_or_else(|| format!("built-in ({} ms per LLM call, {} ms per search)", args.latency_ms, args.tool_latency_ms)),
+        "wall_seconds": round(wall.as_secs_f64(), 3),
+        "workflows_per_second": round(args.n as f64 / wall.as_secs_f64(), 1),
+        "latency_p50_seconds": round(percentile(&latencies, 0.5), 3),
+        "latency_p90_seconds": round(percentile(&latencies, 0.9), 3),
+        "llm_calls_per_workflow": round(calls as f64 / done, 2),
+        "prompt_tokens_per_workflow": round(prompt as f64 / done, 1),
+        "completion_tokens_per_workflow": round(completion as f64 / done, 1),
+        "tool_calls_per_workflow": round(storage.tool_calls().len() as f64 / done, 2),
+        "cpu_ms_per_workflow": round(cpu * 1000.0 / args.n as f64, 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[index].as_secs_f64()
+}
+
+fn round(value: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (value * scale).round() / scale
+}
+
+/// CPU time of this process's threads so far, from Linux's per-thread scheduler
+/// statistics (nanosecond resolution, unlike the 10 ms ticks of `/proc/self/stat`).
+/// The runtime's threads live for the whole run, so none of their time is lost.
+fn cpu_seconds() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0.0 };
+    let nanos: u64 = tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    nanos as f64 / 1e9
+}
+
+/// The most resident memory this process has used (`VmHWM`), in MB.
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    kb / 1024.0
+}
+
+// ---------------------------------------------------------------------------------
+// The built-in server.
+
+async fn serve(latency_ms: u64, tool_latency_ms: u64) {
+    let server = MockServer::builder().body_print_limit(wiremock::BodyPrintLimit::Limited(0)).start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(FakeOpenAi { latency: Duration::from_millis(latency_ms) })
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/search"))
+        .respond_with(FakeTavily { latency: Duration::from_millis(tool_latency_ms) })
+        .mount(&server)
+        .await;
+    println!("LISTENING {}", server.uri());
+    let _ = std::io::stdout().flush();
+    // Serve until the parent kills us.
+    std::future::pending::<()>().await;
+}
+
+struct FakeOpenAi {
+    latency: Duration,
+}
+
+struct FakeTavily {
+    latency: Duration,
+}
+
+fn tokens(text: &str) -> u64 {
+    (text.chars().count() as u64).div_ceil(4)
+}
+
+fn last_user_text(body: &Value) -> String {
+    let messages = body["messages"].as_array().cloned().unwrap_or_default();
+    messages.iter().rev().find(|m| m["role"] == "user").and_then(|m| m["content"].as_str()).unwrap_or("").to_owned()
+}
+
+fn task_line(text: &str) -> String {
+    text.lines().find_map(|l| l.strip_prefix("Task: ")).unwrap_or(text).to_owned()
+}
+
+impl Respond for FakeOpenAi {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let body: Value = serde_json::from_slice(&request.body).unwrap_or_default();
+        let prompt = format!(
+            "{}{}{}",
+            body["messages"],
+            body.get("tools").unwrap_or(&Value::Null),
+            body.get("response_format").unwrap_or(&Value::Null)
+        );
+        let user = last_user_text(&body);
+        let mut message = json!({"role": "assistant", "content": null});
+        let completion = if body.get("response_format").is_some() {
+            let text = plan_reply().to_string();
+            message["content"] = json!(text);
+            text
+        } else if let Some(name) = body["tool_choice"]["function"]["name"].as_str() {
+            let arguments = json!({"search_query": task_line(&user)}).to_string();
+            message["tool_calls"] =
+                json!([{"id": "call_1", "type": "function", "function": {"name": name, "arguments": arguments}}]);
+            arguments
+        } else {
+            let text = if user.starts_with("Summarize") {
+                "Amazon's stock grew faster in 2024: about +44.4% against +35.5% for Alphabet."
+            } else {
+                "Amazon grew faster in 2024 (+44.4%, $151.94 to $219.39) than Google (+35.5%, $139.69 to $189.30)."
+            };
+            message["content"] = json!(text);
+            text.to_owned()
+        };
+        let usage = json!({"prompt_tokens": tokens(&prompt), "completion_tokens": tokens(&completion)});
+        let reply = json!({
+            "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": body["model"],
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "usage": usage,
+        });
+        ResponseTemplate::new(200).set_body_json(reply).set_delay(self.latency)
+    }
+}
+
+fn plan_reply() -> Value {
+    json!({"steps": [
+        {"task": "Search for the stock price growth of Amazon (AMZN) in 2024.", "inputs": [], "tool_id": "search_tool", "output": "$amazon_stock_growth"},
+        {"task": "Search for the stock price growth of Google (Alphabet, GOOGL) in 2024.", "inputs": [], "tool_id": "search_tool", "output": "$google_stock_growth"},
+        {"task": "Compare the 2024 stock price growth of Amazon and Google and say which grew faster.",
+         "inputs": [{"name": "$amazon_stock_growth", "description": "Amazon's 2024 growth."},
+                    {"name": "$google_stock_growth", "description": "Google's 2024 growth."}],
+         "tool_id": null, "output": "$faster_growth"}
+    ]})
+}
+
+impl Respond for FakeTavily {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let body: Value = serde_json::from_slice(&request.body).unwrap_or_default();
+        let query = body["query"].as_str().unwrap_or("").to_lowercase();
+        let (ticker, growth) = if query.contains("amazon") { ("AMZN", "44.4%") } else { ("GOOGL", "35.5%") };
+        let answer = format!("{ticker} stock rose about {growth} in 2024.");
+        let results: Vec<Value> = (1..=3)
+            .map(|i| json!({"title": format!("{ticker} 2024 performance #{i}"), "url": format!("https://example.com/{ticker}/{i}"),
+                             "content": format!("{ticker} closed 2024 up {growth} (benchmark data {i}).")}))
+            .collect();
+        let reply = json!({"query": body["query"], "answer": answer, "results": results, "response_time": 0.01});
+        ResponseTemplate::new(200).set_body_json(reply).set_delay(self.latency)
+    }
+}

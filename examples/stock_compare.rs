@@ -1,0 +1,68 @@
+//! The seed scenario: plan "Which stock price grew faster in 2024, Amazon or Google?",
+//! print the plan, run it, print the finished workflow.
+//!
+//! ```sh
+//! cp .env.example .env   # then set OPENAI_API_KEY (or ANTHROPIC_API_KEY) and TAVILY_API_KEY
+//! cargo run --example stock_compare
+//! ```
+//! Logs go to stderr (`PORTIA_LOG_LEVEL=debug` shows every step), JSON to stdout.
+
+use std::process::ExitCode;
+
+use portia::tools::example_tool_registry;
+use portia::{Config, Runner, WorkflowState};
+
+const QUERY: &str = "Which stock price grew faster in 2024, Amazon or Google?";
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("stock_compare: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), String> {
+    // Reads .env (if present) and the environment.
+    let config = Config::from_env().map_err(|e| e.to_string())?;
+    config.init_logging();
+    let missing = missing_keys(&config);
+    if !missing.is_empty() {
+        return Err(format!("set {} (see .env.example)", missing.join(" and ")));
+    }
+    let runner = Runner::new(config, example_tool_registry()).map_err(|e| e.to_string())?;
+
+    let plan = runner.generate_plan(QUERY).await.map_err(|e| e.to_string())?;
+    println!("{}", pretty(&plan));
+    // This is where an application would show the plan to the user, or edit it.
+    let workflow = runner.create_workflow(&plan).await.map_err(|e| e.to_string())?;
+    let workflow = runner.execute_workflow(workflow).await.map_err(|e| e.to_string())?;
+    println!("{}", pretty(&workflow));
+
+    match (workflow.state, &workflow.failure) {
+        (WorkflowState::Complete, _) => Ok(()),
+        (state, Some(failure)) => Err(format!("the workflow ended {state}: {}", failure.message)),
+        (state, None) => Err(format!("the workflow ended {state}")),
+    }
+}
+
+/// The variables this example needs that are not set: the LLM provider's key and Tavily's.
+fn missing_keys(config: &Config) -> Vec<&'static str> {
+    let mut missing = Vec::new();
+    if let Some(var) = config.llm_provider.api_key_var() {
+        if config.api_key(config.llm_provider).is_none() {
+            missing.push(var);
+        }
+    }
+    if config.tavily_api_key.is_none() {
+        missing.push("TAVILY_API_KEY");
+    }
+    missing
+}
+
+fn pretty(value: &impl serde::Serialize) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("(could not serialize: {e})"))
+}

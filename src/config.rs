@@ -595,7 +595,9 @@ impl Config {
     pub fn init_logging(&self) {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("portia={}", self.log_level)));
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let _ =
+            tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).try_init();
     }
 }
 

@@ -147,8 +147,16 @@ impl OutputSchema {
 }
 
 /// The JSON schema of `T`, as a plain JSON value.
+///
+/// The root's `$schema` and `title` keys are dropped: the model does not need them,
+/// and every byte of a schema is sent (and paid for) on every call.
 pub fn schema_value<T: JsonSchema>() -> Value {
-    serde_json::to_value(schemars::schema_for!(T)).expect("a JSON schema always serializes")
+    let mut schema = serde_json::to_value(schemars::schema_for!(T)).expect("a JSON schema always serializes");
+    if let Some(root) = schema.as_object_mut() {
+        root.remove("$schema");
+        root.remove("title");
+    }
+    schema
 }
 
 /// One call to an LLM.

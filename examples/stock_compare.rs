@@ -7,6 +7,7 @@
 //! ```
 //! Logs go to stderr (`PORTIA_LOG_LEVEL=debug` shows every step), JSON to stdout.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use portia::tools::example_tool_registry;
@@ -16,7 +17,15 @@ const QUERY: &str = "Which stock price grew faster in 2024, Amazon or Google?";
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run().await {
+    // Reads .env (if present) and the environment.
+    let result = match Config::from_env() {
+        Ok(config) => {
+            config.init_logging();
+            run(config, &mut std::io::stdout()).await
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("stock_compare: {message}");
@@ -25,10 +34,9 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run() -> Result<(), String> {
-    // Reads .env (if present) and the environment.
-    let config = Config::from_env().map_err(|e| e.to_string())?;
-    config.init_logging();
+/// Plans, prints the plan, runs it and prints the workflow to `out`. Apart from
+/// `main` so that the end-to-end test can drive it against mock servers.
+pub(crate) async fn run(config: Config, out: &mut impl Write) -> Result<(), String> {
     let missing = missing_keys(&config);
     if !missing.is_empty() {
         return Err(format!("set {} (see .env.example)", missing.join(" and ")));
@@ -36,11 +44,11 @@ async fn run() -> Result<(), String> {
     let runner = Runner::new(config, example_tool_registry()).map_err(|e| e.to_string())?;
 
     let plan = runner.generate_plan(QUERY).await.map_err(|e| e.to_string())?;
-    println!("{}", pretty(&plan));
+    writeln!(out, "{}", pretty(&plan)).map_err(|e| e.to_string())?;
     // This is where an application would show the plan to the user, or edit it.
     let workflow = runner.create_workflow(&plan).await.map_err(|e| e.to_string())?;
     let workflow = runner.execute_workflow(workflow).await.map_err(|e| e.to_string())?;
-    println!("{}", pretty(&workflow));
+    writeln!(out, "{}", pretty(&workflow)).map_err(|e| e.to_string())?;
 
     match (workflow.state, &workflow.failure) {
         (WorkflowState::Complete, _) => Ok(()),

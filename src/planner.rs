@@ -77,7 +77,7 @@ struct PlannedInput {
 /// The planning LLM's reply: steps, or why it cannot plan.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 struct StepsOrError {
-    #[serde(default)]
+    // Required in the schema, so a model always answers with a list (possibly empty).
     steps: Vec<PlannedStep>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     error: Option<String>,

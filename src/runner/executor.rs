@@ -147,7 +147,8 @@ impl Runner {
         } else {
             self.set_final_output(plan, workflow).await;
             workflow.transition_to(WorkflowState::Complete)?;
-            tracing::info!(workflow = %workflow.id, final_output = ?workflow.outputs.final_output, "workflow complete");
+            tracing::info!(workflow = %workflow.id, plan = %plan.id, "workflow complete");
+            tracing::debug!(workflow = %workflow.id, final_output = ?workflow.outputs.final_output, "final output");
         }
         self.inner.storage.save_workflow(workflow).await
     }

@@ -147,14 +147,14 @@ async fn measure(args: &Args, base_url: &str) -> Result<Value, String> {
         let (latency, result) = joined.map_err(|e| e.to_string())?;
         latencies.push(latency);
         match result {
-            Ok(workflow) if workflow.state == WorkflowState::Complete => {
+            Ok(workflow) if workflow.state() == WorkflowState::Complete => {
                 calls += u64::from(workflow.usage.total.llm_calls);
                 prompt += workflow.usage.total.prompt_tokens;
                 completion += workflow.usage.total.completion_tokens;
             }
             Ok(workflow) => {
                 failed += 1;
-                eprintln!("bench: workflow ended {}: {:?}", workflow.state, workflow.failure);
+                eprintln!("bench: workflow ended {}: {:?}", workflow.state(), workflow.failure);
             }
             Err(e) => {
                 failed += 1;

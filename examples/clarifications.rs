@@ -23,7 +23,7 @@ async fn main() -> ExitCode {
     match run(&query).await {
         Ok(workflow) => {
             println!("{}", serde_json::to_string_pretty(&workflow).unwrap_or_default());
-            if workflow.state == WorkflowState::Complete { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            if workflow.state() == WorkflowState::Complete { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
         Err(message) => {
             eprintln!("clarifications: {message}");
@@ -38,11 +38,11 @@ async fn run(query: &str) -> Result<Workflow, String> {
     let runner = Runner::new(config, open_source_tool_registry()).map_err(|e| e.to_string())?;
     let mut input = BufReader::new(tokio::io::stdin()).lines();
     let mut workflow = runner.execute_query(query).await.map_err(|e| e.to_string())?;
-    while workflow.state == WorkflowState::NeedClarification {
+    while workflow.state() == WorkflowState::NeedClarification {
         let open: Vec<Clarification> = workflow.outstanding_clarifications().cloned().collect();
         for clarification in open {
             workflow = answer(&runner, &clarification, &mut input).await?;
-            if workflow.state == WorkflowState::Failed {
+            if workflow.state() == WorkflowState::Failed {
                 return Ok(workflow);
             }
         }

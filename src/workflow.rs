@@ -231,9 +231,10 @@ pub struct Workflow {
     /// The lowest step not yet done (the last step once COMPLETE).
     #[serde(default)]
     pub current_step_index: usize,
-    /// Where the workflow is in its life; change it with [`Workflow::transition_to`].
+    /// Where the workflow is in its life: read it with [`Workflow::state`], change it
+    /// with [`Workflow::transition_to`] (private, so no move can skip the checks).
     #[serde(default = "not_started")]
-    pub state: WorkflowState,
+    state: WorkflowState,
     /// Who the workflow runs for.
     #[serde(default)]
     pub execution_context: ExecutionContext,
@@ -265,6 +266,11 @@ impl Workflow {
             failure: None,
             usage: WorkflowUsage::default(),
         }
+    }
+
+    /// Where the workflow is in its life.
+    pub fn state(&self) -> WorkflowState {
+        self.state
     }
 
     /// Moves to `next`.

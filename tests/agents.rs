@@ -112,7 +112,7 @@ async fn seed_scenario_plans_searches_compares_and_summarizes_in_five_calls() {
 
     let workflow = h.runner.create_workflow(&plan).await.unwrap();
     let workflow = h.runner.execute_workflow(workflow).await.unwrap();
-    assert_eq!(workflow.state, WorkflowState::Complete);
+    assert_eq!(workflow.state(), WorkflowState::Complete);
     assert_eq!(workflow.current_step_index, 2);
     let amazon = &workflow.outputs.step_outputs.get("$amazon_stock_growth").unwrap().value;
     assert!(amazon["answer"].as_str().unwrap().contains("44.4%"), "tool values keep their JSON shape");
@@ -142,7 +142,7 @@ async fn seed_scenario_stays_within_the_prompt_token_budget() {
     let tools = InMemoryToolRegistry::new().with(FakeSearch).unwrap();
     let h = harness(Config::default(), tools, seed_llm());
     let workflow = h.runner.execute_query(QUERY).await.unwrap();
-    assert_eq!(workflow.state, WorkflowState::Complete);
+    assert_eq!(workflow.state(), WorkflowState::Complete);
     // The scripted LLM counts tokens as fake-llm does (4 characters each, over messages,
     // tools and schema). The Python SDK spends 10,734 prompt tokens on this query.
     let prompt_tokens = workflow.usage.total.prompt_tokens;
@@ -246,7 +246,7 @@ async fn text_instead_of_a_tool_call_is_reasked_once() {
     let llm = ScriptedLlm::new().text("It is probably sunny.").tool_call("weather_tool", json!({}));
     let h = harness(config(ExecutionMode::Sequential, false), tools, llm);
     let done = h.runner.run_plan(&plan).await.unwrap();
-    assert_eq!(done.state, WorkflowState::Complete);
+    assert_eq!(done.state(), WorkflowState::Complete);
     assert!(last_user_text(&h.llm.requests()[1]).contains("call the tool weather_tool now"));
 }
 
@@ -256,7 +256,7 @@ async fn text_twice_instead_of_a_tool_call_fails_the_step_clearly() {
     let llm = ScriptedLlm::new().text("Sunny.").text("Still sunny.");
     let h = harness(config(ExecutionMode::Sequential, false), tools, llm);
     let done = h.runner.run_plan(&plan).await.unwrap();
-    assert_eq!(done.state, WorkflowState::Failed);
+    assert_eq!(done.state(), WorkflowState::Failed);
     let message = done.failure.unwrap().message;
     assert!(message.contains("answered in text instead of calling tool weather_tool: Still sunny."), "{message}");
 }
@@ -282,7 +282,7 @@ async fn soft_errors_fail_the_step_after_three_retries_with_every_message() {
     let llm = (0..4).fold(ScriptedLlm::new(), |llm, _| llm.tool_call("weather_tool", json!({})));
     let h = harness(config(ExecutionMode::Sequential, false), tools, llm);
     let done = h.runner.run_plan(&plan).await.unwrap();
-    assert_eq!(done.state, WorkflowState::Failed);
+    assert_eq!(done.state(), WorkflowState::Failed);
     let message = done.failure.unwrap().message;
     assert!(message.starts_with("Tool weather_tool failed after 4 attempts: rate limited #1;"), "{message}");
     assert!(message.contains("rate limited #4"), "{message}");
@@ -297,7 +297,7 @@ async fn a_hard_error_fails_at_once() {
         ScriptedLlm::new().tool_call("weather_tool", json!({})),
     );
     let done = h.runner.run_plan(&plan).await.unwrap();
-    assert_eq!(done.state, WorkflowState::Failed);
+    assert_eq!(done.state(), WorkflowState::Failed);
     assert_eq!(done.failure.as_ref().unwrap().message, "Tool weather_tool failed: API key revoked");
     assert_eq!(done.outputs.final_output, None);
     assert!(done.outputs.step_outputs.is_empty(), "an error never becomes an output");
@@ -328,7 +328,7 @@ async fn a_tools_multiple_choice_clarification_pauses_and_resumes() {
     let llm = ScriptedLlm::new().tool_call("file_tool", json!({})).tool_call("file_tool", json!({}));
     let h = harness(config(ExecutionMode::Sequential, false), tools, llm);
     let waiting = h.runner.run_plan(&plan).await.unwrap();
-    assert_eq!(waiting.state, WorkflowState::NeedClarification);
+    assert_eq!(waiting.state(), WorkflowState::NeedClarification);
     let clarification = waiting.outputs.clarifications[0].clone();
     assert_eq!(clarification.category(), "Multiple Choice");
     let ready = h.runner.resolve_clarification(&clarification, "report-2024.csv").await.unwrap();
@@ -356,7 +356,7 @@ async fn verifier_asks_for_a_missing_argument_instead_of_inventing_it() {
     let h = harness(verifier_config(), tools, llm);
 
     let waiting = h.runner.run_plan(&plan).await.unwrap();
-    assert_eq!(waiting.state, WorkflowState::NeedClarification);
+    assert_eq!(waiting.state(), WorkflowState::NeedClarification);
     assert!(tool.calls().is_empty(), "the tool is not called with a made-up value");
     let clarification = waiting.outputs.clarifications[0].clone();
     assert_eq!((clarification.category(), clarification.argument_name()), ("Input", Some("city")));
@@ -364,7 +364,7 @@ async fn verifier_asks_for_a_missing_argument_instead_of_inventing_it() {
 
     let ready = h.runner.resolve_clarification(&clarification, "Porto").await.unwrap();
     let done = h.runner.execute_workflow(ready).await.unwrap();
-    assert_eq!(done.state, WorkflowState::Complete);
+    assert_eq!(done.state(), WorkflowState::Complete);
     assert_eq!(tool.calls()[0].args, json!({"city": "Porto"}));
     assert!(last_user_text(&h.llm.requests()[1]).contains("- city: Porto"), "the verifier saw the answer on resume");
 }
@@ -487,6 +487,6 @@ async fn an_llm_failure_fails_the_step_with_the_providers_words() {
     let llm = ScriptedLlm::new().error(portia::llm::LlmError::Other("quota exceeded".into()));
     let h = harness(config(ExecutionMode::Sequential, false), InMemoryToolRegistry::new(), llm);
     let done = h.runner.run_plan(&plan).await.unwrap();
-    assert_eq!(done.state, WorkflowState::Failed);
+    assert_eq!(done.state(), WorkflowState::Failed);
     assert_eq!(done.failure.unwrap().message, "LLM call failed: quota exceeded");
 }

@@ -25,7 +25,7 @@ fn seed_plan_deserializes_with_tool_name_and_bare_id() {
 #[test]
 fn seed_workflow_deserializes_and_keeps_output_order() {
     let workflow: Workflow = serde_json::from_str(SEED_WORKFLOW).unwrap();
-    assert_eq!(workflow.state, WorkflowState::Complete);
+    assert_eq!(workflow.state(), WorkflowState::Complete);
     assert_eq!(workflow.current_step_index, 2);
     assert_eq!(workflow.plan_id.to_string(), "plan-a89efeb0-51ef-4f2c-b435-a936c27c3cfc");
     let names: Vec<&str> = workflow.outputs.step_outputs.iter().map(|(n, _)| n).collect();

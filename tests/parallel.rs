@@ -112,7 +112,7 @@ async fn independent_steps_are_in_flight_at_the_same_time() {
         .await
         .expect("steps ran one at a time");
     let done = done.unwrap();
-    assert_eq!(done.state, WorkflowState::Complete);
+    assert_eq!(done.state(), WorkflowState::Complete);
     assert_eq!(c.1.load(Ordering::SeqCst), 2);
     assert_eq!(done.outputs.final_output.unwrap().value, json!("combined"));
 }
@@ -146,7 +146,7 @@ async fn sequential_mode_runs_one_step_at_a_time() {
     let tools = InMemoryToolRegistry::new().with(left).unwrap().with(right).unwrap();
     let h = harness(config(ExecutionMode::Sequential, false), tools, script(3));
     let done = h.runner.run_plan(&diamond()).await.unwrap();
-    assert_eq!(done.state, WorkflowState::Complete);
+    assert_eq!(done.state(), WorkflowState::Complete);
     assert_eq!(c.1.load(Ordering::SeqCst), 1);
 }
 
@@ -161,7 +161,7 @@ async fn a_failure_lets_running_steps_finish_and_stops_new_ones() {
     // Two tool calls; the combining step must never ask the LLM.
     let h = harness(config(ExecutionMode::Parallel, false), tools, script(2));
     let done = h.runner.run_plan(&diamond()).await.unwrap();
-    assert_eq!(done.state, WorkflowState::Failed);
+    assert_eq!(done.state(), WorkflowState::Failed);
     let failure = done.failure.as_ref().unwrap();
     assert_eq!((failure.step, failure.message.as_str()), (Some(0), "Tool left_tool failed: left exploded"));
     assert!(done.outputs.step_outputs.contains("$right"), "the running branch finished and was kept");
@@ -177,7 +177,7 @@ async fn clarifications_from_parallel_branches_are_all_listed_and_resume_runs_on
     let tools = InMemoryToolRegistry::from_tools([ask_left.clone() as Arc<dyn Tool>, ask_right.clone()]).unwrap();
     let h = harness(config(ExecutionMode::Parallel, false), tools, script(5));
     let waiting = h.runner.run_plan(&diamond()).await.unwrap();
-    assert_eq!(waiting.state, WorkflowState::NeedClarification);
+    assert_eq!(waiting.state(), WorkflowState::NeedClarification);
     let mut asked: Vec<(Option<usize>, Option<&str>)> =
         waiting.outputs.clarifications.iter().map(|c| (c.step, c.argument_name())).collect();
     asked.sort();
@@ -185,11 +185,11 @@ async fn clarifications_from_parallel_branches_are_all_listed_and_resume_runs_on
 
     let left = waiting.outputs.clarifications.iter().find(|c| c.step == Some(0)).unwrap().clone();
     let partly = h.runner.resolve_clarification(&left, "red").await.unwrap();
-    assert_eq!(partly.state, WorkflowState::NeedClarification, "one answer is still missing");
+    assert_eq!(partly.state(), WorkflowState::NeedClarification, "one answer is still missing");
     let right = waiting.outputs.clarifications.iter().find(|c| c.step == Some(1)).unwrap().clone();
     let ready = h.runner.resolve_clarification(&right, "large").await.unwrap();
     let done = h.runner.execute_workflow(ready).await.unwrap();
-    assert_eq!(done.state, WorkflowState::Complete);
+    assert_eq!(done.state(), WorkflowState::Complete);
     assert_eq!(done.outputs.step_outputs.get("$left").unwrap().value, json!({"colour": "red"}));
     assert_eq!(done.outputs.step_outputs.get("$right").unwrap().value, json!({"size": "large"}));
     assert_eq!((ask_left.calls().len(), ask_right.calls().len()), (2, 2));
@@ -203,12 +203,12 @@ async fn a_clarification_in_one_branch_keeps_the_other_branchs_output_and_does_n
     let tools = InMemoryToolRegistry::from_tools([ask.clone() as Arc<dyn Tool>, right]).unwrap();
     let h = harness(config(ExecutionMode::Parallel, false), tools, script(4));
     let waiting = h.runner.run_plan(&diamond()).await.unwrap();
-    assert_eq!(waiting.state, WorkflowState::NeedClarification);
+    assert_eq!(waiting.state(), WorkflowState::NeedClarification);
     assert!(waiting.outputs.step_outputs.contains("$right"));
     let clarification = waiting.outputs.clarifications[0].clone();
     let ready = h.runner.resolve_clarification(&clarification, "blue").await.unwrap();
     let done = h.runner.execute_workflow(ready).await.unwrap();
-    assert_eq!(done.state, WorkflowState::Complete);
+    assert_eq!(done.state(), WorkflowState::Complete);
     assert_eq!(c.0.load(Ordering::SeqCst), 0);
     assert_eq!(c.1.load(Ordering::SeqCst), 1, "the finished branch ran once");
     assert_eq!(h.llm.requests().len(), 4, "left twice, right once, combine once");
@@ -229,6 +229,6 @@ async fn the_parallel_limit_is_respected() {
     let config = portia::Config::builder().max_parallel_steps(3usize).summarize_final_output(false).build().unwrap();
     let h = harness(config, tools, script(ids.len()));
     let done = h.runner.run_plan(&builder.build()).await.unwrap();
-    assert_eq!(done.state, WorkflowState::Complete);
+    assert_eq!(done.state(), WorkflowState::Complete);
     assert_eq!(c.1.load(Ordering::SeqCst), 3);
 }

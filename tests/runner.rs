@@ -30,10 +30,10 @@ async fn workflow_is_saved_after_every_state_change_and_step_output() {
         .build();
     let workflow = h.runner.run_plan(&plan).await.unwrap();
 
-    assert_eq!(workflow.state, WorkflowState::Complete);
+    assert_eq!(workflow.state(), WorkflowState::Complete);
     assert_eq!(workflow.outputs.final_output.as_ref().unwrap().value, json!("sum is 3"));
     let saved: Vec<(WorkflowState, usize)> =
-        h.storage.snapshots().iter().map(|w| (w.state, w.outputs.step_outputs.len())).collect();
+        h.storage.snapshots().iter().map(|w| (w.state(), w.outputs.step_outputs.len())).collect();
     assert_eq!(
         saved,
         [
@@ -52,7 +52,7 @@ async fn hand_built_plan_is_saved_by_create_workflow() {
     let h = harness(config(ExecutionMode::Sequential, false), registry(vec![]), ScriptedLlm::new());
     let plan = PlanBuilder::new("q").step("think", None, "$x").build();
     let workflow = h.runner.create_workflow(&plan).await.unwrap();
-    assert_eq!(workflow.state, WorkflowState::NotStarted);
+    assert_eq!(workflow.state(), WorkflowState::NotStarted);
     assert_eq!(h.runner.get_plan(plan.id).await.unwrap(), plan);
     assert_eq!(h.runner.get_workflow(workflow.id).await.unwrap(), workflow);
 }
@@ -84,8 +84,8 @@ async fn finished_workflows_cannot_be_executed_again() {
     let done = h.runner.run_plan(&plan).await.unwrap();
     let err = h.runner.execute_workflow(done.clone()).await.unwrap_err();
     assert!(matches!(err, Error::InvalidWorkflowState { state: WorkflowState::Complete, .. }), "{err}");
-    let mut failed = done;
-    failed.state = WorkflowState::Failed;
+    let created = h.runner.create_workflow(&plan).await.unwrap();
+    let failed = h.runner.cancel_workflow(created.id, "no longer needed").await.unwrap();
     let err = h.runner.execute_workflow(failed).await.unwrap_err();
     assert!(err.to_string().contains("cannot execute it while it is FAILED"), "{err}");
 }
@@ -97,7 +97,7 @@ async fn unresolved_clarifications_return_the_workflow_unchanged_without_any_cal
     let h = harness(config(ExecutionMode::Sequential, false), tools, llm);
     let plan = PlanBuilder::new("q").step("Ask for the city", Some("ask_tool"), "$city").build();
     let waiting = h.runner.run_plan(&plan).await.unwrap();
-    assert_eq!(waiting.state, WorkflowState::NeedClarification);
+    assert_eq!(waiting.state(), WorkflowState::NeedClarification);
     let saves_before = h.storage.snapshots().len();
 
     let again = h.runner.execute_workflow(waiting.clone()).await.unwrap();
@@ -115,21 +115,21 @@ async fn clarification_resolved_then_resumed_to_complete() {
     let plan = PlanBuilder::new("q").step("Ask for the city", Some("ask_tool"), "$city").build();
 
     let waiting = h.runner.run_plan(&plan).await.unwrap();
-    assert_eq!(waiting.state, WorkflowState::NeedClarification);
+    assert_eq!(waiting.state(), WorkflowState::NeedClarification);
     let clarification = waiting.outstanding_clarifications().next().unwrap().clone();
     assert_eq!(clarification.step, Some(0));
     assert_eq!(clarification.argument_name(), Some("city"));
 
     let ready = h.runner.resolve_clarification(&clarification, "Lisbon").await.unwrap();
-    assert_eq!(ready.state, WorkflowState::ReadyToResume);
+    assert_eq!(ready.state(), WorkflowState::ReadyToResume);
     assert_eq!(
-        h.runner.get_workflow(ready.id).await.unwrap().state,
+        h.runner.get_workflow(ready.id).await.unwrap().state(),
         WorkflowState::ReadyToResume,
         "resolution is saved"
     );
 
     let done = h.runner.execute_workflow(ready).await.unwrap();
-    assert_eq!(done.state, WorkflowState::Complete);
+    assert_eq!(done.state(), WorkflowState::Complete);
     assert_eq!(done.outputs.step_outputs.get("$city").unwrap().value, json!({"city": "Lisbon"}));
     let second_call = &tool.calls()[1];
     assert_eq!(second_call.clarifications[0].response, Some(json!("Lisbon")), "the tool saw the answer");
@@ -154,7 +154,7 @@ async fn multiple_choice_answer_outside_the_options_is_refused_and_not_saved() {
     let err = h.runner.resolve_clarification(&clarification, "c.txt").await.unwrap_err();
     assert!(matches!(err, Error::InvalidClarificationResponse { .. }), "{err}");
     let stored = h.runner.get_workflow(waiting.id).await.unwrap();
-    assert_eq!(stored.state, WorkflowState::NeedClarification);
+    assert_eq!(stored.state(), WorkflowState::NeedClarification);
     assert!(!stored.outputs.clarifications[0].resolved);
 
     let ready = h.runner.resolve_clarification(&clarification, "b.txt").await.unwrap();
@@ -170,11 +170,11 @@ async fn a_tool_missing_at_execution_fails_the_workflow_with_a_message() {
     h.runner.storage().save_plan(&plan).await.unwrap();
     let workflow = Workflow::new(plan.id, ExecutionContext::default());
     let failed = h.runner.execute_workflow(workflow).await.unwrap();
-    assert_eq!(failed.state, WorkflowState::Failed);
+    assert_eq!(failed.state(), WorkflowState::Failed);
     let failure = failed.failure.unwrap();
     assert_eq!(failure.step, Some(0));
     assert!(failure.message.contains("Tool search_tool is not in the tool registry"), "{}", failure.message);
-    assert_eq!(h.runner.get_workflow(failed.id).await.unwrap().state, WorkflowState::Failed, "the failure is saved");
+    assert_eq!(h.runner.get_workflow(failed.id).await.unwrap().state(), WorkflowState::Failed, "the failure is saved");
 }
 
 #[tokio::test]
@@ -183,7 +183,7 @@ async fn execute_by_id_and_missing_ids_give_typed_errors() {
     let plan = PlanBuilder::new("q").step("think", None, "$x").build();
     let created = h.runner.create_workflow(&plan).await.unwrap();
     let done = h.runner.execute_workflow_by_id(created.id).await.unwrap();
-    assert_eq!(done.state, WorkflowState::Complete);
+    assert_eq!(done.state(), WorkflowState::Complete);
 
     let missing = portia::WorkflowId::new();
     assert!(
@@ -198,7 +198,7 @@ async fn empty_plan_completes_without_output_or_calls() {
     let h = harness(config(ExecutionMode::Sequential, true), registry(vec![]), ScriptedLlm::new());
     let plan = PlanBuilder::new("nothing to do").build();
     let done = h.runner.run_plan(&plan).await.unwrap();
-    assert_eq!(done.state, WorkflowState::Complete);
+    assert_eq!(done.state(), WorkflowState::Complete);
     assert_eq!(done.outputs.final_output, None);
 }
 
@@ -208,7 +208,7 @@ async fn final_summary_failure_only_leaves_the_summary_empty() {
     let h = harness(config(ExecutionMode::Sequential, true), registry(vec![]), llm);
     let plan = PlanBuilder::new("q").step("think", None, "$x").build();
     let done = h.runner.run_plan(&plan).await.unwrap();
-    assert_eq!(done.state, WorkflowState::Complete);
+    assert_eq!(done.state(), WorkflowState::Complete);
     let final_output = done.outputs.final_output.unwrap();
     assert_eq!(final_output.value, json!("the answer"));
     assert_eq!(final_output.summary, None);
@@ -224,7 +224,7 @@ async fn workflows_are_listed_by_state() {
     h.runner.create_workflow(&plan).await.unwrap();
     let complete = h.runner.list_workflows(&WorkflowQuery::in_state(WorkflowState::Complete)).await.unwrap();
     assert_eq!(complete.count, 2);
-    assert!(complete.results.iter().all(|w| w.state == WorkflowState::Complete));
+    assert!(complete.results.iter().all(|w| w.state() == WorkflowState::Complete));
     let all = h.runner.list_workflows(&WorkflowQuery { page_size: 2, page: 2, ..Default::default() }).await.unwrap();
     assert_eq!((all.count, all.total_pages, all.results.len()), (3, 2, 1));
 }
@@ -262,7 +262,7 @@ async fn wait_for_ready_polls_the_tool_then_resolves_action_clarifications() {
     let h = harness(config(ExecutionMode::Sequential, false), tools, llm);
     let plan = PlanBuilder::new("q").step("Read mail", Some("oauth_tool"), "$mail").build();
     let waiting = h.runner.run_plan(&plan).await.unwrap();
-    assert_eq!(waiting.state, WorkflowState::NeedClarification);
+    assert_eq!(waiting.state(), WorkflowState::NeedClarification);
 
     let policy = ReadyPolicy {
         initial_interval: Duration::from_secs(2),
@@ -281,7 +281,7 @@ async fn wait_for_ready_polls_the_tool_then_resolves_action_clarifications() {
     let ready = ready.unwrap();
     // Polls at 0, 2, 6, 14 s: the first after the user signed in (13 s) ends the wait.
     assert_eq!(started.elapsed(), Duration::from_secs(14));
-    assert_eq!(ready.state, WorkflowState::ReadyToResume);
+    assert_eq!(ready.state(), WorkflowState::ReadyToResume);
     assert_eq!(ready.outputs.clarifications[0].response, Some(json!("complete")));
     let done = h.runner.execute_workflow(ready).await.unwrap();
     assert_eq!(done.outputs.final_output.unwrap().value, json!("mail"));
@@ -305,7 +305,7 @@ async fn wait_for_ready_rereads_the_stored_workflow_and_times_out_with_a_typed_e
     let clarification = waiting.outputs.clarifications[0].clone();
     h.runner.resolve_clarification(&clarification, "done elsewhere").await.unwrap();
     let ready = h.runner.wait_for_ready(waiting.id, policy).await.unwrap();
-    assert_eq!(ready.state, WorkflowState::ReadyToResume);
+    assert_eq!(ready.state(), WorkflowState::ReadyToResume);
 }
 
 #[test]
@@ -327,7 +327,7 @@ async fn cancelling_fails_and_saves_the_workflow_once() {
     let plan = PlanBuilder::new("q").step("think", None, "$x").build();
     let created = h.runner.create_workflow(&plan).await.unwrap();
     let cancelled = h.runner.cancel_workflow(created.id, "the user said no").await.unwrap();
-    assert_eq!(cancelled.state, WorkflowState::Failed);
+    assert_eq!(cancelled.state(), WorkflowState::Failed);
     assert_eq!(cancelled.failure.as_ref().unwrap().message, "the user said no");
     assert_eq!(h.runner.get_workflow(created.id).await.unwrap(), cancelled);
     let err = h.runner.cancel_workflow(created.id, "again").await.unwrap_err();

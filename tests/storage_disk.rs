@@ -38,9 +38,9 @@ async fn saving_replaces_the_whole_file_atomically() {
     storage.save_workflow(&workflow).await.unwrap();
     // A stale temporary file from a crashed writer must not be mistaken for a workflow.
     std::fs::write(dir.path().join(format!(".{}.json.0000.tmp", workflow.id)), "{ half").unwrap();
-    workflow.state = WorkflowState::InProgress;
+    workflow.transition_to(WorkflowState::InProgress).unwrap();
     storage.save_workflow(&workflow).await.unwrap();
-    assert_eq!(storage.get_workflow(workflow.id).await.unwrap().state, WorkflowState::InProgress);
+    assert_eq!(storage.get_workflow(workflow.id).await.unwrap().state(), WorkflowState::InProgress);
     let page = storage.list_workflows(&WorkflowQuery::default()).await.unwrap();
     assert_eq!((page.count, page.unreadable.len()), (1, 0));
 }

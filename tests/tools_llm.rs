@@ -91,7 +91,7 @@ async fn a_plan_step_on_the_llm_tool_costs_exactly_one_llm_call() {
 
     let workflow = runner.run_plan(&plan).await.unwrap();
 
-    assert_eq!(workflow.state, WorkflowState::Complete, "{:?}", workflow.failure);
+    assert_eq!(workflow.state(), WorkflowState::Complete, "{:?}", workflow.failure);
     assert_eq!(workflow.outputs.step_outputs.get("$answer").unwrap().value, json!("Amazon grew faster."));
     let requests = llm.requests();
     assert_eq!(requests.len(), 1, "the agent calls the tool directly, without a tool-calling round trip");

@@ -34,7 +34,7 @@ impl Halt {
 
 impl Runner {
     pub(super) async fn execute(&self, mut workflow: Workflow) -> Result<Workflow> {
-        match workflow.state {
+        match workflow.state() {
             state if state.is_terminal() => return Err(workflow.invalid_state("execute it")),
             WorkflowState::NeedClarification => {
                 if workflow.outstanding_clarifications().next().is_some() {
@@ -45,7 +45,7 @@ impl Runner {
             _ => {}
         }
         let plan = self.inner.storage.get_plan(workflow.plan_id).await?;
-        if workflow.state != WorkflowState::InProgress {
+        if workflow.state() != WorkflowState::InProgress {
             workflow.transition_to(WorkflowState::InProgress)?;
         }
         self.inner.storage.save_workflow(&workflow).await?;

@@ -308,7 +308,7 @@ impl Runner {
         let mut interval = policy.initial_interval;
         loop {
             let mut workflow = self.inner.storage.get_workflow(id).await?;
-            if workflow.state.is_terminal() {
+            if workflow.state().is_terminal() {
                 return Err(workflow.invalid_state("wait for it to become ready"));
             }
             let waiting: Vec<_> = workflow
@@ -316,7 +316,7 @@ impl Runner {
                 .filter(|c| matches!(c.kind, ClarificationKind::Action { .. }))
                 .cloned()
                 .collect();
-            if workflow.state != WorkflowState::NeedClarification || waiting.is_empty() {
+            if workflow.state() != WorkflowState::NeedClarification || waiting.is_empty() {
                 return Ok(workflow);
             }
             if self.actions_ready(&workflow, &waiting).await? {

@@ -96,7 +96,7 @@ pub struct WorkflowPage {
 impl WorkflowPage {
     /// Filters, orders and pages `workflows` by `query`.
     pub(crate) fn from_all(mut workflows: Vec<Workflow>, query: &WorkflowQuery, unreadable: Vec<String>) -> Self {
-        workflows.retain(|w| query.state.is_none_or(|s| w.state == s));
+        workflows.retain(|w| query.state.is_none_or(|s| w.state() == s));
         workflows.sort_by_key(|w| w.id);
         let page_size = query.page_size.max(1);
         let count = workflows.len();

@@ -23,7 +23,7 @@
 //! let runner = Runner::builder(Config::default()).tools(tools).llm(llm.clone()).build()?;
 //! let plan = PlanBuilder::new("Weather in Paris?").step("Get the weather in Paris", Some("weather_tool"), "$weather").build();
 //! let workflow = runner.run_plan(&plan).await?;
-//! assert_eq!(workflow.state, WorkflowState::Complete);
+//! assert_eq!(workflow.state(), WorkflowState::Complete);
 //! assert_eq!(llm.requests().len(), 2); // one tool call, one final summary
 //! # Ok(()) }
 //! ```

@@ -312,6 +312,10 @@ async fn wait_for_ready_rereads_the_stored_workflow_and_times_out_with_a_typed_e
 fn runner_is_send_sync_and_cheap_to_clone() {
     fn assert_send_sync_clone<T: Send + Sync + Clone + 'static>() {}
     assert_send_sync_clone::<Runner>();
+    let h = harness(config(ExecutionMode::Sequential, false), registry(vec![]), ScriptedLlm::new());
+    let clone = h.runner.clone();
+    assert!(Arc::ptr_eq(clone.storage(), h.runner.storage()), "a clone shares its parts");
+    assert!(Arc::ptr_eq(clone.tools(), h.runner.tools()));
 }
 
 #[tokio::test]
@@ -332,4 +336,116 @@ async fn cancelling_fails_and_saves_the_workflow_once() {
     assert_eq!(h.runner.get_workflow(created.id).await.unwrap(), cancelled);
     let err = h.runner.cancel_workflow(created.id, "again").await.unwrap_err();
     assert!(matches!(err, Error::InvalidWorkflowState { state: WorkflowState::Failed, .. }), "{err}");
+}
+
+/// A tool that signals when it starts and then waits to be released (or panics).
+#[derive(Debug, Default)]
+struct BlockingTool {
+    started: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+    calls: std::sync::atomic::AtomicUsize,
+    panics: bool,
+}
+
+#[async_trait::async_trait]
+impl portia::Tool for BlockingTool {
+    fn id(&self) -> &str {
+        "slow_tool"
+    }
+    fn name(&self) -> &str {
+        "Slow Tool"
+    }
+    fn description(&self) -> &str {
+        "Takes its time."
+    }
+    fn args_schema(&self) -> serde_json::Value {
+        json!({"type": "object"})
+    }
+    async fn run(
+        &self,
+        _ctx: &portia::ToolRunContext,
+        _args: serde_json::Value,
+    ) -> Result<portia::ToolOutput, portia::ToolError> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.started.notify_one();
+        assert!(!self.panics, "the slow tool broke");
+        self.release.notified().await;
+        Ok(portia::ToolOutput::value("slow result"))
+    }
+}
+
+fn slow_harness(llm: ScriptedLlm) -> (common::Harness, Arc<BlockingTool>, portia::Plan) {
+    let tool = Arc::new(BlockingTool::default());
+    let tools = InMemoryToolRegistry::from_tools([tool.clone() as Arc<dyn portia::Tool>]).unwrap();
+    let plan = PlanBuilder::new("q").step("wait", Some("slow_tool"), "$slow").build();
+    (harness(config(ExecutionMode::Sequential, false), tools, llm), tool, plan)
+}
+
+#[tokio::test]
+async fn a_stale_copy_of_a_finished_workflow_is_not_run_again() {
+    let tool = Arc::new(MockTool::new("ask_tool", MockBehavior::ClarifyInput("city".into())));
+    let tools = InMemoryToolRegistry::from_tools([tool.clone() as Arc<dyn portia::Tool>]).unwrap();
+    let llm = ScriptedLlm::new().tool_call("ask_tool", json!({})).tool_call("ask_tool", json!({}));
+    let h = harness(config(ExecutionMode::Sequential, false), tools, llm);
+    let plan = PlanBuilder::new("q").step("Ask for the city", Some("ask_tool"), "$city").build();
+    let waiting = h.runner.run_plan(&plan).await.unwrap();
+    let ready = h.runner.resolve_clarification(&waiting.outputs.clarifications[0], "Rome").await.unwrap();
+    let done = h.runner.execute_workflow(ready.clone()).await.unwrap();
+    assert_eq!(done.state(), WorkflowState::Complete);
+
+    let err = h.runner.execute_workflow(ready).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidWorkflowState { state: WorkflowState::Complete, .. }), "{err}");
+    assert_eq!(tool.calls().len(), 2, "the tool did not run a third time");
+    assert_eq!(h.runner.get_workflow(done.id).await.unwrap(), done, "the stored workflow was not overwritten");
+}
+
+#[tokio::test]
+async fn a_workflow_already_running_is_not_started_twice() {
+    let (h, tool, plan) = slow_harness(ScriptedLlm::new().tool_call("slow_tool", json!({})));
+    let workflow = h.runner.create_workflow(&plan).await.unwrap();
+    let first = tokio::spawn({
+        let runner = h.runner.clone();
+        async move { runner.execute_workflow_by_id(workflow.id).await }
+    });
+    tool.started.notified().await;
+    let err = h.runner.execute_workflow_by_id(workflow.id).await.unwrap_err();
+    assert!(err.to_string().contains("already running"), "{err}");
+    tool.release.notify_one();
+    assert_eq!(first.await.unwrap().unwrap().state(), WorkflowState::Complete);
+    assert_eq!(tool.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn cancelling_a_running_workflow_is_not_undone_by_the_run() {
+    let (h, tool, plan) = slow_harness(ScriptedLlm::new().tool_call("slow_tool", json!({})));
+    let workflow = h.runner.create_workflow(&plan).await.unwrap();
+    let run = tokio::spawn({
+        let runner = h.runner.clone();
+        async move { runner.execute_workflow_by_id(workflow.id).await }
+    });
+    tool.started.notified().await;
+    let cancelled = h.runner.cancel_workflow(workflow.id, "the user stopped it").await.unwrap();
+    assert_eq!(cancelled.state(), WorkflowState::Failed);
+    tool.release.notify_one();
+
+    let ended = run.await.unwrap().unwrap();
+    assert_eq!(ended.state(), WorkflowState::Failed);
+    assert_eq!(ended.failure.as_ref().unwrap().message, "the user stopped it");
+    assert!(ended.outputs.step_outputs.is_empty(), "the step that was running is not recorded");
+    assert_eq!(h.runner.get_workflow(workflow.id).await.unwrap(), ended);
+}
+
+#[tokio::test]
+async fn a_panicking_tool_fails_its_step_and_the_workflow_is_saved() {
+    let tool = Arc::new(BlockingTool { panics: true, ..BlockingTool::default() });
+    let tools = InMemoryToolRegistry::from_tools([tool.clone() as Arc<dyn portia::Tool>]).unwrap();
+    let h =
+        harness(config(ExecutionMode::Sequential, false), tools, ScriptedLlm::new().tool_call("slow_tool", json!({})));
+    let plan = PlanBuilder::new("q").step("wait", Some("slow_tool"), "$slow").build();
+    let failed = h.runner.run_plan(&plan).await.unwrap();
+    assert_eq!(failed.state(), WorkflowState::Failed);
+    let failure = failed.failure.as_ref().unwrap();
+    assert_eq!(failure.step, Some(0));
+    assert!(failure.message.contains("the step panicked: the slow tool broke"), "{}", failure.message);
+    assert_eq!(h.runner.get_workflow(failed.id).await.unwrap(), failed);
 }

@@ -2,20 +2,23 @@
 //! limit), applies each outcome to the workflow as it arrives, and saves after each.
 //!
 //! Agents run on owned [`StepContext`]s, so no `&mut Workflow` is held across a
-//! step's await and independent steps run concurrently.
+//! step's await and independent steps run concurrently. A step that panics fails
+//! like any other step instead of taking the workflow down with it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio::task::JoinSet;
+use tokio::task::{Id, JoinSet};
 
 use super::Runner;
+use super::claims::Claim;
 use super::recording::RecordedTool;
-use crate::Result;
 use crate::agent::{StepContext, StepInput, StepOutcome, StepResult, summarize_final_output};
 use crate::config::ExecutionMode;
 use crate::plan::Plan;
 use crate::tool::Tool;
 use crate::workflow::{Output, Workflow, WorkflowState};
+use crate::{Error, Result};
 
 /// What the running steps have led to so far.
 #[derive(Default)]
@@ -32,8 +35,18 @@ impl Halt {
     }
 }
 
+/// How a run ended before its conclusion: it went through, or it was cancelled.
+enum Run {
+    Finished(Halt),
+    Cancelled,
+}
+
 impl Runner {
     pub(super) async fn execute(&self, mut workflow: Workflow) -> Result<Workflow> {
+        let Some(claim) = self.inner.claims.claim(workflow.id) else {
+            return Err(workflow.invalid_state("execute it again: this runner is already running it"));
+        };
+        self.refuse_if_finished_in_storage(&workflow).await?;
         match workflow.state() {
             state if state.is_terminal() => return Err(workflow.invalid_state("execute it")),
             WorkflowState::NeedClarification => {
@@ -41,6 +54,7 @@ impl Runner {
                     return Ok(workflow);
                 }
                 workflow.transition_to(WorkflowState::ReadyToResume)?;
+                self.inner.storage.save_workflow(&workflow).await?;
             }
             _ => {}
         }
@@ -48,19 +62,46 @@ impl Runner {
         if workflow.state() != WorkflowState::InProgress {
             workflow.transition_to(WorkflowState::InProgress)?;
         }
-        self.inner.storage.save_workflow(&workflow).await?;
-        let halt = self.run_steps(&plan, &mut workflow).await?;
-        self.conclude(&plan, &mut workflow, halt).await?;
+        if self.save_unless_cancelled(&claim, &workflow).await? {
+            return self.inner.storage.get_workflow(workflow.id).await;
+        }
+        let cancelled = match self.run_steps(&plan, &mut workflow, &claim).await? {
+            Run::Finished(halt) => self.conclude(&plan, &mut workflow, halt, &claim).await?,
+            Run::Cancelled => true,
+        };
+        if cancelled {
+            // The cancellation saved the workflow as it should end; return that.
+            return self.inner.storage.get_workflow(workflow.id).await;
+        }
         Ok(workflow)
     }
 
-    async fn run_steps(&self, plan: &Plan, workflow: &mut Workflow) -> Result<Halt> {
+    /// A stale copy of a workflow that has since finished must not run again.
+    async fn refuse_if_finished_in_storage(&self, workflow: &Workflow) -> Result<()> {
+        match self.inner.storage.get_workflow(workflow.id).await {
+            Ok(stored) if stored.state().is_terminal() => Err(stored.invalid_state("execute it")),
+            Ok(_) | Err(Error::WorkflowNotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Saves the run's copy unless the workflow was cancelled meanwhile; `true` if it was.
+    async fn save_unless_cancelled(&self, claim: &Claim, workflow: &Workflow) -> Result<bool> {
+        let cancelled = claim.cancelled.lock().await;
+        if !*cancelled {
+            self.inner.storage.save_workflow(workflow).await?;
+        }
+        Ok(*cancelled)
+    }
+
+    async fn run_steps(&self, plan: &Plan, workflow: &mut Workflow, claim: &Claim) -> Result<Run> {
         let limit = match self.inner.config.execution {
             ExecutionMode::Sequential => 1,
             _ => self.inner.config.max_parallel_steps.max(1),
         };
         let mut started = vec![false; plan.steps.len()];
         let mut running: JoinSet<(usize, StepResult)> = JoinSet::new();
+        let mut step_of_task: HashMap<Id, usize> = HashMap::new();
         let mut halt = Halt::default();
         loop {
             if !halt.stops_new_steps() {
@@ -72,7 +113,8 @@ impl Runner {
                     match self.step_context(plan, workflow, index) {
                         Ok(ctx) => {
                             let agent = Arc::clone(&self.inner.agent);
-                            running.spawn(async move { (index, agent.execute(&ctx).await) });
+                            let task = running.spawn(async move { (index, agent.execute(&ctx).await) });
+                            step_of_task.insert(task.id(), index);
                         }
                         Err(message) => {
                             halt.failure = Some((index, message));
@@ -84,12 +126,15 @@ impl Runner {
             let Some(joined) = running.join_next().await else { break };
             let (index, result) = match joined {
                 Ok(done) => done,
-                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                Err(e) => return Err(crate::Error::storage(None, format!("a step task was cancelled: {e}"))),
+                Err(e) => (step_of_task.get(&e.id()).copied().unwrap_or_default(), StepResult::new(task_failure(e))),
             };
-            self.apply(plan, workflow, index, result, &mut halt).await?;
+            self.apply(plan, workflow, index, result, &mut halt);
+            if self.save_unless_cancelled(claim, workflow).await? {
+                running.abort_all();
+                return Ok(Run::Cancelled);
+            }
         }
-        Ok(halt)
+        Ok(Run::Finished(halt))
     }
 
     /// Steps not started whose inputs are all available, in plan order. Run one at a
@@ -111,14 +156,7 @@ impl Runner {
             .collect()
     }
 
-    async fn apply(
-        &self,
-        plan: &Plan,
-        workflow: &mut Workflow,
-        index: usize,
-        result: StepResult,
-        halt: &mut Halt,
-    ) -> Result<()> {
+    fn apply(&self, plan: &Plan, workflow: &mut Workflow, index: usize, result: StepResult, halt: &mut Halt) {
         workflow.add_usage(Some(&plan.steps[index].output), result.usage);
         match result.outcome {
             StepOutcome::Output(output) => workflow.record_step_output(plan, index, output),
@@ -132,10 +170,10 @@ impl Runner {
                 halt.failure.get_or_insert((index, message));
             }
         }
-        self.inner.storage.save_workflow(workflow).await
     }
 
-    async fn conclude(&self, plan: &Plan, workflow: &mut Workflow, halt: Halt) -> Result<()> {
+    /// Moves the workflow to its end state and saves it; `true` if it was cancelled meanwhile.
+    async fn conclude(&self, plan: &Plan, workflow: &mut Workflow, halt: Halt, claim: &Claim) -> Result<bool> {
         let pending: Vec<usize> = (0..plan.steps.len()).filter(|&i| !workflow.is_step_done(plan, i)).collect();
         if let Some((step, message)) = halt.failure {
             workflow.fail(Some(step), message)?;
@@ -150,7 +188,7 @@ impl Runner {
             tracing::info!(workflow = %workflow.id, plan = %plan.id, "workflow complete");
             tracing::debug!(workflow = %workflow.id, final_output = ?workflow.outputs.final_output, "final output");
         }
-        self.inner.storage.save_workflow(workflow).await
+        self.save_unless_cancelled(claim, workflow).await
     }
 
     async fn set_final_output(&self, plan: &Plan, workflow: &mut Workflow) {
@@ -209,4 +247,18 @@ impl Runner {
             today: self.today(),
         })
     }
+}
+
+/// A step task that panicked (or was aborted) fails its step with the reason.
+fn task_failure(error: tokio::task::JoinError) -> StepOutcome {
+    if !error.is_panic() {
+        return StepOutcome::Failed(format!("the step was stopped: {error}"));
+    }
+    let panic = error.into_panic();
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_owned());
+    StepOutcome::Failed(format!("the step panicked: {message}"))
 }

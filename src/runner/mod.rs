@@ -8,6 +8,7 @@
 //! A `Runner` is cheap to clone and `Send + Sync`: one runner serves many
 //! workflows at once.
 
+mod claims;
 mod executor;
 mod recording;
 
@@ -44,6 +45,7 @@ struct Inner {
     planner: Arc<dyn Planner>,
     agent: Arc<dyn Agent>,
     today: Option<String>,
+    claims: claims::Claims,
 }
 
 /// Options for [`Runner::generate_plan_with`] and [`Runner::execute_query_with`].
@@ -258,13 +260,26 @@ impl Runner {
     /// Stops a workflow that is not finished: it becomes FAILED with `reason` and is
     /// saved. Use it when a human rejects a value confirmation, for example.
     ///
+    /// A run of the workflow in progress on this runner (or a clone of it) stops
+    /// when its current steps end, without saving anything more; steps still running
+    /// then are aborted.
+    ///
     /// # Errors
     /// [`Error::WorkflowNotFound`], or [`Error::InvalidWorkflowState`] for a workflow
     /// that is already COMPLETE or FAILED.
     pub async fn cancel_workflow(&self, id: WorkflowId, reason: &str) -> Result<Workflow> {
+        let flag = self.inner.claims.running(id);
+        // Held until the FAILED state is saved, so the run cannot save over it.
+        let mut guard = match &flag {
+            Some(flag) => Some(flag.lock().await),
+            None => None,
+        };
         let mut workflow = self.inner.storage.get_workflow(id).await?;
         workflow.fail(None, reason)?;
         self.inner.storage.save_workflow(&workflow).await?;
+        if let Some(cancelled) = guard.as_deref_mut() {
+            *cancelled = true;
+        }
         Ok(workflow)
     }
 
@@ -437,7 +452,16 @@ impl RunnerBuilder {
             _ => Arc::new(OneShotAgent),
         });
         let tools = self.tools.unwrap_or_else(|| Arc::new(InMemoryToolRegistry::new()));
-        let inner = Inner { config: Arc::new(self.config), tools, storage, llm, planner, agent, today: self.today };
+        let inner = Inner {
+            config: Arc::new(self.config),
+            tools,
+            storage,
+            llm,
+            planner,
+            agent,
+            today: self.today,
+            claims: claims::Claims::default(),
+        };
         Ok(Runner { inner: Arc::new(inner) })
     }
 }

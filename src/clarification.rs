@@ -175,6 +175,15 @@ impl Clarification {
     }
 }
 
+/// The latest resolved answer for `argument_name` among `clarifications`, if any.
+pub fn latest_answer<'a>(clarifications: &'a [Clarification], argument_name: &str) -> Option<&'a Value> {
+    clarifications
+        .iter()
+        .rev()
+        .find(|c| c.resolved && c.argument_name() == Some(argument_name))
+        .and_then(|c| c.response.as_ref())
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -33,7 +33,7 @@
 //! ```
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
@@ -43,7 +43,7 @@ use crate::clarification::Clarification;
 use crate::config::Config;
 use crate::execution_context::ExecutionContext;
 use crate::ids::WorkflowId;
-use crate::llm::{LlmClient, ToolDefinition};
+use crate::llm::{LlmClient, ToolDefinition, Usage};
 use crate::{Error, Result};
 
 /// What a tool run produced.
@@ -114,6 +114,25 @@ pub struct ToolRunContext {
     pub step_context: String,
     /// The runner's LLM client, for tools that ask an LLM.
     pub llm: Option<Arc<dyn LlmClient>>,
+    /// Where a tool that calls an LLM reports what it spent, so the step's usage counts it.
+    pub usage: UsageMeter,
+}
+
+/// LLM usage reported by a tool while it runs; shared by the clones of a
+/// [`ToolRunContext`], read by the agent once the tool returns.
+#[derive(Debug, Clone, Default)]
+pub struct UsageMeter(Arc<Mutex<Usage>>);
+
+impl UsageMeter {
+    /// Adds the usage of one or more LLM calls.
+    pub fn add(&self, usage: Usage) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) += usage;
+    }
+
+    /// Everything reported so far.
+    pub fn total(&self) -> Usage {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl fmt::Debug for ToolRunContext {
@@ -138,16 +157,13 @@ impl ToolRunContext {
             clarifications: Vec::new(),
             step_context: String::new(),
             llm: None,
+            usage: UsageMeter::default(),
         }
     }
 
     /// The response to this step's resolved clarification for `argument_name`, if any.
     pub fn clarified(&self, argument_name: &str) -> Option<&Value> {
-        self.clarifications
-            .iter()
-            .rev()
-            .find(|c| c.resolved && c.argument_name() == Some(argument_name))
-            .and_then(|c| c.response.as_ref())
+        crate::clarification::latest_answer(&self.clarifications, argument_name)
     }
 }
 
@@ -173,6 +189,13 @@ pub trait Tool: Send + Sync + fmt::Debug {
     /// Whether the tool can run now (for example, whether the user has signed in).
     async fn ready(&self, _ctx: &ToolRunContext) -> std::result::Result<bool, ToolError> {
         Ok(true)
+    }
+    /// Arguments to call the tool with straight away, for a tool whose arguments
+    /// follow from the step's task alone (the LLM tool takes `{"task": task}`). The
+    /// agent then skips the LLM call that would choose them. `None` (the default):
+    /// the model chooses the arguments.
+    fn direct_args(&self, _task: &str) -> Option<Value> {
+        None
     }
     /// Runs the tool with the model's arguments.
     async fn run(&self, ctx: &ToolRunContext, args: Value) -> std::result::Result<ToolOutput, ToolError>;
@@ -214,6 +237,10 @@ pub trait TypedTool: Send + Sync + fmt::Debug {
     async fn ready(&self, _ctx: &ToolRunContext) -> std::result::Result<bool, ToolError> {
         Ok(true)
     }
+    /// See [`Tool::direct_args`].
+    fn direct_args(&self, _task: &str) -> Option<Value> {
+        None
+    }
     /// Runs the tool with parsed arguments.
     async fn call(&self, ctx: &ToolRunContext, args: Self::Args) -> std::result::Result<ToolOutput, ToolError>;
 }
@@ -240,6 +267,9 @@ impl<T: TypedTool> Tool for T {
     }
     async fn ready(&self, ctx: &ToolRunContext) -> std::result::Result<bool, ToolError> {
         TypedTool::ready(self, ctx).await
+    }
+    fn direct_args(&self, task: &str) -> Option<Value> {
+        TypedTool::direct_args(self, task)
     }
     async fn run(&self, ctx: &ToolRunContext, args: Value) -> std::result::Result<ToolOutput, ToolError> {
         let args = serde_json::from_value(args).map_err(|e| {

@@ -490,3 +490,18 @@ async fn an_llm_failure_fails_the_step_with_the_providers_words() {
     assert_eq!(done.state(), WorkflowState::Failed);
     assert_eq!(done.failure.unwrap().message, "LLM call failed: quota exceeded");
 }
+
+#[tokio::test]
+async fn verifier_does_not_trust_a_value_the_context_does_not_contain() {
+    let schema = json!({"type": "object", "properties": {"email": {"type": "string"}}, "required": ["email"]});
+    let tool = Arc::new(MockTool::echo("mail_tool").with_schema(schema));
+    let tools = InMemoryToolRegistry::from_tools([tool.clone() as Arc<dyn portia::Tool>]).unwrap();
+    let plan = PlanBuilder::new("q").step("Email the report to Anna", Some("mail_tool"), "$sent").build();
+    // The model claims the address comes from the task, but the task has none.
+    let invented = json!({"arguments": [{"name": "email", "value": "anna@example.com", "source": "task"}]});
+    let h = harness(verifier_config(), tools, ScriptedLlm::new().json(invented));
+    let waiting = h.runner.run_plan(&plan).await.unwrap();
+    assert_eq!(waiting.state(), WorkflowState::NeedClarification);
+    assert_eq!(waiting.outputs.clarifications[0].argument_name(), Some("email"));
+    assert!(tool.calls().is_empty());
+}

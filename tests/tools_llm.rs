@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use portia::agent::LLM_TOOL_ID;
 use portia::config::ModelRole;
 use portia::llm::{LlmError, Role};
 use portia::testing::ScriptedLlm;
+use portia::tools::LLM_TOOL_ID;
 use portia::tools::{LlmTool, open_source_tool_registry};
 use portia::{Config, PlanBuilder, Runner, Tool, ToolError, ToolOutput, ToolRunContext, WorkflowId, WorkflowState};
 use serde_json::json;
@@ -96,12 +96,29 @@ async fn a_plan_step_on_the_llm_tool_costs_exactly_one_llm_call() {
     let requests = llm.requests();
     assert_eq!(requests.len(), 1, "the agent calls the tool directly, without a tool-calling round trip");
     assert!(requests[0].messages[1].content.contains("Task: Say which stock grew faster"));
+    assert_eq!(workflow.usage.steps["$answer"].llm_calls, 1, "the tool's own call is counted");
+    assert_eq!(workflow.usage.total.llm_calls, 1);
+    assert!(workflow.usage.total.prompt_tokens > 0);
+}
+
+#[tokio::test]
+async fn a_soft_error_of_the_llm_tool_is_tried_again() {
+    let llm = Arc::new(
+        ScriptedLlm::new().error(portia::llm::LlmError::Other("overloaded".into())).text("Amazon grew faster."),
+    );
+    let config = Config::builder().summarize_final_output(false).build().unwrap();
+    let runner = Runner::builder(config).tools(open_source_tool_registry()).llm(llm.clone()).build().unwrap();
+    let plan = PlanBuilder::new("q").step("Say which stock grew faster", Some(LLM_TOOL_ID), "$answer").build();
+    let workflow = runner.run_plan(&plan).await.unwrap();
+    assert_eq!(workflow.state(), WorkflowState::Complete, "{:?}", workflow.failure);
+    assert_eq!(llm.requests().len(), 2);
 }
 
 #[test]
-fn the_tool_uses_the_agents_id_and_takes_a_task() {
+fn the_tool_has_its_id_takes_a_task_and_is_called_directly() {
     let tool = LlmTool::new();
     assert_eq!((tool.id(), tool.name()), (LLM_TOOL_ID, "LLM Tool"));
     assert_eq!(tool.args_schema()["required"], json!(["task"]));
     assert!(!tool.should_summarize());
+    assert_eq!(tool.direct_args("Sum up"), Some(json!({"task": "Sum up"})));
 }

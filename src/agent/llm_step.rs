@@ -1,12 +1,9 @@
 //! Steps without a tool: one LLM call over the step's context.
 
-use serde_json::json;
-
-use super::one_shot::{ToolAttempt, failed, finish, run_tool};
+use super::tool_call::failed;
 use super::{StepContext, StepOutcome, StepResult};
 use crate::config::ModelRole;
 use crate::llm::{LlmRequest, Message};
-use crate::tool::Tool;
 use crate::workflow::Output;
 
 const SYSTEM: &str = "You carry out one step of a plan. Answer the task from the context given, \
@@ -24,14 +21,5 @@ pub(super) async fn answer(ctx: &StepContext) -> StepResult {
             StepResult { outcome: StepOutcome::Output(Output::new(text)), usage: response.usage }
         }
         Err(e) => failed(format!("LLM call failed: {e}"), Default::default()),
-    }
-}
-
-/// Runs a step assigned to the LLM tool by calling the tool directly with the task:
-/// the tool reads the step's context itself, so no tool-calling round trip is needed.
-pub(super) async fn through_tool(ctx: &StepContext, tool: &std::sync::Arc<dyn Tool>) -> StepResult {
-    match run_tool(ctx, tool.as_ref(), json!({ "task": ctx.step.task })).await {
-        ToolAttempt::Finished(outcome) => finish(ctx, tool.as_ref(), outcome, Default::default()).await,
-        ToolAttempt::Retry(message) => failed(format!("Tool {} failed: {message}", tool.id()), Default::default()),
     }
 }

@@ -7,12 +7,15 @@
 //! - [`OneShotAgent`] (the default) makes one tool-calling LLM call per step.
 //! - [`VerifierAgent`] first checks where each argument comes from and asks a human
 //!   for any that is missing or would be invented.
-//! - A step without a tool is answered by one LLM call, whichever agent is chosen.
+//! - Whichever agent is chosen, a step without a tool is answered by one LLM call,
+//!   and a tool whose arguments follow from the task ([`Tool::direct_args`], such as
+//!   the LLM tool) is called directly.
 
 mod context;
 mod llm_step;
 mod one_shot;
 mod summarize;
+mod tool_call;
 mod verifier;
 
 use std::fmt;
@@ -33,9 +36,6 @@ use crate::llm::{LlmClient, Usage};
 use crate::plan::Step;
 use crate::tool::{Tool, ToolRunContext};
 use crate::workflow::Output;
-
-/// The id of the built-in LLM tool; a step using it is answered with one LLM call.
-pub const LLM_TOOL_ID: &str = "llm_tool";
 
 /// How many times a soft tool error is shown to the model before the step fails.
 pub const MAX_TOOL_RETRIES: usize = 3;
@@ -137,6 +137,23 @@ impl StepResult {
     /// A result with no LLM usage recorded yet.
     pub fn new(outcome: StepOutcome) -> Self {
         Self { outcome, usage: Usage::default() }
+    }
+}
+
+/// How an agent goes about a step.
+pub(crate) enum Route {
+    /// The step was handled without choosing arguments: no tool, or a direct tool.
+    Done(StepResult),
+    /// The agent must choose the arguments of this tool.
+    ChooseArgs(Arc<dyn Tool>),
+}
+
+/// Handles the steps every agent treats alike, and hands back the tool of the others.
+pub(crate) async fn route(ctx: &StepContext) -> Route {
+    let Some(tool) = &ctx.tool else { return Route::Done(llm_step::answer(ctx).await) };
+    match tool.direct_args(&ctx.step.task) {
+        Some(args) => Route::Done(tool_call::call_directly(ctx, tool.as_ref(), args).await),
+        None => Route::ChooseArgs(Arc::clone(tool)),
     }
 }
 

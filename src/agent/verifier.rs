@@ -4,10 +4,11 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::one_shot::{ToolAttempt, failed, finish, retries_exhausted, run_tool};
-use super::{Agent, LLM_TOOL_ID, MAX_TOOL_RETRIES, StepContext, StepResult, llm_step};
+use super::render_value;
+use super::tool_call::{ToolAttempt, failed, finish, retries_exhausted, run_tool};
+use super::{Agent, MAX_TOOL_RETRIES, Route, StepContext, StepResult, route};
 use crate::agent::StepOutcome;
-use crate::clarification::Clarification;
+use crate::clarification::{Clarification, latest_answer};
 use crate::config::ModelRole;
 use crate::llm::{LlmRequest, Message, OutputSchema, Usage, structured};
 use crate::tool::Tool;
@@ -53,10 +54,9 @@ pub struct VerifierAgent;
 #[async_trait::async_trait]
 impl Agent for VerifierAgent {
     async fn execute(&self, ctx: &StepContext) -> StepResult {
-        match &ctx.tool {
-            None => llm_step::answer(ctx).await,
-            Some(tool) if tool.id() == LLM_TOOL_ID => llm_step::through_tool(ctx, tool).await,
-            Some(tool) => verify_and_call(ctx, Arc::clone(tool)).await,
+        match route(ctx).await {
+            Route::Done(result) => result,
+            Route::ChooseArgs(tool) => verify_and_call(ctx, tool).await,
         }
     }
 }
@@ -78,7 +78,9 @@ async fn verify_and_call(ctx: &StepContext, tool: Arc<dyn Tool>) -> StepResult {
                 unsupported.into_iter().map(|(name, why)| Clarification::input(ctx.workflow_id, name, why)).collect();
             return StepResult { outcome: StepOutcome::Clarifications(clarifications), usage };
         }
-        match run_tool(ctx, tool.as_ref(), Value::Object(args)).await {
+        let (attempt, spent) = run_tool(ctx, tool.as_ref(), Value::Object(args)).await;
+        usage += spent;
+        match attempt {
             ToolAttempt::Finished(outcome) => return finish(ctx, tool.as_ref(), outcome, usage).await,
             ToolAttempt::Retry(message) => {
                 errors.push(message);
@@ -117,29 +119,65 @@ fn settle_arguments(
     let properties = schema.get("properties").and_then(Value::as_object);
     let required: Vec<&str> =
         schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
-    let answer = |name: &str| {
-        ctx.clarifications
-            .iter()
-            .rev()
-            .find(|c| c.resolved && c.argument_name() == Some(name))
-            .and_then(|c| c.response.clone())
-    };
+    let context = ctx.prompt().to_lowercase();
     let mut args = Map::new();
     for argument in proposed.arguments {
         let known = properties.is_none_or(|p| p.contains_key(&argument.name));
-        let supported = argument.source != Source::Missing && !argument.value.is_null();
-        if known && supported {
+        if known && is_supported(&argument, &context) {
             args.insert(argument.name, argument.value);
+        } else if known {
+            tracing::info!(argument = %argument.name, value = %argument.value, "argument not supported by the context");
         }
     }
     let mut unsupported = Vec::new();
     for name in properties.into_iter().flat_map(|p| p.keys()) {
-        if let Some(value) = answer(name) {
-            args.insert(name.clone(), value);
+        if let Some(value) = latest_answer(&ctx.clarifications, name) {
+            args.insert(name.clone(), value.clone());
         } else if required.contains(&name.as_str()) && !args.contains_key(name) {
             let about = properties.and_then(|p| p[name].get("description")).and_then(Value::as_str).unwrap_or("");
             unsupported.push((name.clone(), format!("Please provide a value for `{name}`. {about}").trim().to_owned()));
         }
     }
     (args, unsupported)
+}
+
+/// Whether the context backs a proposed value. The model's own label is not enough:
+/// most of the value's words (or numbers) must occur in the context. A value may be
+/// reformatted ("Paris" for "paris, france"), not made up. A yes/no flag is a choice,
+/// not a fact, so it needs no backing.
+fn is_supported(argument: &ProposedArgument, context_lower: &str) -> bool {
+    if argument.source == Source::Missing || argument.value.is_null() {
+        return false;
+    }
+    if argument.value.is_boolean() {
+        return true;
+    }
+    let text = render_value(&argument.value).to_lowercase();
+    let words: Vec<&str> = text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).collect();
+    let found = words.iter().filter(|w| context_lower.contains(**w)).count();
+    words.is_empty() || found * 2 >= words.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn proposed(value: Value, source: Source) -> ProposedArgument {
+        ProposedArgument { name: "x".into(), value, source }
+    }
+
+    #[test]
+    fn values_must_be_found_in_the_context() {
+        let context = "task: send 250 euros to anna in lisbon";
+        assert!(is_supported(&proposed(json!("Lisbon"), Source::Task), context));
+        assert!(is_supported(&proposed(json!("Anna, Lisbon"), Source::Task), context));
+        assert!(is_supported(&proposed(json!(250), Source::Task), context));
+        assert!(!is_supported(&proposed(json!(2500), Source::Task), context), "an invented amount");
+        assert!(!is_supported(&proposed(json!("anna@example.com"), Source::Context), context), "an invented email");
+        assert!(!is_supported(&proposed(json!("Lisbon"), Source::Missing), context));
+        assert!(!is_supported(&proposed(Value::Null, Source::Task), context));
+        assert!(is_supported(&proposed(json!(true), Source::Task), context));
+    }
 }

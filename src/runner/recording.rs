@@ -37,6 +37,9 @@ impl Tool for RecordedTool {
     async fn ready(&self, ctx: &ToolRunContext) -> Result<bool, ToolError> {
         self.inner.ready(ctx).await
     }
+    fn direct_args(&self, task: &str) -> Option<Value> {
+        self.inner.direct_args(task)
+    }
 
     async fn run(&self, ctx: &ToolRunContext, args: Value) -> Result<ToolOutput, ToolError> {
         let started = Instant::now();

@@ -3,10 +3,12 @@
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::agent::LLM_TOOL_ID;
 use crate::config::ModelRole;
 use crate::llm::{LlmRequest, Message};
 use crate::tool::{ToolError, ToolOutput, ToolRunContext, TypedTool};
+
+/// The id of the built-in LLM tool.
+pub const LLM_TOOL_ID: &str = "llm_tool";
 
 const DEFAULT_SYSTEM_PROMPT: &str = "You complete one task of a larger plan using only the task and the context \
 given. Be concise and factual; do not invent data. Reply with the result only.";
@@ -87,6 +89,10 @@ impl TypedTool for LlmTool {
         "The model's answer, as text."
     }
 
+    fn direct_args(&self, task: &str) -> Option<serde_json::Value> {
+        Some(serde_json::json!({ "task": task }))
+    }
+
     async fn call(&self, ctx: &ToolRunContext, args: LlmToolArgs) -> Result<ToolOutput, ToolError> {
         let Some(llm) = &ctx.llm else {
             return Err(ToolError::hard(
@@ -103,6 +109,7 @@ impl TypedTool for LlmTool {
             .chat(LlmRequest::new(ModelRole::Execution, messages))
             .await
             .map_err(|e| ToolError::soft(format!("the LLM call failed: {e}")))?;
+        ctx.usage.add(response.usage);
         match response.text {
             Some(text) if !text.trim().is_empty() => Ok(ToolOutput::value(text)),
             _ => Err(ToolError::soft("the model gave an empty answer")),

@@ -36,7 +36,7 @@ use serde_json::Value;
 
 pub use calculator::{CalculatorArgs, CalculatorTool};
 pub use files::{FileReaderArgs, FileReaderTool, FileWriterArgs, FileWriterTool};
-pub use llm_tool::{LlmTool, LlmToolArgs};
+pub use llm_tool::{LLM_TOOL_ID, LlmTool, LlmToolArgs};
 pub use search::{SearchArgs, SearchTool};
 pub use weather::{WeatherArgs, WeatherTool};
 

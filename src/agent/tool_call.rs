@@ -1,0 +1,149 @@
+//! Calling a step's tool: the schema check, the call, soft and hard errors, and
+//! the step summary. Shared by every agent.
+
+use serde_json::Value;
+
+use super::{MAX_TOOL_RETRIES, StepContext, StepOutcome, StepResult, summarize};
+use crate::llm::Usage;
+use crate::tool::{Tool, ToolError, ToolOutput};
+use crate::workflow::Output;
+
+/// What one tool call led to.
+pub(super) enum ToolAttempt {
+    /// The step is over: a value, clarifications, or a hard failure.
+    Finished(StepOutcome),
+    /// A soft error worth trying again (with other arguments, if a model chooses them).
+    Retry(String),
+}
+
+/// Checks `args` against the tool's schema, then runs the tool. Returns what it led
+/// to and the LLM usage the tool reported.
+pub(super) async fn run_tool(ctx: &StepContext, tool: &dyn Tool, args: Value) -> (ToolAttempt, Usage) {
+    if let Err(problem) = check_args(&tool.args_schema(), &args) {
+        let message = format!("the arguments do not fit the schema of {}: {problem}", tool.id());
+        return (ToolAttempt::Retry(message), Usage::default());
+    }
+    let run_context = ctx.tool_run_context();
+    let attempt = match tool.run(&run_context, args).await {
+        Ok(ToolOutput::Value(value)) => ToolAttempt::Finished(StepOutcome::Output(Output::new(value))),
+        Ok(ToolOutput::Clarifications(list)) if !list.is_empty() => {
+            ToolAttempt::Finished(StepOutcome::Clarifications(list))
+        }
+        Ok(ToolOutput::Clarifications(_)) => ToolAttempt::Finished(StepOutcome::Failed(format!(
+            "Tool {} failed: it asked for clarification without saying what it needs",
+            tool.id()
+        ))),
+        Err(ToolError::Soft(message)) => ToolAttempt::Retry(message),
+        Err(ToolError::Hard(message)) => {
+            ToolAttempt::Finished(StepOutcome::Failed(format!("Tool {} failed: {message}", tool.id())))
+        }
+    };
+    (attempt, run_context.usage.total())
+}
+
+/// Calls a tool with arguments it chose itself ([`Tool::direct_args`]), trying again
+/// on soft errors up to [`MAX_TOOL_RETRIES`] times.
+pub(super) async fn call_directly(ctx: &StepContext, tool: &dyn Tool, args: Value) -> StepResult {
+    let mut usage = Usage::default();
+    let mut errors = Vec::new();
+    loop {
+        let (attempt, spent) = run_tool(ctx, tool, args.clone()).await;
+        usage += spent;
+        match attempt {
+            ToolAttempt::Finished(outcome) => return finish(ctx, tool, outcome, usage).await,
+            ToolAttempt::Retry(message) => {
+                errors.push(message);
+                if errors.len() > MAX_TOOL_RETRIES {
+                    return failed(retries_exhausted(tool.id(), &errors), usage);
+                }
+            }
+        }
+    }
+}
+
+pub(super) fn retries_exhausted(tool_id: &str, errors: &[String]) -> String {
+    format!("Tool {tool_id} failed after {} attempts: {}", errors.len(), errors.join("; "))
+}
+
+/// Adds a summary to a value output when the tool asks for one.
+pub(super) async fn finish(ctx: &StepContext, tool: &dyn Tool, outcome: StepOutcome, mut usage: Usage) -> StepResult {
+    let outcome = match outcome {
+        StepOutcome::Output(mut output) if tool.should_summarize() => {
+            let (summary, spent) = summarize::step_summary(ctx, &output.value).await;
+            usage += spent;
+            output.summary = summary;
+            StepOutcome::Output(output)
+        }
+        other => other,
+    };
+    StepResult { outcome, usage }
+}
+
+pub(super) fn failed(message: String, usage: Usage) -> StepResult {
+    StepResult { outcome: StepOutcome::Failed(message), usage }
+}
+
+/// A light check of the arguments against a JSON schema: an object, with every
+/// required property present and each property of the declared basic type.
+/// Tools with typed arguments check the rest when they parse them.
+fn check_args(schema: &Value, args: &Value) -> Result<(), String> {
+    let Some(object) = args.as_object() else {
+        return Err(format!("expected an object of arguments, got {args}"));
+    };
+    let required = schema.get("required").and_then(Value::as_array).into_iter().flatten();
+    for name in required.filter_map(Value::as_str) {
+        if object.get(name).is_none_or(Value::is_null) {
+            return Err(format!("the required argument `{name}` is missing"));
+        }
+    }
+    let properties = schema.get("properties").and_then(Value::as_object);
+    for (name, value) in object {
+        let declared = properties.and_then(|p| p.get(name)).and_then(|p| p.get("type"));
+        if let Some(declared) = declared {
+            if !type_matches(declared, value) {
+                return Err(format!("`{name}` should be of type {declared}, got {value}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn type_matches(declared: &Value, value: &Value) -> bool {
+    let one = |name: &str| match name {
+        "string" => value.is_string(),
+        "number" => value.is_number(),
+        "integer" => value.is_i64() || value.is_u64(),
+        "boolean" => value.is_boolean(),
+        "array" => value.is_array(),
+        "object" => value.is_object(),
+        "null" => value.is_null(),
+        _ => true,
+    };
+    match declared {
+        Value::String(name) => one(name),
+        Value::Array(names) => names.iter().filter_map(Value::as_str).any(one),
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn schema_check_finds_missing_and_mistyped_arguments() {
+        let schema = json!({
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "days": {"type": ["integer", "null"]}},
+            "required": ["city"]
+        });
+        assert!(check_args(&schema, &json!({"city": "Paris"})).is_ok());
+        assert!(check_args(&schema, &json!({"city": "Paris", "days": null})).is_ok());
+        assert!(check_args(&schema, &json!({})).unwrap_err().contains("`city` is missing"));
+        assert!(check_args(&schema, &json!({"city": 3})).unwrap_err().contains("`city` should be of type"));
+        assert!(check_args(&schema, &json!({"city": "P", "days": 1.5})).is_err());
+        assert!(check_args(&schema, &json!("Paris")).is_err());
+    }
+}

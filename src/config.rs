@@ -248,9 +248,12 @@ pub struct Config {
     pub summary_model: Option<String>,
     /// Base URL for the provider (`PORTIA_LLM_BASE_URL`); overrides the ones below.
     pub llm_base_url: Option<String>,
-    /// OpenAI API key (`OPENAI_API_KEY`); also sent to OpenAI-compatible servers if set.
+    /// OpenAI API key (`OPENAI_API_KEY`); sent to OpenAI only.
     #[serde(skip_serializing)]
     pub openai_api_key: Option<Secret>,
+    /// Optional key for an OpenAI-compatible server or Ollama (`PORTIA_LLM_API_KEY`).
+    #[serde(skip_serializing)]
+    pub llm_api_key: Option<Secret>,
     /// OpenAI base URL (`OPENAI_BASE_URL`).
     pub openai_base_url: Option<String>,
     /// Anthropic API key (`ANTHROPIC_API_KEY`).
@@ -315,6 +318,7 @@ impl Default for Config {
             summary_model: None,
             llm_base_url: None,
             openai_api_key: None,
+            llm_api_key: None,
             openai_base_url: None,
             anthropic_api_key: None,
             anthropic_base_url: None,
@@ -439,6 +443,7 @@ impl Config {
     fn fill_secrets<F: Fn(&str) -> Option<String>>(&mut self, vars: &Vars<F>) {
         let secrets = [
             ("OPENAI_API_KEY", &mut self.openai_api_key),
+            ("PORTIA_LLM_API_KEY", &mut self.llm_api_key),
             ("ANTHROPIC_API_KEY", &mut self.anthropic_api_key),
             ("MISTRAL_API_KEY", &mut self.mistral_api_key),
             ("GROQ_API_KEY", &mut self.groq_api_key),
@@ -534,7 +539,9 @@ impl Config {
     /// The API key configured for `provider`, if any.
     pub fn api_key(&self, provider: LlmProvider) -> Option<&Secret> {
         match provider {
-            LlmProvider::OpenAi | LlmProvider::OpenAiCompatible | LlmProvider::Ollama => self.openai_api_key.as_ref(),
+            LlmProvider::OpenAi => self.openai_api_key.as_ref(),
+            // Never OpenAI's key: it must not travel to another server.
+            LlmProvider::OpenAiCompatible | LlmProvider::Ollama => self.llm_api_key.as_ref(),
             LlmProvider::Anthropic => self.anthropic_api_key.as_ref(),
             LlmProvider::Mistral => self.mistral_api_key.as_ref(),
             LlmProvider::Groq => self.groq_api_key.as_ref(),
@@ -716,6 +723,8 @@ impl ConfigBuilder {
     secret_setters! {
         /// Sets the OpenAI API key.
         openai_api_key;
+        /// Sets the key of an OpenAI-compatible server or Ollama.
+        llm_api_key;
         /// Sets the Anthropic API key.
         anthropic_api_key;
         /// Sets the Mistral API key.
@@ -808,6 +817,18 @@ mod tests {
     }
 
     #[test]
+    fn openai_key_is_never_the_key_of_another_server() {
+        let config =
+            Config::from_vars(vars(&[("OPENAI_API_KEY", "sk-openai"), ("PORTIA_LLM_PROVIDER", "ollama")])).unwrap();
+        assert!(config.api_key(LlmProvider::Ollama).is_none());
+        assert!(config.api_key(LlmProvider::OpenAiCompatible).is_none());
+        let config =
+            Config::from_vars(vars(&[("OPENAI_API_KEY", "sk-openai"), ("PORTIA_LLM_API_KEY", "vllm-key")])).unwrap();
+        assert_eq!(config.api_key(LlmProvider::OpenAiCompatible).map(Secret::expose), Some("vllm-key"));
+        assert_eq!(config.api_key(LlmProvider::OpenAi).map(Secret::expose), Some("sk-openai"));
+    }
+
+    #[test]
     fn provider_slash_model_selects_both() {
         let config = Config::from_vars(vars(&[("PORTIA_LLM_MODEL", "anthropic/claude-haiku-4-5")])).unwrap();
         assert_eq!(config.llm_provider, LlmProvider::Anthropic);
@@ -871,6 +892,7 @@ mod tests {
         fn strip_secrets_for_test(&mut self) {
             for key in [
                 &mut self.openai_api_key,
+                &mut self.llm_api_key,
                 &mut self.anthropic_api_key,
                 &mut self.mistral_api_key,
                 &mut self.groq_api_key,

@@ -1,5 +1,6 @@
 //! The file reader and writer: formats, confinement to the files root, and the
-//! clarification for a file found elsewhere under the root.
+//! clarification for a missing file whose name, or a similar one, is found under
+//! the root.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -61,6 +62,19 @@ async fn write(sandbox: &Sandbox, filename: &str, content: &str) -> Result<Value
         ToolOutput::Value(value) => Ok(value),
         other => panic!("expected a value for {filename}, got {other:?}"),
     }
+}
+
+/// The options and guidance of the Multiple Choice clarification reading `filename` raises.
+async fn offered(sandbox: &Sandbox, filename: &str) -> (Vec<String>, String) {
+    let output = read_with(&sandbox.ctx(), filename).await.unwrap();
+    let ToolOutput::Clarifications(clarifications) = output else { panic!("expected a clarification, got {output:?}") };
+    let [clarification] = clarifications.as_slice() else { panic!("expected one clarification: {clarifications:?}") };
+    assert_eq!(clarification.argument_name(), Some("filename"));
+    let portia::ClarificationKind::MultipleChoice { options, .. } = &clarification.kind else {
+        panic!("expected a multiple choice: {clarification:?}")
+    };
+    let options = options.iter().map(|o| o.as_str().unwrap().to_owned()).collect();
+    (options, clarification.user_guidance.clone())
 }
 
 fn hard(result: Result<Value, ToolError>) -> String {
@@ -216,13 +230,123 @@ async fn missing_file_found_elsewhere_asks_which_one_and_reads_the_choice() {
     assert_eq!(options, &vec![json!("docs/2024/REPORT.txt"), json!("docs/report.txt")]);
     let guidance = &clarification.user_guidance;
     assert!(guidance.starts_with("report.txt was not found"), "{guidance}");
-    assert!(guidance.contains("docs/2024/REPORT.txt, docs/report.txt"), "{guidance}");
+    assert!(guidance.contains("similar name: docs/2024/REPORT.txt, docs/report.txt."), "{guidance}");
 
     let mut answered = clarification.clone();
     answered.resolve(json!("docs/2024/REPORT.txt")).unwrap();
     ctx.clarifications = vec![answered];
     let output = read_with(&ctx, "report.txt").await.unwrap();
     assert_eq!(output, ToolOutput::value("the 2024 report"));
+}
+
+#[tokio::test]
+async fn each_kind_of_similar_name_is_offered() {
+    let cases = [
+        ("Report.CSV", "data/report.csv", "the same name, ignoring case"),
+        ("report.csv", "report.xlsx", "the same stem, another extension"),
+        ("report.csv", "Report.JSON", "the same stem ignoring case, another extension"),
+        ("report.csv", "report-2024.csv", "a name containing the stem"),
+        ("report.csv", "archive/q3_report.csv", "a name containing the stem"),
+        ("report-2024.csv", "report.csv", "a stem contained in the requested one"),
+        ("reprot.csv", "report.csv", "two edits away"),
+        ("reprt.csv", "report.csv", "one edit away"),
+        ("data.json", "date.json", "one edit away, four characters"),
+    ];
+    for (requested, present, kind) in cases {
+        let sandbox = Sandbox::new();
+        sandbox.put(present, "x");
+        let (options, guidance) = offered(&sandbox, requested).await;
+        assert_eq!(options, [present], "{kind}: {requested} -> {present}");
+        assert_eq!(
+            guidance,
+            format!(
+                "{requested} was not found. Files with the same or a similar name: {present}. Which one should be read?"
+            )
+        );
+    }
+}
+
+#[tokio::test]
+async fn similar_names_are_offered_best_first() {
+    let sandbox = Sandbox::new();
+    for name in [
+        "b/rpeort.json",
+        "repotr.csv",
+        "reprt.csv",
+        "a/report_draft.json",
+        "report-2024.csv",
+        "q3_report.csv",
+        "report.xlsx",
+        "zz/REPORT.csv",
+    ] {
+        sandbox.put(name, "x");
+    }
+    let (options, _) = offered(&sandbox, "report.csv").await;
+    assert_eq!(
+        options,
+        [
+            "zz/REPORT.csv",       // the same name
+            "report.xlsx",         // the same stem
+            "q3_report.csv",       // containment, the requested extension first, then by path
+            "report-2024.csv",     //
+            "a/report_draft.json", // containment, another extension
+            "reprt.csv",           // one edit
+            "repotr.csv",          // two edits, the requested extension first
+            "b/rpeort.json",       // two edits, another extension
+        ]
+    );
+}
+
+#[tokio::test]
+async fn only_the_twenty_best_matches_are_offered() {
+    let sandbox = Sandbox::new();
+    for n in 1..=25 {
+        sandbox.put(&format!("report-{n:02}.csv"), "x");
+    }
+    sandbox.put("reprt.csv", "x");
+    sandbox.put("zz/report.csv", "x");
+    let (options, _) = offered(&sandbox, "report.csv").await;
+    assert_eq!(options.len(), 20);
+    assert_eq!(options[0], "zz/report.csv", "the best match is kept though found last");
+    assert_eq!(options[19], "report-19.csv");
+    assert!(!options.contains(&"reprt.csv".to_owned()), "near misses rank below containment");
+}
+
+#[tokio::test]
+async fn unrelated_hidden_unreadable_or_too_deep_files_are_not_offered() {
+    let sandbox = Sandbox::new();
+    for name in [
+        "summary.csv",                  // unrelated
+        "export_data.csv",              // unrelated
+        "rpt.csv",                      // three edits away
+        "re.csv",                       // too short to be looked for inside "report"
+        "report.png",                   // an extension the reader does not support
+        "report.csv.bak",               // likewise
+        ".report-old.csv",              // a hidden file
+        ".cache/report.csv",            // in a hidden directory
+        "a/b/c/d/e/f/g/h/i/report.csv", // deeper than the search goes
+        "q2.csv",                       // one edit from "q1", but too short for near misses
+    ] {
+        sandbox.put(name, "x");
+    }
+    fs::write(sandbox.outside().join("report.csv"), "x").unwrap();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(sandbox.outside(), sandbox.root().join("linked")).unwrap();
+    for requested in ["report.csv", "q1.csv"] {
+        let message = hard(read(&sandbox, requested).await);
+        assert_eq!(message, format!("{requested} was not found under the files root"));
+    }
+}
+
+#[tokio::test]
+async fn a_similar_file_picked_by_the_user_is_read() {
+    let sandbox = Sandbox::new();
+    sandbox.put("data/report.json", r#"{"ok": true}"#);
+    let mut ctx = sandbox.ctx();
+    let ToolOutput::Clarifications(mut asked) = read_with(&ctx, "reprot.json").await.unwrap() else { panic!() };
+    asked[0].resolve(json!("data/report.json")).unwrap();
+    ctx.clarifications = asked;
+    assert_eq!(read_with(&ctx, "reprot.json").await.unwrap(), ToolOutput::value(json!({"ok": true})));
 }
 
 #[tokio::test]

@@ -7,6 +7,12 @@
 //! reaches the evaluator, and a word the tables do not know is an error rather than
 //! something silently dropped (dropping "square root of" would answer 16 to
 //! "the square root of 16").
+//!
+//! A question the calculator cannot read (an unknown word or character, unbalanced
+//! parentheses, a dangling operator, too long or too deeply nested) is a
+//! [`ToolError::Soft`] error whose message says how to rephrase, so the model can
+//! try again. A question with no calculation in it, a division by zero and a result
+//! that is not a finite number are [`ToolError::Hard`]: rephrasing cannot fix them.
 
 use evalexpr::{EmptyContext, Node, Operator};
 use schemars::JsonSchema;
@@ -19,6 +25,9 @@ use crate::tool::{ToolError, ToolOutput, ToolRunContext, TypedTool};
 const MAX_QUESTION_CHARS: usize = 1000;
 /// Deeper nesting is refused, so evaluation cannot exhaust the stack.
 const MAX_NESTING: usize = 32;
+/// How to rephrase a question the calculator could not read; ends every soft error.
+const REPHRASE: &str = "rephrase it with digits and + - * / ^ ( ), or with words such as plus, minus, \
+                        times, divided by, to the power of";
 
 /// "subtract A from B" and friends: leading words, the word between A and B, the
 /// operator, and whether B comes first in the expression.
@@ -102,11 +111,12 @@ impl CalculatorTool {
     /// "What is 3 plus 4 times 2?".
     ///
     /// # Errors
-    /// [`ToolError::Hard`] saying what could not be understood.
+    /// [`ToolError::Soft`] saying what could not be understood and how to rephrase;
+    /// [`ToolError::Hard`] when the question holds no calculation at all.
     pub fn expression(question: &str) -> Result<String, ToolError> {
         if question.chars().count() > MAX_QUESTION_CHARS {
-            return Err(ToolError::hard(format!(
-                "the question is longer than {MAX_QUESTION_CHARS} characters; give the calculation alone"
+            return Err(rephrase(format!(
+                "the question is longer than {MAX_QUESTION_CHARS} characters, more than a calculation needs"
             )));
         }
         let tokens = lex(question)?;
@@ -122,8 +132,9 @@ impl CalculatorTool {
     /// The answer to `question`.
     ///
     /// # Errors
-    /// [`ToolError::Hard`] for a question that cannot be understood, an empty one,
-    /// a division by zero, or a result too large to represent.
+    /// [`ToolError::Soft`] for a question that cannot be understood, with a hint on
+    /// how to rephrase it; [`ToolError::Hard`] for an empty one, a division by zero,
+    /// or a result that is not a finite number (too large, or not real).
     pub fn evaluate(question: &str) -> Result<f64, ToolError> {
         evaluate(&Self::expression(question)?)
     }
@@ -203,11 +214,7 @@ fn symbol(c: char) -> Result<Option<char>, ToolError> {
         '[' | '{' => '(',
         ']' | '}' => ')',
         _ if c.is_whitespace() || "?!.,:;=\"'".contains(c) => return Ok(None),
-        _ => {
-            return Err(ToolError::hard(format!(
-                "the calculator does not understand the character {c:?}; use numbers with + - * / ^ ( ) %"
-            )));
-        }
+        _ => return Err(rephrase(format!("the calculator does not understand the character {c:?}"))),
     }))
 }
 
@@ -269,7 +276,7 @@ fn verb_form(tokens: &[Token]) -> Result<Option<String>, ToolError> {
         };
         let (a, b) = (&tokens[lead.len()..split], &tokens[split + 1..]);
         if a.is_empty() || b.is_empty() {
-            return Err(ToolError::hard(format!(
+            return Err(rephrase(format!(
                 "\"{} A {separator} B\" needs a number on each side of \"{separator}\"",
                 lead.join(" ")
             )));
@@ -278,7 +285,7 @@ fn verb_form(tokens: &[Token]) -> Result<Option<String>, ToolError> {
         return Ok(Some(format!("({}) {operator} ({})", translate(first)?, translate(second)?)));
     }
     match expected {
-        Some((lead, separator)) => Err(ToolError::hard(format!(
+        Some((lead, separator)) => Err(rephrase(format!(
             "\"{}\" must be followed by \"A {separator} B\", such as \"{} 10 {separator} 4\"",
             lead.join(" "),
             lead.join(" ")
@@ -343,8 +350,8 @@ impl Expression {
                 self.parts.push("*".to_owned()); // "(1 + 2) 3" multiplies, as written maths does.
             } else {
                 let previous = self.parts.last().map_or("", String::as_str);
-                return Err(ToolError::hard(format!(
-                    "two numbers with no operator between them ({previous} and {}); say how to combine them",
+                return Err(rephrase(format!(
+                    "two numbers with no operator between them ({previous} and {})",
                     float_literal(number)
                 )));
             }
@@ -394,18 +401,24 @@ impl Expression {
         if FILLERS.contains(&word) {
             return Ok(1);
         }
-        Err(ToolError::hard(format!(
-            "the calculator does not understand {word:?}; write the calculation with numbers and + - * / ^ ( ), \
-             or words such as plus, minus, times, divided by, to the power of"
-        )))
+        Err(rephrase(format!("the calculator does not understand {word:?}")))
     }
 }
 
+/// A soft error: `problem`, then how to rephrase the question.
+fn rephrase(problem: impl std::fmt::Display) -> ToolError {
+    ToolError::soft(format!("{problem}; {REPHRASE}"))
+}
+
+/// Evaluates a translated expression. Shape errors (unbalanced or too deep
+/// parentheses, an expression `evalexpr` cannot read) are soft; a division by zero
+/// and a non-finite result are hard.
 fn evaluate(expression: &str) -> Result<f64, ToolError> {
-    if nesting(expression) > MAX_NESTING {
-        return Err(ToolError::hard(format!("the calculation nests deeper than {MAX_NESTING} levels")));
-    }
-    let unreadable = |e: evalexpr::EvalexprError| ToolError::hard(format!("could not evaluate {expression}: {e}"));
+    check_parentheses(expression)?;
+    let unreadable = |e: evalexpr::EvalexprError| {
+        let reason = e.to_string();
+        rephrase(format!("could not evaluate {expression}: {}", reason.trim_end_matches('.')))
+    };
     let tree = evalexpr::build_operator_tree(expression).map_err(unreadable)?;
     if let Some(name) = tree.iter_identifiers().next() {
         // The translation emits no names; this guards against it ever doing so.
@@ -415,11 +428,45 @@ fn evaluate(expression: &str) -> Result<f64, ToolError> {
     let value = tree.eval_number_with_context(&EmptyContext).map_err(unreadable)?;
     if value.is_finite() {
         Ok(value)
+    } else if value.is_nan() {
+        Err(ToolError::hard(format!("the result of {expression} is not a real number")))
     } else {
         Err(ToolError::hard(format!("the result of {expression} is too large to represent")))
     }
 }
 
+/// Refuses parentheses that do not pair up or nest deeper than [`MAX_NESTING`].
+fn check_parentheses(expression: &str) -> Result<(), ToolError> {
+    let opened = expression.chars().filter(|&c| c == '(').count();
+    let closed = expression.chars().filter(|&c| c == ')').count();
+    if opened != closed || !closes_in_order(expression) {
+        return Err(rephrase(format!(
+            "the parentheses do not pair up ({opened} opened, {closed} closed) in {expression}"
+        )));
+    }
+    if nesting(expression) > MAX_NESTING {
+        return Err(rephrase(format!("the calculation nests parentheses deeper than {MAX_NESTING} levels")));
+    }
+    Ok(())
+}
+
+/// Whether no `)` comes before the `(` it would close.
+fn closes_in_order(expression: &str) -> bool {
+    let mut depth = 0usize;
+    for c in expression.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => match depth.checked_sub(1) {
+                Some(d) => depth = d,
+                None => return false,
+            },
+            _ => {}
+        }
+    }
+    true
+}
+
+/// The deepest nesting of parentheses in `expression`.
 fn nesting(expression: &str) -> usize {
     let mut depth = 0usize;
     let mut deepest = 0;
@@ -474,5 +521,11 @@ mod tests {
     #[test]
     fn nesting_is_measured() {
         assert_eq!(nesting("((1) + (2))"), 2);
+    }
+
+    #[test]
+    fn parentheses_must_close_in_order() {
+        assert!(closes_in_order("(1) + ((2))"));
+        assert!(!closes_in_order(") 1 ("));
     }
 }

@@ -24,8 +24,11 @@ const MAX_READ_BYTES: u64 = 10 * 1024 * 1024;
 /// `txt`, `log` and `md` files come back as text, `json` as the parsed value, `csv`
 /// as a list of objects keyed by the header row (values as strings), `xlsx` and
 /// `xls` as `{sheet name: [[cell, ...], ...]}`. When the file does not exist but
-/// files with the same name do elsewhere under the root, the tool asks the user to
-/// pick one (a Multiple Choice clarification on `filename`).
+/// files with a similar name do under the root (the same name elsewhere, the same
+/// stem with another supported extension, a name containing the stem or contained
+/// in it, or a near miss such as `reprot.csv` for `report.csv`), the tool asks the
+/// user to pick one, best matches first (a Multiple Choice clarification on
+/// `filename`). A file picked that way and then missing is a hard error.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FileReaderTool;
 
@@ -67,7 +70,7 @@ impl FileWriterTool {
 /// What reading found.
 enum Read {
     Value(Value),
-    /// The file does not exist; these root-relative paths have its name.
+    /// The file does not exist; these root-relative paths have similar names, best first.
     Missing {
         relative: String,
         matches: Vec<String>,
@@ -107,7 +110,7 @@ impl TypedTool for FileReaderTool {
             }
             Read::Missing { relative, matches } => {
                 let guidance = format!(
-                    "{relative} was not found. Files with the same name: {}. Which one should be read?",
+                    "{relative} was not found. Files with the same or a similar name: {}. Which one should be read?",
                     matches.join(", ")
                 );
                 let options = matches.into_iter().map(Value::String).collect();
@@ -164,7 +167,7 @@ fn read(root: &Path, filename: &str) -> Result<Read, ToolError> {
     let extension = extension(&target)?;
     if !target.full.exists() {
         let name = target.full.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        return Ok(Read::Missing { matches: root.find_by_name(&name), relative: target.relative });
+        return Ok(Read::Missing { matches: root.find_similar(&name, SUPPORTED), relative: target.relative });
     }
     let metadata = std::fs::metadata(&target.full).map_err(|e| io_error("read", &target, &e))?;
     if metadata.is_dir() {

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::ids::PlanId;
+use crate::llm::Usage;
 use crate::tool::ToolRegistry;
 use crate::{Error, Result};
 
@@ -25,6 +26,9 @@ pub struct Plan {
     pub plan_context: PlanContext,
     /// The steps, in the order they are listed (and, when run one at a time, executed).
     pub steps: Vec<Step>,
+    /// What it cost to write the plan (absent for a plan written by hand).
+    #[serde(default, skip_serializing_if = "Usage::is_zero")]
+    pub usage: Usage,
 }
 
 /// What a plan was made for.
@@ -137,7 +141,7 @@ impl fmt::Display for PlanProblem {
 impl Plan {
     /// A new plan with a fresh id.
     pub fn new(plan_context: PlanContext, steps: Vec<Step>) -> Self {
-        Self { id: PlanId::new(), plan_context, steps }
+        Self { id: PlanId::new(), plan_context, steps, usage: Usage::default() }
     }
 
     /// Starts writing a plan in code, without an LLM.

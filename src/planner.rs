@@ -35,23 +35,14 @@ pub struct PlanningRequest {
     pub today: String,
 }
 
-/// A plan and what it cost to make.
-#[derive(Debug, Clone)]
-pub struct PlanningOutcome {
-    /// The plan.
-    pub plan: Plan,
-    /// The LLM usage of planning.
-    pub usage: Usage,
-}
-
 /// Turns a query into a plan.
 #[async_trait::async_trait]
 pub trait Planner: Send + Sync + fmt::Debug {
-    /// Makes a plan.
+    /// Makes a plan, with what it cost in [`Plan::usage`].
     ///
     /// # Errors
     /// [`Error::Planning`] when no valid plan could be made.
-    async fn plan(&self, request: PlanningRequest) -> Result<PlanningOutcome>;
+    async fn plan(&self, request: PlanningRequest) -> Result<Plan>;
 }
 
 /// A step as the planning LLM writes it.
@@ -76,8 +67,11 @@ struct PlannedInput {
 
 /// The planning LLM's reply: steps, or why it cannot plan.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(extend("required" = ["steps"]))]
 struct StepsOrError {
-    // Required in the schema, so a model always answers with a list (possibly empty).
+    // Required in the schema so a model always answers with a list, yet read as empty
+    // when a model that cannot plan answers with only an error.
+    #[serde(default)]
     steps: Vec<PlannedStep>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     error: Option<String>,
@@ -106,7 +100,7 @@ impl OneShotPlanner {
 
 #[async_trait::async_trait]
 impl Planner for OneShotPlanner {
-    async fn plan(&self, request: PlanningRequest) -> Result<PlanningOutcome> {
+    async fn plan(&self, request: PlanningRequest) -> Result<Plan> {
         let registry = InMemoryToolRegistry::from_tools(request.tools.iter().cloned())?;
         let tool_ids: Vec<String> = request.tools.iter().map(|t| t.id().to_owned()).collect();
         let mut messages = vec![Message::system(SYSTEM), Message::user(prompt(&request))];
@@ -125,11 +119,12 @@ impl Planner for OneShotPlanner {
             if reply.steps.is_empty() {
                 problems = vec!["the plan has no steps".to_owned()];
             } else {
-                let plan = to_plan(&request.query, &tool_ids, &reply.steps);
+                let mut plan = to_plan(&request.query, &tool_ids, &reply.steps);
                 problems = plan.problems(&registry).iter().map(ToString::to_string).collect();
                 if problems.is_empty() {
                     tracing::info!(plan = %plan.id, steps = plan.steps.len(), attempt, "plan created");
-                    return Ok(PlanningOutcome { plan, usage });
+                    plan.usage = usage;
+                    return Ok(plan);
                 }
             }
             tracing::warn!(attempt, ?problems, "planner returned an invalid plan; asking again");
@@ -214,6 +209,15 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn steps_are_required_in_the_schema_but_an_error_alone_parses() {
+        let schema = crate::llm::schema_value::<StepsOrError>();
+        assert_eq!(schema["required"], json!(["steps"]));
+        let reply: StepsOrError = serde_json::from_value(json!({"error": "no tool books flights"})).unwrap();
+        assert!(reply.steps.is_empty());
+        assert_eq!(reply.error.as_deref(), Some("no tool books flights"));
+    }
 
     #[test]
     fn arguments_are_described_compactly() {

@@ -212,10 +212,10 @@ pub struct Failure {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct WorkflowUsage {
-    /// Every call the workflow made, planning (when it was planned by
-    /// [`Runner::execute_query`](crate::Runner::execute_query)) and summaries included.
+    /// Every call: planning, steps and summaries.
     pub total: Usage,
-    /// The calls made to plan the workflow, when the runner planned it.
+    /// The calls that wrote the workflow's plan ([`Plan::usage`]; zero for a plan
+    /// written by hand). Each workflow made from the plan counts them.
     pub planning: Usage,
     /// The calls each step made, keyed by the step's output name.
     pub steps: BTreeMap<String, Usage>,

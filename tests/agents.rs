@@ -133,7 +133,9 @@ async fn seed_scenario_plans_searches_compares_and_summarizes_in_five_calls() {
     );
     assert!(context.contains("$google_stock_growth"), "{context}");
     assert!(compare.tools.is_empty(), "a step without a tool is one plain LLM call");
-    assert_eq!(workflow.usage.total.llm_calls, 4, "execution: three steps and the summary");
+    assert_eq!(plan.usage.llm_calls, 1, "the plan records what it cost");
+    assert_eq!(workflow.usage.planning, plan.usage);
+    assert_eq!(workflow.usage.total.llm_calls, 5, "planning, three steps and the summary");
     assert_eq!(workflow.usage.steps["$faster_growth"].llm_calls, 1);
 }
 
@@ -204,10 +206,15 @@ async fn planner_gives_up_after_the_configured_attempts() {
 
 #[tokio::test]
 async fn planner_error_is_reported_in_its_own_words() {
-    let llm = ScriptedLlm::new().json(json!({"steps": [], "error": "No tool can book flights."}));
-    let h = harness(Config::default(), InMemoryToolRegistry::new(), llm);
-    let err = h.runner.generate_plan("Book me a flight").await.unwrap_err();
-    assert!(matches!(&err, Error::Planning(m) if m.contains("No tool can book flights.")), "{err}");
+    // With an empty list of steps, and with the error alone.
+    for reply in
+        [json!({"steps": [], "error": "No tool can book flights."}), json!({"error": "No tool can book flights."})]
+    {
+        let h = harness(Config::default(), InMemoryToolRegistry::new(), ScriptedLlm::new().json(reply));
+        let err = h.runner.generate_plan("Book me a flight").await.unwrap_err();
+        assert!(matches!(&err, Error::Planning(m) if m.contains("No tool can book flights.")), "{err}");
+        assert_eq!(h.llm.requests().len(), 1, "an error is not re-asked");
+    }
 }
 
 #[tokio::test]

@@ -67,6 +67,7 @@ fn plan_round_trips_and_writes_tool_id() {
         .build();
     let value = serde_json::to_value(&plan).unwrap();
     assert_eq!(value["steps"][0]["tool_id"], "search_tool");
+    assert!(value.get("usage").is_none(), "a hand-written plan cost nothing and says nothing about it");
     assert_eq!(value["steps"][1]["tool_id"], Value::Null);
     assert_eq!(value["steps"][1]["inputs"][1], json!({"name": "year", "value": 2024, "description": "the year"}));
     assert_eq!(round_trip(&plan), plan);

@@ -43,7 +43,7 @@ async fn stock_compare_prints_the_plan_then_a_complete_workflow() {
     stock_compare::run(config, &mut out).await.unwrap();
     let (plan, workflow) = two_documents(std::str::from_utf8(&out).unwrap());
 
-    assert_eq!(keys(&plan), ["id", "plan_context", "steps"]);
+    assert_eq!(keys(&plan), ["id", "plan_context", "steps", "usage"]);
     assert!(plan["id"].as_str().unwrap().starts_with("plan-"));
     assert_eq!(plan["plan_context"]["query"], "Which stock price grew faster in 2024, Amazon or Google?");
     assert_eq!(plan["plan_context"]["tool_ids"], serde_json::json!(["calculator_tool", "weather_tool", "search_tool"]));
@@ -76,7 +76,9 @@ async fn stock_compare_prints_the_plan_then_a_complete_workflow() {
     let final_output = &outputs["final_output"];
     assert_eq!(final_output["value"], outputs["step_outputs"]["$faster_growth"]["value"]);
     assert!(final_output["summary"].as_str().unwrap().contains("Amazon"));
-    assert_eq!(workflow["usage"]["total"]["llm_calls"], 4, "three steps and the summary (planning is counted apart)");
+    assert_eq!(workflow["usage"]["total"]["llm_calls"], 5, "planning, three steps and the summary");
+    assert_eq!(workflow["usage"]["planning"], plan["usage"], "the plan says what it cost");
+    assert_eq!(plan["usage"]["llm_calls"], 1);
 
     let requests = server.received_requests().await.unwrap();
     let llm_calls = requests.iter().filter(|r| r.url.path() == "/v1/chat/completions").count();

@@ -31,7 +31,7 @@ async fn plans_and_workflows_are_one_pretty_json_file_each() {
 }
 
 #[tokio::test]
-async fn saving_replaces_the_whole_file_atomically() {
+async fn saving_again_replaces_the_file_and_ignores_stale_temporary_files() {
     let dir = tempfile::tempdir().unwrap();
     let storage = DiskStorage::new(dir.path());
     let mut workflow = Workflow::new(portia::PlanId::new(), ExecutionContext::default());
@@ -131,4 +131,13 @@ async fn a_runner_configured_for_disk_writes_there() {
     let done = runner.run_plan(&plan).await.unwrap();
     let reread = DiskStorage::new(dir.path()).get_workflow(done.id).await.unwrap();
     assert_eq!(reread, done);
+}
+
+#[tokio::test]
+async fn absurd_page_numbers_give_an_empty_page_not_a_panic() {
+    let storage = portia::storage::InMemoryStorage::new();
+    storage.save_workflow(&Workflow::new(portia::PlanId::new(), ExecutionContext::default())).await.unwrap();
+    let query = WorkflowQuery { state: None, page: usize::MAX, page_size: usize::MAX };
+    let page = storage.list_workflows(&query).await.unwrap();
+    assert_eq!((page.count, page.results.len(), page.total_pages), (1, 0, 1));
 }

@@ -219,6 +219,11 @@ impl Usage {
     pub fn call(prompt_tokens: u64, completion_tokens: u64) -> Self {
         Self { llm_calls: 1, prompt_tokens, completion_tokens }
     }
+
+    /// Whether nothing was spent.
+    pub fn is_zero(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl Add for Usage {

@@ -146,10 +146,6 @@ impl Runner {
     /// # Errors
     /// As [`Runner::generate_plan`], and [`Error::ToolNotFound`] for an unknown tool id.
     pub async fn generate_plan_with(&self, query: &str, options: PlanOptions) -> Result<Plan> {
-        Ok(self.plan_and_cost(query, &options).await?.0)
-    }
-
-    async fn plan_and_cost(&self, query: &str, options: &PlanOptions) -> Result<(Plan, crate::llm::Usage)> {
         let tools = match &options.tool_ids {
             Some(ids) => ids.iter().map(|id| self.inner.tools.get_tool(id)).collect::<Result<Vec<_>>>()?,
             None => self.inner.tools.match_tools(query),
@@ -161,10 +157,10 @@ impl Runner {
             execution_context: options.execution_context.clone(),
             today: self.today(),
         };
-        let outcome = self.inner.planner.plan(request).await?;
-        tracing::debug!(plan = %outcome.plan.id, json = %serde_json::to_string(&outcome.plan).unwrap_or_default(), "plan");
-        self.inner.storage.save_plan(&outcome.plan).await?;
-        Ok((outcome.plan, outcome.usage))
+        let plan = self.inner.planner.plan(request).await?;
+        tracing::debug!(plan = %plan.id, json = %serde_json::to_string(&plan).unwrap_or_default(), "plan");
+        self.inner.storage.save_plan(&plan).await?;
+        Ok(plan)
     }
 
     /// Checks and saves `plan`, and creates a NOT_STARTED workflow for it.
@@ -182,7 +178,9 @@ impl Runner {
     pub async fn create_workflow_with(&self, plan: &Plan, context: ExecutionContext) -> Result<Workflow> {
         plan.validate(self.inner.tools.as_ref())?;
         self.inner.storage.save_plan(plan).await?;
-        let workflow = Workflow::new(plan.id, context);
+        let mut workflow = Workflow::new(plan.id, context);
+        workflow.usage.planning = plan.usage;
+        workflow.usage.total = plan.usage;
         self.inner.storage.save_workflow(&workflow).await?;
         tracing::info!(workflow = %workflow.id, plan = %plan.id, "workflow created");
         Ok(workflow)
@@ -232,10 +230,9 @@ impl Runner {
     /// # Errors
     /// As [`Runner::execute_query`].
     pub async fn execute_query_with(&self, query: &str, options: PlanOptions) -> Result<Workflow> {
-        let (plan, planning) = self.plan_and_cost(query, &options).await?;
-        let mut workflow = self.create_workflow_with(&plan, options.execution_context).await?;
-        workflow.usage.planning = planning;
-        workflow.usage.total += planning;
+        let context = options.execution_context.clone();
+        let plan = self.generate_plan_with(query, options).await?;
+        let workflow = self.create_workflow_with(&plan, context).await?;
         self.execute(workflow).await
     }
 

@@ -102,7 +102,8 @@ impl WorkflowPage {
         let count = workflows.len();
         let total_pages = count.div_ceil(page_size).max(1);
         let current_page = query.page.max(1);
-        let results = workflows.into_iter().skip((current_page - 1) * page_size).take(page_size).collect();
+        let skipped = (current_page - 1).saturating_mul(page_size);
+        let results = workflows.into_iter().skip(skipped).take(page_size).collect();
         Self { results, count, total_pages, current_page, unreadable }
     }
 }

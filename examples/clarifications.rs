@@ -1,5 +1,6 @@
 //! A terminal loop that answers every kind of clarification and resumes the
-//! workflow until it is COMPLETE or FAILED.
+//! workflow until it is COMPLETE or FAILED. Questions go to stderr, so stdout holds
+//! only the final workflow JSON.
 //!
 //! ```sh
 //! PORTIA_AGENT=verifier cargo run --example clarifications -- "Read the file notes.txt and summarize it"
@@ -53,7 +54,7 @@ async fn run(query: &str) -> Result<Workflow, String> {
 
 /// Asks the human and records the answer; returns the workflow as stored afterwards.
 async fn answer(runner: &Runner, clarification: &Clarification, input: &mut Input) -> Result<Workflow, String> {
-    println!("\n{}", clarification.user_guidance);
+    eprintln!("\n{}", clarification.user_guidance);
     let response: Value = match &clarification.kind {
         ClarificationKind::Input { argument_name } => ask(input, &format!("{argument_name}> ")).await?.into(),
         ClarificationKind::MultipleChoice { options, .. } => choose(input, options).await?,
@@ -69,14 +70,14 @@ async fn answer(runner: &Runner, clarification: &Clarification, input: &mut Inpu
             value
         }
         ClarificationKind::Action { action_url } => {
-            println!("Open {action_url} and finish there; waiting...");
+            eprintln!("Open {action_url} and finish there; waiting...");
             return runner
                 .wait_for_ready(clarification.workflow_id, ReadyPolicy::default())
                 .await
                 .map_err(|e| e.to_string());
         }
         ClarificationKind::Custom { name, data } => {
-            println!("{name}: {data}");
+            eprintln!("{name}: {data}");
             let text = ask(input, "answer (JSON or text)> ").await?;
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         }
@@ -87,20 +88,20 @@ async fn answer(runner: &Runner, clarification: &Clarification, input: &mut Inpu
 
 async fn choose(input: &mut Input, options: &[Value]) -> Result<Value, String> {
     for (i, option) in options.iter().enumerate() {
-        println!("  {}. {option}", i + 1);
+        eprintln!("  {}. {option}", i + 1);
     }
     loop {
         let reply = ask(input, "number> ").await?;
         match reply.parse::<usize>().ok().and_then(|n| options.get(n.wrapping_sub(1))) {
             Some(choice) => return Ok(choice.clone()),
-            None => println!("Type a number from 1 to {}.", options.len()),
+            None => eprintln!("Type a number from 1 to {}.", options.len()),
         }
     }
 }
 
 async fn ask(input: &mut Input, prompt: &str) -> Result<String, String> {
-    print!("{prompt}");
-    let _ = std::io::stdout().flush();
+    eprint!("{prompt}");
+    let _ = std::io::stderr().flush();
     match input.next_line().await {
         Ok(Some(line)) => Ok(line.trim().to_owned()),
         Ok(None) => Err("standard input closed before every clarification was answered".to_owned()),

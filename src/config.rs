@@ -223,7 +223,7 @@ pub enum ModelRole {
 }
 
 /// A provider and one of its models.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ModelRef {
     /// The provider that serves the model.
     pub provider: LlmProvider,

@@ -14,6 +14,7 @@ pub mod runner;
 pub mod storage;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod text;
 pub mod tool;
 pub mod tools;
 pub mod workflow;

@@ -47,7 +47,8 @@ use crate::llm::{LlmClient, ToolDefinition, Usage};
 use crate::{Error, Result};
 
 /// What a tool run produced.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ToolOutput {
     /// A value, which becomes the step's output.
     Value(Value),
@@ -159,6 +160,17 @@ impl ToolRunContext {
             llm: None,
             usage: UsageMeter::default(),
         }
+    }
+
+    /// A context for step `step` of a workflow, with that step's clarifications.
+    pub fn for_step(
+        workflow_id: WorkflowId,
+        step: usize,
+        config: Arc<Config>,
+        execution_context: ExecutionContext,
+        clarifications: Vec<Clarification>,
+    ) -> Self {
+        Self { execution_context, step, clarifications, ..Self::new(workflow_id, config) }
     }
 
     /// The response to this step's resolved clarification for `argument_name`, if any.

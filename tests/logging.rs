@@ -2,6 +2,10 @@
 
 mod common;
 
+#[allow(dead_code, unreachable_pub)]
+#[path = "../examples/support/fake_apis.rs"]
+mod fake_apis;
+
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
@@ -62,21 +66,26 @@ async fn state_changes_are_logged_at_info_with_plan_and_workflow_ids() {
 #[tokio::test(flavor = "current_thread")]
 async fn step_outputs_are_logged_at_debug_and_keys_never() {
     let (buffer, _guard) = capture(tracing::Level::DEBUG);
+    let server = fake_apis::start(std::time::Duration::ZERO, std::time::Duration::ZERO).await;
+    // The real OpenAI provider and search tool, so their own logging is covered too.
     let config = portia::Config::builder()
         .openai_api_key("sk-live-do-not-log")
-        .execution(ExecutionMode::Sequential)
+        .openai_base_url(format!("{}/v1", server.uri()))
+        .tavily_api_key("tvly-live-do-not-log")
+        .tavily_base_url(server.uri())
         .summarize_final_output(false)
         .build()
         .unwrap();
-    let h = harness(config, InMemoryToolRegistry::new(), ScriptedLlm::new().text("forty-two"));
-    let plan = PlanBuilder::new("q").step("think", None, "$x").build();
-    h.runner.run_plan(&plan).await.unwrap();
-    tracing::debug!(config = ?h.runner.config(), "config");
+    let runner = portia::Runner::new(config, portia::tools::example_tool_registry()).unwrap();
+    let plan = PlanBuilder::new("q")
+        .step("Search for the stock price growth of Amazon (AMZN) in 2024.", Some("search_tool"), "$amazon")
+        .build();
+    let done = runner.run_plan(&plan).await.unwrap();
+    assert_eq!(done.state(), portia::WorkflowState::Complete);
+    tracing::debug!(config = ?runner.config(), workflow = ?done, "everything a careless caller might log");
     let logs = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
-    assert!(
-        logs.lines().any(|l| l.contains("DEBUG") && l.contains("step output") && l.contains("forty-two")),
-        "{logs}"
-    );
-    assert!(!logs.contains("sk-live-do-not-log"), "{logs}");
+    assert!(logs.lines().any(|l| l.contains("DEBUG") && l.contains("step output") && l.contains("AMZN")), "{logs}");
+    assert!(logs.contains("openai"), "the provider logged its call: {logs}");
+    assert!(!logs.contains("sk-live-do-not-log") && !logs.contains("tvly-live-do-not-log"), "{logs}");
     assert!(logs.contains("openai_api_key: Some(Secret(\"**********\"))"), "{logs}");
 }

@@ -157,15 +157,25 @@ async fn a_failure_lets_running_steps_finish_and_stops_new_ones() {
     left.result = Err(ToolError::hard("left exploded"));
     let mut right = GateTool::new("right_tool", &c);
     right.delay = Duration::from_millis(200);
-    let tools = InMemoryToolRegistry::new().with(left).unwrap().with(right).unwrap();
-    // Two tool calls; the combining step must never ask the LLM.
-    let h = harness(config(ExecutionMode::Parallel, false), tools, script(2));
-    let done = h.runner.run_plan(&diamond()).await.unwrap();
+    let later = Arc::new(MockTool::returning("later_tool", json!("never")));
+    let mut tools = InMemoryToolRegistry::new().with(left).unwrap().with(right).unwrap();
+    tools.register(later.clone()).unwrap();
+    // Three independent steps, two at a time: the third could start once the first
+    // ends, but that one fails, so it must not.
+    let plan = PlanBuilder::new("q")
+        .step("use left_tool", Some("left_tool"), "$left")
+        .step("use right_tool", Some("right_tool"), "$right")
+        .step("use later_tool", Some("later_tool"), "$later")
+        .build();
+    let config = portia::Config::builder().max_parallel_steps(2usize).summarize_final_output(false).build().unwrap();
+    let h = harness(config, tools, script(2));
+    let done = h.runner.run_plan(&plan).await.unwrap();
     assert_eq!(done.state(), WorkflowState::Failed);
     let failure = done.failure.as_ref().unwrap();
     assert_eq!((failure.step, failure.message.as_str()), (Some(0), "Tool left_tool failed: left exploded"));
     assert!(done.outputs.step_outputs.contains("$right"), "the running branch finished and was kept");
-    assert!(!done.outputs.step_outputs.contains("$both"));
+    assert!(later.calls().is_empty(), "no step started after the failure");
+    assert_eq!(h.llm.requests().len(), 2);
     let stored = h.runner.get_workflow(done.id).await.unwrap();
     assert_eq!(stored, done);
 }

@@ -5,6 +5,7 @@ use std::fmt::Write;
 use serde_json::Value;
 
 use super::StepContext;
+use crate::text::clip;
 
 /// Earlier outputs that are not declared inputs are cut to this many characters.
 const OTHER_OUTPUT_LIMIT: usize = 1000;
@@ -14,13 +15,6 @@ pub fn render_value(value: &Value) -> String {
     match value {
         Value::String(text) => text.clone(),
         other => other.to_string(),
-    }
-}
-
-fn truncate(text: &str, limit: usize) -> String {
-    match text.char_indices().nth(limit) {
-        Some((cut, _)) => format!("{}… (truncated)", &text[..cut]),
-        None => text.to_owned(),
     }
 }
 
@@ -35,7 +29,7 @@ pub(super) fn render(ctx: &StepContext) -> String {
     if !ctx.other_outputs.is_empty() {
         out.push_str("Earlier outputs:\n");
         for (name, value) in &ctx.other_outputs {
-            let _ = writeln!(out, "- {name}: {}", truncate(&render_value(value), OTHER_OUTPUT_LIMIT));
+            let _ = writeln!(out, "- {name}: {}", clip(&render_value(value), OTHER_OUTPUT_LIMIT, "… (truncated)"));
         }
     }
     let answers: Vec<_> = ctx.clarifications.iter().filter(|c| c.resolved).collect();
@@ -68,12 +62,6 @@ pub(super) fn render(ctx: &StepContext) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn truncation_respects_char_boundaries() {
-        assert_eq!(truncate("héllo", 2), "hé… (truncated)");
-        assert_eq!(truncate("hi", 5), "hi");
-    }
 
     #[test]
     fn strings_render_raw_and_others_as_json() {

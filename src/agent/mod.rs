@@ -21,6 +21,7 @@ mod verifier;
 use std::fmt;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use context::render_value;
@@ -41,7 +42,7 @@ use crate::workflow::Output;
 pub const MAX_TOOL_RETRIES: usize = 3;
 
 /// A declared input of the step, with its value.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepInput {
     /// The input's name (`$name` for an earlier output).
     pub name: String,
@@ -103,10 +104,13 @@ impl StepContext {
 
     /// The context a tool run gets.
     pub fn tool_run_context(&self) -> ToolRunContext {
-        let mut ctx = ToolRunContext::new(self.workflow_id, Arc::clone(&self.config));
-        ctx.execution_context = self.execution_context.clone();
-        ctx.step = self.step_index;
-        ctx.clarifications = self.clarifications.clone();
+        let mut ctx = ToolRunContext::for_step(
+            self.workflow_id,
+            self.step_index,
+            Arc::clone(&self.config),
+            self.execution_context.clone(),
+            self.clarifications.clone(),
+        );
         ctx.step_context = self.prompt();
         ctx.llm = Some(Arc::clone(&self.llm));
         ctx
@@ -114,7 +118,8 @@ impl StepContext {
 }
 
 /// How a step ended.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum StepOutcome {
     /// The step produced its output.
     Output(Output),
@@ -125,7 +130,7 @@ pub enum StepOutcome {
 }
 
 /// A step's outcome and the LLM usage it took.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepResult {
     /// How the step ended.
     pub outcome: StepOutcome,

@@ -9,6 +9,7 @@ use super::context::render_value;
 use crate::config::ModelRole;
 use crate::llm::{LlmClient, LlmRequest, Message, Usage};
 use crate::plan::Plan;
+use crate::text::clip;
 use crate::workflow::Workflow;
 
 /// Earlier step outputs shown to the final summary are cut to this many characters;
@@ -37,11 +38,7 @@ pub async fn summarize_final_output(llm: &dyn LlmClient, plan: &Plan, workflow: 
         let task = plan.step_producing(name).map_or("", |s| plan.steps[s].task.as_str());
         let mut value = render_value(&output.value);
         if i + 1 < outputs.len() {
-            value = output.summary.clone().unwrap_or(value);
-            if let Some((cut, _)) = value.char_indices().nth(EARLIER_OUTPUT_LIMIT) {
-                value.truncate(cut);
-                value.push('…');
-            }
+            value = clip(output.summary.as_deref().unwrap_or(&value), EARLIER_OUTPUT_LIMIT, "…");
         }
         let _ = writeln!(prompt, "{task} -> {value}");
     }

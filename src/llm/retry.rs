@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::LlmError;
+use super::transport::millis;
 use crate::Config;
 
 /// How failed LLM requests are retried, and how long a call may take.
@@ -174,10 +175,6 @@ impl RetryPolicy {
             Err(LlmError::Timeout { provider: provider.to_owned(), model: model.to_owned(), after: reported })
         })
     }
-}
-
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -131,19 +131,9 @@ pub(crate) fn secret_header(name: &'static str, value: &str) -> Result<(HeaderNa
     Ok((HeaderName::from_static(name), value))
 }
 
-/// The provider's own message: `{"error": {"message": ...}}` (OpenAI and Anthropic),
-/// or the shapes compatible servers use, else the start of the raw body.
+/// The provider's own message, else the start of the raw body.
 fn error_message(body: &[u8]) -> String {
-    let parsed: Option<Value> = serde_json::from_slice(body).ok();
-    let found = parsed.as_ref().and_then(|json| {
-        let error = json.get("error");
-        [error.and_then(|e| e.get("message")), error, json.get("message"), json.get("detail")]
-            .into_iter()
-            .flatten()
-            .find_map(Value::as_str)
-            .map(str::to_owned)
-    });
-    found.filter(|m| !m.trim().is_empty()).unwrap_or_else(|| excerpt(body))
+    crate::text::api_error_message(body).unwrap_or_else(|| excerpt(body))
 }
 
 fn excerpt(body: &[u8]) -> String {
@@ -152,11 +142,7 @@ fn excerpt(body: &[u8]) -> String {
     if text.is_empty() {
         return "(empty body)".to_owned();
     }
-    let mut kept: String = text.chars().take(BODY_EXCERPT_CHARS).collect();
-    if kept.len() < text.len() {
-        kept.push('…');
-    }
-    kept
+    crate::text::clip(text, BODY_EXCERPT_CHARS, "…")
 }
 
 /// `retry-after-ms` (more precise, sent by OpenAI) or `Retry-After` in seconds.

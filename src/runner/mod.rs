@@ -353,10 +353,14 @@ impl Runner {
             let Some(step) = clarification.step.and_then(|s| plan.steps.get(s)) else { continue };
             let Some(tool_id) = &step.tool_id else { continue };
             let tool = self.inner.tools.get_tool(tool_id)?;
-            let mut ctx = crate::tool::ToolRunContext::new(workflow.id, Arc::clone(&self.inner.config));
-            ctx.execution_context = workflow.execution_context.clone();
-            ctx.step = clarification.step.unwrap_or_default();
-            ctx.clarifications = workflow.clarifications_for_step(ctx.step).cloned().collect();
+            let step_index = clarification.step.unwrap_or_default();
+            let ctx = crate::tool::ToolRunContext::for_step(
+                workflow.id,
+                step_index,
+                Arc::clone(&self.inner.config),
+                workflow.execution_context.clone(),
+                workflow.clarifications_for_step(step_index).cloned().collect(),
+            );
             let ready =
                 tool.ready(&ctx).await.map_err(|e| Error::Tool { tool_id: tool_id.clone(), message: e.to_string() })?;
             if !ready {

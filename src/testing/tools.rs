@@ -25,7 +25,9 @@ pub enum MockBehavior {
     ClarifyInput(String),
     /// Asks to pick one of the options for `argument` until answered, then returns the choice.
     ClarifyChoice(String, Vec<Value>),
-    /// Waits until the context's workflow has `ready()` true, then returns the value.
+    /// Asks the human to act at the URL (an Action clarification) until the step has a
+    /// resolved one, then returns the value. Its `ready()` answers what
+    /// [`MockTool::set_ready`] last set (false at first).
     Action(String, Value),
 }
 

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::Value;
 
 use crate::config::{Config, Secret};
 use crate::tool::ToolError;
@@ -91,27 +90,9 @@ pub(super) fn status_error(
 /// The human-readable message of an API error body, with `key` blanked out in case
 /// the API echoed it.
 pub(super) fn api_message(body: &str, key: &str) -> String {
-    let message =
-        serde_json::from_str::<Value>(body).ok().and_then(|v| message_in(&v)).unwrap_or_else(|| body.trim().to_owned());
+    let message = crate::text::api_error_message(body.as_bytes()).unwrap_or_else(|| body.trim().to_owned());
     let message = if key.is_empty() { message } else { message.replace(key, "[redacted]") };
-    match message.char_indices().nth(MESSAGE_LIMIT) {
-        Some((cut, _)) => format!("{}…", &message[..cut]),
-        None if message.is_empty() => "no details given".to_owned(),
-        None => message,
-    }
-}
-
-/// Finds the message in the shapes APIs use: `{"message"}`, `{"detail": {"error"}}`,
-/// `{"detail"}`, `{"error": {"message"}}`, `{"error"}`.
-fn message_in(value: &Value) -> Option<String> {
-    let text = |v: &Value| v.as_str().map(str::to_owned);
-    value
-        .get("message")
-        .and_then(text)
-        .or_else(|| value.pointer("/detail/error").and_then(text))
-        .or_else(|| value.get("detail").and_then(text))
-        .or_else(|| value.pointer("/error/message").and_then(text))
-        .or_else(|| value.get("error").and_then(text))
+    if message.is_empty() { "no details given".to_owned() } else { crate::text::clip(&message, MESSAGE_LIMIT, "…") }
 }
 
 #[cfg(test)]

@@ -1,0 +1,49 @@
+//! Small text helpers shared by the prompts, the providers and the tools.
+
+use serde_json::Value;
+
+/// `text` cut to at most `limit` characters (on a character boundary), with `marker`
+/// appended when something was cut.
+pub(crate) fn clip(text: &str, limit: usize, marker: &str) -> String {
+    match text.char_indices().nth(limit) {
+        Some((cut, _)) => format!("{}{marker}", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// The human-readable message in an API's JSON error body, in the shapes APIs use:
+/// `{"error": {"message"}}`, `{"error": "..."}`, `{"message"}`, `{"detail": {"error"}}`,
+/// `{"detail": "..."}`. `None` when the body is not JSON or holds no message.
+pub(crate) fn api_error_message(body: &[u8]) -> Option<String> {
+    let json: Value = serde_json::from_slice(body).ok()?;
+    ["/error/message", "/error", "/message", "/detail/error", "/detail"]
+        .into_iter()
+        .find_map(|pointer| json.pointer(pointer).and_then(Value::as_str))
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clipping_respects_character_boundaries() {
+        assert_eq!(clip("héllo", 2, "…"), "hé…");
+        assert_eq!(clip("hi", 5, "…"), "hi");
+        assert_eq!(clip("hi", 2, "…"), "hi");
+    }
+
+    #[test]
+    fn messages_are_found_in_every_common_shape() {
+        let message = |body: &str| api_error_message(body.as_bytes());
+        assert_eq!(message(r#"{"error": {"message": "bad model", "type": "x"}}"#).as_deref(), Some("bad model"));
+        assert_eq!(message(r#"{"error": "plain"}"#).as_deref(), Some("plain"));
+        assert_eq!(message(r#"{"cod": "404", "message": "city not found"}"#).as_deref(), Some("city not found"));
+        assert_eq!(message(r#"{"detail": {"error": "Unauthorized"}}"#).as_deref(), Some("Unauthorized"));
+        assert_eq!(message(r#"{"detail": "nope"}"#).as_deref(), Some("nope"));
+        assert_eq!(message("<html>502</html>"), None);
+        assert_eq!(message(r#"{"error": {"message": "  "}}"#), None);
+    }
+}

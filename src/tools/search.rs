@@ -109,17 +109,8 @@ impl TypedTool for SearchTool {
         web::check_allowed(&url)?;
         let timeout = config.request_timeout();
         let body = json!({ "query": query, "include_answer": true, "max_results": self.max_results });
-        let response = self
-            .client
-            .post(&url)
-            .bearer_auth(key)
-            .json(&body)
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|e| web::send_error(SERVICE, e, timeout))?;
-        let status = response.status();
-        let text = response.text().await.map_err(|e| web::send_error(SERVICE, e, timeout))?;
+        let request = self.client.post(&url).bearer_auth(key).json(&body);
+        let (status, text) = web::exchange(request, SERVICE, timeout).await?;
         if !status.is_success() {
             return Err(web::status_error(SERVICE, status, &web::api_message(&text, key), KEY_VAR, &[]));
         }

@@ -103,16 +103,8 @@ impl TypedTool for WeatherTool {
             format!("{}/data/2.5/weather", web::base_url(config.openweathermap_base_url.as_ref(), DEFAULT_BASE_URL));
         web::check_allowed(&url)?;
         let timeout = config.request_timeout();
-        let response = self
-            .client
-            .get(&url)
-            .query(&[("q", city), ("appid", key), ("units", "metric")])
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|e| web::send_error(SERVICE, e, timeout))?;
-        let status = response.status();
-        let text = response.text().await.map_err(|e| web::send_error(SERVICE, e, timeout))?;
+        let request = self.client.get(&url).query(&[("q", city), ("appid", key), ("units", "metric")]);
+        let (status, text) = web::exchange(request, SERVICE, timeout).await?;
         if status.as_u16() == 404 {
             let message = web::api_message(&text, key);
             return Err(ToolError::soft(format!(

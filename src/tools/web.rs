@@ -34,9 +34,22 @@ pub(super) fn check_allowed(url: &str) -> Result<(), ToolError> {
     crate::http::check_allowed(url).map_err(ToolError::hard)
 }
 
+/// Sends `request` with `timeout` and reads the reply's status and text. A request
+/// that gets no answer is a soft error.
+pub(super) async fn exchange(
+    request: reqwest::RequestBuilder,
+    service: &str,
+    timeout: Duration,
+) -> Result<(StatusCode, String), ToolError> {
+    let response = request.timeout(timeout).send().await.map_err(|e| send_error(service, e, timeout))?;
+    let status = response.status();
+    let text = response.text().await.map_err(|e| send_error(service, e, timeout))?;
+    Ok((status, text))
+}
+
 /// A request that got no HTTP answer: worth retrying. The URL is dropped from the
 /// message because it may carry a key in its query.
-pub(super) fn send_error(service: &str, error: reqwest::Error, timeout: Duration) -> ToolError {
+fn send_error(service: &str, error: reqwest::Error, timeout: Duration) -> ToolError {
     if error.is_timeout() {
         return ToolError::soft(format!("{service} did not answer within {}s; try again", timeout.as_secs()));
     }

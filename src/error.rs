@@ -58,6 +58,10 @@ pub enum Error {
         action: String,
     },
 
+    /// The workflow is already being executed by this runner (or a clone of it).
+    #[error("workflow {0} is already running on this runner; wait for that run to end")]
+    AlreadyRunning(WorkflowId),
+
     /// No plan with this id is stored.
     #[error("plan {0} not found in storage")]
     PlanNotFound(PlanId),

@@ -409,7 +409,7 @@ async fn a_workflow_already_running_is_not_started_twice() {
     });
     tool.started.notified().await;
     let err = h.runner.execute_workflow_by_id(workflow.id).await.unwrap_err();
-    assert!(err.to_string().contains("already running"), "{err}");
+    assert!(matches!(err, Error::AlreadyRunning(id) if id == workflow.id), "{err}");
     tool.release.notify_one();
     assert_eq!(first.await.unwrap().unwrap().state(), WorkflowState::Complete);
     assert_eq!(tool.calls.load(std::sync::atomic::Ordering::SeqCst), 1);

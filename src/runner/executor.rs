@@ -44,7 +44,7 @@ enum Run {
 impl Runner {
     pub(super) async fn execute(&self, mut workflow: Workflow) -> Result<Workflow> {
         let Some(claim) = self.inner.claims.claim(workflow.id) else {
-            return Err(workflow.invalid_state("execute it again: this runner is already running it"));
+            return Err(Error::AlreadyRunning(workflow.id));
         };
         self.refuse_if_finished_in_storage(&workflow).await?;
         match workflow.state() {
@@ -54,7 +54,9 @@ impl Runner {
                     return Ok(workflow);
                 }
                 workflow.transition_to(WorkflowState::ReadyToResume)?;
-                self.inner.storage.save_workflow(&workflow).await?;
+                if self.save_unless_cancelled(&claim, &workflow).await? {
+                    return self.inner.storage.get_workflow(workflow.id).await;
+                }
             }
             _ => {}
         }

@@ -193,7 +193,9 @@ impl Runner {
     /// [`failure`](Workflow::failure) set.
     ///
     /// # Errors
-    /// [`Error::InvalidWorkflowState`] for a COMPLETE or FAILED workflow,
+    /// [`Error::InvalidWorkflowState`] for a COMPLETE or FAILED workflow (also when
+    /// only the stored copy has finished: a stale copy does not run again),
+    /// [`Error::AlreadyRunning`] while this runner is executing it,
     /// [`Error::PlanNotFound`], or a storage error.
     pub async fn execute_workflow(&self, workflow: Workflow) -> Result<Workflow> {
         self.execute(workflow).await

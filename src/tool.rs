@@ -204,8 +204,8 @@ pub trait Tool: Send + Sync + fmt::Debug {
     }
     /// Arguments to call the tool with straight away, for a tool whose arguments
     /// follow from the step's task alone (the LLM tool takes `{"task": task}`). The
-    /// agent then skips the LLM call that would choose them. `None` (the default):
-    /// the model chooses the arguments.
+    /// built-in agents then skip the LLM call that would choose them. `None` (the
+    /// default): the model chooses the arguments.
     fn direct_args(&self, _task: &str) -> Option<Value> {
         None
     }

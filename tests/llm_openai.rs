@@ -419,6 +419,25 @@ async fn keyless_compatible_server_gets_no_authorization_header() {
 }
 
 #[tokio::test]
+async fn compatible_server_refusing_its_key_names_portia_llm_api_key_and_never_sees_openais() {
+    let server = MockServer::start().await;
+    mount_exactly(&server, error_reply(401, "bad key"), 1).await;
+    let config = Config::builder()
+        .llm_provider(LlmProvider::OpenAiCompatible)
+        .llm_base_url(format!("{}/v1", server.uri()))
+        .openai_api_key(KEY)
+        .llm_api_key("vllm-key")
+        .default_model("local-model");
+    let err = client(config).chat(ask("hi")).await.unwrap_err();
+    assert!(
+        matches!(&err, LlmError::Http { status: 401, key_var: Some(var), .. } if var == "PORTIA_LLM_API_KEY"),
+        "{err:?}"
+    );
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests[0].headers.get("authorization").unwrap(), "Bearer vllm-key");
+}
+
+#[tokio::test]
 async fn compatible_provider_sends_its_own_key_to_its_base_url() {
     let server = MockServer::start().await;
     mount(&server, text_reply("ok"), 1).await;

@@ -91,8 +91,8 @@ impl OpenAiClient {
             url: format!("{}/chat/completions", self.base_url),
             headers: HeaderMap::new(),
             key: self.key.as_ref(),
-            // Keyless OpenAI-compatible servers read OPENAI_API_KEY when one is needed.
-            key_var: self.provider.api_key_var().or(Some("OPENAI_API_KEY")),
+            // OpenAI-compatible servers and Ollama take their optional key from PORTIA_LLM_API_KEY.
+            key_var: self.provider.api_key_var().or(Some("PORTIA_LLM_API_KEY")),
             timeout: self.timeout,
         };
         if let Some(key) = &self.key {

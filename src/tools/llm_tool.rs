@@ -108,7 +108,8 @@ impl TypedTool for LlmTool {
         let response = llm
             .chat(LlmRequest::new(ModelRole::Execution, messages))
             .await
-            .map_err(|e| ToolError::soft(format!("the LLM call failed: {e}")))?;
+            // The provider layer has already retried what retrying can fix.
+            .map_err(|e| ToolError::hard(format!("the LLM call failed: {e}")))?;
         ctx.usage.add(response.usage);
         match response.text {
             Some(text) if !text.trim().is_empty() => Ok(ToolOutput::value(text)),

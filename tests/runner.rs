@@ -449,3 +449,47 @@ async fn a_panicking_tool_fails_its_step_and_the_workflow_is_saved() {
     assert!(failure.message.contains("the step panicked: the slow tool broke"), "{}", failure.message);
     assert_eq!(h.runner.get_workflow(failed.id).await.unwrap(), failed);
 }
+
+#[tokio::test]
+async fn an_older_copy_of_a_paused_workflow_is_not_run() {
+    let tools = registry(vec![
+        MockTool::returning("write_tool", json!("written")),
+        MockTool::new("ask_tool", MockBehavior::ClarifyInput("city".into())),
+    ]);
+    let llm = ScriptedLlm::new().tool_call("write_tool", json!({})).tool_call("ask_tool", json!({}));
+    let h = harness(config(ExecutionMode::Sequential, false), tools, llm);
+    let plan =
+        PlanBuilder::new("q").step("write", Some("write_tool"), "$w").step("ask", Some("ask_tool"), "$city").build();
+    let created = h.runner.create_workflow(&plan).await.unwrap();
+    let waiting = h.runner.execute_workflow(created.clone()).await.unwrap();
+    assert_eq!(waiting.state(), WorkflowState::NeedClarification);
+
+    // `created` is the NOT_STARTED copy: running it would write again.
+    let err = h.runner.execute_workflow(created).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidWorkflowState { state: WorkflowState::NeedClarification, .. }), "{err}");
+    assert!(err.to_string().contains("older copy"), "{err}");
+    assert_eq!(h.runner.get_workflow(waiting.id).await.unwrap(), waiting, "nothing was overwritten");
+}
+
+#[tokio::test]
+async fn answers_are_refused_while_running_and_a_cancelled_workflow_never_starts() {
+    let (h, tool, plan) = slow_harness(ScriptedLlm::new().tool_call("slow_tool", json!({})));
+    let workflow = h.runner.create_workflow(&plan).await.unwrap();
+    let run = tokio::spawn({
+        let runner = h.runner.clone();
+        async move { runner.execute_workflow_by_id(workflow.id).await }
+    });
+    tool.started.notified().await;
+    let question = portia::Clarification::input(workflow.id, "x", "x?");
+    let err = h.runner.resolve_clarification(&question, "1").await.unwrap_err();
+    assert!(matches!(err, Error::AlreadyRunning(id) if id == workflow.id), "{err}");
+    tool.release.notify_one();
+    assert_eq!(run.await.unwrap().unwrap().state(), WorkflowState::Complete);
+
+    // With no run going on, a cancellation claims the workflow while it works.
+    let other = h.runner.create_workflow(&plan).await.unwrap();
+    let cancelled = h.runner.cancel_workflow(other.id, "not needed").await.unwrap();
+    assert_eq!(cancelled.state(), WorkflowState::Failed);
+    let err = h.runner.execute_workflow(other).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidWorkflowState { state: WorkflowState::Failed, .. }), "{err}");
+}

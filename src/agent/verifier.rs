@@ -1,3 +1,4 @@
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use schemars::JsonSchema;
@@ -119,13 +120,14 @@ fn settle_arguments(
     let properties = schema.get("properties").and_then(Value::as_object);
     let required: Vec<&str> =
         schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
-    let context = ctx.prompt().to_lowercase();
+    let context = words_of(&ctx.prompt());
     let mut args = Map::new();
     for argument in proposed.arguments {
-        let known = properties.is_none_or(|p| p.contains_key(&argument.name));
-        if known && is_supported(&argument, &context) {
+        let Some(property) = properties.map_or(Some(&Value::Null), |p| p.get(&argument.name)) else { continue };
+        let choices = property.get("enum").and_then(Value::as_array);
+        if is_supported(&argument, &context, choices) {
             args.insert(argument.name, argument.value);
-        } else if known {
+        } else {
             tracing::info!(argument = %argument.name, value = %argument.value, "argument not supported by the context");
         }
     }
@@ -141,21 +143,27 @@ fn settle_arguments(
     (args, unsupported)
 }
 
+/// The lower-cased words (runs of letters and digits) of `text`.
+fn words_of(text: &str) -> HashSet<String> {
+    text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect()
+}
+
 /// Whether the context backs a proposed value. The model's own label is not enough:
-/// most of the value's words (or numbers) must occur in the context. A value may be
-/// reformatted ("Paris" for "paris, france"), not made up. A yes/no flag is a choice,
-/// not a fact, so it needs no backing.
-fn is_supported(argument: &ProposedArgument, context_lower: &str) -> bool {
+/// every number in the value, and most of its words, must be words of the context.
+/// A value may be reformatted ("Paris" for "paris, france"), not made up. A yes/no
+/// flag or one of the schema's listed choices is a decision, not a fact, so it needs
+/// no backing.
+fn is_supported(argument: &ProposedArgument, context: &HashSet<String>, choices: Option<&Vec<Value>>) -> bool {
     if argument.source == Source::Missing || argument.value.is_null() {
         return false;
     }
-    if argument.value.is_boolean() {
+    if argument.value.is_boolean() || choices.is_some_and(|c| c.contains(&argument.value)) {
         return true;
     }
-    let text = render_value(&argument.value).to_lowercase();
-    let words: Vec<&str> = text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).collect();
-    let found = words.iter().filter(|w| context_lower.contains(**w)).count();
-    words.is_empty() || found * 2 >= words.len()
+    let words = words_of(&render_value(&argument.value));
+    let numbers_found = words.iter().filter(|w| w.chars().all(|c| c.is_ascii_digit())).all(|w| context.contains(w));
+    let found = words.iter().filter(|w| context.contains(*w)).count();
+    numbers_found && found * 2 >= words.len()
 }
 
 #[cfg(test)]
@@ -170,14 +178,25 @@ mod tests {
 
     #[test]
     fn values_must_be_found_in_the_context() {
-        let context = "task: send 250 euros to anna in lisbon";
-        assert!(is_supported(&proposed(json!("Lisbon"), Source::Task), context));
-        assert!(is_supported(&proposed(json!("Anna, Lisbon"), Source::Task), context));
-        assert!(is_supported(&proposed(json!(250), Source::Task), context));
-        assert!(!is_supported(&proposed(json!(2500), Source::Task), context), "an invented amount");
-        assert!(!is_supported(&proposed(json!("anna@example.com"), Source::Context), context), "an invented email");
-        assert!(!is_supported(&proposed(json!("Lisbon"), Source::Missing), context));
-        assert!(!is_supported(&proposed(Value::Null, Source::Task), context));
-        assert!(is_supported(&proposed(json!(true), Source::Task), context));
+        let context = words_of("Task: Send 250 euros to Anna in Lisbon\nCompare the offers\nToday: 2026-11-25");
+        let supported = |value: Value| is_supported(&proposed(value, Source::Task), &context, None);
+        assert!(supported(json!("Lisbon")));
+        assert!(supported(json!("Anna, Lisbon")));
+        assert!(supported(json!(250)));
+        assert!(supported(json!(true)), "a flag is a choice");
+        assert!(!supported(json!(2500)), "an invented amount");
+        assert!(!supported(json!(20)), "a number that is only part of the date");
+        assert!(!supported(json!("anna@example.com")), "an invented email whose 'com' is only inside 'compare'");
+        assert!(!supported(json!("Lisbon 2027")), "every number must be found");
+        assert!(!is_supported(&proposed(json!("Lisbon"), Source::Missing), &context, None));
+        assert!(!supported(Value::Null));
+    }
+
+    #[test]
+    fn listed_choices_need_no_backing() {
+        let context = words_of("Task: Book a table");
+        let choices = vec![json!("indoor"), json!("outdoor")];
+        assert!(is_supported(&proposed(json!("outdoor"), Source::Context), &context, Some(&choices)));
+        assert!(!is_supported(&proposed(json!("rooftop"), Source::Context), &context, Some(&choices)));
     }
 }

@@ -25,9 +25,16 @@ impl Claims {
         Some(Claim { id, cancelled, claims: self.clone() })
     }
 
-    /// The cancellation flag of `id`'s run, if it is running.
-    pub(super) fn running(&self, id: WorkflowId) -> Option<CancelFlag> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).get(&id).cloned()
+    /// Claims `id`, or, when it is already running, returns that run's cancellation
+    /// flag. Deciding both under one lock leaves no moment for a run to start unseen.
+    pub(super) fn claim_or_running(&self, id: WorkflowId) -> Result<Claim, CancelFlag> {
+        let mut running = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(flag) = running.get(&id) {
+            return Err(Arc::clone(flag));
+        }
+        let cancelled = CancelFlag::default();
+        running.insert(id, Arc::clone(&cancelled));
+        Ok(Claim { id, cancelled, claims: self.clone() })
     }
 }
 

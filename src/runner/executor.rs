@@ -46,7 +46,7 @@ impl Runner {
         let Some(claim) = self.inner.claims.claim(workflow.id) else {
             return Err(Error::AlreadyRunning(workflow.id));
         };
-        self.refuse_if_finished_in_storage(&workflow).await?;
+        self.refuse_stale_copy(&workflow).await?;
         match workflow.state() {
             state if state.is_terminal() => return Err(workflow.invalid_state("execute it")),
             WorkflowState::NeedClarification => {
@@ -78,13 +78,26 @@ impl Runner {
         Ok(workflow)
     }
 
-    /// A stale copy of a workflow that has since finished must not run again.
-    async fn refuse_if_finished_in_storage(&self, workflow: &Workflow) -> Result<()> {
-        match self.inner.storage.get_workflow(workflow.id).await {
-            Ok(stored) if stored.state().is_terminal() => Err(stored.invalid_state("execute it")),
-            Ok(_) | Err(Error::WorkflowNotFound(_)) => Ok(()),
-            Err(e) => Err(e),
+    /// A copy older than the stored workflow must not run: it would redo finished
+    /// steps and drop answers. Older means the stored one has finished, or holds a
+    /// step output or a clarification the copy lacks.
+    async fn refuse_stale_copy(&self, workflow: &Workflow) -> Result<()> {
+        let stored = match self.inner.storage.get_workflow(workflow.id).await {
+            Ok(stored) => stored,
+            Err(Error::WorkflowNotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if stored.state().is_terminal() {
+            return Err(stored.invalid_state("execute it"));
         }
+        let ours = &workflow.outputs;
+        let missing_output = stored.outputs.step_outputs.iter().any(|(name, _)| !ours.step_outputs.contains(name));
+        let missing_question =
+            stored.outputs.clarifications.iter().any(|c| !ours.clarifications.iter().any(|o| o.id == c.id));
+        if missing_output || missing_question {
+            return Err(stored.invalid_state("execute an older copy of it (execute the stored one, by id)"));
+        }
+        Ok(())
     }
 
     /// Saves the run's copy unless the workflow was cancelled meanwhile; `true` if it was.

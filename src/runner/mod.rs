@@ -243,14 +243,19 @@ impl Runner {
     ///
     /// # Errors
     /// [`Error::WorkflowNotFound`], [`Error::ClarificationNotFound`],
-    /// [`Error::InvalidClarificationResponse`] (a choice outside the options), or
-    /// [`Error::InvalidWorkflowState`] for a finished workflow.
+    /// [`Error::InvalidClarificationResponse`] (a choice outside the options),
+    /// [`Error::InvalidWorkflowState`] for a finished workflow, or
+    /// [`Error::AlreadyRunning`] while a run of it is in progress (a parallel branch
+    /// may ask before the others end; answer once the workflow is NEED_CLARIFICATION).
     pub async fn resolve_clarification(
         &self,
         clarification: &Clarification,
         response: impl Into<Value>,
     ) -> Result<Workflow> {
-        let mut workflow = self.inner.storage.get_workflow(clarification.workflow_id).await?;
+        // A run in progress would save over the answer.
+        let id = clarification.workflow_id;
+        let _claim = self.inner.claims.claim(id).ok_or(Error::AlreadyRunning(id))?;
+        let mut workflow = self.inner.storage.get_workflow(id).await?;
         workflow.resolve_clarification(clarification.id, response.into())?;
         self.inner.storage.save_workflow(&workflow).await?;
         Ok(workflow)
@@ -267,18 +272,21 @@ impl Runner {
     /// [`Error::WorkflowNotFound`], or [`Error::InvalidWorkflowState`] for a workflow
     /// that is already COMPLETE or FAILED.
     pub async fn cancel_workflow(&self, id: WorkflowId, reason: &str) -> Result<Workflow> {
-        let flag = self.inner.claims.running(id);
-        // Held until the FAILED state is saved, so the run cannot save over it.
-        let mut guard = match &flag {
-            Some(flag) => Some(flag.lock().await),
-            None => None,
+        // Either this call claims the workflow (a run starting meanwhile is refused), or
+        // a run holds it and its flag is locked until FAILED is saved, so that the run
+        // cannot save over it.
+        let (_claim, flag) = match self.inner.claims.claim_or_running(id) {
+            Ok(claim) => {
+                let flag = std::sync::Arc::clone(&claim.cancelled);
+                (Some(claim), flag)
+            }
+            Err(flag) => (None, flag),
         };
+        let mut cancelled = flag.lock().await;
         let mut workflow = self.inner.storage.get_workflow(id).await?;
         workflow.fail(None, reason)?;
         self.inner.storage.save_workflow(&workflow).await?;
-        if let Some(cancelled) = guard.as_deref_mut() {
-            *cancelled = true;
-        }
+        *cancelled = true;
         Ok(workflow)
     }
 
@@ -334,8 +342,14 @@ impl Runner {
                 return Ok(workflow);
             }
             if self.actions_ready(&workflow, &waiting).await? {
+                // Re-read under the claim, so an answer saved meanwhile is kept.
+                let _claim = self.inner.claims.claim(id).ok_or(Error::AlreadyRunning(id))?;
+                workflow = self.inner.storage.get_workflow(id).await?;
                 for clarification in &waiting {
-                    workflow.resolve_clarification(clarification.id, Value::from("complete"))?;
+                    let open = workflow.outstanding_clarifications().any(|c| c.id == clarification.id);
+                    if open {
+                        workflow.resolve_clarification(clarification.id, Value::from("complete"))?;
+                    }
                 }
                 self.inner.storage.save_workflow(&workflow).await?;
                 return Ok(workflow);

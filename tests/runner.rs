@@ -381,6 +381,21 @@ fn slow_harness(llm: ScriptedLlm) -> (common::Harness, Arc<BlockingTool>, portia
     (harness(config(ExecutionMode::Sequential, false), tools, llm), tool, plan)
 }
 
+/// Starts a run of a new workflow of `plan` and returns once its slow tool is running.
+async fn start_slow_run(
+    h: &common::Harness,
+    tool: &BlockingTool,
+    plan: &portia::Plan,
+) -> (Workflow, tokio::task::JoinHandle<portia::Result<Workflow>>) {
+    let workflow = h.runner.create_workflow(plan).await.unwrap();
+    let run = tokio::spawn({
+        let runner = h.runner.clone();
+        async move { runner.execute_workflow_by_id(workflow.id).await }
+    });
+    tool.started.notified().await;
+    (workflow, run)
+}
+
 #[tokio::test]
 async fn a_stale_copy_of_a_finished_workflow_is_not_run_again() {
     let tool = Arc::new(MockTool::new("ask_tool", MockBehavior::ClarifyInput("city".into())));
@@ -402,12 +417,7 @@ async fn a_stale_copy_of_a_finished_workflow_is_not_run_again() {
 #[tokio::test]
 async fn a_workflow_already_running_is_not_started_twice() {
     let (h, tool, plan) = slow_harness(ScriptedLlm::new().tool_call("slow_tool", json!({})));
-    let workflow = h.runner.create_workflow(&plan).await.unwrap();
-    let first = tokio::spawn({
-        let runner = h.runner.clone();
-        async move { runner.execute_workflow_by_id(workflow.id).await }
-    });
-    tool.started.notified().await;
+    let (workflow, first) = start_slow_run(&h, &tool, &plan).await;
     let err = h.runner.execute_workflow_by_id(workflow.id).await.unwrap_err();
     assert!(matches!(err, Error::AlreadyRunning(id) if id == workflow.id), "{err}");
     tool.release.notify_one();
@@ -418,12 +428,7 @@ async fn a_workflow_already_running_is_not_started_twice() {
 #[tokio::test]
 async fn cancelling_a_running_workflow_is_not_undone_by_the_run() {
     let (h, tool, plan) = slow_harness(ScriptedLlm::new().tool_call("slow_tool", json!({})));
-    let workflow = h.runner.create_workflow(&plan).await.unwrap();
-    let run = tokio::spawn({
-        let runner = h.runner.clone();
-        async move { runner.execute_workflow_by_id(workflow.id).await }
-    });
-    tool.started.notified().await;
+    let (workflow, run) = start_slow_run(&h, &tool, &plan).await;
     let cancelled = h.runner.cancel_workflow(workflow.id, "the user stopped it").await.unwrap();
     assert_eq!(cancelled.state(), WorkflowState::Failed);
     tool.release.notify_one();
@@ -474,12 +479,7 @@ async fn an_older_copy_of_a_paused_workflow_is_not_run() {
 #[tokio::test]
 async fn answers_are_refused_while_running_and_a_cancelled_workflow_never_starts() {
     let (h, tool, plan) = slow_harness(ScriptedLlm::new().tool_call("slow_tool", json!({})));
-    let workflow = h.runner.create_workflow(&plan).await.unwrap();
-    let run = tokio::spawn({
-        let runner = h.runner.clone();
-        async move { runner.execute_workflow_by_id(workflow.id).await }
-    });
-    tool.started.notified().await;
+    let (workflow, run) = start_slow_run(&h, &tool, &plan).await;
     let question = portia::Clarification::input(workflow.id, "x", "x?");
     let err = h.runner.resolve_clarification(&question, "1").await.unwrap_err();
     assert!(matches!(err, Error::AlreadyRunning(id) if id == workflow.id), "{err}");

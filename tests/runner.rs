@@ -106,13 +106,20 @@ async fn unresolved_clarifications_return_the_workflow_unchanged_without_any_cal
     assert_eq!(h.storage.snapshots().len(), saves_before, "nothing was saved");
 }
 
-#[tokio::test]
-async fn clarification_resolved_then_resumed_to_complete() {
+/// A one-step plan whose tool asks for a city until it is answered, scripted for
+/// the ask and the resumed call.
+fn ask_city_harness() -> (common::Harness, Arc<MockTool>, portia::Plan) {
     let tool = Arc::new(MockTool::new("ask_tool", MockBehavior::ClarifyInput("city".into())));
     let tools = InMemoryToolRegistry::from_tools([tool.clone() as Arc<dyn portia::Tool>]).unwrap();
     let llm = ScriptedLlm::new().tool_call("ask_tool", json!({})).tool_call("ask_tool", json!({}));
     let h = harness(config(ExecutionMode::Sequential, false), tools, llm);
     let plan = PlanBuilder::new("q").step("Ask for the city", Some("ask_tool"), "$city").build();
+    (h, tool, plan)
+}
+
+#[tokio::test]
+async fn clarification_resolved_then_resumed_to_complete() {
+    let (h, tool, plan) = ask_city_harness();
 
     let waiting = h.runner.run_plan(&plan).await.unwrap();
     assert_eq!(waiting.state(), WorkflowState::NeedClarification);
@@ -398,11 +405,7 @@ async fn start_slow_run(
 
 #[tokio::test]
 async fn a_stale_copy_of_a_finished_workflow_is_not_run_again() {
-    let tool = Arc::new(MockTool::new("ask_tool", MockBehavior::ClarifyInput("city".into())));
-    let tools = InMemoryToolRegistry::from_tools([tool.clone() as Arc<dyn portia::Tool>]).unwrap();
-    let llm = ScriptedLlm::new().tool_call("ask_tool", json!({})).tool_call("ask_tool", json!({}));
-    let h = harness(config(ExecutionMode::Sequential, false), tools, llm);
-    let plan = PlanBuilder::new("q").step("Ask for the city", Some("ask_tool"), "$city").build();
+    let (h, tool, plan) = ask_city_harness();
     let waiting = h.runner.run_plan(&plan).await.unwrap();
     let ready = h.runner.resolve_clarification(&waiting.outputs.clarifications[0], "Rome").await.unwrap();
     let done = h.runner.execute_workflow(ready.clone()).await.unwrap();

@@ -44,8 +44,13 @@ pub enum Error {
     InvalidPlan(Vec<PlanProblem>),
 
     /// The planner could not produce a valid plan.
-    #[error("planning failed: {0}")]
-    Planning(String),
+    #[error("planning failed: {message}{}", if .problems.is_empty() { String::new() } else { format!(": {}", join_problems(.problems)) })]
+    Planning {
+        /// What went wrong.
+        message: String,
+        /// The problems of the last plan the planner proposed, if it proposed one.
+        problems: Vec<PlanProblem>,
+    },
 
     /// An operation is not allowed in the workflow's current state.
     #[error("workflow {workflow_id}: cannot {action} while it is {state}")]
@@ -58,9 +63,34 @@ pub enum Error {
         action: String,
     },
 
-    /// The workflow is already being executed by this runner (or a clone of it).
-    #[error("workflow {0} is already running on this runner; wait for that run to end")]
-    AlreadyRunning(WorkflowId),
+    /// Another run (in this process or another) holds the workflow's lease.
+    #[error("workflow {workflow_id} is being run by {owner} (its lease runs until {until}); wait for that run to end, or cancel it")]
+    AlreadyRunning {
+        /// The workflow concerned.
+        workflow_id: WorkflowId,
+        /// Who holds the lease.
+        owner: String,
+        /// When the lease lapses unless its run renews it.
+        until: chrono::DateTime<chrono::Utc>,
+    },
+
+    /// A run's lease on the workflow expired or was taken over; the write was refused.
+    #[error("the run of workflow {workflow_id} lost its lease (it expired or another run took the workflow over); nothing more was written")]
+    LeaseLost {
+        /// The workflow concerned.
+        workflow_id: WorkflowId,
+    },
+
+    /// A save named a version that is no longer the stored one.
+    #[error("workflow {workflow_id} changed meanwhile: the save expected stored version {expected}, found {found}; load it again")]
+    VersionConflict {
+        /// The workflow concerned.
+        workflow_id: WorkflowId,
+        /// The version the save meant to replace.
+        expected: u64,
+        /// The version stored (0 when none is stored).
+        found: u64,
+    },
 
     /// No plan with this id is stored.
     #[error("plan {0} not found in storage")]
@@ -116,10 +146,24 @@ pub enum Error {
     /// Reading or writing stored state failed.
     #[error("storage error{}: {message}", .path.as_ref().map(|p| format!(" in {}", p.display())).unwrap_or_default())]
     Storage {
-        /// The file concerned, for disk storage.
+        /// The file concerned, for file-backed stores.
         path: Option<PathBuf>,
         /// What went wrong.
         message: String,
+        /// The underlying error, if there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+
+    /// The database was written by a newer version of this crate.
+    #[error("the database{} has schema version {found}, newer than {supported}, the newest this version of portia knows; upgrade portia or use another database", .path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
+    SchemaTooNew {
+        /// The database file, for SQLite.
+        path: Option<PathBuf>,
+        /// The schema version found.
+        found: u32,
+        /// The newest schema version this build supports.
+        supported: u32,
     },
 }
 
@@ -128,8 +172,23 @@ impl Error {
         Self::InvalidConfig { setting: setting.into(), message: message.into() }
     }
 
+    /// A storage error with a message only.
     pub(crate) fn storage(path: Option<PathBuf>, message: impl std::fmt::Display) -> Self {
-        Self::Storage { path, message: message.to_string() }
+        Self::Storage { path, message: message.to_string(), source: None }
+    }
+
+    /// A storage error caused by `source`, described by `message`.
+    pub(crate) fn storage_source(
+        path: Option<PathBuf>,
+        message: impl std::fmt::Display,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Storage { path, message: format!("{message}: {source}"), source: Some(Box::new(source)) }
+    }
+
+    /// A planning error without a proposed plan's problems.
+    pub(crate) fn planning(message: impl Into<String>) -> Self {
+        Self::Planning { message: message.into(), problems: Vec::new() }
     }
 }
 

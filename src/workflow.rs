@@ -199,13 +199,56 @@ pub struct WorkflowOutputs {
     pub final_output: Option<Output>,
 }
 
-/// Why a workflow failed.
+/// What kind of failure ended a workflow, so retry logic, UIs and budgets can tell
+/// them apart without reading messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// A tool failed with an error no retry can fix.
+    ToolError,
+    /// A tool kept failing with errors a retry might fix, until the retries ran out.
+    ToolRetriesExhausted,
+    /// An LLM call failed (the provider was unreachable, refused, or timed out).
+    Llm,
+    /// The model did not do what the step needed (it answered in text, say).
+    Agent,
+    /// The step could not start: its tool is not registered, or an input is missing.
+    InvalidStep,
+    /// Someone cancelled the workflow.
+    Cancelled,
+    /// Runs of the workflow kept dying, and it was taken over too many times.
+    AttemptsExhausted,
+    /// A step panicked.
+    Panic,
+    /// Anything else (and failures stored before kinds were recorded).
+    #[default]
+    Other,
+}
+
+/// Why a workflow (or one step) failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
     /// The step that failed, if a step did.
     pub step: Option<usize>,
+    /// What kind of failure it was.
+    #[serde(default)]
+    pub kind: FailureKind,
     /// What went wrong.
     pub message: String,
+}
+
+impl Failure {
+    /// A failure of `kind`, not yet tied to a step.
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        Self { step: None, kind, message: message.into() }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 /// LLM usage of a workflow: in total and per step (keyed by output name).
@@ -221,32 +264,44 @@ pub struct WorkflowUsage {
     pub steps: BTreeMap<String, Usage>,
 }
 
+impl WorkflowUsage {
+    /// Usage that starts with the planning calls.
+    pub fn planned(planning: Usage) -> Self {
+        Self { total: planning, planning, steps: BTreeMap::new() }
+    }
+
+    /// Adds the usage of a step (or, with `step_output` `None`, of the run itself).
+    pub fn add(&mut self, step_output: Option<&str>, usage: Usage) {
+        self.total += usage;
+        if let Some(name) = step_output {
+            *self.steps.entry(name.to_owned()).or_default() += usage;
+        }
+    }
+}
+
 /// One run of a plan.
+///
+/// Read it through its accessors; only the [`Runner`](crate::Runner) changes it,
+/// always under its lease and as a compare-and-swap on [`Workflow::version`], so an
+/// old copy can never overwrite newer state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Workflow {
-    /// The workflow's id.
-    pub id: WorkflowId,
-    /// The plan it runs.
-    pub plan_id: PlanId,
-    /// The lowest step not yet done (the last step once COMPLETE).
+    id: WorkflowId,
+    plan_id: PlanId,
     #[serde(default)]
-    pub current_step_index: usize,
-    /// Where the workflow is in its life: read it with [`Workflow::state`], change it
-    /// with [`Workflow::transition_to`] (private, so no move can skip the checks).
+    current_step_index: usize,
     #[serde(default = "not_started")]
     state: WorkflowState,
-    /// Who the workflow runs for.
     #[serde(default)]
-    pub execution_context: ExecutionContext,
-    /// Step outputs, clarifications and the final output.
+    execution_context: ExecutionContext,
     #[serde(default)]
-    pub outputs: WorkflowOutputs,
-    /// Why the workflow failed, when it did.
+    outputs: WorkflowOutputs,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failure: Option<Failure>,
-    /// The LLM calls and tokens the workflow spent.
+    failure: Option<Failure>,
     #[serde(default)]
-    pub usage: WorkflowUsage,
+    usage: WorkflowUsage,
+    #[serde(default)]
+    version: u64,
 }
 
 fn not_started() -> WorkflowState {
@@ -254,8 +309,8 @@ fn not_started() -> WorkflowState {
 }
 
 impl Workflow {
-    /// A new workflow for `plan_id` in NOT_STARTED.
-    pub fn new(plan_id: PlanId, execution_context: ExecutionContext) -> Self {
+    /// A new workflow for `plan_id` in NOT_STARTED, at version 1.
+    pub(crate) fn new(plan_id: PlanId, execution_context: ExecutionContext) -> Self {
         Self {
             id: WorkflowId::new(),
             plan_id,
@@ -265,7 +320,23 @@ impl Workflow {
             outputs: WorkflowOutputs::default(),
             failure: None,
             usage: WorkflowUsage::default(),
+            version: 1,
         }
+    }
+
+    /// The workflow's id.
+    pub fn id(&self) -> WorkflowId {
+        self.id
+    }
+
+    /// The plan it runs.
+    pub fn plan_id(&self) -> PlanId {
+        self.plan_id
+    }
+
+    /// The lowest step not yet done (the last step once COMPLETE).
+    pub fn current_step_index(&self) -> usize {
+        self.current_step_index
     }
 
     /// Where the workflow is in its life.
@@ -273,12 +344,53 @@ impl Workflow {
         self.state
     }
 
+    /// Who the workflow runs for.
+    pub fn execution_context(&self) -> &ExecutionContext {
+        &self.execution_context
+    }
+
+    /// Step outputs, clarifications and the final output.
+    pub fn outputs(&self) -> &WorkflowOutputs {
+        &self.outputs
+    }
+
+    /// Why the workflow failed, when it did.
+    pub fn failure(&self) -> Option<&Failure> {
+        self.failure.as_ref()
+    }
+
+    /// The LLM calls and tokens the workflow spent.
+    pub fn usage(&self) -> &WorkflowUsage {
+        &self.usage
+    }
+
+    /// Grows by one with every save; a save must name the version it replaces.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// A workflow read from an older store, which kept no versions, made storable.
+    pub(crate) fn imported(mut self) -> Self {
+        self.version = self.version.max(1);
+        self
+    }
+
+    /// The next version, for a compare-and-swap save.
+    pub(crate) fn bump_version(&mut self) {
+        self.version += 1;
+    }
+
+    /// Replaces the usage (the runner keeps it from the usage journal).
+    pub(crate) fn set_usage(&mut self, usage: WorkflowUsage) {
+        self.usage = usage;
+    }
+
     /// Moves to `next`.
     ///
     /// # Errors
     /// [`Error::InvalidWorkflowState`] if the move is not allowed (see the module docs);
     /// the state is then unchanged.
-    pub fn transition_to(&mut self, next: WorkflowState) -> Result<()> {
+    pub(crate) fn transition_to(&mut self, next: WorkflowState) -> Result<()> {
         if !self.state.can_transition_to(next) {
             return Err(self.invalid_state(format!("move to {next}")));
         }
@@ -309,7 +421,7 @@ impl Workflow {
 
     /// Stores the output of `plan`'s step `step`, keeping plan order, and moves
     /// `current_step_index` to the lowest step not yet done.
-    pub fn record_step_output(&mut self, plan: &Plan, step: usize, output: Output) {
+    pub(crate) fn record_step_output(&mut self, plan: &Plan, step: usize, output: Output) {
         let Some(name) = plan.steps.get(step).map(|s| s.output.clone()) else { return };
         tracing::debug!(workflow = %self.id, step, output = %name, value = %output.value, "step output");
         let rank = |n: &str| plan.step_producing(n).unwrap_or(usize::MAX);
@@ -317,16 +429,13 @@ impl Workflow {
         self.update_current_step(plan);
     }
 
-    /// Records the LLM usage of a step (or, with `step_output` `None`, of the run).
-    pub fn add_usage(&mut self, step_output: Option<&str>, usage: Usage) {
-        self.usage.total += usage;
-        if let Some(name) = step_output {
-            *self.usage.steps.entry(name.to_owned()).or_default() += usage;
-        }
+    /// Sets the answer to the query.
+    pub(crate) fn set_final_output(&mut self, output: Output) {
+        self.outputs.final_output = Some(output);
     }
 
     /// Adds clarifications raised by `step`, stamping each with the step index.
-    pub fn add_clarifications(&mut self, step: usize, clarifications: impl IntoIterator<Item = Clarification>) {
+    pub(crate) fn add_clarifications(&mut self, step: usize, clarifications: impl IntoIterator<Item = Clarification>) {
         for mut clarification in clarifications {
             clarification.step = Some(step);
             clarification.workflow_id = self.id;
@@ -340,7 +449,7 @@ impl Workflow {
     /// # Errors
     /// [`Error::ClarificationNotFound`], [`Error::InvalidClarificationResponse`], or
     /// [`Error::InvalidWorkflowState`] for a workflow that is COMPLETE or FAILED.
-    pub fn resolve_clarification(&mut self, id: ClarificationId, response: Value) -> Result<()> {
+    pub(crate) fn resolve_clarification(&mut self, id: ClarificationId, response: Value) -> Result<()> {
         if self.state.is_terminal() {
             return Err(self.invalid_state("resolve a clarification"));
         }
@@ -358,15 +467,15 @@ impl Workflow {
         Ok(())
     }
 
-    /// Marks the workflow FAILED with `message`.
+    /// Marks the workflow FAILED.
     ///
     /// # Errors
     /// [`Error::InvalidWorkflowState`] if it is already COMPLETE or FAILED.
-    pub fn fail(&mut self, step: Option<usize>, message: impl Into<String>) -> Result<()> {
+    pub(crate) fn fail(&mut self, failure: Failure) -> Result<()> {
         self.transition_to(WorkflowState::Failed)?;
-        let message = message.into();
-        tracing::warn!(workflow = %self.id, plan = %self.plan_id, ?step, %message, "workflow failed");
-        self.failure = Some(Failure { step, message });
+        let Failure { step, kind, message } = &failure;
+        tracing::warn!(workflow = %self.id, plan = %self.plan_id, ?step, ?kind, %message, "workflow failed");
+        self.failure = Some(failure);
         Ok(())
     }
 
@@ -477,11 +586,12 @@ mod tests {
 
     #[test]
     fn usage_accumulates_per_step_and_in_total() {
-        let mut wf = Workflow::new(PlanId::new(), ExecutionContext::default());
+        let mut usage = WorkflowUsage::default();
         let call = Usage { llm_calls: 1, prompt_tokens: 10, completion_tokens: 2 };
-        wf.add_usage(Some("$a"), call);
-        wf.add_usage(Some("$a"), call);
-        wf.add_usage(None, call);
+        usage.add(Some("$a"), call);
+        usage.add(Some("$a"), call);
+        usage.add(None, call);
+        let wf = Workflow { usage, ..Workflow::new(PlanId::new(), ExecutionContext::default()) };
         assert_eq!(wf.usage.total, Usage { llm_calls: 3, prompt_tokens: 30, completion_tokens: 6 });
         assert_eq!(wf.usage.steps["$a"].llm_calls, 2);
     }

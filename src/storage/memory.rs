@@ -1,65 +1,225 @@
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
-use super::{Storage, ToolCallRecord, WorkflowPage, WorkflowQuery};
+use chrono::{DateTime, Utc};
+
+use super::{
+    Clock, Lease, LeaseGrant, LeaseState, LeaseStatus, Storage, SystemClock, ToolCallKey, ToolCallRecord,
+    UsageRecord, WorkflowPage, WorkflowQuery,
+};
 use crate::ids::{PlanId, WorkflowId};
 use crate::plan::Plan;
 use crate::workflow::Workflow;
 use crate::{Error, Result};
 
-/// Keeps everything in memory (copies, so a caller's later edits do not leak in).
-#[derive(Debug, Default)]
+/// Keeps everything in memory, for one process: the library's default.
+///
+/// It keeps the whole [`Storage`] protocol (versions, leases, the journal), so a
+/// program can move to [`SqliteStorage`](super::SqliteStorage) without changing
+/// behaviour; it only forgets everything when the process ends. Finished workflows
+/// stay until [`Storage::prune_finished`] or a delete removes them.
+#[derive(Debug)]
 pub struct InMemoryStorage {
-    plans: Mutex<HashMap<PlanId, Plan>>,
-    workflows: Mutex<HashMap<WorkflowId, Workflow>>,
-    tool_calls: Mutex<Vec<ToolCallRecord>>,
+    clock: Arc<dyn Clock>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    plans: HashMap<PlanId, Plan>,
+    workflows: HashMap<WorkflowId, Row>,
+    tool_calls: BTreeMap<ToolCallKey, ToolCallRecord>,
+    usage: Vec<UsageRecord>,
+}
+
+#[derive(Debug)]
+struct Row {
+    workflow: Workflow,
+    lease: LeaseState,
+    cancel_requested: Option<String>,
+    updated_at: DateTime<Utc>,
+}
+
+impl Default for InMemoryStorage {
+    fn default() -> Self {
+        Self::with_clock(Arc::new(SystemClock))
+    }
 }
 
 impl InMemoryStorage {
-    /// Empty storage.
+    /// Empty storage on the system clock.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Every tool call recorded so far, oldest first.
-    pub fn tool_calls(&self) -> Vec<ToolCallRecord> {
-        lock(&self.tool_calls).clone()
+    /// Empty storage whose leases run on `clock` (a [`ManualClock`](super::ManualClock) in tests).
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self { clock, state: Mutex::new(State::default()) }
+    }
+
+    /// A poisoned lock only means another thread panicked; every critical section
+    /// here checks before it changes anything, so the data is still whole.
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-/// A poisoned lock only means another thread panicked mid-test; the data is still whole
-/// because every critical section here is a single insert or clone.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+impl State {
+    fn row(&mut self, id: WorkflowId) -> Result<&mut Row> {
+        self.workflows.get_mut(&id).ok_or(Error::WorkflowNotFound(id))
+    }
+
+    /// The row of a workflow whose current lease is `lease`.
+    fn fenced(&mut self, lease: &Lease, now: DateTime<Utc>) -> Result<&mut Row> {
+        let row = self.row(lease.workflow_id).map_err(|_| Error::LeaseLost { workflow_id: lease.workflow_id })?;
+        row.lease.check_fence(lease, now)?;
+        Ok(row)
+    }
+
+    fn delete(&mut self, id: WorkflowId) {
+        let Some(row) = self.workflows.remove(&id) else { return };
+        self.tool_calls.retain(|key, _| key.workflow_id != id);
+        self.usage.retain(|record| record.workflow_id != id);
+        let plan_id = row.workflow.plan_id();
+        if !self.workflows.values().any(|r| r.workflow.plan_id() == plan_id) {
+            self.plans.remove(&plan_id);
+        }
+    }
+
+    fn delete_where(&mut self, doomed: impl Fn(&Row) -> bool) -> usize {
+        let ids: Vec<WorkflowId> = self.workflows.iter().filter(|(_, row)| doomed(row)).map(|(id, _)| *id).collect();
+        for id in &ids {
+            self.delete(*id);
+        }
+        ids.len()
+    }
 }
 
 #[async_trait::async_trait]
 impl Storage for InMemoryStorage {
     async fn save_plan(&self, plan: &Plan) -> Result<()> {
-        lock(&self.plans).insert(plan.id, plan.clone());
+        self.state().plans.entry(plan.id).or_insert_with(|| plan.clone());
         Ok(())
     }
 
     async fn get_plan(&self, id: PlanId) -> Result<Plan> {
-        lock(&self.plans).get(&id).cloned().ok_or(Error::PlanNotFound(id))
+        self.state().plans.get(&id).cloned().ok_or(Error::PlanNotFound(id))
     }
 
-    async fn save_workflow(&self, workflow: &Workflow) -> Result<()> {
-        lock(&self.workflows).insert(workflow.id, workflow.clone());
+    async fn create_workflow(&self, workflow: &Workflow) -> Result<()> {
+        let now = self.clock.now();
+        let mut state = self.state();
+        if let Some(row) = state.workflows.get(&workflow.id()) {
+            let found = row.workflow.version();
+            return Err(Error::VersionConflict { workflow_id: workflow.id(), expected: 0, found });
+        }
+        let row = Row { workflow: workflow.clone(), lease: LeaseState::default(), cancel_requested: None, updated_at: now };
+        state.workflows.insert(workflow.id(), row);
         Ok(())
     }
 
     async fn get_workflow(&self, id: WorkflowId) -> Result<Workflow> {
-        lock(&self.workflows).get(&id).cloned().ok_or(Error::WorkflowNotFound(id))
+        self.state().row(id).map(|row| row.workflow.clone())
     }
 
     async fn list_workflows(&self, query: &WorkflowQuery) -> Result<WorkflowPage> {
-        let all = lock(&self.workflows).values().cloned().collect();
+        let all = self.state().workflows.values().map(|row| row.workflow.clone()).collect();
         Ok(WorkflowPage::from_all(all, query, Vec::new()))
     }
 
-    async fn save_tool_call(&self, record: &ToolCallRecord) -> Result<()> {
-        lock(&self.tool_calls).push(record.clone());
+    async fn update_workflow(&self, workflow: &Workflow, lease: &Lease) -> Result<()> {
+        let now = self.clock.now();
+        let mut state = self.state();
+        let row = state.fenced(lease, now)?;
+        let found = row.workflow.version();
+        let expected = workflow.version().saturating_sub(1);
+        if lease.workflow_id != workflow.id() || found != expected {
+            return Err(Error::VersionConflict { workflow_id: workflow.id(), expected, found });
+        }
+        row.workflow = workflow.clone();
+        row.updated_at = now;
         Ok(())
+    }
+
+    async fn acquire_lease(&self, id: WorkflowId, owner: &str, ttl: Duration) -> Result<LeaseGrant> {
+        let now = self.clock.now();
+        let mut state = self.state();
+        let row = state.row(id)?;
+        let (next, lease, reclaimed) = row.lease.acquire(&row.workflow, owner, ttl, now)?;
+        row.lease = next;
+        Ok(LeaseGrant {
+            lease,
+            workflow: row.workflow.clone(),
+            reclaimed,
+            attempts: row.lease.attempts,
+            cancel_requested: row.cancel_requested.clone(),
+        })
+    }
+
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<LeaseStatus> {
+        let now = self.clock.now();
+        let mut state = self.state();
+        let row = state.row(lease.workflow_id).map_err(|_| Error::LeaseLost { workflow_id: lease.workflow_id })?;
+        row.lease = row.lease.renew(lease, ttl, now)?;
+        let expires_at = row.lease.expires_at.unwrap_or(now);
+        Ok(LeaseStatus { expires_at, cancel_requested: row.cancel_requested.clone() })
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<()> {
+        if let Some(row) = self.state().workflows.get_mut(&lease.workflow_id) {
+            row.lease = row.lease.release(lease);
+        }
+        Ok(())
+    }
+
+    async fn request_cancel(&self, id: WorkflowId, reason: &str) -> Result<()> {
+        self.state().row(id)?.cancel_requested = Some(reason.to_owned());
+        Ok(())
+    }
+
+    async fn begin_tool_call(&self, lease: &Lease, intent: &ToolCallRecord) -> Result<ToolCallRecord> {
+        let now = self.clock.now();
+        let mut state = self.state();
+        state.fenced(lease, now)?;
+        Ok(state.tool_calls.entry(intent.key).or_insert_with(|| intent.clone()).clone())
+    }
+
+    async fn finish_tool_call(&self, lease: &Lease, record: &ToolCallRecord) -> Result<()> {
+        let now = self.clock.now();
+        let mut state = self.state();
+        state.fenced(lease, now)?;
+        state.tool_calls.insert(record.key, record.clone());
+        Ok(())
+    }
+
+    async fn tool_calls(&self, id: WorkflowId) -> Result<Vec<ToolCallRecord>> {
+        Ok(self.state().tool_calls.values().filter(|r| r.key.workflow_id == id).cloned().collect())
+    }
+
+    async fn record_usage(&self, lease: &Lease, record: &UsageRecord) -> Result<()> {
+        let now = self.clock.now();
+        let mut state = self.state();
+        state.fenced(lease, now)?;
+        state.usage.push(record.clone());
+        Ok(())
+    }
+
+    async fn usage_records(&self, id: WorkflowId) -> Result<Vec<UsageRecord>> {
+        Ok(self.state().usage.iter().filter(|r| r.workflow_id == id).cloned().collect())
+    }
+
+    async fn delete_workflow(&self, id: WorkflowId) -> Result<()> {
+        self.state().delete(id);
+        Ok(())
+    }
+
+    async fn delete_end_user(&self, end_user_id: &str) -> Result<usize> {
+        let of_user = |row: &Row| row.workflow.execution_context().end_user_id.as_deref() == Some(end_user_id);
+        Ok(self.state().delete_where(of_user))
+    }
+
+    async fn prune_finished(&self, before: DateTime<Utc>) -> Result<usize> {
+        Ok(self.state().delete_where(|row| row.workflow.state().is_terminal() && row.updated_at < before))
     }
 }

@@ -1,57 +1,38 @@
-//! Storage: where plans, workflows and tool-call records are kept.
+//! Storage: where plans, workflows, leases and the tool-call journal are kept.
 //!
-//! The runner saves a workflow after every change of state and every step output,
-//! so a crash loses at most the step that was running. [`InMemoryStorage`] is the
-//! default; [`DiskStorage`] keeps one JSON file per plan and workflow.
+//! A store owns concurrency. Each workflow carries a [`version`](Workflow::version)
+//! and every save is a compare-and-swap on it; a run holds a [`Lease`] on its
+//! workflow and every write it makes is fenced on that lease, so a run that lost its
+//! lease changes nothing. Tool calls are journaled before they are made
+//! ([`ToolCallRecord`]) and LLM usage as it is spent ([`UsageRecord`]).
+//!
+//! [`InMemoryStorage`] is the library's default; [`SqliteStorage`] (feature
+//! `sqlite`) keeps everything in one database file that several processes can
+//! share. Both pass one conformance suite (`tests/storage_conformance.rs`), and so
+//! must any store of your own.
 
-mod disk;
+mod clock;
+mod import;
+mod journal;
+mod lease;
 mod memory;
 
 use std::fmt;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-pub use disk::DiskStorage;
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use import::{ImportReport, import_json_dir};
+pub use journal::{ToolCallKey, ToolCallRecord, ToolCallStatus, UsageRecord};
+pub use lease::{Lease, LeaseGrant, LeaseStatus};
+pub(crate) use lease::LeaseState;
 pub use memory::InMemoryStorage;
 
 use crate::Result;
 use crate::ids::{PlanId, WorkflowId};
 use crate::plan::Plan;
 use crate::workflow::{Workflow, WorkflowState};
-
-/// How one tool call ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum ToolCallStatus {
-    /// The tool returned a value.
-    Success,
-    /// The tool asked for clarifications.
-    NeedClarification,
-    /// The tool failed.
-    Failed,
-}
-
-/// A record of one tool call, for auditing.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ToolCallRecord {
-    /// The workflow that made the call.
-    pub workflow_id: WorkflowId,
-    /// The step that made it.
-    pub step: usize,
-    /// The tool called.
-    pub tool_id: String,
-    /// The end user the workflow runs for.
-    pub end_user_id: Option<String>,
-    /// The arguments.
-    pub input: Value,
-    /// The value, clarifications or error message returned.
-    pub output: Value,
-    /// How it ended.
-    pub status: ToolCallStatus,
-    /// How long the tool took, in seconds.
-    pub latency_seconds: f64,
-}
 
 /// Which workflows to list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,7 +78,7 @@ impl WorkflowPage {
     /// Filters, orders and pages `workflows` by `query`.
     pub(crate) fn from_all(mut workflows: Vec<Workflow>, query: &WorkflowQuery, unreadable: Vec<String>) -> Self {
         workflows.retain(|w| query.state.is_none_or(|s| w.state() == s));
-        workflows.sort_by_key(|w| w.id);
+        workflows.sort_by_key(Workflow::id);
         let page_size = query.page_size.max(1);
         let count = workflows.len();
         let total_pages = count.div_ceil(page_size).max(1);
@@ -108,19 +89,63 @@ impl WorkflowPage {
     }
 }
 
-/// Keeps plans, workflows and tool-call records.
+/// Keeps plans, workflows, leases, the tool-call journal and usage records.
+///
+/// Every method that changes a workflow, its journal or its usage takes the
+/// caller's [`Lease`] and fails with [`Error::LeaseLost`](crate::Error::LeaseLost)
+/// unless it is the current, unexpired lease of that workflow.
 #[async_trait::async_trait]
 pub trait Storage: Send + Sync + fmt::Debug {
-    /// Saves a plan, replacing one with the same id.
+    /// Saves a plan. Plans never change, so saving one already stored does nothing.
     async fn save_plan(&self, plan: &Plan) -> Result<()>;
     /// Loads a plan. [`Error::PlanNotFound`](crate::Error::PlanNotFound) if there is none.
     async fn get_plan(&self, id: PlanId) -> Result<Plan>;
-    /// Saves a workflow, replacing one with the same id.
-    async fn save_workflow(&self, workflow: &Workflow) -> Result<()>;
+
+    /// Stores a new workflow (its version is 1).
+    /// [`Error::VersionConflict`](crate::Error::VersionConflict) if its id is taken.
+    async fn create_workflow(&self, workflow: &Workflow) -> Result<()>;
     /// Loads a workflow. [`Error::WorkflowNotFound`](crate::Error::WorkflowNotFound) if there is none.
     async fn get_workflow(&self, id: WorkflowId) -> Result<Workflow>;
-    /// Lists workflows, filtered and paged.
+    /// Lists workflows, filtered and paged; unreadable ones are reported, not fatal.
     async fn list_workflows(&self, query: &WorkflowQuery) -> Result<WorkflowPage>;
-    /// Records a tool call.
-    async fn save_tool_call(&self, record: &ToolCallRecord) -> Result<()>;
+    /// Replaces a workflow whose stored version is one less than `workflow`'s.
+    /// [`Error::VersionConflict`](crate::Error::VersionConflict) otherwise, and
+    /// [`Error::LeaseLost`](crate::Error::LeaseLost) unless `lease` is current.
+    async fn update_workflow(&self, workflow: &Workflow, lease: &Lease) -> Result<()>;
+
+    /// Takes the lease on a workflow for `owner`, for `ttl` on the store's clock.
+    /// [`Error::AlreadyRunning`](crate::Error::AlreadyRunning) while another live
+    /// lease is held, [`Error::InvalidWorkflowState`](crate::Error::InvalidWorkflowState)
+    /// for a finished workflow.
+    async fn acquire_lease(&self, id: WorkflowId, owner: &str, ttl: std::time::Duration) -> Result<LeaseGrant>;
+    /// Extends a current lease by `ttl` from now, and reports any cancellation request.
+    async fn renew_lease(&self, lease: &Lease, ttl: std::time::Duration) -> Result<LeaseStatus>;
+    /// Gives a lease up; the next run does not count as a takeover. A lost lease is left alone.
+    async fn release_lease(&self, lease: &Lease) -> Result<()>;
+    /// Asks whoever runs the workflow to stop; the lease holder sees it when it next
+    /// renews or finishes a step.
+    async fn request_cancel(&self, id: WorkflowId, reason: &str) -> Result<()>;
+
+    /// Stores a call's intent unless one with its key is stored; returns the stored record
+    /// (the earlier one, with its outcome if known, when there was one).
+    async fn begin_tool_call(&self, lease: &Lease, intent: &ToolCallRecord) -> Result<ToolCallRecord>;
+    /// Stores the outcome of a call whose intent is stored.
+    async fn finish_tool_call(&self, lease: &Lease, record: &ToolCallRecord) -> Result<()>;
+    /// Every journaled call of a workflow, in key order.
+    async fn tool_calls(&self, id: WorkflowId) -> Result<Vec<ToolCallRecord>>;
+
+    /// Journals LLM usage as it is spent.
+    async fn record_usage(&self, lease: &Lease, record: &UsageRecord) -> Result<()>;
+    /// Every usage record of a workflow, oldest first.
+    async fn usage_records(&self, id: WorkflowId) -> Result<Vec<UsageRecord>>;
+
+    /// Deletes a workflow with its journal and usage, and its plan when no other
+    /// workflow uses it. Deleting a workflow that is not stored does nothing.
+    async fn delete_workflow(&self, id: WorkflowId) -> Result<()>;
+    /// Deletes every workflow run for `end_user_id`, as [`Storage::delete_workflow`]
+    /// does; returns how many were deleted.
+    async fn delete_end_user(&self, end_user_id: &str) -> Result<usize>;
+    /// Deletes finished (COMPLETE or FAILED) workflows last changed before `before`;
+    /// returns how many were deleted.
+    async fn prune_finished(&self, before: DateTime<Utc>) -> Result<usize>;
 }

@@ -1,0 +1,153 @@
+//! The tool-call journal: an intent is stored before a tool is called, and the
+//! outcome after it returns, so a resumed run never repeats a finished call and
+//! never silently repeats one whose outcome is unknown. LLM usage is journaled as
+//! it is spent, so a workflow's usage stays exact across crashes.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::clarification::Clarification;
+use crate::ids::WorkflowId;
+use crate::llm::Usage;
+use crate::tool::{ToolError, ToolOutput};
+
+/// Names one tool call: the workflow, the step, the step's attempt (a step resumed
+/// after a clarification is a new attempt) and the call's place in that attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ToolCallKey {
+    /// The workflow making the call.
+    pub workflow_id: WorkflowId,
+    /// The step making it.
+    pub step: usize,
+    /// The step's attempt, from 0.
+    pub attempt: u32,
+    /// The call's sequence number within the attempt, from 0.
+    pub seq: u32,
+}
+
+impl fmt::Display for ToolCallKey {
+    /// The idempotency key tools see: the same for every try of one call.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:step-{}:attempt-{}:call-{}", self.workflow_id, self.step, self.attempt, self.seq)
+    }
+}
+
+/// Where a journaled tool call stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ToolCallStatus {
+    /// The intent is stored and the tool may have been called; no outcome is known.
+    Started,
+    /// The tool returned a value (or a person confirmed the call took effect).
+    Success,
+    /// The tool asked for clarifications.
+    NeedClarification,
+    /// The tool failed in a way the model may fix with other arguments.
+    SoftError,
+    /// The tool failed for good.
+    HardError,
+}
+
+impl ToolCallStatus {
+    /// The name used in JSON and in the databases, such as `SOFT_ERROR`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Started => "STARTED",
+            Self::Success => "SUCCESS",
+            Self::NeedClarification => "NEED_CLARIFICATION",
+            Self::SoftError => "SOFT_ERROR",
+            Self::HardError => "HARD_ERROR",
+        }
+    }
+
+    /// Parses [`ToolCallStatus::as_str`]'s names.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Started, Self::Success, Self::NeedClarification, Self::SoftError, Self::HardError]
+            .into_iter()
+            .find(|s| s.as_str() == name)
+    }
+}
+
+/// One journaled tool call: its intent, and its outcome once known.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCallRecord {
+    /// Which call this is.
+    #[serde(flatten)]
+    pub key: ToolCallKey,
+    /// The tool called.
+    pub tool_id: String,
+    /// The end user the workflow runs for.
+    pub end_user_id: Option<String>,
+    /// The arguments chosen, stored before the call.
+    pub input: Value,
+    /// Where the call stands.
+    pub status: ToolCallStatus,
+    /// The value, the clarifications, or the error message; null while STARTED.
+    pub output: Value,
+    /// When the intent was stored.
+    pub started_at: DateTime<Utc>,
+    /// How long the tool took, in seconds, once it returned.
+    pub latency_seconds: Option<f64>,
+}
+
+impl ToolCallRecord {
+    /// The intent to call `tool_id` with `input`.
+    pub fn intent(key: ToolCallKey, tool_id: &str, end_user_id: Option<String>, input: Value) -> Self {
+        Self {
+            key,
+            tool_id: tool_id.to_owned(),
+            end_user_id,
+            input,
+            status: ToolCallStatus::Started,
+            output: Value::Null,
+            started_at: Utc::now(),
+            latency_seconds: None,
+        }
+    }
+
+    /// This call with `result` as its outcome.
+    #[must_use]
+    pub fn finished(mut self, result: &Result<ToolOutput, ToolError>, latency_seconds: f64) -> Self {
+        let (status, output) = match result {
+            Ok(ToolOutput::Value(value)) => (ToolCallStatus::Success, value.clone()),
+            Ok(ToolOutput::Clarifications(list)) => {
+                (ToolCallStatus::NeedClarification, serde_json::to_value(list).unwrap_or_default())
+            }
+            Err(ToolError::Soft(message)) => (ToolCallStatus::SoftError, Value::from(message.as_str())),
+            Err(ToolError::Hard(message)) => (ToolCallStatus::HardError, Value::from(message.as_str())),
+        };
+        self.status = status;
+        self.output = output;
+        self.latency_seconds = Some(latency_seconds);
+        self
+    }
+
+    /// The recorded outcome as the tool returned it; `None` while STARTED.
+    pub fn outcome(&self) -> Option<Result<ToolOutput, ToolError>> {
+        let message = || self.output.as_str().map_or_else(|| self.output.to_string(), str::to_owned);
+        Some(match self.status {
+            ToolCallStatus::Started => return None,
+            ToolCallStatus::Success => Ok(ToolOutput::Value(self.output.clone())),
+            ToolCallStatus::NeedClarification => {
+                let list: Vec<Clarification> = serde_json::from_value(self.output.clone()).unwrap_or_default();
+                Ok(ToolOutput::Clarifications(list))
+            }
+            ToolCallStatus::SoftError => Err(ToolError::Soft(message())),
+            ToolCallStatus::HardError => Err(ToolError::Hard(message())),
+        })
+    }
+}
+
+/// LLM usage spent by a workflow, journaled as it is spent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRecord {
+    /// The workflow that spent it.
+    pub workflow_id: WorkflowId,
+    /// The output name of the step that spent it; `None` for the run itself (the final summary).
+    pub step_output: Option<String>,
+    /// What was spent.
+    pub usage: Usage,
+}

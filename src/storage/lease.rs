@@ -1,0 +1,125 @@
+//! Leases: a run's exclusive, expiring right to change one workflow.
+//!
+//! The protocol is the same in every store; the stores only keep its state. A run
+//! acquires a lease (owner, a fresh epoch, an expiry on the store's clock) and renews
+//! it while it runs; every write it makes names the lease, and the store refuses the
+//! write unless that lease is still the current, unexpired one. A lease that expired
+//! without being released means its run died: the workflow may be taken over, and
+//! the takeover counts as an attempt.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::WorkflowId;
+use crate::workflow::{Workflow, WorkflowState};
+use crate::{Error, Result};
+
+/// A run's hold on a workflow. Every write the run makes is fenced on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The workflow held.
+    pub workflow_id: WorkflowId,
+    /// Who holds it (one id per runner).
+    pub owner: String,
+    /// Grows by one with every acquisition; a write with an older epoch is refused.
+    pub epoch: u64,
+    /// When it lapses unless renewed, on the store's clock.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// What [`Storage::acquire_lease`](super::Storage::acquire_lease) grants.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseGrant {
+    /// The lease now held.
+    pub lease: Lease,
+    /// The workflow as stored when the lease was granted.
+    pub workflow: Workflow,
+    /// Whether an earlier run's lease had expired without being released (its run died).
+    pub reclaimed: bool,
+    /// How many times the workflow has been taken over from a run that died.
+    pub attempts: u32,
+    /// The reason of a cancellation someone requested, if any.
+    pub cancel_requested: Option<String>,
+}
+
+/// What a renewal reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseStatus {
+    /// The new expiry.
+    pub expires_at: DateTime<Utc>,
+    /// The reason of a cancellation someone requested, if any.
+    pub cancel_requested: Option<String>,
+}
+
+/// The lease columns a store keeps beside each workflow.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct LeaseState {
+    pub(crate) owner: Option<String>,
+    pub(crate) epoch: u64,
+    pub(crate) expires_at: Option<DateTime<Utc>>,
+    pub(crate) attempts: u32,
+}
+
+impl LeaseState {
+    /// Takes the lease for `owner` unless a live lease is held, counting a takeover
+    /// from a run that died. The caller stores the returned state and grants the lease.
+    pub(crate) fn acquire(
+        &self,
+        workflow: &Workflow,
+        owner: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<(LeaseState, Lease, bool)> {
+        if workflow.state().is_terminal() {
+            return Err(workflow.invalid_state("run it"));
+        }
+        let reclaimed = match (&self.owner, self.expires_at) {
+            (Some(holder), Some(until)) if until > now => {
+                return Err(Error::AlreadyRunning { workflow_id: workflow.id(), owner: holder.clone(), until });
+            }
+            (Some(_), _) => true,
+            (None, _) => false,
+        };
+        let expires_at = later(now, ttl);
+        let next = LeaseState {
+            owner: Some(owner.to_owned()),
+            epoch: self.epoch + 1,
+            expires_at: Some(expires_at),
+            attempts: self.attempts + u32::from(reclaimed),
+        };
+        let lease = Lease { workflow_id: workflow.id(), owner: owner.to_owned(), epoch: next.epoch, expires_at };
+        Ok((next, lease, reclaimed))
+    }
+
+    /// Refuses a write unless `lease` is the current, unexpired one.
+    pub(crate) fn check_fence(&self, lease: &Lease, now: DateTime<Utc>) -> Result<()> {
+        let current = self.owner.as_deref() == Some(lease.owner.as_str()) && self.epoch == lease.epoch;
+        if current && self.expires_at.is_some_and(|until| until > now) {
+            Ok(())
+        } else {
+            Err(Error::LeaseLost { workflow_id: lease.workflow_id })
+        }
+    }
+
+    /// Extends a current lease by `ttl` from `now`.
+    pub(crate) fn renew(&self, lease: &Lease, ttl: Duration, now: DateTime<Utc>) -> Result<LeaseState> {
+        self.check_fence(lease, now)?;
+        Ok(LeaseState { expires_at: Some(later(now, ttl)), ..self.clone() })
+    }
+
+    /// Gives a current lease up, so the workflow can be taken at once and the next
+    /// run does not count as a takeover. Releasing a lease already lost does nothing.
+    pub(crate) fn release(&self, lease: &Lease) -> LeaseState {
+        if self.owner.as_deref() == Some(lease.owner.as_str()) && self.epoch == lease.epoch {
+            LeaseState { owner: None, expires_at: None, ..self.clone() }
+        } else {
+            self.clone()
+        }
+    }
+}
+
+fn later(now: DateTime<Utc>, ttl: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(ttl).ok().and_then(|ttl| now.checked_add_signed(ttl)).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}

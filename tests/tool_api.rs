@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use portia::testing::MockTool;
 use portia::tool::{AggregatedToolRegistry, ToolRunContext};
-use portia::{Config, Error, InMemoryToolRegistry, Tool, ToolError, ToolOutput, ToolRegistry, TypedTool, WorkflowId};
+use portia::{
+    Config, Error, InMemoryToolRegistry, Tool, ToolError, ToolOutput, ToolRegistry, ToolSpec, TypedTool, WorkflowId,
+};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
@@ -23,17 +25,11 @@ struct AddTool;
 #[async_trait::async_trait]
 impl TypedTool for AddTool {
     type Args = AddArgs;
-    fn id(&self) -> &str {
-        "add_tool"
-    }
-    fn name(&self) -> &str {
-        "Add Tool"
-    }
-    fn description(&self) -> &str {
-        "Adds two numbers."
-    }
-    fn output_description(&self) -> &str {
-        "The sum."
+    fn spec(&self) -> ToolSpec {
+        // The schema set here is overwritten by the one of `AddArgs`.
+        ToolSpec::new("add_tool", "Add Tool", "Adds two numbers.")
+            .output_description("The sum.")
+            .args_schema(json!({"type": "object", "properties": {"ignored": {"type": "string"}}}))
     }
     async fn call(&self, _ctx: &ToolRunContext, args: AddArgs) -> Result<ToolOutput, ToolError> {
         Ok(ToolOutput::value(args.a + args.b))
@@ -46,12 +42,14 @@ fn ctx() -> ToolRunContext {
 
 #[tokio::test]
 async fn typed_tool_gets_its_schema_and_parsing_for_free() {
-    let schema = AddTool.args_schema();
+    let spec = Tool::spec(&AddTool);
+    let schema = &spec.args_schema;
     assert_eq!(schema["type"], "object");
+    assert!(schema["properties"].get("ignored").is_none(), "the Args schema replaces the one in the spec");
     assert_eq!(schema["properties"]["a"]["description"], "The first number.");
     assert_eq!(schema["required"], json!(["a", "b"]));
     assert_eq!(AddTool.run(&ctx(), json!({"a": 1, "b": 2.5})).await.unwrap(), ToolOutput::value(3.5));
-    let definition = AddTool.definition();
+    let definition = spec.definition();
     assert_eq!(definition.name, "add_tool");
     assert_eq!(definition.description, "Adds two numbers. Returns: The sum.");
 }
@@ -76,8 +74,8 @@ fn registering_an_existing_id_is_an_error() {
 #[test]
 fn lookup_by_id_falls_back_to_the_display_name_and_reports_unknown_ids() {
     let registry = InMemoryToolRegistry::new().with(AddTool).unwrap();
-    assert_eq!(registry.get_tool("add_tool").unwrap().id(), "add_tool");
-    assert_eq!(registry.get_tool("add tool").unwrap().id(), "add_tool", "older plans name tools by display name");
+    assert_eq!(registry.get_tool("add_tool").unwrap().spec().id, "add_tool");
+    assert_eq!(registry.get_tool("add tool").unwrap().spec().id, "add_tool", "older plans name tools by display name");
     let err = registry.get_tool("subtract_tool").unwrap_err();
     assert!(matches!(&err, Error::ToolNotFound(id) if id == "subtract_tool"), "{err}");
 }
@@ -92,7 +90,7 @@ fn aggregation_prefers_the_first_registry_and_reports_duplicates() {
         .unwrap();
     let combined = AggregatedToolRegistry::default().and(first).and(second);
     assert_eq!(combined.duplicate_ids(), ["shared"]);
-    let ids: Vec<String> = combined.get_tools().iter().map(|t| t.id().to_owned()).collect();
+    let ids: Vec<String> = combined.get_tools().iter().map(|t| t.spec().id).collect();
     assert_eq!(ids, ["shared", "only_second"]);
     assert_eq!(combined.match_tools("anything").len(), 2);
 }

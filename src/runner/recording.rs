@@ -6,7 +6,7 @@ use std::time::Instant;
 use serde_json::Value;
 
 use crate::storage::{Storage, ToolCallRecord, ToolCallStatus};
-use crate::tool::{Tool, ToolError, ToolOutput, ToolRunContext};
+use crate::tool::{Tool, ToolError, ToolOutput, ToolRunContext, ToolSpec};
 
 #[derive(Debug)]
 pub(super) struct RecordedTool {
@@ -16,29 +16,11 @@ pub(super) struct RecordedTool {
 
 #[async_trait::async_trait]
 impl Tool for RecordedTool {
-    fn id(&self) -> &str {
-        self.inner.id()
-    }
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn description(&self) -> &str {
-        self.inner.description()
-    }
-    fn args_schema(&self) -> Value {
-        self.inner.args_schema()
-    }
-    fn output_description(&self) -> &str {
-        self.inner.output_description()
-    }
-    fn should_summarize(&self) -> bool {
-        self.inner.should_summarize()
+    fn spec(&self) -> ToolSpec {
+        self.inner.spec()
     }
     async fn ready(&self, ctx: &ToolRunContext) -> Result<bool, ToolError> {
         self.inner.ready(ctx).await
-    }
-    fn direct_args(&self, task: &str) -> Option<Value> {
-        self.inner.direct_args(task)
     }
 
     async fn run(&self, ctx: &ToolRunContext, args: Value) -> Result<ToolOutput, ToolError> {
@@ -54,7 +36,7 @@ impl Tool for RecordedTool {
         let record = ToolCallRecord {
             workflow_id: ctx.workflow_id,
             step: ctx.step,
-            tool_id: self.inner.id().to_owned(),
+            tool_id: self.inner.spec().id,
             end_user_id: ctx.execution_context.end_user_id.clone(),
             input: args,
             output,

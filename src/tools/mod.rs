@@ -18,7 +18,7 @@
 //! use portia::tools::default_tool_registry;
 //!
 //! let config = portia::Config::builder().tavily_api_key("tvly-...").build().unwrap();
-//! let ids: Vec<String> = default_tool_registry(&config).get_tools().iter().map(|t| t.id().to_owned()).collect();
+//! let ids: Vec<String> = default_tool_registry(&config).get_tools().iter().map(|t| t.spec().id).collect();
 //! assert_eq!(ids, ["calculator_tool", "llm_tool", "file_writer_tool", "file_reader_tool", "search_tool"]);
 //! ```
 

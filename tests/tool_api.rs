@@ -1,15 +1,16 @@
-//! The tools API: typed tools, registries and their errors.
+//! The tools API: typed tools, specs and their flags, registries and their errors.
 
 use std::sync::Arc;
 
 use portia::testing::MockTool;
 use portia::tool::{AggregatedToolRegistry, ToolRunContext};
+use portia::tools::{CalculatorTool, FileReaderTool, FileWriterTool, LlmTool, SearchTool, WeatherTool};
 use portia::{
     Config, Error, InMemoryToolRegistry, Tool, ToolError, ToolOutput, ToolRegistry, ToolSpec, TypedTool, WorkflowId,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[derive(Deserialize, JsonSchema)]
 struct AddArgs {
@@ -102,4 +103,82 @@ async fn first_match_wins_when_running_an_aggregated_tool() {
     let combined = AggregatedToolRegistry::new(vec![Arc::new(first), Arc::new(second)]);
     let output = combined.get_tool("shared").unwrap().run(&ctx(), json!({})).await.unwrap();
     assert_eq!(output, ToolOutput::value("first"));
+}
+
+#[test]
+fn a_custom_tool_is_assumed_unsafe_to_repeat_until_it_says_otherwise() {
+    let spec = Tool::spec(&AddTool);
+    assert!(!spec.idempotent && spec.side_effects, "{spec:?}");
+    assert!(!spec.summarize);
+    assert_eq!(spec.task_argument, None);
+    assert_eq!(spec.direct_args("Add 1 and 2"), None);
+    let mock = MockTool::echo("mock_tool").spec();
+    assert!(!mock.idempotent && mock.side_effects, "{mock:?}");
+    assert_eq!(ToolSpec::new("a", "A", "d").args_schema, json!({"type": "object", "properties": {}}));
+}
+
+#[test]
+fn read_only_means_idempotent_without_side_effects() {
+    let spec = ToolSpec::new("a", "A", "d").read_only();
+    assert!(spec.idempotent && !spec.side_effects);
+}
+
+#[test]
+fn built_in_tools_carry_their_flags() {
+    let read_only: [&dyn Tool; 5] =
+        [&SearchTool::new(), &WeatherTool::new(), &CalculatorTool, &FileReaderTool::new(), &LlmTool::new()];
+    for tool in read_only {
+        let spec = tool.spec();
+        assert!(spec.idempotent && !spec.side_effects, "{} should be read-only", spec.id);
+        assert!(!spec.summarize, "{}", spec.id);
+    }
+    let writer = Tool::spec(&FileWriterTool::new());
+    assert!(writer.side_effects && writer.idempotent, "{writer:?}");
+    assert_eq!(Tool::spec(&LlmTool::new()).task_argument.as_deref(), Some("task"));
+    assert_eq!(Tool::spec(&SearchTool::new()).task_argument, None);
+}
+
+#[test]
+fn a_task_argument_makes_the_call_direct() {
+    let spec = ToolSpec::new("ask_tool", "Ask Tool", "Asks.").task_argument("task");
+    assert_eq!(spec.direct_args("Sum up"), Some(json!({"task": "Sum up"})));
+    let other = ToolSpec::new("ask_tool", "Ask Tool", "Asks.").task_argument("question");
+    assert_eq!(other.direct_args("Why?"), Some(json!({"question": "Why?"})));
+}
+
+#[test]
+fn specs_round_trip_through_json() {
+    let spec = ToolSpec::new("pay_tool", "Pay Tool", "Pays.").summarize(true).task_argument("task");
+    let back: ToolSpec = serde_json::from_value(serde_json::to_value(&spec).unwrap()).unwrap();
+    assert_eq!(back, spec);
+}
+
+/// Forwards only `spec` and `run`, as a logging or approval wrapper would.
+#[derive(Debug)]
+struct Wrapper(Arc<dyn Tool>);
+
+#[async_trait::async_trait]
+impl Tool for Wrapper {
+    fn spec(&self) -> ToolSpec {
+        self.0.spec()
+    }
+    async fn run(&self, ctx: &ToolRunContext, args: Value) -> Result<ToolOutput, ToolError> {
+        self.0.run(ctx, args).await
+    }
+}
+
+#[tokio::test]
+async fn a_wrapper_forwarding_spec_keeps_every_flag() {
+    let spec = ToolSpec::new("odd_tool", "Odd Tool", "Has every flag away from its default.")
+        .args_schema(json!({"type": "object", "properties": {"task": {"type": "string"}}}))
+        .output_description("Its arguments.")
+        .idempotent(true)
+        .side_effects(false)
+        .summarize(true)
+        .task_argument("task");
+    let wrapped = Wrapper(Arc::new(MockTool::echo("odd_tool").with_spec(spec.clone())));
+    assert_eq!(wrapped.spec(), spec);
+    assert_eq!(wrapped.run(&ctx(), json!({"task": "x"})).await.unwrap(), ToolOutput::value(json!({"task": "x"})));
+    let typed = Wrapper(Arc::new(AddTool));
+    assert_eq!(typed.spec(), Tool::spec(&AddTool), "the wrapper keeps the Args schema too");
 }

@@ -43,7 +43,7 @@ pub struct MockCall {
 }
 
 /// A tool double. Its schema takes any object and its spec has the defaults of
-/// [`ToolSpec::new`]; its calls are recorded.
+/// [`ToolSpec::new`] unless replaced; its calls are recorded.
 pub struct MockTool {
     spec: ToolSpec,
     behavior: MockBehavior,
@@ -83,6 +83,14 @@ impl MockTool {
     #[must_use]
     pub fn with_schema(mut self, schema: Value) -> Self {
         self.spec.args_schema = schema;
+        self
+    }
+
+    /// Replaces the whole spec (id, flags, task argument, schema). The default is
+    /// [`ToolSpec::new`] with the id as the name, as for any custom tool.
+    #[must_use]
+    pub fn with_spec(mut self, spec: ToolSpec) -> Self {
+        self.spec = spec;
         self
     }
 

@@ -102,7 +102,7 @@ impl OneShotPlanner {
 impl Planner for OneShotPlanner {
     async fn plan(&self, request: PlanningRequest) -> Result<Plan> {
         let registry = InMemoryToolRegistry::from_tools(request.tools.iter().cloned())?;
-        let tool_ids: Vec<String> = request.tools.iter().map(|t| t.id().to_owned()).collect();
+        let tool_ids: Vec<String> = request.tools.iter().map(|t| t.spec().id).collect();
         let mut messages = vec![Message::system(SYSTEM), Message::user(prompt(&request))];
         let mut usage = Usage::default();
         let mut problems = Vec::new();
@@ -160,8 +160,8 @@ fn to_plan(query: &str, tool_ids: &[String], steps: &[PlannedStep]) -> Plan {
 fn prompt(request: &PlanningRequest) -> String {
     let mut out = String::from("Tools:\n");
     for tool in &request.tools {
-        let _ =
-            writeln!(out, "- {}: {} Arguments: {}", tool.id(), tool.description(), describe_args(&tool.args_schema()));
+        let spec = tool.spec();
+        let _ = writeln!(out, "- {}: {} Arguments: {}", spec.id, spec.description, describe_args(&spec.args_schema));
     }
     if !request.examples.is_empty() {
         out.push_str("Example plans:\n");

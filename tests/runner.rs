@@ -356,17 +356,8 @@ struct BlockingTool {
 
 #[async_trait::async_trait]
 impl portia::Tool for BlockingTool {
-    fn id(&self) -> &str {
-        "slow_tool"
-    }
-    fn name(&self) -> &str {
-        "Slow Tool"
-    }
-    fn description(&self) -> &str {
-        "Takes its time."
-    }
-    fn args_schema(&self) -> serde_json::Value {
-        json!({"type": "object"})
+    fn spec(&self) -> portia::ToolSpec {
+        portia::ToolSpec::new("slow_tool", "Slow Tool", "Takes its time.").args_schema(json!({"type": "object"}))
     }
     async fn run(
         &self,

@@ -8,8 +8,8 @@
 //! - [`VerifierAgent`] first checks where each argument comes from and asks a human
 //!   for any that is missing or would be invented.
 //! - Whichever agent is chosen, a step without a tool is answered by one LLM call,
-//!   and a tool whose arguments follow from the task ([`Tool::direct_args`], such as
-//!   the LLM tool) is called directly.
+//!   and a tool whose arguments follow from the task (one with a
+//!   [`ToolSpec::task_argument`], such as the LLM tool) is called directly.
 
 mod context;
 mod llm_step;
@@ -35,7 +35,7 @@ use crate::execution_context::ExecutionContext;
 use crate::ids::WorkflowId;
 use crate::llm::{LlmClient, Usage};
 use crate::plan::Step;
-use crate::tool::{Tool, ToolRunContext};
+use crate::tool::{Tool, ToolRunContext, ToolSpec};
 use crate::workflow::Output;
 
 /// How many times a soft tool error is shown to the model before the step fails.
@@ -90,7 +90,7 @@ impl fmt::Debug for StepContext {
             .field("step", &self.step)
             .field("inputs", &self.inputs)
             .field("clarifications", &self.clarifications)
-            .field("tool", &self.tool.as_ref().map(|t| t.id().to_owned()))
+            .field("tool", &self.tool.as_ref().map(|t| t.spec().id))
             .finish_non_exhaustive()
     }
 }
@@ -149,16 +149,18 @@ impl StepResult {
 pub(crate) enum Route {
     /// The step was handled without choosing arguments: no tool, or a direct tool.
     Done(StepResult),
-    /// The agent must choose the arguments of this tool.
-    ChooseArgs(Arc<dyn Tool>),
+    /// The agent must choose the arguments of this tool, described by this spec
+    /// (taken once per step and passed along).
+    ChooseArgs(Arc<dyn Tool>, ToolSpec),
 }
 
 /// Handles the steps every agent treats alike, and hands back the tool of the others.
 pub(crate) async fn route(ctx: &StepContext) -> Route {
     let Some(tool) = &ctx.tool else { return Route::Done(llm_step::answer(ctx).await) };
-    match tool.direct_args(&ctx.step.task) {
-        Some(args) => Route::Done(tool_call::call_directly(ctx, tool.as_ref(), args).await),
-        None => Route::ChooseArgs(Arc::clone(tool)),
+    let spec = tool.spec();
+    match spec.direct_args(&ctx.step.task) {
+        Some(args) => Route::Done(tool_call::call_directly(ctx, tool.as_ref(), &spec, args).await),
+        None => Route::ChooseArgs(Arc::clone(tool), spec),
     }
 }
 

@@ -4,7 +4,7 @@ use super::tool_call::{ToolAttempt, failed, finish, retries_exhausted, run_tool}
 use super::{Agent, MAX_TOOL_RETRIES, Route, StepContext, StepResult, route};
 use crate::config::ModelRole;
 use crate::llm::{LlmRequest, Message, ToolChoice, Usage};
-use crate::tool::Tool;
+use crate::tool::{Tool, ToolSpec};
 
 const SYSTEM: &str = "You carry out one step of a plan by calling the tool you are given. \
 Take argument values from the task and context only; never invent them. Arguments must fit the tool's schema.";
@@ -22,19 +22,20 @@ impl Agent for OneShotAgent {
     async fn execute(&self, ctx: &StepContext) -> StepResult {
         match route(ctx).await {
             Route::Done(result) => result,
-            Route::ChooseArgs(tool) => call_tool_with_llm(ctx, tool).await,
+            Route::ChooseArgs(tool, spec) => call_tool_with_llm(ctx, tool, &spec).await,
         }
     }
 }
 
-async fn call_tool_with_llm(ctx: &StepContext, tool: Arc<dyn Tool>) -> StepResult {
+async fn call_tool_with_llm(ctx: &StepContext, tool: Arc<dyn Tool>, spec: &ToolSpec) -> StepResult {
+    let definition = spec.definition();
     let mut usage = Usage::default();
     let mut messages = vec![Message::system(SYSTEM), Message::user(ctx.prompt())];
     let mut errors: Vec<String> = Vec::new();
     let mut reasked_for_call = false;
     loop {
         let request = LlmRequest::new(ModelRole::Execution, messages.clone())
-            .with_tools(vec![tool.definition()], ToolChoice::Tool(tool.id().to_owned()));
+            .with_tools(vec![definition.clone()], ToolChoice::Tool(spec.id.clone()));
         let response = match ctx.llm.chat(request).await {
             Ok(response) => response,
             Err(e) => return failed(format!("LLM call failed: {e}"), usage),
@@ -44,23 +45,23 @@ async fn call_tool_with_llm(ctx: &StepContext, tool: Arc<dyn Tool>) -> StepResul
             let text = response.text.unwrap_or_default();
             if reasked_for_call {
                 return failed(
-                    format!("the model answered in text instead of calling tool {}: {text}", tool.id()),
+                    format!("the model answered in text instead of calling tool {}: {text}", spec.id),
                     usage,
                 );
             }
             reasked_for_call = true;
             messages.push(Message::assistant(text, Vec::new()));
-            messages.push(Message::user(format!("Do not answer in text: call the tool {} now.", tool.id())));
+            messages.push(Message::user(format!("Do not answer in text: call the tool {} now.", spec.id)));
             continue;
         };
-        let (attempt, spent) = run_tool(ctx, tool.as_ref(), call.arguments.clone()).await;
+        let (attempt, spent) = run_tool(ctx, tool.as_ref(), spec, call.arguments.clone()).await;
         usage += spent;
         match attempt {
-            ToolAttempt::Finished(outcome) => return finish(ctx, tool.as_ref(), outcome, usage).await,
+            ToolAttempt::Finished(outcome) => return finish(ctx, spec, outcome, usage).await,
             ToolAttempt::Retry(message) => {
                 errors.push(message.clone());
                 if errors.len() > MAX_TOOL_RETRIES {
-                    return failed(retries_exhausted(tool.id(), &errors), usage);
+                    return failed(retries_exhausted(&spec.id, &errors), usage);
                 }
                 messages.push(Message::assistant("", vec![call.clone()]));
                 messages.push(Message::tool_result(

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::{MAX_TOOL_RETRIES, StepContext, StepOutcome, StepResult, summarize};
 use crate::llm::Usage;
-use crate::tool::{Tool, ToolError, ToolOutput};
+use crate::tool::{Tool, ToolError, ToolOutput, ToolSpec};
 use crate::workflow::Output;
 
 /// What one tool call led to.
@@ -16,11 +16,11 @@ pub(super) enum ToolAttempt {
     Retry(String),
 }
 
-/// Checks `args` against the tool's schema, then runs the tool. Returns what it led
-/// to and the LLM usage the tool reported.
-pub(super) async fn run_tool(ctx: &StepContext, tool: &dyn Tool, args: Value) -> (ToolAttempt, Usage) {
-    if let Err(problem) = check_args(&tool.args_schema(), &args) {
-        let message = format!("the arguments do not fit the schema of {}: {problem}", tool.id());
+/// Checks `args` against the schema in `spec` (the tool's, taken once by the caller),
+/// then runs the tool. Returns what it led to and the LLM usage the tool reported.
+pub(super) async fn run_tool(ctx: &StepContext, tool: &dyn Tool, spec: &ToolSpec, args: Value) -> (ToolAttempt, Usage) {
+    if let Err(problem) = check_args(&spec.args_schema, &args) {
+        let message = format!("the arguments do not fit the schema of {}: {problem}", spec.id);
         return (ToolAttempt::Retry(message), Usage::default());
     }
     let run_context = ctx.tool_run_context();
@@ -31,30 +31,30 @@ pub(super) async fn run_tool(ctx: &StepContext, tool: &dyn Tool, args: Value) ->
         }
         Ok(ToolOutput::Clarifications(_)) => ToolAttempt::Finished(StepOutcome::Failed(format!(
             "Tool {} failed: it asked for clarification without saying what it needs",
-            tool.id()
+            spec.id
         ))),
         Err(ToolError::Soft(message)) => ToolAttempt::Retry(message),
         Err(ToolError::Hard(message)) => {
-            ToolAttempt::Finished(StepOutcome::Failed(format!("Tool {} failed: {message}", tool.id())))
+            ToolAttempt::Finished(StepOutcome::Failed(format!("Tool {} failed: {message}", spec.id)))
         }
     };
     (attempt, run_context.usage.total())
 }
 
-/// Calls a tool with arguments it chose itself ([`Tool::direct_args`]), trying again
-/// on soft errors up to [`MAX_TOOL_RETRIES`] times.
-pub(super) async fn call_directly(ctx: &StepContext, tool: &dyn Tool, args: Value) -> StepResult {
+/// Calls a tool with arguments that follow from the task ([`ToolSpec::direct_args`]),
+/// trying again on soft errors up to [`MAX_TOOL_RETRIES`] times.
+pub(super) async fn call_directly(ctx: &StepContext, tool: &dyn Tool, spec: &ToolSpec, args: Value) -> StepResult {
     let mut usage = Usage::default();
     let mut errors = Vec::new();
     loop {
-        let (attempt, spent) = run_tool(ctx, tool, args.clone()).await;
+        let (attempt, spent) = run_tool(ctx, tool, spec, args.clone()).await;
         usage += spent;
         match attempt {
-            ToolAttempt::Finished(outcome) => return finish(ctx, tool, outcome, usage).await,
+            ToolAttempt::Finished(outcome) => return finish(ctx, spec, outcome, usage).await,
             ToolAttempt::Retry(message) => {
                 errors.push(message);
                 if errors.len() > MAX_TOOL_RETRIES {
-                    return failed(retries_exhausted(tool.id(), &errors), usage);
+                    return failed(retries_exhausted(&spec.id, &errors), usage);
                 }
             }
         }
@@ -65,10 +65,10 @@ pub(super) fn retries_exhausted(tool_id: &str, errors: &[String]) -> String {
     format!("Tool {tool_id} failed after {} attempts: {}", errors.len(), errors.join("; "))
 }
 
-/// Adds a summary to a value output when the tool asks for one.
-pub(super) async fn finish(ctx: &StepContext, tool: &dyn Tool, outcome: StepOutcome, mut usage: Usage) -> StepResult {
+/// Adds a summary to a value output when the tool's spec asks for one.
+pub(super) async fn finish(ctx: &StepContext, spec: &ToolSpec, outcome: StepOutcome, mut usage: Usage) -> StepResult {
     let outcome = match outcome {
-        StepOutcome::Output(mut output) if tool.should_summarize() => {
+        StepOutcome::Output(mut output) if spec.summarize => {
             let (summary, spent) = summarize::step_summary(ctx, &output.value).await;
             usage += spent;
             output.summary = summary;

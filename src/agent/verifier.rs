@@ -12,7 +12,7 @@ use crate::agent::StepOutcome;
 use crate::clarification::{Clarification, latest_answer};
 use crate::config::ModelRole;
 use crate::llm::{LlmRequest, Message, OutputSchema, Usage, structured};
-use crate::tool::Tool;
+use crate::tool::{Tool, ToolSpec};
 
 const SYSTEM: &str = "You prepare the arguments of one tool call for a step of a plan. \
 For every argument of the tool, give its value and where it comes from. Use only the task, the inputs, \
@@ -57,50 +57,45 @@ impl Agent for VerifierAgent {
     async fn execute(&self, ctx: &StepContext) -> StepResult {
         match route(ctx).await {
             Route::Done(result) => result,
-            Route::ChooseArgs(tool) => verify_and_call(ctx, tool).await,
+            Route::ChooseArgs(tool, spec) => verify_and_call(ctx, tool, &spec).await,
         }
     }
 }
 
-async fn verify_and_call(ctx: &StepContext, tool: Arc<dyn Tool>) -> StepResult {
+async fn verify_and_call(ctx: &StepContext, tool: Arc<dyn Tool>, spec: &ToolSpec) -> StepResult {
     let mut usage = Usage::default();
     let mut errors: Vec<String> = Vec::new();
     loop {
-        let proposed = match propose(ctx, tool.as_ref(), &errors).await {
+        let proposed = match propose(ctx, spec, &errors).await {
             Ok((proposed, spent)) => {
                 usage += spent;
                 proposed
             }
             Err(message) => return failed(message, usage),
         };
-        let (args, unsupported) = settle_arguments(ctx, &tool.args_schema(), proposed);
+        let (args, unsupported) = settle_arguments(ctx, &spec.args_schema, proposed);
         if !unsupported.is_empty() {
             let clarifications =
                 unsupported.into_iter().map(|(name, why)| Clarification::input(ctx.workflow_id, name, why)).collect();
             return StepResult { outcome: StepOutcome::Clarifications(clarifications), usage };
         }
-        let (attempt, spent) = run_tool(ctx, tool.as_ref(), Value::Object(args)).await;
+        let (attempt, spent) = run_tool(ctx, tool.as_ref(), spec, Value::Object(args)).await;
         usage += spent;
         match attempt {
-            ToolAttempt::Finished(outcome) => return finish(ctx, tool.as_ref(), outcome, usage).await,
+            ToolAttempt::Finished(outcome) => return finish(ctx, spec, outcome, usage).await,
             ToolAttempt::Retry(message) => {
                 errors.push(message);
                 if errors.len() > MAX_TOOL_RETRIES {
-                    return failed(retries_exhausted(tool.id(), &errors), usage);
+                    return failed(retries_exhausted(&spec.id, &errors), usage);
                 }
             }
         }
     }
 }
 
-async fn propose(ctx: &StepContext, tool: &dyn Tool, errors: &[String]) -> Result<(ProposedArguments, Usage), String> {
-    let mut prompt = format!(
-        "{}\nTool: {} ({})\nArguments schema: {}",
-        ctx.prompt(),
-        tool.id(),
-        tool.description(),
-        tool.args_schema()
-    );
+async fn propose(ctx: &StepContext, spec: &ToolSpec, errors: &[String]) -> Result<(ProposedArguments, Usage), String> {
+    let mut prompt =
+        format!("{}\nTool: {} ({})\nArguments schema: {}", ctx.prompt(), spec.id, spec.description, spec.args_schema);
     if !errors.is_empty() {
         prompt.push_str("\nEarlier attempts failed; do not repeat these mistakes:\n- ");
         prompt.push_str(&errors.join("\n- "));

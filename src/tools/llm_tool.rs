@@ -5,7 +5,7 @@ use serde::Deserialize;
 
 use crate::config::ModelRole;
 use crate::llm::{LlmRequest, Message};
-use crate::tool::{ToolError, ToolOutput, ToolRunContext, TypedTool};
+use crate::tool::{ToolError, ToolOutput, ToolRunContext, ToolSpec, TypedTool};
 
 /// The id of the built-in LLM tool.
 pub const LLM_TOOL_ID: &str = "llm_tool";
@@ -72,25 +72,19 @@ fn prompt(task: &str, step_context: &str) -> String {
 impl TypedTool for LlmTool {
     type Args = LlmToolArgs;
 
-    fn id(&self) -> &str {
-        LLM_TOOL_ID
-    }
-
-    fn name(&self) -> &str {
-        "LLM Tool"
-    }
-
-    fn description(&self) -> &str {
-        "Asks a language model to do a task from the context: summarise, compare, write or reason. \
-         Use only when no other tool fits."
-    }
-
-    fn output_description(&self) -> &str {
-        "The model's answer, as text."
-    }
-
-    fn direct_args(&self, task: &str) -> Option<serde_json::Value> {
-        Some(serde_json::json!({ "task": task }))
+    fn spec(&self) -> ToolSpec {
+        ToolSpec::new(
+            LLM_TOOL_ID,
+            "LLM Tool",
+            "Asks a language model to do a task from the context: summarise, compare, write or reason. \
+             Use only when no other tool fits.",
+        )
+        .output_description("The model's answer, as text.")
+        // Answers vary from call to call, but nothing outside the workflow changes,
+        // so repeating a call is harmless.
+        .read_only()
+        // Its only argument is the step's task: no LLM call is needed to choose it.
+        .task_argument("task")
     }
 
     async fn call(&self, ctx: &ToolRunContext, args: LlmToolArgs) -> Result<ToolOutput, ToolError> {

@@ -34,17 +34,18 @@
 //! ```
 
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 use crate::clarification::Clarification;
 use crate::config::Config;
 use crate::execution_context::ExecutionContext;
 use crate::ids::WorkflowId;
-use crate::llm::{LlmClient, ToolDefinition, Usage};
+use crate::llm::{LlmClient, ToolDefinition};
 use crate::{Error, Result};
 
 /// What a tool run produced.
@@ -114,27 +115,15 @@ pub struct ToolRunContext {
     pub clarifications: Vec<Clarification>,
     /// The step's task and context as the agent sees it, for tools that ask an LLM.
     pub step_context: String,
-    /// The runner's LLM client, for tools that ask an LLM.
+    /// The step's LLM client, for tools that ask an LLM: what it spends is journaled
+    /// and counted in the step's usage.
     pub llm: Option<Arc<dyn LlmClient>>,
-    /// Where a tool that calls an LLM reports what it spent, so the step's usage counts it.
-    pub usage: UsageMeter,
-}
-
-/// LLM usage reported by a tool while it runs; shared by the clones of a
-/// [`ToolRunContext`], read by the agent once the tool returns.
-#[derive(Debug, Clone, Default)]
-pub struct UsageMeter(Arc<Mutex<Usage>>);
-
-impl UsageMeter {
-    /// Adds the usage of one or more LLM calls.
-    pub fn add(&self, usage: Usage) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) += usage;
-    }
-
-    /// Everything reported so far.
-    pub fn total(&self) -> Usage {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
+    /// The same for every try of one call (a call retried after a crash gets it
+    /// again): send it on, as an `Idempotency-Key` header say, so the service acts once.
+    pub idempotency_key: Option<String>,
+    /// Cancelled when the workflow is cancelled or its run loses its lease: a long
+    /// tool should stop and return an error.
+    pub cancellation: CancellationToken,
 }
 
 impl fmt::Debug for ToolRunContext {
@@ -142,6 +131,7 @@ impl fmt::Debug for ToolRunContext {
         f.debug_struct("ToolRunContext")
             .field("workflow_id", &self.workflow_id)
             .field("step", &self.step)
+            .field("idempotency_key", &self.idempotency_key)
             .field("execution_context", &self.execution_context)
             .field("clarifications", &self.clarifications)
             .finish_non_exhaustive()
@@ -159,7 +149,8 @@ impl ToolRunContext {
             clarifications: Vec::new(),
             step_context: String::new(),
             llm: None,
-            usage: UsageMeter::default(),
+            idempotency_key: None,
+            cancellation: CancellationToken::new(),
         }
     }
 

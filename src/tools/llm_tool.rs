@@ -104,7 +104,6 @@ impl TypedTool for LlmTool {
             .await
             // The provider layer has already retried what retrying can fix.
             .map_err(|e| ToolError::hard(format!("the LLM call failed: {e}")))?;
-        ctx.usage.add(response.usage);
         match response.text {
             Some(text) if !text.trim().is_empty() => Ok(ToolOutput::value(text)),
             _ => Err(ToolError::soft("the model gave an empty answer")),

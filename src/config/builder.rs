@@ -79,6 +79,8 @@ impl ConfigBuilder {
         planner_attempts: u32;
         /// Sets whether the final output gets an LLM summary.
         summarize_final_output: bool;
+        /// Sets how long a run's lease on a workflow lasts without a heartbeat, in seconds.
+        lease_ttl_secs: u64;
     }
 
     optional_setters! {

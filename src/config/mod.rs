@@ -104,6 +104,9 @@ pub struct Config {
     pub planner_attempts: u32,
     /// Whether the final output gets an LLM summary (`PORTIA_SUMMARIZE`).
     pub summarize_final_output: bool,
+    /// How long a run's lease on a workflow lasts without a heartbeat before another
+    /// process may take the workflow over, in seconds (`PORTIA_LEASE_TTL_SECS`).
+    pub lease_ttl_secs: u64,
 }
 
 impl Default for Config {
@@ -140,6 +143,7 @@ impl Default for Config {
             max_tokens: 8192,
             planner_attempts: 3,
             summarize_final_output: true,
+            lease_ttl_secs: 30,
         }
     }
 }
@@ -234,6 +238,7 @@ impl Config {
         set(&mut self.max_tokens, vars.parse("PORTIA_MAX_TOKENS")?);
         set(&mut self.planner_attempts, vars.parse("PORTIA_PLANNER_ATTEMPTS")?);
         set(&mut self.summarize_final_output, vars.parse("PORTIA_SUMMARIZE")?);
+        set(&mut self.lease_ttl_secs, vars.parse("PORTIA_LEASE_TTL_SECS")?);
         Ok(())
     }
 
@@ -324,6 +329,12 @@ impl Config {
         if self.planner_attempts == 0 {
             return Err(Error::invalid_config("planner_attempts", "must be at least 1"));
         }
+        if self.lease_ttl_secs == 0 {
+            return Err(Error::invalid_config(
+                "lease_ttl_secs",
+                "must be at least 1 second: set PORTIA_LEASE_TTL_SECS to 1 or more (default 30)",
+            ));
+        }
         if self.storage == StorageKind::Disk && self.storage_dir.as_os_str().is_empty() {
             return Err(Error::invalid_config("storage_dir", "disk storage needs a directory: set PORTIA_STORAGE_DIR"));
         }
@@ -392,6 +403,11 @@ impl Config {
     /// The timeout of one HTTP request.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
+    }
+
+    /// How long a run's lease on a workflow lasts without a heartbeat.
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_secs(self.lease_ttl_secs)
     }
 
     /// Installs a `tracing` subscriber that logs to stderr at the configured level
@@ -548,6 +564,19 @@ mod tests {
     fn zero_parallelism_is_refused_with_the_fix() {
         let err = Config::builder().max_parallel_steps(0usize).build().unwrap_err();
         assert!(err.to_string().contains("PORTIA_MAX_PARALLEL_STEPS"), "{err}");
+    }
+
+    #[test]
+    fn lease_ttl_reads_its_variable_and_refuses_zero_with_the_fix() {
+        let config = Config::from_vars(vars(&[])).unwrap();
+        assert_eq!((config.lease_ttl_secs, config.lease_ttl()), (30, Duration::from_secs(30)));
+        let config = Config::from_vars(vars(&[("PORTIA_LEASE_TTL_SECS", "5")])).unwrap();
+        assert_eq!(config.lease_ttl(), Duration::from_secs(5));
+        let err = Config::from_vars(vars(&[("PORTIA_LEASE_TTL_SECS", "0")])).unwrap_err();
+        assert!(matches!(&err, Error::InvalidConfig { setting, .. } if setting == "lease_ttl_secs"), "{err}");
+        assert!(err.to_string().contains("set PORTIA_LEASE_TTL_SECS to 1 or more"), "{err}");
+        let err = Config::builder().lease_ttl_secs(0u64).build().unwrap_err();
+        assert!(err.to_string().contains("PORTIA_LEASE_TTL_SECS"), "{err}");
     }
 
     impl Config {

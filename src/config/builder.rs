@@ -81,6 +81,8 @@ impl ConfigBuilder {
         summarize_final_output: bool;
         /// Sets how long a run's lease on a workflow lasts without a heartbeat, in seconds.
         lease_ttl_secs: u64;
+        /// Sets how many times a workflow whose run died may be taken over before it ends FAILED.
+        max_run_attempts: u32;
     }
 
     optional_setters! {

@@ -107,6 +107,9 @@ pub struct Config {
     /// How long a run's lease on a workflow lasts without a heartbeat before another
     /// process may take the workflow over, in seconds (`PORTIA_LEASE_TTL_SECS`).
     pub lease_ttl_secs: u64,
+    /// How many times a workflow whose run died (its lease expired) may be taken over
+    /// before it ends `FAILED` (`PORTIA_MAX_RUN_ATTEMPTS`).
+    pub max_run_attempts: u32,
 }
 
 impl Default for Config {
@@ -144,6 +147,7 @@ impl Default for Config {
             planner_attempts: 3,
             summarize_final_output: true,
             lease_ttl_secs: 30,
+            max_run_attempts: 3,
         }
     }
 }
@@ -239,6 +243,7 @@ impl Config {
         set(&mut self.planner_attempts, vars.parse("PORTIA_PLANNER_ATTEMPTS")?);
         set(&mut self.summarize_final_output, vars.parse("PORTIA_SUMMARIZE")?);
         set(&mut self.lease_ttl_secs, vars.parse("PORTIA_LEASE_TTL_SECS")?);
+        set(&mut self.max_run_attempts, vars.parse("PORTIA_MAX_RUN_ATTEMPTS")?);
         Ok(())
     }
 
@@ -333,6 +338,12 @@ impl Config {
             return Err(Error::invalid_config(
                 "lease_ttl_secs",
                 "must be at least 1 second: set PORTIA_LEASE_TTL_SECS to 1 or more (default 30)",
+            ));
+        }
+        if self.max_run_attempts == 0 {
+            return Err(Error::invalid_config(
+                "max_run_attempts",
+                "must be at least 1: set PORTIA_MAX_RUN_ATTEMPTS to 1 or more (default 3)",
             ));
         }
         if self.storage == StorageKind::Disk && self.storage_dir.as_os_str().is_empty() {
@@ -577,6 +588,18 @@ mod tests {
         assert!(err.to_string().contains("set PORTIA_LEASE_TTL_SECS to 1 or more"), "{err}");
         let err = Config::builder().lease_ttl_secs(0u64).build().unwrap_err();
         assert!(err.to_string().contains("PORTIA_LEASE_TTL_SECS"), "{err}");
+    }
+
+    #[test]
+    fn max_run_attempts_reads_its_variable_and_refuses_zero_with_the_fix() {
+        assert_eq!(Config::from_vars(vars(&[])).unwrap().max_run_attempts, 3);
+        let config = Config::from_vars(vars(&[("PORTIA_MAX_RUN_ATTEMPTS", "1")])).unwrap();
+        assert_eq!(config.max_run_attempts, 1);
+        let err = Config::from_vars(vars(&[("PORTIA_MAX_RUN_ATTEMPTS", "0")])).unwrap_err();
+        assert!(matches!(&err, Error::InvalidConfig { setting, .. } if setting == "max_run_attempts"), "{err}");
+        assert!(err.to_string().contains("set PORTIA_MAX_RUN_ATTEMPTS to 1 or more"), "{err}");
+        let err = Config::builder().max_run_attempts(0u32).build().unwrap_err();
+        assert!(err.to_string().contains("PORTIA_MAX_RUN_ATTEMPTS"), "{err}");
     }
 
     impl Config {

@@ -8,6 +8,7 @@ pub mod execution_context;
 pub mod http;
 pub mod ids;
 pub mod llm;
+pub mod logging;
 pub mod plan;
 pub mod planner;
 pub mod runner;

@@ -12,9 +12,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::{Config, ModelRole};
+use crate::config::Config;
 use crate::execution_context::ExecutionContext;
-use crate::llm::{LlmClient, LlmRequest, Message, OutputSchema, Usage, structured};
+use crate::llm::{LlmClient, LlmRequest, Message, ModelRole, OutputSchema, Usage, structured};
 use crate::plan::{Plan, PlanContext, Step, Variable};
 use crate::tool::{InMemoryToolRegistry, Tool};
 use crate::{Error, Result};

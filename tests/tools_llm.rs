@@ -2,8 +2,7 @@
 
 use std::sync::Arc;
 
-use portia::config::ModelRole;
-use portia::llm::{LlmError, Role};
+use portia::llm::{LlmError, ModelRole, Role};
 use portia::testing::ScriptedLlm;
 use portia::tools::LLM_TOOL_ID;
 use portia::tools::{LlmTool, open_source_tool_registry};

@@ -2,8 +2,7 @@
 
 use super::tool_call::failed;
 use super::{StepContext, StepOutcome, StepResult};
-use crate::config::ModelRole;
-use crate::llm::{LlmRequest, Message};
+use crate::llm::{LlmRequest, Message, ModelRole};
 use crate::workflow::Output;
 
 const SYSTEM: &str = "You carry out one step of a plan. Answer the task from the context given, \

@@ -2,8 +2,7 @@ use std::sync::Arc;
 
 use super::tool_call::{ToolAttempt, failed, finish, retries_exhausted, run_tool};
 use super::{Agent, MAX_TOOL_RETRIES, Route, StepContext, StepResult, route};
-use crate::config::ModelRole;
-use crate::llm::{LlmRequest, Message, ToolChoice, Usage};
+use crate::llm::{LlmRequest, Message, ModelRole, ToolChoice, Usage};
 use crate::tool::{Tool, ToolSpec};
 
 const SYSTEM: &str = "You carry out one step of a plan by calling the tool you are given. \

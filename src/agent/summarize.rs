@@ -6,8 +6,7 @@ use serde_json::Value;
 
 use super::StepContext;
 use super::context::render_value;
-use crate::config::ModelRole;
-use crate::llm::{LlmClient, LlmRequest, Message, Usage};
+use crate::llm::{LlmClient, LlmRequest, Message, ModelRole, Usage};
 use crate::plan::Plan;
 use crate::text::clip;
 use crate::workflow::Workflow;

@@ -10,8 +10,7 @@ use super::tool_call::{ToolAttempt, failed, finish, retries_exhausted, run_tool}
 use super::{Agent, MAX_TOOL_RETRIES, Route, StepContext, StepResult, route};
 use crate::agent::StepOutcome;
 use crate::clarification::{Clarification, latest_answer};
-use crate::config::ModelRole;
-use crate::llm::{LlmRequest, Message, OutputSchema, Usage, structured};
+use crate::llm::{LlmRequest, Message, ModelRole, OutputSchema, Usage, structured};
 use crate::tool::{Tool, ToolSpec};
 
 const SYSTEM: &str = "You prepare the arguments of one tool call for a step of a plan. \

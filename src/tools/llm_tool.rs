@@ -3,8 +3,7 @@
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::config::ModelRole;
-use crate::llm::{LlmRequest, Message};
+use crate::llm::{LlmRequest, Message, ModelRole};
 use crate::tool::{ToolError, ToolOutput, ToolRunContext, ToolSpec, TypedTool};
 
 /// The id of the built-in LLM tool.

@@ -68,8 +68,8 @@ config_enum!(
     StorageKind {
         /// In memory, lost when the process ends.
         Memory => ["memory", "mem"],
-        /// One JSON file per plan and workflow under `storage_dir`.
-        Disk => ["disk", "file"],
+        /// One SQLite database, `<storage_dir>/portia.db`, that several processes can share.
+        Sqlite => ["sqlite", "sqlite3"],
     }
 );
 
@@ -101,7 +101,7 @@ mod tests {
     fn names_parse_case_insensitively_with_aliases_and_either_separator() {
         assert_eq!("ONE-SHOT".parse::<AgentKind>(), Ok(AgentKind::OneShot));
         assert_eq!("oneshot".parse::<AgentKind>(), Ok(AgentKind::OneShot));
-        assert_eq!(" file ".parse::<StorageKind>(), Ok(StorageKind::Disk));
+        assert_eq!(" SQLite3 ".parse::<StorageKind>(), Ok(StorageKind::Sqlite));
         let err = "later".parse::<ExecutionMode>().unwrap_err();
         assert!(err.contains("parallel, sequential"), "{err}");
     }

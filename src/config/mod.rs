@@ -229,6 +229,13 @@ impl Config {
             Some(provider) => provider,
             None => self.inferred_provider(),
         };
+        if vars.get("PORTIA_STORAGE").is_some_and(|v| ["disk", "file"].contains(&v.trim().to_lowercase().as_str())) {
+            return Err(Error::invalid_config(
+                "PORTIA_STORAGE",
+                "the JSON-file store was retired (it could not keep two processes from running one workflow): \
+                 set PORTIA_STORAGE=sqlite, and move old files over once with portia::storage::import_json_dir",
+            ));
+        }
         set(&mut self.storage, vars.parse("PORTIA_STORAGE")?);
         set(&mut self.storage_dir, vars.get("PORTIA_STORAGE_DIR").map(PathBuf::from));
         set(&mut self.files_root, vars.get("PORTIA_FILES_ROOT").map(PathBuf::from));
@@ -346,8 +353,8 @@ impl Config {
                 "must be at least 1: set PORTIA_MAX_RUN_ATTEMPTS to 1 or more (default 3)",
             ));
         }
-        if self.storage == StorageKind::Disk && self.storage_dir.as_os_str().is_empty() {
-            return Err(Error::invalid_config("storage_dir", "disk storage needs a directory: set PORTIA_STORAGE_DIR"));
+        if self.storage == StorageKind::Sqlite && self.storage_dir.as_os_str().is_empty() {
+            return Err(Error::invalid_config("storage_dir", "SQLite storage needs a directory: set PORTIA_STORAGE_DIR"));
         }
         let models = [&self.default_model, &self.planning_model, &self.execution_model, &self.summary_model];
         if models.iter().any(|m| m.as_deref().is_some_and(|m| split_provider(m).1.trim().is_empty())) {
@@ -472,16 +479,23 @@ mod tests {
         let config = Config::from_vars(vars(&[
             ("PORTIA_LLM_PROVIDER", "OpenAI-Compatible"),
             ("PORTIA_AGENT", "VERIFIER"),
-            ("PORTIA_STORAGE", "Disk"),
+            ("PORTIA_STORAGE", "SQLite"),
             ("PORTIA_LOG_LEVEL", "DEBUG"),
             ("PORTIA_EXECUTION", "Sequential"),
         ]))
         .unwrap();
         assert_eq!(config.llm_provider, LlmProvider::OpenAiCompatible);
         assert_eq!(config.agent, AgentKind::Verifier);
-        assert_eq!(config.storage, StorageKind::Disk);
+        assert_eq!(config.storage, StorageKind::Sqlite);
         assert_eq!(config.log_level, LogLevel::Debug);
         assert_eq!(config.execution, ExecutionMode::Sequential);
+    }
+
+    #[test]
+    fn the_retired_file_store_points_to_sqlite_and_the_import() {
+        let err = Config::from_vars(vars(&[("PORTIA_STORAGE", "disk")])).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("PORTIA_STORAGE=sqlite") && message.contains("import_json_dir"), "{message}");
     }
 
     #[test]
@@ -545,7 +559,7 @@ mod tests {
         let config = Config::builder()
             .llm_provider(LlmProvider::Anthropic)
             .planning_model("claude-opus-4-1")
-            .storage(StorageKind::Disk)
+            .storage(StorageKind::Sqlite)
             .storage_dir(dir.path().join("store"))
             .max_parallel_steps(2usize)
             .summarize_final_output(false)

@@ -140,7 +140,7 @@ impl Runner {
             _ => self.inner.config.max_parallel_steps.max(1),
         };
         let mut started = vec![false; run.plan.steps.len()];
-        let mut running: JoinSet<(usize, crate::agent::StepResult)> = JoinSet::new();
+        let mut running: JoinSet<(usize, StepOutcome)> = JoinSet::new();
         let mut step_of_task: HashMap<Id, usize> = HashMap::new();
         let mut halt = Halt::default();
         loop {
@@ -172,11 +172,11 @@ impl Runner {
                 }
             };
             let Some(joined) = joined else { break };
-            let (index, result) = match joined {
+            let (index, outcome) = match joined {
                 Ok(done) => done,
                 Err(e) => (step_of_task.get(&e.id()).copied().unwrap_or_default(), task_failure(e)),
             };
-            Self::apply(run, index, result.outcome, &mut halt);
+            Self::apply(run, index, outcome, &mut halt);
             self.save(run).await?;
         }
         Ok(halt)
@@ -288,7 +288,7 @@ impl Runner {
             step: step.clone(),
             inputs,
             other_outputs,
-            calls: self.tool_calls(run, index, &clarifications),
+            calls: self.step_calls(run, index, &clarifications),
             clarifications,
             execution_context: workflow.execution_context().clone(),
             workflow_id: workflow.id(),
@@ -302,7 +302,7 @@ impl Runner {
     /// The journaled call path of one step. Each resume of a step after a question
     /// it asked is a new attempt; a question about an interrupted call is not, so
     /// the answer applies to that very call.
-    fn tool_calls(&self, run: &Run, step: usize, clarifications: &[crate::Clarification]) -> ToolCalls {
+    fn step_calls(&self, run: &Run, step: usize, clarifications: &[crate::Clarification]) -> ToolCalls {
         let asked = clarifications.iter().filter(|c| !matches!(c.kind, ClarificationKind::ToolCallOutcome { .. }));
         let attempt = u32::try_from(asked.count()).unwrap_or(u32::MAX);
         let journaled =
@@ -313,7 +313,7 @@ impl Runner {
 }
 
 /// A step task that panicked (or was aborted) fails its step with the reason.
-fn task_failure(error: tokio::task::JoinError) -> crate::agent::StepResult {
+fn task_failure(error: tokio::task::JoinError) -> StepOutcome {
     let failure = if error.is_panic() {
         let panic = error.into_panic();
         let message = panic
@@ -325,5 +325,5 @@ fn task_failure(error: tokio::task::JoinError) -> crate::agent::StepResult {
     } else {
         Failure::new(FailureKind::Other, format!("the step was stopped: {error}"))
     };
-    crate::agent::StepResult::new(StepOutcome::Failed(failure))
+    StepOutcome::Failed(failure)
 }

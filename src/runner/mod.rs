@@ -27,6 +27,8 @@ use crate::ids::{PlanId, WorkflowId};
 use crate::llm::LlmClient;
 use crate::plan::Plan;
 use crate::planner::{OneShotPlanner, Planner, PlanningRequest};
+#[cfg(feature = "sqlite")]
+use crate::storage::SqliteStorage;
 use crate::storage::{InMemoryStorage, Storage, ToolCallRecord, WorkflowPage, WorkflowQuery};
 use crate::tool::{InMemoryToolRegistry, ToolRegistry};
 use crate::workflow::{Failure, FailureKind, Workflow, WorkflowState, WorkflowUsage};
@@ -524,7 +526,15 @@ impl RunnerBuilder {
         };
         let storage: Arc<dyn Storage> = match (self.storage, self.config.storage) {
             (Some(storage), _) => storage,
+            #[cfg(feature = "sqlite")]
             (None, StorageKind::Sqlite) => Arc::new(SqliteStorage::open(self.config.storage_dir.join("portia.db"))?),
+            #[cfg(not(feature = "sqlite"))]
+            (None, StorageKind::Sqlite) => {
+                return Err(Error::invalid_config(
+                    "PORTIA_STORAGE",
+                    "this build of portia has no SQLite store: enable the `sqlite` feature (on by default)",
+                ));
+            }
             (None, _) => Arc::new(InMemoryStorage::new()),
         };
         let planner = self.planner.unwrap_or_else(|| Arc::new(OneShotPlanner::new(Arc::clone(&llm), &self.config)));

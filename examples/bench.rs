@@ -4,7 +4,9 @@
 //! ```sh
 //! # against its own server (a child process, so its CPU is not counted as the SDK's)
 //! cargo run --release --example bench -- --n 100 --concurrency 50
-//! # against any OpenAI- and Tavily-compatible server, such as ../shared/fake-llm
+//! # with durable writes: a SQLite database (in a fresh temporary directory)
+//! cargo run --release --example bench -- --n 100 --concurrency 50 --storage sqlite
+//! # against any OpenAI- and Tavily-compatible server
 //! cargo run --release --example bench -- --n 100 --concurrency 50 --base-url http://127.0.0.1:8099
 //! ```
 //!
@@ -18,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use portia::storage::InMemoryStorage;
+use portia::storage::{InMemoryStorage, SqliteStorage, Storage};
 use portia::{Config, Runner, WorkflowState};
 use serde_json::{Value, json};
 
@@ -48,9 +50,18 @@ struct Args {
     /// Run steps one at a time instead of in parallel.
     #[arg(long)]
     sequential: bool,
+    /// Where workflows are kept: in memory, or in SQLite with durable (fsynced) writes.
+    #[arg(long, value_enum, default_value_t = StorageChoice::Memory)]
+    storage: StorageChoice,
     /// Internal: serve the fake APIs and print the port.
     #[arg(long, hide = true)]
     serve: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum StorageChoice {
+    Memory,
+    Sqlite,
 }
 
 fn main() -> ExitCode {
@@ -120,7 +131,12 @@ async fn measure(args: &Args, base_url: &str) -> Result<Value, String> {
         .execution(execution.parse::<portia::config::ExecutionMode>()?)
         .build()
         .map_err(|e| e.to_string())?;
-    let storage = Arc::new(InMemoryStorage::new());
+    // Kept until the end of the run, so the database outlives every workflow.
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let storage: Arc<dyn Storage> = match args.storage {
+        StorageChoice::Memory => Arc::new(InMemoryStorage::new()),
+        StorageChoice::Sqlite => Arc::new(SqliteStorage::open(dir.path().join("portia.db")).map_err(|e| e.to_string())?),
+    };
     let runner = Runner::builder(config)
         .tools(portia::tools::example_tool_registry())
         .storage(storage.clone())
@@ -143,18 +159,20 @@ async fn measure(args: &Args, base_url: &str) -> Result<Value, String> {
     }
     let mut latencies = Vec::with_capacity(args.n);
     let (mut calls, mut prompt, mut completion, mut failed) = (0u64, 0u64, 0u64, 0usize);
+    let mut tool_calls = 0usize;
     while let Some(joined) = tasks.join_next().await {
         let (latency, result) = joined.map_err(|e| e.to_string())?;
         latencies.push(latency);
         match result {
             Ok(workflow) if workflow.state() == WorkflowState::Complete => {
-                calls += u64::from(workflow.usage.total.llm_calls);
-                prompt += workflow.usage.total.prompt_tokens;
-                completion += workflow.usage.total.completion_tokens;
+                tool_calls += runner.tool_calls(workflow.id()).await.map_err(|e| e.to_string())?.len();
+                calls += u64::from(workflow.usage().total.llm_calls);
+                prompt += workflow.usage().total.prompt_tokens;
+                completion += workflow.usage().total.completion_tokens;
             }
             Ok(workflow) => {
                 failed += 1;
-                eprintln!("bench: workflow ended {}: {:?}", workflow.state(), workflow.failure);
+                eprintln!("bench: workflow ended {}: {:?}", workflow.state(), workflow.failure());
             }
             Err(e) => {
                 failed += 1;
@@ -171,6 +189,7 @@ async fn measure(args: &Args, base_url: &str) -> Result<Value, String> {
         "failed": failed,
         "concurrency": args.concurrency,
         "execution": execution,
+        "storage": format!("{:?}", args.storage).to_lowercase(),
         "server": args.base_url.clone().unwrap_or_else(|| format!("built-in ({} ms per LLM call, {} ms per search)", args.latency_ms, args.tool_latency_ms)),
         "wall_seconds": round(wall.as_secs_f64(), 3),
         "workflows_per_second": round(args.n as f64 / wall.as_secs_f64(), 1),
@@ -179,7 +198,7 @@ async fn measure(args: &Args, base_url: &str) -> Result<Value, String> {
         "llm_calls_per_workflow": round(calls as f64 / done, 2),
         "prompt_tokens_per_workflow": round(prompt as f64 / done, 1),
         "completion_tokens_per_workflow": round(completion as f64 / done, 1),
-        "tool_calls_per_workflow": round(storage.tool_calls().len() as f64 / done, 2),
+        "tool_calls_per_workflow": round(tool_calls as f64 / done, 2),
         "cpu_ms_per_workflow": round(cpu * 1000.0 / args.n as f64, 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }))

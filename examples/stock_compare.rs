@@ -50,7 +50,7 @@ pub(crate) async fn run(config: Config, out: &mut impl Write) -> Result<(), Stri
     let workflow = runner.execute_workflow(workflow).await.map_err(|e| e.to_string())?;
     writeln!(out, "{}", pretty(&workflow)).map_err(|e| e.to_string())?;
 
-    match (workflow.state(), &workflow.failure) {
+    match (workflow.state(), &workflow.failure()) {
         (WorkflowState::Complete, _) => Ok(()),
         (state, Some(failure)) => Err(format!("the workflow ended {state}: {}", failure.message)),
         (state, None) => Err(format!("the workflow ended {state}")),

@@ -26,13 +26,13 @@ fn seed_plan_deserializes_with_tool_name_and_bare_id() {
 fn seed_workflow_deserializes_and_keeps_output_order() {
     let workflow: Workflow = serde_json::from_str(SEED_WORKFLOW).unwrap();
     assert_eq!(workflow.state(), WorkflowState::Complete);
-    assert_eq!(workflow.current_step_index, 2);
-    assert_eq!(workflow.plan_id.to_string(), "plan-a89efeb0-51ef-4f2c-b435-a936c27c3cfc");
-    let names: Vec<&str> = workflow.outputs.step_outputs.iter().map(|(n, _)| n).collect();
+    assert_eq!(workflow.current_step_index(), 2);
+    assert_eq!(workflow.plan_id().to_string(), "plan-a89efeb0-51ef-4f2c-b435-a936c27c3cfc");
+    let names: Vec<&str> = workflow.outputs().step_outputs.iter().map(|(n, _)| n).collect();
     assert_eq!(names, ["$amazon_stock_growth", "$google_stock_growth", "$faster_growth"]);
-    let last = workflow.outputs.final_output.as_ref().unwrap();
+    let last = workflow.outputs().final_output.as_ref().unwrap();
     assert!(last.value.as_str().unwrap().starts_with("In 2024, Amazon's stock price grew by 52%"));
-    assert_eq!(workflow.execution_context, ExecutionContext::default());
+    assert_eq!(workflow.execution_context(), &ExecutionContext::default());
 }
 
 #[test]
@@ -75,14 +75,26 @@ fn plan_round_trips_and_writes_tool_id() {
 
 #[test]
 fn workflow_with_everything_round_trips() {
-    let plan = PlanBuilder::new("q").step("a", None, "$a").step("b", None, "$b").build();
-    let mut workflow = Workflow::new(plan.id, ExecutionContext::for_end_user("u1").with_data("tier", "gold"));
-    workflow.record_step_output(&plan, 0, Output::new(json!({"n": 1.5, "ok": true})).with_summary("one and a half"));
-    workflow.add_clarifications(1, [Clarification::input(workflow.id, "x", "x?")]);
-    workflow.outputs.final_output = Some(Output::new(42));
+    let id = portia::WorkflowId::new();
+    let workflow: Workflow = serde_json::from_value(json!({
+        "id": id,
+        "plan_id": portia::PlanId::new(),
+        "state": "FAILED",
+        "version": 7,
+        "execution_context": ExecutionContext::for_end_user("u1").with_data("tier", "gold"),
+        "outputs": {
+            "step_outputs": {"$a": Output::new(json!({"n": 1.5, "ok": true})).with_summary("one and a half")},
+            "clarifications": [Clarification::input(id, "x", "x?")],
+            "final_output": Output::new(42),
+        },
+        "failure": {"step": 1, "kind": "TOOL_RETRIES_EXHAUSTED", "message": "gave up"},
+    }))
+    .unwrap();
+    assert_eq!(workflow.version(), 7);
+    assert_eq!(workflow.failure().unwrap().kind, portia::workflow::FailureKind::ToolRetriesExhausted);
     let back = round_trip(&workflow);
     assert_eq!(back, workflow);
-    assert_eq!(back.outputs.final_output.unwrap().value, json!(42), "numbers stay numbers");
+    assert_eq!(back.outputs().final_output.as_ref().unwrap().value, json!(42), "numbers stay numbers");
 }
 
 #[test]

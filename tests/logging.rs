@@ -56,7 +56,7 @@ async fn state_changes_are_logged_at_info_with_plan_and_workflow_ids() {
             })
             .unwrap_or_else(|| panic!("no {from} -> {to} line in:\n{logs}"));
         assert!(
-            line.contains(" INFO ") && line.contains(&done.id.to_string()) && line.contains(&plan.id.to_string()),
+            line.contains(" INFO ") && line.contains(&done.id().to_string()) && line.contains(&plan.id.to_string()),
             "{line}"
         );
     }

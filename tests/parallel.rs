@@ -105,7 +105,7 @@ async fn independent_steps_are_in_flight_at_the_same_time() {
     let done = done.unwrap();
     assert_eq!(done.state(), WorkflowState::Complete);
     assert_eq!(c.1.load(Ordering::SeqCst), 2);
-    assert_eq!(done.outputs.final_output.unwrap().value, json!("combined"));
+    assert_eq!(done.outputs().final_output.as_ref().unwrap().value, json!("combined"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -120,12 +120,12 @@ async fn outputs_are_recorded_in_plan_order_whichever_finishes_first() {
     let started = tokio::time::Instant::now();
     let done = h.runner.run_plan(&diamond()).await.unwrap();
     assert_eq!(started.elapsed(), Duration::from_millis(300), "the latency is the slower branch, not the sum");
-    let names: Vec<&str> = done.outputs.step_outputs.iter().map(|(n, _)| n).collect();
+    let names: Vec<&str> = done.outputs().step_outputs.iter().map(|(n, _)| n).collect();
     assert_eq!(names, ["$left", "$right", "$both"]);
     // The right branch finished first: the saved snapshot after it holds only $right.
-    let first_output_save = h.storage.snapshots().into_iter().find(|w| !w.outputs.step_outputs.is_empty()).unwrap();
-    assert!(first_output_save.outputs.step_outputs.contains("$right"));
-    assert_eq!(first_output_save.current_step_index, 0, "the lowest step not yet done");
+    let first_output_save = h.storage.snapshots().into_iter().find(|w| !w.outputs().step_outputs.is_empty()).unwrap();
+    assert!(first_output_save.outputs().step_outputs.contains("$right"));
+    assert_eq!(first_output_save.current_step_index(), 0, "the lowest step not yet done");
 }
 
 #[tokio::test]
@@ -162,12 +162,12 @@ async fn a_failure_lets_running_steps_finish_and_stops_new_ones() {
     let h = harness(config, tools, script(2));
     let done = h.runner.run_plan(&plan).await.unwrap();
     assert_eq!(done.state(), WorkflowState::Failed);
-    let failure = done.failure.as_ref().unwrap();
+    let failure = done.failure().unwrap();
     assert_eq!((failure.step, failure.message.as_str()), (Some(0), "Tool left_tool failed: left exploded"));
-    assert!(done.outputs.step_outputs.contains("$right"), "the running branch finished and was kept");
+    assert!(done.outputs().step_outputs.contains("$right"), "the running branch finished and was kept");
     assert!(later.calls().is_empty(), "no step started after the failure");
     assert_eq!(h.llm.requests().len(), 2);
-    let stored = h.runner.get_workflow(done.id).await.unwrap();
+    let stored = h.runner.get_workflow(done.id()).await.unwrap();
     assert_eq!(stored, done);
 }
 
@@ -180,19 +180,19 @@ async fn clarifications_from_parallel_branches_are_all_listed_and_resume_runs_on
     let waiting = h.runner.run_plan(&diamond()).await.unwrap();
     assert_eq!(waiting.state(), WorkflowState::NeedClarification);
     let mut asked: Vec<(Option<usize>, Option<&str>)> =
-        waiting.outputs.clarifications.iter().map(|c| (c.step, c.argument_name())).collect();
+        waiting.outputs().clarifications.iter().map(|c| (c.step, c.argument_name())).collect();
     asked.sort();
     assert_eq!(asked, [(Some(0), Some("colour")), (Some(1), Some("size"))]);
 
-    let left = waiting.outputs.clarifications.iter().find(|c| c.step == Some(0)).unwrap().clone();
+    let left = waiting.outputs().clarifications.iter().find(|c| c.step == Some(0)).unwrap().clone();
     let partly = h.runner.resolve_clarification(&left, "red").await.unwrap();
     assert_eq!(partly.state(), WorkflowState::NeedClarification, "one answer is still missing");
-    let right = waiting.outputs.clarifications.iter().find(|c| c.step == Some(1)).unwrap().clone();
+    let right = waiting.outputs().clarifications.iter().find(|c| c.step == Some(1)).unwrap().clone();
     let ready = h.runner.resolve_clarification(&right, "large").await.unwrap();
     let done = h.runner.execute_workflow(ready).await.unwrap();
     assert_eq!(done.state(), WorkflowState::Complete);
-    assert_eq!(done.outputs.step_outputs.get("$left").unwrap().value, json!({"colour": "red"}));
-    assert_eq!(done.outputs.step_outputs.get("$right").unwrap().value, json!({"size": "large"}));
+    assert_eq!(done.outputs().step_outputs.get("$left").unwrap().value, json!({"colour": "red"}));
+    assert_eq!(done.outputs().step_outputs.get("$right").unwrap().value, json!({"size": "large"}));
     assert_eq!((ask_left.calls().len(), ask_right.calls().len()), (2, 2));
 }
 
@@ -205,8 +205,8 @@ async fn a_clarification_in_one_branch_keeps_the_other_branchs_output_and_does_n
     let h = harness(config(ExecutionMode::Parallel, false), tools, script(4));
     let waiting = h.runner.run_plan(&diamond()).await.unwrap();
     assert_eq!(waiting.state(), WorkflowState::NeedClarification);
-    assert!(waiting.outputs.step_outputs.contains("$right"));
-    let clarification = waiting.outputs.clarifications[0].clone();
+    assert!(waiting.outputs().step_outputs.contains("$right"));
+    let clarification = waiting.outputs().clarifications[0].clone();
     let ready = h.runner.resolve_clarification(&clarification, "blue").await.unwrap();
     let done = h.runner.execute_workflow(ready).await.unwrap();
     assert_eq!(done.state(), WorkflowState::Complete);

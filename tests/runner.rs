@@ -31,9 +31,9 @@ async fn workflow_is_saved_after_every_state_change_and_step_output() {
     let workflow = h.runner.run_plan(&plan).await.unwrap();
 
     assert_eq!(workflow.state(), WorkflowState::Complete);
-    assert_eq!(workflow.outputs.final_output.as_ref().unwrap().value, json!("sum is 3"));
+    assert_eq!(workflow.outputs().final_output.as_ref().unwrap().value, json!("sum is 3"));
     let saved: Vec<(WorkflowState, usize)> =
-        h.storage.snapshots().iter().map(|w| (w.state(), w.outputs.step_outputs.len())).collect();
+        h.storage.snapshots().iter().map(|w| (w.state(), w.outputs().step_outputs.len())).collect();
     assert_eq!(
         saved,
         [
@@ -44,7 +44,7 @@ async fn workflow_is_saved_after_every_state_change_and_step_output() {
             (WorkflowState::Complete, 2),
         ]
     );
-    assert_eq!(h.runner.get_workflow(workflow.id).await.unwrap(), workflow, "the stored copy is the final one");
+    assert_eq!(h.runner.get_workflow(workflow.id()).await.unwrap(), workflow, "the stored copy is the final one");
 }
 
 #[tokio::test]
@@ -54,7 +54,7 @@ async fn hand_built_plan_is_saved_by_create_workflow() {
     let workflow = h.runner.create_workflow(&plan).await.unwrap();
     assert_eq!(workflow.state(), WorkflowState::NotStarted);
     assert_eq!(h.runner.get_plan(plan.id).await.unwrap(), plan);
-    assert_eq!(h.runner.get_workflow(workflow.id).await.unwrap(), workflow);
+    assert_eq!(h.runner.get_workflow(workflow.id()).await.unwrap(), workflow);
 }
 
 #[tokio::test]
@@ -85,7 +85,7 @@ async fn finished_workflows_cannot_be_executed_again() {
     let err = h.runner.execute_workflow(done.clone()).await.unwrap_err();
     assert!(matches!(err, Error::InvalidWorkflowState { state: WorkflowState::Complete, .. }), "{err}");
     let created = h.runner.create_workflow(&plan).await.unwrap();
-    let failed = h.runner.cancel_workflow(created.id, "no longer needed").await.unwrap();
+    let failed = h.runner.cancel_workflow(created.id(), "no longer needed").await.unwrap();
     let err = h.runner.execute_workflow(failed).await.unwrap_err();
     assert!(err.to_string().contains("cannot execute it while it is FAILED"), "{err}");
 }
@@ -130,14 +130,14 @@ async fn clarification_resolved_then_resumed_to_complete() {
     let ready = h.runner.resolve_clarification(&clarification, "Lisbon").await.unwrap();
     assert_eq!(ready.state(), WorkflowState::ReadyToResume);
     assert_eq!(
-        h.runner.get_workflow(ready.id).await.unwrap().state(),
+        h.runner.get_workflow(ready.id()).await.unwrap().state(),
         WorkflowState::ReadyToResume,
         "resolution is saved"
     );
 
     let done = h.runner.execute_workflow(ready).await.unwrap();
     assert_eq!(done.state(), WorkflowState::Complete);
-    assert_eq!(done.outputs.step_outputs.get("$city").unwrap().value, json!({"city": "Lisbon"}));
+    assert_eq!(done.outputs().step_outputs.get("$city").unwrap().value, json!({"city": "Lisbon"}));
     let second_call = &tool.calls()[1];
     assert_eq!(second_call.clarifications[0].response, Some(json!("Lisbon")), "the tool saw the answer");
     assert!(
@@ -160,13 +160,13 @@ async fn multiple_choice_answer_outside_the_options_is_refused_and_not_saved() {
 
     let err = h.runner.resolve_clarification(&clarification, "c.txt").await.unwrap_err();
     assert!(matches!(err, Error::InvalidClarificationResponse { .. }), "{err}");
-    let stored = h.runner.get_workflow(waiting.id).await.unwrap();
+    let stored = h.runner.get_workflow(waiting.id()).await.unwrap();
     assert_eq!(stored.state(), WorkflowState::NeedClarification);
-    assert!(!stored.outputs.clarifications[0].resolved);
+    assert!(!stored.outputs().clarifications[0].resolved);
 
     let ready = h.runner.resolve_clarification(&clarification, "b.txt").await.unwrap();
     let done = h.runner.execute_workflow(ready).await.unwrap();
-    assert_eq!(done.outputs.final_output.unwrap().value, json!("b.txt"));
+    assert_eq!(done.outputs().final_output.as_ref().unwrap().value, json!("b.txt"));
 }
 
 #[tokio::test]
@@ -175,13 +175,15 @@ async fn a_tool_missing_at_execution_fails_the_workflow_with_a_message() {
     let plan = PlanBuilder::new("q").step("Search", Some("search_tool"), "$x").build();
     // Stored directly, as a plan made when the registry still had the tool would be.
     h.runner.storage().save_plan(&plan).await.unwrap();
-    let workflow = Workflow::new(plan.id, ExecutionContext::default());
+    let workflow: Workflow =
+        serde_json::from_value(json!({"id": portia::WorkflowId::new(), "plan_id": plan.id, "version": 1})).unwrap();
+    h.runner.storage().create_workflow(&workflow).await.unwrap();
     let failed = h.runner.execute_workflow(workflow).await.unwrap();
     assert_eq!(failed.state(), WorkflowState::Failed);
-    let failure = failed.failure.unwrap();
-    assert_eq!(failure.step, Some(0));
+    let failure = failed.failure().unwrap();
+    assert_eq!((failure.step, failure.kind), (Some(0), portia::workflow::FailureKind::InvalidStep));
     assert!(failure.message.contains("Tool search_tool is not in the tool registry"), "{}", failure.message);
-    assert_eq!(h.runner.get_workflow(failed.id).await.unwrap().state(), WorkflowState::Failed, "the failure is saved");
+    assert_eq!(h.runner.get_workflow(failed.id()).await.unwrap().state(), WorkflowState::Failed, "the failure is saved");
 }
 
 #[tokio::test]
@@ -189,7 +191,7 @@ async fn execute_by_id_and_missing_ids_give_typed_errors() {
     let h = harness(config(ExecutionMode::Sequential, false), registry(vec![]), ScriptedLlm::new().text("ok"));
     let plan = PlanBuilder::new("q").step("think", None, "$x").build();
     let created = h.runner.create_workflow(&plan).await.unwrap();
-    let done = h.runner.execute_workflow_by_id(created.id).await.unwrap();
+    let done = h.runner.execute_workflow_by_id(created.id()).await.unwrap();
     assert_eq!(done.state(), WorkflowState::Complete);
 
     let missing = portia::WorkflowId::new();
@@ -201,12 +203,11 @@ async fn execute_by_id_and_missing_ids_give_typed_errors() {
 }
 
 #[tokio::test]
-async fn empty_plan_completes_without_output_or_calls() {
+async fn an_empty_plan_is_refused_before_it_runs() {
     let h = harness(config(ExecutionMode::Sequential, true), registry(vec![]), ScriptedLlm::new());
     let plan = PlanBuilder::new("nothing to do").build();
-    let done = h.runner.run_plan(&plan).await.unwrap();
-    assert_eq!(done.state(), WorkflowState::Complete);
-    assert_eq!(done.outputs.final_output, None);
+    let err = h.runner.run_plan(&plan).await.unwrap_err();
+    assert!(matches!(&err, Error::InvalidPlan(problems) if problems == &[portia::plan::PlanProblem::NoSteps]), "{err}");
 }
 
 #[tokio::test]
@@ -216,7 +217,7 @@ async fn final_summary_failure_only_leaves_the_summary_empty() {
     let plan = PlanBuilder::new("q").step("think", None, "$x").build();
     let done = h.runner.run_plan(&plan).await.unwrap();
     assert_eq!(done.state(), WorkflowState::Complete);
-    let final_output = done.outputs.final_output.unwrap();
+    let final_output = done.outputs().final_output.as_ref().unwrap();
     assert_eq!(final_output.value, json!("the answer"));
     assert_eq!(final_output.summary, None);
 }
@@ -250,9 +251,9 @@ async fn tool_calls_are_recorded_with_their_outcome() {
     let plan = PlanBuilder::new("q").step("add", Some("add_tool"), "$sum").build();
     let done = runner.create_workflow_with(&plan, ExecutionContext::for_end_user("alice")).await.unwrap();
     let done = runner.execute_workflow(done).await.unwrap();
-    let calls = storage.tool_calls();
+    let calls = runner.tool_calls(done.id()).await.unwrap();
     assert_eq!(calls.len(), 1);
-    assert_eq!(calls[0].workflow_id, done.id);
+    assert_eq!((calls[0].key.workflow_id, calls[0].key.step, calls[0].key.seq), (done.id(), 0, 0));
     assert_eq!(calls[0].tool_id, "add_tool");
     assert_eq!(calls[0].input, json!({"a": 1}));
     assert_eq!(calls[0].output, json!(3));
@@ -284,14 +285,14 @@ async fn wait_for_ready_polls_the_tool_then_resolves_action_clarifications() {
             tool.set_ready(true);
         }
     };
-    let (ready, ()) = tokio::join!(h.runner.wait_for_ready(waiting.id, policy), signer);
+    let (ready, ()) = tokio::join!(h.runner.wait_for_ready(waiting.id(), policy), signer);
     let ready = ready.unwrap();
     // Polls at 0, 2, 6, 14 s: the first after the user signed in (13 s) ends the wait.
     assert_eq!(started.elapsed(), Duration::from_secs(14));
     assert_eq!(ready.state(), WorkflowState::ReadyToResume);
-    assert_eq!(ready.outputs.clarifications[0].response, Some(json!("complete")));
+    assert_eq!(ready.outputs().clarifications[0].response, Some(json!("complete")));
     let done = h.runner.execute_workflow(ready).await.unwrap();
-    assert_eq!(done.outputs.final_output.unwrap().value, json!("mail"));
+    assert_eq!(done.outputs().final_output.as_ref().unwrap().value, json!("mail"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -305,13 +306,13 @@ async fn wait_for_ready_rereads_the_stored_workflow_and_times_out_with_a_typed_e
     let waiting = h.runner.run_plan(&plan).await.unwrap();
     let policy = ReadyPolicy { timeout: Duration::from_secs(30), ..ReadyPolicy::default() };
 
-    let err = h.runner.wait_for_ready(waiting.id, policy).await.unwrap_err();
-    assert!(matches!(err, Error::NotReady(id) if id == waiting.id), "{err}");
+    let err = h.runner.wait_for_ready(waiting.id(), policy).await.unwrap_err();
+    assert!(matches!(err, Error::NotReady(id) if id == waiting.id()), "{err}");
 
     // Someone else resolves it (another process, say): the next wait sees the stored state.
-    let clarification = waiting.outputs.clarifications[0].clone();
+    let clarification = waiting.outputs().clarifications[0].clone();
     h.runner.resolve_clarification(&clarification, "done elsewhere").await.unwrap();
-    let ready = h.runner.wait_for_ready(waiting.id, policy).await.unwrap();
+    let ready = h.runner.wait_for_ready(waiting.id(), policy).await.unwrap();
     assert_eq!(ready.state(), WorkflowState::ReadyToResume);
 }
 
@@ -337,11 +338,11 @@ async fn cancelling_fails_and_saves_the_workflow_once() {
     let h = harness(config(ExecutionMode::Sequential, false), registry(vec![]), ScriptedLlm::new());
     let plan = PlanBuilder::new("q").step("think", None, "$x").build();
     let created = h.runner.create_workflow(&plan).await.unwrap();
-    let cancelled = h.runner.cancel_workflow(created.id, "the user said no").await.unwrap();
+    let cancelled = h.runner.cancel_workflow(created.id(), "the user said no").await.unwrap();
     assert_eq!(cancelled.state(), WorkflowState::Failed);
-    assert_eq!(cancelled.failure.as_ref().unwrap().message, "the user said no");
-    assert_eq!(h.runner.get_workflow(created.id).await.unwrap(), cancelled);
-    let err = h.runner.cancel_workflow(created.id, "again").await.unwrap_err();
+    assert_eq!(cancelled.failure().unwrap().message, "the user said no");
+    assert_eq!(h.runner.get_workflow(created.id()).await.unwrap(), cancelled);
+    let err = h.runner.cancel_workflow(created.id(), "again").await.unwrap_err();
     assert!(matches!(err, Error::InvalidWorkflowState { state: WorkflowState::Failed, .. }), "{err}");
 }
 
@@ -388,7 +389,8 @@ async fn start_slow_run(
     let workflow = h.runner.create_workflow(plan).await.unwrap();
     let run = tokio::spawn({
         let runner = h.runner.clone();
-        async move { runner.execute_workflow_by_id(workflow.id).await }
+        let id = workflow.id();
+        async move { runner.execute_workflow_by_id(id).await }
     });
     tool.started.notified().await;
     (workflow, run)
@@ -398,22 +400,22 @@ async fn start_slow_run(
 async fn a_stale_copy_of_a_finished_workflow_is_not_run_again() {
     let (h, tool, plan) = ask_city_harness();
     let waiting = h.runner.run_plan(&plan).await.unwrap();
-    let ready = h.runner.resolve_clarification(&waiting.outputs.clarifications[0], "Rome").await.unwrap();
+    let ready = h.runner.resolve_clarification(&waiting.outputs().clarifications[0], "Rome").await.unwrap();
     let done = h.runner.execute_workflow(ready.clone()).await.unwrap();
     assert_eq!(done.state(), WorkflowState::Complete);
 
     let err = h.runner.execute_workflow(ready).await.unwrap_err();
     assert!(matches!(err, Error::InvalidWorkflowState { state: WorkflowState::Complete, .. }), "{err}");
     assert_eq!(tool.calls().len(), 2, "the tool did not run a third time");
-    assert_eq!(h.runner.get_workflow(done.id).await.unwrap(), done, "the stored workflow was not overwritten");
+    assert_eq!(h.runner.get_workflow(done.id()).await.unwrap(), done, "the stored workflow was not overwritten");
 }
 
 #[tokio::test]
 async fn a_workflow_already_running_is_not_started_twice() {
     let (h, tool, plan) = slow_harness(ScriptedLlm::new().tool_call("slow_tool", json!({})));
     let (workflow, first) = start_slow_run(&h, &tool, &plan).await;
-    let err = h.runner.execute_workflow_by_id(workflow.id).await.unwrap_err();
-    assert!(matches!(err, Error::AlreadyRunning(id) if id == workflow.id), "{err}");
+    let err = h.runner.execute_workflow_by_id(workflow.id()).await.unwrap_err();
+    assert!(matches!(err, Error::AlreadyRunning { workflow_id, .. } if workflow_id == workflow.id()), "{err}");
     tool.release.notify_one();
     assert_eq!(first.await.unwrap().unwrap().state(), WorkflowState::Complete);
     assert_eq!(tool.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
@@ -423,15 +425,15 @@ async fn a_workflow_already_running_is_not_started_twice() {
 async fn cancelling_a_running_workflow_is_not_undone_by_the_run() {
     let (h, tool, plan) = slow_harness(ScriptedLlm::new().tool_call("slow_tool", json!({})));
     let (workflow, run) = start_slow_run(&h, &tool, &plan).await;
-    let cancelled = h.runner.cancel_workflow(workflow.id, "the user stopped it").await.unwrap();
+    let cancelled = h.runner.cancel_workflow(workflow.id(), "the user stopped it").await.unwrap();
     assert_eq!(cancelled.state(), WorkflowState::Failed);
     tool.release.notify_one();
 
     let ended = run.await.unwrap().unwrap();
     assert_eq!(ended.state(), WorkflowState::Failed);
-    assert_eq!(ended.failure.as_ref().unwrap().message, "the user stopped it");
-    assert!(ended.outputs.step_outputs.is_empty(), "the step that was running is not recorded");
-    assert_eq!(h.runner.get_workflow(workflow.id).await.unwrap(), ended);
+    assert_eq!(ended.failure().unwrap().message, "the user stopped it");
+    assert!(ended.outputs().step_outputs.is_empty(), "the step that was running is not recorded");
+    assert_eq!(h.runner.get_workflow(workflow.id()).await.unwrap(), ended);
 }
 
 #[tokio::test]
@@ -443,14 +445,14 @@ async fn a_panicking_tool_fails_its_step_and_the_workflow_is_saved() {
     let plan = PlanBuilder::new("q").step("wait", Some("slow_tool"), "$slow").build();
     let failed = h.runner.run_plan(&plan).await.unwrap();
     assert_eq!(failed.state(), WorkflowState::Failed);
-    let failure = failed.failure.as_ref().unwrap();
+    let failure = failed.failure().unwrap();
     assert_eq!(failure.step, Some(0));
     assert!(failure.message.contains("the step panicked: the slow tool broke"), "{}", failure.message);
-    assert_eq!(h.runner.get_workflow(failed.id).await.unwrap(), failed);
+    assert_eq!(h.runner.get_workflow(failed.id()).await.unwrap(), failed);
 }
 
 #[tokio::test]
-async fn an_older_copy_of_a_paused_workflow_is_not_run() {
+async fn an_older_copy_of_a_paused_workflow_runs_the_stored_one() {
     let tools = registry(vec![
         MockTool::returning("write_tool", json!("written")),
         MockTool::new("ask_tool", MockBehavior::ClarifyInput("city".into())),
@@ -463,26 +465,25 @@ async fn an_older_copy_of_a_paused_workflow_is_not_run() {
     let waiting = h.runner.execute_workflow(created.clone()).await.unwrap();
     assert_eq!(waiting.state(), WorkflowState::NeedClarification);
 
-    // `created` is the NOT_STARTED copy: running it would write again.
-    let err = h.runner.execute_workflow(created).await.unwrap_err();
-    assert!(matches!(err, Error::InvalidWorkflowState { state: WorkflowState::NeedClarification, .. }), "{err}");
-    assert!(err.to_string().contains("older copy"), "{err}");
-    assert_eq!(h.runner.get_workflow(waiting.id).await.unwrap(), waiting, "nothing was overwritten");
+    // `created` is the NOT_STARTED copy: the stored workflow, still waiting, is what runs.
+    let again = h.runner.execute_workflow(created).await.unwrap();
+    assert_eq!(again, waiting, "the waiting workflow comes back unchanged");
+    assert_eq!(h.runner.get_workflow(waiting.id()).await.unwrap(), waiting, "nothing was overwritten");
 }
 
 #[tokio::test]
 async fn answers_are_refused_while_running_and_a_cancelled_workflow_never_starts() {
     let (h, tool, plan) = slow_harness(ScriptedLlm::new().tool_call("slow_tool", json!({})));
     let (workflow, run) = start_slow_run(&h, &tool, &plan).await;
-    let question = portia::Clarification::input(workflow.id, "x", "x?");
+    let question = portia::Clarification::input(workflow.id(), "x", "x?");
     let err = h.runner.resolve_clarification(&question, "1").await.unwrap_err();
-    assert!(matches!(err, Error::AlreadyRunning(id) if id == workflow.id), "{err}");
+    assert!(matches!(err, Error::AlreadyRunning { workflow_id, .. } if workflow_id == workflow.id()), "{err}");
     tool.release.notify_one();
     assert_eq!(run.await.unwrap().unwrap().state(), WorkflowState::Complete);
 
     // With no run going on, a cancellation claims the workflow while it works.
     let other = h.runner.create_workflow(&plan).await.unwrap();
-    let cancelled = h.runner.cancel_workflow(other.id, "not needed").await.unwrap();
+    let cancelled = h.runner.cancel_workflow(other.id(), "not needed").await.unwrap();
     assert_eq!(cancelled.state(), WorkflowState::Failed);
     let err = h.runner.execute_workflow(other).await.unwrap_err();
     assert!(matches!(err, Error::InvalidWorkflowState { state: WorkflowState::Failed, .. }), "{err}");

@@ -437,11 +437,11 @@ async fn a_workflow_waits_for_the_users_pick_and_then_reads_that_file() {
     let plan = PlanBuilder::new("Read the report").step("Read report.txt", Some("file_reader_tool"), "$report").build();
 
     let workflow = runner.run_plan(&plan).await.unwrap();
-    assert_eq!(workflow.state(), WorkflowState::NeedClarification, "{:?}", workflow.failure);
-    let question = workflow.outputs.clarifications[0].clone();
+    assert_eq!(workflow.state(), WorkflowState::NeedClarification, "{:?}", workflow.failure());
+    let question = workflow.outputs().clarifications[0].clone();
     runner.resolve_clarification(&question, json!("old/report.txt")).await.unwrap();
-    let workflow = runner.execute_workflow_by_id(workflow.id).await.unwrap();
+    let workflow = runner.execute_workflow_by_id(workflow.id()).await.unwrap();
 
-    assert_eq!(workflow.state(), WorkflowState::Complete, "{:?}", workflow.failure);
-    assert_eq!(workflow.outputs.step_outputs.get("$report").unwrap().value, json!("the 2024 report"));
+    assert_eq!(workflow.state(), WorkflowState::Complete, "{:?}", workflow.failure());
+    assert_eq!(workflow.outputs().step_outputs.get("$report").unwrap().value, json!("the 2024 report"));
 }

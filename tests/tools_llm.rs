@@ -91,14 +91,14 @@ async fn a_plan_step_on_the_llm_tool_costs_exactly_one_llm_call() {
 
     let workflow = runner.run_plan(&plan).await.unwrap();
 
-    assert_eq!(workflow.state(), WorkflowState::Complete, "{:?}", workflow.failure);
-    assert_eq!(workflow.outputs.step_outputs.get("$answer").unwrap().value, json!("Amazon grew faster."));
+    assert_eq!(workflow.state(), WorkflowState::Complete, "{:?}", workflow.failure());
+    assert_eq!(workflow.outputs().step_outputs.get("$answer").unwrap().value, json!("Amazon grew faster."));
     let requests = llm.requests();
     assert_eq!(requests.len(), 1, "the agent calls the tool directly, without a tool-calling round trip");
     assert!(requests[0].messages[1].content.contains("Task: Say which stock grew faster"));
-    assert_eq!(workflow.usage.steps["$answer"].llm_calls, 1, "the tool's own call is counted");
-    assert_eq!(workflow.usage.total.llm_calls, 1);
-    assert!(workflow.usage.total.prompt_tokens > 0);
+    assert_eq!(workflow.usage().steps["$answer"].llm_calls, 1, "the tool's own call is counted");
+    assert_eq!(workflow.usage().total.llm_calls, 1);
+    assert!(workflow.usage().total.prompt_tokens > 0);
 }
 
 #[tokio::test]
@@ -108,7 +108,7 @@ async fn a_soft_error_of_the_llm_tool_is_tried_again() {
     let runner = Runner::builder(config).tools(open_source_tool_registry()).llm(llm.clone()).build().unwrap();
     let plan = PlanBuilder::new("q").step("Say which stock grew faster", Some(LLM_TOOL_ID), "$answer").build();
     let workflow = runner.run_plan(&plan).await.unwrap();
-    assert_eq!(workflow.state(), WorkflowState::Complete, "{:?}", workflow.failure);
+    assert_eq!(workflow.state(), WorkflowState::Complete, "{:?}", workflow.failure());
     assert_eq!(llm.requests().len(), 2);
 }
 

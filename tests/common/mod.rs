@@ -2,9 +2,14 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use portia::config::ExecutionMode;
-use portia::storage::{InMemoryStorage, Storage, ToolCallRecord, WorkflowPage, WorkflowQuery};
+use portia::storage::{
+    InMemoryStorage, Lease, LeaseGrant, LeaseStatus, Storage, ToolCallRecord, UsageRecord, WorkflowPage, WorkflowQuery,
+};
 use portia::testing::ScriptedLlm;
 use portia::{Config, InMemoryToolRegistry, Plan, PlanId, Runner, Workflow, WorkflowId};
 
@@ -29,9 +34,9 @@ impl Storage for RecordingStorage {
     async fn get_plan(&self, id: PlanId) -> portia::Result<Plan> {
         self.inner.get_plan(id).await
     }
-    async fn save_workflow(&self, workflow: &Workflow) -> portia::Result<()> {
+    async fn create_workflow(&self, workflow: &Workflow) -> portia::Result<()> {
         self.saved.lock().unwrap().push(workflow.clone());
-        self.inner.save_workflow(workflow).await
+        self.inner.create_workflow(workflow).await
     }
     async fn get_workflow(&self, id: WorkflowId) -> portia::Result<Workflow> {
         self.inner.get_workflow(id).await
@@ -39,8 +44,45 @@ impl Storage for RecordingStorage {
     async fn list_workflows(&self, query: &WorkflowQuery) -> portia::Result<WorkflowPage> {
         self.inner.list_workflows(query).await
     }
-    async fn save_tool_call(&self, record: &ToolCallRecord) -> portia::Result<()> {
-        self.inner.save_tool_call(record).await
+    async fn update_workflow(&self, workflow: &Workflow, lease: &Lease) -> portia::Result<()> {
+        self.saved.lock().unwrap().push(workflow.clone());
+        self.inner.update_workflow(workflow, lease).await
+    }
+    async fn acquire_lease(&self, id: WorkflowId, owner: &str, ttl: Duration) -> portia::Result<LeaseGrant> {
+        self.inner.acquire_lease(id, owner, ttl).await
+    }
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> portia::Result<LeaseStatus> {
+        self.inner.renew_lease(lease, ttl).await
+    }
+    async fn release_lease(&self, lease: &Lease) -> portia::Result<()> {
+        self.inner.release_lease(lease).await
+    }
+    async fn request_cancel(&self, id: WorkflowId, reason: &str) -> portia::Result<()> {
+        self.inner.request_cancel(id, reason).await
+    }
+    async fn begin_tool_call(&self, lease: &Lease, intent: &ToolCallRecord) -> portia::Result<Option<ToolCallRecord>> {
+        self.inner.begin_tool_call(lease, intent).await
+    }
+    async fn finish_tool_call(&self, lease: &Lease, record: &ToolCallRecord) -> portia::Result<()> {
+        self.inner.finish_tool_call(lease, record).await
+    }
+    async fn tool_calls(&self, id: WorkflowId) -> portia::Result<Vec<ToolCallRecord>> {
+        self.inner.tool_calls(id).await
+    }
+    async fn record_usage(&self, lease: &Lease, record: &UsageRecord) -> portia::Result<()> {
+        self.inner.record_usage(lease, record).await
+    }
+    async fn usage_records(&self, id: WorkflowId) -> portia::Result<Vec<UsageRecord>> {
+        self.inner.usage_records(id).await
+    }
+    async fn delete_workflow(&self, id: WorkflowId) -> portia::Result<()> {
+        self.inner.delete_workflow(id).await
+    }
+    async fn delete_end_user(&self, end_user_id: &str) -> portia::Result<usize> {
+        self.inner.delete_end_user(end_user_id).await
+    }
+    async fn prune_finished(&self, before: DateTime<Utc>) -> portia::Result<usize> {
+        self.inner.prune_finished(before).await
     }
 }
 

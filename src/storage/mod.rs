@@ -16,6 +16,8 @@ mod import;
 mod journal;
 mod lease;
 mod memory;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
 use std::fmt;
 
@@ -28,6 +30,8 @@ pub use journal::{ToolCallKey, ToolCallRecord, ToolCallStatus, UsageRecord};
 pub use lease::{Lease, LeaseGrant, LeaseStatus};
 pub(crate) use lease::LeaseState;
 pub use memory::InMemoryStorage;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStorage;
 
 use crate::Result;
 use crate::ids::{PlanId, WorkflowId};

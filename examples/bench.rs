@@ -112,7 +112,7 @@ async fn run(args: &Args) -> Result<Value, String> {
 async fn measure(args: &Args, base_url: &str) -> Result<Value, String> {
     let execution = if args.sequential { "sequential" } else { "parallel" };
     let config = Config::builder()
-        .llm_provider(portia::config::LlmProvider::OpenAi)
+        .llm_provider(portia::llm::LlmProvider::OpenAi)
         .openai_api_key("sk-bench")
         .openai_base_url(format!("{base_url}/v1"))
         .tavily_api_key("tvly-bench")

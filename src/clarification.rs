@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::ids::{ClarificationId, WorkflowId};
+use crate::storage::ToolCallKey;
 use crate::{Error, Result};
 
 /// A question to a human, with the answer once given.
@@ -68,6 +69,18 @@ pub enum ClarificationKind {
         /// Where the human acts.
         action_url: String,
     },
+    /// A tool call's outcome is unknown: the run stopped after the call was made and
+    /// before its result was recorded, and the tool is not safe to call twice. The
+    /// response says what happened; see [`CallVerdict`].
+    #[serde(rename = "Tool Call Outcome")]
+    ToolCallOutcome {
+        /// Which call it was.
+        call: ToolCallKey,
+        /// The tool called.
+        tool_id: String,
+        /// The arguments it was called with.
+        arguments: Value,
+    },
     /// Anything else, described by a name and free data.
     #[serde(rename = "Custom")]
     Custom {
@@ -124,6 +137,17 @@ impl Clarification {
         Self::new(workflow_id, user_guidance, ClarificationKind::Action { action_url: action_url.into() })
     }
 
+    /// Asks whether a journaled call whose outcome is unknown took effect.
+    pub fn tool_call_outcome(call: ToolCallKey, tool_id: impl Into<String>, arguments: Value) -> Self {
+        let tool_id = tool_id.into();
+        let guidance = format!(
+            "The run stopped while {tool_id} was being called with {arguments}, so it is not known whether the call \
+             took effect. Answer \"retry\" to call it again, \"done\" if it took effect, or {{\"result\": ...}} \
+             with what it returned."
+        );
+        Self::new(call.workflow_id, guidance, ClarificationKind::ToolCallOutcome { call, tool_id, arguments })
+    }
+
     /// A clarification of your own kind.
     pub fn custom(
         workflow_id: WorkflowId,
@@ -141,6 +165,7 @@ impl Clarification {
             ClarificationKind::MultipleChoice { .. } => "Multiple Choice",
             ClarificationKind::ValueConfirmation { .. } => "Value Confirmation",
             ClarificationKind::Action { .. } => "Action",
+            ClarificationKind::ToolCallOutcome { .. } => "Tool Call Outcome",
             ClarificationKind::Custom { .. } => "Custom",
         }
     }
@@ -151,7 +176,9 @@ impl Clarification {
             ClarificationKind::Input { argument_name }
             | ClarificationKind::MultipleChoice { argument_name, .. }
             | ClarificationKind::ValueConfirmation { argument_name } => Some(argument_name),
-            ClarificationKind::Action { .. } | ClarificationKind::Custom { .. } => None,
+            ClarificationKind::Action { .. }
+            | ClarificationKind::ToolCallOutcome { .. }
+            | ClarificationKind::Custom { .. } => None,
         }
     }
 
@@ -159,19 +186,56 @@ impl Clarification {
     ///
     /// # Errors
     /// [`Error::InvalidClarificationResponse`] when a multiple-choice response is not one
-    /// of the options; the clarification is then left unchanged.
+    /// of the options, or a tool-call outcome response is not a [`CallVerdict`]; the
+    /// clarification is then left unchanged.
     pub fn resolve(&mut self, response: Value) -> Result<()> {
-        if let ClarificationKind::MultipleChoice { options, .. } = &self.kind {
-            if !options.contains(&response) {
-                return Err(Error::InvalidClarificationResponse {
-                    clarification_id: self.id,
-                    message: format!("{response} is not one of the options {}", Value::Array(options.clone())),
-                });
+        let refuse = |message: String| Error::InvalidClarificationResponse { clarification_id: self.id, message };
+        match &self.kind {
+            ClarificationKind::MultipleChoice { options, .. } if !options.contains(&response) => {
+                return Err(refuse(format!(
+                    "{response} is not one of the options {}",
+                    Value::Array(options.clone())
+                )));
             }
+            ClarificationKind::ToolCallOutcome { .. } if CallVerdict::parse(&response).is_none() => {
+                return Err(refuse(format!(
+                    "{response} does not say what happened: answer \"retry\", \"done\" or {{\"result\": ...}}"
+                )));
+            }
+            _ => {}
         }
         self.response = Some(response);
         self.resolved = true;
         Ok(())
+    }
+
+    /// What a person said of a resolved [`ClarificationKind::ToolCallOutcome`].
+    pub fn call_verdict(&self) -> Option<CallVerdict> {
+        match (&self.kind, &self.response) {
+            (ClarificationKind::ToolCallOutcome { .. }, Some(response)) if self.resolved => CallVerdict::parse(response),
+            _ => None,
+        }
+    }
+}
+
+/// A person's answer about a tool call whose outcome was unknown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CallVerdict {
+    /// It did not take effect (or should be made again): call it again. Answered `"retry"`.
+    Retry,
+    /// It took effect. Answered `"done"` (no result known) or `{"result": value}`.
+    Done(Option<Value>),
+}
+
+impl CallVerdict {
+    /// Reads a response: `"retry"`, `"done"` or `{"result": value}`.
+    pub fn parse(response: &Value) -> Option<Self> {
+        match response {
+            Value::String(s) if s.eq_ignore_ascii_case("retry") => Some(Self::Retry),
+            Value::String(s) if s.eq_ignore_ascii_case("done") => Some(Self::Done(None)),
+            Value::Object(map) => map.get("result").map(|result| Self::Done(Some(result.clone()))),
+            _ => None,
+        }
     }
 }
 
@@ -204,6 +268,11 @@ mod tests {
             Clarification::value_confirmation(wf, "amount", json!(42), "Send 42?"),
             Clarification::action(wf, "https://example.com/auth", "Sign in"),
             Clarification::custom(wf, "approval", json!({"level": 2}), "Approve?"),
+            Clarification::tool_call_outcome(
+                ToolCallKey { workflow_id: wf, step: 1, attempt: 0, seq: 2 },
+                "send_email",
+                json!({"to": "a@b.c"}),
+            ),
         ];
         for clarification in all {
             assert_eq!(round_trip(&clarification), clarification, "{}", clarification.category());
@@ -236,6 +305,19 @@ mod tests {
         c.resolve(json!("b")).unwrap();
         assert!(c.resolved);
         assert_eq!(c.response, Some(json!("b")));
+    }
+
+    #[test]
+    fn tool_call_outcome_takes_only_a_verdict() {
+        let key = ToolCallKey { workflow_id: WorkflowId::new(), step: 0, attempt: 0, seq: 0 };
+        let mut c = Clarification::tool_call_outcome(key, "pay", json!({"amount": 5}));
+        assert!(c.user_guidance.contains("pay"), "{}", c.user_guidance);
+        assert!(c.resolve(json!("maybe")).unwrap_err().to_string().contains("\"retry\""));
+        assert_eq!(c.call_verdict(), None);
+        c.resolve(json!({"result": {"id": 7}})).unwrap();
+        assert_eq!(c.call_verdict(), Some(CallVerdict::Done(Some(json!({"id": 7})))));
+        assert_eq!(CallVerdict::parse(&json!("Retry")), Some(CallVerdict::Retry));
+        assert_eq!(CallVerdict::parse(&json!("done")), Some(CallVerdict::Done(None)));
     }
 
     #[test]

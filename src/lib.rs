@@ -8,6 +8,7 @@ pub mod execution_context;
 pub mod http;
 pub mod ids;
 pub mod llm;
+pub mod logging;
 pub mod plan;
 pub mod planner;
 pub mod runner;
@@ -26,7 +27,7 @@ pub use execution_context::ExecutionContext;
 pub use ids::{ClarificationId, PlanId, WorkflowId};
 pub use plan::{Plan, PlanBuilder, PlanContext, Step, Variable};
 pub use runner::{PlanOptions, Runner};
-pub use tool::{InMemoryToolRegistry, Tool, ToolError, ToolOutput, ToolRegistry, ToolRunContext, TypedTool};
+pub use tool::{InMemoryToolRegistry, Tool, ToolError, ToolOutput, ToolRegistry, ToolRunContext, ToolSpec, TypedTool};
 pub use workflow::{Output, Workflow, WorkflowState};
 
 // The README's Rust examples are compiled and run as doctests.

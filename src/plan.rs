@@ -93,6 +93,8 @@ impl Variable {
 #[serde(tag = "problem", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum PlanProblem {
+    /// The plan has no steps, so running it could answer nothing.
+    NoSteps,
     /// A step has an empty task.
     EmptyTask {
         /// The step's index.
@@ -124,6 +126,7 @@ pub enum PlanProblem {
 impl fmt::Display for PlanProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::NoSteps => f.write_str("the plan has no steps"),
             Self::EmptyTask { step } => write!(f, "step {step} has an empty task"),
             Self::DuplicateOutput { step, output } => {
                 write!(f, "step {step} reuses the output name {output}; each step needs its own")
@@ -166,6 +169,9 @@ impl Plan {
     /// Every problem [`Plan::validate`] would report; empty when the plan is valid.
     pub fn problems(&self, registry: &dyn ToolRegistry) -> Vec<PlanProblem> {
         let mut problems = Vec::new();
+        if self.steps.is_empty() {
+            problems.push(PlanProblem::NoSteps);
+        }
         let mut produced = HashSet::new();
         for (step, s) in self.steps.iter().enumerate() {
             if s.task.trim().is_empty() {

@@ -12,10 +12,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::{Config, ModelRole};
+use crate::config::Config;
 use crate::execution_context::ExecutionContext;
-use crate::llm::{LlmClient, LlmRequest, Message, OutputSchema, Usage, structured};
-use crate::plan::{Plan, PlanContext, Step, Variable};
+use crate::llm::{LlmClient, LlmRequest, Message, ModelRole, OutputSchema, Usage, structured};
+use crate::plan::{Plan, PlanContext, PlanProblem, Step, Variable};
 use crate::tool::{InMemoryToolRegistry, Tool};
 use crate::{Error, Result};
 
@@ -102,7 +102,7 @@ impl OneShotPlanner {
 impl Planner for OneShotPlanner {
     async fn plan(&self, request: PlanningRequest) -> Result<Plan> {
         let registry = InMemoryToolRegistry::from_tools(request.tools.iter().cloned())?;
-        let tool_ids: Vec<String> = request.tools.iter().map(|t| t.id().to_owned()).collect();
+        let tool_ids: Vec<String> = request.tools.iter().map(|t| t.spec().id).collect();
         let mut messages = vec![Message::system(SYSTEM), Message::user(prompt(&request))];
         let mut usage = Usage::default();
         let mut problems = Vec::new();
@@ -113,14 +113,14 @@ impl Planner for OneShotPlanner {
             usage += spent;
             if let Some(error) = reply.error.filter(|e| !e.trim().is_empty()) {
                 if reply.steps.is_empty() {
-                    return Err(Error::Planning(format!("the planner could not plan: {error}")));
+                    return Err(Error::planning(format!("the planner could not plan: {error}")));
                 }
             }
             if reply.steps.is_empty() {
-                problems = vec!["the plan has no steps".to_owned()];
+                problems = vec![PlanProblem::NoSteps];
             } else {
                 let mut plan = to_plan(&request.query, &tool_ids, &reply.steps);
-                problems = plan.problems(&registry).iter().map(ToString::to_string).collect();
+                problems = plan.problems(&registry);
                 if problems.is_empty() {
                     tracing::info!(plan = %plan.id, steps = plan.steps.len(), attempt, "plan created");
                     plan.usage = usage;
@@ -130,12 +130,13 @@ impl Planner for OneShotPlanner {
             tracing::warn!(attempt, ?problems, "planner returned an invalid plan; asking again");
             let reply_json = serde_json::to_string(&reply.steps).unwrap_or_default();
             messages.push(Message::assistant(format!("{{\"steps\":{reply_json}}}"), Vec::new()));
+            let listed: Vec<String> = problems.iter().map(ToString::to_string).collect();
             messages.push(Message::user(format!(
                 "That plan is invalid: {}. Reply with a corrected plan.",
-                problems.join("; ")
+                listed.join("; ")
             )));
         }
-        Err(Error::Planning(format!("no valid plan after {} attempts: {}", self.attempts, problems.join("; "))))
+        Err(Error::Planning { message: format!("no valid plan after {} attempts", self.attempts), problems })
     }
 }
 
@@ -160,8 +161,8 @@ fn to_plan(query: &str, tool_ids: &[String], steps: &[PlannedStep]) -> Plan {
 fn prompt(request: &PlanningRequest) -> String {
     let mut out = String::from("Tools:\n");
     for tool in &request.tools {
-        let _ =
-            writeln!(out, "- {}: {} Arguments: {}", tool.id(), tool.description(), describe_args(&tool.args_schema()));
+        let spec = tool.spec();
+        let _ = writeln!(out, "- {}: {} Arguments: {}", spec.id, spec.description, describe_args(&spec.args_schema));
     }
     if !request.examples.is_empty() {
         out.push_str("Example plans:\n");

@@ -5,7 +5,7 @@
 //! and get the schema and argument parsing for free:
 //!
 //! ```
-//! use portia::tool::{ToolError, ToolOutput, ToolRunContext, TypedTool};
+//! use portia::tool::{ToolError, ToolOutput, ToolRunContext, ToolSpec, TypedTool};
 //! use schemars::JsonSchema;
 //! use serde::Deserialize;
 //!
@@ -23,9 +23,10 @@
 //! #[async_trait::async_trait]
 //! impl TypedTool for AddTool {
 //!     type Args = AddArgs;
-//!     fn id(&self) -> &str { "add_tool" }
-//!     fn name(&self) -> &str { "Add Tool" }
-//!     fn description(&self) -> &str { "Adds two numbers." }
+//!     fn spec(&self) -> ToolSpec {
+//!         // The schema comes from `AddArgs`; adding has no side effects.
+//!         ToolSpec::new("add_tool", "Add Tool", "Adds two numbers.").read_only()
+//!     }
 //!     async fn call(&self, _ctx: &ToolRunContext, args: AddArgs) -> Result<ToolOutput, ToolError> {
 //!         Ok(ToolOutput::value(args.a + args.b))
 //!     }
@@ -33,17 +34,18 @@
 //! ```
 
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 use crate::clarification::Clarification;
 use crate::config::Config;
 use crate::execution_context::ExecutionContext;
 use crate::ids::WorkflowId;
-use crate::llm::{LlmClient, ToolDefinition, Usage};
+use crate::llm::{LlmClient, ToolDefinition};
 use crate::{Error, Result};
 
 /// What a tool run produced.
@@ -113,27 +115,15 @@ pub struct ToolRunContext {
     pub clarifications: Vec<Clarification>,
     /// The step's task and context as the agent sees it, for tools that ask an LLM.
     pub step_context: String,
-    /// The runner's LLM client, for tools that ask an LLM.
+    /// The step's LLM client, for tools that ask an LLM: what it spends is journaled
+    /// and counted in the step's usage.
     pub llm: Option<Arc<dyn LlmClient>>,
-    /// Where a tool that calls an LLM reports what it spent, so the step's usage counts it.
-    pub usage: UsageMeter,
-}
-
-/// LLM usage reported by a tool while it runs; shared by the clones of a
-/// [`ToolRunContext`], read by the agent once the tool returns.
-#[derive(Debug, Clone, Default)]
-pub struct UsageMeter(Arc<Mutex<Usage>>);
-
-impl UsageMeter {
-    /// Adds the usage of one or more LLM calls.
-    pub fn add(&self, usage: Usage) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) += usage;
-    }
-
-    /// Everything reported so far.
-    pub fn total(&self) -> Usage {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
+    /// The same for every try of one call (a call retried after a crash gets it
+    /// again): send it on, as an `Idempotency-Key` header say, so the service acts once.
+    pub idempotency_key: Option<String>,
+    /// Cancelled when the workflow is cancelled or its run loses its lease: a long
+    /// tool should stop and return an error.
+    pub cancellation: CancellationToken,
 }
 
 impl fmt::Debug for ToolRunContext {
@@ -141,6 +131,7 @@ impl fmt::Debug for ToolRunContext {
         f.debug_struct("ToolRunContext")
             .field("workflow_id", &self.workflow_id)
             .field("step", &self.step)
+            .field("idempotency_key", &self.idempotency_key)
             .field("execution_context", &self.execution_context)
             .field("clarifications", &self.clarifications)
             .finish_non_exhaustive()
@@ -158,7 +149,8 @@ impl ToolRunContext {
             clarifications: Vec::new(),
             step_context: String::new(),
             llm: None,
-            usage: UsageMeter::default(),
+            idempotency_key: None,
+            cancellation: CancellationToken::new(),
         }
     }
 
@@ -179,48 +171,139 @@ impl ToolRunContext {
     }
 }
 
+/// How a tool describes itself to planners, agents, the journal and approval gates.
+///
+/// One value carries everything but the behaviour, so a wrapper that forwards
+/// [`Tool::spec`] cannot drop a flag. Build one with [`ToolSpec::new`] and the
+/// chained setters:
+///
+/// ```
+/// use portia::tool::ToolSpec;
+///
+/// let spec = ToolSpec::new("add_tool", "Add Tool", "Adds two numbers.").output_description("The sum.").read_only();
+/// assert!(spec.idempotent && !spec.side_effects);
+/// ```
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub struct ToolSpec {
+    /// A stable id such as `search_tool`, used in plans.
+    pub id: String,
+    /// A human-readable name such as `Search Tool`.
+    pub name: String,
+    /// What the tool does and when to use it; the planner and agents read this.
+    pub description: String,
+    /// The JSON schema of the tool's arguments (an object).
+    pub args_schema: Value,
+    /// What the tool returns; may be empty.
+    pub output_description: String,
+    /// Whether calling twice with the same arguments (and the same idempotency key)
+    /// has the effect of calling once, so a call may safely be repeated.
+    pub idempotent: bool,
+    /// Whether a call changes something outside the workflow (sends, writes, pays).
+    pub side_effects: bool,
+    /// Whether the tool's outputs are long enough to deserve an LLM summary.
+    pub summarize: bool,
+    /// When `Some(name)`, agents call the tool directly with `{name: step task}` and
+    /// no LLM call chooses the arguments (the LLM tool takes `task`).
+    pub task_argument: Option<String>,
+}
+
+impl ToolSpec {
+    /// A spec taking no arguments, with no output description, no summary and no
+    /// task argument. It is not idempotent and has side effects: nothing is known
+    /// about a custom tool, so it is treated as unsafe to repeat until it says otherwise.
+    pub fn new(id: impl Into<String>, name: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            name: name.into(),
+            description: description.into(),
+            args_schema: serde_json::json!({"type": "object", "properties": {}}),
+            output_description: String::new(),
+            idempotent: false,
+            side_effects: true,
+            summarize: false,
+            task_argument: None,
+        }
+    }
+
+    /// Sets the JSON schema of the arguments.
+    #[must_use]
+    pub fn args_schema(mut self, schema: Value) -> Self {
+        self.args_schema = schema;
+        self
+    }
+
+    /// Sets what the tool returns.
+    #[must_use]
+    pub fn output_description(mut self, output_description: impl Into<String>) -> Self {
+        self.output_description = output_description.into();
+        self
+    }
+
+    /// Sets whether repeating a call has the effect of calling once.
+    #[must_use]
+    pub fn idempotent(mut self, idempotent: bool) -> Self {
+        self.idempotent = idempotent;
+        self
+    }
+
+    /// Sets whether a call changes something outside the workflow.
+    #[must_use]
+    pub fn side_effects(mut self, side_effects: bool) -> Self {
+        self.side_effects = side_effects;
+        self
+    }
+
+    /// Sets whether outputs get an LLM summary.
+    #[must_use]
+    pub fn summarize(mut self, summarize: bool) -> Self {
+        self.summarize = summarize;
+        self
+    }
+
+    /// Makes agents call the tool directly with `{name: step task}`.
+    #[must_use]
+    pub fn task_argument(mut self, name: impl Into<String>) -> Self {
+        self.task_argument = Some(name.into());
+        self
+    }
+
+    /// Idempotent and without side effects: a tool that only reads.
+    #[must_use]
+    pub fn read_only(self) -> Self {
+        self.idempotent(true).side_effects(false)
+    }
+
+    /// The tool as a function definition for the LLM.
+    pub fn definition(&self) -> ToolDefinition {
+        let mut description = self.description.clone();
+        if !self.output_description.is_empty() {
+            description.push_str(" Returns: ");
+            description.push_str(&self.output_description);
+        }
+        ToolDefinition { name: self.id.clone(), description, parameters: self.args_schema.clone() }
+    }
+
+    /// The arguments to call the tool with straight away for `task`, when it has a
+    /// [`ToolSpec::task_argument`]; `None`: a model chooses them.
+    pub fn direct_args(&self, task: &str) -> Option<Value> {
+        let name = self.task_argument.as_ref()?;
+        Some(serde_json::json!({ name.as_str(): task }))
+    }
+}
+
 /// A capability a step can call.
 #[async_trait::async_trait]
 pub trait Tool: Send + Sync + fmt::Debug {
-    /// A stable id such as `search_tool`, used in plans.
-    fn id(&self) -> &str;
-    /// A human-readable name such as `Search Tool`.
-    fn name(&self) -> &str;
-    /// What the tool does and when to use it; the planner and agents read this.
-    fn description(&self) -> &str;
-    /// The JSON schema of the tool's arguments (an object).
-    fn args_schema(&self) -> Value;
-    /// What the tool returns.
-    fn output_description(&self) -> &str {
-        ""
-    }
-    /// Whether the tool's outputs are long enough to deserve an LLM summary.
-    fn should_summarize(&self) -> bool {
-        false
-    }
+    /// How the tool describes itself. Built anew on each call, so a caller that
+    /// needs several fields calls it once and keeps the value.
+    fn spec(&self) -> ToolSpec;
     /// Whether the tool can run now (for example, whether the user has signed in).
     async fn ready(&self, _ctx: &ToolRunContext) -> std::result::Result<bool, ToolError> {
         Ok(true)
     }
-    /// Arguments to call the tool with straight away, for a tool whose arguments
-    /// follow from the step's task alone (the LLM tool takes `{"task": task}`). The
-    /// built-in agents then skip the LLM call that would choose them. `None` (the
-    /// default): the model chooses the arguments.
-    fn direct_args(&self, _task: &str) -> Option<Value> {
-        None
-    }
     /// Runs the tool with the model's arguments.
     async fn run(&self, ctx: &ToolRunContext, args: Value) -> std::result::Result<ToolOutput, ToolError>;
-
-    /// The tool as a function definition for the LLM.
-    fn definition(&self) -> ToolDefinition {
-        let mut description = self.description().to_owned();
-        if !self.output_description().is_empty() {
-            description.push_str(" Returns: ");
-            description.push_str(self.output_description());
-        }
-        ToolDefinition { name: self.id().to_owned(), description, parameters: self.args_schema() }
-    }
 }
 
 /// A tool with typed arguments; every `TypedTool` is a [`Tool`].
@@ -231,27 +314,11 @@ pub trait Tool: Send + Sync + fmt::Debug {
 pub trait TypedTool: Send + Sync + fmt::Debug {
     /// The argument struct.
     type Args: DeserializeOwned + JsonSchema + Send;
-    /// See [`Tool::id`].
-    fn id(&self) -> &str;
-    /// See [`Tool::name`].
-    fn name(&self) -> &str;
-    /// See [`Tool::description`].
-    fn description(&self) -> &str;
-    /// See [`Tool::output_description`].
-    fn output_description(&self) -> &str {
-        ""
-    }
-    /// See [`Tool::should_summarize`].
-    fn should_summarize(&self) -> bool {
-        false
-    }
+    /// See [`Tool::spec`]. Its `args_schema` is ignored: the schema of `Args` replaces it.
+    fn spec(&self) -> ToolSpec;
     /// See [`Tool::ready`].
     async fn ready(&self, _ctx: &ToolRunContext) -> std::result::Result<bool, ToolError> {
         Ok(true)
-    }
-    /// See [`Tool::direct_args`].
-    fn direct_args(&self, _task: &str) -> Option<Value> {
-        None
     }
     /// Runs the tool with parsed arguments.
     async fn call(&self, ctx: &ToolRunContext, args: Self::Args) -> std::result::Result<ToolOutput, ToolError>;
@@ -259,33 +326,15 @@ pub trait TypedTool: Send + Sync + fmt::Debug {
 
 #[async_trait::async_trait]
 impl<T: TypedTool> Tool for T {
-    fn id(&self) -> &str {
-        TypedTool::id(self)
-    }
-    fn name(&self) -> &str {
-        TypedTool::name(self)
-    }
-    fn description(&self) -> &str {
-        TypedTool::description(self)
-    }
-    fn args_schema(&self) -> Value {
-        crate::llm::schema_value::<T::Args>()
-    }
-    fn output_description(&self) -> &str {
-        TypedTool::output_description(self)
-    }
-    fn should_summarize(&self) -> bool {
-        TypedTool::should_summarize(self)
+    fn spec(&self) -> ToolSpec {
+        TypedTool::spec(self).args_schema(crate::llm::schema_value::<T::Args>())
     }
     async fn ready(&self, ctx: &ToolRunContext) -> std::result::Result<bool, ToolError> {
         TypedTool::ready(self, ctx).await
     }
-    fn direct_args(&self, task: &str) -> Option<Value> {
-        TypedTool::direct_args(self, task)
-    }
     async fn run(&self, ctx: &ToolRunContext, args: Value) -> std::result::Result<ToolOutput, ToolError> {
         let args = serde_json::from_value(args).map_err(|e| {
-            ToolError::soft(format!("the arguments do not fit the schema of {}: {e}", TypedTool::id(self)))
+            ToolError::soft(format!("the arguments do not fit the schema of {}: {e}", TypedTool::spec(self).id))
         })?;
         self.call(ctx, args).await
     }
@@ -305,8 +354,8 @@ pub trait ToolRegistry: Send + Sync + fmt::Debug {
         let tools = self.get_tools();
         tools
             .iter()
-            .find(|t| t.id() == id)
-            .or_else(|| tools.iter().find(|t| t.name().eq_ignore_ascii_case(id)))
+            .find(|t| t.spec().id == id)
+            .or_else(|| tools.iter().find(|t| t.spec().name.eq_ignore_ascii_case(id)))
             .cloned()
             .ok_or_else(|| Error::ToolNotFound(id.to_owned()))
     }
@@ -347,8 +396,9 @@ impl InMemoryToolRegistry {
     /// # Errors
     /// [`Error::DuplicateTool`] if its id is taken.
     pub fn register(&mut self, tool: Arc<dyn Tool>) -> Result<()> {
-        if self.tools.iter().any(|t| t.id() == tool.id()) {
-            return Err(Error::DuplicateTool(tool.id().to_owned()));
+        let id = tool.spec().id;
+        if self.tools.iter().any(|t| t.spec().id == id) {
+            return Err(Error::DuplicateTool(id));
         }
         self.tools.push(tool);
         Ok(())
@@ -399,7 +449,7 @@ impl AggregatedToolRegistry {
         let mut seen = Vec::new();
         let mut duplicates = Vec::new();
         for tool in self.registries.iter().flat_map(|r| r.get_tools()) {
-            let id = tool.id().to_owned();
+            let id = tool.spec().id;
             if seen.contains(&id) {
                 if !duplicates.contains(&id) {
                     duplicates.push(id);
@@ -414,22 +464,24 @@ impl AggregatedToolRegistry {
 
 impl ToolRegistry for AggregatedToolRegistry {
     fn get_tools(&self) -> Vec<Arc<dyn Tool>> {
-        let mut tools: Vec<Arc<dyn Tool>> = Vec::new();
-        for tool in self.registries.iter().flat_map(|r| r.get_tools()) {
-            if !tools.iter().any(|t| t.id() == tool.id()) {
-                tools.push(tool);
-            }
-        }
-        tools
+        first_of_each_id(self.registries.iter().flat_map(|r| r.get_tools()))
     }
 
     fn match_tools(&self, query: &str) -> Vec<Arc<dyn Tool>> {
-        let mut tools: Vec<Arc<dyn Tool>> = Vec::new();
-        for tool in self.registries.iter().flat_map(|r| r.match_tools(query)) {
-            if !tools.iter().any(|t| t.id() == tool.id()) {
-                tools.push(tool);
-            }
-        }
-        tools
+        first_of_each_id(self.registries.iter().flat_map(|r| r.match_tools(query)))
     }
+}
+
+/// The first tool of each id, in order. Each spec is built once, not once per comparison.
+fn first_of_each_id(tools: impl Iterator<Item = Arc<dyn Tool>>) -> Vec<Arc<dyn Tool>> {
+    let mut seen = Vec::new();
+    let mut kept = Vec::new();
+    for tool in tools {
+        let id = tool.spec().id;
+        if !seen.contains(&id) {
+            seen.push(id);
+            kept.push(tool);
+        }
+    }
+    kept
 }

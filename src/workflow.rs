@@ -243,6 +243,13 @@ impl Failure {
     pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
         Self { step: None, kind, message: message.into() }
     }
+
+    /// This failure, tied to step `step`.
+    #[must_use]
+    pub fn at_step(mut self, step: usize) -> Self {
+        self.step = Some(step);
+        self
+    }
 }
 
 impl fmt::Display for Failure {

@@ -11,8 +11,8 @@ use portia::llm::{LlmRequest, LlmResponse, ToolCall, ToolChoice};
 use portia::testing::{MockBehavior, MockTool, ScriptedLlm};
 use portia::tool::ToolRunContext;
 use portia::{
-    Config, Error, ExecutionContext, InMemoryToolRegistry, PlanBuilder, PlanOptions, ToolError, ToolOutput, TypedTool,
-    WorkflowState,
+    Config, Error, ExecutionContext, InMemoryToolRegistry, PlanBuilder, PlanOptions, ToolError, ToolOutput, ToolSpec,
+    TypedTool, WorkflowState,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -33,14 +33,8 @@ struct FakeSearch;
 #[async_trait::async_trait]
 impl TypedTool for FakeSearch {
     type Args = SearchArgs;
-    fn id(&self) -> &str {
-        "search_tool"
-    }
-    fn name(&self) -> &str {
-        "Search Tool"
-    }
-    fn description(&self) -> &str {
-        "Searches the web and returns an answer with sources."
+    fn spec(&self) -> ToolSpec {
+        ToolSpec::new("search_tool", "Search Tool", "Searches the web and returns an answer with sources.").read_only()
     }
     async fn call(&self, _ctx: &ToolRunContext, args: SearchArgs) -> Result<ToolOutput, ToolError> {
         let (answer, title) = if args.search_query.to_lowercase().contains("amazon") {
@@ -227,7 +221,7 @@ async fn malformed_planner_json_is_reasked_once_with_the_parse_error() {
 }
 
 fn one_step(tool: MockTool) -> (InMemoryToolRegistry, portia::Plan) {
-    let id = portia::Tool::id(&tool).to_owned();
+    let id = portia::Tool::spec(&tool).id;
     let plan = PlanBuilder::new("q").step("Look up the weather in Paris", Some(&id), "$out").build();
     (InMemoryToolRegistry::new().with(tool).unwrap(), plan)
 }
@@ -398,17 +392,8 @@ struct LongReport;
 #[async_trait::async_trait]
 impl TypedTool for LongReport {
     type Args = NoArgs;
-    fn id(&self) -> &str {
-        "report_tool"
-    }
-    fn name(&self) -> &str {
-        "Report Tool"
-    }
-    fn description(&self) -> &str {
-        "Returns a long report."
-    }
-    fn should_summarize(&self) -> bool {
-        true
+    fn spec(&self) -> ToolSpec {
+        ToolSpec::new("report_tool", "Report Tool", "Returns a long report.").summarize(true)
     }
     async fn call(&self, _ctx: &ToolRunContext, _args: NoArgs) -> Result<ToolOutput, ToolError> {
         Ok(ToolOutput::value("a very long report ".repeat(50)))

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use portia::config::{ConfigBuilder, LlmProvider, ModelRole};
+use portia::config::ConfigBuilder;
 use portia::llm::{
-    LlmClient, LlmError, LlmRequest, Message, OutputSchema, ToolCall, ToolChoice, ToolDefinition, Usage,
-    client_from_config, schema_value, structured,
+    LlmClient, LlmError, LlmProvider, LlmRequest, Message, ModelRole, OutputSchema, ToolCall, ToolChoice,
+    ToolDefinition, Usage, client_from_config, schema_value, structured,
 };
 use portia::{Config, Error};
 use schemars::JsonSchema;

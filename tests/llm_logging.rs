@@ -6,8 +6,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use portia::Config;
-use portia::config::ModelRole;
-use portia::llm::{LlmRequest, Message, client_from_config};
+use portia::llm::{LlmRequest, Message, ModelRole, client_from_config};
 use serde_json::json;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};

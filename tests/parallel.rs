@@ -12,7 +12,7 @@ use portia::config::ExecutionMode;
 use portia::llm::{LlmRequest, LlmResponse, ToolCall};
 use portia::testing::{MockBehavior, MockTool, ScriptedLlm};
 use portia::tool::ToolRunContext;
-use portia::{InMemoryToolRegistry, PlanBuilder, Tool, ToolError, ToolOutput, WorkflowState};
+use portia::{InMemoryToolRegistry, PlanBuilder, Tool, ToolError, ToolOutput, ToolSpec, WorkflowState};
 use serde_json::{Value, json};
 use tokio::sync::Barrier;
 
@@ -43,17 +43,8 @@ impl GateTool {
 
 #[async_trait::async_trait]
 impl Tool for GateTool {
-    fn id(&self) -> &str {
-        self.id
-    }
-    fn name(&self) -> &str {
-        self.id
-    }
-    fn description(&self) -> &str {
-        "A gate."
-    }
-    fn args_schema(&self) -> Value {
-        json!({"type": "object"})
+    fn spec(&self) -> ToolSpec {
+        ToolSpec::new(self.id, self.id, "A gate.").args_schema(json!({"type": "object"}))
     }
     async fn run(&self, _ctx: &ToolRunContext, _args: Value) -> Result<ToolOutput, ToolError> {
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;

@@ -327,7 +327,7 @@ fn runner_is_send_sync_and_cheap_to_clone() {
 
 #[tokio::test]
 async fn runner_without_llm_names_the_missing_key() {
-    let config = portia::Config::builder().llm_provider(portia::config::LlmProvider::Anthropic).build().unwrap();
+    let config = portia::Config::builder().llm_provider(portia::llm::LlmProvider::Anthropic).build().unwrap();
     let err = Runner::new(config, InMemoryToolRegistry::new()).unwrap_err();
     assert!(matches!(&err, Error::MissingApiKey { env_var, .. } if env_var == "ANTHROPIC_API_KEY"), "{err}");
 }
@@ -356,17 +356,8 @@ struct BlockingTool {
 
 #[async_trait::async_trait]
 impl portia::Tool for BlockingTool {
-    fn id(&self) -> &str {
-        "slow_tool"
-    }
-    fn name(&self) -> &str {
-        "Slow Tool"
-    }
-    fn description(&self) -> &str {
-        "Takes its time."
-    }
-    fn args_schema(&self) -> serde_json::Value {
-        json!({"type": "object"})
+    fn spec(&self) -> portia::ToolSpec {
+        portia::ToolSpec::new("slow_tool", "Slow Tool", "Takes its time.").args_schema(json!({"type": "object"}))
     }
     async fn run(
         &self,

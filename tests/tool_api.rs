@@ -1,13 +1,16 @@
-//! The tools API: typed tools, registries and their errors.
+//! The tools API: typed tools, specs and their flags, registries and their errors.
 
 use std::sync::Arc;
 
 use portia::testing::MockTool;
 use portia::tool::{AggregatedToolRegistry, ToolRunContext};
-use portia::{Config, Error, InMemoryToolRegistry, Tool, ToolError, ToolOutput, ToolRegistry, TypedTool, WorkflowId};
+use portia::tools::{CalculatorTool, FileReaderTool, FileWriterTool, LlmTool, SearchTool, WeatherTool};
+use portia::{
+    Config, Error, InMemoryToolRegistry, Tool, ToolError, ToolOutput, ToolRegistry, ToolSpec, TypedTool, WorkflowId,
+};
 use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[derive(Deserialize, JsonSchema)]
 struct AddArgs {
@@ -23,17 +26,11 @@ struct AddTool;
 #[async_trait::async_trait]
 impl TypedTool for AddTool {
     type Args = AddArgs;
-    fn id(&self) -> &str {
-        "add_tool"
-    }
-    fn name(&self) -> &str {
-        "Add Tool"
-    }
-    fn description(&self) -> &str {
-        "Adds two numbers."
-    }
-    fn output_description(&self) -> &str {
-        "The sum."
+    fn spec(&self) -> ToolSpec {
+        // The schema set here is overwritten by the one of `AddArgs`.
+        ToolSpec::new("add_tool", "Add Tool", "Adds two numbers.")
+            .output_description("The sum.")
+            .args_schema(json!({"type": "object", "properties": {"ignored": {"type": "string"}}}))
     }
     async fn call(&self, _ctx: &ToolRunContext, args: AddArgs) -> Result<ToolOutput, ToolError> {
         Ok(ToolOutput::value(args.a + args.b))
@@ -46,12 +43,14 @@ fn ctx() -> ToolRunContext {
 
 #[tokio::test]
 async fn typed_tool_gets_its_schema_and_parsing_for_free() {
-    let schema = AddTool.args_schema();
+    let spec = Tool::spec(&AddTool);
+    let schema = &spec.args_schema;
     assert_eq!(schema["type"], "object");
+    assert!(schema["properties"].get("ignored").is_none(), "the Args schema replaces the one in the spec");
     assert_eq!(schema["properties"]["a"]["description"], "The first number.");
     assert_eq!(schema["required"], json!(["a", "b"]));
     assert_eq!(AddTool.run(&ctx(), json!({"a": 1, "b": 2.5})).await.unwrap(), ToolOutput::value(3.5));
-    let definition = AddTool.definition();
+    let definition = spec.definition();
     assert_eq!(definition.name, "add_tool");
     assert_eq!(definition.description, "Adds two numbers. Returns: The sum.");
 }
@@ -76,8 +75,8 @@ fn registering_an_existing_id_is_an_error() {
 #[test]
 fn lookup_by_id_falls_back_to_the_display_name_and_reports_unknown_ids() {
     let registry = InMemoryToolRegistry::new().with(AddTool).unwrap();
-    assert_eq!(registry.get_tool("add_tool").unwrap().id(), "add_tool");
-    assert_eq!(registry.get_tool("add tool").unwrap().id(), "add_tool", "older plans name tools by display name");
+    assert_eq!(registry.get_tool("add_tool").unwrap().spec().id, "add_tool");
+    assert_eq!(registry.get_tool("add tool").unwrap().spec().id, "add_tool", "older plans name tools by display name");
     let err = registry.get_tool("subtract_tool").unwrap_err();
     assert!(matches!(&err, Error::ToolNotFound(id) if id == "subtract_tool"), "{err}");
 }
@@ -92,7 +91,7 @@ fn aggregation_prefers_the_first_registry_and_reports_duplicates() {
         .unwrap();
     let combined = AggregatedToolRegistry::default().and(first).and(second);
     assert_eq!(combined.duplicate_ids(), ["shared"]);
-    let ids: Vec<String> = combined.get_tools().iter().map(|t| t.id().to_owned()).collect();
+    let ids: Vec<String> = combined.get_tools().iter().map(|t| t.spec().id).collect();
     assert_eq!(ids, ["shared", "only_second"]);
     assert_eq!(combined.match_tools("anything").len(), 2);
 }
@@ -104,4 +103,82 @@ async fn first_match_wins_when_running_an_aggregated_tool() {
     let combined = AggregatedToolRegistry::new(vec![Arc::new(first), Arc::new(second)]);
     let output = combined.get_tool("shared").unwrap().run(&ctx(), json!({})).await.unwrap();
     assert_eq!(output, ToolOutput::value("first"));
+}
+
+#[test]
+fn a_custom_tool_is_assumed_unsafe_to_repeat_until_it_says_otherwise() {
+    let spec = Tool::spec(&AddTool);
+    assert!(!spec.idempotent && spec.side_effects, "{spec:?}");
+    assert!(!spec.summarize);
+    assert_eq!(spec.task_argument, None);
+    assert_eq!(spec.direct_args("Add 1 and 2"), None);
+    let mock = MockTool::echo("mock_tool").spec();
+    assert!(!mock.idempotent && mock.side_effects, "{mock:?}");
+    assert_eq!(ToolSpec::new("a", "A", "d").args_schema, json!({"type": "object", "properties": {}}));
+}
+
+#[test]
+fn read_only_means_idempotent_without_side_effects() {
+    let spec = ToolSpec::new("a", "A", "d").read_only();
+    assert!(spec.idempotent && !spec.side_effects);
+}
+
+#[test]
+fn built_in_tools_carry_their_flags() {
+    let read_only: [&dyn Tool; 5] =
+        [&SearchTool::new(), &WeatherTool::new(), &CalculatorTool, &FileReaderTool::new(), &LlmTool::new()];
+    for tool in read_only {
+        let spec = tool.spec();
+        assert!(spec.idempotent && !spec.side_effects, "{} should be read-only", spec.id);
+        assert!(!spec.summarize, "{}", spec.id);
+    }
+    let writer = Tool::spec(&FileWriterTool::new());
+    assert!(writer.side_effects && writer.idempotent, "{writer:?}");
+    assert_eq!(Tool::spec(&LlmTool::new()).task_argument.as_deref(), Some("task"));
+    assert_eq!(Tool::spec(&SearchTool::new()).task_argument, None);
+}
+
+#[test]
+fn a_task_argument_makes_the_call_direct() {
+    let spec = ToolSpec::new("ask_tool", "Ask Tool", "Asks.").task_argument("task");
+    assert_eq!(spec.direct_args("Sum up"), Some(json!({"task": "Sum up"})));
+    let other = ToolSpec::new("ask_tool", "Ask Tool", "Asks.").task_argument("question");
+    assert_eq!(other.direct_args("Why?"), Some(json!({"question": "Why?"})));
+}
+
+#[test]
+fn specs_round_trip_through_json() {
+    let spec = ToolSpec::new("pay_tool", "Pay Tool", "Pays.").summarize(true).task_argument("task");
+    let back: ToolSpec = serde_json::from_value(serde_json::to_value(&spec).unwrap()).unwrap();
+    assert_eq!(back, spec);
+}
+
+/// Forwards only `spec` and `run`, as a logging or approval wrapper would.
+#[derive(Debug)]
+struct Wrapper(Arc<dyn Tool>);
+
+#[async_trait::async_trait]
+impl Tool for Wrapper {
+    fn spec(&self) -> ToolSpec {
+        self.0.spec()
+    }
+    async fn run(&self, ctx: &ToolRunContext, args: Value) -> Result<ToolOutput, ToolError> {
+        self.0.run(ctx, args).await
+    }
+}
+
+#[tokio::test]
+async fn a_wrapper_forwarding_spec_keeps_every_flag() {
+    let spec = ToolSpec::new("odd_tool", "Odd Tool", "Has every flag away from its default.")
+        .args_schema(json!({"type": "object", "properties": {"task": {"type": "string"}}}))
+        .output_description("Its arguments.")
+        .idempotent(true)
+        .side_effects(false)
+        .summarize(true)
+        .task_argument("task");
+    let wrapped = Wrapper(Arc::new(MockTool::echo("odd_tool").with_spec(spec.clone())));
+    assert_eq!(wrapped.spec(), spec);
+    assert_eq!(wrapped.run(&ctx(), json!({"task": "x"})).await.unwrap(), ToolOutput::value(json!({"task": "x"})));
+    let typed = Wrapper(Arc::new(AddTool));
+    assert_eq!(typed.spec(), Tool::spec(&AddTool), "the wrapper keeps the Args schema too");
 }

@@ -183,10 +183,11 @@ async fn oversized_or_deeply_nested_questions_are_soft_errors() {
 #[test]
 fn schema_describes_the_question_argument() {
     let tool = CalculatorTool;
-    assert_eq!((tool.id(), tool.name()), ("calculator_tool", "Calculator Tool"));
-    let schema = tool.args_schema();
+    let spec = tool.spec();
+    assert_eq!((spec.id.as_str(), spec.name.as_str()), ("calculator_tool", "Calculator Tool"));
+    let schema = spec.args_schema;
     assert_eq!(schema["required"], json!(["math_question"]));
     let description = schema["properties"]["math_question"]["description"].as_str().unwrap();
     assert!(description.contains("in words or symbols"), "{description}");
-    assert!(!tool.should_summarize());
+    assert!(!spec.summarize);
 }

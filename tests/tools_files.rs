@@ -410,12 +410,12 @@ async fn empty_name_is_soft_and_a_missing_root_is_hard() {
 
 #[test]
 fn file_tools_describe_their_arguments() {
-    let reader = FileReaderTool::new();
-    let writer = FileWriterTool::new();
-    assert_eq!((reader.id(), reader.name()), ("file_reader_tool", "File Reader Tool"));
-    assert_eq!((writer.id(), writer.name()), ("file_writer_tool", "File Writer Tool"));
-    assert_eq!(reader.args_schema()["required"], json!(["filename"]));
-    assert_eq!(writer.args_schema()["required"], json!(["filename", "content"]));
+    let reader = FileReaderTool::new().spec();
+    let writer = FileWriterTool::new().spec();
+    assert_eq!((reader.id.as_str(), reader.name.as_str()), ("file_reader_tool", "File Reader Tool"));
+    assert_eq!((writer.id.as_str(), writer.name.as_str()), ("file_writer_tool", "File Writer Tool"));
+    assert_eq!(reader.args_schema["required"], json!(["filename"]));
+    assert_eq!(writer.args_schema["required"], json!(["filename", "content"]));
 }
 
 #[tokio::test]

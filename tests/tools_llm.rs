@@ -2,8 +2,7 @@
 
 use std::sync::Arc;
 
-use portia::config::ModelRole;
-use portia::llm::{LlmError, Role};
+use portia::llm::{LlmError, ModelRole, Role};
 use portia::testing::ScriptedLlm;
 use portia::tools::LLM_TOOL_ID;
 use portia::tools::{LlmTool, open_source_tool_registry};
@@ -115,9 +114,10 @@ async fn a_soft_error_of_the_llm_tool_is_tried_again() {
 
 #[test]
 fn the_tool_has_its_id_takes_a_task_and_is_called_directly() {
-    let tool = LlmTool::new();
-    assert_eq!((tool.id(), tool.name()), (LLM_TOOL_ID, "LLM Tool"));
-    assert_eq!(tool.args_schema()["required"], json!(["task"]));
-    assert!(!tool.should_summarize());
-    assert_eq!(tool.direct_args("Sum up"), Some(json!({"task": "Sum up"})));
+    let spec = LlmTool::new().spec();
+    assert_eq!((spec.id.as_str(), spec.name.as_str()), (LLM_TOOL_ID, "LLM Tool"));
+    assert_eq!(spec.args_schema["required"], json!(["task"]));
+    assert!(!spec.summarize);
+    assert_eq!(spec.task_argument.as_deref(), Some("task"));
+    assert_eq!(spec.direct_args("Sum up"), Some(json!({"task": "Sum up"})));
 }

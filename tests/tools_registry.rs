@@ -5,7 +5,7 @@ use portia::tools::{default_tool_registry, example_tool_registry, open_source_to
 use portia::{Config, InMemoryToolRegistry};
 
 fn ids(registry: &InMemoryToolRegistry) -> Vec<String> {
-    registry.get_tools().iter().map(|t| t.id().to_owned()).collect()
+    registry.get_tools().iter().map(|t| t.spec().id).collect()
 }
 
 #[test]
@@ -42,24 +42,25 @@ fn default_registry_adds_search_and_weather_only_with_their_keys() {
 #[test]
 fn every_tool_has_a_short_description_and_a_described_object_schema() {
     for tool in open_source_tool_registry().get_tools() {
-        let id = tool.id();
-        assert!(!tool.name().is_empty(), "{id}");
-        let definition = tool.definition();
+        let spec = tool.spec();
+        let id = &spec.id;
+        assert!(!spec.name.is_empty(), "{id}");
+        let definition = spec.definition();
         assert!(definition.description.len() <= 250, "{id}: keep descriptions short: {}", definition.description);
-        assert!(!tool.output_description().is_empty(), "{id}");
+        assert!(!spec.output_description.is_empty(), "{id}");
         let schema = &definition.parameters;
         assert_eq!(schema["type"], "object", "{id}");
         for (name, property) in schema["properties"].as_object().unwrap() {
             assert!(property["description"].as_str().is_some_and(|d| !d.is_empty()), "{id}.{name} has no description");
         }
-        assert!(!tool.should_summarize(), "{id}");
+        assert!(!spec.summarize, "{id}");
     }
 }
 
 #[test]
 fn tools_are_found_by_id_and_by_display_name() {
     let registry = open_source_tool_registry();
-    assert_eq!(registry.get_tool("search_tool").unwrap().name(), "Search Tool");
-    assert_eq!(registry.get_tool("File Reader Tool").unwrap().id(), "file_reader_tool");
+    assert_eq!(registry.get_tool("search_tool").unwrap().spec().name, "Search Tool");
+    assert_eq!(registry.get_tool("File Reader Tool").unwrap().spec().id, "file_reader_tool");
     assert!(registry.get_tool("portia:tavily::search").is_err());
 }

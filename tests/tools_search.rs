@@ -193,7 +193,8 @@ async fn offline_mode_refuses_the_real_api() {
 #[test]
 fn search_is_not_summarized_and_describes_its_argument() {
     let tool = SearchTool::new();
-    assert_eq!((tool.id(), tool.name()), ("search_tool", "Search Tool"));
-    assert!(!tool.should_summarize(), "a summary would cost an LLM call the seed scenario cannot afford");
-    assert_eq!(tool.args_schema()["required"], json!(["search_query"]));
+    let spec = tool.spec();
+    assert_eq!((spec.id.as_str(), spec.name.as_str()), ("search_tool", "Search Tool"));
+    assert!(!spec.summarize, "a summary would cost an LLM call the seed scenario cannot afford");
+    assert_eq!(spec.args_schema["required"], json!(["search_query"]));
 }

@@ -177,7 +177,8 @@ async fn empty_city_is_a_soft_error_and_offline_mode_refuses_the_real_api() {
 #[test]
 fn weather_describes_its_argument() {
     let tool = WeatherTool::new();
-    assert_eq!((tool.id(), tool.name()), ("weather_tool", "Weather Tool"));
-    assert_eq!(tool.args_schema()["required"], json!(["city"]));
-    assert!(tool.args_schema()["properties"]["city"]["description"].as_str().unwrap().contains("Paris,FR"));
+    let spec = tool.spec();
+    assert_eq!((spec.id.as_str(), spec.name.as_str()), ("weather_tool", "Weather Tool"));
+    assert_eq!(spec.args_schema["required"], json!(["city"]));
+    assert!(spec.args_schema["properties"]["city"]["description"].as_str().unwrap().contains("Paris,FR"));
 }

@@ -1,25 +1,23 @@
 //! Steps without a tool: one LLM call over the step's context.
 
-use super::tool_call::failed;
-use super::{StepContext, StepOutcome, StepResult};
-use crate::config::ModelRole;
-use crate::llm::{LlmRequest, Message};
-use crate::workflow::Output;
+use super::{StepContext, StepOutcome};
+use crate::llm::{LlmRequest, Message, ModelRole};
+use crate::workflow::{FailureKind, Output};
 
 const SYSTEM: &str = "You carry out one step of a plan. Answer the task from the context given, \
 concisely and without inventing facts. Reply with the answer only.";
 
 /// Answers the step with one LLM call.
-pub(super) async fn answer(ctx: &StepContext) -> StepResult {
+pub(super) async fn answer(ctx: &StepContext) -> StepOutcome {
     let request = LlmRequest::new(ModelRole::Execution, vec![Message::system(SYSTEM), Message::user(ctx.prompt())]);
     match ctx.llm.chat(request).await {
         Ok(response) => {
             let text = response.text.unwrap_or_default();
             if text.trim().is_empty() {
-                return failed("the model gave an empty answer".to_owned(), response.usage);
+                return StepOutcome::failed(FailureKind::Agent, "the model gave an empty answer");
             }
-            StepResult { outcome: StepOutcome::Output(Output::new(text)), usage: response.usage }
+            StepOutcome::Output(Output::new(text))
         }
-        Err(e) => failed(format!("LLM call failed: {e}"), Default::default()),
+        Err(e) => StepOutcome::llm_failed(&e),
     }
 }

@@ -2,15 +2,18 @@
 //!
 //! An agent never holds the workflow. The runner hands it a [`StepContext`] (the
 //! step, its resolved inputs, earlier outputs, this step's clarifications, the tool)
-//! and gets a [`StepResult`] back; only the runner changes and saves the workflow.
+//! and gets a [`StepOutcome`] back; only the runner changes and saves the workflow.
+//! Every tool call goes through [`StepContext::call_tool`], which journals it, and
+//! every LLM call through [`StepContext::llm`], which meters it.
 //!
 //! - [`OneShotAgent`] (the default) makes one tool-calling LLM call per step.
 //! - [`VerifierAgent`] first checks where each argument comes from and asks a human
 //!   for any that is missing or would be invented.
 //! - Whichever agent is chosen, a step without a tool is answered by one LLM call,
-//!   and a tool whose arguments follow from the task ([`Tool::direct_args`], such as
-//!   the LLM tool) is called directly.
+//!   and a tool whose arguments follow from the task (one with a
+//!   [`ToolSpec::task_argument`], such as the LLM tool) is called directly.
 
+mod calls;
 mod context;
 mod llm_step;
 mod one_shot;
@@ -24,6 +27,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub(crate) use calls::{Stop, StopSignal, ToolCalls, describe_stop};
 pub use context::render_value;
 pub use one_shot::OneShotAgent;
 pub use summarize::summarize_final_output;
@@ -33,10 +37,10 @@ use crate::clarification::Clarification;
 use crate::config::Config;
 use crate::execution_context::ExecutionContext;
 use crate::ids::WorkflowId;
-use crate::llm::{LlmClient, Usage};
+use crate::llm::{LlmClient, LlmError};
 use crate::plan::Step;
-use crate::tool::{Tool, ToolRunContext};
-use crate::workflow::Output;
+use crate::tool::{Tool, ToolError, ToolOutput, ToolRunContext, ToolSpec};
+use crate::workflow::{Failure, FailureKind, Output};
 
 /// How many times a soft tool error is shown to the model before the step fails.
 pub const MAX_TOOL_RETRIES: usize = 3;
@@ -74,12 +78,14 @@ pub struct StepContext {
     pub workflow_id: WorkflowId,
     /// The step's tool; `None` for a step the LLM answers itself.
     pub tool: Option<Arc<dyn Tool>>,
-    /// The LLM to call.
+    /// The LLM to call. What it spends is journaled and counted in the step's usage.
     pub llm: Arc<dyn LlmClient>,
     /// The SDK configuration.
     pub config: Arc<Config>,
     /// Today's date, `YYYY-MM-DD`.
     pub today: String,
+    /// The run's journaled path for this step's tool calls.
+    pub(crate) calls: ToolCalls,
 }
 
 impl fmt::Debug for StepContext {
@@ -90,7 +96,7 @@ impl fmt::Debug for StepContext {
             .field("step", &self.step)
             .field("inputs", &self.inputs)
             .field("clarifications", &self.clarifications)
-            .field("tool", &self.tool.as_ref().map(|t| t.id().to_owned()))
+            .field("tool", &self.tool.as_ref().map(|t| t.spec().id))
             .finish_non_exhaustive()
     }
 }
@@ -113,7 +119,15 @@ impl StepContext {
         );
         ctx.step_context = self.prompt();
         ctx.llm = Some(Arc::clone(&self.llm));
+        ctx.cancellation = self.calls.cancellation();
         ctx
+    }
+
+    /// Calls `tool` (described by `spec`, its [`Tool::spec`]) with `args`, the one way
+    /// a step calls a tool: the call is journaled before it is made and its outcome
+    /// after, so a resumed run replays a finished call instead of making it again.
+    pub async fn call_tool(&self, tool: &dyn Tool, spec: &ToolSpec, args: Value) -> Result<ToolOutput, ToolError> {
+        self.calls.call(tool, spec, self.tool_run_context(), args).await
     }
 }
 
@@ -125,46 +139,55 @@ pub enum StepOutcome {
     Output(Output),
     /// The step needs answers from a human first.
     Clarifications(Vec<Clarification>),
-    /// The step failed; the message says why.
-    Failed(String),
+    /// The step failed; the failure says how and why.
+    Failed(Failure),
 }
 
-/// A step's outcome and the LLM usage it took.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StepResult {
-    /// How the step ended.
-    pub outcome: StepOutcome,
-    /// What it cost.
-    pub usage: Usage,
-}
+impl StepOutcome {
+    /// A failure of `kind`.
+    pub fn failed(kind: FailureKind, message: impl Into<String>) -> Self {
+        Self::Failed(Failure::new(kind, message))
+    }
 
-impl StepResult {
-    /// A result with no LLM usage recorded yet.
-    pub fn new(outcome: StepOutcome) -> Self {
-        Self { outcome, usage: Usage::default() }
+    /// The failure of an LLM call: the model's fault when its reply did not fit, the
+    /// provider's otherwise.
+    pub fn llm_failed(error: &LlmError) -> Self {
+        let kind = match error {
+            LlmError::Structured { .. } => FailureKind::Agent,
+            _ => FailureKind::Llm,
+        };
+        Self::failed(kind, format!("LLM call failed: {error}"))
     }
 }
 
 /// How an agent goes about a step.
 pub(crate) enum Route {
-    /// The step was handled without choosing arguments: no tool, or a direct tool.
-    Done(StepResult),
-    /// The agent must choose the arguments of this tool.
-    ChooseArgs(Arc<dyn Tool>),
+    /// The step was handled without choosing arguments: no tool, a direct tool, or
+    /// calls replayed from the journal.
+    Done(StepOutcome),
+    /// The agent must choose the arguments of this tool, described by this spec
+    /// (taken once per step and passed along).
+    ChooseArgs(Arc<dyn Tool>, ToolSpec),
 }
 
 /// Handles the steps every agent treats alike, and hands back the tool of the others.
 pub(crate) async fn route(ctx: &StepContext) -> Route {
     let Some(tool) = &ctx.tool else { return Route::Done(llm_step::answer(ctx).await) };
-    match tool.direct_args(&ctx.step.task) {
-        Some(args) => Route::Done(tool_call::call_directly(ctx, tool.as_ref(), args).await),
-        None => Route::ChooseArgs(Arc::clone(tool)),
+    let spec = tool.spec();
+    if let Some(args) = spec.direct_args(&ctx.step.task) {
+        return Route::Done(tool_call::call_directly(ctx, tool.as_ref(), &spec, args).await);
+    }
+    match tool_call::replay(ctx, tool.as_ref(), &spec).await {
+        Some(outcome) => Route::Done(outcome),
+        None => Route::ChooseArgs(Arc::clone(tool), spec),
     }
 }
 
 /// Runs one step. Implement it to bring your own execution strategy.
 #[async_trait::async_trait]
 pub trait Agent: Send + Sync + fmt::Debug {
-    /// Runs the step described by `ctx`. Failures are a [`StepOutcome::Failed`], not a panic.
-    async fn execute(&self, ctx: &StepContext) -> StepResult;
+    /// Runs the step described by `ctx`, calling its tool through
+    /// [`StepContext::call_tool`] and its LLM through [`StepContext::llm`].
+    /// Failures are a [`StepOutcome::Failed`], not a panic.
+    async fn execute(&self, ctx: &StepContext) -> StepOutcome;
 }

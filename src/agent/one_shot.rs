@@ -1,10 +1,10 @@
 use std::sync::Arc;
 
-use super::tool_call::{ToolAttempt, failed, finish, retries_exhausted, run_tool};
-use super::{Agent, MAX_TOOL_RETRIES, Route, StepContext, StepResult, route};
-use crate::config::ModelRole;
-use crate::llm::{LlmRequest, Message, ToolChoice, Usage};
-use crate::tool::Tool;
+use super::tool_call::{ToolAttempt, finish, retries_exhausted, run_tool};
+use super::{Agent, MAX_TOOL_RETRIES, Route, StepContext, StepOutcome, route};
+use crate::llm::{LlmRequest, Message, ModelRole, ToolChoice};
+use crate::tool::{Tool, ToolSpec};
+use crate::workflow::FailureKind;
 
 const SYSTEM: &str = "You carry out one step of a plan by calling the tool you are given. \
 Take argument values from the task and context only; never invent them. Arguments must fit the tool's schema.";
@@ -19,48 +19,45 @@ pub struct OneShotAgent;
 
 #[async_trait::async_trait]
 impl Agent for OneShotAgent {
-    async fn execute(&self, ctx: &StepContext) -> StepResult {
+    async fn execute(&self, ctx: &StepContext) -> StepOutcome {
         match route(ctx).await {
             Route::Done(result) => result,
-            Route::ChooseArgs(tool) => call_tool_with_llm(ctx, tool).await,
+            Route::ChooseArgs(tool, spec) => call_tool_with_llm(ctx, tool, &spec).await,
         }
     }
 }
 
-async fn call_tool_with_llm(ctx: &StepContext, tool: Arc<dyn Tool>) -> StepResult {
-    let mut usage = Usage::default();
+async fn call_tool_with_llm(ctx: &StepContext, tool: Arc<dyn Tool>, spec: &ToolSpec) -> StepOutcome {
+    let definition = spec.definition();
     let mut messages = vec![Message::system(SYSTEM), Message::user(ctx.prompt())];
     let mut errors: Vec<String> = Vec::new();
     let mut reasked_for_call = false;
     loop {
         let request = LlmRequest::new(ModelRole::Execution, messages.clone())
-            .with_tools(vec![tool.definition()], ToolChoice::Tool(tool.id().to_owned()));
+            .with_tools(vec![definition.clone()], ToolChoice::Tool(spec.id.clone()));
         let response = match ctx.llm.chat(request).await {
             Ok(response) => response,
-            Err(e) => return failed(format!("LLM call failed: {e}"), usage),
+            Err(e) => return StepOutcome::llm_failed(&e),
         };
-        usage += response.usage;
         let Some(call) = response.tool_calls.into_iter().next() else {
             let text = response.text.unwrap_or_default();
             if reasked_for_call {
-                return failed(
-                    format!("the model answered in text instead of calling tool {}: {text}", tool.id()),
-                    usage,
+                return StepOutcome::failed(
+                    FailureKind::Agent,
+                    format!("the model answered in text instead of calling tool {}: {text}", spec.id),
                 );
             }
             reasked_for_call = true;
             messages.push(Message::assistant(text, Vec::new()));
-            messages.push(Message::user(format!("Do not answer in text: call the tool {} now.", tool.id())));
+            messages.push(Message::user(format!("Do not answer in text: call the tool {} now.", spec.id)));
             continue;
         };
-        let (attempt, spent) = run_tool(ctx, tool.as_ref(), call.arguments.clone()).await;
-        usage += spent;
-        match attempt {
-            ToolAttempt::Finished(outcome) => return finish(ctx, tool.as_ref(), outcome, usage).await,
+        match run_tool(ctx, tool.as_ref(), spec, call.arguments.clone()).await {
+            ToolAttempt::Finished(outcome) => return finish(ctx, spec, outcome).await,
             ToolAttempt::Retry(message) => {
                 errors.push(message.clone());
                 if errors.len() > MAX_TOOL_RETRIES {
-                    return failed(retries_exhausted(tool.id(), &errors), usage);
+                    return retries_exhausted(&spec.id, &errors);
                 }
                 messages.push(Message::assistant("", vec![call.clone()]));
                 messages.push(Message::tool_result(

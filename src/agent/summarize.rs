@@ -6,8 +6,7 @@ use serde_json::Value;
 
 use super::StepContext;
 use super::context::render_value;
-use crate::config::ModelRole;
-use crate::llm::{LlmClient, LlmRequest, Message, Usage};
+use crate::llm::{LlmClient, LlmRequest, Message, ModelRole};
 use crate::plan::Plan;
 use crate::text::clip;
 use crate::workflow::Workflow;
@@ -17,7 +16,7 @@ use crate::workflow::Workflow;
 const EARLIER_OUTPUT_LIMIT: usize = 300;
 
 /// Summarizes a tool's output for the step's task; `None` (and a warning) on failure.
-pub(super) async fn step_summary(ctx: &StepContext, value: &Value) -> (Option<String>, Usage) {
+pub(super) async fn step_summary(ctx: &StepContext, value: &Value) -> Option<String> {
     let prompt = format!(
         "Summarize this tool output in at most 500 characters, keeping the facts the task needs.\nTask: {}\nOutput: {}",
         ctx.step.task,
@@ -28,12 +27,12 @@ pub(super) async fn step_summary(ctx: &StepContext, value: &Value) -> (Option<St
 
 /// One LLM call that summarizes how the workflow's outputs answer the plan's query.
 /// Returns `None` (and logs a warning) when the call fails or the reply is empty.
-pub async fn summarize_final_output(llm: &dyn LlmClient, plan: &Plan, workflow: &Workflow) -> (Option<String>, Usage) {
+pub async fn summarize_final_output(llm: &dyn LlmClient, plan: &Plan, workflow: &Workflow) -> Option<String> {
     let mut prompt = format!(
         "Summarize in at most 500 characters how these results answer the query. Use only what is given.\nQuery: {}\n",
         plan.plan_context.query
     );
-    let outputs: Vec<_> = workflow.outputs.step_outputs.iter().collect();
+    let outputs: Vec<_> = workflow.outputs().step_outputs.iter().collect();
     for (i, (name, output)) in outputs.iter().enumerate() {
         let task = plan.step_producing(name).map_or("", |s| plan.steps[s].task.as_str());
         let mut value = render_value(&output.value);
@@ -45,16 +44,13 @@ pub async fn summarize_final_output(llm: &dyn LlmClient, plan: &Plan, workflow: 
     ask(llm, prompt).await
 }
 
-async fn ask(llm: &dyn LlmClient, prompt: String) -> (Option<String>, Usage) {
+async fn ask(llm: &dyn LlmClient, prompt: String) -> Option<String> {
     let request = LlmRequest::new(ModelRole::Summary, vec![Message::user(prompt)]);
     match llm.chat(request).await {
-        Ok(response) => {
-            let summary = response.text.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
-            (summary, response.usage)
-        }
+        Ok(response) => response.text.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()),
         Err(e) => {
             tracing::warn!(error = %e, "summary failed; going on without it");
-            (None, Usage::default())
+            None
         }
     }
 }

@@ -1,12 +1,11 @@
-//! Calling a step's tool: the schema check, the call, soft and hard errors, and
-//! the step summary. Shared by every agent.
+//! Calling a step's tool: the schema check, the journaled call, soft and hard
+//! errors, replay after an interruption, and the step summary. Shared by every agent.
 
 use serde_json::Value;
 
-use super::{MAX_TOOL_RETRIES, StepContext, StepOutcome, StepResult, summarize};
-use crate::llm::Usage;
-use crate::tool::{Tool, ToolError, ToolOutput};
-use crate::workflow::Output;
+use super::{MAX_TOOL_RETRIES, StepContext, StepOutcome, summarize};
+use crate::tool::{Tool, ToolError, ToolOutput, ToolSpec};
+use crate::workflow::{FailureKind, Output};
 
 /// What one tool call led to.
 pub(super) enum ToolAttempt {
@@ -16,71 +15,76 @@ pub(super) enum ToolAttempt {
     Retry(String),
 }
 
-/// Checks `args` against the tool's schema, then runs the tool. Returns what it led
-/// to and the LLM usage the tool reported.
-pub(super) async fn run_tool(ctx: &StepContext, tool: &dyn Tool, args: Value) -> (ToolAttempt, Usage) {
-    if let Err(problem) = check_args(&tool.args_schema(), &args) {
-        let message = format!("the arguments do not fit the schema of {}: {problem}", tool.id());
-        return (ToolAttempt::Retry(message), Usage::default());
+/// Checks `args` against the schema in `spec` (the tool's, taken once by the caller),
+/// then calls the tool through the journal.
+pub(super) async fn run_tool(ctx: &StepContext, tool: &dyn Tool, spec: &ToolSpec, args: Value) -> ToolAttempt {
+    if let Err(problem) = check_args(&spec.args_schema, &args) {
+        return ToolAttempt::Retry(format!("the arguments do not fit the schema of {}: {problem}", spec.id));
     }
-    let run_context = ctx.tool_run_context();
-    let attempt = match tool.run(&run_context, args).await {
+    attempt_of(spec, ctx.call_tool(tool, spec, args).await)
+}
+
+fn attempt_of(spec: &ToolSpec, result: Result<ToolOutput, ToolError>) -> ToolAttempt {
+    match result {
         Ok(ToolOutput::Value(value)) => ToolAttempt::Finished(StepOutcome::Output(Output::new(value))),
         Ok(ToolOutput::Clarifications(list)) if !list.is_empty() => {
             ToolAttempt::Finished(StepOutcome::Clarifications(list))
         }
-        Ok(ToolOutput::Clarifications(_)) => ToolAttempt::Finished(StepOutcome::Failed(format!(
-            "Tool {} failed: it asked for clarification without saying what it needs",
-            tool.id()
-        ))),
+        Ok(ToolOutput::Clarifications(_)) => ToolAttempt::Finished(StepOutcome::failed(
+            FailureKind::ToolError,
+            format!("Tool {} failed: it asked for clarification without saying what it needs", spec.id),
+        )),
         Err(ToolError::Soft(message)) => ToolAttempt::Retry(message),
-        Err(ToolError::Hard(message)) => {
-            ToolAttempt::Finished(StepOutcome::Failed(format!("Tool {} failed: {message}", tool.id())))
-        }
-    };
-    (attempt, run_context.usage.total())
+        Err(ToolError::Hard(message)) => ToolAttempt::Finished(StepOutcome::failed(
+            FailureKind::ToolError,
+            format!("Tool {} failed: {message}", spec.id),
+        )),
+    }
 }
 
-/// Calls a tool with arguments it chose itself ([`Tool::direct_args`]), trying again
-/// on soft errors up to [`MAX_TOOL_RETRIES`] times.
-pub(super) async fn call_directly(ctx: &StepContext, tool: &dyn Tool, args: Value) -> StepResult {
-    let mut usage = Usage::default();
+/// Calls a tool with arguments that follow from the task ([`ToolSpec::direct_args`]),
+/// trying again on soft errors up to [`MAX_TOOL_RETRIES`] times.
+pub(super) async fn call_directly(ctx: &StepContext, tool: &dyn Tool, spec: &ToolSpec, args: Value) -> StepOutcome {
     let mut errors = Vec::new();
     loop {
-        let (attempt, spent) = run_tool(ctx, tool, args.clone()).await;
-        usage += spent;
-        match attempt {
-            ToolAttempt::Finished(outcome) => return finish(ctx, tool, outcome, usage).await,
+        match run_tool(ctx, tool, spec, args.clone()).await {
+            ToolAttempt::Finished(outcome) => return finish(ctx, spec, outcome).await,
             ToolAttempt::Retry(message) => {
                 errors.push(message);
                 if errors.len() > MAX_TOOL_RETRIES {
-                    return failed(retries_exhausted(tool.id(), &errors), usage);
+                    return retries_exhausted(&spec.id, &errors);
                 }
             }
         }
     }
 }
 
-pub(super) fn retries_exhausted(tool_id: &str, errors: &[String]) -> String {
-    format!("Tool {tool_id} failed after {} attempts: {}", errors.len(), errors.join("; "))
+/// Makes again, in order, the calls an interrupted run of this step journaled,
+/// without asking the model for their arguments. `None` when there were none, or
+/// when all of them failed softly and the model must choose again.
+pub(super) async fn replay(ctx: &StepContext, tool: &dyn Tool, spec: &ToolSpec) -> Option<StepOutcome> {
+    while let Some(args) = ctx.calls.journaled_args() {
+        if let ToolAttempt::Finished(outcome) = attempt_of(spec, ctx.call_tool(tool, spec, args).await) {
+            return Some(finish(ctx, spec, outcome).await);
+        }
+    }
+    None
 }
 
-/// Adds a summary to a value output when the tool asks for one.
-pub(super) async fn finish(ctx: &StepContext, tool: &dyn Tool, outcome: StepOutcome, mut usage: Usage) -> StepResult {
-    let outcome = match outcome {
-        StepOutcome::Output(mut output) if tool.should_summarize() => {
-            let (summary, spent) = summarize::step_summary(ctx, &output.value).await;
-            usage += spent;
-            output.summary = summary;
+pub(super) fn retries_exhausted(tool_id: &str, errors: &[String]) -> StepOutcome {
+    let message = format!("Tool {tool_id} failed after {} attempts: {}", errors.len(), errors.join("; "));
+    StepOutcome::failed(FailureKind::ToolRetriesExhausted, message)
+}
+
+/// Adds a summary to a value output when the tool's spec asks for one.
+pub(super) async fn finish(ctx: &StepContext, spec: &ToolSpec, outcome: StepOutcome) -> StepOutcome {
+    match outcome {
+        StepOutcome::Output(mut output) if spec.summarize => {
+            output.summary = summarize::step_summary(ctx, &output.value).await;
             StepOutcome::Output(output)
         }
         other => other,
-    };
-    StepResult { outcome, usage }
-}
-
-pub(super) fn failed(message: String, usage: Usage) -> StepResult {
-    StepResult { outcome: StepOutcome::Failed(message), usage }
+    }
 }
 
 /// A light check of the arguments against a JSON schema: an object, with every

@@ -6,13 +6,11 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::render_value;
-use super::tool_call::{ToolAttempt, failed, finish, retries_exhausted, run_tool};
-use super::{Agent, MAX_TOOL_RETRIES, Route, StepContext, StepResult, route};
-use crate::agent::StepOutcome;
+use super::tool_call::{ToolAttempt, finish, retries_exhausted, run_tool};
+use super::{Agent, MAX_TOOL_RETRIES, Route, StepContext, StepOutcome, route};
 use crate::clarification::{Clarification, latest_answer};
-use crate::config::ModelRole;
-use crate::llm::{LlmRequest, Message, OutputSchema, Usage, structured};
-use crate::tool::Tool;
+use crate::llm::{LlmError, LlmRequest, Message, ModelRole, OutputSchema, structured};
+use crate::tool::{Tool, ToolSpec};
 
 const SYSTEM: &str = "You prepare the arguments of one tool call for a step of a plan. \
 For every argument of the tool, give its value and where it comes from. Use only the task, the inputs, \
@@ -54,60 +52,49 @@ pub struct VerifierAgent;
 
 #[async_trait::async_trait]
 impl Agent for VerifierAgent {
-    async fn execute(&self, ctx: &StepContext) -> StepResult {
+    async fn execute(&self, ctx: &StepContext) -> StepOutcome {
         match route(ctx).await {
             Route::Done(result) => result,
-            Route::ChooseArgs(tool) => verify_and_call(ctx, tool).await,
+            Route::ChooseArgs(tool, spec) => verify_and_call(ctx, tool, &spec).await,
         }
     }
 }
 
-async fn verify_and_call(ctx: &StepContext, tool: Arc<dyn Tool>) -> StepResult {
-    let mut usage = Usage::default();
+async fn verify_and_call(ctx: &StepContext, tool: Arc<dyn Tool>, spec: &ToolSpec) -> StepOutcome {
     let mut errors: Vec<String> = Vec::new();
     loop {
-        let proposed = match propose(ctx, tool.as_ref(), &errors).await {
-            Ok((proposed, spent)) => {
-                usage += spent;
-                proposed
-            }
-            Err(message) => return failed(message, usage),
+        let proposed = match propose(ctx, spec, &errors).await {
+            Ok(proposed) => proposed,
+            Err(e) => return StepOutcome::llm_failed(&e),
         };
-        let (args, unsupported) = settle_arguments(ctx, &tool.args_schema(), proposed);
+        let (args, unsupported) = settle_arguments(ctx, &spec.args_schema, proposed);
         if !unsupported.is_empty() {
             let clarifications =
                 unsupported.into_iter().map(|(name, why)| Clarification::input(ctx.workflow_id, name, why)).collect();
-            return StepResult { outcome: StepOutcome::Clarifications(clarifications), usage };
+            return StepOutcome::Clarifications(clarifications);
         }
-        let (attempt, spent) = run_tool(ctx, tool.as_ref(), Value::Object(args)).await;
-        usage += spent;
-        match attempt {
-            ToolAttempt::Finished(outcome) => return finish(ctx, tool.as_ref(), outcome, usage).await,
+        match run_tool(ctx, tool.as_ref(), spec, Value::Object(args)).await {
+            ToolAttempt::Finished(outcome) => return finish(ctx, spec, outcome).await,
             ToolAttempt::Retry(message) => {
                 errors.push(message);
                 if errors.len() > MAX_TOOL_RETRIES {
-                    return failed(retries_exhausted(tool.id(), &errors), usage);
+                    return retries_exhausted(&spec.id, &errors);
                 }
             }
         }
     }
 }
 
-async fn propose(ctx: &StepContext, tool: &dyn Tool, errors: &[String]) -> Result<(ProposedArguments, Usage), String> {
-    let mut prompt = format!(
-        "{}\nTool: {} ({})\nArguments schema: {}",
-        ctx.prompt(),
-        tool.id(),
-        tool.description(),
-        tool.args_schema()
-    );
+async fn propose(ctx: &StepContext, spec: &ToolSpec, errors: &[String]) -> Result<ProposedArguments, LlmError> {
+    let mut prompt =
+        format!("{}\nTool: {} ({})\nArguments schema: {}", ctx.prompt(), spec.id, spec.description, spec.args_schema);
     if !errors.is_empty() {
         prompt.push_str("\nEarlier attempts failed; do not repeat these mistakes:\n- ");
         prompt.push_str(&errors.join("\n- "));
     }
     let request = LlmRequest::new(ModelRole::Execution, vec![Message::system(SYSTEM), Message::user(prompt)])
         .with_output_schema(OutputSchema::of::<ProposedArguments>("ProposedArguments"));
-    structured(ctx.llm.as_ref(), request).await.map_err(|e| format!("LLM call failed: {e}"))
+    structured(ctx.llm.as_ref(), request).await.map(|(proposed, _usage)| proposed)
 }
 
 /// Applies the human's answers, and splits the proposal into the arguments to send

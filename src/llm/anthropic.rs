@@ -14,9 +14,9 @@ use serde_json::{Map, Value, json};
 use super::retry::RetryPolicy;
 use super::schema::{SentSchema, object_schema};
 use super::transport::{Endpoint, secret_header};
-use super::{LlmError, LlmRequest, LlmResponse, Message, OutputSchema, Role, ToolCall, ToolChoice, Usage};
+use super::{LlmError, LlmProvider, LlmRequest, LlmResponse, Message, OutputSchema, Role, ToolCall, ToolChoice, Usage};
 use crate::Config;
-use crate::config::{LlmProvider, Secret};
+use crate::config::Secret;
 
 const API_VERSION: &str = "2023-06-01";
 

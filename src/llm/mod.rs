@@ -6,12 +6,16 @@
 //! translate this to their wire format; retries and timeouts live around them in
 //! one place. In tests, drive it with [`testing::ScriptedLlm`](crate::testing).
 //!
+//! [`LlmProvider`] is the catalogue of providers (default models, base URLs, key
+//! variables); [`ModelRole`] names what a call is for and [`ModelRef`] which model serves it.
+//!
 //! [`client_from_config`] builds the HTTP client for the configured providers:
 //! OpenAI Chat Completions (also used for Mistral, Groq, OpenRouter, Ollama and
 //! other compatible servers) and Anthropic Messages, with retries per [`retry`].
 
 mod anthropic;
 mod openai;
+mod provider;
 pub mod retry;
 mod router;
 mod schema;
@@ -26,7 +30,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::ModelRole;
+pub(crate) use provider::split_provider;
+pub use provider::{LlmProvider, ModelRef, ModelRole};
 
 /// Who wrote a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,9 +17,9 @@ use serde_json::{Map, Value, json};
 use super::retry::RetryPolicy;
 use super::schema::SentSchema;
 use super::transport::{Endpoint, secret_header};
-use super::{LlmError, LlmRequest, LlmResponse, Message, Role, ToolCall, ToolChoice, Usage};
+use super::{LlmError, LlmProvider, LlmRequest, LlmResponse, Message, Role, ToolCall, ToolChoice, Usage};
 use crate::Config;
-use crate::config::{LlmProvider, Secret};
+use crate::config::Secret;
 
 /// A client for one OpenAI-protocol provider.
 #[derive(Debug)]

@@ -5,9 +5,8 @@ use std::collections::HashMap;
 
 use super::anthropic::AnthropicClient;
 use super::openai::OpenAiClient;
-use super::{LlmClient, LlmError, LlmRequest, LlmResponse};
+use super::{LlmClient, LlmError, LlmProvider, LlmRequest, LlmResponse, ModelRef};
 use crate::Config;
-use crate::config::{LlmProvider, ModelRef};
 
 /// Routes each request to the client of the provider its model belongs to.
 #[derive(Debug)]

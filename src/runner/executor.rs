@@ -1,5 +1,5 @@
-//! The step loop: starts every step whose inputs are ready (up to the configured
-//! limit), applies each outcome to the workflow as it arrives, and saves after each.
+//! One run of a workflow under its lease: the step loop, and the saves after every
+//! change, each a compare-and-swap fenced on the lease.
 //!
 //! Agents run on owned [`StepContext`]s, so no `&mut Workflow` is held across a
 //! step's await and independent steps run concurrently. A step that panics fails
@@ -11,20 +11,33 @@ use std::sync::Arc;
 use tokio::task::{Id, JoinSet};
 
 use super::Runner;
-use super::claims::Claim;
-use super::recording::RecordedTool;
-use crate::agent::{StepContext, StepInput, StepOutcome, StepResult, summarize_final_output};
+use super::control::spawn_heartbeat;
+use super::metered::Meter;
+use crate::agent::{Stop, StepContext, StepInput, StepOutcome, StopSignal, ToolCalls, summarize_final_output};
+use crate::clarification::ClarificationKind;
 use crate::config::ExecutionMode;
+use crate::ids::WorkflowId;
 use crate::plan::Plan;
-use crate::tool::Tool;
-use crate::workflow::{Output, Workflow, WorkflowState};
+use crate::storage::{Lease, LeaseGrant, ToolCallRecord};
+use crate::workflow::{Failure, FailureKind, Output, Workflow, WorkflowState, WorkflowUsage};
 use crate::{Error, Result};
+
+/// A run in progress: the workflow, and what it runs with.
+struct Run {
+    workflow: Workflow,
+    plan: Plan,
+    lease: Lease,
+    signal: StopSignal,
+    meter: Meter,
+    /// Calls journaled by earlier, interrupted runs.
+    journal: Vec<ToolCallRecord>,
+}
 
 /// What the running steps have led to so far.
 #[derive(Default)]
 struct Halt {
-    /// The first step failure: `(step, message)`. No new step starts after it.
-    failure: Option<(usize, String)>,
+    /// The first step failure. No new step starts after it.
+    failure: Option<Failure>,
     /// Whether a step asked for clarifications. No new step starts after it either.
     clarifying: bool,
 }
@@ -35,126 +48,144 @@ impl Halt {
     }
 }
 
-/// How a run ended before its conclusion: it went through, or it was cancelled.
-enum Run {
-    Finished(Halt),
-    Cancelled,
-}
-
 impl Runner {
-    pub(super) async fn execute(&self, mut workflow: Workflow) -> Result<Workflow> {
-        let Some(claim) = self.inner.claims.claim(workflow.id) else {
-            return Err(Error::AlreadyRunning(workflow.id));
-        };
-        self.refuse_stale_copy(&workflow).await?;
-        match workflow.state() {
-            state if state.is_terminal() => return Err(workflow.invalid_state("execute it")),
-            WorkflowState::NeedClarification => {
-                if workflow.outstanding_clarifications().next().is_some() {
-                    return Ok(workflow);
-                }
-                workflow.transition_to(WorkflowState::ReadyToResume)?;
-                if self.save_unless_cancelled(&claim, &workflow).await? {
-                    return self.inner.storage.get_workflow(workflow.id).await;
-                }
+    /// Runs the stored workflow `id` under a lease, from wherever it stands.
+    pub(super) async fn execute(&self, id: WorkflowId) -> Result<Workflow> {
+        let ttl = self.inner.config.lease_ttl();
+        let grant = self.inner.storage.acquire_lease(id, &self.inner.owner, ttl).await?;
+        let lease = grant.lease.clone();
+        let signal = StopSignal::default();
+        let _registered = self.inner.local_runs.register(id, signal.clone());
+        let heartbeat = spawn_heartbeat(Arc::clone(&self.inner.storage), lease.clone(), ttl, signal.clone());
+        let result = self.run_leased(grant, signal).await;
+        heartbeat.abort();
+        if let Err(e) = self.inner.storage.release_lease(&lease).await {
+            tracing::warn!(workflow = %id, error = %e, "could not release the lease; it lapses on its own");
+        }
+        result
+    }
+
+    async fn run_leased(&self, grant: LeaseGrant, signal: StopSignal) -> Result<Workflow> {
+        let LeaseGrant { lease, workflow, reclaimed, attempts, cancel_requested } = grant;
+        let id = workflow.id();
+        let plan = self.inner.storage.get_plan(workflow.plan_id()).await?;
+        let journal = self.inner.storage.tool_calls(id).await?;
+        let usage = self.journaled_usage(&workflow).await?;
+        let meter = Meter::new(Arc::clone(&self.inner.storage), lease.clone(), signal.clone(), usage);
+        let mut run = Run { workflow, plan, lease, signal, meter, journal };
+        if let Some(reason) = cancel_requested {
+            return self.end_failed(run, Failure::new(FailureKind::Cancelled, reason)).await;
+        }
+        let limit = self.inner.config.max_run_attempts;
+        if reclaimed && attempts > limit {
+            let message = format!(
+                "the workflow was taken over {attempts} times after its runs stopped without finishing; \
+                 the limit is {limit} (PORTIA_MAX_RUN_ATTEMPTS)"
+            );
+            return self.end_failed(run, Failure::new(FailureKind::AttemptsExhausted, message)).await;
+        }
+        if reclaimed {
+            tracing::warn!(workflow = %id, attempts, "taking over a workflow whose run stopped without finishing");
+        }
+        if run.workflow.state() == WorkflowState::NeedClarification {
+            if run.workflow.outstanding_clarifications().next().is_some() {
+                return Ok(run.workflow);
             }
-            _ => {}
+            run.workflow.transition_to(WorkflowState::ReadyToResume)?;
         }
-        let plan = self.inner.storage.get_plan(workflow.plan_id).await?;
-        if workflow.state() != WorkflowState::InProgress {
-            workflow.transition_to(WorkflowState::InProgress)?;
+        if run.workflow.state() != WorkflowState::InProgress {
+            run.workflow.transition_to(WorkflowState::InProgress)?;
         }
-        if self.save_unless_cancelled(&claim, &workflow).await? {
-            return self.inner.storage.get_workflow(workflow.id).await;
+        self.save(&mut run).await?;
+        let halt = self.run_steps(&mut run).await?;
+        match run.signal.reason() {
+            Some(stop) => self.end_stopped(run, stop).await,
+            None => self.conclude(run, halt).await,
         }
-        let cancelled = match self.run_steps(&plan, &mut workflow, &claim).await? {
-            Run::Finished(halt) => self.conclude(&plan, &mut workflow, halt, &claim).await?,
-            Run::Cancelled => true,
-        };
-        if cancelled {
-            // The cancellation saved the workflow as it should end; return that.
-            return self.inner.storage.get_workflow(workflow.id).await;
-        }
-        Ok(workflow)
     }
 
-    /// A copy older than the stored workflow must not run: it would redo finished
-    /// steps and drop answers. Older means the stored one has finished, or holds a
-    /// step output or a clarification the copy lacks.
-    async fn refuse_stale_copy(&self, workflow: &Workflow) -> Result<()> {
-        let stored = match self.inner.storage.get_workflow(workflow.id).await {
-            Ok(stored) => stored,
-            Err(Error::WorkflowNotFound(_)) => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        if stored.state().is_terminal() {
-            return Err(stored.invalid_state("execute it"));
+    /// The workflow's usage as journaled: planning, then every call recorded,
+    /// including those of a run that died before it could save them.
+    async fn journaled_usage(&self, workflow: &Workflow) -> Result<WorkflowUsage> {
+        let mut usage = WorkflowUsage::planned(workflow.usage().planning);
+        for record in self.inner.storage.usage_records(workflow.id()).await? {
+            usage.add(record.step_output.as_deref(), record.usage);
         }
-        let ours = &workflow.outputs;
-        let missing_output = stored.outputs.step_outputs.iter().any(|(name, _)| !ours.step_outputs.contains(name));
-        let missing_question =
-            stored.outputs.clarifications.iter().any(|c| !ours.clarifications.iter().any(|o| o.id == c.id));
-        if missing_output || missing_question {
-            return Err(stored.invalid_state("execute an older copy of it (execute the stored one, by id)"));
-        }
-        Ok(())
+        Ok(usage)
     }
 
-    /// Saves the run's copy unless the workflow was cancelled meanwhile; `true` if it was.
-    async fn save_unless_cancelled(&self, claim: &Claim, workflow: &Workflow) -> Result<bool> {
-        let cancelled = claim.cancelled.lock().await;
-        if !*cancelled {
-            self.inner.storage.save_workflow(workflow).await?;
-        }
-        Ok(*cancelled)
+    /// Saves the run's workflow as the next version, under the lease.
+    async fn save(&self, run: &mut Run) -> Result<()> {
+        run.workflow.set_usage(run.meter.usage());
+        run.workflow.bump_version();
+        self.inner.storage.update_workflow(&run.workflow, &run.lease).await
     }
 
-    async fn run_steps(&self, plan: &Plan, workflow: &mut Workflow, claim: &Claim) -> Result<Run> {
+    async fn end_failed(&self, mut run: Run, failure: Failure) -> Result<Workflow> {
+        run.workflow.fail(failure)?;
+        self.save(&mut run).await?;
+        Ok(run.workflow)
+    }
+
+    async fn end_stopped(&self, run: Run, stop: Stop) -> Result<Workflow> {
+        match stop {
+            Stop::Cancelled(reason) => self.end_failed(run, Failure::new(FailureKind::Cancelled, reason)).await,
+            Stop::LeaseLost => Err(Error::LeaseLost { workflow_id: run.workflow.id() }),
+        }
+    }
+
+    async fn run_steps(&self, run: &mut Run) -> Result<Halt> {
         let limit = match self.inner.config.execution {
             ExecutionMode::Sequential => 1,
             _ => self.inner.config.max_parallel_steps.max(1),
         };
-        let mut started = vec![false; plan.steps.len()];
-        let mut running: JoinSet<(usize, StepResult)> = JoinSet::new();
+        let mut started = vec![false; run.plan.steps.len()];
+        let mut running: JoinSet<(usize, StepOutcome)> = JoinSet::new();
         let mut step_of_task: HashMap<Id, usize> = HashMap::new();
         let mut halt = Halt::default();
         loop {
             if !halt.stops_new_steps() {
-                for index in self.ready_steps(plan, workflow, &started) {
+                for index in self.ready_steps(run, &started) {
                     if running.len() >= limit {
                         break;
                     }
                     started[index] = true;
-                    match self.step_context(plan, workflow, index) {
+                    match self.step_context(run, index) {
                         Ok(ctx) => {
                             let agent = Arc::clone(&self.inner.agent);
                             let task = running.spawn(async move { (index, agent.execute(&ctx).await) });
                             step_of_task.insert(task.id(), index);
                         }
-                        Err(message) => {
-                            halt.failure = Some((index, message));
+                        Err(failure) => {
+                            halt.failure = Some(failure.at_step(index));
                             break;
                         }
                     }
                 }
             }
-            let Some(joined) = running.join_next().await else { break };
-            let (index, result) = match joined {
-                Ok(done) => done,
-                Err(e) => (step_of_task.get(&e.id()).copied().unwrap_or_default(), StepResult::new(task_failure(e))),
+            let joined = tokio::select! {
+                biased;
+                joined = running.join_next() => joined,
+                () = run.signal.token().cancelled() => {
+                    running.abort_all();
+                    return Ok(halt);
+                }
             };
-            self.apply(plan, workflow, index, result, &mut halt);
-            if self.save_unless_cancelled(claim, workflow).await? {
-                running.abort_all();
-                return Ok(Run::Cancelled);
-            }
+            let Some(joined) = joined else { break };
+            let (index, outcome) = match joined {
+                Ok(done) => done,
+                Err(e) => (step_of_task.get(&e.id()).copied().unwrap_or_default(), task_failure(e)),
+            };
+            Self::apply(run, index, outcome, &mut halt);
+            self.save(run).await?;
         }
-        Ok(Run::Finished(halt))
+        Ok(halt)
     }
 
     /// Steps not started whose inputs are all available, in plan order. Run one at a
     /// time, only the lowest step not yet done is ready.
-    fn ready_steps(&self, plan: &Plan, workflow: &Workflow, started: &[bool]) -> Vec<usize> {
+    fn ready_steps(&self, run: &Run, started: &[bool]) -> Vec<usize> {
+        let (plan, workflow) = (&run.plan, &run.workflow);
         if self.inner.config.execution == ExecutionMode::Sequential {
             let lowest = (0..plan.steps.len()).find(|&i| !workflow.is_step_done(plan, i));
             return lowest.filter(|&i| !started[i]).into_iter().collect();
@@ -166,79 +197,82 @@ impl Runner {
                     .inputs
                     .iter()
                     .filter(|v| v.is_reference())
-                    .all(|v| workflow.outputs.step_outputs.contains(&v.name))
+                    .all(|v| workflow.outputs().step_outputs.contains(&v.name))
             })
             .collect()
     }
 
-    fn apply(&self, plan: &Plan, workflow: &mut Workflow, index: usize, result: StepResult, halt: &mut Halt) {
-        workflow.add_usage(Some(&plan.steps[index].output), result.usage);
-        match result.outcome {
-            StepOutcome::Output(output) => workflow.record_step_output(plan, index, output),
+    fn apply(run: &mut Run, index: usize, outcome: StepOutcome, halt: &mut Halt) {
+        let workflow = &mut run.workflow;
+        match outcome {
+            StepOutcome::Output(output) => workflow.record_step_output(&run.plan, index, output),
             StepOutcome::Clarifications(list) => {
-                tracing::info!(workflow = %workflow.id, step = index, count = list.len(), "step needs clarification");
+                tracing::info!(workflow = %workflow.id(), step = index, count = list.len(), "step needs clarification");
                 workflow.add_clarifications(index, list);
                 halt.clarifying = true;
             }
-            StepOutcome::Failed(message) => {
-                tracing::warn!(workflow = %workflow.id, step = index, %message, "step failed");
-                halt.failure.get_or_insert((index, message));
+            StepOutcome::Failed(failure) => {
+                tracing::warn!(workflow = %workflow.id(), step = index, message = %failure.message, "step failed");
+                halt.failure.get_or_insert(failure.at_step(index));
             }
         }
     }
 
-    /// Moves the workflow to its end state and saves it; `true` if it was cancelled meanwhile.
-    async fn conclude(&self, plan: &Plan, workflow: &mut Workflow, halt: Halt, claim: &Claim) -> Result<bool> {
-        let pending: Vec<usize> = (0..plan.steps.len()).filter(|&i| !workflow.is_step_done(plan, i)).collect();
-        if let Some((step, message)) = halt.failure {
-            workflow.fail(Some(step), message)?;
+    /// Moves the workflow to its end state and saves it.
+    async fn conclude(&self, mut run: Run, halt: Halt) -> Result<Workflow> {
+        let (plan, workflow) = (&run.plan, &mut run.workflow);
+        let pending = (0..plan.steps.len()).find(|&i| !workflow.is_step_done(plan, i));
+        if let Some(failure) = halt.failure {
+            workflow.fail(failure)?;
         } else if halt.clarifying {
             workflow.transition_to(WorkflowState::NeedClarification)?;
-        } else if let Some(&step) = pending.first() {
+        } else if let Some(step) = pending {
             // Only a plan that skipped validation can get here: an input nobody produces.
-            workflow.fail(Some(step), format!("step {step} cannot run: one of its inputs is never produced"))?;
+            let message = format!("step {step} cannot run: one of its inputs is never produced");
+            workflow.fail(Failure::new(FailureKind::InvalidStep, message).at_step(step))?;
         } else {
-            self.set_final_output(plan, workflow).await;
-            workflow.transition_to(WorkflowState::Complete)?;
-            tracing::info!(workflow = %workflow.id, plan = %plan.id, "workflow complete");
-            tracing::debug!(workflow = %workflow.id, final_output = ?workflow.outputs.final_output, "final output");
+            self.set_final_output(&mut run).await;
+            run.workflow.transition_to(WorkflowState::Complete)?;
+            tracing::info!(workflow = %run.workflow.id(), plan = %run.plan.id, "workflow complete");
         }
-        self.save_unless_cancelled(claim, workflow).await
+        self.save(&mut run).await?;
+        Ok(run.workflow)
     }
 
-    async fn set_final_output(&self, plan: &Plan, workflow: &mut Workflow) {
-        let Some(last) = plan.steps.last() else { return };
-        let Some(value) = workflow.outputs.step_outputs.get(&last.output).map(|o| o.value.clone()) else { return };
+    async fn set_final_output(&self, run: &mut Run) {
+        let Some(last) = run.plan.steps.last() else { return };
+        let Some(value) = run.workflow.outputs().step_outputs.get(&last.output).map(|o| o.value.clone()) else {
+            return;
+        };
         let mut final_output = Output::new(value);
         if self.inner.config.summarize_final_output {
-            let (summary, usage) = summarize_final_output(self.inner.llm.as_ref(), plan, workflow).await;
-            workflow.add_usage(None, usage);
-            final_output.summary = summary;
+            let llm = run.meter.client(Arc::clone(&self.inner.llm), None);
+            final_output.summary = summarize_final_output(llm.as_ref(), &run.plan, &run.workflow).await;
         }
-        workflow.outputs.final_output = Some(final_output);
+        tracing::debug!(workflow = %run.workflow.id(), final_output = ?final_output, "final output");
+        run.workflow.set_final_output(final_output);
     }
 
     /// The owned context an agent runs step `index` with, or why the step cannot run.
-    fn step_context(&self, plan: &Plan, workflow: &Workflow, index: usize) -> std::result::Result<StepContext, String> {
+    fn step_context(&self, run: &Run, index: usize) -> std::result::Result<StepContext, Failure> {
+        let (plan, workflow) = (&run.plan, &run.workflow);
         let step = &plan.steps[index];
         let tool = match &step.tool_id {
             None => None,
-            Some(id) => match self.inner.tools.get_tool(id) {
-                Ok(inner) => {
-                    Some(Arc::new(RecordedTool { inner, storage: Arc::clone(&self.inner.storage) }) as Arc<dyn Tool>)
-                }
-                Err(_) => return Err(format!("Tool {id} is not in the tool registry: register it, or plan again")),
-            },
+            Some(id) => Some(self.inner.tools.get_tool(id).map_err(|_| {
+                let message = format!("Tool {id} is not in the tool registry: register it, or plan again");
+                Failure::new(FailureKind::InvalidStep, message)
+            })?),
         };
-        let outputs = &workflow.outputs.step_outputs;
+        let outputs = &workflow.outputs().step_outputs;
         let mut inputs = Vec::with_capacity(step.inputs.len());
         for variable in &step.inputs {
             let value = match &variable.value {
                 Some(constant) => constant.clone(),
-                None => outputs
-                    .get(&variable.name)
-                    .map(|o| o.value.clone())
-                    .ok_or_else(|| format!("step {index} reads {}, which has not been produced", variable.name))?,
+                None => outputs.get(&variable.name).map(|o| o.value.clone()).ok_or_else(|| {
+                    let message = format!("step {index} reads {}, which has not been produced", variable.name);
+                    Failure::new(FailureKind::InvalidStep, message)
+                })?,
             };
             inputs.push(StepInput { name: variable.name.clone(), description: variable.description.clone(), value });
         }
@@ -247,33 +281,49 @@ impl Runner {
             .filter(|s| !step.inputs.iter().any(|v| v.name == s.output))
             .filter_map(|s| outputs.get(&s.output).map(|o| (s.output.clone(), o.value.clone())))
             .collect();
+        let clarifications: Vec<_> = workflow.clarifications_for_step(index).cloned().collect();
         Ok(StepContext {
             query: plan.plan_context.query.clone(),
             step_index: index,
             step: step.clone(),
             inputs,
             other_outputs,
-            clarifications: workflow.clarifications_for_step(index).cloned().collect(),
-            execution_context: workflow.execution_context.clone(),
-            workflow_id: workflow.id,
+            calls: self.step_calls(run, index, &clarifications),
+            clarifications,
+            execution_context: workflow.execution_context().clone(),
+            workflow_id: workflow.id(),
             tool,
-            llm: Arc::clone(&self.inner.llm),
+            llm: run.meter.client(Arc::clone(&self.inner.llm), Some(&step.output)),
             config: Arc::clone(&self.inner.config),
             today: self.today(),
         })
+    }
+
+    /// The journaled call path of one step. Each resume of a step after a question
+    /// it asked is a new attempt; a question about an interrupted call is not, so
+    /// the answer applies to that very call.
+    fn step_calls(&self, run: &Run, step: usize, clarifications: &[crate::Clarification]) -> ToolCalls {
+        let asked = clarifications.iter().filter(|c| !matches!(c.kind, ClarificationKind::ToolCallOutcome { .. }));
+        let attempt = u32::try_from(asked.count()).unwrap_or(u32::MAX);
+        let journaled =
+            run.journal.iter().filter(|r| r.key.step == step && r.key.attempt == attempt).cloned().collect();
+        let storage = Arc::clone(&self.inner.storage);
+        ToolCalls::new(storage, run.lease.clone(), run.signal.clone(), (step, attempt), journaled)
     }
 }
 
 /// A step task that panicked (or was aborted) fails its step with the reason.
 fn task_failure(error: tokio::task::JoinError) -> StepOutcome {
-    if !error.is_panic() {
-        return StepOutcome::Failed(format!("the step was stopped: {error}"));
-    }
-    let panic = error.into_panic();
-    let message = panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "no message".to_owned());
-    StepOutcome::Failed(format!("the step panicked: {message}"))
+    let failure = if error.is_panic() {
+        let panic = error.into_panic();
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_owned());
+        Failure::new(FailureKind::Panic, format!("the step panicked: {message}"))
+    } else {
+        Failure::new(FailureKind::Other, format!("the step was stopped: {error}"))
+    };
+    StepOutcome::Failed(failure)
 }

@@ -8,16 +8,18 @@
 //! A `Runner` is cheap to clone and `Send + Sync`: one runner serves many
 //! workflows at once.
 
-mod claims;
+mod control;
 mod executor;
-mod recording;
+mod metered;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::Utc;
+
 use serde_json::Value;
 
-use crate::agent::{Agent, OneShotAgent, VerifierAgent};
+use crate::agent::{Agent, OneShotAgent, Stop, VerifierAgent};
 use crate::clarification::{Clarification, ClarificationKind};
 use crate::config::{AgentKind, Config, StorageKind};
 use crate::execution_context::ExecutionContext;
@@ -25,9 +27,11 @@ use crate::ids::{PlanId, WorkflowId};
 use crate::llm::LlmClient;
 use crate::plan::Plan;
 use crate::planner::{OneShotPlanner, Planner, PlanningRequest};
-use crate::storage::{DiskStorage, InMemoryStorage, Storage, WorkflowPage, WorkflowQuery};
+#[cfg(feature = "sqlite")]
+use crate::storage::SqliteStorage;
+use crate::storage::{InMemoryStorage, Storage, ToolCallRecord, WorkflowPage, WorkflowQuery};
 use crate::tool::{InMemoryToolRegistry, ToolRegistry};
-use crate::workflow::{Workflow, WorkflowState};
+use crate::workflow::{Failure, FailureKind, Workflow, WorkflowState, WorkflowUsage};
 use crate::{Error, Result};
 
 /// Plans queries and runs workflows. See the [module docs](self).
@@ -45,7 +49,9 @@ struct Inner {
     planner: Arc<dyn Planner>,
     agent: Arc<dyn Agent>,
     today: Option<String>,
-    claims: claims::Claims,
+    /// This runner's name on the leases it takes: unique per runner and process.
+    owner: String,
+    local_runs: control::LocalRuns,
 }
 
 /// Options for [`Runner::generate_plan_with`] and [`Runner::execute_query_with`].
@@ -179,35 +185,36 @@ impl Runner {
         plan.validate(self.inner.tools.as_ref())?;
         self.inner.storage.save_plan(plan).await?;
         let mut workflow = Workflow::new(plan.id, context);
-        workflow.usage.planning = plan.usage;
-        workflow.usage.total = plan.usage;
-        self.inner.storage.save_workflow(&workflow).await?;
-        tracing::info!(workflow = %workflow.id, plan = %plan.id, "workflow created");
+        workflow.set_usage(WorkflowUsage::planned(plan.usage));
+        self.inner.storage.create_workflow(&workflow).await?;
+        tracing::info!(workflow = %workflow.id(), plan = %plan.id, "workflow created");
         Ok(workflow)
     }
 
     /// Runs a workflow until it is COMPLETE, FAILED or NEED_CLARIFICATION.
     ///
-    /// A workflow that still has unresolved clarifications is returned unchanged.
-    /// A step failure is not an `Err`: the workflow comes back FAILED with its
-    /// [`failure`](Workflow::failure) set.
+    /// The stored workflow with `workflow`'s id is run, whatever the copy passed in
+    /// holds, so an old copy can never overwrite newer state. The run holds the
+    /// workflow's lease throughout: no other runner, in this process or another,
+    /// runs it meanwhile. A workflow that still has unresolved clarifications is
+    /// returned unchanged. A step failure is not an `Err`: the workflow comes back
+    /// FAILED with its [`failure`](Workflow::failure) set.
     ///
     /// # Errors
-    /// [`Error::InvalidWorkflowState`] for a COMPLETE or FAILED workflow (also when
-    /// only the stored copy has finished: a stale copy does not run again),
-    /// [`Error::AlreadyRunning`] while this runner is executing it,
-    /// [`Error::PlanNotFound`], or a storage error.
+    /// [`Error::InvalidWorkflowState`] for a COMPLETE or FAILED workflow,
+    /// [`Error::AlreadyRunning`] while another run holds its lease,
+    /// [`Error::LeaseLost`] when this run lost its lease midway (another run has
+    /// taken the workflow over), [`Error::PlanNotFound`], or a storage error.
     pub async fn execute_workflow(&self, workflow: Workflow) -> Result<Workflow> {
-        self.execute(workflow).await
+        self.execute(workflow.id()).await
     }
 
-    /// Loads a workflow from storage and runs it as [`Runner::execute_workflow`] does.
+    /// Runs the stored workflow `id` as [`Runner::execute_workflow`] does.
     ///
     /// # Errors
     /// [`Error::WorkflowNotFound`], and as [`Runner::execute_workflow`].
     pub async fn execute_workflow_by_id(&self, id: WorkflowId) -> Result<Workflow> {
-        let workflow = self.inner.storage.get_workflow(id).await?;
-        self.execute(workflow).await
+        self.execute(id).await
     }
 
     /// Creates a workflow for `plan` and runs it.
@@ -216,7 +223,7 @@ impl Runner {
     /// As [`Runner::create_workflow`] and [`Runner::execute_workflow`].
     pub async fn run_plan(&self, plan: &Plan) -> Result<Workflow> {
         let workflow = self.create_workflow(plan).await?;
-        self.execute(workflow).await
+        self.execute(workflow.id()).await
     }
 
     /// Plans `query`, creates a workflow and runs it.
@@ -235,7 +242,7 @@ impl Runner {
         let context = options.execution_context.clone();
         let plan = self.generate_plan_with(query, options).await?;
         let workflow = self.create_workflow_with(&plan, context).await?;
-        self.execute(workflow).await
+        self.execute(workflow.id()).await
     }
 
     /// Answers a clarification and saves the workflow; once none is outstanding the
@@ -252,42 +259,101 @@ impl Runner {
         clarification: &Clarification,
         response: impl Into<Value>,
     ) -> Result<Workflow> {
-        // A run in progress would save over the answer.
-        let id = clarification.workflow_id;
-        let _claim = self.inner.claims.claim(id).ok_or(Error::AlreadyRunning(id))?;
-        let mut workflow = self.inner.storage.get_workflow(id).await?;
-        workflow.resolve_clarification(clarification.id, response.into())?;
-        self.inner.storage.save_workflow(&workflow).await?;
-        Ok(workflow)
+        let response = response.into();
+        self.update_stored(clarification.workflow_id, |workflow| {
+            workflow.resolve_clarification(clarification.id, response)
+        })
+        .await
     }
 
-    /// Stops a workflow that is not finished: it becomes FAILED with `reason` and is
-    /// saved. Use it when a human rejects a value confirmation, for example.
+    /// Stops a workflow that is not finished: it becomes FAILED, of kind
+    /// [`FailureKind::Cancelled`], with `reason`. Use it when a human rejects a value
+    /// confirmation, for example.
     ///
-    /// A run of the workflow in progress on this runner (or a clone of it) stops
-    /// when its current steps end, without saving anything more; steps still running
-    /// then are aborted.
+    /// The request is stored, so any process may make it. A run of the workflow in
+    /// this process stops at once (running steps are aborted, and running tools see
+    /// it through [`ToolRunContext::cancellation`](crate::tool::ToolRunContext)), and
+    /// the FAILED workflow is returned. A run in another process stops when it next
+    /// renews its lease (within a third of `PORTIA_LEASE_TTL_SECS`); the workflow is
+    /// then returned as stored now, still running.
     ///
     /// # Errors
     /// [`Error::WorkflowNotFound`], or [`Error::InvalidWorkflowState`] for a workflow
     /// that is already COMPLETE or FAILED.
     pub async fn cancel_workflow(&self, id: WorkflowId, reason: &str) -> Result<Workflow> {
-        // Either this call claims the workflow (a run starting meanwhile is refused), or
-        // a run holds it and its flag is locked until FAILED is saved, so that the run
-        // cannot save over it.
-        let (_claim, flag) = match self.inner.claims.claim_or_running(id) {
-            Ok(claim) => {
-                let flag = std::sync::Arc::clone(&claim.cancelled);
-                (Some(claim), flag)
+        let stored = self.inner.storage.get_workflow(id).await?;
+        if stored.state().is_terminal() {
+            return Err(stored.invalid_state("cancel it"));
+        }
+        self.inner.storage.request_cancel(id, reason).await?;
+        if let Some(run) = self.inner.local_runs.get(id) {
+            run.signal.stop(Stop::Cancelled(reason.to_owned()));
+            let _ended = run.running.lock().await;
+            return self.inner.storage.get_workflow(id).await;
+        }
+        let failure = Failure::new(FailureKind::Cancelled, reason);
+        match self.update_stored(id, |workflow| workflow.fail(failure)).await {
+            Err(Error::AlreadyRunning { .. }) => self.inner.storage.get_workflow(id).await,
+            other => other,
+        }
+    }
+
+    /// Changes a stored workflow outside a run: under a short lease of its own, as
+    /// the next version, so it cannot race a run or another change.
+    async fn update_stored(
+        &self,
+        id: WorkflowId,
+        change: impl FnOnce(&mut Workflow) -> Result<()>,
+    ) -> Result<Workflow> {
+        let storage = &self.inner.storage;
+        let grant = storage.acquire_lease(id, &self.inner.owner, self.inner.config.lease_ttl()).await?;
+        let mut workflow = grant.workflow;
+        let result = match change(&mut workflow) {
+            Ok(()) => {
+                workflow.bump_version();
+                storage.update_workflow(&workflow, &grant.lease).await
             }
-            Err(flag) => (None, flag),
+            Err(e) => Err(e),
         };
-        let mut cancelled = flag.lock().await;
-        let mut workflow = self.inner.storage.get_workflow(id).await?;
-        workflow.fail(None, reason)?;
-        self.inner.storage.save_workflow(&workflow).await?;
-        *cancelled = true;
-        Ok(workflow)
+        if let Err(e) = storage.release_lease(&grant.lease).await {
+            tracing::warn!(workflow = %id, error = %e, "could not release the lease; it lapses on its own");
+        }
+        result.map(|()| workflow)
+    }
+
+    /// Every tool call a workflow journaled, with its arguments and outcome.
+    ///
+    /// # Errors
+    /// A storage error.
+    pub async fn tool_calls(&self, id: WorkflowId) -> Result<Vec<ToolCallRecord>> {
+        self.inner.storage.tool_calls(id).await
+    }
+
+    /// Deletes a workflow, its journal and usage, and its plan when no other
+    /// workflow uses it.
+    ///
+    /// # Errors
+    /// A storage error.
+    pub async fn delete_workflow(&self, id: WorkflowId) -> Result<()> {
+        self.inner.storage.delete_workflow(id).await
+    }
+
+    /// Deletes everything kept for one end user; returns how many workflows went.
+    ///
+    /// # Errors
+    /// A storage error.
+    pub async fn delete_end_user(&self, end_user_id: &str) -> Result<usize> {
+        self.inner.storage.delete_end_user(end_user_id).await
+    }
+
+    /// Deletes finished workflows last changed more than `age` ago; returns how many.
+    ///
+    /// # Errors
+    /// A storage error.
+    pub async fn prune_finished(&self, age: Duration) -> Result<usize> {
+        let age = chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+        let before = Utc::now().checked_sub_signed(age).unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
+        self.inner.storage.prune_finished(before).await
     }
 
     /// Loads a plan.
@@ -329,7 +395,7 @@ impl Runner {
         let deadline = tokio::time::Instant::now() + policy.timeout;
         let mut interval = policy.initial_interval;
         loop {
-            let mut workflow = self.inner.storage.get_workflow(id).await?;
+            let workflow = self.inner.storage.get_workflow(id).await?;
             if workflow.state().is_terminal() {
                 return Err(workflow.invalid_state("wait for it to become ready"));
             }
@@ -342,17 +408,17 @@ impl Runner {
                 return Ok(workflow);
             }
             if self.actions_ready(&workflow, &waiting).await? {
-                // Re-read under the claim, so an answer saved meanwhile is kept.
-                let _claim = self.inner.claims.claim(id).ok_or(Error::AlreadyRunning(id))?;
-                workflow = self.inner.storage.get_workflow(id).await?;
-                for clarification in &waiting {
-                    let open = workflow.outstanding_clarifications().any(|c| c.id == clarification.id);
-                    if open {
-                        workflow.resolve_clarification(clarification.id, Value::from("complete"))?;
-                    }
-                }
-                self.inner.storage.save_workflow(&workflow).await?;
-                return Ok(workflow);
+                // Resolved on the stored copy under a lease, so an answer saved meanwhile is kept.
+                return self
+                    .update_stored(id, |workflow| {
+                        for clarification in &waiting {
+                            if workflow.outstanding_clarifications().any(|c| c.id == clarification.id) {
+                                workflow.resolve_clarification(clarification.id, Value::from("complete"))?;
+                            }
+                        }
+                        Ok(())
+                    })
+                    .await;
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
@@ -364,17 +430,17 @@ impl Runner {
     }
 
     async fn actions_ready(&self, workflow: &Workflow, waiting: &[Clarification]) -> Result<bool> {
-        let plan = self.inner.storage.get_plan(workflow.plan_id).await?;
+        let plan = self.inner.storage.get_plan(workflow.plan_id()).await?;
         for clarification in waiting {
             let Some(step) = clarification.step.and_then(|s| plan.steps.get(s)) else { continue };
             let Some(tool_id) = &step.tool_id else { continue };
             let tool = self.inner.tools.get_tool(tool_id)?;
             let step_index = clarification.step.unwrap_or_default();
             let ctx = crate::tool::ToolRunContext::for_step(
-                workflow.id,
+                workflow.id(),
                 step_index,
                 Arc::clone(&self.inner.config),
-                workflow.execution_context.clone(),
+                workflow.execution_context().clone(),
                 workflow.clarifications_for_step(step_index).cloned().collect(),
             );
             let ready =
@@ -460,7 +526,15 @@ impl RunnerBuilder {
         };
         let storage: Arc<dyn Storage> = match (self.storage, self.config.storage) {
             (Some(storage), _) => storage,
-            (None, StorageKind::Disk) => Arc::new(DiskStorage::new(self.config.storage_dir.clone())),
+            #[cfg(feature = "sqlite")]
+            (None, StorageKind::Sqlite) => Arc::new(SqliteStorage::open(self.config.storage_dir.join("portia.db"))?),
+            #[cfg(not(feature = "sqlite"))]
+            (None, StorageKind::Sqlite) => {
+                return Err(Error::invalid_config(
+                    "PORTIA_STORAGE",
+                    "this build of portia has no SQLite store: enable the `sqlite` feature (on by default)",
+                ));
+            }
             (None, _) => Arc::new(InMemoryStorage::new()),
         };
         let planner = self.planner.unwrap_or_else(|| Arc::new(OneShotPlanner::new(Arc::clone(&llm), &self.config)));
@@ -477,7 +551,8 @@ impl RunnerBuilder {
             planner,
             agent,
             today: self.today,
-            claims: claims::Claims::default(),
+            owner: format!("runner-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            local_runs: control::LocalRuns::default(),
         };
         Ok(Runner { inner: Arc::new(inner) })
     }

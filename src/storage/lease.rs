@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::WorkflowId;
-use crate::workflow::{Workflow, WorkflowState};
+use crate::workflow::Workflow;
 use crate::{Error, Result};
 
 /// A run's hold on a workflow. Every write the run makes is fenced on it.

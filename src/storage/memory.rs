@@ -178,11 +178,17 @@ impl Storage for InMemoryStorage {
         Ok(())
     }
 
-    async fn begin_tool_call(&self, lease: &Lease, intent: &ToolCallRecord) -> Result<ToolCallRecord> {
+    async fn begin_tool_call(&self, lease: &Lease, intent: &ToolCallRecord) -> Result<Option<ToolCallRecord>> {
         let now = self.clock.now();
         let mut state = self.state();
         state.fenced(lease, now)?;
-        Ok(state.tool_calls.entry(intent.key).or_insert_with(|| intent.clone()).clone())
+        match state.tool_calls.get(&intent.key) {
+            Some(earlier) => Ok(Some(earlier.clone())),
+            None => {
+                state.tool_calls.insert(intent.key, intent.clone());
+                Ok(None)
+            }
+        }
     }
 
     async fn finish_tool_call(&self, lease: &Lease, record: &ToolCallRecord) -> Result<()> {

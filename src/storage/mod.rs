@@ -130,9 +130,10 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// renews or finishes a step.
     async fn request_cancel(&self, id: WorkflowId, reason: &str) -> Result<()>;
 
-    /// Stores a call's intent unless one with its key is stored; returns the stored record
-    /// (the earlier one, with its outcome if known, when there was one).
-    async fn begin_tool_call(&self, lease: &Lease, intent: &ToolCallRecord) -> Result<ToolCallRecord>;
+    /// Stores a call's intent unless one with its key is stored. Returns `None` when
+    /// the intent was stored now, and the earlier record (with its outcome, if known)
+    /// when one was there already; the earlier one is then kept unchanged.
+    async fn begin_tool_call(&self, lease: &Lease, intent: &ToolCallRecord) -> Result<Option<ToolCallRecord>>;
     /// Stores the outcome of a call whose intent is stored.
     async fn finish_tool_call(&self, lease: &Lease, record: &ToolCallRecord) -> Result<()>;
     /// Every journaled call of a workflow, in key order.

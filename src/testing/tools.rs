@@ -4,7 +4,7 @@ use std::sync::{Mutex, PoisonError};
 use serde_json::{Value, json};
 
 use crate::clarification::Clarification;
-use crate::tool::{Tool, ToolError, ToolOutput, ToolRunContext};
+use crate::tool::{Tool, ToolError, ToolOutput, ToolRunContext, ToolSpec};
 
 /// What a [`MockTool`] does when run.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,28 +42,28 @@ pub struct MockCall {
     pub step_context: String,
 }
 
-/// A tool double. Its schema takes any object; its calls are recorded.
+/// A tool double. Its schema takes any object and its spec has the defaults of
+/// [`ToolSpec::new`] unless replaced; its calls are recorded.
 pub struct MockTool {
-    id: String,
+    spec: ToolSpec,
     behavior: MockBehavior,
-    schema: Value,
     calls: Mutex<Vec<MockCall>>,
     ready: Mutex<bool>,
 }
 
 impl fmt::Debug for MockTool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MockTool").field("id", &self.id).field("behavior", &self.behavior).finish_non_exhaustive()
+        f.debug_struct("MockTool").field("id", &self.spec.id).field("behavior", &self.behavior).finish_non_exhaustive()
     }
 }
 
 impl MockTool {
     /// A tool with this id and behaviour.
     pub fn new(id: impl Into<String>, behavior: MockBehavior) -> Self {
+        let id = id.into();
         Self {
-            id: id.into(),
+            spec: ToolSpec::new(id.clone(), id, "A mock tool for tests."),
             behavior,
-            schema: json!({"type": "object", "properties": {}}),
             calls: Mutex::new(Vec::new()),
             ready: Mutex::new(false),
         }
@@ -82,7 +82,15 @@ impl MockTool {
     /// Replaces the argument schema (default: any object).
     #[must_use]
     pub fn with_schema(mut self, schema: Value) -> Self {
-        self.schema = schema;
+        self.spec.args_schema = schema;
+        self
+    }
+
+    /// Replaces the whole spec (id, flags, task argument, schema). The default is
+    /// [`ToolSpec::new`] with the id as the name, as for any custom tool.
+    #[must_use]
+    pub fn with_spec(mut self, spec: ToolSpec) -> Self {
+        self.spec = spec;
         self
     }
 
@@ -103,17 +111,8 @@ impl MockTool {
 
 #[async_trait::async_trait]
 impl Tool for MockTool {
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn name(&self) -> &str {
-        &self.id
-    }
-    fn description(&self) -> &str {
-        "A mock tool for tests."
-    }
-    fn args_schema(&self) -> Value {
-        self.schema.clone()
+    fn spec(&self) -> ToolSpec {
+        self.spec.clone()
     }
     async fn ready(&self, _ctx: &ToolRunContext) -> Result<bool, ToolError> {
         Ok(*self.ready.lock().unwrap_or_else(PoisonError::into_inner))

@@ -19,7 +19,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::json_number;
-use crate::tool::{ToolError, ToolOutput, ToolRunContext, TypedTool};
+use crate::tool::{ToolError, ToolOutput, ToolRunContext, ToolSpec, TypedTool};
 
 /// Longer questions are refused: arithmetic does not need them, and parsing has a cost.
 const MAX_QUESTION_CHARS: usize = 1000;
@@ -144,21 +144,15 @@ impl CalculatorTool {
 impl TypedTool for CalculatorTool {
     type Args = CalculatorArgs;
 
-    fn id(&self) -> &str {
-        "calculator_tool"
-    }
-
-    fn name(&self) -> &str {
-        "Calculator Tool"
-    }
-
-    fn description(&self) -> &str {
-        "Evaluates arithmetic written in words or symbols: + - * / ^, parentheses, percent, \
-         such as \"What is 3 plus 4 times 2?\" or \"subtract 3 from 10\"."
-    }
-
-    fn output_description(&self) -> &str {
-        "The result, as a number."
+    fn spec(&self) -> ToolSpec {
+        ToolSpec::new(
+            "calculator_tool",
+            "Calculator Tool",
+            "Evaluates arithmetic written in words or symbols: + - * / ^, parentheses, percent, \
+             such as \"What is 3 plus 4 times 2?\" or \"subtract 3 from 10\".",
+        )
+        .output_description("The result, as a number.")
+        .read_only()
     }
 
     async fn call(&self, _ctx: &ToolRunContext, args: CalculatorArgs) -> Result<ToolOutput, ToolError> {

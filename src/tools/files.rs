@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use super::json_number;
 use super::root::{FilesRoot, RootedPath};
 use crate::clarification::Clarification;
-use crate::tool::{ToolError, ToolOutput, ToolRunContext, TypedTool};
+use crate::tool::{ToolError, ToolOutput, ToolRunContext, ToolSpec, TypedTool};
 
 /// The clarification argument that carries a chosen file.
 const FILENAME: &str = "filename";
@@ -81,20 +81,14 @@ enum Read {
 impl TypedTool for FileReaderTool {
     type Args = FileReaderArgs;
 
-    fn id(&self) -> &str {
-        "file_reader_tool"
-    }
-
-    fn name(&self) -> &str {
-        "File Reader Tool"
-    }
-
-    fn description(&self) -> &str {
-        "Reads a local file: txt, log, md, json, csv, xlsx or xls."
-    }
-
-    fn output_description(&self) -> &str {
-        "Text; parsed JSON; CSV rows as objects keyed by header; spreadsheets as {sheet: rows}."
+    fn spec(&self) -> ToolSpec {
+        ToolSpec::new(
+            "file_reader_tool",
+            "File Reader Tool",
+            "Reads a local file: txt, log, md, json, csv, xlsx or xls.",
+        )
+        .output_description("Text; parsed JSON; CSV rows as objects keyed by header; spreadsheets as {sheet: rows}.")
+        .read_only()
     }
 
     async fn call(&self, ctx: &ToolRunContext, args: FileReaderArgs) -> Result<ToolOutput, ToolError> {
@@ -129,20 +123,13 @@ impl TypedTool for FileReaderTool {
 impl TypedTool for FileWriterTool {
     type Args = FileWriterArgs;
 
-    fn id(&self) -> &str {
-        "file_writer_tool"
-    }
-
-    fn name(&self) -> &str {
-        "File Writer Tool"
-    }
-
-    fn description(&self) -> &str {
-        "Writes text to a local file, replacing it if it exists."
-    }
-
-    fn output_description(&self) -> &str {
-        "A confirmation with the number of bytes written and the path."
+    fn spec(&self) -> ToolSpec {
+        ToolSpec::new("file_writer_tool", "File Writer Tool", "Writes text to a local file, replacing it if it exists.")
+            .output_description("A confirmation with the number of bytes written and the path.")
+            // It changes the disk, but it replaces the whole file: writing the same
+            // content to the same path twice leaves what writing it once does.
+            .side_effects(true)
+            .idempotent(true)
     }
 
     async fn call(&self, ctx: &ToolRunContext, args: FileWriterArgs) -> Result<ToolOutput, ToolError> {

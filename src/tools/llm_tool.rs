@@ -3,9 +3,8 @@
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::config::ModelRole;
-use crate::llm::{LlmRequest, Message};
-use crate::tool::{ToolError, ToolOutput, ToolRunContext, TypedTool};
+use crate::llm::{LlmRequest, Message, ModelRole};
+use crate::tool::{ToolError, ToolOutput, ToolRunContext, ToolSpec, TypedTool};
 
 /// The id of the built-in LLM tool.
 pub const LLM_TOOL_ID: &str = "llm_tool";
@@ -72,25 +71,19 @@ fn prompt(task: &str, step_context: &str) -> String {
 impl TypedTool for LlmTool {
     type Args = LlmToolArgs;
 
-    fn id(&self) -> &str {
-        LLM_TOOL_ID
-    }
-
-    fn name(&self) -> &str {
-        "LLM Tool"
-    }
-
-    fn description(&self) -> &str {
-        "Asks a language model to do a task from the context: summarise, compare, write or reason. \
-         Use only when no other tool fits."
-    }
-
-    fn output_description(&self) -> &str {
-        "The model's answer, as text."
-    }
-
-    fn direct_args(&self, task: &str) -> Option<serde_json::Value> {
-        Some(serde_json::json!({ "task": task }))
+    fn spec(&self) -> ToolSpec {
+        ToolSpec::new(
+            LLM_TOOL_ID,
+            "LLM Tool",
+            "Asks a language model to do a task from the context: summarise, compare, write or reason. \
+             Use only when no other tool fits.",
+        )
+        .output_description("The model's answer, as text.")
+        // Answers vary from call to call, but nothing outside the workflow changes,
+        // so repeating a call is harmless.
+        .read_only()
+        // Its only argument is the step's task: no LLM call is needed to choose it.
+        .task_argument("task")
     }
 
     async fn call(&self, ctx: &ToolRunContext, args: LlmToolArgs) -> Result<ToolOutput, ToolError> {
@@ -110,7 +103,6 @@ impl TypedTool for LlmTool {
             .await
             // The provider layer has already retried what retrying can fix.
             .map_err(|e| ToolError::hard(format!("the LLM call failed: {e}")))?;
-        ctx.usage.add(response.usage);
         match response.text {
             Some(text) if !text.trim().is_empty() => Ok(ToolOutput::value(text)),
             _ => Err(ToolError::soft("the model gave an empty answer")),

@@ -1,13 +1,15 @@
 //! The built-in tools and ready-made registries of them.
 //!
-//! | id | tool | needs |
-//! |---|---|---|
-//! | `calculator_tool` | [`CalculatorTool`]: arithmetic in words or symbols | - |
-//! | `search_tool` | [`SearchTool`]: web search through Tavily | `TAVILY_API_KEY` |
-//! | `weather_tool` | [`WeatherTool`]: current weather through OpenWeatherMap | `OPENWEATHERMAP_API_KEY` |
-//! | `llm_tool` | [`LlmTool`]: one LLM call over the step's context | the runner's LLM |
-//! | `file_reader_tool` | [`FileReaderTool`]: reads text, JSON, CSV and spreadsheets | `files_root` |
-//! | `file_writer_tool` | [`FileWriterTool`]: writes text files | `files_root` |
+//! | id | tool | needs | flags |
+//! |---|---|---|---|
+//! | `calculator_tool` | [`CalculatorTool`]: arithmetic in words or symbols | - | read-only |
+//! | `search_tool` | [`SearchTool`]: web search through Tavily | `TAVILY_API_KEY` | read-only |
+//! | `weather_tool` | [`WeatherTool`]: current weather through OpenWeatherMap | `OPENWEATHERMAP_API_KEY` | read-only |
+//! | `llm_tool` | [`LlmTool`]: one LLM call over the step's context | the runner's LLM | read-only, task argument |
+//! | `file_reader_tool` | [`FileReaderTool`]: reads text, JSON, CSV and spreadsheets | `files_root` | read-only |
+//! | `file_writer_tool` | [`FileWriterTool`]: writes text files | `files_root` | side effects, idempotent |
+//!
+//! Read-only means idempotent and without side effects (see [`ToolSpec`](crate::tool::ToolSpec)).
 //!
 //! Tools read API keys, base URLs and the files root from the
 //! [`ToolRunContext`](crate::tool::ToolRunContext)'s config when they run, so a
@@ -18,7 +20,7 @@
 //! use portia::tools::default_tool_registry;
 //!
 //! let config = portia::Config::builder().tavily_api_key("tvly-...").build().unwrap();
-//! let ids: Vec<String> = default_tool_registry(&config).get_tools().iter().map(|t| t.id().to_owned()).collect();
+//! let ids: Vec<String> = default_tool_registry(&config).get_tools().iter().map(|t| t.spec().id).collect();
 //! assert_eq!(ids, ["calculator_tool", "llm_tool", "file_writer_tool", "file_reader_tool", "search_tool"]);
 //! ```
 

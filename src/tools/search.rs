@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::web;
-use crate::tool::{ToolError, ToolOutput, ToolRunContext, TypedTool};
+use crate::tool::{ToolError, ToolOutput, ToolRunContext, ToolSpec, TypedTool};
 
 const SERVICE: &str = "Tavily";
 const KEY_VAR: &str = "TAVILY_API_KEY";
@@ -82,20 +82,14 @@ impl Default for SearchTool {
 impl TypedTool for SearchTool {
     type Args = SearchArgs;
 
-    fn id(&self) -> &str {
-        "search_tool"
-    }
-
-    fn name(&self) -> &str {
-        "Search Tool"
-    }
-
-    fn description(&self) -> &str {
-        "Searches the web and returns a short answer with its top sources. Use for current or factual information not in the context."
-    }
-
-    fn output_description(&self) -> &str {
-        "JSON {answer, results: [{title, url, content}]}."
+    fn spec(&self) -> ToolSpec {
+        ToolSpec::new(
+            "search_tool",
+            "Search Tool",
+            "Searches the web and returns a short answer with its top sources. Use for current or factual information not in the context.",
+        )
+        .output_description("JSON {answer, results: [{title, url, content}]}.")
+        .read_only()
     }
 
     async fn call(&self, ctx: &ToolRunContext, args: SearchArgs) -> Result<ToolOutput, ToolError> {

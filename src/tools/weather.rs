@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{json_number, web};
-use crate::tool::{ToolError, ToolOutput, ToolRunContext, TypedTool};
+use crate::tool::{ToolError, ToolOutput, ToolRunContext, ToolSpec, TypedTool};
 
 const SERVICE: &str = "OpenWeatherMap";
 const KEY_VAR: &str = "OPENWEATHERMAP_API_KEY";
@@ -75,20 +75,12 @@ impl Default for WeatherTool {
 impl TypedTool for WeatherTool {
     type Args = WeatherArgs;
 
-    fn id(&self) -> &str {
-        "weather_tool"
-    }
-
-    fn name(&self) -> &str {
-        "Weather Tool"
-    }
-
-    fn description(&self) -> &str {
-        "Gets the current weather in a city."
-    }
-
-    fn output_description(&self) -> &str {
-        "JSON {summary, city, description, temperature_c, feels_like_c, humidity_pct, wind_speed_ms}."
+    fn spec(&self) -> ToolSpec {
+        ToolSpec::new("weather_tool", "Weather Tool", "Gets the current weather in a city.")
+            .output_description(
+                "JSON {summary, city, description, temperature_c, feels_like_c, humidity_pct, wind_speed_ms}.",
+            )
+            .read_only()
     }
 
     async fn call(&self, ctx: &ToolRunContext, args: WeatherArgs) -> Result<ToolOutput, ToolError> {

@@ -5,231 +5,29 @@
 //! ([`Config::builder`]). Every environment variable is listed in the README and in
 //! `.env.example`. API keys are [`Secret`]s: redacted in `Debug` and never written
 //! out by [`Config::to_json`] or [`Config::to_toml`].
+//!
+//! The provider catalogue ([`LlmProvider`], [`ModelRole`], [`ModelRef`]) lives in
+//! [`crate::llm`]; the log level and the subscriber set-up live in [`crate::logging`].
+
+mod builder;
+mod enums;
+mod secret;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
+pub use builder::ConfigBuilder;
+pub(crate) use enums::config_enum;
+pub use enums::{AgentKind, ExecutionMode, StorageKind};
+pub use secret::Secret;
+
+use crate::llm::{LlmProvider, ModelRef, ModelRole, split_provider};
+use crate::logging::LogLevel;
 use crate::{Error, Result};
-
-/// A secret such as an API key. Its `Debug` output is redacted and it is never serialized.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret in clear, for the one place that must send it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(\"**********\")")
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        String::deserialize(deserializer).map(Secret)
-    }
-}
-
-/// Declares a config enum that parses case-insensitively from its documented names
-/// (`-` and `_` are interchangeable) and serializes as the first name.
-macro_rules! config_enum {
-    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => [$main:literal $(, $alias:literal)*]),+ $(,)? }) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        #[non_exhaustive]
-        pub enum $name {
-            $($(#[$vdoc])* $variant),+
-        }
-
-        impl $name {
-            /// Every value, in documentation order.
-            pub const ALL: &'static [Self] = &[$(Self::$variant),+];
-
-            /// The documented name of this value.
-            pub fn as_str(self) -> &'static str {
-                match self { $(Self::$variant => $main),+ }
-            }
-
-            fn names() -> String {
-                [$($main),+].join(", ")
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = String;
-
-            fn from_str(text: &str) -> std::result::Result<Self, String> {
-                let wanted = text.trim().to_ascii_lowercase().replace('_', "-");
-                $(if wanted == $main.replace('_', "-") $(|| wanted == $alias)* {
-                    return Ok(Self::$variant);
-                })+
-                Err(format!("unknown value {text:?}; valid values are: {}", Self::names()))
-            }
-        }
-
-        impl Serialize for $name {
-            fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-                serializer.serialize_str(self.as_str())
-            }
-        }
-
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-                let text = String::deserialize(deserializer)?;
-                text.parse().map_err(serde::de::Error::custom)
-            }
-        }
-    };
-}
-
-config_enum!(
-    /// The LLM provider, chosen by `PORTIA_LLM_PROVIDER`.
-    LlmProvider {
-        /// OpenAI's Chat Completions API.
-        OpenAi => ["openai", "open-ai"],
-        /// Anthropic's Messages API.
-        Anthropic => ["anthropic", "claude"],
-        /// Mistral's OpenAI-compatible API.
-        Mistral => ["mistral", "mistralai"],
-        /// Any OpenAI-compatible server at `PORTIA_LLM_BASE_URL` (vLLM, LM Studio, ...).
-        OpenAiCompatible => ["openai-compatible", "compatible"],
-        /// A local Ollama server.
-        Ollama => ["ollama"],
-        /// Groq's OpenAI-compatible API.
-        Groq => ["groq"],
-        /// OpenRouter's OpenAI-compatible API.
-        OpenRouter => ["openrouter"],
-    }
-);
-
-impl LlmProvider {
-    /// The model used when none is configured.
-    pub fn default_model(self) -> &'static str {
-        match self {
-            Self::OpenAi => "gpt-4.1-mini",
-            Self::Anthropic => "claude-sonnet-4-5",
-            Self::Mistral => "mistral-large-latest",
-            Self::OpenAiCompatible | Self::Ollama => "llama3.1",
-            Self::Groq => "llama-3.3-70b-versatile",
-            Self::OpenRouter => "openai/gpt-4.1-mini",
-        }
-    }
-
-    /// The base URL used when none is configured.
-    pub fn default_base_url(self) -> &'static str {
-        match self {
-            Self::OpenAi => "https://api.openai.com/v1",
-            Self::Anthropic => "https://api.anthropic.com",
-            Self::Mistral => "https://api.mistral.ai/v1",
-            Self::OpenAiCompatible | Self::Ollama => "http://localhost:11434/v1",
-            Self::Groq => "https://api.groq.com/openai/v1",
-            Self::OpenRouter => "https://openrouter.ai/api/v1",
-        }
-    }
-
-    /// The environment variable holding this provider's API key, if it needs one.
-    pub fn api_key_var(self) -> Option<&'static str> {
-        match self {
-            Self::OpenAi => Some("OPENAI_API_KEY"),
-            Self::Anthropic => Some("ANTHROPIC_API_KEY"),
-            Self::Mistral => Some("MISTRAL_API_KEY"),
-            Self::Groq => Some("GROQ_API_KEY"),
-            Self::OpenRouter => Some("OPENROUTER_API_KEY"),
-            Self::OpenAiCompatible | Self::Ollama => None,
-        }
-    }
-
-    /// Whether the provider speaks the OpenAI Chat Completions protocol.
-    pub fn is_openai_protocol(self) -> bool {
-        self != Self::Anthropic
-    }
-}
-
-config_enum!(
-    /// Where workflows and plans are stored, chosen by `PORTIA_STORAGE`.
-    StorageKind {
-        /// In memory, lost when the process ends.
-        Memory => ["memory", "mem"],
-        /// One JSON file per plan and workflow under `storage_dir`.
-        Disk => ["disk", "file"],
-    }
-);
-
-config_enum!(
-    /// The execution agent, chosen by `PORTIA_AGENT`.
-    AgentKind {
-        /// One tool-calling LLM call per step.
-        OneShot => ["one_shot", "oneshot"],
-        /// Checks each argument's origin first and asks a human for missing or invented ones.
-        Verifier => ["verifier"],
-    }
-);
-
-config_enum!(
-    /// How steps are scheduled, chosen by `PORTIA_EXECUTION`.
-    ExecutionMode {
-        /// Steps whose inputs are ready run at the same time, up to `max_parallel_steps`.
-        Parallel => ["parallel"],
-        /// One step at a time, in plan order.
-        Sequential => ["sequential"],
-    }
-);
-
-config_enum!(
-    /// The log level, chosen by `PORTIA_LOG_LEVEL`.
-    LogLevel {
-        /// Everything, plan and step outputs included.
-        Trace => ["trace"],
-        /// Plans and step outputs.
-        Debug => ["debug"],
-        /// State changes.
-        Info => ["info"],
-        /// Problems that did not stop the run.
-        Warn => ["warn", "warning"],
-        /// Failures only.
-        Error => ["error"],
-    }
-);
-
-/// What an LLM call is for; each purpose can use its own model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ModelRole {
-    /// Writing plans.
-    Planning,
-    /// Running steps.
-    Execution,
-    /// Summarizing step and final outputs.
-    Summary,
-}
-
-/// A provider and one of its models.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct ModelRef {
-    /// The provider that serves the model.
-    pub provider: LlmProvider,
-    /// The model's name as the provider knows it.
-    pub model: String,
-}
 
 /// Every setting of the SDK. Plain data: clone it, serialize it (keys are left out).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -306,6 +104,12 @@ pub struct Config {
     pub planner_attempts: u32,
     /// Whether the final output gets an LLM summary (`PORTIA_SUMMARIZE`).
     pub summarize_final_output: bool,
+    /// How long a run's lease on a workflow lasts without a heartbeat before another
+    /// process may take the workflow over, in seconds (`PORTIA_LEASE_TTL_SECS`).
+    pub lease_ttl_secs: u64,
+    /// How many times a workflow whose run died (its lease expired) may be taken over
+    /// before it ends `FAILED` (`PORTIA_MAX_RUN_ATTEMPTS`).
+    pub max_run_attempts: u32,
 }
 
 impl Default for Config {
@@ -342,6 +146,8 @@ impl Default for Config {
             max_tokens: 8192,
             planner_attempts: 3,
             summarize_final_output: true,
+            lease_ttl_secs: 30,
+            max_run_attempts: 3,
         }
     }
 }
@@ -355,7 +161,7 @@ impl<F: Fn(&str) -> Option<String>> Vars<F> {
     }
 
     fn secret(&self, name: &str) -> Option<Secret> {
-        self.get(name).map(Secret)
+        self.get(name).map(Secret::new)
     }
 
     fn parse<T: FromStr>(&self, name: &str) -> Result<Option<T>>
@@ -371,7 +177,7 @@ impl<F: Fn(&str) -> Option<String>> Vars<F> {
 impl Config {
     /// Starts a config in code from the defaults.
     pub fn builder() -> ConfigBuilder {
-        ConfigBuilder { config: Config::default() }
+        ConfigBuilder::new()
     }
 
     /// Reads the process environment, after loading `.env` from the working directory
@@ -423,6 +229,13 @@ impl Config {
             Some(provider) => provider,
             None => self.inferred_provider(),
         };
+        if vars.get("PORTIA_STORAGE").is_some_and(|v| ["disk", "file"].contains(&v.trim().to_lowercase().as_str())) {
+            return Err(Error::invalid_config(
+                "PORTIA_STORAGE",
+                "the JSON-file store was retired (it could not keep two processes from running one workflow): \
+                 set PORTIA_STORAGE=sqlite, and move old files over once with portia::storage::import_json_dir",
+            ));
+        }
         set(&mut self.storage, vars.parse("PORTIA_STORAGE")?);
         set(&mut self.storage_dir, vars.get("PORTIA_STORAGE_DIR").map(PathBuf::from));
         set(&mut self.files_root, vars.get("PORTIA_FILES_ROOT").map(PathBuf::from));
@@ -436,6 +249,8 @@ impl Config {
         set(&mut self.max_tokens, vars.parse("PORTIA_MAX_TOKENS")?);
         set(&mut self.planner_attempts, vars.parse("PORTIA_PLANNER_ATTEMPTS")?);
         set(&mut self.summarize_final_output, vars.parse("PORTIA_SUMMARIZE")?);
+        set(&mut self.lease_ttl_secs, vars.parse("PORTIA_LEASE_TTL_SECS")?);
+        set(&mut self.max_run_attempts, vars.parse("PORTIA_MAX_RUN_ATTEMPTS")?);
         Ok(())
     }
 
@@ -526,8 +341,20 @@ impl Config {
         if self.planner_attempts == 0 {
             return Err(Error::invalid_config("planner_attempts", "must be at least 1"));
         }
-        if self.storage == StorageKind::Disk && self.storage_dir.as_os_str().is_empty() {
-            return Err(Error::invalid_config("storage_dir", "disk storage needs a directory: set PORTIA_STORAGE_DIR"));
+        if self.lease_ttl_secs == 0 {
+            return Err(Error::invalid_config(
+                "lease_ttl_secs",
+                "must be at least 1 second: set PORTIA_LEASE_TTL_SECS to 1 or more (default 30)",
+            ));
+        }
+        if self.max_run_attempts == 0 {
+            return Err(Error::invalid_config(
+                "max_run_attempts",
+                "must be at least 1: set PORTIA_MAX_RUN_ATTEMPTS to 1 or more (default 3)",
+            ));
+        }
+        if self.storage == StorageKind::Sqlite && self.storage_dir.as_os_str().is_empty() {
+            return Err(Error::invalid_config("storage_dir", "SQLite storage needs a directory: set PORTIA_STORAGE_DIR"));
         }
         let models = [&self.default_model, &self.planning_model, &self.execution_model, &self.summary_model];
         if models.iter().any(|m| m.as_deref().is_some_and(|m| split_provider(m).1.trim().is_empty())) {
@@ -596,15 +423,16 @@ impl Config {
         Duration::from_secs(self.request_timeout_secs)
     }
 
+    /// How long a run's lease on a workflow lasts without a heartbeat.
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_secs(self.lease_ttl_secs)
+    }
+
     /// Installs a `tracing` subscriber that logs to stderr at the configured level
     /// (`RUST_LOG`, if set, wins). Stdout stays free for your program's output.
-    /// Does nothing if a subscriber is already installed.
+    /// Does nothing if a subscriber is already installed. See [`crate::logging::init_logging`].
     pub fn init_logging(&self) {
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("portia={}", self.log_level)));
-        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-        let _ =
-            tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).try_init();
+        crate::logging::init_logging(self.log_level);
     }
 }
 
@@ -616,137 +444,6 @@ fn set<T>(field: &mut T, value: Option<T>) {
 
 fn is_toml(path: &Path) -> bool {
     path.extension().is_some_and(|e| e.eq_ignore_ascii_case("toml"))
-}
-
-/// Splits `provider/model` when the prefix names a provider; otherwise the whole
-/// string is the model (OpenRouter models contain slashes of their own).
-fn split_provider(name: &str) -> (Option<LlmProvider>, &str) {
-    match name.split_once('/') {
-        Some((head, model)) => match head.parse() {
-            Ok(provider) => (Some(provider), model),
-            Err(_) => (None, name),
-        },
-        None => (None, name),
-    }
-}
-
-/// Builds a [`Config`] in code. Start with [`Config::builder`].
-#[derive(Debug, Clone)]
-#[must_use]
-pub struct ConfigBuilder {
-    config: Config,
-}
-
-macro_rules! setters {
-    ($($(#[$doc:meta])* $field:ident: $ty:ty;)+) => {$(
-        $(#[$doc])*
-        pub fn $field(mut self, value: impl Into<$ty>) -> Self {
-            self.config.$field = value.into();
-            self
-        }
-    )+};
-}
-
-macro_rules! optional_setters {
-    ($($(#[$doc:meta])* $field:ident;)+) => {$(
-        $(#[$doc])*
-        pub fn $field(mut self, value: impl Into<String>) -> Self {
-            self.config.$field = Some(value.into());
-            self
-        }
-    )+};
-}
-
-macro_rules! secret_setters {
-    ($($(#[$doc:meta])* $field:ident;)+) => {$(
-        $(#[$doc])*
-        pub fn $field(mut self, value: impl Into<String>) -> Self {
-            self.config.$field = Some(Secret::new(value));
-            self
-        }
-    )+};
-}
-
-impl ConfigBuilder {
-    setters! {
-        /// Sets the LLM provider.
-        llm_provider: LlmProvider;
-        /// Sets the storage kind.
-        storage: StorageKind;
-        /// Sets the disk storage directory.
-        storage_dir: PathBuf;
-        /// Sets the root directory of the file tools.
-        files_root: PathBuf;
-        /// Sets the log level.
-        log_level: LogLevel;
-        /// Sets the execution agent.
-        agent: AgentKind;
-        /// Sets how steps are scheduled.
-        execution: ExecutionMode;
-        /// Sets how many steps may run at once.
-        max_parallel_steps: usize;
-        /// Sets the HTTP request timeout in seconds.
-        request_timeout_secs: u64;
-        /// Sets the overall time allowed for one LLM call, retries included, in seconds.
-        llm_deadline_secs: u64;
-        /// Sets how many times a failed LLM request is retried.
-        max_retries: u32;
-        /// Sets the most tokens an LLM may write in one reply.
-        max_tokens: u32;
-        /// Sets how many times the planner may try.
-        planner_attempts: u32;
-        /// Sets whether the final output gets an LLM summary.
-        summarize_final_output: bool;
-    }
-
-    optional_setters! {
-        /// Sets the default model (`provider/model` is accepted).
-        default_model;
-        /// Sets the planning model.
-        planning_model;
-        /// Sets the execution model.
-        execution_model;
-        /// Sets the summary model.
-        summary_model;
-        /// Sets the provider's base URL.
-        llm_base_url;
-        /// Sets the OpenAI base URL.
-        openai_base_url;
-        /// Sets the Anthropic base URL.
-        anthropic_base_url;
-        /// Sets the Tavily base URL.
-        tavily_base_url;
-        /// Sets the OpenWeatherMap base URL.
-        openweathermap_base_url;
-    }
-
-    secret_setters! {
-        /// Sets the OpenAI API key.
-        openai_api_key;
-        /// Sets the key of an OpenAI-compatible server or Ollama.
-        llm_api_key;
-        /// Sets the Anthropic API key.
-        anthropic_api_key;
-        /// Sets the Mistral API key.
-        mistral_api_key;
-        /// Sets the Groq API key.
-        groq_api_key;
-        /// Sets the OpenRouter API key.
-        openrouter_api_key;
-        /// Sets the Tavily API key.
-        tavily_api_key;
-        /// Sets the OpenWeatherMap API key.
-        openweathermap_api_key;
-    }
-
-    /// Checks and returns the config.
-    ///
-    /// # Errors
-    /// As [`Config::validate`].
-    pub fn build(self) -> Result<Config> {
-        self.config.validate()?;
-        Ok(self.config)
-    }
 }
 
 #[cfg(test)]
@@ -782,16 +479,23 @@ mod tests {
         let config = Config::from_vars(vars(&[
             ("PORTIA_LLM_PROVIDER", "OpenAI-Compatible"),
             ("PORTIA_AGENT", "VERIFIER"),
-            ("PORTIA_STORAGE", "Disk"),
+            ("PORTIA_STORAGE", "SQLite"),
             ("PORTIA_LOG_LEVEL", "DEBUG"),
             ("PORTIA_EXECUTION", "Sequential"),
         ]))
         .unwrap();
         assert_eq!(config.llm_provider, LlmProvider::OpenAiCompatible);
         assert_eq!(config.agent, AgentKind::Verifier);
-        assert_eq!(config.storage, StorageKind::Disk);
+        assert_eq!(config.storage, StorageKind::Sqlite);
         assert_eq!(config.log_level, LogLevel::Debug);
         assert_eq!(config.execution, ExecutionMode::Sequential);
+    }
+
+    #[test]
+    fn the_retired_file_store_points_to_sqlite_and_the_import() {
+        let err = Config::from_vars(vars(&[("PORTIA_STORAGE", "disk")])).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("PORTIA_STORAGE=sqlite") && message.contains("import_json_dir"), "{message}");
     }
 
     #[test]
@@ -855,7 +559,7 @@ mod tests {
         let config = Config::builder()
             .llm_provider(LlmProvider::Anthropic)
             .planning_model("claude-opus-4-1")
-            .storage(StorageKind::Disk)
+            .storage(StorageKind::Sqlite)
             .storage_dir(dir.path().join("store"))
             .max_parallel_steps(2usize)
             .summarize_final_output(false)
@@ -885,6 +589,31 @@ mod tests {
     fn zero_parallelism_is_refused_with_the_fix() {
         let err = Config::builder().max_parallel_steps(0usize).build().unwrap_err();
         assert!(err.to_string().contains("PORTIA_MAX_PARALLEL_STEPS"), "{err}");
+    }
+
+    #[test]
+    fn lease_ttl_reads_its_variable_and_refuses_zero_with_the_fix() {
+        let config = Config::from_vars(vars(&[])).unwrap();
+        assert_eq!((config.lease_ttl_secs, config.lease_ttl()), (30, Duration::from_secs(30)));
+        let config = Config::from_vars(vars(&[("PORTIA_LEASE_TTL_SECS", "5")])).unwrap();
+        assert_eq!(config.lease_ttl(), Duration::from_secs(5));
+        let err = Config::from_vars(vars(&[("PORTIA_LEASE_TTL_SECS", "0")])).unwrap_err();
+        assert!(matches!(&err, Error::InvalidConfig { setting, .. } if setting == "lease_ttl_secs"), "{err}");
+        assert!(err.to_string().contains("set PORTIA_LEASE_TTL_SECS to 1 or more"), "{err}");
+        let err = Config::builder().lease_ttl_secs(0u64).build().unwrap_err();
+        assert!(err.to_string().contains("PORTIA_LEASE_TTL_SECS"), "{err}");
+    }
+
+    #[test]
+    fn max_run_attempts_reads_its_variable_and_refuses_zero_with_the_fix() {
+        assert_eq!(Config::from_vars(vars(&[])).unwrap().max_run_attempts, 3);
+        let config = Config::from_vars(vars(&[("PORTIA_MAX_RUN_ATTEMPTS", "1")])).unwrap();
+        assert_eq!(config.max_run_attempts, 1);
+        let err = Config::from_vars(vars(&[("PORTIA_MAX_RUN_ATTEMPTS", "0")])).unwrap_err();
+        assert!(matches!(&err, Error::InvalidConfig { setting, .. } if setting == "max_run_attempts"), "{err}");
+        assert!(err.to_string().contains("set PORTIA_MAX_RUN_ATTEMPTS to 1 or more"), "{err}");
+        let err = Config::builder().max_run_attempts(0u32).build().unwrap_err();
+        assert!(err.to_string().contains("PORTIA_MAX_RUN_ATTEMPTS"), "{err}");
     }
 
     impl Config {

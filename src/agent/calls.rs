@@ -1,0 +1,184 @@
+//! The one path every tool call takes: the intent is journaled before the tool is
+//! called and the outcome after it returns, so a resumed run replays finished calls
+//! instead of repeating them, and never silently repeats a call whose outcome is
+//! unknown.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::clarification::{CallVerdict, Clarification, ClarificationKind};
+use crate::storage::{Lease, Storage, ToolCallKey, ToolCallRecord};
+use crate::tool::{Tool, ToolError, ToolOutput, ToolRunContext, ToolSpec};
+
+/// Why a run must stop before its end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// Someone asked for it, with this reason.
+    Cancelled(String),
+    /// The lease expired or was taken over: the run may write nothing more.
+    LeaseLost,
+}
+
+/// Tells a run, and the tools it is running, to stop.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StopSignal {
+    token: CancellationToken,
+    reason: Arc<Mutex<Option<Stop>>>,
+}
+
+impl StopSignal {
+    /// Stops the run; the first reason given wins.
+    pub(crate) fn stop(&self, why: Stop) {
+        self.reason.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(why);
+        self.token.cancel();
+    }
+
+    /// Why the run was told to stop, if it was.
+    pub(crate) fn reason(&self) -> Option<Stop> {
+        self.reason.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// The token running tools watch.
+    pub(crate) fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+}
+
+/// A step's journaled access to its tool calls.
+#[derive(Debug, Clone)]
+pub(crate) struct ToolCalls {
+    storage: Arc<dyn Storage>,
+    lease: Lease,
+    signal: StopSignal,
+    step: usize,
+    attempt: u32,
+    next_seq: Arc<AtomicU32>,
+    /// The calls this attempt of the step journaled before (in an earlier, interrupted run).
+    journaled: Arc<Vec<ToolCallRecord>>,
+}
+
+/// What to do with a call whose intent was journaled and whose outcome is not.
+enum Unknown {
+    Call,
+    Done(Value),
+    Ask(Clarification),
+}
+
+impl ToolCalls {
+    pub(crate) fn new(
+        storage: Arc<dyn Storage>,
+        lease: Lease,
+        signal: StopSignal,
+        (step, attempt): (usize, u32),
+        journaled: Vec<ToolCallRecord>,
+    ) -> Self {
+        let next_seq = Arc::new(AtomicU32::new(0));
+        Self { storage, lease, signal, step, attempt, next_seq, journaled: Arc::new(journaled) }
+    }
+
+    /// The arguments journaled for the next call, when an interrupted run of this
+    /// step made it: the agent calls with them instead of asking the model again.
+    pub(crate) fn journaled_args(&self) -> Option<Value> {
+        let seq = self.next_seq.load(Ordering::SeqCst);
+        self.journaled.iter().find(|r| r.key.seq == seq).map(|r| r.input.clone())
+    }
+
+    /// The token a running tool watches for cancellation.
+    pub(crate) fn cancellation(&self) -> CancellationToken {
+        self.signal.token().clone()
+    }
+
+    /// Makes one journaled call of `tool` with `args`.
+    pub(crate) async fn call(
+        &self,
+        tool: &dyn Tool,
+        spec: &ToolSpec,
+        mut run_ctx: ToolRunContext,
+        args: Value,
+    ) -> Result<ToolOutput, ToolError> {
+        if let Some(stop) = self.signal.reason() {
+            return Err(ToolError::hard(describe_stop(&stop)));
+        }
+        let key = ToolCallKey {
+            workflow_id: self.lease.workflow_id,
+            step: self.step,
+            attempt: self.attempt,
+            seq: self.next_seq.fetch_add(1, Ordering::SeqCst),
+        };
+        let end_user = run_ctx.execution_context.end_user_id.clone();
+        let intent = ToolCallRecord::intent(key, &spec.id, end_user, args);
+        let earlier = self.storage.begin_tool_call(&self.lease, &intent).await.map_err(|e| self.unjournaled(e))?;
+        let record = match earlier {
+            None => intent,
+            Some(earlier) => {
+                if let Some(outcome) = earlier.outcome() {
+                    tracing::info!(tool = %spec.id, call = %key, "replaying a journaled tool call");
+                    return outcome;
+                }
+                match unknown_outcome(spec, &earlier, &run_ctx.clarifications) {
+                    Unknown::Call => earlier,
+                    Unknown::Done(value) => return self.finish(earlier, Ok(ToolOutput::Value(value)), 0.0).await,
+                    Unknown::Ask(clarification) => return Ok(ToolOutput::clarification(clarification)),
+                }
+            }
+        };
+        run_ctx.idempotency_key = Some(key.to_string());
+        run_ctx.cancellation = self.cancellation();
+        let started = Instant::now();
+        let result = tool.run(&run_ctx, record.input.clone()).await;
+        self.finish(record, result, started.elapsed().as_secs_f64()).await
+    }
+
+    async fn finish(
+        &self,
+        record: ToolCallRecord,
+        result: Result<ToolOutput, ToolError>,
+        latency: f64,
+    ) -> Result<ToolOutput, ToolError> {
+        let record = record.finished(&result, latency);
+        tracing::debug!(tool = %record.tool_id, call = %record.key, status = ?record.status, "tool called");
+        self.storage.finish_tool_call(&self.lease, &record).await.map_err(|e| self.unjournaled(e))?;
+        result
+    }
+
+    /// A journal write failed: the call must not go ahead (or its outcome is not
+    /// kept), so the step fails; a lost lease stops the whole run.
+    fn unjournaled(&self, error: crate::Error) -> ToolError {
+        if matches!(error, crate::Error::LeaseLost { .. }) {
+            self.signal.stop(Stop::LeaseLost);
+        }
+        ToolError::hard(format!("the tool call could not be journaled: {error}"))
+    }
+}
+
+/// A call that may have been made already is made again only when the tool says
+/// that is safe, or when a person has said so; otherwise a person is asked.
+fn unknown_outcome(spec: &ToolSpec, record: &ToolCallRecord, clarifications: &[Clarification]) -> Unknown {
+    if spec.idempotent {
+        tracing::info!(tool = %spec.id, call = %record.key, "calling an idempotent tool again after an interruption");
+        return Unknown::Call;
+    }
+    let asked = clarifications
+        .iter()
+        .rev()
+        .find(|c| matches!(&c.kind, ClarificationKind::ToolCallOutcome { call, .. } if *call == record.key));
+    match asked.and_then(Clarification::call_verdict) {
+        Some(CallVerdict::Retry) => Unknown::Call,
+        Some(CallVerdict::Done(value)) => {
+            Unknown::Done(value.unwrap_or_else(|| Value::from("A person confirmed that this call took effect.")))
+        }
+        None => Unknown::Ask(Clarification::tool_call_outcome(record.key, &record.tool_id, record.input.clone())),
+    }
+}
+
+/// What a stopped run tells the tool call it will not make.
+pub(crate) fn describe_stop(stop: &Stop) -> String {
+    match stop {
+        Stop::Cancelled(reason) => format!("the workflow was cancelled: {reason}"),
+        Stop::LeaseLost => "the run lost its lease on the workflow".to_owned(),
+    }
+}

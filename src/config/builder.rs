@@ -1,0 +1,136 @@
+//! [`ConfigBuilder`]: a [`Config`] written in code.
+
+use std::path::PathBuf;
+
+use super::{AgentKind, Config, ExecutionMode, Secret, StorageKind};
+use crate::Result;
+use crate::llm::LlmProvider;
+use crate::logging::LogLevel;
+
+/// Builds a [`Config`] in code. Start with [`Config::builder`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ConfigBuilder {
+    config: Config,
+}
+
+macro_rules! setters {
+    ($($(#[$doc:meta])* $field:ident: $ty:ty;)+) => {$(
+        $(#[$doc])*
+        pub fn $field(mut self, value: impl Into<$ty>) -> Self {
+            self.config.$field = value.into();
+            self
+        }
+    )+};
+}
+
+macro_rules! optional_setters {
+    ($($(#[$doc:meta])* $field:ident;)+) => {$(
+        $(#[$doc])*
+        pub fn $field(mut self, value: impl Into<String>) -> Self {
+            self.config.$field = Some(value.into());
+            self
+        }
+    )+};
+}
+
+macro_rules! secret_setters {
+    ($($(#[$doc:meta])* $field:ident;)+) => {$(
+        $(#[$doc])*
+        pub fn $field(mut self, value: impl Into<String>) -> Self {
+            self.config.$field = Some(Secret::new(value));
+            self
+        }
+    )+};
+}
+
+impl ConfigBuilder {
+    /// A builder holding the default config.
+    pub(super) fn new() -> Self {
+        Self { config: Config::default() }
+    }
+
+    setters! {
+        /// Sets the LLM provider.
+        llm_provider: LlmProvider;
+        /// Sets the storage kind.
+        storage: StorageKind;
+        /// Sets the disk storage directory.
+        storage_dir: PathBuf;
+        /// Sets the root directory of the file tools.
+        files_root: PathBuf;
+        /// Sets the log level.
+        log_level: LogLevel;
+        /// Sets the execution agent.
+        agent: AgentKind;
+        /// Sets how steps are scheduled.
+        execution: ExecutionMode;
+        /// Sets how many steps may run at once.
+        max_parallel_steps: usize;
+        /// Sets the HTTP request timeout in seconds.
+        request_timeout_secs: u64;
+        /// Sets the overall time allowed for one LLM call, retries included, in seconds.
+        llm_deadline_secs: u64;
+        /// Sets how many times a failed LLM request is retried.
+        max_retries: u32;
+        /// Sets the most tokens an LLM may write in one reply.
+        max_tokens: u32;
+        /// Sets how many times the planner may try.
+        planner_attempts: u32;
+        /// Sets whether the final output gets an LLM summary.
+        summarize_final_output: bool;
+        /// Sets how long a run's lease on a workflow lasts without a heartbeat, in seconds.
+        lease_ttl_secs: u64;
+        /// Sets how many times a workflow whose run died may be taken over before it ends FAILED.
+        max_run_attempts: u32;
+    }
+
+    optional_setters! {
+        /// Sets the default model (`provider/model` is accepted).
+        default_model;
+        /// Sets the planning model.
+        planning_model;
+        /// Sets the execution model.
+        execution_model;
+        /// Sets the summary model.
+        summary_model;
+        /// Sets the provider's base URL.
+        llm_base_url;
+        /// Sets the OpenAI base URL.
+        openai_base_url;
+        /// Sets the Anthropic base URL.
+        anthropic_base_url;
+        /// Sets the Tavily base URL.
+        tavily_base_url;
+        /// Sets the OpenWeatherMap base URL.
+        openweathermap_base_url;
+    }
+
+    secret_setters! {
+        /// Sets the OpenAI API key.
+        openai_api_key;
+        /// Sets the key of an OpenAI-compatible server or Ollama.
+        llm_api_key;
+        /// Sets the Anthropic API key.
+        anthropic_api_key;
+        /// Sets the Mistral API key.
+        mistral_api_key;
+        /// Sets the Groq API key.
+        groq_api_key;
+        /// Sets the OpenRouter API key.
+        openrouter_api_key;
+        /// Sets the Tavily API key.
+        tavily_api_key;
+        /// Sets the OpenWeatherMap API key.
+        openweathermap_api_key;
+    }
+
+    /// Checks and returns the config.
+    ///
+    /// # Errors
+    /// As [`Config::validate`].
+    pub fn build(self) -> Result<Config> {
+        self.config.validate()?;
+        Ok(self.config)
+    }
+}

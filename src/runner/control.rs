@@ -1,0 +1,88 @@
+//! A run's control: its lease, the heartbeat that keeps it, and the stop signal
+//! that a cancellation or a lost lease sends to the run and to its running tools.
+//!
+//! Correctness rests on the store's lease alone. The map of local runs is only a
+//! shortcut: a cancellation made in this process reaches a run of it at once, and
+//! the canceller can wait for that run to end.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use crate::agent::{Stop, StopSignal};
+use crate::ids::WorkflowId;
+use crate::storage::{Lease, Storage};
+
+/// The runs of this process, by workflow.
+#[derive(Debug, Default, Clone)]
+pub(super) struct LocalRuns(Arc<Mutex<HashMap<WorkflowId, LocalRun>>>);
+
+/// One local run: its stop signal, and a lock it holds until it ends.
+#[derive(Debug, Clone)]
+pub(super) struct LocalRun {
+    pub(super) signal: StopSignal,
+    pub(super) running: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl LocalRuns {
+    /// Registers a run that holds the lease of `id`; it is forgotten when the guard drops.
+    pub(super) fn register(&self, id: WorkflowId, signal: StopSignal) -> RegisteredRun {
+        let running = Arc::new(tokio::sync::Mutex::new(()));
+        let held = Arc::clone(&running).try_lock_owned().ok();
+        self.lock().insert(id, LocalRun { signal, running });
+        RegisteredRun { id, runs: self.clone(), _held: held }
+    }
+
+    /// The local run of `id`, if there is one.
+    pub(super) fn get(&self, id: WorkflowId) -> Option<LocalRun> {
+        self.lock().get(&id).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<WorkflowId, LocalRun>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Keeps a run registered while it lives.
+#[derive(Debug)]
+pub(super) struct RegisteredRun {
+    id: WorkflowId,
+    runs: LocalRuns,
+    _held: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for RegisteredRun {
+    fn drop(&mut self) {
+        self.runs.lock().remove(&self.id);
+    }
+}
+
+/// Renews `lease` every third of `ttl` until dropped. A cancellation request seen
+/// in the store, or a lost lease, stops the run through `signal`.
+pub(super) fn spawn_heartbeat(
+    storage: Arc<dyn Storage>,
+    lease: Lease,
+    ttl: Duration,
+    signal: StopSignal,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let period = (ttl / 3).max(Duration::from_millis(10));
+        loop {
+            tokio::time::sleep(period).await;
+            match storage.renew_lease(&lease, ttl).await {
+                Ok(status) => {
+                    if let Some(reason) = status.cancel_requested {
+                        signal.stop(Stop::Cancelled(reason));
+                    }
+                }
+                Err(crate::Error::LeaseLost { .. }) => {
+                    tracing::warn!(workflow = %lease.workflow_id, "the run lost its lease; stopping it");
+                    signal.stop(Stop::LeaseLost);
+                    return;
+                }
+                // A store that is briefly unreachable: the lease may still be renewed in time.
+                Err(e) => tracing::warn!(workflow = %lease.workflow_id, error = %e, "could not renew the lease"),
+            }
+        }
+    })
+}

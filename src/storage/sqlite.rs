@@ -355,13 +355,14 @@ const TOOL_CALL_COLUMNS: &str =
     "workflow_id, step, attempt, seq, tool_id, end_user_id, input, status, output, started_at, latency_seconds";
 
 /// Inserts a journal record; `on_conflict` says what to do when its key is stored.
-fn put_tool_call(tx: &Transaction<'_>, record: &ToolCallRecord, on_conflict: &str) -> DbResult<()> {
+/// Returns whether a row was written.
+fn put_tool_call(tx: &Transaction<'_>, record: &ToolCallRecord, on_conflict: &str) -> DbResult<bool> {
     let key = record.key;
     let sql = format!(
         "INSERT INTO tool_calls ({TOOL_CALL_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
          ON CONFLICT (workflow_id, step, attempt, seq) {on_conflict}"
     );
-    tx.prepare_cached(&sql)?.execute(params![
+    let written = tx.prepare_cached(&sql)?.execute(params![
         key.workflow_id.to_string(),
         to_int(key.step)?,
         i64::from(key.attempt),
@@ -374,7 +375,7 @@ fn put_tool_call(tx: &Transaction<'_>, record: &ToolCallRecord, on_conflict: &st
         record.started_at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
         record.latency_seconds
     ])?;
-    Ok(())
+    Ok(written > 0)
 }
 
 fn read_tool_call(row: &Row<'_>) -> DbResult<ToolCallRecord> {
@@ -584,18 +585,24 @@ impl Storage for SqliteStorage {
         .await
     }
 
-    async fn begin_tool_call(&self, lease: &Lease, intent: &ToolCallRecord) -> Result<ToolCallRecord> {
+    async fn begin_tool_call(&self, lease: &Lease, intent: &ToolCallRecord) -> Result<Option<ToolCallRecord>> {
         let (lease, intent) = (lease.clone(), intent.clone());
         self.write(format!("cannot journal tool call {}", intent.key), move |tx, now| {
             let key = intent.key;
             fence(tx, &lease, key.workflow_id, now)?;
-            put_tool_call(tx, &intent, "DO NOTHING")?;
+            if put_tool_call(tx, &intent, "DO NOTHING")? {
+                return Ok(None);
+            }
             let sql = format!(
-                "SELECT {TOOL_CALL_COLUMNS} FROM tool_calls WHERE workflow_id = ?1 AND step = ?2 AND attempt = ?3 AND seq = ?4"
+                "SELECT {TOOL_CALL_COLUMNS} FROM tool_calls \
+                 WHERE workflow_id = ?1 AND step = ?2 AND attempt = ?3 AND seq = ?4"
             );
             let key_args = params![key.workflow_id.to_string(), to_int(key.step)?, key.attempt, key.seq];
-            let mut stored = collect(tx.prepare_cached(&sql)?.query(key_args)?, read_tool_call)?;
-            stored.pop().ok_or_else(|| Fail::Corrupt(format!("tool call {key} was journaled but cannot be found")))
+            let mut earlier = collect(tx.prepare_cached(&sql)?.query(key_args)?, read_tool_call)?;
+            earlier
+                .pop()
+                .map(Some)
+                .ok_or_else(|| Fail::Corrupt(format!("tool call {key} is journaled but cannot be read")))
         })
         .await
     }
@@ -607,7 +614,7 @@ impl Storage for SqliteStorage {
             let replace = "DO UPDATE SET tool_id = excluded.tool_id, end_user_id = excluded.end_user_id, \
                            input = excluded.input, status = excluded.status, output = excluded.output, \
                            started_at = excluded.started_at, latency_seconds = excluded.latency_seconds";
-            put_tool_call(tx, &record, replace)
+            put_tool_call(tx, &record, replace).map(drop)
         })
         .await
     }

@@ -1,0 +1,461 @@
+//! One conformance suite for every store: each case runs against `InMemoryStorage`
+//! and `SqliteStorage`, both on a `ManualClock`, so lease expiry needs no waiting.
+//! A store of your own should pass it too.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use portia::llm::Usage;
+use portia::storage::{
+    Clock, InMemoryStorage, Lease, ManualClock, SqliteStorage, Storage, ToolCallKey, ToolCallRecord, ToolCallStatus,
+    UsageRecord, WorkflowQuery,
+};
+use portia::{Error, Plan, PlanBuilder, ToolOutput, Workflow, WorkflowId, WorkflowState};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+const TTL: Duration = Duration::from_secs(30);
+
+/// A store under test and the clock it runs on.
+struct Fixture {
+    store: Arc<dyn Storage>,
+    clock: ManualClock,
+    /// Another handle on the same data: a second connection for SQLite, the store itself for memory.
+    other: Box<dyn Fn() -> Arc<dyn Storage>>,
+    _dir: Option<TempDir>,
+}
+
+impl Fixture {
+    fn store(&self) -> &dyn Storage {
+        self.store.as_ref()
+    }
+
+    /// Moves the clock past the end of every lease granted so far.
+    fn expire_leases(&self) {
+        self.clock.advance(TTL + Duration::from_secs(1));
+    }
+}
+
+fn memory() -> Fixture {
+    let clock = ManualClock::default();
+    let store: Arc<dyn Storage> = Arc::new(InMemoryStorage::with_clock(Arc::new(clock.clone())));
+    let same = Arc::clone(&store);
+    Fixture { store, clock, other: Box::new(move || Arc::clone(&same)), _dir: None }
+}
+
+fn sqlite() -> Fixture {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("nested").join("portia.db");
+    let clock = ManualClock::default();
+    let store = Arc::new(open_sqlite(&path, &clock));
+    let shared = clock.clone();
+    let other = move || -> Arc<dyn Storage> { Arc::new(open_sqlite(&path, &shared)) };
+    Fixture { store, clock, other: Box::new(other), _dir: Some(dir) }
+}
+
+/// Opens the database at `path` on `clock` (clones of a `ManualClock` share one time).
+fn open_sqlite(path: &Path, clock: &ManualClock) -> SqliteStorage {
+    SqliteStorage::open_with_clock(path, Arc::new(clock.clone())).expect("the database opens")
+}
+
+fn plan() -> Plan {
+    PlanBuilder::new("Which city is warmer?").step("Find the weather", Some("weather_tool"), "$weather").build()
+}
+
+/// A NOT_STARTED workflow at version 1 for `plan`, run for `end_user`.
+fn workflow_in(plan: &Plan, state: WorkflowState, end_user: Option<&str>) -> Workflow {
+    let value = json!({
+        "id": WorkflowId::new(),
+        "plan_id": plan.id,
+        "state": state,
+        "version": 1,
+        "execution_context": { "end_user_id": end_user },
+    });
+    serde_json::from_value(value).expect("a workflow")
+}
+
+/// The next version of `workflow`, one step further on.
+fn next_version(workflow: &Workflow) -> Workflow {
+    let mut value = serde_json::to_value(workflow).expect("a workflow serializes");
+    value["version"] = (workflow.version() + 1).into();
+    value["current_step_index"] = (workflow.current_step_index() + 1).into();
+    value["state"] = json!(WorkflowState::InProgress);
+    serde_json::from_value(value).expect("a workflow")
+}
+
+/// Saves a plan and a new workflow of it.
+async fn stored(store: &dyn Storage) -> Workflow {
+    let plan = plan();
+    store.save_plan(&plan).await.expect("plan saved");
+    let workflow = workflow_in(&plan, WorkflowState::NotStarted, None);
+    store.create_workflow(&workflow).await.expect("workflow created");
+    workflow
+}
+
+fn key(workflow: &Workflow, step: usize, attempt: u32, seq: u32) -> ToolCallKey {
+    ToolCallKey { workflow_id: workflow.id(), step, attempt, seq }
+}
+
+fn intent(key: ToolCallKey, input: Value) -> ToolCallRecord {
+    ToolCallRecord::intent(key, "weather_tool", Some("alice".to_owned()), input)
+}
+
+fn usage(workflow: &Workflow, step_output: Option<&str>, prompt_tokens: u64) -> UsageRecord {
+    let step_output = step_output.map(str::to_owned);
+    UsageRecord { workflow_id: workflow.id(), step_output, usage: Usage::call(prompt_tokens, 7) }
+}
+
+async fn acquire(store: &dyn Storage, workflow: &Workflow, owner: &str) -> Lease {
+    store.acquire_lease(workflow.id(), owner, TTL).await.expect("lease granted").lease
+}
+
+// ---- The cases every store must pass. ----
+
+async fn create_then_get_round_trips(f: Fixture) {
+    let store = f.store();
+    let plan = plan();
+    store.save_plan(&plan).await.unwrap();
+    store.save_plan(&plan).await.expect("saving a stored plan again does nothing");
+    assert_eq!(store.get_plan(plan.id).await.unwrap(), plan);
+    let workflow = workflow_in(&plan, WorkflowState::NotStarted, Some("alice"));
+    store.create_workflow(&workflow).await.unwrap();
+    let back = store.get_workflow(workflow.id()).await.unwrap();
+    assert_eq!(serde_json::to_value(&back).unwrap(), serde_json::to_value(&workflow).unwrap());
+    assert_eq!(back.version(), 1);
+    let again = store.create_workflow(&workflow).await.unwrap_err();
+    assert!(matches!(again, Error::VersionConflict { expected: 0, found: 1, .. }), "{again}");
+    let missing = WorkflowId::new();
+    assert!(matches!(store.get_workflow(missing).await, Err(Error::WorkflowNotFound(id)) if id == missing));
+    assert!(matches!(store.get_plan(portia::PlanId::new()).await, Err(Error::PlanNotFound(_))));
+}
+
+async fn compare_and_swap(f: Fixture) {
+    let store = f.store();
+    let workflow = stored(store).await;
+    let lease = acquire(store, &workflow, "runner-a").await;
+    let changed = next_version(&workflow);
+    let mut stale = serde_json::to_value(&changed).unwrap();
+    stale["version"] = 1.into();
+    let stale: Workflow = serde_json::from_value(stale).unwrap();
+    let err = store.update_workflow(&stale, &lease).await.unwrap_err();
+    assert!(matches!(err, Error::VersionConflict { expected: 0, found: 1, .. }), "{err}");
+    assert_eq!(store.get_workflow(workflow.id()).await.unwrap(), workflow, "a refused save changes nothing");
+    store.update_workflow(&changed, &lease).await.unwrap();
+    let back = store.get_workflow(workflow.id()).await.unwrap();
+    assert_eq!((back.version(), back.current_step_index()), (2, 1));
+    let err = store.update_workflow(&changed, &lease).await.unwrap_err();
+    assert!(matches!(err, Error::VersionConflict { expected: 1, found: 2, .. }), "{err}");
+}
+
+async fn leases_exclude_expire_and_release(f: Fixture) {
+    let store = f.store();
+    let workflow = stored(store).await;
+    let first = store.acquire_lease(workflow.id(), "runner-a", TTL).await.unwrap();
+    assert_eq!((first.lease.epoch, first.reclaimed, first.attempts), (1, false, 0));
+    assert_eq!(first.workflow, workflow);
+    let busy = store.acquire_lease(workflow.id(), "runner-b", TTL).await.unwrap_err();
+    assert!(matches!(&busy, Error::AlreadyRunning { owner, .. } if owner == "runner-a"), "{busy}");
+    f.expire_leases();
+    let taken = store.acquire_lease(workflow.id(), "runner-b", TTL).await.unwrap();
+    assert!(taken.lease.epoch > first.lease.epoch);
+    assert_eq!((taken.reclaimed, taken.attempts, taken.lease.owner.as_str()), (true, 1, "runner-b"));
+    store.release_lease(&taken.lease).await.unwrap();
+    let next = store.acquire_lease(workflow.id(), "runner-c", TTL).await.unwrap();
+    assert_eq!((next.reclaimed, next.attempts), (false, 1), "a released lease is no takeover");
+    assert!(next.lease.epoch > taken.lease.epoch);
+    let missing = store.acquire_lease(WorkflowId::new(), "runner-a", TTL).await.unwrap_err();
+    assert!(matches!(missing, Error::WorkflowNotFound(_)), "{missing}");
+}
+
+async fn finished_workflows_cannot_be_leased(f: Fixture) {
+    let store = f.store();
+    let workflow = workflow_in(&plan(), WorkflowState::Complete, None);
+    store.create_workflow(&workflow).await.unwrap();
+    let err = store.acquire_lease(workflow.id(), "runner-a", TTL).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidWorkflowState { state: WorkflowState::Complete, .. }), "{err}");
+}
+
+async fn renewal_extends_a_lease(f: Fixture) {
+    let store = f.store();
+    let workflow = stored(store).await;
+    let lease = acquire(store, &workflow, "runner-a").await;
+    f.clock.advance(TTL / 2);
+    let status = store.renew_lease(&lease, TTL).await.unwrap();
+    assert!(status.expires_at > lease.expires_at);
+    assert_eq!(status.cancel_requested, None);
+    f.clock.advance(TTL * 3 / 4);
+    let busy = store.acquire_lease(workflow.id(), "runner-b", TTL).await.unwrap_err();
+    assert!(matches!(busy, Error::AlreadyRunning { .. }), "the renewed lease is still live: {busy}");
+    store.update_workflow(&next_version(&workflow), &lease).await.expect("the renewed lease still writes");
+}
+
+/// Every fenced write of a run whose lease is gone; each must be refused.
+async fn assert_fenced(store: &dyn Storage, workflow: &Workflow, lease: &Lease, journaled: &ToolCallRecord) {
+    let lost = |result: Result<(), Error>, what: &str| {
+        assert!(matches!(result, Err(Error::LeaseLost { .. })), "{what} with a lost lease: {result:?}");
+    };
+    lost(store.update_workflow(&next_version(workflow), lease).await, "update_workflow");
+    lost(store.begin_tool_call(lease, &intent(key(workflow, 0, 0, 1), json!({}))).await.map(drop), "begin_tool_call");
+    let outcome = journaled.clone().finished(&Ok(ToolOutput::Value(json!("sunny"))), 0.1);
+    lost(store.finish_tool_call(lease, &outcome).await, "finish_tool_call");
+    lost(store.record_usage(lease, &usage(workflow, None, 5)).await, "record_usage");
+    lost(store.renew_lease(lease, TTL).await.map(drop), "renew_lease");
+}
+
+async fn stale_writers_are_fenced(f: Fixture) {
+    let store = f.store();
+    let workflow = stored(store).await;
+    let old = acquire(store, &workflow, "runner-a").await;
+    let journaled = intent(key(&workflow, 0, 0, 0), json!({"city": "Paris"}));
+    store.begin_tool_call(&old, &journaled).await.unwrap();
+    f.expire_leases();
+    // Expired but not yet taken over: refused all the same.
+    assert_fenced(store, &workflow, &old, &journaled).await;
+    let new = acquire(store, &workflow, "runner-b").await;
+    assert_fenced(store, &workflow, &old, &journaled).await;
+    assert_eq!(store.get_workflow(workflow.id()).await.unwrap(), workflow);
+    assert_eq!(store.tool_calls(workflow.id()).await.unwrap(), [journaled]);
+    assert!(store.usage_records(workflow.id()).await.unwrap().is_empty());
+    // The new holder writes as usual.
+    store.update_workflow(&next_version(&workflow), &new).await.unwrap();
+    store.record_usage(&new, &usage(&workflow, None, 5)).await.unwrap();
+}
+
+async fn cancellation_reaches_the_holder(f: Fixture) {
+    let store = f.store();
+    let workflow = stored(store).await;
+    let lease = acquire(store, &workflow, "runner-a").await;
+    (f.other)().request_cancel(workflow.id(), "the user gave up").await.unwrap();
+    let status = store.renew_lease(&lease, TTL).await.unwrap();
+    assert_eq!(status.cancel_requested.as_deref(), Some("the user gave up"));
+    store.release_lease(&lease).await.unwrap();
+    let grant = store.acquire_lease(workflow.id(), "runner-b", TTL).await.unwrap();
+    assert_eq!(grant.cancel_requested.as_deref(), Some("the user gave up"));
+    let missing = store.request_cancel(WorkflowId::new(), "no reason").await.unwrap_err();
+    assert!(matches!(missing, Error::WorkflowNotFound(_)), "{missing}");
+}
+
+async fn the_journal_replays(f: Fixture) {
+    let store = f.store();
+    let workflow = stored(store).await;
+    let lease = acquire(store, &workflow, "runner-a").await;
+    let first = intent(key(&workflow, 0, 0, 0), json!({"city": "Paris"}));
+    assert_eq!(store.begin_tool_call(&lease, &first).await.unwrap(), None, "stored now");
+    let retry = intent(key(&workflow, 0, 0, 0), json!({"city": "Rome"}));
+    let replayed = store.begin_tool_call(&lease, &retry).await.unwrap();
+    assert_eq!(replayed.as_ref(), Some(&first), "the first intent stands");
+    let done = first.clone().finished(&Ok(ToolOutput::Value(json!({"temp": 21.5}))), 0.25);
+    store.finish_tool_call(&lease, &done).await.unwrap();
+    let replayed = store.begin_tool_call(&lease, &retry).await.unwrap().expect("the call is journaled");
+    assert_eq!(replayed.status, ToolCallStatus::Success);
+    assert_eq!(replayed, done);
+    for (step, attempt, seq) in [(1, 0, 0), (0, 1, 0), (0, 0, 2), (0, 0, 1)] {
+        store.begin_tool_call(&lease, &intent(key(&workflow, step, attempt, seq), json!(null))).await.unwrap();
+    }
+    let keys: Vec<_> = store.tool_calls(workflow.id()).await.unwrap().iter().map(|r| r.key).collect();
+    let expected = [(0, 0, 0), (0, 0, 1), (0, 0, 2), (0, 1, 0), (1, 0, 0)].map(|(s, a, q)| key(&workflow, s, a, q));
+    assert_eq!(keys, expected);
+    assert!(store.tool_calls(WorkflowId::new()).await.unwrap().is_empty());
+}
+
+async fn usage_round_trips_in_order(f: Fixture) {
+    let store = f.store();
+    let workflow = stored(store).await;
+    let lease = acquire(store, &workflow, "runner-a").await;
+    let records =
+        [usage(&workflow, Some("$weather"), 30), usage(&workflow, None, 10), usage(&workflow, Some("$a"), 20)];
+    for record in &records {
+        store.record_usage(&lease, record).await.unwrap();
+    }
+    assert_eq!(store.usage_records(workflow.id()).await.unwrap(), records);
+    assert!(store.usage_records(WorkflowId::new()).await.unwrap().is_empty());
+}
+
+async fn listing_filters_orders_and_pages(f: Fixture) {
+    let store = f.store();
+    let plan = plan();
+    let states = [WorkflowState::NotStarted, WorkflowState::Complete, WorkflowState::NotStarted, WorkflowState::Failed];
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        for state in states {
+            let workflow = workflow_in(&plan, state, None);
+            store.create_workflow(&workflow).await.unwrap();
+            ids.push((workflow.id(), state));
+        }
+    }
+    ids.sort_by_key(|(id, _)| *id);
+    let page = store.list_workflows(&WorkflowQuery { state: None, page: 2, page_size: 3 }).await.unwrap();
+    assert_eq!((page.count, page.total_pages, page.current_page), (8, 3, 2));
+    let listed: Vec<_> = page.results.iter().map(Workflow::id).collect();
+    assert_eq!(listed, ids[3..6].iter().map(|(id, _)| *id).collect::<Vec<_>>());
+    let waiting = store.list_workflows(&WorkflowQuery::in_state(WorkflowState::NotStarted)).await.unwrap();
+    let expected: Vec<_> = ids.iter().filter(|(_, s)| *s == WorkflowState::NotStarted).map(|(id, _)| *id).collect();
+    assert_eq!(waiting.results.iter().map(Workflow::id).collect::<Vec<_>>(), expected);
+    assert_eq!((waiting.count, waiting.total_pages), (4, 1));
+    assert!(waiting.unreadable.is_empty());
+    let empty = store.list_workflows(&WorkflowQuery::in_state(WorkflowState::ReadyToResume)).await.unwrap();
+    assert_eq!((empty.count, empty.total_pages, empty.results.len()), (0, 1, 0));
+}
+
+async fn delete_workflow_takes_its_journal_and_unused_plan(f: Fixture) {
+    let store = f.store();
+    let (shared, own) = (plan(), plan());
+    store.save_plan(&shared).await.unwrap();
+    store.save_plan(&own).await.unwrap();
+    let a = workflow_in(&shared, WorkflowState::NotStarted, None);
+    let b = workflow_in(&shared, WorkflowState::NotStarted, None);
+    let c = workflow_in(&own, WorkflowState::NotStarted, None);
+    for workflow in [&a, &b, &c] {
+        store.create_workflow(workflow).await.unwrap();
+        let lease = acquire(store, workflow, "runner-a").await;
+        store.begin_tool_call(&lease, &intent(key(workflow, 0, 0, 0), json!({}))).await.unwrap();
+        store.record_usage(&lease, &usage(workflow, None, 1)).await.unwrap();
+    }
+    store.delete_workflow(c.id()).await.unwrap();
+    assert!(matches!(store.get_workflow(c.id()).await, Err(Error::WorkflowNotFound(_))));
+    assert!(store.tool_calls(c.id()).await.unwrap().is_empty());
+    assert!(store.usage_records(c.id()).await.unwrap().is_empty());
+    assert!(matches!(store.get_plan(own.id).await, Err(Error::PlanNotFound(_))), "its plan went with it");
+    store.delete_workflow(a.id()).await.unwrap();
+    assert_eq!(store.get_plan(shared.id).await.unwrap(), shared, "b still uses the plan");
+    assert_eq!(store.tool_calls(b.id()).await.unwrap().len(), 1);
+    store.delete_workflow(a.id()).await.expect("deleting a missing workflow does nothing");
+}
+
+async fn delete_end_user_takes_only_theirs(f: Fixture) {
+    let store = f.store();
+    let plan = plan();
+    let theirs = [Some("alice"), Some("alice"), Some("bob"), None]
+        .map(|user| workflow_in(&plan, WorkflowState::NotStarted, user));
+    for workflow in &theirs {
+        store.create_workflow(workflow).await.unwrap();
+    }
+    assert_eq!(store.delete_end_user("alice").await.unwrap(), 2);
+    assert_eq!(store.delete_end_user("alice").await.unwrap(), 0);
+    let left: Vec<_> = store.list_workflows(&WorkflowQuery::default()).await.unwrap().results;
+    let mut expected = vec![theirs[2].id(), theirs[3].id()];
+    expected.sort();
+    assert_eq!(left.iter().map(Workflow::id).collect::<Vec<_>>(), expected);
+}
+
+async fn prune_takes_only_old_finished_workflows(f: Fixture) {
+    let store = f.store();
+    let plan = plan();
+    let old = [WorkflowState::Complete, WorkflowState::Failed, WorkflowState::NotStarted]
+        .map(|state| workflow_in(&plan, state, None));
+    for workflow in &old {
+        store.create_workflow(workflow).await.unwrap();
+    }
+    f.clock.advance(Duration::from_secs(3600));
+    let cutoff: DateTime<Utc> = f.clock.now();
+    f.clock.advance(Duration::from_secs(60));
+    let recent = workflow_in(&plan, WorkflowState::Complete, None);
+    store.create_workflow(&recent).await.unwrap();
+    assert_eq!(store.prune_finished(cutoff).await.unwrap(), 2);
+    let left: Vec<_> = store.list_workflows(&WorkflowQuery::default()).await.unwrap().results;
+    let mut expected = vec![old[2].id(), recent.id()];
+    expected.sort();
+    assert_eq!(left.iter().map(Workflow::id).collect::<Vec<_>>(), expected);
+}
+
+/// One `#[tokio::test]` per case and store.
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            $(#[tokio::test] async fn $case() { super::$case(super::memory()).await })*
+        }
+        mod sqlite {
+            $(#[tokio::test] async fn $case() { super::$case(super::sqlite()).await })*
+        }
+    };
+}
+
+conformance!(
+    create_then_get_round_trips,
+    compare_and_swap,
+    leases_exclude_expire_and_release,
+    finished_workflows_cannot_be_leased,
+    renewal_extends_a_lease,
+    stale_writers_are_fenced,
+    cancellation_reaches_the_holder,
+    the_journal_replays,
+    usage_round_trips_in_order,
+    listing_filters_orders_and_pages,
+    delete_workflow_takes_its_journal_and_unused_plan,
+    delete_end_user_takes_only_theirs,
+    prune_takes_only_old_finished_workflows,
+);
+
+// ---- SQLite only: the file itself. ----
+
+fn raw(path: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(path).expect("the database opens directly")
+}
+
+#[tokio::test]
+async fn sqlite_refuses_a_newer_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portia.db");
+    let workflow = stored(&SqliteStorage::open(&path).unwrap()).await;
+    let reopened = SqliteStorage::open(&path).expect("an up-to-date file opens again");
+    assert_eq!(reopened.get_workflow(workflow.id()).await.unwrap(), workflow);
+    drop(reopened);
+    raw(&path).pragma_update(None, "user_version", 999).unwrap();
+    let err = SqliteStorage::open(&path).unwrap_err();
+    assert!(matches!(&err, Error::SchemaTooNew { found: 999, supported, .. } if *supported < 999), "{err}");
+    let Error::SchemaTooNew { supported, .. } = &err else { unreachable!() };
+    let message = err.to_string();
+    assert!(message.contains("999") && message.contains(&supported.to_string()), "{message}");
+}
+
+#[tokio::test]
+async fn sqlite_reports_a_corrupt_row_by_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portia.db");
+    let store = SqliteStorage::open(&path).unwrap();
+    let (good, bad) = (stored(&store).await, stored(&store).await);
+    raw(&path).execute("UPDATE workflows SET body = '{\"id\": 42' WHERE id = ?1", [bad.id().to_string()]).unwrap();
+    let err = store.get_workflow(bad.id()).await.unwrap_err();
+    assert!(matches!(err, Error::Storage { .. }), "{err}");
+    assert!(err.to_string().contains(&bad.id().to_string()), "{err}");
+    assert!(std::error::Error::source(&err).is_some(), "the parse error is kept");
+    let page = store.list_workflows(&WorkflowQuery::default()).await.unwrap();
+    assert_eq!(page.results, [good]);
+    assert_eq!(page.unreadable.len(), 1);
+    assert!(page.unreadable[0].contains(&bad.id().to_string()), "{:?}", page.unreadable);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_handles_racing_for_a_lease_let_one_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portia.db");
+    // Handles opening a new file at once take turns creating the schema.
+    let opening: Vec<_> = (0..3)
+        .map(|_| {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || SqliteStorage::open(path))
+        })
+        .collect();
+    let mut handles = Vec::new();
+    for open in opening {
+        handles.push(Arc::new(open.await.unwrap().expect("every handle opens")));
+    }
+    let id = stored(handles[0].as_ref()).await.id();
+    let racers: Vec<_> = (0..8)
+        .map(|i| {
+            let store = Arc::clone(&handles[i % handles.len()]);
+            tokio::spawn(async move { store.acquire_lease(id, &format!("runner-{i}"), TTL).await })
+        })
+        .collect();
+    let mut winners = 0;
+    for racer in racers {
+        match racer.await.unwrap() {
+            Ok(_) => winners += 1,
+            Err(Error::AlreadyRunning { .. }) => {}
+            Err(other) => panic!("a racer failed: {other}"),
+        }
+    }
+    assert_eq!(winners, 1);
+}

@@ -135,7 +135,9 @@ async fn measure(args: &Args, base_url: &str) -> Result<Value, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let storage: Arc<dyn Storage> = match args.storage {
         StorageChoice::Memory => Arc::new(InMemoryStorage::new()),
-        StorageChoice::Sqlite => Arc::new(SqliteStorage::open(dir.path().join("portia.db")).map_err(|e| e.to_string())?),
+        StorageChoice::Sqlite => {
+            Arc::new(SqliteStorage::open(dir.path().join("portia.db")).map_err(|e| e.to_string())?)
+        }
     };
     let runner = Runner::builder(config)
         .tools(portia::tools::example_tool_registry())
@@ -159,13 +161,13 @@ async fn measure(args: &Args, base_url: &str) -> Result<Value, String> {
     }
     let mut latencies = Vec::with_capacity(args.n);
     let (mut calls, mut prompt, mut completion, mut failed) = (0u64, 0u64, 0u64, 0usize);
-    let mut tool_calls = 0usize;
+    let mut completed = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         let (latency, result) = joined.map_err(|e| e.to_string())?;
         latencies.push(latency);
         match result {
             Ok(workflow) if workflow.state() == WorkflowState::Complete => {
-                tool_calls += runner.tool_calls(workflow.id()).await.map_err(|e| e.to_string())?.len();
+                completed.push(workflow.id());
                 calls += u64::from(workflow.usage().total.llm_calls);
                 prompt += workflow.usage().total.prompt_tokens;
                 completion += workflow.usage().total.completion_tokens;
@@ -182,6 +184,10 @@ async fn measure(args: &Args, base_url: &str) -> Result<Value, String> {
     }
     let wall = started.elapsed();
     let cpu = cpu_seconds() - cpu_before;
+    let mut tool_calls = 0;
+    for id in completed {
+        tool_calls += runner.tool_calls(id).await.map_err(|e| e.to_string())?.len();
+    }
     let done = (args.n - failed).max(1) as f64;
     latencies.sort();
     Ok(json!({

@@ -192,10 +192,7 @@ impl Clarification {
         let refuse = |message: String| Error::InvalidClarificationResponse { clarification_id: self.id, message };
         match &self.kind {
             ClarificationKind::MultipleChoice { options, .. } if !options.contains(&response) => {
-                return Err(refuse(format!(
-                    "{response} is not one of the options {}",
-                    Value::Array(options.clone())
-                )));
+                return Err(refuse(format!("{response} is not one of the options {}", Value::Array(options.clone()))));
             }
             ClarificationKind::ToolCallOutcome { .. } if CallVerdict::parse(&response).is_none() => {
                 return Err(refuse(format!(
@@ -212,7 +209,9 @@ impl Clarification {
     /// What a person said of a resolved [`ClarificationKind::ToolCallOutcome`].
     pub fn call_verdict(&self) -> Option<CallVerdict> {
         match (&self.kind, &self.response) {
-            (ClarificationKind::ToolCallOutcome { .. }, Some(response)) if self.resolved => CallVerdict::parse(response),
+            (ClarificationKind::ToolCallOutcome { .. }, Some(response)) if self.resolved => {
+                CallVerdict::parse(response)
+            }
             _ => None,
         }
     }

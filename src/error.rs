@@ -64,7 +64,9 @@ pub enum Error {
     },
 
     /// Another run (in this process or another) holds the workflow's lease.
-    #[error("workflow {workflow_id} is being run by {owner} (its lease runs until {until}); wait for that run to end, or cancel it")]
+    #[error(
+        "workflow {workflow_id} is being run by {owner} (its lease runs until {until}); wait for that run to end, or cancel it"
+    )]
     AlreadyRunning {
         /// The workflow concerned.
         workflow_id: WorkflowId,
@@ -75,14 +77,18 @@ pub enum Error {
     },
 
     /// A run's lease on the workflow expired or was taken over; the write was refused.
-    #[error("the run of workflow {workflow_id} lost its lease (it expired or another run took the workflow over); nothing more was written")]
+    #[error(
+        "the run of workflow {workflow_id} lost its lease (it expired or another run took the workflow over); nothing more was written"
+    )]
     LeaseLost {
         /// The workflow concerned.
         workflow_id: WorkflowId,
     },
 
     /// A save named a version that is no longer the stored one.
-    #[error("workflow {workflow_id} changed meanwhile: the save expected stored version {expected}, found {found}; load it again")]
+    #[error(
+        "workflow {workflow_id} changed meanwhile: the save expected stored version {expected}, found {found}; load it again"
+    )]
     VersionConflict {
         /// The workflow concerned.
         workflow_id: WorkflowId,

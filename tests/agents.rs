@@ -206,7 +206,10 @@ async fn planner_error_is_reported_in_its_own_words() {
     {
         let h = harness(Config::default(), InMemoryToolRegistry::new(), ScriptedLlm::new().json(reply));
         let err = h.runner.generate_plan("Book me a flight").await.unwrap_err();
-        assert!(matches!(&err, Error::Planning { message, .. } if message.contains("No tool can book flights.")), "{err}");
+        assert!(
+            matches!(&err, Error::Planning { message, .. } if message.contains("No tool can book flights.")),
+            "{err}"
+        );
         assert_eq!(h.llm.requests().len(), 1, "an error is not re-asked");
     }
 }

@@ -56,7 +56,7 @@ async fn stock_compare_prints_the_plan_then_a_complete_workflow() {
 
     assert_eq!(
         keys(&workflow),
-        ["current_step_index", "execution_context", "id", "outputs", "plan_id", "state", "usage"]
+        ["current_step_index", "execution_context", "id", "outputs", "plan_id", "state", "usage", "version"]
     );
     assert_eq!(workflow["state"], "COMPLETE");
     assert_eq!(workflow["plan_id"], plan["id"]);

@@ -183,7 +183,11 @@ async fn a_tool_missing_at_execution_fails_the_workflow_with_a_message() {
     let failure = failed.failure().unwrap();
     assert_eq!((failure.step, failure.kind), (Some(0), portia::workflow::FailureKind::InvalidStep));
     assert!(failure.message.contains("Tool search_tool is not in the tool registry"), "{}", failure.message);
-    assert_eq!(h.runner.get_workflow(failed.id()).await.unwrap().state(), WorkflowState::Failed, "the failure is saved");
+    assert_eq!(
+        h.runner.get_workflow(failed.id()).await.unwrap().state(),
+        WorkflowState::Failed,
+        "the failure is saved"
+    );
 }
 
 #[tokio::test]

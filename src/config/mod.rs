@@ -354,7 +354,10 @@ impl Config {
             ));
         }
         if self.storage == StorageKind::Sqlite && self.storage_dir.as_os_str().is_empty() {
-            return Err(Error::invalid_config("storage_dir", "SQLite storage needs a directory: set PORTIA_STORAGE_DIR"));
+            return Err(Error::invalid_config(
+                "storage_dir",
+                "SQLite storage needs a directory: set PORTIA_STORAGE_DIR",
+            ));
         }
         let models = [&self.default_model, &self.planning_model, &self.execution_model, &self.summary_model];
         if models.iter().any(|m| m.as_deref().is_some_and(|m| split_provider(m).1.trim().is_empty())) {

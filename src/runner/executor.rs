@@ -13,7 +13,7 @@ use tokio::task::{Id, JoinSet};
 use super::Runner;
 use super::control::spawn_heartbeat;
 use super::metered::Meter;
-use crate::agent::{Stop, StepContext, StepInput, StepOutcome, StopSignal, ToolCalls, summarize_final_output};
+use crate::agent::{StepContext, StepInput, StepOutcome, Stop, StopSignal, ToolCalls, summarize_final_output};
 use crate::clarification::ClarificationKind;
 use crate::config::ExecutionMode;
 use crate::ids::WorkflowId;

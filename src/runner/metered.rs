@@ -34,7 +34,8 @@ impl Meter {
     }
 
     async fn record(&self, step_output: Option<&str>, usage: Usage) {
-        let record = UsageRecord { workflow_id: self.lease.workflow_id, step_output: step_output.map(str::to_owned), usage };
+        let record =
+            UsageRecord { workflow_id: self.lease.workflow_id, step_output: step_output.map(str::to_owned), usage };
         self.tally.lock().unwrap_or_else(PoisonError::into_inner).add(step_output, usage);
         match self.storage.record_usage(&self.lease, &record).await {
             Ok(()) => {}

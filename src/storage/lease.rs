@@ -73,7 +73,7 @@ impl LeaseState {
         now: DateTime<Utc>,
     ) -> Result<(LeaseState, Lease, bool)> {
         if workflow.state().is_terminal() {
-            return Err(workflow.invalid_state("run it"));
+            return Err(workflow.invalid_state("execute it"));
         }
         let reclaimed = match (&self.owner, self.expires_at) {
             (Some(holder), Some(until)) if until > now => {

@@ -5,8 +5,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::{
-    Clock, Lease, LeaseGrant, LeaseState, LeaseStatus, Storage, SystemClock, ToolCallKey, ToolCallRecord,
-    UsageRecord, WorkflowPage, WorkflowQuery,
+    Clock, Lease, LeaseGrant, LeaseState, LeaseStatus, Storage, SystemClock, ToolCallKey, ToolCallRecord, UsageRecord,
+    WorkflowPage, WorkflowQuery,
 };
 use crate::ids::{PlanId, WorkflowId};
 use crate::plan::Plan;
@@ -70,9 +70,13 @@ impl State {
         self.workflows.get_mut(&id).ok_or(Error::WorkflowNotFound(id))
     }
 
-    /// The row of a workflow whose current lease is `lease`.
-    fn fenced(&mut self, lease: &Lease, now: DateTime<Utc>) -> Result<&mut Row> {
-        let row = self.row(lease.workflow_id).map_err(|_| Error::LeaseLost { workflow_id: lease.workflow_id })?;
+    /// The row of workflow `id`, when `lease` is its current lease.
+    fn fenced(&mut self, lease: &Lease, id: WorkflowId, now: DateTime<Utc>) -> Result<&mut Row> {
+        let lost = Error::LeaseLost { workflow_id: id };
+        if lease.workflow_id != id {
+            return Err(lost);
+        }
+        let row = self.row(id).map_err(|_| lost)?;
         row.lease.check_fence(lease, now)?;
         Ok(row)
     }
@@ -114,7 +118,8 @@ impl Storage for InMemoryStorage {
             let found = row.workflow.version();
             return Err(Error::VersionConflict { workflow_id: workflow.id(), expected: 0, found });
         }
-        let row = Row { workflow: workflow.clone(), lease: LeaseState::default(), cancel_requested: None, updated_at: now };
+        let row =
+            Row { workflow: workflow.clone(), lease: LeaseState::default(), cancel_requested: None, updated_at: now };
         state.workflows.insert(workflow.id(), row);
         Ok(())
     }
@@ -131,10 +136,10 @@ impl Storage for InMemoryStorage {
     async fn update_workflow(&self, workflow: &Workflow, lease: &Lease) -> Result<()> {
         let now = self.clock.now();
         let mut state = self.state();
-        let row = state.fenced(lease, now)?;
+        let row = state.fenced(lease, workflow.id(), now)?;
         let found = row.workflow.version();
         let expected = workflow.version().saturating_sub(1);
-        if lease.workflow_id != workflow.id() || found != expected {
+        if found != expected {
             return Err(Error::VersionConflict { workflow_id: workflow.id(), expected, found });
         }
         row.workflow = workflow.clone();
@@ -181,7 +186,7 @@ impl Storage for InMemoryStorage {
     async fn begin_tool_call(&self, lease: &Lease, intent: &ToolCallRecord) -> Result<Option<ToolCallRecord>> {
         let now = self.clock.now();
         let mut state = self.state();
-        state.fenced(lease, now)?;
+        state.fenced(lease, intent.key.workflow_id, now)?;
         match state.tool_calls.get(&intent.key) {
             Some(earlier) => Ok(Some(earlier.clone())),
             None => {
@@ -194,7 +199,7 @@ impl Storage for InMemoryStorage {
     async fn finish_tool_call(&self, lease: &Lease, record: &ToolCallRecord) -> Result<()> {
         let now = self.clock.now();
         let mut state = self.state();
-        state.fenced(lease, now)?;
+        state.fenced(lease, record.key.workflow_id, now)?;
         state.tool_calls.insert(record.key, record.clone());
         Ok(())
     }
@@ -206,7 +211,7 @@ impl Storage for InMemoryStorage {
     async fn record_usage(&self, lease: &Lease, record: &UsageRecord) -> Result<()> {
         let now = self.clock.now();
         let mut state = self.state();
-        state.fenced(lease, now)?;
+        state.fenced(lease, record.workflow_id, now)?;
         state.usage.push(record.clone());
         Ok(())
     }

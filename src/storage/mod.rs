@@ -27,8 +27,8 @@ use serde::{Deserialize, Serialize};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use import::{ImportReport, import_json_dir};
 pub use journal::{ToolCallKey, ToolCallRecord, ToolCallStatus, UsageRecord};
-pub use lease::{Lease, LeaseGrant, LeaseStatus};
 pub(crate) use lease::LeaseState;
+pub use lease::{Lease, LeaseGrant, LeaseStatus};
 pub use memory::InMemoryStorage;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStorage;

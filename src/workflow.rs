@@ -1,7 +1,8 @@
 //! Workflows: one run of a plan, with its state, outputs and clarifications.
 //!
-//! A [`Workflow`] is plain data that the runner saves after every change. Its state
-//! only moves through [`Workflow::transition_to`], which refuses illegal moves:
+//! A [`Workflow`] is plain data that only the runner changes, saving it after every
+//! change. Its state only moves along these edges ([`WorkflowState::can_transition_to`]);
+//! any other move is refused:
 //!
 //! ```text
 //! NOT_STARTED ──> IN_PROGRESS ──> COMPLETE

@@ -263,6 +263,7 @@ async fn text_twice_instead_of_a_tool_call_fails_the_step_clearly() {
     assert_eq!(done.state(), WorkflowState::Failed);
     let message = done.failure().unwrap().message.clone();
     assert!(message.contains("answered in text instead of calling tool weather_tool: Still sunny."), "{message}");
+    assert_eq!(done.failure().unwrap().kind, portia::workflow::FailureKind::Agent);
 }
 
 #[tokio::test]
@@ -290,6 +291,7 @@ async fn soft_errors_fail_the_step_after_three_retries_with_every_message() {
     let message = done.failure().unwrap().message.clone();
     assert!(message.starts_with("Tool weather_tool failed after 4 attempts: rate limited #1;"), "{message}");
     assert!(message.contains("rate limited #4"), "{message}");
+    assert_eq!(done.failure().unwrap().kind, portia::workflow::FailureKind::ToolRetriesExhausted);
 }
 
 #[tokio::test]
@@ -303,6 +305,7 @@ async fn a_hard_error_fails_at_once() {
     let done = h.runner.run_plan(&plan).await.unwrap();
     assert_eq!(done.state(), WorkflowState::Failed);
     assert_eq!(done.failure().unwrap().message, "Tool weather_tool failed: API key revoked");
+    assert_eq!(done.failure().unwrap().kind, portia::workflow::FailureKind::ToolError);
     assert_eq!(done.outputs().final_output, None);
     assert!(done.outputs().step_outputs.is_empty(), "an error never becomes an output");
 }
@@ -484,6 +487,7 @@ async fn an_llm_failure_fails_the_step_with_the_providers_words() {
     let done = h.runner.run_plan(&plan).await.unwrap();
     assert_eq!(done.state(), WorkflowState::Failed);
     assert_eq!(done.failure().unwrap().message, "LLM call failed: quota exceeded");
+    assert_eq!(done.failure().unwrap().kind, portia::workflow::FailureKind::Llm);
 }
 
 #[tokio::test]

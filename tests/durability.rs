@@ -13,8 +13,10 @@ use portia::clarification::ClarificationKind;
 use portia::storage::{ManualClock, SqliteStorage, Storage};
 use portia::testing::ScriptedLlm;
 use portia::tool::{Tool, ToolError, ToolOutput, ToolRunContext, ToolSpec};
-use portia::{Config, InMemoryToolRegistry, PlanBuilder, Runner, WorkflowId, WorkflowState};
+use portia::{Config, InMemoryToolRegistry, PlanBuilder, Runner, Workflow, WorkflowId, WorkflowState};
 use serde_json::{Value, json};
+
+mod common;
 
 const MARKER: &str = "CRASH-POINT";
 
@@ -166,10 +168,20 @@ fn store_after_lease_expiry(s: &Scenario) -> Arc<dyn Storage> {
 async fn crash_child() {
     let var = |name: &str| std::env::var(name).unwrap();
     let point: &'static str = Box::leak(var("CRASH_POINT").into_boxed_str());
-    let storage = Arc::new(SqliteStorage::open(var("CRASH_DB")).unwrap());
+    let sqlite = Arc::new(SqliteStorage::open(var("CRASH_DB")).unwrap());
+    // "mid_save": the parent is told as the save that records the charge begins, and
+    // kills this process while that save is under way (or just before or after it).
+    let hook = (point == "mid_save").then(|| {
+        Box::new(|workflow: &Workflow| {
+            if workflow.outputs().step_outputs.contains("$charge") {
+                println!("{MARKER}");
+            }
+        }) as Box<dyn Fn(&Workflow) + Send + Sync>
+    });
+    let storage = Arc::new(common::RecordingStorage::wrapping(sqlite, hook));
     let hang = matches!(point, "after_intent" | "after_effect").then_some(point);
     let tool = EffectTool { effects: var("CRASH_EFFECTS").into(), idempotent: var("CRASH_IDEMPOTENT") == "1", hang };
-    let llm = llm(true, point != "none_receipt", point == "between_steps");
+    let llm = llm(true, true, matches!(point, "between_steps" | "mid_save"));
     let runner = runner(storage, tool, llm);
     let id: WorkflowId = var("CRASH_WORKFLOW").parse().unwrap();
     match runner.execute_workflow_by_id(id).await {
@@ -256,6 +268,22 @@ async fn killed_between_steps_resumes_without_repeating_the_finished_step() {
     assert_eq!((count(&effects, "charge"), count(&effects, "receipt")), (1, 1), "{effects:?}");
     let calls = storage.tool_calls(s.id).await.unwrap();
     assert_eq!(calls.len(), 2, "one journaled call per step: {calls:?}");
+}
+
+#[tokio::test]
+async fn killed_in_the_middle_of_a_save_loses_nothing_and_repeats_nothing() {
+    let s = scenario().await;
+    kill_at(&s, "mid_save", false);
+    assert_eq!(count(&effects(&s.effects), "charge"), 1);
+
+    // Whether or not the save committed, the journal holds the charge's outcome.
+    let storage = store_after_lease_expiry(&s);
+    let tool = EffectTool { effects: s.effects.clone(), idempotent: false, hang: None };
+    let done = runner(storage, tool, llm(false, true, false)).execute_workflow_by_id(s.id).await.unwrap();
+    assert_eq!(done.state(), WorkflowState::Complete);
+    assert_eq!(done.outputs().step_outputs.get("$charge").unwrap().value, json!({"done": "charge"}));
+    let effects = effects(&s.effects);
+    assert_eq!((count(&effects, "charge"), count(&effects, "receipt")), (1, 1), "{effects:?}");
 }
 
 #[tokio::test]

@@ -1,15 +1,6 @@
 //! Storage: where plans, workflows, leases and the tool-call journal are kept.
 //!
-//! A store owns concurrency. Each workflow carries a [`version`](Workflow::version)
-//! and every save is a compare-and-swap on it; a run holds a [`Lease`] on its
-//! workflow and every write it makes is fenced on that lease, so a run that lost its
-//! lease changes nothing. Tool calls are journaled before they are made
-//! ([`ToolCallRecord`]) and LLM usage as it is spent ([`UsageRecord`]).
-//!
-//! [`InMemoryStorage`] is the library's default; [`SqliteStorage`] (feature
-//! `sqlite`) keeps everything in one database file that several processes can
-//! share. Both pass one conformance suite (`tests/storage_conformance.rs`), and so
-//! must any store of your own.
+#![doc = include_str!("../docs/durability.md")]
 
 mod clock;
 mod import;

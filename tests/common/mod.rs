@@ -13,14 +13,33 @@ use portia::storage::{
 use portia::testing::ScriptedLlm;
 use portia::{Config, InMemoryToolRegistry, Plan, PlanId, Runner, Workflow, WorkflowId};
 
-/// Storage that keeps a copy of every workflow saved, in order.
-#[derive(Debug, Default)]
+type SaveHook = Box<dyn Fn(&Workflow) + Send + Sync>;
+
+/// Storage that keeps a copy of every workflow saved, in order, and may run a hook
+/// before each save.
 pub struct RecordingStorage {
-    pub inner: InMemoryStorage,
+    pub inner: Arc<dyn Storage>,
     pub saved: Mutex<Vec<Workflow>>,
+    before_save: Option<SaveHook>,
+}
+
+impl std::fmt::Debug for RecordingStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordingStorage").field("inner", &self.inner).finish_non_exhaustive()
+    }
+}
+
+impl Default for RecordingStorage {
+    fn default() -> Self {
+        Self::wrapping(Arc::new(InMemoryStorage::new()), None)
+    }
 }
 
 impl RecordingStorage {
+    pub fn wrapping(inner: Arc<dyn Storage>, before_save: Option<SaveHook>) -> Self {
+        Self { inner, saved: Mutex::default(), before_save }
+    }
+
     pub fn snapshots(&self) -> Vec<Workflow> {
         self.saved.lock().unwrap().clone()
     }
@@ -45,6 +64,9 @@ impl Storage for RecordingStorage {
         self.inner.list_workflows(query).await
     }
     async fn update_workflow(&self, workflow: &Workflow, lease: &Lease) -> portia::Result<()> {
+        if let Some(hook) = &self.before_save {
+            hook(workflow);
+        }
         self.saved.lock().unwrap().push(workflow.clone());
         self.inner.update_workflow(workflow, lease).await
     }

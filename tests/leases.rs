@@ -68,16 +68,18 @@ impl Setup {
     }
 }
 
+/// Runs workflow `id` in the background.
+fn spawn_run(runner: &Runner, id: portia::WorkflowId) -> tokio::task::JoinHandle<portia::Result<Workflow>> {
+    let runner = runner.clone();
+    tokio::spawn(async move { runner.execute_workflow_by_id(id).await })
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_second_run_is_refused_while_the_first_holds_the_lease() {
     let s = setup();
     let (first, second) = (s.runner(), s.runner());
     let workflow = s.workflow(&first).await;
-    let running = tokio::spawn({
-        let first = first.clone();
-        let id = workflow.id();
-        async move { first.execute_workflow_by_id(id).await }
-    });
+    let running = spawn_run(&first, workflow.id());
     s.gate.entered.notified().await;
     let err = second.execute_workflow(workflow.clone()).await.unwrap_err();
     assert!(matches!(err, Error::AlreadyRunning { workflow_id, .. } if workflow_id == workflow.id()), "{err}");
@@ -96,11 +98,7 @@ async fn a_run_that_lost_its_lease_writes_nothing_and_starts_no_new_call() {
         .input("$waited", "what the gate said")
         .build();
     let workflow = runner.create_workflow(&plan).await.unwrap();
-    let running = tokio::spawn({
-        let runner = runner.clone();
-        let id = workflow.id();
-        async move { runner.execute_workflow_by_id(id).await }
-    });
+    let running = spawn_run(&runner, workflow.id());
     s.gate.entered.notified().await;
     s.clock.advance(Duration::from_secs(3600));
     let takeover = s.storage.acquire_lease(workflow.id(), "another process", Duration::from_secs(30)).await.unwrap();
@@ -119,10 +117,7 @@ async fn a_cancellation_from_another_runner_stops_the_run_and_its_tool() {
     let s = setup();
     let (running_runner, other) = (s.runner(), s.runner());
     let workflow = s.workflow(&running_runner).await;
-    let running = tokio::spawn({
-        let id = workflow.id();
-        async move { running_runner.execute_workflow_by_id(id).await }
-    });
+    let running = spawn_run(&running_runner, workflow.id());
     s.gate.entered.notified().await;
     // Another runner (as in another process) can only leave the request in the store.
     let seen = other.cancel_workflow(workflow.id(), "the user changed their mind").await.unwrap();
@@ -143,11 +138,7 @@ async fn cancelling_on_the_running_runner_returns_the_failed_workflow_at_once() 
     let s = setup();
     let runner = s.runner();
     let workflow = s.workflow(&runner).await;
-    let running = tokio::spawn({
-        let runner = runner.clone();
-        let id = workflow.id();
-        async move { runner.execute_workflow_by_id(id).await }
-    });
+    let running = spawn_run(&runner, workflow.id());
     s.gate.entered.notified().await;
     let cancelled = runner.cancel_workflow(workflow.id(), "stop").await.unwrap();
     assert_eq!(cancelled.failure().unwrap().kind, FailureKind::Cancelled);

@@ -61,6 +61,12 @@ impl WorkflowState {
         matches!(self, Self::Complete | Self::Failed)
     }
 
+    /// Whether a worker may run a workflow in this state: it is not finished and
+    /// not waiting for a human.
+    pub fn is_runnable(self) -> bool {
+        matches!(self, Self::NotStarted | Self::InProgress | Self::ReadyToResume)
+    }
+
     /// Whether moving from `self` to `next` is allowed.
     pub fn can_transition_to(self, next: Self) -> bool {
         use WorkflowState::*;

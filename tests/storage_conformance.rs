@@ -360,6 +360,87 @@ async fn prune_takes_only_old_finished_workflows(f: Fixture) {
     assert_eq!(left.iter().map(Workflow::id).collect::<Vec<_>>(), expected);
 }
 
+/// A workflow of `plan()` submitted for the workers.
+async fn submitted(store: &dyn Storage) -> Workflow {
+    let plan = plan();
+    store.save_plan(&plan).await.expect("plan saved");
+    let workflow = workflow_in(&plan, WorkflowState::NotStarted, None);
+    store.submit_workflow(&workflow).await.expect("workflow submitted");
+    workflow
+}
+
+/// `workflow` saved under `lease` as the next version, in `state`.
+async fn move_to(store: &dyn Storage, workflow: &Workflow, lease: &Lease, state: WorkflowState) -> Workflow {
+    let mut value = serde_json::to_value(next_version(workflow)).expect("a workflow serializes");
+    value["state"] = json!(state);
+    let moved: Workflow = serde_json::from_value(value).expect("a workflow");
+    store.update_workflow(&moved, lease).await.expect("saved");
+    moved
+}
+
+async fn claims_hand_out_queued_workflows_oldest_first(f: Fixture) {
+    let store = f.store();
+    let kept = stored(store).await; // created to run in its own process: never handed out
+    let (first, second) = (submitted(store).await, submitted(store).await);
+    let claim = |owner: &'static str| async move { store.claim_runnable(owner, TTL).await.expect("claim") };
+    let one = claim("w1").await.expect("the first submitted");
+    assert_eq!((one.workflow.id(), one.reclaimed), (first.id(), false));
+    assert_eq!(claim("w2").await.expect("the second").workflow.id(), second.id());
+    assert!(claim("w3").await.is_none(), "both are leased and {} is not queued", kept.id());
+
+    f.expire_leases();
+    let again = claim("w4").await.expect("a dead run's workflow is handed out again");
+    assert_eq!((again.workflow.id(), again.reclaimed, again.attempts), (first.id(), true, 1));
+    // A claim is a lease like any other: the other handle cannot take it now.
+    let err = (f.other)().acquire_lease(first.id(), "w5", TTL).await.unwrap_err();
+    assert!(matches!(err, Error::AlreadyRunning { .. }), "{err}");
+}
+
+async fn claims_skip_workflows_waiting_for_a_human_or_finished(f: Fixture) {
+    let store = f.store();
+    let waiting = submitted(store).await;
+    let lease = store.claim_runnable("w1", TTL).await.unwrap().expect("claimed").lease;
+    let waiting = move_to(store, &waiting, &lease, WorkflowState::NeedClarification).await;
+    store.release_lease(&lease).await.unwrap();
+    let done = submitted(store).await;
+    let lease = store.claim_runnable("w2", TTL).await.unwrap().expect("claimed").lease;
+    move_to(store, &done, &lease, WorkflowState::Complete).await;
+    store.release_lease(&lease).await.unwrap();
+    assert!(store.claim_runnable("w3", TTL).await.unwrap().is_none(), "nothing is runnable");
+
+    // Answered, it is runnable again, and released now rather than expired.
+    let lease = store.acquire_lease(waiting.id(), "answerer", TTL).await.unwrap().lease;
+    move_to(store, &waiting, &lease, WorkflowState::ReadyToResume).await;
+    store.release_lease(&lease).await.unwrap();
+    let resumed = store.claim_runnable("w4", TTL).await.unwrap().expect("the answered workflow");
+    assert_eq!((resumed.workflow.id(), resumed.reclaimed), (waiting.id(), false));
+}
+
+async fn a_submission_or_release_wakes_a_waiting_worker(f: Fixture) {
+    let store = Arc::clone(&f.store);
+    let hour = Duration::from_secs(3600);
+    // Tokio's clock is paused: a wait that is not woken takes its whole (virtual) time.
+    let started = tokio::time::Instant::now();
+    store.wait_for_runnable(Duration::from_secs(5)).await;
+    assert_eq!(started.elapsed(), Duration::from_secs(5), "with nothing new, the wait times out (workers poll)");
+
+    let started = tokio::time::Instant::now();
+    submitted(store.as_ref()).await;
+    store.wait_for_runnable(hour).await;
+    assert!(started.elapsed() < hour, "a submission made before the wait is not missed");
+
+    let lease = store.claim_runnable("w1", TTL).await.unwrap().expect("claimed").lease;
+    let started = tokio::time::Instant::now();
+    let waiter = tokio::spawn({
+        let store = Arc::clone(&store);
+        async move { store.wait_for_runnable(hour).await }
+    });
+    tokio::task::yield_now().await;
+    store.release_lease(&lease).await.unwrap();
+    waiter.await.unwrap();
+    assert!(started.elapsed() < hour, "a release wakes the waiting worker");
+}
+
 /// One `#[tokio::test]` per case and store.
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
@@ -386,7 +467,23 @@ conformance!(
     delete_workflow_takes_its_journal_and_unused_plan,
     delete_end_user_takes_only_theirs,
     prune_takes_only_old_finished_workflows,
+    claims_hand_out_queued_workflows_oldest_first,
+    claims_skip_workflows_waiting_for_a_human_or_finished,
 );
+
+/// The wake-up case runs on tokio's paused clock.
+macro_rules! paused_conformance {
+    ($($case:ident),* $(,)?) => {
+        mod paused_memory {
+            $(#[tokio::test(start_paused = true)] async fn $case() { super::$case(super::memory()).await })*
+        }
+        mod paused_sqlite {
+            $(#[tokio::test(start_paused = true)] async fn $case() { super::$case(super::sqlite()).await })*
+        }
+    };
+}
+
+paused_conformance!(a_submission_or_release_wakes_a_waiting_worker);
 
 // ---- SQLite only: the file itself. ----
 

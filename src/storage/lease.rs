@@ -75,13 +75,10 @@ impl LeaseState {
         if workflow.state().is_terminal() {
             return Err(workflow.invalid_state("execute it"));
         }
-        let reclaimed = match (&self.owner, self.expires_at) {
-            (Some(holder), Some(until)) if until > now => {
-                return Err(Error::AlreadyRunning { workflow_id: workflow.id(), owner: holder.clone(), until });
-            }
-            (Some(_), _) => true,
-            (None, _) => false,
-        };
+        if let (false, Some(holder), Some(until)) = (self.is_free(now), &self.owner, self.expires_at) {
+            return Err(Error::AlreadyRunning { workflow_id: workflow.id(), owner: holder.clone(), until });
+        }
+        let reclaimed = self.owner.is_some();
         let expires_at = later(now, ttl);
         let next = LeaseState {
             owner: Some(owner.to_owned()),
@@ -91,6 +88,11 @@ impl LeaseState {
         };
         let lease = Lease { workflow_id: workflow.id(), owner: owner.to_owned(), epoch: next.epoch, expires_at };
         Ok((next, lease, reclaimed))
+    }
+
+    /// Whether no live lease is held: never taken, released, or expired.
+    pub(crate) fn is_free(&self, now: DateTime<Utc>) -> bool {
+        self.owner.is_none() || self.expires_at.is_none_or(|until| until <= now)
     }
 
     /// Refuses a write unless `lease` is the current, unexpired one.

@@ -23,12 +23,15 @@ use crate::{Error, Result};
 pub struct InMemoryStorage {
     clock: Arc<dyn Clock>,
     state: Mutex<State>,
+    runnable: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
 struct State {
     plans: HashMap<PlanId, Plan>,
     workflows: HashMap<WorkflowId, Row>,
+    /// Counts submissions, so that the longest-waiting queued workflow goes first.
+    submitted: u64,
     tool_calls: BTreeMap<ToolCallKey, ToolCallRecord>,
     usage: Vec<UsageRecord>,
 }
@@ -39,6 +42,8 @@ struct Row {
     lease: LeaseState,
     cancel_requested: Option<String>,
     updated_at: DateTime<Utc>,
+    /// When the workflow was submitted for the workers, in submission order.
+    queued: Option<u64>,
 }
 
 impl Default for InMemoryStorage {
@@ -55,13 +60,53 @@ impl InMemoryStorage {
 
     /// Empty storage whose leases run on `clock` (a [`ManualClock`](super::ManualClock) in tests).
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
-        Self { clock, state: Mutex::new(State::default()) }
+        Self { clock, state: Mutex::new(State::default()), runnable: tokio::sync::Notify::new() }
     }
 
     /// A poisoned lock only means another thread panicked; every critical section
     /// here checks before it changes anything, so the data is still whole.
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl InMemoryStorage {
+    fn insert(&self, workflow: &Workflow, queued: bool) -> Result<()> {
+        let now = self.clock.now();
+        let mut state = self.state();
+        if let Some(row) = state.workflows.get(&workflow.id()) {
+            let found = row.workflow.version();
+            return Err(Error::VersionConflict { workflow_id: workflow.id(), expected: 0, found });
+        }
+        state.submitted += 1;
+        let queued = queued.then_some(state.submitted);
+        let row = Row {
+            workflow: workflow.clone(),
+            lease: LeaseState::default(),
+            cancel_requested: None,
+            updated_at: now,
+            queued,
+        };
+        state.workflows.insert(workflow.id(), row);
+        Ok(())
+    }
+
+    /// Wakes every waiting worker, and leaves a permit for one that is about to wait.
+    fn wake(&self) {
+        self.runnable.notify_waiters();
+        self.runnable.notify_one();
+    }
+
+    fn grant(row: &mut Row, owner: &str, ttl: Duration, now: DateTime<Utc>) -> Result<LeaseGrant> {
+        let (next, lease, reclaimed) = row.lease.acquire(&row.workflow, owner, ttl, now)?;
+        row.lease = next;
+        Ok(LeaseGrant {
+            lease,
+            workflow: row.workflow.clone(),
+            reclaimed,
+            attempts: row.lease.attempts,
+            cancel_requested: row.cancel_requested.clone(),
+        })
     }
 }
 
@@ -112,15 +157,12 @@ impl Storage for InMemoryStorage {
     }
 
     async fn create_workflow(&self, workflow: &Workflow) -> Result<()> {
-        let now = self.clock.now();
-        let mut state = self.state();
-        if let Some(row) = state.workflows.get(&workflow.id()) {
-            let found = row.workflow.version();
-            return Err(Error::VersionConflict { workflow_id: workflow.id(), expected: 0, found });
-        }
-        let row =
-            Row { workflow: workflow.clone(), lease: LeaseState::default(), cancel_requested: None, updated_at: now };
-        state.workflows.insert(workflow.id(), row);
+        self.insert(workflow, false)
+    }
+
+    async fn submit_workflow(&self, workflow: &Workflow) -> Result<()> {
+        self.insert(workflow, true)?;
+        self.wake();
         Ok(())
     }
 
@@ -149,17 +191,7 @@ impl Storage for InMemoryStorage {
 
     async fn acquire_lease(&self, id: WorkflowId, owner: &str, ttl: Duration) -> Result<LeaseGrant> {
         let now = self.clock.now();
-        let mut state = self.state();
-        let row = state.row(id)?;
-        let (next, lease, reclaimed) = row.lease.acquire(&row.workflow, owner, ttl, now)?;
-        row.lease = next;
-        Ok(LeaseGrant {
-            lease,
-            workflow: row.workflow.clone(),
-            reclaimed,
-            attempts: row.lease.attempts,
-            cancel_requested: row.cancel_requested.clone(),
-        })
+        Self::grant(self.state().row(id)?, owner, ttl, now)
     }
 
     async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<LeaseStatus> {
@@ -175,7 +207,23 @@ impl Storage for InMemoryStorage {
         if let Some(row) = self.state().workflows.get_mut(&lease.workflow_id) {
             row.lease = row.lease.release(lease);
         }
+        self.wake();
         Ok(())
+    }
+
+    async fn claim_runnable(&self, owner: &str, ttl: Duration) -> Result<Option<LeaseGrant>> {
+        let now = self.clock.now();
+        let mut state = self.state();
+        let next = state
+            .workflows
+            .values_mut()
+            .filter(|row| row.queued.is_some() && row.workflow.state().is_runnable() && row.lease.is_free(now))
+            .min_by_key(|row| row.queued);
+        next.map(|row| Self::grant(row, owner, ttl, now)).transpose()
+    }
+
+    async fn wait_for_runnable(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.runnable.notified()).await;
     }
 
     async fn request_cancel(&self, id: WorkflowId, reason: &str) -> Result<()> {

@@ -99,6 +99,10 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Stores a new workflow (its version is 1).
     /// [`Error::VersionConflict`](crate::Error::VersionConflict) if its id is taken.
     async fn create_workflow(&self, workflow: &Workflow) -> Result<()>;
+    /// Stores a new workflow as [`Storage::create_workflow`] does, queued for the
+    /// workers: [`Storage::claim_runnable`] hands it out, and wakes a worker waiting
+    /// in [`Storage::wait_for_runnable`].
+    async fn submit_workflow(&self, workflow: &Workflow) -> Result<()>;
     /// Loads a workflow. [`Error::WorkflowNotFound`](crate::Error::WorkflowNotFound) if there is none.
     async fn get_workflow(&self, id: WorkflowId) -> Result<Workflow>;
     /// Lists workflows, filtered and paged; unreadable ones are reported, not fatal.
@@ -116,7 +120,17 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Extends a current lease by `ttl` from now, and reports any cancellation request.
     async fn renew_lease(&self, lease: &Lease, ttl: std::time::Duration) -> Result<LeaseStatus>;
     /// Gives a lease up; the next run does not count as a takeover. A lost lease is left alone.
+    /// A queued workflow that can run on is then runnable again, and a waiting worker is woken.
     async fn release_lease(&self, lease: &Lease) -> Result<()>;
+    /// Takes, for `owner`, the lease of the queued workflow that has waited longest
+    /// among those a worker may run: NOT_STARTED, READY_TO_RESUME, or IN_PROGRESS
+    /// whose run died (its lease expired) or gave it up. `None` when there is none.
+    /// Workflows waiting for a human are never handed out.
+    async fn claim_runnable(&self, owner: &str, ttl: std::time::Duration) -> Result<Option<LeaseGrant>>;
+    /// Returns when a queued workflow may have become runnable (submitted, answered,
+    /// or released) or when `timeout` has passed, whichever is first. A store that
+    /// cannot hear of changes made by other processes just waits: workers poll.
+    async fn wait_for_runnable(&self, timeout: std::time::Duration);
     /// Asks whoever runs the workflow to stop; the lease holder sees it when it next
     /// renews or finishes a step.
     async fn request_cancel(&self, id: WorkflowId, reason: &str) -> Result<()>;

@@ -19,7 +19,7 @@ use crate::{Error, Result};
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The schema, one script per version; `PRAGMA user_version` counts those applied.
-const MIGRATIONS: &[&str] = &[include_str!("sqlite/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("sqlite/0001_initial.sql"), include_str!("sqlite/0002_queue.sql")];
 
 /// Keeps everything in one SQLite database file, which several processes may share.
 ///
@@ -43,6 +43,8 @@ struct Inner {
     path: PathBuf,
     clock: Arc<dyn Clock>,
     conn: Mutex<Connection>,
+    /// Wakes this process's workers; other processes' workers poll.
+    runnable: tokio::sync::Notify,
 }
 
 impl SqliteStorage {
@@ -75,7 +77,8 @@ impl SqliteStorage {
         let mut conn = Connection::open(&path).map_err(|e| db_error(&path, "cannot open the database", e))?;
         configure(&conn).map_err(|e| db_error(&path, "cannot configure the database", e))?;
         migrate(&mut conn).map_err(|fail| fail.into_error(&path, "cannot create or upgrade the schema"))?;
-        Ok(Self { inner: Arc::new(Inner { path, clock, conn: Mutex::new(conn) }) })
+        let runnable = tokio::sync::Notify::new();
+        Ok(Self { inner: Arc::new(Inner { path, clock, conn: Mutex::new(conn), runnable }) })
     }
 
     /// The database file.
@@ -115,6 +118,27 @@ impl SqliteStorage {
             Ok(value)
         })
         .await
+    }
+
+    async fn insert(&self, workflow: &Workflow, queued: bool) -> Result<()> {
+        let workflow = workflow.clone();
+        self.write(format!("cannot create workflow {}", workflow.id()), move |tx, now| {
+            if let Some(found) = stored_version(tx, workflow.id())? {
+                return Err(Error::VersionConflict { workflow_id: workflow.id(), expected: 0, found }.into());
+            }
+            put_workflow(tx, &workflow, now, INSERT_WORKFLOW)?;
+            if queued {
+                tx.prepare_cached(QUEUE_WORKFLOW)?.execute([workflow.id().to_string()])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Wakes every waiting worker of this process, and leaves a permit for one about to wait.
+    fn wake(&self) {
+        self.inner.runnable.notify_waiters();
+        self.inner.runnable.notify_one();
     }
 
     /// Runs `f` in one read transaction, so that its queries see one snapshot.
@@ -314,6 +338,16 @@ fn fence(tx: &Transaction<'_>, lease: &Lease, target: WorkflowId, now: DateTime<
     Ok(())
 }
 
+/// Takes the lease of workflow `id` for `owner`, by the protocol of [`LeaseState`].
+fn grant(tx: &Transaction<'_>, id: WorkflowId, owner: &str, ttl: Duration, now: DateTime<Utc>) -> DbResult<LeaseGrant> {
+    let row = lease_row(tx, id)?.ok_or(Error::WorkflowNotFound(id))?;
+    let workflow = load_workflow(tx, id)?;
+    let (next, lease, reclaimed) = row.lease.acquire(&workflow, owner, ttl, now)?;
+    store_lease(tx, id, &next)?;
+    let attempts = next.attempts;
+    Ok(LeaseGrant { lease, workflow, reclaimed, attempts, cancel_requested: row.cancel_requested })
+}
+
 fn load_workflow(tx: &Transaction<'_>, id: WorkflowId) -> DbResult<Workflow> {
     let body: Option<String> = tx
         .prepare_cached("SELECT body FROM workflows WHERE id = ?1")?
@@ -348,6 +382,12 @@ fn put_workflow(tx: &Transaction<'_>, workflow: &Workflow, now: DateTime<Utc>, s
 
 const INSERT_WORKFLOW: &str = "INSERT INTO workflows (id, plan_id, state, version, end_user_id, body, updated_at) \
                                VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+const QUEUE_WORKFLOW: &str =
+    "UPDATE workflows SET queued = (SELECT COALESCE(MAX(queued), 0) + 1 FROM workflows) WHERE id = ?1";
+const NEXT_RUNNABLE: &str = "SELECT id FROM workflows WHERE queued IS NOT NULL \
+                             AND state IN ('NOT_STARTED', 'IN_PROGRESS', 'READY_TO_RESUME') \
+                             AND (lease_owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= ?1) \
+                             ORDER BY queued LIMIT 1";
 const UPDATE_WORKFLOW: &str = "UPDATE workflows SET plan_id = ?2, state = ?3, version = ?4, end_user_id = ?5, \
                                body = ?6, updated_at = ?7 WHERE id = ?1";
 
@@ -474,14 +514,13 @@ impl Storage for SqliteStorage {
     }
 
     async fn create_workflow(&self, workflow: &Workflow) -> Result<()> {
-        let workflow = workflow.clone();
-        self.write(format!("cannot create workflow {}", workflow.id()), move |tx, now| {
-            if let Some(found) = stored_version(tx, workflow.id())? {
-                return Err(Error::VersionConflict { workflow_id: workflow.id(), expected: 0, found }.into());
-            }
-            put_workflow(tx, &workflow, now, INSERT_WORKFLOW)
-        })
-        .await
+        self.insert(workflow, false).await
+    }
+
+    async fn submit_workflow(&self, workflow: &Workflow) -> Result<()> {
+        self.insert(workflow, true).await?;
+        self.wake();
+        Ok(())
     }
 
     async fn get_workflow(&self, id: WorkflowId) -> Result<Workflow> {
@@ -537,15 +576,24 @@ impl Storage for SqliteStorage {
 
     async fn acquire_lease(&self, id: WorkflowId, owner: &str, ttl: Duration) -> Result<LeaseGrant> {
         let owner = owner.to_owned();
-        self.write(format!("cannot take the lease of workflow {id}"), move |tx, now| {
-            let row = lease_row(tx, id)?.ok_or(Error::WorkflowNotFound(id))?;
-            let workflow = load_workflow(tx, id)?;
-            let (next, lease, reclaimed) = row.lease.acquire(&workflow, &owner, ttl, now)?;
-            store_lease(tx, id, &next)?;
-            let attempts = next.attempts;
-            Ok(LeaseGrant { lease, workflow, reclaimed, attempts, cancel_requested: row.cancel_requested })
+        self.write(format!("cannot take the lease of workflow {id}"), move |tx, now| grant(tx, id, &owner, ttl, now))
+            .await
+    }
+
+    async fn claim_runnable(&self, owner: &str, ttl: Duration) -> Result<Option<LeaseGrant>> {
+        let owner = owner.to_owned();
+        self.write("cannot claim a runnable workflow".to_owned(), move |tx, now| {
+            let next: Option<String> =
+                tx.prepare_cached(NEXT_RUNNABLE)?.query_row([now.timestamp_millis()], |row| row.get(0)).optional()?;
+            let Some(id) = next else { return Ok(None) };
+            let id = id.parse().map_err(|e| Fail::Corrupt(format!("workflow id {id:?}: {e}")))?;
+            grant(tx, id, &owner, ttl, now).map(Some)
         })
         .await
+    }
+
+    async fn wait_for_runnable(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.inner.runnable.notified()).await;
     }
 
     async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<LeaseStatus> {
@@ -568,7 +616,9 @@ impl Storage for SqliteStorage {
             }
             Ok(())
         })
-        .await
+        .await?;
+        self.wake();
+        Ok(())
     }
 
     async fn request_cancel(&self, id: WorkflowId, reason: &str) -> Result<()> {

@@ -57,6 +57,10 @@ impl Storage for RecordingStorage {
         self.saved.lock().unwrap().push(workflow.clone());
         self.inner.create_workflow(workflow).await
     }
+    async fn submit_workflow(&self, workflow: &Workflow) -> portia::Result<()> {
+        self.saved.lock().unwrap().push(workflow.clone());
+        self.inner.submit_workflow(workflow).await
+    }
     async fn get_workflow(&self, id: WorkflowId) -> portia::Result<Workflow> {
         self.inner.get_workflow(id).await
     }
@@ -78,6 +82,12 @@ impl Storage for RecordingStorage {
     }
     async fn release_lease(&self, lease: &Lease) -> portia::Result<()> {
         self.inner.release_lease(lease).await
+    }
+    async fn claim_runnable(&self, owner: &str, ttl: Duration) -> portia::Result<Option<LeaseGrant>> {
+        self.inner.claim_runnable(owner, ttl).await
+    }
+    async fn wait_for_runnable(&self, timeout: Duration) {
+        self.inner.wait_for_runnable(timeout).await
     }
     async fn request_cancel(&self, id: WorkflowId, reason: &str) -> portia::Result<()> {
         self.inner.request_cancel(id, reason).await

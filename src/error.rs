@@ -141,6 +141,17 @@ pub enum Error {
         message: String,
     },
 
+    /// A workflow did not come to rest before the wait timed out.
+    #[error(
+        "workflow {workflow_id} was still {state} when the wait timed out; wait longer, or check that a worker is running"
+    )]
+    WaitTimedOut {
+        /// The workflow waited for.
+        workflow_id: WorkflowId,
+        /// The state it was in.
+        state: WorkflowState,
+    },
+
     /// Waiting for a workflow to become ready took too long.
     #[error("workflow {0} was not ready before the wait timed out")]
     NotReady(WorkflowId),

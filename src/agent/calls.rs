@@ -21,6 +21,8 @@ pub(crate) enum Stop {
     Cancelled(String),
     /// The lease expired or was taken over: the run may write nothing more.
     LeaseLost,
+    /// The worker running it is shutting down; another will take the workflow on.
+    Shutdown,
 }
 
 /// Tells a run, and the tools it is running, to stop.
@@ -180,5 +182,6 @@ pub(crate) fn describe_stop(stop: &Stop) -> String {
     match stop {
         Stop::Cancelled(reason) => format!("the workflow was cancelled: {reason}"),
         Stop::LeaseLost => "the run lost its lease on the workflow".to_owned(),
+        Stop::Shutdown => "the worker running the workflow is shutting down".to_owned(),
     }
 }

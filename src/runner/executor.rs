@@ -51,10 +51,15 @@ impl Halt {
 impl Runner {
     /// Runs the stored workflow `id` under a lease, from wherever it stands.
     pub(super) async fn execute(&self, id: WorkflowId) -> Result<Workflow> {
+        let grant = self.inner.storage.acquire_lease(id, &self.inner.owner, self.inner.config.lease_ttl()).await?;
+        self.run_granted(grant, StopSignal::default()).await
+    }
+
+    /// Runs a workflow whose lease was granted, renewing the lease meanwhile and
+    /// releasing it at the end, however the run ends. `signal` stops it early.
+    pub(super) async fn run_granted(&self, grant: LeaseGrant, signal: StopSignal) -> Result<Workflow> {
         let ttl = self.inner.config.lease_ttl();
-        let grant = self.inner.storage.acquire_lease(id, &self.inner.owner, ttl).await?;
-        let lease = grant.lease.clone();
-        let signal = StopSignal::default();
+        let (id, lease) = (grant.workflow.id(), grant.lease.clone());
         let _registered = self.inner.local_runs.register(id, signal.clone());
         let heartbeat = spawn_heartbeat(Arc::clone(&self.inner.storage), lease.clone(), ttl, signal.clone());
         let result = self.run_leased(grant, signal).await;
@@ -131,6 +136,8 @@ impl Runner {
         match stop {
             Stop::Cancelled(reason) => self.end_failed(run, Failure::new(FailureKind::Cancelled, reason)).await,
             Stop::LeaseLost => Err(Error::LeaseLost { workflow_id: run.workflow.id() }),
+            // Left as last saved, for another worker to take on once the lease is released.
+            Stop::Shutdown => Ok(run.workflow),
         }
     }
 

@@ -11,6 +11,9 @@
 mod control;
 mod executor;
 mod metered;
+mod worker;
+
+pub use worker::{Worker, WorkerOptions, WorkerReport};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -139,6 +142,11 @@ impl Runner {
         &self.inner.storage
     }
 
+    /// The name this runner gives the leases it takes (unique per runner and process).
+    pub fn owner(&self) -> &str {
+        &self.inner.owner
+    }
+
     /// Asks the planner for a plan for `query`, offering every matching tool, and saves it.
     ///
     /// # Errors
@@ -182,12 +190,18 @@ impl Runner {
     /// # Errors
     /// As [`Runner::create_workflow`].
     pub async fn create_workflow_with(&self, plan: &Plan, context: ExecutionContext) -> Result<Workflow> {
+        let workflow = self.new_workflow(plan, context).await?;
+        self.inner.storage.create_workflow(&workflow).await?;
+        tracing::info!(workflow = %workflow.id(), plan = %plan.id, "workflow created");
+        Ok(workflow)
+    }
+
+    /// Checks and saves `plan`, and makes (without storing it) a workflow of it.
+    async fn new_workflow(&self, plan: &Plan, context: ExecutionContext) -> Result<Workflow> {
         plan.validate(self.inner.tools.as_ref())?;
         self.inner.storage.save_plan(plan).await?;
         let mut workflow = Workflow::new(plan.id, context);
         workflow.set_usage(WorkflowUsage::planned(plan.usage));
-        self.inner.storage.create_workflow(&workflow).await?;
-        tracing::info!(workflow = %workflow.id(), plan = %plan.id, "workflow created");
         Ok(workflow)
     }
 
@@ -224,6 +238,69 @@ impl Runner {
     pub async fn run_plan(&self, plan: &Plan) -> Result<Workflow> {
         let workflow = self.create_workflow(plan).await?;
         self.execute(workflow.id()).await
+    }
+
+    /// Queues a workflow of `plan` for the workers ([`Runner::worker`], in any process
+    /// sharing the store) and returns its id at once.
+    ///
+    /// # Errors
+    /// As [`Runner::create_workflow`].
+    pub async fn submit_plan(&self, plan: &Plan) -> Result<WorkflowId> {
+        self.submit_plan_with(plan, ExecutionContext::default()).await
+    }
+
+    /// Like [`Runner::submit_plan`], for a given end user and context.
+    ///
+    /// # Errors
+    /// As [`Runner::create_workflow`].
+    pub async fn submit_plan_with(&self, plan: &Plan, context: ExecutionContext) -> Result<WorkflowId> {
+        let workflow = self.new_workflow(plan, context).await?;
+        self.inner.storage.submit_workflow(&workflow).await?;
+        tracing::info!(workflow = %workflow.id(), plan = %plan.id, "workflow submitted");
+        Ok(workflow.id())
+    }
+
+    /// Plans `query` here and queues its workflow for the workers; returns its id.
+    ///
+    /// # Errors
+    /// As [`Runner::generate_plan`] and [`Runner::submit_plan`].
+    pub async fn submit_query(&self, query: &str) -> Result<WorkflowId> {
+        self.submit_query_with(query, PlanOptions::new()).await
+    }
+
+    /// Like [`Runner::submit_query`], with explicit tools, examples and context.
+    ///
+    /// # Errors
+    /// As [`Runner::submit_query`].
+    pub async fn submit_query_with(&self, query: &str, options: PlanOptions) -> Result<WorkflowId> {
+        let context = options.execution_context.clone();
+        let plan = self.generate_plan_with(query, options).await?;
+        self.submit_plan_with(&plan, context).await
+    }
+
+    /// Waits until a workflow rests: COMPLETE, FAILED, or NEED_CLARIFICATION (a
+    /// human must answer before it goes on). It reads the store, so the workflow may
+    /// run anywhere: on a worker in another process, say.
+    ///
+    /// # Errors
+    /// [`Error::WaitTimedOut`] after `timeout`, [`Error::WorkflowNotFound`], or a
+    /// storage error.
+    pub async fn wait_for_completion(&self, id: WorkflowId, timeout: Duration) -> Result<Workflow> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut interval = Duration::from_millis(20);
+        loop {
+            let workflow = self.inner.storage.get_workflow(id).await?;
+            let state = workflow.state();
+            if state.is_terminal() || state == WorkflowState::NeedClarification {
+                return Ok(workflow);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(Error::WaitTimedOut { workflow_id: id, state });
+            }
+            tokio::time::sleep(interval.min(deadline - now)).await;
+            interval = (interval * 2).min(Duration::from_secs(1));
+        }
     }
 
     /// Plans `query`, creates a workflow and runs it.

@@ -6,6 +6,8 @@
 //! cargo run --release --example bench -- --n 100 --concurrency 50
 //! # with durable writes: a SQLite database (in a fresh temporary directory)
 //! cargo run --release --example bench -- --n 100 --concurrency 50 --storage sqlite
+//! # on worker processes sharing one SQLite database: 1, then 2, then 4 workers
+//! cargo run --release --example bench -- --n 400 --workers 1,2,4 --worker-concurrency 10
 //! # against any OpenAI- and Tavily-compatible server
 //! cargo run --release --example bench -- --n 100 --concurrency 50 --base-url http://127.0.0.1:8099
 //! ```
@@ -26,6 +28,9 @@ use serde_json::{Value, json};
 
 #[path = "support/fake_apis.rs"]
 mod fake_apis;
+
+#[path = "support/bench_workers.rs"]
+mod bench_workers;
 
 const QUERY: &str = "Which stock price grew faster in 2024, Amazon or Google?";
 
@@ -53,9 +58,19 @@ struct Args {
     /// Where workflows are kept: in memory, or in SQLite with durable (fsynced) writes.
     #[arg(long, value_enum, default_value_t = StorageChoice::Memory)]
     storage: StorageChoice,
+    /// Run the workflows on this many worker processes instead (a comma-separated
+    /// list measures each in turn), submitted to a shared SQLite database.
+    #[arg(long, value_delimiter = ',')]
+    workers: Vec<usize>,
+    /// How many workflows each worker process runs at once.
+    #[arg(long, default_value_t = 10)]
+    worker_concurrency: usize,
     /// Internal: serve the fake APIs and print the port.
     #[arg(long, hide = true)]
     serve: bool,
+    /// Internal: be a worker on this database.
+    #[arg(long, hide = true)]
+    work: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,11 +86,13 @@ fn main() -> ExitCode {
         runtime.block_on(serve(args.latency_ms, args.tool_latency_ms));
         return ExitCode::SUCCESS;
     }
-    match runtime.block_on(run(&args)) {
-        Ok(report) => {
-            println!("{report}");
-            ExitCode::SUCCESS
-        }
+    let result = match (&args.work, &args.base_url) {
+        (Some(db), Some(url)) => runtime.block_on(bench_workers::work(&args, db, url)),
+        (Some(_), None) => Err("--work needs --base-url".to_owned()),
+        (None, _) => runtime.block_on(run(&args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("bench: {message}");
             ExitCode::FAILURE
@@ -104,7 +121,8 @@ fn spawn_server(args: &Args) -> Result<(Child, String), String> {
     Ok((child, url.to_owned()))
 }
 
-async fn run(args: &Args) -> Result<Value, String> {
+/// Measures, printing one JSON line per measurement.
+async fn run(args: &Args) -> Result<(), String> {
     let (child, base_url) = match &args.base_url {
         Some(url) => (None, url.trim_end_matches('/').to_owned()),
         None => {
@@ -112,7 +130,16 @@ async fn run(args: &Args) -> Result<Value, String> {
             (Some(child), url)
         }
     };
-    let result = measure(args, &base_url).await;
+    let result = async {
+        if args.workers.is_empty() {
+            println!("{}", measure(args, &base_url).await?);
+        }
+        for &workers in &args.workers {
+            println!("{}", bench_workers::measure(args, &base_url, workers.max(1)).await?);
+        }
+        Ok(())
+    }
+    .await;
     if let Some(mut child) = child {
         let _ = child.kill();
         let _ = child.wait();
@@ -120,7 +147,8 @@ async fn run(args: &Args) -> Result<Value, String> {
     result
 }
 
-async fn measure(args: &Args, base_url: &str) -> Result<Value, String> {
+/// A runner against the server at `base_url`, on `storage`.
+fn runner(args: &Args, base_url: &str, storage: Arc<dyn Storage>) -> Result<Runner, String> {
     let execution = if args.sequential { "sequential" } else { "parallel" };
     let config = Config::builder()
         .llm_provider(portia::llm::LlmProvider::OpenAi)
@@ -131,6 +159,15 @@ async fn measure(args: &Args, base_url: &str) -> Result<Value, String> {
         .execution(execution.parse::<portia::config::ExecutionMode>()?)
         .build()
         .map_err(|e| e.to_string())?;
+    Runner::builder(config)
+        .tools(portia::tools::example_tool_registry())
+        .storage(storage)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+async fn measure(args: &Args, base_url: &str) -> Result<Value, String> {
+    let execution = if args.sequential { "sequential" } else { "parallel" };
     // Kept until the end of the run, so the database outlives every workflow.
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let storage: Arc<dyn Storage> = match args.storage {
@@ -139,11 +176,7 @@ async fn measure(args: &Args, base_url: &str) -> Result<Value, String> {
             Arc::new(SqliteStorage::open(dir.path().join("portia.db")).map_err(|e| e.to_string())?)
         }
     };
-    let runner = Runner::builder(config)
-        .tools(portia::tools::example_tool_registry())
-        .storage(storage.clone())
-        .build()
-        .map_err(|e| e.to_string())?;
+    let runner = runner(args, base_url, storage)?;
 
     let cpu_before = cpu_seconds();
     let started = Instant::now();

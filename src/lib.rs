@@ -1,6 +1,7 @@
 #![doc = include_str!("docs/tutorial.md")]
 
 pub mod agent;
+pub mod budget;
 pub mod clarification;
 pub mod config;
 mod error;

@@ -228,6 +228,12 @@ pub enum FailureKind {
     AttemptsExhausted,
     /// A step panicked.
     Panic,
+    /// The workflow spent what its [`Budget`](crate::budget::Budget) allows.
+    BudgetExceeded,
+    /// A hook, or a person at an approval gate, refused a tool call.
+    Denied,
+    /// A hook failed.
+    Hook,
     /// Anything else (and failures stored before kinds were recorded).
     #[default]
     Other,
@@ -265,8 +271,9 @@ impl fmt::Display for Failure {
     }
 }
 
-/// LLM usage of a workflow: in total and per step (keyed by output name).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// What a workflow spent: LLM usage in total and per step (keyed by output name),
+/// its cost, and how long it has run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct WorkflowUsage {
     /// Every call: planning, steps and summaries.
@@ -276,17 +283,24 @@ pub struct WorkflowUsage {
     pub planning: Usage,
     /// The calls each step made, keyed by the step's output name.
     pub steps: BTreeMap<String, Usage>,
+    /// What every call cost in US dollars, planning included, by the configured
+    /// [`Prices`](crate::budget::Prices); models without a price count nothing.
+    pub cost_usd: f64,
+    /// How long the workflow has been running, over all its runs, in milliseconds
+    /// (time waiting for a human is not counted).
+    pub running_ms: u64,
 }
 
 impl WorkflowUsage {
-    /// Usage that starts with the planning calls.
-    pub fn planned(planning: Usage) -> Self {
-        Self { total: planning, planning, steps: BTreeMap::new() }
+    /// Usage that starts with the planning calls and their cost.
+    pub fn planned(planning: Usage, cost_usd: f64) -> Self {
+        Self { total: planning, planning, cost_usd, ..Self::default() }
     }
 
-    /// Adds the usage of a step (or, with `step_output` `None`, of the run itself).
-    pub fn add(&mut self, step_output: Option<&str>, usage: Usage) {
+    /// Adds the usage and cost of a step (or, with `step_output` `None`, of the run itself).
+    pub fn add(&mut self, step_output: Option<&str>, usage: Usage, cost_usd: f64) {
         self.total += usage;
+        self.cost_usd += cost_usd;
         if let Some(name) = step_output {
             *self.steps.entry(name.to_owned()).or_default() += usage;
         }
@@ -602,11 +616,12 @@ mod tests {
     fn usage_accumulates_per_step_and_in_total() {
         let mut usage = WorkflowUsage::default();
         let call = Usage { llm_calls: 1, prompt_tokens: 10, completion_tokens: 2 };
-        usage.add(Some("$a"), call);
-        usage.add(Some("$a"), call);
-        usage.add(None, call);
+        usage.add(Some("$a"), call, 0.5);
+        usage.add(Some("$a"), call, 0.25);
+        usage.add(None, call, 0.0);
         let wf = Workflow { usage, ..Workflow::new(PlanId::new(), ExecutionContext::default()) };
         assert_eq!(wf.usage.total, Usage { llm_calls: 3, prompt_tokens: 30, completion_tokens: 6 });
         assert_eq!(wf.usage.steps["$a"].llm_calls, 2);
+        assert_eq!(wf.usage.cost_usd, 0.75);
     }
 }

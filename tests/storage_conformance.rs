@@ -104,7 +104,7 @@ fn intent(key: ToolCallKey, input: Value) -> ToolCallRecord {
 
 fn usage(workflow: &Workflow, step_output: Option<&str>, prompt_tokens: u64) -> UsageRecord {
     let step_output = step_output.map(str::to_owned);
-    UsageRecord { workflow_id: workflow.id(), step_output, usage: Usage::call(prompt_tokens, 7) }
+    UsageRecord { workflow_id: workflow.id(), step_output, usage: Usage::call(prompt_tokens, 7), cost_usd: 0.25 }
 }
 
 async fn acquire(store: &dyn Storage, workflow: &Workflow, owner: &str) -> Lease {

@@ -23,6 +23,8 @@ pub(crate) enum Stop {
     LeaseLost,
     /// The worker running it is shutting down; another will take the workflow on.
     Shutdown,
+    /// The workflow spent its budget; the reason names the limit and the figure.
+    Budget(String),
 }
 
 /// Tells a run, and the tools it is running, to stop.
@@ -183,5 +185,6 @@ pub(crate) fn describe_stop(stop: &Stop) -> String {
         Stop::Cancelled(reason) => format!("the workflow was cancelled: {reason}"),
         Stop::LeaseLost => "the run lost its lease on the workflow".to_owned(),
         Stop::Shutdown => "the worker running the workflow is shutting down".to_owned(),
+        Stop::Budget(reason) => format!("the workflow's budget is spent: {reason}"),
     }
 }

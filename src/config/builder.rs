@@ -83,6 +83,10 @@ impl ConfigBuilder {
         lease_ttl_secs: u64;
         /// Sets how many times a workflow whose run died may be taken over before it ends FAILED.
         max_run_attempts: u32;
+        /// Sets what one workflow may spend.
+        budget: crate::budget::Budget;
+        /// Sets the price table used for cost and the cost budget.
+        prices: crate::budget::Prices;
     }
 
     optional_setters! {

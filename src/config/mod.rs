@@ -25,6 +25,7 @@ pub(crate) use enums::config_enum;
 pub use enums::{AgentKind, ExecutionMode, StorageKind};
 pub use secret::Secret;
 
+use crate::budget::{Budget, Prices};
 use crate::llm::{LlmProvider, ModelRef, ModelRole, split_provider};
 use crate::logging::LogLevel;
 use crate::{Error, Result};
@@ -110,6 +111,10 @@ pub struct Config {
     /// How many times a workflow whose run died (its lease expired) may be taken over
     /// before it ends `FAILED` (`PORTIA_MAX_RUN_ATTEMPTS`).
     pub max_run_attempts: u32,
+    /// What one workflow may spend (`PORTIA_BUDGET_*`); no limit by default.
+    pub budget: Budget,
+    /// What each model costs, for `usage` and the cost budget (config file only).
+    pub prices: Prices,
 }
 
 impl Default for Config {
@@ -148,6 +153,8 @@ impl Default for Config {
             summarize_final_output: true,
             lease_ttl_secs: 30,
             max_run_attempts: 3,
+            budget: Budget::default(),
+            prices: Prices::default(),
         }
     }
 }
@@ -251,6 +258,10 @@ impl Config {
         set(&mut self.summarize_final_output, vars.parse("PORTIA_SUMMARIZE")?);
         set(&mut self.lease_ttl_secs, vars.parse("PORTIA_LEASE_TTL_SECS")?);
         set(&mut self.max_run_attempts, vars.parse("PORTIA_MAX_RUN_ATTEMPTS")?);
+        self.budget.llm_calls = vars.parse("PORTIA_BUDGET_LLM_CALLS")?.or(self.budget.llm_calls);
+        self.budget.tokens = vars.parse("PORTIA_BUDGET_TOKENS")?.or(self.budget.tokens);
+        self.budget.seconds = vars.parse("PORTIA_BUDGET_SECONDS")?.or(self.budget.seconds);
+        self.budget.usd = vars.parse("PORTIA_BUDGET_USD")?.or(self.budget.usd);
         Ok(())
     }
 

@@ -76,7 +76,8 @@ impl Runner {
         let plan = self.inner.storage.get_plan(workflow.plan_id()).await?;
         let journal = self.inner.storage.tool_calls(id).await?;
         let usage = self.journaled_usage(&workflow).await?;
-        let meter = Meter::new(Arc::clone(&self.inner.storage), lease.clone(), signal.clone(), usage);
+        let storage = Arc::clone(&self.inner.storage);
+        let meter = Meter::new(storage, Arc::clone(&self.inner.config), lease.clone(), signal.clone(), usage);
         let mut run = Run { workflow, plan, lease, signal, meter, journal };
         if let Some(reason) = cancel_requested {
             return self.end_failed(run, Failure::new(FailureKind::Cancelled, reason)).await;
@@ -112,9 +113,11 @@ impl Runner {
     /// The workflow's usage as journaled: planning, then every call recorded,
     /// including those of a run that died before it could save them.
     async fn journaled_usage(&self, workflow: &Workflow) -> Result<WorkflowUsage> {
-        let mut usage = WorkflowUsage::planned(workflow.usage().planning);
+        let stored = workflow.usage();
+        let mut usage = WorkflowUsage::planned(stored.planning, self.planning_cost(stored.planning));
+        usage.running_ms = stored.running_ms;
         for record in self.inner.storage.usage_records(workflow.id()).await? {
-            usage.add(record.step_output.as_deref(), record.usage);
+            usage.add(record.step_output.as_deref(), record.usage, record.cost_usd);
         }
         Ok(usage)
     }
@@ -138,6 +141,7 @@ impl Runner {
             Stop::LeaseLost => Err(Error::LeaseLost { workflow_id: run.workflow.id() }),
             // Left as last saved, for another worker to take on once the lease is released.
             Stop::Shutdown => Ok(run.workflow),
+            Stop::Budget(reason) => self.end_failed(run, Failure::new(FailureKind::BudgetExceeded, reason)).await,
         }
     }
 
@@ -151,7 +155,7 @@ impl Runner {
         let mut step_of_task: HashMap<Id, usize> = HashMap::new();
         let mut halt = Halt::default();
         loop {
-            if !halt.stops_new_steps() {
+            if !halt.stops_new_steps() && !run.meter.check_budget() {
                 for index in self.ready_steps(run, &started) {
                     if running.len() >= limit {
                         break;

@@ -1,26 +1,44 @@
-//! The LLM a run's steps use: every call's usage is journaled as it is spent (so
-//! `usage` stays exact across crashes) and counted in the run's tally; a stopped run
-//! makes no new call.
+//! The LLM a run's steps and tools use: every call is checked against the
+//! workflow's budget before it is made, and its usage and cost are journaled as
+//! soon as it returns (so `usage` stays exact across crashes) and counted in the
+//! run's tally. A stopped run makes no new call.
 
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::agent::{Stop, StopSignal, describe_stop};
-use crate::llm::{LlmClient, LlmError, LlmRequest, LlmResponse, Usage};
+use crate::config::Config;
+use crate::llm::{LlmClient, LlmError, LlmRequest, LlmResponse};
 use crate::storage::{Lease, Storage, UsageRecord};
 use crate::workflow::WorkflowUsage;
 
-/// The run's usage so far, shared by its metered clients.
+/// The run's spending so far, shared by its metered clients.
 #[derive(Debug, Clone)]
 pub(super) struct Meter {
     storage: Arc<dyn Storage>,
+    config: Arc<Config>,
     lease: Lease,
     signal: StopSignal,
     tally: Arc<Mutex<WorkflowUsage>>,
+    /// When this run started (on tokio's clock, which tests can move), and how long
+    /// earlier runs ran.
+    started: Instant,
+    ran_before: Duration,
 }
 
 impl Meter {
-    pub(super) fn new(storage: Arc<dyn Storage>, lease: Lease, signal: StopSignal, start: WorkflowUsage) -> Self {
-        Self { storage, lease, signal, tally: Arc::new(Mutex::new(start)) }
+    pub(super) fn new(
+        storage: Arc<dyn Storage>,
+        config: Arc<Config>,
+        lease: Lease,
+        signal: StopSignal,
+        start: WorkflowUsage,
+    ) -> Self {
+        let ran_before = Duration::from_millis(start.running_ms);
+        let tally = Arc::new(Mutex::new(start));
+        Self { storage, config, lease, signal, tally, started: Instant::now(), ran_before }
     }
 
     /// A client that bills `step_output` (or, with `None`, the run itself).
@@ -28,15 +46,42 @@ impl Meter {
         Arc::new(MeteredLlm { inner, meter: self.clone(), step_output: step_output.map(str::to_owned) })
     }
 
-    /// Everything spent so far, planning included.
+    /// Everything spent so far, planning and earlier runs included.
     pub(super) fn usage(&self) -> WorkflowUsage {
-        self.tally.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        let mut usage = self.tally.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        usage.running_ms = u64::try_from(self.running().as_millis()).unwrap_or(u64::MAX);
+        usage
     }
 
-    async fn record(&self, step_output: Option<&str>, usage: Usage) {
-        let record =
-            UsageRecord { workflow_id: self.lease.workflow_id, step_output: step_output.map(str::to_owned), usage };
-        self.tally.lock().unwrap_or_else(PoisonError::into_inner).add(step_output, usage);
+    fn running(&self) -> Duration {
+        self.ran_before + self.started.elapsed()
+    }
+
+    /// Stops the run when its budget is spent; `true` if it is.
+    pub(super) fn check_budget(&self) -> bool {
+        let usage = self.usage();
+        match self.config.budget.exceeded(&usage.total, usage.cost_usd, self.running()) {
+            Some(reason) => {
+                self.signal.stop(Stop::Budget(reason));
+                true
+            }
+            None => false,
+        }
+    }
+
+    async fn record(&self, step_output: Option<&str>, request: &LlmRequest, response: &LlmResponse) {
+        let model = match &request.model {
+            Some(name) => self.config.model_ref(name).model,
+            None => self.config.model_for(request.purpose).model,
+        };
+        let cost_usd = self.config.prices.cost(&model, &response.usage);
+        let step_output = step_output.map(str::to_owned);
+        let record = UsageRecord { workflow_id: self.lease.workflow_id, step_output, usage: response.usage, cost_usd };
+        self.tally.lock().unwrap_or_else(PoisonError::into_inner).add(
+            record.step_output.as_deref(),
+            record.usage,
+            cost_usd,
+        );
         match self.storage.record_usage(&self.lease, &record).await {
             Ok(()) => {}
             Err(crate::Error::LeaseLost { .. }) => self.signal.stop(Stop::LeaseLost),
@@ -55,11 +100,12 @@ struct MeteredLlm {
 #[async_trait::async_trait]
 impl LlmClient for MeteredLlm {
     async fn chat(&self, request: LlmRequest) -> Result<LlmResponse, LlmError> {
+        self.meter.check_budget();
         if let Some(stop) = self.meter.signal.reason() {
             return Err(LlmError::Other(describe_stop(&stop)));
         }
-        let response = self.inner.chat(request).await?;
-        self.meter.record(self.step_output.as_deref(), response.usage).await;
+        let response = self.inner.chat(request.clone()).await?;
+        self.meter.record(self.step_output.as_deref(), &request, &response).await;
         Ok(response)
     }
 }

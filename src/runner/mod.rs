@@ -201,7 +201,7 @@ impl Runner {
         plan.validate(self.inner.tools.as_ref())?;
         self.inner.storage.save_plan(plan).await?;
         let mut workflow = Workflow::new(plan.id, context);
-        workflow.set_usage(WorkflowUsage::planned(plan.usage));
+        workflow.set_usage(WorkflowUsage::planned(plan.usage, self.planning_cost(plan.usage)));
         Ok(workflow)
     }
 
@@ -527,6 +527,12 @@ impl Runner {
             }
         }
         Ok(true)
+    }
+
+    /// What writing a plan cost, on the configured planning model.
+    fn planning_cost(&self, usage: crate::llm::Usage) -> f64 {
+        let config = &self.inner.config;
+        config.prices.cost(&config.model_for(crate::llm::ModelRole::Planning).model, &usage)
     }
 
     fn today(&self) -> String {

@@ -142,7 +142,7 @@ impl ToolCallRecord {
 }
 
 /// LLM usage spent by a workflow, journaled as it is spent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UsageRecord {
     /// The workflow that spent it.
     pub workflow_id: WorkflowId,
@@ -150,4 +150,7 @@ pub struct UsageRecord {
     pub step_output: Option<String>,
     /// What was spent.
     pub usage: Usage,
+    /// What it cost, in US dollars.
+    #[serde(default)]
+    pub cost_usd: f64,
 }

@@ -19,7 +19,11 @@ use crate::{Error, Result};
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The schema, one script per version; `PRAGMA user_version` counts those applied.
-const MIGRATIONS: &[&str] = &[include_str!("sqlite/0001_initial.sql"), include_str!("sqlite/0002_queue.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("sqlite/0001_initial.sql"),
+    include_str!("sqlite/0002_queue.sql"),
+    include_str!("sqlite/0003_cost.sql"),
+];
 
 /// Keeps everything in one SQLite database file, which several processes may share.
 ///
@@ -451,7 +455,7 @@ fn read_usage(row: &Row<'_>, workflow_id: WorkflowId) -> DbResult<UsageRecord> {
         prompt_tokens: from_int(row.get(2)?)?,
         completion_tokens: from_int(row.get(3)?)?,
     };
-    Ok(UsageRecord { workflow_id, step_output: row.get(0)?, usage })
+    Ok(UsageRecord { workflow_id, step_output: row.get(0)?, usage, cost_usd: row.get(4)? })
 }
 
 /// Deletes a workflow with its journal and usage, and its plan once unused.
@@ -685,15 +689,16 @@ impl Storage for SqliteStorage {
             fence(tx, &lease, record.workflow_id, now)?;
             let usage = record.usage;
             tx.prepare_cached(
-                "INSERT INTO usage (workflow_id, step_output, llm_calls, prompt_tokens, completion_tokens) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO usage (workflow_id, step_output, llm_calls, prompt_tokens, completion_tokens, cost_usd) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
             .execute(params![
                 record.workflow_id.to_string(),
                 record.step_output,
                 usage.llm_calls,
                 to_int(usage.prompt_tokens)?,
-                to_int(usage.completion_tokens)?
+                to_int(usage.completion_tokens)?,
+                record.cost_usd
             ])?;
             Ok(())
         })
@@ -702,7 +707,7 @@ impl Storage for SqliteStorage {
 
     async fn usage_records(&self, id: WorkflowId) -> Result<Vec<UsageRecord>> {
         self.read(format!("cannot read the usage of workflow {id}"), move |tx| {
-            let sql = "SELECT step_output, llm_calls, prompt_tokens, completion_tokens FROM usage \
+            let sql = "SELECT step_output, llm_calls, prompt_tokens, completion_tokens, cost_usd FROM usage \
                        WHERE workflow_id = ?1 ORDER BY seq";
             collect(tx.prepare_cached(sql)?.query([id.to_string()])?, |row| read_usage(row, id))
         })

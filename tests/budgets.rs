@@ -1,0 +1,125 @@
+//! Budgets: each limit stops the next LLM call, the run ends FAILED naming the
+//! limit and the figure reached, cost follows the price table, and running time
+//! leaves out the time spent waiting for a human. Tokio's clock is paused.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use portia::budget::{Budget, Price, Prices};
+use portia::llm::{LlmResponse, Usage};
+use portia::testing::{MockBehavior, MockTool, ScriptedLlm};
+use portia::workflow::FailureKind;
+use portia::{Config, InMemoryToolRegistry, Plan, PlanBuilder, Runner, WorkflowState};
+use serde_json::json;
+
+fn runner(budget: Budget, llm: ScriptedLlm, tools: InMemoryToolRegistry) -> (Runner, Arc<ScriptedLlm>) {
+    let prices = Prices::none().with("gpt-4.1-mini", Price { input_per_mtok: 1_000.0, output_per_mtok: 2_000.0 });
+    let config = Config::builder().summarize_final_output(false).budget(budget).prices(prices).build().unwrap();
+    let llm = Arc::new(llm);
+    let runner = Runner::builder(config).tools(tools).llm(llm.clone()).build().unwrap();
+    (runner, llm)
+}
+
+/// Three steps the model answers itself, one call each.
+fn three_thoughts() -> Plan {
+    PlanBuilder::new("think thrice").step("one", None, "$a").step("two", None, "$b").step("three", None, "$c").build()
+}
+
+fn reply(prompt_tokens: u64, completion_tokens: u64) -> LlmResponse {
+    LlmResponse { usage: Usage::call(prompt_tokens, completion_tokens), ..LlmResponse::text("thought") }
+}
+
+#[tokio::test]
+async fn the_call_budget_refuses_the_call_past_it() {
+    let budget = Budget { llm_calls: Some(2), ..Budget::default() };
+    let llm = ScriptedLlm::new().respond(reply(10, 1)).respond(reply(10, 1));
+    let (runner, llm) = runner(budget, llm, InMemoryToolRegistry::new());
+    let failed = runner.run_plan(&three_thoughts()).await.unwrap();
+    assert_eq!(failed.state(), WorkflowState::Failed);
+    let failure = failed.failure().unwrap();
+    assert_eq!(failure.kind, FailureKind::BudgetExceeded);
+    assert!(failure.message.contains("LLM call budget of 2") && failure.message.contains("2 calls made"), "{failure}");
+    assert_eq!(failed.usage().total.llm_calls, 2);
+    assert_eq!(llm.requests().len(), 2, "the third call never reached the model");
+    assert_eq!(failed.outputs().step_outputs.len(), 2);
+}
+
+#[tokio::test]
+async fn the_token_budget_lets_one_call_overshoot_and_refuses_the_next() {
+    let budget = Budget { tokens: Some(100), ..Budget::default() };
+    let llm = ScriptedLlm::new().respond(reply(400, 20));
+    let (runner, _) = runner(budget, llm, InMemoryToolRegistry::new());
+    let failed = runner.run_plan(&three_thoughts()).await.unwrap();
+    let failure = failed.failure().unwrap();
+    assert_eq!(failure.kind, FailureKind::BudgetExceeded);
+    assert!(failure.message.contains("token budget of 100") && failure.message.contains("420 tokens"), "{failure}");
+    assert_eq!(failure.step, None, "the budget, not a step, ended it");
+}
+
+#[tokio::test]
+async fn cost_follows_the_price_table_and_caps_the_run() {
+    // 1,000 prompt tokens at $1,000 per million: $1 a call.
+    let budget = Budget { usd: Some(1.5), ..Budget::default() };
+    let llm = ScriptedLlm::new().respond(reply(1_000, 0)).respond(reply(1_000, 0));
+    let (runner, _) = runner(budget, llm, InMemoryToolRegistry::new());
+    let failed = runner.run_plan(&three_thoughts()).await.unwrap();
+    assert_eq!(failed.usage().cost_usd, 2.0);
+    let failure = failed.failure().unwrap();
+    assert!(failure.message.contains("cost budget of $1.5") && failure.message.contains("$2.0000"), "{failure}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn running_time_counts_only_while_running() {
+    let budget = Budget { seconds: Some(60), ..Budget::default() };
+    let tools = InMemoryToolRegistry::new().with(MockTool::new("ask_tool", MockBehavior::ClarifyInput("city".into())));
+    let llm = ScriptedLlm::new().tool_call("ask_tool", json!({})).tool_call("ask_tool", json!({}));
+    let (runner, _) = runner(budget, llm, tools.unwrap());
+    let plan = PlanBuilder::new("ask").step("ask for the city", Some("ask_tool"), "$city").build();
+    let waiting = runner.run_plan(&plan).await.unwrap();
+    assert_eq!(waiting.state(), WorkflowState::NeedClarification);
+
+    // A day passes while the workflow waits for its human.
+    tokio::time::advance(Duration::from_secs(24 * 3600)).await;
+    let question = waiting.outstanding_clarifications().next().unwrap().clone();
+    runner.resolve_clarification(&question, "Oslo").await.unwrap();
+    let done = runner.execute_workflow(waiting).await.unwrap();
+    assert_eq!(done.state(), WorkflowState::Complete, "{:?}", done.failure());
+    assert!(done.usage().running_ms < 60_000, "ran {} ms", done.usage().running_ms);
+}
+
+/// A step that takes two minutes, with no model call.
+#[derive(Debug)]
+struct SlowTool;
+
+#[async_trait::async_trait]
+impl portia::Tool for SlowTool {
+    fn spec(&self) -> portia::tool::ToolSpec {
+        portia::tool::ToolSpec::new("slow_tool", "Slow Tool", "Takes its time.").task_argument("task").read_only()
+    }
+
+    async fn run(
+        &self,
+        _ctx: &portia::ToolRunContext,
+        _args: serde_json::Value,
+    ) -> Result<portia::ToolOutput, portia::ToolError> {
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        Ok(portia::ToolOutput::value("done"))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_time_budget_stops_a_long_run_before_its_next_step() {
+    let budget = Budget { seconds: Some(60), ..Budget::default() };
+    let (runner, llm) = runner(budget, ScriptedLlm::new(), InMemoryToolRegistry::new().with(SlowTool).unwrap());
+    let plan = PlanBuilder::new("q")
+        .step("wait", Some("slow_tool"), "$a")
+        .step("think", None, "$b")
+        .input("$a", "waited")
+        .build();
+    let failed = runner.run_plan(&plan).await.unwrap();
+    let failure = failed.failure().unwrap();
+    assert_eq!(failure.kind, FailureKind::BudgetExceeded);
+    assert!(failure.message.contains("time budget of 60 s") && failure.message.contains("120.0 s"), "{failure}");
+    assert_eq!(failed.outputs().step_outputs.len(), 1, "the slow step finished; the next never started");
+    assert!(llm.requests().is_empty());
+}

@@ -506,6 +506,15 @@ mod tests {
     }
 
     #[test]
+    fn budgets_read_their_variables_and_name_a_bad_one() {
+        let config =
+            Config::from_vars(vars(&[("PORTIA_BUDGET_LLM_CALLS", "20"), ("PORTIA_BUDGET_USD", "0.5")])).unwrap();
+        assert_eq!((config.budget.llm_calls, config.budget.usd, config.budget.tokens), (Some(20), Some(0.5), None));
+        let err = Config::from_vars(vars(&[("PORTIA_BUDGET_TOKENS", "lots")])).unwrap_err();
+        assert!(err.to_string().contains("PORTIA_BUDGET_TOKENS"), "{err}");
+    }
+
+    #[test]
     fn the_retired_file_store_points_to_sqlite_and_the_import() {
         let err = Config::from_vars(vars(&[("PORTIA_STORAGE", "disk")])).unwrap_err();
         let message = err.to_string();

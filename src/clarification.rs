@@ -32,6 +32,11 @@ pub struct Clarification {
     /// The human's response (for a value confirmation, the value to confirm until resolved).
     #[serde(default)]
     pub response: Option<Value>,
+    /// The journaled tool call the question is about, when it is about one (an
+    /// approval, or a call whose outcome is unknown). Answering it does not start the
+    /// step afresh: the call is decided again with the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call: Option<ToolCallKey>,
     /// The kind of question and its own fields.
     #[serde(flatten)]
     pub kind: ClarificationKind,
@@ -101,6 +106,7 @@ impl Clarification {
             user_guidance: user_guidance.into(),
             resolved: false,
             response: None,
+            tool_call: None,
             kind,
         }
     }
@@ -145,7 +151,8 @@ impl Clarification {
              took effect. Answer \"retry\" to call it again, \"done\" if it took effect, or {{\"result\": ...}} \
              with what it returned."
         );
-        Self::new(call.workflow_id, guidance, ClarificationKind::ToolCallOutcome { call, tool_id, arguments })
+        let kind = ClarificationKind::ToolCallOutcome { call, tool_id, arguments };
+        Self { tool_call: Some(call), ..Self::new(call.workflow_id, guidance, kind) }
     }
 
     /// A clarification of your own kind.

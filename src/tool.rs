@@ -70,8 +70,9 @@ impl ToolOutput {
     }
 }
 
-/// A tool run that failed.
+/// A tool run that failed, or a call that was not made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ToolError {
     /// Worth retrying, perhaps with other arguments: the agent shows the model the
     /// message and asks again (bad arguments, rate limits, timeouts).
@@ -80,6 +81,12 @@ pub enum ToolError {
     /// Retrying cannot help: the step, and the workflow, fail at once.
     #[error("{0}")]
     Hard(String),
+    /// A hook, or a person at an approval gate, refused the call; it was not made.
+    #[error("the call was denied: {0}")]
+    Denied(String),
+    /// A hook failed before or after the call.
+    #[error("a hook failed: {0}")]
+    Hook(String),
 }
 
 impl ToolError {

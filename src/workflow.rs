@@ -462,13 +462,23 @@ impl Workflow {
         self.outputs.final_output = Some(output);
     }
 
-    /// Adds clarifications raised by `step`, stamping each with the step index.
-    pub(crate) fn add_clarifications(&mut self, step: usize, clarifications: impl IntoIterator<Item = Clarification>) {
-        for mut clarification in clarifications {
-            clarification.step = Some(step);
-            clarification.workflow_id = self.id;
-            self.outputs.clarifications.push(clarification);
-        }
+    /// Adds clarifications raised by `step`, stamping each with the step index and
+    /// this workflow's id; returns them as added.
+    pub(crate) fn add_clarifications(
+        &mut self,
+        step: usize,
+        clarifications: impl IntoIterator<Item = Clarification>,
+    ) -> Vec<Clarification> {
+        let added: Vec<Clarification> = clarifications
+            .into_iter()
+            .map(|mut clarification| {
+                clarification.step = Some(step);
+                clarification.workflow_id = self.id;
+                clarification
+            })
+            .collect();
+        self.outputs.clarifications.extend(added.iter().cloned());
+        added
     }
 
     /// Resolves one clarification; once none is outstanding, a workflow in

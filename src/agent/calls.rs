@@ -11,7 +11,9 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::clarification::{CallVerdict, Clarification, ClarificationKind};
-use crate::storage::{Lease, Storage, ToolCallKey, ToolCallRecord};
+use crate::events::{EventKind, EventSink};
+use crate::hooks::{HookChain, ToolCallDecision, ToolCallRequest};
+use crate::storage::{Lease, Storage, ToolCallKey, ToolCallRecord, ToolCallStatus};
 use crate::tool::{Tool, ToolError, ToolOutput, ToolRunContext, ToolSpec};
 
 /// Why a run must stop before its end.
@@ -58,6 +60,8 @@ pub(crate) struct ToolCalls {
     storage: Arc<dyn Storage>,
     lease: Lease,
     signal: StopSignal,
+    hooks: HookChain,
+    events: EventSink,
     step: usize,
     attempt: u32,
     next_seq: Arc<AtomicU32>,
@@ -65,23 +69,28 @@ pub(crate) struct ToolCalls {
     journaled: Arc<Vec<ToolCallRecord>>,
 }
 
+/// What the run gives a step's tool calls.
+#[derive(Debug, Clone)]
+pub(crate) struct CallServices {
+    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) lease: Lease,
+    pub(crate) signal: StopSignal,
+    pub(crate) hooks: HookChain,
+    pub(crate) events: EventSink,
+}
+
 /// What to do with a call whose intent was journaled and whose outcome is not.
 enum Unknown {
     Call,
     Done(Value),
-    Ask(Clarification),
+    Ask(Box<Clarification>),
 }
 
 impl ToolCalls {
-    pub(crate) fn new(
-        storage: Arc<dyn Storage>,
-        lease: Lease,
-        signal: StopSignal,
-        (step, attempt): (usize, u32),
-        journaled: Vec<ToolCallRecord>,
-    ) -> Self {
+    pub(crate) fn new(services: CallServices, (step, attempt): (usize, u32), journaled: Vec<ToolCallRecord>) -> Self {
+        let CallServices { storage, lease, signal, hooks, events } = services;
         let next_seq = Arc::new(AtomicU32::new(0));
-        Self { storage, lease, signal, step, attempt, next_seq, journaled: Arc::new(journaled) }
+        Self { storage, lease, signal, hooks, events, step, attempt, next_seq, journaled: Arc::new(journaled) }
     }
 
     /// The arguments journaled for the next call, when an interrupted run of this
@@ -96,12 +105,13 @@ impl ToolCalls {
         self.signal.token().clone()
     }
 
-    /// Makes one journaled call of `tool` with `args`.
+    /// Makes one journaled call of `tool` with `args`: replayed when its outcome is
+    /// recorded, decided by the hooks when it is new or held, made, and recorded.
     pub(crate) async fn call(
         &self,
         tool: &dyn Tool,
         spec: &ToolSpec,
-        mut run_ctx: ToolRunContext,
+        run_ctx: ToolRunContext,
         args: Value,
     ) -> Result<ToolOutput, ToolError> {
         if let Some(stop) = self.signal.reason() {
@@ -114,27 +124,111 @@ impl ToolCalls {
             seq: self.next_seq.fetch_add(1, Ordering::SeqCst),
         };
         let end_user = run_ctx.execution_context.end_user_id.clone();
-        let intent = ToolCallRecord::intent(key, &spec.id, end_user, args);
+        let mut intent = ToolCallRecord::intent(key, &spec.id, end_user, args);
+        if !self.hooks.is_empty() {
+            // Undecided until the hooks have spoken: a crash meanwhile leaves a call
+            // that was certainly not made.
+            intent.status = ToolCallStatus::Held;
+        }
         let earlier = self.storage.begin_tool_call(&self.lease, &intent).await.map_err(|e| self.unjournaled(e))?;
         let record = match earlier {
             None => intent,
-            Some(earlier) => {
-                if let Some(outcome) = earlier.outcome() {
-                    tracing::info!(tool = %spec.id, call = %key, "replaying a journaled tool call");
-                    return outcome;
-                }
-                match unknown_outcome(spec, &earlier, &run_ctx.clarifications) {
-                    Unknown::Call => earlier,
-                    Unknown::Done(value) => return self.finish(earlier, Ok(ToolOutput::Value(value)), 0.0).await,
-                    Unknown::Ask(clarification) => return Ok(ToolOutput::clarification(clarification)),
-                }
-            }
+            Some(earlier) if earlier.status == ToolCallStatus::Held => earlier,
+            Some(earlier) => return self.resume(tool, spec, run_ctx, earlier).await,
         };
+        if record.status == ToolCallStatus::Held {
+            return self.decide(tool, spec, run_ctx, record).await;
+        }
+        self.make(tool, spec, run_ctx, record).await
+    }
+
+    /// A call an interrupted run journaled: its outcome replayed, or, unknown, made
+    /// again only where that is safe.
+    async fn resume(
+        &self,
+        tool: &dyn Tool,
+        spec: &ToolSpec,
+        run_ctx: ToolRunContext,
+        earlier: ToolCallRecord,
+    ) -> Result<ToolOutput, ToolError> {
+        if let Some(outcome) = earlier.outcome() {
+            tracing::info!(tool = %spec.id, call = %earlier.key, "replaying a journaled tool call");
+            self.announce_finished(&earlier, true);
+            return outcome;
+        }
+        match unknown_outcome(spec, &earlier, &run_ctx.clarifications) {
+            Unknown::Call => self.make(tool, spec, run_ctx, earlier).await,
+            Unknown::Done(value) => self.finish(earlier, Ok(ToolOutput::Value(value)), 0.0).await,
+            Unknown::Ask(clarification) => Ok(ToolOutput::clarification(*clarification)),
+        }
+    }
+
+    /// Lets the hooks decide a held call: make it (perhaps with other arguments),
+    /// hold it for a human's answer, or refuse it.
+    async fn decide(
+        &self,
+        tool: &dyn Tool,
+        spec: &ToolSpec,
+        run_ctx: ToolRunContext,
+        mut record: ToolCallRecord,
+    ) -> Result<ToolOutput, ToolError> {
+        let request = ToolCallRequest {
+            spec,
+            arguments: &record.input,
+            call: record.key,
+            clarifications: &run_ctx.clarifications,
+            execution_context: &run_ctx.execution_context,
+        };
+        let decision = match self.hooks.before_tool_call(&request).await {
+            Ok(decision) => decision,
+            Err(e) => return self.finish(record, Err(ToolError::Hook(e.0)), 0.0).await,
+        };
+        match decision {
+            ToolCallDecision::Ask(mut question) => {
+                question.tool_call = Some(record.key);
+                return Ok(ToolOutput::clarification(*question));
+            }
+            ToolCallDecision::Deny(reason) => return self.finish(record, Err(ToolError::Denied(reason)), 0.0).await,
+            ToolCallDecision::ProceedWith(arguments) => record.input = arguments,
+            ToolCallDecision::Proceed => {}
+        }
+        // Decided: from now on a crash leaves a call that may have been made.
+        record.status = ToolCallStatus::Started;
+        self.storage.finish_tool_call(&self.lease, &record).await.map_err(|e| self.unjournaled(e))?;
+        self.make(tool, spec, run_ctx, record).await
+    }
+
+    /// Calls the tool and records the outcome.
+    async fn make(
+        &self,
+        tool: &dyn Tool,
+        spec: &ToolSpec,
+        mut run_ctx: ToolRunContext,
+        record: ToolCallRecord,
+    ) -> Result<ToolOutput, ToolError> {
+        let key = record.key;
+        self.events.emit(
+            key.workflow_id,
+            EventKind::ToolCallStarted { call: key, tool_id: spec.id.clone(), arguments: record.input.clone() },
+        );
         run_ctx.idempotency_key = Some(key.to_string());
         run_ctx.cancellation = self.cancellation();
         let started = Instant::now();
         let result = tool.run(&run_ctx, record.input.clone()).await;
-        self.finish(record, result, started.elapsed().as_secs_f64()).await
+        let arguments = record.input.clone();
+        let outcome = self.finish(record, result, started.elapsed().as_secs_f64()).await;
+        let request = ToolCallRequest {
+            spec,
+            arguments: &arguments,
+            call: key,
+            clarifications: &run_ctx.clarifications,
+            execution_context: &run_ctx.execution_context,
+        };
+        // The call happened and is recorded whatever the hook says; only the step fails.
+        match self.hooks.after_tool_call(&request, &outcome).await {
+            Ok(()) => outcome,
+            Err(e) => Err(ToolError::Hook(e.0)),
+        }
     }
 
     async fn finish(
@@ -146,7 +240,21 @@ impl ToolCalls {
         let record = record.finished(&result, latency);
         tracing::debug!(tool = %record.tool_id, call = %record.key, status = ?record.status, "tool called");
         self.storage.finish_tool_call(&self.lease, &record).await.map_err(|e| self.unjournaled(e))?;
+        self.announce_finished(&record, false);
         result
+    }
+
+    fn announce_finished(&self, record: &ToolCallRecord, replayed: bool) {
+        let latency_ms = record.latency_seconds.map_or(0, |s| (s * 1000.0).round() as u64);
+        let kind = EventKind::ToolCallFinished {
+            call: record.key,
+            tool_id: record.tool_id.clone(),
+            status: record.status,
+            output: record.output.clone(),
+            latency_ms: if replayed { 0 } else { latency_ms },
+            replayed,
+        };
+        self.events.emit(record.key.workflow_id, kind);
     }
 
     /// A journal write failed: the call must not go ahead (or its outcome is not
@@ -175,7 +283,9 @@ fn unknown_outcome(spec: &ToolSpec, record: &ToolCallRecord, clarifications: &[C
         Some(CallVerdict::Done(value)) => {
             Unknown::Done(value.unwrap_or_else(|| Value::from("A person confirmed that this call took effect.")))
         }
-        None => Unknown::Ask(Clarification::tool_call_outcome(record.key, &record.tool_id, record.input.clone())),
+        None => {
+            Unknown::Ask(Box::new(Clarification::tool_call_outcome(record.key, &record.tool_id, record.input.clone())))
+        }
     }
 }
 

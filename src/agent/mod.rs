@@ -27,7 +27,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub(crate) use calls::{Stop, StopSignal, ToolCalls, describe_stop};
+pub(crate) use calls::{CallServices, Stop, StopSignal, ToolCalls, describe_stop};
 pub use context::render_value;
 pub use one_shot::OneShotAgent;
 pub use summarize::summarize_final_output;

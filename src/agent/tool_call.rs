@@ -39,6 +39,13 @@ fn attempt_of(spec: &ToolSpec, result: Result<ToolOutput, ToolError>) -> ToolAtt
             FailureKind::ToolError,
             format!("Tool {} failed: {message}", spec.id),
         )),
+        Err(ToolError::Denied(reason)) => ToolAttempt::Finished(StepOutcome::failed(
+            FailureKind::Denied,
+            format!("The call of {} was denied: {reason}", spec.id),
+        )),
+        Err(other) => {
+            ToolAttempt::Finished(StepOutcome::failed(FailureKind::Hook, format!("Tool {}: {other}", spec.id)))
+        }
     }
 }
 

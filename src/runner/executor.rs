@@ -13,9 +13,12 @@ use tokio::task::{Id, JoinSet};
 use super::Runner;
 use super::control::spawn_heartbeat;
 use super::metered::Meter;
-use crate::agent::{StepContext, StepInput, StepOutcome, Stop, StopSignal, ToolCalls, summarize_final_output};
-use crate::clarification::ClarificationKind;
+use crate::agent::{
+    Agent, CallServices, StepContext, StepInput, StepOutcome, Stop, StopSignal, ToolCalls, summarize_final_output,
+};
 use crate::config::ExecutionMode;
+use crate::events::EventKind;
+use crate::hooks::{HookChain, HookError, StepDecision};
 use crate::ids::WorkflowId;
 use crate::plan::Plan;
 use crate::storage::{Lease, LeaseGrant, ToolCallRecord};
@@ -25,6 +28,8 @@ use crate::{Error, Result};
 /// A run in progress: the workflow, and what it runs with.
 struct Run {
     workflow: Workflow,
+    /// The state last saved, so that a save announces a change of state.
+    saved_state: WorkflowState,
     plan: Plan,
     lease: Lease,
     signal: StopSignal,
@@ -76,9 +81,9 @@ impl Runner {
         let plan = self.inner.storage.get_plan(workflow.plan_id()).await?;
         let journal = self.inner.storage.tool_calls(id).await?;
         let usage = self.journaled_usage(&workflow).await?;
-        let storage = Arc::clone(&self.inner.storage);
-        let meter = Meter::new(storage, Arc::clone(&self.inner.config), lease.clone(), signal.clone(), usage);
-        let mut run = Run { workflow, plan, lease, signal, meter, journal };
+        let meter = Meter::new(self, lease.clone(), signal.clone(), usage);
+        let saved_state = workflow.state();
+        let mut run = Run { workflow, saved_state, plan, lease, signal, meter, journal };
         if let Some(reason) = cancel_requested {
             return self.end_failed(run, Failure::new(FailureKind::Cancelled, reason)).await;
         }
@@ -99,15 +104,33 @@ impl Runner {
             }
             run.workflow.transition_to(WorkflowState::ReadyToResume)?;
         }
+        if let Err(e) = self.workflow_hook(&run.workflow, true).await {
+            return self.end_failed(run, Failure::new(FailureKind::Hook, format!("a hook failed: {e}"))).await;
+        }
         if run.workflow.state() != WorkflowState::InProgress {
             run.workflow.transition_to(WorkflowState::InProgress)?;
         }
         self.save(&mut run).await?;
         let halt = self.run_steps(&mut run).await?;
-        match run.signal.reason() {
-            Some(stop) => self.end_stopped(run, stop).await,
-            None => self.conclude(run, halt).await,
+        let ended = match run.signal.reason() {
+            Some(stop) => self.end_stopped(run, stop).await?,
+            None => self.conclude(run, halt).await?,
+        };
+        // The workflow is at rest and saved: a failing hook can only be reported.
+        if let Err(e) = self.workflow_hook(&ended, false).await {
+            tracing::warn!(workflow = %id, error = %e, "the after-workflow hook failed");
         }
+        Ok(ended)
+    }
+
+    /// Runs the before- or after-workflow hooks in a task of their own, so that a
+    /// panicking hook is an error like any other instead of unwinding the run.
+    async fn workflow_hook(&self, workflow: &Workflow, before: bool) -> std::result::Result<(), HookError> {
+        let (hooks, workflow) = (self.inner.hooks.clone(), workflow.clone());
+        let task = tokio::spawn(async move {
+            if before { hooks.before_workflow(&workflow).await } else { hooks.after_workflow(&workflow).await }
+        });
+        task.await.unwrap_or_else(|e| Err(HookError::new(format!("it panicked: {e}"))))
     }
 
     /// The workflow's usage as journaled: planning, then every call recorded,
@@ -126,7 +149,13 @@ impl Runner {
     async fn save(&self, run: &mut Run) -> Result<()> {
         run.workflow.set_usage(run.meter.usage());
         run.workflow.bump_version();
-        self.inner.storage.update_workflow(&run.workflow, &run.lease).await
+        self.inner.storage.update_workflow(&run.workflow, &run.lease).await?;
+        let (from, to) = (run.saved_state, run.workflow.state());
+        if from != to {
+            run.saved_state = to;
+            self.inner.events.emit(run.workflow.id(), EventKind::StateChanged { from, to });
+        }
+        Ok(())
     }
 
     async fn end_failed(&self, mut run: Run, failure: Failure) -> Result<Workflow> {
@@ -163,8 +192,15 @@ impl Runner {
                     started[index] = true;
                     match self.step_context(run, index) {
                         Ok(ctx) => {
-                            let agent = Arc::clone(&self.inner.agent);
-                            let task = running.spawn(async move { (index, agent.execute(&ctx).await) });
+                            let step = &run.plan.steps[index];
+                            let started = EventKind::StepStarted {
+                                step: index,
+                                task: step.task.clone(),
+                                tool_id: step.tool_id.clone(),
+                            };
+                            self.inner.events.emit(run.workflow.id(), started);
+                            let (agent, hooks) = (Arc::clone(&self.inner.agent), self.inner.hooks.clone());
+                            let task = running.spawn(async move { (index, run_step(agent, hooks, ctx).await) });
                             step_of_task.insert(task.id(), index);
                         }
                         Err(failure) => {
@@ -187,7 +223,7 @@ impl Runner {
                 Ok(done) => done,
                 Err(e) => (step_of_task.get(&e.id()).copied().unwrap_or_default(), task_failure(e)),
             };
-            Self::apply(run, index, outcome, &mut halt);
+            self.apply(run, index, outcome, &mut halt);
             self.save(run).await?;
         }
         Ok(halt)
@@ -213,13 +249,18 @@ impl Runner {
             .collect()
     }
 
-    fn apply(run: &mut Run, index: usize, outcome: StepOutcome, halt: &mut Halt) {
+    fn apply(&self, run: &mut Run, index: usize, outcome: StepOutcome, halt: &mut Halt) {
         let workflow = &mut run.workflow;
+        let finished = EventKind::StepFinished { step: index, outcome: outcome.clone() };
+        self.inner.events.emit(workflow.id(), finished);
         match outcome {
             StepOutcome::Output(output) => workflow.record_step_output(&run.plan, index, output),
             StepOutcome::Clarifications(list) => {
                 tracing::info!(workflow = %workflow.id(), step = index, count = list.len(), "step needs clarification");
-                workflow.add_clarifications(index, list);
+                let raised = workflow.add_clarifications(index, list);
+                for clarification in raised {
+                    self.inner.events.emit(workflow.id(), EventKind::ClarificationRaised { clarification });
+                }
                 halt.clarifying = true;
             }
             StepOutcome::Failed(failure) => {
@@ -314,12 +355,32 @@ impl Runner {
     /// it asked is a new attempt; a question about an interrupted call is not, so
     /// the answer applies to that very call.
     fn step_calls(&self, run: &Run, step: usize, clarifications: &[crate::Clarification]) -> ToolCalls {
-        let asked = clarifications.iter().filter(|c| !matches!(c.kind, ClarificationKind::ToolCallOutcome { .. }));
+        let asked = clarifications.iter().filter(|c| c.tool_call.is_none());
         let attempt = u32::try_from(asked.count()).unwrap_or(u32::MAX);
         let journaled =
             run.journal.iter().filter(|r| r.key.step == step && r.key.attempt == attempt).cloned().collect();
-        let storage = Arc::clone(&self.inner.storage);
-        ToolCalls::new(storage, run.lease.clone(), run.signal.clone(), (step, attempt), journaled)
+        let services = CallServices {
+            storage: Arc::clone(&self.inner.storage),
+            lease: run.lease.clone(),
+            signal: run.signal.clone(),
+            hooks: self.inner.hooks.clone(),
+            events: self.inner.events.clone(),
+        };
+        ToolCalls::new(services, (step, attempt), journaled)
+    }
+}
+
+/// Runs one step between its hooks. A hook's error fails the step.
+async fn run_step(agent: Arc<dyn Agent>, hooks: HookChain, ctx: StepContext) -> StepOutcome {
+    let hook_failed = |e: HookError| StepOutcome::failed(FailureKind::Hook, format!("a hook failed: {e}"));
+    let outcome = match hooks.before_step(&ctx).await {
+        Ok(StepDecision::Run) => agent.execute(&ctx).await,
+        Ok(StepDecision::Skip(output)) => StepOutcome::Output(output),
+        Err(e) => return hook_failed(e),
+    };
+    match hooks.after_step(&ctx, &outcome).await {
+        Ok(()) => outcome,
+        Err(e) => hook_failed(e),
     }
 }
 

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::Runner;
 use crate::agent::{Stop, StopSignal, describe_stop};
 use crate::config::Config;
+use crate::events::{EventKind, EventSink};
 use crate::llm::{LlmClient, LlmError, LlmRequest, LlmResponse};
 use crate::storage::{Lease, Storage, UsageRecord};
 use crate::workflow::WorkflowUsage;
@@ -21,6 +23,7 @@ pub(super) struct Meter {
     config: Arc<Config>,
     lease: Lease,
     signal: StopSignal,
+    events: EventSink,
     tally: Arc<Mutex<WorkflowUsage>>,
     /// When this run started (on tokio's clock, which tests can move), and how long
     /// earlier runs ran.
@@ -29,16 +32,18 @@ pub(super) struct Meter {
 }
 
 impl Meter {
-    pub(super) fn new(
-        storage: Arc<dyn Storage>,
-        config: Arc<Config>,
-        lease: Lease,
-        signal: StopSignal,
-        start: WorkflowUsage,
-    ) -> Self {
+    pub(super) fn new(runner: &Runner, lease: Lease, signal: StopSignal, start: WorkflowUsage) -> Self {
         let ran_before = Duration::from_millis(start.running_ms);
-        let tally = Arc::new(Mutex::new(start));
-        Self { storage, config, lease, signal, tally, started: Instant::now(), ran_before }
+        Self {
+            storage: Arc::clone(runner.storage()),
+            config: Arc::clone(&runner.inner.config),
+            lease,
+            signal,
+            events: runner.inner.events.clone(),
+            tally: Arc::new(Mutex::new(start)),
+            started: Instant::now(),
+            ran_before,
+        }
     }
 
     /// A client that bills `step_output` (or, with `None`, the run itself).
@@ -69,13 +74,21 @@ impl Meter {
         }
     }
 
-    async fn record(&self, step_output: Option<&str>, request: &LlmRequest, response: &LlmResponse) {
+    async fn record(&self, step_output: Option<&str>, request: &LlmRequest, response: &LlmResponse, took: Duration) {
         let model = match &request.model {
             Some(name) => self.config.model_ref(name).model,
             None => self.config.model_for(request.purpose).model,
         };
         let cost_usd = self.config.prices.cost(&model, &response.usage);
         let step_output = step_output.map(str::to_owned);
+        let finished = EventKind::LlmCallFinished {
+            step_output: step_output.clone(),
+            model,
+            usage: response.usage,
+            cost_usd,
+            latency_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+        };
+        self.events.emit(self.lease.workflow_id, finished);
         let record = UsageRecord { workflow_id: self.lease.workflow_id, step_output, usage: response.usage, cost_usd };
         self.tally.lock().unwrap_or_else(PoisonError::into_inner).add(
             record.step_output.as_deref(),
@@ -104,8 +117,9 @@ impl LlmClient for MeteredLlm {
         if let Some(stop) = self.meter.signal.reason() {
             return Err(LlmError::Other(describe_stop(&stop)));
         }
+        let started = Instant::now();
         let response = self.inner.chat(request.clone()).await?;
-        self.meter.record(self.step_output.as_deref(), &request, &response).await;
+        self.meter.record(self.step_output.as_deref(), &request, &response, started.elapsed()).await;
         Ok(response)
     }
 }

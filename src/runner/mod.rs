@@ -25,7 +25,9 @@ use serde_json::Value;
 use crate::agent::{Agent, OneShotAgent, Stop, VerifierAgent};
 use crate::clarification::{Clarification, ClarificationKind};
 use crate::config::{AgentKind, Config, StorageKind};
+use crate::events::{EventKind, EventSink, EventStream};
 use crate::execution_context::ExecutionContext;
+use crate::hooks::{HookChain, Hooks};
 use crate::ids::{PlanId, WorkflowId};
 use crate::llm::LlmClient;
 use crate::plan::Plan;
@@ -55,6 +57,8 @@ struct Inner {
     /// This runner's name on the leases it takes: unique per runner and process.
     owner: String,
     local_runs: control::LocalRuns,
+    hooks: HookChain,
+    events: EventSink,
 }
 
 /// Options for [`Runner::generate_plan_with`] and [`Runner::execute_query_with`].
@@ -124,7 +128,17 @@ impl Runner {
 
     /// Starts a runner whose parts can be replaced.
     pub fn builder(config: Config) -> RunnerBuilder {
-        RunnerBuilder { config, tools: None, storage: None, llm: None, planner: None, agent: None, today: None }
+        RunnerBuilder {
+            config,
+            tools: None,
+            storage: None,
+            llm: None,
+            planner: None,
+            agent: None,
+            today: None,
+            hooks: HookChain::default(),
+            event_capacity: crate::events::DEFAULT_CAPACITY,
+        }
     }
 
     /// The configuration.
@@ -337,10 +351,39 @@ impl Runner {
         response: impl Into<Value>,
     ) -> Result<Workflow> {
         let response = response.into();
-        self.update_stored(clarification.workflow_id, |workflow| {
-            workflow.resolve_clarification(clarification.id, response)
-        })
-        .await
+        let answer = response.clone();
+        let workflow = self
+            .update_stored(clarification.workflow_id, |workflow| {
+                workflow.resolve_clarification(clarification.id, response)
+            })
+            .await?;
+        let resolved = EventKind::ClarificationResolved { clarification_id: clarification.id, response: answer };
+        self.inner.events.emit(workflow.id(), resolved);
+        Ok(workflow)
+    }
+
+    /// Every event of every workflow this runner (or a clone) runs, from now on.
+    pub fn subscribe(&self) -> EventStream {
+        self.inner.events.subscribe(None)
+    }
+
+    /// The events of workflow `id` from now on; the stream ends once the workflow
+    /// is at rest (finished, or waiting for a human).
+    pub fn subscribe_to(&self, id: WorkflowId) -> EventStream {
+        self.inner.events.subscribe(Some(id))
+    }
+
+    /// Runs `workflow` as [`Runner::execute_workflow`] does, in a task of its own,
+    /// and returns its events as they happen (none missed: the stream is opened
+    /// before the run starts) with the task's handle, which yields the workflow.
+    pub fn execute_workflow_stream(
+        &self,
+        workflow: Workflow,
+    ) -> (EventStream, tokio::task::JoinHandle<Result<Workflow>>) {
+        let id = workflow.id();
+        let events = self.subscribe_to(id);
+        let runner = self.clone();
+        (events, tokio::spawn(async move { runner.execute(id).await }))
     }
 
     /// Stops a workflow that is not finished: it becomes FAILED, of kind
@@ -551,9 +594,24 @@ pub struct RunnerBuilder {
     planner: Option<Arc<dyn Planner>>,
     agent: Option<Arc<dyn Agent>>,
     today: Option<String>,
+    hooks: HookChain,
+    event_capacity: usize,
 }
 
 impl RunnerBuilder {
+    /// How many events a subscriber may fall behind before it misses some (default
+    /// [`DEFAULT_CAPACITY`](crate::events::DEFAULT_CAPACITY)).
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.event_capacity = capacity;
+        self
+    }
+
+    /// Adds a hook; hooks run in the order they were added. See [`crate::hooks`].
+    pub fn hook(mut self, hook: impl Hooks + 'static) -> Self {
+        self.hooks.push(Arc::new(hook));
+        self
+    }
+
     /// The tools steps may use (default: none).
     pub fn tools(mut self, tools: impl ToolRegistry + 'static) -> Self {
         self.tools = Some(Arc::new(tools));
@@ -636,6 +694,8 @@ impl RunnerBuilder {
             today: self.today,
             owner: format!("runner-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]),
             local_runs: control::LocalRuns::default(),
+            hooks: self.hooks,
+            events: EventSink::new(self.event_capacity),
         };
         Ok(Runner { inner: Arc::new(inner) })
     }

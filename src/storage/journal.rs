@@ -39,6 +39,9 @@ impl fmt::Display for ToolCallKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ToolCallStatus {
+    /// The call waits for a decision (a hook's, or a person's at an approval gate);
+    /// it has not been made.
+    Held,
     /// The intent is stored and the tool may have been called; no outcome is known.
     Started,
     /// The tool returned a value (or a person confirmed the call took effect).
@@ -55,6 +58,7 @@ impl ToolCallStatus {
     /// The name used in JSON and in the databases, such as `SOFT_ERROR`.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Held => "HELD",
             Self::Started => "STARTED",
             Self::Success => "SUCCESS",
             Self::NeedClarification => "NEED_CLARIFICATION",
@@ -65,7 +69,7 @@ impl ToolCallStatus {
 
     /// Parses [`ToolCallStatus::as_str`]'s names.
     pub fn parse(name: &str) -> Option<Self> {
-        [Self::Started, Self::Success, Self::NeedClarification, Self::SoftError, Self::HardError]
+        [Self::Held, Self::Started, Self::Success, Self::NeedClarification, Self::SoftError, Self::HardError]
             .into_iter()
             .find(|s| s.as_str() == name)
     }
@@ -118,6 +122,7 @@ impl ToolCallRecord {
             }
             Err(ToolError::Soft(message)) => (ToolCallStatus::SoftError, Value::from(message.as_str())),
             Err(ToolError::Hard(message)) => (ToolCallStatus::HardError, Value::from(message.as_str())),
+            Err(other) => (ToolCallStatus::HardError, Value::from(other.to_string())),
         };
         self.status = status;
         self.output = output;
@@ -125,11 +130,11 @@ impl ToolCallRecord {
         self
     }
 
-    /// The recorded outcome as the tool returned it; `None` while STARTED.
+    /// The recorded outcome as the tool returned it; `None` while HELD or STARTED.
     pub fn outcome(&self) -> Option<Result<ToolOutput, ToolError>> {
         let message = || self.output.as_str().map_or_else(|| self.output.to_string(), str::to_owned);
         Some(match self.status {
-            ToolCallStatus::Started => return None,
+            ToolCallStatus::Held | ToolCallStatus::Started => return None,
             ToolCallStatus::Success => Ok(ToolOutput::Value(self.output.clone())),
             ToolCallStatus::NeedClarification => {
                 let list: Vec<Clarification> = serde_json::from_value(self.output.clone()).unwrap_or_default();

@@ -1,0 +1,180 @@
+//! Events: what happens in a run, as it happens.
+//!
+//! Each change is announced once, from the one place it is made: the run's saves
+//! (state changes), the step loop (steps, clarifications raised), the tool-call path
+//! (tool calls), the metered LLM (LLM calls), and the runner's answer to a
+//! clarification. Subscribe with [`Runner::subscribe`](crate::Runner::subscribe) or
+//! run with [`Runner::execute_workflow_stream`](crate::Runner::execute_workflow_stream).
+//!
+//! A subscriber never slows a run: events go out on a bounded broadcast channel, and
+//! one that falls behind is told how many it missed ([`Missed`]) and goes on.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use crate::agent::StepOutcome;
+use crate::clarification::Clarification;
+use crate::ids::{ClarificationId, WorkflowId};
+use crate::llm::Usage;
+use crate::storage::{ToolCallKey, ToolCallStatus};
+use crate::workflow::WorkflowState;
+
+/// How many events a subscriber may fall behind before it misses some, by default.
+pub const DEFAULT_CAPACITY: usize = 4096;
+
+/// One thing that happened to a workflow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowEvent {
+    /// The workflow it happened to.
+    pub workflow_id: WorkflowId,
+    /// When (on this process's clock).
+    pub at: DateTime<Utc>,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// What happened, tagged in JSON by `event`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum EventKind {
+    /// The workflow moved to another state (and that was saved).
+    StateChanged {
+        /// The state before.
+        from: WorkflowState,
+        /// The state now.
+        to: WorkflowState,
+    },
+    /// A step started.
+    StepStarted {
+        /// Its index in the plan.
+        step: usize,
+        /// Its task.
+        task: String,
+        /// Its tool, if it has one.
+        tool_id: Option<String>,
+    },
+    /// A step ended: with its output, with questions for a human, or failed.
+    StepFinished {
+        /// Its index in the plan.
+        step: usize,
+        /// How it ended.
+        outcome: StepOutcome,
+    },
+    /// A tool call is about to be made (its intent is journaled).
+    ToolCallStarted {
+        /// Which call.
+        call: ToolCallKey,
+        /// The tool.
+        tool_id: String,
+        /// The arguments.
+        arguments: Value,
+    },
+    /// A tool call ended, or its recorded outcome was replayed from the journal.
+    ToolCallFinished {
+        /// Which call.
+        call: ToolCallKey,
+        /// The tool.
+        tool_id: String,
+        /// How it ended.
+        status: ToolCallStatus,
+        /// The value, the clarifications or the error message.
+        output: Value,
+        /// How long the tool took, in milliseconds (0 for a replay).
+        latency_ms: u64,
+        /// Whether the outcome came from the journal instead of a call.
+        replayed: bool,
+    },
+    /// An LLM call returned.
+    LlmCallFinished {
+        /// The step it was made for; `None` for the run itself (the final summary).
+        step_output: Option<String>,
+        /// The model asked.
+        model: String,
+        /// What it spent.
+        usage: Usage,
+        /// What it cost, in US dollars.
+        cost_usd: f64,
+        /// How long it took, in milliseconds.
+        latency_ms: u64,
+    },
+    /// A step asked a human.
+    ClarificationRaised {
+        /// The question.
+        clarification: Clarification,
+    },
+    /// A human answered.
+    ClarificationResolved {
+        /// The question answered.
+        clarification_id: ClarificationId,
+        /// The answer.
+        response: Value,
+    },
+}
+
+impl EventKind {
+    /// Whether this event leaves the workflow at rest: finished, or waiting for a human.
+    pub fn is_rest(&self) -> bool {
+        matches!(self, Self::StateChanged { to, .. } if to.is_terminal() || *to == WorkflowState::NeedClarification)
+    }
+}
+
+/// A subscriber fell behind and `0` events were dropped for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{0} events were missed: the subscriber fell behind")]
+pub struct Missed(pub u64);
+
+/// Where a runner's events go out.
+#[derive(Debug, Clone)]
+pub(crate) struct EventSink(broadcast::Sender<WorkflowEvent>);
+
+impl EventSink {
+    /// A sink whose subscribers may fall `capacity` events behind.
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self(broadcast::channel(capacity.max(1)).0)
+    }
+
+    /// Announces `kind` for `workflow_id`. Nobody listening is fine.
+    pub(crate) fn emit(&self, workflow_id: WorkflowId, kind: EventKind) {
+        let _ = self.0.send(WorkflowEvent { workflow_id, at: Utc::now(), kind });
+    }
+
+    /// A stream of every event from now on, or of one workflow's.
+    pub(crate) fn subscribe(&self, only: Option<WorkflowId>) -> EventStream {
+        EventStream { rx: self.0.subscribe(), only, rested: false }
+    }
+}
+
+/// Events as they happen. Made by [`Runner::subscribe`](crate::Runner::subscribe).
+#[derive(Debug)]
+pub struct EventStream {
+    rx: broadcast::Receiver<WorkflowEvent>,
+    only: Option<WorkflowId>,
+    rested: bool,
+}
+
+impl EventStream {
+    /// The next event. `Some(Err(Missed(n)))` when this subscriber fell behind and
+    /// `n` events were dropped; it goes on with the next one. `None` when the runner
+    /// is gone, or, for one workflow's stream, once that workflow is at rest
+    /// (finished, or waiting for a human).
+    pub async fn next(&mut self) -> Option<Result<WorkflowEvent, Missed>> {
+        if self.rested {
+            return None;
+        }
+        loop {
+            match self.rx.recv().await {
+                Ok(event) if self.only.is_some_and(|id| id != event.workflow_id) => {}
+                Ok(event) => {
+                    self.rested = self.only.is_some() && event.kind.is_rest();
+                    return Some(Ok(event));
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => return Some(Err(Missed(n))),
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}

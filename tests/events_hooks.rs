@@ -1,0 +1,270 @@
+//! Events and hooks: the exact events of a run, a subscriber that falls behind,
+//! each decision a hook can make, and the approval gate approved, edited, refused
+//! and resumed after a restart.
+
+use std::sync::Arc;
+
+use portia::config::ExecutionMode;
+use portia::events::{EventKind, Missed, WorkflowEvent};
+use portia::hooks::{ApprovalGate, HookError, Hooks, StepDecision, ToolCallDecision, ToolCallRequest};
+use portia::runner::RunnerBuilder;
+use portia::storage::{SqliteStorage, Storage};
+use portia::testing::{MockTool, ScriptedLlm};
+use portia::tool::ToolSpec;
+use portia::workflow::FailureKind;
+use portia::{Clarification, Config, InMemoryToolRegistry, Output, Plan, PlanBuilder, Runner, Workflow, WorkflowState};
+use serde_json::{Value, json};
+
+fn config() -> Config {
+    Config::builder().execution(ExecutionMode::Sequential).summarize_final_output(false).build().unwrap()
+}
+
+fn builder(llm: ScriptedLlm, tool: Arc<MockTool>) -> RunnerBuilder {
+    let tools = InMemoryToolRegistry::from_tools([tool as Arc<dyn portia::Tool>]).unwrap();
+    Runner::builder(config()).tools(tools).llm(Arc::new(llm))
+}
+
+/// A tool with side effects, so the approval gate guards it.
+fn send_tool() -> Arc<MockTool> {
+    let spec = ToolSpec::new("send_tool", "Send Tool", "Sends a payment.");
+    Arc::new(MockTool::echo("send_tool").with_spec(spec))
+}
+
+/// Send a payment, then say it is done.
+fn plan() -> Plan {
+    PlanBuilder::new("pay")
+        .step("Send 5 euros to Ann", Some("send_tool"), "$sent")
+        .step("Say it is done", None, "$said")
+        .input("$sent", "the payment")
+        .build()
+}
+
+fn name(event: &WorkflowEvent) -> String {
+    let value = serde_json::to_value(event).unwrap();
+    let mut name = value["event"].as_str().unwrap().to_owned();
+    if let Some(to) = value.get("to").and_then(Value::as_str) {
+        name = format!("{name}:{to}");
+    }
+    name
+}
+
+#[tokio::test]
+async fn a_run_announces_each_thing_once_in_order() {
+    let llm = ScriptedLlm::new().tool_call("send_tool", json!({"to": "Ann", "amount": 5})).text("Done.");
+    let runner = builder(llm, send_tool()).build().unwrap();
+    let workflow = runner.create_workflow(&plan()).await.unwrap();
+    let (mut events, run) = runner.execute_workflow_stream(workflow);
+    let mut seen = Vec::new();
+    while let Some(event) = events.next().await {
+        seen.push(event.unwrap());
+    }
+    let done = run.await.unwrap().unwrap();
+    assert_eq!(done.state(), WorkflowState::Complete);
+    let names: Vec<String> = seen.iter().map(name).collect();
+    assert_eq!(
+        names,
+        [
+            "state_changed:IN_PROGRESS",
+            "step_started",
+            "llm_call_finished",
+            "tool_call_started",
+            "tool_call_finished",
+            "step_finished",
+            "step_started",
+            "llm_call_finished",
+            "step_finished",
+            "state_changed:COMPLETE",
+        ]
+    );
+    let EventKind::ToolCallStarted { arguments, .. } = &seen[3].kind else { panic!("{:?}", seen[3]) };
+    assert_eq!(arguments, &json!({"to": "Ann", "amount": 5}));
+    let EventKind::LlmCallFinished { step_output, model, usage, .. } = &seen[2].kind else { panic!() };
+    assert_eq!((step_output.as_deref(), model.as_str(), usage.llm_calls), (Some("$sent"), "gpt-4.1-mini", 1));
+    assert!(seen.iter().all(|e| e.workflow_id == done.id()));
+}
+
+#[tokio::test]
+async fn a_subscriber_that_falls_behind_is_told_what_it_missed_and_goes_on() {
+    let llm = ScriptedLlm::new().tool_call("send_tool", json!({"to": "Ann"})).text("Done.");
+    let runner = builder(llm, send_tool()).event_capacity(2).build().unwrap();
+    let mut slow = runner.subscribe();
+    let done = runner.run_plan(&plan()).await.unwrap();
+    assert_eq!(done.state(), WorkflowState::Complete, "the run did not wait for the subscriber");
+    let Some(Err(Missed(missed))) = slow.next().await else { panic!("the lag is reported first") };
+    assert!(missed >= 8, "missed {missed}");
+    let last = slow.next().await.unwrap().unwrap();
+    assert!(matches!(last.kind, EventKind::StepFinished { .. } | EventKind::StateChanged { .. }), "{last:?}");
+}
+
+/// A hook that makes one decision before every tool call, and records what it saw.
+#[derive(Debug)]
+struct Decide(ToolCallDecision);
+
+#[async_trait::async_trait]
+impl Hooks for Decide {
+    async fn before_tool_call(&self, _call: &ToolCallRequest<'_>) -> Result<ToolCallDecision, HookError> {
+        Ok(self.0.clone())
+    }
+}
+
+async fn run_with(hook: impl Hooks + 'static, tool: Arc<MockTool>, replies: usize) -> (Workflow, Arc<ScriptedLlm>) {
+    // The model's replies, in order: the tool call, then the last step's answer.
+    let mut llm = ScriptedLlm::new();
+    if replies >= 1 {
+        llm = llm.tool_call("send_tool", json!({"to": "Ann", "amount": 5}));
+    }
+    if replies >= 2 {
+        llm = llm.text("Done.");
+    }
+    let llm = Arc::new(llm);
+    let tools = InMemoryToolRegistry::from_tools([tool as Arc<dyn portia::Tool>]).unwrap();
+    let runner = Runner::builder(config()).tools(tools).llm(llm.clone()).hook(hook).build().unwrap();
+    (runner.run_plan(&plan()).await.unwrap(), llm)
+}
+
+#[tokio::test]
+async fn a_hook_can_replace_the_arguments() {
+    let tool = send_tool();
+    let hook = Decide(ToolCallDecision::ProceedWith(json!({"to": "Ann", "amount": 1})));
+    let (done, _) = run_with(hook, tool.clone(), 2).await;
+    assert_eq!(done.state(), WorkflowState::Complete);
+    assert_eq!(tool.calls()[0].args, json!({"to": "Ann", "amount": 1}));
+}
+
+#[tokio::test]
+async fn a_hook_can_deny_a_call_which_is_then_never_made() {
+    let tool = send_tool();
+    let (done, _) = run_with(Decide(ToolCallDecision::Deny("payments are off today".into())), tool.clone(), 1).await;
+    let failure = done.failure().unwrap();
+    assert_eq!((failure.kind, failure.step), (FailureKind::Denied, Some(0)));
+    assert!(failure.message.contains("payments are off today"), "{failure}");
+    assert!(tool.calls().is_empty());
+}
+
+#[tokio::test]
+async fn a_hook_can_ask_a_human_first() {
+    let tool = send_tool();
+    let question = Clarification::input(portia::WorkflowId::new(), "pin", "Your PIN?");
+    let (waiting, _) = run_with(Decide(ToolCallDecision::Ask(Box::new(question))), tool.clone(), 1).await;
+    assert_eq!(waiting.state(), WorkflowState::NeedClarification);
+    let asked = waiting.outstanding_clarifications().next().unwrap();
+    assert_eq!(asked.user_guidance, "Your PIN?");
+    assert!(asked.tool_call.is_some(), "the question is tied to the held call");
+    assert!(tool.calls().is_empty());
+}
+
+/// Fails before every step, or panics before every tool call.
+#[derive(Debug)]
+struct Broken {
+    panics: bool,
+}
+
+#[async_trait::async_trait]
+impl Hooks for Broken {
+    async fn before_step(&self, _step: &portia::agent::StepContext) -> Result<StepDecision, HookError> {
+        if self.panics { Ok(StepDecision::Run) } else { Err(HookError::new("the policy service is down")) }
+    }
+    async fn before_tool_call(&self, _call: &ToolCallRequest<'_>) -> Result<ToolCallDecision, HookError> {
+        assert!(!self.panics, "the hook broke");
+        Ok(ToolCallDecision::Proceed)
+    }
+}
+
+#[tokio::test]
+async fn a_failing_hook_fails_the_step_with_a_typed_failure() {
+    let (done, _) = run_with(Broken { panics: false }, send_tool(), 0).await;
+    let failure = done.failure().unwrap();
+    assert_eq!(failure.kind, FailureKind::Hook);
+    assert!(failure.message.contains("the policy service is down"), "{failure}");
+}
+
+#[tokio::test]
+async fn a_panicking_hook_fails_the_step_and_never_hangs_the_run() {
+    let (done, _) = run_with(Broken { panics: true }, send_tool(), 1).await;
+    let failure = done.failure().unwrap();
+    assert_eq!(failure.kind, FailureKind::Panic);
+    assert!(failure.message.contains("the hook broke"), "{failure}");
+}
+
+/// Skips every step that has no tool, with a fixed answer.
+#[derive(Debug)]
+struct SkipThinking;
+
+#[async_trait::async_trait]
+impl Hooks for SkipThinking {
+    async fn before_step(&self, step: &portia::agent::StepContext) -> Result<StepDecision, HookError> {
+        Ok(if step.tool.is_none() { StepDecision::Skip(Output::new("skipped")) } else { StepDecision::Run })
+    }
+}
+
+#[tokio::test]
+async fn a_hook_can_skip_a_step_with_an_output() {
+    let (done, llm) = run_with(SkipThinking, send_tool(), 1).await;
+    assert_eq!(done.state(), WorkflowState::Complete);
+    assert_eq!(done.outputs().step_outputs.get("$said").unwrap().value, json!("skipped"));
+    assert_eq!(llm.requests().len(), 1, "only the tool step asked the model");
+}
+
+async fn gated(storage: Arc<dyn Storage>, tool: Arc<MockTool>, llm: ScriptedLlm) -> (Runner, Arc<ScriptedLlm>) {
+    let llm = Arc::new(llm);
+    let tools = InMemoryToolRegistry::from_tools([tool as Arc<dyn portia::Tool>]).unwrap();
+    let runner = Runner::builder(config())
+        .tools(tools)
+        .llm(llm.clone())
+        .storage(storage)
+        .hook(ApprovalGate::for_side_effects())
+        .build()
+        .unwrap();
+    (runner, llm)
+}
+
+#[tokio::test]
+async fn an_approval_survives_a_restart_and_runs_the_call_without_a_new_model_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("portia.db");
+    let tool = send_tool();
+    let first_llm = ScriptedLlm::new().tool_call("send_tool", json!({"to": "Ann", "amount": 5}));
+    let (first, _) = gated(Arc::new(SqliteStorage::open(&db).unwrap()), tool.clone(), first_llm).await;
+    let waiting = first.run_plan(&plan()).await.unwrap();
+    assert_eq!(waiting.state(), WorkflowState::NeedClarification);
+    let question = waiting.outstanding_clarifications().next().unwrap().clone();
+    assert_eq!(question.category(), "Value Confirmation");
+    assert_eq!(question.response, Some(json!({"to": "Ann", "amount": 5})), "the question shows the arguments");
+    assert!(tool.calls().is_empty(), "nothing is sent before the approval");
+    drop(first);
+
+    // A new process: only the final step may ask the model.
+    let (second, llm) =
+        gated(Arc::new(SqliteStorage::open(&db).unwrap()), tool.clone(), ScriptedLlm::new().text("Done.")).await;
+    second.resolve_clarification(&question, json!({"to": "Ann", "amount": 4})).await.unwrap();
+    let done = second.execute_workflow(waiting).await.unwrap();
+    assert_eq!(done.state(), WorkflowState::Complete, "{:?}", done.failure());
+    assert_eq!(tool.calls().len(), 1);
+    assert_eq!(tool.calls()[0].args, json!({"to": "Ann", "amount": 4}), "the approved (edited) arguments");
+    assert_eq!(llm.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn a_refusal_at_the_gate_fails_the_step_as_denied() {
+    let tool = send_tool();
+    let llm = ScriptedLlm::new().tool_call("send_tool", json!({"to": "Ann", "amount": 5}));
+    let (runner, _) = gated(Arc::new(portia::storage::InMemoryStorage::new()), tool.clone(), llm).await;
+    let waiting = runner.run_plan(&plan()).await.unwrap();
+    let question = waiting.outstanding_clarifications().next().unwrap().clone();
+    runner.resolve_clarification(&question, json!({"denied": "not today"})).await.unwrap();
+    let done = runner.execute_workflow(waiting).await.unwrap();
+    let failure = done.failure().unwrap();
+    assert_eq!(failure.kind, FailureKind::Denied);
+    assert!(failure.message.contains("not today"), "{failure}");
+    assert!(tool.calls().is_empty());
+}
+
+#[tokio::test]
+async fn the_gate_leaves_read_only_tools_alone() {
+    let tool =
+        Arc::new(MockTool::echo("send_tool").with_spec(ToolSpec::new("send_tool", "Look", "Looks.").read_only()));
+    let llm = ScriptedLlm::new().tool_call("send_tool", json!({"to": "Ann"})).text("Done.");
+    let (runner, _) = gated(Arc::new(portia::storage::InMemoryStorage::new()), tool.clone(), llm).await;
+    assert_eq!(runner.run_plan(&plan()).await.unwrap().state(), WorkflowState::Complete);
+    assert_eq!(tool.calls().len(), 1);
+}

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::clarification::{CallVerdict, Clarification, ClarificationKind};
 use crate::events::{EventKind, EventSink};
@@ -213,8 +214,15 @@ impl ToolCalls {
         );
         run_ctx.idempotency_key = Some(key.to_string());
         run_ctx.cancellation = self.cancellation();
+        let span = tracing::info_span!(
+            "tool_call",
+            otel.name = format!("execute_tool {}", spec.id),
+            gen_ai.operation.name = "execute_tool",
+            gen_ai.tool.name = %spec.id,
+            gen_ai.tool.call.id = %key,
+        );
         let started = Instant::now();
-        let result = tool.run(&run_ctx, record.input.clone()).await;
+        let result = tool.run(&run_ctx, record.input.clone()).instrument(span).await;
         let arguments = record.input.clone();
         let outcome = self.finish(record, result, started.elapsed().as_secs_f64()).await;
         let request = ToolCallRequest {

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::task::{Id, JoinSet};
+use tracing::Instrument;
 
 use super::Runner;
 use super::control::spawn_heartbeat;
@@ -67,7 +68,8 @@ impl Runner {
         let (id, lease) = (grant.workflow.id(), grant.lease.clone());
         let _registered = self.inner.local_runs.register(id, signal.clone());
         let heartbeat = spawn_heartbeat(Arc::clone(&self.inner.storage), lease.clone(), ttl, signal.clone());
-        let result = self.run_leased(grant, signal).await;
+        let span = workflow_span(&grant.workflow);
+        let result = self.run_leased(grant, signal).instrument(span).await;
         heartbeat.abort();
         if let Err(e) = self.inner.storage.release_lease(&lease).await {
             tracing::warn!(workflow = %id, error = %e, "could not release the lease; it lapses on its own");
@@ -200,7 +202,9 @@ impl Runner {
                             };
                             self.inner.events.emit(run.workflow.id(), started);
                             let (agent, hooks) = (Arc::clone(&self.inner.agent), self.inner.hooks.clone());
-                            let task = running.spawn(async move { (index, run_step(agent, hooks, ctx).await) });
+                            let span = step_span(index, step);
+                            let step_run = async move { (index, run_step(agent, hooks, ctx).await) };
+                            let task = running.spawn(step_run.instrument(span));
                             step_of_task.insert(task.id(), index);
                         }
                         Err(failure) => {
@@ -368,6 +372,29 @@ impl Runner {
         };
         ToolCalls::new(services, (step, attempt), journaled)
     }
+}
+
+/// The span of one run of a workflow, named as OpenTelemetry's GenAI conventions
+/// name an agent's invocation.
+fn workflow_span(workflow: &Workflow) -> tracing::Span {
+    tracing::info_span!(
+        "workflow",
+        otel.name = "invoke_agent portia",
+        gen_ai.operation.name = "invoke_agent",
+        gen_ai.agent.name = "portia",
+        portia.workflow.id = %workflow.id(),
+        portia.plan.id = %workflow.plan_id(),
+    )
+}
+
+fn step_span(index: usize, step: &crate::plan::Step) -> tracing::Span {
+    tracing::info_span!(
+        "step",
+        otel.name = format!("step {index}"),
+        portia.step.index = index,
+        portia.step.output = %step.output,
+        gen_ai.tool.name = step.tool_id.as_deref(),
+    )
 }
 
 /// Runs one step between its hooks. A hook's error fails the step.

@@ -7,12 +7,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::Runner;
 use crate::agent::{Stop, StopSignal, describe_stop};
 use crate::config::Config;
 use crate::events::{EventKind, EventSink};
-use crate::llm::{LlmClient, LlmError, LlmRequest, LlmResponse};
+use crate::llm::{LlmClient, LlmError, LlmRequest, LlmResponse, ModelRef};
 use crate::storage::{Lease, Storage, UsageRecord};
 use crate::workflow::WorkflowUsage;
 
@@ -74,11 +75,15 @@ impl Meter {
         }
     }
 
-    async fn record(&self, step_output: Option<&str>, request: &LlmRequest, response: &LlmResponse, took: Duration) {
-        let model = match &request.model {
-            Some(name) => self.config.model_ref(name).model,
-            None => self.config.model_for(request.purpose).model,
-        };
+    /// The provider and model a request goes to.
+    fn model_of(&self, request: &LlmRequest) -> ModelRef {
+        match &request.model {
+            Some(name) => self.config.model_ref(name),
+            None => self.config.model_for(request.purpose),
+        }
+    }
+
+    async fn record(&self, step_output: Option<&str>, model: String, response: &LlmResponse, took: Duration) {
         let cost_usd = self.config.prices.cost(&model, &response.usage);
         let step_output = step_output.map(str::to_owned);
         let finished = EventKind::LlmCallFinished {
@@ -117,9 +122,21 @@ impl LlmClient for MeteredLlm {
         if let Some(stop) = self.meter.signal.reason() {
             return Err(LlmError::Other(describe_stop(&stop)));
         }
+        let model = self.meter.model_of(&request);
+        let span = tracing::info_span!(
+            "llm_call",
+            otel.name = format!("chat {}", model.model),
+            gen_ai.operation.name = "chat",
+            gen_ai.provider.name = %model.provider,
+            gen_ai.request.model = %model.model,
+            gen_ai.usage.input_tokens = tracing::field::Empty,
+            gen_ai.usage.output_tokens = tracing::field::Empty,
+        );
         let started = Instant::now();
-        let response = self.inner.chat(request.clone()).await?;
-        self.meter.record(self.step_output.as_deref(), &request, &response, started.elapsed()).await;
+        let response = self.inner.chat(request).instrument(span.clone()).await?;
+        span.record("gen_ai.usage.input_tokens", response.usage.prompt_tokens);
+        span.record("gen_ai.usage.output_tokens", response.usage.completion_tokens);
+        self.meter.record(self.step_output.as_deref(), model.model, &response, started.elapsed()).await;
         Ok(response)
     }
 }

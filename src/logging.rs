@@ -41,3 +41,55 @@ pub fn init_logging(level: LogLevel) {
         .with_span_events(spans)
         .try_init();
 }
+
+/// Spans exported over OTLP until this is dropped; dropping it sends what is left.
+#[cfg(feature = "otel")]
+#[derive(Debug)]
+#[must_use = "spans stop being exported when the guard is dropped"]
+pub struct OtlpGuard {
+    provider: opentelemetry_sdk::trace::SdkTracerProvider,
+}
+
+#[cfg(feature = "otel")]
+impl Drop for OtlpGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.provider.shutdown() {
+            eprintln!("portia: could not send the last spans over OTLP: {e}");
+        }
+    }
+}
+
+/// Logs as [`init_logging`] does, and also exports every span (workflow, step, tool
+/// call, LLM call, with their GenAI attributes) over OTLP/HTTP to `endpoint`, such
+/// as `http://localhost:4318/v1/traces`; with `None`, the `OTEL_EXPORTER_OTLP_*`
+/// variables decide, as the OpenTelemetry SDK reads them. Keep the guard for as long
+/// as spans should go out.
+///
+/// # Errors
+/// [`Error::InvalidConfig`](crate::Error::InvalidConfig) naming the endpoint when the
+/// exporter cannot be built, or when a subscriber is already installed.
+#[cfg(feature = "otel")]
+pub fn init_otlp(level: LogLevel, endpoint: Option<&str>) -> crate::Result<OtlpGuard> {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
+    let setting = "OTEL_EXPORTER_OTLP_ENDPOINT";
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_http();
+    if let Some(endpoint) = endpoint {
+        exporter = exporter.with_endpoint(endpoint);
+    }
+    let exporter = exporter.build().map_err(|e| crate::Error::invalid_config(setting, e.to_string()))?;
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().with_batch_exporter(exporter).build();
+    let tracer = provider.tracer("portia");
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("portia={level}")));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .try_init()
+        .map_err(|e| crate::Error::invalid_config(setting, format!("cannot install the tracing subscriber: {e}")))?;
+    Ok(OtlpGuard { provider })
+}

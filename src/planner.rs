@@ -54,6 +54,9 @@ struct PlannedStep {
     #[serde(default)]
     tool_id: Option<String>,
     output: String,
+    /// The tool's arguments when the query fixes them; null otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    args: Option<Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -77,12 +80,13 @@ struct StepsOrError {
     error: Option<String>,
 }
 
-const SYSTEM: &str = "You plan how to answer a query with the tools listed. Reply with JSON: {\"steps\": [...]} \
-or, if the tools cannot answer the query, {\"steps\": [], \"error\": \"why\"}. Each step has: task (a self-contained \
-instruction), tool_id (a listed tool id, or null when the step only reasons over earlier outputs), inputs (each earlier \
-output the step needs, as {\"name\": \"$output_name\", \"description\": \"...\"}, or a constant with a \"value\"), and \
-output (a new $snake_case name). Every value a step needs from an earlier step must be declared as an input; steps with \
-no inputs in common may run at the same time. Use the fewest steps; never invent tools or values.";
+const SYSTEM: &str = "You plan how to answer a query with the tools listed. Reply with JSON {\"steps\": [...]}, \
+or {\"steps\": [], \"error\": \"why\"} if the tools cannot answer it. A step has: task (a self-contained instruction); \
+tool_id (a listed tool, or null for a step that only reasons over earlier outputs); inputs (each earlier output it \
+needs, {\"name\": \"$output\", \"description\": \"...\"}, or a constant with a \"value\"); output (a new \
+$snake_case name); args (the tool's arguments when the query fixes them all, as an object; a string may hold an \
+earlier $output; else null). Steps with no inputs in common may run at once. Use the fewest steps; invent no tools \
+or values.";
 
 /// Plans with one structured LLM call, re-asking while the plan is invalid.
 #[derive(Debug, Clone)]
@@ -152,6 +156,7 @@ fn to_plan(query: &str, tool_ids: &[String], steps: &[PlannedStep]) -> Plan {
                 .collect(),
             tool_id: s.tool_id.clone().filter(|t| !t.is_empty() && t != "null"),
             output: s.output.clone(),
+            args: s.args.clone(),
         })
         .collect();
     Plan::new(PlanContext { query: query.to_owned(), tool_ids: tool_ids.to_vec() }, steps)

@@ -55,13 +55,13 @@ impl Agent for VerifierAgent {
     async fn execute(&self, ctx: &StepContext) -> StepOutcome {
         match route(ctx).await {
             Route::Done(result) => result,
-            Route::ChooseArgs(tool, spec) => verify_and_call(ctx, tool, &spec).await,
+            Route::ChooseArgs(tool, spec, notes) => verify_and_call(ctx, tool, &spec, &notes).await,
         }
     }
 }
 
-async fn verify_and_call(ctx: &StepContext, tool: Arc<dyn Tool>, spec: &ToolSpec) -> StepOutcome {
-    let mut errors: Vec<String> = Vec::new();
+async fn verify_and_call(ctx: &StepContext, tool: Arc<dyn Tool>, spec: &ToolSpec, notes: &[String]) -> StepOutcome {
+    let mut errors: Vec<String> = notes.to_vec();
     loop {
         let proposed = match propose(ctx, spec, &errors).await {
             Ok(proposed) => proposed,
@@ -77,7 +77,7 @@ async fn verify_and_call(ctx: &StepContext, tool: Arc<dyn Tool>, spec: &ToolSpec
             ToolAttempt::Finished(outcome) => return finish(ctx, spec, outcome).await,
             ToolAttempt::Retry(message) => {
                 errors.push(message);
-                if errors.len() > MAX_TOOL_RETRIES {
+                if errors.len() > MAX_TOOL_RETRIES + notes.len() {
                     return retries_exhausted(&spec.id, &errors);
                 }
             }

@@ -32,6 +32,7 @@ use serde_json::Value;
 
 pub(crate) use provider::split_provider;
 pub use provider::{LlmProvider, ModelRef, ModelRole};
+pub(crate) use transport::retry_after;
 
 /// Who wrote a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -111,8 +111,8 @@ impl Planner for OneShotPlanner {
         let mut usage = Usage::default();
         let mut problems = Vec::new();
         for attempt in 1..=self.attempts {
-            let llm_request = LlmRequest::new(ModelRole::Planning, messages.clone())
-                .with_output_schema(OutputSchema::of::<StepsOrError>("StepsOrError"));
+            let llm_request =
+                LlmRequest::new(ModelRole::Planning, messages.clone()).with_output_schema(output_schema());
             let (reply, spent): (StepsOrError, Usage) = structured(self.llm.as_ref(), llm_request).await?;
             usage += spent;
             if let Some(error) = reply.error.filter(|e| !e.trim().is_empty()) {
@@ -142,6 +142,11 @@ impl Planner for OneShotPlanner {
         }
         Err(Error::Planning { message: format!("no valid plan after {} attempts", self.attempts), problems })
     }
+}
+
+/// The shape of the planner's reply.
+pub(crate) fn output_schema() -> OutputSchema {
+    OutputSchema::of::<StepsOrError>("StepsOrError")
 }
 
 fn to_plan(query: &str, tool_ids: &[String], steps: &[PlannedStep]) -> Plan {

@@ -199,6 +199,12 @@ pub(crate) async fn route(ctx: &StepContext) -> Route {
     }
 }
 
+/// The structured-output schemas the agents ask for.
+#[cfg(test)]
+pub(crate) fn output_schemas() -> Vec<crate::llm::OutputSchema> {
+    vec![verifier::output_schema()]
+}
+
 /// Runs one step. Implement it to bring your own execution strategy.
 #[async_trait::async_trait]
 pub trait Agent: Send + Sync + fmt::Debug {

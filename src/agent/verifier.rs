@@ -93,8 +93,13 @@ async fn propose(ctx: &StepContext, spec: &ToolSpec, errors: &[String]) -> Resul
         prompt.push_str(&errors.join("\n- "));
     }
     let request = LlmRequest::new(ModelRole::Execution, vec![Message::system(SYSTEM), Message::user(prompt)])
-        .with_output_schema(OutputSchema::of::<ProposedArguments>("ProposedArguments"));
+        .with_output_schema(output_schema());
     structured(ctx.llm.as_ref(), request).await.map(|(proposed, _usage)| proposed)
+}
+
+/// The shape of the verifier's reply.
+pub(crate) fn output_schema() -> OutputSchema {
+    OutputSchema::of::<ProposedArguments>("ProposedArguments")
 }
 
 /// Applies the human's answers, and splits the proposal into the arguments to send

@@ -5,7 +5,7 @@ use std::fmt::Write;
 use serde_json::Value;
 
 use super::StepContext;
-use super::context::{prompt_value, render_value};
+use super::context::prompt_value;
 use crate::llm::{LlmClient, LlmRequest, Message, ModelRole};
 use crate::plan::Plan;
 use crate::text::clip;
@@ -42,10 +42,10 @@ pub async fn summarize_final_output(
     let outputs: Vec<_> = workflow.outputs().step_outputs.iter().collect();
     for (i, (name, output)) in outputs.iter().enumerate() {
         let task = plan.step_producing(name).map_or("", |s| plan.steps[s].task.as_str());
-        let value = if i + 1 < outputs.len() {
-            clip(output.summary.as_deref().unwrap_or(&render_value(&output.value)), EARLIER_OUTPUT_LIMIT, "…")
-        } else {
-            prompt_value(&output.value, max_output_chars)
+        let value = match &output.summary {
+            _ if i + 1 == outputs.len() => prompt_value(&output.value, max_output_chars),
+            Some(summary) => clip(summary, EARLIER_OUTPUT_LIMIT, "…"),
+            None => prompt_value(&output.value, EARLIER_OUTPUT_LIMIT.min(max_output_chars)),
         };
         let _ = writeln!(prompt, "{task} -> {value}");
     }

@@ -26,6 +26,8 @@ use portia::storage::{InMemoryStorage, SqliteStorage, Storage};
 use portia::{Config, Runner, WorkflowState};
 use serde_json::{Value, json};
 
+// The end-to-end test reads what the server received; the benchmark does not.
+#[allow(dead_code)]
 #[path = "support/fake_apis.rs"]
 mod fake_apis;
 
@@ -78,7 +80,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     if args.serve {
-        runtime.block_on(serve(args));
+        runtime.block_on(serve(&args));
         return ExitCode::SUCCESS;
     }
     match runtime.block_on(run(&args)) {

@@ -45,7 +45,8 @@ pub trait Planner: Send + Sync + fmt::Debug {
     async fn plan(&self, request: PlanningRequest) -> Result<Plan>;
 }
 
-/// A step as the planning LLM writes it.
+// A step as the planning LLM writes it. (Plain comments on these types: a doc
+// comment would be sent, and paid for, as a description in every planning call.)
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 struct PlannedStep {
     task: String,
@@ -54,7 +55,7 @@ struct PlannedStep {
     #[serde(default)]
     tool_id: Option<String>,
     output: String,
-    /// The tool's arguments when the query fixes them; null otherwise.
+    // The tool's arguments when the query fixes them; null otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     args: Option<Value>,
 }
@@ -68,7 +69,7 @@ struct PlannedInput {
     value: Option<Value>,
 }
 
-/// The planning LLM's reply: steps, or why it cannot plan.
+// The planning LLM's reply: steps, or why it cannot plan.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[schemars(extend("required" = ["steps"]))]
 struct StepsOrError {
@@ -80,13 +81,11 @@ struct StepsOrError {
     error: Option<String>,
 }
 
-const SYSTEM: &str = "You plan how to answer a query with the tools listed. Reply with JSON {\"steps\": [...]}, \
-or {\"steps\": [], \"error\": \"why\"} if the tools cannot answer it. A step has: task (a self-contained instruction); \
-tool_id (a listed tool, or null for a step that only reasons over earlier outputs); inputs (each earlier output it \
-needs, {\"name\": \"$output\", \"description\": \"...\"}, or a constant with a \"value\"); output (a new \
-$snake_case name); args (the tool's arguments when the query fixes them all, as an object; a string may hold an \
-earlier $output; else null). Steps with no inputs in common may run at once. Use the fewest steps; invent no tools \
-or values.";
+const SYSTEM: &str = "Plan how to answer the query with the listed tools. Reply with JSON {\"steps\": [...]}, \
+or {\"steps\": [], \"error\": \"why\"} if they cannot. Each step: task (self-contained); tool_id (a listed tool, or \
+null to reason over earlier outputs); inputs (earlier outputs it needs, {\"name\": \"$output\", \"description\": \
+\"...\"}, or constants with a \"value\"); output (a new $snake_case name); args (the tool's arguments if the query \
+fixes them all; a string may hold an earlier $output; else null). Use the fewest steps; invent no tools or values.";
 
 /// Plans with one structured LLM call, re-asking while the plan is invalid.
 #[derive(Debug, Clone)]
@@ -146,7 +145,21 @@ impl Planner for OneShotPlanner {
 
 /// The shape of the planner's reply.
 pub(crate) fn output_schema() -> OutputSchema {
-    OutputSchema::of::<StepsOrError>("StepsOrError")
+    let mut output = OutputSchema::of::<StepsOrError>("StepsOrError");
+    strip_defaults(&mut output.schema);
+    output
+}
+
+/// Serde fills the defaults in; the model gains nothing from reading them.
+fn strip_defaults(schema: &mut Value) {
+    match schema {
+        Value::Object(node) => {
+            node.remove("default");
+            node.values_mut().for_each(strip_defaults);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_defaults),
+        _ => {}
+    }
 }
 
 fn to_plan(query: &str, tool_ids: &[String], steps: &[PlannedStep]) -> Plan {

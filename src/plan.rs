@@ -74,7 +74,13 @@ pub struct Step {
 impl Step {
     /// A step with no inputs and no arguments.
     pub fn new(task: impl Into<String>, tool_id: Option<&str>, output: impl Into<String>) -> Self {
-        Self { task: task.into(), inputs: Vec::new(), tool_id: tool_id.map(str::to_owned), output: output.into(), args: None }
+        Self {
+            task: task.into(),
+            inputs: Vec::new(),
+            tool_id: tool_id.map(str::to_owned),
+            output: output.into(),
+            args: None,
+        }
     }
 }
 
@@ -189,7 +195,10 @@ impl fmt::Display for PlanProblem {
                 write!(f, "step {step} uses tool {tool_id:?}, which is not in the tool registry")
             }
             Self::InvalidOutputName { step, output } => {
-                write!(f, "step {step} outputs {output:?}; an output name is $ followed by letters, digits or _, such as $result")
+                write!(
+                    f,
+                    "step {step} outputs {output:?}; an output name is $ followed by letters, digits or _, such as $result"
+                )
             }
             Self::ConstantNamesOutput { step, input, output } => write!(
                 f,

@@ -160,7 +160,8 @@ async fn tool_choice_auto_and_required_are_sent_as_strings_and_omitted_without_t
     let bodies = bodies(&server).await;
     assert_eq!(bodies[0]["tool_choice"], "auto");
     assert_eq!(bodies[1]["tool_choice"], "required");
-    let plain = json!({"model": "gpt-test", "max_completion_tokens": 8192, "messages": [{"role": "user", "content": "c"}]});
+    let plain =
+        json!({"model": "gpt-test", "max_completion_tokens": 8192, "messages": [{"role": "user", "content": "c"}]});
     assert_eq!(bodies[2], plain);
 }
 

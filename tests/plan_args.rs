@@ -172,9 +172,8 @@ fn a_constant_naming_an_earlier_output_must_be_declared_as_a_reference() {
     // Portia's own test writes `Variable(name="a", value="$step_one")`.
     plan.steps[1].inputs.push(Variable::constant("a", "$step_one", "the first result"));
     let problems = plan.problems(&search_tools());
-    let expected =
-        PlanProblem::ConstantNamesOutput { step: 1, input: "a".into(), output: "$step_one".into() };
-    assert_eq!(problems, [expected.clone()]);
+    let expected = PlanProblem::ConstantNamesOutput { step: 1, input: "a".into(), output: "$step_one".into() };
+    assert_eq!(problems, std::slice::from_ref(&expected));
     assert!(expected.to_string().contains("declare it as a reference"), "{expected}");
     plan.steps[1].inputs[0] = Variable::reference("$step_one", "the first result");
     assert!(plan.problems(&search_tools()).is_empty());
@@ -189,7 +188,10 @@ fn arguments_must_be_an_object_on_a_step_with_a_tool() {
         .args(json!({"x": 1}))
         .build();
     let problems = plan.problems(&search_tools());
-    assert!(matches!(&problems[..], [PlanProblem::InvalidArgs { step: 0, .. }, PlanProblem::InvalidArgs { step: 1, .. }]));
+    assert!(matches!(
+        &problems[..],
+        [PlanProblem::InvalidArgs { step: 0, .. }, PlanProblem::InvalidArgs { step: 1, .. }]
+    ));
 }
 
 #[tokio::test]

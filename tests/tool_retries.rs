@@ -105,7 +105,11 @@ async fn re_sends_stop_at_max_retries_and_fail_the_step() {
     assert_eq!(workflow.state(), WorkflowState::Failed);
     let failure = workflow.failure().unwrap();
     assert_eq!(failure.kind, FailureKind::ToolError);
-    assert!(failure.message.contains("gave up after 3 tries") && failure.message.contains("PORTIA_MAX_RETRIES"), "{}", failure.message);
+    assert!(
+        failure.message.contains("gave up after 3 tries") && failure.message.contains("PORTIA_MAX_RETRIES"),
+        "{}",
+        failure.message
+    );
     assert_eq!(flaky.calls.lock().unwrap().len(), 3);
 }
 

@@ -12,7 +12,12 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 const KEY: &str = "tvly-test-key";
 
 fn config(base_url: &str) -> Config {
-    Config::builder().tavily_api_key(KEY).tavily_base_url(base_url).request_timeout(Duration::from_millis(40)).build().unwrap()
+    Config::builder()
+        .tavily_api_key(KEY)
+        .tavily_base_url(base_url)
+        .request_timeout(Duration::from_millis(40))
+        .build()
+        .unwrap()
 }
 
 async fn search(tool: &SearchTool, config: Config, query: &str) -> Result<Value, ToolError> {

@@ -161,7 +161,9 @@ impl Shared {
             Some(Fault::RateLimited) => {
                 response(429, &json!({"error": {"message": "Rate limit reached"}}).to_string(), Some(retry_after))
             }
-            Some(Fault::ServerError) => response(500, &json!({"error": {"message": "internal error"}}).to_string(), None),
+            Some(Fault::ServerError) => {
+                response(500, &json!({"error": {"message": "internal error"}}).to_string(), None)
+            }
             Some(Fault::Malformed) => response(200, "{\"choices\": [{\"mess", None),
             Some(Fault::Dropped) => return None,
         })

@@ -94,6 +94,7 @@ fn answer_calls(messages: &mut Vec<Message>, calls: Vec<ToolCall>, message: &str
     let ids: Vec<String> = calls.iter().map(|c| c.id.clone()).collect();
     messages.push(Message::assistant("", calls));
     for id in ids {
-        messages.push(Message::tool_result(id, format!("Error: {message}\nFix the arguments and call the tool again.")));
+        messages
+            .push(Message::tool_result(id, format!("Error: {message}\nFix the arguments and call the tool again.")));
     }
 }

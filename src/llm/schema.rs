@@ -69,8 +69,14 @@ fn normalize_node(node: &mut Map<String, Value>) {
     if node.get("format").and_then(Value::as_str).is_some_and(|f| !KNOWN_FORMATS.contains(&f)) {
         node.remove("format");
     }
-    let required: Vec<String> =
-        node.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect();
+    let required: Vec<String> = node
+        .get("required")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_owned)
+        .collect();
     if let Some(Value::Object(properties)) = node.get_mut("properties") {
         for name in &required {
             if let Some(Value::Object(property)) = properties.get_mut(name) {
@@ -208,7 +214,8 @@ mod tests {
     #[test]
     fn every_schema_the_crate_sends_is_portable() {
         let outputs = std::iter::once(crate::planner::output_schema()).chain(crate::agent::output_schemas());
-        let mut sent: Vec<(String, Value)> = outputs.map(|o| (o.name.clone(), SentSchema::new(&o.schema).schema)).collect();
+        let mut sent: Vec<(String, Value)> =
+            outputs.map(|o| (o.name.clone(), SentSchema::new(&o.schema).schema)).collect();
         for tool in crate::tools::open_source_tool_registry().get_tools() {
             let spec = tool.spec();
             sent.push((format!("{} as declared", spec.id), spec.args_schema.clone()));

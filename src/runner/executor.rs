@@ -279,7 +279,8 @@ impl Runner {
             .collect();
         let clarifications: Vec<_> = workflow.clarifications_for_step(index).cloned().collect();
         // Plan-time arguments with their `$name` references replaced by the outputs.
-        let args = step.args.as_ref().map(|args| resolve_args(args, &|name| outputs.get(name).map(|o| o.value.clone())));
+        let args =
+            step.args.as_ref().map(|args| resolve_args(args, &|name| outputs.get(name).map(|o| o.value.clone())));
         Ok(StepContext {
             args,
             query: plan.plan_context.query.clone(),

@@ -168,7 +168,8 @@ mod tests {
 
     #[test]
     fn statuses_split_into_soft_and_hard() {
-        let error = |code: u16, soft: &[u16]| classify("Api", StatusCode::from_u16(code).unwrap(), "m", "API_KEY", soft);
+        let error =
+            |code: u16, soft: &[u16]| classify("Api", StatusCode::from_u16(code).unwrap(), "m", "API_KEY", soft);
         assert!(matches!(error(401, &[]), (ToolError::Hard(m), None) if m.contains("API_KEY")));
         assert!(matches!(error(429, &[]), (ToolError::Soft(_), Some(hint)) if hint.not_performed));
         assert!(matches!(error(503, &[]), (ToolError::Soft(_), Some(hint)) if !hint.not_performed));

@@ -8,6 +8,8 @@
 //! cargo run --release --example bench -- --n 100 --concurrency 50 --storage sqlite
 //! # on worker processes sharing one SQLite database: 1, then 2, then 4 workers
 //! cargo run --release --example bench -- --n 400 --workers 1,2,4 --worker-concurrency 10
+//! # with 30% of LLM and search calls failing (429, 500, malformed, dropped, slow), seeded
+//! cargo run --release --example bench -- --n 100 --concurrency 50 --fault-rate 0.3
 //! # against any OpenAI- and Tavily-compatible server
 //! cargo run --release --example bench -- --n 100 --concurrency 50 --base-url http://127.0.0.1:8099
 //! ```
@@ -26,6 +28,8 @@ use portia::storage::{InMemoryStorage, SqliteStorage, Storage};
 use portia::{Config, Runner, WorkflowState};
 use serde_json::{Value, json};
 
+// The end-to-end test reads what the server received; the benchmark does not.
+#[allow(dead_code)]
 #[path = "support/fake_apis.rs"]
 mod fake_apis;
 
@@ -55,6 +59,14 @@ struct Args {
     /// Run steps one at a time instead of in parallel.
     #[arg(long)]
     sequential: bool,
+    /// Share of the built-in server's LLM and search calls that fail (0 to 1): a 429
+    /// with a Retry-After, a 500, a body that is not JSON, a dropped connection, or an
+    /// answer a second late, in equal shares.
+    #[arg(long, default_value_t = 0.0)]
+    fault_rate: f64,
+    /// Seed of the fault injection: the same seed fails the same calls the same ways.
+    #[arg(long, default_value_t = 15)]
+    seed: u64,
     /// Where workflows are kept: in memory, or in SQLite with durable (fsynced) writes.
     #[arg(long, value_enum, default_value_t = StorageChoice::Memory)]
     storage: StorageChoice,
@@ -83,7 +95,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     if args.serve {
-        runtime.block_on(serve(args.latency_ms, args.tool_latency_ms));
+        runtime.block_on(serve(&args));
         return ExitCode::SUCCESS;
     }
     let result = match (&args.work, &args.base_url) {
@@ -110,6 +122,10 @@ fn spawn_server(args: &Args) -> Result<(Child, String), String> {
             &args.latency_ms.to_string(),
             "--tool-latency-ms",
             &args.tool_latency_ms.to_string(),
+            "--fault-rate",
+            &args.fault_rate.to_string(),
+            "--seed",
+            &args.seed.to_string(),
         ])
         .stdout(Stdio::piped())
         .spawn()
@@ -225,7 +241,9 @@ async fn measure(args: &Args, base_url: &str) -> Result<Value, String> {
     latencies.sort();
     Ok(json!({
         "workflows": args.n,
+        "complete": args.n - failed,
         "failed": failed,
+        "fault_rate": args.fault_rate,
         "concurrency": args.concurrency,
         "execution": execution,
         "storage": format!("{:?}", args.storage).to_lowercase(),
@@ -280,8 +298,10 @@ fn peak_rss_mb() -> f64 {
 }
 
 /// The built-in server, in this child process.
-async fn serve(latency_ms: u64, tool_latency_ms: u64) {
-    let server = fake_apis::start(Duration::from_millis(latency_ms), Duration::from_millis(tool_latency_ms)).await;
+async fn serve(args: &Args) {
+    let faults = fake_apis::Faults { rate: args.fault_rate.clamp(0.0, 1.0), seed: args.seed };
+    let (llm, tool) = (Duration::from_millis(args.latency_ms), Duration::from_millis(args.tool_latency_ms));
+    let server = fake_apis::start_with_faults(llm, tool, faults).await;
     println!("LISTENING {}", server.uri());
     let _ = std::io::stdout().flush();
     // Serve until the parent kills us.

@@ -30,7 +30,9 @@ pub use execution_context::ExecutionContext;
 pub use ids::{ClarificationId, PlanId, WorkflowId};
 pub use plan::{Plan, PlanBuilder, PlanContext, Step, Variable};
 pub use runner::{PlanOptions, Runner};
-pub use tool::{InMemoryToolRegistry, Tool, ToolError, ToolOutput, ToolRegistry, ToolRunContext, ToolSpec, TypedTool};
+pub use tool::{
+    InMemoryToolRegistry, RetryHint, Tool, ToolError, ToolOutput, ToolRegistry, ToolRunContext, ToolSpec, TypedTool,
+};
 pub use workflow::{Output, Workflow, WorkflowState};
 
 // The README's Rust examples are compiled and run as doctests.

@@ -4,6 +4,13 @@
 //! none, for a step the LLM answers itself), the [`Variable`]s it reads and the
 //! name of the output it produces. An input whose name is `$something` refers to
 //! the output of an earlier step; an input with a value is a constant.
+//!
+//! A step may also carry its tool's arguments ([`Step::args`]), with `$name`
+//! references to earlier outputs inside them: a step whose arguments are complete
+//! calls its tool with no LLM call to choose them. See [`args`] for how references
+//! are read.
+
+pub mod args;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -54,8 +61,27 @@ pub struct Step {
     /// Older plans call this `tool_name`; both spellings are read.
     #[serde(default, alias = "tool_name")]
     pub tool_id: Option<String>,
-    /// The name the step's output is stored under, conventionally `$something`.
+    /// The name the step's output is stored under: `$` followed by an identifier.
     pub output: String,
+    /// The tool's arguments, when the plan fixes them: a JSON object whose string
+    /// values may hold `$name` references to earlier outputs. When they are complete
+    /// and fit the tool's schema, the tool is called with them and no LLM call;
+    /// otherwise the agent chooses the arguments, starting from these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Value>,
+}
+
+impl Step {
+    /// A step with no inputs and no arguments.
+    pub fn new(task: impl Into<String>, tool_id: Option<&str>, output: impl Into<String>) -> Self {
+        Self {
+            task: task.into(),
+            inputs: Vec::new(),
+            tool_id: tool_id.map(str::to_owned),
+            output: output.into(),
+            args: None,
+        }
+    }
 }
 
 /// An input of a step.
@@ -121,6 +147,37 @@ pub enum PlanProblem {
         /// The tool id.
         tool_id: String,
     },
+    /// A step's output name is not `$` followed by an identifier.
+    InvalidOutputName {
+        /// The step's index.
+        step: usize,
+        /// The name given.
+        output: String,
+    },
+    /// A constant input's value is the name of an earlier step's output: it would be
+    /// sent as that text, and the step would not wait for the output.
+    ConstantNamesOutput {
+        /// The step's index.
+        step: usize,
+        /// The input's name.
+        input: String,
+        /// The output it names.
+        output: String,
+    },
+    /// A step's arguments are not a JSON object, or the step has no tool to take them.
+    InvalidArgs {
+        /// The step's index.
+        step: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A step's arguments refer to `$name`, which no earlier step outputs.
+    UnknownArgReference {
+        /// The step's index.
+        step: usize,
+        /// The reference.
+        reference: String,
+    },
 }
 
 impl fmt::Display for PlanProblem {
@@ -136,6 +193,21 @@ impl fmt::Display for PlanProblem {
             }
             Self::UnknownTool { step, tool_id } => {
                 write!(f, "step {step} uses tool {tool_id:?}, which is not in the tool registry")
+            }
+            Self::InvalidOutputName { step, output } => {
+                write!(
+                    f,
+                    "step {step} outputs {output:?}; an output name is $ followed by letters, digits or _, such as $result"
+                )
+            }
+            Self::ConstantNamesOutput { step, input, output } => write!(
+                f,
+                "step {step} gives input {input:?} the constant {output:?}, the name of an earlier output; \
+                 declare it as a reference instead (name {output}, no value) so the step reads that output"
+            ),
+            Self::InvalidArgs { step, reason } => write!(f, "step {step} has invalid arguments: {reason}"),
+            Self::UnknownArgReference { step, reference } => {
+                write!(f, "step {step}'s arguments refer to {reference}, which no earlier step outputs")
             }
         }
     }
@@ -177,21 +249,70 @@ impl Plan {
             if s.task.trim().is_empty() {
                 problems.push(PlanProblem::EmptyTask { step });
             }
-            for input in s.inputs.iter().filter(|i| i.is_reference()) {
-                if !produced.contains(input.name.as_str()) {
-                    problems.push(PlanProblem::UnknownInput { step, input: input.name.clone() });
-                }
-            }
+            self.input_problems(step, &produced, &mut problems);
             if let Some(tool_id) = &s.tool_id {
                 if registry.get_tool(tool_id).is_err() {
                     problems.push(PlanProblem::UnknownTool { step, tool_id: tool_id.clone() });
                 }
+            }
+            self.args_problems(step, &produced, &mut problems);
+            if !args::is_output_name(&s.output) {
+                problems.push(PlanProblem::InvalidOutputName { step, output: s.output.clone() });
             }
             if !produced.insert(s.output.as_str()) {
                 problems.push(PlanProblem::DuplicateOutput { step, output: s.output.clone() });
             }
         }
         problems
+    }
+
+    fn input_problems(&self, step: usize, produced: &HashSet<&str>, problems: &mut Vec<PlanProblem>) {
+        for input in &self.steps[step].inputs {
+            match &input.value {
+                None if !produced.contains(input.name.as_str()) => {
+                    problems.push(PlanProblem::UnknownInput { step, input: input.name.clone() });
+                }
+                Some(Value::String(text)) if produced.contains(text.trim()) => {
+                    let output = text.trim().to_owned();
+                    problems.push(PlanProblem::ConstantNamesOutput { step, input: input.name.clone(), output });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn args_problems(&self, step: usize, produced: &HashSet<&str>, problems: &mut Vec<PlanProblem>) {
+        let s = &self.steps[step];
+        let Some(args) = &s.args else { return };
+        let reason = match (args.is_object(), s.tool_id.is_some()) {
+            (false, _) => Some(format!("they must be a JSON object of the tool's arguments, not {args}")),
+            (true, false) => Some("the step has no tool to take them; give it a tool_id or drop the args".to_owned()),
+            (true, true) => None,
+        };
+        if let Some(reason) = reason {
+            problems.push(PlanProblem::InvalidArgs { step, reason });
+            return;
+        }
+        for (reference, whole) in args::tokens_in(args) {
+            let names_output = self.step_producing(&reference).is_some();
+            if (names_output || whole) && !produced.contains(reference.as_str()) {
+                problems.push(PlanProblem::UnknownArgReference { step, reference });
+            }
+        }
+    }
+
+    /// The outputs step `index` needs before it can run: its reference inputs, and
+    /// the outputs its arguments refer to.
+    pub fn dependencies(&self, index: usize) -> Vec<String> {
+        let Some(step) = self.steps.get(index) else { return Vec::new() };
+        let mut needed: Vec<String> = step.inputs.iter().filter(|v| v.is_reference()).map(|v| v.name.clone()).collect();
+        let referenced = step.args.iter().flat_map(args::tokens_in).map(|(name, _)| name);
+        for name in referenced.filter(|name| self.step_producing(name).is_some()) {
+            if !needed.contains(&name) {
+                needed.push(name);
+            }
+        }
+        needed
     }
 }
 
@@ -228,12 +349,19 @@ impl PlanBuilder {
 
     /// Adds a step. `tool_id` is `None` for a step the LLM answers without a tool.
     pub fn step(mut self, task: impl Into<String>, tool_id: Option<&str>, output: impl Into<String>) -> Self {
-        self.steps.push(Step {
-            task: task.into(),
-            inputs: Vec::new(),
-            tool_id: tool_id.map(str::to_owned),
-            output: output.into(),
-        });
+        self.steps.push(Step::new(task, tool_id, output));
+        self
+    }
+
+    /// Gives the last step fixed tool arguments (a JSON object; string values may
+    /// hold `$name` references to earlier outputs). A step with complete arguments
+    /// calls its tool without an LLM call, so a plan of such steps runs the same
+    /// way every time.
+    ///
+    /// # Panics
+    /// If no step has been added yet.
+    pub fn args(mut self, args: impl Into<Value>) -> Self {
+        self.steps.last_mut().expect("PlanBuilder: add a step before giving it arguments").args = Some(args.into());
         self
     }
 

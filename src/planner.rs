@@ -45,7 +45,8 @@ pub trait Planner: Send + Sync + fmt::Debug {
     async fn plan(&self, request: PlanningRequest) -> Result<Plan>;
 }
 
-/// A step as the planning LLM writes it.
+// A step as the planning LLM writes it. (Plain comments on these types: a doc
+// comment would be sent, and paid for, as a description in every planning call.)
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 struct PlannedStep {
     task: String,
@@ -54,6 +55,9 @@ struct PlannedStep {
     #[serde(default)]
     tool_id: Option<String>,
     output: String,
+    // The tool's arguments when the query fixes them; null otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    args: Option<Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -65,7 +69,7 @@ struct PlannedInput {
     value: Option<Value>,
 }
 
-/// The planning LLM's reply: steps, or why it cannot plan.
+// The planning LLM's reply: steps, or why it cannot plan.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[schemars(extend("required" = ["steps"]))]
 struct StepsOrError {
@@ -77,12 +81,11 @@ struct StepsOrError {
     error: Option<String>,
 }
 
-const SYSTEM: &str = "You plan how to answer a query with the tools listed. Reply with JSON: {\"steps\": [...]} \
-or, if the tools cannot answer the query, {\"steps\": [], \"error\": \"why\"}. Each step has: task (a self-contained \
-instruction), tool_id (a listed tool id, or null when the step only reasons over earlier outputs), inputs (each earlier \
-output the step needs, as {\"name\": \"$output_name\", \"description\": \"...\"}, or a constant with a \"value\"), and \
-output (a new $snake_case name). Every value a step needs from an earlier step must be declared as an input; steps with \
-no inputs in common may run at the same time. Use the fewest steps; never invent tools or values.";
+const SYSTEM: &str = "Plan how to answer the query with the listed tools. Reply with JSON {\"steps\": [...]}, \
+or {\"steps\": [], \"error\": \"why\"} if they cannot. Each step: task (self-contained); tool_id (a listed tool, or \
+null to reason over earlier outputs); inputs (earlier outputs it needs, {\"name\": \"$output\", \"description\": \
+\"...\"}, or constants with a \"value\"); output (a new $snake_case name); args (the tool's arguments if the query \
+fixes them all; a string may hold an earlier $output; else null). Use the fewest steps; invent no tools or values.";
 
 /// Plans with one structured LLM call, re-asking while the plan is invalid.
 #[derive(Debug, Clone)]
@@ -107,8 +110,8 @@ impl Planner for OneShotPlanner {
         let mut usage = Usage::default();
         let mut problems = Vec::new();
         for attempt in 1..=self.attempts {
-            let llm_request = LlmRequest::new(ModelRole::Planning, messages.clone())
-                .with_output_schema(OutputSchema::of::<StepsOrError>("StepsOrError"));
+            let llm_request =
+                LlmRequest::new(ModelRole::Planning, messages.clone()).with_output_schema(output_schema());
             let (reply, spent): (StepsOrError, Usage) = structured(self.llm.as_ref(), llm_request).await?;
             usage += spent;
             if let Some(error) = reply.error.filter(|e| !e.trim().is_empty()) {
@@ -140,6 +143,25 @@ impl Planner for OneShotPlanner {
     }
 }
 
+/// The shape of the planner's reply.
+pub(crate) fn output_schema() -> OutputSchema {
+    let mut output = OutputSchema::of::<StepsOrError>("StepsOrError");
+    strip_defaults(&mut output.schema);
+    output
+}
+
+/// Serde fills the defaults in; the model gains nothing from reading them.
+fn strip_defaults(schema: &mut Value) {
+    match schema {
+        Value::Object(node) => {
+            node.remove("default");
+            node.values_mut().for_each(strip_defaults);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_defaults),
+        _ => {}
+    }
+}
+
 fn to_plan(query: &str, tool_ids: &[String], steps: &[PlannedStep]) -> Plan {
     let steps = steps
         .iter()
@@ -152,6 +174,7 @@ fn to_plan(query: &str, tool_ids: &[String], steps: &[PlannedStep]) -> Plan {
                 .collect(),
             tool_id: s.tool_id.clone().filter(|t| !t.is_empty() && t != "null"),
             output: s.output.clone(),
+            args: s.args.clone(),
         })
         .collect();
     Plan::new(PlanContext { query: query.to_owned(), tool_ids: tool_ids.to_vec() }, steps)

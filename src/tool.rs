@@ -34,7 +34,8 @@
 //! ```
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
@@ -106,6 +107,43 @@ impl ToolError {
     }
 }
 
+/// Why a soft error happened, when the service failed rather than the arguments:
+/// what the tool-call path needs to decide whether to send the same arguments again.
+///
+/// A tool attaches it with [`ToolRunContext::transient`]. The same arguments are
+/// sent again (after a backoff, or the wait the service asked for) only when that
+/// cannot repeat a side effect: the tool's spec says it is `idempotent`, or the hint
+/// says the call did not take place. Otherwise the error goes to the model, like any
+/// soft error.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RetryHint {
+    /// How long the service asked to wait (its `Retry-After`), if it did.
+    pub retry_after: Option<Duration>,
+    /// Whether the service certainly did not act on the call (a 429, a refused
+    /// connection), so that sending it again is safe even for a tool with side effects.
+    pub not_performed: bool,
+}
+
+impl RetryHint {
+    /// The service failed; whether it acted on the call is not known.
+    pub fn unknown_outcome() -> Self {
+        Self::default()
+    }
+
+    /// The service certainly did not act on the call.
+    pub fn not_performed() -> Self {
+        Self { not_performed: true, ..Self::default() }
+    }
+
+    /// Adds the wait the service asked for.
+    #[must_use]
+    pub fn retry_after(mut self, wait: Option<Duration>) -> Self {
+        self.retry_after = wait;
+        self
+    }
+}
+
 /// What a tool is given besides its arguments.
 #[derive(Clone)]
 #[non_exhaustive]
@@ -131,6 +169,8 @@ pub struct ToolRunContext {
     /// Cancelled when the workflow is cancelled or its run loses its lease: a long
     /// tool should stop and return an error.
     pub cancellation: CancellationToken,
+    /// The hint of the soft error this run returns, set by [`ToolRunContext::transient`].
+    hint: Arc<Mutex<Option<RetryHint>>>,
 }
 
 impl fmt::Debug for ToolRunContext {
@@ -158,6 +198,7 @@ impl ToolRunContext {
             llm: None,
             idempotency_key: None,
             cancellation: CancellationToken::new(),
+            hint: Arc::default(),
         }
     }
 
@@ -170,6 +211,26 @@ impl ToolRunContext {
         clarifications: Vec<Clarification>,
     ) -> Self {
         Self { execution_context, step, clarifications, ..Self::new(workflow_id, config) }
+    }
+
+    /// Marks `error` as caused by the service (a rate limit, an outage, a lost
+    /// connection, a garbled reply), not by the arguments, and returns it:
+    /// `return Err(ctx.transient(ToolError::soft("busy"), RetryHint::not_performed()))`.
+    /// See [`RetryHint`] for what the tool-call path then does.
+    pub fn transient(&self, error: ToolError, hint: RetryHint) -> ToolError {
+        *self.hint.lock().unwrap_or_else(PoisonError::into_inner) = Some(hint);
+        error
+    }
+
+    /// The hint a run attached to its soft error, if any.
+    pub(crate) fn retry_hint(&self) -> Option<RetryHint> {
+        *self.hint.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// This context with no hint attached, for a new call.
+    pub(crate) fn fresh(mut self) -> Self {
+        self.hint = Arc::default();
+        self
     }
 
     /// The response to this step's resolved clarification for `argument_name`, if any.

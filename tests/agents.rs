@@ -454,7 +454,8 @@ async fn each_step_receives_inputs_earlier_outputs_answers_metadata_and_date() {
     let prompt = last_user_text(&h.llm.requests()[3]);
     let expected_start = "Task: Write a greeting\nInputs:\n- $name (who to greet): <b>Tom & Jerry's</b>\n- language (the language): French\nEarlier outputs:\n- $long: ";
     assert!(prompt.starts_with(expected_start), "inputs in full, nothing escaped:\n{prompt}");
-    assert!(prompt.contains(&format!("{}… (truncated)", "x".repeat(1000))), "other outputs are truncated");
+    let clipped = format!("{} …[clipped: only the first 1000 of 1500 characters are shown]", "x".repeat(1000));
+    assert!(prompt.contains(&clipped), "other outputs are clipped, with a note:\n{prompt}");
     assert!(!prompt.contains(&"x".repeat(1001)));
     assert!(prompt.contains("The user's answers (these override anything else):\n- tone: warm"), "{prompt}");
     assert!(prompt.contains("End user: id u-7; locale: fr-FR"), "{prompt}");

@@ -76,15 +76,19 @@ async fn stock_compare_prints_the_plan_then_a_complete_workflow() {
     let final_output = &outputs["final_output"];
     assert_eq!(final_output["value"], outputs["step_outputs"]["$faster_growth"]["value"]);
     assert!(final_output["summary"].as_str().unwrap().contains("Amazon"));
-    assert_eq!(workflow["usage"]["total"]["llm_calls"], 5, "planning, three steps and the summary");
+    assert_eq!(steps[0]["args"], serde_json::json!({"search_query": "Amazon AMZN stock price growth 2024"}));
+    assert_eq!(
+        workflow["usage"]["total"]["llm_calls"], 3,
+        "planning, the comparison and the summary: the plan fixed the searches' arguments"
+    );
     assert_eq!(workflow["usage"]["planning"], plan["usage"], "the plan says what it cost");
     assert_eq!(plan["usage"]["llm_calls"], 1);
 
-    let requests = server.received_requests().await.unwrap();
-    let llm_calls = requests.iter().filter(|r| r.url.path() == "/v1/chat/completions").count();
-    let searches: Vec<&wiremock::Request> = requests.iter().filter(|r| r.url.path() == "/search").collect();
-    assert_eq!((llm_calls, searches.len()), (5, 2));
-    assert!(searches.iter().all(|r| r.headers.get("authorization").unwrap() == "Bearer tvly-test"));
+    let requests = server.received();
+    let llm_calls = requests.iter().filter(|r| r.path == "/v1/chat/completions").count();
+    let searches: Vec<&fake_apis::Received> = requests.iter().filter(|r| r.path == "/search").collect();
+    assert_eq!((llm_calls, searches.len()), (3, 2));
+    assert!(searches.iter().all(|r| r.header("authorization") == Some("Bearer tvly-test")));
 }
 
 #[tokio::test]

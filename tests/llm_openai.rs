@@ -3,7 +3,7 @@
 //! json_schema → json_object fallback.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use portia::llm::{
     LlmClient, LlmError, LlmProvider, LlmRequest, Message, ModelRole, OutputSchema, ToolCall, ToolChoice,
@@ -126,6 +126,7 @@ async fn request_body_carries_messages_tools_and_tool_choice_exactly() {
         body,
         json!({
             "model": "gpt-test",
+            "max_completion_tokens": 8192,
             "messages": [
                 {"role": "system", "content": "Be brief."},
                 {"role": "user", "content": "Weather in Paris?"},
@@ -159,7 +160,9 @@ async fn tool_choice_auto_and_required_are_sent_as_strings_and_omitted_without_t
     let bodies = bodies(&server).await;
     assert_eq!(bodies[0]["tool_choice"], "auto");
     assert_eq!(bodies[1]["tool_choice"], "required");
-    assert_eq!(bodies[2], json!({"model": "gpt-test", "messages": [{"role": "user", "content": "c"}]}));
+    let plain =
+        json!({"model": "gpt-test", "max_completion_tokens": 8192, "messages": [{"role": "user", "content": "c"}]});
+    assert_eq!(bodies[2], plain);
 }
 
 #[tokio::test]
@@ -309,18 +312,20 @@ async fn refused_json_schema_falls_back_to_json_object_and_is_remembered_for_the
     assert_eq!(fallback["messages"][1], json!({"role": "user", "content": "Capital?"}));
 }
 
+/// A client whose own backoff (an hour) would outlast its deadline (two seconds):
+/// a retry that ignored the server's wait would not be made at all.
+fn client_that_only_retries_when_asked(server: &MockServer) -> Arc<dyn LlmClient> {
+    client(config(server).retry_backoff(Duration::from_secs(3600)).llm_deadline_secs(2u64))
+}
+
 #[tokio::test]
 async fn rate_limit_is_retried_after_the_retry_after_ms_the_server_asked_for() {
     let server = MockServer::start().await;
-    // Longer than the first backoff (at most 500 ms), so ignoring the header would show.
-    let limited = error_reply(429, "Rate limit reached").insert_header("retry-after-ms", "1200");
+    let limited = error_reply(429, "Rate limit reached").insert_header("retry-after-ms", "20");
     mount(&server, limited, 1).await;
     mount(&server, text_reply("ok"), 1).await;
-    let started = Instant::now();
-    let response = client(config(&server)).chat(ask("hi")).await.unwrap();
+    let response = client_that_only_retries_when_asked(&server).chat(ask("hi")).await.unwrap();
     assert_eq!(response.text.as_deref(), Some("ok"));
-    let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(1200) && waited < Duration::from_secs(3), "waited {waited:?}");
 }
 
 #[tokio::test]
@@ -328,12 +333,9 @@ async fn rate_limit_with_retry_after_zero_is_retried_at_once() {
     let server = MockServer::start().await;
     mount(&server, error_reply(429, "Rate limit reached").insert_header("retry-after", "0"), 1).await;
     mount(&server, text_reply("ok"), 1).await;
-    let started = Instant::now();
-    let response = client(config(&server)).chat(ask("hi")).await.unwrap();
+    let response = client_that_only_retries_when_asked(&server).chat(ask("hi")).await.unwrap();
     assert_eq!(response.text.as_deref(), Some("ok"));
     assert_eq!(response.usage.llm_calls, 1);
-    // The backoff would have been at least 400 ms.
-    assert!(started.elapsed() < Duration::from_millis(300), "took {:?}", started.elapsed());
 }
 
 #[tokio::test]
@@ -387,11 +389,10 @@ async fn unauthorized_names_the_key_variable_and_never_the_key() {
 #[tokio::test]
 async fn slow_server_times_out_after_the_request_timeout() {
     let server = MockServer::start().await;
-    mount_exactly(&server, text_reply("late").set_delay(Duration::from_secs(3)), 1).await;
-    let started = Instant::now();
-    let err = client(config(&server).request_timeout_secs(1u64).max_retries(0u32)).chat(ask("hi")).await.unwrap_err();
-    assert!(matches!(&err, LlmError::Timeout { after, .. } if *after == Duration::from_secs(1)), "{err:?}");
-    assert!(started.elapsed() < Duration::from_millis(2500), "took {:?}", started.elapsed());
+    mount_exactly(&server, text_reply("late").set_delay(Duration::from_secs(5)), 1).await;
+    let timeout = Duration::from_millis(40);
+    let err = client(config(&server).request_timeout(timeout).max_retries(0u32)).chat(ask("hi")).await.unwrap_err();
+    assert!(matches!(&err, LlmError::Timeout { after, .. } if *after == timeout), "{err:?}");
 }
 
 #[tokio::test]
@@ -482,10 +483,83 @@ async fn default_base_url_is_refused_offline_without_a_panic() {
     // The `testing` feature turns offline mode on; without it this test would go online.
     assert!(portia::http::offline(), "tests run with the testing feature and without PORTIA_OFFLINE=0");
     let config = Config::builder().openai_api_key(KEY).max_retries(3u32).build().unwrap();
-    let started = Instant::now();
     let err = client_from_config(&config).unwrap().chat(ask("hi")).await.unwrap_err();
     assert!(matches!(err, LlmError::NotSent { .. }), "{err:?}");
+    assert!(!err.is_retryable(), "a refused request is not retried");
     let shown = err.to_string();
     assert!(shown.contains("PORTIA_OFFLINE") && shown.contains("api.openai.com"), "{shown}");
-    assert!(started.elapsed() < Duration::from_millis(200), "a refused request must not be retried");
+}
+
+/// llama.cpp's refusal of a schema it cannot turn into a grammar.
+const LLAMA_REFUSAL: &str = "JSON schema error at #/$defs/PlannedInput/properties/value: schema must be an object";
+
+#[tokio::test]
+async fn any_refusal_of_a_response_format_falls_back_to_json_object() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(ROUTE))
+        .and(response_format("json_schema"))
+        .respond_with(error_reply(400, LLAMA_REFUSAL))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(ROUTE))
+        .and(response_format("json_object"))
+        .respond_with(text_reply(r#"{"city": "Paris"}"#))
+        .expect(2)
+        .mount(&server)
+        .await;
+    let llm = client(config(&server));
+    let request = LlmRequest::new(ModelRole::Planning, vec![Message::user("Capital?")])
+        .with_output_schema(OutputSchema::of::<Answer>("Answer"));
+    let (answer, _) = structured::<Answer>(llm.as_ref(), request.clone()).await.unwrap();
+    assert_eq!(answer.city, "Paris");
+    structured::<Answer>(llm.as_ref(), request).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_fallback_that_fails_too_is_not_remembered() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(ROUTE))
+        .respond_with(error_reply(400, "context length exceeded"))
+        .up_to_n_times(2)
+        .mount(&server)
+        .await;
+    mount(&server, text_reply(r#"{"city": "Oslo"}"#), 1).await;
+    let llm = client(config(&server));
+    let request = LlmRequest::new(ModelRole::Planning, vec![Message::user("Capital?")])
+        .with_output_schema(OutputSchema::of::<Answer>("Answer"));
+    let err = llm.chat(request.clone()).await.unwrap_err();
+    assert!(matches!(err, LlmError::Http { status: 400, .. }), "{err:?}");
+    llm.chat(request).await.unwrap();
+    let kinds: Vec<String> =
+        bodies(&server).await.iter().map(|b| b["response_format"]["type"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(kinds, ["json_schema", "json_object", "json_schema"], "json_schema is tried again next time");
+}
+
+#[tokio::test]
+async fn compatible_servers_get_max_tokens_and_portable_schemas() {
+    let server = MockServer::start().await;
+    mount(&server, text_reply("{}"), 1).await;
+    let config = Config::builder()
+        .llm_provider(LlmProvider::OpenAiCompatible)
+        .llm_base_url(format!("{}/v1", server.uri()))
+        .default_model("local")
+        .max_tokens(512u32);
+    let any_value = json!({"type": "object", "properties": {"value": true}, "required": ["value"]});
+    let tool = ToolDefinition { name: "t".into(), description: "d".into(), parameters: any_value.clone() };
+    let request = ask("hi")
+        .with_tools(vec![tool], ToolChoice::Auto)
+        .with_output_schema(OutputSchema { name: "Out".into(), schema: any_value });
+    client(config).chat(request).await.unwrap();
+    let body = &bodies(&server).await[0];
+    assert_eq!(body["max_tokens"], 512);
+    assert!(body.get("max_completion_tokens").is_none(), "{body}");
+    let sent = [&body["tools"][0]["function"]["parameters"], &body["response_format"]["json_schema"]["schema"]];
+    for schema in sent {
+        assert!(portia::llm::portability_problems(schema).is_empty(), "{schema}");
+        assert_eq!(schema["properties"]["value"], json!({}));
+    }
 }

@@ -12,7 +12,12 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 const KEY: &str = "tvly-test-key";
 
 fn config(base_url: &str) -> Config {
-    Config::builder().tavily_api_key(KEY).tavily_base_url(base_url).request_timeout_secs(1u64).build().unwrap()
+    Config::builder()
+        .tavily_api_key(KEY)
+        .tavily_base_url(base_url)
+        .request_timeout(Duration::from_millis(40))
+        .build()
+        .unwrap()
 }
 
 async fn search(tool: &SearchTool, config: Config, query: &str) -> Result<Value, ToolError> {
@@ -137,11 +142,11 @@ async fn other_client_errors_are_hard_with_the_api_message() {
 async fn timeout_is_a_soft_error() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(tavily_reply()).set_delay(Duration::from_millis(2500)))
+        .respond_with(ResponseTemplate::new(200).set_body_json(tavily_reply()).set_delay(Duration::from_secs(5)))
         .mount(&server)
         .await;
     let err = search(&SearchTool::new(), config(&server.uri()), "q").await.unwrap_err();
-    assert!(matches!(&err, ToolError::Soft(m) if m.contains("did not answer within 1s")), "{err:?}");
+    assert!(matches!(&err, ToolError::Soft(m) if m.contains("did not answer within 40ms")), "{err:?}");
 }
 
 #[tokio::test]

@@ -1,36 +1,188 @@
 //! In-process stand-ins for the OpenAI Chat Completions and Tavily search APIs that
-//! answer the stock_compare scenario the way a model would, after a set latency.
+//! answer the stock_compare scenario the way a model would, after a set latency,
+//! and optionally fail a share of the calls in every way a real service does.
 //! Shared by the benchmark and the end-to-end test (`#[path]`-included by both).
+//!
+//! It is a small HTTP/1.1 server on a raw socket rather than a mock library, so
+//! that it can drop a connection without answering.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Which share of calls fail, and the seed that decides which ones and how.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Faults {
+    /// Between 0 and 1.
+    pub(crate) rate: f64,
+    /// The same seed fails the same calls (by arrival order) in the same ways.
+    pub(crate) seed: u64,
+}
+
+/// How one call fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    RateLimited,
+    ServerError,
+    Malformed,
+    Dropped,
+    Slow,
+}
+
+const FAULTS: [Fault; 5] = [Fault::RateLimited, Fault::ServerError, Fault::Malformed, Fault::Dropped, Fault::Slow];
+
+/// One request the server received.
+#[derive(Debug, Clone)]
+pub(crate) struct Received {
+    pub(crate) path: String,
+    /// Header names in lower case.
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
+}
+
+impl Received {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// The running server; it stops when dropped.
+#[derive(Debug)]
+pub(crate) struct Server {
+    address: std::net::SocketAddr,
+    received: Arc<Mutex<Vec<Received>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    pub(crate) fn uri(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    pub(crate) fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    llm_latency: Duration,
+    tool_latency: Duration,
+    faults: Faults,
+    count: AtomicU64,
+    received: Arc<Mutex<Vec<Received>>>,
+}
 
 /// Starts a server answering `POST /v1/chat/completions` after `llm_latency` and
-/// `POST /search` after `tool_latency`.
-pub(crate) async fn start(llm_latency: Duration, tool_latency: Duration) -> MockServer {
-    let server = MockServer::builder().body_print_limit(wiremock::BodyPrintLimit::Limited(0)).start().await;
-    Mock::given(method("POST"))
-        .and(path("/v1/chat/completions"))
-        .respond_with(FakeOpenAi { latency: llm_latency })
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/search"))
-        .respond_with(FakeTavily { latency: tool_latency })
-        .mount(&server)
-        .await;
-    server
+/// `POST /search` after `tool_latency`, never failing.
+pub(crate) async fn start(llm_latency: Duration, tool_latency: Duration) -> Server {
+    start_with_faults(llm_latency, tool_latency, Faults::default()).await
 }
 
-struct FakeOpenAi {
-    latency: Duration,
+/// Like [`start`], failing `faults.rate` of the calls: with a 429 (and a
+/// `Retry-After`), a 500, a body that is not JSON, a dropped connection, or a
+/// correct answer a second late, in equal shares.
+pub(crate) async fn start_with_faults(llm_latency: Duration, tool_latency: Duration, faults: Faults) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+    let address = listener.local_addr().expect("an address");
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let shared =
+        Arc::new(Shared { llm_latency, tool_latency, faults, count: AtomicU64::new(0), received: received.clone() });
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve_connection(stream, shared.clone()));
+        }
+    });
+    Server { address, received, task }
 }
 
-struct FakeTavily {
-    latency: Duration,
+async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
+    let mut stream = BufReader::new(stream);
+    while let Some(request) = read_request(&mut stream).await {
+        shared.received.lock().unwrap().push(request.clone());
+        let fault = shared.fault_for(shared.count.fetch_add(1, Ordering::SeqCst));
+        let Some(reply) = shared.reply(&request, fault).await else { return };
+        if stream.get_mut().write_all(&reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads one request; `None` at the end of the connection or on garbage.
+async fn read_request(stream: &mut BufReader<TcpStream>) -> Option<Received> {
+    let mut line = String::new();
+    stream.read_line(&mut line).await.ok().filter(|n| *n > 0)?;
+    let path = line.split_whitespace().nth(1)?.split('?').next()?.to_owned();
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        stream.read_line(&mut line).await.ok().filter(|n| *n > 0)?;
+        let Some((name, value)) = line.trim_end().split_once(':') else { break };
+        headers.push((name.trim().to_lowercase(), value.trim().to_owned()));
+    }
+    let length = headers.iter().find(|(n, _)| n == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).await.ok()?;
+    Some(Received { path, headers, body })
+}
+
+impl Shared {
+    /// The fault of call number `n`, if it fails: decided by the seed and `n` alone.
+    fn fault_for(&self, n: u64) -> Option<Fault> {
+        if self.faults.rate <= 0.0 {
+            return None;
+        }
+        let mut rng = fastrand::Rng::with_seed(self.faults.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ n);
+        (rng.f64() < self.faults.rate).then(|| FAULTS[rng.usize(..FAULTS.len())])
+    }
+
+    /// The bytes to answer with; `None` to drop the connection instead.
+    async fn reply(&self, request: &Received, fault: Option<Fault>) -> Option<Vec<u8>> {
+        let body: Value = serde_json::from_slice(&request.body).unwrap_or_default();
+        let (latency, answer, retry_after) = match request.path.as_str() {
+            "/v1/chat/completions" => (self.llm_latency, llm_reply(&body), ("retry-after-ms", "100")),
+            "/search" => (self.tool_latency, search_reply(&body), ("retry-after", "1")),
+            _ => return Some(response(404, &json!({"error": "not found"}).to_string(), None)),
+        };
+        let slow = if fault == Some(Fault::Slow) { Duration::from_secs(1) } else { Duration::ZERO };
+        tokio::time::sleep(latency + slow).await;
+        Some(match fault {
+            None | Some(Fault::Slow) => response(200, &answer.to_string(), None),
+            Some(Fault::RateLimited) => {
+                response(429, &json!({"error": {"message": "Rate limit reached"}}).to_string(), Some(retry_after))
+            }
+            Some(Fault::ServerError) => {
+                response(500, &json!({"error": {"message": "internal error"}}).to_string(), None)
+            }
+            Some(Fault::Malformed) => response(200, "{\"choices\": [{\"mess", None),
+            Some(Fault::Dropped) => return None,
+        })
+    }
+}
+
+fn response(status: u16, body: &str, header: Option<(&str, &str)>) -> Vec<u8> {
+    let reason = match status {
+        200 => "OK",
+        404 => "Not Found",
+        429 => "Too Many Requests",
+        _ => "Internal Server Error",
+    };
+    let extra = header.map(|(name, value)| format!("{name}: {value}\r\n")).unwrap_or_default();
+    format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 fn tokens(text: &str) -> u64 {
@@ -46,67 +198,71 @@ fn task_line(text: &str) -> String {
     text.lines().find_map(|l| l.strip_prefix("Task: ")).unwrap_or(text).to_owned()
 }
 
-impl Respond for FakeOpenAi {
-    fn respond(&self, request: &Request) -> ResponseTemplate {
-        let body: Value = serde_json::from_slice(&request.body).unwrap_or_default();
-        let prompt = format!(
-            "{}{}{}",
-            body["messages"],
-            body.get("tools").unwrap_or(&Value::Null),
-            body.get("response_format").unwrap_or(&Value::Null)
-        );
-        let user = last_user_text(&body);
-        let mut message = json!({"role": "assistant", "content": null});
-        let completion = if body.get("response_format").is_some() {
-            let text = plan_reply().to_string();
-            message["content"] = json!(text);
-            text
-        } else if let Some(name) = body["tool_choice"]["function"]["name"].as_str() {
-            let arguments = json!({"search_query": task_line(&user)}).to_string();
-            message["tool_calls"] =
-                json!([{"id": "call_1", "type": "function", "function": {"name": name, "arguments": arguments}}]);
-            arguments
+/// A reply like a model's, with usage counted as fake-llm does (one token per four
+/// characters of messages, tools and schema).
+fn llm_reply(body: &Value) -> Value {
+    let prompt = format!(
+        "{}{}{}",
+        body["messages"],
+        body.get("tools").unwrap_or(&Value::Null),
+        body.get("response_format").unwrap_or(&Value::Null)
+    );
+    let user = last_user_text(body);
+    let mut message = json!({"role": "assistant", "content": null});
+    let completion = if let Some(format) = body.get("response_format") {
+        // A planner that is offered `args` fills them in, as the prompt asks.
+        let text = plan_reply(format.to_string().contains("\"args\"")).to_string();
+        message["content"] = json!(text);
+        text
+    } else if let Some(name) = body["tool_choice"]["function"]["name"].as_str() {
+        let arguments = json!({"search_query": task_line(&user)}).to_string();
+        message["tool_calls"] =
+            json!([{"id": "call_1", "type": "function", "function": {"name": name, "arguments": arguments}}]);
+        arguments
+    } else {
+        let text = if user.starts_with("Summarize") {
+            "Amazon's stock grew faster in 2024: about +44.4% against +35.5% for Alphabet."
         } else {
-            let text = if user.starts_with("Summarize") {
-                "Amazon's stock grew faster in 2024: about +44.4% against +35.5% for Alphabet."
-            } else {
-                "Amazon grew faster in 2024 (+44.4%, $151.94 to $219.39) than Google (+35.5%, $139.69 to $189.30)."
-            };
-            message["content"] = json!(text);
-            text.to_owned()
+            "Amazon grew faster in 2024 (+44.4%, $151.94 to $219.39) than Google (+35.5%, $139.69 to $189.30)."
         };
-        let usage = json!({"prompt_tokens": tokens(&prompt), "completion_tokens": tokens(&completion)});
-        let reply = json!({
-            "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": body["model"],
-            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-            "usage": usage,
-        });
-        ResponseTemplate::new(200).set_body_json(reply).set_delay(self.latency)
-    }
+        message["content"] = json!(text);
+        text.to_owned()
+    };
+    let usage = json!({"prompt_tokens": tokens(&prompt), "completion_tokens": tokens(&completion)});
+    json!({
+        "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": body["model"],
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "usage": usage,
+    })
 }
 
-fn plan_reply() -> Value {
-    json!({"steps": [
-        {"task": "Search for the stock price growth of Amazon (AMZN) in 2024.", "inputs": [], "tool_id": "search_tool", "output": "$amazon_stock_growth"},
-        {"task": "Search for the stock price growth of Google (Alphabet, GOOGL) in 2024.", "inputs": [], "tool_id": "search_tool", "output": "$google_stock_growth"},
+fn plan_reply(with_args: bool) -> Value {
+    let args = |query: &str| if with_args { json!({"search_query": query}) } else { Value::Null };
+    let mut plan = json!({"steps": [
+        {"task": "Search for the stock price growth of Amazon (AMZN) in 2024.", "inputs": [], "tool_id": "search_tool",
+         "output": "$amazon_stock_growth", "args": args("Amazon AMZN stock price growth 2024")},
+        {"task": "Search for the stock price growth of Google (Alphabet, GOOGL) in 2024.", "inputs": [], "tool_id": "search_tool",
+         "output": "$google_stock_growth", "args": args("Google GOOGL stock price growth 2024")},
         {"task": "Compare the 2024 stock price growth of Amazon and Google and say which grew faster.",
          "inputs": [{"name": "$amazon_stock_growth", "description": "Amazon's 2024 growth."},
                     {"name": "$google_stock_growth", "description": "Google's 2024 growth."}],
          "tool_id": null, "output": "$faster_growth"}
-    ]})
+    ]});
+    if !with_args {
+        for step in plan["steps"].as_array_mut().into_iter().flatten() {
+            step.as_object_mut().map(|s| s.remove("args"));
+        }
+    }
+    plan
 }
 
-impl Respond for FakeTavily {
-    fn respond(&self, request: &Request) -> ResponseTemplate {
-        let body: Value = serde_json::from_slice(&request.body).unwrap_or_default();
-        let query = body["query"].as_str().unwrap_or("").to_lowercase();
-        let (ticker, growth) = if query.contains("amazon") { ("AMZN", "44.4%") } else { ("GOOGL", "35.5%") };
-        let answer = format!("{ticker} stock rose about {growth} in 2024.");
-        let results: Vec<Value> = (1..=3)
-            .map(|i| json!({"title": format!("{ticker} 2024 performance #{i}"), "url": format!("https://example.com/{ticker}/{i}"),
-                             "content": format!("{ticker} closed 2024 up {growth} (benchmark data {i}).")}))
-            .collect();
-        let reply = json!({"query": body["query"], "answer": answer, "results": results, "response_time": 0.01});
-        ResponseTemplate::new(200).set_body_json(reply).set_delay(self.latency)
-    }
+fn search_reply(body: &Value) -> Value {
+    let query = body["query"].as_str().unwrap_or("").to_lowercase();
+    let (ticker, growth) = if query.contains("amazon") { ("AMZN", "44.4%") } else { ("GOOGL", "35.5%") };
+    let answer = format!("{ticker} stock rose about {growth} in 2024.");
+    let results: Vec<Value> = (1..=3)
+        .map(|i| json!({"title": format!("{ticker} 2024 performance #{i}"), "url": format!("https://example.com/{ticker}/{i}"),
+                         "content": format!("{ticker} closed 2024 up {growth} (benchmark data {i}).")}))
+        .collect();
+    json!({"query": body["query"], "answer": answer, "results": results, "response_time": 0.01})
 }

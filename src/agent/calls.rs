@@ -2,6 +2,12 @@
 //! called and the outcome after it returns, so a resumed run replays finished calls
 //! instead of repeating them, and never silently repeats a call whose outcome is
 //! unknown.
+//!
+//! A call that fails on the service's side (a soft error with a
+//! [`RetryHint`](crate::tool::RetryHint)) is sent again with the same arguments,
+//! after a backoff, only when that cannot repeat a side effect: the tool is
+//! idempotent, or the hint says the call did not take place. Each re-send is a new
+//! journaled call.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -14,6 +20,7 @@ use tracing::Instrument;
 use crate::clarification::{CallVerdict, Clarification, ClarificationKind};
 use crate::events::{EventKind, EventSink};
 use crate::hooks::{HookChain, ToolCallDecision, ToolCallRequest};
+use crate::llm::retry::RetryPolicy;
 use crate::storage::{Lease, Storage, ToolCallKey, ToolCallRecord, ToolCallStatus};
 use crate::tool::{Tool, ToolError, ToolOutput, ToolRunContext, ToolSpec};
 
@@ -104,6 +111,46 @@ impl ToolCalls {
     /// The token a running tool watches for cancellation.
     pub(crate) fn cancellation(&self) -> CancellationToken {
         self.signal.token().clone()
+    }
+
+    /// Makes a journaled call of `tool` with `args` (with a context from `context`),
+    /// sending the same arguments again while the service fails and a re-send is safe.
+    pub(crate) async fn call_resending(
+        &self,
+        tool: &dyn Tool,
+        spec: &ToolSpec,
+        context: impl Fn() -> ToolRunContext,
+        args: Value,
+    ) -> Result<ToolOutput, ToolError> {
+        let first = context();
+        let policy = RetryPolicy::for_tools(&first.config);
+        let mut run_ctx = first.fresh();
+        let mut retry = 0;
+        loop {
+            let watched = run_ctx.clone();
+            let result = self.call(tool, spec, run_ctx, args.clone()).await;
+            let Err(ToolError::Soft(message)) = &result else { return result };
+            // An interrupted run that sent the same call again next is replayed as it went.
+            let resent_before = self.journaled_args().as_ref() == Some(&args);
+            let hint = watched.retry_hint().filter(|hint| spec.idempotent || hint.not_performed);
+            if !resent_before {
+                let Some(hint) = hint else { return result };
+                if retry >= policy.retries() {
+                    let tries = retry + 1;
+                    return Err(ToolError::hard(format!(
+                        "{message} (gave up after {tries} tries; PORTIA_MAX_RETRIES sets how many re-sends are made)"
+                    )));
+                }
+                let wait = policy.wait(retry, hint.retry_after);
+                tracing::info!(tool = %spec.id, retry, wait_ms = wait.as_millis() as u64, error = %message, "sending the tool call again");
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = self.signal.token().cancelled() => {}
+                }
+            }
+            retry += 1;
+            run_ctx = context().fresh();
+        }
     }
 
     /// Makes one journaled call of `tool` with `args`: replayed when its outcome is

@@ -18,18 +18,31 @@ pub fn render_value(value: &Value) -> String {
     }
 }
 
+/// A value as a prompt shows it: rendered, and clipped to `limit` characters with a
+/// note saying so (the stored value stays whole).
+pub fn prompt_value(value: &Value, limit: usize) -> String {
+    let text = render_value(value);
+    let total = text.chars().count();
+    if total <= limit {
+        return text;
+    }
+    let note = format!(" …[clipped: only the first {limit} of {total} characters are shown]");
+    clip(&text, limit, &note)
+}
+
 pub(super) fn render(ctx: &StepContext) -> String {
+    let limit = ctx.config.max_output_chars;
     let mut out = format!("Task: {}\n", ctx.step.task);
     if !ctx.inputs.is_empty() {
         out.push_str("Inputs:\n");
         for input in &ctx.inputs {
-            let _ = writeln!(out, "- {} ({}): {}", input.name, input.description, render_value(&input.value));
+            let _ = writeln!(out, "- {} ({}): {}", input.name, input.description, prompt_value(&input.value, limit));
         }
     }
     if !ctx.other_outputs.is_empty() {
         out.push_str("Earlier outputs:\n");
         for (name, value) in &ctx.other_outputs {
-            let _ = writeln!(out, "- {name}: {}", clip(&render_value(value), OTHER_OUTPUT_LIMIT, "… (truncated)"));
+            let _ = writeln!(out, "- {name}: {}", prompt_value(value, OTHER_OUTPUT_LIMIT.min(limit)));
         }
     }
     let answers: Vec<_> = ctx.clarifications.iter().filter(|c| c.resolved).collect();
@@ -37,7 +50,7 @@ pub(super) fn render(ctx: &StepContext) -> String {
         out.push_str("The user's answers (these override anything else):\n");
         for c in answers {
             let subject = c.argument_name().unwrap_or(&c.user_guidance);
-            let response = c.response.as_ref().map(render_value).unwrap_or_default();
+            let response = c.response.as_ref().map(|r| prompt_value(r, limit)).unwrap_or_default();
             let _ = writeln!(out, "- {subject}: {response}");
         }
     }

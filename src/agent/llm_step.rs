@@ -4,8 +4,8 @@ use super::{StepContext, StepOutcome};
 use crate::llm::{LlmRequest, Message, ModelRole};
 use crate::workflow::{FailureKind, Output};
 
-const SYSTEM: &str = "You carry out one step of a plan. Answer the task from the context given, \
-concisely and without inventing facts. Reply with the answer only.";
+const SYSTEM: &str = "You do one step of a plan: answer the task from the context given, concisely, inventing \
+nothing. Reply with the answer only.";
 
 /// Answers the step with one LLM call.
 pub(super) async fn answer(ctx: &StepContext) -> StepOutcome {

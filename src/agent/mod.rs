@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub(crate) use calls::{CallServices, Stop, StopSignal, ToolCalls, describe_stop};
-pub use context::render_value;
+pub use context::{prompt_value, render_value};
 pub use one_shot::OneShotAgent;
 pub use summarize::summarize_final_output;
 pub use verifier::VerifierAgent;
@@ -68,6 +68,8 @@ pub struct StepContext {
     pub step: Step,
     /// The step's declared inputs with their values.
     pub inputs: Vec<StepInput>,
+    /// The step's plan-time tool arguments, with their `$name` references resolved.
+    pub args: Option<Value>,
     /// Outputs of earlier steps that are not declared inputs: `(name, value)`.
     pub other_outputs: Vec<(String, Value)>,
     /// This step's clarifications, with the responses given so far.
@@ -126,8 +128,14 @@ impl StepContext {
     /// Calls `tool` (described by `spec`, its [`Tool::spec`]) with `args`, the one way
     /// a step calls a tool: the call is journaled before it is made and its outcome
     /// after, so a resumed run replays a finished call instead of making it again.
+    ///
+    /// When the service fails (a soft error carrying a [`RetryHint`](crate::tool::RetryHint))
+    /// and sending the same arguments again cannot repeat a side effect (the tool is
+    /// idempotent, or the call did not take place), they are sent again after a
+    /// backoff, up to `max_retries` times, each as a new journaled call; past that
+    /// the error is hard. Other soft errors are returned for the model to fix.
     pub async fn call_tool(&self, tool: &dyn Tool, spec: &ToolSpec, args: Value) -> Result<ToolOutput, ToolError> {
-        self.calls.call(tool, spec, self.tool_run_context(), args).await
+        self.calls.call_resending(tool, spec, || self.tool_run_context(), args).await
     }
 }
 
@@ -162,12 +170,13 @@ impl StepOutcome {
 
 /// How an agent goes about a step.
 pub(crate) enum Route {
-    /// The step was handled without choosing arguments: no tool, a direct tool, or
-    /// calls replayed from the journal.
+    /// The step was handled without choosing arguments: no tool, a direct tool, the
+    /// plan's arguments, or calls replayed from the journal.
     Done(StepOutcome),
     /// The agent must choose the arguments of this tool, described by this spec
-    /// (taken once per step and passed along).
-    ChooseArgs(Arc<dyn Tool>, ToolSpec),
+    /// (taken once per step and passed along), minding these notes on why the plan's
+    /// own arguments could not be used.
+    ChooseArgs(Arc<dyn Tool>, ToolSpec, Vec<String>),
 }
 
 /// Handles the steps every agent treats alike, and hands back the tool of the others.
@@ -177,10 +186,23 @@ pub(crate) async fn route(ctx: &StepContext) -> Route {
     if let Some(args) = spec.direct_args(&ctx.step.task) {
         return Route::Done(tool_call::call_directly(ctx, tool.as_ref(), &spec, args).await);
     }
+    let mut notes = Vec::new();
+    if let Some(args) = &ctx.args {
+        match tool_call::call_with_plan_args(ctx, tool.as_ref(), &spec, args.clone()).await {
+            Ok(outcome) => return Route::Done(outcome),
+            Err(note) => notes.push(note),
+        }
+    }
     match tool_call::replay(ctx, tool.as_ref(), &spec).await {
         Some(outcome) => Route::Done(outcome),
-        None => Route::ChooseArgs(Arc::clone(tool), spec),
+        None => Route::ChooseArgs(Arc::clone(tool), spec, notes),
     }
+}
+
+/// The structured-output schemas the agents ask for.
+#[cfg(test)]
+pub(crate) fn output_schemas() -> Vec<crate::llm::OutputSchema> {
+    vec![verifier::output_schema()]
 }
 
 /// Runs one step. Implement it to bring your own execution strategy.

@@ -4,6 +4,7 @@
 use serde_json::Value;
 
 use super::{MAX_TOOL_RETRIES, StepContext, StepOutcome, summarize};
+use crate::text::clip;
 use crate::tool::{Tool, ToolError, ToolOutput, ToolSpec};
 use crate::workflow::{FailureKind, Output};
 
@@ -63,6 +64,26 @@ pub(super) async fn call_directly(ctx: &StepContext, tool: &dyn Tool, spec: &Too
                 }
             }
         }
+    }
+}
+
+/// Calls the tool with the plan's arguments, when they are complete and fit its
+/// schema: no LLM call is made. `Err` holds a note for the agent that must choose
+/// the arguments instead: why these could not be used.
+pub(super) async fn call_with_plan_args(
+    ctx: &StepContext,
+    tool: &dyn Tool,
+    spec: &ToolSpec,
+    args: Value,
+) -> Result<StepOutcome, String> {
+    let shown = clip(&args.to_string(), ctx.config.max_output_chars, "…");
+    if let Err(problem) = check_args(&spec.args_schema, &args) {
+        tracing::info!(tool = %spec.id, %problem, "the plan's arguments do not fit the tool; the agent chooses them");
+        return Err(format!("The plan suggested the arguments {shown}, but {problem}; keep what fits."));
+    }
+    match attempt_of(spec, ctx.call_tool(tool, spec, args).await) {
+        ToolAttempt::Finished(outcome) => Ok(finish(ctx, spec, outcome).await),
+        ToolAttempt::Retry(message) => Err(format!("The call with the plan's arguments {shown} failed: {message}")),
     }
 }
 

@@ -55,13 +55,13 @@ impl Agent for VerifierAgent {
     async fn execute(&self, ctx: &StepContext) -> StepOutcome {
         match route(ctx).await {
             Route::Done(result) => result,
-            Route::ChooseArgs(tool, spec) => verify_and_call(ctx, tool, &spec).await,
+            Route::ChooseArgs(tool, spec, notes) => verify_and_call(ctx, tool, &spec, &notes).await,
         }
     }
 }
 
-async fn verify_and_call(ctx: &StepContext, tool: Arc<dyn Tool>, spec: &ToolSpec) -> StepOutcome {
-    let mut errors: Vec<String> = Vec::new();
+async fn verify_and_call(ctx: &StepContext, tool: Arc<dyn Tool>, spec: &ToolSpec, notes: &[String]) -> StepOutcome {
+    let mut errors: Vec<String> = notes.to_vec();
     loop {
         let proposed = match propose(ctx, spec, &errors).await {
             Ok(proposed) => proposed,
@@ -77,7 +77,7 @@ async fn verify_and_call(ctx: &StepContext, tool: Arc<dyn Tool>, spec: &ToolSpec
             ToolAttempt::Finished(outcome) => return finish(ctx, spec, outcome).await,
             ToolAttempt::Retry(message) => {
                 errors.push(message);
-                if errors.len() > MAX_TOOL_RETRIES {
+                if errors.len() > MAX_TOOL_RETRIES + notes.len() {
                     return retries_exhausted(&spec.id, &errors);
                 }
             }
@@ -93,8 +93,13 @@ async fn propose(ctx: &StepContext, spec: &ToolSpec, errors: &[String]) -> Resul
         prompt.push_str(&errors.join("\n- "));
     }
     let request = LlmRequest::new(ModelRole::Execution, vec![Message::system(SYSTEM), Message::user(prompt)])
-        .with_output_schema(OutputSchema::of::<ProposedArguments>("ProposedArguments"));
+        .with_output_schema(output_schema());
     structured(ctx.llm.as_ref(), request).await.map(|(proposed, _usage)| proposed)
+}
+
+/// The shape of the verifier's reply.
+pub(crate) fn output_schema() -> OutputSchema {
+    OutputSchema::of::<ProposedArguments>("ProposedArguments")
 }
 
 /// Applies the human's answers, and splits the proposal into the arguments to send

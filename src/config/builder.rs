@@ -1,6 +1,7 @@
 //! [`ConfigBuilder`]: a [`Config`] written in code.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use super::{AgentKind, Config, ExecutionMode, Secret, StorageKind};
 use crate::Result;
@@ -71,8 +72,12 @@ impl ConfigBuilder {
         request_timeout_secs: u64;
         /// Sets the overall time allowed for one LLM call, retries included, in seconds.
         llm_deadline_secs: u64;
-        /// Sets how many times a failed LLM request is retried.
+        /// Sets how many times a failed LLM request, or a tool call safe to repeat, is sent again.
         max_retries: u32;
+        /// Sets the wait before the first re-send, in milliseconds.
+        retry_backoff_ms: u64;
+        /// Sets how many characters of a tool output a prompt shows.
+        max_output_chars: usize;
         /// Sets the most tokens an LLM may write in one reply.
         max_tokens: u32;
         /// Sets how many times the planner may try.
@@ -127,6 +132,19 @@ impl ConfigBuilder {
         tavily_api_key;
         /// Sets the OpenWeatherMap API key.
         openweathermap_api_key;
+    }
+
+    /// Sets the timeout of one HTTP request (at least 1 ms); it wins over `request_timeout_secs`.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.config.request_timeout_ms = Some(ms);
+        self
+    }
+
+    /// Sets the wait before the first re-send of a failed call.
+    pub fn retry_backoff(mut self, wait: Duration) -> Self {
+        self.config.retry_backoff_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        self
     }
 
     /// Checks and returns the config.

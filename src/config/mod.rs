@@ -97,8 +97,18 @@ pub struct Config {
     pub request_timeout_secs: u64,
     /// Overall time allowed for one LLM call including retries, in seconds (`PORTIA_LLM_DEADLINE_SECS`).
     pub llm_deadline_secs: u64,
-    /// How many times a failed LLM request is retried (`PORTIA_MAX_RETRIES`).
+    /// Timeout of one HTTP request in milliseconds (`PORTIA_REQUEST_TIMEOUT_MS`); when
+    /// set it wins over `request_timeout_secs`.
+    pub request_timeout_ms: Option<u64>,
+    /// How many times a failed LLM request, or a tool call that failed on the
+    /// service's side and is safe to repeat, is sent again (`PORTIA_MAX_RETRIES`).
     pub max_retries: u32,
+    /// The wait before the first re-send, in milliseconds; each later one doubles it,
+    /// up to 30 s (`PORTIA_RETRY_BACKOFF_MS`).
+    pub retry_backoff_ms: u64,
+    /// Tool outputs longer than this many characters are stored whole but clipped,
+    /// with a note saying so, in every prompt (`PORTIA_MAX_OUTPUT_CHARS`).
+    pub max_output_chars: usize,
     /// The most tokens an LLM may write in one reply (`PORTIA_MAX_TOKENS`).
     pub max_tokens: u32,
     /// How many times the planner may try to produce a valid plan (`PORTIA_PLANNER_ATTEMPTS`).
@@ -147,7 +157,10 @@ impl Default for Config {
             max_parallel_steps: 4,
             request_timeout_secs: 60,
             llm_deadline_secs: 300,
-            max_retries: 3,
+            request_timeout_ms: None,
+            max_retries: DEFAULT_MAX_RETRIES,
+            retry_backoff_ms: 500,
+            max_output_chars: 20_000,
             max_tokens: 8192,
             planner_attempts: 3,
             summarize_final_output: true,
@@ -158,6 +171,12 @@ impl Default for Config {
         }
     }
 }
+
+/// Re-sends of a failed call by default. Six (seven tries) because a provider or an
+/// API failing 30% of calls in a bad hour leaves 0.3^7 ≈ 0.02% of calls failing
+/// after seven tries, against 0.8% after four: a workflow of five calls then
+/// completes 99.9% of the time instead of 96%.
+pub const DEFAULT_MAX_RETRIES: u32 = 6;
 
 /// Reads a setting from a source of variables, treating empty values as unset.
 struct Vars<F>(F);
@@ -253,6 +272,9 @@ impl Config {
         set(&mut self.request_timeout_secs, vars.parse("PORTIA_REQUEST_TIMEOUT_SECS")?);
         set(&mut self.llm_deadline_secs, vars.parse("PORTIA_LLM_DEADLINE_SECS")?);
         set(&mut self.max_retries, vars.parse("PORTIA_MAX_RETRIES")?);
+        self.request_timeout_ms = vars.parse("PORTIA_REQUEST_TIMEOUT_MS")?.or(self.request_timeout_ms);
+        set(&mut self.retry_backoff_ms, vars.parse("PORTIA_RETRY_BACKOFF_MS")?);
+        set(&mut self.max_output_chars, vars.parse("PORTIA_MAX_OUTPUT_CHARS")?);
         set(&mut self.max_tokens, vars.parse("PORTIA_MAX_TOKENS")?);
         set(&mut self.planner_attempts, vars.parse("PORTIA_PLANNER_ATTEMPTS")?);
         set(&mut self.summarize_final_output, vars.parse("PORTIA_SUMMARIZE")?);
@@ -434,7 +456,15 @@ impl Config {
 
     /// The timeout of one HTTP request.
     pub fn request_timeout(&self) -> Duration {
-        Duration::from_secs(self.request_timeout_secs)
+        match self.request_timeout_ms.filter(|ms| *ms > 0) {
+            Some(ms) => Duration::from_millis(ms),
+            None => Duration::from_secs(self.request_timeout_secs),
+        }
+    }
+
+    /// The wait before the first re-send of a failed call.
+    pub fn retry_backoff(&self) -> Duration {
+        Duration::from_millis(self.retry_backoff_ms)
     }
 
     /// How long a run's lease on a workflow lasts without a heartbeat.

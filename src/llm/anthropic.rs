@@ -12,7 +12,7 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Map, Value, json};
 
 use super::retry::RetryPolicy;
-use super::schema::{SentSchema, object_schema};
+use super::schema::{SentSchema, object_schema, portable};
 use super::transport::{Endpoint, secret_header};
 use super::{LlmError, LlmProvider, LlmRequest, LlmResponse, Message, OutputSchema, Role, ToolCall, ToolChoice, Usage};
 use crate::Config;
@@ -104,6 +104,7 @@ impl ReplyTool {
 
 /// Tool inputs must be object schemas; a tool without arguments may have none at all.
 fn tool_input_schema(parameters: &Value) -> Value {
+    let parameters = &portable(parameters);
     object_schema(parameters).unwrap_or_else(|| match parameters {
         Value::Object(node) if !node.is_empty() => parameters.clone(),
         _ => json!({"type": "object", "properties": {}}),

@@ -21,6 +21,8 @@ mod router;
 mod schema;
 mod transport;
 
+pub use schema::{portability_problems, portable};
+
 use std::fmt;
 use std::ops::{Add, AddAssign};
 use std::time::Duration;
@@ -32,6 +34,7 @@ use serde_json::Value;
 
 pub(crate) use provider::split_provider;
 pub use provider::{LlmProvider, ModelRef, ModelRole};
+pub(crate) use transport::retry_after;
 
 /// Who wrote a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,14 +157,15 @@ impl OutputSchema {
 /// The JSON schema of `T`, as a plain JSON value.
 ///
 /// The root's `$schema` and `title` keys are dropped: the model does not need them,
-/// and every byte of a schema is sent (and paid for) on every call.
+/// and every byte of a schema is sent (and paid for) on every call. The schema is
+/// [`portable`]: servers such as llama.cpp accept it.
 pub fn schema_value<T: JsonSchema>() -> Value {
     let mut schema = serde_json::to_value(schemars::schema_for!(T)).expect("a JSON schema always serializes");
     if let Some(root) = schema.as_object_mut() {
         root.remove("$schema");
         root.remove("title");
     }
-    schema
+    portable(&schema)
 }
 
 /// One call to an LLM.

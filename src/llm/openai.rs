@@ -15,7 +15,7 @@ use reqwest::header::HeaderMap;
 use serde_json::{Map, Value, json};
 
 use super::retry::RetryPolicy;
-use super::schema::SentSchema;
+use super::schema::{SentSchema, portable};
 use super::transport::{Endpoint, secret_header};
 use super::{LlmError, LlmProvider, LlmRequest, LlmResponse, Message, Role, ToolCall, ToolChoice, Usage};
 use crate::Config;
@@ -29,6 +29,7 @@ pub(crate) struct OpenAiClient {
     base_url: String,
     key: Option<Secret>,
     timeout: Duration,
+    max_tokens: u32,
     policy: RetryPolicy,
     /// Models whose server refused `json_schema`: they get `json_object` from now on.
     json_object_models: Mutex<HashSet<String>>,
@@ -54,6 +55,7 @@ impl OpenAiClient {
             base_url: config.base_url(provider),
             key: config.api_key(provider).cloned(),
             timeout: config.request_timeout(),
+            max_tokens: config.max_tokens,
             policy: RetryPolicy::from_config(config),
             json_object_models: Mutex::new(HashSet::new()),
         }
@@ -64,10 +66,14 @@ impl OpenAiClient {
         let endpoint = self.endpoint(model)?;
         let format = self.format_for(model, request);
         match self.send(&endpoint, request, format).await {
-            Err(error) if format == Format::JsonSchema && refuses_json_schema(&error) => {
-                tracing::warn!(provider = %self.provider, model, error = %error, "json_schema refused; using json_object");
-                self.json_object_models.lock().unwrap_or_else(PoisonError::into_inner).insert(model.to_owned());
-                self.send(&endpoint, request, Format::JsonObject).await
+            Err(error) if format == Format::JsonSchema && refuses_request(&error) => {
+                tracing::warn!(provider = %self.provider, model, error = %error, "json_schema refused; trying json_object");
+                let result = self.send(&endpoint, request, Format::JsonObject).await;
+                // Remembered only when json_object is what made the difference.
+                if result.is_ok() {
+                    self.json_object_models.lock().unwrap_or_else(PoisonError::into_inner).insert(model.to_owned());
+                }
+                result
             }
             result => result,
         }
@@ -81,6 +87,12 @@ impl OpenAiClient {
         } else {
             Format::JsonSchema
         }
+    }
+
+    /// OpenAI took `max_tokens` away from its newer models in favour of
+    /// `max_completion_tokens`; compatible servers only know `max_tokens`.
+    fn token_cap_field(&self) -> &'static str {
+        if self.provider == LlmProvider::OpenAi { "max_completion_tokens" } else { "max_tokens" }
     }
 
     fn endpoint<'a>(&'a self, model: &'a str) -> Result<Endpoint<'a>, LlmError> {
@@ -110,7 +122,9 @@ impl OpenAiClient {
         format: Format,
     ) -> Result<LlmResponse, LlmError> {
         let wanted = request.output_schema.as_ref().map(|s| (s.wire_name(), SentSchema::new(&s.schema)));
-        let body = request_body(endpoint.model, request, format, wanted.as_ref()).map_err(|e| endpoint.not_sent(e))?;
+        let cap = (self.token_cap_field(), self.max_tokens);
+        let body =
+            request_body(endpoint.model, request, format, wanted.as_ref(), cap).map_err(|e| endpoint.not_sent(e))?;
         let (body, sent) = (&body, wanted.as_ref().map(|(_, sent)| sent));
         self.policy
             .run(self.provider.as_str(), endpoint.model, move |_| async move {
@@ -126,34 +140,33 @@ impl OpenAiClient {
     }
 }
 
-/// A 400 (or a validating proxy's 422) that blames the response format.
-fn refuses_json_schema(error: &LlmError) -> bool {
-    match error {
-        LlmError::Http { status: 400 | 422, message, .. } => {
-            let message = message.to_ascii_lowercase();
-            message.contains("response_format") || message.contains("json_schema")
-        }
-        _ => false,
-    }
+/// A 400 or 422 to a request carrying a response format. Servers word their
+/// refusal of a schema in many ways (llama.cpp: "JSON schema error at ...: schema
+/// must be an object"), so any such refusal is worth one try with `json_object`.
+fn refuses_request(error: &LlmError) -> bool {
+    matches!(error, LlmError::Http { status: 400 | 422, .. })
 }
 
 /// The Chat Completions body. Only widely supported fields are sent, so compatible
 /// servers accept it too (no `seed`, `store`, `temperature` or `parallel_tool_calls`).
-/// `wanted` is the output schema's name and the schema sent for it.
+/// `wanted` is the output schema's name and the schema sent for it; `cap` the field
+/// that caps the reply's tokens, and the cap (so a looping model stops).
 fn request_body(
     model: &str,
     request: &LlmRequest,
     format: Format,
     wanted: Option<&(String, SentSchema)>,
+    cap: (&str, u32),
 ) -> Result<Value, String> {
     let mut messages = request.messages.iter().map(message).collect::<Result<Vec<_>, _>>()?;
     let mut body = Map::new();
     body.insert("model".into(), json!(model));
+    body.insert(cap.0.into(), json!(cap.1));
     if !request.tools.is_empty() {
         let tools: Vec<Value> = request
             .tools
             .iter()
-            .map(|t| json!({"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}))
+            .map(|t| json!({"type": "function", "function": {"name": t.name, "description": t.description, "parameters": portable(&t.parameters)}}))
             .collect();
         body.insert("tools".into(), Value::Array(tools));
         body.insert("tool_choice".into(), tool_choice(&request.tool_choice));

@@ -51,10 +51,28 @@ impl RetryPolicy {
     /// deadline (`llm_deadline_secs = 0` means no overall deadline).
     pub fn from_config(config: &Config) -> Self {
         let deadline = (config.llm_deadline_secs > 0).then(|| Duration::from_secs(config.llm_deadline_secs));
-        Self::default()
-            .max_retries(config.max_retries)
-            .attempt_timeout(Some(config.request_timeout()))
-            .deadline(deadline)
+        Self::for_tools(config).attempt_timeout(Some(config.request_timeout())).deadline(deadline)
+    }
+
+    /// The policy for re-sending a tool call that failed on the service's side: the
+    /// config's retry count and first backoff, no time limits of its own (each tool
+    /// sets its request timeout).
+    pub fn for_tools(config: &Config) -> Self {
+        Self::default().max_retries(config.max_retries).initial_backoff(config.retry_backoff())
+    }
+
+    /// How many times a failed attempt is retried.
+    pub fn retries(&self) -> u32 {
+        self.max_retries
+    }
+
+    /// The wait before retry number `retry` (0 for the first): what the service
+    /// asked for (capped) when it did, else the backoff.
+    pub fn wait(&self, retry: u32, asked: Option<Duration>) -> Duration {
+        match asked {
+            Some(asked) => asked.min(self.max_retry_after),
+            None => self.backoff(retry),
+        }
     }
 
     /// Sets how many times a failed attempt is retried (so at most `n + 1` attempts).
@@ -117,10 +135,7 @@ impl RetryPolicy {
 
     /// How long to wait after `error` before retry number `retry`.
     fn wait_before(&self, retry: u32, error: &LlmError) -> Duration {
-        match error.retry_after() {
-            Some(asked) => asked.min(self.max_retry_after),
-            None => self.backoff(retry),
-        }
+        self.wait(retry, error.retry_after())
     }
 
     /// Runs `operation` until it succeeds, fails with an error that is not retryable,

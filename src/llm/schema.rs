@@ -1,4 +1,10 @@
-//! Fitting a wanted output schema to what providers accept.
+//! Fitting schemas to what providers accept.
+//!
+//! [`portable`] rewrites any schema the crate sends (structured output and tool
+//! parameters) into the subset real servers take: llama.cpp's `llama-server`
+//! refuses a boolean subschema (`true` for "any value"), strict validators refuse a
+//! `default` on a required property, and grammar builders stumble on formats such
+//! as `uint32` that only describe a Rust type.
 //!
 //! Both OpenAI's `json_schema`/`json_object` modes and Anthropic's tool inputs only
 //! produce JSON objects. A schema whose root is something else (a list, a string,
@@ -19,9 +25,129 @@ pub(crate) struct SentSchema {
     pub(crate) wrapped: bool,
 }
 
+/// Formats every JSON-schema consumer knows; others are dropped.
+const KNOWN_FORMATS: [&str; 10] =
+    ["date-time", "date", "time", "duration", "email", "hostname", "ipv4", "ipv6", "uri", "uuid"];
+
+/// The keywords whose value is one schema, or a list of schemas.
+const SCHEMA_KEYWORDS: [&str; 11] = [
+    "items",
+    "prefixItems",
+    "additionalProperties",
+    "contains",
+    "anyOf",
+    "oneOf",
+    "allOf",
+    "not",
+    "if",
+    "then",
+    "else",
+];
+
+/// The keywords whose value maps names to schemas.
+const SCHEMA_MAPS: [&str; 4] = ["properties", "$defs", "definitions", "patternProperties"];
+
+/// `schema` in the portable subset: boolean subschemas become objects (`{}` for
+/// any value, `{"not": {}}` for none), required properties lose their `default`,
+/// and formats only Rust knows are dropped. `additionalProperties: false` stays: it
+/// is a keyword's value there, not a subschema.
+pub fn portable(schema: &Value) -> Value {
+    let mut schema = schema.clone();
+    normalize(&mut schema, true);
+    schema
+}
+
+fn normalize(schema: &mut Value, allow_bool: bool) {
+    match schema {
+        Value::Bool(any) if !allow_bool => *schema = if *any { json!({}) } else { json!({"not": {}}) },
+        Value::Object(node) => normalize_node(node),
+        _ => {}
+    }
+}
+
+fn normalize_node(node: &mut Map<String, Value>) {
+    if node.get("format").and_then(Value::as_str).is_some_and(|f| !KNOWN_FORMATS.contains(&f)) {
+        node.remove("format");
+    }
+    let required: Vec<String> = node
+        .get("required")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_owned)
+        .collect();
+    if let Some(Value::Object(properties)) = node.get_mut("properties") {
+        for name in &required {
+            if let Some(Value::Object(property)) = properties.get_mut(name) {
+                property.remove("default");
+            }
+        }
+    }
+    for key in SCHEMA_MAPS {
+        if let Some(Value::Object(map)) = node.get_mut(key) {
+            map.values_mut().for_each(|v| normalize(v, false));
+        }
+    }
+    for key in SCHEMA_KEYWORDS {
+        match node.get_mut(key) {
+            // `additionalProperties: false` is how a closed object is written everywhere.
+            Some(Value::Bool(false)) if key == "additionalProperties" => {}
+            Some(Value::Array(list)) => list.iter_mut().for_each(|v| normalize(v, false)),
+            Some(value) => normalize(value, false),
+            None => {}
+        }
+    }
+}
+
+/// Every problem that keeps `schema` out of the portable subset, with its JSON
+/// pointer: what [`portable`] removes. Empty for a portable schema.
+pub fn portability_problems(schema: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    if !schema.is_object() {
+        problems.push("#: the root must be an object schema".to_owned());
+    }
+    walk(schema, "#", &mut problems);
+    problems
+}
+
+fn walk(schema: &Value, at: &str, problems: &mut Vec<String>) {
+    let Some(node) = schema.as_object() else {
+        if schema.is_boolean() && at != "#" {
+            problems.push(format!("{at}: a boolean subschema; servers such as llama.cpp want an object"));
+        }
+        return;
+    };
+    if let Some(format) = node.get("format").and_then(Value::as_str).filter(|f| !KNOWN_FORMATS.contains(f)) {
+        problems.push(format!("{at}: the format {format:?} is not a standard one"));
+    }
+    let required = node.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str);
+    for name in required {
+        if node.get("properties").and_then(|p| p.get(name)).and_then(|p| p.get("default")).is_some() {
+            problems.push(format!("{at}/properties/{name}: a default on a required property"));
+        }
+    }
+    for key in SCHEMA_MAPS {
+        for (name, sub) in node.get(key).and_then(Value::as_object).into_iter().flatten() {
+            walk(sub, &format!("{at}/{key}/{name}"), problems);
+        }
+    }
+    for key in SCHEMA_KEYWORDS {
+        match node.get(key) {
+            Some(Value::Bool(false)) if key == "additionalProperties" => {}
+            Some(Value::Array(list)) => {
+                list.iter().enumerate().for_each(|(i, sub)| walk(sub, &format!("{at}/{key}/{i}"), problems));
+            }
+            Some(sub) => walk(sub, &format!("{at}/{key}"), problems),
+            None => {}
+        }
+    }
+}
+
 impl SentSchema {
-    /// The object schema to send for `wanted`.
+    /// The object schema to send for `wanted`, in the portable subset.
     pub(crate) fn new(wanted: &Value) -> Self {
+        let wanted = &portable(wanted);
         match object_schema(wanted) {
             Some(schema) => Self { schema, wrapped: false },
             None => Self { schema: wrap_in_object(wanted), wrapped: true },
@@ -83,6 +209,52 @@ fn wrap_in_object(schema: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tool::ToolRegistry;
+
+    #[test]
+    fn every_schema_the_crate_sends_is_portable() {
+        let outputs = std::iter::once(crate::planner::output_schema()).chain(crate::agent::output_schemas());
+        let mut sent: Vec<(String, Value)> =
+            outputs.map(|o| (o.name.clone(), SentSchema::new(&o.schema).schema)).collect();
+        for tool in crate::tools::open_source_tool_registry().get_tools() {
+            let spec = tool.spec();
+            sent.push((format!("{} as declared", spec.id), spec.args_schema.clone()));
+            sent.push((format!("{} as sent", spec.id), portable(&spec.definition().parameters)));
+        }
+        assert!(sent.len() >= 14, "planner, verifier and six tools twice: {}", sent.len());
+        for (name, schema) in sent {
+            let problems = portability_problems(&schema);
+            assert!(problems.is_empty(), "{name}: {problems:?}\n{schema}");
+        }
+    }
+
+    #[test]
+    fn any_value_becomes_an_object_and_required_properties_lose_their_default() {
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "value": true,
+                "never": false,
+                "steps": {"type": "array", "default": [], "items": {"$ref": "#/$defs/S"}},
+                "n": {"type": "integer", "format": "uint32", "default": 3},
+                "when": {"type": "string", "format": "date-time"},
+            },
+            "required": ["value", "steps"],
+            "additionalProperties": false,
+            "$defs": {"S": {"type": "object", "properties": {"x": true}, "additionalProperties": true}},
+        });
+        assert_eq!(portability_problems(&schema).len(), 6, "{:?}", portability_problems(&schema));
+        let fixed = portable(&schema);
+        assert!(portability_problems(&fixed).is_empty(), "{fixed}");
+        assert_eq!(fixed["properties"]["value"], json!({}));
+        assert_eq!(fixed["properties"]["never"], json!({"not": {}}));
+        assert_eq!(fixed["properties"]["steps"].get("default"), None);
+        assert_eq!(fixed["properties"]["n"], json!({"type": "integer", "default": 3}), "optional: default kept");
+        assert_eq!(fixed["properties"]["when"]["format"], "date-time");
+        assert_eq!(fixed["additionalProperties"], json!(false));
+        assert_eq!(fixed["$defs"]["S"]["properties"]["x"], json!({}));
+        assert_eq!(fixed["$defs"]["S"]["additionalProperties"], json!({}));
+    }
 
     #[test]
     fn non_object_schemas_are_wrapped_with_their_definitions_lifted() {

@@ -147,7 +147,7 @@ fn excerpt(body: &[u8]) -> String {
 
 /// `retry-after-ms` (more precise, sent by OpenAI) or `Retry-After` in seconds.
 /// The HTTP-date form of `Retry-After` is ignored: the backoff applies instead.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let number = |name: &str| {
         let text = headers.get(name)?.to_str().ok()?;
         text.trim().parse::<f64>().ok().filter(|n| n.is_finite() && *n >= 0.0)

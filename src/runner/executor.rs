@@ -22,6 +22,7 @@ use crate::events::EventKind;
 use crate::hooks::{HookChain, HookError, StepDecision};
 use crate::ids::WorkflowId;
 use crate::plan::Plan;
+use crate::plan::args::resolve as resolve_args;
 use crate::storage::{Lease, LeaseGrant, ToolCallRecord};
 use crate::workflow::{Failure, FailureKind, Output, Workflow, WorkflowState, WorkflowUsage};
 use crate::{Error, Result};
@@ -243,13 +244,7 @@ impl Runner {
         }
         (0..plan.steps.len())
             .filter(|&i| !started[i] && !workflow.is_step_done(plan, i))
-            .filter(|&i| {
-                plan.steps[i]
-                    .inputs
-                    .iter()
-                    .filter(|v| v.is_reference())
-                    .all(|v| workflow.outputs().step_outputs.contains(&v.name))
-            })
+            .filter(|&i| plan.dependencies(i).iter().all(|name| workflow.outputs().step_outputs.contains(name)))
             .collect()
     }
 
@@ -303,7 +298,8 @@ impl Runner {
         let mut final_output = Output::new(value);
         if self.inner.config.summarize_final_output {
             let llm = run.meter.client(Arc::clone(&self.inner.llm), None);
-            final_output.summary = summarize_final_output(llm.as_ref(), &run.plan, &run.workflow).await;
+            let limit = self.inner.config.max_output_chars;
+            final_output.summary = summarize_final_output(llm.as_ref(), &run.plan, &run.workflow, limit).await;
         }
         tracing::debug!(workflow = %run.workflow.id(), final_output = ?final_output, "final output");
         run.workflow.set_final_output(final_output);
@@ -338,7 +334,11 @@ impl Runner {
             .filter_map(|s| outputs.get(&s.output).map(|o| (s.output.clone(), o.value.clone())))
             .collect();
         let clarifications: Vec<_> = workflow.clarifications_for_step(index).cloned().collect();
+        // Plan-time arguments with their `$name` references replaced by the outputs.
+        let args =
+            step.args.as_ref().map(|args| resolve_args(args, &|name| outputs.get(name).map(|o| o.value.clone())));
         Ok(StepContext {
+            args,
             query: plan.plan_context.query.clone(),
             step_index: index,
             step: step.clone(),

@@ -104,19 +104,18 @@ impl TypedTool for SearchTool {
         let timeout = config.request_timeout();
         let body = json!({ "query": query, "include_answer": true, "max_results": self.max_results });
         let request = self.client.post(&url).bearer_auth(key).json(&body);
-        let (status, text) = web::exchange(request, SERVICE, timeout).await?;
-        if !status.is_success() {
-            return Err(web::status_error(SERVICE, status, &web::api_message(&text, key), KEY_VAR, &[]));
+        let answer = web::exchange(ctx, request, SERVICE, timeout).await?;
+        if !answer.status.is_success() {
+            let message = web::api_message(&answer.text, key);
+            return Err(web::status_error(ctx, SERVICE, &answer, &message, KEY_VAR, &[]));
         }
-        self.output(query, &text)
+        self.output(ctx, query, &answer.text)
     }
 }
 
 impl SearchTool {
-    fn output(&self, query: &str, text: &str) -> Result<ToolOutput, ToolError> {
-        // A garbled reply is usually a transient proxy or server fault.
-        let reply: TavilyReply = serde_json::from_str(text)
-            .map_err(|e| ToolError::soft(format!("{SERVICE} sent a reply that could not be read ({e}); try again")))?;
+    fn output(&self, ctx: &ToolRunContext, query: &str, text: &str) -> Result<ToolOutput, ToolError> {
+        let reply: TavilyReply = serde_json::from_str(text).map_err(|e| web::garbled(ctx, SERVICE, &e))?;
         let answer = reply.answer.filter(|a| !a.trim().is_empty());
         if answer.is_none() && reply.results.is_empty() {
             return Err(ToolError::soft(format!("{SERVICE} found nothing for {query:?}; try a broader query")));

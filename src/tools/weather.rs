@@ -96,24 +96,25 @@ impl TypedTool for WeatherTool {
         web::check_allowed(&url)?;
         let timeout = config.request_timeout();
         let request = self.client.get(&url).query(&[("q", city), ("appid", key), ("units", "metric")]);
-        let (status, text) = web::exchange(request, SERVICE, timeout).await?;
+        let answer = web::exchange(ctx, request, SERVICE, timeout).await?;
+        let (status, text) = (answer.status, &answer.text);
         if status.as_u16() == 404 {
-            let message = web::api_message(&text, key);
+            let message = web::api_message(text, key);
             return Err(ToolError::soft(format!(
                 "{SERVICE} does not know the city {city:?} ({message}); check the spelling or add a country code, such as \"Paris,FR\""
             )));
         }
         if !status.is_success() {
             // 400 means the city argument was unusable, which the agent can fix.
-            return Err(web::status_error(SERVICE, status, &web::api_message(&text, key), KEY_VAR, &[400]));
+            let message = web::api_message(text, key);
+            return Err(web::status_error(ctx, SERVICE, &answer, &message, KEY_VAR, &[400]));
         }
-        output(city, &text).map(ToolOutput::value)
+        output(ctx, city, text).map(ToolOutput::value)
     }
 }
 
-fn output(asked: &str, text: &str) -> Result<Value, ToolError> {
-    let reply: Reply = serde_json::from_str(text)
-        .map_err(|e| ToolError::soft(format!("{SERVICE} sent a reply that could not be read ({e}); try again")))?;
+fn output(ctx: &ToolRunContext, asked: &str, text: &str) -> Result<Value, ToolError> {
+    let reply: Reply = serde_json::from_str(text).map_err(|e| web::garbled(ctx, SERVICE, &e))?;
     let Some(readings) = reply.main else {
         return Err(ToolError::soft(format!("{SERVICE}'s reply for {asked:?} has no temperature; try again")));
     };

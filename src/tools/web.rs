@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 
 use crate::config::{Config, Secret};
-use crate::tool::ToolError;
+use crate::tool::{RetryHint, ToolError, ToolRunContext};
 
 /// API messages are cut to this many characters: enough to act on, not a whole HTML page.
 const MESSAGE_LIMIT: usize = 300;
@@ -34,27 +34,49 @@ pub(super) fn check_allowed(url: &str) -> Result<(), ToolError> {
     crate::http::check_allowed(url).map_err(ToolError::hard)
 }
 
-/// Sends `request` with `timeout` and reads the reply's status and text. A request
-/// that gets no answer is a soft error.
+/// An HTTP answer: its status, its text, and the wait its `Retry-After` asked for.
+#[derive(Debug)]
+pub(super) struct Answer {
+    pub(super) status: StatusCode,
+    pub(super) text: String,
+    pub(super) retry_after: Option<Duration>,
+}
+
+/// Sends `request` with `timeout` and reads the answer. A request that gets no
+/// answer is a soft error the service caused (see [`RetryHint`]).
 pub(super) async fn exchange(
+    ctx: &ToolRunContext,
     request: reqwest::RequestBuilder,
     service: &str,
     timeout: Duration,
-) -> Result<(StatusCode, String), ToolError> {
-    let response = request.timeout(timeout).send().await.map_err(|e| send_error(service, e, timeout))?;
+) -> Result<Answer, ToolError> {
+    let response = request.timeout(timeout).send().await.map_err(|e| send_error(ctx, service, e, timeout))?;
     let status = response.status();
-    let text = response.text().await.map_err(|e| send_error(service, e, timeout))?;
-    Ok((status, text))
+    let retry_after = crate::llm::retry_after(response.headers());
+    let text = response.text().await.map_err(|e| send_error(ctx, service, e, timeout))?;
+    Ok(Answer { status, text, retry_after })
 }
 
-/// A request that got no HTTP answer: worth retrying. The URL is dropped from the
+/// A request that got no HTTP answer: worth sending again. Only a refused
+/// connection certainly did not reach the service. The URL is dropped from the
 /// message because it may carry a key in its query.
-fn send_error(service: &str, error: reqwest::Error, timeout: Duration) -> ToolError {
+fn send_error(ctx: &ToolRunContext, service: &str, error: reqwest::Error, timeout: Duration) -> ToolError {
     if error.is_timeout() {
-        return ToolError::soft(format!("{service} did not answer within {}s; try again", timeout.as_secs()));
+        let soft = ToolError::soft(format!("{service} did not answer within {timeout:?}; try again"));
+        return ctx.transient(soft, RetryHint::unknown_outcome());
     }
-    let kind = if error.is_connect() { "could not connect to" } else { "lost the connection to" };
-    ToolError::soft(format!("{kind} {service}: {}", describe(&error.without_url())))
+    let (kind, hint) = if error.is_connect() {
+        ("could not connect to", RetryHint::not_performed())
+    } else {
+        ("lost the connection to", RetryHint::unknown_outcome())
+    };
+    ctx.transient(ToolError::soft(format!("{kind} {service}: {}", describe(&error.without_url()))), hint)
+}
+
+/// A reply that could not be read: usually a transient proxy or server fault.
+pub(super) fn garbled(ctx: &ToolRunContext, service: &str, error: &serde_json::Error) -> ToolError {
+    let soft = ToolError::soft(format!("{service} sent a reply that could not be read ({error}); try again"));
+    ctx.transient(soft, RetryHint::unknown_outcome())
 }
 
 /// The error and its causes, each once (hyper repeats its cause in its own message).
@@ -72,31 +94,53 @@ fn describe(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// An error status as a soft or hard error.
-///
-/// Authentication failures are hard (a new attempt sends the same key), rate limits
-/// and server errors are soft, and other client errors are hard unless `soft_client`
-/// lists them (statuses that mean the arguments were wrong, which the agent can fix).
+/// An error status as a soft or hard error, with the service's `Retry-After`
+/// passed on for a rate limit or a server error.
 pub(super) fn status_error(
+    ctx: &ToolRunContext,
+    service: &str,
+    answer: &Answer,
+    message: &str,
+    key_var: &str,
+    soft_client: &[u16],
+) -> ToolError {
+    match classify(service, answer.status, message, key_var, soft_client) {
+        (error, Some(hint)) => ctx.transient(error, hint.retry_after(answer.retry_after)),
+        (error, None) => error,
+    }
+}
+
+/// Authentication failures are hard (a new attempt sends the same key), rate limits
+/// and server errors are soft and the service's doing (a 429 was not acted on), and
+/// other client errors are hard unless `soft_client` lists them (statuses that mean
+/// the arguments were wrong, which the agent can fix).
+fn classify(
     service: &str,
     status: StatusCode,
     message: &str,
     key_var: &str,
     soft_client: &[u16],
-) -> ToolError {
+) -> (ToolError, Option<RetryHint>) {
     let code = status.as_u16();
     match code {
-        401 | 403 => ToolError::hard(format!(
-            "{service} refused the API key (HTTP {code}: {message}); check the environment variable {key_var}"
-        )),
-        408 | 429 => ToolError::soft(format!("{service} is busy (HTTP {code}: {message}); try again shortly")),
-        _ if status.is_server_error() => {
-            ToolError::soft(format!("{service} had a server error (HTTP {code}: {message}); try again"))
+        401 | 403 => (
+            ToolError::hard(format!(
+                "{service} refused the API key (HTTP {code}: {message}); check the environment variable {key_var}"
+            )),
+            None,
+        ),
+        408 | 429 => {
+            let hint = if code == 429 { RetryHint::not_performed() } else { RetryHint::unknown_outcome() };
+            (ToolError::soft(format!("{service} is busy (HTTP {code}: {message}); try again shortly")), Some(hint))
         }
+        _ if status.is_server_error() => (
+            ToolError::soft(format!("{service} had a server error (HTTP {code}: {message}); try again")),
+            Some(RetryHint::unknown_outcome()),
+        ),
         _ if soft_client.contains(&code) => {
-            ToolError::soft(format!("{service} could not answer (HTTP {code}: {message})"))
+            (ToolError::soft(format!("{service} could not answer (HTTP {code}: {message})")), None)
         }
-        _ => ToolError::hard(format!("{service} refused the request (HTTP {code}: {message})")),
+        _ => (ToolError::hard(format!("{service} refused the request (HTTP {code}: {message})")), None),
     }
 }
 
@@ -125,12 +169,12 @@ mod tests {
     #[test]
     fn statuses_split_into_soft_and_hard() {
         let error =
-            |code: u16, soft: &[u16]| status_error("Api", StatusCode::from_u16(code).unwrap(), "m", "API_KEY", soft);
-        assert!(matches!(error(401, &[]), ToolError::Hard(m) if m.contains("API_KEY")));
-        assert!(error(429, &[]).is_soft());
-        assert!(error(503, &[]).is_soft());
-        assert!(!error(404, &[]).is_soft());
-        assert!(error(404, &[404]).is_soft());
+            |code: u16, soft: &[u16]| classify("Api", StatusCode::from_u16(code).unwrap(), "m", "API_KEY", soft);
+        assert!(matches!(error(401, &[]), (ToolError::Hard(m), None) if m.contains("API_KEY")));
+        assert!(matches!(error(429, &[]), (ToolError::Soft(_), Some(hint)) if hint.not_performed));
+        assert!(matches!(error(503, &[]), (ToolError::Soft(_), Some(hint)) if !hint.not_performed));
+        assert!(!error(404, &[]).0.is_soft());
+        assert!(matches!(error(404, &[404]), (ToolError::Soft(_), None)), "the arguments were wrong: for the model");
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! A subscriber never slows a run: events go out on a bounded broadcast channel, and
 //! one that falls behind is told how many it missed ([`Missed`]) and goes on.
 
+use std::sync::{Arc, Mutex, PoisonError};
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -122,6 +124,16 @@ impl EventKind {
     }
 }
 
+/// An event as kept in the store, numbered in the order it happened to its workflow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    /// Its place among the workflow's events, from 1.
+    pub seq: u64,
+    /// The event.
+    #[serde(flatten)]
+    pub event: WorkflowEvent,
+}
+
 /// A subscriber fell behind and `0` events were dropped for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("{0} events were missed: the subscriber fell behind")]
@@ -137,14 +149,48 @@ impl EventSink {
         Self(broadcast::channel(capacity.max(1)).0)
     }
 
-    /// Announces `kind` for `workflow_id`. Nobody listening is fine.
-    pub(crate) fn emit(&self, workflow_id: WorkflowId, kind: EventKind) {
-        let _ = self.0.send(WorkflowEvent { workflow_id, at: Utc::now(), kind });
-    }
-
     /// A stream of every event from now on, or of one workflow's.
     pub(crate) fn subscribe(&self, only: Option<WorkflowId>) -> EventStream {
         EventStream { rx: self.0.subscribe(), only, rested: false }
+    }
+
+    /// A sink for one run: it also keeps what it announces until the run's next
+    /// save stores it.
+    pub(crate) fn for_run(&self) -> RunEvents {
+        RunEvents { sink: self.clone(), pending: Arc::default() }
+    }
+}
+
+/// A run's events: announced at once, stored with the run's next save.
+#[derive(Debug, Clone)]
+pub(crate) struct RunEvents {
+    sink: EventSink,
+    pending: Arc<Mutex<Vec<WorkflowEvent>>>,
+}
+
+impl RunEvents {
+    /// Announces `kind` now and keeps it for the next save.
+    pub(crate) fn emit(&self, workflow_id: WorkflowId, kind: EventKind) {
+        let event = WorkflowEvent { workflow_id, at: Utc::now(), kind };
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner).push(event.clone());
+        let _ = self.sink.0.send(event);
+    }
+
+    /// Keeps `kind` for the next save, to announce once that save succeeded.
+    pub(crate) fn stage(&self, workflow_id: WorkflowId, kind: EventKind) -> WorkflowEvent {
+        let event = WorkflowEvent { workflow_id, at: Utc::now(), kind };
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner).push(event.clone());
+        event
+    }
+
+    /// Announces an event that was staged and is now stored.
+    pub(crate) fn announce(&self, event: WorkflowEvent) {
+        let _ = self.sink.0.send(event);
+    }
+
+    /// The events kept since the last save, to store now.
+    pub(crate) fn take(&self) -> Vec<WorkflowEvent> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
 

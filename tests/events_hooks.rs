@@ -268,3 +268,72 @@ async fn the_gate_leaves_read_only_tools_alone() {
     assert_eq!(runner.run_plan(&plan()).await.unwrap().state(), WorkflowState::Complete);
     assert_eq!(tool.calls().len(), 1);
 }
+
+#[tokio::test]
+async fn another_process_watches_the_stored_history_to_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("portia.db");
+    let llm = ScriptedLlm::new().tool_call("send_tool", json!({"to": "Ann"})).text("Done.");
+    let tools = InMemoryToolRegistry::from_tools([send_tool() as Arc<dyn portia::Tool>]).unwrap();
+    let storage = Arc::new(SqliteStorage::open(&db).unwrap());
+    let runner = Runner::builder(config()).tools(tools).llm(Arc::new(llm)).storage(storage).build().unwrap();
+    let workflow = runner.create_workflow(&plan()).await.unwrap();
+    let (mut live, run) = runner.execute_workflow_stream(workflow.clone());
+    let mut announced = Vec::new();
+    while let Some(event) = live.next().await {
+        announced.push(event.unwrap());
+    }
+    run.await.unwrap().unwrap();
+
+    // A runner on the same database, as in another process, with no model at all.
+    let storage = Arc::new(SqliteStorage::open(&db).unwrap());
+    let watcher = Runner::builder(config()).llm(Arc::new(ScriptedLlm::new())).storage(storage).build().unwrap();
+    let mut watch = watcher.watch(workflow.id());
+    let mut stored = Vec::new();
+    while let Some(event) = watch.next().await {
+        stored.push(event.unwrap());
+    }
+    assert_eq!(stored.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=announced.len() as u64).collect::<Vec<_>>());
+    let kinds: Vec<_> = stored.into_iter().map(|e| e.event.kind).collect();
+    assert_eq!(kinds, announced.into_iter().map(|e| e.kind).collect::<Vec<_>>(), "the same events, in the same order");
+}
+
+#[tokio::test]
+async fn a_late_watcher_reads_the_history_then_follows_live() {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let tool = Arc::new(GateTool(Arc::clone(&gate)));
+    let tools = InMemoryToolRegistry::from_tools([tool as Arc<dyn portia::Tool>]).unwrap();
+    let runner = Runner::builder(config()).tools(tools).llm(Arc::new(ScriptedLlm::new())).build().unwrap();
+    let plan = PlanBuilder::new("wait").step("wait", Some("gate_tool"), "$waited").build();
+    let workflow = runner.create_workflow(&plan).await.unwrap();
+    let (mut live, run) = runner.execute_workflow_stream(workflow.clone());
+    // Once the tool has started, the run's first save is stored.
+    while !matches!(live.next().await, Some(Ok(WorkflowEvent { kind: EventKind::ToolCallStarted { .. }, .. }))) {}
+    let mut watch = runner.watch(workflow.id());
+    let first = watch.next().await.unwrap().unwrap();
+    assert_eq!(first.seq, 1);
+    assert!(matches!(first.event.kind, EventKind::StateChanged { to: WorkflowState::InProgress, .. }));
+    gate.notify_one();
+    let mut rest = Vec::new();
+    while let Some(event) = watch.next().await {
+        rest.push(event.unwrap().event.kind);
+    }
+    assert!(matches!(rest.last(), Some(EventKind::StateChanged { to: WorkflowState::Complete, .. })), "{rest:?}");
+    run.await.unwrap().unwrap();
+}
+
+/// Waits at a gate, called with its step's task (no model needed).
+#[derive(Debug)]
+struct GateTool(Arc<tokio::sync::Notify>);
+
+#[async_trait::async_trait]
+impl portia::Tool for GateTool {
+    fn spec(&self) -> ToolSpec {
+        ToolSpec::new("gate_tool", "Gate", "Waits.").task_argument("task").read_only()
+    }
+
+    async fn run(&self, _ctx: &portia::ToolRunContext, _args: Value) -> Result<portia::ToolOutput, portia::ToolError> {
+        self.0.notified().await;
+        Ok(portia::ToolOutput::value("opened"))
+    }
+}

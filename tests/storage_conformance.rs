@@ -139,13 +139,13 @@ async fn compare_and_swap(f: Fixture) {
     let mut stale = serde_json::to_value(&changed).unwrap();
     stale["version"] = 1.into();
     let stale: Workflow = serde_json::from_value(stale).unwrap();
-    let err = store.update_workflow(&stale, &lease).await.unwrap_err();
+    let err = store.update_workflow(&stale, &lease, &[]).await.unwrap_err();
     assert!(matches!(err, Error::VersionConflict { expected: 0, found: 1, .. }), "{err}");
     assert_eq!(store.get_workflow(workflow.id()).await.unwrap(), workflow, "a refused save changes nothing");
-    store.update_workflow(&changed, &lease).await.unwrap();
+    store.update_workflow(&changed, &lease, &[]).await.unwrap();
     let back = store.get_workflow(workflow.id()).await.unwrap();
     assert_eq!((back.version(), back.current_step_index()), (2, 1));
-    let err = store.update_workflow(&changed, &lease).await.unwrap_err();
+    let err = store.update_workflow(&changed, &lease, &[]).await.unwrap_err();
     assert!(matches!(err, Error::VersionConflict { expected: 1, found: 2, .. }), "{err}");
 }
 
@@ -188,7 +188,7 @@ async fn renewal_extends_a_lease(f: Fixture) {
     f.clock.advance(TTL * 3 / 4);
     let busy = store.acquire_lease(workflow.id(), "runner-b", TTL).await.unwrap_err();
     assert!(matches!(busy, Error::AlreadyRunning { .. }), "the renewed lease is still live: {busy}");
-    store.update_workflow(&next_version(&workflow), &lease).await.expect("the renewed lease still writes");
+    store.update_workflow(&next_version(&workflow), &lease, &[]).await.expect("the renewed lease still writes");
 }
 
 /// Every fenced write of a run whose lease is gone; each must be refused.
@@ -196,7 +196,7 @@ async fn assert_fenced(store: &dyn Storage, workflow: &Workflow, lease: &Lease, 
     let lost = |result: Result<(), Error>, what: &str| {
         assert!(matches!(result, Err(Error::LeaseLost { .. })), "{what} with a lost lease: {result:?}");
     };
-    lost(store.update_workflow(&next_version(workflow), lease).await, "update_workflow");
+    lost(store.update_workflow(&next_version(workflow), lease, &[]).await, "update_workflow");
     lost(store.begin_tool_call(lease, &intent(key(workflow, 0, 0, 1), json!({}))).await.map(drop), "begin_tool_call");
     let outcome = journaled.clone().finished(&Ok(ToolOutput::Value(json!("sunny"))), 0.1);
     lost(store.finish_tool_call(lease, &outcome).await, "finish_tool_call");
@@ -219,7 +219,7 @@ async fn stale_writers_are_fenced(f: Fixture) {
     assert_eq!(store.tool_calls(workflow.id()).await.unwrap(), [journaled]);
     assert!(store.usage_records(workflow.id()).await.unwrap().is_empty());
     // The new holder writes as usual.
-    store.update_workflow(&next_version(&workflow), &new).await.unwrap();
+    store.update_workflow(&next_version(&workflow), &new, &[]).await.unwrap();
     store.record_usage(&new, &usage(&workflow, None, 5)).await.unwrap();
 }
 
@@ -374,7 +374,7 @@ async fn move_to(store: &dyn Storage, workflow: &Workflow, lease: &Lease, state:
     let mut value = serde_json::to_value(next_version(workflow)).expect("a workflow serializes");
     value["state"] = json!(state);
     let moved: Workflow = serde_json::from_value(value).expect("a workflow");
-    store.update_workflow(&moved, lease).await.expect("saved");
+    store.update_workflow(&moved, lease, &[]).await.expect("saved");
     moved
 }
 
@@ -441,6 +441,35 @@ async fn a_submission_or_release_wakes_a_waiting_worker(f: Fixture) {
     assert!(started.elapsed() < hour, "a release wakes the waiting worker");
 }
 
+async fn events_are_stored_with_the_save_in_order(f: Fixture) {
+    let store = f.store();
+    let workflow = stored(store).await;
+    let lease = acquire(store, &workflow, "w1").await;
+    let event = |to: WorkflowState| portia::events::WorkflowEvent {
+        workflow_id: workflow.id(),
+        at: chrono::Utc::now(),
+        kind: portia::events::EventKind::StateChanged { from: WorkflowState::NotStarted, to },
+    };
+    let first = next_version(&workflow);
+    store.update_workflow(&first, &lease, &[event(WorkflowState::InProgress)]).await.unwrap();
+    let second = next_version(&first);
+    store
+        .update_workflow(&second, &lease, &[event(WorkflowState::Complete), event(WorkflowState::Failed)])
+        .await
+        .unwrap();
+    let all = store.events(workflow.id(), 0).await.unwrap();
+    assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!((all[1].event.workflow_id, &all[1].event.kind), (workflow.id(), &event(WorkflowState::Complete).kind));
+    assert_eq!(store.events(workflow.id(), 2).await.unwrap().len(), 1, "only those after 2");
+
+    // A refused save stores no event.
+    let stale = next_version(&first);
+    assert!(store.update_workflow(&stale, &lease, &[event(WorkflowState::Failed)]).await.is_err());
+    assert_eq!(store.events(workflow.id(), 0).await.unwrap().len(), 3);
+    store.delete_workflow(workflow.id()).await.unwrap();
+    assert!(store.events(workflow.id(), 0).await.is_err(), "the events went with the workflow");
+}
+
 /// One `#[tokio::test]` per case and store.
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
@@ -469,6 +498,7 @@ conformance!(
     prune_takes_only_old_finished_workflows,
     claims_hand_out_queued_workflows_oldest_first,
     claims_skip_workflows_waiting_for_a_human_or_finished,
+    events_are_stored_with_the_save_in_order,
 );
 
 /// The wake-up case runs on tokio's paused clock.

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::clarification::{CallVerdict, Clarification, ClarificationKind};
-use crate::events::{EventKind, EventSink};
+use crate::events::{EventKind, RunEvents};
 use crate::hooks::{HookChain, ToolCallDecision, ToolCallRequest};
 use crate::llm::retry::RetryPolicy;
 use crate::storage::{Lease, Storage, ToolCallKey, ToolCallRecord, ToolCallStatus};
@@ -69,7 +69,7 @@ pub(crate) struct ToolCalls {
     lease: Lease,
     signal: StopSignal,
     hooks: HookChain,
-    events: EventSink,
+    events: RunEvents,
     step: usize,
     attempt: u32,
     next_seq: Arc<AtomicU32>,
@@ -84,7 +84,7 @@ pub(crate) struct CallServices {
     pub(crate) lease: Lease,
     pub(crate) signal: StopSignal,
     pub(crate) hooks: HookChain,
-    pub(crate) events: EventSink,
+    pub(crate) events: RunEvents,
 }
 
 /// What to do with a call whose intent was journaled and whose outcome is not.

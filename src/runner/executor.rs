@@ -18,7 +18,7 @@ use crate::agent::{
     Agent, CallServices, StepContext, StepInput, StepOutcome, Stop, StopSignal, ToolCalls, summarize_final_output,
 };
 use crate::config::ExecutionMode;
-use crate::events::EventKind;
+use crate::events::{EventKind, RunEvents};
 use crate::hooks::{HookChain, HookError, StepDecision};
 use crate::ids::WorkflowId;
 use crate::plan::Plan;
@@ -32,6 +32,7 @@ struct Run {
     workflow: Workflow,
     /// The state last saved, so that a save announces a change of state.
     saved_state: WorkflowState,
+    events: RunEvents,
     plan: Plan,
     lease: Lease,
     signal: StopSignal,
@@ -84,9 +85,10 @@ impl Runner {
         let plan = self.inner.storage.get_plan(workflow.plan_id()).await?;
         let journal = self.inner.storage.tool_calls(id).await?;
         let usage = self.journaled_usage(&workflow).await?;
-        let meter = Meter::new(self, lease.clone(), signal.clone(), usage);
+        let events = self.inner.events.for_run();
+        let meter = Meter::new(self, lease.clone(), signal.clone(), events.clone(), usage);
         let saved_state = workflow.state();
-        let mut run = Run { workflow, saved_state, plan, lease, signal, meter, journal };
+        let mut run = Run { workflow, saved_state, events, plan, lease, signal, meter, journal };
         if let Some(reason) = cancel_requested {
             return self.end_failed(run, Failure::new(FailureKind::Cancelled, reason)).await;
         }
@@ -152,11 +154,12 @@ impl Runner {
     async fn save(&self, run: &mut Run) -> Result<()> {
         run.workflow.set_usage(run.meter.usage());
         run.workflow.bump_version();
-        self.inner.storage.update_workflow(&run.workflow, &run.lease).await?;
         let (from, to) = (run.saved_state, run.workflow.state());
-        if from != to {
-            run.saved_state = to;
-            self.inner.events.emit(run.workflow.id(), EventKind::StateChanged { from, to });
+        let change = (from != to).then(|| run.events.stage(run.workflow.id(), EventKind::StateChanged { from, to }));
+        self.inner.storage.update_workflow(&run.workflow, &run.lease, &run.events.take()).await?;
+        run.saved_state = to;
+        if let Some(change) = change {
+            run.events.announce(change);
         }
         Ok(())
     }
@@ -201,7 +204,7 @@ impl Runner {
                                 task: step.task.clone(),
                                 tool_id: step.tool_id.clone(),
                             };
-                            self.inner.events.emit(run.workflow.id(), started);
+                            run.events.emit(run.workflow.id(), started);
                             let (agent, hooks) = (Arc::clone(&self.inner.agent), self.inner.hooks.clone());
                             let span = step_span(index, step);
                             let step_run = async move { (index, run_step(agent, hooks, ctx).await) };
@@ -251,14 +254,14 @@ impl Runner {
     fn apply(&self, run: &mut Run, index: usize, outcome: StepOutcome, halt: &mut Halt) {
         let workflow = &mut run.workflow;
         let finished = EventKind::StepFinished { step: index, outcome: outcome.clone() };
-        self.inner.events.emit(workflow.id(), finished);
+        run.events.emit(workflow.id(), finished);
         match outcome {
             StepOutcome::Output(output) => workflow.record_step_output(&run.plan, index, output),
             StepOutcome::Clarifications(list) => {
                 tracing::info!(workflow = %workflow.id(), step = index, count = list.len(), "step needs clarification");
                 let raised = workflow.add_clarifications(index, list);
                 for clarification in raised {
-                    self.inner.events.emit(workflow.id(), EventKind::ClarificationRaised { clarification });
+                    run.events.emit(workflow.id(), EventKind::ClarificationRaised { clarification });
                 }
                 halt.clarifying = true;
             }
@@ -368,7 +371,7 @@ impl Runner {
             lease: run.lease.clone(),
             signal: run.signal.clone(),
             hooks: self.inner.hooks.clone(),
-            events: self.inner.events.clone(),
+            events: run.events.clone(),
         };
         ToolCalls::new(services, (step, attempt), journaled)
     }

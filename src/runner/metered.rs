@@ -12,7 +12,7 @@ use tracing::Instrument;
 use super::Runner;
 use crate::agent::{Stop, StopSignal, describe_stop};
 use crate::config::Config;
-use crate::events::{EventKind, EventSink};
+use crate::events::{EventKind, RunEvents};
 use crate::llm::{LlmClient, LlmError, LlmRequest, LlmResponse, ModelRef};
 use crate::storage::{Lease, Storage, UsageRecord};
 use crate::workflow::WorkflowUsage;
@@ -24,7 +24,7 @@ pub(super) struct Meter {
     config: Arc<Config>,
     lease: Lease,
     signal: StopSignal,
-    events: EventSink,
+    events: RunEvents,
     tally: Arc<Mutex<WorkflowUsage>>,
     /// When this run started (on tokio's clock, which tests can move), and how long
     /// earlier runs ran.
@@ -33,14 +33,20 @@ pub(super) struct Meter {
 }
 
 impl Meter {
-    pub(super) fn new(runner: &Runner, lease: Lease, signal: StopSignal, start: WorkflowUsage) -> Self {
+    pub(super) fn new(
+        runner: &Runner,
+        lease: Lease,
+        signal: StopSignal,
+        events: RunEvents,
+        start: WorkflowUsage,
+    ) -> Self {
         let ran_before = Duration::from_millis(start.running_ms);
         Self {
             storage: Arc::clone(runner.storage()),
             config: Arc::clone(&runner.inner.config),
             lease,
             signal,
-            events: runner.inner.events.clone(),
+            events,
             tally: Arc::new(Mutex::new(start)),
             started: Instant::now(),
             ran_before,

@@ -11,8 +11,10 @@
 mod control;
 mod executor;
 mod metered;
+mod watch;
 mod worker;
 
+pub use watch::Watch;
 pub use worker::{Worker, WorkerOptions, WorkerReport};
 
 use std::sync::Arc;
@@ -25,7 +27,7 @@ use serde_json::Value;
 use crate::agent::{Agent, OneShotAgent, Stop, VerifierAgent};
 use crate::clarification::{Clarification, ClarificationKind};
 use crate::config::{AgentKind, Config, StorageKind};
-use crate::events::{EventKind, EventSink, EventStream};
+use crate::events::{EventKind, EventSink, EventStream, WorkflowEvent};
 use crate::execution_context::ExecutionContext;
 use crate::hooks::{HookChain, Hooks};
 use crate::ids::{PlanId, WorkflowId};
@@ -351,15 +353,11 @@ impl Runner {
         response: impl Into<Value>,
     ) -> Result<Workflow> {
         let response = response.into();
-        let answer = response.clone();
-        let workflow = self
-            .update_stored(clarification.workflow_id, |workflow| {
-                workflow.resolve_clarification(clarification.id, response)
-            })
-            .await?;
-        let resolved = EventKind::ClarificationResolved { clarification_id: clarification.id, response: answer };
-        self.inner.events.emit(workflow.id(), resolved);
-        Ok(workflow)
+        self.update_stored(clarification.workflow_id, |workflow| {
+            workflow.resolve_clarification(clarification.id, response.clone())?;
+            Ok(vec![EventKind::ClarificationResolved { clarification_id: clarification.id, response }])
+        })
+        .await
     }
 
     /// Every event of every workflow this runner (or a clone) runs, from now on.
@@ -412,7 +410,7 @@ impl Runner {
             return self.inner.storage.get_workflow(id).await;
         }
         let failure = Failure::new(FailureKind::Cancelled, reason);
-        match self.update_stored(id, |workflow| workflow.fail(failure)).await {
+        match self.update_stored(id, |workflow| workflow.fail(failure).map(|()| Vec::new())).await {
             Err(Error::AlreadyRunning { .. }) => self.inner.storage.get_workflow(id).await,
             other => other,
         }
@@ -420,18 +418,31 @@ impl Runner {
 
     /// Changes a stored workflow outside a run: under a short lease of its own, as
     /// the next version, so it cannot race a run or another change.
+    /// `change` returns the events it caused besides a change of state.
     async fn update_stored(
         &self,
         id: WorkflowId,
-        change: impl FnOnce(&mut Workflow) -> Result<()>,
+        change: impl FnOnce(&mut Workflow) -> Result<Vec<EventKind>>,
     ) -> Result<Workflow> {
         let storage = &self.inner.storage;
         let grant = storage.acquire_lease(id, &self.inner.owner, self.inner.config.lease_ttl()).await?;
         let mut workflow = grant.workflow;
+        let from = workflow.state();
+        let events = self.inner.events.for_run();
         let result = match change(&mut workflow) {
-            Ok(()) => {
+            Ok(caused) => {
+                let to = workflow.state();
+                let staged: Vec<WorkflowEvent> = caused
+                    .into_iter()
+                    .chain((from != to).then_some(EventKind::StateChanged { from, to }))
+                    .map(|kind| events.stage(id, kind))
+                    .collect();
                 workflow.bump_version();
-                storage.update_workflow(&workflow, &grant.lease).await
+                let saved = storage.update_workflow(&workflow, &grant.lease, &events.take()).await;
+                if saved.is_ok() {
+                    staged.into_iter().for_each(|event| events.announce(event));
+                }
+                saved
             }
             Err(e) => Err(e),
         };
@@ -531,12 +542,16 @@ impl Runner {
                 // Resolved on the stored copy under a lease, so an answer saved meanwhile is kept.
                 return self
                     .update_stored(id, |workflow| {
+                        let mut resolved = Vec::new();
                         for clarification in &waiting {
                             if workflow.outstanding_clarifications().any(|c| c.id == clarification.id) {
-                                workflow.resolve_clarification(clarification.id, Value::from("complete"))?;
+                                let response = Value::from("complete");
+                                workflow.resolve_clarification(clarification.id, response.clone())?;
+                                let clarification_id = clarification.id;
+                                resolved.push(EventKind::ClarificationResolved { clarification_id, response });
                             }
                         }
-                        Ok(())
+                        Ok(resolved)
                     })
                     .await;
             }

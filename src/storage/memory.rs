@@ -8,6 +8,7 @@ use super::{
     Clock, Lease, LeaseGrant, LeaseState, LeaseStatus, Storage, SystemClock, ToolCallKey, ToolCallRecord, UsageRecord,
     WorkflowPage, WorkflowQuery,
 };
+use crate::events::{StoredEvent, WorkflowEvent};
 use crate::ids::{PlanId, WorkflowId};
 use crate::plan::Plan;
 use crate::workflow::Workflow;
@@ -44,6 +45,7 @@ struct Row {
     updated_at: DateTime<Utc>,
     /// When the workflow was submitted for the workers, in submission order.
     queued: Option<u64>,
+    events: Vec<StoredEvent>,
 }
 
 impl Default for InMemoryStorage {
@@ -86,6 +88,7 @@ impl InMemoryStorage {
             cancel_requested: None,
             updated_at: now,
             queued,
+            events: Vec::new(),
         };
         state.workflows.insert(workflow.id(), row);
         Ok(())
@@ -175,7 +178,7 @@ impl Storage for InMemoryStorage {
         Ok(WorkflowPage::from_all(all, query, Vec::new()))
     }
 
-    async fn update_workflow(&self, workflow: &Workflow, lease: &Lease) -> Result<()> {
+    async fn update_workflow(&self, workflow: &Workflow, lease: &Lease, events: &[WorkflowEvent]) -> Result<()> {
         let now = self.clock.now();
         let mut state = self.state();
         let row = state.fenced(lease, workflow.id(), now)?;
@@ -186,7 +189,17 @@ impl Storage for InMemoryStorage {
         }
         row.workflow = workflow.clone();
         row.updated_at = now;
+        for event in events {
+            let seq = row.events.len() as u64 + 1;
+            row.events.push(StoredEvent { seq, event: event.clone() });
+        }
         Ok(())
+    }
+
+    async fn events(&self, id: WorkflowId, after: u64) -> Result<Vec<StoredEvent>> {
+        let mut state = self.state();
+        let row = state.row(id)?;
+        Ok(row.events.iter().filter(|e| e.seq > after).cloned().collect())
     }
 
     async fn acquire_lease(&self, id: WorkflowId, owner: &str, ttl: Duration) -> Result<LeaseGrant> {

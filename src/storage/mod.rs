@@ -25,6 +25,7 @@ pub use memory::InMemoryStorage;
 pub use sqlite::SqliteStorage;
 
 use crate::Result;
+use crate::events::{StoredEvent, WorkflowEvent};
 use crate::ids::{PlanId, WorkflowId};
 use crate::plan::Plan;
 use crate::workflow::{Workflow, WorkflowState};
@@ -107,10 +108,13 @@ pub trait Storage: Send + Sync + fmt::Debug {
     async fn get_workflow(&self, id: WorkflowId) -> Result<Workflow>;
     /// Lists workflows, filtered and paged; unreadable ones are reported, not fatal.
     async fn list_workflows(&self, query: &WorkflowQuery) -> Result<WorkflowPage>;
-    /// Replaces a workflow whose stored version is one less than `workflow`'s.
+    /// Replaces a workflow whose stored version is one less than `workflow`'s, and
+    /// stores `events` after its earlier ones, in one write.
     /// [`Error::VersionConflict`](crate::Error::VersionConflict) otherwise, and
     /// [`Error::LeaseLost`](crate::Error::LeaseLost) unless `lease` is current.
-    async fn update_workflow(&self, workflow: &Workflow, lease: &Lease) -> Result<()>;
+    async fn update_workflow(&self, workflow: &Workflow, lease: &Lease, events: &[WorkflowEvent]) -> Result<()>;
+    /// A workflow's stored events numbered after `after` (0 for all), in order.
+    async fn events(&self, id: WorkflowId, after: u64) -> Result<Vec<StoredEvent>>;
 
     /// Takes the lease on a workflow for `owner`, for `ttl` on the store's clock.
     /// [`Error::AlreadyRunning`](crate::Error::AlreadyRunning) while another live

@@ -9,6 +9,7 @@ use super::{
     Clock, Lease, LeaseGrant, LeaseState, LeaseStatus, Storage, SystemClock, ToolCallKey, ToolCallRecord,
     ToolCallStatus, UsageRecord, WorkflowPage, WorkflowQuery,
 };
+use crate::events::{StoredEvent, WorkflowEvent};
 use crate::ids::{PlanId, WorkflowId};
 use crate::llm::Usage;
 use crate::plan::Plan;
@@ -23,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("sqlite/0001_initial.sql"),
     include_str!("sqlite/0002_queue.sql"),
     include_str!("sqlite/0003_cost.sql"),
+    include_str!("sqlite/0004_events.sql"),
 ];
 
 /// Keeps everything in one SQLite database file, which several processes may share.
@@ -460,6 +462,22 @@ fn read_usage(row: &Row<'_>, workflow_id: WorkflowId) -> DbResult<UsageRecord> {
 
 /// Deletes a workflow with its journal and usage, and its plan once unused.
 /// Returns whether the workflow was stored.
+/// Stores `events` after the workflow's earlier ones.
+fn append_events(tx: &Transaction<'_>, id: WorkflowId, events: &[WorkflowEvent]) -> DbResult<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let id = id.to_string();
+    let last: i64 = tx
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events WHERE workflow_id = ?1")?
+        .query_row([&id], |row| row.get(0))?;
+    let mut insert = tx.prepare_cached("INSERT INTO events (workflow_id, seq, body) VALUES (?1, ?2, ?3)")?;
+    for (seq, event) in (last + 1..).zip(events) {
+        insert.execute(params![id, seq, to_json(event, &format!("an event of workflow {id}"))?])?;
+    }
+    Ok(())
+}
+
 fn delete_one(tx: &Transaction<'_>, id: &str) -> DbResult<bool> {
     let plan_id: Option<String> = tx
         .prepare_cached("SELECT plan_id FROM workflows WHERE id = ?1")?
@@ -468,6 +486,7 @@ fn delete_one(tx: &Transaction<'_>, id: &str) -> DbResult<bool> {
     let Some(plan_id) = plan_id else { return Ok(false) };
     tx.prepare_cached("DELETE FROM tool_calls WHERE workflow_id = ?1")?.execute([id])?;
     tx.prepare_cached("DELETE FROM usage WHERE workflow_id = ?1")?.execute([id])?;
+    tx.prepare_cached("DELETE FROM events WHERE workflow_id = ?1")?.execute([id])?;
     tx.prepare_cached("DELETE FROM workflows WHERE id = ?1")?.execute([id])?;
     tx.prepare_cached("DELETE FROM plans WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM workflows WHERE plan_id = ?1)")?
         .execute([&plan_id])?;
@@ -564,8 +583,8 @@ impl Storage for SqliteStorage {
         .await
     }
 
-    async fn update_workflow(&self, workflow: &Workflow, lease: &Lease) -> Result<()> {
-        let (workflow, lease) = (workflow.clone(), lease.clone());
+    async fn update_workflow(&self, workflow: &Workflow, lease: &Lease, events: &[WorkflowEvent]) -> Result<()> {
+        let (workflow, lease, events) = (workflow.clone(), lease.clone(), events.to_vec());
         self.write(format!("cannot save workflow {}", workflow.id()), move |tx, now| {
             fence(tx, &lease, lease.workflow_id, now)?;
             let found = stored_version(tx, lease.workflow_id)?.unwrap_or(0);
@@ -573,7 +592,25 @@ impl Storage for SqliteStorage {
             if lease.workflow_id != workflow.id() || found != expected {
                 return Err(Error::VersionConflict { workflow_id: workflow.id(), expected, found }.into());
             }
-            put_workflow(tx, &workflow, now, UPDATE_WORKFLOW)
+            put_workflow(tx, &workflow, now, UPDATE_WORKFLOW)?;
+            append_events(tx, workflow.id(), &events)
+        })
+        .await
+    }
+
+    async fn events(&self, id: WorkflowId, after: u64) -> Result<Vec<StoredEvent>> {
+        self.read(format!("cannot read the events of workflow {id}"), move |tx| {
+            if stored_version(tx, id)?.is_none() {
+                return Err(Error::WorkflowNotFound(id).into());
+            }
+            let sql = "SELECT seq, body FROM events WHERE workflow_id = ?1 AND seq > ?2 ORDER BY seq";
+            let mut statement = tx.prepare_cached(sql)?;
+            let rows = statement.query(params![id.to_string(), to_int(after)?])?;
+            collect(rows, |row| {
+                let seq: u64 = from_int(row.get(0)?)?;
+                let body: String = row.get(1)?;
+                Ok(StoredEvent { seq, event: from_json(&body, &format!("event {seq} of workflow {id}"))? })
+            })
         })
         .await
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use portia::config::ExecutionMode;
+use portia::events::{StoredEvent, WorkflowEvent};
 use portia::storage::{
     InMemoryStorage, Lease, LeaseGrant, LeaseStatus, Storage, ToolCallRecord, UsageRecord, WorkflowPage, WorkflowQuery,
 };
@@ -67,12 +68,20 @@ impl Storage for RecordingStorage {
     async fn list_workflows(&self, query: &WorkflowQuery) -> portia::Result<WorkflowPage> {
         self.inner.list_workflows(query).await
     }
-    async fn update_workflow(&self, workflow: &Workflow, lease: &Lease) -> portia::Result<()> {
+    async fn update_workflow(
+        &self,
+        workflow: &Workflow,
+        lease: &Lease,
+        events: &[WorkflowEvent],
+    ) -> portia::Result<()> {
         if let Some(hook) = &self.before_save {
             hook(workflow);
         }
         self.saved.lock().unwrap().push(workflow.clone());
-        self.inner.update_workflow(workflow, lease).await
+        self.inner.update_workflow(workflow, lease, events).await
+    }
+    async fn events(&self, id: WorkflowId, after: u64) -> portia::Result<Vec<StoredEvent>> {
+        self.inner.events(id, after).await
     }
     async fn acquire_lease(&self, id: WorkflowId, owner: &str, ttl: Duration) -> portia::Result<LeaseGrant> {
         self.inner.acquire_lease(id, owner, ttl).await

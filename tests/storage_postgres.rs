@@ -212,10 +212,11 @@ async fn racing_for_one_lease_from_several_pools_lets_one_win() {
     }
     let workflow = workflow_of(&plan());
     stores[0].create_workflow(&workflow).await.unwrap();
+    let id = workflow.id();
     let racers: Vec<_> = (0..9)
         .map(|i| {
             let store = Arc::clone(&stores[i % stores.len()]);
-            tokio::spawn(async move { store.acquire_lease(workflow.id(), &format!("runner-{i}"), TTL).await })
+            tokio::spawn(async move { store.acquire_lease(id, &format!("runner-{i}"), TTL).await })
         })
         .collect();
     let mut winners = 0;

@@ -34,6 +34,27 @@ as_pg() {
     fi
 }
 
+# A self-signed certificate for the host name localhost, so the TLS tests can check
+# sslmode=require and verify-full (they skip when PORTIA_TEST_PG_CA is unset).
+make_certificate() {
+    command -v openssl >/dev/null 2>&1 || return 1
+    (
+        set -e
+        cd "$PG_TMP"
+        # A certificate authority, and the server's certificate signed by it: webpki
+        # refuses an authority's own certificate as a server's.
+        openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=portia-test-ca -keyout ca.key -out ca.crt
+        openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr
+        printf 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n' >server.ext
+        openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile server.ext \
+            -out server.crt
+        rm -f ca.key server.csr server.ext
+        chmod 600 server.key
+        chmod 644 ca.crt server.crt
+        if [ "$(id -u)" = 0 ]; then chown postgres server.key server.crt; fi
+    ) >/dev/null 2>&1
+}
+
 start_postgres() {
     PG_BIN=$(find_pg_bin)
     if [ -z "$PG_BIN" ]; then
@@ -55,10 +76,14 @@ start_postgres() {
     [ "$(id -u)" = 0 ] && chown postgres "$PG_TMP"
     as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U postgres -A trust --no-sync -E UTF8 --locale=C.UTF-8 >"$PG_TMP/initdb.log" 2>&1 \
         || { cat "$PG_TMP/initdb.log" >&2; return 1; }
-    local port
+    local port tls=""
     port=$(free_port)
+    if make_certificate; then
+        tls="-c ssl=on -c ssl_cert_file=$PG_TMP/server.crt -c ssl_key_file=$PG_TMP/server.key"
+        export PORTIA_TEST_PG_CA="$PG_TMP/ca.crt"
+    fi
     as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_TMP/server.log" -w -t 60 start \
-        -o "-c listen_addresses=127.0.0.1 -p $port -k $PG_TMP -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
+        -o "-c listen_addresses=127.0.0.1 -p $port -k $PG_TMP -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 $tls" \
         >/dev/null || { cat "$PG_TMP/server.log" >&2; return 1; }
     export PORTIA_TEST_PG_URL="postgres://postgres@127.0.0.1:$port/postgres?sslmode=disable"
     echo "postgres.sh: Postgres $("$PG_BIN/pg_ctl" --version | awk '{print $3}') on 127.0.0.1:$port" >&2

@@ -544,7 +544,9 @@ mod postgres_wake {
         if let Some(mut fixture) = super::postgres() {
             let schema = fixture._schema.take();
             super::a_submission_or_release_wakes_a_waiting_worker(fixture).await;
-            if let Some(schema) = schema { schema.remove().await }
+            if let Some(schema) = schema {
+                schema.remove().await
+            }
         }
     }
 }

@@ -21,7 +21,8 @@ fn plan() -> Plan {
 }
 
 fn workflow_of(plan: &Plan) -> Workflow {
-    let value = json!({ "id": WorkflowId::new(), "plan_id": plan.id, "state": WorkflowState::NotStarted, "version": 1 });
+    let value =
+        json!({ "id": WorkflowId::new(), "plan_id": plan.id, "state": WorkflowState::NotStarted, "version": 1 });
     serde_json::from_value(value).expect("a workflow")
 }
 
@@ -286,5 +287,59 @@ async fn leases_run_on_the_database_clock() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     let taken = store.acquire_lease(workflow.id(), "runner-b", ttl).await.expect("expired on the database's clock");
     assert!(taken.reclaimed);
+    schema.remove().await;
+}
+
+/// The test server's port, and the certificate `.ci/postgres.sh` made for `localhost`,
+/// or `None` (the TLS tests skip, saying why) when the server has no TLS.
+fn tls_server() -> Option<(String, u16, String)> {
+    let url = pg::test_url()?;
+    let Some(ca) = std::env::var("PORTIA_TEST_PG_CA").ok().filter(|ca| !ca.is_empty()) else {
+        eprintln!("skipped: PORTIA_TEST_PG_CA is not set; .ci/postgres.sh starts the server with TLS and sets it");
+        return None;
+    };
+    let config: tokio_postgres::Config = url.parse().expect("the test URL parses");
+    let user = config.get_user().unwrap_or("postgres").to_owned();
+    Some((user, config.get_ports()[0], ca))
+}
+
+/// Whether every connection named `application` is encrypted (and there is one).
+async fn all_encrypted(application: &str) -> bool {
+    let client = pg::connect(&pg::test_url().unwrap()).await;
+    let sql = "SELECT count(*), coalesce(bool_and(s.ssl), false) FROM pg_stat_ssl s \
+               JOIN pg_stat_activity a USING (pid) WHERE a.application_name = $1";
+    let row = client.query_one(sql, &[&application]).await.unwrap();
+    row.get::<_, i64>(0) > 0 && row.get::<_, bool>(1)
+}
+
+#[tokio::test]
+async fn sslmode_require_encrypts_and_verify_full_checks_the_certificate() {
+    let Some((user, port, ca)) = tls_server() else { return };
+    let schema = pg::Schema::fresh(&pg::test_url().unwrap());
+    let app = format!("tls_{}", &schema.name[5..17]);
+    let url =
+        |host: &str, params: &str| format!("postgres://{user}@{host}:{port}/postgres?application_name={app}&{params}");
+    let open = |url: String| {
+        let settings = PostgresSettings::new(url).schema(schema.name.clone());
+        async move { PostgresStorage::connect(&settings).await }
+    };
+
+    let store = open(url("127.0.0.1", "sslmode=require")).await.expect("require takes a self-signed certificate");
+    store.list_workflows(&WorkflowQuery::default()).await.unwrap();
+    assert!(all_encrypted(&app).await, "sslmode=require encrypts");
+    drop(store);
+
+    let checked = open(url("localhost", &format!("sslmode=verify-full&sslrootcert={ca}"))).await;
+    checked.expect("verify-full takes the server's certificate when sslrootcert vouches for it");
+
+    let unknown = open(url("localhost", "sslmode=verify-full")).await.unwrap_err();
+    assert!(matches!(unknown, Error::Storage { .. }), "{unknown}");
+    assert!(
+        unknown.to_string().contains("sslrootcert"),
+        "an unknown authority is refused, saying what to check: {unknown}"
+    );
+    let wrong_name = open(url("127.0.0.1", &format!("sslmode=verify-full&sslrootcert={ca}"))).await.unwrap_err();
+    assert!(wrong_name.to_string().contains("TLS"), "the certificate names localhost only: {wrong_name}");
+    open(url("127.0.0.1", &format!("sslmode=verify-ca&sslrootcert={ca}"))).await.expect("verify-ca skips the name");
     schema.remove().await;
 }

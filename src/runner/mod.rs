@@ -29,9 +29,9 @@ use crate::plan::Plan;
 use crate::planner::{OneShotPlanner, Planner, PlanningRequest};
 #[cfg(feature = "sqlite")]
 use crate::storage::SqliteStorage;
+use crate::storage::{InMemoryStorage, Storage, ToolCallRecord, WorkflowPage, WorkflowQuery};
 #[cfg(feature = "postgres")]
 use crate::storage::{PostgresSettings, PostgresStorage};
-use crate::storage::{InMemoryStorage, Storage, ToolCallRecord, WorkflowPage, WorkflowQuery};
 use crate::tool::{InMemoryToolRegistry, ToolRegistry};
 use crate::workflow::{Failure, FailureKind, Workflow, WorkflowState, WorkflowUsage};
 use crate::{Error, Result};

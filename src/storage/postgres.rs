@@ -488,7 +488,9 @@ impl PostgresStorage {
         if self.execute(&tx, INSERT_WORKFLOW, &args).await? == 0 {
             let rows = self.query(&tx, "SELECT version FROM {S}.workflows WHERE id = $1", &[&id]).await?;
             let found = rows.first().map(|row| row.try_get::<_, i64>(0)).transpose()?.unwrap_or(0);
-            return Err(Error::VersionConflict { workflow_id: workflow.id(), expected: 0, found: from_int(found)? }.into());
+            return Err(
+                Error::VersionConflict { workflow_id: workflow.id(), expected: 0, found: from_int(found)? }.into()
+            );
         }
         if queued {
             self.notify(&tx).await?;
@@ -677,7 +679,8 @@ impl PostgresStorage {
             [&key.workflow_id.to_string(), &to_int(key.step)?, &i64::from(key.attempt), &i64::from(key.seq)];
         let rows = self.query(&tx, &sql, &args).await?;
         tx.commit().await?;
-        let row = rows.first().ok_or_else(|| Fail::Corrupt(format!("tool call {key} is journaled but cannot be read")))?;
+        let row =
+            rows.first().ok_or_else(|| Fail::Corrupt(format!("tool call {key} is journaled but cannot be read")))?;
         read_tool_call(row).map(Some)
     }
 
@@ -743,7 +746,8 @@ impl PostgresStorage {
         // second sees the first gone and deletes the plan.
         self.query(tx, "SELECT 1 FROM {S}.plans WHERE id = $1 FOR UPDATE", &[&plan_id]).await?;
         self.execute(tx, "DELETE FROM {S}.workflows WHERE id = $1", &[&id]).await?;
-        let unused = "DELETE FROM {S}.plans WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM {S}.workflows WHERE plan_id = $1)";
+        let unused =
+            "DELETE FROM {S}.plans WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM {S}.workflows WHERE plan_id = $1)";
         self.execute(tx, unused, &[&plan_id]).await?;
         Ok(true)
     }

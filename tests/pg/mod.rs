@@ -75,7 +75,8 @@ impl Drop for Schema {
 
 /// A plain connection, driven on a task of its own.
 pub async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("the test database accepts plain connections");
+    let (client, connection) =
+        tokio_postgres::connect(url, NoTls).await.expect("the test database accepts plain connections");
     tokio::spawn(connection);
     client
 }

@@ -201,7 +201,11 @@ fn take_param(url: &str, name: &str) -> (String, Option<String>) {
 /// and `require` encrypt without checking the certificate (unless `sslrootcert` is
 /// given, when `require` checks it as `verify-ca` does); `verify-ca` checks the
 /// chain and `verify-full` the host name too.
-fn tls_for(config: &mut tokio_postgres::Config, sslmode: Option<&str>, root_cert: Option<&str>) -> Result<ClientConfig> {
+fn tls_for(
+    config: &mut tokio_postgres::Config,
+    sslmode: Option<&str>,
+    root_cert: Option<&str>,
+) -> Result<ClientConfig> {
     let (mode, verify) = match sslmode.unwrap_or("prefer") {
         "disable" => (SslMode::Disable, None),
         "prefer" => (SslMode::Prefer, None),
@@ -360,7 +364,8 @@ mod tests {
             assert!(matches!(&err, Error::InvalidConfig { setting, .. } if setting == URL_SETTING), "{err}");
             assert!(!err.to_string().contains("hunter2"), "{err}");
         }
-        let target = Target::parse(&Secret::new("postgres://u:hunter2@db.example:6543/app?sslmode=verify-full")).unwrap();
+        let target =
+            Target::parse(&Secret::new("postgres://u:hunter2@db.example:6543/app?sslmode=verify-full")).unwrap();
         assert_eq!(target.describe, "database \"app\" on db.example:6543");
         assert!(!format!("{target:?}").contains("hunter2"));
     }

@@ -58,6 +58,10 @@ impl ConfigBuilder {
         storage: StorageKind;
         /// Sets the disk storage directory.
         storage_dir: PathBuf;
+        /// Sets the Postgres schema holding portia's tables.
+        database_schema: String;
+        /// Sets the most Postgres connections one store opens at once.
+        database_pool_size: usize;
         /// Sets the root directory of the file tools.
         files_root: PathBuf;
         /// Sets the log level.
@@ -132,6 +136,8 @@ impl ConfigBuilder {
         tavily_api_key;
         /// Sets the OpenWeatherMap API key.
         openweathermap_api_key;
+        /// Sets the Postgres URL (it may hold a password, so it is kept as a secret).
+        database_url;
     }
 
     /// Sets the timeout of one HTTP request (at least 1 ms); it wins over `request_timeout_secs`.

@@ -70,6 +70,8 @@ config_enum!(
         Memory => ["memory", "mem"],
         /// One SQLite database, `<storage_dir>/portia.db`, that several processes can share.
         Sqlite => ["sqlite", "sqlite3"],
+        /// One Postgres database (`PORTIA_DATABASE_URL`) that processes on many machines share.
+        Postgres => ["postgres", "postgresql", "pg"],
     }
 );
 

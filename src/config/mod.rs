@@ -83,6 +83,15 @@ pub struct Config {
     pub storage: StorageKind,
     /// The directory for disk storage (`PORTIA_STORAGE_DIR`).
     pub storage_dir: PathBuf,
+    /// The Postgres database for `storage = postgres` (`PORTIA_DATABASE_URL`), such as
+    /// `postgres://user:password@host:5432/database?sslmode=verify-full`; a secret,
+    /// since it may hold a password.
+    #[serde(skip_serializing)]
+    pub database_url: Option<Secret>,
+    /// The Postgres schema holding portia's tables (`PORTIA_DATABASE_SCHEMA`).
+    pub database_schema: String,
+    /// The most Postgres connections one store opens at once (`PORTIA_DATABASE_POOL_SIZE`).
+    pub database_pool_size: usize,
     /// The root directory the file tools may read and write (`PORTIA_FILES_ROOT`).
     pub files_root: PathBuf,
     /// The log level (`PORTIA_LOG_LEVEL`).
@@ -150,6 +159,9 @@ impl Default for Config {
             openweathermap_base_url: None,
             storage: StorageKind::Memory,
             storage_dir: PathBuf::from(".portia"),
+            database_url: None,
+            database_schema: "portia".to_owned(),
+            database_pool_size: 16,
             files_root: PathBuf::from("."),
             log_level: LogLevel::Info,
             agent: AgentKind::OneShot,
@@ -264,6 +276,8 @@ impl Config {
         }
         set(&mut self.storage, vars.parse("PORTIA_STORAGE")?);
         set(&mut self.storage_dir, vars.get("PORTIA_STORAGE_DIR").map(PathBuf::from));
+        set(&mut self.database_schema, vars.get("PORTIA_DATABASE_SCHEMA"));
+        set(&mut self.database_pool_size, vars.parse("PORTIA_DATABASE_POOL_SIZE")?);
         set(&mut self.files_root, vars.get("PORTIA_FILES_ROOT").map(PathBuf::from));
         set(&mut self.log_level, vars.parse("PORTIA_LOG_LEVEL")?);
         set(&mut self.agent, vars.parse("PORTIA_AGENT")?);
@@ -298,6 +312,7 @@ impl Config {
             ("OPENROUTER_API_KEY", &mut self.openrouter_api_key),
             ("TAVILY_API_KEY", &mut self.tavily_api_key),
             ("OPENWEATHERMAP_API_KEY", &mut self.openweathermap_api_key),
+            ("PORTIA_DATABASE_URL", &mut self.database_url),
         ];
         for (name, field) in secrets {
             if field.is_none() {
@@ -392,9 +407,30 @@ impl Config {
                 "SQLite storage needs a directory: set PORTIA_STORAGE_DIR",
             ));
         }
+        self.validate_postgres()?;
         let models = [&self.default_model, &self.planning_model, &self.execution_model, &self.summary_model];
         if models.iter().any(|m| m.as_deref().is_some_and(|m| split_provider(m).1.trim().is_empty())) {
             return Err(Error::invalid_config("model", "a model name is empty; give a name such as gpt-4.1-mini"));
+        }
+        Ok(())
+    }
+
+    /// Checks the Postgres settings when Postgres is chosen.
+    fn validate_postgres(&self) -> Result<()> {
+        if self.storage != StorageKind::Postgres {
+            return Ok(());
+        }
+        if self.database_url.is_none() {
+            return Err(Error::invalid_config(
+                "PORTIA_DATABASE_URL",
+                "PORTIA_STORAGE=postgres needs a database: set PORTIA_DATABASE_URL=postgres://user:password@host:5432/database",
+            ));
+        }
+        if self.database_pool_size == 0 {
+            return Err(Error::invalid_config(
+                "PORTIA_DATABASE_POOL_SIZE",
+                "must be at least 1: set PORTIA_DATABASE_POOL_SIZE to 1 or more (default 16)",
+            ));
         }
         Ok(())
     }

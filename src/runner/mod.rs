@@ -37,6 +37,8 @@ use crate::planner::{OneShotPlanner, Planner, PlanningRequest};
 #[cfg(feature = "sqlite")]
 use crate::storage::SqliteStorage;
 use crate::storage::{InMemoryStorage, Storage, ToolCallRecord, WorkflowPage, WorkflowQuery};
+#[cfg(feature = "postgres")]
+use crate::storage::{PostgresSettings, PostgresStorage};
 use crate::tool::{InMemoryToolRegistry, ToolRegistry};
 use crate::workflow::{Failure, FailureKind, Workflow, WorkflowState, WorkflowUsage};
 use crate::{Error, Result};
@@ -689,6 +691,18 @@ impl RunnerBuilder {
                 return Err(Error::invalid_config(
                     "PORTIA_STORAGE",
                     "this build of portia has no SQLite store: enable the `sqlite` feature (on by default)",
+                ));
+            }
+            #[cfg(feature = "postgres")]
+            (None, StorageKind::Postgres) => {
+                // Connects on first use: building stays synchronous.
+                Arc::new(PostgresStorage::new(&PostgresSettings::from_config(&self.config)?)?)
+            }
+            #[cfg(not(feature = "postgres"))]
+            (None, StorageKind::Postgres) => {
+                return Err(Error::invalid_config(
+                    "PORTIA_STORAGE",
+                    "this build of portia has no Postgres store: enable the `postgres` feature",
                 ));
             }
             (None, _) => Arc::new(InMemoryStorage::new()),

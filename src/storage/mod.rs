@@ -7,6 +7,8 @@ mod import;
 mod journal;
 mod lease;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -21,6 +23,8 @@ pub use journal::{ToolCallKey, ToolCallRecord, ToolCallStatus, UsageRecord};
 pub(crate) use lease::LeaseState;
 pub use lease::{Lease, LeaseGrant, LeaseStatus};
 pub use memory::InMemoryStorage;
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresSettings, PostgresStorage};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStorage;
 

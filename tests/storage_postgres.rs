@@ -1,0 +1,346 @@
+//! Postgres only: connecting, settings, migrations, damaged rows and racing processes.
+//! The conformance suite (`storage_conformance.rs`) covers the protocol itself.
+//!
+//! Tests that need a server read `PORTIA_TEST_PG_URL` (see `tests/pg/mod.rs`); the
+//! ones about settings and unreachable servers need none.
+
+mod pg;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portia::storage::{PostgresSettings, PostgresStorage, Storage, WorkflowQuery};
+use portia::{Config, Error, Plan, PlanBuilder, Workflow, WorkflowId, WorkflowState};
+use serde_json::json;
+
+const TTL: Duration = Duration::from_secs(30);
+
+fn plan() -> Plan {
+    PlanBuilder::new("Which city is warmer?").step("Find the weather", Some("weather_tool"), "$weather").build()
+}
+
+fn workflow_of(plan: &Plan) -> Workflow {
+    let value =
+        json!({ "id": WorkflowId::new(), "plan_id": plan.id, "state": WorkflowState::NotStarted, "version": 1 });
+    serde_json::from_value(value).expect("a workflow")
+}
+
+/// A free port on loopback, where nothing listens.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn settings(schema: &pg::Schema) -> PostgresSettings {
+    PostgresSettings::new(schema.url.clone()).schema(schema.name.clone()).pool_size(4)
+}
+
+fn assert_names_the_url_setting(err: &Error) {
+    assert!(matches!(err, Error::InvalidConfig { setting, .. } if setting == "PORTIA_DATABASE_URL"), "{err}");
+}
+
+#[tokio::test]
+async fn a_bad_url_is_a_config_error_naming_the_setting() {
+    for url in ["not a url at all", "postgres://u:hunter2@h/db?sslmode=sometimes", "postgres://u:hunter2@h:port/db"] {
+        let err = PostgresStorage::connect(&PostgresSettings::new(url)).await.unwrap_err();
+        assert_names_the_url_setting(&err);
+        assert!(!err.to_string().contains("hunter2"), "the password stays out of errors: {err}");
+    }
+    let err = PostgresStorage::new(&PostgresSettings::new("postgres://h/db").schema("Robert'); DROP")).unwrap_err();
+    assert!(matches!(&err, Error::InvalidConfig { setting, .. } if setting == "PORTIA_DATABASE_SCHEMA"), "{err}");
+    let err = PostgresStorage::new(&PostgresSettings::new("postgres://h/db").pool_size(0)).unwrap_err();
+    assert!(matches!(&err, Error::InvalidConfig { setting, .. } if setting == "PORTIA_DATABASE_POOL_SIZE"), "{err}");
+}
+
+#[test]
+fn config_reads_the_postgres_settings_and_keeps_the_url_secret() {
+    let vars = |name: &str| match name {
+        "PORTIA_STORAGE" => Some("postgres".to_owned()),
+        "PORTIA_DATABASE_URL" => Some("postgres://app:hunter2@db:5432/app".to_owned()),
+        "PORTIA_DATABASE_SCHEMA" => Some("tenant_a".to_owned()),
+        "PORTIA_DATABASE_POOL_SIZE" => Some("5".to_owned()),
+        _ => None,
+    };
+    let config = Config::from_vars(vars).unwrap();
+    let settings = PostgresSettings::from_config(&config).unwrap();
+    assert_eq!((settings.schema.as_str(), settings.pool_size), ("tenant_a", 5));
+    assert_eq!(settings.url.expose(), "postgres://app:hunter2@db:5432/app");
+    for shown in [format!("{config:?}"), format!("{settings:?}"), config.to_json(), config.to_toml()] {
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+    let store = PostgresStorage::new(&settings).unwrap();
+    assert!(!format!("{store:?}").contains("hunter2"), "{store:?}");
+
+    let err = Config::from_vars(|name| (name == "PORTIA_STORAGE").then(|| "postgres".to_owned())).unwrap_err();
+    assert_names_the_url_setting(&err);
+}
+
+#[tokio::test]
+async fn a_refused_connection_says_what_to_check_and_hides_the_password() {
+    let url = format!("postgres://portia:hunter2@127.0.0.1:{}/portia?connect_timeout=5", closed_port());
+    let err = PostgresStorage::connect(&PostgresSettings::new(url.clone())).await.unwrap_err();
+    assert!(matches!(err, Error::Storage { .. }), "{err}");
+    let message = err.to_string();
+    assert!(message.contains("PORTIA_DATABASE_URL") && message.contains("127.0.0.1"), "{message}");
+    assert!(!message.contains("hunter2"), "{message}");
+    // Built without connecting, the store reports the same on first use, and no panic.
+    let lazy = PostgresStorage::new(&PostgresSettings::new(url)).expect("nothing is checked before use");
+    let err = lazy.get_workflow(WorkflowId::new()).await.unwrap_err();
+    assert!(err.to_string().contains("PORTIA_DATABASE_URL"), "{err}");
+}
+
+#[tokio::test]
+async fn a_missing_database_is_named() {
+    let Some(url) = pg::test_url() else { return };
+    let mut config: tokio_postgres::Config = url.parse().expect("the test URL parses");
+    config.dbname("portia_no_such_database");
+    let host = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(host) => host.clone(),
+        other => panic!("the test database is reached over TCP, not {other:?}"),
+    };
+    let user = config.get_user().unwrap_or("postgres").to_owned();
+    let missing = format!("postgres://{user}@{host}:{}/portia_no_such_database?sslmode=disable", config.get_ports()[0]);
+    let err = PostgresStorage::connect(&PostgresSettings::new(missing)).await.unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("no such database") && message.contains("PORTIA_DATABASE_URL"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_starting_at_once_take_turns_migrating() {
+    let Some(url) = pg::test_url() else { return };
+    let schema = pg::Schema::fresh(&url);
+    let starting: Vec<_> = (0..6)
+        .map(|_| {
+            let settings = settings(&schema);
+            tokio::spawn(async move { PostgresStorage::connect(&settings).await })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for start in starting {
+        stores.push(start.await.unwrap().expect("every process starts"));
+    }
+    let client = pg::connect(&url).await;
+    let sql = format!("SELECT version FROM \"{}\".schema_migrations ORDER BY version", schema.name);
+    let versions: Vec<i32> = client.query(&sql, &[]).await.unwrap().iter().map(|row| row.get(0)).collect();
+    let once_each: Vec<i32> = (1..=versions.len() as i32).collect();
+    assert!(versions.len() >= 2 && versions == once_each, "each migration applied once: {versions:?}");
+    let workflow = workflow_of(&plan());
+    stores[0].create_workflow(&workflow).await.unwrap();
+    assert_eq!(stores[5].get_workflow(workflow.id()).await.unwrap(), workflow);
+    schema.remove().await;
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused() {
+    let Some(url) = pg::test_url() else { return };
+    let schema = pg::Schema::fresh(&url);
+    PostgresStorage::connect(&settings(&schema)).await.expect("a new schema is created");
+    PostgresStorage::connect(&settings(&schema)).await.expect("an up-to-date schema opens again");
+    schema.execute("INSERT INTO {S}.schema_migrations (version) VALUES (999)").await;
+    let err = PostgresStorage::connect(&settings(&schema)).await.unwrap_err();
+    assert!(matches!(&err, Error::SchemaTooNew { found: 999, supported, .. } if *supported < 999), "{err}");
+    assert!(err.to_string().contains("999"), "{err}");
+    schema.remove().await;
+}
+
+#[tokio::test]
+async fn a_corrupt_row_is_reported_by_id() {
+    let Some(url) = pg::test_url() else { return };
+    let schema = pg::Schema::fresh(&url);
+    let store = PostgresStorage::connect(&settings(&schema)).await.unwrap();
+    let plan = plan();
+    let (good, bad) = (workflow_of(&plan), workflow_of(&plan));
+    store.create_workflow(&good).await.unwrap();
+    store.create_workflow(&bad).await.unwrap();
+    schema.execute(&format!("UPDATE {{S}}.workflows SET body = '{{\"id\": 42' WHERE id = '{}'", bad.id())).await;
+    let err = store.get_workflow(bad.id()).await.unwrap_err();
+    assert!(matches!(err, Error::Storage { .. }), "{err}");
+    assert!(err.to_string().contains(&bad.id().to_string()), "{err}");
+    assert!(std::error::Error::source(&err).is_some(), "the parse error is kept");
+    let page = store.list_workflows(&WorkflowQuery::default()).await.unwrap();
+    assert_eq!(page.results, [good]);
+    assert_eq!(page.unreadable.len(), 1);
+    assert!(page.unreadable[0].contains(&bad.id().to_string()), "{:?}", page.unreadable);
+    schema.remove().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_claimers_from_several_pools_claim_each_workflow_once() {
+    let Some(url) = pg::test_url() else { return };
+    let schema = pg::Schema::fresh(&url);
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        stores.push(Arc::new(PostgresStorage::connect(&settings(&schema)).await.unwrap()));
+    }
+    let plan = plan();
+    stores[0].save_plan(&plan).await.unwrap();
+    let mut submitted = HashSet::new();
+    for _ in 0..30 {
+        let workflow = workflow_of(&plan);
+        stores[0].submit_workflow(&workflow).await.unwrap();
+        submitted.insert(workflow.id());
+    }
+    // Four claimers per pool, each claiming until nothing is left.
+    let claimers: Vec<_> = (0..12)
+        .map(|i| {
+            let store = Arc::clone(&stores[i % stores.len()]);
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                while let Some(grant) = store.claim_runnable(&format!("worker-{i}"), TTL).await.expect("a claim") {
+                    assert!(!grant.reclaimed);
+                    mine.push(grant.workflow.id());
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut claimed = Vec::new();
+    for claimer in claimers {
+        claimed.extend(claimer.await.unwrap());
+    }
+    let distinct: HashSet<_> = claimed.iter().copied().collect();
+    assert_eq!(claimed.len(), distinct.len(), "no workflow was claimed twice");
+    assert_eq!(distinct, submitted, "every workflow was claimed");
+    schema.remove().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_for_one_lease_from_several_pools_lets_one_win() {
+    let Some(url) = pg::test_url() else { return };
+    let schema = pg::Schema::fresh(&url);
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        stores.push(Arc::new(PostgresStorage::connect(&settings(&schema)).await.unwrap()));
+    }
+    let workflow = workflow_of(&plan());
+    stores[0].create_workflow(&workflow).await.unwrap();
+    let id = workflow.id();
+    let racers: Vec<_> = (0..9)
+        .map(|i| {
+            let store = Arc::clone(&stores[i % stores.len()]);
+            tokio::spawn(async move { store.acquire_lease(id, &format!("runner-{i}"), TTL).await })
+        })
+        .collect();
+    let mut winners = 0;
+    for racer in racers {
+        match racer.await.unwrap() {
+            Ok(_) => winners += 1,
+            Err(Error::AlreadyRunning { .. }) => {}
+            Err(other) => panic!("a racer failed: {other}"),
+        }
+    }
+    assert_eq!(winners, 1);
+    schema.remove().await;
+}
+
+#[tokio::test]
+async fn a_submission_from_another_process_wakes_a_waiting_worker() {
+    let Some(url) = pg::test_url() else { return };
+    let schema = pg::Schema::fresh(&url);
+    let worker = Arc::new(PostgresStorage::connect(&settings(&schema)).await.unwrap());
+    let submitter = PostgresStorage::connect(&settings(&schema)).await.unwrap();
+    // Another schema's submissions are not this worker's business.
+    let elsewhere = pg::Schema::fresh(&url);
+    let neighbour = PostgresStorage::connect(&settings(&elsewhere)).await.unwrap();
+    let plan = plan();
+    neighbour.save_plan(&plan).await.unwrap();
+    submitter.save_plan(&plan).await.unwrap();
+
+    let started = Instant::now();
+    let waiting = tokio::spawn({
+        let worker = Arc::clone(&worker);
+        async move { worker.wait_for_runnable(Duration::from_secs(1)).await }
+    });
+    neighbour.submit_workflow(&workflow_of(&plan)).await.unwrap();
+    waiting.await.unwrap();
+    assert!(started.elapsed() >= Duration::from_secs(1), "another schema's submission woke the worker");
+
+    let hour = Duration::from_secs(3600);
+    let started = Instant::now();
+    let waiting = tokio::spawn({
+        let worker = Arc::clone(&worker);
+        async move { worker.wait_for_runnable(hour).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    submitter.submit_workflow(&workflow_of(&plan)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), waiting).await.expect("woken by the notification").unwrap();
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(worker.claim_runnable("w1", TTL).await.unwrap().is_some());
+    schema.remove().await;
+    elsewhere.remove().await;
+}
+
+#[tokio::test]
+async fn leases_run_on_the_database_clock() {
+    let Some(url) = pg::test_url() else { return };
+    let schema = pg::Schema::fresh(&url);
+    let store = PostgresStorage::connect(&settings(&schema)).await.unwrap();
+    let workflow = workflow_of(&plan());
+    store.create_workflow(&workflow).await.unwrap();
+    let client = pg::connect(&url).await;
+    let before: chrono::DateTime<chrono::Utc> = client.query_one("SELECT now()", &[]).await.unwrap().get(0);
+    let ttl = Duration::from_millis(500);
+    let first = store.acquire_lease(workflow.id(), "runner-a", ttl).await.unwrap().lease;
+    let lead = first.expires_at - before;
+    assert!(lead >= chrono::Duration::milliseconds(500) && lead < chrono::Duration::seconds(10), "{lead}");
+    let busy = store.acquire_lease(workflow.id(), "runner-b", ttl).await.unwrap_err();
+    assert!(matches!(busy, Error::AlreadyRunning { .. }), "{busy}");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let taken = store.acquire_lease(workflow.id(), "runner-b", ttl).await.expect("expired on the database's clock");
+    assert!(taken.reclaimed);
+    schema.remove().await;
+}
+
+/// The test server's port, and the certificate `.ci/postgres.sh` made for `localhost`,
+/// or `None` (the TLS tests skip, saying why) when the server has no TLS.
+fn tls_server() -> Option<(String, u16, String)> {
+    let url = pg::test_url()?;
+    let Some(ca) = std::env::var("PORTIA_TEST_PG_CA").ok().filter(|ca| !ca.is_empty()) else {
+        eprintln!("skipped: PORTIA_TEST_PG_CA is not set; .ci/postgres.sh starts the server with TLS and sets it");
+        return None;
+    };
+    let config: tokio_postgres::Config = url.parse().expect("the test URL parses");
+    let user = config.get_user().unwrap_or("postgres").to_owned();
+    Some((user, config.get_ports()[0], ca))
+}
+
+/// Whether every connection named `application` is encrypted (and there is one).
+async fn all_encrypted(application: &str) -> bool {
+    let client = pg::connect(&pg::test_url().unwrap()).await;
+    let sql = "SELECT count(*), coalesce(bool_and(s.ssl), false) FROM pg_stat_ssl s \
+               JOIN pg_stat_activity a USING (pid) WHERE a.application_name = $1";
+    let row = client.query_one(sql, &[&application]).await.unwrap();
+    row.get::<_, i64>(0) > 0 && row.get::<_, bool>(1)
+}
+
+#[tokio::test]
+async fn sslmode_require_encrypts_and_verify_full_checks_the_certificate() {
+    let Some((user, port, ca)) = tls_server() else { return };
+    let schema = pg::Schema::fresh(&pg::test_url().unwrap());
+    let app = format!("tls_{}", &schema.name[5..17]);
+    let url =
+        |host: &str, params: &str| format!("postgres://{user}@{host}:{port}/postgres?application_name={app}&{params}");
+    let open = |url: String| {
+        let settings = PostgresSettings::new(url).schema(schema.name.clone());
+        async move { PostgresStorage::connect(&settings).await }
+    };
+
+    let store = open(url("127.0.0.1", "sslmode=require")).await.expect("require takes a self-signed certificate");
+    store.list_workflows(&WorkflowQuery::default()).await.unwrap();
+    assert!(all_encrypted(&app).await, "sslmode=require encrypts");
+    drop(store);
+
+    let checked = open(url("localhost", &format!("sslmode=verify-full&sslrootcert={ca}"))).await;
+    checked.expect("verify-full takes the server's certificate when sslrootcert vouches for it");
+
+    let unknown = open(url("localhost", "sslmode=verify-full")).await.unwrap_err();
+    assert!(matches!(unknown, Error::Storage { .. }), "{unknown}");
+    assert!(
+        unknown.to_string().contains("sslrootcert"),
+        "an unknown authority is refused, saying what to check: {unknown}"
+    );
+    let wrong_name = open(url("127.0.0.1", &format!("sslmode=verify-full&sslrootcert={ca}"))).await.unwrap_err();
+    assert!(wrong_name.to_string().contains("TLS"), "the certificate names localhost only: {wrong_name}");
+    open(url("127.0.0.1", &format!("sslmode=verify-ca&sslrootcert={ca}"))).await.expect("verify-ca skips the name");
+    schema.remove().await;
+}

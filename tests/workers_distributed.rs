@@ -1,7 +1,8 @@
-//! Workers in separate processes sharing one SQLite database: 200 workflows
-//! submitted from this process, four worker processes, one of them killed with
-//! SIGKILL while it holds runs. Every workflow ends COMPLETE, and the dead worker's
-//! calls are made again by the others with the same idempotency key, never a new one.
+//! Workers in separate processes sharing one store (a SQLite file, and Postgres):
+//! 200 workflows submitted from this process, four worker processes, one of them
+//! killed with SIGKILL while it holds runs. Every workflow ends COMPLETE, and the
+//! dead worker's calls are made again by the others with the same idempotency key,
+//! never a new one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -13,13 +14,14 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use portia::runner::WorkerOptions;
-use portia::storage::SqliteStorage;
+use portia::storage::{PostgresSettings, PostgresStorage, SqliteStorage, Storage};
 use portia::testing::ScriptedLlm;
 use portia::tool::{Tool, ToolError, ToolOutput, ToolRunContext, ToolSpec};
 use portia::{Config, InMemoryToolRegistry, PlanBuilder, Runner, Workflow, WorkflowId, WorkflowState};
 use serde_json::{Value, json};
 
 mod common;
+mod pg;
 
 const WORKFLOWS: usize = 200;
 const WORKERS: usize = 4;
@@ -59,8 +61,21 @@ fn append_line(path: &Path, line: &str) {
     file.write_all(format!("{line}\n").as_bytes()).unwrap();
 }
 
-fn runner(db: &Path, tool: KeyedTool, announce_done: bool) -> Runner {
-    let sqlite = Arc::new(SqliteStorage::open(db).unwrap());
+/// The shared store: `sqlite:PATH`, or `postgres:SCHEMA:URL`.
+fn store(spec: &str) -> Arc<dyn Storage> {
+    match spec.split_once(':') {
+        Some(("sqlite", path)) => Arc::new(SqliteStorage::open(path).unwrap()),
+        Some(("postgres", rest)) => {
+            let (schema, url) = rest.split_once(':').unwrap();
+            let settings = PostgresSettings::new(url).schema(schema).pool_size(4);
+            Arc::new(PostgresStorage::new(&settings).unwrap())
+        }
+        _ => panic!("unknown store {spec}"),
+    }
+}
+
+fn runner(spec: &str, tool: KeyedTool, announce_done: bool) -> Runner {
+    let shared = store(spec);
     let hook = announce_done.then(|| {
         Box::new(|workflow: &Workflow| {
             if workflow.state() == WorkflowState::Complete {
@@ -68,7 +83,7 @@ fn runner(db: &Path, tool: KeyedTool, announce_done: bool) -> Runner {
             }
         }) as Box<dyn Fn(&Workflow) + Send + Sync>
     });
-    let storage = Arc::new(common::RecordingStorage::wrapping(sqlite, hook));
+    let storage = Arc::new(common::RecordingStorage::wrapping(shared, hook));
     let config = Config::builder().summarize_final_output(false).lease_ttl_secs(1u64).build().unwrap();
     let tools = InMemoryToolRegistry::new().with(tool).unwrap();
     Runner::builder(config).tools(tools).llm(Arc::new(ScriptedLlm::new())).storage(storage).build().unwrap()
@@ -81,17 +96,17 @@ async fn worker_child() {
     let var = |name: &str| std::env::var(name).unwrap();
     let hang_from = (var("WORKER_VICTIM") == "1").then_some(VICTIM_HANGS_FROM_CALL);
     let tool = KeyedTool { effects: var("WORKER_EFFECTS").into(), calls: AtomicUsize::new(0), hang_from };
-    let runner = runner(Path::new(&var("WORKER_DB")), tool, true);
+    let runner = runner(&var("WORKER_STORE"), tool, true);
     println!("READY");
     let options = WorkerOptions::new().concurrency(8).poll_interval(Duration::from_millis(50));
     let report = runner.worker(options).run().await;
     println!("REPORT {} {}", report.runs, report.errors);
 }
 
-fn spawn_worker(db: &Path, effects: &Path, victim: bool) -> Child {
+fn spawn_worker(spec: &str, effects: &Path, victim: bool) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args(["worker_child", "--exact", "--ignored", "--nocapture", "--test-threads=1", "--quiet"])
-        .env("WORKER_DB", db)
+        .env("WORKER_STORE", spec)
         .env("WORKER_EFFECTS", effects)
         .env("WORKER_VICTIM", if victim { "1" } else { "0" })
         .stdout(Stdio::piped())
@@ -113,14 +128,28 @@ fn forward(child: &mut Child, index: usize, lines: mpsc::Sender<(usize, String)>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn four_workers_one_killed_run_every_workflow_once_per_key() {
+async fn on_sqlite_four_workers_one_killed_run_every_workflow_once_per_key() {
     let dir = tempfile::tempdir().unwrap();
-    let (db, effects) = (dir.path().join("portia.db"), dir.path().join("effects.txt"));
-    let submitter =
-        runner(&db, KeyedTool { effects: effects.clone(), calls: AtomicUsize::new(0), hang_from: None }, false);
+    let spec = format!("sqlite:{}", dir.path().join("portia.db").display());
+    four_workers_one_killed(&spec, &dir.path().join("effects.txt")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_four_workers_one_killed_run_every_workflow_once_per_key() {
+    let Some(url) = pg::test_url() else { return };
+    let schema = pg::Schema::fresh(&url);
+    let dir = tempfile::tempdir().unwrap();
+    four_workers_one_killed(&format!("postgres:{}:{url}", schema.name), &dir.path().join("effects.txt")).await;
+    schema.remove().await;
+}
+
+async fn four_workers_one_killed(spec: &str, effects: &Path) {
+    let effects = effects.to_owned();
+    let tool = KeyedTool { effects: effects.clone(), calls: AtomicUsize::new(0), hang_from: None };
+    let submitter = runner(spec, tool, false);
 
     let (lines, received) = mpsc::channel();
-    let mut workers: Vec<Child> = (0..WORKERS).map(|i| spawn_worker(&db, &effects, i == 0)).collect();
+    let mut workers: Vec<Child> = (0..WORKERS).map(|i| spawn_worker(spec, &effects, i == 0)).collect();
     for (i, worker) in workers.iter_mut().enumerate() {
         forward(worker, i, lines.clone());
     }

@@ -8,6 +8,8 @@
 //! cargo run --release --example bench -- --n 100 --concurrency 50 --storage sqlite
 //! # on worker processes sharing one SQLite database: 1, then 2, then 4 workers
 //! cargo run --release --example bench -- --n 400 --workers 1,2,4 --worker-concurrency 10
+//! # the same on one Postgres database
+//! cargo run --release --features postgres --example bench -- --n 400 --workers 1,2,4 --database-url postgres://...
 //! # with 30% of LLM and search calls failing (429, 500, malformed, dropped, slow), seeded
 //! cargo run --release --example bench -- --n 100 --concurrency 50 --fault-rate 0.3
 //! # against any OpenAI- and Tavily-compatible server
@@ -80,9 +82,13 @@ struct Args {
     /// Internal: serve the fake APIs and print the port.
     #[arg(long, hide = true)]
     serve: bool,
-    /// Internal: be a worker on this database.
+    /// With --workers: share this Postgres database (a fresh schema per measurement;
+    /// needs the `postgres` feature) instead of a SQLite file.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Internal: be a worker on this store (`sqlite:PATH` or `postgres:SCHEMA:URL`).
     #[arg(long, hide = true)]
-    work: Option<std::path::PathBuf>,
+    work: Option<String>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

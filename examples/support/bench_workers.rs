@@ -2,7 +2,6 @@
 //! plans once, submits the workflows, and watches them complete.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,16 +13,34 @@ use serde_json::{Value, json};
 
 use super::{Args, QUERY, cpu_seconds, percentile, round};
 
+/// The shared store: `sqlite:PATH`, or `postgres:SCHEMA:URL` (with the `postgres` feature).
+fn open_store(spec: &str) -> Result<Arc<dyn Storage>, String> {
+    match spec.split_once(':') {
+        Some(("sqlite", path)) => Ok(Arc::new(SqliteStorage::open(path).map_err(|e| e.to_string())?)),
+        #[cfg(feature = "postgres")]
+        Some(("postgres", rest)) => {
+            let (schema, url) = rest.split_once(':').ok_or("postgres:SCHEMA:URL")?;
+            let settings = portia::storage::PostgresSettings::new(url).schema(schema).pool_size(16);
+            Ok(Arc::new(portia::storage::PostgresStorage::new(&settings).map_err(|e| e.to_string())?))
+        }
+        _ => Err(format!("unknown store {spec:?}; build with --features postgres for Postgres")),
+    }
+}
+
 /// Runs the workflows on `workers` worker processes and reports one JSON object.
 pub(crate) async fn measure(args: &Args, base_url: &str, workers: usize) -> Result<Value, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let db = dir.path().join("portia.db");
-    let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open(&db).map_err(|e| e.to_string())?);
+    let spec = match &args.database_url {
+        // A fresh schema for each measurement, so earlier runs do not weigh on it.
+        Some(url) => format!("postgres:bench_{}:{url}", uuid::Uuid::new_v4().simple()),
+        None => format!("sqlite:{}", dir.path().join("portia.db").display()),
+    };
+    let storage = open_store(&spec)?;
     let runner = super::runner(args, base_url, Arc::clone(&storage))?;
     let plan = runner.generate_plan(QUERY).await.map_err(|e| e.to_string())?;
     let mut children = Vec::new();
     for _ in 0..workers {
-        children.push(spawn_worker(args, base_url, &db)?);
+        children.push(spawn_worker(args, base_url, &spec)?);
     }
     let started = Instant::now();
     let mut submitted = Vec::with_capacity(args.n);
@@ -39,7 +56,7 @@ pub(crate) async fn measure(args: &Args, base_url: &str, workers: usize) -> Resu
         "workflows": args.n,
         "workers": workers,
         "concurrency_per_worker": args.worker_concurrency,
-        "storage": "sqlite",
+        "storage": spec.split(':').next(),
         "wall_seconds": round(wall.as_secs_f64(), 3),
         "workflows_per_second": round(args.n as f64 / wall.as_secs_f64(), 1),
         "latency_p50_seconds": round(percentile(&latencies, 0.5), 3),
@@ -70,10 +87,10 @@ async fn watch(
     Ok(finished)
 }
 
-fn spawn_worker(args: &Args, base_url: &str, db: &Path) -> Result<Child, String> {
+fn spawn_worker(args: &Args, base_url: &str, spec: &str) -> Result<Child, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = Command::new(exe)
-        .args(["--work", &db.display().to_string(), "--base-url", base_url])
+        .args(["--work", spec, "--base-url", base_url])
         .args(["--worker-concurrency", &args.worker_concurrency.to_string()])
         .args(if args.sequential { &["--sequential"][..] } else { &[] })
         .stdout(Stdio::piped())
@@ -105,9 +122,10 @@ fn stop_worker(mut child: Child) -> Result<f64, String> {
     Ok(cpu)
 }
 
-/// A worker process: runs queued workflows from `db` until SIGTERM, then prints its CPU time.
-pub(crate) async fn work(args: &Args, db: &Path, base_url: &str) -> Result<(), String> {
-    let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open(db).map_err(|e| e.to_string())?);
+/// A worker process: runs queued workflows from the store `spec` names until SIGTERM,
+/// then prints its CPU time.
+pub(crate) async fn work(args: &Args, spec: &str, base_url: &str) -> Result<(), String> {
+    let storage = open_store(spec)?;
     let runner: Runner = super::runner(args, base_url, storage)?;
     let options = WorkerOptions::new().concurrency(args.worker_concurrency).poll_interval(Duration::from_millis(20));
     println!("READY");

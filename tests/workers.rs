@@ -159,3 +159,22 @@ async fn shutdown_hands_runs_past_the_grace_period_back_at_once() {
     assert_eq!((next.workflow.id(), next.workflow.state()), (id, WorkflowState::InProgress));
     assert_eq!((next.reclaimed, next.attempts), (false, 0));
 }
+
+#[tokio::test]
+async fn memory_storage_can_keep_only_the_newest_finished_workflows() {
+    let clock = portia::storage::ManualClock::default();
+    let storage: Arc<dyn Storage> = Arc::new(InMemoryStorage::with_clock(Arc::new(clock.clone())).keep_finished(2));
+    let runner = runner(Arc::clone(&storage), Arc::default());
+    let waiting = runner.run_plan(&plan("ask for the city")).await.unwrap();
+    let mut done = Vec::new();
+    for task in ["one", "two", "three", "four"] {
+        clock.advance(Duration::from_secs(1));
+        done.push(runner.run_plan(&plan(task)).await.unwrap().id());
+    }
+    let all = storage.list_workflows(&portia::storage::WorkflowQuery::default()).await.unwrap();
+    let mut kept: Vec<WorkflowId> = all.results.iter().map(portia::Workflow::id).collect();
+    kept.sort();
+    let mut expected = vec![waiting.id(), done[2], done[3]];
+    expected.sort();
+    assert_eq!(kept, expected, "the two newest finished, and the one still waiting for a human");
+}

@@ -25,6 +25,8 @@ pub struct InMemoryStorage {
     clock: Arc<dyn Clock>,
     state: Mutex<State>,
     runnable: tokio::sync::Notify,
+    /// How many finished workflows to keep, if not all.
+    keep_finished: Option<usize>,
 }
 
 #[derive(Debug, Default)]
@@ -62,7 +64,16 @@ impl InMemoryStorage {
 
     /// Empty storage whose leases run on `clock` (a [`ManualClock`](super::ManualClock) in tests).
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
-        Self { clock, state: Mutex::new(State::default()), runnable: tokio::sync::Notify::new() }
+        Self { clock, state: Mutex::new(State::default()), runnable: tokio::sync::Notify::new(), keep_finished: None }
+    }
+
+    /// Keeps only the `newest` finished (COMPLETE or FAILED) workflows, deleting the
+    /// oldest as others finish, so that a long-lived process does not grow without
+    /// bound. Workflows not yet finished are always kept.
+    #[must_use]
+    pub fn keep_finished(mut self, newest: usize) -> Self {
+        self.keep_finished = Some(newest);
+        self
     }
 
     /// A poisoned lock only means another thread panicked; every critical section
@@ -139,6 +150,24 @@ impl State {
         }
     }
 
+    /// Deletes the finished workflows but the `newest` last changed.
+    fn keep_newest_finished(&mut self, newest: usize) {
+        let mut finished: Vec<(DateTime<Utc>, WorkflowId)> = self
+            .workflows
+            .iter()
+            .filter(|(_, row)| row.workflow.state().is_terminal())
+            .map(|(id, row)| (row.updated_at, *id))
+            .collect();
+        if finished.len() <= newest {
+            return;
+        }
+        finished.sort();
+        let excess = finished.len() - newest;
+        for (_, id) in finished.into_iter().take(excess) {
+            self.delete(id);
+        }
+    }
+
     fn delete_where(&mut self, doomed: impl Fn(&Row) -> bool) -> usize {
         let ids: Vec<WorkflowId> = self.workflows.iter().filter(|(_, row)| doomed(row)).map(|(id, _)| *id).collect();
         for id in &ids {
@@ -192,6 +221,9 @@ impl Storage for InMemoryStorage {
         for event in events {
             let seq = row.events.len() as u64 + 1;
             row.events.push(StoredEvent { seq, event: event.clone() });
+        }
+        if let Some(newest) = self.keep_finished.filter(|_| workflow.state().is_terminal()) {
+            state.keep_newest_finished(newest);
         }
         Ok(())
     }

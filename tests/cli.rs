@@ -1,0 +1,1 @@
+//! The `portia` binary, run as a user would.

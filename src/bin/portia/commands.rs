@@ -222,8 +222,8 @@ async fn idle(runner: Runner) {
 
 /// The seed scenario replayed from the shipped cassette: the plan, then the workflow.
 async fn demo() -> Result<Exit, Failure> {
-    let config = portia::Config::from_env()?;
-    let (runner, replayer) = portia::demo::runner(config)?;
+    // The recording's own settings, whatever the environment says: the replay must match it.
+    let (runner, replayer) = portia::demo::runner(portia::Config::default())?;
     eprintln!(
         "portia demo: {QUERY:?}, replayed from a recording made on {} against portia's simulated OpenAI and Tavily APIs; no key and no network are used",
         replayer.today().unwrap_or_default(),

@@ -4,7 +4,7 @@
 //! (messages, tools, tool choice, an optional output schema) goes in, an
 //! [`LlmResponse`] (text and/or tool calls, token [`Usage`]) comes out. Providers
 //! translate this to their wire format; retries and timeouts live around them in
-//! one place. In tests, drive it with [`testing::ScriptedLlm`](crate::testing).
+//! one place. In tests, drive it with [`testing::ScriptedLlm`](crate::testing::ScriptedLlm).
 //!
 //! [`LlmProvider`] is the catalogue of providers (default models, base URLs, key
 //! variables); [`ModelRole`] names what a call is for and [`ModelRef`] which model serves it.
@@ -381,7 +381,7 @@ impl LlmError {
     }
 }
 
-/// A chat model. Implemented by the providers, by [`testing::ScriptedLlm`](crate::testing),
+/// A chat model. Implemented by the providers, by [`testing::ScriptedLlm`](crate::testing::ScriptedLlm),
 /// and by anything you bring.
 #[async_trait::async_trait]
 pub trait LlmClient: Send + Sync + fmt::Debug {

@@ -19,10 +19,6 @@ fn spinner_style() -> ProgressStyle {
         .unwrap_or_else(|_| ProgressStyle::default_spinner())
 }
 
-fn done_style() -> ProgressStyle {
-    ProgressStyle::with_template("{prefix} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner())
-}
-
 /// The spinner shown while the planner works.
 #[derive(Debug)]
 pub(crate) struct Planning(Option<ProgressBar>);
@@ -38,10 +34,11 @@ impl Planning {
 
     pub(crate) fn finish(self, plan: Option<&Plan>) {
         let Some(bar) = self.0 else { return };
-        bar.set_style(done_style());
+        // Cleared and printed as a plain line, so that what follows starts on a line of its own.
+        bar.finish_and_clear();
         match plan {
-            Some(plan) => bar.finish_with_message(format!("✓ {} steps ({:.1?})", plan.steps.len(), bar.elapsed())),
-            None => bar.finish_with_message("✗"),
+            Some(plan) => eprintln!("planning ✓ {} steps · {:.1?}", plan.steps.len(), bar.elapsed()),
+            None => eprintln!("planning ✗"),
         }
     }
 }
@@ -120,8 +117,10 @@ impl<'a> View<'a> {
             StepOutcome::Clarifications(_) => "?",
             _ => "✗",
         };
-        bar.set_style(done_style());
-        bar.finish_with_message(format!("{mark} {tool} · {:.1?} · {tokens} tokens", bar.elapsed()));
+        let line = format!("{} {mark} {tool} · {:.1?} · {tokens} tokens", self.label(step), bar.elapsed());
+        // Printed above the spinners still running, as a finished line of its own.
+        let _ = self.bars.println(line);
+        bar.finish_and_clear();
     }
 
     fn close(self) {

@@ -124,11 +124,15 @@ impl<'a> View<'a> {
     }
 
     fn close(self) {
-        for bar in self.steps.into_values() {
+        let Self { bars, steps, tokens, .. } = self;
+        for bar in steps.into_values() {
             bar.finish_and_clear();
         }
-        if let Some(tokens) = self.tokens.get("").filter(|t| **t > 0) {
-            let _ = self.bars.println(format!("  summary · {tokens} tokens"));
+        let _ = bars.clear();
+        drop(bars);
+        // A plain line once the spinners are gone, so that stdout's JSON starts on its own line.
+        if let Some(tokens) = tokens.get("").filter(|t| **t > 0) {
+            eprintln!("summary ✓ llm · {tokens} tokens");
         }
     }
 }

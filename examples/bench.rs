@@ -18,7 +18,7 @@
 //!
 //! The built-in server answers like a model would for this scenario, after
 //! `--latency-ms` per LLM call and `--tool-latency-ms` per search, and counts tokens
-//! as fake-llm does (one per four characters of messages, tools and schema).
+//! as `portia::testing` does (one per four characters of messages, tools and schema).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, ExitCode, Stdio};

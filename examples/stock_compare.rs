@@ -6,6 +6,9 @@
 //! cargo run --example stock_compare
 //! ```
 //! Logs go to stderr (`PORTIA_LOG_LEVEL=debug` shows every step), JSON to stdout.
+//!
+//! `cargo run --example stock_compare -- --demo` needs no key and no network: it
+//! replays the recording shipped in `demo/` (see `portia::demo`), as `portia demo` does.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -17,6 +20,9 @@ const QUERY: &str = "Which stock price grew faster in 2024, Amazon or Google?";
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    if std::env::args().any(|a| a == "--demo") {
+        return report(demo(&mut std::io::stdout()).await);
+    }
     // Reads .env (if present) and the environment.
     let result = match Config::from_env() {
         Ok(config) => {
@@ -25,6 +31,10 @@ async fn main() -> ExitCode {
         }
         Err(e) => Err(e.to_string()),
     };
+    report(result)
+}
+
+fn report(result: Result<(), String>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -55,6 +65,16 @@ pub(crate) async fn run(config: Config, out: &mut impl Write) -> Result<(), Stri
         (state, Some(failure)) => Err(format!("the workflow ended {state}: {}", failure.message)),
         (state, None) => Err(format!("the workflow ended {state}")),
     }
+}
+
+/// The seed scenario replayed from the shipped cassette: the plan, then the workflow.
+pub(crate) async fn demo(out: &mut impl Write) -> Result<(), String> {
+    let (runner, replayer) = portia::demo::runner(Config::default()).map_err(|e| e.to_string())?;
+    let tools = portia::PlanOptions::new().tools(replayer.cassette().tool_ids.clone());
+    let plan = runner.generate_plan_with(portia::demo::QUERY, tools).await.map_err(|e| e.to_string())?;
+    writeln!(out, "{}", pretty(&plan)).map_err(|e| e.to_string())?;
+    let workflow = runner.run_plan(&plan).await.map_err(|e| e.to_string())?;
+    writeln!(out, "{}", pretty(&workflow)).map_err(|e| e.to_string())
 }
 
 /// The variables this example needs that are not set: the LLM provider's key and Tavily's.

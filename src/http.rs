@@ -2,10 +2,12 @@
 //!
 //! In offline mode every request to a host that is not on the loopback interface is
 //! refused before it is sent, with an error naming `PORTIA_OFFLINE`. Offline mode is
-//! on when the crate is built with the `testing` feature (so a test that forgot to
-//! point a client at its in-process mock server fails instead of reaching the
-//! internet), and can be switched either way with `PORTIA_OFFLINE=1` or `PORTIA_OFFLINE=0`.
+//! an explicit setting, off unless asked for: `PORTIA_OFFLINE=1` in the environment
+//! (CI sets it, so a test that forgot to point a client at its in-process mock
+//! server fails instead of reaching the internet), or [`set_offline`] in code (the
+//! keyless demo uses it), which wins over the variable.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 /// The environment variable that turns offline mode on (`1`) or off (`0`).
@@ -36,12 +38,23 @@ pub(crate) fn check_allowed(url: &str) -> Result<(), String> {
     }
 }
 
-/// Whether offline mode is on. Read on every call; the cost is nothing next to a request.
+/// [`set_offline`]'s choice: 0 when none was made, else 1 (off) or 2 (on).
+static OVERRIDE: AtomicU8 = AtomicU8::new(0);
+
+/// Turns offline mode on or off for the whole process, whatever `PORTIA_OFFLINE` says.
+pub fn set_offline(on: bool) {
+    OVERRIDE.store(if on { 2 } else { 1 }, Ordering::SeqCst);
+}
+
+/// Whether offline mode is on: as [`set_offline`] last said, else as `PORTIA_OFFLINE`
+/// says (`1` on, `0` or unset off). Read on every call; the cost is nothing next to a request.
 pub fn offline() -> bool {
-    match std::env::var(OFFLINE_VAR) {
-        Ok(value) if !value.trim().is_empty() => value.trim() != "0",
-        _ => cfg!(any(test, feature = "testing")),
+    match OVERRIDE.load(Ordering::SeqCst) {
+        1 => return false,
+        2 => return true,
+        _ => {}
     }
+    std::env::var(OFFLINE_VAR).is_ok_and(|value| !value.trim().is_empty() && value.trim() != "0")
 }
 
 #[cfg(test)]
@@ -50,7 +63,8 @@ mod tests {
 
     #[test]
     fn offline_mode_allows_only_loopback() {
-        assert!(offline(), "unit tests run offline unless {OFFLINE_VAR}=0");
+        set_offline(true);
+        assert!(offline());
         assert!(check_allowed("http://127.0.0.1:8099/v1").is_ok());
         assert!(check_allowed("http://localhost:1/x").is_ok());
         assert!(check_allowed("http://[::1]:80/").is_ok());

@@ -1,9 +1,12 @@
 #![doc = include_str!("docs/tutorial.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod agent;
 pub mod budget;
+pub mod cassette;
 pub mod clarification;
 pub mod config;
+pub mod demo;
 mod error;
 pub mod events;
 pub mod execution_context;
@@ -16,7 +19,6 @@ pub mod plan;
 pub mod planner;
 pub mod runner;
 pub mod storage;
-#[cfg(feature = "testing")]
 pub mod testing;
 mod text;
 pub mod tool;
@@ -35,7 +37,26 @@ pub use tool::{
 };
 pub use workflow::{Output, Workflow, WorkflowState};
 
+/// What a tool author needs besides this crate, re-exported so that its versions
+/// always fit: `#[portia::async_trait]` on a `TypedTool` impl, and
+/// `#[derive(portia::schemars::JsonSchema)] #[schemars(crate = "portia::schemars")]`
+/// on its argument struct (this crate uses schemars 1.x; a 0.8 derive does not fit).
+pub use async_trait::async_trait;
+pub use schemars;
+pub use serde_json;
+
+/// The names most programs use: `use portia::prelude::*;`.
+pub mod prelude {
+    pub use crate::llm::LlmClient;
+    pub use crate::tool::{
+        InMemoryToolRegistry, Tool, ToolError, ToolOutput, ToolRegistry, ToolRunContext, ToolSpec, TypedTool,
+    };
+    pub use crate::{
+        Clarification, Config, Error, Plan, PlanBuilder, Result, Runner, Workflow, WorkflowState, async_trait,
+    };
+}
+
 // The README's Rust examples are compiled and run as doctests.
-#[cfg(all(doctest, feature = "testing"))]
+#[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;

@@ -139,7 +139,7 @@ async fn seed_scenario_stays_within_the_prompt_token_budget() {
     let h = harness(Config::default(), tools, seed_llm());
     let workflow = h.runner.execute_query(QUERY).await.unwrap();
     assert_eq!(workflow.state(), WorkflowState::Complete);
-    // The scripted LLM counts tokens as fake-llm does (4 characters each, over messages,
+    // The scripted LLM counts tokens as the simulated APIs do (4 characters each, over messages,
     // tools and schema). The Python SDK spends 10,734 prompt tokens on this query.
     let prompt_tokens = workflow.usage().total.prompt_tokens;
     assert!(prompt_tokens < 4_000, "{prompt_tokens} prompt tokens");

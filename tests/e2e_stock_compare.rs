@@ -98,3 +98,13 @@ async fn stock_compare_without_keys_names_the_variables_to_set() {
     assert_eq!(err, "set OPENAI_API_KEY and TAVILY_API_KEY (see .env.example)");
     assert!(out.is_empty(), "nothing is printed before the keys are checked");
 }
+
+#[tokio::test]
+async fn stock_compare_demo_replays_the_shipped_cassette_with_no_key() {
+    let mut out = Vec::new();
+    stock_compare::demo(&mut out).await.unwrap();
+    let (plan, workflow) = two_documents(std::str::from_utf8(&out).unwrap());
+    assert_eq!(plan["steps"].as_array().unwrap().len(), 3);
+    assert_eq!(workflow["state"], "COMPLETE");
+    assert_eq!(workflow["usage"]["total"]["llm_calls"], 3);
+}

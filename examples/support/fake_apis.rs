@@ -198,7 +198,7 @@ fn task_line(text: &str) -> String {
     text.lines().find_map(|l| l.strip_prefix("Task: ")).unwrap_or(text).to_owned()
 }
 
-/// A reply like a model's, with usage counted as fake-llm does (one token per four
+/// A reply like a model's, with usage counted as `portia::testing` does (one token per four
 /// characters of messages, tools and schema).
 fn llm_reply(body: &Value) -> Value {
     let prompt = format!(

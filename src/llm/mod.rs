@@ -4,7 +4,7 @@
 //! (messages, tools, tool choice, an optional output schema) goes in, an
 //! [`LlmResponse`] (text and/or tool calls, token [`Usage`]) comes out. Providers
 //! translate this to their wire format; retries and timeouts live around them in
-//! one place. In tests, drive it with [`testing::ScriptedLlm`](crate::testing).
+//! one place. In tests, drive it with [`testing::ScriptedLlm`](crate::testing::ScriptedLlm).
 //!
 //! [`LlmProvider`] is the catalogue of providers (default models, base URLs, key
 //! variables); [`ModelRole`] names what a call is for and [`ModelRef`] which model serves it.
@@ -381,7 +381,7 @@ impl LlmError {
     }
 }
 
-/// A chat model. Implemented by the providers, by [`testing::ScriptedLlm`](crate::testing),
+/// A chat model. Implemented by the providers, by [`testing::ScriptedLlm`](crate::testing::ScriptedLlm),
 /// and by anything you bring.
 #[async_trait::async_trait]
 pub trait LlmClient: Send + Sync + fmt::Debug {
@@ -448,9 +448,51 @@ pub fn client_from_config(config: &crate::Config) -> crate::Result<std::sync::Ar
     Ok(std::sync::Arc::new(router::Router::new(config)))
 }
 
+/// The LLM client the config names, built when it is first called rather than now.
+///
+/// For programs that may not need a model at all (listing or answering stored
+/// workflows, resuming one whose remaining steps need no model call): they run
+/// without any key, and only an actual call fails, with
+/// [`LlmError::MissingApiKey`] naming the variable to set.
+pub fn client_on_first_use(config: &crate::Config) -> std::sync::Arc<dyn LlmClient> {
+    std::sync::Arc::new(OnFirstUse { config: config.clone(), client: std::sync::OnceLock::new() })
+}
+
+#[derive(Debug)]
+struct OnFirstUse {
+    config: crate::Config,
+    client: std::sync::OnceLock<Result<std::sync::Arc<dyn LlmClient>, LlmError>>,
+}
+
+#[async_trait::async_trait]
+impl LlmClient for OnFirstUse {
+    async fn chat(&self, request: LlmRequest) -> Result<LlmResponse, LlmError> {
+        let client = self.client.get_or_init(|| {
+            client_from_config(&self.config).map_err(|e| match e {
+                crate::Error::MissingApiKey { service, env_var } => {
+                    LlmError::MissingApiKey { provider: service, env_var }
+                }
+                other => LlmError::Other(other.to_string()),
+            })
+        });
+        match client {
+            Ok(client) => client.chat(request).await,
+            Err(e) => Err(e.clone()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_missing_key_is_an_error_only_when_called() {
+        let config = crate::Config::builder().llm_provider(LlmProvider::OpenAi).build().unwrap();
+        let client = client_on_first_use(&config);
+        let err = client.chat(LlmRequest::new(ModelRole::Planning, vec![Message::user("hi")])).await.unwrap_err();
+        assert!(matches!(&err, LlmError::MissingApiKey { env_var, .. } if env_var == "OPENAI_API_KEY"), "{err:?}");
+    }
 
     #[test]
     fn code_fences_are_stripped() {

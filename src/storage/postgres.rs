@@ -114,7 +114,7 @@ impl PostgresStorage {
 
     /// A store for the database `settings` name, without connecting: the pool
     /// connects, and the schema is created or upgraded, on first use. For code that
-    /// cannot wait here, such as [`RunnerBuilder::build`](crate::RunnerBuilder::build).
+    /// cannot wait here, such as [`RunnerBuilder::build`](crate::runner::RunnerBuilder::build).
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] when a setting is not valid; connection failures

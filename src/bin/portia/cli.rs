@@ -1,0 +1,177 @@
+//! The command line's arguments.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use portia::{ClarificationId, WorkflowId, WorkflowState};
+
+const AFTER_HELP: &str = "\
+Exit codes: 0 COMPLETE (or done), 1 FAILED or an error, 2 a usage error, 3 waiting for a clarification.
+Settings come from the environment and .env (or --config FILE), as for the library; the store is
+SQLite in .portia/portia.db unless PORTIA_STORAGE says otherwise.";
+
+/// Plan-then-execute LLM agents: plan a query, run it, answer its questions.
+#[derive(Debug, Parser)]
+#[command(name = "portia", version, after_help = AFTER_HELP)]
+pub(crate) struct Cli {
+    /// Read settings from this TOML or JSON file (keys missing from it come from the environment).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Replay LLM replies and read-only tool calls from this cassette: no key, no network.
+    #[arg(long, global = true, value_name = "FILE", conflicts_with = "record")]
+    pub(crate) cassette: Option<PathBuf>,
+    /// Record LLM exchanges and read-only tool calls to this cassette (API keys blanked out).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub(crate) record: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Plan a query and print the plan (nothing is run).
+    Plan {
+        /// The query.
+        query: String,
+        /// JSON, or a Mermaid or Graphviz graph of the steps and their `$name` dependencies.
+        #[arg(long, value_enum, default_value_t = PlanFormat::Json)]
+        format: PlanFormat,
+    },
+    /// Plan (unless --plan is given) and run a query; prints the workflow JSON.
+    Run(Source),
+    /// Store a workflow for the workers and print its id.
+    Submit(Source),
+    /// Run a stored workflow on (after its clarifications are answered, say).
+    Resume {
+        /// The workflow.
+        id: WorkflowId,
+    },
+    /// Answer a clarification; VALUE is read as JSON when it parses, else as a string.
+    Answer {
+        /// The workflow.
+        id: WorkflowId,
+        /// The clarification.
+        clarification_id: ClarificationId,
+        /// The answer.
+        value: String,
+    },
+    /// Cancel a workflow that is not finished.
+    Cancel {
+        /// The workflow.
+        id: WorkflowId,
+        /// Why, as kept in the workflow's failure.
+        #[arg(long, default_value = "cancelled from the command line")]
+        reason: String,
+    },
+    /// List stored workflows.
+    List {
+        /// Only workflows in this state (complete, failed, need_clarification, ...).
+        #[arg(long, value_parser = parse_state)]
+        state: Option<WorkflowState>,
+        /// A table, or JSON.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Show a stored workflow.
+    Show {
+        /// The workflow.
+        id: WorkflowId,
+        /// JSON, or a table of its steps.
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+    },
+    /// Delete finished workflows older than AGE (such as 7d, 12h, 30m).
+    Prune {
+        /// How old a finished workflow must be to go.
+        #[arg(long, value_name = "AGE", value_parser = parse_age)]
+        older_than: Duration,
+    },
+    /// List the tools: ids, descriptions, argument schemas and flags.
+    Tools {
+        /// A table, or JSON.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Run submitted workflows until SIGTERM or ctrl-c.
+    Worker {
+        /// How many workflows to run at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Stop once no workflow is queued or running (for scripts and CI).
+        #[arg(long)]
+        exit_when_idle: bool,
+    },
+    /// Run the seed scenario from a recording shipped with portia: no key, no network.
+    Demo,
+}
+
+/// Where a workflow's plan comes from.
+#[derive(Debug, Args)]
+pub(crate) struct Source {
+    /// The query to plan.
+    #[arg(required_unless_present = "plan", conflicts_with = "plan")]
+    pub(crate) query: Option<String>,
+    /// Run this plan (JSON, as `portia plan` prints it) instead of planning.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) plan: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum PlanFormat {
+    Json,
+    Mermaid,
+    Dot,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Format {
+    Json,
+    Table,
+}
+
+/// A state in any case, with `-` or `_`: `need-clarification`, `COMPLETE`.
+fn parse_state(text: &str) -> Result<WorkflowState, String> {
+    let name = text.trim().to_uppercase().replace('-', "_");
+    serde_json::from_value(serde_json::Value::String(name)).map_err(|_| {
+        "valid states: not_started, in_progress, need_clarification, ready_to_resume, complete, failed".to_owned()
+    })
+}
+
+/// An age such as `7d`, `12h`, `30m`, `45s` or `2w`.
+pub(crate) fn parse_age(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let usage = || format!("{text:?} is not an age: write a number and a unit, such as 7d, 12h, 30m, 45s or 2w");
+    let number: u64 = number.parse().map_err(|_| usage())?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => return Err(usage()),
+    };
+    number.checked_mul(seconds).map(Duration::from_secs).ok_or_else(usage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_as_durations() {
+        assert_eq!(parse_age("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_age("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert!(parse_age("7").is_err() && parse_age("d").is_err() && parse_age("7y").is_err());
+    }
+
+    #[test]
+    fn states_read_in_any_case() {
+        assert_eq!(parse_state("need-clarification"), Ok(WorkflowState::NeedClarification));
+        assert_eq!(parse_state("COMPLETE"), Ok(WorkflowState::Complete));
+        assert!(parse_state("done").is_err());
+    }
+}

@@ -1,0 +1,248 @@
+//! What each subcommand does.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use portia::runner::WorkerOptions;
+use portia::storage::WorkflowQuery;
+use portia::{Plan, PlanOptions, Runner, Workflow, WorkflowState};
+
+use crate::cli::{Cli, Command, Format, PlanFormat, Source};
+use crate::setup::{self, Setup};
+use crate::{Exit, Failure, graph, live, prompt, table};
+
+/// Runs the command `cli` names.
+pub(crate) async fn dispatch(cli: Cli) -> Result<Exit, Failure> {
+    if matches!(cli.command, Command::Demo) {
+        return demo().await;
+    }
+    let setup = setup::runner(&cli)?;
+    let exit = command(&setup, cli.command).await;
+    // A recording is saved even when the run failed: it shows what happened.
+    setup.finish()?;
+    exit
+}
+
+async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
+    let runner = &setup.runner;
+    match command {
+        Command::Plan { query, format } => {
+            let plan = plan(setup, &query).await?;
+            match format {
+                PlanFormat::Json => print_json(&plan),
+                PlanFormat::Mermaid => print!("{}", graph::mermaid(&plan)),
+                PlanFormat::Dot => print!("{}", graph::dot(&plan)),
+            }
+            Ok(Exit::Ok)
+        }
+        Command::Run(source) => {
+            let plan = load_or_plan(setup, &source).await?;
+            let workflow = runner.create_workflow(&plan).await?;
+            run(runner, &plan, workflow).await
+        }
+        Command::Submit(source) => {
+            let plan = load_or_plan(setup, &source).await?;
+            println!("{}", runner.submit_plan(&plan).await?);
+            Ok(Exit::Ok)
+        }
+        Command::Resume { id } => {
+            let workflow = runner.get_workflow(id).await?;
+            let plan = runner.get_plan(workflow.plan_id()).await?;
+            run(runner, &plan, workflow).await
+        }
+        Command::Answer { id, clarification_id, value } => {
+            let workflow = runner.get_workflow(id).await?;
+            let Some(clarification) = workflow.outputs().clarifications.iter().find(|c| c.id == clarification_id)
+            else {
+                return Err(Failure(format!("workflow {id} has no clarification {clarification_id}")));
+            };
+            let workflow = runner.resolve_clarification(clarification, prompt::parse_value(&value)).await?;
+            print_json(&workflow);
+            if workflow.state() == WorkflowState::ReadyToResume {
+                eprintln!("portia: every clarification is answered; run it on with `portia resume {id}`");
+            }
+            Ok(Exit::Ok)
+        }
+        Command::Cancel { id, reason } => {
+            print_json(&runner.cancel_workflow(id, &reason).await?);
+            Ok(Exit::Ok)
+        }
+        Command::List { state, format } => list(runner, state, format).await,
+        Command::Show { id, format } => {
+            let workflow = runner.get_workflow(id).await?;
+            match format {
+                Format::Json => print_json(&workflow),
+                Format::Table => {
+                    let plan = runner.get_plan(workflow.plan_id()).await?;
+                    print!("{}", table::workflow(&plan, &workflow));
+                }
+            }
+            Ok(Exit::Ok)
+        }
+        Command::Prune { older_than } => {
+            let pruned = runner.prune_finished(older_than).await?;
+            println!("{pruned}");
+            eprintln!("portia: deleted {pruned} finished workflow(s)");
+            Ok(Exit::Ok)
+        }
+        Command::Tools { format } => {
+            let available = &setup.plan_tools;
+            match format {
+                Format::Json => print_json(&table::tools_json(runner.tools().as_ref(), available)),
+                Format::Table => print!("{}", table::tools(runner.tools().as_ref(), available)),
+            }
+            Ok(Exit::Ok)
+        }
+        Command::Worker { concurrency, exit_when_idle } => {
+            let worker = runner.worker(WorkerOptions::new().concurrency(concurrency));
+            let report = if exit_when_idle { worker.run_until(idle(runner.clone())).await } else { worker.run().await };
+            print_json(&report);
+            Ok(if report.errors > 0 { Exit::Failed } else { Exit::Ok })
+        }
+        Command::Demo => demo().await,
+    }
+}
+
+/// Plans `query`, offering the tools that work with the settings, with a spinner on a terminal.
+async fn plan(setup: &Setup, query: &str) -> Result<Plan, Failure> {
+    let planning = live::Planning::start(std::io::stderr().is_terminal());
+    let plan = setup.runner.generate_plan_with(query, PlanOptions::new().tools(setup.plan_tools.clone())).await;
+    planning.finish(plan.as_ref().ok());
+    Ok(plan?)
+}
+
+async fn load_or_plan(setup: &Setup, source: &Source) -> Result<Plan, Failure> {
+    match (&source.plan, &source.query) {
+        (Some(path), _) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| Failure(format!("cannot read {}: {e}", path.display())))?;
+            serde_json::from_str(&text).map_err(|e| Failure(format!("{} is not a plan: {e}", path.display())))
+        }
+        (None, Some(query)) => plan(setup, query).await,
+        (None, None) => Err(Failure("give a query or --plan FILE".to_owned())),
+    }
+}
+
+/// Runs `workflow` to rest, asking its questions on the terminal when there is one,
+/// prints it, and says how it ended.
+async fn run(runner: &Runner, plan: &Plan, mut workflow: Workflow) -> Result<Exit, Failure> {
+    let interactive = std::io::stdin().is_terminal();
+    loop {
+        workflow = live::execute(runner, plan, workflow, std::io::stderr().is_terminal()).await?;
+        if workflow.state() != WorkflowState::NeedClarification || !interactive {
+            break;
+        }
+        if !prompt::ask_all(runner, &workflow).await? {
+            break; // stdin ended: leave the rest for `portia answer`.
+        }
+        workflow = runner.get_workflow(workflow.id()).await?;
+    }
+    print_json(&workflow);
+    Ok(report(&workflow))
+}
+
+/// The exit code of a workflow at rest, with its one line on stderr.
+fn report(workflow: &Workflow) -> Exit {
+    let id = workflow.id();
+    match workflow.state() {
+        WorkflowState::Complete => Exit::Ok,
+        WorkflowState::Failed => {
+            let (kind, message) = workflow.failure().map_or_else(
+                || ("FAILED".to_owned(), String::new()),
+                |f| {
+                    (
+                        serde_json::to_value(f.kind)
+                            .ok()
+                            .and_then(|k| k.as_str().map(str::to_owned))
+                            .unwrap_or_default(),
+                        f.message.clone(),
+                    )
+                },
+            );
+            eprintln!("portia: workflow {id} failed ({kind}): {message}");
+            Exit::Failed
+        }
+        WorkflowState::NeedClarification => {
+            let open: Vec<_> = workflow.outstanding_clarifications().collect();
+            eprintln!(
+                "portia: workflow {id} is waiting for {} clarification(s); answer with `portia answer {id} CLARIFICATION_ID VALUE`, then `portia resume {id}`",
+                open.len()
+            );
+            for clarification in open {
+                eprintln!("  {}", prompt::describe(clarification));
+            }
+            Exit::Waiting
+        }
+        state => {
+            eprintln!("portia: workflow {id} is {state}");
+            Exit::Ok
+        }
+    }
+}
+
+async fn list(runner: &Runner, state: Option<WorkflowState>, format: Format) -> Result<Exit, Failure> {
+    let mut workflows = Vec::new();
+    let mut query = WorkflowQuery { state, ..WorkflowQuery::default() };
+    loop {
+        let page = runner.list_workflows(&query).await?;
+        workflows.extend(page.results);
+        if page.current_page >= page.total_pages {
+            break;
+        }
+        query.page += 1;
+    }
+    match format {
+        Format::Json => print_json(&workflows),
+        Format::Table => {
+            let mut rows = Vec::new();
+            for workflow in &workflows {
+                let query = runner.get_plan(workflow.plan_id()).await.map(|p| p.plan_context.query).unwrap_or_default();
+                rows.push((workflow, query));
+            }
+            print!("{}", table::workflows(&rows));
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+/// Completes once no workflow is queued, resuming or running.
+async fn idle(runner: Runner) {
+    let busy = [WorkflowState::NotStarted, WorkflowState::ReadyToResume, WorkflowState::InProgress];
+    loop {
+        let mut waiting = 0;
+        for state in busy {
+            waiting += runner.list_workflows(&WorkflowQuery::in_state(state)).await.map_or(1, |page| page.count);
+        }
+        if waiting == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The seed scenario replayed from the shipped cassette: the plan, then the workflow.
+async fn demo() -> Result<Exit, Failure> {
+    // The recording's own settings, whatever the environment says: the replay must match it.
+    let (runner, replayer) = portia::demo::runner(portia::Config::default())?;
+    eprintln!(
+        "portia demo: {QUERY:?}, replayed from a recording made on {} against portia's simulated OpenAI and Tavily APIs; no key and no network are used",
+        replayer.today().unwrap_or_default(),
+        QUERY = portia::demo::QUERY
+    );
+    let tools = replayer.cassette().tool_ids.clone();
+    let terminal = std::io::stderr().is_terminal();
+    let planning = live::Planning::start(terminal);
+    let plan = runner.generate_plan_with(portia::demo::QUERY, PlanOptions::new().tools(tools)).await;
+    planning.finish(plan.as_ref().ok());
+    let plan = plan?;
+    print_json(&plan);
+    let workflow = runner.create_workflow(&plan).await?;
+    let workflow = live::execute(&runner, &plan, workflow, terminal).await?;
+    print_json(&workflow);
+    Ok(report(&workflow))
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    let text = serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    println!("{text}");
+}

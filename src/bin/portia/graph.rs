@@ -1,0 +1,88 @@
+//! A plan as a graph of its steps and their `$name` dependencies, in Mermaid or Graphviz.
+
+use std::fmt::Write;
+
+use portia::Plan;
+
+/// Each dependency edge: (from step, to step, the `$name` it carries).
+fn edges(plan: &Plan) -> Vec<(usize, usize, String)> {
+    let mut edges = Vec::new();
+    for (to, _) in plan.steps.iter().enumerate() {
+        for name in plan.dependencies(to) {
+            if let Some(from) = plan.step_producing(&name) {
+                edges.push((from, to, name));
+            }
+        }
+    }
+    edges
+}
+
+/// A step's label: its number and task, then its tool and output.
+fn label(plan: &Plan, index: usize) -> (String, String) {
+    let step = &plan.steps[index];
+    let tool = step.tool_id.as_deref().unwrap_or("llm");
+    (format!("{}. {}", index + 1, step.task), format!("{tool} → {}", step.output))
+}
+
+/// `flowchart TD` with a node per step and an edge per dependency.
+pub(crate) fn mermaid(plan: &Plan) -> String {
+    let escape = |s: &str| s.replace('"', "#quot;");
+    let mut out = String::from("flowchart TD\n");
+    for index in 0..plan.steps.len() {
+        let (task, tool) = label(plan, index);
+        let _ = writeln!(out, "    s{index}[\"{}<br/>{}\"]", escape(&task), escape(&tool));
+    }
+    for (from, to, name) in edges(plan) {
+        let _ = writeln!(out, "    s{from} -->|{}| s{to}", escape(&name));
+    }
+    out
+}
+
+/// A Graphviz `digraph` with a box per step and an edge per dependency.
+pub(crate) fn dot(plan: &Plan) -> String {
+    let escape = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    let mut out = String::from("digraph plan {\n    rankdir=TB;\n    node [shape=box];\n");
+    for index in 0..plan.steps.len() {
+        let (task, tool) = label(plan, index);
+        let _ = writeln!(out, "    s{index} [label=\"{}\\n{}\"];", escape(&task), escape(&tool));
+    }
+    for (from, to, name) in edges(plan) {
+        let _ = writeln!(out, "    s{from} -> s{to} [label=\"{}\"];", escape(&name));
+    }
+    out.push_str("}\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portia::PlanBuilder;
+    use serde_json::json;
+
+    fn plan() -> Plan {
+        PlanBuilder::new("q")
+            .step("Find the \"city\"", Some("search_tool"), "$city")
+            .step("Weather there", Some("weather_tool"), "$weather")
+            .args(json!({"city": "$city"}))
+            .step("Say it", None, "$answer")
+            .input("$weather", "the weather")
+            .build()
+    }
+
+    #[test]
+    fn mermaid_has_a_node_per_step_and_an_edge_per_dependency() {
+        let text = mermaid(&plan());
+        assert!(text.starts_with("flowchart TD\n"), "{text}");
+        assert!(text.contains("s0[\"1. Find the #quot;city#quot;<br/>search_tool → $city\"]"), "{text}");
+        assert!(text.contains("s0 -->|$city| s1"), "plan-time args are dependencies: {text}");
+        assert!(text.contains("s1 -->|$weather| s2"), "{text}");
+    }
+
+    #[test]
+    fn dot_is_a_digraph_with_escaped_labels() {
+        let text = dot(&plan());
+        assert!(text.starts_with("digraph plan {") && text.ends_with("}\n"), "{text}");
+        assert!(text.contains("s0 [label=\"1. Find the \\\"city\\\"\\nsearch_tool → $city\"];"), "{text}");
+        assert!(text.contains("s0 -> s1 [label=\"$city\"];"), "{text}");
+    }
+}

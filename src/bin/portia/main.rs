@@ -1,0 +1,57 @@
+//! `portia`: plan, run, answer and inspect workflows from the command line.
+//!
+//! Exit codes: 0 the workflow is COMPLETE (or the command succeeded), 1 it FAILED or
+//! the command could not be carried out, 2 a usage error, 3 the workflow waits for a
+//! clarification. A failure prints one line on stderr naming its cause.
+
+mod cli;
+mod commands;
+mod graph;
+mod live;
+mod prompt;
+mod setup;
+mod table;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// How a command ended, as the process's exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exit {
+    /// 0: done, or the workflow is COMPLETE.
+    Ok = 0,
+    /// 1: the workflow FAILED, or the command could not be carried out.
+    Failed = 1,
+    /// 3: the workflow waits for a human.
+    Waiting = 3,
+}
+
+/// A command that could not be carried out: one line saying why.
+#[derive(Debug)]
+pub(crate) struct Failure(pub(crate) String);
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(error: E) -> Self {
+        Self(error.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    // clap prints usage errors itself and exits with 2.
+    let cli = cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&Failure(format!("could not start the async runtime: {e}"))),
+    };
+    match runtime.block_on(commands::dispatch(cli)) {
+        Ok(exit) => ExitCode::from(exit as u8),
+        Err(failure) => fail(&failure),
+    }
+}
+
+fn fail(failure: &Failure) -> ExitCode {
+    // One line: the cause, with no secrets (errors of this crate never carry keys).
+    eprintln!("portia: {}", failure.0.replace('\n', " "));
+    ExitCode::from(Exit::Failed as u8)
+}

@@ -1,0 +1,97 @@
+//! Building the runner a command needs from the settings and the global options.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use portia::cassette::{Cassette, Recorder, Replayer};
+use portia::config::StorageKind;
+use portia::tool::ToolRegistry;
+use portia::tools::{default_tool_registry, open_source_tool_registry};
+use portia::{Config, Runner};
+
+use crate::Failure;
+use crate::cli::Cli;
+
+/// A runner, the tools the planner is offered, and the recorder to save, if recording.
+#[derive(Debug)]
+pub(crate) struct Setup {
+    pub(crate) runner: Runner,
+    pub(crate) plan_tools: Vec<String>,
+    recording: Option<(Recorder, PathBuf)>,
+}
+
+impl Setup {
+    /// Saves the recording, if this run records one.
+    pub(crate) fn finish(&self) -> Result<(), Failure> {
+        if let Some((recorder, path)) = &self.recording {
+            recorder.save(path)?;
+            eprintln!("portia: recorded {}", path.display());
+        }
+        Ok(())
+    }
+}
+
+/// The settings: from `--config FILE`, else from the environment and `.env`. The
+/// store is SQLite in `.portia/` unless the settings name one, so that commands
+/// in different shells see the same workflows.
+pub(crate) fn config(cli: &Cli) -> Result<Config, Failure> {
+    let (mut config, names_storage) = match &cli.config {
+        Some(path) => (Config::from_file(path)?, file_names_storage(path)),
+        None => (Config::from_env()?, false),
+    };
+    // `Config::from_env` has loaded `.env` into the environment by now.
+    if !names_storage && std::env::var_os("PORTIA_STORAGE").is_none_or(|v| v.is_empty()) {
+        config.storage = StorageKind::Sqlite;
+    }
+    Ok(config)
+}
+
+/// Whether a config file sets `storage` (TOML or JSON).
+fn file_names_storage(path: &Path) -> bool {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    if let Ok(serde_json::Value::Object(map)) = serde_json::from_str(&text) {
+        return map.contains_key("storage");
+    }
+    text.parse::<toml::Table>().is_ok_and(|table| table.contains_key("storage"))
+}
+
+/// The runner for `cli`'s settings. Its LLM client is built on first use, so
+/// commands that need no model need no key; `--cassette` replays one instead and
+/// `--record` records what the real one says.
+pub(crate) fn runner(cli: &Cli) -> Result<Setup, Failure> {
+    let config = config(cli)?;
+    let tools: Arc<dyn ToolRegistry> = Arc::new(open_source_tool_registry());
+    let mut plan_tools: Vec<String> = default_tool_registry(&config).get_tools().iter().map(|t| t.spec().id).collect();
+    let builder = Runner::builder(config.clone());
+    if let Some(path) = &cli.cassette {
+        let cassette = Cassette::load(path)?;
+        if !cassette.tool_ids.is_empty() {
+            plan_tools.clone_from(&cassette.tool_ids);
+        }
+        return replaying(builder, Replayer::new(cassette), tools, plan_tools);
+    }
+    let llm = portia::llm::client_on_first_use(&config);
+    let Some(path) = &cli.record else {
+        let runner = builder.shared_tools(tools).llm(llm).build()?;
+        return Ok(Setup { runner, plan_tools, recording: None });
+    };
+    let today = chrono::Utc::now().date_naive().to_string();
+    let recorder = Recorder::new(&config).today(&today).tool_ids(plan_tools.clone());
+    let runner = builder.shared_tools(Arc::new(recorder.tools(tools))).llm(recorder.llm(llm)).today(today).build()?;
+    Ok(Setup { runner, plan_tools, recording: Some((recorder, path.clone())) })
+}
+
+/// A runner answering from `replayer`, offline, with the recording's date in its prompts.
+pub(crate) fn replaying(
+    builder: portia::runner::RunnerBuilder,
+    replayer: Replayer,
+    tools: Arc<dyn ToolRegistry>,
+    plan_tools: Vec<String>,
+) -> Result<Setup, Failure> {
+    portia::http::set_offline(true);
+    let mut builder = builder.shared_tools(Arc::new(replayer.tools(tools))).llm(replayer.llm());
+    if let Some(today) = replayer.today() {
+        builder = builder.today(today);
+    }
+    Ok(Setup { runner: builder.build()?, plan_tools, recording: None })
+}

@@ -1,0 +1,163 @@
+//! Plain-text tables for people: workflows, one workflow's steps, the tools.
+
+use std::fmt::Write;
+
+use portia::tool::ToolRegistry;
+use portia::{Plan, Workflow};
+use serde_json::{Value, json};
+
+const VALUE_WIDTH: usize = 60;
+
+/// Cuts `text` to `width` characters on one line, with `…` when cut.
+fn clip(text: &str, width: usize) -> String {
+    let line = text.replace('\n', " ");
+    if line.chars().count() <= width {
+        return line;
+    }
+    let mut cut: String = line.chars().take(width.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+/// Rows padded into columns, two spaces apart.
+fn columns(rows: &[Vec<String>]) -> String {
+    let widths: Vec<usize> = (0..rows.first().map_or(0, Vec::len))
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        let _ = writeln!(out, "{}", cells.join("  ").trim_end());
+    }
+    out
+}
+
+/// One row per workflow: id, state, current step, query.
+pub(crate) fn workflows(rows: &[(&Workflow, String)]) -> String {
+    let mut table = vec![vec!["ID".to_owned(), "STATE".to_owned(), "STEP".to_owned(), "QUERY".to_owned()]];
+    for (workflow, query) in rows {
+        table.push(vec![
+            workflow.id().to_string(),
+            workflow.state().to_string(),
+            (workflow.current_step_index() + 1).to_string(),
+            clip(query, VALUE_WIDTH),
+        ]);
+    }
+    columns(&table)
+}
+
+/// A workflow: its state, then a row per step, its clarifications and its answer.
+pub(crate) fn workflow(plan: &Plan, workflow: &Workflow) -> String {
+    let mut out = format!("workflow {}  {}\nquery    {}\n\n", workflow.id(), workflow.state(), plan.plan_context.query);
+    let mut table = vec![vec!["#".into(), "OUTPUT".into(), "TOOL".into(), "STATUS".into(), "VALUE".into()]];
+    for (index, step) in plan.steps.iter().enumerate() {
+        let output = workflow.outputs().step_outputs.get(&step.output);
+        let status = if output.is_some() {
+            "done"
+        } else if workflow.clarifications_for_step(index).any(|c| !c.resolved) {
+            "waiting"
+        } else if workflow.failure().is_some_and(|f| f.step == Some(index)) {
+            "failed"
+        } else {
+            "pending"
+        };
+        let value = output.map(|o| text(&o.value)).unwrap_or_default();
+        table.push(vec![
+            (index + 1).to_string(),
+            step.output.clone(),
+            step.tool_id.clone().unwrap_or_else(|| "llm".into()),
+            status.into(),
+            clip(&value, VALUE_WIDTH),
+        ]);
+    }
+    out.push_str(&columns(&table));
+    let clarifications = &workflow.outputs().clarifications;
+    if !clarifications.is_empty() {
+        out.push_str("\nclarifications\n");
+        for c in clarifications {
+            let answer =
+                c.response.as_ref().filter(|_| c.resolved).map_or("open".to_owned(), |r| format!("answered {r}"));
+            let _ = writeln!(out, "  {} {} ({answer})", c.id, clip(&c.user_guidance, VALUE_WIDTH));
+        }
+    }
+    if let Some(failure) = workflow.failure() {
+        let _ = writeln!(out, "\nfailure  {}", failure.message);
+    }
+    if let Some(answer) = &workflow.outputs().final_output {
+        let _ = writeln!(out, "\nanswer   {}", text(&answer.value));
+    }
+    let total = workflow.usage().total;
+    let _ = writeln!(
+        out,
+        "usage    {} LLM calls, {} prompt + {} completion tokens",
+        total.llm_calls, total.prompt_tokens, total.completion_tokens
+    );
+    out
+}
+
+fn text(value: &Value) -> String {
+    value.as_str().map_or_else(|| value.to_string(), str::to_owned)
+}
+
+/// Flags of a tool in words.
+fn flags(spec: &portia::ToolSpec, available: bool) -> Vec<&'static str> {
+    let mut flags = Vec::new();
+    flags.push(if spec.side_effects { "side effects" } else { "read-only" });
+    if spec.idempotent && spec.side_effects {
+        flags.push("idempotent");
+    }
+    if !available {
+        flags.push("needs a key");
+    }
+    flags
+}
+
+/// The key variable a tool needs, for the tools that need one.
+fn key_var(id: &str) -> Option<&'static str> {
+    match id {
+        "search_tool" => Some("TAVILY_API_KEY"),
+        "weather_tool" => Some("OPENWEATHERMAP_API_KEY"),
+        _ => None,
+    }
+}
+
+/// Each tool: id, flags, description, and its arguments from the schema.
+pub(crate) fn tools(registry: &dyn ToolRegistry, available: &[String]) -> String {
+    let mut out = String::new();
+    for tool in registry.get_tools() {
+        let spec = tool.spec();
+        let ok = available.contains(&spec.id);
+        let _ = writeln!(out, "{}  [{}]", spec.id, flags(&spec, ok).join(", "));
+        let _ = writeln!(out, "    {}", spec.description);
+        if let (false, Some(var)) = (ok, key_var(&spec.id)) {
+            let _ = writeln!(out, "    set {var} to use it");
+        }
+        let required: Vec<&str> =
+            spec.args_schema["required"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        for (name, schema) in spec.args_schema["properties"].as_object().into_iter().flatten() {
+            let kind = schema["type"].as_str().unwrap_or("any");
+            let need = if required.contains(&name.as_str()) { "required" } else { "optional" };
+            let about = schema["description"].as_str().unwrap_or("");
+            let _ = writeln!(out, "    - {name} ({kind}, {need}): {about}");
+        }
+    }
+    out
+}
+
+/// Each tool's spec as JSON, with whether it can be used with the settings.
+pub(crate) fn tools_json(registry: &dyn ToolRegistry, available: &[String]) -> Value {
+    let specs: Vec<Value> = registry
+        .get_tools()
+        .iter()
+        .map(|tool| {
+            let spec = tool.spec();
+            let mut value = serde_json::to_value(&spec).unwrap_or_default();
+            value["available"] = json!(available.contains(&spec.id));
+            if let Some(var) = key_var(&spec.id) {
+                value["key_var"] = json!(var);
+            }
+            value
+        })
+        .collect();
+    Value::Array(specs)
+}

@@ -1,0 +1,364 @@
+//! The `portia` binary, run as a user would: each subcommand and exit code (0
+//! COMPLETE, 1 failed or error, 2 usage, 3 waiting for a clarification), the
+//! keyless demo, record then replay, and a clarification answered on a terminal.
+//!
+//! Every run gets a fresh directory (its `.portia/` store, its files) and an
+//! environment without keys; most plans fix their tools' arguments and summaries
+//! are off, so they need no model at all.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::{Value, json};
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../examples/support/fake_apis.rs"]
+mod fake_apis;
+
+const KEY_VARS: [&str; 9] = [
+    "OPENAI_API_KEY",
+    "ANTHROPIC_API_KEY",
+    "MISTRAL_API_KEY",
+    "GROQ_API_KEY",
+    "OPENROUTER_API_KEY",
+    "PORTIA_LLM_API_KEY",
+    "TAVILY_API_KEY",
+    "OPENWEATHERMAP_API_KEY",
+    "PORTIA_LLM_PROVIDER",
+];
+
+/// A fresh working directory with `files/report.csv` in it (`files/` is the files root).
+fn workdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("files")).unwrap();
+    std::fs::write(dir.path().join("files/report.csv"), "city,temp\nOslo,-3\n").unwrap();
+    dir
+}
+
+/// The binary in `dir`, with no keys, offline, no summaries, stdin not a terminal.
+fn portia(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_portia"));
+    for var in KEY_VARS.iter().chain(&["PORTIA_STORAGE", "PORTIA_STORAGE_DIR", "RUST_LOG"]) {
+        command.env_remove(var);
+    }
+    command
+        .current_dir(dir)
+        .env("PORTIA_OFFLINE", "1")
+        .env("PORTIA_SUMMARIZE", "false")
+        .env("PORTIA_FILES_ROOT", dir.join("files"))
+        .env("PORTIA_LOG_LEVEL", "error")
+        .stdin(Stdio::null());
+    command
+}
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    portia(dir).args(args).output().unwrap()
+}
+
+fn code(output: &Output) -> i32 {
+    output.status.code().expect("an exit code")
+}
+
+fn stdout_json(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)))
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A one-step plan reading `filename` with arguments fixed in the plan: no model needed.
+fn read_plan(dir: &Path, filename: &str) -> PathBuf {
+    let plan = json!({
+        "plan_context": {"query": "Read the report", "tool_ids": ["file_reader_tool"]},
+        "steps": [{"task": "Read the report", "inputs": [], "tool_id": "file_reader_tool",
+                   "output": "$report", "args": {"filename": filename}}]
+    });
+    let path = dir.join(format!("plan-{filename}.json"));
+    std::fs::write(&path, plan.to_string()).unwrap();
+    path
+}
+
+/// Runs a plan that asks which file was meant; returns the workflow and clarification ids.
+fn waiting_workflow(dir: &Path) -> (String, String) {
+    let plan = read_plan(dir, "reprot.csv");
+    let output = run(dir, &["run", "--plan", plan.to_str().unwrap()]);
+    assert_eq!(code(&output), 3, "{}", stderr(&output));
+    let workflow = stdout_json(&output);
+    assert_eq!(workflow["state"], "NEED_CLARIFICATION");
+    let id = workflow["id"].as_str().unwrap().to_owned();
+    let clarification = workflow["outputs"]["clarifications"][0]["id"].as_str().unwrap().to_owned();
+    let err = stderr(&output);
+    assert!(err.contains(&format!("portia answer {id}")) && err.contains(&clarification), "{err}");
+    assert!(err.contains("(options: report.csv)"), "the clarifications are listed: {err}");
+    (id, clarification)
+}
+
+#[test]
+fn run_stops_with_3_then_answer_and_resume_in_other_processes_complete_it() {
+    let dir = workdir();
+    let (id, clarification) = waiting_workflow(dir.path());
+
+    let listed = run(dir.path(), &["list", "--state", "need-clarification"]);
+    assert_eq!(code(&listed), 0);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains(&id));
+
+    let answered = run(dir.path(), &["answer", &id, &clarification, "report.csv"]);
+    assert_eq!(code(&answered), 0, "{}", stderr(&answered));
+    assert_eq!(stdout_json(&answered)["state"], "READY_TO_RESUME");
+
+    let resumed = run(dir.path(), &["resume", &id]);
+    assert_eq!(code(&resumed), 0, "{}", stderr(&resumed));
+    let workflow = stdout_json(&resumed);
+    assert_eq!(workflow["state"], "COMPLETE");
+    assert_eq!(workflow["outputs"]["final_output"]["value"], json!([{"city": "Oslo", "temp": "-3"}]));
+
+    let shown = run(dir.path(), &["show", &id]);
+    assert_eq!(stdout_json(&shown), workflow);
+    let table = run(dir.path(), &["show", &id, "--format", "table"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("COMPLETE") && table.contains("file_reader_tool  done"), "{table}");
+    assert!(table.contains("answered \"report.csv\""), "{table}");
+}
+
+#[test]
+fn a_failed_workflow_exits_1_with_one_line_naming_the_cause() {
+    let dir = workdir();
+    let plan = read_plan(dir.path(), "missing.txt");
+    let output = run(dir.path(), &["run", "--plan", plan.to_str().unwrap()]);
+    assert_eq!(code(&output), 1);
+    assert_eq!(stdout_json(&output)["state"], "FAILED");
+    let err = stderr(&output);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("failed (TOOL_ERROR)") && err.contains("missing.txt was not found"), "{err}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = workdir();
+    for args in [&["bogus"][..], &["run"], &["prune", "--older-than", "7y"], &["show", "not-an-id"], &["watch"]] {
+        let output = run(dir.path(), args);
+        assert_eq!(code(&output), 2, "{args:?}: {}", stderr(&output));
+    }
+}
+
+#[test]
+fn planning_without_a_key_exits_1_naming_the_variable() {
+    let dir = workdir();
+    let output =
+        portia(dir.path()).args(["plan", "What is 2 plus 2?"]).env("PORTIA_LLM_PROVIDER", "openai").output().unwrap();
+    assert_eq!(code(&output), 1);
+    let err = stderr(&output);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("OPENAI_API_KEY"), "{err}");
+}
+
+#[test]
+fn commands_that_need_no_model_need_no_key() {
+    let dir = workdir();
+    let listed = run(dir.path(), &["list", "--format", "json"]);
+    assert_eq!((code(&listed), stdout_json(&listed)), (0, json!([])));
+
+    let tools = run(dir.path(), &["tools", "--format", "json"]);
+    assert_eq!(code(&tools), 0);
+    let tools = stdout_json(&tools);
+    let ids: Vec<&str> = tools.as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        ["calculator_tool", "weather_tool", "search_tool", "llm_tool", "file_reader_tool", "file_writer_tool"]
+    );
+    let search = &tools[2];
+    assert_eq!((&search["available"], &search["key_var"]), (&json!(false), &json!("TAVILY_API_KEY")));
+    assert_eq!(search["args_schema"]["required"], json!(["search_query"]));
+    let table = run(dir.path(), &["tools"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("file_writer_tool  [side effects, idempotent]"), "{table}");
+    assert!(table.contains("set TAVILY_API_KEY to use it"), "{table}");
+}
+
+#[test]
+fn cancel_fails_a_waiting_workflow_and_resume_then_exits_1() {
+    let dir = workdir();
+    let (id, _) = waiting_workflow(dir.path());
+    let cancelled = run(dir.path(), &["cancel", &id, "--reason", "not needed"]);
+    assert_eq!(code(&cancelled), 0, "{}", stderr(&cancelled));
+    let workflow = stdout_json(&cancelled);
+    assert_eq!((&workflow["state"], &workflow["failure"]["kind"]), (&json!("FAILED"), &json!("CANCELLED")));
+    let resumed = run(dir.path(), &["resume", &id]);
+    assert_eq!(code(&resumed), 1);
+    assert!(stderr(&resumed).contains("FAILED"), "{}", stderr(&resumed));
+    let unknown = run(dir.path(), &["show", "wkfl-00000000-0000-0000-0000-000000000000"]);
+    assert_eq!(code(&unknown), 1);
+    assert!(stderr(&unknown).contains("not found"), "{}", stderr(&unknown));
+}
+
+#[test]
+fn submit_then_a_worker_runs_it_and_prune_deletes_it() {
+    let dir = workdir();
+    let plan = read_plan(dir.path(), "report.csv");
+    let submitted = run(dir.path(), &["submit", "--plan", plan.to_str().unwrap()]);
+    assert_eq!(code(&submitted), 0, "{}", stderr(&submitted));
+    let id = String::from_utf8_lossy(&submitted.stdout).trim().to_owned();
+    assert!(id.starts_with("wkfl-"), "{id}");
+
+    let worker = run(dir.path(), &["worker", "--concurrency", "2", "--exit-when-idle"]);
+    assert_eq!(code(&worker), 0, "{}", stderr(&worker));
+    assert_eq!(stdout_json(&worker)["runs"], 1);
+    assert_eq!(stdout_json(&run(dir.path(), &["show", &id]))["state"], "COMPLETE");
+
+    let kept = run(dir.path(), &["prune", "--older-than", "7d"]);
+    assert_eq!(String::from_utf8_lossy(&kept.stdout).trim(), "0");
+    let pruned = run(dir.path(), &["prune", "--older-than", "0s"]);
+    assert_eq!((code(&pruned), String::from_utf8_lossy(&pruned.stdout).trim()), (0, "1"));
+    assert_eq!(stdout_json(&run(dir.path(), &["list", "--format", "json"])), json!([]));
+}
+
+fn demo_cassette() -> String {
+    format!("{}/demo/stock_compare.cassette.json", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn plan_prints_json_mermaid_and_dot_from_a_cassette() {
+    let dir = workdir();
+    let cassette = demo_cassette();
+    let query = "Which stock price grew faster in 2024, Amazon or Google?";
+    let plan = run(dir.path(), &["--cassette", &cassette, "plan", query]);
+    assert_eq!(code(&plan), 0, "{}", stderr(&plan));
+    assert_eq!(stdout_json(&plan)["steps"].as_array().unwrap().len(), 3);
+
+    let mermaid = run(dir.path(), &["--cassette", &cassette, "plan", query, "--format", "mermaid"]);
+    let mermaid = String::from_utf8_lossy(&mermaid.stdout);
+    assert!(mermaid.starts_with("flowchart TD\n"), "{mermaid}");
+    assert!(
+        mermaid.contains("s0 -->|$amazon_stock_growth| s2") && mermaid.contains("s1 -->|$google_stock_growth| s2"),
+        "{mermaid}"
+    );
+
+    let dot = run(dir.path(), &["--cassette", &cassette, "plan", query, "--format", "dot"]);
+    let dot = String::from_utf8_lossy(&dot.stdout);
+    assert!(dot.starts_with("digraph plan {") && dot.contains("s0 -> s2 [label=\"$amazon_stock_growth\"];"), "{dot}");
+
+    let other = run(dir.path(), &["--cassette", &cassette, "plan", "Which grew faster, Apple or Microsoft?"]);
+    assert_eq!(code(&other), 1);
+    let err = stderr(&other);
+    assert!(err.contains("no recorded LLM request matches; the nearest, #0") && err.contains("Apple"), "{err}");
+}
+
+#[test]
+fn the_demo_runs_with_no_key_and_the_network_refused() {
+    let dir = workdir();
+    let output = run(dir.path(), &["demo"]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let documents: Vec<Value> = serde_json::Deserializer::from_str(&text).into_iter().map(Result::unwrap).collect();
+    let [plan, workflow] = &documents[..] else { panic!("a plan then a workflow: {text}") };
+    assert_eq!(plan["plan_context"]["query"], "Which stock price grew faster in 2024, Amazon or Google?");
+    assert_eq!(workflow["state"], "COMPLETE");
+    assert_eq!(workflow["usage"]["total"]["llm_calls"], 3);
+    assert!(workflow["outputs"]["final_output"]["summary"].as_str().unwrap().contains("Amazon"));
+    assert!(!dir.path().join(".portia").exists(), "the demo keeps nothing");
+}
+
+/// The workflow without what differs between two runs: ids, timestamps and timings.
+fn stable(mut value: Value) -> Value {
+    fn walk(value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                map.retain(|k, _| !matches!(k.as_str(), "id" | "plan_id" | "workflow_id" | "running_ms" | "at"));
+                map.values_mut().for_each(walk);
+            }
+            Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    walk(&mut value);
+    value
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_then_replay_gives_the_same_workflow() {
+    let dir = workdir();
+    let cassette = dir.path().join("run.cassette.json");
+    let cassette_arg = cassette.to_str().unwrap().to_owned();
+    let query = "Which stock price grew faster in 2024, Amazon or Google?";
+    let server = fake_apis::start(std::time::Duration::ZERO, std::time::Duration::ZERO).await;
+    let mut record = portia(dir.path());
+    record
+        .args(["--record", &cassette_arg, "run", query])
+        .env("PORTIA_SUMMARIZE", "true")
+        .env("OPENAI_API_KEY", "sk-recorded-secret")
+        .env("OPENAI_BASE_URL", format!("{}/v1", server.uri()))
+        .env("TAVILY_API_KEY", "tvly-recorded-secret")
+        .env("TAVILY_BASE_URL", server.uri());
+    let recorded = tokio::task::spawn_blocking(move || record.output().unwrap()).await.unwrap();
+    drop(server);
+    assert_eq!(code(&recorded), 0, "{}", stderr(&recorded));
+    let text = std::fs::read_to_string(&cassette).unwrap();
+    assert!(!text.contains("recorded-secret"), "keys are blanked out");
+
+    // No key, no server: only the cassette.
+    let replayed = portia(dir.path())
+        .args(["--cassette", &cassette_arg, "run", query])
+        .env("PORTIA_SUMMARIZE", "true")
+        .output()
+        .unwrap();
+    assert_eq!(code(&replayed), 0, "{}", stderr(&replayed));
+    let (recorded, replayed) = (stdout_json(&recorded), stdout_json(&replayed));
+    assert_ne!(recorded["id"], replayed["id"]);
+    assert_eq!(stable(recorded), stable(replayed));
+}
+
+/// Drives `portia run` through a pseudo-terminal (util-linux `script`, installed by
+/// `.ci/run`), answering the question when it is asked, as a person would.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_clarification_is_asked_and_answered_on_a_terminal() {
+    use std::io::{Read, Write};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    let dir = workdir();
+    let plan = read_plan(dir.path(), "reprot.csv");
+    let line = format!("'{}' run --plan '{}'", env!("CARGO_BIN_EXE_portia"), plan.display());
+    let base = portia(dir.path());
+    let mut child = Command::new("script")
+        .args(["-qfec", &line, "/dev/null"])
+        .envs(base.get_envs().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))))
+        .env_remove("OPENAI_API_KEY")
+        .env("TERM", "xterm")
+        .current_dir(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("util-linux `script` (bsdutils) is installed");
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buffer = [0; 4096];
+        while let Ok(n) = stdout.read(&mut buffer) {
+            if n == 0 || tx.send(buffer[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let wait_for = |seen: &mut String, text: &str| {
+        while !seen.contains(text) {
+            // A guard against a hang, not a measurement: the question comes at once.
+            let chunk = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("no {text:?} in {seen}"));
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    };
+    wait_for(&mut seen, "choose (a number or a value)>");
+    assert!(seen.contains("[Multiple Choice] reprot.csv was not found"), "{seen}");
+    assert!(seen.contains("✓ 1 steps") || seen.contains("$report ? file_reader_tool"), "a live line per step: {seen}");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"1\n").unwrap();
+    wait_for(&mut seen, "\"state\": \"COMPLETE\"");
+    let status = child.wait().unwrap();
+    drop(stdin);
+    assert_eq!(status.code(), Some(0), "{seen}");
+    assert!(seen.contains("\"temp\": \"-3\""), "{seen}");
+}

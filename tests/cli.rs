@@ -207,6 +207,20 @@ fn submit_then_a_worker_runs_it_and_prune_deletes_it() {
     assert_eq!(stdout_json(&worker)["runs"], 1);
     assert_eq!(stdout_json(&run(dir.path(), &["show", &id]))["state"], "COMPLETE");
 
+    // Another process follows what the worker did, from the stored events.
+    let watched = run(dir.path(), &["watch", &id]);
+    assert_eq!(code(&watched), 0, "{}", stderr(&watched));
+    let events: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&watched.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let names: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(names.first(), Some(&"state_changed"));
+    assert!(names.contains(&"tool_call_finished"), "{names:?}");
+    assert_eq!(events.last().unwrap()["to"], "COMPLETE");
+    assert_eq!(
+        events.iter().map(|e| e["seq"].as_u64().unwrap()).collect::<Vec<_>>(),
+        (1..=events.len() as u64).collect::<Vec<_>>()
+    );
+
     let kept = run(dir.path(), &["prune", "--older-than", "7d"]);
     assert_eq!(String::from_utf8_lossy(&kept.stdout).trim(), "0");
     let pruned = run(dir.path(), &["prune", "--older-than", "0s"]);

@@ -82,6 +82,12 @@ pub(crate) enum Command {
         #[arg(long, value_enum, default_value_t = Format::Json)]
         format: Format,
     },
+    /// Follow a workflow's events, one JSON line each, from its first to its rest
+    /// (finished, or waiting for a human); it may run in any process sharing the store.
+    Watch {
+        /// The workflow.
+        id: WorkflowId,
+    },
     /// Delete finished workflows older than AGE (such as 7d, 12h, 30m).
     Prune {
         /// How old a finished workflow must be to go.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use portia::runner::WorkerOptions;
 use portia::storage::WorkflowQuery;
-use portia::{Plan, PlanOptions, Runner, Workflow, WorkflowState};
+use portia::{Plan, PlanOptions, Runner, Workflow, WorkflowId, WorkflowState};
 
 use crate::cli::{Cli, Command, Format, PlanFormat, Source};
 use crate::setup::{self, Setup};
@@ -79,6 +79,7 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
             }
             Ok(Exit::Ok)
         }
+        Command::Watch { id } => watch(runner, id).await,
         Command::Prune { older_than } => {
             let pruned = runner.prune_finished(older_than).await?;
             println!("{pruned}");
@@ -101,6 +102,16 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
         }
         Command::Demo => demo().await,
     }
+}
+
+/// Prints each of a workflow's events as a JSON line until it rests, then exits as
+/// its state says.
+async fn watch(runner: &Runner, id: WorkflowId) -> Result<Exit, Failure> {
+    let mut events = runner.watch(id);
+    while let Some(event) = events.next().await {
+        println!("{}", serde_json::to_string(&event?).unwrap_or_default());
+    }
+    Ok(report(&runner.get_workflow(id).await?))
 }
 
 /// Plans `query`, offering the tools that work with the settings, with a spinner on a terminal.

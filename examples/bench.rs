@@ -72,6 +72,10 @@ struct Args {
     /// Where workflows are kept: in memory, or in SQLite with durable (fsynced) writes.
     #[arg(long, value_enum, default_value_t = StorageChoice::Memory)]
     storage: StorageChoice,
+    /// Watch every run: a subscriber reads every event, and tracing logs every span
+    /// as it closes (to nowhere), to measure what watching costs.
+    #[arg(long)]
+    watched: bool,
     /// Run the workflows on this many worker processes instead (a comma-separated
     /// list measures each in turn), submitted to a shared SQLite database.
     #[arg(long, value_delimiter = ',')]
@@ -199,6 +203,7 @@ async fn measure(args: &Args, base_url: &str) -> Result<Value, String> {
         }
     };
     let runner = runner(args, base_url, storage)?;
+    let watching = args.watched.then(|| watch_everything(&runner));
 
     let cpu_before = cpu_seconds();
     let started = Instant::now();
@@ -239,6 +244,7 @@ async fn measure(args: &Args, base_url: &str) -> Result<Value, String> {
     }
     let wall = started.elapsed();
     let cpu = cpu_seconds() - cpu_before;
+    let events_seen = watching.map_or(0, |seen| seen.load(std::sync::atomic::Ordering::Relaxed));
     let mut tool_calls = 0;
     for id in completed {
         tool_calls += runner.tool_calls(id).await.map_err(|e| e.to_string())?.len();
@@ -262,9 +268,33 @@ async fn measure(args: &Args, base_url: &str) -> Result<Value, String> {
         "prompt_tokens_per_workflow": round(prompt as f64 / done, 1),
         "completion_tokens_per_workflow": round(completion as f64 / done, 1),
         "tool_calls_per_workflow": round(tool_calls as f64 / done, 2),
+        "events_seen_per_workflow": round(events_seen as f64 / done, 1),
         "cpu_ms_per_workflow": round(cpu * 1000.0 / args.n as f64, 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }))
+}
+
+/// Subscribes to every event of `runner` (counting them) and logs every span at
+/// trace level into a sink: what a watched, traced deployment pays.
+fn watch_everything(runner: &Runner) -> Arc<std::sync::atomic::AtomicU64> {
+    let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut events = runner.subscribe();
+    let counter = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            let count = match event {
+                Ok(_) => 1,
+                Err(portia::events::Missed(n)) => n,
+            };
+            counter.fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("portia=trace")
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .with_writer(std::io::sink)
+        .try_init();
+    seen
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {

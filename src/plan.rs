@@ -182,10 +182,10 @@ impl Plan {
                     problems.push(PlanProblem::UnknownInput { step, input: input.name.clone() });
                 }
             }
-            if let Some(tool_id) = &s.tool_id {
-                if registry.get_tool(tool_id).is_err() {
-                    problems.push(PlanProblem::UnknownTool { step, tool_id: tool_id.clone() });
-                }
+            if let Some(tool_id) = &s.tool_id
+                && registry.get_tool(tool_id).is_err()
+            {
+                problems.push(PlanProblem::UnknownTool { step, tool_id: tool_id.clone() });
             }
             if !produced.insert(s.output.as_str()) {
                 problems.push(PlanProblem::DuplicateOutput { step, output: s.output.clone() });

@@ -1,0 +1,1 @@
+//! This SDK served as an MCP server.

@@ -29,12 +29,10 @@ pub fn tool_id(server: &str, tool: &str) -> String {
     if clean.len() <= MAX_ID_LEN && clean == full {
         return clean;
     }
-    if clean.len() <= MAX_ID_LEN {
-        // Replacing characters could make two names meet (`a.b`, `a:b`): the hash keeps them apart.
-        let keep = clean.len().min(MAX_ID_LEN - HASH_LEN - 1);
-        return format!("{}_{:08x}", &clean[..keep], fnv1a(&full) as u32);
-    }
-    format!("{}_{:08x}", &clean[..MAX_ID_LEN - HASH_LEN - 1], fnv1a(&full) as u32)
+    // Too long, or characters replaced (`a.b` and `a:b` would meet): a hash of the
+    // original keeps the id unique. `clean` is ASCII, so any cut is a char boundary.
+    let keep = clean.len().min(MAX_ID_LEN - HASH_LEN - 1);
+    format!("{}_{:08x}", &clean[..keep], fnv1a(&full) as u32)
 }
 
 /// FNV-1a, 64 bits: tiny, and stable across Rust versions and platforms, unlike `DefaultHasher`.

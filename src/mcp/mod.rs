@@ -134,3 +134,6 @@ impl McpError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -11,7 +11,9 @@ use rmcp::model::{
     ClientConfig, ClientRequest, Implementation, InitializeRequestParams, RequestMetaObject, ServerResult,
     Tool as McpToolInfo,
 };
-use rmcp::service::{NotificationContext, Peer, PeerRequestOptions, RoleClient, RunningService, ServiceError};
+use rmcp::service::{
+    NotificationContext, Peer, PeerRequestOptions, RequestHandle, RoleClient, RunningService, ServiceError,
+};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::{ClientHandler, ServiceExt};
@@ -177,6 +179,7 @@ impl Server {
                 Ok(Connection { service, stderr: None })
             }
             McpTransport::Http { url, headers, bearer_token } => {
+                install_crypto_provider();
                 let transport = StreamableHttpClientTransport::from_config(self.http_config(
                     url,
                     headers,
@@ -250,19 +253,16 @@ impl Server {
         args: Map<String, Value>,
         ctx: &ToolRunContext,
     ) -> Result<rmcp::model::CallToolResult, McpError> {
-        let connection = self.connection().await?;
         let mut meta = Map::new();
         if let Some(key) = &ctx.idempotency_key {
             meta.insert(IDEMPOTENCY_META_KEY.into(), Value::from(key.as_str()));
         }
-        let options = PeerRequestOptions::with_timeout(self.config.timeout).with_meta(RequestMetaObject::from(meta));
+        let meta = RequestMetaObject::from(meta);
         let request = ClientRequest::CallToolRequest(CallToolRequest::new(
             CallToolRequestParams::new(tool.to_owned()).with_arguments(args),
         ));
-        let peer = connection.service.peer().clone();
-        let handle =
-            peer.send_cancellable_request(request, options).await.map_err(|e| self.failed(tool, e, &connection))?;
-        let id = handle.id.clone();
+        let (connection, handle) = self.send(tool, request, &meta).await?;
+        let (peer, id) = (handle.peer.clone(), handle.id.clone());
         let response = tokio::select! {
             response = handle.await_response() => response,
             () = ctx.cancellation.cancelled() => {
@@ -275,7 +275,41 @@ impl Server {
         match response {
             Ok(ServerResult::CallToolResult(result)) => Ok(result),
             Ok(other) => Err(self.protocol(tool, format!("expected a tool result, got {other:?}"))),
-            Err(e) => Err(self.failed(tool, e, &connection).await_tail().await),
+            Err(e) => Err(self.failed(tool, e, &connection).await.await_tail().await),
+        }
+    }
+
+    /// Sends a request. A connection found dead before the request left is replaced
+    /// and the request sent once more: nothing reached the server, so nothing repeats.
+    async fn send(
+        self: &Arc<Self>,
+        tool: &str,
+        request: ClientRequest,
+        meta: &RequestMetaObject,
+    ) -> Result<(Arc<Connection>, RequestHandle<RoleClient>), McpError> {
+        // Progress from a long call shows the server is alive: it restarts the timeout.
+        let options = || {
+            PeerRequestOptions::with_timeout(self.config.timeout).with_meta(meta.clone()).reset_timeout_on_progress()
+        };
+        let connection = self.connection().await?;
+        let first = connection.service.peer().send_cancellable_request(request.clone(), options()).await;
+        match first {
+            Ok(handle) => return Ok((connection, handle)),
+            Err(ServiceError::McpError(e)) => return Err(self.protocol(tool, e.message.to_string())),
+            Err(_) => self.forget(&connection).await,
+        }
+        let connection = self.connection().await?;
+        match connection.service.peer().send_cancellable_request(request, options()).await {
+            Ok(handle) => Ok((connection, handle)),
+            Err(e) => Err(self.failed(tool, e, &connection).await.await_tail().await),
+        }
+    }
+
+    /// Drops `connection` if it is still the current one, so the next use reconnects.
+    async fn forget(&self, connection: &Arc<Connection>) {
+        let mut slot = self.connection.lock().await;
+        if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, connection)) {
+            *slot = None;
         }
     }
 
@@ -283,8 +317,9 @@ impl Server {
         McpError::Protocol { server: self.name.clone(), tool: tool.to_owned(), message }
     }
 
-    /// Maps a failed request; a closed transport means the server is gone.
-    fn failed(&self, tool: &str, error: ServiceError, connection: &Arc<Connection>) -> Failure {
+    /// Maps a failed request; a closed transport means the server is gone, and its
+    /// connection is dropped so the next call starts it again.
+    async fn failed(&self, tool: &str, error: ServiceError, connection: &Arc<Connection>) -> Failure {
         match error {
             ServiceError::McpError(e) => Failure::Ready(self.protocol(tool, e.message.to_string())),
             ServiceError::Timeout { timeout } => Failure::Ready(McpError::Timeout {
@@ -298,15 +333,18 @@ impl Server {
             ServiceError::UnexpectedResponse | ServiceError::InputRequiredRoundsExceeded { .. } => {
                 Failure::Ready(self.protocol(tool, error.to_string()))
             }
-            other => Failure::Died {
-                error: McpError::ServerDied {
-                    server: self.name.clone(),
-                    tool: tool.to_owned(),
-                    message: other.to_string(),
-                    stderr: vec![],
-                },
-                stderr: connection.stderr.clone(),
-            },
+            other => {
+                self.forget(connection).await;
+                Failure::Died {
+                    error: McpError::ServerDied {
+                        server: self.name.clone(),
+                        tool: tool.to_owned(),
+                        message: other.to_string(),
+                        stderr: vec![],
+                    },
+                    stderr: connection.stderr.clone(),
+                }
+            }
         }
     }
 }
@@ -369,6 +407,14 @@ async fn drain(tail: Option<&Arc<StderrTail>>) -> Vec<String> {
     let mut closed = tail.closed.subscribe();
     let _ = tokio::time::timeout(STDERR_DRAIN, closed.wait_for(|c| *c)).await;
     tail.lines.lock().unwrap_or_else(PoisonError::into_inner).iter().cloned().collect()
+}
+
+/// rmcp's HTTP client (reqwest 0.13) is built without a TLS crypto provider of its
+/// own, so that no second one (aws-lc, with its C build) is compiled in: it uses
+/// rustls' process default, which is set here to ring, the provider this crate's own
+/// HTTP client already uses. An application that installed a default keeps it.
+fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// Receives what a server sends unasked.

@@ -179,3 +179,20 @@ async fn a_workflow_plans_and_runs_over_a_real_server() {
     h.llm.assert_done();
     registry.close().await;
 }
+
+#[tokio::test]
+async fn the_default_registry_adds_the_servers_of_the_mcp_config_file() {
+    if installed("PORTIA_MCP_EVERYTHING").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("claude_desktop_config.json");
+    // `${VAR}` is read from the environment, where the install script put the server's path.
+    let file = json!({"mcpServers": {"everything": {"command": "${PORTIA_MCP_EVERYTHING}", "args": ["stdio"]}}});
+    std::fs::write(&path, file.to_string()).unwrap();
+    let vars = |name: &str| (name == "PORTIA_MCP_CONFIG").then(|| path.display().to_string());
+    let config = Config::from_vars(vars).unwrap();
+    let registry = portia::tools::default_tool_registry_with_mcp(&config).await.unwrap();
+    let ids: Vec<String> = registry.get_tools().iter().map(|t| t.spec().id).collect();
+    assert!(ids.contains(&"calculator_tool".to_owned()) && ids.contains(&"everything__echo".to_owned()), "{ids:?}");
+}

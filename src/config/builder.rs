@@ -125,6 +125,13 @@ impl ConfigBuilder {
         openweathermap_api_key;
     }
 
+    /// Sets the file listing MCP servers whose tools to add (`PORTIA_MCP_CONFIG`).
+    #[must_use]
+    pub fn mcp_config(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config.mcp_config = Some(path.into());
+        self
+    }
+
     /// Checks and returns the config.
     ///
     /// # Errors

@@ -110,6 +110,11 @@ pub struct Config {
     /// How many times a workflow whose run died (its lease expired) may be taken over
     /// before it ends `FAILED` (`PORTIA_MAX_RUN_ATTEMPTS`).
     pub max_run_attempts: u32,
+    /// A file listing MCP servers whose tools to add (`PORTIA_MCP_CONFIG`): an
+    /// `mcpServers` object as Claude Desktop writes it, or a TOML file with an
+    /// `[mcpServers.NAME]` table. Read by `tools::default_tool_registry_with_mcp`
+    /// (feature `mcp`).
+    pub mcp_config: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -148,6 +153,7 @@ impl Default for Config {
             summarize_final_output: true,
             lease_ttl_secs: 30,
             max_run_attempts: 3,
+            mcp_config: None,
         }
     }
 }
@@ -251,6 +257,9 @@ impl Config {
         set(&mut self.summarize_final_output, vars.parse("PORTIA_SUMMARIZE")?);
         set(&mut self.lease_ttl_secs, vars.parse("PORTIA_LEASE_TTL_SECS")?);
         set(&mut self.max_run_attempts, vars.parse("PORTIA_MAX_RUN_ATTEMPTS")?);
+        if let Some(path) = vars.get("PORTIA_MCP_CONFIG") {
+            self.mcp_config = Some(PathBuf::from(path));
+        }
         Ok(())
     }
 

@@ -126,7 +126,6 @@ impl ConfigBuilder {
     }
 
     /// Sets the file listing MCP servers whose tools to add (`PORTIA_MCP_CONFIG`).
-    #[must_use]
     pub fn mcp_config(mut self, path: impl Into<PathBuf>) -> Self {
         self.config.mcp_config = Some(path.into());
         self

@@ -196,3 +196,25 @@ async fn the_default_registry_adds_the_servers_of_the_mcp_config_file() {
     let ids: Vec<String> = registry.get_tools().iter().map(|t| t.spec().id).collect();
     assert!(ids.contains(&"calculator_tool".to_owned()) && ids.contains(&"everything__echo".to_owned()), "{ids:?}");
 }
+
+#[tokio::test]
+async fn an_elicitation_from_server_everything_is_answered_from_the_stored_response() {
+    let Some(bin) = installed("PORTIA_MCP_EVERYTHING") else { return };
+    let registry = connect("everything", everything_stdio(&bin)).await;
+    let tool = registry.get_tool("everything__trigger-elicitation-request").unwrap();
+    let mut ctx = ctx();
+    let ToolOutput::Clarifications(asked) = tool.run(&ctx, json!({})).await.unwrap() else {
+        panic!("the form waits for a person")
+    };
+    let question = &asked[0];
+    assert!(matches!(question.kind, portia::ClarificationKind::Input { .. }), "{question:?}");
+    assert!(question.user_guidance.contains("JSON object"), "{}", question.user_guidance);
+
+    let mut answered = question.clone();
+    answered.resolve(json!({"name": "Ada Lovelace", "check": true})).unwrap();
+    ctx.clarifications = vec![answered];
+    let output = tool.run(&ctx, json!({})).await.unwrap();
+    let text = format!("{output:?}");
+    assert!(text.contains("provided the requested information") && text.contains("Ada Lovelace"), "{text}");
+    registry.close().await;
+}

@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CancelledNotification, CancelledNotificationParam, ClientCapabilities,
-    ClientConfig, ClientRequest, Implementation, InitializeRequestParams, RequestMetaObject, ServerResult,
-    Tool as McpToolInfo,
+    ClientConfig, ClientRequest, ElicitRequestParams, ElicitResult, ElicitationAction, ElicitationCapability,
+    ErrorData, FormElicitationCapability, Implementation, InitializeRequestParams, RequestMetaObject, ServerResult,
+    Tool as McpToolInfo, UrlElicitationCapability,
 };
 use rmcp::service::{
-    NotificationContext, Peer, PeerRequestOptions, RequestHandle, RoleClient, RunningService, ServiceError,
+    NotificationContext, Peer, PeerRequestOptions, RequestContext, RequestHandle, RoleClient, RunningService,
+    ServiceError,
 };
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
@@ -21,6 +23,7 @@ use serde_json::{Map, Value};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::watch;
 
+use super::elicitation::ActiveCall;
 use super::mapping::{check_arguments, output_from_result, spec_from_mcp};
 use super::{McpConfig, McpError, McpServerConfig, McpTransport};
 use crate::tool::{Tool, ToolError, ToolOutput, ToolRegistry, ToolRunContext, ToolSpec};
@@ -119,6 +122,8 @@ struct Server {
     connection: tokio::sync::Mutex<Option<Arc<Connection>>>,
     tools: RwLock<Vec<Arc<dyn Tool>>>,
     changed: Arc<watch::Sender<u64>>,
+    /// Calls in flight, newest last: an elicitation goes to the newest.
+    active: Mutex<Vec<Arc<ActiveCall>>>,
 }
 
 impl fmt::Debug for Server {
@@ -140,6 +145,7 @@ impl Server {
             connection: tokio::sync::Mutex::default(),
             tools: RwLock::default(),
             changed,
+            active: Mutex::default(),
         }
     }
 
@@ -425,7 +431,27 @@ struct Handler {
 impl ClientHandler for Handler {
     fn get_info(&self) -> ClientConfig {
         let implementation = Implementation::new("portia", env!("CARGO_PKG_VERSION"));
-        InitializeRequestParams::new(ClientCapabilities::default(), implementation)
+        let mut capabilities = ClientCapabilities::default();
+        capabilities.elicitation = Some(
+            ElicitationCapability::new()
+                .with_form(FormElicitationCapability::new())
+                .with_url(UrlElicitationCapability::new()),
+        );
+        InitializeRequestParams::new(capabilities, implementation)
+    }
+
+    async fn create_elicitation(
+        &self,
+        request: ElicitRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, ErrorData> {
+        let Some(server) = self.server.upgrade() else { return Ok(ElicitResult::new(ElicitationAction::Decline)) };
+        let call = server.active.lock().unwrap_or_else(PoisonError::into_inner).last().cloned();
+        Ok(match call {
+            Some(call) => call.elicit(&server.name, &request),
+            // Not during a call of ours (a server asking unprompted): nobody to ask.
+            None => ElicitResult::new(ElicitationAction::Decline),
+        })
     }
 
     async fn on_tool_list_changed(&self, context: NotificationContext<RoleClient>) {
@@ -467,7 +493,16 @@ impl Tool for McpTool {
 
     async fn run(&self, ctx: &ToolRunContext, args: Value) -> Result<ToolOutput, ToolError> {
         let args = check_arguments(&self.info.input_schema, &args)?;
-        let result = self.server.call(&self.info.name, args, ctx).await.map_err(|e| e.into_tool_error(&self.spec))?;
-        output_from_result(result)
+        let call = Arc::new(ActiveCall::new(ctx.workflow_id, ctx.clarifications.clone()));
+        self.server.active.lock().unwrap_or_else(PoisonError::into_inner).push(call.clone());
+        let result = self.server.call(&self.info.name, args, ctx).await;
+        self.server.active.lock().unwrap_or_else(PoisonError::into_inner).retain(|c| !Arc::ptr_eq(c, &call));
+        // Questions the server asked and nobody has answered yet: the step waits for a
+        // person, and the call is made again when the workflow resumes.
+        let asked = call.asked();
+        if !asked.is_empty() {
+            return Ok(ToolOutput::Clarifications(asked));
+        }
+        output_from_result(result.map_err(|e| e.into_tool_error(&self.spec))?)
     }
 }

@@ -17,7 +17,9 @@ const HASH_LEN: usize = 8;
 /// ```
 /// use portia::mcp::tool_id;
 ///
-/// assert_eq!(tool_id("github", "search.issues"), "github__search_issues");
+/// assert_eq!(tool_id("github", "search_issues"), "github__search_issues");
+/// // A replaced character adds a hash, so `search.issues` and `search:issues` stay apart.
+/// assert!(tool_id("github", "search.issues").starts_with("github__search_issues_"));
 /// let long = tool_id("server", &"x".repeat(100));
 /// assert_eq!(long.len(), 64);
 /// assert_eq!(long, tool_id("server", &"x".repeat(100)));
@@ -32,7 +34,12 @@ pub fn tool_id(server: &str, tool: &str) -> String {
     // Too long, or characters replaced (`a.b` and `a:b` would meet): a hash of the
     // original keeps the id unique. `clean` is ASCII, so any cut is a char boundary.
     let keep = clean.len().min(MAX_ID_LEN - HASH_LEN - 1);
-    format!("{}_{:08x}", &clean[..keep], fnv1a(&full) as u32)
+    format!("{}_{}", &clean[..keep], stable_hash(&full))
+}
+
+/// Eight hex digits of a hash that is the same on every run and platform.
+pub(crate) fn stable_hash(text: &str) -> String {
+    format!("{:08x}", fnv1a(text) as u32)
 }
 
 /// FNV-1a, 64 bits: tiny, and stable across Rust versions and platforms, unlike `DefaultHasher`.

@@ -24,6 +24,7 @@
 
 mod client;
 mod config;
+mod elicitation;
 mod mapping;
 mod server;
 

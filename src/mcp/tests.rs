@@ -4,8 +4,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ErrorData, ListToolsResult, PaginatedRequestParams,
-    ServerCapabilities, ServerConfig, Tool as McpToolInfo,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ElicitRequestParams, ErrorData, ListToolsResult,
+    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool as McpToolInfo,
 };
 use rmcp::service::{RequestContext, RoleServer};
 use rmcp::{ServerHandler, ServiceExt};
@@ -49,6 +49,7 @@ impl ServerHandler for Fixture {
             tool(json!({"name": "picture", "inputSchema": {"type": "object"}})),
             tool(json!({"name": "slow", "inputSchema": {"type": "object"}, "annotations": {"idempotentHint": true}})),
             tool(json!({"name": "grow", "inputSchema": {"type": "object"}})),
+            tool(json!({"name": "ask", "inputSchema": {"type": "object"}})),
         ];
         tools.extend(self.extra_tools.lock().unwrap().iter().cloned());
         Ok(ListToolsResult::with_all_items(tools))
@@ -87,6 +88,14 @@ impl ServerHandler for Fixture {
                 context.peer.notify_tool_list_changed().await.unwrap();
                 result(json!({"content": [{"type": "text", "text": "grown"}]}))
             }
+            "ask" => {
+                let request: ElicitRequestParams = serde_json::from_value(json!({"mode": "form",
+                    "message": "What is your name?",
+                    "requestedSchema": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}}))
+                .unwrap();
+                let answer = context.peer.create_elicitation(request).await.unwrap();
+                result(json!({"content": [{"type": "text", "text": "answered"}], "structuredContent": answer}))
+            }
             other => Err(ErrorData::invalid_params(format!("unknown tool {other}"), None)),
         }
     }
@@ -122,7 +131,7 @@ async fn call(registry: &McpToolRegistry, id: &str, args: Value) -> Result<ToolO
 async fn lists_tools_with_namespaced_ids_and_annotation_flags() {
     let registry = registry(&Fixture::default(), Duration::from_secs(30)).await;
     let ids: Vec<String> = registry.get_tools().iter().map(|t| t.spec().id).collect();
-    assert_eq!(ids, ["fx__add", "fx__send", "fx__fail", "fx__picture", "fx__slow", "fx__grow"]);
+    assert_eq!(ids, ["fx__add", "fx__send", "fx__fail", "fx__picture", "fx__slow", "fx__grow", "fx__ask"]);
     let add = registry.get_tool("fx__add").unwrap().spec();
     assert!(add.idempotent && !add.side_effects);
     let send = registry.get_tool("fx__send").unwrap().spec();
@@ -194,4 +203,31 @@ async fn a_timeout_is_typed_and_soft_only_for_idempotent_tools() {
     let error = call(&registry, "fx__slow", json!({})).await.unwrap_err();
     assert!(error.is_soft(), "slow is idempotent: {error}");
     assert!(error.to_string().contains("did not answer within 5 s") && error.to_string().contains("timeoutSecs"));
+}
+
+#[tokio::test]
+async fn an_elicitation_becomes_a_clarification_and_its_answer_is_sent_on_the_next_call() {
+    let registry = registry(&Fixture::default(), Duration::from_secs(30)).await;
+    let tool = registry.get_tool("fx__ask").unwrap();
+    let mut ctx = ctx();
+    let ToolOutput::Clarifications(asked) = tool.run(&ctx, json!({})).await.unwrap() else {
+        panic!("an unanswered question waits for a person")
+    };
+    assert_eq!(asked.len(), 1);
+    let question = &asked[0];
+    assert!(matches!(question.kind, crate::ClarificationKind::Input { .. }), "{question:?}");
+    assert!(question.user_guidance.contains("What is your name?"), "{}", question.user_guidance);
+
+    // The person answers; the resumed step calls again and the repeated question is answered at once.
+    let mut answered = question.clone();
+    answered.resolve(json!("Ada")).unwrap();
+    ctx.clarifications = vec![answered];
+    let output = tool.run(&ctx, json!({})).await.unwrap();
+    assert_eq!(output, ToolOutput::value(json!({"action": "accept", "content": {"name": "Ada"}})));
+
+    let mut declined = question.clone();
+    declined.resolve(json!("decline")).unwrap();
+    ctx.clarifications = vec![declined];
+    let output = tool.run(&ctx, json!({})).await.unwrap();
+    assert_eq!(output, ToolOutput::value(json!({"action": "decline"})));
 }

@@ -18,6 +18,11 @@
 //! `^[a-zA-Z0-9_-]{1,64}$` (what OpenAI and Anthropic accept): other characters become
 //! `_` and a longer id is cut and ends in a stable hash of the full name.
 //!
+//! A server's elicitation during a call becomes a clarification of the step (see the
+//! README's MCP section): the question is declined at once, and when the workflow
+//! resumes the call is made again and the repeated question answered from the
+//! stored response.
+//!
 //! [`serve_stdio`] serves a [`Runner`](crate::Runner) to MCP clients such as Claude
 //! Desktop: tools to plan and run queries, list and show workflows, and answer
 //! clarifications.

@@ -107,12 +107,8 @@ impl McpToolRegistry {
 
 impl ToolRegistry for McpToolRegistry {
     fn get_tools(&self) -> Vec<Arc<dyn Tool>> {
-        self.servers.iter().flat_map(|s| read(&s.tools).clone()).collect()
+        self.servers.iter().flat_map(Server::tools).collect()
     }
-}
-
-fn read<T: Clone>(lock: &RwLock<T>) -> T {
-    lock.read().unwrap_or_else(PoisonError::into_inner).clone()
 }
 
 /// One configured server and its (re)connectable session.
@@ -120,7 +116,9 @@ struct Server {
     name: String,
     config: McpServerConfig,
     connection: tokio::sync::Mutex<Option<Arc<Connection>>>,
-    tools: RwLock<Vec<Arc<dyn Tool>>>,
+    /// The listed tools. Descriptions, not `McpTool`s: a tool holds its server, and a
+    /// server holding its tools would never be dropped, nor its process ended.
+    tools: RwLock<Vec<McpToolInfo>>,
     changed: Arc<watch::Sender<u64>>,
     /// Calls in flight, newest last: an elicitation goes to the newest.
     active: Mutex<Vec<Arc<ActiveCall>>>,
@@ -147,6 +145,11 @@ impl Server {
             changed,
             active: Mutex::default(),
         }
+    }
+
+    fn tools(self: &Arc<Self>) -> Vec<Arc<dyn Tool>> {
+        let listed = self.tools.read().unwrap_or_else(PoisonError::into_inner);
+        listed.iter().map(|info| Arc::new(McpTool::new(self.clone(), info.clone())) as Arc<dyn Tool>).collect()
     }
 
     /// The live connection, connecting (again, after a death) when there is none.
@@ -240,15 +243,13 @@ impl Server {
     }
 
     /// Lists the tools and replaces the cached list.
-    async fn refresh(self: &Arc<Self>, peer: &Peer<RoleClient>) -> Result<(), McpError> {
+    async fn refresh(&self, peer: &Peer<RoleClient>) -> Result<(), McpError> {
         let listed = peer.list_all_tools().await.map_err(|e| McpError::Connect {
             server: self.name.clone(),
             message: format!("tools/list failed: {e}"),
             stderr: vec![],
         })?;
-        let tools =
-            listed.into_iter().map(|info| Arc::new(McpTool::new(self.clone(), info)) as Arc<dyn Tool>).collect();
-        *self.tools.write().unwrap_or_else(PoisonError::into_inner) = tools;
+        *self.tools.write().unwrap_or_else(PoisonError::into_inner) = listed;
         self.changed.send_modify(|n| *n += 1);
         Ok(())
     }

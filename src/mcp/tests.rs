@@ -20,6 +20,7 @@ struct Fixture {
     extra_tools: Arc<Mutex<Vec<McpToolInfo>>>,
     seen_meta: Arc<Mutex<Vec<Value>>>,
     cancelled: Arc<tokio::sync::Notify>,
+    closed: Arc<tokio::sync::Notify>,
 }
 
 fn tool(value: Value) -> McpToolInfo {
@@ -106,10 +107,12 @@ async fn registry(fixture: &Fixture, timeout: Duration) -> McpToolRegistry {
     let server = McpServerConfig::in_process(move || {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let handler = served.clone();
+        let closed = served.closed.clone();
         tokio::spawn(async move {
             if let Ok(running) = handler.serve(server).await {
                 let _ = running.waiting().await;
             }
+            closed.notify_one();
         });
         client
     })
@@ -230,4 +233,14 @@ async fn an_elicitation_becomes_a_clarification_and_its_answer_is_sent_on_the_ne
     ctx.clarifications = vec![declined];
     let output = tool.run(&ctx, json!({})).await.unwrap();
     assert_eq!(output, ToolOutput::value(json!({"action": "decline"})));
+}
+
+#[tokio::test]
+async fn dropping_the_registry_and_its_tools_closes_the_connection() {
+    let fixture = Fixture::default();
+    let registry = registry(&fixture, Duration::from_secs(30)).await;
+    let tools = registry.get_tools();
+    drop(registry);
+    drop(tools);
+    fixture.closed.notified().await; // the server saw the client go: nothing keeps it alive
 }

@@ -97,6 +97,14 @@ pub enum McpError {
         /// The tool.
         tool: String,
     },
+    /// A client called one of this SDK's MCP tools with arguments that do not fit it.
+    #[error("{tool}: the arguments do not fit its input schema: {message}")]
+    Arguments {
+        /// The tool.
+        tool: String,
+        /// What serde said.
+        message: String,
+    },
     /// The server answered with a JSON-RPC error or something that is not a tool result.
     #[error("MCP server {server}: {tool}: {message}")]
     Protocol {

@@ -143,37 +143,41 @@ impl PortiaMcpServer {
     async fn dispatch(&self, name: &str, args: Value, ctx: &RequestContext<RoleServer>) -> Result<Value> {
         match name {
             "plan_query" => {
-                let plan = self.runner.generate_plan(&parse::<QueryArgs>(args)?.query).await?;
+                let plan = self.runner.generate_plan(&parse::<QueryArgs>(name, args)?.query).await?;
                 Ok(serde_json::to_value(&plan).unwrap_or_default())
             }
             "run_query" => {
-                let plan = self.runner.generate_plan(&parse::<QueryArgs>(args)?.query).await?;
+                let plan = self.runner.generate_plan(&parse::<QueryArgs>(name, args)?.query).await?;
                 let workflow = self.runner.create_workflow(&plan).await?;
                 Ok(summary(&self.run(workflow, plan.steps.len(), ctx).await?))
             }
             "run_plan" => {
-                let plan = self.runner.get_plan(parse_id(&parse::<PlanArgs>(args)?.plan_id)?).await?;
+                let plan = self.runner.get_plan(parse_id(&parse::<PlanArgs>(name, args)?.plan_id)?).await?;
                 let workflow = self.runner.create_workflow(&plan).await?;
                 Ok(summary(&self.run(workflow, plan.steps.len(), ctx).await?))
             }
-            "list_workflows" => self.list(parse(args)?).await,
+            "list_workflows" => self.list(parse(name, args)?).await,
             "show_workflow" => {
-                let workflow = self.runner.get_workflow(parse_id(&parse::<WorkflowArgs>(args)?.workflow_id)?).await?;
+                let workflow =
+                    self.runner.get_workflow(parse_id(&parse::<WorkflowArgs>(name, args)?.workflow_id)?).await?;
                 Ok(serde_json::to_value(&workflow).unwrap_or_default())
             }
-            "resolve_clarification" => self.resolve(parse(args)?, ctx).await,
+            "resolve_clarification" => self.resolve(parse(name, args)?, ctx).await,
             other => Err(Error::ToolNotFound(other.to_owned())),
         }
     }
 
     async fn list(&self, args: ListArgs) -> Result<Value> {
-        let query = match args.state {
-            Some(state) => WorkflowQuery::in_state(
-                serde_json::from_value(Value::String(state.to_uppercase()))
-                    .map_err(|e| Error::invalid_config("state", format!("{e}; use a state such as COMPLETE")))?,
-            ),
-            None => WorkflowQuery::default(),
-        };
+        let query =
+            match args.state {
+                Some(state) => WorkflowQuery::in_state(
+                    serde_json::from_value(Value::String(state.to_uppercase())).map_err(|e| McpError::Arguments {
+                        tool: "list_workflows".into(),
+                        message: format!("{e}; give a state such as COMPLETE or NEED_CLARIFICATION"),
+                    })?,
+                ),
+                None => WorkflowQuery::default(),
+            };
         let page = self.runner.list_workflows(&query).await?;
         Ok(json!({"count": page.count, "workflows": page.results.iter().map(summary).collect::<Vec<_>>()}))
     }
@@ -216,7 +220,11 @@ impl PortiaMcpServer {
                     let token = token.clone().expect("ticks only with a token");
                     let _ = ctx.peer.notify_progress(progress(token, stored.as_ref(), steps)).await;
                 }
-                done = &mut run => return done.map_err(|e| Error::invalid_config("run", format!("the run ended abnormally: {e}")))?,
+                done = &mut run => return done.map_err(|e| McpError::Protocol {
+                    server: "portia".into(),
+                    tool: "run".into(),
+                    message: format!("the run ended abnormally: {e}"),
+                })?,
                 () = ctx.ct.cancelled(), if !cancelled => {
                     cancelled = true;
                     let _ = self.runner.cancel_workflow(id, "the MCP client cancelled the request").await;
@@ -238,8 +246,9 @@ fn progress(token: ProgressToken, workflow: Option<&Workflow>, steps: usize) -> 
     progress
 }
 
-fn parse<T: DeserializeOwned>(args: Value) -> Result<T> {
-    serde_json::from_value(args).map_err(|e| Error::invalid_config("arguments", e.to_string()))
+fn parse<T: DeserializeOwned>(tool: &str, args: Value) -> Result<T> {
+    serde_json::from_value(args)
+        .map_err(|e| McpError::Arguments { tool: tool.to_owned(), message: e.to_string() }.into())
 }
 
 fn parse_id<T: std::str::FromStr<Err = crate::ids::IdParseError>>(text: &str) -> Result<T> {

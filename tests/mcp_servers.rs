@@ -218,3 +218,19 @@ async fn an_elicitation_from_server_everything_is_answered_from_the_stored_respo
     assert!(text.contains("provided the requested information") && text.contains("Ada Lovelace"), "{text}");
     registry.close().await;
 }
+
+#[tokio::test]
+async fn a_sampling_request_from_server_everything_is_answered_by_the_steps_llm() {
+    let Some(bin) = installed("PORTIA_MCP_EVERYTHING") else { return };
+    let registry = connect("everything", everything_stdio(&bin)).await;
+    let llm = Arc::new(ScriptedLlm::new().text("Teal, a calm blue-green."));
+    let mut ctx = ctx();
+    ctx.llm = Some(llm.clone());
+    let tool = registry.get_tool("everything__trigger-sampling-request").unwrap();
+    let output = tool.run(&ctx, json!({"prompt": "Name a colour.", "maxTokens": 20})).await.unwrap();
+    assert!(format!("{output:?}").contains("Teal, a calm blue-green."), "{output:?}");
+    let asked = &llm.requests()[0];
+    assert!(asked.messages.iter().any(|m| m.content.contains("Name a colour.")), "{asked:?}");
+    llm.assert_done();
+    registry.close().await;
+}

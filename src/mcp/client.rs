@@ -6,11 +6,13 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
+#[allow(deprecated)] // Sampling (SEP-2577): servers still send it; see sampling.rs.
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CancelledNotification, CancelledNotificationParam, ClientCapabilities,
-    ClientConfig, ClientRequest, ElicitRequestParams, ElicitResult, ElicitationAction, ElicitationCapability,
-    ErrorData, FormElicitationCapability, Implementation, InitializeRequestParams, RequestMetaObject, ServerResult,
-    Tool as McpToolInfo, UrlElicitationCapability,
+    ClientConfig, ClientRequest, CreateMessageRequestParams, CreateMessageResult, ElicitRequestParams, ElicitResult,
+    ElicitationAction, ElicitationCapability, ErrorData, FormElicitationCapability, Implementation,
+    InitializeRequestParams, RequestMetaObject, SamplingCapability, ServerResult, Tool as McpToolInfo,
+    UrlElicitationCapability,
 };
 use rmcp::service::{
     NotificationContext, Peer, PeerRequestOptions, RequestContext, RequestHandle, RoleClient, RunningService,
@@ -438,7 +440,24 @@ impl ClientHandler for Handler {
                 .with_form(FormElicitationCapability::new())
                 .with_url(UrlElicitationCapability::new()),
         );
+        capabilities.sampling = Some(SamplingCapability::default());
         InitializeRequestParams::new(capabilities, implementation)
+    }
+
+    #[allow(deprecated)] // See sampling.rs.
+    async fn create_message(
+        &self,
+        params: CreateMessageRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<CreateMessageResult, ErrorData> {
+        let server = self.server.upgrade();
+        let call = server.and_then(|s| s.active.lock().unwrap_or_else(PoisonError::into_inner).last().cloned());
+        match call.and_then(|c| c.llm.clone()) {
+            Some(llm) => super::sampling::answer(&llm, &params).await,
+            None => {
+                Err(ErrorData::invalid_request("sampling is answered only during a workflow step's tool call", None))
+            }
+        }
     }
 
     async fn create_elicitation(
@@ -494,7 +513,7 @@ impl Tool for McpTool {
 
     async fn run(&self, ctx: &ToolRunContext, args: Value) -> Result<ToolOutput, ToolError> {
         let args = check_arguments(&self.info.input_schema, &args)?;
-        let call = Arc::new(ActiveCall::new(ctx.workflow_id, ctx.clarifications.clone()));
+        let call = Arc::new(ActiveCall::new(ctx));
         self.server.active.lock().unwrap_or_else(PoisonError::into_inner).push(call.clone());
         let result = self.server.call(&self.info.name, args, ctx).await;
         self.server.active.lock().unwrap_or_else(PoisonError::into_inner).retain(|c| !Arc::ptr_eq(c, &call));

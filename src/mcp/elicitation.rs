@@ -19,14 +19,21 @@ const CANCEL: &str = "cancel";
 
 /// The questions asked during one tool call, and the answers its step already has.
 pub(crate) struct ActiveCall {
+    /// The step's LLM, which answers the server's sampling requests.
+    pub(crate) llm: Option<std::sync::Arc<dyn crate::llm::LlmClient>>,
     workflow_id: WorkflowId,
     answered: Vec<Clarification>,
     asked: Mutex<Vec<Clarification>>,
 }
 
 impl ActiveCall {
-    pub(crate) fn new(workflow_id: WorkflowId, answered: Vec<Clarification>) -> Self {
-        Self { workflow_id, answered, asked: Mutex::default() }
+    pub(crate) fn new(ctx: &crate::tool::ToolRunContext) -> Self {
+        Self {
+            llm: ctx.llm.clone(),
+            workflow_id: ctx.workflow_id,
+            answered: ctx.clarifications.clone(),
+            asked: Mutex::default(),
+        }
     }
 
     /// The answer to `request` from the step's clarifications, or a decline with the

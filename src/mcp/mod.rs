@@ -31,6 +31,7 @@ mod client;
 mod config;
 mod elicitation;
 mod mapping;
+mod sampling;
 mod server;
 
 pub use client::{McpTool, McpToolRegistry};

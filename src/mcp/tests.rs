@@ -51,6 +51,7 @@ impl ServerHandler for Fixture {
             tool(json!({"name": "slow", "inputSchema": {"type": "object"}, "annotations": {"idempotentHint": true}})),
             tool(json!({"name": "grow", "inputSchema": {"type": "object"}})),
             tool(json!({"name": "ask", "inputSchema": {"type": "object"}})),
+            tool(json!({"name": "sample", "inputSchema": {"type": "object"}})),
         ];
         tools.extend(self.extra_tools.lock().unwrap().iter().cloned());
         Ok(ListToolsResult::with_all_items(tools))
@@ -97,6 +98,18 @@ impl ServerHandler for Fixture {
                 let answer = context.peer.create_elicitation(request).await.unwrap();
                 result(json!({"content": [{"type": "text", "text": "answered"}], "structuredContent": answer}))
             }
+            #[allow(deprecated)] // Sampling: see sampling.rs.
+            "sample" => {
+                let request = serde_json::from_value(json!({"maxTokens": 50, "systemPrompt": "Be brief.",
+                    "messages": [{"role": "user", "content": {"type": "text", "text": "Name a colour."}}]}))
+                .unwrap();
+                let reply = context
+                    .peer
+                    .create_message(request)
+                    .await
+                    .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+                result(json!({"content": [{"type": "text", "text": "sampled"}], "structuredContent": reply}))
+            }
             other => Err(ErrorData::invalid_params(format!("unknown tool {other}"), None)),
         }
     }
@@ -134,7 +147,10 @@ async fn call(registry: &McpToolRegistry, id: &str, args: Value) -> Result<ToolO
 async fn lists_tools_with_namespaced_ids_and_annotation_flags() {
     let registry = registry(&Fixture::default(), Duration::from_secs(30)).await;
     let ids: Vec<String> = registry.get_tools().iter().map(|t| t.spec().id).collect();
-    assert_eq!(ids, ["fx__add", "fx__send", "fx__fail", "fx__picture", "fx__slow", "fx__grow", "fx__ask"]);
+    assert_eq!(
+        ids,
+        ["fx__add", "fx__send", "fx__fail", "fx__picture", "fx__slow", "fx__grow", "fx__ask", "fx__sample"]
+    );
     let add = registry.get_tool("fx__add").unwrap().spec();
     assert!(add.idempotent && !add.side_effects);
     let send = registry.get_tool("fx__send").unwrap().spec();
@@ -243,4 +259,33 @@ async fn dropping_the_registry_and_its_tools_closes_the_connection() {
     drop(registry);
     drop(tools);
     fixture.closed.notified().await; // the server saw the client go: nothing keeps it alive
+}
+
+/// An LLM that answers "Teal" and keeps what it was asked.
+#[derive(Debug, Default)]
+struct Teal(Mutex<Vec<crate::llm::LlmRequest>>);
+
+#[async_trait::async_trait]
+impl crate::llm::LlmClient for Teal {
+    async fn chat(&self, request: crate::llm::LlmRequest) -> Result<crate::llm::LlmResponse, crate::llm::LlmError> {
+        self.0.lock().unwrap().push(request);
+        Ok(crate::llm::LlmResponse::text("Teal"))
+    }
+}
+
+#[tokio::test]
+async fn sampling_is_answered_by_the_steps_llm() {
+    let registry = registry(&Fixture::default(), Duration::from_secs(30)).await;
+    let llm = Arc::new(Teal::default());
+    let mut ctx = ctx();
+    ctx.llm = Some(llm.clone());
+    let output = registry.get_tool("fx__sample").unwrap().run(&ctx, json!({})).await.unwrap();
+    let ToolOutput::Value(reply) = output else { panic!() };
+    assert_eq!(reply["content"]["text"], "Teal", "{reply}");
+    assert_eq!(reply["role"], "assistant");
+    let asked: Vec<String> = llm.0.lock().unwrap()[0].messages.iter().map(|m| m.content.clone()).collect();
+    assert_eq!(asked, ["Be brief.", "Name a colour."]);
+    // Without a step's LLM the server is told no.
+    let error = call(&registry, "fx__sample", json!({})).await.unwrap_err();
+    assert!(error.to_string().contains("sampling is answered only"), "{error}");
 }

@@ -231,6 +231,10 @@ impl Server {
                 auth = Some(token.trim().to_owned());
                 continue;
             }
+            // rmcp sets these itself and refuses a request that sets them too.
+            if ["accept", "mcp-session-id", "last-event-id"].iter().any(|r| name.eq_ignore_ascii_case(r)) {
+                return Err(McpError::config(&setting, format!("{name} is set by the MCP client itself; remove it")));
+            }
             let header = reqwest::header::HeaderName::try_from(name.as_str())
                 .map_err(|e| McpError::config(&setting, format!("{name:?} is not a header name: {e}")))?;
             let value = reqwest::header::HeaderValue::try_from(value.expose())

@@ -289,3 +289,15 @@ async fn sampling_is_answered_by_the_steps_llm() {
     let error = call(&registry, "fx__sample", json!({})).await.unwrap_err();
     assert!(error.to_string().contains("sampling is answered only"), "{error}");
 }
+
+#[tokio::test]
+async fn a_reserved_or_invalid_header_is_a_config_error_naming_it() {
+    for (name, value, expected) in
+        [("Accept", "text/plain", "set by the MCP client itself"), ("Bad Header", "x", "not a header name")]
+    {
+        let server = McpServerConfig::http("http://127.0.0.1:9/mcp").header(name, value);
+        let error = McpToolRegistry::connect(&McpConfig::new().server("web", server)).await.unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("mcpServers.web.headers") && message.contains(expected), "{message}");
+    }
+}

@@ -80,10 +80,10 @@ pub(crate) async fn demo(out: &mut impl Write) -> Result<(), String> {
 /// The variables this example needs that are not set: the LLM provider's key and Tavily's.
 fn missing_keys(config: &Config) -> Vec<&'static str> {
     let mut missing = Vec::new();
-    if let Some(var) = config.llm_provider.api_key_var() {
-        if config.api_key(config.llm_provider).is_none() {
-            missing.push(var);
-        }
+    if let Some(var) = config.llm_provider.api_key_var()
+        && config.api_key(config.llm_provider).is_none()
+    {
+        missing.push(var);
     }
     if config.tavily_api_key.is_none() {
         missing.push("TAVILY_API_KEY");

@@ -26,6 +26,11 @@ pub enum Error {
         message: String,
     },
 
+    /// An MCP server could not be configured, started or reached (feature `mcp`).
+    #[cfg(feature = "mcp")]
+    #[error(transparent)]
+    Mcp(#[from] crate::mcp::McpError),
+
     /// An API key the chosen provider or tool needs is not set.
     #[error("missing API key for {service}: set the environment variable {env_var}")]
     MissingApiKey {

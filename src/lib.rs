@@ -15,6 +15,8 @@ pub mod http;
 pub mod ids;
 pub mod llm;
 pub mod logging;
+#[cfg(feature = "mcp")]
+pub mod mcp;
 pub mod plan;
 pub mod planner;
 pub mod runner;

@@ -250,10 +250,10 @@ impl Plan {
                 problems.push(PlanProblem::EmptyTask { step });
             }
             self.input_problems(step, &produced, &mut problems);
-            if let Some(tool_id) = &s.tool_id {
-                if registry.get_tool(tool_id).is_err() {
-                    problems.push(PlanProblem::UnknownTool { step, tool_id: tool_id.clone() });
-                }
+            if let Some(tool_id) = &s.tool_id
+                && registry.get_tool(tool_id).is_err()
+            {
+                problems.push(PlanProblem::UnknownTool { step, tool_id: tool_id.clone() });
             }
             self.args_problems(step, &produced, &mut problems);
             if !args::is_output_name(&s.output) {

@@ -114,10 +114,10 @@ impl Planner for OneShotPlanner {
                 LlmRequest::new(ModelRole::Planning, messages.clone()).with_output_schema(output_schema());
             let (reply, spent): (StepsOrError, Usage) = structured(self.llm.as_ref(), llm_request).await?;
             usage += spent;
-            if let Some(error) = reply.error.filter(|e| !e.trim().is_empty()) {
-                if reply.steps.is_empty() {
-                    return Err(Error::planning(format!("the planner could not plan: {error}")));
-                }
+            if let Some(error) = reply.error.filter(|e| !e.trim().is_empty())
+                && reply.steps.is_empty()
+            {
+                return Err(Error::planning(format!("the planner could not plan: {error}")));
             }
             if reply.steps.is_empty() {
                 problems = vec![PlanProblem::NoSteps];

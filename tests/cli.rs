@@ -376,3 +376,34 @@ fn a_clarification_is_asked_and_answered_on_a_terminal() {
     assert_eq!(status.code(), Some(0), "{seen}");
     assert!(seen.contains("\"temp\": \"-3\""), "{seen}");
 }
+
+#[cfg(feature = "mcp")]
+#[test]
+fn mcp_serves_the_sdk_over_stdio() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = workdir();
+    let mut server = portia(dir.path())
+        .arg("mcp")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = server.stdin.take().unwrap();
+    let mut stdout = BufReader::new(server.stdout.take().unwrap());
+    let mut send = move |message: Value| writeln!(stdin, "{message}").unwrap();
+    let mut line = String::new();
+    send(json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}}));
+    stdout.read_line(&mut line).unwrap();
+    assert!(serde_json::from_str::<Value>(&line).unwrap()["result"]["serverInfo"].is_object(), "{line}");
+    send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    send(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}));
+    line.clear();
+    stdout.read_line(&mut line).unwrap();
+    let listed: Value = serde_json::from_str(&line).unwrap();
+    let names: Vec<&str> =
+        listed["result"]["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"run_query") && names.contains(&"resolve_clarification"), "{names:?}");
+    drop(send);
+    assert!(server.wait().unwrap().success(), "the server ends when its client closes stdin");
+}

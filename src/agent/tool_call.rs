@@ -131,10 +131,10 @@ fn check_args(schema: &Value, args: &Value) -> Result<(), String> {
     let properties = schema.get("properties").and_then(Value::as_object);
     for (name, value) in object {
         let declared = properties.and_then(|p| p.get(name)).and_then(|p| p.get("type"));
-        if let Some(declared) = declared {
-            if !type_matches(declared, value) {
-                return Err(format!("`{name}` should be of type {declared}, got {value}"));
-            }
+        if let Some(declared) = declared
+            && !type_matches(declared, value)
+        {
+            return Err(format!("`{name}` should be of type {declared}, got {value}"));
         }
     }
     Ok(())

@@ -153,6 +153,12 @@ impl ConfigBuilder {
         self
     }
 
+    /// Sets the file listing MCP servers whose tools to add (`PORTIA_MCP_CONFIG`).
+    pub fn mcp_config(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config.mcp_config = Some(path.into());
+        self
+    }
+
     /// Checks and returns the config.
     ///
     /// # Errors

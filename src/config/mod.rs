@@ -134,6 +134,11 @@ pub struct Config {
     pub budget: Budget,
     /// What each model costs, for `usage` and the cost budget (config file only).
     pub prices: Prices,
+    /// A file listing MCP servers whose tools to add (`PORTIA_MCP_CONFIG`): an
+    /// `mcpServers` object as Claude Desktop writes it, or a TOML file with an
+    /// `[mcpServers.NAME]` table. Read by `tools::default_tool_registry_with_mcp`
+    /// (feature `mcp`).
+    pub mcp_config: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -180,6 +185,7 @@ impl Default for Config {
             max_run_attempts: 3,
             budget: Budget::default(),
             prices: Prices::default(),
+            mcp_config: None,
         }
     }
 }
@@ -298,6 +304,9 @@ impl Config {
         self.budget.tokens = vars.parse("PORTIA_BUDGET_TOKENS")?.or(self.budget.tokens);
         self.budget.seconds = vars.parse("PORTIA_BUDGET_SECONDS")?.or(self.budget.seconds);
         self.budget.usd = vars.parse("PORTIA_BUDGET_USD")?.or(self.budget.usd);
+        if let Some(path) = vars.get("PORTIA_MCP_CONFIG") {
+            self.mcp_config = Some(PathBuf::from(path));
+        }
         Ok(())
     }
 

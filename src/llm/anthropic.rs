@@ -232,11 +232,11 @@ fn parse_reply(body: &Value, reply_tool: Option<&ReplyTool>) -> Result<LlmRespon
         }
     }
     let mut text = (!texts.is_empty()).then(|| texts.join("\n"));
-    if let Some(reply) = reply_tool {
-        if let Some(position) = tool_calls.iter().position(|call| call.name == reply.name) {
-            let call = tool_calls.remove(position);
-            text = Some(reply.input.unwrap(&call.arguments).to_string());
-        }
+    if let Some(reply) = reply_tool
+        && let Some(position) = tool_calls.iter().position(|call| call.name == reply.name)
+    {
+        let call = tool_calls.remove(position);
+        text = Some(reply.input.unwrap(&call.arguments).to_string());
     }
     Ok(LlmResponse { text, tool_calls, usage: usage(body.get("usage")) })
 }

@@ -505,7 +505,7 @@ fn delete_selected(tx: &Transaction<'_>, select: &str, args: impl rusqlite::Para
 /// `before` in milliseconds, rounded up: a time stored in whole milliseconds is
 /// earlier than `before` exactly when it is earlier than this.
 fn cutoff_ms(before: DateTime<Utc>) -> i64 {
-    let fraction = before.timestamp_subsec_nanos() % 1_000_000 != 0;
+    let fraction = !before.timestamp_subsec_nanos().is_multiple_of(1_000_000);
     before.timestamp_millis().saturating_add(i64::from(fraction))
 }
 

@@ -478,12 +478,11 @@ fn nesting(expression: &str) -> usize {
 /// Floating-point division by zero gives infinity rather than an error, so divisors
 /// are checked first.
 fn check_divisors(node: &Node, expression: &str) -> Result<(), ToolError> {
-    if matches!(node.operator(), Operator::Div | Operator::Mod) {
-        if let [_, divisor] = node.children() {
-            if divisor.eval_number_with_context(&EmptyContext).is_ok_and(|d| d == 0.0) {
-                return Err(ToolError::hard(format!("division by zero in {expression}")));
-            }
-        }
+    if matches!(node.operator(), Operator::Div | Operator::Mod)
+        && let [_, divisor] = node.children()
+        && divisor.eval_number_with_context(&EmptyContext).is_ok_and(|d| d == 0.0)
+    {
+        return Err(ToolError::hard(format!("division by zero in {expression}")));
     }
     node.children().iter().try_for_each(|child| check_divisors(child, expression))
 }

@@ -80,6 +80,23 @@ pub fn default_tool_registry(config: &Config) -> InMemoryToolRegistry {
     registry(tools)
 }
 
+/// [`default_tool_registry`] and the tools of every MCP server in the file
+/// [`Config::mcp_config`] names (`PORTIA_MCP_CONFIG`), as `server__tool`. Built-in
+/// tools win an id clash. Feature `mcp`.
+///
+/// # Errors
+/// [`Error::Mcp`](crate::Error::Mcp) when the file is invalid or a server cannot be
+/// reached, naming the server and the fix.
+#[cfg(feature = "mcp")]
+pub async fn default_tool_registry_with_mcp(config: &Config) -> crate::Result<crate::tool::AggregatedToolRegistry> {
+    let mcp = match &config.mcp_config {
+        Some(path) => crate::mcp::McpConfig::from_file(path)?,
+        None => crate::mcp::McpConfig::new(),
+    };
+    let servers = crate::mcp::McpToolRegistry::connect(&mcp).await?;
+    Ok(crate::tool::AggregatedToolRegistry::new(vec![Arc::new(default_tool_registry(config)), Arc::new(servers)]))
+}
+
 fn registry(tools: Vec<Arc<dyn Tool>>) -> InMemoryToolRegistry {
     // The ids are constants of this module and distinct; the registry tests hold that.
     InMemoryToolRegistry::from_tools(tools).expect("built-in tool ids are distinct")

@@ -150,10 +150,10 @@ impl FilesRoot {
                 let file_name = file_name.to_string_lossy();
                 if kind.is_dir() && depth < SEARCH_DEPTH && !file_name.starts_with('.') {
                     queue.push((entry.path(), depth + 1));
-                } else if kind.is_file() {
-                    if let Ok(relative) = entry.path().strip_prefix(&self.canonical) {
-                        visit(slash_path(relative), &file_name);
-                    }
+                } else if kind.is_file()
+                    && let Ok(relative) = entry.path().strip_prefix(&self.canonical)
+                {
+                    visit(slash_path(relative), &file_name);
                 }
             }
         }

@@ -139,6 +139,11 @@ pub struct Harness {
 }
 
 pub fn harness(config: Config, tools: InMemoryToolRegistry, llm: ScriptedLlm) -> Harness {
+    harness_with(config, tools, llm)
+}
+
+/// [`harness`] over any registry (an MCP one, say).
+pub fn harness_with(config: Config, tools: impl portia::tool::ToolRegistry + 'static, llm: ScriptedLlm) -> Harness {
     let llm = Arc::new(llm);
     let storage = Arc::new(RecordingStorage::default());
     let runner = Runner::builder(config)

@@ -111,6 +111,10 @@ pub(crate) enum Command {
     },
     /// Run the seed scenario from a recording shipped with portia: no key, no network.
     Demo,
+    /// Serve this SDK over MCP on stdin and stdout, for an MCP client such as Claude
+    /// Desktop (tools to plan, run, list, show and answer).
+    #[cfg(feature = "mcp")]
+    Mcp,
 }
 
 /// Where a workflow's plan comes from.

@@ -16,7 +16,7 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<Exit, Failure> {
     if matches!(cli.command, Command::Demo) {
         return demo().await;
     }
-    let setup = setup::runner(&cli)?;
+    let setup = setup::runner(&cli).await?;
     let exit = command(&setup, cli.command).await;
     // A recording is saved even when the run failed: it shows what happened.
     setup.finish()?;
@@ -101,6 +101,11 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
             Ok(if report.errors > 0 { Exit::Failed } else { Exit::Ok })
         }
         Command::Demo => demo().await,
+        #[cfg(feature = "mcp")]
+        Command::Mcp => {
+            portia::mcp::serve_stdio(std::sync::Arc::new(runner.clone())).await?;
+            Ok(Exit::Ok)
+        }
     }
 }
 

@@ -58,10 +58,9 @@ fn file_names_storage(path: &Path) -> bool {
 /// The runner for `cli`'s settings. Its LLM client is built on first use, so
 /// commands that need no model need no key; `--cassette` replays one instead and
 /// `--record` records what the real one says.
-pub(crate) fn runner(cli: &Cli) -> Result<Setup, Failure> {
+pub(crate) async fn runner(cli: &Cli) -> Result<Setup, Failure> {
     let config = config(cli)?;
-    let tools: Arc<dyn ToolRegistry> = Arc::new(open_source_tool_registry());
-    let mut plan_tools: Vec<String> = default_tool_registry(&config).get_tools().iter().map(|t| t.spec().id).collect();
+    let (tools, mut plan_tools) = tools(&config).await?;
     let builder = Runner::builder(config.clone());
     if let Some(path) = &cli.cassette {
         let cassette = Cassette::load(path)?;
@@ -79,6 +78,23 @@ pub(crate) fn runner(cli: &Cli) -> Result<Setup, Failure> {
     let recorder = Recorder::new(&config).today(&today).tool_ids(plan_tools.clone());
     let runner = builder.shared_tools(Arc::new(recorder.tools(tools))).llm(recorder.llm(llm)).today(today).build()?;
     Ok(Setup { runner, plan_tools, recording: Some((recorder, path.clone())) })
+}
+
+/// Every built-in tool (a step of a hand-written plan may use any), and the ids the
+/// planner is offered: those that work with the settings, and, with the `mcp`
+/// feature, the tools of the MCP servers `PORTIA_MCP_CONFIG` lists.
+async fn tools(config: &portia::Config) -> Result<(Arc<dyn ToolRegistry>, Vec<String>), Failure> {
+    let ids = |registry: &dyn ToolRegistry| registry.get_tools().iter().map(|t| t.spec().id).collect::<Vec<_>>();
+    let builtin: Arc<dyn ToolRegistry> = Arc::new(open_source_tool_registry());
+    #[cfg(feature = "mcp")]
+    if let Some(path) = &config.mcp_config {
+        let servers = portia::mcp::McpConfig::from_file(path)?;
+        let mcp: Arc<dyn ToolRegistry> = Arc::new(portia::mcp::McpToolRegistry::connect(&servers).await?);
+        let plan_tools = [ids(&default_tool_registry(config)), ids(mcp.as_ref())].concat();
+        let all = portia::tool::AggregatedToolRegistry::new(vec![builtin, mcp]);
+        return Ok((Arc::new(all), plan_tools));
+    }
+    Ok((builtin, ids(&default_tool_registry(config))))
 }
 
 /// A runner answering from `replayer`, offline, with the recording's date in its prompts.

@@ -1,0 +1,237 @@
+//! Pure mappings between MCP's types and this crate's: ids, specs, arguments, results.
+
+use rmcp::model::{CallToolResult, Tool as McpToolInfo};
+use serde_json::{Map, Value};
+
+use crate::tool::{ToolError, ToolOutput, ToolSpec};
+
+/// The longest id OpenAI and Anthropic accept for a function.
+const MAX_ID_LEN: usize = 64;
+/// Hex digits of the hash that ends a shortened id.
+const HASH_LEN: usize = 8;
+
+/// The id of `server`'s tool `tool`: `server__tool`, with every character outside
+/// `[a-zA-Z0-9_-]` replaced by `_`; past 64 characters it is cut and ends in a hash
+/// of the unshortened `server__tool`, so it stays unique and the same on every run.
+///
+/// ```
+/// use portia::mcp::tool_id;
+///
+/// assert_eq!(tool_id("github", "search_issues"), "github__search_issues");
+/// // A replaced character adds a hash, so `search.issues` and `search:issues` stay apart.
+/// assert!(tool_id("github", "search.issues").starts_with("github__search_issues_"));
+/// let long = tool_id("server", &"x".repeat(100));
+/// assert_eq!(long.len(), 64);
+/// assert_eq!(long, tool_id("server", &"x".repeat(100)));
+/// ```
+pub fn tool_id(server: &str, tool: &str) -> String {
+    let full = format!("{server}__{tool}");
+    let clean: String =
+        full.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect();
+    if clean.len() <= MAX_ID_LEN && clean == full {
+        return clean;
+    }
+    // Too long, or characters replaced (`a.b` and `a:b` would meet): a hash of the
+    // original keeps the id unique. `clean` is ASCII, so any cut is a char boundary.
+    let keep = clean.len().min(MAX_ID_LEN - HASH_LEN - 1);
+    format!("{}_{}", &clean[..keep], stable_hash(&full))
+}
+
+/// Eight hex digits of a hash that is the same on every run and platform.
+pub(crate) fn stable_hash(text: &str) -> String {
+    format!("{:08x}", fnv1a(text) as u32)
+}
+
+/// FNV-1a, 64 bits: tiny, and stable across Rust versions and platforms, unlike `DefaultHasher`.
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// The [`ToolSpec`] of an MCP tool listed by `server`, flags from its annotations
+/// (see the [module docs](crate::mcp)).
+pub fn spec_from_mcp(server: &str, tool: &McpToolInfo) -> ToolSpec {
+    let annotations = tool.annotations.as_ref();
+    let hint = |get: fn(&rmcp::model::ToolAnnotations) -> Option<bool>| annotations.and_then(get).unwrap_or(false);
+    let read_only = hint(|a| a.read_only_hint);
+    let name =
+        tool.title.clone().or_else(|| annotations.and_then(|a| a.title.clone())).unwrap_or(tool.name.to_string());
+    let mut description = tool.description.as_deref().unwrap_or_default().trim().to_owned();
+    if !read_only && hint(|a| a.destructive_hint) {
+        description.push_str(" (Destructive: it may delete or overwrite data.)");
+    }
+    let mut spec = ToolSpec::new(tool_id(server, &tool.name), format!("{server}: {name}"), description.trim())
+        .args_schema(Value::Object((*tool.input_schema).clone()));
+    if let Some(output) = &tool.output_schema {
+        spec = spec.output_description(format!("JSON matching {}", Value::Object((**output).clone())));
+    }
+    if read_only { spec.read_only() } else { spec.idempotent(hint(|a| a.idempotent_hint)).side_effects(true) }
+}
+
+/// The output of a call: `structuredContent` as it is when the server gave it; else a
+/// single text content as a string; else every content block as typed JSON (`{"type":
+/// "image", "data": ..., "mimeType": ...}`, `{"type": "resource", ...}`).
+///
+/// # Errors
+/// An `isError` result is a [`ToolError::Soft`] carrying the server's text, so the
+/// model can correct the call.
+pub fn output_from_result(result: CallToolResult) -> Result<ToolOutput, ToolError> {
+    if result.is_error == Some(true) {
+        return Err(ToolError::soft(texts(&result).unwrap_or_else(|| "the tool reported an error".into())));
+    }
+    if let Some(structured) = result.structured_content {
+        return Ok(ToolOutput::Value(structured));
+    }
+    if let [rmcp::model::ContentBlock::Text(text)] = result.content.as_slice() {
+        return Ok(ToolOutput::value(text.text.clone()));
+    }
+    let blocks = result.content.iter().map(|block| serde_json::to_value(block).unwrap_or(Value::Null)).collect();
+    Ok(ToolOutput::Value(Value::Array(blocks)))
+}
+
+/// The text blocks of a result, joined.
+fn texts(result: &CallToolResult) -> Option<String> {
+    let texts: Vec<&str> = result
+        .content
+        .iter()
+        .filter_map(|block| match block {
+            rmcp::model::ContentBlock::Text(text) => Some(text.text.as_str()),
+            _ => None,
+        })
+        .collect();
+    (!texts.is_empty()).then(|| texts.join("\n"))
+}
+
+/// Checks `args` against the top level of an input schema before anything is sent:
+/// an object, every `required` property present, each given property of its declared
+/// `type`, and no unknown property when `additionalProperties` is `false`. Nested
+/// schemas are left to the server, which checks them too.
+///
+/// # Errors
+/// A [`ToolError::Soft`] naming the property and what it should be.
+pub fn check_arguments(schema: &Map<String, Value>, args: &Value) -> Result<Map<String, Value>, ToolError> {
+    let Value::Object(args) = args else {
+        return Err(ToolError::soft(format!("the arguments must be a JSON object, not {args}")));
+    };
+    let properties = schema.get("properties").and_then(Value::as_object);
+    for name in schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+        if !args.contains_key(name) {
+            return Err(ToolError::soft(format!("the argument `{name}` is required")));
+        }
+    }
+    for (name, value) in args {
+        match properties.and_then(|p| p.get(name)) {
+            Some(property) => check_type(name, property, value)?,
+            None if schema.get("additionalProperties") == Some(&Value::Bool(false)) => {
+                let known: Vec<&String> = properties.map(|p| p.keys().collect()).unwrap_or_default();
+                return Err(ToolError::soft(format!("unknown argument `{name}`; the arguments are {known:?}")));
+            }
+            None => {}
+        }
+    }
+    Ok(args.clone())
+}
+
+fn check_type(name: &str, property: &Value, value: &Value) -> Result<(), ToolError> {
+    let types: Vec<&str> = match property.get("type") {
+        Some(Value::String(t)) => vec![t.as_str()],
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => return Ok(()),
+    };
+    if types.iter().any(|t| fits(t, value)) {
+        return Ok(());
+    }
+    Err(ToolError::soft(format!("the argument `{name}` must be of type {}, not {value}", types.join(" or "))))
+}
+
+fn fits(json_type: &str, value: &Value) -> bool {
+    match json_type {
+        "string" => value.is_string(),
+        "number" => value.is_number(),
+        "integer" => value.is_i64() || value.is_u64() || value.as_f64().is_some_and(|f| f.fract() == 0.0),
+        "boolean" => value.is_boolean(),
+        "object" => value.is_object(),
+        "array" => value.is_array(),
+        "null" => value.is_null(),
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn tool(value: Value) -> McpToolInfo {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn ids_are_namespaced_cleaned_and_shortened_stably() {
+        assert_eq!(tool_id("time", "get_current_time"), "time__get_current_time");
+        assert_eq!(tool_id("everything", "get-sum"), "everything__get-sum");
+        let dotted = tool_id("a", "b.c");
+        assert!(dotted.starts_with("a__b_c_") && dotted != tool_id("a", "b:c"), "{dotted}");
+        let long = tool_id("server", &"t".repeat(80));
+        assert_eq!(long.len(), 64);
+        assert_ne!(long, tool_id("server", &format!("{}u", "t".repeat(79))));
+        let re = |id: &str| {
+            !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
+        };
+        for id in [long, dotted, tool_id("ü", "ß ∑ ")] {
+            assert!(re(&id), "{id}");
+        }
+    }
+
+    #[test]
+    fn annotations_map_to_flags_and_no_annotations_mean_unsafe_to_repeat() {
+        let base = json!({"name": "t", "inputSchema": {"type": "object"}});
+        let plain = spec_from_mcp("s", &tool(base.clone()));
+        assert!(!plain.idempotent && plain.side_effects, "nothing known: not repeated silently");
+        let mut read = base.clone();
+        read["annotations"] = json!({"readOnlyHint": true});
+        let read = spec_from_mcp("s", &tool(read));
+        assert!(read.idempotent && !read.side_effects);
+        let mut idem = base.clone();
+        idem["annotations"] = json!({"idempotentHint": true, "destructiveHint": true});
+        let idem = spec_from_mcp("s", &tool(idem));
+        assert!(idem.idempotent && idem.side_effects);
+        assert!(idem.description.contains("Destructive"));
+        assert_eq!(idem.id, "s__t");
+    }
+
+    #[test]
+    fn results_keep_their_types_and_errors_are_soft() {
+        let structured: CallToolResult = serde_json::from_value(
+            json!({"content": [{"type": "text", "text": "{\"a\":1}"}], "structuredContent": {"a": 1}}),
+        )
+        .unwrap();
+        assert_eq!(output_from_result(structured).unwrap(), ToolOutput::value(json!({"a": 1})));
+        let text: CallToolResult =
+            serde_json::from_value(json!({"content": [{"type": "text", "text": "hi"}]})).unwrap();
+        assert_eq!(output_from_result(text).unwrap(), ToolOutput::value("hi"));
+        let image: CallToolResult = serde_json::from_value(json!({"content": [
+            {"type": "text", "text": "a picture"},
+            {"type": "image", "data": "iVBOR", "mimeType": "image/png"}]}))
+        .unwrap();
+        let ToolOutput::Value(Value::Array(blocks)) = output_from_result(image).unwrap() else { panic!() };
+        assert_eq!(blocks[1]["type"], "image");
+        assert_eq!(blocks[1]["mimeType"], "image/png");
+        let error: CallToolResult =
+            serde_json::from_value(json!({"content": [{"type": "text", "text": "bad city"}], "isError": true}))
+                .unwrap();
+        assert_eq!(output_from_result(error), Err(ToolError::soft("bad city")));
+    }
+
+    #[test]
+    fn arguments_are_checked_against_the_schema() {
+        let schema = json!({"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "string"}},
+            "required": ["a"], "additionalProperties": false});
+        let schema = schema.as_object().unwrap();
+        assert!(check_arguments(schema, &json!({"a": 1, "b": "x"})).is_ok());
+        let missing = check_arguments(schema, &json!({"b": "x"})).unwrap_err();
+        assert!(missing.is_soft() && missing.to_string().contains("`a` is required"));
+        assert!(check_arguments(schema, &json!({"a": "1"})).unwrap_err().to_string().contains("type number"));
+        assert!(check_arguments(schema, &json!({"a": 1, "c": 2})).unwrap_err().to_string().contains("unknown"));
+        assert!(check_arguments(schema, &json!([1])).is_err());
+    }
+}

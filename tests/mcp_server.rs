@@ -1,0 +1,97 @@
+//! This SDK's MCP server driven by rmcp's client, as Claude Desktop would drive it.
+
+mod common;
+
+use std::sync::Arc;
+
+use portia::config::ExecutionMode;
+use portia::mcp::PortiaMcpServer;
+use portia::testing::{MockBehavior, MockTool, ScriptedLlm};
+use portia::{InMemoryToolRegistry, Runner};
+use rmcp::model::{CallToolRequestParams, ProgressNotificationParam};
+use rmcp::service::{NotificationContext, RoleClient, RunningService};
+use rmcp::{ClientHandler, ServiceExt};
+use serde_json::{Value, json};
+
+/// Counts progress notifications.
+#[derive(Default)]
+struct Client {
+    progress: Arc<tokio::sync::Notify>,
+}
+
+impl ClientHandler for Client {
+    async fn on_progress(&self, _params: ProgressNotificationParam, _context: NotificationContext<RoleClient>) {
+        self.progress.notify_one();
+    }
+}
+
+type Connected = (RunningService<RoleClient, Client>, Arc<tokio::sync::Notify>);
+
+async fn serve(llm: ScriptedLlm, tools: InMemoryToolRegistry) -> Connected {
+    let h = common::harness(common::config(ExecutionMode::Sequential, false), tools, llm);
+    let runner: Arc<Runner> = Arc::new(h.runner);
+    let (client_end, server_end) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(async move {
+        let server = PortiaMcpServer::new(runner).serve(server_end).await.unwrap();
+        let _ = server.waiting().await;
+    });
+    let client = Client::default();
+    let progress = client.progress.clone();
+    (client.serve(client_end).await.unwrap(), progress)
+}
+
+fn params(tool: &str, args: Value) -> CallToolRequestParams {
+    CallToolRequestParams::new(tool.to_owned()).with_arguments(args.as_object().unwrap().clone())
+}
+
+async fn call(client: &RunningService<RoleClient, Client>, tool: &str, args: Value) -> Value {
+    let result = client.call_tool(params(tool, args)).await.unwrap();
+    assert_ne!(result.is_error, Some(true), "{tool}: {result:?}");
+    result.structured_content.unwrap()
+}
+
+fn plan(tool: &str) -> Value {
+    json!({"steps": [{"task": "Do it.", "inputs": [], "tool_id": tool, "output": "$out"}]})
+}
+
+#[tokio::test]
+async fn a_client_lists_the_tools_and_runs_a_query_with_progress() {
+    let llm = ScriptedLlm::new().json(plan("echo_tool")).tool_call("echo_tool", json!({"text": "hi"}));
+    let tools = InMemoryToolRegistry::new().with(MockTool::echo("echo_tool")).unwrap();
+    let (client, progress) = serve(llm, tools).await;
+    let names: Vec<String> = client.list_all_tools().await.unwrap().iter().map(|t| t.name.to_string()).collect();
+    let expected = ["plan_query", "run_query", "run_plan", "list_workflows", "show_workflow", "resolve_clarification"];
+    assert_eq!(names, expected);
+
+    let workflow = call(&client, "run_query", json!({"query": "Echo hi"})).await;
+    assert_eq!(workflow["state"], "COMPLETE", "{workflow}");
+    assert_eq!(workflow["final_output"]["value"], json!({"text": "hi"}), "{workflow}");
+    progress.notified().await; // at least one notifications/progress arrived
+
+    let listed = call(&client, "list_workflows", json!({"state": "complete"})).await;
+    assert_eq!(listed["count"], 1, "{listed}");
+    let shown = call(&client, "show_workflow", json!({"workflow_id": workflow["workflow_id"]})).await;
+    assert_eq!(shown["id"], workflow["workflow_id"], "{shown}");
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_plans_then_runs_and_answers_a_clarification() {
+    let llm =
+        ScriptedLlm::new().json(plan("ask_tool")).tool_call("ask_tool", json!({})).tool_call("ask_tool", json!({}));
+    let ask = MockTool::new("ask_tool", MockBehavior::ClarifyInput("name".into()));
+    let (client, _) = serve(llm, InMemoryToolRegistry::new().with(ask).unwrap()).await;
+    let plan = call(&client, "plan_query", json!({"query": "Greet me"})).await;
+    let waiting = call(&client, "run_plan", json!({"plan_id": plan["id"]})).await;
+    assert_eq!(waiting["state"], "NEED_CLARIFICATION", "{waiting}");
+    let question = &waiting["outstanding_clarifications"][0];
+    let answer = json!({"workflow_id": waiting["workflow_id"], "clarification_id": question["clarification_id"],
+        "response": "Ada"});
+    let done = call(&client, "resolve_clarification", answer).await;
+    assert_eq!(done["state"], "COMPLETE", "{done}");
+    assert!(done["final_output"].to_string().contains("Ada"), "{done}");
+
+    let error = client.call_tool(params("show_workflow", json!({"workflow_id": "nope"}))).await.unwrap();
+    assert_eq!(error.is_error, Some(true), "a bad id is a tool error the client's model can read");
+    client.cancel().await.unwrap();
+}

@@ -1,0 +1,236 @@
+//! The MCP client against servers nobody here wrote, installed from npm and PyPI by
+//! `.ci/install-mcp-servers` (which `.ci/run` calls): `server-everything` over stdio
+//! and streamable HTTP, `mcp-server-time`, and a crash fixture on the official Python
+//! SDK. Without them a test skips with a message, except under `CI=true`, where it fails.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use portia::mcp::{McpConfig, McpServerConfig, McpToolRegistry};
+use portia::testing::ScriptedLlm;
+use portia::tool::{ToolError, ToolOutput, ToolRegistry, ToolRunContext};
+use portia::{Config, WorkflowId, WorkflowState};
+use serde_json::{Value, json};
+use tokio::io::AsyncBufReadExt;
+
+/// The installed server a variable names, or `None` (skip) outside CI.
+fn installed(var: &str) -> Option<PathBuf> {
+    let path = std::env::var_os(var).map(PathBuf::from).filter(|p| p.exists());
+    if path.is_none() {
+        let how = "run `eval \"$(bash .ci/install-mcp-servers)\"` first (needs npm and python3)";
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{var} does not name an installed MCP server: {how}");
+        eprintln!("skipped: {var} does not name an installed MCP server; {how}");
+    }
+    path
+}
+
+fn ctx() -> ToolRunContext {
+    ToolRunContext::new(WorkflowId::new(), Arc::new(Config::default()))
+}
+
+async fn connect(name: &str, server: McpServerConfig) -> McpToolRegistry {
+    McpToolRegistry::connect(&McpConfig::new().server(name, server)).await.unwrap()
+}
+
+async fn call(registry: &McpToolRegistry, id: &str, args: Value) -> Result<ToolOutput, ToolError> {
+    registry.get_tool(id).unwrap().run(&ctx(), args).await
+}
+
+fn everything_stdio(bin: &std::path::Path) -> McpServerConfig {
+    McpServerConfig::stdio(bin.display().to_string(), ["stdio"])
+}
+
+#[tokio::test]
+async fn everything_over_stdio_echoes_and_sums_with_its_annotations() {
+    let Some(bin) = installed("PORTIA_MCP_EVERYTHING") else { return };
+    let registry = connect("everything", everything_stdio(&bin)).await;
+    let ids: Vec<String> = registry.get_tools().iter().map(|t| t.spec().id).collect();
+    for id in ["everything__echo", "everything__get-sum", "everything__trigger-long-running-operation"] {
+        assert!(ids.iter().any(|i| i == id), "{id} missing from {ids:?}");
+    }
+    let sum = registry.get_tool("everything__get-sum").unwrap().spec();
+    assert!(sum.idempotent && !sum.side_effects, "readOnlyHint: true");
+    let echo = call(&registry, "everything__echo", json!({"message": "hello"})).await.unwrap();
+    assert_eq!(echo, ToolOutput::value("Echo: hello"));
+    let sum = call(&registry, "everything__get-sum", json!({"a": 2, "b": 40})).await.unwrap();
+    let ToolOutput::Value(Value::String(text)) = sum else { panic!("{sum:?}") };
+    assert!(text.contains("42"), "{text}");
+    let bad = call(&registry, "everything__get-sum", json!({"a": 2})).await.unwrap_err();
+    assert!(bad.is_soft() && bad.to_string().contains("`b` is required"), "{bad}");
+    registry.close().await;
+}
+
+/// Starts server-everything's streamable HTTP transport on a free loopback port and
+/// waits (on its output, not the clock) until it listens.
+async fn everything_http(bin: &std::path::Path) -> (tokio::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = tokio::process::Command::new(bin)
+        .arg("streamableHttp")
+        .env("PORT", port.to_string())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        if line.contains("listening on port") {
+            break;
+        }
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, format!("http://127.0.0.1:{port}/mcp"))
+}
+
+#[tokio::test]
+async fn everything_over_streamable_http_answers_calls() {
+    let Some(bin) = installed("PORTIA_MCP_EVERYTHING") else { return };
+    let (_server, url) = everything_http(&bin).await;
+    let registry = connect("web", McpServerConfig::http(url).header("X-Test", "yes")).await;
+    let echo = call(&registry, "web__echo", json!({"message": "over http"})).await.unwrap();
+    assert_eq!(echo, ToolOutput::value("Echo: over http"));
+    let sum = call(&registry, "web__get-sum", json!({"a": 1, "b": 2})).await.unwrap();
+    assert!(format!("{sum:?}").contains('3'), "{sum:?}");
+    registry.close().await;
+}
+
+#[tokio::test]
+async fn cancelling_the_workflow_stops_a_long_running_operation() {
+    let Some(bin) = installed("PORTIA_MCP_EVERYTHING") else { return };
+    let registry = connect("everything", everything_stdio(&bin)).await;
+    let tool = registry.get_tool("everything__trigger-long-running-operation").unwrap();
+    let ctx = ctx();
+    let token = ctx.cancellation.clone();
+    // An hour-long operation: only cancellation can end this call.
+    let running = tokio::spawn(async move { tool.run(&ctx, json!({"duration": 3600, "steps": 3600})).await });
+    token.cancel();
+    let error = running.await.unwrap().unwrap_err();
+    assert!(error.to_string().contains("cancelled with its workflow"), "{error}");
+    // The server is still usable after the cancellation.
+    let echo = call(&registry, "everything__echo", json!({"message": "still here"})).await.unwrap();
+    assert_eq!(echo, ToolOutput::value("Echo: still here"));
+    registry.close().await;
+}
+
+#[tokio::test]
+async fn time_server_from_pypi_is_read_only_and_answers() {
+    let Some(bin) = installed("PORTIA_MCP_TIME") else { return };
+    let registry =
+        connect("time", McpServerConfig::stdio(bin.display().to_string(), ["--local-timezone", "UTC"])).await;
+    let tool = registry.get_tool("time__get_current_time").unwrap();
+    assert!(tool.spec().idempotent && !tool.spec().side_effects);
+    let now = call(&registry, "time__get_current_time", json!({"timezone": "Europe/Paris"})).await.unwrap();
+    assert!(format!("{now:?}").contains("Europe/Paris"), "{now:?}");
+    let converted = call(
+        &registry,
+        "time__convert_time",
+        json!({"source_timezone": "UTC", "time": "12:00", "target_timezone": "Asia/Tokyo"}),
+    )
+    .await
+    .unwrap();
+    assert!(format!("{converted:?}").contains("21:00"), "{converted:?}");
+    let bad = call(&registry, "time__get_current_time", json!({"timezone": "Mars/Olympus"})).await.unwrap_err();
+    assert!(bad.is_soft(), "an isError or JSON-RPC error the model can fix: {bad}");
+    registry.close().await;
+}
+
+#[tokio::test]
+async fn a_dead_server_is_a_hard_error_with_its_stderr_and_restarts_on_next_use() {
+    let Some(python) = installed("PORTIA_MCP_PYTHON") else { return };
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/mcp_crash_server.py");
+    let registry = connect("crashy", McpServerConfig::stdio(python.display().to_string(), [script])).await;
+    let error = call(&registry, "crashy__crash", json!({})).await.unwrap_err();
+    assert!(!error.is_soft(), "{error}");
+    let message = error.to_string();
+    assert!(message.contains("died") && message.contains("the disk is on fire"), "{message}");
+    // The Python SDK wraps a returned string as structured content.
+    let pong = call(&registry, "crashy__ping", json!({})).await.unwrap();
+    assert_eq!(pong, ToolOutput::value(json!({"result": "pong"})), "started again");
+    registry.close().await;
+}
+
+#[tokio::test]
+async fn a_server_that_cannot_start_names_itself_and_shows_its_stderr() {
+    let server = McpServerConfig::stdio("sh", ["-c", "echo 'no licence key' >&2; exit 2"]);
+    let error = McpToolRegistry::connect(&McpConfig::new().server("broken", server)).await.unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains("MCP server broken") && message.contains("no licence key"), "{message}");
+}
+
+#[tokio::test]
+async fn a_workflow_plans_and_runs_over_a_real_server() {
+    let Some(bin) = installed("PORTIA_MCP_EVERYTHING") else { return };
+    let registry = connect("everything", everything_stdio(&bin)).await;
+    let plan = json!({"steps": [
+        {"task": "Add 19 and 23.", "inputs": [], "tool_id": "everything__get-sum", "output": "$sum"}
+    ]});
+    let llm = ScriptedLlm::new().json(plan).tool_call("everything__get-sum", json!({"a": 19, "b": 23}));
+    let h =
+        common::harness_with(common::config(portia::config::ExecutionMode::Sequential, false), registry.clone(), llm);
+    let workflow = h.runner.execute_query("What is 19 + 23?").await.unwrap();
+    assert_eq!(workflow.state(), WorkflowState::Complete, "{workflow:?}");
+    let output = &workflow.outputs().step_outputs.get("$sum").unwrap().value;
+    assert!(output.to_string().contains("42"), "{output}");
+    let calls = h.runner.tool_calls(workflow.id()).await.unwrap();
+    assert_eq!(calls.len(), 1, "one journaled call: {calls:?}");
+    h.llm.assert_done();
+    registry.close().await;
+}
+
+#[tokio::test]
+async fn the_default_registry_adds_the_servers_of_the_mcp_config_file() {
+    if installed("PORTIA_MCP_EVERYTHING").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("claude_desktop_config.json");
+    // `${VAR}` is read from the environment, where the install script put the server's path.
+    let file = json!({"mcpServers": {"everything": {"command": "${PORTIA_MCP_EVERYTHING}", "args": ["stdio"]}}});
+    std::fs::write(&path, file.to_string()).unwrap();
+    let vars = |name: &str| (name == "PORTIA_MCP_CONFIG").then(|| path.display().to_string());
+    let config = Config::from_vars(vars).unwrap();
+    let registry = portia::tools::default_tool_registry_with_mcp(&config).await.unwrap();
+    let ids: Vec<String> = registry.get_tools().iter().map(|t| t.spec().id).collect();
+    assert!(ids.contains(&"calculator_tool".to_owned()) && ids.contains(&"everything__echo".to_owned()), "{ids:?}");
+}
+
+#[tokio::test]
+async fn an_elicitation_from_server_everything_is_answered_from_the_stored_response() {
+    let Some(bin) = installed("PORTIA_MCP_EVERYTHING") else { return };
+    let registry = connect("everything", everything_stdio(&bin)).await;
+    let tool = registry.get_tool("everything__trigger-elicitation-request").unwrap();
+    let mut ctx = ctx();
+    let ToolOutput::Clarifications(asked) = tool.run(&ctx, json!({})).await.unwrap() else {
+        panic!("the form waits for a person")
+    };
+    let question = &asked[0];
+    assert!(matches!(question.kind, portia::ClarificationKind::Input { .. }), "{question:?}");
+    assert!(question.user_guidance.contains("JSON object"), "{}", question.user_guidance);
+
+    let mut answered = question.clone();
+    answered.resolve(json!({"name": "Ada Lovelace", "check": true})).unwrap();
+    ctx.clarifications = vec![answered];
+    let output = tool.run(&ctx, json!({})).await.unwrap();
+    let text = format!("{output:?}");
+    assert!(text.contains("provided the requested information") && text.contains("Ada Lovelace"), "{text}");
+    registry.close().await;
+}
+
+#[tokio::test]
+async fn a_sampling_request_from_server_everything_is_answered_by_the_steps_llm() {
+    let Some(bin) = installed("PORTIA_MCP_EVERYTHING") else { return };
+    let registry = connect("everything", everything_stdio(&bin)).await;
+    let llm = Arc::new(ScriptedLlm::new().text("Teal, a calm blue-green."));
+    let mut ctx = ctx();
+    ctx.llm = Some(llm.clone());
+    let tool = registry.get_tool("everything__trigger-sampling-request").unwrap();
+    let output = tool.run(&ctx, json!({"prompt": "Name a colour.", "maxTokens": 20})).await.unwrap();
+    assert!(format!("{output:?}").contains("Teal, a calm blue-green."), "{output:?}");
+    let asked = &llm.requests()[0];
+    assert!(asked.messages.iter().any(|m| m.content.contains("Name a colour.")), "{asked:?}");
+    llm.assert_done();
+    registry.close().await;
+}

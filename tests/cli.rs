@@ -373,6 +373,10 @@ fn a_clarification_is_asked_and_answered_on_a_terminal() {
     wait_for(&mut seen, "\"state\": \"COMPLETE\"");
     let status = child.wait().unwrap();
     drop(stdin);
+    // The rest of the output: the reader ends at the end of the child's output.
+    for chunk in rx.iter() {
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
     assert_eq!(status.code(), Some(0), "{seen}");
     assert!(seen.contains("\"temp\": \"-3\""), "{seen}");
 }

@@ -76,6 +76,10 @@ pub fn init_otlp(level: LogLevel, endpoint: Option<&str>) -> crate::Result<OtlpG
     use tracing_subscriber::util::SubscriberInitExt as _;
 
     let setting = "OTEL_EXPORTER_OTLP_ENDPOINT";
+    // The exporter's HTTP client may be built without a TLS provider of its own (when
+    // the `mcp` feature asks reqwest for none); ring, which the crate already uses,
+    // serves. A provider installed before is kept.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_http();
     if let Some(endpoint) = endpoint {
         exporter = exporter.with_endpoint(endpoint);

@@ -80,10 +80,10 @@ pub(crate) fn resolve(args: &Value, lookup: &impl Fn(&str) -> Option<Value>) -> 
 }
 
 fn resolve_text(text: &str, lookup: &impl Fn(&str) -> Option<Value>) -> Value {
-    if is_output_name(text) {
-        if let Some(value) = lookup(text) {
-            return value;
-        }
+    if is_output_name(text)
+        && let Some(value) = lookup(text)
+    {
+        return value;
     }
     let mut out = String::with_capacity(text.len());
     let mut copied = 0;

@@ -339,7 +339,7 @@ fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
 /// `before` to the microsecond, rounded up: a time stored in whole microseconds is
 /// earlier than `before` exactly when it is earlier than this.
 fn cutoff_micros(before: DateTime<Utc>) -> DateTime<Utc> {
-    let fraction = before.timestamp_subsec_nanos() % 1_000 != 0;
+    let fraction = !before.timestamp_subsec_nanos().is_multiple_of(1_000);
     let rounded = micros(before);
     if fraction { rounded.checked_add_signed(chrono::Duration::microseconds(1)).unwrap_or(rounded) } else { rounded }
 }

@@ -88,9 +88,10 @@ async fn listen_once(
 }
 
 fn pass_on(message: &AsyncMessage, schema: &str, runnable: &Notify) {
-    if let AsyncMessage::Notification(note) = message {
-        if note.channel() == CHANNEL && note.payload() == schema {
-            wake(runnable);
-        }
+    if let AsyncMessage::Notification(note) = message
+        && note.channel() == CHANNEL
+        && note.payload() == schema
+    {
+        wake(runnable);
     }
 }

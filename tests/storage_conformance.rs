@@ -511,6 +511,26 @@ async fn events_are_stored_with_the_save_in_order(f: Fixture) {
     assert!(store.events(workflow.id(), 0).await.is_err(), "the events went with the workflow");
 }
 
+async fn racing_handles_for_one_lease_let_one_win(f: Fixture) {
+    let handles: Vec<Arc<dyn Storage>> = (0..3).map(|_| (f.other)()).collect();
+    let id = stored(f.store()).await.id();
+    let racers: Vec<_> = (0..9)
+        .map(|i| {
+            let store = Arc::clone(&handles[i % handles.len()]);
+            tokio::spawn(async move { store.acquire_lease(id, &format!("runner-{i}"), TTL).await })
+        })
+        .collect();
+    let mut winners = 0;
+    for racer in racers {
+        match racer.await.unwrap() {
+            Ok(_) => winners += 1,
+            Err(Error::AlreadyRunning { .. }) => {}
+            Err(other) => panic!("a racer failed: {other}"),
+        }
+    }
+    assert_eq!(winners, 1);
+}
+
 /// One `#[tokio::test]` per case and store.
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
@@ -550,6 +570,7 @@ conformance!(
     claims_hand_out_queued_workflows_oldest_first,
     claims_skip_workflows_waiting_for_a_human_or_finished,
     events_are_stored_with_the_save_in_order,
+    racing_handles_for_one_lease_let_one_win,
 );
 
 /// The wake-up case runs on tokio's paused clock.
@@ -621,10 +642,9 @@ async fn sqlite_reports_a_corrupt_row_by_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_handles_racing_for_a_lease_let_one_win() {
+async fn sqlite_handles_opening_a_new_file_at_once_take_turns_creating_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("portia.db");
-    // Handles opening a new file at once take turns creating the schema.
     let opening: Vec<_> = (0..3)
         .map(|_| {
             let path = path.clone();
@@ -633,22 +653,8 @@ async fn sqlite_handles_racing_for_a_lease_let_one_win() {
         .collect();
     let mut handles = Vec::new();
     for open in opening {
-        handles.push(Arc::new(open.await.unwrap().expect("every handle opens")));
+        handles.push(open.await.unwrap().expect("every handle opens"));
     }
-    let id = stored(handles[0].as_ref()).await.id();
-    let racers: Vec<_> = (0..8)
-        .map(|i| {
-            let store = Arc::clone(&handles[i % handles.len()]);
-            tokio::spawn(async move { store.acquire_lease(id, &format!("runner-{i}"), TTL).await })
-        })
-        .collect();
-    let mut winners = 0;
-    for racer in racers {
-        match racer.await.unwrap() {
-            Ok(_) => winners += 1,
-            Err(Error::AlreadyRunning { .. }) => {}
-            Err(other) => panic!("a racer failed: {other}"),
-        }
-    }
-    assert_eq!(winners, 1);
+    let workflow = stored(&handles[0]).await;
+    assert_eq!(handles[2].get_workflow(workflow.id()).await.unwrap(), workflow, "one schema, shared");
 }

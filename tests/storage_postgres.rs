@@ -204,35 +204,6 @@ async fn racing_claimers_from_several_pools_claim_each_workflow_once() {
     schema.remove().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn racing_for_one_lease_from_several_pools_lets_one_win() {
-    let Some(url) = pg::test_url() else { return };
-    let schema = pg::Schema::fresh(&url);
-    let mut stores = Vec::new();
-    for _ in 0..3 {
-        stores.push(Arc::new(PostgresStorage::connect(&settings(&schema)).await.unwrap()));
-    }
-    let workflow = workflow_of(&plan());
-    stores[0].create_workflow(&workflow).await.unwrap();
-    let id = workflow.id();
-    let racers: Vec<_> = (0..9)
-        .map(|i| {
-            let store = Arc::clone(&stores[i % stores.len()]);
-            tokio::spawn(async move { store.acquire_lease(id, &format!("runner-{i}"), TTL).await })
-        })
-        .collect();
-    let mut winners = 0;
-    for racer in racers {
-        match racer.await.unwrap() {
-            Ok(_) => winners += 1,
-            Err(Error::AlreadyRunning { .. }) => {}
-            Err(other) => panic!("a racer failed: {other}"),
-        }
-    }
-    assert_eq!(winners, 1);
-    schema.remove().await;
-}
-
 #[tokio::test]
 async fn a_submission_from_another_process_wakes_a_waiting_worker() {
     let Some(url) = pg::test_url() else { return };

@@ -71,8 +71,12 @@ impl Meter {
 
     /// Stops the run when its budget is spent; `true` if it is.
     pub(super) fn check_budget(&self) -> bool {
-        let usage = self.usage();
-        match self.config.budget.exceeded(&usage.total, usage.cost_usd, self.running()) {
+        // Read under the lock rather than copying the per-step usage on every call.
+        let (total, cost_usd) = {
+            let tally = self.tally.lock().unwrap_or_else(PoisonError::into_inner);
+            (tally.total, tally.cost_usd)
+        };
+        match self.config.budget.exceeded(&total, cost_usd, self.running()) {
             Some(reason) => {
                 self.signal.stop(Stop::Budget(reason));
                 true

@@ -185,11 +185,8 @@ fn runner(args: &Args, base_url: &str, storage: Arc<dyn Storage>) -> Result<Runn
         .execution(execution.parse::<portia::config::ExecutionMode>()?)
         .build()
         .map_err(|e| e.to_string())?;
-    Runner::builder(config)
-        .tools(portia::tools::example_tool_registry())
-        .storage(storage)
-        .build()
-        .map_err(|e| e.to_string())
+    let tools = portia::tools::example_tool_registry(&config);
+    Runner::builder(config).tools(tools).storage(storage).build().map_err(|e| e.to_string())
 }
 
 async fn measure(args: &Args, base_url: &str) -> Result<Value, String> {

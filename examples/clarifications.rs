@@ -36,7 +36,8 @@ async fn main() -> ExitCode {
 async fn run(query: &str) -> Result<Workflow, String> {
     let config = Config::from_env().map_err(|e| e.to_string())?;
     config.init_logging();
-    let runner = Runner::new(config, open_source_tool_registry()).map_err(|e| e.to_string())?;
+    let tools = open_source_tool_registry(&config);
+    let runner = Runner::new(config, tools).map_err(|e| e.to_string())?;
     let mut input = BufReader::new(tokio::io::stdin()).lines();
     let mut workflow = runner.execute_query(query).await.map_err(|e| e.to_string())?;
     while workflow.state() == WorkflowState::NeedClarification {

@@ -18,7 +18,8 @@ async fn main() -> ExitCode {
     let result = async {
         let config = Config::from_env()?;
         config.init_logging();
-        let runner = Runner::new(config, example_tool_registry())?;
+        let tools = example_tool_registry(&config);
+        let runner = Runner::new(config, tools)?;
         runner.execute_query(&query).await
     }
     .await;

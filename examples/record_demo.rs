@@ -55,7 +55,7 @@ async fn record(real: bool, out: &str) -> portia::Result<()> {
             .build()?,
     };
     let today = chrono::Utc::now().date_naive().to_string();
-    let tools: Arc<dyn ToolRegistry> = Arc::new(example_tool_registry());
+    let tools: Arc<dyn ToolRegistry> = Arc::new(example_tool_registry(&config));
     let tool_ids: Vec<String> = tools.get_tools().iter().map(|t| t.spec().id).collect();
     let note = if real {
         format!("The seed scenario recorded from the real APIs on {today} by examples/record_demo.rs.")

@@ -51,7 +51,8 @@ pub(crate) async fn run(config: Config, out: &mut impl Write) -> Result<(), Stri
     if !missing.is_empty() {
         return Err(format!("set {} (see .env.example)", missing.join(" and ")));
     }
-    let runner = Runner::new(config, example_tool_registry()).map_err(|e| e.to_string())?;
+    let tools = example_tool_registry(&config);
+    let runner = Runner::new(config, tools).map_err(|e| e.to_string())?;
 
     let plan = runner.generate_plan(QUERY).await.map_err(|e| e.to_string())?;
     writeln!(out, "{}", pretty(&plan)).map_err(|e| e.to_string())?;

@@ -39,7 +39,7 @@ pub fn runner(mut config: Config) -> Result<(Runner, Replayer)> {
     crate::http::set_offline(true);
     config.storage = crate::config::StorageKind::Memory;
     let replayer = Replayer::new(cassette()?);
-    let tools: Arc<dyn ToolRegistry> = Arc::new(example_tool_registry());
+    let tools: Arc<dyn ToolRegistry> = Arc::new(example_tool_registry(&config));
     let mut builder = Runner::builder(config)
         .shared_tools(Arc::new(replayer.tools(tools)))
         .storage(Arc::new(InMemoryStorage::new()))

@@ -90,6 +90,19 @@ pub enum EventKind {
         /// Whether the outcome came from the journal instead of a call.
         replayed: bool,
     },
+    /// A running tool reported how far it has got (see [`ToolEvents::progress`]).
+    ToolProgress {
+        /// Which call.
+        call: ToolCallKey,
+        /// The tool.
+        tool_id: String,
+        /// How much is done, in the tool's own unit.
+        progress: f64,
+        /// How much there is in all, when the tool knows.
+        total: Option<f64>,
+        /// What it is doing, if it said.
+        message: Option<String>,
+    },
     /// An LLM call returned.
     LlmCallFinished {
         /// The step it was made for; `None` for the run itself (the final summary).
@@ -191,6 +204,37 @@ impl RunEvents {
     /// The events kept since the last save, to store now.
     pub(crate) fn take(&self) -> Vec<WorkflowEvent> {
         std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// Where a running tool reports its progress: given to it as
+/// [`ToolRunContext::events`](crate::tool::ToolRunContext::events).
+///
+/// Each report is a [`EventKind::ToolProgress`] event of the workflow, announced at
+/// once and stored with the run's next save, so report milestones rather than every
+/// byte. A context made outside a run (in a unit test, say) reports nowhere.
+#[derive(Debug, Clone, Default)]
+pub struct ToolEvents(Option<ToolCallEvents>);
+
+#[derive(Debug, Clone)]
+struct ToolCallEvents {
+    run: RunEvents,
+    call: ToolCallKey,
+    tool_id: String,
+}
+
+impl ToolEvents {
+    /// The events of call `call` of `tool_id`, going out through `run`.
+    pub(crate) fn for_call(run: RunEvents, call: ToolCallKey, tool_id: &str) -> Self {
+        Self(Some(ToolCallEvents { run, call, tool_id: tool_id.to_owned() }))
+    }
+
+    /// Reports that `progress` of `total` (when known) is done, with what the tool is
+    /// doing, as MCP's progress notifications do.
+    pub fn progress(&self, progress: f64, total: Option<f64>, message: Option<String>) {
+        let Some(call) = &self.0 else { return };
+        let kind = EventKind::ToolProgress { call: call.call, tool_id: call.tool_id.clone(), progress, total, message };
+        call.run.emit(call.call.workflow_id, kind);
     }
 }
 

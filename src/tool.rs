@@ -43,7 +43,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::clarification::Clarification;
-use crate::config::Config;
+use crate::events::ToolEvents;
 use crate::execution_context::ExecutionContext;
 use crate::ids::WorkflowId;
 use crate::llm::{LlmClient, ToolDefinition};
@@ -88,6 +88,9 @@ pub enum ToolError {
     /// A hook failed before or after the call.
     #[error("a hook failed: {0}")]
     Hook(String),
+    /// The service kept failing and every re-send the retry policy allows was made.
+    #[error("{0}")]
+    RetriesExhausted(String),
 }
 
 impl ToolError {
@@ -145,6 +148,9 @@ impl RetryHint {
 }
 
 /// What a tool is given besides its arguments.
+///
+/// It holds no configuration: a tool gets its settings (keys, base URLs, roots) when
+/// it is constructed, so no tool can read another's secrets.
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct ToolRunContext {
@@ -154,15 +160,15 @@ pub struct ToolRunContext {
     pub workflow_id: WorkflowId,
     /// The index of the step making the call.
     pub step: usize,
-    /// The SDK configuration (API keys, base URLs, file root).
-    pub config: Arc<Config>,
     /// Every clarification this step has raised, with the responses given so far.
     pub clarifications: Vec<Clarification>,
     /// The step's task and context as the agent sees it, for tools that ask an LLM.
     pub step_context: String,
-    /// The step's LLM client, for tools that ask an LLM: what it spends is journaled
-    /// and counted in the step's usage.
+    /// The step's LLM client, for tools that ask an LLM: what it spends is journaled,
+    /// counted in the step's usage and held to the workflow's budget.
     pub llm: Option<Arc<dyn LlmClient>>,
+    /// Where a long-running tool reports its progress, as events of the workflow.
+    pub events: ToolEvents,
     /// The same for every try of one call (a call retried after a crash gets it
     /// again): send it on, as an `Idempotency-Key` header say, so the service acts once.
     pub idempotency_key: Option<String>,
@@ -187,15 +193,15 @@ impl fmt::Debug for ToolRunContext {
 
 impl ToolRunContext {
     /// A context for `workflow_id` with nothing else set; the runner fills the rest.
-    pub fn new(workflow_id: WorkflowId, config: Arc<Config>) -> Self {
+    pub fn new(workflow_id: WorkflowId) -> Self {
         Self {
             execution_context: ExecutionContext::default(),
             workflow_id,
             step: 0,
-            config,
             clarifications: Vec::new(),
             step_context: String::new(),
             llm: None,
+            events: ToolEvents::default(),
             idempotency_key: None,
             cancellation: CancellationToken::new(),
             hint: Arc::default(),
@@ -206,11 +212,10 @@ impl ToolRunContext {
     pub fn for_step(
         workflow_id: WorkflowId,
         step: usize,
-        config: Arc<Config>,
         execution_context: ExecutionContext,
         clarifications: Vec<Clarification>,
     ) -> Self {
-        Self { execution_context, step, clarifications, ..Self::new(workflow_id, config) }
+        Self { execution_context, step, clarifications, ..Self::new(workflow_id) }
     }
 
     /// Marks `error` as caused by the service (a rate limit, an outage, a lost

@@ -337,3 +337,44 @@ impl portia::Tool for GateTool {
         Ok(portia::ToolOutput::value("opened"))
     }
 }
+
+/// Reports its progress twice, called with its step's task.
+#[derive(Debug)]
+struct ProgressTool;
+
+#[async_trait::async_trait]
+impl portia::Tool for ProgressTool {
+    fn spec(&self) -> ToolSpec {
+        ToolSpec::new("progress_tool", "Progress", "Works in halves.").task_argument("task").read_only()
+    }
+
+    async fn run(&self, ctx: &portia::ToolRunContext, _args: Value) -> Result<portia::ToolOutput, portia::ToolError> {
+        ctx.events.progress(1.0, Some(2.0), Some("first half".into()));
+        ctx.events.progress(2.0, Some(2.0), None);
+        Ok(portia::ToolOutput::value("done"))
+    }
+}
+
+#[tokio::test]
+async fn a_tool_reports_progress_as_events_of_its_call_that_are_stored() {
+    let tools = InMemoryToolRegistry::from_tools([Arc::new(ProgressTool) as Arc<dyn portia::Tool>]).unwrap();
+    let runner = Runner::builder(config()).tools(tools).llm(Arc::new(ScriptedLlm::new())).build().unwrap();
+    let plan = PlanBuilder::new("work").step("Do the work", Some("progress_tool"), "$done").build();
+    let workflow = runner.create_workflow(&plan).await.unwrap();
+    let (mut events, run) = runner.execute_workflow_stream(workflow);
+    let mut live = Vec::new();
+    while let Some(event) = events.next().await {
+        live.push(event.unwrap());
+    }
+    let done = run.await.unwrap().unwrap();
+
+    let names: Vec<String> = live.iter().map(name).collect();
+    assert_eq!(names[2..6], ["tool_call_started", "tool_progress", "tool_progress", "tool_call_finished"], "{names:?}");
+    let EventKind::ToolCallStarted { call, .. } = &live[2].kind else { panic!() };
+    let EventKind::ToolProgress { call: reported, tool_id, progress, total, message } = &live[3].kind else { panic!() };
+    assert_eq!((reported, tool_id.as_str()), (call, "progress_tool"));
+    assert_eq!((*progress, *total, message.as_deref()), (1.0, Some(2.0), Some("first half")));
+    let stored: Vec<EventKind> =
+        runner.storage().events(done.id(), 0).await.unwrap().into_iter().map(|e| e.event.kind).collect();
+    assert_eq!(stored.iter().filter(|k| matches!(k, EventKind::ToolProgress { .. })).count(), 2);
+}

@@ -76,7 +76,7 @@ async fn step_outputs_are_logged_at_debug_and_keys_never() {
         .summarize_final_output(false)
         .build()
         .unwrap();
-    let runner = portia::Runner::new(config, portia::tools::example_tool_registry()).unwrap();
+    let runner = portia::Runner::new(config.clone(), portia::tools::example_tool_registry(&config)).unwrap();
     let plan = PlanBuilder::new("q")
         .step("Search for the stock price growth of Amazon (AMZN) in 2024.", Some("search_tool"), "$amazon")
         .build();

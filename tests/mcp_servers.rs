@@ -28,7 +28,7 @@ fn installed(var: &str) -> Option<PathBuf> {
 }
 
 fn ctx() -> ToolRunContext {
-    ToolRunContext::new(WorkflowId::new(), Arc::new(Config::default()))
+    ToolRunContext::new(WorkflowId::new())
 }
 
 async fn connect(name: &str, server: McpServerConfig) -> McpToolRegistry {

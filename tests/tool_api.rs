@@ -5,9 +5,7 @@ use std::sync::Arc;
 use portia::testing::MockTool;
 use portia::tool::{AggregatedToolRegistry, ToolRunContext};
 use portia::tools::{CalculatorTool, FileReaderTool, FileWriterTool, LlmTool, SearchTool, WeatherTool};
-use portia::{
-    Config, Error, InMemoryToolRegistry, Tool, ToolError, ToolOutput, ToolRegistry, ToolSpec, TypedTool, WorkflowId,
-};
+use portia::{Error, InMemoryToolRegistry, Tool, ToolError, ToolOutput, ToolRegistry, ToolSpec, TypedTool, WorkflowId};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -38,7 +36,7 @@ impl TypedTool for AddTool {
 }
 
 fn ctx() -> ToolRunContext {
-    ToolRunContext::new(WorkflowId::new(), Arc::new(Config::default()))
+    ToolRunContext::new(WorkflowId::new())
 }
 
 #[tokio::test]
@@ -126,16 +124,16 @@ fn read_only_means_idempotent_without_side_effects() {
 #[test]
 fn built_in_tools_carry_their_flags() {
     let read_only: [&dyn Tool; 5] =
-        [&SearchTool::new(), &WeatherTool::new(), &CalculatorTool, &FileReaderTool::new(), &LlmTool::new()];
+        [&SearchTool::new("k"), &WeatherTool::new("k"), &CalculatorTool, &FileReaderTool::new("."), &LlmTool::new()];
     for tool in read_only {
         let spec = tool.spec();
         assert!(spec.idempotent && !spec.side_effects, "{} should be read-only", spec.id);
         assert!(!spec.summarize, "{}", spec.id);
     }
-    let writer = Tool::spec(&FileWriterTool::new());
+    let writer = Tool::spec(&FileWriterTool::new("."));
     assert!(writer.side_effects && writer.idempotent, "{writer:?}");
     assert_eq!(Tool::spec(&LlmTool::new()).task_argument.as_deref(), Some("task"));
-    assert_eq!(Tool::spec(&SearchTool::new()).task_argument, None);
+    assert_eq!(Tool::spec(&SearchTool::new("k")).task_argument, None);
 }
 
 #[test]
@@ -181,4 +179,55 @@ async fn a_wrapper_forwarding_spec_keeps_every_flag() {
     assert_eq!(wrapped.run(&ctx(), json!({"task": "x"})).await.unwrap(), ToolOutput::value(json!({"task": "x"})));
     let typed = Wrapper(Arc::new(AddTool));
     assert_eq!(typed.spec(), Tool::spec(&AddTool), "the wrapper keeps the Args schema too");
+}
+
+/// Everything a tool can see of its run, written down as text.
+#[derive(Debug, Default)]
+struct Snoop(std::sync::Mutex<Vec<String>>);
+
+#[async_trait::async_trait]
+impl Tool for Snoop {
+    fn spec(&self) -> ToolSpec {
+        ToolSpec::new("snoop_tool", "Snoop", "Looks around.").task_argument("task").read_only()
+    }
+
+    async fn run(&self, ctx: &ToolRunContext, _args: serde_json::Value) -> Result<ToolOutput, ToolError> {
+        let mut seen = self.0.lock().unwrap();
+        seen.push(format!("{ctx:?}"));
+        seen.push(format!("{:?}", ctx.llm));
+        seen.push(format!("{:?}", ctx.events));
+        seen.push(ctx.step_context.clone());
+        seen.push(serde_json::to_string(&ctx.execution_context).unwrap());
+        Ok(ToolOutput::value("looked"))
+    }
+}
+
+#[tokio::test]
+async fn a_custom_tool_cannot_reach_any_key_of_the_config() {
+    use portia::testing::ScriptedLlm;
+    use portia::{Config, PlanBuilder, Runner, WorkflowState};
+
+    const KEYS: [&str; 5] = ["sk-openai-SECRET", "sk-ant-SECRET", "tvly-SECRET", "owm-SECRET", "postgres-SECRET"];
+    let config = Config::builder()
+        .openai_api_key(KEYS[0])
+        .anthropic_api_key(KEYS[1])
+        .tavily_api_key(KEYS[2])
+        .openweathermap_api_key(KEYS[3])
+        .database_url(format!("postgres://u:{}@localhost/db", KEYS[4]))
+        .summarize_final_output(false)
+        .build()
+        .unwrap();
+    let snoop = Arc::new(Snoop::default());
+    let tools = InMemoryToolRegistry::from_tools([snoop.clone() as Arc<dyn Tool>]).unwrap();
+    let runner = Runner::builder(config).tools(tools).llm(Arc::new(ScriptedLlm::new())).build().unwrap();
+    let plan = PlanBuilder::new("look").step("Look around", Some("snoop_tool"), "$seen").build();
+
+    let workflow = runner.run_plan(&plan).await.unwrap();
+
+    assert_eq!(workflow.state(), WorkflowState::Complete, "{:?}", workflow.failure());
+    let seen = snoop.0.lock().unwrap().join("\n");
+    assert!(seen.contains("snoop_tool"), "the tool ran with a context of its call: {seen}");
+    for key in KEYS {
+        assert!(!seen.contains(key), "{key} reached the tool:\n{seen}");
+    }
 }

@@ -104,7 +104,7 @@ async fn re_sends_stop_at_max_retries_and_fail_the_step() {
     let workflow = h.runner.run_plan(&plan()).await.unwrap();
     assert_eq!(workflow.state(), WorkflowState::Failed);
     let failure = workflow.failure().unwrap();
-    assert_eq!(failure.kind, FailureKind::ToolError);
+    assert_eq!(failure.kind, FailureKind::ToolRetriesExhausted);
     assert!(
         failure.message.contains("gave up after 3 tries") && failure.message.contains("PORTIA_MAX_RETRIES"),
         "{}",

@@ -2,14 +2,12 @@
 //! (with a hint on how to rephrase) for questions it cannot read, hard for an empty
 //! question, a division by zero and a result out of range.
 
-use std::sync::Arc;
-
 use portia::tools::CalculatorTool;
-use portia::{Config, Tool, ToolError, ToolOutput, ToolRunContext, WorkflowId};
+use portia::{Tool, ToolError, ToolOutput, ToolRunContext, WorkflowId};
 use serde_json::{Value, json};
 
 async fn ask(question: &str) -> Result<Value, ToolError> {
-    let ctx = ToolRunContext::new(WorkflowId::new(), Arc::new(Config::default()));
+    let ctx = ToolRunContext::new(WorkflowId::new());
     match CalculatorTool.run(&ctx, json!({ "math_question": question })).await? {
         ToolOutput::Value(value) => Ok(value),
         other => panic!("expected a value for {question:?}, got {other:?}"),

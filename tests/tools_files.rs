@@ -41,24 +41,31 @@ impl Sandbox {
     }
 
     fn ctx(&self) -> ToolRunContext {
-        let config = Config::builder().files_root(self.root()).build().unwrap();
-        ToolRunContext::new(WorkflowId::new(), Arc::new(config))
+        ToolRunContext::new(WorkflowId::new())
+    }
+
+    /// A reader built as `default_tool_registry` builds it, from a config naming the root.
+    fn reader(&self) -> FileReaderTool {
+        FileReaderTool::from_config(&Config::builder().files_root(self.root()).build().unwrap())
     }
 }
 
-async fn read_with(ctx: &ToolRunContext, filename: &str) -> Result<ToolOutput, ToolError> {
-    FileReaderTool::new().run(ctx, json!({ "filename": filename })).await
+async fn read_with(sandbox: &Sandbox, ctx: &ToolRunContext, filename: &str) -> Result<ToolOutput, ToolError> {
+    sandbox.reader().run(ctx, json!({ "filename": filename })).await
 }
 
 async fn read(sandbox: &Sandbox, filename: &str) -> Result<Value, ToolError> {
-    match read_with(&sandbox.ctx(), filename).await? {
+    match read_with(sandbox, &sandbox.ctx(), filename).await? {
         ToolOutput::Value(value) => Ok(value),
         other => panic!("expected a value for {filename}, got {other:?}"),
     }
 }
 
 async fn write(sandbox: &Sandbox, filename: &str, content: &str) -> Result<Value, ToolError> {
-    match FileWriterTool::new().run(&sandbox.ctx(), json!({ "filename": filename, "content": content })).await? {
+    match FileWriterTool::new(sandbox.root())
+        .run(&sandbox.ctx(), json!({ "filename": filename, "content": content }))
+        .await?
+    {
         ToolOutput::Value(value) => Ok(value),
         other => panic!("expected a value for {filename}, got {other:?}"),
     }
@@ -66,7 +73,7 @@ async fn write(sandbox: &Sandbox, filename: &str, content: &str) -> Result<Value
 
 /// The options and guidance of the Multiple Choice clarification reading `filename` raises.
 async fn offered(sandbox: &Sandbox, filename: &str) -> (Vec<String>, String) {
-    let output = read_with(&sandbox.ctx(), filename).await.unwrap();
+    let output = read_with(sandbox, &sandbox.ctx(), filename).await.unwrap();
     let ToolOutput::Clarifications(clarifications) = output else { panic!("expected a clarification, got {output:?}") };
     let [clarification] = clarifications.as_slice() else { panic!("expected one clarification: {clarifications:?}") };
     assert_eq!(clarification.argument_name(), Some("filename"));
@@ -220,7 +227,7 @@ async fn missing_file_found_elsewhere_asks_which_one_and_reads_the_choice() {
     sandbox.put("docs/report.txt.bak", "other names are not matches");
     let mut ctx = sandbox.ctx();
 
-    let output = read_with(&ctx, "report.txt").await.unwrap();
+    let output = read_with(&sandbox, &ctx, "report.txt").await.unwrap();
     let ToolOutput::Clarifications(clarifications) = output else { panic!("expected a clarification, got {output:?}") };
     let [clarification] = clarifications.as_slice() else { panic!("expected one clarification: {clarifications:?}") };
     assert_eq!(clarification.category(), "Multiple Choice");
@@ -235,7 +242,7 @@ async fn missing_file_found_elsewhere_asks_which_one_and_reads_the_choice() {
     let mut answered = clarification.clone();
     answered.resolve(json!("docs/2024/REPORT.txt")).unwrap();
     ctx.clarifications = vec![answered];
-    let output = read_with(&ctx, "report.txt").await.unwrap();
+    let output = read_with(&sandbox, &ctx, "report.txt").await.unwrap();
     assert_eq!(output, ToolOutput::value("the 2024 report"));
 }
 
@@ -343,10 +350,12 @@ async fn a_similar_file_picked_by_the_user_is_read() {
     let sandbox = Sandbox::new();
     sandbox.put("data/report.json", r#"{"ok": true}"#);
     let mut ctx = sandbox.ctx();
-    let ToolOutput::Clarifications(mut asked) = read_with(&ctx, "reprot.json").await.unwrap() else { panic!() };
+    let ToolOutput::Clarifications(mut asked) = read_with(&sandbox, &ctx, "reprot.json").await.unwrap() else {
+        panic!()
+    };
     asked[0].resolve(json!("data/report.json")).unwrap();
     ctx.clarifications = asked;
-    assert_eq!(read_with(&ctx, "reprot.json").await.unwrap(), ToolOutput::value(json!({"ok": true})));
+    assert_eq!(read_with(&sandbox, &ctx, "reprot.json").await.unwrap(), ToolOutput::value(json!({"ok": true})));
 }
 
 #[tokio::test]
@@ -361,12 +370,12 @@ async fn a_chosen_file_that_has_gone_is_a_hard_error_not_another_question() {
     let sandbox = Sandbox::new();
     sandbox.put("a/data.json", "{}");
     let mut ctx = sandbox.ctx();
-    let ToolOutput::Clarifications(mut asked) = read_with(&ctx, "data.json").await.unwrap() else { panic!() };
+    let ToolOutput::Clarifications(mut asked) = read_with(&sandbox, &ctx, "data.json").await.unwrap() else { panic!() };
     asked[0].resolve(json!("a/data.json")).unwrap();
     fs::remove_file(sandbox.root().join("a/data.json")).unwrap();
     sandbox.put("b/data.json", "{}");
     ctx.clarifications = asked;
-    let err = read_with(&ctx, "data.json").await.unwrap_err();
+    let err = read_with(&sandbox, &ctx, "data.json").await.unwrap_err();
     assert!(matches!(&err, ToolError::Hard(m) if m == "a/data.json was not found under the files root"), "{err:?}");
 }
 
@@ -402,16 +411,15 @@ async fn empty_name_is_soft_and_a_missing_root_is_hard() {
     let err = read(&sandbox, " ").await.unwrap_err();
     assert!(matches!(&err, ToolError::Soft(m) if m.contains("file name is empty")), "{err:?}");
 
-    let config = Config::builder().files_root(Path::new("/definitely/not/here")).build().unwrap();
-    let ctx = ToolRunContext::new(WorkflowId::new(), Arc::new(config));
-    let err = read_with(&ctx, "a.txt").await.unwrap_err();
+    let reader = FileReaderTool::new(Path::new("/definitely/not/here"));
+    let err = reader.run(&sandbox.ctx(), json!({ "filename": "a.txt" })).await.unwrap_err();
     assert!(matches!(&err, ToolError::Hard(m) if m.contains("PORTIA_FILES_ROOT")), "{err:?}");
 }
 
 #[test]
 fn file_tools_describe_their_arguments() {
-    let reader = FileReaderTool::new().spec();
-    let writer = FileWriterTool::new().spec();
+    let reader = FileReaderTool::new(".").spec();
+    let writer = FileWriterTool::new(".").spec();
     assert_eq!((reader.id.as_str(), reader.name.as_str()), ("file_reader_tool", "File Reader Tool"));
     assert_eq!((writer.id.as_str(), writer.name.as_str()), ("file_writer_tool", "File Writer Tool"));
     assert_eq!(reader.args_schema["required"], json!(["filename"]));
@@ -431,8 +439,8 @@ async fn a_workflow_waits_for_the_users_pick_and_then_reads_that_file() {
             .tool_call("file_reader_tool", json!({"filename": "report.txt"}))
             .tool_call("file_reader_tool", json!({"filename": "report.txt"})),
     );
-    let config = Config::builder().files_root(sandbox.root()).summarize_final_output(false).build().unwrap();
-    let tools = portia::InMemoryToolRegistry::new().with(FileReaderTool::new()).unwrap();
+    let config = Config::builder().summarize_final_output(false).build().unwrap();
+    let tools = portia::InMemoryToolRegistry::new().with(FileReaderTool::new(sandbox.root())).unwrap();
     let runner = Runner::builder(config).tools(tools).llm(llm.clone()).build().unwrap();
     let plan = PlanBuilder::new("Read the report").step("Read report.txt", Some("file_reader_tool"), "$report").build();
 

@@ -10,7 +10,7 @@ use portia::{Config, PlanBuilder, Runner, Tool, ToolError, ToolOutput, ToolRunCo
 use serde_json::json;
 
 fn ctx(llm: Option<Arc<ScriptedLlm>>, step_context: &str) -> ToolRunContext {
-    let mut ctx = ToolRunContext::new(WorkflowId::new(), Arc::new(Config::default()));
+    let mut ctx = ToolRunContext::new(WorkflowId::new());
     ctx.llm = llm.map(|l| l as Arc<dyn portia::llm::LlmClient>);
     ctx.step_context = step_context.to_owned();
     ctx
@@ -84,7 +84,8 @@ async fn llm_failures_are_hard_and_empty_answers_soft() {
 async fn a_plan_step_on_the_llm_tool_costs_exactly_one_llm_call() {
     let llm = Arc::new(ScriptedLlm::new().text("Amazon grew faster."));
     let config = Config::builder().summarize_final_output(false).build().unwrap();
-    let runner = Runner::builder(config).tools(open_source_tool_registry()).llm(llm.clone()).build().unwrap();
+    let runner =
+        Runner::builder(config.clone()).tools(open_source_tool_registry(&config)).llm(llm.clone()).build().unwrap();
     let plan = PlanBuilder::new("Which grew faster?")
         .step("Say which stock grew faster", Some(LLM_TOOL_ID), "$answer")
         .build();
@@ -105,7 +106,8 @@ async fn a_plan_step_on_the_llm_tool_costs_exactly_one_llm_call() {
 async fn a_soft_error_of_the_llm_tool_is_tried_again() {
     let llm = Arc::new(ScriptedLlm::new().text("  ").text("Amazon grew faster."));
     let config = Config::builder().summarize_final_output(false).build().unwrap();
-    let runner = Runner::builder(config).tools(open_source_tool_registry()).llm(llm.clone()).build().unwrap();
+    let runner =
+        Runner::builder(config.clone()).tools(open_source_tool_registry(&config)).llm(llm.clone()).build().unwrap();
     let plan = PlanBuilder::new("q").step("Say which stock grew faster", Some(LLM_TOOL_ID), "$answer").build();
     let workflow = runner.run_plan(&plan).await.unwrap();
     assert_eq!(workflow.state(), WorkflowState::Complete, "{:?}", workflow.failure());

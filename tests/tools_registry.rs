@@ -10,13 +10,13 @@ fn ids(registry: &InMemoryToolRegistry) -> Vec<String> {
 
 #[test]
 fn example_registry_holds_calculator_weather_and_search() {
-    assert_eq!(ids(&example_tool_registry()), ["calculator_tool", "weather_tool", "search_tool"]);
+    assert_eq!(ids(&example_tool_registry(&Config::default())), ["calculator_tool", "weather_tool", "search_tool"]);
 }
 
 #[test]
 fn open_source_registry_holds_all_six_tools() {
     assert_eq!(
-        ids(&open_source_tool_registry()),
+        ids(&open_source_tool_registry(&Config::default())),
         ["calculator_tool", "weather_tool", "search_tool", "llm_tool", "file_reader_tool", "file_writer_tool"]
     );
 }
@@ -41,7 +41,7 @@ fn default_registry_adds_search_and_weather_only_with_their_keys() {
 
 #[test]
 fn every_tool_has_a_short_description_and_a_described_object_schema() {
-    for tool in open_source_tool_registry().get_tools() {
+    for tool in open_source_tool_registry(&Config::default()).get_tools() {
         let spec = tool.spec();
         let id = &spec.id;
         assert!(!spec.name.is_empty(), "{id}");
@@ -59,7 +59,7 @@ fn every_tool_has_a_short_description_and_a_described_object_schema() {
 
 #[test]
 fn tools_are_found_by_id_and_by_display_name() {
-    let registry = open_source_tool_registry();
+    let registry = open_source_tool_registry(&Config::default());
     assert_eq!(registry.get_tool("search_tool").unwrap().spec().name, "Search Tool");
     assert_eq!(registry.get_tool("File Reader Tool").unwrap().spec().id, "file_reader_tool");
     assert!(registry.get_tool("portia:tavily::search").is_err());

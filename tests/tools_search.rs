@@ -1,6 +1,5 @@
 //! The search tool against an in-process Tavily double.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use portia::tools::SearchTool;
@@ -20,8 +19,8 @@ fn config(base_url: &str) -> Config {
         .unwrap()
 }
 
-async fn search(tool: &SearchTool, config: Config, query: &str) -> Result<Value, ToolError> {
-    let ctx = ToolRunContext::new(WorkflowId::new(), Arc::new(config));
+async fn search(tool: &SearchTool, query: &str) -> Result<Value, ToolError> {
+    let ctx = ToolRunContext::new(WorkflowId::new());
     match tool.run(&ctx, json!({ "search_query": query })).await? {
         ToolOutput::Value(value) => Ok(value),
         other => panic!("expected a value, got {other:?}"),
@@ -51,7 +50,7 @@ async fn status_reply(status: u16, body: Value) -> ToolError {
         .expect(1)
         .mount(&server)
         .await;
-    search(&SearchTool::new(), config(&server.uri()), "anything").await.unwrap_err()
+    search(&SearchTool::from_config(&config(&server.uri())), "anything").await.unwrap_err()
 }
 
 #[tokio::test]
@@ -67,7 +66,7 @@ async fn search_posts_a_bounded_query_with_a_bearer_key_and_returns_compact_json
         .mount(&server)
         .await;
 
-    let value = search(&SearchTool::new(), config(&server.uri()), "  Amazon stock 2024 ").await.unwrap();
+    let value = search(&SearchTool::from_config(&config(&server.uri())), "  Amazon stock 2024 ").await.unwrap();
 
     assert_eq!(
         value,
@@ -86,9 +85,9 @@ async fn search_posts_a_bounded_query_with_a_bearer_key_and_returns_compact_json
 
 #[tokio::test]
 async fn max_results_is_a_bounded_setting_of_the_tool() {
-    assert_eq!(SearchTool::new().max_results(), SearchTool::DEFAULT_MAX_RESULTS);
-    assert_eq!(SearchTool::new().with_max_results(50).max_results(), 20);
-    assert_eq!(SearchTool::new().with_max_results(0).max_results(), 1);
+    assert_eq!(SearchTool::new(KEY).max_results(), SearchTool::DEFAULT_MAX_RESULTS);
+    assert_eq!(SearchTool::new(KEY).with_max_results(50).max_results(), 20);
+    assert_eq!(SearchTool::new(KEY).with_max_results(0).max_results(), 1);
 
     let server = MockServer::start().await;
     Mock::given(method("POST"))
@@ -97,7 +96,7 @@ async fn max_results_is_a_bounded_setting_of_the_tool() {
         .expect(1)
         .mount(&server)
         .await;
-    let value = search(&SearchTool::new().with_max_results(1), config(&server.uri()), "q").await.unwrap();
+    let value = search(&SearchTool::from_config(&config(&server.uri())).with_max_results(1), "q").await.unwrap();
     assert_eq!(value["results"].as_array().unwrap().len(), 1, "extra results are cut even if the API sends them");
 }
 
@@ -106,7 +105,7 @@ async fn missing_key_is_a_hard_error_naming_the_variable() {
     let server = MockServer::start().await;
     Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)).expect(0).mount(&server).await;
     let config = Config::builder().tavily_base_url(server.uri()).build().unwrap();
-    let err = search(&SearchTool::new(), config, "q").await.unwrap_err();
+    let err = search(&SearchTool::from_config(&config), "q").await.unwrap_err();
     assert!(matches!(&err, ToolError::Hard(m) if m.contains("TAVILY_API_KEY")), "{err:?}");
 }
 
@@ -145,7 +144,7 @@ async fn timeout_is_a_soft_error() {
         .respond_with(ResponseTemplate::new(200).set_body_json(tavily_reply()).set_delay(Duration::from_secs(5)))
         .mount(&server)
         .await;
-    let err = search(&SearchTool::new(), config(&server.uri()), "q").await.unwrap_err();
+    let err = search(&SearchTool::from_config(&config(&server.uri())), "q").await.unwrap_err();
     assert!(matches!(&err, ToolError::Soft(m) if m.contains("did not answer within 40ms")), "{err:?}");
 }
 
@@ -154,7 +153,7 @@ async fn connection_error_is_a_soft_error() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
     drop(listener);
-    let err = search(&SearchTool::new(), config(&format!("http://{address}")), "q").await.unwrap_err();
+    let err = search(&SearchTool::from_config(&config(&format!("http://{address}"))), "q").await.unwrap_err();
     assert!(matches!(&err, ToolError::Soft(m) if m.starts_with("could not connect to Tavily")), "{err:?}");
 }
 
@@ -170,9 +169,9 @@ async fn unreadable_or_empty_replies_are_soft_errors() {
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({"answer": null, "results": []})))
         .mount(&server)
         .await;
-    let err = search(&SearchTool::new(), config(&server.uri()), "q").await.unwrap_err();
+    let err = search(&SearchTool::from_config(&config(&server.uri())), "q").await.unwrap_err();
     assert!(matches!(&err, ToolError::Soft(m) if m.contains("could not be read")), "{err:?}");
-    let err = search(&SearchTool::new(), config(&server.uri()), "q").await.unwrap_err();
+    let err = search(&SearchTool::from_config(&config(&server.uri())), "q").await.unwrap_err();
     assert!(matches!(&err, ToolError::Soft(m) if m.contains("found nothing")), "{err:?}");
 }
 
@@ -180,7 +179,7 @@ async fn unreadable_or_empty_replies_are_soft_errors() {
 async fn empty_query_is_a_soft_error_and_sends_nothing() {
     let server = MockServer::start().await;
     Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)).expect(0).mount(&server).await;
-    let err = search(&SearchTool::new(), config(&server.uri()), "  ").await.unwrap_err();
+    let err = search(&SearchTool::from_config(&config(&server.uri())), "  ").await.unwrap_err();
     assert!(matches!(&err, ToolError::Soft(m) if m.contains("search_query is empty")), "{err:?}");
 }
 
@@ -189,7 +188,7 @@ async fn offline_mode_refuses_the_real_api() {
     // Offline mode is switched on explicitly, so the default base URL is refused.
     portia::http::set_offline(true);
     let config = Config::builder().tavily_api_key(KEY).build().unwrap();
-    let err = search(&SearchTool::new(), config, "q").await.unwrap_err();
+    let err = search(&SearchTool::from_config(&config), "q").await.unwrap_err();
     assert!(
         matches!(&err, ToolError::Hard(m) if m.contains("PORTIA_OFFLINE") && m.contains("api.tavily.com")),
         "{err:?}"
@@ -198,8 +197,7 @@ async fn offline_mode_refuses_the_real_api() {
 
 #[test]
 fn search_is_not_summarized_and_describes_its_argument() {
-    let tool = SearchTool::new();
-    let spec = tool.spec();
+    let spec = SearchTool::new(KEY).spec();
     assert_eq!((spec.id.as_str(), spec.name.as_str()), ("search_tool", "Search Tool"));
     assert!(!spec.summarize, "a summary would cost an LLM call the seed scenario cannot afford");
     assert_eq!(spec.args_schema["required"], json!(["search_query"]));

@@ -1,6 +1,5 @@
 //! The weather tool against an in-process OpenWeatherMap double.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use portia::tools::WeatherTool;
@@ -21,8 +20,8 @@ fn config(base_url: &str) -> Config {
 }
 
 async fn weather(config: Config, city: &str) -> Result<Value, ToolError> {
-    let ctx = ToolRunContext::new(WorkflowId::new(), Arc::new(config));
-    match WeatherTool::new().run(&ctx, json!({ "city": city })).await? {
+    let ctx = ToolRunContext::new(WorkflowId::new());
+    match WeatherTool::from_config(&config).run(&ctx, json!({ "city": city })).await? {
         ToolOutput::Value(value) => Ok(value),
         other => panic!("expected a value, got {other:?}"),
     }
@@ -177,8 +176,7 @@ async fn empty_city_is_a_soft_error_and_offline_mode_refuses_the_real_api() {
 
 #[test]
 fn weather_describes_its_argument() {
-    let tool = WeatherTool::new();
-    let spec = tool.spec();
+    let spec = WeatherTool::new(KEY).spec();
     assert_eq!((spec.id.as_str(), spec.name.as_str()), ("weather_tool", "Weather Tool"));
     assert_eq!(spec.args_schema["required"], json!(["city"]));
     assert!(spec.args_schema["properties"]["city"]["description"].as_str().unwrap().contains("Paris,FR"));

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::clarification::{CallVerdict, Clarification, ClarificationKind};
-use crate::events::{EventKind, RunEvents};
+use crate::events::{EventKind, RunEvents, ToolEvents};
 use crate::hooks::{HookChain, ToolCallDecision, ToolCallRequest};
 use crate::llm::retry::RetryPolicy;
 use crate::storage::{Lease, Storage, ToolCallKey, ToolCallRecord, ToolCallStatus};
@@ -70,6 +70,7 @@ pub(crate) struct ToolCalls {
     signal: StopSignal,
     hooks: HookChain,
     events: RunEvents,
+    retry: RetryPolicy,
     step: usize,
     attempt: u32,
     next_seq: Arc<AtomicU32>,
@@ -85,6 +86,8 @@ pub(crate) struct CallServices {
     pub(crate) signal: StopSignal,
     pub(crate) hooks: HookChain,
     pub(crate) events: RunEvents,
+    /// How failed calls are sent again.
+    pub(crate) retry: RetryPolicy,
 }
 
 /// What to do with a call whose intent was journaled and whose outcome is not.
@@ -96,9 +99,10 @@ enum Unknown {
 
 impl ToolCalls {
     pub(crate) fn new(services: CallServices, (step, attempt): (usize, u32), journaled: Vec<ToolCallRecord>) -> Self {
-        let CallServices { storage, lease, signal, hooks, events } = services;
+        let CallServices { storage, lease, signal, hooks, events, retry } = services;
         let next_seq = Arc::new(AtomicU32::new(0));
-        Self { storage, lease, signal, hooks, events, step, attempt, next_seq, journaled: Arc::new(journaled) }
+        let journaled = Arc::new(journaled);
+        Self { storage, lease, signal, hooks, events, retry, step, attempt, next_seq, journaled }
     }
 
     /// The arguments journaled for the next call, when an interrupted run of this
@@ -122,9 +126,8 @@ impl ToolCalls {
         context: impl Fn() -> ToolRunContext,
         args: Value,
     ) -> Result<ToolOutput, ToolError> {
-        let first = context();
-        let policy = RetryPolicy::for_tools(&first.config);
-        let mut run_ctx = first.fresh();
+        let policy = &self.retry;
+        let mut run_ctx = context().fresh();
         let mut retry = 0;
         loop {
             let watched = run_ctx.clone();
@@ -137,7 +140,7 @@ impl ToolCalls {
                 let Some(hint) = hint else { return result };
                 if retry >= policy.retries() {
                     let tries = retry + 1;
-                    return Err(ToolError::hard(format!(
+                    return Err(ToolError::RetriesExhausted(format!(
                         "{message} (gave up after {tries} tries; PORTIA_MAX_RETRIES sets how many re-sends are made)"
                     )));
                 }
@@ -261,6 +264,7 @@ impl ToolCalls {
         );
         run_ctx.idempotency_key = Some(key.to_string());
         run_ctx.cancellation = self.cancellation();
+        run_ctx.events = ToolEvents::for_call(self.events.clone(), key, &spec.id);
         let span = tracing::info_span!(
             "tool_call",
             otel.name = format!("execute_tool {}", spec.id),

@@ -115,7 +115,6 @@ impl StepContext {
         let mut ctx = ToolRunContext::for_step(
             self.workflow_id,
             self.step_index,
-            Arc::clone(&self.config),
             self.execution_context.clone(),
             self.clarifications.clone(),
         );

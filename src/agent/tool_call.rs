@@ -40,6 +40,10 @@ fn attempt_of(spec: &ToolSpec, result: Result<ToolOutput, ToolError>) -> ToolAtt
             FailureKind::ToolError,
             format!("Tool {} failed: {message}", spec.id),
         )),
+        Err(ToolError::RetriesExhausted(message)) => ToolAttempt::Finished(StepOutcome::failed(
+            FailureKind::ToolRetriesExhausted,
+            format!("Tool {} failed: {message}", spec.id),
+        )),
         Err(ToolError::Denied(reason)) => ToolAttempt::Finished(StepOutcome::failed(
             FailureKind::Denied,
             format!("The call of {} was denied: {reason}", spec.id),

@@ -216,7 +216,7 @@ mod tests {
         let outputs = std::iter::once(crate::planner::output_schema()).chain(crate::agent::output_schemas());
         let mut sent: Vec<(String, Value)> =
             outputs.map(|o| (o.name.clone(), SentSchema::new(&o.schema).schema)).collect();
-        for tool in crate::tools::open_source_tool_registry().get_tools() {
+        for tool in crate::tools::open_source_tool_registry(&crate::Config::default()).get_tools() {
             let spec = tool.spec();
             sent.push((format!("{} as declared", spec.id), spec.args_schema.clone()));
             sent.push((format!("{} as sent", spec.id), portable(&spec.definition().parameters)));

@@ -134,7 +134,7 @@ async fn registry(fixture: &Fixture, timeout: Duration) -> McpToolRegistry {
 }
 
 fn ctx() -> ToolRunContext {
-    let mut ctx = ToolRunContext::new(crate::WorkflowId::new(), Arc::new(crate::Config::default()));
+    let mut ctx = ToolRunContext::new(crate::WorkflowId::new());
     ctx.idempotency_key = Some("wf-1/step-0/call-0".into());
     ctx
 }

@@ -21,6 +21,7 @@ use crate::config::ExecutionMode;
 use crate::events::{EventKind, RunEvents};
 use crate::hooks::{HookChain, HookError, StepDecision};
 use crate::ids::WorkflowId;
+use crate::llm::retry::RetryPolicy;
 use crate::plan::Plan;
 use crate::plan::args::resolve as resolve_args;
 use crate::storage::{Lease, LeaseGrant, ToolCallRecord};
@@ -372,6 +373,7 @@ impl Runner {
             signal: run.signal.clone(),
             hooks: self.inner.hooks.clone(),
             events: run.events.clone(),
+            retry: RetryPolicy::for_tools(&self.inner.config),
         };
         ToolCalls::new(services, (step, attempt), journaled)
     }

@@ -576,7 +576,6 @@ impl Runner {
             let ctx = crate::tool::ToolRunContext::for_step(
                 workflow.id(),
                 step_index,
-                Arc::clone(&self.inner.config),
                 workflow.execution_context().clone(),
                 workflow.clarifications_for_step(step_index).cloned().collect(),
             );

@@ -1,6 +1,6 @@
 //! `file_reader_tool` and `file_writer_tool`: files under `files_root`, and nowhere else.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use calamine::{Data, Reader};
 use schemars::JsonSchema;
@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 use super::json_number;
 use super::root::{FilesRoot, RootedPath};
 use crate::clarification::Clarification;
+use crate::config::Config;
 use crate::tool::{ToolError, ToolOutput, ToolRunContext, ToolSpec, TypedTool};
 
 /// The clarification argument that carries a chosen file.
@@ -19,7 +20,7 @@ const SUPPORTED: &[&str] = &["txt", "log", "md", "json", "csv", "xlsx", "xls"];
 /// Larger files are refused: their content would not fit an LLM's context anyway.
 const MAX_READ_BYTES: u64 = 10 * 1024 * 1024;
 
-/// Reads a file under the configured `files_root`.
+/// Reads a file under its root directory, and nowhere else.
 ///
 /// `txt`, `log` and `md` files come back as text, `json` as the parsed value, `csv`
 /// as a list of objects keyed by the header row (values as strings), `xlsx` and
@@ -29,8 +30,10 @@ const MAX_READ_BYTES: u64 = 10 * 1024 * 1024;
 /// in it, or a near miss such as `reprot.csv` for `report.csv`), the tool asks the
 /// user to pick one, best matches first (a Multiple Choice clarification on
 /// `filename`). A file picked that way and then missing is a hard error.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct FileReaderTool;
+#[derive(Debug, Clone)]
+pub struct FileReaderTool {
+    root: PathBuf,
+}
 
 /// The arguments of [`FileReaderTool`].
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -39,10 +42,12 @@ pub struct FileReaderArgs {
     pub filename: String,
 }
 
-/// Writes a text file under the configured `files_root`, replacing any file of the
-/// same name and creating missing directories.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct FileWriterTool;
+/// Writes a text file under its root directory, and nowhere else, replacing any file
+/// of the same name and creating missing directories.
+#[derive(Debug, Clone)]
+pub struct FileWriterTool {
+    root: PathBuf,
+}
 
 /// The arguments of [`FileWriterTool`].
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -54,16 +59,26 @@ pub struct FileWriterArgs {
 }
 
 impl FileReaderTool {
-    /// A file reader.
-    pub fn new() -> Self {
-        Self
+    /// A reader of files under `root` (relative to the working directory if relative).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// A reader of files under the config's `files_root` (`PORTIA_FILES_ROOT`).
+    pub fn from_config(config: &Config) -> Self {
+        Self::new(&config.files_root)
     }
 }
 
 impl FileWriterTool {
-    /// A file writer.
-    pub fn new() -> Self {
-        Self
+    /// A writer of files under `root` (relative to the working directory if relative).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// A writer of files under the config's `files_root` (`PORTIA_FILES_ROOT`).
+    pub fn from_config(config: &Config) -> Self {
+        Self::new(&config.files_root)
     }
 }
 
@@ -96,7 +111,7 @@ impl TypedTool for FileReaderTool {
         let chosen = ctx.clarified(FILENAME).and_then(Value::as_str).map(str::to_owned);
         let was_chosen = chosen.is_some();
         let filename = chosen.unwrap_or(args.filename);
-        let root = ctx.config.files_root.clone();
+        let root = self.root.clone();
         match blocking(move || read(&root, &filename)).await? {
             Read::Value(value) => Ok(ToolOutput::Value(value)),
             Read::Missing { relative, matches } if matches.is_empty() || was_chosen => {
@@ -132,8 +147,8 @@ impl TypedTool for FileWriterTool {
             .idempotent(true)
     }
 
-    async fn call(&self, ctx: &ToolRunContext, args: FileWriterArgs) -> Result<ToolOutput, ToolError> {
-        let root = ctx.config.files_root.clone();
+    async fn call(&self, _ctx: &ToolRunContext, args: FileWriterArgs) -> Result<ToolOutput, ToolError> {
+        let root = self.root.clone();
         let message = blocking(move || write(&root, &args.filename, &args.content)).await?;
         Ok(ToolOutput::value(message))
     }

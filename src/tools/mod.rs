@@ -6,14 +6,16 @@
 //! | `search_tool` | [`SearchTool`]: web search through Tavily | `TAVILY_API_KEY` | read-only |
 //! | `weather_tool` | [`WeatherTool`]: current weather through OpenWeatherMap | `OPENWEATHERMAP_API_KEY` | read-only |
 //! | `llm_tool` | [`LlmTool`]: one LLM call over the step's context | the runner's LLM | read-only, task argument |
-//! | `file_reader_tool` | [`FileReaderTool`]: reads text, JSON, CSV and spreadsheets | `files_root` | read-only |
-//! | `file_writer_tool` | [`FileWriterTool`]: writes text files | `files_root` | side effects, idempotent |
+//! | `file_reader_tool` | [`FileReaderTool`]: reads text, JSON, CSV and spreadsheets | a root directory | read-only |
+//! | `file_writer_tool` | [`FileWriterTool`]: writes text files | a root directory | side effects, idempotent |
 //!
 //! Read-only means idempotent and without side effects (see [`ToolSpec`](crate::tool::ToolSpec)).
 //!
-//! Tools read API keys, base URLs and the files root from the
-//! [`ToolRunContext`](crate::tool::ToolRunContext)'s config when they run, so a
-//! registry can be built before the config is known.
+//! Each tool takes its settings when it is made (`SearchTool::new(key)`, or
+//! `SearchTool::from_config(&config)` for `TAVILY_API_KEY` and `TAVILY_BASE_URL`) and
+//! keeps them to itself: the [`ToolRunContext`](crate::tool::ToolRunContext) a tool
+//! runs with carries no configuration, so no tool, built-in or custom, can read a key
+//! that is not its own. The registries below build every tool from one [`Config`].
 //!
 //! ```
 //! use portia::tool::ToolRegistry;
@@ -45,20 +47,26 @@ pub use weather::{WeatherArgs, WeatherTool};
 use crate::config::{Config, Secret};
 use crate::tool::{InMemoryToolRegistry, Tool};
 
-/// Calculator, weather and search: the tools of the examples.
-pub fn example_tool_registry() -> InMemoryToolRegistry {
-    registry(vec![Arc::new(CalculatorTool), Arc::new(WeatherTool::new()), Arc::new(SearchTool::new())])
-}
-
-/// All six built-in tools.
-pub fn open_source_tool_registry() -> InMemoryToolRegistry {
+/// Calculator, weather and search, with their settings from `config`: the tools of
+/// the examples. Weather and search are there even without their keys, and a call
+/// without one fails naming the variable to set.
+pub fn example_tool_registry(config: &Config) -> InMemoryToolRegistry {
     registry(vec![
         Arc::new(CalculatorTool),
-        Arc::new(WeatherTool::new()),
-        Arc::new(SearchTool::new()),
+        Arc::new(WeatherTool::from_config(config)),
+        Arc::new(SearchTool::from_config(config)),
+    ])
+}
+
+/// All six built-in tools, with their settings from `config`.
+pub fn open_source_tool_registry(config: &Config) -> InMemoryToolRegistry {
+    registry(vec![
+        Arc::new(CalculatorTool),
+        Arc::new(WeatherTool::from_config(config)),
+        Arc::new(SearchTool::from_config(config)),
         Arc::new(LlmTool::new()),
-        Arc::new(FileReaderTool::new()),
-        Arc::new(FileWriterTool::new()),
+        Arc::new(FileReaderTool::from_config(config)),
+        Arc::new(FileWriterTool::from_config(config)),
     ])
 }
 
@@ -68,14 +76,14 @@ pub fn default_tool_registry(config: &Config) -> InMemoryToolRegistry {
     let mut tools: Vec<Arc<dyn Tool>> = vec![
         Arc::new(CalculatorTool),
         Arc::new(LlmTool::new()),
-        Arc::new(FileWriterTool::new()),
-        Arc::new(FileReaderTool::new()),
+        Arc::new(FileWriterTool::from_config(config)),
+        Arc::new(FileReaderTool::from_config(config)),
     ];
     if has_key(config.tavily_api_key.as_ref()) {
-        tools.push(Arc::new(SearchTool::new()));
+        tools.push(Arc::new(SearchTool::from_config(config)));
     }
     if has_key(config.openweathermap_api_key.as_ref()) {
-        tools.push(Arc::new(WeatherTool::new()));
+        tools.push(Arc::new(WeatherTool::from_config(config)));
     }
     registry(tools)
 }

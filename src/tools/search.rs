@@ -1,10 +1,13 @@
 //! `search_tool`: web search through Tavily.
 
+use std::time::Duration;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::web;
+use super::web::{self, Api};
+use crate::config::{Config, Secret};
 use crate::tool::{ToolError, ToolOutput, ToolRunContext, ToolSpec, TypedTool};
 
 const SERVICE: &str = "Tavily";
@@ -15,11 +18,20 @@ const RESULTS_LIMIT: u32 = 20;
 
 /// Searches the web with Tavily and returns its answer and top sources.
 ///
-/// Reads `TAVILY_API_KEY` and `TAVILY_BASE_URL` from the run's config. Sends the
-/// key as a bearer token, never in the body or the URL.
+/// The key, base URL and timeout are the tool's own, given when it is made; the key
+/// is sent as a bearer token, never in the body or the URL.
+///
+/// ```
+/// use portia::tools::SearchTool;
+///
+/// let search = SearchTool::new("tvly-...").base_url("https://tavily.example.com").with_max_results(5);
+/// assert_eq!(search.max_results(), 5);
+/// // Or from the config (`TAVILY_API_KEY`, `TAVILY_BASE_URL`, `PORTIA_REQUEST_TIMEOUT_SECS`):
+/// let search = SearchTool::from_config(&portia::Config::default());
+/// ```
 #[derive(Debug, Clone)]
 pub struct SearchTool {
-    client: reqwest::Client,
+    api: Api,
     max_results: u32,
 }
 
@@ -54,9 +66,39 @@ impl SearchTool {
     /// How many results a search returns unless [`SearchTool::with_max_results`] says otherwise.
     pub const DEFAULT_MAX_RESULTS: u32 = 3;
 
-    /// A search tool returning [`SearchTool::DEFAULT_MAX_RESULTS`] results.
-    pub fn new() -> Self {
-        Self { client: web::client(), max_results: Self::DEFAULT_MAX_RESULTS }
+    /// A search tool with this Tavily key, returning [`SearchTool::DEFAULT_MAX_RESULTS`] results.
+    pub fn new(api_key: impl Into<String>) -> Self {
+        Self::keyed(Some(Secret::new(api_key)))
+    }
+
+    /// The search tool `config` describes: its Tavily key and base URL, and its
+    /// request timeout. Without a key every call fails, naming `TAVILY_API_KEY`.
+    pub fn from_config(config: &Config) -> Self {
+        let mut tool = Self::keyed(config.tavily_api_key.clone()).timeout(config.request_timeout());
+        if let Some(url) = &config.tavily_base_url {
+            tool = tool.base_url(url);
+        }
+        tool
+    }
+
+    fn keyed(key: Option<Secret>) -> Self {
+        let mut api = Api::new(SERVICE, KEY_VAR, DEFAULT_BASE_URL);
+        api.set_key(key);
+        Self { api, max_results: Self::DEFAULT_MAX_RESULTS }
+    }
+
+    /// Sends searches to `url` instead of Tavily's own service (a proxy, a test server).
+    #[must_use]
+    pub fn base_url(mut self, url: impl AsRef<str>) -> Self {
+        self.api.set_base_url(url.as_ref());
+        self
+    }
+
+    /// Gives each search `timeout` to answer.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.api.set_timeout(timeout);
+        self
     }
 
     /// Returns up to `max_results` results per search (1 to 20; values outside are clamped).
@@ -69,12 +111,6 @@ impl SearchTool {
     /// How many results a search returns at most.
     pub fn max_results(&self) -> u32 {
         self.max_results
-    }
-}
-
-impl Default for SearchTool {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -97,17 +133,14 @@ impl TypedTool for SearchTool {
         if query.is_empty() {
             return Err(ToolError::soft("search_query is empty; give the words to search for"));
         }
-        let config = &ctx.config;
-        let key = web::require_key(config.tavily_api_key.as_ref(), SERVICE, KEY_VAR)?;
-        let url = format!("{}/search", web::base_url(config.tavily_base_url.as_ref(), DEFAULT_BASE_URL));
-        web::check_allowed(&url)?;
-        let timeout = config.request_timeout();
+        let key = self.api.key()?;
+        let url = self.api.url("/search")?;
         let body = json!({ "query": query, "include_answer": true, "max_results": self.max_results });
-        let request = self.client.post(&url).bearer_auth(key).json(&body);
-        let answer = web::exchange(ctx, request, SERVICE, timeout).await?;
+        let request = self.api.request(reqwest::Method::POST, &url).bearer_auth(key).json(&body);
+        let answer = self.api.exchange(ctx, request).await?;
         if !answer.status.is_success() {
             let message = web::api_message(&answer.text, key);
-            return Err(web::status_error(ctx, SERVICE, &answer, &message, KEY_VAR, &[]));
+            return Err(web::status_error(ctx, &self.api, &answer, &message, &[]));
         }
         self.output(ctx, query, &answer.text)
     }

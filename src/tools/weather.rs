@@ -1,10 +1,14 @@
 //! `weather_tool`: the current weather in a city, from OpenWeatherMap.
 
+use std::time::Duration;
+
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{json_number, web};
+use super::json_number;
+use super::web::{self, Api};
+use crate::config::{Config, Secret};
 use crate::tool::{ToolError, ToolOutput, ToolRunContext, ToolSpec, TypedTool};
 
 const SERVICE: &str = "OpenWeatherMap";
@@ -13,10 +17,11 @@ const DEFAULT_BASE_URL: &str = "https://api.openweathermap.org";
 
 /// Gets the current weather in a city from OpenWeatherMap, in metric units.
 ///
-/// Reads `OPENWEATHERMAP_API_KEY` and `OPENWEATHERMAP_BASE_URL` from the run's config.
+/// The key, base URL and timeout are the tool's own, given when it is made:
+/// [`WeatherTool::new`] with a key, or [`WeatherTool::from_config`].
 #[derive(Debug, Clone)]
 pub struct WeatherTool {
-    client: reqwest::Client,
+    api: Api,
 }
 
 /// The arguments of [`WeatherTool`].
@@ -59,15 +64,39 @@ struct Wind {
 }
 
 impl WeatherTool {
-    /// A weather tool.
-    pub fn new() -> Self {
-        Self { client: web::client() }
+    /// A weather tool with this OpenWeatherMap key.
+    pub fn new(api_key: impl Into<String>) -> Self {
+        Self::keyed(Some(Secret::new(api_key)))
     }
-}
 
-impl Default for WeatherTool {
-    fn default() -> Self {
-        Self::new()
+    /// The weather tool `config` describes: its OpenWeatherMap key and base URL, and
+    /// its request timeout. Without a key every call fails, naming `OPENWEATHERMAP_API_KEY`.
+    pub fn from_config(config: &Config) -> Self {
+        let mut tool = Self::keyed(config.openweathermap_api_key.clone()).timeout(config.request_timeout());
+        if let Some(url) = &config.openweathermap_base_url {
+            tool = tool.base_url(url);
+        }
+        tool
+    }
+
+    fn keyed(key: Option<Secret>) -> Self {
+        let mut api = Api::new(SERVICE, KEY_VAR, DEFAULT_BASE_URL);
+        api.set_key(key);
+        Self { api }
+    }
+
+    /// Asks `url` instead of OpenWeatherMap's own service (a proxy, a test server).
+    #[must_use]
+    pub fn base_url(mut self, url: impl AsRef<str>) -> Self {
+        self.api.set_base_url(url.as_ref());
+        self
+    }
+
+    /// Gives each request `timeout` to answer.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.api.set_timeout(timeout);
+        self
     }
 }
 
@@ -88,15 +117,12 @@ impl TypedTool for WeatherTool {
         if city.is_empty() {
             return Err(ToolError::soft("city is empty; give a city name such as \"Paris\" or \"Paris,FR\""));
         }
-        let config = &ctx.config;
-        let key = web::require_key(config.openweathermap_api_key.as_ref(), SERVICE, KEY_VAR)?;
+        let key = self.api.key()?;
         // The key travels in the query, so only the URL without it is checked or shown.
-        let url =
-            format!("{}/data/2.5/weather", web::base_url(config.openweathermap_base_url.as_ref(), DEFAULT_BASE_URL));
-        web::check_allowed(&url)?;
-        let timeout = config.request_timeout();
-        let request = self.client.get(&url).query(&[("q", city), ("appid", key), ("units", "metric")]);
-        let answer = web::exchange(ctx, request, SERVICE, timeout).await?;
+        let url = self.api.url("/data/2.5/weather")?;
+        let request =
+            self.api.request(reqwest::Method::GET, &url).query(&[("q", city), ("appid", key), ("units", "metric")]);
+        let answer = self.api.exchange(ctx, request).await?;
         let (status, text) = (answer.status, &answer.text);
         if status.as_u16() == 404 {
             let message = web::api_message(text, key);
@@ -107,7 +133,7 @@ impl TypedTool for WeatherTool {
         if !status.is_success() {
             // 400 means the city argument was unusable, which the agent can fix.
             let message = web::api_message(text, key);
-            return Err(web::status_error(ctx, SERVICE, &answer, &message, KEY_VAR, &[400]));
+            return Err(web::status_error(ctx, &self.api, &answer, &message, &[400]));
         }
         output(ctx, city, text).map(ToolOutput::value)
     }

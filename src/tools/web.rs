@@ -11,27 +11,79 @@ use crate::tool::{RetryHint, ToolError, ToolRunContext};
 /// API messages are cut to this many characters: enough to act on, not a whole HTML page.
 const MESSAGE_LIMIT: usize = 300;
 
-/// A pooled client. Each request sets its own timeout from the config it runs with.
-pub(super) fn client() -> reqwest::Client {
-    crate::http::client(Config::default().request_timeout())
+/// A web API as one tool sees it: which service, its key, where it is served and how
+/// long a request may take, all fixed when the tool is made.
+#[derive(Debug, Clone)]
+pub(super) struct Api {
+    /// The service's name, for messages.
+    pub(super) service: &'static str,
+    /// The variable that provides the key, for messages on how to fix a missing or bad one.
+    pub(super) key_var: &'static str,
+    key: Option<Secret>,
+    base_url: String,
+    timeout: Duration,
+    client: reqwest::Client,
 }
 
-/// The key, or a hard error naming the variable that provides it.
-pub(super) fn require_key<'a>(key: Option<&'a Secret>, service: &str, var: &str) -> Result<&'a str, ToolError> {
-    match key.map(|k| k.expose().trim()) {
-        Some(key) if !key.is_empty() => Ok(key),
-        _ => Err(ToolError::hard(format!("{service} needs an API key: set the environment variable {var}"))),
+impl Api {
+    /// `service` at `default_base_url`, with no key and the default request timeout.
+    pub(super) fn new(service: &'static str, key_var: &'static str, default_base_url: &str) -> Self {
+        let timeout = Config::default().request_timeout();
+        let client = crate::http::client(timeout);
+        Self { service, key_var, key: None, base_url: default_base_url.to_owned(), timeout, client }
     }
-}
 
-/// `configured` (without a trailing slash) when set, else `default`.
-pub(super) fn base_url(configured: Option<&String>, default: &str) -> String {
-    configured.map(|u| u.trim()).filter(|u| !u.is_empty()).unwrap_or(default).trim_end_matches('/').to_owned()
-}
+    /// Sets the key; a blank one counts as none.
+    pub(super) fn set_key(&mut self, key: Option<Secret>) {
+        self.key = key.filter(|k| !k.expose().trim().is_empty());
+    }
 
-/// Refuses URLs that offline mode forbids; retrying cannot change that.
-pub(super) fn check_allowed(url: &str) -> Result<(), ToolError> {
-    crate::http::check_allowed(url).map_err(ToolError::hard)
+    /// Serves from `url` (a trailing slash is dropped) unless it is blank.
+    pub(super) fn set_base_url(&mut self, url: &str) {
+        let url = url.trim().trim_end_matches('/');
+        if !url.is_empty() {
+            url.clone_into(&mut self.base_url);
+        }
+    }
+
+    /// Gives each request `timeout` to answer.
+    pub(super) fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// The key, or a hard error naming the variable that provides it.
+    pub(super) fn key(&self) -> Result<&str, ToolError> {
+        self.key.as_ref().map(|k| k.expose().trim()).ok_or_else(|| {
+            ToolError::hard(format!("{} needs an API key: set the environment variable {}", self.service, self.key_var))
+        })
+    }
+
+    /// The URL of `path` (which starts with `/`), if offline mode allows it.
+    pub(super) fn url(&self, path: &str) -> Result<String, ToolError> {
+        let url = format!("{}{path}", self.base_url);
+        crate::http::check_allowed(&url).map_err(ToolError::hard)?;
+        Ok(url)
+    }
+
+    /// A request to `url`.
+    pub(super) fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, url)
+    }
+
+    /// Sends `request` and reads the answer. A request that gets no answer is a soft
+    /// error the service caused (see [`RetryHint`]).
+    pub(super) async fn exchange(
+        &self,
+        ctx: &ToolRunContext,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Answer, ToolError> {
+        let (service, timeout) = (self.service, self.timeout);
+        let response = request.timeout(timeout).send().await.map_err(|e| send_error(ctx, service, e, timeout))?;
+        let status = response.status();
+        let retry_after = crate::llm::retry_after(response.headers());
+        let text = response.text().await.map_err(|e| send_error(ctx, service, e, timeout))?;
+        Ok(Answer { status, text, retry_after })
+    }
 }
 
 /// An HTTP answer: its status, its text, and the wait its `Retry-After` asked for.
@@ -40,21 +92,6 @@ pub(super) struct Answer {
     pub(super) status: StatusCode,
     pub(super) text: String,
     pub(super) retry_after: Option<Duration>,
-}
-
-/// Sends `request` with `timeout` and reads the answer. A request that gets no
-/// answer is a soft error the service caused (see [`RetryHint`]).
-pub(super) async fn exchange(
-    ctx: &ToolRunContext,
-    request: reqwest::RequestBuilder,
-    service: &str,
-    timeout: Duration,
-) -> Result<Answer, ToolError> {
-    let response = request.timeout(timeout).send().await.map_err(|e| send_error(ctx, service, e, timeout))?;
-    let status = response.status();
-    let retry_after = crate::llm::retry_after(response.headers());
-    let text = response.text().await.map_err(|e| send_error(ctx, service, e, timeout))?;
-    Ok(Answer { status, text, retry_after })
 }
 
 /// A request that got no HTTP answer: worth sending again. Only a refused
@@ -98,13 +135,12 @@ fn describe(error: &dyn std::error::Error) -> String {
 /// passed on for a rate limit or a server error.
 pub(super) fn status_error(
     ctx: &ToolRunContext,
-    service: &str,
+    api: &Api,
     answer: &Answer,
     message: &str,
-    key_var: &str,
     soft_client: &[u16],
 ) -> ToolError {
-    match classify(service, answer.status, message, key_var, soft_client) {
+    match classify(api.service, answer.status, message, api.key_var, soft_client) {
         (error, Some(hint)) => ctx.transient(error, hint.retry_after(answer.retry_after)),
         (error, None) => error,
     }
@@ -179,8 +215,19 @@ mod tests {
 
     #[test]
     fn blank_keys_are_missing() {
-        let blank = Secret::new("  ");
-        let err = require_key(Some(&blank), "Tavily", "TAVILY_API_KEY").unwrap_err();
+        let mut api = Api::new("Tavily", "TAVILY_API_KEY", "https://api.tavily.com");
+        api.set_key(Some(Secret::new("  ")));
+        let err = api.key().unwrap_err();
         assert!(matches!(err, ToolError::Hard(m) if m.contains("TAVILY_API_KEY")));
+    }
+
+    #[test]
+    fn base_urls_lose_their_trailing_slash_and_blank_ones_are_ignored() {
+        // Loopback, which offline mode (set by other tests of this process) allows.
+        let mut api = Api::new("Tavily", "TAVILY_API_KEY", "http://127.0.0.1:9");
+        api.set_base_url("  ");
+        assert_eq!(api.url("/search").unwrap(), "http://127.0.0.1:9/search");
+        api.set_base_url("http://127.0.0.1:9/v1/");
+        assert_eq!(api.url("/search").unwrap(), "http://127.0.0.1:9/v1/search");
     }
 }

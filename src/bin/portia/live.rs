@@ -97,6 +97,11 @@ impl<'a> View<'a> {
                 let key = step_output.clone().unwrap_or_default();
                 *self.tokens.entry(key).or_default() += usage.prompt_tokens + usage.completion_tokens;
             }
+            EventKind::ToolProgress { call, tool_id, progress, total, message } => {
+                let Some(bar) = self.steps.get(&call.step) else { return };
+                let done = total.map_or_else(|| format!("{progress}"), |total| format!("{progress}/{total}"));
+                bar.set_message(format!("{tool_id} · {done} {}", message.as_deref().unwrap_or_default()));
+            }
             EventKind::StepFinished { step, outcome } => self.finish(*step, outcome),
             _ => {}
         }

@@ -85,7 +85,7 @@ pub(crate) async fn runner(cli: &Cli) -> Result<Setup, Failure> {
 /// feature, the tools of the MCP servers `PORTIA_MCP_CONFIG` lists.
 async fn tools(config: &portia::Config) -> Result<(Arc<dyn ToolRegistry>, Vec<String>), Failure> {
     let ids = |registry: &dyn ToolRegistry| registry.get_tools().iter().map(|t| t.spec().id).collect::<Vec<_>>();
-    let builtin: Arc<dyn ToolRegistry> = Arc::new(open_source_tool_registry());
+    let builtin: Arc<dyn ToolRegistry> = Arc::new(open_source_tool_registry(config));
     #[cfg(feature = "mcp")]
     if let Some(path) = &config.mcp_config {
         let servers = portia::mcp::McpConfig::from_file(path)?;

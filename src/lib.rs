@@ -20,6 +20,7 @@ pub mod mcp;
 pub mod plan;
 pub mod planner;
 pub mod runner;
+mod schema_check;
 pub mod storage;
 pub mod testing;
 mod text;

@@ -119,47 +119,12 @@ pub(super) async fn finish(ctx: &StepContext, spec: &ToolSpec, outcome: StepOutc
     }
 }
 
-/// A light check of the arguments against a JSON schema: an object, with every
-/// required property present and each property of the declared basic type.
-/// Tools with typed arguments check the rest when they parse them.
+/// Checks the arguments against the tool's JSON schema in full (see
+/// [`crate::schema_check`]): the message names each value that does not fit and what
+/// it must be. The tool gets the arguments as they were written: a `null` the check
+/// took for "not given" reaches it too, and is the tool's to read as such.
 fn check_args(schema: &Value, args: &Value) -> Result<(), String> {
-    let Some(object) = args.as_object() else {
-        return Err(format!("expected an object of arguments, got {args}"));
-    };
-    let required = schema.get("required").and_then(Value::as_array).into_iter().flatten();
-    for name in required.filter_map(Value::as_str) {
-        if object.get(name).is_none_or(Value::is_null) {
-            return Err(format!("the required argument `{name}` is missing"));
-        }
-    }
-    let properties = schema.get("properties").and_then(Value::as_object);
-    for (name, value) in object {
-        let declared = properties.and_then(|p| p.get(name)).and_then(|p| p.get("type"));
-        if let Some(declared) = declared
-            && !type_matches(declared, value)
-        {
-            return Err(format!("`{name}` should be of type {declared}, got {value}"));
-        }
-    }
-    Ok(())
-}
-
-fn type_matches(declared: &Value, value: &Value) -> bool {
-    let one = |name: &str| match name {
-        "string" => value.is_string(),
-        "number" => value.is_number(),
-        "integer" => value.is_i64() || value.is_u64(),
-        "boolean" => value.is_boolean(),
-        "array" => value.is_array(),
-        "object" => value.is_object(),
-        "null" => value.is_null(),
-        _ => true,
-    };
-    match declared {
-        Value::String(name) => one(name),
-        Value::Array(names) => names.iter().filter_map(Value::as_str).any(one),
-        _ => true,
-    }
+    crate::schema_check::check(schema, args).map(drop)
 }
 
 #[cfg(test)]
@@ -178,7 +143,7 @@ mod tests {
         assert!(check_args(&schema, &json!({"city": "Paris"})).is_ok());
         assert!(check_args(&schema, &json!({"city": "Paris", "days": null})).is_ok());
         assert!(check_args(&schema, &json!({})).unwrap_err().contains("`city` is missing"));
-        assert!(check_args(&schema, &json!({"city": 3})).unwrap_err().contains("`city` should be of type"));
+        assert!(check_args(&schema, &json!({"city": 3})).unwrap_err().contains("`city` must be of type string, got 3"));
         assert!(check_args(&schema, &json!({"city": "P", "days": 1.5})).is_err());
         assert!(check_args(&schema, &json!("Paris")).is_err());
     }

@@ -59,7 +59,7 @@ async fn everything_over_stdio_echoes_and_sums_with_its_annotations() {
     let ToolOutput::Value(Value::String(text)) = sum else { panic!("{sum:?}") };
     assert!(text.contains("42"), "{text}");
     let bad = call(&registry, "everything__get-sum", json!({"a": 2})).await.unwrap_err();
-    assert!(bad.is_soft() && bad.to_string().contains("`b` is required"), "{bad}");
+    assert!(bad.is_soft() && bad.to_string().contains("the required argument `b` is missing"), "{bad}");
     registry.close().await;
 }
 

@@ -101,59 +101,32 @@ fn texts(result: &CallToolResult) -> Option<String> {
     (!texts.is_empty()).then(|| texts.join("\n"))
 }
 
-/// Checks `args` against the top level of an input schema before anything is sent:
-/// an object, every `required` property present, each given property of its declared
-/// `type`, and no unknown property when `additionalProperties` is `false`. Nested
-/// schemas are left to the server, which checks them too.
+/// Checks `args` against a tool's input schema before anything is sent, in full:
+/// nested objects and arrays, `enum`, bounds, patterns, local `$ref`s and closed
+/// objects (`additionalProperties: false`). Formats are not asserted. Returns the
+/// arguments to send: a `null` the schema refuses for an optional property is left
+/// out, as models often write `null` for "not given" (for a required one it is
+/// missing). A schema that is itself invalid, or refers to another document, lets
+/// the arguments through with a logged warning: the server checks them too.
+///
+/// ```
+/// use portia::mcp::check_arguments;
+/// use serde_json::json;
+///
+/// let schema = json!({"type": "object", "required": ["a"],
+///     "properties": {"a": {"type": "number"}, "note": {"type": "string"}}});
+/// let schema = schema.as_object().unwrap();
+/// let sent = check_arguments(schema, &json!({"a": 1, "note": null})).unwrap();
+/// assert_eq!(serde_json::Value::Object(sent), json!({"a": 1}));
+/// let error = check_arguments(schema, &json!({"a": "1"})).unwrap_err();
+/// assert_eq!(error.to_string(), r#"`a` must be of type number, got "1""#);
+/// ```
 ///
 /// # Errors
-/// A [`ToolError::Soft`] naming the property and what it should be.
+/// A [`ToolError::Soft`] for the model to correct the call: each value that does not
+/// fit (up to five), by its path such as `items/0/price`, and what it must be.
 pub fn check_arguments(schema: &Map<String, Value>, args: &Value) -> Result<Map<String, Value>, ToolError> {
-    let Value::Object(args) = args else {
-        return Err(ToolError::soft(format!("the arguments must be a JSON object, not {args}")));
-    };
-    let properties = schema.get("properties").and_then(Value::as_object);
-    for name in schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
-        if !args.contains_key(name) {
-            return Err(ToolError::soft(format!("the argument `{name}` is required")));
-        }
-    }
-    for (name, value) in args {
-        match properties.and_then(|p| p.get(name)) {
-            Some(property) => check_type(name, property, value)?,
-            None if schema.get("additionalProperties") == Some(&Value::Bool(false)) => {
-                let known: Vec<&String> = properties.map(|p| p.keys().collect()).unwrap_or_default();
-                return Err(ToolError::soft(format!("unknown argument `{name}`; the arguments are {known:?}")));
-            }
-            None => {}
-        }
-    }
-    Ok(args.clone())
-}
-
-fn check_type(name: &str, property: &Value, value: &Value) -> Result<(), ToolError> {
-    let types: Vec<&str> = match property.get("type") {
-        Some(Value::String(t)) => vec![t.as_str()],
-        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
-        _ => return Ok(()),
-    };
-    if types.iter().any(|t| fits(t, value)) {
-        return Ok(());
-    }
-    Err(ToolError::soft(format!("the argument `{name}` must be of type {}, not {value}", types.join(" or "))))
-}
-
-fn fits(json_type: &str, value: &Value) -> bool {
-    match json_type {
-        "string" => value.is_string(),
-        "number" => value.is_number(),
-        "integer" => value.is_i64() || value.is_u64() || value.as_f64().is_some_and(|f| f.fract() == 0.0),
-        "boolean" => value.is_boolean(),
-        "object" => value.is_object(),
-        "array" => value.is_array(),
-        "null" => value.is_null(),
-        _ => true,
-    }
+    crate::schema_check::check(&Value::Object(schema.clone()), args).map_err(ToolError::soft)
 }
 
 #[cfg(test)]
@@ -229,7 +202,7 @@ mod tests {
         let schema = schema.as_object().unwrap();
         assert!(check_arguments(schema, &json!({"a": 1, "b": "x"})).is_ok());
         let missing = check_arguments(schema, &json!({"b": "x"})).unwrap_err();
-        assert!(missing.is_soft() && missing.to_string().contains("`a` is required"));
+        assert!(missing.is_soft() && missing.to_string().contains("the required argument `a` is missing"));
         assert!(check_arguments(schema, &json!({"a": "1"})).unwrap_err().to_string().contains("type number"));
         assert!(check_arguments(schema, &json!({"a": 1, "c": 2})).unwrap_err().to_string().contains("unknown"));
         assert!(check_arguments(schema, &json!([1])).is_err());

@@ -176,7 +176,7 @@ async fn calls_keep_result_types_and_is_error_is_soft() {
 async fn arguments_are_checked_before_sending() {
     let registry = registry(&Fixture::default(), Duration::from_secs(30)).await;
     let error = call(&registry, "fx__add", json!({"a": 2})).await.unwrap_err();
-    assert!(error.is_soft() && error.to_string().contains("`b` is required"), "{error}");
+    assert!(error.is_soft() && error.to_string().contains("the required argument `b` is missing"), "{error}");
     let error = call(&registry, "fx__add", json!({"a": 2, "b": "three"})).await.unwrap_err();
     assert!(error.to_string().contains("type number"), "{error}");
 }

@@ -129,7 +129,8 @@ fn problems(validator: &Validator, schema: &Value, args: &Value) -> String {
 /// One problem, worded for the model.
 fn describe(error: &ValidationError<'_>, schema: &Value) -> String {
     let at = error.instance_path();
-    let value = quoted(error.instance());
+    // Not for `required` and unknown properties, whose instance is the whole object.
+    let value = || quoted(error.instance());
     match error.kind() {
         ValidationErrorKind::Required { property } => {
             let name = property.as_str().map_or_else(|| property.to_string(), str::to_owned);
@@ -138,14 +139,16 @@ fn describe(error: &ValidationError<'_>, schema: &Value) -> String {
         }
         ValidationErrorKind::AdditionalProperties { unexpected }
         | ValidationErrorKind::UnevaluatedProperties { unexpected } => unknown(at, unexpected, error, schema),
-        ValidationErrorKind::Type { kind } => format!("{} must be of type {}, got {value}", subject(at), types(kind)),
+        ValidationErrorKind::Type { kind } => {
+            format!("{} must be of type {}, got {}", subject(at), types(kind), value())
+        }
         ValidationErrorKind::Enum { options } => {
             let options = options.as_array().map(|o| o.iter().map(Value::to_string).collect::<Vec<_>>());
             let options = clip(&options.unwrap_or_default().join(", "), MAX_QUOTED_CHARS, "…");
-            format!("{} must be one of {options}, got {value}", subject(at))
+            format!("{} must be one of {options}, got {}", subject(at), value())
         }
         ValidationErrorKind::Constant { expected_value } => {
-            format!("{} must be {}, got {value}", subject(at), quoted(expected_value))
+            format!("{} must be {}, got {}", subject(at), quoted(expected_value), value())
         }
         // The crate's own wording names the value by the placeholder, and says what it
         // must be ("is less than the minimum of 1"); a scalar is shown as well.
@@ -154,7 +157,7 @@ fn describe(error: &ValidationError<'_>, schema: &Value) -> String {
             if error.instance().is_object() || error.instance().is_array() {
                 problem
             } else {
-                format!("{problem} (got {value})")
+                format!("{problem} (got {})", value())
             }
         }
     }
@@ -362,6 +365,25 @@ mod tests {
         let schema = json!({"type": "object", "properties": {"n": {"type": "number"}}});
         let message = check(&schema, &json!({"n": "x".repeat(500)})).unwrap_err();
         assert!(message.len() < 200 && message.ends_with('…'), "{message}");
+    }
+
+    #[test]
+    fn the_schemas_of_the_crates_own_tools_compile() {
+        use crate::tool::ToolRegistry;
+        let specs = crate::tools::open_source_tool_registry(&crate::Config::default())
+            .get_tools()
+            .iter()
+            .map(|tool| tool.spec())
+            .collect::<Vec<_>>();
+        let with_required =
+            specs.iter().filter(|spec| spec.args_schema["required"].as_array().is_some_and(|r| !r.is_empty()));
+        let mut checked = 0;
+        for spec in with_required {
+            let problem = check(&spec.args_schema, &json!({})).unwrap_err();
+            assert!(problem.contains("is missing"), "{}: {problem}", spec.id);
+            checked += 1;
+        }
+        assert!(checked >= 4, "only {checked} tools with required arguments");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 
-use portia::mcp::{McpConfig, McpServerConfig, McpToolRegistry};
+use portia::mcp::{McpConfig, McpServerConfig, McpToolRegistry, check_arguments};
 use portia::testing::ScriptedLlm;
 use portia::tool::{ToolError, ToolOutput, ToolRegistry, ToolRunContext};
 use portia::{Config, WorkflowId, WorkflowState};
@@ -134,6 +134,30 @@ async fn time_server_from_pypi_is_read_only_and_answers() {
     assert!(format!("{converted:?}").contains("21:00"), "{converted:?}");
     let bad = call(&registry, "time__get_current_time", json!({"timezone": "Mars/Olympus"})).await.unwrap_err();
     assert!(bad.is_soft(), "an isError or JSON-RPC error the model can fix: {bad}");
+    registry.close().await;
+}
+
+/// Every input schema these servers publish compiles: a tool with required arguments
+/// refuses empty ones before sending (a schema that did not compile would let them by).
+#[tokio::test]
+async fn every_input_schema_of_the_real_servers_is_checked() {
+    let (Some(everything), Some(time)) = (installed("PORTIA_MCP_EVERYTHING"), installed("PORTIA_MCP_TIME")) else {
+        return;
+    };
+    let config = McpConfig::new()
+        .server("everything", everything_stdio(&everything))
+        .server("time", McpServerConfig::stdio(time.display().to_string(), ["--local-timezone", "UTC"]));
+    let registry = McpToolRegistry::connect(&config).await.unwrap();
+    let mut checked = 0;
+    for spec in registry.get_tools().iter().map(|tool| tool.spec()) {
+        let Value::Object(schema) = &spec.args_schema else { panic!("{}: {}", spec.id, spec.args_schema) };
+        if schema.get("required").and_then(Value::as_array).is_some_and(|required| !required.is_empty()) {
+            let error = check_arguments(schema, &json!({})).unwrap_err();
+            assert!(error.to_string().contains("is missing"), "{}: {error}", spec.id);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "only {checked} tools with required arguments");
     registry.close().await;
 }
 

@@ -49,6 +49,12 @@ pub(crate) struct Bell<'a> {
 }
 
 impl Bell<'_> {
+    /// Wakes everyone waiting on this bell: for a store's own reasons to look again.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub(crate) fn ring(&self) {
+        self.notify.notify_waiters();
+    }
+
     /// Looks with `look` at once, and again each time the bell rings, until it finds
     /// events (`true`) or `timeout` has passed (`false`).
     pub(crate) async fn wait<F, Fut>(&self, timeout: Duration, mut look: F) -> Result<bool>

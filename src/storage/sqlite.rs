@@ -1,3 +1,4 @@
+use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -5,6 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 
+use super::bells::{Bell, Bells};
 use super::{
     Clock, Lease, LeaseGrant, LeaseState, LeaseStatus, Storage, SystemClock, ToolCallKey, ToolCallRecord,
     ToolCallStatus, UsageRecord, WorkflowPage, WorkflowQuery,
@@ -18,6 +20,9 @@ use crate::{Error, Result};
 
 /// How long a connection waits for another one's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a wait for events asks whether other connections changed the file:
+/// they cannot ring this handle's bells.
+const OTHERS_POLL: Duration = Duration::from_millis(100);
 
 /// The schema, one script per version; `PRAGMA user_version` counts those applied.
 const MIGRATIONS: &[&str] = &[
@@ -39,6 +44,10 @@ const MIGRATIONS: &[&str] = &[
 ///
 /// The blocking database work runs on Tokio's blocking threads, one call at a time
 /// per handle. Clones share the handle's connection.
+///
+/// [`Storage::wait_for_events`] is woken at once by saves through this handle or its
+/// clones; commits by other connections (other processes) it notices within a tenth
+/// of a second, by asking SQLite's `PRAGMA data_version` rather than reading events.
 #[derive(Debug, Clone)]
 pub struct SqliteStorage {
     inner: Arc<Inner>,
@@ -51,6 +60,8 @@ struct Inner {
     conn: Mutex<Connection>,
     /// Wakes this process's workers; other processes' workers poll.
     runnable: tokio::sync::Notify,
+    /// Rung by this handle's saves that store events; others' are polled for.
+    bells: Bells,
 }
 
 impl SqliteStorage {
@@ -84,7 +95,8 @@ impl SqliteStorage {
         configure(&conn).map_err(|e| db_error(&path, "cannot configure the database", e))?;
         migrate(&mut conn).map_err(|fail| fail.into_error(&path, "cannot create or upgrade the schema"))?;
         let runnable = tokio::sync::Notify::new();
-        Ok(Self { inner: Arc::new(Inner { path, clock, conn: Mutex::new(conn), runnable }) })
+        let inner = Inner { path, clock, conn: Mutex::new(conn), runnable, bells: Bells::default() };
+        Ok(Self { inner: Arc::new(inner) })
     }
 
     /// The database file.
@@ -160,6 +172,42 @@ impl SqliteStorage {
             Ok(value)
         })
         .await
+    }
+
+    /// Whether workflow `id` has events numbered after `after`.
+    async fn has_events_after(&self, id: WorkflowId, after: u64) -> Result<bool> {
+        self.read(format!("cannot read the events of workflow {id}"), move |tx| {
+            if stored_version(tx, id)?.is_none() {
+                return Err(Error::WorkflowNotFound(id).into());
+            }
+            let sql = "SELECT EXISTS (SELECT 1 FROM events WHERE workflow_id = ?1 AND seq > ?2)";
+            Ok(tx.prepare_cached(sql)?.query_row(params![id.to_string(), to_int(after)?], |row| row.get(0))?)
+        })
+        .await
+    }
+
+    /// SQLite's count of commits by other connections, as this connection last saw it.
+    async fn data_version(&self) -> Result<i64> {
+        self.blocking("cannot ask whether other connections changed the database".to_owned(), |conn, _| {
+            Ok(conn.pragma_query_value(None, "data_version", |row| row.get(0))?)
+        })
+        .await
+    }
+
+    /// Rings `bell` whenever another connection has committed since `seen`, until dropped.
+    async fn hear_others(&self, bell: &Bell<'_>, mut seen: i64) -> Infallible {
+        loop {
+            tokio::time::sleep(OTHERS_POLL).await;
+            match self.data_version().await {
+                Ok(version) if version == seen => {}
+                Ok(version) => {
+                    seen = version;
+                    bell.ring();
+                }
+                // The look it causes reports the error.
+                Err(_) => bell.ring(),
+            }
+        }
     }
 }
 
@@ -584,6 +632,7 @@ impl Storage for SqliteStorage {
     }
 
     async fn update_workflow(&self, workflow: &Workflow, lease: &Lease, events: &[WorkflowEvent]) -> Result<()> {
+        let (id, stored_events) = (workflow.id(), !events.is_empty());
         let (workflow, lease, events) = (workflow.clone(), lease.clone(), events.to_vec());
         self.write(format!("cannot save workflow {}", workflow.id()), move |tx, now| {
             fence(tx, &lease, lease.workflow_id, now)?;
@@ -595,7 +644,11 @@ impl Storage for SqliteStorage {
             put_workflow(tx, &workflow, now, UPDATE_WORKFLOW)?;
             append_events(tx, workflow.id(), &events)
         })
-        .await
+        .await?;
+        if stored_events {
+            self.inner.bells.ring(id);
+        }
+        Ok(())
     }
 
     async fn events(&self, id: WorkflowId, after: u64) -> Result<Vec<StoredEvent>> {
@@ -613,6 +666,16 @@ impl Storage for SqliteStorage {
             })
         })
         .await
+    }
+
+    async fn wait_for_events(&self, id: WorkflowId, after: u64, timeout: Duration) -> Result<bool> {
+        // Read before the first look, so that a commit after the look changes it.
+        let seen = self.data_version().await?;
+        let bell = self.inner.bells.bell(id);
+        tokio::select! {
+            found = bell.wait(timeout, || self.has_events_after(id, after)) => found,
+            never = self.hear_others(&bell, seen) => match never {},
+        }
     }
 
     async fn acquire_lease(&self, id: WorkflowId, owner: &str, ttl: Duration) -> Result<LeaseGrant> {

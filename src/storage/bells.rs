@@ -28,6 +28,12 @@ impl Bells {
         }
     }
 
+    /// Wakes every waiter, for when news may have been lost (a dropped connection).
+    #[cfg(feature = "postgres")]
+    pub(crate) fn ring_all(&self) {
+        self.hung().values().for_each(|bell| bell.notify_waiters());
+    }
+
     /// The bell of workflow `id`, hung until the last waiter lets go of it.
     pub(crate) fn bell(&self, id: WorkflowId) -> Bell<'_> {
         let notify = Arc::clone(self.hung().entry(id).or_default());

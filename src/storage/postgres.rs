@@ -1,20 +1,23 @@
 mod listen;
 mod settings;
 
+use std::convert::Infallible;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Transaction};
-use tokio::sync::{Notify, OnceCell};
+use tokio::sync::OnceCell;
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
+use listen::Wakeups;
 pub use settings::PostgresSettings;
 use settings::{Target, URL_SETTING};
 
+use super::bells::Bell;
 use super::{
     Clock, Lease, LeaseGrant, LeaseState, LeaseStatus, Storage, ToolCallKey, ToolCallRecord, ToolCallStatus,
     UsageRecord, WorkflowPage, WorkflowQuery,
@@ -25,6 +28,10 @@ use crate::llm::Usage;
 use crate::plan::Plan;
 use crate::workflow::{Workflow, WorkflowState};
 use crate::{Error, Result};
+
+/// How often a wait for events looks while the LISTEN connection is down, so that it
+/// cannot miss a notification lost meanwhile.
+const UNHEARD_POLL: Duration = Duration::from_secs(1);
 
 /// The schema, one script per version; `{S}` stands for the quoted schema name.
 const MIGRATIONS: &[&str] =
@@ -39,7 +46,8 @@ const MIGRATIONS: &[&str] =
 /// a worker's, unless a [`Clock`] is given for tests. [`Storage::claim_runnable`]
 /// takes the oldest queued runnable row with `FOR UPDATE SKIP LOCKED`, so claimers
 /// never wait for one another; submissions and releases `NOTIFY portia_runnable`,
-/// and one LISTEN connection per store wakes [`Storage::wait_for_runnable`].
+/// saves that store events `NOTIFY portia_events`, and one LISTEN connection per
+/// store wakes [`Storage::wait_for_runnable`] and [`Storage::wait_for_events`].
 ///
 /// The tables live in their own schema (default `portia`), created or upgraded on
 /// first use in one transaction under an advisory lock, so processes starting at
@@ -62,7 +70,7 @@ struct Inner {
     clock: Option<Arc<dyn Clock>>,
     /// Set once the schema is up to date and the listener has started.
     ready: OnceCell<()>,
-    runnable: Arc<Notify>,
+    wakeups: Arc<Wakeups>,
     listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -152,7 +160,7 @@ impl PostgresStorage {
             pool_size: settings.pool_size,
             clock,
             ready: OnceCell::new(),
-            runnable: Arc::new(Notify::new()),
+            wakeups: Arc::default(),
             listener: Mutex::new(None),
         };
         Ok(Self { inner: Arc::new(inner) })
@@ -214,7 +222,7 @@ impl PostgresStorage {
         let task = listen::listen(
             self.inner.target.clone(),
             self.inner.schema.clone(),
-            Arc::clone(&self.inner.runnable),
+            Arc::clone(&self.inner.wakeups),
             started,
         );
         let handle = tokio::spawn(task);
@@ -471,6 +479,12 @@ impl PostgresStorage {
         self.query(tx, NOTIFY, &[&listen::CHANNEL, &self.inner.schema]).await.map(drop)
     }
 
+    /// Tells every store listening, once `tx` commits, that workflow `id` has new events.
+    async fn notify_events(&self, tx: &Transaction<'_>, id: WorkflowId) -> DbResult<()> {
+        let payload = listen::events_payload(&self.inner.schema, id);
+        self.query(tx, NOTIFY, &[&listen::EVENTS_CHANNEL, &payload]).await.map(drop)
+    }
+
     async fn try_insert(&self, workflow: &Workflow, queued: bool) -> DbResult<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -581,16 +595,16 @@ impl PostgresStorage {
             &now,
         ];
         self.execute(&tx, UPDATE_WORKFLOW, &args).await?;
-        self.append_events(&tx, &id, events).await?;
+        if !events.is_empty() {
+            self.append_events(&tx, &id, events).await?;
+            self.notify_events(&tx, workflow.id()).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
 
     /// Stores `events` after the workflow's earlier ones (its row is locked by the fence).
     async fn append_events(&self, tx: &Transaction<'_>, id: &str, events: &[WorkflowEvent]) -> DbResult<()> {
-        if events.is_empty() {
-            return Ok(());
-        }
         let last =
             self.query(tx, "SELECT COALESCE(MAX(seq), 0) FROM {S}.events WHERE workflow_id = $1", &[&id]).await?;
         let last: i64 = last.first().map(|row| row.try_get(0)).transpose()?.unwrap_or(0);
@@ -620,6 +634,31 @@ impl PostgresStorage {
                 Ok(StoredEvent { seq: from_int(seq)?, event })
             })
             .collect()
+    }
+
+    /// Whether workflow `id` has events numbered after `after`, in one statement.
+    async fn try_has_events_after(&self, id: WorkflowId, after: u64) -> DbResult<bool> {
+        let client = self.client().await?;
+        let sql = self.sql(
+            "SELECT EXISTS (SELECT 1 FROM {S}.workflows WHERE id = $1), \
+             EXISTS (SELECT 1 FROM {S}.events WHERE workflow_id = $1 AND seq > $2)",
+        );
+        let statement = client.prepare_cached(&sql).await?;
+        let row = client.query_one(&statement, &[&id.to_string(), &to_int(after)?]).await?;
+        if !row.try_get::<_, bool>(0)? {
+            return Err(Error::WorkflowNotFound(id).into());
+        }
+        Ok(row.try_get(1)?)
+    }
+
+    /// Rings `bell` every [`UNHEARD_POLL`] while the LISTEN connection is down, until dropped.
+    async fn look_while_unheard(&self, bell: &Bell<'_>) -> Infallible {
+        loop {
+            tokio::time::sleep(UNHEARD_POLL).await;
+            if !self.inner.wakeups.listening() {
+                bell.ring();
+            }
+        }
     }
 
     async fn try_acquire(&self, id: WorkflowId, owner: &str, ttl: Duration) -> DbResult<LeaseGrant> {
@@ -858,7 +897,7 @@ impl Storage for PostgresStorage {
     async fn submit_workflow(&self, workflow: &Workflow) -> Result<()> {
         self.done(format!("cannot submit workflow {}", workflow.id()), self.try_insert(workflow, true).await)?;
         // This process's waiting workers need not wait for the notification's round trip.
-        listen::wake(&self.inner.runnable);
+        listen::wake(&self.inner.wakeups.runnable);
         Ok(())
     }
 
@@ -871,11 +910,27 @@ impl Storage for PostgresStorage {
     }
 
     async fn update_workflow(&self, workflow: &Workflow, lease: &Lease, events: &[WorkflowEvent]) -> Result<()> {
-        self.done(format!("cannot save workflow {}", workflow.id()), self.try_update(workflow, lease, events).await)
+        self.done(format!("cannot save workflow {}", workflow.id()), self.try_update(workflow, lease, events).await)?;
+        if !events.is_empty() {
+            // This process's watchers need not wait for the notification's round trip.
+            self.inner.wakeups.events.ring(workflow.id());
+        }
+        Ok(())
     }
 
     async fn events(&self, id: WorkflowId, after: u64) -> Result<Vec<StoredEvent>> {
         self.done(format!("cannot read the events of workflow {id}"), self.try_events(id, after).await)
+    }
+
+    async fn wait_for_events(&self, id: WorkflowId, after: u64, timeout: Duration) -> Result<bool> {
+        let bell = self.inner.wakeups.events.bell(id);
+        let look = || async {
+            self.done(format!("cannot read the events of workflow {id}"), self.try_has_events_after(id, after).await)
+        };
+        tokio::select! {
+            found = bell.wait(timeout, look) => found,
+            never = self.look_while_unheard(&bell) => match never {},
+        }
     }
 
     async fn acquire_lease(&self, id: WorkflowId, owner: &str, ttl: Duration) -> Result<LeaseGrant> {
@@ -890,7 +945,7 @@ impl Storage for PostgresStorage {
     async fn release_lease(&self, lease: &Lease) -> Result<()> {
         let what = format!("cannot release the lease of workflow {}", lease.workflow_id);
         self.done(what, self.try_release(lease).await)?;
-        listen::wake(&self.inner.runnable);
+        listen::wake(&self.inner.wakeups.runnable);
         Ok(())
     }
 
@@ -903,7 +958,7 @@ impl Storage for PostgresStorage {
         if let Err(e) = self.ready().await {
             tracing::debug!(error = %e, "waiting without a listener");
         }
-        let _ = tokio::time::timeout(timeout, self.inner.runnable.notified()).await;
+        let _ = tokio::time::timeout(timeout, self.inner.wakeups.runnable.notified()).await;
     }
 
     async fn request_cancel(&self, id: WorkflowId, reason: &str) -> Result<()> {

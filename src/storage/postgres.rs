@@ -18,9 +18,12 @@ pub use settings::PostgresSettings;
 use settings::{Target, URL_SETTING};
 
 use super::bells::Bell;
+use super::sql::{
+    self, REPLACE_TOOL_CALL, StoredToolCall, TOOL_CALL_COLUMNS, from_int, from_json, parse_id, to_int, to_json,
+};
 use super::{
-    Clock, Lease, LeaseGrant, LeaseState, LeaseStatus, Storage, ToolCallKey, ToolCallRecord, ToolCallStatus,
-    UsageRecord, WorkflowPage, WorkflowQuery,
+    Clock, Lease, LeaseGrant, LeaseState, LeaseStatus, Storage, ToolCallRecord, UsageRecord, WorkflowPage,
+    WorkflowQuery,
 };
 use crate::events::{StoredEvent, WorkflowEvent};
 use crate::ids::{PlanId, WorkflowId};
@@ -254,18 +257,13 @@ impl PostgresStorage {
 
     /// The caller's error for `fail`; `what` says what was being done.
     fn error(&self, what: impl fmt::Display, fail: Fail) -> Error {
-        let target = &self.inner.target.describe;
-        match fail {
-            Fail::Db(e) => pg_error(target, &self.inner.schema, &what.to_string(), e),
-            Fail::Pool(e) => match e {
-                deadpool_postgres::PoolError::Backend(e) => pg_error(target, &self.inner.schema, &what.to_string(), e),
-                other => Error::storage_source(None, format!("{what} ({target})"), other),
-            },
-            Fail::Json(message, e) => Error::storage_source(None, format!("{what}: {message}"), e),
-            Fail::Corrupt(message) => Error::storage(None, format!("{what}: {message}")),
-            Fail::TooNew { found, supported } => Error::SchemaTooNew { path: None, found, supported },
-            Fail::Protocol(e) => e,
-        }
+        let (target, schema, what) = (&self.inner.target.describe, &self.inner.schema, what.to_string());
+        fail.into_error(None, &what, |driver| match driver {
+            Driver::Db(e) | Driver::Pool(deadpool_postgres::PoolError::Backend(e)) => {
+                pg_error(target, schema, &what, e)
+            }
+            Driver::Pool(other) => Error::storage_source(None, format!("{what} ({target})"), other),
+        })
     }
 
     fn done<T>(&self, what: impl fmt::Display, result: DbResult<T>) -> Result<T> {
@@ -273,39 +271,26 @@ impl PostgresStorage {
     }
 }
 
-/// Why a database call failed, before it is described for the caller.
-enum Fail {
+/// What the driver reported: Postgres, or the pool before any connection was had.
+enum Driver {
     /// Postgres refused, or could not be reached.
     Db(tokio_postgres::Error),
     /// No connection could be had from the pool.
     Pool(deadpool_postgres::PoolError),
-    /// A stored JSON value does not parse (or a value to store does not serialize).
-    Json(String, serde_json::Error),
-    /// A stored value is not one this store writes.
-    Corrupt(String),
-    /// The schema is newer than this build knows.
-    TooNew { found: u32, supported: u32 },
-    /// A refusal of the protocol (a lost lease, a version conflict ...), passed on as is.
-    Protocol(Error),
 }
 
+type Fail = sql::Fail<Driver>;
 type DbResult<T> = std::result::Result<T, Fail>;
 
 impl From<tokio_postgres::Error> for Fail {
     fn from(e: tokio_postgres::Error) -> Self {
-        Self::Db(e)
+        Self::Db(Driver::Db(e))
     }
 }
 
 impl From<deadpool_postgres::PoolError> for Fail {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        Self::Pool(e)
-    }
-}
-
-impl From<Error> for Fail {
-    fn from(e: Error) -> Self {
-        Self::Protocol(e)
+        Self::Db(Driver::Pool(e))
     }
 }
 
@@ -352,26 +337,6 @@ fn cutoff_micros(before: DateTime<Utc>) -> DateTime<Utc> {
     if fraction { rounded.checked_add_signed(chrono::Duration::microseconds(1)).unwrap_or(rounded) } else { rounded }
 }
 
-fn to_int<T: TryInto<i64> + Copy + fmt::Display>(n: T) -> DbResult<i64> {
-    n.try_into().map_err(|_| Fail::Corrupt(format!("{n} is too large to store")))
-}
-
-fn from_int<T: TryFrom<i64>>(n: i64) -> DbResult<T> {
-    T::try_from(n).map_err(|_| Fail::Corrupt(format!("stored number {n} is out of range")))
-}
-
-fn to_json<T: serde::Serialize>(value: &T, what: &str) -> DbResult<String> {
-    serde_json::to_string(value).map_err(|e| Fail::Json(format!("cannot encode {what}"), e))
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> DbResult<T> {
-    serde_json::from_str(text).map_err(|e| Fail::Json(format!("{what} is stored but cannot be read"), e))
-}
-
-fn parse_id(id: &str) -> DbResult<WorkflowId> {
-    id.parse().map_err(|e| Fail::Corrupt(format!("workflow id {id:?}: {e}")))
-}
-
 /// A workflow's lease columns, cancellation request and version.
 struct LeaseRow {
     lease: LeaseState,
@@ -395,8 +360,6 @@ const NEXT_RUNNABLE: &str = "SELECT id FROM {S}.workflows WHERE queued IS NOT NU
                              AND (lease_owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= $1) \
                              ORDER BY queued LIMIT 1 FOR UPDATE SKIP LOCKED";
 const NOTIFY: &str = "SELECT pg_notify($1, $2)";
-const TOOL_CALL_COLUMNS: &str =
-    "workflow_id, step, attempt, seq, tool_id, end_user_id, input, status, output, started_at, latency_seconds";
 
 impl PostgresStorage {
     async fn query(&self, tx: &Transaction<'_>, sql: &str, args: &[&(dyn ToSql + Sync)]) -> DbResult<Vec<Row>> {
@@ -766,10 +729,7 @@ impl PostgresStorage {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         self.fence(&tx, lease, record.key.workflow_id).await?;
-        let replace = "DO UPDATE SET tool_id = excluded.tool_id, end_user_id = excluded.end_user_id, \
-                       input = excluded.input, status = excluded.status, output = excluded.output, \
-                       started_at = excluded.started_at, latency_seconds = excluded.latency_seconds";
-        self.put_tool_call(&tx, record, replace).await?;
+        self.put_tool_call(&tx, record, REPLACE_TOOL_CALL).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -845,30 +805,20 @@ impl PostgresStorage {
 }
 
 fn read_tool_call(row: &Row) -> DbResult<ToolCallRecord> {
-    let workflow_id: String = row.try_get(0)?;
-    let workflow_id =
-        workflow_id.parse().map_err(|e| Fail::Corrupt(format!("a tool call names workflow {workflow_id:?}: {e}")))?;
-    let key = ToolCallKey {
-        workflow_id,
-        step: from_int(row.try_get(1)?)?,
-        attempt: from_int(row.try_get(2)?)?,
-        seq: from_int(row.try_get(3)?)?,
-    };
-    let status: String = row.try_get(7)?;
-    let started_at: String = row.try_get(9)?;
-    Ok(ToolCallRecord {
-        key,
+    StoredToolCall {
+        workflow_id: row.try_get(0)?,
+        step: row.try_get(1)?,
+        attempt: row.try_get(2)?,
+        seq: row.try_get(3)?,
         tool_id: row.try_get(4)?,
         end_user_id: row.try_get(5)?,
-        input: from_json(row.try_get(6)?, &format!("the input of tool call {key}"))?,
-        status: ToolCallStatus::parse(&status)
-            .ok_or_else(|| Fail::Corrupt(format!("tool call {key} has the unknown status {status:?}")))?,
-        output: from_json(row.try_get(8)?, &format!("the output of tool call {key}"))?,
-        started_at: DateTime::parse_from_rfc3339(&started_at)
-            .map_err(|e| Fail::Corrupt(format!("tool call {key} has the start time {started_at:?}: {e}")))?
-            .with_timezone(&Utc),
+        input: row.try_get(6)?,
+        status: row.try_get(7)?,
+        output: row.try_get(8)?,
+        started_at: row.try_get(9)?,
         latency_seconds: row.try_get(10)?,
-    })
+    }
+    .decode()
 }
 
 fn read_usage(row: &Row, workflow_id: WorkflowId) -> DbResult<UsageRecord> {

@@ -1,6 +1,7 @@
 //! One conformance suite for every store: each case runs against `InMemoryStorage`,
-//! `SqliteStorage` and (with the `postgres` feature) `PostgresStorage`, all on a
-//! `ManualClock`, so lease expiry needs no waiting. A store of your own should pass it too.
+//! a store of one's own that keeps the trait's defaults, `SqliteStorage` and (with the
+//! `postgres` feature) `PostgresStorage`, all on a `ManualClock`, so lease expiry needs
+//! no waiting. A store of your own should pass it too.
 //!
 //! The Postgres cases need `PORTIA_TEST_PG_URL` (see `tests/pg/mod.rs`); each runs in
 //! a fresh schema, so they run in parallel.
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use portia::events::{EventKind, WorkflowEvent};
 use portia::llm::Usage;
 use portia::storage::{
     Clock, InMemoryStorage, Lease, ManualClock, SqliteStorage, Storage, ToolCallKey, ToolCallRecord, ToolCallStatus,
@@ -60,6 +62,61 @@ fn memory() -> Fixture {
         #[cfg(feature = "postgres")]
         _schema: None,
     }
+}
+
+/// Memory behind a store of one's own that keeps every default of [`Storage`]: the
+/// default [`Storage::wait_for_events`] polls.
+fn own_store() -> Fixture {
+    let clock = ManualClock::default();
+    let store: Arc<dyn Storage> = Arc::new(OwnStore(InMemoryStorage::with_clock(Arc::new(clock.clone()))));
+    let same = Arc::clone(&store);
+    let other = Box::new(move || Arc::clone(&same));
+    Fixture {
+        store,
+        clock,
+        other,
+        _dir: None,
+        #[cfg(feature = "postgres")]
+        _schema: None,
+    }
+}
+
+#[derive(Debug)]
+struct OwnStore(InMemoryStorage);
+
+/// Implements [`Storage`] for [`OwnStore`] by passing each required method on.
+macro_rules! pass_on {
+    ($($method:ident($($arg:ident: $type:ty),*) -> $output:ty;)*) => {
+        #[async_trait::async_trait]
+        impl Storage for OwnStore {
+            $(async fn $method(&self, $($arg: $type),*) -> $output { self.0.$method($($arg),*).await })*
+        }
+    };
+}
+
+pass_on! {
+    save_plan(plan: &Plan) -> portia::Result<()>;
+    get_plan(id: portia::PlanId) -> portia::Result<Plan>;
+    create_workflow(workflow: &Workflow) -> portia::Result<()>;
+    submit_workflow(workflow: &Workflow) -> portia::Result<()>;
+    get_workflow(id: WorkflowId) -> portia::Result<Workflow>;
+    list_workflows(query: &WorkflowQuery) -> portia::Result<portia::storage::WorkflowPage>;
+    update_workflow(workflow: &Workflow, lease: &Lease, events: &[WorkflowEvent]) -> portia::Result<()>;
+    events(id: WorkflowId, after: u64) -> portia::Result<Vec<portia::events::StoredEvent>>;
+    acquire_lease(id: WorkflowId, owner: &str, ttl: Duration) -> portia::Result<portia::storage::LeaseGrant>;
+    renew_lease(lease: &Lease, ttl: Duration) -> portia::Result<portia::storage::LeaseStatus>;
+    release_lease(lease: &Lease) -> portia::Result<()>;
+    claim_runnable(owner: &str, ttl: Duration) -> portia::Result<Option<portia::storage::LeaseGrant>>;
+    wait_for_runnable(timeout: Duration) -> ();
+    request_cancel(id: WorkflowId, reason: &str) -> portia::Result<()>;
+    begin_tool_call(lease: &Lease, intent: &ToolCallRecord) -> portia::Result<Option<ToolCallRecord>>;
+    finish_tool_call(lease: &Lease, record: &ToolCallRecord) -> portia::Result<()>;
+    tool_calls(id: WorkflowId) -> portia::Result<Vec<ToolCallRecord>>;
+    record_usage(lease: &Lease, record: &UsageRecord) -> portia::Result<()>;
+    usage_records(id: WorkflowId) -> portia::Result<Vec<UsageRecord>>;
+    delete_workflow(id: WorkflowId) -> portia::Result<()>;
+    delete_end_user(end_user_id: &str) -> portia::Result<usize>;
+    prune_finished(before: DateTime<Utc>) -> portia::Result<usize>;
 }
 
 fn sqlite() -> Fixture {
@@ -486,11 +543,7 @@ async fn events_are_stored_with_the_save_in_order(f: Fixture) {
     let store = f.store();
     let workflow = stored(store).await;
     let lease = acquire(store, &workflow, "w1").await;
-    let event = |to: WorkflowState| portia::events::WorkflowEvent {
-        workflow_id: workflow.id(),
-        at: chrono::Utc::now(),
-        kind: portia::events::EventKind::StateChanged { from: WorkflowState::NotStarted, to },
-    };
+    let event = |to: WorkflowState| changed_to(&workflow, to);
     let first = next_version(&workflow);
     store.update_workflow(&first, &lease, &[event(WorkflowState::InProgress)]).await.unwrap();
     let second = next_version(&first);
@@ -509,6 +562,49 @@ async fn events_are_stored_with_the_save_in_order(f: Fixture) {
     assert_eq!(store.events(workflow.id(), 0).await.unwrap().len(), 3);
     store.delete_workflow(workflow.id()).await.unwrap();
     assert!(store.events(workflow.id(), 0).await.is_err(), "the events went with the workflow");
+}
+
+/// An event of `workflow` saying it went to `to`.
+fn changed_to(workflow: &Workflow, to: WorkflowState) -> WorkflowEvent {
+    WorkflowEvent {
+        workflow_id: workflow.id(),
+        at: Utc::now(),
+        kind: EventKind::StateChanged { from: WorkflowState::NotStarted, to },
+    }
+}
+
+async fn an_event_wait_finds_stored_events_and_otherwise_times_out(f: Fixture) {
+    let store = f.store();
+    let workflow = stored(store).await;
+    let lease = acquire(store, &workflow, "w1").await;
+    let hour = Duration::from_secs(3600);
+    assert!(!store.wait_for_events(workflow.id(), 0, Duration::from_millis(10)).await.unwrap(), "none yet");
+    let moved = next_version(&workflow);
+    store.update_workflow(&moved, &lease, &[changed_to(&workflow, WorkflowState::InProgress)]).await.unwrap();
+    assert!(store.wait_for_events(workflow.id(), 0, hour).await.unwrap(), "an event stored before the wait is found");
+    // A save without events is not news: the wait still times out.
+    store.update_workflow(&next_version(&moved), &lease, &[]).await.unwrap();
+    let quiet = store.wait_for_events(workflow.id(), 1, Duration::from_millis(10)).await.unwrap();
+    assert!(!quiet, "with nothing after event 1, the wait returns once its timeout passed, saying so");
+    let err = store.wait_for_events(WorkflowId::new(), 0, hour).await.unwrap_err();
+    assert!(matches!(err, Error::WorkflowNotFound(_)), "{err}");
+}
+
+/// The waiter's handle hears of the save only from the store (Postgres: by NOTIFY on
+/// the LISTEN connection of a store with a pool of its own; SQLite: from the file's
+/// data version), and it waits an hour: the case ends only if it is woken.
+async fn a_save_through_another_handle_wakes_an_event_waiter(f: Fixture) {
+    let waiting = Arc::clone(&f.store);
+    let saving = (f.other)();
+    let workflow = stored(waiting.as_ref()).await;
+    let id = workflow.id();
+    let waiter = tokio::spawn(async move { waiting.wait_for_events(id, 0, Duration::from_secs(3600)).await });
+    // The lease is a round trip or two, which lets the waiter look (and find nothing) first.
+    let lease = acquire(saving.as_ref(), &workflow, "w1").await;
+    tokio::task::yield_now().await;
+    let event = changed_to(&workflow, WorkflowState::InProgress);
+    saving.update_workflow(&next_version(&workflow), &lease, &[event]).await.unwrap();
+    assert!(waiter.await.unwrap().unwrap(), "the waiter reports the event the other handle stored");
 }
 
 async fn racing_handles_for_one_lease_let_one_win(f: Fixture) {
@@ -531,11 +627,68 @@ async fn racing_handles_for_one_lease_let_one_win(f: Fixture) {
     assert_eq!(winners, 1);
 }
 
+/// A runner on `store` with the gate tool, which needs no model.
+fn runner_on(store: Arc<dyn Storage>, gate: Arc<tokio::sync::Notify>) -> portia::Runner {
+    let config = portia::Config::builder()
+        .execution(portia::config::ExecutionMode::Sequential)
+        .summarize_final_output(false)
+        .build()
+        .expect("a valid config");
+    let tools = portia::InMemoryToolRegistry::from_tools([Arc::new(GateTool(gate)) as Arc<dyn portia::Tool>])
+        .expect("one tool");
+    let llm = Arc::new(portia::testing::ScriptedLlm::new());
+    portia::Runner::builder(config).tools(tools).llm(llm).storage(store).build().expect("a runner")
+}
+
+/// Waits at a gate, called with its step's task.
+#[derive(Debug)]
+struct GateTool(Arc<tokio::sync::Notify>);
+
+#[async_trait::async_trait]
+impl portia::Tool for GateTool {
+    fn spec(&self) -> portia::tool::ToolSpec {
+        portia::tool::ToolSpec::new("gate_tool", "Gate", "Waits.").task_argument("task").read_only()
+    }
+
+    async fn run(&self, _ctx: &portia::ToolRunContext, _args: Value) -> Result<ToolOutput, portia::ToolError> {
+        self.0.notified().await;
+        Ok(ToolOutput::value("opened"))
+    }
+}
+
+/// The watching runner shares no events with the running one, only the store (through
+/// a handle of its own where the store has them), so each event reaches it from the store.
+async fn a_runner_watches_a_workflow_another_runner_runs(f: Fixture) {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let running = runner_on(Arc::clone(&f.store), Arc::clone(&gate));
+    let watching = runner_on((f.other)(), Arc::new(tokio::sync::Notify::new()));
+    let plan = PlanBuilder::new("wait").step("wait", Some("gate_tool"), "$waited").build();
+    let workflow = running.create_workflow(&plan).await.unwrap();
+    let mut watch = watching.watch(workflow.id());
+    let run = tokio::spawn(async move { running.execute_workflow(workflow).await });
+    let first = watch.next().await.expect("an event").unwrap();
+    assert!(matches!(first.event.kind, EventKind::StateChanged { to: WorkflowState::InProgress, .. }), "{first:?}");
+    // The run waits at the gate until the watcher has followed it this far.
+    gate.notify_one();
+    let mut rest = Vec::new();
+    while let Some(event) = watch.next().await {
+        rest.push(event.unwrap());
+    }
+    let seqs: Vec<u64> = rest.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (2..=rest.len() as u64 + 1).collect::<Vec<_>>(), "every event once, in order");
+    let last = &rest.last().expect("events after the gate").event.kind;
+    assert!(matches!(last, EventKind::StateChanged { to: WorkflowState::Complete, .. }), "{last:?}");
+    assert_eq!(run.await.unwrap().unwrap().state(), WorkflowState::Complete);
+}
+
 /// One `#[tokio::test]` per case and store.
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory {
             $(#[tokio::test] async fn $case() { super::$case(super::memory()).await })*
+        }
+        mod own_store {
+            $(#[tokio::test] async fn $case() { super::$case(super::own_store()).await })*
         }
         mod sqlite {
             $(#[tokio::test] async fn $case() { super::$case(super::sqlite()).await })*
@@ -571,6 +724,9 @@ conformance!(
     claims_skip_workflows_waiting_for_a_human_or_finished,
     events_are_stored_with_the_save_in_order,
     racing_handles_for_one_lease_let_one_win,
+    an_event_wait_finds_stored_events_and_otherwise_times_out,
+    a_save_through_another_handle_wakes_an_event_waiter,
+    a_runner_watches_a_workflow_another_runner_runs,
 );
 
 /// The wake-up case runs on tokio's paused clock.

@@ -241,6 +241,82 @@ async fn a_submission_from_another_process_wakes_a_waiting_worker() {
     elsewhere.remove().await;
 }
 
+/// Processes of different builds must agree on it: the channel `portia_events`, the
+/// payload the schema and the workflow id.
+#[tokio::test]
+async fn a_save_with_events_notifies_every_process_naming_the_schema_and_workflow() {
+    use tokio_postgres::AsyncMessage;
+
+    let Some(url) = pg::test_url() else { return };
+    let schema = pg::Schema::fresh(&url);
+    let store = PostgresStorage::connect(&settings(&schema)).await.unwrap();
+    let (client, mut connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    let (heard, mut notes) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if let AsyncMessage::Notification(note) = message {
+                let _ = heard.send((note.channel().to_owned(), note.payload().to_owned()));
+            }
+        }
+    });
+    client.batch_execute("LISTEN portia_events").await.unwrap();
+
+    let plan = plan();
+    store.save_plan(&plan).await.unwrap();
+    let workflow = workflow_of(&plan);
+    store.create_workflow(&workflow).await.unwrap();
+    let lease = store.acquire_lease(workflow.id(), "w1", TTL).await.unwrap().lease;
+    let (next, event) = next_with_an_event(&workflow);
+    store.update_workflow(&next, &lease, &[event]).await.unwrap();
+    let (channel, payload) = notes.recv().await.expect("a notification");
+    assert_eq!((channel.as_str(), payload), ("portia_events", format!("{} {}", schema.name, workflow.id())));
+    schema.remove().await;
+}
+
+/// The waiter's LISTEN connection is killed before the save, so the notification is
+/// sent while it reconnects (or to a dying connection); the waiter waits an hour, so
+/// the test ends only if the reconnection makes it look again.
+#[tokio::test]
+async fn an_event_waiter_hears_a_save_made_while_its_listener_reconnects() {
+    let Some(url) = pg::test_url() else { return };
+    let schema = pg::Schema::fresh(&url);
+    let app = format!("portia_{}", uuid::Uuid::new_v4().simple());
+    let waiting_settings =
+        PostgresSettings::new(format!("{url}&application_name={app}")).schema(schema.name.clone()).pool_size(2);
+    let waiting = Arc::new(PostgresStorage::connect(&waiting_settings).await.unwrap());
+    let saving = PostgresStorage::connect(&settings(&schema)).await.unwrap();
+    let plan = plan();
+    saving.save_plan(&plan).await.unwrap();
+    let workflow = workflow_of(&plan);
+    saving.create_workflow(&workflow).await.unwrap();
+    let id = workflow.id();
+    let waiter = tokio::spawn({
+        let waiting = Arc::clone(&waiting);
+        async move { waiting.wait_for_events(id, 0, Duration::from_secs(3600)).await }
+    });
+
+    let admin = pg::connect(&url).await;
+    let kill = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                WHERE application_name = $1 AND query LIKE 'LISTEN %'";
+    assert_eq!(admin.query(kill, &[&app]).await.unwrap().len(), 1, "the waiting store's listener was killed");
+    let lease = saving.acquire_lease(id, "w1", TTL).await.unwrap().lease;
+    let (next, event) = next_with_an_event(&workflow);
+    saving.update_workflow(&next, &lease, &[event]).await.unwrap();
+    assert!(waiter.await.unwrap().unwrap(), "the waiter reports the event");
+    schema.remove().await;
+}
+
+/// `workflow`'s next version, and the event of its change to IN_PROGRESS.
+fn next_with_an_event(workflow: &Workflow) -> (Workflow, portia::events::WorkflowEvent) {
+    use portia::events::{EventKind, WorkflowEvent};
+    let mut next = serde_json::to_value(workflow).unwrap();
+    next["version"] = (workflow.version() + 1).into();
+    next["state"] = json!(WorkflowState::InProgress);
+    let kind = EventKind::StateChanged { from: workflow.state(), to: WorkflowState::InProgress };
+    let event = WorkflowEvent { workflow_id: workflow.id(), at: chrono::Utc::now(), kind };
+    (serde_json::from_value(next).unwrap(), event)
+}
+
 #[tokio::test]
 async fn leases_run_on_the_database_clock() {
     let Some(url) = pg::test_url() else { return };

@@ -10,8 +10,9 @@ use crate::events::{EventStream, StoredEvent};
 use crate::ids::WorkflowId;
 use crate::workflow::WorkflowState;
 
-/// How often a watch looks for events stored by other processes.
-const POLL: Duration = Duration::from_millis(200);
+/// The longest a watch waits before reading the store again though nothing woke it:
+/// a bound for a store that misses a wake-up, or a change stored without an event.
+const RECHECK: Duration = Duration::from_secs(5);
 
 /// A workflow's events from its first, as stored by whichever process ran it. Made by
 /// [`Runner::watch`].
@@ -21,18 +22,21 @@ pub struct Watch {
     id: WorkflowId,
     seen: u64,
     ready: VecDeque<StoredEvent>,
-    /// Events of runs in this process, heard at once; others are polled for.
-    local: EventStream,
+    /// Events of runs in this process, heard at once; `None` once that stream ended.
+    local: Option<EventStream>,
     done: bool,
 }
 
 impl Runner {
     /// Watches workflow `id`: every event stored so far, then each new one as it is
-    /// stored (heard at once from runs in this process, within a fifth of a second
-    /// from runs elsewhere). The watch ends once the workflow is at rest (finished,
-    /// or waiting for a human) and every event up to then has been given.
+    /// stored. Runs in this process are heard at once; runs elsewhere as soon as the
+    /// store hears of their saves (see [`Storage::wait_for_events`](crate::storage::Storage::wait_for_events)):
+    /// by `NOTIFY` on Postgres, within a tenth of a second on SQLite, within a fifth
+    /// for a store that keeps the default. The store is read again at least every
+    /// five seconds whatever happens. The watch ends once the workflow is at rest
+    /// (finished, or waiting for a human) and every event up to then has been given.
     pub fn watch(&self, id: WorkflowId) -> Watch {
-        let local = self.inner.events.subscribe(Some(id));
+        let local = Some(self.inner.events.subscribe(Some(id)));
         Watch { runner: self.clone(), id, seen: 0, ready: VecDeque::new(), local, done: false }
     }
 }
@@ -62,12 +66,28 @@ impl Watch {
                 Err(e) => return Some(Err(e)),
             }
             self.done = state.is_terminal() || state == WorkflowState::NeedClarification;
-            if self.ready.is_empty() && !self.done {
-                tokio::select! {
-                    _ = self.local.next() => {}
-                    () = tokio::time::sleep(POLL) => {}
-                }
+            if self.ready.is_empty()
+                && !self.done
+                && let Err(e) = self.wait().await
+            {
+                return Some(Err(e));
             }
         }
+    }
+
+    /// Waits until events after the last one read may be stored: announced by a run
+    /// in this process, heard of by the store, or [`RECHECK`] passed.
+    async fn wait(&mut self) -> Result<()> {
+        let stored = self.runner.storage().wait_for_events(self.id, self.seen, RECHECK);
+        let Some(local) = &mut self.local else { return stored.await.map(drop) };
+        let ended = tokio::select! {
+            announced = local.next() => announced.is_none(),
+            found = stored => found.map(|_| false)?,
+        };
+        // The stream ends once the workflow rested in this process: from then on, the store alone tells.
+        if ended {
+            self.local = None;
+        }
+        Ok(())
     }
 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::bells::Bells;
 use super::{
     Clock, Lease, LeaseGrant, LeaseState, LeaseStatus, Storage, SystemClock, ToolCallKey, ToolCallRecord, UsageRecord,
     WorkflowPage, WorkflowQuery,
@@ -25,6 +26,8 @@ pub struct InMemoryStorage {
     clock: Arc<dyn Clock>,
     state: Mutex<State>,
     runnable: tokio::sync::Notify,
+    /// Rung by every save that stores events, for those waiting for them.
+    bells: Bells,
     /// How many finished workflows to keep, if not all.
     keep_finished: Option<usize>,
 }
@@ -64,7 +67,13 @@ impl InMemoryStorage {
 
     /// Empty storage whose leases run on `clock` (a [`ManualClock`](super::ManualClock) in tests).
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
-        Self { clock, state: Mutex::new(State::default()), runnable: tokio::sync::Notify::new(), keep_finished: None }
+        Self {
+            clock,
+            state: Mutex::new(State::default()),
+            runnable: tokio::sync::Notify::new(),
+            bells: Bells::default(),
+            keep_finished: None,
+        }
     }
 
     /// Keeps only the `newest` finished (COMPLETE or FAILED) workflows, deleting the
@@ -225,6 +234,10 @@ impl Storage for InMemoryStorage {
         if let Some(newest) = self.keep_finished.filter(|_| workflow.state().is_terminal()) {
             state.keep_newest_finished(newest);
         }
+        drop(state);
+        if !events.is_empty() {
+            self.bells.ring(workflow.id());
+        }
         Ok(())
     }
 
@@ -232,6 +245,11 @@ impl Storage for InMemoryStorage {
         let mut state = self.state();
         let row = state.row(id)?;
         Ok(row.events.iter().filter(|e| e.seq > after).cloned().collect())
+    }
+
+    async fn wait_for_events(&self, id: WorkflowId, after: u64, timeout: Duration) -> Result<bool> {
+        let look = || std::future::ready(self.state().row(id).map(|row| row.events.len() as u64 > after));
+        self.bells.bell(id).wait(timeout, look).await
     }
 
     async fn acquire_lease(&self, id: WorkflowId, owner: &str, ttl: Duration) -> Result<LeaseGrant> {

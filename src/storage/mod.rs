@@ -2,6 +2,7 @@
 //!
 #![doc = include_str!("../docs/durability.md")]
 
+mod bells;
 mod clock;
 mod import;
 mod journal;
@@ -9,10 +10,13 @@ mod lease;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
 use std::fmt;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -33,6 +37,9 @@ use crate::events::{StoredEvent, WorkflowEvent};
 use crate::ids::{PlanId, WorkflowId};
 use crate::plan::Plan;
 use crate::workflow::{Workflow, WorkflowState};
+
+/// How often [`Storage::wait_for_events`] looks, in a store that cannot hear of saves.
+const DEFAULT_EVENT_POLL: Duration = Duration::from_millis(200);
 
 /// Which workflows to list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +126,31 @@ pub trait Storage: Send + Sync + fmt::Debug {
     async fn update_workflow(&self, workflow: &Workflow, lease: &Lease, events: &[WorkflowEvent]) -> Result<()>;
     /// A workflow's stored events numbered after `after` (0 for all), in order.
     async fn events(&self, id: WorkflowId, after: u64) -> Result<Vec<StoredEvent>>;
+    /// Returns `true` as soon as workflow `id` has events numbered after `after`
+    /// stored, by any process, and `false` once `timeout` has passed without. The
+    /// runner stores every change of a workflow's state with an event, so a waiter
+    /// hears of those too.
+    ///
+    /// This default asks [`Storage::events`] every fifth of a second; a store that can
+    /// hear of saves (a bell in memory, `NOTIFY` in Postgres) overrides it to be woken
+    /// instead.
+    ///
+    /// # Errors
+    /// A storage error, or [`Error::WorkflowNotFound`](crate::Error::WorkflowNotFound).
+    async fn wait_for_events(&self, id: WorkflowId, after: u64, timeout: Duration) -> Result<bool> {
+        let deadline = tokio::time::Instant::now().checked_add(timeout);
+        loop {
+            if !self.events(id, after).await?.is_empty() {
+                return Ok(true);
+            }
+            let left =
+                deadline.map_or(timeout, |deadline| deadline.saturating_duration_since(tokio::time::Instant::now()));
+            if left.is_zero() {
+                return Ok(false);
+            }
+            tokio::time::sleep(left.min(DEFAULT_EVENT_POLL)).await;
+        }
+    }
 
     /// Takes the lease on a workflow for `owner`, for `ttl` on the store's clock.
     /// [`Error::AlreadyRunning`](crate::Error::AlreadyRunning) while another live

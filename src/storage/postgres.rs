@@ -1,23 +1,29 @@
 mod listen;
 mod settings;
 
+use std::convert::Infallible;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Transaction};
-use tokio::sync::{Notify, OnceCell};
+use tokio::sync::OnceCell;
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
+use listen::Wakeups;
 pub use settings::PostgresSettings;
 use settings::{Target, URL_SETTING};
 
+use super::bells::Bell;
+use super::sql::{
+    self, REPLACE_TOOL_CALL, StoredToolCall, TOOL_CALL_COLUMNS, from_int, from_json, parse_id, to_int, to_json,
+};
 use super::{
-    Clock, Lease, LeaseGrant, LeaseState, LeaseStatus, Storage, ToolCallKey, ToolCallRecord, ToolCallStatus,
-    UsageRecord, WorkflowPage, WorkflowQuery,
+    Clock, Lease, LeaseGrant, LeaseState, LeaseStatus, Storage, ToolCallRecord, UsageRecord, WorkflowPage,
+    WorkflowQuery,
 };
 use crate::events::{StoredEvent, WorkflowEvent};
 use crate::ids::{PlanId, WorkflowId};
@@ -25,6 +31,10 @@ use crate::llm::Usage;
 use crate::plan::Plan;
 use crate::workflow::{Workflow, WorkflowState};
 use crate::{Error, Result};
+
+/// How often a wait for events looks while the LISTEN connection is down, so that it
+/// cannot miss a notification lost meanwhile.
+const UNHEARD_POLL: Duration = Duration::from_secs(1);
 
 /// The schema, one script per version; `{S}` stands for the quoted schema name.
 const MIGRATIONS: &[&str] =
@@ -39,7 +49,8 @@ const MIGRATIONS: &[&str] =
 /// a worker's, unless a [`Clock`] is given for tests. [`Storage::claim_runnable`]
 /// takes the oldest queued runnable row with `FOR UPDATE SKIP LOCKED`, so claimers
 /// never wait for one another; submissions and releases `NOTIFY portia_runnable`,
-/// and one LISTEN connection per store wakes [`Storage::wait_for_runnable`].
+/// saves that store events `NOTIFY portia_events`, and one LISTEN connection per
+/// store wakes [`Storage::wait_for_runnable`] and [`Storage::wait_for_events`].
 ///
 /// The tables live in their own schema (default `portia`), created or upgraded on
 /// first use in one transaction under an advisory lock, so processes starting at
@@ -62,7 +73,7 @@ struct Inner {
     clock: Option<Arc<dyn Clock>>,
     /// Set once the schema is up to date and the listener has started.
     ready: OnceCell<()>,
-    runnable: Arc<Notify>,
+    wakeups: Arc<Wakeups>,
     listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -152,7 +163,7 @@ impl PostgresStorage {
             pool_size: settings.pool_size,
             clock,
             ready: OnceCell::new(),
-            runnable: Arc::new(Notify::new()),
+            wakeups: Arc::default(),
             listener: Mutex::new(None),
         };
         Ok(Self { inner: Arc::new(inner) })
@@ -214,7 +225,7 @@ impl PostgresStorage {
         let task = listen::listen(
             self.inner.target.clone(),
             self.inner.schema.clone(),
-            Arc::clone(&self.inner.runnable),
+            Arc::clone(&self.inner.wakeups),
             started,
         );
         let handle = tokio::spawn(task);
@@ -246,18 +257,13 @@ impl PostgresStorage {
 
     /// The caller's error for `fail`; `what` says what was being done.
     fn error(&self, what: impl fmt::Display, fail: Fail) -> Error {
-        let target = &self.inner.target.describe;
-        match fail {
-            Fail::Db(e) => pg_error(target, &self.inner.schema, &what.to_string(), e),
-            Fail::Pool(e) => match e {
-                deadpool_postgres::PoolError::Backend(e) => pg_error(target, &self.inner.schema, &what.to_string(), e),
-                other => Error::storage_source(None, format!("{what} ({target})"), other),
-            },
-            Fail::Json(message, e) => Error::storage_source(None, format!("{what}: {message}"), e),
-            Fail::Corrupt(message) => Error::storage(None, format!("{what}: {message}")),
-            Fail::TooNew { found, supported } => Error::SchemaTooNew { path: None, found, supported },
-            Fail::Protocol(e) => e,
-        }
+        let (target, schema, what) = (&self.inner.target.describe, &self.inner.schema, what.to_string());
+        fail.into_error(None, &what, |driver| match driver {
+            Driver::Db(e) | Driver::Pool(deadpool_postgres::PoolError::Backend(e)) => {
+                pg_error(target, schema, &what, e)
+            }
+            Driver::Pool(other) => Error::storage_source(None, format!("{what} ({target})"), other),
+        })
     }
 
     fn done<T>(&self, what: impl fmt::Display, result: DbResult<T>) -> Result<T> {
@@ -265,39 +271,26 @@ impl PostgresStorage {
     }
 }
 
-/// Why a database call failed, before it is described for the caller.
-enum Fail {
+/// What the driver reported: Postgres, or the pool before any connection was had.
+enum Driver {
     /// Postgres refused, or could not be reached.
     Db(tokio_postgres::Error),
     /// No connection could be had from the pool.
     Pool(deadpool_postgres::PoolError),
-    /// A stored JSON value does not parse (or a value to store does not serialize).
-    Json(String, serde_json::Error),
-    /// A stored value is not one this store writes.
-    Corrupt(String),
-    /// The schema is newer than this build knows.
-    TooNew { found: u32, supported: u32 },
-    /// A refusal of the protocol (a lost lease, a version conflict ...), passed on as is.
-    Protocol(Error),
 }
 
+type Fail = sql::Fail<Driver>;
 type DbResult<T> = std::result::Result<T, Fail>;
 
 impl From<tokio_postgres::Error> for Fail {
     fn from(e: tokio_postgres::Error) -> Self {
-        Self::Db(e)
+        Self::Db(Driver::Db(e))
     }
 }
 
 impl From<deadpool_postgres::PoolError> for Fail {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        Self::Pool(e)
-    }
-}
-
-impl From<Error> for Fail {
-    fn from(e: Error) -> Self {
-        Self::Protocol(e)
+        Self::Db(Driver::Pool(e))
     }
 }
 
@@ -344,26 +337,6 @@ fn cutoff_micros(before: DateTime<Utc>) -> DateTime<Utc> {
     if fraction { rounded.checked_add_signed(chrono::Duration::microseconds(1)).unwrap_or(rounded) } else { rounded }
 }
 
-fn to_int<T: TryInto<i64> + Copy + fmt::Display>(n: T) -> DbResult<i64> {
-    n.try_into().map_err(|_| Fail::Corrupt(format!("{n} is too large to store")))
-}
-
-fn from_int<T: TryFrom<i64>>(n: i64) -> DbResult<T> {
-    T::try_from(n).map_err(|_| Fail::Corrupt(format!("stored number {n} is out of range")))
-}
-
-fn to_json<T: serde::Serialize>(value: &T, what: &str) -> DbResult<String> {
-    serde_json::to_string(value).map_err(|e| Fail::Json(format!("cannot encode {what}"), e))
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> DbResult<T> {
-    serde_json::from_str(text).map_err(|e| Fail::Json(format!("{what} is stored but cannot be read"), e))
-}
-
-fn parse_id(id: &str) -> DbResult<WorkflowId> {
-    id.parse().map_err(|e| Fail::Corrupt(format!("workflow id {id:?}: {e}")))
-}
-
 /// A workflow's lease columns, cancellation request and version.
 struct LeaseRow {
     lease: LeaseState,
@@ -387,8 +360,6 @@ const NEXT_RUNNABLE: &str = "SELECT id FROM {S}.workflows WHERE queued IS NOT NU
                              AND (lease_owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= $1) \
                              ORDER BY queued LIMIT 1 FOR UPDATE SKIP LOCKED";
 const NOTIFY: &str = "SELECT pg_notify($1, $2)";
-const TOOL_CALL_COLUMNS: &str =
-    "workflow_id, step, attempt, seq, tool_id, end_user_id, input, status, output, started_at, latency_seconds";
 
 impl PostgresStorage {
     async fn query(&self, tx: &Transaction<'_>, sql: &str, args: &[&(dyn ToSql + Sync)]) -> DbResult<Vec<Row>> {
@@ -469,6 +440,12 @@ impl PostgresStorage {
 
     async fn notify(&self, tx: &Transaction<'_>) -> DbResult<()> {
         self.query(tx, NOTIFY, &[&listen::CHANNEL, &self.inner.schema]).await.map(drop)
+    }
+
+    /// Tells every store listening, once `tx` commits, that workflow `id` has new events.
+    async fn notify_events(&self, tx: &Transaction<'_>, id: WorkflowId) -> DbResult<()> {
+        let payload = listen::events_payload(&self.inner.schema, id);
+        self.query(tx, NOTIFY, &[&listen::EVENTS_CHANNEL, &payload]).await.map(drop)
     }
 
     async fn try_insert(&self, workflow: &Workflow, queued: bool) -> DbResult<()> {
@@ -581,16 +558,16 @@ impl PostgresStorage {
             &now,
         ];
         self.execute(&tx, UPDATE_WORKFLOW, &args).await?;
-        self.append_events(&tx, &id, events).await?;
+        if !events.is_empty() {
+            self.append_events(&tx, &id, events).await?;
+            self.notify_events(&tx, workflow.id()).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
 
     /// Stores `events` after the workflow's earlier ones (its row is locked by the fence).
     async fn append_events(&self, tx: &Transaction<'_>, id: &str, events: &[WorkflowEvent]) -> DbResult<()> {
-        if events.is_empty() {
-            return Ok(());
-        }
         let last =
             self.query(tx, "SELECT COALESCE(MAX(seq), 0) FROM {S}.events WHERE workflow_id = $1", &[&id]).await?;
         let last: i64 = last.first().map(|row| row.try_get(0)).transpose()?.unwrap_or(0);
@@ -620,6 +597,31 @@ impl PostgresStorage {
                 Ok(StoredEvent { seq: from_int(seq)?, event })
             })
             .collect()
+    }
+
+    /// Whether workflow `id` has events numbered after `after`, in one statement.
+    async fn try_has_events_after(&self, id: WorkflowId, after: u64) -> DbResult<bool> {
+        let client = self.client().await?;
+        let sql = self.sql(
+            "SELECT EXISTS (SELECT 1 FROM {S}.workflows WHERE id = $1), \
+             EXISTS (SELECT 1 FROM {S}.events WHERE workflow_id = $1 AND seq > $2)",
+        );
+        let statement = client.prepare_cached(&sql).await?;
+        let row = client.query_one(&statement, &[&id.to_string(), &to_int(after)?]).await?;
+        if !row.try_get::<_, bool>(0)? {
+            return Err(Error::WorkflowNotFound(id).into());
+        }
+        Ok(row.try_get(1)?)
+    }
+
+    /// Rings `bell` every [`UNHEARD_POLL`] while the LISTEN connection is down, until dropped.
+    async fn look_while_unheard(&self, bell: &Bell<'_>) -> Infallible {
+        loop {
+            tokio::time::sleep(UNHEARD_POLL).await;
+            if !self.inner.wakeups.listening() {
+                bell.ring();
+            }
+        }
     }
 
     async fn try_acquire(&self, id: WorkflowId, owner: &str, ttl: Duration) -> DbResult<LeaseGrant> {
@@ -727,10 +729,7 @@ impl PostgresStorage {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         self.fence(&tx, lease, record.key.workflow_id).await?;
-        let replace = "DO UPDATE SET tool_id = excluded.tool_id, end_user_id = excluded.end_user_id, \
-                       input = excluded.input, status = excluded.status, output = excluded.output, \
-                       started_at = excluded.started_at, latency_seconds = excluded.latency_seconds";
-        self.put_tool_call(&tx, record, replace).await?;
+        self.put_tool_call(&tx, record, REPLACE_TOOL_CALL).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -806,30 +805,20 @@ impl PostgresStorage {
 }
 
 fn read_tool_call(row: &Row) -> DbResult<ToolCallRecord> {
-    let workflow_id: String = row.try_get(0)?;
-    let workflow_id =
-        workflow_id.parse().map_err(|e| Fail::Corrupt(format!("a tool call names workflow {workflow_id:?}: {e}")))?;
-    let key = ToolCallKey {
-        workflow_id,
-        step: from_int(row.try_get(1)?)?,
-        attempt: from_int(row.try_get(2)?)?,
-        seq: from_int(row.try_get(3)?)?,
-    };
-    let status: String = row.try_get(7)?;
-    let started_at: String = row.try_get(9)?;
-    Ok(ToolCallRecord {
-        key,
+    StoredToolCall {
+        workflow_id: row.try_get(0)?,
+        step: row.try_get(1)?,
+        attempt: row.try_get(2)?,
+        seq: row.try_get(3)?,
         tool_id: row.try_get(4)?,
         end_user_id: row.try_get(5)?,
-        input: from_json(row.try_get(6)?, &format!("the input of tool call {key}"))?,
-        status: ToolCallStatus::parse(&status)
-            .ok_or_else(|| Fail::Corrupt(format!("tool call {key} has the unknown status {status:?}")))?,
-        output: from_json(row.try_get(8)?, &format!("the output of tool call {key}"))?,
-        started_at: DateTime::parse_from_rfc3339(&started_at)
-            .map_err(|e| Fail::Corrupt(format!("tool call {key} has the start time {started_at:?}: {e}")))?
-            .with_timezone(&Utc),
+        input: row.try_get(6)?,
+        status: row.try_get(7)?,
+        output: row.try_get(8)?,
+        started_at: row.try_get(9)?,
         latency_seconds: row.try_get(10)?,
-    })
+    }
+    .decode()
 }
 
 fn read_usage(row: &Row, workflow_id: WorkflowId) -> DbResult<UsageRecord> {
@@ -858,7 +847,7 @@ impl Storage for PostgresStorage {
     async fn submit_workflow(&self, workflow: &Workflow) -> Result<()> {
         self.done(format!("cannot submit workflow {}", workflow.id()), self.try_insert(workflow, true).await)?;
         // This process's waiting workers need not wait for the notification's round trip.
-        listen::wake(&self.inner.runnable);
+        listen::wake(&self.inner.wakeups.runnable);
         Ok(())
     }
 
@@ -871,11 +860,27 @@ impl Storage for PostgresStorage {
     }
 
     async fn update_workflow(&self, workflow: &Workflow, lease: &Lease, events: &[WorkflowEvent]) -> Result<()> {
-        self.done(format!("cannot save workflow {}", workflow.id()), self.try_update(workflow, lease, events).await)
+        self.done(format!("cannot save workflow {}", workflow.id()), self.try_update(workflow, lease, events).await)?;
+        if !events.is_empty() {
+            // This process's watchers need not wait for the notification's round trip.
+            self.inner.wakeups.events.ring(workflow.id());
+        }
+        Ok(())
     }
 
     async fn events(&self, id: WorkflowId, after: u64) -> Result<Vec<StoredEvent>> {
         self.done(format!("cannot read the events of workflow {id}"), self.try_events(id, after).await)
+    }
+
+    async fn wait_for_events(&self, id: WorkflowId, after: u64, timeout: Duration) -> Result<bool> {
+        let bell = self.inner.wakeups.events.bell(id);
+        let look = || async {
+            self.done(format!("cannot read the events of workflow {id}"), self.try_has_events_after(id, after).await)
+        };
+        tokio::select! {
+            found = bell.wait(timeout, look) => found,
+            never = self.look_while_unheard(&bell) => match never {},
+        }
     }
 
     async fn acquire_lease(&self, id: WorkflowId, owner: &str, ttl: Duration) -> Result<LeaseGrant> {
@@ -890,7 +895,7 @@ impl Storage for PostgresStorage {
     async fn release_lease(&self, lease: &Lease) -> Result<()> {
         let what = format!("cannot release the lease of workflow {}", lease.workflow_id);
         self.done(what, self.try_release(lease).await)?;
-        listen::wake(&self.inner.runnable);
+        listen::wake(&self.inner.wakeups.runnable);
         Ok(())
     }
 
@@ -903,7 +908,7 @@ impl Storage for PostgresStorage {
         if let Err(e) = self.ready().await {
             tracing::debug!(error = %e, "waiting without a listener");
         }
-        let _ = tokio::time::timeout(timeout, self.inner.runnable.notified()).await;
+        let _ = tokio::time::timeout(timeout, self.inner.wakeups.runnable.notified()).await;
     }
 
     async fn request_cancel(&self, id: WorkflowId, reason: &str) -> Result<()> {

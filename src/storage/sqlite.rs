@@ -1,3 +1,4 @@
+use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -5,9 +6,13 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 
+use super::bells::{Bell, Bells};
+use super::sql::{
+    self, REPLACE_TOOL_CALL, StoredToolCall, TOOL_CALL_COLUMNS, from_int, from_json, parse_id, to_int, to_json,
+};
 use super::{
-    Clock, Lease, LeaseGrant, LeaseState, LeaseStatus, Storage, SystemClock, ToolCallKey, ToolCallRecord,
-    ToolCallStatus, UsageRecord, WorkflowPage, WorkflowQuery,
+    Clock, Lease, LeaseGrant, LeaseState, LeaseStatus, Storage, SystemClock, ToolCallRecord, UsageRecord, WorkflowPage,
+    WorkflowQuery,
 };
 use crate::events::{StoredEvent, WorkflowEvent};
 use crate::ids::{PlanId, WorkflowId};
@@ -18,6 +23,9 @@ use crate::{Error, Result};
 
 /// How long a connection waits for another one's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a wait for events asks whether other connections changed the file:
+/// they cannot ring this handle's bells.
+const OTHERS_POLL: Duration = Duration::from_millis(100);
 
 /// The schema, one script per version; `PRAGMA user_version` counts those applied.
 const MIGRATIONS: &[&str] = &[
@@ -39,6 +47,10 @@ const MIGRATIONS: &[&str] = &[
 ///
 /// The blocking database work runs on Tokio's blocking threads, one call at a time
 /// per handle. Clones share the handle's connection.
+///
+/// [`Storage::wait_for_events`] is woken at once by saves through this handle or its
+/// clones; commits by other connections (other processes) it notices within a tenth
+/// of a second, by asking SQLite's `PRAGMA data_version` rather than reading events.
 #[derive(Debug, Clone)]
 pub struct SqliteStorage {
     inner: Arc<Inner>,
@@ -51,6 +63,8 @@ struct Inner {
     conn: Mutex<Connection>,
     /// Wakes this process's workers; other processes' workers poll.
     runnable: tokio::sync::Notify,
+    /// Rung by this handle's saves that store events; others' are polled for.
+    bells: Bells,
 }
 
 impl SqliteStorage {
@@ -82,9 +96,10 @@ impl SqliteStorage {
         }
         let mut conn = Connection::open(&path).map_err(|e| db_error(&path, "cannot open the database", e))?;
         configure(&conn).map_err(|e| db_error(&path, "cannot configure the database", e))?;
-        migrate(&mut conn).map_err(|fail| fail.into_error(&path, "cannot create or upgrade the schema"))?;
+        migrate(&mut conn).map_err(|fail| into_error(fail, &path, "cannot create or upgrade the schema"))?;
         let runnable = tokio::sync::Notify::new();
-        Ok(Self { inner: Arc::new(Inner { path, clock, conn: Mutex::new(conn), runnable }) })
+        let inner = Inner { path, clock, conn: Mutex::new(conn), runnable, bells: Bells::default() };
+        Ok(Self { inner: Arc::new(inner) })
     }
 
     /// The database file.
@@ -103,7 +118,7 @@ impl SqliteStorage {
             // A poisoned lock only means a task panicked; its transaction rolled back
             // as it unwound, so the connection is still sound.
             let mut conn = inner.conn.lock().unwrap_or_else(PoisonError::into_inner);
-            f(&mut conn, inner.clock.as_ref()).map_err(|fail| fail.into_error(&inner.path, &what))
+            f(&mut conn, inner.clock.as_ref()).map_err(|fail| into_error(fail, &inner.path, &what))
         });
         let path = || Some(self.inner.path.clone());
         task.await.map_err(|e| Error::storage_source(path(), "the database task stopped before it finished", e))?
@@ -161,6 +176,42 @@ impl SqliteStorage {
         })
         .await
     }
+
+    /// Whether workflow `id` has events numbered after `after`.
+    async fn has_events_after(&self, id: WorkflowId, after: u64) -> Result<bool> {
+        self.read(format!("cannot read the events of workflow {id}"), move |tx| {
+            if stored_version(tx, id)?.is_none() {
+                return Err(Error::WorkflowNotFound(id).into());
+            }
+            let sql = "SELECT EXISTS (SELECT 1 FROM events WHERE workflow_id = ?1 AND seq > ?2)";
+            Ok(tx.prepare_cached(sql)?.query_row(params![id.to_string(), to_int(after)?], |row| row.get(0))?)
+        })
+        .await
+    }
+
+    /// SQLite's count of commits by other connections, as this connection last saw it.
+    async fn data_version(&self) -> Result<i64> {
+        self.blocking("cannot ask whether other connections changed the database".to_owned(), |conn, _| {
+            Ok(conn.pragma_query_value(None, "data_version", |row| row.get(0))?)
+        })
+        .await
+    }
+
+    /// Rings `bell` whenever another connection has committed since `seen`, until dropped.
+    async fn hear_others(&self, bell: &Bell<'_>, mut seen: i64) -> Infallible {
+        loop {
+            tokio::time::sleep(OTHERS_POLL).await;
+            match self.data_version().await {
+                Ok(version) if version == seen => {}
+                Ok(version) => {
+                    seen = version;
+                    bell.ring();
+                }
+                // The look it causes reports the error.
+                Err(_) => bell.ring(),
+            }
+        }
+    }
 }
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
@@ -195,20 +246,7 @@ fn migrate(conn: &mut Connection) -> DbResult<()> {
     Ok(())
 }
 
-/// Why a database task failed, before it is described for the caller.
-enum Fail {
-    /// SQLite refused.
-    Db(rusqlite::Error),
-    /// A stored JSON value does not parse (or a value to store does not serialize).
-    Json(String, serde_json::Error),
-    /// A stored value is not one this store writes.
-    Corrupt(String),
-    /// The file's schema is newer than this build knows.
-    TooNew { found: u32, supported: u32 },
-    /// A refusal of the protocol (a lost lease, a version conflict ...), passed on as is.
-    Protocol(Error),
-}
-
+type Fail = sql::Fail<rusqlite::Error>;
 type DbResult<T> = std::result::Result<T, Fail>;
 
 impl From<rusqlite::Error> for Fail {
@@ -217,24 +255,9 @@ impl From<rusqlite::Error> for Fail {
     }
 }
 
-impl From<Error> for Fail {
-    fn from(e: Error) -> Self {
-        Self::Protocol(e)
-    }
-}
-
-impl Fail {
-    /// The caller's error; `what` says what was being done.
-    fn into_error(self, path: &Path, what: &str) -> Error {
-        let path = path.to_owned();
-        match self {
-            Self::Db(e) => db_error(&path, what, e),
-            Self::Json(message, e) => Error::storage_source(Some(path), format!("{what}: {message}"), e),
-            Self::Corrupt(message) => Error::storage(Some(path), format!("{what}: {message}")),
-            Self::TooNew { found, supported } => Error::SchemaTooNew { path: Some(path), found, supported },
-            Self::Protocol(e) => e,
-        }
-    }
+/// The caller's error for `fail`; `what` says what was being done.
+fn into_error(fail: Fail, path: &Path, what: &str) -> Error {
+    fail.into_error(Some(path.to_owned()), what, |e| db_error(path, what, e))
 }
 
 /// A SQLite error as a storage error that says what to do about it.
@@ -268,22 +291,6 @@ fn now_ms(clock: &dyn Clock) -> DateTime<Utc> {
 
 fn from_ms(ms: i64) -> DbResult<DateTime<Utc>> {
     DateTime::from_timestamp_millis(ms).ok_or_else(|| Fail::Corrupt(format!("stored time {ms} ms is out of range")))
-}
-
-fn to_int<T: TryInto<i64> + Copy + std::fmt::Display>(n: T) -> DbResult<i64> {
-    n.try_into().map_err(|_| Fail::Corrupt(format!("{n} is too large to store")))
-}
-
-fn from_int<T: TryFrom<i64>>(n: i64) -> DbResult<T> {
-    T::try_from(n).map_err(|_| Fail::Corrupt(format!("stored number {n} is out of range")))
-}
-
-fn to_json<T: serde::Serialize>(value: &T, what: &str) -> DbResult<String> {
-    serde_json::to_string(value).map_err(|e| Fail::Json(format!("cannot encode {what}"), e))
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> DbResult<T> {
-    serde_json::from_str(text).map_err(|e| Fail::Json(format!("{what} is stored but cannot be read"), e))
 }
 
 /// Reads every row of `rows` with `f`.
@@ -397,9 +404,6 @@ const NEXT_RUNNABLE: &str = "SELECT id FROM workflows WHERE queued IS NOT NULL \
 const UPDATE_WORKFLOW: &str = "UPDATE workflows SET plan_id = ?2, state = ?3, version = ?4, end_user_id = ?5, \
                                body = ?6, updated_at = ?7 WHERE id = ?1";
 
-const TOOL_CALL_COLUMNS: &str =
-    "workflow_id, step, attempt, seq, tool_id, end_user_id, input, status, output, started_at, latency_seconds";
-
 /// Inserts a journal record; `on_conflict` says what to do when its key is stored.
 /// Returns whether a row was written.
 fn put_tool_call(tx: &Transaction<'_>, record: &ToolCallRecord, on_conflict: &str) -> DbResult<bool> {
@@ -425,30 +429,20 @@ fn put_tool_call(tx: &Transaction<'_>, record: &ToolCallRecord, on_conflict: &st
 }
 
 fn read_tool_call(row: &Row<'_>) -> DbResult<ToolCallRecord> {
-    let workflow_id: String = row.get(0)?;
-    let workflow_id =
-        workflow_id.parse().map_err(|e| Fail::Corrupt(format!("a tool call names workflow {workflow_id:?}: {e}")))?;
-    let key = ToolCallKey {
-        workflow_id,
-        step: from_int(row.get(1)?)?,
-        attempt: from_int(row.get(2)?)?,
-        seq: from_int(row.get(3)?)?,
-    };
-    let status: String = row.get(7)?;
-    let started_at: String = row.get(9)?;
-    Ok(ToolCallRecord {
-        key,
+    StoredToolCall {
+        workflow_id: row.get(0)?,
+        step: row.get(1)?,
+        attempt: row.get(2)?,
+        seq: row.get(3)?,
         tool_id: row.get(4)?,
         end_user_id: row.get(5)?,
-        input: from_json(&row.get::<_, String>(6)?, &format!("the input of tool call {key}"))?,
-        status: ToolCallStatus::parse(&status)
-            .ok_or_else(|| Fail::Corrupt(format!("tool call {key} has the unknown status {status:?}")))?,
-        output: from_json(&row.get::<_, String>(8)?, &format!("the output of tool call {key}"))?,
-        started_at: DateTime::parse_from_rfc3339(&started_at)
-            .map_err(|e| Fail::Corrupt(format!("tool call {key} has the start time {started_at:?}: {e}")))?
-            .with_timezone(&Utc),
+        input: row.get(6)?,
+        status: row.get(7)?,
+        output: row.get(8)?,
+        started_at: row.get(9)?,
         latency_seconds: row.get(10)?,
-    })
+    }
+    .decode()
 }
 
 fn read_usage(row: &Row<'_>, workflow_id: WorkflowId) -> DbResult<UsageRecord> {
@@ -460,8 +454,6 @@ fn read_usage(row: &Row<'_>, workflow_id: WorkflowId) -> DbResult<UsageRecord> {
     Ok(UsageRecord { workflow_id, step_output: row.get(0)?, usage, cost_usd: row.get(4)? })
 }
 
-/// Deletes a workflow with its journal and usage, and its plan once unused.
-/// Returns whether the workflow was stored.
 /// Stores `events` after the workflow's earlier ones.
 fn append_events(tx: &Transaction<'_>, id: WorkflowId, events: &[WorkflowEvent]) -> DbResult<()> {
     if events.is_empty() {
@@ -478,6 +470,8 @@ fn append_events(tx: &Transaction<'_>, id: WorkflowId, events: &[WorkflowEvent])
     Ok(())
 }
 
+/// Deletes a workflow with its journal and usage, and its plan once unused.
+/// Returns whether the workflow was stored.
 fn delete_one(tx: &Transaction<'_>, id: &str) -> DbResult<bool> {
     let plan_id: Option<String> = tx
         .prepare_cached("SELECT plan_id FROM workflows WHERE id = ?1")?
@@ -584,6 +578,7 @@ impl Storage for SqliteStorage {
     }
 
     async fn update_workflow(&self, workflow: &Workflow, lease: &Lease, events: &[WorkflowEvent]) -> Result<()> {
+        let (id, stored_events) = (workflow.id(), !events.is_empty());
         let (workflow, lease, events) = (workflow.clone(), lease.clone(), events.to_vec());
         self.write(format!("cannot save workflow {}", workflow.id()), move |tx, now| {
             fence(tx, &lease, lease.workflow_id, now)?;
@@ -595,7 +590,11 @@ impl Storage for SqliteStorage {
             put_workflow(tx, &workflow, now, UPDATE_WORKFLOW)?;
             append_events(tx, workflow.id(), &events)
         })
-        .await
+        .await?;
+        if stored_events {
+            self.inner.bells.ring(id);
+        }
+        Ok(())
     }
 
     async fn events(&self, id: WorkflowId, after: u64) -> Result<Vec<StoredEvent>> {
@@ -615,6 +614,16 @@ impl Storage for SqliteStorage {
         .await
     }
 
+    async fn wait_for_events(&self, id: WorkflowId, after: u64, timeout: Duration) -> Result<bool> {
+        // Read before the first look, so that a commit after the look changes it.
+        let seen = self.data_version().await?;
+        let bell = self.inner.bells.bell(id);
+        tokio::select! {
+            found = bell.wait(timeout, || self.has_events_after(id, after)) => found,
+            never = self.hear_others(&bell, seen) => match never {},
+        }
+    }
+
     async fn acquire_lease(&self, id: WorkflowId, owner: &str, ttl: Duration) -> Result<LeaseGrant> {
         let owner = owner.to_owned();
         self.write(format!("cannot take the lease of workflow {id}"), move |tx, now| grant(tx, id, &owner, ttl, now))
@@ -627,7 +636,7 @@ impl Storage for SqliteStorage {
             let next: Option<String> =
                 tx.prepare_cached(NEXT_RUNNABLE)?.query_row([now.timestamp_millis()], |row| row.get(0)).optional()?;
             let Some(id) = next else { return Ok(None) };
-            let id = id.parse().map_err(|e| Fail::Corrupt(format!("workflow id {id:?}: {e}")))?;
+            let id = parse_id(&id)?;
             grant(tx, id, &owner, ttl, now).map(Some)
         })
         .await
@@ -702,10 +711,7 @@ impl Storage for SqliteStorage {
         let (lease, record) = (lease.clone(), record.clone());
         self.write(format!("cannot journal the outcome of tool call {}", record.key), move |tx, now| {
             fence(tx, &lease, record.key.workflow_id, now)?;
-            let replace = "DO UPDATE SET tool_id = excluded.tool_id, end_user_id = excluded.end_user_id, \
-                           input = excluded.input, status = excluded.status, output = excluded.output, \
-                           started_at = excluded.started_at, latency_seconds = excluded.latency_seconds";
-            put_tool_call(tx, &record, replace).map(drop)
+            put_tool_call(tx, &record, REPLACE_TOOL_CALL).map(drop)
         })
         .await
     }

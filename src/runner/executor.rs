@@ -270,8 +270,14 @@ impl Runner {
         let finished = EventKind::StepFinished { step: index, outcome: outcome.clone() };
         run.events.emit(workflow.id(), finished);
         // Answered while the call was open: kept as a record, and so that a call made
-        // again (after a crash, say) finds the answer. Asking and answering were announced.
-        workflow.add_clarifications(index, asked_live.iter().filter(|c| c.resolved).cloned());
+        // again (after a crash, say) finds the answer. Asking and answering were
+        // announced. A question the step returns as well is kept as returned.
+        let returned = match &outcome {
+            StepOutcome::Clarifications(list) => list.iter().map(|c| c.id).collect(),
+            _ => Vec::new(),
+        };
+        workflow
+            .add_clarifications(index, asked_live.iter().filter(|c| c.resolved && !returned.contains(&c.id)).cloned());
         match outcome {
             StepOutcome::Output(output) => workflow.record_step_output(&run.plan, index, output),
             StepOutcome::Clarifications(list) => {

@@ -2,11 +2,13 @@
 //! it reach (the step's LLM, a person, the workflow's events), and how long the
 //! server may stay silent.
 
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
+#[allow(deprecated)] // Sampling: see sampling.rs.
 use rmcp::model::{
-    ElicitRequestParams, ElicitResult, ElicitationAction, ProgressNotificationParam, ProgressToken, RequestId,
+    CreateMessageRequestParams, CreateMessageResult, ElicitRequestParams, ElicitResult, ElicitationAction, ErrorData,
+    ProgressNotificationParam, ProgressToken, RequestId,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -14,7 +16,6 @@ use tokio::time::Instant;
 use super::McpServerConfig;
 use super::elicitation::{answer, question, stored_answer};
 use crate::clarification::Clarification;
-use crate::llm::LlmClient;
 use crate::tool::ToolRunContext;
 
 /// A call in flight, from before its request is sent until its result is in.
@@ -44,9 +45,21 @@ impl ActiveCall {
         &self.ctx
     }
 
-    /// The step's LLM, which answers the server's sampling requests.
-    pub(crate) fn llm(&self) -> Option<Arc<dyn LlmClient>> {
-        self.ctx.llm.clone()
+    /// The step's LLM's answer to the server's sampling request.
+    ///
+    /// # Errors
+    /// Without a step's LLM (a call made outside a run), or when it fails.
+    #[allow(deprecated)] // Sampling: see sampling.rs.
+    pub(crate) async fn sample(&self, params: &CreateMessageRequestParams) -> Result<CreateMessageResult, ErrorData> {
+        let Some(llm) = &self.ctx.llm else {
+            return Err(ErrorData::invalid_request(
+                "sampling is answered only during a workflow step's tool call",
+                None,
+            ));
+        };
+        // The server waits on the LLM, so its silence meanwhile is no sign of trouble.
+        let _paused = self.quiet.pause();
+        super::sampling::answer(llm, params).await
     }
 
     /// Records that the request went out as `id` with `token`; the server's silence
@@ -166,6 +179,8 @@ impl Drop for Paused<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[tokio::test(start_paused = true)]

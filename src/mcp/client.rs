@@ -505,9 +505,8 @@ impl ClientHandler for Handler {
         params: CreateMessageRequestParams,
         context: RequestContext<RoleClient>,
     ) -> Result<CreateMessageResult, ErrorData> {
-        let call = self.server.upgrade().and_then(|s| s.call_for(&context.extensions));
-        match call.and_then(|c| c.llm()) {
-            Some(llm) => super::sampling::answer(&llm, &params).await,
+        match self.server.upgrade().and_then(|s| s.call_for(&context.extensions)) {
+            Some(call) => call.sample(&params).await,
             None => {
                 Err(ErrorData::invalid_request("sampling is answered only during a workflow step's tool call", None))
             }

@@ -26,7 +26,7 @@
 //! declined and the step waits in NEED_CLARIFICATION; when the workflow resumes, the
 //! call is made again and the repeated question answered from the stored response.
 //! The call's `timeoutSecs` counts only the server's silence: its progress reports
-//! restart it, and it stops while a person answers. Progress reports become
+//! restart it, and it stops while a person answers or the step's LLM samples. Progress reports become
 //! [`ToolProgress`](crate::events::EventKind::ToolProgress) events of the call.
 //!
 //! [`serve_stdio`] serves a [`Runner`](crate::Runner) to MCP clients such as Claude

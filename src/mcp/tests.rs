@@ -466,3 +466,25 @@ async fn progress_notifications_become_tool_progress_events_of_the_call() {
     assert_eq!(run.await.unwrap().unwrap().state(), crate::WorkflowState::Complete);
     assert_eq!(reports, [(1.0, Some(3.0), Some("started".to_owned())), (2.0, Some(3.0), None), (3.0, Some(3.0), None)]);
 }
+
+/// An LLM that takes 100 s (of the paused clock) to answer.
+#[derive(Debug)]
+struct Slow;
+
+#[async_trait::async_trait]
+impl crate::llm::LlmClient for Slow {
+    async fn chat(&self, _request: crate::llm::LlmRequest) -> Result<crate::llm::LlmResponse, crate::llm::LlmError> {
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        Ok(crate::llm::LlmResponse::text("Slate"))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_call_timeout_does_not_count_the_time_the_steps_llm_takes_to_answer_sampling() {
+    let registry = registry(&Fixture::default(), Duration::from_secs(5)).await;
+    let mut ctx = ctx();
+    ctx.llm = Some(Arc::new(Slow));
+    let output = registry.get_tool("fx__sample").unwrap().run(&ctx, json!({})).await.unwrap();
+    let ToolOutput::Value(reply) = output else { panic!() };
+    assert_eq!(reply["content"]["text"], "Slate", "{reply}");
+}

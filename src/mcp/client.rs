@@ -543,6 +543,30 @@ impl ClientHandler for Handler {
     }
 }
 
+/// A call among its server's active ones until it ends, or until its step is
+/// dropped mid-call (a cancelled workflow), so that no request of the server goes
+/// to a call nobody awaits.
+struct InFlight<'a>(Arc<ActiveCall>, &'a Server);
+
+impl<'a> InFlight<'a> {
+    fn start(server: &'a Server, call: ActiveCall) -> Self {
+        let call = Arc::new(call);
+        server.active.lock().unwrap_or_else(PoisonError::into_inner).push(call.clone());
+        Self(call, server)
+    }
+
+    /// The call, no longer active.
+    fn end(self) -> Arc<ActiveCall> {
+        self.0.clone()
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.1.active.lock().unwrap_or_else(PoisonError::into_inner).retain(|c| !Arc::ptr_eq(c, &self.0));
+    }
+}
+
 /// One tool of an MCP server.
 #[derive(Debug)]
 pub struct McpTool {
@@ -571,10 +595,9 @@ impl Tool for McpTool {
 
     async fn run(&self, ctx: &ToolRunContext, args: Value) -> Result<ToolOutput, ToolError> {
         let args = check_arguments(&self.info.input_schema, &args)?;
-        let call = Arc::new(ActiveCall::new(ctx, &self.server.config));
-        self.server.active.lock().unwrap_or_else(PoisonError::into_inner).push(call.clone());
-        let result = self.server.call(&self.info.name, args, &call).await;
-        self.server.active.lock().unwrap_or_else(PoisonError::into_inner).retain(|c| !Arc::ptr_eq(c, &call));
+        let call = InFlight::start(&self.server, ActiveCall::new(ctx, &self.server.config));
+        let result = self.server.call(&self.info.name, args, &call.0).await;
+        let call = call.end();
         // Questions the server asked and nobody has answered yet: the step waits for a
         // person, and the call is made again when the workflow resumes.
         let asked = call.asked();

@@ -77,6 +77,7 @@ pub(crate) struct ToolCalls {
     next_seq: Arc<AtomicU32>,
     /// The calls this attempt of the step journaled before (in an earlier, interrupted run).
     journaled: Arc<Vec<ToolCallRecord>>,
+    /// Where a running tool's question waits for a person's answer.
     live: LiveQuestions,
     /// What this step's tools asked a person while their calls were open.
     questions: StepQuestions,

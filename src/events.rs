@@ -2,8 +2,9 @@
 //!
 //! Each change is announced once, from the one place it is made: the run's saves
 //! (state changes), the step loop (steps, clarifications raised), the tool-call path
-//! (tool calls), the metered LLM (LLM calls), and the runner's answer to a
-//! clarification. Subscribe with [`Runner::subscribe`](crate::Runner::subscribe) or
+//! (tool calls), the metered LLM (LLM calls), the runner's answer to a
+//! clarification, and a running tool that asks a person and gets the answer while
+//! its call stays open ([`ToolRunContext::ask`](crate::tool::ToolRunContext::ask)). Subscribe with [`Runner::subscribe`](crate::Runner::subscribe) or
 //! run with [`Runner::execute_workflow_stream`](crate::Runner::execute_workflow_stream).
 //!
 //! A subscriber never slows a run: events go out on a bounded broadcast channel, and
@@ -116,7 +117,8 @@ pub enum EventKind {
         /// How long it took, in milliseconds.
         latency_ms: u64,
     },
-    /// A step asked a human.
+    /// A step asked a human: when it ended, or, for a question a running tool asks
+    /// while its call waits, at once (announced once either way).
     ClarificationRaised {
         /// The question.
         clarification: Clarification,

@@ -13,6 +13,7 @@ pub mod execution_context;
 pub mod hooks;
 pub mod http;
 pub mod ids;
+mod live;
 pub mod llm;
 pub mod logging;
 #[cfg(feature = "mcp")]

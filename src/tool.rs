@@ -46,6 +46,7 @@ use crate::clarification::Clarification;
 use crate::events::ToolEvents;
 use crate::execution_context::ExecutionContext;
 use crate::ids::WorkflowId;
+use crate::live::Asker;
 use crate::llm::{LlmClient, ToolDefinition};
 use crate::{Error, Result};
 
@@ -177,6 +178,8 @@ pub struct ToolRunContext {
     pub cancellation: CancellationToken,
     /// The hint of the soft error this run returns, set by [`ToolRunContext::transient`].
     hint: Arc<Mutex<Option<RetryHint>>>,
+    /// Where [`ToolRunContext::ask`] puts its questions; nowhere outside a run.
+    asker: Asker,
 }
 
 impl fmt::Debug for ToolRunContext {
@@ -205,6 +208,7 @@ impl ToolRunContext {
             idempotency_key: None,
             cancellation: CancellationToken::new(),
             hint: Arc::default(),
+            asker: Asker::default(),
         }
     }
 
@@ -236,6 +240,48 @@ impl ToolRunContext {
     pub(crate) fn fresh(mut self) -> Self {
         self.hint = Arc::default();
         self
+    }
+
+    /// Lets this context's [`ToolRunContext::ask`] reach a person.
+    pub(crate) fn set_asker(&mut self, asker: Asker) {
+        self.asker = asker;
+    }
+
+    /// Asks a person `question` now, while the call stays open, and waits up to `wait`
+    /// for the answer.
+    ///
+    /// The question is announced at once as a
+    /// [`ClarificationRaised`](crate::events::EventKind::ClarificationRaised) event;
+    /// whoever watches the workflow answers it with
+    /// [`Runner::resolve_clarification`](crate::Runner::resolve_clarification), which
+    /// checks the answer as for a stored question. An answer in time is returned,
+    /// announced as `ClarificationResolved`, and stored with the step, resolved.
+    /// Otherwise, or as soon as the workflow is cancelled, this returns `None`: return
+    /// the question as [`ToolOutput::Clarifications`] and the workflow waits for the
+    /// answer in NEED_CLARIFICATION like any other; the step then runs again and finds
+    /// the answer in [`ToolRunContext::clarifications`].
+    ///
+    /// Keep `wait` short (seconds to minutes): the step waits with the tool. A context
+    /// made outside a run (in a unit test, say) has nobody to ask and returns `None` at
+    /// once, as does a zero `wait`.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use portia::tool::{ToolOutput, ToolRunContext};
+    /// # use portia::Clarification;
+    /// # async fn run(ctx: &ToolRunContext) -> ToolOutput {
+    /// if let Some(city) = ctx.clarified("city") {
+    ///     return ToolOutput::value(city.clone()); // answered before the workflow resumed
+    /// }
+    /// let question = Clarification::input(ctx.workflow_id, "city", "Which city?");
+    /// match ctx.ask(question.clone(), Duration::from_secs(60)).await {
+    ///     Some(city) => ToolOutput::value(city),
+    ///     None => ToolOutput::clarification(question),
+    /// }
+    /// # }
+    /// ```
+    pub async fn ask(&self, question: Clarification, wait: Duration) -> Option<Value> {
+        self.asker.ask(question, wait, &self.cancellation).await
     }
 
     /// The response to this step's resolved clarification for `argument_name`, if any.

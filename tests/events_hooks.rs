@@ -378,3 +378,97 @@ async fn a_tool_reports_progress_as_events_of_its_call_that_are_stored() {
         runner.storage().events(done.id(), 0).await.unwrap().into_iter().map(|e| e.event.kind).collect();
     assert_eq!(stored.iter().filter(|k| matches!(k, EventKind::ToolProgress { .. })).count(), 2);
 }
+
+/// Asks a person to pick a colour while its call stays open (for `wait`), and
+/// carries on with the answer; unanswered, it leaves the question to the workflow.
+#[derive(Debug)]
+struct AskTool {
+    wait: std::time::Duration,
+}
+
+#[async_trait::async_trait]
+impl portia::Tool for AskTool {
+    fn spec(&self) -> ToolSpec {
+        ToolSpec::new("ask_tool", "Ask", "Asks for a colour.").task_argument("task").read_only()
+    }
+
+    async fn run(&self, ctx: &portia::ToolRunContext, _args: Value) -> Result<portia::ToolOutput, portia::ToolError> {
+        if let Some(answer) = ctx.clarified("colour") {
+            return Ok(portia::ToolOutput::value(json!({"stored": answer})));
+        }
+        let question =
+            Clarification::multiple_choice(ctx.workflow_id, "colour", vec![json!("red"), json!("blue")], "Which?");
+        match ctx.ask(question.clone(), self.wait).await {
+            Some(answer) => Ok(portia::ToolOutput::value(json!({"live": answer}))),
+            None => Ok(portia::ToolOutput::clarification(question)),
+        }
+    }
+}
+
+fn ask_runner(wait: std::time::Duration) -> (Runner, Plan) {
+    let tools = InMemoryToolRegistry::from_tools([Arc::new(AskTool { wait }) as Arc<dyn portia::Tool>]).unwrap();
+    let runner = Runner::builder(config()).tools(tools).llm(Arc::new(ScriptedLlm::new())).build().unwrap();
+    (runner, PlanBuilder::new("pick").step("Pick a colour", Some("ask_tool"), "$colour").build())
+}
+
+#[tokio::test]
+async fn a_question_answered_while_the_call_waits_completes_the_run_and_is_stored_resolved() {
+    let (runner, plan) = ask_runner(std::time::Duration::from_secs(3600));
+    let workflow = runner.create_workflow(&plan).await.unwrap();
+    let (mut events, run) = runner.execute_workflow_stream(workflow);
+    let mut seen = Vec::new();
+    while let Some(event) = events.next().await {
+        let event = event.unwrap();
+        if let EventKind::ClarificationRaised { clarification } = &event.kind {
+            let refused = runner.resolve_clarification(clarification, "green").await.unwrap_err();
+            assert!(matches!(refused, portia::Error::InvalidClarificationResponse { .. }), "{refused}");
+            let answered = runner.resolve_clarification(clarification, "blue").await.unwrap();
+            assert_eq!(answered.state(), WorkflowState::InProgress, "delivered to the waiting tool");
+        }
+        seen.push(event);
+    }
+    let done = run.await.unwrap().unwrap();
+    assert_eq!(done.state(), WorkflowState::Complete, "{done:?}");
+    assert_eq!(done.outputs().step_outputs.get("$colour").unwrap().value, json!({"live": "blue"}));
+    let names: Vec<String> = seen.iter().map(name).collect();
+    assert!(!names.contains(&"state_changed:NEED_CLARIFICATION".to_owned()), "{names:?}");
+    let raised = names.iter().position(|n| n == "clarification_raised").unwrap();
+    let resolved = names.iter().position(|n| n == "clarification_resolved").unwrap();
+    let finished = names.iter().position(|n| n == "tool_call_finished").unwrap();
+    assert!(raised < resolved && resolved < finished, "{names:?}");
+    let stored = &done.outputs().clarifications;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert!(stored[0].resolved && stored[0].response == Some(json!("blue")) && stored[0].step == Some(0));
+    let kept: Vec<String> =
+        runner.storage().events(done.id(), 0).await.unwrap().iter().map(|e| name(&e.event)).collect();
+    assert_eq!(kept.iter().filter(|n| n.starts_with("clarification_")).count(), 2, "{kept:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_question_nobody_answers_in_time_waits_in_the_workflow_and_is_announced_once() {
+    // Paused time: the runtime jumps the clock to the end of the wait once every task idles.
+    let (runner, plan) = ask_runner(std::time::Duration::from_secs(30));
+    let workflow = runner.create_workflow(&plan).await.unwrap();
+    let (mut events, run) = runner.execute_workflow_stream(workflow);
+    let mut seen = Vec::new();
+    while let Some(event) = events.next().await {
+        seen.push(event.unwrap());
+    }
+    let waiting = run.await.unwrap().unwrap();
+    assert_eq!(waiting.state(), WorkflowState::NeedClarification);
+    let names: Vec<String> = seen.iter().map(name).collect();
+    assert_eq!(names.iter().filter(|n| *n == "clarification_raised").count(), 1, "{names:?}");
+    let question = waiting.outstanding_clarifications().next().unwrap().clone();
+    let EventKind::ClarificationRaised { clarification } =
+        &seen[names.iter().position(|n| n == "clarification_raised").unwrap()].kind
+    else {
+        panic!()
+    };
+    assert_eq!(clarification.id, question.id, "the question asked live is the one stored");
+
+    let ready = runner.resolve_clarification(&question, "red").await.unwrap();
+    assert_eq!(ready.state(), WorkflowState::ReadyToResume);
+    let done = runner.execute_workflow(ready).await.unwrap();
+    assert_eq!(done.state(), WorkflowState::Complete);
+    assert_eq!(done.outputs().step_outputs.get("$colour").unwrap().value, json!({"stored": "red"}));
+}

@@ -13,19 +13,39 @@ use rmcp::service::{NotificationContext, RoleClient, RunningService};
 use rmcp::{ClientHandler, ServiceExt};
 use serde_json::{Value, json};
 
-/// Counts progress notifications.
+/// Keeps the progress notifications it receives.
 #[derive(Default)]
 struct Client {
-    progress: Arc<tokio::sync::Notify>,
+    progress: Arc<Progress>,
 }
 
-impl ClientHandler for Client {
-    async fn on_progress(&self, _params: ProgressNotificationParam, _context: NotificationContext<RoleClient>) {
-        self.progress.notify_one();
+#[derive(Default)]
+struct Progress {
+    reports: std::sync::Mutex<Vec<ProgressNotificationParam>>,
+    arrived: tokio::sync::Notify,
+}
+
+impl Progress {
+    /// The reports, once there are at least `count`.
+    async fn at_least(&self, count: usize) -> Vec<ProgressNotificationParam> {
+        loop {
+            let reports = self.reports.lock().unwrap().clone();
+            if reports.len() >= count {
+                return reports;
+            }
+            self.arrived.notified().await;
+        }
     }
 }
 
-type Connected = (RunningService<RoleClient, Client>, Arc<tokio::sync::Notify>);
+impl ClientHandler for Client {
+    async fn on_progress(&self, params: ProgressNotificationParam, _context: NotificationContext<RoleClient>) {
+        self.progress.reports.lock().unwrap().push(params);
+        self.progress.arrived.notify_one();
+    }
+}
+
+type Connected = (RunningService<RoleClient, Client>, Arc<Progress>);
 
 async fn serve(llm: ScriptedLlm, tools: InMemoryToolRegistry) -> Connected {
     let h = common::harness(common::config(ExecutionMode::Sequential, false), tools, llm);
@@ -66,7 +86,12 @@ async fn a_client_lists_the_tools_and_runs_a_query_with_progress() {
     let workflow = call(&client, "run_query", json!({"query": "Echo hi"})).await;
     assert_eq!(workflow["state"], "COMPLETE", "{workflow}");
     assert_eq!(workflow["final_output"]["value"], json!({"text": "hi"}), "{workflow}");
-    progress.notified().await; // at least one notifications/progress arrived
+    // One report as the run starts, one as its step ends.
+    let mut reports = progress.at_least(2).await;
+    reports.sort_by(|a, b| a.progress.total_cmp(&b.progress));
+    let seen: Vec<(f64, Option<f64>, Option<&str>)> =
+        reports.iter().map(|r| (r.progress, r.total, r.message.as_deref())).collect();
+    assert_eq!(seen, [(0.0, Some(1.0), Some("started: 1 steps planned")), (1.0, Some(1.0), Some("step 1 of 1 done"))]);
 
     let listed = call(&client, "list_workflows", json!({"state": "complete"})).await;
     assert_eq!(listed["count"], 1, "{listed}");

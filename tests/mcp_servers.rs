@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 
+use portia::events::EventKind;
 use portia::mcp::{McpConfig, McpServerConfig, McpToolRegistry, check_arguments};
 use portia::testing::ScriptedLlm;
 use portia::tool::{ToolError, ToolOutput, ToolRegistry, ToolRunContext};
@@ -257,4 +258,73 @@ async fn a_sampling_request_from_server_everything_is_answered_by_the_steps_llm(
     assert!(asked.messages.iter().any(|m| m.content.contains("Name a colour.")), "{asked:?}");
     llm.assert_done();
     registry.close().await;
+}
+
+/// Runs one step calling `tool` with `args` on server-everything, answering each
+/// question raised live with `answer`; returns the workflow and its events.
+async fn run_everything_step(
+    bin: &std::path::Path,
+    tool: &str,
+    args: Value,
+    answer: Option<Value>,
+) -> (portia::Workflow, Vec<EventKind>) {
+    let registry = connect("everything", everything_stdio(bin)).await;
+    let llm = ScriptedLlm::new().tool_call(tool, args);
+    let h =
+        common::harness_with(common::config(portia::config::ExecutionMode::Sequential, false), registry.clone(), llm);
+    let plan = portia::PlanBuilder::new("call it").step("Call the tool", Some(tool), "$out").build();
+    let workflow = h.runner.create_workflow(&plan).await.unwrap();
+    let (mut events, run) = h.runner.execute_workflow_stream(workflow);
+    let mut seen = Vec::new();
+    while let Some(event) = events.next().await {
+        let kind = event.unwrap().kind;
+        if let (EventKind::ClarificationRaised { clarification }, Some(answer)) = (&kind, &answer) {
+            let answered = h.runner.resolve_clarification(clarification, answer.clone()).await.unwrap();
+            assert_eq!(answered.state(), WorkflowState::InProgress, "answered while the call waits");
+        }
+        seen.push(kind);
+    }
+    let done = run.await.unwrap().unwrap();
+    registry.close().await;
+    (done, seen)
+}
+
+#[tokio::test]
+async fn an_elicitation_from_server_everything_is_answered_live() {
+    let Some(bin) = installed("PORTIA_MCP_EVERYTHING") else { return };
+    let answer = json!({"name": "Ada Lovelace", "check": true});
+    let (done, events) =
+        run_everything_step(&bin, "everything__trigger-elicitation-request", json!({}), Some(answer.clone())).await;
+    assert_eq!(done.state(), WorkflowState::Complete, "{done:?}");
+    let output = done.outputs().step_outputs.get("$out").unwrap().value.to_string();
+    assert!(output.contains("provided the requested information") && output.contains("Ada Lovelace"), "{output}");
+    let stored = &done.outputs().clarifications;
+    assert!(stored.len() == 1 && stored[0].resolved && stored[0].response == Some(answer), "{stored:?}");
+    let resolved = events.iter().filter(|e| matches!(e, EventKind::ClarificationResolved { .. })).count();
+    assert_eq!(resolved, 1, "{events:?}");
+}
+
+#[tokio::test]
+async fn progress_from_server_everything_arrives_as_tool_progress_events_of_the_call() {
+    let Some(bin) = installed("PORTIA_MCP_EVERYTHING") else { return };
+    // Four reports, a quarter of a second apart, then the result.
+    let args = json!({"duration": 1, "steps": 4});
+    let (done, events) = run_everything_step(&bin, "everything__trigger-long-running-operation", args, None).await;
+    assert_eq!(done.state(), WorkflowState::Complete, "{done:?}");
+    let call = events.iter().find_map(|e| match e {
+        EventKind::ToolCallStarted { call, .. } => Some(*call),
+        _ => None,
+    });
+    let reports: Vec<(f64, Option<f64>)> = events
+        .iter()
+        .filter_map(|e| match e {
+            EventKind::ToolProgress { call: of, progress, total, .. } => {
+                assert_eq!(Some(*of), call, "reported as progress of the call made");
+                Some((*progress, *total))
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(!reports.is_empty(), "no progress arrived: {events:?}");
+    assert!(reports.iter().all(|(p, total)| (1.0..=4.0).contains(p) && *total == Some(4.0)), "{reports:?}");
 }

@@ -20,6 +20,7 @@ use tracing::Instrument;
 use crate::clarification::{CallVerdict, Clarification, ClarificationKind};
 use crate::events::{EventKind, RunEvents, ToolEvents};
 use crate::hooks::{HookChain, ToolCallDecision, ToolCallRequest};
+use crate::live::{LiveQuestions, StepQuestions};
 use crate::llm::retry::RetryPolicy;
 use crate::storage::{Lease, Storage, ToolCallKey, ToolCallRecord, ToolCallStatus};
 use crate::tool::{Tool, ToolError, ToolOutput, ToolRunContext, ToolSpec};
@@ -76,6 +77,10 @@ pub(crate) struct ToolCalls {
     next_seq: Arc<AtomicU32>,
     /// The calls this attempt of the step journaled before (in an earlier, interrupted run).
     journaled: Arc<Vec<ToolCallRecord>>,
+    /// Where a running tool's question waits for a person's answer.
+    live: LiveQuestions,
+    /// What this step's tools asked a person while their calls were open.
+    questions: StepQuestions,
 }
 
 /// What the run gives a step's tool calls.
@@ -88,6 +93,8 @@ pub(crate) struct CallServices {
     pub(crate) events: RunEvents,
     /// How failed calls are sent again.
     pub(crate) retry: RetryPolicy,
+    /// Where running tools' questions wait for a person.
+    pub(crate) live: LiveQuestions,
 }
 
 /// What to do with a call whose intent was journaled and whose outcome is not.
@@ -99,10 +106,17 @@ enum Unknown {
 
 impl ToolCalls {
     pub(crate) fn new(services: CallServices, (step, attempt): (usize, u32), journaled: Vec<ToolCallRecord>) -> Self {
-        let CallServices { storage, lease, signal, hooks, events, retry } = services;
+        let CallServices { storage, lease, signal, hooks, events, retry, live } = services;
         let next_seq = Arc::new(AtomicU32::new(0));
         let journaled = Arc::new(journaled);
-        Self { storage, lease, signal, hooks, events, retry, step, attempt, next_seq, journaled }
+        let questions = StepQuestions::default();
+        Self { storage, lease, signal, hooks, events, retry, step, attempt, next_seq, journaled, live, questions }
+    }
+
+    /// The questions this step's tools asked a person while their calls were open,
+    /// for the runner to store with the step's outcome.
+    pub(crate) fn questions(&self) -> StepQuestions {
+        self.questions.clone()
     }
 
     /// The arguments journaled for the next call, when an interrupted run of this
@@ -265,6 +279,7 @@ impl ToolCalls {
         run_ctx.idempotency_key = Some(key.to_string());
         run_ctx.cancellation = self.cancellation();
         run_ctx.events = ToolEvents::for_call(self.events.clone(), key, &spec.id);
+        run_ctx.set_asker(self.live.asker(self.events.clone(), key, self.questions.clone()));
         let span = tracing::info_span!(
             "tool_call",
             otel.name = format!("execute_tool {}", spec.id),

@@ -10,13 +10,13 @@ use std::time::Duration;
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CancelledNotification, CancelledNotificationParam, ClientCapabilities,
     ClientConfig, ClientRequest, CreateMessageRequestParams, CreateMessageResult, ElicitRequestParams, ElicitResult,
-    ElicitationAction, ElicitationCapability, ErrorData, FormElicitationCapability, Implementation,
-    InitializeRequestParams, RequestMetaObject, SamplingCapability, ServerResult, Tool as McpToolInfo,
-    UrlElicitationCapability,
+    ElicitationAction, ElicitationCapability, ErrorData, Extensions, FormElicitationCapability, Implementation,
+    InitializeRequestParams, ProgressNotificationParam, RequestId, RequestMetaObject, SamplingCapability, ServerResult,
+    Tool as McpToolInfo, UrlElicitationCapability,
 };
 use rmcp::service::{
-    NotificationContext, Peer, PeerRequestOptions, RequestContext, RequestHandle, RoleClient, RunningService,
-    ServiceError,
+    InboundStreamOrigin, NotificationContext, Peer, PeerRequestOptions, RequestContext, RequestHandle, RoleClient,
+    RunningService, ServiceError,
 };
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
@@ -25,7 +25,7 @@ use serde_json::{Map, Value};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::watch;
 
-use super::elicitation::ActiveCall;
+use super::call::ActiveCall;
 use super::mapping::{check_arguments, output_from_result, spec_from_mcp};
 use super::{McpConfig, McpError, McpServerConfig, McpTransport};
 use crate::tool::{Tool, ToolError, ToolOutput, ToolRegistry, ToolRunContext, ToolSpec};
@@ -122,8 +122,11 @@ struct Server {
     /// server holding its tools would never be dropped, nor its process ended.
     tools: RwLock<Vec<McpToolInfo>>,
     changed: Arc<watch::Sender<u64>>,
-    /// Calls in flight, newest last: an elicitation goes to the newest.
+    /// Calls in flight, newest last.
     active: Mutex<Vec<Arc<ActiveCall>>>,
+    /// Held while a request is sent and until its call knows its progress token, so
+    /// that the server's first progress report, however quick, finds the call.
+    sending: tokio::sync::Mutex<()>,
 }
 
 impl fmt::Debug for Server {
@@ -146,6 +149,7 @@ impl Server {
             tools: RwLock::default(),
             changed,
             active: Mutex::default(),
+            sending: tokio::sync::Mutex::default(),
         }
     }
 
@@ -264,8 +268,9 @@ impl Server {
         self: &Arc<Self>,
         tool: &str,
         args: Map<String, Value>,
-        ctx: &ToolRunContext,
+        call: &ActiveCall,
     ) -> Result<rmcp::model::CallToolResult, McpError> {
+        let ctx = call.ctx();
         let mut meta = Map::new();
         if let Some(key) = &ctx.idempotency_key {
             meta.insert(IDEMPOTENCY_META_KEY.into(), Value::from(key.as_str()));
@@ -274,15 +279,20 @@ impl Server {
         let request = ClientRequest::CallToolRequest(CallToolRequest::new(
             CallToolRequestParams::new(tool.to_owned()).with_arguments(args),
         ));
-        let (connection, handle) = self.send(tool, request, &meta).await?;
+        let (connection, handle) = self.send(tool, request, &meta, call).await?;
         let (peer, id) = (handle.peer.clone(), handle.id.clone());
+        // The call's timeout is kept here, not by rmcp, so that it can stop while a
+        // person answers the server's question.
         let response = tokio::select! {
             response = handle.await_response() => response,
             () = ctx.cancellation.cancelled() => {
-                // Tell the server to stop; the answer, if one comes, is dropped.
-                let cancel = CancelledNotificationParam::new(Some(id), Some("the workflow was cancelled".into()));
-                let _ = peer.send_notification(CancelledNotification::new(cancel).into()).await;
+                cancel(&peer, id, "the workflow was cancelled").await;
                 return Err(McpError::Cancelled { server: self.name.clone(), tool: tool.to_owned() });
+            }
+            () = call.silent_too_long() => {
+                cancel(&peer, id, "request timeout").await;
+                let secs = self.config.timeout.as_secs();
+                return Err(McpError::Timeout { server: self.name.clone(), tool: tool.to_owned(), secs });
             }
         };
         match response {
@@ -299,22 +309,57 @@ impl Server {
         tool: &str,
         request: ClientRequest,
         meta: &RequestMetaObject,
+        call: &ActiveCall,
     ) -> Result<(Arc<Connection>, RequestHandle<RoleClient>), McpError> {
-        // Progress from a long call shows the server is alive: it restarts the timeout.
-        let options = || {
-            PeerRequestOptions::with_timeout(self.config.timeout).with_meta(meta.clone()).reset_timeout_on_progress()
-        };
         let connection = self.connection().await?;
-        let first = connection.service.peer().send_cancellable_request(request.clone(), options()).await;
-        match first {
+        match self.send_on(&connection, request.clone(), meta, call).await {
             Ok(handle) => return Ok((connection, handle)),
             Err(ServiceError::McpError(e)) => return Err(self.protocol(tool, e.message.to_string())),
             Err(_) => self.forget(&connection).await,
         }
         let connection = self.connection().await?;
-        match connection.service.peer().send_cancellable_request(request, options()).await {
+        match self.send_on(&connection, request, meta, call).await {
             Ok(handle) => Ok((connection, handle)),
             Err(e) => Err(self.failed(tool, e, &connection).await.await_tail().await),
+        }
+    }
+
+    /// Sends a request of `call` on `connection`, and tells the call its id and token.
+    async fn send_on(
+        &self,
+        connection: &Connection,
+        request: ClientRequest,
+        meta: &RequestMetaObject,
+        call: &ActiveCall,
+    ) -> Result<RequestHandle<RoleClient>, ServiceError> {
+        let _sending = self.sending.lock().await;
+        let options = PeerRequestOptions::no_options().with_meta(meta.clone());
+        let handle = connection.service.peer().send_cancellable_request(request, options).await?;
+        call.sent(handle.id.clone(), handle.progress_token.clone());
+        Ok(handle)
+    }
+
+    /// The call a request of the server belongs to: the one whose HTTP response
+    /// stream it came on, when the transport says; otherwise the newest.
+    fn call_for(&self, extensions: &Extensions) -> Option<Arc<ActiveCall>> {
+        let active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
+        let linked = match extensions.get::<InboundStreamOrigin>() {
+            Some(InboundStreamOrigin::OutboundRequest(id)) => active.iter().rev().find(|c| c.is_request(id)),
+            _ => None,
+        };
+        linked.or_else(|| active.last()).cloned()
+    }
+
+    /// Passes a progress report to the call it is about.
+    async fn progress(&self, report: ProgressNotificationParam) {
+        // A report sent as soon as the request arrived waits for the call to know its token.
+        drop(self.sending.lock().await);
+        let call = {
+            let active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
+            active.iter().find(|c| c.reports_as(&report.progress_token)).cloned()
+        };
+        if let Some(call) = call {
+            call.progress(report);
         }
     }
 
@@ -360,6 +405,12 @@ impl Server {
             }
         }
     }
+}
+
+/// Tells the server to stop request `id`; its answer, if one comes, is dropped.
+async fn cancel(peer: &Peer<RoleClient>, id: RequestId, reason: &str) {
+    let cancel = CancelledNotificationParam::new(Some(id), Some(reason.to_owned()));
+    let _ = peer.send_notification(CancelledNotification::new(cancel).into()).await;
 }
 
 /// A mapped error, or a death whose stderr tail is still to be read.
@@ -452,12 +503,10 @@ impl ClientHandler for Handler {
     async fn create_message(
         &self,
         params: CreateMessageRequestParams,
-        _context: RequestContext<RoleClient>,
+        context: RequestContext<RoleClient>,
     ) -> Result<CreateMessageResult, ErrorData> {
-        let server = self.server.upgrade();
-        let call = server.and_then(|s| s.active.lock().unwrap_or_else(PoisonError::into_inner).last().cloned());
-        match call.and_then(|c| c.llm.clone()) {
-            Some(llm) => super::sampling::answer(&llm, &params).await,
+        match self.server.upgrade().and_then(|s| s.call_for(&context.extensions)) {
+            Some(call) => call.sample(&params).await,
             None => {
                 Err(ErrorData::invalid_request("sampling is answered only during a workflow step's tool call", None))
             }
@@ -467,15 +516,20 @@ impl ClientHandler for Handler {
     async fn create_elicitation(
         &self,
         request: ElicitRequestParams,
-        _context: RequestContext<RoleClient>,
+        context: RequestContext<RoleClient>,
     ) -> Result<ElicitResult, ErrorData> {
         let Some(server) = self.server.upgrade() else { return Ok(ElicitResult::new(ElicitationAction::Decline)) };
-        let call = server.active.lock().unwrap_or_else(PoisonError::into_inner).last().cloned();
-        Ok(match call {
-            Some(call) => call.elicit(&server.name, &request),
+        Ok(match server.call_for(&context.extensions) {
+            Some(call) => call.elicit(&server.name, &request).await,
             // Not during a call of ours (a server asking unprompted): nobody to ask.
             None => ElicitResult::new(ElicitationAction::Decline),
         })
+    }
+
+    async fn on_progress(&self, report: ProgressNotificationParam, _context: NotificationContext<RoleClient>) {
+        if let Some(server) = self.server.upgrade() {
+            server.progress(report).await;
+        }
     }
 
     async fn on_tool_list_changed(&self, context: NotificationContext<RoleClient>) {
@@ -486,6 +540,30 @@ impl ClientHandler for Handler {
                 tracing::warn!(server = %server.name, "could not refresh the tool list: {e}");
             }
         });
+    }
+}
+
+/// A call among its server's active ones until it ends, or until its step is
+/// dropped mid-call (a cancelled workflow), so that no request of the server goes
+/// to a call nobody awaits.
+struct InFlight<'a>(Arc<ActiveCall>, &'a Server);
+
+impl<'a> InFlight<'a> {
+    fn start(server: &'a Server, call: ActiveCall) -> Self {
+        let call = Arc::new(call);
+        server.active.lock().unwrap_or_else(PoisonError::into_inner).push(call.clone());
+        Self(call, server)
+    }
+
+    /// The call, no longer active.
+    fn end(self) -> Arc<ActiveCall> {
+        self.0.clone()
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.1.active.lock().unwrap_or_else(PoisonError::into_inner).retain(|c| !Arc::ptr_eq(c, &self.0));
     }
 }
 
@@ -517,10 +595,9 @@ impl Tool for McpTool {
 
     async fn run(&self, ctx: &ToolRunContext, args: Value) -> Result<ToolOutput, ToolError> {
         let args = check_arguments(&self.info.input_schema, &args)?;
-        let call = Arc::new(ActiveCall::new(ctx));
-        self.server.active.lock().unwrap_or_else(PoisonError::into_inner).push(call.clone());
-        let result = self.server.call(&self.info.name, args, ctx).await;
-        self.server.active.lock().unwrap_or_else(PoisonError::into_inner).retain(|c| !Arc::ptr_eq(c, &call));
+        let call = InFlight::start(&self.server, ActiveCall::new(ctx, &self.server.config));
+        let result = self.server.call(&self.info.name, args, &call.0).await;
+        let call = call.end();
         // Questions the server asked and nobody has answered yet: the step waits for a
         // person, and the call is made again when the workflow resumes.
         let asked = call.asked();

@@ -16,6 +16,10 @@ pub const MCP_CONFIG_VAR: &str = "PORTIA_MCP_CONFIG";
 
 /// How long a call may take by default before it is abandoned (and cancelled).
 const DEFAULT_TIMEOUT_SECS: u64 = 60;
+/// How long a server's question waits for a person by default. Under a minute: a
+/// server on the TypeScript SDK gives up on its own request after 60 s unless it sets
+/// a longer timeout, and an answer it no longer waits for would be lost.
+const DEFAULT_ELICITATION_WAIT_SECS: u64 = 50;
 
 /// Every MCP server to take tools from, by name.
 ///
@@ -48,8 +52,14 @@ pub struct McpConfig {
 pub struct McpServerConfig {
     /// How to reach the server.
     pub transport: McpTransport,
-    /// How long one call may take before it is cancelled.
+    /// How long one call may take before it is cancelled: the time the server is
+    /// silent, counted from the request or its last progress report, and not
+    /// counting the time a person takes to answer its question.
     pub timeout: Duration,
+    /// How long a question the server asks during a call (an elicitation) waits for
+    /// a person, the call held open meanwhile; unanswered, it is declined and the
+    /// workflow waits for the answer in NEED_CLARIFICATION. Zero declines at once.
+    pub elicitation_wait: Duration,
 }
 
 /// How to reach a server.
@@ -124,7 +134,11 @@ impl McpServerConfig {
     }
 
     fn with_transport(transport: McpTransport) -> Self {
-        Self { transport, timeout: Duration::from_secs(DEFAULT_TIMEOUT_SECS) }
+        Self {
+            transport,
+            timeout: Duration::from_secs(DEFAULT_TIMEOUT_SECS),
+            elicitation_wait: Duration::from_secs(DEFAULT_ELICITATION_WAIT_SECS),
+        }
     }
 
     /// Adds a variable to a stdio server's environment (ignored for HTTP).
@@ -151,11 +165,22 @@ impl McpServerConfig {
         self.timeout = timeout;
         self
     }
+
+    /// Sets how long the server's questions wait for a person (zero: declined at once).
+    #[must_use]
+    pub fn elicitation_wait(mut self, wait: Duration) -> Self {
+        self.elicitation_wait = wait;
+        self
+    }
 }
 
 impl fmt::Debug for McpServerConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("McpServerConfig").field("transport", &self.transport).field("timeout", &self.timeout).finish()
+        f.debug_struct("McpServerConfig")
+            .field("transport", &self.transport)
+            .field("timeout", &self.timeout)
+            .field("elicitation_wait", &self.elicitation_wait)
+            .finish()
     }
 }
 
@@ -200,6 +225,7 @@ struct RawServer {
     headers: BTreeMap<String, String>,
     bearer_token: Option<String>,
     timeout_secs: Option<u64>,
+    elicitation_wait_secs: Option<u64>,
     /// Cursor and others mark a server off without removing it.
     #[serde(default)]
     disabled: bool,
@@ -308,7 +334,8 @@ fn convert(name: &str, raw: RawServer, lookup: &dyn Fn(&str) -> Option<String>) 
     if timeout.is_zero() {
         return Err(McpError::config(&setting, "`timeoutSecs` must be at least 1"));
     }
-    Ok(McpServerConfig { transport, timeout })
+    let elicitation_wait = Duration::from_secs(raw.elicitation_wait_secs.unwrap_or(DEFAULT_ELICITATION_WAIT_SECS));
+    Ok(McpServerConfig { transport, timeout, elicitation_wait })
 }
 
 /// Replaces each `${VAR}` with the variable's value. An unset variable is an error
@@ -356,6 +383,20 @@ mod tests {
         let McpTransport::Http { headers, .. } = &config.servers["web"].transport else { panic!() };
         assert_eq!(headers["Authorization"].expose(), "Bearer s3cret-token");
         assert_eq!(config.servers["web"].timeout, Duration::from_secs(5));
+        assert_eq!(config.servers["web"].elicitation_wait, Duration::from_secs(DEFAULT_ELICITATION_WAIT_SECS));
+    }
+
+    #[test]
+    fn elicitation_wait_is_read_in_seconds_and_zero_is_allowed() {
+        let json = r#"{"mcpServers": {
+            "ask": {"command": "x", "elicitationWaitSecs": 120},
+            "never": {"command": "x", "elicitationWaitSecs": 0}
+        }}"#;
+        let config = McpConfig::from_json_with(json, vars).unwrap();
+        assert_eq!(config.servers["ask"].elicitation_wait, Duration::from_secs(120));
+        assert_eq!(config.servers["never"].elicitation_wait, Duration::ZERO);
+        let built = McpServerConfig::stdio("x", ["y"]).elicitation_wait(Duration::from_secs(7));
+        assert_eq!(built.elicitation_wait, Duration::from_secs(7));
     }
 
     #[test]
@@ -389,11 +430,13 @@ mod tests {
         let path = dir.path().join("portia.toml");
         std::fs::write(
             &path,
-            "llm_provider = \"openai\"\n[mcpServers.time]\ncommand = \"uvx\"\nargs = [\"mcp-server-time\"]\n",
+            "llm_provider = \"openai\"\n[mcpServers.time]\ncommand = \"uvx\"\nargs = [\"mcp-server-time\"]\n\
+             elicitationWaitSecs = 90\n",
         )
         .unwrap();
         let config = McpConfig::from_file(&path).unwrap();
         let McpTransport::Stdio { command, args, .. } = &config.servers["time"].transport else { panic!() };
         assert_eq!((command.as_str(), args.as_slice()), ("uvx", ["mcp-server-time".to_owned()].as_slice()));
+        assert_eq!(config.servers["time"].elicitation_wait, Duration::from_secs(90));
     }
 }

@@ -1,11 +1,11 @@
-//! MCP elicitation as clarifications.
+//! MCP elicitation as clarifications: a server's question as the clarification a
+//! person answers, and the person's response as the server's result.
 //!
 //! A server asks inside an open `tools/call`, which cannot be held open for the days
-//! a person may take. So a question without a stored answer is declined at once and
-//! becomes a clarification of the step; when the workflow resumes, the call is made
-//! again and the server's repeated question is answered from the stored response.
-
-use std::sync::{Mutex, PoisonError};
+//! a person may take: the call waits for a bounded time (see
+//! [`ActiveCall::elicit`](super::call::ActiveCall::elicit)), after which the question
+//! is declined and left to the workflow; when it resumes, the call is made again and
+//! the server's repeated question is answered from the stored response.
 
 use rmcp::model::{ElicitRequestParams, ElicitResult, ElicitationAction};
 use serde_json::{Map, Value, json};
@@ -17,42 +17,6 @@ use crate::ids::WorkflowId;
 const DECLINE: &str = "decline";
 const CANCEL: &str = "cancel";
 
-/// The questions asked during one tool call, and the answers its step already has.
-pub(crate) struct ActiveCall {
-    /// The step's LLM, which answers the server's sampling requests.
-    pub(crate) llm: Option<std::sync::Arc<dyn crate::llm::LlmClient>>,
-    workflow_id: WorkflowId,
-    answered: Vec<Clarification>,
-    asked: Mutex<Vec<Clarification>>,
-}
-
-impl ActiveCall {
-    pub(crate) fn new(ctx: &crate::tool::ToolRunContext) -> Self {
-        Self {
-            llm: ctx.llm.clone(),
-            workflow_id: ctx.workflow_id,
-            answered: ctx.clarifications.clone(),
-            asked: Mutex::default(),
-        }
-    }
-
-    /// The answer to `request` from the step's clarifications, or a decline with the
-    /// question kept for the person.
-    pub(crate) fn elicit(&self, server: &str, request: &ElicitRequestParams) -> ElicitResult {
-        let question = clarification(server, self.workflow_id, request);
-        if let Some(result) = stored_answer(&question, request, &self.answered) {
-            return result;
-        }
-        self.asked.lock().unwrap_or_else(PoisonError::into_inner).push(question);
-        ElicitResult::new(ElicitationAction::Decline)
-    }
-
-    /// The questions left for a person.
-    pub(crate) fn asked(&self) -> Vec<Clarification> {
-        std::mem::take(&mut *self.asked.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-}
-
 /// The properties of a form's schema, as JSON.
 fn properties(schema: &Value) -> Map<String, Value> {
     schema.get("properties").and_then(Value::as_object).cloned().unwrap_or_default()
@@ -61,7 +25,7 @@ fn properties(schema: &Value) -> Map<String, Value> {
 /// A form with one property of options is a Multiple Choice, with one boolean a Value
 /// Confirmation, anything else an Input answered with a JSON object of the fields
 /// (or, for a single field, its value); a URL is an Action.
-fn clarification(server: &str, workflow_id: WorkflowId, request: &ElicitRequestParams) -> Clarification {
+pub(super) fn question(server: &str, workflow_id: WorkflowId, request: &ElicitRequestParams) -> Clarification {
     match request {
         ElicitRequestParams::FormElicitationParams { message, requested_schema, .. } => {
             let schema = serde_json::to_value(requested_schema).unwrap_or_default();
@@ -103,27 +67,33 @@ fn guidance(server: &str, message: &str, properties: &Map<String, Value>) -> Str
     format!("{server} asks: {message}{answer} {}", fields.join("; ")).trim().to_owned()
 }
 
-fn stored_answer(
+/// The result for `question` from a resolved clarification among `answered`, if any.
+pub(super) fn stored_answer(
     question: &Clarification,
     request: &ElicitRequestParams,
     answered: &[Clarification],
 ) -> Option<ElicitResult> {
-    if let ClarificationKind::Action { action_url } = &question.kind {
-        let done = answered.iter().rev().find(|c| {
-            c.resolved && matches!(&c.kind, ClarificationKind::Action { action_url: url } if url == action_url)
-        })?;
-        return Some(match done.response.as_ref().and_then(Value::as_str) {
-            Some(DECLINE) => ElicitResult::new(ElicitationAction::Decline),
-            Some(CANCEL) => ElicitResult::new(ElicitationAction::Cancel),
-            _ => ElicitResult::new(ElicitationAction::Accept),
-        });
-    }
-    let response = crate::clarification::latest_answer(answered, question.argument_name()?)?;
-    Some(match response.as_str() {
+    let response = match &question.kind {
+        ClarificationKind::Action { action_url } => {
+            let done = answered.iter().rev().find(|c| {
+                c.resolved && matches!(&c.kind, ClarificationKind::Action { action_url: url } if url == action_url)
+            })?;
+            done.response.clone().unwrap_or_default()
+        }
+        _ => crate::clarification::latest_answer(answered, question.argument_name()?)?.clone(),
+    };
+    Some(answer(question, request, &response))
+}
+
+/// The server's result for a person's `response` to `question`: `"decline"` and
+/// `"cancel"` are MCP's; anything else accepts, a form with the response as content.
+pub(super) fn answer(question: &Clarification, request: &ElicitRequestParams, response: &Value) -> ElicitResult {
+    match response.as_str() {
         Some(DECLINE) => ElicitResult::new(ElicitationAction::Decline),
         Some(CANCEL) => ElicitResult::new(ElicitationAction::Cancel),
+        _ if matches!(question.kind, ClarificationKind::Action { .. }) => ElicitResult::new(ElicitationAction::Accept),
         _ => ElicitResult::new(ElicitationAction::Accept).with_content(content(request, response)),
-    })
+    }
 }
 
 /// The person's response as the form's content object: an object as it is, a single

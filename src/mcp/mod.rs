@@ -19,14 +19,21 @@
 //! `_` and a longer id is cut and ends in a stable hash of the full name.
 //!
 //! A server's elicitation during a call becomes a clarification of the step (see the
-//! README's MCP section): the question is declined at once, and when the workflow
-//! resumes the call is made again and the repeated question answered from the
-//! stored response.
+//! README's MCP section), asked at once with
+//! [`ToolRunContext::ask`](crate::tool::ToolRunContext::ask) while the call stays open
+//! for the server's [`elicitation_wait`](McpServerConfig::elicitation_wait): an answer
+//! in time goes to the server. Past the wait (or after a restart) the question is
+//! declined and the step waits in NEED_CLARIFICATION; when the workflow resumes, the
+//! call is made again and the repeated question answered from the stored response.
+//! The call's `timeoutSecs` counts only the server's silence: its progress reports
+//! restart it, and it stops while a person answers or the step's LLM samples. Progress reports become
+//! [`ToolProgress`](crate::events::EventKind::ToolProgress) events of the call.
 //!
 //! [`serve_stdio`] serves a [`Runner`](crate::Runner) to MCP clients such as Claude
 //! Desktop: tools to plan and run queries, list and show workflows, and answer
 //! clarifications.
 
+mod call;
 mod client;
 mod config;
 mod elicitation;
@@ -78,7 +85,8 @@ pub enum McpError {
         /// The last lines it wrote to stderr (stdio servers).
         stderr: Vec<String>,
     },
-    /// A call took longer than the server's `timeoutSecs`; it was cancelled.
+    /// The server was silent during a call for longer than its `timeoutSecs` (neither
+    /// answering nor reporting progress, nor waiting on a person); it was cancelled.
     #[error(
         "MCP server {server}: {tool} did not answer within {secs} s and was cancelled; raise `timeoutSecs` for it in the MCP config"
     )]

@@ -2,7 +2,6 @@
 //! runs workflows through a [`Runner`].
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData, Implementation, ListToolsResult,
@@ -17,11 +16,10 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::McpError;
+use crate::agent::StepOutcome;
+use crate::events::{EventKind, EventStream, Missed, WorkflowEvent};
 use crate::storage::WorkflowQuery;
 use crate::{Error, Result, Runner, Workflow};
-
-/// How often a long run reports progress, by default.
-const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A [`Runner`] as an MCP server. Its tools:
 ///
@@ -35,11 +33,11 @@ const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 /// | `resolve_clarification` | answers a workflow's question and runs it on |
 ///
 /// Runs report `notifications/progress` (steps done of steps planned) when the client
-/// asks for progress, and a client's `notifications/cancelled` cancels the workflow.
+/// asks for progress: once at the start and as each step ends. A client's
+/// `notifications/cancelled` cancels the workflow.
 #[derive(Debug, Clone)]
 pub struct PortiaMcpServer {
     runner: Arc<Runner>,
-    progress_interval: Duration,
 }
 
 /// Serves `runner` over stdin and stdout until the client disconnects.
@@ -107,14 +105,7 @@ fn tool<T: JsonSchema>(name: &'static str, description: &'static str, read_only:
 impl PortiaMcpServer {
     /// Serves `runner`'s planner, agents, tools and storage.
     pub fn new(runner: Arc<Runner>) -> Self {
-        Self { runner, progress_interval: PROGRESS_INTERVAL }
-    }
-
-    /// Sets how often a long run reports progress (default one second).
-    #[must_use]
-    pub fn progress_interval(mut self, interval: Duration) -> Self {
-        self.progress_interval = interval;
-        self
+        Self { runner }
     }
 
     fn tools() -> Vec<McpToolInfo> {
@@ -199,28 +190,37 @@ impl PortiaMcpServer {
         Ok(summary(&self.run(workflow, steps, ctx).await?))
     }
 
-    /// Runs a workflow, reporting progress while it runs when the client asked for it,
-    /// and cancelling it when the client cancels the request.
+    /// Runs a workflow, reporting progress as its steps end when the client asked for
+    /// it, and cancelling it when the client cancels the request.
     async fn run(&self, workflow: Workflow, steps: usize, ctx: &RequestContext<RoleServer>) -> Result<Workflow> {
         let id = workflow.id();
+        let mut done = workflow.outputs().step_outputs.len();
+        let token = ctx.meta.get_progress_token();
+        // Opened before the run starts, so that no step's end is missed.
+        let mut events = token.is_some().then(|| self.runner.subscribe_to(id));
         let runner = self.runner.clone();
         let mut run = tokio::spawn(async move { runner.execute_workflow(workflow).await });
-        let token = ctx.meta.get_progress_token();
         if let Some(token) = &token {
-            // Reported at once, so even a run shorter than the interval shows it started.
-            let _ = ctx.peer.notify_progress(progress(token.clone(), None, steps)).await;
+            let _ = ctx
+                .peer
+                .notify_progress(progress(token.clone(), done, steps, format!("started: {steps} steps planned")))
+                .await;
         }
-        let start = tokio::time::Instant::now() + self.progress_interval;
-        let mut ticks = tokio::time::interval_at(start, self.progress_interval);
         let mut cancelled = false;
         loop {
             tokio::select! {
-                _ = ticks.tick(), if token.is_some() => {
-                    let stored = self.runner.get_workflow(id).await.ok();
-                    let token = token.clone().expect("ticks only with a token");
-                    let _ = ctx.peer.notify_progress(progress(token, stored.as_ref(), steps)).await;
+                event = next_event(&mut events) => {
+                    let (Some(token), Some(Ok(event))) = (&token, event) else {
+                        events = None; // at rest, or the runner is gone: the run's end says the rest
+                        continue;
+                    };
+                    if let EventKind::StepFinished { step, outcome } = event.kind {
+                        done += usize::from(matches!(outcome, StepOutcome::Output(_)));
+                        let message = step_message(step, &outcome, steps);
+                        let _ = ctx.peer.notify_progress(progress(token.clone(), done, steps, message)).await;
+                    }
                 }
-                done = &mut run => return done.map_err(|e| McpError::Protocol {
+                ended = &mut run => return ended.map_err(|e| McpError::Protocol {
                     server: "portia".into(),
                     tool: "run".into(),
                     message: format!("the run ended abnormally: {e}"),
@@ -234,15 +234,29 @@ impl PortiaMcpServer {
     }
 }
 
-/// Steps done of steps planned, with the state in words.
-fn progress(token: ProgressToken, workflow: Option<&Workflow>, steps: usize) -> ProgressNotificationParam {
-    let done = workflow.map_or(0, Workflow::current_step_index);
+/// The next event of `events`, or never when there is no stream (any more).
+async fn next_event(events: &mut Option<EventStream>) -> Option<std::result::Result<WorkflowEvent, Missed>> {
+    match events {
+        Some(events) => events.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How step `step` (from 0) of `steps` ended, in words.
+fn step_message(step: usize, outcome: &StepOutcome, steps: usize) -> String {
+    let step = step + 1;
+    match outcome {
+        StepOutcome::Output(_) => format!("step {step} of {steps} done"),
+        StepOutcome::Clarifications(_) => format!("step {step} of {steps} waits for a person's answer"),
+        StepOutcome::Failed(failure) => format!("step {step} of {steps} failed: {}", failure.message),
+    }
+}
+
+/// `done` steps of `steps`, with `message`.
+fn progress(token: ProgressToken, done: usize, steps: usize, message: String) -> ProgressNotificationParam {
     let mut progress = ProgressNotificationParam::new(token, done as f64);
     progress.total = Some(steps as f64);
-    progress.message = Some(match workflow {
-        Some(w) => format!("{} at step {} of {steps}", w.state().as_str(), done + 1),
-        None => format!("started: {steps} steps planned"),
-    });
+    progress.message = Some(message);
     progress
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ElicitRequestParams, ErrorData, ListToolsResult,
-    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool as McpToolInfo,
+    PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities, ServerConfig, Tool as McpToolInfo,
 };
 use rmcp::service::{RequestContext, RoleServer};
 use rmcp::{ServerHandler, ServiceExt};
@@ -21,6 +21,8 @@ struct Fixture {
     seen_meta: Arc<Mutex<Vec<Value>>>,
     cancelled: Arc<tokio::sync::Notify>,
     closed: Arc<tokio::sync::Notify>,
+    /// Lets `progress` return once the test has seen its reports.
+    release: Arc<tokio::sync::Notify>,
 }
 
 fn tool(value: Value) -> McpToolInfo {
@@ -52,6 +54,7 @@ impl ServerHandler for Fixture {
             tool(json!({"name": "grow", "inputSchema": {"type": "object"}})),
             tool(json!({"name": "ask", "inputSchema": {"type": "object"}})),
             tool(json!({"name": "sample", "inputSchema": {"type": "object"}})),
+            tool(json!({"name": "progress", "inputSchema": {"type": "object"}})),
         ];
         tools.extend(self.extra_tools.lock().unwrap().iter().cloned());
         Ok(ListToolsResult::with_all_items(tools))
@@ -110,12 +113,28 @@ impl ServerHandler for Fixture {
                     .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
                 result(json!({"content": [{"type": "text", "text": "sampled"}], "structuredContent": reply}))
             }
+            "progress" => {
+                let token =
+                    context.meta.get_progress_token().ok_or_else(|| ErrorData::invalid_request("no token", None))?;
+                for done in 1..=3 {
+                    let mut report = ProgressNotificationParam::new(token.clone(), f64::from(done)).with_total(3.0);
+                    report.message = (done == 1).then(|| "started".to_owned());
+                    context.peer.notify_progress(report).await.unwrap();
+                }
+                self.release.notified().await;
+                result(json!({"content": [{"type": "text", "text": "done"}]}))
+            }
             other => Err(ErrorData::invalid_params(format!("unknown tool {other}"), None)),
         }
     }
 }
 
 async fn registry(fixture: &Fixture, timeout: Duration) -> McpToolRegistry {
+    connect(fixture, |server| server.timeout(timeout)).await
+}
+
+/// The fixture as server `fx`, configured by `configure`.
+async fn connect(fixture: &Fixture, configure: impl FnOnce(McpServerConfig) -> McpServerConfig) -> McpToolRegistry {
     let served = fixture.clone();
     let server = McpServerConfig::in_process(move || {
         let (client, server) = tokio::io::duplex(64 * 1024);
@@ -128,9 +147,8 @@ async fn registry(fixture: &Fixture, timeout: Duration) -> McpToolRegistry {
             closed.notify_one();
         });
         client
-    })
-    .timeout(timeout);
-    McpToolRegistry::connect(&McpConfig::new().server("fx", server)).await.unwrap()
+    });
+    McpToolRegistry::connect(&McpConfig::new().server("fx", configure(server))).await.unwrap()
 }
 
 fn ctx() -> ToolRunContext {
@@ -149,7 +167,17 @@ async fn lists_tools_with_namespaced_ids_and_annotation_flags() {
     let ids: Vec<String> = registry.get_tools().iter().map(|t| t.spec().id).collect();
     assert_eq!(
         ids,
-        ["fx__add", "fx__send", "fx__fail", "fx__picture", "fx__slow", "fx__grow", "fx__ask", "fx__sample"]
+        [
+            "fx__add",
+            "fx__send",
+            "fx__fail",
+            "fx__picture",
+            "fx__slow",
+            "fx__grow",
+            "fx__ask",
+            "fx__sample",
+            "fx__progress"
+        ]
     );
     let add = registry.get_tool("fx__add").unwrap().spec();
     assert!(add.idempotent && !add.side_effects);
@@ -300,4 +328,163 @@ async fn a_reserved_or_invalid_header_is_a_config_error_naming_it() {
         let message = error.to_string();
         assert!(message.contains("mcpServers.web.headers") && message.contains(expected), "{message}");
     }
+}
+
+/// A runner whose plan calls the fixture's `tool` once per run (`runs` runs).
+async fn workflow_calling(registry: McpToolRegistry, tool: &str, runs: usize) -> (crate::Runner, crate::Workflow) {
+    let llm = (0..runs).fold(crate::testing::ScriptedLlm::new(), |llm, _| llm.tool_call(tool, json!({})));
+    let config = crate::Config::builder()
+        .execution(crate::config::ExecutionMode::Sequential)
+        .summarize_final_output(false)
+        .build()
+        .unwrap();
+    let runner = crate::Runner::builder(config).tools(registry).llm(Arc::new(llm)).build().unwrap();
+    let plan = crate::PlanBuilder::new("call it").step("Call the tool", Some(tool), "$out").build();
+    let workflow = runner.create_workflow(&plan).await.unwrap();
+    (runner, workflow)
+}
+
+/// Runs `workflow` to rest, answering each question raised live with `answer` after
+/// `delay` (on the paused clock, in the tests that pause it); returns the events.
+async fn run_answering(
+    runner: &crate::Runner,
+    workflow: crate::Workflow,
+    answer: Option<Value>,
+    delay: Duration,
+) -> (crate::Workflow, Vec<crate::events::EventKind>) {
+    let (mut events, run) = runner.execute_workflow_stream(workflow);
+    let mut seen = Vec::new();
+    while let Some(event) = events.next().await {
+        let kind = event.unwrap().kind;
+        if let (crate::events::EventKind::ClarificationRaised { clarification }, Some(answer)) = (&kind, &answer) {
+            tokio::time::sleep(delay).await;
+            let answered = runner.resolve_clarification(clarification, answer.clone()).await.unwrap();
+            assert_eq!(answered.state(), crate::WorkflowState::InProgress, "answered live");
+        }
+        seen.push(kind);
+    }
+    (run.await.unwrap().unwrap(), seen)
+}
+
+fn step_output(workflow: &crate::Workflow) -> Value {
+    workflow.outputs().step_outputs.get("$out").map(|o| o.value.clone()).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn an_elicitation_answered_live_is_accepted_and_stored_resolved() {
+    let registry = connect(&Fixture::default(), |s| s.elicitation_wait(Duration::from_secs(3600))).await;
+    let (runner, workflow) = workflow_calling(registry, "fx__ask", 1).await;
+    let (done, events) = run_answering(&runner, workflow, Some(json!("Ada")), Duration::ZERO).await;
+    assert_eq!(done.state(), crate::WorkflowState::Complete, "{done:?}");
+    assert_eq!(step_output(&done), json!({"action": "accept", "content": {"name": "Ada"}}));
+    let stored = &done.outputs().clarifications;
+    assert!(stored.len() == 1 && stored[0].resolved && stored[0].response == Some(json!("Ada")), "{stored:?}");
+    use crate::events::EventKind as E;
+    let raised = events.iter().position(|e| matches!(e, E::ClarificationRaised { .. })).unwrap();
+    let resolved = events.iter().position(|e| matches!(e, E::ClarificationResolved { .. })).unwrap();
+    assert!(raised < resolved, "{events:?}");
+    let paused = events
+        .iter()
+        .any(|e| matches!(e, E::StateChanged { to, .. } if *to == crate::WorkflowState::NeedClarification));
+    assert!(!paused, "never NEED_CLARIFICATION: {events:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_call_timeout_does_not_count_the_time_a_person_takes_to_answer() {
+    let registry =
+        connect(&Fixture::default(), |s| s.timeout(Duration::from_secs(5)).elicitation_wait(Duration::from_secs(600)))
+            .await;
+    let (runner, workflow) = workflow_calling(registry, "fx__ask", 1).await;
+    // The person answers after 100 s of the paused clock: twenty timeouts' worth.
+    let (done, _) = run_answering(&runner, workflow, Some(json!("Ada")), Duration::from_secs(100)).await;
+    assert_eq!(done.state(), crate::WorkflowState::Complete, "{done:?}");
+    assert_eq!(step_output(&done), json!({"action": "accept", "content": {"name": "Ada"}}));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_elicitation_unanswered_within_the_wait_is_declined_then_answered_from_storage_on_resume() {
+    // Paused clock: once every task waits, the runtime moves it to the end of the wait.
+    let registry = connect(&Fixture::default(), |s| s.elicitation_wait(Duration::from_secs(30))).await;
+    let (runner, workflow) = workflow_calling(registry, "fx__ask", 2).await;
+    let (waiting, _) = run_answering(&runner, workflow, None, Duration::ZERO).await;
+    assert_eq!(waiting.state(), crate::WorkflowState::NeedClarification, "{waiting:?}");
+    let calls = runner.tool_calls(waiting.id()).await.unwrap();
+    assert!(format!("{:?}", calls[0].output).contains("What is your name?"), "declined, left to the workflow");
+
+    let question = waiting.outstanding_clarifications().next().unwrap().clone();
+    let ready = runner.resolve_clarification(&question, "Ada").await.unwrap();
+    assert_eq!(ready.state(), crate::WorkflowState::ReadyToResume);
+    let (done, events) = run_answering(&runner, ready, None, Duration::ZERO).await;
+    assert_eq!(done.state(), crate::WorkflowState::Complete, "{done:?}");
+    assert_eq!(step_output(&done), json!({"action": "accept", "content": {"name": "Ada"}}));
+    let asked_again = events.iter().any(|e| matches!(e, crate::events::EventKind::ClarificationRaised { .. }));
+    assert!(!asked_again, "the repeated question was answered from the stored response: {events:?}");
+}
+
+#[tokio::test]
+async fn decline_or_cancel_answered_live_are_mcps_decline_and_cancel() {
+    for action in ["decline", "cancel"] {
+        let registry = connect(&Fixture::default(), |s| s.elicitation_wait(Duration::from_secs(3600))).await;
+        let (runner, workflow) = workflow_calling(registry, "fx__ask", 1).await;
+        let (done, _) = run_answering(&runner, workflow, Some(json!(action)), Duration::ZERO).await;
+        assert_eq!(done.state(), crate::WorkflowState::Complete, "{done:?}");
+        assert_eq!(step_output(&done), json!({"action": action}));
+    }
+}
+
+#[tokio::test]
+async fn a_zero_wait_declines_at_once_and_leaves_the_question_to_the_workflow() {
+    let registry = connect(&Fixture::default(), |s| s.elicitation_wait(Duration::ZERO)).await;
+    let (runner, workflow) = workflow_calling(registry, "fx__ask", 1).await;
+    let (waiting, events) = run_answering(&runner, workflow, None, Duration::ZERO).await;
+    assert_eq!(waiting.state(), crate::WorkflowState::NeedClarification);
+    let raised = events.iter().filter(|e| matches!(e, crate::events::EventKind::ClarificationRaised { .. })).count();
+    assert_eq!(raised, 1, "raised once, when the step ended: {events:?}");
+}
+
+#[tokio::test]
+async fn progress_notifications_become_tool_progress_events_of_the_call() {
+    use crate::events::EventKind as E;
+    let fixture = Fixture::default();
+    let registry = registry(&fixture, Duration::from_secs(30)).await;
+    let (runner, workflow) = workflow_calling(registry, "fx__progress", 1).await;
+    let (mut events, run) = runner.execute_workflow_stream(workflow);
+    let (mut call, mut reports) = (None, Vec::new());
+    while let Some(event) = events.next().await {
+        match event.unwrap().kind {
+            E::ToolCallStarted { call: started, .. } => call = Some(started),
+            E::ToolProgress { call: of, tool_id, progress, total, message } => {
+                assert_eq!((Some(of), tool_id.as_str()), (call, "fx__progress"));
+                reports.push((progress, total, message));
+                if reports.len() == 3 {
+                    fixture.release.notify_one(); // seen while the call is open
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(run.await.unwrap().unwrap().state(), crate::WorkflowState::Complete);
+    assert_eq!(reports, [(1.0, Some(3.0), Some("started".to_owned())), (2.0, Some(3.0), None), (3.0, Some(3.0), None)]);
+}
+
+/// An LLM that takes 100 s (of the paused clock) to answer.
+#[derive(Debug)]
+struct Slow;
+
+#[async_trait::async_trait]
+impl crate::llm::LlmClient for Slow {
+    async fn chat(&self, _request: crate::llm::LlmRequest) -> Result<crate::llm::LlmResponse, crate::llm::LlmError> {
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        Ok(crate::llm::LlmResponse::text("Slate"))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_call_timeout_does_not_count_the_time_the_steps_llm_takes_to_answer_sampling() {
+    let registry = registry(&Fixture::default(), Duration::from_secs(5)).await;
+    let mut ctx = ctx();
+    ctx.llm = Some(Arc::new(Slow));
+    let output = registry.get_tool("fx__sample").unwrap().run(&ctx, json!({})).await.unwrap();
+    let ToolOutput::Value(reply) = output else { panic!() };
+    assert_eq!(reply["content"]["text"], "Slate", "{reply}");
 }

@@ -17,10 +17,12 @@ use super::metered::Meter;
 use crate::agent::{
     Agent, CallServices, StepContext, StepInput, StepOutcome, Stop, StopSignal, ToolCalls, summarize_final_output,
 };
+use crate::clarification::Clarification;
 use crate::config::ExecutionMode;
 use crate::events::{EventKind, RunEvents};
 use crate::hooks::{HookChain, HookError, StepDecision};
 use crate::ids::WorkflowId;
+use crate::live::StepQuestions;
 use crate::llm::retry::RetryPolicy;
 use crate::plan::Plan;
 use crate::plan::args::resolve as resolve_args;
@@ -187,8 +189,10 @@ impl Runner {
             _ => self.inner.config.max_parallel_steps.max(1),
         };
         let mut started = vec![false; run.plan.steps.len()];
-        let mut running: JoinSet<(usize, StepOutcome)> = JoinSet::new();
-        let mut step_of_task: HashMap<Id, usize> = HashMap::new();
+        let mut running: JoinSet<StepOutcome> = JoinSet::new();
+        // Each task's step, and what its tools ask a person meanwhile (kept outside
+        // the task, so a step that panics loses none of it).
+        let mut steps: HashMap<Id, (usize, StepQuestions)> = HashMap::new();
         let mut halt = Halt::default();
         loop {
             if !halt.stops_new_steps() && !run.meter.check_budget() {
@@ -199,18 +203,8 @@ impl Runner {
                     started[index] = true;
                     match self.step_context(run, index) {
                         Ok(ctx) => {
-                            let step = &run.plan.steps[index];
-                            let started = EventKind::StepStarted {
-                                step: index,
-                                task: step.task.clone(),
-                                tool_id: step.tool_id.clone(),
-                            };
-                            run.events.emit(run.workflow.id(), started);
-                            let (agent, hooks) = (Arc::clone(&self.inner.agent), self.inner.hooks.clone());
-                            let span = step_span(index, step);
-                            let step_run = async move { (index, run_step(agent, hooks, ctx).await) };
-                            let task = running.spawn(step_run.instrument(span));
-                            step_of_task.insert(task.id(), index);
+                            let questions = ctx.calls.questions();
+                            steps.insert(self.start_step(run, index, ctx, &mut running), (index, questions));
                         }
                         Err(failure) => {
                             halt.failure = Some(failure.at_step(index));
@@ -221,21 +215,31 @@ impl Runner {
             }
             let joined = tokio::select! {
                 biased;
-                joined = running.join_next() => joined,
+                joined = running.join_next_with_id() => joined,
                 () = run.signal.token().cancelled() => {
                     running.abort_all();
                     return Ok(halt);
                 }
             };
             let Some(joined) = joined else { break };
-            let (index, outcome) = match joined {
+            let (task, outcome) = match joined {
                 Ok(done) => done,
-                Err(e) => (step_of_task.get(&e.id()).copied().unwrap_or_default(), task_failure(e)),
+                Err(e) => (e.id(), task_failure(e)),
             };
-            self.apply(run, index, outcome, &mut halt);
+            let (index, questions) = steps.remove(&task).unwrap_or_default();
+            self.apply(run, index, outcome, questions.take(), &mut halt);
             self.save(run).await?;
         }
         Ok(halt)
+    }
+
+    /// Announces step `index` and runs it in a task of `running`; returns the task's id.
+    fn start_step(&self, run: &Run, index: usize, ctx: StepContext, running: &mut JoinSet<StepOutcome>) -> Id {
+        let step = &run.plan.steps[index];
+        let started = EventKind::StepStarted { step: index, task: step.task.clone(), tool_id: step.tool_id.clone() };
+        run.events.emit(run.workflow.id(), started);
+        let (agent, hooks) = (Arc::clone(&self.inner.agent), self.inner.hooks.clone());
+        running.spawn(run_step(agent, hooks, ctx).instrument(step_span(index, step))).id()
     }
 
     /// Steps not started whose inputs are all available, in plan order. Run one at a
@@ -252,16 +256,35 @@ impl Runner {
             .collect()
     }
 
-    fn apply(&self, run: &mut Run, index: usize, outcome: StepOutcome, halt: &mut Halt) {
+    /// Records how step `index` ended in the workflow, with the questions its tools
+    /// asked live (`asked_live`), in the save that follows.
+    fn apply(
+        &self,
+        run: &mut Run,
+        index: usize,
+        outcome: StepOutcome,
+        asked_live: Vec<Clarification>,
+        halt: &mut Halt,
+    ) {
         let workflow = &mut run.workflow;
         let finished = EventKind::StepFinished { step: index, outcome: outcome.clone() };
         run.events.emit(workflow.id(), finished);
+        // Answered while the call was open: kept as a record, and so that a call made
+        // again (after a crash, say) finds the answer. Asking and answering were
+        // announced. A question the step returns as well is kept as returned.
+        let returned = match &outcome {
+            StepOutcome::Clarifications(list) => list.iter().map(|c| c.id).collect(),
+            _ => Vec::new(),
+        };
+        workflow
+            .add_clarifications(index, asked_live.iter().filter(|c| c.resolved && !returned.contains(&c.id)).cloned());
         match outcome {
             StepOutcome::Output(output) => workflow.record_step_output(&run.plan, index, output),
             StepOutcome::Clarifications(list) => {
                 tracing::info!(workflow = %workflow.id(), step = index, count = list.len(), "step needs clarification");
                 let raised = workflow.add_clarifications(index, list);
-                for clarification in raised {
+                // A question first asked live was announced then.
+                for clarification in raised.into_iter().filter(|c| !asked_live.iter().any(|l| l.id == c.id)) {
                     run.events.emit(workflow.id(), EventKind::ClarificationRaised { clarification });
                 }
                 halt.clarifying = true;
@@ -362,7 +385,7 @@ impl Runner {
     /// The journaled call path of one step. Each resume of a step after a question
     /// it asked is a new attempt; a question about an interrupted call is not, so
     /// the answer applies to that very call.
-    fn step_calls(&self, run: &Run, step: usize, clarifications: &[crate::Clarification]) -> ToolCalls {
+    fn step_calls(&self, run: &Run, step: usize, clarifications: &[Clarification]) -> ToolCalls {
         let asked = clarifications.iter().filter(|c| c.tool_call.is_none());
         let attempt = u32::try_from(asked.count()).unwrap_or(u32::MAX);
         let journaled =
@@ -374,6 +397,7 @@ impl Runner {
             hooks: self.inner.hooks.clone(),
             events: run.events.clone(),
             retry: RetryPolicy::for_tools(&self.inner.config),
+            live: self.inner.live.clone(),
         };
         ToolCalls::new(services, (step, attempt), journaled)
     }

@@ -31,6 +31,7 @@ use crate::events::{EventKind, EventSink, EventStream, WorkflowEvent};
 use crate::execution_context::ExecutionContext;
 use crate::hooks::{HookChain, Hooks};
 use crate::ids::{PlanId, WorkflowId};
+use crate::live::LiveQuestions;
 use crate::llm::LlmClient;
 use crate::plan::Plan;
 use crate::planner::{OneShotPlanner, Planner, PlanningRequest};
@@ -63,6 +64,8 @@ struct Inner {
     local_runs: control::LocalRuns,
     hooks: HookChain,
     events: EventSink,
+    /// Questions running tools of this runner wait on (see [`Runner::resolve_clarification`]).
+    live: LiveQuestions,
 }
 
 /// Options for [`Runner::generate_plan_with`] and [`Runner::execute_query_with`].
@@ -343,18 +346,28 @@ impl Runner {
     /// Answers a clarification and saves the workflow; once none is outstanding the
     /// workflow is READY_TO_RESUME. Run it on with [`Runner::execute_workflow`].
     ///
+    /// A question a running tool of this runner is waiting on
+    /// ([`ToolRunContext::ask`](crate::tool::ToolRunContext::ask)) is answered live
+    /// instead: the answer goes to the tool, which carries on with it, and the
+    /// workflow is returned as stored, still IN_PROGRESS; the run stores the answered
+    /// question with the step. The answer is checked as for a stored question.
+    ///
     /// # Errors
     /// [`Error::WorkflowNotFound`], [`Error::ClarificationNotFound`],
     /// [`Error::InvalidClarificationResponse`] (a choice outside the options),
     /// [`Error::InvalidWorkflowState`] for a finished workflow, or
-    /// [`Error::AlreadyRunning`] while a run of it is in progress (a parallel branch
-    /// may ask before the others end; answer once the workflow is NEED_CLARIFICATION).
+    /// [`Error::AlreadyRunning`] while a run of it is in progress and no tool waits on
+    /// the question (a parallel branch may ask before the others end, or a tool's wait
+    /// may have just ended; answer once the workflow is NEED_CLARIFICATION).
     pub async fn resolve_clarification(
         &self,
         clarification: &Clarification,
         response: impl Into<Value>,
     ) -> Result<Workflow> {
         let response = response.into();
+        if self.inner.live.answer(clarification.id, &response)? {
+            return self.inner.storage.get_workflow(clarification.workflow_id).await;
+        }
         self.update_stored(clarification.workflow_id, |workflow| {
             workflow.resolve_clarification(clarification.id, response.clone())?;
             Ok(vec![EventKind::ClarificationResolved { clarification_id: clarification.id, response }])
@@ -724,6 +737,7 @@ impl RunnerBuilder {
             local_runs: control::LocalRuns::default(),
             hooks: self.hooks,
             events: EventSink::new(self.event_capacity),
+            live: LiveQuestions::default(),
         };
         Ok(Runner { inner: Arc::new(inner) })
     }

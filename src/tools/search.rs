@@ -68,23 +68,20 @@ impl SearchTool {
 
     /// A search tool with this Tavily key, returning [`SearchTool::DEFAULT_MAX_RESULTS`] results.
     pub fn new(api_key: impl Into<String>) -> Self {
-        Self::keyed(Some(Secret::new(api_key)))
+        let mut api = Self::api();
+        api.set_key(Some(Secret::new(api_key)));
+        Self { api, max_results: Self::DEFAULT_MAX_RESULTS }
     }
 
     /// The search tool `config` describes: its Tavily key and base URL, and its
     /// request timeout. Without a key every call fails, naming `TAVILY_API_KEY`.
     pub fn from_config(config: &Config) -> Self {
-        let mut tool = Self::keyed(config.tavily_api_key.clone()).timeout(config.request_timeout());
-        if let Some(url) = &config.tavily_base_url {
-            tool = tool.base_url(url);
-        }
-        tool
+        let api = Self::api().configured(config.tavily_api_key.clone(), config.tavily_base_url.as_ref(), config);
+        Self { api, max_results: Self::DEFAULT_MAX_RESULTS }
     }
 
-    fn keyed(key: Option<Secret>) -> Self {
-        let mut api = Api::new(SERVICE, KEY_VAR, DEFAULT_BASE_URL);
-        api.set_key(key);
-        Self { api, max_results: Self::DEFAULT_MAX_RESULTS }
+    fn api() -> Api {
+        Api::new(SERVICE, KEY_VAR, DEFAULT_BASE_URL)
     }
 
     /// Sends searches to `url` instead of Tavily's own service (a proxy, a test server).

@@ -66,23 +66,20 @@ struct Wind {
 impl WeatherTool {
     /// A weather tool with this OpenWeatherMap key.
     pub fn new(api_key: impl Into<String>) -> Self {
-        Self::keyed(Some(Secret::new(api_key)))
+        let mut api = Self::api();
+        api.set_key(Some(Secret::new(api_key)));
+        Self { api }
     }
 
     /// The weather tool `config` describes: its OpenWeatherMap key and base URL, and
     /// its request timeout. Without a key every call fails, naming `OPENWEATHERMAP_API_KEY`.
     pub fn from_config(config: &Config) -> Self {
-        let mut tool = Self::keyed(config.openweathermap_api_key.clone()).timeout(config.request_timeout());
-        if let Some(url) = &config.openweathermap_base_url {
-            tool = tool.base_url(url);
-        }
-        tool
+        let key = config.openweathermap_api_key.clone();
+        Self { api: Self::api().configured(key, config.openweathermap_base_url.as_ref(), config) }
     }
 
-    fn keyed(key: Option<Secret>) -> Self {
-        let mut api = Api::new(SERVICE, KEY_VAR, DEFAULT_BASE_URL);
-        api.set_key(key);
-        Self { api }
+    fn api() -> Api {
+        Api::new(SERVICE, KEY_VAR, DEFAULT_BASE_URL)
     }
 
     /// Asks `url` instead of OpenWeatherMap's own service (a proxy, a test server).

@@ -33,6 +33,14 @@ impl Api {
         Self { service, key_var, key: None, base_url: default_base_url.to_owned(), timeout, client }
     }
 
+    /// This API with `key`, and the base URL (when given) and request timeout of `config`.
+    pub(super) fn configured(mut self, key: Option<Secret>, base_url: Option<&String>, config: &Config) -> Self {
+        self.set_key(key);
+        self.set_base_url(base_url.map_or("", String::as_str));
+        self.set_timeout(config.request_timeout());
+        self
+    }
+
     /// Sets the key; a blank one counts as none.
     pub(super) fn set_key(&mut self, key: Option<Secret>) {
         self.key = key.filter(|k| !k.expose().trim().is_empty());

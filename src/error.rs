@@ -195,6 +195,7 @@ impl Error {
     }
 
     /// A storage error with a message only.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub(crate) fn storage(path: Option<PathBuf>, message: impl std::fmt::Display) -> Self {
         Self::Storage { path, message: message.to_string(), source: None }
     }

@@ -323,62 +323,125 @@ async fn record_then_replay_gives_the_same_workflow() {
     assert_eq!(stable(recorded), stable(replayed));
 }
 
-/// Drives `portia run` through a pseudo-terminal (util-linux `script`, installed by
-/// `.ci/run`), answering the question when it is asked, as a person would.
+/// `portia ARGS` on a pseudo-terminal (util-linux `script`, installed by `.ci/run`),
+/// with `envs` set: typed into and read from as a person would.
+#[cfg(target_os = "linux")]
+struct Terminal {
+    child: std::process::Child,
+    output: std::sync::mpsc::Receiver<Vec<u8>>,
+    seen: String,
+}
+
+#[cfg(target_os = "linux")]
+impl Terminal {
+    fn start(dir: &Path, args: &str, envs: &[(&str, &str)]) -> Self {
+        use std::io::Read;
+
+        let line = format!("'{}' {args}", env!("CARGO_BIN_EXE_portia"));
+        let base = portia(dir);
+        let mut child = Command::new("script")
+            .args(["-qfec", &line, "/dev/null"])
+            .envs(base.get_envs().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))))
+            .envs(envs.iter().copied())
+            .env_remove("OPENAI_API_KEY")
+            .env("TERM", "xterm")
+            .current_dir(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("util-linux `script` (bsdutils) is installed");
+        let mut stdout = child.stdout.take().unwrap();
+        let (tx, output) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buffer = [0; 4096];
+            while let Ok(n) = stdout.read(&mut buffer) {
+                if n == 0 || tx.send(buffer[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, output, seen: String::new() }
+    }
+
+    /// Reads until `text` has been shown.
+    fn wait_for(&mut self, text: &str) {
+        while !self.seen.contains(text) {
+            // A guard against a hang, not a measurement: what is awaited comes at once.
+            let chunk = self
+                .output
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("no {text:?} in {}", self.seen));
+            self.seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    fn type_line(&mut self, line: &str) {
+        use std::io::Write;
+        self.child.stdin.as_mut().unwrap().write_all(format!("{line}\n").as_bytes()).unwrap();
+    }
+
+    /// Waits for the end; returns the exit code and everything shown.
+    fn finish(mut self) -> (Option<i32>, String) {
+        let status = self.child.wait().unwrap();
+        drop(self.child.stdin.take());
+        // The rest of the output: the reader ends at the end of the child's output.
+        for chunk in self.output.iter() {
+            self.seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        (status.code(), self.seen)
+    }
+}
+
+/// Drives `portia run` through a pseudo-terminal, answering the question when it is
+/// asked, as a person would.
 #[cfg(target_os = "linux")]
 #[test]
 fn a_clarification_is_asked_and_answered_on_a_terminal() {
-    use std::io::{Read, Write};
-    use std::sync::mpsc;
-    use std::time::Duration;
-
     let dir = workdir();
     let plan = read_plan(dir.path(), "reprot.csv");
-    let line = format!("'{}' run --plan '{}'", env!("CARGO_BIN_EXE_portia"), plan.display());
-    let base = portia(dir.path());
-    let mut child = Command::new("script")
-        .args(["-qfec", &line, "/dev/null"])
-        .envs(base.get_envs().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))))
-        .env_remove("OPENAI_API_KEY")
-        .env("TERM", "xterm")
-        .current_dir(dir.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("util-linux `script` (bsdutils) is installed");
-    let mut stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut buffer = [0; 4096];
-        while let Ok(n) = stdout.read(&mut buffer) {
-            if n == 0 || tx.send(buffer[..n].to_vec()).is_err() {
-                break;
-            }
-        }
-    });
-    let mut seen = String::new();
-    let wait_for = |seen: &mut String, text: &str| {
-        while !seen.contains(text) {
-            // A guard against a hang, not a measurement: the question comes at once.
-            let chunk = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("no {text:?} in {seen}"));
-            seen.push_str(&String::from_utf8_lossy(&chunk));
-        }
-    };
-    wait_for(&mut seen, "choose (a number or a value)>");
+    let mut terminal = Terminal::start(dir.path(), &format!("run --plan '{}'", plan.display()), &[]);
+    terminal.wait_for("choose (a number or a value)>");
+    let seen = &terminal.seen;
     assert!(seen.contains("[Multiple Choice] reprot.csv was not found"), "{seen}");
     assert!(seen.contains("✓ 1 steps") || seen.contains("$report ? file_reader_tool"), "a live line per step: {seen}");
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(b"1\n").unwrap();
-    wait_for(&mut seen, "\"state\": \"COMPLETE\"");
-    let status = child.wait().unwrap();
-    drop(stdin);
-    // The rest of the output: the reader ends at the end of the child's output.
-    for chunk in rx.iter() {
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-    }
-    assert_eq!(status.code(), Some(0), "{seen}");
+    terminal.type_line("1");
+    terminal.wait_for("\"state\": \"COMPLETE\"");
+    let (code, seen) = terminal.finish();
+    assert_eq!(code, Some(0), "{seen}");
     assert!(seen.contains("\"temp\": \"-3\""), "{seen}");
+}
+
+/// server-everything's form, asked on the terminal while its call waits (for an
+/// hour, so only a live answer can finish the run in time), and answered there.
+#[cfg(all(target_os = "linux", feature = "mcp"))]
+#[test]
+fn a_servers_question_is_asked_live_on_a_terminal_and_its_call_goes_on() {
+    let Some(everything) = std::env::var("PORTIA_MCP_EVERYTHING").ok().filter(|p| Path::new(p).exists()) else {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "PORTIA_MCP_EVERYTHING: run .ci/install-mcp-servers");
+        return eprintln!("skipped: PORTIA_MCP_EVERYTHING is not set; .ci/install-mcp-servers installs the server");
+    };
+    let dir = workdir();
+    let servers = json!({"mcpServers": {"everything": {"command": everything, "elicitationWaitSecs": 3600}}});
+    let config = dir.path().join("mcp.json");
+    std::fs::write(&config, servers.to_string()).unwrap();
+    let tool = "everything__trigger-elicitation-request";
+    let plan = json!({
+        "plan_context": {"query": "Ask me", "tool_ids": [tool]},
+        "steps": [{"task": "Ask for my details", "inputs": [], "tool_id": tool, "output": "$details", "args": {}}]
+    });
+    let path = dir.path().join("plan.json");
+    std::fs::write(&path, plan.to_string()).unwrap();
+    let envs = [("PORTIA_MCP_CONFIG", config.to_str().unwrap())];
+    let mut terminal = Terminal::start(dir.path(), &format!("run --plan '{}'", path.display()), &envs);
+
+    terminal.wait_for("answer>");
+    assert!(terminal.seen.contains("[Input] everything asks"), "{}", terminal.seen);
+    terminal.type_line(r#"{"name": "Ada Lovelace", "check": true}"#);
+    terminal.wait_for("\"state\": \"COMPLETE\"");
+    let (code, seen) = terminal.finish();
+    assert_eq!(code, Some(0), "{seen}");
+    assert!(seen.contains("Ada Lovelace") && !seen.contains("is waiting for"), "{seen}");
 }
 
 #[cfg(feature = "mcp")]

@@ -2,15 +2,17 @@
 //! its tool, elapsed time and tokens, from the run's event stream. Shown only when
 //! stderr is a terminal; otherwise the run goes on silently.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::io::IsTerminal;
+use std::pin::Pin;
 use std::time::Duration;
 
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use portia::agent::StepOutcome;
 use portia::events::EventKind;
-use portia::{Plan, Runner, Workflow};
+use portia::{Clarification, Plan, Runner, Workflow};
 
-use crate::Failure;
+use crate::{Failure, prompt};
 
 const TICK: Duration = Duration::from_millis(100);
 
@@ -43,22 +45,30 @@ impl Planning {
     }
 }
 
-/// Runs `workflow`, with a line per step on stderr when `show`.
+/// Runs `workflow`, with a line per step on stderr when `show`. A question a tool
+/// asks while its call stays open (an MCP server's, say) is asked on the terminal at
+/// once when stdin is one, so the call can carry on with the answer.
 pub(crate) async fn execute(runner: &Runner, plan: &Plan, workflow: Workflow, show: bool) -> Result<Workflow, Failure> {
     if !show {
         return Ok(runner.execute_workflow(workflow).await?);
     }
     let (mut events, mut task) = runner.execute_workflow_stream(workflow);
     let mut view = View::new(plan);
+    let mut live = LiveQuestions::new(runner, std::io::stdin().is_terminal());
     // The stream ends when the workflow rests; a run that errors first ends the task instead.
     let result = loop {
         tokio::select! {
             biased;
             event = events.next() => match event {
-                Some(Ok(event)) => view.on(&event.kind),
+                Some(Ok(event)) => {
+                    if let Some(question) = view.on(&event.kind) {
+                        live.queue(question, &view.bars);
+                    }
+                }
                 Some(Err(_missed)) => {}
                 None => break (&mut task).await,
             },
+            () = live.next_answered() => live.done(&view.bars),
             result = &mut task => {
                 while let Ok(Some(Ok(event))) = tokio::time::timeout(Duration::ZERO, events.next()).await {
                     view.on(&event.kind);
@@ -67,8 +77,69 @@ pub(crate) async fn execute(runner: &Runner, plan: &Plan, workflow: Workflow, sh
             }
         }
     };
+    live.done(&view.bars);
     view.close();
     Ok(result.map_err(|e| Failure(format!("the run stopped abnormally: {e}")))??)
+}
+
+type Asking = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The questions asked live during a run, one on the terminal at a time; the step
+/// lines are hidden meanwhile, so they do not draw over the prompt.
+struct LiveQuestions {
+    runner: Runner,
+    enabled: bool,
+    waiting: VecDeque<Clarification>,
+    asking: Option<Asking>,
+}
+
+impl LiveQuestions {
+    fn new(runner: &Runner, enabled: bool) -> Self {
+        Self { runner: runner.clone(), enabled, waiting: VecDeque::new(), asking: None }
+    }
+
+    fn queue(&mut self, question: Clarification, bars: &MultiProgress) {
+        if self.enabled {
+            self.waiting.push_back(question);
+            self.ask_next(bars);
+        }
+    }
+
+    fn ask_next(&mut self, bars: &MultiProgress) {
+        if self.asking.is_some() {
+            return;
+        }
+        let Some(question) = self.waiting.pop_front() else { return };
+        let _ = bars.clear();
+        bars.set_draw_target(ProgressDrawTarget::hidden());
+        let runner = self.runner.clone();
+        self.asking = Some(Box::pin(async move {
+            match prompt::ask(&runner, &question, |text| eprint!("{text}")).await {
+                Ok(prompt::Asked::Refused(_)) => {
+                    // The tool stopped waiting just before the answer: the question
+                    // is asked again once the run pauses for it.
+                    eprintln!("(that question was withdrawn; it comes back when the run pauses)");
+                }
+                Ok(_) => {}
+                Err(e) => eprintln!("{}", e.0),
+            }
+        }));
+    }
+
+    /// Waits for the question on the terminal to be answered; never, when none is.
+    async fn next_answered(&mut self) {
+        match &mut self.asking {
+            Some(asking) => asking.await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The question on the terminal is over: show the step lines, or ask the next.
+    fn done(&mut self, bars: &MultiProgress) {
+        self.asking = None;
+        bars.set_draw_target(ProgressDrawTarget::stderr());
+        self.ask_next(bars);
+    }
 }
 
 /// The lines of a run in progress.
@@ -84,7 +155,8 @@ impl<'a> View<'a> {
         Self { plan, bars: MultiProgress::new(), steps: HashMap::new(), tokens: HashMap::new() }
     }
 
-    fn on(&mut self, kind: &EventKind) {
+    /// Shows `kind`; returns a question a tool asks while its step runs.
+    fn on(&mut self, kind: &EventKind) -> Option<Clarification> {
         match kind {
             EventKind::StepStarted { step, tool_id, .. } => {
                 let bar = self.bars.add(ProgressBar::new_spinner().with_style(spinner_style()));
@@ -98,13 +170,21 @@ impl<'a> View<'a> {
                 *self.tokens.entry(key).or_default() += usage.prompt_tokens + usage.completion_tokens;
             }
             EventKind::ToolProgress { call, tool_id, progress, total, message } => {
-                let Some(bar) = self.steps.get(&call.step) else { return };
+                let bar = self.steps.get(&call.step)?;
                 let done = total.map_or_else(|| format!("{progress}"), |total| format!("{progress}/{total}"));
                 bar.set_message(format!("{tool_id} · {done} {}", message.as_deref().unwrap_or_default()));
             }
             EventKind::StepFinished { step, outcome } => self.finish(*step, outcome),
+            // Raised while its step runs: asked live. Questions a step ends with are
+            // raised after it finished, and asked once the run pauses.
+            EventKind::ClarificationRaised { clarification }
+                if clarification.step.is_some_and(|step| self.steps.contains_key(&step)) =>
+            {
+                return Some(clarification.clone());
+            }
             _ => {}
         }
+        None
     }
 
     fn label(&self, step: usize) -> String {

@@ -1,6 +1,9 @@
 //! Clarifications on the terminal: shown, asked, and answered.
 
 use std::io::Write;
+use std::sync::OnceLock;
+
+use tokio::sync::mpsc;
 
 use portia::{Clarification, ClarificationKind, Runner, Workflow};
 use serde_json::Value;
@@ -41,20 +44,35 @@ fn show(value: &Value) -> String {
 pub(crate) async fn ask_all(runner: &Runner, workflow: &Workflow) -> Result<bool, Failure> {
     let open: Vec<Clarification> = workflow.outstanding_clarifications().cloned().collect();
     for clarification in open {
-        loop {
-            eprintln!("? {}", describe(&clarification));
-            eprint!("{}", hint(&clarification));
-            let _ = std::io::stderr().flush();
-            let Some(line) = read_line().await? else { return Ok(false) };
-            let answer = answer(&clarification, &line);
-            match runner.resolve_clarification(&clarification, answer).await {
-                Ok(_) => break,
-                Err(e @ portia::Error::InvalidClarificationResponse { .. }) => eprintln!("{e}"),
-                Err(e) => return Err(e.into()),
-            }
+        match ask(runner, &clarification, |text| eprint!("{text}")).await? {
+            Asked::Answered => {}
+            Asked::EndOfInput => return Ok(false),
+            Asked::Refused(e) => return Err(e.into()),
         }
     }
     Ok(true)
+}
+
+/// How asking one question ended.
+pub(crate) enum Asked {
+    Answered,
+    EndOfInput,
+    /// The runner would not take an answer (not a wrong one: that is asked again).
+    Refused(portia::Error),
+}
+
+/// Shows `clarification` through `show` and reads answers until one is taken.
+pub(crate) async fn ask(runner: &Runner, clarification: &Clarification, show: impl Fn(&str)) -> Result<Asked, Failure> {
+    loop {
+        show(&format!("? {}\n{}", describe(clarification), hint(clarification)));
+        let _ = std::io::stderr().flush();
+        let Some(line) = read_line().await? else { return Ok(Asked::EndOfInput) };
+        match runner.resolve_clarification(clarification, answer(clarification, &line)).await {
+            Ok(_) => return Ok(Asked::Answered),
+            Err(e @ portia::Error::InvalidClarificationResponse { .. }) => show(&format!("{e}\n")),
+            Err(e) => return Ok(Asked::Refused(e)),
+        }
+    }
 }
 
 fn hint(clarification: &Clarification) -> &'static str {
@@ -83,10 +101,26 @@ fn answer(clarification: &Clarification, line: &str) -> Value {
 }
 
 /// A line from stdin, or `None` at its end.
+///
+/// One thread reads stdin for the whole process and hands the lines out in order, so a
+/// question given up on (a live one whose wait ended) leaves no read behind that would
+/// swallow the answer to the next.
 async fn read_line() -> Result<Option<String>, Failure> {
-    let read = tokio::task::spawn_blocking(|| {
-        let mut line = String::new();
-        std::io::stdin().read_line(&mut line).map(|n| (n > 0).then_some(line))
+    static LINES: OnceLock<tokio::sync::Mutex<mpsc::UnboundedReceiver<std::io::Result<String>>>> = OnceLock::new();
+    let lines = LINES.get_or_init(|| {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lines() {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::sync::Mutex::new(receiver)
     });
-    Ok(read.await.map_err(|e| Failure(format!("reading the terminal failed: {e}")))??)
+    match lines.lock().await.recv().await {
+        Some(Ok(line)) => Ok(Some(line)),
+        Some(Err(e)) => Err(Failure(format!("reading the terminal failed: {e}"))),
+        None => Ok(None),
+    }
 }

@@ -114,7 +114,7 @@ impl LiveQuestions {
         bars.set_draw_target(ProgressDrawTarget::hidden());
         let runner = self.runner.clone();
         self.asking = Some(Box::pin(async move {
-            match prompt::ask(&runner, &question, |text| eprint!("{text}")).await {
+            match prompt::ask(&runner, &question).await {
                 Ok(prompt::Asked::Refused(_)) => {
                     // The tool stopped waiting just before the answer: the question
                     // is asked again once the run pauses for it.

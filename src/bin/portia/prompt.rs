@@ -44,7 +44,7 @@ fn show(value: &Value) -> String {
 pub(crate) async fn ask_all(runner: &Runner, workflow: &Workflow) -> Result<bool, Failure> {
     let open: Vec<Clarification> = workflow.outstanding_clarifications().cloned().collect();
     for clarification in open {
-        match ask(runner, &clarification, |text| eprint!("{text}")).await? {
+        match ask(runner, &clarification).await? {
             Asked::Answered => {}
             Asked::EndOfInput => return Ok(false),
             Asked::Refused(e) => return Err(e.into()),
@@ -61,15 +61,15 @@ pub(crate) enum Asked {
     Refused(portia::Error),
 }
 
-/// Shows `clarification` through `show` and reads answers until one is taken.
-pub(crate) async fn ask(runner: &Runner, clarification: &Clarification, show: impl Fn(&str)) -> Result<Asked, Failure> {
+/// Shows `clarification` on stderr and reads answers until one is taken.
+pub(crate) async fn ask(runner: &Runner, clarification: &Clarification) -> Result<Asked, Failure> {
     loop {
-        show(&format!("? {}\n{}", describe(clarification), hint(clarification)));
+        eprint!("? {}\n{}", describe(clarification), hint(clarification));
         let _ = std::io::stderr().flush();
         let Some(line) = read_line().await? else { return Ok(Asked::EndOfInput) };
         match runner.resolve_clarification(clarification, answer(clarification, &line)).await {
             Ok(_) => return Ok(Asked::Answered),
-            Err(e @ portia::Error::InvalidClarificationResponse { .. }) => show(&format!("{e}\n")),
+            Err(e @ portia::Error::InvalidClarificationResponse { .. }) => eprintln!("{e}"),
             Err(e) => return Ok(Asked::Refused(e)),
         }
     }

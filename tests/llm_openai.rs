@@ -259,24 +259,31 @@ async fn non_object_schema_is_asked_for_inside_an_object_and_unwrapped() {
     assert_eq!(format["schema"]["properties"]["value"]["type"], "array");
 }
 
-#[tokio::test]
-async fn refused_json_schema_falls_back_to_json_object_and_is_remembered_for_the_model() {
-    let server = MockServer::start().await;
+/// The server refuses `json_schema` with a 400 saying `refusal`, exactly `refused`
+/// times, and answers `json_object` requests with `{"city": "Paris"}`, exactly `answered` times.
+async fn refuse_json_schema(server: &MockServer, refusal: &str, refused: u64, answered: u64) {
     Mock::given(method("POST"))
         .and(path(ROUTE))
         .and(response_format("json_schema"))
-        .respond_with(error_reply(400, "Invalid parameter: 'response_format' of type 'json_schema' is not supported."))
-        // Once for gpt-test (then remembered), once for the other model.
-        .expect(2)
-        .mount(&server)
+        .respond_with(error_reply(400, refusal))
+        .expect(refused)
+        .mount(server)
         .await;
     Mock::given(method("POST"))
         .and(path(ROUTE))
         .and(response_format("json_object"))
         .respond_with(text_reply(r#"{"city": "Paris"}"#))
-        .expect(3)
-        .mount(&server)
+        .expect(answered)
+        .mount(server)
         .await;
+}
+
+#[tokio::test]
+async fn refused_json_schema_falls_back_to_json_object_and_is_remembered_for_the_model() {
+    let server = MockServer::start().await;
+    let refusal = "Invalid parameter: 'response_format' of type 'json_schema' is not supported.";
+    // Refused once for gpt-test (then remembered), once for the other model.
+    refuse_json_schema(&server, refusal, 2, 3).await;
     let llm = client(config(&server));
     let request = LlmRequest::new(ModelRole::Planning, vec![Message::system("You answer."), Message::user("Capital?")])
         .with_output_schema(OutputSchema::of::<Answer>("Answer"));
@@ -496,20 +503,7 @@ const LLAMA_REFUSAL: &str = "JSON schema error at #/$defs/PlannedInput/propertie
 #[tokio::test]
 async fn any_refusal_of_a_response_format_falls_back_to_json_object() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(ROUTE))
-        .and(response_format("json_schema"))
-        .respond_with(error_reply(400, LLAMA_REFUSAL))
-        .expect(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path(ROUTE))
-        .and(response_format("json_object"))
-        .respond_with(text_reply(r#"{"city": "Paris"}"#))
-        .expect(2)
-        .mount(&server)
-        .await;
+    refuse_json_schema(&server, LLAMA_REFUSAL, 1, 2).await;
     let llm = client(config(&server));
     let request = LlmRequest::new(ModelRole::Planning, vec![Message::user("Capital?")])
         .with_output_schema(OutputSchema::of::<Answer>("Answer"));

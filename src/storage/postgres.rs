@@ -517,24 +517,12 @@ impl PostgresStorage {
         let count: i64 =
             self.query(&tx, &format!("SELECT COUNT(*) FROM {{S}}.workflows WHERE {filter}"), &[&state]).await?[0]
                 .try_get(0)?;
-        let page_size = query.page_size.max(1);
-        let current_page = query.page.max(1);
-        let offset = (current_page - 1).saturating_mul(page_size);
+        let (limit, offset) = sql::page_rows(query);
         let sql = format!("SELECT id, body FROM {{S}}.workflows WHERE {filter} ORDER BY id LIMIT $2 OFFSET $3");
-        let rows = self.query(&tx, &sql, &[&state, &to_int(page_size)?, &to_int(offset)?]).await?;
+        let rows = self.query(&tx, &sql, &[&state, &to_int(limit)?, &to_int(offset)?]).await?;
         tx.commit().await?;
-        let (mut results, mut unreadable) = (Vec::new(), Vec::new());
-        for row in rows {
-            let (id, body): (String, String) = (row.try_get(0)?, row.try_get(1)?);
-            // One unreadable row must not hide the others.
-            match serde_json::from_str::<Workflow>(&body) {
-                Ok(workflow) => results.push(workflow),
-                Err(e) => unreadable.push(format!("workflow {id}: {e}")),
-            }
-        }
-        let count: usize = from_int(count)?;
-        let total_pages = count.div_ceil(page_size).max(1);
-        Ok(WorkflowPage { results, count, total_pages, current_page, unreadable })
+        let rows = rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).collect::<DbResult<Vec<_>>>()?;
+        sql::workflow_page(rows, count, query)
     }
 
     async fn try_update(&self, workflow: &Workflow, lease: &Lease, events: &[WorkflowEvent]) -> DbResult<()> {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 
-use super::{ToolCallKey, ToolCallRecord, ToolCallStatus};
+use super::{ToolCallKey, ToolCallRecord, ToolCallStatus, WorkflowPage, WorkflowQuery};
 use crate::Error;
 use crate::ids::WorkflowId;
 
@@ -69,6 +69,31 @@ pub(super) fn from_json<T: serde::de::DeserializeOwned, E>(text: &str, what: &st
 /// A stored workflow id.
 pub(super) fn parse_id<E>(id: &str) -> Result<WorkflowId, Fail<E>> {
     id.parse().map_err(|e| Fail::Corrupt(format!("workflow id {id:?}: {e}")))
+}
+
+/// The rows of `query`'s page: `(limit, offset)`.
+pub(super) fn page_rows(query: &WorkflowQuery) -> (usize, usize) {
+    let page_size = query.page_size.max(1);
+    (page_size, (query.page.max(1) - 1).saturating_mul(page_size))
+}
+
+/// `query`'s page of the `count` workflows, from its `(id, body)` rows. A row that
+/// does not parse is listed in `unreadable`: one bad row must not hide the others.
+pub(super) fn workflow_page<E>(
+    rows: impl IntoIterator<Item = (String, String)>,
+    count: i64,
+    query: &WorkflowQuery,
+) -> Result<WorkflowPage, Fail<E>> {
+    let (mut results, mut unreadable) = (Vec::new(), Vec::new());
+    for (id, body) in rows {
+        match serde_json::from_str(&body) {
+            Ok(workflow) => results.push(workflow),
+            Err(e) => unreadable.push(format!("workflow {id}: {e}")),
+        }
+    }
+    let count: usize = from_int(count)?;
+    let total_pages = count.div_ceil(query.page_size.max(1)).max(1);
+    Ok(WorkflowPage { results, count, total_pages, current_page: query.page.max(1), unreadable })
 }
 
 /// The journal's columns, in the order [`StoredToolCall`] reads them.

@@ -554,25 +554,13 @@ impl Storage for SqliteStorage {
             let count: i64 = tx
                 .prepare_cached(&format!("SELECT COUNT(*) FROM workflows {filter}"))?
                 .query_row(rusqlite::params_from_iter(&args), |row| row.get(0))?;
-            let page_size = query.page_size.max(1);
-            let current_page = query.page.max(1);
-            let offset = (current_page - 1).saturating_mul(page_size);
-            let (limit, offset) = (to_int(page_size)?, to_int(offset)?);
+            let (limit, offset) = sql::page_rows(&query);
+            let (limit, offset) = (to_int(limit)?, to_int(offset)?);
             let sql = format!("SELECT id, body FROM workflows {filter} ORDER BY id LIMIT {limit} OFFSET {offset}");
             let rows = collect(tx.prepare_cached(&sql)?.query(rusqlite::params_from_iter(&args))?, |row| {
                 Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
             })?;
-            let (mut results, mut unreadable) = (Vec::new(), Vec::new());
-            for (id, body) in rows {
-                // One unreadable row must not hide the others.
-                match serde_json::from_str::<Workflow>(&body) {
-                    Ok(workflow) => results.push(workflow),
-                    Err(e) => unreadable.push(format!("workflow {id}: {e}")),
-                }
-            }
-            let count: usize = from_int(count)?;
-            let total_pages = count.div_ceil(page_size).max(1);
-            Ok(WorkflowPage { results, count, total_pages, current_page, unreadable })
+            sql::workflow_page(rows, count, &query)
         })
         .await
     }

@@ -9,8 +9,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::call::ToolCallKey;
 use crate::ids::{ClarificationId, WorkflowId};
-use crate::storage::ToolCallKey;
 use crate::{Error, Result};
 
 /// A question to a human, with the answer once given.

@@ -18,10 +18,10 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 use crate::agent::StepOutcome;
+use crate::call::{ToolCallKey, ToolCallStatus};
 use crate::clarification::Clarification;
 use crate::ids::{ClarificationId, WorkflowId};
-use crate::llm::Usage;
-use crate::storage::{ToolCallKey, ToolCallStatus};
+use crate::usage::Usage;
 use crate::workflow::WorkflowState;
 
 /// How many events a subscriber may fall behind before it misses some, by default.

@@ -18,9 +18,9 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::agent::{StepContext, StepOutcome};
+use crate::call::ToolCallKey;
 use crate::clarification::{Clarification, ClarificationKind};
 use crate::execution_context::ExecutionContext;
-use crate::storage::ToolCallKey;
 use crate::tool::{ToolError, ToolOutput, ToolSpec};
 use crate::workflow::{Output, Workflow};
 

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod budget;
+mod call;
 pub mod cassette;
 pub mod clarification;
 pub mod config;
@@ -16,17 +17,21 @@ pub mod ids;
 mod live;
 pub mod llm;
 pub mod logging;
+mod macros;
 #[cfg(feature = "mcp")]
 pub mod mcp;
 pub mod plan;
 pub mod planner;
 pub mod runner;
 mod schema_check;
+mod secret;
+mod state;
 pub mod storage;
 pub mod testing;
 mod text;
 pub mod tool;
 pub mod tools;
+mod usage;
 pub mod workflow;
 
 pub use clarification::{Clarification, ClarificationKind};

@@ -17,10 +17,10 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::Result;
+use crate::call::ToolCallKey;
 use crate::clarification::Clarification;
 use crate::events::{EventKind, RunEvents};
 use crate::ids::ClarificationId;
-use crate::storage::ToolCallKey;
 
 /// The questions waiting for a person in this process, by id: one registry per runner.
 #[derive(Debug, Clone, Default)]

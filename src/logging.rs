@@ -1,6 +1,6 @@
 //! Logging set-up: the [`LogLevel`] setting and the `tracing` subscriber portia installs.
 
-use crate::config::config_enum;
+use crate::macros::config_enum;
 
 config_enum!(
     /// The log level, chosen by `PORTIA_LOG_LEVEL`.

@@ -24,6 +24,26 @@ pub(crate) fn api_error_message(body: &[u8]) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// A value as the LLM should read it: strings as they are, anything else as compact JSON.
+pub(crate) fn render_value(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A value as a prompt shows it: rendered, and clipped to `limit` characters with a
+/// note saying so (the stored value stays whole).
+pub(crate) fn prompt_value(value: &Value, limit: usize) -> String {
+    let text = render_value(value);
+    let total = text.chars().count();
+    if total <= limit {
+        return text;
+    }
+    let note = format!(" …[clipped: only the first {limit} of {total} characters are shown]");
+    clip(&text, limit, &note)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,5 +65,11 @@ mod tests {
         assert_eq!(message(r#"{"detail": "nope"}"#).as_deref(), Some("nope"));
         assert_eq!(message("<html>502</html>"), None);
         assert_eq!(message(r#"{"error": {"message": "  "}}"#), None);
+    }
+
+    #[test]
+    fn strings_render_raw_and_others_as_json() {
+        assert_eq!(render_value(&Value::from("a <b> & 'c'")), "a <b> & 'c'");
+        assert_eq!(render_value(&serde_json::json!({"x": 1})), "{\"x\":1}");
     }
 }

@@ -2,33 +2,11 @@
 
 use std::fmt::Write;
 
-use serde_json::Value;
-
 use super::StepContext;
-use crate::text::clip;
+use crate::text::prompt_value;
 
 /// Earlier outputs that are not declared inputs are cut to this many characters.
 const OTHER_OUTPUT_LIMIT: usize = 1000;
-
-/// A value as the LLM should read it: strings as they are, anything else as compact JSON.
-pub fn render_value(value: &Value) -> String {
-    match value {
-        Value::String(text) => text.clone(),
-        other => other.to_string(),
-    }
-}
-
-/// A value as a prompt shows it: rendered, and clipped to `limit` characters with a
-/// note saying so (the stored value stays whole).
-pub fn prompt_value(value: &Value, limit: usize) -> String {
-    let text = render_value(value);
-    let total = text.chars().count();
-    if total <= limit {
-        return text;
-    }
-    let note = format!(" …[clipped: only the first {limit} of {total} characters are shown]");
-    clip(&text, limit, &note)
-}
 
 pub(super) fn render(ctx: &StepContext) -> String {
     let limit = ctx.config.max_output_chars;
@@ -70,15 +48,4 @@ pub(super) fn render(ctx: &StepContext) -> String {
     }
     let _ = write!(out, "Today: {}", ctx.today);
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn strings_render_raw_and_others_as_json() {
-        assert_eq!(render_value(&Value::from("a <b> & 'c'")), "a <b> & 'c'");
-        assert_eq!(render_value(&serde_json::json!({"x": 1})), "{\"x\":1}");
-    }
 }

@@ -28,7 +28,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub(crate) use calls::{CallServices, Stop, StopSignal, ToolCalls, describe_stop};
-pub use context::{prompt_value, render_value};
 pub use one_shot::OneShotAgent;
 pub use summarize::summarize_final_output;
 pub use verifier::VerifierAgent;

@@ -5,10 +5,10 @@ use std::fmt::Write;
 use serde_json::Value;
 
 use super::StepContext;
-use super::context::prompt_value;
 use crate::llm::{LlmClient, LlmRequest, Message, ModelRole};
 use crate::plan::Plan;
 use crate::text::clip;
+use crate::text::prompt_value;
 use crate::workflow::Workflow;
 
 /// Earlier step outputs shown to the final summary are cut to this many characters;

@@ -5,11 +5,11 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::render_value;
 use super::tool_call::{ToolAttempt, finish, retries_exhausted, run_tool};
 use super::{Agent, MAX_TOOL_RETRIES, Route, StepContext, StepOutcome, route};
 use crate::clarification::{Clarification, latest_answer};
 use crate::llm::{LlmError, LlmRequest, Message, ModelRole, OutputSchema, structured};
+use crate::text::render_value;
 use crate::tool::{Tool, ToolSpec};
 
 const SYSTEM: &str = "You prepare the arguments of one tool call for a step of a plan. \

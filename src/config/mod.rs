@@ -11,7 +11,6 @@
 
 mod builder;
 mod enums;
-mod secret;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -20,10 +19,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::secret::Secret;
 pub use builder::ConfigBuilder;
-pub(crate) use enums::config_enum;
 pub use enums::{AgentKind, ExecutionMode, StorageKind};
-pub use secret::Secret;
 
 use crate::budget::{Budget, Prices};
 use crate::llm::{LlmProvider, ModelRef, ModelRole, split_provider};

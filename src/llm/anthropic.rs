@@ -16,7 +16,7 @@ use super::schema::{SentSchema, object_schema, portable};
 use super::transport::{Endpoint, secret_header};
 use super::{LlmError, LlmProvider, LlmRequest, LlmResponse, Message, OutputSchema, Role, ToolCall, ToolChoice, Usage};
 use crate::Config;
-use crate::config::Secret;
+use crate::secret::Secret;
 
 const API_VERSION: &str = "2023-06-01";
 

@@ -19,7 +19,7 @@ use super::schema::{SentSchema, portable};
 use super::transport::{Endpoint, secret_header};
 use super::{LlmError, LlmProvider, LlmRequest, LlmResponse, Message, Role, ToolCall, ToolChoice, Usage};
 use crate::Config;
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// A client for one OpenAI-protocol provider.
 #[derive(Debug)]

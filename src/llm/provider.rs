@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::config_enum;
+use crate::macros::config_enum;
 
 config_enum!(
     /// The LLM provider, chosen by `PORTIA_LLM_PROVIDER`.

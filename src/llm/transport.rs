@@ -8,7 +8,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
 use super::{LlmError, LlmProvider, Usage};
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// How much of a body that is not a provider error message is kept in an error.
 const BODY_EXCERPT_CHARS: usize = 300;

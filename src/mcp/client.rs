@@ -221,8 +221,8 @@ impl Server {
     fn http_config(
         &self,
         url: &str,
-        headers: &std::collections::BTreeMap<String, crate::config::Secret>,
-        bearer: Option<&crate::config::Secret>,
+        headers: &std::collections::BTreeMap<String, crate::secret::Secret>,
+        bearer: Option<&crate::secret::Secret>,
     ) -> Result<StreamableHttpClientTransportConfig, McpError> {
         let setting = format!("mcpServers.{}.headers", self.name);
         let mut custom = HashMap::new();

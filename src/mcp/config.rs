@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::McpError;
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// The variable naming an MCP configuration file.
 pub const MCP_CONFIG_VAR: &str = "PORTIA_MCP_CONFIG";

@@ -8,7 +8,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::agent::render_value;
+use crate::text::render_value;
 
 /// Whether `name` is an output name: `$` followed by an identifier (a letter or `_`,
 /// then letters, digits and `_`).

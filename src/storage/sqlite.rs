@@ -16,8 +16,8 @@ use super::{
 };
 use crate::events::{StoredEvent, WorkflowEvent};
 use crate::ids::{PlanId, WorkflowId};
-use crate::llm::Usage;
 use crate::plan::Plan;
+use crate::usage::Usage;
 use crate::workflow::{Workflow, WorkflowState};
 use crate::{Error, Result};
 

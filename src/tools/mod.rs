@@ -44,7 +44,8 @@ pub use llm_tool::{LLM_TOOL_ID, LlmTool, LlmToolArgs};
 pub use search::{SearchArgs, SearchTool};
 pub use weather::{WeatherArgs, WeatherTool};
 
-use crate::config::{Config, Secret};
+use crate::config::Config;
+use crate::secret::Secret;
 use crate::tool::{InMemoryToolRegistry, Tool};
 
 /// Calculator, weather and search, with their settings from `config`: the tools of

@@ -8,7 +8,8 @@ use serde_json::{Value, json};
 
 use super::json_number;
 use super::web::{self, Api};
-use crate::config::{Config, Secret};
+use crate::config::Config;
+use crate::secret::Secret;
 use crate::tool::{ToolError, ToolOutput, ToolRunContext, ToolSpec, TypedTool};
 
 const SERVICE: &str = "OpenWeatherMap";

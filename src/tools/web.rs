@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
-use crate::config::{Config, Secret};
+use crate::config::Config;
+use crate::secret::Secret;
 use crate::tool::{RetryHint, ToolError, ToolRunContext};
 
 /// API messages are cut to this many characters: enough to act on, not a whole HTML page.

@@ -14,7 +14,8 @@ use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStor
 use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::config::{Config, Secret, StorageKind};
+use crate::config::{Config, StorageKind};
+use crate::secret::Secret;
 use crate::{Error, Result};
 
 /// The setting a bad URL is reported against.

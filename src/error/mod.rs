@@ -5,10 +5,18 @@
 
 use std::path::PathBuf;
 
+mod llm;
+#[cfg(feature = "mcp")]
+mod mcp;
+mod plan;
+
+pub use llm::LlmError;
+#[cfg(feature = "mcp")]
+pub use mcp::McpError;
+pub use plan::PlanProblem;
+
 use crate::ids::{ClarificationId, IdParseError, PlanId, WorkflowId};
-use crate::llm::LlmError;
-use crate::plan::PlanProblem;
-use crate::workflow::WorkflowState;
+use crate::state::WorkflowState;
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -29,7 +37,7 @@ pub enum Error {
     /// An MCP server could not be configured, started or reached (feature `mcp`).
     #[cfg(feature = "mcp")]
     #[error(transparent)]
-    Mcp(#[from] crate::mcp::McpError),
+    Mcp(#[from] McpError),
 
     /// An API key the chosen provider or tool needs is not set.
     #[error("missing API key for {service}: set the environment variable {env_var}")]

@@ -1,0 +1,104 @@
+//! [`PlanProblem`]: one thing wrong with a plan.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// One thing wrong with a plan, as reported by [`Plan::validate`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "problem", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum PlanProblem {
+    /// The plan has no steps, so running it could answer nothing.
+    NoSteps,
+    /// A step has an empty task.
+    EmptyTask {
+        /// The step's index.
+        step: usize,
+    },
+    /// Two steps store their output under the same name.
+    DuplicateOutput {
+        /// The later step's index.
+        step: usize,
+        /// The repeated name.
+        output: String,
+    },
+    /// A step reads `$name`, which no earlier step produces.
+    UnknownInput {
+        /// The step's index.
+        step: usize,
+        /// The input's name.
+        input: String,
+    },
+    /// A step uses a tool the registry does not have.
+    UnknownTool {
+        /// The step's index.
+        step: usize,
+        /// The tool id.
+        tool_id: String,
+    },
+    /// A step's output name is not `$` followed by an identifier.
+    InvalidOutputName {
+        /// The step's index.
+        step: usize,
+        /// The name given.
+        output: String,
+    },
+    /// A constant input's value is the name of an earlier step's output: it would be
+    /// sent as that text, and the step would not wait for the output.
+    ConstantNamesOutput {
+        /// The step's index.
+        step: usize,
+        /// The input's name.
+        input: String,
+        /// The output it names.
+        output: String,
+    },
+    /// A step's arguments are not a JSON object, or the step has no tool to take them.
+    InvalidArgs {
+        /// The step's index.
+        step: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A step's arguments refer to `$name`, which no earlier step outputs.
+    UnknownArgReference {
+        /// The step's index.
+        step: usize,
+        /// The reference.
+        reference: String,
+    },
+}
+
+impl fmt::Display for PlanProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoSteps => f.write_str("the plan has no steps"),
+            Self::EmptyTask { step } => write!(f, "step {step} has an empty task"),
+            Self::DuplicateOutput { step, output } => {
+                write!(f, "step {step} reuses the output name {output}; each step needs its own")
+            }
+            Self::UnknownInput { step, input } => {
+                write!(f, "step {step} reads {input}, which no earlier step outputs")
+            }
+            Self::UnknownTool { step, tool_id } => {
+                write!(f, "step {step} uses tool {tool_id:?}, which is not in the tool registry")
+            }
+            Self::InvalidOutputName { step, output } => {
+                write!(
+                    f,
+                    "step {step} outputs {output:?}; an output name is $ followed by letters, digits or _, such as $result"
+                )
+            }
+            Self::ConstantNamesOutput { step, input, output } => write!(
+                f,
+                "step {step} gives input {input:?} the constant {output:?}, the name of an earlier output; \
+                 declare it as a reference instead (name {output}, no value) so the step reads that output"
+            ),
+            Self::InvalidArgs { step, reason } => write!(f, "step {step} has invalid arguments: {reason}"),
+            Self::UnknownArgReference { step, reference } => {
+                write!(f, "step {step}'s arguments refer to {reference}, which no earlier step outputs")
+            }
+        }
+    }
+}

@@ -17,11 +17,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-use crate::agent::StepOutcome;
 use crate::call::{ToolCallKey, ToolCallStatus};
 use crate::clarification::Clarification;
 use crate::ids::{ClarificationId, WorkflowId};
 use crate::usage::Usage;
+use crate::workflow::StepOutcome;
 use crate::workflow::WorkflowState;
 
 /// How many events a subscriber may fall behind before it misses some, by default.

@@ -17,11 +17,12 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::agent::{StepContext, StepOutcome};
+use crate::agent::StepContext;
 use crate::call::ToolCallKey;
 use crate::clarification::{Clarification, ClarificationKind};
 use crate::execution_context::ExecutionContext;
 use crate::tool::{ToolError, ToolOutput, ToolSpec};
+use crate::workflow::StepOutcome;
 use crate::workflow::{Output, Workflow};
 
 /// A hook failed; the message says why.

@@ -19,7 +19,6 @@ use serde_json::Value;
 
 pub use crate::error::PlanProblem;
 use crate::ids::PlanId;
-use crate::tool::ToolRegistry;
 use crate::usage::Usage;
 use crate::{Error, Result};
 
@@ -114,6 +113,14 @@ impl Variable {
     }
 }
 
+/// What checking a plan needs to know of the tools: whether one is there. Every
+/// [`ToolRegistry`](crate::ToolRegistry) is one, so a registry is what you pass to
+/// [`Plan::validate`].
+pub trait ToolLookup {
+    /// Whether the tool with this id (or display name) is available.
+    fn has_tool(&self, id: &str) -> bool;
+}
+
 impl Plan {
     /// A new plan with a fresh id.
     pub fn new(plan_context: PlanContext, steps: Vec<Step>) -> Self {
@@ -134,13 +141,13 @@ impl Plan {
     ///
     /// # Errors
     /// [`Error::InvalidPlan`] listing each [`PlanProblem`].
-    pub fn validate(&self, registry: &dyn ToolRegistry) -> Result<()> {
+    pub fn validate(&self, registry: &(impl ToolLookup + ?Sized)) -> Result<()> {
         let problems = self.problems(registry);
         if problems.is_empty() { Ok(()) } else { Err(Error::InvalidPlan(problems)) }
     }
 
     /// Every problem [`Plan::validate`] would report; empty when the plan is valid.
-    pub fn problems(&self, registry: &dyn ToolRegistry) -> Vec<PlanProblem> {
+    pub fn problems(&self, registry: &(impl ToolLookup + ?Sized)) -> Vec<PlanProblem> {
         let mut problems = Vec::new();
         if self.steps.is_empty() {
             problems.push(PlanProblem::NoSteps);
@@ -152,7 +159,7 @@ impl Plan {
             }
             self.input_problems(step, &produced, &mut problems);
             if let Some(tool_id) = &s.tool_id
-                && registry.get_tool(tool_id).is_err()
+                && !registry.has_tool(tool_id)
             {
                 problems.push(PlanProblem::UnknownTool { step, tool_id: tool_id.clone() });
             }

@@ -48,6 +48,7 @@ use crate::execution_context::ExecutionContext;
 use crate::ids::WorkflowId;
 use crate::live::Asker;
 use crate::llm::{LlmClient, ToolDefinition};
+use crate::plan::ToolLookup;
 use crate::{Error, Result};
 
 /// What a tool run produced.
@@ -483,6 +484,12 @@ pub trait ToolRegistry: Send + Sync + fmt::Debug {
     /// registry knows better.
     fn match_tools(&self, _query: &str) -> Vec<Arc<dyn Tool>> {
         self.get_tools()
+    }
+}
+
+impl<R: ToolRegistry + ?Sized> ToolLookup for R {
+    fn has_tool(&self, id: &str) -> bool {
+        self.get_tool(id).is_ok()
     }
 }
 

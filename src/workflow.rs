@@ -21,12 +21,42 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 use crate::clarification::Clarification;
+use crate::error::LlmError;
 use crate::execution_context::ExecutionContext;
 use crate::ids::{ClarificationId, PlanId, WorkflowId};
 use crate::plan::Plan;
 pub use crate::state::WorkflowState;
 use crate::usage::Usage;
 use crate::{Error, Result};
+
+/// How a step ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepOutcome {
+    /// The step produced its output.
+    Output(Output),
+    /// The step needs answers from a human first.
+    Clarifications(Vec<Clarification>),
+    /// The step failed; the failure says how and why.
+    Failed(Failure),
+}
+
+impl StepOutcome {
+    /// A failure of `kind`.
+    pub fn failed(kind: FailureKind, message: impl Into<String>) -> Self {
+        Self::Failed(Failure::new(kind, message))
+    }
+
+    /// The failure of an LLM call: the model's fault when its reply did not fit, the
+    /// provider's otherwise.
+    pub fn llm_failed(error: &LlmError) -> Self {
+        let kind = match error {
+            LlmError::Structured { .. } => FailureKind::Agent,
+            _ => FailureKind::Llm,
+        };
+        Self::failed(kind, format!("LLM call failed: {error}"))
+    }
+}
 
 /// The output of a step, or of the whole workflow.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

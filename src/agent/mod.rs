@@ -13,7 +13,6 @@
 //!   and a tool whose arguments follow from the task (one with a
 //!   [`ToolSpec::task_argument`], such as the LLM tool) is called directly.
 
-mod calls;
 mod context;
 mod llm_step;
 mod one_shot;
@@ -26,8 +25,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
-pub(crate) use calls::{CallServices, Stop, StopSignal, ToolCalls, describe_stop};
+pub use crate::workflow::StepOutcome;
 pub use one_shot::OneShotAgent;
 pub use summarize::summarize_final_output;
 pub use verifier::VerifierAgent;
@@ -36,10 +36,9 @@ use crate::clarification::Clarification;
 use crate::config::Config;
 use crate::execution_context::ExecutionContext;
 use crate::ids::WorkflowId;
-use crate::llm::{LlmClient, LlmError};
+use crate::llm::LlmClient;
 use crate::plan::Step;
 use crate::tool::{Tool, ToolError, ToolOutput, ToolRunContext, ToolSpec};
-use crate::workflow::{Failure, FailureKind, Output};
 
 /// How many times a soft tool error is shown to the model before the step fails.
 pub const MAX_TOOL_RETRIES: usize = 3;
@@ -53,6 +52,29 @@ pub struct StepInput {
     pub description: String,
     /// Its value: the constant, or the earlier step's output value.
     pub value: Value,
+}
+
+/// The run's journaled path for a step's tool calls. The runner provides it, so an
+/// agent reaches no store, lease or hook itself.
+#[async_trait::async_trait]
+pub(crate) trait StepCalls: Send + Sync {
+    /// The arguments journaled for the next call, when an interrupted run of this
+    /// step made it: the agent calls with them instead of asking the model again.
+    fn journaled_args(&self) -> Option<Value>;
+
+    /// The token a running tool watches for cancellation.
+    fn cancellation(&self) -> CancellationToken;
+
+    /// Makes a journaled call of `tool` with `args`, each try with a fresh copy of
+    /// `context`, sending the same arguments again while the service fails and a
+    /// re-send is safe.
+    async fn call(
+        &self,
+        tool: &dyn Tool,
+        spec: &ToolSpec,
+        context: &ToolRunContext,
+        args: Value,
+    ) -> Result<ToolOutput, ToolError>;
 }
 
 /// Everything an agent may use to run one step.
@@ -86,7 +108,7 @@ pub struct StepContext {
     /// Today's date, `YYYY-MM-DD`.
     pub today: String,
     /// The run's journaled path for this step's tool calls.
-    pub(crate) calls: ToolCalls,
+    pub(crate) calls: Arc<dyn StepCalls>,
 }
 
 impl fmt::Debug for StepContext {
@@ -133,36 +155,7 @@ impl StepContext {
     /// backoff, up to `max_retries` times, each as a new journaled call; past that
     /// the error is hard. Other soft errors are returned for the model to fix.
     pub async fn call_tool(&self, tool: &dyn Tool, spec: &ToolSpec, args: Value) -> Result<ToolOutput, ToolError> {
-        self.calls.call_resending(tool, spec, || self.tool_run_context(), args).await
-    }
-}
-
-/// How a step ended.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StepOutcome {
-    /// The step produced its output.
-    Output(Output),
-    /// The step needs answers from a human first.
-    Clarifications(Vec<Clarification>),
-    /// The step failed; the failure says how and why.
-    Failed(Failure),
-}
-
-impl StepOutcome {
-    /// A failure of `kind`.
-    pub fn failed(kind: FailureKind, message: impl Into<String>) -> Self {
-        Self::Failed(Failure::new(kind, message))
-    }
-
-    /// The failure of an LLM call: the model's fault when its reply did not fit, the
-    /// provider's otherwise.
-    pub fn llm_failed(error: &LlmError) -> Self {
-        let kind = match error {
-            LlmError::Structured { .. } => FailureKind::Agent,
-            _ => FailureKind::Llm,
-        };
-        Self::failed(kind, format!("LLM call failed: {error}"))
+        self.calls.call(tool, spec, &self.tool_run_context(), args).await
     }
 }
 

@@ -16,9 +16,9 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::McpError;
-use crate::agent::StepOutcome;
 use crate::events::{EventKind, EventStream, Missed, WorkflowEvent};
 use crate::storage::WorkflowQuery;
+use crate::workflow::StepOutcome;
 use crate::{Error, Result, Runner, Workflow};
 
 /// A [`Runner`] as an MCP server. Its tools:

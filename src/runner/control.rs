@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::agent::{Stop, StopSignal};
+use super::calls::{Stop, StopSignal};
 use crate::ids::WorkflowId;
 use crate::storage::{Lease, Storage};
 

@@ -12,11 +12,10 @@ use tokio::task::{Id, JoinSet};
 use tracing::Instrument;
 
 use super::Runner;
+use super::calls::{CallServices, Stop, StopSignal, ToolCalls};
 use super::control::spawn_heartbeat;
 use super::metered::Meter;
-use crate::agent::{
-    Agent, CallServices, StepContext, StepInput, StepOutcome, Stop, StopSignal, ToolCalls, summarize_final_output,
-};
+use crate::agent::{Agent, StepContext, StepInput, StepOutcome, summarize_final_output};
 use crate::clarification::Clarification;
 use crate::config::ExecutionMode;
 use crate::events::{EventKind, RunEvents};
@@ -202,8 +201,7 @@ impl Runner {
                     }
                     started[index] = true;
                     match self.step_context(run, index) {
-                        Ok(ctx) => {
-                            let questions = ctx.calls.questions();
+                        Ok((ctx, questions)) => {
                             steps.insert(self.start_step(run, index, ctx, &mut running), (index, questions));
                         }
                         Err(failure) => {
@@ -333,7 +331,7 @@ impl Runner {
     }
 
     /// The owned context an agent runs step `index` with, or why the step cannot run.
-    fn step_context(&self, run: &Run, index: usize) -> std::result::Result<StepContext, Failure> {
+    fn step_context(&self, run: &Run, index: usize) -> std::result::Result<(StepContext, StepQuestions), Failure> {
         let (plan, workflow) = (&run.plan, &run.workflow);
         let step = &plan.steps[index];
         let tool = match &step.tool_id {
@@ -364,14 +362,16 @@ impl Runner {
         // Plan-time arguments with their `$name` references replaced by the outputs.
         let args =
             step.args.as_ref().map(|args| resolve_args(args, &|name| outputs.get(name).map(|o| o.value.clone())));
-        Ok(StepContext {
+        let calls = self.step_calls(run, index, &clarifications);
+        let questions = calls.questions();
+        let ctx = StepContext {
             args,
             query: plan.plan_context.query.clone(),
             step_index: index,
             step: step.clone(),
             inputs,
             other_outputs,
-            calls: self.step_calls(run, index, &clarifications),
+            calls: Arc::new(calls),
             clarifications,
             execution_context: workflow.execution_context().clone(),
             workflow_id: workflow.id(),
@@ -379,7 +379,8 @@ impl Runner {
             llm: run.meter.client(Arc::clone(&self.inner.llm), Some(&step.output)),
             config: Arc::clone(&self.inner.config),
             today: self.today(),
-        })
+        };
+        Ok((ctx, questions))
     }
 
     /// The journaled call path of one step. Each resume of a step after a question

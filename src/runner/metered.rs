@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::Runner;
-use crate::agent::{Stop, StopSignal, describe_stop};
+use super::calls::{Stop, StopSignal, describe_stop};
 use crate::config::Config;
 use crate::events::{EventKind, RunEvents};
 use crate::llm::{LlmClient, LlmError, LlmRequest, LlmResponse, ModelRef};

@@ -8,6 +8,7 @@
 //! A `Runner` is cheap to clone and `Send + Sync`: one runner serves many
 //! workflows at once.
 
+mod calls;
 mod control;
 mod executor;
 mod metered;
@@ -24,7 +25,7 @@ use chrono::Utc;
 
 use serde_json::Value;
 
-use crate::agent::{Agent, OneShotAgent, Stop, VerifierAgent};
+use crate::agent::{Agent, OneShotAgent, VerifierAgent};
 use crate::clarification::{Clarification, ClarificationKind};
 use crate::config::{AgentKind, Config, StorageKind};
 use crate::events::{EventKind, EventSink, EventStream, WorkflowEvent};
@@ -43,6 +44,7 @@ use crate::storage::{PostgresSettings, PostgresStorage};
 use crate::tool::{InMemoryToolRegistry, ToolRegistry};
 use crate::workflow::{Failure, FailureKind, Workflow, WorkflowState, WorkflowUsage};
 use crate::{Error, Result};
+use calls::Stop;
 
 /// Plans queries and runs workflows. See the [module docs](self).
 #[derive(Debug, Clone)]

@@ -13,8 +13,8 @@ use std::time::Duration;
 use tokio::task::{Id, JoinSet};
 
 use super::Runner;
+use super::calls::{Stop, StopSignal};
 use crate::Result;
-use crate::agent::{Stop, StopSignal};
 use crate::storage::LeaseGrant;
 use crate::workflow::Workflow;
 

@@ -8,8 +8,8 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use portia::agent::StepOutcome;
 use portia::events::EventKind;
+use portia::workflow::StepOutcome;
 use portia::{Clarification, Plan, Runner, Workflow};
 
 use crate::{Failure, prompt};

@@ -17,6 +17,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::agent::StepCalls;
 use crate::clarification::{CallVerdict, Clarification, ClarificationKind};
 use crate::events::{EventKind, RunEvents, ToolEvents};
 use crate::hooks::{HookChain, ToolCallDecision, ToolCallRequest};
@@ -97,6 +98,28 @@ pub(crate) struct CallServices {
     pub(crate) live: LiveQuestions,
 }
 
+#[async_trait::async_trait]
+impl StepCalls for ToolCalls {
+    fn journaled_args(&self) -> Option<Value> {
+        let seq = self.next_seq.load(Ordering::SeqCst);
+        self.journaled.iter().find(|r| r.key.seq == seq).map(|r| r.input.clone())
+    }
+
+    fn cancellation(&self) -> CancellationToken {
+        self.signal.token().clone()
+    }
+
+    async fn call(
+        &self,
+        tool: &dyn Tool,
+        spec: &ToolSpec,
+        context: &ToolRunContext,
+        args: Value,
+    ) -> Result<ToolOutput, ToolError> {
+        self.call_resending(tool, spec, context, args).await
+    }
+}
+
 /// What to do with a call whose intent was journaled and whose outcome is not.
 enum Unknown {
     Call,
@@ -119,33 +142,21 @@ impl ToolCalls {
         self.questions.clone()
     }
 
-    /// The arguments journaled for the next call, when an interrupted run of this
-    /// step made it: the agent calls with them instead of asking the model again.
-    pub(crate) fn journaled_args(&self) -> Option<Value> {
-        let seq = self.next_seq.load(Ordering::SeqCst);
-        self.journaled.iter().find(|r| r.key.seq == seq).map(|r| r.input.clone())
-    }
-
-    /// The token a running tool watches for cancellation.
-    pub(crate) fn cancellation(&self) -> CancellationToken {
-        self.signal.token().clone()
-    }
-
     /// Makes a journaled call of `tool` with `args` (with a context from `context`),
     /// sending the same arguments again while the service fails and a re-send is safe.
-    pub(crate) async fn call_resending(
+    async fn call_resending(
         &self,
         tool: &dyn Tool,
         spec: &ToolSpec,
-        context: impl Fn() -> ToolRunContext,
+        context: &ToolRunContext,
         args: Value,
     ) -> Result<ToolOutput, ToolError> {
         let policy = &self.retry;
-        let mut run_ctx = context().fresh();
+        let mut run_ctx = context.clone().fresh();
         let mut retry = 0;
         loop {
             let watched = run_ctx.clone();
-            let result = self.call(tool, spec, run_ctx, args.clone()).await;
+            let result = self.call_once(tool, spec, run_ctx, args.clone()).await;
             let Err(ToolError::Soft(message)) = &result else { return result };
             // An interrupted run that sent the same call again next is replayed as it went.
             let resent_before = self.journaled_args().as_ref() == Some(&args);
@@ -166,13 +177,13 @@ impl ToolCalls {
                 }
             }
             retry += 1;
-            run_ctx = context().fresh();
+            run_ctx = context.clone().fresh();
         }
     }
 
     /// Makes one journaled call of `tool` with `args`: replayed when its outcome is
     /// recorded, decided by the hooks when it is new or held, made, and recorded.
-    pub(crate) async fn call(
+    async fn call_once(
         &self,
         tool: &dyn Tool,
         spec: &ToolSpec,

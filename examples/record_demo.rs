@@ -67,7 +67,7 @@ async fn record(real: bool, out: &str) -> portia::Result<()> {
     };
     let recorder = Recorder::new(&config).today(&today).tool_ids(tool_ids).note(note);
     let runner = Runner::builder(config.clone())
-        .llm(recorder.llm(portia::llm::client_from_config(&config)?))
+        .llm(recorder.llm(config.llm_client()?))
         .shared_tools(Arc::new(recorder.tools(tools)))
         .storage(Arc::new(portia::storage::InMemoryStorage::new()))
         .today(&today)

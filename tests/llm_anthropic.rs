@@ -8,7 +8,7 @@ use std::time::Duration;
 use portia::config::ConfigBuilder;
 use portia::llm::{
     LlmClient, LlmError, LlmProvider, LlmRequest, Message, ModelRole, OutputSchema, ToolCall, ToolChoice,
-    ToolDefinition, Usage, client_from_config, schema_value, structured,
+    ToolDefinition, Usage, schema_value, structured,
 };
 use portia::{Config, Error};
 use schemars::JsonSchema;
@@ -31,7 +31,7 @@ fn config(server: &MockServer) -> ConfigBuilder {
 }
 
 fn client(config: ConfigBuilder) -> Arc<dyn LlmClient> {
-    client_from_config(&config.build().expect("valid config")).expect("client builds")
+    config.build().expect("valid config").llm_client().expect("client builds")
 }
 
 fn ask(text: &str) -> LlmRequest {
@@ -313,7 +313,7 @@ async fn retries_stop_after_max_retries() {
 #[tokio::test]
 async fn missing_anthropic_key_fails_at_build() {
     let config = Config::builder().llm_provider(LlmProvider::Anthropic).openai_api_key("sk-other").build().unwrap();
-    let err = client_from_config(&config).unwrap_err();
+    let err = config.llm_client().unwrap_err();
     assert!(matches!(&err, Error::MissingApiKey { env_var, .. } if env_var == "ANTHROPIC_API_KEY"), "{err}");
 }
 

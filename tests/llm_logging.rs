@@ -6,7 +6,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use portia::Config;
-use portia::llm::{LlmRequest, Message, ModelRole, client_from_config};
+use portia::llm::{LlmRequest, Message, ModelRole};
 use serde_json::json;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -56,7 +56,7 @@ async fn each_call_is_logged_at_debug_without_the_key_or_the_conversation() {
         .build()
         .unwrap();
     let request = LlmRequest::new(ModelRole::Execution, vec![Message::user("classified question")]);
-    client_from_config(&config).unwrap().chat(request).await.unwrap();
+    config.llm_client().unwrap().chat(request).await.unwrap();
 
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     let line = logs.lines().find(|l| l.contains("LLM call")).unwrap_or_else(|| panic!("no call logged in:\n{logs}"));

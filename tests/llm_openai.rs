@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use portia::llm::{
     LlmClient, LlmError, LlmProvider, LlmRequest, Message, ModelRole, OutputSchema, ToolCall, ToolChoice,
-    ToolDefinition, Usage, client_from_config, schema_value, structured,
+    ToolDefinition, Usage, schema_value, structured,
 };
 use portia::{Config, Error};
 use schemars::JsonSchema;
@@ -29,7 +29,7 @@ fn config(server: &MockServer) -> portia::config::ConfigBuilder {
 }
 
 fn client(config: portia::config::ConfigBuilder) -> Arc<dyn LlmClient> {
-    client_from_config(&config.build().expect("valid config")).expect("client builds")
+    config.build().expect("valid config").llm_client().expect("client builds")
 }
 
 fn ask(text: &str) -> LlmRequest {
@@ -461,7 +461,7 @@ async fn compatible_provider_sends_its_own_key_to_its_base_url() {
 
 #[tokio::test]
 async fn missing_key_of_the_configured_provider_fails_at_build() {
-    let err = client_from_config(&Config::builder().build().unwrap()).unwrap_err();
+    let err = Config::builder().build().unwrap().llm_client().unwrap_err();
     assert!(matches!(&err, Error::MissingApiKey { env_var, .. } if env_var == "OPENAI_API_KEY"), "{err}");
 }
 
@@ -490,7 +490,7 @@ async fn default_base_url_is_refused_offline_without_a_panic() {
     // Offline mode is an explicit setting; this test switches it on for its process.
     portia::http::set_offline(true);
     let config = Config::builder().openai_api_key(KEY).max_retries(3u32).build().unwrap();
-    let err = client_from_config(&config).unwrap().chat(ask("hi")).await.unwrap_err();
+    let err = config.llm_client().unwrap().chat(ask("hi")).await.unwrap_err();
     assert!(matches!(err, LlmError::NotSent { .. }), "{err:?}");
     assert!(!err.is_retryable(), "a refused request is not retried");
     let shown = err.to_string();

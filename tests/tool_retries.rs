@@ -122,7 +122,7 @@ fn max_retries_and_backoff_come_from_the_environment() {
         _ => None,
     })
     .unwrap();
-    let policy = portia::llm::retry::RetryPolicy::for_tools(&config);
+    let policy = config.tool_retry_policy();
     assert_eq!(policy.retries(), 10);
     let exact = policy.jitter(0.0);
     assert_eq!((exact.wait(0, None), exact.wait(1, None)), (Duration::from_millis(25), Duration::from_millis(50)));

@@ -24,7 +24,7 @@ pub use builder::ConfigBuilder;
 pub use enums::{AgentKind, ExecutionMode, StorageKind};
 
 use crate::budget::{Budget, Prices};
-use crate::llm::{LlmProvider, ModelRef, ModelRole, split_provider};
+use crate::llm::{LlmClient, LlmProvider, LlmSettings, ModelRef, ModelRole, RetryPolicy, split_provider};
 use crate::logging::LogLevel;
 use crate::{Error, Result};
 
@@ -495,6 +495,52 @@ impl Config {
     pub(crate) fn model_ref(&self, name: &str) -> ModelRef {
         let (provider, model) = split_provider(name);
         ModelRef { provider: provider.unwrap_or(self.llm_provider), model: model.to_owned() }
+    }
+
+    /// What the LLM clients need of this configuration: the models, each provider's
+    /// key and URL, the completion cap, the timeouts and the retry policy.
+    pub fn llm_settings(&self) -> LlmSettings {
+        let mut settings = LlmSettings::new(self.llm_provider)
+            .max_tokens(self.max_tokens)
+            .request_timeout(self.request_timeout())
+            .retry(self.llm_retry_policy());
+        for role in [ModelRole::Planning, ModelRole::Execution, ModelRole::Summary] {
+            let ModelRef { provider, model } = self.model_for(role);
+            settings = settings.model(role, format!("{provider}/{model}"));
+        }
+        for &provider in LlmProvider::ALL {
+            settings = settings.base_url(provider, self.base_url(provider));
+            if let Some(key) = self.api_key(provider) {
+                settings = settings.api_key(provider, key.expose());
+            }
+        }
+        settings
+    }
+
+    /// The LLM client this configuration names (see [`crate::llm::client`]).
+    ///
+    /// # Errors
+    /// [`Error::MissingApiKey`] naming the variable to set when the configured
+    /// provider's key is missing; [`Error::InvalidConfig`] for an invalid config.
+    pub fn llm_client(&self) -> Result<std::sync::Arc<dyn LlmClient>> {
+        self.validate()?;
+        self.require_api_key(self.llm_provider)?;
+        Ok(crate::llm::client(self.llm_settings()))
+    }
+
+    /// How failed LLM calls are retried: the retry count and first backoff, the
+    /// request timeout per attempt and the overall deadline (`llm_deadline_secs = 0`
+    /// means none).
+    pub fn llm_retry_policy(&self) -> RetryPolicy {
+        let deadline = (self.llm_deadline_secs > 0).then(|| Duration::from_secs(self.llm_deadline_secs));
+        self.tool_retry_policy().attempt_timeout(Some(self.request_timeout())).deadline(deadline)
+    }
+
+    /// How a tool call that failed on the service's side is sent again: the retry
+    /// count and first backoff, no time limits of its own (each tool sets its
+    /// request timeout).
+    pub fn tool_retry_policy(&self) -> RetryPolicy {
+        RetryPolicy::default().max_retries(self.max_retries).initial_backoff(self.retry_backoff())
     }
 
     /// The timeout of one HTTP request.

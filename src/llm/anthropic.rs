@@ -14,8 +14,10 @@ use serde_json::{Map, Value, json};
 use super::retry::RetryPolicy;
 use super::schema::{SentSchema, object_schema, portable};
 use super::transport::{Endpoint, secret_header};
-use super::{LlmError, LlmProvider, LlmRequest, LlmResponse, Message, OutputSchema, Role, ToolCall, ToolChoice, Usage};
-use crate::Config;
+use super::{
+    LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, Message, OutputSchema, Role, ToolCall, ToolChoice,
+    Usage,
+};
 use crate::secret::Secret;
 
 const API_VERSION: &str = "2023-06-01";
@@ -40,14 +42,14 @@ struct ReplyTool {
 
 impl AnthropicClient {
     /// A client at the configured Anthropic base URL, sharing `http`'s connection pool.
-    pub(crate) fn new(http: reqwest::Client, config: &Config) -> Self {
+    pub(crate) fn new(http: reqwest::Client, settings: &LlmSettings) -> Self {
         Self {
             http,
-            base_url: config.base_url(LlmProvider::Anthropic),
-            key: config.api_key(LlmProvider::Anthropic).cloned(),
-            timeout: config.request_timeout(),
-            max_tokens: config.max_tokens,
-            policy: RetryPolicy::from_config(config),
+            base_url: settings.url(LlmProvider::Anthropic),
+            key: settings.key(LlmProvider::Anthropic),
+            timeout: settings.timeout(),
+            max_tokens: settings.completion_cap(),
+            policy: settings.retry_policy().clone(),
         }
     }
 

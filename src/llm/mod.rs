@@ -9,7 +9,8 @@
 //! [`LlmProvider`] is the catalogue of providers (default models, base URLs, key
 //! variables); [`ModelRole`] names what a call is for and [`ModelRef`] which model serves it.
 //!
-//! [`client_from_config`] builds the HTTP client for the configured providers:
+//! [`client`] builds the HTTP client for the providers [`LlmSettings`] name
+//! ([`Config::llm_client`](crate::Config::llm_client) does so from the configuration):
 //! OpenAI Chat Completions (also used for Mistral, Groq, OpenRouter, Ollama and
 //! other compatible servers) and Anthropic Messages, with retries per [`retry`].
 
@@ -19,6 +20,7 @@ mod provider;
 pub mod retry;
 mod router;
 mod schema;
+mod settings;
 mod transport;
 
 pub use schema::{portability_problems, portable};
@@ -34,6 +36,8 @@ pub use crate::error::LlmError;
 pub use crate::usage::Usage;
 pub(crate) use provider::split_provider;
 pub use provider::{LlmProvider, ModelRef, ModelRole};
+pub use retry::RetryPolicy;
+pub use settings::LlmSettings;
 pub(crate) use transport::retry_after;
 
 /// Who wrote a message.
@@ -281,37 +285,30 @@ pub(crate) fn strip_code_fence(text: &str) -> &str {
     inner.strip_suffix("```").unwrap_or(inner).trim()
 }
 
-/// The LLM client the config names.
+/// The LLM client `settings` describe.
 ///
 /// Each request goes to the provider and model its [`LlmRequest::model`] names
-/// (`provider/model` accepted), else to the model configured for its purpose. All
-/// providers share one HTTP connection pool. Failed attempts are retried as
-/// [`retry::RetryPolicy::from_config`] says.
-///
-/// # Errors
-/// [`Error::MissingApiKey`](crate::Error::MissingApiKey) naming the variable to set
-/// when the configured provider's key is missing; [`Error::InvalidConfig`](crate::Error::InvalidConfig)
-/// for an invalid config. A request for another provider whose key is missing fails
-/// with [`LlmError::MissingApiKey`].
-pub fn client_from_config(config: &crate::Config) -> crate::Result<std::sync::Arc<dyn LlmClient>> {
-    config.validate()?;
-    config.require_api_key(config.llm_provider)?;
-    Ok(std::sync::Arc::new(router::Router::new(config)))
+/// (`provider/model` accepted), else to the model set for its purpose. All
+/// providers share one HTTP connection pool. Failed attempts are retried as the
+/// settings' [`RetryPolicy`] says. Keys are checked per request: a request for a
+/// provider whose key is missing fails with [`LlmError::MissingApiKey`].
+pub fn client(settings: LlmSettings) -> std::sync::Arc<dyn LlmClient> {
+    std::sync::Arc::new(router::Router::new(settings))
 }
 
-/// The LLM client the config names, built when it is first called rather than now.
+/// The LLM client `settings` describe, built when it is first called rather than now.
 ///
 /// For programs that may not need a model at all (listing or answering stored
 /// workflows, resuming one whose remaining steps need no model call): they run
 /// without any key, and only an actual call fails, with
 /// [`LlmError::MissingApiKey`] naming the variable to set.
-pub fn client_on_first_use(config: &crate::Config) -> std::sync::Arc<dyn LlmClient> {
-    std::sync::Arc::new(OnFirstUse { config: config.clone(), client: std::sync::OnceLock::new() })
+pub fn client_on_first_use(settings: LlmSettings) -> std::sync::Arc<dyn LlmClient> {
+    std::sync::Arc::new(OnFirstUse { settings, client: std::sync::OnceLock::new() })
 }
 
 #[derive(Debug)]
 struct OnFirstUse {
-    config: crate::Config,
+    settings: LlmSettings,
     client: std::sync::OnceLock<Result<std::sync::Arc<dyn LlmClient>, LlmError>>,
 }
 
@@ -319,12 +316,8 @@ struct OnFirstUse {
 impl LlmClient for OnFirstUse {
     async fn chat(&self, request: LlmRequest) -> Result<LlmResponse, LlmError> {
         let client = self.client.get_or_init(|| {
-            client_from_config(&self.config).map_err(|e| match e {
-                crate::Error::MissingApiKey { service, env_var } => {
-                    LlmError::MissingApiKey { provider: service, env_var }
-                }
-                other => LlmError::Other(other.to_string()),
-            })
+            self.settings.require_api_key(self.settings.provider())?;
+            Ok(client(self.settings.clone()))
         });
         match client {
             Ok(client) => client.chat(request).await,
@@ -339,8 +332,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_key_is_an_error_only_when_called() {
-        let config = crate::Config::builder().llm_provider(LlmProvider::OpenAi).build().unwrap();
-        let client = client_on_first_use(&config);
+        let client = client_on_first_use(LlmSettings::new(LlmProvider::OpenAi));
         let err = client.chat(LlmRequest::new(ModelRole::Planning, vec![Message::user("hi")])).await.unwrap_err();
         assert!(matches!(&err, LlmError::MissingApiKey { env_var, .. } if env_var == "OPENAI_API_KEY"), "{err:?}");
     }

@@ -17,8 +17,7 @@ use serde_json::{Map, Value, json};
 use super::retry::RetryPolicy;
 use super::schema::{SentSchema, portable};
 use super::transport::{Endpoint, secret_header};
-use super::{LlmError, LlmProvider, LlmRequest, LlmResponse, Message, Role, ToolCall, ToolChoice, Usage};
-use crate::Config;
+use super::{LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, Message, Role, ToolCall, ToolChoice, Usage};
 use crate::secret::Secret;
 
 /// A client for one OpenAI-protocol provider.
@@ -48,15 +47,15 @@ enum Format {
 
 impl OpenAiClient {
     /// A client for `provider` at its configured base URL, sharing `http`'s connection pool.
-    pub(crate) fn new(http: reqwest::Client, config: &Config, provider: LlmProvider) -> Self {
+    pub(crate) fn new(http: reqwest::Client, settings: &LlmSettings, provider: LlmProvider) -> Self {
         Self {
             http,
             provider,
-            base_url: config.base_url(provider),
-            key: config.api_key(provider).cloned(),
-            timeout: config.request_timeout(),
-            max_tokens: config.max_tokens,
-            policy: RetryPolicy::from_config(config),
+            base_url: settings.url(provider),
+            key: settings.key(provider),
+            timeout: settings.timeout(),
+            max_tokens: settings.completion_cap(),
+            policy: settings.retry_policy().clone(),
             json_object_models: Mutex::new(HashSet::new()),
         }
     }

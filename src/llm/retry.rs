@@ -16,7 +16,6 @@ use tokio::time::Instant;
 
 use super::LlmError;
 use super::transport::millis;
-use crate::Config;
 
 /// How failed LLM requests are retried, and how long a call may take.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,20 +46,6 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The default policy with the config's retry count, request timeout and overall
-    /// deadline (`llm_deadline_secs = 0` means no overall deadline).
-    pub fn from_config(config: &Config) -> Self {
-        let deadline = (config.llm_deadline_secs > 0).then(|| Duration::from_secs(config.llm_deadline_secs));
-        Self::for_tools(config).attempt_timeout(Some(config.request_timeout())).deadline(deadline)
-    }
-
-    /// The policy for re-sending a tool call that failed on the service's side: the
-    /// config's retry count and first backoff, no time limits of its own (each tool
-    /// sets its request timeout).
-    pub fn for_tools(config: &Config) -> Self {
-        Self::default().max_retries(config.max_retries).initial_backoff(config.retry_backoff())
-    }
-
     /// How many times a failed attempt is retried.
     pub fn retries(&self) -> u32 {
         self.max_retries
@@ -209,8 +194,8 @@ mod tests {
 
     #[test]
     fn config_sets_retries_and_time_limits() {
-        let config = Config::builder().max_retries(7u32).request_timeout_secs(9u64).llm_deadline_secs(0u64);
-        let policy = RetryPolicy::from_config(&config.build().unwrap());
+        let config = crate::Config::builder().max_retries(7u32).request_timeout_secs(9u64).llm_deadline_secs(0u64);
+        let policy = config.build().unwrap().llm_retry_policy();
         assert_eq!(policy.max_retries, 7);
         assert_eq!(policy.attempt_timeout, Some(Duration::from_secs(9)));
         assert_eq!(policy.deadline, None);

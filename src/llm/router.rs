@@ -1,17 +1,16 @@
-//! The client [`client_from_config`](super::client_from_config) returns: it picks the
-//! provider and model of each request and hands it to that provider's client.
+//! The client [`client`](super::client) returns: it picks the provider and model of
+//! each request and hands it to that provider's client.
 
 use std::collections::HashMap;
 
 use super::anthropic::AnthropicClient;
 use super::openai::OpenAiClient;
-use super::{LlmClient, LlmError, LlmProvider, LlmRequest, LlmResponse, ModelRef};
-use crate::Config;
+use super::{LlmClient, LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, ModelRef};
 
 /// Routes each request to the client of the provider its model belongs to.
 #[derive(Debug)]
 pub(crate) struct Router {
-    config: Config,
+    settings: LlmSettings,
     clients: HashMap<LlmProvider, ProviderClient>,
 }
 
@@ -24,27 +23,27 @@ enum ProviderClient {
 impl Router {
     /// One client per provider, all on one HTTP client so they share its connection
     /// pool. Keys are checked per request: only the providers actually used need one.
-    pub(crate) fn new(config: &Config) -> Self {
-        let http = crate::http::client(config.request_timeout());
+    pub(crate) fn new(settings: LlmSettings) -> Self {
+        let http = crate::http::client(settings.timeout());
         let clients = LlmProvider::ALL
             .iter()
             .map(|&provider| {
                 let client = if provider.is_openai_protocol() {
-                    ProviderClient::OpenAi(OpenAiClient::new(http.clone(), config, provider))
+                    ProviderClient::OpenAi(OpenAiClient::new(http.clone(), &settings, provider))
                 } else {
-                    ProviderClient::Anthropic(AnthropicClient::new(http.clone(), config))
+                    ProviderClient::Anthropic(AnthropicClient::new(http.clone(), &settings))
                 };
                 (provider, client)
             })
             .collect();
-        Self { config: config.clone(), clients }
+        Self { settings, clients }
     }
 
     /// The request's own model (`provider/model` accepted) or the one configured for its purpose.
     fn target(&self, request: &LlmRequest) -> ModelRef {
         match request.model.as_deref().map(str::trim).filter(|m| !m.is_empty()) {
-            Some(name) => self.config.model_ref(name),
-            None => self.config.model_for(request.purpose),
+            Some(name) => self.settings.model_ref(name),
+            None => self.settings.model_for(request.purpose),
         }
     }
 }
@@ -60,9 +59,7 @@ impl LlmClient for Router {
                 message: "the model name is empty; give one such as gpt-4.1-mini".into(),
             });
         }
-        if let Err(crate::Error::MissingApiKey { env_var, .. }) = self.config.require_api_key(provider) {
-            return Err(LlmError::MissingApiKey { provider: provider.to_string(), env_var });
-        }
+        self.settings.require_api_key(provider)?;
         match self.clients.get(&provider) {
             Some(ProviderClient::OpenAi(client)) => client.chat(&model, &request).await,
             Some(ProviderClient::Anthropic(client)) => client.chat(&model, &request).await,

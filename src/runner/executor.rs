@@ -22,7 +22,6 @@ use crate::events::{EventKind, RunEvents};
 use crate::hooks::{HookChain, HookError, StepDecision};
 use crate::ids::WorkflowId;
 use crate::live::StepQuestions;
-use crate::llm::retry::RetryPolicy;
 use crate::plan::Plan;
 use crate::plan::args::resolve as resolve_args;
 use crate::storage::{Lease, LeaseGrant, ToolCallRecord};
@@ -397,7 +396,7 @@ impl Runner {
             signal: run.signal.clone(),
             hooks: self.inner.hooks.clone(),
             events: run.events.clone(),
-            retry: RetryPolicy::for_tools(&self.inner.config),
+            retry: self.inner.config.tool_retry_policy(),
             live: self.inner.live.clone(),
         };
         ToolCalls::new(services, (step, attempt), journaled)

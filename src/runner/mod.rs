@@ -694,7 +694,7 @@ impl RunnerBuilder {
         self.config.validate()?;
         let llm = match self.llm {
             Some(llm) => llm,
-            None => crate::llm::client_from_config(&self.config)?,
+            None => self.config.llm_client()?,
         };
         let storage: Arc<dyn Storage> = match (self.storage, self.config.storage) {
             (Some(storage), _) => storage,

@@ -69,7 +69,7 @@ pub(crate) async fn runner(cli: &Cli) -> Result<Setup, Failure> {
         }
         return replaying(builder, Replayer::new(cassette), tools, plan_tools);
     }
-    let llm = portia::llm::client_on_first_use(&config);
+    let llm = portia::llm::client_on_first_use(config.llm_settings());
     let Some(path) = &cli.record else {
         let runner = builder.shared_tools(tools).llm(llm).build()?;
         return Ok(Setup { runner, plan_tools, recording: None });

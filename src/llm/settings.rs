@@ -1,0 +1,148 @@
+//! [`LlmSettings`]: the part of the configuration the LLM clients read.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::{LlmError, LlmProvider, ModelRef, ModelRole, RetryPolicy, split_provider};
+use crate::secret::Secret;
+
+/// What the LLM clients need to know: which provider serves a model name, each
+/// provider's key and URL, and the limits of a call. Nothing else of the
+/// configuration (other services' keys, the database) reaches them.
+///
+/// [`Config::llm_settings`](crate::Config::llm_settings) makes one from the
+/// configuration; [`LlmSettings::new`] and its setters make one in code.
+///
+/// ```
+/// use portia::llm::{LlmProvider, LlmSettings, ModelRole};
+///
+/// let settings = LlmSettings::new(LlmProvider::Anthropic)
+///     .model(ModelRole::Planning, "openai/gpt-4.1")
+///     .api_key(LlmProvider::Anthropic, "sk-ant-...");
+/// assert_eq!(settings.model_for(ModelRole::Planning).provider, LlmProvider::OpenAi);
+/// assert_eq!(settings.model_for(ModelRole::Execution).provider, LlmProvider::Anthropic);
+/// assert!(!format!("{settings:?}").contains("sk-ant"));
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct LlmSettings {
+    provider: LlmProvider,
+    models: HashMap<ModelRole, String>,
+    keys: HashMap<LlmProvider, Secret>,
+    base_urls: HashMap<LlmProvider, String>,
+    max_tokens: u32,
+    request_timeout: Duration,
+    retry: RetryPolicy,
+}
+
+impl LlmSettings {
+    /// Settings that send every call to `provider`'s default model, with no keys,
+    /// the providers' public URLs, a 4,096-token completion cap, a 60 s request
+    /// timeout and the default [`RetryPolicy`].
+    pub fn new(provider: LlmProvider) -> Self {
+        Self {
+            provider,
+            models: HashMap::new(),
+            keys: HashMap::new(),
+            base_urls: HashMap::new(),
+            max_tokens: 4096,
+            request_timeout: Duration::from_secs(60),
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// Uses `name` (`provider/model` accepted) for calls made for `role`.
+    #[must_use]
+    pub fn model(mut self, role: ModelRole, name: impl Into<String>) -> Self {
+        self.models.insert(role, name.into());
+        self
+    }
+
+    /// The key sent to `provider`.
+    #[must_use]
+    pub fn api_key(mut self, provider: LlmProvider, key: impl Into<String>) -> Self {
+        self.keys.insert(provider, Secret::new(key));
+        self
+    }
+
+    /// Calls `provider` at `url` instead of its public address.
+    #[must_use]
+    pub fn base_url(mut self, provider: LlmProvider, url: impl Into<String>) -> Self {
+        self.base_urls.insert(provider, url.into().trim_end_matches('/').to_owned());
+        self
+    }
+
+    /// The most tokens a reply may have.
+    #[must_use]
+    pub fn max_tokens(mut self, max_tokens: u32) -> Self {
+        self.max_tokens = max_tokens;
+        self
+    }
+
+    /// How long one HTTP request may take.
+    #[must_use]
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// How failed calls are retried, and how long one may take in all.
+    #[must_use]
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// The provider that serves model names without a `provider/` prefix.
+    pub fn provider(&self) -> LlmProvider {
+        self.provider
+    }
+
+    /// The provider and model that serve calls made for `role`.
+    pub fn model_for(&self, role: ModelRole) -> ModelRef {
+        match self.models.get(&role) {
+            Some(name) => self.model_ref(name),
+            None => ModelRef { provider: self.provider, model: self.provider.default_model().to_owned() },
+        }
+    }
+
+    /// Reads a model name: a `provider/` prefix picks the provider, otherwise the
+    /// default provider serves it.
+    pub fn model_ref(&self, name: &str) -> ModelRef {
+        let (provider, model) = split_provider(name);
+        ModelRef { provider: provider.unwrap_or(self.provider), model: model.to_owned() }
+    }
+
+    /// The key `provider` needs, or `None` for a provider that needs none.
+    ///
+    /// # Errors
+    /// [`LlmError::MissingApiKey`] naming the environment variable to set.
+    pub fn require_api_key(&self, provider: LlmProvider) -> Result<Option<&Secret>, LlmError> {
+        match (provider.api_key_var(), self.keys.get(&provider)) {
+            (Some(var), None) => {
+                Err(LlmError::MissingApiKey { provider: provider.to_string(), env_var: var.to_owned() })
+            }
+            (_, key) => Ok(key),
+        }
+    }
+
+    pub(crate) fn key(&self, provider: LlmProvider) -> Option<Secret> {
+        self.keys.get(&provider).cloned()
+    }
+
+    pub(crate) fn url(&self, provider: LlmProvider) -> String {
+        self.base_urls.get(&provider).cloned().unwrap_or_else(|| provider.default_base_url().to_owned())
+    }
+
+    pub(crate) fn completion_cap(&self) -> u32 {
+        self.max_tokens
+    }
+
+    pub(crate) fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
+    pub(crate) fn timeout(&self) -> Duration {
+        self.request_timeout
+    }
+}

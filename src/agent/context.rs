@@ -9,7 +9,7 @@ use crate::text::prompt_value;
 const OTHER_OUTPUT_LIMIT: usize = 1000;
 
 pub(super) fn render(ctx: &StepContext) -> String {
-    let limit = ctx.config.max_output_chars;
+    let limit = ctx.max_output_chars;
     let mut out = format!("Task: {}\n", ctx.step.task);
     if !ctx.inputs.is_empty() {
         out.push_str("Inputs:\n");

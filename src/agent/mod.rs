@@ -33,7 +33,6 @@ pub use summarize::summarize_final_output;
 pub use verifier::VerifierAgent;
 
 use crate::clarification::Clarification;
-use crate::config::Config;
 use crate::execution_context::ExecutionContext;
 use crate::ids::WorkflowId;
 use crate::llm::LlmClient;
@@ -103,8 +102,9 @@ pub struct StepContext {
     pub tool: Option<Arc<dyn Tool>>,
     /// The LLM to call. What it spends is journaled and counted in the step's usage.
     pub llm: Arc<dyn LlmClient>,
-    /// The SDK configuration.
-    pub config: Arc<Config>,
+    /// How many characters of a value a prompt shows; the rest is clipped with a
+    /// note saying so (the stored value stays whole).
+    pub max_output_chars: usize,
     /// Today's date, `YYYY-MM-DD`.
     pub today: String,
     /// The run's journaled path for this step's tool calls.

@@ -20,7 +20,7 @@ pub(super) async fn step_summary(ctx: &StepContext, value: &Value) -> Option<Str
     let prompt = format!(
         "Summarize this tool output in at most 500 characters, keeping the facts the task needs.\nTask: {}\nOutput: {}",
         ctx.step.task,
-        prompt_value(value, ctx.config.max_output_chars)
+        prompt_value(value, ctx.max_output_chars)
     );
     ask(ctx.llm.as_ref(), prompt).await
 }

@@ -80,7 +80,7 @@ pub(super) async fn call_with_plan_args(
     spec: &ToolSpec,
     args: Value,
 ) -> Result<StepOutcome, String> {
-    let shown = clip(&args.to_string(), ctx.config.max_output_chars, "…");
+    let shown = clip(&args.to_string(), ctx.max_output_chars, "…");
     if let Err(problem) = check_args(&spec.args_schema, &args) {
         tracing::info!(tool = %spec.id, %problem, "the plan's arguments do not fit the tool; the agent chooses them");
         return Err(format!("The plan suggested the arguments {shown}, but {problem}; keep what fits."));

@@ -376,7 +376,7 @@ impl Runner {
             workflow_id: workflow.id(),
             tool,
             llm: run.meter.client(Arc::clone(&self.inner.llm), Some(&step.output)),
-            config: Arc::clone(&self.inner.config),
+            max_output_chars: self.inner.config.max_output_chars,
             today: self.today(),
         };
         Ok((ctx, questions))

@@ -34,7 +34,7 @@
 //! ```
 
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use schemars::JsonSchema;
@@ -81,6 +81,17 @@ pub enum ToolError {
     /// message and asks again (bad arguments, rate limits, timeouts).
     #[error("{0}")]
     Soft(String),
+    /// The service failed (a rate limit, an outage, a lost connection, a garbled
+    /// reply), not the arguments. The same arguments are sent again when the
+    /// [`RetryHint`] says that cannot repeat a side effect; otherwise, or once the
+    /// retries are spent, the model sees it as a soft error.
+    #[error("{message}")]
+    Transient {
+        /// What went wrong.
+        message: String,
+        /// What the service said of the call.
+        hint: RetryHint,
+    },
     /// Retrying cannot help: the step, and the workflow, fail at once.
     #[error("{0}")]
     Hard(String),
@@ -106,16 +117,24 @@ impl ToolError {
         Self::Hard(message.to_string())
     }
 
-    /// Whether the error is [`ToolError::Soft`].
+    /// A failure of the service rather than of the arguments:
+    /// `return Err(ToolError::transient("busy", RetryHint::not_performed()))`.
+    /// See [`RetryHint`] for what the tool-call path then does.
+    pub fn transient(message: impl fmt::Display, hint: RetryHint) -> Self {
+        Self::Transient { message: message.to_string(), hint }
+    }
+
+    /// Whether the model may see the error and try again: [`ToolError::Soft`] or
+    /// [`ToolError::Transient`].
     pub fn is_soft(&self) -> bool {
-        matches!(self, Self::Soft(_))
+        matches!(self, Self::Soft(_) | Self::Transient { .. })
     }
 }
 
 /// Why a soft error happened, when the service failed rather than the arguments:
 /// what the tool-call path needs to decide whether to send the same arguments again.
 ///
-/// A tool attaches it with [`ToolRunContext::transient`]. The same arguments are
+/// A tool returns it in [`ToolError::Transient`]. The same arguments are
 /// sent again (after a backoff, or the wait the service asked for) only when that
 /// cannot repeat a side effect: the tool's spec says it is `idempotent`, or the hint
 /// says the call did not take place. Otherwise the error goes to the model, like any
@@ -177,8 +196,6 @@ pub struct ToolRunContext {
     /// Cancelled when the workflow is cancelled or its run loses its lease: a long
     /// tool should stop and return an error.
     pub cancellation: CancellationToken,
-    /// The hint of the soft error this run returns, set by [`ToolRunContext::transient`].
-    hint: Arc<Mutex<Option<RetryHint>>>,
     /// Where [`ToolRunContext::ask`] puts its questions; nowhere outside a run.
     asker: Asker,
 }
@@ -208,7 +225,6 @@ impl ToolRunContext {
             events: ToolEvents::default(),
             idempotency_key: None,
             cancellation: CancellationToken::new(),
-            hint: Arc::default(),
             asker: Asker::default(),
         }
     }
@@ -221,26 +237,6 @@ impl ToolRunContext {
         clarifications: Vec<Clarification>,
     ) -> Self {
         Self { execution_context, step, clarifications, ..Self::new(workflow_id) }
-    }
-
-    /// Marks `error` as caused by the service (a rate limit, an outage, a lost
-    /// connection, a garbled reply), not by the arguments, and returns it:
-    /// `return Err(ctx.transient(ToolError::soft("busy"), RetryHint::not_performed()))`.
-    /// See [`RetryHint`] for what the tool-call path then does.
-    pub fn transient(&self, error: ToolError, hint: RetryHint) -> ToolError {
-        *self.hint.lock().unwrap_or_else(PoisonError::into_inner) = Some(hint);
-        error
-    }
-
-    /// The hint a run attached to its soft error, if any.
-    pub(crate) fn retry_hint(&self) -> Option<RetryHint> {
-        *self.hint.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// This context with no hint attached, for a new call.
-    pub(crate) fn fresh(mut self) -> Self {
-        self.hint = Arc::default();
-        self
     }
 
     /// Lets this context's [`ToolRunContext::ask`] reach a person.

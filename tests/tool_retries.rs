@@ -36,11 +36,11 @@ impl Tool for Flaky {
     fn spec(&self) -> ToolSpec {
         ToolSpec::new("flaky_tool", "Flaky Tool", "Sometimes busy.").idempotent(self.idempotent)
     }
-    async fn run(&self, ctx: &ToolRunContext, args: Value) -> Result<ToolOutput, ToolError> {
+    async fn run(&self, _ctx: &ToolRunContext, args: Value) -> Result<ToolOutput, ToolError> {
         let mut calls = self.calls.lock().unwrap();
         calls.push(args);
         if calls.len() <= self.failures {
-            return Err(ctx.transient(ToolError::soft(format!("busy #{}", calls.len())), self.hint));
+            return Err(ToolError::transient(format!("busy #{}", calls.len()), self.hint));
         }
         Ok(ToolOutput::value("done"))
     }

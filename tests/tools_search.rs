@@ -121,10 +121,13 @@ async fn rejected_key_is_a_hard_error_that_does_not_show_the_key() {
 }
 
 #[tokio::test]
-async fn rate_limits_and_server_errors_are_soft() {
+async fn rate_limits_and_server_errors_are_transient_and_only_a_429_was_not_performed() {
     for status in [429, 500, 502, 503] {
         let err = status_reply(status, json!({"detail": {"error": "fake fault"}})).await;
-        assert!(matches!(&err, ToolError::Soft(m) if m.contains("fake fault")), "{status}: {err:?}");
+        let ToolError::Transient { message, hint } = &err else { panic!("{status}: expected transient, got {err:?}") };
+        assert!(message.contains("fake fault"), "{status}: {message}");
+        assert_eq!(hint.not_performed, status == 429, "{status}: {hint:?}");
+        assert!(err.is_soft());
     }
 }
 
@@ -138,27 +141,29 @@ async fn other_client_errors_are_hard_with_the_api_message() {
 }
 
 #[tokio::test]
-async fn timeout_is_a_soft_error() {
+async fn timeout_is_a_transient_error_of_unknown_outcome() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(200).set_body_json(tavily_reply()).set_delay(Duration::from_secs(5)))
         .mount(&server)
         .await;
     let err = search(&SearchTool::from_config(&config(&server.uri())), "q").await.unwrap_err();
-    assert!(matches!(&err, ToolError::Soft(m) if m.contains("did not answer within 40ms")), "{err:?}");
+    let ToolError::Transient { message, hint } = &err else { panic!("expected transient, got {err:?}") };
+    assert!(message.contains("did not answer within 40ms") && !hint.not_performed, "{err:?}");
 }
 
 #[tokio::test]
-async fn connection_error_is_a_soft_error() {
+async fn connection_error_is_a_transient_error_that_was_not_performed() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
     drop(listener);
     let err = search(&SearchTool::from_config(&config(&format!("http://{address}"))), "q").await.unwrap_err();
-    assert!(matches!(&err, ToolError::Soft(m) if m.starts_with("could not connect to Tavily")), "{err:?}");
+    let ToolError::Transient { message, hint } = &err else { panic!("expected transient, got {err:?}") };
+    assert!(message.starts_with("could not connect to Tavily") && hint.not_performed, "{err:?}");
 }
 
 #[tokio::test]
-async fn unreadable_or_empty_replies_are_soft_errors() {
+async fn an_unreadable_reply_is_transient_and_an_empty_one_soft() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(200).set_body_string("{\"query\": \""))
@@ -170,7 +175,7 @@ async fn unreadable_or_empty_replies_are_soft_errors() {
         .mount(&server)
         .await;
     let err = search(&SearchTool::from_config(&config(&server.uri())), "q").await.unwrap_err();
-    assert!(matches!(&err, ToolError::Soft(m) if m.contains("could not be read")), "{err:?}");
+    assert!(matches!(&err, ToolError::Transient { message, .. } if message.contains("could not be read")), "{err:?}");
     let err = search(&SearchTool::from_config(&config(&server.uri())), "q").await.unwrap_err();
     assert!(matches!(&err, ToolError::Soft(m) if m.contains("found nothing")), "{err:?}");
 }

@@ -123,31 +123,41 @@ async fn rejected_key_is_a_hard_error_that_does_not_show_the_key() {
 }
 
 #[tokio::test]
-async fn rate_limits_server_errors_and_bad_city_arguments_are_soft() {
+async fn rate_limits_and_server_errors_are_transient_and_bad_city_arguments_soft() {
     for status in [400, 429, 500, 503] {
         let err = status_reply(status, json!({"cod": status, "message": "fake fault"})).await;
-        assert!(matches!(&err, ToolError::Soft(m) if m.contains("fake fault")), "{status}: {err:?}");
+        let message = match &err {
+            ToolError::Soft(message) if status == 400 => message,
+            ToolError::Transient { message, hint } if status != 400 => {
+                assert_eq!(hint.not_performed, status == 429, "{status}: {hint:?}");
+                message
+            }
+            other => panic!("{status}: unexpected {other:?}"),
+        };
+        assert!(message.contains("fake fault"), "{status}: {message}");
     }
 }
 
 #[tokio::test]
-async fn timeout_is_a_soft_error() {
+async fn timeout_is_a_transient_error_of_unknown_outcome() {
     let server = MockServer::start().await;
     Mock::given(method("GET"))
         .respond_with(ResponseTemplate::new(200).set_body_json(paris()).set_delay(Duration::from_secs(5)))
         .mount(&server)
         .await;
     let err = weather(config(&server.uri()), "Paris").await.unwrap_err();
-    assert!(matches!(&err, ToolError::Soft(m) if m.contains("did not answer within 40ms")), "{err:?}");
+    let ToolError::Transient { message, hint } = &err else { panic!("expected transient, got {err:?}") };
+    assert!(message.contains("did not answer within 40ms") && !hint.not_performed, "{err:?}");
 }
 
 #[tokio::test]
-async fn connection_error_is_soft_and_keeps_the_key_out_of_the_message() {
+async fn connection_error_is_transient_and_keeps_the_key_out_of_the_message() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
     drop(listener);
     let err = weather(config(&format!("http://{address}")), "Paris").await.unwrap_err();
-    let ToolError::Soft(message) = &err else { panic!("expected soft, got {err:?}") };
+    let ToolError::Transient { message, hint } = &err else { panic!("expected transient, got {err:?}") };
+    assert!(hint.not_performed, "{hint:?}");
     assert!(message.starts_with("could not connect to OpenWeatherMap"), "{message}");
     assert!(!message.contains(KEY) && !message.contains("appid"), "the URL carries the key: {message}");
 }

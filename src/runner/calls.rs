@@ -152,17 +152,19 @@ impl ToolCalls {
         args: Value,
     ) -> Result<ToolOutput, ToolError> {
         let policy = &self.retry;
-        let mut run_ctx = context.clone().fresh();
         let mut retry = 0;
         loop {
-            let watched = run_ctx.clone();
-            let result = self.call_once(tool, spec, run_ctx, args.clone()).await;
-            let Err(ToolError::Soft(message)) = &result else { return result };
+            let result = self.call_once(tool, spec, context.clone(), args.clone()).await;
+            let (message, hint) = match result {
+                Err(ToolError::Transient { message, hint }) => (message, Some(hint)),
+                Err(ToolError::Soft(message)) => (message, None),
+                other => return other,
+            };
             // An interrupted run that sent the same call again next is replayed as it went.
             let resent_before = self.journaled_args().as_ref() == Some(&args);
-            let hint = watched.retry_hint().filter(|hint| spec.idempotent || hint.not_performed);
+            let hint = hint.filter(|hint| spec.idempotent || hint.not_performed);
             if !resent_before {
-                let Some(hint) = hint else { return result };
+                let Some(hint) = hint else { return Err(ToolError::Soft(message)) };
                 if retry >= policy.retries() {
                     let tries = retry + 1;
                     return Err(ToolError::RetriesExhausted(format!(
@@ -177,7 +179,6 @@ impl ToolCalls {
                 }
             }
             retry += 1;
-            run_ctx = context.clone().fresh();
         }
     }
 

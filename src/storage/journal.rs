@@ -58,7 +58,9 @@ impl ToolCallRecord {
             Ok(ToolOutput::Clarifications(list)) => {
                 (ToolCallStatus::NeedClarification, serde_json::to_value(list).unwrap_or_default())
             }
-            Err(ToolError::Soft(message)) => (ToolCallStatus::SoftError, Value::from(message.as_str())),
+            Err(ToolError::Soft(message) | ToolError::Transient { message, .. }) => {
+                (ToolCallStatus::SoftError, Value::from(message.as_str()))
+            }
             Err(ToolError::Hard(message)) => (ToolCallStatus::HardError, Value::from(message.as_str())),
             Err(other) => (ToolCallStatus::HardError, Value::from(other.to_string())),
         };

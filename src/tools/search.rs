@@ -126,7 +126,7 @@ impl TypedTool for SearchTool {
         .read_only()
     }
 
-    async fn call(&self, ctx: &ToolRunContext, args: SearchArgs) -> Result<ToolOutput, ToolError> {
+    async fn call(&self, _ctx: &ToolRunContext, args: SearchArgs) -> Result<ToolOutput, ToolError> {
         let query = args.search_query.trim();
         if query.is_empty() {
             return Err(ToolError::soft("search_query is empty; give the words to search for"));
@@ -135,18 +135,18 @@ impl TypedTool for SearchTool {
         let url = self.api.url("/search")?;
         let body = json!({ "query": query, "include_answer": true, "max_results": self.max_results });
         let request = self.api.request(reqwest::Method::POST, &url).bearer_auth(key).json(&body);
-        let answer = self.api.exchange(ctx, request).await?;
+        let answer = self.api.exchange(request).await?;
         if !answer.status.is_success() {
             let message = web::api_message(&answer.text, key);
-            return Err(web::status_error(ctx, &self.api, &answer, &message, &[]));
+            return Err(web::status_error(&self.api, &answer, &message, &[]));
         }
-        self.output(ctx, query, &answer.text)
+        self.output(query, &answer.text)
     }
 }
 
 impl SearchTool {
-    fn output(&self, ctx: &ToolRunContext, query: &str, text: &str) -> Result<ToolOutput, ToolError> {
-        let reply: TavilyReply = serde_json::from_str(text).map_err(|e| web::garbled(ctx, SERVICE, &e))?;
+    fn output(&self, query: &str, text: &str) -> Result<ToolOutput, ToolError> {
+        let reply: TavilyReply = serde_json::from_str(text).map_err(|e| web::garbled(SERVICE, &e))?;
         let answer = reply.answer.filter(|a| !a.trim().is_empty());
         if answer.is_none() && reply.results.is_empty() {
             return Err(ToolError::soft(format!("{SERVICE} found nothing for {query:?}; try a broader query")));

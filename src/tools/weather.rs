@@ -110,7 +110,7 @@ impl TypedTool for WeatherTool {
             .read_only()
     }
 
-    async fn call(&self, ctx: &ToolRunContext, args: WeatherArgs) -> Result<ToolOutput, ToolError> {
+    async fn call(&self, _ctx: &ToolRunContext, args: WeatherArgs) -> Result<ToolOutput, ToolError> {
         let city = args.city.trim();
         if city.is_empty() {
             return Err(ToolError::soft("city is empty; give a city name such as \"Paris\" or \"Paris,FR\""));
@@ -120,7 +120,7 @@ impl TypedTool for WeatherTool {
         let url = self.api.url("/data/2.5/weather")?;
         let request =
             self.api.request(reqwest::Method::GET, &url).query(&[("q", city), ("appid", key), ("units", "metric")]);
-        let answer = self.api.exchange(ctx, request).await?;
+        let answer = self.api.exchange(request).await?;
         let (status, text) = (answer.status, &answer.text);
         if status.as_u16() == 404 {
             let message = web::api_message(text, key);
@@ -131,14 +131,14 @@ impl TypedTool for WeatherTool {
         if !status.is_success() {
             // 400 means the city argument was unusable, which the agent can fix.
             let message = web::api_message(text, key);
-            return Err(web::status_error(ctx, &self.api, &answer, &message, &[400]));
+            return Err(web::status_error(&self.api, &answer, &message, &[400]));
         }
-        output(ctx, city, text).map(ToolOutput::value)
+        output(city, text).map(ToolOutput::value)
     }
 }
 
-fn output(ctx: &ToolRunContext, asked: &str, text: &str) -> Result<Value, ToolError> {
-    let reply: Reply = serde_json::from_str(text).map_err(|e| web::garbled(ctx, SERVICE, &e))?;
+fn output(asked: &str, text: &str) -> Result<Value, ToolError> {
+    let reply: Reply = serde_json::from_str(text).map_err(|e| web::garbled(SERVICE, &e))?;
     let Some(readings) = reply.main else {
         return Err(ToolError::soft(format!("{SERVICE}'s reply for {asked:?} has no temperature; try again")));
     };

@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 
 use crate::config::Config;
 use crate::secret::Secret;
-use crate::tool::{RetryHint, ToolError, ToolRunContext};
+use crate::tool::{RetryHint, ToolError};
 
 /// API messages are cut to this many characters: enough to act on, not a whole HTML page.
 const MESSAGE_LIMIT: usize = 300;
@@ -81,16 +81,12 @@ impl Api {
 
     /// Sends `request` and reads the answer. A request that gets no answer is a soft
     /// error the service caused (see [`RetryHint`]).
-    pub(super) async fn exchange(
-        &self,
-        ctx: &ToolRunContext,
-        request: reqwest::RequestBuilder,
-    ) -> Result<Answer, ToolError> {
+    pub(super) async fn exchange(&self, request: reqwest::RequestBuilder) -> Result<Answer, ToolError> {
         let (service, timeout) = (self.service, self.timeout);
-        let response = request.timeout(timeout).send().await.map_err(|e| send_error(ctx, service, e, timeout))?;
+        let response = request.timeout(timeout).send().await.map_err(|e| send_error(service, e, timeout))?;
         let status = response.status();
         let retry_after = crate::llm::retry_after(response.headers());
-        let text = response.text().await.map_err(|e| send_error(ctx, service, e, timeout))?;
+        let text = response.text().await.map_err(|e| send_error(service, e, timeout))?;
         Ok(Answer { status, text, retry_after })
     }
 }
@@ -106,23 +102,23 @@ pub(super) struct Answer {
 /// A request that got no HTTP answer: worth sending again. Only a refused
 /// connection certainly did not reach the service. The URL is dropped from the
 /// message because it may carry a key in its query.
-fn send_error(ctx: &ToolRunContext, service: &str, error: reqwest::Error, timeout: Duration) -> ToolError {
+fn send_error(service: &str, error: reqwest::Error, timeout: Duration) -> ToolError {
     if error.is_timeout() {
         let soft = ToolError::soft(format!("{service} did not answer within {timeout:?}; try again"));
-        return ctx.transient(soft, RetryHint::unknown_outcome());
+        return ToolError::transient(soft, RetryHint::unknown_outcome());
     }
     let (kind, hint) = if error.is_connect() {
         ("could not connect to", RetryHint::not_performed())
     } else {
         ("lost the connection to", RetryHint::unknown_outcome())
     };
-    ctx.transient(ToolError::soft(format!("{kind} {service}: {}", describe(&error.without_url()))), hint)
+    ToolError::transient(ToolError::soft(format!("{kind} {service}: {}", describe(&error.without_url()))), hint)
 }
 
 /// A reply that could not be read: usually a transient proxy or server fault.
-pub(super) fn garbled(ctx: &ToolRunContext, service: &str, error: &serde_json::Error) -> ToolError {
+pub(super) fn garbled(service: &str, error: &serde_json::Error) -> ToolError {
     let soft = ToolError::soft(format!("{service} sent a reply that could not be read ({error}); try again"));
-    ctx.transient(soft, RetryHint::unknown_outcome())
+    ToolError::transient(soft, RetryHint::unknown_outcome())
 }
 
 /// The error and its causes, each once (hyper repeats its cause in its own message).
@@ -142,15 +138,9 @@ fn describe(error: &dyn std::error::Error) -> String {
 
 /// An error status as a soft or hard error, with the service's `Retry-After`
 /// passed on for a rate limit or a server error.
-pub(super) fn status_error(
-    ctx: &ToolRunContext,
-    api: &Api,
-    answer: &Answer,
-    message: &str,
-    soft_client: &[u16],
-) -> ToolError {
+pub(super) fn status_error(api: &Api, answer: &Answer, message: &str, soft_client: &[u16]) -> ToolError {
     match classify(api.service, answer.status, message, api.key_var, soft_client) {
-        (error, Some(hint)) => ctx.transient(error, hint.retry_after(answer.retry_after)),
+        (error, Some(hint)) => ToolError::transient(error, hint.retry_after(answer.retry_after)),
         (error, None) => error,
     }
 }

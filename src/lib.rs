@@ -11,6 +11,7 @@ pub mod demo;
 mod error;
 pub mod events;
 pub mod execution_context;
+pub mod guide;
 pub mod hooks;
 pub mod http;
 pub mod ids;

@@ -7,7 +7,7 @@
 //!     cargo run --example mcp --features mcp -- "What time is it in Tokyo?"
 //! # Without PORTIA_MCP_CONFIG, the example spawns mcp-server-time (PyPI) with `uvx`.
 //!
-//! # This SDK as an MCP server over stdio (what Claude Desktop starts; see the README).
+//! # This SDK as an MCP server over stdio (what Claude Desktop starts; see src/docs/mcp.md).
 //! cargo run --example mcp --features mcp -- --serve
 //! ```
 

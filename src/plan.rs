@@ -23,6 +23,28 @@ use crate::usage::Usage;
 use crate::{Error, Result};
 
 /// A plan: the query it answers, the tools it may use, and its steps in order.
+///
+/// ```
+/// use portia::testing::MockTool;
+/// use portia::{InMemoryToolRegistry, Plan, PlanBuilder};
+///
+/// let plan = PlanBuilder::new("Weather where the meeting is")
+///     .step("Find the meeting's city", Some("calendar_tool"), "$city")
+///     .step("Get the weather there", Some("weather_tool"), "$weather")
+///     .input("$city", "The meeting's city")
+///     .build();
+/// assert_eq!(plan.dependencies(1), ["$city"]);
+///
+/// // Checked against the tools it names before it runs.
+/// let tools = InMemoryToolRegistry::new().with(MockTool::echo("calendar_tool"))?.with(MockTool::echo("weather_tool"))?;
+/// plan.validate(&tools)?;
+///
+/// // Plain data, in the seed document's JSON shape.
+/// let json = portia::serde_json::to_string(&plan).unwrap();
+/// let back: Plan = portia::serde_json::from_str(&json).unwrap();
+/// assert_eq!(back.steps.len(), 2);
+/// # Ok::<(), portia::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     /// The plan's id.

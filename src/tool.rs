@@ -2,36 +2,7 @@
 //!
 //! Implement [`Tool`] directly with a JSON schema of your own, or implement
 //! [`TypedTool`] with an argument struct that derives `Deserialize` and `JsonSchema`
-//! and get the schema and argument parsing for free:
-//!
-//! ```
-//! use portia::tool::{ToolError, ToolOutput, ToolRunContext, ToolSpec, TypedTool};
-//! use schemars::JsonSchema;
-//! use serde::Deserialize;
-//!
-//! #[derive(Deserialize, JsonSchema)]
-//! struct AddArgs {
-//!     /// The first number.
-//!     a: f64,
-//!     /// The second number.
-//!     b: f64,
-//! }
-//!
-//! #[derive(Debug)]
-//! struct AddTool;
-//!
-//! #[async_trait::async_trait]
-//! impl TypedTool for AddTool {
-//!     type Args = AddArgs;
-//!     fn spec(&self) -> ToolSpec {
-//!         // The schema comes from `AddArgs`; adding has no side effects.
-//!         ToolSpec::new("add_tool", "Add Tool", "Adds two numbers.").read_only()
-//!     }
-//!     async fn call(&self, _ctx: &ToolRunContext, args: AddArgs) -> Result<ToolOutput, ToolError> {
-//!         Ok(ToolOutput::value(args.a + args.b))
-//!     }
-//! }
-//! ```
+//! and get the schema and argument parsing for free, as [`Tool`]'s example shows.
 
 use std::fmt;
 use std::sync::Arc;
@@ -409,6 +380,43 @@ impl ToolSpec {
 }
 
 /// A capability a step can call.
+///
+/// ```
+/// use portia::schemars::JsonSchema;
+/// use portia::tool::{Tool, ToolError, ToolOutput, ToolRunContext, ToolSpec, TypedTool};
+/// use portia::InMemoryToolRegistry;
+/// use serde::Deserialize;
+///
+/// #[derive(Deserialize, JsonSchema)]
+/// #[schemars(crate = "portia::schemars")]
+/// struct AddArgs {
+///     /// The first number.
+///     a: f64,
+///     /// The second number.
+///     b: f64,
+/// }
+///
+/// #[derive(Debug)]
+/// struct AddTool;
+///
+/// #[portia::async_trait]
+/// impl TypedTool for AddTool {
+///     type Args = AddArgs;
+///     fn spec(&self) -> ToolSpec {
+///         // The argument schema comes from `AddArgs`; adding has no side effects.
+///         ToolSpec::new("add_tool", "Add Tool", "Adds two numbers.").read_only()
+///     }
+///     async fn call(&self, _ctx: &ToolRunContext, args: AddArgs) -> Result<ToolOutput, ToolError> {
+///         Ok(ToolOutput::value(args.a + args.b))
+///     }
+/// }
+///
+/// // Every `TypedTool` is a `Tool`, ready for a registry.
+/// assert_eq!(Tool::spec(&AddTool).id, "add_tool");
+/// let tools = InMemoryToolRegistry::new().with(AddTool)?;
+/// # let _ = tools;
+/// # Ok::<(), portia::Error>(())
+/// ```
 #[async_trait::async_trait]
 pub trait Tool: Send + Sync + fmt::Debug {
     /// How the tool describes itself. Built anew on each call, so a caller that

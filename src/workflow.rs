@@ -271,6 +271,27 @@ impl WorkflowUsage {
 /// Read it through its accessors; only the [`Runner`](crate::Runner) changes it,
 /// always under its lease and as a compare-and-swap on [`Workflow::version`], so an
 /// old copy can never overwrite newer state.
+///
+/// ```
+/// use std::sync::Arc;
+/// use portia::testing::ScriptedLlm;
+/// use portia::{Config, PlanBuilder, Runner, WorkflowState};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> portia::Result<()> {
+/// let config = Config::builder().summarize_final_output(false).build()?;
+/// let runner = Runner::builder(config).llm(Arc::new(ScriptedLlm::new().text("Hello!"))).build()?;
+/// let plan = PlanBuilder::new("Say hello").step("Say hello", None, "$hello").build();
+///
+/// let workflow = runner.create_workflow(&plan).await?;
+/// assert_eq!(workflow.state(), WorkflowState::NotStarted);
+/// let workflow = runner.execute_workflow(workflow).await?;
+/// assert_eq!(workflow.state(), WorkflowState::Complete);
+/// assert_eq!(workflow.outputs().step_outputs.get("$hello").unwrap().value, "Hello!");
+/// assert_eq!(workflow.usage().total.llm_calls, 1);
+/// // Plain data, in the seed document's JSON shape.
+/// assert_eq!(portia::serde_json::to_value(&workflow).unwrap()["state"], "COMPLETE");
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Workflow {
     id: WorkflowId,

@@ -2,7 +2,8 @@
 //!
 //! Build a [`Config`] from the environment ([`Config::from_env`], which loads `.env`
 //! first), from a TOML or JSON file ([`Config::from_file`]), or in code
-//! ([`Config::builder`]). Every environment variable is listed in the README and in
+//! ([`Config::builder`]). Every environment variable is listed in the
+//! [configuration guide](crate::guide::configuration) and in
 //! `.env.example`. API keys are [`Secret`]s: redacted in `Debug` and never written
 //! out by [`Config::to_json`] or [`Config::to_toml`].
 //!
@@ -29,6 +30,20 @@ use crate::logging::LogLevel;
 use crate::{Error, Result};
 
 /// Every setting of the SDK. Plain data: clone it, serialize it (keys are left out).
+///
+/// ```
+/// use portia::Config;
+///
+/// // In code; `Config::from_env()?` reads the environment and `.env` instead, and
+/// // `Config::from_file("portia.toml")?` a TOML or JSON file.
+/// let config = Config::builder()
+///     .default_model("anthropic/claude-sonnet-4-5")
+///     .max_parallel_steps(2usize)
+///     .summarize_final_output(false)
+///     .build()?;
+/// assert_eq!(config.max_parallel_steps, 2);
+/// # Ok::<(), portia::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 #[non_exhaustive]

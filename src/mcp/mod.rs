@@ -19,7 +19,7 @@
 //! `_` and a longer id is cut and ends in a stable hash of the full name.
 //!
 //! A server's elicitation during a call becomes a clarification of the step (see the
-//! README's MCP section), asked at once with
+//! [MCP guide](crate::guide::mcp)), asked at once with
 //! [`ToolRunContext::ask`](crate::tool::ToolRunContext::ask) while the call stays open
 //! for the server's [`elicitation_wait`](McpServerConfig::elicitation_wait): an answer
 //! in time goes to the server. Past the wait (or after a restart) the question is

@@ -47,6 +47,25 @@ use crate::{Error, Result};
 use calls::Stop;
 
 /// Plans queries and runs workflows. See the [module docs](self).
+///
+/// ```
+/// use std::sync::Arc;
+/// use portia::serde_json::json;
+/// use portia::testing::{MockTool, ScriptedLlm};
+/// use portia::{Config, InMemoryToolRegistry, PlanBuilder, Runner, WorkflowState};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> portia::Result<()> {
+/// // `Runner::new(Config::from_env()?, tools)` talks to the configured provider;
+/// // here a scripted model stands in, so the example runs offline.
+/// let tools = InMemoryToolRegistry::new().with(MockTool::returning("weather_tool", json!("-3°C")))?;
+/// let llm = Arc::new(ScriptedLlm::new().tool_call("weather_tool", json!({"city": "Oslo"})).text("Cold."));
+/// let runner = Runner::builder(Config::default()).tools(tools).llm(llm).build()?;
+///
+/// let plan = PlanBuilder::new("Weather in Oslo?").step("Get the weather in Oslo", Some("weather_tool"), "$weather").build();
+/// let workflow = runner.run_plan(&plan).await?; // creates the workflow, saves it, runs it
+/// assert_eq!(workflow.state(), WorkflowState::Complete);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Runner {
     inner: Arc<Inner>,

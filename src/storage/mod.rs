@@ -101,6 +101,30 @@ impl WorkflowPage {
 /// Every method that changes a workflow, its journal or its usage takes the
 /// caller's [`Lease`] and fails with [`Error::LeaseLost`](crate::Error::LeaseLost)
 /// unless it is the current, unexpired lease of that workflow.
+///
+/// ```
+/// use std::sync::Arc;
+/// use portia::storage::{InMemoryStorage, Storage};
+/// use portia::testing::ScriptedLlm;
+/// use portia::{Config, PlanBuilder, Runner};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> portia::Result<()> {
+/// // Or `SqliteStorage::open(".portia/portia.db")?` to share it between processes.
+/// let storage: Arc<dyn Storage> = Arc::new(InMemoryStorage::new());
+/// let config = Config::builder().summarize_final_output(false).build()?;
+/// let runner = Runner::builder(config)
+///     .storage(storage.clone())
+///     .llm(Arc::new(ScriptedLlm::new().text("Hello!")))
+///     .build()?;
+/// let plan = PlanBuilder::new("Say hello").step("Say hello", None, "$hello").build();
+/// let workflow = runner.run_plan(&plan).await?;
+///
+/// // Every change was saved as it happened: any runner on the same store sees it.
+/// let stored = storage.get_workflow(workflow.id()).await?;
+/// assert_eq!(stored.state(), workflow.state());
+/// assert_eq!(storage.get_plan(workflow.plan_id()).await?.steps.len(), 1);
+/// # Ok(()) }
+/// ```
 #[async_trait::async_trait]
 pub trait Storage: Send + Sync + fmt::Debug {
     /// Saves a plan. Plans never change, so saving one already stored does nothing.

@@ -56,7 +56,7 @@ const MIGRATIONS: &[&str] =
 /// first use in one transaction under an advisory lock, so processes starting at
 /// once take turns; a schema written by a newer portia is refused with
 /// [`Error::SchemaTooNew`]. TLS is rustls; `sslmode` in the URL means what it means
-/// to libpq (see [`PostgresSettings`] and the README). Clones share one pool.
+/// to libpq (see [`PostgresSettings`] and the [durability guide](crate::guide::durability)). Clones share one pool.
 #[derive(Clone)]
 pub struct PostgresStorage {
     inner: Arc<Inner>,

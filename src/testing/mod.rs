@@ -9,7 +9,7 @@
 //! ```
 //! use portia::testing::{MockTool, ScriptedLlm};
 //! use portia::{Config, InMemoryToolRegistry, PlanBuilder, Runner, WorkflowState};
-//! use serde_json::json;
+//! use portia::serde_json::json;
 //! use std::sync::Arc;
 //!
 //! # #[tokio::main(flavor = "current_thread")]

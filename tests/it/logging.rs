@@ -1,11 +1,5 @@
 //! Logging: state changes at INFO with ids, outputs at DEBUG, and no secrets.
 
-mod common;
-
-#[allow(dead_code, unreachable_pub)]
-#[path = "../examples/support/fake_apis.rs"]
-mod fake_apis;
-
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
@@ -13,6 +7,9 @@ use common::{config, harness};
 use portia::config::ExecutionMode;
 use portia::testing::ScriptedLlm;
 use portia::{InMemoryToolRegistry, PlanBuilder};
+
+use crate::common;
+use crate::fake_apis;
 
 #[derive(Clone, Default)]
 struct Buffer(Arc<Mutex<Vec<u8>>>);

@@ -1,10 +1,8 @@
 //! Postgres only: connecting, settings, migrations, damaged rows and racing processes.
 //! The conformance suite (`storage_conformance.rs`) covers the protocol itself.
 //!
-//! Tests that need a server read `PORTIA_TEST_PG_URL` (see `tests/pg/mod.rs`); the
+//! Tests that need a server read `PORTIA_TEST_PG_URL` (see `tests/it/pg.rs`); the
 //! ones about settings and unreachable servers need none.
-
-mod pg;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -13,6 +11,8 @@ use std::time::Duration;
 use portia::storage::{PostgresSettings, PostgresStorage, Storage, WorkflowQuery};
 use portia::{Config, Error, Plan, PlanBuilder, Workflow, WorkflowId, WorkflowState};
 use serde_json::json;
+
+use crate::pg;
 
 const TTL: Duration = Duration::from_secs(30);
 

@@ -3,11 +3,8 @@
 //! `postgres` feature) `PostgresStorage`, all on a `ManualClock`, so lease expiry needs
 //! no waiting. A store of your own should pass it too.
 //!
-//! The Postgres cases need `PORTIA_TEST_PG_URL` (see `tests/pg/mod.rs`); each runs in
+//! The Postgres cases need `PORTIA_TEST_PG_URL` (see `tests/it/pg.rs`); each runs in
 //! a fresh schema, so they run in parallel.
-
-#[cfg(feature = "postgres")]
-mod pg;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,6 +20,9 @@ use portia::storage::{
 use portia::{Error, Plan, PlanBuilder, ToolOutput, Workflow, WorkflowId, WorkflowState};
 use serde_json::{Value, json};
 use tempfile::TempDir;
+
+#[cfg(feature = "postgres")]
+use crate::pg;
 
 const TTL: Duration = Duration::from_secs(30);
 

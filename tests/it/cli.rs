@@ -11,9 +11,7 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::{Value, json};
 
-#[allow(dead_code, unreachable_pub)]
-#[path = "../examples/support/fake_apis.rs"]
-mod fake_apis;
+use crate::fake_apis;
 
 const KEY_VARS: [&str; 9] = [
     "OPENAI_API_KEY",

@@ -3,8 +3,6 @@
 //! and streamable HTTP, `mcp-server-time`, and a crash fixture on the official Python
 //! SDK. Without them a test skips with a message, except under `CI=true`, where it fails.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -16,6 +14,8 @@ use portia::tool::{ToolError, ToolOutput, ToolRegistry, ToolRunContext};
 use portia::{Config, WorkflowId, WorkflowState};
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
+
+use crate::common;
 
 /// The installed server a variable names, or `None` (skip) outside CI.
 fn installed(var: &str) -> Option<PathBuf> {

@@ -20,9 +20,11 @@ use portia::tool::{Tool, ToolError, ToolOutput, ToolRunContext, ToolSpec};
 use portia::{Config, InMemoryToolRegistry, PlanBuilder, Runner, Workflow, WorkflowId, WorkflowState};
 use serde_json::{Value, json};
 
-mod common;
-mod pg;
+use crate::common;
+use crate::pg;
 
+/// The worker process's test, by its path in this test binary.
+const WORKER_CHILD: &str = "workers_distributed::worker_child";
 const WORKFLOWS: usize = 200;
 const WORKERS: usize = 4;
 /// The victim hangs from this call on, so that it dies holding runs.
@@ -105,7 +107,7 @@ async fn worker_child() {
 
 fn spawn_worker(spec: &str, effects: &Path, victim: bool) -> Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["worker_child", "--exact", "--ignored", "--nocapture", "--test-threads=1", "--quiet"])
+        .args([WORKER_CHILD, "--exact", "--ignored", "--nocapture", "--test-threads=1", "--quiet"])
         .env("WORKER_STORE", spec)
         .env("WORKER_EFFECTS", effects)
         .env("WORKER_VICTIM", if victim { "1" } else { "0" })

@@ -1,0 +1,60 @@
+//! The integration tests, as one test binary (linking the crate once, not once per
+//! file): each file here is a module, run by its path, e.g.
+//! `cargo test --test it durability::` or `cargo test -- storage_conformance::sqlite`.
+//!
+//! Two test files stay binaries of their own, as they need a process to themselves:
+//! `tests/llm_logging.rs` (tracing caches per call site whether anyone listens, so a
+//! test elsewhere reaching the call site first could make it miss its lines) and
+//! `tests/otel.rs` (it installs the process's global tracing subscriber, which every
+//! other test's spans and logs would then go to).
+//!
+//! A module that needs a feature is compiled only with it, so `cargo test` with the
+//! default features runs what it can.
+
+// Shared helpers.
+mod common;
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../examples/support/fake_apis.rs"]
+mod fake_apis;
+#[cfg(feature = "postgres")]
+mod pg;
+
+mod agents;
+mod budgets;
+#[cfg(feature = "cli")]
+mod cli;
+mod data_model;
+#[cfg(feature = "sqlite")]
+mod durability;
+mod e2e_stock_compare;
+#[cfg(feature = "sqlite")]
+mod events_hooks;
+mod leases;
+mod llm_anthropic;
+mod llm_openai;
+mod llm_retry;
+mod logging;
+#[cfg(feature = "mcp")]
+mod mcp_server;
+#[cfg(feature = "mcp")]
+mod mcp_servers;
+mod parallel;
+mod plan_args;
+mod runner;
+#[cfg(feature = "sqlite")]
+mod storage_conformance;
+mod storage_import;
+#[cfg(feature = "postgres")]
+mod storage_postgres;
+mod tool_api;
+mod tool_retries;
+mod tools_calculator;
+mod tools_files;
+mod tools_llm;
+mod tools_registry;
+mod tools_search;
+mod tools_weather;
+mod tracing_spans;
+mod workers;
+#[cfg(all(feature = "sqlite", feature = "postgres"))]
+mod workers_distributed;

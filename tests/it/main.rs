@@ -10,6 +10,17 @@
 //!
 //! A module that needs a feature is compiled only with it, so `cargo test` with the
 //! default features runs what it can.
+//!
+//! Tests that need a real service (Postgres, the third-party MCP servers) are
+//! `#[ignore]`d, naming the variable that points at it and the script that provides
+//! it, so a plain `cargo test` lists them as ignored rather than passing them unrun.
+//! Run on purpose without the service, they fail. `.ci/run` provides the services and
+//! runs `cargo test --all-features -- --include-ignored`.
+//!
+//! `durability::crash_child` and `workers_distributed::worker_child` are `#[ignore]`d
+//! too: they are the child processes their modules' tests start (this binary again,
+//! `--exact --ignored`, with variables saying what to do), and return at once when
+//! those are not set, as under `--include-ignored`.
 
 // Shared helpers.
 mod common;

@@ -2,11 +2,14 @@
 //! file): each file here is a module, run by its path, e.g.
 //! `cargo test --test it durability::` or `cargo test -- storage_conformance::sqlite`.
 //!
-//! Two test files stay binaries of their own, as they need a process to themselves:
-//! `tests/llm_logging.rs` (tracing caches per call site whether anyone listens, so a
-//! test elsewhere reaching the call site first could make it miss its lines) and
-//! `tests/otel.rs` (it installs the process's global tracing subscriber, which every
-//! other test's spans and logs would then go to).
+//! Four test files stay binaries of their own, as they need a process to themselves:
+//! `tests/llm_logging.rs`, `tests/logging.rs` and `tests/tracing_spans.rs` read what
+//! a run logs through a subscriber of their own, and `tracing` caches per call site
+//! (and in one process-wide maximum level) whether anyone listens: a test elsewhere
+//! registering a call site while one of these installs its subscriber can make it
+//! miss its lines (seen here: `logging::step_outputs_are_logged_at_debug_and_keys_never`
+//! failed one full run in three). `tests/otel.rs` installs the process's global
+//! subscriber, which every other test's spans and logs would then go to.
 //!
 //! A module that needs a feature is compiled only with it, so `cargo test` with the
 //! default features runs what it can.
@@ -44,7 +47,6 @@ mod leases;
 mod llm_anthropic;
 mod llm_openai;
 mod llm_retry;
-mod logging;
 #[cfg(feature = "mcp")]
 mod mcp_server;
 #[cfg(feature = "mcp")]
@@ -65,7 +67,6 @@ mod tools_llm;
 mod tools_registry;
 mod tools_search;
 mod tools_weather;
-mod tracing_spans;
 mod workers;
 #[cfg(all(feature = "sqlite", feature = "postgres"))]
 mod workers_distributed;

@@ -1,5 +1,13 @@
 //! Logging: state changes at INFO with ids, outputs at DEBUG, and no secrets.
 
+// A binary of its own, not a module of tests/it: see the note in tests/it/main.rs.
+#[path = "it/common.rs"]
+mod common;
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../examples/support/fake_apis.rs"]
+mod fake_apis;
+
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
@@ -7,9 +15,6 @@ use common::{config, harness};
 use portia::config::ExecutionMode;
 use portia::testing::ScriptedLlm;
 use portia::{InMemoryToolRegistry, PlanBuilder};
-
-use crate::common;
-use crate::fake_apis;
 
 #[derive(Clone, Default)]
 struct Buffer(Arc<Mutex<Vec<u8>>>);

@@ -1,5 +1,7 @@
 //! Logging: state changes at INFO with ids, outputs at DEBUG, and no secrets.
 
+// A binary of its own, not a module of tests/it: see the note in tests/it/main.rs.
+#[path = "it/common.rs"]
 mod common;
 
 #[allow(dead_code, unreachable_pub)]

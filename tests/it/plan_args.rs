@@ -1,8 +1,6 @@
 //! Plan-time arguments (no LLM call for a tool step whose plan fixes its
 //! arguments), plan validation, the step's own tool only, and clipped outputs.
 
-mod common;
-
 use std::sync::Arc;
 
 use common::{config, harness, last_user_text};
@@ -18,6 +16,8 @@ use portia::{
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
+
+use crate::common;
 
 const QUERY: &str = "Which stock price grew faster in 2024, Amazon or Google?";
 

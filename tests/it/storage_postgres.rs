@@ -1,10 +1,8 @@
 //! Postgres only: connecting, settings, migrations, damaged rows and racing processes.
 //! The conformance suite (`storage_conformance.rs`) covers the protocol itself.
 //!
-//! Tests that need a server read `PORTIA_TEST_PG_URL` (see `tests/pg/mod.rs`); the
-//! ones about settings and unreachable servers need none.
-
-mod pg;
+//! Tests that need a server read `PORTIA_TEST_PG_URL` (see `tests/it/pg.rs`) and are
+//! `#[ignore]`d; the ones about settings and unreachable servers need none.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -13,6 +11,8 @@ use std::time::Duration;
 use portia::storage::{PostgresSettings, PostgresStorage, Storage, WorkflowQuery};
 use portia::{Config, Error, Plan, PlanBuilder, Workflow, WorkflowId, WorkflowState};
 use serde_json::json;
+
+use crate::pg;
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -90,8 +90,9 @@ async fn a_refused_connection_says_what_to_check_and_hides_the_password() {
 }
 
 #[tokio::test]
+#[ignore = "needs Postgres: .ci/run starts it (PORTIA_TEST_PG_URL)"]
 async fn a_missing_database_is_named() {
-    let Some(url) = pg::test_url() else { return };
+    let url = pg::test_url();
     let mut config: tokio_postgres::Config = url.parse().expect("the test URL parses");
     config.dbname("portia_no_such_database");
     let host = match &config.get_hosts()[0] {
@@ -106,8 +107,9 @@ async fn a_missing_database_is_named() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Postgres: .ci/run starts it (PORTIA_TEST_PG_URL)"]
 async fn processes_starting_at_once_take_turns_migrating() {
-    let Some(url) = pg::test_url() else { return };
+    let url = pg::test_url();
     let schema = pg::Schema::fresh(&url);
     let starting: Vec<_> = (0..6)
         .map(|_| {
@@ -131,8 +133,9 @@ async fn processes_starting_at_once_take_turns_migrating() {
 }
 
 #[tokio::test]
+#[ignore = "needs Postgres: .ci/run starts it (PORTIA_TEST_PG_URL)"]
 async fn a_newer_schema_is_refused() {
-    let Some(url) = pg::test_url() else { return };
+    let url = pg::test_url();
     let schema = pg::Schema::fresh(&url);
     PostgresStorage::connect(&settings(&schema)).await.expect("a new schema is created");
     PostgresStorage::connect(&settings(&schema)).await.expect("an up-to-date schema opens again");
@@ -144,8 +147,9 @@ async fn a_newer_schema_is_refused() {
 }
 
 #[tokio::test]
+#[ignore = "needs Postgres: .ci/run starts it (PORTIA_TEST_PG_URL)"]
 async fn a_corrupt_row_is_reported_by_id() {
-    let Some(url) = pg::test_url() else { return };
+    let url = pg::test_url();
     let schema = pg::Schema::fresh(&url);
     let store = PostgresStorage::connect(&settings(&schema)).await.unwrap();
     let plan = plan();
@@ -165,8 +169,9 @@ async fn a_corrupt_row_is_reported_by_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Postgres: .ci/run starts it (PORTIA_TEST_PG_URL)"]
 async fn racing_claimers_from_several_pools_claim_each_workflow_once() {
-    let Some(url) = pg::test_url() else { return };
+    let url = pg::test_url();
     let schema = pg::Schema::fresh(&url);
     let mut stores = Vec::new();
     for _ in 0..3 {
@@ -205,8 +210,9 @@ async fn racing_claimers_from_several_pools_claim_each_workflow_once() {
 }
 
 #[tokio::test]
+#[ignore = "needs Postgres: .ci/run starts it (PORTIA_TEST_PG_URL)"]
 async fn a_submission_from_another_process_wakes_a_waiting_worker() {
-    let Some(url) = pg::test_url() else { return };
+    let url = pg::test_url();
     let schema = pg::Schema::fresh(&url);
     let worker = Arc::new(PostgresStorage::connect(&settings(&schema)).await.unwrap());
     let submitter = PostgresStorage::connect(&settings(&schema)).await.unwrap();
@@ -238,10 +244,11 @@ async fn a_submission_from_another_process_wakes_a_waiting_worker() {
 /// Processes of different builds must agree on it: the channel `portia_events`, the
 /// payload the schema and the workflow id.
 #[tokio::test]
+#[ignore = "needs Postgres: .ci/run starts it (PORTIA_TEST_PG_URL)"]
 async fn a_save_with_events_notifies_every_process_naming_the_schema_and_workflow() {
     use tokio_postgres::AsyncMessage;
 
-    let Some(url) = pg::test_url() else { return };
+    let url = pg::test_url();
     let schema = pg::Schema::fresh(&url);
     let store = PostgresStorage::connect(&settings(&schema)).await.unwrap();
     let (client, mut connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
@@ -271,8 +278,9 @@ async fn a_save_with_events_notifies_every_process_naming_the_schema_and_workflo
 /// sent while it reconnects (or to a dying connection); the waiter waits an hour, so
 /// the test ends only if the reconnection makes it look again.
 #[tokio::test]
+#[ignore = "needs Postgres: .ci/run starts it (PORTIA_TEST_PG_URL)"]
 async fn an_event_waiter_hears_a_save_made_while_its_listener_reconnects() {
-    let Some(url) = pg::test_url() else { return };
+    let url = pg::test_url();
     let schema = pg::Schema::fresh(&url);
     let app = format!("portia_{}", uuid::Uuid::new_v4().simple());
     let waiting_settings =
@@ -312,8 +320,9 @@ fn next_with_an_event(workflow: &Workflow) -> (Workflow, portia::events::Workflo
 }
 
 #[tokio::test]
+#[ignore = "needs Postgres: .ci/run starts it (PORTIA_TEST_PG_URL)"]
 async fn leases_run_on_the_database_clock() {
-    let Some(url) = pg::test_url() else { return };
+    let url = pg::test_url();
     let schema = pg::Schema::fresh(&url);
     let store = PostgresStorage::connect(&settings(&schema)).await.unwrap();
     let workflow = workflow_of(&plan());
@@ -332,22 +341,23 @@ async fn leases_run_on_the_database_clock() {
     schema.remove().await;
 }
 
-/// The test server's port, and the certificate `.ci/postgres.sh` made for `localhost`,
-/// or `None` (the TLS tests skip, saying why) when the server has no TLS.
-fn tls_server() -> Option<(String, u16, String)> {
-    let url = pg::test_url()?;
+/// The test server's user and port, and the certificate `.ci/postgres.sh` made for
+/// `localhost`; a server without TLS fails the test, saying how to get one.
+fn tls_server() -> (String, u16, String) {
+    let url = pg::test_url();
     let Some(ca) = std::env::var("PORTIA_TEST_PG_CA").ok().filter(|ca| !ca.is_empty()) else {
-        eprintln!("skipped: PORTIA_TEST_PG_CA is not set; .ci/postgres.sh starts the server with TLS and sets it");
-        return None;
+        panic!(
+            "needs Postgres with TLS: PORTIA_TEST_PG_CA is not set; .ci/postgres.sh starts the server with TLS and sets it"
+        )
     };
     let config: tokio_postgres::Config = url.parse().expect("the test URL parses");
     let user = config.get_user().unwrap_or("postgres").to_owned();
-    Some((user, config.get_ports()[0], ca))
+    (user, config.get_ports()[0], ca)
 }
 
 /// Whether every connection named `application` is encrypted (and there is one).
 async fn all_encrypted(application: &str) -> bool {
-    let client = pg::connect(&pg::test_url().unwrap()).await;
+    let client = pg::connect(&pg::test_url()).await;
     let sql = "SELECT count(*), coalesce(bool_and(s.ssl), false) FROM pg_stat_ssl s \
                JOIN pg_stat_activity a USING (pid) WHERE a.application_name = $1";
     let row = client.query_one(sql, &[&application]).await.unwrap();
@@ -355,9 +365,10 @@ async fn all_encrypted(application: &str) -> bool {
 }
 
 #[tokio::test]
+#[ignore = "needs Postgres with TLS: .ci/run starts it (PORTIA_TEST_PG_URL, PORTIA_TEST_PG_CA)"]
 async fn sslmode_require_encrypts_and_verify_full_checks_the_certificate() {
-    let Some((user, port, ca)) = tls_server() else { return };
-    let schema = pg::Schema::fresh(&pg::test_url().unwrap());
+    let (user, port, ca) = tls_server();
+    let schema = pg::Schema::fresh(&pg::test_url());
     let app = format!("tls_{}", &schema.name[5..17]);
     let url =
         |host: &str, params: &str| format!("postgres://{user}@{host}:{port}/postgres?application_name={app}&{params}");

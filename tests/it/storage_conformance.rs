@@ -3,11 +3,8 @@
 //! `postgres` feature) `PostgresStorage`, all on a `ManualClock`, so lease expiry needs
 //! no waiting. A store of your own should pass it too.
 //!
-//! The Postgres cases need `PORTIA_TEST_PG_URL` (see `tests/pg/mod.rs`); each runs in
+//! The Postgres cases need `PORTIA_TEST_PG_URL` (see `tests/it/pg.rs`); each runs in
 //! a fresh schema, so they run in parallel.
-
-#[cfg(feature = "postgres")]
-mod pg;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,6 +20,9 @@ use portia::storage::{
 use portia::{Error, Plan, PlanBuilder, ToolOutput, Workflow, WorkflowId, WorkflowState};
 use serde_json::{Value, json};
 use tempfile::TempDir;
+
+#[cfg(feature = "postgres")]
+use crate::pg;
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -136,12 +136,12 @@ fn sqlite() -> Fixture {
     }
 }
 
-/// A store in a fresh schema of the test database, or `None` (the case skips) when
-/// there is none outside CI. `other` is a second store with a pool of its own.
+/// A store in a fresh schema of the test database (the cases are `#[ignore]`d, and fail
+/// when run without one). `other` is a second store with a pool of its own.
 #[cfg(feature = "postgres")]
-fn postgres() -> Option<Fixture> {
+fn postgres() -> Fixture {
     use portia::storage::{PostgresSettings, PostgresStorage};
-    let url = pg::test_url()?;
+    let url = pg::test_url();
     let schema = pg::Schema::fresh(&url);
     let settings = PostgresSettings::new(url).schema(schema.name.clone()).pool_size(4);
     let clock = ManualClock::default();
@@ -149,7 +149,7 @@ fn postgres() -> Option<Fixture> {
     let open = move || -> Arc<dyn Storage> {
         Arc::new(PostgresStorage::with_clock(&settings, Arc::new(shared.clone())).expect("the settings are valid"))
     };
-    Some(Fixture { store: open(), clock, other: Box::new(open), _dir: None, _schema: Some(schema) })
+    Fixture { store: open(), clock, other: Box::new(open), _dir: None, _schema: Some(schema) }
 }
 
 /// Opens the database at `path` on `clock` (clones of a `ManualClock` share one time).
@@ -695,12 +695,13 @@ macro_rules! conformance {
         }
         #[cfg(feature = "postgres")]
         mod postgres {
-            $(#[tokio::test] async fn $case() {
-                if let Some(mut fixture) = super::postgres() {
-                    let schema = fixture._schema.take();
-                    super::$case(fixture).await;
-                    if let Some(schema) = schema { schema.remove().await }
-                }
+            $(#[tokio::test]
+            #[ignore = "needs Postgres: .ci/run starts it (PORTIA_TEST_PG_URL)"]
+            async fn $case() {
+                let mut fixture = super::postgres();
+                let schema = fixture._schema.take();
+                super::$case(fixture).await;
+                if let Some(schema) = schema { schema.remove().await }
             })*
         }
     };
@@ -747,13 +748,13 @@ paused_conformance!(a_submission_or_release_wakes_a_waiting_worker);
 #[cfg(feature = "postgres")]
 mod postgres_wake {
     #[tokio::test]
+    #[ignore = "needs Postgres: .ci/run starts it (PORTIA_TEST_PG_URL)"]
     async fn a_submission_or_release_wakes_a_waiting_worker() {
-        if let Some(mut fixture) = super::postgres() {
-            let schema = fixture._schema.take();
-            super::a_submission_or_release_wakes_a_waiting_worker(fixture).await;
-            if let Some(schema) = schema {
-                schema.remove().await
-            }
+        let mut fixture = super::postgres();
+        let schema = fixture._schema.take();
+        super::a_submission_or_release_wakes_a_waiting_worker(fixture).await;
+        if let Some(schema) = schema {
+            schema.remove().await
         }
     }
 }

@@ -6,13 +6,11 @@ use std::time::Duration;
 use portia::Config;
 use serde_json::Value;
 
-#[allow(dead_code, unreachable_pub)]
-#[path = "../examples/stock_compare.rs"]
-mod stock_compare;
+use crate::fake_apis;
 
 #[allow(dead_code, unreachable_pub)]
-#[path = "../examples/support/fake_apis.rs"]
-mod fake_apis;
+#[path = "../../examples/stock_compare.rs"]
+mod stock_compare;
 
 /// The two pretty JSON documents the example prints, one after the other.
 fn two_documents(text: &str) -> (Value, Value) {

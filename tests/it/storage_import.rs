@@ -3,8 +3,8 @@
 use portia::storage::{InMemoryStorage, Storage, import_json_dir};
 use portia::{Plan, Workflow};
 
-const SEED_PLAN: &str = include_str!("fixtures/seed_plan.json");
-const SEED_WORKFLOW: &str = include_str!("fixtures/seed_workflow.json");
+const SEED_PLAN: &str = include_str!("../fixtures/seed_plan.json");
+const SEED_WORKFLOW: &str = include_str!("../fixtures/seed_workflow.json");
 
 #[tokio::test]
 async fn a_json_file_directory_imports_once_and_reports_what_it_skipped() {

@@ -1,8 +1,6 @@
 //! Planner and agents end to end with the scripted LLM: the seed scenario, errors,
 //! retries, clarifications and the context each step receives.
 
-mod common;
-
 use std::sync::Arc;
 
 use common::{config, harness, last_user_text};
@@ -17,6 +15,8 @@ use portia::{
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
+
+use crate::common;
 
 const QUERY: &str = "Which stock price grew faster in 2024, Amazon or Google?";
 

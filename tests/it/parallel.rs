@@ -1,8 +1,6 @@
 //! Independent steps run at the same time; outputs stay in plan order; a failure or
 //! a clarification in one branch lets running steps finish and stops new ones.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -15,6 +13,8 @@ use portia::tool::ToolRunContext;
 use portia::{InMemoryToolRegistry, PlanBuilder, Tool, ToolError, ToolOutput, ToolSpec, WorkflowState};
 use serde_json::{Value, json};
 use tokio::sync::Barrier;
+
+use crate::common;
 
 /// A tool that records how many of its calls are in flight at once and, when given
 /// a barrier, waits at it (so two calls can only finish if both run together).

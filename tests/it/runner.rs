@@ -1,8 +1,6 @@
 //! The runner's state machine, persistence and clarification handling, driven by
 //! the scripted LLM and mock tools.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +11,8 @@ use portia::storage::WorkflowQuery;
 use portia::testing::{MockBehavior, MockTool, ScriptedLlm};
 use portia::{Error, ExecutionContext, InMemoryToolRegistry, PlanBuilder, Runner, Workflow, WorkflowState};
 use serde_json::json;
+
+use crate::common;
 
 fn registry(tools: Vec<MockTool>) -> InMemoryToolRegistry {
     InMemoryToolRegistry::from_tools(tools.into_iter().map(|t| Arc::new(t) as Arc<dyn portia::Tool>)).unwrap()

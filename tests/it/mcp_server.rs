@@ -1,7 +1,5 @@
 //! This SDK's MCP server driven by rmcp's client, as Claude Desktop would drive it.
 
-mod common;
-
 use std::sync::Arc;
 
 use portia::config::ExecutionMode;
@@ -12,6 +10,8 @@ use rmcp::model::{CallToolRequestParams, ProgressNotificationParam};
 use rmcp::service::{NotificationContext, RoleClient, RunningService};
 use rmcp::{ClientHandler, ServiceExt};
 use serde_json::{Value, json};
+
+use crate::common;
 
 /// Keeps the progress notifications it receives.
 #[derive(Default)]

@@ -2,8 +2,6 @@
 //! repeat a side effect, after the wait the service asked for, each re-send a
 //! journaled call. Runs on tokio's paused clock: nothing really waits.
 
-mod common;
-
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -15,6 +13,8 @@ use portia::workflow::FailureKind;
 use portia::{Config, InMemoryToolRegistry, PlanBuilder, ToolError, ToolOutput, ToolSpec, WorkflowState};
 use serde_json::{Value, json};
 use tokio::time::Instant;
+
+use crate::common;
 
 /// Fails `failures` times with `hint`, then returns "done"; counts its calls.
 #[derive(Debug)]

@@ -3,8 +3,8 @@
 use portia::{Clarification, ExecutionContext, Output, Plan, PlanBuilder, Workflow, WorkflowState};
 use serde_json::{Value, json};
 
-const SEED_PLAN: &str = include_str!("fixtures/seed_plan.json");
-const SEED_WORKFLOW: &str = include_str!("fixtures/seed_workflow.json");
+const SEED_PLAN: &str = include_str!("../fixtures/seed_plan.json");
+const SEED_WORKFLOW: &str = include_str!("../fixtures/seed_workflow.json");
 
 fn round_trip<T: serde::Serialize + serde::de::DeserializeOwned>(value: &T) -> T {
     serde_json::from_str(&serde_json::to_string_pretty(value).unwrap()).unwrap()

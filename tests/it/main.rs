@@ -34,6 +34,7 @@ mod fake_apis;
 mod pg;
 
 mod agents;
+mod architecture;
 mod budgets;
 #[cfg(feature = "cli")]
 mod cli;

@@ -281,7 +281,7 @@ fn watch_everything(runner: &Runner) -> Arc<std::sync::atomic::AtomicU64> {
         while let Some(event) = events.next().await {
             let count = match event {
                 Ok(_) => 1,
-                Err(portia::events::Missed(n)) => n,
+                Err(portia::runner::Missed(n)) => n,
             };
             counter.fetch_add(count, std::sync::atomic::Ordering::Relaxed);
         }

@@ -14,9 +14,9 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use portia::mcp::{McpConfig, McpServerConfig, McpToolRegistry};
 use portia::tool::AggregatedToolRegistry;
 use portia::tools::default_tool_registry;
+use portia::tools::mcp::{McpConfig, McpServerConfig, McpToolRegistry};
 use portia::{Config, Runner};
 
 #[tokio::main]
@@ -60,5 +60,5 @@ async fn serve() -> portia::Result<()> {
     let config = Config::from_env()?;
     config.init_logging();
     let tools = portia::tools::default_tool_registry_with_mcp(&config).await?;
-    portia::mcp::serve_stdio(Arc::new(Runner::new(config, tools)?)).await
+    portia::tools::mcp::serve_stdio(Arc::new(Runner::new(config, tools)?)).await
 }

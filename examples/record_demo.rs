@@ -13,8 +13,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use portia::cassette::Recorder;
-use portia::demo::QUERY;
+use portia::testing::Recorder;
+use portia::testing::demo::QUERY;
 use portia::tool::ToolRegistry;
 use portia::tools::example_tool_registry;
 use portia::{Config, Runner};

@@ -19,7 +19,7 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use portia::cassette::{Recorder, Replayer};
+//! use portia::testing::{Recorder, Replayer};
 //! use portia::testing::ScriptedLlm;
 //! use portia::{Config, PlanBuilder, Runner, WorkflowState};
 //!

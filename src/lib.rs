@@ -1,51 +1,56 @@
 #![doc = include_str!("docs/tutorial.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+// The public modules, one per concept; everything else is the crate's own.
 pub mod agent;
-pub mod budget;
-mod call;
-pub mod cassette;
 pub mod clarification;
 pub mod config;
-pub mod demo;
-mod error;
-pub mod events;
-pub mod execution_context;
-pub mod guide;
-pub mod hooks;
-pub mod http;
-pub mod ids;
-mod live;
 pub mod llm;
-pub mod logging;
-mod macros;
-#[cfg(feature = "mcp")]
-pub mod mcp;
 pub mod plan;
 pub mod planner;
 pub mod runner;
-mod schema_check;
-mod secret;
-mod state;
 pub mod storage;
 pub mod testing;
-mod text;
 pub mod tool;
 pub mod tools;
-mod usage;
 pub mod workflow;
+
+// Guides: documentation pages, no items.
+pub mod guide;
+
+// The ground floor: vocabulary every layer shares, importing nothing above it.
+mod call;
+mod error;
+mod execution_context;
+mod ids;
+mod macros;
+mod secret;
+mod state;
+mod text;
+mod usage;
+
+// Machinery behind the public modules, reached through their re-exports.
+mod budget;
+mod cassette;
+mod demo;
+mod events;
+mod hooks;
+mod http;
+mod live;
+mod logging;
+mod schema_check;
 
 pub use clarification::{Clarification, ClarificationKind};
 pub use config::Config;
 pub use error::{Error, Result};
 pub use execution_context::ExecutionContext;
-pub use ids::{ClarificationId, PlanId, WorkflowId};
+pub use ids::{ClarificationId, IdParseError, PlanId, WorkflowId};
 pub use plan::{Plan, PlanBuilder, PlanContext, Step, Variable};
 pub use runner::{PlanOptions, Runner};
 pub use tool::{
     InMemoryToolRegistry, RetryHint, Tool, ToolError, ToolOutput, ToolRegistry, ToolRunContext, ToolSpec, TypedTool,
 };
-pub use workflow::{Output, Workflow, WorkflowState};
+pub use workflow::{FailureKind, Output, Workflow, WorkflowState};
 
 /// What a tool author needs besides this crate, re-exported so that its versions
 /// always fit: `#[portia::async_trait]` on a `TypedTool` impl, and
@@ -62,7 +67,8 @@ pub mod prelude {
         InMemoryToolRegistry, Tool, ToolError, ToolOutput, ToolRegistry, ToolRunContext, ToolSpec, TypedTool,
     };
     pub use crate::{
-        Clarification, Config, Error, Plan, PlanBuilder, Result, Runner, Workflow, WorkflowState, async_trait,
+        Clarification, Config, Error, FailureKind, Plan, PlanBuilder, Result, Runner, Workflow, WorkflowState,
+        async_trait,
     };
 }
 

@@ -18,7 +18,7 @@ pub enum WorkflowState {
     ReadyToResume,
     /// Every step ran; the final output is set.
     Complete,
-    /// A step failed or the run was cancelled; see [`Workflow::failure`].
+    /// A step failed or the run was cancelled; see [`Workflow::failure`](crate::Workflow::failure).
     Failed,
 }
 

@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::clarification::Clarification;
-use crate::events::ToolEvents;
+pub use crate::events::ToolEvents;
 use crate::execution_context::ExecutionContext;
 use crate::ids::WorkflowId;
 use crate::live::Asker;

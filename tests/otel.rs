@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use portia::logging::{LogLevel, init_otlp};
+use portia::config::{LogLevel, init_otlp};
 use portia::testing::{MockTool, ScriptedLlm};
 use portia::{Config, InMemoryToolRegistry, PlanBuilder, Runner, WorkflowState};
 use serde_json::json;

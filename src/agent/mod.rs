@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::workflow::StepOutcome;
 pub use one_shot::OneShotAgent;
-pub use summarize::summarize_final_output;
+pub(crate) use summarize::summarize_final_output;
 pub use verifier::VerifierAgent;
 
 use crate::clarification::Clarification;
@@ -40,7 +40,7 @@ use crate::plan::Step;
 use crate::tool::{Tool, ToolError, ToolOutput, ToolRunContext, ToolSpec};
 
 /// How many times a soft tool error is shown to the model before the step fails.
-pub const MAX_TOOL_RETRIES: usize = 3;
+pub(crate) const MAX_TOOL_RETRIES: usize = 3;
 
 /// A declared input of the step, with its value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

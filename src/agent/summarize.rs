@@ -29,7 +29,7 @@ pub(super) async fn step_summary(ctx: &StepContext, value: &Value) -> Option<Str
 /// The answering output is shown up to `max_output_chars` characters (clipped with a
 /// note beyond), earlier ones shorter still. Returns `None` (and logs a warning)
 /// when the call fails or the reply is empty.
-pub async fn summarize_final_output(
+pub(crate) async fn summarize_final_output(
     llm: &dyn LlmClient,
     plan: &Plan,
     workflow: &Workflow,

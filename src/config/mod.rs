@@ -8,7 +8,7 @@
 //! out by [`Config::to_json`] or [`Config::to_toml`].
 //!
 //! The provider catalogue ([`LlmProvider`], [`ModelRole`], [`ModelRef`]) lives in
-//! [`crate::llm`]; the log level and the subscriber set-up live in [`crate::logging`].
+//! [`crate::llm`]; the log level and the subscriber set-up are [`LogLevel`] and [`init_logging`].
 
 mod builder;
 mod enums;
@@ -24,9 +24,14 @@ pub use crate::secret::Secret;
 pub use builder::ConfigBuilder;
 pub use enums::{AgentKind, ExecutionMode, StorageKind};
 
-use crate::budget::{Budget, Prices};
-use crate::llm::{LlmClient, LlmProvider, LlmSettings, ModelRef, ModelRole, RetryPolicy, split_provider};
-use crate::logging::LogLevel;
+pub use crate::budget::{Budget, Price, Prices};
+pub use crate::http::{OFFLINE_VAR, offline, set_offline};
+pub use crate::llm::LlmProvider;
+pub use crate::logging::{LogLevel, init_logging};
+#[cfg(feature = "otel")]
+pub use crate::logging::{OtlpGuard, init_otlp};
+
+use crate::llm::{LlmClient, LlmSettings, ModelRef, ModelRole, RetryPolicy, split_provider};
 use crate::{Error, Result};
 
 /// Every setting of the SDK. Plain data: clone it, serialize it (keys are left out).

@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// One thing wrong with a plan, as reported by [`Plan::validate`].
+/// One thing wrong with a plan, as reported by [`Plan::validate`](crate::Plan::validate).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "problem", rename_all = "snake_case")]
 #[non_exhaustive]

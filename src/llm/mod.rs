@@ -17,7 +17,7 @@
 mod anthropic;
 mod openai;
 mod provider;
-pub mod retry;
+mod retry;
 mod router;
 mod schema;
 mod settings;

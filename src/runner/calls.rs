@@ -22,7 +22,7 @@ use crate::clarification::{CallVerdict, Clarification, ClarificationKind};
 use crate::events::{EventKind, RunEvents, ToolEvents};
 use crate::hooks::{HookChain, ToolCallDecision, ToolCallRequest};
 use crate::live::{LiveQuestions, StepQuestions};
-use crate::llm::retry::RetryPolicy;
+use crate::llm::RetryPolicy;
 use crate::storage::{Lease, Storage, ToolCallKey, ToolCallRecord, ToolCallStatus};
 use crate::tool::{Tool, ToolError, ToolOutput, ToolRunContext, ToolSpec};
 

@@ -15,6 +15,10 @@ mod metered;
 mod watch;
 mod worker;
 
+pub use crate::events::{
+    DEFAULT_CAPACITY as DEFAULT_EVENT_CAPACITY, EventKind, EventStream, Missed, StoredEvent, WorkflowEvent,
+};
+pub use crate::hooks::{ApprovalGate, HookError, Hooks, StepDecision, ToolCallDecision, ToolCallRequest};
 pub use watch::Watch;
 pub use worker::{Worker, WorkerOptions, WorkerReport};
 
@@ -28,9 +32,9 @@ use serde_json::Value;
 use crate::agent::{Agent, OneShotAgent, VerifierAgent};
 use crate::clarification::{Clarification, ClarificationKind};
 use crate::config::{AgentKind, Config, StorageKind};
-use crate::events::{EventKind, EventSink, EventStream, WorkflowEvent};
+use crate::events::EventSink;
 use crate::execution_context::ExecutionContext;
-use crate::hooks::{HookChain, Hooks};
+use crate::hooks::HookChain;
 use crate::ids::{PlanId, WorkflowId};
 use crate::live::LiveQuestions;
 use crate::llm::LlmClient;
@@ -650,13 +654,13 @@ pub struct RunnerBuilder {
 
 impl RunnerBuilder {
     /// How many events a subscriber may fall behind before it misses some (default
-    /// [`DEFAULT_CAPACITY`](crate::events::DEFAULT_CAPACITY)).
+    /// [`DEFAULT_EVENT_CAPACITY`]).
     pub fn event_capacity(mut self, capacity: usize) -> Self {
         self.event_capacity = capacity;
         self
     }
 
-    /// Adds a hook; hooks run in the order they were added. See [`crate::hooks`].
+    /// Adds a hook; hooks run in the order they were added. See [`Hooks`].
     pub fn hook(mut self, hook: impl Hooks + 'static) -> Self {
         self.hooks.push(Arc::new(hook));
         self

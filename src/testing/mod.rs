@@ -33,3 +33,15 @@ mod tools;
 
 pub use scripted::{ScriptedLlm, estimate_tokens};
 pub use tools::{MockBehavior, MockCall, MockTool};
+
+pub use crate::cassette::{
+    Cassette, CassetteTools, FORMAT as CASSETTE_FORMAT, LlmExchange, REDACTED, Recorder, Replayer, ToolExchange,
+    ToolOutcome,
+};
+
+/// The keyless demo: the seed scenario ("Which stock price grew faster in 2024,
+/// Amazon or Google?") replayed from the recording shipped with the crate, as
+/// `portia demo` and `cargo run --example stock_compare -- --demo` run it.
+pub mod demo {
+    pub use crate::demo::{CASSETTE, QUERY, cassette, runner};
+}

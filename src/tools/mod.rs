@@ -29,6 +29,9 @@
 mod calculator;
 mod files;
 mod llm_tool;
+#[cfg(feature = "mcp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mcp")))]
+pub mod mcp;
 mod root;
 mod search;
 mod weather;
@@ -99,10 +102,10 @@ pub fn default_tool_registry(config: &Config) -> InMemoryToolRegistry {
 #[cfg(feature = "mcp")]
 pub async fn default_tool_registry_with_mcp(config: &Config) -> crate::Result<crate::tool::AggregatedToolRegistry> {
     let mcp = match &config.mcp_config {
-        Some(path) => crate::mcp::McpConfig::from_file(path)?,
-        None => crate::mcp::McpConfig::new(),
+        Some(path) => mcp::McpConfig::from_file(path)?,
+        None => mcp::McpConfig::new(),
     };
-    let servers = crate::mcp::McpToolRegistry::connect(&mcp).await?;
+    let servers = mcp::McpToolRegistry::connect(&mcp).await?;
     Ok(crate::tool::AggregatedToolRegistry::new(vec![Arc::new(default_tool_registry(config)), Arc::new(servers)]))
 }
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use portia::budget::{Budget, Price, Prices};
+use portia::config::{Budget, Price, Prices};
 use portia::llm::{LlmResponse, Usage};
 use portia::testing::{MockBehavior, MockTool, ScriptedLlm};
 use portia::workflow::FailureKind;

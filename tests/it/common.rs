@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use portia::config::ExecutionMode;
-use portia::events::{StoredEvent, WorkflowEvent};
+use portia::runner::{StoredEvent, WorkflowEvent};
 use portia::storage::{
     InMemoryStorage, Lease, LeaseGrant, LeaseStatus, Storage, ToolCallRecord, UsageRecord, WorkflowPage, WorkflowQuery,
 };

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use portia::config::ExecutionMode;
-use portia::events::{EventKind, Missed, WorkflowEvent};
-use portia::hooks::{ApprovalGate, HookError, Hooks, StepDecision, ToolCallDecision, ToolCallRequest};
 use portia::runner::RunnerBuilder;
+use portia::runner::{ApprovalGate, HookError, Hooks, StepDecision, ToolCallDecision, ToolCallRequest};
+use portia::runner::{EventKind, Missed, WorkflowEvent};
 use portia::storage::{SqliteStorage, Storage};
 use portia::testing::{MockTool, ScriptedLlm};
 use portia::tool::ToolSpec;

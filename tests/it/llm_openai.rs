@@ -488,7 +488,7 @@ async fn client_debug_output_hides_every_key() {
 #[tokio::test]
 async fn default_base_url_is_refused_offline_without_a_panic() {
     // Offline mode is an explicit setting; this test switches it on for its process.
-    portia::http::set_offline(true);
+    portia::config::set_offline(true);
     let config = Config::builder().openai_api_key(KEY).max_retries(3u32).build().unwrap();
     let err = config.llm_client().unwrap().chat(ask("hi")).await.unwrap_err();
     assert!(matches!(err, LlmError::NotSent { .. }), "{err:?}");

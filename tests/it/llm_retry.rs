@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use portia::llm::LlmError;
-use portia::llm::retry::RetryPolicy;
+use portia::llm::RetryPolicy;
 use tokio::time::Instant;
 
 /// What one attempt of the fake operation does.

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use portia::config::ExecutionMode;
-use portia::mcp::PortiaMcpServer;
 use portia::testing::{MockBehavior, MockTool, ScriptedLlm};
+use portia::tools::mcp::PortiaMcpServer;
 use portia::{InMemoryToolRegistry, Runner};
 use rmcp::model::{CallToolRequestParams, ProgressNotificationParam};
 use rmcp::service::{NotificationContext, RoleClient, RunningService};

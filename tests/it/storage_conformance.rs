@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use portia::events::{EventKind, WorkflowEvent};
 use portia::llm::Usage;
+use portia::runner::{EventKind, WorkflowEvent};
 use portia::storage::{
     Clock, InMemoryStorage, Lease, ManualClock, SqliteStorage, Storage, ToolCallKey, ToolCallRecord, ToolCallStatus,
     UsageRecord, WorkflowQuery,
@@ -102,7 +102,7 @@ pass_on! {
     get_workflow(id: WorkflowId) -> portia::Result<Workflow>;
     list_workflows(query: &WorkflowQuery) -> portia::Result<portia::storage::WorkflowPage>;
     update_workflow(workflow: &Workflow, lease: &Lease, events: &[WorkflowEvent]) -> portia::Result<()>;
-    events(id: WorkflowId, after: u64) -> portia::Result<Vec<portia::events::StoredEvent>>;
+    events(id: WorkflowId, after: u64) -> portia::Result<Vec<portia::runner::StoredEvent>>;
     acquire_lease(id: WorkflowId, owner: &str, ttl: Duration) -> portia::Result<portia::storage::LeaseGrant>;
     renew_lease(lease: &Lease, ttl: Duration) -> portia::Result<portia::storage::LeaseStatus>;
     release_lease(lease: &Lease) -> portia::Result<()>;

@@ -309,8 +309,8 @@ async fn an_event_waiter_hears_a_save_made_while_its_listener_reconnects() {
 }
 
 /// `workflow`'s next version, and the event of its change to IN_PROGRESS.
-fn next_with_an_event(workflow: &Workflow) -> (Workflow, portia::events::WorkflowEvent) {
-    use portia::events::{EventKind, WorkflowEvent};
+fn next_with_an_event(workflow: &Workflow) -> (Workflow, portia::runner::WorkflowEvent) {
+    use portia::runner::{EventKind, WorkflowEvent};
     let mut next = serde_json::to_value(workflow).unwrap();
     next["version"] = (workflow.version() + 1).into();
     next["state"] = json!(WorkflowState::InProgress);

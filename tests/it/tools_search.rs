@@ -191,7 +191,7 @@ async fn empty_query_is_a_soft_error_and_sends_nothing() {
 #[tokio::test]
 async fn offline_mode_refuses_the_real_api() {
     // Offline mode is switched on explicitly, so the default base URL is refused.
-    portia::http::set_offline(true);
+    portia::config::set_offline(true);
     let config = Config::builder().tavily_api_key(KEY).build().unwrap();
     let err = search(&SearchTool::from_config(&config), "q").await.unwrap_err();
     assert!(

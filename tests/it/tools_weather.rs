@@ -177,7 +177,7 @@ async fn reply_without_readings_is_a_soft_error() {
 async fn empty_city_is_a_soft_error_and_offline_mode_refuses_the_real_api() {
     let err = weather(config("http://127.0.0.1:9"), " ").await.unwrap_err();
     assert!(matches!(&err, ToolError::Soft(m) if m.contains("city is empty")), "{err:?}");
-    portia::http::set_offline(true);
+    portia::config::set_offline(true);
     let config = Config::builder().openweathermap_api_key(KEY).build().unwrap();
     let err = weather(config, "Paris").await.unwrap_err();
     let ToolError::Hard(message) = &err else { panic!("expected hard, got {err:?}") };

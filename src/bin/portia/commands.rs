@@ -103,7 +103,7 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
         Command::Demo => demo().await,
         #[cfg(feature = "mcp")]
         Command::Mcp => {
-            portia::mcp::serve_stdio(std::sync::Arc::new(runner.clone())).await?;
+            portia::tools::mcp::serve_stdio(std::sync::Arc::new(runner.clone())).await?;
             Ok(Exit::Ok)
         }
     }
@@ -239,16 +239,16 @@ async fn idle(runner: Runner) {
 /// The seed scenario replayed from the shipped cassette: the plan, then the workflow.
 async fn demo() -> Result<Exit, Failure> {
     // The recording's own settings, whatever the environment says: the replay must match it.
-    let (runner, replayer) = portia::demo::runner(portia::Config::default())?;
+    let (runner, replayer) = portia::testing::demo::runner(portia::Config::default())?;
     eprintln!(
         "portia demo: {QUERY:?}, replayed from a recording made on {} against portia's simulated OpenAI and Tavily APIs; no key and no network are used",
         replayer.today().unwrap_or_default(),
-        QUERY = portia::demo::QUERY
+        QUERY = portia::testing::demo::QUERY
     );
     let tools = replayer.cassette().tool_ids.clone();
     let terminal = std::io::stderr().is_terminal();
     let planning = live::Planning::start(terminal);
-    let plan = runner.generate_plan_with(portia::demo::QUERY, PlanOptions::new().tools(tools)).await;
+    let plan = runner.generate_plan_with(portia::testing::demo::QUERY, PlanOptions::new().tools(tools)).await;
     planning.finish(plan.as_ref().ok());
     let plan = plan?;
     print_json(&plan);

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use portia::events::EventKind;
+use portia::runner::EventKind;
 use portia::workflow::StepOutcome;
 use portia::{Clarification, Plan, Runner, Workflow};
 

@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use portia::cassette::{Cassette, Recorder, Replayer};
 use portia::config::StorageKind;
+use portia::testing::{Cassette, Recorder, Replayer};
 use portia::tool::ToolRegistry;
 use portia::tools::{default_tool_registry, open_source_tool_registry};
 use portia::{Config, Runner};
@@ -88,8 +88,8 @@ async fn tools(config: &portia::Config) -> Result<(Arc<dyn ToolRegistry>, Vec<St
     let builtin: Arc<dyn ToolRegistry> = Arc::new(open_source_tool_registry(config));
     #[cfg(feature = "mcp")]
     if let Some(path) = &config.mcp_config {
-        let servers = portia::mcp::McpConfig::from_file(path)?;
-        let mcp: Arc<dyn ToolRegistry> = Arc::new(portia::mcp::McpToolRegistry::connect(&servers).await?);
+        let servers = portia::tools::mcp::McpConfig::from_file(path)?;
+        let mcp: Arc<dyn ToolRegistry> = Arc::new(portia::tools::mcp::McpToolRegistry::connect(&servers).await?);
         let plan_tools = [ids(&default_tool_registry(config)), ids(mcp.as_ref())].concat();
         let all = portia::tool::AggregatedToolRegistry::new(vec![builtin, mcp]);
         return Ok((Arc::new(all), plan_tools));
@@ -104,7 +104,7 @@ pub(crate) fn replaying(
     tools: Arc<dyn ToolRegistry>,
     plan_tools: Vec<String>,
 ) -> Result<Setup, Failure> {
-    portia::http::set_offline(true);
+    portia::config::set_offline(true);
     let mut builder = builder.shared_tools(Arc::new(replayer.tools(tools))).llm(replayer.llm());
     if let Some(today) = replayer.today() {
         builder = builder.today(today);

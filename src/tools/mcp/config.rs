@@ -28,7 +28,7 @@ const DEFAULT_ELICITATION_WAIT_SECS: u64 = 50;
 /// crate's own config file can hold it):
 ///
 /// ```
-/// use portia::mcp::McpConfig;
+/// use portia::tools::mcp::McpConfig;
 ///
 /// let json = r#"{"mcpServers": {
 ///     "time": {"command": "uvx", "args": ["mcp-server-time"], "env": {"TZ": "${MY_TZ}"}},

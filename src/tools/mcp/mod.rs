@@ -43,7 +43,6 @@ mod server;
 
 pub use client::{McpTool, McpToolRegistry};
 pub use config::{InProcessConnector, MCP_CONFIG_VAR, McpConfig, McpServerConfig, McpTransport};
-pub use mapping::{check_arguments, output_from_result, spec_from_mcp, tool_id};
 pub use server::{PortiaMcpServer, serve_stdio};
 
 use std::fmt;

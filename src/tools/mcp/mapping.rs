@@ -13,18 +13,7 @@ const HASH_LEN: usize = 8;
 /// The id of `server`'s tool `tool`: `server__tool`, with every character outside
 /// `[a-zA-Z0-9_-]` replaced by `_`; past 64 characters it is cut and ends in a hash
 /// of the unshortened `server__tool`, so it stays unique and the same on every run.
-///
-/// ```
-/// use portia::mcp::tool_id;
-///
-/// assert_eq!(tool_id("github", "search_issues"), "github__search_issues");
-/// // A replaced character adds a hash, so `search.issues` and `search:issues` stay apart.
-/// assert!(tool_id("github", "search.issues").starts_with("github__search_issues_"));
-/// let long = tool_id("server", &"x".repeat(100));
-/// assert_eq!(long.len(), 64);
-/// assert_eq!(long, tool_id("server", &"x".repeat(100)));
-/// ```
-pub fn tool_id(server: &str, tool: &str) -> String {
+pub(crate) fn tool_id(server: &str, tool: &str) -> String {
     let full = format!("{server}__{tool}");
     let clean: String =
         full.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect();
@@ -48,8 +37,8 @@ fn fnv1a(text: &str) -> u64 {
 }
 
 /// The [`ToolSpec`] of an MCP tool listed by `server`, flags from its annotations
-/// (see the [module docs](crate::mcp)).
-pub fn spec_from_mcp(server: &str, tool: &McpToolInfo) -> ToolSpec {
+/// (see the [module docs](crate::tools::mcp)).
+pub(crate) fn spec_from_mcp(server: &str, tool: &McpToolInfo) -> ToolSpec {
     let annotations = tool.annotations.as_ref();
     let hint = |get: fn(&rmcp::model::ToolAnnotations) -> Option<bool>| annotations.and_then(get).unwrap_or(false);
     let read_only = hint(|a| a.read_only_hint);
@@ -74,7 +63,7 @@ pub fn spec_from_mcp(server: &str, tool: &McpToolInfo) -> ToolSpec {
 /// # Errors
 /// An `isError` result is a [`ToolError::Soft`] carrying the server's text, so the
 /// model can correct the call.
-pub fn output_from_result(result: CallToolResult) -> Result<ToolOutput, ToolError> {
+pub(crate) fn output_from_result(result: CallToolResult) -> Result<ToolOutput, ToolError> {
     if result.is_error == Some(true) {
         return Err(ToolError::soft(texts(&result).unwrap_or_else(|| "the tool reported an error".into())));
     }
@@ -109,23 +98,10 @@ fn texts(result: &CallToolResult) -> Option<String> {
 /// missing). A schema that is itself invalid, or refers to another document, lets
 /// the arguments through with a logged warning: the server checks them too.
 ///
-/// ```
-/// use portia::mcp::check_arguments;
-/// use serde_json::json;
-///
-/// let schema = json!({"type": "object", "required": ["a"],
-///     "properties": {"a": {"type": "number"}, "note": {"type": "string"}}});
-/// let schema = schema.as_object().unwrap();
-/// let sent = check_arguments(schema, &json!({"a": 1, "note": null})).unwrap();
-/// assert_eq!(serde_json::Value::Object(sent), json!({"a": 1}));
-/// let error = check_arguments(schema, &json!({"a": "1"})).unwrap_err();
-/// assert_eq!(error.to_string(), r#"`a` must be of type number, got "1""#);
-/// ```
-///
 /// # Errors
 /// A [`ToolError::Soft`] for the model to correct the call: each value that does not
 /// fit (up to five), by its path such as `items/0/price`, and what it must be.
-pub fn check_arguments(schema: &Map<String, Value>, args: &Value) -> Result<Map<String, Value>, ToolError> {
+pub(crate) fn check_arguments(schema: &Map<String, Value>, args: &Value) -> Result<Map<String, Value>, ToolError> {
     crate::schema_check::check(&Value::Object(schema.clone()), args).map_err(ToolError::soft)
 }
 
@@ -206,5 +182,26 @@ mod tests {
         assert!(check_arguments(schema, &json!({"a": "1"})).unwrap_err().to_string().contains("type number"));
         assert!(check_arguments(schema, &json!({"a": 1, "c": 2})).unwrap_err().to_string().contains("unknown"));
         assert!(check_arguments(schema, &json!([1])).is_err());
+    }
+
+    #[test]
+    fn tool_ids_are_clean_unique_and_at_most_64_characters() {
+        assert_eq!(tool_id("github", "search_issues"), "github__search_issues");
+        // A replaced character adds a hash, so `search.issues` and `search:issues` stay apart.
+        assert!(tool_id("github", "search.issues").starts_with("github__search_issues_"));
+        let long = tool_id("server", &"x".repeat(100));
+        assert_eq!(long.len(), 64);
+        assert_eq!(long, tool_id("server", &"x".repeat(100)));
+    }
+
+    #[test]
+    fn arguments_are_checked_and_a_null_optional_is_left_out() {
+        let schema = json!({"type": "object", "required": ["a"],
+            "properties": {"a": {"type": "number"}, "note": {"type": "string"}}});
+        let schema = schema.as_object().unwrap();
+        let sent = check_arguments(schema, &json!({"a": 1, "note": null})).unwrap();
+        assert_eq!(serde_json::Value::Object(sent), json!({"a": 1}));
+        let error = check_arguments(schema, &json!({"a": "1"})).unwrap_err();
+        assert_eq!(error.to_string(), r#"`a` must be of type number, got "1""#);
     }
 }

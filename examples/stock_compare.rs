@@ -71,8 +71,8 @@ pub(crate) async fn run(config: Config, out: &mut impl Write) -> Result<(), Stri
 /// The seed scenario replayed from the shipped cassette: the plan, then the workflow.
 pub(crate) async fn demo(out: &mut impl Write) -> Result<(), String> {
     let (runner, replayer) = portia::testing::demo::runner(Config::default()).map_err(|e| e.to_string())?;
-    let tools = portia::PlanOptions::new().tools(replayer.cassette().tool_ids.clone());
-    let plan = runner.generate_plan_with(portia::testing::demo::QUERY, tools).await.map_err(|e| e.to_string())?;
+    let tools = replayer.cassette().tool_ids.clone();
+    let plan = runner.generate_plan(portia::testing::demo::QUERY).tools(tools).await.map_err(|e| e.to_string())?;
     writeln!(out, "{}", pretty(&plan)).map_err(|e| e.to_string())?;
     let workflow = runner.run_plan(&plan).await.map_err(|e| e.to_string())?;
     writeln!(out, "{}", pretty(&workflow)).map_err(|e| e.to_string())

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 /// Context passed explicitly to planning and execution, and stored on each workflow.
 ///
 /// There is no global or task-local context: give one to
-/// [`Runner::generate_plan_with`](crate::Runner::generate_plan_with) or set it on the
+/// [`GeneratePlan::execution_context`](crate::runner::GeneratePlan::execution_context) or set it on the
 /// workflow, and a resumed workflow keeps using the one it was stored with.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]

@@ -12,6 +12,7 @@ mod calls;
 mod control;
 mod executor;
 mod metered;
+mod requests;
 mod watch;
 mod worker;
 
@@ -19,6 +20,7 @@ pub use crate::events::{
     DEFAULT_CAPACITY as DEFAULT_EVENT_CAPACITY, EventKind, EventStream, Missed, StoredEvent, WorkflowEvent,
 };
 pub use crate::hooks::{ApprovalGate, HookError, Hooks, StepDecision, ToolCallDecision, ToolCallRequest};
+pub use requests::{CreateWorkflow, ExecuteQuery, GeneratePlan, RunPlan, SubmitPlan, SubmitQuery};
 pub use watch::Watch;
 pub use worker::{Worker, WorkerOptions, WorkerReport};
 
@@ -93,7 +95,7 @@ struct Inner {
     live: LiveQuestions,
 }
 
-/// Options for [`Runner::generate_plan_with`] and [`Runner::execute_query_with`].
+/// Options for planning a query, for [`GeneratePlan::options`] and the like.
 #[derive(Debug, Clone, Default)]
 #[must_use]
 pub struct PlanOptions {
@@ -124,6 +126,10 @@ impl PlanOptions {
     pub fn execution_context(mut self, context: ExecutionContext) -> Self {
         self.execution_context = context;
         self
+    }
+
+    pub(crate) fn context(&self) -> &ExecutionContext {
+        &self.execution_context
     }
 }
 
@@ -193,19 +199,28 @@ impl Runner {
         &self.inner.owner
     }
 
-    /// Asks the planner for a plan for `query`, offering every matching tool, and saves it.
+    /// Asks the planner for a plan for `query`, offering every matching tool, and
+    /// saves it. Await it, or first narrow the tools, give examples or say who it is
+    /// for with the [`GeneratePlan`] setters.
     ///
     /// # Errors
-    /// [`Error::Planning`] if no valid plan was made, [`Error::Llm`] if the LLM failed.
-    pub async fn generate_plan(&self, query: &str) -> Result<Plan> {
-        self.generate_plan_with(query, PlanOptions::new()).await
+    /// [`Error::Planning`] if no valid plan was made, [`Error::Llm`] if the LLM failed,
+    /// [`Error::ToolNotFound`] for an unknown tool id given to
+    /// [`GeneratePlan::tools`].
+    pub fn generate_plan(&self, query: impl Into<String>) -> GeneratePlan<'_> {
+        GeneratePlan::new(self, query.into())
     }
 
-    /// Like [`Runner::generate_plan`], with explicit tools, examples and context.
+    /// Checks and saves `plan`, and creates a NOT_STARTED workflow for it (for the
+    /// end user [`CreateWorkflow::execution_context`] names, if any).
     ///
     /// # Errors
-    /// As [`Runner::generate_plan`], and [`Error::ToolNotFound`] for an unknown tool id.
-    pub async fn generate_plan_with(&self, query: &str, options: PlanOptions) -> Result<Plan> {
+    /// [`Error::InvalidPlan`] listing every problem, or a storage error.
+    pub fn create_workflow<'a>(&'a self, plan: &'a Plan) -> CreateWorkflow<'a> {
+        CreateWorkflow::new(self, plan)
+    }
+
+    async fn plan_query(&self, query: &str, options: &PlanOptions) -> Result<Plan> {
         let tools = match &options.tool_ids {
             Some(ids) => ids.iter().map(|id| self.inner.tools.get_tool(id)).collect::<Result<Vec<_>>>()?,
             None => self.inner.tools.match_tools(query),
@@ -223,23 +238,18 @@ impl Runner {
         Ok(plan)
     }
 
-    /// Checks and saves `plan`, and creates a NOT_STARTED workflow for it.
-    ///
-    /// # Errors
-    /// [`Error::InvalidPlan`] listing every problem, or a storage error.
-    pub async fn create_workflow(&self, plan: &Plan) -> Result<Workflow> {
-        self.create_workflow_with(plan, ExecutionContext::default()).await
-    }
-
-    /// Like [`Runner::create_workflow`], for a given end user and context.
-    ///
-    /// # Errors
-    /// As [`Runner::create_workflow`].
-    pub async fn create_workflow_with(&self, plan: &Plan, context: ExecutionContext) -> Result<Workflow> {
+    async fn store_new_workflow(&self, plan: &Plan, context: ExecutionContext) -> Result<Workflow> {
         let workflow = self.new_workflow(plan, context).await?;
         self.inner.storage.create_workflow(&workflow).await?;
         tracing::info!(workflow = %workflow.id(), plan = %plan.id, "workflow created");
         Ok(workflow)
+    }
+
+    async fn queue_new_workflow(&self, plan: &Plan, context: ExecutionContext) -> Result<WorkflowId> {
+        let workflow = self.new_workflow(plan, context).await?;
+        self.inner.storage.submit_workflow(&workflow).await?;
+        tracing::info!(workflow = %workflow.id(), plan = %plan.id, "workflow submitted");
+        Ok(workflow.id())
     }
 
     /// Checks and saves `plan`, and makes (without storing it) a workflow of it.
@@ -281,47 +291,25 @@ impl Runner {
     ///
     /// # Errors
     /// As [`Runner::create_workflow`] and [`Runner::execute_workflow`].
-    pub async fn run_plan(&self, plan: &Plan) -> Result<Workflow> {
-        let workflow = self.create_workflow(plan).await?;
-        self.execute(workflow.id()).await
+    pub fn run_plan<'a>(&'a self, plan: &'a Plan) -> RunPlan<'a> {
+        RunPlan::new(self, plan)
     }
 
     /// Queues a workflow of `plan` for the workers ([`Runner::worker`], in any process
-    /// sharing the store) and returns its id at once.
+    /// sharing the store); it resolves to the workflow's id at once.
     ///
     /// # Errors
     /// As [`Runner::create_workflow`].
-    pub async fn submit_plan(&self, plan: &Plan) -> Result<WorkflowId> {
-        self.submit_plan_with(plan, ExecutionContext::default()).await
+    pub fn submit_plan<'a>(&'a self, plan: &'a Plan) -> SubmitPlan<'a> {
+        SubmitPlan::new(self, plan)
     }
 
-    /// Like [`Runner::submit_plan`], for a given end user and context.
-    ///
-    /// # Errors
-    /// As [`Runner::create_workflow`].
-    pub async fn submit_plan_with(&self, plan: &Plan, context: ExecutionContext) -> Result<WorkflowId> {
-        let workflow = self.new_workflow(plan, context).await?;
-        self.inner.storage.submit_workflow(&workflow).await?;
-        tracing::info!(workflow = %workflow.id(), plan = %plan.id, "workflow submitted");
-        Ok(workflow.id())
-    }
-
-    /// Plans `query` here and queues its workflow for the workers; returns its id.
+    /// Plans `query` here and queues its workflow for the workers; resolves to its id.
     ///
     /// # Errors
     /// As [`Runner::generate_plan`] and [`Runner::submit_plan`].
-    pub async fn submit_query(&self, query: &str) -> Result<WorkflowId> {
-        self.submit_query_with(query, PlanOptions::new()).await
-    }
-
-    /// Like [`Runner::submit_query`], with explicit tools, examples and context.
-    ///
-    /// # Errors
-    /// As [`Runner::submit_query`].
-    pub async fn submit_query_with(&self, query: &str, options: PlanOptions) -> Result<WorkflowId> {
-        let context = options.execution_context.clone();
-        let plan = self.generate_plan_with(query, options).await?;
-        self.submit_plan_with(&plan, context).await
+    pub fn submit_query(&self, query: impl Into<String>) -> SubmitQuery<'_> {
+        SubmitQuery::new(self, query.into())
     }
 
     /// Waits until a workflow rests: COMPLETE, FAILED, or NEED_CLARIFICATION (a
@@ -349,23 +337,13 @@ impl Runner {
         }
     }
 
-    /// Plans `query`, creates a workflow and runs it.
+    /// Plans `query`, creates a workflow and runs it. The [`ExecuteQuery`] setters
+    /// narrow the tools, give examples, or say who it runs for.
     ///
     /// # Errors
     /// As [`Runner::generate_plan`] and [`Runner::run_plan`].
-    pub async fn execute_query(&self, query: &str) -> Result<Workflow> {
-        self.execute_query_with(query, PlanOptions::new()).await
-    }
-
-    /// Like [`Runner::execute_query`], with explicit tools, examples and context.
-    ///
-    /// # Errors
-    /// As [`Runner::execute_query`].
-    pub async fn execute_query_with(&self, query: &str, options: PlanOptions) -> Result<Workflow> {
-        let context = options.execution_context.clone();
-        let plan = self.generate_plan_with(query, options).await?;
-        let workflow = self.create_workflow_with(&plan, context).await?;
-        self.execute(workflow.id()).await
+    pub fn execute_query(&self, query: impl Into<String>) -> ExecuteQuery<'_> {
+        ExecuteQuery::new(self, query.into())
     }
 
     /// Answers a clarification and saves the workflow; once none is outstanding the

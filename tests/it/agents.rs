@@ -9,8 +9,8 @@ use portia::llm::{LlmRequest, LlmResponse, ToolCall, ToolChoice};
 use portia::testing::{MockBehavior, MockTool, ScriptedLlm};
 use portia::tool::ToolRunContext;
 use portia::{
-    Config, Error, ExecutionContext, InMemoryToolRegistry, PlanBuilder, PlanOptions, ToolError, ToolOutput, ToolSpec,
-    TypedTool, WorkflowState,
+    Config, Error, ExecutionContext, InMemoryToolRegistry, PlanBuilder, ToolError, ToolOutput, ToolSpec, TypedTool,
+    WorkflowState,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -155,10 +155,7 @@ async fn planner_prompt_shows_tools_with_arguments_date_context_and_examples() {
     let h = harness(Config::default(), tools, llm);
     let context =
         ExecutionContext::for_end_user("dana").with_data("plan", "pro").with_planner_instruction("Prefer few steps.");
-    h.runner
-        .generate_plan_with(QUERY, PlanOptions::new().examples(vec![example]).execution_context(context))
-        .await
-        .unwrap();
+    h.runner.generate_plan(QUERY).examples(vec![example]).execution_context(context).await.unwrap();
     let request = &h.llm.requests()[0];
     let prompt = last_user_text(request);
     assert!(prompt.contains("- search_tool: Searches the web"), "{prompt}");
@@ -445,7 +442,7 @@ async fn each_step_receives_inputs_earlier_outputs_answers_metadata_and_date() {
     let h = harness(config(ExecutionMode::Sequential, false), tools, llm);
     let context =
         ExecutionContext::for_end_user("u-7").with_data("locale", "fr-FR").with_agent_instruction("Be brief.");
-    let workflow = h.runner.create_workflow_with(&plan, context).await.unwrap();
+    let workflow = h.runner.create_workflow(&plan).execution_context(context).await.unwrap();
     let waiting = h.runner.execute_workflow(workflow).await.unwrap();
     let clarification = waiting.outputs().clarifications[0].clone();
     let ready = h.runner.resolve_clarification(&clarification, "warm").await.unwrap();

@@ -253,7 +253,7 @@ async fn tool_calls_are_recorded_with_their_outcome() {
         .build()
         .unwrap();
     let plan = PlanBuilder::new("q").step("add", Some("add_tool"), "$sum").build();
-    let done = runner.create_workflow_with(&plan, ExecutionContext::for_end_user("alice")).await.unwrap();
+    let done = runner.create_workflow(&plan).execution_context(ExecutionContext::for_end_user("alice")).await.unwrap();
     let done = runner.execute_workflow(done).await.unwrap();
     let calls = runner.tool_calls(done.id()).await.unwrap();
     assert_eq!(calls.len(), 1);

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use portia::runner::WorkerOptions;
 use portia::storage::WorkflowQuery;
-use portia::{Plan, PlanOptions, Runner, Workflow, WorkflowId, WorkflowState};
+use portia::{Plan, Runner, Workflow, WorkflowId, WorkflowState};
 
 use crate::cli::{Cli, Command, Format, PlanFormat, Source};
 use crate::setup::{self, Setup};
@@ -122,7 +122,7 @@ async fn watch(runner: &Runner, id: WorkflowId) -> Result<Exit, Failure> {
 /// Plans `query`, offering the tools that work with the settings, with a spinner on a terminal.
 async fn plan(setup: &Setup, query: &str) -> Result<Plan, Failure> {
     let planning = live::Planning::start(std::io::stderr().is_terminal());
-    let plan = setup.runner.generate_plan_with(query, PlanOptions::new().tools(setup.plan_tools.clone())).await;
+    let plan = setup.runner.generate_plan(query).tools(setup.plan_tools.clone()).await;
     planning.finish(plan.as_ref().ok());
     Ok(plan?)
 }
@@ -248,7 +248,7 @@ async fn demo() -> Result<Exit, Failure> {
     let tools = replayer.cassette().tool_ids.clone();
     let terminal = std::io::stderr().is_terminal();
     let planning = live::Planning::start(terminal);
-    let plan = runner.generate_plan_with(portia::testing::demo::QUERY, PlanOptions::new().tools(tools)).await;
+    let plan = runner.generate_plan(portia::testing::demo::QUERY).tools(tools).await;
     planning.finish(plan.as_ref().ok());
     let plan = plan?;
     print_json(&plan);

@@ -1,0 +1,153 @@
+//! Requests a [`Runner`] makes: each is built with setters and runs when awaited,
+//! so `runner.execute_query(q).await` and
+//! `runner.execute_query(q).tools(["search_tool"]).await` are one method.
+
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+
+use super::{PlanOptions, Runner};
+use crate::Result;
+use crate::execution_context::ExecutionContext;
+use crate::ids::WorkflowId;
+use crate::plan::Plan;
+use crate::workflow::Workflow;
+
+type Running<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+
+/// The setters every request about a query shares: which tools the planner is
+/// offered, example plans, and who the plan (and its workflow) is for.
+macro_rules! query_request {
+    ($(#[$doc:meta])* $name:ident -> $output:ty, |$runner:ident, $query:ident, $options:ident| $body:expr) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        #[must_use = "a request does nothing until it is awaited"]
+        pub struct $name<'a> {
+            runner: &'a Runner,
+            query: String,
+            options: PlanOptions,
+        }
+
+        impl<'a> $name<'a> {
+            pub(super) fn new(runner: &'a Runner, query: String) -> Self {
+                Self { runner, query, options: PlanOptions::new() }
+            }
+
+            /// Offers the planner only these tools (every tool the registry matches
+            /// otherwise).
+            pub fn tools<I: IntoIterator<Item = S>, S: Into<String>>(mut self, ids: I) -> Self {
+                self.options = self.options.tools(ids);
+                self
+            }
+
+            /// Example plans for the planner to imitate.
+            pub fn examples(mut self, examples: Vec<Plan>) -> Self {
+                self.options = self.options.examples(examples);
+                self
+            }
+
+            /// Who the plan, and the workflow made from it, is for.
+            pub fn execution_context(mut self, context: ExecutionContext) -> Self {
+                self.options = self.options.execution_context(context);
+                self
+            }
+
+            /// Replaces every option at once.
+            pub fn options(mut self, options: PlanOptions) -> Self {
+                self.options = options;
+                self
+            }
+        }
+
+        impl<'a> IntoFuture for $name<'a> {
+            type Output = Result<$output>;
+            type IntoFuture = Running<'a, $output>;
+
+            fn into_future(self) -> Self::IntoFuture {
+                let Self { runner: $runner, query: $query, options: $options } = self;
+                Box::pin(async move { $body })
+            }
+        }
+    };
+}
+
+/// The setter every request about a plan shares: who its workflow is for.
+macro_rules! plan_request {
+    ($(#[$doc:meta])* $name:ident -> $output:ty, |$runner:ident, $plan:ident, $context:ident| $body:expr) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        #[must_use = "a request does nothing until it is awaited"]
+        pub struct $name<'a> {
+            runner: &'a Runner,
+            plan: &'a Plan,
+            context: ExecutionContext,
+        }
+
+        impl<'a> $name<'a> {
+            pub(super) fn new(runner: &'a Runner, plan: &'a Plan) -> Self {
+                Self { runner, plan, context: ExecutionContext::default() }
+            }
+
+            /// Who the workflow is for (an empty context otherwise).
+            pub fn execution_context(mut self, context: ExecutionContext) -> Self {
+                self.context = context;
+                self
+            }
+        }
+
+        impl<'a> IntoFuture for $name<'a> {
+            type Output = Result<$output>;
+            type IntoFuture = Running<'a, $output>;
+
+            fn into_future(self) -> Self::IntoFuture {
+                let Self { runner: $runner, plan: $plan, context: $context } = self;
+                Box::pin(async move { $body })
+            }
+        }
+    };
+}
+
+query_request!(
+    /// Plans a query and saves the plan: [`Runner::generate_plan`].
+    GeneratePlan -> Plan,
+    |runner, query, options| runner.plan_query(&query, &options).await
+);
+
+query_request!(
+    /// Plans a query, creates its workflow and runs it: [`Runner::execute_query`].
+    ExecuteQuery -> Workflow,
+    |runner, query, options| {
+        let plan = runner.plan_query(&query, &options).await?;
+        let workflow = runner.store_new_workflow(&plan, options.context().clone()).await?;
+        runner.execute(workflow.id()).await
+    }
+);
+
+query_request!(
+    /// Plans a query here and queues its workflow for the workers: [`Runner::submit_query`].
+    SubmitQuery -> WorkflowId,
+    |runner, query, options| {
+        let plan = runner.plan_query(&query, &options).await?;
+        runner.queue_new_workflow(&plan, options.context().clone()).await
+    }
+);
+
+plan_request!(
+    /// Checks and saves a plan and creates its NOT_STARTED workflow: [`Runner::create_workflow`].
+    CreateWorkflow -> Workflow,
+    |runner, plan, context| runner.store_new_workflow(plan, context).await
+);
+
+plan_request!(
+    /// Creates a plan's workflow and runs it: [`Runner::run_plan`].
+    RunPlan -> Workflow,
+    |runner, plan, context| {
+        let workflow = runner.store_new_workflow(plan, context).await?;
+        runner.execute(workflow.id()).await
+    }
+);
+
+plan_request!(
+    /// Queues a plan's workflow for the workers: [`Runner::submit_plan`].
+    SubmitPlan -> WorkflowId,
+    |runner, plan, context| runner.queue_new_workflow(plan, context).await
+);

@@ -1,32 +1,7 @@
-//! The storage conformance suite: the cases every [`Storage`] must pass, runnable
-//! against a store of your own.
-//!
-//! Each case gets a fresh, empty store from your factory, made on a [`ManualClock`]
-//! the case moves by hand, so lease expiry needs no real waiting. Every case runs,
-//! on a task of its own; then, if any failed, the suite panics with one line per
-//! failed case, naming it and what the store did.
-//!
-//! ```no_run
-//! use std::sync::Arc;
-//! use portia::storage::{InMemoryStorage, Storage};
-//! use portia::testing::{StorageConformance, storage_conformance};
-//!
-//! # async fn suite() {
-//! // In a `#[tokio::test]`: every case, on a fresh store each.
-//! storage_conformance(|clock| async move {
-//!     Arc::new(InMemoryStorage::with_clock(Arc::new(clock))) as Arc<dyn Storage>
-//! })
-//! .await;
-//!
-//! // One case, while you work on it.
-//! StorageConformance::new(|clock| async move {
-//!     Arc::new(InMemoryStorage::with_clock(Arc::new(clock))) as Arc<dyn Storage>
-//! })
-//! .only(&["stale_writers_are_fenced"])
-//! .run()
-//! .await;
-//! # }
-//! ```
+//! The storage conformance suite: the cases every [`Storage`] must pass, shipped so
+//! that a store of one's own can run them ([`storage_conformance`]). Each case is a
+//! function below, listed in `CASES`; the crate's own stores run them in
+//! `tests/it/storage_conformance.rs`.
 
 use std::fmt;
 use std::future::Future;
@@ -52,11 +27,27 @@ use crate::{
 /// Runs every conformance case against the stores `new_store` makes, and panics,
 /// naming each failed case and what the store did, if any failed.
 ///
-/// `new_store` is called once per case, with the [`ManualClock`] that case moves, and
-/// returns a fresh, empty store that reads the time from that clock: an
-/// `Arc<dyn Storage>`, or a [`ConformanceStore`] that can also open a second handle
-/// on the same data. Call it from a tokio runtime (a `#[tokio::test]`): each case runs
-/// in a task of its own. See [`StorageConformance`] to run only some cases.
+/// The cases are the protocol of [`Storage`] as the runner relies on it: saves that
+/// compare and swap versions, leases that exclude, expire, renew and fence every
+/// write of a run that lost its lease, cancellation, the tool-call journal, usage,
+/// listing, claims by workers, events numbered with the save that stores them and
+/// the waits for them, and deletes that take a workflow's journal and unused plan.
+///
+/// `new_store` is called once per case, with the [`ManualClock`] that case moves (so
+/// lease expiry needs no real waiting), and makes a fresh, empty store that reads the
+/// time from that clock: an `Arc<dyn Storage>`, or a [`ConformanceStore`] that also
+/// opens second handles on the same data. Each case runs in a task of its own, so
+/// call this from a tokio runtime (a `#[tokio::test]`); every case runs, and the panic
+/// at the end has one line per failed case:
+///
+/// ```text
+/// storage conformance: 1 of 21 cases failed
+/// storage conformance: "stale_writers_are_fenced": update_workflow with a lost lease: expected LeaseLost, got Ok(())
+/// ```
+///
+/// The case `a_submission_or_release_wakes_a_waiting_worker` waits half a second on
+/// tokio's clock, which takes no time in a test started paused
+/// (`#[tokio::test(start_paused = true)]`); [`StorageConformance`] runs some cases only.
 ///
 /// ```no_run
 /// use std::sync::Arc;
@@ -64,6 +55,7 @@ use crate::{
 ///
 /// #[tokio::test]
 /// async fn my_store_conforms() {
+///     // Your store, reading the time from `clock`; here the in-memory one.
 ///     portia::testing::storage_conformance(|clock| async move {
 ///         Arc::new(InMemoryStorage::with_clock(Arc::new(clock))) as Arc<dyn Storage>
 ///     })
@@ -130,17 +122,18 @@ impl fmt::Debug for ConformanceStore {
 /// as [`storage_conformance`] is, narrowed with [`only`](Self::only) or
 /// [`skip`](Self::skip), and run with [`run`](Self::run).
 ///
-/// ```no_run
+/// ```
 /// use std::sync::Arc;
 /// use portia::storage::{InMemoryStorage, Storage};
 /// use portia::testing::StorageConformance;
 ///
-/// # async fn suite() {
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
 /// let suite = StorageConformance::new(|clock| async move {
 ///     Arc::new(InMemoryStorage::with_clock(Arc::new(clock))) as Arc<dyn Storage>
 /// })
-/// .skip(&["a_runner_watches_a_workflow_another_runner_runs"]);
-/// assert!(suite.cases().any(|case| case == "stale_writers_are_fenced"));
+/// .only(&["compare_and_swap", "stale_writers_are_fenced"]);
+/// assert_eq!(suite.cases().collect::<Vec<_>>(), ["compare_and_swap", "stale_writers_are_fenced"]);
 /// suite.run().await;
 /// # }
 /// ```

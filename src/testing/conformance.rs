@@ -280,7 +280,7 @@ const TTL: Duration = Duration::from_secs(30);
 struct Fixture {
     store: Arc<dyn Storage>,
     clock: ManualClock,
-    /// Another handle on the same data: a second connection for SQLite, the store itself for memory.
+    /// Opens another handle on the same data: [`ConformanceStore::other_handles`], or the store again.
     other: OpenHandle,
 }
 

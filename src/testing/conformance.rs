@@ -657,7 +657,8 @@ async fn claims_skip_workflows_waiting_for_a_human_or_finished(f: Fixture) {
 async fn a_submission_or_release_wakes_a_waiting_worker(f: Fixture) {
     let store = Arc::clone(&f.store);
     let hour = Duration::from_secs(3600);
-    // Tokio's clock is paused: a wait that is not woken takes its whole (virtual) time.
+    // A wait that is not woken takes its whole time: at once on tokio's paused clock
+    // (the crate's own stores run this case paused), really otherwise.
     let started = tokio::time::Instant::now();
     let quiet = Duration::from_millis(500);
     store.wait_for_runnable(quiet).await;

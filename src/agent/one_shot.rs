@@ -14,7 +14,7 @@ Take argument values from the task and context only; never invent them. Argument
 /// The model is made to call the step's tool. A text reply instead of a call is
 /// re-asked once; a call to any tool other than the step's is not run but shown to
 /// the model as a soft error; a soft tool error is shown to the model and retried
-/// up to [`MAX_TOOL_RETRIES`] times; a hard error fails the step at once.
+/// up to three times; a hard error fails the step at once.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OneShotAgent;
 

@@ -46,7 +46,7 @@ struct ProposedArguments {
 /// argument that is missing, or that nothing in the context supports, becomes an
 /// Input clarification instead of a made-up value; on resume the human's answers
 /// fill those arguments. Soft tool errors re-ask for the arguments with the errors
-/// shown, up to [`MAX_TOOL_RETRIES`] times.
+/// shown, up to three times.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct VerifierAgent;
 

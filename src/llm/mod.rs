@@ -12,7 +12,7 @@
 //! [`client`] builds the HTTP client for the providers [`LlmSettings`] name
 //! ([`Config::llm_client`](crate::Config::llm_client) does so from the configuration):
 //! OpenAI Chat Completions (also used for Mistral, Groq, OpenRouter, Ollama and
-//! other compatible servers) and Anthropic Messages, with retries per [`retry`].
+//! other compatible servers) and Anthropic Messages, with retries per [`RetryPolicy`].
 
 mod anthropic;
 mod openai;

@@ -28,9 +28,11 @@
 //! # Ok(()) }
 //! ```
 
+mod conformance;
 mod scripted;
 mod tools;
 
+pub use conformance::{ConformanceStore, StorageConformance, storage_conformance};
 pub use scripted::{ScriptedLlm, estimate_tokens};
 pub use tools::{MockBehavior, MockCall, MockTool};
 

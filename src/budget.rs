@@ -22,6 +22,7 @@ use crate::usage::Usage;
 /// Limits on what one workflow may spend; `None` is no limit.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
+#[non_exhaustive]
 pub struct Budget {
     /// LLM calls, planning included (`PORTIA_BUDGET_LLM_CALLS`).
     pub llm_calls: Option<u32>,
@@ -34,6 +35,34 @@ pub struct Budget {
 }
 
 impl Budget {
+    /// At most this many LLM calls.
+    #[must_use]
+    pub fn llm_calls(mut self, calls: u32) -> Self {
+        self.llm_calls = Some(calls);
+        self
+    }
+
+    /// At most this many tokens, prompt and completion together.
+    #[must_use]
+    pub fn tokens(mut self, tokens: u64) -> Self {
+        self.tokens = Some(tokens);
+        self
+    }
+
+    /// At most this many seconds of running.
+    #[must_use]
+    pub fn seconds(mut self, seconds: u64) -> Self {
+        self.seconds = Some(seconds);
+        self
+    }
+
+    /// At most this many US dollars of LLM cost.
+    #[must_use]
+    pub fn usd(mut self, usd: f64) -> Self {
+        self.usd = Some(usd);
+        self
+    }
+
     /// The first limit that `spent` has reached, described with the figure reached;
     /// `None` while every limit still has room.
     pub fn exceeded(&self, spent: &Usage, cost_usd: f64, running: Duration) -> Option<String> {
@@ -56,6 +85,7 @@ impl Budget {
 
 /// What a model costs, in US dollars per million tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Price {
     /// Per million prompt (input) tokens.
     pub input_per_mtok: f64,
@@ -64,6 +94,11 @@ pub struct Price {
 }
 
 impl Price {
+    /// A price in US dollars per million prompt and per million completion tokens.
+    pub fn new(input_per_mtok: f64, output_per_mtok: f64) -> Self {
+        Self { input_per_mtok, output_per_mtok }
+    }
+
     /// The cost of `usage` at this price.
     pub fn cost(&self, usage: &Usage) -> f64 {
         (usage.prompt_tokens as f64 * self.input_per_mtok + usage.completion_tokens as f64 * self.output_per_mtok)

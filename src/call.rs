@@ -10,6 +10,7 @@ use crate::ids::WorkflowId;
 /// Names one tool call: the workflow, the step, the step's attempt (a step resumed
 /// after a clarification is a new attempt) and the call's place in that attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ToolCallKey {
     /// The workflow making the call.
     pub workflow_id: WorkflowId,
@@ -19,6 +20,13 @@ pub struct ToolCallKey {
     pub attempt: u32,
     /// The call's sequence number within the attempt, from 0.
     pub seq: u32,
+}
+
+impl ToolCallKey {
+    /// Call `seq` of attempt `attempt` of step `step` of `workflow_id`.
+    pub fn new(workflow_id: WorkflowId, step: usize, attempt: u32, seq: u32) -> Self {
+        Self { workflow_id, step, attempt, seq }
+    }
 }
 
 impl fmt::Display for ToolCallKey {
@@ -31,6 +39,7 @@ impl fmt::Display for ToolCallKey {
 /// Where a journaled tool call stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[non_exhaustive]
 pub enum ToolCallStatus {
     /// The call waits for a decision (a hook's, or a person's at an approval gate);
     /// it has not been made.

@@ -64,6 +64,7 @@ pub const REDACTED: &str = "[redacted]";
 
 /// A recording: LLM exchanges and tool calls, with what is needed to replay them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Cassette {
     /// The file format ([`FORMAT`]).
     pub format: u32,
@@ -86,6 +87,7 @@ pub struct Cassette {
 
 /// One LLM request and its reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct LlmExchange {
     /// What was asked.
     pub request: LlmRequest,
@@ -95,6 +97,7 @@ pub struct LlmExchange {
 
 /// One tool call and its outcome.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ToolExchange {
     /// The tool called.
     pub tool_id: String,
@@ -107,6 +110,7 @@ pub struct ToolExchange {
 /// How a recorded tool call ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ToolOutcome {
     /// It returned a value.
     Value {

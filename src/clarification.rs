@@ -15,6 +15,7 @@ use crate::{Error, Result};
 
 /// A question to a human, with the answer once given.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Clarification {
     /// The clarification's id.
     #[serde(default)]
@@ -226,6 +227,7 @@ impl Clarification {
 
 /// A person's answer about a tool call whose outcome was unknown.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum CallVerdict {
     /// It did not take effect (or should be made again): call it again. Answered `"retry"`.
     Retry,

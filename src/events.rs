@@ -29,6 +29,7 @@ pub const DEFAULT_CAPACITY: usize = 4096;
 
 /// One thing that happened to a workflow.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct WorkflowEvent {
     /// The workflow it happened to.
     pub workflow_id: WorkflowId,
@@ -37,6 +38,13 @@ pub struct WorkflowEvent {
     /// What happened.
     #[serde(flatten)]
     pub kind: EventKind,
+}
+
+impl WorkflowEvent {
+    /// `kind` happening to `workflow_id` now.
+    pub fn new(workflow_id: WorkflowId, kind: EventKind) -> Self {
+        Self { workflow_id, at: Utc::now(), kind }
+    }
 }
 
 /// What happened, tagged in JSON by `event`.
@@ -141,12 +149,20 @@ impl EventKind {
 
 /// An event as kept in the store, numbered in the order it happened to its workflow.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct StoredEvent {
     /// Its place among the workflow's events, from 1.
     pub seq: u64,
     /// The event.
     #[serde(flatten)]
     pub event: WorkflowEvent,
+}
+
+impl StoredEvent {
+    /// `event`, stored as the workflow's `seq`th.
+    pub fn new(seq: u64, event: WorkflowEvent) -> Self {
+        Self { seq, event }
+    }
 }
 
 /// A subscriber fell behind and `0` events were dropped for it.
@@ -186,14 +202,14 @@ pub(crate) struct RunEvents {
 impl RunEvents {
     /// Announces `kind` now and keeps it for the next save.
     pub(crate) fn emit(&self, workflow_id: WorkflowId, kind: EventKind) {
-        let event = WorkflowEvent { workflow_id, at: Utc::now(), kind };
+        let event = WorkflowEvent::new(workflow_id, kind);
         self.pending.lock().unwrap_or_else(PoisonError::into_inner).push(event.clone());
         let _ = self.sink.0.send(event);
     }
 
     /// Keeps `kind` for the next save, to announce once that save succeeded.
     pub(crate) fn stage(&self, workflow_id: WorkflowId, kind: EventKind) -> WorkflowEvent {
-        let event = WorkflowEvent { workflow_id, at: Utc::now(), kind };
+        let event = WorkflowEvent::new(workflow_id, kind);
         self.pending.lock().unwrap_or_else(PoisonError::into_inner).push(event.clone());
         event
     }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 /// workflow, and a resumed workflow keeps using the one it was stored with.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
+#[non_exhaustive]
 pub struct ExecutionContext {
     /// The end user the workflow acts for, if any.
     pub end_user_id: Option<String>,

@@ -63,6 +63,7 @@ pub enum ToolCallDecision {
 
 /// A tool call about to be made.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct ToolCallRequest<'a> {
     /// The tool.
     pub spec: &'a ToolSpec,

@@ -46,6 +46,7 @@ use crate::{Error, Result};
 /// # Ok::<(), portia::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Plan {
     /// The plan's id.
     #[serde(default)]
@@ -61,6 +62,7 @@ pub struct Plan {
 
 /// What a plan was made for.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct PlanContext {
     /// The user's query.
     pub query: String,
@@ -71,6 +73,7 @@ pub struct PlanContext {
 
 /// One step of a plan.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Step {
     /// What the step must do, in words.
     pub task: String,
@@ -107,6 +110,7 @@ impl Step {
 
 /// An input of a step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Variable {
     /// `$name` for a reference to an earlier step's output, or any name for a constant.
     pub name: String,

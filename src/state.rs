@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 /// Where a workflow is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[non_exhaustive]
 pub enum WorkflowState {
     /// Created, not yet executed.
     NotStarted,

@@ -25,6 +25,7 @@ use crate::{Error, Result};
 /// What a tool run produced.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ToolOutput {
     /// A value, which becomes the step's output.
     Value(Value),

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 /// Tokens and calls spent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(default)]
+#[non_exhaustive]
 pub struct Usage {
     /// How many LLM calls were made.
     pub llm_calls: u32,

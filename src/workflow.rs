@@ -32,6 +32,7 @@ use crate::{Error, Result};
 /// How a step ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum StepOutcome {
     /// The step produced its output.
     Output(Output),
@@ -60,6 +61,7 @@ impl StepOutcome {
 
 /// The output of a step, or of the whole workflow.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Output {
     /// The value, with its JSON type kept (a number stays a number).
     #[serde(default)]
@@ -156,6 +158,7 @@ impl<'de> Deserialize<'de> for StepOutputs {
 /// What a workflow has produced so far.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
+#[non_exhaustive]
 pub struct WorkflowOutputs {
     /// Every clarification raised, resolved or not.
     pub clarifications: Vec<Clarification>,
@@ -200,6 +203,7 @@ pub enum FailureKind {
 
 /// Why a workflow (or one step) failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Failure {
     /// The step that failed, if a step did.
     pub step: Option<usize>,
@@ -234,6 +238,7 @@ impl fmt::Display for Failure {
 /// its cost, and how long it has run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
+#[non_exhaustive]
 pub struct WorkflowUsage {
     /// Every call: planning, steps and summaries.
     pub total: Usage,

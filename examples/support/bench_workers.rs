@@ -71,7 +71,7 @@ async fn watch(
     submitted: &[(portia::WorkflowId, Instant)],
 ) -> Result<std::collections::HashMap<portia::WorkflowId, Instant>, String> {
     let mut finished = std::collections::HashMap::new();
-    let query = WorkflowQuery { page_size: submitted.len().max(1), ..WorkflowQuery::in_state(WorkflowState::Complete) };
+    let query = WorkflowQuery::in_state(WorkflowState::Complete).page_size(submitted.len().max(1));
     while finished.len() < submitted.len() {
         tokio::time::sleep(Duration::from_millis(25)).await;
         let page = storage.list_workflows(&query).await.map_err(|e| e.to_string())?;

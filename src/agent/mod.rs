@@ -44,6 +44,7 @@ pub(crate) const MAX_TOOL_RETRIES: usize = 3;
 
 /// A declared input of the step, with its value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct StepInput {
     /// The input's name (`$name` for an earlier output).
     pub name: String,

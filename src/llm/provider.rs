@@ -71,6 +71,7 @@ impl LlmProvider {
 /// What an LLM call is for; each purpose can use its own model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ModelRole {
     /// Writing plans.
     Planning,

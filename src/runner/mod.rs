@@ -135,6 +135,7 @@ impl PlanOptions {
 
 /// How [`Runner::wait_for_ready`] polls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ReadyPolicy {
     /// The first wait between polls.
     pub initial_interval: Duration,
@@ -151,6 +152,29 @@ impl Default for ReadyPolicy {
             max_interval: Duration::from_secs(60),
             timeout: Duration::from_secs(30 * 60),
         }
+    }
+}
+
+impl ReadyPolicy {
+    /// Waits `interval` between the first polls.
+    #[must_use]
+    pub fn initial_interval(mut self, interval: Duration) -> Self {
+        self.initial_interval = interval;
+        self
+    }
+
+    /// Waits at most `interval` between polls.
+    #[must_use]
+    pub fn max_interval(mut self, interval: Duration) -> Self {
+        self.max_interval = interval;
+        self
+    }
+
+    /// Gives up after `timeout`.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 }
 

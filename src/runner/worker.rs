@@ -62,6 +62,7 @@ impl WorkerOptions {
 
 /// What a worker did, once it has shut down.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
 pub struct WorkerReport {
     /// Runs that ended (finished, failed, or stopped to wait for a human).
     pub runs: usize,

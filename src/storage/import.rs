@@ -11,6 +11,7 @@ use crate::{Error, Result};
 
 /// What [`import_json_dir`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
 pub struct ImportReport {
     /// Plans imported.
     pub plans: usize,

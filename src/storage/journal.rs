@@ -15,6 +15,7 @@ use crate::usage::Usage;
 
 /// One journaled tool call: its intent, and its outcome once known.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ToolCallRecord {
     /// Which call this is.
     #[serde(flatten)]
@@ -88,6 +89,7 @@ impl ToolCallRecord {
 
 /// LLM usage spent by a workflow, journaled as it is spent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct UsageRecord {
     /// The workflow that spent it.
     pub workflow_id: WorkflowId,
@@ -98,4 +100,12 @@ pub struct UsageRecord {
     /// What it cost, in US dollars.
     #[serde(default)]
     pub cost_usd: f64,
+}
+
+impl UsageRecord {
+    /// `usage`, costing `cost_usd`, spent by `workflow_id` in the step that outputs
+    /// `step_output` (`None` for the run itself).
+    pub fn new(workflow_id: WorkflowId, step_output: Option<String>, usage: Usage, cost_usd: f64) -> Self {
+        Self { workflow_id, step_output, usage, cost_usd }
+    }
 }

@@ -18,6 +18,7 @@ use crate::{Error, Result};
 
 /// A run's hold on a workflow. Every write the run makes is fenced on it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Lease {
     /// The workflow held.
     pub workflow_id: WorkflowId,
@@ -31,6 +32,7 @@ pub struct Lease {
 
 /// What [`Storage::acquire_lease`](super::Storage::acquire_lease) grants.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct LeaseGrant {
     /// The lease now held.
     pub lease: Lease,
@@ -44,8 +46,24 @@ pub struct LeaseGrant {
     pub cancel_requested: Option<String>,
 }
 
+impl LeaseGrant {
+    /// The grant of `lease` on `workflow` as stored; `reclaimed` when a dead run's
+    /// lease was taken over, `attempts` takeovers so far, and any cancellation
+    /// someone requested.
+    pub fn new(
+        lease: Lease,
+        workflow: Workflow,
+        reclaimed: bool,
+        attempts: u32,
+        cancel_requested: Option<String>,
+    ) -> Self {
+        Self { lease, workflow, reclaimed, attempts, cancel_requested }
+    }
+}
+
 /// What a renewal reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LeaseStatus {
     /// The new expiry.
     pub expires_at: DateTime<Utc>,
@@ -53,19 +71,39 @@ pub struct LeaseStatus {
     pub cancel_requested: Option<String>,
 }
 
-/// The lease columns a store keeps beside each workflow.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct LeaseState {
-    pub(crate) owner: Option<String>,
-    pub(crate) epoch: u64,
-    pub(crate) expires_at: Option<DateTime<Utc>>,
-    pub(crate) attempts: u32,
+impl LeaseStatus {
+    /// A lease now lapsing at `expires_at`, and any cancellation someone requested.
+    pub fn new(expires_at: DateTime<Utc>, cancel_requested: Option<String>) -> Self {
+        Self { expires_at, cancel_requested }
+    }
+}
+
+/// The lease columns a store keeps beside each workflow, and the protocol's
+/// decisions on them. Every built-in store keeps these four values and decides
+/// acquisitions, fences, renewals and releases with these methods, inside one
+/// transaction of its own; a store of yours can do the same instead of writing the
+/// protocol again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseState {
+    /// Who holds, or last held, the lease; `None` once released (or never taken).
+    pub owner: Option<String>,
+    /// The epoch of the last lease granted; 0 before the first.
+    pub epoch: u64,
+    /// When the current lease lapses, on the store's clock.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// How many times the workflow was taken over from a run that died.
+    pub attempts: u32,
 }
 
 impl LeaseState {
     /// Takes the lease for `owner` unless a live lease is held, counting a takeover
-    /// from a run that died. The caller stores the returned state and grants the lease.
-    pub(crate) fn acquire(
+    /// from a run that died. The caller stores the returned state and grants the
+    /// lease; the `bool` says whether a dead run's lease was taken over.
+    ///
+    /// # Errors
+    /// [`Error::InvalidWorkflowState`] for a finished workflow,
+    /// [`Error::AlreadyRunning`] while a live lease is held.
+    pub fn acquire(
         &self,
         workflow: &Workflow,
         owner: &str,
@@ -91,12 +129,15 @@ impl LeaseState {
     }
 
     /// Whether no live lease is held: never taken, released, or expired.
-    pub(crate) fn is_free(&self, now: DateTime<Utc>) -> bool {
+    pub fn is_free(&self, now: DateTime<Utc>) -> bool {
         self.owner.is_none() || self.expires_at.is_none_or(|until| until <= now)
     }
 
     /// Refuses a write unless `lease` is the current, unexpired one.
-    pub(crate) fn check_fence(&self, lease: &Lease, now: DateTime<Utc>) -> Result<()> {
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`].
+    pub fn check_fence(&self, lease: &Lease, now: DateTime<Utc>) -> Result<()> {
         let current = self.owner.as_deref() == Some(lease.owner.as_str()) && self.epoch == lease.epoch;
         if current && self.expires_at.is_some_and(|until| until > now) {
             Ok(())
@@ -106,14 +147,17 @@ impl LeaseState {
     }
 
     /// Extends a current lease by `ttl` from `now`.
-    pub(crate) fn renew(&self, lease: &Lease, ttl: Duration, now: DateTime<Utc>) -> Result<LeaseState> {
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`] unless `lease` is current.
+    pub fn renew(&self, lease: &Lease, ttl: Duration, now: DateTime<Utc>) -> Result<LeaseState> {
         self.check_fence(lease, now)?;
         Ok(LeaseState { expires_at: Some(later(now, ttl)), ..self.clone() })
     }
 
     /// Gives a current lease up, so the workflow can be taken at once and the next
     /// run does not count as a takeover. Releasing a lease already lost does nothing.
-    pub(crate) fn release(&self, lease: &Lease) -> LeaseState {
+    pub fn release(&self, lease: &Lease) -> LeaseState {
         if self.owner.as_deref() == Some(lease.owner.as_str()) && self.epoch == lease.epoch {
             LeaseState { owner: None, expires_at: None, ..self.clone() }
         } else {

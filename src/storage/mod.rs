@@ -24,8 +24,7 @@ use serde::{Deserialize, Serialize};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use import::{ImportReport, import_json_dir};
 pub use journal::{ToolCallKey, ToolCallRecord, ToolCallStatus, UsageRecord};
-pub(crate) use lease::LeaseState;
-pub use lease::{Lease, LeaseGrant, LeaseStatus};
+pub use lease::{Lease, LeaseGrant, LeaseState, LeaseStatus};
 pub use memory::InMemoryStorage;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresSettings, PostgresStorage};
@@ -43,6 +42,7 @@ const DEFAULT_EVENT_POLL: Duration = Duration::from_millis(200);
 
 /// Which workflows to list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct WorkflowQuery {
     /// Only workflows in this state, if set.
     pub state: Option<WorkflowState>,
@@ -64,10 +64,32 @@ impl WorkflowQuery {
     pub fn in_state(state: WorkflowState) -> Self {
         Self { state: Some(state), ..Self::default() }
     }
+
+    /// Only workflows in `state`, or in any state for `None`.
+    #[must_use]
+    pub fn state(mut self, state: Option<WorkflowState>) -> Self {
+        self.state = state;
+        self
+    }
+
+    /// This page, from 1.
+    #[must_use]
+    pub fn page(mut self, page: usize) -> Self {
+        self.page = page;
+        self
+    }
+
+    /// This many workflows per page.
+    #[must_use]
+    pub fn page_size(mut self, page_size: usize) -> Self {
+        self.page_size = page_size;
+        self
+    }
 }
 
 /// One page of workflows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct WorkflowPage {
     /// The workflows on this page, ordered by id.
     pub results: Vec<Workflow>,

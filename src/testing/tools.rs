@@ -33,6 +33,7 @@ pub enum MockBehavior {
 
 /// One recorded call of a [`MockTool`].
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct MockCall {
     /// The arguments it was given.
     pub args: Value,

@@ -13,7 +13,7 @@ use portia::{Config, InMemoryToolRegistry, Plan, PlanBuilder, Runner, WorkflowSt
 use serde_json::json;
 
 fn runner(budget: Budget, llm: ScriptedLlm, tools: InMemoryToolRegistry) -> (Runner, Arc<ScriptedLlm>) {
-    let prices = Prices::none().with("gpt-4.1-mini", Price { input_per_mtok: 1_000.0, output_per_mtok: 2_000.0 });
+    let prices = Prices::none().with("gpt-4.1-mini", Price::new(1_000.0, 2_000.0));
     let config = Config::builder().summarize_final_output(false).budget(budget).prices(prices).build().unwrap();
     let llm = Arc::new(llm);
     let runner = Runner::builder(config).tools(tools).llm(llm.clone()).build().unwrap();
@@ -31,7 +31,7 @@ fn reply(prompt_tokens: u64, completion_tokens: u64) -> LlmResponse {
 
 #[tokio::test]
 async fn the_call_budget_refuses_the_call_past_it() {
-    let budget = Budget { llm_calls: Some(2), ..Budget::default() };
+    let budget = Budget::default().llm_calls(2);
     let llm = ScriptedLlm::new().respond(reply(10, 1)).respond(reply(10, 1));
     let (runner, llm) = runner(budget, llm, InMemoryToolRegistry::new());
     let failed = runner.run_plan(&three_thoughts()).await.unwrap();
@@ -46,7 +46,7 @@ async fn the_call_budget_refuses_the_call_past_it() {
 
 #[tokio::test]
 async fn the_token_budget_lets_one_call_overshoot_and_refuses_the_next() {
-    let budget = Budget { tokens: Some(100), ..Budget::default() };
+    let budget = Budget::default().tokens(100);
     let llm = ScriptedLlm::new().respond(reply(400, 20));
     let (runner, _) = runner(budget, llm, InMemoryToolRegistry::new());
     let failed = runner.run_plan(&three_thoughts()).await.unwrap();
@@ -59,7 +59,7 @@ async fn the_token_budget_lets_one_call_overshoot_and_refuses_the_next() {
 #[tokio::test]
 async fn cost_follows_the_price_table_and_caps_the_run() {
     // 1,000 prompt tokens at $1,000 per million: $1 a call.
-    let budget = Budget { usd: Some(1.5), ..Budget::default() };
+    let budget = Budget::default().usd(1.5);
     let llm = ScriptedLlm::new().respond(reply(1_000, 0)).respond(reply(1_000, 0));
     let (runner, _) = runner(budget, llm, InMemoryToolRegistry::new());
     let failed = runner.run_plan(&three_thoughts()).await.unwrap();
@@ -70,7 +70,7 @@ async fn cost_follows_the_price_table_and_caps_the_run() {
 
 #[tokio::test(start_paused = true)]
 async fn running_time_counts_only_while_running() {
-    let budget = Budget { seconds: Some(60), ..Budget::default() };
+    let budget = Budget::default().seconds(60);
     let tools = InMemoryToolRegistry::new().with(MockTool::new("ask_tool", MockBehavior::ClarifyInput("city".into())));
     let llm = ScriptedLlm::new().tool_call("ask_tool", json!({})).tool_call("ask_tool", json!({}));
     let (runner, _) = runner(budget, llm, tools.unwrap());
@@ -109,7 +109,7 @@ impl portia::Tool for SlowTool {
 
 #[tokio::test(start_paused = true)]
 async fn the_time_budget_stops_a_long_run_before_its_next_step() {
-    let budget = Budget { seconds: Some(60), ..Budget::default() };
+    let budget = Budget::default().seconds(60);
     let (runner, llm) = runner(budget, ScriptedLlm::new(), InMemoryToolRegistry::new().with(SlowTool).unwrap());
     let plan = PlanBuilder::new("q")
         .step("wait", Some("slow_tool"), "$a")

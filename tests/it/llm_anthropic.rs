@@ -186,7 +186,7 @@ async fn text_several_tool_calls_and_usage_are_read() {
             ToolCall { id: "toolu_b".into(), name: "price".into(), arguments: json!({"ticker": "GOOG"}) },
         ]
     );
-    assert_eq!(response.usage, Usage { llm_calls: 1, prompt_tokens: 25, completion_tokens: 7 });
+    assert_eq!(response.usage, Usage::call(25, 7));
 }
 
 #[tokio::test]

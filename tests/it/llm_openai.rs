@@ -172,7 +172,7 @@ async fn text_reply_and_usage_are_read() {
     let response = client(config(&server)).chat(ask("Weather?")).await.unwrap();
     assert_eq!(response.text.as_deref(), Some("Paris is sunny."));
     assert!(response.tool_calls.is_empty());
-    assert_eq!(response.usage, Usage { llm_calls: 1, prompt_tokens: 12, completion_tokens: 5 });
+    assert_eq!(response.usage, Usage::call(12, 5));
 }
 
 #[tokio::test]

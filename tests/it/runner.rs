@@ -237,7 +237,7 @@ async fn workflows_are_listed_by_state() {
     let complete = h.runner.list_workflows(&WorkflowQuery::in_state(WorkflowState::Complete)).await.unwrap();
     assert_eq!(complete.count, 2);
     assert!(complete.results.iter().all(|w| w.state() == WorkflowState::Complete));
-    let all = h.runner.list_workflows(&WorkflowQuery { page_size: 2, page: 2, ..Default::default() }).await.unwrap();
+    let all = h.runner.list_workflows(&WorkflowQuery::default().page_size(2).page(2)).await.unwrap();
     assert_eq!((all.count, all.total_pages, all.results.len()), (3, 2, 1));
 }
 
@@ -276,11 +276,10 @@ async fn wait_for_ready_polls_the_tool_then_resolves_action_clarifications() {
     let waiting = h.runner.run_plan(&plan).await.unwrap();
     assert_eq!(waiting.state(), WorkflowState::NeedClarification);
 
-    let policy = ReadyPolicy {
-        initial_interval: Duration::from_secs(2),
-        max_interval: Duration::from_secs(8),
-        timeout: Duration::from_secs(600),
-    };
+    let policy = ReadyPolicy::default()
+        .initial_interval(Duration::from_secs(2))
+        .max_interval(Duration::from_secs(8))
+        .timeout(Duration::from_secs(600));
     let started = tokio::time::Instant::now();
     let signer = {
         let tool = tool.clone();
@@ -308,7 +307,7 @@ async fn wait_for_ready_rereads_the_stored_workflow_and_times_out_with_a_typed_e
         harness(config(ExecutionMode::Sequential, false), tools, ScriptedLlm::new().tool_call("oauth_tool", json!({})));
     let plan = PlanBuilder::new("q").step("Read mail", Some("oauth_tool"), "$mail").build();
     let waiting = h.runner.run_plan(&plan).await.unwrap();
-    let policy = ReadyPolicy { timeout: Duration::from_secs(30), ..ReadyPolicy::default() };
+    let policy = ReadyPolicy::default().timeout(Duration::from_secs(30));
 
     let err = h.runner.wait_for_ready(waiting.id(), policy).await.unwrap_err();
     assert!(matches!(err, Error::NotReady(id) if id == waiting.id()), "{err}");

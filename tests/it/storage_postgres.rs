@@ -315,7 +315,7 @@ fn next_with_an_event(workflow: &Workflow) -> (Workflow, portia::runner::Workflo
     next["version"] = (workflow.version() + 1).into();
     next["state"] = json!(WorkflowState::InProgress);
     let kind = EventKind::StateChanged { from: workflow.state(), to: WorkflowState::InProgress };
-    let event = WorkflowEvent { workflow_id: workflow.id(), at: chrono::Utc::now(), kind };
+    let event = WorkflowEvent::new(workflow.id(), kind);
     (serde_json::from_value(next).unwrap(), event)
 }
 

@@ -198,14 +198,14 @@ fn report(workflow: &Workflow) -> Exit {
 
 async fn list(runner: &Runner, state: Option<WorkflowState>, format: Format) -> Result<Exit, Failure> {
     let mut workflows = Vec::new();
-    let mut query = WorkflowQuery { state, ..WorkflowQuery::default() };
+    let mut page_number = 1;
     loop {
-        let page = runner.list_workflows(&query).await?;
+        let page = runner.list_workflows(&WorkflowQuery::default().state(state).page(page_number)).await?;
         workflows.extend(page.results);
         if page.current_page >= page.total_pages {
             break;
         }
-        query.page += 1;
+        page_number += 1;
     }
     match format {
         Format::Json => print_json(&workflows),

@@ -27,6 +27,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 ///
 /// `Debug` never shows the URL, which may hold a password.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PostgresSettings {
     /// `postgres://user:password@host:5432/database?sslmode=require` (`PORTIA_DATABASE_URL`),
     /// or libpq's `key=value` form.

@@ -106,6 +106,28 @@ impl Step {
             args: None,
         }
     }
+
+    /// This step, reading `input` too.
+    #[must_use]
+    pub fn input(mut self, input: Variable) -> Self {
+        self.inputs.push(input);
+        self
+    }
+
+    /// This step, calling its tool with these arguments (a JSON object whose string
+    /// values may hold `$name` references to earlier outputs).
+    #[must_use]
+    pub fn args(mut self, args: Value) -> Self {
+        self.args = Some(args);
+        self
+    }
+}
+
+impl PlanContext {
+    /// The context of a plan for `query` that was offered the tools `tool_ids`.
+    pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(query: impl Into<String>, tool_ids: I) -> Self {
+        Self { query: query.into(), tool_ids: tool_ids.into_iter().map(Into::into).collect() }
+    }
 }
 
 /// An input of a step.
@@ -164,6 +186,20 @@ impl Plan {
     }
 
     /// Checks the plan against a tool registry and reports every problem at once.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use portia::testing::MockTool;
+    /// use portia::{InMemoryToolRegistry, PlanBuilder, ToolRegistry};
+    ///
+    /// let plan = PlanBuilder::new("q").step("Search", Some("search_tool"), "$found").build();
+    /// let tools = InMemoryToolRegistry::new().with(MockTool::echo("search_tool"))?;
+    /// plan.validate(&tools)?;
+    /// let shared: Arc<dyn ToolRegistry> = Arc::new(tools);
+    /// plan.validate(&shared)?;
+    /// assert!(plan.validate(&InMemoryToolRegistry::new()).is_err());
+    /// # Ok::<(), portia::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::InvalidPlan`] listing each [`PlanProblem`].

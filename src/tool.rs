@@ -498,6 +498,14 @@ impl<R: ToolRegistry + ?Sized> ToolLookup for R {
     }
 }
 
+/// A shared registry, as [`RunnerBuilder::shared_tools`](crate::runner::RunnerBuilder::shared_tools)
+/// takes it, validates plans too: `plan.validate(&registry)`.
+impl<R: ToolRegistry + ?Sized> ToolLookup for Arc<R> {
+    fn has_tool(&self, id: &str) -> bool {
+        self.get_tool(id).is_ok()
+    }
+}
+
 /// Tools held in memory. Registering an id twice is an error.
 #[derive(Debug, Clone, Default)]
 pub struct InMemoryToolRegistry {

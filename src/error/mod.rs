@@ -208,13 +208,14 @@ impl Error {
         Self::Storage { path, message: message.to_string(), source: None }
     }
 
-    /// A storage error caused by `source`, described by `message`.
+    /// A storage error caused by `source`, described by `message`. The cause is
+    /// [`std::error::Error::source`], not repeated in the message.
     pub(crate) fn storage_source(
         path: Option<PathBuf>,
         message: impl std::fmt::Display,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
-        Self::Storage { path, message: format!("{message}: {source}"), source: Some(Box::new(source)) }
+        Self::Storage { path, message: message.to_string(), source: Some(Box::new(source)) }
     }
 
     /// A planning error without a proposed plan's problems.
@@ -225,4 +226,19 @@ impl Error {
 
 fn join_problems(problems: &[PlanProblem]) -> String {
     problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn a_storage_cause_is_the_source_and_is_not_repeated_in_the_message() {
+        let cause = std::io::Error::other("disk full");
+        let error = Error::storage_source(Some("portia.db".into()), "cannot save workflow", cause);
+        assert_eq!(error.to_string(), "storage error in portia.db: cannot save workflow");
+        assert_eq!(error.source().map(ToString::to_string).as_deref(), Some("disk full"));
+    }
 }

@@ -31,9 +31,17 @@ pub(crate) enum Exit {
 #[derive(Debug)]
 pub(crate) struct Failure(pub(crate) String);
 
-impl<E: std::fmt::Display> From<E> for Failure {
+impl<E: std::error::Error> From<E> for Failure {
+    /// The error and each of its causes, as `error: cause: cause`.
     fn from(error: E) -> Self {
-        Self(error.to_string())
+        let mut line = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            line.push_str(": ");
+            line.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        Self(line)
     }
 }
 

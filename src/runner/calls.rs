@@ -116,41 +116,6 @@ impl StepCalls for ToolCalls {
         context: &ToolRunContext,
         args: Value,
     ) -> Result<ToolOutput, ToolError> {
-        self.call_resending(tool, spec, context, args).await
-    }
-}
-
-/// What to do with a call whose intent was journaled and whose outcome is not.
-enum Unknown {
-    Call,
-    Done(Value),
-    Ask(Box<Clarification>),
-}
-
-impl ToolCalls {
-    pub(crate) fn new(services: CallServices, (step, attempt): (usize, u32), journaled: Vec<ToolCallRecord>) -> Self {
-        let CallServices { storage, lease, signal, hooks, events, retry, live } = services;
-        let next_seq = Arc::new(AtomicU32::new(0));
-        let journaled = Arc::new(journaled);
-        let questions = StepQuestions::default();
-        Self { storage, lease, signal, hooks, events, retry, step, attempt, next_seq, journaled, live, questions }
-    }
-
-    /// The questions this step's tools asked a person while their calls were open,
-    /// for the runner to store with the step's outcome.
-    pub(crate) fn questions(&self) -> StepQuestions {
-        self.questions.clone()
-    }
-
-    /// Makes a journaled call of `tool` with `args` (with a context from `context`),
-    /// sending the same arguments again while the service fails and a re-send is safe.
-    async fn call_resending(
-        &self,
-        tool: &dyn Tool,
-        spec: &ToolSpec,
-        context: &ToolRunContext,
-        args: Value,
-    ) -> Result<ToolOutput, ToolError> {
         let policy = &self.retry;
         let mut retry = 0;
         loop {
@@ -180,6 +145,29 @@ impl ToolCalls {
             }
             retry += 1;
         }
+    }
+}
+
+/// What to do with a call whose intent was journaled and whose outcome is not.
+enum Unknown {
+    Call,
+    Done(Value),
+    Ask(Box<Clarification>),
+}
+
+impl ToolCalls {
+    pub(crate) fn new(services: CallServices, (step, attempt): (usize, u32), journaled: Vec<ToolCallRecord>) -> Self {
+        let CallServices { storage, lease, signal, hooks, events, retry, live } = services;
+        let next_seq = Arc::new(AtomicU32::new(0));
+        let journaled = Arc::new(journaled);
+        let questions = StepQuestions::default();
+        Self { storage, lease, signal, hooks, events, retry, step, attempt, next_seq, journaled, live, questions }
+    }
+
+    /// The questions this step's tools asked a person while their calls were open,
+    /// for the runner to store with the step's outcome.
+    pub(crate) fn questions(&self) -> StepQuestions {
+        self.questions.clone()
     }
 
     /// Makes one journaled call of `tool` with `args`: replayed when its outcome is

@@ -175,6 +175,31 @@ fn commands_that_need_no_model_need_no_key() {
     assert!(table.contains("set TAVILY_API_KEY to use it"), "{table}");
 }
 
+/// `portia tools | head -1` and the like: the reader has gone before the command
+/// writes. The command ends quietly with exit 1, never with a panic and a backtrace.
+#[test]
+fn a_closed_stdout_ends_the_command_quietly_without_a_panic() {
+    let dir = workdir();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    for args in [&["tools", "--format", "json"][..], &["list", "--format", "json"], &["tools"]] {
+        let output = portia(dir.path()).args(args).stdout(writer.try_clone().unwrap()).output().unwrap();
+        assert_eq!((code(&output), stderr(&output)), (1, String::new()), "{args:?}");
+    }
+}
+
+/// `portia tools > /dev/full`: the write fails, and the command says so in one line.
+#[test]
+fn a_full_stdout_ends_the_command_with_one_line() {
+    let dir = workdir();
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let output = portia(dir.path()).args(["tools"]).stdout(full).output().unwrap();
+    let message = stderr(&output);
+    assert_eq!(code(&output), 1, "{message}");
+    assert_eq!(message.lines().count(), 1, "{message}");
+    assert!(message.starts_with("portia: cannot write to standard output: No space left on device"), "{message}");
+}
+
 #[test]
 fn cancel_fails_a_waiting_workflow_and_resume_then_exits_1() {
     let dir = workdir();

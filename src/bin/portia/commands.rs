@@ -9,7 +9,7 @@ use portia::{Plan, Runner, Workflow, WorkflowId, WorkflowState};
 
 use crate::cli::{Cli, Command, Format, PlanFormat, Source};
 use crate::setup::{self, Setup};
-use crate::{Exit, Failure, graph, live, prompt, table};
+use crate::{Exit, Failure, emit, graph, live, prompt, table};
 
 /// Runs the command `cli` names.
 pub(crate) async fn dispatch(cli: Cli) -> Result<Exit, Failure> {
@@ -29,9 +29,9 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
         Command::Plan { query, format } => {
             let plan = plan(setup, &query).await?;
             match format {
-                PlanFormat::Json => print_json(&plan),
-                PlanFormat::Mermaid => print!("{}", graph::mermaid(&plan)),
-                PlanFormat::Dot => print!("{}", graph::dot(&plan)),
+                PlanFormat::Json => print_json(&plan)?,
+                PlanFormat::Mermaid => emit(graph::mermaid(&plan))?,
+                PlanFormat::Dot => emit(graph::dot(&plan))?,
             }
             Ok(Exit::Ok)
         }
@@ -42,7 +42,7 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
         }
         Command::Submit(source) => {
             let plan = load_or_plan(setup, &source).await?;
-            println!("{}", runner.submit_plan(&plan).await?);
+            emit(format_args!("{}\n", runner.submit_plan(&plan).await?))?;
             Ok(Exit::Ok)
         }
         Command::Resume { id } => {
@@ -57,24 +57,24 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
                 return Err(Failure(format!("workflow {id} has no clarification {clarification_id}")));
             };
             let workflow = runner.resolve_clarification(clarification, prompt::parse_value(&value)).await?;
-            print_json(&workflow);
+            print_json(&workflow)?;
             if workflow.state() == WorkflowState::ReadyToResume {
                 eprintln!("portia: every clarification is answered; run it on with `portia resume {id}`");
             }
             Ok(Exit::Ok)
         }
         Command::Cancel { id, reason } => {
-            print_json(&runner.cancel_workflow(id, &reason).await?);
+            print_json(&runner.cancel_workflow(id, &reason).await?)?;
             Ok(Exit::Ok)
         }
         Command::List { state, format } => list(runner, state, format).await,
         Command::Show { id, format } => {
             let workflow = runner.get_workflow(id).await?;
             match format {
-                Format::Json => print_json(&workflow),
+                Format::Json => print_json(&workflow)?,
                 Format::Table => {
                     let plan = runner.get_plan(workflow.plan_id()).await?;
-                    print!("{}", table::workflow(&plan, &workflow));
+                    emit(table::workflow(&plan, &workflow))?;
                 }
             }
             Ok(Exit::Ok)
@@ -82,22 +82,22 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
         Command::Watch { id } => watch(runner, id).await,
         Command::Prune { older_than } => {
             let pruned = runner.prune_finished(older_than).await?;
-            println!("{pruned}");
+            emit(format_args!("{pruned}\n"))?;
             eprintln!("portia: deleted {pruned} finished workflow(s)");
             Ok(Exit::Ok)
         }
         Command::Tools { format } => {
             let available = &setup.plan_tools;
             match format {
-                Format::Json => print_json(&table::tools_json(runner.tools().as_ref(), available)),
-                Format::Table => print!("{}", table::tools(runner.tools().as_ref(), available)),
+                Format::Json => print_json(&table::tools_json(runner.tools().as_ref(), available))?,
+                Format::Table => emit(table::tools(runner.tools().as_ref(), available))?,
             }
             Ok(Exit::Ok)
         }
         Command::Worker { concurrency, exit_when_idle } => {
             let worker = runner.worker(WorkerOptions::new().concurrency(concurrency));
             let report = if exit_when_idle { worker.run_until(idle(runner.clone())).await } else { worker.run().await };
-            print_json(&report);
+            print_json(&report)?;
             Ok(if report.errors > 0 { Exit::Failed } else { Exit::Ok })
         }
         Command::Demo => demo().await,
@@ -114,7 +114,7 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
 async fn watch(runner: &Runner, id: WorkflowId) -> Result<Exit, Failure> {
     let mut events = runner.watch(id);
     while let Some(event) = events.next().await {
-        println!("{}", serde_json::to_string(&event?).unwrap_or_default());
+        emit(format_args!("{}\n", serde_json::to_string(&event?).unwrap_or_default()))?;
     }
     Ok(report(&runner.get_workflow(id).await?))
 }
@@ -153,7 +153,7 @@ async fn run(runner: &Runner, plan: &Plan, mut workflow: Workflow) -> Result<Exi
         }
         workflow = runner.get_workflow(workflow.id()).await?;
     }
-    print_json(&workflow);
+    print_json(&workflow)?;
     Ok(report(&workflow))
 }
 
@@ -208,14 +208,14 @@ async fn list(runner: &Runner, state: Option<WorkflowState>, format: Format) -> 
         page_number += 1;
     }
     match format {
-        Format::Json => print_json(&workflows),
+        Format::Json => print_json(&workflows)?,
         Format::Table => {
             let mut rows = Vec::new();
             for workflow in &workflows {
                 let query = runner.get_plan(workflow.plan_id()).await.map(|p| p.plan_context.query).unwrap_or_default();
                 rows.push((workflow, query));
             }
-            print!("{}", table::workflows(&rows));
+            emit(table::workflows(&rows))?;
         }
     }
     Ok(Exit::Ok)
@@ -251,14 +251,14 @@ async fn demo() -> Result<Exit, Failure> {
     let plan = runner.generate_plan(portia::testing::demo::QUERY).tools(tools).await;
     planning.finish(plan.as_ref().ok());
     let plan = plan?;
-    print_json(&plan);
+    print_json(&plan)?;
     let workflow = runner.create_workflow(&plan).await?;
     let workflow = live::execute(&runner, &plan, workflow, terminal).await?;
-    print_json(&workflow);
+    print_json(&workflow)?;
     Ok(report(&workflow))
 }
 
-fn print_json(value: &impl serde::Serialize) {
+fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
     let text = serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
-    println!("{text}");
+    emit(format_args!("{text}\n"))
 }

@@ -58,8 +58,30 @@ fn main() -> ExitCode {
     }
 }
 
+impl Failure {
+    /// A failure already said, or that is not worth saying: its command just ends.
+    fn silent() -> Self {
+        Self(String::new())
+    }
+}
+
+/// Writes `text` to standard output. A reader that went away (`portia list | head`)
+/// ends the command quietly, as Unix tools do; any other failure to write (a full
+/// disk) ends it with one line saying so. Never a panic, as `print!` would be.
+pub(crate) fn emit(text: impl std::fmt::Display) -> Result<(), Failure> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match write!(out, "{text}").and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(Failure::silent()),
+        Err(e) => Err(Failure(format!("cannot write to standard output: {e}"))),
+    }
+}
+
 fn fail(failure: &Failure) -> ExitCode {
     // One line: the cause, with no secrets (errors of this crate never carry keys).
-    eprintln!("portia: {}", failure.0.replace('\n', " "));
+    if !failure.0.is_empty() {
+        eprintln!("portia: {}", failure.0.replace('\n', " "));
+    }
     ExitCode::from(Exit::Failed as u8)
 }

@@ -13,14 +13,39 @@ use std::time::Duration;
 /// The environment variable that turns offline mode on (`1`) or off (`0`).
 pub const OFFLINE_VAR: &str = "PORTIA_OFFLINE";
 
-/// An HTTP client (rustls, connection pooling) with a per-request timeout.
+/// An HTTP client (rustls, connection pooling) with a per-request timeout: the LLM
+/// providers' and the tools'.
 pub(crate) fn client(timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
+    builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .build()
         // Only fails if the TLS backend cannot initialise, which is a broken build, not bad input.
         .expect("the HTTP client could not be built")
+}
+
+/// A client builder with the crate's TLS policy, which every HTTP client it builds
+/// (LLM, tools, MCP; OTLP through `blocking_builder`) starts from: rustls with ring,
+/// and a server certificate is trusted when it chains to a root in the OS trust store
+/// (on Linux as `SSL_CERT_FILE`/`SSL_CERT_DIR` or the distribution's bundle name it;
+/// macOS and Windows verify through the OS itself) or to one of Mozilla's roots, which
+/// are built in. A corporate CA installed in the OS is trusted, and a machine with no
+/// CA bundle still reaches public services.
+pub(crate) fn builder() -> reqwest::ClientBuilder {
+    install_crypto_provider();
+    reqwest::Client::builder().tls_certs_merge(webpki_roots())
+}
+
+/// Mozilla's root certificates (the `webpki-root-certs` crate), added to the OS store's.
+fn webpki_roots() -> impl Iterator<Item = reqwest::Certificate> {
+    webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().filter_map(|der| reqwest::Certificate::from_der(der).ok())
+}
+
+/// reqwest is built without a rustls crypto provider of its own (its default, aws-lc,
+/// is a C build): it takes rustls' process default, which is set here to ring. An
+/// application that installed a default before keeps it.
+fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// Refuses `url` when offline mode is on and it does not point at a loopback host.

@@ -36,6 +36,30 @@ pub(crate) fn builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder().tls_certs_merge(webpki_roots())
 }
 
+/// The MCP streamable HTTP transport's client: rmcp's own default (no idle connections
+/// kept, as a reused one can stall; only same-origin 307 and 308 redirects followed,
+/// which keep the JSON-RPC body and send the session and custom headers nowhere else;
+/// no overall timeout, as a server's event stream stays open), on [`builder`]'s TLS.
+#[cfg(feature = "mcp")]
+pub(crate) fn mcp_client() -> reqwest::Client {
+    const MAX_REDIRECTS: usize = 10;
+    let redirects = reqwest::redirect::Policy::custom(|attempt| {
+        let keeps_body = matches!(
+            attempt.status(),
+            reqwest::StatusCode::TEMPORARY_REDIRECT | reqwest::StatusCode::PERMANENT_REDIRECT
+        );
+        let same_origin = attempt.previous().first().is_some_and(|first| first.origin() == attempt.url().origin());
+        if !keeps_body || !same_origin {
+            attempt.stop()
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error(format!("exceeded {MAX_REDIRECTS} redirects"))
+        } else {
+            attempt.follow()
+        }
+    });
+    builder().pool_max_idle_per_host(0).redirect(redirects).build().expect("the MCP HTTP client could not be built")
+}
+
 /// Mozilla's root certificates (the `webpki-root-certs` crate), added to the OS store's.
 fn webpki_roots() -> impl Iterator<Item = reqwest::Certificate> {
     webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().filter_map(|der| reqwest::Certificate::from_der(der).ok())

@@ -60,6 +60,13 @@ pub(crate) fn mcp_client() -> reqwest::Client {
     builder().pool_max_idle_per_host(0).redirect(redirects).build().expect("the MCP HTTP client could not be built")
 }
 
+/// [`builder`] for the blocking client (the OTLP exporter's, on its own thread).
+#[cfg(feature = "otel")]
+pub(crate) fn blocking_builder() -> reqwest::blocking::ClientBuilder {
+    install_crypto_provider();
+    reqwest::blocking::Client::builder().tls_certs_merge(webpki_roots())
+}
+
 /// Mozilla's root certificates (the `webpki-root-certs` crate), added to the OS store's.
 fn webpki_roots() -> impl Iterator<Item = reqwest::Certificate> {
     webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().filter_map(|der| reqwest::Certificate::from_der(der).ok())

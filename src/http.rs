@@ -13,14 +13,70 @@ use std::time::Duration;
 /// The environment variable that turns offline mode on (`1`) or off (`0`).
 pub const OFFLINE_VAR: &str = "PORTIA_OFFLINE";
 
-/// An HTTP client (rustls, connection pooling) with a per-request timeout.
+/// An HTTP client (rustls, connection pooling) with a per-request timeout: the LLM
+/// providers' and the tools'.
 pub(crate) fn client(timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
+    builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .build()
         // Only fails if the TLS backend cannot initialise, which is a broken build, not bad input.
         .expect("the HTTP client could not be built")
+}
+
+/// A client builder with the crate's TLS policy, which every HTTP client it builds
+/// (LLM, tools, MCP; OTLP through `blocking_builder`) starts from: rustls with ring,
+/// and a server certificate is trusted when it chains to a root in the OS trust store
+/// (on Linux as `SSL_CERT_FILE`/`SSL_CERT_DIR` or the distribution's bundle name it;
+/// macOS and Windows verify through the OS itself) or to one of Mozilla's roots, which
+/// are built in. A corporate CA installed in the OS is trusted, and a machine with no
+/// CA bundle still reaches public services.
+pub(crate) fn builder() -> reqwest::ClientBuilder {
+    install_crypto_provider();
+    reqwest::Client::builder().tls_certs_merge(webpki_roots())
+}
+
+/// The MCP streamable HTTP transport's client: rmcp's own default (no idle connections
+/// kept, as a reused one can stall; only same-origin 307 and 308 redirects followed,
+/// which keep the JSON-RPC body and send the session and custom headers nowhere else;
+/// no overall timeout, as a server's event stream stays open), on [`builder`]'s TLS.
+#[cfg(feature = "mcp")]
+pub(crate) fn mcp_client() -> reqwest::Client {
+    const MAX_REDIRECTS: usize = 10;
+    let redirects = reqwest::redirect::Policy::custom(|attempt| {
+        let keeps_body = matches!(
+            attempt.status(),
+            reqwest::StatusCode::TEMPORARY_REDIRECT | reqwest::StatusCode::PERMANENT_REDIRECT
+        );
+        let same_origin = attempt.previous().first().is_some_and(|first| first.origin() == attempt.url().origin());
+        if !keeps_body || !same_origin {
+            attempt.stop()
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error(format!("exceeded {MAX_REDIRECTS} redirects"))
+        } else {
+            attempt.follow()
+        }
+    });
+    builder().pool_max_idle_per_host(0).redirect(redirects).build().expect("the MCP HTTP client could not be built")
+}
+
+/// [`builder`] for the blocking client (the OTLP exporter's, on its own thread).
+#[cfg(feature = "otel")]
+pub(crate) fn blocking_builder() -> reqwest::blocking::ClientBuilder {
+    install_crypto_provider();
+    reqwest::blocking::Client::builder().tls_certs_merge(webpki_roots())
+}
+
+/// Mozilla's root certificates (the `webpki-root-certs` crate), added to the OS store's.
+fn webpki_roots() -> impl Iterator<Item = reqwest::Certificate> {
+    webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().filter_map(|der| reqwest::Certificate::from_der(der).ok())
+}
+
+/// reqwest is built without a rustls crypto provider of its own (its default, aws-lc,
+/// is a C build): it takes rustls' process default, which is set here to ring. An
+/// application that installed a default before keeps it.
+fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// Refuses `url` when offline mode is on and it does not point at a loopback host.
@@ -70,5 +126,149 @@ mod tests {
         assert!(check_allowed("http://[::1]:80/").is_ok());
         let err = check_allowed("https://api.openai.com/v1").unwrap_err();
         assert!(err.contains("PORTIA_OFFLINE") && err.contains("api.openai.com"), "{err}");
+    }
+
+    /// The TLS policy, proven offline where `SSL_CERT_FILE` names the OS store (Unix
+    /// but Apple and Android; elsewhere the OS verifies, and cannot be pointed at a
+    /// test CA without changing the machine). A test may not set its own environment
+    /// (that is `unsafe`, which the crate forbids, and races other tests), so each test
+    /// runs itself again as a child process with the variable set.
+    ///
+    /// The certificates in tests/fixtures/tls were made with openssl, valid for 100
+    /// years: `ca.pem`, a self-signed P-256 CA, and `server.pem`/`server.key`, a
+    /// certificate it signed for `localhost` and 127.0.0.1 (serverAuth).
+    #[cfg(all(unix, not(target_vendor = "apple"), not(target_os = "android")))]
+    mod tls {
+        use std::process::Command;
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+        /// Set in the child, which then runs the test's body.
+        const CHILD: &str = "PORTIA_TLS_TEST_CHILD";
+        const CA: &str = include_str!("../tests/fixtures/tls/ca.pem");
+        const SERVER_CERT: &str = include_str!("../tests/fixtures/tls/server.pem");
+        const SERVER_KEY: &str = include_str!("../tests/fixtures/tls/server.key");
+
+        /// Runs the test `name` (this module's) in a child of this test binary, with
+        /// `SSL_CERT_FILE` holding `certs` and no `SSL_CERT_DIR`, and fails if it does.
+        fn run_child(name: &str, certs: &str) {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("roots.pem");
+            std::fs::write(&file, certs).unwrap();
+            let output = Command::new(std::env::current_exe().unwrap())
+                .args([&format!("http::tests::tls::{name}"), "--exact", "--nocapture", "--test-threads=1"])
+                .env(CHILD, "1")
+                .env("SSL_CERT_FILE", &file)
+                .env_remove("SSL_CERT_DIR")
+                .output()
+                .unwrap();
+            let out = String::from_utf8_lossy(&output.stdout);
+            let err = String::from_utf8_lossy(&output.stderr);
+            assert!(output.status.success(), "the child run failed:\n{out}\n{err}");
+            // A filter that matched nothing would pass too.
+            assert!(out.contains("1 passed"), "the child ran no test:\n{out}");
+        }
+
+        /// An HTTPS server on 127.0.0.1 answering `ok` to every request, with the test
+        /// CA's certificate for `localhost`; its port.
+        async fn serve() -> u16 {
+            let certs = vec![CertificateDer::from_pem_slice(SERVER_CERT.as_bytes()).unwrap()];
+            let key = PrivateKeyDer::from_pem_slice(SERVER_KEY.as_bytes()).unwrap();
+            let config =
+                rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                    .with_safe_default_protocol_versions()
+                    .unwrap()
+                    .with_no_client_auth()
+                    .with_single_cert(certs, key)
+                    .unwrap();
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            tokio::spawn(async move {
+                while let Ok((tcp, _)) = listener.accept().await {
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        // A refused handshake (the client does not trust us) just ends here.
+                        let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                        let mut request = Vec::new();
+                        let mut buf = [0u8; 1024];
+                        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match tls.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => request.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let reply = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
+                        let _ = tls.write_all(reply.as_bytes()).await;
+                        let _ = tls.shutdown().await;
+                    });
+                }
+            });
+            port
+        }
+
+        async fn get(client: &reqwest::Client, url: &str) -> Result<String, String> {
+            let response = client.get(url).send().await.map_err(|e| format!("{e:?}"))?;
+            response.text().await.map_err(|e| format!("{e:?}"))
+        }
+
+        /// A CA in the OS store (here `SSL_CERT_FILE`) is trusted by every client the
+        /// crate builds: the LLM providers' and tools' (`client`), MCP's, OTLP's.
+        #[tokio::test]
+        async fn every_client_trusts_a_ca_in_the_os_store() {
+            if std::env::var_os(CHILD).is_none() {
+                // Without the CA in the store, the same server is refused: what passes
+                // in the child is the store, not a lax verifier.
+                let port = serve().await;
+                let err = get(&super::client(Duration::from_secs(5)), &format!("https://localhost:{port}/"))
+                    .await
+                    .unwrap_err();
+                assert!(err.contains("UnknownIssuer"), "{err}");
+                return run_child("every_client_trusts_a_ca_in_the_os_store", CA);
+            }
+            let port = serve().await;
+            let url = format!("https://localhost:{port}/");
+            let llm_and_tools = super::client(Duration::from_secs(5));
+            assert_eq!(get(&llm_and_tools, &url).await.unwrap(), "ok");
+            #[cfg(feature = "mcp")]
+            assert_eq!(get(&super::mcp_client(), &url).await.unwrap(), "ok");
+            #[cfg(feature = "otel")]
+            {
+                // The blocking client runs a runtime of its own, so it lives on a thread
+                // of its own, while this runtime serves.
+                let url = url.clone();
+                let body = tokio::task::spawn_blocking(move || {
+                    let otlp = super::blocking_builder().timeout(Duration::from_secs(5)).build().unwrap();
+                    otlp.get(&url).send().and_then(reqwest::blocking::Response::text)
+                });
+                assert_eq!(body.await.unwrap().unwrap(), "ok");
+            }
+        }
+
+        /// Mozilla's roots are there too: with an empty OS store, reqwest's own default
+        /// (the OS store alone) cannot even be built, while every client of the crate is.
+        #[tokio::test]
+        async fn every_client_has_mozillas_roots_without_an_os_store() {
+            if std::env::var_os(CHILD).is_none() {
+                return run_child("every_client_has_mozillas_roots_without_an_os_store", "");
+            }
+            let _ = super::client(Duration::from_secs(5));
+            #[cfg(feature = "mcp")]
+            let _ = super::mcp_client();
+            #[cfg(feature = "otel")]
+            tokio::task::spawn_blocking(|| super::blocking_builder().build().unwrap()).await.unwrap();
+            // ring is the process default by now, so this fails on the roots alone.
+            let err = reqwest::Client::builder().build().unwrap_err();
+            assert!(format!("{err:?}").contains("No CA certificates"), "{err:?}");
+            // And the test CA, not in the store, is not trusted.
+            let port = serve().await;
+            let err =
+                get(&super::client(Duration::from_secs(5)), &format!("https://localhost:{port}/")).await.unwrap_err();
+            assert!(err.contains("UnknownIssuer"), "{err}");
+        }
     }
 }

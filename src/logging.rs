@@ -72,15 +72,12 @@ impl Drop for OtlpGuard {
 pub fn init_otlp(level: LogLevel, endpoint: Option<&str>) -> crate::Result<OtlpGuard> {
     use opentelemetry::trace::TracerProvider as _;
     use opentelemetry_otlp::WithExportConfig as _;
+    use opentelemetry_otlp::WithHttpConfig as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
 
     let setting = "OTEL_EXPORTER_OTLP_ENDPOINT";
-    // The exporter's HTTP client may be built without a TLS provider of its own (when
-    // the `mcp` feature asks reqwest for none); ring, which the crate already uses,
-    // serves. A provider installed before is kept.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_http();
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_http().with_http_client(otlp_client(setting)?);
     if let Some(endpoint) = endpoint {
         exporter = exporter.with_endpoint(endpoint);
     }
@@ -96,4 +93,24 @@ pub fn init_otlp(level: LogLevel, endpoint: Option<&str>) -> crate::Result<OtlpG
         .try_init()
         .map_err(|e| crate::Error::invalid_config(setting, format!("cannot install the tracing subscriber: {e}")))?;
     Ok(OtlpGuard { provider })
+}
+
+/// The exporter's blocking HTTP client, as opentelemetry-otlp would build it (the
+/// timeout its variables give, 10 s by default; built on a thread of its own, as a
+/// blocking client may not be made inside an async runtime), but with the crate's TLS
+/// policy ([`crate::http::builder`]).
+#[cfg(feature = "otel")]
+fn otlp_client(setting: &str) -> crate::Result<reqwest::blocking::Client> {
+    use opentelemetry_otlp::{
+        OTEL_EXPORTER_OTLP_TIMEOUT, OTEL_EXPORTER_OTLP_TIMEOUT_DEFAULT, OTEL_EXPORTER_OTLP_TRACES_TIMEOUT,
+    };
+    let timeout = [OTEL_EXPORTER_OTLP_TRACES_TIMEOUT, OTEL_EXPORTER_OTLP_TIMEOUT]
+        .iter()
+        .find_map(|var| std::env::var(var).ok()?.parse().ok())
+        .map_or(OTEL_EXPORTER_OTLP_TIMEOUT_DEFAULT, std::time::Duration::from_millis);
+    let failed = |e: String| crate::Error::invalid_config(setting, format!("cannot build the OTLP HTTP client: {e}"));
+    std::thread::spawn(move || crate::http::blocking_builder().timeout(timeout).build())
+        .join()
+        .map_err(|_| failed("its thread panicked".into()))?
+        .map_err(|e| failed(e.to_string()))
 }

@@ -194,12 +194,10 @@ impl Server {
                 Ok(Connection { service, stderr: None })
             }
             McpTransport::Http { url, headers, bearer_token } => {
-                install_crypto_provider();
-                let transport = StreamableHttpClientTransport::from_config(self.http_config(
-                    url,
-                    headers,
-                    bearer_token.as_ref(),
-                )?);
+                let transport = StreamableHttpClientTransport::with_client(
+                    crate::http::mcp_client(),
+                    self.http_config(url, headers, bearer_token.as_ref())?,
+                );
                 let service = self.handshake(handler.serve(transport)).await.map_err(|m| connect_error(m, vec![]))?;
                 Ok(Connection { service, stderr: None })
             }
@@ -471,14 +469,6 @@ async fn drain(tail: Option<&Arc<StderrTail>>) -> Vec<String> {
     let mut closed = tail.closed.subscribe();
     let _ = tokio::time::timeout(STDERR_DRAIN, closed.wait_for(|c| *c)).await;
     tail.lines.lock().unwrap_or_else(PoisonError::into_inner).iter().cloned().collect()
-}
-
-/// rmcp's HTTP client (reqwest 0.13) is built without a TLS crypto provider of its
-/// own, so that no second one (aws-lc, with its C build) is compiled in: it uses
-/// rustls' process default, which is set here to ring, the provider this crate's own
-/// HTTP client already uses. An application that installed a default keeps it.
-fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// Receives what a server sends unasked.

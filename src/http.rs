@@ -134,8 +134,8 @@ mod tests {
     /// (that is `unsafe`, which the crate forbids, and races other tests), so each test
     /// runs itself again as a child process with the variable set.
     ///
-    /// The certificates in tests/fixtures/tls were made with openssl, valid for 100
-    /// years: `ca.pem`, a self-signed P-256 CA, and `server.pem`/`server.key`, a
+    /// The certificates in tests/fixtures/tls are valid from 2020 to 2120 (so no
+    /// machine's clock is behind them): `ca.pem`, a self-signed P-256 CA, and `server.pem`/`server.key`, a
     /// certificate it signed for `localhost` and 127.0.0.1 (serverAuth).
     #[cfg(all(unix, not(target_vendor = "apple"), not(target_os = "android")))]
     mod tls {

@@ -6,6 +6,9 @@
 //! again once with `json_object` and the schema in the system prompt, and the model
 //! is remembered so later calls go straight to `json_object`. Both modes only
 //! produce objects: other schemas are wrapped (see [`schema`](super::schema)).
+//! The [`Retry`](super::Retry) layer around this client retries the call as a
+//! whole: should the `json_object` request fail with a retryable error before the
+//! model is remembered, the retry asks with `json_schema` first again.
 
 use std::collections::HashSet;
 use std::sync::{Mutex, PoisonError};

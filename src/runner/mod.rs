@@ -716,7 +716,7 @@ impl RunnerBuilder {
     /// The LLM client, used exactly as given: unlike [`RunnerBuilder::llm`], no
     /// [`Retry`] layer is added, so failed calls fail the step unless the client
     /// retries by itself. Stack the layers you want with
-    /// [`LlmClientExt::with`](crate::llm::LlmClientExt::with) first.
+    /// [`LlmClientExt::with`] first.
     pub fn llm_as_is(mut self, llm: Arc<dyn LlmClient>) -> Self {
         self.llm = Some(llm);
         self.llm_as_is = true;

@@ -52,7 +52,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::Config;
-use crate::llm::{LlmClient, LlmError, LlmRequest, LlmResponse};
+use crate::llm::{LlmClient, LlmError, LlmLayer, LlmRequest, LlmResponse};
 use crate::tool::{Tool, ToolError, ToolOutput, ToolRegistry, ToolRunContext, ToolSpec};
 use crate::{Error, Result};
 
@@ -225,7 +225,8 @@ impl Recorder {
         self
     }
 
-    /// `inner`, recording each exchange it answers.
+    /// `inner`, recording each exchange it answers (the recorder is also an
+    /// [`LlmLayer`]: `inner.with(recorder.clone())` does the same).
     pub fn llm(&self, inner: Arc<dyn LlmClient>) -> Arc<dyn LlmClient> {
         Arc::new(RecordingLlm { inner, recorder: self.clone() })
     }
@@ -254,6 +255,15 @@ impl Recorder {
     }
 }
 
+/// Records the exchanges of the client it wraps: the layer form of [`Recorder::llm`].
+/// Failed requests are not recorded, so where it sits among the other layers
+/// changes nothing in the cassette.
+impl LlmLayer for Recorder {
+    fn layer(&self, inner: Arc<dyn LlmClient>) -> Arc<dyn LlmClient> {
+        self.llm(inner)
+    }
+}
+
 fn io_error(path: &Path, e: &std::io::Error) -> Error {
     Error::invalid_config("cassette", format!("cannot write {}: {e}", path.display()))
 }
@@ -271,6 +281,10 @@ impl LlmClient for RecordingLlm {
         let exchange = LlmExchange { request, response: response.clone() };
         lock(&self.recorder.cassette).llm.push(exchange);
         Ok(response)
+    }
+
+    fn retries(&self) -> bool {
+        self.inner.retries()
     }
 }
 

@@ -11,7 +11,6 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Map, Value, json};
 
-use super::retry::RetryPolicy;
 use super::schema::{SentSchema, object_schema, portable};
 use super::transport::{Endpoint, secret_header};
 use super::{
@@ -30,7 +29,6 @@ pub(crate) struct AnthropicClient {
     key: Option<Secret>,
     timeout: Duration,
     max_tokens: u32,
-    policy: RetryPolicy,
 }
 
 /// The forced tool that carries a structured reply.
@@ -49,25 +47,19 @@ impl AnthropicClient {
             key: settings.key(LlmProvider::Anthropic),
             timeout: settings.timeout(),
             max_tokens: settings.completion_cap(),
-            policy: settings.retry_policy().clone(),
         }
     }
 
-    /// Sends `request` to `model`, retrying per the policy.
+    /// Sends `request` to `model`, once: the [`Retry`](super::Retry) layer around this client retries.
     pub(crate) async fn chat(&self, model: &str, request: &LlmRequest) -> Result<LlmResponse, LlmError> {
         let endpoint = self.endpoint(model)?;
         let reply_tool = request.output_schema.as_ref().map(ReplyTool::new);
         let body =
             request_body(model, self.max_tokens, request, reply_tool.as_ref()).map_err(|e| endpoint.not_sent(e))?;
-        let (endpoint, body, reply_tool) = (&endpoint, &body, reply_tool.as_ref());
-        self.policy
-            .run(LlmProvider::Anthropic.as_str(), model, move |_| async move {
-                let reply = endpoint.post(body).await?;
-                let response = parse_reply(&reply.body, reply_tool).map_err(|e| endpoint.invalid(e))?;
-                endpoint.log_success(&reply, response.usage);
-                Ok(response)
-            })
-            .await
+        let reply = endpoint.post(&body).await?;
+        let response = parse_reply(&reply.body, reply_tool.as_ref()).map_err(|e| endpoint.invalid(e))?;
+        endpoint.log_success(&reply, response.usage);
+        Ok(response)
     }
 
     fn endpoint<'a>(&'a self, model: &'a str) -> Result<Endpoint<'a>, LlmError> {

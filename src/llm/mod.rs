@@ -3,18 +3,28 @@
 //! Planner, agents and summaries talk to an [`LlmClient`]: an [`LlmRequest`]
 //! (messages, tools, tool choice, an optional output schema) goes in, an
 //! [`LlmResponse`] (text and/or tool calls, token [`Usage`]) comes out. Providers
-//! translate this to their wire format; retries and timeouts live around them in
-//! one place. In tests, drive it with [`testing::ScriptedLlm`](crate::testing::ScriptedLlm).
+//! translate this to their wire format. In tests, drive it with
+//! [`testing::ScriptedLlm`](crate::testing::ScriptedLlm).
+//!
+//! What is not a provider's business is a [layer](LlmLayer) stacked around any
+//! client, so a client of your own gets it too: [`Retry`] (backoff, `Retry-After`,
+//! time limits, per a [`RetryPolicy`]), [`Offline`] (refusal in offline mode), the
+//! cassette's [`Recorder`](crate::testing::Recorder), and, inside a run, the
+//! runner's metering of usage and budgets. Stack them with [`LlmClientExt::with`].
 //!
 //! [`LlmProvider`] is the catalogue of providers (default models, base URLs, key
-//! variables); [`ModelRole`] names what a call is for and [`ModelRef`] which model serves it.
+//! variables); [`ModelRole`] names what a call is for and [`ModelRef`] which model
+//! serves it; [`LlmSettings::resolve`] decides which model a request goes to.
 //!
 //! [`client`] builds the HTTP client for the providers [`LlmSettings`] name
 //! ([`Config::llm_client`](crate::Config::llm_client) does so from the configuration):
 //! OpenAI Chat Completions (also used for Mistral, Groq, OpenRouter, Ollama and
-//! other compatible servers) and Anthropic Messages, with retries per [`RetryPolicy`].
+//! other compatible servers) and Anthropic Messages, each inside an [`Offline`] and
+//! a [`Retry`] layer.
 
 mod anthropic;
+mod layer;
+mod offline;
 mod openai;
 mod provider;
 mod retry;
@@ -34,9 +44,11 @@ use serde_json::Value;
 
 pub use crate::error::LlmError;
 pub use crate::usage::Usage;
+pub use layer::{LlmClientExt, LlmLayer};
+pub use offline::Offline;
 pub(crate) use provider::split_provider;
 pub use provider::{LlmProvider, ModelRef, ModelRole};
-pub use retry::RetryPolicy;
+pub use retry::{Retry, RetryPolicy};
 pub use settings::LlmSettings;
 pub(crate) use transport::retry_after;
 
@@ -239,11 +251,20 @@ impl LlmResponse {
 }
 
 /// A chat model. Implemented by the providers, by [`testing::ScriptedLlm`](crate::testing::ScriptedLlm),
-/// and by anything you bring.
+/// by the [layers](LlmLayer), and by anything you bring.
 #[async_trait::async_trait]
 pub trait LlmClient: Send + Sync + fmt::Debug {
     /// Sends one request and returns the reply.
     async fn chat(&self, request: LlmRequest) -> Result<LlmResponse, LlmError>;
+
+    /// Whether this client retries failed requests itself: `true` for [`client`]'s
+    /// and for anything inside a [`Retry`] layer, `false` by default.
+    /// [`RunnerBuilder::llm`](crate::runner::RunnerBuilder::llm) adds a [`Retry`]
+    /// layer around a client that says `false`, so none is retried twice over. A
+    /// layer should report what the client inside it says, unless it retries itself.
+    fn retries(&self) -> bool {
+        false
+    }
 }
 
 /// Asks for a reply of type `T` and parses it. A reply that does not parse is
@@ -290,10 +311,13 @@ pub(crate) fn strip_code_fence(text: &str) -> &str {
 /// The LLM client `settings` describe.
 ///
 /// Each request goes to the provider and model its [`LlmRequest::model`] names
-/// (`provider/model` accepted), else to the model set for its purpose. All
-/// providers share one HTTP connection pool. Failed attempts are retried as the
-/// settings' [`RetryPolicy`] says. Keys are checked per request: a request for a
-/// provider whose key is missing fails with [`LlmError::MissingApiKey`].
+/// (`provider/model` accepted), else to the model set for its purpose (see
+/// [`LlmSettings::resolve`]). All providers share one HTTP connection pool. Keys
+/// are checked per request: a request for a provider whose key is missing fails
+/// with [`LlmError::MissingApiKey`]. Each provider's client sends a request once,
+/// inside an [`Offline`] layer at the provider's base URL (offline mode allows only
+/// loopback hosts) and a [`Retry`] layer with the settings' [`RetryPolicy`]; the
+/// client returned [`retries`](LlmClient::retries).
 pub fn client(settings: LlmSettings) -> std::sync::Arc<dyn LlmClient> {
     std::sync::Arc::new(router::Router::new(settings))
 }
@@ -325,6 +349,10 @@ impl LlmClient for OnFirstUse {
             Ok(client) => client.chat(request).await,
             Err(e) => Err(e.clone()),
         }
+    }
+
+    fn retries(&self) -> bool {
+        true
     }
 }
 

@@ -6,6 +6,9 @@
 //! again once with `json_object` and the schema in the system prompt, and the model
 //! is remembered so later calls go straight to `json_object`. Both modes only
 //! produce objects: other schemas are wrapped (see [`schema`](super::schema)).
+//! The [`Retry`](super::Retry) layer around this client retries the call as a
+//! whole: should the `json_object` request fail with a retryable error before the
+//! model is remembered, the retry asks with `json_schema` first again.
 
 use std::collections::HashSet;
 use std::sync::{Mutex, PoisonError};
@@ -14,7 +17,6 @@ use std::time::Duration;
 use reqwest::header::HeaderMap;
 use serde_json::{Map, Value, json};
 
-use super::retry::RetryPolicy;
 use super::schema::{SentSchema, portable};
 use super::transport::{Endpoint, secret_header};
 use super::{LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, Message, Role, ToolCall, ToolChoice, Usage};
@@ -29,7 +31,6 @@ pub(crate) struct OpenAiClient {
     key: Option<Secret>,
     timeout: Duration,
     max_tokens: u32,
-    policy: RetryPolicy,
     /// Models whose server refused `json_schema`: they get `json_object` from now on.
     json_object_models: Mutex<HashSet<String>>,
 }
@@ -55,12 +56,12 @@ impl OpenAiClient {
             key: settings.key(provider),
             timeout: settings.timeout(),
             max_tokens: settings.completion_cap(),
-            policy: settings.retry_policy().clone(),
             json_object_models: Mutex::new(HashSet::new()),
         }
     }
 
-    /// Sends `request` to `model`, retrying per the policy.
+    /// Sends `request` to `model`: once, or twice when the server refuses `json_schema`.
+    /// The [`Retry`](super::Retry) layer around this client retries.
     pub(crate) async fn chat(&self, model: &str, request: &LlmRequest) -> Result<LlmResponse, LlmError> {
         let endpoint = self.endpoint(model)?;
         let format = self.format_for(model, request);
@@ -124,18 +125,13 @@ impl OpenAiClient {
         let cap = (self.token_cap_field(), self.max_tokens);
         let body =
             request_body(endpoint.model, request, format, wanted.as_ref(), cap).map_err(|e| endpoint.not_sent(e))?;
-        let (body, sent) = (&body, wanted.as_ref().map(|(_, sent)| sent));
-        self.policy
-            .run(self.provider.as_str(), endpoint.model, move |_| async move {
-                let reply = endpoint.post(body).await?;
-                let mut response = parse_reply(&reply.body).map_err(|e| endpoint.invalid(e))?;
-                if let Some(sent) = sent {
-                    response.text = response.text.map(|text| sent.unwrap_text(text));
-                }
-                endpoint.log_success(&reply, response.usage);
-                Ok(response)
-            })
-            .await
+        let reply = endpoint.post(&body).await?;
+        let mut response = parse_reply(&reply.body).map_err(|e| endpoint.invalid(e))?;
+        if let Some((_, sent)) = &wanted {
+            response.text = response.text.map(|text| sent.unwrap_text(text));
+        }
+        endpoint.log_success(&reply, response.usage);
+        Ok(response)
     }
 }
 

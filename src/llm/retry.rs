@@ -1,6 +1,8 @@
 //! Retries, backoff and time limits for LLM calls: the one place they live.
 //!
-//! Both providers send each HTTP attempt through [`RetryPolicy::run`]. An attempt
+//! [`RetryPolicy::run`] is the loop; the [`Retry`] layer runs it around any
+//! [`LlmClient`], and [`client`](super::client) stacks that layer around each
+//! built-in provider, whose clients send every request exactly once. An attempt
 //! that fails with a retryable [`LlmError`] (see [`LlmError::is_retryable`]) is sent
 //! again after a wait: the provider's `Retry-After` when it gave one (capped), else
 //! an exponential backoff shortened by a random jitter. Each attempt has its own
@@ -10,12 +12,14 @@
 //! fake operation, and set the jitter to zero to make every wait exact.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::LlmError;
+use super::layer::{LlmLayer, call_names};
 use super::transport::millis;
+use super::{LlmClient, LlmError, LlmRequest, LlmResponse, LlmSettings};
 
 /// How failed LLM requests are retried, and how long a call may take.
 #[derive(Debug, Clone, PartialEq)]
@@ -174,6 +178,81 @@ impl RetryPolicy {
         tokio::time::timeout(limit, attempt).await.unwrap_or_else(|_| {
             Err(LlmError::Timeout { provider: provider.to_owned(), model: model.to_owned(), after: reported })
         })
+    }
+}
+
+/// The layer that retries failed requests of the client inside it, as its
+/// [`RetryPolicy`] says: backoff, `Retry-After`, a time limit per attempt and an
+/// overall deadline, all on tokio's clock.
+///
+/// [`client`](super::client) puts one around each built-in provider, and
+/// [`RunnerBuilder::llm`](crate::runner::RunnerBuilder::llm) puts one (with the
+/// configured policy) around a client that does not retry by itself. The wrapped
+/// client reports [`LlmClient::retries`] as `true`.
+///
+/// ```
+/// use std::sync::Arc;
+/// use portia::llm::{LlmClient, LlmClientExt, Retry, RetryPolicy};
+/// use portia::testing::ScriptedLlm;
+///
+/// let llm = Arc::new(ScriptedLlm::new()).with(Retry::new(RetryPolicy::default().max_retries(2)));
+/// assert!(llm.retries());
+/// ```
+#[derive(Debug, Clone)]
+pub struct Retry {
+    policy: RetryPolicy,
+    settings: Option<Arc<LlmSettings>>,
+}
+
+impl Retry {
+    /// Retries as `policy` says. Calls are named in logs and timeout errors by the
+    /// request's model (or its purpose) and the provider `llm`; see [`Retry::models`].
+    pub fn new(policy: RetryPolicy) -> Self {
+        Self { policy, settings: None }
+    }
+
+    /// Names calls by the provider and model `settings` resolve each request to
+    /// (see [`LlmSettings::resolve`]).
+    #[must_use]
+    pub fn models(mut self, settings: LlmSettings) -> Self {
+        self.settings = Some(Arc::new(settings));
+        self
+    }
+
+    pub(crate) fn shared_models(mut self, settings: Arc<LlmSettings>) -> Self {
+        self.settings = Some(settings);
+        self
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.policy
+    }
+}
+
+impl LlmLayer for Retry {
+    fn layer(&self, inner: Arc<dyn LlmClient>) -> Arc<dyn LlmClient> {
+        Arc::new(Retrying { inner, retry: self.clone() })
+    }
+}
+
+/// A client wrapped in [`Retry`].
+#[derive(Debug)]
+struct Retrying {
+    inner: Arc<dyn LlmClient>,
+    retry: Retry,
+}
+
+#[async_trait::async_trait]
+impl LlmClient for Retrying {
+    async fn chat(&self, request: LlmRequest) -> Result<LlmResponse, LlmError> {
+        let (provider, model) = call_names(self.retry.settings.as_deref(), &request);
+        let (inner, request) = (&self.inner, &request);
+        self.retry.policy.run(&provider, &model, |_| inner.chat(request.clone())).await
+    }
+
+    fn retries(&self) -> bool {
+        true
     }
 }
 

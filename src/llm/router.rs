@@ -1,30 +1,29 @@
 //! The client [`client`](super::client) returns: it picks the provider and model of
-//! each request and hands it to that provider's client.
+//! each request and hands it to that provider's stack: the [`Retry`] and
+//! [`Offline`] layers around a client that sends each request once.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::anthropic::AnthropicClient;
 use super::openai::OpenAiClient;
-use super::{LlmClient, LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, ModelRef};
+use super::{
+    LlmClient, LlmClientExt, LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, ModelRef, Offline, Retry,
+};
 
-/// Routes each request to the client of the provider its model belongs to.
+/// Routes each request to the stack of the provider its model belongs to.
 #[derive(Debug)]
 pub(crate) struct Router {
-    settings: LlmSettings,
-    clients: HashMap<LlmProvider, ProviderClient>,
-}
-
-#[derive(Debug)]
-enum ProviderClient {
-    OpenAi(OpenAiClient),
-    Anthropic(AnthropicClient),
+    settings: Arc<LlmSettings>,
+    clients: HashMap<LlmProvider, Arc<dyn LlmClient>>,
 }
 
 impl Router {
-    /// One client per provider, all on one HTTP client so they share its connection
+    /// One stack per provider, all on one HTTP client so they share its connection
     /// pool. Keys are checked per request: only the providers actually used need one.
     pub(crate) fn new(settings: LlmSettings) -> Self {
         let http = crate::http::client(settings.timeout());
+        let settings = Arc::new(settings);
         let clients = LlmProvider::ALL
             .iter()
             .map(|&provider| {
@@ -33,25 +32,21 @@ impl Router {
                 } else {
                     ProviderClient::Anthropic(AnthropicClient::new(http.clone(), &settings))
                 };
-                (provider, client)
+                let once = Arc::new(SendOnce { settings: Arc::clone(&settings), client });
+                let stack = once
+                    .with(Offline::unless_loopback(settings.url(provider)).shared_models(Arc::clone(&settings)))
+                    .with(Retry::new(settings.retry_policy().clone()).shared_models(Arc::clone(&settings)));
+                (provider, stack)
             })
             .collect();
         Self { settings, clients }
-    }
-
-    /// The request's own model (`provider/model` accepted) or the one configured for its purpose.
-    fn target(&self, request: &LlmRequest) -> ModelRef {
-        match request.model.as_deref().map(str::trim).filter(|m| !m.is_empty()) {
-            Some(name) => self.settings.model_ref(name),
-            None => self.settings.model_for(request.purpose),
-        }
     }
 }
 
 #[async_trait::async_trait]
 impl LlmClient for Router {
     async fn chat(&self, request: LlmRequest) -> Result<LlmResponse, LlmError> {
-        let ModelRef { provider, model } = self.target(&request);
+        let ModelRef { provider, model } = self.settings.resolve(&request);
         if model.trim().is_empty() {
             return Err(LlmError::NotSent {
                 provider: provider.to_string(),
@@ -61,9 +56,36 @@ impl LlmClient for Router {
         }
         self.settings.require_api_key(provider)?;
         match self.clients.get(&provider) {
-            Some(ProviderClient::OpenAi(client)) => client.chat(&model, &request).await,
-            Some(ProviderClient::Anthropic(client)) => client.chat(&model, &request).await,
+            Some(client) => client.chat(request).await,
             None => Err(LlmError::Other(format!("no client is built in for the provider {provider}"))),
+        }
+    }
+
+    fn retries(&self) -> bool {
+        true
+    }
+}
+
+/// One provider's client: sends each request once, to the model the settings resolve it to.
+#[derive(Debug)]
+struct SendOnce {
+    settings: Arc<LlmSettings>,
+    client: ProviderClient,
+}
+
+#[derive(Debug)]
+enum ProviderClient {
+    OpenAi(OpenAiClient),
+    Anthropic(AnthropicClient),
+}
+
+#[async_trait::async_trait]
+impl LlmClient for SendOnce {
+    async fn chat(&self, request: LlmRequest) -> Result<LlmResponse, LlmError> {
+        let model = self.settings.resolve(&request).model;
+        match &self.client {
+            ProviderClient::OpenAi(client) => client.chat(&model, &request).await,
+            ProviderClient::Anthropic(client) => client.chat(&model, &request).await,
         }
     }
 }

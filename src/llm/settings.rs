@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::{LlmError, LlmProvider, ModelRef, ModelRole, RetryPolicy, split_provider};
+use super::{LlmError, LlmProvider, LlmRequest, ModelRef, ModelRole, RetryPolicy, split_provider};
 use crate::secret::Secret;
 
 /// What the LLM clients need to know: which provider serves a model name, each
@@ -96,6 +96,28 @@ impl LlmSettings {
     /// The provider that serves model names without a `provider/` prefix.
     pub fn provider(&self) -> LlmProvider {
         self.provider
+    }
+
+    /// The provider and model `request` goes to: its own [`model`](LlmRequest::model)
+    /// when set and not blank (`provider/model` accepted), else the one set for its
+    /// purpose. The one place a request's model is decided: the built-in clients
+    /// route by it and the runner prices and reports calls by it.
+    ///
+    /// ```
+    /// use portia::llm::{LlmProvider, LlmRequest, LlmSettings, Message, ModelRole};
+    ///
+    /// let settings = LlmSettings::new(LlmProvider::OpenAi).model(ModelRole::Summary, "gpt-4.1-nano");
+    /// let mut request = LlmRequest::new(ModelRole::Summary, vec![Message::user("Sum up")]);
+    /// assert_eq!(settings.resolve(&request).model, "gpt-4.1-nano");
+    /// request.model = Some("anthropic/claude-haiku-4-5".into());
+    /// let target = settings.resolve(&request);
+    /// assert_eq!((target.provider, target.model.as_str()), (LlmProvider::Anthropic, "claude-haiku-4-5"));
+    /// ```
+    pub fn resolve(&self, request: &LlmRequest) -> ModelRef {
+        match request.model.as_deref().map(str::trim).filter(|m| !m.is_empty()) {
+            Some(name) => self.model_ref(name),
+            None => self.model_for(request.purpose),
+        }
     }
 
     /// The provider and model that serve calls made for `role`.

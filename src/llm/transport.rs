@@ -1,6 +1,6 @@
 //! Sending one JSON request to a provider and turning every failure into a typed
 //! [`LlmError`]. Provider modules build bodies and read replies; this module owns
-//! the HTTP exchange, the offline check, error messages and key redaction.
+//! the HTTP exchange, error messages and key redaction.
 
 use std::time::{Duration, Instant};
 
@@ -55,9 +55,9 @@ impl Endpoint<'_> {
         }
     }
 
-    /// Posts `body` once. Never retries: that is the caller's [`RetryPolicy`](super::retry::RetryPolicy)'s job.
+    /// Posts `body` once. Never retries, nor checks offline mode: those are the
+    /// [`Retry`](super::Retry) and [`Offline`](super::Offline) layers' jobs.
     pub(crate) async fn post(&self, body: &Value) -> Result<Reply, LlmError> {
-        crate::http::check_allowed(&self.url).map_err(|e| self.not_sent(e))?;
         let started = Instant::now();
         let sent = self.http.post(&self.url).headers(self.headers.clone()).json(body).send().await;
         let response = sent.map_err(|e| self.transport_error(&e))?;

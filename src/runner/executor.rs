@@ -22,6 +22,7 @@ use crate::events::{EventKind, RunEvents};
 use crate::hooks::{HookChain, HookError, StepDecision};
 use crate::ids::WorkflowId;
 use crate::live::StepQuestions;
+use crate::llm::LlmClientExt;
 use crate::plan::Plan;
 use crate::plan::args::resolve as resolve_args;
 use crate::storage::{Lease, LeaseGrant, ToolCallRecord};
@@ -321,7 +322,7 @@ impl Runner {
         };
         let mut final_output = Output::new(value);
         if self.inner.config.summarize_final_output {
-            let llm = run.meter.client(Arc::clone(&self.inner.llm), None);
+            let llm = Arc::clone(&self.inner.llm).with(run.meter.billing(None));
             let limit = self.inner.config.max_output_chars;
             final_output.summary = summarize_final_output(llm.as_ref(), &run.plan, &run.workflow, limit).await;
         }
@@ -375,7 +376,7 @@ impl Runner {
             execution_context: workflow.execution_context().clone(),
             workflow_id: workflow.id(),
             tool,
-            llm: run.meter.client(Arc::clone(&self.inner.llm), Some(&step.output)),
+            llm: Arc::clone(&self.inner.llm).with(run.meter.billing(Some(&step.output))),
             max_output_chars: self.inner.config.max_output_chars,
             today: self.today(),
         };

@@ -1,7 +1,10 @@
-//! The LLM a run's steps and tools use: every call is checked against the
-//! workflow's budget before it is made, and its usage and cost are journaled as
-//! soon as it returns (so `usage` stays exact across crashes) and counted in the
-//! run's tally. A stopped run makes no new call.
+//! The LLM a run's steps and tools use: the runner's client inside a metering
+//! layer. Every call is checked against the workflow's budget before it is made,
+//! and its usage and cost are journaled as soon as it returns (so `usage` stays
+//! exact across crashes) and counted in the run's tally. A stopped run makes no
+//! new call. The layer sits outside any [`Retry`](crate::llm::Retry): a call is
+//! checked once and journaled once, for the attempt that answered (failed attempts
+//! return no usage to count).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -13,7 +16,7 @@ use super::Runner;
 use super::calls::{Stop, StopSignal, describe_stop};
 use crate::config::Config;
 use crate::events::{EventKind, RunEvents};
-use crate::llm::{LlmClient, LlmError, LlmRequest, LlmResponse, ModelRef};
+use crate::llm::{LlmClient, LlmError, LlmLayer, LlmRequest, LlmResponse, LlmSettings};
 use crate::storage::{Lease, Storage, UsageRecord};
 use crate::workflow::WorkflowUsage;
 
@@ -22,6 +25,8 @@ use crate::workflow::WorkflowUsage;
 pub(super) struct Meter {
     storage: Arc<dyn Storage>,
     config: Arc<Config>,
+    /// Where requests go: what prices and names each call.
+    models: Arc<LlmSettings>,
     lease: Lease,
     signal: StopSignal,
     events: RunEvents,
@@ -44,6 +49,7 @@ impl Meter {
         Self {
             storage: Arc::clone(runner.storage()),
             config: Arc::clone(&runner.inner.config),
+            models: Arc::clone(&runner.inner.llm_settings),
             lease,
             signal,
             events,
@@ -53,9 +59,10 @@ impl Meter {
         }
     }
 
-    /// A client that bills `step_output` (or, with `None`, the run itself).
-    pub(super) fn client(&self, inner: Arc<dyn LlmClient>, step_output: Option<&str>) -> Arc<dyn LlmClient> {
-        Arc::new(MeteredLlm { inner, meter: self.clone(), step_output: step_output.map(str::to_owned) })
+    /// The layer that meters a client's calls and bills them to `step_output`
+    /// (or, with `None`, to the run itself).
+    pub(super) fn billing(&self, step_output: Option<&str>) -> Metering {
+        Metering { meter: self.clone(), step_output: step_output.map(str::to_owned) }
     }
 
     /// Everything spent so far, planning and earlier runs included.
@@ -85,14 +92,6 @@ impl Meter {
         }
     }
 
-    /// The provider and model a request goes to.
-    fn model_of(&self, request: &LlmRequest) -> ModelRef {
-        match &request.model {
-            Some(name) => self.config.model_ref(name),
-            None => self.config.model_for(request.purpose),
-        }
-    }
-
     async fn record(&self, step_output: Option<&str>, model: String, response: &LlmResponse, took: Duration) {
         let cost_usd = self.config.prices.cost(&model, &response.usage);
         let step_output = step_output.map(str::to_owned);
@@ -118,6 +117,19 @@ impl Meter {
     }
 }
 
+/// The metering layer: budget check before each call, usage journaled after.
+#[derive(Debug, Clone)]
+pub(super) struct Metering {
+    meter: Meter,
+    step_output: Option<String>,
+}
+
+impl LlmLayer for Metering {
+    fn layer(&self, inner: Arc<dyn LlmClient>) -> Arc<dyn LlmClient> {
+        Arc::new(MeteredLlm { inner, meter: self.meter.clone(), step_output: self.step_output.clone() })
+    }
+}
+
 #[derive(Debug)]
 struct MeteredLlm {
     inner: Arc<dyn LlmClient>,
@@ -132,7 +144,7 @@ impl LlmClient for MeteredLlm {
         if let Some(stop) = self.meter.signal.reason() {
             return Err(LlmError::Other(describe_stop(&stop)));
         }
-        let model = self.meter.model_of(&request);
+        let model = self.meter.models.resolve(&request);
         let span = tracing::info_span!(
             "llm_call",
             otel.name = format!("chat {}", model.model),
@@ -148,5 +160,9 @@ impl LlmClient for MeteredLlm {
         span.record("gen_ai.usage.output_tokens", response.usage.completion_tokens);
         self.meter.record(self.step_output.as_deref(), model.model, &response, started.elapsed()).await;
         Ok(response)
+    }
+
+    fn retries(&self) -> bool {
+        self.inner.retries()
     }
 }

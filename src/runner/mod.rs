@@ -39,7 +39,7 @@ use crate::execution_context::ExecutionContext;
 use crate::hooks::HookChain;
 use crate::ids::{PlanId, WorkflowId};
 use crate::live::LiveQuestions;
-use crate::llm::LlmClient;
+use crate::llm::{LlmClient, LlmClientExt, LlmSettings, Retry};
 use crate::plan::Plan;
 use crate::planner::{OneShotPlanner, Planner, PlanningRequest};
 #[cfg(feature = "sqlite")]
@@ -83,6 +83,8 @@ struct Inner {
     tools: Arc<dyn ToolRegistry>,
     storage: Arc<dyn Storage>,
     llm: Arc<dyn LlmClient>,
+    /// The configuration's LLM settings: which model each request goes to.
+    llm_settings: Arc<LlmSettings>,
     planner: Arc<dyn Planner>,
     agent: Arc<dyn Agent>,
     today: Option<String>,
@@ -195,6 +197,7 @@ impl Runner {
             tools: None,
             storage: None,
             llm: None,
+            llm_as_is: false,
             planner: None,
             agent: None,
             today: None,
@@ -630,8 +633,8 @@ impl Runner {
 
     /// What writing a plan cost, on the configured planning model.
     fn planning_cost(&self, usage: crate::llm::Usage) -> f64 {
-        let config = &self.inner.config;
-        config.prices.cost(&config.model_for(crate::llm::ModelRole::Planning).model, &usage)
+        let model = self.inner.llm_settings.model_for(crate::llm::ModelRole::Planning).model;
+        self.inner.config.prices.cost(&model, &usage)
     }
 
     fn today(&self) -> String {
@@ -647,6 +650,7 @@ pub struct RunnerBuilder {
     tools: Option<Arc<dyn ToolRegistry>>,
     storage: Option<Arc<dyn Storage>>,
     llm: Option<Arc<dyn LlmClient>>,
+    llm_as_is: bool,
     planner: Option<Arc<dyn Planner>>,
     agent: Option<Arc<dyn Agent>>,
     today: Option<String>,
@@ -686,9 +690,36 @@ impl RunnerBuilder {
         self
     }
 
-    /// The LLM client (default: the provider the config names).
+    /// The LLM client (default: the provider the config names, [`Config::llm_client`]).
+    ///
+    /// A client that does not retry by itself ([`LlmClient::retries`] is `false`, as
+    /// for a client you write) is put inside a [`Retry`] layer with the configured
+    /// [`llm_retry_policy`](Config::llm_retry_policy): a call failing with a
+    /// retryable [`LlmError`](crate::llm::LlmError) is sent again, after the backoff
+    /// or the `Retry-After` it gave, within the per-attempt timeout and the overall
+    /// deadline. The built-in clients ([`Config::llm_client`],
+    /// [`llm::client`](crate::llm::client)), anything already inside a [`Retry`]
+    /// layer, and a [`Recorder`](crate::testing::Recorder) around either, say they
+    /// retry and are used as they are, so no call is retried twice over. No
+    /// [`Offline`](crate::llm::Offline) layer is added (see there why).
+    ///
+    /// Metering sits outside the retries: a budget is checked once per call, and a
+    /// call is counted and journaled once, with the usage of the attempt that
+    /// answered; failed attempts count nothing. To use a client exactly as given,
+    /// with no layer added, see [`RunnerBuilder::llm_as_is`].
     pub fn llm(mut self, llm: Arc<dyn LlmClient>) -> Self {
         self.llm = Some(llm);
+        self.llm_as_is = false;
+        self
+    }
+
+    /// The LLM client, used exactly as given: unlike [`RunnerBuilder::llm`], no
+    /// [`Retry`] layer is added, so failed calls fail the step unless the client
+    /// retries by itself. Stack the layers you want with
+    /// [`LlmClientExt::with`] first.
+    pub fn llm_as_is(mut self, llm: Arc<dyn LlmClient>) -> Self {
+        self.llm = Some(llm);
+        self.llm_as_is = true;
         self
     }
 
@@ -717,8 +748,10 @@ impl RunnerBuilder {
     /// given and the configured provider's key is not set.
     pub fn build(self) -> Result<Runner> {
         self.config.validate()?;
+        let llm_settings = Arc::new(self.config.llm_settings());
         let llm = match self.llm {
-            Some(llm) => llm,
+            Some(llm) if self.llm_as_is || llm.retries() => llm,
+            Some(llm) => llm.with(Retry::new(self.config.llm_retry_policy()).shared_models(Arc::clone(&llm_settings))),
             None => self.config.llm_client()?,
         };
         let storage: Arc<dyn Storage> = match (self.storage, self.config.storage) {
@@ -757,6 +790,7 @@ impl RunnerBuilder {
             tools,
             storage,
             llm,
+            llm_settings,
             planner,
             agent,
             today: self.today,

@@ -497,24 +497,19 @@ impl Config {
         url.map_or(provider.default_base_url(), String::as_str).trim_end_matches('/').to_owned()
     }
 
-    /// The provider and model to use for `role`.
+    /// The provider and model to use for `role`, as [`Config::llm_settings`] resolves it.
     pub fn model_for(&self, role: ModelRole) -> ModelRef {
+        self.llm_settings().model_for(role)
+    }
+
+    /// The model name configured for `role`: its own setting, else `default_model`.
+    fn model_name(&self, role: ModelRole) -> Option<&str> {
         let specific = match role {
             ModelRole::Planning => &self.planning_model,
             ModelRole::Execution => &self.execution_model,
             ModelRole::Summary => &self.summary_model,
         };
-        match specific.as_deref().or(self.default_model.as_deref()) {
-            Some(name) => self.model_ref(name),
-            None => ModelRef { provider: self.llm_provider, model: self.llm_provider.default_model().to_owned() },
-        }
-    }
-
-    /// Reads a model name the way the model settings are read: a `provider/` prefix
-    /// picks the provider, otherwise the configured provider serves it.
-    pub(crate) fn model_ref(&self, name: &str) -> ModelRef {
-        let (provider, model) = split_provider(name);
-        ModelRef { provider: provider.unwrap_or(self.llm_provider), model: model.to_owned() }
+        specific.as_deref().or(self.default_model.as_deref())
     }
 
     /// What the LLM clients need of this configuration: the models, each provider's
@@ -525,8 +520,9 @@ impl Config {
             .request_timeout(self.request_timeout())
             .retry(self.llm_retry_policy());
         for role in [ModelRole::Planning, ModelRole::Execution, ModelRole::Summary] {
-            let ModelRef { provider, model } = self.model_for(role);
-            settings = settings.model(role, format!("{provider}/{model}"));
+            if let Some(name) = self.model_name(role) {
+                settings = settings.model(role, name);
+            }
         }
         for &provider in LlmProvider::ALL {
             settings = settings.base_url(provider, self.base_url(provider));

@@ -200,6 +200,43 @@ fn a_full_stdout_ends_the_command_with_one_line() {
     assert!(message.starts_with("portia: cannot write to standard output: No space left on device"), "{message}");
 }
 
+/// A stored row that no longer parses is listed as unreadable, with its id, and the
+/// others are listed as usual; `show` names the row and `delete` removes it.
+#[test]
+fn list_shows_an_unreadable_row_and_delete_removes_it() {
+    let dir = workdir();
+    let plan = read_plan(dir.path(), "report.csv");
+    let ids: Vec<String> = (0..2)
+        .map(|_| {
+            let submitted = run(dir.path(), &["submit", "--plan", plan.to_str().unwrap()]);
+            assert_eq!(code(&submitted), 0, "{}", stderr(&submitted));
+            String::from_utf8_lossy(&submitted.stdout).trim().to_owned()
+        })
+        .collect();
+    let db = rusqlite::Connection::open(dir.path().join(".portia/portia.db")).unwrap();
+    db.execute("UPDATE workflows SET body = '{}' WHERE id = ?1", [&ids[0]]).unwrap();
+
+    let table = run(dir.path(), &["list"]);
+    assert_eq!(code(&table), 0, "{}", stderr(&table));
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    let unreadable: Vec<&str> = table.lines().filter(|l| l.starts_with("UNREADABLE")).collect();
+    assert_eq!(unreadable.len(), 1, "{table}");
+    assert!(unreadable[0].contains(&ids[0]), "{table}");
+    assert!(table.lines().any(|l| l.starts_with(&ids[1]) && l.contains("NOT_STARTED")), "{table}");
+
+    let json = run(dir.path(), &["list", "--format", "json"]);
+    assert_eq!(stdout_json(&json).as_array().unwrap().len(), 1);
+    assert!(stderr(&json).contains(&format!("portia: unreadable: workflow {}", ids[0])), "{}", stderr(&json));
+
+    let shown = run(dir.path(), &["show", &ids[0]]);
+    assert_eq!(code(&shown), 1);
+    assert!(stderr(&shown).contains(&ids[0]), "{}", stderr(&shown));
+    let deleted = run(dir.path(), &["delete", &ids[0]]);
+    assert_eq!(code(&deleted), 0, "{}", stderr(&deleted));
+    let table = run(dir.path(), &["list"]);
+    assert!(!String::from_utf8_lossy(&table.stdout).contains("UNREADABLE"));
+}
+
 #[test]
 fn cancel_fails_a_waiting_workflow_and_resume_then_exits_1() {
     let dir = workdir();

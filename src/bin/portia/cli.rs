@@ -88,6 +88,12 @@ pub(crate) enum Command {
         /// The workflow.
         id: WorkflowId,
     },
+    /// Delete a stored workflow with its journal, whatever its state, even one that
+    /// can no longer be read.
+    Delete {
+        /// The workflow.
+        id: WorkflowId,
+    },
     /// Delete finished workflows older than AGE (such as 7d, 12h, 30m).
     Prune {
         /// How old a finished workflow must be to go.

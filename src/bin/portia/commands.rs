@@ -68,6 +68,15 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
             Ok(Exit::Ok)
         }
         Command::List { state, format } => list(runner, state, format).await,
+        Command::Delete { id } => {
+            // An unreadable row is still deleted; only one that is not there is an error.
+            if let Err(e @ portia::Error::WorkflowNotFound(_)) = runner.get_workflow(id).await {
+                return Err(e.into());
+            }
+            runner.delete_workflow(id).await?;
+            eprintln!("portia: deleted workflow {id}");
+            Ok(Exit::Ok)
+        }
         Command::Show { id, format } => {
             let workflow = runner.get_workflow(id).await?;
             match format {
@@ -197,25 +206,32 @@ fn report(workflow: &Workflow) -> Exit {
 }
 
 async fn list(runner: &Runner, state: Option<WorkflowState>, format: Format) -> Result<Exit, Failure> {
-    let mut workflows = Vec::new();
+    let (mut workflows, mut unreadable) = (Vec::new(), Vec::new());
     let mut page_number = 1;
     loop {
         let page = runner.list_workflows(&WorkflowQuery::default().state(state).page(page_number)).await?;
         workflows.extend(page.results);
+        unreadable.extend(page.unreadable);
         if page.current_page >= page.total_pages {
             break;
         }
         page_number += 1;
     }
     match format {
-        Format::Json => print_json(&workflows)?,
+        Format::Json => {
+            print_json(&workflows)?;
+            // The JSON stays a list of workflows; the rows that are not one are said apart.
+            for row in &unreadable {
+                eprintln!("portia: unreadable: {row}");
+            }
+        }
         Format::Table => {
             let mut rows = Vec::new();
             for workflow in &workflows {
                 let query = runner.get_plan(workflow.plan_id()).await.map(|p| p.plan_context.query).unwrap_or_default();
                 rows.push((workflow, query));
             }
-            emit(table::workflows(&rows))?;
+            emit(table::workflows(&rows, &unreadable))?;
         }
     }
     Ok(Exit::Ok)

@@ -33,7 +33,7 @@ fn columns(rows: &[Vec<String>]) -> String {
 }
 
 /// One row per workflow: id, state, current step, query.
-pub(crate) fn workflows(rows: &[(&Workflow, String)]) -> String {
+pub(crate) fn workflows(rows: &[(&Workflow, String)], unreadable: &[String]) -> String {
     let mut table = vec![vec!["ID".to_owned(), "STATE".to_owned(), "STEP".to_owned(), "QUERY".to_owned()]];
     for (workflow, query) in rows {
         table.push(vec![
@@ -43,7 +43,12 @@ pub(crate) fn workflows(rows: &[(&Workflow, String)]) -> String {
             clip(query, VALUE_WIDTH),
         ]);
     }
-    columns(&table)
+    let mut out = columns(&table);
+    // A row that does not parse is listed too, with why, so that it can be shown or deleted.
+    for row in unreadable {
+        out.push_str(&format!("UNREADABLE  {}\n", clip(row, 2 * VALUE_WIDTH)));
+    }
+    out
 }
 
 /// A workflow: its state, then a row per step, its clarifications and its answer.

@@ -794,7 +794,7 @@ impl RunnerBuilder {
             planner,
             agent,
             today: self.today,
-            owner: format!("runner-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            owner: crate::storage::local_owner(&format!("runner-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])),
             local_runs: control::LocalRuns::default(),
             hooks: self.hooks,
             events: EventSink::new(self.event_capacity),

@@ -97,7 +97,8 @@ pub struct LeaseState {
 
 impl LeaseState {
     /// Takes the lease for `owner` unless a live lease is held, counting a takeover
-    /// from a run that died. The caller stores the returned state and grants the
+    /// from a run that died. A lease whose holder was a process of this machine that
+    /// is gone (killed, say) counts as lapsed at once: see [`local_owner`]. The caller stores the returned state and grants the
     /// lease; the `bool` says whether a dead run's lease was taken over.
     ///
     /// # Errors
@@ -113,7 +114,9 @@ impl LeaseState {
         if workflow.state().is_terminal() {
             return Err(workflow.invalid_state("execute it"));
         }
-        if let (false, Some(holder), Some(until)) = (self.is_free(now), &self.owner, self.expires_at) {
+        if let (false, Some(holder), Some(until)) = (self.is_free(now), &self.owner, self.expires_at)
+            && !holder_is_gone(holder)
+        {
             return Err(Error::AlreadyRunning { workflow_id: workflow.id(), owner: holder.clone(), until });
         }
         let reclaimed = self.owner.is_some();
@@ -168,4 +171,52 @@ impl LeaseState {
 
 fn later(now: DateTime<Utc>, ttl: Duration) -> DateTime<Utc> {
     chrono::Duration::from_std(ttl).ok().and_then(|ttl| now.checked_add_signed(ttl)).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// A lease owner name for a run of this process: `prefix@host:pid` (just `prefix`
+/// where the host cannot be known). A lease it holds is taken over at once, rather
+/// than when it expires, by anyone on the same host who finds that process gone.
+pub fn local_owner(prefix: &str) -> String {
+    match hostname() {
+        Some(host) => format!("{prefix}@{host}:{}", std::process::id()),
+        None => prefix.to_owned(),
+    }
+}
+
+/// Whether `owner` (as [`local_owner`] names it) was a process of this host that no
+/// longer runs. Only answered where the process table can be read (`/proc`); a
+/// holder on another host, or a name of another form, is never judged gone.
+fn holder_is_gone(owner: &str) -> bool {
+    let Some((name, pid)) = owner.rsplit_once(':') else { return false };
+    let (Some((_, host)), Ok(pid)) = (name.rsplit_once('@'), pid.parse::<u32>()) else { return false };
+    let proc = std::path::Path::new("/proc");
+    Some(host) == hostname().as_deref()
+        && pid != std::process::id()
+        && proc.join("self").exists()
+        && !proc.join(pid.to_string()).exists()
+}
+
+/// This machine's name, where the system says it (Linux).
+fn hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    Some(name.trim().to_owned()).filter(|n| !n.is_empty() && !n.contains([':', '@']))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_holder_is_gone_only_when_it_was_a_process_of_this_host_that_ended() {
+        let host = hostname().expect("Linux names its host in /proc");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(holder_is_gone(&format!("runner-1@{host}:{pid}")));
+        assert!(!holder_is_gone(&local_owner("runner-2")), "this process runs");
+        assert!(!holder_is_gone(&format!("runner-3@another-{host}:{pid}")), "another host is never judged");
+        assert!(!holder_is_gone("runner-4"));
+        assert!(!holder_is_gone("runner-4:12"));
+    }
 }

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use import::{ImportReport, import_json_dir};
 pub use journal::{ToolCallKey, ToolCallRecord, ToolCallStatus, UsageRecord};
-pub use lease::{Lease, LeaseGrant, LeaseState, LeaseStatus};
+pub use lease::{Lease, LeaseGrant, LeaseState, LeaseStatus, local_owner};
 pub use memory::InMemoryStorage;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresSettings, PostgresStorage};

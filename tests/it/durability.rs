@@ -277,6 +277,39 @@ async fn killed_between_steps_resumes_without_repeating_the_finished_step() {
     assert_eq!(calls.len(), 2, "one journaled call per step: {calls:?}");
 }
 
+/// After `kill -9`, a resume on the same host does not wait for the dead run's lease
+/// to expire: its holder's process is gone, so the lease is taken over at once.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_resume_on_the_same_host_takes_over_from_a_killed_run_at_once() {
+    let s = scenario().await;
+    kill_at(&s, "between_steps", false);
+
+    // The store's own clock: the dead run's lease has not expired.
+    let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open(&s.db).unwrap());
+    let grant = storage.acquire_lease(s.id, "probe", Duration::from_secs(1)).await.unwrap();
+    assert!(grant.reclaimed, "the dead run's lease was taken over, not found released");
+    assert!(grant.lease.expires_at > chrono::Utc::now());
+    storage.release_lease(&grant.lease).await.unwrap();
+
+    let tool = EffectTool { effects: s.effects.clone(), idempotent: false, hang: None };
+    let done = runner(storage, tool, llm(false, true, false)).execute_workflow_by_id(s.id).await.unwrap();
+    assert_eq!(done.state(), WorkflowState::Complete);
+    let effects = effects(&s.effects);
+    assert_eq!((count(&effects, "charge"), count(&effects, "receipt")), (1, 1), "{effects:?}");
+}
+
+/// A live run's lease is still respected: only a holder that is gone is taken over.
+#[tokio::test]
+async fn a_live_runs_lease_is_not_taken_over() {
+    let s = scenario().await;
+    let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open(&s.db).unwrap());
+    let owner = portia::storage::local_owner("this-test");
+    storage.acquire_lease(s.id, &owner, Duration::from_secs(60)).await.unwrap();
+    let err = storage.acquire_lease(s.id, "another", Duration::from_secs(60)).await.unwrap_err();
+    assert!(matches!(&err, portia::Error::AlreadyRunning { owner: holder, .. } if *holder == owner), "{err}");
+}
+
 #[tokio::test]
 async fn killed_in_the_middle_of_a_save_loses_nothing_and_repeats_nothing() {
     let s = scenario().await;

@@ -626,12 +626,30 @@ impl PostgresStorage {
         // Read before the claim query: it skips locked rows instead of waiting, so the
         // time cannot go stale, and the lease decision below uses the same time.
         let now = self.now(&tx).await?;
-        let rows = self.query(&tx, NEXT_RUNNABLE, &[&now]).await?;
-        let Some(row) = rows.first() else { return Ok(None) };
-        let id = parse_id(&row.try_get::<_, String>(0)?)?;
-        let grant = self.grant(&tx, id, owner, ttl, Some(now)).await?;
-        tx.commit().await?;
-        Ok(Some(grant))
+        // A row that cannot be read is taken off the queue, so it never blocks the others.
+        loop {
+            let rows = self.query(&tx, NEXT_RUNNABLE, &[&now]).await?;
+            let Some(row) = rows.first() else {
+                tx.commit().await?;
+                return Ok(None);
+            };
+            let raw: String = row.try_get(0)?;
+            let granted = match parse_id(&raw) {
+                Ok(id) => self.grant(&tx, id, owner, ttl, Some(now)).await,
+                Err(fail) => Err(fail),
+            };
+            match granted {
+                Ok(grant) => {
+                    tx.commit().await?;
+                    return Ok(Some(grant));
+                }
+                Err(fail) => {
+                    let why = fail.unreadable().ok_or(fail)?;
+                    self.execute(&tx, "UPDATE {S}.workflows SET queued = NULL WHERE id = $1", &[&raw]).await?;
+                    sql::log_dequeued(&raw, &why);
+                }
+            }
+        }
     }
 
     async fn try_renew(&self, lease: &Lease, ttl: Duration) -> DbResult<LeaseStatus> {

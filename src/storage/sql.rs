@@ -33,6 +33,16 @@ impl<E> From<Error> for Fail<E> {
 }
 
 impl<E> Fail<E> {
+    /// Why a stored row cannot be read, when that is the failure: the row is there
+    /// but is not one this store can use (its JSON or a value does not parse).
+    pub(super) fn unreadable(&self) -> Option<String> {
+        match self {
+            Self::Json(message, e) => Some(format!("{message}: {e}")),
+            Self::Corrupt(message) => Some(message.clone()),
+            _ => None,
+        }
+    }
+
     /// The caller's error: `what` says what was being done, `path` is the database
     /// file if there is one, and `db` describes what the driver reported.
     pub(super) fn into_error(self, path: Option<PathBuf>, what: &str, db: impl FnOnce(E) -> Error) -> Error {
@@ -149,4 +159,14 @@ impl StoredToolCall {
             latency_seconds: self.latency_seconds,
         })
     }
+}
+
+/// Says, once per row, that a queued workflow that cannot be read was taken off the
+/// queue, so that the workers go on with the others.
+pub(super) fn log_dequeued(id: &str, why: &str) {
+    tracing::warn!(
+        workflow = %id,
+        error = %why,
+        "a queued workflow cannot be read and was taken off the queue; `portia list` shows it, `portia delete` removes it"
+    );
 }

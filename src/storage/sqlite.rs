@@ -621,11 +621,22 @@ impl Storage for SqliteStorage {
     async fn claim_runnable(&self, owner: &str, ttl: Duration) -> Result<Option<LeaseGrant>> {
         let owner = owner.to_owned();
         self.write("cannot claim a runnable workflow".to_owned(), move |tx, now| {
-            let next: Option<String> =
-                tx.prepare_cached(NEXT_RUNNABLE)?.query_row([now.timestamp_millis()], |row| row.get(0)).optional()?;
-            let Some(id) = next else { return Ok(None) };
-            let id = parse_id(&id)?;
-            grant(tx, id, &owner, ttl, now).map(Some)
+            // A row that cannot be read is taken off the queue, so it never blocks the others.
+            loop {
+                let next: Option<String> = tx
+                    .prepare_cached(NEXT_RUNNABLE)?
+                    .query_row([now.timestamp_millis()], |row| row.get(0))
+                    .optional()?;
+                let Some(raw) = next else { return Ok(None) };
+                match parse_id(&raw).and_then(|id| grant(tx, id, &owner, ttl, now)) {
+                    Ok(grant) => return Ok(Some(grant)),
+                    Err(fail) => {
+                        let why = fail.unreadable().ok_or(fail)?;
+                        tx.prepare_cached("UPDATE workflows SET queued = NULL WHERE id = ?1")?.execute([&raw])?;
+                        sql::log_dequeued(&raw, &why);
+                    }
+                }
+            }
         })
         .await
     }

@@ -237,6 +237,28 @@ fn list_shows_an_unreadable_row_and_delete_removes_it() {
     assert!(!String::from_utf8_lossy(&table.stdout).contains("UNREADABLE"));
 }
 
+/// A queued workflow that cannot be read does not stop the workers: it is taken off
+/// the queue, the one behind it runs, and `--exit-when-idle` does not wait for it.
+#[test]
+fn a_worker_skips_an_unreadable_queued_workflow_and_runs_the_next() {
+    let dir = workdir();
+    let plan = read_plan(dir.path(), "report.csv");
+    let ids: Vec<String> = (0..2)
+        .map(|_| {
+            let submitted = run(dir.path(), &["submit", "--plan", plan.to_str().unwrap()]);
+            String::from_utf8_lossy(&submitted.stdout).trim().to_owned()
+        })
+        .collect();
+    let db = rusqlite::Connection::open(dir.path().join(".portia/portia.db")).unwrap();
+    db.execute("UPDATE workflows SET body = '{}' WHERE id = ?1", [&ids[0]]).unwrap();
+
+    let worker =
+        portia(dir.path()).args(["worker", "--exit-when-idle"]).env("PORTIA_LOG_LEVEL", "warn").output().unwrap();
+    assert_eq!(code(&worker), 0, "{}", stderr(&worker));
+    let shown = stdout_json(&run(dir.path(), &["show", &ids[1]]));
+    assert_eq!(shown["state"], json!("COMPLETE"));
+}
+
 #[test]
 fn cancel_fails_a_waiting_workflow_and_resume_then_exits_1() {
     let dir = workdir();

@@ -252,6 +252,33 @@ async fn sqlite_reports_a_corrupt_row_by_id() {
     assert!(page.unreadable[0].contains(&bad.id().to_string()), "{:?}", page.unreadable);
 }
 
+/// One queued workflow that cannot be read does not stop the queue: the claim takes
+/// it off the queue and hands out the next; the row stays, listed as unreadable.
+#[tokio::test]
+async fn sqlite_takes_an_unreadable_queued_workflow_off_the_queue_and_claims_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portia.db");
+    let store = SqliteStorage::open(&path).unwrap();
+    let plan = plan();
+    store.save_plan(&plan).await.unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..3 {
+        let value = json!({ "id": WorkflowId::new(), "plan_id": plan.id, "state": "NOT_STARTED", "version": 1 });
+        let workflow: Workflow = serde_json::from_value(value).unwrap();
+        store.submit_workflow(&workflow).await.unwrap();
+        queued.push(workflow);
+    }
+    raw(&path).execute("UPDATE workflows SET body = '{}' WHERE id = ?1", [queued[0].id().to_string()]).unwrap();
+    let ttl = Duration::from_secs(60);
+    let first = store.claim_runnable("worker", ttl).await.unwrap().expect("a readable workflow");
+    assert_eq!(first.workflow.id(), queued[1].id());
+    let second = store.claim_runnable("worker", ttl).await.unwrap().expect("the next one");
+    assert_eq!(second.workflow.id(), queued[2].id());
+    assert!(store.claim_runnable("worker", ttl).await.unwrap().is_none());
+    let page = store.list_workflows(&WorkflowQuery::default()).await.unwrap();
+    assert!(page.unreadable.iter().any(|row| row.contains(&queued[0].id().to_string())), "{:?}", page.unreadable);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_handles_opening_a_new_file_at_once_take_turns_creating_it() {
     let dir = tempfile::tempdir().unwrap();

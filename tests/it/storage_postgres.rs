@@ -168,6 +168,32 @@ async fn a_corrupt_row_is_reported_by_id() {
     schema.remove().await;
 }
 
+/// One queued workflow that cannot be read does not stop the queue: the claim takes
+/// it off the queue and hands out the next; the row stays, listed as unreadable.
+#[tokio::test]
+#[ignore = "needs Postgres: .ci/run starts it (PORTIA_TEST_PG_URL)"]
+async fn an_unreadable_queued_workflow_is_taken_off_the_queue_and_the_next_is_claimed() {
+    let url = pg::test_url();
+    let schema = pg::Schema::fresh(&url);
+    let store = PostgresStorage::connect(&settings(&schema)).await.unwrap();
+    let plan = plan();
+    store.save_plan(&plan).await.unwrap();
+    let queued: Vec<Workflow> = (0..3).map(|_| workflow_of(&plan)).collect();
+    for workflow in &queued {
+        store.submit_workflow(workflow).await.unwrap();
+    }
+    schema.execute(&format!("UPDATE {{S}}.workflows SET body = '{{}}' WHERE id = '{}'", queued[0].id())).await;
+    let ttl = Duration::from_secs(60);
+    let first = store.claim_runnable("worker", ttl).await.unwrap().expect("a readable workflow");
+    assert_eq!(first.workflow.id(), queued[1].id());
+    let second = store.claim_runnable("worker", ttl).await.unwrap().expect("the next one");
+    assert_eq!(second.workflow.id(), queued[2].id());
+    assert!(store.claim_runnable("worker", ttl).await.unwrap().is_none());
+    let page = store.list_workflows(&WorkflowQuery::default()).await.unwrap();
+    assert!(page.unreadable.iter().any(|row| row.contains(&queued[0].id().to_string())), "{:?}", page.unreadable);
+    schema.remove().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Postgres: .ci/run starts it (PORTIA_TEST_PG_URL)"]
 async fn racing_claimers_from_several_pools_claim_each_workflow_once() {

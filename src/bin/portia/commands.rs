@@ -243,7 +243,9 @@ async fn idle(runner: Runner) {
     loop {
         let mut waiting = 0;
         for state in busy {
-            waiting += runner.list_workflows(&WorkflowQuery::in_state(state)).await.map_or(1, |page| page.count);
+            // A row that cannot be read is off the queue: no worker will ever run it.
+            let query = WorkflowQuery::in_state(state).page_size(1000);
+            waiting += runner.list_workflows(&query).await.map_or(1, |page| page.count - page.unreadable.len());
         }
         if waiting == 0 {
             return;

@@ -435,9 +435,35 @@ impl Config {
             ));
         }
         self.validate_postgres()?;
+        self.validate_urls()?;
         let models = [&self.default_model, &self.planning_model, &self.execution_model, &self.summary_model];
         if models.iter().any(|m| m.as_deref().is_some_and(|m| split_provider(m).1.trim().is_empty())) {
             return Err(Error::invalid_config("model", "a model name is empty; give a name such as gpt-4.1-mini"));
+        }
+        Ok(())
+    }
+
+    /// Checks that every base URL set is an absolute `http` or `https` URL, naming the
+    /// variable of one that is not (rather than the HTTP client's words at call time).
+    fn validate_urls(&self) -> Result<()> {
+        let urls = [
+            ("PORTIA_LLM_BASE_URL", &self.llm_base_url),
+            ("OPENAI_BASE_URL", &self.openai_base_url),
+            ("ANTHROPIC_BASE_URL", &self.anthropic_base_url),
+            ("TAVILY_BASE_URL", &self.tavily_base_url),
+            ("OPENWEATHERMAP_BASE_URL", &self.openweathermap_base_url),
+        ];
+        for (var, url) in urls {
+            let Some(url) = url else { continue };
+            let problem = match reqwest::Url::parse(url) {
+                Ok(parsed) if !matches!(parsed.scheme(), "http" | "https") => {
+                    format!("{url:?} is not an http or https URL")
+                }
+                Ok(parsed) if parsed.host_str().is_none() => format!("{url:?} names no host"),
+                Ok(_) => continue,
+                Err(e) => format!("{url:?} is not a URL ({e})"),
+            };
+            return Err(Error::invalid_config(var, format!("{problem}: give one such as https://host/v1")));
         }
         Ok(())
     }
@@ -604,6 +630,22 @@ mod tests {
     fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn a_malformed_base_url_is_refused_naming_its_variable() {
+        for (var, url, says) in [
+            ("OPENAI_BASE_URL", "localhost:8080/v1", "not an http or https URL"),
+            ("TAVILY_BASE_URL", "api.tavily.com", "not a URL"),
+            ("PORTIA_LLM_BASE_URL", "file:///tmp/x", "not an http or https URL"),
+        ] {
+            let err = Config::from_vars(|name| (name == var).then(|| url.to_owned())).unwrap_err();
+            let message = err.to_string();
+            assert!(matches!(err, Error::InvalidConfig { ref setting, .. } if setting == var), "{message}");
+            assert!(message.contains(url) && message.contains(says), "{message}");
+        }
+        let fine = Config::from_vars(|name| (name == "OPENAI_BASE_URL").then(|| "http://127.0.0.1:8080/v1".into()));
+        assert!(fine.is_ok());
     }
 
     #[test]

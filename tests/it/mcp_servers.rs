@@ -11,7 +11,7 @@ use std::sync::Arc;
 use portia::runner::EventKind;
 use portia::testing::ScriptedLlm;
 use portia::tool::{ToolError, ToolOutput, ToolRegistry, ToolRunContext};
-use portia::tools::mcp::{McpConfig, McpServerConfig, McpToolRegistry};
+use portia::tools::mcp::{McpConfig, McpError, McpServerConfig, McpToolRegistry};
 use portia::{Config, WorkflowId, WorkflowState};
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
@@ -46,6 +46,22 @@ async fn call(registry: &McpToolRegistry, id: &str, args: Value) -> Result<ToolO
 
 fn everything_stdio(bin: &std::path::Path) -> McpServerConfig {
     McpServerConfig::stdio(bin.display().to_string(), ["stdio"])
+}
+
+/// A stdio server starts with `PATH`, `HOME` and `LANG` and the variables its entry
+/// names, and nothing else of this process's environment (here cargo's `CARGO_*`; in
+/// an app, the API keys and the database URL). The "server" prints its environment
+/// and exits, which the connection error carries as the server's last stderr lines.
+#[tokio::test]
+async fn a_stdio_server_sees_none_of_this_process_s_variables_but_path_home_and_lang() {
+    let server = McpServerConfig::stdio("sh", ["-c", "env >&2; exit 1"]).env("SERVER_TOKEN", "t0k3n");
+    let err = McpToolRegistry::connect(&McpConfig::new().server("envdump", server)).await.unwrap_err();
+    let McpError::Connect { stderr, .. } = err else { panic!("expected a connection error, got {err:?}") };
+    let names: Vec<&str> = stderr.iter().filter_map(|line| line.split_once('=').map(|(name, _)| name)).collect();
+    assert!(stderr.contains(&"SERVER_TOKEN=t0k3n".to_owned()) && names.contains(&"PATH"), "{stderr:?}");
+    // The shell adds PWD, OLDPWD, SHLVL and _ itself.
+    let allowed = ["PATH", "HOME", "LANG", "SERVER_TOKEN", "PWD", "OLDPWD", "SHLVL", "_"];
+    assert!(names.iter().all(|name| allowed.contains(name)), "{stderr:?}");
 }
 
 #[tokio::test]

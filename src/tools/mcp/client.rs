@@ -38,6 +38,24 @@ const STDERR_DRAIN: Duration = Duration::from_secs(2);
 /// The `_meta` key carrying the call's idempotency key.
 const IDEMPOTENCY_META_KEY: &str = "idempotencyKey";
 
+/// The variables of this process a stdio server is started with: what a program needs
+/// to find its tools, its home and its language. Nothing else (API keys, the database
+/// URL) reaches a server unless its entry names it in `env`.
+#[cfg(not(windows))]
+const INHERITED: &[&str] = &["PATH", "HOME", "LANG"];
+#[cfg(windows)]
+const INHERITED: &[&str] = &["PATH", "HOME", "LANG", "SYSTEMROOT", "USERPROFILE", "TEMP", "TMP", "APPDATA"];
+
+/// A stdio server's whole environment: [`INHERITED`] from `inherited` (this process's
+/// variables), then `entry`'s own, which win.
+fn server_environment(
+    entry: &std::collections::BTreeMap<String, crate::secret::Secret>,
+    inherited: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    let own = INHERITED.iter().filter_map(|name| Some(((*name).into(), inherited(name)?)));
+    own.chain(entry.iter().map(|(name, value)| (name.into(), value.expose().into()))).collect()
+}
+
 /// The tools of several MCP servers, as one [`ToolRegistry`].
 ///
 /// Built with [`McpToolRegistry::connect`], which lists every server's tools once;
@@ -177,7 +195,9 @@ impl Server {
         match &self.config.transport {
             McpTransport::Stdio { command, args, env } => {
                 let mut cmd = tokio::process::Command::new(command);
-                cmd.args(args).envs(env.iter().map(|(k, v)| (k, v.expose())));
+                // A server sees none of this process's keys: only what a program needs to
+                // run, and what its entry names.
+                cmd.args(args).env_clear().envs(server_environment(env, |name| std::env::var_os(name)));
                 let (transport, stderr) =
                     TokioChildProcess::builder(cmd).stderr(Stdio::piped()).spawn().map_err(|e| {
                         connect_error(format!("cannot start `{command}` ({e}); check `command` and PATH"), vec![])
@@ -595,5 +615,32 @@ impl Tool for McpTool {
             return Ok(ToolOutput::Clarifications(asked));
         }
         output_from_result(result.map_err(|e| e.into_tool_error(&self.spec))?)
+    }
+}
+
+#[cfg(test)]
+mod environment_tests {
+    use std::collections::BTreeMap;
+    use std::ffi::OsString;
+
+    use super::*;
+    use crate::secret::Secret;
+
+    #[test]
+    fn a_server_gets_path_home_lang_and_its_entrys_variables_only() {
+        let ours = |name: &str| {
+            ["PATH", "HOME", "LANG", "OPENAI_API_KEY", "PORTIA_DATABASE_URL"]
+                .contains(&name)
+                .then(|| OsString::from(format!("our-{name}")))
+        };
+        let entry = BTreeMap::from([
+            ("GITHUB_TOKEN".to_owned(), Secret::new("ghp")),
+            ("LANG".to_owned(), Secret::new("C.UTF-8")),
+        ]);
+        let env: BTreeMap<OsString, OsString> = server_environment(&entry, ours).into_iter().collect();
+        let names: Vec<&str> = env.keys().map(|k| k.to_str().unwrap()).collect();
+        assert!(["GITHUB_TOKEN", "HOME", "LANG", "PATH"].iter().all(|n| names.contains(n)), "{names:?}");
+        assert!(!names.contains(&"OPENAI_API_KEY") && !names.contains(&"PORTIA_DATABASE_URL"), "{names:?}");
+        assert_eq!(env[&OsString::from("LANG")], "C.UTF-8", "the entry's own value wins");
     }
 }

@@ -72,7 +72,9 @@ pub enum McpTransport {
         command: String,
         /// Its arguments.
         args: Vec<String>,
-        /// Variables added to its environment; values are secrets.
+        /// Its environment besides `PATH`, `HOME` and `LANG`, which it gets from this
+        /// process: nothing else of this process's environment (API keys, the
+        /// database URL) reaches it. Values are secrets.
         env: BTreeMap<String, Secret>,
     },
     /// A streamable HTTP endpoint.
@@ -141,7 +143,9 @@ impl McpServerConfig {
         }
     }
 
-    /// Adds a variable to a stdio server's environment (ignored for HTTP).
+    /// Adds a variable to a stdio server's environment (ignored for HTTP). A server
+    /// starts with `PATH`, `HOME` and `LANG` from this process and the variables
+    /// added here, nothing else.
     #[must_use]
     pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         if let McpTransport::Stdio { env, .. } = &mut self.transport {

@@ -166,3 +166,29 @@ pub fn last_user_text(request: &portia::llm::LlmRequest) -> String {
         .map(|m| m.content.clone())
         .unwrap_or_default()
 }
+
+/// A child process that is killed when its test ends, whether the test passed or
+/// panicked, so that no child outlives the test binary.
+#[derive(Debug)]
+pub struct ChildGuard(pub std::process::Child);
+
+impl std::ops::Deref for ChildGuard {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ChildGuard {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        // Once the child was waited for, std sends no signal: a reused pid is safe.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -125,8 +125,8 @@ async fn scenario() -> Scenario {
     Scenario { _dir: dir, db, effects, id: workflow.id() }
 }
 
-fn spawn_child(s: &Scenario, point: &str, idempotent: bool) -> Child {
-    Command::new(std::env::current_exe().unwrap())
+fn spawn_child(s: &Scenario, point: &str, idempotent: bool) -> common::ChildGuard {
+    let child = Command::new(std::env::current_exe().unwrap())
         .args([CRASH_CHILD, "--exact", "--ignored", "--nocapture", "--test-threads=1", "--quiet"])
         .env("CRASH_DB", &s.db)
         .env("CRASH_EFFECTS", &s.effects)
@@ -136,7 +136,8 @@ fn spawn_child(s: &Scenario, point: &str, idempotent: bool) -> Child {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap()
+        .unwrap();
+    common::ChildGuard(child)
 }
 
 /// Reads the child's stdout until it reports `wanted`, and returns that line.

@@ -20,7 +20,7 @@ use portia::tool::{Tool, ToolError, ToolOutput, ToolRunContext, ToolSpec};
 use portia::{Config, InMemoryToolRegistry, PlanBuilder, Runner, Workflow, WorkflowId, WorkflowState};
 use serde_json::{Value, json};
 
-use crate::common;
+use crate::common::{self, ChildGuard};
 use crate::pg;
 
 /// The worker process's test, by its path in this test binary.
@@ -109,8 +109,8 @@ async fn worker_child() {
     println!("REPORT {} {}", report.runs, report.errors);
 }
 
-fn spawn_worker(spec: &str, effects: &Path, victim: bool) -> Child {
-    Command::new(std::env::current_exe().unwrap())
+fn spawn_worker(spec: &str, effects: &Path, victim: bool) -> ChildGuard {
+    let child = Command::new(std::env::current_exe().unwrap())
         .args([WORKER_CHILD, "--exact", "--ignored", "--nocapture", "--test-threads=1", "--quiet"])
         .env("WORKER_STORE", spec)
         .env("WORKER_EFFECTS", effects)
@@ -118,7 +118,8 @@ fn spawn_worker(spec: &str, effects: &Path, victim: bool) -> Child {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap()
+        .unwrap();
+    ChildGuard(child)
 }
 
 /// Forwards each line the child prints, tagged with its index.
@@ -156,12 +157,14 @@ async fn four_workers_one_killed(spec: &str, effects: &Path) {
     let submitter = runner(spec, tool, false);
 
     let (lines, received) = mpsc::channel();
-    let mut workers: Vec<Child> = (0..WORKERS).map(|i| spawn_worker(spec, &effects, i == 0)).collect();
+    let mut workers: Vec<ChildGuard> = (0..WORKERS).map(|i| spawn_worker(spec, &effects, i == 0)).collect();
     for (i, worker) in workers.iter_mut().enumerate() {
         forward(worker, i, lines.clone());
     }
     drop(lines);
-    let next = || received.recv_timeout(Duration::from_secs(120)).expect("the workers went silent");
+    // Waits on the workers' progress, however slow the machine: a line from any worker
+    // at all, or the end of every one of them.
+    let next = || received.recv().expect("every worker ended before the workflows were done");
     let mut ready = 0;
     while ready < WORKERS {
         ready += usize::from(next().1 == "READY");

@@ -216,12 +216,29 @@ impl SqliteStorage {
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    // WAL lets readers and one writer work at once, across processes. A file that
-    // cannot use WAL (an in-memory database) keeps its mode; locking stays correct.
-    conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))?;
+    use_wal(conn)?;
     // FULL syncs every commit, so a journaled intent is on disk before its tool runs.
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")
+}
+
+/// WAL lets readers and one writer work at once, across processes. A file that cannot
+/// use WAL (an in-memory database) keeps its mode; locking stays correct. Switching
+/// needs the file to itself, and while another process opens the same new file SQLite
+/// answers BUSY at once, without waiting on the busy timeout: so it is asked again,
+/// for up to that timeout.
+fn use_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0)) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            result => return result.map(drop),
+        }
+    }
 }
 
 /// Applies the migrations the file lacks, in one IMMEDIATE transaction, so that

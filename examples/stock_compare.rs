@@ -8,7 +8,7 @@
 //! Logs go to stderr (`PORTIA_LOG_LEVEL=debug` shows every step), JSON to stdout.
 //!
 //! `cargo run --example stock_compare -- --demo` needs no key and no network: it
-//! replays the recording shipped in `demo/` (see `portia::demo`), as `portia demo` does.
+//! replays the recording shipped in `demo/` (see `portia::testing::demo`), as `portia demo` does.
 
 use std::io::Write;
 use std::process::ExitCode;

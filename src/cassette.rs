@@ -53,7 +53,7 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::llm::{LlmClient, LlmError, LlmLayer, LlmRequest, LlmResponse};
-use crate::tool::{Tool, ToolError, ToolOutput, ToolRegistry, ToolRunContext, ToolSpec};
+use crate::tool::{RetryHint, Tool, ToolError, ToolOutput, ToolRegistry, ToolRunContext, ToolSpec};
 use crate::{Error, Result};
 
 /// The cassette format this crate writes and reads.
@@ -87,7 +87,6 @@ pub struct Cassette {
 
 /// One LLM request and its reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[non_exhaustive]
 pub struct LlmExchange {
     /// What was asked.
     pub request: LlmRequest,
@@ -97,7 +96,6 @@ pub struct LlmExchange {
 
 /// One tool call and its outcome.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[non_exhaustive]
 pub struct ToolExchange {
     /// The tool called.
     pub tool_id: String,
@@ -126,6 +124,18 @@ pub enum ToolOutcome {
     HardError {
         /// The message.
         message: String,
+    },
+    /// The service failed ([`ToolError::Transient`]): replayed as it was, so the
+    /// call path re-sends it (to the next recording) or shows it to the model.
+    TransientError {
+        /// The message.
+        message: String,
+        /// Whether the service certainly did not act on the call.
+        #[serde(default)]
+        not_performed: bool,
+        /// The wait the service asked for, in milliseconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
 }
 
@@ -422,6 +432,13 @@ impl Tool for CassetteTool {
                     Ok(ToolOutput::Value(value)) => Some(ToolOutcome::Value { value: value.clone() }),
                     Err(ToolError::Soft(message)) => Some(ToolOutcome::SoftError { message: message.clone() }),
                     Err(ToolError::Hard(message)) => Some(ToolOutcome::HardError { message: message.clone() }),
+                    Err(ToolError::Transient { message, hint }) => Some(ToolOutcome::TransientError {
+                        message: message.clone(),
+                        not_performed: hint.not_performed,
+                        retry_after_ms: hint
+                            .retry_after
+                            .map(|wait| u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)),
+                    }),
                     // Questions name this run's workflow, so they are asked again on replay.
                     _ => None,
                 };
@@ -447,6 +464,11 @@ fn replay_tool(replayer: &Replayer, tool_id: &str, args: &Value) -> Result<ToolO
         ToolOutcome::Value { value } => Ok(ToolOutput::Value(value.clone())),
         ToolOutcome::SoftError { message } => Err(ToolError::Soft(message.clone())),
         ToolOutcome::HardError { message } => Err(ToolError::Hard(message.clone())),
+        ToolOutcome::TransientError { message, not_performed, retry_after_ms } => {
+            let hint = if *not_performed { RetryHint::not_performed() } else { RetryHint::unknown_outcome() };
+            let hint = hint.retry_after(retry_after_ms.map(std::time::Duration::from_millis));
+            Err(ToolError::transient(message, hint))
+        }
     }
 }
 
@@ -565,5 +587,40 @@ mod tests {
         cassette.note = Some("made with sk-secret-123".into());
         let text = cassette.to_json_scrubbed(&["sk-secret-123".to_owned()]);
         assert!(!text.contains("sk-secret-123") && text.contains(REDACTED), "{text}");
+    }
+
+    /// Fails once as the service's fault, then answers.
+    #[derive(Debug, Default)]
+    struct Busy(std::sync::atomic::AtomicBool);
+
+    #[async_trait::async_trait]
+    impl Tool for Busy {
+        fn spec(&self) -> ToolSpec {
+            ToolSpec::new("busy_tool", "Busy Tool", "Busy once.").read_only()
+        }
+        async fn run(&self, _ctx: &ToolRunContext, _args: Value) -> Result<ToolOutput, ToolError> {
+            if self.0.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                return Ok(ToolOutput::value("done"));
+            }
+            let hint = RetryHint::not_performed().retry_after(Some(std::time::Duration::from_millis(1500)));
+            Err(ToolError::transient("rate limited", hint))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_transient_tool_error_is_recorded_and_replayed_with_its_hint() {
+        let registry = Arc::new(crate::tool::InMemoryToolRegistry::new().with(Busy::default()).unwrap());
+        let recorder = Recorder::new(&Config::default());
+        let ctx = ToolRunContext::new(crate::ids::WorkflowId::new());
+        let recording = recorder.tools(registry.clone()).get_tool("busy_tool").unwrap();
+        let first = recording.run(&ctx, json!({})).await;
+        assert!(recording.run(&ctx, json!({})).await.is_ok());
+
+        let replaying = Replayer::new(recorder.cassette()).tools(registry).get_tool("busy_tool").unwrap();
+        let replayed = replaying.run(&ctx, json!({})).await;
+        assert_eq!(replayed, first);
+        let Err(ToolError::Transient { hint, .. }) = replayed else { panic!("{replayed:?}") };
+        assert_eq!((hint.not_performed, hint.retry_after), (true, Some(std::time::Duration::from_millis(1500))));
+        assert_eq!(replaying.run(&ctx, json!({})).await, Ok(ToolOutput::value("done")));
     }
 }

@@ -49,8 +49,8 @@ impl ToolOutput {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ToolError {
-    /// Worth retrying, perhaps with other arguments: the agent shows the model the
-    /// message and asks again (bad arguments, rate limits, timeouts).
+    /// Worth retrying with other arguments: the agent shows the model the message and
+    /// asks again (arguments that do not fit, a value the service does not know).
     #[error("{0}")]
     Soft(String),
     /// The service failed (a rate limit, an outage, a lost connection, a garbled
@@ -220,7 +220,7 @@ impl ToolRunContext {
     /// for the answer.
     ///
     /// The question is announced at once as a
-    /// [`ClarificationRaised`](crate::events::EventKind::ClarificationRaised) event;
+    /// [`ClarificationRaised`](crate::runner::EventKind::ClarificationRaised) event;
     /// whoever watches the workflow answers it with
     /// [`Runner::resolve_clarification`](crate::Runner::resolve_clarification), which
     /// checks the answer as for a stored question. An answer in time is returned,

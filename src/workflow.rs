@@ -190,7 +190,7 @@ pub enum FailureKind {
     AttemptsExhausted,
     /// A step panicked.
     Panic,
-    /// The workflow spent what its [`Budget`](crate::budget::Budget) allows.
+    /// The workflow spent what its [`Budget`](crate::config::Budget) allows.
     BudgetExceeded,
     /// A hook, or a person at an approval gate, refused a tool call.
     Denied,
@@ -248,7 +248,7 @@ pub struct WorkflowUsage {
     /// The calls each step made, keyed by the step's output name.
     pub steps: BTreeMap<String, Usage>,
     /// What every call cost in US dollars, planning included, by the configured
-    /// [`Prices`](crate::budget::Prices); models without a price count nothing.
+    /// [`Prices`](crate::config::Prices); models without a price count nothing.
     pub cost_usd: f64,
     /// How long the workflow has been running, over all its runs, in milliseconds
     /// (time waiting for a human is not counted).

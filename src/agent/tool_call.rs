@@ -35,7 +35,7 @@ fn attempt_of(spec: &ToolSpec, result: Result<ToolOutput, ToolError>) -> ToolAtt
             FailureKind::ToolError,
             format!("Tool {} failed: it asked for clarification without saying what it needs", spec.id),
         )),
-        Err(ToolError::Soft(message)) => ToolAttempt::Retry(message),
+        Err(ToolError::Soft(message) | ToolError::Transient { message, .. }) => ToolAttempt::Retry(message),
         Err(ToolError::Hard(message)) => ToolAttempt::Finished(StepOutcome::failed(
             FailureKind::ToolError,
             format!("Tool {} failed: {message}", spec.id),

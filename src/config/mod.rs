@@ -605,7 +605,7 @@ impl Config {
 
     /// Installs a `tracing` subscriber that logs to stderr at the configured level
     /// (`RUST_LOG`, if set, wins). Stdout stays free for your program's output.
-    /// Does nothing if a subscriber is already installed. See [`crate::logging::init_logging`].
+    /// Does nothing if a subscriber is already installed. See [`init_logging`].
     pub fn init_logging(&self) {
         crate::logging::init_logging(self.log_level);
     }

@@ -223,11 +223,6 @@ impl Retry {
         self.settings = Some(settings);
         self
     }
-
-    /// The policy.
-    pub fn policy(&self) -> &RetryPolicy {
-        &self.policy
-    }
 }
 
 impl LlmLayer for Retry {

@@ -129,10 +129,6 @@ impl PlanOptions {
         self.execution_context = context;
         self
     }
-
-    pub(crate) fn context(&self) -> &ExecutionContext {
-        &self.execution_context
-    }
 }
 
 /// How [`Runner::wait_for_ready`] polls.

@@ -117,7 +117,7 @@ query_request!(
     ExecuteQuery -> Workflow,
     |runner, query, options| {
         let plan = runner.plan_query(&query, &options).await?;
-        let workflow = runner.store_new_workflow(&plan, options.context().clone()).await?;
+        let workflow = runner.store_new_workflow(&plan, options.execution_context.clone()).await?;
         runner.execute(workflow.id()).await
     }
 );
@@ -127,7 +127,7 @@ query_request!(
     SubmitQuery -> WorkflowId,
     |runner, query, options| {
         let plan = runner.plan_query(&query, &options).await?;
-        runner.queue_new_workflow(&plan, options.context().clone()).await
+        runner.queue_new_workflow(&plan, options.execution_context.clone()).await
     }
 );
 

@@ -83,7 +83,8 @@ impl LeaseStatus {
 /// acquisitions, fences, renewals and releases with these methods, inside one
 /// transaction of its own; a store of yours can do the same instead of writing the
 /// protocol again.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LeaseState {
     /// Who holds, or last held, the lease; `None` once released (or never taken).
     pub owner: Option<String>,
@@ -96,6 +97,11 @@ pub struct LeaseState {
 }
 
 impl LeaseState {
+    /// The lease columns as a store reads them back.
+    pub fn new(owner: Option<String>, epoch: u64, expires_at: Option<DateTime<Utc>>, attempts: u32) -> Self {
+        Self { owner, epoch, expires_at, attempts }
+    }
+
     /// Takes the lease for `owner` unless a live lease is held, counting a takeover
     /// from a run that died. A lease whose holder was a process of this machine that
     /// is gone (killed, say) counts as lapsed at once: see [`local_owner`]. The caller stores the returned state and grants the
@@ -173,33 +179,38 @@ fn later(now: DateTime<Utc>, ttl: Duration) -> DateTime<Utc> {
     chrono::Duration::from_std(ttl).ok().and_then(|ttl| now.checked_add_signed(ttl)).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
-/// A lease owner name for a run of this process: `prefix@host:pid` (just `prefix`
-/// where the host cannot be known). A lease it holds is taken over at once, rather
-/// than when it expires, by anyone on the same host who finds that process gone.
+/// A lease owner name for a run of this process: `prefix@host:pidns:pid` (just
+/// `prefix` where the system does not say which host and process namespace this is).
+/// A lease it holds is taken over at once, rather than when it expires, by a run on
+/// the same host and in the same process namespace that finds this process gone
+/// (Linux; worker claims still wait for the expiry).
 pub fn local_owner(prefix: &str) -> String {
-    match hostname() {
-        Some(host) => format!("{prefix}@{host}:{}", std::process::id()),
+    match process_space() {
+        Some(space) => format!("{prefix}@{space}:{}", std::process::id()),
         None => prefix.to_owned(),
     }
 }
 
-/// Whether `owner` (as [`local_owner`] names it) was a process of this host that no
-/// longer runs. Only answered where the process table can be read (`/proc`); a
-/// holder on another host, or a name of another form, is never judged gone.
+/// Whether `owner` (as [`local_owner`] names it) was a process of this host and
+/// process namespace that no longer runs. A holder elsewhere (another host, another
+/// container), this process, or a name of another form, is never judged gone.
 fn holder_is_gone(owner: &str) -> bool {
-    let Some((name, pid)) = owner.rsplit_once(':') else { return false };
-    let (Some((_, host)), Ok(pid)) = (name.rsplit_once('@'), pid.parse::<u32>()) else { return false };
-    let proc = std::path::Path::new("/proc");
-    Some(host) == hostname().as_deref()
+    let Some((space, pid)) = owner.rsplit_once(':') else { return false };
+    let (Some((_, space)), Ok(pid)) = (space.split_once('@'), pid.parse::<u32>()) else { return false };
+    Some(space) == process_space().as_deref()
         && pid != std::process::id()
-        && proc.join("self").exists()
-        && !proc.join(pid.to_string()).exists()
+        && !std::path::Path::new("/proc").join(pid.to_string()).exists()
 }
 
-/// This machine's name, where the system says it (Linux).
-fn hostname() -> Option<String> {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
-    Some(name.trim().to_owned()).filter(|n| !n.is_empty() && !n.contains([':', '@']))
+/// Where this process's pids are meaningful: its host and its pid namespace (two
+/// containers may share a host name, never a pid namespace), as `host:namespace`.
+fn process_space() -> Option<String> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let host = host.trim();
+    let namespace = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    let namespace = namespace.to_str()?.trim_start_matches("pid:[").trim_end_matches(']');
+    let clean = |part: &str| !part.is_empty() && !part.contains([':', '@']);
+    (clean(host) && clean(namespace)).then(|| format!("{host}:{namespace}"))
 }
 
 #[cfg(test)]
@@ -209,13 +220,15 @@ mod tests {
     #[test]
     #[cfg(target_os = "linux")]
     fn a_holder_is_gone_only_when_it_was_a_process_of_this_host_that_ended() {
-        let host = hostname().expect("Linux names its host in /proc");
+        let space = process_space().expect("Linux names its host and pid namespace in /proc");
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
         child.wait().unwrap();
-        assert!(holder_is_gone(&format!("runner-1@{host}:{pid}")));
+        assert!(holder_is_gone(&format!("runner-1@{space}:{pid}")));
         assert!(!holder_is_gone(&local_owner("runner-2")), "this process runs");
-        assert!(!holder_is_gone(&format!("runner-3@another-{host}:{pid}")), "another host is never judged");
+        assert!(!holder_is_gone(&format!("runner-3@another-{space}:{pid}")), "another host is never judged");
+        let (host, _) = space.split_once(':').unwrap();
+        assert!(!holder_is_gone(&format!("runner-3@{host}:1:{pid}")), "another pid namespace is never judged");
         assert!(!holder_is_gone("runner-4"));
         assert!(!holder_is_gone("runner-4:12"));
     }

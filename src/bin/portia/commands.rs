@@ -243,14 +243,29 @@ async fn idle(runner: Runner) {
     loop {
         let mut waiting = 0;
         for state in busy {
-            // A row that cannot be read is off the queue: no worker will ever run it.
-            let query = WorkflowQuery::in_state(state).page_size(1000);
-            waiting += runner.list_workflows(&query).await.map_or(1, |page| page.count - page.unreadable.len());
+            waiting += readable_in(&runner, state).await;
         }
         if waiting == 0 {
             return;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// How many readable workflows are in `state`: a row that cannot be read is off the
+/// queue, and no worker will ever run it. A store error counts as one, so that a
+/// worker never takes an outage for idleness.
+async fn readable_in(runner: &Runner, state: WorkflowState) -> usize {
+    let mut readable = 0;
+    let mut page_number = 1;
+    loop {
+        let query = WorkflowQuery::in_state(state).page_size(1000).page(page_number);
+        let Ok(page) = runner.list_workflows(&query).await else { return readable.max(1) };
+        readable += page.results.len();
+        if page.current_page >= page.total_pages {
+            return readable;
+        }
+        page_number += 1;
     }
 }
 

@@ -27,7 +27,7 @@
 //! call is made again and the repeated question answered from the stored response.
 //! The call's `timeoutSecs` counts only the server's silence: its progress reports
 //! restart it, and it stops while a person answers or the step's LLM samples. Progress reports become
-//! [`ToolProgress`](crate::events::EventKind::ToolProgress) events of the call.
+//! [`ToolProgress`](crate::runner::EventKind::ToolProgress) events of the call.
 //!
 //! [`serve_stdio`] serves a [`Runner`](crate::Runner) to MCP clients such as Claude
 //! Desktop: tools to plan and run queries, list and show workflows, and answer

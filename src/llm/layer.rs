@@ -88,9 +88,8 @@ pub(super) fn call_names(settings: Option<&super::LlmSettings>, request: &super:
             (target.provider.as_str().to_owned(), target.model)
         }
         None => {
-            let model = request.model.as_deref().map(str::trim).filter(|m| !m.is_empty());
             let purpose = || format!("{:?}", request.purpose).to_lowercase();
-            ("llm".to_owned(), model.map_or_else(purpose, str::to_owned))
+            ("llm".to_owned(), request.named_model().map_or_else(purpose, str::to_owned))
         }
     }
 }

@@ -213,6 +213,11 @@ impl LlmRequest {
         Self { purpose, model: None, messages, tools: Vec::new(), tool_choice: ToolChoice::Auto, output_schema: None }
     }
 
+    /// The model this request names itself, if it names one (a blank name names none).
+    pub(crate) fn named_model(&self) -> Option<&str> {
+        self.model.as_deref().map(str::trim).filter(|m| !m.is_empty())
+    }
+
     /// Offers tools to the model.
     #[must_use]
     pub fn with_tools(mut self, tools: Vec<ToolDefinition>, choice: ToolChoice) -> Self {

@@ -114,7 +114,7 @@ impl LlmSettings {
     /// assert_eq!((target.provider, target.model.as_str()), (LlmProvider::Anthropic, "claude-haiku-4-5"));
     /// ```
     pub fn resolve(&self, request: &LlmRequest) -> ModelRef {
-        match request.model.as_deref().map(str::trim).filter(|m| !m.is_empty()) {
+        match request.named_model() {
             Some(name) => self.model_ref(name),
             None => self.model_for(request.purpose),
         }

@@ -104,21 +104,21 @@ pub(super) struct Answer {
 /// message because it may carry a key in its query.
 fn send_error(service: &str, error: reqwest::Error, timeout: Duration) -> ToolError {
     if error.is_timeout() {
-        let soft = ToolError::soft(format!("{service} did not answer within {timeout:?}; try again"));
-        return ToolError::transient(soft, RetryHint::unknown_outcome());
+        let message = format!("{service} did not answer within {timeout:?}; try again");
+        return ToolError::transient(message, RetryHint::unknown_outcome());
     }
     let (kind, hint) = if error.is_connect() {
         ("could not connect to", RetryHint::not_performed())
     } else {
         ("lost the connection to", RetryHint::unknown_outcome())
     };
-    ToolError::transient(ToolError::soft(format!("{kind} {service}: {}", describe(&error.without_url()))), hint)
+    ToolError::transient(format!("{kind} {service}: {}", describe(&error.without_url())), hint)
 }
 
 /// A reply that could not be read: usually a transient proxy or server fault.
 pub(super) fn garbled(service: &str, error: &serde_json::Error) -> ToolError {
-    let soft = ToolError::soft(format!("{service} sent a reply that could not be read ({error}); try again"));
-    ToolError::transient(soft, RetryHint::unknown_outcome())
+    let message = format!("{service} sent a reply that could not be read ({error}); try again");
+    ToolError::transient(message, RetryHint::unknown_outcome())
 }
 
 /// The error and its causes, each once (hyper repeats its cause in its own message).
@@ -139,10 +139,7 @@ fn describe(error: &dyn std::error::Error) -> String {
 /// An error status as a soft or hard error, with the service's `Retry-After`
 /// passed on for a rate limit or a server error.
 pub(super) fn status_error(api: &Api, answer: &Answer, message: &str, soft_client: &[u16]) -> ToolError {
-    match classify(api.service, answer.status, message, api.key_var, soft_client) {
-        (error, Some(hint)) => ToolError::transient(error, hint.retry_after(answer.retry_after)),
-        (error, None) => error,
-    }
+    classify(api.service, answer.status, message, api.key_var, soft_client, answer.retry_after)
 }
 
 /// Authentication failures are hard (a new attempt sends the same key), rate limits
@@ -155,27 +152,26 @@ fn classify(
     message: &str,
     key_var: &str,
     soft_client: &[u16],
-) -> (ToolError, Option<RetryHint>) {
+    retry_after: Option<Duration>,
+) -> ToolError {
     let code = status.as_u16();
     match code {
-        401 | 403 => (
-            ToolError::hard(format!(
-                "{service} refused the API key (HTTP {code}: {message}); check the environment variable {key_var}"
-            )),
-            None,
-        ),
+        401 | 403 => ToolError::hard(format!(
+            "{service} refused the API key (HTTP {code}: {message}); check the environment variable {key_var}"
+        )),
         408 | 429 => {
             let hint = if code == 429 { RetryHint::not_performed() } else { RetryHint::unknown_outcome() };
-            (ToolError::soft(format!("{service} is busy (HTTP {code}: {message}); try again shortly")), Some(hint))
+            let busy = format!("{service} is busy (HTTP {code}: {message}); try again shortly");
+            ToolError::transient(busy, hint.retry_after(retry_after))
         }
-        _ if status.is_server_error() => (
-            ToolError::soft(format!("{service} had a server error (HTTP {code}: {message}); try again")),
-            Some(RetryHint::unknown_outcome()),
+        _ if status.is_server_error() => ToolError::transient(
+            format!("{service} had a server error (HTTP {code}: {message}); try again"),
+            RetryHint::unknown_outcome().retry_after(retry_after),
         ),
         _ if soft_client.contains(&code) => {
-            (ToolError::soft(format!("{service} could not answer (HTTP {code}: {message})")), None)
+            ToolError::soft(format!("{service} could not answer (HTTP {code}: {message})"))
         }
-        _ => (ToolError::hard(format!("{service} refused the request (HTTP {code}: {message})")), None),
+        _ => ToolError::hard(format!("{service} refused the request (HTTP {code}: {message})")),
     }
 }
 
@@ -202,14 +198,17 @@ mod tests {
     }
 
     #[test]
-    fn statuses_split_into_soft_and_hard() {
+    fn statuses_split_into_transient_soft_and_hard() {
+        let wait = Some(Duration::from_secs(3));
         let error =
-            |code: u16, soft: &[u16]| classify("Api", StatusCode::from_u16(code).unwrap(), "m", "API_KEY", soft);
-        assert!(matches!(error(401, &[]), (ToolError::Hard(m), None) if m.contains("API_KEY")));
-        assert!(matches!(error(429, &[]), (ToolError::Soft(_), Some(hint)) if hint.not_performed));
-        assert!(matches!(error(503, &[]), (ToolError::Soft(_), Some(hint)) if !hint.not_performed));
-        assert!(!error(404, &[]).0.is_soft());
-        assert!(matches!(error(404, &[404]), (ToolError::Soft(_), None)), "the arguments were wrong: for the model");
+            |code: u16, soft: &[u16]| classify("Api", StatusCode::from_u16(code).unwrap(), "m", "API_KEY", soft, wait);
+        assert!(matches!(error(401, &[]), ToolError::Hard(m) if m.contains("API_KEY")));
+        assert!(
+            matches!(error(429, &[]), ToolError::Transient { hint, .. } if hint.not_performed && hint.retry_after == wait)
+        );
+        assert!(matches!(error(503, &[]), ToolError::Transient { hint, .. } if !hint.not_performed));
+        assert!(!error(404, &[]).is_soft());
+        assert!(matches!(error(404, &[404]), ToolError::Soft(_)), "the arguments were wrong: for the model");
     }
 
     #[test]

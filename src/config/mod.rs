@@ -157,6 +157,20 @@ pub struct Config {
     /// `[mcpServers.NAME]` table. Read by `tools::default_tool_registry_with_mcp`
     /// (feature `mcp`).
     pub mcp_config: Option<PathBuf>,
+    /// The variables read from `.env` by [`Config::from_env`]: kept here, not put
+    /// into the process environment. Never serialized; `Debug` shows names only.
+    #[serde(skip)]
+    dotenv: DotEnv,
+}
+
+/// Variables read from a dotenv file, as secrets.
+#[derive(Clone, Default, PartialEq)]
+struct DotEnv(std::sync::Arc<std::collections::BTreeMap<String, Secret>>);
+
+impl fmt::Debug for DotEnv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
 }
 
 impl Default for Config {
@@ -204,6 +218,7 @@ impl Default for Config {
             budget: Budget::default(),
             prices: Prices::default(),
             mcp_config: None,
+            dotenv: DotEnv::default(),
         }
     }
 }
@@ -242,19 +257,46 @@ impl Config {
         ConfigBuilder::new()
     }
 
-    /// Reads the process environment, after loading `.env` from the working directory
-    /// if there is one (variables already set win over the file).
+    /// Reads the process environment, and `.env` in the working directory if there is
+    /// one, for what the environment does not set. See [`Config::from_env_and_file`].
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] naming the variable when a value is not valid, or when
     /// `.env` cannot be parsed.
     pub fn from_env() -> Result<Self> {
-        match dotenvy::dotenv() {
-            Ok(_) => {}
-            Err(e) if e.not_found() => {}
-            Err(e) => return Err(Error::invalid_config(".env", e.to_string())),
+        Self::from_env_and_file(".env")
+    }
+
+    /// Reads the process environment, and the dotenv file at `path` (if it exists)
+    /// for the variables the environment does not set.
+    ///
+    /// The file's values go into the configuration only: they are not put into the
+    /// process environment, where any code of the process could read them. An
+    /// in-process tool can still read the real environment, so keep keys out of it
+    /// (in `.env`, or in a config file) rather than exporting them. [`Config::var`]
+    /// reads a variable the same way, for the settings that are read elsewhere (an
+    /// MCP config's `${VAR}`); `PORTIA_OFFLINE` in the file turns offline mode on.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the variable when a value is not valid, or the
+    /// file when it cannot be parsed.
+    pub fn from_env_and_file(path: impl AsRef<Path>) -> Result<Self> {
+        let file = read_dotenv(path.as_ref())?;
+        let lookup = |name: &str| std::env::var(name).ok().or_else(|| file.get(name).map(|v| v.expose().to_owned()));
+        let mut config = Self::from_vars(lookup)?;
+        if std::env::var_os(crate::http::OFFLINE_VAR).is_none()
+            && file.get(crate::http::OFFLINE_VAR).is_some_and(|v| !matches!(v.expose().trim(), "" | "0"))
+        {
+            crate::http::set_offline(true);
         }
-        Self::from_vars(|name| std::env::var(name).ok())
+        config.dotenv = DotEnv(std::sync::Arc::new(file));
+        Ok(config)
+    }
+
+    /// The variable `name` as this configuration was read: the process environment's
+    /// value, else the one `.env` gave [`Config::from_env`].
+    pub fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().or_else(|| self.dotenv.0.get(name).map(|v| v.expose().to_owned()))
     }
 
     /// Like [`Config::from_env`], but reads variables from `lookup` instead of the
@@ -611,6 +653,17 @@ impl Config {
     }
 }
 
+/// The variables of the dotenv file at `path`, or none when there is no file.
+fn read_dotenv(path: &Path) -> Result<std::collections::BTreeMap<String, Secret>> {
+    let invalid = |e: dotenvy::Error| Error::invalid_config(path.display().to_string(), e.to_string());
+    let entries = match dotenvy::from_path_iter(path) {
+        Ok(entries) => entries,
+        Err(e) if e.not_found() => return Ok(std::collections::BTreeMap::new()),
+        Err(e) => return Err(invalid(e)),
+    };
+    entries.map(|entry| entry.map(|(name, value)| (name, Secret::new(value))).map_err(invalid)).collect()
+}
+
 fn set<T>(field: &mut T, value: Option<T>) {
     if let Some(value) = value {
         *field = value;
@@ -630,6 +683,29 @@ mod tests {
     fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn dotenv_values_reach_the_config_but_not_the_process_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".env");
+        let text = "OPENWEATHERMAP_BASE_URL=http://127.0.0.1:9/from-dotenv\n\
+                    PORTIA_DOTENV_PROBE=yes\n\
+                    TAVILY_API_KEY=tvly-dotenv-secret\n";
+        std::fs::write(&path, text).unwrap();
+        let config = Config::from_env_and_file(&path).unwrap();
+        assert_eq!(config.openweathermap_base_url.as_deref(), Some("http://127.0.0.1:9/from-dotenv"));
+        assert_eq!(config.var("PORTIA_DOTENV_PROBE").as_deref(), Some("yes"));
+        assert!(std::env::var_os("PORTIA_DOTENV_PROBE").is_none(), "the file is not exported");
+        assert!(std::env::var_os("OPENWEATHERMAP_BASE_URL").is_none(), "the file is not exported");
+        for shown in [format!("{config:?}"), config.to_json(), config.to_toml()] {
+            assert!(!shown.contains("tvly-dotenv-secret"), "{shown}");
+        }
+        let missing = Config::from_env_and_file(dir.path().join("none.env")).unwrap();
+        assert_eq!(missing.var("PORTIA_DOTENV_PROBE"), None);
+        std::fs::write(&path, "NOT A LINE\n").unwrap();
+        let err = Config::from_env_and_file(&path).unwrap_err();
+        assert!(matches!(&err, Error::InvalidConfig { setting, .. } if setting.ends_with(".env")), "{err}");
     }
 
     #[test]

@@ -102,7 +102,7 @@ pub fn default_tool_registry(config: &Config) -> InMemoryToolRegistry {
 #[cfg(feature = "mcp")]
 pub async fn default_tool_registry_with_mcp(config: &Config) -> crate::Result<crate::tool::AggregatedToolRegistry> {
     let mcp = match &config.mcp_config {
-        Some(path) => mcp::McpConfig::from_file(path)?,
+        Some(path) => mcp::McpConfig::from_file_with(path, |var| config.var(var))?,
         None => mcp::McpConfig::new(),
     };
     let servers = mcp::McpToolRegistry::connect(&mcp).await?;

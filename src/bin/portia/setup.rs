@@ -39,8 +39,8 @@ pub(crate) fn config(cli: &Cli) -> Result<Config, Failure> {
         Some(path) => (Config::from_file(path)?, file_names_storage(path)),
         None => (Config::from_env()?, false),
     };
-    // `Config::from_env` has loaded `.env` into the environment by now.
-    if !names_storage && std::env::var_os("PORTIA_STORAGE").is_none_or(|v| v.is_empty()) {
+    // The environment's PORTIA_STORAGE, or `.env`'s.
+    if !names_storage && config.var("PORTIA_STORAGE").is_none_or(|v| v.trim().is_empty()) {
         config.storage = StorageKind::Sqlite;
     }
     Ok(config)
@@ -88,7 +88,7 @@ async fn tools(config: &portia::Config) -> Result<(Arc<dyn ToolRegistry>, Vec<St
     let builtin: Arc<dyn ToolRegistry> = Arc::new(open_source_tool_registry(config));
     #[cfg(feature = "mcp")]
     if let Some(path) = &config.mcp_config {
-        let servers = portia::tools::mcp::McpConfig::from_file(path)?;
+        let servers = portia::tools::mcp::McpConfig::from_file_with(path, |var| config.var(var))?;
         let mcp: Arc<dyn ToolRegistry> = Arc::new(portia::tools::mcp::McpToolRegistry::connect(&servers).await?);
         let plan_tools = [ids(&default_tool_registry(config)), ids(mcp.as_ref())].concat();
         let all = portia::tool::AggregatedToolRegistry::new(vec![builtin, mcp]);

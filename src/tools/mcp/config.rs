@@ -265,10 +265,18 @@ impl McpConfig {
     /// # Errors
     /// [`McpError::Config`] naming the file, the server and the fix.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, McpError> {
+        Self::from_file_with(path, |var| std::env::var(var).ok())
+    }
+
+    /// Reads a file as [`McpConfig::from_file`] does, replacing `${VAR}` from `lookup`
+    /// ([`Config::var`](crate::Config::var), say, which sees `.env` too).
+    ///
+    /// # Errors
+    /// As [`McpConfig::from_file`].
+    pub fn from_file_with(path: impl AsRef<Path>, lookup: impl Fn(&str) -> Option<String>) -> Result<Self, McpError> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path)
             .map_err(|e| McpError::config(path.display(), format!("cannot read it ({e}); check {MCP_CONFIG_VAR}")))?;
-        let lookup = |var: &str| std::env::var(var).ok();
         let raw = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("toml")) {
             toml::from_str(&text).map_err(|e| McpError::config(path.display(), e))?
         } else {

@@ -567,7 +567,12 @@ impl Config {
 
     /// The provider and model to use for `role`, as [`Config::llm_settings`] resolves it.
     pub fn model_for(&self, role: ModelRole) -> ModelRef {
-        self.llm_settings().model_for(role)
+        // Only the names are needed, not every key and URL that llm_settings copies.
+        let settings = LlmSettings::new(self.llm_provider);
+        match self.model_name(role) {
+            Some(name) => settings.model_ref(name),
+            None => settings.model_for(role),
+        }
     }
 
     /// The model name configured for `role`: its own setting, else `default_model`.

@@ -243,18 +243,13 @@ impl Runner {
         CreateWorkflow::new(self, plan)
     }
 
-    async fn plan_query(&self, query: &str, options: &PlanOptions) -> Result<Plan> {
-        let tools = match &options.tool_ids {
+    async fn plan_query(&self, query: String, options: PlanOptions) -> Result<Plan> {
+        let PlanOptions { tool_ids, examples, execution_context } = options;
+        let tools = match tool_ids {
             Some(ids) => ids.iter().map(|id| self.inner.tools.get_tool(id)).collect::<Result<Vec<_>>>()?,
-            None => self.inner.tools.match_tools(query),
+            None => self.inner.tools.match_tools(&query),
         };
-        let request = PlanningRequest {
-            query: query.to_owned(),
-            tools,
-            examples: options.examples.clone(),
-            execution_context: options.execution_context.clone(),
-            today: self.today(),
-        };
+        let request = PlanningRequest { query, tools, examples, execution_context, today: self.today() };
         let plan = self.inner.planner.plan(request).await?;
         tracing::debug!(plan = %plan.id, json = %serde_json::to_string(&plan).unwrap_or_default(), "plan");
         self.inner.storage.save_plan(&plan).await?;

@@ -109,15 +109,16 @@ macro_rules! plan_request {
 query_request!(
     /// Plans a query and saves the plan: [`Runner::generate_plan`].
     GeneratePlan -> Plan,
-    |runner, query, options| runner.plan_query(&query, &options).await
+    |runner, query, options| runner.plan_query(query, options).await
 );
 
 query_request!(
     /// Plans a query, creates its workflow and runs it: [`Runner::execute_query`].
     ExecuteQuery -> Workflow,
     |runner, query, options| {
-        let plan = runner.plan_query(&query, &options).await?;
-        let workflow = runner.store_new_workflow(&plan, options.execution_context.clone()).await?;
+        let context = options.execution_context.clone();
+        let plan = runner.plan_query(query, options).await?;
+        let workflow = runner.store_new_workflow(&plan, context).await?;
         runner.execute(workflow.id()).await
     }
 );
@@ -126,8 +127,9 @@ query_request!(
     /// Plans a query here and queues its workflow for the workers: [`Runner::submit_query`].
     SubmitQuery -> WorkflowId,
     |runner, query, options| {
-        let plan = runner.plan_query(&query, &options).await?;
-        runner.queue_new_workflow(&plan, options.execution_context.clone()).await
+        let context = options.execution_context.clone();
+        let plan = runner.plan_query(query, options).await?;
+        runner.queue_new_workflow(&plan, context).await
     }
 );
 

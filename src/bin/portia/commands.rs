@@ -241,29 +241,31 @@ async fn list(runner: &Runner, state: Option<WorkflowState>, format: Format) -> 
 async fn idle(runner: Runner) {
     let busy = [WorkflowState::NotStarted, WorkflowState::ReadyToResume, WorkflowState::InProgress];
     loop {
-        let mut waiting = 0;
+        let mut waiting = false;
         for state in busy {
-            waiting += readable_in(&runner, state).await;
+            waiting = waiting || has_readable(&runner, state).await;
         }
-        if waiting == 0 {
+        if !waiting {
             return;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-/// How many readable workflows are in `state`: a row that cannot be read is off the
-/// queue, and no worker will ever run it. A store error counts as one, so that a
-/// worker never takes an outage for idleness.
-async fn readable_in(runner: &Runner, state: WorkflowState) -> usize {
-    let mut readable = 0;
+/// Whether a readable workflow is in `state`: a row that cannot be read is off the
+/// queue, and no worker will ever run it. Pages are read only until one shows a
+/// workflow, so a busy store costs one small query. A store error counts as busy, so
+/// that a worker never takes an outage for idleness.
+async fn has_readable(runner: &Runner, state: WorkflowState) -> bool {
     let mut page_number = 1;
     loop {
-        let query = WorkflowQuery::in_state(state).page_size(1000).page(page_number);
-        let Ok(page) = runner.list_workflows(&query).await else { return readable.max(1) };
-        readable += page.results.len();
+        let query = WorkflowQuery::in_state(state).page(page_number);
+        let Ok(page) = runner.list_workflows(&query).await else { return true };
+        if !page.results.is_empty() {
+            return true;
+        }
         if page.current_page >= page.total_pages {
-            return readable;
+            return false;
         }
         page_number += 1;
     }

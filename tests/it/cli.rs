@@ -695,3 +695,32 @@ fn a_worker_logs_failed_runs_and_a_summary_as_json_lines() {
     let summary = logged("worker stopped").expect("a summary is logged");
     assert_eq!((summary["fields"]["runs"].as_u64(), summary["fields"]["errors"].as_u64()), (Some(1), Some(0)));
 }
+
+/// `portia cancel` of a run in another process waits for that run to stop (it does
+/// at its next lease renewal) and prints the FAILED workflow; the run exits 1.
+#[test]
+fn cancel_waits_for_a_run_in_another_process_to_stop() {
+    let dir = workdir();
+    let plan = llm_plan(dir.path());
+    let silent = Silent::start();
+    // A short lease: the run renews it, and sees the request, every second.
+    let child = with_model(dir.path(), &silent.base_url())
+        .args(["run", "--plan", plan.to_str().unwrap()])
+        .env("PORTIA_LEASE_TTL_SECS", "3")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = crate::common::ChildGuard(child);
+    let _request = silent.wait_for_request();
+    let listed = stdout_json(&run(dir.path(), &["list", "--format", "json"]));
+    let id = listed[0]["id"].as_str().unwrap().to_owned();
+
+    let cancelled = portia(dir.path()).args(["cancel", &id]).env("PORTIA_LEASE_TTL_SECS", "3").output().unwrap();
+    assert_eq!(code(&cancelled), 0, "{}", stderr(&cancelled));
+    let workflow = stdout_json(&cancelled);
+    assert_eq!((&workflow["state"], &workflow["failure"]["kind"]), (&json!("FAILED"), &json!("CANCELLED")));
+    let ran = child.output();
+    assert_eq!(code(&ran), 1, "{}", stderr(&ran));
+    assert_eq!(stdout_json(&ran)["state"], "FAILED");
+}

@@ -67,7 +67,15 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
             Ok(Exit::Ok)
         }
         Command::Cancel { id, reason } => {
-            print_json(&runner.cancel_workflow(id, &reason).await?)?;
+            let workflow = runner.cancel_workflow(id, &reason).await?;
+            let workflow = if workflow.state().is_terminal() { workflow } else { acknowledged(runner, id).await? };
+            print_json(&workflow)?;
+            if !workflow.state().is_terminal() {
+                eprintln!(
+                    "portia: workflow {id} is still {}: the run in another process was asked to stop, and stops at its next step",
+                    workflow.state()
+                );
+            }
             Ok(Exit::Ok)
         }
         Command::List { state, format } => list(runner, state, format).await,
@@ -128,6 +136,15 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
             portia::tools::mcp::serve_stdio(std::sync::Arc::new(runner.clone())).await?;
             Ok(Exit::Ok)
         }
+    }
+}
+
+/// The workflow once the run in another process has seen its cancellation (it does
+/// when it next renews its lease), or as stored when that takes longer than a lease.
+async fn acknowledged(runner: &Runner, id: WorkflowId) -> Result<Workflow, Failure> {
+    match runner.wait_for_completion(id, runner.config().lease_ttl()).await {
+        Err(portia::Error::WaitTimedOut { .. }) => Ok(runner.get_workflow(id).await?),
+        waited => Ok(waited?),
     }
 }
 

@@ -10,6 +10,8 @@ mod lease;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod protocol;
+mod rows;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
 #[cfg(feature = "sqlite")]
@@ -28,6 +30,7 @@ pub use lease::{Lease, LeaseGrant, LeaseState, LeaseStatus, local_owner};
 pub use memory::InMemoryStorage;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresSettings, PostgresStorage};
+pub use rows::{Access, LeaseRow, RowError, RowStore, RowTx, Work};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStorage;
 
@@ -39,6 +42,26 @@ use crate::workflow::{Workflow, WorkflowState};
 
 /// How often [`Storage::wait_for_events`] looks, in a store that cannot hear of saves.
 const DEFAULT_EVENT_POLL: Duration = Duration::from_millis(200);
+
+/// Asks `look` every fifth of a second until it finds events (`true`) or `timeout`
+/// has passed (`false`).
+async fn poll_for_events<F, Fut>(timeout: Duration, mut look: F) -> Result<bool>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now().checked_add(timeout);
+    loop {
+        if look().await? {
+            return Ok(true);
+        }
+        let left = deadline.map_or(timeout, |deadline| deadline.saturating_duration_since(tokio::time::Instant::now()));
+        if left.is_zero() {
+            return Ok(false);
+        }
+        tokio::time::sleep(left.min(DEFAULT_EVENT_POLL)).await;
+    }
+}
 
 /// Which workflows to list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,18 +207,7 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// # Errors
     /// A storage error, or [`Error::WorkflowNotFound`](crate::Error::WorkflowNotFound).
     async fn wait_for_events(&self, id: WorkflowId, after: u64, timeout: Duration) -> Result<bool> {
-        let deadline = tokio::time::Instant::now().checked_add(timeout);
-        loop {
-            if !self.events(id, after).await?.is_empty() {
-                return Ok(true);
-            }
-            let left =
-                deadline.map_or(timeout, |deadline| deadline.saturating_duration_since(tokio::time::Instant::now()));
-            if left.is_zero() {
-                return Ok(false);
-            }
-            tokio::time::sleep(left.min(DEFAULT_EVENT_POLL)).await;
-        }
+        poll_for_events(timeout, || async move { Ok(!self.events(id, after).await?.is_empty()) }).await
     }
 
     /// Takes the lease on a workflow for `owner`, for `ttl` on the store's clock.

@@ -127,8 +127,9 @@ pub struct WorkflowPage {
 }
 
 impl WorkflowPage {
-    /// Filters, orders and pages `workflows` by `query`.
-    pub(crate) fn from_all(mut workflows: Vec<Workflow>, query: &WorkflowQuery, unreadable: Vec<String>) -> Self {
+    /// `query`'s page of `workflows`: filtered by state, ordered by id and paged.
+    /// `unreadable` lists the stored entries that could not be read, with the reason.
+    pub fn from_all(mut workflows: Vec<Workflow>, query: &WorkflowQuery, unreadable: Vec<String>) -> Self {
         workflows.retain(|w| query.state.is_none_or(|s| w.state() == s));
         workflows.sort_by_key(Workflow::id);
         let page_size = query.page_size.max(1);

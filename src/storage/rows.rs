@@ -3,21 +3,8 @@
 //! [`Storage`](super::Storage) for free: the protocol (fences, compare-and-swap
 //! saves, lease grants and takeovers, claims, event numbering, cascade deletes) is
 //! written once, in `protocol.rs`, and every store, the built-in ones included, runs
-//! that one copy.
-//!
-//! # Why the row operations are synchronous
-//!
-//! A transaction is a synchronous closure over `&mut dyn RowTx`, which
-//! [`RowStore::transaction`] runs however the store needs: the in-memory store under
-//! its mutex, SQLite on one of Tokio's blocking threads (as rusqlite must run), and
-//! Postgres on a blocking thread too, each statement driven by the runtime's
-//! `Handle::block_on`. The alternative, row operations as async methods, would have
-//! made the two synchronous stores (and any store kept in memory) either hold a lock
-//! across `.await`s or hop to a blocking thread per statement; written this way the
-//! memory and SQLite stores do exactly the work they did before the protocol was
-//! shared, and only Postgres pays, one hop to a blocking thread per transaction,
-//! which is small beside its network round trips. A store of your own over an async
-//! client does as the Postgres store does.
+//! that one copy. Why the row operations are synchronous (and Postgres runs them on a
+//! blocking thread) is said, and measured, in [`RowStore`]'s documentation.
 
 use std::fmt;
 use std::future::Future;
@@ -126,7 +113,22 @@ impl From<Error> for RowError {
 /// the protocol, and work run through it directly is not fenced.
 ///
 /// See the [durability guide](crate::guide::durability#your-own-store) for a store
-/// of one's own, and `tests/it/storage_rows.rs` for a complete one over a `HashMap`.
+/// of one's own, and `tests/it/storage_rows.rs` in the repository for a complete one
+/// over `HashMap`s.
+///
+/// # Why the row operations are synchronous
+///
+/// A transaction is a synchronous closure over `&mut dyn RowTx`, which
+/// [`RowStore::transaction`] runs however the store needs: the in-memory store under
+/// its mutex, SQLite on one of Tokio's blocking threads (as rusqlite must run), and
+/// Postgres on a blocking thread too, each statement driven by the runtime's
+/// `Handle::block_on`. The alternative, row operations as async methods, would have
+/// made the two synchronous stores (and any store kept in memory) either hold a lock
+/// across `.await`s or hop to a blocking thread per statement; written this way the
+/// memory and SQLite stores do exactly the work they did before the protocol was
+/// shared, and only Postgres pays, one hop to a blocking thread per transaction,
+/// which is small beside its network round trips. A store of your own over an async
+/// client does as the Postgres store does.
 pub trait RowStore: Send + Sync + fmt::Debug {
     /// Runs `work` in one transaction, committed only when it returns `Ok`.
     ///

@@ -151,6 +151,10 @@ impl WorkflowPage {
 /// caller's [`Lease`] and fails with [`Error::LeaseLost`](crate::Error::LeaseLost)
 /// unless it is the current, unexpired lease of that workflow.
 ///
+/// Every [`RowStore`] is a `Storage`: the built-in stores, and a store of one's own
+/// made of row operations, run one copy of this protocol (see the
+/// [durability guide](crate::storage#your-own-store)).
+///
 /// ```
 /// use std::sync::Arc;
 /// use portia::storage::{InMemoryStorage, Storage};

@@ -112,7 +112,7 @@ impl From<Error> for RowError {
 /// [`Storage`](super::Storage) is what callers use; [`RowStore::transaction`] is for
 /// the protocol, and work run through it directly is not fenced.
 ///
-/// See the [durability guide](crate::guide::durability#your-own-store) for a store
+/// See the [durability guide](crate::storage#your-own-store) for a store
 /// of one's own, and `tests/it/storage_rows.rs` in the repository for a complete one
 /// over `HashMap`s.
 ///
@@ -129,6 +129,11 @@ impl From<Error> for RowError {
 /// shared, and only Postgres pays, one hop to a blocking thread per transaction,
 /// which is small beside its network round trips. A store of your own over an async
 /// client does as the Postgres store does.
+///
+/// Measured with `cargo run --release --example bench -- --n 200 --concurrency 50
+/// --storage sqlite`, three runs each, interleaved, on a busy two-core machine:
+/// 54.1 workflows/s and 4.8 ms of CPU per workflow with each store's own copy of the
+/// protocol, 55.7 workflows/s and 4.6 ms with the shared one.
 pub trait RowStore: Send + Sync + fmt::Debug {
     /// Runs `work` in one transaction, committed only when it returns `Ok`.
     ///

@@ -61,6 +61,7 @@ mod storage_conformance;
 mod storage_import;
 #[cfg(feature = "postgres")]
 mod storage_postgres;
+mod storage_rows;
 mod tool_api;
 mod tool_retries;
 mod tools_calculator;

@@ -56,6 +56,8 @@ pub struct SqliteStorage {
 #[derive(Debug)]
 struct Inner {
     path: PathBuf,
+    /// The file's identity when it was opened, where the platform tells it.
+    file: Option<FileId>,
     clock: Arc<dyn Clock>,
     conn: Mutex<Connection>,
     /// Wakes this process's workers; other processes' workers poll.
@@ -95,7 +97,8 @@ impl SqliteStorage {
         configure(&conn).map_err(|e| db_error(&path, "cannot configure the database", e))?;
         migrate(&mut conn, &path).map_err(|fail| describe(&path, "cannot create or upgrade the schema", fail))?;
         let runnable = tokio::sync::Notify::new();
-        let inner = Inner { path, clock, conn: Mutex::new(conn), runnable, bells: Bells::default() };
+        let file = FileId::of(&path);
+        let inner = Inner { path, file, clock, conn: Mutex::new(conn), runnable, bells: Bells::default() };
         Ok(Self { inner: Arc::new(inner) })
     }
 
@@ -143,6 +146,7 @@ impl RowStore for SqliteStorage {
     async fn transaction<T: Send + 'static>(&self, access: Access, work: Work<T>) -> DbResult<T> {
         let inner = Arc::clone(&self.inner);
         let task = tokio::task::spawn_blocking(move || {
+            inner.check_file()?;
             // A poisoned lock only means a task panicked; its transaction rolled back
             // as it unwound, so the connection is still sound.
             let mut conn = inner.conn.lock().unwrap_or_else(PoisonError::into_inner);
@@ -186,6 +190,47 @@ impl RowStore for SqliteStorage {
 
     async fn watch_runnable(&self, timeout: Duration) {
         let _ = tokio::time::timeout(timeout, self.inner.runnable.notified()).await;
+    }
+}
+
+/// Which file a path named: its device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId(u64, u64);
+
+impl FileId {
+    #[cfg(unix)]
+    fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(path).ok().map(|m| Self(m.dev(), m.ino()))
+    }
+
+    /// Elsewhere a file in use cannot be deleted or replaced, so there is nothing to check.
+    #[cfg(not(unix))]
+    fn of(_path: &Path) -> Option<Self> {
+        None
+    }
+}
+
+impl Inner {
+    /// Refuses to go on once the file opened is no longer the one at the path: the
+    /// connection would go on writing into a deleted file, which no other process
+    /// sees and which is gone when this one ends. A stat per call is cheap next to
+    /// the call's synced commit.
+    fn check_file(&self) -> DbResult<()> {
+        let Some(opened) = self.file else { return Ok(()) };
+        let now = FileId::of(&self.path);
+        if now == Some(opened) {
+            return Ok(());
+        }
+        let what = if now.is_none() { "deleted" } else { "replaced by another file" };
+        Err(RowError::Refused(Error::Storage {
+            path: Some(self.path.clone()),
+            message: format!(
+                "the database file was {what} while this process had it open, so its writes would be lost; \
+                 restart the process (or open the store again) to use the file now at this path"
+            ),
+            source: None,
+        }))
     }
 }
 

@@ -219,11 +219,15 @@ impl<S: RowStore> Storage for S {
 
     async fn prune_finished(&self, before: DateTime<Utc>) -> Result<usize> {
         let what = || format!("cannot prune workflows finished before {before}");
-        run(self, Access::Write, what, move |tx| {
+        let deleted = run(self, Access::Write, what, move |tx| {
             let ids = tx.finished_before(before)?;
             delete_all(tx, &ids)
         })
-        .await
+        .await?;
+        if deleted > 0 {
+            self.reclaim_space(deleted).await?;
+        }
+        Ok(deleted)
     }
 }
 

@@ -188,6 +188,14 @@ pub trait RowStore: Send + Sync + fmt::Debug {
     fn watch_runnable(&self, timeout: Duration) -> impl Future<Output = ()> + Send {
         tokio::time::sleep(timeout)
     }
+
+    /// Called after [`Storage::prune_finished`](super::Storage::prune_finished)
+    /// deleted `deleted` workflows: give the space they took back here (a file that
+    /// only grows would keep it). This default does nothing.
+    fn reclaim_space(&self, deleted: usize) -> impl Future<Output = crate::Result<()>> + Send {
+        let _ = deleted;
+        std::future::ready(Ok(()))
+    }
 }
 
 /// The reads and writes of one transaction. Each is small and decides nothing: the

@@ -188,6 +188,20 @@ impl RowStore for SqliteStorage {
         }
     }
 
+    /// Returns the pages the deleted rows freed to the file system. A file made by
+    /// this version keeps `auto_vacuum = INCREMENTAL`, so that is quick; an older
+    /// file is switched to it once, by a `VACUUM` that rewrites it.
+    async fn reclaim_space(&self, _deleted: usize) -> Result<()> {
+        let inner = Arc::clone(&self.inner);
+        let what = "cannot give the space of the pruned workflows back";
+        let task = tokio::task::spawn_blocking(move || {
+            inner.check_file().map_err(|e| describe(&inner.path, what, e))?;
+            let conn = inner.conn.lock().unwrap_or_else(PoisonError::into_inner);
+            reclaim(&conn).map_err(|e| db_error(&inner.path, what, e))
+        });
+        task.await.map_err(|e| self.stopped(e))?
+    }
+
     async fn watch_runnable(&self, timeout: Duration) {
         let _ = tokio::time::timeout(timeout, self.inner.runnable.notified()).await;
     }
@@ -234,8 +248,29 @@ impl Inner {
     }
 }
 
+/// `PRAGMA auto_vacuum` once freed pages go back to the file system at each
+/// `PRAGMA incremental_vacuum`.
+const INCREMENTAL: i64 = 2;
+
+/// Frees the database's unused pages (see [`SqliteStorage::reclaim_space`]).
+fn reclaim(conn: &Connection) -> rusqlite::Result<()> {
+    let mode: i64 = conn.pragma_query_value(None, "auto_vacuum", |row| row.get(0))?;
+    if mode == INCREMENTAL {
+        // Each row of the result is a page freed; step through them all.
+        let mut statement = conn.prepare("PRAGMA incremental_vacuum")?;
+        let mut rows = statement.query([])?;
+        while rows.next()?.is_some() {}
+        Ok(())
+    } else {
+        conn.pragma_update(None, "auto_vacuum", INCREMENTAL)?;
+        conn.execute_batch("VACUUM")
+    }
+}
+
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    // Takes effect only on a file with no tables yet; older files switch at their first prune.
+    conn.pragma_update(None, "auto_vacuum", INCREMENTAL)?;
     use_wal(conn)?;
     // FULL syncs every commit, so a journaled intent is on disk before its tool runs.
     conn.pragma_update(None, "synchronous", "FULL")?;

@@ -252,6 +252,10 @@ impl RowTx for Rows<'_> {
         Ok(next.map(|row| row.workflow.id().to_string()))
     }
 
+    fn has_queued_work(&mut self) -> Done<bool> {
+        Ok(self.state.workflows.values().any(|row| row.queued.is_some() && row.workflow.state().is_runnable()))
+    }
+
     fn dequeue(&mut self, id: &str) -> Done<()> {
         if let Some(row) = id.parse().ok().and_then(|id| self.row(id)) {
             row.queued = None;

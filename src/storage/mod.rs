@@ -237,6 +237,34 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// or released) or when `timeout` has passed, whichever is first. A store that
     /// cannot hear of changes made by other processes just waits: workers poll.
     async fn wait_for_runnable(&self, timeout: std::time::Duration);
+    /// Whether a queued workflow is yet to finish: waiting to be claimed, running on a
+    /// worker, or left by a run that died (its lease lapses, and a worker takes it
+    /// over). A queued workflow waiting for a human, and one created and run outside
+    /// the queue, do not count: no worker will run them. A worker that should stop
+    /// when its work is done stops once this is `false`.
+    ///
+    /// This default, for a store written against `Storage` itself, reads the listing
+    /// and counts any readable workflow not yet finished or waiting, queued or not;
+    /// the built-in stores and every [`RowStore`] know the queue.
+    ///
+    /// # Errors
+    /// A storage error.
+    async fn has_queued_work(&self) -> Result<bool> {
+        for state in [WorkflowState::NotStarted, WorkflowState::ReadyToResume, WorkflowState::InProgress] {
+            let mut query = WorkflowQuery::in_state(state).page_size(1);
+            loop {
+                let page = self.list_workflows(&query).await?;
+                if !page.results.is_empty() {
+                    return Ok(true);
+                }
+                if page.current_page >= page.total_pages {
+                    break;
+                }
+                query = query.page(page.current_page + 1);
+            }
+        }
+        Ok(false)
+    }
     /// Asks whoever runs the workflow to stop; the lease holder sees it when it next
     /// renews or finishes a step.
     async fn request_cancel(&self, id: WorkflowId, reason: &str) -> Result<()>;

@@ -404,6 +404,8 @@ const NEXT_RUNNABLE: &str = "SELECT id FROM {S}.workflows WHERE queued IS NOT NU
                              AND state IN ('NOT_STARTED', 'IN_PROGRESS', 'READY_TO_RESUME') \
                              AND (lease_owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= $1) \
                              ORDER BY queued LIMIT 1 FOR UPDATE SKIP LOCKED";
+const QUEUED_WORK: &str = "SELECT 1 FROM {S}.workflows WHERE queued IS NOT NULL \
+                           AND state IN ('NOT_STARTED', 'IN_PROGRESS', 'READY_TO_RESUME') LIMIT 1";
 const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 
 /// One transaction on a pooled connection, on a blocking thread.
@@ -566,6 +568,10 @@ impl RowTx for Rows<'_> {
     /// for one another.
     fn next_runnable(&mut self, now: DateTime<Utc>) -> DbResult<Option<String>> {
         Ok(self.column(NEXT_RUNNABLE, &[&now])?.pop())
+    }
+
+    fn has_queued_work(&mut self) -> DbResult<bool> {
+        Ok(!self.column::<i32>(QUEUED_WORK, &[])?.is_empty())
     }
 
     fn dequeue(&mut self, id: &str) -> DbResult<()> {

@@ -139,6 +139,10 @@ impl<S: RowStore> Storage for S {
         self.watch_runnable(timeout).await;
     }
 
+    async fn has_queued_work(&self) -> Result<bool> {
+        run(self, Access::Read, || "cannot look at the queue".to_owned(), |tx| tx.has_queued_work()).await
+    }
+
     async fn request_cancel(&self, id: WorkflowId, reason: &str) -> Result<()> {
         let reason = reason.to_owned();
         let what = || format!("cannot request the cancellation of workflow {id}");

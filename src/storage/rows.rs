@@ -279,6 +279,12 @@ pub trait RowTx {
     /// # Errors
     /// The store's.
     fn dequeue(&mut self, id: &str) -> Result<(), RowError>;
+    /// Whether a queued workflow is NOT_STARTED, IN_PROGRESS or READY_TO_RESUME,
+    /// whatever its lease.
+    ///
+    /// # Errors
+    /// The store's.
+    fn has_queued_work(&mut self) -> Result<bool, RowError>;
 
     /// The number of workflow `id`'s last stored event; 0 if it has none.
     ///

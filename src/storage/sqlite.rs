@@ -462,6 +462,8 @@ const NEXT_RUNNABLE: &str = "SELECT id FROM workflows WHERE queued IS NOT NULL \
                              AND state IN ('NOT_STARTED', 'IN_PROGRESS', 'READY_TO_RESUME') \
                              AND (lease_owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= ?1) \
                              ORDER BY queued LIMIT 1";
+const QUEUED_WORK: &str = "SELECT 1 FROM workflows WHERE queued IS NOT NULL \
+                           AND state IN ('NOT_STARTED', 'IN_PROGRESS', 'READY_TO_RESUME') LIMIT 1";
 const UPDATE_WORKFLOW: &str = "UPDATE workflows SET plan_id = ?2, state = ?3, version = ?4, end_user_id = ?5, \
                                body = ?6, updated_at = ?7 WHERE id = ?1";
 const LEASE_ROW: &str = "SELECT lease_owner, lease_epoch, lease_expires_at, attempts, cancel_requested, version \
@@ -551,6 +553,11 @@ impl RowTx for Rows<'_> {
 
     fn next_runnable(&mut self, now: DateTime<Utc>) -> DbResult<Option<String>> {
         self.one(NEXT_RUNNABLE, [now.timestamp_millis()])
+    }
+
+    fn has_queued_work(&mut self) -> DbResult<bool> {
+        let found: Option<i64> = self.one(QUEUED_WORK, [])?;
+        Ok(found.is_some())
     }
 
     fn dequeue(&mut self, id: &str) -> DbResult<()> {

@@ -266,6 +266,7 @@ cases!(
     prune_takes_only_old_finished_workflows,
     claims_hand_out_queued_workflows_oldest_first,
     claims_skip_workflows_waiting_for_a_human_or_finished,
+    queued_work_counts_only_what_a_worker_will_run,
     events_are_stored_with_the_save_in_order,
     racing_handles_for_one_lease_let_one_win,
     an_event_wait_finds_stored_events_and_otherwise_times_out,
@@ -652,6 +653,29 @@ async fn claims_skip_workflows_waiting_for_a_human_or_finished(f: Fixture) {
     store.release_lease(&lease).await.unwrap();
     let resumed = store.claim_runnable("w4", TTL).await.unwrap().expect("the answered workflow");
     assert_eq!((resumed.workflow.id(), resumed.reclaimed), (waiting.id(), false));
+}
+
+async fn queued_work_counts_only_what_a_worker_will_run(f: Fixture) {
+    let store = f.store();
+    let work = |what: &'static str| async move { store.has_queued_work().await.expect(what) };
+    let outside = stored(store).await; // run in its own process, never queued
+    assert!(!work("nothing queued").await, "{} is not queued", outside.id());
+
+    let queued = submitted(store).await;
+    assert!(work("one queued").await);
+    let lease = store.claim_runnable("w1", TTL).await.unwrap().expect("claimed").lease;
+    assert!(work("one running").await, "a running workflow is work left");
+    let waiting = move_to(store, &queued, &lease, WorkflowState::NeedClarification).await;
+    store.release_lease(&lease).await.unwrap();
+    assert!(!work("one waiting for a human").await, "{} waits for a human", waiting.id());
+
+    let lease = store.acquire_lease(waiting.id(), "answerer", TTL).await.unwrap().lease;
+    let ready = move_to(store, &waiting, &lease, WorkflowState::ReadyToResume).await;
+    store.release_lease(&lease).await.unwrap();
+    assert!(work("one answered").await);
+    let lease = store.claim_runnable("w2", TTL).await.unwrap().expect("claimed").lease;
+    move_to(store, &ready, &lease, WorkflowState::Complete).await;
+    assert!(!work("all finished").await);
 }
 
 async fn a_submission_or_release_wakes_a_waiting_worker(f: Fixture) {

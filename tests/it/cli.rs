@@ -724,3 +724,28 @@ fn cancel_waits_for_a_run_in_another_process_to_stop() {
     assert_eq!(code(&ran), 1, "{}", stderr(&ran));
     assert_eq!(stdout_json(&ran)["state"], "FAILED");
 }
+
+/// `--exit-when-idle` waits only for queued work: a workflow that a killed
+/// `portia run` left IN_PROGRESS is no worker's, and does not keep the worker up.
+#[test]
+fn a_worker_exits_when_idle_despite_a_workflow_no_worker_will_run() {
+    let dir = workdir();
+    let plan = llm_plan(dir.path());
+    let silent = Silent::start();
+    let child = with_model(dir.path(), &silent.base_url())
+        .args(["run", "--plan", plan.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = crate::common::ChildGuard(child);
+    let _request = silent.wait_for_request();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let left = stdout_json(&run(dir.path(), &["list", "--format", "json"]));
+    assert_eq!(left[0]["state"], "IN_PROGRESS");
+
+    let worker = run(dir.path(), &["worker", "--exit-when-idle"]);
+    assert_eq!(code(&worker), 0, "{}", stderr(&worker));
+    assert_eq!(stdout_json(&worker)["runs"], 0);
+}

@@ -98,6 +98,9 @@ impl Storage for RecordingStorage {
     async fn wait_for_runnable(&self, timeout: Duration) {
         self.inner.wait_for_runnable(timeout).await
     }
+    async fn has_queued_work(&self) -> portia::Result<bool> {
+        self.inner.has_queued_work().await
+    }
     async fn request_cancel(&self, id: WorkflowId, reason: &str) -> portia::Result<()> {
         self.inner.request_cancel(id, reason).await
     }

@@ -75,6 +75,7 @@ macro_rules! pass_on {
             release_lease(lease: &Lease) -> portia::Result<()>;
             claim_runnable(owner: &str, ttl: Duration) -> portia::Result<Option<portia::storage::LeaseGrant>>;
             wait_for_runnable(timeout: Duration) -> ();
+            has_queued_work() -> portia::Result<bool>;
             request_cancel(id: WorkflowId, reason: &str) -> portia::Result<()>;
             begin_tool_call(lease: &Lease, intent: &ToolCallRecord) -> portia::Result<Option<ToolCallRecord>>;
             finish_tool_call(lease: &Lease, record: &ToolCallRecord) -> portia::Result<()>;
@@ -138,7 +139,7 @@ async fn a_store_that_saves_with_a_lost_lease_fails_the_fencing_case() {
 #[should_panic(expected = "storage conformance: no case is named \"no_such_case\"; the cases are: ")]
 async fn an_unknown_case_name_is_refused_with_the_list() {
     let suite = StorageConformance::new(|clock| async move { memory(clock) });
-    assert_eq!(suite.cases().count(), 21);
+    assert_eq!(suite.cases().count(), 22);
     assert!(suite.cases().any(|case| case == WAKE));
     let _ = suite.only(&["no_such_case"]);
 }

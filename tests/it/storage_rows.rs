@@ -134,6 +134,10 @@ impl RowTx for Tx<'_> {
         Ok(self.row(id).map(|row| row.cancel_requested = Some(reason.to_owned())).is_some())
     }
 
+    fn has_queued_work(&mut self) -> Done<bool> {
+        Ok(self.tables.workflows.values().any(|row| row.queued.is_some() && row.workflow.state().is_runnable()))
+    }
+
     fn next_runnable(&mut self, now: DateTime<Utc>) -> Done<Option<String>> {
         let runnable =
             |row: &&WorkflowRow| row.queued.is_some() && row.workflow.state().is_runnable() && row.lease.is_free(now);

@@ -292,37 +292,12 @@ async fn list(runner: &Runner, state: Option<WorkflowState>, format: Format) -> 
     Ok(Exit::Ok)
 }
 
-/// Completes once no workflow is queued, resuming or running.
+/// Completes once no queued workflow is left for a worker to run: none waiting,
+/// running, or left by a run that died. A store error counts as work left, so that a
+/// worker never takes an outage for idleness.
 async fn idle(runner: Runner) {
-    let busy = [WorkflowState::NotStarted, WorkflowState::ReadyToResume, WorkflowState::InProgress];
-    loop {
-        let mut waiting = false;
-        for state in busy {
-            waiting = waiting || has_readable(&runner, state).await;
-        }
-        if !waiting {
-            return;
-        }
+    while runner.storage().has_queued_work().await.unwrap_or(true) {
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Whether a readable workflow is in `state`: a row that cannot be read is off the
-/// queue, and no worker will ever run it. Pages are read only until one shows a
-/// workflow, so a busy store costs one small query. A store error counts as busy, so
-/// that a worker never takes an outage for idleness.
-async fn has_readable(runner: &Runner, state: WorkflowState) -> bool {
-    let mut page_number = 1;
-    loop {
-        let query = WorkflowQuery::in_state(state).page(page_number);
-        let Ok(page) = runner.list_workflows(&query).await else { return true };
-        if !page.results.is_empty() {
-            return true;
-        }
-        if page.current_page >= page.total_pages {
-            return false;
-        }
-        page_number += 1;
     }
 }
 

@@ -13,9 +13,19 @@ use super::calls::{Stop, StopSignal};
 use crate::ids::WorkflowId;
 use crate::storage::{Lease, Storage};
 
+/// How often the store is asked whether someone cancelled one of this process's runs.
+const CANCEL_POLL: Duration = Duration::from_secs(1);
+
 /// The runs of this process, by workflow.
 #[derive(Debug, Default, Clone)]
-pub(super) struct LocalRuns(Arc<Mutex<HashMap<WorkflowId, LocalRun>>>);
+pub(super) struct LocalRuns(Arc<Mutex<Runs>>);
+
+#[derive(Debug, Default)]
+struct Runs {
+    by_workflow: HashMap<WorkflowId, LocalRun>,
+    /// Whether a task is watching the store for cancellations of these runs.
+    watched: bool,
+}
 
 /// One local run: its stop signal, and a lock it holds until it ends.
 #[derive(Debug, Clone)]
@@ -25,20 +35,55 @@ pub(super) struct LocalRun {
 }
 
 impl LocalRuns {
-    /// Registers a run that holds the lease of `id`; it is forgotten when the guard drops.
-    pub(super) fn register(&self, id: WorkflowId, signal: StopSignal) -> RegisteredRun {
+    /// Registers a run that holds the lease of `id`; it is forgotten when the guard
+    /// drops. While any run is registered, one task asks `storage` every second
+    /// whether someone cancelled one of them, from any process.
+    pub(super) fn register(&self, id: WorkflowId, signal: StopSignal, storage: &Arc<dyn Storage>) -> RegisteredRun {
         let running = Arc::new(tokio::sync::Mutex::new(()));
         let held = Arc::clone(&running).try_lock_owned().ok();
-        self.lock().insert(id, LocalRun { signal, running });
+        let mut runs = self.lock();
+        runs.by_workflow.insert(id, LocalRun { signal, running });
+        if !runs.watched {
+            runs.watched = true;
+            tokio::spawn(self.clone().watch_cancellations(Arc::clone(storage)));
+        }
         RegisteredRun { id, runs: self.clone(), _held: held }
     }
 
     /// The local run of `id`, if there is one.
     pub(super) fn get(&self, id: WorkflowId) -> Option<LocalRun> {
-        self.lock().get(&id).cloned()
+        self.lock().by_workflow.get(&id).cloned()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<WorkflowId, LocalRun>> {
+    /// Stops each run someone cancelled, until no run is left. One read serves every
+    /// run of the process; the heartbeat's renewal would see it too, but only every
+    /// third of a lease.
+    async fn watch_cancellations(self, storage: Arc<dyn Storage>) {
+        loop {
+            tokio::time::sleep(CANCEL_POLL).await;
+            let ids: Vec<WorkflowId> = {
+                let mut runs = self.lock();
+                if runs.by_workflow.is_empty() {
+                    runs.watched = false;
+                    return;
+                }
+                runs.by_workflow.keys().copied().collect()
+            };
+            match storage.cancel_requests(&ids).await {
+                Ok(requested) => {
+                    for (id, reason) in requested {
+                        if let Some(run) = self.get(id) {
+                            run.signal.stop(Stop::Cancelled(reason));
+                        }
+                    }
+                }
+                // The heartbeat's renewal still carries cancellations.
+                Err(e) => tracing::debug!(error = %e, "could not read cancellation requests"),
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Runs> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -53,7 +98,7 @@ pub(super) struct RegisteredRun {
 
 impl Drop for RegisteredRun {
     fn drop(&mut self) {
-        self.runs.lock().remove(&self.id);
+        self.runs.lock().by_workflow.remove(&self.id);
     }
 }
 

@@ -70,7 +70,7 @@ impl Runner {
     pub(super) async fn run_granted(&self, grant: LeaseGrant, signal: StopSignal) -> Result<Workflow> {
         let ttl = self.inner.config.lease_ttl();
         let (id, lease) = (grant.workflow.id(), grant.lease.clone());
-        let _registered = self.inner.local_runs.register(id, signal.clone());
+        let _registered = self.inner.local_runs.register(id, signal.clone(), &self.inner.storage);
         let heartbeat = spawn_heartbeat(Arc::clone(&self.inner.storage), lease.clone(), ttl, signal.clone());
         let span = workflow_span(&grant.workflow);
         let result = self.run_leased(grant, signal).instrument(span).await;

@@ -266,8 +266,22 @@ pub trait Storage: Send + Sync + fmt::Debug {
         Ok(false)
     }
     /// Asks whoever runs the workflow to stop; the lease holder sees it when it next
-    /// renews or finishes a step.
+    /// renews or finishes a step, or at once through [`Storage::cancel_requests`].
     async fn request_cancel(&self, id: WorkflowId, reason: &str) -> Result<()>;
+    /// The cancellations requested of the workflows `ids`, with their reasons: one
+    /// read, which a runner makes every second for all the runs of its process, so
+    /// that a cancellation from another process reaches a run within a second rather
+    /// than at its next lease renewal. Workflows that are not stored are left out.
+    ///
+    /// This default, for a store written against `Storage` itself, reports none:
+    /// runs then see cancellations when they renew their leases.
+    ///
+    /// # Errors
+    /// A storage error.
+    async fn cancel_requests(&self, ids: &[WorkflowId]) -> Result<Vec<(WorkflowId, String)>> {
+        let _ = ids;
+        Ok(Vec::new())
+    }
 
     /// Stores a call's intent unless one with its key is stored. Returns `None` when
     /// the intent was stored now, and the earlier record (with its outcome, if known)

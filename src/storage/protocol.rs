@@ -139,6 +139,25 @@ impl<S: RowStore> Storage for S {
         self.watch_runnable(timeout).await;
     }
 
+    async fn cancel_requests(&self, ids: &[WorkflowId]) -> Result<Vec<(WorkflowId, String)>> {
+        let ids = ids.to_vec();
+        run(
+            self,
+            Access::Read,
+            || "cannot read cancellation requests".to_owned(),
+            move |tx| {
+                let mut requested = Vec::new();
+                for id in ids {
+                    if let Some(reason) = tx.lease(id)?.and_then(|row| row.cancel_requested) {
+                        requested.push((id, reason));
+                    }
+                }
+                Ok(requested)
+            },
+        )
+        .await
+    }
+
     async fn has_queued_work(&self) -> Result<bool> {
         run(self, Access::Read, || "cannot look at the queue".to_owned(), |tx| tx.has_queued_work()).await
     }

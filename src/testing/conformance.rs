@@ -466,7 +466,12 @@ async fn cancellation_reaches_the_holder(f: Fixture) {
     let store = f.store();
     let workflow = stored(store).await;
     let lease = acquire(store, &workflow, "runner-a").await;
+    let other = stored(store).await;
+    let asked = [workflow.id(), other.id(), WorkflowId::new()];
+    assert_eq!(store.cancel_requests(&asked).await.unwrap(), Vec::new());
     (f.other)().request_cancel(workflow.id(), "the user gave up").await.unwrap();
+    let requested = store.cancel_requests(&asked).await.unwrap();
+    assert_eq!(requested, vec![(workflow.id(), "the user gave up".to_owned())], "only the one cancelled");
     let status = store.renew_lease(&lease, TTL).await.unwrap();
     assert_eq!(status.cancel_requested.as_deref(), Some("the user gave up"));
     store.release_lease(&lease).await.unwrap();

@@ -101,6 +101,9 @@ impl Storage for RecordingStorage {
     async fn has_queued_work(&self) -> portia::Result<bool> {
         self.inner.has_queued_work().await
     }
+    async fn cancel_requests(&self, ids: &[WorkflowId]) -> portia::Result<Vec<(WorkflowId, String)>> {
+        self.inner.cancel_requests(ids).await
+    }
     async fn request_cancel(&self, id: WorkflowId, reason: &str) -> portia::Result<()> {
         self.inner.request_cancel(id, reason).await
     }

@@ -439,6 +439,28 @@ async fn cancelling_a_running_workflow_is_not_undone_by_the_run() {
     assert_eq!(h.runner.get_workflow(workflow.id()).await.unwrap(), ended);
 }
 
+/// A cancellation asked through another runner (another process, say) reaches the
+/// run within a second, not at its next lease renewal a third of a lease later.
+#[tokio::test(start_paused = true)]
+async fn a_cancellation_from_another_runner_stops_the_run_within_a_second() {
+    let (h, tool, plan) = slow_harness(ScriptedLlm::new().tool_call("slow_tool", json!({})));
+    assert_eq!(h.runner.config().lease_ttl(), Duration::from_secs(30), "renewals come every 10 s");
+    let (workflow, run) = start_slow_run(&h, &tool, &plan).await;
+    let other = Runner::builder(h.runner.config().clone())
+        .storage(h.storage.clone())
+        .llm(Arc::new(ScriptedLlm::new()))
+        .build()
+        .unwrap();
+    let asked = tokio::time::Instant::now();
+    let still_running = other.cancel_workflow(workflow.id(), "stopped from elsewhere").await.unwrap();
+    assert_eq!(still_running.state(), WorkflowState::InProgress);
+
+    let ended = run.await.unwrap().unwrap();
+    assert!(asked.elapsed() <= Duration::from_secs(1), "stopped after {:?}", asked.elapsed());
+    assert_eq!(ended.state(), WorkflowState::Failed);
+    assert_eq!(ended.failure().unwrap().message, "stopped from elsewhere");
+}
+
 /// An interrupt stops the run at once and leaves the workflow IN_PROGRESS with its
 /// lease released; resuming it does not call again the tool whose outcome is unknown.
 #[tokio::test]

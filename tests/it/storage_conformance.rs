@@ -76,6 +76,7 @@ macro_rules! pass_on {
             claim_runnable(owner: &str, ttl: Duration) -> portia::Result<Option<portia::storage::LeaseGrant>>;
             wait_for_runnable(timeout: Duration) -> ();
             has_queued_work() -> portia::Result<bool>;
+            cancel_requests(ids: &[WorkflowId]) -> portia::Result<Vec<(WorkflowId, String)>>;
             request_cancel(id: WorkflowId, reason: &str) -> portia::Result<()>;
             begin_tool_call(lease: &Lease, intent: &ToolCallRecord) -> portia::Result<Option<ToolCallRecord>>;
             finish_tool_call(lease: &Lease, record: &ToolCallRecord) -> portia::Result<()>;

@@ -195,7 +195,7 @@ fn count(
 }
 
 /// Completes on SIGTERM or ctrl-c (ctrl-c only where there is no SIGTERM).
-async fn shutdown_signal() {
+pub(super) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

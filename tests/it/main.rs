@@ -56,6 +56,8 @@ mod mcp_servers;
 mod parallel;
 mod plan_args;
 mod runner;
+#[cfg(feature = "server")]
+mod serve;
 #[cfg(feature = "sqlite")]
 mod storage_conformance;
 mod storage_import;

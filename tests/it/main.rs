@@ -58,6 +58,8 @@ mod plan_args;
 mod runner;
 #[cfg(feature = "server")]
 mod serve;
+#[cfg(feature = "server")]
+mod serve_events;
 #[cfg(feature = "sqlite")]
 mod storage_conformance;
 mod storage_import;

@@ -2,9 +2,11 @@
 //!
 #![doc = include_str!("../../docs/serve.md")]
 
+mod agui;
 mod api;
 mod auth;
 mod errors;
+mod follow;
 mod openapi;
 mod pages;
 mod router;

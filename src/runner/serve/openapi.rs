@@ -3,7 +3,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::api;
+use super::{api, follow};
 use super::errors::{ErrorBody, ErrorDetail};
 
 #[derive(OpenApi)]
@@ -16,6 +16,8 @@ use super::errors::{ErrorBody, ErrorDetail};
         api::get_workflow,
         api::get_workflow_plan,
         api::get_tool_calls,
+        follow::events,
+        follow::run_agent,
         api::answer,
         api::cancel,
         api::resume,

@@ -12,7 +12,7 @@ use tower_http::cors::CorsLayer;
 use super::ServeOptions;
 use super::api::{self, PlanQueries};
 use super::auth::{self, Tokens};
-use super::{openapi, pages};
+use super::{follow, openapi, pages};
 use crate::ids::WorkflowId;
 use crate::runner::Runner;
 
@@ -67,6 +67,8 @@ pub(super) fn build(runner: Runner, options: &ServeOptions, stopping: tokio::syn
         .route("/v1/workflows/{id}", get(api::get_workflow).delete(api::delete_workflow))
         .route("/v1/workflows/{id}/plan", get(api::get_workflow_plan))
         .route("/v1/workflows/{id}/tool-calls", get(api::get_tool_calls))
+        .route("/v1/workflows/{id}/events", get(follow::events))
+        .route("/v1/agui", post(follow::run_agent))
         .route("/v1/workflows/{id}/clarifications/{clarification_id}", post(api::answer))
         .route("/v1/workflows/{id}/cancel", post(api::cancel))
         .route("/v1/workflows/{id}/resume", post(api::resume))

@@ -352,3 +352,48 @@ async fn no_cors_header_unless_origins_are_configured() {
         assert_eq!(header.as_deref(), expected);
     }
 }
+
+/// The value of the sample `name` (with its labels) in a Prometheus text page.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_workflows_llm_calls_tokens_and_latencies_from_the_store() {
+    let plan_reply = json!({"steps": [{"task": "Say hello", "inputs": [], "output": "$hello"}]});
+    let llm = ScriptedLlm::new().json(plan_reply).text("Hello!");
+    let tokens = Tokens::new([ServerToken::new("admin"), ServerToken::for_end_user("ann-token", "ann")]);
+    let served = serve(runner_with(vec![weather()], llm), ServeOptions::new().tokens(tokens)).await;
+    let post = |token: &'static str, body: Value| {
+        served.http.post(served.url("/v1/workflows")).bearer_auth(token).json(&body).send()
+    };
+    let ann: Value = post("ann-token", json!({"plan": tool_plan("W", "weather_tool")})).await.unwrap().json().await.unwrap();
+    let said: Value = post("admin", json!({"query": "Say hello"})).await.unwrap().json().await.unwrap();
+    served.rest(ann["id"].as_str().unwrap()).await;
+    served.rest(said["id"].as_str().unwrap()).await;
+
+    let served = &served;
+    let scrape = |token: &'static str| async move {
+        let response = served.http.get(served.url("/metrics")).bearer_auth(token).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
+        response.text().await.unwrap()
+    };
+    let text = scrape("admin").await;
+    assert_eq!(sample(&text, "portia_workflows{state=\"COMPLETE\"}"), Some(2.0), "{text}");
+    assert_eq!(sample(&text, "portia_workflows{state=\"FAILED\"}"), Some(0.0));
+    let calls: Vec<&str> = text.lines().filter(|l| l.starts_with("portia_llm_calls_total{")).collect();
+    assert_eq!(calls.len(), 1, "one model: {calls:?}");
+    assert!(calls[0].ends_with(" 1"), "the step's call (planning is no workflow's): {calls:?}");
+    assert!(text.lines().any(|l| l.starts_with("portia_llm_tokens_total{") && l.contains("kind=\"completion\"")));
+    assert_eq!(sample(&text, "portia_tool_call_duration_seconds_count{tool=\"weather_tool\"}"), Some(1.0));
+    assert_eq!(sample(&text, "portia_step_duration_seconds_count"), Some(2.0));
+    assert_eq!(sample(&text, "portia_step_duration_seconds_bucket{le=\"+Inf\"}"), Some(2.0));
+    // Read again from the cache: the same figures.
+    assert_eq!(scrape("admin").await, text);
+
+    let anns = scrape("ann-token").await;
+    assert_eq!(sample(&anns, "portia_workflows{state=\"COMPLETE\"}"), Some(1.0), "a bound token counts its own");
+    assert!(!anns.contains("portia_llm_calls_total{"), "{anns}");
+    assert_eq!(served.get("/metrics").await.0, StatusCode::UNAUTHORIZED);
+}

@@ -253,3 +253,28 @@ async fn every_event_sent_parses_with_the_published_ag_ui_schemas() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_token_bound_to_another_end_user_gets_404_on_the_event_stream() {
+    use portia::runner::serve::{ServerToken, Tokens};
+    let tokens = Tokens::new([ServerToken::for_end_user("ann-token", "ann"), ServerToken::for_end_user("bob-token", "bob")]);
+    let served = serve(gated_runner(), ServeOptions::new().tokens(tokens)).await;
+    let created: Value = served
+        .http
+        .post(served.url("/v1/workflows"))
+        .bearer_auth("ann-token")
+        .json(&json!({"plan": tool_plan("Pay", "send_tool")}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let path = format!("/v1/workflows/{}/events", created["id"].as_str().unwrap());
+    let bobs = served.http.get(served.url(&path)).bearer_auth("bob-token").send().await.unwrap();
+    assert_eq!(bobs.status(), 404);
+    let anns = served.http.get(served.url(&format!("{path}?until=rest"))).bearer_auth("ann-token").send().await.unwrap();
+    assert_eq!(anns.status(), 200);
+    let events = SseReader::new(anns).rest().await;
+    assert_eq!(events.last().unwrap().data["outcome"]["type"], "interrupt");
+}

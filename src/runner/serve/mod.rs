@@ -7,6 +7,7 @@ mod api;
 mod auth;
 mod errors;
 mod follow;
+mod metrics;
 mod openapi;
 mod pages;
 mod router;

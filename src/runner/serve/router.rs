@@ -12,7 +12,7 @@ use tower_http::cors::CorsLayer;
 use super::ServeOptions;
 use super::api::{self, PlanQueries};
 use super::auth::{self, Tokens};
-use super::{follow, openapi, pages};
+use super::{follow, metrics, openapi, pages};
 use crate::ids::WorkflowId;
 use crate::runner::Runner;
 
@@ -26,6 +26,7 @@ pub(super) struct AppState {
     /// The tools the planner is offered when a request names none.
     pub(super) plan_tools: Arc<[String]>,
     pub(super) plan_queries: PlanQueries,
+    pub(super) metrics: metrics::MetricsCache,
     /// Turns `true` when the server stops: event streams end then.
     pub(super) stopping: tokio::sync::watch::Receiver<bool>,
 }
@@ -59,6 +60,7 @@ pub(super) fn build(runner: Runner, options: &ServeOptions, stopping: tokio::syn
         workers: options.workers > 0,
         plan_tools,
         plan_queries: PlanQueries::default(),
+        metrics: metrics::MetricsCache::default(),
         stopping,
     };
     let guarded = Router::new()
@@ -74,6 +76,7 @@ pub(super) fn build(runner: Runner, options: &ServeOptions, stopping: tokio::syn
         .route("/v1/workflows/{id}/resume", post(api::resume))
         .route("/v1/tools", get(api::tools))
         .route("/v1/openapi.json", get(openapi::document))
+        .route("/metrics", get(metrics::metrics))
         .merge(pages::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
     let app = Router::new()

@@ -59,6 +59,8 @@ mod runner;
 #[cfg(feature = "server")]
 mod serve;
 #[cfg(feature = "server")]
+mod serve_browser;
+#[cfg(feature = "server")]
 mod serve_events;
 #[cfg(feature = "sqlite")]
 mod storage_conformance;

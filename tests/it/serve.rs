@@ -79,8 +79,8 @@ pub(crate) fn config() -> Config {
 /// A runner on its own in-memory store with `tools`, answering from `llm`.
 pub(crate) fn runner_with(tools: Vec<MockTool>, llm: ScriptedLlm) -> Runner {
     let storage: Arc<dyn Storage> = Arc::new(InMemoryStorage::new());
-    let tools = InMemoryToolRegistry::from_tools(tools.into_iter().map(|t| Arc::new(t) as Arc<dyn portia::Tool>))
-        .unwrap();
+    let tools =
+        InMemoryToolRegistry::from_tools(tools.into_iter().map(|t| Arc::new(t) as Arc<dyn portia::Tool>)).unwrap();
     Runner::builder(config()).tools(tools).llm(Arc::new(llm)).storage(storage).build().unwrap()
 }
 
@@ -171,9 +171,8 @@ async fn an_answer_is_checked_and_resumes_the_workflow_to_complete() {
 #[tokio::test]
 async fn cancel_resume_and_delete_act_on_the_stored_workflow() {
     let served = serve(runner_with(vec![weather()], ScriptedLlm::new()), ServeOptions::new().workers(0)).await;
-    let (_, queued) = served
-        .post("/v1/workflows", json!({"plan": tool_plan("Weather?", "weather_tool"), "mode": "queue"}))
-        .await;
+    let (_, queued) =
+        served.post("/v1/workflows", json!({"plan": tool_plan("Weather?", "weather_tool"), "mode": "queue"})).await;
     let id = queued["id"].as_str().unwrap();
     assert_eq!(queued["state"], "NOT_STARTED");
     // Nothing runs a queued workflow here until it is resumed.
@@ -184,9 +183,8 @@ async fn cancel_resume_and_delete_act_on_the_stored_workflow() {
     assert_eq!(status, StatusCode::CONFLICT);
     assert!(refused["error"]["message"].as_str().unwrap().contains("cannot cancel it while it is COMPLETE"));
 
-    let (_, other) = served
-        .post("/v1/workflows", json!({"plan": tool_plan("Weather?", "weather_tool"), "mode": "queue"}))
-        .await;
+    let (_, other) =
+        served.post("/v1/workflows", json!({"plan": tool_plan("Weather?", "weather_tool"), "mode": "queue"})).await;
     let other = other["id"].as_str().unwrap();
     let (status, cancelled) = served.post(&format!("/v1/workflows/{other}/cancel"), json!({"reason": "no"})).await;
     assert_eq!(status, StatusCode::OK, "{cancelled}");
@@ -200,8 +198,7 @@ async fn cancel_resume_and_delete_act_on_the_stored_workflow() {
 
 #[tokio::test]
 async fn errors_are_json_worded_as_the_command_line_words_them() {
-    let served =
-        serve(runner_with(vec![weather()], ScriptedLlm::new()), ServeOptions::new().body_limit(4096)).await;
+    let served = serve(runner_with(vec![weather()], ScriptedLlm::new()), ServeOptions::new().body_limit(4096)).await;
     let missing = WorkflowId::new();
     let (status, body) = served.get(&format!("/v1/workflows/{missing}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -264,11 +261,7 @@ async fn the_openapi_document_is_3_1_and_lists_every_route() {
 
 #[tokio::test]
 async fn no_response_holds_a_secret() {
-    let config = Config::builder()
-        .summarize_final_output(false)
-        .openai_api_key("sk-very-secret-key")
-        .build()
-        .unwrap();
+    let config = Config::builder().summarize_final_output(false).openai_api_key("sk-very-secret-key").build().unwrap();
     let runner = Runner::builder(config)
         .tools(InMemoryToolRegistry::new().with(weather()).unwrap())
         .llm(Arc::new(ScriptedLlm::new()))
@@ -367,7 +360,8 @@ async fn metrics_count_workflows_llm_calls_tokens_and_latencies_from_the_store()
     let post = |token: &'static str, body: Value| {
         served.http.post(served.url("/v1/workflows")).bearer_auth(token).json(&body).send()
     };
-    let ann: Value = post("ann-token", json!({"plan": tool_plan("W", "weather_tool")})).await.unwrap().json().await.unwrap();
+    let ann: Value =
+        post("ann-token", json!({"plan": tool_plan("W", "weather_tool")})).await.unwrap().json().await.unwrap();
     let said: Value = post("admin", json!({"query": "Say hello"})).await.unwrap().json().await.unwrap();
     served.rest(ann["id"].as_str().unwrap()).await;
     served.rest(said["id"].as_str().unwrap()).await;

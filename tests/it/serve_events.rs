@@ -162,7 +162,9 @@ async fn last_event_id_resumes_a_dropped_stream_with_no_gap_or_repeat() {
     let id = created["id"].as_str().unwrap().to_owned();
     let waiting = served.rest(&id).await;
     let question = waiting.outstanding_clarifications().next().unwrap().id;
-    served.post(&format!("/v1/workflows/{id}/clarifications/{question}"), json!({"response": true, "resume": true})).await;
+    served
+        .post(&format!("/v1/workflows/{id}/clarifications/{question}"), json!({"response": true, "resume": true}))
+        .await;
     assert_eq!(served.rest(&id).await.state(), WorkflowState::Complete);
 
     let path = format!("/v1/workflows/{id}/events");
@@ -196,8 +198,12 @@ async fn ag_ui_run() -> (Value, Vec<Sse>) {
     assert_eq!(response.status(), 200);
     let events = SseReader::new(response).rest().await;
     assert_eq!(events[0].data["type"], "RUN_STARTED");
-    assert_eq!((events[0].data["threadId"].as_str(), events[0].data["runId"].as_str()), (Some("thread-1"), Some("run-1")));
-    let text: Vec<&Value> = events.iter().filter(|e| e.data["type"] == "TEXT_MESSAGE_CONTENT").map(|e| &e.data).collect();
+    assert_eq!(
+        (events[0].data["threadId"].as_str(), events[0].data["runId"].as_str()),
+        (Some("thread-1"), Some("run-1"))
+    );
+    let text: Vec<&Value> =
+        events.iter().filter(|e| e.data["type"] == "TEXT_MESSAGE_CONTENT").map(|e| &e.data).collect();
     assert_eq!(text.len(), 1);
     assert_eq!(text[0]["delta"], "Hello!");
     let last = &events.last().unwrap().data;
@@ -257,7 +263,8 @@ async fn every_event_sent_parses_with_the_published_ag_ui_schemas() {
 #[tokio::test]
 async fn a_token_bound_to_another_end_user_gets_404_on_the_event_stream() {
     use portia::runner::serve::{ServerToken, Tokens};
-    let tokens = Tokens::new([ServerToken::for_end_user("ann-token", "ann"), ServerToken::for_end_user("bob-token", "bob")]);
+    let tokens =
+        Tokens::new([ServerToken::for_end_user("ann-token", "ann"), ServerToken::for_end_user("bob-token", "bob")]);
     let served = serve(gated_runner(), ServeOptions::new().tokens(tokens)).await;
     let created: Value = served
         .http
@@ -273,7 +280,8 @@ async fn a_token_bound_to_another_end_user_gets_404_on_the_event_stream() {
     let path = format!("/v1/workflows/{}/events", created["id"].as_str().unwrap());
     let bobs = served.http.get(served.url(&path)).bearer_auth("bob-token").send().await.unwrap();
     assert_eq!(bobs.status(), 404);
-    let anns = served.http.get(served.url(&format!("{path}?until=rest"))).bearer_auth("ann-token").send().await.unwrap();
+    let anns =
+        served.http.get(served.url(&format!("{path}?until=rest"))).bearer_auth("ann-token").send().await.unwrap();
     assert_eq!(anns.status(), 200);
     let events = SseReader::new(anns).rest().await;
     assert_eq!(events.last().unwrap().data["outcome"]["type"], "interrupt");

@@ -311,7 +311,8 @@ pub(super) async fn cancel(
     let cancel: Cancel = if body.iter().all(u8::is_ascii_whitespace) {
         Cancel::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("the body is not a cancellation: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("the body is not a cancellation: {e}")))?
     };
     let reason = cancel.reason.unwrap_or_else(|| "cancelled from the web".to_owned());
     Ok(Json(state.runner.cancel_workflow(workflow.id(), &reason).await?))
@@ -428,7 +429,8 @@ impl AppState {
         let (mut all, mut unreadable) = (Vec::new(), 0);
         let mut page = 1;
         loop {
-            let listed = self.runner.list_workflows(&WorkflowQuery::default().state(state).page(page).page_size(500)).await?;
+            let listed =
+                self.runner.list_workflows(&WorkflowQuery::default().state(state).page(page).page_size(500)).await?;
             all.extend(listed.results);
             unreadable += listed.unreadable.len();
             if listed.current_page >= listed.total_pages {

@@ -123,15 +123,20 @@ pub(super) async fn require_token(State(state): State<AppState>, mut request: Re
         request.extensions_mut().insert(Caller::default());
         return next.run(request).await;
     }
+    let page = super::pages::is_page(request.uri().path());
+    // A token in a page's address signs in (again, perhaps as someone else).
+    if let Some(token) = query_token(&request).filter(|_| page) {
+        return match state.tokens.caller(&token) {
+            Some(_) => super::pages::signed_in(request.uri(), &token),
+            None => super::pages::sign_in_page(),
+        };
+    }
     match presented(&request).and_then(|token| state.tokens.caller(&token)) {
         Some(caller) => {
             request.extensions_mut().insert(caller);
             next.run(request).await
         }
-        None if super::pages::is_page(request.uri().path()) => match query_token(&request) {
-            Some(token) if state.tokens.caller(&token).is_some() => super::pages::signed_in(request.uri(), &token),
-            _ => super::pages::sign_in_page(),
-        },
+        None if page => super::pages::sign_in_page(),
         None => ApiError::unauthorized().into_response(),
     }
 }
@@ -144,9 +149,7 @@ fn query_token(request: &Request) -> Option<String> {
 }
 
 fn serde_urlencoded_pairs(query: &str) -> Vec<(String, String)> {
-    axum::extract::Query::<Vec<(String, String)>>::try_from_uri(
-        &format!("/?{query}").parse().unwrap_or_default(),
-    )
-    .map(|q| q.0)
-    .unwrap_or_default()
+    axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&format!("/?{query}").parse().unwrap_or_default())
+        .map(|q| q.0)
+        .unwrap_or_default()
 }

@@ -110,7 +110,8 @@ pub(super) async fn run_agent(
     let translator = Translator::new(input.thread_id.clone());
     let run_id = Some(input.run_id.clone());
     if let Some(entries) = input.resume.filter(|e| !e.is_empty()) {
-        let workflow = resume_thread(&state, &caller, &input.thread_id, input.forwarded_props.as_ref(), entries).await?;
+        let workflow =
+            resume_thread(&state, &caller, &input.thread_id, input.forwarded_props.as_ref(), entries).await?;
         let after = state.runner.storage().events(workflow.id(), 0).await?.last().map_or(0, |e| e.seq);
         if workflow.state() == WorkflowState::ReadyToResume {
             state.run_in_background(workflow.id());
@@ -120,7 +121,8 @@ pub(super) async fn run_agent(
     let query = last_user_text(&input.messages)
         .ok_or_else(|| ApiError::bad_request("the input has no user message with text to plan"))?;
     let context = caller.end_user_id.clone().map(ExecutionContext::for_end_user).unwrap_or_default();
-    let plan = state.runner.generate_plan(query).tools(state.plan_tools.to_vec()).execution_context(context.clone()).await?;
+    let plan =
+        state.runner.generate_plan(query).tools(state.plan_tools.to_vec()).execution_context(context.clone()).await?;
     let workflow = state.runner.create_workflow(&plan).execution_context(context).await?;
     state.run_in_background(workflow.id());
     Ok(sse(Follow::start(state, workflow.id(), 0, translator, run_id, true).await?))
@@ -216,7 +218,17 @@ impl Follow {
             translator.name_next_run(run_id);
         }
         let run_ended = false;
-        Ok(Self { state, id, seen: after, translator, ready: VecDeque::new(), until_rest, run_ended, done: false, local })
+        Ok(Self {
+            state,
+            id,
+            seen: after,
+            translator,
+            ready: VecDeque::new(),
+            until_rest,
+            run_ended,
+            done: false,
+            local,
+        })
     }
 
     async fn next(&mut self) -> Option<Event> {

@@ -189,13 +189,23 @@ fn render(by_state: &BTreeMap<String, u64>, unreadable: usize, total: &Figures) 
             figures.completion_tokens
         );
     }
-    header(&mut out, "portia_llm_cost_usd_total", "counter", "LLM cost in US dollars by model, of the stored workflows.");
+    header(
+        &mut out,
+        "portia_llm_cost_usd_total",
+        "counter",
+        "LLM cost in US dollars by model, of the stored workflows.",
+    );
     for (model, figures) in &total.models {
         let _ = writeln!(out, "portia_llm_cost_usd_total{{model=\"{}\"}} {}", escape(model), figures.cost_usd);
     }
     header(&mut out, "portia_llm_call_duration_seconds", "histogram", "LLM call latency by model.");
     for (model, figures) in &total.models {
-        histogram(&mut out, "portia_llm_call_duration_seconds", &format!("model=\"{}\"", escape(model)), &figures.latency);
+        histogram(
+            &mut out,
+            "portia_llm_call_duration_seconds",
+            &format!("model=\"{}\"", escape(model)),
+            &figures.latency,
+        );
     }
     header(&mut out, "portia_tool_call_duration_seconds", "histogram", "Tool call latency by tool (replays excluded).");
     for (tool, latency) in &total.tools {

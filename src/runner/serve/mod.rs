@@ -38,7 +38,13 @@ pub struct ServeOptions {
 
 impl Default for ServeOptions {
     fn default() -> Self {
-        Self { tokens: Tokens::default(), cors_origins: Vec::new(), body_limit: DEFAULT_BODY_LIMIT, workers: 0, plan_tools: None }
+        Self {
+            tokens: Tokens::default(),
+            cors_origins: Vec::new(),
+            body_limit: DEFAULT_BODY_LIMIT,
+            workers: 0,
+            plan_tools: None,
+        }
     }
 }
 
@@ -180,6 +186,9 @@ impl Server {
         if let Some(workers) = workers {
             let _ = workers.await;
         }
-        served.map_err(|e| Error::InvalidConfig { setting: "--listen".to_owned(), message: format!("serving failed: {e}") })
+        served.map_err(|e| Error::InvalidConfig {
+            setting: "--listen".to_owned(),
+            message: format!("serving failed: {e}"),
+        })
     }
 }

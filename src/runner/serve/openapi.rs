@@ -3,8 +3,8 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{api, follow};
 use super::errors::{ErrorBody, ErrorDetail};
+use super::{api, follow};
 
 #[derive(OpenApi)]
 #[openapi(

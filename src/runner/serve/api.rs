@@ -412,6 +412,9 @@ fn parse_state(text: &str) -> ApiResult<WorkflowState> {
 /// The queries of plans already read: plans never change.
 pub(super) type PlanQueries = std::sync::Arc<std::sync::Mutex<HashMap<PlanId, String>>>;
 
+/// When each workflow listed so far started.
+pub(super) type StartTimes = std::sync::Arc<std::sync::Mutex<HashMap<WorkflowId, String>>>;
+
 impl AppState {
     /// Workflow `id` if the caller may see it; not found otherwise, as if it were not there.
     pub(super) async fn visible(&self, caller: &Caller, id: &str) -> ApiResult<Workflow> {
@@ -442,10 +445,7 @@ impl AppState {
 
     async fn summary(&self, workflow: Workflow) -> WorkflowSummary {
         let query = self.plan_query(workflow.plan_id()).await;
-        let started_at = match self.runner.storage().events(workflow.id(), 0).await {
-            Ok(events) => events.first().map(|e| e.event.at.to_rfc3339()),
-            Err(_) => None,
-        };
+        let started_at = self.started_at(workflow.id()).await;
         WorkflowSummary {
             id: workflow.id(),
             state: workflow.state(),
@@ -455,6 +455,17 @@ impl AppState {
             started_at,
             open_clarifications: workflow.outstanding_clarifications().count(),
         }
+    }
+
+    /// When a workflow's first event was stored: read once, as it never changes.
+    async fn started_at(&self, id: WorkflowId) -> Option<String> {
+        if let Some(at) = self.started.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&id) {
+            return Some(at.clone());
+        }
+        let events = self.runner.storage().events(id, 0).await.ok()?;
+        let at = events.first()?.event.at.to_rfc3339();
+        self.started.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id, at.clone());
+        Some(at)
     }
 
     async fn plan_query(&self, id: PlanId) -> String {

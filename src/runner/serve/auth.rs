@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -143,13 +143,6 @@ pub(super) async fn require_token(State(state): State<AppState>, mut request: Re
 
 /// A `token` in a page's query string: how a person signs in to the inspector.
 fn query_token(request: &Request) -> Option<String> {
-    let query = request.uri().query()?;
-    let pairs: Vec<(String, String)> = serde_urlencoded_pairs(query);
-    pairs.into_iter().find_map(|(k, v)| (k == "token").then_some(v))
-}
-
-fn serde_urlencoded_pairs(query: &str) -> Vec<(String, String)> {
-    axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&format!("/?{query}").parse().unwrap_or_default())
-        .map(|q| q.0)
-        .unwrap_or_default()
+    let Query(mut pairs) = Query::<HashMap<String, String>>::try_from_uri(request.uri()).ok()?;
+    pairs.remove("token")
 }

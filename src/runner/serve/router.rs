@@ -10,7 +10,7 @@ use axum::routing::{get, post};
 use tower_http::cors::CorsLayer;
 
 use super::ServeOptions;
-use super::api::{self, PlanQueries};
+use super::api::{self, PlanQueries, StartTimes};
 use super::auth::{self, Tokens};
 use super::{follow, metrics, openapi, pages};
 use crate::ids::WorkflowId;
@@ -26,6 +26,7 @@ pub(super) struct AppState {
     /// The tools the planner is offered when a request names none.
     pub(super) plan_tools: Arc<[String]>,
     pub(super) plan_queries: PlanQueries,
+    pub(super) started: StartTimes,
     pub(super) metrics: metrics::MetricsCache,
     /// Turns `true` when the server stops: event streams end then.
     pub(super) stopping: tokio::sync::watch::Receiver<bool>,
@@ -60,6 +61,7 @@ pub(super) fn build(runner: Runner, options: &ServeOptions, stopping: tokio::syn
         workers: options.workers > 0,
         plan_tools,
         plan_queries: PlanQueries::default(),
+        started: StartTimes::default(),
         metrics: metrics::MetricsCache::default(),
         stopping,
     };

@@ -61,6 +61,8 @@ mod serve;
 #[cfg(feature = "server")]
 mod serve_browser;
 #[cfg(feature = "server")]
+mod serve_cli;
+#[cfg(feature = "server")]
 mod serve_events;
 #[cfg(feature = "sqlite")]
 mod storage_conformance;

@@ -40,9 +40,15 @@ impl ServerToken {
 }
 
 /// The tokens a server accepts, held as SHA-256 digests: the tokens themselves are
-/// not kept in memory once given.
-#[derive(Debug, Clone, Default)]
+/// not kept in memory once given, and `Debug` shows how many there are, not them.
+#[derive(Clone, Default)]
 pub struct Tokens(Arc<HashMap<[u8; 32], Option<String>>>);
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tokens({} set)", self.0.len())
+    }
+}
 
 impl Tokens {
     /// Accepts these tokens.

@@ -13,6 +13,9 @@ mod control;
 mod executor;
 mod metered;
 mod requests;
+#[cfg(feature = "server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "server")))]
+pub mod serve;
 mod watch;
 mod worker;
 

@@ -56,6 +56,14 @@ mod mcp_servers;
 mod parallel;
 mod plan_args;
 mod runner;
+#[cfg(feature = "server")]
+mod serve;
+#[cfg(feature = "server")]
+mod serve_browser;
+#[cfg(feature = "server")]
+mod serve_cli;
+#[cfg(feature = "server")]
+mod serve_events;
 #[cfg(feature = "sqlite")]
 mod storage_conformance;
 mod storage_import;

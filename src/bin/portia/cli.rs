@@ -125,6 +125,18 @@ pub(crate) enum Command {
     /// Desktop (tools to plan, run, list, show and answer).
     #[cfg(feature = "mcp")]
     Mcp,
+    /// Serve the JSON API, AG-UI event streams, /metrics and the web inspector over
+    /// HTTP until SIGTERM or ctrl-c. Beyond loopback it needs PORTIA_SERVER_TOKENS.
+    #[cfg(feature = "server")]
+    Serve {
+        /// The address to listen on.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Run this many queued workflows at once in this process (0: new workflows
+        /// run in the server's own tasks, and queued ones wait for `portia worker`).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        workers: usize,
+    },
 }
 
 /// Where a workflow's plan comes from.

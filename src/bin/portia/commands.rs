@@ -136,6 +136,8 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
             portia::tools::mcp::serve_stdio(std::sync::Arc::new(runner.clone())).await?;
             Ok(Exit::Ok)
         }
+        #[cfg(feature = "server")]
+        Command::Serve { listen, workers } => serve(setup, listen, workers).await,
     }
 }
 
@@ -146,6 +148,18 @@ async fn acknowledged(runner: &Runner, id: WorkflowId) -> Result<Workflow, Failu
         Err(portia::Error::WaitTimedOut { .. }) => Ok(runner.get_workflow(id).await?),
         waited => Ok(waited?),
     }
+}
+
+/// Serves the runner over HTTP until SIGTERM or ctrl-c.
+#[cfg(feature = "server")]
+async fn serve(setup: &Setup, listen: std::net::SocketAddr, workers: usize) -> Result<Exit, Failure> {
+    use portia::runner::serve::{ServeOptions, Server};
+    let options =
+        ServeOptions::from_config(setup.runner.config())?.workers(workers).plan_tools(setup.plan_tools.clone());
+    let server = Server::bind(setup.runner.clone(), listen, options).await?;
+    eprintln!("portia: serving on http://{}", server.local_addr()?);
+    server.run().await?;
+    Ok(Exit::Ok)
 }
 
 /// Prints each of a workflow's events as a JSON line until it rests, then exits as

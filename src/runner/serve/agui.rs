@@ -1,0 +1,239 @@
+//! The crate's stored events as AG-UI 1.0 events.
+//!
+//! A workflow is an AG-UI thread; each stretch of running (from IN_PROGRESS to a
+//! rest) is a run. Every AG-UI event carries the stored event it comes from as
+//! `rawEvent`, so a client that knows this crate loses nothing.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::{Value, json};
+
+use crate::clarification::{Clarification, ClarificationKind};
+use crate::events::{EventKind, StoredEvent};
+use crate::ids::ClarificationId;
+use crate::workflow::{FailureKind, Workflow, WorkflowState};
+
+/// Turns one workflow's stored events, in order, into AG-UI events.
+#[derive(Debug)]
+pub(super) struct Translator {
+    thread_id: String,
+    /// The run id of an AG-UI request, used for its first run instead of one made up.
+    asked_run_id: Option<String>,
+    run_id: Option<String>,
+    step_names: HashMap<usize, String>,
+    open_questions: BTreeMap<ClarificationId, Clarification>,
+    /// The number of the stored event being translated: a run's id is made of the
+    /// one that opened it, so a stream read again names its runs as before.
+    seq: u64,
+    /// Tokens spent by model in the open run.
+    usage: BTreeMap<String, (u64, u64)>,
+}
+
+impl Translator {
+    pub(super) fn new(thread_id: String) -> Self {
+        Self {
+            thread_id,
+            asked_run_id: None,
+            run_id: None,
+            seq: 0,
+            step_names: HashMap::new(),
+            open_questions: BTreeMap::new(),
+            usage: BTreeMap::new(),
+        }
+    }
+
+    /// Names the next run that opens `run_id`: the run an AG-UI request asked for.
+    pub(super) fn name_next_run(&mut self, run_id: String) {
+        self.asked_run_id = Some(run_id);
+    }
+
+    /// The AG-UI events of `stored`; `workflow` is the workflow as stored now (read
+    /// for a finished workflow's answer and failure, which no longer change).
+    pub(super) fn translate(&mut self, stored: &StoredEvent, workflow: &Workflow) -> Vec<Value> {
+        let mut out = Vec::new();
+        self.seq = stored.seq;
+        match &stored.event.kind {
+            EventKind::StateChanged { to, .. } => self.state_changed(*to, workflow, &mut out),
+            EventKind::StepStarted { step, task, .. } => {
+                let name = format!("{}. {task}", step + 1);
+                self.step_names.insert(*step, name.clone());
+                self.open_run(&mut out);
+                out.push(json!({"type": "STEP_STARTED", "stepName": name}));
+            }
+            EventKind::StepFinished { step, .. } => {
+                self.open_run(&mut out);
+                let name = self.step_names.get(step).cloned().unwrap_or_else(|| format!("{}", step + 1));
+                out.push(json!({"type": "STEP_FINISHED", "stepName": name}));
+            }
+            EventKind::ToolCallStarted { call, tool_id, arguments } => {
+                self.open_run(&mut out);
+                let id = call.to_string();
+                out.push(json!({"type": "TOOL_CALL_START", "toolCallId": id, "toolCallName": tool_id}));
+                out.push(json!({"type": "TOOL_CALL_ARGS", "toolCallId": id, "delta": arguments.to_string()}));
+                out.push(json!({"type": "TOOL_CALL_END", "toolCallId": id}));
+            }
+            EventKind::ToolCallFinished { call, output, .. } => {
+                self.open_run(&mut out);
+                let content = match output {
+                    Value::String(text) => text.clone(),
+                    other => other.to_string(),
+                };
+                out.push(json!({"type": "TOOL_CALL_RESULT", "messageId": format!("{call}:result"),
+                                "toolCallId": call.to_string(), "content": content, "role": "tool"}));
+            }
+            EventKind::ToolProgress { .. } => custom(&mut out, "portia.tool_progress", stored),
+            EventKind::LlmCallFinished { model, usage, .. } => {
+                let spent = self.usage.entry(model.clone()).or_default();
+                spent.0 += usage.prompt_tokens;
+                spent.1 += usage.completion_tokens;
+                custom(&mut out, "portia.llm_call", stored);
+            }
+            EventKind::ClarificationRaised { clarification } => {
+                self.open_questions.insert(clarification.id, clarification.clone());
+                let name = if is_approval(clarification) { "portia.approval" } else { "portia.clarification" };
+                out.push(json!({"type": "CUSTOM", "name": name, "value": clarification}));
+            }
+            EventKind::ClarificationResolved { clarification_id, .. } => {
+                self.open_questions.remove(clarification_id);
+                custom(&mut out, "portia.clarification_resolved", stored);
+            }
+            // Kinds added later reach a client as they are stored.
+            #[allow(unreachable_patterns)]
+            _ => custom(&mut out, "portia.event", stored),
+        }
+        let timestamp = stored.event.at.timestamp_millis();
+        let raw = serde_json::to_value(stored).unwrap_or(Value::Null);
+        for event in &mut out {
+            event["timestamp"] = json!(timestamp);
+            event["rawEvent"] = raw.clone();
+        }
+        out
+    }
+
+    /// Whether a run is open: events after a rest and before the next run are
+    /// answers and snapshots.
+    pub(super) fn in_run(&self) -> bool {
+        self.run_id.is_some()
+    }
+
+    fn state_changed(&mut self, to: WorkflowState, workflow: &Workflow, out: &mut Vec<Value>) {
+        match to {
+            WorkflowState::InProgress => self.open_run(out),
+            WorkflowState::Complete => {
+                self.open_run(out);
+                self.answer(workflow, out);
+                self.snapshot(to, workflow, out);
+                let result = workflow.outputs().final_output.as_ref().map(|o| o.value.clone());
+                self.finish(out, json!({"type": "success"}), result);
+            }
+            WorkflowState::Failed => {
+                self.open_run(out);
+                self.snapshot(to, workflow, out);
+                match workflow.failure() {
+                    Some(failure) if failure.kind == FailureKind::Cancelled => {
+                        self.finish(out, json!({"type": "cancelled"}), None);
+                    }
+                    failure => {
+                        let message = failure.map_or_else(|| "the workflow failed".to_owned(), |f| f.message.clone());
+                        let code = failure
+                            .and_then(|f| serde_json::to_value(f.kind).ok())
+                            .and_then(|k| k.as_str().map(str::to_owned))
+                            .unwrap_or_else(|| "FAILED".to_owned());
+                        out.push(json!({"type": "RUN_ERROR", "message": message, "code": code, "usage": self.usage()}));
+                        self.close_run();
+                    }
+                }
+            }
+            WorkflowState::NeedClarification => {
+                self.open_run(out);
+                self.snapshot(to, workflow, out);
+                let interrupts: Vec<Value> = self.open_questions.values().map(interrupt).collect();
+                if interrupts.is_empty() {
+                    self.finish(out, json!({"type": "success"}), Some(json!({"state": to})));
+                } else {
+                    self.finish(out, json!({"type": "interrupt", "interrupts": interrupts}), None);
+                }
+            }
+            _ => self.snapshot(to, workflow, out),
+        }
+    }
+
+    fn open_run(&mut self, out: &mut Vec<Value>) {
+        if self.run_id.is_some() {
+            return;
+        }
+        let run_id = self.asked_run_id.take().unwrap_or_else(|| format!("{}:run-{}", self.thread_id, self.seq));
+        out.push(json!({"type": "RUN_STARTED", "threadId": self.thread_id, "runId": run_id}));
+        self.run_id = Some(run_id);
+    }
+
+    fn close_run(&mut self) {
+        self.run_id = None;
+        self.usage.clear();
+    }
+
+    fn finish(&mut self, out: &mut Vec<Value>, outcome: Value, result: Option<Value>) {
+        let mut event = json!({"type": "RUN_FINISHED", "threadId": self.thread_id,
+                               "runId": self.run_id.clone().unwrap_or_default(),
+                               "outcome": outcome, "usage": self.usage()});
+        if let Some(result) = result.filter(|r| !r.is_null()) {
+            event["result"] = result;
+        }
+        out.push(event);
+        self.close_run();
+    }
+
+    /// The final answer as one text message (one chunk until answers stream).
+    fn answer(&self, workflow: &Workflow, out: &mut Vec<Value>) {
+        let Some(output) = &workflow.outputs().final_output else { return };
+        let text = match (&output.summary, &output.value) {
+            (Some(summary), _) => summary.clone(),
+            (None, Value::String(text)) => text.clone(),
+            (None, value) => value.to_string(),
+        };
+        if text.is_empty() {
+            return;
+        }
+        let id = format!("{}:answer", workflow.id());
+        out.push(json!({"type": "TEXT_MESSAGE_START", "messageId": id, "role": "assistant"}));
+        out.push(json!({"type": "TEXT_MESSAGE_CONTENT", "messageId": id, "delta": text}));
+        out.push(json!({"type": "TEXT_MESSAGE_END", "messageId": id}));
+    }
+
+    fn snapshot(&self, to: WorkflowState, workflow: &Workflow, out: &mut Vec<Value>) {
+        let open: Vec<&Clarification> = self.open_questions.values().collect();
+        out.push(json!({"type": "STATE_SNAPSHOT", "snapshot": {
+            "workflow_id": workflow.id(), "state": to, "open_clarifications": open,
+        }}));
+    }
+
+    /// Tokens by model in AG-UI's accounting.
+    fn usage(&self) -> Vec<Value> {
+        self.usage
+            .iter()
+            .map(|(model, (input, output))| {
+                json!({"model": model, "inputTokens": input, "outputTokens": output, "totalTokens": input + output})
+            })
+            .collect()
+    }
+}
+
+fn custom(out: &mut Vec<Value>, name: &str, stored: &StoredEvent) {
+    let value = serde_json::to_value(&stored.event.kind).unwrap_or(Value::Null);
+    out.push(json!({"type": "CUSTOM", "name": name, "value": value}));
+}
+
+/// An approval: the value confirmation an approval gate asks before a tool call.
+fn is_approval(clarification: &Clarification) -> bool {
+    clarification.tool_call.is_some() && matches!(clarification.kind, ClarificationKind::ValueConfirmation { .. })
+}
+
+fn interrupt(clarification: &Clarification) -> Value {
+    let reason = if is_approval(clarification) { "approval" } else { "input" };
+    let mut value = json!({"id": clarification.id, "reason": reason, "message": clarification.user_guidance,
+                           "metadata": {"portia": clarification}});
+    if let Some(call) = clarification.tool_call {
+        value["toolCallId"] = json!(call.to_string());
+    }
+    value
+}

@@ -1,0 +1,180 @@
+// One workflow: its state, open questions as forms, answer, plan, and a timeline
+// fed by its AG-UI event stream (each event carries the stored event as rawEvent).
+"use strict";
+
+const id = decodeURIComponent(window.location.pathname.split("/").pop());
+const base = "/v1/workflows/" + encodeURIComponent(id);
+const actionStatus = document.getElementById("action-status");
+const seen = new Set();
+let current = null;
+
+async function load() {
+  try {
+    current = await api("GET", base);
+  } catch (error) {
+    say(actionStatus, error.message, true);
+    return;
+  }
+  const state = current.state;
+  document.getElementById("state").replaceChildren(stateBadge(state));
+  document.getElementById("cost").textContent = money(current.usage && current.usage.cost_usd);
+  document.getElementById("workflow-id").textContent = current.id;
+  const failure = document.getElementById("failure");
+  failure.hidden = !current.failure;
+  failure.textContent = current.failure ? current.failure.kind + ": " + current.failure.message : "";
+  const final = current.outputs && current.outputs.final_output;
+  const answer = document.getElementById("answer");
+  answer.textContent = final ? (final.summary || json(final.value)) : "No answer yet.";
+  answer.className = final ? "" : "muted";
+  const finished = state === "COMPLETE" || state === "FAILED";
+  document.getElementById("cancel").disabled = finished;
+  document.getElementById("resume").disabled = !(state === "READY_TO_RESUME" || state === "NOT_STARTED" || state === "IN_PROGRESS");
+  renderQuestions(current.outputs.clarifications.filter((c) => !c.resolved));
+}
+
+function renderQuestions(open) {
+  document.getElementById("questions-section").hidden = open.length === 0;
+  const holder = document.getElementById("questions");
+  // A form being filled in is kept as it is.
+  const shown = new Set([...holder.children].map((form) => form.dataset.clarification));
+  const wanted = new Set(open.map((c) => c.id));
+  for (const form of [...holder.children]) if (!wanted.has(form.dataset.clarification)) form.remove();
+  for (const clarification of open) if (!shown.has(clarification.id)) holder.append(questionForm(clarification));
+}
+
+function questionForm(c) {
+  const field = "answer-" + c.id;
+  const form = el("form", { class: "card question", "data-clarification": c.id, "data-category": c.category });
+  const send = async (response) => {
+    try {
+      await api("POST", base + "/clarifications/" + encodeURIComponent(c.id), { response, resume: true });
+      say(actionStatus, "Answered.");
+      await load();
+    } catch (error) {
+      say(actionStatus, error.message, true);
+    }
+  };
+  const submit = (label, response, extra) =>
+    el("button", { type: "button", class: extra, "data-action": label.toLowerCase(), onclick: () => send(response()) }, label);
+  switch (c.category) {
+    case "Input":
+      form.append(el("label", { for: field }, c.user_guidance),
+        el("input", { type: "text", id: field, name: field, required: true, autocomplete: "off" }),
+        submit("Answer", () => document.getElementById(field).value));
+      break;
+    case "Multiple Choice": {
+      const options = c.options.map((option, i) =>
+        el("div", {}, el("input", { type: "radio", name: field, id: field + "-" + i, value: i }),
+          el("label", { for: field + "-" + i, style: "display:inline;font-weight:400" }, " " + json(option))));
+      form.append(el("fieldset", {}, el("legend", {}, c.user_guidance), options),
+        submit("Answer", () => {
+          const picked = form.querySelector("input[type=radio]:checked");
+          return picked ? c.options[Number(picked.value)] : null;
+        }));
+      break;
+    }
+    case "Value Confirmation":
+      form.append(el("label", { for: field }, c.user_guidance),
+        el("textarea", { id: field, name: field }, json(c.response)),
+        submit("Approve", () => parseOr(document.getElementById(field).value, true)),
+        submit("Refuse", () => false, "danger"));
+      break;
+    case "Action":
+      form.append(el("p", {}, c.user_guidance, " ", el("a", { href: c.action_url, target: "_blank", rel: "noopener" }, "Open")),
+        submit("Done", () => "complete"));
+      break;
+    default:
+      form.append(el("label", { for: field }, c.user_guidance + " (JSON)"),
+        el("textarea", { id: field, name: field }),
+        submit("Answer", () => parseOr(document.getElementById(field).value, null)));
+  }
+  return form;
+}
+
+function parseOr(text, fallback) {
+  if (!text.trim()) return fallback;
+  try { return JSON.parse(text); } catch (_) { return text; }
+}
+
+async function loadPlan() {
+  try {
+    const plan = await api("GET", base + "/plan");
+    document.getElementById("title").textContent = plan.plan_context.query;
+    document.getElementById("plan").replaceChildren(...plan.steps.map((step) => {
+      const uses = (step.inputs || []).map((input) => input.name).join(", ");
+      return el("li", {}, step.task, " ",
+        el("span", { class: "muted" }, (step.tool_id ? "with " + step.tool_id + " " : "") + "→ " + step.output + (uses ? " (uses " + uses + ")" : "")));
+    }));
+  } catch (error) {
+    say(actionStatus, error.message, true);
+  }
+}
+
+/// A timeline entry for a stored event, once per event.
+function entry(raw) {
+  switch (raw.event) {
+    case "step_started":
+      return ["state", "Step " + (raw.step + 1) + " started: " + raw.task + (raw.tool_id ? " (" + raw.tool_id + ")" : "")];
+    case "step_finished":
+      return ["state", "Step " + (raw.step + 1) + " finished"];
+    case "tool_call_started":
+      return ["tool", raw.tool_id + " called (attempt " + (raw.call.attempt + 1) + ")", el("pre", {}, json(raw.arguments))];
+    case "tool_call_finished":
+      return ["tool", raw.tool_id + " " + raw.status + " in " + raw.latency_ms + " ms" + (raw.replayed ? " (replayed from the journal)" : ""),
+        el("pre", {}, json(raw.output))];
+    case "tool_progress":
+      return ["tool", raw.tool_id + ": " + (raw.message || "") + " " + raw.progress + (raw.total ? "/" + raw.total : "")];
+    case "llm_call_finished":
+      return ["llm", "LLM " + raw.model + ": " + raw.usage.prompt_tokens + " + " + raw.usage.completion_tokens + " tokens, " +
+        money(raw.cost_usd) + ", " + raw.latency_ms + " ms"];
+    case "clarification_raised":
+      return ["question", "Asked: " + raw.clarification.user_guidance];
+    case "clarification_resolved":
+      return ["question", "Answered", el("pre", {}, json(raw.response))];
+    case "state_changed":
+      return ["state", raw.from + " → " + raw.to];
+    default:
+      return ["state", raw.event];
+  }
+}
+
+function follow() {
+  const events = new EventSource(base + "/events");
+  events.onmessage = (message) => {
+    const event = JSON.parse(message.data);
+    const raw = event.rawEvent;
+    if (raw && !seen.has(raw.seq)) {
+      seen.add(raw.seq);
+      const [kind, text, detail] = entry(raw);
+      const time = new Date(raw.at).toLocaleTimeString();
+      document.getElementById("timeline").append(
+        el("li", { class: "kind-" + kind, "data-event": raw.event }, el("span", { class: "muted" }, time + " "), text, detail));
+    }
+    if (["STATE_SNAPSHOT", "RUN_FINISHED", "RUN_ERROR", "CUSTOM"].includes(event.type)) load();
+  };
+  // The server ends the stream once the workflow is finished; do not reconnect then.
+  events.onerror = () => {
+    if (current && (current.state === "COMPLETE" || current.state === "FAILED")) events.close();
+  };
+}
+
+document.getElementById("cancel").addEventListener("click", async () => {
+  try {
+    await api("POST", base + "/cancel", { reason: "cancelled in the inspector" });
+    await load();
+  } catch (error) {
+    say(actionStatus, error.message, true);
+  }
+});
+document.getElementById("resume").addEventListener("click", async () => {
+  try {
+    await api("POST", base + "/resume");
+    say(actionStatus, "Resumed.");
+  } catch (error) {
+    say(actionStatus, error.message, true);
+  }
+});
+
+load();
+loadPlan();
+follow();

@@ -1,0 +1,300 @@
+//! Server-Sent Events: a workflow's stored events as AG-UI events, the history
+//! first, then live from whichever process runs it; and the AG-UI endpoint that
+//! starts (or resumes) a run from a `RunAgentInput`.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use serde::Deserialize;
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+use super::agui::Translator;
+use super::auth::Caller;
+use super::errors::{ApiError, Body, ErrorBody};
+use super::router::AppState;
+use crate::Error;
+use crate::events::EventStream;
+use crate::execution_context::ExecutionContext;
+use crate::ids::WorkflowId;
+use crate::workflow::{Workflow, WorkflowState};
+
+/// The longest a stream waits before reading the store again though nothing woke it.
+const RECHECK: Duration = Duration::from_secs(5);
+
+/// Where a stream starts and when it ends.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct EventParams {
+    /// Start after this event number (`Last-Event-ID` takes precedence).
+    after: Option<u64>,
+    /// `rest`: end once a run rests (waits for a human or ends), not only once the
+    /// workflow is finished.
+    until: Option<String>,
+}
+
+/// A workflow's events as AG-UI 1.0 events over Server-Sent Events; each event's
+/// `id` is the number of the stored event it comes from, so `Last-Event-ID`
+/// resumes a dropped stream with nothing missed or repeated.
+#[utoipa::path(get, path = "/v1/workflows/{id}/events", params(("id" = String, Path, description = "The workflow's id"), EventParams),
+    tag = "workflows",
+    responses((status = 200, description = "AG-UI events", content_type = "text/event-stream", body = String),
+              (status = 404, body = ErrorBody)))]
+pub(super) async fn events(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    params: Result<Query<EventParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let workflow = state.visible(&caller, &id).await?;
+    let last_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok());
+    let after = last_id.or(params.after).unwrap_or(0);
+    let until_rest = match params.until.as_deref() {
+        None | Some("end") => false,
+        Some("rest") => true,
+        Some(other) => return Err(ApiError::bad_request(format!("`until` is `rest` or `end`, not {other:?}"))),
+    };
+    let thread = workflow.id().to_string();
+    let follow = Follow::start(state, workflow.id(), after, Translator::new(thread), None, until_rest).await?;
+    Ok(sse(follow))
+}
+
+/// A request to run, as AG-UI clients send it (`RunAgentInput`); only the fields
+/// read here are listed.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct RunAgentInput {
+    thread_id: String,
+    run_id: String,
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    messages: Vec<Value>,
+    /// Answers to the interrupts of a workflow (the thread) waiting for a human.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    resume: Option<Vec<ResumeEntry>>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    forwarded_props: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ResumeEntry {
+    interrupt_id: String,
+    status: String,
+    #[serde(default)]
+    payload: Option<Value>,
+}
+
+/// AG-UI: plans the last user message and runs it, or, with `resume` entries,
+/// answers the interrupts of the workflow the thread names and runs it on; the
+/// answer is the run's AG-UI events until it rests.
+#[utoipa::path(post, path = "/v1/agui", request_body = RunAgentInput, tag = "ag-ui",
+    responses((status = 200, description = "AG-UI events", content_type = "text/event-stream", body = String),
+              (status = "4XX", body = ErrorBody)))]
+pub(super) async fn run_agent(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Body(input): Body<RunAgentInput>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let translator = Translator::new(input.thread_id.clone());
+    let run_id = Some(input.run_id.clone());
+    if let Some(entries) = input.resume.filter(|e| !e.is_empty()) {
+        let workflow =
+            resume_thread(&state, &caller, &input.thread_id, input.forwarded_props.as_ref(), entries).await?;
+        let after = state.runner.storage().events(workflow.id(), 0).await?.last().map_or(0, |e| e.seq);
+        if workflow.state() == WorkflowState::ReadyToResume {
+            state.run_in_background(workflow.id());
+        }
+        return Ok(sse(Follow::start(state, workflow.id(), after, translator, run_id, true).await?));
+    }
+    let query = last_user_text(&input.messages)
+        .ok_or_else(|| ApiError::bad_request("the input has no user message with text to plan"))?;
+    let context = caller.end_user_id.clone().map(ExecutionContext::for_end_user).unwrap_or_default();
+    let plan =
+        state.runner.generate_plan(query).tools(state.plan_tools.to_vec()).execution_context(context.clone()).await?;
+    let workflow = state.runner.create_workflow(&plan).execution_context(context).await?;
+    state.run_in_background(workflow.id());
+    Ok(sse(Follow::start(state, workflow.id(), 0, translator, run_id, true).await?))
+}
+
+/// Answers a thread's interrupts: the thread is the workflow (its id, or
+/// `forwardedProps.workflow_id`), each interrupt one of its clarifications.
+async fn resume_thread(
+    state: &AppState,
+    caller: &Caller,
+    thread_id: &str,
+    forwarded: Option<&Value>,
+    entries: Vec<ResumeEntry>,
+) -> Result<Workflow, ApiError> {
+    let id = forwarded.and_then(|p| p.get("workflow_id")).and_then(Value::as_str).unwrap_or(thread_id);
+    let mut workflow = state.visible(caller, id).await?;
+    for entry in entries {
+        if entry.status == "cancelled" {
+            return Ok(state.runner.cancel_workflow(workflow.id(), "the interrupt was cancelled").await?);
+        }
+        let clarification_id = entry.interrupt_id.parse().map_err(Error::from)?;
+        let Some(clarification) = workflow.outputs().clarifications.iter().find(|c| c.id == clarification_id) else {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "clarification_not_found",
+                format!("workflow {} has no clarification {clarification_id}", workflow.id()),
+            ));
+        };
+        let clarification = clarification.clone();
+        workflow = state.runner.resolve_clarification(&clarification, entry.payload.unwrap_or(Value::Null)).await?;
+    }
+    Ok(workflow)
+}
+
+/// The text of the last user message (a string, or its text parts).
+fn last_user_text(messages: &[Value]) -> Option<String> {
+    let message = messages.iter().rev().find(|m| m.get("role").and_then(Value::as_str) == Some("user"))?;
+    let text = match message.get("content")? {
+        Value::String(text) => text.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter(|p| p.get("type").and_then(Value::as_str) == Some("text"))
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => return None,
+    };
+    (!text.trim().is_empty()).then_some(text)
+}
+
+fn sse(follow: Follow) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let stream = futures_util::stream::unfold(follow, |mut follow| async move {
+        follow.next().await.map(|event| (Ok(event), follow))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// One stream's progress through a workflow's events.
+struct Follow {
+    state: AppState,
+    id: WorkflowId,
+    seen: u64,
+    translator: Translator,
+    ready: VecDeque<Event>,
+    until_rest: bool,
+    /// Whether a run ended (rested) within this stream.
+    run_ended: bool,
+    done: bool,
+    /// Events of runs in this process, heard at once; `None` once that stream ended.
+    local: Option<EventStream>,
+}
+
+impl Follow {
+    /// A stream of workflow `id`'s events after number `after`. The events up to it
+    /// go through the translator unsent, so that the stream goes on as it was; the
+    /// first run opened after them is named `run_id`, if given.
+    async fn start(
+        state: AppState,
+        id: WorkflowId,
+        after: u64,
+        mut translator: Translator,
+        run_id: Option<String>,
+        until_rest: bool,
+    ) -> Result<Self, ApiError> {
+        let local = Some(state.runner.subscribe_to(id));
+        if after > 0 {
+            let workflow = state.runner.get_workflow(id).await?;
+            for stored in state.runner.storage().events(id, 0).await?.iter().take_while(|e| e.seq <= after) {
+                translator.translate(stored, &workflow);
+            }
+        }
+        if let Some(run_id) = run_id {
+            translator.name_next_run(run_id);
+        }
+        let run_ended = false;
+        Ok(Self {
+            state,
+            id,
+            seen: after,
+            translator,
+            ready: VecDeque::new(),
+            until_rest,
+            run_ended,
+            done: false,
+            local,
+        })
+    }
+
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(event) = self.ready.pop_front() {
+                return Some(event);
+            }
+            if self.done || *self.state.stopping.borrow() {
+                return None;
+            }
+            if let Err(e) = self.read().await {
+                tracing::debug!(workflow = %self.id, error = %e, "event stream ended");
+                return None;
+            }
+            if self.ready.is_empty() && !self.done {
+                self.wait().await;
+            }
+        }
+    }
+
+    /// Reads the events stored since the last read; the state first, so that once
+    /// it is final, the events read hold everything up to it.
+    async fn read(&mut self) -> crate::Result<()> {
+        let workflow = self.state.runner.get_workflow(self.id).await?;
+        for stored in self.state.runner.storage().events(self.id, self.seen).await? {
+            let was_in_run = self.translator.in_run();
+            let events = self.translator.translate(&stored, &workflow);
+            self.run_ended |= was_in_run && !self.translator.in_run();
+            let last = events.len().saturating_sub(1);
+            for (i, event) in events.into_iter().enumerate() {
+                let mut sse = Event::default().data(event.to_string());
+                // The id goes on a stored event's last AG-UI event only: a stream
+                // dropped midway resumes with the rest of it.
+                if i == last {
+                    sse = sse.id(stored.seq.to_string());
+                }
+                self.ready.push_back(sse);
+            }
+            self.seen = stored.seq;
+        }
+        self.done = workflow.state().is_terminal() || (self.until_rest && self.run_ended);
+        Ok(())
+    }
+
+    /// Waits until new events may be stored: announced by a run in this process,
+    /// heard of by the store, the server stopping, or [`RECHECK`] passed.
+    async fn wait(&mut self) {
+        let storage = self.state.runner.storage().clone();
+        let stored = storage.wait_for_events(self.id, self.seen, RECHECK);
+        let mut stopping = self.state.stopping.clone();
+        let local_ended = match &mut self.local {
+            Some(local) => tokio::select! {
+                announced = local.next() => announced.is_none(),
+                _ = stored => false,
+                _ = stopping.changed() => false,
+            },
+            None => {
+                tokio::select! {
+                    _ = stored => {}
+                    _ = stopping.changed() => {}
+                }
+                false
+            }
+        };
+        if local_ended {
+            self.local = None;
+        }
+    }
+}

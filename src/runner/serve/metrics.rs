@@ -1,0 +1,237 @@
+//! `GET /metrics`: Prometheus text, derived from the store, so that it counts every
+//! process's runs: workflows by state, LLM calls, tokens and cost by model, and step,
+//! tool-call and LLM-call latencies.
+//!
+//! A workflow's figures are read from its stored events once per version and kept:
+//! a scrape reads again only the workflows that changed since the last.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+
+use super::auth::Caller;
+use super::errors::ApiError;
+use super::router::AppState;
+use crate::events::EventKind;
+use crate::ids::WorkflowId;
+use crate::workflow::{Workflow, WorkflowState};
+
+/// Histogram bounds, in seconds.
+const BUCKETS: [f64; 11] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// What each workflow contributed at the version last read.
+pub(super) type MetricsCache = Arc<Mutex<HashMap<WorkflowId, (u64, Figures)>>>;
+
+/// A latency histogram.
+#[derive(Debug, Clone, Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        for (bound, count) in BUCKETS.iter().zip(&mut self.counts) {
+            if seconds <= *bound {
+                *count += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += seconds;
+    }
+
+    fn add(&mut self, other: &Self) {
+        for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
+            *mine += theirs;
+        }
+        self.count += other.count;
+        self.sum += other.sum;
+    }
+}
+
+/// LLM spending on one model.
+#[derive(Debug, Clone, Default)]
+struct ModelFigures {
+    calls: u64,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    cost_usd: f64,
+    latency: Histogram,
+}
+
+/// The figures of one workflow, or of many added up.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Figures {
+    models: BTreeMap<String, ModelFigures>,
+    tools: BTreeMap<String, Histogram>,
+    steps: Histogram,
+}
+
+impl Figures {
+    /// A workflow's figures, from its stored events.
+    async fn of(state: &AppState, id: WorkflowId) -> crate::Result<Self> {
+        let mut figures = Self::default();
+        let mut step_started = HashMap::new();
+        for stored in state.runner.storage().events(id, 0).await? {
+            let at = stored.event.at;
+            match stored.event.kind {
+                EventKind::StepStarted { step, .. } => {
+                    step_started.insert(step, at);
+                }
+                EventKind::StepFinished { step, .. } => {
+                    if let Some(started) = step_started.remove(&step) {
+                        figures.steps.observe(seconds(at - started));
+                    }
+                }
+                EventKind::ToolCallFinished { tool_id, latency_ms, replayed: false, .. } => {
+                    figures.tools.entry(tool_id).or_default().observe(latency_ms as f64 / 1000.0);
+                }
+                EventKind::LlmCallFinished { model, usage, cost_usd, latency_ms, .. } => {
+                    let model = figures.models.entry(model).or_default();
+                    model.calls += 1;
+                    model.prompt_tokens += usage.prompt_tokens;
+                    model.completion_tokens += usage.completion_tokens;
+                    model.cost_usd += cost_usd;
+                    model.latency.observe(latency_ms as f64 / 1000.0);
+                }
+                _ => {}
+            }
+        }
+        Ok(figures)
+    }
+
+    fn add(&mut self, other: &Self) {
+        for (name, theirs) in &other.models {
+            let mine = self.models.entry(name.clone()).or_default();
+            mine.calls += theirs.calls;
+            mine.prompt_tokens += theirs.prompt_tokens;
+            mine.completion_tokens += theirs.completion_tokens;
+            mine.cost_usd += theirs.cost_usd;
+            mine.latency.add(&theirs.latency);
+        }
+        for (tool, theirs) in &other.tools {
+            self.tools.entry(tool.clone()).or_default().add(theirs);
+        }
+        self.steps.add(&other.steps);
+    }
+}
+
+fn seconds(duration: chrono::TimeDelta) -> f64 {
+    duration.num_microseconds().unwrap_or(i64::MAX).max(0) as f64 / 1e6
+}
+
+/// The metrics of the workflows the caller may see.
+pub(super) async fn metrics(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (workflows, unreadable) = state.all_workflows(None).await?;
+    let workflows: Vec<Workflow> =
+        workflows.into_iter().filter(|w| caller.sees(w.execution_context().end_user_id.as_deref())).collect();
+    let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
+    let mut total = Figures::default();
+    let mut seen = HashMap::new();
+    for workflow in &workflows {
+        *by_state.entry(workflow.state().to_string()).or_default() += 1;
+        let cached = state.metrics.lock().unwrap_or_else(PoisonError::into_inner).get(&workflow.id()).cloned();
+        let figures = match cached {
+            Some((version, figures)) if version == workflow.version() => figures,
+            _ => Figures::of(&state, workflow.id()).await?,
+        };
+        total.add(&figures);
+        seen.insert(workflow.id(), (workflow.version(), figures));
+    }
+    // Deleted workflows drop out of the cache.
+    if caller.end_user_id.is_none() {
+        *state.metrics.lock().unwrap_or_else(PoisonError::into_inner) = seen;
+    } else {
+        state.metrics.lock().unwrap_or_else(PoisonError::into_inner).extend(seen);
+    }
+    let text = render(&by_state, unreadable, &total);
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
+}
+
+fn render(by_state: &BTreeMap<String, u64>, unreadable: usize, total: &Figures) -> String {
+    let mut out = String::new();
+    header(&mut out, "portia_workflows", "gauge", "Stored workflows by state.");
+    for workflow_state in [
+        WorkflowState::NotStarted,
+        WorkflowState::InProgress,
+        WorkflowState::NeedClarification,
+        WorkflowState::ReadyToResume,
+        WorkflowState::Complete,
+        WorkflowState::Failed,
+    ] {
+        let name = workflow_state.to_string();
+        let count = by_state.get(&name).copied().unwrap_or(0);
+        let _ = writeln!(out, "portia_workflows{{state=\"{}\"}} {count}", escape(&name));
+    }
+    header(&mut out, "portia_workflows_unreadable", "gauge", "Stored workflows that could not be read.");
+    let _ = writeln!(out, "portia_workflows_unreadable {unreadable}");
+
+    header(&mut out, "portia_llm_calls_total", "counter", "LLM calls by model, of the stored workflows.");
+    for (model, figures) in &total.models {
+        let _ = writeln!(out, "portia_llm_calls_total{{model=\"{}\"}} {}", escape(model), figures.calls);
+    }
+    header(&mut out, "portia_llm_tokens_total", "counter", "LLM tokens by model and kind, of the stored workflows.");
+    for (model, figures) in &total.models {
+        let model = escape(model);
+        let _ = writeln!(out, "portia_llm_tokens_total{{model=\"{model}\",kind=\"prompt\"}} {}", figures.prompt_tokens);
+        let _ = writeln!(
+            out,
+            "portia_llm_tokens_total{{model=\"{model}\",kind=\"completion\"}} {}",
+            figures.completion_tokens
+        );
+    }
+    header(
+        &mut out,
+        "portia_llm_cost_usd_total",
+        "counter",
+        "LLM cost in US dollars by model, of the stored workflows.",
+    );
+    for (model, figures) in &total.models {
+        let _ = writeln!(out, "portia_llm_cost_usd_total{{model=\"{}\"}} {}", escape(model), figures.cost_usd);
+    }
+    header(&mut out, "portia_llm_call_duration_seconds", "histogram", "LLM call latency by model.");
+    for (model, figures) in &total.models {
+        histogram(
+            &mut out,
+            "portia_llm_call_duration_seconds",
+            &format!("model=\"{}\"", escape(model)),
+            &figures.latency,
+        );
+    }
+    header(&mut out, "portia_tool_call_duration_seconds", "histogram", "Tool call latency by tool (replays excluded).");
+    for (tool, latency) in &total.tools {
+        histogram(&mut out, "portia_tool_call_duration_seconds", &format!("tool=\"{}\"", escape(tool)), latency);
+    }
+    header(&mut out, "portia_step_duration_seconds", "histogram", "Step latency, from start to end.");
+    histogram(&mut out, "portia_step_duration_seconds", "", &total.steps);
+    out
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn histogram(out: &mut String, name: &str, labels: &str, histogram: &Histogram) {
+    let sep = if labels.is_empty() { "" } else { "," };
+    for (bound, count) in BUCKETS.iter().zip(histogram.counts) {
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {count}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", histogram.count);
+    let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+    let _ = writeln!(out, "{name}_sum{braces} {}", histogram.sum);
+    let _ = writeln!(out, "{name}_count{braces} {}", histogram.count);
+}
+
+/// A label value as the text format wants it.
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}

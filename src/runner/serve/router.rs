@@ -1,0 +1,113 @@
+//! The routes, the state every handler shares, and the layers around them.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, Method};
+use axum::middleware;
+use axum::routing::{get, post};
+use tower_http::cors::CorsLayer;
+
+use super::ServeOptions;
+use super::api::{self, PlanQueries, StartTimes};
+use super::auth::{self, Tokens};
+use super::{follow, metrics, openapi, pages};
+use crate::ids::WorkflowId;
+use crate::runner::Runner;
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub(super) struct AppState {
+    pub(super) runner: Runner,
+    pub(super) tokens: Tokens,
+    /// Whether the server runs workers of its own (then new workflows are queued).
+    pub(super) workers: bool,
+    /// The tools the planner is offered when a request names none.
+    pub(super) plan_tools: Arc<[String]>,
+    pub(super) plan_queries: PlanQueries,
+    pub(super) started: StartTimes,
+    pub(super) metrics: metrics::MetricsCache,
+    /// Turns `true` when the server stops: event streams end then.
+    pub(super) stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+impl AppState {
+    /// Runs workflow `id` in a task of the server's; what goes wrong is logged, and
+    /// the stored workflow says how it ended.
+    pub(super) fn run_in_background(&self, id: WorkflowId) {
+        let runner = self.runner.clone();
+        tokio::spawn(async move {
+            match runner.execute_workflow_by_id(id).await {
+                Ok(workflow) => tracing::debug!(workflow = %id, state = %workflow.state(), "run ended"),
+                // A worker or another request got to it first: it runs there.
+                Err(crate::Error::AlreadyRunning { .. }) => tracing::debug!(workflow = %id, "already running"),
+                Err(e) => tracing::warn!(workflow = %id, error = %e, "run failed"),
+            }
+        });
+    }
+}
+
+/// Every route, behind the token check (but the health checks), with the body limit
+/// and, when configured, CORS.
+pub(super) fn build(runner: Runner, options: &ServeOptions, stopping: tokio::sync::watch::Receiver<bool>) -> Router {
+    let plan_tools: Arc<[String]> = match &options.plan_tools {
+        Some(ids) => ids.clone().into(),
+        None => runner.tools().get_tools().iter().map(|t| t.spec().id).collect(),
+    };
+    let state = AppState {
+        runner,
+        tokens: options.tokens.clone(),
+        workers: options.workers > 0,
+        plan_tools,
+        plan_queries: PlanQueries::default(),
+        started: StartTimes::default(),
+        metrics: metrics::MetricsCache::default(),
+        stopping,
+    };
+    let guarded = Router::new()
+        .route("/v1/plans", post(api::create_plan))
+        .route("/v1/workflows", post(api::create_workflow).get(api::list_workflows))
+        .route("/v1/workflows/{id}", get(api::get_workflow).delete(api::delete_workflow))
+        .route("/v1/workflows/{id}/plan", get(api::get_workflow_plan))
+        .route("/v1/workflows/{id}/tool-calls", get(api::get_tool_calls))
+        .route("/v1/workflows/{id}/events", get(follow::events))
+        .route("/v1/agui", post(follow::run_agent))
+        .route("/v1/workflows/{id}/clarifications/{clarification_id}", post(api::answer))
+        .route("/v1/workflows/{id}/cancel", post(api::cancel))
+        .route("/v1/workflows/{id}/resume", post(api::resume))
+        .route("/v1/tools", get(api::tools))
+        .route("/v1/openapi.json", get(openapi::document))
+        .route("/metrics", get(metrics::metrics))
+        .merge(pages::routes())
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
+    let app = Router::new()
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .merge(guarded)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(options.body_limit))
+        .with_state(state);
+    match cors(&options.cors_origins) {
+        Some(cors) => app.layer(cors),
+        None => app,
+    }
+}
+
+async fn not_found() -> super::errors::ApiError {
+    super::errors::ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+/// CORS for the configured origins only; none configured, no CORS header is sent.
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    Some(
+        CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_headers([axum::http::header::AUTHORIZATION, axum::http::header::CONTENT_TYPE]),
+    )
+}

@@ -1,0 +1,394 @@
+//! `portia serve`'s JSON API, driven in-process over loopback HTTP: workflows from a
+//! query, a plan or a stored plan's id, run at once or queued for in-process
+//! workers; lists, answers, cancel, resume, delete; errors as JSON; the OpenAPI
+//! document; tokens; CORS only when configured.
+
+use std::sync::Arc;
+
+use portia::config::ExecutionMode;
+use portia::runner::serve::{ServeOptions, Server, ServerToken, Tokens};
+use portia::storage::{InMemoryStorage, Storage};
+use portia::testing::{MockBehavior, MockTool, ScriptedLlm};
+use portia::{Config, InMemoryToolRegistry, Runner, WorkflowId, WorkflowState};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// A server on 127.0.0.1 with a port of its own, stopped when dropped.
+pub(crate) struct Served {
+    pub(crate) base: String,
+    pub(crate) runner: Runner,
+    pub(crate) http: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Served {
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub(crate) async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let response = self.http.get(self.url(path)).send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub(crate) async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let response = self.http.post(self.url(path)).json(&body).send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits (on the workflow's own events, not the clock) until it rests.
+    pub(crate) async fn rest(&self, id: &str) -> portia::Workflow {
+        let id: WorkflowId = id.parse().unwrap();
+        let mut watch = self.runner.watch(id);
+        while let Some(event) = watch.next().await {
+            event.unwrap();
+        }
+        self.runner.get_workflow(id).await.unwrap()
+    }
+}
+
+pub(crate) fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+pub(crate) async fn serve(runner: Runner, options: ServeOptions) -> Served {
+    let server = Server::bind(runner.clone(), "127.0.0.1:0".parse().unwrap(), options).await.unwrap();
+    let base = format!("http://{}", server.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run_until(async move {
+        let _ = stopped.await;
+    }));
+    Served { base, runner, http: http_client(), stop: Some(stop) }
+}
+
+pub(crate) fn config() -> Config {
+    Config::builder().execution(ExecutionMode::Sequential).summarize_final_output(false).build().unwrap()
+}
+
+/// A runner on its own in-memory store with `tools`, answering from `llm`.
+pub(crate) fn runner_with(tools: Vec<MockTool>, llm: ScriptedLlm) -> Runner {
+    let storage: Arc<dyn Storage> = Arc::new(InMemoryStorage::new());
+    let tools =
+        InMemoryToolRegistry::from_tools(tools.into_iter().map(|t| Arc::new(t) as Arc<dyn portia::Tool>)).unwrap();
+    Runner::builder(config()).tools(tools).llm(Arc::new(llm)).storage(storage).build().unwrap()
+}
+
+/// A one-step plan calling `tool` with fixed arguments: no model needed.
+pub(crate) fn tool_plan(query: &str, tool: &str) -> Value {
+    json!({
+        "plan_context": {"query": query, "tool_ids": [tool]},
+        "steps": [{"task": query, "inputs": [], "tool_id": tool, "output": "$out", "args": {"city": "Oslo"}}]
+    })
+}
+
+fn weather() -> MockTool {
+    MockTool::returning("weather_tool", json!("-3°C"))
+}
+
+#[tokio::test]
+async fn a_plan_posted_runs_in_the_server_and_is_listed_complete() {
+    let served = serve(runner_with(vec![weather()], ScriptedLlm::new()), ServeOptions::new()).await;
+    let (status, created) = served.post("/v1/workflows", json!({"plan": tool_plan("Weather?", "weather_tool")})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{created}");
+    let id = created["id"].as_str().unwrap();
+    assert_eq!(served.rest(id).await.state(), WorkflowState::Complete);
+
+    let (status, workflow) = served.get(&format!("/v1/workflows/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(workflow["state"], "COMPLETE");
+    assert_eq!(workflow["outputs"]["final_output"]["value"], "-3°C");
+    let (_, listed) = served.get("/v1/workflows?state=complete").await;
+    assert_eq!(listed["count"], 1);
+    assert_eq!(listed["results"][0]["id"], id);
+    assert_eq!(listed["results"][0]["query"], "Weather?");
+    let (_, none) = served.get("/v1/workflows?state=FAILED").await;
+    assert_eq!(none["count"], 0);
+}
+
+#[tokio::test]
+async fn a_query_is_planned_and_a_stored_plan_is_started_by_id() {
+    let plan_reply = json!({"steps": [{"task": "Say hello", "inputs": [], "output": "$hello"}]});
+    let llm = ScriptedLlm::new().json(plan_reply.clone()).text("Hello!").json(plan_reply).text("Hi again!");
+    let served = serve(runner_with(vec![], llm), ServeOptions::new()).await;
+    let (status, created) = served.post("/v1/workflows", json!({"query": "Say hello"})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{created}");
+    let done = served.rest(created["id"].as_str().unwrap()).await;
+    assert_eq!(done.outputs().final_output.as_ref().unwrap().value, "Hello!");
+
+    let (status, plan) = served.post("/v1/plans", json!({"query": "Say hello"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{plan}");
+    let (status, created) = served.post("/v1/workflows", json!({"plan_id": plan["id"]})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{created}");
+    assert_eq!(created["plan_id"], plan["id"]);
+    assert_eq!(served.rest(created["id"].as_str().unwrap()).await.state(), WorkflowState::Complete);
+}
+
+#[tokio::test]
+async fn with_workers_a_new_workflow_is_queued_and_run_by_them() {
+    let served = serve(runner_with(vec![weather()], ScriptedLlm::new()), ServeOptions::new().workers(2)).await;
+    let (status, created) = served.post("/v1/workflows", json!({"plan": tool_plan("Weather?", "weather_tool")})).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(created["state"], "NOT_STARTED", "queued, not run by the request");
+    assert_eq!(served.rest(created["id"].as_str().unwrap()).await.state(), WorkflowState::Complete);
+}
+
+#[tokio::test]
+async fn an_answer_is_checked_and_resumes_the_workflow_to_complete() {
+    let options = vec![json!("a.csv"), json!("b.csv")];
+    let picker = MockTool::new("pick_tool", MockBehavior::ClarifyChoice("file".into(), options));
+    let served = serve(runner_with(vec![picker], ScriptedLlm::new()), ServeOptions::new()).await;
+    let (_, created) = served.post("/v1/workflows", json!({"plan": tool_plan("Pick a file", "pick_tool")})).await;
+    let id = created["id"].as_str().unwrap();
+    let waiting = served.rest(id).await;
+    assert_eq!(waiting.state(), WorkflowState::NeedClarification);
+    let question = waiting.outstanding_clarifications().next().unwrap().id;
+    let path = format!("/v1/workflows/{id}/clarifications/{question}");
+
+    let (status, refused) = served.post(&path, json!({"response": "c.csv", "resume": true})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert_eq!(refused["error"]["code"], "invalid_clarification_response");
+    let (status, resumed) = served.post(&format!("/v1/workflows/{id}/resume"), json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "an open question blocks a resume: {resumed}");
+
+    let (status, answered) = served.post(&path, json!({"response": "b.csv", "resume": true})).await;
+    assert_eq!(status, StatusCode::OK, "{answered}");
+    let done = served.rest(id).await;
+    assert_eq!(done.state(), WorkflowState::Complete, "{:?}", done.failure());
+    assert_eq!(done.outputs().final_output.as_ref().unwrap().value, "b.csv");
+}
+
+#[tokio::test]
+async fn cancel_resume_and_delete_act_on_the_stored_workflow() {
+    let served = serve(runner_with(vec![weather()], ScriptedLlm::new()), ServeOptions::new().workers(0)).await;
+    let (_, queued) =
+        served.post("/v1/workflows", json!({"plan": tool_plan("Weather?", "weather_tool"), "mode": "queue"})).await;
+    let id = queued["id"].as_str().unwrap();
+    assert_eq!(queued["state"], "NOT_STARTED");
+    // Nothing runs a queued workflow here until it is resumed.
+    let (status, _) = served.post(&format!("/v1/workflows/{id}/resume"), Value::Null).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(served.rest(id).await.state(), WorkflowState::Complete);
+    let (status, refused) = served.post(&format!("/v1/workflows/{id}/cancel"), json!({"reason": "late"})).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(refused["error"]["message"].as_str().unwrap().contains("cannot cancel it while it is COMPLETE"));
+
+    let (_, other) =
+        served.post("/v1/workflows", json!({"plan": tool_plan("Weather?", "weather_tool"), "mode": "queue"})).await;
+    let other = other["id"].as_str().unwrap();
+    let (status, cancelled) = served.post(&format!("/v1/workflows/{other}/cancel"), json!({"reason": "no"})).await;
+    assert_eq!(status, StatusCode::OK, "{cancelled}");
+    assert_eq!(cancelled["state"], "FAILED");
+    assert_eq!(cancelled["failure"]["message"], "no");
+
+    let response = served.http.delete(served.url(&format!("/v1/workflows/{id}"))).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(served.get(&format!("/v1/workflows/{id}")).await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn errors_are_json_worded_as_the_command_line_words_them() {
+    let served = serve(runner_with(vec![weather()], ScriptedLlm::new()), ServeOptions::new().body_limit(4096)).await;
+    let missing = WorkflowId::new();
+    let (status, body) = served.get(&format!("/v1/workflows/{missing}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "workflow_not_found");
+    assert_eq!(body["error"]["message"], format!("workflow {missing} not found in storage"));
+
+    assert_eq!(served.get("/v1/workflows/not-an-id").await.1["error"]["code"], "invalid_id");
+    let (status, both) =
+        served.post("/v1/workflows", json!({"query": "x", "plan": tool_plan("x", "weather_tool")})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(both["error"]["message"], "give exactly one of `query`, `plan` or `plan_id`");
+    let (status, bad_tool) = served.post("/v1/workflows", json!({"plan": tool_plan("x", "nope_tool")})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(bad_tool["error"]["message"].as_str().unwrap().starts_with("the plan is invalid"), "{bad_tool}");
+    let (status, state) = served.get("/v1/workflows?state=done").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(state["error"]["message"].as_str().unwrap().starts_with("valid states:"));
+
+    let (_, created) = served.post("/v1/workflows", json!({"plan": tool_plan("W", "weather_tool")})).await;
+    let id = created["id"].as_str().unwrap();
+    let unknown = portia::ClarificationId::new();
+    let (status, body) =
+        served.post(&format!("/v1/workflows/{id}/clarifications/{unknown}"), json!({"response": 1})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["message"], format!("workflow {id} has no clarification {unknown}"));
+
+    let big = json!({"query": "x".repeat(5000)});
+    let (status, body) = served.post("/v1/workflows", big).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(body["error"]["code"], "body_too_large");
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_3_1_and_lists_every_route() {
+    let served = serve(runner_with(vec![weather()], ScriptedLlm::new()), ServeOptions::new()).await;
+    let (status, doc) = served.get("/v1/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/v1/plans", "post"),
+        ("/v1/workflows", "post"),
+        ("/v1/workflows", "get"),
+        ("/v1/workflows/{id}", "get"),
+        ("/v1/workflows/{id}", "delete"),
+        ("/v1/workflows/{id}/clarifications/{clarification_id}", "post"),
+        ("/v1/workflows/{id}/cancel", "post"),
+        ("/v1/workflows/{id}/resume", "post"),
+        ("/v1/tools", "get"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+    ] {
+        assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} missing");
+    }
+    let (_, tools) = served.get("/v1/tools").await;
+    assert_eq!(tools[0]["id"], "weather_tool");
+    assert_eq!(served.get("/healthz").await.0, StatusCode::OK);
+    assert_eq!(served.get("/readyz").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn no_response_holds_a_secret() {
+    let config = Config::builder().summarize_final_output(false).openai_api_key("sk-very-secret-key").build().unwrap();
+    let runner = Runner::builder(config)
+        .tools(InMemoryToolRegistry::new().with(weather()).unwrap())
+        .llm(Arc::new(ScriptedLlm::new()))
+        .build()
+        .unwrap();
+    let served = serve(runner, ServeOptions::new()).await;
+    let (_, created) = served.post("/v1/workflows", json!({"plan": tool_plan("W", "weather_tool")})).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    served.rest(&id).await;
+    for path in ["/v1/openapi.json", "/v1/tools", "/v1/workflows", &format!("/v1/workflows/{id}"), "/healthz"] {
+        let text = served.http.get(served.url(path)).send().await.unwrap().text().await.unwrap();
+        assert!(!text.contains("sk-very-secret-key"), "{path} shows the key");
+    }
+}
+
+#[tokio::test]
+async fn with_tokens_every_route_but_health_needs_one_and_bound_users_see_only_their_own() {
+    let tokens = Tokens::new([ServerToken::new("admin-token"), ServerToken::for_end_user("ann-token", "ann")]);
+    let served = serve(runner_with(vec![weather()], ScriptedLlm::new()), ServeOptions::new().tokens(tokens)).await;
+    assert_eq!(served.get("/healthz").await.0, StatusCode::OK);
+    let (status, body) = served.get("/v1/workflows").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"]["code"], "unauthorized");
+    assert_eq!(served.get("/v1/openapi.json").await.0, StatusCode::UNAUTHORIZED);
+    let wrong = served.http.get(served.url("/v1/workflows")).bearer_auth("nope").send().await.unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+
+    let post = |token: &'static str, body: Value| {
+        served.http.post(served.url("/v1/workflows")).bearer_auth(token).json(&body).send()
+    };
+    let bob: Value = post("admin-token", json!({"plan": tool_plan("Bob's", "weather_tool"), "end_user_id": "bob"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ann: Value =
+        post("ann-token", json!({"plan": tool_plan("Ann's", "weather_tool")})).await.unwrap().json().await.unwrap();
+    assert_eq!(ann["execution_context"]["end_user_id"], "ann", "a bound token starts its user's workflows");
+    let for_bob = post("ann-token", json!({"plan": tool_plan("x", "weather_tool"), "end_user_id": "bob"})).await;
+    assert_eq!(for_bob.unwrap().status(), StatusCode::FORBIDDEN);
+
+    let as_ann = |path: String| served.http.get(served.url(&path)).bearer_auth("ann-token").send();
+    let listed: Value = as_ann("/v1/workflows".into()).await.unwrap().json().await.unwrap();
+    assert_eq!(listed["count"], 1);
+    assert_eq!(listed["results"][0]["id"], ann["id"]);
+    let bobs = as_ann(format!("/v1/workflows/{}", bob["id"].as_str().unwrap())).await.unwrap();
+    assert_eq!(bobs.status(), StatusCode::NOT_FOUND, "another user's workflow is not there");
+    let all: Value = served
+        .http
+        .get(served.url("/v1/workflows"))
+        .bearer_auth("admin-token")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(all["count"], 2);
+}
+
+#[tokio::test]
+async fn listening_beyond_loopback_needs_tokens() {
+    let runner = runner_with(vec![], ScriptedLlm::new());
+    let err = Server::bind(runner.clone(), "0.0.0.0:0".parse().unwrap(), ServeOptions::new()).await.unwrap_err();
+    assert!(err.to_string().contains("PORTIA_SERVER_TOKENS"), "{err}");
+    let tokens = Tokens::parse("t1, ann:t2").unwrap();
+    assert_eq!(format!("{tokens:?}"), "Tokens(2 set)", "no token, nor its digest, in Debug");
+    assert!(Server::bind(runner, "0.0.0.0:0".parse().unwrap(), ServeOptions::new().tokens(tokens)).await.is_ok());
+    assert!(Tokens::parse("ann:").is_err());
+}
+
+#[tokio::test]
+async fn no_cors_header_unless_origins_are_configured() {
+    let runner = runner_with(vec![], ScriptedLlm::new());
+    let plain = serve(runner.clone(), ServeOptions::new()).await;
+    let allowed = serve(runner, ServeOptions::new().cors_origins(["https://app.example"])).await;
+    for (served, expected) in [(&plain, None), (&allowed, Some("https://app.example"))] {
+        let response =
+            served.http.get(served.url("/v1/tools")).header("Origin", "https://app.example").send().await.unwrap();
+        let header = response.headers().get("access-control-allow-origin").map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(header.as_deref(), expected);
+    }
+}
+
+/// The value of the sample `name` (with its labels) in a Prometheus text page.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_workflows_llm_calls_tokens_and_latencies_from_the_store() {
+    let plan_reply = json!({"steps": [{"task": "Say hello", "inputs": [], "output": "$hello"}]});
+    let llm = ScriptedLlm::new().json(plan_reply).text("Hello!");
+    let tokens = Tokens::new([ServerToken::new("admin"), ServerToken::for_end_user("ann-token", "ann")]);
+    let served = serve(runner_with(vec![weather()], llm), ServeOptions::new().tokens(tokens)).await;
+    let post = |token: &'static str, body: Value| {
+        served.http.post(served.url("/v1/workflows")).bearer_auth(token).json(&body).send()
+    };
+    let ann: Value =
+        post("ann-token", json!({"plan": tool_plan("W", "weather_tool")})).await.unwrap().json().await.unwrap();
+    let said: Value = post("admin", json!({"query": "Say hello"})).await.unwrap().json().await.unwrap();
+    served.rest(ann["id"].as_str().unwrap()).await;
+    served.rest(said["id"].as_str().unwrap()).await;
+
+    let served = &served;
+    let scrape = |token: &'static str| async move {
+        let response = served.http.get(served.url("/metrics")).bearer_auth(token).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
+        response.text().await.unwrap()
+    };
+    let text = scrape("admin").await;
+    assert_eq!(sample(&text, "portia_workflows{state=\"COMPLETE\"}"), Some(2.0), "{text}");
+    assert_eq!(sample(&text, "portia_workflows{state=\"FAILED\"}"), Some(0.0));
+    let calls: Vec<&str> = text.lines().filter(|l| l.starts_with("portia_llm_calls_total{")).collect();
+    assert_eq!(calls.len(), 1, "one model: {calls:?}");
+    assert!(calls[0].ends_with(" 1"), "the step's call (planning is no workflow's): {calls:?}");
+    assert!(text.lines().any(|l| l.starts_with("portia_llm_tokens_total{") && l.contains("kind=\"completion\"")));
+    assert_eq!(sample(&text, "portia_tool_call_duration_seconds_count{tool=\"weather_tool\"}"), Some(1.0));
+    assert_eq!(sample(&text, "portia_step_duration_seconds_count"), Some(2.0));
+    assert_eq!(sample(&text, "portia_step_duration_seconds_bucket{le=\"+Inf\"}"), Some(2.0));
+    // Read again from the cache: the same figures.
+    assert_eq!(scrape("admin").await, text);
+
+    let anns = scrape("ann-token").await;
+    assert_eq!(sample(&anns, "portia_workflows{state=\"COMPLETE\"}"), Some(1.0), "a bound token counts its own");
+    assert!(!anns.contains("portia_llm_calls_total{"), "{anns}");
+    assert_eq!(served.get("/metrics").await.0, StatusCode::UNAUTHORIZED);
+}

@@ -1,0 +1,317 @@
+//! `portia serve`'s event streams: a workflow's stored events as AG-UI 1.0 events
+//! over Server-Sent Events (history, then live; `Last-Event-ID` resumes with no gap
+//! or repeat), and the AG-UI endpoint that takes a `RunAgentInput`. With
+//! `PORTIA_AGUI_CHECK` (set by `.ci/install-agui`), every event sent is parsed with
+//! the protocol's published schemas.
+
+use std::sync::Arc;
+
+use portia::runner::ApprovalGate;
+use portia::runner::serve::ServeOptions;
+use portia::storage::{InMemoryStorage, Storage};
+use portia::testing::{MockTool, ScriptedLlm};
+use portia::tool::ToolSpec;
+use portia::{InMemoryToolRegistry, Runner, WorkflowState};
+use serde_json::{Value, json};
+
+use crate::serve::{Served, config, serve, tool_plan};
+
+/// One Server-Sent Event: its `id` field, if any, and its data as JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Sse {
+    pub(crate) id: Option<u64>,
+    pub(crate) data: Value,
+}
+
+/// Reads Server-Sent Events from a response as they arrive.
+pub(crate) struct SseReader {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl SseReader {
+    pub(crate) fn new(response: reqwest::Response) -> Self {
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        Self { response, buffer: String::new() }
+    }
+
+    /// The next event with data; `None` when the server ends the stream.
+    pub(crate) async fn next(&mut self) -> Option<Sse> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let (mut id, mut data) = (None, String::new());
+                for line in block.lines() {
+                    if let Some(value) = line.strip_prefix("id:") {
+                        id = Some(value.trim().parse().unwrap());
+                    } else if let Some(value) = line.strip_prefix("data:") {
+                        data.push_str(value.trim_start());
+                    }
+                }
+                if !data.is_empty() {
+                    return Some(Sse { id, data: serde_json::from_str(&data).unwrap() });
+                }
+                continue;
+            }
+            let chunk = self.response.chunk().await.unwrap()?;
+            self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+
+    /// Events up to and including the first that `stop` matches.
+    pub(crate) async fn until(&mut self, stop: impl Fn(&Value) -> bool) -> Vec<Sse> {
+        let mut events = Vec::new();
+        while let Some(event) = self.next().await {
+            let done = stop(&event.data);
+            events.push(event);
+            if done {
+                return events;
+            }
+        }
+        panic!("the stream ended before the event looked for: {events:#?}");
+    }
+
+    /// Every event until the server ends the stream.
+    pub(crate) async fn rest(&mut self) -> Vec<Sse> {
+        let mut events = Vec::new();
+        while let Some(event) = self.next().await {
+            events.push(event);
+        }
+        events
+    }
+}
+
+fn types(events: &[Sse]) -> Vec<&str> {
+    events.iter().map(|e| e.data["type"].as_str().unwrap()).collect()
+}
+
+/// A runner whose `send_tool` (side effects) waits behind an approval gate.
+pub(crate) fn gated_runner() -> Runner {
+    let send = MockTool::echo("send_tool").with_spec(ToolSpec::new("send_tool", "Send Tool", "Sends a payment."));
+    let storage: Arc<dyn Storage> = Arc::new(InMemoryStorage::new());
+    Runner::builder(config())
+        .tools(InMemoryToolRegistry::new().with(send).unwrap())
+        .llm(Arc::new(ScriptedLlm::new()))
+        .storage(storage)
+        .hook(ApprovalGate::for_side_effects())
+        .build()
+        .unwrap()
+}
+
+async fn open(served: &Served, path: &str, last_id: Option<u64>) -> SseReader {
+    let mut request = served.http.get(served.url(path));
+    if let Some(id) = last_id {
+        request = request.header("Last-Event-ID", id.to_string());
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    SseReader::new(response)
+}
+
+fn is_run_end(event: &Value) -> bool {
+    matches!(event["type"].as_str(), Some("RUN_FINISHED" | "RUN_ERROR"))
+}
+
+#[tokio::test]
+async fn a_stream_gives_the_history_then_live_events_through_an_approval_to_the_end() {
+    approval_stream().await;
+}
+
+/// A stream opened before a run stops at an approval gate, followed to the end.
+async fn approval_stream() -> Vec<Sse> {
+    let served = serve(gated_runner(), ServeOptions::new()).await;
+    let (_, created) = served.post("/v1/workflows", json!({"plan": tool_plan("Pay Ann", "send_tool")})).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let mut stream = open(&served, &format!("/v1/workflows/{id}/events"), None).await;
+
+    let first = stream.until(is_run_end).await;
+    assert_eq!(first[0].data["type"], "RUN_STARTED");
+    assert_eq!(first[0].data["threadId"], id.as_str());
+    let approval = first.iter().find(|e| e.data["name"] == "portia.approval").expect("the approval as CUSTOM");
+    assert_eq!(approval.data["value"]["response"], json!({"city": "Oslo"}), "it shows the arguments");
+    let finished = &first.last().unwrap().data;
+    assert_eq!(finished["outcome"]["type"], "interrupt", "{finished}");
+    let interrupt = &finished["outcome"]["interrupts"][0];
+    assert_eq!(interrupt["reason"], "approval");
+    assert!(types(&first).contains(&"STEP_STARTED"));
+    assert!(types(&first).contains(&"STATE_SNAPSHOT"));
+
+    // Approved from elsewhere: the same stream goes on live to the end.
+    let question = interrupt["id"].as_str().unwrap();
+    let path = format!("/v1/workflows/{id}/clarifications/{question}");
+    let (status, _) = served.post(&path, json!({"response": true, "resume": true})).await;
+    assert_eq!(status, 200);
+    let second = stream.rest().await;
+    let kinds = types(&second);
+    for kind in ["RUN_STARTED", "TOOL_CALL_START", "TOOL_CALL_ARGS", "TOOL_CALL_END", "TOOL_CALL_RESULT"] {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+    let answer = ["TEXT_MESSAGE_START", "TEXT_MESSAGE_CONTENT", "TEXT_MESSAGE_END", "STATE_SNAPSHOT", "RUN_FINISHED"];
+    assert_eq!(kinds[kinds.len() - 5..], answer, "the answer, then the end: {kinds:?}");
+    let last = &second.last().unwrap().data;
+    assert_eq!(last["type"], "RUN_FINISHED");
+    assert_eq!(last["outcome"]["type"], "success");
+    assert_eq!(served.rest(&id).await.state(), WorkflowState::Complete);
+    first.into_iter().chain(second).collect()
+}
+
+#[tokio::test]
+async fn last_event_id_resumes_a_dropped_stream_with_no_gap_or_repeat() {
+    let served = serve(gated_runner(), ServeOptions::new()).await;
+    let (_, created) = served.post("/v1/workflows", json!({"plan": tool_plan("Pay Ann", "send_tool")})).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let waiting = served.rest(&id).await;
+    let question = waiting.outstanding_clarifications().next().unwrap().id;
+    served
+        .post(&format!("/v1/workflows/{id}/clarifications/{question}"), json!({"response": true, "resume": true}))
+        .await;
+    assert_eq!(served.rest(&id).await.state(), WorkflowState::Complete);
+
+    let path = format!("/v1/workflows/{id}/events");
+    let whole = open(&served, &path, None).await.rest().await;
+    let ids: Vec<u64> = whole.iter().filter_map(|e| e.id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids rise: {ids:?}");
+    assert_eq!(whole.last().unwrap().id, ids.last().copied(), "the last event carries its number");
+    for cut in [ids[0], ids[ids.len() / 2], ids[ids.len() - 2]] {
+        let after_cut = whole.iter().position(|e| e.id == Some(cut)).unwrap() + 1;
+        let resumed = open(&served, &path, Some(cut)).await.rest().await;
+        assert_eq!(resumed, whole[after_cut..], "resumed after event {cut}");
+    }
+}
+
+#[tokio::test]
+async fn an_ag_ui_run_agent_input_plans_runs_and_streams_until_the_run_rests() {
+    ag_ui_run().await;
+}
+
+/// A run started by a `RunAgentInput`, with the input and the events it streamed.
+async fn ag_ui_run() -> (Value, Vec<Sse>) {
+    let plan_reply = json!({"steps": [{"task": "Say hello", "inputs": [], "output": "$hello"}]});
+    let runner = crate::serve::runner_with(vec![], ScriptedLlm::new().json(plan_reply).text("Hello!"));
+    let served = serve(runner, ServeOptions::new()).await;
+    let input = json!({
+        "threadId": "thread-1", "runId": "run-1", "state": {}, "tools": [], "context": [],
+        "forwardedProps": {},
+        "messages": [{"id": "m1", "role": "user", "content": "Say hello"}]
+    });
+    let response = served.http.post(served.url("/v1/agui")).json(&input).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let events = SseReader::new(response).rest().await;
+    assert_eq!(events[0].data["type"], "RUN_STARTED");
+    assert_eq!(
+        (events[0].data["threadId"].as_str(), events[0].data["runId"].as_str()),
+        (Some("thread-1"), Some("run-1"))
+    );
+    let text: Vec<&Value> =
+        events.iter().filter(|e| e.data["type"] == "TEXT_MESSAGE_CONTENT").map(|e| &e.data).collect();
+    assert_eq!(text.len(), 1);
+    assert_eq!(text[0]["delta"], "Hello!");
+    let last = &events.last().unwrap().data;
+    assert_eq!((last["type"].as_str(), last["runId"].as_str()), (Some("RUN_FINISHED"), Some("run-1")));
+    assert!(last["usage"].as_array().is_some_and(|u| !u.is_empty()), "tokens by model: {last}");
+    (input, events)
+}
+
+#[tokio::test]
+async fn an_ag_ui_resume_answers_the_interrupt_and_streams_the_run_on() {
+    let served = serve(gated_runner(), ServeOptions::new()).await;
+    let (_, created) = served.post("/v1/workflows", json!({"plan": tool_plan("Pay Ann", "send_tool")})).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let question = served.rest(&id).await.outstanding_clarifications().next().unwrap().id.to_string();
+    let input = json!({"threadId": id, "runId": "run-2", "messages": [],
+                       "resume": [{"interruptId": question, "status": "resolved", "payload": true}]});
+    let response = served.http.post(served.url("/v1/agui")).json(&input).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let events = SseReader::new(response).rest().await;
+    assert_eq!(events[0].data["type"], "RUN_STARTED", "{:?}", types(&events));
+    assert_eq!(events[0].data["runId"], "run-2", "the run the client named");
+    assert_eq!(events.last().unwrap().data["outcome"]["type"], "success");
+    assert_eq!(served.rest(&id).await.state(), WorkflowState::Complete);
+}
+
+#[tokio::test]
+#[ignore = "needs @ag-ui/core: PORTIA_AGUI_CHECK (set by .ci/install-agui)"]
+async fn every_event_sent_parses_with_the_published_ag_ui_schemas() {
+    let check = std::env::var("PORTIA_AGUI_CHECK").expect("PORTIA_AGUI_CHECK: run `eval \"$(bash .ci/install-agui)\"`");
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, events: &[Sse]| {
+        let lines: Vec<String> = events.iter().map(|e| e.data.to_string()).collect();
+        std::fs::write(dir.path().join(name), lines.join("\n")).unwrap();
+        dir.path().join(name)
+    };
+    let approval = write("approval.jsonl", &approval_stream().await);
+    let (input, events) = ag_ui_run().await;
+    let run = write("agui.jsonl", &events);
+    std::fs::write(dir.path().join("input.json"), input.to_string()).unwrap();
+    for (events, input) in [(approval, None), (run, Some(dir.path().join("input.json")))] {
+        let mut node = std::process::Command::new("node");
+        node.arg(&check).arg(&events);
+        if let Some(input) = input {
+            node.arg(input);
+        }
+        let output = node.output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}: {}{}",
+            events.display(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_token_bound_to_another_end_user_gets_404_on_the_event_stream() {
+    use portia::runner::serve::{ServerToken, Tokens};
+    let tokens =
+        Tokens::new([ServerToken::for_end_user("ann-token", "ann"), ServerToken::for_end_user("bob-token", "bob")]);
+    let served = serve(gated_runner(), ServeOptions::new().tokens(tokens)).await;
+    let created: Value = served
+        .http
+        .post(served.url("/v1/workflows"))
+        .bearer_auth("ann-token")
+        .json(&json!({"plan": tool_plan("Pay", "send_tool")}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let path = format!("/v1/workflows/{}/events", created["id"].as_str().unwrap());
+    let bobs = served.http.get(served.url(&path)).bearer_auth("bob-token").send().await.unwrap();
+    assert_eq!(bobs.status(), 404);
+    let anns =
+        served.http.get(served.url(&format!("{path}?until=rest"))).bearer_auth("ann-token").send().await.unwrap();
+    assert_eq!(anns.status(), 200);
+    let events = SseReader::new(anns).rest().await;
+    assert_eq!(events.last().unwrap().data["outcome"]["type"], "interrupt");
+}
+
+#[tokio::test]
+#[ignore = "needs @ag-ui/client: PORTIA_AGUI_CHECK (set by .ci/install-agui)"]
+async fn the_ag_ui_http_client_starts_a_run_and_reads_it_to_the_end() {
+    let plan_reply = json!({"steps": [{"task": "Say hello", "inputs": [], "output": "$hello"}]});
+    let runner = crate::serve::runner_with(vec![], ScriptedLlm::new().json(plan_reply).text("Hello from portia"));
+    let served = serve(runner, ServeOptions::new()).await;
+    let check = std::env::var("PORTIA_AGUI_CHECK").expect("PORTIA_AGUI_CHECK: run `eval \"$(bash .ci/install-agui)\"`");
+    let script = std::path::Path::new(&check).with_file_name("run-agent.js");
+    let output = tokio::process::Command::new("node")
+        .arg(script)
+        .arg(served.url("/v1/agui"))
+        .arg("Say hello")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let events: Vec<Value> = stdout.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(events[0]["type"], "RUN_STARTED");
+    assert_eq!(
+        (events[0]["threadId"].as_str(), events[0]["runId"].as_str()),
+        (Some("client-thread"), Some("client-run"))
+    );
+    let text: Vec<&str> =
+        events.iter().filter(|e| e["type"] == "TEXT_MESSAGE_CONTENT").filter_map(|e| e["delta"].as_str()).collect();
+    assert_eq!(text, ["Hello from portia"]);
+    assert_eq!(events.last().unwrap()["type"], "RUN_FINISHED");
+}

@@ -113,6 +113,8 @@ impl ConfigBuilder {
         openai_base_url;
         /// Sets the Anthropic base URL.
         anthropic_base_url;
+        /// Sets the Gemini API base URL.
+        gemini_base_url;
         /// Sets the Tavily base URL.
         tavily_base_url;
         /// Sets the OpenWeatherMap base URL.
@@ -132,6 +134,8 @@ impl ConfigBuilder {
         groq_api_key;
         /// Sets the OpenRouter API key.
         openrouter_api_key;
+        /// Sets the Gemini API key.
+        gemini_api_key;
         /// Sets the Tavily API key.
         tavily_api_key;
         /// Sets the OpenWeatherMap API key.

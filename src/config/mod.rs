@@ -31,7 +31,7 @@ pub use crate::logging::{LogLevel, init_logging};
 #[cfg(feature = "otel")]
 pub use crate::logging::{OtlpGuard, init_otlp};
 
-use crate::llm::{LlmClient, LlmSettings, ModelRef, ModelRole, RetryPolicy, split_provider};
+use crate::llm::{LlmClient, LlmSettings, ModelRef, ModelRole, RetryPolicy, split_provider, unknown_provider};
 use crate::{Error, Result};
 
 /// Every setting of the SDK. Plain data: clone it, serialize it (keys are left out).
@@ -87,6 +87,11 @@ pub struct Config {
     /// OpenRouter API key (`OPENROUTER_API_KEY`).
     #[serde(skip_serializing)]
     pub openrouter_api_key: Option<Secret>,
+    /// Google Gemini API key (`GEMINI_API_KEY`).
+    #[serde(skip_serializing)]
+    pub gemini_api_key: Option<Secret>,
+    /// Gemini API base URL (`GEMINI_BASE_URL`).
+    pub gemini_base_url: Option<String>,
     /// Tavily API key for the search tool (`TAVILY_API_KEY`).
     #[serde(skip_serializing)]
     pub tavily_api_key: Option<Secret>,
@@ -190,6 +195,8 @@ impl Default for Config {
             mistral_api_key: None,
             groq_api_key: None,
             openrouter_api_key: None,
+            gemini_api_key: None,
+            gemini_base_url: None,
             tavily_api_key: None,
             tavily_base_url: None,
             openweathermap_api_key: None,
@@ -317,6 +324,7 @@ impl Config {
             ("PORTIA_LLM_BASE_URL", &mut self.llm_base_url),
             ("OPENAI_BASE_URL", &mut self.openai_base_url),
             ("ANTHROPIC_BASE_URL", &mut self.anthropic_base_url),
+            ("GEMINI_BASE_URL", &mut self.gemini_base_url),
             ("TAVILY_BASE_URL", &mut self.tavily_base_url),
             ("OPENWEATHERMAP_BASE_URL", &mut self.openweathermap_base_url),
             ("PORTIA_LLM_MODEL", &mut self.default_model),
@@ -379,6 +387,7 @@ impl Config {
             ("MISTRAL_API_KEY", &mut self.mistral_api_key),
             ("GROQ_API_KEY", &mut self.groq_api_key),
             ("OPENROUTER_API_KEY", &mut self.openrouter_api_key),
+            ("GEMINI_API_KEY", &mut self.gemini_api_key),
             ("TAVILY_API_KEY", &mut self.tavily_api_key),
             ("OPENWEATHERMAP_API_KEY", &mut self.openweathermap_api_key),
             ("PORTIA_DATABASE_URL", &mut self.database_url),
@@ -391,12 +400,12 @@ impl Config {
     }
 
     /// The provider when none is set: the one a `provider/model` default model names,
-    /// else the first whose key is present (OpenAI, Anthropic, Mistral), else OpenAI.
+    /// else the first whose key is present (OpenAI, Anthropic, Mistral, Gemini), else OpenAI.
     fn inferred_provider(&self) -> LlmProvider {
         if let Some(provider) = self.default_model.as_deref().and_then(|m| split_provider(m).0) {
             return provider;
         }
-        [LlmProvider::OpenAi, LlmProvider::Anthropic, LlmProvider::Mistral]
+        [LlmProvider::OpenAi, LlmProvider::Anthropic, LlmProvider::Mistral, LlmProvider::Gemini]
             .into_iter()
             .find(|p| self.api_key(*p).is_some())
             .unwrap_or(LlmProvider::OpenAi)
@@ -482,6 +491,22 @@ impl Config {
         if models.iter().any(|m| m.as_deref().is_some_and(|m| split_provider(m).1.trim().is_empty())) {
             return Err(Error::invalid_config("model", "a model name is empty; give a name such as gpt-4.1-mini"));
         }
+        self.validate_model_names()
+    }
+
+    /// Checks that every model name's `provider/` prefix names a known provider.
+    fn validate_model_names(&self) -> Result<()> {
+        let named = [
+            ("PORTIA_LLM_MODEL", &self.default_model),
+            ("PORTIA_PLANNING_MODEL", &self.planning_model),
+            ("PORTIA_EXECUTION_MODEL", &self.execution_model),
+            ("PORTIA_SUMMARY_MODEL", &self.summary_model),
+        ];
+        for (var, name) in named {
+            if let Some(problem) = name.as_deref().and_then(|name| unknown_provider(self.llm_provider, name)) {
+                return Err(Error::invalid_config(var, problem));
+            }
+        }
         Ok(())
     }
 
@@ -492,6 +517,7 @@ impl Config {
             ("PORTIA_LLM_BASE_URL", &self.llm_base_url),
             ("OPENAI_BASE_URL", &self.openai_base_url),
             ("ANTHROPIC_BASE_URL", &self.anthropic_base_url),
+            ("GEMINI_BASE_URL", &self.gemini_base_url),
             ("TAVILY_BASE_URL", &self.tavily_base_url),
             ("OPENWEATHERMAP_BASE_URL", &self.openweathermap_base_url),
         ];
@@ -540,6 +566,7 @@ impl Config {
             LlmProvider::Mistral => self.mistral_api_key.as_ref(),
             LlmProvider::Groq => self.groq_api_key.as_ref(),
             LlmProvider::OpenRouter => self.openrouter_api_key.as_ref(),
+            LlmProvider::Gemini => self.gemini_api_key.as_ref(),
         }
     }
 
@@ -559,6 +586,7 @@ impl Config {
         let configured = match provider {
             LlmProvider::OpenAi | LlmProvider::OpenAiCompatible => self.openai_base_url.as_ref(),
             LlmProvider::Anthropic => self.anthropic_base_url.as_ref(),
+            LlmProvider::Gemini => self.gemini_base_url.as_ref(),
             _ => None,
         };
         let url = if provider == self.llm_provider { self.llm_base_url.as_ref().or(configured) } else { configured };
@@ -907,6 +935,7 @@ mod tests {
                 &mut self.mistral_api_key,
                 &mut self.groq_api_key,
                 &mut self.openrouter_api_key,
+                &mut self.gemini_api_key,
                 &mut self.tavily_api_key,
                 &mut self.openweathermap_api_key,
             ] {

@@ -23,6 +23,7 @@
 //! a [`Retry`] layer.
 
 mod anthropic;
+mod gemini;
 mod layer;
 mod offline;
 mod openai;
@@ -46,8 +47,8 @@ pub use crate::error::LlmError;
 pub use crate::usage::Usage;
 pub use layer::{LlmClientExt, LlmLayer};
 pub use offline::Offline;
-pub(crate) use provider::split_provider;
 pub use provider::{LlmProvider, ModelRef, ModelRole};
+pub(crate) use provider::{split_provider, unknown_provider};
 pub use retry::{Retry, RetryPolicy};
 pub use settings::LlmSettings;
 pub(crate) use transport::retry_after;

@@ -6,9 +6,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::anthropic::AnthropicClient;
+use super::gemini::GeminiClient;
 use super::openai::OpenAiClient;
 use super::{
     LlmClient, LlmClientExt, LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, ModelRef, Offline, Retry,
+    unknown_provider,
 };
 
 /// Routes each request to the stack of the provider its model belongs to.
@@ -27,10 +29,10 @@ impl Router {
         let clients = LlmProvider::ALL
             .iter()
             .map(|&provider| {
-                let client = if provider.is_openai_protocol() {
-                    ProviderClient::OpenAi(OpenAiClient::new(http.clone(), &settings, provider))
-                } else {
-                    ProviderClient::Anthropic(AnthropicClient::new(http.clone(), &settings))
+                let client = match provider {
+                    LlmProvider::Anthropic => ProviderClient::Anthropic(AnthropicClient::new(http.clone(), &settings)),
+                    LlmProvider::Gemini => ProviderClient::Gemini(GeminiClient::new(http.clone(), &settings)),
+                    _ => ProviderClient::OpenAi(OpenAiClient::new(http.clone(), &settings, provider)),
                 };
                 let once = Arc::new(SendOnce { settings: Arc::clone(&settings), client });
                 let stack = once
@@ -47,6 +49,9 @@ impl Router {
 impl LlmClient for Router {
     async fn chat(&self, request: LlmRequest) -> Result<LlmResponse, LlmError> {
         let ModelRef { provider, model } = self.settings.resolve(&request);
+        if let Some(problem) = request.named_model().and_then(|name| unknown_provider(self.settings.provider(), name)) {
+            return Err(LlmError::NotSent { provider: provider.to_string(), model, message: problem });
+        }
         if model.trim().is_empty() {
             return Err(LlmError::NotSent {
                 provider: provider.to_string(),
@@ -77,6 +82,7 @@ struct SendOnce {
 enum ProviderClient {
     OpenAi(OpenAiClient),
     Anthropic(AnthropicClient),
+    Gemini(GeminiClient),
 }
 
 #[async_trait::async_trait]
@@ -86,6 +92,7 @@ impl LlmClient for SendOnce {
         match &self.client {
             ProviderClient::OpenAi(client) => client.chat(&model, &request).await,
             ProviderClient::Anthropic(client) => client.chat(&model, &request).await,
+            ProviderClient::Gemini(client) => client.chat(&model, &request, self.settings.completion_cap()).await,
         }
     }
 }

@@ -157,6 +157,13 @@ impl ConfigBuilder {
         self
     }
 
+    /// Sets the models (`provider/model`) to fall back on, in order, when the one a
+    /// call goes to is down or overloaded after its retries (`PORTIA_LLM_FALLBACK`).
+    pub fn llm_fallback(mut self, models: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.config.llm_fallback = crate::llm::Fallback::new(models).models().to_vec();
+        self
+    }
+
     /// Sets the file listing MCP servers whose tools to add (`PORTIA_MCP_CONFIG`).
     pub fn mcp_config(mut self, path: impl Into<PathBuf>) -> Self {
         self.config.mcp_config = Some(path.into());

@@ -63,6 +63,9 @@ pub struct Config {
     pub execution_model: Option<String>,
     /// The model for summaries (`PORTIA_SUMMARY_MODEL`), else the default model.
     pub summary_model: Option<String>,
+    /// Models (`provider/model`) to fall back on, in order, when the one a call goes
+    /// to is down or overloaded after its retries (`PORTIA_LLM_FALLBACK`, comma-separated).
+    pub llm_fallback: Vec<String>,
     /// Base URL for the provider (`PORTIA_LLM_BASE_URL`); overrides the ones below.
     pub llm_base_url: Option<String>,
     /// OpenAI API key (`OPENAI_API_KEY`); sent to OpenAI only.
@@ -186,6 +189,7 @@ impl Default for Config {
             planning_model: None,
             execution_model: None,
             summary_model: None,
+            llm_fallback: Vec::new(),
             llm_base_url: None,
             openai_api_key: None,
             llm_api_key: None,
@@ -336,6 +340,9 @@ impl Config {
             if let Some(value) = vars.get(name) {
                 *field = Some(value);
             }
+        }
+        if let Some(list) = vars.get("PORTIA_LLM_FALLBACK") {
+            self.llm_fallback = list.split(',').map(str::trim).filter(|m| !m.is_empty()).map(str::to_owned).collect();
         }
         self.llm_provider = match vars.parse("PORTIA_LLM_PROVIDER")? {
             Some(provider) => provider,
@@ -507,6 +514,17 @@ impl Config {
                 return Err(Error::invalid_config(var, problem));
             }
         }
+        for name in &self.llm_fallback {
+            if let Some(problem) = unknown_provider(self.llm_provider, name) {
+                return Err(Error::invalid_config("PORTIA_LLM_FALLBACK", problem));
+            }
+            if split_provider(name).1.trim().is_empty() {
+                return Err(Error::invalid_config(
+                    "PORTIA_LLM_FALLBACK",
+                    format!("{name:?} names no model; write provider/model, such as anthropic/claude-haiku-4-5"),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -614,9 +632,10 @@ impl Config {
     }
 
     /// What the LLM clients need of this configuration: the models, each provider's
-    /// key and URL, the completion cap, the timeouts and the retry policy.
+    /// key and URL, the fallback models, the completion cap, the timeouts and the retry policy.
     pub fn llm_settings(&self) -> LlmSettings {
         let mut settings = LlmSettings::new(self.llm_provider)
+            .fallback(self.llm_fallback.iter().cloned())
             .max_tokens(self.max_tokens)
             .request_timeout(self.request_timeout())
             .retry(self.llm_retry_policy());

@@ -232,7 +232,7 @@ fn parse_reply(body: &Value, reply_tool: Option<&ReplyTool>) -> Result<LlmRespon
         let call = tool_calls.remove(position);
         text = Some(reply.input.unwrap(&call.arguments).to_string());
     }
-    Ok(LlmResponse { text, tool_calls, usage: usage(body.get("usage")) })
+    Ok(LlmResponse { text, tool_calls, usage: usage(body.get("usage")), model: None })
 }
 
 fn tool_call(index: usize, block: &Value) -> Result<ToolCall, String> {

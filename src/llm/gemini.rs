@@ -196,7 +196,7 @@ fn parse_reply(body: &Value) -> Result<LlmResponse, String> {
         }
     }
     let text = (!texts.is_empty()).then(|| texts.concat());
-    Ok(LlmResponse { text, tool_calls, usage: usage(body.get("usageMetadata")) })
+    Ok(LlmResponse { text, tool_calls, usage: usage(body.get("usageMetadata")), model: None })
 }
 
 fn tool_call(index: usize, call: &Value) -> Result<ToolCall, String> {

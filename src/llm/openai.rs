@@ -288,7 +288,7 @@ fn parse_reply(body: &Value) -> Result<LlmResponse, String> {
         Some(Value::Array(calls)) => calls.iter().enumerate().map(tool_call).collect::<Result<_, _>>()?,
         _ => Vec::new(),
     };
-    Ok(LlmResponse { text: text(message.get("content")), tool_calls, usage: usage(body.get("usage")) })
+    Ok(LlmResponse { text: text(message.get("content")), tool_calls, usage: usage(body.get("usage")), model: None })
 }
 
 /// Content is a string, or (on some compatible servers) a list of text parts.

@@ -33,6 +33,7 @@ pub struct LlmSettings {
     max_tokens: u32,
     request_timeout: Duration,
     retry: RetryPolicy,
+    fallback: Vec<String>,
 }
 
 impl LlmSettings {
@@ -48,7 +49,21 @@ impl LlmSettings {
             max_tokens: 4096,
             request_timeout: Duration::from_secs(60),
             retry: RetryPolicy::default(),
+            fallback: Vec::new(),
         }
+    }
+
+    /// Falls back on `models` (`provider/model`), in order, when the model a request
+    /// goes to is unavailable after its retries (see [`Fallback`](super::Fallback)).
+    #[must_use]
+    pub fn fallback(mut self, models: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.fallback = super::Fallback::new(models).models().to_vec();
+        self
+    }
+
+    /// The models fallen back on, in order.
+    pub fn fallback_models(&self) -> &[String] {
+        &self.fallback
     }
 
     /// Uses `name` (`provider/model` accepted) for calls made for `role`.

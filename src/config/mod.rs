@@ -31,7 +31,9 @@ pub use crate::logging::{LogLevel, init_logging};
 #[cfg(feature = "otel")]
 pub use crate::logging::{OtlpGuard, init_otlp};
 
-use crate::llm::{LlmClient, LlmSettings, ModelRef, ModelRole, RetryPolicy, split_provider, unknown_provider};
+use crate::llm::{
+    LlmClient, LlmSettings, ModelRef, ModelRole, RateLimit, RetryPolicy, split_provider, unknown_provider,
+};
 use crate::{Error, Result};
 
 /// Every setting of the SDK. Plain data: clone it, serialize it (keys are left out).
@@ -66,6 +68,14 @@ pub struct Config {
     /// Models (`provider/model`) to fall back on, in order, when the one a call goes
     /// to is down or overloaded after its retries (`PORTIA_LLM_FALLBACK`, comma-separated).
     pub llm_fallback: Vec<String>,
+    /// Requests per minute each model may be sent, shared by every workflow of a
+    /// runner (`PORTIA_LLM_RPM`); none by default.
+    pub llm_rpm: Option<u32>,
+    /// Prompt tokens per minute each model may be sent (`PORTIA_LLM_TPM`); none by default.
+    pub llm_tpm: Option<u32>,
+    /// Limits of particular models, by `provider/model` name, instead of the two
+    /// above (config file only).
+    pub llm_rate_limits: std::collections::BTreeMap<String, RateLimit>,
     /// Base URL for the provider (`PORTIA_LLM_BASE_URL`); overrides the ones below.
     pub llm_base_url: Option<String>,
     /// OpenAI API key (`OPENAI_API_KEY`); sent to OpenAI only.
@@ -190,6 +200,9 @@ impl Default for Config {
             execution_model: None,
             summary_model: None,
             llm_fallback: Vec::new(),
+            llm_rpm: None,
+            llm_tpm: None,
+            llm_rate_limits: std::collections::BTreeMap::new(),
             llm_base_url: None,
             openai_api_key: None,
             llm_api_key: None,
@@ -371,6 +384,8 @@ impl Config {
         set(&mut self.retry_backoff_ms, vars.parse("PORTIA_RETRY_BACKOFF_MS")?);
         set(&mut self.max_output_chars, vars.parse("PORTIA_MAX_OUTPUT_CHARS")?);
         set(&mut self.max_tokens, vars.parse("PORTIA_MAX_TOKENS")?);
+        self.llm_rpm = vars.parse("PORTIA_LLM_RPM")?.or(self.llm_rpm);
+        self.llm_tpm = vars.parse("PORTIA_LLM_TPM")?.or(self.llm_tpm);
         set(&mut self.planner_attempts, vars.parse("PORTIA_PLANNER_ATTEMPTS")?);
         set(&mut self.summarize_final_output, vars.parse("PORTIA_SUMMARIZE")?);
         set(&mut self.lease_ttl_secs, vars.parse("PORTIA_LEASE_TTL_SECS")?);
@@ -636,6 +651,7 @@ impl Config {
     pub fn llm_settings(&self) -> LlmSettings {
         let mut settings = LlmSettings::new(self.llm_provider)
             .fallback(self.llm_fallback.iter().cloned())
+            .rate_limit(RateLimit { requests_per_minute: self.llm_rpm, tokens_per_minute: self.llm_tpm })
             .max_tokens(self.max_tokens)
             .request_timeout(self.request_timeout())
             .retry(self.llm_retry_policy());
@@ -643,6 +659,9 @@ impl Config {
             if let Some(name) = self.model_name(role) {
                 settings = settings.model(role, name);
             }
+        }
+        for (name, limit) in &self.llm_rate_limits {
+            settings = settings.model_rate_limit(name, *limit);
         }
         for &provider in LlmProvider::ALL {
             settings = settings.base_url(provider, self.base_url(provider));

@@ -6,11 +6,13 @@
 //! objects). `max_tokens` is required and always sent from the config: a low
 //! default cuts off large tool inputs.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Map, Value, json};
 
+use super::rate_limit::Limiters;
 use super::schema::{SentSchema, object_schema, portable};
 use super::transport::{Endpoint, secret_header};
 use super::{
@@ -28,6 +30,7 @@ pub(crate) struct AnthropicClient {
     base_url: String,
     key: Option<Secret>,
     timeout: Duration,
+    limiters: Arc<Limiters>,
     max_tokens: u32,
 }
 
@@ -40,12 +43,13 @@ struct ReplyTool {
 
 impl AnthropicClient {
     /// A client at the configured Anthropic base URL, sharing `http`'s connection pool.
-    pub(crate) fn new(http: reqwest::Client, settings: &LlmSettings) -> Self {
+    pub(crate) fn new(http: reqwest::Client, settings: &LlmSettings, limiters: Arc<Limiters>) -> Self {
         Self {
             http,
             base_url: settings.url(LlmProvider::Anthropic),
             key: settings.key(LlmProvider::Anthropic),
             timeout: settings.timeout(),
+            limiters,
             max_tokens: settings.completion_cap(),
         }
     }
@@ -72,6 +76,7 @@ impl AnthropicClient {
             key: self.key.as_ref(),
             key_var: LlmProvider::Anthropic.api_key_var(),
             timeout: self.timeout,
+            limiter: Some(self.limiters.for_model(LlmProvider::Anthropic, model)),
         };
         endpoint.headers.insert("anthropic-version", HeaderValue::from_static(API_VERSION));
         if let Some(key) = &self.key {

@@ -8,11 +8,13 @@
 //! header, never in the URL, so it cannot reach a log line that prints one.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::HeaderMap;
 use serde_json::{Map, Value, json};
 
+use super::rate_limit::Limiters;
 use super::schema::{object_schema, portable};
 use super::transport::{Endpoint, secret_header};
 use super::{LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, Message, Role, ToolCall, ToolChoice, Usage};
@@ -25,16 +27,18 @@ pub(crate) struct GeminiClient {
     base_url: String,
     key: Option<Secret>,
     timeout: Duration,
+    limiters: Arc<Limiters>,
 }
 
 impl GeminiClient {
     /// A client at the configured Gemini base URL, sharing `http`'s connection pool.
-    pub(crate) fn new(http: reqwest::Client, settings: &LlmSettings) -> Self {
+    pub(crate) fn new(http: reqwest::Client, settings: &LlmSettings, limiters: Arc<Limiters>) -> Self {
         Self {
             http,
             base_url: settings.url(LlmProvider::Gemini),
             key: settings.key(LlmProvider::Gemini),
             timeout: settings.timeout(),
+            limiters,
         }
     }
 
@@ -64,6 +68,7 @@ impl GeminiClient {
             key: self.key.as_ref(),
             key_var: LlmProvider::Gemini.api_key_var(),
             timeout: self.timeout,
+            limiter: Some(self.limiters.for_model(LlmProvider::Gemini, model)),
         };
         if model.contains(['/', '?', '#', ':']) {
             return Err(endpoint.not_sent(format!("{model:?} is not a Gemini model name (such as gemini-2.5-flash)")));

@@ -11,12 +11,14 @@
 //! model is remembered, the retry asks with `json_schema` first again.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use reqwest::header::HeaderMap;
 use serde_json::{Map, Value, json};
 
+use super::rate_limit::Limiters;
 use super::schema::{SentSchema, portable};
 use super::transport::{Endpoint, secret_header};
 use super::{LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, Message, Role, ToolCall, ToolChoice, Usage};
@@ -30,6 +32,7 @@ pub(crate) struct OpenAiClient {
     base_url: String,
     key: Option<Secret>,
     timeout: Duration,
+    limiters: Arc<Limiters>,
     max_tokens: u32,
     /// Models whose server refused `json_schema`: they get `json_object` from now on.
     json_object_models: Mutex<HashSet<String>>,
@@ -48,13 +51,19 @@ enum Format {
 
 impl OpenAiClient {
     /// A client for `provider` at its configured base URL, sharing `http`'s connection pool.
-    pub(crate) fn new(http: reqwest::Client, settings: &LlmSettings, provider: LlmProvider) -> Self {
+    pub(crate) fn new(
+        http: reqwest::Client,
+        settings: &LlmSettings,
+        limiters: Arc<Limiters>,
+        provider: LlmProvider,
+    ) -> Self {
         Self {
             http,
             provider,
             base_url: settings.url(provider),
             key: settings.key(provider),
             timeout: settings.timeout(),
+            limiters,
             max_tokens: settings.completion_cap(),
             json_object_models: Mutex::new(HashSet::new()),
         }
@@ -106,6 +115,7 @@ impl OpenAiClient {
             // OpenAI-compatible servers and Ollama take their optional key from PORTIA_LLM_API_KEY.
             key_var: self.provider.api_key_var().or(Some("PORTIA_LLM_API_KEY")),
             timeout: self.timeout,
+            limiter: Some(self.limiters.for_model(self.provider, model)),
         };
         if let Some(key) = &self.key {
             let (name, value) = secret_header("authorization", &format!("Bearer {}", key.expose()))

@@ -1,6 +1,6 @@
 //! The client [`client`](super::client) returns: it picks the provider and model of
-//! each request and hands it to that provider's stack: the [`Retry`] and
-//! [`Offline`] layers around a client that sends each request once.
+//! each request and hands it to that provider's stack: the client-side rate limit,
+//! then the [`Retry`] and [`Offline`] layers around a client that sends each request once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::anthropic::AnthropicClient;
 use super::gemini::GeminiClient;
 use super::openai::OpenAiClient;
+use super::rate_limit::{Limiters, RateLimits};
 use super::{
     LlmClient, LlmClientExt, LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, ModelRef, Offline, Retry,
     unknown_provider,
@@ -26,18 +27,30 @@ impl Router {
     pub(crate) fn new(settings: LlmSettings) -> Self {
         let http = crate::http::client(settings.timeout());
         let settings = Arc::new(settings);
+        // One registry for every provider: a model's limits hold across all its callers.
+        let limiters = Arc::new(Limiters::new(Arc::clone(&settings)));
         let clients = LlmProvider::ALL
             .iter()
             .map(|&provider| {
                 let client = match provider {
-                    LlmProvider::Anthropic => ProviderClient::Anthropic(AnthropicClient::new(http.clone(), &settings)),
-                    LlmProvider::Gemini => ProviderClient::Gemini(GeminiClient::new(http.clone(), &settings)),
-                    _ => ProviderClient::OpenAi(OpenAiClient::new(http.clone(), &settings, provider)),
+                    LlmProvider::Anthropic => {
+                        ProviderClient::Anthropic(AnthropicClient::new(http.clone(), &settings, Arc::clone(&limiters)))
+                    }
+                    LlmProvider::Gemini => {
+                        ProviderClient::Gemini(GeminiClient::new(http.clone(), &settings, Arc::clone(&limiters)))
+                    }
+                    _ => ProviderClient::OpenAi(OpenAiClient::new(
+                        http.clone(),
+                        &settings,
+                        Arc::clone(&limiters),
+                        provider,
+                    )),
                 };
                 let once = Arc::new(SendOnce { settings: Arc::clone(&settings), client });
                 let stack = once
                     .with(Offline::unless_loopback(settings.url(provider)).shared_models(Arc::clone(&settings)))
-                    .with(Retry::new(settings.retry_policy().clone()).shared_models(Arc::clone(&settings)));
+                    .with(Retry::new(settings.retry_policy().clone()).shared_models(Arc::clone(&settings)))
+                    .with(RateLimits { limiters: Arc::clone(&limiters) });
                 (provider, stack)
             })
             .collect();

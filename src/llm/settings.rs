@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::{LlmError, LlmProvider, LlmRequest, ModelRef, ModelRole, RetryPolicy, split_provider};
+use super::{LlmError, LlmProvider, LlmRequest, ModelRef, ModelRole, RateLimit, RetryPolicy, split_provider};
 use crate::secret::Secret;
 
 /// What the LLM clients need to know: which provider serves a model name, each
@@ -34,6 +34,8 @@ pub struct LlmSettings {
     request_timeout: Duration,
     retry: RetryPolicy,
     fallback: Vec<String>,
+    rate_limit: RateLimit,
+    model_rate_limits: HashMap<ModelRef, RateLimit>,
 }
 
 impl LlmSettings {
@@ -50,7 +52,34 @@ impl LlmSettings {
             request_timeout: Duration::from_secs(60),
             retry: RetryPolicy::default(),
             fallback: Vec::new(),
+            rate_limit: RateLimit::default(),
+            model_rate_limits: HashMap::new(),
         }
+    }
+
+    /// Limits every model to `limit` (each model has its own allowance), unless
+    /// [`model_rate_limit`](Self::model_rate_limit) sets its own.
+    #[must_use]
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = limit;
+        self
+    }
+
+    /// Limits the model `name` (`provider/model` accepted) to `limit`.
+    #[must_use]
+    pub fn model_rate_limit(mut self, name: &str, limit: RateLimit) -> Self {
+        let target = self.model_ref(name);
+        self.model_rate_limits.insert(target, limit);
+        self
+    }
+
+    /// The rate limit of the model `name` (`provider/model` accepted).
+    pub fn rate_limit_for(&self, name: &str) -> RateLimit {
+        self.rate_limit_for_ref(&self.model_ref(name))
+    }
+
+    pub(crate) fn rate_limit_for_ref(&self, target: &ModelRef) -> RateLimit {
+        self.model_rate_limits.get(target).copied().unwrap_or(self.rate_limit)
     }
 
     /// Falls back on `models` (`provider/model`), in order, when the model a request

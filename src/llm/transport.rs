@@ -28,6 +28,8 @@ pub(crate) struct Endpoint<'a> {
     pub(crate) key_var: Option<&'static str>,
     /// The HTTP client's per-request timeout, to report when it fires.
     pub(crate) timeout: Duration,
+    /// The model's client-side rate limiter, told what the provider's headers say.
+    pub(crate) limiter: Option<std::sync::Arc<super::rate_limit::ModelLimiter>>,
 }
 
 /// A successful exchange: the parsed body and how long it took.
@@ -63,6 +65,9 @@ impl Endpoint<'_> {
         let response = sent.map_err(|e| self.transport_error(&e))?;
         let status = response.status();
         let headers = response.headers().clone();
+        if let Some(limiter) = &self.limiter {
+            limiter.observe(status.as_u16(), &headers);
+        }
         let bytes = response.bytes().await.map_err(|e| self.transport_error(&e))?;
         let latency = started.elapsed();
         if !status.is_success() {

@@ -744,6 +744,7 @@ impl RunnerBuilder {
             Some(llm) if self.llm_as_is || llm.retries() => llm,
             Some(llm) => llm
                 .with(Retry::new(self.config.llm_retry_policy()).shared_models(Arc::clone(&llm_settings)))
+                .with(crate::llm::RateLimits::new(self.config.llm_settings()))
                 .with(crate::llm::Fallback::new(self.config.llm_fallback.iter().cloned())),
             None => self.config.llm_client()?,
         };

@@ -50,6 +50,7 @@ mod llm_fallback;
 mod llm_gemini;
 mod llm_layers;
 mod llm_openai;
+mod llm_rate_limit;
 mod llm_retry;
 #[cfg(feature = "mcp")]
 mod mcp_server;

@@ -164,6 +164,42 @@ impl ConfigBuilder {
         self
     }
 
+    /// Sets the reply cap of planning calls (`PORTIA_PLANNING_MAX_TOKENS`).
+    pub fn planning_max_tokens(mut self, tokens: u32) -> Self {
+        self.config.planning_max_tokens = Some(tokens);
+        self
+    }
+
+    /// Sets the reply cap of step calls (`PORTIA_EXECUTION_MAX_TOKENS`).
+    pub fn execution_max_tokens(mut self, tokens: u32) -> Self {
+        self.config.execution_max_tokens = Some(tokens);
+        self
+    }
+
+    /// Sets the reply cap of summaries (`PORTIA_SUMMARY_MAX_TOKENS`).
+    pub fn summary_max_tokens(mut self, tokens: u32) -> Self {
+        self.config.summary_max_tokens = Some(tokens);
+        self
+    }
+
+    /// Sets the context window of the models served, in tokens (`PORTIA_LLM_CONTEXT_TOKENS`).
+    pub fn llm_context_tokens(mut self, tokens: u32) -> Self {
+        self.config.llm_context_tokens = Some(tokens);
+        self
+    }
+
+    /// Sets the requests per minute each model may be sent (`PORTIA_LLM_RPM`).
+    pub fn llm_rpm(mut self, requests: u32) -> Self {
+        self.config.llm_rpm = Some(requests);
+        self
+    }
+
+    /// Sets the prompt tokens per minute each model may be sent (`PORTIA_LLM_TPM`).
+    pub fn llm_tpm(mut self, tokens: u32) -> Self {
+        self.config.llm_tpm = Some(tokens);
+        self
+    }
+
     /// Sets the file listing MCP servers whose tools to add (`PORTIA_MCP_CONFIG`).
     pub fn mcp_config(mut self, path: impl Into<PathBuf>) -> Self {
         self.config.mcp_config = Some(path.into());

@@ -156,6 +156,16 @@ pub struct Config {
     pub max_output_chars: usize,
     /// The most tokens an LLM may write in one reply (`PORTIA_MAX_TOKENS`).
     pub max_tokens: u32,
+    /// The reply cap of planning calls (`PORTIA_PLANNING_MAX_TOKENS`), else `max_tokens`.
+    pub planning_max_tokens: Option<u32>,
+    /// The reply cap of step calls (`PORTIA_EXECUTION_MAX_TOKENS`), else `max_tokens`.
+    pub execution_max_tokens: Option<u32>,
+    /// The reply cap of summaries (`PORTIA_SUMMARY_MAX_TOKENS`), else `max_tokens` up to 2,048.
+    pub summary_max_tokens: Option<u32>,
+    /// The context window of the models served, in tokens (`PORTIA_LLM_CONTEXT_TOKENS`),
+    /// for a server whose window is not a well-known model's: reply caps are lowered
+    /// so that prompt and reply fit it.
+    pub llm_context_tokens: Option<u32>,
     /// How many times the planner may try to produce a valid plan (`PORTIA_PLANNER_ATTEMPTS`).
     pub planner_attempts: u32,
     /// Whether the final output gets an LLM summary (`PORTIA_SUMMARIZE`).
@@ -235,6 +245,10 @@ impl Default for Config {
             retry_backoff_ms: 500,
             max_output_chars: 20_000,
             max_tokens: 8192,
+            planning_max_tokens: None,
+            execution_max_tokens: None,
+            summary_max_tokens: None,
+            llm_context_tokens: None,
             planner_attempts: 3,
             summarize_final_output: true,
             lease_ttl_secs: 30,
@@ -252,6 +266,10 @@ impl Default for Config {
 /// after seven tries, against 0.8% after four: a workflow of five calls then
 /// completes 99.9% of the time instead of 96%.
 pub const DEFAULT_MAX_RETRIES: u32 = 6;
+
+/// The reply cap of summaries unless configured: a summary is short, and a smaller
+/// cap leaves more of a small context window to the prompt.
+const DEFAULT_SUMMARY_MAX_TOKENS: u32 = 2048;
 
 /// Reads a setting from a source of variables, treating empty values as unset.
 struct Vars<F>(F);
@@ -384,6 +402,10 @@ impl Config {
         set(&mut self.retry_backoff_ms, vars.parse("PORTIA_RETRY_BACKOFF_MS")?);
         set(&mut self.max_output_chars, vars.parse("PORTIA_MAX_OUTPUT_CHARS")?);
         set(&mut self.max_tokens, vars.parse("PORTIA_MAX_TOKENS")?);
+        self.planning_max_tokens = vars.parse("PORTIA_PLANNING_MAX_TOKENS")?.or(self.planning_max_tokens);
+        self.execution_max_tokens = vars.parse("PORTIA_EXECUTION_MAX_TOKENS")?.or(self.execution_max_tokens);
+        self.summary_max_tokens = vars.parse("PORTIA_SUMMARY_MAX_TOKENS")?.or(self.summary_max_tokens);
+        self.llm_context_tokens = vars.parse("PORTIA_LLM_CONTEXT_TOKENS")?.or(self.llm_context_tokens);
         self.llm_rpm = vars.parse("PORTIA_LLM_RPM")?.or(self.llm_rpm);
         self.llm_tpm = vars.parse("PORTIA_LLM_TPM")?.or(self.llm_tpm);
         set(&mut self.planner_attempts, vars.parse("PORTIA_PLANNER_ATTEMPTS")?);
@@ -659,6 +681,20 @@ impl Config {
             if let Some(name) = self.model_name(role) {
                 settings = settings.model(role, name);
             }
+        }
+        let summary_cap = self.summary_max_tokens.unwrap_or(self.max_tokens.min(DEFAULT_SUMMARY_MAX_TOKENS));
+        let caps = [
+            (ModelRole::Planning, self.planning_max_tokens),
+            (ModelRole::Execution, self.execution_max_tokens),
+            (ModelRole::Summary, Some(summary_cap)),
+        ];
+        for (role, cap) in caps {
+            if let Some(cap) = cap {
+                settings = settings.max_tokens_for(role, cap);
+            }
+        }
+        if let Some(tokens) = self.llm_context_tokens {
+            settings = settings.context_tokens(tokens);
         }
         for (name, limit) in &self.llm_rate_limits {
             settings = settings.model_rate_limit(name, *limit);

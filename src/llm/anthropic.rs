@@ -31,7 +31,6 @@ pub(crate) struct AnthropicClient {
     key: Option<Secret>,
     timeout: Duration,
     limiters: Arc<Limiters>,
-    max_tokens: u32,
 }
 
 /// The forced tool that carries a structured reply.
@@ -50,16 +49,20 @@ impl AnthropicClient {
             key: settings.key(LlmProvider::Anthropic),
             timeout: settings.timeout(),
             limiters,
-            max_tokens: settings.completion_cap(),
         }
     }
 
-    /// Sends `request` to `model`, once: the [`Retry`](super::Retry) layer around this client retries.
-    pub(crate) async fn chat(&self, model: &str, request: &LlmRequest) -> Result<LlmResponse, LlmError> {
+    /// Sends `request` to `model` with a reply of at most `max_tokens`, once: the
+    /// [`Retry`](super::Retry) layer around this client retries.
+    pub(crate) async fn chat(
+        &self,
+        model: &str,
+        request: &LlmRequest,
+        max_tokens: u32,
+    ) -> Result<LlmResponse, LlmError> {
         let endpoint = self.endpoint(model)?;
         let reply_tool = request.output_schema.as_ref().map(ReplyTool::new);
-        let body =
-            request_body(model, self.max_tokens, request, reply_tool.as_ref()).map_err(|e| endpoint.not_sent(e))?;
+        let body = request_body(model, max_tokens, request, reply_tool.as_ref()).map_err(|e| endpoint.not_sent(e))?;
         let reply = endpoint.post(&body).await?;
         let response = parse_reply(&reply.body, reply_tool.as_ref()).map_err(|e| endpoint.invalid(e))?;
         endpoint.log_success(&reply, response.usage);

@@ -24,6 +24,7 @@
 //! a [`Retry`] layer.
 
 mod anthropic;
+mod caps;
 mod fallback;
 mod gemini;
 mod layer;

@@ -33,7 +33,6 @@ pub(crate) struct OpenAiClient {
     key: Option<Secret>,
     timeout: Duration,
     limiters: Arc<Limiters>,
-    max_tokens: u32,
     /// Models whose server refused `json_schema`: they get `json_object` from now on.
     json_object_models: Mutex<HashSet<String>>,
 }
@@ -64,20 +63,25 @@ impl OpenAiClient {
             key: settings.key(provider),
             timeout: settings.timeout(),
             limiters,
-            max_tokens: settings.completion_cap(),
             json_object_models: Mutex::new(HashSet::new()),
         }
     }
 
-    /// Sends `request` to `model`: once, or twice when the server refuses `json_schema`.
-    /// The [`Retry`](super::Retry) layer around this client retries.
-    pub(crate) async fn chat(&self, model: &str, request: &LlmRequest) -> Result<LlmResponse, LlmError> {
+    /// Sends `request` to `model` with a reply of at most `max_tokens`: once, or
+    /// twice when the server refuses `json_schema`. The [`Retry`](super::Retry)
+    /// layer around this client retries.
+    pub(crate) async fn chat(
+        &self,
+        model: &str,
+        request: &LlmRequest,
+        max_tokens: u32,
+    ) -> Result<LlmResponse, LlmError> {
         let endpoint = self.endpoint(model)?;
         let format = self.format_for(model, request);
-        match self.send(&endpoint, request, format).await {
+        match self.send(&endpoint, request, format, max_tokens).await {
             Err(error) if format == Format::JsonSchema && refuses_request(&error) => {
                 tracing::warn!(provider = %self.provider, model, error = %error, "json_schema refused; trying json_object");
-                let result = self.send(&endpoint, request, Format::JsonObject).await;
+                let result = self.send(&endpoint, request, Format::JsonObject, max_tokens).await;
                 // Remembered only when json_object is what made the difference.
                 if result.is_ok() {
                     self.json_object_models.lock().unwrap_or_else(PoisonError::into_inner).insert(model.to_owned());
@@ -130,9 +134,10 @@ impl OpenAiClient {
         endpoint: &Endpoint<'_>,
         request: &LlmRequest,
         format: Format,
+        max_tokens: u32,
     ) -> Result<LlmResponse, LlmError> {
         let wanted = request.output_schema.as_ref().map(|s| (s.wire_name(), SentSchema::new(&s.schema)));
-        let cap = (self.token_cap_field(), self.max_tokens);
+        let cap = (self.token_cap_field(), max_tokens);
         let body =
             request_body(endpoint.model, request, format, wanted.as_ref(), cap).map_err(|e| endpoint.not_sent(e))?;
         let reply = endpoint.post(&body).await?;
@@ -147,9 +152,11 @@ impl OpenAiClient {
 
 /// A 400 or 422 to a request carrying a response format. Servers word their
 /// refusal of a schema in many ways (llama.cpp: "JSON schema error at ...: schema
-/// must be an object"), so any such refusal is worth one try with `json_object`.
+/// must be an object"), so any such refusal is worth one try with `json_object`,
+/// but for a prompt and cap too long for the context, which `json_object` would not
+/// change (the router retries that with a smaller cap).
 fn refuses_request(error: &LlmError) -> bool {
-    matches!(error, LlmError::Http { status: 400 | 422, .. })
+    matches!(error, LlmError::Http { status: 400 | 422, .. }) && !super::caps::is_context_overflow(error)
 }
 
 /// The Chat Completions body. Only widely supported fields are sent, so compatible

@@ -6,9 +6,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::anthropic::AnthropicClient;
+use super::caps;
 use super::gemini::GeminiClient;
 use super::openai::OpenAiClient;
-use super::rate_limit::{Limiters, RateLimits};
+use super::rate_limit::{self, Limiters, RateLimits};
 use super::{
     LlmClient, LlmClientExt, LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, ModelRef, Offline, Retry,
     unknown_provider,
@@ -100,12 +101,37 @@ enum ProviderClient {
 
 #[async_trait::async_trait]
 impl LlmClient for SendOnce {
+    /// Sends with the cap that fits the request's purpose and the model's context;
+    /// a refusal for context length is sent once more with a cap that fits.
     async fn chat(&self, request: LlmRequest) -> Result<LlmResponse, LlmError> {
-        let model = self.settings.resolve(&request).model;
+        let target = self.settings.resolve(&request);
+        let cap = self.settings.completion_cap_for(&request, &target.model);
+        let error = match self.send(&target.model, &request, cap).await {
+            Err(error) if caps::is_context_overflow(&error) => error,
+            result => return result,
+        };
+        let prompt = rate_limit::estimated_tokens(&request);
+        let Some(smaller) = caps::after_refusal(&error, cap, self.settings.context_of(&target.model), prompt) else {
+            return Err(error);
+        };
+        tracing::warn!(
+            provider = %target.provider,
+            model = %target.model,
+            sent_cap = cap,
+            retry_cap = smaller,
+            error = %error,
+            "the prompt and reply cap exceed the model's context; sending once more with a smaller cap"
+        );
+        self.send(&target.model, &request, smaller).await
+    }
+}
+
+impl SendOnce {
+    async fn send(&self, model: &str, request: &LlmRequest, cap: u32) -> Result<LlmResponse, LlmError> {
         match &self.client {
-            ProviderClient::OpenAi(client) => client.chat(&model, &request).await,
-            ProviderClient::Anthropic(client) => client.chat(&model, &request).await,
-            ProviderClient::Gemini(client) => client.chat(&model, &request, self.settings.completion_cap()).await,
+            ProviderClient::OpenAi(client) => client.chat(model, request, cap).await,
+            ProviderClient::Anthropic(client) => client.chat(model, request, cap).await,
+            ProviderClient::Gemini(client) => client.chat(model, request, cap).await,
         }
     }
 }

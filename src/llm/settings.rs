@@ -36,6 +36,8 @@ pub struct LlmSettings {
     fallback: Vec<String>,
     rate_limit: RateLimit,
     model_rate_limits: HashMap<ModelRef, RateLimit>,
+    purpose_caps: HashMap<ModelRole, u32>,
+    context_tokens: Option<u32>,
 }
 
 impl LlmSettings {
@@ -54,7 +56,37 @@ impl LlmSettings {
             fallback: Vec::new(),
             rate_limit: RateLimit::default(),
             model_rate_limits: HashMap::new(),
+            purpose_caps: HashMap::new(),
+            context_tokens: None,
         }
+    }
+
+    /// The most tokens a reply for `role` may have, instead of [`max_tokens`](Self::max_tokens).
+    #[must_use]
+    pub fn max_tokens_for(mut self, role: ModelRole, max_tokens: u32) -> Self {
+        self.purpose_caps.insert(role, max_tokens);
+        self
+    }
+
+    /// The context window of every model, in tokens, for servers whose window is
+    /// not a well-known model's (a llama.cpp or vLLM server started with its own).
+    #[must_use]
+    pub fn context_tokens(mut self, tokens: u32) -> Self {
+        self.context_tokens = Some(tokens);
+        self
+    }
+
+    /// The context window of `model`: the configured one, else a well-known model's.
+    pub(crate) fn context_of(&self, model: &str) -> Option<u32> {
+        self.context_tokens.or_else(|| super::caps::known_context(model))
+    }
+
+    /// The reply cap of `request` on `model`: its purpose's cap, lowered so that the
+    /// estimated prompt and the reply fit the model's context window when it is known.
+    pub fn completion_cap_for(&self, request: &LlmRequest, model: &str) -> u32 {
+        let cap = self.purpose_caps.get(&request.purpose).copied().unwrap_or(self.max_tokens);
+        let prompt = super::rate_limit::estimated_tokens(request);
+        super::caps::fit(cap, self.context_of(model), prompt)
     }
 
     /// Limits every model to `limit` (each model has its own allowance), unless
@@ -198,10 +230,6 @@ impl LlmSettings {
 
     pub(crate) fn url(&self, provider: LlmProvider) -> String {
         self.base_urls.get(&provider).cloned().unwrap_or_else(|| provider.default_base_url().to_owned())
-    }
-
-    pub(crate) fn completion_cap(&self) -> u32 {
-        self.max_tokens
     }
 
     pub(crate) fn retry_policy(&self) -> &RetryPolicy {

@@ -115,6 +115,10 @@ impl ConfigBuilder {
         anthropic_base_url;
         /// Sets the Gemini API base URL.
         gemini_base_url;
+        /// Sets the Azure OpenAI resource's endpoint.
+        azure_openai_endpoint;
+        /// Sets the Azure OpenAI `api-version`.
+        azure_openai_api_version;
         /// Sets the Tavily base URL.
         tavily_base_url;
         /// Sets the OpenWeatherMap base URL.
@@ -136,6 +140,10 @@ impl ConfigBuilder {
         openrouter_api_key;
         /// Sets the Gemini API key.
         gemini_api_key;
+        /// Sets the Azure OpenAI resource key (sent as `api-key`).
+        azure_openai_api_key;
+        /// Sets a Microsoft Entra ID token for Azure OpenAI (sent as a bearer token when no key is set).
+        azure_openai_ad_token;
         /// Sets the Tavily API key.
         tavily_api_key;
         /// Sets the OpenWeatherMap API key.

@@ -105,6 +105,18 @@ pub struct Config {
     pub gemini_api_key: Option<Secret>,
     /// Gemini API base URL (`GEMINI_BASE_URL`).
     pub gemini_base_url: Option<String>,
+    /// Azure OpenAI resource key, sent as `api-key` (`AZURE_OPENAI_API_KEY`).
+    #[serde(skip_serializing)]
+    pub azure_openai_api_key: Option<Secret>,
+    /// A Microsoft Entra ID token for Azure OpenAI, sent as a bearer token when no
+    /// resource key is set (`AZURE_OPENAI_AD_TOKEN`).
+    #[serde(skip_serializing)]
+    pub azure_openai_ad_token: Option<Secret>,
+    /// The Azure OpenAI resource's endpoint, such as `https://my-resource.openai.azure.com`
+    /// (`AZURE_OPENAI_ENDPOINT`).
+    pub azure_openai_endpoint: Option<String>,
+    /// The Azure OpenAI `api-version` (`AZURE_OPENAI_API_VERSION`); default `2024-10-21`.
+    pub azure_openai_api_version: Option<String>,
     /// Tavily API key for the search tool (`TAVILY_API_KEY`).
     #[serde(skip_serializing)]
     pub tavily_api_key: Option<Secret>,
@@ -224,6 +236,10 @@ impl Default for Config {
             openrouter_api_key: None,
             gemini_api_key: None,
             gemini_base_url: None,
+            azure_openai_api_key: None,
+            azure_openai_ad_token: None,
+            azure_openai_endpoint: None,
+            azure_openai_api_version: None,
             tavily_api_key: None,
             tavily_base_url: None,
             openweathermap_api_key: None,
@@ -360,6 +376,8 @@ impl Config {
             ("OPENAI_BASE_URL", &mut self.openai_base_url),
             ("ANTHROPIC_BASE_URL", &mut self.anthropic_base_url),
             ("GEMINI_BASE_URL", &mut self.gemini_base_url),
+            ("AZURE_OPENAI_ENDPOINT", &mut self.azure_openai_endpoint),
+            ("AZURE_OPENAI_API_VERSION", &mut self.azure_openai_api_version),
             ("TAVILY_BASE_URL", &mut self.tavily_base_url),
             ("OPENWEATHERMAP_BASE_URL", &mut self.openweathermap_base_url),
             ("PORTIA_LLM_MODEL", &mut self.default_model),
@@ -432,6 +450,8 @@ impl Config {
             ("GROQ_API_KEY", &mut self.groq_api_key),
             ("OPENROUTER_API_KEY", &mut self.openrouter_api_key),
             ("GEMINI_API_KEY", &mut self.gemini_api_key),
+            ("AZURE_OPENAI_API_KEY", &mut self.azure_openai_api_key),
+            ("AZURE_OPENAI_AD_TOKEN", &mut self.azure_openai_ad_token),
             ("TAVILY_API_KEY", &mut self.tavily_api_key),
             ("OPENWEATHERMAP_API_KEY", &mut self.openweathermap_api_key),
             ("PORTIA_DATABASE_URL", &mut self.database_url),
@@ -573,6 +593,7 @@ impl Config {
             ("OPENAI_BASE_URL", &self.openai_base_url),
             ("ANTHROPIC_BASE_URL", &self.anthropic_base_url),
             ("GEMINI_BASE_URL", &self.gemini_base_url),
+            ("AZURE_OPENAI_ENDPOINT", &self.azure_openai_endpoint),
             ("TAVILY_BASE_URL", &self.tavily_base_url),
             ("OPENWEATHERMAP_BASE_URL", &self.openweathermap_base_url),
         ];
@@ -622,6 +643,7 @@ impl Config {
             LlmProvider::Groq => self.groq_api_key.as_ref(),
             LlmProvider::OpenRouter => self.openrouter_api_key.as_ref(),
             LlmProvider::Gemini => self.gemini_api_key.as_ref(),
+            LlmProvider::AzureOpenAi => self.azure_openai_api_key.as_ref().or(self.azure_openai_ad_token.as_ref()),
         }
     }
 
@@ -642,6 +664,7 @@ impl Config {
             LlmProvider::OpenAi | LlmProvider::OpenAiCompatible => self.openai_base_url.as_ref(),
             LlmProvider::Anthropic => self.anthropic_base_url.as_ref(),
             LlmProvider::Gemini => self.gemini_base_url.as_ref(),
+            LlmProvider::AzureOpenAi => self.azure_openai_endpoint.as_ref(),
             _ => None,
         };
         let url = if provider == self.llm_provider { self.llm_base_url.as_ref().or(configured) } else { configured };
@@ -704,6 +727,12 @@ impl Config {
             if let Some(key) = self.api_key(provider) {
                 settings = settings.api_key(provider, key.expose());
             }
+        }
+        if let Some(version) = &self.azure_openai_api_version {
+            settings = settings.azure_api_version(version);
+        }
+        if let (None, Some(token)) = (&self.azure_openai_api_key, &self.azure_openai_ad_token) {
+            settings = settings.azure_entra_token(token.expose());
         }
         settings
     }
@@ -1010,6 +1039,8 @@ mod tests {
                 &mut self.groq_api_key,
                 &mut self.openrouter_api_key,
                 &mut self.gemini_api_key,
+                &mut self.azure_openai_api_key,
+                &mut self.azure_openai_ad_token,
                 &mut self.tavily_api_key,
                 &mut self.openweathermap_api_key,
             ] {

@@ -33,6 +33,8 @@ pub(crate) struct OpenAiClient {
     key: Option<Secret>,
     timeout: Duration,
     limiters: Arc<Limiters>,
+    /// For Azure OpenAI: the `api-version`, and whether the key is an Entra token.
+    azure: Option<(String, bool)>,
     /// Models whose server refused `json_schema`: they get `json_object` from now on.
     json_object_models: Mutex<HashSet<String>>,
 }
@@ -63,6 +65,10 @@ impl OpenAiClient {
             key: settings.key(provider),
             timeout: settings.timeout(),
             limiters,
+            azure: (provider == LlmProvider::AzureOpenAi).then(|| {
+                let (version, bearer) = settings.azure();
+                (version.to_owned(), bearer)
+            }),
             json_object_models: Mutex::new(HashSet::new()),
         }
     }
@@ -105,7 +111,10 @@ impl OpenAiClient {
     /// OpenAI took `max_tokens` away from its newer models in favour of
     /// `max_completion_tokens`; compatible servers only know `max_tokens`.
     fn token_cap_field(&self) -> &'static str {
-        if self.provider == LlmProvider::OpenAi { "max_completion_tokens" } else { "max_tokens" }
+        match self.provider {
+            LlmProvider::OpenAi | LlmProvider::AzureOpenAi => "max_completion_tokens",
+            _ => "max_tokens",
+        }
     }
 
     fn endpoint<'a>(&'a self, model: &'a str) -> Result<Endpoint<'a>, LlmError> {
@@ -121,12 +130,35 @@ impl OpenAiClient {
             timeout: self.timeout,
             limiter: Some(self.limiters.for_model(self.provider, model)),
         };
+        let bearer = match &self.azure {
+            Some((version, bearer)) => {
+                endpoint.url = self.azure_url(model, version).map_err(|e| endpoint.not_sent(e))?;
+                if *bearer {
+                    endpoint.key_var = Some("AZURE_OPENAI_AD_TOKEN");
+                }
+                *bearer
+            }
+            None => true,
+        };
         if let Some(key) = &self.key {
-            let (name, value) = secret_header("authorization", &format!("Bearer {}", key.expose()))
-                .map_err(|e| endpoint.not_sent(e))?;
+            let header = if bearer {
+                secret_header("authorization", &format!("Bearer {}", key.expose()))
+            } else {
+                secret_header("api-key", key.expose())
+            };
+            let (name, value) = header.map_err(|e| endpoint.not_sent(e))?;
             endpoint.headers.insert(name, value);
         }
         Ok(endpoint)
+    }
+
+    /// Azure's URL of a deployment's Chat Completions: the model names the deployment.
+    /// (The router has checked that the resource's endpoint is set.)
+    fn azure_url(&self, deployment: &str, version: &str) -> Result<String, String> {
+        if deployment.contains(['/', '?', '#', '&']) {
+            return Err(format!("{deployment:?} is not an Azure deployment name"));
+        }
+        Ok(format!("{}/openai/deployments/{deployment}/chat/completions?api-version={version}", self.base_url))
     }
 
     async fn send(

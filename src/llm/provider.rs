@@ -24,6 +24,8 @@ config_enum!(
         OpenRouter => ["openrouter"],
         /// Google's Gemini API (`generateContent`).
         Gemini => ["gemini", "google"],
+        /// Azure OpenAI: Chat Completions on a deployment of your resource.
+        AzureOpenAi => ["azure", "azure-openai"],
     }
 );
 
@@ -38,10 +40,13 @@ impl LlmProvider {
             Self::Groq => "llama-3.3-70b-versatile",
             Self::OpenRouter => "openai/gpt-4.1-mini",
             Self::Gemini => "gemini-2.5-flash",
+            // Azure names deployments, not models: this is the deployment's name.
+            Self::AzureOpenAi => "gpt-4.1-mini",
         }
     }
 
-    /// The base URL used when none is configured.
+    /// The base URL used when none is configured (none for Azure OpenAI, whose
+    /// endpoint is the resource's own: `AZURE_OPENAI_ENDPOINT`).
     pub fn default_base_url(self) -> &'static str {
         match self {
             Self::OpenAi => "https://api.openai.com/v1",
@@ -51,6 +56,7 @@ impl LlmProvider {
             Self::Groq => "https://api.groq.com/openai/v1",
             Self::OpenRouter => "https://openrouter.ai/api/v1",
             Self::Gemini => "https://generativelanguage.googleapis.com",
+            Self::AzureOpenAi => "",
         }
     }
 
@@ -63,6 +69,7 @@ impl LlmProvider {
             Self::Groq => Some("GROQ_API_KEY"),
             Self::OpenRouter => Some("OPENROUTER_API_KEY"),
             Self::Gemini => Some("GEMINI_API_KEY"),
+            Self::AzureOpenAi => Some("AZURE_OPENAI_API_KEY"),
             Self::OpenAiCompatible | Self::Ollama => None,
         }
     }

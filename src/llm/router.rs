@@ -74,6 +74,16 @@ impl LlmClient for Router {
             });
         }
         self.settings.require_api_key(provider)?;
+        if self.settings.url(provider).is_empty() {
+            // Only Azure has no public address: each resource has its own.
+            return Err(LlmError::NotSent {
+                provider: provider.to_string(),
+                model,
+                message: "Azure OpenAI needs its resource's endpoint: set AZURE_OPENAI_ENDPOINT, \
+                          such as https://my-resource.openai.azure.com"
+                    .into(),
+            });
+        }
         match self.clients.get(&provider) {
             Some(client) => client.chat(request).await,
             None => Err(LlmError::Other(format!("no client is built in for the provider {provider}"))),

@@ -38,7 +38,12 @@ pub struct LlmSettings {
     model_rate_limits: HashMap<ModelRef, RateLimit>,
     purpose_caps: HashMap<ModelRole, u32>,
     context_tokens: Option<u32>,
+    azure_api_version: String,
+    azure_bearer: bool,
 }
+
+/// The Azure OpenAI API version sent unless another is set: the latest GA one.
+const AZURE_API_VERSION: &str = "2024-10-21";
 
 impl LlmSettings {
     /// Settings that send every call to `provider`'s default model, with no keys,
@@ -58,7 +63,30 @@ impl LlmSettings {
             model_rate_limits: HashMap::new(),
             purpose_caps: HashMap::new(),
             context_tokens: None,
+            azure_api_version: AZURE_API_VERSION.to_owned(),
+            azure_bearer: false,
         }
+    }
+
+    /// The `api-version` sent to Azure OpenAI (default `2024-10-21`).
+    #[must_use]
+    pub fn azure_api_version(mut self, version: impl Into<String>) -> Self {
+        self.azure_api_version = version.into();
+        self
+    }
+
+    /// Authenticates to Azure OpenAI with a Microsoft Entra ID token (sent as a
+    /// bearer token) instead of the resource's `api-key`.
+    #[must_use]
+    pub fn azure_entra_token(mut self, token: impl Into<String>) -> Self {
+        self.keys.insert(LlmProvider::AzureOpenAi, Secret::new(token));
+        self.azure_bearer = true;
+        self
+    }
+
+    /// The Azure `api-version`, and whether its key is an Entra bearer token.
+    pub(crate) fn azure(&self) -> (&str, bool) {
+        (&self.azure_api_version, self.azure_bearer)
     }
 
     /// The most tokens a reply for `role` may have, instead of [`max_tokens`](Self::max_tokens).

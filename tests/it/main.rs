@@ -46,6 +46,7 @@ mod e2e_stock_compare;
 mod events_hooks;
 mod leases;
 mod llm_anthropic;
+mod llm_azure;
 mod llm_caps;
 mod llm_fallback;
 mod llm_gemini;

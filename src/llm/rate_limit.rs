@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::layer::LlmLayer;
-use super::transport::{millis, retry_after};
+use super::transport::millis;
 use super::{LlmClient, LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, ModelRef};
 
 /// How many requests and tokens one model may be sent per minute; `None` is no limit.
@@ -168,11 +168,11 @@ impl ModelLimiter {
         }
     }
 
-    /// Reads what the provider said of its limits in a reply's headers.
-    pub(crate) fn observe(&self, status: u16, headers: &HeaderMap) {
-        let asked = if status == 429 { retry_after(headers) } else { None };
+    /// Reads what the provider said of its limits: the wait a 429 `asked` for, else
+    /// an allowance its headers say is spent.
+    pub(crate) fn observe(&self, asked: Option<Duration>, headers: &HeaderMap) {
         if let Some(wait) = asked.or_else(|| exhausted_for(headers)) {
-            tracing::debug!(status, wait_ms = millis(wait), "the provider's rate limit pauses this model's calls");
+            tracing::debug!(wait_ms = millis(wait), "the provider's rate limit pauses this model's calls");
             self.pause_for(wait);
         }
     }
@@ -336,21 +336,19 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn a_429s_retry_after_and_an_exhausted_allowance_pause_the_model() {
+    async fn a_429s_wait_and_an_exhausted_allowance_pause_the_model() {
         let limiters = Limiters::new(Arc::new(LlmSettings::new(LlmProvider::OpenAi)));
         let limiter = limiters.for_model(LlmProvider::OpenAi, "m");
         assert_eq!(limiter.acquire(10).await, Duration::ZERO, "no limit configured, nothing said");
-        let mut headers = HeaderMap::new();
-        headers.insert("retry-after", HeaderValue::from_static("5"));
-        limiter.observe(200, &headers);
-        assert_eq!(limiter.acquire(10).await, Duration::ZERO, "Retry-After only counts on a 429");
-        limiter.observe(429, &headers);
+        limiter.observe(None, &HeaderMap::new());
+        assert_eq!(limiter.acquire(10).await, Duration::ZERO, "nothing asked, nothing spent");
+        limiter.observe(Some(Duration::from_secs(5)), &HeaderMap::new());
         assert_eq!(limiters.for_model(LlmProvider::OpenAi, "m").acquire(10).await, Duration::from_secs(5));
         assert_eq!(limiters.for_model(LlmProvider::OpenAi, "other").acquire(10).await, Duration::ZERO);
         let mut exhausted = HeaderMap::new();
         exhausted.insert("x-ratelimit-remaining-tokens", HeaderValue::from_static("0"));
         exhausted.insert("x-ratelimit-reset-tokens", HeaderValue::from_static("1m30s"));
-        limiter.observe(200, &exhausted);
+        limiter.observe(None, &exhausted);
         assert_eq!(limiter.acquire(10).await, MAX_PAUSE, "a pause is capped at a minute");
     }
 

@@ -273,3 +273,14 @@ async fn an_unknown_provider_prefix_is_refused_listing_the_known_ones() {
     assert!(matches!(&err, LlmError::NotSent { message, .. } if message.contains("\"antropic\"")), "{err:?}");
     assert!(server.received_requests().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn the_retry_delay_google_puts_in_the_body_is_the_retry_after() {
+    let server = MockServer::start().await;
+    let body = json!({"error": {"code": 429, "message": "Quota exceeded", "status": "RESOURCE_EXHAUSTED", "details": [
+        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "37s"}]}});
+    mount(&server, ResponseTemplate::new(429).set_body_json(body), 1).await;
+    let err = client(config(&server).max_retries(0u32)).chat(ask("hi")).await.unwrap_err();
+    assert_eq!(err.retry_after(), Some(std::time::Duration::from_secs(37)), "{err:?}");
+    assert!(!err.is_unavailable(), "a usable wait says rate-limited, not down");
+}

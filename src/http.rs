@@ -13,12 +13,23 @@ use std::time::Duration;
 /// The environment variable that turns offline mode on (`1`) or off (`0`).
 pub const OFFLINE_VAR: &str = "PORTIA_OFFLINE";
 
+/// Idle connections kept per host once a burst is over. A burst of N concurrent calls
+/// opens N connections; without a bound every one stayed open (reqwest keeps them all
+/// for 90 s), and 500 concurrent workflows left about 1,500 descriptors behind.
+const MAX_IDLE_PER_HOST: usize = 16;
+
+/// How long an idle connection is kept for reuse.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// An HTTP client (rustls, connection pooling) with a per-request timeout: the LLM
-/// providers' and the tools'.
+/// providers' and the tools'. Its pool keeps at most [`MAX_IDLE_PER_HOST`] idle
+/// connections per host, each for at most [`IDLE_TIMEOUT`].
 pub(crate) fn client(timeout: Duration) -> reqwest::Client {
     builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
+        .pool_idle_timeout(IDLE_TIMEOUT)
         .build()
         // Only fails if the TLS backend cannot initialise, which is a broken build, not bad input.
         .expect("the HTTP client could not be built")
@@ -115,6 +126,8 @@ pub fn offline() -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[test]
@@ -126,6 +139,55 @@ mod tests {
         assert!(check_allowed("http://[::1]:80/").is_ok());
         let err = check_allowed("https://api.openai.com/v1").unwrap_err();
         assert!(err.contains("PORTIA_OFFLINE") && err.contains("api.openai.com"), "{err}");
+    }
+
+    /// After a burst of concurrent requests, the pool closes every connection beyond
+    /// its idle bound at once, so descriptors go back to a small number.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_leaves_at_most_the_idle_bound_of_connections_open() {
+        use std::sync::atomic::AtomicUsize;
+        use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+
+        const BURST: usize = MAX_IDLE_PER_HOST + 8;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let closed = Arc::new((AtomicUsize::new(0), tokio::sync::Notify::new()));
+        // Every request waits until the whole burst is in, so each has its own connection.
+        let all_in = Arc::new(tokio::sync::Barrier::new(BURST));
+        let server_closed = Arc::clone(&closed);
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (closed, all_in) = (Arc::clone(&server_closed), Arc::clone(&all_in));
+                tokio::spawn(async move {
+                    let mut stream = tokio::io::BufReader::new(stream);
+                    let mut line = String::new();
+                    while stream.read_line(&mut line).await.unwrap_or(0) > 0 {
+                        if line == "\r\n" {
+                            all_in.wait().await;
+                            let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            stream.get_mut().write_all(reply).await.unwrap();
+                        }
+                        line.clear();
+                    }
+                    closed.0.fetch_add(1, Ordering::SeqCst);
+                    closed.1.notify_one();
+                });
+            }
+        });
+        let client = client(Duration::from_secs(60));
+        let requests = (0..BURST).map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move { client.get(url).send().await.unwrap().text().await.unwrap() })
+        });
+        for request in requests.collect::<Vec<_>>() {
+            assert_eq!(request.await.unwrap(), "ok");
+        }
+        // The connections past the bound are closed as they come back to the pool.
+        while closed.0.load(Ordering::SeqCst) < BURST - MAX_IDLE_PER_HOST {
+            closed.1.notified().await;
+        }
+        assert_eq!(closed.0.load(Ordering::SeqCst), BURST - MAX_IDLE_PER_HOST, "the idle ones stay for reuse");
     }
 
     /// The TLS policy, proven offline where `SSL_CERT_FILE` names the OS store (Unix

@@ -1,4 +1,5 @@
-//! Logging set-up: the [`LogLevel`] setting and the `tracing` subscriber portia installs.
+//! Logging set-up: the [`LogLevel`] and [`LogFormat`] settings and the `tracing`
+//! subscriber portia installs.
 
 use crate::macros::config_enum;
 
@@ -18,28 +19,48 @@ config_enum!(
     }
 );
 
-/// Installs a `tracing` subscriber that logs portia's events to stderr at `level`
-/// (`RUST_LOG`, if set, wins). Stdout stays free for your program's output.
+config_enum!(
+    /// How log lines are written, chosen by `PORTIA_LOG_FORMAT`.
+    #[derive(Default)]
+    LogFormat {
+        /// One readable line per event, coloured on a terminal.
+        #[default]
+        Text => ["text", "human", "pretty"],
+        /// One JSON object per line, for a log collector: `timestamp`, `level`,
+        /// `target`, `fields` (the message and every field) and the enclosing `spans`.
+        Json => ["json"],
+    }
+);
+
+/// Installs a `tracing` subscriber that logs portia's events to stderr at `level`,
+/// as text or JSON lines (`RUST_LOG`, if set, wins over `level`). Stdout stays free
+/// for your program's output.
 /// At `trace`, each span (workflow, step, tool call, LLM call) is logged as it
 /// closes, with its OpenTelemetry attributes (`gen_ai.request.model`,
 /// `gen_ai.usage.input_tokens`, `gen_ai.tool.name`...) and its duration.
 /// Does nothing if a subscriber is already installed.
 ///
 /// [`Config::init_logging`](crate::Config::init_logging) calls this with the configured level.
-pub fn init_logging(level: LogLevel) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("portia={level}")));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+pub fn init_logging(level: LogLevel, format: LogFormat) {
     let spans = match level {
         LogLevel::Trace => tracing_subscriber::fmt::format::FmtSpan::CLOSE,
         _ => tracing_subscriber::fmt::format::FmtSpan::NONE,
     };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(env_filter(level))
         .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .with_span_events(spans)
-        .try_init();
+        .with_span_events(spans);
+    // Already installed is not an error: the application's own subscriber wins.
+    let _ = match format {
+        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init(),
+        LogFormat::Json => builder.json().with_current_span(false).try_init(),
+    };
+}
+
+/// `RUST_LOG` when set, else portia's own events at `level`.
+fn env_filter(level: LogLevel) -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("portia={level}")))
 }
 
 /// Spans exported over OTLP until this is dropped; dropping it sends what is left.
@@ -84,10 +105,8 @@ pub fn init_otlp(level: LogLevel, endpoint: Option<&str>) -> crate::Result<OtlpG
     let exporter = exporter.build().map_err(|e| crate::Error::invalid_config(setting, e.to_string()))?;
     let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().with_batch_exporter(exporter).build();
     let tracer = provider.tracer("portia");
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("portia={level}")));
     tracing_subscriber::registry()
-        .with(filter)
+        .with(env_filter(level))
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .with(tracing_opentelemetry::layer().with_tracer(tracer))
         .try_init()

@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::{AgentKind, Config, ExecutionMode, Secret, StorageKind};
 use crate::Result;
 use crate::llm::LlmProvider;
-use crate::logging::LogLevel;
+use crate::logging::{LogFormat, LogLevel};
 
 /// Builds a [`Config`] in code. Start with [`Config::builder`].
 #[derive(Debug, Clone)]
@@ -66,6 +66,8 @@ impl ConfigBuilder {
         files_root: PathBuf;
         /// Sets the log level.
         log_level: LogLevel;
+        /// Sets how log lines are written (text or JSON lines).
+        log_format: LogFormat;
         /// Sets the execution agent.
         agent: AgentKind;
         /// Sets how steps are scheduled.

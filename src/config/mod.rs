@@ -27,7 +27,7 @@ pub use enums::{AgentKind, ExecutionMode, StorageKind};
 pub use crate::budget::{Budget, Price, Prices};
 pub use crate::http::{OFFLINE_VAR, offline, set_offline};
 pub use crate::llm::LlmProvider;
-pub use crate::logging::{LogLevel, init_logging};
+pub use crate::logging::{LogFormat, LogLevel, init_logging};
 #[cfg(feature = "otel")]
 pub use crate::logging::{OtlpGuard, init_otlp};
 
@@ -144,6 +144,8 @@ pub struct Config {
     pub files_root: PathBuf,
     /// The log level (`PORTIA_LOG_LEVEL`).
     pub log_level: LogLevel,
+    /// How log lines are written: text, or JSON lines (`PORTIA_LOG_FORMAT`).
+    pub log_format: LogFormat,
     /// The execution agent (`PORTIA_AGENT`).
     pub agent: AgentKind,
     /// How steps are scheduled (`PORTIA_EXECUTION`).
@@ -251,6 +253,7 @@ impl Default for Config {
             database_pool_size: 16,
             files_root: PathBuf::from("."),
             log_level: LogLevel::Info,
+            log_format: LogFormat::Text,
             agent: AgentKind::OneShot,
             execution: ExecutionMode::Parallel,
             max_parallel_steps: 4,
@@ -410,6 +413,7 @@ impl Config {
         set(&mut self.database_pool_size, vars.parse("PORTIA_DATABASE_POOL_SIZE")?);
         set(&mut self.files_root, vars.get("PORTIA_FILES_ROOT").map(PathBuf::from));
         set(&mut self.log_level, vars.parse("PORTIA_LOG_LEVEL")?);
+        set(&mut self.log_format, vars.parse("PORTIA_LOG_FORMAT")?);
         set(&mut self.agent, vars.parse("PORTIA_AGENT")?);
         set(&mut self.execution, vars.parse("PORTIA_EXECUTION")?);
         set(&mut self.max_parallel_steps, vars.parse("PORTIA_MAX_PARALLEL_STEPS")?);
@@ -782,10 +786,11 @@ impl Config {
     }
 
     /// Installs a `tracing` subscriber that logs to stderr at the configured level
-    /// (`RUST_LOG`, if set, wins). Stdout stays free for your program's output.
-    /// Does nothing if a subscriber is already installed. See [`init_logging`].
+    /// and format (`RUST_LOG`, if set, wins over the level). Stdout stays free for
+    /// your program's output. Does nothing if a subscriber is already installed.
+    /// See [`init_logging`].
     pub fn init_logging(&self) {
-        crate::logging::init_logging(self.log_level);
+        crate::logging::init_logging(self.log_level, self.log_format);
     }
 }
 

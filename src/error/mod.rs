@@ -202,12 +202,6 @@ impl Error {
         Self::InvalidConfig { setting: setting.into(), message: message.into() }
     }
 
-    /// A storage error with a message only.
-    #[cfg(any(feature = "sqlite", feature = "postgres"))]
-    pub(crate) fn storage(path: Option<PathBuf>, message: impl std::fmt::Display) -> Self {
-        Self::Storage { path, message: message.to_string(), source: None }
-    }
-
     /// A storage error caused by `source`, described by `message`. The cause is
     /// [`std::error::Error::source`], not repeated in the message.
     pub(crate) fn storage_source(

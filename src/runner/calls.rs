@@ -33,7 +33,8 @@ pub(crate) enum Stop {
     Cancelled(String),
     /// The lease expired or was taken over: the run may write nothing more.
     LeaseLost,
-    /// The worker running it is shutting down; another will take the workflow on.
+    /// The process running it is stopping (a worker's shutdown, an interrupt); the
+    /// workflow is left to be resumed.
     Shutdown,
     /// The workflow spent its budget; the reason names the limit and the figure.
     Budget(String),
@@ -137,7 +138,7 @@ impl StepCalls for ToolCalls {
                     )));
                 }
                 let wait = policy.wait(retry, hint.retry_after);
-                tracing::info!(tool = %spec.id, retry, wait_ms = wait.as_millis() as u64, error = %message, "sending the tool call again");
+                tracing::warn!(tool = %spec.id, retry, wait_ms = wait.as_millis() as u64, error = %message, "sending the tool call again");
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
                     () = self.signal.token().cancelled() => {}
@@ -368,7 +369,7 @@ pub(crate) fn describe_stop(stop: &Stop) -> String {
     match stop {
         Stop::Cancelled(reason) => format!("the workflow was cancelled: {reason}"),
         Stop::LeaseLost => "the run lost its lease on the workflow".to_owned(),
-        Stop::Shutdown => "the worker running the workflow is shutting down".to_owned(),
+        Stop::Shutdown => "the process running the workflow is stopping; it can be resumed".to_owned(),
         Stop::Budget(reason) => format!("the workflow's budget is spent: {reason}"),
     }
 }

@@ -22,7 +22,7 @@ pub use crate::events::{
 pub use crate::hooks::{ApprovalGate, HookError, Hooks, StepDecision, ToolCallDecision, ToolCallRequest};
 pub use requests::{CreateWorkflow, ExecuteQuery, GeneratePlan, RunPlan, SubmitPlan, SubmitQuery};
 pub use watch::Watch;
-pub use worker::{Worker, WorkerOptions, WorkerReport};
+pub use worker::{Worker, WorkerOptions, WorkerReport, shutdown_signal};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -450,6 +450,22 @@ impl Runner {
             Err(Error::AlreadyRunning { .. }) => self.inner.storage.get_workflow(id).await,
             other => other,
         }
+    }
+
+    /// Stops this process's run of workflow `id` the way a worker stops at shutdown:
+    /// running steps are aborted (running tools see it through
+    /// [`ToolRunContext::cancellation`](crate::tool::ToolRunContext)), the lease is
+    /// released, and the workflow is left as stored, to be resumed by
+    /// [`Runner::execute_workflow`] in any process without repeating a finished tool
+    /// call. The interrupted `execute_workflow` returns that workflow.
+    ///
+    /// Returns at once: `true` when this process was running the workflow, and
+    /// `false` otherwise (a run in another process is not touched; see
+    /// [`Runner::cancel_workflow`]). Await the interrupted run to know it has ended.
+    pub fn interrupt(&self, id: WorkflowId) -> bool {
+        let Some(run) = self.inner.local_runs.get(id) else { return false };
+        run.signal.stop(Stop::Shutdown);
+        true
     }
 
     /// Changes a stored workflow outside a run: under a short lease of its own, as

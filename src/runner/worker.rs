@@ -15,6 +15,7 @@ use tokio::task::{Id, JoinSet};
 use super::Runner;
 use super::calls::{Stop, StopSignal};
 use crate::Result;
+use crate::ids::WorkflowId;
 use crate::storage::LeaseGrant;
 use crate::workflow::Workflow;
 
@@ -79,11 +80,11 @@ pub struct Worker {
     options: WorkerOptions,
 }
 
-/// The runs in progress, with the signal that stops each.
+/// The runs in progress, with the workflow each runs and the signal that stops it.
 #[derive(Default)]
 struct Runs {
     tasks: JoinSet<Result<Workflow>>,
-    signals: HashMap<Id, StopSignal>,
+    running: HashMap<Id, (WorkflowId, StopSignal)>,
 }
 
 impl Runner {
@@ -120,6 +121,7 @@ impl Worker {
         }
         tracing::info!(running = runs.tasks.len(), "worker shutting down");
         self.drain(runs, &mut report).await;
+        tracing::info!(runs = report.runs, errors = report.errors, handed_back = report.handed_back, "worker stopped");
         report
     }
 
@@ -140,12 +142,13 @@ impl Worker {
     }
 
     fn start(&self, runs: &mut Runs, grant: LeaseGrant) {
-        tracing::info!(workflow = %grant.workflow.id(), "worker claimed a workflow");
+        let id = grant.workflow.id();
+        tracing::info!(workflow = %id, "worker claimed a workflow");
         let signal = StopSignal::default();
         let runner = self.runner.clone();
         let run_signal = signal.clone();
         let task = runs.tasks.spawn(async move { runner.run_granted(grant, run_signal).await });
-        runs.signals.insert(task.id(), signal);
+        runs.running.insert(task.id(), (id, signal));
     }
 
     /// Waits for the running workflows for the grace period, then stops the rest.
@@ -156,7 +159,7 @@ impl Worker {
                 Ok(Some(ended)) => count(report, &mut runs, ended),
                 Ok(None) => break,
                 Err(_) => {
-                    for signal in runs.signals.values() {
+                    for (_, signal) in runs.running.values() {
                         signal.stop(Stop::Shutdown);
                     }
                     report.handed_back += runs.tasks.len();
@@ -175,27 +178,34 @@ fn count(
     ended: std::result::Result<(Id, Result<Workflow>), tokio::task::JoinError>,
 ) {
     report.runs += 1;
-    let id = match ended {
-        Ok((id, Ok(workflow))) => {
-            tracing::info!(workflow = %workflow.id(), state = %workflow.state(), "worker run ended");
-            id
-        }
-        Ok((id, Err(e))) => {
+    let task = match &ended {
+        Ok((task, _)) => *task,
+        Err(e) => e.id(),
+    };
+    // Every task is registered when spawned; an id is only missing if that changes.
+    let id = runs.running.remove(&task).map_or_else(String::new, |(id, _)| id.to_string());
+    match ended {
+        Ok((_, Ok(workflow))) => match workflow.failure() {
+            Some(failure) => {
+                tracing::warn!(workflow = %id, kind = ?failure.kind, error = %failure.message, "workflow FAILED")
+            }
+            None => tracing::info!(workflow = %id, state = %workflow.state(), "worker run ended"),
+        },
+        Ok((_, Err(e))) => {
             report.errors += 1;
-            tracing::warn!(error = %e, "worker run failed");
-            id
+            tracing::warn!(workflow = %id, error = %e, "worker run stopped on an error");
         }
         Err(e) => {
             report.errors += 1;
-            tracing::error!(error = %e, "worker run panicked");
-            e.id()
+            tracing::error!(workflow = %id, error = %e, "worker run panicked");
         }
-    };
-    runs.signals.remove(&id);
+    }
 }
 
-/// Completes on SIGTERM or ctrl-c (ctrl-c only where there is no SIGTERM).
-async fn shutdown_signal() {
+/// Completes when the process is asked to stop: on SIGTERM or ctrl-c (ctrl-c only
+/// where there is no SIGTERM). [`Worker::run`] stops on it; pass it, or a future that
+/// races it, to [`Worker::run_until`] to stop on something else as well.
+pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -79,10 +79,10 @@ impl LeaseStatus {
 }
 
 /// The lease columns a store keeps beside each workflow, and the protocol's
-/// decisions on them. Every built-in store keeps these four values and decides
-/// acquisitions, fences, renewals and releases with these methods, inside one
-/// transaction of its own; a store of yours can do the same instead of writing the
-/// protocol again.
+/// decisions on them. A [`RowStore`](super::RowStore) only keeps these four values
+/// (the shared protocol decides acquisitions, fences, renewals and releases with
+/// these methods); a store that implements [`Storage`](super::Storage) itself
+/// decides with them too, inside one transaction of its own.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LeaseState {

@@ -5,22 +5,22 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::bells::Bells;
-use super::{
-    Clock, Lease, LeaseGrant, LeaseState, LeaseStatus, Storage, SystemClock, ToolCallKey, ToolCallRecord, UsageRecord,
-    WorkflowPage, WorkflowQuery,
-};
-use crate::events::{StoredEvent, WorkflowEvent};
+use super::rows::{Access, LeaseRow, RowError, RowStore, RowTx, Work};
+use super::{Clock, LeaseState, SystemClock, ToolCallKey, ToolCallRecord, UsageRecord, WorkflowPage, WorkflowQuery};
+use crate::Result;
+use crate::events::StoredEvent;
 use crate::ids::{PlanId, WorkflowId};
 use crate::plan::Plan;
 use crate::workflow::Workflow;
-use crate::{Error, Result};
 
 /// Keeps everything in memory, for one process: the library's default.
 ///
-/// It keeps the whole [`Storage`] protocol (versions, leases, the journal), so a
-/// program can move to [`SqliteStorage`](super::SqliteStorage) without changing
-/// behaviour; it only forgets everything when the process ends. Finished workflows
-/// stay until [`Storage::prune_finished`] or a delete removes them.
+/// It runs the same [`Storage`](super::Storage) protocol as the other stores
+/// (versions, leases, the journal), so a program can move to
+/// [`SqliteStorage`](super::SqliteStorage) without changing behaviour; it only
+/// forgets everything when the process ends. Finished workflows stay until
+/// [`Storage::prune_finished`](super::Storage::prune_finished) or a delete removes
+/// them.
 #[derive(Debug)]
 pub struct InMemoryStorage {
     clock: Arc<dyn Clock>,
@@ -92,71 +92,50 @@ impl InMemoryStorage {
     }
 }
 
-impl InMemoryStorage {
-    fn insert(&self, workflow: &Workflow, queued: bool) -> Result<()> {
-        let now = self.clock.now();
-        let mut state = self.state();
-        if let Some(row) = state.workflows.get(&workflow.id()) {
-            let found = row.workflow.version();
-            return Err(Error::VersionConflict { workflow_id: workflow.id(), expected: 0, found });
-        }
-        state.submitted += 1;
-        let queued = queued.then_some(state.submitted);
-        let row = Row {
-            workflow: workflow.clone(),
-            lease: LeaseState::default(),
-            cancel_requested: None,
-            updated_at: now,
-            queued,
-            events: Vec::new(),
-        };
-        state.workflows.insert(workflow.id(), row);
-        Ok(())
+impl RowStore for InMemoryStorage {
+    /// Runs `work` under the store's lock. Changes are made in place: the protocol
+    /// makes every refusal before its first write, and no row operation here fails.
+    async fn transaction<T: Send + 'static>(&self, _: Access, work: Work<T>) -> std::result::Result<T, RowError> {
+        let clock = self.clock.as_ref();
+        work(&mut Rows { state: &mut self.state(), clock })
     }
 
     /// Wakes every waiting worker, and leaves a permit for one that is about to wait.
-    fn wake(&self) {
+    fn runnable_changed(&self) {
         self.runnable.notify_waiters();
         self.runnable.notify_one();
     }
 
-    fn grant(row: &mut Row, owner: &str, ttl: Duration, now: DateTime<Utc>) -> Result<LeaseGrant> {
-        let (next, lease, reclaimed) = row.lease.acquire(&row.workflow, owner, ttl, now)?;
-        row.lease = next;
-        Ok(LeaseGrant {
-            lease,
-            workflow: row.workflow.clone(),
-            reclaimed,
-            attempts: row.lease.attempts,
-            cancel_requested: row.cancel_requested.clone(),
-        })
+    fn workflow_saved(&self, workflow: &Workflow, events_stored: bool) {
+        if let Some(newest) = self.keep_finished.filter(|_| workflow.state().is_terminal()) {
+            self.state().keep_newest_finished(newest);
+        }
+        if events_stored {
+            self.bells.ring(workflow.id());
+        }
+    }
+
+    async fn watch_events(&self, id: WorkflowId, after: u64, timeout: Duration) -> Result<bool> {
+        let look = || super::protocol::has_events_after(self, id, after);
+        self.bells.bell(id).wait(timeout, look).await
+    }
+
+    async fn watch_runnable(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.runnable.notified()).await;
     }
 }
 
 impl State {
-    fn row(&mut self, id: WorkflowId) -> Result<&mut Row> {
-        self.workflows.get_mut(&id).ok_or(Error::WorkflowNotFound(id))
-    }
-
-    /// The row of workflow `id`, when `lease` is its current lease.
-    fn fenced(&mut self, lease: &Lease, id: WorkflowId, now: DateTime<Utc>) -> Result<&mut Row> {
-        let lost = Error::LeaseLost { workflow_id: id };
-        if lease.workflow_id != id {
-            return Err(lost);
-        }
-        let row = self.row(id).map_err(|_| lost)?;
-        row.lease.check_fence(lease, now)?;
-        Ok(row)
-    }
-
-    fn delete(&mut self, id: WorkflowId) {
-        let Some(row) = self.workflows.remove(&id) else { return };
+    /// Deletes a workflow with its journal and usage, and its plan once unused.
+    fn delete(&mut self, id: WorkflowId) -> bool {
+        let Some(row) = self.workflows.remove(&id) else { return false };
         self.tool_calls.retain(|key, _| key.workflow_id != id);
         self.usage.retain(|record| record.workflow_id != id);
         let plan_id = row.workflow.plan_id();
         if !self.workflows.values().any(|r| r.workflow.plan_id() == plan_id) {
             self.plans.remove(&plan_id);
         }
+        true
     }
 
     /// Deletes the finished workflows but the `newest` last changed.
@@ -177,171 +156,169 @@ impl State {
         }
     }
 
-    fn delete_where(&mut self, doomed: impl Fn(&Row) -> bool) -> usize {
-        let ids: Vec<WorkflowId> = self.workflows.iter().filter(|(_, row)| doomed(row)).map(|(id, _)| *id).collect();
-        for id in &ids {
-            self.delete(*id);
-        }
-        ids.len()
+    fn ids_where(&self, selected: impl Fn(&Row) -> bool) -> Vec<String> {
+        self.workflows.iter().filter(|(_, row)| selected(row)).map(|(id, _)| id.to_string()).collect()
     }
 }
 
-#[async_trait::async_trait]
-impl Storage for InMemoryStorage {
-    async fn save_plan(&self, plan: &Plan) -> Result<()> {
-        self.state().plans.entry(plan.id).or_insert_with(|| plan.clone());
+/// One transaction: the state, locked.
+struct Rows<'a> {
+    state: &'a mut State,
+    clock: &'a dyn Clock,
+}
+
+type Done<T> = std::result::Result<T, RowError>;
+
+impl Rows<'_> {
+    fn row(&mut self, id: WorkflowId) -> Option<&mut Row> {
+        self.state.workflows.get_mut(&id)
+    }
+}
+
+impl RowTx for Rows<'_> {
+    fn now(&mut self) -> Done<DateTime<Utc>> {
+        Ok(self.clock.now())
+    }
+
+    fn insert_plan(&mut self, plan: Plan) -> Done<()> {
+        self.state.plans.entry(plan.id).or_insert(plan);
         Ok(())
     }
 
-    async fn get_plan(&self, id: PlanId) -> Result<Plan> {
-        self.state().plans.get(&id).cloned().ok_or(Error::PlanNotFound(id))
+    fn plan(&mut self, id: PlanId) -> Done<Option<Plan>> {
+        Ok(self.state.plans.get(&id).cloned())
     }
 
-    async fn create_workflow(&self, workflow: &Workflow) -> Result<()> {
-        self.insert(workflow, false)
+    fn insert_workflow(&mut self, workflow: Workflow, now: DateTime<Utc>, queued: bool) -> Done<bool> {
+        let state = &mut *self.state;
+        if state.workflows.contains_key(&workflow.id()) {
+            return Ok(false);
+        }
+        state.submitted += 1;
+        let queued = queued.then_some(state.submitted);
+        let row = Row {
+            workflow,
+            lease: LeaseState::default(),
+            cancel_requested: None,
+            updated_at: now,
+            queued,
+            events: Vec::new(),
+        };
+        state.workflows.insert(row.workflow.id(), row);
+        Ok(true)
     }
 
-    async fn submit_workflow(&self, workflow: &Workflow) -> Result<()> {
-        self.insert(workflow, true)?;
-        self.wake();
+    fn workflow(&mut self, id: WorkflowId) -> Done<Option<Workflow>> {
+        Ok(self.row(id).map(|row| row.workflow.clone()))
+    }
+
+    fn replace_workflow(&mut self, workflow: Workflow, now: DateTime<Utc>) -> Done<()> {
+        if let Some(row) = self.row(workflow.id()) {
+            row.workflow = workflow;
+            row.updated_at = now;
+        }
         Ok(())
     }
 
-    async fn get_workflow(&self, id: WorkflowId) -> Result<Workflow> {
-        self.state().row(id).map(|row| row.workflow.clone())
-    }
-
-    async fn list_workflows(&self, query: &WorkflowQuery) -> Result<WorkflowPage> {
-        let all = self.state().workflows.values().map(|row| row.workflow.clone()).collect();
+    fn list_workflows(&mut self, query: &WorkflowQuery) -> Done<WorkflowPage> {
+        let all = self.state.workflows.values().map(|row| row.workflow.clone()).collect();
         Ok(WorkflowPage::from_all(all, query, Vec::new()))
     }
 
-    async fn update_workflow(&self, workflow: &Workflow, lease: &Lease, events: &[WorkflowEvent]) -> Result<()> {
-        let now = self.clock.now();
-        let mut state = self.state();
-        let row = state.fenced(lease, workflow.id(), now)?;
-        let found = row.workflow.version();
-        let expected = workflow.version().saturating_sub(1);
-        if found != expected {
-            return Err(Error::VersionConflict { workflow_id: workflow.id(), expected, found });
-        }
-        row.workflow = workflow.clone();
-        row.updated_at = now;
-        for event in events {
-            let seq = row.events.len() as u64 + 1;
-            row.events.push(StoredEvent { seq, event: event.clone() });
-        }
-        if let Some(newest) = self.keep_finished.filter(|_| workflow.state().is_terminal()) {
-            state.keep_newest_finished(newest);
-        }
-        drop(state);
-        if !events.is_empty() {
-            self.bells.ring(workflow.id());
+    fn lease(&mut self, id: WorkflowId) -> Done<Option<LeaseRow>> {
+        Ok(self
+            .row(id)
+            .map(|row| LeaseRow::new(row.lease.clone(), row.cancel_requested.clone(), row.workflow.version())))
+    }
+
+    fn store_lease(&mut self, id: WorkflowId, lease: &LeaseState) -> Done<()> {
+        if let Some(row) = self.row(id) {
+            row.lease = lease.clone();
         }
         Ok(())
     }
 
-    async fn events(&self, id: WorkflowId, after: u64) -> Result<Vec<StoredEvent>> {
-        let mut state = self.state();
-        let row = state.row(id)?;
-        Ok(row.events.iter().filter(|e| e.seq > after).cloned().collect())
+    fn request_cancel(&mut self, id: WorkflowId, reason: &str) -> Done<bool> {
+        Ok(self.row(id).map(|row| row.cancel_requested = Some(reason.to_owned())).is_some())
     }
 
-    async fn wait_for_events(&self, id: WorkflowId, after: u64, timeout: Duration) -> Result<bool> {
-        let look = || std::future::ready(self.state().row(id).map(|row| row.events.len() as u64 > after));
-        self.bells.bell(id).wait(timeout, look).await
-    }
-
-    async fn acquire_lease(&self, id: WorkflowId, owner: &str, ttl: Duration) -> Result<LeaseGrant> {
-        let now = self.clock.now();
-        Self::grant(self.state().row(id)?, owner, ttl, now)
-    }
-
-    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<LeaseStatus> {
-        let now = self.clock.now();
-        let mut state = self.state();
-        let row = state.row(lease.workflow_id).map_err(|_| Error::LeaseLost { workflow_id: lease.workflow_id })?;
-        row.lease = row.lease.renew(lease, ttl, now)?;
-        let expires_at = row.lease.expires_at.unwrap_or(now);
-        Ok(LeaseStatus { expires_at, cancel_requested: row.cancel_requested.clone() })
-    }
-
-    async fn release_lease(&self, lease: &Lease) -> Result<()> {
-        if let Some(row) = self.state().workflows.get_mut(&lease.workflow_id) {
-            row.lease = row.lease.release(lease);
-        }
-        self.wake();
-        Ok(())
-    }
-
-    async fn claim_runnable(&self, owner: &str, ttl: Duration) -> Result<Option<LeaseGrant>> {
-        let now = self.clock.now();
-        let mut state = self.state();
-        let next = state
+    fn next_runnable(&mut self, now: DateTime<Utc>) -> Done<Option<String>> {
+        let next = self
+            .state
             .workflows
-            .values_mut()
+            .values()
             .filter(|row| row.queued.is_some() && row.workflow.state().is_runnable() && row.lease.is_free(now))
             .min_by_key(|row| row.queued);
-        next.map(|row| Self::grant(row, owner, ttl, now)).transpose()
+        Ok(next.map(|row| row.workflow.id().to_string()))
     }
 
-    async fn wait_for_runnable(&self, timeout: Duration) {
-        let _ = tokio::time::timeout(timeout, self.runnable.notified()).await;
-    }
-
-    async fn request_cancel(&self, id: WorkflowId, reason: &str) -> Result<()> {
-        self.state().row(id)?.cancel_requested = Some(reason.to_owned());
+    fn dequeue(&mut self, id: &str) -> Done<()> {
+        if let Some(row) = id.parse().ok().and_then(|id| self.row(id)) {
+            row.queued = None;
+        }
         Ok(())
     }
 
-    async fn begin_tool_call(&self, lease: &Lease, intent: &ToolCallRecord) -> Result<Option<ToolCallRecord>> {
-        let now = self.clock.now();
-        let mut state = self.state();
-        state.fenced(lease, intent.key.workflow_id, now)?;
-        match state.tool_calls.get(&intent.key) {
-            Some(earlier) => Ok(Some(earlier.clone())),
-            None => {
-                state.tool_calls.insert(intent.key, intent.clone());
-                Ok(None)
+    fn last_event(&mut self, id: WorkflowId) -> Done<u64> {
+        Ok(self.row(id).and_then(|row| row.events.last()).map_or(0, |event| event.seq))
+    }
+
+    fn insert_event(&mut self, id: WorkflowId, event: StoredEvent) -> Done<()> {
+        if let Some(row) = self.row(id) {
+            row.events.push(event);
+        }
+        Ok(())
+    }
+
+    fn events_after(&mut self, id: WorkflowId, after: u64) -> Done<Option<Vec<StoredEvent>>> {
+        Ok(self.row(id).map(|row| row.events.iter().filter(|e| e.seq > after).cloned().collect()))
+    }
+
+    fn has_events_after(&mut self, id: WorkflowId, after: u64) -> Done<Option<bool>> {
+        Ok(self.row(id).map(|row| row.events.last().is_some_and(|event| event.seq > after)))
+    }
+
+    fn insert_tool_call(&mut self, record: ToolCallRecord) -> Done<bool> {
+        match self.state.tool_calls.entry(record.key) {
+            std::collections::btree_map::Entry::Occupied(_) => Ok(false),
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(record);
+                Ok(true)
             }
         }
     }
 
-    async fn finish_tool_call(&self, lease: &Lease, record: &ToolCallRecord) -> Result<()> {
-        let now = self.clock.now();
-        let mut state = self.state();
-        state.fenced(lease, record.key.workflow_id, now)?;
-        state.tool_calls.insert(record.key, record.clone());
+    fn put_tool_call(&mut self, record: ToolCallRecord) -> Done<()> {
+        self.state.tool_calls.insert(record.key, record);
         Ok(())
     }
 
-    async fn tool_calls(&self, id: WorkflowId) -> Result<Vec<ToolCallRecord>> {
-        Ok(self.state().tool_calls.values().filter(|r| r.key.workflow_id == id).cloned().collect())
+    fn tool_call(&mut self, key: ToolCallKey) -> Done<Option<ToolCallRecord>> {
+        Ok(self.state.tool_calls.get(&key).cloned())
     }
 
-    async fn record_usage(&self, lease: &Lease, record: &UsageRecord) -> Result<()> {
-        let now = self.clock.now();
-        let mut state = self.state();
-        state.fenced(lease, record.workflow_id, now)?;
-        state.usage.push(record.clone());
+    fn tool_calls(&mut self, id: WorkflowId) -> Done<Vec<ToolCallRecord>> {
+        Ok(self.state.tool_calls.values().filter(|r| r.key.workflow_id == id).cloned().collect())
+    }
+
+    fn insert_usage(&mut self, record: UsageRecord) -> Done<()> {
+        self.state.usage.push(record);
         Ok(())
     }
 
-    async fn usage_records(&self, id: WorkflowId) -> Result<Vec<UsageRecord>> {
-        Ok(self.state().usage.iter().filter(|r| r.workflow_id == id).cloned().collect())
+    fn usage(&mut self, id: WorkflowId) -> Done<Vec<UsageRecord>> {
+        Ok(self.state.usage.iter().filter(|r| r.workflow_id == id).cloned().collect())
     }
 
-    async fn delete_workflow(&self, id: WorkflowId) -> Result<()> {
-        self.state().delete(id);
-        Ok(())
+    fn workflows_of_end_user(&mut self, end_user_id: &str) -> Done<Vec<String>> {
+        Ok(self.state.ids_where(|row| row.workflow.execution_context().end_user_id.as_deref() == Some(end_user_id)))
     }
 
-    async fn delete_end_user(&self, end_user_id: &str) -> Result<usize> {
-        let of_user = |row: &Row| row.workflow.execution_context().end_user_id.as_deref() == Some(end_user_id);
-        Ok(self.state().delete_where(of_user))
+    fn finished_before(&mut self, before: DateTime<Utc>) -> Done<Vec<String>> {
+        Ok(self.state.ids_where(|row| row.workflow.state().is_terminal() && row.updated_at < before))
     }
 
-    async fn prune_finished(&self, before: DateTime<Utc>) -> Result<usize> {
-        Ok(self.state().delete_where(|row| row.workflow.state().is_terminal() && row.updated_at < before))
+    fn delete_workflow(&mut self, id: &str) -> Done<bool> {
+        Ok(id.parse().is_ok_and(|id| self.state.delete(id)))
     }
 }

@@ -10,6 +10,8 @@ mod lease;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod protocol;
+mod rows;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
 #[cfg(feature = "sqlite")]
@@ -21,6 +23,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+/// The time types of [`RowTx`], re-exported so that a store of one's own uses the
+/// same chrono as this crate.
+pub use chrono;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use import::{ImportReport, import_json_dir};
 pub use journal::{ToolCallKey, ToolCallRecord, ToolCallStatus, UsageRecord};
@@ -28,6 +33,7 @@ pub use lease::{Lease, LeaseGrant, LeaseState, LeaseStatus, local_owner};
 pub use memory::InMemoryStorage;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresSettings, PostgresStorage};
+pub use rows::{Access, LeaseRow, RowError, RowStore, RowTx, Work};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStorage;
 
@@ -39,6 +45,26 @@ use crate::workflow::{Workflow, WorkflowState};
 
 /// How often [`Storage::wait_for_events`] looks, in a store that cannot hear of saves.
 const DEFAULT_EVENT_POLL: Duration = Duration::from_millis(200);
+
+/// Asks `look` every fifth of a second until it finds events (`true`) or `timeout`
+/// has passed (`false`).
+async fn poll_for_events<F, Fut>(timeout: Duration, mut look: F) -> Result<bool>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now().checked_add(timeout);
+    loop {
+        if look().await? {
+            return Ok(true);
+        }
+        let left = deadline.map_or(timeout, |deadline| deadline.saturating_duration_since(tokio::time::Instant::now()));
+        if left.is_zero() {
+            return Ok(false);
+        }
+        tokio::time::sleep(left.min(DEFAULT_EVENT_POLL)).await;
+    }
+}
 
 /// Which workflows to list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,8 +130,9 @@ pub struct WorkflowPage {
 }
 
 impl WorkflowPage {
-    /// Filters, orders and pages `workflows` by `query`.
-    pub(crate) fn from_all(mut workflows: Vec<Workflow>, query: &WorkflowQuery, unreadable: Vec<String>) -> Self {
+    /// `query`'s page of `workflows`: filtered by state, ordered by id and paged.
+    /// `unreadable` lists the stored entries that could not be read, with the reason.
+    pub fn from_all(mut workflows: Vec<Workflow>, query: &WorkflowQuery, unreadable: Vec<String>) -> Self {
         workflows.retain(|w| query.state.is_none_or(|s| w.state() == s));
         workflows.sort_by_key(Workflow::id);
         let page_size = query.page_size.max(1);
@@ -123,6 +150,10 @@ impl WorkflowPage {
 /// Every method that changes a workflow, its journal or its usage takes the
 /// caller's [`Lease`] and fails with [`Error::LeaseLost`](crate::Error::LeaseLost)
 /// unless it is the current, unexpired lease of that workflow.
+///
+/// Every [`RowStore`] is a `Storage`: the built-in stores, and a store of one's own
+/// made of row operations, run one copy of this protocol (see the
+/// [durability guide](crate::storage#your-own-store)).
 ///
 /// ```
 /// use std::sync::Arc;
@@ -184,18 +215,7 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// # Errors
     /// A storage error, or [`Error::WorkflowNotFound`](crate::Error::WorkflowNotFound).
     async fn wait_for_events(&self, id: WorkflowId, after: u64, timeout: Duration) -> Result<bool> {
-        let deadline = tokio::time::Instant::now().checked_add(timeout);
-        loop {
-            if !self.events(id, after).await?.is_empty() {
-                return Ok(true);
-            }
-            let left =
-                deadline.map_or(timeout, |deadline| deadline.saturating_duration_since(tokio::time::Instant::now()));
-            if left.is_zero() {
-                return Ok(false);
-            }
-            tokio::time::sleep(left.min(DEFAULT_EVENT_POLL)).await;
-        }
+        poll_for_events(timeout, || async move { Ok(!self.events(id, after).await?.is_empty()) }).await
     }
 
     /// Takes the lease on a workflow for `owner`, for `ttl` on the store's clock.

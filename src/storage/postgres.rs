@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Transaction};
+use tokio::runtime::Handle;
 use tokio::sync::OnceCell;
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
@@ -18,14 +19,10 @@ pub use settings::PostgresSettings;
 use settings::{Target, URL_SETTING};
 
 use super::bells::Bell;
-use super::sql::{
-    self, REPLACE_TOOL_CALL, StoredToolCall, TOOL_CALL_COLUMNS, from_int, from_json, parse_id, to_int, to_json,
-};
-use super::{
-    Clock, Lease, LeaseGrant, LeaseState, LeaseStatus, Storage, ToolCallRecord, UsageRecord, WorkflowPage,
-    WorkflowQuery,
-};
-use crate::events::{StoredEvent, WorkflowEvent};
+use super::rows::{Access, LeaseRow, RowError, RowStore, RowTx, Work};
+use super::sql::{self, REPLACE_TOOL_CALL, StoredToolCall, TOOL_CALL_COLUMNS, from_int, from_json, to_int, to_json};
+use super::{Clock, LeaseState, ToolCallKey, ToolCallRecord, UsageRecord, WorkflowPage, WorkflowQuery};
+use crate::events::StoredEvent;
 use crate::ids::{PlanId, WorkflowId};
 use crate::plan::Plan;
 use crate::usage::Usage;
@@ -43,14 +40,14 @@ const MIGRATIONS: &[&str] =
 /// Keeps everything in one Postgres database that processes on many machines share.
 ///
 /// Every write is one transaction that locks the workflow's row (`SELECT ... FOR
-/// UPDATE`) and then decides the lease or the fence, so two processes can never both
+/// UPDATE`) and then decides the lease or the fence (the protocol all stores share), so two processes can never both
 /// hold a workflow's lease and a run that lost its lease writes nothing. Lease times
 /// are the database's clock (`clock_timestamp()`, read once the row is locked), never
-/// a worker's, unless a [`Clock`] is given for tests. [`Storage::claim_runnable`]
+/// a worker's, unless a [`Clock`] is given for tests. [`Storage::claim_runnable`](super::Storage::claim_runnable)
 /// takes the oldest queued runnable row with `FOR UPDATE SKIP LOCKED`, so claimers
 /// never wait for one another; submissions and releases `NOTIFY portia_runnable`,
 /// saves that store events `NOTIFY portia_events`, and one LISTEN connection per
-/// store wakes [`Storage::wait_for_runnable`] and [`Storage::wait_for_events`].
+/// store wakes [`Storage::wait_for_runnable`](super::Storage::wait_for_runnable) and [`Storage::wait_for_events`](super::Storage::wait_for_events).
 ///
 /// The tables live in their own schema (default `portia`), created or upgraded on
 /// first use in one transaction under an advisory lock, so processes starting at
@@ -179,7 +176,7 @@ impl PostgresStorage {
         self.inner
             .ready
             .get_or_try_init(|| async {
-                self.migrate().await.map_err(|fail| self.error("cannot create or upgrade the schema", fail))?;
+                self.migrate().await.map_err(|fail| self.describe("cannot create or upgrade the schema", fail))?;
                 self.start_listener().await;
                 Ok(())
             })
@@ -206,9 +203,9 @@ impl PostgresStorage {
         let row = tx.query_one(&self.sql("SELECT COALESCE(MAX(version), 0) FROM {S}.schema_migrations"), &[]).await?;
         let found: i32 = row.try_get(0)?;
         let supported = u32::try_from(MIGRATIONS.len()).unwrap_or(u32::MAX);
-        let found = u32::try_from(found).map_err(|_| Fail::Corrupt(format!("schema version {found} is unknown")))?;
+        let found = u32::try_from(found).map_err(|_| RowError::value(format!("schema version {found} is unknown")))?;
         if found > supported {
-            return Err(Fail::TooNew { found, supported });
+            return Err(Error::SchemaTooNew { path: None, found, supported }.into());
         }
         for (version, script) in (1..).zip(MIGRATIONS).skip(found as usize) {
             tx.batch_execute(&self.sql(script)).await?;
@@ -240,58 +237,113 @@ impl PostgresStorage {
         sql.replace("{S}", &self.inner.quoted)
     }
 
-    /// A pooled connection, once the schema is ready.
-    async fn client(&self) -> DbResult<Object> {
+    /// Rings `bell` every [`UNHEARD_POLL`] while the LISTEN connection is down, until dropped.
+    async fn look_while_unheard(&self, bell: &Bell<'_>) -> Infallible {
+        loop {
+            tokio::time::sleep(UNHEARD_POLL).await;
+            if !self.inner.wakeups.listening() {
+                bell.ring();
+            }
+        }
+    }
+}
+
+type DbResult<T> = std::result::Result<T, RowError>;
+
+impl From<tokio_postgres::Error> for RowError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::store(e)
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for RowError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        Self::store(e)
+    }
+}
+
+impl RowStore for PostgresStorage {
+    /// Runs `work` on a pooled connection in one transaction, on a blocking thread
+    /// that drives each statement with the runtime's `Handle::block_on` (see
+    /// [`RowStore`] for why). A read is a read-only REPEATABLE READ
+    /// transaction, so that its queries see one snapshot.
+    async fn transaction<T: Send + 'static>(&self, access: Access, work: Work<T>) -> DbResult<T> {
         self.ready().await?;
-        Ok(self.inner.pool.get().await?)
+        let mut client = self.inner.pool.get().await?;
+        let (inner, runtime) = (Arc::clone(&self.inner), Handle::current());
+        let task = tokio::task::spawn_blocking(move || {
+            let tx = runtime.block_on(begin(&mut client, access))?;
+            let mut rows = Rows { tx, runtime: &runtime, inner: &inner };
+            let value = work(&mut rows)?;
+            runtime.block_on(rows.tx.commit())?;
+            Ok(value)
+        });
+        let stopped = |e| Error::storage_source(None, "the database task stopped before it finished", e);
+        task.await.map_err(|e| RowError::Refused(stopped(e)))?
     }
 
-    /// The store's time to the microsecond, the precision Postgres keeps, so that a
-    /// lease reads back exactly as it was granted.
-    async fn now(&self, tx: &Transaction<'_>) -> DbResult<DateTime<Utc>> {
-        match &self.inner.clock {
-            Some(clock) => Ok(micros(clock.now())),
-            None => Ok(tx.query_one("SELECT clock_timestamp()", &[]).await?.try_get(0)?),
+    fn describe(&self, what: &str, error: RowError) -> Error {
+        let (target, schema) = (&self.inner.target.describe, &self.inner.schema);
+        match error {
+            RowError::Store(source) => match source.downcast::<tokio_postgres::Error>() {
+                Ok(e) => pg_error(target, schema, what, *e),
+                Err(source) => match source.downcast::<deadpool_postgres::PoolError>() {
+                    Ok(e) => match *e {
+                        deadpool_postgres::PoolError::Backend(e) => pg_error(target, schema, what, e),
+                        other => Error::storage_source(None, format!("{what} ({target})"), other),
+                    },
+                    Err(source) => Error::Storage { path: None, message: what.to_owned(), source: Some(source) },
+                },
+            },
+            RowError::Value { message, source } => {
+                Error::Storage { path: None, message: format!("{what}: {message}"), source }
+            }
+            RowError::Refused(e) => e,
         }
     }
 
-    /// The caller's error for `fail`; `what` says what was being done.
-    fn error(&self, what: impl fmt::Display, fail: Fail) -> Error {
-        let (target, schema, what) = (&self.inner.target.describe, &self.inner.schema, what.to_string());
-        fail.into_error(None, &what, |driver| match driver {
-            Driver::Db(e) | Driver::Pool(deadpool_postgres::PoolError::Backend(e)) => {
-                pg_error(target, schema, &what, e)
-            }
-            Driver::Pool(other) => Error::storage_source(None, format!("{what} ({target})"), other),
-        })
+    fn runnable_changed(&self) {
+        // This process's waiting workers need not wait for the notification's round trip.
+        listen::wake(&self.inner.wakeups.runnable);
     }
 
-    fn done<T>(&self, what: impl fmt::Display, result: DbResult<T>) -> Result<T> {
-        result.map_err(|fail| self.error(what, fail))
+    fn workflow_saved(&self, workflow: &Workflow, events_stored: bool) {
+        if events_stored {
+            // This process's watchers need not wait for the notification's round trip.
+            self.inner.wakeups.events.ring(workflow.id());
+        }
     }
-}
 
-/// What the driver reported: Postgres, or the pool before any connection was had.
-enum Driver {
-    /// Postgres refused, or could not be reached.
-    Db(tokio_postgres::Error),
-    /// No connection could be had from the pool.
-    Pool(deadpool_postgres::PoolError),
-}
+    async fn watch_events(&self, id: WorkflowId, after: u64, timeout: Duration) -> Result<bool> {
+        let bell = self.inner.wakeups.events.bell(id);
+        tokio::select! {
+            found = bell.wait(timeout, || super::protocol::has_events_after(self, id, after)) => found,
+            never = self.look_while_unheard(&bell) => match never {},
+        }
+    }
 
-type Fail = sql::Fail<Driver>;
-type DbResult<T> = std::result::Result<T, Fail>;
-
-impl From<tokio_postgres::Error> for Fail {
-    fn from(e: tokio_postgres::Error) -> Self {
-        Self::Db(Driver::Db(e))
+    async fn watch_runnable(&self, timeout: Duration) {
+        // Without a listener (the database unreachable), the wait is a plain poll interval.
+        if let Err(e) = self.ready().await {
+            tracing::debug!(error = %e, "waiting without a listener");
+        }
+        let _ = tokio::time::timeout(timeout, self.inner.wakeups.runnable.notified()).await;
     }
 }
 
-impl From<deadpool_postgres::PoolError> for Fail {
-    fn from(e: deadpool_postgres::PoolError) -> Self {
-        Self::Db(Driver::Pool(e))
-    }
+/// Begins a transaction of the kind `access` needs.
+async fn begin(client: &mut Object, access: Access) -> DbResult<Transaction<'_>> {
+    Ok(match access {
+        Access::Read => {
+            client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await?
+        }
+        _ => client.transaction().await?,
+    })
 }
 
 /// A Postgres error as a storage error that says what to check. Neither the URL nor
@@ -337,13 +389,6 @@ fn cutoff_micros(before: DateTime<Utc>) -> DateTime<Utc> {
     if fraction { rounded.checked_add_signed(chrono::Duration::microseconds(1)).unwrap_or(rounded) } else { rounded }
 }
 
-/// A workflow's lease columns, cancellation request and version.
-struct LeaseRow {
-    lease: LeaseState,
-    cancel_requested: Option<String>,
-    version: u64,
-}
-
 const LOCK_ROW: &str = "SELECT lease_owner, lease_epoch, lease_expires_at, attempts, cancel_requested, version \
                         FROM {S}.workflows WHERE id = $1 FOR UPDATE";
 const STORE_LEASE: &str = "UPDATE {S}.workflows SET lease_owner = $2, lease_epoch = $3, lease_expires_at = $4, \
@@ -361,333 +406,68 @@ const NEXT_RUNNABLE: &str = "SELECT id FROM {S}.workflows WHERE queued IS NOT NU
                              ORDER BY queued LIMIT 1 FOR UPDATE SKIP LOCKED";
 const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 
-impl PostgresStorage {
-    async fn query(&self, tx: &Transaction<'_>, sql: &str, args: &[&(dyn ToSql + Sync)]) -> DbResult<Vec<Row>> {
-        let statement = tx.prepare_cached(&self.sql(sql)).await?;
-        Ok(tx.query(&statement, args).await?)
+/// One transaction on a pooled connection, on a blocking thread.
+struct Rows<'a> {
+    tx: Transaction<'a>,
+    runtime: &'a Handle,
+    inner: &'a Inner,
+}
+
+impl Rows<'_> {
+    fn query(&self, sql: &str, args: &[&(dyn ToSql + Sync)]) -> DbResult<Vec<Row>> {
+        let sql = sql.replace("{S}", &self.inner.quoted);
+        self.runtime.block_on(async {
+            let statement = self.tx.prepare_cached(&sql).await?;
+            Ok(self.tx.query(&statement, args).await?)
+        })
     }
 
-    async fn execute(&self, tx: &Transaction<'_>, sql: &str, args: &[&(dyn ToSql + Sync)]) -> DbResult<u64> {
-        let statement = tx.prepare_cached(&self.sql(sql)).await?;
-        Ok(tx.execute(&statement, args).await?)
+    fn execute(&self, sql: &str, args: &[&(dyn ToSql + Sync)]) -> DbResult<u64> {
+        let sql = sql.replace("{S}", &self.inner.quoted);
+        self.runtime.block_on(async {
+            let statement = self.tx.prepare_cached(&sql).await?;
+            Ok(self.tx.execute(&statement, args).await?)
+        })
     }
 
-    /// Locks workflow `id`'s row for the rest of the transaction and reads its lease.
-    async fn lock_row(&self, tx: &Transaction<'_>, id: WorkflowId) -> DbResult<Option<LeaseRow>> {
-        let rows = self.query(tx, LOCK_ROW, &[&id.to_string()]).await?;
-        let Some(row) = rows.first() else { return Ok(None) };
-        let lease = LeaseState {
-            owner: row.try_get(0)?,
-            epoch: from_int(row.try_get(1)?)?,
-            expires_at: row.try_get(2)?,
-            attempts: from_int(row.try_get(3)?)?,
-        };
-        Ok(Some(LeaseRow { lease, cancel_requested: row.try_get(4)?, version: from_int(row.try_get(5)?)? }))
-    }
-
-    async fn store_lease(&self, tx: &Transaction<'_>, id: WorkflowId, lease: &LeaseState) -> DbResult<()> {
-        let args: [&(dyn ToSql + Sync); 5] =
-            [&id.to_string(), &lease.owner, &to_int(lease.epoch)?, &lease.expires_at, &i64::from(lease.attempts)];
-        self.execute(tx, STORE_LEASE, &args).await?;
-        Ok(())
-    }
-
-    /// Locks workflow `target` and refuses unless `lease` is its current lease.
-    /// Returns the row and the time read once it was locked.
-    async fn fence(
+    /// The first column of each row `sql` selects.
+    fn column<T: for<'r> tokio_postgres::types::FromSql<'r>>(
         &self,
-        tx: &Transaction<'_>,
-        lease: &Lease,
-        target: WorkflowId,
-    ) -> DbResult<(LeaseRow, DateTime<Utc>)> {
-        let lost = Error::LeaseLost { workflow_id: lease.workflow_id };
-        // A lease covers its own workflow only.
-        if target != lease.workflow_id {
-            return Err(lost.into());
-        }
-        let row = self.lock_row(tx, target).await?.ok_or(lost)?;
-        let now = self.now(tx).await?;
-        row.lease.check_fence(lease, now)?;
-        Ok((row, now))
+        sql: &str,
+        args: &[&(dyn ToSql + Sync)],
+    ) -> DbResult<Vec<T>> {
+        self.query(sql, args)?.iter().map(|row| Ok(row.try_get(0)?)).collect()
     }
 
-    /// Takes the lease of workflow `id` for `owner`, by the protocol of [`LeaseState`].
-    async fn grant(
+    /// The body of the row `sql` selects, as a `T`; `what` names it.
+    fn body<T: serde::de::DeserializeOwned>(&self, sql: &str, id: String, what: &str) -> DbResult<Option<T>> {
+        let body: Option<String> = self.column(sql, &[&id])?.pop();
+        body.map(|body| from_json(&body, what)).transpose()
+    }
+
+    /// Writes `workflow` with `sql`, its columns `$1`...`$7` (changed at `now`) and
+    /// then `queued`, if given, as `$8`. Returns how many rows it changed.
+    fn write_workflow(
         &self,
-        tx: &Transaction<'_>,
-        id: WorkflowId,
-        owner: &str,
-        ttl: Duration,
-        now: Option<DateTime<Utc>>,
-    ) -> DbResult<LeaseGrant> {
-        let row = self.lock_row(tx, id).await?.ok_or(Error::WorkflowNotFound(id))?;
-        let now = match now {
-            Some(now) => now,
-            None => self.now(tx).await?,
-        };
-        let workflow = self.load_workflow(tx, id).await?;
-        let (next, lease, reclaimed) = row.lease.acquire(&workflow, owner, ttl, now)?;
-        self.store_lease(tx, id, &next).await?;
-        let attempts = next.attempts;
-        Ok(LeaseGrant { lease, workflow, reclaimed, attempts, cancel_requested: row.cancel_requested })
-    }
-
-    async fn load_workflow(&self, tx: &Transaction<'_>, id: WorkflowId) -> DbResult<Workflow> {
-        let rows = self.query(tx, "SELECT body FROM {S}.workflows WHERE id = $1", &[&id.to_string()]).await?;
-        let row = rows.first().ok_or(Error::WorkflowNotFound(id))?;
-        from_json(&row.try_get::<_, String>(0)?, &format!("workflow {id}"))
-    }
-
-    async fn notify(&self, tx: &Transaction<'_>) -> DbResult<()> {
-        self.query(tx, NOTIFY, &[&listen::CHANNEL, &self.inner.schema]).await.map(drop)
-    }
-
-    /// Tells every store listening, once `tx` commits, that workflow `id` has new events.
-    async fn notify_events(&self, tx: &Transaction<'_>, id: WorkflowId) -> DbResult<()> {
-        let payload = listen::events_payload(&self.inner.schema, id);
-        self.query(tx, NOTIFY, &[&listen::EVENTS_CHANNEL, &payload]).await.map(drop)
-    }
-
-    async fn try_insert(&self, workflow: &Workflow, queued: bool) -> DbResult<()> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let now = self.now(&tx).await?;
+        sql: &str,
+        workflow: &Workflow,
+        now: DateTime<Utc>,
+        queued: Option<bool>,
+    ) -> DbResult<u64> {
         let id = workflow.id().to_string();
         let body = to_json(workflow, &format!("workflow {id}"))?;
-        let args: [&(dyn ToSql + Sync); 8] = [
-            &id,
-            &workflow.plan_id().to_string(),
-            &workflow.state().as_str(),
-            &to_int(workflow.version())?,
-            &workflow.execution_context().end_user_id,
-            &body,
-            &now,
-            &queued,
-        ];
-        if self.execute(&tx, INSERT_WORKFLOW, &args).await? == 0 {
-            let rows = self.query(&tx, "SELECT version FROM {S}.workflows WHERE id = $1", &[&id]).await?;
-            let found = rows.first().map(|row| row.try_get::<_, i64>(0)).transpose()?.unwrap_or(0);
-            return Err(
-                Error::VersionConflict { workflow_id: workflow.id(), expected: 0, found: from_int(found)? }.into()
-            );
+        let (plan_id, version) = (workflow.plan_id().to_string(), to_int(workflow.version())?);
+        let (state, end_user) = (workflow.state().as_str(), &workflow.execution_context().end_user_id);
+        let mut args: Vec<&(dyn ToSql + Sync)> = vec![&id, &plan_id, &state, &version, end_user, &body, &now];
+        if let Some(queued) = &queued {
+            args.push(queued);
         }
-        if queued {
-            self.notify(&tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        self.execute(sql, &args)
     }
 
-    async fn try_save_plan(&self, plan: &Plan) -> DbResult<()> {
-        let body = to_json(plan, "the plan")?;
-        let client = self.client().await?;
-        // Plans never change, so a stored one is kept as it is.
-        let sql = self.sql("INSERT INTO {S}.plans (id, body) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING");
-        let statement = client.prepare_cached(&sql).await?;
-        client.execute(&statement, &[&plan.id.to_string(), &body]).await?;
-        Ok(())
-    }
-
-    async fn try_get_plan(&self, id: PlanId) -> DbResult<Plan> {
-        let client = self.client().await?;
-        let statement = client.prepare_cached(&self.sql("SELECT body FROM {S}.plans WHERE id = $1")).await?;
-        let row = client.query_opt(&statement, &[&id.to_string()]).await?.ok_or(Error::PlanNotFound(id))?;
-        from_json(&row.try_get::<_, String>(0)?, &format!("plan {id}"))
-    }
-
-    async fn try_get_workflow(&self, id: WorkflowId) -> DbResult<Workflow> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let workflow = self.load_workflow(&tx, id).await?;
-        tx.commit().await?;
-        Ok(workflow)
-    }
-
-    async fn try_list(&self, query: &WorkflowQuery) -> DbResult<WorkflowPage> {
-        let mut client = self.client().await?;
-        // One snapshot for the count and the page.
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
-        let state = query.state.map(WorkflowState::as_str);
-        let filter = "($1::text IS NULL OR state = $1)";
-        let count: i64 =
-            self.query(&tx, &format!("SELECT COUNT(*) FROM {{S}}.workflows WHERE {filter}"), &[&state]).await?[0]
-                .try_get(0)?;
-        let (limit, offset) = sql::page_rows(query);
-        let sql = format!("SELECT id, body FROM {{S}}.workflows WHERE {filter} ORDER BY id LIMIT $2 OFFSET $3");
-        let rows = self.query(&tx, &sql, &[&state, &to_int(limit)?, &to_int(offset)?]).await?;
-        tx.commit().await?;
-        let rows = rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).collect::<DbResult<Vec<_>>>()?;
-        sql::workflow_page(rows, count, query)
-    }
-
-    async fn try_update(&self, workflow: &Workflow, lease: &Lease, events: &[WorkflowEvent]) -> DbResult<()> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let (row, now) = self.fence(&tx, lease, lease.workflow_id).await?;
-        let expected = workflow.version().saturating_sub(1);
-        if lease.workflow_id != workflow.id() || row.version != expected {
-            let found = row.version;
-            return Err(Error::VersionConflict { workflow_id: workflow.id(), expected, found }.into());
-        }
-        let id = workflow.id().to_string();
-        let body = to_json(workflow, &format!("workflow {id}"))?;
-        let args: [&(dyn ToSql + Sync); 7] = [
-            &id,
-            &workflow.plan_id().to_string(),
-            &workflow.state().as_str(),
-            &to_int(workflow.version())?,
-            &workflow.execution_context().end_user_id,
-            &body,
-            &now,
-        ];
-        self.execute(&tx, UPDATE_WORKFLOW, &args).await?;
-        if !events.is_empty() {
-            self.append_events(&tx, &id, events).await?;
-            self.notify_events(&tx, workflow.id()).await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Stores `events` after the workflow's earlier ones (its row is locked by the fence).
-    async fn append_events(&self, tx: &Transaction<'_>, id: &str, events: &[WorkflowEvent]) -> DbResult<()> {
-        let last =
-            self.query(tx, "SELECT COALESCE(MAX(seq), 0) FROM {S}.events WHERE workflow_id = $1", &[&id]).await?;
-        let last: i64 = last.first().map(|row| row.try_get(0)).transpose()?.unwrap_or(0);
-        for (seq, event) in (last + 1..).zip(events) {
-            let body = to_json(event, &format!("an event of workflow {id}"))?;
-            let sql = "INSERT INTO {S}.events (workflow_id, seq, body) VALUES ($1, $2, $3)";
-            self.execute(tx, sql, &[&id, &seq, &body]).await?;
-        }
-        Ok(())
-    }
-
-    async fn try_events(&self, id: WorkflowId, after: u64) -> DbResult<Vec<StoredEvent>> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let exists = self.query(&tx, "SELECT 1 FROM {S}.workflows WHERE id = $1", &[&id.to_string()]).await?;
-        if exists.is_empty() {
-            return Err(Error::WorkflowNotFound(id).into());
-        }
-        let sql = "SELECT seq, body FROM {S}.events WHERE workflow_id = $1 AND seq > $2 ORDER BY seq";
-        let rows = self.query(&tx, sql, &[&id.to_string(), &to_int(after)?]).await?;
-        tx.commit().await?;
-        rows.iter()
-            .map(|row| {
-                let seq: i64 = row.try_get(0)?;
-                let body: String = row.try_get(1)?;
-                let event = from_json(&body, &format!("event {seq} of workflow {id}"))?;
-                Ok(StoredEvent { seq: from_int(seq)?, event })
-            })
-            .collect()
-    }
-
-    /// Whether workflow `id` has events numbered after `after`, in one statement.
-    async fn try_has_events_after(&self, id: WorkflowId, after: u64) -> DbResult<bool> {
-        let client = self.client().await?;
-        let sql = self.sql(
-            "SELECT EXISTS (SELECT 1 FROM {S}.workflows WHERE id = $1), \
-             EXISTS (SELECT 1 FROM {S}.events WHERE workflow_id = $1 AND seq > $2)",
-        );
-        let statement = client.prepare_cached(&sql).await?;
-        let row = client.query_one(&statement, &[&id.to_string(), &to_int(after)?]).await?;
-        if !row.try_get::<_, bool>(0)? {
-            return Err(Error::WorkflowNotFound(id).into());
-        }
-        Ok(row.try_get(1)?)
-    }
-
-    /// Rings `bell` every [`UNHEARD_POLL`] while the LISTEN connection is down, until dropped.
-    async fn look_while_unheard(&self, bell: &Bell<'_>) -> Infallible {
-        loop {
-            tokio::time::sleep(UNHEARD_POLL).await;
-            if !self.inner.wakeups.listening() {
-                bell.ring();
-            }
-        }
-    }
-
-    async fn try_acquire(&self, id: WorkflowId, owner: &str, ttl: Duration) -> DbResult<LeaseGrant> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let grant = self.grant(&tx, id, owner, ttl, None).await?;
-        tx.commit().await?;
-        Ok(grant)
-    }
-
-    async fn try_claim(&self, owner: &str, ttl: Duration) -> DbResult<Option<LeaseGrant>> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        // Read before the claim query: it skips locked rows instead of waiting, so the
-        // time cannot go stale, and the lease decision below uses the same time.
-        let now = self.now(&tx).await?;
-        // A row that cannot be read is taken off the queue, so it never blocks the others.
-        loop {
-            let rows = self.query(&tx, NEXT_RUNNABLE, &[&now]).await?;
-            let Some(row) = rows.first() else {
-                tx.commit().await?;
-                return Ok(None);
-            };
-            let raw: String = row.try_get(0)?;
-            let granted = match parse_id(&raw) {
-                Ok(id) => self.grant(&tx, id, owner, ttl, Some(now)).await,
-                Err(fail) => Err(fail),
-            };
-            match granted {
-                Ok(grant) => {
-                    tx.commit().await?;
-                    return Ok(Some(grant));
-                }
-                Err(fail) => {
-                    let why = fail.unreadable().ok_or(fail)?;
-                    self.execute(&tx, "UPDATE {S}.workflows SET queued = NULL WHERE id = $1", &[&raw]).await?;
-                    sql::log_dequeued(&raw, &why);
-                }
-            }
-        }
-    }
-
-    async fn try_renew(&self, lease: &Lease, ttl: Duration) -> DbResult<LeaseStatus> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let id = lease.workflow_id;
-        let row = self.lock_row(&tx, id).await?.ok_or(Error::LeaseLost { workflow_id: id })?;
-        let now = self.now(&tx).await?;
-        let next = row.lease.renew(lease, ttl, now)?;
-        self.store_lease(&tx, id, &next).await?;
-        tx.commit().await?;
-        Ok(LeaseStatus { expires_at: next.expires_at.unwrap_or(now), cancel_requested: row.cancel_requested })
-    }
-
-    async fn try_release(&self, lease: &Lease) -> DbResult<()> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        if let Some(row) = self.lock_row(&tx, lease.workflow_id).await? {
-            self.store_lease(&tx, lease.workflow_id, &row.lease.release(lease)).await?;
-            self.notify(&tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn try_cancel(&self, id: WorkflowId, reason: &str) -> DbResult<()> {
-        let client = self.client().await?;
-        let sql = self.sql("UPDATE {S}.workflows SET cancel_requested = $2 WHERE id = $1");
-        let statement = client.prepare_cached(&sql).await?;
-        if client.execute(&statement, &[&id.to_string(), &reason]).await? == 0 {
-            return Err(Error::WorkflowNotFound(id).into());
-        }
-        Ok(())
-    }
-
-    /// Inserts a journal record; `on_conflict` says what to do when its key is stored.
+    /// Writes a journal record; `on_conflict` says what to do when its key is stored.
     /// Returns whether a row was written.
-    async fn put_tool_call(&self, tx: &Transaction<'_>, record: &ToolCallRecord, on_conflict: &str) -> DbResult<bool> {
+    fn write_tool_call(&self, record: &ToolCallRecord, on_conflict: &str) -> DbResult<bool> {
         let key = record.key;
         let sql = format!(
             "INSERT INTO {{S}}.tool_calls ({TOOL_CALL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
@@ -706,55 +486,154 @@ impl PostgresStorage {
             &record.started_at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
             &record.latency_seconds,
         ];
-        Ok(self.execute(tx, &sql, &args).await? > 0)
+        Ok(self.execute(&sql, &args)? > 0)
     }
 
-    async fn try_begin_tool_call(&self, lease: &Lease, intent: &ToolCallRecord) -> DbResult<Option<ToolCallRecord>> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let key = intent.key;
-        self.fence(&tx, lease, key.workflow_id).await?;
-        if self.put_tool_call(&tx, intent, "DO NOTHING").await? {
-            tx.commit().await?;
+    fn notify(&self, channel: &str, payload: &str) -> DbResult<()> {
+        self.query(NOTIFY, &[&channel, &payload]).map(drop)
+    }
+}
+
+impl RowTx for Rows<'_> {
+    /// The store's time to the microsecond, the precision Postgres keeps, so that a
+    /// lease reads back exactly as it was granted.
+    fn now(&mut self) -> DbResult<DateTime<Utc>> {
+        match &self.inner.clock {
+            Some(clock) => Ok(micros(clock.now())),
+            None => Ok(self.runtime.block_on(self.tx.query_one("SELECT clock_timestamp()", &[]))?.try_get(0)?),
+        }
+    }
+
+    fn insert_plan(&mut self, plan: Plan) -> DbResult<()> {
+        let body = to_json(&plan, &format!("plan {}", plan.id))?;
+        let sql = "INSERT INTO {S}.plans (id, body) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING";
+        self.execute(sql, &[&plan.id.to_string(), &body]).map(drop)
+    }
+
+    fn plan(&mut self, id: PlanId) -> DbResult<Option<Plan>> {
+        self.body("SELECT body FROM {S}.plans WHERE id = $1", id.to_string(), &format!("plan {id}"))
+    }
+
+    fn insert_workflow(&mut self, workflow: Workflow, now: DateTime<Utc>, queued: bool) -> DbResult<bool> {
+        Ok(self.write_workflow(INSERT_WORKFLOW, &workflow, now, Some(queued))? > 0)
+    }
+
+    fn workflow(&mut self, id: WorkflowId) -> DbResult<Option<Workflow>> {
+        self.body("SELECT body FROM {S}.workflows WHERE id = $1", id.to_string(), &format!("workflow {id}"))
+    }
+
+    fn replace_workflow(&mut self, workflow: Workflow, now: DateTime<Utc>) -> DbResult<()> {
+        self.write_workflow(UPDATE_WORKFLOW, &workflow, now, None).map(drop)
+    }
+
+    fn list_workflows(&mut self, query: &WorkflowQuery) -> DbResult<WorkflowPage> {
+        let state = query.state.map(WorkflowState::as_str);
+        let filter = "($1::text IS NULL OR state = $1)";
+        let count: i64 =
+            self.column(&format!("SELECT COUNT(*) FROM {{S}}.workflows WHERE {filter}"), &[&state])?.pop().unwrap_or(0);
+        let (limit, offset) = sql::page_rows(query);
+        let sql = format!("SELECT id, body FROM {{S}}.workflows WHERE {filter} ORDER BY id LIMIT $2 OFFSET $3");
+        let rows = self.query(&sql, &[&state, &to_int(limit)?, &to_int(offset)?])?;
+        let rows = rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).collect::<DbResult<Vec<_>>>()?;
+        sql::workflow_page(rows, count, query)
+    }
+
+    /// Locks workflow `id`'s row for the rest of the transaction and reads its lease.
+    fn lease(&mut self, id: WorkflowId) -> DbResult<Option<LeaseRow>> {
+        let rows = self.query(LOCK_ROW, &[&id.to_string()])?;
+        let Some(row) = rows.first() else { return Ok(None) };
+        let lease = LeaseState {
+            owner: row.try_get(0)?,
+            epoch: from_int(row.try_get(1)?)?,
+            expires_at: row.try_get(2)?,
+            attempts: from_int(row.try_get(3)?)?,
+        };
+        Ok(Some(LeaseRow { lease, cancel_requested: row.try_get(4)?, version: from_int(row.try_get(5)?)? }))
+    }
+
+    fn store_lease(&mut self, id: WorkflowId, lease: &LeaseState) -> DbResult<()> {
+        let args: [&(dyn ToSql + Sync); 5] =
+            [&id.to_string(), &lease.owner, &to_int(lease.epoch)?, &lease.expires_at, &i64::from(lease.attempts)];
+        self.execute(STORE_LEASE, &args).map(drop)
+    }
+
+    fn request_cancel(&mut self, id: WorkflowId, reason: &str) -> DbResult<bool> {
+        let sql = "UPDATE {S}.workflows SET cancel_requested = $2 WHERE id = $1";
+        Ok(self.execute(sql, &[&id.to_string(), &reason])? > 0)
+    }
+
+    /// Locks the row it finds, skipping rows others have locked: claimers never wait
+    /// for one another.
+    fn next_runnable(&mut self, now: DateTime<Utc>) -> DbResult<Option<String>> {
+        Ok(self.column(NEXT_RUNNABLE, &[&now])?.pop())
+    }
+
+    fn dequeue(&mut self, id: &str) -> DbResult<()> {
+        self.execute("UPDATE {S}.workflows SET queued = NULL WHERE id = $1", &[&id]).map(drop)
+    }
+
+    /// The workflow's row is locked (by the fence), so no other save numbers events meanwhile.
+    fn last_event(&mut self, id: WorkflowId) -> DbResult<u64> {
+        let sql = "SELECT COALESCE(MAX(seq), 0) FROM {S}.events WHERE workflow_id = $1";
+        from_int(self.column::<i64>(sql, &[&id.to_string()])?.pop().unwrap_or(0))
+    }
+
+    fn insert_event(&mut self, id: WorkflowId, event: StoredEvent) -> DbResult<()> {
+        let body = to_json(&event.event, &format!("an event of workflow {id}"))?;
+        let sql = "INSERT INTO {S}.events (workflow_id, seq, body) VALUES ($1, $2, $3)";
+        self.execute(sql, &[&id.to_string(), &to_int(event.seq)?, &body]).map(drop)
+    }
+
+    fn events_after(&mut self, id: WorkflowId, after: u64) -> DbResult<Option<Vec<StoredEvent>>> {
+        if self.query("SELECT 1 FROM {S}.workflows WHERE id = $1", &[&id.to_string()])?.is_empty() {
             return Ok(None);
         }
+        let sql = "SELECT seq, body FROM {S}.events WHERE workflow_id = $1 AND seq > $2 ORDER BY seq";
+        let rows = self.query(sql, &[&id.to_string(), &to_int(after)?])?;
+        let events = rows.iter().map(|row| {
+            let seq: i64 = row.try_get(0)?;
+            let body: String = row.try_get(1)?;
+            let event = from_json(&body, &format!("event {seq} of workflow {id}"))?;
+            Ok(StoredEvent { seq: from_int(seq)?, event })
+        });
+        events.collect::<DbResult<Vec<_>>>().map(Some)
+    }
+
+    /// In one statement.
+    fn has_events_after(&mut self, id: WorkflowId, after: u64) -> DbResult<Option<bool>> {
+        let sql = "SELECT EXISTS (SELECT 1 FROM {S}.workflows WHERE id = $1), \
+                   EXISTS (SELECT 1 FROM {S}.events WHERE workflow_id = $1 AND seq > $2)";
+        let rows = self.query(sql, &[&id.to_string(), &to_int(after)?])?;
+        let Some(row) = rows.first() else { return Ok(None) };
+        Ok(if row.try_get::<_, bool>(0)? { Some(row.try_get(1)?) } else { None })
+    }
+
+    fn insert_tool_call(&mut self, record: ToolCallRecord) -> DbResult<bool> {
+        self.write_tool_call(&record, "DO NOTHING")
+    }
+
+    fn put_tool_call(&mut self, record: ToolCallRecord) -> DbResult<()> {
+        self.write_tool_call(&record, REPLACE_TOOL_CALL).map(drop)
+    }
+
+    fn tool_call(&mut self, key: ToolCallKey) -> DbResult<Option<ToolCallRecord>> {
         let sql = format!(
             "SELECT {TOOL_CALL_COLUMNS} FROM {{S}}.tool_calls \
              WHERE workflow_id = $1 AND step = $2 AND attempt = $3 AND seq = $4"
         );
         let args: [&(dyn ToSql + Sync); 4] =
             [&key.workflow_id.to_string(), &to_int(key.step)?, &i64::from(key.attempt), &i64::from(key.seq)];
-        let rows = self.query(&tx, &sql, &args).await?;
-        tx.commit().await?;
-        let row =
-            rows.first().ok_or_else(|| Fail::Corrupt(format!("tool call {key} is journaled but cannot be read")))?;
-        read_tool_call(row).map(Some)
+        self.query(&sql, &args)?.first().map(read_tool_call).transpose()
     }
 
-    async fn try_finish_tool_call(&self, lease: &Lease, record: &ToolCallRecord) -> DbResult<()> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        self.fence(&tx, lease, record.key.workflow_id).await?;
-        self.put_tool_call(&tx, record, REPLACE_TOOL_CALL).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn try_tool_calls(&self, id: WorkflowId) -> DbResult<Vec<ToolCallRecord>> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
+    fn tool_calls(&mut self, id: WorkflowId) -> DbResult<Vec<ToolCallRecord>> {
         let sql = format!(
             "SELECT {TOOL_CALL_COLUMNS} FROM {{S}}.tool_calls WHERE workflow_id = $1 ORDER BY step, attempt, seq"
         );
-        let rows = self.query(&tx, &sql, &[&id.to_string()]).await?;
-        tx.commit().await?;
-        rows.iter().map(read_tool_call).collect()
+        self.query(&sql, &[&id.to_string()])?.iter().map(read_tool_call).collect()
     }
 
-    async fn try_record_usage(&self, lease: &Lease, record: &UsageRecord) -> DbResult<()> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        self.fence(&tx, lease, record.workflow_id).await?;
+    fn insert_usage(&mut self, record: UsageRecord) -> DbResult<()> {
         let usage = record.usage;
         let sql = "INSERT INTO {S}.usage (workflow_id, step_output, llm_calls, prompt_tokens, completion_tokens, \
                    cost_usd) VALUES ($1, $2, $3, $4, $5, $6)";
@@ -766,47 +645,48 @@ impl PostgresStorage {
             &to_int(usage.completion_tokens)?,
             &record.cost_usd,
         ];
-        self.execute(&tx, sql, &args).await?;
-        tx.commit().await?;
-        Ok(())
+        self.execute(sql, &args).map(drop)
     }
 
-    async fn try_usage_records(&self, id: WorkflowId) -> DbResult<Vec<UsageRecord>> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
+    fn usage(&mut self, id: WorkflowId) -> DbResult<Vec<UsageRecord>> {
         let sql = "SELECT step_output, llm_calls, prompt_tokens, completion_tokens, cost_usd FROM {S}.usage \
                    WHERE workflow_id = $1 ORDER BY seq";
-        let rows = self.query(&tx, sql, &[&id.to_string()]).await?;
-        tx.commit().await?;
-        rows.iter().map(|row| read_usage(row, id)).collect()
+        self.query(sql, &[&id.to_string()])?.iter().map(|row| read_usage(row, id)).collect()
     }
 
-    /// Deletes a workflow with its journal and usage (by cascade), and its plan once
-    /// unused. Returns whether the workflow was stored.
-    async fn delete_one(&self, tx: &Transaction<'_>, id: &str) -> DbResult<bool> {
-        let rows = self.query(tx, "SELECT plan_id FROM {S}.workflows WHERE id = $1", &[&id]).await?;
-        let Some(row) = rows.first() else { return Ok(false) };
-        let plan_id: String = row.try_get(0)?;
+    /// In id order, so that two deletions lock rows in one order.
+    fn workflows_of_end_user(&mut self, end_user_id: &str) -> DbResult<Vec<String>> {
+        self.column("SELECT id FROM {S}.workflows WHERE end_user_id = $1 ORDER BY id", &[&end_user_id])
+    }
+
+    /// In id order, so that two deletions lock rows in one order.
+    fn finished_before(&mut self, before: DateTime<Utc>) -> DbResult<Vec<String>> {
+        let sql = "SELECT id FROM {S}.workflows WHERE state IN ('COMPLETE', 'FAILED') AND updated_at < $1 ORDER BY id";
+        self.column(sql, &[&cutoff_micros(before)])
+    }
+
+    /// The journal, usage and events go by cascade.
+    fn delete_workflow(&mut self, id: &str) -> DbResult<bool> {
+        let Some(plan_id) = self.column::<String>("SELECT plan_id FROM {S}.workflows WHERE id = $1", &[&id])?.pop()
+        else {
+            return Ok(false);
+        };
         // Deletions of two workflows of one plan take turns on the plan's row, so the
         // second sees the first gone and deletes the plan.
-        self.query(tx, "SELECT 1 FROM {S}.plans WHERE id = $1 FOR UPDATE", &[&plan_id]).await?;
-        self.execute(tx, "DELETE FROM {S}.workflows WHERE id = $1", &[&id]).await?;
+        self.query("SELECT 1 FROM {S}.plans WHERE id = $1 FOR UPDATE", &[&plan_id])?;
+        self.execute("DELETE FROM {S}.workflows WHERE id = $1", &[&id])?;
         let unused =
             "DELETE FROM {S}.plans WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM {S}.workflows WHERE plan_id = $1)";
-        self.execute(tx, unused, &[&plan_id]).await?;
+        self.execute(unused, &[&plan_id])?;
         Ok(true)
     }
 
-    /// Deletes every workflow whose id `select` (a query with parameters `args`) returns.
-    async fn delete_selected(&self, select: &str, args: &[&(dyn ToSql + Sync)]) -> DbResult<usize> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let ids = self.query(&tx, select, args).await?;
-        for row in &ids {
-            self.delete_one(&tx, &row.try_get::<_, String>(0)?).await?;
-        }
-        tx.commit().await?;
-        Ok(ids.len())
+    fn announce_runnable(&mut self) -> DbResult<()> {
+        self.notify(listen::CHANNEL, &self.inner.schema)
+    }
+
+    fn announce_events(&mut self, id: WorkflowId) -> DbResult<()> {
+        self.notify(listen::EVENTS_CHANNEL, &listen::events_payload(&self.inner.schema, id))
     }
 }
 
@@ -834,131 +714,4 @@ fn read_usage(row: &Row, workflow_id: WorkflowId) -> DbResult<UsageRecord> {
         completion_tokens: from_int(row.try_get(3)?)?,
     };
     Ok(UsageRecord { workflow_id, step_output: row.try_get(0)?, usage, cost_usd: row.try_get(4)? })
-}
-
-#[async_trait::async_trait]
-impl Storage for PostgresStorage {
-    async fn save_plan(&self, plan: &Plan) -> Result<()> {
-        self.done(format!("cannot save plan {}", plan.id), self.try_save_plan(plan).await)
-    }
-
-    async fn get_plan(&self, id: PlanId) -> Result<Plan> {
-        self.done(format!("cannot load plan {id}"), self.try_get_plan(id).await)
-    }
-
-    async fn create_workflow(&self, workflow: &Workflow) -> Result<()> {
-        self.done(format!("cannot create workflow {}", workflow.id()), self.try_insert(workflow, false).await)
-    }
-
-    async fn submit_workflow(&self, workflow: &Workflow) -> Result<()> {
-        self.done(format!("cannot submit workflow {}", workflow.id()), self.try_insert(workflow, true).await)?;
-        // This process's waiting workers need not wait for the notification's round trip.
-        listen::wake(&self.inner.wakeups.runnable);
-        Ok(())
-    }
-
-    async fn get_workflow(&self, id: WorkflowId) -> Result<Workflow> {
-        self.done(format!("cannot load workflow {id}"), self.try_get_workflow(id).await)
-    }
-
-    async fn list_workflows(&self, query: &WorkflowQuery) -> Result<WorkflowPage> {
-        self.done("cannot list workflows", self.try_list(query).await)
-    }
-
-    async fn update_workflow(&self, workflow: &Workflow, lease: &Lease, events: &[WorkflowEvent]) -> Result<()> {
-        self.done(format!("cannot save workflow {}", workflow.id()), self.try_update(workflow, lease, events).await)?;
-        if !events.is_empty() {
-            // This process's watchers need not wait for the notification's round trip.
-            self.inner.wakeups.events.ring(workflow.id());
-        }
-        Ok(())
-    }
-
-    async fn events(&self, id: WorkflowId, after: u64) -> Result<Vec<StoredEvent>> {
-        self.done(format!("cannot read the events of workflow {id}"), self.try_events(id, after).await)
-    }
-
-    async fn wait_for_events(&self, id: WorkflowId, after: u64, timeout: Duration) -> Result<bool> {
-        let bell = self.inner.wakeups.events.bell(id);
-        let look = || async {
-            self.done(format!("cannot read the events of workflow {id}"), self.try_has_events_after(id, after).await)
-        };
-        tokio::select! {
-            found = bell.wait(timeout, look) => found,
-            never = self.look_while_unheard(&bell) => match never {},
-        }
-    }
-
-    async fn acquire_lease(&self, id: WorkflowId, owner: &str, ttl: Duration) -> Result<LeaseGrant> {
-        self.done(format!("cannot take the lease of workflow {id}"), self.try_acquire(id, owner, ttl).await)
-    }
-
-    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<LeaseStatus> {
-        let what = format!("cannot renew the lease of workflow {}", lease.workflow_id);
-        self.done(what, self.try_renew(lease, ttl).await)
-    }
-
-    async fn release_lease(&self, lease: &Lease) -> Result<()> {
-        let what = format!("cannot release the lease of workflow {}", lease.workflow_id);
-        self.done(what, self.try_release(lease).await)?;
-        listen::wake(&self.inner.wakeups.runnable);
-        Ok(())
-    }
-
-    async fn claim_runnable(&self, owner: &str, ttl: Duration) -> Result<Option<LeaseGrant>> {
-        self.done("cannot claim a runnable workflow", self.try_claim(owner, ttl).await)
-    }
-
-    async fn wait_for_runnable(&self, timeout: Duration) {
-        // Without a listener (the database unreachable), the wait is a plain poll interval.
-        if let Err(e) = self.ready().await {
-            tracing::debug!(error = %e, "waiting without a listener");
-        }
-        let _ = tokio::time::timeout(timeout, self.inner.wakeups.runnable.notified()).await;
-    }
-
-    async fn request_cancel(&self, id: WorkflowId, reason: &str) -> Result<()> {
-        self.done(format!("cannot request the cancellation of workflow {id}"), self.try_cancel(id, reason).await)
-    }
-
-    async fn begin_tool_call(&self, lease: &Lease, intent: &ToolCallRecord) -> Result<Option<ToolCallRecord>> {
-        self.done(format!("cannot journal tool call {}", intent.key), self.try_begin_tool_call(lease, intent).await)
-    }
-
-    async fn finish_tool_call(&self, lease: &Lease, record: &ToolCallRecord) -> Result<()> {
-        let what = format!("cannot journal the outcome of tool call {}", record.key);
-        self.done(what, self.try_finish_tool_call(lease, record).await)
-    }
-
-    async fn tool_calls(&self, id: WorkflowId) -> Result<Vec<ToolCallRecord>> {
-        self.done(format!("cannot read the tool calls of workflow {id}"), self.try_tool_calls(id).await)
-    }
-
-    async fn record_usage(&self, lease: &Lease, record: &UsageRecord) -> Result<()> {
-        let what = format!("cannot journal the usage of workflow {}", record.workflow_id);
-        self.done(what, self.try_record_usage(lease, record).await)
-    }
-
-    async fn usage_records(&self, id: WorkflowId) -> Result<Vec<UsageRecord>> {
-        self.done(format!("cannot read the usage of workflow {id}"), self.try_usage_records(id).await)
-    }
-
-    async fn delete_workflow(&self, id: WorkflowId) -> Result<()> {
-        let select = "SELECT id FROM {S}.workflows WHERE id = $1";
-        self.done(format!("cannot delete workflow {id}"), self.delete_selected(select, &[&id.to_string()]).await)
-            .map(drop)
-    }
-
-    async fn delete_end_user(&self, end_user_id: &str) -> Result<usize> {
-        let select = "SELECT id FROM {S}.workflows WHERE end_user_id = $1 ORDER BY id";
-        let what = format!("cannot delete the workflows of end user {end_user_id:?}");
-        self.done(what, self.delete_selected(select, &[&end_user_id]).await)
-    }
-
-    async fn prune_finished(&self, before: DateTime<Utc>) -> Result<usize> {
-        let select = "SELECT id FROM {S}.workflows WHERE state IN ('COMPLETE', 'FAILED') AND updated_at < $1 \
-                      ORDER BY id";
-        let what = format!("cannot prune workflows finished before {before}");
-        self.done(what, self.delete_selected(select, &[&cutoff_micros(before)]).await)
-    }
 }

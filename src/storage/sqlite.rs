@@ -7,14 +7,10 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 
 use super::bells::{Bell, Bells};
-use super::sql::{
-    self, REPLACE_TOOL_CALL, StoredToolCall, TOOL_CALL_COLUMNS, from_int, from_json, parse_id, to_int, to_json,
-};
-use super::{
-    Clock, Lease, LeaseGrant, LeaseState, LeaseStatus, Storage, SystemClock, ToolCallRecord, UsageRecord, WorkflowPage,
-    WorkflowQuery,
-};
-use crate::events::{StoredEvent, WorkflowEvent};
+use super::rows::{Access, LeaseRow, RowError, RowStore, RowTx, Work};
+use super::sql::{self, REPLACE_TOOL_CALL, StoredToolCall, TOOL_CALL_COLUMNS, from_int, from_json, to_int, to_json};
+use super::{Clock, LeaseState, SystemClock, ToolCallKey, ToolCallRecord, UsageRecord, WorkflowPage, WorkflowQuery};
+use crate::events::StoredEvent;
 use crate::ids::{PlanId, WorkflowId};
 use crate::plan::Plan;
 use crate::usage::Usage;
@@ -38,7 +34,8 @@ const MIGRATIONS: &[&str] = &[
 /// Keeps everything in one SQLite database file, which several processes may share.
 ///
 /// Every write is one `BEGIN IMMEDIATE` transaction, and the lease decision and the
-/// fence check are made inside the transaction of the write they guard, so two
+/// fence check (the protocol all stores share) are made inside the transaction of
+/// the write they guard, so two
 /// processes sharing the file can never both hold a workflow's lease, and a run
 /// that lost its lease writes nothing. The database is in WAL mode with
 /// `synchronous=FULL`: a journaled tool-call intent is on disk before the tool is
@@ -48,7 +45,7 @@ const MIGRATIONS: &[&str] = &[
 /// The blocking database work runs on Tokio's blocking threads, one call at a time
 /// per handle. Clones share the handle's connection.
 ///
-/// [`Storage::wait_for_events`] is woken at once by saves through this handle or its
+/// [`Storage::wait_for_events`](super::Storage::wait_for_events) is woken at once by saves through this handle or its
 /// clones; commits by other connections (other processes) it notices within a tenth
 /// of a second, by asking SQLite's `PRAGMA data_version` rather than reading events.
 #[derive(Debug, Clone)]
@@ -59,6 +56,8 @@ pub struct SqliteStorage {
 #[derive(Debug)]
 struct Inner {
     path: PathBuf,
+    /// The file's identity when it was opened, where the platform tells it.
+    file: Option<FileId>,
     clock: Arc<dyn Clock>,
     conn: Mutex<Connection>,
     /// Wakes this process's workers; other processes' workers poll.
@@ -96,9 +95,10 @@ impl SqliteStorage {
         }
         let mut conn = Connection::open(&path).map_err(|e| db_error(&path, "cannot open the database", e))?;
         configure(&conn).map_err(|e| db_error(&path, "cannot configure the database", e))?;
-        migrate(&mut conn).map_err(|fail| into_error(fail, &path, "cannot create or upgrade the schema"))?;
+        migrate(&mut conn, &path).map_err(|fail| describe(&path, "cannot create or upgrade the schema", fail))?;
         let runnable = tokio::sync::Notify::new();
-        let inner = Inner { path, clock, conn: Mutex::new(conn), runnable, bells: Bells::default() };
+        let file = FileId::of(&path);
+        let inner = Inner { path, file, clock, conn: Mutex::new(conn), runnable, bells: Bells::default() };
         Ok(Self { inner: Arc::new(inner) })
     }
 
@@ -107,94 +107,15 @@ impl SqliteStorage {
         &self.inner.path
     }
 
-    /// Runs `f` on the connection on a blocking thread; `what` describes a failure.
-    async fn blocking<T, F>(&self, what: String, f: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection, &dyn Clock) -> DbResult<T> + Send + 'static,
-    {
-        let inner = Arc::clone(&self.inner);
-        let task = tokio::task::spawn_blocking(move || {
-            // A poisoned lock only means a task panicked; its transaction rolled back
-            // as it unwound, so the connection is still sound.
-            let mut conn = inner.conn.lock().unwrap_or_else(PoisonError::into_inner);
-            f(&mut conn, inner.clock.as_ref()).map_err(|fail| into_error(fail, &inner.path, &what))
-        });
-        let path = || Some(self.inner.path.clone());
-        task.await.map_err(|e| Error::storage_source(path(), "the database task stopped before it finished", e))?
-    }
-
-    /// Runs `f` in one `BEGIN IMMEDIATE` transaction, committed only if `f` succeeds.
-    /// `f` gets the store's time, read once the write lock is held so that a
-    /// connection that waited for the lock does not act on a stale time.
-    async fn write<T, F>(&self, what: String, f: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Transaction<'_>, DateTime<Utc>) -> DbResult<T> + Send + 'static,
-    {
-        self.blocking(what, move |conn, clock| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let value = f(&tx, now_ms(clock))?;
-            tx.commit()?;
-            Ok(value)
-        })
-        .await
-    }
-
-    async fn insert(&self, workflow: &Workflow, queued: bool) -> Result<()> {
-        let workflow = workflow.clone();
-        self.write(format!("cannot create workflow {}", workflow.id()), move |tx, now| {
-            if let Some(found) = stored_version(tx, workflow.id())? {
-                return Err(Error::VersionConflict { workflow_id: workflow.id(), expected: 0, found }.into());
-            }
-            put_workflow(tx, &workflow, now, INSERT_WORKFLOW)?;
-            if queued {
-                tx.prepare_cached(QUEUE_WORKFLOW)?.execute([workflow.id().to_string()])?;
-            }
-            Ok(())
-        })
-        .await
-    }
-
-    /// Wakes every waiting worker of this process, and leaves a permit for one about to wait.
-    fn wake(&self) {
-        self.inner.runnable.notify_waiters();
-        self.inner.runnable.notify_one();
-    }
-
-    /// Runs `f` in one read transaction, so that its queries see one snapshot.
-    async fn read<T, F>(&self, what: String, f: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Transaction<'_>) -> DbResult<T> + Send + 'static,
-    {
-        self.blocking(what, move |conn, _| {
-            let tx = conn.transaction()?;
-            let value = f(&tx)?;
-            tx.commit()?;
-            Ok(value)
-        })
-        .await
-    }
-
-    /// Whether workflow `id` has events numbered after `after`.
-    async fn has_events_after(&self, id: WorkflowId, after: u64) -> Result<bool> {
-        self.read(format!("cannot read the events of workflow {id}"), move |tx| {
-            if stored_version(tx, id)?.is_none() {
-                return Err(Error::WorkflowNotFound(id).into());
-            }
-            let sql = "SELECT EXISTS (SELECT 1 FROM events WHERE workflow_id = ?1 AND seq > ?2)";
-            Ok(tx.prepare_cached(sql)?.query_row(params![id.to_string(), to_int(after)?], |row| row.get(0))?)
-        })
-        .await
-    }
-
     /// SQLite's count of commits by other connections, as this connection last saw it.
     async fn data_version(&self) -> Result<i64> {
-        self.blocking("cannot ask whether other connections changed the database".to_owned(), |conn, _| {
-            Ok(conn.pragma_query_value(None, "data_version", |row| row.get(0))?)
-        })
-        .await
+        let inner = Arc::clone(&self.inner);
+        let what = "cannot ask whether other connections changed the database";
+        let task = tokio::task::spawn_blocking(move || {
+            let conn = inner.conn.lock().unwrap_or_else(PoisonError::into_inner);
+            conn.pragma_query_value(None, "data_version", |row| row.get(0)).map_err(|e| db_error(&inner.path, what, e))
+        });
+        task.await.map_err(|e| self.stopped(e))?
     }
 
     /// Rings `bell` whenever another connection has committed since `seen`, until dropped.
@@ -211,6 +132,105 @@ impl SqliteStorage {
                 Err(_) => bell.ring(),
             }
         }
+    }
+
+    /// The error of a blocking task that did not finish.
+    fn stopped(&self, e: tokio::task::JoinError) -> Error {
+        Error::storage_source(Some(self.inner.path.clone()), "the database task stopped before it finished", e)
+    }
+}
+
+impl RowStore for SqliteStorage {
+    /// Runs `work` on the connection on a blocking thread, in one transaction: a
+    /// write is `BEGIN IMMEDIATE`, so it holds the write lock from its first read.
+    async fn transaction<T: Send + 'static>(&self, access: Access, work: Work<T>) -> DbResult<T> {
+        let inner = Arc::clone(&self.inner);
+        let task = tokio::task::spawn_blocking(move || {
+            inner.check_file()?;
+            // A poisoned lock only means a task panicked; its transaction rolled back
+            // as it unwound, so the connection is still sound.
+            let mut conn = inner.conn.lock().unwrap_or_else(PoisonError::into_inner);
+            let behavior = match access {
+                Access::Read => TransactionBehavior::Deferred,
+                _ => TransactionBehavior::Immediate,
+            };
+            let tx = conn.transaction_with_behavior(behavior)?;
+            let value = work(&mut Rows { tx: &tx, clock: inner.clock.as_ref() })?;
+            tx.commit()?;
+            Ok(value)
+        });
+        task.await.map_err(|e| RowError::Refused(self.stopped(e)))?
+    }
+
+    fn describe(&self, what: &str, error: RowError) -> Error {
+        describe(&self.inner.path, what, error)
+    }
+
+    /// Wakes every waiting worker of this process, and leaves a permit for one about to wait.
+    fn runnable_changed(&self) {
+        self.inner.runnable.notify_waiters();
+        self.inner.runnable.notify_one();
+    }
+
+    fn workflow_saved(&self, workflow: &Workflow, events_stored: bool) {
+        if events_stored {
+            self.inner.bells.ring(workflow.id());
+        }
+    }
+
+    async fn watch_events(&self, id: WorkflowId, after: u64, timeout: Duration) -> Result<bool> {
+        // Read before the first look, so that a commit after the look changes it.
+        let seen = self.data_version().await?;
+        let bell = self.inner.bells.bell(id);
+        tokio::select! {
+            found = bell.wait(timeout, || super::protocol::has_events_after(self, id, after)) => found,
+            never = self.hear_others(&bell, seen) => match never {},
+        }
+    }
+
+    async fn watch_runnable(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.inner.runnable.notified()).await;
+    }
+}
+
+/// Which file a path named: its device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId(u64, u64);
+
+impl FileId {
+    #[cfg(unix)]
+    fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(path).ok().map(|m| Self(m.dev(), m.ino()))
+    }
+
+    /// Elsewhere a file in use cannot be deleted or replaced, so there is nothing to check.
+    #[cfg(not(unix))]
+    fn of(_path: &Path) -> Option<Self> {
+        None
+    }
+}
+
+impl Inner {
+    /// Refuses to go on once the file opened is no longer the one at the path: the
+    /// connection would go on writing into a deleted file, which no other process
+    /// sees and which is gone when this one ends. A stat per call is cheap next to
+    /// the call's synced commit.
+    fn check_file(&self) -> DbResult<()> {
+        let Some(opened) = self.file else { return Ok(()) };
+        let now = FileId::of(&self.path);
+        if now == Some(opened) {
+            return Ok(());
+        }
+        let what = if now.is_none() { "deleted" } else { "replaced by another file" };
+        Err(RowError::Refused(Error::Storage {
+            path: Some(self.path.clone()),
+            message: format!(
+                "the database file was {what} while this process had it open, so its writes would be lost; \
+                 restart the process (or open the store again) to use the file now at this path"
+            ),
+            source: None,
+        }))
     }
 }
 
@@ -243,15 +263,15 @@ fn use_wal(conn: &Connection) -> rusqlite::Result<()> {
 
 /// Applies the migrations the file lacks, in one IMMEDIATE transaction, so that
 /// processes opening a new file at once take turns and each sees it whole.
-fn migrate(conn: &mut Connection) -> DbResult<()> {
+fn migrate(conn: &mut Connection, path: &Path) -> DbResult<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let supported = u32::try_from(MIGRATIONS.len()).unwrap_or(u32::MAX);
     let stored: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
     let found = u32::try_from(stored).map_err(|_| {
-        Fail::Corrupt(format!("schema version {stored} is not one portia writes; is this a portia database?"))
+        RowError::value(format!("schema version {stored} is not one portia writes; is this a portia database?"))
     })?;
     if found > supported {
-        return Err(Fail::TooNew { found, supported });
+        return Err(Error::SchemaTooNew { path: Some(path.to_owned()), found, supported }.into());
     }
     for script in MIGRATIONS.iter().skip(found as usize) {
         tx.execute_batch(script)?;
@@ -263,18 +283,28 @@ fn migrate(conn: &mut Connection) -> DbResult<()> {
     Ok(())
 }
 
-type Fail = sql::Fail<rusqlite::Error>;
-type DbResult<T> = std::result::Result<T, Fail>;
+type DbResult<T> = std::result::Result<T, RowError>;
 
-impl From<rusqlite::Error> for Fail {
+impl From<rusqlite::Error> for RowError {
     fn from(e: rusqlite::Error) -> Self {
-        Self::Db(e)
+        Self::store(e)
     }
 }
 
-/// The caller's error for `fail`; `what` says what was being done.
-fn into_error(fail: Fail, path: &Path, what: &str) -> Error {
-    fail.into_error(Some(path.to_owned()), what, |e| db_error(path, what, e))
+/// The caller's error for `error`; `what` says what was being done.
+fn describe(path: &Path, what: &str, error: RowError) -> Error {
+    match error {
+        RowError::Store(source) => match source.downcast::<rusqlite::Error>() {
+            Ok(e) => db_error(path, what, *e),
+            Err(source) => {
+                Error::Storage { path: Some(path.to_owned()), message: what.to_owned(), source: Some(source) }
+            }
+        },
+        RowError::Value { message, source } => {
+            Error::Storage { path: Some(path.to_owned()), message: format!("{what}: {message}"), source }
+        }
+        RowError::Refused(e) => e,
+    }
 }
 
 /// A SQLite error as a storage error that says what to do about it.
@@ -307,7 +337,7 @@ fn now_ms(clock: &dyn Clock) -> DateTime<Utc> {
 }
 
 fn from_ms(ms: i64) -> DbResult<DateTime<Utc>> {
-    DateTime::from_timestamp_millis(ms).ok_or_else(|| Fail::Corrupt(format!("stored time {ms} ms is out of range")))
+    DateTime::from_timestamp_millis(ms).ok_or_else(|| RowError::value(format!("stored time {ms} ms is out of range")))
 }
 
 /// Reads every row of `rows` with `f`.
@@ -319,99 +349,78 @@ fn collect<T>(mut rows: rusqlite::Rows<'_>, f: impl Fn(&Row<'_>) -> DbResult<T>)
     Ok(items)
 }
 
-/// A workflow's lease columns and cancellation request.
-struct LeaseRow {
-    lease: LeaseState,
-    cancel_requested: Option<String>,
+/// One transaction on the connection.
+struct Rows<'a> {
+    tx: &'a Transaction<'a>,
+    clock: &'a dyn Clock,
 }
 
-fn lease_row(tx: &Transaction<'_>, id: WorkflowId) -> DbResult<Option<LeaseRow>> {
-    let sql =
-        "SELECT lease_owner, lease_epoch, lease_expires_at, attempts, cancel_requested FROM workflows WHERE id = ?1";
-    let mut stmt = tx.prepare_cached(sql)?;
-    let mut rows = collect(stmt.query([id.to_string()])?, |row| {
-        let expires_at: Option<i64> = row.get(2)?;
-        let lease = LeaseState {
-            owner: row.get(0)?,
-            epoch: from_int(row.get(1)?)?,
-            expires_at: expires_at.map(from_ms).transpose()?,
-            attempts: from_int(row.get(3)?)?,
-        };
-        Ok(LeaseRow { lease, cancel_requested: row.get(4)? })
-    })?;
-    Ok(rows.pop())
-}
-
-fn store_lease(tx: &Transaction<'_>, id: WorkflowId, lease: &LeaseState) -> DbResult<()> {
-    tx.prepare_cached(
-        "UPDATE workflows SET lease_owner = ?2, lease_epoch = ?3, lease_expires_at = ?4, attempts = ?5 WHERE id = ?1",
-    )?
-    .execute(params![
-        id.to_string(),
-        lease.owner,
-        to_int(lease.epoch)?,
-        lease.expires_at.map(|t| t.timestamp_millis()),
-        i64::from(lease.attempts)
-    ])?;
-    Ok(())
-}
-
-/// Refuses a write to workflow `target` unless `lease` is its current lease.
-fn fence(tx: &Transaction<'_>, lease: &Lease, target: WorkflowId, now: DateTime<Utc>) -> DbResult<()> {
-    let lost = Error::LeaseLost { workflow_id: lease.workflow_id };
-    // A lease covers its own workflow only.
-    if target != lease.workflow_id {
-        return Err(lost.into());
+impl Rows<'_> {
+    /// The one value `sql` selects, if a row matches.
+    fn one<T: rusqlite::types::FromSql>(&self, sql: &str, args: impl rusqlite::Params) -> DbResult<Option<T>> {
+        Ok(self.tx.prepare_cached(sql)?.query_row(args, |row| row.get(0)).optional()?)
     }
-    let row = lease_row(tx, target)?.ok_or(lost)?;
-    row.lease.check_fence(lease, now)?;
-    Ok(())
+
+    /// Runs `sql`; returns how many rows it changed.
+    fn run(&self, sql: &str, args: impl rusqlite::Params) -> DbResult<usize> {
+        Ok(self.tx.prepare_cached(sql)?.execute(args)?)
+    }
+
+    /// Every row `sql` selects, read with `f`.
+    fn all<T>(&self, sql: &str, args: impl rusqlite::Params, f: impl Fn(&Row<'_>) -> DbResult<T>) -> DbResult<Vec<T>> {
+        collect(self.tx.prepare_cached(sql)?.query(args)?, f)
+    }
+
+    fn exists(&self, id: WorkflowId) -> DbResult<bool> {
+        Ok(self.one::<i64>("SELECT 1 FROM workflows WHERE id = ?1", [id.to_string()])?.is_some())
+    }
+
+    /// Writes a journal record; `on_conflict` says what to do when its key is stored.
+    /// Returns whether a row was written.
+    fn write_tool_call(&self, record: &ToolCallRecord, on_conflict: &str) -> DbResult<bool> {
+        let key = record.key;
+        let sql = format!(
+            "INSERT INTO tool_calls ({TOOL_CALL_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+             ON CONFLICT (workflow_id, step, attempt, seq) {on_conflict}"
+        );
+        let written = self.run(
+            &sql,
+            params![
+                key.workflow_id.to_string(),
+                to_int(key.step)?,
+                i64::from(key.attempt),
+                i64::from(key.seq),
+                record.tool_id,
+                record.end_user_id,
+                to_json(&record.input, &format!("the input of tool call {key}"))?,
+                record.status.as_str(),
+                to_json(&record.output, &format!("the output of tool call {key}"))?,
+                record.started_at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+                record.latency_seconds
+            ],
+        )?;
+        Ok(written > 0)
+    }
 }
 
-/// Takes the lease of workflow `id` for `owner`, by the protocol of [`LeaseState`].
-fn grant(tx: &Transaction<'_>, id: WorkflowId, owner: &str, ttl: Duration, now: DateTime<Utc>) -> DbResult<LeaseGrant> {
-    let row = lease_row(tx, id)?.ok_or(Error::WorkflowNotFound(id))?;
-    let workflow = load_workflow(tx, id)?;
-    let (next, lease, reclaimed) = row.lease.acquire(&workflow, owner, ttl, now)?;
-    store_lease(tx, id, &next)?;
-    let attempts = next.attempts;
-    Ok(LeaseGrant { lease, workflow, reclaimed, attempts, cancel_requested: row.cancel_requested })
-}
-
-fn load_workflow(tx: &Transaction<'_>, id: WorkflowId) -> DbResult<Workflow> {
-    let body: Option<String> = tx
-        .prepare_cached("SELECT body FROM workflows WHERE id = ?1")?
-        .query_row([id.to_string()], |row| row.get(0))
-        .optional()?;
-    let body = body.ok_or(Error::WorkflowNotFound(id))?;
-    from_json(&body, &format!("workflow {id}"))
-}
-
-fn stored_version(tx: &Transaction<'_>, id: WorkflowId) -> DbResult<Option<u64>> {
-    let version: Option<i64> = tx
-        .prepare_cached("SELECT version FROM workflows WHERE id = ?1")?
-        .query_row([id.to_string()], |row| row.get(0))
-        .optional()?;
-    version.map(from_int).transpose()
-}
-
-/// Writes a workflow's body and the columns copied from it, inserting or replacing.
-fn put_workflow(tx: &Transaction<'_>, workflow: &Workflow, now: DateTime<Utc>, sql: &str) -> DbResult<()> {
+/// The columns of a workflow's row copied from its body, and the body, as `?1`...`?7`.
+fn workflow_args(workflow: &Workflow, now: DateTime<Utc>) -> DbResult<[rusqlite::types::Value; 7]> {
+    use rusqlite::types::Value;
     let body = to_json(workflow, &format!("workflow {}", workflow.id()))?;
-    tx.prepare_cached(sql)?.execute(params![
-        workflow.id().to_string(),
-        workflow.plan_id().to_string(),
-        workflow.state().as_str(),
-        to_int(workflow.version())?,
-        workflow.execution_context().end_user_id,
-        body,
-        now.timestamp_millis()
-    ])?;
-    Ok(())
+    let end_user = workflow.execution_context().end_user_id.clone().map_or(Value::Null, Value::Text);
+    Ok([
+        Value::Text(workflow.id().to_string()),
+        Value::Text(workflow.plan_id().to_string()),
+        Value::Text(workflow.state().as_str().to_owned()),
+        Value::Integer(to_int(workflow.version())?),
+        end_user,
+        Value::Text(body),
+        Value::Integer(now.timestamp_millis()),
+    ])
 }
 
 const INSERT_WORKFLOW: &str = "INSERT INTO workflows (id, plan_id, state, version, end_user_id, body, updated_at) \
-                               VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+                               VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING";
 const QUEUE_WORKFLOW: &str =
     "UPDATE workflows SET queued = (SELECT COALESCE(MAX(queued), 0) + 1 FROM workflows) WHERE id = ?1";
 const NEXT_RUNNABLE: &str = "SELECT id FROM workflows WHERE queued IS NOT NULL \
@@ -420,29 +429,198 @@ const NEXT_RUNNABLE: &str = "SELECT id FROM workflows WHERE queued IS NOT NULL \
                              ORDER BY queued LIMIT 1";
 const UPDATE_WORKFLOW: &str = "UPDATE workflows SET plan_id = ?2, state = ?3, version = ?4, end_user_id = ?5, \
                                body = ?6, updated_at = ?7 WHERE id = ?1";
+const LEASE_ROW: &str = "SELECT lease_owner, lease_epoch, lease_expires_at, attempts, cancel_requested, version \
+                         FROM workflows WHERE id = ?1";
+const STORE_LEASE: &str =
+    "UPDATE workflows SET lease_owner = ?2, lease_epoch = ?3, lease_expires_at = ?4, attempts = ?5 WHERE id = ?1";
 
-/// Inserts a journal record; `on_conflict` says what to do when its key is stored.
-/// Returns whether a row was written.
-fn put_tool_call(tx: &Transaction<'_>, record: &ToolCallRecord, on_conflict: &str) -> DbResult<bool> {
-    let key = record.key;
-    let sql = format!(
-        "INSERT INTO tool_calls ({TOOL_CALL_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
-         ON CONFLICT (workflow_id, step, attempt, seq) {on_conflict}"
-    );
-    let written = tx.prepare_cached(&sql)?.execute(params![
-        key.workflow_id.to_string(),
-        to_int(key.step)?,
-        i64::from(key.attempt),
-        i64::from(key.seq),
-        record.tool_id,
-        record.end_user_id,
-        to_json(&record.input, &format!("the input of tool call {key}"))?,
-        record.status.as_str(),
-        to_json(&record.output, &format!("the output of tool call {key}"))?,
-        record.started_at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
-        record.latency_seconds
-    ])?;
-    Ok(written > 0)
+impl RowTx for Rows<'_> {
+    fn now(&mut self) -> DbResult<DateTime<Utc>> {
+        Ok(now_ms(self.clock))
+    }
+
+    fn insert_plan(&mut self, plan: Plan) -> DbResult<()> {
+        let body = to_json(&plan, &format!("plan {}", plan.id))?;
+        self.run(
+            "INSERT INTO plans (id, body) VALUES (?1, ?2) ON CONFLICT (id) DO NOTHING",
+            [plan.id.to_string(), body],
+        )
+        .map(drop)
+    }
+
+    fn plan(&mut self, id: PlanId) -> DbResult<Option<Plan>> {
+        let body: Option<String> = self.one("SELECT body FROM plans WHERE id = ?1", [id.to_string()])?;
+        body.map(|body| from_json(&body, &format!("plan {id}"))).transpose()
+    }
+
+    fn insert_workflow(&mut self, workflow: Workflow, now: DateTime<Utc>, queued: bool) -> DbResult<bool> {
+        if self.run(INSERT_WORKFLOW, workflow_args(&workflow, now)?)? == 0 {
+            return Ok(false);
+        }
+        if queued {
+            self.run(QUEUE_WORKFLOW, [workflow.id().to_string()])?;
+        }
+        Ok(true)
+    }
+
+    fn workflow(&mut self, id: WorkflowId) -> DbResult<Option<Workflow>> {
+        let body: Option<String> = self.one("SELECT body FROM workflows WHERE id = ?1", [id.to_string()])?;
+        body.map(|body| from_json(&body, &format!("workflow {id}"))).transpose()
+    }
+
+    fn replace_workflow(&mut self, workflow: Workflow, now: DateTime<Utc>) -> DbResult<()> {
+        self.run(UPDATE_WORKFLOW, workflow_args(&workflow, now)?).map(drop)
+    }
+
+    fn list_workflows(&mut self, query: &WorkflowQuery) -> DbResult<WorkflowPage> {
+        let (filter, args) = match query.state {
+            Some(state) => ("WHERE state = ?1", vec![state.as_str()]),
+            None => ("", Vec::new()),
+        };
+        let count: i64 = self
+            .tx
+            .prepare_cached(&format!("SELECT COUNT(*) FROM workflows {filter}"))?
+            .query_row(rusqlite::params_from_iter(&args), |row| row.get(0))?;
+        let (limit, offset) = sql::page_rows(query);
+        let (limit, offset) = (to_int(limit)?, to_int(offset)?);
+        let sql = format!("SELECT id, body FROM workflows {filter} ORDER BY id LIMIT {limit} OFFSET {offset}");
+        let rows = self.all(&sql, rusqlite::params_from_iter(&args), |row| Ok((row.get(0)?, row.get(1)?)))?;
+        sql::workflow_page(rows, count, query)
+    }
+
+    fn lease(&mut self, id: WorkflowId) -> DbResult<Option<LeaseRow>> {
+        let mut rows = self.all(LEASE_ROW, [id.to_string()], |row| {
+            let expires_at: Option<i64> = row.get(2)?;
+            let lease = LeaseState {
+                owner: row.get(0)?,
+                epoch: from_int(row.get(1)?)?,
+                expires_at: expires_at.map(from_ms).transpose()?,
+                attempts: from_int(row.get(3)?)?,
+            };
+            Ok(LeaseRow { lease, cancel_requested: row.get(4)?, version: from_int(row.get(5)?)? })
+        })?;
+        Ok(rows.pop())
+    }
+
+    fn store_lease(&mut self, id: WorkflowId, lease: &LeaseState) -> DbResult<()> {
+        let expires_at = lease.expires_at.map(|t| t.timestamp_millis());
+        let args = params![id.to_string(), lease.owner, to_int(lease.epoch)?, expires_at, i64::from(lease.attempts)];
+        self.run(STORE_LEASE, args).map(drop)
+    }
+
+    fn request_cancel(&mut self, id: WorkflowId, reason: &str) -> DbResult<bool> {
+        let changed =
+            self.run("UPDATE workflows SET cancel_requested = ?2 WHERE id = ?1", params![id.to_string(), reason])?;
+        Ok(changed > 0)
+    }
+
+    fn next_runnable(&mut self, now: DateTime<Utc>) -> DbResult<Option<String>> {
+        self.one(NEXT_RUNNABLE, [now.timestamp_millis()])
+    }
+
+    fn dequeue(&mut self, id: &str) -> DbResult<()> {
+        self.run("UPDATE workflows SET queued = NULL WHERE id = ?1", [id]).map(drop)
+    }
+
+    fn last_event(&mut self, id: WorkflowId) -> DbResult<u64> {
+        let last: Option<i64> =
+            self.one("SELECT COALESCE(MAX(seq), 0) FROM events WHERE workflow_id = ?1", [id.to_string()])?;
+        from_int(last.unwrap_or(0))
+    }
+
+    fn insert_event(&mut self, id: WorkflowId, event: StoredEvent) -> DbResult<()> {
+        let body = to_json(&event.event, &format!("an event of workflow {id}"))?;
+        let sql = "INSERT INTO events (workflow_id, seq, body) VALUES (?1, ?2, ?3)";
+        self.run(sql, params![id.to_string(), to_int(event.seq)?, body]).map(drop)
+    }
+
+    fn events_after(&mut self, id: WorkflowId, after: u64) -> DbResult<Option<Vec<StoredEvent>>> {
+        if !self.exists(id)? {
+            return Ok(None);
+        }
+        let sql = "SELECT seq, body FROM events WHERE workflow_id = ?1 AND seq > ?2 ORDER BY seq";
+        let events = self.all(sql, params![id.to_string(), to_int(after)?], |row| {
+            let seq: u64 = from_int(row.get(0)?)?;
+            let body: String = row.get(1)?;
+            Ok(StoredEvent { seq, event: from_json(&body, &format!("event {seq} of workflow {id}"))? })
+        })?;
+        Ok(Some(events))
+    }
+
+    fn has_events_after(&mut self, id: WorkflowId, after: u64) -> DbResult<Option<bool>> {
+        if !self.exists(id)? {
+            return Ok(None);
+        }
+        let sql = "SELECT EXISTS (SELECT 1 FROM events WHERE workflow_id = ?1 AND seq > ?2)";
+        self.one(sql, params![id.to_string(), to_int(after)?])
+    }
+
+    fn insert_tool_call(&mut self, record: ToolCallRecord) -> DbResult<bool> {
+        self.write_tool_call(&record, "DO NOTHING")
+    }
+
+    fn put_tool_call(&mut self, record: ToolCallRecord) -> DbResult<()> {
+        self.write_tool_call(&record, REPLACE_TOOL_CALL).map(drop)
+    }
+
+    fn tool_call(&mut self, key: ToolCallKey) -> DbResult<Option<ToolCallRecord>> {
+        let sql = format!(
+            "SELECT {TOOL_CALL_COLUMNS} FROM tool_calls WHERE workflow_id = ?1 AND step = ?2 AND attempt = ?3 AND seq = ?4"
+        );
+        let args = params![key.workflow_id.to_string(), to_int(key.step)?, key.attempt, key.seq];
+        Ok(self.all(&sql, args, read_tool_call)?.pop())
+    }
+
+    fn tool_calls(&mut self, id: WorkflowId) -> DbResult<Vec<ToolCallRecord>> {
+        let sql =
+            format!("SELECT {TOOL_CALL_COLUMNS} FROM tool_calls WHERE workflow_id = ?1 ORDER BY step, attempt, seq");
+        self.all(&sql, [id.to_string()], read_tool_call)
+    }
+
+    fn insert_usage(&mut self, record: UsageRecord) -> DbResult<()> {
+        let usage = record.usage;
+        let sql = "INSERT INTO usage (workflow_id, step_output, llm_calls, prompt_tokens, completion_tokens, cost_usd) \
+                   VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+        let args = params![
+            record.workflow_id.to_string(),
+            record.step_output,
+            usage.llm_calls,
+            to_int(usage.prompt_tokens)?,
+            to_int(usage.completion_tokens)?,
+            record.cost_usd
+        ];
+        self.run(sql, args).map(drop)
+    }
+
+    fn usage(&mut self, id: WorkflowId) -> DbResult<Vec<UsageRecord>> {
+        let sql = "SELECT step_output, llm_calls, prompt_tokens, completion_tokens, cost_usd FROM usage \
+                   WHERE workflow_id = ?1 ORDER BY seq";
+        self.all(sql, [id.to_string()], |row| read_usage(row, id))
+    }
+
+    fn workflows_of_end_user(&mut self, end_user_id: &str) -> DbResult<Vec<String>> {
+        self.all("SELECT id FROM workflows WHERE end_user_id = ?1", [end_user_id], |row| Ok(row.get(0)?))
+    }
+
+    fn finished_before(&mut self, before: DateTime<Utc>) -> DbResult<Vec<String>> {
+        let sql = "SELECT id FROM workflows WHERE state IN (?1, ?2) AND updated_at < ?3";
+        let finished = [WorkflowState::Complete.as_str(), WorkflowState::Failed.as_str()];
+        self.all(sql, params![finished[0], finished[1], cutoff_ms(before)], |row| Ok(row.get(0)?))
+    }
+
+    fn delete_workflow(&mut self, id: &str) -> DbResult<bool> {
+        let plan_id: Option<String> = self.one("SELECT plan_id FROM workflows WHERE id = ?1", [id])?;
+        let Some(plan_id) = plan_id else { return Ok(false) };
+        self.run("DELETE FROM tool_calls WHERE workflow_id = ?1", [id])?;
+        self.run("DELETE FROM usage WHERE workflow_id = ?1", [id])?;
+        self.run("DELETE FROM events WHERE workflow_id = ?1", [id])?;
+        self.run("DELETE FROM workflows WHERE id = ?1", [id])?;
+        self.run(
+            "DELETE FROM plans WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM workflows WHERE plan_id = ?1)",
+            [&plan_id],
+        )?;
+        Ok(true)
+    }
 }
 
 fn read_tool_call(row: &Row<'_>) -> DbResult<ToolCallRecord> {
@@ -471,326 +649,9 @@ fn read_usage(row: &Row<'_>, workflow_id: WorkflowId) -> DbResult<UsageRecord> {
     Ok(UsageRecord { workflow_id, step_output: row.get(0)?, usage, cost_usd: row.get(4)? })
 }
 
-/// Stores `events` after the workflow's earlier ones.
-fn append_events(tx: &Transaction<'_>, id: WorkflowId, events: &[WorkflowEvent]) -> DbResult<()> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let id = id.to_string();
-    let last: i64 = tx
-        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events WHERE workflow_id = ?1")?
-        .query_row([&id], |row| row.get(0))?;
-    let mut insert = tx.prepare_cached("INSERT INTO events (workflow_id, seq, body) VALUES (?1, ?2, ?3)")?;
-    for (seq, event) in (last + 1..).zip(events) {
-        insert.execute(params![id, seq, to_json(event, &format!("an event of workflow {id}"))?])?;
-    }
-    Ok(())
-}
-
-/// Deletes a workflow with its journal and usage, and its plan once unused.
-/// Returns whether the workflow was stored.
-fn delete_one(tx: &Transaction<'_>, id: &str) -> DbResult<bool> {
-    let plan_id: Option<String> = tx
-        .prepare_cached("SELECT plan_id FROM workflows WHERE id = ?1")?
-        .query_row([id], |row| row.get(0))
-        .optional()?;
-    let Some(plan_id) = plan_id else { return Ok(false) };
-    tx.prepare_cached("DELETE FROM tool_calls WHERE workflow_id = ?1")?.execute([id])?;
-    tx.prepare_cached("DELETE FROM usage WHERE workflow_id = ?1")?.execute([id])?;
-    tx.prepare_cached("DELETE FROM events WHERE workflow_id = ?1")?.execute([id])?;
-    tx.prepare_cached("DELETE FROM workflows WHERE id = ?1")?.execute([id])?;
-    tx.prepare_cached("DELETE FROM plans WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM workflows WHERE plan_id = ?1)")?
-        .execute([&plan_id])?;
-    Ok(true)
-}
-
-/// Deletes every workflow whose id `select` (a query with parameters `args`) returns.
-fn delete_selected(tx: &Transaction<'_>, select: &str, args: impl rusqlite::Params) -> DbResult<usize> {
-    let ids = collect(tx.prepare_cached(select)?.query(args)?, |row| Ok(row.get::<_, String>(0)?))?;
-    for id in &ids {
-        delete_one(tx, id)?;
-    }
-    Ok(ids.len())
-}
-
 /// `before` in milliseconds, rounded up: a time stored in whole milliseconds is
 /// earlier than `before` exactly when it is earlier than this.
 fn cutoff_ms(before: DateTime<Utc>) -> i64 {
     let fraction = !before.timestamp_subsec_nanos().is_multiple_of(1_000_000);
     before.timestamp_millis().saturating_add(i64::from(fraction))
-}
-
-#[async_trait::async_trait]
-impl Storage for SqliteStorage {
-    async fn save_plan(&self, plan: &Plan) -> Result<()> {
-        let (id, body) = (plan.id.to_string(), serde_json::to_string(plan));
-        let body =
-            body.map_err(|e| Error::storage_source(Some(self.inner.path.clone()), "cannot encode the plan", e))?;
-        self.write(format!("cannot save plan {id}"), move |tx, _| {
-            // Plans never change, so a stored one is kept as it is.
-            tx.prepare_cached("INSERT INTO plans (id, body) VALUES (?1, ?2) ON CONFLICT (id) DO NOTHING")?
-                .execute([id, body])?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn get_plan(&self, id: PlanId) -> Result<Plan> {
-        self.read(format!("cannot load plan {id}"), move |tx| {
-            let body: Option<String> = tx
-                .prepare_cached("SELECT body FROM plans WHERE id = ?1")?
-                .query_row([id.to_string()], |row| row.get(0))
-                .optional()?;
-            let body = body.ok_or(Error::PlanNotFound(id))?;
-            from_json(&body, &format!("plan {id}"))
-        })
-        .await
-    }
-
-    async fn create_workflow(&self, workflow: &Workflow) -> Result<()> {
-        self.insert(workflow, false).await
-    }
-
-    async fn submit_workflow(&self, workflow: &Workflow) -> Result<()> {
-        self.insert(workflow, true).await?;
-        self.wake();
-        Ok(())
-    }
-
-    async fn get_workflow(&self, id: WorkflowId) -> Result<Workflow> {
-        self.read(format!("cannot load workflow {id}"), move |tx| load_workflow(tx, id)).await
-    }
-
-    async fn list_workflows(&self, query: &WorkflowQuery) -> Result<WorkflowPage> {
-        let query = query.clone();
-        self.read("cannot list workflows".to_owned(), move |tx| {
-            let (filter, args) = match query.state {
-                Some(state) => ("WHERE state = ?1", vec![state.as_str()]),
-                None => ("", Vec::new()),
-            };
-            let count: i64 = tx
-                .prepare_cached(&format!("SELECT COUNT(*) FROM workflows {filter}"))?
-                .query_row(rusqlite::params_from_iter(&args), |row| row.get(0))?;
-            let (limit, offset) = sql::page_rows(&query);
-            let (limit, offset) = (to_int(limit)?, to_int(offset)?);
-            let sql = format!("SELECT id, body FROM workflows {filter} ORDER BY id LIMIT {limit} OFFSET {offset}");
-            let rows = collect(tx.prepare_cached(&sql)?.query(rusqlite::params_from_iter(&args))?, |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-            })?;
-            sql::workflow_page(rows, count, &query)
-        })
-        .await
-    }
-
-    async fn update_workflow(&self, workflow: &Workflow, lease: &Lease, events: &[WorkflowEvent]) -> Result<()> {
-        let (id, stored_events) = (workflow.id(), !events.is_empty());
-        let (workflow, lease, events) = (workflow.clone(), lease.clone(), events.to_vec());
-        self.write(format!("cannot save workflow {}", workflow.id()), move |tx, now| {
-            fence(tx, &lease, lease.workflow_id, now)?;
-            let found = stored_version(tx, lease.workflow_id)?.unwrap_or(0);
-            let expected = workflow.version().saturating_sub(1);
-            if lease.workflow_id != workflow.id() || found != expected {
-                return Err(Error::VersionConflict { workflow_id: workflow.id(), expected, found }.into());
-            }
-            put_workflow(tx, &workflow, now, UPDATE_WORKFLOW)?;
-            append_events(tx, workflow.id(), &events)
-        })
-        .await?;
-        if stored_events {
-            self.inner.bells.ring(id);
-        }
-        Ok(())
-    }
-
-    async fn events(&self, id: WorkflowId, after: u64) -> Result<Vec<StoredEvent>> {
-        self.read(format!("cannot read the events of workflow {id}"), move |tx| {
-            if stored_version(tx, id)?.is_none() {
-                return Err(Error::WorkflowNotFound(id).into());
-            }
-            let sql = "SELECT seq, body FROM events WHERE workflow_id = ?1 AND seq > ?2 ORDER BY seq";
-            let mut statement = tx.prepare_cached(sql)?;
-            let rows = statement.query(params![id.to_string(), to_int(after)?])?;
-            collect(rows, |row| {
-                let seq: u64 = from_int(row.get(0)?)?;
-                let body: String = row.get(1)?;
-                Ok(StoredEvent { seq, event: from_json(&body, &format!("event {seq} of workflow {id}"))? })
-            })
-        })
-        .await
-    }
-
-    async fn wait_for_events(&self, id: WorkflowId, after: u64, timeout: Duration) -> Result<bool> {
-        // Read before the first look, so that a commit after the look changes it.
-        let seen = self.data_version().await?;
-        let bell = self.inner.bells.bell(id);
-        tokio::select! {
-            found = bell.wait(timeout, || self.has_events_after(id, after)) => found,
-            never = self.hear_others(&bell, seen) => match never {},
-        }
-    }
-
-    async fn acquire_lease(&self, id: WorkflowId, owner: &str, ttl: Duration) -> Result<LeaseGrant> {
-        let owner = owner.to_owned();
-        self.write(format!("cannot take the lease of workflow {id}"), move |tx, now| grant(tx, id, &owner, ttl, now))
-            .await
-    }
-
-    async fn claim_runnable(&self, owner: &str, ttl: Duration) -> Result<Option<LeaseGrant>> {
-        let owner = owner.to_owned();
-        self.write("cannot claim a runnable workflow".to_owned(), move |tx, now| {
-            // A row that cannot be read is taken off the queue, so it never blocks the others.
-            loop {
-                let next: Option<String> = tx
-                    .prepare_cached(NEXT_RUNNABLE)?
-                    .query_row([now.timestamp_millis()], |row| row.get(0))
-                    .optional()?;
-                let Some(raw) = next else { return Ok(None) };
-                match parse_id(&raw).and_then(|id| grant(tx, id, &owner, ttl, now)) {
-                    Ok(grant) => return Ok(Some(grant)),
-                    Err(fail) => {
-                        let why = fail.unreadable().ok_or(fail)?;
-                        tx.prepare_cached("UPDATE workflows SET queued = NULL WHERE id = ?1")?.execute([&raw])?;
-                        sql::log_dequeued(&raw, &why);
-                    }
-                }
-            }
-        })
-        .await
-    }
-
-    async fn wait_for_runnable(&self, timeout: Duration) {
-        let _ = tokio::time::timeout(timeout, self.inner.runnable.notified()).await;
-    }
-
-    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<LeaseStatus> {
-        let lease = lease.clone();
-        self.write(format!("cannot renew the lease of workflow {}", lease.workflow_id), move |tx, now| {
-            let id = lease.workflow_id;
-            let row = lease_row(tx, id)?.ok_or(Error::LeaseLost { workflow_id: id })?;
-            let next = row.lease.renew(&lease, ttl, now)?;
-            store_lease(tx, id, &next)?;
-            Ok(LeaseStatus { expires_at: next.expires_at.unwrap_or(now), cancel_requested: row.cancel_requested })
-        })
-        .await
-    }
-
-    async fn release_lease(&self, lease: &Lease) -> Result<()> {
-        let lease = lease.clone();
-        self.write(format!("cannot release the lease of workflow {}", lease.workflow_id), move |tx, _| {
-            if let Some(row) = lease_row(tx, lease.workflow_id)? {
-                store_lease(tx, lease.workflow_id, &row.lease.release(&lease))?;
-            }
-            Ok(())
-        })
-        .await?;
-        self.wake();
-        Ok(())
-    }
-
-    async fn request_cancel(&self, id: WorkflowId, reason: &str) -> Result<()> {
-        let reason = reason.to_owned();
-        self.write(format!("cannot request the cancellation of workflow {id}"), move |tx, _| {
-            let changed = tx
-                .prepare_cached("UPDATE workflows SET cancel_requested = ?2 WHERE id = ?1")?
-                .execute(params![id.to_string(), reason])?;
-            if changed == 0 {
-                return Err(Error::WorkflowNotFound(id).into());
-            }
-            Ok(())
-        })
-        .await
-    }
-
-    async fn begin_tool_call(&self, lease: &Lease, intent: &ToolCallRecord) -> Result<Option<ToolCallRecord>> {
-        let (lease, intent) = (lease.clone(), intent.clone());
-        self.write(format!("cannot journal tool call {}", intent.key), move |tx, now| {
-            let key = intent.key;
-            fence(tx, &lease, key.workflow_id, now)?;
-            if put_tool_call(tx, &intent, "DO NOTHING")? {
-                return Ok(None);
-            }
-            let sql = format!(
-                "SELECT {TOOL_CALL_COLUMNS} FROM tool_calls \
-                 WHERE workflow_id = ?1 AND step = ?2 AND attempt = ?3 AND seq = ?4"
-            );
-            let key_args = params![key.workflow_id.to_string(), to_int(key.step)?, key.attempt, key.seq];
-            let mut earlier = collect(tx.prepare_cached(&sql)?.query(key_args)?, read_tool_call)?;
-            earlier
-                .pop()
-                .map(Some)
-                .ok_or_else(|| Fail::Corrupt(format!("tool call {key} is journaled but cannot be read")))
-        })
-        .await
-    }
-
-    async fn finish_tool_call(&self, lease: &Lease, record: &ToolCallRecord) -> Result<()> {
-        let (lease, record) = (lease.clone(), record.clone());
-        self.write(format!("cannot journal the outcome of tool call {}", record.key), move |tx, now| {
-            fence(tx, &lease, record.key.workflow_id, now)?;
-            put_tool_call(tx, &record, REPLACE_TOOL_CALL).map(drop)
-        })
-        .await
-    }
-
-    async fn tool_calls(&self, id: WorkflowId) -> Result<Vec<ToolCallRecord>> {
-        self.read(format!("cannot read the tool calls of workflow {id}"), move |tx| {
-            let sql = format!(
-                "SELECT {TOOL_CALL_COLUMNS} FROM tool_calls WHERE workflow_id = ?1 ORDER BY step, attempt, seq"
-            );
-            collect(tx.prepare_cached(&sql)?.query([id.to_string()])?, read_tool_call)
-        })
-        .await
-    }
-
-    async fn record_usage(&self, lease: &Lease, record: &UsageRecord) -> Result<()> {
-        let (lease, record) = (lease.clone(), record.clone());
-        self.write(format!("cannot journal the usage of workflow {}", record.workflow_id), move |tx, now| {
-            fence(tx, &lease, record.workflow_id, now)?;
-            let usage = record.usage;
-            tx.prepare_cached(
-                "INSERT INTO usage (workflow_id, step_output, llm_calls, prompt_tokens, completion_tokens, cost_usd) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![
-                record.workflow_id.to_string(),
-                record.step_output,
-                usage.llm_calls,
-                to_int(usage.prompt_tokens)?,
-                to_int(usage.completion_tokens)?,
-                record.cost_usd
-            ])?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn usage_records(&self, id: WorkflowId) -> Result<Vec<UsageRecord>> {
-        self.read(format!("cannot read the usage of workflow {id}"), move |tx| {
-            let sql = "SELECT step_output, llm_calls, prompt_tokens, completion_tokens, cost_usd FROM usage \
-                       WHERE workflow_id = ?1 ORDER BY seq";
-            collect(tx.prepare_cached(sql)?.query([id.to_string()])?, |row| read_usage(row, id))
-        })
-        .await
-    }
-
-    async fn delete_workflow(&self, id: WorkflowId) -> Result<()> {
-        self.write(format!("cannot delete workflow {id}"), move |tx, _| delete_one(tx, &id.to_string()).map(drop)).await
-    }
-
-    async fn delete_end_user(&self, end_user_id: &str) -> Result<usize> {
-        let end_user_id = end_user_id.to_owned();
-        self.write(format!("cannot delete the workflows of end user {end_user_id:?}"), move |tx, _| {
-            delete_selected(tx, "SELECT id FROM workflows WHERE end_user_id = ?1", [end_user_id])
-        })
-        .await
-    }
-
-    async fn prune_finished(&self, before: DateTime<Utc>) -> Result<usize> {
-        self.write(format!("cannot prune workflows finished before {before}"), move |tx, _| {
-            let select = "SELECT id FROM workflows WHERE state IN (?1, ?2) AND updated_at < ?3";
-            let finished = [WorkflowState::Complete.as_str(), WorkflowState::Failed.as_str()];
-            delete_selected(tx, select, params![finished[0], finished[1], cutoff_ms(before)])
-        })
-        .await
-    }
 }

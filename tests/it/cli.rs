@@ -562,3 +562,168 @@ fn mcp_serves_the_sdk_over_stdio() {
     drop(send);
     assert!(server.wait().unwrap().success(), "the server ends when its client closes stdin");
 }
+
+/// A one-step plan whose step is an LLM call: it needs a model.
+fn llm_plan(dir: &Path) -> PathBuf {
+    let plan = json!({
+        "plan_context": {"query": "Say hello", "tool_ids": []},
+        "steps": [{"task": "Say hello", "inputs": [], "tool_id": null, "output": "$hello"}]
+    });
+    let path = dir.join("plan-llm.json");
+    std::fs::write(&path, plan.to_string()).unwrap();
+    path
+}
+
+/// An OpenAI endpoint that takes requests and never answers, so that a run waits in
+/// its LLM call until it is stopped.
+struct Silent(std::net::TcpListener);
+
+impl Silent {
+    fn start() -> Self {
+        Self(std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+    }
+
+    fn base_url(&self) -> String {
+        format!("http://{}/v1", self.0.local_addr().unwrap())
+    }
+
+    /// Returns once a request has come in: the run is then inside its LLM call.
+    fn wait_for_request(&self) -> std::net::TcpStream {
+        self.0.accept().unwrap().0
+    }
+}
+
+fn signal(child: &std::process::Child, name: &str) {
+    let status = Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+/// The binary with a model whose endpoint is `base_url`.
+fn with_model(dir: &Path, base_url: &str) -> Command {
+    let mut command = portia(dir);
+    command.env("OPENAI_API_KEY", "sk-test").env("OPENAI_BASE_URL", base_url).env("PORTIA_MAX_RETRIES", "0");
+    command
+}
+
+/// ctrl-c in `portia run` stops the run as a worker's shutdown does: the workflow is
+/// printed with its id and how to resume, the exit code is 130, the lease is released
+/// at once, and `portia resume` in another process finishes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_a_run_with_130_leaving_it_for_resume() {
+    let dir = workdir();
+    let plan = llm_plan(dir.path());
+    let silent = Silent::start();
+    let child = with_model(dir.path(), &silent.base_url())
+        .args(["run", "--plan", plan.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = crate::common::ChildGuard(child);
+    let _request = silent.wait_for_request();
+    signal(&child, "INT");
+    let output = child.output();
+    assert_eq!(code(&output), 130, "{}", stderr(&output));
+    let workflow = stdout_json(&output);
+    let id = workflow["id"].as_str().unwrap().to_owned();
+    assert_eq!(workflow["state"], "IN_PROGRESS");
+    let err = stderr(&output);
+    assert!(err.contains(&format!("stopped workflow {id}")) && err.contains(&format!("portia resume {id}")), "{err}");
+
+    // Resumed at once, in another process: the lease was released, not left to lapse.
+    let server = fake_apis::start(std::time::Duration::ZERO, std::time::Duration::ZERO).await;
+    let mut resume = with_model(dir.path(), &format!("{}/v1", server.uri()));
+    resume.args(["resume", &id]).env("PORTIA_LEASE_TTL_SECS", "3600");
+    let resumed = tokio::task::spawn_blocking(move || resume.output().unwrap()).await.unwrap();
+    assert_eq!(code(&resumed), 0, "{}", stderr(&resumed));
+    assert_eq!(stdout_json(&resumed)["state"], "COMPLETE");
+}
+
+/// SIGTERM reaches a worker started with `--exit-when-idle` as it does any worker:
+/// past its grace the running workflow is handed back with its lease released, the
+/// report is printed, and another worker takes the workflow over at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_an_exit_when_idle_worker_gracefully() {
+    let dir = workdir();
+    let plan = llm_plan(dir.path());
+    let submitted = run(dir.path(), &["submit", "--plan", plan.to_str().unwrap()]);
+    let id = String::from_utf8_lossy(&submitted.stdout).trim().to_owned();
+    let silent = Silent::start();
+    let child = with_model(dir.path(), &silent.base_url())
+        .args(["worker", "--exit-when-idle", "--grace", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = crate::common::ChildGuard(child);
+    let _request = silent.wait_for_request();
+    signal(&child, "TERM");
+    let output = child.output();
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let report = stdout_json(&output);
+    assert_eq!((report["runs"].clone(), report["handed_back"].clone()), (json!(1), json!(1)));
+
+    let server = fake_apis::start(std::time::Duration::ZERO, std::time::Duration::ZERO).await;
+    let mut next = with_model(dir.path(), &format!("{}/v1", server.uri()));
+    next.args(["worker", "--exit-when-idle"]).env("PORTIA_LEASE_TTL_SECS", "3600");
+    let next = tokio::task::spawn_blocking(move || next.output().unwrap()).await.unwrap();
+    assert_eq!(code(&next), 0, "{}", stderr(&next));
+    assert_eq!(stdout_json(&run(dir.path(), &["show", &id]))["state"], "COMPLETE");
+}
+
+/// The command logs from the library's settings: a worker, with no level named,
+/// logs each failed run with its workflow id and a summary when it stops, and
+/// `PORTIA_LOG_FORMAT=json` makes each line a JSON object.
+#[test]
+fn a_worker_logs_failed_runs_and_a_summary_as_json_lines() {
+    let dir = workdir();
+    let plan = read_plan(dir.path(), "missing.txt");
+    let submitted = run(dir.path(), &["submit", "--plan", plan.to_str().unwrap()]);
+    let id = String::from_utf8_lossy(&submitted.stdout).trim().to_owned();
+    let output = portia(dir.path())
+        .args(["worker", "--exit-when-idle"])
+        .env_remove("PORTIA_LOG_LEVEL")
+        .env("PORTIA_LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let lines: Vec<Value> = stderr(&output)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: not JSON: {line}")))
+        .collect();
+    let logged = |message: &str| lines.iter().find(|l| l["fields"]["message"] == message).cloned();
+    let failed = logged("workflow FAILED").expect("the failed run is logged");
+    assert_eq!((failed["level"].as_str(), failed["fields"]["workflow"].as_str()), (Some("WARN"), Some(id.as_str())));
+    assert!(failed["fields"]["error"].as_str().unwrap().contains("missing.txt"), "{failed}");
+    let summary = logged("worker stopped").expect("a summary is logged");
+    assert_eq!((summary["fields"]["runs"].as_u64(), summary["fields"]["errors"].as_u64()), (Some(1), Some(0)));
+}
+
+/// `portia cancel` of a run in another process waits for that run to stop (it does
+/// at its next lease renewal) and prints the FAILED workflow; the run exits 1.
+#[test]
+fn cancel_waits_for_a_run_in_another_process_to_stop() {
+    let dir = workdir();
+    let plan = llm_plan(dir.path());
+    let silent = Silent::start();
+    // A short lease: the run renews it, and sees the request, every second.
+    let child = with_model(dir.path(), &silent.base_url())
+        .args(["run", "--plan", plan.to_str().unwrap()])
+        .env("PORTIA_LEASE_TTL_SECS", "3")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = crate::common::ChildGuard(child);
+    let _request = silent.wait_for_request();
+    let listed = stdout_json(&run(dir.path(), &["list", "--format", "json"]));
+    let id = listed[0]["id"].as_str().unwrap().to_owned();
+
+    let cancelled = portia(dir.path()).args(["cancel", &id]).env("PORTIA_LEASE_TTL_SECS", "3").output().unwrap();
+    assert_eq!(code(&cancelled), 0, "{}", stderr(&cancelled));
+    let workflow = stdout_json(&cancelled);
+    assert_eq!((&workflow["state"], &workflow["failure"]["kind"]), (&json!("FAILED"), &json!("CANCELLED")));
+    let ran = child.output();
+    assert_eq!(code(&ran), 1, "{}", stderr(&ran));
+    assert_eq!(stdout_json(&ran)["state"], "FAILED");
+}

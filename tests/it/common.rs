@@ -185,6 +185,27 @@ impl std::ops::DerefMut for ChildGuard {
     }
 }
 
+impl ChildGuard {
+    /// Waits for the child to end and collects its piped stdout and stderr, as
+    /// `Child::wait_with_output` does.
+    pub fn output(&mut self) -> std::process::Output {
+        use std::io::Read;
+        let read = |pipe: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                if let Some(mut pipe) = pipe {
+                    pipe.read_to_end(&mut bytes).unwrap();
+                }
+                bytes
+            })
+        };
+        let stdout = read(self.0.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+        let stderr = read(self.0.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+        let status = self.0.wait().unwrap();
+        std::process::Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
+    }
+}
+
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         // Once the child was waited for, std sends no signal: a reused pid is safe.

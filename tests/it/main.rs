@@ -66,6 +66,9 @@ mod storage_conformance;
 mod storage_import;
 #[cfg(feature = "postgres")]
 mod storage_postgres;
+mod storage_rows;
+#[cfg(feature = "sqlite")]
+mod storage_sqlite;
 mod tool_api;
 mod tool_retries;
 mod tools_calculator;

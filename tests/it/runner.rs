@@ -7,7 +7,7 @@ use std::time::Duration;
 use common::{config, harness};
 use portia::config::ExecutionMode;
 use portia::runner::ReadyPolicy;
-use portia::storage::WorkflowQuery;
+use portia::storage::{Storage as _, WorkflowQuery};
 use portia::testing::{MockBehavior, MockTool, ScriptedLlm};
 use portia::{Error, ExecutionContext, InMemoryToolRegistry, PlanBuilder, Runner, Workflow, WorkflowState};
 use serde_json::json;
@@ -437,6 +437,27 @@ async fn cancelling_a_running_workflow_is_not_undone_by_the_run() {
     assert_eq!(ended.failure().unwrap().message, "the user stopped it");
     assert!(ended.outputs().step_outputs.is_empty(), "the step that was running is not recorded");
     assert_eq!(h.runner.get_workflow(workflow.id()).await.unwrap(), ended);
+}
+
+/// An interrupt stops the run at once and leaves the workflow IN_PROGRESS with its
+/// lease released; resuming it does not call again the tool whose outcome is unknown.
+#[tokio::test]
+async fn an_interrupted_run_is_left_resumable_with_its_lease_released() {
+    let (h, tool, plan) = slow_harness(ScriptedLlm::new().tool_call("slow_tool", json!({})));
+    let (workflow, run) = start_slow_run(&h, &tool, &plan).await;
+    assert!(h.runner.interrupt(workflow.id()));
+    let stopped = run.await.unwrap().unwrap();
+    assert_eq!(stopped.state(), WorkflowState::InProgress);
+    assert_eq!(h.runner.get_workflow(workflow.id()).await.unwrap(), stopped);
+    assert!(!h.runner.interrupt(workflow.id()), "nothing runs it any more");
+
+    let taken = h.storage.acquire_lease(workflow.id(), "another-runner", Duration::from_secs(60)).await.unwrap();
+    assert!(!taken.reclaimed, "the lease was given up, not left to lapse");
+    h.storage.release_lease(&taken.lease).await.unwrap();
+
+    let resumed = h.runner.execute_workflow_by_id(workflow.id()).await.unwrap();
+    assert_eq!(resumed.state(), WorkflowState::NeedClarification, "whether the call took effect is asked");
+    assert_eq!(tool.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
 #[tokio::test]

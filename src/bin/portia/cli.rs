@@ -114,6 +114,10 @@ pub(crate) enum Command {
         /// Stop once no workflow is queued or running (for scripts and CI).
         #[arg(long)]
         exit_when_idle: bool,
+        /// Seconds running workflows may go on after SIGTERM or ctrl-c; those still
+        /// running then are stopped, their leases released, for another worker to resume.
+        #[arg(long, default_value_t = 30, value_name = "SECS")]
+        grace: u64,
     },
     /// Run the seed scenario from a recording shipped with portia: no key, no network.
     Demo,

@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use portia::runner::WorkerOptions;
+use portia::runner::{WorkerOptions, shutdown_signal};
 use portia::storage::WorkflowQuery;
 use portia::{Plan, Runner, Workflow, WorkflowId, WorkflowState};
 
@@ -14,9 +14,12 @@ use crate::{Exit, Failure, emit, graph, live, prompt, table};
 /// Runs the command `cli` names.
 pub(crate) async fn dispatch(cli: Cli) -> Result<Exit, Failure> {
     if matches!(cli.command, Command::Demo) {
+        setup::logging(&portia::Config::default(), false);
         return demo().await;
     }
-    let setup = setup::runner(&cli).await?;
+    let config = setup::config(&cli)?;
+    setup::logging(&config, matches!(cli.command, Command::Worker { .. }));
+    let setup = setup::runner(&cli, config).await?;
     let exit = command(&setup, cli.command).await;
     // A recording is saved even when the run failed: it shows what happened.
     setup.finish()?;
@@ -64,7 +67,15 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
             Ok(Exit::Ok)
         }
         Command::Cancel { id, reason } => {
-            print_json(&runner.cancel_workflow(id, &reason).await?)?;
+            let workflow = runner.cancel_workflow(id, &reason).await?;
+            let workflow = if workflow.state().is_terminal() { workflow } else { acknowledged(runner, id).await? };
+            print_json(&workflow)?;
+            if !workflow.state().is_terminal() {
+                eprintln!(
+                    "portia: workflow {id} is still {}: the run in another process was asked to stop, and stops at its next step",
+                    workflow.state()
+                );
+            }
             Ok(Exit::Ok)
         }
         Command::List { state, format } => list(runner, state, format).await,
@@ -103,9 +114,19 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
             }
             Ok(Exit::Ok)
         }
-        Command::Worker { concurrency, exit_when_idle } => {
-            let worker = runner.worker(WorkerOptions::new().concurrency(concurrency));
-            let report = if exit_when_idle { worker.run_until(idle(runner.clone())).await } else { worker.run().await };
+        Command::Worker { concurrency, exit_when_idle, grace } => {
+            let options = WorkerOptions::new().concurrency(concurrency).shutdown_grace(Duration::from_secs(grace));
+            let worker = runner.worker(options);
+            let report = if exit_when_idle {
+                // Idle or asked to stop, whichever comes first: both shut down gracefully.
+                worker
+                    .run_until(async {
+                        tokio::select! { () = idle(runner.clone()) => {}, () = shutdown_signal() => {} }
+                    })
+                    .await
+            } else {
+                worker.run().await
+            };
             print_json(&report)?;
             Ok(if report.errors > 0 { Exit::Failed } else { Exit::Ok })
         }
@@ -115,6 +136,15 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
             portia::tools::mcp::serve_stdio(std::sync::Arc::new(runner.clone())).await?;
             Ok(Exit::Ok)
         }
+    }
+}
+
+/// The workflow once the run in another process has seen its cancellation (it does
+/// when it next renews its lease), or as stored when that takes longer than a lease.
+async fn acknowledged(runner: &Runner, id: WorkflowId) -> Result<Workflow, Failure> {
+    match runner.wait_for_completion(id, runner.config().lease_ttl()).await {
+        Err(portia::Error::WaitTimedOut { .. }) => Ok(runner.get_workflow(id).await?),
+        waited => Ok(waited?),
     }
 }
 
@@ -149,8 +179,34 @@ async fn load_or_plan(setup: &Setup, source: &Source) -> Result<Plan, Failure> {
 }
 
 /// Runs `workflow` to rest, asking its questions on the terminal when there is one,
-/// prints it, and says how it ended.
-async fn run(runner: &Runner, plan: &Plan, mut workflow: Workflow) -> Result<Exit, Failure> {
+/// prints it, and says how it ended. SIGTERM or ctrl-c stops the run as a worker's
+/// shutdown does, leaving the workflow to `portia resume`.
+async fn run(runner: &Runner, plan: &Plan, workflow: Workflow) -> Result<Exit, Failure> {
+    let id = workflow.id();
+    let running = run_to_rest(runner, plan, workflow);
+    tokio::pin!(running);
+    let workflow = tokio::select! {
+        workflow = &mut running => workflow?,
+        () = shutdown_signal() => {
+            // A run in progress ends promptly once interrupted; a question being asked
+            // on the terminal is simply dropped.
+            if runner.interrupt(id) {
+                let _stopped = running.await;
+            }
+            let workflow = runner.get_workflow(id).await?;
+            print_json(&workflow)?;
+            eprintln!(
+                "portia: stopped workflow {id} ({}); resume it with `portia resume {id}`: no finished tool call is repeated",
+                workflow.state()
+            );
+            return Ok(Exit::Interrupted);
+        }
+    };
+    print_json(&workflow)?;
+    Ok(report(&workflow))
+}
+
+async fn run_to_rest(runner: &Runner, plan: &Plan, mut workflow: Workflow) -> Result<Workflow, Failure> {
     let interactive = std::io::stdin().is_terminal();
     loop {
         workflow = live::execute(runner, plan, workflow, std::io::stderr().is_terminal()).await?;
@@ -162,8 +218,7 @@ async fn run(runner: &Runner, plan: &Plan, mut workflow: Workflow) -> Result<Exi
         }
         workflow = runner.get_workflow(workflow.id()).await?;
     }
-    print_json(&workflow)?;
-    Ok(report(&workflow))
+    Ok(workflow)
 }
 
 /// The exit code of a workflow at rest, with its one line on stderr.

@@ -2,7 +2,8 @@
 //!
 //! Exit codes: 0 the workflow is COMPLETE (or the command succeeded), 1 it FAILED or
 //! the command could not be carried out, 2 a usage error, 3 the workflow waits for a
-//! clarification. A failure prints one line on stderr naming its cause.
+//! clarification, 130 a run stopped by ctrl-c or SIGTERM (resumable with `portia
+//! resume`). A failure prints one line on stderr naming its cause.
 
 mod cli;
 mod commands;
@@ -25,6 +26,8 @@ pub(crate) enum Exit {
     Failed = 1,
     /// 3: the workflow waits for a human.
     Waiting = 3,
+    /// 130 (128 + SIGINT, as shells report ctrl-c): the run was stopped and can be resumed.
+    Interrupted = 130,
 }
 
 /// A command that could not be carried out: one line saying why.

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use portia::config::StorageKind;
+use portia::config::{LogLevel, StorageKind};
 use portia::testing::{Cassette, Recorder, Replayer};
 use portia::tool::ToolRegistry;
 use portia::tools::{default_tool_registry, open_source_tool_registry};
@@ -46,6 +46,20 @@ pub(crate) fn config(cli: &Cli) -> Result<Config, Failure> {
     Ok(config)
 }
 
+/// Logs from the settings as the library does, on stderr. Unless the settings name
+/// a level, a command logs only warnings (its own output says what happened), and a
+/// worker state changes too, since its log is all it says while it runs.
+pub(crate) fn logging(config: &Config, worker: bool) {
+    let named = config.var("PORTIA_LOG_LEVEL").is_some_and(|v| !v.trim().is_empty())
+        || config.log_level != Config::default().log_level;
+    let level = match (named, worker) {
+        (true, _) => config.log_level,
+        (false, true) => LogLevel::Info,
+        (false, false) => LogLevel::Warn,
+    };
+    portia::config::init_logging(level, config.log_format);
+}
+
 /// Whether a config file sets `storage` (TOML or JSON).
 fn file_names_storage(path: &Path) -> bool {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -58,8 +72,7 @@ fn file_names_storage(path: &Path) -> bool {
 /// The runner for `cli`'s settings. Its LLM client is built on first use, so
 /// commands that need no model need no key; `--cassette` replays one instead and
 /// `--record` records what the real one says.
-pub(crate) async fn runner(cli: &Cli) -> Result<Setup, Failure> {
-    let config = config(cli)?;
+pub(crate) async fn runner(cli: &Cli, config: Config) -> Result<Setup, Failure> {
     let (tools, mut plan_tools) = tools(&config).await?;
     let builder = Runner::builder(config.clone());
     if let Some(path) = &cli.cassette {

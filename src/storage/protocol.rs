@@ -1,0 +1,336 @@
+//! The storage protocol, written once for every [`RowStore`]: each method of
+//! [`Storage`] is one transaction of row operations, and the decisions (the fence
+//! on every write, compare-and-swap on versions, the lease rules of [`LeaseState`](super::LeaseState),
+//! which queued workflow a claim takes, how events are numbered, what a delete
+//! takes with it) are made here, never in a store.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::rows::{Access, LeaseRow, RowError, RowStore, RowTx};
+use super::{Lease, LeaseGrant, LeaseStatus, Storage, ToolCallRecord, UsageRecord, WorkflowPage, WorkflowQuery};
+use crate::events::{StoredEvent, WorkflowEvent};
+use crate::ids::{PlanId, WorkflowId};
+use crate::plan::Plan;
+use crate::workflow::Workflow;
+use crate::{Error, Result};
+
+type Rows<T> = std::result::Result<T, RowError>;
+
+/// Runs `work` in one transaction of `store`; `what` says, should it fail, what was
+/// being done (worded only then).
+async fn run<S, T>(
+    store: &S,
+    access: Access,
+    what: impl FnOnce() -> String + Send,
+    work: impl FnOnce(&mut dyn RowTx) -> Rows<T> + Send + 'static,
+) -> Result<T>
+where
+    S: RowStore + ?Sized,
+    T: Send + 'static,
+{
+    store.transaction(access, Box::new(work)).await.map_err(|error| store.describe(&what(), error))
+}
+
+/// Whether workflow `id` has events numbered after `after`.
+pub(super) async fn has_events_after<S: RowStore + ?Sized>(store: &S, id: WorkflowId, after: u64) -> Result<bool> {
+    let what = || format!("cannot read the events of workflow {id}");
+    run(store, Access::Read, what, move |tx| Ok(tx.has_events_after(id, after)?.ok_or(Error::WorkflowNotFound(id))?))
+        .await
+}
+
+#[async_trait::async_trait]
+impl<S: RowStore> Storage for S {
+    async fn save_plan(&self, plan: &Plan) -> Result<()> {
+        let (id, plan) = (plan.id, plan.clone());
+        run(self, Access::Write, || format!("cannot save plan {id}"), move |tx| tx.insert_plan(plan)).await
+    }
+
+    async fn get_plan(&self, id: PlanId) -> Result<Plan> {
+        let what = || format!("cannot load plan {id}");
+        run(self, Access::Read, what, move |tx| Ok(tx.plan(id)?.ok_or(Error::PlanNotFound(id))?)).await
+    }
+
+    async fn create_workflow(&self, workflow: &Workflow) -> Result<()> {
+        let (id, workflow) = (workflow.id(), workflow.clone());
+        run(self, Access::Write, || format!("cannot create workflow {id}"), move |tx| insert(tx, workflow, false)).await
+    }
+
+    async fn submit_workflow(&self, workflow: &Workflow) -> Result<()> {
+        let (id, workflow) = (workflow.id(), workflow.clone());
+        run(self, Access::Write, || format!("cannot submit workflow {id}"), move |tx| insert(tx, workflow, true))
+            .await?;
+        self.runnable_changed();
+        Ok(())
+    }
+
+    async fn get_workflow(&self, id: WorkflowId) -> Result<Workflow> {
+        let what = || format!("cannot load workflow {id}");
+        run(self, Access::Read, what, move |tx| Ok(tx.workflow(id)?.ok_or(Error::WorkflowNotFound(id))?)).await
+    }
+
+    async fn list_workflows(&self, query: &WorkflowQuery) -> Result<WorkflowPage> {
+        let query = query.clone();
+        run(self, Access::Read, || "cannot list workflows".to_owned(), move |tx| tx.list_workflows(&query)).await
+    }
+
+    async fn update_workflow(&self, workflow: &Workflow, lease: &Lease, events: &[WorkflowEvent]) -> Result<()> {
+        let id = workflow.id();
+        let (new, lease, stored) = (workflow.clone(), lease.clone(), events.to_vec());
+        run(self, Access::Write, || format!("cannot save workflow {id}"), move |tx| update(tx, new, &lease, stored))
+            .await?;
+        self.workflow_saved(workflow, !events.is_empty());
+        Ok(())
+    }
+
+    async fn events(&self, id: WorkflowId, after: u64) -> Result<Vec<StoredEvent>> {
+        let what = || format!("cannot read the events of workflow {id}");
+        run(self, Access::Read, what, move |tx| Ok(tx.events_after(id, after)?.ok_or(Error::WorkflowNotFound(id))?))
+            .await
+    }
+
+    async fn wait_for_events(&self, id: WorkflowId, after: u64, timeout: Duration) -> Result<bool> {
+        self.watch_events(id, after, timeout).await
+    }
+
+    async fn acquire_lease(&self, id: WorkflowId, owner: &str, ttl: Duration) -> Result<LeaseGrant> {
+        let owner = owner.to_owned();
+        let what = || format!("cannot take the lease of workflow {id}");
+        run(self, Access::Write, what, move |tx| grant(tx, id, &owner, ttl, None)).await
+    }
+
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<LeaseStatus> {
+        let (id, lease) = (lease.workflow_id, lease.clone());
+        let what = || format!("cannot renew the lease of workflow {id}");
+        run(self, Access::Write, what, move |tx| {
+            let row = tx.lease(id)?.ok_or(Error::LeaseLost { workflow_id: id })?;
+            let now = tx.now()?;
+            let next = row.lease.renew(&lease, ttl, now)?;
+            tx.store_lease(id, &next)?;
+            Ok(LeaseStatus { expires_at: next.expires_at.unwrap_or(now), cancel_requested: row.cancel_requested })
+        })
+        .await
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<()> {
+        let (id, lease) = (lease.workflow_id, lease.clone());
+        let what = || format!("cannot release the lease of workflow {id}");
+        run(self, Access::Write, what, move |tx| {
+            // A lease already lost is left alone; releasing it changes nothing.
+            if let Some(row) = tx.lease(id)? {
+                tx.store_lease(id, &row.lease.release(&lease))?;
+                tx.announce_runnable()?;
+            }
+            Ok(())
+        })
+        .await?;
+        self.runnable_changed();
+        Ok(())
+    }
+
+    async fn claim_runnable(&self, owner: &str, ttl: Duration) -> Result<Option<LeaseGrant>> {
+        let owner = owner.to_owned();
+        run(self, Access::Write, || "cannot claim a runnable workflow".to_owned(), move |tx| claim(tx, &owner, ttl))
+            .await
+    }
+
+    async fn wait_for_runnable(&self, timeout: Duration) {
+        self.watch_runnable(timeout).await;
+    }
+
+    async fn request_cancel(&self, id: WorkflowId, reason: &str) -> Result<()> {
+        let reason = reason.to_owned();
+        let what = || format!("cannot request the cancellation of workflow {id}");
+        run(self, Access::Write, what, move |tx| {
+            if tx.request_cancel(id, &reason)? { Ok(()) } else { Err(Error::WorkflowNotFound(id).into()) }
+        })
+        .await
+    }
+
+    async fn begin_tool_call(&self, lease: &Lease, intent: &ToolCallRecord) -> Result<Option<ToolCallRecord>> {
+        let (key, lease, intent) = (intent.key, lease.clone(), intent.clone());
+        run(
+            self,
+            Access::Write,
+            || format!("cannot journal tool call {key}"),
+            move |tx| {
+                fence(tx, &lease, key.workflow_id)?;
+                if tx.insert_tool_call(intent)? {
+                    return Ok(None);
+                }
+                let earlier = tx.tool_call(key)?;
+                earlier
+                    .map(Some)
+                    .ok_or_else(|| RowError::value(format!("tool call {key} is journaled but cannot be read")))
+            },
+        )
+        .await
+    }
+
+    async fn finish_tool_call(&self, lease: &Lease, record: &ToolCallRecord) -> Result<()> {
+        let (key, lease, record) = (record.key, lease.clone(), record.clone());
+        let what = || format!("cannot journal the outcome of tool call {key}");
+        run(self, Access::Write, what, move |tx| {
+            fence(tx, &lease, key.workflow_id)?;
+            tx.put_tool_call(record)
+        })
+        .await
+    }
+
+    async fn tool_calls(&self, id: WorkflowId) -> Result<Vec<ToolCallRecord>> {
+        let what = || format!("cannot read the tool calls of workflow {id}");
+        run(self, Access::Read, what, move |tx| tx.tool_calls(id)).await
+    }
+
+    async fn record_usage(&self, lease: &Lease, record: &UsageRecord) -> Result<()> {
+        let (id, lease, record) = (record.workflow_id, lease.clone(), record.clone());
+        run(
+            self,
+            Access::Write,
+            || format!("cannot journal the usage of workflow {id}"),
+            move |tx| {
+                fence(tx, &lease, id)?;
+                tx.insert_usage(record)
+            },
+        )
+        .await
+    }
+
+    async fn usage_records(&self, id: WorkflowId) -> Result<Vec<UsageRecord>> {
+        let what = || format!("cannot read the usage of workflow {id}");
+        run(self, Access::Read, what, move |tx| tx.usage(id)).await
+    }
+
+    async fn delete_workflow(&self, id: WorkflowId) -> Result<()> {
+        let what = || format!("cannot delete workflow {id}");
+        run(self, Access::Write, what, move |tx| tx.delete_workflow(&id.to_string()).map(drop)).await
+    }
+
+    async fn delete_end_user(&self, end_user_id: &str) -> Result<usize> {
+        let user = end_user_id.to_owned();
+        let what = || format!("cannot delete the workflows of end user {end_user_id:?}");
+        run(self, Access::Write, what, move |tx| {
+            let ids = tx.workflows_of_end_user(&user)?;
+            delete_all(tx, &ids)
+        })
+        .await
+    }
+
+    async fn prune_finished(&self, before: DateTime<Utc>) -> Result<usize> {
+        let what = || format!("cannot prune workflows finished before {before}");
+        run(self, Access::Write, what, move |tx| {
+            let ids = tx.finished_before(before)?;
+            delete_all(tx, &ids)
+        })
+        .await
+    }
+}
+
+/// Stores a new workflow (at the back of the queue when `queued`), unless its id is taken.
+fn insert(tx: &mut dyn RowTx, workflow: Workflow, queued: bool) -> Rows<()> {
+    let id = workflow.id();
+    let now = tx.now()?;
+    if !tx.insert_workflow(workflow, now, queued)? {
+        let found = tx.lease(id)?.map_or(0, |row| row.version);
+        return Err(Error::VersionConflict { workflow_id: id, expected: 0, found }.into());
+    }
+    if queued {
+        tx.announce_runnable()?;
+    }
+    Ok(())
+}
+
+/// Replaces a workflow whose stored version is one less, fenced on `lease`, and
+/// stores `events` numbered after its earlier ones.
+fn update(tx: &mut dyn RowTx, workflow: Workflow, lease: &Lease, events: Vec<WorkflowEvent>) -> Rows<()> {
+    let id = workflow.id();
+    let (row, now) = fence(tx, lease, lease.workflow_id)?;
+    let expected = workflow.version().saturating_sub(1);
+    if lease.workflow_id != id || row.version != expected {
+        return Err(Error::VersionConflict { workflow_id: id, expected, found: row.version }.into());
+    }
+    tx.replace_workflow(workflow, now)?;
+    if events.is_empty() {
+        return Ok(());
+    }
+    let last = tx.last_event(id)?;
+    for (seq, event) in (last + 1..).zip(events) {
+        tx.insert_event(id, StoredEvent { seq, event })?;
+    }
+    tx.announce_events(id)
+}
+
+/// Refuses a write to workflow `target` unless `lease` is its current lease. Returns
+/// its row and the store's time, read once the row was (locked and) read.
+fn fence(tx: &mut dyn RowTx, lease: &Lease, target: WorkflowId) -> Rows<(LeaseRow, DateTime<Utc>)> {
+    let lost = || Error::LeaseLost { workflow_id: lease.workflow_id };
+    // A lease covers its own workflow only.
+    if target != lease.workflow_id {
+        return Err(lost().into());
+    }
+    let row = tx.lease(target)?.ok_or_else(lost)?;
+    let now = tx.now()?;
+    row.lease.check_fence(lease, now)?;
+    Ok((row, now))
+}
+
+/// Takes the lease of workflow `id` for `owner` by the rules of [`LeaseState`](super::LeaseState), at
+/// `now` if given (else the store's time once the row is read).
+fn grant(
+    tx: &mut dyn RowTx,
+    id: WorkflowId,
+    owner: &str,
+    ttl: Duration,
+    now: Option<DateTime<Utc>>,
+) -> Rows<LeaseGrant> {
+    let row = tx.lease(id)?.ok_or(Error::WorkflowNotFound(id))?;
+    let now = match now {
+        Some(now) => now,
+        None => tx.now()?,
+    };
+    let workflow = tx.workflow(id)?.ok_or(Error::WorkflowNotFound(id))?;
+    let (next, lease, reclaimed) = row.lease.acquire(&workflow, owner, ttl, now)?;
+    tx.store_lease(id, &next)?;
+    Ok(LeaseGrant { lease, workflow, reclaimed, attempts: next.attempts, cancel_requested: row.cancel_requested })
+}
+
+/// Takes the lease of the queued runnable workflow that has waited longest. A row
+/// that cannot be read is taken off the queue, so it never blocks the others.
+fn claim(tx: &mut dyn RowTx, owner: &str, ttl: Duration) -> Rows<Option<LeaseGrant>> {
+    // One time for the whole claim: the candidates are chosen by it.
+    let now = tx.now()?;
+    while let Some(raw) = tx.next_runnable(now)? {
+        let granted = match raw.parse::<WorkflowId>() {
+            Ok(id) => grant(tx, id, owner, ttl, Some(now)),
+            Err(e) => Err(RowError::value(format!("workflow id {raw:?}: {e}"))),
+        };
+        match granted {
+            Ok(grant) => return Ok(Some(grant)),
+            Err(fail) => {
+                let why = fail.unreadable().ok_or(fail)?;
+                tx.dequeue(&raw)?;
+                log_dequeued(&raw, &why);
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Deletes each workflow of `ids` with what belongs to it; returns how many there were.
+fn delete_all(tx: &mut dyn RowTx, ids: &[String]) -> Rows<usize> {
+    for id in ids {
+        tx.delete_workflow(id)?;
+    }
+    Ok(ids.len())
+}
+
+/// Says, once per row, that a queued workflow that cannot be read was taken off the
+/// queue, so that the workers go on with the others.
+fn log_dequeued(id: &str, why: &str) {
+    tracing::warn!(
+        workflow = %id,
+        error = %why,
+        "a queued workflow cannot be read and was taken off the queue; `portia list` shows it, `portia delete` removes it"
+    );
+}

@@ -12,6 +12,9 @@
 //! cargo run --release --features postgres --example bench -- --n 400 --workers 1,2,4 --database-url postgres://...
 //! # with 30% of LLM and search calls failing (429, 500, malformed, dropped, slow), seeded
 //! cargo run --release --example bench -- --n 100 --concurrency 50 --fault-rate 0.3
+//! # the built-in server taking 100 LLM calls a second (429 above), measured without a
+//! # client-side limit and then with one of 5,700 requests a minute (95 a second)
+//! cargo run --release --example bench -- --n 500 --concurrency 500 --server-rps 100 --client-rpm 5700
 //! # against any OpenAI- and Tavily-compatible server
 //! cargo run --release --example bench -- --n 100 --concurrency 50 --base-url http://127.0.0.1:8099
 //! ```
@@ -66,6 +69,14 @@ struct Args {
     /// answer a second late, in equal shares.
     #[arg(long, default_value_t = 0.0)]
     fault_rate: f64,
+    /// The built-in server takes this many LLM calls a second and answers 429 (no
+    /// requests left, and when the next one is) above it.
+    #[arg(long)]
+    server_rps: Option<u32>,
+    /// Measure twice: with no client-side rate limit, then with this many requests a
+    /// minute (`PORTIA_LLM_RPM`). Each line counts the 429s the built-in server sent.
+    #[arg(long)]
+    client_rpm: Option<u32>,
     /// Seed of the fault injection: the same seed fails the same calls the same ways.
     #[arg(long, default_value_t = 15)]
     seed: u64,
@@ -137,6 +148,7 @@ fn spawn_server(args: &Args) -> Result<(Child, String), String> {
             "--seed",
             &args.seed.to_string(),
         ])
+        .args(args.server_rps.map(|rps| format!("--server-rps={rps}")))
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| format!("could not start the built-in server: {e}"))?;
@@ -158,7 +170,10 @@ async fn run(args: &Args) -> Result<(), String> {
     };
     let result = async {
         if args.workers.is_empty() {
-            println!("{}", measure(args, &base_url).await?);
+            println!("{}", measure(args, &base_url, None).await?);
+        }
+        if let (true, Some(rpm)) = (args.workers.is_empty(), args.client_rpm) {
+            println!("{}", measure(args, &base_url, Some(rpm)).await?);
         }
         for &workers in &args.workers {
             println!("{}", bench_workers::measure(args, &base_url, workers.max(1)).await?);
@@ -173,10 +188,15 @@ async fn run(args: &Args) -> Result<(), String> {
     result
 }
 
-/// A runner against the server at `base_url`, on `storage`.
-fn runner(args: &Args, base_url: &str, storage: Arc<dyn Storage>) -> Result<Runner, String> {
+/// A runner against the server at `base_url`, on `storage`, sending at most
+/// `client_rpm` LLM requests a minute when set.
+fn runner(args: &Args, base_url: &str, storage: Arc<dyn Storage>, client_rpm: Option<u32>) -> Result<Runner, String> {
     let execution = if args.sequential { "sequential" } else { "parallel" };
-    let config = Config::builder()
+    let mut config = Config::builder();
+    if let Some(rpm) = client_rpm {
+        config = config.llm_rpm(rpm);
+    }
+    let config = config
         .llm_provider(portia::llm::LlmProvider::OpenAi)
         .openai_api_key("sk-bench")
         .openai_base_url(format!("{base_url}/v1"))
@@ -189,7 +209,13 @@ fn runner(args: &Args, base_url: &str, storage: Arc<dyn Storage>) -> Result<Runn
     Runner::builder(config).tools(tools).storage(storage).build().map_err(|e| e.to_string())
 }
 
-async fn measure(args: &Args, base_url: &str) -> Result<Value, String> {
+/// How many LLM calls the built-in server has answered 429 for its rate limit (0 for another server).
+async fn rate_limited(base_url: &str) -> u64 {
+    let stats = async { reqwest::get(format!("{base_url}/stats")).await.ok()?.json::<Value>().await.ok() };
+    stats.await.and_then(|s| s["rate_limited"].as_u64()).unwrap_or(0)
+}
+
+async fn measure(args: &Args, base_url: &str, client_rpm: Option<u32>) -> Result<Value, String> {
     let execution = if args.sequential { "sequential" } else { "parallel" };
     // Kept until the end of the run, so the database outlives every workflow.
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -199,7 +225,8 @@ async fn measure(args: &Args, base_url: &str) -> Result<Value, String> {
             Arc::new(SqliteStorage::open(dir.path().join("portia.db")).map_err(|e| e.to_string())?)
         }
     };
-    let runner = runner(args, base_url, storage)?;
+    let runner = runner(args, base_url, storage, client_rpm)?;
+    let rate_limited_before = rate_limited(base_url).await;
     let watching = args.watched.then(|| watch_everything(&runner));
 
     let cpu_before = cpu_seconds();
@@ -241,6 +268,7 @@ async fn measure(args: &Args, base_url: &str) -> Result<Value, String> {
     }
     let wall = started.elapsed();
     let cpu = cpu_seconds() - cpu_before;
+    let http_429 = rate_limited(base_url).await - rate_limited_before;
     let events_seen = watching.map_or(0, |seen| seen.load(std::sync::atomic::Ordering::Relaxed));
     let mut tool_calls = 0;
     for id in completed {
@@ -257,6 +285,10 @@ async fn measure(args: &Args, base_url: &str) -> Result<Value, String> {
         "execution": execution,
         "storage": format!("{:?}", args.storage).to_lowercase(),
         "server": args.base_url.clone().unwrap_or_else(|| format!("built-in ({} ms per LLM call, {} ms per search)", args.latency_ms, args.tool_latency_ms)),
+        "server_llm_rps": args.server_rps,
+        "client_rpm": client_rpm,
+        "http_429": http_429,
+        "llm_calls_per_second": round(calls as f64 / wall.as_secs_f64(), 1),
         "wall_seconds": round(wall.as_secs_f64(), 3),
         "workflows_per_second": round(args.n as f64 / wall.as_secs_f64(), 1),
         "latency_p50_seconds": round(percentile(&latencies, 0.5), 3),
@@ -332,7 +364,7 @@ fn peak_rss_mb() -> f64 {
 
 /// The built-in server, in this child process.
 async fn serve(args: &Args) {
-    let faults = fake_apis::Faults { rate: args.fault_rate.clamp(0.0, 1.0), seed: args.seed };
+    let faults = fake_apis::Faults { rate: args.fault_rate.clamp(0.0, 1.0), seed: args.seed, llm_rps: args.server_rps };
     let (llm, tool) = (Duration::from_millis(args.latency_ms), Duration::from_millis(args.tool_latency_ms));
     let server = fake_apis::start_with_faults(llm, tool, faults).await;
     println!("LISTENING {}", server.uri());

@@ -122,6 +122,10 @@ impl Default for Prices {
             ("claude-sonnet-4-5", 3.0, 15.0),
             ("claude-haiku-4-5", 1.0, 5.0),
             ("claude-opus-4-1", 15.0, 75.0),
+            ("gemini-2.5-pro", 1.25, 10.0),
+            ("gemini-2.5-flash", 0.3, 2.5),
+            ("gemini-2.5-flash-lite", 0.1, 0.4),
+            ("gemini-2.0-flash", 0.1, 0.4),
         ];
         let prices = list
             .into_iter()

@@ -116,7 +116,8 @@ pub enum EventKind {
     LlmCallFinished {
         /// The step it was made for; `None` for the run itself (the final summary).
         step_output: Option<String>,
-        /// The model asked.
+        /// The model that served it: the one asked, or the fallback model that
+        /// answered when it was unavailable.
         model: String,
         /// What it spent.
         usage: Usage,

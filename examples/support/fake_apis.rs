@@ -21,6 +21,9 @@ pub(crate) struct Faults {
     pub(crate) rate: f64,
     /// The same seed fails the same calls (by arrival order) in the same ways.
     pub(crate) seed: u64,
+    /// LLM calls per second the server takes (a bucket of one second's worth); the
+    /// ones above are answered 429, as a provider's rate limit would.
+    pub(crate) llm_rps: Option<u32>,
 }
 
 /// How one call fails.
@@ -81,6 +84,10 @@ struct Shared {
     faults: Faults,
     count: AtomicU64,
     received: Arc<Mutex<Vec<Received>>>,
+    /// The rate limit's bucket: requests left, and when it was last filled.
+    bucket: Mutex<(f64, std::time::Instant)>,
+    /// LLM calls answered 429 for going over the rate limit.
+    rate_limited: AtomicU64,
 }
 
 /// Starts a server answering `POST /v1/chat/completions` after `llm_latency` and
@@ -96,8 +103,16 @@ pub(crate) async fn start_with_faults(llm_latency: Duration, tool_latency: Durat
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
     let address = listener.local_addr().expect("an address");
     let received = Arc::new(Mutex::new(Vec::new()));
-    let shared =
-        Arc::new(Shared { llm_latency, tool_latency, faults, count: AtomicU64::new(0), received: received.clone() });
+    let bucket = Mutex::new((f64::from(faults.llm_rps.unwrap_or(0)), std::time::Instant::now()));
+    let shared = Arc::new(Shared {
+        llm_latency,
+        tool_latency,
+        faults,
+        count: AtomicU64::new(0),
+        received: received.clone(),
+        bucket,
+        rate_limited: AtomicU64::new(0),
+    });
     let task = tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(serve_connection(stream, shared.clone()));
@@ -146,38 +161,65 @@ impl Shared {
         (rng.f64() < self.faults.rate).then(|| FAULTS[rng.usize(..FAULTS.len())])
     }
 
+    /// Whether an LLM call fits the rate limit (and takes its slot).
+    fn take_llm_slot(&self) -> bool {
+        let Some(rps) = self.faults.llm_rps else { return true };
+        let mut bucket = self.bucket.lock().unwrap();
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(bucket.1).as_secs_f64() * f64::from(rps);
+        *bucket = ((bucket.0 + refill).min(f64::from(rps)), now);
+        if bucket.0 >= 1.0 {
+            bucket.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
     /// The bytes to answer with; `None` to drop the connection instead.
     async fn reply(&self, request: &Received, fault: Option<Fault>) -> Option<Vec<u8>> {
         let body: Value = serde_json::from_slice(&request.body).unwrap_or_default();
+        if request.path == "/stats" {
+            let stats = json!({"rate_limited": self.rate_limited.load(Ordering::SeqCst)});
+            return Some(response(200, &stats.to_string(), &[]));
+        }
+        if request.path == "/v1/chat/completions" && !self.take_llm_slot() {
+            self.rate_limited.fetch_add(1, Ordering::SeqCst);
+            let body = json!({"error": {"message": "Rate limit reached for requests", "type": "requests"}});
+            // As OpenAI does: no requests left, and when the next one is.
+            let reset = format!("{}ms", 1000 / self.faults.llm_rps.unwrap_or(1).max(1));
+            let headers = [("x-ratelimit-remaining-requests", "0"), ("x-ratelimit-reset-requests", reset.as_str())];
+            return Some(response(429, &body.to_string(), &headers));
+        }
         let (latency, answer, retry_after) = match request.path.as_str() {
             "/v1/chat/completions" => (self.llm_latency, llm_reply(&body), ("retry-after-ms", "100")),
             "/search" => (self.tool_latency, search_reply(&body), ("retry-after", "1")),
-            _ => return Some(response(404, &json!({"error": "not found"}).to_string(), None)),
+            _ => return Some(response(404, &json!({"error": "not found"}).to_string(), &[])),
         };
         let slow = if fault == Some(Fault::Slow) { Duration::from_secs(1) } else { Duration::ZERO };
         tokio::time::sleep(latency + slow).await;
         Some(match fault {
-            None | Some(Fault::Slow) => response(200, &answer.to_string(), None),
+            None | Some(Fault::Slow) => response(200, &answer.to_string(), &[]),
             Some(Fault::RateLimited) => {
-                response(429, &json!({"error": {"message": "Rate limit reached"}}).to_string(), Some(retry_after))
+                response(429, &json!({"error": {"message": "Rate limit reached"}}).to_string(), &[retry_after])
             }
             Some(Fault::ServerError) => {
-                response(500, &json!({"error": {"message": "internal error"}}).to_string(), None)
+                response(500, &json!({"error": {"message": "internal error"}}).to_string(), &[])
             }
-            Some(Fault::Malformed) => response(200, "{\"choices\": [{\"mess", None),
+            Some(Fault::Malformed) => response(200, "{\"choices\": [{\"mess", &[]),
             Some(Fault::Dropped) => return None,
         })
     }
 }
 
-fn response(status: u16, body: &str, header: Option<(&str, &str)>) -> Vec<u8> {
+fn response(status: u16, body: &str, headers: &[(&str, &str)]) -> Vec<u8> {
     let reason = match status {
         200 => "OK",
         404 => "Not Found",
         429 => "Too Many Requests",
         _ => "Internal Server Error",
     };
-    let extra = header.map(|(name, value)| format!("{name}: {value}\r\n")).unwrap_or_default();
+    let extra: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
     format!(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}\r\n{body}",
         body.len()

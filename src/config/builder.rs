@@ -115,6 +115,12 @@ impl ConfigBuilder {
         openai_base_url;
         /// Sets the Anthropic base URL.
         anthropic_base_url;
+        /// Sets the Gemini API base URL.
+        gemini_base_url;
+        /// Sets the Azure OpenAI resource's endpoint.
+        azure_openai_endpoint;
+        /// Sets the Azure OpenAI `api-version`.
+        azure_openai_api_version;
         /// Sets the Tavily base URL.
         tavily_base_url;
         /// Sets the OpenWeatherMap base URL.
@@ -134,6 +140,12 @@ impl ConfigBuilder {
         groq_api_key;
         /// Sets the OpenRouter API key.
         openrouter_api_key;
+        /// Sets the Gemini API key.
+        gemini_api_key;
+        /// Sets the Azure OpenAI resource key (sent as `api-key`).
+        azure_openai_api_key;
+        /// Sets a Microsoft Entra ID token for Azure OpenAI (sent as a bearer token when no key is set).
+        azure_openai_ad_token;
         /// Sets the Tavily API key.
         tavily_api_key;
         /// Sets the OpenWeatherMap API key.
@@ -152,6 +164,49 @@ impl ConfigBuilder {
     /// Sets the wait before the first re-send of a failed call.
     pub fn retry_backoff(mut self, wait: Duration) -> Self {
         self.config.retry_backoff_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        self
+    }
+
+    /// Sets the models (`provider/model`) to fall back on, in order, when the one a
+    /// call goes to is down or overloaded after its retries (`PORTIA_LLM_FALLBACK`).
+    pub fn llm_fallback(mut self, models: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.config.llm_fallback = crate::llm::Fallback::new(models).models().to_vec();
+        self
+    }
+
+    /// Sets the reply cap of planning calls (`PORTIA_PLANNING_MAX_TOKENS`).
+    pub fn planning_max_tokens(mut self, tokens: u32) -> Self {
+        self.config.planning_max_tokens = Some(tokens);
+        self
+    }
+
+    /// Sets the reply cap of step calls (`PORTIA_EXECUTION_MAX_TOKENS`).
+    pub fn execution_max_tokens(mut self, tokens: u32) -> Self {
+        self.config.execution_max_tokens = Some(tokens);
+        self
+    }
+
+    /// Sets the reply cap of summaries (`PORTIA_SUMMARY_MAX_TOKENS`).
+    pub fn summary_max_tokens(mut self, tokens: u32) -> Self {
+        self.config.summary_max_tokens = Some(tokens);
+        self
+    }
+
+    /// Sets the context window of the models served, in tokens (`PORTIA_LLM_CONTEXT_TOKENS`).
+    pub fn llm_context_tokens(mut self, tokens: u32) -> Self {
+        self.config.llm_context_tokens = Some(tokens);
+        self
+    }
+
+    /// Sets the requests per minute each model may be sent (`PORTIA_LLM_RPM`).
+    pub fn llm_rpm(mut self, requests: u32) -> Self {
+        self.config.llm_rpm = Some(requests);
+        self
+    }
+
+    /// Sets the prompt tokens per minute each model may be sent (`PORTIA_LLM_TPM`).
+    pub fn llm_tpm(mut self, tokens: u32) -> Self {
+        self.config.llm_tpm = Some(tokens);
         self
     }
 

@@ -31,7 +31,9 @@ pub use crate::logging::{LogFormat, LogLevel, init_logging};
 #[cfg(feature = "otel")]
 pub use crate::logging::{OtlpGuard, init_otlp};
 
-use crate::llm::{LlmClient, LlmSettings, ModelRef, ModelRole, RetryPolicy, split_provider};
+use crate::llm::{
+    LlmClient, LlmSettings, ModelRef, ModelRole, RateLimit, RetryPolicy, split_provider, unknown_provider,
+};
 use crate::{Error, Result};
 
 /// Every setting of the SDK. Plain data: clone it, serialize it (keys are left out).
@@ -63,6 +65,17 @@ pub struct Config {
     pub execution_model: Option<String>,
     /// The model for summaries (`PORTIA_SUMMARY_MODEL`), else the default model.
     pub summary_model: Option<String>,
+    /// Models (`provider/model`) to fall back on, in order, when the one a call goes
+    /// to is down or overloaded after its retries (`PORTIA_LLM_FALLBACK`, comma-separated).
+    pub llm_fallback: Vec<String>,
+    /// Requests per minute each model may be sent, shared by every workflow of a
+    /// runner (`PORTIA_LLM_RPM`); none by default.
+    pub llm_rpm: Option<u32>,
+    /// Prompt tokens per minute each model may be sent (`PORTIA_LLM_TPM`); none by default.
+    pub llm_tpm: Option<u32>,
+    /// Limits of particular models, by `provider/model` name, instead of the two
+    /// above (config file only).
+    pub llm_rate_limits: std::collections::BTreeMap<String, RateLimit>,
     /// Base URL for the provider (`PORTIA_LLM_BASE_URL`); overrides the ones below.
     pub llm_base_url: Option<String>,
     /// OpenAI API key (`OPENAI_API_KEY`); sent to OpenAI only.
@@ -87,6 +100,23 @@ pub struct Config {
     /// OpenRouter API key (`OPENROUTER_API_KEY`).
     #[serde(skip_serializing)]
     pub openrouter_api_key: Option<Secret>,
+    /// Google Gemini API key (`GEMINI_API_KEY`).
+    #[serde(skip_serializing)]
+    pub gemini_api_key: Option<Secret>,
+    /// Gemini API base URL (`GEMINI_BASE_URL`).
+    pub gemini_base_url: Option<String>,
+    /// Azure OpenAI resource key, sent as `api-key` (`AZURE_OPENAI_API_KEY`).
+    #[serde(skip_serializing)]
+    pub azure_openai_api_key: Option<Secret>,
+    /// A Microsoft Entra ID token for Azure OpenAI, sent as a bearer token when no
+    /// resource key is set (`AZURE_OPENAI_AD_TOKEN`).
+    #[serde(skip_serializing)]
+    pub azure_openai_ad_token: Option<Secret>,
+    /// The Azure OpenAI resource's endpoint, such as `https://my-resource.openai.azure.com`
+    /// (`AZURE_OPENAI_ENDPOINT`).
+    pub azure_openai_endpoint: Option<String>,
+    /// The Azure OpenAI `api-version` (`AZURE_OPENAI_API_VERSION`); default `2024-10-21`.
+    pub azure_openai_api_version: Option<String>,
     /// Tavily API key for the search tool (`TAVILY_API_KEY`).
     #[serde(skip_serializing)]
     pub tavily_api_key: Option<Secret>,
@@ -140,6 +170,16 @@ pub struct Config {
     pub max_output_chars: usize,
     /// The most tokens an LLM may write in one reply (`PORTIA_MAX_TOKENS`).
     pub max_tokens: u32,
+    /// The reply cap of planning calls (`PORTIA_PLANNING_MAX_TOKENS`), else `max_tokens`.
+    pub planning_max_tokens: Option<u32>,
+    /// The reply cap of step calls (`PORTIA_EXECUTION_MAX_TOKENS`), else `max_tokens`.
+    pub execution_max_tokens: Option<u32>,
+    /// The reply cap of summaries (`PORTIA_SUMMARY_MAX_TOKENS`), else `max_tokens` up to 2,048.
+    pub summary_max_tokens: Option<u32>,
+    /// The context window of the models served, in tokens (`PORTIA_LLM_CONTEXT_TOKENS`),
+    /// for a server whose window is not a well-known model's: reply caps are lowered
+    /// so that prompt and reply fit it.
+    pub llm_context_tokens: Option<u32>,
     /// How many times the planner may try to produce a valid plan (`PORTIA_PLANNER_ATTEMPTS`).
     pub planner_attempts: u32,
     /// Whether the final output gets an LLM summary (`PORTIA_SUMMARIZE`).
@@ -183,6 +223,10 @@ impl Default for Config {
             planning_model: None,
             execution_model: None,
             summary_model: None,
+            llm_fallback: Vec::new(),
+            llm_rpm: None,
+            llm_tpm: None,
+            llm_rate_limits: std::collections::BTreeMap::new(),
             llm_base_url: None,
             openai_api_key: None,
             llm_api_key: None,
@@ -192,6 +236,12 @@ impl Default for Config {
             mistral_api_key: None,
             groq_api_key: None,
             openrouter_api_key: None,
+            gemini_api_key: None,
+            gemini_base_url: None,
+            azure_openai_api_key: None,
+            azure_openai_ad_token: None,
+            azure_openai_endpoint: None,
+            azure_openai_api_version: None,
             tavily_api_key: None,
             tavily_base_url: None,
             openweathermap_api_key: None,
@@ -214,6 +264,10 @@ impl Default for Config {
             retry_backoff_ms: 500,
             max_output_chars: 20_000,
             max_tokens: 8192,
+            planning_max_tokens: None,
+            execution_max_tokens: None,
+            summary_max_tokens: None,
+            llm_context_tokens: None,
             planner_attempts: 3,
             summarize_final_output: true,
             lease_ttl_secs: 30,
@@ -231,6 +285,10 @@ impl Default for Config {
 /// after seven tries, against 0.8% after four: a workflow of five calls then
 /// completes 99.9% of the time instead of 96%.
 pub const DEFAULT_MAX_RETRIES: u32 = 6;
+
+/// The reply cap of summaries unless configured: a summary is short, and a smaller
+/// cap leaves more of a small context window to the prompt.
+const DEFAULT_SUMMARY_MAX_TOKENS: u32 = 2048;
 
 /// Reads a setting from a source of variables, treating empty values as unset.
 struct Vars<F>(F);
@@ -320,6 +378,9 @@ impl Config {
             ("PORTIA_LLM_BASE_URL", &mut self.llm_base_url),
             ("OPENAI_BASE_URL", &mut self.openai_base_url),
             ("ANTHROPIC_BASE_URL", &mut self.anthropic_base_url),
+            ("GEMINI_BASE_URL", &mut self.gemini_base_url),
+            ("AZURE_OPENAI_ENDPOINT", &mut self.azure_openai_endpoint),
+            ("AZURE_OPENAI_API_VERSION", &mut self.azure_openai_api_version),
             ("TAVILY_BASE_URL", &mut self.tavily_base_url),
             ("OPENWEATHERMAP_BASE_URL", &mut self.openweathermap_base_url),
             ("PORTIA_LLM_MODEL", &mut self.default_model),
@@ -331,6 +392,9 @@ impl Config {
             if let Some(value) = vars.get(name) {
                 *field = Some(value);
             }
+        }
+        if let Some(list) = vars.get("PORTIA_LLM_FALLBACK") {
+            self.llm_fallback = list.split(',').map(str::trim).filter(|m| !m.is_empty()).map(str::to_owned).collect();
         }
         self.llm_provider = match vars.parse("PORTIA_LLM_PROVIDER")? {
             Some(provider) => provider,
@@ -360,6 +424,12 @@ impl Config {
         set(&mut self.retry_backoff_ms, vars.parse("PORTIA_RETRY_BACKOFF_MS")?);
         set(&mut self.max_output_chars, vars.parse("PORTIA_MAX_OUTPUT_CHARS")?);
         set(&mut self.max_tokens, vars.parse("PORTIA_MAX_TOKENS")?);
+        self.planning_max_tokens = vars.parse("PORTIA_PLANNING_MAX_TOKENS")?.or(self.planning_max_tokens);
+        self.execution_max_tokens = vars.parse("PORTIA_EXECUTION_MAX_TOKENS")?.or(self.execution_max_tokens);
+        self.summary_max_tokens = vars.parse("PORTIA_SUMMARY_MAX_TOKENS")?.or(self.summary_max_tokens);
+        self.llm_context_tokens = vars.parse("PORTIA_LLM_CONTEXT_TOKENS")?.or(self.llm_context_tokens);
+        self.llm_rpm = vars.parse("PORTIA_LLM_RPM")?.or(self.llm_rpm);
+        self.llm_tpm = vars.parse("PORTIA_LLM_TPM")?.or(self.llm_tpm);
         set(&mut self.planner_attempts, vars.parse("PORTIA_PLANNER_ATTEMPTS")?);
         set(&mut self.summarize_final_output, vars.parse("PORTIA_SUMMARIZE")?);
         set(&mut self.lease_ttl_secs, vars.parse("PORTIA_LEASE_TTL_SECS")?);
@@ -383,6 +453,9 @@ impl Config {
             ("MISTRAL_API_KEY", &mut self.mistral_api_key),
             ("GROQ_API_KEY", &mut self.groq_api_key),
             ("OPENROUTER_API_KEY", &mut self.openrouter_api_key),
+            ("GEMINI_API_KEY", &mut self.gemini_api_key),
+            ("AZURE_OPENAI_API_KEY", &mut self.azure_openai_api_key),
+            ("AZURE_OPENAI_AD_TOKEN", &mut self.azure_openai_ad_token),
             ("TAVILY_API_KEY", &mut self.tavily_api_key),
             ("OPENWEATHERMAP_API_KEY", &mut self.openweathermap_api_key),
             ("PORTIA_DATABASE_URL", &mut self.database_url),
@@ -395,12 +468,12 @@ impl Config {
     }
 
     /// The provider when none is set: the one a `provider/model` default model names,
-    /// else the first whose key is present (OpenAI, Anthropic, Mistral), else OpenAI.
+    /// else the first whose key is present (OpenAI, Anthropic, Mistral, Gemini), else OpenAI.
     fn inferred_provider(&self) -> LlmProvider {
         if let Some(provider) = self.default_model.as_deref().and_then(|m| split_provider(m).0) {
             return provider;
         }
-        [LlmProvider::OpenAi, LlmProvider::Anthropic, LlmProvider::Mistral]
+        [LlmProvider::OpenAi, LlmProvider::Anthropic, LlmProvider::Mistral, LlmProvider::Gemini]
             .into_iter()
             .find(|p| self.api_key(*p).is_some())
             .unwrap_or(LlmProvider::OpenAi)
@@ -486,6 +559,33 @@ impl Config {
         if models.iter().any(|m| m.as_deref().is_some_and(|m| split_provider(m).1.trim().is_empty())) {
             return Err(Error::invalid_config("model", "a model name is empty; give a name such as gpt-4.1-mini"));
         }
+        self.validate_model_names()
+    }
+
+    /// Checks that every model name's `provider/` prefix names a known provider.
+    fn validate_model_names(&self) -> Result<()> {
+        let named = [
+            ("PORTIA_LLM_MODEL", &self.default_model),
+            ("PORTIA_PLANNING_MODEL", &self.planning_model),
+            ("PORTIA_EXECUTION_MODEL", &self.execution_model),
+            ("PORTIA_SUMMARY_MODEL", &self.summary_model),
+        ];
+        for (var, name) in named {
+            if let Some(problem) = name.as_deref().and_then(|name| unknown_provider(self.llm_provider, name)) {
+                return Err(Error::invalid_config(var, problem));
+            }
+        }
+        for name in &self.llm_fallback {
+            if let Some(problem) = unknown_provider(self.llm_provider, name) {
+                return Err(Error::invalid_config("PORTIA_LLM_FALLBACK", problem));
+            }
+            if split_provider(name).1.trim().is_empty() {
+                return Err(Error::invalid_config(
+                    "PORTIA_LLM_FALLBACK",
+                    format!("{name:?} names no model; write provider/model, such as anthropic/claude-haiku-4-5"),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -496,6 +596,8 @@ impl Config {
             ("PORTIA_LLM_BASE_URL", &self.llm_base_url),
             ("OPENAI_BASE_URL", &self.openai_base_url),
             ("ANTHROPIC_BASE_URL", &self.anthropic_base_url),
+            ("GEMINI_BASE_URL", &self.gemini_base_url),
+            ("AZURE_OPENAI_ENDPOINT", &self.azure_openai_endpoint),
             ("TAVILY_BASE_URL", &self.tavily_base_url),
             ("OPENWEATHERMAP_BASE_URL", &self.openweathermap_base_url),
         ];
@@ -544,6 +646,8 @@ impl Config {
             LlmProvider::Mistral => self.mistral_api_key.as_ref(),
             LlmProvider::Groq => self.groq_api_key.as_ref(),
             LlmProvider::OpenRouter => self.openrouter_api_key.as_ref(),
+            LlmProvider::Gemini => self.gemini_api_key.as_ref(),
+            LlmProvider::AzureOpenAi => self.azure_openai_api_key.as_ref().or(self.azure_openai_ad_token.as_ref()),
         }
     }
 
@@ -563,6 +667,8 @@ impl Config {
         let configured = match provider {
             LlmProvider::OpenAi | LlmProvider::OpenAiCompatible => self.openai_base_url.as_ref(),
             LlmProvider::Anthropic => self.anthropic_base_url.as_ref(),
+            LlmProvider::Gemini => self.gemini_base_url.as_ref(),
+            LlmProvider::AzureOpenAi => self.azure_openai_endpoint.as_ref(),
             _ => None,
         };
         let url = if provider == self.llm_provider { self.llm_base_url.as_ref().or(configured) } else { configured };
@@ -590,9 +696,11 @@ impl Config {
     }
 
     /// What the LLM clients need of this configuration: the models, each provider's
-    /// key and URL, the completion cap, the timeouts and the retry policy.
+    /// key and URL, the fallback models, the completion cap, the timeouts and the retry policy.
     pub fn llm_settings(&self) -> LlmSettings {
         let mut settings = LlmSettings::new(self.llm_provider)
+            .fallback(self.llm_fallback.iter().cloned())
+            .rate_limit(RateLimit { requests_per_minute: self.llm_rpm, tokens_per_minute: self.llm_tpm })
             .max_tokens(self.max_tokens)
             .request_timeout(self.request_timeout())
             .retry(self.llm_retry_policy());
@@ -601,11 +709,34 @@ impl Config {
                 settings = settings.model(role, name);
             }
         }
+        let summary_cap = self.summary_max_tokens.unwrap_or(self.max_tokens.min(DEFAULT_SUMMARY_MAX_TOKENS));
+        let caps = [
+            (ModelRole::Planning, self.planning_max_tokens),
+            (ModelRole::Execution, self.execution_max_tokens),
+            (ModelRole::Summary, Some(summary_cap)),
+        ];
+        for (role, cap) in caps {
+            if let Some(cap) = cap {
+                settings = settings.max_tokens_for(role, cap);
+            }
+        }
+        if let Some(tokens) = self.llm_context_tokens {
+            settings = settings.context_tokens(tokens);
+        }
+        for (name, limit) in &self.llm_rate_limits {
+            settings = settings.model_rate_limit(name, *limit);
+        }
         for &provider in LlmProvider::ALL {
             settings = settings.base_url(provider, self.base_url(provider));
             if let Some(key) = self.api_key(provider) {
                 settings = settings.api_key(provider, key.expose());
             }
+        }
+        if let Some(version) = &self.azure_openai_api_version {
+            settings = settings.azure_api_version(version);
+        }
+        if let (None, Some(token)) = (&self.azure_openai_api_key, &self.azure_openai_ad_token) {
+            settings = settings.azure_entra_token(token.expose());
         }
         settings
     }
@@ -912,6 +1043,9 @@ mod tests {
                 &mut self.mistral_api_key,
                 &mut self.groq_api_key,
                 &mut self.openrouter_api_key,
+                &mut self.gemini_api_key,
+                &mut self.azure_openai_api_key,
+                &mut self.azure_openai_ad_token,
                 &mut self.tavily_api_key,
                 &mut self.openweathermap_api_key,
             ] {

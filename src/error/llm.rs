@@ -101,6 +101,21 @@ impl LlmError {
         }
     }
 
+    /// Whether the error says the provider or model is down or overloaded, so that
+    /// another model may serve the request (see [`Fallback`](crate::llm::Fallback)):
+    /// a 5xx, a 408, a 429 with no usable `Retry-After` (none, or more than a
+    /// minute away), a connection that failed or timed out. A 400 and other refusals
+    /// of the request itself are not: the next model would refuse it too.
+    pub fn is_unavailable(&self) -> bool {
+        const USABLE_WAIT: Duration = Duration::from_secs(60);
+        match self {
+            Self::Http { status: 429, retry_after, .. } => retry_after.is_none_or(|wait| wait > USABLE_WAIT),
+            Self::Http { status, .. } => *status == 408 || (500..=599).contains(status),
+            Self::Connection { .. } | Self::Timeout { .. } => true,
+            _ => false,
+        }
+    }
+
     /// How long the provider asked us to wait before retrying, if it did.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

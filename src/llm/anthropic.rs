@@ -4,13 +4,16 @@
 //! forced tool whose input schema is the wanted schema; the call's input becomes
 //! the reply's text (see [`schema`](super::schema) for schemas that are not
 //! objects). `max_tokens` is required and always sent from the config: a low
-//! default cuts off large tool inputs.
+//! default cuts off large tool inputs. The system prompt (or, without one, the
+//! last tool) carries a `cache_control` breakpoint, so the stable prefix is cached.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Map, Value, json};
 
+use super::rate_limit::Limiters;
 use super::schema::{SentSchema, object_schema, portable};
 use super::transport::{Endpoint, secret_header};
 use super::{
@@ -28,7 +31,7 @@ pub(crate) struct AnthropicClient {
     base_url: String,
     key: Option<Secret>,
     timeout: Duration,
-    max_tokens: u32,
+    limiters: Arc<Limiters>,
 }
 
 /// The forced tool that carries a structured reply.
@@ -40,22 +43,27 @@ struct ReplyTool {
 
 impl AnthropicClient {
     /// A client at the configured Anthropic base URL, sharing `http`'s connection pool.
-    pub(crate) fn new(http: reqwest::Client, settings: &LlmSettings) -> Self {
+    pub(crate) fn new(http: reqwest::Client, settings: &LlmSettings, limiters: Arc<Limiters>) -> Self {
         Self {
             http,
             base_url: settings.url(LlmProvider::Anthropic),
             key: settings.key(LlmProvider::Anthropic),
             timeout: settings.timeout(),
-            max_tokens: settings.completion_cap(),
+            limiters,
         }
     }
 
-    /// Sends `request` to `model`, once: the [`Retry`](super::Retry) layer around this client retries.
-    pub(crate) async fn chat(&self, model: &str, request: &LlmRequest) -> Result<LlmResponse, LlmError> {
+    /// Sends `request` to `model` with a reply of at most `max_tokens`, once: the
+    /// [`Retry`](super::Retry) layer around this client retries.
+    pub(crate) async fn chat(
+        &self,
+        model: &str,
+        request: &LlmRequest,
+        max_tokens: u32,
+    ) -> Result<LlmResponse, LlmError> {
         let endpoint = self.endpoint(model)?;
         let reply_tool = request.output_schema.as_ref().map(ReplyTool::new);
-        let body =
-            request_body(model, self.max_tokens, request, reply_tool.as_ref()).map_err(|e| endpoint.not_sent(e))?;
+        let body = request_body(model, max_tokens, request, reply_tool.as_ref()).map_err(|e| endpoint.not_sent(e))?;
         let reply = endpoint.post(&body).await?;
         let response = parse_reply(&reply.body, reply_tool.as_ref()).map_err(|e| endpoint.invalid(e))?;
         endpoint.log_success(&reply, response.usage);
@@ -72,6 +80,7 @@ impl AnthropicClient {
             key: self.key.as_ref(),
             key_var: LlmProvider::Anthropic.api_key_var(),
             timeout: self.timeout,
+            limiter: Some(self.limiters.for_model(LlmProvider::Anthropic, model)),
         };
         endpoint.headers.insert("anthropic-version", HeaderValue::from_static(API_VERSION));
         if let Some(key) = &self.key {
@@ -115,9 +124,6 @@ fn request_body(
     let mut body = Map::new();
     body.insert("model".into(), json!(model));
     body.insert("max_tokens".into(), json!(max_tokens));
-    if !system.is_empty() {
-        body.insert("system".into(), json!(system));
-    }
     body.insert("messages".into(), Value::Array(messages));
     let mut tools: Vec<Value> = request
         .tools
@@ -133,6 +139,7 @@ fn request_body(
         }
         None => (!tools.is_empty()).then(|| tool_choice(&request.tool_choice)),
     };
+    mark_cached_prefix(&mut body, &system, &mut tools);
     if !tools.is_empty() {
         body.insert("tools".into(), Value::Array(tools));
     }
@@ -140,6 +147,19 @@ fn request_body(
         body.insert("tool_choice".into(), choice);
     }
     Ok(Value::Object(body))
+}
+
+/// Marks the end of the stable prefix (the tools, then the system prompt: the
+/// order Anthropic caches in) for the prompt cache, so calls that share it are
+/// billed a tenth for it. A prefix under the model's minimum (1,024 tokens for
+/// most) is simply not cached.
+fn mark_cached_prefix(body: &mut Map<String, Value>, system: &str, tools: &mut [Value]) {
+    let ephemeral = json!({"type": "ephemeral"});
+    if !system.is_empty() {
+        body.insert("system".into(), json!([{"type": "text", "text": system, "cache_control": ephemeral}]));
+    } else if let Some(Value::Object(last)) = tools.last_mut() {
+        last.insert("cache_control".into(), ephemeral);
+    }
 }
 
 fn tool_choice(choice: &ToolChoice) -> Value {
@@ -232,7 +252,7 @@ fn parse_reply(body: &Value, reply_tool: Option<&ReplyTool>) -> Result<LlmRespon
         let call = tool_calls.remove(position);
         text = Some(reply.input.unwrap(&call.arguments).to_string());
     }
-    Ok(LlmResponse { text, tool_calls, usage: usage(body.get("usage")) })
+    Ok(LlmResponse { text, tool_calls, usage: usage(body.get("usage")), model: None })
 }
 
 fn tool_call(index: usize, block: &Value) -> Result<ToolCall, String> {
@@ -257,6 +277,21 @@ fn usage(usage: Option<&Value>) -> Usage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_a_system_prompt_the_last_tool_ends_the_cached_prefix() {
+        let tool = |name: &str| super::super::ToolDefinition {
+            name: name.into(),
+            description: "d".into(),
+            parameters: json!({"type": "object"}),
+        };
+        let request = LlmRequest::new(super::super::ModelRole::Execution, vec![Message::user("hi")])
+            .with_tools(vec![tool("a"), tool("b")], ToolChoice::Auto);
+        let body = request_body("m", 100, &request, None).unwrap();
+        assert_eq!(body.get("system"), None);
+        assert_eq!(body["tools"][0].get("cache_control"), None);
+        assert_eq!(body["tools"][1]["cache_control"], json!({"type": "ephemeral"}));
+    }
 
     #[test]
     fn tools_without_an_object_schema_get_an_empty_one() {

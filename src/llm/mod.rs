@@ -8,7 +8,8 @@
 //!
 //! What is not a provider's business is a [layer](LlmLayer) stacked around any
 //! client, so a client of your own gets it too: [`Retry`] (backoff, `Retry-After`,
-//! time limits, per a [`RetryPolicy`]), [`Offline`] (refusal in offline mode), the
+//! time limits, per a [`RetryPolicy`]), [`Fallback`] (further models when one is
+//! down), [`Offline`] (refusal in offline mode), the
 //! cassette's [`Recorder`](crate::testing::Recorder), and, inside a run, the
 //! runner's metering of usage and budgets. Stack them with [`LlmClientExt::with`].
 //!
@@ -23,10 +24,14 @@
 //! a [`Retry`] layer.
 
 mod anthropic;
+mod caps;
+mod fallback;
+mod gemini;
 mod layer;
 mod offline;
 mod openai;
 mod provider;
+mod rate_limit;
 mod retry;
 mod router;
 mod schema;
@@ -44,10 +49,12 @@ use serde_json::Value;
 
 pub use crate::error::LlmError;
 pub use crate::usage::Usage;
+pub use fallback::Fallback;
 pub use layer::{LlmClientExt, LlmLayer};
 pub use offline::Offline;
-pub(crate) use provider::split_provider;
 pub use provider::{LlmProvider, ModelRef, ModelRole};
+pub(crate) use provider::{split_provider, unknown_provider};
+pub use rate_limit::{RateLimit, RateLimits};
 pub use retry::{Retry, RetryPolicy};
 pub use settings::LlmSettings;
 pub(crate) use transport::retry_after;
@@ -246,6 +253,10 @@ pub struct LlmResponse {
     /// What the call cost.
     #[serde(default)]
     pub usage: Usage,
+    /// The model that served the reply (`provider/model`) when it is not the one the
+    /// request went to: set by the [`Fallback`] layer when a fallback model answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 impl LlmResponse {
@@ -322,9 +333,11 @@ pub(crate) fn strip_code_fence(text: &str) -> &str {
 /// with [`LlmError::MissingApiKey`]. Each provider's client sends a request once,
 /// inside an [`Offline`] layer at the provider's base URL (offline mode allows only
 /// loopback hosts) and a [`Retry`] layer with the settings' [`RetryPolicy`]; the
-/// client returned [`retries`](LlmClient::retries).
+/// client returned [`retries`](LlmClient::retries). The settings'
+/// [fallback models](LlmSettings::fallback) are a [`Fallback`] layer around it all.
 pub fn client(settings: LlmSettings) -> std::sync::Arc<dyn LlmClient> {
-    std::sync::Arc::new(router::Router::new(settings))
+    let fallback = Fallback::new(settings.fallback_models().iter().cloned());
+    std::sync::Arc::new(router::Router::new(settings)).with(fallback)
 }
 
 /// The LLM client `settings` describe, built when it is first called rather than now.

@@ -11,12 +11,14 @@
 //! model is remembered, the retry asks with `json_schema` first again.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use reqwest::header::HeaderMap;
 use serde_json::{Map, Value, json};
 
+use super::rate_limit::Limiters;
 use super::schema::{SentSchema, portable};
 use super::transport::{Endpoint, secret_header};
 use super::{LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, Message, Role, ToolCall, ToolChoice, Usage};
@@ -30,7 +32,9 @@ pub(crate) struct OpenAiClient {
     base_url: String,
     key: Option<Secret>,
     timeout: Duration,
-    max_tokens: u32,
+    limiters: Arc<Limiters>,
+    /// For Azure OpenAI: the `api-version`, and whether the key is an Entra token.
+    azure: Option<(String, bool)>,
     /// Models whose server refused `json_schema`: they get `json_object` from now on.
     json_object_models: Mutex<HashSet<String>>,
 }
@@ -48,27 +52,42 @@ enum Format {
 
 impl OpenAiClient {
     /// A client for `provider` at its configured base URL, sharing `http`'s connection pool.
-    pub(crate) fn new(http: reqwest::Client, settings: &LlmSettings, provider: LlmProvider) -> Self {
+    pub(crate) fn new(
+        http: reqwest::Client,
+        settings: &LlmSettings,
+        limiters: Arc<Limiters>,
+        provider: LlmProvider,
+    ) -> Self {
         Self {
             http,
             provider,
             base_url: settings.url(provider),
             key: settings.key(provider),
             timeout: settings.timeout(),
-            max_tokens: settings.completion_cap(),
+            limiters,
+            azure: (provider == LlmProvider::AzureOpenAi).then(|| {
+                let (version, bearer) = settings.azure();
+                (version.to_owned(), bearer)
+            }),
             json_object_models: Mutex::new(HashSet::new()),
         }
     }
 
-    /// Sends `request` to `model`: once, or twice when the server refuses `json_schema`.
-    /// The [`Retry`](super::Retry) layer around this client retries.
-    pub(crate) async fn chat(&self, model: &str, request: &LlmRequest) -> Result<LlmResponse, LlmError> {
+    /// Sends `request` to `model` with a reply of at most `max_tokens`: once, or
+    /// twice when the server refuses `json_schema`. The [`Retry`](super::Retry)
+    /// layer around this client retries.
+    pub(crate) async fn chat(
+        &self,
+        model: &str,
+        request: &LlmRequest,
+        max_tokens: u32,
+    ) -> Result<LlmResponse, LlmError> {
         let endpoint = self.endpoint(model)?;
         let format = self.format_for(model, request);
-        match self.send(&endpoint, request, format).await {
+        match self.send(&endpoint, request, format, max_tokens).await {
             Err(error) if format == Format::JsonSchema && refuses_request(&error) => {
                 tracing::warn!(provider = %self.provider, model, error = %error, "json_schema refused; trying json_object");
-                let result = self.send(&endpoint, request, Format::JsonObject).await;
+                let result = self.send(&endpoint, request, Format::JsonObject, max_tokens).await;
                 // Remembered only when json_object is what made the difference.
                 if result.is_ok() {
                     self.json_object_models.lock().unwrap_or_else(PoisonError::into_inner).insert(model.to_owned());
@@ -92,7 +111,10 @@ impl OpenAiClient {
     /// OpenAI took `max_tokens` away from its newer models in favour of
     /// `max_completion_tokens`; compatible servers only know `max_tokens`.
     fn token_cap_field(&self) -> &'static str {
-        if self.provider == LlmProvider::OpenAi { "max_completion_tokens" } else { "max_tokens" }
+        match self.provider {
+            LlmProvider::OpenAi | LlmProvider::AzureOpenAi => "max_completion_tokens",
+            _ => "max_tokens",
+        }
     }
 
     fn endpoint<'a>(&'a self, model: &'a str) -> Result<Endpoint<'a>, LlmError> {
@@ -106,13 +128,37 @@ impl OpenAiClient {
             // OpenAI-compatible servers and Ollama take their optional key from PORTIA_LLM_API_KEY.
             key_var: self.provider.api_key_var().or(Some("PORTIA_LLM_API_KEY")),
             timeout: self.timeout,
+            limiter: Some(self.limiters.for_model(self.provider, model)),
+        };
+        let bearer = match &self.azure {
+            Some((version, bearer)) => {
+                endpoint.url = self.azure_url(model, version).map_err(|e| endpoint.not_sent(e))?;
+                if *bearer {
+                    endpoint.key_var = Some("AZURE_OPENAI_AD_TOKEN");
+                }
+                *bearer
+            }
+            None => true,
         };
         if let Some(key) = &self.key {
-            let (name, value) = secret_header("authorization", &format!("Bearer {}", key.expose()))
-                .map_err(|e| endpoint.not_sent(e))?;
+            let header = if bearer {
+                secret_header("authorization", &format!("Bearer {}", key.expose()))
+            } else {
+                secret_header("api-key", key.expose())
+            };
+            let (name, value) = header.map_err(|e| endpoint.not_sent(e))?;
             endpoint.headers.insert(name, value);
         }
         Ok(endpoint)
+    }
+
+    /// Azure's URL of a deployment's Chat Completions: the model names the deployment.
+    /// (The router has checked that the resource's endpoint is set.)
+    fn azure_url(&self, deployment: &str, version: &str) -> Result<String, String> {
+        if deployment.contains(['/', '?', '#', '&']) {
+            return Err(format!("{deployment:?} is not an Azure deployment name"));
+        }
+        Ok(format!("{}/openai/deployments/{deployment}/chat/completions?api-version={version}", self.base_url))
     }
 
     async fn send(
@@ -120,9 +166,10 @@ impl OpenAiClient {
         endpoint: &Endpoint<'_>,
         request: &LlmRequest,
         format: Format,
+        max_tokens: u32,
     ) -> Result<LlmResponse, LlmError> {
         let wanted = request.output_schema.as_ref().map(|s| (s.wire_name(), SentSchema::new(&s.schema)));
-        let cap = (self.token_cap_field(), self.max_tokens);
+        let cap = (self.token_cap_field(), max_tokens);
         let body =
             request_body(endpoint.model, request, format, wanted.as_ref(), cap).map_err(|e| endpoint.not_sent(e))?;
         let reply = endpoint.post(&body).await?;
@@ -137,9 +184,11 @@ impl OpenAiClient {
 
 /// A 400 or 422 to a request carrying a response format. Servers word their
 /// refusal of a schema in many ways (llama.cpp: "JSON schema error at ...: schema
-/// must be an object"), so any such refusal is worth one try with `json_object`.
+/// must be an object"), so any such refusal is worth one try with `json_object`,
+/// but for a prompt and cap too long for the context, which `json_object` would not
+/// change (the router retries that with a smaller cap).
 fn refuses_request(error: &LlmError) -> bool {
-    matches!(error, LlmError::Http { status: 400 | 422, .. })
+    matches!(error, LlmError::Http { status: 400 | 422, .. }) && !super::caps::is_context_overflow(error)
 }
 
 /// The Chat Completions body. Only widely supported fields are sent, so compatible
@@ -288,7 +337,7 @@ fn parse_reply(body: &Value) -> Result<LlmResponse, String> {
         Some(Value::Array(calls)) => calls.iter().enumerate().map(tool_call).collect::<Result<_, _>>()?,
         _ => Vec::new(),
     };
-    Ok(LlmResponse { text: text(message.get("content")), tool_calls, usage: usage(body.get("usage")) })
+    Ok(LlmResponse { text: text(message.get("content")), tool_calls, usage: usage(body.get("usage")), model: None })
 }
 
 /// Content is a string, or (on some compatible servers) a list of text parts.

@@ -22,6 +22,10 @@ config_enum!(
         Groq => ["groq"],
         /// OpenRouter's OpenAI-compatible API.
         OpenRouter => ["openrouter"],
+        /// Google's Gemini API (`generateContent`).
+        Gemini => ["gemini", "google"],
+        /// Azure OpenAI: Chat Completions on a deployment of your resource.
+        AzureOpenAi => ["azure", "azure-openai"],
     }
 );
 
@@ -35,10 +39,14 @@ impl LlmProvider {
             Self::OpenAiCompatible | Self::Ollama => "llama3.1",
             Self::Groq => "llama-3.3-70b-versatile",
             Self::OpenRouter => "openai/gpt-4.1-mini",
+            Self::Gemini => "gemini-2.5-flash",
+            // Azure names deployments, not models: this is the deployment's name.
+            Self::AzureOpenAi => "gpt-4.1-mini",
         }
     }
 
-    /// The base URL used when none is configured.
+    /// The base URL used when none is configured (none for Azure OpenAI, whose
+    /// endpoint is the resource's own: `AZURE_OPENAI_ENDPOINT`).
     pub fn default_base_url(self) -> &'static str {
         match self {
             Self::OpenAi => "https://api.openai.com/v1",
@@ -47,6 +55,8 @@ impl LlmProvider {
             Self::OpenAiCompatible | Self::Ollama => "http://localhost:11434/v1",
             Self::Groq => "https://api.groq.com/openai/v1",
             Self::OpenRouter => "https://openrouter.ai/api/v1",
+            Self::Gemini => "https://generativelanguage.googleapis.com",
+            Self::AzureOpenAi => "",
         }
     }
 
@@ -58,13 +68,22 @@ impl LlmProvider {
             Self::Mistral => Some("MISTRAL_API_KEY"),
             Self::Groq => Some("GROQ_API_KEY"),
             Self::OpenRouter => Some("OPENROUTER_API_KEY"),
+            Self::Gemini => Some("GEMINI_API_KEY"),
+            Self::AzureOpenAi => Some("AZURE_OPENAI_API_KEY"),
             Self::OpenAiCompatible | Self::Ollama => None,
         }
     }
 
     /// Whether the provider speaks the OpenAI Chat Completions protocol.
     pub fn is_openai_protocol(self) -> bool {
-        self != Self::Anthropic
+        !matches!(self, Self::Anthropic | Self::Gemini)
+    }
+
+    /// Whether the provider's own model names contain slashes (`meta-llama/...`), so
+    /// that an unknown `name/` prefix is part of the model name rather than a typo
+    /// for a provider.
+    pub fn takes_slashed_models(self) -> bool {
+        matches!(self, Self::OpenAiCompatible | Self::Ollama | Self::Groq | Self::OpenRouter)
     }
 }
 
@@ -102,6 +121,23 @@ pub(crate) fn split_provider(name: &str) -> (Option<LlmProvider>, &str) {
     }
 }
 
+/// Why `name` cannot be a model of `default` (the provider that serves names without
+/// a prefix): a `prefix/` that names no provider, on a provider whose own model
+/// names have no slash, is taken for a mistyped provider.
+pub(crate) fn unknown_provider(default: LlmProvider, name: &str) -> Option<String> {
+    let (provider, _) = split_provider(name);
+    let (prefix, _) = name.split_once('/')?;
+    if provider.is_some() || default.takes_slashed_models() {
+        return None;
+    }
+    let known: Vec<&str> = LlmProvider::ALL.iter().map(|p| p.as_str()).collect();
+    Some(format!(
+        "{name:?} names the provider {prefix:?}, which is not one of the known providers ({}); \
+         write provider/model, such as gemini/gemini-2.5-flash, or a model of {default} without a prefix",
+        known.join(", ")
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,8 +150,17 @@ mod tests {
     }
 
     #[test]
-    fn only_anthropic_speaks_its_own_protocol() {
+    fn an_unknown_prefix_is_refused_listing_the_known_providers_unless_names_have_slashes() {
+        let problem = unknown_provider(LlmProvider::OpenAi, "gemnii/gemini-2.5-flash").unwrap();
+        assert!(problem.contains("\"gemnii\"") && problem.contains("openai, anthropic") && problem.contains("gemini"));
+        assert_eq!(unknown_provider(LlmProvider::OpenAi, "gemini/gemini-2.5-flash"), None);
+        assert_eq!(unknown_provider(LlmProvider::OpenAi, "gpt-4.1"), None);
+        assert_eq!(unknown_provider(LlmProvider::OpenRouter, "meta/llama-4"), None);
+    }
+
+    #[test]
+    fn only_anthropic_and_gemini_speak_their_own_protocols() {
         let own: Vec<_> = LlmProvider::ALL.iter().filter(|p| !p.is_openai_protocol()).collect();
-        assert_eq!(own, [&LlmProvider::Anthropic]);
+        assert_eq!(own, [&LlmProvider::Anthropic, &LlmProvider::Gemini]);
     }
 }

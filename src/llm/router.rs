@@ -1,14 +1,18 @@
 //! The client [`client`](super::client) returns: it picks the provider and model of
-//! each request and hands it to that provider's stack: the [`Retry`] and
-//! [`Offline`] layers around a client that sends each request once.
+//! each request and hands it to that provider's stack: the client-side rate limit,
+//! then the [`Retry`] and [`Offline`] layers around a client that sends each request once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::anthropic::AnthropicClient;
+use super::caps;
+use super::gemini::GeminiClient;
 use super::openai::OpenAiClient;
+use super::rate_limit::{self, Limiters, RateLimits};
 use super::{
     LlmClient, LlmClientExt, LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, ModelRef, Offline, Retry,
+    unknown_provider,
 };
 
 /// Routes each request to the stack of the provider its model belongs to.
@@ -24,18 +28,30 @@ impl Router {
     pub(crate) fn new(settings: LlmSettings) -> Self {
         let http = crate::http::client(settings.timeout());
         let settings = Arc::new(settings);
+        // One registry for every provider: a model's limits hold across all its callers.
+        let limiters = Arc::new(Limiters::new(Arc::clone(&settings)));
         let clients = LlmProvider::ALL
             .iter()
             .map(|&provider| {
-                let client = if provider.is_openai_protocol() {
-                    ProviderClient::OpenAi(OpenAiClient::new(http.clone(), &settings, provider))
-                } else {
-                    ProviderClient::Anthropic(AnthropicClient::new(http.clone(), &settings))
+                let client = match provider {
+                    LlmProvider::Anthropic => {
+                        ProviderClient::Anthropic(AnthropicClient::new(http.clone(), &settings, Arc::clone(&limiters)))
+                    }
+                    LlmProvider::Gemini => {
+                        ProviderClient::Gemini(GeminiClient::new(http.clone(), &settings, Arc::clone(&limiters)))
+                    }
+                    _ => ProviderClient::OpenAi(OpenAiClient::new(
+                        http.clone(),
+                        &settings,
+                        Arc::clone(&limiters),
+                        provider,
+                    )),
                 };
                 let once = Arc::new(SendOnce { settings: Arc::clone(&settings), client });
                 let stack = once
                     .with(Offline::unless_loopback(settings.url(provider)).shared_models(Arc::clone(&settings)))
-                    .with(Retry::new(settings.retry_policy().clone()).shared_models(Arc::clone(&settings)));
+                    .with(Retry::new(settings.retry_policy().clone()).shared_models(Arc::clone(&settings)))
+                    .with(RateLimits { limiters: Arc::clone(&limiters) });
                 (provider, stack)
             })
             .collect();
@@ -47,6 +63,9 @@ impl Router {
 impl LlmClient for Router {
     async fn chat(&self, request: LlmRequest) -> Result<LlmResponse, LlmError> {
         let ModelRef { provider, model } = self.settings.resolve(&request);
+        if let Some(problem) = request.named_model().and_then(|name| unknown_provider(self.settings.provider(), name)) {
+            return Err(LlmError::NotSent { provider: provider.to_string(), model, message: problem });
+        }
         if model.trim().is_empty() {
             return Err(LlmError::NotSent {
                 provider: provider.to_string(),
@@ -55,6 +74,16 @@ impl LlmClient for Router {
             });
         }
         self.settings.require_api_key(provider)?;
+        if self.settings.url(provider).is_empty() {
+            // Only Azure has no public address: each resource has its own.
+            return Err(LlmError::NotSent {
+                provider: provider.to_string(),
+                model,
+                message: "Azure OpenAI needs its resource's endpoint: set AZURE_OPENAI_ENDPOINT, \
+                          such as https://my-resource.openai.azure.com"
+                    .into(),
+            });
+        }
         match self.clients.get(&provider) {
             Some(client) => client.chat(request).await,
             None => Err(LlmError::Other(format!("no client is built in for the provider {provider}"))),
@@ -77,15 +106,42 @@ struct SendOnce {
 enum ProviderClient {
     OpenAi(OpenAiClient),
     Anthropic(AnthropicClient),
+    Gemini(GeminiClient),
 }
 
 #[async_trait::async_trait]
 impl LlmClient for SendOnce {
+    /// Sends with the cap that fits the request's purpose and the model's context;
+    /// a refusal for context length is sent once more with a cap that fits.
     async fn chat(&self, request: LlmRequest) -> Result<LlmResponse, LlmError> {
-        let model = self.settings.resolve(&request).model;
+        let target = self.settings.resolve(&request);
+        let cap = self.settings.completion_cap_for(&request, &target.model);
+        let error = match self.send(&target.model, &request, cap).await {
+            Err(error) if caps::is_context_overflow(&error) => error,
+            result => return result,
+        };
+        let prompt = rate_limit::estimated_tokens(&request);
+        let Some(smaller) = caps::after_refusal(&error, cap, self.settings.context_of(&target.model), prompt) else {
+            return Err(error);
+        };
+        tracing::warn!(
+            provider = %target.provider,
+            model = %target.model,
+            sent_cap = cap,
+            retry_cap = smaller,
+            error = %error,
+            "the prompt and reply cap exceed the model's context; sending once more with a smaller cap"
+        );
+        self.send(&target.model, &request, smaller).await
+    }
+}
+
+impl SendOnce {
+    async fn send(&self, model: &str, request: &LlmRequest, cap: u32) -> Result<LlmResponse, LlmError> {
         match &self.client {
-            ProviderClient::OpenAi(client) => client.chat(&model, &request).await,
-            ProviderClient::Anthropic(client) => client.chat(&model, &request).await,
+            ProviderClient::OpenAi(client) => client.chat(model, request, cap).await,
+            ProviderClient::Anthropic(client) => client.chat(model, request, cap).await,
+            ProviderClient::Gemini(client) => client.chat(model, request, cap).await,
         }
     }
 }

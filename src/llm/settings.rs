@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::{LlmError, LlmProvider, LlmRequest, ModelRef, ModelRole, RetryPolicy, split_provider};
+use super::{LlmError, LlmProvider, LlmRequest, ModelRef, ModelRole, RateLimit, RetryPolicy, split_provider};
 use crate::secret::Secret;
 
 /// What the LLM clients need to know: which provider serves a model name, each
@@ -33,7 +33,17 @@ pub struct LlmSettings {
     max_tokens: u32,
     request_timeout: Duration,
     retry: RetryPolicy,
+    fallback: Vec<String>,
+    rate_limit: RateLimit,
+    model_rate_limits: HashMap<ModelRef, RateLimit>,
+    purpose_caps: HashMap<ModelRole, u32>,
+    context_tokens: Option<u32>,
+    azure_api_version: String,
+    azure_bearer: bool,
 }
+
+/// The Azure OpenAI API version sent unless another is set: the latest GA one.
+const AZURE_API_VERSION: &str = "2024-10-21";
 
 impl LlmSettings {
     /// Settings that send every call to `provider`'s default model, with no keys,
@@ -48,7 +58,101 @@ impl LlmSettings {
             max_tokens: 4096,
             request_timeout: Duration::from_secs(60),
             retry: RetryPolicy::default(),
+            fallback: Vec::new(),
+            rate_limit: RateLimit::default(),
+            model_rate_limits: HashMap::new(),
+            purpose_caps: HashMap::new(),
+            context_tokens: None,
+            azure_api_version: AZURE_API_VERSION.to_owned(),
+            azure_bearer: false,
         }
+    }
+
+    /// The `api-version` sent to Azure OpenAI (default `2024-10-21`).
+    #[must_use]
+    pub fn azure_api_version(mut self, version: impl Into<String>) -> Self {
+        self.azure_api_version = version.into();
+        self
+    }
+
+    /// Authenticates to Azure OpenAI with a Microsoft Entra ID token (sent as a
+    /// bearer token) instead of the resource's `api-key`.
+    #[must_use]
+    pub fn azure_entra_token(mut self, token: impl Into<String>) -> Self {
+        self.keys.insert(LlmProvider::AzureOpenAi, Secret::new(token));
+        self.azure_bearer = true;
+        self
+    }
+
+    /// The Azure `api-version`, and whether its key is an Entra bearer token.
+    pub(crate) fn azure(&self) -> (&str, bool) {
+        (&self.azure_api_version, self.azure_bearer)
+    }
+
+    /// The most tokens a reply for `role` may have, instead of [`max_tokens`](Self::max_tokens).
+    #[must_use]
+    pub fn max_tokens_for(mut self, role: ModelRole, max_tokens: u32) -> Self {
+        self.purpose_caps.insert(role, max_tokens);
+        self
+    }
+
+    /// The context window of every model, in tokens, for servers whose window is
+    /// not a well-known model's (a llama.cpp or vLLM server started with its own).
+    #[must_use]
+    pub fn context_tokens(mut self, tokens: u32) -> Self {
+        self.context_tokens = Some(tokens);
+        self
+    }
+
+    /// The context window of `model`: the configured one, else a well-known model's.
+    pub(crate) fn context_of(&self, model: &str) -> Option<u32> {
+        self.context_tokens.or_else(|| super::caps::known_context(model))
+    }
+
+    /// The reply cap of `request` on `model`: its purpose's cap, lowered so that the
+    /// estimated prompt and the reply fit the model's context window when it is known.
+    pub fn completion_cap_for(&self, request: &LlmRequest, model: &str) -> u32 {
+        let cap = self.purpose_caps.get(&request.purpose).copied().unwrap_or(self.max_tokens);
+        let prompt = super::rate_limit::estimated_tokens(request);
+        super::caps::fit(cap, self.context_of(model), prompt)
+    }
+
+    /// Limits every model to `limit` (each model has its own allowance), unless
+    /// [`model_rate_limit`](Self::model_rate_limit) sets its own.
+    #[must_use]
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = limit;
+        self
+    }
+
+    /// Limits the model `name` (`provider/model` accepted) to `limit`.
+    #[must_use]
+    pub fn model_rate_limit(mut self, name: &str, limit: RateLimit) -> Self {
+        let target = self.model_ref(name);
+        self.model_rate_limits.insert(target, limit);
+        self
+    }
+
+    /// The rate limit of the model `name` (`provider/model` accepted).
+    pub fn rate_limit_for(&self, name: &str) -> RateLimit {
+        self.rate_limit_for_ref(&self.model_ref(name))
+    }
+
+    pub(crate) fn rate_limit_for_ref(&self, target: &ModelRef) -> RateLimit {
+        self.model_rate_limits.get(target).copied().unwrap_or(self.rate_limit)
+    }
+
+    /// Falls back on `models` (`provider/model`), in order, when the model a request
+    /// goes to is unavailable after its retries (see [`Fallback`](super::Fallback)).
+    #[must_use]
+    pub fn fallback(mut self, models: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.fallback = super::Fallback::new(models).models().to_vec();
+        self
+    }
+
+    /// The models fallen back on, in order.
+    pub fn fallback_models(&self) -> &[String] {
+        &self.fallback
     }
 
     /// Uses `name` (`provider/model` accepted) for calls made for `role`.
@@ -154,10 +258,6 @@ impl LlmSettings {
 
     pub(crate) fn url(&self, provider: LlmProvider) -> String {
         self.base_urls.get(&provider).cloned().unwrap_or_else(|| provider.default_base_url().to_owned())
-    }
-
-    pub(crate) fn completion_cap(&self) -> u32 {
-        self.max_tokens
     }
 
     pub(crate) fn retry_policy(&self) -> &RetryPolicy {

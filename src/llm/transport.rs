@@ -28,6 +28,8 @@ pub(crate) struct Endpoint<'a> {
     pub(crate) key_var: Option<&'static str>,
     /// The HTTP client's per-request timeout, to report when it fires.
     pub(crate) timeout: Duration,
+    /// The model's client-side rate limiter, told what the provider's headers say.
+    pub(crate) limiter: Option<std::sync::Arc<super::rate_limit::ModelLimiter>>,
 }
 
 /// A successful exchange: the parsed body and how long it took.
@@ -64,6 +66,11 @@ impl Endpoint<'_> {
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = response.bytes().await.map_err(|e| self.transport_error(&e))?;
+        if let Some(limiter) = &self.limiter {
+            let asked =
+                (status.as_u16() == 429).then(|| retry_after(&headers).or_else(|| retry_delay(&bytes))).flatten();
+            limiter.observe(asked, &headers);
+        }
         let latency = started.elapsed();
         if !status.is_success() {
             tracing::debug!(provider = %self.provider, model = self.model, status = status.as_u16(), latency_ms = millis(latency), "LLM call failed");
@@ -109,7 +116,7 @@ impl Endpoint<'_> {
             model: self.model.to_owned(),
             status,
             message: self.redact(&error_message(body)),
-            retry_after: retry_after(headers),
+            retry_after: retry_after(headers).or_else(|| retry_delay(body)),
             key_var: matches!(status, 401 | 403).then(|| self.key_var.map(str::to_owned)).flatten(),
         }
     }
@@ -156,6 +163,16 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     from_ms.or_else(|| number("retry-after").and_then(|s| Duration::try_from_secs_f64(s).ok()))
 }
 
+/// The wait Google's APIs ask for in the body rather than a header: a
+/// `google.rpc.RetryInfo` detail's `retryDelay`, such as `"37s"` or `"0.5s"`.
+fn retry_delay(body: &[u8]) -> Option<Duration> {
+    let error: Value = serde_json::from_slice(body).ok()?;
+    let details = error.pointer("/error/details")?.as_array()?;
+    let delay = details.iter().find_map(|d| d.get("retryDelay").and_then(Value::as_str))?;
+    let seconds: f64 = delay.trim().strip_suffix('s')?.parse().ok()?;
+    Duration::try_from_secs_f64(seconds).ok()
+}
+
 /// reqwest's top-level message is vague ("error sending request"); the cause says why.
 fn error_chain(error: &reqwest::Error) -> String {
     let mut message = error.to_string();
@@ -186,6 +203,20 @@ mod tests {
         assert_eq!(error_message(b""), "(empty body)");
         let long = "é".repeat(1000);
         assert_eq!(error_message(long.as_bytes()).chars().count(), BODY_EXCERPT_CHARS + 1);
+    }
+
+    #[test]
+    fn googles_retry_delay_is_read_from_the_body() {
+        let body = br#"{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "details": [
+            {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": []},
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "37s"}]}}"#;
+        assert_eq!(retry_delay(body), Some(Duration::from_secs(37)));
+        assert_eq!(
+            retry_delay(br#"{"error": {"details": [{"retryDelay": "0.5s"}]}}"#),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(retry_delay(br#"{"error": {"message": "x"}}"#), None);
+        assert_eq!(retry_delay(b"not json"), None);
     }
 
     #[test]

@@ -158,7 +158,9 @@ impl LlmClient for MeteredLlm {
         let response = self.inner.chat(request).instrument(span.clone()).await?;
         span.record("gen_ai.usage.input_tokens", response.usage.prompt_tokens);
         span.record("gen_ai.usage.output_tokens", response.usage.completion_tokens);
-        self.meter.record(self.step_output.as_deref(), model.model, &response, started.elapsed()).await;
+        // A fallback model may have served the call: it is the one named and priced.
+        let served = response.model.as_deref().map_or(model.model, |name| self.meter.models.model_ref(name).model);
+        self.meter.record(self.step_output.as_deref(), served, &response, started.elapsed()).await;
         Ok(response)
     }
 

@@ -761,7 +761,10 @@ impl RunnerBuilder {
         let llm_settings = Arc::new(self.config.llm_settings());
         let llm = match self.llm {
             Some(llm) if self.llm_as_is || llm.retries() => llm,
-            Some(llm) => llm.with(Retry::new(self.config.llm_retry_policy()).shared_models(Arc::clone(&llm_settings))),
+            Some(llm) => llm
+                .with(Retry::new(self.config.llm_retry_policy()).shared_models(Arc::clone(&llm_settings)))
+                .with(crate::llm::RateLimits::new(self.config.llm_settings()))
+                .with(crate::llm::Fallback::new(self.config.llm_fallback.iter().cloned())),
             None => self.config.llm_client()?,
         };
         let storage: Arc<dyn Storage> = match (self.storage, self.config.storage) {

@@ -101,7 +101,7 @@ impl ScriptedLlm {
             .enumerate()
             .map(|(i, (name, arguments))| ToolCall { id: format!("call_{n}_{i}"), name, arguments })
             .collect();
-        self.respond(LlmResponse { text: None, tool_calls, usage: Usage::default() })
+        self.respond(LlmResponse { text: None, tool_calls, usage: Usage::default(), model: None })
     }
 
     /// Then fail with `error`.

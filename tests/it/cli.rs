@@ -13,8 +13,11 @@ use serde_json::{Value, json};
 
 use crate::fake_apis;
 
-const KEY_VARS: [&str; 9] = [
+const KEY_VARS: [&str; 12] = [
     "OPENAI_API_KEY",
+    "GEMINI_API_KEY",
+    "AZURE_OPENAI_API_KEY",
+    "AZURE_OPENAI_AD_TOKEN",
     "ANTHROPIC_API_KEY",
     "MISTRAL_API_KEY",
     "GROQ_API_KEY",

@@ -122,7 +122,7 @@ async fn request_body_and_headers_are_exact() {
         json!({
             "model": "claude-test",
             "max_tokens": 8192,
-            "system": "You compare stocks.\n\nBe brief.",
+            "system": [{"type": "text", "text": "You compare stocks.\n\nBe brief.", "cache_control": {"type": "ephemeral"}}],
             "messages": [
                 {"role": "user", "content": [{"type": "text", "text": "Which grew faster?"}]},
                 {"role": "assistant", "content": [

@@ -517,7 +517,7 @@ async fn a_fallback_that_fails_too_is_not_remembered() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path(ROUTE))
-        .respond_with(error_reply(400, "context length exceeded"))
+        .respond_with(error_reply(400, "the request was refused"))
         .up_to_n_times(2)
         .mount(&server)
         .await;

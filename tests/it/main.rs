@@ -46,8 +46,13 @@ mod e2e_stock_compare;
 mod events_hooks;
 mod leases;
 mod llm_anthropic;
+mod llm_azure;
+mod llm_caps;
+mod llm_fallback;
+mod llm_gemini;
 mod llm_layers;
 mod llm_openai;
+mod llm_rate_limit;
 mod llm_retry;
 #[cfg(feature = "mcp")]
 mod mcp_server;

@@ -593,6 +593,26 @@ impl Silent {
     }
 }
 
+/// `portia ARGS` in a child process with `envs` set and its model at `silent`,
+/// returned once its LLM call is under way: it then waits until it is stopped, or
+/// until the connection, returned with it, is dropped.
+fn stuck_in_its_llm_call(
+    dir: &Path,
+    silent: &Silent,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> (crate::common::ChildGuard, std::net::TcpStream) {
+    let child = with_model(dir, &silent.base_url())
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let child = crate::common::ChildGuard(child);
+    (child, silent.wait_for_request())
+}
+
 fn signal(child: &std::process::Child, name: &str) {
     let status = Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status().unwrap();
     assert!(status.success());
@@ -613,14 +633,8 @@ async fn ctrl_c_stops_a_run_with_130_leaving_it_for_resume() {
     let dir = workdir();
     let plan = llm_plan(dir.path());
     let silent = Silent::start();
-    let child = with_model(dir.path(), &silent.base_url())
-        .args(["run", "--plan", plan.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut child = crate::common::ChildGuard(child);
-    let _request = silent.wait_for_request();
+    let (mut child, _request) =
+        stuck_in_its_llm_call(dir.path(), &silent, &["run", "--plan", plan.to_str().unwrap()], &[]);
     signal(&child, "INT");
     let output = child.output();
     assert_eq!(code(&output), 130, "{}", stderr(&output));
@@ -649,14 +663,8 @@ async fn sigterm_stops_an_exit_when_idle_worker_gracefully() {
     let submitted = run(dir.path(), &["submit", "--plan", plan.to_str().unwrap()]);
     let id = String::from_utf8_lossy(&submitted.stdout).trim().to_owned();
     let silent = Silent::start();
-    let child = with_model(dir.path(), &silent.base_url())
-        .args(["worker", "--exit-when-idle", "--grace", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut child = crate::common::ChildGuard(child);
-    let _request = silent.wait_for_request();
+    let (mut child, _request) =
+        stuck_in_its_llm_call(dir.path(), &silent, &["worker", "--exit-when-idle", "--grace", "0"], &[]);
     signal(&child, "TERM");
     let output = child.output();
     assert_eq!(code(&output), 0, "{}", stderr(&output));
@@ -707,15 +715,12 @@ fn cancel_waits_for_a_run_in_another_process_to_stop() {
     let plan = llm_plan(dir.path());
     let silent = Silent::start();
     // A short lease: the run renews it, and sees the request, every second.
-    let child = with_model(dir.path(), &silent.base_url())
-        .args(["run", "--plan", plan.to_str().unwrap()])
-        .env("PORTIA_LEASE_TTL_SECS", "3")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut child = crate::common::ChildGuard(child);
-    let _request = silent.wait_for_request();
+    let (mut child, _request) = stuck_in_its_llm_call(
+        dir.path(),
+        &silent,
+        &["run", "--plan", plan.to_str().unwrap()],
+        &[("PORTIA_LEASE_TTL_SECS", "3")],
+    );
     let listed = stdout_json(&run(dir.path(), &["list", "--format", "json"]));
     let id = listed[0]["id"].as_str().unwrap().to_owned();
 
@@ -735,14 +740,8 @@ fn a_worker_exits_when_idle_despite_a_workflow_no_worker_will_run() {
     let dir = workdir();
     let plan = llm_plan(dir.path());
     let silent = Silent::start();
-    let child = with_model(dir.path(), &silent.base_url())
-        .args(["run", "--plan", plan.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut child = crate::common::ChildGuard(child);
-    let _request = silent.wait_for_request();
+    let (mut child, _request) =
+        stuck_in_its_llm_call(dir.path(), &silent, &["run", "--plan", plan.to_str().unwrap()], &[]);
     child.kill().unwrap();
     child.wait().unwrap();
     let left = stdout_json(&run(dir.path(), &["list", "--format", "json"]));

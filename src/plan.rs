@@ -9,13 +9,22 @@
 //! references to earlier outputs inside them: a step whose arguments are complete
 //! calls its tool with no LLM call to choose them. See [`args`] for how references
 //! are read.
+//!
+//! A reference may reach inside an output: `$quote.price`, `$report.items[0]`,
+//! `$list[-1]` (from the end). When the producing step declares an
+//! [`output_schema`](Step::output_schema), a reference to a field it does not have is
+//! a [`PlanProblem::UnknownField`].
 
 pub mod args;
+mod reference;
 
 use std::collections::HashSet;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+pub(crate) use reference::Reference;
 
 pub use crate::error::PlanProblem;
 use crate::ids::PlanId;
@@ -58,6 +67,11 @@ pub struct Plan {
     /// What it cost to write the plan (absent for a plan written by hand).
     #[serde(default, skip_serializing_if = "Usage::is_zero")]
     pub usage: Usage,
+    /// The JSON Schema the final output must fit, when the plan has a typed result.
+    /// A last step answered by the LLM writes its answer in this shape; any final
+    /// output is checked against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<Value>,
 }
 
 /// What a plan was made for.
@@ -93,6 +107,11 @@ pub struct Step {
     /// otherwise the agent chooses the arguments, starting from these.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub args: Option<Value>,
+    /// The JSON Schema the step's output must fit. A step the LLM answers then
+    /// replies with JSON of this shape (structured output) instead of text; any
+    /// step's output is checked against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<Value>,
 }
 
 impl Step {
@@ -104,6 +123,7 @@ impl Step {
             tool_id: tool_id.map(str::to_owned),
             output: output.into(),
             args: None,
+            output_schema: None,
         }
     }
 
@@ -121,6 +141,24 @@ impl Step {
         self.args = Some(args);
         self
     }
+
+    /// This step, producing output that fits `schema` (a JSON Schema).
+    #[must_use]
+    pub fn with_output_schema(mut self, schema: Value) -> Self {
+        self.output_schema = Some(schema);
+        self
+    }
+}
+
+/// The JSON Schema of `T`, without the root's `$schema` and `title`, which a model
+/// does not need.
+pub(crate) fn schema_of<T: JsonSchema>() -> Value {
+    let mut schema = serde_json::to_value(schemars::schema_for!(T)).unwrap_or_default();
+    if let Some(root) = schema.as_object_mut() {
+        root.remove("$schema");
+        root.remove("title");
+    }
+    schema
 }
 
 impl PlanContext {
@@ -172,7 +210,7 @@ pub trait ToolLookup {
 impl Plan {
     /// A new plan with a fresh id.
     pub fn new(plan_context: PlanContext, steps: Vec<Step>) -> Self {
-        Self { id: PlanId::new(), plan_context, steps, usage: Usage::default() }
+        Self { id: PlanId::new(), plan_context, steps, usage: Usage::default(), output_schema: None }
     }
 
     /// Starts writing a plan in code, without an LLM.
@@ -238,10 +276,12 @@ impl Plan {
 
     fn input_problems(&self, step: usize, produced: &HashSet<&str>, problems: &mut Vec<PlanProblem>) {
         for input in &self.steps[step].inputs {
+            let reference = Reference::parse(&input.name);
             match &input.value {
-                None if !produced.contains(input.name.as_str()) => {
+                None if !reference.as_ref().is_some_and(|r| produced.contains(r.name.as_str())) => {
                     problems.push(PlanProblem::UnknownInput { step, input: input.name.clone() });
                 }
+                None => self.field_problems(step, reference.as_ref(), problems),
                 Some(Value::String(text)) if produced.contains(text.trim()) => {
                     let output = text.trim().to_owned();
                     problems.push(PlanProblem::ConstantNamesOutput { step, input: input.name.clone(), output });
@@ -263,11 +303,24 @@ impl Plan {
             problems.push(PlanProblem::InvalidArgs { step, reason });
             return;
         }
-        for (reference, whole) in args::tokens_in(args) {
-            let names_output = self.step_producing(&reference).is_some();
-            if (names_output || whole) && !produced.contains(reference.as_str()) {
-                problems.push(PlanProblem::UnknownArgReference { step, reference });
+        for (token, whole) in args::tokens_in(args) {
+            let Some(reference) = Reference::parse(&token) else { continue };
+            let names_output = self.step_producing(&reference.name).is_some();
+            if (names_output || whole) && !produced.contains(reference.name.as_str()) {
+                problems.push(PlanProblem::UnknownArgReference { step, reference: token });
+            } else if names_output {
+                self.field_problems(step, Some(&reference), problems);
             }
+        }
+    }
+
+    /// A problem when `reference` reaches into a field that its producing step's
+    /// output schema does not have.
+    fn field_problems(&self, step: usize, reference: Option<&Reference>, problems: &mut Vec<PlanProblem>) {
+        let Some(reference) = reference.filter(|r| !r.path.is_empty()) else { return };
+        let schema = self.step_producing(&reference.name).and_then(|i| self.steps[i].output_schema.as_ref());
+        if let Some(Err(reason)) = schema.map(|schema| reference::schema_admits(schema, &reference.path)) {
+            problems.push(PlanProblem::UnknownField { step, reference: reference.to_string(), reason });
         }
     }
 
@@ -275,15 +328,22 @@ impl Plan {
     /// the outputs its arguments refer to.
     pub fn dependencies(&self, index: usize) -> Vec<String> {
         let Some(step) = self.steps.get(index) else { return Vec::new() };
-        let mut needed: Vec<String> = step.inputs.iter().filter(|v| v.is_reference()).map(|v| v.name.clone()).collect();
-        let referenced = step.args.iter().flat_map(args::tokens_in).map(|(name, _)| name);
-        for name in referenced.filter(|name| self.step_producing(name).is_some()) {
+        let mut needed: Vec<String> = Vec::new();
+        let from_inputs = step.inputs.iter().filter(|v| v.is_reference()).map(|v| output_name(&v.name));
+        let from_args = step.args.iter().flat_map(args::tokens_in).map(|(token, _)| output_name(&token));
+        for name in from_inputs.chain(from_args.filter(|name| self.step_producing(name).is_some())) {
             if !needed.contains(&name) {
                 needed.push(name);
             }
         }
         needed
     }
+}
+
+/// The output a reference names: `$a` for `$a.items[0]`; the text itself when it is
+/// no reference.
+fn output_name(text: &str) -> String {
+    Reference::parse(text).map_or_else(|| text.to_owned(), |r| r.name)
 }
 
 /// Writes a [`Plan`] in code, for workflows that must be deterministic.
@@ -309,12 +369,13 @@ pub struct PlanBuilder {
     query: String,
     tool_ids: Option<Vec<String>>,
     steps: Vec<Step>,
+    output_schema: Option<Value>,
 }
 
 impl PlanBuilder {
     /// Starts a plan for `query`.
     pub fn new(query: impl Into<String>) -> Self {
-        Self { query: query.into(), tool_ids: None, steps: Vec::new() }
+        Self { query: query.into(), tool_ids: None, steps: Vec::new(), output_schema: None }
     }
 
     /// Adds a step. `tool_id` is `None` for a step the LLM answers without a tool.
@@ -332,6 +393,50 @@ impl PlanBuilder {
     /// If no step has been added yet.
     pub fn args(mut self, args: impl Into<Value>) -> Self {
         self.steps.last_mut().expect("PlanBuilder: add a step before giving it arguments").args = Some(args.into());
+        self
+    }
+
+    /// Gives the plan a typed result: the final output must be JSON of `T`'s shape
+    /// (its JSON Schema, derived with `schemars`). Read it back typed with
+    /// [`Runner::run_plan_as`](crate::Runner::run_plan_as).
+    ///
+    /// ```
+    /// use portia::PlanBuilder;
+    ///
+    /// #[derive(portia::schemars::JsonSchema)]
+    /// #[schemars(crate = "portia::schemars")]
+    /// struct Verdict { faster: String, growth_pct: f64 }
+    ///
+    /// let plan = PlanBuilder::new("Which grew faster?").step("Compare", None, "$verdict").output::<Verdict>().build();
+    /// assert_eq!(plan.output_schema.unwrap()["required"], portia::serde_json::json!(["faster", "growth_pct"]));
+    /// ```
+    pub fn output<T: JsonSchema>(self) -> Self {
+        self.output_schema(schema_of::<T>())
+    }
+
+    /// Gives the plan a typed result of this JSON Schema (see [`PlanBuilder::output`]).
+    pub fn output_schema(mut self, schema: Value) -> Self {
+        self.output_schema = Some(schema);
+        self
+    }
+
+    /// Makes the last step's output JSON of `T`'s shape: a step the LLM answers
+    /// replies with it as structured output, and later steps can reach into its
+    /// fields (`$name.field`).
+    ///
+    /// # Panics
+    /// If no step has been added yet.
+    pub fn step_output<T: JsonSchema>(self) -> Self {
+        self.step_output_schema(schema_of::<T>())
+    }
+
+    /// Makes the last step's output fit this JSON Schema (see [`PlanBuilder::step_output`]).
+    ///
+    /// # Panics
+    /// If no step has been added yet.
+    pub fn step_output_schema(mut self, schema: Value) -> Self {
+        self.steps.last_mut().expect("PlanBuilder: add a step before giving it an output schema").output_schema =
+            Some(schema);
         self
     }
 
@@ -368,7 +473,9 @@ impl PlanBuilder {
             }
             ids
         });
-        Plan::new(PlanContext { query: self.query, tool_ids }, self.steps)
+        let mut plan = Plan::new(PlanContext { query: self.query, tool_ids }, self.steps);
+        plan.output_schema = self.output_schema;
+        plan
     }
 
     fn with_input(mut self, input: Variable) -> Self {

@@ -33,6 +33,9 @@ pub struct PlanningRequest {
     pub execution_context: ExecutionContext,
     /// Today's date, `YYYY-MM-DD`.
     pub today: String,
+    /// The JSON Schema the plan's final output must fit, when the caller wants a
+    /// typed result.
+    pub output_schema: Option<Value>,
 }
 
 /// Turns a query into a plan.
@@ -123,6 +126,7 @@ impl Planner for OneShotPlanner {
                 problems = vec![PlanProblem::NoSteps];
             } else {
                 let mut plan = to_plan(&request.query, &tool_ids, &reply.steps);
+                plan.output_schema.clone_from(&request.output_schema);
                 problems = plan.problems(&registry);
                 if problems.is_empty() {
                     tracing::info!(plan = %plan.id, steps = plan.steps.len(), attempt, "plan created");
@@ -175,6 +179,7 @@ fn to_plan(query: &str, tool_ids: &[String], steps: &[PlannedStep]) -> Plan {
             tool_id: s.tool_id.clone().filter(|t| !t.is_empty() && t != "null"),
             output: s.output.clone(),
             args: s.args.clone(),
+            output_schema: None,
         })
         .collect();
     Plan::new(PlanContext { query: query.to_owned(), tool_ids: tool_ids.to_vec() }, steps)
@@ -203,6 +208,9 @@ fn prompt(request: &PlanningRequest) -> String {
     }
     for line in ec.planner_system_context_extension.iter().flatten() {
         let _ = writeln!(out, "Note: {line}");
+    }
+    if let Some(schema) = &request.output_schema {
+        let _ = writeln!(out, "The last step must answer with JSON of this schema: {schema}");
     }
     let _ = write!(out, "Today: {}\nQuery: {}", request.today, request.query);
     out

@@ -24,7 +24,7 @@ use crate::clarification::Clarification;
 use crate::error::LlmError;
 use crate::execution_context::ExecutionContext;
 use crate::ids::{ClarificationId, PlanId, WorkflowId};
-use crate::plan::Plan;
+use crate::plan::{Plan, Reference};
 pub use crate::state::WorkflowState;
 use crate::usage::Usage;
 use crate::{Error, Result};
@@ -115,6 +115,23 @@ impl StepOutputs {
         self.0.is_empty()
     }
 
+    /// The value a reference names: `$name`, or a path inside it such as
+    /// `$report.items[0].title` or `$list[-1]`. `None` when the output is not
+    /// stored or the path leads nowhere.
+    ///
+    /// ```
+    /// use portia::serde_json::json;
+    /// # use portia::workflow::StepOutputs;
+    /// # fn outputs() -> StepOutputs { portia::serde_json::from_value(json!({"$r": {"value": {"items": [1, 2]}}})).unwrap() }
+    /// let outputs = outputs();
+    /// assert_eq!(outputs.resolve("$r.items[-1]"), Some(json!(2)));
+    /// assert_eq!(outputs.resolve("$r.nope"), None);
+    /// ```
+    pub fn resolve(&self, reference: &str) -> Option<Value> {
+        let reference = Reference::parse(reference)?;
+        reference.select(&self.get(&reference.name)?.value)
+    }
+
     /// Stores `output` under `name`, replacing an earlier one, at the position
     /// `rank` gives (outputs are kept sorted by rank; unknown names go last).
     fn insert_ranked(&mut self, name: String, output: Output, rank: impl Fn(&str) -> usize) {
@@ -196,6 +213,9 @@ pub enum FailureKind {
     Denied,
     /// A hook failed.
     Hook,
+    /// A step's output, or the final output, did not fit its output schema (after
+    /// the model, when there was one, was shown the problems once).
+    SchemaMismatch,
     /// Anything else (and failures stored before kinds were recorded).
     #[default]
     Other,

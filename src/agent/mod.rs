@@ -108,6 +108,10 @@ pub struct StepContext {
     pub max_output_chars: usize,
     /// Today's date, `YYYY-MM-DD`.
     pub today: String,
+    /// Whether this step's answer is the workflow's final output and should come
+    /// with a summary for the user (the last step, answered by the LLM, with
+    /// summaries on): then no separate summary call is made.
+    pub writes_final_answer: bool,
     /// The run's journaled path for this step's tool calls.
     pub(crate) calls: Arc<dyn StepCalls>,
 }

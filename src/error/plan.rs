@@ -68,6 +68,16 @@ pub enum PlanProblem {
         /// The reference.
         reference: String,
     },
+    /// A reference reaches into a field (or item) that the producing step's
+    /// output schema does not have.
+    UnknownField {
+        /// The index of the step holding the reference.
+        step: usize,
+        /// The reference, such as `$ticket.urgency`.
+        reference: String,
+        /// Where the path leaves the schema, and what the schema has there.
+        reason: String,
+    },
 }
 
 impl fmt::Display for PlanProblem {
@@ -99,6 +109,10 @@ impl fmt::Display for PlanProblem {
             Self::UnknownArgReference { step, reference } => {
                 write!(f, "step {step}'s arguments refer to {reference}, which no earlier step outputs")
             }
+            Self::UnknownField { step, reference, reason } => write!(
+                f,
+                "step {step} refers to {reference}, but the output schema of the step producing it has no {reason}"
+            ),
         }
     }
 }

@@ -23,8 +23,9 @@ use crate::hooks::{HookChain, HookError, StepDecision};
 use crate::ids::WorkflowId;
 use crate::live::StepQuestions;
 use crate::llm::LlmClientExt;
-use crate::plan::Plan;
 use crate::plan::args::resolve as resolve_args;
+use crate::plan::{Plan, Reference};
+use crate::schema_check::check_value;
 use crate::storage::{Lease, LeaseGrant, ToolCallRecord};
 use crate::workflow::{Failure, FailureKind, Output, Workflow, WorkflowState, WorkflowUsage};
 use crate::{Error, Result};
@@ -306,8 +307,9 @@ impl Runner {
             // Only a plan that skipped validation can get here: an input nobody produces.
             let message = format!("step {step} cannot run: one of its inputs is never produced");
             workflow.fail(Failure::new(FailureKind::InvalidStep, message).at_step(step))?;
+        } else if let Err(failure) = self.set_final_output(&mut run).await {
+            run.workflow.fail(failure)?;
         } else {
-            self.set_final_output(&mut run).await;
             run.workflow.transition_to(WorkflowState::Complete)?;
             tracing::info!(workflow = %run.workflow.id(), plan = %run.plan.id, "workflow complete");
         }
@@ -315,19 +317,29 @@ impl Runner {
         Ok(run.workflow)
     }
 
-    async fn set_final_output(&self, run: &mut Run) {
-        let Some(last) = run.plan.steps.last() else { return };
-        let Some(value) = run.workflow.outputs().step_outputs.get(&last.output).map(|o| o.value.clone()) else {
-            return;
-        };
-        let mut final_output = Output::new(value);
-        if self.inner.config.summarize_final_output {
+    /// Sets the final output: the last step's value, checked against the plan's
+    /// output schema, with a summary (the last step's own when it wrote one).
+    async fn set_final_output(&self, run: &mut Run) -> std::result::Result<(), Failure> {
+        let Some(last) = run.plan.steps.last() else { return Ok(()) };
+        let Some(output) = run.workflow.outputs().step_outputs.get(&last.output) else { return Ok(()) };
+        if let Some(schema) = &run.plan.output_schema
+            && let Err(problems) = check_value(schema, &output.value)
+        {
+            let message = format!("the final output does not fit the plan's output schema: {problems}");
+            return Err(Failure::new(FailureKind::SchemaMismatch, message).at_step(run.plan.steps.len() - 1));
+        }
+        let mut final_output = Output::new(output.value.clone());
+        let written = output.summary.clone().filter(|_| last.tool_id.is_none());
+        if let Some(summary) = written.filter(|_| self.inner.config.summarize_final_output) {
+            final_output.summary = Some(summary);
+        } else if self.inner.config.summarize_final_output {
             let llm = Arc::clone(&self.inner.llm).with(run.meter.billing(None));
             let limit = self.inner.config.max_output_chars;
             final_output.summary = summarize_final_output(llm.as_ref(), &run.plan, &run.workflow, limit).await;
         }
         tracing::debug!(workflow = %run.workflow.id(), final_output = ?final_output, "final output");
         run.workflow.set_final_output(final_output);
+        Ok(())
     }
 
     /// The owned context an agent runs step `index` with, or why the step cannot run.
@@ -346,29 +358,36 @@ impl Runner {
         for variable in &step.inputs {
             let value = match &variable.value {
                 Some(constant) => constant.clone(),
-                None => outputs.get(&variable.name).map(|o| o.value.clone()).ok_or_else(|| {
+                None => outputs.resolve(&variable.name).ok_or_else(|| {
                     let message = format!("step {index} reads {}, which has not been produced", variable.name);
                     Failure::new(FailureKind::InvalidStep, message)
                 })?,
             };
             inputs.push(StepInput { name: variable.name.clone(), description: variable.description.clone(), value });
         }
+        let read =
+            |output: &str| step.inputs.iter().any(|v| Reference::parse(&v.name).is_some_and(|r| r.name == output));
         let other_outputs = plan.steps[..index]
             .iter()
-            .filter(|s| !step.inputs.iter().any(|v| v.name == s.output))
+            .filter(|s| !read(&s.output))
             .filter_map(|s| outputs.get(&s.output).map(|o| (s.output.clone(), o.value.clone())))
             .collect();
         let clarifications: Vec<_> = workflow.clarifications_for_step(index).cloned().collect();
         // Plan-time arguments with their `$name` references replaced by the outputs.
-        let args =
-            step.args.as_ref().map(|args| resolve_args(args, &|name| outputs.get(name).map(|o| o.value.clone())));
+        let args = step.args.as_ref().map(|args| resolve_args(args, &|reference| outputs.resolve(reference)));
+        let is_final_answer = index + 1 == plan.steps.len() && step.tool_id.is_none();
+        let mut step = step.clone();
+        if is_final_answer && step.output_schema.is_none() {
+            step.output_schema.clone_from(&plan.output_schema);
+        }
         let calls = self.step_calls(run, index, &clarifications);
         let questions = calls.questions();
         let ctx = StepContext {
             args,
             query: plan.plan_context.query.clone(),
             step_index: index,
-            step: step.clone(),
+            writes_final_answer: is_final_answer && self.inner.config.summarize_final_output,
+            step,
             inputs,
             other_outputs,
             calls: Arc::new(calls),
@@ -376,7 +395,7 @@ impl Runner {
             execution_context: workflow.execution_context().clone(),
             workflow_id: workflow.id(),
             tool,
-            llm: Arc::clone(&self.inner.llm).with(run.meter.billing(Some(&step.output))),
+            llm: Arc::clone(&self.inner.llm).with(run.meter.billing(Some(&plan.steps[index].output))),
             max_output_chars: self.inner.config.max_output_chars,
             today: self.today(),
         };
@@ -436,8 +455,21 @@ async fn run_step(agent: Arc<dyn Agent>, hooks: HookChain, ctx: StepContext) -> 
         Err(e) => return hook_failed(e),
     };
     match hooks.after_step(&ctx, &outcome).await {
-        Ok(()) => outcome,
+        Ok(()) => checked_against_schema(&ctx, outcome),
         Err(e) => hook_failed(e),
+    }
+}
+
+/// The outcome, or a failure when its output does not fit the step's output schema
+/// (whichever agent or hook produced it).
+fn checked_against_schema(ctx: &StepContext, outcome: StepOutcome) -> StepOutcome {
+    let (StepOutcome::Output(output), Some(schema)) = (&outcome, &ctx.step.output_schema) else { return outcome };
+    match check_value(schema, &output.value) {
+        Ok(()) => outcome,
+        Err(problems) => StepOutcome::failed(
+            FailureKind::SchemaMismatch,
+            format!("the step's output does not fit its output schema: {problems}"),
+        ),
     }
 }
 

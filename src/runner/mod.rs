@@ -13,6 +13,7 @@ mod control;
 mod executor;
 mod metered;
 mod requests;
+mod typed;
 mod watch;
 mod worker;
 
@@ -20,7 +21,10 @@ pub use crate::events::{
     DEFAULT_CAPACITY as DEFAULT_EVENT_CAPACITY, EventKind, EventStream, Missed, StoredEvent, WorkflowEvent,
 };
 pub use crate::hooks::{ApprovalGate, HookError, Hooks, StepDecision, ToolCallDecision, ToolCallRequest};
-pub use requests::{CreateWorkflow, ExecuteQuery, GeneratePlan, RunPlan, SubmitPlan, SubmitQuery};
+pub use requests::{
+    CreateWorkflow, ExecuteQuery, ExecuteQueryAs, GeneratePlan, RunPlan, RunPlanAs, SubmitPlan, SubmitQuery,
+};
+pub use typed::TypedWorkflow;
 pub use watch::Watch;
 pub use worker::{Worker, WorkerOptions, WorkerReport};
 
@@ -104,6 +108,7 @@ pub struct PlanOptions {
     tool_ids: Option<Vec<String>>,
     examples: Vec<Plan>,
     execution_context: ExecutionContext,
+    output_schema: Option<Value>,
 }
 
 impl PlanOptions {
@@ -127,6 +132,13 @@ impl PlanOptions {
     /// Who the plan (and the workflow made from it) is for.
     pub fn execution_context(mut self, context: ExecutionContext) -> Self {
         self.execution_context = context;
+        self
+    }
+
+    /// Asks for a plan whose final output fits this JSON Schema: the planner is
+    /// told it, and the plan carries it as its [`Plan::output_schema`].
+    pub fn output_schema(mut self, schema: Value) -> Self {
+        self.output_schema = Some(schema);
         self
     }
 }
@@ -244,13 +256,23 @@ impl Runner {
     }
 
     async fn plan_query(&self, query: String, options: PlanOptions) -> Result<Plan> {
-        let PlanOptions { tool_ids, examples, execution_context } = options;
+        let PlanOptions { tool_ids, examples, execution_context, output_schema } = options;
         let tools = match tool_ids {
             Some(ids) => ids.iter().map(|id| self.inner.tools.get_tool(id)).collect::<Result<Vec<_>>>()?,
             None => self.inner.tools.match_tools(&query),
         };
-        let request = PlanningRequest { query, tools, examples, execution_context, today: self.today() };
-        let plan = self.inner.planner.plan(request).await?;
+        let request = PlanningRequest {
+            query,
+            tools,
+            examples,
+            execution_context,
+            today: self.today(),
+            output_schema: output_schema.clone(),
+        };
+        let mut plan = self.inner.planner.plan(request).await?;
+        if plan.output_schema.is_none() {
+            plan.output_schema = output_schema;
+        }
         tracing::debug!(plan = %plan.id, json = %serde_json::to_string(&plan).unwrap_or_default(), "plan");
         self.inner.storage.save_plan(&plan).await?;
         Ok(plan)
@@ -311,6 +333,45 @@ impl Runner {
     /// As [`Runner::create_workflow`] and [`Runner::execute_workflow`].
     pub fn run_plan<'a>(&'a self, plan: &'a Plan) -> RunPlan<'a> {
         RunPlan::new(self, plan)
+    }
+
+    /// Creates a workflow for `plan` and runs it, reading its final output as `T`.
+    /// A plan without an [`output_schema`](Plan::output_schema) is given `T`'s.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use portia::serde_json::json;
+    /// use portia::testing::ScriptedLlm;
+    /// use portia::{Config, PlanBuilder, Runner};
+    ///
+    /// #[derive(Debug, serde::Deserialize, portia::schemars::JsonSchema)]
+    /// #[schemars(crate = "portia::schemars")]
+    /// struct Verdict { faster: String }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> portia::Result<()> {
+    /// // The last step writes the answer and its summary in one structured call.
+    /// let llm = ScriptedLlm::new().json(json!({"answer": {"faster": "Amazon"}, "summary": "Amazon grew faster."}));
+    /// let runner = Runner::builder(Config::default()).llm(Arc::new(llm)).build()?;
+    /// let plan = PlanBuilder::new("Which grew faster?").step("Say which grew faster", None, "$verdict").build();
+    /// let run = runner.run_plan_as::<Verdict>(&plan).await?;
+    /// assert_eq!(run.into_output()?.faster, "Amazon");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Runner::run_plan`]. A workflow that does not complete is not an error:
+    /// its [`TypedWorkflow::output`] is `None`.
+    pub fn run_plan_as<'a, T>(&'a self, plan: &'a Plan) -> RunPlanAs<'a, T> {
+        RunPlanAs::new(self, plan)
+    }
+
+    /// Plans `query` for a final output of type `T` (the planner is told its JSON
+    /// Schema), runs the workflow and reads the output as `T`.
+    ///
+    /// # Errors
+    /// As [`Runner::execute_query`].
+    pub fn execute_query_as<T>(&self, query: impl Into<String>) -> ExecuteQueryAs<'_, T> {
+        ExecuteQueryAs::new(self, query.into())
     }
 
     /// Queues a workflow of `plan` for the workers ([`Runner::worker`], in any process

@@ -69,6 +69,7 @@ mod tools_llm;
 mod tools_registry;
 mod tools_search;
 mod tools_weather;
+mod typed_results;
 mod workers;
 #[cfg(all(feature = "sqlite", feature = "postgres"))]
 mod workers_distributed;

@@ -16,6 +16,7 @@
 //! a [`PlanProblem::UnknownField`].
 
 pub mod args;
+mod condition;
 mod reference;
 
 use std::collections::HashSet;
@@ -24,6 +25,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub(crate) use condition::Condition;
 pub(crate) use reference::Reference;
 
 pub use crate::error::PlanProblem;
@@ -112,6 +114,47 @@ pub struct Step {
     /// step's output is checked against it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_schema: Option<Value>,
+    /// When the step runs: an expression over earlier outputs that the crate
+    /// evaluates (`$ticket.urgent == true and $count > 2`), or plain words that one
+    /// LLM call decides ("the ticket asks for a refund"). A step whose condition is
+    /// false is recorded as skipped, with the reason, and so is a step that reads
+    /// only skipped outputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
+    /// Ends the workflow when the step runs (after its condition holds), instead of
+    /// doing the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<Exit>,
+}
+
+/// How an exit step ends the workflow. In JSON, `{"complete": "message"}` or
+/// `{"failed": "error"}`; the text may hold `$name` references.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Exit {
+    /// COMPLETE, with this message as the final output.
+    Complete(String),
+    /// FAILED, with this error ([`FailureKind::Exited`](crate::FailureKind::Exited)).
+    Failed(String),
+}
+
+impl Exit {
+    /// The message or error.
+    pub fn message(&self) -> &str {
+        match self {
+            Self::Complete(text) | Self::Failed(text) => text,
+        }
+    }
+
+    /// The same way out, with another message.
+    #[must_use]
+    pub fn with_message(&self, message: impl Into<String>) -> Self {
+        match self {
+            Self::Complete(_) => Self::Complete(message.into()),
+            Self::Failed(_) => Self::Failed(message.into()),
+        }
+    }
 }
 
 impl Step {
@@ -124,6 +167,8 @@ impl Step {
             output: output.into(),
             args: None,
             output_schema: None,
+            condition: None,
+            exit: None,
         }
     }
 
@@ -139,6 +184,13 @@ impl Step {
     #[must_use]
     pub fn args(mut self, args: Value) -> Self {
         self.args = Some(args);
+        self
+    }
+
+    /// This step, run only when `condition` holds (see [`Step::condition`]).
+    #[must_use]
+    pub fn when(mut self, condition: impl Into<String>) -> Self {
+        self.condition = Some(condition.into());
         self
     }
 
@@ -264,6 +316,7 @@ impl Plan {
                 problems.push(PlanProblem::UnknownTool { step, tool_id: tool_id.clone() });
             }
             self.args_problems(step, &produced, &mut problems);
+            self.condition_problems(step, &produced, &mut problems);
             if !args::is_output_name(&s.output) {
                 problems.push(PlanProblem::InvalidOutputName { step, output: s.output.clone() });
             }
@@ -314,6 +367,20 @@ impl Plan {
         }
     }
 
+    fn condition_problems(&self, step: usize, produced: &HashSet<&str>, problems: &mut Vec<PlanProblem>) {
+        let Some(condition) = &self.steps[step].condition else { return };
+        let expression = matches!(Condition::parse(condition), Condition::Expression { .. });
+        for token in condition::references(condition) {
+            let Some(reference) = Reference::parse(&token) else { continue };
+            let names_output = self.step_producing(&reference.name).is_some();
+            if (names_output || expression) && !produced.contains(reference.name.as_str()) {
+                problems.push(PlanProblem::UnknownConditionReference { step, reference: token });
+            } else if names_output {
+                self.field_problems(step, Some(&reference), problems);
+            }
+        }
+    }
+
     /// A problem when `reference` reaches into a field that its producing step's
     /// output schema does not have.
     fn field_problems(&self, step: usize, reference: Option<&Reference>, problems: &mut Vec<PlanProblem>) {
@@ -331,7 +398,11 @@ impl Plan {
         let mut needed: Vec<String> = Vec::new();
         let from_inputs = step.inputs.iter().filter(|v| v.is_reference()).map(|v| output_name(&v.name));
         let from_args = step.args.iter().flat_map(args::tokens_in).map(|(token, _)| output_name(&token));
-        for name in from_inputs.chain(from_args.filter(|name| self.step_producing(name).is_some())) {
+        let from_condition = step.condition.iter().flat_map(|c| condition::references(c)).map(|t| output_name(&t));
+        let from_exit =
+            step.exit.iter().flat_map(|e| args::tokens_in(&Value::from(e.message()))).map(|(t, _)| output_name(&t));
+        let referenced = from_args.chain(from_condition).chain(from_exit);
+        for name in from_inputs.chain(referenced.filter(|name| self.step_producing(name).is_some())) {
             if !needed.contains(&name) {
                 needed.push(name);
             }
@@ -437,6 +508,26 @@ impl PlanBuilder {
     pub fn step_output_schema(mut self, schema: Value) -> Self {
         self.steps.last_mut().expect("PlanBuilder: add a step before giving it an output schema").output_schema =
             Some(schema);
+        self
+    }
+
+    /// Runs the last step only when `condition` holds: an expression over earlier
+    /// outputs (`$ticket.urgent == true`) or plain words one LLM call decides.
+    ///
+    /// # Panics
+    /// If no step has been added yet.
+    pub fn condition(mut self, condition: impl Into<String>) -> Self {
+        self.steps.last_mut().expect("PlanBuilder: add a step before giving it a condition").condition =
+            Some(condition.into());
+        self
+    }
+
+    /// Adds a step that ends the workflow (when its `condition`, set next, holds):
+    /// COMPLETE with the message, or FAILED with the error.
+    pub fn exit(mut self, task: impl Into<String>, exit: Exit, output: impl Into<String>) -> Self {
+        let mut step = Step::new(task, None, output);
+        step.exit = Some(exit);
+        self.steps.push(step);
         self
     }
 

@@ -180,6 +180,8 @@ fn to_plan(query: &str, tool_ids: &[String], steps: &[PlannedStep]) -> Plan {
             output: s.output.clone(),
             args: s.args.clone(),
             output_schema: None,
+            condition: None,
+            exit: None,
         })
         .collect();
     Plan::new(PlanContext { query: query.to_owned(), tool_ids: tool_ids.to_vec() }, steps)

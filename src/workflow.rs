@@ -40,6 +40,9 @@ pub enum StepOutcome {
     Clarifications(Vec<Clarification>),
     /// The step failed; the failure says how and why.
     Failed(Failure),
+    /// The step did not run: its condition was false, or every output it reads was
+    /// skipped. The text says why.
+    Skipped(String),
 }
 
 impl StepOutcome {
@@ -69,12 +72,20 @@ pub struct Output {
     /// A short summary of the value, when one was made.
     #[serde(default)]
     pub summary: Option<String>,
+    /// Why the step was skipped, when it was (its value is then `null`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
 impl Output {
     /// An output with no summary.
     pub fn new(value: impl Into<Value>) -> Self {
-        Self { value: value.into(), summary: None }
+        Self { value: value.into(), summary: None, skipped: None }
+    }
+
+    /// The output of a step that was skipped, for `reason`.
+    pub fn skipped(reason: impl Into<String>) -> Self {
+        Self { value: Value::Null, summary: None, skipped: Some(reason.into()) }
     }
 
     /// Sets the summary.
@@ -213,6 +224,8 @@ pub enum FailureKind {
     Denied,
     /// A hook failed.
     Hook,
+    /// An exit step ended the workflow as FAILED, with its error.
+    Exited,
     /// A step's output, or the final output, did not fit its output schema (after
     /// the model, when there was one, was shown the problems once).
     SchemaMismatch,

@@ -13,6 +13,7 @@
 //!   and a tool whose arguments follow from the task (one with a
 //!   [`ToolSpec::task_argument`], such as the LLM tool) is called directly.
 
+mod condition;
 mod context;
 mod llm_step;
 mod one_shot;
@@ -28,6 +29,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::workflow::StepOutcome;
+pub(crate) use condition::skip_unless_holds;
 pub use one_shot::OneShotAgent;
 pub(crate) use summarize::summarize_final_output;
 pub use verifier::VerifierAgent;
@@ -198,7 +200,7 @@ pub(crate) async fn route(ctx: &StepContext) -> Route {
 /// The structured-output schemas the agents ask for.
 #[cfg(test)]
 pub(crate) fn output_schemas() -> Vec<crate::llm::OutputSchema> {
-    vec![verifier::output_schema()]
+    vec![verifier::output_schema(), crate::llm::OutputSchema::of::<condition::Decision>("decision")]
 }
 
 /// Runs one step. Implement it to bring your own execution strategy.

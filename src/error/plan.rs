@@ -68,6 +68,13 @@ pub enum PlanProblem {
         /// The reference.
         reference: String,
     },
+    /// A step's condition refers to `$name`, which no earlier step outputs.
+    UnknownConditionReference {
+        /// The step's index.
+        step: usize,
+        /// The reference.
+        reference: String,
+    },
     /// A reference reaches into a field (or item) that the producing step's
     /// output schema does not have.
     UnknownField {
@@ -108,6 +115,9 @@ impl fmt::Display for PlanProblem {
             Self::InvalidArgs { step, reason } => write!(f, "step {step} has invalid arguments: {reason}"),
             Self::UnknownArgReference { step, reference } => {
                 write!(f, "step {step}'s arguments refer to {reference}, which no earlier step outputs")
+            }
+            Self::UnknownConditionReference { step, reference } => {
+                write!(f, "step {step}'s condition refers to {reference}, which no earlier step outputs")
             }
             Self::UnknownField { step, reference, reason } => write!(
                 f,

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use serde_json::Value;
 use tokio::task::{Id, JoinSet};
 use tracing::Instrument;
 
@@ -15,7 +16,7 @@ use super::Runner;
 use super::calls::{CallServices, Stop, StopSignal, ToolCalls};
 use super::control::spawn_heartbeat;
 use super::metered::Meter;
-use crate::agent::{Agent, StepContext, StepInput, StepOutcome, summarize_final_output};
+use crate::agent::{Agent, StepContext, StepInput, StepOutcome, skip_unless_holds, summarize_final_output};
 use crate::clarification::Clarification;
 use crate::config::ExecutionMode;
 use crate::events::{EventKind, RunEvents};
@@ -24,7 +25,7 @@ use crate::ids::WorkflowId;
 use crate::live::StepQuestions;
 use crate::llm::LlmClientExt;
 use crate::plan::args::resolve as resolve_args;
-use crate::plan::{Plan, Reference};
+use crate::plan::{Condition, Exit, Plan, Reference};
 use crate::schema_check::check_value;
 use crate::storage::{Lease, LeaseGrant, ToolCallRecord};
 use crate::workflow::{Failure, FailureKind, Output, Workflow, WorkflowState, WorkflowUsage};
@@ -51,11 +52,13 @@ struct Halt {
     failure: Option<Failure>,
     /// Whether a step asked for clarifications. No new step starts after it either.
     clarifying: bool,
+    /// The exit step that ran, with its message resolved. No new step starts after it.
+    exit: Option<(usize, Exit)>,
 }
 
 impl Halt {
     fn stops_new_steps(&self) -> bool {
-        self.failure.is_some() || self.clarifying
+        self.failure.is_some() || self.clarifying || self.exit.is_some()
     }
 }
 
@@ -193,14 +196,28 @@ impl Runner {
         // Each task's step, and what its tools ask a person meanwhile (kept outside
         // the task, so a step that panics loses none of it).
         let mut steps: HashMap<Id, (usize, StepQuestions)> = HashMap::new();
-        let mut halt = Halt::default();
+        let mut halt = Halt { exit: exit_taken(&run.plan, &run.workflow), ..Halt::default() };
         loop {
-            if !halt.stops_new_steps() && !run.meter.check_budget() {
+            while !halt.stops_new_steps() && !run.meter.check_budget() {
+                let mut skipped = false;
                 for index in self.ready_steps(run, &started) {
-                    if running.len() >= limit {
+                    if running.len() >= limit || halt.stops_new_steps() {
                         break;
                     }
                     started[index] = true;
+                    match self.skip_reason(run, index) {
+                        Ok(None) => {}
+                        Ok(Some(reason)) => {
+                            self.apply(run, index, StepOutcome::Skipped(reason), Vec::new(), &mut halt);
+                            self.save(run).await?;
+                            skipped = true;
+                            continue;
+                        }
+                        Err(failure) => {
+                            halt.failure = Some(failure.at_step(index));
+                            break;
+                        }
+                    }
                     match self.step_context(run, index) {
                         Ok((ctx, questions)) => {
                             steps.insert(self.start_step(run, index, ctx, &mut running), (index, questions));
@@ -210,6 +227,10 @@ impl Runner {
                             break;
                         }
                     }
+                }
+                // A skip may make other steps ready (or skipped) at once.
+                if !skipped {
+                    break;
                 }
             }
             let joined = tokio::select! {
@@ -230,6 +251,26 @@ impl Runner {
             self.save(run).await?;
         }
         Ok(halt)
+    }
+
+    /// Why step `index` is skipped without running, if it is: every output it reads
+    /// was skipped, or its condition (an expression) is false. A condition in words
+    /// is decided when the step runs.
+    fn skip_reason(&self, run: &Run, index: usize) -> std::result::Result<Option<String>, Failure> {
+        let outputs = &run.workflow.outputs().step_outputs;
+        let needed = run.plan.dependencies(index);
+        if !needed.is_empty() && needed.iter().all(|name| outputs.get(name).is_some_and(|o| o.skipped.is_some())) {
+            return Ok(Some(format!("every output it reads was skipped ({})", needed.join(", "))));
+        }
+        let Some(text) = &run.plan.steps[index].condition else { return Ok(None) };
+        match Condition::parse(text).evaluate(|reference| outputs.resolve(reference)) {
+            None | Some(Ok(true)) => Ok(None),
+            Some(Ok(false)) => Ok(Some(format!("its condition is false: {text}"))),
+            Some(Err(e)) => {
+                let message = format!("the condition `{text}` cannot be evaluated: {e}");
+                Err(Failure::new(FailureKind::InvalidStep, message))
+            }
+        }
     }
 
     /// Announces step `index` and runs it in a task of `running`; returns the task's id.
@@ -278,7 +319,16 @@ impl Runner {
         workflow
             .add_clarifications(index, asked_live.iter().filter(|c| c.resolved && !returned.contains(&c.id)).cloned());
         match outcome {
-            StepOutcome::Output(output) => workflow.record_step_output(&run.plan, index, output),
+            StepOutcome::Output(output) => {
+                if let Some(exit) = &run.plan.steps[index].exit {
+                    halt.exit = Some((index, exit.with_message(crate::text::render_value(&output.value))));
+                }
+                workflow.record_step_output(&run.plan, index, output);
+            }
+            StepOutcome::Skipped(reason) => {
+                tracing::info!(workflow = %workflow.id(), step = index, %reason, "step skipped");
+                workflow.record_step_output(&run.plan, index, Output::skipped(reason));
+            }
             StepOutcome::Clarifications(list) => {
                 tracing::info!(workflow = %workflow.id(), step = index, count = list.len(), "step needs clarification");
                 let raised = workflow.add_clarifications(index, list);
@@ -301,6 +351,14 @@ impl Runner {
         let pending = (0..plan.steps.len()).find(|&i| !workflow.is_step_done(plan, i));
         if let Some(failure) = halt.failure {
             workflow.fail(failure)?;
+        } else if let Some((step, exit)) = halt.exit {
+            match exit {
+                Exit::Complete(message) => {
+                    workflow.set_final_output(Output::new(message.clone()).with_summary(message));
+                    workflow.transition_to(WorkflowState::Complete)?;
+                }
+                Exit::Failed(error) => workflow.fail(Failure::new(FailureKind::Exited, error).at_step(step))?,
+            }
         } else if halt.clarifying {
             workflow.transition_to(WorkflowState::NeedClarification)?;
         } else if let Some(step) = pending {
@@ -322,6 +380,10 @@ impl Runner {
     async fn set_final_output(&self, run: &mut Run) -> std::result::Result<(), Failure> {
         let Some(last) = run.plan.steps.last() else { return Ok(()) };
         let Some(output) = run.workflow.outputs().step_outputs.get(&last.output) else { return Ok(()) };
+        if output.skipped.is_some() {
+            run.workflow.set_final_output(output.clone());
+            return Ok(());
+        }
         if let Some(schema) = &run.plan.output_schema
             && let Err(problems) = check_value(schema, &output.value)
         {
@@ -379,6 +441,10 @@ impl Runner {
         let mut step = step.clone();
         if is_final_answer && step.output_schema.is_none() {
             step.output_schema.clone_from(&plan.output_schema);
+        }
+        if let Some(exit) = step.exit.take() {
+            let message = resolve_args(&Value::from(exit.message()), &|reference| outputs.resolve(reference));
+            step.exit = Some(exit.with_message(crate::text::render_value(&message)));
         }
         let calls = self.step_calls(run, index, &clarifications);
         let questions = calls.questions();
@@ -448,6 +514,15 @@ fn step_span(index: usize, step: &crate::plan::Step) -> tracing::Span {
 
 /// Runs one step between its hooks. A hook's error fails the step.
 async fn run_step(agent: Arc<dyn Agent>, hooks: HookChain, ctx: StepContext) -> StepOutcome {
+    if let Some(text) = &ctx.step.condition
+        && let Condition::Words(words) = Condition::parse(text)
+        && let Some(outcome) = skip_unless_holds(&ctx, &words).await
+    {
+        return outcome;
+    }
+    if let Some(exit) = &ctx.step.exit {
+        return StepOutcome::Output(Output::new(exit.message()));
+    }
     let hook_failed = |e: HookError| StepOutcome::failed(FailureKind::Hook, format!("a hook failed: {e}"));
     let outcome = match hooks.before_step(&ctx).await {
         Ok(StepDecision::Run) => agent.execute(&ctx).await,
@@ -471,6 +546,15 @@ fn checked_against_schema(ctx: &StepContext, outcome: StepOutcome) -> StepOutcom
             format!("the step's output does not fit its output schema: {problems}"),
         ),
     }
+}
+
+/// The exit step a stored workflow has already run, if any (a resumed run ends
+/// there too).
+fn exit_taken(plan: &Plan, workflow: &Workflow) -> Option<(usize, Exit)> {
+    plan.steps.iter().enumerate().find_map(|(index, step)| {
+        let output = workflow.outputs().step_outputs.get(&step.output).filter(|o| o.skipped.is_none())?;
+        Some((index, step.exit.as_ref()?.with_message(crate::text::render_value(&output.value))))
+    })
 }
 
 /// A step task that panicked (or was aborted) fails its step with the reason.

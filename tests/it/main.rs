@@ -38,6 +38,7 @@ mod architecture;
 mod budgets;
 #[cfg(feature = "cli")]
 mod cli;
+mod control_flow;
 mod data_model;
 #[cfg(feature = "sqlite")]
 mod durability;

@@ -193,6 +193,11 @@ impl<'a> View<'a> {
     }
 
     fn finish(&mut self, step: usize, outcome: &StepOutcome) {
+        if let StepOutcome::Skipped(reason) = outcome {
+            // A skipped step never started: it has no spinner, only this line.
+            let _ = self.bars.println(format!("{} ↷ skipped: {reason}", self.label(step)));
+            return;
+        }
         let Some(bar) = self.steps.remove(&step) else { return };
         let output = self.plan.steps.get(step).map_or("", |s| s.output.as_str());
         let tool = self.plan.steps.get(step).and_then(|s| s.tool_id.clone()).unwrap_or_else(|| "llm".to_owned());

@@ -121,6 +121,12 @@ pub struct Step {
     /// only skipped outputs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub condition: Option<String>,
+    /// A reference to a list (`$tickets`, `$report.items`): the step runs once per
+    /// item, in parallel up to the runner's limit, with `$item` and `$index` (from 0)
+    /// among the references it may use; its output is the list of the items'
+    /// outputs, in item order. Its `condition` and `output_schema` apply to each item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_each: Option<String>,
     /// Ends the workflow when the step runs (after its condition holds), instead of
     /// doing the task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -168,6 +174,7 @@ impl Step {
             args: None,
             output_schema: None,
             condition: None,
+            for_each: None,
             exit: None,
         }
     }
@@ -191,6 +198,13 @@ impl Step {
     #[must_use]
     pub fn when(mut self, condition: impl Into<String>) -> Self {
         self.condition = Some(condition.into());
+        self
+    }
+
+    /// This step, run once per item of the list `list` refers to (see [`Step::for_each`]).
+    #[must_use]
+    pub fn for_each(mut self, list: impl Into<String>) -> Self {
+        self.for_each = Some(list.into());
         self
     }
 
@@ -317,6 +331,7 @@ impl Plan {
             }
             self.args_problems(step, &produced, &mut problems);
             self.condition_problems(step, &produced, &mut problems);
+            self.for_each_problems(step, &produced, &mut problems);
             if !args::is_output_name(&s.output) {
                 problems.push(PlanProblem::InvalidOutputName { step, output: s.output.clone() });
             }
@@ -330,7 +345,9 @@ impl Plan {
     fn input_problems(&self, step: usize, produced: &HashSet<&str>, problems: &mut Vec<PlanProblem>) {
         for input in &self.steps[step].inputs {
             let reference = Reference::parse(&input.name);
+            let in_loop = self.steps[step].for_each.is_some();
             match &input.value {
+                None if in_loop && reference.as_ref().is_some_and(|r| is_loop_variable(&r.name)) => {}
                 None if !reference.as_ref().is_some_and(|r| produced.contains(r.name.as_str())) => {
                     problems.push(PlanProblem::UnknownInput { step, input: input.name.clone() });
                 }
@@ -359,12 +376,40 @@ impl Plan {
         for (token, whole) in args::tokens_in(args) {
             let Some(reference) = Reference::parse(&token) else { continue };
             let names_output = self.step_producing(&reference.name).is_some();
-            if (names_output || whole) && !produced.contains(reference.name.as_str()) {
+            let loop_variable = s.for_each.is_some() && is_loop_variable(&reference.name);
+            if (names_output || whole) && !loop_variable && !produced.contains(reference.name.as_str()) {
                 problems.push(PlanProblem::UnknownArgReference { step, reference: token });
             } else if names_output {
                 self.field_problems(step, Some(&reference), problems);
             }
         }
+    }
+
+    fn for_each_problems(&self, step: usize, produced: &HashSet<&str>, problems: &mut Vec<PlanProblem>) {
+        let Some(list) = &self.steps[step].for_each else { return };
+        let invalid = |reason: String| PlanProblem::InvalidForEach { step, list: list.clone(), reason };
+        let Some(reference) = Reference::parse(list.trim()) else {
+            return problems.push(invalid("it must be a reference to an earlier output, such as $tickets".into()));
+        };
+        if !produced.contains(reference.name.as_str()) {
+            return problems.push(invalid(format!("no earlier step outputs {}", reference.name)));
+        }
+        if let Some(schema) = self.output_schema_of(&reference.name) {
+            if let Err(reason) = reference::schema_admits(&schema, &reference.path) {
+                return problems.push(invalid(format!("the output has no {reason}")));
+            }
+            if let Some(kind) = reference::schema_type_at(&schema, &reference.path).filter(|k| k != "array") {
+                problems.push(invalid(format!("it is a {kind}, not a list")));
+            }
+        }
+    }
+
+    /// The schema of what `output` holds: the producing step's output schema, or
+    /// a list of it for a `for_each` step.
+    fn output_schema_of(&self, output: &str) -> Option<Value> {
+        let step = &self.steps[self.step_producing(output)?];
+        let schema = step.output_schema.clone()?;
+        Some(if step.for_each.is_some() { serde_json::json!({"type": "array", "items": schema}) } else { schema })
     }
 
     fn condition_problems(&self, step: usize, produced: &HashSet<&str>, problems: &mut Vec<PlanProblem>) {
@@ -373,7 +418,8 @@ impl Plan {
         for token in condition::references(condition) {
             let Some(reference) = Reference::parse(&token) else { continue };
             let names_output = self.step_producing(&reference.name).is_some();
-            if (names_output || expression) && !produced.contains(reference.name.as_str()) {
+            let loop_variable = self.steps[step].for_each.is_some() && is_loop_variable(&reference.name);
+            if (names_output || expression) && !loop_variable && !produced.contains(reference.name.as_str()) {
                 problems.push(PlanProblem::UnknownConditionReference { step, reference: token });
             } else if names_output {
                 self.field_problems(step, Some(&reference), problems);
@@ -385,8 +431,8 @@ impl Plan {
     /// output schema does not have.
     fn field_problems(&self, step: usize, reference: Option<&Reference>, problems: &mut Vec<PlanProblem>) {
         let Some(reference) = reference.filter(|r| !r.path.is_empty()) else { return };
-        let schema = self.step_producing(&reference.name).and_then(|i| self.steps[i].output_schema.as_ref());
-        if let Some(Err(reason)) = schema.map(|schema| reference::schema_admits(schema, &reference.path)) {
+        let schema = self.output_schema_of(&reference.name);
+        if let Some(Err(reason)) = schema.map(|schema| reference::schema_admits(&schema, &reference.path)) {
             problems.push(PlanProblem::UnknownField { step, reference: reference.to_string(), reason });
         }
     }
@@ -397,6 +443,8 @@ impl Plan {
         let Some(step) = self.steps.get(index) else { return Vec::new() };
         let mut needed: Vec<String> = Vec::new();
         let from_inputs = step.inputs.iter().filter(|v| v.is_reference()).map(|v| output_name(&v.name));
+        let from_inputs = from_inputs.filter(|name| step.for_each.is_none() || !is_loop_variable(name));
+        let from_inputs = from_inputs.chain(step.for_each.iter().map(|list| output_name(list.trim())));
         let from_args = step.args.iter().flat_map(args::tokens_in).map(|(token, _)| output_name(&token));
         let from_condition = step.condition.iter().flat_map(|c| condition::references(c)).map(|t| output_name(&t));
         let from_exit =
@@ -410,6 +458,16 @@ impl Plan {
         needed
     }
 }
+
+/// Whether `name` is one of the names a `for_each` step's item goes by.
+pub(crate) fn is_loop_variable(name: &str) -> bool {
+    name == ITEM || name == INDEX
+}
+
+/// The current item of a `for_each` step.
+pub(crate) const ITEM: &str = "$item";
+/// The current item's index, from 0.
+pub(crate) const INDEX: &str = "$index";
 
 /// The output a reference names: `$a` for `$a.items[0]`; the text itself when it is
 /// no reference.
@@ -519,6 +577,16 @@ impl PlanBuilder {
     pub fn condition(mut self, condition: impl Into<String>) -> Self {
         self.steps.last_mut().expect("PlanBuilder: add a step before giving it a condition").condition =
             Some(condition.into());
+        self
+    }
+
+    /// Runs the last step once per item of the list `list` refers to, with `$item`
+    /// and `$index` (see [`Step::for_each`]).
+    ///
+    /// # Panics
+    /// If no step has been added yet.
+    pub fn for_each(mut self, list: impl Into<String>) -> Self {
+        self.steps.last_mut().expect("PlanBuilder: add a step before making it a loop").for_each = Some(list.into());
         self
     }
 

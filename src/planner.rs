@@ -181,6 +181,7 @@ fn to_plan(query: &str, tool_ids: &[String], steps: &[PlannedStep]) -> Plan {
             args: s.args.clone(),
             output_schema: None,
             condition: None,
+            for_each: None,
             exit: None,
         })
         .collect();

@@ -194,6 +194,11 @@ pub struct WorkflowOutputs {
     pub step_outputs: StepOutputs,
     /// The answer to the query: the last step's value, with a summary of the run.
     pub final_output: Option<Output>,
+    /// The finished items of each `for_each` step still running, keyed by the
+    /// step's output name, then by item index. Once every item is done, the step's
+    /// output (their values, in item order) replaces them.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub loop_items: BTreeMap<String, BTreeMap<usize, Output>>,
 }
 
 /// What kind of failure ended a workflow, so retry logic, UIs and budgets can tell
@@ -473,6 +478,24 @@ impl Workflow {
         let rank = |n: &str| plan.step_producing(n).unwrap_or(usize::MAX);
         self.outputs.step_outputs.insert_ranked(name, output, rank);
         self.update_current_step(plan);
+    }
+
+    /// Stores the output of item `item` of `plan`'s loop step `step`.
+    pub(crate) fn record_loop_item(&mut self, plan: &Plan, step: usize, item: usize, output: Output) {
+        let Some(name) = plan.steps.get(step).map(|s| s.output.clone()) else { return };
+        tracing::debug!(workflow = %self.id, step, item, output = %name, value = %output.value, "loop item output");
+        self.outputs.loop_items.entry(name).or_default().insert(item, output);
+    }
+
+    /// Records a loop step's output, the values of its `items` in order (`null` for
+    /// a skipped one), in place of its items.
+    pub(crate) fn finish_loop(&mut self, plan: &Plan, step: usize, items: usize) -> Output {
+        let name = plan.steps.get(step).map(|s| s.output.clone()).unwrap_or_default();
+        let done = self.outputs.loop_items.remove(&name).unwrap_or_default();
+        let values = (0..items).map(|i| done.get(&i).map(|o| o.value.clone()).unwrap_or_default()).collect();
+        let output = Output::new(Value::Array(values));
+        self.record_step_output(plan, step, output.clone());
+        output
     }
 
     /// Sets the answer to the query.

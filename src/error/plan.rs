@@ -75,6 +75,15 @@ pub enum PlanProblem {
         /// The reference.
         reference: String,
     },
+    /// A step's `for_each` does not name a list an earlier step outputs.
+    InvalidForEach {
+        /// The step's index.
+        step: usize,
+        /// What `for_each` says.
+        list: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A reference reaches into a field (or item) that the producing step's
     /// output schema does not have.
     UnknownField {
@@ -118,6 +127,9 @@ impl fmt::Display for PlanProblem {
             }
             Self::UnknownConditionReference { step, reference } => {
                 write!(f, "step {step}'s condition refers to {reference}, which no earlier step outputs")
+            }
+            Self::InvalidForEach { step, list, reason } => {
+                write!(f, "step {step} loops over {list:?}, which does not work: {reason}")
             }
             Self::UnknownField { step, reference, reason } => write!(
                 f,

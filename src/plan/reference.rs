@@ -151,6 +151,19 @@ pub(crate) fn schema_admits(root: &Value, path: &[Segment]) -> Result<(), String
     Ok(())
 }
 
+/// The `type` the schema declares at `path`, when it declares one the walk can reach.
+pub(crate) fn schema_type_at(root: &Value, path: &[Segment]) -> Option<String> {
+    let mut schema = follow_ref(root, root);
+    for segment in path {
+        let next = match segment {
+            Segment::Field(name) => schema.get("properties")?.get(name)?,
+            Segment::Index(_) => schema.get("items")?,
+        };
+        schema = follow_ref(root, next);
+    }
+    schema.get("type")?.as_str().map(str::to_owned)
+}
+
 /// The path up to and including segment `i`, as written.
 fn at(path: &[Segment], i: usize) -> String {
     path[..=i].iter().map(ToString::to_string).collect()

@@ -5,7 +5,7 @@
 //! step's await and independent steps run concurrently. A step that panics fails
 //! like any other step instead of taking the workflow down with it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -25,7 +25,7 @@ use crate::ids::WorkflowId;
 use crate::live::StepQuestions;
 use crate::llm::LlmClientExt;
 use crate::plan::args::resolve as resolve_args;
-use crate::plan::{Condition, Exit, Plan, Reference};
+use crate::plan::{Condition, Exit, INDEX, ITEM, Plan, Reference};
 use crate::schema_check::check_value;
 use crate::storage::{Lease, LeaseGrant, ToolCallRecord};
 use crate::workflow::{Failure, FailureKind, Output, Workflow, WorkflowState, WorkflowUsage};
@@ -191,53 +191,20 @@ impl Runner {
             ExecutionMode::Sequential => 1,
             _ => self.inner.config.max_parallel_steps.max(1),
         };
-        let mut started = vec![false; run.plan.steps.len()];
-        let mut running: JoinSet<StepOutcome> = JoinSet::new();
-        // Each task's step, and what its tools ask a person meanwhile (kept outside
-        // the task, so a step that panics loses none of it).
-        let mut steps: HashMap<Id, (usize, StepQuestions)> = HashMap::new();
+        let mut schedule = Schedule { started: vec![false; run.plan.steps.len()], ..Schedule::default() };
         let mut halt = Halt { exit: exit_taken(&run.plan, &run.workflow), ..Halt::default() };
         loop {
+            // A skip, or a loop's last item, may make other steps ready at once.
             while !halt.stops_new_steps() && !run.meter.check_budget() {
-                let mut skipped = false;
-                for index in self.ready_steps(run, &started) {
-                    if running.len() >= limit || halt.stops_new_steps() {
-                        break;
-                    }
-                    started[index] = true;
-                    match self.skip_reason(run, index) {
-                        Ok(None) => {}
-                        Ok(Some(reason)) => {
-                            self.apply(run, index, StepOutcome::Skipped(reason), Vec::new(), &mut halt);
-                            self.save(run).await?;
-                            skipped = true;
-                            continue;
-                        }
-                        Err(failure) => {
-                            halt.failure = Some(failure.at_step(index));
-                            break;
-                        }
-                    }
-                    match self.step_context(run, index) {
-                        Ok((ctx, questions)) => {
-                            steps.insert(self.start_step(run, index, ctx, &mut running), (index, questions));
-                        }
-                        Err(failure) => {
-                            halt.failure = Some(failure.at_step(index));
-                            break;
-                        }
-                    }
-                }
-                // A skip may make other steps ready (or skipped) at once.
-                if !skipped {
+                if !self.start_ready(run, &mut schedule, &mut halt, limit).await? {
                     break;
                 }
             }
             let joined = tokio::select! {
                 biased;
-                joined = running.join_next_with_id() => joined,
+                joined = schedule.running.join_next_with_id() => joined,
                 () = run.signal.token().cancelled() => {
-                    running.abort_all();
+                    schedule.running.abort_all();
                     return Ok(halt);
                 }
             };
@@ -246,24 +213,135 @@ impl Runner {
                 Ok(done) => done,
                 Err(e) => (e.id(), task_failure(e)),
             };
-            let (index, questions) = steps.remove(&task).unwrap_or_default();
-            self.apply(run, index, outcome, questions.take(), &mut halt);
+            let (unit, questions) = schedule.tasks.remove(&task).unwrap_or_default();
+            self.apply(run, unit, outcome, questions.take(), &mut halt);
             self.save(run).await?;
         }
         Ok(halt)
     }
 
-    /// Why step `index` is skipped without running, if it is: every output it reads
-    /// was skipped, or its condition (an expression) is false. A condition in words
-    /// is decided when the step runs.
-    fn skip_reason(&self, run: &Run, index: usize) -> std::result::Result<Option<String>, Failure> {
-        let outputs = &run.workflow.outputs().step_outputs;
-        let needed = run.plan.dependencies(index);
-        if !needed.is_empty() && needed.iter().all(|name| outputs.get(name).is_some_and(|o| o.skipped.is_some())) {
-            return Ok(Some(format!("every output it reads was skipped ({})", needed.join(", "))));
+    /// Starts what is ready, up to `limit` tasks; `true` when something finished
+    /// without a task (a skip, a loop's end), so that another pass may find more.
+    async fn start_ready(&self, run: &mut Run, schedule: &mut Schedule, halt: &mut Halt, limit: usize) -> Result<bool> {
+        let mut progressed = false;
+        for index in self.ready_steps(run, &schedule.started) {
+            if schedule.running.len() >= limit || halt.stops_new_steps() {
+                break;
+            }
+            if run.plan.steps[index].for_each.is_some() {
+                progressed |= self.start_loop(run, index, schedule, halt, limit).await?;
+            } else {
+                schedule.started[index] = true;
+                progressed |= self.start_unit(run, Unit { step: index, item: None }, None, schedule, halt).await?;
+            }
         }
-        let Some(text) = &run.plan.steps[index].condition else { return Ok(None) };
-        match Condition::parse(text).evaluate(|reference| outputs.resolve(reference)) {
+        Ok(progressed)
+    }
+
+    /// Starts the unfinished items of loop step `index` (none that a earlier run
+    /// finished), or records the step's output once every item is done.
+    async fn start_loop(
+        &self,
+        run: &mut Run,
+        index: usize,
+        schedule: &mut Schedule,
+        halt: &mut Halt,
+        limit: usize,
+    ) -> Result<bool> {
+        let whole = Unit { step: index, item: None };
+        if let Ok(Some(reason)) = self.skip_reason(run, whole, None) {
+            schedule.started[index] = true;
+            self.apply(run, whole, StepOutcome::Skipped(reason), Vec::new(), halt);
+            self.save(run).await?;
+            return Ok(true);
+        }
+        let items = match loop_list(&run.plan, &run.workflow, index) {
+            Ok(items) => items,
+            Err(failure) => {
+                schedule.started[index] = true;
+                halt.failure = Some(failure.at_step(index));
+                return Ok(false);
+            }
+        };
+        let done = run.workflow.outputs().loop_items.get(&run.plan.steps[index].output);
+        let pending: Vec<usize> = (0..items.len()).filter(|i| !done.is_some_and(|d| d.contains_key(i))).collect();
+        if pending.is_empty() {
+            schedule.started[index] = true;
+            let output = run.workflow.finish_loop(&run.plan, index, items.len());
+            run.events
+                .emit(run.workflow.id(), EventKind::StepFinished { step: index, outcome: StepOutcome::Output(output) });
+            self.save(run).await?;
+            return Ok(true);
+        }
+        if !schedule.started_items.iter().any(|(step, _)| *step == index) {
+            let step = &run.plan.steps[index];
+            let started =
+                EventKind::StepStarted { step: index, task: step.task.clone(), tool_id: step.tool_id.clone() };
+            run.events.emit(run.workflow.id(), started);
+        }
+        let mut progressed = false;
+        for item in pending {
+            if schedule.running.len() >= limit || halt.stops_new_steps() {
+                break;
+            }
+            if schedule.started_items.insert((index, item)) {
+                let unit = Unit { step: index, item: Some(item) };
+                progressed |= self.start_unit(run, unit, Some(&items[item]), schedule, halt).await?;
+            }
+        }
+        Ok(progressed)
+    }
+
+    /// Starts one unit (a step, or one item of a loop step, whose value is `item`):
+    /// skipped at once, or run in a task. `true` when it was skipped.
+    async fn start_unit(
+        &self,
+        run: &mut Run,
+        unit: Unit,
+        item: Option<&Value>,
+        schedule: &mut Schedule,
+        halt: &mut Halt,
+    ) -> Result<bool> {
+        match self.skip_reason(run, unit, item) {
+            Ok(None) => {}
+            Ok(Some(reason)) => {
+                self.apply(run, unit, StepOutcome::Skipped(reason), Vec::new(), halt);
+                self.save(run).await?;
+                return Ok(true);
+            }
+            Err(failure) => {
+                halt.failure = Some(failure.at_step(unit.step));
+                return Ok(false);
+            }
+        }
+        match self.step_context(run, unit, item) {
+            Ok((ctx, questions)) => {
+                let task = self.start_step(run, unit, ctx, &mut schedule.running);
+                schedule.tasks.insert(task, (unit, questions));
+            }
+            Err(failure) => halt.failure = Some(failure.at_step(unit.step)),
+        }
+        Ok(false)
+    }
+
+    /// Why a unit is skipped without running, if it is: every output the step reads
+    /// was skipped, or its condition (an expression) is false; a loop's condition is
+    /// asked of each item. A condition in words is decided when the step runs.
+    fn skip_reason(&self, run: &Run, unit: Unit, item: Option<&Value>) -> std::result::Result<Option<String>, Failure> {
+        let outputs = &run.workflow.outputs().step_outputs;
+        let step = &run.plan.steps[unit.step];
+        if unit.item.is_none() {
+            let needed = run.plan.dependencies(unit.step);
+            if !needed.is_empty() && needed.iter().all(|name| outputs.get(name).is_some_and(|o| o.skipped.is_some())) {
+                return Ok(Some(format!("every output it reads was skipped ({})", needed.join(", "))));
+            }
+            if step.for_each.is_some() {
+                return Ok(None);
+            }
+        }
+        let Some(text) = &step.condition else { return Ok(None) };
+        let current = unit.item.zip(item);
+        match Condition::parse(text).evaluate(|r| loop_value(current, r).or_else(|| outputs.resolve(r))) {
             None | Some(Ok(true)) => Ok(None),
             Some(Ok(false)) => Ok(Some(format!("its condition is false: {text}"))),
             Some(Err(e)) => {
@@ -273,11 +351,15 @@ impl Runner {
         }
     }
 
-    /// Announces step `index` and runs it in a task of `running`; returns the task's id.
-    fn start_step(&self, run: &Run, index: usize, ctx: StepContext, running: &mut JoinSet<StepOutcome>) -> Id {
-        let step = &run.plan.steps[index];
-        let started = EventKind::StepStarted { step: index, task: step.task.clone(), tool_id: step.tool_id.clone() };
-        run.events.emit(run.workflow.id(), started);
+    /// Announces a unit (a loop's items are announced once, as their step) and runs
+    /// it in a task of `running`; returns the task's id.
+    fn start_step(&self, run: &Run, unit: Unit, ctx: StepContext, running: &mut JoinSet<StepOutcome>) -> Id {
+        let (index, step) = (unit.step, &run.plan.steps[unit.step]);
+        if unit.item.is_none() {
+            let started =
+                EventKind::StepStarted { step: index, task: step.task.clone(), tool_id: step.tool_id.clone() };
+            run.events.emit(run.workflow.id(), started);
+        }
         let (agent, hooks) = (Arc::clone(&self.inner.agent), self.inner.hooks.clone());
         running.spawn(run_step(agent, hooks, ctx).instrument(step_span(index, step))).id()
     }
@@ -298,16 +380,12 @@ impl Runner {
 
     /// Records how step `index` ended in the workflow, with the questions its tools
     /// asked live (`asked_live`), in the save that follows.
-    fn apply(
-        &self,
-        run: &mut Run,
-        index: usize,
-        outcome: StepOutcome,
-        asked_live: Vec<Clarification>,
-        halt: &mut Halt,
-    ) {
-        let workflow = &mut run.workflow;
-        let finished = EventKind::StepFinished { step: index, outcome: outcome.clone() };
+    fn apply(&self, run: &mut Run, unit: Unit, outcome: StepOutcome, asked_live: Vec<Clarification>, halt: &mut Halt) {
+        let (index, workflow) = (unit.step, &mut run.workflow);
+        let finished = match unit.item {
+            None => EventKind::StepFinished { step: index, outcome: outcome.clone() },
+            Some(item) => EventKind::LoopItemFinished { step: index, item, outcome: outcome.clone() },
+        };
         run.events.emit(workflow.id(), finished);
         // Answered while the call was open: kept as a record, and so that a call made
         // again (after a crash, say) finds the answer. Asking and answering were
@@ -319,6 +397,9 @@ impl Runner {
         workflow
             .add_clarifications(index, asked_live.iter().filter(|c| c.resolved && !returned.contains(&c.id)).cloned());
         match outcome {
+            StepOutcome::Output(output) if unit.item.is_some() => {
+                workflow.record_loop_item(&run.plan, index, unit.item.unwrap_or_default(), output);
+            }
             StepOutcome::Output(output) => {
                 if let Some(exit) = &run.plan.steps[index].exit {
                     halt.exit = Some((index, exit.with_message(crate::text::render_value(&output.value))));
@@ -326,8 +407,11 @@ impl Runner {
                 workflow.record_step_output(&run.plan, index, output);
             }
             StepOutcome::Skipped(reason) => {
-                tracing::info!(workflow = %workflow.id(), step = index, %reason, "step skipped");
-                workflow.record_step_output(&run.plan, index, Output::skipped(reason));
+                tracing::info!(workflow = %workflow.id(), step = index, item = ?unit.item, %reason, "skipped");
+                match unit.item {
+                    Some(item) => workflow.record_loop_item(&run.plan, index, item, Output::skipped(reason)),
+                    None => workflow.record_step_output(&run.plan, index, Output::skipped(reason)),
+                }
             }
             StepOutcome::Clarifications(list) => {
                 tracing::info!(workflow = %workflow.id(), step = index, count = list.len(), "step needs clarification");
@@ -404,10 +488,19 @@ impl Runner {
         Ok(())
     }
 
-    /// The owned context an agent runs step `index` with, or why the step cannot run.
-    fn step_context(&self, run: &Run, index: usize) -> std::result::Result<(StepContext, StepQuestions), Failure> {
-        let (plan, workflow) = (&run.plan, &run.workflow);
+    /// The owned context an agent runs a unit with (for a loop item, `item` is its
+    /// value), or why it cannot run.
+    fn step_context(
+        &self,
+        run: &Run,
+        unit: Unit,
+        item: Option<&Value>,
+    ) -> std::result::Result<(StepContext, StepQuestions), Failure> {
+        let (plan, workflow, index) = (&run.plan, &run.workflow, unit.step);
         let step = &plan.steps[index];
+        let current = unit.item.zip(item);
+        let outputs = &workflow.outputs().step_outputs;
+        let lookup = |reference: &str| loop_value(current, reference).or_else(|| outputs.resolve(reference));
         let tool = match &step.tool_id {
             None => None,
             Some(id) => Some(self.inner.tools.get_tool(id).map_err(|_| {
@@ -415,17 +508,23 @@ impl Runner {
                 Failure::new(FailureKind::InvalidStep, message)
             })?),
         };
-        let outputs = &workflow.outputs().step_outputs;
         let mut inputs = Vec::with_capacity(step.inputs.len());
         for variable in &step.inputs {
             let value = match &variable.value {
                 Some(constant) => constant.clone(),
-                None => outputs.resolve(&variable.name).ok_or_else(|| {
+                None => lookup(&variable.name).ok_or_else(|| {
                     let message = format!("step {index} reads {}, which has not been produced", variable.name);
                     Failure::new(FailureKind::InvalidStep, message)
                 })?,
             };
             inputs.push(StepInput { name: variable.name.clone(), description: variable.description.clone(), value });
+        }
+        if let Some((i, value)) = current
+            && !inputs.iter().any(|input| input.name == ITEM)
+        {
+            let list = step.for_each.as_deref().unwrap_or_default();
+            let description = format!("item {i} (from 0) of {list}");
+            inputs.push(StepInput { name: ITEM.to_owned(), description, value: value.clone() });
         }
         let read =
             |output: &str| step.inputs.iter().any(|v| Reference::parse(&v.name).is_some_and(|r| r.name == output));
@@ -436,8 +535,8 @@ impl Runner {
             .collect();
         let clarifications: Vec<_> = workflow.clarifications_for_step(index).cloned().collect();
         // Plan-time arguments with their `$name` references replaced by the outputs.
-        let args = step.args.as_ref().map(|args| resolve_args(args, &|reference| outputs.resolve(reference)));
-        let is_final_answer = index + 1 == plan.steps.len() && step.tool_id.is_none();
+        let args = step.args.as_ref().map(|args| resolve_args(args, &lookup));
+        let is_final_answer = index + 1 == plan.steps.len() && step.tool_id.is_none() && step.for_each.is_none();
         let mut step = step.clone();
         if is_final_answer && step.output_schema.is_none() {
             step.output_schema.clone_from(&plan.output_schema);
@@ -446,7 +545,7 @@ impl Runner {
             let message = resolve_args(&Value::from(exit.message()), &|reference| outputs.resolve(reference));
             step.exit = Some(exit.with_message(crate::text::render_value(&message)));
         }
-        let calls = self.step_calls(run, index, &clarifications);
+        let calls = self.step_calls(run, unit, &clarifications);
         let questions = calls.questions();
         let ctx = StepContext {
             args,
@@ -471,9 +570,14 @@ impl Runner {
     /// The journaled call path of one step. Each resume of a step after a question
     /// it asked is a new attempt; a question about an interrupted call is not, so
     /// the answer applies to that very call.
-    fn step_calls(&self, run: &Run, step: usize, clarifications: &[Clarification]) -> ToolCalls {
+    fn step_calls(&self, run: &Run, unit: Unit, clarifications: &[Clarification]) -> ToolCalls {
+        let step = unit.step;
         let asked = clarifications.iter().filter(|c| c.tool_call.is_none());
-        let attempt = u32::try_from(asked.count()).unwrap_or(u32::MAX);
+        let asked = u32::try_from(asked.count()).unwrap_or(u32::MAX);
+        // A loop's items journal their calls apart: item i's attempts are numbered
+        // from i × LOOP_ATTEMPT_STRIDE.
+        let item = unit.item.map_or(0, |i| u32::try_from(i).unwrap_or(u32::MAX));
+        let attempt = item.saturating_mul(LOOP_ATTEMPT_STRIDE).saturating_add(asked);
         let journaled =
             run.journal.iter().filter(|r| r.key.step == step && r.key.attempt == attempt).cloned().collect();
         let services = CallServices {
@@ -545,6 +649,62 @@ fn checked_against_schema(ctx: &StepContext, outcome: StepOutcome) -> StepOutcom
             FailureKind::SchemaMismatch,
             format!("the step's output does not fit its output schema: {problems}"),
         ),
+    }
+}
+
+/// One thing the step loop runs: a step, or one item of a `for_each` step.
+#[derive(Debug, Clone, Copy, Default)]
+struct Unit {
+    step: usize,
+    item: Option<usize>,
+}
+
+/// What the step loop keeps between passes.
+#[derive(Default)]
+struct Schedule {
+    /// Whether each step was started (a loop step: once its output is recorded).
+    started: Vec<bool>,
+    /// The loop items started, as `(step, item)`.
+    started_items: HashSet<(usize, usize)>,
+    running: JoinSet<StepOutcome>,
+    /// Each task's unit, and what its tools ask a person meanwhile (kept outside
+    /// the task, so a unit that panics loses none of it).
+    tasks: HashMap<Id, (Unit, StepQuestions)>,
+}
+
+/// Tool-call attempts per loop item in the journal's numbering.
+const LOOP_ATTEMPT_STRIDE: u32 = 1 << 16;
+
+/// The value of `$item` or `$index` (or a path inside the item) for the current
+/// loop item, `(index, value)`; `None` for any other reference.
+fn loop_value(current: Option<(usize, &Value)>, reference: &str) -> Option<Value> {
+    let (index, value) = current?;
+    let reference = Reference::parse(reference)?;
+    match reference.name.as_str() {
+        ITEM => reference.select(value),
+        INDEX => reference.path.is_empty().then(|| Value::from(index)),
+        _ => None,
+    }
+}
+
+/// The items loop step `index` runs over.
+fn loop_list(plan: &Plan, workflow: &Workflow, index: usize) -> std::result::Result<Vec<Value>, Failure> {
+    let list = plan.steps[index].for_each.as_deref().unwrap_or_default().trim();
+    match workflow.outputs().step_outputs.resolve(list) {
+        Some(Value::Array(items)) => Ok(items),
+        Some(Value::Null) => Ok(Vec::new()),
+        Some(other) => {
+            let kind = match other {
+                Value::Object(_) => "an object",
+                Value::String(_) => "a string",
+                _ => "a single value",
+            };
+            let message = format!("step {index} loops over {list}, which is {kind}, not a list");
+            Err(Failure::new(FailureKind::InvalidStep, message))
+        }
+        None => {
+            Err(Failure::new(FailureKind::InvalidStep, format!("step {index} loops over {list}, which has no value")))
+        }
     }
 }
 

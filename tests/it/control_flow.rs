@@ -206,20 +206,7 @@ async fn a_skipped_step_stays_skipped_after_a_kill_and_is_not_decided_again() {
     let setup = Runner::builder(sequential()).llm(Arc::new(ScriptedLlm::new())).storage(storage).build().unwrap();
     let id = setup.create_workflow(&words_plan()).await.unwrap().id();
 
-    let child = Command::new(std::env::current_exe().unwrap())
-        .args([CHILD, "--exact", "--ignored", "--nocapture", "--test-threads=1", "--quiet"])
-        .env("CONTROL_DB", &db)
-        .env("CONTROL_WORKFLOW", id.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut child = common::ChildGuard(child);
-    let stdout = child.stdout.take().unwrap();
-    let reached = std::io::BufRead::lines(std::io::BufReader::new(stdout)).any(|l| l.unwrap().starts_with(MARKER));
-    assert!(reached, "the child ended before its second step");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_child_at_marker(CHILD, &db, id);
 
     let clock = ManualClock::new(chrono::Utc::now() + chrono::Duration::hours(1));
     let storage = Arc::new(SqliteStorage::open_with_clock(&db, Arc::new(clock)).unwrap());
@@ -231,4 +218,189 @@ async fn a_skipped_step_stays_skipped_after_a_kill_and_is_not_decided_again() {
     let apology = workflow.outputs().step_outputs.get("$apology").unwrap();
     assert!(apology.skipped.as_deref().unwrap().ends_with("calm words"), "{apology:?}");
     assert_eq!(llm.requests().len(), 1, "only the note: the condition is not decided again");
+}
+
+// ----- for_each -----
+
+fn tickets_tool() -> MockTool {
+    MockTool::returning(
+        "tickets_tool",
+        json!([{"id": "t1", "urgent": true}, {"id": "t2", "urgent": false}, {"id": "t3", "urgent": true}]),
+    )
+}
+
+#[tokio::test]
+async fn for_each_runs_a_step_per_item_in_parallel_and_collects_outputs_in_item_order() {
+    let tools = InMemoryToolRegistry::new().with(tickets_tool()).unwrap().with(MockTool::echo("send_tool")).unwrap();
+    let h = harness(config(ExecutionMode::Parallel, false), tools, ScriptedLlm::new());
+    let plan = PlanBuilder::new("Acknowledge every ticket")
+        .step("List the tickets", Some("tickets_tool"), "$tickets")
+        .args(json!({}))
+        .step("Acknowledge the ticket", Some("send_tool"), "$acks")
+        .for_each("$tickets")
+        .args(json!({"id": "$item.id", "n": "$index"}))
+        .build();
+    assert!(plan.problems(&h.runner.tools().clone()).is_empty(), "{:?}", plan.problems(&h.runner.tools().clone()));
+    let workflow = h.runner.create_workflow(&plan).await.unwrap();
+    let mut events = h.runner.subscribe_to(workflow.id());
+
+    let workflow = h.runner.execute_workflow(workflow).await.unwrap();
+
+    assert_eq!(workflow.state(), WorkflowState::Complete, "{:?}", workflow.failure());
+    assert_eq!(
+        workflow.outputs().step_outputs.get("$acks").unwrap().value,
+        json!([{"id": "t1", "n": 0}, {"id": "t2", "n": 1}, {"id": "t3", "n": 2}])
+    );
+    assert!(workflow.outputs().loop_items.is_empty(), "the items make way for the step's output");
+    let mut items = Vec::new();
+    while let Some(Ok(event)) = events.next().await {
+        if let EventKind::LoopItemFinished { step: 1, item, .. } = event.kind {
+            items.push(item);
+        }
+    }
+    items.sort_unstable();
+    assert_eq!(items, [0, 1, 2], "each item is announced");
+}
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+#[allow(dead_code)]
+struct Draft {
+    reply: String,
+}
+
+#[tokio::test]
+async fn a_loops_condition_and_schema_apply_to_each_item() {
+    let tools = InMemoryToolRegistry::new().with(tickets_tool()).unwrap();
+    let llm = ScriptedLlm::new().json(json!({"reply": "On it (t1)."})).json(json!({"reply": "On it (t3)."}));
+    let h = harness(config(ExecutionMode::Sequential, false), tools, llm);
+    let plan = PlanBuilder::new("Draft replies to urgent tickets")
+        .step("List the tickets", Some("tickets_tool"), "$tickets")
+        .args(json!({}))
+        .step("Draft a reply to the ticket", None, "$drafts")
+        .for_each("$tickets")
+        .condition("$item.urgent")
+        .step_output::<Draft>()
+        .build();
+
+    let workflow = h.runner.run_plan(&plan).await.unwrap();
+
+    assert_eq!(workflow.state(), WorkflowState::Complete, "{:?}", workflow.failure());
+    let drafts = &workflow.outputs().step_outputs.get("$drafts").unwrap().value;
+    assert_eq!(drafts, &json!([{"reply": "On it (t1)."}, null, {"reply": "On it (t3)."}]));
+    let first = common::last_user_text(&h.llm.requests()[0]);
+    assert!(first.contains("- $item (item 0 (from 0) of $tickets): {\"id\":\"t1\""), "{first}");
+}
+
+#[tokio::test]
+async fn for_each_over_something_that_is_not_a_list_fails_the_step() {
+    let tools = InMemoryToolRegistry::new().with(MockTool::returning("one_tool", json!({"id": 1}))).unwrap();
+    let h = harness(config(ExecutionMode::Sequential, false), tools, ScriptedLlm::new());
+    let plan = PlanBuilder::new("q")
+        .step("Get one", Some("one_tool"), "$one")
+        .args(json!({}))
+        .step("Loop", None, "$each")
+        .for_each("$one")
+        .build();
+
+    let workflow = h.runner.run_plan(&plan).await.unwrap();
+
+    let failure = workflow.failure().unwrap();
+    assert_eq!((failure.kind, failure.step), (FailureKind::InvalidStep, Some(1)));
+    assert!(failure.message.contains("which is an object, not a list"), "{}", failure.message);
+}
+
+#[test]
+fn for_each_must_name_an_earlier_list() {
+    let plan = PlanBuilder::new("q")
+        .step("Classify", None, "$ticket")
+        .step_output::<Draft>()
+        .step("Loop over nothing", None, "$a")
+        .for_each("$missing")
+        .step("Loop over a string", None, "$b")
+        .for_each("$ticket.reply")
+        .step("Loop over words", None, "$c")
+        .for_each("tickets")
+        .step("Use the item", None, "$d")
+        .for_each("$a")
+        .input("$item", "the item")
+        .build();
+    let problems = plan.problems(&InMemoryToolRegistry::new());
+    let steps: Vec<usize> = problems
+        .iter()
+        .map(|p| match p {
+            PlanProblem::InvalidForEach { step, .. } => *step,
+            other => panic!("{other}"),
+        })
+        .collect();
+    assert_eq!(steps, [1, 2, 3], "{problems:?}");
+    assert!(problems[1].to_string().contains("it is a string, not a list"), "{}", problems[1]);
+}
+
+fn loop_plan() -> Plan {
+    PlanBuilder::new("Answer each")
+        .step("List", Some("tickets_tool"), "$tickets")
+        .args(json!({}))
+        .step("Answer the ticket", None, "$answers")
+        .for_each("$tickets")
+        .build()
+}
+
+/// The child for the loop: answers items 0 and 1, then hangs in item 2's call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run as a child process by the control-flow durability tests"]
+async fn loop_child() {
+    let Some(db) = std::env::var_os("CONTROL_DB") else { return };
+    let storage = Arc::new(SqliteStorage::open(PathBuf::from(db)).unwrap());
+    let llm = ScriptedLlm::new().text("A").text("B").respond_with(|_| {
+        println!("{MARKER}");
+        loop {
+            std::thread::park();
+        }
+    });
+    let tools = InMemoryToolRegistry::new().with(tickets_tool()).unwrap();
+    let runner = Runner::builder(sequential()).tools(tools).llm(Arc::new(llm)).storage(storage).build().unwrap();
+    let id: WorkflowId = std::env::var("CONTROL_WORKFLOW").unwrap().parse().unwrap();
+    let _ = runner.execute_workflow_by_id(id).await;
+}
+
+#[tokio::test]
+async fn a_killed_loop_resumes_at_the_first_unfinished_item_and_never_repeats_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("portia.db");
+    let tools = || InMemoryToolRegistry::new().with(tickets_tool()).unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open(&db).unwrap());
+    let setup = Runner::builder(sequential()).tools(tools()).llm(Arc::new(ScriptedLlm::new())).storage(storage);
+    let id = setup.build().unwrap().create_workflow(&loop_plan()).await.unwrap().id();
+
+    kill_child_at_marker("control_flow::loop_child", &db, id);
+
+    let clock = ManualClock::new(chrono::Utc::now() + chrono::Duration::hours(1));
+    let storage = Arc::new(SqliteStorage::open_with_clock(&db, Arc::new(clock)).unwrap());
+    let llm = Arc::new(ScriptedLlm::new().text("C"));
+    let runner = Runner::builder(sequential()).tools(tools()).llm(llm.clone()).storage(storage).build().unwrap();
+    let workflow = runner.execute_workflow_by_id(id).await.unwrap();
+
+    assert_eq!(workflow.state(), WorkflowState::Complete, "{:?}", workflow.failure());
+    assert_eq!(workflow.outputs().step_outputs.get("$answers").unwrap().value, json!(["A", "B", "C"]));
+    let requests = llm.requests();
+    assert_eq!(requests.len(), 1, "only item 2 runs again");
+    assert!(common::last_user_text(&requests[0]).contains("\"t3\""));
+}
+
+/// Runs `child` (a test of this binary) on the workflow until it prints the marker, then kills it.
+fn kill_child_at_marker(child: &str, db: &std::path::Path, id: WorkflowId) {
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args([child, "--exact", "--ignored", "--nocapture", "--test-threads=1", "--quiet"])
+        .env("CONTROL_DB", db)
+        .env("CONTROL_WORKFLOW", id.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = common::ChildGuard(child);
+    let stdout = child.stdout.take().unwrap();
+    let reached = std::io::BufRead::lines(std::io::BufReader::new(stdout)).any(|l| l.unwrap().starts_with(MARKER));
+    assert!(reached, "the child ended before the point it was to be killed at");
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

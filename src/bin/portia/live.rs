@@ -175,6 +175,7 @@ impl<'a> View<'a> {
                 bar.set_message(format!("{tool_id} · {done} {}", message.as_deref().unwrap_or_default()));
             }
             EventKind::StepFinished { step, outcome } => self.finish(*step, outcome),
+            EventKind::LoopItemFinished { step, item, outcome } => self.item_finished(*step, *item, outcome),
             // Raised while its step runs: asked live. Questions a step ends with are
             // raised after it finished, and asked once the run pauses.
             EventKind::ClarificationRaised { clarification }
@@ -190,6 +191,17 @@ impl<'a> View<'a> {
     fn label(&self, step: usize) -> String {
         let output = self.plan.steps.get(step).map_or("", |s| s.output.as_str());
         format!("[{}/{}] {output}", step + 1, self.plan.steps.len())
+    }
+
+    /// One line per finished loop item; the step's spinner runs on until the last.
+    fn item_finished(&self, step: usize, item: usize, outcome: &StepOutcome) {
+        let how = match outcome {
+            StepOutcome::Output(_) => "✓".to_owned(),
+            StepOutcome::Skipped(reason) => format!("↷ skipped: {reason}"),
+            StepOutcome::Clarifications(_) => "?".to_owned(),
+            _ => "✗".to_owned(),
+        };
+        let _ = self.bars.println(format!("{} item {item} {how}", self.label(step)));
     }
 
     fn finish(&mut self, step: usize, outcome: &StepOutcome) {

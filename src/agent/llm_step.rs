@@ -17,9 +17,8 @@ const SYSTEM: &str = "You do one step of a plan: answer the task from the contex
 nothing. Reply with the answer only.";
 
 /// For the step that answers the query: the answer, and a summary for the user.
-const FINAL_SYSTEM: &str = "You do the last step of a plan: answer the task from the context given, inventing \
-nothing. Reply with JSON: answer (the step's answer), summary (at most 300 characters: how the results answer the \
-query).";
+const FINAL_SYSTEM: &str =
+    "Do this last plan step from the context only. JSON: answer (the task's), summary (for the user, under 300 chars).";
 
 /// How many times a reply that does not fit the schema is shown to the model.
 const SCHEMA_RETRIES: usize = 1;
@@ -109,8 +108,7 @@ async fn answer_typed(ctx: &StepContext, schema: &Value, summarize: bool) -> Ste
 }
 
 fn final_request(ctx: &StepContext, schema: Value) -> LlmRequest {
-    let prompt = format!("{}\nQuery: {}", ctx.prompt(), ctx.query);
-    LlmRequest::new(ModelRole::Execution, vec![Message::system(FINAL_SYSTEM), Message::user(prompt)])
+    LlmRequest::new(ModelRole::Execution, vec![Message::system(FINAL_SYSTEM), Message::user(ctx.prompt())])
         .with_output_schema(output_schema(schema))
 }
 

@@ -200,7 +200,7 @@ impl<'a, T: JsonSchema + DeserializeOwned + Send + 'a> IntoFuture for ExecuteQue
         if options.output_schema.is_none() {
             options = options.output_schema(schema_of::<T>());
         }
-        Box::pin(async move { TypedWorkflow::read(ExecuteQuery { runner, query, options }.await?) })
+        Box::pin(async move { TypedWorkflow::from_workflow(ExecuteQuery { runner, query, options }.await?) })
     }
 }
 
@@ -238,7 +238,7 @@ impl<'a, T: JsonSchema + DeserializeOwned + Send + 'a> IntoFuture for RunPlanAs<
                 typed.output_schema = Some(schema_of::<T>());
                 runner.store_new_workflow(&typed, context).await?
             };
-            TypedWorkflow::read(runner.execute(workflow.id()).await?)
+            TypedWorkflow::from_workflow(runner.execute(workflow.id()).await?)
         })
     }
 }

@@ -18,12 +18,13 @@ pub struct TypedWorkflow<T> {
 }
 
 impl<T: DeserializeOwned> TypedWorkflow<T> {
-    /// Reads `workflow`'s final output as `T`.
+    /// Reads `workflow`'s final output as `T`: for a workflow run on after a pause
+    /// (answered clarifications, say) with [`Runner::execute_workflow`](super::Runner::execute_workflow).
     ///
     /// # Errors
     /// [`Error::TypedOutput`] when the workflow is COMPLETE but its output does not
     /// deserialize into `T` (a plan schema looser than `T`, say).
-    pub(crate) fn read(workflow: Workflow) -> Result<Self> {
+    pub fn from_workflow(workflow: Workflow) -> Result<Self> {
         if workflow.state() != WorkflowState::Complete {
             return Ok(Self { workflow, output: None });
         }

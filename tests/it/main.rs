@@ -43,6 +43,7 @@ mod data_model;
 #[cfg(feature = "sqlite")]
 mod durability;
 mod e2e_stock_compare;
+mod e2e_triage;
 #[cfg(feature = "sqlite")]
 mod events_hooks;
 mod leases;

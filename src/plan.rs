@@ -127,10 +127,35 @@ pub struct Step {
     /// outputs, in item order. Its `condition` and `output_schema` apply to each item.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub for_each: Option<String>,
+    /// The model this step's LLM calls go to (`provider/model` accepted, such as
+    /// `anthropic/claude-sonnet-4-5`), instead of the configured execution model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Makes this a user step: its task is a question for a person (it may hold
+    /// `$name` references), asked as a clarification, and the answer is its output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ask_user: Option<AskUser>,
     /// Ends the workflow when the step runs (after its condition holds), instead of
     /// doing the task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit: Option<Exit>,
+}
+
+/// What a user step asks a person for. In JSON, `{"kind": "input"}`,
+/// `{"kind": "choice", "options": [...]}` or `{"kind": "confirm"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AskUser {
+    /// Any answer: text, or a JSON value.
+    Input,
+    /// One of these options.
+    Choice {
+        /// The options offered.
+        options: Vec<Value>,
+    },
+    /// Yes or no: the output is `true` or `false`.
+    Confirm,
 }
 
 /// How an exit step ends the workflow. In JSON, `{"complete": "message"}` or
@@ -175,6 +200,8 @@ impl Step {
             output_schema: None,
             condition: None,
             for_each: None,
+            model: None,
+            ask_user: None,
             exit: None,
         }
     }
@@ -587,6 +614,24 @@ impl PlanBuilder {
     /// If no step has been added yet.
     pub fn for_each(mut self, list: impl Into<String>) -> Self {
         self.steps.last_mut().expect("PlanBuilder: add a step before making it a loop").for_each = Some(list.into());
+        self
+    }
+
+    /// Sends the last step's LLM calls to `model` (`provider/model` accepted).
+    ///
+    /// # Panics
+    /// If no step has been added yet.
+    pub fn model(mut self, model: impl Into<String>) -> Self {
+        self.steps.last_mut().expect("PlanBuilder: add a step before choosing its model").model = Some(model.into());
+        self
+    }
+
+    /// Adds a user step: `question` is asked of a person, and the answer is stored
+    /// under `output`.
+    pub fn ask_user(mut self, question: impl Into<String>, ask: AskUser, output: impl Into<String>) -> Self {
+        let mut step = Step::new(question, None, output);
+        step.ask_user = Some(ask);
+        self.steps.push(step);
         self
     }
 

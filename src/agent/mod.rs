@@ -19,6 +19,7 @@ mod llm_step;
 mod one_shot;
 mod summarize;
 mod tool_call;
+mod user_step;
 mod verifier;
 
 use std::fmt;
@@ -32,6 +33,7 @@ pub use crate::workflow::StepOutcome;
 pub(crate) use condition::skip_unless_holds;
 pub use one_shot::OneShotAgent;
 pub(crate) use summarize::summarize_final_output;
+pub(crate) use user_step::ask_user;
 pub use verifier::VerifierAgent;
 
 use crate::clarification::Clarification;
@@ -110,6 +112,8 @@ pub struct StepContext {
     pub max_output_chars: usize,
     /// Today's date, `YYYY-MM-DD`.
     pub today: String,
+    /// For an item of a `for_each` step, the item's index (from 0).
+    pub loop_item: Option<usize>,
     /// Whether this step's answer is the workflow's final output and should come
     /// with a summary for the user (the last step, answered by the LLM, with
     /// summaries on): then no separate summary call is made.

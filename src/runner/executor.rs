@@ -16,14 +16,15 @@ use super::Runner;
 use super::calls::{CallServices, Stop, StopSignal, ToolCalls};
 use super::control::spawn_heartbeat;
 use super::metered::Meter;
-use crate::agent::{Agent, StepContext, StepInput, StepOutcome, skip_unless_holds, summarize_final_output};
+use crate::agent::{Agent, StepContext, StepInput, StepOutcome, ask_user, skip_unless_holds, summarize_final_output};
 use crate::clarification::Clarification;
 use crate::config::ExecutionMode;
+use crate::error::LlmError;
 use crate::events::{EventKind, RunEvents};
 use crate::hooks::{HookChain, HookError, StepDecision};
 use crate::ids::WorkflowId;
 use crate::live::StepQuestions;
-use crate::llm::LlmClientExt;
+use crate::llm::{LlmClient, LlmClientExt, LlmRequest, LlmResponse};
 use crate::plan::args::resolve as resolve_args;
 use crate::plan::{Condition, Exit, INDEX, ITEM, Plan, Reference};
 use crate::schema_check::check_value;
@@ -545,12 +546,16 @@ impl Runner {
             let message = resolve_args(&Value::from(exit.message()), &|reference| outputs.resolve(reference));
             step.exit = Some(exit.with_message(crate::text::render_value(&message)));
         }
+        if step.ask_user.is_some() {
+            step.task = crate::text::render_value(&resolve_args(&Value::from(step.task.as_str()), &lookup));
+        }
         let calls = self.step_calls(run, unit, &clarifications);
         let questions = calls.questions();
         let ctx = StepContext {
             args,
             query: plan.plan_context.query.clone(),
             step_index: index,
+            loop_item: unit.item,
             writes_final_answer: is_final_answer && self.inner.config.summarize_final_output,
             step,
             inputs,
@@ -560,7 +565,10 @@ impl Runner {
             execution_context: workflow.execution_context().clone(),
             workflow_id: workflow.id(),
             tool,
-            llm: Arc::clone(&self.inner.llm).with(run.meter.billing(Some(&plan.steps[index].output))),
+            llm: step_llm(
+                Arc::clone(&self.inner.llm).with(run.meter.billing(Some(&plan.steps[index].output))),
+                &plan.steps[index],
+            ),
             max_output_chars: self.inner.config.max_output_chars,
             today: self.today(),
         };
@@ -627,6 +635,9 @@ async fn run_step(agent: Arc<dyn Agent>, hooks: HookChain, ctx: StepContext) -> 
     if let Some(exit) = &ctx.step.exit {
         return StepOutcome::Output(Output::new(exit.message()));
     }
+    if let Some(ask) = &ctx.step.ask_user {
+        return ask_user(&ctx, ask);
+    }
     let hook_failed = |e: HookError| StepOutcome::failed(FailureKind::Hook, format!("a hook failed: {e}"));
     let outcome = match hooks.before_step(&ctx).await {
         Ok(StepDecision::Run) => agent.execute(&ctx).await,
@@ -649,6 +660,35 @@ fn checked_against_schema(ctx: &StepContext, outcome: StepOutcome) -> StepOutcom
             FailureKind::SchemaMismatch,
             format!("the step's output does not fit its output schema: {problems}"),
         ),
+    }
+}
+
+/// The LLM a step calls: `llm`, with the step's own model when it names one.
+fn step_llm(llm: Arc<dyn LlmClient>, step: &crate::plan::Step) -> Arc<dyn LlmClient> {
+    match step.model.as_deref().map(str::trim).filter(|m| !m.is_empty()) {
+        Some(model) => Arc::new(StepModel { inner: llm, model: model.to_owned() }),
+        None => llm,
+    }
+}
+
+/// Sends every request that names no model of its own to the step's model.
+#[derive(Debug)]
+struct StepModel {
+    inner: Arc<dyn LlmClient>,
+    model: String,
+}
+
+#[async_trait::async_trait]
+impl LlmClient for StepModel {
+    async fn chat(&self, mut request: LlmRequest) -> std::result::Result<LlmResponse, LlmError> {
+        if request.model.is_none() {
+            request.model = Some(self.model.clone());
+        }
+        self.inner.chat(request).await
+    }
+
+    fn retries(&self) -> bool {
+        self.inner.retries()
     }
 }
 

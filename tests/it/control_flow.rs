@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use common::{config, harness};
 use portia::config::ExecutionMode;
+use portia::plan::AskUser;
 use portia::plan::PlanProblem;
 use portia::runner::EventKind;
 use portia::storage::{ManualClock, SqliteStorage, Storage};
@@ -403,4 +404,52 @@ fn kill_child_at_marker(child: &str, db: &std::path::Path, id: WorkflowId) {
     assert!(reached, "the child ended before the point it was to be killed at");
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn a_steps_own_model_receives_its_llm_calls() {
+    let llm = ScriptedLlm::new().text("quick").text("deep");
+    let h = harness(config(ExecutionMode::Sequential, false), InMemoryToolRegistry::new(), llm);
+    let plan = PlanBuilder::new("q")
+        .step("Answer quickly", None, "$quick")
+        .model("openai/gpt-4o-mini")
+        .step("Answer deeply", None, "$deep")
+        .build();
+
+    let workflow = h.runner.run_plan(&plan).await.unwrap();
+
+    assert_eq!(workflow.state(), WorkflowState::Complete);
+    let models: Vec<Option<String>> = h.llm.requests().into_iter().map(|r| r.model).collect();
+    assert_eq!(models, [Some("openai/gpt-4o-mini".to_owned()), None]);
+    assert_eq!(serde_json::to_value(&plan).unwrap()["steps"][0]["model"], "openai/gpt-4o-mini");
+}
+
+#[tokio::test]
+async fn a_user_step_asks_a_person_and_the_answer_is_its_output() {
+    let tools = InMemoryToolRegistry::new().with(MockTool::echo("send_tool")).unwrap();
+    let h = harness(config(ExecutionMode::Sequential, false), tools, ScriptedLlm::new());
+    let plan = PlanBuilder::new("Handle the return")
+        .step("Note the order", Some("send_tool"), "$order")
+        .args(json!({"id": 7781}))
+        .ask_user(
+            "Refund or replace order $order.id?",
+            AskUser::Choice { options: vec![json!("refund"), json!("replace")] },
+            "$choice",
+        )
+        .step("Act on it", Some("send_tool"), "$done")
+        .args(json!({"action": "$choice"}))
+        .build();
+
+    let workflow = h.runner.run_plan(&plan).await.unwrap();
+
+    assert_eq!(workflow.state(), WorkflowState::NeedClarification);
+    let question = workflow.outstanding_clarifications().next().unwrap().clone();
+    assert_eq!(question.user_guidance, "Refund or replace order 7781?", "references in the question are resolved");
+    assert!(h.runner.resolve_clarification(&question, "keep").await.is_err(), "an answer outside the options");
+    h.runner.resolve_clarification(&question, "refund").await.unwrap();
+    let workflow = h.runner.execute_workflow(workflow).await.unwrap();
+    assert_eq!(workflow.state(), WorkflowState::Complete);
+    assert_eq!(workflow.outputs().step_outputs.get("$choice").unwrap().value, json!("refund"));
+    assert_eq!(workflow.outputs().step_outputs.get("$done").unwrap().value, json!({"action": "refund"}));
+    assert!(h.llm.requests().is_empty(), "asking a person takes no LLM call");
 }

@@ -127,6 +127,12 @@ pub struct Step {
     /// outputs, in item order. Its `condition` and `output_schema` apply to each item.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub for_each: Option<String>,
+    /// The name of a Rust function registered on the runner
+    /// ([`RunnerBuilder::function`](crate::runner::RunnerBuilder::function)) that
+    /// carries the step out instead of a tool: called with the step's `args`, with no
+    /// LLM call when they fit, and journaled like a tool call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
     /// The model this step's LLM calls go to (`provider/model` accepted, such as
     /// `anthropic/claude-sonnet-4-5`), instead of the configured execution model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -200,6 +206,7 @@ impl Step {
             output_schema: None,
             condition: None,
             for_each: None,
+            function: None,
             model: None,
             ask_user: None,
             exit: None,
@@ -391,7 +398,7 @@ impl Plan {
     fn args_problems(&self, step: usize, produced: &HashSet<&str>, problems: &mut Vec<PlanProblem>) {
         let s = &self.steps[step];
         let Some(args) = &s.args else { return };
-        let reason = match (args.is_object(), s.tool_id.is_some()) {
+        let reason = match (args.is_object(), s.tool_id.is_some() || s.function.is_some()) {
             (false, _) => Some(format!("they must be a JSON object of the tool's arguments, not {args}")),
             (true, false) => Some("the step has no tool to take them; give it a tool_id or drop the args".to_owned()),
             (true, true) => None,
@@ -614,6 +621,23 @@ impl PlanBuilder {
     /// If no step has been added yet.
     pub fn for_each(mut self, list: impl Into<String>) -> Self {
         self.steps.last_mut().expect("PlanBuilder: add a step before making it a loop").for_each = Some(list.into());
+        self
+    }
+
+    /// Adds a function step: the function registered on the runner as `function`
+    /// ([`RunnerBuilder::function`](crate::runner::RunnerBuilder::function)) is
+    /// called with `args` (which may hold `$name` references), with no LLM call.
+    pub fn function(
+        mut self,
+        task: impl Into<String>,
+        function: impl Into<String>,
+        args: impl Into<Value>,
+        output: impl Into<String>,
+    ) -> Self {
+        let mut step = Step::new(task, None, output);
+        step.function = Some(function.into());
+        step.args = Some(args.into());
+        self.steps.push(step);
         self
     }
 

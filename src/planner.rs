@@ -188,6 +188,7 @@ fn to_plan(query: &str, tool_ids: &[String], steps: &[PlannedStep]) -> Plan {
             output_schema: None,
             condition: Some(s.condition.trim().to_owned()).filter(|c| !c.is_empty()),
             for_each: Some(s.for_each.trim().to_owned()).filter(|c| !c.is_empty()),
+            function: None,
             model: None,
             ask_user: None,
             exit: None,

@@ -75,6 +75,13 @@ pub enum PlanProblem {
         /// The reference.
         reference: String,
     },
+    /// A step calls a function that is not registered on the runner.
+    UnknownFunction {
+        /// The step's index.
+        step: usize,
+        /// The function's name.
+        function: String,
+    },
     /// A step's `for_each` does not name a list an earlier step outputs.
     InvalidForEach {
         /// The step's index.
@@ -128,6 +135,11 @@ impl fmt::Display for PlanProblem {
             Self::UnknownConditionReference { step, reference } => {
                 write!(f, "step {step}'s condition refers to {reference}, which no earlier step outputs")
             }
+            Self::UnknownFunction { step, function } => write!(
+                f,
+                "step {step} calls the function {function:?}, which is not registered on the runner \
+                 (RunnerBuilder::function)"
+            ),
             Self::InvalidForEach { step, list, reason } => {
                 write!(f, "step {step} loops over {list:?}, which does not work: {reason}")
             }

@@ -503,6 +503,14 @@ impl Runner {
         let outputs = &workflow.outputs().step_outputs;
         let lookup = |reference: &str| loop_value(current, reference).or_else(|| outputs.resolve(reference));
         let tool = match &step.tool_id {
+            None if step.function.is_some() => {
+                let name = step.function.as_deref().unwrap_or_default();
+                Some(self.inner.functions.get(name).cloned().ok_or_else(|| {
+                    let message =
+                        format!("The function {name} is not registered on the runner: register it, or plan again");
+                    Failure::new(FailureKind::InvalidStep, message)
+                })?)
+            }
             None => None,
             Some(id) => Some(self.inner.tools.get_tool(id).map_err(|_| {
                 let message = format!("Tool {id} is not in the tool registry: register it, or plan again");
@@ -537,7 +545,7 @@ impl Runner {
         let clarifications: Vec<_> = workflow.clarifications_for_step(index).cloned().collect();
         // Plan-time arguments with their `$name` references replaced by the outputs.
         let args = step.args.as_ref().map(|args| resolve_args(args, &lookup));
-        let is_final_answer = index + 1 == plan.steps.len() && step.tool_id.is_none() && step.for_each.is_none();
+        let is_final_answer = index + 1 == plan.steps.len() && tool.is_none() && step.for_each.is_none();
         let mut step = step.clone();
         if is_final_answer && step.output_schema.is_none() {
             step.output_schema.clone_from(&plan.output_schema);

@@ -11,6 +11,7 @@
 mod calls;
 mod control;
 mod executor;
+mod functions;
 mod metered;
 mod requests;
 mod typed;
@@ -28,6 +29,7 @@ pub use typed::TypedWorkflow;
 pub use watch::Watch;
 pub use worker::{Worker, WorkerOptions, WorkerReport};
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -99,6 +101,8 @@ struct Inner {
     events: EventSink,
     /// Questions running tools of this runner wait on (see [`Runner::resolve_clarification`]).
     live: LiveQuestions,
+    /// The functions function steps call, by name.
+    functions: HashMap<String, Arc<dyn crate::tool::Tool>>,
 }
 
 /// Options for planning a query, for [`GeneratePlan::options`] and the like.
@@ -211,6 +215,7 @@ impl Runner {
             today: None,
             hooks: HookChain::default(),
             event_capacity: crate::events::DEFAULT_CAPACITY,
+            functions: HashMap::new(),
         }
     }
 
@@ -294,7 +299,15 @@ impl Runner {
 
     /// Checks and saves `plan`, and makes (without storing it) a workflow of it.
     async fn new_workflow(&self, plan: &Plan, context: ExecutionContext) -> Result<Workflow> {
-        plan.validate(self.inner.tools.as_ref())?;
+        let mut problems = plan.problems(self.inner.tools.as_ref());
+        for (step, s) in plan.steps.iter().enumerate() {
+            if let Some(function) = s.function.as_ref().filter(|f| !self.inner.functions.contains_key(*f)) {
+                problems.push(crate::plan::PlanProblem::UnknownFunction { step, function: function.clone() });
+            }
+        }
+        if !problems.is_empty() {
+            return Err(Error::InvalidPlan(problems));
+        }
         self.inner.storage.save_plan(plan).await?;
         let mut workflow = Workflow::new(plan.id, context);
         workflow.set_usage(WorkflowUsage::planned(plan.usage, self.planning_cost(plan.usage)));
@@ -708,9 +721,51 @@ pub struct RunnerBuilder {
     today: Option<String>,
     hooks: HookChain,
     event_capacity: usize,
+    functions: HashMap<String, Arc<dyn crate::tool::Tool>>,
 }
 
 impl RunnerBuilder {
+    /// Registers an async Rust function for function steps ([`Step::function`](crate::Step::function)),
+    /// under `name`. Its argument type's JSON Schema (derived with `schemars`) checks
+    /// the step's `args` before the call; the call is journaled like a tool call, so
+    /// a resumed run never repeats one that finished. An `Err` fails the step.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use portia::serde_json::json;
+    /// use portia::testing::ScriptedLlm;
+    /// use portia::{Config, PlanBuilder, Runner};
+    ///
+    /// #[derive(serde::Deserialize, portia::schemars::JsonSchema)]
+    /// #[schemars(crate = "portia::schemars")]
+    /// struct Order { id: u64 }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> portia::Result<()> {
+    /// let config = Config::builder().summarize_final_output(false).build()?;
+    /// let runner = Runner::builder(config)
+    ///     .llm(Arc::new(ScriptedLlm::new()))
+    ///     .function("order_total", "The total of an order", |order: Order| async move {
+    ///         Ok::<_, String>(json!({"id": order.id, "total": 42.5}))
+    ///     })
+    ///     .build()?;
+    /// let plan = PlanBuilder::new("Order total").function("Total order 7", "order_total", json!({"id": 7}), "$total").build();
+    /// let workflow = runner.run_plan(&plan).await?;
+    /// assert_eq!(workflow.outputs().step_outputs.resolve("$total.total"), Some(json!(42.5)));
+    /// # Ok(()) }
+    /// ```
+    pub fn function<A, R, F, Fut>(mut self, name: impl Into<String>, description: &str, function: F) -> Self
+    where
+        A: serde::de::DeserializeOwned + schemars::JsonSchema + Send + 'static,
+        R: serde::Serialize,
+        F: Fn(A) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = std::result::Result<R, String>> + Send + 'static,
+    {
+        let name = name.into();
+        let tool = functions::function_tool(&name, description, function);
+        self.functions.insert(name, tool);
+        self
+    }
+
     /// How many events a subscriber may fall behind before it misses some (default
     /// [`DEFAULT_EVENT_CAPACITY`]).
     pub fn event_capacity(mut self, capacity: usize) -> Self {
@@ -851,6 +906,7 @@ impl RunnerBuilder {
             hooks: self.hooks,
             events: EventSink::new(self.event_capacity),
             live: LiveQuestions::default(),
+            functions: self.functions,
         };
         Ok(Runner { inner: Arc::new(inner) })
     }

@@ -453,3 +453,44 @@ async fn a_user_step_asks_a_person_and_the_answer_is_its_output() {
     assert_eq!(workflow.outputs().step_outputs.get("$done").unwrap().value, json!({"action": "refund"}));
     assert!(h.llm.requests().is_empty(), "asking a person takes no LLM call");
 }
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+struct Refund {
+    order: u64,
+    cents: i64,
+}
+
+#[tokio::test]
+async fn a_function_step_calls_a_registered_rust_function_journaled_and_without_an_llm_call() {
+    let llm = Arc::new(ScriptedLlm::new());
+    let tools =
+        InMemoryToolRegistry::new().with(MockTool::returning("order_tool", json!({"id": 7781, "paid": 1250}))).unwrap();
+    let runner = Runner::builder(config(ExecutionMode::Sequential, false))
+        .tools(tools)
+        .llm(llm.clone())
+        .function("refund", "Refunds an order", |refund: Refund| async move {
+            Ok::<_, String>(json!({"refunded": refund.cents, "order": refund.order}))
+        })
+        .build()
+        .unwrap();
+    let plan = PlanBuilder::new("Refund the order")
+        .step("Look the order up", Some("order_tool"), "$order")
+        .args(json!({}))
+        .function("Refund it", "refund", json!({"order": "$order.id", "cents": "$order.paid"}), "$refund")
+        .build();
+
+    let workflow = runner.run_plan(&plan).await.unwrap();
+
+    assert_eq!(workflow.state(), WorkflowState::Complete, "{:?}", workflow.failure());
+    assert_eq!(workflow.outputs().step_outputs.get("$refund").unwrap().value, json!({"refunded": 1250, "order": 7781}));
+    assert!(llm.requests().is_empty());
+    let journaled = runner.tool_calls(workflow.id()).await.unwrap();
+    assert!(journaled.iter().any(|c| c.tool_id == "refund" && c.input == json!({"order": 7781, "cents": 1250})));
+
+    let unknown = PlanBuilder::new("q").function("Nope", "missing_fn", json!({}), "$x").build();
+    let err = runner.run_plan(&unknown).await.unwrap_err();
+    assert!(
+        matches!(&err, portia::Error::InvalidPlan(p) if p == &[PlanProblem::UnknownFunction { step: 0, function: "missing_fn".into() }]),
+        "{err}"
+    );
+}

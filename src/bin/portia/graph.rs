@@ -21,7 +21,11 @@ fn edges(plan: &Plan) -> Vec<(usize, usize, String)> {
 /// condition and exit.
 fn label(plan: &Plan, index: usize) -> Vec<String> {
     let step = &plan.steps[index];
-    let tool = step.tool_id.as_deref().unwrap_or("llm");
+    let tool = match (&step.tool_id, &step.function) {
+        (Some(tool), _) => tool.clone(),
+        (None, Some(function)) => format!("fn {function}"),
+        (None, None) => "llm".to_owned(),
+    };
     let mut lines = vec![format!("{}. {}", index + 1, step.task), format!("{tool} → {}", step.output)];
     lines.extend(step.for_each.iter().map(|list| format!("for each item of {list}")));
     lines.extend(step.condition.iter().map(|condition| format!("if {condition}")));

@@ -1,8 +1,8 @@
 //! Plan-time arguments: a step may carry its tool's arguments, with `$name`
 //! references to earlier outputs inside string values.
 //!
-//! A reference may reach inside an output (`$quote.price`, `$list[0]`, see
-//! [`reference`](super::reference)). A string that is exactly one reference
+//! A reference may reach inside an output (`$quote.price`, `$list[0]`, `$list[-1]`;
+//! see the [plan module](super)). A string that is exactly one reference
 //! (`"$amazon"`) becomes the referenced
 //! value with its JSON type (an object stays an object); a reference inside a
 //! longer string is replaced by the value's text. A `$word` that names no output of

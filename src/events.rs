@@ -75,6 +75,16 @@ pub enum EventKind {
         /// How it ended.
         outcome: StepOutcome,
     },
+    /// One item of a `for_each` step ended (the step itself finishes once every
+    /// item has, with the list of their outputs).
+    LoopItemFinished {
+        /// The step's index in the plan.
+        step: usize,
+        /// The item's index in the list, from 0.
+        item: usize,
+        /// How it ended.
+        outcome: StepOutcome,
+    },
     /// A tool call is about to be made (its intent is journaled).
     ToolCallStarted {
         /// Which call.

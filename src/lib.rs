@@ -45,7 +45,7 @@ pub use config::Config;
 pub use error::{Error, Result};
 pub use execution_context::ExecutionContext;
 pub use ids::{ClarificationId, IdParseError, PlanId, WorkflowId};
-pub use plan::{Plan, PlanBuilder, PlanContext, Step, Variable};
+pub use plan::{Exit, Plan, PlanBuilder, PlanContext, Step, Variable};
 pub use runner::{PlanOptions, Runner};
 pub use tool::{
     InMemoryToolRegistry, RetryHint, Tool, ToolError, ToolOutput, ToolRegistry, ToolRunContext, ToolSpec, TypedTool,

@@ -9,13 +9,24 @@
 //! references to earlier outputs inside them: a step whose arguments are complete
 //! calls its tool with no LLM call to choose them. See [`args`] for how references
 //! are read.
+//!
+//! A reference may reach inside an output: `$quote.price`, `$report.items[0]`,
+//! `$list[-1]` (from the end). When the producing step declares an
+//! [`output_schema`](Step::output_schema), a reference to a field it does not have is
+//! a [`PlanProblem::UnknownField`].
 
 pub mod args;
+mod condition;
+mod reference;
 
 use std::collections::HashSet;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+pub(crate) use condition::Condition;
+pub(crate) use reference::Reference;
 
 pub use crate::error::PlanProblem;
 use crate::ids::PlanId;
@@ -58,6 +69,11 @@ pub struct Plan {
     /// What it cost to write the plan (absent for a plan written by hand).
     #[serde(default, skip_serializing_if = "Usage::is_zero")]
     pub usage: Usage,
+    /// The JSON Schema the final output must fit, when the plan has a typed result.
+    /// A last step answered by the LLM writes its answer in this shape; any final
+    /// output is checked against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<Value>,
 }
 
 /// What a plan was made for.
@@ -93,6 +109,89 @@ pub struct Step {
     /// otherwise the agent chooses the arguments, starting from these.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub args: Option<Value>,
+    /// The JSON Schema the step's output must fit. A step the LLM answers then
+    /// replies with JSON of this shape (structured output) instead of text; any
+    /// step's output is checked against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<Value>,
+    /// When the step runs: an expression over earlier outputs that the crate
+    /// evaluates (`$ticket.urgent == true and $count > 2`), or plain words that one
+    /// LLM call decides ("the ticket asks for a refund"). A step whose condition is
+    /// false is recorded as skipped, with the reason, and so is a step that reads
+    /// only skipped outputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
+    /// A reference to a list (`$tickets`, `$report.items`): the step runs once per
+    /// item, in parallel up to the runner's limit, with `$item` and `$index` (from 0)
+    /// among the references it may use; its output is the list of the items'
+    /// outputs, in item order. Its `condition` and `output_schema` apply to each item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_each: Option<String>,
+    /// The name of a Rust function registered on the runner
+    /// ([`RunnerBuilder::function`](crate::runner::RunnerBuilder::function)) that
+    /// carries the step out instead of a tool: called with the step's `args`, with no
+    /// LLM call when they fit, and journaled like a tool call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    /// The model this step's LLM calls go to (`provider/model` accepted, such as
+    /// `anthropic/claude-sonnet-4-5`), instead of the configured execution model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Makes this a user step: its task is a question for a person (it may hold
+    /// `$name` references), asked as a clarification, and the answer is its output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ask_user: Option<AskUser>,
+    /// Ends the workflow when the step runs (after its condition holds), instead of
+    /// doing the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<Exit>,
+}
+
+/// What a user step asks a person for. In JSON, `{"kind": "input"}`,
+/// `{"kind": "choice", "options": [...]}` or `{"kind": "confirm"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AskUser {
+    /// Any answer: text, or a JSON value.
+    Input,
+    /// One of these options.
+    Choice {
+        /// The options offered.
+        options: Vec<Value>,
+    },
+    /// Yes or no: the output is `true` or `false`.
+    Confirm,
+}
+
+/// How an exit step ends the workflow. In JSON, `{"complete": "message"}` or
+/// `{"failed": "error"}`; the text may hold `$name` references.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Exit {
+    /// COMPLETE, with this message as the final output.
+    Complete(String),
+    /// FAILED, with this error ([`FailureKind::Exited`](crate::FailureKind::Exited)).
+    Failed(String),
+}
+
+impl Exit {
+    /// The message or error.
+    pub fn message(&self) -> &str {
+        match self {
+            Self::Complete(text) | Self::Failed(text) => text,
+        }
+    }
+
+    /// The same way out, with another message.
+    #[must_use]
+    pub fn with_message(&self, message: impl Into<String>) -> Self {
+        match self {
+            Self::Complete(_) => Self::Complete(message.into()),
+            Self::Failed(_) => Self::Failed(message.into()),
+        }
+    }
 }
 
 impl Step {
@@ -104,6 +203,13 @@ impl Step {
             tool_id: tool_id.map(str::to_owned),
             output: output.into(),
             args: None,
+            output_schema: None,
+            condition: None,
+            for_each: None,
+            function: None,
+            model: None,
+            ask_user: None,
+            exit: None,
         }
     }
 
@@ -121,6 +227,38 @@ impl Step {
         self.args = Some(args);
         self
     }
+
+    /// This step, run only when `condition` holds (see [`Step::condition`]).
+    #[must_use]
+    pub fn when(mut self, condition: impl Into<String>) -> Self {
+        self.condition = Some(condition.into());
+        self
+    }
+
+    /// This step, run once per item of the list `list` refers to (see [`Step::for_each`]).
+    #[must_use]
+    pub fn for_each(mut self, list: impl Into<String>) -> Self {
+        self.for_each = Some(list.into());
+        self
+    }
+
+    /// This step, producing output that fits `schema` (a JSON Schema).
+    #[must_use]
+    pub fn with_output_schema(mut self, schema: Value) -> Self {
+        self.output_schema = Some(schema);
+        self
+    }
+}
+
+/// The JSON Schema of `T`, without the root's `$schema` and `title`, which a model
+/// does not need.
+pub(crate) fn schema_of<T: JsonSchema>() -> Value {
+    let mut schema = serde_json::to_value(schemars::schema_for!(T)).unwrap_or_default();
+    if let Some(root) = schema.as_object_mut() {
+        root.remove("$schema");
+        root.remove("title");
+    }
+    schema
 }
 
 impl PlanContext {
@@ -172,7 +310,7 @@ pub trait ToolLookup {
 impl Plan {
     /// A new plan with a fresh id.
     pub fn new(plan_context: PlanContext, steps: Vec<Step>) -> Self {
-        Self { id: PlanId::new(), plan_context, steps, usage: Usage::default() }
+        Self { id: PlanId::new(), plan_context, steps, usage: Usage::default(), output_schema: None }
     }
 
     /// Starts writing a plan in code, without an LLM.
@@ -226,6 +364,8 @@ impl Plan {
                 problems.push(PlanProblem::UnknownTool { step, tool_id: tool_id.clone() });
             }
             self.args_problems(step, &produced, &mut problems);
+            self.condition_problems(step, &produced, &mut problems);
+            self.for_each_problems(step, &produced, &mut problems);
             if !args::is_output_name(&s.output) {
                 problems.push(PlanProblem::InvalidOutputName { step, output: s.output.clone() });
             }
@@ -238,10 +378,14 @@ impl Plan {
 
     fn input_problems(&self, step: usize, produced: &HashSet<&str>, problems: &mut Vec<PlanProblem>) {
         for input in &self.steps[step].inputs {
+            let reference = Reference::parse(&input.name);
+            let in_loop = self.steps[step].for_each.is_some();
             match &input.value {
-                None if !produced.contains(input.name.as_str()) => {
+                None if in_loop && reference.as_ref().is_some_and(|r| is_loop_variable(&r.name)) => {}
+                None if !reference.as_ref().is_some_and(|r| produced.contains(r.name.as_str())) => {
                     problems.push(PlanProblem::UnknownInput { step, input: input.name.clone() });
                 }
+                None => self.field_problems(step, reference.as_ref(), problems),
                 Some(Value::String(text)) if produced.contains(text.trim()) => {
                     let output = text.trim().to_owned();
                     problems.push(PlanProblem::ConstantNamesOutput { step, input: input.name.clone(), output });
@@ -254,7 +398,7 @@ impl Plan {
     fn args_problems(&self, step: usize, produced: &HashSet<&str>, problems: &mut Vec<PlanProblem>) {
         let s = &self.steps[step];
         let Some(args) = &s.args else { return };
-        let reason = match (args.is_object(), s.tool_id.is_some()) {
+        let reason = match (args.is_object(), s.tool_id.is_some() || s.function.is_some()) {
             (false, _) => Some(format!("they must be a JSON object of the tool's arguments, not {args}")),
             (true, false) => Some("the step has no tool to take them; give it a tool_id or drop the args".to_owned()),
             (true, true) => None,
@@ -263,11 +407,67 @@ impl Plan {
             problems.push(PlanProblem::InvalidArgs { step, reason });
             return;
         }
-        for (reference, whole) in args::tokens_in(args) {
-            let names_output = self.step_producing(&reference).is_some();
-            if (names_output || whole) && !produced.contains(reference.as_str()) {
-                problems.push(PlanProblem::UnknownArgReference { step, reference });
+        for (token, whole) in args::tokens_in(args) {
+            let Some(reference) = Reference::parse(&token) else { continue };
+            let names_output = self.step_producing(&reference.name).is_some();
+            let loop_variable = s.for_each.is_some() && is_loop_variable(&reference.name);
+            if (names_output || whole) && !loop_variable && !produced.contains(reference.name.as_str()) {
+                problems.push(PlanProblem::UnknownArgReference { step, reference: token });
+            } else if names_output {
+                self.field_problems(step, Some(&reference), problems);
             }
+        }
+    }
+
+    fn for_each_problems(&self, step: usize, produced: &HashSet<&str>, problems: &mut Vec<PlanProblem>) {
+        let Some(list) = &self.steps[step].for_each else { return };
+        let invalid = |reason: String| PlanProblem::InvalidForEach { step, list: list.clone(), reason };
+        let Some(reference) = Reference::parse(list.trim()) else {
+            return problems.push(invalid("it must be a reference to an earlier output, such as $tickets".into()));
+        };
+        if !produced.contains(reference.name.as_str()) {
+            return problems.push(invalid(format!("no earlier step outputs {}", reference.name)));
+        }
+        if let Some(schema) = self.output_schema_of(&reference.name) {
+            if let Err(reason) = reference::schema_admits(&schema, &reference.path) {
+                return problems.push(invalid(format!("the output has no {reason}")));
+            }
+            if let Some(kind) = reference::schema_type_at(&schema, &reference.path).filter(|k| k != "array") {
+                problems.push(invalid(format!("it is a {kind}, not a list")));
+            }
+        }
+    }
+
+    /// The schema of what `output` holds: the producing step's output schema, or
+    /// a list of it for a `for_each` step.
+    fn output_schema_of(&self, output: &str) -> Option<Value> {
+        let step = &self.steps[self.step_producing(output)?];
+        let schema = step.output_schema.clone()?;
+        Some(if step.for_each.is_some() { serde_json::json!({"type": "array", "items": schema}) } else { schema })
+    }
+
+    fn condition_problems(&self, step: usize, produced: &HashSet<&str>, problems: &mut Vec<PlanProblem>) {
+        let Some(condition) = &self.steps[step].condition else { return };
+        let expression = matches!(Condition::parse(condition), Condition::Expression { .. });
+        for token in condition::references(condition) {
+            let Some(reference) = Reference::parse(&token) else { continue };
+            let names_output = self.step_producing(&reference.name).is_some();
+            let loop_variable = self.steps[step].for_each.is_some() && is_loop_variable(&reference.name);
+            if (names_output || expression) && !loop_variable && !produced.contains(reference.name.as_str()) {
+                problems.push(PlanProblem::UnknownConditionReference { step, reference: token });
+            } else if names_output {
+                self.field_problems(step, Some(&reference), problems);
+            }
+        }
+    }
+
+    /// A problem when `reference` reaches into a field that its producing step's
+    /// output schema does not have.
+    fn field_problems(&self, step: usize, reference: Option<&Reference>, problems: &mut Vec<PlanProblem>) {
+        let Some(reference) = reference.filter(|r| !r.path.is_empty()) else { return };
+        let schema = self.output_schema_of(&reference.name);
+        if let Some(Err(reason)) = schema.map(|schema| reference::schema_admits(&schema, &reference.path)) {
+            problems.push(PlanProblem::UnknownField { step, reference: reference.to_string(), reason });
         }
     }
 
@@ -275,15 +475,38 @@ impl Plan {
     /// the outputs its arguments refer to.
     pub fn dependencies(&self, index: usize) -> Vec<String> {
         let Some(step) = self.steps.get(index) else { return Vec::new() };
-        let mut needed: Vec<String> = step.inputs.iter().filter(|v| v.is_reference()).map(|v| v.name.clone()).collect();
-        let referenced = step.args.iter().flat_map(args::tokens_in).map(|(name, _)| name);
-        for name in referenced.filter(|name| self.step_producing(name).is_some()) {
+        let mut needed: Vec<String> = Vec::new();
+        let from_inputs = step.inputs.iter().filter(|v| v.is_reference()).map(|v| output_name(&v.name));
+        let from_inputs = from_inputs.filter(|name| step.for_each.is_none() || !is_loop_variable(name));
+        let from_inputs = from_inputs.chain(step.for_each.iter().map(|list| output_name(list.trim())));
+        let from_args = step.args.iter().flat_map(args::tokens_in).map(|(token, _)| output_name(&token));
+        let from_condition = step.condition.iter().flat_map(|c| condition::references(c)).map(|t| output_name(&t));
+        let from_exit =
+            step.exit.iter().flat_map(|e| args::tokens_in(&Value::from(e.message()))).map(|(t, _)| output_name(&t));
+        let referenced = from_args.chain(from_condition).chain(from_exit);
+        for name in from_inputs.chain(referenced.filter(|name| self.step_producing(name).is_some())) {
             if !needed.contains(&name) {
                 needed.push(name);
             }
         }
         needed
     }
+}
+
+/// Whether `name` is one of the names a `for_each` step's item goes by.
+pub(crate) fn is_loop_variable(name: &str) -> bool {
+    name == ITEM || name == INDEX
+}
+
+/// The current item of a `for_each` step.
+pub(crate) const ITEM: &str = "$item";
+/// The current item's index, from 0.
+pub(crate) const INDEX: &str = "$index";
+
+/// The output a reference names: `$a` for `$a.items[0]`; the text itself when it is
+/// no reference.
+fn output_name(text: &str) -> String {
+    Reference::parse(text).map_or_else(|| text.to_owned(), |r| r.name)
 }
 
 /// Writes a [`Plan`] in code, for workflows that must be deterministic.
@@ -309,12 +532,13 @@ pub struct PlanBuilder {
     query: String,
     tool_ids: Option<Vec<String>>,
     steps: Vec<Step>,
+    output_schema: Option<Value>,
 }
 
 impl PlanBuilder {
     /// Starts a plan for `query`.
     pub fn new(query: impl Into<String>) -> Self {
-        Self { query: query.into(), tool_ids: None, steps: Vec::new() }
+        Self { query: query.into(), tool_ids: None, steps: Vec::new(), output_schema: None }
     }
 
     /// Adds a step. `tool_id` is `None` for a step the LLM answers without a tool.
@@ -332,6 +556,115 @@ impl PlanBuilder {
     /// If no step has been added yet.
     pub fn args(mut self, args: impl Into<Value>) -> Self {
         self.steps.last_mut().expect("PlanBuilder: add a step before giving it arguments").args = Some(args.into());
+        self
+    }
+
+    /// Gives the plan a typed result: the final output must be JSON of `T`'s shape
+    /// (its JSON Schema, derived with `schemars`). Read it back typed with
+    /// [`Runner::run_plan_as`](crate::Runner::run_plan_as).
+    ///
+    /// ```
+    /// use portia::PlanBuilder;
+    ///
+    /// #[derive(portia::schemars::JsonSchema)]
+    /// #[schemars(crate = "portia::schemars")]
+    /// struct Verdict { faster: String, growth_pct: f64 }
+    ///
+    /// let plan = PlanBuilder::new("Which grew faster?").step("Compare", None, "$verdict").output::<Verdict>().build();
+    /// assert_eq!(plan.output_schema.unwrap()["required"], portia::serde_json::json!(["faster", "growth_pct"]));
+    /// ```
+    pub fn output<T: JsonSchema>(self) -> Self {
+        self.output_schema(schema_of::<T>())
+    }
+
+    /// Gives the plan a typed result of this JSON Schema (see [`PlanBuilder::output`]).
+    pub fn output_schema(mut self, schema: Value) -> Self {
+        self.output_schema = Some(schema);
+        self
+    }
+
+    /// Makes the last step's output JSON of `T`'s shape: a step the LLM answers
+    /// replies with it as structured output, and later steps can reach into its
+    /// fields (`$name.field`).
+    ///
+    /// # Panics
+    /// If no step has been added yet.
+    pub fn step_output<T: JsonSchema>(self) -> Self {
+        self.step_output_schema(schema_of::<T>())
+    }
+
+    /// Makes the last step's output fit this JSON Schema (see [`PlanBuilder::step_output`]).
+    ///
+    /// # Panics
+    /// If no step has been added yet.
+    pub fn step_output_schema(mut self, schema: Value) -> Self {
+        self.steps.last_mut().expect("PlanBuilder: add a step before giving it an output schema").output_schema =
+            Some(schema);
+        self
+    }
+
+    /// Runs the last step only when `condition` holds: an expression over earlier
+    /// outputs (`$ticket.urgent == true`) or plain words one LLM call decides.
+    ///
+    /// # Panics
+    /// If no step has been added yet.
+    pub fn condition(mut self, condition: impl Into<String>) -> Self {
+        self.steps.last_mut().expect("PlanBuilder: add a step before giving it a condition").condition =
+            Some(condition.into());
+        self
+    }
+
+    /// Runs the last step once per item of the list `list` refers to, with `$item`
+    /// and `$index` (see [`Step::for_each`]).
+    ///
+    /// # Panics
+    /// If no step has been added yet.
+    pub fn for_each(mut self, list: impl Into<String>) -> Self {
+        self.steps.last_mut().expect("PlanBuilder: add a step before making it a loop").for_each = Some(list.into());
+        self
+    }
+
+    /// Adds a function step: the function registered on the runner as `function`
+    /// ([`RunnerBuilder::function`](crate::runner::RunnerBuilder::function)) is
+    /// called with `args` (which may hold `$name` references), with no LLM call.
+    pub fn function(
+        mut self,
+        task: impl Into<String>,
+        function: impl Into<String>,
+        args: impl Into<Value>,
+        output: impl Into<String>,
+    ) -> Self {
+        let mut step = Step::new(task, None, output);
+        step.function = Some(function.into());
+        step.args = Some(args.into());
+        self.steps.push(step);
+        self
+    }
+
+    /// Sends the last step's LLM calls to `model` (`provider/model` accepted).
+    ///
+    /// # Panics
+    /// If no step has been added yet.
+    pub fn model(mut self, model: impl Into<String>) -> Self {
+        self.steps.last_mut().expect("PlanBuilder: add a step before choosing its model").model = Some(model.into());
+        self
+    }
+
+    /// Adds a user step: `question` is asked of a person, and the answer is stored
+    /// under `output`.
+    pub fn ask_user(mut self, question: impl Into<String>, ask: AskUser, output: impl Into<String>) -> Self {
+        let mut step = Step::new(question, None, output);
+        step.ask_user = Some(ask);
+        self.steps.push(step);
+        self
+    }
+
+    /// Adds a step that ends the workflow (when its `condition`, set next, holds):
+    /// COMPLETE with the message, or FAILED with the error.
+    pub fn exit(mut self, task: impl Into<String>, exit: Exit, output: impl Into<String>) -> Self {
+        let mut step = Step::new(task, None, output);
+        step.exit = Some(exit);
+        self.steps.push(step);
         self
     }
 
@@ -368,7 +701,9 @@ impl PlanBuilder {
             }
             ids
         });
-        Plan::new(PlanContext { query: self.query, tool_ids }, self.steps)
+        let mut plan = Plan::new(PlanContext { query: self.query, tool_ids }, self.steps);
+        plan.output_schema = self.output_schema;
+        plan
     }
 
     fn with_input(mut self, input: Variable) -> Self {

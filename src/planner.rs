@@ -33,6 +33,9 @@ pub struct PlanningRequest {
     pub execution_context: ExecutionContext,
     /// Today's date, `YYYY-MM-DD`.
     pub today: String,
+    /// The JSON Schema the plan's final output must fit, when the caller wants a
+    /// typed result.
+    pub output_schema: Option<Value>,
 }
 
 /// Turns a query into a plan.
@@ -58,6 +61,11 @@ struct PlannedStep {
     // The tool's arguments when the query fixes them; null otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     args: Option<Value>,
+    // Plain strings, left out when empty: the schema stays short.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    condition: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    for_each: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -81,11 +89,12 @@ struct StepsOrError {
     error: Option<String>,
 }
 
-const SYSTEM: &str = "Plan how to answer the query with the listed tools. Reply with JSON {\"steps\": [...]}, \
-or {\"steps\": [], \"error\": \"why\"} if they cannot. Each step: task (self-contained); tool_id (a listed tool, or \
-null to reason over earlier outputs); inputs (earlier outputs it needs, {\"name\": \"$output\", \"description\": \
-\"...\"}, or constants with a \"value\"); output (a new $snake_case name); args (the tool's arguments if the query \
-fixes them all; a string may hold an earlier $output; else null). Use the fewest steps; invent no tools or values.";
+const SYSTEM: &str = "Plan the query with the listed tools in the fewest steps; invent no tools or values. If \
+impossible: {\"steps\": [], \"error\": \"why\"}. Step: task (self-contained); tool_id (a listed tool, or null to \
+reason over earlier outputs); inputs (earlier outputs it reads, {\"name\": \"$output\", \"description\": \"...\"}, or \
+constants with a \"value\"); output (new $snake_case name); args (the tool's arguments if the query fixes them all, \
+else null; strings may hold an earlier $output); condition (\"$out.x > 1\" or words); for_each (\"$list\": runs \
+per $item).";
 
 /// Plans with one structured LLM call, re-asking while the plan is invalid.
 #[derive(Debug, Clone)]
@@ -123,6 +132,7 @@ impl Planner for OneShotPlanner {
                 problems = vec![PlanProblem::NoSteps];
             } else {
                 let mut plan = to_plan(&request.query, &tool_ids, &reply.steps);
+                plan.output_schema.clone_from(&request.output_schema);
                 problems = plan.problems(&registry);
                 if problems.is_empty() {
                     tracing::info!(plan = %plan.id, steps = plan.steps.len(), attempt, "plan created");
@@ -175,6 +185,13 @@ fn to_plan(query: &str, tool_ids: &[String], steps: &[PlannedStep]) -> Plan {
             tool_id: s.tool_id.clone().filter(|t| !t.is_empty() && t != "null"),
             output: s.output.clone(),
             args: s.args.clone(),
+            output_schema: None,
+            condition: Some(s.condition.trim().to_owned()).filter(|c| !c.is_empty()),
+            for_each: Some(s.for_each.trim().to_owned()).filter(|c| !c.is_empty()),
+            function: None,
+            model: None,
+            ask_user: None,
+            exit: None,
         })
         .collect();
     Plan::new(PlanContext { query: query.to_owned(), tool_ids: tool_ids.to_vec() }, steps)
@@ -203,6 +220,9 @@ fn prompt(request: &PlanningRequest) -> String {
     }
     for line in ec.planner_system_context_extension.iter().flatten() {
         let _ = writeln!(out, "Note: {line}");
+    }
+    if let Some(schema) = &request.output_schema {
+        let _ = writeln!(out, "The last step must answer with JSON of this schema: {schema}");
     }
     let _ = write!(out, "Today: {}\nQuery: {}", request.today, request.query);
     out
@@ -241,6 +261,20 @@ mod tests {
         let reply: StepsOrError = serde_json::from_value(json!({"error": "no tool books flights"})).unwrap();
         assert!(reply.steps.is_empty());
         assert_eq!(reply.error.as_deref(), Some("no tool books flights"));
+    }
+
+    #[test]
+    fn planned_conditions_and_loops_reach_the_plan_and_blank_ones_do_not() {
+        let steps: Vec<PlannedStep> = serde_json::from_value(json!([
+            {"task": "List", "output": "$list", "condition": " "},
+            {"task": "Each", "output": "$each", "for_each": "$list", "condition": "$item.urgent"}
+        ]))
+        .unwrap();
+        let plan = to_plan("q", &[], &steps);
+        assert_eq!((plan.steps[0].condition.as_deref(), plan.steps[0].for_each.as_deref()), (None, None));
+        assert_eq!(plan.steps[1].for_each.as_deref(), Some("$list"));
+        assert_eq!(plan.steps[1].condition.as_deref(), Some("$item.urgent"));
+        assert!(plan.problems(&InMemoryToolRegistry::new()).is_empty());
     }
 
     #[test]

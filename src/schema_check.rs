@@ -53,12 +53,32 @@ pub(crate) fn check(schema: &Value, args: &Value) -> Result<Map<String, Value>, 
     }
     let mut args = Value::Object(object.clone());
     drop_refused_nulls(&validator, &mut args);
-    let problems = problems(&validator, schema, &args);
+    let problems = problems(&validator, schema, &args, ARGUMENTS);
     if !problems.is_empty() {
         return Err(problems);
     }
     Ok(args.as_object_mut().map(std::mem::take).unwrap_or_default())
 }
+
+/// Checks a whole value (a step's output, a workflow's final output) against
+/// `schema`. Unlike arguments, nothing is dropped: a `null` is a value here.
+///
+/// # Errors
+/// A message for the model, worded as [`check`]'s, about "the output".
+pub(crate) fn check_value(schema: &Value, value: &Value) -> Result<(), String> {
+    let Some(validator) = compile(schema) else { return Ok(()) };
+    if validator.is_valid(value) { Ok(()) } else { Err(problems(&validator, schema, value, OUTPUT)) }
+}
+
+/// How a message names what is checked: the whole, and a top-level property.
+#[derive(Debug, Clone, Copy)]
+struct Wording {
+    whole: &'static str,
+    top: &'static str,
+}
+
+const ARGUMENTS: Wording = Wording { whole: "the arguments", top: "argument" };
+const OUTPUT: Wording = Wording { whole: "the output", top: "property" };
 
 /// The validator for `schema`, or `None` (with a warning the first time) when the
 /// schema itself is invalid or refers to a document elsewhere: nothing is fetched.
@@ -113,10 +133,10 @@ fn value_at<'v>(value: &'v mut Value, segments: &[LocationSegment<'_>]) -> Optio
 }
 
 /// Every problem with `args`, in one message; empty when there is none.
-fn problems(validator: &Validator, schema: &Value, args: &Value) -> String {
+fn problems(validator: &Validator, schema: &Value, args: &Value, wording: Wording) -> String {
     let mut found: Vec<String> = Vec::new();
     for error in validator.iter_errors(args) {
-        let problem = describe(&error, schema);
+        let problem = describe(&error, schema, wording);
         if !found.contains(&problem) {
             found.push(problem);
         }
@@ -131,33 +151,33 @@ fn problems(validator: &Validator, schema: &Value, args: &Value) -> String {
 }
 
 /// One problem, worded for the model.
-fn describe(error: &ValidationError<'_>, schema: &Value) -> String {
+fn describe(error: &ValidationError<'_>, schema: &Value, wording: Wording) -> String {
     let at = error.instance_path();
     // Not for `required` and unknown properties, whose instance is the whole object.
     let value = || quoted(error.instance());
     match error.kind() {
         ValidationErrorKind::Required { property } => {
             let name = property.as_str().map_or_else(|| property.to_string(), str::to_owned);
-            let noun = if at.is_empty() { "argument" } else { "property" };
+            let noun = if at.is_empty() { wording.top } else { "property" };
             format!("the required {noun} `{}` is missing", joined(at, &name))
         }
         ValidationErrorKind::AdditionalProperties { unexpected }
-        | ValidationErrorKind::UnevaluatedProperties { unexpected } => unknown(at, unexpected, error, schema),
+        | ValidationErrorKind::UnevaluatedProperties { unexpected } => unknown(at, unexpected, error, schema, wording),
         ValidationErrorKind::Type { kind } => {
-            format!("{} must be of type {}, got {}", subject(at), types(kind), value())
+            format!("{} must be of type {}, got {}", subject(at, wording), types(kind), value())
         }
         ValidationErrorKind::Enum { options } => {
             let options = options.as_array().map(|o| o.iter().map(Value::to_string).collect::<Vec<_>>());
             let options = clip(&options.unwrap_or_default().join(", "), MAX_QUOTED_CHARS, "…");
-            format!("{} must be one of {options}, got {}", subject(at), value())
+            format!("{} must be one of {options}, got {}", subject(at, wording), value())
         }
         ValidationErrorKind::Constant { expected_value } => {
-            format!("{} must be {}, got {}", subject(at), quoted(expected_value), value())
+            format!("{} must be {}, got {}", subject(at, wording), quoted(expected_value), value())
         }
         // The crate's own wording names the value by the placeholder, and says what it
         // must be ("is less than the minimum of 1"); a scalar is shown as well.
         _ => {
-            let problem = error.masked_with(subject(at)).to_string();
+            let problem = error.masked_with(subject(at, wording)).to_string();
             if error.instance().is_object() || error.instance().is_array() {
                 problem
             } else {
@@ -168,8 +188,14 @@ fn describe(error: &ValidationError<'_>, schema: &Value) -> String {
 }
 
 /// Names properties that are not allowed, with those that are when the schema lists them.
-fn unknown(at: &Location, unexpected: &[String], error: &ValidationError<'_>, schema: &Value) -> String {
-    let noun = if at.is_empty() { "argument" } else { "property" };
+fn unknown(
+    at: &Location,
+    unexpected: &[String],
+    error: &ValidationError<'_>,
+    schema: &Value,
+    wording: Wording,
+) -> String {
+    let noun = if at.is_empty() { wording.top } else { "property" };
     let names: Vec<String> = unexpected.iter().map(|name| format!("`{}`", joined(at, name))).collect();
     let plural = if names.len() == 1 { "" } else { "s" };
     let mut message = format!("unknown {noun}{plural} {}", names.join(", "));
@@ -192,10 +218,10 @@ fn known_properties<'s>(schema: &'s Value, keyword_path: &Location) -> Vec<&'s S
         .unwrap_or_default()
 }
 
-/// The path of a value for a message: `the arguments` for all of them, else the path
+/// The path of a value for a message: `the arguments` (or `the output`) for the whole, else the path
 /// in backticks.
-fn subject(at: &Location) -> String {
-    if at.is_empty() { "the arguments".to_owned() } else { format!("`{}`", joined(at, "")) }
+fn subject(at: &Location, wording: Wording) -> String {
+    if at.is_empty() { wording.whole.to_owned() } else { format!("`{}`", joined(at, "")) }
 }
 
 /// The path of `at`'s property `name` (or of `at` itself when `name` is empty), its
@@ -313,6 +339,15 @@ mod tests {
         assert_eq!(parts.len(), MAX_PROBLEMS + 1, "{message}");
         assert!(parts[0].contains("`customer` is missing"), "{message}");
         assert!(parts[MAX_PROBLEMS].starts_with("and ") && parts[MAX_PROBLEMS].ends_with(" more"), "{message}");
+    }
+
+    #[test]
+    fn whole_values_are_checked_and_worded_as_outputs() {
+        let schema = json!({"type": "object", "properties": {"urgent": {"type": "boolean"}}, "required": ["urgent"]});
+        assert_eq!(check_value(&schema, &json!({"urgent": true})), Ok(()));
+        assert_eq!(check_value(&schema, &json!({})).unwrap_err(), "the required property `urgent` is missing");
+        assert_eq!(check_value(&schema, &json!("yes")).unwrap_err(), r#"the output must be of type object, got "yes""#);
+        assert_eq!(check_value(&json!({"type": "array"}), &json!([1])), Ok(()));
     }
 
     #[test]

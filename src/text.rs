@@ -44,6 +44,14 @@ pub(crate) fn prompt_value(value: &Value, limit: usize) -> String {
     clip(&text, limit, &note)
 }
 
+/// Models served without native JSON mode often wrap JSON in a Markdown fence.
+pub(crate) fn strip_code_fence(text: &str) -> &str {
+    let trimmed = text.trim();
+    let Some(inner) = trimmed.strip_prefix("```") else { return trimmed };
+    let inner = inner.trim_start_matches(|c: char| c.is_ascii_alphanumeric());
+    inner.strip_suffix("```").unwrap_or(inner).trim()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

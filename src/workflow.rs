@@ -24,7 +24,7 @@ use crate::clarification::Clarification;
 use crate::error::LlmError;
 use crate::execution_context::ExecutionContext;
 use crate::ids::{ClarificationId, PlanId, WorkflowId};
-use crate::plan::Plan;
+use crate::plan::{Plan, Reference};
 pub use crate::state::WorkflowState;
 use crate::usage::Usage;
 use crate::{Error, Result};
@@ -40,6 +40,9 @@ pub enum StepOutcome {
     Clarifications(Vec<Clarification>),
     /// The step failed; the failure says how and why.
     Failed(Failure),
+    /// The step did not run: its condition was false, or every output it reads was
+    /// skipped. The text says why.
+    Skipped(String),
 }
 
 impl StepOutcome {
@@ -69,12 +72,20 @@ pub struct Output {
     /// A short summary of the value, when one was made.
     #[serde(default)]
     pub summary: Option<String>,
+    /// Why the step was skipped, when it was (its value is then `null`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
 impl Output {
     /// An output with no summary.
     pub fn new(value: impl Into<Value>) -> Self {
-        Self { value: value.into(), summary: None }
+        Self { value: value.into(), summary: None, skipped: None }
+    }
+
+    /// The output of a step that was skipped, for `reason`.
+    pub fn skipped(reason: impl Into<String>) -> Self {
+        Self { value: Value::Null, summary: None, skipped: Some(reason.into()) }
     }
 
     /// Sets the summary.
@@ -113,6 +124,23 @@ impl StepOutputs {
     /// Whether no output is stored.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// The value a reference names: `$name`, or a path inside it such as
+    /// `$report.items[0].title` or `$list[-1]`. `None` when the output is not
+    /// stored or the path leads nowhere.
+    ///
+    /// ```
+    /// use portia::serde_json::json;
+    /// # use portia::workflow::StepOutputs;
+    /// # fn outputs() -> StepOutputs { portia::serde_json::from_value(json!({"$r": {"value": {"items": [1, 2]}}})).unwrap() }
+    /// let outputs = outputs();
+    /// assert_eq!(outputs.resolve("$r.items[-1]"), Some(json!(2)));
+    /// assert_eq!(outputs.resolve("$r.nope"), None);
+    /// ```
+    pub fn resolve(&self, reference: &str) -> Option<Value> {
+        let reference = Reference::parse(reference)?;
+        reference.select(&self.get(&reference.name)?.value)
     }
 
     /// Stores `output` under `name`, replacing an earlier one, at the position
@@ -166,6 +194,11 @@ pub struct WorkflowOutputs {
     pub step_outputs: StepOutputs,
     /// The answer to the query: the last step's value, with a summary of the run.
     pub final_output: Option<Output>,
+    /// The finished items of each `for_each` step still running, keyed by the
+    /// step's output name, then by item index. Once every item is done, the step's
+    /// output (their values, in item order) replaces them.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub loop_items: BTreeMap<String, BTreeMap<usize, Output>>,
 }
 
 /// What kind of failure ended a workflow, so retry logic, UIs and budgets can tell
@@ -196,6 +229,11 @@ pub enum FailureKind {
     Denied,
     /// A hook failed.
     Hook,
+    /// An exit step ended the workflow as FAILED, with its error.
+    Exited,
+    /// A step's output, or the final output, did not fit its output schema (after
+    /// the model, when there was one, was shown the problems once).
+    SchemaMismatch,
     /// Anything else (and failures stored before kinds were recorded).
     #[default]
     Other,
@@ -440,6 +478,24 @@ impl Workflow {
         let rank = |n: &str| plan.step_producing(n).unwrap_or(usize::MAX);
         self.outputs.step_outputs.insert_ranked(name, output, rank);
         self.update_current_step(plan);
+    }
+
+    /// Stores the output of item `item` of `plan`'s loop step `step`.
+    pub(crate) fn record_loop_item(&mut self, plan: &Plan, step: usize, item: usize, output: Output) {
+        let Some(name) = plan.steps.get(step).map(|s| s.output.clone()) else { return };
+        tracing::debug!(workflow = %self.id, step, item, output = %name, value = %output.value, "loop item output");
+        self.outputs.loop_items.entry(name).or_default().insert(item, output);
+    }
+
+    /// Records a loop step's output, the values of its `items` in order (`null` for
+    /// a skipped one), in place of its items.
+    pub(crate) fn finish_loop(&mut self, plan: &Plan, step: usize, items: usize) -> Output {
+        let name = plan.steps.get(step).map(|s| s.output.clone()).unwrap_or_default();
+        let done = self.outputs.loop_items.remove(&name).unwrap_or_default();
+        let values = (0..items).map(|i| done.get(&i).map(|o| o.value.clone()).unwrap_or_default()).collect();
+        let output = Output::new(Value::Array(values));
+        self.record_step_output(plan, step, output.clone());
+        output
     }
 
     /// Sets the answer to the query.

@@ -240,6 +240,10 @@ fn task_line(text: &str) -> String {
     text.lines().find_map(|l| l.strip_prefix("Task: ")).unwrap_or(text).to_owned()
 }
 
+const COMPARISON: &str =
+    "Amazon grew faster in 2024 (+44.4%, $151.94 to $219.39) than Google (+35.5%, $139.69 to $189.30).";
+const SUMMARY: &str = "Amazon's stock grew faster in 2024: about +44.4% against +35.5% for Alphabet.";
+
 /// A reply like a model's, with usage counted as `portia::testing` does (one token per four
 /// characters of messages, tools and schema).
 fn llm_reply(body: &Value) -> Value {
@@ -251,7 +255,19 @@ fn llm_reply(body: &Value) -> Value {
     );
     let user = last_user_text(body);
     let mut message = json!({"role": "assistant", "content": null});
-    let completion = if let Some(format) = body.get("response_format") {
+    let completion = if let Some(format) = body.get("response_format").filter(|f| f["json_schema"]["name"] == "answer")
+    {
+        // The last step writes the answer and its summary in one structured call.
+        let schema = &format["json_schema"]["schema"]["properties"];
+        let text = if schema["answer"]["type"] == "string" {
+            json!({"answer": COMPARISON, "summary": SUMMARY}).to_string()
+        } else {
+            json!({"answer": {"faster": "Amazon", "amazon_pct": 44.4, "google_pct": 35.5}, "summary": SUMMARY})
+                .to_string()
+        };
+        message["content"] = json!(text);
+        text
+    } else if let Some(format) = body.get("response_format") {
         // A planner that is offered `args` fills them in, as the prompt asks.
         let text = plan_reply(format.to_string().contains("\"args\"")).to_string();
         message["content"] = json!(text);
@@ -262,11 +278,7 @@ fn llm_reply(body: &Value) -> Value {
             json!([{"id": "call_1", "type": "function", "function": {"name": name, "arguments": arguments}}]);
         arguments
     } else {
-        let text = if user.starts_with("Summarize") {
-            "Amazon's stock grew faster in 2024: about +44.4% against +35.5% for Alphabet."
-        } else {
-            "Amazon grew faster in 2024 (+44.4%, $151.94 to $219.39) than Google (+35.5%, $139.69 to $189.30)."
-        };
+        let text = if user.starts_with("Summarize") { SUMMARY } else { COMPARISON };
         message["content"] = json!(text);
         text.to_owned()
     };

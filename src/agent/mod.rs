@@ -13,11 +13,13 @@
 //!   and a tool whose arguments follow from the task (one with a
 //!   [`ToolSpec::task_argument`], such as the LLM tool) is called directly.
 
+mod condition;
 mod context;
 mod llm_step;
 mod one_shot;
 mod summarize;
 mod tool_call;
+mod user_step;
 mod verifier;
 
 use std::fmt;
@@ -28,8 +30,10 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::workflow::StepOutcome;
+pub(crate) use condition::skip_unless_holds;
 pub use one_shot::OneShotAgent;
 pub(crate) use summarize::summarize_final_output;
+pub(crate) use user_step::ask_user;
 pub use verifier::VerifierAgent;
 
 use crate::clarification::Clarification;
@@ -108,6 +112,12 @@ pub struct StepContext {
     pub max_output_chars: usize,
     /// Today's date, `YYYY-MM-DD`.
     pub today: String,
+    /// For an item of a `for_each` step, the item's index (from 0).
+    pub loop_item: Option<usize>,
+    /// Whether this step's answer is the workflow's final output and should come
+    /// with a summary for the user (the last step, answered by the LLM, with
+    /// summaries on): then no separate summary call is made.
+    pub writes_final_answer: bool,
     /// The run's journaled path for this step's tool calls.
     pub(crate) calls: Arc<dyn StepCalls>,
 }
@@ -194,7 +204,7 @@ pub(crate) async fn route(ctx: &StepContext) -> Route {
 /// The structured-output schemas the agents ask for.
 #[cfg(test)]
 pub(crate) fn output_schemas() -> Vec<crate::llm::OutputSchema> {
-    vec![verifier::output_schema()]
+    vec![verifier::output_schema(), crate::llm::OutputSchema::of::<condition::Decision>("decision")]
 }
 
 /// Runs one step. Implement it to bring your own execution strategy.

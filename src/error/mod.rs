@@ -173,6 +173,16 @@ pub enum Error {
     #[error(transparent)]
     Llm(#[from] LlmError),
 
+    /// A workflow's final output could not be read as the type asked for: the
+    /// workflow did not complete, or its output does not deserialize into it.
+    #[error("workflow {workflow_id} has no typed output: {message}")]
+    TypedOutput {
+        /// The workflow concerned.
+        workflow_id: WorkflowId,
+        /// Why, and what to look at.
+        message: String,
+    },
+
     /// Reading or writing stored state failed.
     #[error("storage error{}: {message}", .path.as_ref().map(|p| format!(" in {}", p.display())).unwrap_or_default())]
     Storage {

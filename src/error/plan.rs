@@ -68,6 +68,39 @@ pub enum PlanProblem {
         /// The reference.
         reference: String,
     },
+    /// A step's condition refers to `$name`, which no earlier step outputs.
+    UnknownConditionReference {
+        /// The step's index.
+        step: usize,
+        /// The reference.
+        reference: String,
+    },
+    /// A step calls a function that is not registered on the runner.
+    UnknownFunction {
+        /// The step's index.
+        step: usize,
+        /// The function's name.
+        function: String,
+    },
+    /// A step's `for_each` does not name a list an earlier step outputs.
+    InvalidForEach {
+        /// The step's index.
+        step: usize,
+        /// What `for_each` says.
+        list: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A reference reaches into a field (or item) that the producing step's
+    /// output schema does not have.
+    UnknownField {
+        /// The index of the step holding the reference.
+        step: usize,
+        /// The reference, such as `$ticket.urgency`.
+        reference: String,
+        /// Where the path leaves the schema, and what the schema has there.
+        reason: String,
+    },
 }
 
 impl fmt::Display for PlanProblem {
@@ -99,6 +132,21 @@ impl fmt::Display for PlanProblem {
             Self::UnknownArgReference { step, reference } => {
                 write!(f, "step {step}'s arguments refer to {reference}, which no earlier step outputs")
             }
+            Self::UnknownConditionReference { step, reference } => {
+                write!(f, "step {step}'s condition refers to {reference}, which no earlier step outputs")
+            }
+            Self::UnknownFunction { step, function } => write!(
+                f,
+                "step {step} calls the function {function:?}, which is not registered on the runner \
+                 (RunnerBuilder::function)"
+            ),
+            Self::InvalidForEach { step, list, reason } => {
+                write!(f, "step {step} loops over {list:?}, which does not work: {reason}")
+            }
+            Self::UnknownField { step, reference, reason } => write!(
+                f,
+                "step {step} refers to {reference}, but the output schema of the step producing it has no {reason}"
+            ),
         }
     }
 }

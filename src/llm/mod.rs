@@ -316,13 +316,7 @@ pub async fn structured<T: DeserializeOwned>(
     Err(LlmError::Structured { schema: schema_name, message: last_error })
 }
 
-/// Models served without native JSON mode often wrap JSON in a Markdown fence.
-pub(crate) fn strip_code_fence(text: &str) -> &str {
-    let trimmed = text.trim();
-    let Some(inner) = trimmed.strip_prefix("```") else { return trimmed };
-    let inner = inner.trim_start_matches(|c: char| c.is_ascii_alphanumeric());
-    inner.strip_suffix("```").unwrap_or(inner).trim()
-}
+pub(crate) use crate::text::strip_code_fence;
 
 /// The LLM client `settings` describe.
 ///

@@ -1,13 +1,16 @@
 //! Plan-time arguments: a step may carry its tool's arguments, with `$name`
 //! references to earlier outputs inside string values.
 //!
-//! A string that is exactly one reference (`"$amazon"`) becomes the referenced
+//! A reference may reach inside an output (`$quote.price`, `$list[0]`, `$list[-1]`;
+//! see the [plan module](super)). A string that is exactly one reference
+//! (`"$amazon"`) becomes the referenced
 //! value with its JSON type (an object stays an object); a reference inside a
 //! longer string is replaced by the value's text. A `$word` that names no output of
 //! the plan is plain text (`"$USD"`, `"costs $5"`).
 
 use serde_json::{Map, Value};
 
+use super::reference::{Reference, identifier_len};
 use crate::text::render_value;
 
 /// Whether `name` is an output name: `$` followed by an identifier (a letter or `_`,
@@ -16,27 +19,20 @@ pub fn is_output_name(name: &str) -> bool {
     name.strip_prefix('$').is_some_and(|rest| identifier_len(rest) == rest.len() && !rest.is_empty())
 }
 
-/// The length in bytes of the identifier at the start of `text` (0 if there is none).
-fn identifier_len(text: &str) -> usize {
-    let mut chars = text.char_indices();
-    match chars.next() {
-        Some((_, c)) if c.is_ascii_alphabetic() || c == '_' => {}
-        _ => return 0,
-    }
-    chars.find(|(_, c)| !(c.is_ascii_alphanumeric() || *c == '_')).map_or(text.len(), |(i, _)| i)
-}
-
-/// Every `$name` token in `text`, in order, as `(start, name)` with the `$` included.
+/// Every reference token in `text` (`$name`, with any path such as `.field[0]`), in
+/// order, as `(start, token)`.
 fn tokens(text: &str) -> Vec<(usize, &str)> {
     let mut found = Vec::new();
     let mut from = 0;
     while let Some(offset) = text[from..].find('$') {
         let start = from + offset;
-        let len = identifier_len(&text[start + 1..]);
-        if len > 0 {
-            found.push((start, &text[start..=start + len]));
+        match Reference::parse_prefix(&text[start..]) {
+            Some((_, len)) => {
+                found.push((start, &text[start..start + len]));
+                from = start + len;
+            }
+            None => from = start + 1,
         }
-        from = start + 1 + len;
     }
     found
 }
@@ -51,12 +47,13 @@ fn each_string<'a>(value: &'a Value, visit: &mut impl FnMut(&'a str)) {
     }
 }
 
-/// The `$name` tokens in `args`, each once, flagged when some string is that token
-/// alone: such a token is meant as a reference even when no output has the name.
+/// The reference tokens in `args` (`$name` with any path), each once, flagged when
+/// some string is that token alone: such a token is meant as a reference even when
+/// no output has the name.
 pub(crate) fn tokens_in(args: &Value) -> Vec<(String, bool)> {
     let mut found: Vec<(String, bool)> = Vec::new();
     each_string(args, &mut |text| {
-        let whole = is_output_name(text);
+        let whole = Reference::parse(text).is_some();
         for (_, name) in tokens(text) {
             match found.iter_mut().find(|(seen, _)| seen == name) {
                 Some((_, was_whole)) => *was_whole |= whole,
@@ -80,7 +77,7 @@ pub(crate) fn resolve(args: &Value, lookup: &impl Fn(&str) -> Option<Value>) -> 
 }
 
 fn resolve_text(text: &str, lookup: &impl Fn(&str) -> Option<Value>) -> Value {
-    if is_output_name(text)
+    if Reference::parse(text).is_some()
         && let Some(value) = lookup(text)
     {
         return value;

@@ -5,9 +5,10 @@
 //! step's await and independent steps run concurrently. A step that panics fails
 //! like any other step instead of taking the workflow down with it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use serde_json::Value;
 use tokio::task::{Id, JoinSet};
 use tracing::Instrument;
 
@@ -15,16 +16,18 @@ use super::Runner;
 use super::calls::{CallServices, Stop, StopSignal, ToolCalls};
 use super::control::spawn_heartbeat;
 use super::metered::Meter;
-use crate::agent::{Agent, StepContext, StepInput, StepOutcome, summarize_final_output};
+use crate::agent::{Agent, StepContext, StepInput, StepOutcome, ask_user, skip_unless_holds, summarize_final_output};
 use crate::clarification::Clarification;
 use crate::config::ExecutionMode;
+use crate::error::LlmError;
 use crate::events::{EventKind, RunEvents};
 use crate::hooks::{HookChain, HookError, StepDecision};
 use crate::ids::WorkflowId;
 use crate::live::StepQuestions;
-use crate::llm::LlmClientExt;
-use crate::plan::Plan;
+use crate::llm::{LlmClient, LlmClientExt, LlmRequest, LlmResponse};
 use crate::plan::args::resolve as resolve_args;
+use crate::plan::{Condition, Exit, INDEX, ITEM, Plan, Reference};
+use crate::schema_check::check_value;
 use crate::storage::{Lease, LeaseGrant, ToolCallRecord};
 use crate::workflow::{Failure, FailureKind, Output, Workflow, WorkflowState, WorkflowUsage};
 use crate::{Error, Result};
@@ -50,11 +53,13 @@ struct Halt {
     failure: Option<Failure>,
     /// Whether a step asked for clarifications. No new step starts after it either.
     clarifying: bool,
+    /// The exit step that ran, with its message resolved. No new step starts after it.
+    exit: Option<(usize, Exit)>,
 }
 
 impl Halt {
     fn stops_new_steps(&self) -> bool {
-        self.failure.is_some() || self.clarifying
+        self.failure.is_some() || self.clarifying || self.exit.is_some()
     }
 }
 
@@ -187,35 +192,20 @@ impl Runner {
             ExecutionMode::Sequential => 1,
             _ => self.inner.config.max_parallel_steps.max(1),
         };
-        let mut started = vec![false; run.plan.steps.len()];
-        let mut running: JoinSet<StepOutcome> = JoinSet::new();
-        // Each task's step, and what its tools ask a person meanwhile (kept outside
-        // the task, so a step that panics loses none of it).
-        let mut steps: HashMap<Id, (usize, StepQuestions)> = HashMap::new();
-        let mut halt = Halt::default();
+        let mut schedule = Schedule { started: vec![false; run.plan.steps.len()], ..Schedule::default() };
+        let mut halt = Halt { exit: exit_taken(&run.plan, &run.workflow), ..Halt::default() };
         loop {
-            if !halt.stops_new_steps() && !run.meter.check_budget() {
-                for index in self.ready_steps(run, &started) {
-                    if running.len() >= limit {
-                        break;
-                    }
-                    started[index] = true;
-                    match self.step_context(run, index) {
-                        Ok((ctx, questions)) => {
-                            steps.insert(self.start_step(run, index, ctx, &mut running), (index, questions));
-                        }
-                        Err(failure) => {
-                            halt.failure = Some(failure.at_step(index));
-                            break;
-                        }
-                    }
+            // A skip, or a loop's last item, may make other steps ready at once.
+            while !halt.stops_new_steps() && !run.meter.check_budget() {
+                if !self.start_ready(run, &mut schedule, &mut halt, limit).await? {
+                    break;
                 }
             }
             let joined = tokio::select! {
                 biased;
-                joined = running.join_next_with_id() => joined,
+                joined = schedule.running.join_next_with_id() => joined,
                 () = run.signal.token().cancelled() => {
-                    running.abort_all();
+                    schedule.running.abort_all();
                     return Ok(halt);
                 }
             };
@@ -224,18 +214,153 @@ impl Runner {
                 Ok(done) => done,
                 Err(e) => (e.id(), task_failure(e)),
             };
-            let (index, questions) = steps.remove(&task).unwrap_or_default();
-            self.apply(run, index, outcome, questions.take(), &mut halt);
+            let (unit, questions) = schedule.tasks.remove(&task).unwrap_or_default();
+            self.apply(run, unit, outcome, questions.take(), &mut halt);
             self.save(run).await?;
         }
         Ok(halt)
     }
 
-    /// Announces step `index` and runs it in a task of `running`; returns the task's id.
-    fn start_step(&self, run: &Run, index: usize, ctx: StepContext, running: &mut JoinSet<StepOutcome>) -> Id {
-        let step = &run.plan.steps[index];
-        let started = EventKind::StepStarted { step: index, task: step.task.clone(), tool_id: step.tool_id.clone() };
-        run.events.emit(run.workflow.id(), started);
+    /// Starts what is ready, up to `limit` tasks; `true` when something finished
+    /// without a task (a skip, a loop's end), so that another pass may find more.
+    async fn start_ready(&self, run: &mut Run, schedule: &mut Schedule, halt: &mut Halt, limit: usize) -> Result<bool> {
+        let mut progressed = false;
+        for index in self.ready_steps(run, &schedule.started) {
+            if schedule.running.len() >= limit || halt.stops_new_steps() {
+                break;
+            }
+            if run.plan.steps[index].for_each.is_some() {
+                progressed |= self.start_loop(run, index, schedule, halt, limit).await?;
+            } else {
+                schedule.started[index] = true;
+                progressed |= self.start_unit(run, Unit { step: index, item: None }, None, schedule, halt).await?;
+            }
+        }
+        Ok(progressed)
+    }
+
+    /// Starts the unfinished items of loop step `index` (none that a earlier run
+    /// finished), or records the step's output once every item is done.
+    async fn start_loop(
+        &self,
+        run: &mut Run,
+        index: usize,
+        schedule: &mut Schedule,
+        halt: &mut Halt,
+        limit: usize,
+    ) -> Result<bool> {
+        let whole = Unit { step: index, item: None };
+        if let Ok(Some(reason)) = self.skip_reason(run, whole, None) {
+            schedule.started[index] = true;
+            self.apply(run, whole, StepOutcome::Skipped(reason), Vec::new(), halt);
+            self.save(run).await?;
+            return Ok(true);
+        }
+        let items = match loop_list(&run.plan, &run.workflow, index) {
+            Ok(items) => items,
+            Err(failure) => {
+                schedule.started[index] = true;
+                halt.failure = Some(failure.at_step(index));
+                return Ok(false);
+            }
+        };
+        let done = run.workflow.outputs().loop_items.get(&run.plan.steps[index].output);
+        let pending: Vec<usize> = (0..items.len()).filter(|i| !done.is_some_and(|d| d.contains_key(i))).collect();
+        if pending.is_empty() {
+            schedule.started[index] = true;
+            let output = run.workflow.finish_loop(&run.plan, index, items.len());
+            run.events
+                .emit(run.workflow.id(), EventKind::StepFinished { step: index, outcome: StepOutcome::Output(output) });
+            self.save(run).await?;
+            return Ok(true);
+        }
+        if !schedule.started_items.iter().any(|(step, _)| *step == index) {
+            let step = &run.plan.steps[index];
+            let started =
+                EventKind::StepStarted { step: index, task: step.task.clone(), tool_id: step.tool_id.clone() };
+            run.events.emit(run.workflow.id(), started);
+        }
+        let mut progressed = false;
+        for item in pending {
+            if schedule.running.len() >= limit || halt.stops_new_steps() {
+                break;
+            }
+            if schedule.started_items.insert((index, item)) {
+                let unit = Unit { step: index, item: Some(item) };
+                progressed |= self.start_unit(run, unit, Some(&items[item]), schedule, halt).await?;
+            }
+        }
+        Ok(progressed)
+    }
+
+    /// Starts one unit (a step, or one item of a loop step, whose value is `item`):
+    /// skipped at once, or run in a task. `true` when it was skipped.
+    async fn start_unit(
+        &self,
+        run: &mut Run,
+        unit: Unit,
+        item: Option<&Value>,
+        schedule: &mut Schedule,
+        halt: &mut Halt,
+    ) -> Result<bool> {
+        match self.skip_reason(run, unit, item) {
+            Ok(None) => {}
+            Ok(Some(reason)) => {
+                self.apply(run, unit, StepOutcome::Skipped(reason), Vec::new(), halt);
+                self.save(run).await?;
+                return Ok(true);
+            }
+            Err(failure) => {
+                halt.failure = Some(failure.at_step(unit.step));
+                return Ok(false);
+            }
+        }
+        match self.step_context(run, unit, item) {
+            Ok((ctx, questions)) => {
+                let task = self.start_step(run, unit, ctx, &mut schedule.running);
+                schedule.tasks.insert(task, (unit, questions));
+            }
+            Err(failure) => halt.failure = Some(failure.at_step(unit.step)),
+        }
+        Ok(false)
+    }
+
+    /// Why a unit is skipped without running, if it is: every output the step reads
+    /// was skipped, or its condition (an expression) is false; a loop's condition is
+    /// asked of each item. A condition in words is decided when the step runs.
+    fn skip_reason(&self, run: &Run, unit: Unit, item: Option<&Value>) -> std::result::Result<Option<String>, Failure> {
+        let outputs = &run.workflow.outputs().step_outputs;
+        let step = &run.plan.steps[unit.step];
+        if unit.item.is_none() {
+            let needed = run.plan.dependencies(unit.step);
+            if !needed.is_empty() && needed.iter().all(|name| outputs.get(name).is_some_and(|o| o.skipped.is_some())) {
+                return Ok(Some(format!("every output it reads was skipped ({})", needed.join(", "))));
+            }
+            if step.for_each.is_some() {
+                return Ok(None);
+            }
+        }
+        let Some(text) = &step.condition else { return Ok(None) };
+        let current = unit.item.zip(item);
+        match Condition::parse(text).evaluate(|r| loop_value(current, r).or_else(|| outputs.resolve(r))) {
+            None | Some(Ok(true)) => Ok(None),
+            Some(Ok(false)) => Ok(Some(format!("its condition is false: {text}"))),
+            Some(Err(e)) => {
+                let message = format!("the condition `{text}` cannot be evaluated: {e}");
+                Err(Failure::new(FailureKind::InvalidStep, message))
+            }
+        }
+    }
+
+    /// Announces a unit (a loop's items are announced once, as their step) and runs
+    /// it in a task of `running`; returns the task's id.
+    fn start_step(&self, run: &Run, unit: Unit, ctx: StepContext, running: &mut JoinSet<StepOutcome>) -> Id {
+        let (index, step) = (unit.step, &run.plan.steps[unit.step]);
+        if unit.item.is_none() {
+            let started =
+                EventKind::StepStarted { step: index, task: step.task.clone(), tool_id: step.tool_id.clone() };
+            run.events.emit(run.workflow.id(), started);
+        }
         let (agent, hooks) = (Arc::clone(&self.inner.agent), self.inner.hooks.clone());
         running.spawn(run_step(agent, hooks, ctx).instrument(step_span(index, step))).id()
     }
@@ -256,16 +381,12 @@ impl Runner {
 
     /// Records how step `index` ended in the workflow, with the questions its tools
     /// asked live (`asked_live`), in the save that follows.
-    fn apply(
-        &self,
-        run: &mut Run,
-        index: usize,
-        outcome: StepOutcome,
-        asked_live: Vec<Clarification>,
-        halt: &mut Halt,
-    ) {
-        let workflow = &mut run.workflow;
-        let finished = EventKind::StepFinished { step: index, outcome: outcome.clone() };
+    fn apply(&self, run: &mut Run, unit: Unit, outcome: StepOutcome, asked_live: Vec<Clarification>, halt: &mut Halt) {
+        let (index, workflow) = (unit.step, &mut run.workflow);
+        let finished = match unit.item {
+            None => EventKind::StepFinished { step: index, outcome: outcome.clone() },
+            Some(item) => EventKind::LoopItemFinished { step: index, item, outcome: outcome.clone() },
+        };
         run.events.emit(workflow.id(), finished);
         // Answered while the call was open: kept as a record, and so that a call made
         // again (after a crash, say) finds the answer. Asking and answering were
@@ -277,7 +398,22 @@ impl Runner {
         workflow
             .add_clarifications(index, asked_live.iter().filter(|c| c.resolved && !returned.contains(&c.id)).cloned());
         match outcome {
-            StepOutcome::Output(output) => workflow.record_step_output(&run.plan, index, output),
+            StepOutcome::Output(output) if unit.item.is_some() => {
+                workflow.record_loop_item(&run.plan, index, unit.item.unwrap_or_default(), output);
+            }
+            StepOutcome::Output(output) => {
+                if let Some(exit) = &run.plan.steps[index].exit {
+                    halt.exit = Some((index, exit.with_message(crate::text::render_value(&output.value))));
+                }
+                workflow.record_step_output(&run.plan, index, output);
+            }
+            StepOutcome::Skipped(reason) => {
+                tracing::info!(workflow = %workflow.id(), step = index, item = ?unit.item, %reason, "skipped");
+                match unit.item {
+                    Some(item) => workflow.record_loop_item(&run.plan, index, item, Output::skipped(reason)),
+                    None => workflow.record_step_output(&run.plan, index, Output::skipped(reason)),
+                }
+            }
             StepOutcome::Clarifications(list) => {
                 tracing::info!(workflow = %workflow.id(), step = index, count = list.len(), "step needs clarification");
                 let raised = workflow.add_clarifications(index, list);
@@ -300,14 +436,23 @@ impl Runner {
         let pending = (0..plan.steps.len()).find(|&i| !workflow.is_step_done(plan, i));
         if let Some(failure) = halt.failure {
             workflow.fail(failure)?;
+        } else if let Some((step, exit)) = halt.exit {
+            match exit {
+                Exit::Complete(message) => {
+                    workflow.set_final_output(Output::new(message.clone()).with_summary(message));
+                    workflow.transition_to(WorkflowState::Complete)?;
+                }
+                Exit::Failed(error) => workflow.fail(Failure::new(FailureKind::Exited, error).at_step(step))?,
+            }
         } else if halt.clarifying {
             workflow.transition_to(WorkflowState::NeedClarification)?;
         } else if let Some(step) = pending {
             // Only a plan that skipped validation can get here: an input nobody produces.
             let message = format!("step {step} cannot run: one of its inputs is never produced");
             workflow.fail(Failure::new(FailureKind::InvalidStep, message).at_step(step))?;
+        } else if let Err(failure) = self.set_final_output(&mut run).await {
+            run.workflow.fail(failure)?;
         } else {
-            self.set_final_output(&mut run).await;
             run.workflow.transition_to(WorkflowState::Complete)?;
             tracing::info!(workflow = %run.workflow.id(), plan = %run.plan.id, "workflow complete");
         }
@@ -315,60 +460,112 @@ impl Runner {
         Ok(run.workflow)
     }
 
-    async fn set_final_output(&self, run: &mut Run) {
-        let Some(last) = run.plan.steps.last() else { return };
-        let Some(value) = run.workflow.outputs().step_outputs.get(&last.output).map(|o| o.value.clone()) else {
-            return;
-        };
-        let mut final_output = Output::new(value);
-        if self.inner.config.summarize_final_output {
+    /// Sets the final output: the last step's value, checked against the plan's
+    /// output schema, with a summary (the last step's own when it wrote one).
+    async fn set_final_output(&self, run: &mut Run) -> std::result::Result<(), Failure> {
+        let Some(last) = run.plan.steps.last() else { return Ok(()) };
+        let Some(output) = run.workflow.outputs().step_outputs.get(&last.output) else { return Ok(()) };
+        if output.skipped.is_some() {
+            run.workflow.set_final_output(output.clone());
+            return Ok(());
+        }
+        if let Some(schema) = &run.plan.output_schema
+            && let Err(problems) = check_value(schema, &output.value)
+        {
+            let message = format!("the final output does not fit the plan's output schema: {problems}");
+            return Err(Failure::new(FailureKind::SchemaMismatch, message).at_step(run.plan.steps.len() - 1));
+        }
+        let mut final_output = Output::new(output.value.clone());
+        let written = output.summary.clone().filter(|_| last.tool_id.is_none());
+        if let Some(summary) = written.filter(|_| self.inner.config.summarize_final_output) {
+            final_output.summary = Some(summary);
+        } else if self.inner.config.summarize_final_output {
             let llm = Arc::clone(&self.inner.llm).with(run.meter.billing(None));
             let limit = self.inner.config.max_output_chars;
             final_output.summary = summarize_final_output(llm.as_ref(), &run.plan, &run.workflow, limit).await;
         }
         tracing::debug!(workflow = %run.workflow.id(), final_output = ?final_output, "final output");
         run.workflow.set_final_output(final_output);
+        Ok(())
     }
 
-    /// The owned context an agent runs step `index` with, or why the step cannot run.
-    fn step_context(&self, run: &Run, index: usize) -> std::result::Result<(StepContext, StepQuestions), Failure> {
-        let (plan, workflow) = (&run.plan, &run.workflow);
+    /// The owned context an agent runs a unit with (for a loop item, `item` is its
+    /// value), or why it cannot run.
+    fn step_context(
+        &self,
+        run: &Run,
+        unit: Unit,
+        item: Option<&Value>,
+    ) -> std::result::Result<(StepContext, StepQuestions), Failure> {
+        let (plan, workflow, index) = (&run.plan, &run.workflow, unit.step);
         let step = &plan.steps[index];
+        let current = unit.item.zip(item);
+        let outputs = &workflow.outputs().step_outputs;
+        let lookup = |reference: &str| loop_value(current, reference).or_else(|| outputs.resolve(reference));
         let tool = match &step.tool_id {
+            None if step.function.is_some() => {
+                let name = step.function.as_deref().unwrap_or_default();
+                Some(self.inner.functions.get(name).cloned().ok_or_else(|| {
+                    let message =
+                        format!("The function {name} is not registered on the runner: register it, or plan again");
+                    Failure::new(FailureKind::InvalidStep, message)
+                })?)
+            }
             None => None,
             Some(id) => Some(self.inner.tools.get_tool(id).map_err(|_| {
                 let message = format!("Tool {id} is not in the tool registry: register it, or plan again");
                 Failure::new(FailureKind::InvalidStep, message)
             })?),
         };
-        let outputs = &workflow.outputs().step_outputs;
         let mut inputs = Vec::with_capacity(step.inputs.len());
         for variable in &step.inputs {
             let value = match &variable.value {
                 Some(constant) => constant.clone(),
-                None => outputs.get(&variable.name).map(|o| o.value.clone()).ok_or_else(|| {
+                None => lookup(&variable.name).ok_or_else(|| {
                     let message = format!("step {index} reads {}, which has not been produced", variable.name);
                     Failure::new(FailureKind::InvalidStep, message)
                 })?,
             };
             inputs.push(StepInput { name: variable.name.clone(), description: variable.description.clone(), value });
         }
+        if let Some((i, value)) = current
+            && !inputs.iter().any(|input| input.name == ITEM)
+        {
+            let list = step.for_each.as_deref().unwrap_or_default();
+            let description = format!("item {i} (from 0) of {list}");
+            inputs.push(StepInput { name: ITEM.to_owned(), description, value: value.clone() });
+        }
+        let read =
+            |output: &str| step.inputs.iter().any(|v| Reference::parse(&v.name).is_some_and(|r| r.name == output));
         let other_outputs = plan.steps[..index]
             .iter()
-            .filter(|s| !step.inputs.iter().any(|v| v.name == s.output))
+            .filter(|s| !read(&s.output))
             .filter_map(|s| outputs.get(&s.output).map(|o| (s.output.clone(), o.value.clone())))
             .collect();
         let clarifications: Vec<_> = workflow.clarifications_for_step(index).cloned().collect();
         // Plan-time arguments with their `$name` references replaced by the outputs.
-        let args =
-            step.args.as_ref().map(|args| resolve_args(args, &|name| outputs.get(name).map(|o| o.value.clone())));
-        let calls = self.step_calls(run, index, &clarifications);
+        let args = step.args.as_ref().map(|args| resolve_args(args, &lookup));
+        let is_final_answer = index + 1 == plan.steps.len() && tool.is_none() && step.for_each.is_none();
+        let mut step = step.clone();
+        if is_final_answer && step.output_schema.is_none() {
+            step.output_schema.clone_from(&plan.output_schema);
+        }
+        if let Some(exit) = step.exit.take() {
+            let message = resolve_args(&Value::from(exit.message()), &|reference| outputs.resolve(reference));
+            step.exit = Some(exit.with_message(crate::text::render_value(&message)));
+        }
+        if step.ask_user.is_some() {
+            step.task = crate::text::render_value(&resolve_args(&Value::from(step.task.as_str()), &lookup));
+        }
+        let calls = self.step_calls(run, unit, &clarifications);
         let questions = calls.questions();
         let ctx = StepContext {
             args,
             query: plan.plan_context.query.clone(),
             step_index: index,
-            step: step.clone(),
+            loop_item: unit.item,
+            writes_final_answer: is_final_answer && self.inner.config.summarize_final_output,
+            step,
             inputs,
             other_outputs,
             calls: Arc::new(calls),
@@ -376,7 +573,10 @@ impl Runner {
             execution_context: workflow.execution_context().clone(),
             workflow_id: workflow.id(),
             tool,
-            llm: Arc::clone(&self.inner.llm).with(run.meter.billing(Some(&step.output))),
+            llm: step_llm(
+                Arc::clone(&self.inner.llm).with(run.meter.billing(Some(&plan.steps[index].output))),
+                &plan.steps[index],
+            ),
             max_output_chars: self.inner.config.max_output_chars,
             today: self.today(),
         };
@@ -386,9 +586,14 @@ impl Runner {
     /// The journaled call path of one step. Each resume of a step after a question
     /// it asked is a new attempt; a question about an interrupted call is not, so
     /// the answer applies to that very call.
-    fn step_calls(&self, run: &Run, step: usize, clarifications: &[Clarification]) -> ToolCalls {
+    fn step_calls(&self, run: &Run, unit: Unit, clarifications: &[Clarification]) -> ToolCalls {
+        let step = unit.step;
         let asked = clarifications.iter().filter(|c| c.tool_call.is_none());
-        let attempt = u32::try_from(asked.count()).unwrap_or(u32::MAX);
+        let asked = u32::try_from(asked.count()).unwrap_or(u32::MAX);
+        // A loop's items journal their calls apart: item i's attempts are numbered
+        // from i × LOOP_ATTEMPT_STRIDE.
+        let item = unit.item.map_or(0, |i| u32::try_from(i).unwrap_or(u32::MAX));
+        let attempt = item.saturating_mul(LOOP_ATTEMPT_STRIDE).saturating_add(asked);
         let journaled =
             run.journal.iter().filter(|r| r.key.step == step && r.key.attempt == attempt).cloned().collect();
         let services = CallServices {
@@ -429,6 +634,18 @@ fn step_span(index: usize, step: &crate::plan::Step) -> tracing::Span {
 
 /// Runs one step between its hooks. A hook's error fails the step.
 async fn run_step(agent: Arc<dyn Agent>, hooks: HookChain, ctx: StepContext) -> StepOutcome {
+    if let Some(text) = &ctx.step.condition
+        && let Condition::Words(words) = Condition::parse(text)
+        && let Some(outcome) = skip_unless_holds(&ctx, &words).await
+    {
+        return outcome;
+    }
+    if let Some(exit) = &ctx.step.exit {
+        return StepOutcome::Output(Output::new(exit.message()));
+    }
+    if let Some(ask) = &ctx.step.ask_user {
+        return ask_user(&ctx, ask);
+    }
     let hook_failed = |e: HookError| StepOutcome::failed(FailureKind::Hook, format!("a hook failed: {e}"));
     let outcome = match hooks.before_step(&ctx).await {
         Ok(StepDecision::Run) => agent.execute(&ctx).await,
@@ -436,9 +653,116 @@ async fn run_step(agent: Arc<dyn Agent>, hooks: HookChain, ctx: StepContext) -> 
         Err(e) => return hook_failed(e),
     };
     match hooks.after_step(&ctx, &outcome).await {
-        Ok(()) => outcome,
+        Ok(()) => checked_against_schema(&ctx, outcome),
         Err(e) => hook_failed(e),
     }
+}
+
+/// The outcome, or a failure when its output does not fit the step's output schema
+/// (whichever agent or hook produced it).
+fn checked_against_schema(ctx: &StepContext, outcome: StepOutcome) -> StepOutcome {
+    let (StepOutcome::Output(output), Some(schema)) = (&outcome, &ctx.step.output_schema) else { return outcome };
+    match check_value(schema, &output.value) {
+        Ok(()) => outcome,
+        Err(problems) => StepOutcome::failed(
+            FailureKind::SchemaMismatch,
+            format!("the step's output does not fit its output schema: {problems}"),
+        ),
+    }
+}
+
+/// The LLM a step calls: `llm`, with the step's own model when it names one.
+fn step_llm(llm: Arc<dyn LlmClient>, step: &crate::plan::Step) -> Arc<dyn LlmClient> {
+    match step.model.as_deref().map(str::trim).filter(|m| !m.is_empty()) {
+        Some(model) => Arc::new(StepModel { inner: llm, model: model.to_owned() }),
+        None => llm,
+    }
+}
+
+/// Sends every request that names no model of its own to the step's model.
+#[derive(Debug)]
+struct StepModel {
+    inner: Arc<dyn LlmClient>,
+    model: String,
+}
+
+#[async_trait::async_trait]
+impl LlmClient for StepModel {
+    async fn chat(&self, mut request: LlmRequest) -> std::result::Result<LlmResponse, LlmError> {
+        if request.model.is_none() {
+            request.model = Some(self.model.clone());
+        }
+        self.inner.chat(request).await
+    }
+
+    fn retries(&self) -> bool {
+        self.inner.retries()
+    }
+}
+
+/// One thing the step loop runs: a step, or one item of a `for_each` step.
+#[derive(Debug, Clone, Copy, Default)]
+struct Unit {
+    step: usize,
+    item: Option<usize>,
+}
+
+/// What the step loop keeps between passes.
+#[derive(Default)]
+struct Schedule {
+    /// Whether each step was started (a loop step: once its output is recorded).
+    started: Vec<bool>,
+    /// The loop items started, as `(step, item)`.
+    started_items: HashSet<(usize, usize)>,
+    running: JoinSet<StepOutcome>,
+    /// Each task's unit, and what its tools ask a person meanwhile (kept outside
+    /// the task, so a unit that panics loses none of it).
+    tasks: HashMap<Id, (Unit, StepQuestions)>,
+}
+
+/// Tool-call attempts per loop item in the journal's numbering.
+const LOOP_ATTEMPT_STRIDE: u32 = 1 << 16;
+
+/// The value of `$item` or `$index` (or a path inside the item) for the current
+/// loop item, `(index, value)`; `None` for any other reference.
+fn loop_value(current: Option<(usize, &Value)>, reference: &str) -> Option<Value> {
+    let (index, value) = current?;
+    let reference = Reference::parse(reference)?;
+    match reference.name.as_str() {
+        ITEM => reference.select(value),
+        INDEX => reference.path.is_empty().then(|| Value::from(index)),
+        _ => None,
+    }
+}
+
+/// The items loop step `index` runs over.
+fn loop_list(plan: &Plan, workflow: &Workflow, index: usize) -> std::result::Result<Vec<Value>, Failure> {
+    let list = plan.steps[index].for_each.as_deref().unwrap_or_default().trim();
+    match workflow.outputs().step_outputs.resolve(list) {
+        Some(Value::Array(items)) => Ok(items),
+        Some(Value::Null) => Ok(Vec::new()),
+        Some(other) => {
+            let kind = match other {
+                Value::Object(_) => "an object",
+                Value::String(_) => "a string",
+                _ => "a single value",
+            };
+            let message = format!("step {index} loops over {list}, which is {kind}, not a list");
+            Err(Failure::new(FailureKind::InvalidStep, message))
+        }
+        None => {
+            Err(Failure::new(FailureKind::InvalidStep, format!("step {index} loops over {list}, which has no value")))
+        }
+    }
+}
+
+/// The exit step a stored workflow has already run, if any (a resumed run ends
+/// there too).
+fn exit_taken(plan: &Plan, workflow: &Workflow) -> Option<(usize, Exit)> {
+    plan.steps.iter().enumerate().find_map(|(index, step)| {
+        let output = workflow.outputs().step_outputs.get(&step.output).filter(|o| o.skipped.is_none())?;
+        Some((index, step.exit.as_ref()?.with_message(crate::text::render_value(&output.value))))
+    })
 }
 
 /// A step task that panicked (or was aborted) fails its step with the reason.

@@ -11,11 +11,13 @@
 mod calls;
 mod control;
 mod executor;
+mod functions;
 mod metered;
 mod requests;
 #[cfg(feature = "server")]
 #[cfg_attr(docsrs, doc(cfg(feature = "server")))]
 pub mod serve;
+mod typed;
 mod watch;
 mod worker;
 
@@ -23,10 +25,14 @@ pub use crate::events::{
     DEFAULT_CAPACITY as DEFAULT_EVENT_CAPACITY, EventKind, EventStream, Missed, StoredEvent, WorkflowEvent,
 };
 pub use crate::hooks::{ApprovalGate, HookError, Hooks, StepDecision, ToolCallDecision, ToolCallRequest};
-pub use requests::{CreateWorkflow, ExecuteQuery, GeneratePlan, RunPlan, SubmitPlan, SubmitQuery};
+pub use requests::{
+    CreateWorkflow, ExecuteQuery, ExecuteQueryAs, GeneratePlan, RunPlan, RunPlanAs, SubmitPlan, SubmitQuery,
+};
+pub use typed::TypedWorkflow;
 pub use watch::Watch;
 pub use worker::{Worker, WorkerOptions, WorkerReport, shutdown_signal};
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,6 +104,8 @@ struct Inner {
     events: EventSink,
     /// Questions running tools of this runner wait on (see [`Runner::resolve_clarification`]).
     live: LiveQuestions,
+    /// The functions function steps call, by name.
+    functions: HashMap<String, Arc<dyn crate::tool::Tool>>,
 }
 
 /// Options for planning a query, for [`GeneratePlan::options`] and the like.
@@ -107,6 +115,7 @@ pub struct PlanOptions {
     tool_ids: Option<Vec<String>>,
     examples: Vec<Plan>,
     execution_context: ExecutionContext,
+    output_schema: Option<Value>,
 }
 
 impl PlanOptions {
@@ -130,6 +139,13 @@ impl PlanOptions {
     /// Who the plan (and the workflow made from it) is for.
     pub fn execution_context(mut self, context: ExecutionContext) -> Self {
         self.execution_context = context;
+        self
+    }
+
+    /// Asks for a plan whose final output fits this JSON Schema: the planner is
+    /// told it, and the plan carries it as its [`Plan::output_schema`].
+    pub fn output_schema(mut self, schema: Value) -> Self {
+        self.output_schema = Some(schema);
         self
     }
 }
@@ -202,6 +218,7 @@ impl Runner {
             today: None,
             hooks: HookChain::default(),
             event_capacity: crate::events::DEFAULT_CAPACITY,
+            functions: HashMap::new(),
         }
     }
 
@@ -247,13 +264,23 @@ impl Runner {
     }
 
     async fn plan_query(&self, query: String, options: PlanOptions) -> Result<Plan> {
-        let PlanOptions { tool_ids, examples, execution_context } = options;
+        let PlanOptions { tool_ids, examples, execution_context, output_schema } = options;
         let tools = match tool_ids {
             Some(ids) => ids.iter().map(|id| self.inner.tools.get_tool(id)).collect::<Result<Vec<_>>>()?,
             None => self.inner.tools.match_tools(&query),
         };
-        let request = PlanningRequest { query, tools, examples, execution_context, today: self.today() };
-        let plan = self.inner.planner.plan(request).await?;
+        let request = PlanningRequest {
+            query,
+            tools,
+            examples,
+            execution_context,
+            today: self.today(),
+            output_schema: output_schema.clone(),
+        };
+        let mut plan = self.inner.planner.plan(request).await?;
+        if plan.output_schema.is_none() {
+            plan.output_schema = output_schema;
+        }
         tracing::debug!(plan = %plan.id, json = %serde_json::to_string(&plan).unwrap_or_default(), "plan");
         self.inner.storage.save_plan(&plan).await?;
         Ok(plan)
@@ -275,7 +302,15 @@ impl Runner {
 
     /// Checks and saves `plan`, and makes (without storing it) a workflow of it.
     async fn new_workflow(&self, plan: &Plan, context: ExecutionContext) -> Result<Workflow> {
-        plan.validate(self.inner.tools.as_ref())?;
+        let mut problems = plan.problems(self.inner.tools.as_ref());
+        for (step, s) in plan.steps.iter().enumerate() {
+            if let Some(function) = s.function.as_ref().filter(|f| !self.inner.functions.contains_key(*f)) {
+                problems.push(crate::plan::PlanProblem::UnknownFunction { step, function: function.clone() });
+            }
+        }
+        if !problems.is_empty() {
+            return Err(Error::InvalidPlan(problems));
+        }
         self.inner.storage.save_plan(plan).await?;
         let mut workflow = Workflow::new(plan.id, context);
         workflow.set_usage(WorkflowUsage::planned(plan.usage, self.planning_cost(plan.usage)));
@@ -314,6 +349,45 @@ impl Runner {
     /// As [`Runner::create_workflow`] and [`Runner::execute_workflow`].
     pub fn run_plan<'a>(&'a self, plan: &'a Plan) -> RunPlan<'a> {
         RunPlan::new(self, plan)
+    }
+
+    /// Creates a workflow for `plan` and runs it, reading its final output as `T`.
+    /// A plan without an [`output_schema`](Plan::output_schema) is given `T`'s.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use portia::serde_json::json;
+    /// use portia::testing::ScriptedLlm;
+    /// use portia::{Config, PlanBuilder, Runner};
+    ///
+    /// #[derive(Debug, serde::Deserialize, portia::schemars::JsonSchema)]
+    /// #[schemars(crate = "portia::schemars")]
+    /// struct Verdict { faster: String }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> portia::Result<()> {
+    /// // The last step writes the answer and its summary in one structured call.
+    /// let llm = ScriptedLlm::new().json(json!({"answer": {"faster": "Amazon"}, "summary": "Amazon grew faster."}));
+    /// let runner = Runner::builder(Config::default()).llm(Arc::new(llm)).build()?;
+    /// let plan = PlanBuilder::new("Which grew faster?").step("Say which grew faster", None, "$verdict").build();
+    /// let run = runner.run_plan_as::<Verdict>(&plan).await?;
+    /// assert_eq!(run.into_output()?.faster, "Amazon");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Runner::run_plan`]. A workflow that does not complete is not an error:
+    /// its [`TypedWorkflow::output`] is `None`.
+    pub fn run_plan_as<'a, T>(&'a self, plan: &'a Plan) -> RunPlanAs<'a, T> {
+        RunPlanAs::new(self, plan)
+    }
+
+    /// Plans `query` for a final output of type `T` (the planner is told its JSON
+    /// Schema), runs the workflow and reads the output as `T`.
+    ///
+    /// # Errors
+    /// As [`Runner::execute_query`].
+    pub fn execute_query_as<T>(&self, query: impl Into<String>) -> ExecuteQueryAs<'_, T> {
+        ExecuteQueryAs::new(self, query.into())
     }
 
     /// Queues a workflow of `plan` for the workers ([`Runner::worker`], in any process
@@ -666,9 +740,51 @@ pub struct RunnerBuilder {
     today: Option<String>,
     hooks: HookChain,
     event_capacity: usize,
+    functions: HashMap<String, Arc<dyn crate::tool::Tool>>,
 }
 
 impl RunnerBuilder {
+    /// Registers an async Rust function for function steps ([`Step::function`](crate::Step::function)),
+    /// under `name`. Its argument type's JSON Schema (derived with `schemars`) checks
+    /// the step's `args` before the call; the call is journaled like a tool call, so
+    /// a resumed run never repeats one that finished. An `Err` fails the step.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use portia::serde_json::json;
+    /// use portia::testing::ScriptedLlm;
+    /// use portia::{Config, PlanBuilder, Runner};
+    ///
+    /// #[derive(serde::Deserialize, portia::schemars::JsonSchema)]
+    /// #[schemars(crate = "portia::schemars")]
+    /// struct Order { id: u64 }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> portia::Result<()> {
+    /// let config = Config::builder().summarize_final_output(false).build()?;
+    /// let runner = Runner::builder(config)
+    ///     .llm(Arc::new(ScriptedLlm::new()))
+    ///     .function("order_total", "The total of an order", |order: Order| async move {
+    ///         Ok::<_, String>(json!({"id": order.id, "total": 42.5}))
+    ///     })
+    ///     .build()?;
+    /// let plan = PlanBuilder::new("Order total").function("Total order 7", "order_total", json!({"id": 7}), "$total").build();
+    /// let workflow = runner.run_plan(&plan).await?;
+    /// assert_eq!(workflow.outputs().step_outputs.resolve("$total.total"), Some(json!(42.5)));
+    /// # Ok(()) }
+    /// ```
+    pub fn function<A, R, F, Fut>(mut self, name: impl Into<String>, description: &str, function: F) -> Self
+    where
+        A: serde::de::DeserializeOwned + schemars::JsonSchema + Send + 'static,
+        R: serde::Serialize,
+        F: Fn(A) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = std::result::Result<R, String>> + Send + 'static,
+    {
+        let name = name.into();
+        let tool = functions::function_tool(&name, description, function);
+        self.functions.insert(name, tool);
+        self
+    }
+
     /// How many events a subscriber may fall behind before it misses some (default
     /// [`DEFAULT_EVENT_CAPACITY`]).
     pub fn event_capacity(mut self, capacity: usize) -> Self {
@@ -812,6 +928,7 @@ impl RunnerBuilder {
             hooks: self.hooks,
             events: EventSink::new(self.event_capacity),
             live: LiveQuestions::default(),
+            functions: self.functions,
         };
         Ok(Runner { inner: Arc::new(inner) })
     }

@@ -3,13 +3,17 @@
 //! `runner.execute_query(q).tools(["search_tool"]).await` are one method.
 
 use std::future::{Future, IntoFuture};
+use std::marker::PhantomData;
 use std::pin::Pin;
 
-use super::{PlanOptions, Runner};
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+
+use super::{PlanOptions, Runner, TypedWorkflow};
 use crate::Result;
 use crate::execution_context::ExecutionContext;
 use crate::ids::WorkflowId;
-use crate::plan::Plan;
+use crate::plan::{Plan, schema_of};
 use crate::workflow::Workflow;
 
 type Running<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
@@ -153,3 +157,88 @@ plan_request!(
     SubmitPlan -> WorkflowId,
     |runner, plan, context| runner.queue_new_workflow(plan, context).await
 );
+
+/// Plans a query for a typed result, runs it and reads the output:
+/// [`Runner::execute_query_as`].
+#[derive(Debug)]
+#[must_use = "a request does nothing until it is awaited"]
+pub struct ExecuteQueryAs<'a, T> {
+    request: ExecuteQuery<'a>,
+    output: PhantomData<fn() -> T>,
+}
+
+impl<'a, T> ExecuteQueryAs<'a, T> {
+    pub(super) fn new(runner: &'a Runner, query: String) -> Self {
+        Self { request: ExecuteQuery::new(runner, query), output: PhantomData }
+    }
+
+    /// Offers the planner only these tools (every tool the registry matches otherwise).
+    pub fn tools<I: IntoIterator<Item = S>, S: Into<String>>(mut self, ids: I) -> Self {
+        self.request = self.request.tools(ids);
+        self
+    }
+
+    /// Example plans for the planner to imitate.
+    pub fn examples(mut self, examples: Vec<Plan>) -> Self {
+        self.request = self.request.examples(examples);
+        self
+    }
+
+    /// Who the plan, and the workflow made from it, is for.
+    pub fn execution_context(mut self, context: ExecutionContext) -> Self {
+        self.request = self.request.execution_context(context);
+        self
+    }
+}
+
+impl<'a, T: JsonSchema + DeserializeOwned + Send + 'a> IntoFuture for ExecuteQueryAs<'a, T> {
+    type Output = Result<TypedWorkflow<T>>;
+    type IntoFuture = Running<'a, TypedWorkflow<T>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        let ExecuteQuery { runner, query, mut options } = self.request;
+        if options.output_schema.is_none() {
+            options = options.output_schema(schema_of::<T>());
+        }
+        Box::pin(async move { TypedWorkflow::from_workflow(ExecuteQuery { runner, query, options }.await?) })
+    }
+}
+
+/// Runs a plan and reads its output as a type: [`Runner::run_plan_as`].
+#[derive(Debug)]
+#[must_use = "a request does nothing until it is awaited"]
+pub struct RunPlanAs<'a, T> {
+    request: RunPlan<'a>,
+    output: PhantomData<fn() -> T>,
+}
+
+impl<'a, T> RunPlanAs<'a, T> {
+    pub(super) fn new(runner: &'a Runner, plan: &'a Plan) -> Self {
+        Self { request: RunPlan::new(runner, plan), output: PhantomData }
+    }
+
+    /// Who the workflow is for (an empty context otherwise).
+    pub fn execution_context(mut self, context: ExecutionContext) -> Self {
+        self.request = self.request.execution_context(context);
+        self
+    }
+}
+
+impl<'a, T: JsonSchema + DeserializeOwned + Send + 'a> IntoFuture for RunPlanAs<'a, T> {
+    type Output = Result<TypedWorkflow<T>>;
+    type IntoFuture = Running<'a, TypedWorkflow<T>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        let RunPlan { runner, plan, context } = self.request;
+        Box::pin(async move {
+            let workflow = if plan.output_schema.is_some() {
+                runner.store_new_workflow(plan, context).await?
+            } else {
+                let mut typed = plan.clone();
+                typed.output_schema = Some(schema_of::<T>());
+                runner.store_new_workflow(&typed, context).await?
+            };
+            TypedWorkflow::from_workflow(runner.execute(workflow.id()).await?)
+        })
+    }
+}

@@ -354,7 +354,7 @@ fn the_demo_runs_with_no_key_and_the_network_refused() {
     let [plan, workflow] = &documents[..] else { panic!("a plan then a workflow: {text}") };
     assert_eq!(plan["plan_context"]["query"], "Which stock price grew faster in 2024, Amazon or Google?");
     assert_eq!(workflow["state"], "COMPLETE");
-    assert_eq!(workflow["usage"]["total"]["llm_calls"], 3);
+    assert_eq!(workflow["usage"]["total"]["llm_calls"], 2, "the plan, then the answer with its summary");
     assert!(workflow["outputs"]["final_output"]["summary"].as_str().unwrap().contains("Amazon"));
     assert!(!dir.path().join(".portia").exists(), "the demo keeps nothing");
 }

@@ -38,10 +38,12 @@ mod architecture;
 mod budgets;
 #[cfg(feature = "cli")]
 mod cli;
+mod control_flow;
 mod data_model;
 #[cfg(feature = "sqlite")]
 mod durability;
 mod e2e_stock_compare;
+mod e2e_triage;
 #[cfg(feature = "sqlite")]
 mod events_hooks;
 mod leases;
@@ -85,6 +87,7 @@ mod tools_llm;
 mod tools_registry;
 mod tools_search;
 mod tools_weather;
+mod typed_results;
 mod workers;
 #[cfg(all(feature = "sqlite", feature = "postgres"))]
 mod workers_distributed;

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use portia::Plan;
+use portia::{Exit, Plan};
 
 /// Each dependency edge: (from step, to step, the `$name` it carries).
 fn edges(plan: &Plan) -> Vec<(usize, usize, String)> {
@@ -17,11 +17,24 @@ fn edges(plan: &Plan) -> Vec<(usize, usize, String)> {
     edges
 }
 
-/// A step's label: its number and task, then its tool and output.
-fn label(plan: &Plan, index: usize) -> (String, String) {
+/// A step's label lines: its number and task, its tool and output, then any loop,
+/// condition and exit.
+fn label(plan: &Plan, index: usize) -> Vec<String> {
     let step = &plan.steps[index];
-    let tool = step.tool_id.as_deref().unwrap_or("llm");
-    (format!("{}. {}", index + 1, step.task), format!("{tool} → {}", step.output))
+    let tool = match (&step.tool_id, &step.function) {
+        (Some(tool), _) => tool.clone(),
+        (None, Some(function)) => format!("fn {function}"),
+        (None, None) => "llm".to_owned(),
+    };
+    let mut lines = vec![format!("{}. {}", index + 1, step.task), format!("{tool} → {}", step.output)];
+    lines.extend(step.for_each.iter().map(|list| format!("for each item of {list}")));
+    lines.extend(step.condition.iter().map(|condition| format!("if {condition}")));
+    lines.extend(step.exit.iter().map(|exit| match exit {
+        Exit::Complete(message) => format!("exit COMPLETE: {message}"),
+        Exit::Failed(error) => format!("exit FAILED: {error}"),
+        _ => "exit".to_owned(),
+    }));
+    lines
 }
 
 /// `flowchart TD` with a node per step and an edge per dependency.
@@ -29,8 +42,8 @@ pub(crate) fn mermaid(plan: &Plan) -> String {
     let escape = |s: &str| s.replace('"', "#quot;");
     let mut out = String::from("flowchart TD\n");
     for index in 0..plan.steps.len() {
-        let (task, tool) = label(plan, index);
-        let _ = writeln!(out, "    s{index}[\"{}<br/>{}\"]", escape(&task), escape(&tool));
+        let lines: Vec<String> = label(plan, index).iter().map(|line| escape(line)).collect();
+        let _ = writeln!(out, "    s{index}[\"{}\"]", lines.join("<br/>"));
     }
     for (from, to, name) in edges(plan) {
         let _ = writeln!(out, "    s{from} -->|{}| s{to}", escape(&name));
@@ -43,8 +56,8 @@ pub(crate) fn dot(plan: &Plan) -> String {
     let escape = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
     let mut out = String::from("digraph plan {\n    rankdir=TB;\n    node [shape=box];\n");
     for index in 0..plan.steps.len() {
-        let (task, tool) = label(plan, index);
-        let _ = writeln!(out, "    s{index} [label=\"{}\\n{}\"];", escape(&task), escape(&tool));
+        let lines: Vec<String> = label(plan, index).iter().map(|line| escape(line)).collect();
+        let _ = writeln!(out, "    s{index} [label=\"{}\"];", lines.join("\\n"));
     }
     for (from, to, name) in edges(plan) {
         let _ = writeln!(out, "    s{from} -> s{to} [label=\"{}\"];", escape(&name));
@@ -76,6 +89,21 @@ mod tests {
         assert!(text.contains("s0[\"1. Find the #quot;city#quot;<br/>search_tool → $city\"]"), "{text}");
         assert!(text.contains("s0 -->|$city| s1"), "plan-time args are dependencies: {text}");
         assert!(text.contains("s1 -->|$weather| s2"), "{text}");
+    }
+
+    #[test]
+    fn loops_conditions_and_exits_are_drawn_on_their_steps() {
+        let plan = PlanBuilder::new("q")
+            .step("List", Some("tickets_tool"), "$tickets")
+            .step("Draft", None, "$drafts")
+            .for_each("$tickets")
+            .condition("$item.urgent")
+            .exit("Stop", Exit::Failed("no tickets".into()), "$stop")
+            .build();
+        let text = mermaid(&plan);
+        assert!(text.contains("llm → $drafts<br/>for each item of $tickets<br/>if $item.urgent\"]"), "{text}");
+        assert!(text.contains("exit FAILED: no tickets"), "{text}");
+        assert!(dot(&plan).contains("for each item of $tickets\\nif $item.urgent"), "{}", dot(&plan));
     }
 
     #[test]

@@ -175,6 +175,7 @@ impl<'a> View<'a> {
                 bar.set_message(format!("{tool_id} · {done} {}", message.as_deref().unwrap_or_default()));
             }
             EventKind::StepFinished { step, outcome } => self.finish(*step, outcome),
+            EventKind::LoopItemFinished { step, item, outcome } => self.item_finished(*step, *item, outcome),
             // Raised while its step runs: asked live. Questions a step ends with are
             // raised after it finished, and asked once the run pauses.
             EventKind::ClarificationRaised { clarification }
@@ -192,7 +193,23 @@ impl<'a> View<'a> {
         format!("[{}/{}] {output}", step + 1, self.plan.steps.len())
     }
 
+    /// One line per finished loop item; the step's spinner runs on until the last.
+    fn item_finished(&self, step: usize, item: usize, outcome: &StepOutcome) {
+        let how = match outcome {
+            StepOutcome::Output(_) => "✓".to_owned(),
+            StepOutcome::Skipped(reason) => format!("↷ skipped: {reason}"),
+            StepOutcome::Clarifications(_) => "?".to_owned(),
+            _ => "✗".to_owned(),
+        };
+        let _ = self.bars.println(format!("{} item {item} {how}", self.label(step)));
+    }
+
     fn finish(&mut self, step: usize, outcome: &StepOutcome) {
+        if let StepOutcome::Skipped(reason) = outcome {
+            // A skipped step never started: it has no spinner, only this line.
+            let _ = self.bars.println(format!("{} ↷ skipped: {reason}", self.label(step)));
+            return;
+        }
         let Some(bar) = self.steps.remove(&step) else { return };
         let output = self.plan.steps.get(step).map_or("", |s| s.output.as_str());
         let tool = self.plan.steps.get(step).and_then(|s| s.tool_id.clone()).unwrap_or_else(|| "llm".to_owned());

@@ -215,7 +215,7 @@ impl PortiaMcpServer {
                         continue;
                     };
                     if let EventKind::StepFinished { step, outcome } = event.kind {
-                        done += usize::from(matches!(outcome, StepOutcome::Output(_)));
+                        done += usize::from(matches!(outcome, StepOutcome::Output(_) | StepOutcome::Skipped(_)));
                         let message = step_message(step, &outcome, steps);
                         let _ = ctx.peer.notify_progress(progress(token.clone(), done, steps, message)).await;
                     }
@@ -249,6 +249,7 @@ fn step_message(step: usize, outcome: &StepOutcome, steps: usize) -> String {
         StepOutcome::Output(_) => format!("step {step} of {steps} done"),
         StepOutcome::Clarifications(_) => format!("step {step} of {steps} waits for a person's answer"),
         StepOutcome::Failed(failure) => format!("step {step} of {steps} failed: {}", failure.message),
+        StepOutcome::Skipped(reason) => format!("step {step} of {steps} skipped: {reason}"),
     }
 }
 

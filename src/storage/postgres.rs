@@ -570,6 +570,12 @@ impl RowTx for Rows<'_> {
         Ok(self.column(NEXT_RUNNABLE, &[&now])?.pop())
     }
 
+    /// A plain read: [`RowTx::lease`] here locks the row, which a read-only transaction may not.
+    fn cancel_requested(&mut self, id: WorkflowId) -> DbResult<Option<String>> {
+        let sql = "SELECT cancel_requested FROM {S}.workflows WHERE id = $1";
+        Ok(self.column::<Option<String>>(sql, &[&id.to_string()])?.pop().flatten())
+    }
+
     fn has_queued_work(&mut self) -> DbResult<bool> {
         Ok(!self.column::<i32>(QUEUED_WORK, &[])?.is_empty())
     }

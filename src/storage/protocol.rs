@@ -148,7 +148,7 @@ impl<S: RowStore> Storage for S {
             move |tx| {
                 let mut requested = Vec::new();
                 for id in ids {
-                    if let Some(reason) = tx.lease(id)?.and_then(|row| row.cancel_requested) {
+                    if let Some(reason) = tx.cancel_requested(id)? {
                         requested.push((id, reason));
                     }
                 }

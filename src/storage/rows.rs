@@ -279,6 +279,15 @@ pub trait RowTx {
     /// # Errors
     /// The store's.
     fn dequeue(&mut self, id: &str) -> Result<(), RowError>;
+    /// The reason of a cancellation requested of workflow `id`, if one was, read in a
+    /// read-only transaction. This default reads [`RowTx::lease`]; a store whose
+    /// `lease` locks the row for a write overrides it with a plain read.
+    ///
+    /// # Errors
+    /// The store's.
+    fn cancel_requested(&mut self, id: WorkflowId) -> Result<Option<String>, RowError> {
+        Ok(self.lease(id)?.and_then(|row| row.cancel_requested))
+    }
     /// Whether a queued workflow is NOT_STARTED, IN_PROGRESS or READY_TO_RESUME,
     /// whatever its lease.
     ///

@@ -156,19 +156,16 @@ async fn four_workers_one_killed(spec: &str, effects: &Path) {
     let tool = KeyedTool { effects: effects.clone(), calls: AtomicUsize::new(0), hang_from: None };
     let submitter = runner(spec, tool, false);
 
+    // The victim starts alone and takes work until it hangs holding runs; only then do
+    // the others start. Started together, a fast machine let the others finish every
+    // workflow before the victim hung, and the test waited for it for ever.
     let (lines, received) = mpsc::channel();
-    let mut workers: Vec<ChildGuard> = (0..WORKERS).map(|i| spawn_worker(spec, &effects, i == 0)).collect();
-    for (i, worker) in workers.iter_mut().enumerate() {
-        forward(worker, i, lines.clone());
-    }
-    drop(lines);
+    let mut workers = vec![spawn_worker(spec, &effects, true)];
+    forward(&mut workers[0], 0, lines.clone());
     // Waits on the workers' progress, however slow the machine: a line from any worker
     // at all, or the end of every one of them.
     let next = || received.recv().expect("every worker ended before the workflows were done");
-    let mut ready = 0;
-    while ready < WORKERS {
-        ready += usize::from(next().1 == "READY");
-    }
+    while next().1 != "READY" {}
 
     let mut ids = Vec::new();
     for i in 0..WORKFLOWS {
@@ -176,17 +173,29 @@ async fn four_workers_one_killed(spec: &str, effects: &Path) {
         ids.push(submitter.submit_plan(&plan).await.unwrap());
     }
 
-    // Kill the victim once it hangs in the middle of runs it holds.
     let mut done = BTreeSet::new();
     let mut victim_calls = 0;
     while victim_calls <= VICTIM_HANGS_FROM_CALL {
-        let (worker, line) = next();
-        victim_calls += usize::from(worker == 0 && line.starts_with("CALL "));
+        let (_, line) = next();
+        victim_calls += usize::from(line.starts_with("CALL "));
         if let Some(id) = line.strip_prefix("DONE ") {
             done.insert(id.to_owned());
         }
     }
-    workers[0].kill().unwrap(); // SIGKILL
+    for i in 1..WORKERS {
+        workers.push(spawn_worker(spec, &effects, false));
+        forward(&mut workers[i], i, lines.clone());
+    }
+    drop(lines);
+    let mut ready = 0;
+    while ready < WORKERS - 1 {
+        let (_, line) = next();
+        ready += usize::from(line == "READY");
+        if let Some(id) = line.strip_prefix("DONE ") {
+            done.insert(id.to_owned());
+        }
+    }
+    workers[0].kill().unwrap(); // SIGKILL, holding hung runs
     workers[0].wait().unwrap();
 
     while done.len() < WORKFLOWS {

@@ -24,18 +24,21 @@
 //! a [`Retry`] layer.
 
 mod anthropic;
+mod anthropic_stream;
 mod caps;
 mod fallback;
 mod gemini;
 mod layer;
 mod offline;
 mod openai;
+mod openai_stream;
 mod provider;
 mod rate_limit;
 mod retry;
 mod router;
 mod schema;
 mod settings;
+mod stream;
 mod transport;
 
 pub use schema::{portability_problems, portable};
@@ -57,6 +60,8 @@ pub(crate) use provider::{split_provider, unknown_provider};
 pub use rate_limit::{RateLimit, RateLimits};
 pub use retry::{Retry, RetryPolicy};
 pub use settings::LlmSettings;
+pub use stream::StreamMode;
+pub(crate) use stream::{Delta, Deltas};
 pub(crate) use transport::retry_after;
 
 /// Who wrote a message.

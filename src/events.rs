@@ -163,6 +163,14 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Whether this event is only announced, never stored: the pieces of a
+    /// streamed reply ([`LlmTextDelta`](Self::LlmTextDelta),
+    /// [`LlmStreamRestarted`](Self::LlmStreamRestarted)), whose whole is stored by
+    /// the events that follow them.
+    pub fn is_live_only(&self) -> bool {
+        matches!(self, Self::LlmTextDelta { .. } | Self::LlmStreamRestarted { .. })
+    }
+
     /// Whether this event leaves the workflow at rest: finished, or waiting for a human.
     pub fn is_rest(&self) -> bool {
         matches!(self, Self::StateChanged { to, .. } if to.is_terminal() || *to == WorkflowState::NeedClarification)

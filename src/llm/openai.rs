@@ -191,14 +191,17 @@ impl OpenAiClient {
 }
 
 /// Sends `body` as a streamed request, handing the text to `deltas` as it comes,
-/// and returns the reply an unstreamed request would have got.
+/// and returns the reply an unstreamed request would have got (or got, from a
+/// server that answers whole).
 async fn streamed(endpoint: &Endpoint<'_>, mut body: Value, deltas: &Deltas) -> Result<Reply, LlmError> {
     body["stream"] = json!(true);
     body["stream_options"] = json!({"include_usage": true});
     deltas.begin_attempt();
     let mut reader = ChunkReader::default();
     let mut reply = endpoint.post_events(&body, |_, data| reader.read(data, deltas)).await?;
-    reply.body = reader.into_reply();
+    if reply.body.is_null() {
+        reply.body = reader.into_reply();
+    }
     Ok(reply)
 }
 

@@ -82,16 +82,17 @@ impl Endpoint<'_> {
             tracing::debug!(provider = %self.provider, model = self.model, status = status.as_u16(), latency_ms = millis(latency), "LLM call failed");
             return Err(self.http_error(status.as_u16(), &headers, &bytes));
         }
-        let body = serde_json::from_slice(&bytes).map_err(|e| {
-            self.invalid(format!("the body is not valid JSON ({e}); it starts with: {}", excerpt(&bytes)))
-        })?;
+        let body = self.json(&bytes)?;
         Ok(Reply { body, status: status.as_u16(), latency })
     }
 
     /// Posts `body`, which asks for a streamed reply, once, and hands each
     /// server-sent event (its name, if it has one, and its data) to `on_event` until
-    /// that says the reply is complete. A stream that breaks or ends before then is
-    /// a [`LlmError::Connection`], which the [`Retry`](super::Retry) layer retries.
+    /// that says the reply is complete; the reply's body is then `null`, for the
+    /// caller to fill in from what it read. A stream that breaks or ends before then
+    /// is a [`LlmError::Connection`], which the [`Retry`](super::Retry) layer
+    /// retries. A server that answers with plain JSON instead gets it read as
+    /// [`post`](Self::post) would, into the reply's body.
     pub(crate) async fn post_events(
         &self,
         body: &Value,
@@ -107,6 +108,13 @@ impl Endpoint<'_> {
             self.observe_limits(status.as_u16(), &headers, &bytes);
             return Err(self.http_error(status.as_u16(), &headers, &bytes));
         }
+        if !is_event_stream(&headers) {
+            // A compatible server that ignores `stream: true` answers whole.
+            let bytes = response.bytes().await.map_err(|e| self.transport_error(&e))?;
+            self.observe_limits(status.as_u16(), &headers, &bytes);
+            let body = self.json(&bytes)?;
+            return Ok(Reply { body, status: status.as_u16(), latency: started.elapsed() });
+        }
         self.observe_limits(status.as_u16(), &headers, &[]);
         let chunks = futures_util::stream::unfold(response, |mut response| async move {
             let chunk = response.chunk().await.transpose()?;
@@ -121,6 +129,11 @@ impl Endpoint<'_> {
             }
         }
         Err(self.broken("the reply stream ended before the reply was complete"))
+    }
+
+    fn json(&self, bytes: &[u8]) -> Result<Value, LlmError> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| self.invalid(format!("the body is not valid JSON ({e}); it starts with: {}", excerpt(bytes))))
     }
 
     fn broken(&self, message: &str) -> LlmError {
@@ -186,6 +199,12 @@ impl Endpoint<'_> {
             _ => text.to_owned(),
         }
     }
+}
+
+/// Whether a reply is a stream of Server-Sent Events.
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    let content_type = headers.get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    content_type.is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
 }
 
 /// A header that carries a secret: marked sensitive so `Debug` output hides it.

@@ -45,7 +45,7 @@ fn sse(events: &[(Option<&str>, Value)]) -> ResponseTemplate {
         }
         body.push_str(&format!("data: {data}\n\n"));
     }
-    ResponseTemplate::new(200).insert_header("content-type", "text/event-stream").set_body_string(body)
+    ResponseTemplate::new(200).set_body_raw(body, "text/event-stream")
 }
 
 fn openai_chunk(delta: Value, finish: Option<&str>) -> (Option<&'static str>, Value) {
@@ -82,7 +82,7 @@ fn with_done(events: &[(Option<&str>, Value)]) -> ResponseTemplate {
         body.push_str(&format!("data: {data}\n\n"));
     }
     body.push_str(&done());
-    ResponseTemplate::new(200).insert_header("content-type", "text/event-stream").set_body_string(body)
+    ResponseTemplate::new(200).set_body_raw(body, "text/event-stream")
 }
 
 async fn mount_stream(server: &MockServer, route: &str, reply: ResponseTemplate, n: u64) {
@@ -268,9 +268,8 @@ async fn a_stream_that_breaks_is_retried_and_subscribers_are_told_to_start_over(
     assert_eq!((usage.prompt_tokens, usage.completion_tokens, usage.llm_calls), (11, 4, 1));
 }
 
-#[tokio::test]
-async fn an_unwatched_run_sends_the_plain_request_by_default() {
-    let server = MockServer::start().await;
+/// A plain Chat Completions reply, saying `Plain.`, mounted for one request.
+async fn mount_plain(server: &MockServer) {
     let reply = json!({"id": "c", "object": "chat.completion",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "Plain."}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}});
@@ -278,8 +277,27 @@ async fn an_unwatched_run_sends_the_plain_request_by_default() {
         .and(path(OPENAI_ROUTE))
         .respond_with(ResponseTemplate::new(200).set_body_json(reply))
         .expect(1)
-        .mount(&server)
+        .mount(server)
         .await;
+}
+
+#[tokio::test]
+async fn a_server_that_ignores_stream_true_is_read_whole() {
+    let server = MockServer::start().await;
+    mount_plain(&server).await;
+    let runner = runner(config(&server, LlmProvider::OpenAi).llm_stream(StreamMode::On));
+    let workflow = runner.create_workflow(&one_step("Say it", None)).await.unwrap();
+    let done = runner.execute_workflow(workflow).await.unwrap();
+
+    assert_eq!(done.outputs().final_output.as_ref().unwrap().value, json!("Plain."));
+    let sent: Value = serde_json::from_slice(&server.received_requests().await.unwrap()[0].body).unwrap();
+    assert_eq!(sent["stream"], true);
+}
+
+#[tokio::test]
+async fn an_unwatched_run_sends_the_plain_request_by_default() {
+    let server = MockServer::start().await;
+    mount_plain(&server).await;
     let runner = runner(config(&server, LlmProvider::OpenAi));
     let workflow = runner.create_workflow(&one_step("Say it", None)).await.unwrap();
     let done = runner.execute_workflow(workflow).await.unwrap();
@@ -287,4 +305,66 @@ async fn an_unwatched_run_sends_the_plain_request_by_default() {
     assert_eq!(done.outputs().final_output.as_ref().unwrap().value, json!("Plain."));
     let sent: Value = serde_json::from_slice(&server.received_requests().await.unwrap()[0].body).unwrap();
     assert_eq!(sent.get("stream"), None);
+}
+
+/// `portia serve`'s AG-UI stream, opened while a run waits at an approval gate:
+/// once approved, the next step's streamed reply arrives as one text message in
+/// pieces, ended when the call is, before the answer and the run's end.
+#[cfg(feature = "server")]
+#[tokio::test]
+async fn serve_streams_the_pieces_as_one_ag_ui_text_message() {
+    use crate::serve::serve;
+    use crate::serve_events::SseReader;
+    use portia::runner::ApprovalGate;
+    use portia::runner::serve::ServeOptions;
+    use portia::tool::ToolSpec;
+
+    let server = MockServer::start().await;
+    mount_stream(&server, OPENAI_ROUTE, openai_text(&["Paid ", "Ann."], true), 1).await;
+    let send = MockTool::echo("send_tool").with_spec(ToolSpec::new("send_tool", "Send Tool", "Sends a payment."));
+    let runner = Runner::builder(config(&server, LlmProvider::OpenAi).build().unwrap())
+        .tools(InMemoryToolRegistry::new().with(send).unwrap())
+        .hook(ApprovalGate::for_side_effects())
+        .build()
+        .unwrap();
+    let served = serve(runner, ServeOptions::new()).await;
+    let plan = json!({
+        "plan_context": {"query": "Pay Ann", "tool_ids": ["send_tool"]},
+        "steps": [
+            {"task": "Pay Ann", "inputs": [], "tool_id": "send_tool", "output": "$paid", "args": {"to": "Ann"}},
+            {"task": "Say it is done", "inputs": [], "tool_id": null, "output": "$said"},
+        ]
+    });
+    let (_, created) = served.post("/v1/workflows", json!({"plan": plan})).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let response = served.http.get(served.url(&format!("/v1/workflows/{id}/events"))).send().await.unwrap();
+    let mut stream = SseReader::new(response);
+    let first = stream.until(|e| e["type"] == "RUN_FINISHED").await;
+    let question = first.last().unwrap().data["outcome"]["interrupts"][0]["id"].as_str().unwrap().to_owned();
+
+    let path = format!("/v1/workflows/{id}/clarifications/{question}");
+    let (status, _) = served.post(&path, json!({"response": true, "resume": true})).await;
+    assert_eq!(status, 200);
+    let second = stream.rest().await;
+    let texts: Vec<&Value> =
+        second.iter().map(|e| &e.data).filter(|e| e["type"].as_str().unwrap().starts_with("TEXT_MESSAGE")).collect();
+    let streamed = texts[0]["messageId"].clone();
+    let shape: Vec<(&str, Value)> =
+        texts.iter().map(|e| (e["type"].as_str().unwrap(), e.get("delta").cloned().unwrap_or(Value::Null))).collect();
+    assert_eq!(
+        shape[..4],
+        [
+            ("TEXT_MESSAGE_START", Value::Null),
+            ("TEXT_MESSAGE_CONTENT", json!("Paid ")),
+            ("TEXT_MESSAGE_CONTENT", json!("Ann.")),
+            ("TEXT_MESSAGE_END", Value::Null),
+        ]
+    );
+    assert!(texts[..4].iter().all(|e| e["messageId"] == streamed), "one message: {texts:#?}");
+    let pieces = second.iter().filter(|e| e.data["messageId"] == streamed);
+    assert!(
+        pieces.clone().count() == 4 && pieces.clone().all(|e| e.id.is_none()),
+        "live pieces carry no id to resume from"
+    );
+    assert_eq!(second.last().unwrap().data["type"], "RUN_FINISHED");
 }

@@ -21,7 +21,9 @@
 //! ([`Config::llm_client`](crate::Config::llm_client) does so from the configuration):
 //! OpenAI Chat Completions (also used for Mistral, Groq, OpenRouter, Ollama and
 //! other compatible servers) and Anthropic Messages, each inside an [`Offline`] and
-//! a [`Retry`] layer.
+//! a [`Retry`] layer. Both stream a reply when the runner asks them to (see
+//! [`StreamMode`]): the pieces go to the run's subscribers, and the reply is the
+//! same [`LlmResponse`], usage included, as unstreamed.
 
 mod anthropic;
 mod anthropic_stream;

@@ -23,9 +23,10 @@ config_enum!(
     /// never streamed, as their JSON is nothing to show a person.
     #[derive(Default)]
     StreamMode {
-        /// Stream a run's text replies while someone subscribes to its events (the
-        /// default: a watcher sees the answer come in, and an unwatched run sends
-        /// the plain request as before).
+        /// Stream text replies while anyone subscribes to the runner's events
+        /// ([`Runner::subscribe`](crate::Runner::subscribe), a `portia serve` event
+        /// stream, `portia run` on a terminal). The default: a watcher sees the
+        /// answer come in, and an unwatched runner sends the plain request as before.
         #[default]
         Auto => ["auto", "when-watched"],
         /// Stream every text reply, watched or not.

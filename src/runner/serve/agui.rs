@@ -312,3 +312,39 @@ fn interrupt(clarification: &Clarification) -> Value {
     }
     value
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::WorkflowId;
+
+    #[test]
+    fn a_restart_ends_the_streamed_message_and_the_next_attempt_opens_a_new_one() {
+        let workflow_id = WorkflowId::new();
+        let mut translator = Translator::new(workflow_id.to_string());
+        let live = |kind| WorkflowEvent::new(workflow_id, kind);
+        let delta = |text: &str| EventKind::LlmTextDelta { step_output: None, call: 1, text: text.into() };
+        let mut out = translator.live(&live(delta("Hel")));
+        out.extend(translator.live(&live(EventKind::LlmStreamRestarted { step_output: None, call: 1 })));
+        out.extend(translator.live(&live(delta("Hello"))));
+
+        let shape: Vec<(&str, &str)> = out
+            .iter()
+            .map(|e| (e["type"].as_str().unwrap(), e["delta"].as_str().or(e["name"].as_str()).unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                ("RUN_STARTED", ""),
+                ("TEXT_MESSAGE_START", ""),
+                ("TEXT_MESSAGE_CONTENT", "Hel"),
+                ("TEXT_MESSAGE_END", ""),
+                ("CUSTOM", "portia.stream_restarted"),
+                ("TEXT_MESSAGE_START", ""),
+                ("TEXT_MESSAGE_CONTENT", "Hello"),
+            ]
+        );
+        assert_eq!(out[4]["value"]["messageId"], out[1]["messageId"], "the restart names the message to drop");
+        assert_ne!(out[5]["messageId"], out[1]["messageId"], "the new attempt is a new message");
+    }
+}

@@ -15,6 +15,9 @@
 //! # the built-in server taking 100 LLM calls a second (429 above), measured without a
 //! # client-side limit and then with one of 5,700 requests a minute (95 a second)
 //! cargo run --release --example bench -- --n 500 --concurrency 500 --server-rps 100 --client-rpm 5700
+//! # every LLM reply sent whole, then every one streamed (the built-in server streams
+//! # when asked), in one session
+//! cargo run --release --example bench -- --n 200 --concurrency 50 --stream off,on
 //! # against any OpenAI- and Tavily-compatible server
 //! cargo run --release --example bench -- --n 100 --concurrency 50 --base-url http://127.0.0.1:8099
 //! ```
@@ -29,6 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use portia::llm::StreamMode;
 use portia::storage::{InMemoryStorage, SqliteStorage, Storage};
 use portia::{Config, Runner, WorkflowState};
 use serde_json::{Value, json};
@@ -94,6 +98,10 @@ struct Args {
     /// How many workflows each worker process runs at once.
     #[arg(long, default_value_t = 10)]
     worker_concurrency: usize,
+    /// Measure once per streaming mode listed (`off`, `on`, `auto`), in this order
+    /// and session: `--stream off,on` shows what streaming every reply costs.
+    #[arg(long, value_delimiter = ',', value_parser = |s: &str| s.parse::<StreamMode>())]
+    stream: Vec<StreamMode>,
     /// Internal: serve the fake APIs and print the port.
     #[arg(long, hide = true)]
     serve: bool,
@@ -169,11 +177,14 @@ async fn run(args: &Args) -> Result<(), String> {
         }
     };
     let result = async {
-        if args.workers.is_empty() {
-            println!("{}", measure(args, &base_url, None).await?);
+        if args.workers.is_empty() && args.stream.is_empty() {
+            println!("{}", measure(args, &base_url, None, None).await?);
+        }
+        for &mode in args.stream.iter().filter(|_| args.workers.is_empty()) {
+            println!("{}", measure(args, &base_url, None, Some(mode)).await?);
         }
         if let (true, Some(rpm)) = (args.workers.is_empty(), args.client_rpm) {
-            println!("{}", measure(args, &base_url, Some(rpm)).await?);
+            println!("{}", measure(args, &base_url, Some(rpm), None).await?);
         }
         for &workers in &args.workers {
             println!("{}", bench_workers::measure(args, &base_url, workers.max(1)).await?);
@@ -190,11 +201,20 @@ async fn run(args: &Args) -> Result<(), String> {
 
 /// A runner against the server at `base_url`, on `storage`, sending at most
 /// `client_rpm` LLM requests a minute when set.
-fn runner(args: &Args, base_url: &str, storage: Arc<dyn Storage>, client_rpm: Option<u32>) -> Result<Runner, String> {
+fn runner(
+    args: &Args,
+    base_url: &str,
+    storage: Arc<dyn Storage>,
+    client_rpm: Option<u32>,
+    stream: Option<StreamMode>,
+) -> Result<Runner, String> {
     let execution = if args.sequential { "sequential" } else { "parallel" };
     let mut config = Config::builder();
     if let Some(rpm) = client_rpm {
         config = config.llm_rpm(rpm);
+    }
+    if let Some(mode) = stream {
+        config = config.llm_stream(mode);
     }
     let config = config
         .llm_provider(portia::llm::LlmProvider::OpenAi)
@@ -215,7 +235,12 @@ async fn rate_limited(base_url: &str) -> u64 {
     stats.await.and_then(|s| s["rate_limited"].as_u64()).unwrap_or(0)
 }
 
-async fn measure(args: &Args, base_url: &str, client_rpm: Option<u32>) -> Result<Value, String> {
+async fn measure(
+    args: &Args,
+    base_url: &str,
+    client_rpm: Option<u32>,
+    stream: Option<StreamMode>,
+) -> Result<Value, String> {
     let execution = if args.sequential { "sequential" } else { "parallel" };
     // Kept until the end of the run, so the database outlives every workflow.
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -225,7 +250,7 @@ async fn measure(args: &Args, base_url: &str, client_rpm: Option<u32>) -> Result
             Arc::new(SqliteStorage::open(dir.path().join("portia.db")).map_err(|e| e.to_string())?)
         }
     };
-    let runner = runner(args, base_url, storage, client_rpm)?;
+    let runner = runner(args, base_url, storage, client_rpm, stream)?;
     let rate_limited_before = rate_limited(base_url).await;
     let watching = args.watched.then(|| watch_everything(&runner));
 
@@ -287,6 +312,7 @@ async fn measure(args: &Args, base_url: &str, client_rpm: Option<u32>) -> Result
         "server": args.base_url.clone().unwrap_or_else(|| format!("built-in ({} ms per LLM call, {} ms per search)", args.latency_ms, args.tool_latency_ms)),
         "server_llm_rps": args.server_rps,
         "client_rpm": client_rpm,
+        "llm_stream": stream.unwrap_or_default().as_str(),
         "http_429": http_429,
         "llm_calls_per_second": round(calls as f64 / wall.as_secs_f64(), 1),
         "wall_seconds": round(wall.as_secs_f64(), 3),

@@ -136,6 +136,27 @@ pub enum EventKind {
         /// How long it took, in milliseconds.
         latency_ms: u64,
     },
+    /// A piece of an LLM reply's text as it streams in (see
+    /// [`StreamMode`](crate::llm::StreamMode)). Announced to subscribers only, never
+    /// stored: the finished text is kept as today, in the step's output and the
+    /// [`LlmCallFinished`](Self::LlmCallFinished) that ends the call.
+    LlmTextDelta {
+        /// The step it was made for, as in [`LlmCallFinished`](Self::LlmCallFinished).
+        step_output: Option<String>,
+        /// The call, numbered from 1 within this run of the workflow.
+        call: u64,
+        /// The new text.
+        text: String,
+    },
+    /// A streamed LLM call starts over (an attempt broke and is retried, or a
+    /// fallback model takes it): the text this call has streamed so far is void.
+    /// Announced to subscribers only, never stored.
+    LlmStreamRestarted {
+        /// The step it was made for.
+        step_output: Option<String>,
+        /// The call, as in [`LlmTextDelta`](Self::LlmTextDelta).
+        call: u64,
+    },
     /// A step asked a human: when it ended, or, for a question a running tool asks
     /// while its call waits, at once (announced once either way).
     ClarificationRaised {
@@ -152,6 +173,14 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Whether this event is only announced, never stored: the pieces of a
+    /// streamed reply ([`LlmTextDelta`](Self::LlmTextDelta),
+    /// [`LlmStreamRestarted`](Self::LlmStreamRestarted)), whose whole is stored by
+    /// the events that follow them.
+    pub fn is_live_only(&self) -> bool {
+        matches!(self, Self::LlmTextDelta { .. } | Self::LlmStreamRestarted { .. })
+    }
+
     /// Whether this event leaves the workflow at rest: finished, or waiting for a human.
     pub fn is_rest(&self) -> bool {
         matches!(self, Self::StateChanged { to, .. } if to.is_terminal() || *to == WorkflowState::NeedClarification)
@@ -216,6 +245,17 @@ impl RunEvents {
         let event = WorkflowEvent::new(workflow_id, kind);
         self.pending.lock().unwrap_or_else(PoisonError::into_inner).push(event.clone());
         let _ = self.sink.0.send(event);
+    }
+
+    /// Announces `kind` now without keeping it: for streamed pieces whose whole is
+    /// stored by other events.
+    pub(crate) fn announce_only(&self, workflow_id: WorkflowId, kind: EventKind) {
+        let _ = self.sink.0.send(WorkflowEvent::new(workflow_id, kind));
+    }
+
+    /// Whether anyone subscribes to the runner's events now.
+    pub(crate) fn watched(&self) -> bool {
+        self.sink.0.receiver_count() > 0
     }
 
     /// Keeps `kind` for the next save, to announce once that save succeeded.

@@ -36,7 +36,7 @@ pub(crate) async fn measure(args: &Args, base_url: &str, workers: usize) -> Resu
         None => format!("sqlite:{}", dir.path().join("portia.db").display()),
     };
     let storage = open_store(&spec)?;
-    let runner = super::runner(args, base_url, Arc::clone(&storage), args.client_rpm)?;
+    let runner = super::runner(args, base_url, Arc::clone(&storage), args.client_rpm, None)?;
     let plan = runner.generate_plan(QUERY).await.map_err(|e| e.to_string())?;
     let mut children = Vec::new();
     for _ in 0..workers {
@@ -126,7 +126,7 @@ fn stop_worker(mut child: Child) -> Result<f64, String> {
 /// then prints its CPU time.
 pub(crate) async fn work(args: &Args, spec: &str, base_url: &str) -> Result<(), String> {
     let storage = open_store(spec)?;
-    let runner: Runner = super::runner(args, base_url, storage, args.client_rpm)?;
+    let runner: Runner = super::runner(args, base_url, storage, args.client_rpm, None)?;
     let options = WorkerOptions::new().concurrency(args.worker_concurrency).poll_interval(Duration::from_millis(20));
     println!("READY");
     let cpu_before = cpu_seconds();

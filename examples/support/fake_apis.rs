@@ -199,6 +199,7 @@ impl Shared {
         let slow = if fault == Some(Fault::Slow) { Duration::from_secs(1) } else { Duration::ZERO };
         tokio::time::sleep(latency + slow).await;
         Some(match fault {
+            None | Some(Fault::Slow) if body["stream"] == true => event_stream(&stream_events(&answer)),
             None | Some(Fault::Slow) => response(200, &answer.to_string(), &[]),
             Some(Fault::RateLimited) => {
                 response(429, &json!({"error": {"message": "Rate limit reached"}}).to_string(), &[retry_after])
@@ -225,6 +226,46 @@ fn response(status: u16, body: &str, headers: &[(&str, &str)]) -> Vec<u8> {
         body.len()
     )
     .into_bytes()
+}
+
+/// A `text/event-stream` reply carrying `body`.
+fn event_stream(body: &str) -> Vec<u8> {
+    format!("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n{body}", body.len())
+        .into_bytes()
+}
+
+/// A Chat Completions reply as OpenAI streams it: the text in pieces of a few
+/// words, each tool call's id and name then its arguments in pieces, the usage in a
+/// last chunk without choices, then `[DONE]`.
+fn stream_events(reply: &Value) -> String {
+    const PIECE: usize = 16;
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": reply["id"], "object": "chat.completion.chunk", "model": reply["model"],
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    };
+    let pieces = |text: &str| -> Vec<String> {
+        let chars: Vec<char> = text.chars().collect();
+        chars.chunks(PIECE).map(|c| c.iter().collect()).collect()
+    };
+    let message = &reply["choices"][0]["message"];
+    let mut chunks = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+    if let Some(text) = message["content"].as_str() {
+        chunks.extend(pieces(text).into_iter().map(|p| chunk(json!({"content": p}), Value::Null)));
+    }
+    for (index, call) in message["tool_calls"].as_array().into_iter().flatten().enumerate() {
+        let opening = json!({"index": index, "id": call["id"], "type": "function",
+                             "function": {"name": call["function"]["name"], "arguments": ""}});
+        chunks.push(chunk(json!({"tool_calls": [opening]}), Value::Null));
+        for piece in pieces(call["function"]["arguments"].as_str().unwrap_or_default()) {
+            let more = json!({"index": index, "function": {"arguments": piece}});
+            chunks.push(chunk(json!({"tool_calls": [more]}), Value::Null));
+        }
+    }
+    chunks.push(chunk(json!({}), reply["choices"][0]["finish_reason"].clone()));
+    chunks.push(json!({"id": reply["id"], "object": "chat.completion.chunk", "choices": [], "usage": reply["usage"]}));
+    let mut body: String = chunks.iter().map(|c| format!("data: {c}\n\n")).collect();
+    body.push_str("data: [DONE]\n\n");
+    body
 }
 
 fn tokens(text: &str) -> u64 {

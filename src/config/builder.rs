@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::{AgentKind, Config, ExecutionMode, Secret, StorageKind};
 use crate::Result;
-use crate::llm::LlmProvider;
+use crate::llm::{LlmProvider, StreamMode};
 use crate::logging::{LogFormat, LogLevel};
 
 /// Builds a [`Config`] in code. Start with [`Config::builder`].
@@ -78,6 +78,8 @@ impl ConfigBuilder {
         request_timeout_secs: u64;
         /// Sets the overall time allowed for one LLM call, retries included, in seconds.
         llm_deadline_secs: u64;
+        /// Sets when LLM replies are streamed to a run's subscribers.
+        llm_stream: StreamMode;
         /// Sets how many times a failed LLM request, or a tool call safe to repeat, is sent again.
         max_retries: u32;
         /// Sets the wait before the first re-send, in milliseconds.

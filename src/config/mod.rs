@@ -32,7 +32,7 @@ pub use crate::logging::{LogFormat, LogLevel, init_logging};
 pub use crate::logging::{OtlpGuard, init_otlp};
 
 use crate::llm::{
-    LlmClient, LlmSettings, ModelRef, ModelRole, RateLimit, RetryPolicy, split_provider, unknown_provider,
+    LlmClient, LlmSettings, ModelRef, ModelRole, RateLimit, RetryPolicy, StreamMode, split_provider, unknown_provider,
 };
 use crate::{Error, Result};
 
@@ -156,6 +156,8 @@ pub struct Config {
     pub request_timeout_secs: u64,
     /// Overall time allowed for one LLM call including retries, in seconds (`PORTIA_LLM_DEADLINE_SECS`).
     pub llm_deadline_secs: u64,
+    /// When LLM replies are streamed to a run's subscribers (`PORTIA_LLM_STREAM`).
+    pub llm_stream: StreamMode,
     /// Timeout of one HTTP request in milliseconds (`PORTIA_REQUEST_TIMEOUT_MS`); when
     /// set it wins over `request_timeout_secs`.
     pub request_timeout_ms: Option<u64>,
@@ -259,6 +261,7 @@ impl Default for Config {
             max_parallel_steps: 4,
             request_timeout_secs: 60,
             llm_deadline_secs: 300,
+            llm_stream: StreamMode::Auto,
             request_timeout_ms: None,
             max_retries: DEFAULT_MAX_RETRIES,
             retry_backoff_ms: 500,
@@ -419,6 +422,7 @@ impl Config {
         set(&mut self.max_parallel_steps, vars.parse("PORTIA_MAX_PARALLEL_STEPS")?);
         set(&mut self.request_timeout_secs, vars.parse("PORTIA_REQUEST_TIMEOUT_SECS")?);
         set(&mut self.llm_deadline_secs, vars.parse("PORTIA_LLM_DEADLINE_SECS")?);
+        set(&mut self.llm_stream, vars.parse("PORTIA_LLM_STREAM")?);
         set(&mut self.max_retries, vars.parse("PORTIA_MAX_RETRIES")?);
         self.request_timeout_ms = vars.parse("PORTIA_REQUEST_TIMEOUT_MS")?.or(self.request_timeout_ms);
         set(&mut self.retry_backoff_ms, vars.parse("PORTIA_RETRY_BACKOFF_MS")?);
@@ -703,7 +707,8 @@ impl Config {
             .rate_limit(RateLimit { requests_per_minute: self.llm_rpm, tokens_per_minute: self.llm_tpm })
             .max_tokens(self.max_tokens)
             .request_timeout(self.request_timeout())
-            .retry(self.llm_retry_policy());
+            .retry(self.llm_retry_policy())
+            .stream(self.llm_stream);
         for role in [ModelRole::Planning, ModelRole::Execution, ModelRole::Summary] {
             if let Some(name) = self.model_name(role) {
                 settings = settings.model(role, name);

@@ -6,6 +6,8 @@
 //! objects). `max_tokens` is required and always sent from the config: a low
 //! default cuts off large tool inputs. The system prompt (or, without one, the
 //! last tool) carries a `cache_control` breakpoint, so the stable prefix is cached.
+//! Inside a streaming scope ([`Deltas`]) the reply is streamed (see
+//! [`anthropic_stream`](super::anthropic_stream)).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,9 +15,11 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Map, Value, json};
 
+use super::anthropic_stream::EventReader;
 use super::rate_limit::Limiters;
 use super::schema::{SentSchema, object_schema, portable};
-use super::transport::{Endpoint, secret_header};
+use super::stream::Deltas;
+use super::transport::{Endpoint, Reply, secret_header};
 use super::{
     LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, Message, OutputSchema, Role, ToolCall, ToolChoice,
     Usage,
@@ -64,7 +68,10 @@ impl AnthropicClient {
         let endpoint = self.endpoint(model)?;
         let reply_tool = request.output_schema.as_ref().map(ReplyTool::new);
         let body = request_body(model, max_tokens, request, reply_tool.as_ref()).map_err(|e| endpoint.not_sent(e))?;
-        let reply = endpoint.post(&body).await?;
+        let reply = match Deltas::current() {
+            Some(deltas) => streamed(&endpoint, body, &deltas).await?,
+            None => endpoint.post(&body).await?,
+        };
         let response = parse_reply(&reply.body, reply_tool.as_ref()).map_err(|e| endpoint.invalid(e))?;
         endpoint.log_success(&reply, response.usage);
         Ok(response)
@@ -89,6 +96,20 @@ impl AnthropicClient {
         }
         Ok(endpoint)
     }
+}
+
+/// Sends `body` as a streamed request, handing the text to `deltas` as it comes,
+/// and returns the reply an unstreamed request would have got (or got, from a
+/// server that answers whole).
+async fn streamed(endpoint: &Endpoint<'_>, mut body: Value, deltas: &Deltas) -> Result<Reply, LlmError> {
+    body["stream"] = json!(true);
+    deltas.begin_attempt();
+    let mut reader = EventReader::default();
+    let mut reply = endpoint.post_events(&body, |name, data| reader.read(name, data, deltas)).await?;
+    if reply.body.is_null() {
+        reply.body = reader.into_reply();
+    }
+    Ok(reply)
 }
 
 impl ReplyTool {

@@ -21,21 +21,26 @@
 //! ([`Config::llm_client`](crate::Config::llm_client) does so from the configuration):
 //! OpenAI Chat Completions (also used for Mistral, Groq, OpenRouter, Ollama and
 //! other compatible servers) and Anthropic Messages, each inside an [`Offline`] and
-//! a [`Retry`] layer.
+//! a [`Retry`] layer. Both stream a reply when the runner asks them to (see
+//! [`StreamMode`]): the pieces go to the run's subscribers, and the reply is the
+//! same [`LlmResponse`], usage included, as unstreamed.
 
 mod anthropic;
+mod anthropic_stream;
 mod caps;
 mod fallback;
 mod gemini;
 mod layer;
 mod offline;
 mod openai;
+mod openai_stream;
 mod provider;
 mod rate_limit;
 mod retry;
 mod router;
 mod schema;
 mod settings;
+mod stream;
 mod transport;
 
 pub use schema::{portability_problems, portable};
@@ -57,6 +62,8 @@ pub(crate) use provider::{split_provider, unknown_provider};
 pub use rate_limit::{RateLimit, RateLimits};
 pub use retry::{Retry, RetryPolicy};
 pub use settings::LlmSettings;
+pub use stream::StreamMode;
+pub(crate) use stream::{Delta, Deltas};
 pub(crate) use transport::retry_after;
 
 /// Who wrote a message.

@@ -9,6 +9,9 @@
 //! The [`Retry`](super::Retry) layer around this client retries the call as a
 //! whole: should the `json_object` request fail with a retryable error before the
 //! model is remembered, the retry asks with `json_schema` first again.
+//!
+//! Inside a streaming scope ([`Deltas`]) the request asks for a stream, with the
+//! usage in its last chunk (see [`openai_stream`](super::openai_stream)).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -18,9 +21,11 @@ use std::time::Duration;
 use reqwest::header::HeaderMap;
 use serde_json::{Map, Value, json};
 
+use super::openai_stream::ChunkReader;
 use super::rate_limit::Limiters;
 use super::schema::{SentSchema, portable};
-use super::transport::{Endpoint, secret_header};
+use super::stream::Deltas;
+use super::transport::{Endpoint, Reply, secret_header};
 use super::{LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, Message, Role, ToolCall, ToolChoice, Usage};
 use crate::secret::Secret;
 
@@ -172,7 +177,10 @@ impl OpenAiClient {
         let cap = (self.token_cap_field(), max_tokens);
         let body =
             request_body(endpoint.model, request, format, wanted.as_ref(), cap).map_err(|e| endpoint.not_sent(e))?;
-        let reply = endpoint.post(&body).await?;
+        let reply = match Deltas::current() {
+            Some(deltas) => streamed(endpoint, body, &deltas).await?,
+            None => endpoint.post(&body).await?,
+        };
         let mut response = parse_reply(&reply.body).map_err(|e| endpoint.invalid(e))?;
         if let Some((_, sent)) = &wanted {
             response.text = response.text.map(|text| sent.unwrap_text(text));
@@ -180,6 +188,21 @@ impl OpenAiClient {
         endpoint.log_success(&reply, response.usage);
         Ok(response)
     }
+}
+
+/// Sends `body` as a streamed request, handing the text to `deltas` as it comes,
+/// and returns the reply an unstreamed request would have got (or got, from a
+/// server that answers whole).
+async fn streamed(endpoint: &Endpoint<'_>, mut body: Value, deltas: &Deltas) -> Result<Reply, LlmError> {
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    deltas.begin_attempt();
+    let mut reader = ChunkReader::default();
+    let mut reply = endpoint.post_events(&body, |_, data| reader.read(data, deltas)).await?;
+    if reply.body.is_null() {
+        reply.body = reader.into_reply();
+    }
+    Ok(reply)
 }
 
 /// A 400 or 422 to a request carrying a response format. Servers word their

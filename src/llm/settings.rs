@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::{LlmError, LlmProvider, LlmRequest, ModelRef, ModelRole, RateLimit, RetryPolicy, split_provider};
+use super::{
+    LlmError, LlmProvider, LlmRequest, ModelRef, ModelRole, RateLimit, RetryPolicy, StreamMode, split_provider,
+};
 use crate::secret::Secret;
 
 /// What the LLM clients need to know: which provider serves a model name, each
@@ -40,6 +42,7 @@ pub struct LlmSettings {
     context_tokens: Option<u32>,
     azure_api_version: String,
     azure_bearer: bool,
+    stream: StreamMode,
 }
 
 /// The Azure OpenAI API version sent unless another is set: the latest GA one.
@@ -65,7 +68,21 @@ impl LlmSettings {
             context_tokens: None,
             azure_api_version: AZURE_API_VERSION.to_owned(),
             azure_bearer: false,
+            stream: StreamMode::Auto,
         }
+    }
+
+    /// When a run's text replies are streamed to its subscribers (default
+    /// [`StreamMode::Auto`]: while someone subscribes).
+    #[must_use]
+    pub fn stream(mut self, mode: StreamMode) -> Self {
+        self.stream = mode;
+        self
+    }
+
+    /// When a run's text replies are streamed.
+    pub fn stream_mode(&self) -> StreamMode {
+        self.stream
     }
 
     /// The `api-version` sent to Azure OpenAI (default `2024-10-21`).

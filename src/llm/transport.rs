@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
@@ -30,6 +31,15 @@ pub(crate) struct Endpoint<'a> {
     pub(crate) timeout: Duration,
     /// The model's client-side rate limiter, told what the provider's headers say.
     pub(crate) limiter: Option<std::sync::Arc<super::rate_limit::ModelLimiter>>,
+}
+
+/// Whether a streamed reply goes on after an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flow {
+    /// More events are to come.
+    More,
+    /// The reply is complete.
+    Done,
 }
 
 /// A successful exchange: the parsed body and how long it took.
@@ -66,20 +76,81 @@ impl Endpoint<'_> {
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = response.bytes().await.map_err(|e| self.transport_error(&e))?;
-        if let Some(limiter) = &self.limiter {
-            let asked =
-                (status.as_u16() == 429).then(|| retry_after(&headers).or_else(|| retry_delay(&bytes))).flatten();
-            limiter.observe(asked, &headers);
-        }
+        self.observe_limits(status.as_u16(), &headers, &bytes);
         let latency = started.elapsed();
         if !status.is_success() {
             tracing::debug!(provider = %self.provider, model = self.model, status = status.as_u16(), latency_ms = millis(latency), "LLM call failed");
             return Err(self.http_error(status.as_u16(), &headers, &bytes));
         }
-        let body = serde_json::from_slice(&bytes).map_err(|e| {
-            self.invalid(format!("the body is not valid JSON ({e}); it starts with: {}", excerpt(&bytes)))
-        })?;
+        let body = self.json(&bytes)?;
         Ok(Reply { body, status: status.as_u16(), latency })
+    }
+
+    /// Posts `body`, which asks for a streamed reply, once, and hands each
+    /// server-sent event (its name, if it has one, and its data) to `on_event` until
+    /// that says the reply is complete; the reply's body is then `null`, for the
+    /// caller to fill in from what it read. A stream that breaks or ends before then
+    /// is a [`LlmError::Connection`], which the [`Retry`](super::Retry) layer
+    /// retries. A server that answers with plain JSON instead gets it read as
+    /// [`post`](Self::post) would, into the reply's body.
+    pub(crate) async fn post_events(
+        &self,
+        body: &Value,
+        mut on_event: impl FnMut(Option<&str>, &str) -> Result<Flow, String>,
+    ) -> Result<Reply, LlmError> {
+        let started = Instant::now();
+        let sent = self.http.post(&self.url).headers(self.headers.clone()).json(body).send().await;
+        let response = sent.map_err(|e| self.transport_error(&e))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        if !status.is_success() {
+            let bytes = response.bytes().await.map_err(|e| self.transport_error(&e))?;
+            self.observe_limits(status.as_u16(), &headers, &bytes);
+            return Err(self.http_error(status.as_u16(), &headers, &bytes));
+        }
+        if !is_event_stream(&headers) {
+            // A compatible server that ignores `stream: true` answers whole.
+            let bytes = response.bytes().await.map_err(|e| self.transport_error(&e))?;
+            self.observe_limits(status.as_u16(), &headers, &bytes);
+            let body = self.json(&bytes)?;
+            return Ok(Reply { body, status: status.as_u16(), latency: started.elapsed() });
+        }
+        self.observe_limits(status.as_u16(), &headers, &[]);
+        let chunks = futures_util::stream::unfold(response, |mut response| async move {
+            let chunk = response.chunk().await.transpose()?;
+            Some((chunk, response))
+        });
+        let mut events = std::pin::pin!(sse_stream::SseStream::from_bytes_stream(chunks));
+        while let Some(event) = events.next().await {
+            let event = event.map_err(|e| self.broken(&e.to_string()))?;
+            let Some(data) = event.data.as_deref() else { continue };
+            if on_event(event.event.as_deref(), data).map_err(|e| self.invalid(e))? == Flow::Done {
+                return Ok(Reply { body: Value::Null, status: status.as_u16(), latency: started.elapsed() });
+            }
+        }
+        Err(self.broken("the reply stream ended before the reply was complete"))
+    }
+
+    fn json(&self, bytes: &[u8]) -> Result<Value, LlmError> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| self.invalid(format!("the body is not valid JSON ({e}); it starts with: {}", excerpt(bytes))))
+    }
+
+    fn broken(&self, message: &str) -> LlmError {
+        LlmError::Connection {
+            provider: self.provider_name(),
+            model: self.model.to_owned(),
+            message: self.redact(&format!("the reply stream broke: {message}")),
+        }
+    }
+
+    /// Tells the model's rate limiter what the provider's headers (and, for a 429,
+    /// its body) say.
+    fn observe_limits(&self, status: u16, headers: &HeaderMap, body: &[u8]) {
+        if let Some(limiter) = &self.limiter {
+            let asked = (status == 429).then(|| retry_after(headers).or_else(|| retry_delay(body))).flatten();
+            limiter.observe(asked, headers);
+        }
     }
 
     /// The one DEBUG line per successful call: who, how fast, how much. Never a body.
@@ -128,6 +199,12 @@ impl Endpoint<'_> {
             _ => text.to_owned(),
         }
     }
+}
+
+/// Whether a reply is a stream of Server-Sent Events.
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    let content_type = headers.get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    content_type.is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
 }
 
 /// A header that carries a secret: marked sensitive so `Debug` output hides it.

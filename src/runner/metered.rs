@@ -5,7 +5,12 @@
 //! new call. The layer sits outside any [`Retry`](crate::llm::Retry): a call is
 //! checked once and journaled once, for the attempt that answered (failed attempts
 //! return no usage to count).
+//!
+//! It also decides whether a call streams (see [`StreamMode`](crate::llm::StreamMode)),
+//! and turns the pieces into events for subscribers only: the store keeps the
+//! finished reply, as it does for an unstreamed one.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -16,7 +21,7 @@ use super::Runner;
 use super::calls::{Stop, StopSignal, describe_stop};
 use crate::config::Config;
 use crate::events::{EventKind, RunEvents};
-use crate::llm::{LlmClient, LlmError, LlmLayer, LlmRequest, LlmResponse, LlmSettings};
+use crate::llm::{Delta, Deltas, LlmClient, LlmError, LlmLayer, LlmRequest, LlmResponse, LlmSettings};
 use crate::storage::{Lease, Storage, UsageRecord};
 use crate::workflow::WorkflowUsage;
 
@@ -30,6 +35,8 @@ pub(super) struct Meter {
     lease: Lease,
     signal: StopSignal,
     events: RunEvents,
+    /// How many calls this run has made, to number streamed ones.
+    calls: Arc<AtomicU64>,
     tally: Arc<Mutex<WorkflowUsage>>,
     /// When this run started (on tokio's clock, which tests can move), and how long
     /// earlier runs ran.
@@ -53,6 +60,7 @@ impl Meter {
             lease,
             signal,
             events,
+            calls: Arc::default(),
             tally: Arc::new(Mutex::new(start)),
             started: Instant::now(),
             ran_before,
@@ -90,6 +98,28 @@ impl Meter {
             }
             None => false,
         }
+    }
+
+    /// Whether `request` streams: a text reply (a structured one is JSON for the
+    /// SDK, not words for a person) when the stream mode and the subscribers say so.
+    fn streams(&self, request: &LlmRequest) -> bool {
+        request.output_schema.is_none() && self.models.stream_mode().streams(self.events.watched())
+    }
+
+    /// Where the pieces of the next call go: out to subscribers as events, never
+    /// into the store.
+    fn deltas(&self, step_output: Option<&str>) -> Deltas {
+        let call = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
+        let (events, workflow_id, step_output) =
+            (self.events.clone(), self.lease.workflow_id, step_output.map(str::to_owned));
+        Deltas::new(move |delta| {
+            let step_output = step_output.clone();
+            let kind = match delta {
+                Delta::Text(text) => EventKind::LlmTextDelta { step_output, call, text },
+                Delta::Restarted => EventKind::LlmStreamRestarted { step_output, call },
+            };
+            events.announce_only(workflow_id, kind);
+        })
     }
 
     async fn record(&self, step_output: Option<&str>, model: String, response: &LlmResponse, took: Duration) {
@@ -155,7 +185,13 @@ impl LlmClient for MeteredLlm {
             gen_ai.usage.output_tokens = tracing::field::Empty,
         );
         let started = Instant::now();
-        let response = self.inner.chat(request).instrument(span.clone()).await?;
+        let call = if self.meter.streams(&request) {
+            let deltas = self.meter.deltas(self.step_output.as_deref());
+            deltas.scope(self.inner.chat(request).instrument(span.clone())).await
+        } else {
+            self.inner.chat(request).instrument(span.clone()).await
+        };
+        let response = call?;
         span.record("gen_ai.usage.input_tokens", response.usage.prompt_tokens);
         span.record("gen_ai.usage.output_tokens", response.usage.completion_tokens);
         // A fallback model may have served the call: it is the one named and priced.

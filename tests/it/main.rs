@@ -56,6 +56,7 @@ mod llm_layers;
 mod llm_openai;
 mod llm_rate_limit;
 mod llm_retry;
+mod llm_stream;
 #[cfg(feature = "mcp")]
 mod mcp_server;
 #[cfg(feature = "mcp")]

@@ -1,9 +1,12 @@
 //! The live view on stderr: a spinner while planning, then a line per step with
 //! its tool, elapsed time and tokens, from the run's event stream. Shown only when
-//! stderr is a terminal; otherwise the run goes on silently.
+//! stderr is a terminal; otherwise the run goes on silently. Watching the run
+//! makes its text replies stream (`PORTIA_LLM_STREAM=auto`): a step's spinner
+//! shows the end of its reply as it comes, and the final answer is printed as it
+//! is written.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -148,11 +151,25 @@ struct View<'a> {
     bars: MultiProgress,
     steps: HashMap<usize, ProgressBar>,
     tokens: HashMap<String, u64>,
+    /// The text each step's reply has streamed so far, by step output.
+    streamed: HashMap<String, String>,
+    /// Whether the final answer is being printed as it streams.
+    answering: bool,
 }
+
+/// How much of a streaming reply a step's line shows: its end.
+const TAIL_CHARS: usize = 48;
 
 impl<'a> View<'a> {
     fn new(plan: &'a Plan) -> Self {
-        Self { plan, bars: MultiProgress::new(), steps: HashMap::new(), tokens: HashMap::new() }
+        Self {
+            plan,
+            bars: MultiProgress::new(),
+            steps: HashMap::new(),
+            tokens: HashMap::new(),
+            streamed: HashMap::new(),
+            answering: false,
+        }
     }
 
     /// Shows `kind`; returns a question a tool asks while its step runs.
@@ -165,7 +182,16 @@ impl<'a> View<'a> {
                 bar.enable_steady_tick(TICK);
                 self.steps.insert(*step, bar);
             }
+            EventKind::LlmTextDelta { step_output: Some(output), text, .. } => self.step_text(output, text),
+            EventKind::LlmTextDelta { step_output: None, text, .. } => self.answer_text(text),
+            EventKind::LlmStreamRestarted { step_output: Some(output), .. } => {
+                self.streamed.remove(output);
+            }
+            EventKind::LlmStreamRestarted { step_output: None, .. } => self.end_answer(" (interrupted; starting over)"),
             EventKind::LlmCallFinished { step_output, usage, .. } => {
+                if step_output.is_none() {
+                    self.end_answer("");
+                }
                 let key = step_output.clone().unwrap_or_default();
                 *self.tokens.entry(key).or_default() += usage.prompt_tokens + usage.completion_tokens;
             }
@@ -186,6 +212,35 @@ impl<'a> View<'a> {
             _ => {}
         }
         None
+    }
+
+    /// Shows the end of a step's reply so far on its line.
+    fn step_text(&mut self, output: &str, text: &str) {
+        let so_far = self.streamed.entry(output.to_owned()).or_default();
+        so_far.push_str(text);
+        let Some(step) = self.plan.steps.iter().position(|s| s.output == output) else { return };
+        let Some(bar) = self.steps.get(&step) else { return };
+        let flat = so_far.replace(['\n', '\r'], " ");
+        let skip = flat.chars().count().saturating_sub(TAIL_CHARS);
+        bar.set_message(format!("llm · …{}", flat.chars().skip(skip).collect::<String>()));
+    }
+
+    /// Prints more of the final answer (the run's own call, once the steps are done).
+    fn answer_text(&mut self, text: &str) {
+        let mut stderr = std::io::stderr().lock();
+        if !self.answering {
+            self.answering = true;
+            let _ = write!(stderr, "answer: ");
+        }
+        let _ = write!(stderr, "{text}");
+        let _ = stderr.flush();
+    }
+
+    /// Ends the answer's line, with `note` when it was cut short.
+    fn end_answer(&mut self, note: &str) {
+        if std::mem::take(&mut self.answering) {
+            eprintln!("{note}");
+        }
     }
 
     fn label(&self, step: usize) -> String {

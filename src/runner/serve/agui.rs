@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::{Value, json};
 
 use crate::clarification::{Clarification, ClarificationKind};
-use crate::events::{EventKind, StoredEvent};
+use crate::events::{EventKind, StoredEvent, WorkflowEvent};
 use crate::ids::ClarificationId;
 use crate::workflow::{FailureKind, Workflow, WorkflowState};
 
@@ -27,6 +27,17 @@ pub(super) struct Translator {
     seq: u64,
     /// Tokens spent by model in the open run.
     usage: BTreeMap<String, (u64, u64)>,
+    /// Streamed replies whose text message is open, by call number.
+    streaming: BTreeMap<u64, OpenMessage>,
+    /// How many text messages streamed replies have opened, to name each anew.
+    messages: u64,
+}
+
+/// The text message a streamed reply's pieces go to.
+#[derive(Debug)]
+struct OpenMessage {
+    id: String,
+    step_output: Option<String>,
 }
 
 impl Translator {
@@ -39,6 +50,8 @@ impl Translator {
             step_names: HashMap::new(),
             open_questions: BTreeMap::new(),
             usage: BTreeMap::new(),
+            streaming: BTreeMap::new(),
+            messages: 0,
         }
     }
 
@@ -82,7 +95,8 @@ impl Translator {
                                 "toolCallId": call.to_string(), "content": content, "role": "tool"}));
             }
             EventKind::ToolProgress { .. } => custom(&mut out, "portia.tool_progress", stored),
-            EventKind::LlmCallFinished { model, usage, .. } => {
+            EventKind::LlmCallFinished { model, usage, step_output, .. } => {
+                self.end_messages(Some(step_output), &mut out);
                 let spent = self.usage.entry(model.clone()).or_default();
                 spent.0 += usage.prompt_tokens;
                 spent.1 += usage.completion_tokens;
@@ -108,6 +122,63 @@ impl Translator {
             event["rawEvent"] = raw.clone();
         }
         out
+    }
+
+    /// The AG-UI events of an event announced and never stored (see
+    /// [`EventKind::is_live_only`]): a streamed reply's text as
+    /// `TEXT_MESSAGE_START`/`CONTENT`, ended by its [`EventKind::LlmCallFinished`]
+    /// or the run's end. A restart ends the message and says so in a `CUSTOM`
+    /// event, so a client can drop its text; the next attempt opens a new one.
+    pub(super) fn live(&mut self, event: &WorkflowEvent) -> Vec<Value> {
+        let mut out = Vec::new();
+        match &event.kind {
+            EventKind::LlmTextDelta { step_output, call, text } => {
+                let id = self.message_for(*call, step_output, &mut out);
+                out.push(json!({"type": "TEXT_MESSAGE_CONTENT", "messageId": id, "delta": text}));
+            }
+            EventKind::LlmStreamRestarted { call, .. } => {
+                if let Some(message) = self.streaming.remove(call) {
+                    out.push(json!({"type": "TEXT_MESSAGE_END", "messageId": message.id}));
+                    out.push(json!({"type": "CUSTOM", "name": "portia.stream_restarted",
+                                    "value": {"messageId": message.id}}));
+                }
+            }
+            _ => {}
+        }
+        let raw = serde_json::to_value(event).unwrap_or(Value::Null);
+        for out in &mut out {
+            out["timestamp"] = json!(event.at.timestamp_millis());
+            out["rawEvent"] = raw.clone();
+        }
+        out
+    }
+
+    /// The id of the text message open for streamed call `call`, opened now if none is.
+    fn message_for(&mut self, call: u64, step_output: &Option<String>, out: &mut Vec<Value>) -> String {
+        if let Some(message) = self.streaming.get(&call) {
+            return message.id.clone();
+        }
+        self.open_run(out);
+        self.messages += 1;
+        let id = format!("{}:text-{}", self.run_id.as_deref().unwrap_or(&self.thread_id), self.messages);
+        out.push(json!({"type": "TEXT_MESSAGE_START", "messageId": id, "role": "assistant"}));
+        self.streaming.insert(call, OpenMessage { id: id.clone(), step_output: step_output.clone() });
+        id
+    }
+
+    /// Ends the streamed messages of `step_output`'s calls, or all with `None`.
+    fn end_messages(&mut self, step_output: Option<&Option<String>>, out: &mut Vec<Value>) {
+        let ended: Vec<u64> = self
+            .streaming
+            .iter()
+            .filter(|(_, m)| step_output.is_none_or(|s| *s == m.step_output))
+            .map(|(call, _)| *call)
+            .collect();
+        for call in ended {
+            if let Some(message) = self.streaming.remove(&call) {
+                out.push(json!({"type": "TEXT_MESSAGE_END", "messageId": message.id}));
+            }
+        }
     }
 
     /// Whether a run is open: events after a rest and before the next run are
@@ -139,6 +210,7 @@ impl Translator {
                             .and_then(|f| serde_json::to_value(f.kind).ok())
                             .and_then(|k| k.as_str().map(str::to_owned))
                             .unwrap_or_else(|| "FAILED".to_owned());
+                        self.end_messages(None, out);
                         out.push(json!({"type": "RUN_ERROR", "message": message, "code": code, "usage": self.usage()}));
                         self.close_run();
                     }
@@ -168,11 +240,13 @@ impl Translator {
     }
 
     fn close_run(&mut self) {
+        self.streaming.clear();
         self.run_id = None;
         self.usage.clear();
     }
 
     fn finish(&mut self, out: &mut Vec<Value>, outcome: Value, result: Option<Value>) {
+        self.end_messages(None, out);
         let mut event = json!({"type": "RUN_FINISHED", "threadId": self.thread_id,
                                "runId": self.run_id.clone().unwrap_or_default(),
                                "outcome": outcome, "usage": self.usage()});
@@ -183,7 +257,8 @@ impl Translator {
         self.close_run();
     }
 
-    /// The final answer as one text message (one chunk until answers stream).
+    /// The final answer as one text message: the store keeps no pieces, so a
+    /// stream read from history gets it in one chunk.
     fn answer(&self, workflow: &Workflow, out: &mut Vec<Value>) {
         let Some(output) = &workflow.outputs().final_output else { return };
         let text = match (&output.summary, &output.value) {
@@ -236,4 +311,40 @@ fn interrupt(clarification: &Clarification) -> Value {
         value["toolCallId"] = json!(call.to_string());
     }
     value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::WorkflowId;
+
+    #[test]
+    fn a_restart_ends_the_streamed_message_and_the_next_attempt_opens_a_new_one() {
+        let workflow_id = WorkflowId::new();
+        let mut translator = Translator::new(workflow_id.to_string());
+        let live = |kind| WorkflowEvent::new(workflow_id, kind);
+        let delta = |text: &str| EventKind::LlmTextDelta { step_output: None, call: 1, text: text.into() };
+        let mut out = translator.live(&live(delta("Hel")));
+        out.extend(translator.live(&live(EventKind::LlmStreamRestarted { step_output: None, call: 1 })));
+        out.extend(translator.live(&live(delta("Hello"))));
+
+        let shape: Vec<(&str, &str)> = out
+            .iter()
+            .map(|e| (e["type"].as_str().unwrap(), e["delta"].as_str().or(e["name"].as_str()).unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                ("RUN_STARTED", ""),
+                ("TEXT_MESSAGE_START", ""),
+                ("TEXT_MESSAGE_CONTENT", "Hel"),
+                ("TEXT_MESSAGE_END", ""),
+                ("CUSTOM", "portia.stream_restarted"),
+                ("TEXT_MESSAGE_START", ""),
+                ("TEXT_MESSAGE_CONTENT", "Hello"),
+            ]
+        );
+        assert_eq!(out[4]["value"]["messageId"], out[1]["messageId"], "the restart names the message to drop");
+        assert_ne!(out[5]["messageId"], out[1]["messageId"], "the new attempt is a new message");
+    }
 }

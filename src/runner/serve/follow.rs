@@ -193,6 +193,19 @@ struct Follow {
     done: bool,
     /// Events of runs in this process, heard at once; `None` once that stream ended.
     local: Option<EventStream>,
+    /// Whether the store may hold events not read yet. A streamed reply's pieces,
+    /// heard live, go out at once and leave the store unread.
+    stale: bool,
+}
+
+/// What woke a stream waiting for events.
+enum Woken {
+    /// A piece of a streamed reply, announced and never stored.
+    Live(Box<crate::events::WorkflowEvent>),
+    /// Something that may have been stored.
+    Store,
+    /// The runner's announcements ended.
+    LocalEnded,
 }
 
 impl Follow {
@@ -228,6 +241,7 @@ impl Follow {
             run_ended,
             done: false,
             local,
+            stale: true,
         })
     }
 
@@ -239,7 +253,9 @@ impl Follow {
             if self.done || *self.state.stopping.borrow() {
                 return None;
             }
-            if let Err(e) = self.read().await {
+            if std::mem::take(&mut self.stale)
+                && let Err(e) = self.read().await
+            {
                 tracing::debug!(workflow = %self.id, error = %e, "event stream ended");
                 return None;
             }
@@ -279,22 +295,36 @@ impl Follow {
         let storage = self.state.runner.storage().clone();
         let stored = storage.wait_for_events(self.id, self.seen, RECHECK);
         let mut stopping = self.state.stopping.clone();
-        let local_ended = match &mut self.local {
+        let woken = match &mut self.local {
             Some(local) => tokio::select! {
-                announced = local.next() => announced.is_none(),
-                _ = stored => false,
-                _ = stopping.changed() => false,
+                announced = local.next() => match announced {
+                    Some(Ok(event)) if event.kind.is_live_only() => Woken::Live(Box::new(event)),
+                    Some(_) => Woken::Store,
+                    None => Woken::LocalEnded,
+                },
+                _ = stored => Woken::Store,
+                _ = stopping.changed() => Woken::Store,
             },
             None => {
                 tokio::select! {
                     _ = stored => {}
                     _ = stopping.changed() => {}
                 }
-                false
+                Woken::Store
             }
         };
-        if local_ended {
-            self.local = None;
+        match woken {
+            // Live pieces carry no id: a stream resumed later starts from the store,
+            // which holds the finished reply.
+            Woken::Live(event) => {
+                let events = self.translator.live(&event);
+                self.ready.extend(events.into_iter().map(|e| Event::default().data(e.to_string())));
+            }
+            Woken::Store => self.stale = true,
+            Woken::LocalEnded => {
+                self.local = None;
+                self.stale = true;
+            }
         }
     }
 }

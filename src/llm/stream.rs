@@ -1,0 +1,142 @@
+//! Token streaming: whether a call streams, and where its pieces go.
+//!
+//! A streamed reply is assembled into the same [`LlmResponse`](super::LlmResponse)
+//! as an unstreamed one (text, tool calls, exact usage), so nothing above the
+//! provider changes. Whoever wants the pieces as they come (the runner, for its
+//! subscribers) runs the call inside [`Deltas::scope`]; the built-in providers
+//! stream exactly when such a scope is around them, and otherwise send the plain
+//! request. The scope travels with the task rather than through every layer, so
+//! [`Retry`](super::Retry), [`Fallback`](super::Fallback), rate limits and a
+//! client's own layers pass it on untouched.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::macros::config_enum;
+
+config_enum!(
+    /// When LLM replies are streamed, chosen by `PORTIA_LLM_STREAM`.
+    ///
+    /// Streaming changes what a subscriber sees, not what a run does: the reply is
+    /// assembled whole either way. Structured replies (plans, argument checks) are
+    /// never streamed, as their JSON is nothing to show a person.
+    #[derive(Default)]
+    StreamMode {
+        /// Stream text replies while anyone subscribes to the runner's events
+        /// ([`Runner::subscribe`](crate::Runner::subscribe), a `portia serve` event
+        /// stream, `portia run` on a terminal). The default: a watcher sees the
+        /// answer come in, and an unwatched runner sends the plain request as before.
+        #[default]
+        Auto => ["auto", "when-watched"],
+        /// Stream every text reply, watched or not.
+        On => ["on", "always", "true", "1"],
+        /// Never stream.
+        Off => ["off", "never", "false", "0"],
+    }
+);
+
+impl StreamMode {
+    /// Whether a call streams under this mode, given whether anyone is watching.
+    pub(crate) fn streams(self, watched: bool) -> bool {
+        match self {
+            Self::Auto => watched,
+            Self::On => true,
+            Self::Off => false,
+        }
+    }
+}
+
+/// A piece of a streamed reply, as a provider hands it on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Delta {
+    /// More of the reply's text.
+    Text(String),
+    /// An attempt that had sent text failed and the call starts over: the text
+    /// sent so far is void.
+    Restarted,
+}
+
+tokio::task_local! {
+    static DELTAS: Deltas;
+}
+
+/// Where the pieces of the calls made inside [`Deltas::scope`] go.
+#[derive(Clone)]
+pub(crate) struct Deltas {
+    send: Arc<dyn Fn(Delta) + Send + Sync>,
+    /// Whether the current attempt has sent any text (so a new attempt voids it).
+    sent: Arc<AtomicBool>,
+}
+
+impl fmt::Debug for Deltas {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Deltas").field("sent", &self.sent.load(Ordering::Relaxed)).finish_non_exhaustive()
+    }
+}
+
+impl Deltas {
+    /// Pieces handed to `send`.
+    pub(crate) fn new(send: impl Fn(Delta) + Send + Sync + 'static) -> Self {
+        Self { send: Arc::new(send), sent: Arc::default() }
+    }
+
+    /// Runs `call` with its replies streamed to these deltas.
+    pub(crate) async fn scope<F: Future>(self, call: F) -> F::Output {
+        DELTAS.scope(self, call).await
+    }
+
+    /// The deltas of the scope this task runs in, if it streams.
+    pub(crate) fn current() -> Option<Self> {
+        DELTAS.try_with(Clone::clone).ok()
+    }
+
+    /// A provider starts an attempt: if an earlier one had sent text, subscribers
+    /// are told to drop it.
+    pub(crate) fn begin_attempt(&self) {
+        if self.sent.swap(false, Ordering::Relaxed) {
+            (self.send)(Delta::Restarted);
+        }
+    }
+
+    /// More text of the reply.
+    pub(crate) fn text(&self, text: &str) {
+        if !text.is_empty() {
+            self.sent.store(true, Ordering::Relaxed);
+            (self.send)(Delta::Text(text.to_owned()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_new_attempt_after_text_is_a_restart_and_only_then() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        let deltas = Deltas::new(move |d| sink.lock().unwrap().push(d));
+        deltas
+            .scope(async {
+                let deltas = Deltas::current().unwrap();
+                deltas.begin_attempt();
+                deltas.begin_attempt();
+                deltas.text("Hel");
+                deltas.begin_attempt();
+                deltas.text("Hello");
+            })
+            .await;
+        assert_eq!(*seen.lock().unwrap(), [Delta::Text("Hel".into()), Delta::Restarted, Delta::Text("Hello".into())]);
+        assert!(Deltas::current().is_none(), "outside the scope nothing streams");
+    }
+
+    #[test]
+    fn auto_streams_only_when_watched() {
+        assert!(StreamMode::default().streams(true) && !StreamMode::default().streams(false));
+        assert!(StreamMode::On.streams(false) && !StreamMode::Off.streams(true));
+        assert_eq!("always".parse::<StreamMode>(), Ok(StreamMode::On));
+    }
+}

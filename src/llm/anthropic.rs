@@ -10,32 +10,26 @@
 //! [`anthropic_stream`](super::anthropic_stream)).
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::header::HeaderValue;
 use serde_json::{Map, Value, json};
 
 use super::anthropic_stream::EventReader;
 use super::rate_limit::Limiters;
 use super::schema::{SentSchema, object_schema, portable};
 use super::stream::Deltas;
-use super::transport::{Endpoint, Reply, secret_header};
+use super::transport::{Account, Endpoint, Reply, secret_header};
 use super::{
     LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, Message, OutputSchema, Role, ToolCall, ToolChoice,
     Usage,
 };
-use crate::secret::Secret;
 
 const API_VERSION: &str = "2023-06-01";
 
 /// A client for Anthropic's Messages API.
 #[derive(Debug)]
 pub(crate) struct AnthropicClient {
-    http: reqwest::Client,
-    base_url: String,
-    key: Option<Secret>,
-    timeout: Duration,
-    limiters: Arc<Limiters>,
+    account: Account,
 }
 
 /// The forced tool that carries a structured reply.
@@ -48,13 +42,7 @@ struct ReplyTool {
 impl AnthropicClient {
     /// A client at the configured Anthropic base URL, sharing `http`'s connection pool.
     pub(crate) fn new(http: reqwest::Client, settings: &LlmSettings, limiters: Arc<Limiters>) -> Self {
-        Self {
-            http,
-            base_url: settings.url(LlmProvider::Anthropic),
-            key: settings.key(LlmProvider::Anthropic),
-            timeout: settings.timeout(),
-            limiters,
-        }
+        Self { account: Account::new(http, settings, LlmProvider::Anthropic, limiters) }
     }
 
     /// Sends `request` to `model` with a reply of at most `max_tokens`, once: the
@@ -78,19 +66,10 @@ impl AnthropicClient {
     }
 
     fn endpoint<'a>(&'a self, model: &'a str) -> Result<Endpoint<'a>, LlmError> {
-        let mut endpoint = Endpoint {
-            http: &self.http,
-            provider: LlmProvider::Anthropic,
-            model,
-            url: format!("{}/v1/messages", self.base_url),
-            headers: HeaderMap::new(),
-            key: self.key.as_ref(),
-            key_var: LlmProvider::Anthropic.api_key_var(),
-            timeout: self.timeout,
-            limiter: Some(self.limiters.for_model(LlmProvider::Anthropic, model)),
-        };
+        let url = format!("{}/v1/messages", self.account.base_url);
+        let mut endpoint = self.account.endpoint(LlmProvider::Anthropic, model, url);
         endpoint.headers.insert("anthropic-version", HeaderValue::from_static(API_VERSION));
-        if let Some(key) = &self.key {
+        if let Some(key) = &self.account.key {
             let (name, value) = secret_header("x-api-key", key.expose()).map_err(|e| endpoint.not_sent(e))?;
             endpoint.headers.insert(name, value);
         }

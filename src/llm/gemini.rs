@@ -9,37 +9,24 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use reqwest::header::HeaderMap;
 use serde_json::{Map, Value, json};
 
 use super::rate_limit::Limiters;
 use super::schema::{object_schema, portable};
-use super::transport::{Endpoint, secret_header};
+use super::transport::{Account, Endpoint, secret_header};
 use super::{LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, Message, Role, ToolCall, ToolChoice, Usage};
-use crate::secret::Secret;
 
 /// A client for the Gemini API.
 #[derive(Debug)]
 pub(crate) struct GeminiClient {
-    http: reqwest::Client,
-    base_url: String,
-    key: Option<Secret>,
-    timeout: Duration,
-    limiters: Arc<Limiters>,
+    account: Account,
 }
 
 impl GeminiClient {
     /// A client at the configured Gemini base URL, sharing `http`'s connection pool.
     pub(crate) fn new(http: reqwest::Client, settings: &LlmSettings, limiters: Arc<Limiters>) -> Self {
-        Self {
-            http,
-            base_url: settings.url(LlmProvider::Gemini),
-            key: settings.key(LlmProvider::Gemini),
-            timeout: settings.timeout(),
-            limiters,
-        }
+        Self { account: Account::new(http, settings, LlmProvider::Gemini, limiters) }
     }
 
     /// Sends `request` to `model` with a reply of at most `max_tokens`, once: the
@@ -59,21 +46,12 @@ impl GeminiClient {
     }
 
     fn endpoint<'a>(&'a self, model: &'a str) -> Result<Endpoint<'a>, LlmError> {
-        let mut endpoint = Endpoint {
-            http: &self.http,
-            provider: LlmProvider::Gemini,
-            model,
-            url: format!("{}/v1beta/models/{model}:generateContent", self.base_url),
-            headers: HeaderMap::new(),
-            key: self.key.as_ref(),
-            key_var: LlmProvider::Gemini.api_key_var(),
-            timeout: self.timeout,
-            limiter: Some(self.limiters.for_model(LlmProvider::Gemini, model)),
-        };
+        let url = format!("{}/v1beta/models/{model}:generateContent", self.account.base_url);
+        let mut endpoint = self.account.endpoint(LlmProvider::Gemini, model, url);
         if model.contains(['/', '?', '#', ':']) {
             return Err(endpoint.not_sent(format!("{model:?} is not a Gemini model name (such as gemini-2.5-flash)")));
         }
-        if let Some(key) = &self.key {
+        if let Some(key) = &self.account.key {
             let (name, value) = secret_header("x-goog-api-key", key.expose()).map_err(|e| endpoint.not_sent(e))?;
             endpoint.headers.insert(name, value);
         }

@@ -16,28 +16,21 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
 
-use reqwest::header::HeaderMap;
 use serde_json::{Map, Value, json};
 
 use super::openai_stream::ChunkReader;
 use super::rate_limit::Limiters;
 use super::schema::{SentSchema, portable};
 use super::stream::Deltas;
-use super::transport::{Endpoint, Reply, secret_header};
+use super::transport::{Account, Endpoint, Reply, secret_header};
 use super::{LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, Message, Role, ToolCall, ToolChoice, Usage};
-use crate::secret::Secret;
 
 /// A client for one OpenAI-protocol provider.
 #[derive(Debug)]
 pub(crate) struct OpenAiClient {
-    http: reqwest::Client,
+    account: Account,
     provider: LlmProvider,
-    base_url: String,
-    key: Option<Secret>,
-    timeout: Duration,
-    limiters: Arc<Limiters>,
     /// For Azure OpenAI: the `api-version`, and whether the key is an Entra token.
     azure: Option<(String, bool)>,
     /// Models whose server refused `json_schema`: they get `json_object` from now on.
@@ -64,12 +57,8 @@ impl OpenAiClient {
         provider: LlmProvider,
     ) -> Self {
         Self {
-            http,
+            account: Account::new(http, settings, provider, limiters),
             provider,
-            base_url: settings.url(provider),
-            key: settings.key(provider),
-            timeout: settings.timeout(),
-            limiters,
             azure: (provider == LlmProvider::AzureOpenAi).then(|| {
                 let (version, bearer) = settings.azure();
                 (version.to_owned(), bearer)
@@ -123,18 +112,10 @@ impl OpenAiClient {
     }
 
     fn endpoint<'a>(&'a self, model: &'a str) -> Result<Endpoint<'a>, LlmError> {
-        let mut endpoint = Endpoint {
-            http: &self.http,
-            provider: self.provider,
-            model,
-            url: format!("{}/chat/completions", self.base_url),
-            headers: HeaderMap::new(),
-            key: self.key.as_ref(),
-            // OpenAI-compatible servers and Ollama take their optional key from PORTIA_LLM_API_KEY.
-            key_var: self.provider.api_key_var().or(Some("PORTIA_LLM_API_KEY")),
-            timeout: self.timeout,
-            limiter: Some(self.limiters.for_model(self.provider, model)),
-        };
+        let url = format!("{}/chat/completions", self.account.base_url);
+        let mut endpoint = self.account.endpoint(self.provider, model, url);
+        // OpenAI-compatible servers and Ollama take their optional key from PORTIA_LLM_API_KEY.
+        endpoint.key_var = endpoint.key_var.or(Some("PORTIA_LLM_API_KEY"));
         let bearer = match &self.azure {
             Some((version, bearer)) => {
                 endpoint.url = self.azure_url(model, version).map_err(|e| endpoint.not_sent(e))?;
@@ -145,7 +126,7 @@ impl OpenAiClient {
             }
             None => true,
         };
-        if let Some(key) = &self.key {
+        if let Some(key) = &self.account.key {
             let header = if bearer {
                 secret_header("authorization", &format!("Bearer {}", key.expose()))
             } else {
@@ -163,7 +144,7 @@ impl OpenAiClient {
         if deployment.contains(['/', '?', '#', '&']) {
             return Err(format!("{deployment:?} is not an Azure deployment name"));
         }
-        Ok(format!("{}/openai/deployments/{deployment}/chat/completions?api-version={version}", self.base_url))
+        Ok(format!("{}/openai/deployments/{deployment}/chat/completions?api-version={version}", self.account.base_url))
     }
 
     async fn send(

@@ -14,6 +14,51 @@ use crate::secret::Secret;
 /// How much of a body that is not a provider error message is kept in an error.
 const BODY_EXCERPT_CHARS: usize = 300;
 
+/// What a provider's client keeps for every call: the shared HTTP client, the base
+/// URL, the key, the request timeout and the rate limiters of its models.
+#[derive(Debug)]
+pub(crate) struct Account {
+    pub(crate) http: reqwest::Client,
+    pub(crate) base_url: String,
+    pub(crate) key: Option<Secret>,
+    pub(crate) timeout: Duration,
+    limiters: std::sync::Arc<super::rate_limit::Limiters>,
+}
+
+impl Account {
+    /// `provider`'s account as the settings give it, on `http`'s connection pool.
+    pub(crate) fn new(
+        http: reqwest::Client,
+        settings: &super::LlmSettings,
+        provider: LlmProvider,
+        limiters: std::sync::Arc<super::rate_limit::Limiters>,
+    ) -> Self {
+        Self {
+            http,
+            base_url: settings.url(provider),
+            key: settings.key(provider),
+            timeout: settings.timeout(),
+            limiters,
+        }
+    }
+
+    /// A call to `model` of `provider` at `url`, with no headers yet; a refused key
+    /// is said to be `provider`'s variable.
+    pub(crate) fn endpoint<'a>(&'a self, provider: LlmProvider, model: &'a str, url: String) -> Endpoint<'a> {
+        Endpoint {
+            http: &self.http,
+            provider,
+            model,
+            url,
+            headers: HeaderMap::new(),
+            key: self.key.as_ref(),
+            key_var: provider.api_key_var(),
+            timeout: self.timeout,
+            limiter: Some(self.limiters.for_model(provider, model)),
+        }
+    }
+}
+
 /// Where and how one provider call is sent.
 #[derive(Debug)]
 pub(crate) struct Endpoint<'a> {

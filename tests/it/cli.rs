@@ -29,7 +29,7 @@ const KEY_VARS: [&str; 12] = [
 ];
 
 /// A fresh working directory with `files/report.csv` in it (`files/` is the files root).
-fn workdir() -> tempfile::TempDir {
+pub(crate) fn workdir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("files")).unwrap();
     std::fs::write(dir.path().join("files/report.csv"), "city,temp\nOslo,-3\n").unwrap();
@@ -37,7 +37,7 @@ fn workdir() -> tempfile::TempDir {
 }
 
 /// The binary in `dir`, with no keys, offline, no summaries, stdin not a terminal.
-fn portia(dir: &Path) -> Command {
+pub(crate) fn portia(dir: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_portia"));
     for var in KEY_VARS.iter().chain(&["PORTIA_STORAGE", "PORTIA_STORAGE_DIR", "RUST_LOG"]) {
         command.env_remove(var);

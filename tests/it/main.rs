@@ -68,7 +68,7 @@ mod runner;
 mod serve;
 #[cfg(feature = "server")]
 mod serve_browser;
-#[cfg(feature = "server")]
+#[cfg(all(feature = "server", feature = "cli"))]
 mod serve_cli;
 #[cfg(feature = "server")]
 mod serve_events;

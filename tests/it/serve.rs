@@ -35,15 +35,21 @@ impl Served {
     }
 
     pub(crate) async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let response = self.http.get(self.url(path)).send().await.unwrap();
-        let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
+        answer(self.http.get(self.url(path))).await
     }
 
     pub(crate) async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        let response = self.http.post(self.url(path)).json(&body).send().await.unwrap();
-        let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
+        answer(self.http.post(self.url(path)).json(&body)).await
+    }
+
+    /// A GET with `token` as the bearer token.
+    pub(crate) async fn get_as(&self, token: &str, path: &str) -> (StatusCode, Value) {
+        answer(self.http.get(self.url(path)).bearer_auth(token)).await
+    }
+
+    /// A POST with `token` as the bearer token.
+    pub(crate) async fn post_as(&self, token: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        answer(self.http.post(self.url(path)).bearer_auth(token).json(&body)).await
     }
 
     /// Waits (on the workflow's own events, not the clock) until it rests.
@@ -55,6 +61,13 @@ impl Served {
         }
         self.runner.get_workflow(id).await.unwrap()
     }
+}
+
+/// The status and JSON body of `request`'s answer (null for a body that is not JSON).
+async fn answer(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 pub(crate) fn http_client() -> reqwest::Client {
@@ -286,40 +299,21 @@ async fn with_tokens_every_route_but_health_needs_one_and_bound_users_see_only_t
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["error"]["code"], "unauthorized");
     assert_eq!(served.get("/v1/openapi.json").await.0, StatusCode::UNAUTHORIZED);
-    let wrong = served.http.get(served.url("/v1/workflows")).bearer_auth("nope").send().await.unwrap();
-    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(served.get_as("nope", "/v1/workflows").await.0, StatusCode::UNAUTHORIZED);
 
-    let post = |token: &'static str, body: Value| {
-        served.http.post(served.url("/v1/workflows")).bearer_auth(token).json(&body).send()
-    };
-    let bob: Value = post("admin-token", json!({"plan": tool_plan("Bob's", "weather_tool"), "end_user_id": "bob"}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let ann: Value =
-        post("ann-token", json!({"plan": tool_plan("Ann's", "weather_tool")})).await.unwrap().json().await.unwrap();
+    let post = |token: &'static str, body: Value| served.post_as(token, "/v1/workflows", body);
+    let (_, bob) = post("admin-token", json!({"plan": tool_plan("Bob's", "weather_tool"), "end_user_id": "bob"})).await;
+    let (_, ann) = post("ann-token", json!({"plan": tool_plan("Ann's", "weather_tool")})).await;
     assert_eq!(ann["execution_context"]["end_user_id"], "ann", "a bound token starts its user's workflows");
     let for_bob = post("ann-token", json!({"plan": tool_plan("x", "weather_tool"), "end_user_id": "bob"})).await;
-    assert_eq!(for_bob.unwrap().status(), StatusCode::FORBIDDEN);
+    assert_eq!(for_bob.0, StatusCode::FORBIDDEN);
 
-    let as_ann = |path: String| served.http.get(served.url(&path)).bearer_auth("ann-token").send();
-    let listed: Value = as_ann("/v1/workflows".into()).await.unwrap().json().await.unwrap();
+    let (_, listed) = served.get_as("ann-token", "/v1/workflows").await;
     assert_eq!(listed["count"], 1);
     assert_eq!(listed["results"][0]["id"], ann["id"]);
-    let bobs = as_ann(format!("/v1/workflows/{}", bob["id"].as_str().unwrap())).await.unwrap();
-    assert_eq!(bobs.status(), StatusCode::NOT_FOUND, "another user's workflow is not there");
-    let all: Value = served
-        .http
-        .get(served.url("/v1/workflows"))
-        .bearer_auth("admin-token")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let bobs = served.get_as("ann-token", &format!("/v1/workflows/{}", bob["id"].as_str().unwrap())).await;
+    assert_eq!(bobs.0, StatusCode::NOT_FOUND, "another user's workflow is not there");
+    let (_, all) = served.get_as("admin-token", "/v1/workflows").await;
     assert_eq!(all["count"], 2);
 }
 

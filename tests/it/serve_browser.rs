@@ -161,17 +161,8 @@ async fn a_token_bound_to_another_end_user_sees_nothing_in_the_pages() {
         Tokens::new([ServerToken::for_end_user("ann-token", "ann"), ServerToken::for_end_user("bob-token", "bob")]);
     let weather = MockTool::returning("weather_tool", json!("-3°C"));
     let served = serve(runner_with(vec![weather], ScriptedLlm::new()), ServeOptions::new().tokens(tokens)).await;
-    let anns: Value = served
-        .http
-        .post(served.url("/v1/workflows"))
-        .bearer_auth("ann-token")
-        .json(&json!({"plan": tool_plan("Ann's weather", "weather_tool")}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, anns) =
+        served.post_as("ann-token", "/v1/workflows", json!({"plan": tool_plan("Ann's weather", "weather_tool")})).await;
     let ann_id = anns["id"].as_str().unwrap();
     served.rest(ann_id).await;
 

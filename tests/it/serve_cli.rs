@@ -6,38 +6,19 @@ use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
 
+/// The binary as the CLI tests run it, with no server tokens either.
 fn portia(dir: &std::path::Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_portia"));
-    for var in ["PORTIA_STORAGE", "PORTIA_STORAGE_DIR", "PORTIA_SERVER_TOKENS", "OPENAI_API_KEY", "RUST_LOG"] {
-        command.env_remove(var);
-    }
+    let mut command = crate::cli::portia(dir);
+    command.env_remove("PORTIA_SERVER_TOKENS");
     command
-        .current_dir(dir)
-        .env("PORTIA_OFFLINE", "1")
-        .env("PORTIA_SUMMARIZE", "false")
-        .env("PORTIA_FILES_ROOT", dir.join("files"))
-        .env("PORTIA_LOG_LEVEL", "error")
-        .stdin(Stdio::null());
-    command
-}
-
-/// The server process, ended when dropped, even by a failing assertion.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test]
 async fn serve_shares_the_store_of_the_other_commands() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("files")).unwrap();
-    std::fs::write(dir.path().join("files/report.csv"), "city,temp\nOslo,-3\n").unwrap();
-    let mut server =
-        Running(portia(dir.path()).args(["serve", "--listen", "127.0.0.1:0"]).stderr(Stdio::piped()).spawn().unwrap());
+    let dir = crate::cli::workdir();
+    let mut server = crate::common::ChildGuard(
+        portia(dir.path()).args(["serve", "--listen", "127.0.0.1:0"]).stderr(Stdio::piped()).spawn().unwrap(),
+    );
     // It says where it listens once it does.
     let mut stderr = BufReader::new(server.0.stderr.take().unwrap());
     let mut line = String::new();

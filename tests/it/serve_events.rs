@@ -266,17 +266,8 @@ async fn a_token_bound_to_another_end_user_gets_404_on_the_event_stream() {
     let tokens =
         Tokens::new([ServerToken::for_end_user("ann-token", "ann"), ServerToken::for_end_user("bob-token", "bob")]);
     let served = serve(gated_runner(), ServeOptions::new().tokens(tokens)).await;
-    let created: Value = served
-        .http
-        .post(served.url("/v1/workflows"))
-        .bearer_auth("ann-token")
-        .json(&json!({"plan": tool_plan("Pay", "send_tool")}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, created) =
+        served.post_as("ann-token", "/v1/workflows", json!({"plan": tool_plan("Pay", "send_tool")})).await;
     let path = format!("/v1/workflows/{}/events", created["id"].as_str().unwrap());
     let bobs = served.http.get(served.url(&path)).bearer_auth("bob-token").send().await.unwrap();
     assert_eq!(bobs.status(), 404);

@@ -63,6 +63,8 @@ pub use serde_json;
 /// The names most programs use: `use portia::prelude::*;`.
 pub mod prelude {
     pub use crate::llm::LlmClient;
+    // The storage roles, unnamed: they put the store's methods in scope.
+    pub use crate::storage::{Journal as _, LeaseQueue as _, PlanStore as _, Retention as _, WorkflowStore as _};
     pub use crate::tool::{
         InMemoryToolRegistry, Tool, ToolError, ToolOutput, ToolRegistry, ToolRunContext, ToolSpec, TypedTool,
     };

@@ -23,7 +23,7 @@ use crate::events::{EventKind, RunEvents, ToolEvents};
 use crate::hooks::{HookChain, ToolCallDecision, ToolCallRequest};
 use crate::live::{LiveQuestions, StepQuestions};
 use crate::llm::RetryPolicy;
-use crate::storage::{Lease, Storage, ToolCallKey, ToolCallRecord, ToolCallStatus};
+use crate::storage::{Journal, Lease, ToolCallKey, ToolCallRecord, ToolCallStatus};
 use crate::tool::{Tool, ToolError, ToolOutput, ToolRunContext, ToolSpec};
 
 /// Why a run must stop before its end.
@@ -68,7 +68,7 @@ impl StopSignal {
 /// A step's journaled access to its tool calls.
 #[derive(Debug, Clone)]
 pub(crate) struct ToolCalls {
-    storage: Arc<dyn Storage>,
+    journal: Arc<dyn Journal>,
     lease: Lease,
     signal: StopSignal,
     hooks: HookChain,
@@ -88,7 +88,8 @@ pub(crate) struct ToolCalls {
 /// What the run gives a step's tool calls.
 #[derive(Debug, Clone)]
 pub(crate) struct CallServices {
-    pub(crate) storage: Arc<dyn Storage>,
+    /// Where the calls are journaled.
+    pub(crate) journal: Arc<dyn Journal>,
     pub(crate) lease: Lease,
     pub(crate) signal: StopSignal,
     pub(crate) hooks: HookChain,
@@ -158,11 +159,11 @@ enum Unknown {
 
 impl ToolCalls {
     pub(crate) fn new(services: CallServices, (step, attempt): (usize, u32), journaled: Vec<ToolCallRecord>) -> Self {
-        let CallServices { storage, lease, signal, hooks, events, retry, live } = services;
+        let CallServices { journal, lease, signal, hooks, events, retry, live } = services;
         let next_seq = Arc::new(AtomicU32::new(0));
         let journaled = Arc::new(journaled);
         let questions = StepQuestions::default();
-        Self { storage, lease, signal, hooks, events, retry, step, attempt, next_seq, journaled, live, questions }
+        Self { journal, lease, signal, hooks, events, retry, step, attempt, next_seq, journaled, live, questions }
     }
 
     /// The questions this step's tools asked a person while their calls were open,
@@ -196,7 +197,7 @@ impl ToolCalls {
             // that was certainly not made.
             intent.status = ToolCallStatus::Held;
         }
-        let earlier = self.storage.begin_tool_call(&self.lease, &intent).await.map_err(|e| self.unjournaled(e))?;
+        let earlier = self.journal.begin_tool_call(&self.lease, &intent).await.map_err(|e| self.unjournaled(e))?;
         let record = match earlier {
             None => intent,
             Some(earlier) if earlier.status == ToolCallStatus::Held => earlier,
@@ -260,7 +261,7 @@ impl ToolCalls {
         }
         // Decided: from now on a crash leaves a call that may have been made.
         record.status = ToolCallStatus::Started;
-        self.storage.finish_tool_call(&self.lease, &record).await.map_err(|e| self.unjournaled(e))?;
+        self.journal.finish_tool_call(&self.lease, &record).await.map_err(|e| self.unjournaled(e))?;
         self.make(tool, spec, run_ctx, record).await
     }
 
@@ -314,7 +315,7 @@ impl ToolCalls {
     ) -> Result<ToolOutput, ToolError> {
         let record = record.finished(&result, latency);
         tracing::debug!(tool = %record.tool_id, call = %record.key, status = ?record.status, "tool called");
-        self.storage.finish_tool_call(&self.lease, &record).await.map_err(|e| self.unjournaled(e))?;
+        self.journal.finish_tool_call(&self.lease, &record).await.map_err(|e| self.unjournaled(e))?;
         self.announce_finished(&record, false);
         result
     }

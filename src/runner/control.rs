@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::calls::{Stop, StopSignal};
 use crate::ids::WorkflowId;
-use crate::storage::{Lease, Storage};
+use crate::storage::{Lease, LeaseQueue, Storage};
 
 /// How often the store is asked whether someone cancelled one of this process's runs.
 const CANCEL_POLL: Duration = Duration::from_secs(1);
@@ -45,7 +45,7 @@ impl LocalRuns {
         runs.by_workflow.insert(id, LocalRun { signal, running });
         if !runs.watched {
             runs.watched = true;
-            tokio::spawn(self.clone().watch_cancellations(Arc::clone(storage)));
+            tokio::spawn(self.clone().watch_cancellations(storage.clone()));
         }
         RegisteredRun { id, runs: self.clone(), _held: held }
     }
@@ -58,7 +58,7 @@ impl LocalRuns {
     /// Stops each run someone cancelled, until no run is left. One read serves every
     /// run of the process; the heartbeat's renewal would see it too, but only every
     /// third of a lease.
-    async fn watch_cancellations(self, storage: Arc<dyn Storage>) {
+    async fn watch_cancellations(self, storage: Arc<dyn LeaseQueue>) {
         loop {
             tokio::time::sleep(CANCEL_POLL).await;
             let ids: Vec<WorkflowId> = {
@@ -105,7 +105,7 @@ impl Drop for RegisteredRun {
 /// Renews `lease` every third of `ttl` until dropped. A cancellation request seen
 /// in the store, or a lost lease, stops the run through `signal`.
 pub(super) fn spawn_heartbeat(
-    storage: Arc<dyn Storage>,
+    storage: Arc<dyn LeaseQueue>,
     lease: Lease,
     ttl: Duration,
     signal: StopSignal,

@@ -76,7 +76,7 @@ impl Runner {
         let ttl = self.inner.config.lease_ttl();
         let (id, lease) = (grant.workflow.id(), grant.lease.clone());
         let _registered = self.inner.local_runs.register(id, signal.clone(), &self.inner.storage);
-        let heartbeat = spawn_heartbeat(Arc::clone(&self.inner.storage), lease.clone(), ttl, signal.clone());
+        let heartbeat = spawn_heartbeat(self.inner.storage.clone(), lease.clone(), ttl, signal.clone());
         let span = workflow_span(&grant.workflow);
         let result = self.run_leased(grant, signal).instrument(span).await;
         heartbeat.abort();
@@ -597,7 +597,7 @@ impl Runner {
         let journaled =
             run.journal.iter().filter(|r| r.key.step == step && r.key.attempt == attempt).cloned().collect();
         let services = CallServices {
-            storage: Arc::clone(&self.inner.storage),
+            journal: self.inner.storage.clone(),
             lease: run.lease.clone(),
             signal: run.signal.clone(),
             hooks: self.inner.hooks.clone(),

@@ -22,13 +22,13 @@ use super::calls::{Stop, StopSignal, describe_stop};
 use crate::config::Config;
 use crate::events::{EventKind, RunEvents};
 use crate::llm::{Delta, Deltas, LlmClient, LlmError, LlmLayer, LlmRequest, LlmResponse, LlmSettings};
-use crate::storage::{Lease, Storage, UsageRecord};
+use crate::storage::{Journal, Lease, UsageRecord};
 use crate::workflow::WorkflowUsage;
 
 /// The run's spending so far, shared by its metered clients.
 #[derive(Debug, Clone)]
 pub(super) struct Meter {
-    storage: Arc<dyn Storage>,
+    journal: Arc<dyn Journal>,
     config: Arc<Config>,
     /// Where requests go: what prices and names each call.
     models: Arc<LlmSettings>,
@@ -54,7 +54,7 @@ impl Meter {
     ) -> Self {
         let ran_before = Duration::from_millis(start.running_ms);
         Self {
-            storage: Arc::clone(runner.storage()),
+            journal: runner.storage().clone(),
             config: Arc::clone(&runner.inner.config),
             models: Arc::clone(&runner.inner.llm_settings),
             lease,
@@ -139,7 +139,7 @@ impl Meter {
             record.usage,
             cost_usd,
         );
-        match self.storage.record_usage(&self.lease, &record).await {
+        match self.journal.record_usage(&self.lease, &record).await {
             Ok(()) => {}
             Err(crate::Error::LeaseLost { .. }) => self.signal.stop(Stop::LeaseLost),
             Err(e) => tracing::warn!(workflow = %self.lease.workflow_id, error = %e, "could not journal LLM usage"),

@@ -30,7 +30,7 @@ pub struct Watch {
 impl Runner {
     /// Watches workflow `id`: every event stored so far, then each new one as it is
     /// stored. Runs in this process are heard at once; runs elsewhere as soon as the
-    /// store hears of their saves (see [`Storage::wait_for_events`](crate::storage::Storage::wait_for_events)):
+    /// store hears of their saves (see [`WorkflowStore::wait_for_events`](crate::storage::WorkflowStore::wait_for_events)):
     /// by `NOTIFY` on Postgres, within a tenth of a second on SQLite, within a fifth
     /// for a store that keeps the default. The store is read again at least every
     /// five seconds whatever happens. The watch ends once the workflow is at rest

@@ -1,5 +1,5 @@
 //! One bell per watched workflow: a store rings it when it hears that the workflow's
-//! events were stored, and [`Storage::wait_for_events`](super::Storage::wait_for_events)
+//! events were stored, and [`WorkflowStore::wait_for_events`](super::WorkflowStore::wait_for_events)
 //! waits on it instead of polling.
 
 use std::collections::HashMap;

@@ -30,7 +30,7 @@ pub struct Lease {
     pub expires_at: DateTime<Utc>,
 }
 
-/// What [`Storage::acquire_lease`](super::Storage::acquire_lease) grants.
+/// What [`LeaseQueue::acquire_lease`](super::LeaseQueue::acquire_lease) grants.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct LeaseGrant {

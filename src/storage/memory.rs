@@ -19,7 +19,7 @@ use crate::workflow::Workflow;
 /// (versions, leases, the journal), so a program can move to
 /// [`SqliteStorage`](super::SqliteStorage) without changing behaviour; it only
 /// forgets everything when the process ends. Finished workflows stay until
-/// [`Storage::prune_finished`](super::Storage::prune_finished) or a delete removes
+/// [`Retention::prune_finished`](super::Retention::prune_finished) or a delete removes
 /// them.
 #[derive(Debug)]
 pub struct InMemoryStorage {

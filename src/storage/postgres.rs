@@ -43,11 +43,11 @@ const MIGRATIONS: &[&str] =
 /// UPDATE`) and then decides the lease or the fence (the protocol all stores share), so two processes can never both
 /// hold a workflow's lease and a run that lost its lease writes nothing. Lease times
 /// are the database's clock (`clock_timestamp()`, read once the row is locked), never
-/// a worker's, unless a [`Clock`] is given for tests. [`Storage::claim_runnable`](super::Storage::claim_runnable)
+/// a worker's, unless a [`Clock`] is given for tests. [`LeaseQueue::claim_runnable`](super::LeaseQueue::claim_runnable)
 /// takes the oldest queued runnable row with `FOR UPDATE SKIP LOCKED`, so claimers
 /// never wait for one another; submissions and releases `NOTIFY portia_runnable`,
 /// saves that store events `NOTIFY portia_events`, and one LISTEN connection per
-/// store wakes [`Storage::wait_for_runnable`](super::Storage::wait_for_runnable) and [`Storage::wait_for_events`](super::Storage::wait_for_events).
+/// store wakes [`LeaseQueue::wait_for_runnable`](super::LeaseQueue::wait_for_runnable) and [`WorkflowStore::wait_for_events`](super::WorkflowStore::wait_for_events).
 ///
 /// The tables live in their own schema (default `portia`), created or upgraded on
 /// first use in one transaction under an advisory lock, so processes starting at

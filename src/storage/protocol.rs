@@ -1,5 +1,5 @@
 //! The storage protocol, written once for every [`RowStore`]: each method of
-//! [`Storage`] is one transaction of row operations, and the decisions (the fence
+//! [`Storage`](super::Storage)'s roles is one transaction of row operations, and the decisions (the fence
 //! on every write, compare-and-swap on versions, the lease rules of [`LeaseState`](super::LeaseState),
 //! which queued workflow a claim takes, how events are numbered, what a delete
 //! takes with it) are made here, never in a store.
@@ -9,7 +9,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::rows::{Access, LeaseRow, RowError, RowStore, RowTx};
-use super::{Lease, LeaseGrant, LeaseStatus, Storage, ToolCallRecord, UsageRecord, WorkflowPage, WorkflowQuery};
+use super::{
+    Journal, Lease, LeaseGrant, LeaseQueue, LeaseStatus, PlanStore, Retention, ToolCallRecord, UsageRecord,
+    WorkflowPage, WorkflowQuery, WorkflowStore,
+};
 use crate::events::{StoredEvent, WorkflowEvent};
 use crate::ids::{PlanId, WorkflowId};
 use crate::plan::Plan;
@@ -41,7 +44,7 @@ pub(super) async fn has_events_after<S: RowStore + ?Sized>(store: &S, id: Workfl
 }
 
 #[async_trait::async_trait]
-impl<S: RowStore> Storage for S {
+impl<S: RowStore> PlanStore for S {
     async fn save_plan(&self, plan: &Plan) -> Result<()> {
         let (id, plan) = (plan.id, plan.clone());
         run(self, Access::Write, || format!("cannot save plan {id}"), move |tx| tx.insert_plan(plan)).await
@@ -51,7 +54,10 @@ impl<S: RowStore> Storage for S {
         let what = || format!("cannot load plan {id}");
         run(self, Access::Read, what, move |tx| Ok(tx.plan(id)?.ok_or(Error::PlanNotFound(id))?)).await
     }
+}
 
+#[async_trait::async_trait]
+impl<S: RowStore> WorkflowStore for S {
     async fn create_workflow(&self, workflow: &Workflow) -> Result<()> {
         let (id, workflow) = (workflow.id(), workflow.clone());
         run(self, Access::Write, || format!("cannot create workflow {id}"), move |tx| insert(tx, workflow, false)).await
@@ -93,7 +99,10 @@ impl<S: RowStore> Storage for S {
     async fn wait_for_events(&self, id: WorkflowId, after: u64, timeout: Duration) -> Result<bool> {
         self.watch_events(id, after, timeout).await
     }
+}
 
+#[async_trait::async_trait]
+impl<S: RowStore> LeaseQueue for S {
     async fn acquire_lease(&self, id: WorkflowId, owner: &str, ttl: Duration) -> Result<LeaseGrant> {
         let owner = owner.to_owned();
         let what = || format!("cannot take the lease of workflow {id}");
@@ -170,7 +179,10 @@ impl<S: RowStore> Storage for S {
         })
         .await
     }
+}
 
+#[async_trait::async_trait]
+impl<S: RowStore> Journal for S {
     async fn begin_tool_call(&self, lease: &Lease, intent: &ToolCallRecord) -> Result<Option<ToolCallRecord>> {
         let (key, lease, intent) = (intent.key, lease.clone(), intent.clone());
         run(
@@ -224,7 +236,10 @@ impl<S: RowStore> Storage for S {
         let what = || format!("cannot read the usage of workflow {id}");
         run(self, Access::Read, what, move |tx| tx.usage(id)).await
     }
+}
 
+#[async_trait::async_trait]
+impl<S: RowStore> Retention for S {
     async fn delete_workflow(&self, id: WorkflowId) -> Result<()> {
         let what = || format!("cannot delete workflow {id}");
         run(self, Access::Write, what, move |tx| tx.delete_workflow(&id.to_string()).map(drop)).await

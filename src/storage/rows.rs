@@ -172,7 +172,7 @@ pub trait RowStore: Send + Sync + fmt::Debug {
         let _ = (workflow, events_stored);
     }
 
-    /// [`Storage::wait_for_events`](super::Storage::wait_for_events) of this store.
+    /// [`WorkflowStore::wait_for_events`](super::WorkflowStore::wait_for_events) of this store.
     /// This default looks every fifth of a second.
     fn watch_events(
         &self,
@@ -180,16 +180,16 @@ pub trait RowStore: Send + Sync + fmt::Debug {
         after: u64,
         timeout: Duration,
     ) -> impl Future<Output = crate::Result<bool>> + Send {
-        super::poll_for_events(timeout, move || super::protocol::has_events_after(self, id, after))
+        super::roles::poll_for_events(timeout, move || super::protocol::has_events_after(self, id, after))
     }
 
-    /// [`Storage::wait_for_runnable`](super::Storage::wait_for_runnable) of this
+    /// [`LeaseQueue::wait_for_runnable`](super::LeaseQueue::wait_for_runnable) of this
     /// store. This default just waits `timeout`: workers poll.
     fn watch_runnable(&self, timeout: Duration) -> impl Future<Output = ()> + Send {
         tokio::time::sleep(timeout)
     }
 
-    /// Called after [`Storage::prune_finished`](super::Storage::prune_finished)
+    /// Called after [`Retention::prune_finished`](super::Retention::prune_finished)
     /// deleted `deleted` workflows: give the space they took back here (a file that
     /// only grows would keep it). This default does nothing.
     fn reclaim_space(&self, deleted: usize) -> impl Future<Output = crate::Result<()>> + Send {

@@ -45,7 +45,7 @@ const MIGRATIONS: &[&str] = &[
 /// The blocking database work runs on Tokio's blocking threads, one call at a time
 /// per handle. Clones share the handle's connection.
 ///
-/// [`Storage::wait_for_events`](super::Storage::wait_for_events) is woken at once by saves through this handle or its
+/// [`WorkflowStore::wait_for_events`](super::WorkflowStore::wait_for_events) is woken at once by saves through this handle or its
 /// clones; commits by other connections (other processes) it notices within a tenth
 /// of a second, by asking SQLite's `PRAGMA data_version` rather than reading events.
 #[derive(Debug, Clone)]

@@ -9,7 +9,8 @@ use chrono::{DateTime, Utc};
 use portia::config::ExecutionMode;
 use portia::runner::{StoredEvent, WorkflowEvent};
 use portia::storage::{
-    InMemoryStorage, Lease, LeaseGrant, LeaseStatus, Storage, ToolCallRecord, UsageRecord, WorkflowPage, WorkflowQuery,
+    InMemoryStorage, Journal, Lease, LeaseGrant, LeaseQueue, LeaseStatus, PlanStore, Retention, Storage,
+    ToolCallRecord, UsageRecord, WorkflowPage, WorkflowQuery, WorkflowStore,
 };
 use portia::testing::ScriptedLlm;
 use portia::{Config, InMemoryToolRegistry, Plan, PlanId, Runner, Workflow, WorkflowId};
@@ -47,13 +48,17 @@ impl RecordingStorage {
 }
 
 #[async_trait::async_trait]
-impl Storage for RecordingStorage {
+impl PlanStore for RecordingStorage {
     async fn save_plan(&self, plan: &Plan) -> portia::Result<()> {
         self.inner.save_plan(plan).await
     }
     async fn get_plan(&self, id: PlanId) -> portia::Result<Plan> {
         self.inner.get_plan(id).await
     }
+}
+
+#[async_trait::async_trait]
+impl WorkflowStore for RecordingStorage {
     async fn create_workflow(&self, workflow: &Workflow) -> portia::Result<()> {
         self.saved.lock().unwrap().push(workflow.clone());
         self.inner.create_workflow(workflow).await
@@ -83,6 +88,10 @@ impl Storage for RecordingStorage {
     async fn events(&self, id: WorkflowId, after: u64) -> portia::Result<Vec<StoredEvent>> {
         self.inner.events(id, after).await
     }
+}
+
+#[async_trait::async_trait]
+impl LeaseQueue for RecordingStorage {
     async fn acquire_lease(&self, id: WorkflowId, owner: &str, ttl: Duration) -> portia::Result<LeaseGrant> {
         self.inner.acquire_lease(id, owner, ttl).await
     }
@@ -107,6 +116,10 @@ impl Storage for RecordingStorage {
     async fn request_cancel(&self, id: WorkflowId, reason: &str) -> portia::Result<()> {
         self.inner.request_cancel(id, reason).await
     }
+}
+
+#[async_trait::async_trait]
+impl Journal for RecordingStorage {
     async fn begin_tool_call(&self, lease: &Lease, intent: &ToolCallRecord) -> portia::Result<Option<ToolCallRecord>> {
         self.inner.begin_tool_call(lease, intent).await
     }
@@ -122,6 +135,10 @@ impl Storage for RecordingStorage {
     async fn usage_records(&self, id: WorkflowId) -> portia::Result<Vec<UsageRecord>> {
         self.inner.usage_records(id).await
     }
+}
+
+#[async_trait::async_trait]
+impl Retention for RecordingStorage {
     async fn delete_workflow(&self, id: WorkflowId) -> portia::Result<()> {
         self.inner.delete_workflow(id).await
     }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portia::clarification::ClarificationKind;
-use portia::storage::{ManualClock, SqliteStorage, Storage};
+use portia::storage::{LeaseQueue, ManualClock, SqliteStorage, Storage};
 use portia::testing::ScriptedLlm;
 use portia::tool::{Tool, ToolError, ToolOutput, ToolRunContext, ToolSpec};
 use portia::{Config, InMemoryToolRegistry, PlanBuilder, Runner, Workflow, WorkflowId, WorkflowState};

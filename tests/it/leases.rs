@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use portia::storage::{InMemoryStorage, ManualClock, Storage};
+use portia::storage::{InMemoryStorage, LeaseQueue, ManualClock, WorkflowStore};
 use portia::testing::{MockBehavior, MockTool, ScriptedLlm};
 use portia::tool::{Tool, ToolError, ToolOutput, ToolRunContext, ToolSpec};
 use portia::workflow::FailureKind;

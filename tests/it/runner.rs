@@ -7,7 +7,7 @@ use std::time::Duration;
 use common::{config, harness};
 use portia::config::ExecutionMode;
 use portia::runner::ReadyPolicy;
-use portia::storage::{Storage as _, WorkflowQuery};
+use portia::storage::{LeaseQueue as _, WorkflowQuery};
 use portia::testing::{MockBehavior, MockTool, ScriptedLlm};
 use portia::{Error, ExecutionContext, InMemoryToolRegistry, PlanBuilder, Runner, Workflow, WorkflowState};
 use serde_json::json;

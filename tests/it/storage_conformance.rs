@@ -14,7 +14,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use portia::runner::WorkflowEvent;
 use portia::storage::{
-    InMemoryStorage, Lease, ManualClock, SqliteStorage, Storage, ToolCallRecord, UsageRecord, WorkflowQuery,
+    InMemoryStorage, Journal, Lease, LeaseQueue, ManualClock, PlanStore, Retention, SqliteStorage, Storage,
+    ToolCallRecord, UsageRecord, WorkflowQuery, WorkflowStore,
 };
 use portia::testing::{ConformanceStore, StorageConformance, storage_conformance};
 use portia::{Error, Plan, PlanBuilder, Workflow, WorkflowId, WorkflowState};
@@ -58,18 +59,16 @@ struct OwnStore(InMemoryStorage);
 #[derive(Debug)]
 struct Unfenced(InMemoryStorage);
 
-/// Implements [`Storage`] for a wrapper of [`InMemoryStorage`] by passing each required
-/// method on, but `update_workflow`, which runs `$update` with `$inner` the wrapped store.
+/// Implements the storage roles for a wrapper of [`InMemoryStorage`] by passing each
+/// required method on, but `update_workflow`, which runs `$update` with `$inner` the
+/// wrapped store.
 macro_rules! pass_on {
     ($store:ident, update_workflow($inner:ident, $workflow:ident, $lease:ident, $events:ident) $update:block) => {
-        pass_on!(@impl $store, $inner, $workflow, $lease, $events, $update,
+        pass_on!(@role $store, PlanStore {
             save_plan(plan: &Plan) -> portia::Result<()>;
             get_plan(id: portia::PlanId) -> portia::Result<Plan>;
-            create_workflow(workflow: &Workflow) -> portia::Result<()>;
-            submit_workflow(workflow: &Workflow) -> portia::Result<()>;
-            get_workflow(id: WorkflowId) -> portia::Result<Workflow>;
-            list_workflows(query: &WorkflowQuery) -> portia::Result<portia::storage::WorkflowPage>;
-            events(id: WorkflowId, after: u64) -> portia::Result<Vec<portia::runner::StoredEvent>>;
+        });
+        pass_on!(@role $store, LeaseQueue {
             acquire_lease(id: WorkflowId, owner: &str, ttl: Duration) -> portia::Result<portia::storage::LeaseGrant>;
             renew_lease(lease: &Lease, ttl: Duration) -> portia::Result<portia::storage::LeaseStatus>;
             release_lease(lease: &Lease) -> portia::Result<()>;
@@ -78,20 +77,26 @@ macro_rules! pass_on {
             has_queued_work() -> portia::Result<bool>;
             cancel_requests(ids: &[WorkflowId]) -> portia::Result<Vec<(WorkflowId, String)>>;
             request_cancel(id: WorkflowId, reason: &str) -> portia::Result<()>;
+        });
+        pass_on!(@role $store, Journal {
             begin_tool_call(lease: &Lease, intent: &ToolCallRecord) -> portia::Result<Option<ToolCallRecord>>;
             finish_tool_call(lease: &Lease, record: &ToolCallRecord) -> portia::Result<()>;
             tool_calls(id: WorkflowId) -> portia::Result<Vec<ToolCallRecord>>;
             record_usage(lease: &Lease, record: &UsageRecord) -> portia::Result<()>;
             usage_records(id: WorkflowId) -> portia::Result<Vec<UsageRecord>>;
+        });
+        pass_on!(@role $store, Retention {
             delete_workflow(id: WorkflowId) -> portia::Result<()>;
             delete_end_user(end_user_id: &str) -> portia::Result<usize>;
             prune_finished(before: DateTime<Utc>) -> portia::Result<usize>;
-        );
-    };
-    (@impl $store:ident, $inner:ident, $workflow:ident, $lease:ident, $events:ident, $update:block,
-        $($method:ident($($arg:ident: $type:ty),*) -> $output:ty;)*) => {
-        #[async_trait::async_trait]
-        impl Storage for $store {
+        });
+        pass_on!(@role $store, WorkflowStore {
+            create_workflow(workflow: &Workflow) -> portia::Result<()>;
+            submit_workflow(workflow: &Workflow) -> portia::Result<()>;
+            get_workflow(id: WorkflowId) -> portia::Result<Workflow>;
+            list_workflows(query: &WorkflowQuery) -> portia::Result<portia::storage::WorkflowPage>;
+            events(id: WorkflowId, after: u64) -> portia::Result<Vec<portia::runner::StoredEvent>>;
+        } {
             async fn update_workflow(
                 &self,
                 $workflow: &Workflow,
@@ -101,7 +106,13 @@ macro_rules! pass_on {
                 let $inner = &self.0;
                 $update
             }
+        });
+    };
+    (@role $store:ident, $role:ident { $($method:ident($($arg:ident: $type:ty),*) -> $output:ty;)* } $({ $($own:tt)* })?) => {
+        #[async_trait::async_trait]
+        impl $role for $store {
             $(async fn $method(&self, $($arg: $type),*) -> $output { self.0.$method($($arg),*).await })*
+            $($($own)*)?
         }
     };
 }

@@ -1,6 +1,6 @@
 //! Moving a directory of the retired JSON-file store into a store of today.
 
-use portia::storage::{InMemoryStorage, Storage, import_json_dir};
+use portia::storage::{InMemoryStorage, PlanStore, WorkflowStore, import_json_dir};
 use portia::{Plan, Workflow};
 
 const SEED_PLAN: &str = include_str!("../fixtures/seed_plan.json");

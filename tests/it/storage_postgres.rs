@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use portia::storage::{PostgresSettings, PostgresStorage, Storage, WorkflowQuery};
+use portia::storage::{LeaseQueue, PlanStore, PostgresSettings, PostgresStorage, WorkflowQuery, WorkflowStore};
 use portia::{Config, Error, Plan, PlanBuilder, Workflow, WorkflowId, WorkflowState};
 use serde_json::json;
 

@@ -1,7 +1,7 @@
 //! What only the SQLite store does: it notices when its file is deleted or replaced
 //! under it, and refuses to go on writing where no other process would see it.
 
-use portia::storage::{SqliteStorage, Storage as _};
+use portia::storage::{PlanStore as _, Retention as _, SqliteStorage};
 use portia::{Error, PlanBuilder};
 
 fn plan() -> portia::Plan {

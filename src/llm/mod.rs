@@ -62,8 +62,8 @@ pub(crate) use provider::{split_provider, unknown_provider};
 pub use rate_limit::{RateLimit, RateLimits};
 pub use retry::{Retry, RetryPolicy};
 pub use settings::LlmSettings;
-pub use stream::StreamMode;
-pub(crate) use stream::{Delta, Deltas};
+pub(crate) use stream::Delta;
+pub use stream::{Deltas, StreamMode};
 pub(crate) use transport::retry_after;
 
 /// Who wrote a message.

@@ -7,7 +7,8 @@
 //! stream exactly when such a scope is around them, and otherwise send the plain
 //! request. The scope travels with the task rather than through every layer, so
 //! [`Retry`](super::Retry), [`Fallback`](super::Fallback), rate limits and a
-//! client's own layers pass it on untouched.
+//! client's own layers pass it on untouched. A client of one's own streams the
+//! same way, through [`Deltas::current`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -61,9 +62,36 @@ tokio::task_local! {
     static DELTAS: Deltas;
 }
 
-/// Where the pieces of the calls made inside [`Deltas::scope`] go.
+/// Where the pieces of a streamed text reply go: what an [`LlmClient`](super::LlmClient)
+/// of one's own uses to stream, as the built-in providers do.
+///
+/// The runner asks for a stream when someone watches (see [`StreamMode`]); a client
+/// then finds [`Deltas::current`] set during its `chat` call, hands it each piece
+/// of text as it arrives, and still returns the whole reply. Outside such a call
+/// there is none, and the client sends its plain request.
+///
+/// ```
+/// use portia::llm::{Deltas, LlmClient, LlmError, LlmRequest, LlmResponse};
+///
+/// #[derive(Debug)]
+/// struct Echo;
+///
+/// #[portia::async_trait]
+/// impl LlmClient for Echo {
+///     async fn chat(&self, request: LlmRequest) -> Result<LlmResponse, LlmError> {
+///         let words = ["Hello", ", ", "world"];
+///         if let Some(stream) = Deltas::current() {
+///             stream.begin_attempt();
+///             for word in words {
+///                 stream.text(word);
+///             }
+///         }
+///         Ok(LlmResponse::text(words.concat()))
+///     }
+/// }
+/// ```
 #[derive(Clone)]
-pub(crate) struct Deltas {
+pub struct Deltas {
     send: Arc<dyn Fn(Delta) + Send + Sync>,
     /// Whether the current attempt has sent any text (so a new attempt voids it).
     sent: Arc<AtomicBool>,
@@ -86,21 +114,22 @@ impl Deltas {
         DELTAS.scope(self, call).await
     }
 
-    /// The deltas of the scope this task runs in, if it streams.
-    pub(crate) fn current() -> Option<Self> {
+    /// The stream of the call this task is making, if its caller wants one.
+    #[must_use]
+    pub fn current() -> Option<Self> {
         DELTAS.try_with(Clone::clone).ok()
     }
 
-    /// A provider starts an attempt: if an earlier one had sent text, subscribers
-    /// are told to drop it.
-    pub(crate) fn begin_attempt(&self) {
+    /// Starts an attempt at the reply: call it before each try. If an earlier try
+    /// had sent text, subscribers are told to drop it.
+    pub fn begin_attempt(&self) {
         if self.sent.swap(false, Ordering::Relaxed) {
             (self.send)(Delta::Restarted);
         }
     }
 
-    /// More text of the reply.
-    pub(crate) fn text(&self, text: &str) {
+    /// Hands on more of the reply's text, as it arrives.
+    pub fn text(&self, text: &str) {
         if !text.is_empty() {
             self.sent.store(true, Ordering::Relaxed);
             (self.send)(Delta::Text(text.to_owned()));

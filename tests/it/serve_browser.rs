@@ -5,9 +5,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use portia::WorkflowState;
+use portia::llm::{Deltas, LlmClient, LlmError, LlmRequest, LlmResponse};
 use portia::runner::serve::{ServeOptions, ServerToken, Tokens};
 use portia::testing::{MockBehavior, MockTool, ScriptedLlm};
 use serde_json::{Value, json};
@@ -79,6 +81,11 @@ impl Browser {
     /// Waits (on the page, not the clock) until `css` matches an element.
     async fn wait_for(&self, css: &str) -> fantoccini::elements::Element {
         self.client.wait().forever().for_element(Locator::Css(css)).await.unwrap()
+    }
+
+    /// The text of the element `css` matches (which must be there).
+    async fn text_of(&self, css: &str) -> String {
+        self.client.find(Locator::Css(css)).await.unwrap().text().await.unwrap()
     }
 
     async fn screenshot(&self, name: &str) {
@@ -191,5 +198,140 @@ async fn a_token_bound_to_another_end_user_sees_nothing_in_the_pages() {
     // Ann, in the same browser, sees hers.
     browser.client.goto(&served.url("/?token=ann-token")).await.unwrap();
     browser.wait_for(&format!("tr[data-id='{ann_id}']")).await;
+    browser.client.clone().close().await.unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs chromium: Debian's chromium and chromium-driver (.ci/run installs them)"]
+async fn the_plan_graph_shows_each_step_with_how_far_the_workflow_got() {
+    let tickets = MockTool::returning("tickets_tool", json!([{"id": "t1"}, {"id": "t2"}]));
+    let tools = vec![tickets, MockTool::echo("send_tool"), MockTool::returning("weather_tool", json!("-3°C"))];
+    let served = serve(runner_with(tools, ScriptedLlm::new()), ServeOptions::new()).await;
+    let plan = json!({
+        "plan_context": {"query": "Acknowledge the tickets", "tool_ids": ["tickets_tool", "send_tool", "weather_tool"]},
+        "steps": [
+            {"task": "List the tickets", "inputs": [], "tool_id": "tickets_tool", "output": "$tickets", "args": {}},
+            {"task": "Acknowledge each ticket", "inputs": [], "tool_id": "send_tool", "output": "$acks",
+             "for_each": "$tickets", "args": {"id": "$item.id"}},
+            {"task": "Escalate", "inputs": [], "tool_id": "send_tool", "output": "$escalated",
+             "condition": "$tickets[0].id == \"t9\"", "args": {"id": "t9"}},
+            {"task": "Report the weather", "inputs": [{"name": "$tickets", "description": "the tickets"}],
+             "tool_id": "weather_tool", "output": "$weather", "args": {"city": "Oslo"}}
+        ]
+    });
+    let (_, created) = served.post("/v1/workflows", json!({"plan": plan})).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(served.rest(&id).await.state(), WorkflowState::Complete);
+
+    let browser = Browser::start().await;
+    browser.client.goto(&served.url(&format!("/workflows/{id}"))).await.unwrap();
+    browser.wait_for("svg.plan-graph g.step[data-step='3'][data-status='done']").await;
+    let statuses = browser
+        .client
+        .execute("return [...document.querySelectorAll('svg.plan-graph g.step')].map((g) => g.dataset.status)", vec![])
+        .await
+        .unwrap();
+    assert_eq!(statuses, json!(["done", "done", "skipped", "done"]));
+    assert_eq!(browser.text_of("svg.plan-graph g.step[data-step='1'] text.loop").await, "↻ for each $tickets");
+    assert_eq!(browser.text_of("svg.plan-graph text.condition").await, "if $tickets[0].id == \"t9\"");
+    // Steps 3 (its condition) and 4 (an input) read step 1's output from further
+    // down than the next step: one data arc each.
+    let arcs = browser
+        .client
+        .execute(
+            "return [...document.querySelectorAll('svg.plan-graph path.data-edge title')].map((t) => t.textContent)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(arcs, json!(["Step 3 reads $tickets", "Step 4 reads $tickets"]));
+    browser.wait_for("#timeline li[data-event='step_finished']").await;
+    let skipped = browser
+        .client
+        .find(Locator::XPath("//ol[@id='timeline']/li[contains(., 'Step 3 skipped')]"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(skipped.contains("its condition is false"), "{skipped}");
+    browser.screenshot("plan-graph").await;
+    browser.client.clone().close().await.unwrap();
+}
+
+/// An LLM of the test's own that writes its answer in two pieces, each let out by
+/// the test, streaming them when the runner asks for a stream.
+#[derive(Debug, Default)]
+struct TwoPieces {
+    gates: [tokio::sync::Notify; 2],
+}
+
+const PIECES: [&str; 2] = ["Amazon grew ", "faster in 2024."];
+
+#[portia::async_trait]
+impl LlmClient for TwoPieces {
+    async fn chat(&self, _request: LlmRequest) -> Result<LlmResponse, LlmError> {
+        let stream = Deltas::current();
+        if let Some(stream) = &stream {
+            stream.begin_attempt();
+        }
+        for (gate, piece) in self.gates.iter().zip(PIECES) {
+            gate.notified().await;
+            if let Some(stream) = &stream {
+                stream.text(piece);
+            }
+        }
+        Ok(LlmResponse::text(PIECES.concat()))
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs chromium: Debian's chromium and chromium-driver (.ci/run installs them)"]
+async fn the_answer_streams_into_the_page_as_it_is_written() {
+    let llm = Arc::new(TwoPieces::default());
+    let config = portia::Config::builder()
+        .summarize_final_output(false)
+        .llm_stream(portia::llm::StreamMode::On)
+        .build()
+        .unwrap();
+    let runner = portia::Runner::builder(config)
+        .llm(llm.clone())
+        .storage(Arc::new(portia::storage::InMemoryStorage::new()))
+        .build()
+        .unwrap();
+    let served = serve(runner, ServeOptions::new()).await;
+    let plan = json!({
+        "plan_context": {"query": "Which stock grew faster?", "tool_ids": []},
+        "steps": [{"task": "Say which stock grew faster", "inputs": [], "output": "$answer"}]
+    });
+    let (_, created) = served.post("/v1/workflows", json!({"plan": plan})).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+
+    let browser = Browser::start().await;
+    browser.client.goto(&served.url(&format!("/workflows/{id}"))).await.unwrap();
+    // The page follows the run live once it shows the run starting (stored before
+    // the step's LLM call, which waits for the test).
+    browser.wait_for("#timeline li[data-event='state_changed']").await;
+    llm.gates[0].notify_one();
+    let partial = browser.wait_for("#answer.streaming").await;
+    browser.client.wait().forever().for_element(Locator::XPath("//pre[@id='answer'][.='Amazon grew ']")).await.unwrap();
+    assert_eq!(partial.text().await.unwrap(), "Amazon grew ");
+    let timeline = browser.text_of("#timeline").await;
+    assert!(!timeline.contains("llm_text_delta"), "streamed pieces stay out of the timeline: {timeline}");
+    browser.screenshot("streaming").await;
+    assert_eq!(served.runner.get_workflow(id.parse().unwrap()).await.unwrap().state(), WorkflowState::InProgress);
+
+    llm.gates[1].notify_one();
+    browser.wait_for("#state .state-COMPLETE").await;
+    let answer = browser
+        .client
+        .wait()
+        .forever()
+        .for_element(Locator::XPath(
+            "//pre[@id='answer'][not(contains(@class, 'streaming'))][.='Amazon grew faster in 2024.']",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(answer.text().await.unwrap(), "Amazon grew faster in 2024.");
     browser.client.clone().close().await.unwrap();
 }

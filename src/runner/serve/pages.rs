@@ -18,6 +18,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/assets/app.js", get(|| async { asset("text/javascript", include_str!("assets/app.js")) }))
         .route("/assets/index.js", get(|| async { asset("text/javascript", include_str!("assets/index.js")) }))
         .route("/assets/workflow.js", get(|| async { asset("text/javascript", include_str!("assets/workflow.js")) }))
+        .route("/assets/graph.js", get(|| async { asset("text/javascript", include_str!("assets/graph.js")) }))
 }
 
 fn asset(content_type: &'static str, text: &'static str) -> Response {

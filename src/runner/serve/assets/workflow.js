@@ -1,5 +1,6 @@
-// One workflow: its state, open questions as forms, answer, plan, and a timeline
-// fed by its AG-UI event stream (each event carries the stored event as rawEvent).
+// One workflow: its state, open questions as forms, the answer (streamed in as it
+// is written), the plan as a graph, and a timeline fed by its AG-UI event stream
+// (each stored event comes as rawEvent; streamed text as TEXT_MESSAGE_*).
 "use strict";
 
 const id = decodeURIComponent(window.location.pathname.split("/").pop());
@@ -7,6 +8,9 @@ const base = "/v1/workflows/" + encodeURIComponent(id);
 const actionStatus = document.getElementById("action-status");
 const seen = new Set();
 let current = null;
+let plan = null;
+/// The message being streamed into the answer, if one is.
+let streaming = null;
 
 async function load() {
   try {
@@ -24,12 +28,38 @@ async function load() {
   failure.textContent = current.failure ? current.failure.kind + ": " + current.failure.message : "";
   const final = current.outputs && current.outputs.final_output;
   const answer = document.getElementById("answer");
-  answer.textContent = final ? (final.summary || json(final.value)) : "No answer yet.";
-  answer.className = final ? "" : "muted";
+  if (final) {
+    streaming = null;
+    answer.textContent = final.summary || json(final.value);
+    answer.className = "";
+  } else if (!streaming && !answer.dataset.streamed) {
+    answer.textContent = "No answer yet.";
+    answer.className = "muted";
+  }
   const finished = state === "COMPLETE" || state === "FAILED";
   document.getElementById("cancel").disabled = finished;
   document.getElementById("resume").disabled = !(state === "READY_TO_RESUME" || state === "NOT_STARTED" || state === "IN_PROGRESS");
   renderQuestions(current.outputs.clarifications.filter((c) => !c.resolved));
+  renderPlan();
+}
+
+/// Streamed text goes into the answer as it comes; the stored answer replaces it
+/// when the workflow has one. A restarted attempt ends its message, and the next
+/// one starts the text over.
+function stream(event) {
+  const answer = document.getElementById("answer");
+  if (event.type === "TEXT_MESSAGE_START") {
+    if (current && current.outputs && current.outputs.final_output) return;
+    streaming = event.messageId;
+    answer.textContent = "";
+    answer.className = "streaming";
+    answer.dataset.streamed = "true";
+  } else if (event.type === "TEXT_MESSAGE_CONTENT" && event.messageId === streaming) {
+    answer.append(event.delta);
+  } else if (event.type === "TEXT_MESSAGE_END" && event.messageId === streaming) {
+    streaming = null;
+    answer.className = "";
+  }
 }
 
 function renderQuestions(open) {
@@ -98,16 +128,25 @@ function parseOr(text, fallback) {
 
 async function loadPlan() {
   try {
-    const plan = await api("GET", base + "/plan");
+    plan = await api("GET", base + "/plan");
     document.getElementById("title").textContent = plan.plan_context.query;
-    document.getElementById("plan").replaceChildren(...plan.steps.map((step) => {
-      const uses = (step.inputs || []).map((input) => input.name).join(", ");
-      return el("li", {}, step.task, " ",
-        el("span", { class: "muted" }, (step.tool_id ? "with " + step.tool_id + " " : "") + "→ " + step.output + (uses ? " (uses " + uses + ")" : "")));
-    }));
+    renderPlan();
   } catch (error) {
     say(actionStatus, error.message, true);
   }
+}
+
+function renderPlan() {
+  if (!plan) return;
+  document.getElementById("plan-graph").replaceChildren(planGraph(plan, current));
+  document.getElementById("plan").replaceChildren(...plan.steps.map((step, i) => {
+    const uses = [...readsOf(step)].join(", ");
+    const when = step.condition ? "if " + step.condition + ", " : "";
+    const loop = step.for_each ? "for each " + step.for_each + ", " : "";
+    return el("li", {}, step.task, " ",
+      el("span", { class: "muted" }, when + loop + stepKind(step) + " → " + step.output + (uses ? " (uses " + uses + ")" : "") +
+        " · " + stepStatus(step, i, current)));
+  }));
 }
 
 /// A timeline entry for a stored event, once per event.
@@ -116,7 +155,9 @@ function entry(raw) {
     case "step_started":
       return ["state", "Step " + (raw.step + 1) + " started: " + raw.task + (raw.tool_id ? " (" + raw.tool_id + ")" : "")];
     case "step_finished":
-      return ["state", "Step " + (raw.step + 1) + " finished"];
+      return ["state", "Step " + (raw.step + 1) + " " + outcomeText(raw.outcome)];
+    case "loop_item_finished":
+      return ["state", "Step " + (raw.step + 1) + ", item " + (raw.item + 1) + " " + outcomeText(raw.outcome)];
     case "tool_call_started":
       return ["tool", raw.tool_id + " called (attempt " + (raw.call.attempt + 1) + ")", el("pre", {}, json(raw.arguments))];
     case "tool_call_finished":
@@ -138,12 +179,25 @@ function entry(raw) {
   }
 }
 
+/// How a step (or one loop item) ended, in a few words.
+function outcomeText(outcome) {
+  if (!outcome || outcome.output) return "finished";
+  if (outcome.skipped !== undefined) return "skipped: " + outcome.skipped;
+  if (outcome.failed) return "failed: " + outcome.failed.message;
+  if (outcome.clarifications) return "is waiting for answers";
+  return "finished";
+}
+
+const LIVE_ONLY = new Set(["llm_text_delta", "llm_stream_restarted"]);
+
 function follow() {
   const events = new EventSource(base + "/events");
   events.onmessage = (message) => {
     const event = JSON.parse(message.data);
+    if (event.type.startsWith("TEXT_MESSAGE_")) stream(event);
     const raw = event.rawEvent;
-    if (raw && !seen.has(raw.seq)) {
+    // Streamed pieces are shown in the answer, not the timeline.
+    if (raw && !LIVE_ONLY.has(raw.event) && !seen.has(raw.seq)) {
       seen.add(raw.seq);
       const [kind, text, detail] = entry(raw);
       const time = new Date(raw.at).toLocaleTimeString();

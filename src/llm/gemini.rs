@@ -1,4 +1,5 @@
-//! Google Gemini (`POST {base}/v1beta/models/{model}:generateContent`).
+//! Google Gemini (`POST {base}/v1beta/models/{model}:generateContent`, or
+//! `:streamGenerateContent?alt=sse` when the caller wants the reply streamed).
 //!
 //! Tools are function declarations with a JSON-schema `parametersJsonSchema`;
 //! structured replies ask for `responseMimeType: application/json` with the
@@ -12,9 +13,11 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
+use super::gemini_stream::ChunkReader;
 use super::rate_limit::Limiters;
 use super::schema::{object_schema, portable};
-use super::transport::{Account, Endpoint, secret_header};
+use super::stream::Deltas;
+use super::transport::{Account, Endpoint, Reply, secret_header};
 use super::{LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, Message, Role, ToolCall, ToolChoice, Usage};
 
 /// A client for the Gemini API.
@@ -37,16 +40,21 @@ impl GeminiClient {
         request: &LlmRequest,
         max_tokens: u32,
     ) -> Result<LlmResponse, LlmError> {
-        let endpoint = self.endpoint(model)?;
+        let deltas = Deltas::current();
+        let endpoint = self.endpoint(model, deltas.is_some())?;
         let body = request_body(request, max_tokens).map_err(|e| endpoint.not_sent(e))?;
-        let reply = endpoint.post(&body).await?;
+        let reply = match deltas {
+            Some(deltas) => streamed(&endpoint, &body, &deltas).await?,
+            None => endpoint.post(&body).await?,
+        };
         let response = parse_reply(&reply.body).map_err(|e| endpoint.invalid(e))?;
         endpoint.log_success(&reply, response.usage);
         Ok(response)
     }
 
-    fn endpoint<'a>(&'a self, model: &'a str) -> Result<Endpoint<'a>, LlmError> {
-        let url = format!("{}/v1beta/models/{model}:generateContent", self.account.base_url);
+    fn endpoint<'a>(&'a self, model: &'a str, stream: bool) -> Result<Endpoint<'a>, LlmError> {
+        let method = if stream { "streamGenerateContent?alt=sse" } else { "generateContent" };
+        let url = format!("{}/v1beta/models/{model}:{method}", self.account.base_url);
         let mut endpoint = self.account.endpoint(LlmProvider::Gemini, model, url);
         if model.contains(['/', '?', '#', ':']) {
             return Err(endpoint.not_sent(format!("{model:?} is not a Gemini model name (such as gemini-2.5-flash)")));
@@ -59,7 +67,19 @@ impl GeminiClient {
     }
 }
 
-/// The `generateContent` body.
+/// Sends `body` as a streamed request, handing the text to `deltas` as it comes,
+/// and returns the reply an unstreamed request would have got.
+async fn streamed(endpoint: &Endpoint<'_>, body: &Value, deltas: &Deltas) -> Result<Reply, LlmError> {
+    deltas.begin_attempt();
+    let mut reader = ChunkReader::default();
+    let mut reply = endpoint.post_events(body, |_, data| reader.read(data, deltas)).await?;
+    if reply.body.is_null() {
+        reply.body = reader.into_reply();
+    }
+    Ok(reply)
+}
+
+/// The `generateContent` body (the same for `streamGenerateContent`).
 fn request_body(request: &LlmRequest, max_tokens: u32) -> Result<Value, String> {
     let (system, contents) = conversation(&request.messages)?;
     let mut body = Map::new();

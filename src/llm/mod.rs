@@ -30,6 +30,7 @@ mod anthropic_stream;
 mod caps;
 mod fallback;
 mod gemini;
+mod gemini_stream;
 mod layer;
 mod offline;
 mod openai;

@@ -11,11 +11,12 @@ use portia::runner::{EventKind, WorkflowEvent};
 use portia::testing::MockTool;
 use portia::{Config, InMemoryToolRegistry, Plan, PlanBuilder, Runner, Workflow, WorkflowState};
 use serde_json::{Value, json};
-use wiremock::matchers::{body_partial_json, method, path};
+use wiremock::matchers::{body_partial_json, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const OPENAI_ROUTE: &str = "/v1/chat/completions";
 const ANTHROPIC_ROUTE: &str = "/v1/messages";
+const GEMINI_ROUTE: &str = "/v1beta/models/model-test:streamGenerateContent";
 
 fn config(server: &MockServer, provider: LlmProvider) -> portia::config::ConfigBuilder {
     let builder = Config::builder()
@@ -28,6 +29,7 @@ fn config(server: &MockServer, provider: LlmProvider) -> portia::config::ConfigB
         .request_timeout_secs(5u64);
     match provider {
         LlmProvider::Anthropic => builder.anthropic_api_key("sk-ant-test").anthropic_base_url(server.uri()),
+        LlmProvider::Gemini => builder.gemini_api_key("AIza-test").gemini_base_url(server.uri()),
         _ => builder.openai_api_key("sk-test").openai_base_url(format!("{}/v1", server.uri())),
     }
 }
@@ -367,4 +369,62 @@ async fn serve_streams_the_pieces_as_one_ag_ui_text_message() {
         "live pieces carry no id to resume from"
     );
     assert_eq!(second.last().unwrap().data["type"], "RUN_FINISHED");
+}
+
+/// A Gemini stream chunk (a whole `GenerateContentResponse`) with `parts`, the last
+/// one carrying the finish reason and the usage so far.
+fn gemini_chunk(parts: Value, finish: Option<&str>) -> (Option<&'static str>, Value) {
+    let mut candidate = json!({"content": {"role": "model", "parts": parts}, "index": 0});
+    let mut usage = json!({"promptTokenCount": 13});
+    if let Some(finish) = finish {
+        candidate["finishReason"] = json!(finish);
+        usage = json!({"promptTokenCount": 13, "candidatesTokenCount": 5, "totalTokenCount": 18});
+    }
+    (None, json!({"candidates": [candidate], "usageMetadata": usage, "modelVersion": "model-test"}))
+}
+
+async fn mount_gemini(server: &MockServer, reply: ResponseTemplate) {
+    Mock::given(method("POST"))
+        .and(path(GEMINI_ROUTE))
+        .and(query_param("alt", "sse"))
+        .respond_with(reply)
+        .expect(1)
+        .mount(server)
+        .await;
+}
+
+#[tokio::test]
+async fn gemini_text_streams_from_stream_generate_content_with_exact_usage() {
+    let server = MockServer::start().await;
+    let chunks = [
+        gemini_chunk(json!([{"text": "thinking it over", "thought": true}]), None),
+        gemini_chunk(json!([{"text": "Hello"}]), None),
+        gemini_chunk(json!([{"text": ", world."}]), Some("STOP")),
+    ];
+    mount_gemini(&server, sse(&chunks)).await;
+    let runner = runner(config(&server, LlmProvider::Gemini));
+    let (done, seen) = run_watched(&runner, &one_step("Greet the world", None)).await;
+
+    assert_eq!(done.state(), WorkflowState::Complete, "{:?}", done.failure());
+    assert_eq!(streamed_text(&seen), "Hello, world.", "thoughts are not streamed");
+    assert_eq!(done.outputs().final_output.as_ref().unwrap().value, json!("Hello, world."));
+    let usage = seen.iter().find_map(|e| match &e.kind {
+        EventKind::LlmCallFinished { usage, .. } => Some(*usage),
+        _ => None,
+    });
+    let usage = usage.expect("the call is announced");
+    assert_eq!((usage.prompt_tokens, usage.completion_tokens), (13, 5), "usage comes from the last chunk");
+}
+
+#[tokio::test]
+async fn gemini_function_calls_in_a_stream_are_called() {
+    let server = MockServer::start().await;
+    let call = json!([{"functionCall": {"name": "echo_tool", "args": {"text": "hi"}}}]);
+    mount_gemini(&server, sse(&[gemini_chunk(call, Some("STOP"))])).await;
+    let runner = runner(config(&server, LlmProvider::Gemini));
+    let (done, seen) = run_watched(&runner, &one_step("Echo hi", Some("echo_tool"))).await;
+
+    assert_eq!(done.state(), WorkflowState::Complete, "{:?}", done.failure());
+    assert_eq!(done.outputs().final_output.as_ref().unwrap().value, json!({"text": "hi"}));
+    assert!(streamed_text(&seen).is_empty(), "a call is no text");
 }

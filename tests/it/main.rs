@@ -49,6 +49,7 @@ mod events_hooks;
 mod leases;
 mod llm_anthropic;
 mod llm_azure;
+mod llm_bedrock;
 mod llm_caps;
 mod llm_fallback;
 mod llm_gemini;

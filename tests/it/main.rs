@@ -36,6 +36,7 @@ mod pg;
 mod agents;
 mod architecture;
 mod budgets;
+mod cassette_protocols;
 #[cfg(feature = "cli")]
 mod cli;
 mod control_flow;

@@ -25,7 +25,8 @@ impl Config {
         let profile = read_aws_profile(vars).map_err(|(setting, message)| Error::invalid_config(setting, message))?;
         if let (false, Some(credentials)) = (has_keys, profile.credentials) {
             let (id, secret, token) = credentials.into_parts();
-            (self.aws_access_key_id, self.aws_secret_access_key, self.aws_session_token) = (Some(id), Some(secret), token);
+            (self.aws_access_key_id, self.aws_secret_access_key, self.aws_session_token) =
+                (Some(id), Some(secret), token);
         }
         if self.aws_region.is_none() {
             self.aws_region = profile.region;
@@ -37,7 +38,11 @@ impl Config {
     fn uses(&self, provider: LlmProvider) -> bool {
         let named = [&self.default_model, &self.planning_model, &self.execution_model, &self.summary_model];
         self.llm_provider == provider
-            || named.into_iter().flatten().chain(&self.llm_fallback).any(|name| split_provider(name).0 == Some(provider))
+            || named
+                .into_iter()
+                .flatten()
+                .chain(&self.llm_fallback)
+                .any(|name| split_provider(name).0 == Some(provider))
     }
 
     /// The AWS credentials Bedrock needs.

@@ -150,7 +150,8 @@ pub(crate) fn read_profile(vars: &dyn Fn(&str) -> Option<String>) -> Result<Prof
     let named = vars("AWS_PROFILE").filter(|p| !p.trim().is_empty());
     let name = named.clone().unwrap_or_else(|| "default".to_owned());
     let home = vars("HOME").or_else(|| vars("USERPROFILE")).map(PathBuf::from);
-    let file = |var: &str, default: &str| vars(var).map(PathBuf::from).or_else(|| home.as_ref().map(|h| h.join(default)));
+    let file =
+        |var: &str, default: &str| vars(var).map(PathBuf::from).or_else(|| home.as_ref().map(|h| h.join(default)));
     let credentials_file = file("AWS_SHARED_CREDENTIALS_FILE", ".aws/credentials");
     let config_file = file("AWS_CONFIG_FILE", ".aws/config");
     let from_credentials = section(credentials_file.as_ref(), &name)?;
@@ -158,10 +159,14 @@ pub(crate) fn read_profile(vars: &dyn Fn(&str) -> Option<String>) -> Result<Prof
     let config_section = if name == "default" { name.clone() } else { format!("profile {name}") };
     let from_config = section(config_file.as_ref(), &config_section)?;
     if named.is_some() && from_credentials.is_none() && from_config.is_none() {
-        let files: Vec<String> = [&credentials_file, &config_file].into_iter().flatten().map(|p| p.display().to_string()).collect();
+        let files: Vec<String> =
+            [&credentials_file, &config_file].into_iter().flatten().map(|p| p.display().to_string()).collect();
         return Err((
             "AWS_PROFILE".to_owned(),
-            format!("there is no profile {name:?} in {}; name one that is there, or unset AWS_PROFILE", files.join(" or ")),
+            format!(
+                "there is no profile {name:?} in {}; name one that is there, or unset AWS_PROFILE",
+                files.join(" or ")
+            ),
         ));
     }
     let get = |key: &str| {
@@ -260,7 +265,8 @@ mod tests {
     fn a_request_is_signed_as_sigv4_says() {
         let credentials = AwsCredentials::new("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY");
         let time = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
-        let url = "https://bedrock-runtime.us-east-1.amazonaws.com/model/anthropic.claude-3-5-haiku-20241022-v1%3A0/converse";
+        let url =
+            "https://bedrock-runtime.us-east-1.amazonaws.com/model/anthropic.claude-3-5-haiku-20241022-v1%3A0/converse";
         let headers = credentials.sign("us-east-1", url, br#"{"messages":[]}"#, time).unwrap();
         let get = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.to_str().unwrap().to_owned());
         assert_eq!(get("x-amz-date").as_deref(), Some("20231114T221320Z"));

@@ -82,7 +82,9 @@ impl BedrockClient {
         let bytes = serde_json::to_vec(body).map_err(|e| endpoint.not_sent(e.to_string()))?;
         let headers =
             credentials.sign(region, &endpoint.url, &bytes, SystemTime::now()).map_err(|e| endpoint.not_sent(e))?;
-        endpoint.headers.insert(reqwest::header::CONTENT_TYPE, reqwest::header::HeaderValue::from_static("application/json"));
+        endpoint
+            .headers
+            .insert(reqwest::header::CONTENT_TYPE, reqwest::header::HeaderValue::from_static("application/json"));
         endpoint.headers.extend(headers);
         Ok(())
     }
@@ -175,9 +177,9 @@ fn conversation(messages: &[Message]) -> Result<(String, Vec<Value>), String> {
             Role::User => ("user", text_block(&message.content).into_iter().collect()),
             Role::Assistant => {
                 let mut blocks: Vec<Value> = text_block(&message.content).into_iter().collect();
-                blocks.extend(message.tool_calls.iter().map(|call| {
-                    json!({"toolUse": {"toolUseId": call.id, "name": call.name, "input": call.arguments}})
-                }));
+                blocks.extend(message.tool_calls.iter().map(
+                    |call| json!({"toolUse": {"toolUseId": call.id, "name": call.name, "input": call.arguments}}),
+                ));
                 ("assistant", blocks)
             }
             Role::Tool => {
@@ -261,7 +263,10 @@ mod tests {
 
     #[test]
     fn model_ids_and_arns_are_one_encoded_path_segment() {
-        assert_eq!(path_segment("anthropic.claude-3-5-haiku-20241022-v1:0"), "anthropic.claude-3-5-haiku-20241022-v1%3A0");
+        assert_eq!(
+            path_segment("anthropic.claude-3-5-haiku-20241022-v1:0"),
+            "anthropic.claude-3-5-haiku-20241022-v1%3A0"
+        );
         assert_eq!(
             path_segment("arn:aws:bedrock:us-east-1:123:inference-profile/us.amazon.nova-lite-v1:0"),
             "arn%3Aaws%3Abedrock%3Aus-east-1%3A123%3Ainference-profile%2Fus.amazon.nova-lite-v1%3A0"
@@ -286,7 +291,8 @@ mod tests {
 
     #[test]
     fn a_guardrail_intervention_is_an_error_saying_so() {
-        let body = json!({"output": {"message": {"role": "assistant", "content": []}}, "stopReason": "guardrail_intervened"});
+        let body =
+            json!({"output": {"message": {"role": "assistant", "content": []}}, "stopReason": "guardrail_intervened"});
         assert!(parse_reply(&body, None).unwrap_err().contains("guardrail_intervened"));
     }
 }

@@ -54,10 +54,13 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use aws::AwsCredentials;
-pub(crate) use aws::{CREDENTIAL_VARS as AWS_CREDENTIAL_VARS, MISSING_REGION as AWS_MISSING_REGION, bedrock_url, read_profile as read_aws_profile};
 pub use crate::error::LlmError;
 pub use crate::usage::Usage;
+pub use aws::AwsCredentials;
+pub(crate) use aws::{
+    CREDENTIAL_VARS as AWS_CREDENTIAL_VARS, MISSING_REGION as AWS_MISSING_REGION, bedrock_url,
+    read_profile as read_aws_profile,
+};
 pub use fallback::Fallback;
 pub use layer::{LlmClientExt, LlmLayer};
 pub use offline::Offline;

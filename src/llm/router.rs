@@ -82,8 +82,10 @@ impl LlmClient for Router {
             // Azure and Bedrock have no one public address: a resource's, a region's.
             let message = match provider {
                 LlmProvider::Bedrock => super::AWS_MISSING_REGION,
-                _ => "Azure OpenAI needs its resource's endpoint: set AZURE_OPENAI_ENDPOINT, \
-                      such as https://my-resource.openai.azure.com",
+                _ => {
+                    "Azure OpenAI needs its resource's endpoint: set AZURE_OPENAI_ENDPOINT, \
+                      such as https://my-resource.openai.azure.com"
+                }
             };
             return Err(LlmError::NotSent { provider: provider.to_string(), model, message: message.into() });
         }

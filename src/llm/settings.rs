@@ -312,7 +312,9 @@ impl LlmSettings {
     pub(crate) fn url(&self, provider: LlmProvider) -> String {
         match self.base_urls.get(&provider).filter(|url| !url.is_empty()) {
             Some(url) => url.clone(),
-            None if provider == LlmProvider::Bedrock => self.aws_region.as_deref().map(super::bedrock_url).unwrap_or_default(),
+            None if provider == LlmProvider::Bedrock => {
+                self.aws_region.as_deref().map(super::bedrock_url).unwrap_or_default()
+            }
             None => provider.default_base_url().to_owned(),
         }
     }

@@ -110,7 +110,9 @@ impl Protocol {
                         let name = &request["toolConfig"]["toolChoice"]["tool"]["name"];
                         json!({"toolUse": {"toolUseId": "tooluse_reply", "name": name, "input": value}})
                     }
-                    Turn::Call(name, args) => json!({"toolUse": {"toolUseId": "tooluse_1", "name": name, "input": args}}),
+                    Turn::Call(name, args) => {
+                        json!({"toolUse": {"toolUseId": "tooluse_1", "name": name, "input": args}})
+                    }
                     Turn::Text(text) => json!({"text": text}),
                 };
                 json!({

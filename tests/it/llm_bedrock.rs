@@ -86,8 +86,7 @@ fn assert_signed_by(request: &wiremock::Request, key_id: &str, secret: &str, tok
         signed_names.split(';').map(|name| (name.to_owned(), header(name).expect("a signed header is sent"))).collect();
     let date = header("x-amz-date").expect("x-amz-date");
     let time: SystemTime = chrono::NaiveDateTime::parse_from_str(&date, "%Y%m%dT%H%M%SZ").unwrap().and_utc().into();
-    let credentials =
-        aws_credential_types::Credentials::new(key_id, secret, token.map(str::to_owned), None, "test");
+    let credentials = aws_credential_types::Credentials::new(key_id, secret, token.map(str::to_owned), None, "test");
     let identity = credentials.into();
     let params = aws_sigv4::sign::v4::SigningParams::builder()
         .identity(&identity)
@@ -295,8 +294,12 @@ async fn a_validation_exception_is_not_retried_nor_a_reason_to_fall_back() {
 #[tokio::test]
 async fn refused_credentials_name_the_variables_and_never_the_secret() {
     let server = MockServer::start().await;
-    mount(&server, error_reply(403, "UnrecognizedClientException", "The security token included in the request is invalid."), 1)
-        .await;
+    mount(
+        &server,
+        error_reply(403, "UnrecognizedClientException", "The security token included in the request is invalid."),
+        1,
+    )
+    .await;
     let err = client(config(&server)).chat(ask("hi")).await.unwrap_err();
     let shown = format!("{err} {err:?}");
     assert!(shown.contains("AWS_ACCESS_KEY_ID") && !shown.contains(SECRET), "{shown}");
@@ -351,8 +354,11 @@ async fn credentials_and_region_come_from_the_named_profile_and_sign_requests() 
          [dev]\naws_access_key_id = AKIDDEV\naws_secret_access_key = dev-secret-key\naws_session_token = dev-token\n",
     )
     .unwrap();
-    std::fs::write(home.path().join(".aws/config"), "[default]\nregion = us-east-1\n[profile dev]\nregion = eu-west-3\n")
-        .unwrap();
+    std::fs::write(
+        home.path().join(".aws/config"),
+        "[default]\nregion = us-east-1\n[profile dev]\nregion = eu-west-3\n",
+    )
+    .unwrap();
     let server = MockServer::start().await;
     mount(&server, reply(json!([{"text": "from the profile"}])), 1).await;
     let config = Config::from_vars(vars(vec![
@@ -378,8 +384,11 @@ async fn credentials_and_region_come_from_the_named_profile_and_sign_requests() 
 fn variables_win_over_the_profile_and_the_files_can_be_moved() {
     let dir = tempfile::tempdir().unwrap();
     let credentials = dir.path().join("creds.ini");
-    std::fs::write(&credentials, "[default]\naws_access_key_id = AKIDFILE\naws_secret_access_key = file-secret\nregion = us-west-2\n")
-        .unwrap();
+    std::fs::write(
+        &credentials,
+        "[default]\naws_access_key_id = AKIDFILE\naws_secret_access_key = file-secret\nregion = us-west-2\n",
+    )
+    .unwrap();
     let base = |extra: Vec<(&'static str, String)>| {
         let mut pairs = vec![
             ("AWS_SHARED_CREDENTIALS_FILE", credentials.display().to_string()),

@@ -7,7 +7,8 @@
 //! schema is the wanted one (wrapped when it is not an object, see
 //! [`schema`](super::schema)), and the call's input becomes the reply's text.
 //! Usage is Converse's own count; cache reads and writes are prompt tokens too.
-//! Replies are not streamed: ConverseStream's binary event framing is not read.
+//! Inside a streaming scope ([`Deltas`]) the reply is streamed from
+//! `converse-stream` (see [`bedrock_stream`](super::bedrock_stream)).
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -15,9 +16,11 @@ use std::time::SystemTime;
 use serde_json::{Map, Value, json};
 
 use super::aws::AwsCredentials;
+use super::bedrock_stream::FrameReader;
 use super::rate_limit::Limiters;
 use super::schema::{SentSchema, object_schema, portable};
-use super::transport::{Account, Endpoint};
+use super::stream::Deltas;
+use super::transport::{Account, Endpoint, Reply};
 use super::{
     LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, Message, OutputSchema, Role, ToolCall, ToolChoice,
     Usage,
@@ -57,12 +60,17 @@ impl BedrockClient {
         request: &LlmRequest,
         max_tokens: u32,
     ) -> Result<LlmResponse, LlmError> {
-        let url = format!("{}/model/{}/converse", self.account.base_url, path_segment(model));
+        let deltas = Deltas::current();
+        let action = if deltas.is_some() { "converse-stream" } else { "converse" };
+        let url = format!("{}/model/{}/{action}", self.account.base_url, path_segment(model));
         let mut endpoint = self.account.endpoint(LlmProvider::Bedrock, model, url);
         let reply_tool = request.output_schema.as_ref().map(ReplyTool::new);
         let body = request_body(max_tokens, request, reply_tool.as_ref()).map_err(|e| endpoint.not_sent(e))?;
         self.sign(&mut endpoint, &body)?;
-        let reply = endpoint.post(&body).await?;
+        let reply = match &deltas {
+            Some(deltas) => streamed(&endpoint, &body, deltas).await?,
+            None => endpoint.post(&body).await?,
+        };
         let response = parse_reply(&reply.body, reply_tool.as_ref()).map_err(|e| endpoint.invalid(e))?;
         endpoint.log_success(&reply, response.usage);
         Ok(response)
@@ -88,6 +96,19 @@ impl BedrockClient {
         endpoint.headers.extend(headers);
         Ok(())
     }
+}
+
+/// Sends `body` to `converse-stream`, handing the text to `deltas` as it comes, and
+/// returns the reply `converse` would have given (or gave, from a server that
+/// answers whole).
+async fn streamed(endpoint: &Endpoint<'_>, body: &Value, deltas: &Deltas) -> Result<Reply, LlmError> {
+    deltas.begin_attempt();
+    let mut reader = FrameReader::default();
+    let mut reply = endpoint.post_frames(body, |bytes| reader.read(bytes, deltas)).await?;
+    if reply.body.is_null() {
+        reply.body = reader.into_reply().map_err(|e| endpoint.invalid(e))?;
+    }
+    Ok(reply)
 }
 
 /// A model id (or an inference profile's ARN, with its `:` and `/`) as one path

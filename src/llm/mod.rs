@@ -20,8 +20,9 @@
 //! [`client`] builds the HTTP client for the providers [`LlmSettings`] name
 //! ([`Config::llm_client`](crate::Config::llm_client) does so from the configuration):
 //! OpenAI Chat Completions (also used for Mistral, Groq, OpenRouter, Ollama and
-//! other compatible servers) and Anthropic Messages, each inside an [`Offline`] and
-//! a [`Retry`] layer. Both stream a reply when the runner asks them to (see
+//! other compatible servers), Anthropic Messages, Gemini `generateContent` and
+//! Bedrock Converse (signed with [`AwsCredentials`]), each inside an [`Offline`] and
+//! a [`Retry`] layer. All but Gemini stream a reply when the runner asks them to (see
 //! [`StreamMode`]): the pieces go to the run's subscribers, and the reply is the
 //! same [`LlmResponse`], usage included, as unstreamed.
 
@@ -29,6 +30,7 @@ mod anthropic;
 mod anthropic_stream;
 mod aws;
 mod bedrock;
+mod bedrock_stream;
 mod caps;
 mod fallback;
 mod gemini;

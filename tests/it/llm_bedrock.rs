@@ -77,7 +77,13 @@ async fn bodies(server: &MockServer) -> Vec<Value> {
 /// Signs the request the double received again, with the credentials the test
 /// knows, at the time its `x-amz-date` says, over the headers its `Authorization`
 /// says were signed, and checks that the signatures agree.
-fn assert_signed_by(request: &wiremock::Request, key_id: &str, secret: &str, token: Option<&str>, region: &str) {
+pub(crate) fn assert_signed_by(
+    request: &wiremock::Request,
+    key_id: &str,
+    secret: &str,
+    token: Option<&str>,
+    region: &str,
+) {
     use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
     let header = |name: &str| request.headers.get(name).map(|v| v.to_str().expect("ASCII header").to_owned());
     let authorization = header("authorization").expect("an Authorization header");

@@ -51,6 +51,7 @@ mod leases;
 mod llm_anthropic;
 mod llm_azure;
 mod llm_bedrock;
+mod llm_bedrock_stream;
 mod llm_caps;
 mod llm_fallback;
 mod llm_gemini;

@@ -129,10 +129,26 @@ impl Default for Prices {
         ];
         let prices = list
             .into_iter()
+            .chain(BEDROCK_PRICES)
             .map(|(model, input, output)| (model.to_owned(), Price { input_per_mtok: input, output_per_mtok: output }));
         Self(prices.collect())
     }
 }
+
+/// Bedrock's on-demand prices in US regions, by model id; a cross-region inference
+/// profile (`us.` prefix) costs the same as the model.
+const BEDROCK_PRICES: [(&str, f64, f64); 10] = [
+    ("anthropic.claude-3-5-haiku-20241022-v1:0", 0.8, 4.0),
+    ("us.anthropic.claude-3-5-haiku-20241022-v1:0", 0.8, 4.0),
+    ("anthropic.claude-3-haiku-20240307-v1:0", 0.25, 1.25),
+    ("anthropic.claude-3-5-sonnet-20241022-v2:0", 3.0, 15.0),
+    ("us.anthropic.claude-sonnet-4-20250514-v1:0", 3.0, 15.0),
+    ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", 3.0, 15.0),
+    ("amazon.nova-micro-v1:0", 0.035, 0.14),
+    ("amazon.nova-lite-v1:0", 0.06, 0.24),
+    ("amazon.nova-pro-v1:0", 0.8, 3.2),
+    ("meta.llama3-3-70b-instruct-v1:0", 0.72, 0.72),
+];
 
 impl Prices {
     /// No prices at all: every call costs nothing.

@@ -190,6 +190,11 @@ fn secrets_of(config: &Config) -> Vec<String> {
         &config.mistral_api_key,
         &config.groq_api_key,
         &config.openrouter_api_key,
+        &config.gemini_api_key,
+        &config.azure_openai_api_key,
+        &config.azure_openai_ad_token,
+        &config.aws_secret_access_key,
+        &config.aws_session_token,
         &config.tavily_api_key,
         &config.openweathermap_api_key,
     ]

@@ -123,6 +123,10 @@ impl ConfigBuilder {
         azure_openai_endpoint;
         /// Sets the Azure OpenAI `api-version`.
         azure_openai_api_version;
+        /// Sets the AWS region Bedrock is called in, such as `us-east-1`.
+        aws_region;
+        /// Sets the Bedrock runtime endpoint instead of the region's.
+        bedrock_endpoint;
         /// Sets the Tavily base URL.
         tavily_base_url;
         /// Sets the OpenWeatherMap base URL.
@@ -148,6 +152,12 @@ impl ConfigBuilder {
         azure_openai_api_key;
         /// Sets a Microsoft Entra ID token for Azure OpenAI (sent as a bearer token when no key is set).
         azure_openai_ad_token;
+        /// Sets the AWS access key id Bedrock requests are signed with.
+        aws_access_key_id;
+        /// Sets the AWS secret access key Bedrock requests are signed with.
+        aws_secret_access_key;
+        /// Sets the session token of temporary AWS credentials.
+        aws_session_token;
         /// Sets the Tavily API key.
         tavily_api_key;
         /// Sets the OpenWeatherMap API key.

@@ -10,6 +10,7 @@
 //! The provider catalogue ([`LlmProvider`], [`ModelRole`], [`ModelRef`]) lives in
 //! [`crate::llm`]; the log level and the subscriber set-up are [`LogLevel`] and [`init_logging`].
 
+mod aws;
 mod builder;
 mod enums;
 
@@ -117,6 +118,20 @@ pub struct Config {
     pub azure_openai_endpoint: Option<String>,
     /// The Azure OpenAI `api-version` (`AZURE_OPENAI_API_VERSION`); default `2024-10-21`.
     pub azure_openai_api_version: Option<String>,
+    /// AWS access key id for Bedrock (`AWS_ACCESS_KEY_ID`, else the AWS profile's).
+    #[serde(skip_serializing)]
+    pub aws_access_key_id: Option<Secret>,
+    /// AWS secret access key for Bedrock (`AWS_SECRET_ACCESS_KEY`, else the AWS profile's).
+    #[serde(skip_serializing)]
+    pub aws_secret_access_key: Option<Secret>,
+    /// AWS session token of temporary credentials (`AWS_SESSION_TOKEN`, else the AWS profile's).
+    #[serde(skip_serializing)]
+    pub aws_session_token: Option<Secret>,
+    /// The AWS region Bedrock is called in (`AWS_REGION`, else `AWS_DEFAULT_REGION`,
+    /// else the AWS profile's), such as `us-east-1`.
+    pub aws_region: Option<String>,
+    /// The Bedrock runtime endpoint (`AWS_ENDPOINT_URL_BEDROCK_RUNTIME`); default the region's.
+    pub bedrock_endpoint: Option<String>,
     /// Tavily API key for the search tool (`TAVILY_API_KEY`).
     #[serde(skip_serializing)]
     pub tavily_api_key: Option<Secret>,
@@ -242,6 +257,11 @@ impl Default for Config {
             gemini_base_url: None,
             azure_openai_api_key: None,
             azure_openai_ad_token: None,
+            aws_access_key_id: None,
+            aws_secret_access_key: None,
+            aws_session_token: None,
+            aws_region: None,
+            bedrock_endpoint: None,
             azure_openai_endpoint: None,
             azure_openai_api_version: None,
             tavily_api_key: None,
@@ -403,6 +423,7 @@ impl Config {
             Some(provider) => provider,
             None => self.inferred_provider(),
         };
+        self.fill_aws(&|name| vars.get(name))?;
         if vars.get("PORTIA_STORAGE").is_some_and(|v| ["disk", "file"].contains(&v.trim().to_lowercase().as_str())) {
             return Err(Error::invalid_config(
                 "PORTIA_STORAGE",
@@ -460,6 +481,9 @@ impl Config {
             ("GEMINI_API_KEY", &mut self.gemini_api_key),
             ("AZURE_OPENAI_API_KEY", &mut self.azure_openai_api_key),
             ("AZURE_OPENAI_AD_TOKEN", &mut self.azure_openai_ad_token),
+            ("AWS_ACCESS_KEY_ID", &mut self.aws_access_key_id),
+            ("AWS_SECRET_ACCESS_KEY", &mut self.aws_secret_access_key),
+            ("AWS_SESSION_TOKEN", &mut self.aws_session_token),
             ("TAVILY_API_KEY", &mut self.tavily_api_key),
             ("OPENWEATHERMAP_API_KEY", &mut self.openweathermap_api_key),
             ("PORTIA_DATABASE_URL", &mut self.database_url),
@@ -499,7 +523,9 @@ impl Config {
         } else {
             serde_json::from_str(&text).map_err(|e| Error::invalid_config(&setting, e.to_string()))?
         };
-        config.fill_secrets(&Vars(|name: &str| std::env::var(name).ok()));
+        let env = Vars(|name: &str| std::env::var(name).ok());
+        config.fill_secrets(&env);
+        config.fill_aws(&|name| env.get(name))?;
         config.validate()?;
         Ok(config)
     }
@@ -602,6 +628,7 @@ impl Config {
             ("ANTHROPIC_BASE_URL", &self.anthropic_base_url),
             ("GEMINI_BASE_URL", &self.gemini_base_url),
             ("AZURE_OPENAI_ENDPOINT", &self.azure_openai_endpoint),
+            ("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", &self.bedrock_endpoint),
             ("TAVILY_BASE_URL", &self.tavily_base_url),
             ("OPENWEATHERMAP_BASE_URL", &self.openweathermap_base_url),
         ];
@@ -640,7 +667,8 @@ impl Config {
         Ok(())
     }
 
-    /// The API key configured for `provider`, if any.
+    /// The API key configured for `provider`, if any (none for Bedrock, whose
+    /// requests are signed with the `aws_*` credentials instead).
     pub fn api_key(&self, provider: LlmProvider) -> Option<&Secret> {
         match provider {
             LlmProvider::OpenAi => self.openai_api_key.as_ref(),
@@ -652,6 +680,7 @@ impl Config {
             LlmProvider::OpenRouter => self.openrouter_api_key.as_ref(),
             LlmProvider::Gemini => self.gemini_api_key.as_ref(),
             LlmProvider::AzureOpenAi => self.azure_openai_api_key.as_ref().or(self.azure_openai_ad_token.as_ref()),
+            LlmProvider::Bedrock => None,
         }
     }
 
@@ -660,6 +689,9 @@ impl Config {
     /// # Errors
     /// [`Error::MissingApiKey`] naming the environment variable to set.
     pub fn require_api_key(&self, provider: LlmProvider) -> Result<Option<&Secret>> {
+        if provider == LlmProvider::Bedrock {
+            return self.require_aws().map(|()| None);
+        }
         match (provider.api_key_var(), self.api_key(provider)) {
             (Some(var), None) => Err(Error::MissingApiKey { service: provider.to_string(), env_var: var.to_owned() }),
             (_, key) => Ok(key),
@@ -673,10 +705,18 @@ impl Config {
             LlmProvider::Anthropic => self.anthropic_base_url.as_ref(),
             LlmProvider::Gemini => self.gemini_base_url.as_ref(),
             LlmProvider::AzureOpenAi => self.azure_openai_endpoint.as_ref(),
+            LlmProvider::Bedrock => self.bedrock_endpoint.as_ref(),
             _ => None,
         };
         let url = if provider == self.llm_provider { self.llm_base_url.as_ref().or(configured) } else { configured };
-        url.map_or(provider.default_base_url(), String::as_str).trim_end_matches('/').to_owned()
+        match url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            // Bedrock's public endpoint is its region's.
+            None if provider == LlmProvider::Bedrock => {
+                self.aws_region.as_deref().map(crate::llm::bedrock_url).unwrap_or_default()
+            }
+            None => provider.default_base_url().to_owned(),
+        }
     }
 
     /// The provider and model to use for `role`, as [`Config::llm_settings`] resolves it.
@@ -743,7 +783,7 @@ impl Config {
         if let (None, Some(token)) = (&self.azure_openai_api_key, &self.azure_openai_ad_token) {
             settings = settings.azure_entra_token(token.expose());
         }
-        settings
+        self.aws_settings(settings)
     }
 
     /// The LLM client this configuration names (see [`crate::llm::client`]).
@@ -754,6 +794,9 @@ impl Config {
     pub fn llm_client(&self) -> Result<std::sync::Arc<dyn LlmClient>> {
         self.validate()?;
         self.require_api_key(self.llm_provider)?;
+        if self.llm_provider == LlmProvider::Bedrock && self.aws_region.is_none() {
+            return Err(Error::invalid_config("AWS_REGION", crate::llm::AWS_MISSING_REGION));
+        }
         Ok(crate::llm::client(self.llm_settings()))
     }
 
@@ -1051,6 +1094,9 @@ mod tests {
                 &mut self.gemini_api_key,
                 &mut self.azure_openai_api_key,
                 &mut self.azure_openai_ad_token,
+                &mut self.aws_access_key_id,
+                &mut self.aws_secret_access_key,
+                &mut self.aws_session_token,
                 &mut self.tavily_api_key,
                 &mut self.openweathermap_api_key,
             ] {

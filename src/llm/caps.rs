@@ -16,7 +16,7 @@ const MARGIN_TOKENS: u32 = 64;
 pub(crate) const MIN_CAP: u32 = 256;
 
 /// The context windows of well-known models, in tokens, by name prefix.
-const KNOWN_CONTEXTS: [(&str, u32); 9] = [
+const KNOWN_CONTEXTS: [(&str, u32); 13] = [
     ("gpt-4.1", 1_047_576),
     ("gpt-4o", 128_000),
     ("o3", 200_000),
@@ -26,6 +26,11 @@ const KNOWN_CONTEXTS: [(&str, u32); 9] = [
     ("gemini-2.0", 1_048_576),
     ("mistral-large", 128_000),
     ("llama-3.3-70b", 128_000),
+    // Bedrock's model ids, and its cross-region inference profiles (`us.anthropic.`).
+    ("anthropic.claude-", 200_000),
+    ("us.anthropic.claude-", 200_000),
+    ("amazon.nova-micro", 128_000),
+    ("amazon.nova-", 300_000),
 ];
 
 /// The context window of `model` when it is a well-known one.

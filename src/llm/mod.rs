@@ -20,13 +20,17 @@
 //! [`client`] builds the HTTP client for the providers [`LlmSettings`] name
 //! ([`Config::llm_client`](crate::Config::llm_client) does so from the configuration):
 //! OpenAI Chat Completions (also used for Mistral, Groq, OpenRouter, Ollama and
-//! other compatible servers) and Anthropic Messages, each inside an [`Offline`] and
-//! a [`Retry`] layer. Both stream a reply when the runner asks them to (see
+//! other compatible servers), Anthropic Messages, Gemini `generateContent` and
+//! Bedrock Converse (signed with [`AwsCredentials`]), each inside an [`Offline`] and
+//! a [`Retry`] layer. Each streams a reply when the runner asks it to (see
 //! [`StreamMode`]): the pieces go to the run's subscribers, and the reply is the
 //! same [`LlmResponse`], usage included, as unstreamed.
 
 mod anthropic;
 mod anthropic_stream;
+mod aws;
+mod bedrock;
+mod bedrock_stream;
 mod caps;
 mod fallback;
 mod gemini;
@@ -55,6 +59,11 @@ use serde_json::Value;
 
 pub use crate::error::LlmError;
 pub use crate::usage::Usage;
+pub use aws::AwsCredentials;
+pub(crate) use aws::{
+    CREDENTIAL_VARS as AWS_CREDENTIAL_VARS, MISSING_REGION as AWS_MISSING_REGION, bedrock_url,
+    read_profile as read_aws_profile,
+};
 pub use fallback::Fallback;
 pub use layer::{LlmClientExt, LlmLayer};
 pub use offline::Offline;

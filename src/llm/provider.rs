@@ -26,6 +26,8 @@ config_enum!(
         Gemini => ["gemini", "google"],
         /// Azure OpenAI: Chat Completions on a deployment of your resource.
         AzureOpenAi => ["azure", "azure-openai"],
+        /// AWS Bedrock through the Converse API, signed with AWS credentials.
+        Bedrock => ["bedrock", "aws-bedrock"],
     }
 );
 
@@ -42,11 +44,13 @@ impl LlmProvider {
             Self::Gemini => "gemini-2.5-flash",
             // Azure names deployments, not models: this is the deployment's name.
             Self::AzureOpenAi => "gpt-4.1-mini",
+            Self::Bedrock => "anthropic.claude-3-5-haiku-20241022-v1:0",
         }
     }
 
     /// The base URL used when none is configured (none for Azure OpenAI, whose
-    /// endpoint is the resource's own: `AZURE_OPENAI_ENDPOINT`).
+    /// endpoint is the resource's own: `AZURE_OPENAI_ENDPOINT`, nor for Bedrock,
+    /// whose endpoint is the region's).
     pub fn default_base_url(self) -> &'static str {
         match self {
             Self::OpenAi => "https://api.openai.com/v1",
@@ -56,11 +60,12 @@ impl LlmProvider {
             Self::Groq => "https://api.groq.com/openai/v1",
             Self::OpenRouter => "https://openrouter.ai/api/v1",
             Self::Gemini => "https://generativelanguage.googleapis.com",
-            Self::AzureOpenAi => "",
+            Self::AzureOpenAi | Self::Bedrock => "",
         }
     }
 
-    /// The environment variable holding this provider's API key, if it needs one.
+    /// The environment variable holding this provider's API key, if it needs one
+    /// (for Bedrock, the first of the AWS credential variables).
     pub fn api_key_var(self) -> Option<&'static str> {
         match self {
             Self::OpenAi => Some("OPENAI_API_KEY"),
@@ -70,20 +75,21 @@ impl LlmProvider {
             Self::OpenRouter => Some("OPENROUTER_API_KEY"),
             Self::Gemini => Some("GEMINI_API_KEY"),
             Self::AzureOpenAi => Some("AZURE_OPENAI_API_KEY"),
+            Self::Bedrock => Some("AWS_ACCESS_KEY_ID"),
             Self::OpenAiCompatible | Self::Ollama => None,
         }
     }
 
     /// Whether the provider speaks the OpenAI Chat Completions protocol.
     pub fn is_openai_protocol(self) -> bool {
-        !matches!(self, Self::Anthropic | Self::Gemini)
+        !matches!(self, Self::Anthropic | Self::Gemini | Self::Bedrock)
     }
 
     /// Whether the provider's own model names contain slashes (`meta-llama/...`), so
     /// that an unknown `name/` prefix is part of the model name rather than a typo
-    /// for a provider.
+    /// for a provider. Bedrock's inference profile ARNs have one.
     pub fn takes_slashed_models(self) -> bool {
-        matches!(self, Self::OpenAiCompatible | Self::Ollama | Self::Groq | Self::OpenRouter)
+        matches!(self, Self::OpenAiCompatible | Self::Ollama | Self::Groq | Self::OpenRouter | Self::Bedrock)
     }
 }
 
@@ -159,8 +165,8 @@ mod tests {
     }
 
     #[test]
-    fn only_anthropic_and_gemini_speak_their_own_protocols() {
+    fn only_anthropic_gemini_and_bedrock_speak_their_own_protocols() {
         let own: Vec<_> = LlmProvider::ALL.iter().filter(|p| !p.is_openai_protocol()).collect();
-        assert_eq!(own, [&LlmProvider::Anthropic, &LlmProvider::Gemini]);
+        assert_eq!(own, [&LlmProvider::Anthropic, &LlmProvider::Gemini, &LlmProvider::Bedrock]);
     }
 }

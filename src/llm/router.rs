@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::anthropic::AnthropicClient;
+use super::bedrock::BedrockClient;
 use super::caps;
 use super::gemini::GeminiClient;
 use super::openai::OpenAiClient;
@@ -39,6 +40,9 @@ impl Router {
                     }
                     LlmProvider::Gemini => {
                         ProviderClient::Gemini(GeminiClient::new(http.clone(), &settings, Arc::clone(&limiters)))
+                    }
+                    LlmProvider::Bedrock => {
+                        ProviderClient::Bedrock(BedrockClient::new(http.clone(), &settings, Arc::clone(&limiters)))
                     }
                     _ => ProviderClient::OpenAi(OpenAiClient::new(
                         http.clone(),
@@ -75,14 +79,15 @@ impl LlmClient for Router {
         }
         self.settings.require_api_key(provider)?;
         if self.settings.url(provider).is_empty() {
-            // Only Azure has no public address: each resource has its own.
-            return Err(LlmError::NotSent {
-                provider: provider.to_string(),
-                model,
-                message: "Azure OpenAI needs its resource's endpoint: set AZURE_OPENAI_ENDPOINT, \
-                          such as https://my-resource.openai.azure.com"
-                    .into(),
-            });
+            // Azure and Bedrock have no one public address: a resource's, a region's.
+            let message = match provider {
+                LlmProvider::Bedrock => super::AWS_MISSING_REGION,
+                _ => {
+                    "Azure OpenAI needs its resource's endpoint: set AZURE_OPENAI_ENDPOINT, \
+                      such as https://my-resource.openai.azure.com"
+                }
+            };
+            return Err(LlmError::NotSent { provider: provider.to_string(), model, message: message.into() });
         }
         match self.clients.get(&provider) {
             Some(client) => client.chat(request).await,
@@ -107,6 +112,7 @@ enum ProviderClient {
     OpenAi(OpenAiClient),
     Anthropic(AnthropicClient),
     Gemini(GeminiClient),
+    Bedrock(BedrockClient),
 }
 
 #[async_trait::async_trait]
@@ -142,6 +148,7 @@ impl SendOnce {
             ProviderClient::OpenAi(client) => client.chat(model, request, cap).await,
             ProviderClient::Anthropic(client) => client.chat(model, request, cap).await,
             ProviderClient::Gemini(client) => client.chat(model, request, cap).await,
+            ProviderClient::Bedrock(client) => client.chat(model, request, cap).await,
         }
     }
 }

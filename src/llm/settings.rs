@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::{
-    LlmError, LlmProvider, LlmRequest, ModelRef, ModelRole, RateLimit, RetryPolicy, StreamMode, split_provider,
+    AwsCredentials, LlmError, LlmProvider, LlmRequest, ModelRef, ModelRole, RateLimit, RetryPolicy, StreamMode,
+    split_provider,
 };
 use crate::secret::Secret;
 
@@ -42,6 +43,8 @@ pub struct LlmSettings {
     context_tokens: Option<u32>,
     azure_api_version: String,
     azure_bearer: bool,
+    aws_credentials: Option<AwsCredentials>,
+    aws_region: Option<String>,
     stream: StreamMode,
 }
 
@@ -68,6 +71,8 @@ impl LlmSettings {
             context_tokens: None,
             azure_api_version: AZURE_API_VERSION.to_owned(),
             azure_bearer: false,
+            aws_credentials: None,
+            aws_region: None,
             stream: StreamMode::Auto,
         }
     }
@@ -104,6 +109,25 @@ impl LlmSettings {
     /// The Azure `api-version`, and whether its key is an Entra bearer token.
     pub(crate) fn azure(&self) -> (&str, bool) {
         (&self.azure_api_version, self.azure_bearer)
+    }
+
+    /// The AWS credentials Bedrock requests are signed with.
+    #[must_use]
+    pub fn aws_credentials(mut self, credentials: AwsCredentials) -> Self {
+        self.aws_credentials = Some(credentials);
+        self
+    }
+
+    /// The AWS region whose Bedrock endpoint is called and signed for, such as `us-east-1`.
+    #[must_use]
+    pub fn aws_region(mut self, region: impl Into<String>) -> Self {
+        self.aws_region = Some(region.into()).filter(|r| !r.trim().is_empty());
+        self
+    }
+
+    /// The AWS credentials and region, for Bedrock.
+    pub(crate) fn aws(&self) -> (Option<&AwsCredentials>, Option<&str>) {
+        (self.aws_credentials.as_ref(), self.aws_region.as_deref())
     }
 
     /// The most tokens a reply for `role` may have, instead of [`max_tokens`](Self::max_tokens).
@@ -261,6 +285,16 @@ impl LlmSettings {
     /// # Errors
     /// [`LlmError::MissingApiKey`] naming the environment variable to set.
     pub fn require_api_key(&self, provider: LlmProvider) -> Result<Option<&Secret>, LlmError> {
+        if provider == LlmProvider::Bedrock {
+            // Bedrock signs with AWS credentials rather than sending a key.
+            return match self.aws_credentials {
+                Some(_) => Ok(None),
+                None => Err(LlmError::MissingApiKey {
+                    provider: provider.to_string(),
+                    env_var: super::AWS_CREDENTIAL_VARS.to_owned(),
+                }),
+            };
+        }
         match (provider.api_key_var(), self.keys.get(&provider)) {
             (Some(var), None) => {
                 Err(LlmError::MissingApiKey { provider: provider.to_string(), env_var: var.to_owned() })
@@ -273,8 +307,16 @@ impl LlmSettings {
         self.keys.get(&provider).cloned()
     }
 
+    /// The base URL of `provider`: the configured one, else its public one (for
+    /// Bedrock, its region's; none without a region).
     pub(crate) fn url(&self, provider: LlmProvider) -> String {
-        self.base_urls.get(&provider).cloned().unwrap_or_else(|| provider.default_base_url().to_owned())
+        match self.base_urls.get(&provider).filter(|url| !url.is_empty()) {
+            Some(url) => url.clone(),
+            None if provider == LlmProvider::Bedrock => {
+                self.aws_region.as_deref().map(super::bedrock_url).unwrap_or_default()
+            }
+            None => provider.default_base_url().to_owned(),
+        }
     }
 
     pub(crate) fn retry_policy(&self) -> &RetryPolicy {

@@ -176,6 +176,41 @@ impl Endpoint<'_> {
         Err(self.broken("the reply stream ended before the reply was complete"))
     }
 
+    /// Posts `body`, which asks for a reply in AWS's binary event-stream framing
+    /// (`application/vnd.amazon.eventstream`), once, and hands each piece of the body
+    /// to `on_bytes` until that says the reply is complete; the reply's body is then
+    /// `null`, for the caller to fill in. As for [`post_events`](Self::post_events),
+    /// a stream that ends early is a [`LlmError::Connection`], and a plain JSON answer
+    /// is read whole.
+    pub(crate) async fn post_frames(
+        &self,
+        body: &Value,
+        mut on_bytes: impl FnMut(&[u8]) -> Result<Flow, String>,
+    ) -> Result<Reply, LlmError> {
+        let started = Instant::now();
+        let sent = self.http.post(&self.url).headers(self.headers.clone()).json(body).send().await;
+        let mut response = sent.map_err(|e| self.transport_error(&e))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let content_type = headers.get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if !status.is_success() || !content_type.contains("amazon.eventstream") {
+            let bytes = response.bytes().await.map_err(|e| self.transport_error(&e))?;
+            self.observe_limits(status.as_u16(), &headers, &bytes);
+            if !status.is_success() {
+                return Err(self.http_error(status.as_u16(), &headers, &bytes));
+            }
+            let body = self.json(&bytes)?;
+            return Ok(Reply { body, status: status.as_u16(), latency: started.elapsed() });
+        }
+        self.observe_limits(status.as_u16(), &headers, &[]);
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.broken(&error_chain(&e)))? {
+            if on_bytes(&chunk).map_err(|e| self.invalid(e))? == Flow::Done {
+                return Ok(Reply { body: Value::Null, status: status.as_u16(), latency: started.elapsed() });
+            }
+        }
+        Err(self.broken("the reply stream ended before the reply was complete"))
+    }
+
     fn json(&self, bytes: &[u8]) -> Result<Value, LlmError> {
         serde_json::from_slice(bytes)
             .map_err(|e| self.invalid(format!("the body is not valid JSON ({e}); it starts with: {}", excerpt(bytes))))

@@ -36,6 +36,7 @@ mod pg;
 mod agents;
 mod architecture;
 mod budgets;
+mod cassette_protocols;
 #[cfg(feature = "cli")]
 mod cli;
 mod control_flow;
@@ -49,6 +50,8 @@ mod events_hooks;
 mod leases;
 mod llm_anthropic;
 mod llm_azure;
+mod llm_bedrock;
+mod llm_bedrock_stream;
 mod llm_caps;
 mod llm_fallback;
 mod llm_gemini;

@@ -1,0 +1,319 @@
+//! AWS Bedrock through the Converse API (`POST {base}/model/{modelId}/converse`).
+//!
+//! Every request is signed with Signature Version 4 (see [`aws`](super::aws)).
+//! Tools are `toolSpec`s with a JSON-schema `inputSchema`; calls and results travel
+//! as `toolUse` and `toolResult` content blocks. Converse has no JSON-schema mode,
+//! so a structured reply is asked for as a call to one forced tool whose input
+//! schema is the wanted one (wrapped when it is not an object, see
+//! [`schema`](super::schema)), and the call's input becomes the reply's text.
+//! Usage is Converse's own count; cache reads and writes are prompt tokens too.
+//! Inside a streaming scope ([`Deltas`]) the reply is streamed from
+//! `converse-stream` (see [`bedrock_stream`](super::bedrock_stream)).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde_json::{Map, Value, json};
+
+use super::aws::AwsCredentials;
+use super::bedrock_stream::FrameReader;
+use super::rate_limit::Limiters;
+use super::schema::{SentSchema, object_schema, portable};
+use super::stream::Deltas;
+use super::transport::{Account, Endpoint, Reply};
+use super::{
+    LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, Message, OutputSchema, Role, ToolCall, ToolChoice,
+    Usage,
+};
+
+/// A client for Bedrock's Converse API.
+#[derive(Debug)]
+pub(crate) struct BedrockClient {
+    account: Account,
+    credentials: Option<AwsCredentials>,
+    region: Option<String>,
+}
+
+/// The forced tool that carries a structured reply.
+#[derive(Debug)]
+struct ReplyTool {
+    name: String,
+    input: SentSchema,
+}
+
+impl BedrockClient {
+    /// A client at the configured Bedrock endpoint, sharing `http`'s connection pool.
+    pub(crate) fn new(http: reqwest::Client, settings: &LlmSettings, limiters: Arc<Limiters>) -> Self {
+        let (credentials, region) = settings.aws();
+        Self {
+            account: Account::new(http, settings, LlmProvider::Bedrock, limiters),
+            credentials: credentials.cloned(),
+            region: region.map(str::to_owned),
+        }
+    }
+
+    /// Sends `request` to `model` with a reply of at most `max_tokens`, once: the
+    /// [`Retry`](super::Retry) layer around this client retries.
+    pub(crate) async fn chat(
+        &self,
+        model: &str,
+        request: &LlmRequest,
+        max_tokens: u32,
+    ) -> Result<LlmResponse, LlmError> {
+        let deltas = Deltas::current();
+        let action = if deltas.is_some() { "converse-stream" } else { "converse" };
+        let url = format!("{}/model/{}/{action}", self.account.base_url, path_segment(model));
+        let mut endpoint = self.account.endpoint(LlmProvider::Bedrock, model, url);
+        let reply_tool = request.output_schema.as_ref().map(ReplyTool::new);
+        let body = request_body(max_tokens, request, reply_tool.as_ref()).map_err(|e| endpoint.not_sent(e))?;
+        self.sign(&mut endpoint, &body)?;
+        let reply = match &deltas {
+            Some(deltas) => streamed(&endpoint, &body, deltas).await?,
+            None => endpoint.post(&body).await?,
+        };
+        let response = parse_reply(&reply.body, reply_tool.as_ref()).map_err(|e| endpoint.invalid(e))?;
+        endpoint.log_success(&reply, response.usage);
+        Ok(response)
+    }
+
+    /// Adds the SigV4 headers for `body` (serialized as the transport will send it).
+    fn sign(&self, endpoint: &mut Endpoint<'_>, body: &Value) -> Result<(), LlmError> {
+        let Some(credentials) = &self.credentials else {
+            return Err(LlmError::MissingApiKey {
+                provider: LlmProvider::Bedrock.to_string(),
+                env_var: super::aws::CREDENTIAL_VARS.to_owned(),
+            });
+        };
+        let Some(region) = self.region.as_deref() else {
+            return Err(endpoint.not_sent(super::aws::MISSING_REGION));
+        };
+        let bytes = serde_json::to_vec(body).map_err(|e| endpoint.not_sent(e.to_string()))?;
+        let headers =
+            credentials.sign(region, &endpoint.url, &bytes, SystemTime::now()).map_err(|e| endpoint.not_sent(e))?;
+        endpoint
+            .headers
+            .insert(reqwest::header::CONTENT_TYPE, reqwest::header::HeaderValue::from_static("application/json"));
+        endpoint.headers.extend(headers);
+        Ok(())
+    }
+}
+
+/// Sends `body` to `converse-stream`, handing the text to `deltas` as it comes, and
+/// returns the reply `converse` would have given (or gave, from a server that
+/// answers whole).
+async fn streamed(endpoint: &Endpoint<'_>, body: &Value, deltas: &Deltas) -> Result<Reply, LlmError> {
+    deltas.begin_attempt();
+    let mut reader = FrameReader::default();
+    let mut reply = endpoint.post_frames(body, |bytes| reader.read(bytes, deltas)).await?;
+    if reply.body.is_null() {
+        reply.body = reader.into_reply().map_err(|e| endpoint.invalid(e))?;
+    }
+    Ok(reply)
+}
+
+/// A model id (or an inference profile's ARN, with its `:` and `/`) as one path
+/// segment: everything but unreserved characters percent-encoded, as the AWS SDKs send it.
+fn path_segment(model: &str) -> String {
+    let mut encoded = String::with_capacity(model.len());
+    for byte in model.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
+impl ReplyTool {
+    fn new(schema: &OutputSchema) -> Self {
+        Self { name: schema.wire_name(), input: SentSchema::new(&schema.schema) }
+    }
+
+    fn spec(&self) -> Value {
+        tool_spec(
+            &self.name,
+            &format!("Give your answer as the {} object. Always call this tool to reply.", self.name),
+            self.input.schema.clone(),
+        )
+    }
+}
+
+fn tool_spec(name: &str, description: &str, schema: Value) -> Value {
+    json!({"toolSpec": {"name": name, "description": description, "inputSchema": {"json": schema}}})
+}
+
+/// Tool inputs must be object schemas; a tool without arguments gets an empty one.
+fn input_schema(parameters: &Value) -> Value {
+    let parameters = &portable(parameters);
+    object_schema(parameters).unwrap_or_else(|| match parameters {
+        Value::Object(node) if !node.is_empty() => parameters.clone(),
+        _ => json!({"type": "object", "properties": {}}),
+    })
+}
+
+fn request_body(max_tokens: u32, request: &LlmRequest, reply_tool: Option<&ReplyTool>) -> Result<Value, String> {
+    let (system, messages) = conversation(&request.messages)?;
+    let mut body = Map::new();
+    body.insert("messages".into(), Value::Array(messages));
+    if !system.is_empty() {
+        body.insert("system".into(), json!([{"text": system}]));
+    }
+    body.insert("inferenceConfig".into(), json!({"maxTokens": max_tokens}));
+    let mut tools: Vec<Value> =
+        request.tools.iter().map(|t| tool_spec(&t.name, &t.description, input_schema(&t.parameters))).collect();
+    let choice = match reply_tool {
+        Some(reply) => {
+            tools.push(reply.spec());
+            Some(json!({"tool": {"name": reply.name}}))
+        }
+        None => (!tools.is_empty()).then(|| tool_choice(&request.tool_choice)),
+    };
+    if let Some(choice) = choice {
+        body.insert("toolConfig".into(), json!({"tools": tools, "toolChoice": choice}));
+    }
+    Ok(Value::Object(body))
+}
+
+fn tool_choice(choice: &ToolChoice) -> Value {
+    match choice {
+        ToolChoice::Auto => json!({"auto": {}}),
+        ToolChoice::Required => json!({"any": {}}),
+        ToolChoice::Tool(name) => json!({"tool": {"name": name}}),
+    }
+}
+
+/// Splits off the system prompt and maps the rest to messages whose roles
+/// alternate, as Converse wants: consecutive blocks of one role share a message,
+/// and tool results travel in user messages, before any words of the user that follow.
+fn conversation(messages: &[Message]) -> Result<(String, Vec<Value>), String> {
+    let mut system: Vec<&str> = Vec::new();
+    let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
+    for message in messages {
+        let (role, blocks) = match message.role {
+            Role::System => {
+                system.push(&message.content);
+                continue;
+            }
+            Role::User => ("user", text_block(&message.content).into_iter().collect()),
+            Role::Assistant => {
+                let mut blocks: Vec<Value> = text_block(&message.content).into_iter().collect();
+                blocks.extend(message.tool_calls.iter().map(
+                    |call| json!({"toolUse": {"toolUseId": call.id, "name": call.name, "input": call.arguments}}),
+                ));
+                ("assistant", blocks)
+            }
+            Role::Tool => {
+                let id = message.tool_call_id.as_deref().ok_or("a tool message has no tool_call_id")?;
+                // A blank text block is refused, and a result must say something.
+                let text = if message.content.is_empty() { "(no output)" } else { message.content.as_str() };
+                ("user", vec![json!({"toolResult": {"toolUseId": id, "content": [{"text": text}]}})])
+            }
+        };
+        if blocks.is_empty() {
+            continue;
+        }
+        match turns.last_mut() {
+            Some((last, existing)) if *last == role => existing.extend(blocks),
+            _ => turns.push((role, blocks)),
+        }
+    }
+    let system = system.into_iter().filter(|s| !s.trim().is_empty()).collect::<Vec<_>>().join("\n\n");
+    let messages = turns.into_iter().map(|(role, content)| json!({"role": role, "content": content})).collect();
+    Ok((system, messages))
+}
+
+fn text_block(text: &str) -> Option<Value> {
+    (!text.trim().is_empty()).then(|| json!({"text": text}))
+}
+
+fn parse_reply(body: &Value, reply_tool: Option<&ReplyTool>) -> Result<LlmResponse, String> {
+    let blocks =
+        body.pointer("/output/message/content").and_then(Value::as_array).ok_or("the reply has no output message")?;
+    match body.get("stopReason").and_then(Value::as_str) {
+        Some("max_tokens") => {
+            tracing::warn!("the LLM reply was cut off at maxTokens; raise PORTIA_MAX_TOKENS if this recurs");
+        }
+        Some(reason @ ("guardrail_intervened" | "content_filtered")) => {
+            return Err(format!("the reply was withheld ({reason})"));
+        }
+        _ => {}
+    }
+    let mut texts = Vec::new();
+    let mut tool_calls = Vec::new();
+    for (index, block) in blocks.iter().enumerate() {
+        if let Some(text) = block.get("text").and_then(Value::as_str) {
+            texts.push(text);
+        } else if let Some(call) = block.get("toolUse") {
+            tool_calls.push(tool_call(index, call)?);
+        }
+        // Reasoning and other blocks carry nothing the caller asked for.
+    }
+    let mut text = (!texts.is_empty()).then(|| texts.join("\n"));
+    if let Some(reply) = reply_tool
+        && let Some(position) = tool_calls.iter().position(|call| call.name == reply.name)
+    {
+        let call = tool_calls.remove(position);
+        text = Some(reply.input.unwrap(&call.arguments).to_string());
+    }
+    Ok(LlmResponse { text, tool_calls, usage: usage(body.get("usage")), model: None })
+}
+
+fn tool_call(index: usize, call: &Value) -> Result<ToolCall, String> {
+    let name = call.get("name").and_then(Value::as_str).ok_or_else(|| format!("toolUse block {index} has no name"))?;
+    let arguments = match call.get("input") {
+        Some(input @ Value::Object(_)) => input.clone(),
+        None | Some(Value::Null) => json!({}),
+        Some(other) => return Err(format!("the input of toolUse block {index} ({name}) is not an object: {other}")),
+    };
+    let id = call.get("toolUseId").and_then(Value::as_str).map_or_else(|| format!("tooluse_{index}"), str::to_owned);
+    Ok(ToolCall { id, name: name.to_owned(), arguments })
+}
+
+/// `inputTokens` leaves out the tokens read from or written to the prompt cache;
+/// they were sent all the same, so they count as prompt tokens.
+fn usage(usage: Option<&Value>) -> Usage {
+    let count = |field: &str| usage.and_then(|u| u.get(field)).and_then(Value::as_u64).unwrap_or(0);
+    let prompt = count("inputTokens") + count("cacheReadInputTokens") + count("cacheWriteInputTokens");
+    Usage::call(prompt, count("outputTokens"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_ids_and_arns_are_one_encoded_path_segment() {
+        assert_eq!(
+            path_segment("anthropic.claude-3-5-haiku-20241022-v1:0"),
+            "anthropic.claude-3-5-haiku-20241022-v1%3A0"
+        );
+        assert_eq!(
+            path_segment("arn:aws:bedrock:us-east-1:123:inference-profile/us.amazon.nova-lite-v1:0"),
+            "arn%3Aaws%3Abedrock%3Aus-east-1%3A123%3Ainference-profile%2Fus.amazon.nova-lite-v1%3A0"
+        );
+    }
+
+    #[test]
+    fn tool_results_open_the_user_turn_and_words_follow_them() {
+        let messages = [
+            Message::user("go"),
+            Message::assistant("", vec![ToolCall { id: "t1".into(), name: "f".into(), arguments: json!({}) }]),
+            Message::tool_result("t1", ""),
+            Message::user("now answer"),
+        ];
+        let (_, turns) = conversation(&messages).unwrap();
+        assert_eq!(turns.len(), 3);
+        assert_eq!(
+            turns[2]["content"],
+            json!([{"toolResult": {"toolUseId": "t1", "content": [{"text": "(no output)"}]}}, {"text": "now answer"}])
+        );
+    }
+
+    #[test]
+    fn a_guardrail_intervention_is_an_error_saying_so() {
+        let body =
+            json!({"output": {"message": {"role": "assistant", "content": []}}, "stopReason": "guardrail_intervened"});
+        assert!(parse_reply(&body, None).unwrap_err().contains("guardrail_intervened"));
+    }
+}

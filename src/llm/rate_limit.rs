@@ -333,7 +333,10 @@ tokio::task_local! {
 /// [`Deltas`](super::stream::Deltas)), the scope travels with the task, so every
 /// layer between the runner and the limiter passes it on untouched.
 #[derive(Clone)]
-pub(crate) struct LimiterWaits(Arc<dyn Fn(&ModelRef, Duration) + Send + Sync>);
+pub(crate) struct LimiterWaits(Arc<TellWait>);
+
+/// What a [`LimiterWaits`] does with a wait: the model waited for, and how long.
+type TellWait = dyn Fn(&ModelRef, Duration) + Send + Sync;
 
 impl fmt::Debug for LimiterWaits {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

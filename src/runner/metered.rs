@@ -25,7 +25,9 @@ use super::Runner;
 use super::calls::{Stop, StopSignal, describe_stop};
 use crate::config::Config;
 use crate::events::{EventKind, RunEvents};
-use crate::llm::{Delta, Deltas, LimiterWaits, NOTABLE_WAIT, LlmClient, LlmError, LlmLayer, LlmRequest, LlmResponse, LlmSettings};
+use crate::llm::{
+    Delta, Deltas, LimiterWaits, LlmClient, LlmError, LlmLayer, LlmRequest, LlmResponse, LlmSettings, NOTABLE_WAIT,
+};
 use crate::storage::{Lease, Storage, UsageRecord};
 use crate::workflow::WorkflowUsage;
 
@@ -136,7 +138,10 @@ impl Meter {
             if wait >= NOTABLE_WAIT {
                 let waited_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
                 let model = model.model.clone();
-                events.emit(workflow_id, EventKind::LlmCallThrottled { step_output: step_output.clone(), model, waited_ms });
+                events.emit(
+                    workflow_id,
+                    EventKind::LlmCallThrottled { step_output: step_output.clone(), model, waited_ms },
+                );
             }
         })
     }
@@ -218,7 +223,9 @@ impl LlmClient for MeteredLlm {
         // A fallback model may have served the call: it is the one named and priced.
         let served = response.model.as_deref().map_or(model.model, |name| self.meter.models.model_ref(name).model);
         let waited = *waited.lock().unwrap_or_else(PoisonError::into_inner);
-        self.meter.record(self.step_output.as_deref(), served, &response, started.elapsed().saturating_sub(waited)).await;
+        self.meter
+            .record(self.step_output.as_deref(), served, &response, started.elapsed().saturating_sub(waited))
+            .await;
         Ok(response)
     }
 

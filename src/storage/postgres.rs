@@ -34,12 +34,11 @@ use crate::{Error, Result};
 const UNHEARD_POLL: Duration = Duration::from_secs(1);
 
 /// The schema, one script per version; `{S}` stands for the quoted schema name.
-const MIGRATIONS: &[&str] =
-    &[
-        include_str!("postgres/0001_initial.sql"),
-        include_str!("postgres/0002_cost_and_events.sql"),
-        include_str!("postgres/0003_cache_tokens.sql"),
-    ];
+const MIGRATIONS: &[&str] = &[
+    include_str!("postgres/0001_initial.sql"),
+    include_str!("postgres/0002_cost_and_events.sql"),
+    include_str!("postgres/0003_cache_tokens.sql"),
+];
 
 /// Keeps everything in one Postgres database that processes on many machines share.
 ///

@@ -250,8 +250,10 @@ async fn sqlite_upgrades_a_usage_journal_from_0_3() {
     store.record_usage(&lease, &old).await.unwrap();
     drop(store);
     let db = raw(&path);
-    db.execute_batch("ALTER TABLE usage DROP COLUMN cache_read_tokens; ALTER TABLE usage DROP COLUMN cache_write_tokens;")
-        .unwrap();
+    db.execute_batch(
+        "ALTER TABLE usage DROP COLUMN cache_read_tokens; ALTER TABLE usage DROP COLUMN cache_write_tokens;",
+    )
+    .unwrap();
     db.pragma_update(None, "user_version", 4).unwrap();
     drop(db);
 

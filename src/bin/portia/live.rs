@@ -322,3 +322,24 @@ impl<'a> View<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_line_counts_its_waits_for_the_rate_limit() {
+        let plan = portia::PlanBuilder::new("q").step("a", None, "$a").build();
+        let mut view = View::new(&plan);
+        let throttled = |waited_ms| EventKind::LlmCallThrottled {
+            step_output: Some("$a".to_owned()),
+            model: "gpt-4.1-mini".to_owned(),
+            waited_ms,
+        };
+        view.on(&throttled(1200));
+        view.on(&throttled(1900));
+        assert_eq!(view.throttled["$a"].note(), " · 2 calls waited 3.1 s for the rate limit");
+        assert_eq!(Throttled { calls: 1, waited_ms: 80 }.note(), " · 1 call waited 0.1 s for the rate limit");
+        assert_eq!(Throttled::default().note(), "");
+    }
+}

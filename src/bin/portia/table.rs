@@ -179,3 +179,22 @@ pub(crate) fn tools_json(registry: &dyn ToolRegistry, available: &[String]) -> V
         .collect();
     Value::Array(specs)
 }
+
+#[cfg(test)]
+mod tests {
+    use portia::llm::Usage;
+    use portia::workflow::WorkflowUsage;
+
+    use super::usage_line;
+
+    #[test]
+    fn the_usage_line_shows_cached_tokens_only_when_there_are_some() {
+        let plain = WorkflowUsage::planned(Usage::call(900, 50), 0.00052);
+        assert_eq!(usage_line(&plain), "1 LLM calls, 900 prompt + 50 completion tokens, $0.0005");
+        let cached = WorkflowUsage::planned(Usage::call(900, 50).with_cache(800, 64), 0.0002);
+        assert_eq!(
+            usage_line(&cached),
+            "1 LLM calls, 900 prompt (800 cached, 64 written to cache) + 50 completion tokens, $0.0002"
+        );
+    }
+}

@@ -12,9 +12,10 @@
 //! cargo run --release --features postgres --example bench -- --n 400 --workers 1,2,4 --database-url postgres://...
 //! # with 30% of LLM and search calls failing (429, 500, malformed, dropped, slow), seeded
 //! cargo run --release --example bench -- --n 100 --concurrency 50 --fault-rate 0.3
-//! # the built-in server taking 100 LLM calls a second (429 above), measured without a
-//! # client-side limit and then with one of 5,700 requests a minute (95 a second)
-//! cargo run --release --example bench -- --n 500 --concurrency 500 --server-rps 100 --client-rpm 5700
+//! # the built-in server taking 100 LLM calls a second (429 above, add
+//! # --server-retry-after for a Retry-After too), measured without a client-side
+//! # limit and then with one of 6,000 requests a minute (PORTIA_LLM_RPM=6000)
+//! cargo run --release --example bench -- --n 500 --concurrency 500 --server-rps 100 --client-rpm 6000
 //! # every LLM reply sent whole, then every one streamed (the built-in server streams
 //! # when asked), in one session
 //! cargo run --release --example bench -- --n 200 --concurrency 50 --stream off,on
@@ -77,6 +78,9 @@ struct Args {
     /// requests left, and when the next one is) above it.
     #[arg(long)]
     server_rps: Option<u32>,
+    /// With --server-rps: the 429s also carry `Retry-After: 1`, as some providers send.
+    #[arg(long)]
+    server_retry_after: bool,
     /// Measure twice: with no client-side rate limit, then with this many requests a
     /// minute (`PORTIA_LLM_RPM`). Each line counts the 429s the built-in server sent.
     #[arg(long)]
@@ -157,6 +161,7 @@ fn spawn_server(args: &Args) -> Result<(Child, String), String> {
             &args.seed.to_string(),
         ])
         .args(args.server_rps.map(|rps| format!("--server-rps={rps}")))
+        .args(args.server_retry_after.then_some("--server-retry-after"))
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| format!("could not start the built-in server: {e}"))?;
@@ -311,6 +316,7 @@ async fn measure(
         "storage": format!("{:?}", args.storage).to_lowercase(),
         "server": args.base_url.clone().unwrap_or_else(|| format!("built-in ({} ms per LLM call, {} ms per search)", args.latency_ms, args.tool_latency_ms)),
         "server_llm_rps": args.server_rps,
+        "server_retry_after": args.server_retry_after,
         "client_rpm": client_rpm,
         "llm_stream": stream.unwrap_or_default().as_str(),
         "http_429": http_429,
@@ -390,7 +396,12 @@ fn peak_rss_mb() -> f64 {
 
 /// The built-in server, in this child process.
 async fn serve(args: &Args) {
-    let faults = fake_apis::Faults { rate: args.fault_rate.clamp(0.0, 1.0), seed: args.seed, llm_rps: args.server_rps };
+    let faults = fake_apis::Faults {
+        rate: args.fault_rate.clamp(0.0, 1.0),
+        seed: args.seed,
+        llm_rps: args.server_rps,
+        retry_after: args.server_retry_after,
+    };
     let (llm, tool) = (Duration::from_millis(args.latency_ms), Duration::from_millis(args.tool_latency_ms));
     let server = fake_apis::start_with_faults(llm, tool, faults).await;
     println!("LISTENING {}", server.uri());

@@ -9,8 +9,12 @@
 //! only while the workflow runs, not while it waits for a human.
 //!
 //! Cost comes from [`Prices`]: US dollars per million input and output tokens, per
-//! model. The defaults are list prices of a few common models at the time of
-//! writing; check them, and add or replace entries for yours.
+//! model, with the rates of prompt tokens read from (and written to) the provider's
+//! prompt cache where they differ. The defaults are list prices of a few common
+//! models at the time of writing; check them, and add or replace entries for yours.
+//!
+//! The token budget counts every prompt token, cached or not (a cached token still
+//! fills the model's context); the cost budget prices cached ones at their rate.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -26,7 +30,8 @@ use crate::usage::Usage;
 pub struct Budget {
     /// LLM calls, planning included (`PORTIA_BUDGET_LLM_CALLS`).
     pub llm_calls: Option<u32>,
-    /// Prompt plus completion tokens, planning included (`PORTIA_BUDGET_TOKENS`).
+    /// Prompt plus completion tokens, planning included, cached prompt tokens
+    /// counted like any other (`PORTIA_BUDGET_TOKENS`).
     pub tokens: Option<u64>,
     /// Seconds spent running, over all its runs (`PORTIA_BUDGET_SECONDS`).
     pub seconds: Option<u64>,
@@ -84,6 +89,16 @@ impl Budget {
 }
 
 /// What a model costs, in US dollars per million tokens.
+///
+/// ```
+/// use portia::config::Price;
+/// use portia::llm::Usage;
+///
+/// // Cached reads at a tenth of the input rate, cache writes at 1.25 times it.
+/// let price = Price::new(3.0, 15.0).cache_read(0.3).cache_write(3.75);
+/// let usage = Usage::call(1_000_000, 0).with_cache(800_000, 100_000);
+/// assert!((price.cost(&usage) - (0.3 + 0.24 + 0.375)).abs() < 1e-9);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Price {
@@ -91,17 +106,46 @@ pub struct Price {
     pub input_per_mtok: f64,
     /// Per million completion (output) tokens.
     pub output_per_mtok: f64,
+    /// Per million prompt tokens read from the provider's prompt cache; `None`
+    /// bills them as plain input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_read_per_mtok: Option<f64>,
+    /// Per million prompt tokens written to the provider's prompt cache, where it
+    /// bills them apart (Anthropic); `None` bills them as plain input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_per_mtok: Option<f64>,
 }
 
 impl Price {
-    /// A price in US dollars per million prompt and per million completion tokens.
+    /// A price in US dollars per million prompt and per million completion tokens;
+    /// cached prompt tokens cost as much as others until set apart.
     pub fn new(input_per_mtok: f64, output_per_mtok: f64) -> Self {
-        Self { input_per_mtok, output_per_mtok }
+        Self { input_per_mtok, output_per_mtok, cache_read_per_mtok: None, cache_write_per_mtok: None }
     }
 
-    /// The cost of `usage` at this price.
+    /// Prompt tokens read from the prompt cache cost `per_mtok` per million.
+    #[must_use]
+    pub fn cache_read(mut self, per_mtok: f64) -> Self {
+        self.cache_read_per_mtok = Some(per_mtok);
+        self
+    }
+
+    /// Prompt tokens written to the prompt cache cost `per_mtok` per million.
+    #[must_use]
+    pub fn cache_write(mut self, per_mtok: f64) -> Self {
+        self.cache_write_per_mtok = Some(per_mtok);
+        self
+    }
+
+    /// The cost of `usage` at this price: uncached prompt tokens at the input rate,
+    /// cached ones at theirs, completion tokens at the output rate.
     pub fn cost(&self, usage: &Usage) -> f64 {
-        (usage.prompt_tokens as f64 * self.input_per_mtok + usage.completion_tokens as f64 * self.output_per_mtok)
+        let read = self.cache_read_per_mtok.unwrap_or(self.input_per_mtok);
+        let write = self.cache_write_per_mtok.unwrap_or(self.input_per_mtok);
+        (usage.uncached_prompt_tokens() as f64 * self.input_per_mtok
+            + usage.cache_read_tokens as f64 * read
+            + usage.cache_write_tokens as f64 * write
+            + usage.completion_tokens as f64 * self.output_per_mtok)
             / 1_000_000.0
     }
 }
@@ -127,13 +171,39 @@ impl Default for Prices {
             ("gemini-2.5-flash-lite", 0.1, 0.4),
             ("gemini-2.0-flash", 0.1, 0.4),
         ];
-        let prices = list
+        let mut prices: BTreeMap<String, Price> = list
             .into_iter()
             .chain(BEDROCK_PRICES)
-            .map(|(model, input, output)| (model.to_owned(), Price { input_per_mtok: input, output_per_mtok: output }));
-        Self(prices.collect())
+            .map(|(model, input, output)| (model.to_owned(), Price::new(input, output)))
+            .collect();
+        for (model, read, write) in CACHE_RATES {
+            if let Some(price) = prices.get_mut(model) {
+                price.cache_read_per_mtok = Some(read);
+                price.cache_write_per_mtok = write;
+            }
+        }
+        Self(prices)
     }
 }
+
+/// The cached-prompt rates of the default models: cache reads, and cache writes
+/// where they are billed apart. OpenAI and Gemini cache on their own and bill only
+/// reads (a quarter or a tenth of the input rate); Anthropic bills reads at a tenth
+/// and five-minute cache writes at 1.25 times the input rate.
+const CACHE_RATES: [(&str, f64, Option<f64>); 12] = [
+    ("gpt-4.1", 0.5, None),
+    ("gpt-4.1-mini", 0.1, None),
+    ("gpt-4.1-nano", 0.025, None),
+    ("gpt-4o", 1.25, None),
+    ("gpt-4o-mini", 0.075, None),
+    ("claude-sonnet-4-5", 0.3, Some(3.75)),
+    ("claude-haiku-4-5", 0.1, Some(1.25)),
+    ("claude-opus-4-1", 1.5, Some(18.75)),
+    ("gemini-2.5-pro", 0.125, None),
+    ("gemini-2.5-flash", 0.03, None),
+    ("gemini-2.5-flash-lite", 0.01, None),
+    ("gemini-2.0-flash", 0.025, None),
+];
 
 /// Bedrock's on-demand prices in US regions, by model id; a cross-region inference
 /// profile (`us.` prefix) costs the same as the model.
@@ -181,9 +251,9 @@ mod tests {
     #[test]
     fn the_first_limit_reached_is_named_with_its_figure() {
         let budget = Budget { llm_calls: Some(3), tokens: Some(1000), ..Budget::default() };
-        let spent = Usage { llm_calls: 2, prompt_tokens: 900, completion_tokens: 50 };
+        let spent = Usage { llm_calls: 2, ..Usage::call(900, 50) };
         assert_eq!(budget.exceeded(&spent, 0.0, Duration::ZERO), None);
-        let spent = Usage { llm_calls: 2, prompt_tokens: 900, completion_tokens: 100 };
+        let spent = Usage { llm_calls: 2, ..Usage::call(900, 100).with_cache(800, 0) };
         let reason = budget.exceeded(&spent, 0.0, Duration::ZERO).unwrap();
         assert!(reason.contains("token budget of 1000") && reason.contains("1000 tokens used"), "{reason}");
         let budget = Budget { seconds: Some(10), usd: Some(0.01), ..Budget::default() };
@@ -193,10 +263,30 @@ mod tests {
 
     #[test]
     fn cost_follows_the_price_table() {
-        let prices = Prices::none().with("m", Price { input_per_mtok: 2.0, output_per_mtok: 8.0 });
-        let usage = Usage { llm_calls: 1, prompt_tokens: 1_000_000, completion_tokens: 500_000 };
+        let prices = Prices::none().with("m", Price::new(2.0, 8.0));
+        let usage = Usage::call(1_000_000, 500_000);
         assert!((prices.cost("m", &usage) - 6.0).abs() < 1e-9);
         assert_eq!(prices.cost("unknown", &usage), 0.0);
         assert!(Prices::default().get("gpt-4.1-mini").is_some());
+    }
+
+    #[test]
+    fn cached_prompt_tokens_are_priced_at_their_rates() {
+        // Without cache rates, cached tokens cost what any prompt token does.
+        let usage = Usage::call(1_000_000, 0).with_cache(600_000, 200_000);
+        assert!((Price::new(2.0, 8.0).cost(&usage) - 2.0).abs() < 1e-9);
+        let price = Price::new(2.0, 8.0).cache_read(0.5).cache_write(2.5);
+        // 200k plain at $2, 600k read at $0.5, 200k written at $2.5.
+        assert!((price.cost(&usage) - (0.4 + 0.3 + 0.5)).abs() < 1e-9);
+        let defaults = Prices::default();
+        assert_eq!(defaults.get("gpt-4.1").unwrap().cache_read_per_mtok, Some(0.5));
+        assert_eq!(defaults.get("claude-sonnet-4-5").unwrap().cache_write_per_mtok, Some(3.75));
+        assert!(CACHE_RATES.iter().all(|(model, ..)| defaults.get(model).is_some()), "a rate for an unlisted model");
+    }
+
+    #[test]
+    fn a_price_stored_without_cache_rates_still_reads() {
+        let price: Price = serde_json::from_str(r#"{"input_per_mtok":1.0,"output_per_mtok":2.0}"#).unwrap();
+        assert_eq!(price, Price::new(1.0, 2.0));
     }
 }

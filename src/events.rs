@@ -133,8 +133,23 @@ pub enum EventKind {
         usage: Usage,
         /// What it cost, in US dollars.
         cost_usd: f64,
-        /// How long it took, in milliseconds.
+        /// How long it took, in milliseconds, leaving out any wait for the
+        /// client-side rate limit ([`LlmCallThrottled`](Self::LlmCallThrottled)).
         latency_ms: u64,
+    },
+    /// An LLM call waited for the client-side rate limit (see
+    /// [`RateLimit`](crate::llm::RateLimit)) before it was sent: its model's
+    /// requests or tokens per minute were spent, or the provider had asked for a
+    /// pause. Told once the wait is over, for waits of 50 ms or more; the wait does
+    /// not count against the call's time limits. Stored like the call itself: it
+    /// says where a run's time went, which is stored nowhere else.
+    LlmCallThrottled {
+        /// The step it was made for, as in [`LlmCallFinished`](Self::LlmCallFinished).
+        step_output: Option<String>,
+        /// The model whose limit it waited for.
+        model: String,
+        /// How long it waited, in milliseconds.
+        waited_ms: u64,
     },
     /// A piece of an LLM reply's text as it streams in (see
     /// [`StreamMode`](crate::llm::StreamMode)). Announced to subscribers only, never

@@ -666,12 +666,12 @@ mod tests {
     #[test]
     fn usage_accumulates_per_step_and_in_total() {
         let mut usage = WorkflowUsage::default();
-        let call = Usage { llm_calls: 1, prompt_tokens: 10, completion_tokens: 2 };
+        let call = Usage::call(10, 2);
         usage.add(Some("$a"), call, 0.5);
         usage.add(Some("$a"), call, 0.25);
         usage.add(None, call, 0.0);
         let wf = Workflow { usage, ..Workflow::new(PlanId::new(), ExecutionContext::default()) };
-        assert_eq!(wf.usage.total, Usage { llm_calls: 3, prompt_tokens: 30, completion_tokens: 6 });
+        assert_eq!(wf.usage.total, Usage { llm_calls: 3, ..Usage::call(30, 6) });
         assert_eq!(wf.usage.steps["$a"].llm_calls, 2);
         assert_eq!(wf.usage.cost_usd, 0.75);
     }

@@ -24,6 +24,9 @@ pub(crate) struct Faults {
     /// LLM calls per second the server takes (a bucket of one second's worth); the
     /// ones above are answered 429, as a provider's rate limit would.
     pub(crate) llm_rps: Option<u32>,
+    /// Whether those 429s also say, in `Retry-After`, when to come back (else only
+    /// the `x-ratelimit-*` headers do).
+    pub(crate) retry_after: bool,
 }
 
 /// How one call fails.
@@ -188,7 +191,11 @@ impl Shared {
             let body = json!({"error": {"message": "Rate limit reached for requests", "type": "requests"}});
             // As OpenAI does: no requests left, and when the next one is.
             let reset = format!("{}ms", 1000 / self.faults.llm_rps.unwrap_or(1).max(1));
-            let headers = [("x-ratelimit-remaining-requests", "0"), ("x-ratelimit-reset-requests", reset.as_str())];
+            let mut headers =
+                vec![("x-ratelimit-remaining-requests", "0"), ("x-ratelimit-reset-requests", reset.as_str())];
+            if self.faults.retry_after {
+                headers.push(("retry-after", "1"));
+            }
             return Some(response(429, &body.to_string(), &headers));
         }
         let (latency, answer, retry_after) = match request.path.as_str() {

@@ -267,11 +267,13 @@ fn tool_call(index: usize, block: &Value) -> Result<ToolCall, String> {
     Ok(ToolCall { id, name: name.to_owned(), arguments })
 }
 
-/// Cached prompt tokens are still prompt tokens; they are reported apart.
+/// Anthropic's `input_tokens` leaves out the tokens read from and written to the
+/// prompt cache; they are added back, so `prompt_tokens` is the whole input as
+/// with every provider, and also counted apart.
 fn usage(usage: Option<&Value>) -> Usage {
     let count = |field: &str| usage.and_then(|u| u.get(field)).and_then(Value::as_u64).unwrap_or(0);
-    let prompt = count("input_tokens") + count("cache_creation_input_tokens") + count("cache_read_input_tokens");
-    Usage::call(prompt, count("output_tokens"))
+    let (read, written) = (count("cache_read_input_tokens"), count("cache_creation_input_tokens"));
+    Usage::call(count("input_tokens") + read + written, count("output_tokens")).with_cache(read, written)
 }
 
 #[cfg(test)]

@@ -271,11 +271,11 @@ fn tool_call(index: usize, call: &Value) -> Result<ToolCall, String> {
 }
 
 /// `inputTokens` leaves out the tokens read from or written to the prompt cache;
-/// they were sent all the same, so they count as prompt tokens.
+/// they were sent all the same, so they count as prompt tokens, and apart as cached.
 fn usage(usage: Option<&Value>) -> Usage {
     let count = |field: &str| usage.and_then(|u| u.get(field)).and_then(Value::as_u64).unwrap_or(0);
-    let prompt = count("inputTokens") + count("cacheReadInputTokens") + count("cacheWriteInputTokens");
-    Usage::call(prompt, count("outputTokens"))
+    let (read, write) = (count("cacheReadInputTokens"), count("cacheWriteInputTokens"));
+    Usage::call(count("inputTokens") + read + write, count("outputTokens")).with_cache(read, write)
 }
 
 #[cfg(test)]

@@ -214,10 +214,12 @@ fn tool_call(index: usize, call: &Value) -> Result<ToolCall, String> {
     Ok(ToolCall { id, name: name.to_owned(), arguments })
 }
 
-/// Thinking tokens are billed as output; cached prompt tokens are part of the prompt count.
+/// Thinking tokens are billed as output; cached prompt tokens are part of the
+/// prompt count, and `cachedContentTokenCount` counts them apart.
 fn usage(metadata: Option<&Value>) -> Usage {
     let count = |field: &str| metadata.and_then(|u| u.get(field)).and_then(Value::as_u64).unwrap_or(0);
     Usage::call(count("promptTokenCount"), count("candidatesTokenCount") + count("thoughtsTokenCount"))
+        .with_cache(count("cachedContentTokenCount"), 0)
 }
 
 #[cfg(test)]

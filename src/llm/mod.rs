@@ -69,6 +69,7 @@ pub use layer::{LlmClientExt, LlmLayer};
 pub use offline::Offline;
 pub use provider::{LlmProvider, ModelRef, ModelRole};
 pub(crate) use provider::{split_provider, unknown_provider};
+pub(crate) use rate_limit::{LimiterWaits, NOTABLE_WAIT};
 pub use rate_limit::{RateLimit, RateLimits};
 pub use retry::{Retry, RetryPolicy};
 pub use settings::LlmSettings;

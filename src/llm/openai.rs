@@ -373,9 +373,12 @@ fn tool_call((index, call): (usize, &Value)) -> Result<ToolCall, String> {
     Ok(ToolCall { id, name: name.to_owned(), arguments })
 }
 
+/// `prompt_tokens` includes the prefix OpenAI read from its prompt cache, which
+/// `prompt_tokens_details.cached_tokens` counts apart (OpenAI bills no cache writes).
 fn usage(usage: Option<&Value>) -> Usage {
-    let count = |field: &str| usage.and_then(|u| u.get(field)).and_then(Value::as_u64).unwrap_or(0);
-    Usage::call(count("prompt_tokens"), count("completion_tokens"))
+    let count = |path: &str| usage.and_then(|u| u.pointer(path)).and_then(Value::as_u64).unwrap_or(0);
+    Usage::call(count("/prompt_tokens"), count("/completion_tokens"))
+        .with_cache(count("/prompt_tokens_details/cached_tokens"), 0)
 }
 
 #[cfg(test)]

@@ -10,8 +10,13 @@
 //! left until some moment (`x-ratelimit-remaining-*` and `x-ratelimit-reset-*`,
 //! `anthropic-ratelimit-*`) or answers 429 with a `Retry-After` pauses the model's
 //! calls until then.
+//!
+//! A wait is logged, and told to whoever runs the call inside a
+//! [`LimiterWaits::scope`]: the runner's metered client, which leaves it out of the
+//! call's latency and makes one of [`NOTABLE_WAIT`] or more an event of the workflow.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -305,12 +310,54 @@ impl LlmClient for LimitedClient {
                 waited_ms = millis(waited),
                 "waited for the client-side rate limit"
             );
+            LimiterWaits::report(&target, waited);
         }
         self.inner.chat(request).await
     }
 
     fn retries(&self) -> bool {
         self.inner.retries()
+    }
+}
+
+/// The shortest wait for the limiter worth telling anyone about: shorter ones are
+/// small beside an LLM call's own latency, and come from the limiter spacing a
+/// burst evenly rather than from a limit being reached.
+pub(crate) const NOTABLE_WAIT: Duration = Duration::from_millis(50);
+
+tokio::task_local! {
+    static WAITS: LimiterWaits;
+}
+
+/// Where the limiter waits of the calls made inside [`LimiterWaits::scope`] are told: the model waited for, and how long. Like streamed pieces (see
+/// [`Deltas`](super::stream::Deltas)), the scope travels with the task, so every
+/// layer between the runner and the limiter passes it on untouched.
+#[derive(Clone)]
+pub(crate) struct LimiterWaits(Arc<TellWait>);
+
+/// What a [`LimiterWaits`] does with a wait: the model waited for, and how long.
+type TellWait = dyn Fn(&ModelRef, Duration) + Send + Sync;
+
+impl fmt::Debug for LimiterWaits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LimiterWaits").finish_non_exhaustive()
+    }
+}
+
+impl LimiterWaits {
+    /// Waits handed to `tell`.
+    pub(crate) fn new(tell: impl Fn(&ModelRef, Duration) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(tell))
+    }
+
+    /// Runs `call`, telling these the waits of its requests.
+    pub(crate) async fn scope<F: Future>(self, call: F) -> F::Output {
+        WAITS.scope(self, call).await
+    }
+
+    /// Tells the scope this task runs in, if any, that a request for `model` waited `waited`.
+    fn report(model: &ModelRef, waited: Duration) {
+        let _ = WAITS.try_with(|waits| (waits.0)(model, waited));
     }
 }
 

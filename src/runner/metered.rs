@@ -9,6 +9,10 @@
 //! It also decides whether a call streams (see [`StreamMode`](crate::llm::StreamMode)),
 //! and turns the pieces into events for subscribers only: the store keeps the
 //! finished reply, as it does for an unstreamed one.
+//!
+//! A call that waits for the client-side rate limit (inside, below any fallback
+//! and retries) is told here too, and becomes an [`EventKind::LlmCallThrottled`]
+//! of the workflow.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -21,7 +25,9 @@ use super::Runner;
 use super::calls::{Stop, StopSignal, describe_stop};
 use crate::config::Config;
 use crate::events::{EventKind, RunEvents};
-use crate::llm::{Delta, Deltas, LlmClient, LlmError, LlmLayer, LlmRequest, LlmResponse, LlmSettings};
+use crate::llm::{
+    Delta, Deltas, LimiterWaits, LlmClient, LlmError, LlmLayer, LlmRequest, LlmResponse, LlmSettings, NOTABLE_WAIT,
+};
 use crate::storage::{Journal, Lease, UsageRecord};
 use crate::workflow::WorkflowUsage;
 
@@ -122,6 +128,24 @@ impl Meter {
         })
     }
 
+    /// Where the call's waits for the rate limiter go: added up in `waited` (they
+    /// are no part of the call's latency) and, when notable, into the workflow's events.
+    fn waits(&self, step_output: Option<&str>, waited: Arc<Mutex<Duration>>) -> LimiterWaits {
+        let (events, workflow_id, step_output) =
+            (self.events.clone(), self.lease.workflow_id, step_output.map(str::to_owned));
+        LimiterWaits::new(move |model, wait| {
+            *waited.lock().unwrap_or_else(PoisonError::into_inner) += wait;
+            if wait >= NOTABLE_WAIT {
+                let waited_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+                let model = model.model.clone();
+                events.emit(
+                    workflow_id,
+                    EventKind::LlmCallThrottled { step_output: step_output.clone(), model, waited_ms },
+                );
+            }
+        })
+    }
+
     async fn record(&self, step_output: Option<&str>, model: String, response: &LlmResponse, took: Duration) {
         let cost_usd = self.config.prices.cost(&model, &response.usage);
         let step_output = step_output.map(str::to_owned);
@@ -185,18 +209,23 @@ impl LlmClient for MeteredLlm {
             gen_ai.usage.output_tokens = tracing::field::Empty,
         );
         let started = Instant::now();
+        let waited = Arc::new(Mutex::new(Duration::ZERO));
+        let waits = self.meter.waits(self.step_output.as_deref(), Arc::clone(&waited));
         let call = if self.meter.streams(&request) {
             let deltas = self.meter.deltas(self.step_output.as_deref());
-            deltas.scope(self.inner.chat(request).instrument(span.clone())).await
+            waits.scope(deltas.scope(self.inner.chat(request).instrument(span.clone()))).await
         } else {
-            self.inner.chat(request).instrument(span.clone()).await
+            waits.scope(self.inner.chat(request).instrument(span.clone())).await
         };
         let response = call?;
         span.record("gen_ai.usage.input_tokens", response.usage.prompt_tokens);
         span.record("gen_ai.usage.output_tokens", response.usage.completion_tokens);
         // A fallback model may have served the call: it is the one named and priced.
         let served = response.model.as_deref().map_or(model.model, |name| self.meter.models.model_ref(name).model);
-        self.meter.record(self.step_output.as_deref(), served, &response, started.elapsed()).await;
+        let waited = *waited.lock().unwrap_or_else(PoisonError::into_inner);
+        self.meter
+            .record(self.step_output.as_deref(), served, &response, started.elapsed().saturating_sub(waited))
+            .await;
         Ok(response)
     }
 

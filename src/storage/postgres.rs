@@ -34,8 +34,11 @@ use crate::{Error, Result};
 const UNHEARD_POLL: Duration = Duration::from_secs(1);
 
 /// The schema, one script per version; `{S}` stands for the quoted schema name.
-const MIGRATIONS: &[&str] =
-    &[include_str!("postgres/0001_initial.sql"), include_str!("postgres/0002_cost_and_events.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("postgres/0001_initial.sql"),
+    include_str!("postgres/0002_cost_and_events.sql"),
+    include_str!("postgres/0003_cache_tokens.sql"),
+];
 
 /// Keeps everything in one Postgres database that processes on many machines share.
 ///
@@ -648,21 +651,23 @@ impl RowTx for Rows<'_> {
     fn insert_usage(&mut self, record: UsageRecord) -> DbResult<()> {
         let usage = record.usage;
         let sql = "INSERT INTO {S}.usage (workflow_id, step_output, llm_calls, prompt_tokens, completion_tokens, \
-                   cost_usd) VALUES ($1, $2, $3, $4, $5, $6)";
-        let args: [&(dyn ToSql + Sync); 6] = [
+                   cost_usd, cache_read_tokens, cache_write_tokens) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+        let args: [&(dyn ToSql + Sync); 8] = [
             &record.workflow_id.to_string(),
             &record.step_output,
             &i64::from(usage.llm_calls),
             &to_int(usage.prompt_tokens)?,
             &to_int(usage.completion_tokens)?,
             &record.cost_usd,
+            &to_int(usage.cache_read_tokens)?,
+            &to_int(usage.cache_write_tokens)?,
         ];
         self.execute(sql, &args).map(drop)
     }
 
     fn usage(&mut self, id: WorkflowId) -> DbResult<Vec<UsageRecord>> {
-        let sql = "SELECT step_output, llm_calls, prompt_tokens, completion_tokens, cost_usd FROM {S}.usage \
-                   WHERE workflow_id = $1 ORDER BY seq";
+        let sql = "SELECT step_output, llm_calls, prompt_tokens, completion_tokens, cost_usd, cache_read_tokens, \
+                   cache_write_tokens FROM {S}.usage WHERE workflow_id = $1 ORDER BY seq";
         self.query(sql, &[&id.to_string()])?.iter().map(|row| read_usage(row, id)).collect()
     }
 
@@ -724,6 +729,8 @@ fn read_usage(row: &Row, workflow_id: WorkflowId) -> DbResult<UsageRecord> {
         llm_calls: from_int(row.try_get(1)?)?,
         prompt_tokens: from_int(row.try_get(2)?)?,
         completion_tokens: from_int(row.try_get(3)?)?,
+        cache_read_tokens: from_int(row.try_get(5)?)?,
+        cache_write_tokens: from_int(row.try_get(6)?)?,
     };
     Ok(UsageRecord { workflow_id, step_output: row.try_get(0)?, usage, cost_usd: row.try_get(4)? })
 }

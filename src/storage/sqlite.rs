@@ -29,6 +29,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("sqlite/0002_queue.sql"),
     include_str!("sqlite/0003_cost.sql"),
     include_str!("sqlite/0004_events.sql"),
+    include_str!("sqlite/0005_cache_tokens.sql"),
 ];
 
 /// Keeps everything in one SQLite database file, which several processes may share.
@@ -621,22 +622,24 @@ impl RowTx for Rows<'_> {
 
     fn insert_usage(&mut self, record: UsageRecord) -> DbResult<()> {
         let usage = record.usage;
-        let sql = "INSERT INTO usage (workflow_id, step_output, llm_calls, prompt_tokens, completion_tokens, cost_usd) \
-                   VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+        let sql = "INSERT INTO usage (workflow_id, step_output, llm_calls, prompt_tokens, completion_tokens, cost_usd, \
+                   cache_read_tokens, cache_write_tokens) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
         let args = params![
             record.workflow_id.to_string(),
             record.step_output,
             usage.llm_calls,
             to_int(usage.prompt_tokens)?,
             to_int(usage.completion_tokens)?,
-            record.cost_usd
+            record.cost_usd,
+            to_int(usage.cache_read_tokens)?,
+            to_int(usage.cache_write_tokens)?,
         ];
         self.run(sql, args).map(drop)
     }
 
     fn usage(&mut self, id: WorkflowId) -> DbResult<Vec<UsageRecord>> {
-        let sql = "SELECT step_output, llm_calls, prompt_tokens, completion_tokens, cost_usd FROM usage \
-                   WHERE workflow_id = ?1 ORDER BY seq";
+        let sql = "SELECT step_output, llm_calls, prompt_tokens, completion_tokens, cost_usd, cache_read_tokens, \
+                   cache_write_tokens FROM usage WHERE workflow_id = ?1 ORDER BY seq";
         self.all(sql, [id.to_string()], |row| read_usage(row, id))
     }
 
@@ -687,6 +690,8 @@ fn read_usage(row: &Row<'_>, workflow_id: WorkflowId) -> DbResult<UsageRecord> {
         llm_calls: from_int(row.get(1)?)?,
         prompt_tokens: from_int(row.get(2)?)?,
         completion_tokens: from_int(row.get(3)?)?,
+        cache_read_tokens: from_int(row.get(5)?)?,
+        cache_write_tokens: from_int(row.get(6)?)?,
     };
     Ok(UsageRecord { workflow_id, step_output: row.get(0)?, usage, cost_usd: row.get(4)? })
 }

@@ -508,8 +508,9 @@ async fn usage_round_trips_in_order(f: Fixture) {
     let store = f.store();
     let workflow = stored(store).await;
     let lease = acquire(store, &workflow, "runner-a").await;
-    let records =
-        [usage(&workflow, Some("$weather"), 30), usage(&workflow, None, 10), usage(&workflow, Some("$a"), 20)];
+    let mut cached = usage(&workflow, Some("$a"), 20);
+    cached.usage = cached.usage.with_cache(12, 3);
+    let records = [usage(&workflow, Some("$weather"), 30), usage(&workflow, None, 10), cached];
     for record in &records {
         store.record_usage(&lease, record).await.unwrap();
     }

@@ -168,6 +168,31 @@ async fn planner_prompt_shows_tools_with_arguments_date_context_and_examples() {
     assert_eq!(request.output_schema.as_ref().unwrap().name, "StepsOrError");
 }
 
+/// Providers cache the longest prefix two prompts share (OpenAI and Gemini on their
+/// own, Anthropic up to its marks): the system prompt, the tool list and the examples
+/// come first, the same for every query and user, and what varies comes after.
+#[tokio::test]
+async fn planner_prompts_for_different_queries_and_users_share_their_stable_prefix() {
+    let tools = InMemoryToolRegistry::new().with(FakeSearch).unwrap();
+    let example = PlanBuilder::new("Weather in Paris?").step("Get the weather", Some("weather_tool"), "$w").build();
+    let llm = ScriptedLlm::new().json(seed_plan_reply()).json(seed_plan_reply());
+    let h = harness(Config::default(), tools, llm);
+    let dana = ExecutionContext::for_end_user("dana").with_data("plan", "pro");
+    h.runner.generate_plan(QUERY).examples(vec![example.clone()]).execution_context(dana).await.unwrap();
+    let query = "Which grew faster in 2024, Apple or Microsoft?";
+    h.runner.generate_plan(query).examples(vec![example]).execution_context(ExecutionContext::default()).await.unwrap();
+
+    let requests = h.llm.requests();
+    assert_eq!(requests[0].messages[0], requests[1].messages[0], "the same system prompt");
+    let (first, second) = (last_user_text(&requests[0]), last_user_text(&requests[1]));
+    let shared = first.chars().zip(second.chars()).take_while(|(a, b)| a == b).count();
+    let stable_end = first.find("Query: Weather in Paris?").unwrap() + "Query: Weather in Paris?".len();
+    assert!(shared > stable_end, "the tools and examples are a shared prefix:\n{first}\n---\n{second}");
+    for varying in ["End user: dana", "Today:", &format!("Query: {QUERY}")] {
+        assert!(first.find(varying).unwrap() >= shared, "{varying} comes after the shared prefix:\n{first}");
+    }
+}
+
 #[tokio::test]
 async fn invalid_plan_is_reasked_with_its_problems_then_accepted() {
     let bad = json!({"steps": [{"task": "Compare", "inputs": [{"name": "$nope", "description": "?"}],

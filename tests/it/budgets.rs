@@ -68,6 +68,28 @@ async fn cost_follows_the_price_table_and_caps_the_run() {
     assert!(failure.message.contains("cost budget of $1.5") && failure.message.contains("$2.0000"), "{failure}");
 }
 
+#[tokio::test]
+async fn cached_prompt_tokens_are_priced_at_their_rate_and_still_count_as_tokens() {
+    // 1,000 prompt tokens a call, 800 of them read from the provider's cache at a
+    // tenth of the input rate: 200 x $1,000 + 800 x $100 per million = $0.28 a call.
+    let prices = Prices::none().with("gpt-4.1-mini", Price::new(1_000.0, 2_000.0).cache_read(100.0));
+    let config = Config::builder()
+        .summarize_final_output(false)
+        .budget(Budget::default().usd(0.5).tokens(5_000))
+        .prices(prices)
+        .build()
+        .unwrap();
+    let cached = || LlmResponse { usage: Usage::call(1_000, 0).with_cache(800, 0), ..LlmResponse::text("thought") };
+    let llm = ScriptedLlm::new().respond(cached()).respond(cached());
+    let runner = Runner::builder(config).llm(Arc::new(llm)).build().unwrap();
+    let failed = runner.run_plan(&three_thoughts()).await.unwrap();
+    assert!((failed.usage().cost_usd - 0.56).abs() < 1e-9, "{}", failed.usage().cost_usd);
+    assert_eq!((failed.usage().total.prompt_tokens, failed.usage().total.cache_read_tokens), (2_000, 1_600));
+    assert_eq!(failed.usage().steps["$a"].cache_read_tokens, 800);
+    let failure = failed.failure().unwrap();
+    assert!(failure.message.contains("cost budget of $0.5") && failure.message.contains("$0.5600"), "{failure}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn running_time_counts_only_while_running() {
     let budget = Budget::default().seconds(60);

@@ -35,6 +35,28 @@ fn seed_workflow_deserializes_and_keeps_output_order() {
     assert_eq!(workflow.execution_context(), &ExecutionContext::default());
 }
 
+/// A workflow and an LLM-call event as 0.3 stored them, before cached prompt tokens
+/// were counted: they read with none, and write back in the same shape.
+#[test]
+fn usage_stored_by_0_3_reads_with_no_cached_tokens() {
+    let mut value: Value = serde_json::from_str(SEED_WORKFLOW).unwrap();
+    let call = json!({"llm_calls": 1, "prompt_tokens": 600, "completion_tokens": 40});
+    value["usage"] = json!({"total": {"llm_calls": 2, "prompt_tokens": 900, "completion_tokens": 50},
+                            "planning": call, "steps": {"$faster_growth": call}, "cost_usd": 0.0012, "running_ms": 850});
+    let workflow: Workflow = serde_json::from_value(value.clone()).unwrap();
+    let usage = workflow.usage();
+    assert_eq!((usage.total.prompt_tokens, usage.total.cache_read_tokens, usage.total.cache_write_tokens), (900, 0, 0));
+    assert_eq!(usage.steps["$faster_growth"].uncached_prompt_tokens(), 600);
+    assert_eq!(serde_json::to_value(&workflow).unwrap()["usage"], value["usage"], "the same shape written back");
+
+    let event = json!({"seq": 3, "workflow_id": workflow.id(), "at": "2026-11-25T10:00:00Z", "event": "llm_call_finished",
+                       "step_output": "$faster_growth", "model": "gpt-4.1-mini", "usage": call, "cost_usd": 0.0003,
+                       "latency_ms": 420});
+    let stored: portia::runner::StoredEvent = serde_json::from_value(event).unwrap();
+    let portia::runner::EventKind::LlmCallFinished { usage, .. } = stored.event.kind else { panic!("{stored:?}") };
+    assert_eq!((usage.prompt_tokens, usage.cache_read_tokens), (600, 0));
+}
+
 #[test]
 fn seed_workflow_serializes_to_the_documented_keys() {
     let workflow: Workflow = serde_json::from_str(SEED_WORKFLOW).unwrap();

@@ -173,7 +173,9 @@ async fn text_several_tool_calls_and_usage_are_read() {
     ]);
     let mut reply = message(content);
     reply["stop_reason"] = json!("tool_use");
-    reply["usage"] = json!({"input_tokens": 20, "cache_read_input_tokens": 5, "output_tokens": 7});
+    // Anthropic's input_tokens leaves the cached tokens out: the prompt is 20 + 5 + 3.
+    reply["usage"] =
+        json!({"input_tokens": 20, "cache_read_input_tokens": 5, "cache_creation_input_tokens": 3, "output_tokens": 7});
     mount(&server, ResponseTemplate::new(200).set_body_json(reply), 1).await;
 
     let response = client(config(&server)).chat(ask("Prices?")).await.unwrap();
@@ -186,7 +188,7 @@ async fn text_several_tool_calls_and_usage_are_read() {
             ToolCall { id: "toolu_b".into(), name: "price".into(), arguments: json!({"ticker": "GOOG"}) },
         ]
     );
-    assert_eq!(response.usage, Usage::call(25, 7));
+    assert_eq!(response.usage, Usage::call(28, 7).with_cache(5, 3));
 }
 
 #[tokio::test]

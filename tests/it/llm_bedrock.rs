@@ -229,7 +229,11 @@ async fn text_tool_uses_and_usage_with_cache_tokens_are_read() {
             arguments: json!({"sign": "WZPZ"}),
         }]
     );
-    assert_eq!(response.usage, Usage::call(375 + 100 + 20, 77), "cache reads and writes are prompt tokens too");
+    assert_eq!(
+        response.usage,
+        Usage::call(375 + 100 + 20, 77).with_cache(100, 20),
+        "cache reads and writes are prompt tokens too, and counted apart"
+    );
 }
 
 #[derive(Debug, PartialEq, Deserialize, JsonSchema)]

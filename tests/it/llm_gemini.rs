@@ -49,6 +49,7 @@ fn generated(parts: Value) -> Value {
             "promptTokenCount": 21,
             "candidatesTokenCount": 7,
             "thoughtsTokenCount": 3,
+            "cachedContentTokenCount": 16,
             "totalTokenCount": 31,
             "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 21}],
         },
@@ -174,7 +175,7 @@ async fn text_function_calls_and_usage_are_read_and_thoughts_skipped() {
             ToolCall { id: "fc-7".into(), name: "clock".into(), arguments: json!({}) },
         ]
     );
-    assert_eq!(response.usage, Usage::call(21, 10), "thinking tokens are billed as output");
+    assert_eq!(response.usage, Usage::call(21, 10).with_cache(16, 0), "thinking tokens are billed as output");
 }
 
 #[derive(Debug, PartialEq, Deserialize, JsonSchema)]

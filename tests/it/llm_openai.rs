@@ -176,6 +176,18 @@ async fn text_reply_and_usage_are_read() {
 }
 
 #[tokio::test]
+async fn cached_prompt_tokens_are_read_apart_and_stay_in_the_prompt_count() {
+    let server = MockServer::start().await;
+    let mut reply = completion(json!({"role": "assistant", "content": "Again."}));
+    reply["usage"] = json!({"prompt_tokens": 2006, "completion_tokens": 300, "total_tokens": 2306,
+                            "prompt_tokens_details": {"cached_tokens": 1920, "audio_tokens": 0}});
+    mount(&server, ResponseTemplate::new(200).set_body_json(reply), 1).await;
+    let response = client(config(&server)).chat(ask("Again?")).await.unwrap();
+    assert_eq!(response.usage, Usage::call(2006, 300).with_cache(1920, 0));
+    assert_eq!(response.usage.uncached_prompt_tokens(), 86);
+}
+
+#[tokio::test]
 async fn several_tool_calls_in_one_reply_are_read() {
     let server = MockServer::start().await;
     let message = json!({"role": "assistant", "content": null, "tool_calls": [

@@ -1,6 +1,6 @@
 //! Client-side rate limits, on a paused tokio clock: calls are spaced as the limit
-//! says, waiting does not count against an attempt's timeout, and every workflow
-//! of a runner draws from one allowance per model.
+//! says, waiting does not count against an attempt's timeout, every workflow
+//! of a runner draws from one allowance per model, and a wait is an event.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,8 +9,9 @@ use portia::llm::{
     LlmClient, LlmClientExt, LlmProvider, LlmRequest, LlmResponse, LlmSettings, Message, ModelRole, RateLimit,
     RateLimits, Retry, RetryPolicy,
 };
+use portia::runner::EventKind;
 use portia::testing::ScriptedLlm;
-use portia::{Config, PlanBuilder, Runner, WorkflowState};
+use portia::{Config, PlanBuilder, Runner, Workflow, WorkflowState};
 use tokio::time::Instant;
 
 /// A model that answers `calls` times, noting when each call reached it (seconds from `start`).
@@ -86,6 +87,36 @@ async fn every_workflow_of_a_runner_shares_the_allowance() {
     let mut seen = seen.lock().unwrap().clone();
     seen.sort_unstable();
     assert_eq!(seen, [0, 1, 2]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_that_waits_for_the_limit_is_a_stored_event_and_its_wait_is_no_latency() {
+    let start = Instant::now();
+    let (model, _) = timed_model(2, start);
+    let mut config = Config::builder().summarize_final_output(false).build().unwrap();
+    config.llm_rpm = Some(60);
+    let runner = Runner::builder(config).llm(model).build().unwrap();
+    let plan = PlanBuilder::new("Say hi").step("Say hi", None, "$hi").build();
+
+    let runs = (0..2).map(|_| runner.run_plan(&plan).into_future());
+    let done: Vec<Workflow> = join_all(runs.collect()).await.into_iter().map(Result::unwrap).collect();
+
+    let mut throttled = Vec::new();
+    let mut latencies = Vec::new();
+    for workflow in &done {
+        for stored in runner.storage().events(workflow.id(), 0).await.unwrap() {
+            match stored.event.kind {
+                EventKind::LlmCallThrottled { step_output, model, waited_ms } => {
+                    throttled.push((step_output, model, waited_ms));
+                }
+                EventKind::LlmCallFinished { model, latency_ms, .. } => latencies.push((model, latency_ms)),
+                _ => {}
+            }
+        }
+    }
+    let model = latencies[0].0.clone();
+    assert_eq!(throttled, [(Some("$hi".to_owned()), model, 1000)], "only the second call waited, a second");
+    assert_eq!(latencies.iter().map(|(_, ms)| *ms).collect::<Vec<_>>(), [0, 0], "the model answered at once");
 }
 
 #[test]

@@ -57,7 +57,8 @@ fn openai_chunk(delta: Value, finish: Option<&str>) -> (Option<&'static str>, Va
 }
 
 fn openai_usage(prompt: u64, completion: u64) -> (Option<&'static str>, Value) {
-    let usage = json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion});
+    let usage = json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+                       "prompt_tokens_details": {"cached_tokens": prompt / 2}});
     (None, json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "choices": [], "usage": usage}))
 }
 
@@ -149,6 +150,7 @@ async fn openai_text_streams_to_subscribers_and_only_the_whole_reply_is_stored()
     });
     let usage = finished.expect("the call is announced");
     assert_eq!((usage.prompt_tokens, usage.completion_tokens), (11, 4), "usage comes from the last chunk");
+    assert_eq!(usage.cache_read_tokens, 5, "with the cached tokens it counts");
 
     let stored = runner.storage().events(done.id(), 0).await.unwrap();
     assert!(stored.iter().any(|e| matches!(e.event.kind, EventKind::LlmCallFinished { .. })));
@@ -245,6 +247,7 @@ async fn anthropic_text_and_tool_input_stream_with_exact_usage() {
     });
     assert_eq!(arguments, Some(json!({"text": "hi"})));
     assert_eq!((done.usage().total.prompt_tokens, done.usage().total.completion_tokens), (32, 12));
+    assert_eq!(done.usage().total.cache_read_tokens, 2, "the cached input is counted apart");
 }
 
 #[tokio::test]

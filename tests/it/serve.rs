@@ -349,7 +349,10 @@ fn sample(text: &str, name: &str) -> Option<f64> {
 #[tokio::test]
 async fn metrics_count_workflows_llm_calls_tokens_and_latencies_from_the_store() {
     let plan_reply = json!({"steps": [{"task": "Say hello", "inputs": [], "output": "$hello"}]});
-    let llm = ScriptedLlm::new().json(plan_reply).text("Hello!");
+    // The step's prompt came mostly from the provider's cache.
+    let cached = portia::llm::Usage::call(40, 3).with_cache(32, 0);
+    let hello = portia::llm::LlmResponse { usage: cached, ..portia::llm::LlmResponse::text("Hello!") };
+    let llm = ScriptedLlm::new().json(plan_reply).respond(hello);
     let tokens = Tokens::new([ServerToken::new("admin"), ServerToken::for_end_user("ann-token", "ann")]);
     let served = serve(runner_with(vec![weather()], llm), ServeOptions::new().tokens(tokens)).await;
     let post = |token: &'static str, body: Value| {
@@ -374,7 +377,14 @@ async fn metrics_count_workflows_llm_calls_tokens_and_latencies_from_the_store()
     let calls: Vec<&str> = text.lines().filter(|l| l.starts_with("portia_llm_calls_total{")).collect();
     assert_eq!(calls.len(), 1, "one model: {calls:?}");
     assert!(calls[0].ends_with(" 1"), "the step's call (planning is no workflow's): {calls:?}");
-    assert!(text.lines().any(|l| l.starts_with("portia_llm_tokens_total{") && l.contains("kind=\"completion\"")));
+    let tokens = |kind: &str| {
+        let line = text.lines().find(|l| l.starts_with("portia_llm_tokens_total{") && l.contains(kind));
+        line.and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    assert_eq!(tokens("kind=\"prompt\""), Some(40.0), "{text}");
+    assert_eq!(tokens("kind=\"completion\""), Some(3.0), "{text}");
+    assert_eq!(tokens("kind=\"cache_read\""), Some(32.0), "cached tokens by kind: {text}");
+    assert_eq!(tokens("kind=\"cache_write\""), Some(0.0), "{text}");
     assert_eq!(sample(&text, "portia_tool_call_duration_seconds_count{tool=\"weather_tool\"}"), Some(1.0));
     assert_eq!(sample(&text, "portia_step_duration_seconds_count"), Some(2.0));
     assert_eq!(sample(&text, "portia_step_duration_seconds_bucket{le=\"+Inf\"}"), Some(2.0));

@@ -248,6 +248,33 @@ async fn sqlite_refuses_a_newer_schema() {
     assert!(message.contains("999") && message.contains(&supported.to_string()), "{message}");
 }
 
+/// A file whose usage journal has no cache columns, as 0.3 left it (schema version
+/// 4), is upgraded on open: its records read with no cached tokens, new ones keep theirs.
+#[tokio::test]
+async fn sqlite_upgrades_a_usage_journal_from_0_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portia.db");
+    let store = SqliteStorage::open(&path).unwrap();
+    let workflow = stored(&store).await;
+    let lease = store.acquire_lease(workflow.id(), "runner-a", Duration::from_secs(60)).await.unwrap().lease;
+    let old = UsageRecord::new(workflow.id(), Some("$weather".into()), portia::llm::Usage::call(900, 50), 0.01);
+    store.record_usage(&lease, &old).await.unwrap();
+    drop(store);
+    let db = raw(&path);
+    db.execute_batch(
+        "ALTER TABLE usage DROP COLUMN cache_read_tokens; ALTER TABLE usage DROP COLUMN cache_write_tokens;",
+    )
+    .unwrap();
+    db.pragma_update(None, "user_version", 4).unwrap();
+    drop(db);
+
+    let store = SqliteStorage::open(&path).expect("a 0.3 file opens");
+    let cached = portia::llm::Usage::call(1000, 20).with_cache(800, 100);
+    let new = UsageRecord::new(workflow.id(), None, cached, 0.002);
+    store.record_usage(&lease, &new).await.unwrap();
+    assert_eq!(store.usage_records(workflow.id()).await.unwrap(), [old, new]);
+}
+
 #[tokio::test]
 async fn sqlite_reports_a_corrupt_row_by_id() {
     let dir = tempfile::tempdir().unwrap();

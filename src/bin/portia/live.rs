@@ -1,5 +1,6 @@
 //! The live view on stderr: a spinner while planning, then a line per step with
-//! its tool, elapsed time and tokens, from the run's event stream. Shown only when
+//! its tool, elapsed time, tokens and any waits for the client-side rate limit,
+//! from the run's event stream. Shown only when
 //! stderr is a terminal; otherwise the run goes on silently. Watching the run
 //! makes its text replies stream (`PORTIA_LLM_STREAM=auto`): a step's spinner
 //! shows the end of its reply as it comes, and the final answer is printed as it
@@ -151,10 +152,30 @@ struct View<'a> {
     bars: MultiProgress,
     steps: HashMap<usize, ProgressBar>,
     tokens: HashMap<String, u64>,
+    /// How many calls waited for the rate limit, and how long in all, by step output.
+    throttled: HashMap<String, Throttled>,
     /// The text each step's reply has streamed so far, by step output.
     streamed: HashMap<String, String>,
     /// Whether the final answer is being printed as it streams.
     answering: bool,
+}
+
+/// The calls of a step that waited for the client-side rate limit.
+#[derive(Debug, Default, Clone, Copy)]
+struct Throttled {
+    calls: u32,
+    waited_ms: u64,
+}
+
+impl Throttled {
+    /// ` · 2 calls waited 3.1 s for the rate limit`, or nothing.
+    fn note(self) -> String {
+        match self.calls {
+            0 => String::new(),
+            1 => format!(" · 1 call waited {:.1} s for the rate limit", self.waited_ms as f64 / 1000.0),
+            n => format!(" · {n} calls waited {:.1} s for the rate limit", self.waited_ms as f64 / 1000.0),
+        }
+    }
 }
 
 /// How much of a streaming reply a step's line shows: its end.
@@ -167,6 +188,7 @@ impl<'a> View<'a> {
             bars: MultiProgress::new(),
             steps: HashMap::new(),
             tokens: HashMap::new(),
+            throttled: HashMap::new(),
             streamed: HashMap::new(),
             answering: false,
         }
@@ -194,6 +216,11 @@ impl<'a> View<'a> {
                 }
                 let key = step_output.clone().unwrap_or_default();
                 *self.tokens.entry(key).or_default() += usage.prompt_tokens + usage.completion_tokens;
+            }
+            EventKind::LlmCallThrottled { step_output, waited_ms, .. } => {
+                let throttled = self.throttled.entry(step_output.clone().unwrap_or_default()).or_default();
+                throttled.calls += 1;
+                throttled.waited_ms += waited_ms;
             }
             EventKind::ToolProgress { call, tool_id, progress, total, message } => {
                 let bar = self.steps.get(&call.step)?;
@@ -269,19 +296,20 @@ impl<'a> View<'a> {
         let output = self.plan.steps.get(step).map_or("", |s| s.output.as_str());
         let tool = self.plan.steps.get(step).and_then(|s| s.tool_id.clone()).unwrap_or_else(|| "llm".to_owned());
         let tokens = self.tokens.get(output).copied().unwrap_or_default();
+        let throttled = self.throttled.get(output).copied().unwrap_or_default().note();
         let mark = match outcome {
             StepOutcome::Output(_) => "✓",
             StepOutcome::Clarifications(_) => "?",
             _ => "✗",
         };
-        let line = format!("{} {mark} {tool} · {:.1?} · {tokens} tokens", self.label(step), bar.elapsed());
+        let line = format!("{} {mark} {tool} · {:.1?} · {tokens} tokens{throttled}", self.label(step), bar.elapsed());
         // Printed above the spinners still running, as a finished line of its own.
         let _ = self.bars.println(line);
         bar.finish_and_clear();
     }
 
     fn close(self) {
-        let Self { bars, steps, tokens, .. } = self;
+        let Self { bars, steps, tokens, throttled, .. } = self;
         for bar in steps.into_values() {
             bar.finish_and_clear();
         }
@@ -289,7 +317,29 @@ impl<'a> View<'a> {
         drop(bars);
         // A plain line once the spinners are gone, so that stdout's JSON starts on its own line.
         if let Some(tokens) = tokens.get("").filter(|t| **t > 0) {
-            eprintln!("summary ✓ llm · {tokens} tokens");
+            let throttled = throttled.get("").copied().unwrap_or_default().note();
+            eprintln!("summary ✓ llm · {tokens} tokens{throttled}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_line_counts_its_waits_for_the_rate_limit() {
+        let plan = portia::PlanBuilder::new("q").step("a", None, "$a").build();
+        let mut view = View::new(&plan);
+        let throttled = |waited_ms| EventKind::LlmCallThrottled {
+            step_output: Some("$a".to_owned()),
+            model: "gpt-4.1-mini".to_owned(),
+            waited_ms,
+        };
+        view.on(&throttled(1200));
+        view.on(&throttled(1900));
+        assert_eq!(view.throttled["$a"].note(), " · 2 calls waited 3.1 s for the rate limit");
+        assert_eq!(Throttled { calls: 1, waited_ms: 80 }.note(), " · 1 call waited 0.1 s for the rate limit");
+        assert_eq!(Throttled::default().note(), "");
     }
 }

@@ -91,13 +91,26 @@ pub(crate) fn workflow(plan: &Plan, workflow: &Workflow) -> String {
     if let Some(answer) = &workflow.outputs().final_output {
         let _ = writeln!(out, "\nanswer   {}", text(&answer.value));
     }
-    let total = workflow.usage().total;
-    let _ = writeln!(
-        out,
-        "usage    {} LLM calls, {} prompt + {} completion tokens",
-        total.llm_calls, total.prompt_tokens, total.completion_tokens
-    );
+    let _ = writeln!(out, "usage    {}", usage_line(workflow.usage()));
     out
+}
+
+/// `3 LLM calls, 900 prompt (800 cached) + 50 completion tokens, $0.0004`: cached
+/// prompt tokens are shown only when the provider reported some.
+fn usage_line(usage: &portia::workflow::WorkflowUsage) -> String {
+    let total = usage.total;
+    let mut cached = Vec::new();
+    if total.cache_read_tokens > 0 {
+        cached.push(format!("{} cached", total.cache_read_tokens));
+    }
+    if total.cache_write_tokens > 0 {
+        cached.push(format!("{} written to cache", total.cache_write_tokens));
+    }
+    let cached = if cached.is_empty() { String::new() } else { format!(" ({})", cached.join(", ")) };
+    format!(
+        "{} LLM calls, {} prompt{cached} + {} completion tokens, ${:.4}",
+        total.llm_calls, total.prompt_tokens, total.completion_tokens, usage.cost_usd
+    )
 }
 
 fn text(value: &Value) -> String {
@@ -165,4 +178,23 @@ pub(crate) fn tools_json(registry: &dyn ToolRegistry, available: &[String]) -> V
         })
         .collect();
     Value::Array(specs)
+}
+
+#[cfg(test)]
+mod tests {
+    use portia::llm::Usage;
+    use portia::workflow::WorkflowUsage;
+
+    use super::usage_line;
+
+    #[test]
+    fn the_usage_line_shows_cached_tokens_only_when_there_are_some() {
+        let plain = WorkflowUsage::planned(Usage::call(900, 50), 0.00052);
+        assert_eq!(usage_line(&plain), "1 LLM calls, 900 prompt + 50 completion tokens, $0.0005");
+        let cached = WorkflowUsage::planned(Usage::call(900, 50).with_cache(800, 64), 0.0002);
+        assert_eq!(
+            usage_line(&cached),
+            "1 LLM calls, 900 prompt (800 cached, 64 written to cache) + 50 completion tokens, $0.0002"
+        );
+    }
 }

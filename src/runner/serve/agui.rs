@@ -95,6 +95,8 @@ impl Translator {
                                 "toolCallId": call.to_string(), "content": content, "role": "tool"}));
             }
             EventKind::ToolProgress { .. } => custom(&mut out, "portia.tool_progress", stored),
+            // AG-UI has no event for waiting: a client may show it as a note on the run.
+            EventKind::LlmCallThrottled { .. } => custom(&mut out, "portia.llm_throttled", stored),
             EventKind::LlmCallFinished { model, usage, step_output, .. } => {
                 self.end_messages(Some(step_output), &mut out);
                 let spent = self.usage.entry(model.clone()).or_default();

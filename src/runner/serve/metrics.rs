@@ -61,6 +61,8 @@ struct ModelFigures {
     calls: u64,
     prompt_tokens: u64,
     completion_tokens: u64,
+    cache_read_tokens: u64,
+    cache_write_tokens: u64,
     cost_usd: f64,
     latency: Histogram,
 }
@@ -97,6 +99,8 @@ impl Figures {
                     model.calls += 1;
                     model.prompt_tokens += usage.prompt_tokens;
                     model.completion_tokens += usage.completion_tokens;
+                    model.cache_read_tokens += usage.cache_read_tokens;
+                    model.cache_write_tokens += usage.cache_write_tokens;
                     model.cost_usd += cost_usd;
                     model.latency.observe(latency_ms as f64 / 1000.0);
                 }
@@ -112,6 +116,8 @@ impl Figures {
             mine.calls += theirs.calls;
             mine.prompt_tokens += theirs.prompt_tokens;
             mine.completion_tokens += theirs.completion_tokens;
+            mine.cache_read_tokens += theirs.cache_read_tokens;
+            mine.cache_write_tokens += theirs.cache_write_tokens;
             mine.cost_usd += theirs.cost_usd;
             mine.latency.add(&theirs.latency);
         }
@@ -179,15 +185,24 @@ fn render(by_state: &BTreeMap<String, u64>, unreadable: usize, total: &Figures) 
     for (model, figures) in &total.models {
         let _ = writeln!(out, "portia_llm_calls_total{{model=\"{}\"}} {}", escape(model), figures.calls);
     }
-    header(&mut out, "portia_llm_tokens_total", "counter", "LLM tokens by model and kind, of the stored workflows.");
+    header(
+        &mut out,
+        "portia_llm_tokens_total",
+        "counter",
+        "LLM tokens by model and kind, of the stored workflows (prompt counts every input token; \
+         cache_read and cache_write count again those the provider's prompt cache served or stored).",
+    );
     for (model, figures) in &total.models {
         let model = escape(model);
-        let _ = writeln!(out, "portia_llm_tokens_total{{model=\"{model}\",kind=\"prompt\"}} {}", figures.prompt_tokens);
-        let _ = writeln!(
-            out,
-            "portia_llm_tokens_total{{model=\"{model}\",kind=\"completion\"}} {}",
-            figures.completion_tokens
-        );
+        let kinds = [
+            ("prompt", figures.prompt_tokens),
+            ("completion", figures.completion_tokens),
+            ("cache_read", figures.cache_read_tokens),
+            ("cache_write", figures.cache_write_tokens),
+        ];
+        for (kind, count) in kinds {
+            let _ = writeln!(out, "portia_llm_tokens_total{{model=\"{model}\",kind=\"{kind}\"}} {count}");
+        }
     }
     header(
         &mut out,

@@ -168,6 +168,8 @@ function entry(raw) {
     case "llm_call_finished":
       return ["llm", "LLM " + raw.model + ": " + raw.usage.prompt_tokens + " + " + raw.usage.completion_tokens + " tokens, " +
         money(raw.cost_usd) + ", " + raw.latency_ms + " ms"];
+    case "llm_call_throttled":
+      return ["llm", "Waited " + raw.waited_ms + " ms for " + raw.model + "'s rate limit"];
     case "clarification_raised":
       return ["question", "Asked: " + raw.clarification.user_guidance];
     case "clarification_resolved":

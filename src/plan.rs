@@ -145,6 +145,15 @@ pub struct Step {
     /// doing the task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit: Option<Exit>,
+    /// Makes this a ReAct step: the model calls any of these tools (by id), as often
+    /// as it needs, until it answers; each call is journaled and hooked like any
+    /// tool call. A ReAct step has no `tool_id`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<String>,
+    /// How many tool calls a ReAct step may make before it fails with
+    /// [`FailureKind::ToolCallLimit`](crate::FailureKind::ToolCallLimit); 25 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tool_calls: Option<u32>,
 }
 
 /// What a user step asks a person for. In JSON, `{"kind": "input"}`,
@@ -210,7 +219,32 @@ impl Step {
             model: None,
             ask_user: None,
             exit: None,
+            tools: Vec::new(),
+            max_tool_calls: None,
         }
+    }
+
+    /// A ReAct step: the model calls any of `tools` until it answers (see [`Step::tools`]).
+    pub fn react<I, S>(task: impl Into<String>, tools: I, output: impl Into<String>) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut step = Self::new(task, None, output);
+        step.tools = tools.into_iter().map(Into::into).collect();
+        step
+    }
+
+    /// The most tool calls this ReAct step may make (see [`Step::max_tool_calls`]).
+    #[must_use]
+    pub fn max_tool_calls(mut self, limit: u32) -> Self {
+        self.max_tool_calls = Some(limit);
+        self
+    }
+
+    /// Whether this is a ReAct step (it lists tools).
+    pub fn is_react(&self) -> bool {
+        !self.tools.is_empty()
     }
 
     /// This step, reading `input` too.
@@ -363,6 +397,12 @@ impl Plan {
             {
                 problems.push(PlanProblem::UnknownTool { step, tool_id: tool_id.clone() });
             }
+            for tool_id in s.tools.iter().filter(|id| !registry.has_tool(id)) {
+                problems.push(PlanProblem::UnknownTool { step, tool_id: tool_id.clone() });
+            }
+            if let Some(reason) = react_problem(s) {
+                problems.push(PlanProblem::InvalidToolList { step, reason });
+            }
             self.args_problems(step, &produced, &mut problems);
             self.condition_problems(step, &produced, &mut problems);
             self.for_each_problems(step, &produced, &mut problems);
@@ -490,6 +530,25 @@ impl Plan {
             }
         }
         needed
+    }
+}
+
+/// What is wrong with a step's `tools` and `max_tool_calls`, if anything.
+fn react_problem(step: &Step) -> Option<String> {
+    let other_kind = [
+        ("tool_id", step.tool_id.is_some()),
+        ("function", step.function.is_some()),
+        ("ask_user", step.ask_user.is_some()),
+        ("exit", step.exit.is_some()),
+    ]
+    .into_iter()
+    .find(|(_, set)| *set);
+    match (step.is_react(), step.max_tool_calls) {
+        (false, Some(_)) => Some("max_tool_calls is set, but the step lists no tools".to_owned()),
+        (true, Some(0)) => Some("max_tool_calls must be at least 1".to_owned()),
+        (true, _) => other_kind
+            .map(|(field, _)| format!("a step that lists tools cannot also have {field}; make them two steps")),
+        (false, None) => None,
     }
 }
 
@@ -641,6 +700,26 @@ impl PlanBuilder {
         self
     }
 
+    /// Adds a ReAct step: the model calls any of `tools` (ids), as often as it needs
+    /// up to the step's limit, then answers; the answer is stored under `output`.
+    pub fn react<I, S>(mut self, task: impl Into<String>, tools: I, output: impl Into<String>) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.steps.push(Step::react(task, tools, output));
+        self
+    }
+
+    /// Sets the most tool calls the last (ReAct) step may make; 25 when unset.
+    ///
+    /// # Panics
+    /// If no step has been added yet.
+    pub fn max_tool_calls(mut self, limit: u32) -> Self {
+        self.steps.last_mut().expect("PlanBuilder: add a step before limiting its calls").max_tool_calls = Some(limit);
+        self
+    }
+
     /// Sends the last step's LLM calls to `model` (`provider/model` accepted).
     ///
     /// # Panics
@@ -694,7 +773,7 @@ impl PlanBuilder {
     pub fn build(self) -> Plan {
         let tool_ids = self.tool_ids.unwrap_or_else(|| {
             let mut ids: Vec<String> = Vec::new();
-            for id in self.steps.iter().filter_map(|s| s.tool_id.as_ref()) {
+            for id in self.steps.iter().flat_map(|s| s.tool_id.iter().chain(&s.tools)) {
                 if !ids.contains(id) {
                     ids.push(id.clone());
                 }

@@ -192,6 +192,8 @@ fn to_plan(query: &str, tool_ids: &[String], steps: &[PlannedStep]) -> Plan {
             model: None,
             ask_user: None,
             exit: None,
+            tools: Vec::new(),
+            max_tool_calls: None,
         })
         .collect();
     Plan::new(PlanContext { query: query.to_owned(), tool_ids: tool_ids.to_vec() }, steps)

@@ -234,6 +234,8 @@ pub enum FailureKind {
     /// A step's output, or the final output, did not fit its output schema (after
     /// the model, when there was one, was shown the problems once).
     SchemaMismatch,
+    /// A ReAct step made as many tool calls as its limit allows without answering.
+    ToolCallLimit,
     /// Anything else (and failures stored before kinds were recorded).
     #[default]
     Other,

@@ -91,6 +91,13 @@ pub enum PlanProblem {
         /// What is wrong.
         reason: String,
     },
+    /// A step's `tools` or `max_tool_calls` cannot be used as written.
+    InvalidToolList {
+        /// The step's index.
+        step: usize,
+        /// What is wrong.
+        reason: String,
+    },
     /// A reference reaches into a field (or item) that the producing step's
     /// output schema does not have.
     UnknownField {
@@ -129,6 +136,7 @@ impl fmt::Display for PlanProblem {
                  declare it as a reference instead (name {output}, no value) so the step reads that output"
             ),
             Self::InvalidArgs { step, reason } => write!(f, "step {step} has invalid arguments: {reason}"),
+            Self::InvalidToolList { step, reason } => write!(f, "step {step} has an invalid tool list: {reason}"),
             Self::UnknownArgReference { step, reference } => {
                 write!(f, "step {step}'s arguments refer to {reference}, which no earlier step outputs")
             }

@@ -512,11 +512,9 @@ impl Runner {
                 })?)
             }
             None => None,
-            Some(id) => Some(self.inner.tools.get_tool(id).map_err(|_| {
-                let message = format!("Tool {id} is not in the tool registry: register it, or plan again");
-                Failure::new(FailureKind::InvalidStep, message)
-            })?),
+            Some(id) => Some(self.registered_tool(id)?),
         };
+        let tools = step.tools.iter().map(|id| self.registered_tool(id)).collect::<std::result::Result<_, _>>()?;
         let mut inputs = Vec::with_capacity(step.inputs.len());
         for variable in &step.inputs {
             let value = match &variable.value {
@@ -573,6 +571,7 @@ impl Runner {
             execution_context: workflow.execution_context().clone(),
             workflow_id: workflow.id(),
             tool,
+            tools,
             llm: step_llm(
                 Arc::clone(&self.inner.llm).with(run.meter.billing(Some(&plan.steps[index].output))),
                 &plan.steps[index],
@@ -581,6 +580,14 @@ impl Runner {
             today: self.today(),
         };
         Ok((ctx, questions))
+    }
+
+    /// The tool registered as `id`, or the failure of a step that names one that is not.
+    fn registered_tool(&self, id: &str) -> std::result::Result<Arc<dyn crate::tool::Tool>, Failure> {
+        self.inner.tools.get_tool(id).map_err(|_| {
+            let message = format!("Tool {id} is not in the tool registry: register it, or plan again");
+            Failure::new(FailureKind::InvalidStep, message)
+        })
     }
 
     /// The journaled call path of one step. Each resume of a step after a question
@@ -594,8 +601,12 @@ impl Runner {
         // from i × LOOP_ATTEMPT_STRIDE.
         let item = unit.item.map_or(0, |i| u32::try_from(i).unwrap_or(u32::MAX));
         let attempt = item.saturating_mul(LOOP_ATTEMPT_STRIDE).saturating_add(asked);
-        let journaled =
-            run.journal.iter().filter(|r| r.key.step == step && r.key.attempt == attempt).cloned().collect();
+        let this_step = || run.journal.iter().filter(|r| r.key.step == step);
+        let journaled = this_step().filter(|r| r.key.attempt == attempt).cloned().collect();
+        let first = item.saturating_mul(LOOP_ATTEMPT_STRIDE);
+        let mut earlier: Vec<ToolCallRecord> =
+            this_step().filter(|r| (first..attempt).contains(&r.key.attempt)).cloned().collect();
+        earlier.sort_by_key(|r| (r.key.attempt, r.key.seq));
         let services = CallServices {
             storage: Arc::clone(&self.inner.storage),
             lease: run.lease.clone(),
@@ -605,7 +616,7 @@ impl Runner {
             retry: self.inner.config.tool_retry_policy(),
             live: self.inner.live.clone(),
         };
-        ToolCalls::new(services, (step, attempt), journaled)
+        ToolCalls::new(services, (step, attempt), journaled, earlier)
     }
 }
 

@@ -63,6 +63,7 @@ mod mcp_server;
 mod mcp_servers;
 mod parallel;
 mod plan_args;
+mod react;
 mod runner;
 #[cfg(feature = "server")]
 mod serve;

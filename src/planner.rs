@@ -194,6 +194,7 @@ fn to_plan(query: &str, tool_ids: &[String], steps: &[PlannedStep]) -> Plan {
             exit: None,
             tools: Vec::new(),
             max_tool_calls: None,
+            plan: None,
         })
         .collect();
     Plan::new(PlanContext { query: query.to_owned(), tool_ids: tool_ids.to_vec() }, steps)

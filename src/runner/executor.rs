@@ -361,8 +361,13 @@ impl Runner {
                 EventKind::StepStarted { step: index, task: step.task.clone(), tool_id: step.tool_id.clone() };
             run.events.emit(run.workflow.id(), started);
         }
+        let span = step_span(index, step);
+        if let Some(plan_id) = step.plan {
+            let child = super::sub_plan::run(self.clone(), ctx, plan_id, run.events.clone());
+            return running.spawn(child.instrument(span)).id();
+        }
         let (agent, hooks) = (Arc::clone(&self.inner.agent), self.inner.hooks.clone());
-        running.spawn(run_step(agent, hooks, ctx).instrument(step_span(index, step))).id()
+        running.spawn(run_step(agent, hooks, ctx).instrument(span)).id()
     }
 
     /// Steps not started whose inputs are all available, in plan order. Run one at a

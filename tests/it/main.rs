@@ -81,6 +81,7 @@ mod storage_postgres;
 mod storage_rows;
 #[cfg(feature = "sqlite")]
 mod storage_sqlite;
+mod sub_plans;
 mod tool_api;
 mod tool_retries;
 mod tools_calculator;

@@ -239,7 +239,7 @@ fn validation_checks_a_react_steps_tools_and_limit() {
     let reasons: Vec<String> = problems[1..].iter().map(ToString::to_string).collect();
     assert!(reasons[0].contains("step 1") && reasons[0].contains("at least 1"), "{}", reasons[0]);
     assert!(reasons[1].contains("step 2") && reasons[1].contains("lists no tools"), "{}", reasons[1]);
-    assert!(reasons[2].contains("step 3") && reasons[2].contains("cannot also have tool_id"), "{}", reasons[2]);
+    assert!(reasons[2].contains("step 3") && reasons[2].contains("sets tool_id and tools"), "{}", reasons[2]);
 }
 
 #[test]

@@ -557,7 +557,8 @@ impl Runner {
             let message = resolve_args(&Value::from(exit.message()), &|reference| outputs.resolve(reference));
             step.exit = Some(exit.with_message(crate::text::render_value(&message)));
         }
-        if step.ask_user.is_some() {
+        // `$name` references in the task read as their values ("Summarise $ticket.body").
+        if step.task.contains('$') {
             step.task = crate::text::render_value(&resolve_args(&Value::from(step.task.as_str()), &lookup));
         }
         let calls = self.step_calls(run, unit, &clarifications);

@@ -19,7 +19,7 @@ use tokio::sync::broadcast;
 
 use crate::call::{ToolCallKey, ToolCallStatus};
 use crate::clarification::Clarification;
-use crate::ids::{ClarificationId, WorkflowId};
+use crate::ids::{ClarificationId, PlanId, WorkflowId};
 use crate::usage::Usage;
 use crate::workflow::StepOutcome;
 use crate::workflow::WorkflowState;
@@ -84,6 +84,18 @@ pub enum EventKind {
         item: usize,
         /// How it ended.
         outcome: StepOutcome,
+    },
+    /// A sub-plan step started its child workflow (a resumed step that finds its
+    /// child already started announces nothing new).
+    SubPlanStarted {
+        /// The step's index in the plan.
+        step: usize,
+        /// The item, when the step is a `for_each` loop.
+        item: Option<usize>,
+        /// The child workflow.
+        child: WorkflowId,
+        /// The plan the child runs.
+        plan_id: PlanId,
     },
     /// A tool call is about to be made (its intent is journaled).
     ToolCallStarted {

@@ -74,6 +74,11 @@ pub struct Plan {
     /// output is checked against it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_schema: Option<Value>,
+    /// What the plan takes when another plan runs it as a sub-plan: each a `$name`
+    /// its steps may read as if an earlier step had produced it. An input with a
+    /// `value` has that value unless the calling step gives another.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<Variable>,
 }
 
 /// What a plan was made for.
@@ -145,6 +150,20 @@ pub struct Step {
     /// doing the task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit: Option<Exit>,
+    /// Makes this a ReAct step: the model calls any of these tools (by id), as often
+    /// as it needs, until it answers; each call is journaled and hooked like any
+    /// tool call. A ReAct step has no `tool_id`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<String>,
+    /// How many tool calls a ReAct step may make before it fails with
+    /// [`FailureKind::ToolCallLimit`](crate::FailureKind::ToolCallLimit); 25 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tool_calls: Option<u32>,
+    /// Makes this a sub-plan step: the stored plan with this id runs as a child
+    /// workflow, with the step's `args` as its [`inputs`](Plan::inputs) (`{"ticket":
+    /// "$ticket"}`), and its final output is the step's output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanId>,
 }
 
 /// What a user step asks a person for. In JSON, `{"kind": "input"}`,
@@ -210,7 +229,42 @@ impl Step {
             model: None,
             ask_user: None,
             exit: None,
+            tools: Vec::new(),
+            max_tool_calls: None,
+            plan: None,
         }
+    }
+
+    /// A sub-plan step: the stored plan `plan` runs as a child workflow with `args`
+    /// as its inputs (see [`Step::plan`]).
+    pub fn sub_plan(task: impl Into<String>, plan: PlanId, args: Value, output: impl Into<String>) -> Self {
+        let mut step = Self::new(task, None, output);
+        step.plan = Some(plan);
+        step.args = Some(args);
+        step
+    }
+
+    /// A ReAct step: the model calls any of `tools` until it answers (see [`Step::tools`]).
+    pub fn react<I, S>(task: impl Into<String>, tools: I, output: impl Into<String>) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut step = Self::new(task, None, output);
+        step.tools = tools.into_iter().map(Into::into).collect();
+        step
+    }
+
+    /// The most tool calls this ReAct step may make (see [`Step::max_tool_calls`]).
+    #[must_use]
+    pub fn max_tool_calls(mut self, limit: u32) -> Self {
+        self.max_tool_calls = Some(limit);
+        self
+    }
+
+    /// Whether this is a ReAct step (it lists tools).
+    pub fn is_react(&self) -> bool {
+        !self.tools.is_empty()
     }
 
     /// This step, reading `input` too.
@@ -310,7 +364,14 @@ pub trait ToolLookup {
 impl Plan {
     /// A new plan with a fresh id.
     pub fn new(plan_context: PlanContext, steps: Vec<Step>) -> Self {
-        Self { id: PlanId::new(), plan_context, steps, usage: Usage::default(), output_schema: None }
+        Self {
+            id: PlanId::new(),
+            plan_context,
+            steps,
+            usage: Usage::default(),
+            output_schema: None,
+            inputs: Vec::new(),
+        }
     }
 
     /// Starts writing a plan in code, without an LLM.
@@ -352,7 +413,7 @@ impl Plan {
         if self.steps.is_empty() {
             problems.push(PlanProblem::NoSteps);
         }
-        let mut produced = HashSet::new();
+        let mut produced: HashSet<&str> = self.inputs.iter().map(|input| input.name.as_str()).collect();
         for (step, s) in self.steps.iter().enumerate() {
             if s.task.trim().is_empty() {
                 problems.push(PlanProblem::EmptyTask { step });
@@ -362,6 +423,16 @@ impl Plan {
                 && !registry.has_tool(tool_id)
             {
                 problems.push(PlanProblem::UnknownTool { step, tool_id: tool_id.clone() });
+            }
+            for tool_id in s.tools.iter().filter(|id| !registry.has_tool(id)) {
+                problems.push(PlanProblem::UnknownTool { step, tool_id: tool_id.clone() });
+            }
+            if let Some(reason) = react_problem(s) {
+                problems.push(PlanProblem::InvalidToolList { step, reason });
+            }
+            let kinds = kinds_of(s);
+            if kinds.len() > 1 {
+                problems.push(PlanProblem::MixedStepKinds { step, kinds });
             }
             self.args_problems(step, &produced, &mut problems);
             self.condition_problems(step, &produced, &mut problems);
@@ -398,7 +469,7 @@ impl Plan {
     fn args_problems(&self, step: usize, produced: &HashSet<&str>, problems: &mut Vec<PlanProblem>) {
         let s = &self.steps[step];
         let Some(args) = &s.args else { return };
-        let reason = match (args.is_object(), s.tool_id.is_some() || s.function.is_some()) {
+        let reason = match (args.is_object(), s.tool_id.is_some() || s.function.is_some() || s.plan.is_some()) {
             (false, _) => Some(format!("they must be a JSON object of the tool's arguments, not {args}")),
             (true, false) => Some("the step has no tool to take them; give it a tool_id or drop the args".to_owned()),
             (true, true) => None,
@@ -493,6 +564,31 @@ impl Plan {
     }
 }
 
+/// What is wrong with a step's `max_tool_calls`, if anything.
+fn react_problem(step: &Step) -> Option<String> {
+    match (step.is_react(), step.max_tool_calls) {
+        (false, Some(_)) => Some("max_tool_calls is set, but the step lists no tools".to_owned()),
+        (true, Some(0)) => Some("max_tool_calls must be at least 1".to_owned()),
+        _ => None,
+    }
+}
+
+/// The fields a step sets that each make it a kind of step of its own.
+fn kinds_of(step: &Step) -> Vec<String> {
+    [
+        ("tool_id", step.tool_id.is_some()),
+        ("tools", step.is_react()),
+        ("function", step.function.is_some()),
+        ("ask_user", step.ask_user.is_some()),
+        ("exit", step.exit.is_some()),
+        ("plan", step.plan.is_some()),
+    ]
+    .into_iter()
+    .filter(|(_, set)| *set)
+    .map(|(field, _)| field.to_owned())
+    .collect()
+}
+
 /// Whether `name` is one of the names a `for_each` step's item goes by.
 pub(crate) fn is_loop_variable(name: &str) -> bool {
     name == ITEM || name == INDEX
@@ -533,12 +629,13 @@ pub struct PlanBuilder {
     tool_ids: Option<Vec<String>>,
     steps: Vec<Step>,
     output_schema: Option<Value>,
+    inputs: Vec<Variable>,
 }
 
 impl PlanBuilder {
     /// Starts a plan for `query`.
     pub fn new(query: impl Into<String>) -> Self {
-        Self { query: query.into(), tool_ids: None, steps: Vec::new(), output_schema: None }
+        Self { query: query.into(), tool_ids: None, steps: Vec::new(), output_schema: None, inputs: Vec::new() }
     }
 
     /// Adds a step. `tool_id` is `None` for a step the LLM answers without a tool.
@@ -641,6 +738,47 @@ impl PlanBuilder {
         self
     }
 
+    /// Adds a ReAct step: the model calls any of `tools` (ids), as often as it needs
+    /// up to the step's limit, then answers; the answer is stored under `output`.
+    pub fn react<I, S>(mut self, task: impl Into<String>, tools: I, output: impl Into<String>) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.steps.push(Step::react(task, tools, output));
+        self
+    }
+
+    /// Adds a sub-plan step: the stored plan `plan` runs as a child workflow with
+    /// `args` (an object whose values may hold `$name` references) as its inputs,
+    /// and its final output is stored under `output`.
+    pub fn sub_plan(
+        mut self,
+        task: impl Into<String>,
+        plan: PlanId,
+        args: impl Into<Value>,
+        output: impl Into<String>,
+    ) -> Self {
+        self.steps.push(Step::sub_plan(task, plan, args.into(), output));
+        self
+    }
+
+    /// Declares an input the plan takes when run as a sub-plan (`$name`), which its
+    /// steps may read (see [`Plan::inputs`]).
+    pub fn plan_input(mut self, name: impl Into<String>, description: impl Into<String>) -> Self {
+        self.inputs.push(Variable::reference(name, description));
+        self
+    }
+
+    /// Sets the most tool calls the last (ReAct) step may make; 25 when unset.
+    ///
+    /// # Panics
+    /// If no step has been added yet.
+    pub fn max_tool_calls(mut self, limit: u32) -> Self {
+        self.steps.last_mut().expect("PlanBuilder: add a step before limiting its calls").max_tool_calls = Some(limit);
+        self
+    }
+
     /// Sends the last step's LLM calls to `model` (`provider/model` accepted).
     ///
     /// # Panics
@@ -694,7 +832,7 @@ impl PlanBuilder {
     pub fn build(self) -> Plan {
         let tool_ids = self.tool_ids.unwrap_or_else(|| {
             let mut ids: Vec<String> = Vec::new();
-            for id in self.steps.iter().filter_map(|s| s.tool_id.as_ref()) {
+            for id in self.steps.iter().flat_map(|s| s.tool_id.iter().chain(&s.tools)) {
                 if !ids.contains(id) {
                     ids.push(id.clone());
                 }
@@ -703,6 +841,7 @@ impl PlanBuilder {
         });
         let mut plan = Plan::new(PlanContext { query: self.query, tool_ids }, self.steps);
         plan.output_schema = self.output_schema;
+        plan.inputs = self.inputs;
         plan
     }
 

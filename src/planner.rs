@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::config::Config;
 use crate::execution_context::ExecutionContext;
 use crate::llm::{LlmClient, LlmRequest, Message, ModelRole, OutputSchema, Usage, structured};
-use crate::plan::{Plan, PlanContext, PlanProblem, Step, Variable};
+use crate::plan::{AskUser, Exit, Plan, PlanContext, PlanProblem, Step, Variable};
 use crate::tool::{InMemoryToolRegistry, Tool};
 use crate::{Error, Result};
 
@@ -89,12 +89,12 @@ struct StepsOrError {
     error: Option<String>,
 }
 
-const SYSTEM: &str = "Plan the query with the listed tools in the fewest steps; invent no tools or values. If \
-impossible: {\"steps\": [], \"error\": \"why\"}. Step: task (self-contained); tool_id (a listed tool, or null to \
-reason over earlier outputs); inputs (earlier outputs it reads, {\"name\": \"$output\", \"description\": \"...\"}, or \
-constants with a \"value\"); output (new $snake_case name); args (the tool's arguments if the query fixes them all, \
-else null; strings may hold an earlier $output); condition (\"$out.x > 1\" or words); for_each (\"$list\": runs \
-per $item).";
+const SYSTEM: &str = "Plan the query in the fewest steps with the listed tools; invent nothing. If impossible: \
+{\"steps\":[],\"error\":\"why\"}. Step: task (self-contained); tool_id (a listed tool; \"a,b\": calls them as \
+needed; ask_user: asks the task; exit: ends with the task; null: reasons over outputs); inputs (outputs read, \
+{\"name\":\"$output\",\"description\":\"..\"}, or constants with a \"value\"); output (new $snake_case); args \
+(the tool's arguments if the query fixes all, else null; strings may hold an earlier $output); condition \
+(\"$out.x>1\" or words); for_each (\"$list\": runs per $item).";
 
 /// Plans with one structured LLM call, re-asking while the plan is invalid.
 #[derive(Debug, Clone)]
@@ -182,7 +182,7 @@ fn to_plan(query: &str, tool_ids: &[String], steps: &[PlannedStep]) -> Plan {
                 .iter()
                 .map(|i| Variable { name: i.name.clone(), value: i.value.clone(), description: i.description.clone() })
                 .collect(),
-            tool_id: s.tool_id.clone().filter(|t| !t.is_empty() && t != "null"),
+            tool_id: None,
             output: s.output.clone(),
             args: s.args.clone(),
             output_schema: None,
@@ -192,9 +192,31 @@ fn to_plan(query: &str, tool_ids: &[String], steps: &[PlannedStep]) -> Plan {
             model: None,
             ask_user: None,
             exit: None,
+            tools: Vec::new(),
+            max_tool_calls: None,
+            plan: None,
         })
+        .zip(steps)
+        .map(|(step, planned)| with_kind(step, planned.tool_id.as_deref(), tool_ids))
         .collect();
     Plan::new(PlanContext { query: query.to_owned(), tool_ids: tool_ids.to_vec() }, steps)
+}
+
+/// Reads the planner's `tool_id`: a tool; several (`"a,b"`), for a ReAct step;
+/// `ask_user` or `exit` (unless a tool has that id), for a user or exit step whose
+/// task is the question or the message; or none.
+fn with_kind(mut step: Step, tool_id: Option<&str>, tool_ids: &[String]) -> Step {
+    let Some(tool_id) = tool_id.map(str::trim).filter(|t| !t.is_empty() && *t != "null") else { return step };
+    let listed = tool_ids.iter().any(|id| id == tool_id);
+    match tool_id {
+        "ask_user" if !listed => step.ask_user = Some(AskUser::Input),
+        "exit" if !listed => step.exit = Some(Exit::Complete(step.task.clone())),
+        several if !listed && several.contains(',') => {
+            step.tools = several.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect();
+        }
+        one => step.tool_id = Some(one.to_owned()),
+    }
+    step
 }
 
 /// The planner's user message: tools with their arguments, examples, context, query.
@@ -275,6 +297,31 @@ mod tests {
         assert_eq!(plan.steps[1].for_each.as_deref(), Some("$list"));
         assert_eq!(plan.steps[1].condition.as_deref(), Some("$item.urgent"));
         assert!(plan.problems(&InMemoryToolRegistry::new()).is_empty());
+    }
+
+    #[test]
+    fn the_planners_tool_id_makes_react_user_and_exit_steps() {
+        let steps: Vec<PlannedStep> = serde_json::from_value(json!([
+            {"task": "Look it up and add", "tool_id": "search_tool, calculator_tool", "output": "$sum"},
+            {"task": "Which account?", "tool_id": "ask_user", "output": "$account"},
+            {"task": "Nothing to do", "tool_id": "exit", "output": "$done", "condition": "$sum == 0"},
+            {"task": "Search", "tool_id": "search_tool", "output": "$found"}
+        ]))
+        .unwrap();
+        let plan = to_plan("q", &["search_tool".into(), "calculator_tool".into()], &steps);
+        assert_eq!(
+            (plan.steps[0].tools.as_slice(), plan.steps[0].tool_id.as_deref()),
+            (&["search_tool".to_owned(), "calculator_tool".to_owned()][..], None)
+        );
+        assert_eq!((plan.steps[1].ask_user.as_ref(), plan.steps[1].tool_id.as_deref()), (Some(&AskUser::Input), None));
+        assert_eq!(plan.steps[2].exit, Some(Exit::Complete("Nothing to do".into())));
+        assert_eq!(plan.steps[3].tool_id.as_deref(), Some("search_tool"));
+        let exit_tool = to_plan("q", &["exit".into()], &steps[2..3]);
+        assert_eq!(
+            (exit_tool.steps[0].tool_id.as_deref(), exit_tool.steps[0].exit.as_ref()),
+            (Some("exit"), None),
+            "a real tool wins"
+        );
     }
 
     #[test]

@@ -234,6 +234,10 @@ pub enum FailureKind {
     /// A step's output, or the final output, did not fit its output schema (after
     /// the model, when there was one, was shown the problems once).
     SchemaMismatch,
+    /// A sub-plan step could not start or resume its child workflow.
+    SubPlan,
+    /// A ReAct step made as many tool calls as its limit allows without answering.
+    ToolCallLimit,
     /// Anything else (and failures stored before kinds were recorded).
     #[default]
     Other,
@@ -353,6 +357,40 @@ pub struct Workflow {
     usage: WorkflowUsage,
     #[serde(default)]
     version: u64,
+    /// The workflow and step that run this one as a sub-plan, when one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    parent: Option<ParentLink>,
+}
+
+/// Where a child workflow (a sub-plan's run) was started from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ParentLink {
+    /// The parent workflow.
+    pub workflow_id: WorkflowId,
+    /// The parent's sub-plan step.
+    pub step: usize,
+    /// The item, when that step is a `for_each` loop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<usize>,
+}
+
+impl ParentLink {
+    /// The link of a child started by `workflow_id`'s step `step` (for `item`, in a loop).
+    pub fn new(workflow_id: WorkflowId, step: usize, item: Option<usize>) -> Self {
+        Self { workflow_id, step, item }
+    }
+
+    /// The id of the child workflow this link starts: derived from the parent's id,
+    /// the step and the item, so a resumed parent finds the child it started instead
+    /// of starting a second one.
+    pub fn child_id(&self) -> WorkflowId {
+        let salt = ((self.step as u128 + 1) << 64) | (self.item.map_or(0, |i| i as u128 + 1));
+        // An odd multiplier spreads the salt over all the bits, and is reversible: two
+        // links of one parent never share a child id.
+        let mixed = salt.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835);
+        WorkflowId::from_uuid(uuid::Uuid::from_u128(self.workflow_id.uuid().as_u128() ^ mixed))
+    }
 }
 
 fn not_started() -> WorkflowState {
@@ -372,7 +410,34 @@ impl Workflow {
             failure: None,
             usage: WorkflowUsage::default(),
             version: 1,
+            parent: None,
         }
+    }
+
+    /// The child workflow `link` starts for the plan `plan`, with the plan's inputs
+    /// given `inputs` (by name, `$` included).
+    pub(crate) fn child(link: ParentLink, plan: &Plan, execution_context: ExecutionContext) -> Self {
+        let mut workflow = Self::new(plan.id, execution_context);
+        workflow.id = link.child_id();
+        workflow.parent = Some(link);
+        workflow
+    }
+
+    /// Gives the plan's inputs their values before the first step runs: `given` by
+    /// name, else the input's own `value`. An input with neither stays unset.
+    pub(crate) fn set_inputs(&mut self, plan: &Plan, given: &serde_json::Map<String, Value>) {
+        for input in &plan.inputs {
+            let bare = input.name.trim_start_matches('$');
+            let value = given.get(&input.name).or_else(|| given.get(bare)).or(input.value.as_ref());
+            if let Some(value) = value {
+                self.outputs.step_outputs.insert_ranked(input.name.clone(), Output::new(value.clone()), |_| 0);
+            }
+        }
+    }
+
+    /// The workflow and step that run this one as a sub-plan, when one does.
+    pub fn parent(&self) -> Option<&ParentLink> {
+        self.parent.as_ref()
     }
 
     /// The workflow's id.

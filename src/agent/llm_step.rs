@@ -40,7 +40,7 @@ async fn answer_in_text(ctx: &StepContext) -> StepOutcome {
     }
 }
 
-fn text_output(text: String) -> StepOutcome {
+pub(super) fn text_output(text: String) -> StepOutcome {
     if text.trim().is_empty() {
         return StepOutcome::failed(FailureKind::Agent, "the model gave an empty answer");
     }
@@ -77,12 +77,23 @@ async fn answer_with_summary(ctx: &StepContext) -> StepOutcome {
 /// A structured answer of `schema`, checked; with a summary when it is the final answer.
 async fn answer_typed(ctx: &StepContext, schema: &Value, summarize: bool) -> StepOutcome {
     let wanted = if summarize { with_summary(schema) } else { schema.clone() };
-    let mut request = if summarize {
+    let request = if summarize {
         final_request(ctx, wanted.clone())
     } else {
         let messages = vec![Message::system(SYSTEM), Message::user(ctx.prompt())];
         LlmRequest::new(ModelRole::Execution, messages).with_output_schema(output_schema(wanted.clone()))
     };
+    reply_typed(ctx, request, &wanted, summarize).await
+}
+
+/// Sends `request` (which asks for JSON of `wanted`) and checks the reply, showing
+/// the model its problems once; with `summarize`, the reply holds the answer and a summary.
+pub(super) async fn reply_typed(
+    ctx: &StepContext,
+    mut request: LlmRequest,
+    wanted: &Value,
+    summarize: bool,
+) -> StepOutcome {
     let mut problems = String::new();
     for attempt in 0..=SCHEMA_RETRIES {
         let text = match ctx.llm.chat(request.clone()).await {
@@ -91,7 +102,7 @@ async fn answer_typed(ctx: &StepContext, schema: &Value, summarize: bool) -> Ste
         };
         let checked = serde_json::from_str::<Value>(strip_code_fence(&text))
             .map_err(|e| format!("the reply is not JSON ({e})"))
-            .and_then(|value| check_value(&wanted, &value).map(|()| value));
+            .and_then(|value| check_value(wanted, &value).map(|()| value));
         match checked {
             Ok(value) if summarize => return StepOutcome::Output(split_summary(value)),
             Ok(value) => return StepOutcome::Output(Output::new(value)),
@@ -112,7 +123,7 @@ fn final_request(ctx: &StepContext, schema: Value) -> LlmRequest {
         .with_output_schema(output_schema(schema))
 }
 
-fn output_schema(schema: Value) -> OutputSchema {
+pub(super) fn output_schema(schema: Value) -> OutputSchema {
     OutputSchema { name: "answer".to_owned(), schema }
 }
 

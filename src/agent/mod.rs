@@ -11,12 +11,15 @@
 //!   for any that is missing or would be invented.
 //! - Whichever agent is chosen, a step without a tool is answered by one LLM call,
 //!   and a tool whose arguments follow from the task (one with a
-//!   [`ToolSpec::task_argument`], such as the LLM tool) is called directly.
+//!   [`ToolSpec::task_argument`], such as the LLM tool) is called directly, and a
+//!   ReAct step (one listing [`Step::tools`]) runs a loop in which the model calls
+//!   those tools until it answers.
 
 mod condition;
 mod context;
 mod llm_step;
 mod one_shot;
+mod react;
 mod summarize;
 mod tool_call;
 mod user_step;
@@ -62,9 +65,18 @@ pub struct StepInput {
 /// agent reaches no store, lease or hook itself.
 #[async_trait::async_trait]
 pub(crate) trait StepCalls: Send + Sync {
-    /// The arguments journaled for the next call, when an interrupted run of this
-    /// step made it: the agent calls with them instead of asking the model again.
-    fn journaled_args(&self) -> Option<Value>;
+    /// The tool and arguments journaled for the next call, when an interrupted run
+    /// of this step made it: the agent calls with them instead of asking the model again.
+    fn journaled_call(&self) -> Option<(String, Value)>;
+
+    /// The arguments journaled for the next call (see [`StepCalls::journaled_call`]).
+    fn journaled_args(&self) -> Option<Value> {
+        self.journaled_call().map(|(_, args)| args)
+    }
+
+    /// The finished calls of this step's earlier attempts (before it asked a
+    /// person something), in the order they were made.
+    fn earlier_calls(&self) -> Vec<PastCall>;
 
     /// The token a running tool watches for cancellation.
     fn cancellation(&self) -> CancellationToken;
@@ -79,6 +91,14 @@ pub(crate) trait StepCalls: Send + Sync {
         context: &ToolRunContext,
         args: Value,
     ) -> Result<ToolOutput, ToolError>;
+}
+
+/// A finished call of an earlier attempt of a step, as journaled.
+#[derive(Debug, Clone)]
+pub(crate) struct PastCall {
+    pub(crate) tool_id: String,
+    pub(crate) args: Value,
+    pub(crate) outcome: Result<ToolOutput, ToolError>,
 }
 
 /// Everything an agent may use to run one step.
@@ -105,6 +125,9 @@ pub struct StepContext {
     pub workflow_id: WorkflowId,
     /// The step's tool; `None` for a step the LLM answers itself.
     pub tool: Option<Arc<dyn Tool>>,
+    /// A ReAct step's tools, which the model calls as it sees fit; empty for any
+    /// other step.
+    pub tools: Vec<Arc<dyn Tool>>,
     /// The LLM to call. What it spends is journaled and counted in the step's usage.
     pub llm: Arc<dyn LlmClient>,
     /// How many characters of a value a prompt shows; the rest is clipped with a
@@ -131,6 +154,7 @@ impl fmt::Debug for StepContext {
             .field("inputs", &self.inputs)
             .field("clarifications", &self.clarifications)
             .field("tool", &self.tool.as_ref().map(|t| t.spec().id))
+            .field("tools", &self.tools.iter().map(|t| t.spec().id).collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -183,6 +207,9 @@ pub(crate) enum Route {
 
 /// Handles the steps every agent treats alike, and hands back the tool of the others.
 pub(crate) async fn route(ctx: &StepContext) -> Route {
+    if !ctx.tools.is_empty() {
+        return Route::Done(react::run(ctx).await);
+    }
     let Some(tool) = &ctx.tool else { return Route::Done(llm_step::answer(ctx).await) };
     let spec = tool.spec();
     if let Some(args) = spec.direct_args(&ctx.step.task) {

@@ -25,7 +25,7 @@ pub(super) async fn run_tool(ctx: &StepContext, tool: &dyn Tool, spec: &ToolSpec
     attempt_of(spec, ctx.call_tool(tool, spec, args).await)
 }
 
-fn attempt_of(spec: &ToolSpec, result: Result<ToolOutput, ToolError>) -> ToolAttempt {
+pub(super) fn attempt_of(spec: &ToolSpec, result: Result<ToolOutput, ToolError>) -> ToolAttempt {
     match result {
         Ok(ToolOutput::Value(value)) => ToolAttempt::Finished(StepOutcome::Output(Output::new(value))),
         Ok(ToolOutput::Clarifications(list)) if !list.is_empty() => {

@@ -91,6 +91,36 @@ pub enum PlanProblem {
         /// What is wrong.
         reason: String,
     },
+    /// A step's `tools` or `max_tool_calls` cannot be used as written.
+    InvalidToolList {
+        /// The step's index.
+        step: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A step sets more than one of the fields that each make a kind of step
+    /// (`tool_id`, `tools`, `function`, `ask_user`, `exit`, `plan`).
+    MixedStepKinds {
+        /// The step's index.
+        step: usize,
+        /// The fields it sets.
+        kinds: Vec<String>,
+    },
+    /// A sub-plan step names a plan that is not stored.
+    UnknownPlan {
+        /// The step's index.
+        step: usize,
+        /// The plan id it names.
+        plan_id: String,
+    },
+    /// A sub-plan step leads, through the plans it runs, back to a plan already
+    /// running: it would never end.
+    SubPlanCycle {
+        /// The step's index.
+        step: usize,
+        /// The plan ids on the way round, starting and ending with the same one.
+        cycle: Vec<String>,
+    },
     /// A reference reaches into a field (or item) that the producing step's
     /// output schema does not have.
     UnknownField {
@@ -129,6 +159,18 @@ impl fmt::Display for PlanProblem {
                  declare it as a reference instead (name {output}, no value) so the step reads that output"
             ),
             Self::InvalidArgs { step, reason } => write!(f, "step {step} has invalid arguments: {reason}"),
+            Self::InvalidToolList { step, reason } => write!(f, "step {step} has an invalid tool list: {reason}"),
+            Self::MixedStepKinds { step, kinds } => write!(
+                f,
+                "step {step} sets {}; a step can be only one of these kinds, so make them separate steps",
+                kinds.join(" and ")
+            ),
+            Self::UnknownPlan { step, plan_id } => {
+                write!(f, "step {step} runs plan {plan_id}, which is not stored; save that plan first")
+            }
+            Self::SubPlanCycle { step, cycle } => {
+                write!(f, "step {step} runs sub-plans in a cycle ({}), which would never end", cycle.join(" -> "))
+            }
             Self::UnknownArgReference { step, reference } => {
                 write!(f, "step {step}'s arguments refer to {reference}, which no earlier step outputs")
             }

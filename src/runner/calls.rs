@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::agent::StepCalls;
+use crate::agent::{PastCall, StepCalls};
 use crate::clarification::{CallVerdict, Clarification, ClarificationKind};
 use crate::events::{EventKind, RunEvents, ToolEvents};
 use crate::hooks::{HookChain, ToolCallDecision, ToolCallRequest};
@@ -79,6 +79,8 @@ pub(crate) struct ToolCalls {
     next_seq: Arc<AtomicU32>,
     /// The calls this attempt of the step journaled before (in an earlier, interrupted run).
     journaled: Arc<Vec<ToolCallRecord>>,
+    /// The calls earlier attempts of the step made (before a question it asked).
+    earlier: Arc<Vec<ToolCallRecord>>,
     /// Where a running tool's question waits for a person's answer.
     live: LiveQuestions,
     /// What this step's tools asked a person while their calls were open.
@@ -102,9 +104,14 @@ pub(crate) struct CallServices {
 
 #[async_trait::async_trait]
 impl StepCalls for ToolCalls {
-    fn journaled_args(&self) -> Option<Value> {
+    fn journaled_call(&self) -> Option<(String, Value)> {
         let seq = self.next_seq.load(Ordering::SeqCst);
-        self.journaled.iter().find(|r| r.key.seq == seq).map(|r| r.input.clone())
+        self.journaled.iter().find(|r| r.key.seq == seq).map(|r| (r.tool_id.clone(), r.input.clone()))
+    }
+
+    fn earlier_calls(&self) -> Vec<PastCall> {
+        let finished = self.earlier.iter().filter_map(|r| Some((r, r.outcome()?)));
+        finished.map(|(r, outcome)| PastCall { tool_id: r.tool_id.clone(), args: r.input.clone(), outcome }).collect()
     }
 
     fn cancellation(&self) -> CancellationToken {
@@ -158,12 +165,33 @@ enum Unknown {
 }
 
 impl ToolCalls {
-    pub(crate) fn new(services: CallServices, (step, attempt): (usize, u32), journaled: Vec<ToolCallRecord>) -> Self {
+    /// The calls of attempt `attempt` of step `step`: `journaled` are its own calls
+    /// from an interrupted run, `earlier` those of the step's earlier attempts.
+    pub(crate) fn new(
+        services: CallServices,
+        (step, attempt): (usize, u32),
+        journaled: Vec<ToolCallRecord>,
+        earlier: Vec<ToolCallRecord>,
+    ) -> Self {
         let CallServices { journal, lease, signal, hooks, events, retry, live } = services;
         let next_seq = Arc::new(AtomicU32::new(0));
-        let journaled = Arc::new(journaled);
+        let (journaled, earlier) = (Arc::new(journaled), Arc::new(earlier));
         let questions = StepQuestions::default();
-        Self { journal, lease, signal, hooks, events, retry, step, attempt, next_seq, journaled, live, questions }
+        Self {
+            journal,
+            lease,
+            signal,
+            hooks,
+            events,
+            retry,
+            step,
+            attempt,
+            next_seq,
+            journaled,
+            earlier,
+            live,
+            questions,
+        }
     }
 
     /// The questions this step's tools asked a person while their calls were open,

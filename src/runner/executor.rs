@@ -361,8 +361,13 @@ impl Runner {
                 EventKind::StepStarted { step: index, task: step.task.clone(), tool_id: step.tool_id.clone() };
             run.events.emit(run.workflow.id(), started);
         }
+        let span = step_span(index, step);
+        if let Some(plan_id) = step.plan {
+            let child = super::sub_plan::run(self.clone(), ctx, plan_id, run.events.clone());
+            return running.spawn(child.instrument(span)).id();
+        }
         let (agent, hooks) = (Arc::clone(&self.inner.agent), self.inner.hooks.clone());
-        running.spawn(run_step(agent, hooks, ctx).instrument(step_span(index, step))).id()
+        running.spawn(run_step(agent, hooks, ctx).instrument(span)).id()
     }
 
     /// Steps not started whose inputs are all available, in plan order. Run one at a
@@ -512,11 +517,9 @@ impl Runner {
                 })?)
             }
             None => None,
-            Some(id) => Some(self.inner.tools.get_tool(id).map_err(|_| {
-                let message = format!("Tool {id} is not in the tool registry: register it, or plan again");
-                Failure::new(FailureKind::InvalidStep, message)
-            })?),
+            Some(id) => Some(self.registered_tool(id)?),
         };
+        let tools = step.tools.iter().map(|id| self.registered_tool(id)).collect::<std::result::Result<_, _>>()?;
         let mut inputs = Vec::with_capacity(step.inputs.len());
         for variable in &step.inputs {
             let value = match &variable.value {
@@ -554,7 +557,8 @@ impl Runner {
             let message = resolve_args(&Value::from(exit.message()), &|reference| outputs.resolve(reference));
             step.exit = Some(exit.with_message(crate::text::render_value(&message)));
         }
-        if step.ask_user.is_some() {
+        // `$name` references in the task read as their values ("Summarise $ticket.body").
+        if step.task.contains('$') {
             step.task = crate::text::render_value(&resolve_args(&Value::from(step.task.as_str()), &lookup));
         }
         let calls = self.step_calls(run, unit, &clarifications);
@@ -573,6 +577,7 @@ impl Runner {
             execution_context: workflow.execution_context().clone(),
             workflow_id: workflow.id(),
             tool,
+            tools,
             llm: step_llm(
                 Arc::clone(&self.inner.llm).with(run.meter.billing(Some(&plan.steps[index].output))),
                 &plan.steps[index],
@@ -581,6 +586,14 @@ impl Runner {
             today: self.today(),
         };
         Ok((ctx, questions))
+    }
+
+    /// The tool registered as `id`, or the failure of a step that names one that is not.
+    fn registered_tool(&self, id: &str) -> std::result::Result<Arc<dyn crate::tool::Tool>, Failure> {
+        self.inner.tools.get_tool(id).map_err(|_| {
+            let message = format!("Tool {id} is not in the tool registry: register it, or plan again");
+            Failure::new(FailureKind::InvalidStep, message)
+        })
     }
 
     /// The journaled call path of one step. Each resume of a step after a question
@@ -594,8 +607,12 @@ impl Runner {
         // from i × LOOP_ATTEMPT_STRIDE.
         let item = unit.item.map_or(0, |i| u32::try_from(i).unwrap_or(u32::MAX));
         let attempt = item.saturating_mul(LOOP_ATTEMPT_STRIDE).saturating_add(asked);
-        let journaled =
-            run.journal.iter().filter(|r| r.key.step == step && r.key.attempt == attempt).cloned().collect();
+        let this_step = || run.journal.iter().filter(|r| r.key.step == step);
+        let journaled = this_step().filter(|r| r.key.attempt == attempt).cloned().collect();
+        let first = item.saturating_mul(LOOP_ATTEMPT_STRIDE);
+        let mut earlier: Vec<ToolCallRecord> =
+            this_step().filter(|r| (first..attempt).contains(&r.key.attempt)).cloned().collect();
+        earlier.sort_by_key(|r| (r.key.attempt, r.key.seq));
         let services = CallServices {
             journal: self.inner.storage.clone(),
             lease: run.lease.clone(),
@@ -605,7 +622,7 @@ impl Runner {
             retry: self.inner.config.tool_retry_policy(),
             live: self.inner.live.clone(),
         };
-        ToolCalls::new(services, (step, attempt), journaled)
+        ToolCalls::new(services, (step, attempt), journaled, earlier)
     }
 }
 

@@ -17,6 +17,7 @@ mod requests;
 #[cfg(feature = "server")]
 #[cfg_attr(docsrs, doc(cfg(feature = "server")))]
 pub mod serve;
+mod sub_plan;
 mod typed;
 mod watch;
 mod worker;
@@ -308,11 +309,13 @@ impl Runner {
                 problems.push(crate::plan::PlanProblem::UnknownFunction { step, function: function.clone() });
             }
         }
+        problems.extend(self.sub_plan_problems(plan).await?);
         if !problems.is_empty() {
             return Err(Error::InvalidPlan(problems));
         }
         self.inner.storage.save_plan(plan).await?;
         let mut workflow = Workflow::new(plan.id, context);
+        workflow.set_inputs(plan, &serde_json::Map::new());
         workflow.set_usage(WorkflowUsage::planned(plan.usage, self.planning_cost(plan.usage)));
         Ok(workflow)
     }

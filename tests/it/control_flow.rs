@@ -494,3 +494,21 @@ async fn a_function_step_calls_a_registered_rust_function_journaled_and_without_
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn references_in_a_tasks_text_read_as_their_values() {
+    let tools = InMemoryToolRegistry::new()
+        .with(MockTool::returning("ticket_tool", json!({"body": "the printer is on fire", "id": 7})))
+        .unwrap();
+    let plan = PlanBuilder::new("Summarise the ticket")
+        .step("Fetch", Some("ticket_tool"), "$ticket")
+        .args(json!({}))
+        .step("Summarise ticket $ticket.id: $ticket.body (costs $5)", None, "$summary")
+        .build();
+    let llm = Arc::new(ScriptedLlm::new().text("Fire."));
+    let runner = Runner::builder(sequential()).tools(tools).llm(llm.clone()).build().unwrap();
+    let workflow = runner.run_plan(&plan).await.unwrap();
+    assert_eq!(workflow.state(), WorkflowState::Complete, "{:?}", workflow.failure());
+    let prompt = common::last_user_text(&llm.requests()[0]);
+    assert!(prompt.contains("Task: Summarise ticket 7: the printer is on fire (costs $5)"), "{prompt}");
+}

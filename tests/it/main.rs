@@ -66,6 +66,7 @@ mod mcp_server;
 mod mcp_servers;
 mod parallel;
 mod plan_args;
+mod react;
 mod runner;
 #[cfg(feature = "server")]
 mod serve;
@@ -83,6 +84,7 @@ mod storage_postgres;
 mod storage_rows;
 #[cfg(feature = "sqlite")]
 mod storage_sqlite;
+mod sub_plans;
 mod tool_api;
 mod tool_retries;
 mod tools_calculator;

@@ -1,7 +1,13 @@
 //! A plan as a graph of its steps and their `$name` dependencies, in Mermaid or Graphviz.
+//!
+//! A step's shape says its kind: a parallelogram runs a sub-plan, a rounded box
+//! ends the workflow, a double box is a ReAct step. A condition is a decision
+//! node in front of its step, and a loop (`for_each`, or a ReAct step's tool calls)
+//! an edge from the step back to itself.
 
 use std::fmt::Write;
 
+use portia::plan::Step;
 use portia::{Exit, Plan};
 
 /// Each dependency edge: (from step, to step, the `$name` it carries).
@@ -21,14 +27,17 @@ fn edges(plan: &Plan) -> Vec<(usize, usize, String)> {
 /// condition and exit.
 fn label(plan: &Plan, index: usize) -> Vec<String> {
     let step = &plan.steps[index];
-    let tool = match (&step.tool_id, &step.function) {
-        (Some(tool), _) => tool.clone(),
-        (None, Some(function)) => format!("fn {function}"),
-        (None, None) => "llm".to_owned(),
+    let tool = match (&step.tool_id, &step.function, &step.plan) {
+        (Some(tool), _, _) => tool.clone(),
+        (None, Some(function), _) => format!("fn {function}"),
+        (None, None, Some(plan)) => format!("sub-plan {plan}"),
+        (None, None, None) if step.is_react() => format!("llm with {}", step.tools.join(", ")),
+        (None, None, None) if step.ask_user.is_some() => "ask a person".to_owned(),
+        (None, None, None) if step.exit.is_some() => "exit".to_owned(),
+        (None, None, None) => "llm".to_owned(),
     };
     let mut lines = vec![format!("{}. {}", index + 1, step.task), format!("{tool} → {}", step.output)];
     lines.extend(step.for_each.iter().map(|list| format!("for each item of {list}")));
-    lines.extend(step.condition.iter().map(|condition| format!("if {condition}")));
     lines.extend(step.exit.iter().map(|exit| match exit {
         Exit::Complete(message) => format!("exit COMPLETE: {message}"),
         Exit::Failed(error) => format!("exit FAILED: {error}"),
@@ -37,30 +46,75 @@ fn label(plan: &Plan, index: usize) -> Vec<String> {
     lines
 }
 
+/// How a step is drawn: Mermaid's brackets around its label, and Graphviz's shape.
+fn shape(step: &Step) -> (&'static str, &'static str, &'static str) {
+    if step.plan.is_some() {
+        ("[/", "/]", "parallelogram")
+    } else if step.exit.is_some() {
+        ("([", "])", "octagon")
+    } else if step.is_react() {
+        ("[[", "]]", "box3d")
+    } else {
+        ("[", "]", "box")
+    }
+}
+
+/// The loop edge a step draws back to itself, if it loops: over its items, or
+/// through its tool calls.
+fn loop_label(step: &Step) -> Option<String> {
+    match (&step.for_each, step.is_react()) {
+        (Some(list), _) => Some(format!("each item of {list}")),
+        (None, true) => Some(format!("tool calls, at most {}", step.max_tool_calls.unwrap_or(25))),
+        (None, false) => None,
+    }
+}
+
+/// The node a dependency into `to` enters: its condition's decision node, if it has one.
+fn entry(plan: &Plan, to: usize) -> String {
+    if plan.steps[to].condition.is_some() { format!("c{to}") } else { format!("s{to}") }
+}
+
 /// `flowchart TD` with a node per step and an edge per dependency.
 pub(crate) fn mermaid(plan: &Plan) -> String {
     let escape = |s: &str| s.replace('"', "#quot;");
     let mut out = String::from("flowchart TD\n");
-    for index in 0..plan.steps.len() {
+    for (index, step) in plan.steps.iter().enumerate() {
         let lines: Vec<String> = label(plan, index).iter().map(|line| escape(line)).collect();
-        let _ = writeln!(out, "    s{index}[\"{}\"]", lines.join("<br/>"));
+        let (open, close, _) = shape(step);
+        let _ = writeln!(out, "    s{index}{open}\"{}\"{close}", lines.join("<br/>"));
+        if let Some(condition) = &step.condition {
+            let _ = writeln!(out, "    c{index}{{\"if {}\"}}", escape(condition));
+            let _ = writeln!(out, "    c{index} -->|yes| s{index}");
+            let _ = writeln!(out, "    c{index} -.->|no: skipped| s{index}");
+        }
+        if let Some(looping) = loop_label(step) {
+            let _ = writeln!(out, "    s{index} -.->|{}| s{index}", escape(&looping));
+        }
     }
     for (from, to, name) in edges(plan) {
-        let _ = writeln!(out, "    s{from} -->|{}| s{to}", escape(&name));
+        let _ = writeln!(out, "    s{from} -->|{}| {}", escape(&name), entry(plan, to));
     }
     out
 }
 
-/// A Graphviz `digraph` with a box per step and an edge per dependency.
+/// A Graphviz `digraph` with a node per step and an edge per dependency.
 pub(crate) fn dot(plan: &Plan) -> String {
     let escape = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
     let mut out = String::from("digraph plan {\n    rankdir=TB;\n    node [shape=box];\n");
-    for index in 0..plan.steps.len() {
+    for (index, step) in plan.steps.iter().enumerate() {
         let lines: Vec<String> = label(plan, index).iter().map(|line| escape(line)).collect();
-        let _ = writeln!(out, "    s{index} [label=\"{}\"];", lines.join("\\n"));
+        let (_, _, shape) = shape(step);
+        let _ = writeln!(out, "    s{index} [label=\"{}\", shape={shape}];", lines.join("\\n"));
+        if let Some(condition) = &step.condition {
+            let _ = writeln!(out, "    c{index} [label=\"if {}\", shape=diamond];", escape(condition));
+            let _ = writeln!(out, "    c{index} -> s{index} [label=\"yes\"];");
+        }
+        if let Some(looping) = loop_label(step) {
+            let _ = writeln!(out, "    s{index} -> s{index} [label=\"{}\", style=dashed];", escape(&looping));
+        }
     }
     for (from, to, name) in edges(plan) {
-        let _ = writeln!(out, "    s{from} -> s{to} [label=\"{}\"];", escape(&name));
+        let _ = writeln!(out, "    s{from} -> {} [label=\"{}\"];", entry(plan, to), escape(&name));
     }
     out.push_str("}\n");
     out
@@ -92,25 +146,37 @@ mod tests {
     }
 
     #[test]
-    fn loops_conditions_and_exits_are_drawn_on_their_steps() {
+    fn branches_loops_react_steps_sub_plans_and_exits_are_drawn() {
+        let child = PlanBuilder::new("c").step("x", None, "$x").build();
         let plan = PlanBuilder::new("q")
             .step("List", Some("tickets_tool"), "$tickets")
             .step("Draft", None, "$drafts")
             .for_each("$tickets")
             .condition("$item.urgent")
+            .react("Research", ["search_tool", "calculator_tool"], "$facts")
+            .sub_plan("Classify", child.id, json!({"t": "$tickets"}), "$class")
             .exit("Stop", Exit::Failed("no tickets".into()), "$stop")
             .build();
         let text = mermaid(&plan);
-        assert!(text.contains("llm → $drafts<br/>for each item of $tickets<br/>if $item.urgent\"]"), "{text}");
-        assert!(text.contains("exit FAILED: no tickets"), "{text}");
-        assert!(dot(&plan).contains("for each item of $tickets\\nif $item.urgent"), "{}", dot(&plan));
+        assert!(text.contains("s1[\"2. Draft<br/>llm → $drafts<br/>for each item of $tickets\"]"), "{text}");
+        assert!(text.contains("c1{\"if $item.urgent\"}") && text.contains("c1 -->|yes| s1"), "{text}");
+        assert!(text.contains("s0 -->|$tickets| c1"), "the list feeds the branch: {text}");
+        assert!(text.contains("s1 -.->|each item of $tickets| s1"), "{text}");
+        assert!(text.contains("s2[[\"3. Research<br/>llm with search_tool, calculator_tool → $facts\"]]"), "{text}");
+        assert!(text.contains("s2 -.->|tool calls, at most 25| s2"), "{text}");
+        assert!(text.contains(&format!("s3[/\"4. Classify<br/>sub-plan {} → $class\"/]", child.id)), "{text}");
+        assert!(text.contains("s4([\"5. Stop<br/>exit → $stop<br/>exit FAILED: no tickets\"])"), "{text}");
+        let dot = dot(&plan);
+        assert!(dot.contains("c1 [label=\"if $item.urgent\", shape=diamond];"), "{dot}");
+        assert!(dot.contains("s0 -> c1 [label=\"$tickets\"];") && dot.contains("shape=parallelogram"), "{dot}");
+        assert!(dot.contains("s2 -> s2 [label=\"tool calls, at most 25\", style=dashed];"), "{dot}");
     }
 
     #[test]
     fn dot_is_a_digraph_with_escaped_labels() {
         let text = dot(&plan());
         assert!(text.starts_with("digraph plan {") && text.ends_with("}\n"), "{text}");
-        assert!(text.contains("s0 [label=\"1. Find the \\\"city\\\"\\nsearch_tool → $city\"];"), "{text}");
+        assert!(text.contains("s0 [label=\"1. Find the \\\"city\\\"\\nsearch_tool → $city\", shape=box];"), "{text}");
         assert!(text.contains("s0 -> s1 [label=\"$city\"];"), "{text}");
     }
 }

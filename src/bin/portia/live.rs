@@ -200,7 +200,7 @@ impl<'a> View<'a> {
             EventKind::StepStarted { step, tool_id, .. } => {
                 let bar = self.bars.add(ProgressBar::new_spinner().with_style(spinner_style()));
                 bar.set_prefix(self.label(*step));
-                bar.set_message(tool_id.clone().unwrap_or_else(|| "llm".to_owned()));
+                bar.set_message(self.doer(*step, tool_id.as_deref()));
                 bar.enable_steady_tick(TICK);
                 self.steps.insert(*step, bar);
             }
@@ -227,6 +227,11 @@ impl<'a> View<'a> {
                 let done = total.map_or_else(|| format!("{progress}"), |total| format!("{progress}/{total}"));
                 bar.set_message(format!("{tool_id} · {done} {}", message.as_deref().unwrap_or_default()));
             }
+            EventKind::SubPlanStarted { step, item, child, plan_id } => {
+                let bar = self.steps.get(step)?;
+                let item = item.map(|i| format!(" item {i}")).unwrap_or_default();
+                bar.set_message(format!("sub-plan {plan_id}{item} · workflow {child}"));
+            }
             EventKind::StepFinished { step, outcome } => self.finish(*step, outcome),
             EventKind::LoopItemFinished { step, item, outcome } => self.item_finished(*step, *item, outcome),
             // Raised while its step runs: asked live. Questions a step ends with are
@@ -239,6 +244,18 @@ impl<'a> View<'a> {
             _ => {}
         }
         None
+    }
+
+    /// What carries step `step` out, for its line: its tool, its ReAct tools, its
+    /// sub-plan, or the LLM.
+    fn doer(&self, step: usize, tool_id: Option<&str>) -> String {
+        let planned = self.plan.steps.get(step);
+        match (tool_id, planned) {
+            (Some(tool), _) => tool.to_owned(),
+            (None, Some(s)) if s.is_react() => format!("llm with {}", s.tools.join(", ")),
+            (None, Some(s)) if s.plan.is_some() => "sub-plan".to_owned(),
+            _ => "llm".to_owned(),
+        }
     }
 
     /// Shows the end of a step's reply so far on its line.

@@ -1,0 +1,211 @@
+//! Sub-plans: a step runs another stored plan as a child workflow, linked to its
+//! parent; the child's final output is the step's output, its questions surface on
+//! the parent, a resumed parent never starts a second child, and validation
+//! refuses unknown plans, missing inputs and cycles.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use portia::plan::{AskUser, PlanProblem};
+use portia::runner::EventKind;
+use portia::storage::{InMemoryStorage, ManualClock, SqliteStorage, Storage, WorkflowQuery};
+use portia::testing::ScriptedLlm;
+use portia::workflow::{FailureKind, ParentLink};
+use portia::{Config, Error, Plan, PlanBuilder, Runner, WorkflowId, WorkflowState};
+use serde_json::json;
+
+use crate::common;
+
+fn config() -> Config {
+    Config::builder().summarize_final_output(false).build().unwrap()
+}
+
+fn runner(storage: Arc<dyn Storage>, llm: ScriptedLlm) -> (Runner, Arc<ScriptedLlm>) {
+    let llm = Arc::new(llm);
+    (Runner::builder(config()).llm(llm.clone()).storage(storage).build().unwrap(), llm)
+}
+
+/// A plan that classifies the ticket it is given.
+fn classify_plan() -> Plan {
+    PlanBuilder::new("Classify a ticket")
+        .plan_input("$ticket", "the ticket")
+        .step("Classify the ticket", None, "$class")
+        .input("$ticket", "the ticket")
+        .build()
+}
+
+fn parent_of(child: &Plan) -> Plan {
+    PlanBuilder::new("Triage")
+        .step("Read the ticket", None, "$text")
+        .sub_plan("Classify it", child.id, json!({"ticket": "$text"}), "$class")
+        .build()
+}
+
+#[tokio::test]
+async fn a_sub_plan_step_runs_the_stored_plan_as_a_linked_child_and_takes_its_final_output() {
+    let storage: Arc<dyn Storage> = Arc::new(InMemoryStorage::new());
+    let child_plan = classify_plan();
+    storage.save_plan(&child_plan).await.unwrap();
+    let (runner, llm) = runner(storage.clone(), ScriptedLlm::new().text("My card was charged twice").text("billing"));
+    let parent = runner.run_plan(&parent_of(&child_plan)).await.unwrap();
+
+    assert_eq!(parent.state(), WorkflowState::Complete, "{:?}", parent.failure());
+    assert_eq!(parent.outputs().step_outputs.get("$class").unwrap().value, json!("billing"));
+    let child_id = ParentLink::new(parent.id(), 1, None).child_id();
+    let child = storage.get_workflow(child_id).await.unwrap();
+    assert_eq!(child.plan_id(), child_plan.id);
+    assert_eq!(child.parent(), Some(&ParentLink::new(parent.id(), 1, None)));
+    assert_eq!(child.outputs().step_outputs.get("$ticket").unwrap().value, json!("My card was charged twice"));
+    assert!(common::last_user_text(&llm.requests()[1]).contains("My card was charged twice"), "the input reached it");
+    let events = storage.events(parent.id(), 0).await.unwrap();
+    let started = events.iter().find_map(|e| match &e.event.kind {
+        EventKind::SubPlanStarted { step, child, plan_id, .. } => Some((*step, *child, *plan_id)),
+        _ => None,
+    });
+    assert_eq!(started, Some((1, child_id, child_plan.id)));
+}
+
+#[tokio::test]
+async fn a_childs_question_surfaces_on_the_parent_and_its_answer_reaches_the_child() {
+    let storage: Arc<dyn Storage> = Arc::new(InMemoryStorage::new());
+    let child_plan = PlanBuilder::new("Confirm")
+        .plan_input("$ticket", "the ticket")
+        .ask_user("Send the reply to $ticket?", AskUser::Confirm, "$ok")
+        .build();
+    storage.save_plan(&child_plan).await.unwrap();
+    let (runner, _) = runner(storage.clone(), ScriptedLlm::new().text("ticket 7"));
+    let waiting = runner.run_plan(&parent_of(&child_plan)).await.unwrap();
+
+    assert_eq!(waiting.state(), WorkflowState::NeedClarification);
+    let question = waiting.outstanding_clarifications().next().unwrap().clone();
+    assert_eq!(question.workflow_id, waiting.id(), "asked on the parent");
+    assert_eq!(question.step, Some(1));
+    assert!(question.user_guidance.contains("ticket 7"), "{}", question.user_guidance);
+
+    runner.resolve_clarification(&question, true).await.unwrap();
+    let done = runner.execute_workflow(waiting).await.unwrap();
+    assert_eq!(done.state(), WorkflowState::Complete, "{:?}", done.failure());
+    assert_eq!(done.outputs().step_outputs.get("$class").unwrap().value, json!(true));
+}
+
+#[tokio::test]
+async fn a_failed_child_fails_the_step_with_its_kind() {
+    let storage: Arc<dyn Storage> = Arc::new(InMemoryStorage::new());
+    let child_plan = PlanBuilder::new("Give up")
+        .plan_input("$ticket", "the ticket")
+        .exit("Stop", portia::Exit::Failed("nothing to do".into()), "$stop")
+        .build();
+    storage.save_plan(&child_plan).await.unwrap();
+    let (runner, _) = runner(storage, ScriptedLlm::new().text("ticket"));
+    let failed = runner.run_plan(&parent_of(&child_plan)).await.unwrap();
+    let failure = failed.failure().unwrap();
+    assert_eq!((failure.kind, failure.step), (FailureKind::Exited, Some(1)));
+    assert!(failure.message.contains("nothing to do"), "{failure}");
+}
+
+#[tokio::test]
+async fn validation_refuses_an_unknown_plan_a_missing_input_and_a_cycle() {
+    let storage: Arc<dyn Storage> = Arc::new(InMemoryStorage::new());
+    let (runner, _) = runner(storage.clone(), ScriptedLlm::new());
+    let unknown = PlanBuilder::new("q").sub_plan("Run it", portia::PlanId::new(), json!({}), "$a").build();
+    let Err(Error::InvalidPlan(problems)) = runner.create_workflow(&unknown).await else { panic!("accepted") };
+    assert!(matches!(problems[..], [PlanProblem::UnknownPlan { step: 0, .. }]), "{problems:?}");
+
+    let child = classify_plan();
+    storage.save_plan(&child).await.unwrap();
+    let no_input = PlanBuilder::new("q").sub_plan("Run it", child.id, json!({}), "$a").build();
+    let Err(Error::InvalidPlan(problems)) = runner.create_workflow(&no_input).await else { panic!("accepted") };
+    assert!(problems[0].to_string().contains("needs the input $ticket"), "{problems:?}");
+
+    // a runs b, b runs a.
+    let mut a = PlanBuilder::new("a").step("x", None, "$x").build();
+    let b = PlanBuilder::new("b").sub_plan("Run a", a.id, json!({}), "$y").build();
+    a.steps.push(portia::plan::Step::sub_plan("Run b", b.id, json!({}), "$z"));
+    storage.save_plan(&b).await.unwrap();
+    let Err(Error::InvalidPlan(problems)) = runner.create_workflow(&a).await else { panic!("accepted") };
+    let expected = vec![a.id.to_string(), b.id.to_string(), a.id.to_string()];
+    assert!(
+        matches!(&problems[..], [PlanProblem::SubPlanCycle { step: 1, cycle }] if *cycle == expected),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn the_sub_plan_fields_are_optional_in_json() {
+    let child = classify_plan();
+    let plan = parent_of(&child);
+    let json = serde_json::to_value(&plan).unwrap();
+    assert_eq!(json["steps"][1]["plan"], json!(child.id.to_string()));
+    assert!(json.get("inputs").is_none());
+    assert_eq!(serde_json::to_value(&child).unwrap()["inputs"][0]["name"], json!("$ticket"));
+    assert_eq!(serde_json::from_value::<Plan>(json).unwrap(), plan);
+}
+
+// ----- durability: the parent's process is killed while its child runs -----
+
+const MARKER: &str = "SUB-PLAN-POINT";
+
+fn two_step_child() -> Plan {
+    PlanBuilder::new("Classify, then word it")
+        .plan_input("$ticket", "the ticket")
+        .step("Classify the ticket", None, "$class")
+        .input("$ticket", "the ticket")
+        .step("Word the class", None, "$label")
+        .input("$class", "the class")
+        .build()
+}
+
+/// The child process: reads the ticket, classifies it in the child workflow, then
+/// hangs in the child's second step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run as a child process by the sub-plan durability test"]
+async fn sub_plan_child() {
+    let Some(db) = std::env::var_os("SUB_PLAN_DB") else { return };
+    let storage = Arc::new(SqliteStorage::open(PathBuf::from(db)).unwrap());
+    let llm = ScriptedLlm::new().text("ticket 9").text("billing").respond_with(|_| {
+        println!("{MARKER}");
+        loop {
+            std::thread::park();
+        }
+    });
+    let (runner, _) = runner(storage, llm);
+    let id: WorkflowId = std::env::var("SUB_PLAN_WORKFLOW").unwrap().parse().unwrap();
+    let _ = runner.execute_workflow_by_id(id).await;
+}
+
+#[tokio::test]
+async fn a_parent_killed_while_its_child_runs_resumes_the_same_child() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("portia.db");
+    let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open(&db).unwrap());
+    let child_plan = two_step_child();
+    storage.save_plan(&child_plan).await.unwrap();
+    let id = runner(storage, ScriptedLlm::new()).0.create_workflow(&parent_of(&child_plan)).await.unwrap().id();
+
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args(["sub_plans::sub_plan_child", "--exact", "--ignored", "--nocapture", "--test-threads=1", "--quiet"])
+        .env("SUB_PLAN_DB", &db)
+        .env("SUB_PLAN_WORKFLOW", id.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = common::ChildGuard(child);
+    let stdout = child.stdout.take().unwrap();
+    let reached = std::io::BufRead::lines(std::io::BufReader::new(stdout)).any(|l| l.unwrap().starts_with(MARKER));
+    assert!(reached, "the child process ended before the point it was to be killed at");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let clock = ManualClock::new(chrono::Utc::now() + chrono::Duration::hours(1));
+    let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open_with_clock(&db, Arc::new(clock)).unwrap());
+    let (runner, llm) = runner(storage.clone(), ScriptedLlm::new().text("Billing"));
+    let parent = runner.execute_workflow_by_id(id).await.unwrap();
+
+    assert_eq!(parent.state(), WorkflowState::Complete, "{:?}", parent.failure());
+    assert_eq!(parent.outputs().step_outputs.get("$class").unwrap().value, json!("Billing"));
+    assert_eq!(llm.requests().len(), 1, "only the child's unfinished step asks the model");
+    let all = storage.list_workflows(&WorkflowQuery::default()).await.unwrap();
+    assert_eq!(all.count, 2, "the parent and one child");
+}

@@ -138,13 +138,17 @@ async fn a_query_is_planned_and_a_stored_plan_is_started_by_id() {
     assert_eq!(status, StatusCode::ACCEPTED, "{created}");
     let done = served.rest(created["id"].as_str().unwrap()).await;
     assert_eq!(done.outputs().final_output.as_ref().unwrap().value, "Hello!");
+    assert_eq!(done.usage().total.llm_calls, 2, "the plan written for it, and its step");
 
     let (status, plan) = served.post("/v1/plans", json!({"query": "Say hello"})).await;
     assert_eq!(status, StatusCode::CREATED, "{plan}");
     let (status, created) = served.post("/v1/workflows", json!({"plan_id": plan["id"]})).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{created}");
     assert_eq!(created["plan_id"], plan["id"]);
-    assert_eq!(served.rest(created["id"].as_str().unwrap()).await.state(), WorkflowState::Complete);
+    let done = served.rest(created["id"].as_str().unwrap()).await;
+    assert_eq!(done.state(), WorkflowState::Complete);
+    assert_eq!(done.usage().total.llm_calls, 1, "its step; the stored plan's planning is a reference");
+    assert_eq!(done.usage().planning.llm_calls, 1);
 }
 
 #[tokio::test]

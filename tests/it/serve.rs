@@ -350,6 +350,25 @@ fn sample(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// A stored workflow that cannot be read (here its JSON is cut short) is counted
+/// apart, never in a state, so an operator sees it on a dashboard.
+#[tokio::test]
+async fn metrics_count_unreadable_workflows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portia.db");
+    let storage = Arc::new(portia::storage::SqliteStorage::open(&path).unwrap());
+    let runner = Runner::builder(config()).llm(Arc::new(ScriptedLlm::new())).storage(storage).build().unwrap();
+    let plan = portia::PlanBuilder::new("W").step("W", None, "$w").build();
+    let (good, bad) = (runner.create_workflow(&plan).await.unwrap(), runner.create_workflow(&plan).await.unwrap());
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.execute("UPDATE workflows SET body = '{\"id\": 4' WHERE id = ?1", [bad.id().to_string()]).unwrap();
+    let served = serve(runner, ServeOptions::new()).await;
+    let response = served.http.get(served.url("/metrics")).send().await.unwrap();
+    let text = response.text().await.unwrap();
+    assert_eq!(sample(&text, "portia_workflows_unreadable"), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "portia_workflows{state=\"NOT_STARTED\"}"), Some(1.0), "only {}: {text}", good.id());
+}
+
 #[tokio::test]
 async fn metrics_count_workflows_llm_calls_tokens_and_latencies_from_the_store() {
     let plan_reply = json!({"steps": [{"task": "Say hello", "inputs": [], "output": "$hello"}]});

@@ -137,7 +137,11 @@ impl From<Error> for RowError {
 /// --workers 2 --database-url ...`, with the `postgres` feature, two runs each) the
 /// throughput stays (35.9 workflows/s before, 35.7 after) while a worker's CPU per
 /// workflow grows from 4.8 to 8.8 ms: the price of the blocking threads, and of a
-/// transaction for each call.
+/// transaction for each call. Since then single reads skip the transaction
+/// ([`RowStore::read`]) and a save's events go in one statement
+/// ([`RowTx::insert_events`]): with the benchmark in-process on Postgres (`--n 200
+/// --concurrency 50 --storage postgres --database-url ...`, two runs each) the
+/// CPU per workflow went from 7.2 and 6.7 ms to 6.6 and 5.5 ms.
 pub trait RowStore: Send + Sync + fmt::Debug {
     /// Runs `work` in one transaction, committed only when it returns `Ok`.
     ///

@@ -6,6 +6,8 @@
 //! cargo run --release --example bench -- --n 100 --concurrency 50
 //! # with durable writes: a SQLite database (in a fresh temporary directory)
 //! cargo run --release --example bench -- --n 100 --concurrency 50 --storage sqlite
+//! # or a fresh schema of a Postgres database
+//! cargo run --release --features postgres --example bench -- --n 200 --concurrency 50 --storage postgres --database-url postgres://...
 //! # on worker processes sharing one SQLite database: 1, then 2, then 4 workers
 //! cargo run --release --example bench -- --n 400 --workers 1,2,4 --worker-concurrency 10
 //! # the same on one Postgres database

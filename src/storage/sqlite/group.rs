@@ -197,11 +197,12 @@ fn commit_together(conn: &Connection, clock: &dyn Clock, jobs: Vec<Box<dyn Pendi
             continue;
         }
         let done = job.run(conn, clock);
-        let closed = conn.execute_batch(if done.failed() { "ROLLBACK TO job; RELEASE job" } else { "RELEASE job" });
-        broken = match closed {
-            Err(e) => Some(Broken::Sql(e)),
-            Ok(()) if conn.is_autocommit() => Some(Broken::Ended),
-            Ok(()) => None,
+        // Some errors (a full disk, an I/O error) end the whole transaction in SQLite.
+        broken = if conn.is_autocommit() {
+            Some(Broken::Ended)
+        } else {
+            let close = if done.failed() { "ROLLBACK TO job; RELEASE job" } else { "RELEASE job" };
+            conn.execute_batch(close).err().map(Broken::Sql)
         };
         ran.push(done);
     }

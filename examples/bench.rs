@@ -6,6 +6,8 @@
 //! cargo run --release --example bench -- --n 100 --concurrency 50
 //! # with durable writes: a SQLite database (in a fresh temporary directory)
 //! cargo run --release --example bench -- --n 100 --concurrency 50 --storage sqlite
+//! # or a fresh schema of a Postgres database
+//! cargo run --release --features postgres --example bench -- --n 200 --concurrency 50 --storage postgres --database-url postgres://...
 //! # on worker processes sharing one SQLite database: 1, then 2, then 4 workers
 //! cargo run --release --example bench -- --n 400 --workers 1,2,4 --worker-concurrency 10
 //! # the same on one Postgres database
@@ -88,7 +90,8 @@ struct Args {
     /// Seed of the fault injection: the same seed fails the same calls the same ways.
     #[arg(long, default_value_t = 15)]
     seed: u64,
-    /// Where workflows are kept: in memory, or in SQLite with durable (fsynced) writes.
+    /// Where workflows are kept: in memory, in SQLite with durable (fsynced) writes,
+    /// or in Postgres at --database-url (a fresh schema; needs the `postgres` feature).
     #[arg(long, value_enum, default_value_t = StorageChoice::Memory)]
     storage: StorageChoice,
     /// Watch every run: a subscriber reads every event, and tracing logs every span
@@ -110,7 +113,8 @@ struct Args {
     #[arg(long, hide = true)]
     serve: bool,
     /// With --workers: share this Postgres database (a fresh schema per measurement;
-    /// needs the `postgres` feature) instead of a SQLite file.
+    /// needs the `postgres` feature) instead of a SQLite file. With --storage
+    /// postgres: the database to keep workflows in.
     #[arg(long)]
     database_url: Option<String>,
     /// Internal: be a worker on this store (`sqlite:PATH` or `postgres:SCHEMA:URL`).
@@ -122,6 +126,7 @@ struct Args {
 enum StorageChoice {
     Memory,
     Sqlite,
+    Postgres,
 }
 
 fn main() -> ExitCode {
@@ -253,6 +258,10 @@ async fn measure(
         StorageChoice::Memory => Arc::new(InMemoryStorage::new()),
         StorageChoice::Sqlite => {
             Arc::new(SqliteStorage::open(dir.path().join("portia.db")).map_err(|e| e.to_string())?)
+        }
+        StorageChoice::Postgres => {
+            let url = args.database_url.as_deref().ok_or("--storage postgres needs --database-url")?;
+            bench_workers::open_store(&bench_workers::fresh_postgres(url))?
         }
     };
     let runner = runner(args, base_url, storage, client_rpm, stream)?;

@@ -57,7 +57,7 @@ pub(crate) async fn run(config: Config, out: &mut impl Write) -> Result<(), Stri
     let plan = runner.generate_plan(QUERY).await.map_err(|e| e.to_string())?;
     writeln!(out, "{}", pretty(&plan)).map_err(|e| e.to_string())?;
     // This is where an application would show the plan to the user, or edit it.
-    let workflow = runner.create_workflow(&plan).await.map_err(|e| e.to_string())?;
+    let workflow = runner.create_workflow(&plan).count_planning().await.map_err(|e| e.to_string())?;
     let workflow = runner.execute_workflow(workflow).await.map_err(|e| e.to_string())?;
     writeln!(out, "{}", pretty(&workflow)).map_err(|e| e.to_string())?;
 
@@ -74,7 +74,7 @@ pub(crate) async fn demo(out: &mut impl Write) -> Result<(), String> {
     let tools = replayer.cassette().tool_ids.clone();
     let plan = runner.generate_plan(portia::testing::demo::QUERY).tools(tools).await.map_err(|e| e.to_string())?;
     writeln!(out, "{}", pretty(&plan)).map_err(|e| e.to_string())?;
-    let workflow = runner.run_plan(&plan).await.map_err(|e| e.to_string())?;
+    let workflow = runner.run_plan(&plan).count_planning().await.map_err(|e| e.to_string())?;
     writeln!(out, "{}", pretty(&workflow)).map_err(|e| e.to_string())
 }
 

@@ -6,7 +6,10 @@
 //! limit is let through, since its size is unknown in advance, and the next one is
 //! refused, ending the workflow FAILED with
 //! [`FailureKind::BudgetExceeded`](crate::workflow::FailureKind). Running time counts
-//! only while the workflow runs, not while it waits for a human.
+//! only while the workflow runs, not while it waits for a human. Planning counts
+//! against the budget of a workflow whose plan was written for it (see
+//! [`WorkflowUsage`](crate::workflow::WorkflowUsage)), not of every workflow
+//! made from an existing plan.
 //!
 //! Cost comes from [`Prices`]: US dollars per million input and output tokens, per
 //! model, with the rates of prompt tokens read from (and written to) the provider's
@@ -28,14 +31,14 @@ use crate::usage::Usage;
 #[serde(default)]
 #[non_exhaustive]
 pub struct Budget {
-    /// LLM calls, planning included (`PORTIA_BUDGET_LLM_CALLS`).
+    /// LLM calls, planning included when counted (`PORTIA_BUDGET_LLM_CALLS`).
     pub llm_calls: Option<u32>,
-    /// Prompt plus completion tokens, planning included, cached prompt tokens
-    /// counted like any other (`PORTIA_BUDGET_TOKENS`).
+    /// Prompt plus completion tokens, planning included when counted, cached prompt
+    /// tokens counted like any other (`PORTIA_BUDGET_TOKENS`).
     pub tokens: Option<u64>,
     /// Seconds spent running, over all its runs (`PORTIA_BUDGET_SECONDS`).
     pub seconds: Option<u64>,
-    /// US dollars, by [`Prices`], planning included (`PORTIA_BUDGET_USD`).
+    /// US dollars, by [`Prices`], planning included when counted (`PORTIA_BUDGET_USD`).
     pub usd: Option<f64>,
 }
 

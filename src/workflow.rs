@@ -278,18 +278,35 @@ impl fmt::Display for Failure {
 
 /// What a workflow spent: LLM usage in total and per step (keyed by output name),
 /// its cost, and how long it has run.
+///
+/// The calls that wrote the plan count in `total`, `cost_usd` and the budget only
+/// when the plan was written for this workflow alone ([`Runner::execute_query`],
+/// [`Runner::submit_query`], or a request's `count_planning` setter). A workflow
+/// made from an existing plan carries them in `planning` as a reference, so many
+/// workflows of one plan do not each count its planning.
+///
+/// [`Runner::execute_query`]: crate::Runner::execute_query
+/// [`Runner::submit_query`]: crate::Runner::submit_query
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 #[non_exhaustive]
 pub struct WorkflowUsage {
-    /// Every call: planning, steps and summaries.
+    /// Every call this workflow paid for: its steps and summaries, and its planning
+    /// when [`planning_counted`](Self::planning_counted).
     pub total: Usage,
     /// The calls that wrote the workflow's plan ([`Plan::usage`]; zero for a plan
-    /// written by hand). Each workflow made from the plan counts them.
+    /// written by hand), counted in `total` only when
+    /// [`planning_counted`](Self::planning_counted).
     pub planning: Usage,
+    /// Whether `planning` is part of `total` and `cost_usd`: the plan was written
+    /// for this workflow. (Workflows stored before this field counted it; it is
+    /// written only when `false`, so a workflow that counts its planning is stored
+    /// in the shape 0.3 wrote.)
+    #[serde(default = "counted_before_the_field_existed", skip_serializing_if = "is_true")]
+    pub planning_counted: bool,
     /// The calls each step made, keyed by the step's output name.
     pub steps: BTreeMap<String, Usage>,
-    /// What every call cost in US dollars, planning included, by the configured
+    /// What the calls in `total` cost in US dollars, by the configured
     /// [`Prices`](crate::config::Prices); models without a price count nothing.
     pub cost_usd: f64,
     /// How long the workflow has been running, over all its runs, in milliseconds
@@ -297,10 +314,25 @@ pub struct WorkflowUsage {
     pub running_ms: u64,
 }
 
+fn counted_before_the_field_existed() -> bool {
+    true
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
+}
+
 impl WorkflowUsage {
-    /// Usage that starts with the planning calls and their cost.
+    /// Usage of a workflow whose plan was written for it: it starts with the
+    /// planning calls and their cost.
     pub fn planned(planning: Usage, cost_usd: f64) -> Self {
-        Self { total: planning, planning, cost_usd, ..Self::default() }
+        Self { total: planning, planning, planning_counted: true, cost_usd, ..Self::default() }
+    }
+
+    /// Usage of a workflow made from an existing plan: the planning calls are kept
+    /// as a reference only, out of `total` and `cost_usd`.
+    pub fn of_existing_plan(planning: Usage) -> Self {
+        Self { planning, ..Self::default() }
     }
 
     /// Adds the usage and cost of a step (or, with `step_output` `None`, of the run itself).
@@ -726,6 +758,18 @@ mod tests {
         let err = wf.resolve_clarification(missing, json!(1)).unwrap_err();
         assert!(err.to_string().contains(&missing.to_string()));
         assert!(err.to_string().contains(&wf.id.to_string()));
+    }
+
+    #[test]
+    fn usage_stored_before_planning_counted_existed_counted_its_planning() {
+        let old: WorkflowUsage =
+            serde_json::from_value(json!({"planning": {"llm_calls": 1, "prompt_tokens": 5, "completion_tokens": 1}}))
+                .unwrap();
+        assert!(old.planning_counted);
+        let shared = WorkflowUsage::of_existing_plan(Usage { llm_calls: 1, ..Usage::default() });
+        let back: WorkflowUsage = serde_json::from_value(serde_json::to_value(&shared).unwrap()).unwrap();
+        assert_eq!(back, shared);
+        assert_eq!(back.total.llm_calls, 0);
     }
 
     #[test]

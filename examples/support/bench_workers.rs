@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::{Args, QUERY, cpu_seconds, percentile, round};
 
 /// The shared store: `sqlite:PATH`, or `postgres:SCHEMA:URL` (with the `postgres` feature).
-fn open_store(spec: &str) -> Result<Arc<dyn Storage>, String> {
+pub(crate) fn open_store(spec: &str) -> Result<Arc<dyn Storage>, String> {
     match spec.split_once(':') {
         Some(("sqlite", path)) => Ok(Arc::new(SqliteStorage::open(path).map_err(|e| e.to_string())?)),
         #[cfg(feature = "postgres")]
@@ -27,12 +27,17 @@ fn open_store(spec: &str) -> Result<Arc<dyn Storage>, String> {
     }
 }
 
+/// The store spec of a fresh schema in the Postgres database at `url`, so that
+/// earlier measurements do not weigh on this one.
+pub(crate) fn fresh_postgres(url: &str) -> String {
+    format!("postgres:bench_{}:{url}", uuid::Uuid::new_v4().simple())
+}
+
 /// Runs the workflows on `workers` worker processes and reports one JSON object.
 pub(crate) async fn measure(args: &Args, base_url: &str, workers: usize) -> Result<Value, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let spec = match &args.database_url {
-        // A fresh schema for each measurement, so earlier runs do not weigh on it.
-        Some(url) => format!("postgres:bench_{}:{url}", uuid::Uuid::new_v4().simple()),
+        Some(url) => fresh_postgres(url),
         None => format!("sqlite:{}", dir.path().join("portia.db").display()),
     };
     let storage = open_store(&spec)?;

@@ -145,11 +145,16 @@ impl Runner {
         task.await.unwrap_or_else(|e| Err(HookError::new(format!("it panicked: {e}"))))
     }
 
-    /// The workflow's usage as journaled: planning, then every call recorded,
-    /// including those of a run that died before it could save them.
+    /// The workflow's usage as journaled: planning (counted or as a reference, as
+    /// when it was made), then every call recorded, including those of a run that
+    /// died before it could save them.
     async fn journaled_usage(&self, workflow: &Workflow) -> Result<WorkflowUsage> {
         let stored = workflow.usage();
-        let mut usage = WorkflowUsage::planned(stored.planning, self.planning_cost(stored.planning));
+        let mut usage = if stored.planning_counted {
+            WorkflowUsage::planned(stored.planning, self.planning_cost(stored.planning))
+        } else {
+            WorkflowUsage::of_existing_plan(stored.planning)
+        };
         usage.running_ms = stored.running_ms;
         for record in self.inner.storage.usage_records(workflow.id()).await? {
             usage.add(record.step_output.as_deref(), record.usage, record.cost_usd);

@@ -287,22 +287,27 @@ impl Runner {
         Ok(plan)
     }
 
-    async fn store_new_workflow(&self, plan: &Plan, context: ExecutionContext) -> Result<Workflow> {
-        let workflow = self.new_workflow(plan, context).await?;
+    async fn store_new_workflow(&self, plan: &Plan, context: ExecutionContext, planning: Planning) -> Result<Workflow> {
+        let workflow = self.new_workflow(plan, context, planning).await?;
         self.inner.storage.create_workflow(&workflow).await?;
         tracing::info!(workflow = %workflow.id(), plan = %plan.id, "workflow created");
         Ok(workflow)
     }
 
-    async fn queue_new_workflow(&self, plan: &Plan, context: ExecutionContext) -> Result<WorkflowId> {
-        let workflow = self.new_workflow(plan, context).await?;
+    async fn queue_new_workflow(
+        &self,
+        plan: &Plan,
+        context: ExecutionContext,
+        planning: Planning,
+    ) -> Result<WorkflowId> {
+        let workflow = self.new_workflow(plan, context, planning).await?;
         self.inner.storage.submit_workflow(&workflow).await?;
         tracing::info!(workflow = %workflow.id(), plan = %plan.id, "workflow submitted");
         Ok(workflow.id())
     }
 
     /// Checks and saves `plan`, and makes (without storing it) a workflow of it.
-    async fn new_workflow(&self, plan: &Plan, context: ExecutionContext) -> Result<Workflow> {
+    async fn new_workflow(&self, plan: &Plan, context: ExecutionContext, planning: Planning) -> Result<Workflow> {
         let mut problems = plan.problems(self.inner.tools.as_ref());
         for (step, s) in plan.steps.iter().enumerate() {
             if let Some(function) = s.function.as_ref().filter(|f| !self.inner.functions.contains_key(*f)) {
@@ -316,7 +321,10 @@ impl Runner {
         self.inner.storage.save_plan(plan).await?;
         let mut workflow = Workflow::new(plan.id, context);
         workflow.set_inputs(plan, &serde_json::Map::new());
-        workflow.set_usage(WorkflowUsage::planned(plan.usage, self.planning_cost(plan.usage)));
+        workflow.set_usage(match planning {
+            Planning::Counted => WorkflowUsage::planned(plan.usage, self.planning_cost(plan.usage)),
+            Planning::Referenced => WorkflowUsage::of_existing_plan(plan.usage),
+        });
         Ok(workflow)
     }
 
@@ -727,6 +735,15 @@ impl Runner {
     fn today(&self) -> String {
         self.inner.today.clone().unwrap_or_else(|| chrono::Utc::now().date_naive().to_string())
     }
+}
+
+/// Whether a new workflow pays for its plan's planning calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Planning {
+    /// The plan was written for this workflow: its calls count in its usage and budget.
+    Counted,
+    /// The plan exists on its own (and may serve many workflows): its calls are a reference.
+    Referenced,
 }
 
 /// Builds a [`Runner`], replacing any of its parts. Start with [`Runner::builder`].

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 
-use super::{PlanOptions, Runner, TypedWorkflow};
+use super::{PlanOptions, Planning, Runner, TypedWorkflow};
 use crate::Result;
 use crate::execution_context::ExecutionContext;
 use crate::ids::WorkflowId;
@@ -74,9 +74,10 @@ macro_rules! query_request {
     };
 }
 
-/// The setter every request about a plan shares: who its workflow is for.
+/// The setters every request about a plan shares: who its workflow is for, and
+/// whether the workflow pays for the plan's planning.
 macro_rules! plan_request {
-    ($(#[$doc:meta])* $name:ident -> $output:ty, |$runner:ident, $plan:ident, $context:ident| $body:expr) => {
+    ($(#[$doc:meta])* $name:ident -> $output:ty, |$runner:ident, $plan:ident, $context:ident, $planning:ident| $body:expr) => {
         $(#[$doc])*
         #[derive(Debug)]
         #[must_use = "a request does nothing until it is awaited"]
@@ -84,16 +85,27 @@ macro_rules! plan_request {
             runner: &'a Runner,
             plan: &'a Plan,
             context: ExecutionContext,
+            planning: Planning,
         }
 
         impl<'a> $name<'a> {
             pub(super) fn new(runner: &'a Runner, plan: &'a Plan) -> Self {
-                Self { runner, plan, context: ExecutionContext::default() }
+                Self { runner, plan, context: ExecutionContext::default(), planning: Planning::Referenced }
             }
 
             /// Who the workflow is for (an empty context otherwise).
             pub fn execution_context(mut self, context: ExecutionContext) -> Self {
                 self.context = context;
+                self
+            }
+
+            /// Counts the plan's planning calls in this workflow's usage, cost and
+            /// budget, as [`Runner::execute_query`] does: for a plan written just for
+            /// this workflow. Without it they are only a reference
+            /// ([`WorkflowUsage::planning`](crate::workflow::WorkflowUsage::planning)),
+            /// so the workflows of one plan do not each count them.
+            pub fn count_planning(mut self) -> Self {
+                self.planning = Planning::Counted;
                 self
             }
         }
@@ -103,7 +115,7 @@ macro_rules! plan_request {
             type IntoFuture = Running<'a, $output>;
 
             fn into_future(self) -> Self::IntoFuture {
-                let Self { runner: $runner, plan: $plan, context: $context } = self;
+                let Self { runner: $runner, plan: $plan, context: $context, planning: $planning } = self;
                 Box::pin(async move { $body })
             }
         }
@@ -122,7 +134,7 @@ query_request!(
     |runner, query, options| {
         let context = options.execution_context.clone();
         let plan = runner.plan_query(query, options).await?;
-        let workflow = runner.store_new_workflow(&plan, context).await?;
+        let workflow = runner.store_new_workflow(&plan, context, Planning::Counted).await?;
         runner.execute(workflow.id()).await
     }
 );
@@ -133,21 +145,21 @@ query_request!(
     |runner, query, options| {
         let context = options.execution_context.clone();
         let plan = runner.plan_query(query, options).await?;
-        runner.queue_new_workflow(&plan, context).await
+        runner.queue_new_workflow(&plan, context, Planning::Counted).await
     }
 );
 
 plan_request!(
     /// Checks and saves a plan and creates its NOT_STARTED workflow: [`Runner::create_workflow`].
     CreateWorkflow -> Workflow,
-    |runner, plan, context| runner.store_new_workflow(plan, context).await
+    |runner, plan, context, planning| runner.store_new_workflow(plan, context, planning).await
 );
 
 plan_request!(
     /// Creates a plan's workflow and runs it: [`Runner::run_plan`].
     RunPlan -> Workflow,
-    |runner, plan, context| {
-        let workflow = runner.store_new_workflow(plan, context).await?;
+    |runner, plan, context, planning| {
+        let workflow = runner.store_new_workflow(plan, context, planning).await?;
         runner.execute(workflow.id()).await
     }
 );
@@ -155,7 +167,7 @@ plan_request!(
 plan_request!(
     /// Queues a plan's workflow for the workers: [`Runner::submit_plan`].
     SubmitPlan -> WorkflowId,
-    |runner, plan, context| runner.queue_new_workflow(plan, context).await
+    |runner, plan, context, planning| runner.queue_new_workflow(plan, context, planning).await
 );
 
 /// Plans a query for a typed result, runs it and reads the output:
@@ -222,6 +234,12 @@ impl<'a, T> RunPlanAs<'a, T> {
         self.request = self.request.execution_context(context);
         self
     }
+
+    /// Counts the plan's planning calls in the workflow's usage: [`RunPlan::count_planning`].
+    pub fn count_planning(mut self) -> Self {
+        self.request = self.request.count_planning();
+        self
+    }
 }
 
 impl<'a, T: JsonSchema + DeserializeOwned + Send + 'a> IntoFuture for RunPlanAs<'a, T> {
@@ -229,14 +247,14 @@ impl<'a, T: JsonSchema + DeserializeOwned + Send + 'a> IntoFuture for RunPlanAs<
     type IntoFuture = Running<'a, TypedWorkflow<T>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        let RunPlan { runner, plan, context } = self.request;
+        let RunPlan { runner, plan, context, planning } = self.request;
         Box::pin(async move {
             let workflow = if plan.output_schema.is_some() {
-                runner.store_new_workflow(plan, context).await?
+                runner.store_new_workflow(plan, context, planning).await?
             } else {
                 let mut typed = plan.clone();
                 typed.output_schema = Some(schema_of::<T>());
-                runner.store_new_workflow(&typed, context).await?
+                runner.store_new_workflow(&typed, context, planning).await?
             };
             TypedWorkflow::from_workflow(runner.execute(workflow.id()).await?)
         })

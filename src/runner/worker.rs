@@ -11,13 +11,14 @@ use std::future::Future;
 use std::time::Duration;
 
 use tokio::task::{Id, JoinSet};
+use tokio::time::Instant;
 
 use super::Runner;
 use super::calls::{Stop, StopSignal};
-use crate::Result;
 use crate::ids::WorkflowId;
 use crate::storage::LeaseGrant;
 use crate::workflow::Workflow;
+use crate::{Error, Result};
 
 /// How a [`Worker`] runs. Start from [`WorkerOptions::new`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +74,19 @@ pub struct WorkerReport {
     pub handed_back: usize,
 }
 
+/// The first wait after the store fails, doubled for each failure in a row.
+const STORE_BACKOFF_FIRST: Duration = Duration::from_millis(500);
+/// The longest wait after the store fails: the worker tries again at least this often.
+const STORE_BACKOFF_MOST: Duration = Duration::from_secs(30);
+
 /// Claims queued workflows and runs them. Made by [`Runner::worker`].
+///
+/// When the store fails (a full disk, a lost database connection), the run it
+/// failed releases its lease at once and the failure is logged with the workflow's
+/// id; the worker then claims nothing for a while, half a second after the first
+/// failure and twice as long after each further one in a row, at most 30 seconds,
+/// so that it neither spins on a failing store nor gives up on it. A run that ends
+/// without a store error ends the backing off.
 #[derive(Debug)]
 pub struct Worker {
     runner: Runner,
@@ -107,16 +120,26 @@ impl Worker {
         tokio::pin!(shutdown);
         let mut runs = Runs::default();
         let mut report = WorkerReport::default();
+        let mut backoff = Backoff::default();
         tracing::info!(concurrency = self.options.concurrency, "worker started");
         loop {
-            self.fill(&mut runs).await;
+            if !backoff.waiting() {
+                self.fill(&mut runs, &mut backoff).await;
+            }
             let storage = self.runner.storage();
             tokio::select! {
+                // A run's end first: a failed run's release also wakes the wait below,
+                // and the worker must count the failure before it claims again.
+                biased;
                 () = &mut shutdown => break,
                 Some(ended) = runs.tasks.join_next_with_id(), if !runs.tasks.is_empty() => {
-                    count(&mut report, &mut runs, ended);
+                    match count(&mut report, &mut runs, ended) {
+                        Ended::Ok => backoff.reset(),
+                        Ended::StoreFailed => backoff.failed(),
+                        Ended::OtherError => {}
+                    }
                 }
-                () = storage.wait_for_runnable(self.options.poll_interval) => {}
+                () = backoff.wait_or(storage.wait_for_runnable(self.options.poll_interval)) => {}
             }
         }
         tracing::info!(running = runs.tasks.len(), "worker shutting down");
@@ -126,15 +149,15 @@ impl Worker {
     }
 
     /// Claims workflows until the worker is full or nothing is runnable.
-    async fn fill(&self, runs: &mut Runs) {
+    async fn fill(&self, runs: &mut Runs, backoff: &mut Backoff) {
         let ttl = self.runner.config().lease_ttl();
         while runs.tasks.len() < self.options.concurrency {
             match self.runner.storage().claim_runnable(self.runner.owner(), ttl).await {
                 Ok(Some(grant)) => self.start(runs, grant),
                 Ok(None) => return,
                 Err(e) => {
-                    // The store may be back by the next poll.
-                    tracing::warn!(error = %e, "could not claim a workflow");
+                    tracing::warn!(error = %with_causes(&e), "could not claim a workflow");
+                    backoff.failed();
                     return;
                 }
             }
@@ -156,7 +179,9 @@ impl Worker {
         let deadline = tokio::time::Instant::now() + self.options.shutdown_grace;
         while !runs.tasks.is_empty() {
             match tokio::time::timeout_at(deadline, runs.tasks.join_next_with_id()).await {
-                Ok(Some(ended)) => count(report, &mut runs, ended),
+                Ok(Some(ended)) => {
+                    count(report, &mut runs, ended);
+                }
                 Ok(None) => break,
                 Err(_) => {
                     for (_, signal) in runs.running.values() {
@@ -172,11 +197,75 @@ impl Worker {
     }
 }
 
+/// How a run ended, for the worker's backing off.
+enum Ended {
+    /// At rest, failed or not: the store works.
+    Ok,
+    /// On a store error.
+    StoreFailed,
+    /// On another error (a lost lease, a panic).
+    OtherError,
+}
+
+/// The worker's wait after store failures: see [`Worker`].
+#[derive(Debug, Default)]
+struct Backoff {
+    /// Store failures in a row.
+    failures: u32,
+    /// No claims before this.
+    until: Option<Instant>,
+}
+
+impl Backoff {
+    fn failed(&mut self) {
+        let delay = STORE_BACKOFF_FIRST.saturating_mul(1 << self.failures.min(16)).min(STORE_BACKOFF_MOST);
+        self.failures = self.failures.saturating_add(1);
+        self.until = Some(Instant::now() + delay);
+        tracing::warn!(
+            failures = self.failures,
+            retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            "the store failed; the worker claims nothing until it retries"
+        );
+    }
+
+    fn reset(&mut self) {
+        if self.failures > 0 {
+            tracing::info!(failures = self.failures, "the store works again; the worker claims as usual");
+        }
+        *self = Self::default();
+    }
+
+    /// Whether the worker is waiting before it claims again.
+    fn waiting(&self) -> bool {
+        self.until.is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Waits out the backing off if there is one, else `otherwise`.
+    async fn wait_or(&self, otherwise: impl Future<Output = ()>) {
+        match self.until.filter(|_| self.waiting()) {
+            Some(until) => tokio::time::sleep_until(until).await,
+            None => otherwise.await,
+        }
+    }
+}
+
+/// `error` and the errors that caused it, so that a log line says what the store said.
+fn with_causes(error: &Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
+}
+
 fn count(
     report: &mut WorkerReport,
     runs: &mut Runs,
     ended: std::result::Result<(Id, Result<Workflow>), tokio::task::JoinError>,
-) {
+) -> Ended {
     report.runs += 1;
     let task = match &ended {
         Ok((task, _)) => *task,
@@ -185,19 +274,24 @@ fn count(
     // Every task is registered when spawned; an id is only missing if that changes.
     let id = runs.running.remove(&task).map_or_else(String::new, |(id, _)| id.to_string());
     match ended {
-        Ok((_, Ok(workflow))) => match workflow.failure() {
-            Some(failure) => {
-                tracing::warn!(workflow = %id, kind = ?failure.kind, error = %failure.message, "workflow FAILED")
+        Ok((_, Ok(workflow))) => {
+            match workflow.failure() {
+                Some(failure) => {
+                    tracing::warn!(workflow = %id, kind = ?failure.kind, error = %failure.message, "workflow FAILED");
+                }
+                None => tracing::info!(workflow = %id, state = %workflow.state(), "worker run ended"),
             }
-            None => tracing::info!(workflow = %id, state = %workflow.state(), "worker run ended"),
-        },
+            Ended::Ok
+        }
         Ok((_, Err(e))) => {
             report.errors += 1;
-            tracing::warn!(workflow = %id, error = %e, "worker run stopped on an error");
+            tracing::warn!(workflow = %id, error = %with_causes(&e), "worker run stopped on an error; its lease is released");
+            if matches!(e, Error::Storage { .. }) { Ended::StoreFailed } else { Ended::OtherError }
         }
         Err(e) => {
             report.errors += 1;
             tracing::error!(workflow = %id, error = %e, "worker run panicked");
+            Ended::OtherError
         }
     }
 }

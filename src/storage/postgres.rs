@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Transaction};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Transaction};
 use tokio::runtime::Handle;
 use tokio::sync::OnceCell;
 use tokio_postgres::Row;
@@ -276,13 +276,23 @@ impl RowStore for PostgresStorage {
         let (inner, runtime) = (Arc::clone(&self.inner), Handle::current());
         let task = tokio::task::spawn_blocking(move || {
             let tx = runtime.block_on(begin(&mut client, access))?;
-            let mut rows = Rows { tx, runtime: &runtime, inner: &inner };
-            let value = work(&mut rows)?;
-            runtime.block_on(rows.tx.commit())?;
+            let value = work(&mut Rows { conn: &tx, runtime: &runtime, inner: &inner })?;
+            runtime.block_on(tx.commit())?;
             Ok(value)
         });
-        let stopped = |e| Error::storage_source(None, "the database task stopped before it finished", e);
-        task.await.map_err(|e| RowError::Refused(stopped(e)))?
+        finished(task.await)
+    }
+
+    /// Runs `work` on a pooled connection without a transaction (each statement
+    /// commits on its own), sparing the `BEGIN` and `COMMIT` round trips of a read
+    /// that needs no snapshot.
+    async fn read<T: Send + 'static>(&self, work: Work<T>) -> DbResult<T> {
+        self.ready().await?;
+        let client = self.inner.pool.get().await?;
+        let (inner, runtime) = (Arc::clone(&self.inner), Handle::current());
+        let task =
+            tokio::task::spawn_blocking(move || work(&mut Rows { conn: &client, runtime: &runtime, inner: &inner }));
+        finished(task.await)
     }
 
     fn describe(&self, what: &str, error: RowError) -> Error {
@@ -332,6 +342,12 @@ impl RowStore for PostgresStorage {
         }
         let _ = tokio::time::timeout(timeout, self.inner.wakeups.runnable.notified()).await;
     }
+}
+
+/// The outcome of a blocking database task, or why it did not finish.
+fn finished<T>(joined: std::result::Result<DbResult<T>, tokio::task::JoinError>) -> DbResult<T> {
+    let stopped = |e| Error::storage_source(None, "the database task stopped before it finished", e);
+    joined.map_err(|e| RowError::Refused(stopped(e)))?
 }
 
 /// Begins a transaction of the kind `access` needs.
@@ -411,27 +427,28 @@ const QUEUED_WORK: &str = "SELECT 1 FROM {S}.workflows WHERE queued IS NOT NULL 
                            AND state IN ('NOT_STARTED', 'IN_PROGRESS', 'READY_TO_RESUME') LIMIT 1";
 const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 
-/// One transaction on a pooled connection, on a blocking thread.
-struct Rows<'a> {
-    tx: Transaction<'a>,
+/// Row operations on a pooled connection (in a transaction, or not for a plain
+/// read), on a blocking thread.
+struct Rows<'a, C> {
+    conn: &'a C,
     runtime: &'a Handle,
     inner: &'a Inner,
 }
 
-impl Rows<'_> {
+impl<C: GenericClient> Rows<'_, C> {
     fn query(&self, sql: &str, args: &[&(dyn ToSql + Sync)]) -> DbResult<Vec<Row>> {
         let sql = sql.replace("{S}", &self.inner.quoted);
         self.runtime.block_on(async {
-            let statement = self.tx.prepare_cached(&sql).await?;
-            Ok(self.tx.query(&statement, args).await?)
+            let statement = self.conn.prepare_cached(&sql).await?;
+            Ok(self.conn.query(&statement, args).await?)
         })
     }
 
     fn execute(&self, sql: &str, args: &[&(dyn ToSql + Sync)]) -> DbResult<u64> {
         let sql = sql.replace("{S}", &self.inner.quoted);
         self.runtime.block_on(async {
-            let statement = self.tx.prepare_cached(&sql).await?;
-            Ok(self.tx.execute(&statement, args).await?)
+            let statement = self.conn.prepare_cached(&sql).await?;
+            Ok(self.conn.execute(&statement, args).await?)
         })
     }
 
@@ -499,13 +516,13 @@ impl Rows<'_> {
     }
 }
 
-impl RowTx for Rows<'_> {
+impl<C: GenericClient> RowTx for Rows<'_, C> {
     /// The store's time to the microsecond, the precision Postgres keeps, so that a
     /// lease reads back exactly as it was granted.
     fn now(&mut self) -> DbResult<DateTime<Utc>> {
         match &self.inner.clock {
             Some(clock) => Ok(micros(clock.now())),
-            None => Ok(self.runtime.block_on(self.tx.query_one("SELECT clock_timestamp()", &[]))?.try_get(0)?),
+            None => Ok(self.runtime.block_on(self.conn.query_one("SELECT clock_timestamp()", &[]))?.try_get(0)?),
         }
     }
 
@@ -597,6 +614,18 @@ impl RowTx for Rows<'_> {
         let body = to_json(&event.event, &format!("an event of workflow {id}"))?;
         let sql = "INSERT INTO {S}.events (workflow_id, seq, body) VALUES ($1, $2, $3)";
         self.execute(sql, &[&id.to_string(), &to_int(event.seq)?, &body]).map(drop)
+    }
+
+    /// In one statement, however many there are.
+    fn insert_events(&mut self, id: WorkflowId, events: Vec<StoredEvent>) -> DbResult<()> {
+        let (mut seqs, mut bodies) = (Vec::with_capacity(events.len()), Vec::with_capacity(events.len()));
+        for event in &events {
+            seqs.push(to_int(event.seq)?);
+            bodies.push(to_json(&event.event, &format!("an event of workflow {id}"))?);
+        }
+        let sql = "INSERT INTO {S}.events (workflow_id, seq, body) \
+                   SELECT $1, seq, body FROM UNNEST($2::bigint[], $3::text[]) AS e (seq, body)";
+        self.execute(sql, &[&id.to_string(), &seqs, &bodies]).map(drop)
     }
 
     fn events_after(&mut self, id: WorkflowId, after: u64) -> DbResult<Option<Vec<StoredEvent>>> {

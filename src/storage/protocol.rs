@@ -36,11 +36,24 @@ where
     store.transaction(access, Box::new(work)).await.map_err(|error| store.describe(&what(), error))
 }
 
+/// Runs `work`, a read that needs no snapshot, as `store` reads cheapest
+/// ([`RowStore::read`]); `what` as for [`run`].
+async fn read<S, T>(
+    store: &S,
+    what: impl FnOnce() -> String + Send,
+    work: impl FnOnce(&mut dyn RowTx) -> Rows<T> + Send + 'static,
+) -> Result<T>
+where
+    S: RowStore + ?Sized,
+    T: Send + 'static,
+{
+    store.read(Box::new(work)).await.map_err(|error| store.describe(&what(), error))
+}
+
 /// Whether workflow `id` has events numbered after `after`.
 pub(super) async fn has_events_after<S: RowStore + ?Sized>(store: &S, id: WorkflowId, after: u64) -> Result<bool> {
     let what = || format!("cannot read the events of workflow {id}");
-    run(store, Access::Read, what, move |tx| Ok(tx.has_events_after(id, after)?.ok_or(Error::WorkflowNotFound(id))?))
-        .await
+    read(store, what, move |tx| Ok(tx.has_events_after(id, after)?.ok_or(Error::WorkflowNotFound(id))?)).await
 }
 
 #[async_trait::async_trait]
@@ -52,7 +65,7 @@ impl<S: RowStore> PlanStore for S {
 
     async fn get_plan(&self, id: PlanId) -> Result<Plan> {
         let what = || format!("cannot load plan {id}");
-        run(self, Access::Read, what, move |tx| Ok(tx.plan(id)?.ok_or(Error::PlanNotFound(id))?)).await
+        read(self, what, move |tx| Ok(tx.plan(id)?.ok_or(Error::PlanNotFound(id))?)).await
     }
 }
 
@@ -73,7 +86,7 @@ impl<S: RowStore> WorkflowStore for S {
 
     async fn get_workflow(&self, id: WorkflowId) -> Result<Workflow> {
         let what = || format!("cannot load workflow {id}");
-        run(self, Access::Read, what, move |tx| Ok(tx.workflow(id)?.ok_or(Error::WorkflowNotFound(id))?)).await
+        read(self, what, move |tx| Ok(tx.workflow(id)?.ok_or(Error::WorkflowNotFound(id))?)).await
     }
 
     async fn list_workflows(&self, query: &WorkflowQuery) -> Result<WorkflowPage> {
@@ -92,8 +105,7 @@ impl<S: RowStore> WorkflowStore for S {
 
     async fn events(&self, id: WorkflowId, after: u64) -> Result<Vec<StoredEvent>> {
         let what = || format!("cannot read the events of workflow {id}");
-        run(self, Access::Read, what, move |tx| Ok(tx.events_after(id, after)?.ok_or(Error::WorkflowNotFound(id))?))
-            .await
+        read(self, what, move |tx| Ok(tx.events_after(id, after)?.ok_or(Error::WorkflowNotFound(id))?)).await
     }
 
     async fn wait_for_events(&self, id: WorkflowId, after: u64, timeout: Duration) -> Result<bool> {
@@ -150,9 +162,8 @@ impl<S: RowStore> LeaseQueue for S {
 
     async fn cancel_requests(&self, ids: &[WorkflowId]) -> Result<Vec<(WorkflowId, String)>> {
         let ids = ids.to_vec();
-        run(
+        read(
             self,
-            Access::Read,
             || "cannot read cancellation requests".to_owned(),
             move |tx| {
                 let mut requested = Vec::new();
@@ -168,7 +179,7 @@ impl<S: RowStore> LeaseQueue for S {
     }
 
     async fn has_queued_work(&self) -> Result<bool> {
-        run(self, Access::Read, || "cannot look at the queue".to_owned(), |tx| tx.has_queued_work()).await
+        read(self, || "cannot look at the queue".to_owned(), |tx| tx.has_queued_work()).await
     }
 
     async fn request_cancel(&self, id: WorkflowId, reason: &str) -> Result<()> {
@@ -215,7 +226,7 @@ impl<S: RowStore> Journal for S {
 
     async fn tool_calls(&self, id: WorkflowId) -> Result<Vec<ToolCallRecord>> {
         let what = || format!("cannot read the tool calls of workflow {id}");
-        run(self, Access::Read, what, move |tx| tx.tool_calls(id)).await
+        read(self, what, move |tx| tx.tool_calls(id)).await
     }
 
     async fn record_usage(&self, lease: &Lease, record: &UsageRecord) -> Result<()> {
@@ -234,7 +245,7 @@ impl<S: RowStore> Journal for S {
 
     async fn usage_records(&self, id: WorkflowId) -> Result<Vec<UsageRecord>> {
         let what = || format!("cannot read the usage of workflow {id}");
-        run(self, Access::Read, what, move |tx| tx.usage(id)).await
+        read(self, what, move |tx| tx.usage(id)).await
     }
 }
 
@@ -297,9 +308,8 @@ fn update(tx: &mut dyn RowTx, workflow: Workflow, lease: &Lease, events: Vec<Wor
         return Ok(());
     }
     let last = tx.last_event(id)?;
-    for (seq, event) in (last + 1..).zip(events) {
-        tx.insert_event(id, StoredEvent { seq, event })?;
-    }
+    let numbered = (last + 1..).zip(events).map(|(seq, event)| StoredEvent { seq, event }).collect();
+    tx.insert_events(id, numbered)?;
     tx.announce_events(id)
 }
 

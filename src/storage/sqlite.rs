@@ -4,7 +4,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+mod group;
+
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::bells::{Bell, Bells};
 use super::rows::{Access, LeaseRow, RowError, RowStore, RowTx, Work};
@@ -43,8 +45,10 @@ const MIGRATIONS: &[&str] = &[
 /// called. The schema is created or upgraded when the file is opened; a file
 /// written by a newer portia is refused with [`Error::SchemaTooNew`].
 ///
-/// The blocking database work runs on Tokio's blocking threads, one call at a time
-/// per handle. Clones share the handle's connection.
+/// The blocking database work runs on one of Tokio's blocking threads at a time per
+/// handle, which commits the transactions of concurrent callers together (group
+/// commit: one synced commit for many runs' writes, each caller answered only once
+/// it is on disk). Clones share the handle's connection.
 ///
 /// [`WorkflowStore::wait_for_events`](super::WorkflowStore::wait_for_events) is woken at once by saves through this handle or its
 /// clones; commits by other connections (other processes) it notices within a tenth
@@ -65,6 +69,8 @@ struct Inner {
     runnable: tokio::sync::Notify,
     /// Rung by this handle's saves that store events; others' are polled for.
     bells: Bells,
+    /// Transactions waiting for the connection, to be committed together.
+    queue: group::Queue,
 }
 
 impl SqliteStorage {
@@ -99,7 +105,8 @@ impl SqliteStorage {
         migrate(&mut conn, &path).map_err(|fail| describe(&path, "cannot create or upgrade the schema", fail))?;
         let runnable = tokio::sync::Notify::new();
         let file = FileId::of(&path);
-        let inner = Inner { path, file, clock, conn: Mutex::new(conn), runnable, bells: Bells::default() };
+        let (conn, bells, queue) = (Mutex::new(conn), Bells::default(), group::Queue::default());
+        let inner = Inner { path, file, clock, conn, runnable, bells, queue };
         Ok(Self { inner: Arc::new(inner) })
     }
 
@@ -142,25 +149,19 @@ impl SqliteStorage {
 }
 
 impl RowStore for SqliteStorage {
-    /// Runs `work` on the connection on a blocking thread, in one transaction: a
-    /// write is `BEGIN IMMEDIATE`, so it holds the write lock from its first read.
+    /// Runs `work` on the connection on a blocking thread, in a transaction it may
+    /// share with other callers' (group commit: one synced commit for all the runs
+    /// that wrote meanwhile, each in a savepoint of its own; see `sqlite/group.rs`).
+    /// A write is `BEGIN IMMEDIATE`, so it holds the write lock from its first read.
+    /// Its outcome is handed over only once the commit holding its writes is on disk.
     async fn transaction<T: Send + 'static>(&self, access: Access, work: Work<T>) -> DbResult<T> {
-        let inner = Arc::clone(&self.inner);
-        let task = tokio::task::spawn_blocking(move || {
-            inner.check_file()?;
-            // A poisoned lock only means a task panicked; its transaction rolled back
-            // as it unwound, so the connection is still sound.
-            let mut conn = inner.conn.lock().unwrap_or_else(PoisonError::into_inner);
-            let behavior = match access {
-                Access::Read => TransactionBehavior::Deferred,
-                _ => TransactionBehavior::Immediate,
-            };
-            let tx = conn.transaction_with_behavior(behavior)?;
-            let value = work(&mut Rows { tx: &tx, clock: inner.clock.as_ref() })?;
-            tx.commit()?;
-            Ok(value)
-        });
-        task.await.map_err(|e| RowError::Refused(self.stopped(e)))?
+        let (job, outcome) = group::Job::queued(access, work);
+        if self.inner.queue.push(job) {
+            let runner = QueueRunner { inner: Arc::clone(&self.inner), ran: false };
+            // Not awaited: it runs until the queue is empty, this job among the first.
+            drop(tokio::task::spawn_blocking(move || runner.run()));
+        }
+        outcome.await.map_err(|_| RowError::store(std::io::Error::other("the storage work was dropped unrun")))?
     }
 
     fn describe(&self, what: &str, error: RowError) -> Error {
@@ -205,6 +206,33 @@ impl RowStore for SqliteStorage {
 
     async fn watch_runnable(&self, timeout: Duration) {
         let _ = tokio::time::timeout(timeout, self.inner.runnable.notified()).await;
+    }
+}
+
+/// The thread that runs the queue. Dropped without having run (its runtime shut
+/// down first), it fails the queued jobs so that none waits forever.
+struct QueueRunner {
+    inner: Arc<Inner>,
+    ran: bool,
+}
+
+impl QueueRunner {
+    fn run(mut self) {
+        let inner = &self.inner;
+        // A poisoned lock only means a task panicked; its transaction rolled back as
+        // it unwound, so the connection is still sound.
+        let conn = inner.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        inner.queue.run(&conn, inner.clock.as_ref(), || inner.check_file());
+        drop(conn);
+        self.ran = true;
+    }
+}
+
+impl Drop for QueueRunner {
+    fn drop(&mut self) {
+        if !self.ran {
+            self.inner.queue.abandon();
+        }
     }
 }
 
@@ -387,7 +415,8 @@ fn collect<T>(mut rows: rusqlite::Rows<'_>, f: impl Fn(&Row<'_>) -> DbResult<T>)
 
 /// One transaction on the connection.
 struct Rows<'a> {
-    tx: &'a Transaction<'a>,
+    /// In a transaction (and a savepoint of this caller's).
+    tx: &'a Connection,
     clock: &'a dyn Clock,
 }
 

@@ -145,3 +145,69 @@ async fn the_time_budget_stops_a_long_run_before_its_next_step() {
     assert_eq!(failed.outputs().step_outputs.len(), 1, "the slow step finished; the next never started");
     assert!(llm.requests().is_empty());
 }
+
+/// A planner reply for [`three_thoughts`]' steps, costing `reply`'s usage.
+fn plan_reply(prompt_tokens: u64) -> LlmResponse {
+    let steps = json!({"steps": [
+        {"task": "one", "inputs": [], "tool_id": null, "output": "$a"},
+        {"task": "two", "inputs": [], "tool_id": null, "output": "$b"},
+        {"task": "three", "inputs": [], "tool_id": null, "output": "$c"}
+    ]});
+    LlmResponse { usage: Usage::call(prompt_tokens, 100), ..LlmResponse::text(steps.to_string()) }
+}
+
+#[tokio::test]
+async fn workflows_of_one_plan_report_only_the_calls_they_made() {
+    let mut llm = ScriptedLlm::new().respond(plan_reply(1_000));
+    for _ in 0..6 * 3 {
+        llm = llm.respond(reply(10, 1));
+    }
+    let (runner, llm) = runner(Budget::default(), llm, InMemoryToolRegistry::new());
+    let plan = runner.generate_plan("think thrice").await.unwrap();
+    assert_eq!(plan.usage.llm_calls, 1);
+    let mut calls = 0;
+    for _ in 0..6 {
+        let workflow = runner.run_plan(&plan).await.unwrap();
+        assert_eq!(workflow.state(), WorkflowState::Complete);
+        let usage = workflow.usage();
+        assert_eq!(usage.total.llm_calls, 3, "its three steps, not the shared planning");
+        assert_eq!(usage.total.prompt_tokens, 30);
+        assert!((usage.cost_usd - 3.0 * (10.0 * 1_000.0 + 2_000.0) / 1e6).abs() < 1e-9, "{}", usage.cost_usd);
+        assert_eq!(usage.planning, plan.usage, "the plan's calls stay visible as a reference");
+        assert!(!usage.planning_counted);
+        calls += usage.total.llm_calls;
+    }
+    assert_eq!(calls as usize, llm.requests().len() - 1, "every call made, planning aside, counted once");
+}
+
+#[tokio::test]
+async fn a_query_s_workflow_counts_its_own_planning() {
+    let llm =
+        ScriptedLlm::new().respond(plan_reply(1_000)).respond(reply(10, 1)).respond(reply(10, 1)).respond(reply(10, 1));
+    let (runner, llm) = runner(Budget::default(), llm, InMemoryToolRegistry::new());
+    let workflow = runner.execute_query("think thrice").await.unwrap();
+    assert_eq!(workflow.state(), WorkflowState::Complete);
+    let usage = workflow.usage();
+    assert!(usage.planning_counted);
+    assert_eq!(usage.planning.llm_calls, 1);
+    assert_eq!(usage.total.llm_calls, 4, "the planning and three steps");
+    assert_eq!(usage.total.llm_calls as usize, llm.requests().len());
+    assert_eq!(usage.total.prompt_tokens, 1_030);
+}
+
+#[tokio::test]
+async fn only_a_plan_written_for_the_workflow_counts_against_its_budget() {
+    let mut llm = ScriptedLlm::new().respond(plan_reply(1_000));
+    for _ in 0..6 {
+        llm = llm.respond(reply(10, 1));
+    }
+    // Four calls is the limit: the shared plan's three steps stay under it.
+    let (runner, _) = runner(Budget::default().llm_calls(4), llm, InMemoryToolRegistry::new());
+    let plan = runner.generate_plan("think thrice").await.unwrap();
+    let shared = runner.run_plan(&plan).await.unwrap();
+    assert_eq!(shared.state(), WorkflowState::Complete, "{:?}", shared.failure());
+    let own = runner.run_plan(&plan).count_planning().await.unwrap();
+    assert_eq!(own.state(), WorkflowState::Failed);
+    assert_eq!(own.failure().unwrap().kind, FailureKind::BudgetExceeded);
+    assert_eq!(own.usage().total.llm_calls, 4, "the planning and three steps");
+}

@@ -138,13 +138,17 @@ async fn a_query_is_planned_and_a_stored_plan_is_started_by_id() {
     assert_eq!(status, StatusCode::ACCEPTED, "{created}");
     let done = served.rest(created["id"].as_str().unwrap()).await;
     assert_eq!(done.outputs().final_output.as_ref().unwrap().value, "Hello!");
+    assert_eq!(done.usage().total.llm_calls, 2, "the plan written for it, and its step");
 
     let (status, plan) = served.post("/v1/plans", json!({"query": "Say hello"})).await;
     assert_eq!(status, StatusCode::CREATED, "{plan}");
     let (status, created) = served.post("/v1/workflows", json!({"plan_id": plan["id"]})).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{created}");
     assert_eq!(created["plan_id"], plan["id"]);
-    assert_eq!(served.rest(created["id"].as_str().unwrap()).await.state(), WorkflowState::Complete);
+    let done = served.rest(created["id"].as_str().unwrap()).await;
+    assert_eq!(done.state(), WorkflowState::Complete);
+    assert_eq!(done.usage().total.llm_calls, 1, "its step; the stored plan's planning is a reference");
+    assert_eq!(done.usage().planning.llm_calls, 1);
 }
 
 #[tokio::test]
@@ -344,6 +348,25 @@ async fn no_cors_header_unless_origins_are_configured() {
 /// The value of the sample `name` (with its labels) in a Prometheus text page.
 fn sample(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// A stored workflow that cannot be read (here its JSON is cut short) is counted
+/// apart, never in a state, so an operator sees it on a dashboard.
+#[tokio::test]
+async fn metrics_count_unreadable_workflows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portia.db");
+    let storage = Arc::new(portia::storage::SqliteStorage::open(&path).unwrap());
+    let runner = Runner::builder(config()).llm(Arc::new(ScriptedLlm::new())).storage(storage).build().unwrap();
+    let plan = portia::PlanBuilder::new("W").step("W", None, "$w").build();
+    let (good, bad) = (runner.create_workflow(&plan).await.unwrap(), runner.create_workflow(&plan).await.unwrap());
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.execute("UPDATE workflows SET body = '{\"id\": 4' WHERE id = ?1", [bad.id().to_string()]).unwrap();
+    let served = serve(runner, ServeOptions::new()).await;
+    let response = served.http.get(served.url("/metrics")).send().await.unwrap();
+    let text = response.text().await.unwrap();
+    assert_eq!(sample(&text, "portia_workflows_unreadable"), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "portia_workflows{state=\"NOT_STARTED\"}"), Some(1.0), "only {}: {text}", good.id());
 }
 
 #[tokio::test]

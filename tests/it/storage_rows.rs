@@ -1,27 +1,48 @@
 //! A store of one's own, made from outside the crate of row operations over
 //! `HashMap`s: it implements `RowStore` and `RowTx` only, gets `Storage` (the
-//! protocol) with them, and passes the conformance suite.
+//! protocol) with them, and passes the conformance suite. Made to fail its saves
+//! (as a full disk does), it shows what a worker does when its store fails.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use portia::runner::StoredEvent;
+use portia::runner::WorkerOptions;
 use portia::storage::{
     Access, Clock, LeaseRow, LeaseState, ManualClock, RowError, RowStore, RowTx, Storage, ToolCallKey, ToolCallRecord,
     UsageRecord, Work, WorkflowPage, WorkflowQuery,
 };
-use portia::testing::storage_conformance;
-use portia::{Plan, PlanId, Workflow, WorkflowId};
+use portia::testing::{ScriptedLlm, storage_conformance};
+use portia::{Config, Plan, PlanBuilder, PlanId, Runner, Workflow, WorkflowId, WorkflowState};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
-/// The store: its tables behind one lock, and a bell for this process's workers.
+/// The store: its tables behind one lock, a bell for this process's workers, and
+/// the faults a test makes it have.
 #[derive(Debug)]
 struct MapStore {
     clock: ManualClock,
     tables: Mutex<Tables>,
     runnable: Notify,
+    faults: Faults,
+}
+
+/// Saves of workflows fail while `full`, as they do on a full disk (small writes in
+/// place, such as a lease's, still work); each failed save is noted and rung.
+#[derive(Debug, Default)]
+struct Faults {
+    full: AtomicBool,
+    failed_saves: Mutex<Vec<Instant>>,
+    failed: Notify,
+}
+
+impl MapStore {
+    fn new(clock: ManualClock) -> Self {
+        Self { clock, tables: Mutex::default(), runnable: Notify::new(), faults: Faults::default() }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -48,7 +69,7 @@ impl RowStore for MapStore {
         let mut tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
         // No rollback: these row operations never fail, and the protocol refuses
         // before its first write.
-        work(&mut Tx { tables: &mut tables, now: self.clock.now() })
+        work(&mut Tx { tables: &mut tables, now: self.clock.now(), faults: &self.faults })
     }
 
     fn runnable_changed(&self) {
@@ -61,10 +82,11 @@ impl RowStore for MapStore {
     }
 }
 
-/// One transaction: the locked tables, and the time it started.
+/// One transaction: the locked tables, the time it started, and the faults to have.
 struct Tx<'a> {
     tables: &'a mut Tables,
     now: DateTime<Utc>,
+    faults: &'a Faults,
 }
 
 type Done<T> = Result<T, RowError>;
@@ -110,6 +132,11 @@ impl RowTx for Tx<'_> {
     }
 
     fn replace_workflow(&mut self, workflow: Workflow, now: DateTime<Utc>) -> Done<()> {
+        if self.faults.full.load(Ordering::SeqCst) {
+            self.faults.failed_saves.lock().unwrap_or_else(PoisonError::into_inner).push(Instant::now());
+            self.faults.failed.notify_one();
+            return Err(RowError::store(std::io::Error::other("database or disk is full")));
+        }
         let row = self.row(workflow.id()).expect("the protocol replaces stored workflows only");
         (row.workflow, row.updated_at) = (workflow, now);
         Ok(())
@@ -219,9 +246,41 @@ impl RowTx for Tx<'_> {
 /// Paused, so that the case waiting for a worker's wake-up takes no real time.
 #[tokio::test(start_paused = true)]
 async fn a_store_of_row_operations_from_outside_the_crate_conforms() {
-    storage_conformance(|clock| async move {
-        let store = MapStore { clock, tables: Mutex::default(), runnable: Notify::new() };
-        Arc::new(store) as Arc<dyn Storage>
-    })
-    .await;
+    storage_conformance(|clock| async move { Arc::new(MapStore::new(clock)) as Arc<dyn Storage> }).await;
+}
+
+/// A store whose saves fail: each run releases its lease at once (the manual clock
+/// never lets a lease lapse, so only a release frees the workflow for the next try),
+/// the worker waits longer after each failure, up to 30 s, and once the store works
+/// again the workflow completes. Tokio's clock is paused.
+#[tokio::test(start_paused = true)]
+async fn a_worker_backs_off_a_failing_store_releasing_each_run_s_lease() {
+    let store = Arc::new(MapStore::new(ManualClock::new(Utc::now())));
+    store.faults.full.store(true, Ordering::SeqCst);
+    let config = Config::builder().summarize_final_output(false).build().unwrap();
+    let llm = Arc::new(ScriptedLlm::new().text("done"));
+    let runner = Runner::builder(config).llm(llm).storage(store.clone()).build().unwrap();
+    let id = runner.submit_plan(&PlanBuilder::new("say done").step("say done", None, "$done").build()).await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(runner.worker(WorkerOptions::new()).run_until(async move {
+        let _ = stopped.await;
+    }));
+
+    for _ in 0..9 {
+        let failed = store.faults.failed.notified();
+        tokio::time::timeout(Duration::from_secs(60), failed).await.expect("the worker tried the workflow again");
+    }
+    let tries = store.faults.failed_saves.lock().unwrap().clone();
+    let waits: Vec<u64> = tries.windows(2).map(|w| (w[1] - w[0]).as_millis() as u64).collect();
+    let expected = [500, 1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000];
+    for (wait, least) in waits.iter().zip(expected) {
+        assert!((least..least + 1_000).contains(wait), "waits doubling from 0.5 s up to 30 s: {waits:?}");
+    }
+
+    store.faults.full.store(false, Ordering::SeqCst);
+    let done = runner.wait_for_completion(id, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(done.state(), WorkflowState::Complete);
+    let _ = stop.send(());
+    let report = worker.await.unwrap();
+    assert_eq!(report.errors, 9, "each failed run counted: {report:?}");
 }

@@ -1,5 +1,6 @@
 //! What only the SQLite store does: it notices when its file is deleted or replaced
-//! under it, and refuses to go on writing where no other process would see it.
+//! under it, and refuses to go on writing where no other process would see it; and
+//! it commits concurrent transactions together, each undone alone when it fails.
 
 use portia::storage::{PlanStore as _, Retention as _, SqliteStorage};
 use portia::{Error, PlanBuilder};
@@ -66,4 +67,33 @@ async fn pruning_gives_the_space_of_the_deleted_workflows_back() {
     assert_eq!(pruned, runs);
     let after = database_bytes(&path);
     assert!(after * 5 < full, "{after} bytes left of {full}");
+}
+
+/// Many writers at once share commits (group commit), yet each transaction stands
+/// alone: one that fails after writing leaves nothing, and the others' writes stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_transactions_commit_together_and_fail_alone() {
+    use portia::storage::{Access, RowError, RowStore};
+    let dir = tempfile::tempdir().unwrap();
+    let storage = std::sync::Arc::new(SqliteStorage::open(dir.path().join("portia.db")).unwrap());
+    let plans: Vec<portia::Plan> = (0..64).map(|_| plan()).collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, kept) in plans.iter().cloned().enumerate() {
+        let storage = std::sync::Arc::clone(&storage);
+        tasks.spawn(async move {
+            let work = Box::new(move |tx: &mut dyn portia::storage::RowTx| {
+                tx.insert_plan(kept)?;
+                if i % 2 == 1 { Err(RowError::value("refused after writing")) } else { Ok(i) }
+            });
+            (i, storage.transaction(Access::Write, work).await)
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let (i, outcome) = joined.unwrap();
+        assert_eq!(outcome.is_ok(), i % 2 == 0, "transaction {i}: its own outcome");
+    }
+    for (i, plan) in plans.iter().enumerate() {
+        let stored = storage.get_plan(plan.id).await;
+        assert_eq!(stored.is_ok(), i % 2 == 0, "plan {i} is stored exactly when its transaction succeeded");
+    }
 }

@@ -40,12 +40,16 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
         }
         Command::Run(source) => {
             let plan = load_or_plan(setup, &source).await?;
-            let workflow = runner.create_workflow(&plan).await?;
+            // A plan written for this run is paid for by it; a plan file is not.
+            let create = runner.create_workflow(&plan);
+            let workflow = if source.plan.is_none() { create.count_planning() } else { create }.await?;
             run(runner, &plan, workflow).await
         }
         Command::Submit(source) => {
             let plan = load_or_plan(setup, &source).await?;
-            emit(format_args!("{}\n", runner.submit_plan(&plan).await?))?;
+            let submit = runner.submit_plan(&plan);
+            let id = if source.plan.is_none() { submit.count_planning() } else { submit }.await?;
+            emit(format_args!("{id}\n"))?;
             Ok(Exit::Ok)
         }
         Command::Resume { id } => {
@@ -331,7 +335,7 @@ async fn demo() -> Result<Exit, Failure> {
     planning.finish(plan.as_ref().ok());
     let plan = plan?;
     print_json(&plan)?;
-    let workflow = runner.create_workflow(&plan).await?;
+    let workflow = runner.create_workflow(&plan).count_planning().await?;
     let workflow = live::execute(&runner, &plan, workflow, terminal).await?;
     print_json(&workflow)?;
     Ok(report(&workflow))

@@ -163,6 +163,8 @@ pub(super) async fn create_workflow(
 ) -> ApiResult<(StatusCode, Json<Workflow>)> {
     let context = context_for(&caller, request.end_user_id)?;
     let runner = &state.runner;
+    // A plan written for this request is paid for by its workflow; a given one is not.
+    let planned_here = request.query.is_some();
     let plan = match (request.query, request.plan, request.plan_id) {
         (Some(query), None, None) => {
             let tools = request.tools.unwrap_or_else(|| state.plan_tools.to_vec());
@@ -175,11 +177,13 @@ pub(super) async fn create_workflow(
     let mode = request.mode.unwrap_or(if state.workers { StartMode::Queue } else { StartMode::Run });
     let workflow = match mode {
         StartMode::Queue => {
-            let id = runner.submit_plan(&plan).execution_context(context).await?;
+            let submit = runner.submit_plan(&plan).execution_context(context);
+            let id = if planned_here { submit.count_planning() } else { submit }.await?;
             runner.get_workflow(id).await?
         }
         StartMode::Run => {
-            let workflow = runner.create_workflow(&plan).execution_context(context).await?;
+            let create = runner.create_workflow(&plan).execution_context(context);
+            let workflow = if planned_here { create.count_planning() } else { create }.await?;
             state.run_in_background(workflow.id());
             workflow
         }

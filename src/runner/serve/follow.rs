@@ -123,7 +123,7 @@ pub(super) async fn run_agent(
     let context = caller.end_user_id.clone().map(ExecutionContext::for_end_user).unwrap_or_default();
     let plan =
         state.runner.generate_plan(query).tools(state.plan_tools.to_vec()).execution_context(context.clone()).await?;
-    let workflow = state.runner.create_workflow(&plan).execution_context(context).await?;
+    let workflow = state.runner.create_workflow(&plan).execution_context(context).count_planning().await?;
     state.run_in_background(workflow.id());
     Ok(sse(Follow::start(state, workflow.id(), 0, translator, run_id, true).await?))
 }

@@ -178,7 +178,12 @@ fn render(by_state: &BTreeMap<String, u64>, unreadable: usize, total: &Figures) 
         let count = by_state.get(&name).copied().unwrap_or(0);
         let _ = writeln!(out, "portia_workflows{{state=\"{}\"}} {count}", escape(&name));
     }
-    header(&mut out, "portia_workflows_unreadable", "gauge", "Stored workflows that could not be read.");
+    header(
+        &mut out,
+        "portia_workflows_unreadable",
+        "gauge",
+        "Stored workflows that cannot be read (a queued one is taken off the queue; `portia list` names them).",
+    );
     let _ = writeln!(out, "portia_workflows_unreadable {unreadable}");
 
     header(&mut out, "portia_llm_calls_total", "counter", "LLM calls by model, of the stored workflows.");

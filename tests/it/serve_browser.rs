@@ -83,9 +83,15 @@ impl Browser {
         self.client.wait().forever().for_element(Locator::Css(css)).await.unwrap()
     }
 
-    /// The text of the element `css` matches (which must be there).
+    /// The text of the element `css` matches (which must be there), its own text
+    /// nodes only (not a tooltip's), read in one script: the pages redraw parts as
+    /// events come, which would leave an element handle stale.
     async fn text_of(&self, css: &str) -> String {
-        self.client.find(Locator::Css(css)).await.unwrap().text().await.unwrap()
+        let script = "const node = document.querySelector(arguments[0]);\
+            return [...node.childNodes].filter((n) => n.nodeType === Node.TEXT_NODE || n.tagName !== 'title')\
+            .map((n) => n.textContent).join('');";
+        let text = self.client.execute(script, vec![json!(css)]).await.unwrap();
+        text.as_str().expect("the element is there").to_owned()
     }
 
     async fn screenshot(&self, name: &str) {

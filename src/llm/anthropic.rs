@@ -16,12 +16,12 @@ use serde_json::{Map, Value, json};
 
 use super::anthropic_stream::EventReader;
 use super::rate_limit::Limiters;
+use super::reply::{CallShape, usage_with_cache_apart};
 use super::schema::{SentSchema, object_schema, portable};
 use super::stream::Deltas;
 use super::transport::{Account, Endpoint, Reply, secret_header};
 use super::{
-    LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, Message, OutputSchema, Role, ToolCall, ToolChoice,
-    Usage,
+    LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, Message, OutputSchema, Role, ToolChoice, Usage,
 };
 
 const API_VERSION: &str = "2023-06-01";
@@ -240,7 +240,7 @@ fn parse_reply(body: &Value, reply_tool: Option<&ReplyTool>) -> Result<LlmRespon
     for (index, block) in blocks.iter().enumerate() {
         match block.get("type").and_then(Value::as_str) {
             Some("text") => texts.extend(block.get("text").and_then(Value::as_str)),
-            Some("tool_use") => tool_calls.push(tool_call(index, block)?),
+            Some("tool_use") => tool_calls.push(TOOL_USE.read(index, block)?),
             // Thinking and other block kinds carry nothing the caller asked for.
             _ => {}
         }
@@ -255,30 +255,21 @@ fn parse_reply(body: &Value, reply_tool: Option<&ReplyTool>) -> Result<LlmRespon
     Ok(LlmResponse { text, tool_calls, usage: usage(body.get("usage")), model: None })
 }
 
-fn tool_call(index: usize, block: &Value) -> Result<ToolCall, String> {
-    let name =
-        block.get("name").and_then(Value::as_str).ok_or_else(|| format!("tool_use block {index} has no name"))?;
-    let arguments = match block.get("input") {
-        Some(input @ Value::Object(_)) => input.clone(),
-        None | Some(Value::Null) => json!({}),
-        Some(other) => return Err(format!("the input of tool_use block {index} ({name}) is not an object: {other}")),
-    };
-    let id = block.get("id").and_then(Value::as_str).map_or_else(|| format!("toolu_{index}"), str::to_owned);
-    Ok(ToolCall { id, name: name.to_owned(), arguments })
-}
+const TOOL_USE: CallShape = CallShape { block: "tool_use block", arguments: "input", id: "id", id_prefix: "toolu" };
 
 /// Anthropic's `input_tokens` leaves out the tokens read from and written to the
-/// prompt cache; they are added back, so `prompt_tokens` is the whole input as
-/// with every provider, and also counted apart.
+/// prompt cache.
 fn usage(usage: Option<&Value>) -> Usage {
-    let count = |field: &str| usage.and_then(|u| u.get(field)).and_then(Value::as_u64).unwrap_or(0);
-    let (read, written) = (count("cache_read_input_tokens"), count("cache_creation_input_tokens"));
-    Usage::call(count("input_tokens") + read + written, count("output_tokens")).with_cache(read, written)
+    usage_with_cache_apart(
+        usage,
+        ["input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"],
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::llm::ToolCall;
 
     #[test]
     fn without_a_system_prompt_the_last_tool_ends_the_cached_prefix() {

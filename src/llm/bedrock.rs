@@ -18,12 +18,12 @@ use serde_json::{Map, Value, json};
 use super::aws::AwsCredentials;
 use super::bedrock_stream::FrameReader;
 use super::rate_limit::Limiters;
+use super::reply::{CallShape, usage_with_cache_apart};
 use super::schema::{SentSchema, object_schema, portable};
 use super::stream::Deltas;
 use super::transport::{Account, Endpoint, Reply};
 use super::{
-    LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, Message, OutputSchema, Role, ToolCall, ToolChoice,
-    Usage,
+    LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, Message, OutputSchema, Role, ToolChoice, Usage,
 };
 
 /// A client for Bedrock's Converse API.
@@ -245,7 +245,7 @@ fn parse_reply(body: &Value, reply_tool: Option<&ReplyTool>) -> Result<LlmRespon
         if let Some(text) = block.get("text").and_then(Value::as_str) {
             texts.push(text);
         } else if let Some(call) = block.get("toolUse") {
-            tool_calls.push(tool_call(index, call)?);
+            tool_calls.push(TOOL_USE.read(index, call)?);
         }
         // Reasoning and other blocks carry nothing the caller asked for.
     }
@@ -259,28 +259,18 @@ fn parse_reply(body: &Value, reply_tool: Option<&ReplyTool>) -> Result<LlmRespon
     Ok(LlmResponse { text, tool_calls, usage: usage(body.get("usage")), model: None })
 }
 
-fn tool_call(index: usize, call: &Value) -> Result<ToolCall, String> {
-    let name = call.get("name").and_then(Value::as_str).ok_or_else(|| format!("toolUse block {index} has no name"))?;
-    let arguments = match call.get("input") {
-        Some(input @ Value::Object(_)) => input.clone(),
-        None | Some(Value::Null) => json!({}),
-        Some(other) => return Err(format!("the input of toolUse block {index} ({name}) is not an object: {other}")),
-    };
-    let id = call.get("toolUseId").and_then(Value::as_str).map_or_else(|| format!("tooluse_{index}"), str::to_owned);
-    Ok(ToolCall { id, name: name.to_owned(), arguments })
-}
+const TOOL_USE: CallShape =
+    CallShape { block: "toolUse block", arguments: "input", id: "toolUseId", id_prefix: "tooluse" };
 
-/// `inputTokens` leaves out the tokens read from or written to the prompt cache;
-/// they were sent all the same, so they count as prompt tokens, and apart as cached.
+/// `inputTokens` leaves out the tokens read from or written to the prompt cache.
 fn usage(usage: Option<&Value>) -> Usage {
-    let count = |field: &str| usage.and_then(|u| u.get(field)).and_then(Value::as_u64).unwrap_or(0);
-    let (read, write) = (count("cacheReadInputTokens"), count("cacheWriteInputTokens"));
-    Usage::call(count("inputTokens") + read + write, count("outputTokens")).with_cache(read, write)
+    usage_with_cache_apart(usage, ["inputTokens", "outputTokens", "cacheReadInputTokens", "cacheWriteInputTokens"])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::llm::ToolCall;
 
     #[test]
     fn model_ids_and_arns_are_one_encoded_path_segment() {

@@ -15,10 +15,11 @@ use serde_json::{Map, Value, json};
 
 use super::gemini_stream::ChunkReader;
 use super::rate_limit::Limiters;
+use super::reply::CallShape;
 use super::schema::{object_schema, portable};
 use super::stream::Deltas;
 use super::transport::{Account, Endpoint, Reply, secret_header};
-use super::{LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, Message, Role, ToolCall, ToolChoice, Usage};
+use super::{LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, Message, Role, ToolChoice, Usage};
 
 /// A client for the Gemini API.
 #[derive(Debug)]
@@ -195,24 +196,15 @@ fn parse_reply(body: &Value) -> Result<LlmResponse, String> {
         if let Some(text) = part.get("text").and_then(Value::as_str) {
             texts.push(text);
         } else if let Some(call) = part.get("functionCall") {
-            tool_calls.push(tool_call(index, call)?);
+            tool_calls.push(FUNCTION_CALL.read(index, call)?);
         }
     }
     let text = (!texts.is_empty()).then(|| texts.concat());
     Ok(LlmResponse { text, tool_calls, usage: usage(body.get("usageMetadata")), model: None })
 }
 
-fn tool_call(index: usize, call: &Value) -> Result<ToolCall, String> {
-    let name = call.get("name").and_then(Value::as_str).ok_or_else(|| format!("function call {index} has no name"))?;
-    let arguments = match call.get("args") {
-        Some(args @ Value::Object(_)) => args.clone(),
-        None | Some(Value::Null) => json!({}),
-        Some(other) => return Err(format!("the args of function call {index} ({name}) are not an object: {other}")),
-    };
-    // Older models give no id; the conversation pairs results with calls by it.
-    let id = call.get("id").and_then(Value::as_str).map_or_else(|| format!("call_{index}"), str::to_owned);
-    Ok(ToolCall { id, name: name.to_owned(), arguments })
-}
+// Older models give no id; the conversation pairs results with calls by it.
+const FUNCTION_CALL: CallShape = CallShape { block: "function call", arguments: "args", id: "id", id_prefix: "call" };
 
 /// Thinking tokens are billed as output; cached prompt tokens are part of the
 /// prompt count, and `cachedContentTokenCount` counts them apart.
@@ -225,6 +217,7 @@ fn usage(metadata: Option<&Value>) -> Usage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::llm::ToolCall;
 
     #[test]
     fn a_tool_result_takes_the_name_of_the_call_it_answers() {

@@ -41,6 +41,7 @@ mod openai;
 mod openai_stream;
 mod provider;
 mod rate_limit;
+mod reply;
 mod retry;
 mod router;
 mod schema;

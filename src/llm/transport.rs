@@ -141,7 +141,7 @@ impl Endpoint<'_> {
     pub(crate) async fn post_events(
         &self,
         body: &Value,
-        mut on_event: impl FnMut(Option<&str>, &str) -> Result<Flow, String>,
+        on_event: impl FnMut(Option<&str>, &str) -> Result<Flow, String>,
     ) -> Result<Reply, LlmError> {
         let started = Instant::now();
         let sent = self.http.post(&self.url).headers(self.headers.clone()).json(body).send().await;
@@ -153,24 +153,42 @@ impl Endpoint<'_> {
             self.observe_limits(status.as_u16(), &headers, &bytes);
             return Err(self.http_error(status.as_u16(), &headers, &bytes));
         }
+        let status = status.as_u16();
         if !is_event_stream(&headers) {
-            // A compatible server that ignores `stream: true` answers whole.
             let bytes = response.bytes().await.map_err(|e| self.transport_error(&e))?;
-            self.observe_limits(status.as_u16(), &headers, &bytes);
-            let body = self.json(&bytes)?;
-            return Ok(Reply { body, status: status.as_u16(), latency: started.elapsed() });
+            self.observe_limits(status, &headers, &bytes);
+            if !looks_like_events(&bytes) {
+                // A compatible server that ignores `stream: true` answers whole.
+                let body = self.json(&bytes)?;
+                return Ok(Reply { body, status, latency: started.elapsed() });
+            }
+            // A server, or a proxy before it, that streams under another content type.
+            let whole = futures_util::stream::once(async move { Ok::<_, reqwest::Error>(bytes) });
+            return self.read_events(whole, status, started, on_event).await;
         }
-        self.observe_limits(status.as_u16(), &headers, &[]);
+        self.observe_limits(status, &headers, &[]);
         let chunks = futures_util::stream::unfold(response, |mut response| async move {
             let chunk = response.chunk().await.transpose()?;
             Some((chunk, response))
         });
+        self.read_events(chunks, status, started, on_event).await
+    }
+
+    /// Hands each Server-Sent Event in `chunks` to `on_event` until it says the
+    /// reply is complete.
+    async fn read_events(
+        &self,
+        chunks: impl futures_util::Stream<Item = Result<bytes::Bytes, reqwest::Error>> + Send,
+        status: u16,
+        started: Instant,
+        mut on_event: impl FnMut(Option<&str>, &str) -> Result<Flow, String>,
+    ) -> Result<Reply, LlmError> {
         let mut events = std::pin::pin!(sse_stream::SseStream::from_bytes_stream(chunks));
         while let Some(event) = events.next().await {
             let event = event.map_err(|e| self.broken(&e.to_string()))?;
             let Some(data) = event.data.as_deref() else { continue };
             if on_event(event.event.as_deref(), data).map_err(|e| self.invalid(e))? == Flow::Done {
-                return Ok(Reply { body: Value::Null, status: status.as_u16(), latency: started.elapsed() });
+                return Ok(Reply { body: Value::Null, status, latency: started.elapsed() });
             }
         }
         Err(self.broken("the reply stream ended before the reply was complete"))
@@ -282,6 +300,13 @@ impl Endpoint<'_> {
 }
 
 /// Whether a reply is a stream of Server-Sent Events.
+/// Whether a body labelled otherwise is Server-Sent Events all the same: it starts
+/// with an SSE field rather than JSON.
+fn looks_like_events(body: &[u8]) -> bool {
+    let body = body.trim_ascii_start();
+    [&b"data:"[..], b"event:", b"id:", b":"].iter().any(|field| body.starts_with(field))
+}
+
 fn is_event_stream(headers: &HeaderMap) -> bool {
     let content_type = headers.get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     content_type.is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))

@@ -299,6 +299,26 @@ async fn a_server_that_ignores_stream_true_is_read_whole() {
     assert_eq!(sent["stream"], true);
 }
 
+/// A proxy in front of llama.cpp's server was seen passing its stream on labelled
+/// `application/json`: the events are read all the same.
+#[tokio::test]
+async fn a_stream_labelled_as_json_is_read_as_events() {
+    let server = MockServer::start().await;
+    let mut body = String::new();
+    for piece in ["Hel", "lo."] {
+        body.push_str(&format!("data: {}\n\n", openai_chunk(json!({"content": piece}), None).1));
+    }
+    body.push_str(&format!("data: {}\n\n", openai_chunk(json!({}), Some("stop")).1));
+    body.push_str(&format!("data: {}\n\n{}", openai_usage(11, 4).1, done()));
+    mount_stream(&server, OPENAI_ROUTE, ResponseTemplate::new(200).set_body_raw(body, "application/json"), 1).await;
+    let runner = runner(config(&server, LlmProvider::OpenAi));
+    let (done, seen) = run_watched(&runner, &one_step("Say hello", None)).await;
+
+    assert_eq!(done.state(), WorkflowState::Complete, "{:?}", done.failure());
+    assert_eq!(done.outputs().final_output.as_ref().unwrap().value, json!("Hello."));
+    assert_eq!(streamed_text(&seen), "Hello.");
+}
+
 #[tokio::test]
 async fn an_unwatched_run_sends_the_plain_request_by_default() {
     let server = MockServer::start().await;

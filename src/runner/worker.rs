@@ -299,11 +299,16 @@ fn count(
 /// Completes when the process is asked to stop: on SIGTERM or ctrl-c (ctrl-c only
 /// where there is no SIGTERM). [`Worker::run`] stops on it; pass it, or a future that
 /// races it, to [`Worker::run_until`] to stop on something else as well.
-pub async fn shutdown_signal() {
+///
+/// SIGTERM is listened for from the moment this is called, not from when the future
+/// is first polled, so a process that says it is ready once it has called this is
+/// never ended by a SIGTERM's default action (call it within a tokio runtime).
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
+    let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    async move {
+        #[cfg(unix)]
+        match terminate {
             Ok(mut terminate) => {
                 tokio::select! {
                     _ = terminate.recv() => {}
@@ -313,9 +318,9 @@ pub async fn shutdown_signal() {
             }
             Err(e) => tracing::warn!(error = %e, "cannot listen for SIGTERM; only ctrl-c stops the worker"),
         }
-    }
-    if let Err(e) = tokio::signal::ctrl_c().await {
-        tracing::warn!(error = %e, "cannot listen for ctrl-c either; the worker runs until the process ends");
-        std::future::pending::<()>().await;
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for ctrl-c either; the worker runs until the process ends");
+            std::future::pending::<()>().await;
+        }
     }
 }

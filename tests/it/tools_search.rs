@@ -10,13 +10,14 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const KEY: &str = "tvly-test-key";
 
+/// The tool's config against `base_url`, with room for a loaded machine: only the
+/// timeout test asks for a short timeout.
 fn config(base_url: &str) -> Config {
-    Config::builder()
-        .tavily_api_key(KEY)
-        .tavily_base_url(base_url)
-        .request_timeout(Duration::from_millis(40))
-        .build()
-        .unwrap()
+    config_timing_out(base_url, Duration::from_secs(10))
+}
+
+fn config_timing_out(base_url: &str, timeout: Duration) -> Config {
+    Config::builder().tavily_api_key(KEY).tavily_base_url(base_url).request_timeout(timeout).build().unwrap()
 }
 
 async fn search(tool: &SearchTool, query: &str) -> Result<Value, ToolError> {
@@ -147,7 +148,9 @@ async fn timeout_is_a_transient_error_of_unknown_outcome() {
         .respond_with(ResponseTemplate::new(200).set_body_json(tavily_reply()).set_delay(Duration::from_secs(5)))
         .mount(&server)
         .await;
-    let err = search(&SearchTool::from_config(&config(&server.uri())), "q").await.unwrap_err();
+    let err = search(&SearchTool::from_config(&config_timing_out(&server.uri(), Duration::from_millis(40))), "q")
+        .await
+        .unwrap_err();
     let ToolError::Transient { message, hint } = &err else { panic!("expected transient, got {err:?}") };
     assert!(message.contains("did not answer within 40ms") && !hint.not_performed, "{err:?}");
 }

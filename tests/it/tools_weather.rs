@@ -10,11 +10,17 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const KEY: &str = "owm-test-key";
 
+/// The tool's config against `base_url`, with room for a loaded machine: only the
+/// timeout test asks for a short timeout.
 fn config(base_url: &str) -> Config {
+    config_timing_out(base_url, Duration::from_secs(10))
+}
+
+fn config_timing_out(base_url: &str, timeout: Duration) -> Config {
     Config::builder()
         .openweathermap_api_key(KEY)
         .openweathermap_base_url(base_url)
-        .request_timeout(Duration::from_millis(40))
+        .request_timeout(timeout)
         .build()
         .unwrap()
 }
@@ -145,7 +151,7 @@ async fn timeout_is_a_transient_error_of_unknown_outcome() {
         .respond_with(ResponseTemplate::new(200).set_body_json(paris()).set_delay(Duration::from_secs(5)))
         .mount(&server)
         .await;
-    let err = weather(config(&server.uri()), "Paris").await.unwrap_err();
+    let err = weather(config_timing_out(&server.uri(), Duration::from_millis(40)), "Paris").await.unwrap_err();
     let ToolError::Transient { message, hint } = &err else { panic!("expected transient, got {err:?}") };
     assert!(message.contains("did not answer within 40ms") && !hint.not_performed, "{err:?}");
 }

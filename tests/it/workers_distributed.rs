@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use portia::runner::WorkerOptions;
+use portia::runner::{WorkerOptions, shutdown_signal};
 use portia::storage::{PostgresSettings, PostgresStorage, SqliteStorage, Storage};
 use portia::testing::ScriptedLlm;
 use portia::tool::{Tool, ToolError, ToolOutput, ToolRunContext, ToolSpec};
@@ -103,9 +103,11 @@ async fn worker_child() {
     let hang_from = (var("WORKER_VICTIM") == "1").then_some(VICTIM_HANGS_FROM_CALL);
     let tool = KeyedTool { effects: var("WORKER_EFFECTS").into(), calls: AtomicUsize::new(0), hang_from };
     let runner = runner(&var("WORKER_STORE"), tool, true);
+    // Listens for SIGTERM before saying it is ready: the test may send it at once.
+    let shutdown = shutdown_signal();
     println!("READY");
     let options = WorkerOptions::new().concurrency(8).poll_interval(Duration::from_millis(50));
-    let report = runner.worker(options).run().await;
+    let report = runner.worker(options).run_until(shutdown).await;
     println!("REPORT {} {}", report.runs, report.errors);
 }
 

@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 
 use super::anthropic_stream::EventReader;
 use super::rate_limit::Limiters;
-use super::reply::{CallShape, usage_with_cache_apart};
+use super::reply::{CallShape, system_text, usage_with_cache_apart};
 use super::schema::{SentSchema, object_schema, portable};
 use super::stream::Deltas;
 use super::transport::{Account, Endpoint, Reply, secret_header};
@@ -216,7 +216,7 @@ fn conversation(messages: &[Message]) -> Result<(String, Vec<Value>), String> {
             }
         }
     }
-    let system = system.into_iter().filter(|s| !s.trim().is_empty()).collect::<Vec<_>>().join("\n\n");
+    let system = system_text(&system);
     // The API refuses empty content, and an empty turn carries nothing.
     let turns = turns
         .into_iter()

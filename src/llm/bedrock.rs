@@ -18,7 +18,7 @@ use serde_json::{Map, Value, json};
 use super::aws::AwsCredentials;
 use super::bedrock_stream::FrameReader;
 use super::rate_limit::Limiters;
-use super::reply::{CallShape, usage_with_cache_apart};
+use super::reply::{CallShape, Turns, system_text, usage_with_cache_apart};
 use super::schema::{SentSchema, object_schema, portable};
 use super::stream::Deltas;
 use super::transport::{Account, Endpoint, Reply};
@@ -188,7 +188,7 @@ fn tool_choice(choice: &ToolChoice) -> Value {
 /// and tool results travel in user messages, before any words of the user that follow.
 fn conversation(messages: &[Message]) -> Result<(String, Vec<Value>), String> {
     let mut system: Vec<&str> = Vec::new();
-    let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
+    let mut turns = Turns::default();
     for message in messages {
         let (role, blocks) = match message.role {
             Role::System => {
@@ -210,17 +210,9 @@ fn conversation(messages: &[Message]) -> Result<(String, Vec<Value>), String> {
                 ("user", vec![json!({"toolResult": {"toolUseId": id, "content": [{"text": text}]}})])
             }
         };
-        if blocks.is_empty() {
-            continue;
-        }
-        match turns.last_mut() {
-            Some((last, existing)) if *last == role => existing.extend(blocks),
-            _ => turns.push((role, blocks)),
-        }
+        turns.push(role, blocks);
     }
-    let system = system.into_iter().filter(|s| !s.trim().is_empty()).collect::<Vec<_>>().join("\n\n");
-    let messages = turns.into_iter().map(|(role, content)| json!({"role": role, "content": content})).collect();
-    Ok((system, messages))
+    Ok((system_text(&system), turns.into_json("content")))
 }
 
 fn text_block(text: &str) -> Option<Value> {

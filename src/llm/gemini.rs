@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 
 use super::gemini_stream::ChunkReader;
 use super::rate_limit::Limiters;
-use super::reply::CallShape;
+use super::reply::{CallShape, Turns, system_text};
 use super::schema::{object_schema, portable};
 use super::stream::Deltas;
 use super::transport::{Account, Endpoint, Reply, secret_header};
@@ -131,7 +131,7 @@ fn function_calling(choice: &ToolChoice) -> Value {
 fn conversation(messages: &[Message]) -> Result<(String, Vec<Value>), String> {
     let mut system: Vec<&str> = Vec::new();
     let mut names: HashMap<&str, &str> = HashMap::new();
-    let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
+    let mut turns = Turns::default();
     for message in messages {
         let (role, parts) = match message.role {
             Role::System => {
@@ -153,17 +153,9 @@ fn conversation(messages: &[Message]) -> Result<(String, Vec<Value>), String> {
                 ("user", vec![json!({"functionResponse": {"name": name, "response": {"result": message.content}}})])
             }
         };
-        if parts.is_empty() {
-            continue;
-        }
-        match turns.last_mut() {
-            Some((last, existing)) if *last == role => existing.extend(parts),
-            _ => turns.push((role, parts)),
-        }
+        turns.push(role, parts);
     }
-    let system = system.into_iter().filter(|s| !s.trim().is_empty()).collect::<Vec<_>>().join("\n\n");
-    let contents = turns.into_iter().map(|(role, parts)| json!({"role": role, "parts": parts})).collect();
-    Ok((system, contents))
+    Ok((system_text(&system), turns.into_json("parts")))
 }
 
 fn text_part(text: &str) -> Option<Value> {

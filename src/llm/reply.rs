@@ -1,5 +1,6 @@
-//! Reading the parts of a reply that the providers shape alike: a tool call block
-//! (a name, an arguments object, an id) and usage counts with cached prompt tokens.
+//! The parts of requests and replies that the providers shape alike: the system
+//! text and turns of alternating roles sent, and a tool call block (a name, an
+//! arguments object, an id) and usage counts with cached prompt tokens read.
 
 use serde_json::{Value, json};
 
@@ -46,4 +47,31 @@ pub(super) fn usage_with_cache_apart(counts: Option<&Value>, [input, output, rea
     let count = |field: &str| counts.and_then(|u| u.get(field)).and_then(Value::as_u64).unwrap_or(0);
     let (read, write) = (count(read), count(write));
     Usage::call(count(input) + read + write, count(output)).with_cache(read, write)
+}
+
+/// The system messages as one text, blank ones left out.
+pub(super) fn system_text(parts: &[&str]) -> String {
+    parts.iter().filter(|s| !s.trim().is_empty()).copied().collect::<Vec<_>>().join("\n\n")
+}
+
+/// A conversation's turns in the alternating roles Gemini and Converse want: blocks
+/// of one role in a row share a turn, and a message with no blocks adds none.
+#[derive(Debug, Default)]
+pub(super) struct Turns(Vec<(&'static str, Vec<Value>)>);
+
+impl Turns {
+    pub(super) fn push(&mut self, role: &'static str, blocks: Vec<Value>) {
+        if blocks.is_empty() {
+            return;
+        }
+        match self.0.last_mut() {
+            Some((last, existing)) if *last == role => existing.extend(blocks),
+            _ => self.0.push((role, blocks)),
+        }
+    }
+
+    /// The turns as JSON, each `{"role": ..., content_field: [blocks]}`.
+    pub(super) fn into_json(self, content_field: &str) -> Vec<Value> {
+        self.0.into_iter().map(|(role, blocks)| json!({"role": role, content_field: blocks})).collect()
+    }
 }

@@ -109,7 +109,8 @@ mod tests {
         let chunk = json!({"candidates": [{"content": {"role": "model", "parts": [
             {"text": "Adding."}, {"functionCall": {"name": "add", "args": {"a": 1}}}]}, "finishReason": "STOP"}]});
         assert_eq!(ChunkReader::default().read(&chunk.to_string(), &deltas), Ok(Flow::Done));
-        let piece = |arguments: &str| Delta::ToolArguments { index: 1, tool: "add".into(), arguments: arguments.into() };
+        let piece =
+            |arguments: &str| Delta::ToolArguments { index: 1, tool: "add".into(), arguments: arguments.into() };
         assert_eq!(*seen.lock().unwrap(), [Delta::Text("Adding.".into()), piece(""), piece(r#"{"a":1}"#)]);
     }
 

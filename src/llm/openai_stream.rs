@@ -138,7 +138,13 @@ mod tests {
         };
         assert_eq!(
             *seen.lock().unwrap(),
-            [piece(0, "add", ""), piece(0, "add", "{\"a\":"), piece(1, "neg", ""), piece(1, "neg", "{}"), piece(0, "add", "1}")]
+            [
+                piece(0, "add", ""),
+                piece(0, "add", "{\"a\":"),
+                piece(1, "neg", ""),
+                piece(1, "neg", "{}"),
+                piece(0, "add", "1}")
+            ]
         );
     }
 

@@ -24,13 +24,13 @@ config_enum!(
     /// never streamed, as their JSON is nothing to show a person.
     #[derive(Default)]
     StreamMode {
-        /// Stream text replies while anyone subscribes to the runner's events
+        /// Stream replies (their text and tool calls) while anyone subscribes to the runner's events
         /// ([`Runner::subscribe`](crate::Runner::subscribe), a `portia serve` event
         /// stream, `portia run` on a terminal). The default: a watcher sees the
         /// answer come in, and an unwatched runner sends the plain request as before.
         #[default]
         Auto => ["auto", "when-watched"],
-        /// Stream every text reply, watched or not.
+        /// Stream every reply but structured ones, watched or not.
         On => ["on", "always", "true", "1"],
         /// Never stream.
         Off => ["off", "never", "false", "0"],

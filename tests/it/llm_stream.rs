@@ -430,7 +430,9 @@ async fn serve_streams_a_tool_calls_arguments_as_ag_ui_tool_call_args() {
     let call = |piece: Value| openai_chunk(json!({"tool_calls": [piece]}), None);
     let events = [
         openai_chunk(json!({"role": "assistant", "content": null}), None),
-        call(json!({"index": 0, "id": "call_1", "type": "function", "function": {"name": "echo_tool", "arguments": ""}})),
+        call(
+            json!({"index": 0, "id": "call_1", "type": "function", "function": {"name": "echo_tool", "arguments": ""}}),
+        ),
         call(json!({"index": 0, "function": {"arguments": "{\"text\":"}})),
         call(json!({"index": 0, "function": {"arguments": " \"hi\"}"}})),
         openai_chunk(json!({}), Some("tool_calls")),

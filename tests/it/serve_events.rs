@@ -16,10 +16,11 @@ use serde_json::{Value, json};
 
 use crate::serve::{Served, config, serve, tool_plan};
 
-/// One Server-Sent Event: its `id` field, if any, and its data as JSON.
+/// One Server-Sent Event: its `id` and `event` fields, if any, and its data as JSON.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Sse {
     pub(crate) id: Option<u64>,
+    pub(crate) event: Option<String>,
     pub(crate) data: Value,
 }
 
@@ -40,16 +41,18 @@ impl SseReader {
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
-                let (mut id, mut data) = (None, String::new());
+                let (mut id, mut event, mut data) = (None, None, String::new());
                 for line in block.lines() {
                     if let Some(value) = line.strip_prefix("id:") {
                         id = Some(value.trim().parse().unwrap());
+                    } else if let Some(value) = line.strip_prefix("event:") {
+                        event = Some(value.trim().to_owned());
                     } else if let Some(value) = line.strip_prefix("data:") {
                         data.push_str(value.trim_start());
                     }
                 }
                 if !data.is_empty() {
-                    return Some(Sse { id, data: serde_json::from_str(&data).unwrap() });
+                    return Some(Sse { id, event, data: serde_json::from_str(&data).unwrap() });
                 }
                 continue;
             }

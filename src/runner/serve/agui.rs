@@ -197,7 +197,8 @@ impl Translator {
             out.push(json!({"type": "TEXT_MESSAGE_END", "messageId": message.id}));
             value["messageId"] = json!(message.id);
         }
-        let calls: Vec<(u64, usize)> = self.streaming_calls.range((call, 0)..=(call, usize::MAX)).map(|(k, _)| *k).collect();
+        let calls: Vec<(u64, usize)> =
+            self.streaming_calls.range((call, 0)..=(call, usize::MAX)).map(|(k, _)| *k).collect();
         let mut void = Vec::new();
         for key in calls {
             if let Some(streamed) = self.streaming_calls.remove(&key) {
@@ -368,7 +369,8 @@ impl Translator {
             return false;
         }
         let same = |streamed: &StreamedCall| {
-            streamed.tool_id == tool_id && serde_json::from_str::<Value>(&streamed.arguments).is_ok_and(|a| a == *arguments)
+            streamed.tool_id == tool_id
+                && serde_json::from_str::<Value>(&streamed.arguments).is_ok_and(|a| a == *arguments)
         };
         // The reply may still be open here: its end is stored after this event is heard.
         let open = self.streaming_calls.iter().find(|(_, c)| same(c)).map(|(key, _)| *key);
@@ -388,7 +390,14 @@ impl Translator {
 
     /// The AG-UI id of the tool call `index` of streamed call `call`, opened now
     /// (with `TOOL_CALL_START`) if it is not open.
-    fn tool_call_for(&mut self, call: u64, index: usize, step_output: &Option<String>, tool_id: &str, out: &mut Vec<Value>) -> String {
+    fn tool_call_for(
+        &mut self,
+        call: u64,
+        index: usize,
+        step_output: &Option<String>,
+        tool_id: &str,
+        out: &mut Vec<Value>,
+    ) -> String {
         if let Some(open) = self.streaming_calls.get(&(call, index)) {
             return open.id.clone();
         }
@@ -396,7 +405,12 @@ impl Translator {
         self.tool_calls += 1;
         let id = format!("{}:tool-call-{}", self.run_id.as_deref().unwrap_or(&self.thread_id), self.tool_calls);
         out.push(json!({"type": "TOOL_CALL_START", "toolCallId": id, "toolCallName": tool_id}));
-        let streamed = StreamedCall { id: id.clone(), step_output: step_output.clone(), tool_id: tool_id.to_owned(), arguments: String::new() };
+        let streamed = StreamedCall {
+            id: id.clone(),
+            step_output: step_output.clone(),
+            tool_id: tool_id.to_owned(),
+            arguments: String::new(),
+        };
         self.streaming_calls.insert((call, index), streamed);
         id
     }
@@ -438,7 +452,6 @@ fn custom(out: &mut Vec<Value>, name: &str, stored: &StoredEvent) {
 fn is_approval(clarification: &Clarification) -> bool {
     clarification.tool_call.is_some() && matches!(clarification.kind, ClarificationKind::ValueConfirmation { .. })
 }
-
 
 #[cfg(test)]
 mod tests {

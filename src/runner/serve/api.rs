@@ -188,6 +188,7 @@ pub(super) async fn create_workflow(
             workflow
         }
     };
+    let _ = state.touched.send(workflow.id());
     Ok((StatusCode::ACCEPTED, Json(workflow)))
 }
 
@@ -343,6 +344,7 @@ pub(super) async fn delete_workflow(
 ) -> ApiResult<StatusCode> {
     let workflow = state.visible(&caller, &id).await?;
     state.runner.delete_workflow(workflow.id()).await?;
+    let _ = state.touched.send(workflow.id());
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -4,7 +4,7 @@
 //! rest) is a run. Every AG-UI event carries the stored event it comes from as
 //! `rawEvent`, so a client that knows this crate loses nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::{Value, json};
 
@@ -38,6 +38,8 @@ pub(super) struct Translator {
     /// Tool calls streamed whole and not yet seen made: the tool call the runner
     /// makes with the same tool and arguments is this one, under its id.
     streamed_calls: Vec<StreamedCall>,
+    /// The tool calls of streamed replies that have ended, by call number and index.
+    ended_calls: HashSet<(u64, usize)>,
     /// How many tool calls streamed replies have opened, to name each anew.
     tool_calls: u64,
     /// The AG-UI id of each tool call that was streamed before it was made.
@@ -47,6 +49,8 @@ pub(super) struct Translator {
 /// A tool call of a streamed reply.
 #[derive(Debug)]
 struct StreamedCall {
+    /// Its LLM call's number and its index in the reply.
+    key: (u64, usize),
     id: String,
     step_output: Option<String>,
     tool_id: String,
@@ -75,6 +79,7 @@ impl Translator {
             messages: 0,
             streaming_calls: BTreeMap::new(),
             streamed_calls: Vec::new(),
+            ended_calls: HashSet::new(),
             tool_calls: 0,
             tool_call_ids: HashMap::new(),
         }
@@ -169,6 +174,8 @@ impl Translator {
                 let id = self.message_for(*call, step_output, &mut out);
                 out.push(json!({"type": "TEXT_MESSAGE_CONTENT", "messageId": id, "delta": text}));
             }
+            // A piece of a call that has ended is none of a new one.
+            EventKind::LlmToolCallDelta { call, index, .. } if self.ended_calls.contains(&(*call, *index)) => {}
             EventKind::LlmToolCallDelta { step_output, call, index, tool_id, arguments } => {
                 let id = self.tool_call_for(*call, *index, step_output, tool_id, &mut out);
                 if !arguments.is_empty() {
@@ -206,6 +213,9 @@ impl Translator {
                 void.push(streamed.id);
             }
         }
+        // The next attempt numbers its tool calls afresh.
+        self.ended_calls.retain(|(of, _)| *of != call);
+        self.streamed_calls.retain(|c| c.key.0 != call);
         if !void.is_empty() {
             value["toolCallIds"] = json!(void);
         }
@@ -305,6 +315,7 @@ impl Translator {
         self.streaming.clear();
         self.streaming_calls.clear();
         self.streamed_calls.clear();
+        self.ended_calls.clear();
         self.run_id = None;
         self.usage.clear();
     }
@@ -378,6 +389,7 @@ impl Translator {
             let streamed = self.streaming_calls.remove(&key);
             if let Some(streamed) = &streamed {
                 out.push(json!({"type": "TOOL_CALL_END", "toolCallId": streamed.id}));
+                self.ended_calls.insert(key);
             }
             streamed
         } else {
@@ -406,6 +418,7 @@ impl Translator {
         let id = format!("{}:tool-call-{}", self.run_id.as_deref().unwrap_or(&self.thread_id), self.tool_calls);
         out.push(json!({"type": "TOOL_CALL_START", "toolCallId": id, "toolCallName": tool_id}));
         let streamed = StreamedCall {
+            key: (call, index),
             id: id.clone(),
             step_output: step_output.clone(),
             tool_id: tool_id.to_owned(),
@@ -417,16 +430,23 @@ impl Translator {
 
     /// Ends the streamed tool calls of `step_output`'s calls, or all with `None`:
     /// their arguments are whole. They wait to be seen made.
+    ///
+    /// An LLM call's end is stored, and so heard, later than the pieces of the
+    /// next call are: of `step_output`'s calls only those whose arguments are
+    /// whole JSON end, so that a call still streaming is not cut off.
     fn end_tool_calls(&mut self, step_output: Option<&Option<String>>, out: &mut Vec<Value>) {
         let ended: Vec<(u64, usize)> = self
             .streaming_calls
             .iter()
-            .filter(|(_, c)| step_output.is_none_or(|s| *s == c.step_output))
+            .filter(|(_, c)| {
+                step_output.is_none_or(|s| *s == c.step_output && serde_json::from_str::<Value>(&c.arguments).is_ok())
+            })
             .map(|(key, _)| *key)
             .collect();
         for key in ended {
             if let Some(streamed) = self.streaming_calls.remove(&key) {
                 out.push(json!({"type": "TOOL_CALL_END", "toolCallId": streamed.id}));
+                self.ended_calls.insert(key);
                 self.streamed_calls.push(streamed);
             }
         }
@@ -535,6 +555,90 @@ mod tests {
         assert_eq!(calls[0]["toolCallName"], "echo");
         let arguments: String = calls.iter().filter_map(|e| e["delta"].as_str()).collect();
         assert_eq!(serde_json::from_str::<Value>(&arguments).unwrap(), json!({"text": "hi"}));
+    }
+
+    #[test]
+    fn a_restart_voids_the_streamed_tool_calls_and_the_next_attempt_opens_new_ones() {
+        let workflow_id = WorkflowId::new();
+        let mut translator = Translator::new(workflow_id.to_string());
+        let piece = |arguments: &str| {
+            let kind = EventKind::LlmToolCallDelta {
+                step_output: None,
+                call: 1,
+                index: 0,
+                tool_id: "echo".into(),
+                arguments: arguments.into(),
+            };
+            WorkflowEvent::new(workflow_id, kind)
+        };
+        let mut out = translator.live(&piece("{\"a\""));
+        let restarted = EventKind::LlmStreamRestarted { step_output: None, call: 1 };
+        out.extend(translator.live(&WorkflowEvent::new(workflow_id, restarted)));
+        out.extend(translator.live(&piece("{}")));
+
+        let types: Vec<&str> = out.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            types,
+            [
+                "RUN_STARTED",
+                "TOOL_CALL_START",
+                "TOOL_CALL_ARGS",
+                "TOOL_CALL_END",
+                "CUSTOM",
+                "TOOL_CALL_START",
+                "TOOL_CALL_ARGS"
+            ]
+        );
+        assert_eq!(out[4]["value"]["toolCallIds"], json!([out[1]["toolCallId"]]), "the restart names the void call");
+        assert_ne!(out[5]["toolCallId"], out[1]["toolCallId"], "the new attempt is a new call");
+    }
+
+    /// The end of LLM call 1 is heard after call 2 of the same step started
+    /// streaming: call 1's tool call ends, call 2's goes on under its id.
+    #[test]
+    fn an_llm_calls_end_heard_late_ends_only_the_tool_calls_that_are_whole() {
+        let workflow = Workflow::new(crate::ids::PlanId::new(), crate::execution_context::ExecutionContext::default());
+        let workflow_id = workflow.id();
+        let mut translator = Translator::new(workflow_id.to_string());
+        let piece = |call: u64, arguments: &str| {
+            let kind = EventKind::LlmToolCallDelta {
+                step_output: Some("$out".into()),
+                call,
+                index: 0,
+                tool_id: "echo".into(),
+                arguments: arguments.into(),
+            };
+            WorkflowEvent::new(workflow_id, kind)
+        };
+        let mut out = translator.live(&piece(1, "{}"));
+        out.extend(translator.live(&piece(2, "{\"a\":")));
+        let finished = EventKind::LlmCallFinished {
+            step_output: Some("$out".into()),
+            model: "m".into(),
+            usage: crate::usage::Usage::default(),
+            cost_usd: 0.0,
+            latency_ms: 1,
+        };
+        out.extend(translator.translate(&StoredEvent::new(1, WorkflowEvent::new(workflow_id, finished)), &workflow));
+        out.extend(translator.live(&piece(2, " 1}")));
+        out.extend(translator.live(&piece(1, "")));
+
+        let shape: Vec<(&str, &str)> = out
+            .iter()
+            .filter(|e| e["type"].as_str().unwrap().starts_with("TOOL_CALL"))
+            .map(|e| (e["type"].as_str().unwrap(), e["toolCallId"].as_str().unwrap().rsplit(':').next().unwrap()))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                ("TOOL_CALL_START", "tool-call-1"),
+                ("TOOL_CALL_ARGS", "tool-call-1"),
+                ("TOOL_CALL_START", "tool-call-2"),
+                ("TOOL_CALL_ARGS", "tool-call-2"),
+                ("TOOL_CALL_END", "tool-call-1"),
+                ("TOOL_CALL_ARGS", "tool-call-2"),
+            ]
+        );
     }
 
     #[test]

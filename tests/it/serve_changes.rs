@@ -2,11 +2,15 @@
 //! listens, then each workflow the caller may see as it is created, changes and
 //! is deleted; a token bound to an end user hears of that user's workflows only.
 
+use std::sync::Arc;
+
 use portia::runner::serve::{ServeOptions, ServerToken, Tokens};
+use portia::storage::{InMemoryStorage, Storage};
 use portia::testing::{MockTool, ScriptedLlm};
+use portia::{InMemoryToolRegistry, Runner, WorkflowId};
 use serde_json::json;
 
-use crate::serve::{Served, runner_with, serve, tool_plan};
+use crate::serve::{Served, config, runner_with, serve, tool_plan};
 use crate::serve_events::{Sse, SseReader};
 
 async fn changes(served: &Served, token: Option<&str>) -> SseReader {
@@ -73,4 +77,32 @@ async fn a_token_bound_to_an_end_user_hears_only_of_that_users_workflows() {
 
     let told = until(&mut bobs_stream, |e| e.data["id"] == bobs_id && e.data["state"] == "COMPLETE").await;
     assert!(told.iter().all(|e| e.data["id"] == bobs_id && e.data["end_user_id"] == "bob"), "{told:#?}");
+}
+
+/// Another process on the same store (here a second runner, whose events this
+/// server never hears) runs a workflow the stream knows and creates one: both
+/// reach the stream when it reads the store again, on tokio's paused clock.
+#[tokio::test(start_paused = true)]
+async fn changes_made_by_another_process_reach_the_stream() {
+    let storage: Arc<dyn Storage> = Arc::new(InMemoryStorage::new());
+    let runner_on = |storage: &Arc<dyn Storage>| {
+        let tools = InMemoryToolRegistry::from_tools([Arc::new(weather()) as Arc<dyn portia::Tool>]).unwrap();
+        Runner::builder(config()).tools(tools).llm(Arc::new(ScriptedLlm::new())).storage(Arc::clone(storage)).build()
+    };
+    let served = serve(runner_on(&storage).unwrap(), ServeOptions::new()).await;
+    let other = runner_on(&storage).unwrap();
+    // Queued, with no worker here: it waits, known to the stream, for the other process.
+    let plan = json!({"plan": tool_plan("Weather in Oslo?", "weather_tool"), "mode": "queue"});
+    let (_, queued) = served.post("/v1/workflows", plan).await;
+    let queued_id: WorkflowId = queued["id"].as_str().unwrap().parse().unwrap();
+    let mut stream = changes(&served, None).await;
+
+    other.execute_workflow_by_id(queued_id).await.unwrap();
+    let told = until(&mut stream, |e| e.data["state"] == "COMPLETE").await;
+    assert_eq!(told.last().unwrap().data["id"], queued_id.to_string(), "{told:#?}");
+
+    let plan: portia::Plan = serde_json::from_value(tool_plan("Weather in Bergen?", "weather_tool")).unwrap();
+    let created = other.create_workflow(&plan).await.unwrap();
+    let told = until(&mut stream, |e| e.data["id"] == created.id().to_string()).await;
+    assert_eq!(told.last().unwrap().data["state"], "NOT_STARTED");
 }

@@ -5,10 +5,12 @@
 //! A stream knows the version of each workflow it has told of. It looks again at a
 //! workflow as soon as this process hears of a change to it: a run here announces
 //! an event, or a request here creates or deletes it. Changes made by other
-//! processes sharing the store (workers, the command line) reach it when it
-//! re-reads the caller's listing, every [`RECHECK`].
+//! processes sharing the store (workers, the command line) reach it every
+//! [`RECHECK`], when it reads the caller's unfinished workflows (a finished one no
+//! longer changes) and how many there are in all: only when that number is not the
+//! one it knows does it read the whole listing again.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -26,12 +28,12 @@ use super::router::AppState;
 use crate::events::EventStream;
 use crate::ids::WorkflowId;
 use crate::storage::WorkflowQuery;
-use crate::workflow::Workflow;
+use crate::workflow::{Workflow, WorkflowState};
 
 /// How often a stream re-reads the caller's listing, for changes made by other processes.
 const RECHECK: Duration = Duration::from_secs(5);
 
-/// How many workflows a re-read takes from the store at a time.
+/// How many workflows a read takes from the store at a time.
 const LISTING_PAGE: usize = 500;
 
 /// Where requests of this process say that they created or deleted a workflow.
@@ -63,7 +65,7 @@ pub(super) async fn events(
         ready: VecDeque::new(),
         next_recheck: Instant::now() + RECHECK,
     };
-    watch.recheck(false).await?;
+    watch.relist(false).await?;
     watch.ready.push_back(Event::default().event("ready").data("{}"));
     let stream =
         futures_util::stream::unfold(
@@ -77,13 +79,26 @@ pub(super) async fn events(
 struct Watch {
     state: AppState,
     caller: Caller,
-    /// The version of each workflow told of (or there when the stream started).
-    known: HashMap<WorkflowId, u64>,
+    /// Each workflow told of (or there when the stream started), as it was then.
+    known: HashMap<WorkflowId, Known>,
     ready: VecDeque<Event>,
     /// The runner's events, heard at once; `None` once they ended.
     local: Option<EventStream>,
     touched: broadcast::Receiver<WorkflowId>,
     next_recheck: Instant,
+}
+
+/// What a stream knows of a workflow it told of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Known {
+    version: u64,
+    finished: bool,
+}
+
+impl Known {
+    fn of(workflow: &Workflow) -> Self {
+        Self { version: workflow.version(), finished: workflow.state().is_terminal() }
+    }
 }
 
 /// What woke a stream.
@@ -107,7 +122,7 @@ impl Watch {
             }
             let result = match self.wait().await {
                 Woken::Workflow(id) => self.look_at(id).await,
-                Woken::Recheck => self.recheck(true).await,
+                Woken::Recheck => self.recheck().await,
                 Woken::Nothing => Ok(()),
             };
             if let Err(e) = result {
@@ -160,25 +175,44 @@ impl Watch {
         Ok(())
     }
 
-    /// Re-reads the caller's listing and tells of what changed since; with `tell`
-    /// false, only learns what is there.
-    async fn recheck(&mut self, tell: bool) -> crate::Result<()> {
+    /// Tells of what other processes changed since the last look: the caller's
+    /// unfinished workflows are read again, and those known unfinished that are no
+    /// longer listed so are looked at one by one (finished, or deleted). When the
+    /// caller has more or fewer workflows than known, the whole listing is read.
+    async fn recheck(&mut self) -> crate::Result<()> {
         self.next_recheck = Instant::now() + RECHECK;
-        let query = WorkflowQuery::default().end_user(self.caller.end_user_id.clone()).page_size(LISTING_PAGE);
-        let mut listed = HashMap::new();
-        let mut page = 1;
-        loop {
-            let found = self.state.runner.list_workflows(&query.clone().page(page)).await?;
-            for workflow in found.results {
-                listed.insert(workflow.id(), workflow);
-            }
-            if found.current_page >= found.total_pages {
-                break;
-            }
-            page += 1;
+        let mine = WorkflowQuery::default().end_user(self.caller.end_user_id.clone());
+        let count = self.state.runner.list_workflows(&mine.clone().page_size(1)).await?.count;
+        if count != self.known.len() {
+            return self.relist(true).await;
         }
+        let mut unfinished = HashSet::new();
+        for state in WorkflowState::ALL.into_iter().filter(|s| !s.is_terminal()) {
+            for workflow in self.read_all(mine.clone().state(Some(state))).await? {
+                unfinished.insert(workflow.id());
+                self.tell(workflow).await;
+            }
+        }
+        let left: Vec<WorkflowId> = self
+            .known
+            .iter()
+            .filter(|(id, known)| !known.finished && !unfinished.contains(id))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in left {
+            self.look_at(id).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads the caller's whole listing and tells of what changed since; with
+    /// `tell` false, only learns what is there.
+    async fn relist(&mut self, tell: bool) -> crate::Result<()> {
+        let mine = WorkflowQuery::default().end_user(self.caller.end_user_id.clone());
+        let listed: HashMap<WorkflowId, Workflow> =
+            self.read_all(mine).await?.into_iter().map(|w| (w.id(), w)).collect();
         if !tell {
-            self.known = listed.iter().map(|(id, w)| (*id, w.version())).collect();
+            self.known = listed.iter().map(|(id, w)| (*id, Known::of(w))).collect();
             return Ok(());
         }
         let gone: Vec<WorkflowId> = self.known.keys().filter(|id| !listed.contains_key(id)).copied().collect();
@@ -191,11 +225,27 @@ impl Watch {
         Ok(())
     }
 
+    /// Every readable workflow `query` lists, page by page.
+    async fn read_all(&self, query: WorkflowQuery) -> crate::Result<Vec<Workflow>> {
+        let query = query.page_size(LISTING_PAGE);
+        let mut all = Vec::new();
+        let mut page = 1;
+        loop {
+            let found = self.state.runner.list_workflows(&query.clone().page(page)).await?;
+            all.extend(found.results);
+            if found.current_page >= found.total_pages {
+                return Ok(all);
+            }
+            page += 1;
+        }
+    }
+
     async fn tell(&mut self, workflow: Workflow) {
-        if self.known.get(&workflow.id()) == Some(&workflow.version()) {
+        let known = Known::of(&workflow);
+        if self.known.get(&workflow.id()) == Some(&known) {
             return;
         }
-        self.known.insert(workflow.id(), workflow.version());
+        self.known.insert(workflow.id(), known);
         let summary = self.state.summary(workflow).await;
         let data = serde_json::to_string(&summary).unwrap_or_default();
         self.ready.push_back(Event::default().event("workflow").data(data));

@@ -30,6 +30,7 @@ function stepKind(step) {
   if (step.ask_user) return "asks you";
   if (step.function) return "function " + step.function;
   if (step.plan) return "sub-plan " + step.plan;
+  if (step.steps && step.steps.length) return "block of " + step.steps.length + " steps";
   if (step.tools && step.tools.length) return "ReAct over " + step.tools.join(", ");
   if (step.tool_id) return "tool " + step.tool_id;
   return "LLM" + (step.model ? " (" + step.model + ")" : "");
@@ -52,9 +53,16 @@ function stepStatus(step, i, workflow) {
 /// condition, loop, arguments and task.
 function readsOf(step) {
   const names = new Set((step.inputs || []).map((input) => input.name));
-  const text = [step.condition, step.for_each, step.task, step.args && JSON.stringify(step.args)].filter(Boolean).join(" ");
+  // A block's steps count too: what they read from outside, the block reads.
+  const text = [step.condition, step.for_each, step.task, step.args && JSON.stringify(step.args),
+    step.steps && JSON.stringify(step.steps)].filter(Boolean).join(" ");
   for (const match of text.matchAll(/\$[A-Za-z_][A-Za-z0-9_]*/g)) names.add(match[0]);
   return names;
+}
+
+/// A block's own steps, one a line, for its node's tooltip.
+function blockSteps(step) {
+  return (step.steps || []).map((inner, j) => "\n  " + (j + 1) + ". " + inner.task + " → " + inner.output).join("");
 }
 
 function loopNote(step, workflow) {
@@ -93,7 +101,7 @@ function planGraph(plan, workflow) {
     const status = stepStatus(step, i, workflow);
     const skipped = status === "skipped" && workflow.outputs.step_outputs[step.output].skipped;
     const node = svg("g", { class: "step step-" + status, "data-step": i, "data-status": status },
-      svg("title", {}, (i + 1) + ". " + step.task + " (" + status + (skipped ? ": " + skipped : "") + ")"),
+      svg("title", {}, (i + 1) + ". " + step.task + " (" + status + (skipped ? ": " + skipped : "") + ")" + blockSteps(step)),
       svg("rect", { x: NODE.x, y, width: NODE.width, height: NODE.height, rx: step.exit ? 22 : 6 }),
       svg("text", { x: NODE.x + 12, y: y + 22, class: "task" }, clip((i + 1) + ". " + step.task, 62)),
       svg("text", { x: NODE.x + 12, y: y + 44, class: "kind" }, stepKind(step) + " → " + step.output + " · " + status));

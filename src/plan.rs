@@ -850,7 +850,7 @@ impl PlanBuilder {
     ///         block
     ///             .step("Classify $item", None, "$class")
     ///             .step("Draft a reply to $item", None, "$draft")
-    ///             .condition("$class == 'urgent'")
+    ///             .condition("$class is urgent")
     ///     })
     ///     .for_each("$tickets")
     ///     .build();

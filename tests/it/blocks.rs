@@ -8,11 +8,11 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use portia::agent::StepContext;
-use portia::plan::{PlanProblem, Step};
+use portia::plan::{AskUser, PlanProblem, Step};
 use portia::runner::{HookError, Hooks, StepDecision};
 use portia::storage::{InMemoryStorage, ManualClock, SqliteStorage, Storage, WorkflowQuery};
 use portia::testing::{MockTool, ScriptedLlm};
-use portia::workflow::{ParentLink, StepOutcome};
+use portia::workflow::{FailureKind, ParentLink, StepOutcome};
 use portia::{Config, InMemoryToolRegistry, Plan, PlanBuilder, Runner, WorkflowId, WorkflowState};
 use serde_json::json;
 
@@ -109,6 +109,81 @@ async fn a_block_without_a_loop_reads_earlier_outputs_and_checks_its_output_sche
     assert_eq!(checked, &json!({"city": "Paris", "ok": true}));
     assert!(common::last_user_text(&h.llm.requests()[1]).contains("Check Paris"));
     assert_eq!(h.llm.requests().len(), 2, "a child workflow writes no summary of its own");
+
+    let misfit = ScriptedLlm::new().text("Paris").json(json!({"town": "Paris"})).json(json!({"town": "Paris"}));
+    let h = common::harness(sequential(), InMemoryToolRegistry::new(), misfit);
+    let failed = h.runner.run_plan(&plan).await.unwrap();
+    let failure = failed.failure().unwrap();
+    assert_eq!((failure.kind, failure.step), (FailureKind::SchemaMismatch, Some(1)), "{failure}");
+    assert!(failure.message.contains("`city` is missing"), "{failure}");
+}
+
+#[tokio::test]
+async fn a_question_inside_a_looped_block_surfaces_on_the_parent_and_its_answer_reaches_the_child() {
+    let note = Arc::new(MockTool::echo("note_tool"));
+    let h = common::harness_with(sequential(), tools(note), ScriptedLlm::new());
+    let plan = PlanBuilder::new("Confirm each ticket")
+        .step("List the tickets", Some("tickets_tool"), "$tickets")
+        .args(json!({}))
+        .block("Confirm one", "$confirmed", |b| {
+            b.ask_user("Close ticket $item.id?", AskUser::Confirm, "$ok")
+                .step("Note it", Some("note_tool"), "$noted")
+                .args(json!({"id": "$item.id", "close": "$ok"}))
+        })
+        .for_each("$tickets")
+        .build();
+
+    let mut workflow = h.runner.run_plan(&plan).await.unwrap();
+    let mut asked = Vec::new();
+    while workflow.state() == WorkflowState::NeedClarification {
+        let question = workflow.outstanding_clarifications().next().unwrap().clone();
+        assert_eq!((question.workflow_id, question.step), (workflow.id(), Some(1)), "asked on the parent's block step");
+        asked.push(question.user_guidance.clone());
+        let close = question.user_guidance.contains("t2");
+        h.runner.resolve_clarification(&question, close).await.unwrap();
+        workflow = h.runner.execute_workflow(workflow).await.unwrap();
+    }
+
+    assert_eq!(workflow.state(), WorkflowState::Complete, "{:?}", workflow.failure());
+    assert_eq!(asked, ["Close ticket t1?", "Close ticket t2?", "Close ticket t3?"]);
+    let confirmed = &workflow.outputs().step_outputs.get("$confirmed").unwrap().value;
+    let closes: Vec<&serde_json::Value> = confirmed.as_array().unwrap().iter().map(|v| &v["close"]).collect();
+    assert_eq!(closes, [&json!(false), &json!(true), &json!(false)], "each answer reached its own item's child");
+}
+
+#[tokio::test]
+async fn creating_a_workflow_names_unknown_functions_and_sub_plan_cycles_inside_blocks() {
+    let storage: Arc<dyn Storage> = Arc::new(InMemoryStorage::new());
+    let runner = Runner::builder(sequential()).llm(Arc::new(ScriptedLlm::new())).storage(storage.clone()).build();
+    let runner = runner.unwrap();
+    // a runs b inside a block; b runs a.
+    let mut a = PlanBuilder::new("a").step("x", None, "$x").build();
+    let b = PlanBuilder::new("b").sub_plan("Run a", a.id, json!({}), "$y").build();
+    storage.save_plan(&b).await.unwrap();
+    let inner = vec![Step::sub_plan("Run b", b.id, json!({}), "$z"), Step::new("Call it", None, "$w")];
+    let mut block = Step::block("Both", inner, "$both");
+    block.steps[1].function = Some("missing_fn".into());
+    block.steps[1].args = Some(json!({}));
+    a.steps.push(block);
+
+    let Err(portia::Error::InvalidPlan(problems)) = runner.create_workflow(&a).await else { panic!("accepted") };
+
+    let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    assert_eq!(problems.len(), 2, "{text:#?}");
+    assert!(text[0].starts_with("step 1, block step 1 calls the function \"missing_fn\""), "{text:?}");
+    let expected = vec![a.id.to_string(), b.id.to_string(), a.id.to_string()];
+    let cycle = matches!(&problems[1], PlanProblem::InBlock { step: 1, inner }
+        if matches!(&**inner, PlanProblem::SubPlanCycle { step: 0, cycle } if *cycle == expected));
+    assert!(cycle, "{text:?}");
+}
+
+#[test]
+fn a_block_is_optional_in_json_and_round_trips() {
+    let plan = triage_plan();
+    let json = serde_json::to_value(&plan).unwrap();
+    assert!(json["steps"][0].get("steps").is_none(), "left out when a step is no block");
+    assert_eq!(json["steps"][2]["steps"][1]["condition"], json!("$item.urgent == true"));
+    assert_eq!(serde_json::from_value::<Plan>(json).unwrap(), plan);
 }
 
 #[test]

@@ -14,6 +14,10 @@
 //! `$list[-1]` (from the end). When the producing step declares an
 //! [`output_schema`](Step::output_schema), a reference to a field it does not have is
 //! a [`PlanProblem::UnknownField`].
+//!
+//! A step may hold steps of its own ([`Step::steps`]): a block, run as an inline
+//! sub-plan once (or once per item of its `for_each`), whose steps read earlier
+//! outputs and `$item` by name. See [`PlanBuilder::block`].
 
 pub mod args;
 mod block;

@@ -99,7 +99,7 @@ pub enum PlanProblem {
         reason: String,
     },
     /// A step sets more than one of the fields that each make a kind of step
-    /// (`tool_id`, `tools`, `function`, `ask_user`, `exit`, `plan`).
+    /// (`tool_id`, `tools`, `function`, `ask_user`, `exit`, `plan`, `steps`).
     MixedStepKinds {
         /// The step's index.
         step: usize,

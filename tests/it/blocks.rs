@@ -93,6 +93,24 @@ async fn a_block_runs_once_per_item_as_a_child_and_lists_its_last_outputs_in_ite
 }
 
 #[tokio::test]
+async fn in_parallel_a_looped_blocks_outputs_stay_in_item_order() {
+    let answer = |request: &portia::llm::LlmRequest| {
+        let asked = common::last_user_text(request);
+        let id = ["t1", "t2", "t3"].into_iter().find(|id| asked.contains(&format!("Answer ticket {id}"))).unwrap();
+        Ok(portia::llm::LlmResponse::text(format!("answer to {id}")))
+    };
+    let llm = ScriptedLlm::new().respond_with(answer).respond_with(answer).respond_with(answer);
+    let config = common::config(portia::config::ExecutionMode::Parallel, false);
+    let h = common::harness_with(config, tools(Arc::new(MockTool::echo("note_tool"))), llm);
+
+    let workflow = h.runner.run_plan(&loop_plan()).await.unwrap();
+
+    assert_eq!(workflow.state(), WorkflowState::Complete, "{:?}", workflow.failure());
+    let answers = &workflow.outputs().step_outputs.get("$answers").unwrap().value;
+    assert_eq!(answers, &json!(["answer to t1", "answer to t2", "answer to t3"]));
+}
+
+#[tokio::test]
 async fn a_block_without_a_loop_reads_earlier_outputs_and_checks_its_output_schema() {
     let llm = ScriptedLlm::new().text("Paris").json(json!({"city": "Paris", "ok": true}));
     let h = common::harness(sequential(), InMemoryToolRegistry::new(), llm);
@@ -359,9 +377,8 @@ async fn a_loop_over_a_block_killed_mid_way_resumes_at_its_first_unfinished_item
     let clock = ManualClock::new(chrono::Utc::now() + chrono::Duration::hours(1));
     let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open_with_clock(&db, Arc::new(clock)).unwrap());
     let (note, llm) = (Arc::new(MockTool::echo("note_tool")), Arc::new(ScriptedLlm::new().text("C")));
-    let runner =
-        Runner::builder(sequential()).tools(tools(note.clone())).llm(llm.clone()).storage(storage).build().unwrap();
-    let workflow = runner.execute_workflow_by_id(id).await.unwrap();
+    let runner = Runner::builder(sequential()).tools(tools(note.clone())).llm(llm.clone()).storage(storage.clone());
+    let workflow = runner.build().unwrap().execute_workflow_by_id(id).await.unwrap();
 
     assert_eq!(workflow.state(), WorkflowState::Complete, "{:?}", workflow.failure());
     assert_eq!(workflow.outputs().step_outputs.get("$answers").unwrap().value, json!(["A", "B", "C"]));
@@ -369,4 +386,6 @@ async fn a_loop_over_a_block_killed_mid_way_resumes_at_its_first_unfinished_item
     let requests = llm.requests();
     assert_eq!(requests.len(), 1, "only item 2's unfinished step asks the model");
     assert!(common::last_user_text(&requests[0]).contains("Answer ticket t3"));
+    let all = storage.list_workflows(&WorkflowQuery::default()).await.unwrap();
+    assert_eq!(all.count, 4, "the parent and one child per item: item 2's child was resumed, not started again");
 }

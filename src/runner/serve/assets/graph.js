@@ -1,8 +1,9 @@
 // The plan as a graph: one node per step in run order, coloured by how far the
 // workflow got, with its condition on the edge into it, a loop mark on a
 // `for_each` step, a block's own steps boxed inside it, and dashed arcs from each
-// step to the later steps that read its output. Built with DOM calls only (no HTML from data), as an SVG that
-// scales to the page; the step list beside it says the same in text.
+// step to the later steps that read its output. Built with DOM calls only (no
+// HTML from data), as an SVG that scales to the page; the step list beside it
+// says the same in text.
 "use strict";
 
 const SVG = "http://www.w3.org/2000/svg";

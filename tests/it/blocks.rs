@@ -90,6 +90,17 @@ async fn a_block_runs_once_per_item_as_a_child_and_lists_its_last_outputs_in_ite
     assert_eq!(child.outputs().step_outputs.get("$item").unwrap().value, json!({"id": "t2", "urgent": false}));
     let all = storage.list_workflows(&WorkflowQuery::default()).await.unwrap();
     assert_eq!(all.count, 4, "the parent and a child per item");
+    let events = storage.events(workflow.id(), 0).await.unwrap();
+    let started: Vec<Option<usize>> = events
+        .iter()
+        .filter_map(|e| match &e.event.kind {
+            portia::runner::EventKind::SubPlanStarted { step: 2, item, plan_id, .. } if *plan_id == block.id => {
+                Some(*item)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started, [Some(0), Some(1), Some(2)], "each item's child is announced");
 }
 
 #[tokio::test]

@@ -69,7 +69,8 @@ impl Plan {
     /// The plan block step `index` runs as its child workflow, or `None` when that
     /// step is no block. Its id follows from this plan's id and `index`; its query
     /// is this plan's; its inputs are what the block reads from outside; its output
-    /// schema is the block step's.
+    /// schema is the block step's (for a last block that does not loop and has none,
+    /// the plan's).
     pub fn block_plan(&self, index: usize) -> Option<Plan> {
         let step = self.steps.get(index).filter(|s| s.is_block())?;
         let mut tool_ids: Vec<String> = Vec::new();
@@ -80,7 +81,10 @@ impl Plan {
         }
         let mut plan = Plan::new(PlanContext::new(self.plan_context.query.clone(), tool_ids), step.steps.clone());
         plan.id = block_plan_id(self.id, index);
-        plan.output_schema.clone_from(&step.output_schema);
+        // A block that ends the plan, once, gives the plan's result: it takes the
+        // plan's output schema unless it has its own.
+        let ends_plan = index + 1 == self.steps.len() && step.for_each.is_none();
+        plan.output_schema = step.output_schema.clone().or_else(|| self.output_schema.clone().filter(|_| ends_plan));
         plan.inputs = self.block_inputs(index).into_iter().map(|name| input_variable(self, index, name)).collect();
         Some(plan)
     }

@@ -148,6 +148,26 @@ async fn a_block_without_a_loop_reads_earlier_outputs_and_checks_its_output_sche
 }
 
 #[tokio::test]
+async fn a_block_that_ends_a_typed_plan_answers_in_the_plans_schema() {
+    #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+    struct Verdict {
+        city: String,
+    }
+    let llm = ScriptedLlm::new().text("Paris").json(json!({"city": "Paris"}));
+    let h = common::harness(sequential(), InMemoryToolRegistry::new(), llm);
+    let plan = PlanBuilder::new("Where is the meeting?")
+        .step("Find the city", None, "$city")
+        .block("Answer", "$answer", |b| b.step("Say where: $city", None, "$said"))
+        .output::<Verdict>()
+        .build();
+
+    let typed = h.runner.run_plan_as::<Verdict>(&plan).await.unwrap();
+
+    assert!(h.llm.requests()[1].output_schema.is_some(), "the block's last step is asked for the plan's shape");
+    assert_eq!(typed.into_output().unwrap().city, "Paris");
+}
+
+#[tokio::test]
 async fn a_question_inside_a_looped_block_surfaces_on_the_parent_and_its_answer_reaches_the_child() {
     let note = Arc::new(MockTool::echo("note_tool"));
     let h = common::harness_with(sequential(), tools(note), ScriptedLlm::new());

@@ -86,8 +86,9 @@ pub enum EventKind {
         /// How it ended.
         outcome: StepOutcome,
     },
-    /// A sub-plan step started its child workflow (a resumed step that finds its
-    /// child already started announces nothing new).
+    /// A sub-plan or block step started its child workflow (a resumed step that
+    /// finds its child already started announces nothing new). For a block,
+    /// `plan_id` is its [`block_plan`](crate::Plan::block_plan)'s.
     SubPlanStarted {
         /// The step's index in the plan.
         step: usize,

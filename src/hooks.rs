@@ -88,7 +88,10 @@ pub trait Hooks: Send + Sync + fmt::Debug {
     async fn after_workflow(&self, _workflow: &Workflow) -> Result<(), HookError> {
         Ok(())
     }
-    /// Before a step runs: run it, or skip it with an output.
+    /// Before a step runs: run it, or skip it with an output. A sub-plan or block
+    /// step is a step too: its hooks run around its whole child workflow, whose own
+    /// steps are hooked in turn. Not asked for a step its condition skips, nor for
+    /// an exit or user step.
     async fn before_step(&self, _step: &StepContext) -> Result<StepDecision, HookError> {
         Ok(StepDecision::Run)
     }

@@ -14,8 +14,13 @@
 //! `$list[-1]` (from the end). When the producing step declares an
 //! [`output_schema`](Step::output_schema), a reference to a field it does not have is
 //! a [`PlanProblem::UnknownField`].
+//!
+//! A step may hold steps of its own ([`Step::steps`]): a block, run as an inline
+//! sub-plan once (or once per item of its `for_each`), whose steps read earlier
+//! outputs and `$item` by name. See [`PlanBuilder::block`].
 
 pub mod args;
+mod block;
 mod condition;
 mod reference;
 
@@ -164,6 +169,13 @@ pub struct Step {
     /// "$ticket"}`), and its final output is the step's output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<PlanId>,
+    /// Makes this a block: an inline sub-plan of these steps, run as a child
+    /// workflow (its plan is [`Plan::block_plan`]). The steps may read `$item` and
+    /// `$index` of this step's loop and any output produced before this step; those
+    /// become the child's inputs by themselves. The last step's output is this
+    /// step's output (under `for_each`, one per item, in item order).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<Step>,
 }
 
 /// What a user step asks a person for. In JSON, `{"kind": "input"}`,
@@ -232,6 +244,7 @@ impl Step {
             tools: Vec::new(),
             max_tool_calls: None,
             plan: None,
+            steps: Vec::new(),
         }
     }
 
@@ -409,16 +422,23 @@ impl Plan {
 
     /// Every problem [`Plan::validate`] would report; empty when the plan is valid.
     pub fn problems(&self, registry: &(impl ToolLookup + ?Sized)) -> Vec<PlanProblem> {
+        self.problems_within(registry, &Outer::default())
+    }
+
+    /// The problems of this plan's steps, which may also read what `outer` holds
+    /// (for a block's plan, the outputs of its enclosing plans).
+    fn problems_within(&self, registry: &(impl ToolLookup + ?Sized), outer: &Outer) -> Vec<PlanProblem> {
         let mut problems = Vec::new();
         if self.steps.is_empty() {
             problems.push(PlanProblem::NoSteps);
         }
-        let mut produced: HashSet<&str> = self.inputs.iter().map(|input| input.name.as_str()).collect();
+        let produced = self.inputs.iter().map(|input| input.name.as_str()).collect();
+        let mut scope = Scope { produced, outer };
         for (step, s) in self.steps.iter().enumerate() {
             if s.task.trim().is_empty() {
                 problems.push(PlanProblem::EmptyTask { step });
             }
-            self.input_problems(step, &produced, &mut problems);
+            self.input_problems(step, &scope, &mut problems);
             if let Some(tool_id) = &s.tool_id
                 && !registry.has_tool(tool_id)
             {
@@ -434,30 +454,60 @@ impl Plan {
             if kinds.len() > 1 {
                 problems.push(PlanProblem::MixedStepKinds { step, kinds });
             }
-            self.args_problems(step, &produced, &mut problems);
-            self.condition_problems(step, &produced, &mut problems);
-            self.for_each_problems(step, &produced, &mut problems);
+            self.args_problems(step, &scope, &mut problems);
+            self.condition_problems(step, &scope, &mut problems);
+            self.for_each_problems(step, &scope, &mut problems);
+            if s.is_block() {
+                self.block_problems(registry, step, outer, &mut problems);
+            }
             if !args::is_output_name(&s.output) {
                 problems.push(PlanProblem::InvalidOutputName { step, output: s.output.clone() });
             }
-            if !produced.insert(s.output.as_str()) {
+            if !scope.produced.insert(s.output.as_str()) {
                 problems.push(PlanProblem::DuplicateOutput { step, output: s.output.clone() });
             }
         }
         problems
     }
 
-    fn input_problems(&self, step: usize, produced: &HashSet<&str>, problems: &mut Vec<PlanProblem>) {
+    /// The problems of block step `step`'s own steps, each naming the block step.
+    fn block_problems(
+        &self,
+        registry: &(impl ToolLookup + ?Sized),
+        step: usize,
+        outer: &Outer,
+        problems: &mut Vec<PlanProblem>,
+    ) {
+        let Some(block) = self.block_plan(step) else { return };
+        let mut within = outer.clone();
+        within.known.extend(self.inputs.iter().map(|i| i.name.clone()));
+        for s in &self.steps {
+            within.known.insert(s.output.clone());
+            if let Some(schema) = self.output_schema_of(outer, &s.output) {
+                within.schemas.insert(s.output.clone(), schema);
+            }
+        }
+        let inner = block.problems_within(registry, &within);
+        problems.extend(inner.into_iter().map(|problem| PlanProblem::InBlock { step, inner: Box::new(problem) }));
+    }
+
+    /// Whether `name` is an output of this plan's steps or of an enclosing plan's,
+    /// wherever it is produced.
+    fn names_output(&self, outer: &Outer, name: &str) -> bool {
+        self.step_producing(name).is_some() || outer.known.contains(name)
+    }
+
+    fn input_problems(&self, step: usize, scope: &Scope<'_>, problems: &mut Vec<PlanProblem>) {
         for input in &self.steps[step].inputs {
             let reference = Reference::parse(&input.name);
             let in_loop = self.steps[step].for_each.is_some();
             match &input.value {
                 None if in_loop && reference.as_ref().is_some_and(|r| is_loop_variable(&r.name)) => {}
-                None if !reference.as_ref().is_some_and(|r| produced.contains(r.name.as_str())) => {
+                None if !reference.as_ref().is_some_and(|r| scope.produced.contains(r.name.as_str())) => {
                     problems.push(PlanProblem::UnknownInput { step, input: input.name.clone() });
                 }
-                None => self.field_problems(step, reference.as_ref(), problems),
-                Some(Value::String(text)) if produced.contains(text.trim()) => {
+                None => self.field_problems(step, scope.outer, reference.as_ref(), problems),
+                Some(Value::String(text)) if scope.produced.contains(text.trim()) => {
                     let output = text.trim().to_owned();
                     problems.push(PlanProblem::ConstantNamesOutput { step, input: input.name.clone(), output });
                 }
@@ -466,10 +516,11 @@ impl Plan {
         }
     }
 
-    fn args_problems(&self, step: usize, produced: &HashSet<&str>, problems: &mut Vec<PlanProblem>) {
+    fn args_problems(&self, step: usize, scope: &Scope<'_>, problems: &mut Vec<PlanProblem>) {
         let s = &self.steps[step];
         let Some(args) = &s.args else { return };
         let reason = match (args.is_object(), s.tool_id.is_some() || s.function.is_some() || s.plan.is_some()) {
+            _ if s.is_block() => Some("a block takes no args: its steps read earlier outputs by name".to_owned()),
             (false, _) => Some(format!("they must be a JSON object of the tool's arguments, not {args}")),
             (true, false) => Some("the step has no tool to take them; give it a tool_id or drop the args".to_owned()),
             (true, true) => None,
@@ -480,26 +531,26 @@ impl Plan {
         }
         for (token, whole) in args::tokens_in(args) {
             let Some(reference) = Reference::parse(&token) else { continue };
-            let names_output = self.step_producing(&reference.name).is_some();
+            let names_output = self.names_output(scope.outer, &reference.name);
             let loop_variable = s.for_each.is_some() && is_loop_variable(&reference.name);
-            if (names_output || whole) && !loop_variable && !produced.contains(reference.name.as_str()) {
+            if (names_output || whole) && !loop_variable && !scope.produced.contains(reference.name.as_str()) {
                 problems.push(PlanProblem::UnknownArgReference { step, reference: token });
             } else if names_output {
-                self.field_problems(step, Some(&reference), problems);
+                self.field_problems(step, scope.outer, Some(&reference), problems);
             }
         }
     }
 
-    fn for_each_problems(&self, step: usize, produced: &HashSet<&str>, problems: &mut Vec<PlanProblem>) {
+    fn for_each_problems(&self, step: usize, scope: &Scope<'_>, problems: &mut Vec<PlanProblem>) {
         let Some(list) = &self.steps[step].for_each else { return };
         let invalid = |reason: String| PlanProblem::InvalidForEach { step, list: list.clone(), reason };
         let Some(reference) = Reference::parse(list.trim()) else {
             return problems.push(invalid("it must be a reference to an earlier output, such as $tickets".into()));
         };
-        if !produced.contains(reference.name.as_str()) {
+        if !scope.produced.contains(reference.name.as_str()) {
             return problems.push(invalid(format!("no earlier step outputs {}", reference.name)));
         }
-        if let Some(schema) = self.output_schema_of(&reference.name) {
+        if let Some(schema) = self.output_schema_of(scope.outer, &reference.name) {
             if let Err(reason) = reference::schema_admits(&schema, &reference.path) {
                 return problems.push(invalid(format!("the output has no {reason}")));
             }
@@ -510,33 +561,41 @@ impl Plan {
     }
 
     /// The schema of what `output` holds: the producing step's output schema, or
-    /// a list of it for a `for_each` step.
-    fn output_schema_of(&self, output: &str) -> Option<Value> {
-        let step = &self.steps[self.step_producing(output)?];
+    /// a list of it for a `for_each` step; for an enclosing plan's output, as
+    /// `outer` knows it.
+    fn output_schema_of(&self, outer: &Outer, output: &str) -> Option<Value> {
+        let Some(index) = self.step_producing(output) else { return outer.schemas.get(output).cloned() };
+        let step = &self.steps[index];
         let schema = step.output_schema.clone()?;
         Some(if step.for_each.is_some() { serde_json::json!({"type": "array", "items": schema}) } else { schema })
     }
 
-    fn condition_problems(&self, step: usize, produced: &HashSet<&str>, problems: &mut Vec<PlanProblem>) {
+    fn condition_problems(&self, step: usize, scope: &Scope<'_>, problems: &mut Vec<PlanProblem>) {
         let Some(condition) = &self.steps[step].condition else { return };
         let expression = matches!(Condition::parse(condition), Condition::Expression { .. });
         for token in condition::references(condition) {
             let Some(reference) = Reference::parse(&token) else { continue };
-            let names_output = self.step_producing(&reference.name).is_some();
+            let names_output = self.names_output(scope.outer, &reference.name);
             let loop_variable = self.steps[step].for_each.is_some() && is_loop_variable(&reference.name);
-            if (names_output || expression) && !loop_variable && !produced.contains(reference.name.as_str()) {
+            if (names_output || expression) && !loop_variable && !scope.produced.contains(reference.name.as_str()) {
                 problems.push(PlanProblem::UnknownConditionReference { step, reference: token });
             } else if names_output {
-                self.field_problems(step, Some(&reference), problems);
+                self.field_problems(step, scope.outer, Some(&reference), problems);
             }
         }
     }
 
     /// A problem when `reference` reaches into a field that its producing step's
     /// output schema does not have.
-    fn field_problems(&self, step: usize, reference: Option<&Reference>, problems: &mut Vec<PlanProblem>) {
+    fn field_problems(
+        &self,
+        step: usize,
+        outer: &Outer,
+        reference: Option<&Reference>,
+        problems: &mut Vec<PlanProblem>,
+    ) {
         let Some(reference) = reference.filter(|r| !r.path.is_empty()) else { return };
-        let schema = self.output_schema_of(&reference.name);
+        let schema = self.output_schema_of(outer, &reference.name);
         if let Some(Err(reason)) = schema.map(|schema| reference::schema_admits(&schema, &reference.path)) {
             problems.push(PlanProblem::UnknownField { step, reference: reference.to_string(), reason });
         }
@@ -554,7 +613,8 @@ impl Plan {
         let from_condition = step.condition.iter().flat_map(|c| condition::references(c)).map(|t| output_name(&t));
         let from_exit =
             step.exit.iter().flat_map(|e| args::tokens_in(&Value::from(e.message()))).map(|(t, _)| output_name(&t));
-        let referenced = from_args.chain(from_condition).chain(from_exit);
+        let from_block = step.block_references().into_iter().filter(|name| !is_loop_variable(name));
+        let referenced = from_args.chain(from_condition).chain(from_exit).chain(from_block);
         for name in from_inputs.chain(referenced.filter(|name| self.step_producing(name).is_some())) {
             if !needed.contains(&name) {
                 needed.push(name);
@@ -562,6 +622,22 @@ impl Plan {
         }
         needed
     }
+}
+
+/// What the enclosing plans of a block hold, as its steps are checked: every output
+/// name they have (produced before the block or after), and the output schemas
+/// they declare.
+#[derive(Debug, Clone, Default)]
+struct Outer {
+    known: HashSet<String>,
+    schemas: std::collections::HashMap<String, Value>,
+}
+
+/// What a step being checked can read: the outputs produced before it (and the
+/// plan's inputs), and what the enclosing plans hold.
+struct Scope<'a> {
+    produced: HashSet<&'a str>,
+    outer: &'a Outer,
 }
 
 /// What is wrong with a step's `max_tool_calls`, if anything.
@@ -582,6 +658,7 @@ fn kinds_of(step: &Step) -> Vec<String> {
         ("ask_user", step.ask_user.is_some()),
         ("exit", step.exit.is_some()),
         ("plan", step.plan.is_some()),
+        ("steps", step.is_block()),
     ]
     .into_iter()
     .filter(|(_, set)| *set)
@@ -763,6 +840,38 @@ impl PlanBuilder {
         self
     }
 
+    /// Adds a block step: the steps `build` adds to the builder it is given run as
+    /// an inline sub-plan, and the last one's output is stored under `output` (see
+    /// [`Step::steps`]). Chain [`for_each`](PlanBuilder::for_each) or
+    /// [`condition`](PlanBuilder::condition) after it to loop or guard the whole block.
+    ///
+    /// ```
+    /// use portia::PlanBuilder;
+    ///
+    /// let plan = PlanBuilder::new("Triage the tickets")
+    ///     .step("List the open tickets", Some("tickets_tool"), "$tickets")
+    ///     .block("Triage one ticket", "$drafts", |block| {
+    ///         block
+    ///             .step("Classify $item", None, "$class")
+    ///             .step("Draft a reply to $item", None, "$draft")
+    ///             .condition("$class is urgent")
+    ///     })
+    ///     .for_each("$tickets")
+    ///     .build();
+    /// assert_eq!(plan.steps[1].steps.len(), 2);
+    /// assert_eq!(plan.block_plan(1).unwrap().inputs[0].name, "$item");
+    /// ```
+    pub fn block(
+        mut self,
+        task: impl Into<String>,
+        output: impl Into<String>,
+        build: impl FnOnce(PlanBuilder) -> PlanBuilder,
+    ) -> Self {
+        let inner = build(PlanBuilder::new(self.query.clone()));
+        self.steps.push(Step::block(task, inner.steps, output));
+        self
+    }
+
     /// Declares an input the plan takes when run as a sub-plan (`$name`), which its
     /// steps may read (see [`Plan::inputs`]).
     pub fn plan_input(mut self, name: impl Into<String>, description: impl Into<String>) -> Self {
@@ -832,9 +941,9 @@ impl PlanBuilder {
     pub fn build(self) -> Plan {
         let tool_ids = self.tool_ids.unwrap_or_else(|| {
             let mut ids: Vec<String> = Vec::new();
-            for id in self.steps.iter().flat_map(|s| s.tool_id.iter().chain(&s.tools)) {
-                if !ids.contains(id) {
-                    ids.push(id.clone());
+            for id in self.steps.iter().flat_map(Step::tool_ids) {
+                if !ids.contains(&id) {
+                    ids.push(id);
                 }
             }
             ids

@@ -195,6 +195,7 @@ fn to_plan(query: &str, tool_ids: &[String], steps: &[PlannedStep]) -> Plan {
             tools: Vec::new(),
             max_tool_calls: None,
             plan: None,
+            steps: Vec::new(),
         })
         .zip(steps)
         .map(|(step, planned)| with_kind(step, planned.tool_id.as_deref(), tool_ids))

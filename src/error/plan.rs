@@ -99,7 +99,7 @@ pub enum PlanProblem {
         reason: String,
     },
     /// A step sets more than one of the fields that each make a kind of step
-    /// (`tool_id`, `tools`, `function`, `ask_user`, `exit`, `plan`).
+    /// (`tool_id`, `tools`, `function`, `ask_user`, `exit`, `plan`, `steps`).
     MixedStepKinds {
         /// The step's index.
         step: usize,
@@ -131,6 +131,22 @@ pub enum PlanProblem {
         /// Where the path leaves the schema, and what the schema has there.
         reason: String,
     },
+    /// A problem with one of the steps of block step `step`; its own step index
+    /// counts within the block. Shown as `step 2, block step 0 reads $x, ...`.
+    InBlock {
+        /// The block step's index.
+        step: usize,
+        /// The problem, its step counted within the block.
+        inner: Box<PlanProblem>,
+    },
+}
+
+impl PlanProblem {
+    /// The problem `problem`, found at the step `path` leads to: each index but the
+    /// last one a block step, the last one the step within the innermost block.
+    pub(crate) fn in_blocks(path: &[usize], problem: PlanProblem) -> Self {
+        path.iter().rev().fold(problem, |problem, &step| Self::InBlock { step, inner: Box::new(problem) })
+    }
 }
 
 impl fmt::Display for PlanProblem {
@@ -184,6 +200,13 @@ impl fmt::Display for PlanProblem {
             ),
             Self::InvalidForEach { step, list, reason } => {
                 write!(f, "step {step} loops over {list:?}, which does not work: {reason}")
+            }
+            Self::InBlock { step, inner } => {
+                let inner = inner.to_string();
+                match inner.strip_prefix("step ") {
+                    Some(rest) => write!(f, "step {step}, block step {rest}"),
+                    None => write!(f, "step {step}'s block: {inner}"),
+                }
             }
             Self::UnknownField { step, reference, reason } => write!(
                 f,

@@ -16,6 +16,7 @@ use super::Runner;
 use super::calls::{CallServices, Stop, StopSignal, ToolCalls};
 use super::control::spawn_heartbeat;
 use super::metered::Meter;
+use super::sub_plan::ChildPlan;
 use crate::agent::{Agent, StepContext, StepInput, StepOutcome, ask_user, skip_unless_holds, summarize_final_output};
 use crate::clarification::Clarification;
 use crate::config::ExecutionMode;
@@ -367,12 +368,15 @@ impl Runner {
             run.events.emit(run.workflow.id(), started);
         }
         let span = step_span(index, step);
-        if let Some(plan_id) = step.plan {
-            let child = super::sub_plan::run(self.clone(), ctx, plan_id, run.events.clone());
-            return running.spawn(child.instrument(span)).id();
-        }
-        let (agent, hooks) = (Arc::clone(&self.inner.agent), self.inner.hooks.clone());
-        running.spawn(run_step(agent, hooks, ctx).instrument(span)).id()
+        let child = match (step.plan, run.plan.block_plan(index)) {
+            (Some(id), _) => Some(ChildPlan::Stored(id)),
+            (None, block) => block.map(|plan| ChildPlan::Block(Box::new(plan))),
+        };
+        let work = match child {
+            Some(plan) => Work::Child { runner: self.clone(), plan, events: run.events.clone() },
+            None => Work::Agent(Arc::clone(&self.inner.agent)),
+        };
+        running.spawn(run_step(work, self.inner.hooks.clone(), ctx).instrument(span)).id()
     }
 
     /// Steps not started whose inputs are all available, in plan order. Run one at a
@@ -486,10 +490,12 @@ impl Runner {
             return Err(Failure::new(FailureKind::SchemaMismatch, message).at_step(run.plan.steps.len() - 1));
         }
         let mut final_output = Output::new(output.value.clone());
+        // A child's final output is its parent's step output, which takes no summary.
+        let summarize = self.inner.config.summarize_final_output && run.workflow.parent().is_none();
         let written = output.summary.clone().filter(|_| last.tool_id.is_none());
-        if let Some(summary) = written.filter(|_| self.inner.config.summarize_final_output) {
+        if let Some(summary) = written.filter(|_| summarize) {
             final_output.summary = Some(summary);
-        } else if self.inner.config.summarize_final_output {
+        } else if summarize {
             let llm = Arc::clone(&self.inner.llm).with(run.meter.billing(None));
             let limit = self.inner.config.max_output_chars;
             final_output.summary = summarize_final_output(llm.as_ref(), &run.plan, &run.workflow, limit).await;
@@ -551,9 +557,16 @@ impl Runner {
             .filter_map(|s| outputs.get(&s.output).map(|o| (s.output.clone(), o.value.clone())))
             .collect();
         let clarifications: Vec<_> = workflow.clarifications_for_step(index).cloned().collect();
-        // Plan-time arguments with their `$name` references replaced by the outputs.
-        let args = step.args.as_ref().map(|args| resolve_args(args, &lookup));
-        let is_final_answer = index + 1 == plan.steps.len() && tool.is_none() && step.for_each.is_none();
+        // Plan-time arguments with their `$name` references replaced by the outputs;
+        // for a block, what its steps read from outside, by name.
+        let args = if step.is_block() {
+            let given = plan.block_inputs(index).into_iter().filter_map(|name| lookup(&name).map(|v| (name, v)));
+            Some(Value::Object(given.collect()))
+        } else {
+            step.args.as_ref().map(|args| resolve_args(args, &lookup))
+        };
+        let runs_child = step.plan.is_some() || step.is_block();
+        let is_final_answer = index + 1 == plan.steps.len() && tool.is_none() && !runs_child && step.for_each.is_none();
         let mut step = step.clone();
         if is_final_answer && step.output_schema.is_none() {
             step.output_schema.clone_from(&plan.output_schema);
@@ -573,7 +586,10 @@ impl Runner {
             query: plan.plan_context.query.clone(),
             step_index: index,
             loop_item: unit.item,
-            writes_final_answer: is_final_answer && self.inner.config.summarize_final_output,
+            // A child's final output is its parent's step output, which takes no summary.
+            writes_final_answer: is_final_answer
+                && self.inner.config.summarize_final_output
+                && workflow.parent().is_none(),
             step,
             inputs,
             other_outputs,
@@ -654,8 +670,25 @@ fn step_span(index: usize, step: &crate::plan::Step) -> tracing::Span {
     )
 }
 
+/// What carries a step out once its condition holds and its hooks let it run.
+enum Work {
+    /// The agent: tool, function, ReAct and LLM steps.
+    Agent(Arc<dyn Agent>),
+    /// A child workflow: sub-plan and block steps.
+    Child { runner: Runner, plan: ChildPlan, events: RunEvents },
+}
+
+impl Work {
+    async fn execute(&self, ctx: &StepContext) -> StepOutcome {
+        match self {
+            Self::Agent(agent) => agent.execute(ctx).await,
+            Self::Child { runner, plan, events } => super::sub_plan::run(runner, ctx, plan, events).await,
+        }
+    }
+}
+
 /// Runs one step between its hooks. A hook's error fails the step.
-async fn run_step(agent: Arc<dyn Agent>, hooks: HookChain, ctx: StepContext) -> StepOutcome {
+async fn run_step(work: Work, hooks: HookChain, ctx: StepContext) -> StepOutcome {
     if let Some(text) = &ctx.step.condition
         && let Condition::Words(words) = Condition::parse(text)
         && let Some(outcome) = skip_unless_holds(&ctx, &words).await
@@ -670,7 +703,7 @@ async fn run_step(agent: Arc<dyn Agent>, hooks: HookChain, ctx: StepContext) -> 
     }
     let hook_failed = |e: HookError| StepOutcome::failed(FailureKind::Hook, format!("a hook failed: {e}"));
     let outcome = match hooks.before_step(&ctx).await {
-        Ok(StepDecision::Run) => agent.execute(&ctx).await,
+        Ok(StepDecision::Run) => work.execute(&ctx).await,
         Ok(StepDecision::Skip(output)) => StepOutcome::Output(output),
         Err(e) => return hook_failed(e),
     };

@@ -309,9 +309,11 @@ impl Runner {
     /// Checks and saves `plan`, and makes (without storing it) a workflow of it.
     async fn new_workflow(&self, plan: &Plan, context: ExecutionContext, planning: Planning) -> Result<Workflow> {
         let mut problems = plan.problems(self.inner.tools.as_ref());
-        for (step, s) in plan.steps.iter().enumerate() {
+        for (path, s) in plan.each_step() {
             if let Some(function) = s.function.as_ref().filter(|f| !self.inner.functions.contains_key(*f)) {
-                problems.push(crate::plan::PlanProblem::UnknownFunction { step, function: function.clone() });
+                let (step, blocks) = path.split_last().unwrap_or((&0, &[]));
+                let unknown = crate::plan::PlanProblem::UnknownFunction { step: *step, function: function.clone() };
+                problems.push(crate::plan::PlanProblem::in_blocks(blocks, unknown));
             }
         }
         problems.extend(self.sub_plan_problems(plan).await?);

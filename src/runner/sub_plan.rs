@@ -1,4 +1,5 @@
-//! Sub-plan steps: a stored plan runs as a child workflow of the step's workflow.
+//! Sub-plan and block steps: a stored plan, or the plan a block derives, runs as a
+//! child workflow of the step's workflow.
 //!
 //! The child's id follows from the parent's id, the step and the item, so a parent
 //! resumed after a crash finds the child it started (and resumes it) instead of
@@ -9,24 +10,37 @@
 use serde_json::Value;
 
 use super::Runner;
-use crate::agent::{StepContext, StepOutcome, skip_unless_holds};
+use crate::agent::{StepContext, StepOutcome};
 use crate::events::{EventKind, RunEvents};
 use crate::ids::PlanId;
-use crate::plan::{Condition, Plan, PlanProblem};
+use crate::plan::{Plan, PlanProblem};
 use crate::workflow::{Failure, FailureKind, ParentLink, Workflow, WorkflowState};
 use crate::{Error, Result};
 
-/// Runs a sub-plan step: its condition in words, then its child workflow.
-pub(super) async fn run(runner: Runner, ctx: StepContext, plan_id: PlanId, events: RunEvents) -> StepOutcome {
-    if let Some(text) = &ctx.step.condition
-        && let Condition::Words(words) = Condition::parse(text)
-        && let Some(outcome) = skip_unless_holds(&ctx, &words).await
-    {
-        return outcome;
+/// The plan a sub-plan or block step runs.
+#[derive(Debug, Clone)]
+pub(super) enum ChildPlan {
+    /// A stored plan, by id.
+    Stored(PlanId),
+    /// A block's plan, stored when its first child starts.
+    Block(Box<Plan>),
+}
+
+impl ChildPlan {
+    fn id(&self) -> PlanId {
+        match self {
+            Self::Stored(id) => *id,
+            Self::Block(plan) => plan.id,
+        }
     }
-    match runner.run_child(&ctx, plan_id, &events).await {
+}
+
+/// Runs a sub-plan or block step's child workflow (its condition and hooks were
+/// seen to by the caller).
+pub(super) async fn run(runner: &Runner, ctx: &StepContext, plan: &ChildPlan, events: &RunEvents) -> StepOutcome {
+    match runner.run_child(ctx, plan, events).await {
         Ok(child) => outcome_of(&child),
-        Err(e) => StepOutcome::failed(FailureKind::SubPlan, format!("the sub-plan {plan_id} could not run: {e}")),
+        Err(e) => StepOutcome::failed(FailureKind::SubPlan, format!("the sub-plan {} could not run: {e}", plan.id())),
     }
 }
 
@@ -53,13 +67,22 @@ fn outcome_of(child: &Workflow) -> StepOutcome {
 impl Runner {
     /// Finds or starts the step's child workflow, passes it the answers given on the
     /// parent, and runs it to its end or its next question.
-    async fn run_child(&self, ctx: &StepContext, plan_id: PlanId, events: &RunEvents) -> Result<Workflow> {
+    async fn run_child(&self, ctx: &StepContext, child_plan: &ChildPlan, events: &RunEvents) -> Result<Workflow> {
         let storage = &self.inner.storage;
         let link = ParentLink { workflow_id: ctx.workflow_id, step: ctx.step_index, item: ctx.loop_item };
         let child = match storage.get_workflow(link.child_id()).await {
             Ok(child) => child,
             Err(Error::WorkflowNotFound(_)) => {
-                let plan = storage.get_plan(plan_id).await?;
+                let plan = match child_plan {
+                    ChildPlan::Stored(id) => storage.get_plan(*id).await?,
+                    ChildPlan::Block(plan) => {
+                        // Stored at most once (saving a plan again keeps the first);
+                        // a resumed parent finds the child, and the child its plan.
+                        storage.save_plan(plan).await?;
+                        (**plan).clone()
+                    }
+                };
+                let plan_id = plan.id;
                 let mut child = Workflow::child(link, &plan, ctx.execution_context.clone());
                 let given = ctx.args.as_ref().and_then(Value::as_object).cloned().unwrap_or_default();
                 child.set_inputs(&plan, &given);
@@ -83,15 +106,18 @@ impl Runner {
         Box::pin(self.execute(child.id())).await
     }
 
-    /// What only the store can tell of `plan`'s sub-plan steps: plans that are not
-    /// stored, inputs a sub-plan needs and is not given, and cycles of sub-plans.
+    /// What only the store can tell of `plan`'s sub-plan steps (those inside blocks
+    /// too): plans that are not stored, inputs a sub-plan needs and is not given,
+    /// and cycles of sub-plans.
     pub(super) async fn sub_plan_problems(&self, plan: &Plan) -> Result<Vec<PlanProblem>> {
         let mut problems = Vec::new();
-        for (step, s) in plan.steps.iter().enumerate() {
+        for (path, s) in plan.each_step() {
             let Some(child) = s.plan else { continue };
+            let (&step, blocks) = path.split_last().unwrap_or((&0, &[]));
+            let mut push = |problem| problems.push(PlanProblem::in_blocks(blocks, problem));
             match self.walk_sub_plans(plan, child).await? {
-                Some(Walk::Unknown(id)) => problems.push(PlanProblem::UnknownPlan { step, plan_id: id.to_string() }),
-                Some(Walk::Cycle(cycle)) => problems.push(PlanProblem::SubPlanCycle { step, cycle }),
+                Some(Walk::Unknown(id)) => push(PlanProblem::UnknownPlan { step, plan_id: id.to_string() }),
+                Some(Walk::Cycle(cycle)) => push(PlanProblem::SubPlanCycle { step, cycle }),
                 None => {}
             }
             if let Ok(child) = self.inner.storage.get_plan(child).await {
@@ -101,7 +127,7 @@ impl Runner {
                 };
                 for input in child.inputs.iter().filter(|i| i.value.is_none() && !given(&i.name)) {
                     let reason = format!("plan {} needs the input {}; give it in args", child.id, input.name);
-                    problems.push(PlanProblem::InvalidArgs { step, reason });
+                    push(PlanProblem::InvalidArgs { step, reason });
                 }
             }
         }
@@ -124,7 +150,8 @@ impl Runner {
             };
             let mut next = path;
             next.push(id);
-            pending.extend(plan.steps.iter().filter_map(|s| s.plan).map(|child| (child, next.clone())));
+            let children = plan.each_step().into_iter().filter_map(|(_, s)| s.plan);
+            pending.extend(children.map(|child| (child, next.clone())));
         }
         Ok(None)
     }

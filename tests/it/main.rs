@@ -35,6 +35,7 @@ mod pg;
 
 mod agents;
 mod architecture;
+mod blocks;
 mod budgets;
 mod cassette_protocols;
 #[cfg(feature = "cli")]

@@ -1,12 +1,13 @@
 // The plan as a graph: one node per step in run order, coloured by how far the
 // workflow got, with its condition on the edge into it, a loop mark on a
-// `for_each` step, and dashed arcs from each step to the later steps that read
-// its output. Built with DOM calls only (no HTML from data), as an SVG that
-// scales to the page; the step list beside it says the same in text.
+// `for_each` step, a block's own steps boxed inside it, and dashed arcs from each
+// step to the later steps that read its output. Built with DOM calls only (no
+// HTML from data), as an SVG that scales to the page; the step list beside it
+// says the same in text.
 "use strict";
 
 const SVG = "http://www.w3.org/2000/svg";
-const NODE = { x: 12, width: 470, height: 58, gap: 40 };
+const NODE = { x: 12, width: 470, height: 58, gap: 40, row: 26 };
 
 function svg(tag, attributes, ...children) {
   const node = document.createElementNS(SVG, tag);
@@ -30,6 +31,7 @@ function stepKind(step) {
   if (step.ask_user) return "asks you";
   if (step.function) return "function " + step.function;
   if (step.plan) return "sub-plan " + step.plan;
+  if (step.steps && step.steps.length) return "block of " + step.steps.length + " steps";
   if (step.tools && step.tools.length) return "ReAct over " + step.tools.join(", ");
   if (step.tool_id) return "tool " + step.tool_id;
   return "LLM" + (step.model ? " (" + step.model + ")" : "");
@@ -52,9 +54,32 @@ function stepStatus(step, i, workflow) {
 /// condition, loop, arguments and task.
 function readsOf(step) {
   const names = new Set((step.inputs || []).map((input) => input.name));
-  const text = [step.condition, step.for_each, step.task, step.args && JSON.stringify(step.args)].filter(Boolean).join(" ");
+  // A block's steps count too: what they read from outside, the block reads.
+  const text = [step.condition, step.for_each, step.task, step.args && JSON.stringify(step.args),
+    step.steps && JSON.stringify(step.steps)].filter(Boolean).join(" ");
   for (const match of text.matchAll(/\$[A-Za-z_][A-Za-z0-9_]*/g)) names.add(match[0]);
   return names;
+}
+
+/// A block's own steps, one a line, for its node's tooltip.
+function blockSteps(step) {
+  return (step.steps || []).map((inner, j) => "\n  " + (j + 1) + ". " + inner.task + " → " + inner.output).join("");
+}
+
+/// How tall a step's node is: a block's grows a row per step of its own.
+function nodeHeight(step) {
+  return NODE.height + (step.steps || []).length * NODE.row;
+}
+
+/// A block's own steps as boxes inside its node, which starts at `y`.
+function blockRows(step, y) {
+  return (step.steps || []).map((inner, j) => {
+    const rowTop = y + NODE.height - 6 + j * NODE.row;
+    const text = (j + 1) + ". " + inner.task + " · " + stepKind(inner) + " → " + inner.output + (inner.condition ? " · if " + inner.condition : "");
+    return svg("g", { class: "block-step" },
+      svg("rect", { x: NODE.x + 16, y: rowTop, width: NODE.width - 32, height: NODE.row - 4, rx: 4 }),
+      svg("text", { x: NODE.x + 24, y: rowTop + 16, class: "kind" }, clip(text, 70)));
+  });
 }
 
 function loopNote(step, workflow) {
@@ -65,7 +90,9 @@ function loopNote(step, workflow) {
 
 function planGraph(plan, workflow) {
   const steps = plan.steps;
-  const top = (i) => 8 + i * (NODE.height + NODE.gap);
+  const tops = [];
+  steps.reduce((y, step) => { tops.push(y); return y + nodeHeight(step) + NODE.gap; }, 8);
+  const top = (i) => tops[i];
   const producer = new Map(steps.map((step, i) => [step.output, i]));
   const arcs = [];
   steps.forEach((step, i) => {
@@ -74,7 +101,7 @@ function planGraph(plan, workflow) {
       if (from !== undefined && from < i - 1) arcs.push({ from, to: i, name });
     }
   });
-  const height = top(steps.length) - NODE.gap + 16;
+  const height = (steps.length ? top(steps.length - 1) + nodeHeight(steps[steps.length - 1]) : 8) + 16;
   const width = NODE.x + NODE.width + 30 + arcs.length * 14;
   const label = "The plan as a graph: " + steps.length + " step(s)";
   const graph = svg("svg", { viewBox: "0 0 " + width + " " + height, role: "img", "aria-label": label, class: "plan-graph" },
@@ -93,13 +120,14 @@ function planGraph(plan, workflow) {
     const status = stepStatus(step, i, workflow);
     const skipped = status === "skipped" && workflow.outputs.step_outputs[step.output].skipped;
     const node = svg("g", { class: "step step-" + status, "data-step": i, "data-status": status },
-      svg("title", {}, (i + 1) + ". " + step.task + " (" + status + (skipped ? ": " + skipped : "") + ")"),
-      svg("rect", { x: NODE.x, y, width: NODE.width, height: NODE.height, rx: step.exit ? 22 : 6 }),
+      svg("title", {}, (i + 1) + ". " + step.task + " (" + status + (skipped ? ": " + skipped : "") + ")" + blockSteps(step)),
+      svg("rect", { x: NODE.x, y, width: NODE.width, height: nodeHeight(step), rx: step.exit ? 22 : 6 }),
       svg("text", { x: NODE.x + 12, y: y + 22, class: "task" }, clip((i + 1) + ". " + step.task, 62)),
       svg("text", { x: NODE.x + 12, y: y + 44, class: "kind" }, stepKind(step) + " → " + step.output + " · " + status));
     if (step.for_each) {
       node.append(svg("text", { x: NODE.x + NODE.width - 10, y: y + 44, class: "loop", "text-anchor": "end" }, loopNote(step, workflow)));
     }
+    node.append(...blockRows(step, y));
     graph.append(node);
   });
   arcs.forEach((arc, n) => {

@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use super::Runner;
 use super::calls::{CallServices, Stop, StopSignal, ToolCalls};
-use super::control::spawn_heartbeat;
+use super::control::{RegisteredRun, spawn_heartbeat};
 use super::metered::Meter;
 use crate::agent::{Agent, StepContext, StepInput, StepOutcome, ask_user, skip_unless_holds, summarize_final_output};
 use crate::clarification::Clarification;
@@ -73,9 +73,20 @@ impl Runner {
     /// Runs a workflow whose lease was granted, renewing the lease meanwhile and
     /// releasing it at the end, however the run ends. `signal` stops it early.
     pub(super) async fn run_granted(&self, grant: LeaseGrant, signal: StopSignal) -> Result<Workflow> {
+        let registered = self.inner.local_runs.register(grant.workflow.id(), signal.clone(), &self.inner.storage);
+        self.run_registered(grant, signal, registered).await
+    }
+
+    /// Runs a workflow as [`Runner::run_granted`] does, once registered as a run of
+    /// this process (which it stays until the run ends).
+    pub(super) async fn run_registered(
+        &self,
+        grant: LeaseGrant,
+        signal: StopSignal,
+        _registered: RegisteredRun,
+    ) -> Result<Workflow> {
         let ttl = self.inner.config.lease_ttl();
         let (id, lease) = (grant.workflow.id(), grant.lease.clone());
-        let _registered = self.inner.local_runs.register(id, signal.clone(), &self.inner.storage);
         let heartbeat = spawn_heartbeat(self.inner.storage.clone(), lease.clone(), ttl, signal.clone());
         let span = workflow_span(&grant.workflow);
         let result = self.run_leased(grant, signal).instrument(span).await;
@@ -368,7 +379,7 @@ impl Runner {
         }
         let span = step_span(index, step);
         if let Some(plan_id) = step.plan {
-            let child = super::sub_plan::run(self.clone(), ctx, plan_id, run.events.clone());
+            let child = super::sub_plan::run(self.clone(), ctx, plan_id, run.events.clone(), run.signal.child());
             return running.spawn(child.instrument(span)).id();
         }
         let (agent, hooks) = (Arc::clone(&self.inner.agent), self.inner.hooks.clone());

@@ -512,6 +512,9 @@ impl Runner {
     /// [`FailureKind::Cancelled`], with `reason`. Use it when a human rejects a value
     /// confirmation, for example.
     ///
+    /// Its child workflows (those of its [sub-plan steps](crate::Step::sub_plan),
+    /// and theirs) are cancelled with it, with the same reason, wherever they stand.
+    ///
     /// The request is stored, so any process may make it. A run of the workflow in
     /// this process stops at once (running steps are aborted, and running tools see
     /// it through [`ToolRunContext::cancellation`](crate::tool::ToolRunContext)), and
@@ -527,12 +530,23 @@ impl Runner {
         if stored.state().is_terminal() {
             return Err(stored.invalid_state("cancel it"));
         }
+        self.cancel_stored(&stored, reason).await
+    }
+
+    /// Cancels `stored`, which was not finished when read, and its child workflows.
+    async fn cancel_stored(&self, stored: &Workflow, reason: &str) -> Result<Workflow> {
+        let id = stored.id();
         self.inner.storage.request_cancel(id, reason).await?;
         if let Some(run) = self.inner.local_runs.get(id) {
+            // The run stops its children's runs with it; those at rest are ended here.
             run.signal.stop(Stop::Cancelled(reason.to_owned()));
-            let _ended = run.running.lock().await;
-            return self.inner.storage.get_workflow(id).await;
+            drop(run.running.lock().await);
+            let ended = self.inner.storage.get_workflow(id).await?;
+            self.cancel_children(&ended, reason).await?;
+            return Ok(ended);
         }
+        // Before the parent: a child's questions may be what the parent waits on.
+        self.cancel_children(stored, reason).await?;
         let failure = Failure::new(FailureKind::Cancelled, reason);
         match self.update_stored(id, |workflow| workflow.fail(failure).map(|()| Vec::new())).await {
             Err(Error::AlreadyRunning { .. }) => self.inner.storage.get_workflow(id).await,

@@ -12,6 +12,7 @@ mod calls;
 mod control;
 mod executor;
 mod functions;
+mod inputs;
 mod metered;
 mod requests;
 #[cfg(feature = "server")]
@@ -287,8 +288,14 @@ impl Runner {
         Ok(plan)
     }
 
-    async fn store_new_workflow(&self, plan: &Plan, context: ExecutionContext, planning: Planning) -> Result<Workflow> {
-        let workflow = self.new_workflow(plan, context, planning).await?;
+    async fn store_new_workflow(
+        &self,
+        plan: &Plan,
+        context: ExecutionContext,
+        planning: Planning,
+        inputs: &inputs::Inputs,
+    ) -> Result<Workflow> {
+        let workflow = self.new_workflow(plan, context, planning, inputs).await?;
         self.inner.storage.create_workflow(&workflow).await?;
         tracing::info!(workflow = %workflow.id(), plan = %plan.id, "workflow created");
         Ok(workflow)
@@ -299,15 +306,23 @@ impl Runner {
         plan: &Plan,
         context: ExecutionContext,
         planning: Planning,
+        inputs: &inputs::Inputs,
     ) -> Result<WorkflowId> {
-        let workflow = self.new_workflow(plan, context, planning).await?;
+        let workflow = self.new_workflow(plan, context, planning, inputs).await?;
         self.inner.storage.submit_workflow(&workflow).await?;
         tracing::info!(workflow = %workflow.id(), plan = %plan.id, "workflow submitted");
         Ok(workflow.id())
     }
 
-    /// Checks and saves `plan`, and makes (without storing it) a workflow of it.
-    async fn new_workflow(&self, plan: &Plan, context: ExecutionContext, planning: Planning) -> Result<Workflow> {
+    /// Checks and saves `plan`, and makes (without storing it) a workflow of it with
+    /// `inputs` for the plan's inputs.
+    async fn new_workflow(
+        &self,
+        plan: &Plan,
+        context: ExecutionContext,
+        planning: Planning,
+        inputs: &inputs::Inputs,
+    ) -> Result<Workflow> {
         let mut problems = plan.problems(self.inner.tools.as_ref());
         for (step, s) in plan.steps.iter().enumerate() {
             if let Some(function) = s.function.as_ref().filter(|f| !self.inner.functions.contains_key(*f)) {
@@ -318,9 +333,10 @@ impl Runner {
         if !problems.is_empty() {
             return Err(Error::InvalidPlan(problems));
         }
+        inputs::check(plan, inputs)?;
         self.inner.storage.save_plan(plan).await?;
         let mut workflow = Workflow::new(plan.id, context);
-        workflow.set_inputs(plan, &serde_json::Map::new());
+        workflow.set_inputs(plan, inputs);
         workflow.set_usage(match planning {
             Planning::Counted => WorkflowUsage::planned(plan.usage, self.planning_cost(plan.usage)),
             Planning::Referenced => WorkflowUsage::of_existing_plan(plan.usage),

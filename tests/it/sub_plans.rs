@@ -364,3 +364,58 @@ async fn a_cancel_from_another_process_stops_the_parent_and_its_running_child() 
     let child = ParentLink::new(id, 1, None).child_id();
     assert_cancelled(&storage.get_workflow(child).await.unwrap(), "stopped from elsewhere");
 }
+
+// ----- an interrupted parent leaves its child to be resumed with it -----
+
+/// Answers "ticket 9", then hangs on its second call (the child's step) until the
+/// run is stopped, then answers "billing".
+#[derive(Debug, Default)]
+struct HangsOnSecondCall {
+    calls: std::sync::atomic::AtomicUsize,
+    second_started: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl portia::llm::LlmClient for HangsOnSecondCall {
+    async fn chat(&self, _: portia::llm::LlmRequest) -> Result<portia::llm::LlmResponse, portia::llm::LlmError> {
+        match self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+            0 => Ok(portia::llm::LlmResponse::text("ticket 9")),
+            1 => {
+                self.second_started.notify_one();
+                std::future::pending().await
+            }
+            _ => Ok(portia::llm::LlmResponse::text("billing")),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_interrupted_parent_leaves_its_child_resumable_and_resuming_the_parent_resumes_it() {
+    let storage: Arc<dyn Storage> = Arc::new(InMemoryStorage::new());
+    let child_plan = classify_plan();
+    storage.save_plan(&child_plan).await.unwrap();
+    let llm = Arc::new(HangsOnSecondCall::default());
+    let runner = Runner::builder(config()).llm_as_is(llm.clone()).storage(storage.clone()).build().unwrap();
+    let parent = runner.create_workflow(&parent_of(&child_plan)).await.unwrap();
+    let run = tokio::spawn({
+        let (runner, id) = (runner.clone(), parent.id());
+        async move { runner.execute_workflow_by_id(id).await }
+    });
+    llm.second_started.notified().await;
+
+    assert!(runner.interrupt(parent.id()));
+    assert_eq!(run.await.unwrap().unwrap().state(), WorkflowState::InProgress);
+    let child_id = ParentLink::new(parent.id(), 1, None).child_id();
+    // The child's run stops with its parent's, in a task of its own: wait for it to end.
+    while runner.interrupt(child_id) {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(storage.get_workflow(child_id).await.unwrap().state(), WorkflowState::InProgress, "left to resume");
+
+    let resumed = runner.execute_workflow_by_id(parent.id()).await.unwrap();
+    assert_eq!(resumed.state(), WorkflowState::Complete, "{:?}", resumed.failure());
+    assert_eq!(resumed.outputs().step_outputs.get("$class").unwrap().value, json!("billing"));
+    assert_eq!(storage.get_workflow(child_id).await.unwrap().state(), WorkflowState::Complete);
+    assert_eq!(llm.calls.load(std::sync::atomic::Ordering::SeqCst), 3, "the parent's finished step is not asked again");
+    assert_eq!(storage.list_workflows(&WorkflowQuery::default()).await.unwrap().count, 2, "the same child");
+}

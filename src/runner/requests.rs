@@ -76,8 +76,8 @@ macro_rules! query_request {
     };
 }
 
-/// The setters every request about a plan shares: who its workflow is for, and
-/// whether the workflow pays for the plan's planning.
+/// The setters every request about a plan shares: who its workflow is for,
+/// whether the workflow pays for the plan's planning, and the plan's inputs.
 macro_rules! plan_request {
     ($(#[$doc:meta])* $name:ident -> $output:ty, |$runner:ident, $plan:ident, $context:ident, $planning:ident, $inputs:ident| $body:expr) => {
         $(#[$doc])*

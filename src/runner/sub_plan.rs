@@ -51,7 +51,7 @@ pub(super) async fn run(
 
 /// A step's child workflow: finished already, or running in a task of its own.
 enum Child {
-    Ended(Workflow),
+    Ended(Box<Workflow>),
     Running(tokio::task::JoinHandle<Result<Workflow>>),
 }
 
@@ -114,7 +114,7 @@ impl Runner {
             }
         }
         if child.state().is_terminal() {
-            return Ok(Child::Ended(child));
+            return Ok(Child::Ended(Box::new(child)));
         }
         let grant = storage.acquire_lease(child.id(), &self.inner.owner, self.inner.config.lease_ttl()).await?;
         // Registered before the task starts, so a cancel made from now on finds the run.

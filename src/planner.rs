@@ -91,9 +91,9 @@ struct StepsOrError {
 
 const SYSTEM: &str = "Plan the query in the fewest steps with the listed tools; invent nothing. If impossible: \
 {\"steps\":[],\"error\":\"why\"}. Step: task (self-contained); tool_id (a listed tool; \"a,b\": calls them as \
-needed; ask_user: asks the task; exit/fail: ends, done/failed, with the task; null: reasons over outputs); inputs (outputs read, \
-{\"name\":\"$output\",\"description\":\"..\"}, or constants with a \"value\"); output (new $snake_case); args \
-(the tool's arguments if the query fixes all, else null; strings may hold an earlier $output); condition \
+needed; ask_user: asks the task; exit/fail: ends ok/failed with the task; null: reasons over outputs); inputs \
+(outputs read, {\"name\":\"$output\",\"description\":\"..\"}, or constants with \"value\"); output (new \
+$snake_case); args (tool arguments if the query fixes all, else null; strings may hold $outputs); condition \
 (\"$out.x>1\" or words); for_each (\"$list\": runs per $item).";
 
 /// Plans with one structured LLM call, re-asking while the plan is invalid.

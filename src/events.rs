@@ -10,6 +10,7 @@
 //! A subscriber never slows a run: events go out on a bounded broadcast channel, and
 //! one that falls behind is told how many it missed ([`Missed`]) and goes on.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
@@ -175,8 +176,28 @@ pub enum EventKind {
         /// The new text.
         text: String,
     },
+    /// A piece of the arguments of a tool call an LLM reply makes, as it streams in
+    /// (see [`StreamMode`](crate::llm::StreamMode)). The first piece of each call
+    /// may be empty: it names the call before its arguments come. Announced to
+    /// subscribers only, never stored: the call itself is stored when it is made
+    /// ([`ToolCallStarted`](Self::ToolCallStarted)).
+    LlmToolCallDelta {
+        /// The step it was made for, as in [`LlmCallFinished`](Self::LlmCallFinished).
+        step_output: Option<String>,
+        /// The LLM call, as in [`LlmTextDelta`](Self::LlmTextDelta).
+        call: u64,
+        /// Which of the reply's tool calls, as the provider numbers them: the same
+        /// for every piece of one call (not always from 0).
+        index: usize,
+        /// The tool the model calls.
+        tool_id: String,
+        /// The next piece of the arguments' JSON text: the pieces of one call,
+        /// joined, are its arguments.
+        arguments: String,
+    },
     /// A streamed LLM call starts over (an attempt broke and is retried, or a
-    /// fallback model takes it): the text this call has streamed so far is void.
+    /// fallback model takes it): the text and tool-call arguments this call has
+    /// streamed so far are void.
     /// Announced to subscribers only, never stored.
     LlmStreamRestarted {
         /// The step it was made for.
@@ -202,10 +223,11 @@ pub enum EventKind {
 impl EventKind {
     /// Whether this event is only announced, never stored: the pieces of a
     /// streamed reply ([`LlmTextDelta`](Self::LlmTextDelta),
+    /// [`LlmToolCallDelta`](Self::LlmToolCallDelta),
     /// [`LlmStreamRestarted`](Self::LlmStreamRestarted)), whose whole is stored by
     /// the events that follow them.
     pub fn is_live_only(&self) -> bool {
-        matches!(self, Self::LlmTextDelta { .. } | Self::LlmStreamRestarted { .. })
+        matches!(self, Self::LlmTextDelta { .. } | Self::LlmToolCallDelta { .. } | Self::LlmStreamRestarted { .. })
     }
 
     /// Whether this event leaves the workflow at rest: finished, or waiting for a human.
@@ -239,17 +261,34 @@ pub struct Missed(pub u64);
 
 /// Where a runner's events go out.
 #[derive(Debug, Clone)]
-pub(crate) struct EventSink(broadcast::Sender<WorkflowEvent>);
+pub(crate) struct EventSink {
+    sender: broadcast::Sender<WorkflowEvent>,
+    /// How many subscribers hear events without watching the runs: they want
+    /// to know that something changed, not to see replies stream.
+    unwatching: Arc<AtomicUsize>,
+}
 
 impl EventSink {
     /// A sink whose subscribers may fall `capacity` events behind.
     pub(crate) fn new(capacity: usize) -> Self {
-        Self(broadcast::channel(capacity.max(1)).0)
+        Self { sender: broadcast::channel(capacity.max(1)).0, unwatching: Arc::default() }
     }
 
     /// A stream of every event from now on, or of one workflow's.
     pub(crate) fn subscribe(&self, only: Option<WorkflowId>) -> EventStream {
-        EventStream { rx: self.0.subscribe(), only, rested: false }
+        EventStream { rx: self.sender.subscribe(), only, rested: false, _unwatching: None }
+    }
+
+    /// A stream of every event from now on that does not count as watching: no
+    /// reply is streamed for its sake (see [`StreamMode`](crate::llm::StreamMode)).
+    pub(crate) fn subscribe_unwatching(&self) -> EventStream {
+        self.unwatching.fetch_add(1, Ordering::Relaxed);
+        let guard = Unwatching(Arc::clone(&self.unwatching));
+        EventStream { rx: self.sender.subscribe(), only: None, rested: false, _unwatching: Some(guard) }
+    }
+
+    fn send(&self, event: WorkflowEvent) {
+        let _ = self.sender.send(event);
     }
 
     /// A sink for one run: it also keeps what it announces until the run's next
@@ -271,18 +310,18 @@ impl RunEvents {
     pub(crate) fn emit(&self, workflow_id: WorkflowId, kind: EventKind) {
         let event = WorkflowEvent::new(workflow_id, kind);
         self.pending.lock().unwrap_or_else(PoisonError::into_inner).push(event.clone());
-        let _ = self.sink.0.send(event);
+        self.sink.send(event);
     }
 
     /// Announces `kind` now without keeping it: for streamed pieces whose whole is
     /// stored by other events.
     pub(crate) fn announce_only(&self, workflow_id: WorkflowId, kind: EventKind) {
-        let _ = self.sink.0.send(WorkflowEvent::new(workflow_id, kind));
+        self.sink.send(WorkflowEvent::new(workflow_id, kind));
     }
 
     /// Whether anyone subscribes to the runner's events now.
     pub(crate) fn watched(&self) -> bool {
-        self.sink.0.receiver_count() > 0
+        self.sink.sender.receiver_count() > self.sink.unwatching.load(Ordering::Relaxed)
     }
 
     /// Keeps `kind` for the next save, to announce once that save succeeded.
@@ -294,7 +333,7 @@ impl RunEvents {
 
     /// Announces an event that was staged and is now stored.
     pub(crate) fn announce(&self, event: WorkflowEvent) {
-        let _ = self.sink.0.send(event);
+        self.sink.send(event);
     }
 
     /// The events kept since the last save, to store now.
@@ -340,6 +379,17 @@ pub struct EventStream {
     rx: broadcast::Receiver<WorkflowEvent>,
     only: Option<WorkflowId>,
     rested: bool,
+    _unwatching: Option<Unwatching>,
+}
+
+/// An unwatching subscriber's place in the count, given up when it is dropped.
+#[derive(Debug)]
+struct Unwatching(Arc<AtomicUsize>);
+
+impl Drop for Unwatching {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl EventStream {

@@ -23,7 +23,7 @@ pub(super) struct EventReader {
 }
 
 impl EventReader {
-    /// Reads one event (its name, and its data), handing text on to `deltas`.
+    /// Reads one event (its name, and its data), handing text and tool input on to `deltas`.
     pub(super) fn read(&mut self, name: Option<&str>, data: &str, deltas: &Deltas) -> Result<Flow, String> {
         let event: Value =
             serde_json::from_str(data).map_err(|e| format!("an event of the reply stream is not JSON ({e})"))?;
@@ -75,6 +75,9 @@ impl EventReader {
         if let Some(text) = block.get("text").and_then(Value::as_str) {
             deltas.text(text);
         }
+        if block.get("type").and_then(Value::as_str) == Some("tool_use") {
+            deltas.tool_arguments(index, block.get("name").and_then(Value::as_str).unwrap_or_default(), "");
+        }
         self.blocks[index] = block;
         Ok(())
     }
@@ -92,7 +95,11 @@ impl EventReader {
                 deltas.text(piece);
             }
             Some("input_json_delta") => {
-                self.inputs[index].push_str(delta.get("partial_json").and_then(Value::as_str).unwrap_or_default());
+                let piece = delta.get("partial_json").and_then(Value::as_str).unwrap_or_default();
+                self.inputs[index].push_str(piece);
+                if !piece.is_empty() {
+                    deltas.tool_arguments(index, block.get("name").and_then(Value::as_str).unwrap_or_default(), piece);
+                }
             }
             // Thinking and signature deltas carry nothing the caller asked for.
             _ => {}
@@ -121,11 +128,16 @@ impl EventReader {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::*;
+    use crate::llm::Delta;
 
     #[test]
-    fn tool_input_fragments_are_joined_and_usage_is_the_last_count() {
-        let deltas = Deltas::new(|_| {});
+    fn tool_input_fragments_are_joined_streamed_and_usage_is_the_last_count() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        let deltas = Deltas::new(move |d| sink.lock().unwrap().push(d));
         let mut reader = EventReader::default();
         let events = [
             (
@@ -157,6 +169,16 @@ mod tests {
         let reply = reader.into_reply();
         assert_eq!(reply["content"][0]["input"], json!({"a": 1}));
         assert_eq!(reply["usage"], json!({"input_tokens": 25, "cache_read_input_tokens": 5, "output_tokens": 15}));
+        let pieces: Vec<String> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|d| match d {
+                Delta::ToolArguments { index: 0, tool, arguments } if tool == "add" => arguments.clone(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(pieces, ["", "{\"a\": ", "1}"], "the call is named first, then its input comes in pieces");
     }
 
     #[test]

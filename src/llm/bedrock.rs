@@ -7,6 +7,8 @@
 //! schema is the wanted one (wrapped when it is not an object, see
 //! [`schema`](super::schema)), and the call's input becomes the reply's text.
 //! Usage is Converse's own count; cache reads and writes are prompt tokens too.
+//! For the models that take them (see [`CachePoints`]), a `cachePoint` block ends
+//! the stable prefix, as `cache_control` does for Anthropic's own API.
 //! Inside a streaming scope ([`Deltas`]) the reply is streamed from
 //! `converse-stream` (see [`bedrock_stream`](super::bedrock_stream)).
 
@@ -65,7 +67,8 @@ impl BedrockClient {
         let url = format!("{}/model/{}/{action}", self.account.base_url, path_segment(model));
         let mut endpoint = self.account.endpoint(LlmProvider::Bedrock, model, url);
         let reply_tool = request.output_schema.as_ref().map(ReplyTool::new);
-        let body = request_body(max_tokens, request, reply_tool.as_ref()).map_err(|e| endpoint.not_sent(e))?;
+        let cache = CachePoints::for_model(model);
+        let body = request_body(max_tokens, request, reply_tool.as_ref(), cache).map_err(|e| endpoint.not_sent(e))?;
         self.sign(&mut endpoint, &body)?;
         let reply = match &deltas {
             Some(deltas) => streamed(&endpoint, &body, deltas).await?,
@@ -152,12 +155,56 @@ fn input_schema(parameters: &Value) -> Value {
     })
 }
 
-fn request_body(max_tokens: u32, request: &LlmRequest, reply_tool: Option<&ReplyTool>) -> Result<Value, String> {
+/// Where a model takes Converse's prompt-cache points. Claude (from 3.5 Haiku and
+/// 3.7 Sonnet on) caches the tools and the system prompt; Nova caches the system
+/// prompt but not tools; every other model refuses a request that has one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct CachePoints {
+    system: bool,
+    tools: bool,
+}
+
+impl CachePoints {
+    /// Claude models older than these have no prompt cache on Bedrock.
+    const UNCACHED_CLAUDE: [&str; 6] =
+        ["claude-instant", "claude-v2", "claude-3-haiku", "claude-3-sonnet", "claude-3-opus", "claude-3-5-sonnet"];
+
+    /// From the model id or inference profile (`us.anthropic.claude-…`). An ARN names
+    /// no family, so it gets none: a missed cache costs less than a refused request.
+    fn for_model(model: &str) -> Self {
+        let claude = model.split_once("anthropic.claude").map(|(_, rest)| format!("claude{rest}"));
+        match claude {
+            Some(claude) if !Self::UNCACHED_CLAUDE.iter().any(|old| claude.starts_with(old)) => {
+                Self { system: true, tools: true }
+            }
+            Some(_) => Self::default(),
+            None if model.contains("amazon.nova") => Self { system: true, tools: false },
+            None => Self::default(),
+        }
+    }
+
+    /// The block that ends a cached prefix.
+    fn block() -> Value {
+        json!({"cachePoint": {"type": "default"}})
+    }
+}
+
+fn request_body(
+    max_tokens: u32,
+    request: &LlmRequest,
+    reply_tool: Option<&ReplyTool>,
+    cache: CachePoints,
+) -> Result<Value, String> {
     let (system, messages) = conversation(&request.messages)?;
     let mut body = Map::new();
     body.insert("messages".into(), Value::Array(messages));
+    // Like Anthropic's own API, the cache covers the tools and then the system
+    // prompt: one point after the system prompt caches both.
+    let system_cached = cache.system && !system.is_empty();
     if !system.is_empty() {
-        body.insert("system".into(), json!([{"text": system}]));
+        let mut blocks = vec![json!({"text": system})];
+        blocks.extend(system_cached.then(CachePoints::block));
+        body.insert("system".into(), Value::Array(blocks));
     }
     body.insert("inferenceConfig".into(), json!({"maxTokens": max_tokens}));
     let mut tools: Vec<Value> =
@@ -169,6 +216,9 @@ fn request_body(max_tokens: u32, request: &LlmRequest, reply_tool: Option<&Reply
         }
         None => (!tools.is_empty()).then(|| tool_choice(&request.tool_choice)),
     };
+    if cache.tools && !system_cached && !tools.is_empty() {
+        tools.push(CachePoints::block());
+    }
     if let Some(choice) = choice {
         body.insert("toolConfig".into(), json!({"tools": tools, "toolChoice": choice}));
     }
@@ -290,6 +340,37 @@ mod tests {
             turns[2]["content"],
             json!([{"toolResult": {"toolUseId": "t1", "content": [{"text": "(no output)"}]}}, {"text": "now answer"}])
         );
+    }
+
+    #[test]
+    fn cache_points_go_only_to_the_models_that_take_them() {
+        let both = CachePoints { system: true, tools: true };
+        assert_eq!(CachePoints::for_model("anthropic.claude-3-5-haiku-20241022-v1:0"), both);
+        assert_eq!(CachePoints::for_model("us.anthropic.claude-sonnet-4-5-20250929-v1:0"), both);
+        assert_eq!(CachePoints::for_model("anthropic.claude-3-5-sonnet-20241022-v2:0"), CachePoints::default());
+        assert_eq!(CachePoints::for_model("anthropic.claude-3-haiku-20240307-v1:0"), CachePoints::default());
+        assert_eq!(CachePoints::for_model("us.amazon.nova-lite-v1:0"), CachePoints { system: true, tools: false });
+        assert_eq!(CachePoints::for_model("meta.llama3-70b-instruct-v1:0"), CachePoints::default());
+        let arn = "arn:aws:bedrock:us-east-1:123:inference-profile/x";
+        assert_eq!(CachePoints::for_model(arn), CachePoints::default());
+    }
+
+    #[test]
+    fn without_a_system_prompt_the_cache_point_follows_the_tools() {
+        let clock = crate::llm::ToolDefinition {
+            name: "clock".into(),
+            description: "The time".into(),
+            parameters: Value::Null,
+        };
+        let request = LlmRequest::new(crate::llm::ModelRole::Execution, vec![Message::user("time?")])
+            .with_tools(vec![clock], ToolChoice::Auto);
+        let claude = CachePoints { system: true, tools: true };
+        let body = request_body(100, &request, None, claude).unwrap();
+        assert_eq!(body.get("system"), None);
+        assert_eq!(body["toolConfig"]["tools"][1], CachePoints::block());
+        let nova = CachePoints { system: true, tools: false };
+        let body = request_body(100, &request, None, nova).unwrap();
+        assert_eq!(body["toolConfig"]["tools"].as_array().unwrap().len(), 1, "Nova caches no tools");
     }
 
     #[test]

@@ -36,7 +36,7 @@ enum Block {
 }
 
 impl FrameReader {
-    /// Reads the frames `bytes` completes, handing text on to `deltas`.
+    /// Reads the frames `bytes` completes, handing text and tool input on to `deltas`.
     pub(super) fn read(&mut self, bytes: &[u8], deltas: &Deltas) -> Result<Flow, String> {
         self.pending.extend_from_slice(bytes);
         loop {
@@ -68,6 +68,7 @@ impl FrameReader {
         match kind {
             "contentBlockStart" => {
                 if let Some(tool) = payload.pointer("/start/toolUse") {
+                    deltas.tool_arguments(position(index), tool["name"].as_str().unwrap_or_default(), "");
                     let block = Block::ToolUse {
                         id: tool["toolUseId"].clone(),
                         name: tool["name"].clone(),
@@ -97,7 +98,12 @@ impl FrameReader {
             }
         } else if let Some(fragment) = delta.pointer("/toolUse/input").and_then(Value::as_str) {
             match self.blocks.get_mut(&index) {
-                Some(Block::ToolUse { input, .. }) => input.push_str(fragment),
+                Some(Block::ToolUse { input, name, .. }) => {
+                    input.push_str(fragment);
+                    if !fragment.is_empty() {
+                        deltas.tool_arguments(position(index), name.as_str().unwrap_or_default(), fragment);
+                    }
+                }
                 _ => return Err(format!("tool input arrived for block {index}, which started no tool call")),
             }
         }
@@ -128,6 +134,11 @@ impl FrameReader {
             "usage": self.usage,
         }))
     }
+}
+
+/// A block index as a tool call's place in the reply.
+fn position(index: u64) -> usize {
+    usize::try_from(index).unwrap_or(usize::MAX)
 }
 
 #[cfg(test)]
@@ -195,11 +206,14 @@ mod tests {
             json!({"usage": {"inputTokens": 9, "outputTokens": 4}, "metrics": {"latencyMs": 5}}),
         ));
         let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let sink = std::sync::Arc::clone(&seen);
-        let deltas = Deltas::new(move |delta| {
-            if let super::super::Delta::Text(text) = delta {
-                sink.lock().unwrap().push_str(&text);
+        let arguments = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (sink, args_sink) = (std::sync::Arc::clone(&seen), std::sync::Arc::clone(&arguments));
+        let deltas = Deltas::new(move |delta| match delta {
+            super::super::Delta::Text(text) => sink.lock().unwrap().push_str(&text),
+            super::super::Delta::ToolArguments { index, tool, arguments } => {
+                args_sink.lock().unwrap().push((index, tool, arguments));
             }
+            super::super::Delta::Restarted => {}
         });
         let mut reader = FrameReader::default();
         let mut flows = Vec::new();
@@ -209,6 +223,8 @@ mod tests {
         assert_eq!(flows.iter().filter(|f| **f == Flow::Done).count(), 1);
         assert_eq!(flows.last(), Some(&Flow::Done));
         assert_eq!(*seen.lock().unwrap(), "Hello");
+        let piece = |arguments: &str| (1, "f".to_owned(), arguments.to_owned());
+        assert_eq!(*arguments.lock().unwrap(), [piece(""), piece("{\"a\":"), piece(" 1}")]);
         assert_eq!(
             reader.into_reply().unwrap(),
             json!({

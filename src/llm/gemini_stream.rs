@@ -21,7 +21,8 @@ pub(super) struct ChunkReader {
 }
 
 impl ChunkReader {
-    /// Reads one event's data, handing text (not thoughts) on to `deltas`.
+    /// Reads one event's data, handing text (not thoughts) and function calls (which
+    /// come whole, so as one piece) on to `deltas`.
     pub(super) fn read(&mut self, data: &str, deltas: &Deltas) -> Result<Flow, String> {
         let chunk: Value =
             serde_json::from_str(data).map_err(|e| format!("a chunk of the reply stream is not JSON ({e})"))?;
@@ -43,6 +44,11 @@ impl ChunkReader {
             let thought = part.get("thought").and_then(Value::as_bool) == Some(true);
             if let (false, Some(text)) = (thought, part.get("text").and_then(Value::as_str)) {
                 deltas.text(text);
+            }
+            if let Some(call) = part.get("functionCall") {
+                let (index, name) = (self.parts.len(), call.get("name").and_then(Value::as_str).unwrap_or_default());
+                deltas.tool_arguments(index, name, "");
+                deltas.tool_arguments(index, name, &call.get("args").cloned().unwrap_or_else(|| json!({})).to_string());
             }
             self.parts.push(part.clone());
         }
@@ -93,6 +99,19 @@ mod tests {
         let reply = reader.into_reply();
         assert_eq!(reply["candidates"][0]["content"]["parts"].as_array().unwrap().len(), 3);
         assert_eq!(reply["usageMetadata"]["candidatesTokenCount"], 4);
+    }
+
+    #[test]
+    fn a_function_call_streams_as_one_piece_named_first() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        let deltas = Deltas::new(move |d| sink.lock().unwrap().push(d));
+        let chunk = json!({"candidates": [{"content": {"role": "model", "parts": [
+            {"text": "Adding."}, {"functionCall": {"name": "add", "args": {"a": 1}}}]}, "finishReason": "STOP"}]});
+        assert_eq!(ChunkReader::default().read(&chunk.to_string(), &deltas), Ok(Flow::Done));
+        let piece =
+            |arguments: &str| Delta::ToolArguments { index: 1, tool: "add".into(), arguments: arguments.into() };
+        assert_eq!(*seen.lock().unwrap(), [Delta::Text("Adding.".into()), piece(""), piece(r#"{"a":1}"#)]);
     }
 
     #[test]

@@ -30,7 +30,7 @@ struct CallParts {
 }
 
 impl ChunkReader {
-    /// Reads one event's data, handing text on to `deltas`.
+    /// Reads one event's data, handing text and tool-call arguments on to `deltas`.
     pub(super) fn read(&mut self, data: &str, deltas: &Deltas) -> Result<Flow, String> {
         if data.trim() == "[DONE]" {
             return Ok(Flow::Done);
@@ -58,12 +58,12 @@ impl ChunkReader {
             deltas.text(text);
         }
         for (position, call) in delta.get("tool_calls").and_then(Value::as_array).into_iter().flatten().enumerate() {
-            self.read_call(position, call);
+            self.read_call(position, call, deltas);
         }
         Ok(Flow::More)
     }
 
-    fn read_call(&mut self, position: usize, call: &Value) {
+    fn read_call(&mut self, position: usize, call: &Value, deltas: &Deltas) {
         let index = call.get("index").and_then(Value::as_u64).map_or(position, |i| usize::try_from(i).unwrap_or(0));
         if self.calls.len() <= index {
             self.calls.resize_with(index + 1, CallParts::default);
@@ -75,11 +75,16 @@ impl ChunkReader {
         let function = call.get("function");
         if let Some(name) = function.and_then(|f| f.get("name")).and_then(Value::as_str)
             && parts.name.is_empty()
+            && !name.is_empty()
         {
             name.clone_into(&mut parts.name);
+            deltas.tool_arguments(index, name, "");
         }
         if let Some(arguments) = function.and_then(|f| f.get("arguments")).and_then(Value::as_str) {
             parts.arguments.push_str(arguments);
+            if !arguments.is_empty() {
+                deltas.tool_arguments(index, &parts.name, arguments);
+            }
         }
     }
 
@@ -100,11 +105,16 @@ impl ChunkReader {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::*;
+    use crate::llm::Delta;
 
     #[test]
-    fn tool_call_pieces_are_joined_by_index() {
-        let deltas = Deltas::new(|_| {});
+    fn tool_call_pieces_are_joined_by_index_and_streamed_as_they_come() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        let deltas = Deltas::new(move |d| sink.lock().unwrap().push(d));
         let mut reader = ChunkReader::default();
         let chunks = [
             r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":null,"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"add","arguments":""}}]},"finish_reason":null}]}"#,
@@ -121,6 +131,21 @@ mod tests {
         assert_eq!(reply["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], "{\"a\":1}");
         assert_eq!(reply["choices"][0]["message"]["tool_calls"][1]["id"], "call_2");
         assert_eq!(reply["usage"]["completion_tokens"], 4);
+        let piece = |index, tool: &str, arguments: &str| Delta::ToolArguments {
+            index,
+            tool: tool.into(),
+            arguments: arguments.into(),
+        };
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                piece(0, "add", ""),
+                piece(0, "add", "{\"a\":"),
+                piece(1, "neg", ""),
+                piece(1, "neg", "{}"),
+                piece(0, "add", "1}")
+            ]
+        );
     }
 
     #[test]

@@ -24,13 +24,13 @@ config_enum!(
     /// never streamed, as their JSON is nothing to show a person.
     #[derive(Default)]
     StreamMode {
-        /// Stream text replies while anyone subscribes to the runner's events
+        /// Stream replies (their text and tool calls) while anyone subscribes to the runner's events
         /// ([`Runner::subscribe`](crate::Runner::subscribe), a `portia serve` event
         /// stream, `portia run` on a terminal). The default: a watcher sees the
         /// answer come in, and an unwatched runner sends the plain request as before.
         #[default]
         Auto => ["auto", "when-watched"],
-        /// Stream every text reply, watched or not.
+        /// Stream every reply but structured ones, watched or not.
         On => ["on", "always", "true", "1"],
         /// Never stream.
         Off => ["off", "never", "false", "0"],
@@ -53,8 +53,17 @@ impl StreamMode {
 pub(crate) enum Delta {
     /// More of the reply's text.
     Text(String),
-    /// An attempt that had sent text failed and the call starts over: the text
-    /// sent so far is void.
+    /// More of a tool call's arguments.
+    ToolArguments {
+        /// Which of the reply's tool calls, as the provider numbers them.
+        index: usize,
+        /// The tool the model calls.
+        tool: String,
+        /// The next piece of the arguments' JSON text (empty when the call is first named).
+        arguments: String,
+    },
+    /// An attempt that had sent pieces failed and the call starts over: the text
+    /// and tool calls sent so far are void.
     Restarted,
 }
 
@@ -62,12 +71,12 @@ tokio::task_local! {
     static DELTAS: Deltas;
 }
 
-/// Where the pieces of a streamed text reply go: what an [`LlmClient`](super::LlmClient)
+/// Where the pieces of a streamed reply (its text, and its tool calls' arguments) go: what an [`LlmClient`](super::LlmClient)
 /// of one's own uses to stream, as the built-in providers do.
 ///
 /// The runner asks for a stream when someone watches (see [`StreamMode`]); a client
 /// then finds [`Deltas::current`] set during its `chat` call, hands it each piece
-/// of text as it arrives, and still returns the whole reply. Outside such a call
+/// of text and of tool-call arguments as it arrives, and still returns the whole reply. Outside such a call
 /// there is none, and the client sends its plain request.
 ///
 /// ```
@@ -93,7 +102,7 @@ tokio::task_local! {
 #[derive(Clone)]
 pub struct Deltas {
     send: Arc<dyn Fn(Delta) + Send + Sync>,
-    /// Whether the current attempt has sent any text (so a new attempt voids it).
+    /// Whether the current attempt has sent any piece (so a new attempt voids it).
     sent: Arc<AtomicBool>,
 }
 
@@ -121,7 +130,7 @@ impl Deltas {
     }
 
     /// Starts an attempt at the reply: call it before each try. If an earlier try
-    /// had sent text, subscribers are told to drop it.
+    /// had sent pieces, subscribers are told to drop them.
     pub fn begin_attempt(&self) {
         if self.sent.swap(false, Ordering::Relaxed) {
             (self.send)(Delta::Restarted);
@@ -134,6 +143,16 @@ impl Deltas {
             self.sent.store(true, Ordering::Relaxed);
             (self.send)(Delta::Text(text.to_owned()));
         }
+    }
+
+    /// Hands on the next piece of the arguments of the reply's tool call `index`
+    /// (the provider's numbering: the same for every piece of one call), which
+    /// calls `tool`. The pieces of one call, joined, are its arguments as JSON text.
+    /// Call it once with an empty piece as soon as the call is named, so that
+    /// watchers see it start before its arguments come.
+    pub fn tool_arguments(&self, index: usize, tool: &str, arguments: &str) {
+        self.sent.store(true, Ordering::Relaxed);
+        (self.send)(Delta::ToolArguments { index, tool: tool.to_owned(), arguments: arguments.to_owned() });
     }
 }
 

@@ -122,6 +122,9 @@ impl Meter {
             let step_output = step_output.clone();
             let kind = match delta {
                 Delta::Text(text) => EventKind::LlmTextDelta { step_output, call, text },
+                Delta::ToolArguments { index, tool, arguments } => {
+                    EventKind::LlmToolCallDelta { step_output, call, index, tool_id: tool, arguments }
+                }
                 Delta::Restarted => EventKind::LlmStreamRestarted { step_output, call },
             };
             events.announce_only(workflow_id, kind);

@@ -505,6 +505,14 @@ impl Runner {
         self.inner.events.subscribe(None)
     }
 
+    /// Every workflow's events from now on, for a listener that wants to know what
+    /// changed and not to see replies stream: it does not count as watching (see
+    /// [`StreamMode`](crate::llm::StreamMode)).
+    #[cfg(feature = "server")]
+    pub(crate) fn subscribe_unwatching(&self) -> EventStream {
+        self.inner.events.subscribe_unwatching()
+    }
+
     /// The events of workflow `id` from now on; the stream ends once the workflow
     /// is at rest (finished, or waiting for a human).
     pub fn subscribe_to(&self, id: WorkflowId) -> EventStream {

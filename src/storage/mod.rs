@@ -43,6 +43,10 @@ use crate::workflow::{Workflow, WorkflowState};
 pub struct WorkflowQuery {
     /// Only workflows in this state, if set.
     pub state: Option<WorkflowState>,
+    /// Only workflows run for this end user (their execution context's
+    /// `end_user_id`), if set.
+    #[serde(default)]
+    pub end_user: Option<String>,
     /// The page, from 1.
     pub page: usize,
     /// Workflows per page.
@@ -51,7 +55,7 @@ pub struct WorkflowQuery {
 
 impl Default for WorkflowQuery {
     fn default() -> Self {
-        Self { state: None, page: 1, page_size: 50 }
+        Self { state: None, end_user: None, page: 1, page_size: 50 }
     }
 }
 
@@ -67,6 +71,20 @@ impl WorkflowQuery {
     pub fn state(mut self, state: Option<WorkflowState>) -> Self {
         self.state = state;
         self
+    }
+
+    /// Only workflows run for `end_user`, or for anyone (or no one) with `None`.
+    #[must_use]
+    pub fn end_user(mut self, end_user: Option<String>) -> Self {
+        self.end_user = end_user;
+        self
+    }
+
+    /// Whether `workflow` is one this query lists (on any page).
+    #[must_use]
+    pub fn matches(&self, workflow: &Workflow) -> bool {
+        self.state.is_none_or(|s| workflow.state() == s)
+            && self.end_user.as_ref().is_none_or(|u| workflow.execution_context().end_user_id.as_ref() == Some(u))
     }
 
     /// This page, from 1.
@@ -101,10 +119,10 @@ pub struct WorkflowPage {
 }
 
 impl WorkflowPage {
-    /// `query`'s page of `workflows`: filtered by state, ordered by id and paged.
+    /// `query`'s page of `workflows`: filtered by state and end user, ordered by id and paged.
     /// `unreadable` lists the stored entries that could not be read, with the reason.
     pub fn from_all(mut workflows: Vec<Workflow>, query: &WorkflowQuery, unreadable: Vec<String>) -> Self {
-        workflows.retain(|w| query.state.is_none_or(|s| w.state() == s));
+        workflows.retain(|w| query.matches(w));
         workflows.sort_by_key(Workflow::id);
         let page_size = query.page_size.max(1);
         let count = workflows.len();

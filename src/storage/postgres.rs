@@ -38,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("postgres/0001_initial.sql"),
     include_str!("postgres/0002_cost_and_events.sql"),
     include_str!("postgres/0003_cache_tokens.sql"),
+    include_str!("postgres/0004_end_user_listing.sql"),
 ];
 
 /// Keeps everything in one Postgres database that processes on many machines share.
@@ -549,13 +550,15 @@ impl<C: GenericClient> RowTx for Rows<'_, C> {
     }
 
     fn list_workflows(&mut self, query: &WorkflowQuery) -> DbResult<WorkflowPage> {
-        let state = query.state.map(WorkflowState::as_str);
-        let filter = "($1::text IS NULL OR state = $1)";
-        let count: i64 =
-            self.column(&format!("SELECT COUNT(*) FROM {{S}}.workflows WHERE {filter}"), &[&state])?.pop().unwrap_or(0);
+        let (state, end_user) = (query.state.map(WorkflowState::as_str), query.end_user.as_deref());
+        let filter = "($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR end_user_id = $2)";
+        let count: i64 = self
+            .column(&format!("SELECT COUNT(*) FROM {{S}}.workflows WHERE {filter}"), &[&state, &end_user])?
+            .pop()
+            .unwrap_or(0);
         let (limit, offset) = sql::page_rows(query);
-        let sql = format!("SELECT id, body FROM {{S}}.workflows WHERE {filter} ORDER BY id LIMIT $2 OFFSET $3");
-        let rows = self.query(&sql, &[&state, &to_int(limit)?, &to_int(offset)?])?;
+        let sql = format!("SELECT id, body FROM {{S}}.workflows WHERE {filter} ORDER BY id LIMIT $3 OFFSET $4");
+        let rows = self.query(&sql, &[&state, &end_user, &to_int(limit)?, &to_int(offset)?])?;
         let rows = rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).collect::<DbResult<Vec<_>>>()?;
         sql::workflow_page(rows, count, query)
     }

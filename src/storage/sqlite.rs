@@ -32,6 +32,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("sqlite/0003_cost.sql"),
     include_str!("sqlite/0004_events.sql"),
     include_str!("sqlite/0005_cache_tokens.sql"),
+    include_str!("sqlite/0006_end_user_listing.sql"),
 ];
 
 /// Keeps everything in one SQLite database file, which several processes may share.
@@ -540,10 +541,17 @@ impl RowTx for Rows<'_> {
     }
 
     fn list_workflows(&mut self, query: &WorkflowQuery) -> DbResult<WorkflowPage> {
-        let (filter, args) = match query.state {
-            Some(state) => ("WHERE state = ?1", vec![state.as_str()]),
-            None => ("", Vec::new()),
-        };
+        let mut conditions = Vec::new();
+        let mut args = Vec::new();
+        if let Some(state) = query.state {
+            args.push(state.as_str());
+            conditions.push(format!("state = ?{}", args.len()));
+        }
+        if let Some(end_user) = &query.end_user {
+            args.push(end_user.as_str());
+            conditions.push(format!("end_user_id = ?{}", args.len()));
+        }
+        let filter = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
         let count: i64 = self
             .tx
             .prepare_cached(&format!("SELECT COUNT(*) FROM workflows {filter}"))?

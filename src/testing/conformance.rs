@@ -261,6 +261,7 @@ cases!(
     the_journal_replays,
     usage_round_trips_in_order,
     listing_filters_orders_and_pages,
+    listing_by_end_user_pages_only_theirs,
     delete_workflow_takes_its_journal_and_unused_plan,
     delete_end_user_takes_only_theirs,
     prune_takes_only_old_finished_workflows,
@@ -531,7 +532,7 @@ async fn listing_filters_orders_and_pages(f: Fixture) {
         }
     }
     ids.sort_by_key(|(id, _)| *id);
-    let page = store.list_workflows(&WorkflowQuery { state: None, page: 2, page_size: 3 }).await.unwrap();
+    let page = store.list_workflows(&WorkflowQuery::default().page(2).page_size(3)).await.unwrap();
     assert_eq!((page.count, page.total_pages, page.current_page), (8, 3, 2));
     let listed: Vec<_> = page.results.iter().map(Workflow::id).collect();
     assert_eq!(listed, ids[3..6].iter().map(|(id, _)| *id).collect::<Vec<_>>());
@@ -542,6 +543,36 @@ async fn listing_filters_orders_and_pages(f: Fixture) {
     assert!(waiting.unreadable.is_empty());
     let empty = store.list_workflows(&WorkflowQuery::in_state(WorkflowState::ReadyToResume)).await.unwrap();
     assert_eq!((empty.count, empty.total_pages, empty.results.len()), (0, 1, 0));
+}
+
+async fn listing_by_end_user_pages_only_theirs(f: Fixture) {
+    let store = f.store();
+    let plan = plan();
+    let mut ann = Vec::new();
+    for i in 0..7 {
+        // Ann's workflows among others', in both states listed.
+        let state = if i % 2 == 0 { WorkflowState::Complete } else { WorkflowState::NotStarted };
+        let workflow = workflow_in(&plan, state, Some("ann"));
+        store.create_workflow(&workflow).await.unwrap();
+        ann.push((workflow.id(), state));
+        for other in [Some("bob"), None] {
+            store.create_workflow(&workflow_in(&plan, state, other)).await.unwrap();
+        }
+    }
+    ann.sort_by_key(|(id, _)| *id);
+    let query = WorkflowQuery::default().end_user(Some("ann".into())).page_size(3);
+    let second = store.list_workflows(&query.clone().page(2)).await.unwrap();
+    assert_eq!((second.count, second.total_pages, second.current_page), (7, 3, 2), "only Ann's are counted");
+    let listed: Vec<_> = second.results.iter().map(Workflow::id).collect();
+    assert_eq!(listed, ann[3..6].iter().map(|(id, _)| *id).collect::<Vec<_>>(), "page 2 of Ann's, in id order");
+    let last = store.list_workflows(&query.clone().page(3)).await.unwrap();
+    assert_eq!(last.results.iter().map(Workflow::id).collect::<Vec<_>>(), [ann[6].0]);
+    let done = store.list_workflows(&query.state(Some(WorkflowState::Complete)).page(1)).await.unwrap();
+    let expected: Vec<_> = ann.iter().filter(|(_, s)| *s == WorkflowState::Complete).map(|(id, _)| *id).collect();
+    assert_eq!(done.count, 4, "both filters apply");
+    assert_eq!(done.results.iter().map(Workflow::id).collect::<Vec<_>>(), expected[..3]);
+    let nobody = store.list_workflows(&WorkflowQuery::default().end_user(Some("carol".into()))).await.unwrap();
+    assert_eq!((nobody.count, nobody.total_pages, nobody.results.len()), (0, 1, 0));
 }
 
 async fn delete_workflow_takes_its_journal_and_unused_plan(f: Fixture) {

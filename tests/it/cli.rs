@@ -751,3 +751,31 @@ fn a_worker_exits_when_idle_despite_a_workflow_no_worker_will_run() {
     assert_eq!(code(&worker), 0, "{}", stderr(&worker));
     assert_eq!(stdout_json(&worker)["runs"], 0);
 }
+
+#[test]
+fn list_shows_one_end_users_workflows() {
+    let dir = workdir();
+    let plan = read_plan(dir.path(), "report.csv");
+    let ids: Vec<String> = (0..2)
+        .map(|_| {
+            let submitted = run(dir.path(), &["submit", "--plan", plan.to_str().unwrap()]);
+            assert_eq!(code(&submitted), 0, "{}", stderr(&submitted));
+            String::from_utf8_lossy(&submitted.stdout).trim().to_owned()
+        })
+        .collect();
+    let db = rusqlite::Connection::open(dir.path().join(".portia/portia.db")).unwrap();
+    db.execute(
+        "UPDATE workflows SET end_user_id = 'ann', \
+         body = json_set(body, '$.execution_context.end_user_id', 'ann') WHERE id = ?1",
+        [&ids[1]],
+    )
+    .unwrap();
+
+    let anns = run(dir.path(), &["list", "--end-user", "ann", "--format", "json"]);
+    assert_eq!(code(&anns), 0, "{}", stderr(&anns));
+    let listed: Vec<Value> = stdout_json(&anns).as_array().unwrap().clone();
+    assert_eq!(listed.len(), 1, "{listed:#?}");
+    assert_eq!(listed[0]["id"], ids[1].as_str());
+    let nobodys = run(dir.path(), &["list", "--end-user", "bob", "--format", "json"]);
+    assert_eq!(stdout_json(&nobodys), json!([]));
+}

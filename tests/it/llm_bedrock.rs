@@ -118,7 +118,7 @@ pub(crate) fn assert_signed_by(
 }
 
 #[tokio::test]
-async fn request_is_signed_and_carries_system_messages_tools_and_config_exactly() {
+async fn request_is_signed_and_carries_system_messages_tools_cache_point_and_config_exactly() {
     let server = MockServer::start().await;
     mount(&server, reply(json!([{"text": "ok"}])), 1).await;
     let calls = vec![
@@ -153,7 +153,7 @@ async fn request_is_signed_and_carries_system_messages_tools_and_config_exactly(
     assert_eq!(
         bodies(&server).await[0],
         json!({
-            "system": [{"text": "Be brief."}],
+            "system": [{"text": "Be brief."}, {"cachePoint": {"type": "default"}}],
             "messages": [
                 {"role": "user", "content": [{"text": "Weather in Paris?"}]},
                 {"role": "assistant", "content": [

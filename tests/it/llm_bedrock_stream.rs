@@ -96,22 +96,28 @@ fn text_stream(pieces: &[&str]) -> ResponseTemplate {
     stream(frames)
 }
 
-async fn run_watched(runner: &Runner, task: &str, tool: Option<&str>) -> (Workflow, String) {
+/// Runs a one-step plan while subscribed; returns the workflow, the streamed text
+/// and the streamed tool-call arguments, each joined.
+async fn run_watched(runner: &Runner, task: &str, tool: Option<&str>) -> (Workflow, String, String) {
     let mut events = runner.subscribe();
     let plan = PlanBuilder::new("q").step(task, tool, "$out").build();
     let workflow = runner.create_workflow(&plan).await.unwrap();
     let done = runner.execute_workflow(workflow).await.unwrap();
-    let mut text = String::new();
+    let (mut text, mut arguments) = (String::new(), String::new());
     while let Some(event) = events.next().await {
         let event = event.unwrap();
-        if let EventKind::LlmTextDelta { text: piece, .. } = &event.kind {
-            text.push_str(piece);
+        match &event.kind {
+            EventKind::LlmTextDelta { text: piece, .. } => text.push_str(piece),
+            EventKind::LlmToolCallDelta { arguments: piece, tool_id, .. } if tool_id == "echo_tool" => {
+                arguments.push_str(piece);
+            }
+            _ => {}
         }
         if event.kind.is_rest() {
             break;
         }
     }
-    (done, text)
+    (done, text, arguments)
 }
 
 #[tokio::test]
@@ -123,7 +129,7 @@ async fn text_streams_from_converse_stream_with_exact_usage() {
         .expect(1)
         .mount(&server)
         .await;
-    let (done, streamed) = run_watched(&runner(&server), "Greet the world", None).await;
+    let (done, streamed, _) = run_watched(&runner(&server), "Greet the world", None).await;
 
     assert_eq!(done.state(), WorkflowState::Complete, "{:?}", done.failure());
     assert_eq!(streamed, "Hello, world.");
@@ -134,7 +140,7 @@ async fn text_streams_from_converse_stream_with_exact_usage() {
 }
 
 #[tokio::test]
-async fn tool_input_is_assembled_from_its_fragments() {
+async fn tool_input_is_assembled_from_its_fragments_and_streamed() {
     let server = MockServer::start().await;
     let mut frames = vec![
         event("messageStart", json!({"role": "assistant"})),
@@ -149,9 +155,10 @@ async fn tool_input_is_assembled_from_its_fragments() {
     frames.extend(finish("tool_use", 20, 7));
     Mock::given(method("POST")).and(path(ROUTE)).respond_with(stream(frames)).mount(&server).await;
     let runner = runner(&server);
-    let (done, _) = run_watched(&runner, "Echo hi", Some("echo_tool")).await;
+    let (done, _, streamed) = run_watched(&runner, "Echo hi", Some("echo_tool")).await;
 
     assert_eq!(done.state(), WorkflowState::Complete, "{:?}", done.failure());
+    assert_eq!(streamed, "{\"text\": \"hi\"}", "the input streamed as it came");
     let stored = runner.storage().events(done.id(), 0).await.unwrap();
     let arguments = stored.iter().find_map(|e| match &e.event.kind {
         EventKind::ToolCallStarted { arguments, .. } => Some(arguments.clone()),

@@ -130,8 +130,22 @@ fn streamed_text(events: &[WorkflowEvent]) -> String {
         .collect()
 }
 
+/// The arguments streamed for calls of `tool`, joined.
+fn streamed_arguments(events: &[WorkflowEvent], tool: &str) -> String {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::LlmToolCallDelta { tool_id, arguments, .. } if tool_id == tool => Some(arguments.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
 fn is_stream_event(kind: &EventKind) -> bool {
-    matches!(kind, EventKind::LlmTextDelta { .. } | EventKind::LlmStreamRestarted { .. })
+    matches!(
+        kind,
+        EventKind::LlmTextDelta { .. } | EventKind::LlmToolCallDelta { .. } | EventKind::LlmStreamRestarted { .. }
+    )
 }
 
 #[tokio::test]
@@ -161,7 +175,7 @@ async fn openai_text_streams_to_subscribers_and_only_the_whole_reply_is_stored()
 }
 
 #[tokio::test]
-async fn openai_tool_call_arguments_are_assembled_from_their_pieces() {
+async fn openai_tool_call_arguments_are_assembled_from_their_pieces_and_streamed() {
     let server = MockServer::start().await;
     let call = |args: &str, first: bool| {
         let mut piece = json!({"index": 0, "function": {"arguments": args}});
@@ -179,12 +193,18 @@ async fn openai_tool_call_arguments_are_assembled_from_their_pieces() {
         openai_usage(20, 7),
     ];
     mount_stream(&server, OPENAI_ROUTE, with_done(&events), 1).await;
-    let runner = runner(config(&server, LlmProvider::OpenAi).llm_stream(StreamMode::On));
-    let workflow = runner.create_workflow(&one_step("Echo hi", Some("echo_tool"))).await.unwrap();
-    let done = runner.execute_workflow(workflow).await.unwrap();
+    let runner = runner(config(&server, LlmProvider::OpenAi));
+    let (done, seen) = run_watched(&runner, &one_step("Echo hi", Some("echo_tool"))).await;
 
     assert_eq!(done.state(), WorkflowState::Complete, "{:?}", done.failure());
+    assert_eq!(streamed_arguments(&seen, "echo_tool"), "{\"text\": \"hi\"}");
+    let first = seen.iter().find(|e| matches!(e.kind, EventKind::LlmToolCallDelta { .. })).unwrap();
+    assert!(
+        matches!(&first.kind, EventKind::LlmToolCallDelta { arguments, index: 0, .. } if arguments.is_empty()),
+        "the call is named before its arguments come: {first:?}"
+    );
     let stored = runner.storage().events(done.id(), 0).await.unwrap();
+    assert!(!stored.iter().any(|e| is_stream_event(&e.event.kind)), "the pieces are not stored");
     let arguments = stored.iter().find_map(|e| match &e.event.kind {
         EventKind::ToolCallStarted { arguments, .. } => Some(arguments.clone()),
         _ => None,
@@ -241,6 +261,7 @@ async fn anthropic_text_and_tool_input_stream_with_exact_usage() {
 
     assert_eq!(done.state(), WorkflowState::Complete, "{:?}", done.failure());
     assert_eq!(streamed_text(&seen), "Echoing now.");
+    assert_eq!(streamed_arguments(&seen, "echo_tool"), "{\"text\": \"hi\"}");
     let arguments = seen.iter().find_map(|e| match &e.kind {
         EventKind::ToolCallStarted { arguments, .. } => Some(arguments.clone()),
         _ => None,
@@ -394,6 +415,55 @@ async fn serve_streams_the_pieces_as_one_ag_ui_text_message() {
     assert_eq!(second.last().unwrap().data["type"], "RUN_FINISHED");
 }
 
+/// A tool call whose arguments stream in pieces reaches an AG-UI client as
+/// `TOOL_CALL_START`, its pieces as `TOOL_CALL_ARGS`, `TOOL_CALL_END`, then the
+/// call's `TOOL_CALL_RESULT`, all under one id, shown once; the pieces join into
+/// the arguments the tool was called with.
+#[cfg(feature = "server")]
+#[tokio::test]
+async fn serve_streams_a_tool_calls_arguments_as_ag_ui_tool_call_args() {
+    use crate::serve::serve;
+    use crate::serve_events::SseReader;
+    use portia::runner::serve::ServeOptions;
+
+    let server = MockServer::start().await;
+    let call = |piece: Value| openai_chunk(json!({"tool_calls": [piece]}), None);
+    let events = [
+        openai_chunk(json!({"role": "assistant", "content": null}), None),
+        call(
+            json!({"index": 0, "id": "call_1", "type": "function", "function": {"name": "echo_tool", "arguments": ""}}),
+        ),
+        call(json!({"index": 0, "function": {"arguments": "{\"text\":"}})),
+        call(json!({"index": 0, "function": {"arguments": " \"hi\"}"}})),
+        openai_chunk(json!({}), Some("tool_calls")),
+        openai_usage(20, 7),
+    ];
+    mount_stream(&server, OPENAI_ROUTE, with_done(&events), 1).await;
+    let served = serve(runner(config(&server, LlmProvider::OpenAi)), ServeOptions::new()).await;
+    let plan = json!({
+        "plan_context": {"query": "Echo hi", "tool_ids": ["echo_tool"]},
+        "steps": [{"task": "Echo hi", "inputs": [], "tool_id": "echo_tool", "output": "$out"}]
+    });
+    // Queued, so that the stream listens before the model is asked.
+    let (_, created) = served.post("/v1/workflows", json!({"plan": plan, "mode": "queue"})).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let response = served.http.get(served.url(&format!("/v1/workflows/{id}/events"))).send().await.unwrap();
+    let mut stream = SseReader::new(response);
+    let (status, _) = served.post(&format!("/v1/workflows/{id}/resume"), json!({})).await;
+    assert_eq!(status, 202);
+    let events = stream.rest().await;
+
+    let calls: Vec<&Value> =
+        events.iter().map(|e| &e.data).filter(|e| e["type"].as_str().unwrap().starts_with("TOOL_CALL")).collect();
+    let shape: Vec<&str> = calls.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(shape, ["TOOL_CALL_START", "TOOL_CALL_ARGS", "TOOL_CALL_ARGS", "TOOL_CALL_END", "TOOL_CALL_RESULT"]);
+    assert!(calls.iter().all(|e| e["toolCallId"] == calls[0]["toolCallId"]), "one call: {calls:#?}");
+    assert_eq!(calls[0]["toolCallName"], "echo_tool");
+    let arguments: String = calls.iter().filter_map(|e| e["delta"].as_str()).collect();
+    assert_eq!(serde_json::from_str::<Value>(&arguments).unwrap(), json!({"text": "hi"}));
+    assert_eq!(events.last().unwrap().data["type"], "RUN_FINISHED");
+}
+
 /// A Gemini stream chunk (a whole `GenerateContentResponse`) with `parts`, the last
 /// one carrying the finish reason and the usage so far.
 fn gemini_chunk(parts: Value, finish: Option<&str>) -> (Option<&'static str>, Value) {
@@ -450,4 +520,6 @@ async fn gemini_function_calls_in_a_stream_are_called() {
     assert_eq!(done.state(), WorkflowState::Complete, "{:?}", done.failure());
     assert_eq!(done.outputs().final_output.as_ref().unwrap().value, json!({"text": "hi"}));
     assert!(streamed_text(&seen).is_empty(), "a call is no text");
+    let arguments: Value = serde_json::from_str(&streamed_arguments(&seen, "echo_tool")).unwrap();
+    assert_eq!(arguments, json!({"text": "hi"}), "a call comes whole, as one piece");
 }

@@ -73,6 +73,8 @@ mod runner;
 mod serve;
 #[cfg(feature = "server")]
 mod serve_browser;
+#[cfg(feature = "server")]
+mod serve_changes;
 #[cfg(all(feature = "server", feature = "cli"))]
 mod serve_cli;
 #[cfg(feature = "server")]

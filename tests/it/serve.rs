@@ -265,6 +265,7 @@ async fn the_openapi_document_is_3_1_and_lists_every_route() {
         ("/v1/workflows/{id}/cancel", "post"),
         ("/v1/workflows/{id}/resume", "post"),
         ("/v1/tools", "get"),
+        ("/v1/events", "get"),
         ("/healthz", "get"),
         ("/readyz", "get"),
     ] {

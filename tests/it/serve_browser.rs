@@ -155,14 +155,32 @@ async fn the_list_updates_without_a_reload() {
     let served = serve(runner_with(vec![weather], ScriptedLlm::new()), ServeOptions::new()).await;
     let browser = Browser::start().await;
     browser.client.goto(&served.url("/")).await.unwrap();
-    browser.wait_for("#count").await;
+    // The page follows the stream of workflow changes, and has read the list once.
+    browser.wait_for("table#workflows[data-live='stream']").await;
+    browser
+        .client
+        .wait()
+        .forever()
+        .for_element(Locator::XPath("//caption[@id='count'][normalize-space()!='']"))
+        .await
+        .unwrap();
     // Marks the page: a reload would lose the mark.
     browser.client.execute("window.notReloaded = true", vec![]).await.unwrap();
+    let list_reads = "return performance.getEntriesByType('resource')\
+                      .filter((e) => new URL(e.name).pathname === '/v1/workflows').length";
+    let read_before = browser.client.execute(list_reads, vec![]).await.unwrap();
+    assert_eq!(read_before, json!(1), "the list is read once, when the stream is ready");
     let (_, created) =
         served.post("/v1/workflows", json!({"plan": tool_plan("Weather in Oslo?", "weather_tool")})).await;
     let id = created["id"].as_str().unwrap();
     browser.wait_for(&format!("tr[data-id='{id}'][data-state='COMPLETE']")).await;
     assert_eq!(browser.client.execute("return window.notReloaded === true", vec![]).await.unwrap(), json!(true));
+    assert_eq!(
+        browser.client.execute(list_reads, vec![]).await.unwrap(),
+        read_before,
+        "the new workflow came by the stream: the list was not read again"
+    );
+    assert_eq!(browser.text_of("#count").await, "1 workflow(s)");
     browser.screenshot("list").await;
     browser.client.clone().close().await.unwrap();
 }

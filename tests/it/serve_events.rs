@@ -16,10 +16,11 @@ use serde_json::{Value, json};
 
 use crate::serve::{Served, config, serve, tool_plan};
 
-/// One Server-Sent Event: its `id` field, if any, and its data as JSON.
+/// One Server-Sent Event: its `id` and `event` fields, if any, and its data as JSON.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Sse {
     pub(crate) id: Option<u64>,
+    pub(crate) event: Option<String>,
     pub(crate) data: Value,
 }
 
@@ -40,16 +41,18 @@ impl SseReader {
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
-                let (mut id, mut data) = (None, String::new());
+                let (mut id, mut event, mut data) = (None, None, String::new());
                 for line in block.lines() {
                     if let Some(value) = line.strip_prefix("id:") {
                         id = Some(value.trim().parse().unwrap());
+                    } else if let Some(value) = line.strip_prefix("event:") {
+                        event = Some(value.trim().to_owned());
                     } else if let Some(value) = line.strip_prefix("data:") {
                         data.push_str(value.trim_start());
                     }
                 }
                 if !data.is_empty() {
-                    return Some(Sse { id, data: serde_json::from_str(&data).unwrap() });
+                    return Some(Sse { id, event, data: serde_json::from_str(&data).unwrap() });
                 }
                 continue;
             }
@@ -305,4 +308,75 @@ async fn the_ag_ui_http_client_starts_a_run_and_reads_it_to_the_end() {
         events.iter().filter(|e| e["type"] == "TEXT_MESSAGE_CONTENT").filter_map(|e| e["delta"].as_str()).collect();
     assert_eq!(text, ["Hello from portia"]);
     assert_eq!(events.last().unwrap()["type"], "RUN_FINISHED");
+}
+
+/// A model of the test's own: a plan for a structured request; for a tool-calling
+/// one, a call of `echo_tool` whose arguments it streams in pieces when asked to
+/// stream; text otherwise.
+#[derive(Debug)]
+struct StreamsAToolCall;
+
+const ARGUMENT_PIECES: [&str; 3] = ["{\"text\"", ": \"hi", "\"}"];
+
+#[portia::async_trait]
+impl portia::llm::LlmClient for StreamsAToolCall {
+    async fn chat(&self, request: portia::llm::LlmRequest) -> Result<portia::llm::LlmResponse, portia::llm::LlmError> {
+        use portia::llm::{Deltas, LlmResponse, ToolCall};
+        if request.output_schema.is_some() {
+            let plan = json!({"steps": [{"task": "Echo hi", "inputs": [], "tool_id": "echo_tool", "output": "$out"}]});
+            return Ok(LlmResponse::text(plan.to_string()));
+        }
+        if request.tools.is_empty() {
+            return Ok(LlmResponse::text("Echoed."));
+        }
+        if let Some(stream) = Deltas::current() {
+            stream.begin_attempt();
+            stream.tool_arguments(0, "echo_tool", "");
+            for piece in ARGUMENT_PIECES {
+                stream.tool_arguments(0, "echo_tool", piece);
+            }
+        }
+        let mut reply = LlmResponse::text("");
+        reply.text = None;
+        let arguments = serde_json::from_str(&ARGUMENT_PIECES.concat()).unwrap();
+        reply.tool_calls = vec![ToolCall { id: "call_1".into(), name: "echo_tool".into(), arguments }];
+        Ok(reply)
+    }
+}
+
+/// The AG-UI client reads a tool call whose arguments stream as a sequence it
+/// accepts (it checks each event's schema and their order): start, the pieces,
+/// end, then the result, under one id.
+#[tokio::test]
+#[ignore = "needs @ag-ui/client: PORTIA_AGUI_CHECK (set by .ci/install-agui)"]
+async fn the_ag_ui_http_client_accepts_a_streamed_tool_call() {
+    let storage: Arc<dyn Storage> = Arc::new(InMemoryStorage::new());
+    let runner = Runner::builder(config())
+        .tools(InMemoryToolRegistry::new().with(MockTool::echo("echo_tool")).unwrap())
+        .llm(Arc::new(StreamsAToolCall))
+        .storage(storage)
+        .build()
+        .unwrap();
+    let served = serve(runner, ServeOptions::new()).await;
+    let check = std::env::var("PORTIA_AGUI_CHECK").expect("PORTIA_AGUI_CHECK: run `eval \"$(bash .ci/install-agui)\"`");
+    let script = std::path::Path::new(&check).with_file_name("run-agent.js");
+    let output = tokio::process::Command::new("node")
+        .arg(script)
+        .arg(served.url("/v1/agui"))
+        .arg("Echo hi")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let events: Vec<Value> = stdout.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    let calls: Vec<&Value> = events.iter().filter(|e| e["type"].as_str().unwrap().starts_with("TOOL_CALL")).collect();
+    let shape: Vec<&str> = calls.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        shape,
+        ["TOOL_CALL_START", "TOOL_CALL_ARGS", "TOOL_CALL_ARGS", "TOOL_CALL_ARGS", "TOOL_CALL_END", "TOOL_CALL_RESULT"]
+    );
+    assert!(calls.iter().all(|e| e["toolCallId"] == calls[0]["toolCallId"]), "one call: {calls:#?}");
+    let arguments: Vec<&str> = calls.iter().filter_map(|e| e["delta"].as_str()).collect();
+    assert_eq!(arguments, ARGUMENT_PIECES);
 }

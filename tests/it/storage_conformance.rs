@@ -151,7 +151,7 @@ async fn a_store_that_saves_with_a_lost_lease_fails_the_fencing_case() {
 #[should_panic(expected = "storage conformance: no case is named \"no_such_case\"; the cases are: ")]
 async fn an_unknown_case_name_is_refused_with_the_list() {
     let suite = StorageConformance::new(|clock| async move { memory(clock) });
-    assert_eq!(suite.cases().count(), 22);
+    assert_eq!(suite.cases().count(), 23);
     assert!(suite.cases().any(|case| case == WAKE));
     let _ = suite.only(&["no_such_case"]);
 }
@@ -273,6 +273,35 @@ async fn sqlite_upgrades_a_usage_journal_from_0_3() {
     let new = UsageRecord::new(workflow.id(), None, cached, 0.002);
     store.record_usage(&lease, &new).await.unwrap();
     assert_eq!(store.usage_records(workflow.id()).await.unwrap(), [old, new]);
+}
+
+/// A 0.4 file (schema version 5) whose row lacks the end user its body names (as
+/// a tool of one's own might have written it) is upgraded on open: the row is
+/// listed for that end user.
+#[tokio::test]
+async fn sqlite_upgrade_backfills_the_end_user_column_from_the_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portia.db");
+    let store = SqliteStorage::open(&path).unwrap();
+    let plan = plan();
+    store.save_plan(&plan).await.unwrap();
+    let value = json!({ "id": WorkflowId::new(), "plan_id": plan.id, "state": "NOT_STARTED", "version": 1,
+                        "execution_context": { "end_user_id": "ann" } });
+    let workflow: Workflow = serde_json::from_value(value).unwrap();
+    store.create_workflow(&workflow).await.unwrap();
+    drop(store);
+    let db = raw(&path);
+    db.execute_batch(
+        "UPDATE workflows SET end_user_id = NULL; DROP INDEX workflows_by_end_user; \
+         CREATE INDEX workflows_by_end_user ON workflows (end_user_id) WHERE end_user_id IS NOT NULL;",
+    )
+    .unwrap();
+    db.pragma_update(None, "user_version", 5).unwrap();
+    drop(db);
+
+    let store = SqliteStorage::open(&path).expect("a 0.4 file opens");
+    let page = store.list_workflows(&WorkflowQuery::default().end_user(Some("ann".into()))).await.unwrap();
+    assert_eq!(page.results, [workflow]);
 }
 
 #[tokio::test]

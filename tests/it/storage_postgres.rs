@@ -146,6 +146,36 @@ async fn a_newer_schema_is_refused() {
     schema.remove().await;
 }
 
+/// A schema at version 3 whose row lacks the end user its body names (as a tool of
+/// one's own might have written it) is upgraded on connect: the row is listed for
+/// that end user.
+#[tokio::test]
+#[ignore = "needs Postgres: .ci/run starts it (PORTIA_TEST_PG_URL)"]
+async fn the_upgrade_fills_the_end_user_column_from_the_body() {
+    let url = pg::test_url();
+    let schema = pg::Schema::fresh(&url);
+    let store = PostgresStorage::connect(&settings(&schema)).await.unwrap();
+    let plan = plan();
+    store.save_plan(&plan).await.unwrap();
+    let value = json!({ "id": WorkflowId::new(), "plan_id": plan.id, "state": "NOT_STARTED", "version": 1,
+                        "execution_context": { "end_user_id": "ann" } });
+    let workflow: Workflow = serde_json::from_value(value).unwrap();
+    store.create_workflow(&workflow).await.unwrap();
+    drop(store);
+    schema
+        .execute(
+            "UPDATE {S}.workflows SET end_user_id = NULL; DELETE FROM {S}.schema_migrations WHERE version = 4; \
+             DROP INDEX {S}.workflows_by_end_user; \
+             CREATE INDEX workflows_by_end_user ON {S}.workflows (end_user_id) WHERE end_user_id IS NOT NULL",
+        )
+        .await;
+
+    let store = PostgresStorage::connect(&settings(&schema)).await.expect("a version 3 schema opens");
+    let page = store.list_workflows(&WorkflowQuery::default().end_user(Some("ann".into()))).await.unwrap();
+    assert_eq!(page.results, [workflow]);
+    schema.remove().await;
+}
+
 #[tokio::test]
 #[ignore = "needs Postgres: .ci/run starts it (PORTIA_TEST_PG_URL)"]
 async fn a_corrupt_row_is_reported_by_id() {

@@ -70,6 +70,9 @@ pub(crate) enum Command {
         /// Only workflows in this state (complete, failed, need_clarification, ...).
         #[arg(long, value_parser = parse_state)]
         state: Option<WorkflowState>,
+        /// Only workflows run for this end user.
+        #[arg(long)]
+        end_user: Option<String>,
         /// A table, or JSON.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,

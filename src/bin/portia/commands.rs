@@ -82,7 +82,7 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
             }
             Ok(Exit::Ok)
         }
-        Command::List { state, format } => list(runner, state, format).await,
+        Command::List { state, end_user, format } => list(runner, state, end_user, format).await,
         Command::Delete { id } => {
             // An unreadable row is still deleted; only one that is not there is an error.
             if let Err(e @ portia::Error::WorkflowNotFound(_)) = runner.get_workflow(id).await {
@@ -281,11 +281,17 @@ fn report(workflow: &Workflow) -> Exit {
     }
 }
 
-async fn list(runner: &Runner, state: Option<WorkflowState>, format: Format) -> Result<Exit, Failure> {
+async fn list(
+    runner: &Runner,
+    state: Option<WorkflowState>,
+    end_user: Option<String>,
+    format: Format,
+) -> Result<Exit, Failure> {
     let (mut workflows, mut unreadable) = (Vec::new(), Vec::new());
+    let query = WorkflowQuery::default().state(state).end_user(end_user);
     let mut page_number = 1;
     loop {
-        let page = runner.list_workflows(&WorkflowQuery::default().state(state).page(page_number)).await?;
+        let page = runner.list_workflows(&query.clone().page(page_number)).await?;
         workflows.extend(page.results);
         unreadable.extend(page.unreadable);
         if page.current_page >= page.total_pages {

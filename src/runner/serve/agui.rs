@@ -4,10 +4,11 @@
 //! rest) is a run. Every AG-UI event carries the stored event it comes from as
 //! `rawEvent`, so a client that knows this crate loses nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::{Value, json};
 
+use crate::call::ToolCallKey;
 use crate::clarification::{Clarification, ClarificationKind};
 use crate::events::{EventKind, StoredEvent, WorkflowEvent};
 use crate::ids::ClarificationId;
@@ -31,6 +32,30 @@ pub(super) struct Translator {
     streaming: BTreeMap<u64, OpenMessage>,
     /// How many text messages streamed replies have opened, to name each anew.
     messages: u64,
+    /// Tool calls of streamed replies whose arguments are coming, by call number
+    /// and the reply's index of the tool call.
+    streaming_calls: BTreeMap<(u64, usize), StreamedCall>,
+    /// Tool calls streamed whole and not yet seen made: the tool call the runner
+    /// makes with the same tool and arguments is this one, under its id.
+    streamed_calls: Vec<StreamedCall>,
+    /// The tool calls of streamed replies that have ended, by call number and index.
+    ended_calls: HashSet<(u64, usize)>,
+    /// How many tool calls streamed replies have opened, to name each anew.
+    tool_calls: u64,
+    /// The AG-UI id of each tool call that was streamed before it was made.
+    tool_call_ids: HashMap<ToolCallKey, String>,
+}
+
+/// A tool call of a streamed reply.
+#[derive(Debug)]
+struct StreamedCall {
+    /// Its LLM call's number and its index in the reply.
+    key: (u64, usize),
+    id: String,
+    step_output: Option<String>,
+    tool_id: String,
+    /// The arguments' JSON text so far.
+    arguments: String,
 }
 
 /// The text message a streamed reply's pieces go to.
@@ -52,6 +77,11 @@ impl Translator {
             usage: BTreeMap::new(),
             streaming: BTreeMap::new(),
             messages: 0,
+            streaming_calls: BTreeMap::new(),
+            streamed_calls: Vec::new(),
+            ended_calls: HashSet::new(),
+            tool_calls: 0,
+            tool_call_ids: HashMap::new(),
         }
     }
 
@@ -80,10 +110,12 @@ impl Translator {
             }
             EventKind::ToolCallStarted { call, tool_id, arguments } => {
                 self.open_run(&mut out);
-                let id = call.to_string();
-                out.push(json!({"type": "TOOL_CALL_START", "toolCallId": id, "toolCallName": tool_id}));
-                out.push(json!({"type": "TOOL_CALL_ARGS", "toolCallId": id, "delta": arguments.to_string()}));
-                out.push(json!({"type": "TOOL_CALL_END", "toolCallId": id}));
+                if !self.made_as_streamed(*call, tool_id, arguments, &mut out) {
+                    let id = self.tool_call_id(*call);
+                    out.push(json!({"type": "TOOL_CALL_START", "toolCallId": id, "toolCallName": tool_id}));
+                    out.push(json!({"type": "TOOL_CALL_ARGS", "toolCallId": id, "delta": arguments.to_string()}));
+                    out.push(json!({"type": "TOOL_CALL_END", "toolCallId": id}));
+                }
             }
             EventKind::ToolCallFinished { call, output, .. } => {
                 self.open_run(&mut out);
@@ -92,13 +124,14 @@ impl Translator {
                     other => other.to_string(),
                 };
                 out.push(json!({"type": "TOOL_CALL_RESULT", "messageId": format!("{call}:result"),
-                                "toolCallId": call.to_string(), "content": content, "role": "tool"}));
+                                "toolCallId": self.tool_call_id(*call), "content": content, "role": "tool"}));
             }
             EventKind::ToolProgress { .. } => custom(&mut out, "portia.tool_progress", stored),
             // AG-UI has no event for waiting: a client may show it as a note on the run.
             EventKind::LlmCallThrottled { .. } => custom(&mut out, "portia.llm_throttled", stored),
             EventKind::LlmCallFinished { model, usage, step_output, .. } => {
                 self.end_messages(Some(step_output), &mut out);
+                self.end_tool_calls(Some(step_output), &mut out);
                 let spent = self.usage.entry(model.clone()).or_default();
                 spent.0 += usage.prompt_tokens;
                 spent.1 += usage.completion_tokens;
@@ -128,9 +161,12 @@ impl Translator {
 
     /// The AG-UI events of an event announced and never stored (see
     /// [`EventKind::is_live_only`]): a streamed reply's text as
-    /// `TEXT_MESSAGE_START`/`CONTENT`, ended by its [`EventKind::LlmCallFinished`]
-    /// or the run's end. A restart ends the message and says so in a `CUSTOM`
-    /// event, so a client can drop its text; the next attempt opens a new one.
+    /// `TEXT_MESSAGE_START`/`CONTENT`, and its tool calls as
+    /// `TOOL_CALL_START`/`ARGS`, ended by its [`EventKind::LlmCallFinished`] or the
+    /// run's end. The call the runner then makes with that tool and those arguments
+    /// is shown under the streamed call's id, its result too, and not again. A
+    /// restart ends the message and the tool calls and says so in a `CUSTOM` event,
+    /// so a client can drop them; the next attempt opens new ones.
     pub(super) fn live(&mut self, event: &WorkflowEvent) -> Vec<Value> {
         let mut out = Vec::new();
         match &event.kind {
@@ -138,13 +174,18 @@ impl Translator {
                 let id = self.message_for(*call, step_output, &mut out);
                 out.push(json!({"type": "TEXT_MESSAGE_CONTENT", "messageId": id, "delta": text}));
             }
-            EventKind::LlmStreamRestarted { call, .. } => {
-                if let Some(message) = self.streaming.remove(call) {
-                    out.push(json!({"type": "TEXT_MESSAGE_END", "messageId": message.id}));
-                    out.push(json!({"type": "CUSTOM", "name": "portia.stream_restarted",
-                                    "value": {"messageId": message.id}}));
+            // A piece of a call that has ended is none of a new one.
+            EventKind::LlmToolCallDelta { call, index, .. } if self.ended_calls.contains(&(*call, *index)) => {}
+            EventKind::LlmToolCallDelta { step_output, call, index, tool_id, arguments } => {
+                let id = self.tool_call_for(*call, *index, step_output, tool_id, &mut out);
+                if !arguments.is_empty() {
+                    if let Some(streamed) = self.streaming_calls.get_mut(&(*call, *index)) {
+                        streamed.arguments.push_str(arguments);
+                    }
+                    out.push(json!({"type": "TOOL_CALL_ARGS", "toolCallId": id, "delta": arguments}));
                 }
             }
+            EventKind::LlmStreamRestarted { call, .. } => self.restart(*call, &mut out),
             _ => {}
         }
         let raw = serde_json::to_value(event).unwrap_or(Value::Null);
@@ -153,6 +194,34 @@ impl Translator {
             out["rawEvent"] = raw.clone();
         }
         out
+    }
+
+    /// Ends what streamed call `call` has opened, and says in a `CUSTOM` event
+    /// that its text message and tool calls are void.
+    fn restart(&mut self, call: u64, out: &mut Vec<Value>) {
+        let mut value = json!({});
+        if let Some(message) = self.streaming.remove(&call) {
+            out.push(json!({"type": "TEXT_MESSAGE_END", "messageId": message.id}));
+            value["messageId"] = json!(message.id);
+        }
+        let calls: Vec<(u64, usize)> =
+            self.streaming_calls.range((call, 0)..=(call, usize::MAX)).map(|(k, _)| *k).collect();
+        let mut void = Vec::new();
+        for key in calls {
+            if let Some(streamed) = self.streaming_calls.remove(&key) {
+                out.push(json!({"type": "TOOL_CALL_END", "toolCallId": streamed.id}));
+                void.push(streamed.id);
+            }
+        }
+        // The next attempt numbers its tool calls afresh.
+        self.ended_calls.retain(|(of, _)| *of != call);
+        self.streamed_calls.retain(|c| c.key.0 != call);
+        if !void.is_empty() {
+            value["toolCallIds"] = json!(void);
+        }
+        if value.as_object().is_some_and(|v| !v.is_empty()) {
+            out.push(json!({"type": "CUSTOM", "name": "portia.stream_restarted", "value": value}));
+        }
     }
 
     /// The id of the text message open for streamed call `call`, opened now if none is.
@@ -213,6 +282,7 @@ impl Translator {
                             .and_then(|k| k.as_str().map(str::to_owned))
                             .unwrap_or_else(|| "FAILED".to_owned());
                         self.end_messages(None, out);
+                        self.end_tool_calls(None, out);
                         out.push(json!({"type": "RUN_ERROR", "message": message, "code": code, "usage": self.usage()}));
                         self.close_run();
                     }
@@ -221,7 +291,7 @@ impl Translator {
             WorkflowState::NeedClarification => {
                 self.open_run(out);
                 self.snapshot(to, workflow, out);
-                let interrupts: Vec<Value> = self.open_questions.values().map(interrupt).collect();
+                let interrupts: Vec<Value> = self.open_questions.values().map(|c| self.interrupt(c)).collect();
                 if interrupts.is_empty() {
                     self.finish(out, json!({"type": "success"}), Some(json!({"state": to})));
                 } else {
@@ -243,12 +313,16 @@ impl Translator {
 
     fn close_run(&mut self) {
         self.streaming.clear();
+        self.streaming_calls.clear();
+        self.streamed_calls.clear();
+        self.ended_calls.clear();
         self.run_id = None;
         self.usage.clear();
     }
 
     fn finish(&mut self, out: &mut Vec<Value>, outcome: Value, result: Option<Value>) {
         self.end_messages(None, out);
+        self.end_tool_calls(None, out);
         let mut event = json!({"type": "RUN_FINISHED", "threadId": self.thread_id,
                                "runId": self.run_id.clone().unwrap_or_default(),
                                "outcome": outcome, "usage": self.usage()});
@@ -284,6 +358,100 @@ impl Translator {
         }}));
     }
 
+    fn interrupt(&self, clarification: &Clarification) -> Value {
+        let reason = if is_approval(clarification) { "approval" } else { "input" };
+        let mut value = json!({"id": clarification.id, "reason": reason, "message": clarification.user_guidance,
+                               "metadata": {"portia": clarification}});
+        if let Some(call) = clarification.tool_call {
+            value["toolCallId"] = json!(self.tool_call_id(call));
+        }
+        value
+    }
+
+    /// The AG-UI id of tool call `call`: the id it streamed under, if it did.
+    fn tool_call_id(&self, call: ToolCallKey) -> String {
+        self.tool_call_ids.get(&call).cloned().unwrap_or_else(|| call.to_string())
+    }
+
+    /// Whether tool call `call` is one a streamed reply showed already (the same
+    /// tool with the same arguments): it is then known by that id, and shown once.
+    fn made_as_streamed(&mut self, call: ToolCallKey, tool_id: &str, arguments: &Value, out: &mut Vec<Value>) -> bool {
+        if self.tool_call_ids.contains_key(&call) {
+            return false;
+        }
+        let same = |streamed: &StreamedCall| {
+            streamed.tool_id == tool_id
+                && serde_json::from_str::<Value>(&streamed.arguments).is_ok_and(|a| a == *arguments)
+        };
+        // The reply may still be open here: its end is stored after this event is heard.
+        let open = self.streaming_calls.iter().find(|(_, c)| same(c)).map(|(key, _)| *key);
+        let streamed = if let Some(key) = open {
+            let streamed = self.streaming_calls.remove(&key);
+            if let Some(streamed) = &streamed {
+                out.push(json!({"type": "TOOL_CALL_END", "toolCallId": streamed.id}));
+                self.ended_calls.insert(key);
+            }
+            streamed
+        } else {
+            self.streamed_calls.iter().position(same).map(|i| self.streamed_calls.remove(i))
+        };
+        let Some(streamed) = streamed else { return false };
+        self.tool_call_ids.insert(call, streamed.id);
+        true
+    }
+
+    /// The AG-UI id of the tool call `index` of streamed call `call`, opened now
+    /// (with `TOOL_CALL_START`) if it is not open.
+    fn tool_call_for(
+        &mut self,
+        call: u64,
+        index: usize,
+        step_output: &Option<String>,
+        tool_id: &str,
+        out: &mut Vec<Value>,
+    ) -> String {
+        if let Some(open) = self.streaming_calls.get(&(call, index)) {
+            return open.id.clone();
+        }
+        self.open_run(out);
+        self.tool_calls += 1;
+        let id = format!("{}:tool-call-{}", self.run_id.as_deref().unwrap_or(&self.thread_id), self.tool_calls);
+        out.push(json!({"type": "TOOL_CALL_START", "toolCallId": id, "toolCallName": tool_id}));
+        let streamed = StreamedCall {
+            key: (call, index),
+            id: id.clone(),
+            step_output: step_output.clone(),
+            tool_id: tool_id.to_owned(),
+            arguments: String::new(),
+        };
+        self.streaming_calls.insert((call, index), streamed);
+        id
+    }
+
+    /// Ends the streamed tool calls of `step_output`'s calls, or all with `None`:
+    /// their arguments are whole. They wait to be seen made.
+    ///
+    /// An LLM call's end is stored, and so heard, later than the pieces of the
+    /// next call are: of `step_output`'s calls only those whose arguments are
+    /// whole JSON end, so that a call still streaming is not cut off.
+    fn end_tool_calls(&mut self, step_output: Option<&Option<String>>, out: &mut Vec<Value>) {
+        let ended: Vec<(u64, usize)> = self
+            .streaming_calls
+            .iter()
+            .filter(|(_, c)| {
+                step_output.is_none_or(|s| *s == c.step_output && serde_json::from_str::<Value>(&c.arguments).is_ok())
+            })
+            .map(|(key, _)| *key)
+            .collect();
+        for key in ended {
+            if let Some(streamed) = self.streaming_calls.remove(&key) {
+                out.push(json!({"type": "TOOL_CALL_END", "toolCallId": streamed.id}));
+                self.ended_calls.insert(key);
+                self.streamed_calls.push(streamed);
+            }
+        }
+    }
+
     /// Tokens by model in AG-UI's accounting.
     fn usage(&self) -> Vec<Value> {
         self.usage
@@ -303,16 +471,6 @@ fn custom(out: &mut Vec<Value>, name: &str, stored: &StoredEvent) {
 /// An approval: the value confirmation an approval gate asks before a tool call.
 fn is_approval(clarification: &Clarification) -> bool {
     clarification.tool_call.is_some() && matches!(clarification.kind, ClarificationKind::ValueConfirmation { .. })
-}
-
-fn interrupt(clarification: &Clarification) -> Value {
-    let reason = if is_approval(clarification) { "approval" } else { "input" };
-    let mut value = json!({"id": clarification.id, "reason": reason, "message": clarification.user_guidance,
-                           "metadata": {"portia": clarification}});
-    if let Some(call) = clarification.tool_call {
-        value["toolCallId"] = json!(call.to_string());
-    }
-    value
 }
 
 #[cfg(test)]
@@ -348,5 +506,159 @@ mod tests {
         );
         assert_eq!(out[4]["value"]["messageId"], out[1]["messageId"], "the restart names the message to drop");
         assert_ne!(out[5]["messageId"], out[1]["messageId"], "the new attempt is a new message");
+    }
+
+    #[test]
+    fn a_streamed_tool_call_is_shown_once_and_its_result_goes_to_it() {
+        let workflow = Workflow::new(crate::ids::PlanId::new(), crate::execution_context::ExecutionContext::default());
+        let workflow_id = workflow.id();
+        let mut translator = Translator::new(workflow_id.to_string());
+        let piece = |arguments: &str| EventKind::LlmToolCallDelta {
+            step_output: Some("$out".into()),
+            call: 1,
+            index: 0,
+            tool_id: "echo".into(),
+            arguments: arguments.into(),
+        };
+        let mut out = Vec::new();
+        for arguments in ["", "{\"text\": ", "\"hi\"}"] {
+            out.extend(translator.live(&WorkflowEvent::new(workflow_id, piece(arguments))));
+        }
+        let key = ToolCallKey::new(workflow_id, 0, 0, 0);
+        let stored = [
+            EventKind::LlmCallFinished {
+                step_output: Some("$out".into()),
+                model: "m".into(),
+                usage: crate::usage::Usage::default(),
+                cost_usd: 0.0,
+                latency_ms: 1,
+            },
+            EventKind::ToolCallStarted { call: key, tool_id: "echo".into(), arguments: json!({"text": "hi"}) },
+            EventKind::ToolCallFinished {
+                call: key,
+                tool_id: "echo".into(),
+                status: crate::call::ToolCallStatus::Success,
+                output: json!("hi"),
+                latency_ms: 1,
+                replayed: false,
+            },
+        ];
+        for (seq, kind) in stored.into_iter().enumerate() {
+            let stored = StoredEvent::new(seq as u64 + 1, WorkflowEvent::new(workflow_id, kind));
+            out.extend(translator.translate(&stored, &workflow));
+        }
+
+        let calls: Vec<&Value> = out.iter().filter(|e| e["type"].as_str().unwrap().starts_with("TOOL_CALL")).collect();
+        let shape: Vec<&str> = calls.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(shape, ["TOOL_CALL_START", "TOOL_CALL_ARGS", "TOOL_CALL_ARGS", "TOOL_CALL_END", "TOOL_CALL_RESULT"]);
+        assert!(calls.iter().all(|e| e["toolCallId"] == calls[0]["toolCallId"]), "one call: {calls:#?}");
+        assert_eq!(calls[0]["toolCallName"], "echo");
+        let arguments: String = calls.iter().filter_map(|e| e["delta"].as_str()).collect();
+        assert_eq!(serde_json::from_str::<Value>(&arguments).unwrap(), json!({"text": "hi"}));
+    }
+
+    #[test]
+    fn a_restart_voids_the_streamed_tool_calls_and_the_next_attempt_opens_new_ones() {
+        let workflow_id = WorkflowId::new();
+        let mut translator = Translator::new(workflow_id.to_string());
+        let piece = |arguments: &str| {
+            let kind = EventKind::LlmToolCallDelta {
+                step_output: None,
+                call: 1,
+                index: 0,
+                tool_id: "echo".into(),
+                arguments: arguments.into(),
+            };
+            WorkflowEvent::new(workflow_id, kind)
+        };
+        let mut out = translator.live(&piece("{\"a\""));
+        let restarted = EventKind::LlmStreamRestarted { step_output: None, call: 1 };
+        out.extend(translator.live(&WorkflowEvent::new(workflow_id, restarted)));
+        out.extend(translator.live(&piece("{}")));
+
+        let types: Vec<&str> = out.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            types,
+            [
+                "RUN_STARTED",
+                "TOOL_CALL_START",
+                "TOOL_CALL_ARGS",
+                "TOOL_CALL_END",
+                "CUSTOM",
+                "TOOL_CALL_START",
+                "TOOL_CALL_ARGS"
+            ]
+        );
+        assert_eq!(out[4]["value"]["toolCallIds"], json!([out[1]["toolCallId"]]), "the restart names the void call");
+        assert_ne!(out[5]["toolCallId"], out[1]["toolCallId"], "the new attempt is a new call");
+    }
+
+    /// The end of LLM call 1 is heard after call 2 of the same step started
+    /// streaming: call 1's tool call ends, call 2's goes on under its id.
+    #[test]
+    fn an_llm_calls_end_heard_late_ends_only_the_tool_calls_that_are_whole() {
+        let workflow = Workflow::new(crate::ids::PlanId::new(), crate::execution_context::ExecutionContext::default());
+        let workflow_id = workflow.id();
+        let mut translator = Translator::new(workflow_id.to_string());
+        let piece = |call: u64, arguments: &str| {
+            let kind = EventKind::LlmToolCallDelta {
+                step_output: Some("$out".into()),
+                call,
+                index: 0,
+                tool_id: "echo".into(),
+                arguments: arguments.into(),
+            };
+            WorkflowEvent::new(workflow_id, kind)
+        };
+        let mut out = translator.live(&piece(1, "{}"));
+        out.extend(translator.live(&piece(2, "{\"a\":")));
+        let finished = EventKind::LlmCallFinished {
+            step_output: Some("$out".into()),
+            model: "m".into(),
+            usage: crate::usage::Usage::default(),
+            cost_usd: 0.0,
+            latency_ms: 1,
+        };
+        out.extend(translator.translate(&StoredEvent::new(1, WorkflowEvent::new(workflow_id, finished)), &workflow));
+        out.extend(translator.live(&piece(2, " 1}")));
+        out.extend(translator.live(&piece(1, "")));
+
+        let shape: Vec<(&str, &str)> = out
+            .iter()
+            .filter(|e| e["type"].as_str().unwrap().starts_with("TOOL_CALL"))
+            .map(|e| (e["type"].as_str().unwrap(), e["toolCallId"].as_str().unwrap().rsplit(':').next().unwrap()))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                ("TOOL_CALL_START", "tool-call-1"),
+                ("TOOL_CALL_ARGS", "tool-call-1"),
+                ("TOOL_CALL_START", "tool-call-2"),
+                ("TOOL_CALL_ARGS", "tool-call-2"),
+                ("TOOL_CALL_END", "tool-call-1"),
+                ("TOOL_CALL_ARGS", "tool-call-2"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_tool_call_made_with_other_arguments_than_streamed_is_a_call_of_its_own() {
+        let workflow = Workflow::new(crate::ids::PlanId::new(), crate::execution_context::ExecutionContext::default());
+        let workflow_id = workflow.id();
+        let mut translator = Translator::new(workflow_id.to_string());
+        let piece = EventKind::LlmToolCallDelta {
+            step_output: None,
+            call: 1,
+            index: 0,
+            tool_id: "echo".into(),
+            arguments: "{}".into(),
+        };
+        let mut out = translator.live(&WorkflowEvent::new(workflow_id, piece));
+        let key = ToolCallKey::new(workflow_id, 0, 0, 0);
+        let started = EventKind::ToolCallStarted { call: key, tool_id: "echo".into(), arguments: json!({"a": 1}) };
+        out.extend(translator.translate(&StoredEvent::new(1, WorkflowEvent::new(workflow_id, started)), &workflow));
+        let starts: Vec<&Value> = out.iter().filter(|e| e["type"] == "TOOL_CALL_START").collect();
+        assert_eq!(starts.len(), 2);
+        assert_eq!(starts[1]["toolCallId"], key.to_string());
     }
 }

@@ -194,6 +194,7 @@ pub(super) async fn create_workflow(
             workflow
         }
     };
+    let _ = state.touched.send(workflow.id());
     Ok((StatusCode::ACCEPTED, Json(workflow)))
 }
 
@@ -214,24 +215,9 @@ pub(super) async fn list_workflows(
     let workflow_state = params.state.as_deref().map(parse_state).transpose()?;
     let page = params.page.unwrap_or(1).max(1);
     let page_size = params.page_size.unwrap_or(50).clamp(1, 500);
-    let (workflows, count, unreadable) = match wanted {
-        None => {
-            let query = WorkflowQuery::default().state(workflow_state).page(page).page_size(page_size);
-            let listed = state.runner.list_workflows(&query).await?;
-            (listed.results, listed.count, listed.unreadable.len())
-        }
-        // The store lists by state only: the end user is filtered here, over every page.
-        Some(user) => {
-            let (all, unreadable) = state.all_workflows(workflow_state).await?;
-            let mine: Vec<Workflow> = all
-                .into_iter()
-                .filter(|w| w.execution_context().end_user_id.as_deref() == Some(user.as_str()))
-                .collect();
-            let count = mine.len();
-            let skip = (page - 1).saturating_mul(page_size);
-            (mine.into_iter().skip(skip).take(page_size).collect(), count, unreadable)
-        }
-    };
+    let query = WorkflowQuery::default().state(workflow_state).end_user(wanted).page(page).page_size(page_size);
+    let listed = state.runner.list_workflows(&query).await?;
+    let (workflows, count, unreadable) = (listed.results, listed.count, listed.unreadable.len());
     let mut results = Vec::with_capacity(workflows.len());
     for workflow in workflows {
         results.push(state.summary(workflow).await);
@@ -364,6 +350,7 @@ pub(super) async fn delete_workflow(
 ) -> ApiResult<StatusCode> {
     let workflow = state.visible(&caller, &id).await?;
     state.runner.delete_workflow(workflow.id()).await?;
+    let _ = state.touched.send(workflow.id());
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -453,7 +440,8 @@ impl AppState {
         }
     }
 
-    async fn summary(&self, workflow: Workflow) -> WorkflowSummary {
+    /// How a list shows `workflow`.
+    pub(super) async fn summary(&self, workflow: Workflow) -> WorkflowSummary {
         let query = self.plan_query(workflow.plan_id()).await;
         let started_at = self.started_at(workflow.id()).await;
         WorkflowSummary {

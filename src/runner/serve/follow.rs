@@ -113,10 +113,12 @@ pub(super) async fn run_agent(
         let workflow =
             resume_thread(&state, &caller, &input.thread_id, input.forwarded_props.as_ref(), entries).await?;
         let after = state.runner.storage().events(workflow.id(), 0).await?.last().map_or(0, |e| e.seq);
+        // Listening before the run starts: its streamed pieces are heard from the first.
+        let follow = Follow::start(state.clone(), workflow.id(), after, translator, run_id, true).await?;
         if workflow.state() == WorkflowState::ReadyToResume {
             state.run_in_background(workflow.id());
         }
-        return Ok(sse(Follow::start(state, workflow.id(), after, translator, run_id, true).await?));
+        return Ok(sse(follow));
     }
     let query = last_user_text(&input.messages)
         .ok_or_else(|| ApiError::bad_request("the input has no user message with text to plan"))?;
@@ -124,8 +126,9 @@ pub(super) async fn run_agent(
     let plan =
         state.runner.generate_plan(query).tools(state.plan_tools.to_vec()).execution_context(context.clone()).await?;
     let workflow = state.runner.create_workflow(&plan).execution_context(context).count_planning().await?;
+    let follow = Follow::start(state.clone(), workflow.id(), 0, translator, run_id, true).await?;
     state.run_in_background(workflow.id());
-    Ok(sse(Follow::start(state, workflow.id(), 0, translator, run_id, true).await?))
+    Ok(sse(follow))
 }
 
 /// Answers a thread's interrupts: the thread is the workflow (its id, or

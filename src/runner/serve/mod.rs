@@ -5,6 +5,7 @@
 mod agui;
 mod api;
 mod auth;
+mod changes;
 mod errors;
 mod follow;
 mod metrics;

@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::OpenApi;
 
 use super::errors::{ErrorBody, ErrorDetail};
-use super::{api, follow};
+use super::{api, changes, follow};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -13,6 +13,7 @@ use super::{api, follow};
         api::create_plan,
         api::create_workflow,
         api::list_workflows,
+        changes::events,
         api::get_workflow,
         api::get_workflow_plan,
         api::get_tool_calls,

@@ -12,7 +12,7 @@ use tower_http::cors::CorsLayer;
 use super::ServeOptions;
 use super::api::{self, PlanQueries, StartTimes};
 use super::auth::{self, Tokens};
-use super::{follow, metrics, openapi, pages};
+use super::{changes, follow, metrics, openapi, pages};
 use crate::ids::WorkflowId;
 use crate::runner::Runner;
 
@@ -28,6 +28,8 @@ pub(super) struct AppState {
     pub(super) plan_queries: PlanQueries,
     pub(super) started: StartTimes,
     pub(super) metrics: metrics::MetricsCache,
+    /// Where requests tell the streams of workflow changes what they created or deleted.
+    pub(super) touched: changes::Touched,
     /// Turns `true` when the server stops: event streams end then.
     pub(super) stopping: tokio::sync::watch::Receiver<bool>,
 }
@@ -63,11 +65,13 @@ pub(super) fn build(runner: Runner, options: &ServeOptions, stopping: tokio::syn
         plan_queries: PlanQueries::default(),
         started: StartTimes::default(),
         metrics: metrics::MetricsCache::default(),
+        touched: changes::touched(),
         stopping,
     };
     let guarded = Router::new()
         .route("/v1/plans", post(api::create_plan))
         .route("/v1/workflows", post(api::create_workflow).get(api::list_workflows))
+        .route("/v1/events", get(changes::events))
         .route("/v1/workflows/{id}", get(api::get_workflow).delete(api::delete_workflow))
         .route("/v1/workflows/{id}/plan", get(api::get_workflow_plan))
         .route("/v1/workflows/{id}/tool-calls", get(api::get_tool_calls))

@@ -1,8 +1,13 @@
-// The front page: every workflow the caller may see, read again every second.
+// The front page: every workflow the caller may see, read once and then kept
+// current from the server's stream of workflow changes (GET /v1/events). Only
+// while that stream is down is the list read again, every ten seconds.
 "use strict";
 
-const body = document.querySelector("#workflows tbody");
+const FALLBACK_POLL_MS = 10000;
+const table = document.getElementById("workflows");
+const body = table.querySelector("tbody");
 const listStatus = document.getElementById("list-status");
+let count = 0;
 
 function row(workflow) {
   const link = el("a", { href: "/workflows/" + workflow.id }, workflow.id.slice(0, 13) + "…");
@@ -19,7 +24,8 @@ async function refresh() {
   try {
     const page = await api("GET", "/v1/workflows?page_size=200");
     body.replaceChildren(...page.results.map(row));
-    document.getElementById("count").textContent = page.count + " workflow(s)";
+    count = page.count;
+    showCount();
     say(listStatus, "");
   } catch (error) {
     say(listStatus, "Could not read the workflows: " + error.message, true);
@@ -40,5 +46,55 @@ document.getElementById("query-form").addEventListener("submit", async (event) =
   }
 });
 
-refresh();
-setInterval(refresh, 1000);
+function showCount() {
+  document.getElementById("count").textContent = count + " workflow(s)";
+}
+
+// Rows are in id order, as the list gives them.
+function upsert(workflow) {
+  const fresh = row(workflow);
+  const rows = [...body.rows];
+  const same = rows.find((r) => r.dataset.id === workflow.id);
+  if (same) {
+    same.replaceWith(fresh);
+    return;
+  }
+  const after = rows.find((r) => r.dataset.id > workflow.id);
+  body.insertBefore(fresh, after || null);
+  count += 1;
+  showCount();
+}
+
+function remove(id) {
+  const gone = [...body.rows].find((r) => r.dataset.id === id);
+  if (gone) {
+    gone.remove();
+    count -= 1;
+    showCount();
+  }
+}
+
+let fallback = null;
+
+function follow() {
+  const changes = new EventSource("/v1/events");
+  // Sent once the stream listens: the list read now misses nothing that follows.
+  changes.addEventListener("ready", () => {
+    table.dataset.live = "stream";
+    clearInterval(fallback);
+    fallback = null;
+    refresh();
+  });
+  changes.addEventListener("workflow", (message) => upsert(JSON.parse(message.data)));
+  changes.addEventListener("workflow_deleted", (message) => remove(JSON.parse(message.data).id));
+  // The browser reconnects by itself (and `ready` comes again); until then, poll.
+  changes.onerror = () => {
+    table.dataset.live = "poll";
+    if (fallback === null) {
+      refresh();
+      fallback = setInterval(refresh, FALLBACK_POLL_MS);
+    }
+  };
+}
+
+follow();

@@ -190,7 +190,7 @@ function outcomeText(outcome) {
   return "finished";
 }
 
-const LIVE_ONLY = new Set(["llm_text_delta", "llm_stream_restarted"]);
+const LIVE_ONLY = new Set(["llm_text_delta", "llm_tool_call_delta", "llm_stream_restarted"]);
 
 function follow() {
   const events = new EventSource(base + "/events");

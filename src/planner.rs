@@ -91,9 +91,9 @@ struct StepsOrError {
 
 const SYSTEM: &str = "Plan the query in the fewest steps with the listed tools; invent nothing. If impossible: \
 {\"steps\":[],\"error\":\"why\"}. Step: task (self-contained); tool_id (a listed tool; \"a,b\": calls them as \
-needed; ask_user: asks the task; exit: ends with the task; null: reasons over outputs); inputs (outputs read, \
-{\"name\":\"$output\",\"description\":\"..\"}, or constants with a \"value\"); output (new $snake_case); args \
-(the tool's arguments if the query fixes all, else null; strings may hold an earlier $output); condition \
+needed; ask_user: asks the task; exit/fail: ends ok/failed with the task; null: reasons over outputs); inputs \
+(outputs read, {\"name\":\"$output\",\"description\":\"..\"}, or constants with \"value\"); output (new \
+$snake_case); args (tool arguments if the query fixes all, else null; strings may hold $outputs); condition \
 (\"$out.x>1\" or words); for_each (\"$list\": runs per $item).";
 
 /// Plans with one structured LLM call, re-asking while the plan is invalid.
@@ -204,14 +204,16 @@ fn to_plan(query: &str, tool_ids: &[String], steps: &[PlannedStep]) -> Plan {
 }
 
 /// Reads the planner's `tool_id`: a tool; several (`"a,b"`), for a ReAct step;
-/// `ask_user` or `exit` (unless a tool has that id), for a user or exit step whose
-/// task is the question or the message; or none.
+/// `ask_user`, `exit` or `fail` (unless a tool has that id), for a user step whose
+/// task is the question, or an exit step ending COMPLETE or FAILED whose task is the
+/// message or the error; or none.
 fn with_kind(mut step: Step, tool_id: Option<&str>, tool_ids: &[String]) -> Step {
     let Some(tool_id) = tool_id.map(str::trim).filter(|t| !t.is_empty() && *t != "null") else { return step };
     let listed = tool_ids.iter().any(|id| id == tool_id);
     match tool_id {
         "ask_user" if !listed => step.ask_user = Some(AskUser::Input),
         "exit" if !listed => step.exit = Some(Exit::Complete(step.task.clone())),
+        "fail" if !listed => step.exit = Some(Exit::Failed(step.task.clone())),
         several if !listed && several.contains(',') => {
             step.tools = several.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect();
         }
@@ -306,7 +308,8 @@ mod tests {
             {"task": "Look it up and add", "tool_id": "search_tool, calculator_tool", "output": "$sum"},
             {"task": "Which account?", "tool_id": "ask_user", "output": "$account"},
             {"task": "Nothing to do", "tool_id": "exit", "output": "$done", "condition": "$sum == 0"},
-            {"task": "Search", "tool_id": "search_tool", "output": "$found"}
+            {"task": "Search", "tool_id": "search_tool", "output": "$found"},
+            {"task": "No such account", "tool_id": "fail", "output": "$failed"}
         ]))
         .unwrap();
         let plan = to_plan("q", &["search_tool".into(), "calculator_tool".into()], &steps);
@@ -317,6 +320,7 @@ mod tests {
         assert_eq!((plan.steps[1].ask_user.as_ref(), plan.steps[1].tool_id.as_deref()), (Some(&AskUser::Input), None));
         assert_eq!(plan.steps[2].exit, Some(Exit::Complete("Nothing to do".into())));
         assert_eq!(plan.steps[3].tool_id.as_deref(), Some("search_tool"));
+        assert_eq!(plan.steps[4].exit, Some(Exit::Failed("No such account".into())));
         let exit_tool = to_plan("q", &["exit".into()], &steps[2..3]);
         assert_eq!(
             (exit_tool.steps[0].tool_id.as_deref(), exit_tool.steps[0].exit.as_ref()),

@@ -56,6 +56,20 @@ pub enum Error {
     #[error("the plan is invalid: {}", join_problems(.0))]
     InvalidPlan(Vec<PlanProblem>),
 
+    /// The inputs given to a workflow do not fit its plan's [`inputs`](crate::Plan::inputs):
+    /// one without a default was not given, or one given is not the plan's.
+    #[error("{}", describe_inputs(*.plan_id, .missing, .unknown, .declared))]
+    PlanInputs {
+        /// The plan.
+        plan_id: PlanId,
+        /// The inputs it needs that were not given (without the `$`).
+        missing: Vec<String>,
+        /// The names given that are none of its inputs.
+        unknown: Vec<String>,
+        /// Every input it declares (without the `$`).
+        declared: Vec<String>,
+    },
+
     /// The planner could not produce a valid plan.
     #[error("planning failed: {message}{}", if .problems.is_empty() { String::new() } else { format!(": {}", join_problems(.problems)) })]
     Planning {
@@ -226,6 +240,27 @@ impl Error {
     pub(crate) fn planning(message: impl Into<String>) -> Self {
         Self::Planning { message: message.into(), problems: Vec::new() }
     }
+}
+
+/// What is wrong with a workflow's inputs, and how to give them on each surface.
+fn describe_inputs(plan_id: PlanId, missing: &[String], unknown: &[String], declared: &[String]) -> String {
+    let mut parts = Vec::new();
+    for name in missing {
+        parts.push(format!(
+            "plan {plan_id} needs the input `{name}`, which has no default: give it a value \
+             (`--input {name}=VALUE` on the command line, `\"inputs\": {{\"{name}\": VALUE}}` over HTTP, \
+             `.input(\"{name}\", VALUE)` in Rust)"
+        ));
+    }
+    for name in unknown {
+        let known = if declared.is_empty() {
+            "it takes none".to_owned()
+        } else {
+            format!("its inputs: {}", declared.join(", "))
+        };
+        parts.push(format!("plan {plan_id} has no input `{name}` ({known})"));
+    }
+    parts.join("; ")
 }
 
 fn join_problems(problems: &[PlanProblem]) -> String {

@@ -45,6 +45,8 @@ pub(crate) enum Stop {
 pub(crate) struct StopSignal {
     token: CancellationToken,
     reason: Arc<Mutex<Option<Stop>>>,
+    /// The signal of the run this one is a sub-plan of: stopping it stops this one.
+    parent: Option<Box<StopSignal>>,
 }
 
 impl StopSignal {
@@ -54,9 +56,21 @@ impl StopSignal {
         self.token.cancel();
     }
 
-    /// Why the run was told to stop, if it was.
+    /// Why the run was told to stop, if it was: its own reason first, else its
+    /// parent's. A parent that lost its lease leaves the child's lease intact, so
+    /// the child stops as at a shutdown, to be resumed with its parent.
     pub(crate) fn reason(&self) -> Option<Stop> {
-        self.reason.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        let own = self.reason.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        own.or_else(|| match self.parent.as_ref()?.reason()? {
+            Stop::LeaseLost => Some(Stop::Shutdown),
+            other => Some(other),
+        })
+    }
+
+    /// The signal of a child run (a sub-plan's workflow): it stops, for the same
+    /// reason, when this one does, and can also be stopped on its own.
+    pub(crate) fn child(&self) -> StopSignal {
+        StopSignal { token: self.token.child_token(), reason: Arc::default(), parent: Some(Box::new(self.clone())) }
     }
 
     /// The token running tools watch.

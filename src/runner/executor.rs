@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use super::Runner;
 use super::calls::{CallServices, Stop, StopSignal, ToolCalls};
-use super::control::spawn_heartbeat;
+use super::control::{RegisteredRun, spawn_heartbeat};
 use super::metered::Meter;
 use super::sub_plan::ChildPlan;
 use crate::agent::{Agent, StepContext, StepInput, StepOutcome, ask_user, skip_unless_holds, summarize_final_output};
@@ -74,9 +74,20 @@ impl Runner {
     /// Runs a workflow whose lease was granted, renewing the lease meanwhile and
     /// releasing it at the end, however the run ends. `signal` stops it early.
     pub(super) async fn run_granted(&self, grant: LeaseGrant, signal: StopSignal) -> Result<Workflow> {
+        let registered = self.inner.local_runs.register(grant.workflow.id(), signal.clone(), &self.inner.storage);
+        self.run_registered(grant, signal, registered).await
+    }
+
+    /// Runs a workflow as [`Runner::run_granted`] does, once registered as a run of
+    /// this process (which it stays until the run ends).
+    pub(super) async fn run_registered(
+        &self,
+        grant: LeaseGrant,
+        signal: StopSignal,
+        _registered: RegisteredRun,
+    ) -> Result<Workflow> {
         let ttl = self.inner.config.lease_ttl();
         let (id, lease) = (grant.workflow.id(), grant.lease.clone());
-        let _registered = self.inner.local_runs.register(id, signal.clone(), &self.inner.storage);
         let heartbeat = spawn_heartbeat(self.inner.storage.clone(), lease.clone(), ttl, signal.clone());
         let span = workflow_span(&grant.workflow);
         let result = self.run_leased(grant, signal).instrument(span).await;
@@ -373,7 +384,9 @@ impl Runner {
             (None, block) => block.map(|plan| ChildPlan::Block(Box::new(plan))),
         };
         let work = match child {
-            Some(plan) => Work::Child { runner: self.clone(), plan, events: run.events.clone() },
+            Some(plan) => {
+                Work::Child { runner: self.clone(), plan, events: run.events.clone(), signal: run.signal.child() }
+            }
             None => Work::Agent(Arc::clone(&self.inner.agent)),
         };
         running.spawn(run_step(work, self.inner.hooks.clone(), ctx).instrument(span)).id()
@@ -675,14 +688,16 @@ enum Work {
     /// The agent: tool, function, ReAct and LLM steps.
     Agent(Arc<dyn Agent>),
     /// A child workflow: sub-plan and block steps.
-    Child { runner: Runner, plan: ChildPlan, events: RunEvents },
+    Child { runner: Runner, plan: ChildPlan, events: RunEvents, signal: StopSignal },
 }
 
 impl Work {
     async fn execute(&self, ctx: &StepContext) -> StepOutcome {
         match self {
             Self::Agent(agent) => agent.execute(ctx).await,
-            Self::Child { runner, plan, events } => super::sub_plan::run(runner, ctx, plan, events).await,
+            Self::Child { runner, plan, events, signal } => {
+                super::sub_plan::run(runner, ctx, plan, events, signal.clone()).await
+            }
         }
     }
 }

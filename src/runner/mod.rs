@@ -12,6 +12,7 @@ mod calls;
 mod control;
 mod executor;
 mod functions;
+mod inputs;
 mod metered;
 mod requests;
 #[cfg(feature = "server")]
@@ -287,8 +288,14 @@ impl Runner {
         Ok(plan)
     }
 
-    async fn store_new_workflow(&self, plan: &Plan, context: ExecutionContext, planning: Planning) -> Result<Workflow> {
-        let workflow = self.new_workflow(plan, context, planning).await?;
+    async fn store_new_workflow(
+        &self,
+        plan: &Plan,
+        context: ExecutionContext,
+        planning: Planning,
+        inputs: &inputs::Inputs,
+    ) -> Result<Workflow> {
+        let workflow = self.new_workflow(plan, context, planning, inputs).await?;
         self.inner.storage.create_workflow(&workflow).await?;
         tracing::info!(workflow = %workflow.id(), plan = %plan.id, "workflow created");
         Ok(workflow)
@@ -299,15 +306,23 @@ impl Runner {
         plan: &Plan,
         context: ExecutionContext,
         planning: Planning,
+        inputs: &inputs::Inputs,
     ) -> Result<WorkflowId> {
-        let workflow = self.new_workflow(plan, context, planning).await?;
+        let workflow = self.new_workflow(plan, context, planning, inputs).await?;
         self.inner.storage.submit_workflow(&workflow).await?;
         tracing::info!(workflow = %workflow.id(), plan = %plan.id, "workflow submitted");
         Ok(workflow.id())
     }
 
-    /// Checks and saves `plan`, and makes (without storing it) a workflow of it.
-    async fn new_workflow(&self, plan: &Plan, context: ExecutionContext, planning: Planning) -> Result<Workflow> {
+    /// Checks and saves `plan`, and makes (without storing it) a workflow of it with
+    /// `inputs` for the plan's inputs.
+    async fn new_workflow(
+        &self,
+        plan: &Plan,
+        context: ExecutionContext,
+        planning: Planning,
+        inputs: &inputs::Inputs,
+    ) -> Result<Workflow> {
         let mut problems = plan.problems(self.inner.tools.as_ref());
         for (path, s) in plan.each_step() {
             if let Some(function) = s.function.as_ref().filter(|f| !self.inner.functions.contains_key(*f)) {
@@ -320,9 +335,10 @@ impl Runner {
         if !problems.is_empty() {
             return Err(Error::InvalidPlan(problems));
         }
+        inputs::check(plan, inputs)?;
         self.inner.storage.save_plan(plan).await?;
         let mut workflow = Workflow::new(plan.id, context);
-        workflow.set_inputs(plan, &serde_json::Map::new());
+        workflow.set_inputs(plan, inputs);
         workflow.set_usage(match planning {
             Planning::Counted => WorkflowUsage::planned(plan.usage, self.planning_cost(plan.usage)),
             Planning::Referenced => WorkflowUsage::of_existing_plan(plan.usage),
@@ -522,6 +538,9 @@ impl Runner {
     /// [`FailureKind::Cancelled`], with `reason`. Use it when a human rejects a value
     /// confirmation, for example.
     ///
+    /// Its child workflows (those of its [sub-plan steps](crate::Step::sub_plan),
+    /// and theirs) are cancelled with it, with the same reason, wherever they stand.
+    ///
     /// The request is stored, so any process may make it. A run of the workflow in
     /// this process stops at once (running steps are aborted, and running tools see
     /// it through [`ToolRunContext::cancellation`](crate::tool::ToolRunContext)), and
@@ -537,12 +556,23 @@ impl Runner {
         if stored.state().is_terminal() {
             return Err(stored.invalid_state("cancel it"));
         }
+        self.cancel_stored(&stored, reason).await
+    }
+
+    /// Cancels `stored`, which was not finished when read, and its child workflows.
+    async fn cancel_stored(&self, stored: &Workflow, reason: &str) -> Result<Workflow> {
+        let id = stored.id();
         self.inner.storage.request_cancel(id, reason).await?;
         if let Some(run) = self.inner.local_runs.get(id) {
+            // The run stops its children's runs with it; those at rest are ended here.
             run.signal.stop(Stop::Cancelled(reason.to_owned()));
-            let _ended = run.running.lock().await;
-            return self.inner.storage.get_workflow(id).await;
+            drop(run.running.lock().await);
+            let ended = self.inner.storage.get_workflow(id).await?;
+            self.cancel_children(&ended, reason).await?;
+            return Ok(ended);
         }
+        // Before the parent: a child's questions may be what the parent waits on.
+        self.cancel_children(stored, reason).await?;
         let failure = Failure::new(FailureKind::Cancelled, reason);
         match self.update_stored(id, |workflow| workflow.fail(failure).map(|()| Vec::new())).await {
             Err(Error::AlreadyRunning { .. }) => self.inner.storage.get_workflow(id).await,

@@ -8,7 +8,9 @@ use std::pin::Pin;
 
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
 
+use super::inputs::Inputs;
 use super::{PlanOptions, Planning, Runner, TypedWorkflow};
 use crate::Result;
 use crate::execution_context::ExecutionContext;
@@ -74,10 +76,10 @@ macro_rules! query_request {
     };
 }
 
-/// The setters every request about a plan shares: who its workflow is for, and
-/// whether the workflow pays for the plan's planning.
+/// The setters every request about a plan shares: who its workflow is for,
+/// whether the workflow pays for the plan's planning, and the plan's inputs.
 macro_rules! plan_request {
-    ($(#[$doc:meta])* $name:ident -> $output:ty, |$runner:ident, $plan:ident, $context:ident, $planning:ident| $body:expr) => {
+    ($(#[$doc:meta])* $name:ident -> $output:ty, |$runner:ident, $plan:ident, $context:ident, $planning:ident, $inputs:ident| $body:expr) => {
         $(#[$doc])*
         #[derive(Debug)]
         #[must_use = "a request does nothing until it is awaited"]
@@ -86,11 +88,27 @@ macro_rules! plan_request {
             plan: &'a Plan,
             context: ExecutionContext,
             planning: Planning,
+            inputs: Inputs,
         }
 
         impl<'a> $name<'a> {
             pub(super) fn new(runner: &'a Runner, plan: &'a Plan) -> Self {
-                Self { runner, plan, context: ExecutionContext::default(), planning: Planning::Referenced }
+                let (context, planning, inputs) = (ExecutionContext::default(), Planning::Referenced, Inputs::new());
+                Self { runner, plan, context, planning, inputs }
+            }
+
+            /// Gives the plan's input `name` (with or without its `$`) a value. An
+            /// input the plan declares without a default must be given; one it does
+            /// not declare is refused ([`Error::PlanInputs`](crate::Error::PlanInputs)).
+            pub fn input(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
+                self.inputs.insert(name.into(), value.into());
+                self
+            }
+
+            /// Gives the plan's inputs their values, by name, as [`input`](Self::input) does.
+            pub fn inputs(mut self, inputs: Map<String, Value>) -> Self {
+                self.inputs.extend(inputs);
+                self
             }
 
             /// Who the workflow is for (an empty context otherwise).
@@ -115,7 +133,7 @@ macro_rules! plan_request {
             type IntoFuture = Running<'a, $output>;
 
             fn into_future(self) -> Self::IntoFuture {
-                let Self { runner: $runner, plan: $plan, context: $context, planning: $planning } = self;
+                let Self { runner: $runner, plan: $plan, context: $context, planning: $planning, inputs: $inputs } = self;
                 Box::pin(async move { $body })
             }
         }
@@ -134,7 +152,7 @@ query_request!(
     |runner, query, options| {
         let context = options.execution_context.clone();
         let plan = runner.plan_query(query, options).await?;
-        let workflow = runner.store_new_workflow(&plan, context, Planning::Counted).await?;
+        let workflow = runner.store_new_workflow(&plan, context, Planning::Counted, &Inputs::new()).await?;
         runner.execute(workflow.id()).await
     }
 );
@@ -145,21 +163,21 @@ query_request!(
     |runner, query, options| {
         let context = options.execution_context.clone();
         let plan = runner.plan_query(query, options).await?;
-        runner.queue_new_workflow(&plan, context, Planning::Counted).await
+        runner.queue_new_workflow(&plan, context, Planning::Counted, &Inputs::new()).await
     }
 );
 
 plan_request!(
     /// Checks and saves a plan and creates its NOT_STARTED workflow: [`Runner::create_workflow`].
     CreateWorkflow -> Workflow,
-    |runner, plan, context, planning| runner.store_new_workflow(plan, context, planning).await
+    |runner, plan, context, planning, inputs| runner.store_new_workflow(plan, context, planning, &inputs).await
 );
 
 plan_request!(
     /// Creates a plan's workflow and runs it: [`Runner::run_plan`].
     RunPlan -> Workflow,
-    |runner, plan, context, planning| {
-        let workflow = runner.store_new_workflow(plan, context, planning).await?;
+    |runner, plan, context, planning, inputs| {
+        let workflow = runner.store_new_workflow(plan, context, planning, &inputs).await?;
         runner.execute(workflow.id()).await
     }
 );
@@ -167,7 +185,7 @@ plan_request!(
 plan_request!(
     /// Queues a plan's workflow for the workers: [`Runner::submit_plan`].
     SubmitPlan -> WorkflowId,
-    |runner, plan, context, planning| runner.queue_new_workflow(plan, context, planning).await
+    |runner, plan, context, planning, inputs| runner.queue_new_workflow(plan, context, planning, &inputs).await
 );
 
 /// Plans a query for a typed result, runs it and reads the output:
@@ -240,6 +258,18 @@ impl<'a, T> RunPlanAs<'a, T> {
         self.request = self.request.count_planning();
         self
     }
+
+    /// Gives the plan's input `name` a value: [`RunPlan::input`].
+    pub fn input(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.request = self.request.input(name, value);
+        self
+    }
+
+    /// Gives the plan's inputs their values: [`RunPlan::inputs`].
+    pub fn inputs(mut self, inputs: Map<String, Value>) -> Self {
+        self.request = self.request.inputs(inputs);
+        self
+    }
 }
 
 impl<'a, T: JsonSchema + DeserializeOwned + Send + 'a> IntoFuture for RunPlanAs<'a, T> {
@@ -247,14 +277,14 @@ impl<'a, T: JsonSchema + DeserializeOwned + Send + 'a> IntoFuture for RunPlanAs<
     type IntoFuture = Running<'a, TypedWorkflow<T>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        let RunPlan { runner, plan, context, planning } = self.request;
+        let RunPlan { runner, plan, context, planning, inputs } = self.request;
         Box::pin(async move {
             let workflow = if plan.output_schema.is_some() {
-                runner.store_new_workflow(plan, context, planning).await?
+                runner.store_new_workflow(plan, context, planning, &inputs).await?
             } else {
                 let mut typed = plan.clone();
                 typed.output_schema = Some(schema_of::<T>());
-                runner.store_new_workflow(&typed, context, planning).await?
+                runner.store_new_workflow(&typed, context, planning, &inputs).await?
             };
             TypedWorkflow::from_workflow(runner.execute(workflow.id()).await?)
         })

@@ -7,9 +7,13 @@
 //! surface on the parent, as the step's clarifications with the same ids: answered
 //! there, they are passed on to the child when the parent resumes.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use serde_json::Value;
 
 use super::Runner;
+use super::calls::StopSignal;
 use crate::agent::{StepContext, StepOutcome};
 use crate::events::{EventKind, RunEvents};
 use crate::ids::PlanId;
@@ -36,12 +40,33 @@ impl ChildPlan {
 }
 
 /// Runs a sub-plan or block step's child workflow (its condition and hooks were
-/// seen to by the caller).
-pub(super) async fn run(runner: &Runner, ctx: &StepContext, plan: &ChildPlan, events: &RunEvents) -> StepOutcome {
-    match runner.run_child(ctx, plan, events).await {
-        Ok(child) => outcome_of(&child),
-        Err(e) => StepOutcome::failed(FailureKind::SubPlan, format!("the sub-plan {} could not run: {e}", plan.id())),
+/// seen to by the caller). `signal` is the child's: a stop of the parent's run
+/// reaches it.
+pub(super) async fn run(
+    runner: &Runner,
+    ctx: &StepContext,
+    plan: &ChildPlan,
+    events: &RunEvents,
+    signal: StopSignal,
+) -> StepOutcome {
+    let failed = |e: &dyn std::fmt::Display| {
+        StepOutcome::failed(FailureKind::SubPlan, format!("the sub-plan {} could not run: {e}", plan.id()))
+    };
+    match runner.run_child(ctx, plan, events, signal).await {
+        Ok(Child::Ended(child)) => outcome_of(&child),
+        Ok(Child::Running(task)) => match task.await {
+            Ok(Ok(child)) => outcome_of(&child),
+            Ok(Err(e)) => failed(&e),
+            Err(e) => failed(&e),
+        },
+        Err(e) => failed(&e),
     }
+}
+
+/// A step's child workflow: finished already, or running in a task of its own.
+enum Child {
+    Ended(Box<Workflow>),
+    Running(tokio::task::JoinHandle<Result<Workflow>>),
 }
 
 /// The step's outcome from where its child workflow stands.
@@ -67,7 +92,18 @@ fn outcome_of(child: &Workflow) -> StepOutcome {
 impl Runner {
     /// Finds or starts the step's child workflow, passes it the answers given on the
     /// parent, and runs it to its end or its next question.
-    async fn run_child(&self, ctx: &StepContext, child_plan: &ChildPlan, events: &RunEvents) -> Result<Workflow> {
+    ///
+    /// The child runs in a task of its own, stopped by `signal`: when the parent's
+    /// run stops (a cancel, a shutdown) and drops this step, the child still ends
+    /// as a run does, saved and with its lease released, instead of being dropped
+    /// midway.
+    async fn run_child(
+        &self,
+        ctx: &StepContext,
+        child_plan: &ChildPlan,
+        events: &RunEvents,
+        signal: StopSignal,
+    ) -> Result<Child> {
         let storage = &self.inner.storage;
         let link = ParentLink { workflow_id: ctx.workflow_id, step: ctx.step_index, item: ctx.loop_item };
         let child = match storage.get_workflow(link.child_id()).await {
@@ -101,9 +137,39 @@ impl Runner {
             }
         }
         if child.state().is_terminal() {
-            return Ok(child);
+            return Ok(Child::Ended(Box::new(child)));
         }
-        Box::pin(self.execute(child.id())).await
+        let grant = storage.acquire_lease(child.id(), &self.inner.owner, self.inner.config.lease_ttl()).await?;
+        // Registered before the task starts, so a cancel made from now on finds the run.
+        let registered = self.inner.local_runs.register(child.id(), signal.clone(), storage);
+        let runner = self.clone();
+        let run: Pin<Box<dyn Future<Output = Result<Workflow>> + Send>> =
+            Box::pin(async move { runner.run_registered(grant, signal, registered).await });
+        Ok(Child::Running(tokio::spawn(run)))
+    }
+
+    /// Cancels the child workflows `parent` started (and theirs) that have not
+    /// finished, as [`Runner::cancel_workflow`] does.
+    pub(super) async fn cancel_children(&self, parent: &Workflow, reason: &str) -> Result<()> {
+        let plan = match self.inner.storage.get_plan(parent.plan_id()).await {
+            Ok(plan) => plan,
+            Err(Error::PlanNotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for link in child_links(&plan, parent) {
+            match self.inner.storage.get_workflow(link.child_id()).await {
+                Ok(child) if !child.state().is_terminal() => {
+                    match Box::pin(self.cancel_stored(&child, reason)).await {
+                        // It ended meanwhile.
+                        Ok(_) | Err(Error::InvalidWorkflowState { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(_) | Err(Error::WorkflowNotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// What only the store can tell of `plan`'s sub-plan steps (those inside blocks
@@ -155,6 +221,24 @@ impl Runner {
         }
         Ok(None)
     }
+}
+
+/// The links of every child `workflow` may have started: one per sub-plan or
+/// block step, or one per item of such a step's loop. A link whose child was never
+/// started names a workflow that is not stored.
+fn child_links(plan: &Plan, workflow: &Workflow) -> Vec<ParentLink> {
+    let mut links = Vec::new();
+    for (index, step) in plan.steps.iter().enumerate().filter(|(_, s)| s.plan.is_some() || s.is_block()) {
+        match &step.for_each {
+            None => links.push(ParentLink::new(workflow.id(), index, None)),
+            Some(list) => {
+                let items = workflow.outputs().step_outputs.resolve(list.trim());
+                let count = items.as_ref().and_then(Value::as_array).map_or(0, Vec::len);
+                links.extend((0..count).map(|item| ParentLink::new(workflow.id(), index, Some(item))));
+            }
+        }
+    }
+    links
 }
 
 /// What following a step's sub-plans found wrong.

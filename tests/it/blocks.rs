@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use portia::agent::StepContext;
 use portia::plan::{AskUser, PlanProblem, Step};
 use portia::runner::{HookError, Hooks, StepDecision};
-use portia::storage::{InMemoryStorage, ManualClock, SqliteStorage, Storage, WorkflowQuery};
+use portia::storage::{InMemoryStorage, ManualClock, SqliteStorage, Storage, WorkflowQuery, WorkflowStore};
 use portia::testing::{MockTool, ScriptedLlm};
 use portia::workflow::{FailureKind, ParentLink, StepOutcome};
 use portia::{Config, InMemoryToolRegistry, Plan, PlanBuilder, Runner, WorkflowId, WorkflowState};
@@ -198,6 +198,30 @@ async fn a_question_inside_a_looped_block_surfaces_on_the_parent_and_its_answer_
     let confirmed = &workflow.outputs().step_outputs.get("$confirmed").unwrap().value;
     let closes: Vec<&serde_json::Value> = confirmed.as_array().unwrap().iter().map(|v| &v["close"]).collect();
     assert_eq!(closes, [&json!(false), &json!(true), &json!(false)], "each answer reached its own item's child");
+}
+
+#[tokio::test]
+async fn cancelling_a_parent_cancels_the_block_children_waiting_on_questions() {
+    let note = Arc::new(MockTool::echo("note_tool"));
+    let h = common::harness_with(sequential(), tools(note), ScriptedLlm::new());
+    let plan = PlanBuilder::new("Confirm each ticket")
+        .step("List the tickets", Some("tickets_tool"), "$tickets")
+        .args(json!({}))
+        .block("Confirm one", "$confirmed", |b| b.ask_user("Close ticket $item.id?", AskUser::Confirm, "$ok"))
+        .for_each("$tickets")
+        .build();
+    let waiting = h.runner.run_plan(&plan).await.unwrap();
+    assert_eq!(waiting.state(), WorkflowState::NeedClarification);
+    let child_id = ParentLink::new(waiting.id(), 1, Some(0)).child_id();
+    assert_eq!(h.storage.get_workflow(child_id).await.unwrap().state(), WorkflowState::NeedClarification);
+
+    let parent = h.runner.cancel_workflow(waiting.id(), "not today").await.unwrap();
+
+    assert_eq!(parent.failure().map(|f| f.kind), Some(FailureKind::Cancelled));
+    let child = h.storage.get_workflow(child_id).await.unwrap();
+    assert_eq!(child.state(), WorkflowState::Failed);
+    let failure = child.failure().unwrap();
+    assert_eq!((failure.kind, failure.message.as_str()), (FailureKind::Cancelled, "not today"));
 }
 
 #[tokio::test]

@@ -137,6 +137,24 @@ async fn an_exit_step_can_fail_the_workflow_with_its_error() {
     assert_eq!(failure.message, "urgent tickets go to a person");
 }
 
+#[tokio::test]
+async fn the_planner_can_end_a_workflow_failed_with_a_fail_step() {
+    let planned = json!({"steps": [
+        {"task": "Read the ticket", "tool_id": "ticket_tool", "output": "$ticket", "args": {}},
+        {"task": "urgent tickets go to a person", "tool_id": "fail", "output": "$refused",
+         "condition": "$ticket.urgent"}
+    ]});
+    let h = harness(config(ExecutionMode::Sequential, false), ticket_tools(true), ScriptedLlm::new().json(planned));
+
+    let workflow = h.runner.execute_query("Triage the ticket; refuse urgent ones").await.unwrap();
+
+    let plan = h.runner.get_plan(workflow.plan_id()).await.unwrap();
+    assert_eq!(plan.steps[1].exit, Some(Exit::Failed("urgent tickets go to a person".into())));
+    let failure = workflow.failure().unwrap();
+    assert_eq!((workflow.state(), failure.kind, failure.step), (WorkflowState::Failed, FailureKind::Exited, Some(1)));
+    assert_eq!(failure.message, "urgent tickets go to a person");
+}
+
 #[test]
 fn a_condition_naming_an_unknown_output_is_a_plan_problem() {
     let plan = PlanBuilder::new("q")

@@ -67,6 +67,7 @@ mod mcp_server;
 mod mcp_servers;
 mod parallel;
 mod plan_args;
+mod plan_inputs;
 mod react;
 mod runner;
 #[cfg(feature = "server")]

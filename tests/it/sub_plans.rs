@@ -209,3 +209,213 @@ async fn a_parent_killed_while_its_child_runs_resumes_the_same_child() {
     let all = storage.list_workflows(&WorkflowQuery::default()).await.unwrap();
     assert_eq!(all.count, 2, "the parent and one child");
 }
+
+// ----- cancelling a parent cancels its children -----
+
+/// A child plan whose one step is a function that says it started and never ends.
+fn hanging_child() -> Plan {
+    PlanBuilder::new("Wait forever")
+        .plan_input("$ticket", "the ticket")
+        .function("Wait", "wait_forever", json!({}), "$never")
+        .build()
+}
+
+/// A runner whose `wait_forever` function notifies `started`, then waits forever.
+fn hanging_runner(storage: Arc<dyn Storage>, started: Arc<tokio::sync::Notify>) -> Runner {
+    Runner::builder(config())
+        .llm(Arc::new(ScriptedLlm::new().text("ticket 3")))
+        .storage(storage)
+        .function("wait_forever", "Waits forever", move |_: serde_json::Value| {
+            let started = started.clone();
+            async move {
+                started.notify_one();
+                std::future::pending::<Result<serde_json::Value, String>>().await
+            }
+        })
+        .build()
+        .unwrap()
+}
+
+fn assert_cancelled(workflow: &portia::Workflow, reason: &str) {
+    assert_eq!(workflow.state(), WorkflowState::Failed, "{}", workflow.id());
+    let failure = workflow.failure().unwrap();
+    assert_eq!((failure.kind, failure.message.as_str()), (FailureKind::Cancelled, reason), "{}", workflow.id());
+}
+
+#[tokio::test]
+async fn cancelling_a_parent_waiting_on_its_childs_question_cancels_both() {
+    let storage: Arc<dyn Storage> = Arc::new(InMemoryStorage::new());
+    let child_plan = PlanBuilder::new("Confirm")
+        .plan_input("$ticket", "the ticket")
+        .ask_user("Send the reply to $ticket?", AskUser::Confirm, "$ok")
+        .build();
+    storage.save_plan(&child_plan).await.unwrap();
+    let (runner, _) = runner(storage.clone(), ScriptedLlm::new().text("ticket 7"));
+    let waiting = runner.run_plan(&parent_of(&child_plan)).await.unwrap();
+    let child_id = ParentLink::new(waiting.id(), 1, None).child_id();
+    assert_eq!(storage.get_workflow(child_id).await.unwrap().state(), WorkflowState::NeedClarification);
+
+    let parent = runner.cancel_workflow(waiting.id(), "not needed").await.unwrap();
+    assert_cancelled(&parent, "not needed");
+    assert_cancelled(&storage.get_workflow(child_id).await.unwrap(), "not needed");
+}
+
+#[tokio::test]
+async fn cancelling_a_parent_while_its_child_runs_stops_both() {
+    let storage: Arc<dyn Storage> = Arc::new(InMemoryStorage::new());
+    let child_plan = hanging_child();
+    storage.save_plan(&child_plan).await.unwrap();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let runner = hanging_runner(storage.clone(), started.clone());
+    let parent = runner.create_workflow(&parent_of(&child_plan)).await.unwrap();
+    let run = tokio::spawn({
+        let (runner, id) = (runner.clone(), parent.id());
+        async move { runner.execute_workflow_by_id(id).await }
+    });
+    started.notified().await;
+
+    let cancelled = runner.cancel_workflow(parent.id(), "the user stopped it").await.unwrap();
+    assert_cancelled(&cancelled, "the user stopped it");
+    let child = storage.get_workflow(ParentLink::new(parent.id(), 1, None).child_id()).await.unwrap();
+    assert_cancelled(&child, "the user stopped it");
+    assert_eq!(run.await.unwrap().unwrap(), cancelled, "the parent's run ended with it");
+}
+
+#[tokio::test]
+async fn a_cancel_reaches_the_children_of_children() {
+    let storage: Arc<dyn Storage> = Arc::new(InMemoryStorage::new());
+    let grandchild_plan = hanging_child();
+    let child_plan = PlanBuilder::new("Pass it on")
+        .plan_input("$ticket", "the ticket")
+        .sub_plan("Wait for it", grandchild_plan.id, json!({"ticket": "$ticket"}), "$waited")
+        .build();
+    storage.save_plan(&grandchild_plan).await.unwrap();
+    storage.save_plan(&child_plan).await.unwrap();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let runner = hanging_runner(storage.clone(), started.clone());
+    let parent = runner.create_workflow(&parent_of(&child_plan)).await.unwrap();
+    let run = tokio::spawn({
+        let (runner, id) = (runner.clone(), parent.id());
+        async move { runner.execute_workflow_by_id(id).await }
+    });
+    started.notified().await;
+
+    runner.cancel_workflow(parent.id(), "stop").await.unwrap();
+    let child = ParentLink::new(parent.id(), 1, None).child_id();
+    let grandchild = ParentLink::new(child, 0, None).child_id();
+    for id in [parent.id(), child, grandchild] {
+        assert_cancelled(&storage.get_workflow(id).await.unwrap(), "stop");
+    }
+    run.await.unwrap().unwrap();
+}
+
+/// The child process: runs the parent, whose child hangs in its function step,
+/// until a cancel from the test process stops both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run as a child process by the sub-plan cancellation test"]
+async fn sub_plan_cancel_child() {
+    let Some(db) = std::env::var_os("SUB_PLAN_DB") else { return };
+    let storage = Arc::new(SqliteStorage::open(PathBuf::from(db)).unwrap());
+    let started = Arc::new(tokio::sync::Notify::new());
+    let runner = hanging_runner(storage, started.clone());
+    let id: WorkflowId = std::env::var("SUB_PLAN_WORKFLOW").unwrap().parse().unwrap();
+    let run = tokio::spawn(async move { runner.execute_workflow_by_id(id).await });
+    started.notified().await;
+    println!("{MARKER}");
+    let ended = run.await.unwrap().unwrap();
+    println!("ENDED {}", ended.state());
+}
+
+#[tokio::test]
+async fn a_cancel_from_another_process_stops_the_parent_and_its_running_child() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("portia.db");
+    let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open(&db).unwrap());
+    let child_plan = hanging_child();
+    storage.save_plan(&child_plan).await.unwrap();
+    let (runner, _) = runner(storage.clone(), ScriptedLlm::new());
+    let id = runner.create_workflow(&parent_of(&child_plan)).await.unwrap().id();
+
+    let process = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "sub_plans::sub_plan_cancel_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+            "--quiet",
+        ])
+        .env("SUB_PLAN_DB", &db)
+        .env("SUB_PLAN_WORKFLOW", id.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut process = common::ChildGuard(process);
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(process.stdout.take().unwrap()));
+    assert!(lines.any(|l| l.unwrap().starts_with(MARKER)), "the child process ended before its child ran");
+
+    let seen = runner.cancel_workflow(id, "stopped from elsewhere").await.unwrap();
+    assert_eq!(seen.state(), WorkflowState::InProgress, "the run in the other process stops on its own");
+    let ended = lines.find_map(|l| l.unwrap().strip_prefix("ENDED ").map(str::to_owned));
+    assert_eq!(ended.as_deref(), Some("FAILED"), "the parent's run ended");
+    assert!(process.wait().unwrap().success());
+    assert_cancelled(&storage.get_workflow(id).await.unwrap(), "stopped from elsewhere");
+    let child = ParentLink::new(id, 1, None).child_id();
+    assert_cancelled(&storage.get_workflow(child).await.unwrap(), "stopped from elsewhere");
+}
+
+// ----- an interrupted parent leaves its child to be resumed with it -----
+
+/// Answers "ticket 9", then hangs on its second call (the child's step) until the
+/// run is stopped, then answers "billing".
+#[derive(Debug, Default)]
+struct HangsOnSecondCall {
+    calls: std::sync::atomic::AtomicUsize,
+    second_started: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl portia::llm::LlmClient for HangsOnSecondCall {
+    async fn chat(&self, _: portia::llm::LlmRequest) -> Result<portia::llm::LlmResponse, portia::llm::LlmError> {
+        match self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+            0 => Ok(portia::llm::LlmResponse::text("ticket 9")),
+            1 => {
+                self.second_started.notify_one();
+                std::future::pending().await
+            }
+            _ => Ok(portia::llm::LlmResponse::text("billing")),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_interrupted_parent_leaves_its_child_resumable_and_resuming_the_parent_resumes_it() {
+    let storage: Arc<dyn Storage> = Arc::new(InMemoryStorage::new());
+    let child_plan = classify_plan();
+    storage.save_plan(&child_plan).await.unwrap();
+    let llm = Arc::new(HangsOnSecondCall::default());
+    let runner = Runner::builder(config()).llm_as_is(llm.clone()).storage(storage.clone()).build().unwrap();
+    let parent = runner.create_workflow(&parent_of(&child_plan)).await.unwrap();
+    let run = tokio::spawn({
+        let (runner, id) = (runner.clone(), parent.id());
+        async move { runner.execute_workflow_by_id(id).await }
+    });
+    llm.second_started.notified().await;
+
+    assert!(runner.interrupt(parent.id()));
+    assert_eq!(run.await.unwrap().unwrap().state(), WorkflowState::InProgress);
+    let child_id = ParentLink::new(parent.id(), 1, None).child_id();
+    // The child's run stops with its parent's, in a task of its own: wait for it to end.
+    while runner.interrupt(child_id) {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(storage.get_workflow(child_id).await.unwrap().state(), WorkflowState::InProgress, "left to resume");
+
+    let resumed = runner.execute_workflow_by_id(parent.id()).await.unwrap();
+    assert_eq!(resumed.state(), WorkflowState::Complete, "{:?}", resumed.failure());
+    assert_eq!(resumed.outputs().step_outputs.get("$class").unwrap().value, json!("billing"));
+    assert_eq!(storage.get_workflow(child_id).await.unwrap().state(), WorkflowState::Complete);
+    assert_eq!(llm.calls.load(std::sync::atomic::Ordering::SeqCst), 3, "the parent's finished step is not asked again");
+    assert_eq!(storage.list_workflows(&WorkflowQuery::default()).await.unwrap().count, 2, "the same child");
+}

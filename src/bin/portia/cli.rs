@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use portia::{ClarificationId, WorkflowId, WorkflowState};
+use portia::{ClarificationId, PlanId, WorkflowId, WorkflowState};
 
 const AFTER_HELP: &str = "\
 Exit codes: 0 COMPLETE (or done), 1 FAILED or an error, 2 a usage error, 3 waiting for a clarification.
@@ -146,11 +146,36 @@ pub(crate) enum Command {
 #[derive(Debug, Args)]
 pub(crate) struct Source {
     /// The query to plan.
-    #[arg(required_unless_present = "plan", conflicts_with = "plan")]
+    #[arg(required_unless_present_any = ["plan", "plan_id"], conflicts_with_all = ["plan", "plan_id"])]
     pub(crate) query: Option<String>,
     /// Run this plan (JSON, as `portia plan` prints it) instead of planning.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "plan_id")]
     pub(crate) plan: Option<PathBuf>,
+    /// Run this stored plan instead of planning.
+    #[arg(long, value_name = "ID")]
+    pub(crate) plan_id: Option<PlanId>,
+    /// Give the plan's input NAME a value (repeat for each input); VALUE is read as
+    /// JSON when it parses, else as a string.
+    #[arg(long = "input", value_name = "NAME=VALUE", value_parser = parse_input)]
+    pub(crate) inputs: Vec<(String, serde_json::Value)>,
+}
+
+impl Source {
+    /// The values given with `--input`, by name.
+    pub(crate) fn input_map(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.inputs.iter().cloned().collect()
+    }
+}
+
+/// `NAME=VALUE`, the value read as JSON when it parses, else as a string.
+fn parse_input(text: &str) -> Result<(String, serde_json::Value), String> {
+    let usage = || format!("{text:?} is not an input: write NAME=VALUE, such as ticket=\"My card was charged twice\"");
+    let (name, value) = text.split_once('=').ok_or_else(usage)?;
+    let name = name.trim();
+    if name.trim_start_matches('$').is_empty() {
+        return Err(usage());
+    }
+    Ok((name.to_owned(), crate::prompt::parse_value(value)))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -195,6 +220,13 @@ pub(crate) fn parse_age(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inputs_read_as_a_name_and_a_json_or_text_value() {
+        assert_eq!(parse_input("count=3"), Ok(("count".to_owned(), serde_json::json!(3))));
+        assert_eq!(parse_input("$ticket=a=b"), Ok(("$ticket".to_owned(), serde_json::json!("a=b"))));
+        assert!(parse_input("ticket").is_err() && parse_input("=3").is_err());
+    }
 
     #[test]
     fn ages_read_as_durations() {

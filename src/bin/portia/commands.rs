@@ -39,16 +39,16 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
             Ok(Exit::Ok)
         }
         Command::Run(source) => {
-            let plan = load_or_plan(setup, &source).await?;
-            // A plan written for this run is paid for by it; a plan file is not.
-            let create = runner.create_workflow(&plan);
-            let workflow = if source.plan.is_none() { create.count_planning() } else { create }.await?;
+            let plan = load_or_plan(setup, runner, &source).await?;
+            // A plan written for this run is paid for by it; a given plan is not.
+            let create = runner.create_workflow(&plan).inputs(source.input_map());
+            let workflow = if source.query.is_some() { create.count_planning() } else { create }.await?;
             run(runner, &plan, workflow).await
         }
         Command::Submit(source) => {
-            let plan = load_or_plan(setup, &source).await?;
-            let submit = runner.submit_plan(&plan);
-            let id = if source.plan.is_none() { submit.count_planning() } else { submit }.await?;
+            let plan = load_or_plan(setup, runner, &source).await?;
+            let submit = runner.submit_plan(&plan).inputs(source.input_map());
+            let id = if source.query.is_some() { submit.count_planning() } else { submit }.await?;
             emit(format_args!("{id}\n"))?;
             Ok(Exit::Ok)
         }
@@ -184,7 +184,10 @@ async fn plan(setup: &Setup, query: &str) -> Result<Plan, Failure> {
     Ok(plan?)
 }
 
-async fn load_or_plan(setup: &Setup, source: &Source) -> Result<Plan, Failure> {
+async fn load_or_plan(setup: &Setup, runner: &Runner, source: &Source) -> Result<Plan, Failure> {
+    if let Some(id) = source.plan_id {
+        return Ok(runner.get_plan(id).await?);
+    }
     match (&source.plan, &source.query) {
         (Some(path), _) => {
             let text =
@@ -192,7 +195,7 @@ async fn load_or_plan(setup: &Setup, source: &Source) -> Result<Plan, Failure> {
             serde_json::from_str(&text).map_err(|e| Failure(format!("{} is not a plan: {e}", path.display())))
         }
         (None, Some(query)) => plan(setup, query).await,
-        (None, None) => Err(Failure("give a query or --plan FILE".to_owned())),
+        (None, None) => Err(Failure("give a query, --plan FILE or --plan-id ID".to_owned())),
     }
 }
 

@@ -53,6 +53,11 @@ pub(super) struct CreateWorkflow {
     /// For a query: offer the planner only these tools.
     #[serde(default)]
     tools: Option<Vec<String>>,
+    /// Values for the plan's inputs, by name (`{"ticket": "..."}`); each input the
+    /// plan declares without a default must be given.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    inputs: Option<serde_json::Map<String, serde_json::Value>>,
     /// Who the workflow runs for (a token bound to an end user sets it).
     #[serde(default)]
     end_user_id: Option<String>,
@@ -175,14 +180,15 @@ pub(super) async fn create_workflow(
         _ => return Err(ApiError::bad_request("give exactly one of `query`, `plan` or `plan_id`")),
     };
     let mode = request.mode.unwrap_or(if state.workers { StartMode::Queue } else { StartMode::Run });
+    let inputs = request.inputs.unwrap_or_default();
     let workflow = match mode {
         StartMode::Queue => {
-            let submit = runner.submit_plan(&plan).execution_context(context);
+            let submit = runner.submit_plan(&plan).execution_context(context).inputs(inputs);
             let id = if planned_here { submit.count_planning() } else { submit }.await?;
             runner.get_workflow(id).await?
         }
         StartMode::Run => {
-            let create = runner.create_workflow(&plan).execution_context(context);
+            let create = runner.create_workflow(&plan).execution_context(context).inputs(inputs);
             let workflow = if planned_here { create.count_planning() } else { create }.await?;
             state.run_in_background(workflow.id());
             workflow

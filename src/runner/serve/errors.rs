@@ -62,6 +62,7 @@ impl From<Error> for ApiError {
             }
             Error::ToolNotFound(_) => (StatusCode::UNPROCESSABLE_ENTITY, "tool_not_found"),
             Error::InvalidId(_) => (StatusCode::BAD_REQUEST, "invalid_id"),
+            Error::PlanInputs { .. } => (StatusCode::BAD_REQUEST, "invalid_inputs"),
             Error::InvalidWorkflowState { .. } => (StatusCode::CONFLICT, "invalid_workflow_state"),
             Error::AlreadyRunning { .. } => (StatusCode::CONFLICT, "already_running"),
             Error::MissingApiKey { .. } | Error::InvalidConfig { .. } => {

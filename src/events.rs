@@ -282,6 +282,7 @@ impl EventSink {
 
     /// A stream of every event from now on that does not count as watching: no
     /// reply is streamed for its sake (see [`StreamMode`](crate::llm::StreamMode)).
+    #[cfg(feature = "server")]
     pub(crate) fn subscribe_unwatching(&self) -> EventStream {
         self.unwatching.fetch_add(1, Ordering::Relaxed);
         let guard = Unwatching(Arc::clone(&self.unwatching));

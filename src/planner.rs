@@ -115,7 +115,7 @@ impl Planner for OneShotPlanner {
     async fn plan(&self, request: PlanningRequest) -> Result<Plan> {
         let registry = InMemoryToolRegistry::from_tools(request.tools.iter().cloned())?;
         let tool_ids: Vec<String> = request.tools.iter().map(|t| t.spec().id).collect();
-        let mut messages = vec![Message::system(SYSTEM), Message::user(prompt(&request))];
+        let mut messages = vec![Message::system(instructions(&request)), Message::user(prompt(&request))];
         let mut usage = Usage::default();
         let mut problems = Vec::new();
         for attempt in 1..=self.attempts {
@@ -222,9 +222,12 @@ fn with_kind(mut step: Step, tool_id: Option<&str>, tool_ids: &[String]) -> Step
     step
 }
 
-/// The planner's user message: tools with their arguments, examples, context, query.
-fn prompt(request: &PlanningRequest) -> String {
-    let mut out = String::from("Tools:\n");
+/// The planner's system message: how to plan, the tools with their arguments and
+/// the example plans. It is the same for every query planned with one set of tools,
+/// so it is the prefix the providers' prompt caches keep (Anthropic's breakpoint
+/// and Bedrock's cache point sit at its end).
+fn instructions(request: &PlanningRequest) -> String {
+    let mut out = format!("{SYSTEM}\nTools:\n");
     for tool in &request.tools {
         let spec = tool.spec();
         let _ = writeln!(out, "- {}: {} Arguments: {}", spec.id, spec.description, describe_args(&spec.args_schema));
@@ -236,6 +239,14 @@ fn prompt(request: &PlanningRequest) -> String {
             let _ = writeln!(out, "Query: {} -> {{\"steps\":{steps}}}", example.plan_context.query);
         }
     }
+    out.truncate(out.trim_end().len());
+    out
+}
+
+/// The planner's user message: what changes from query to query (who asks,
+/// context, the wanted schema, the date and the query).
+fn prompt(request: &PlanningRequest) -> String {
+    let mut out = String::new();
     let ec = &request.execution_context;
     if let Some(user) = &ec.end_user_id {
         let _ = writeln!(out, "End user: {user}");

@@ -6,6 +6,8 @@
 //! cargo run --release --example bench -- --n 100 --concurrency 50
 //! # with durable writes: a SQLite database (in a fresh temporary directory)
 //! cargo run --release --example bench -- --n 100 --concurrency 50 --storage sqlite
+//! # memory, then SQLite, in one session (each line also gives allocations and heap per workflow)
+//! cargo run --release --example bench -- --n 500 --concurrency 500 --storage memory,sqlite
 //! # or a fresh schema of a Postgres database
 //! cargo run --release --features postgres --example bench -- --n 200 --concurrency 50 --storage postgres --database-url postgres://...
 //! # on worker processes sharing one SQLite database: 1, then 2, then 4 workers
@@ -47,6 +49,12 @@ mod fake_apis;
 
 #[path = "support/bench_workers.rs"]
 mod bench_workers;
+
+/// The system's allocator, counting allocations and bytes, so that a measurement can
+/// say what a workflow allocates (a few atomic additions per allocation, which the
+/// CPU figures include).
+#[global_allocator]
+static ALLOCATOR: stats_alloc::StatsAlloc<std::alloc::System> = stats_alloc::StatsAlloc::system();
 
 const QUERY: &str = "Which stock price grew faster in 2024, Amazon or Google?";
 
@@ -92,8 +100,10 @@ struct Args {
     seed: u64,
     /// Where workflows are kept: in memory, in SQLite with durable (fsynced) writes,
     /// or in Postgres at --database-url (a fresh schema; needs the `postgres` feature).
-    #[arg(long, value_enum, default_value_t = StorageChoice::Memory)]
-    storage: StorageChoice,
+    /// A comma-separated list measures each in turn, in one session: `memory,sqlite`.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "memory")]
+    storage: Vec<StorageChoice>,
+
     /// Watch every run: a subscriber reads every event, and tracing logs every span
     /// as it closes (to nowhere), to measure what watching costs.
     #[arg(long)]
@@ -187,14 +197,16 @@ async fn run(args: &Args) -> Result<(), String> {
         }
     };
     let result = async {
-        if args.workers.is_empty() && args.stream.is_empty() {
-            println!("{}", measure(args, &base_url, None, None).await?);
-        }
-        for &mode in args.stream.iter().filter(|_| args.workers.is_empty()) {
-            println!("{}", measure(args, &base_url, None, Some(mode)).await?);
-        }
-        if let (true, Some(rpm)) = (args.workers.is_empty(), args.client_rpm) {
-            println!("{}", measure(args, &base_url, Some(rpm), None).await?);
+        for &storage in args.storage.iter().filter(|_| args.workers.is_empty()) {
+            if args.stream.is_empty() {
+                println!("{}", measure(args, &base_url, storage, None, None).await?);
+            }
+            for &mode in &args.stream {
+                println!("{}", measure(args, &base_url, storage, None, Some(mode)).await?);
+            }
+            if let Some(rpm) = args.client_rpm {
+                println!("{}", measure(args, &base_url, storage, Some(rpm), None).await?);
+            }
         }
         for &workers in &args.workers {
             println!("{}", bench_workers::measure(args, &base_url, workers.max(1)).await?);
@@ -248,13 +260,15 @@ async fn rate_limited(base_url: &str) -> u64 {
 async fn measure(
     args: &Args,
     base_url: &str,
+    storage: StorageChoice,
     client_rpm: Option<u32>,
     stream: Option<StreamMode>,
 ) -> Result<Value, String> {
     let execution = if args.sequential { "sequential" } else { "parallel" };
     // Kept until the end of the run, so the database outlives every workflow.
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let storage: Arc<dyn Storage> = match args.storage {
+    let choice = storage;
+    let storage: Arc<dyn Storage> = match choice {
         StorageChoice::Memory => Arc::new(InMemoryStorage::new()),
         StorageChoice::Sqlite => {
             Arc::new(SqliteStorage::open(dir.path().join("portia.db")).map_err(|e| e.to_string())?)
@@ -268,6 +282,7 @@ async fn measure(
     let rate_limited_before = rate_limited(base_url).await;
     let watching = args.watched.then(|| watch_everything(&runner));
 
+    let memory_before = Memory::start();
     let cpu_before = cpu_seconds();
     let started = Instant::now();
     let semaphore = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
@@ -307,6 +322,7 @@ async fn measure(
     }
     let wall = started.elapsed();
     let cpu = cpu_seconds() - cpu_before;
+    let memory = memory_before.end(args.n, args.concurrency);
     let http_429 = rate_limited(base_url).await - rate_limited_before;
     let events_seen = watching.map_or(0, |seen| seen.load(std::sync::atomic::Ordering::Relaxed));
     let mut tool_calls = 0;
@@ -322,7 +338,7 @@ async fn measure(
         "fault_rate": args.fault_rate,
         "concurrency": args.concurrency,
         "execution": execution,
-        "storage": format!("{:?}", args.storage).to_lowercase(),
+        "storage": format!("{choice:?}").to_lowercase(),
         "server": args.base_url.clone().unwrap_or_else(|| format!("built-in ({} ms per LLM call, {} ms per search)", args.latency_ms, args.tool_latency_ms)),
         "server_llm_rps": args.server_rps,
         "server_retry_after": args.server_retry_after,
@@ -341,6 +357,11 @@ async fn measure(
         "events_seen_per_workflow": round(events_seen as f64 / done, 1),
         "cpu_ms_per_workflow": round(cpu * 1000.0 / args.n as f64, 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        "rss_kb_per_workflow_in_flight": memory.rss_kb_per_in_flight,
+        "allocations_per_workflow": memory.allocations_per_workflow,
+        "allocated_kb_per_workflow": memory.allocated_kb_per_workflow,
+        "peak_heap_kb_per_workflow_in_flight": memory.peak_heap_kb_per_in_flight,
+        "heap_kb_kept_per_workflow": memory.heap_kb_kept_per_workflow,
     }))
 }
 
@@ -392,15 +413,93 @@ fn cpu_seconds() -> f64 {
     nanos as f64 / 1e9
 }
 
-/// The most resident memory this process has used (`VmHWM`), in MB.
+/// The most resident memory this process has used (`VmHWM`) since the measurement
+/// began, in MB.
 fn peak_rss_mb() -> f64 {
+    status_kb("VmHWM:") / 1024.0
+}
+
+/// A figure of `/proc/self/status` in kB (0 where there is none).
+fn status_kb(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb = status
+    status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0);
-    kb / 1024.0
+        .unwrap_or(0.0)
+}
+
+/// Bytes on the heap now.
+fn heap_bytes() -> i64 {
+    let stats = ALLOCATOR.stats();
+    stats.bytes_allocated as i64 - stats.bytes_deallocated as i64
+}
+
+/// The process's memory when a measurement began, and a thread noting the most heap
+/// in use since, every 5 ms.
+struct Memory {
+    rss_kb: f64,
+    heap: i64,
+    allocations: usize,
+    allocated: usize,
+    peak_heap: Arc<std::sync::atomic::AtomicI64>,
+    sampling: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// What the workflows of a measurement cost in memory.
+struct MemoryCost {
+    rss_kb_per_in_flight: f64,
+    allocations_per_workflow: f64,
+    allocated_kb_per_workflow: f64,
+    peak_heap_kb_per_in_flight: f64,
+    heap_kb_kept_per_workflow: f64,
+}
+
+impl Memory {
+    /// Resets the peak of resident memory (so that a second measurement of the same
+    /// session starts afresh), notes the memory now, and starts sampling the heap.
+    fn start() -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
+        // Linux resets VmHWM to the current RSS on "5"; elsewhere the peak is the process's.
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        let stats = ALLOCATOR.stats();
+        let (peak_heap, sampling) = (Arc::new(AtomicI64::new(heap_bytes())), Arc::new(AtomicBool::new(true)));
+        let (peak, on) = (Arc::clone(&peak_heap), Arc::clone(&sampling));
+        std::thread::spawn(move || {
+            while on.load(Relaxed) {
+                peak.fetch_max(heap_bytes(), Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        Self {
+            rss_kb: status_kb("VmRSS:"),
+            heap: heap_bytes(),
+            allocations: stats.allocations + stats.reallocations,
+            allocated: stats.bytes_allocated,
+            peak_heap,
+            sampling,
+        }
+    }
+
+    /// The cost of `n` workflows run `concurrency` at a time: the growth of the peak
+    /// resident memory and of the heap per workflow in flight, and what was allocated
+    /// (counting a reallocation as one) and is still held (as finished workflows a
+    /// store keeps) per workflow.
+    fn end(self, n: usize, concurrency: usize) -> MemoryCost {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.sampling.store(false, Relaxed);
+        let in_flight = n.min(concurrency).max(1) as f64;
+        let n = n.max(1) as f64;
+        let stats = ALLOCATOR.stats();
+        let kb = |bytes: f64| bytes / 1024.0;
+        MemoryCost {
+            rss_kb_per_in_flight: round((status_kb("VmHWM:") - self.rss_kb) / in_flight, 1),
+            allocations_per_workflow: round((stats.allocations + stats.reallocations - self.allocations) as f64 / n, 1),
+            allocated_kb_per_workflow: round(kb((stats.bytes_allocated - self.allocated) as f64) / n, 1),
+            peak_heap_kb_per_in_flight: round(kb((self.peak_heap.load(Relaxed) - self.heap) as f64) / in_flight, 1),
+            heap_kb_kept_per_workflow: round(kb((heap_bytes() - self.heap) as f64) / n, 1),
+        }
+    }
 }
 
 /// The built-in server, in this child process.

@@ -510,6 +510,8 @@ impl<R: ToolRegistry + ?Sized> ToolLookup for Arc<R> {
 #[derive(Debug, Clone, Default)]
 pub struct InMemoryToolRegistry {
     tools: Vec<Arc<dyn Tool>>,
+    /// The id and display name of each tool, in the same order.
+    names: Vec<(String, String)>,
 }
 
 impl InMemoryToolRegistry {
@@ -535,11 +537,12 @@ impl InMemoryToolRegistry {
     /// # Errors
     /// [`Error::DuplicateTool`] if its id is taken.
     pub fn register(&mut self, tool: Arc<dyn Tool>) -> Result<()> {
-        let id = tool.spec().id;
-        if self.tools.iter().any(|t| t.spec().id == id) {
-            return Err(Error::DuplicateTool(id));
+        let spec = tool.spec();
+        if self.names.iter().any(|(id, _)| *id == spec.id) {
+            return Err(Error::DuplicateTool(spec.id));
         }
         self.tools.push(tool);
+        self.names.push((spec.id, spec.name));
         Ok(())
     }
 
@@ -556,6 +559,14 @@ impl InMemoryToolRegistry {
 impl ToolRegistry for InMemoryToolRegistry {
     fn get_tools(&self) -> Vec<Arc<dyn Tool>> {
         self.tools.clone()
+    }
+
+    /// As [`ToolRegistry::get_tool`], by the ids and names noted at registration
+    /// rather than a spec (and its schema) per tool per lookup.
+    fn get_tool(&self, id: &str) -> Result<Arc<dyn Tool>> {
+        let at = (self.names.iter().position(|(tool_id, _)| tool_id == id))
+            .or_else(|| self.names.iter().position(|(_, name)| name.eq_ignore_ascii_case(id)));
+        at.map(|at| Arc::clone(&self.tools[at])).ok_or_else(|| Error::ToolNotFound(id.to_owned()))
     }
 }
 

@@ -203,13 +203,27 @@ impl OutputSchema {
 /// The root's `$schema` and `title` keys are dropped: the model does not need them,
 /// and every byte of a schema is sent (and paid for) on every call. The schema is
 /// [`portable`]: servers such as llama.cpp accept it.
+///
+/// Each type's schema is made once per process and copied after that: a tool's spec
+/// (and so its schema) is asked for at every lookup, plan check and step.
 pub fn schema_value<T: JsonSchema>() -> Value {
+    type Made = std::sync::Mutex<std::collections::HashMap<(&'static str, String), Value>>;
+    static MADE: std::sync::OnceLock<Made> = std::sync::OnceLock::new();
+    let made = MADE.get_or_init(Default::default);
+    // The type's path, and the id schemars tells schemas apart by (a hand-written
+    // schema may share a path's name with another).
+    let key = (std::any::type_name::<T>(), T::schema_id().into_owned());
+    if let Some(schema) = made.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key) {
+        return schema.clone();
+    }
     let mut schema = serde_json::to_value(schemars::schema_for!(T)).expect("a JSON schema always serializes");
     if let Some(root) = schema.as_object_mut() {
         root.remove("$schema");
         root.remove("title");
     }
-    portable(&schema)
+    let schema = portable(&schema);
+    made.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key, schema.clone());
+    schema
 }
 
 /// One call to an LLM.

@@ -21,19 +21,46 @@ use crate::{Error, Result};
 
 type Rows<T> = std::result::Result<T, RowError>;
 
-/// Runs `work` in one transaction of `store`; `what` says, should it fail, what was
-/// being done (worded only then).
-async fn run<S, T>(
+/// How often work undone by another caller's failure is run again.
+const RERUNS: usize = 3;
+
+/// Runs the work `make` makes in one transaction of `store`; `what` says, should it
+/// fail, what was being done (worded only then). Work that succeeded but was undone
+/// with a transaction it shared with a failing caller's is made again and run in
+/// another. `make` is told whether this is the last run it makes work for: the
+/// only one, for a store whose transactions stand alone.
+async fn run<S, T, W>(
     store: &S,
     access: Access,
     what: impl FnOnce() -> String + Send,
-    work: impl FnOnce(&mut dyn RowTx) -> Rows<T> + Send + 'static,
+    make: impl Fn(bool) -> W + Send,
 ) -> Result<T>
 where
     S: RowStore + ?Sized,
     T: Send + 'static,
+    W: FnOnce(&mut dyn RowTx) -> Rows<T> + Send + 'static,
 {
-    store.transaction(access, Box::new(work)).await.map_err(|error| store.describe(&what(), error))
+    let mut reruns = if store.shares_transactions() { RERUNS } else { 0 };
+    loop {
+        match store.transaction(access, Box::new(make(reruns == 0))).await {
+            Err(error) if reruns > 0 && error.is_rolled_back() => reruns -= 1,
+            outcome => return outcome.map_err(|error| store.describe(&what(), error)),
+        }
+    }
+}
+
+/// Makes `work` for each run: a copy while another run may follow, then `work` itself.
+fn again<T, W>(work: W) -> impl Fn(bool) -> W + Send
+where
+    W: FnOnce(&mut dyn RowTx) -> Rows<T> + Clone + Send,
+{
+    let kept = std::sync::Mutex::new(Some(work));
+    move |last| {
+        let mut kept = kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // `run` makes no work after the last.
+        let work = if last { kept.take() } else { kept.clone() };
+        work.expect("no work is made after the last run")
+    }
 }
 
 /// Runs `work`, a read that needs no snapshot, as `store` reads cheapest
@@ -59,8 +86,12 @@ pub(super) async fn has_events_after<S: RowStore + ?Sized>(store: &S, id: Workfl
 #[async_trait::async_trait]
 impl<S: RowStore> PlanStore for S {
     async fn save_plan(&self, plan: &Plan) -> Result<()> {
-        let (id, plan) = (plan.id, plan.clone());
-        run(self, Access::Write, || format!("cannot save plan {id}"), move |tx| tx.insert_plan(plan)).await
+        let id = plan.id;
+        let work = |_| {
+            let plan = plan.clone();
+            move |tx: &mut dyn RowTx| tx.insert_plan(plan)
+        };
+        run(self, Access::Write, || format!("cannot save plan {id}"), work).await
     }
 
     async fn get_plan(&self, id: PlanId) -> Result<Plan> {
@@ -72,14 +103,21 @@ impl<S: RowStore> PlanStore for S {
 #[async_trait::async_trait]
 impl<S: RowStore> WorkflowStore for S {
     async fn create_workflow(&self, workflow: &Workflow) -> Result<()> {
-        let (id, workflow) = (workflow.id(), workflow.clone());
-        run(self, Access::Write, || format!("cannot create workflow {id}"), move |tx| insert(tx, workflow, false)).await
+        let id = workflow.id();
+        let work = |_| {
+            let workflow = workflow.clone();
+            move |tx: &mut dyn RowTx| insert(tx, workflow, false)
+        };
+        run(self, Access::Write, || format!("cannot create workflow {id}"), work).await
     }
 
     async fn submit_workflow(&self, workflow: &Workflow) -> Result<()> {
-        let (id, workflow) = (workflow.id(), workflow.clone());
-        run(self, Access::Write, || format!("cannot submit workflow {id}"), move |tx| insert(tx, workflow, true))
-            .await?;
+        let id = workflow.id();
+        let work = |_| {
+            let workflow = workflow.clone();
+            move |tx: &mut dyn RowTx| insert(tx, workflow, true)
+        };
+        run(self, Access::Write, || format!("cannot submit workflow {id}"), work).await?;
         self.runnable_changed();
         Ok(())
     }
@@ -91,14 +129,16 @@ impl<S: RowStore> WorkflowStore for S {
 
     async fn list_workflows(&self, query: &WorkflowQuery) -> Result<WorkflowPage> {
         let query = query.clone();
-        run(self, Access::Read, || "cannot list workflows".to_owned(), move |tx| tx.list_workflows(&query)).await
+        run(self, Access::Read, || "cannot list workflows".to_owned(), again(move |tx| tx.list_workflows(&query))).await
     }
 
     async fn update_workflow(&self, workflow: &Workflow, lease: &Lease, events: &[WorkflowEvent]) -> Result<()> {
         let id = workflow.id();
-        let (new, lease, stored) = (workflow.clone(), lease.clone(), events.to_vec());
-        run(self, Access::Write, || format!("cannot save workflow {id}"), move |tx| update(tx, new, &lease, stored))
-            .await?;
+        let work = |_| {
+            let (new, lease, stored) = (workflow.clone(), lease.clone(), events.to_vec());
+            move |tx: &mut dyn RowTx| update(tx, new, &lease, stored)
+        };
+        run(self, Access::Write, || format!("cannot save workflow {id}"), work).await?;
         self.workflow_saved(workflow, !events.is_empty());
         Ok(())
     }
@@ -118,33 +158,43 @@ impl<S: RowStore> LeaseQueue for S {
     async fn acquire_lease(&self, id: WorkflowId, owner: &str, ttl: Duration) -> Result<LeaseGrant> {
         let owner = owner.to_owned();
         let what = || format!("cannot take the lease of workflow {id}");
-        run(self, Access::Write, what, move |tx| grant(tx, id, &owner, ttl, None)).await
+        run(self, Access::Write, what, again(move |tx| grant(tx, id, &owner, ttl, None))).await
     }
 
     async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<LeaseStatus> {
         let (id, lease) = (lease.workflow_id, lease.clone());
         let what = || format!("cannot renew the lease of workflow {id}");
-        run(self, Access::Write, what, move |tx| {
-            let row = tx.lease(id)?.ok_or(Error::LeaseLost { workflow_id: id })?;
-            let now = tx.now()?;
-            let next = row.lease.renew(&lease, ttl, now)?;
-            tx.store_lease(id, &next)?;
-            Ok(LeaseStatus { expires_at: next.expires_at.unwrap_or(now), cancel_requested: row.cancel_requested })
-        })
+        run(
+            self,
+            Access::Write,
+            what,
+            again(move |tx| {
+                let row = tx.lease(id)?.ok_or(Error::LeaseLost { workflow_id: id })?;
+                let now = tx.now()?;
+                let next = row.lease.renew(&lease, ttl, now)?;
+                tx.store_lease(id, &next)?;
+                Ok(LeaseStatus { expires_at: next.expires_at.unwrap_or(now), cancel_requested: row.cancel_requested })
+            }),
+        )
         .await
     }
 
     async fn release_lease(&self, lease: &Lease) -> Result<()> {
         let (id, lease) = (lease.workflow_id, lease.clone());
         let what = || format!("cannot release the lease of workflow {id}");
-        run(self, Access::Write, what, move |tx| {
-            // A lease already lost is left alone; releasing it changes nothing.
-            if let Some(row) = tx.lease(id)? {
-                tx.store_lease(id, &row.lease.release(&lease))?;
-                tx.announce_runnable()?;
-            }
-            Ok(())
-        })
+        run(
+            self,
+            Access::Write,
+            what,
+            again(move |tx| {
+                // A lease already lost is left alone; releasing it changes nothing.
+                if let Some(row) = tx.lease(id)? {
+                    tx.store_lease(id, &row.lease.release(&lease))?;
+                    tx.announce_runnable()?;
+                }
+                Ok(())
+            }),
+        )
         .await?;
         self.runnable_changed();
         Ok(())
@@ -152,8 +202,13 @@ impl<S: RowStore> LeaseQueue for S {
 
     async fn claim_runnable(&self, owner: &str, ttl: Duration) -> Result<Option<LeaseGrant>> {
         let owner = owner.to_owned();
-        run(self, Access::Write, || "cannot claim a runnable workflow".to_owned(), move |tx| claim(tx, &owner, ttl))
-            .await
+        run(
+            self,
+            Access::Write,
+            || "cannot claim a runnable workflow".to_owned(),
+            again(move |tx| claim(tx, &owner, ttl)),
+        )
+        .await
     }
 
     async fn wait_for_runnable(&self, timeout: Duration) {
@@ -185,9 +240,16 @@ impl<S: RowStore> LeaseQueue for S {
     async fn request_cancel(&self, id: WorkflowId, reason: &str) -> Result<()> {
         let reason = reason.to_owned();
         let what = || format!("cannot request the cancellation of workflow {id}");
-        run(self, Access::Write, what, move |tx| {
-            if tx.request_cancel(id, &reason)? { Ok(()) } else { Err(Error::WorkflowNotFound(id).into()) }
-        })
+        run(
+            self,
+            Access::Write,
+            what,
+            again(
+                move |tx| {
+                    if tx.request_cancel(id, &reason)? { Ok(()) } else { Err(Error::WorkflowNotFound(id).into()) }
+                },
+            ),
+        )
         .await
     }
 }
@@ -195,12 +257,10 @@ impl<S: RowStore> LeaseQueue for S {
 #[async_trait::async_trait]
 impl<S: RowStore> Journal for S {
     async fn begin_tool_call(&self, lease: &Lease, intent: &ToolCallRecord) -> Result<Option<ToolCallRecord>> {
-        let (key, lease, intent) = (intent.key, lease.clone(), intent.clone());
-        run(
-            self,
-            Access::Write,
-            || format!("cannot journal tool call {key}"),
-            move |tx| {
+        let key = intent.key;
+        let work = |_| {
+            let (lease, intent) = (lease.clone(), intent.clone());
+            move |tx: &mut dyn RowTx| {
                 fence(tx, &lease, key.workflow_id)?;
                 if tx.insert_tool_call(intent)? {
                     return Ok(None);
@@ -209,19 +269,22 @@ impl<S: RowStore> Journal for S {
                 earlier
                     .map(Some)
                     .ok_or_else(|| RowError::value(format!("tool call {key} is journaled but cannot be read")))
-            },
-        )
-        .await
+            }
+        };
+        run(self, Access::Write, || format!("cannot journal tool call {key}"), work).await
     }
 
     async fn finish_tool_call(&self, lease: &Lease, record: &ToolCallRecord) -> Result<()> {
-        let (key, lease, record) = (record.key, lease.clone(), record.clone());
+        let key = record.key;
         let what = || format!("cannot journal the outcome of tool call {key}");
-        run(self, Access::Write, what, move |tx| {
-            fence(tx, &lease, key.workflow_id)?;
-            tx.put_tool_call(record)
-        })
-        .await
+        let work = |_| {
+            let (lease, record) = (lease.clone(), record.clone());
+            move |tx: &mut dyn RowTx| {
+                fence(tx, &lease, key.workflow_id)?;
+                tx.put_tool_call(record)
+            }
+        };
+        run(self, Access::Write, what, work).await
     }
 
     async fn tool_calls(&self, id: WorkflowId) -> Result<Vec<ToolCallRecord>> {
@@ -230,17 +293,15 @@ impl<S: RowStore> Journal for S {
     }
 
     async fn record_usage(&self, lease: &Lease, record: &UsageRecord) -> Result<()> {
-        let (id, lease, record) = (record.workflow_id, lease.clone(), record.clone());
-        run(
-            self,
-            Access::Write,
-            || format!("cannot journal the usage of workflow {id}"),
-            move |tx| {
+        let id = record.workflow_id;
+        let work = |_| {
+            let (lease, record) = (lease.clone(), record.clone());
+            move |tx: &mut dyn RowTx| {
                 fence(tx, &lease, id)?;
                 tx.insert_usage(record)
-            },
-        )
-        .await
+            }
+        };
+        run(self, Access::Write, || format!("cannot journal the usage of workflow {id}"), work).await
     }
 
     async fn usage_records(&self, id: WorkflowId) -> Result<Vec<UsageRecord>> {
@@ -253,25 +314,35 @@ impl<S: RowStore> Journal for S {
 impl<S: RowStore> Retention for S {
     async fn delete_workflow(&self, id: WorkflowId) -> Result<()> {
         let what = || format!("cannot delete workflow {id}");
-        run(self, Access::Write, what, move |tx| tx.delete_workflow(&id.to_string()).map(drop)).await
+        run(self, Access::Write, what, again(move |tx| tx.delete_workflow(&id.to_string()).map(drop))).await
     }
 
     async fn delete_end_user(&self, end_user_id: &str) -> Result<usize> {
         let user = end_user_id.to_owned();
         let what = || format!("cannot delete the workflows of end user {end_user_id:?}");
-        run(self, Access::Write, what, move |tx| {
-            let ids = tx.workflows_of_end_user(&user)?;
-            delete_all(tx, &ids)
-        })
+        run(
+            self,
+            Access::Write,
+            what,
+            again(move |tx| {
+                let ids = tx.workflows_of_end_user(&user)?;
+                delete_all(tx, &ids)
+            }),
+        )
         .await
     }
 
     async fn prune_finished(&self, before: DateTime<Utc>) -> Result<usize> {
         let what = || format!("cannot prune workflows finished before {before}");
-        let deleted = run(self, Access::Write, what, move |tx| {
-            let ids = tx.finished_before(before)?;
-            delete_all(tx, &ids)
-        })
+        let deleted = run(
+            self,
+            Access::Write,
+            what,
+            again(move |tx| {
+                let ids = tx.finished_before(before)?;
+                delete_all(tx, &ids)
+            }),
+        )
         .await?;
         if deleted > 0 {
             self.reclaim_space(deleted).await?;

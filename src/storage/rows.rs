@@ -99,6 +99,32 @@ impl RowError {
     }
 }
 
+/// Why a caller's work was undone although it succeeded: the transaction it shared
+/// with others was ended by another's failure. Nothing of it was kept, so the
+/// protocol runs it again (see [`RowStore::shares_transactions`]).
+#[derive(Debug)]
+pub(crate) struct RolledBack;
+
+impl fmt::Display for RolledBack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the transaction shared with another write was rolled back by that write's failure; retry")
+    }
+}
+
+impl std::error::Error for RolledBack {}
+
+impl RowError {
+    /// The error of work undone by another's failure (see [`RolledBack`]).
+    pub(crate) fn rolled_back() -> Self {
+        Self::store(RolledBack)
+    }
+
+    /// Whether the work failed only because another's failure undid it.
+    pub(crate) fn is_rolled_back(&self) -> bool {
+        matches!(self, Self::Store(source) if source.is::<RolledBack>())
+    }
+}
+
 impl From<Error> for RowError {
     fn from(error: Error) -> Self {
         Self::Refused(error)
@@ -160,6 +186,16 @@ pub trait RowStore: Send + Sync + fmt::Debug {
     /// pooled connection without one, sparing the `BEGIN` and `COMMIT` round trips.
     fn read<T: Send + 'static>(&self, work: Work<T>) -> impl Future<Output = Result<T, RowError>> + Send {
         self.transaction(Access::Read, work)
+    }
+
+    /// Whether a transaction may be undone through no fault of its own: its work ran
+    /// and succeeded, but the transaction it shared with other callers' (group
+    /// commit) was ended by another's failure. The protocol then keeps a copy of each
+    /// transaction's work (a copy of the workflow, for a save) to run it again. The
+    /// SQLite store says `true`; a store whose transactions each stand alone keeps
+    /// the default, `false`, and pays for no copy.
+    fn shares_transactions(&self) -> bool {
+        false
     }
 
     /// The caller's error for `error`, raised while doing `what` ("cannot save

@@ -169,6 +169,11 @@ impl RowStore for SqliteStorage {
         describe(&self.inner.path, what, error)
     }
 
+    /// A write whose transaction another caller's failure ended is run again.
+    fn shares_transactions(&self) -> bool {
+        true
+    }
+
     /// Wakes every waiting worker of this process, and leaves a permit for one about to wait.
     fn runnable_changed(&self) {
         self.inner.runnable.notify_waiters();

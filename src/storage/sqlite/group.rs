@@ -6,6 +6,10 @@
 //! transaction, commits once, and only then hands each caller its outcome: no caller
 //! acts on a write before it is on disk, and the cost of the sync is shared by all
 //! the runs that wrote meanwhile. It stops once the queue is empty.
+//!
+//! A failure that ends the whole transaction (SQLite does so on a full disk or an
+//! I/O error) fails only the job that caused it: the others are told they were
+//! rolled back, and the protocol runs them again in another transaction.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Mutex, PoisonError};
@@ -122,6 +126,12 @@ impl Queue {
         !std::mem::replace(&mut waiting.running, true)
     }
 
+    /// How many jobs are waiting.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).jobs.len()
+    }
+
     /// Up to [`MOST_PER_COMMIT`] jobs, oldest first; none (and the queue marked as
     /// not running, under the same lock) when it is empty.
     fn take(&self) -> Vec<Box<dyn Pending>> {
@@ -188,10 +198,11 @@ fn commit_together(conn: &Connection, clock: &dyn Clock, jobs: Vec<Box<dyn Pendi
     let mut broken = None;
     for job in jobs {
         if broken.is_some() {
-            job.fail(aborted());
+            // Not run: its caller runs it again, in another transaction.
+            job.fail(RowError::rolled_back());
             continue;
         }
-        if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+        if let Err(e) = statement(conn, "SAVEPOINT job") {
             broken = Some(Broken::Sql(e));
             job.fail(aborted());
             continue;
@@ -201,8 +212,8 @@ fn commit_together(conn: &Connection, clock: &dyn Clock, jobs: Vec<Box<dyn Pendi
         broken = if conn.is_autocommit() {
             Some(Broken::Ended)
         } else {
-            let close = if done.failed() { "ROLLBACK TO job; RELEASE job" } else { "RELEASE job" };
-            conn.execute_batch(close).err().map(Broken::Sql)
+            let undo = if done.failed() { statement(conn, "ROLLBACK TO job") } else { Ok(()) };
+            undo.and_then(|()| statement(conn, "RELEASE job")).err().map(Broken::Sql)
         };
         ran.push(done);
     }
@@ -219,8 +230,14 @@ fn commit_together(conn: &Connection, clock: &dyn Clock, jobs: Vec<Box<dyn Pendi
     match &committed {
         Ok(()) => ran.into_iter().for_each(|done| done.deliver(Ok(()))),
         Err(Broken::Sql(e)) => ran.into_iter().for_each(|done| done.deliver(Err(&|| copy(e)))),
-        Err(Broken::Ended) => ran.into_iter().for_each(|done| done.deliver(Err(&aborted))),
+        // The job that ended it keeps its own error; the others' callers run them again.
+        Err(Broken::Ended) => ran.into_iter().for_each(|done| done.deliver(Err(&RowError::rolled_back))),
     }
+}
+
+/// Runs `sql`, prepared once per connection: two of these run for every job.
+fn statement(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
 }
 
 /// The error of the callers of a transaction another job's failure ended.
@@ -236,5 +253,121 @@ fn copy(e: &rusqlite::Error) -> RowError {
             RowError::store(rusqlite::Error::SqliteFailure(*code, message.clone()))
         }
         other => RowError::store(std::io::Error::other(other.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::PoisonError;
+
+    use tokio::sync::oneshot;
+
+    use super::{Pending, Ran, RowError};
+    use crate::plan::{Plan, PlanContext};
+    use crate::storage::rows::{Access, RowStore};
+    use crate::storage::{Clock, PlanStore, SqliteStorage};
+
+    /// A job that ends the transaction it runs in, as SQLite does on an I/O error.
+    struct EndsTheTransaction(oneshot::Sender<()>);
+
+    impl Pending for EndsTheTransaction {
+        fn writes(&self) -> bool {
+            true
+        }
+
+        fn run(self: Box<Self>, conn: &rusqlite::Connection, _: &dyn Clock) -> Box<dyn Ran> {
+            conn.execute_batch("ROLLBACK").expect("a transaction to end");
+            self
+        }
+
+        fn fail(self: Box<Self>, _: RowError) {
+            let _ = self.0.send(());
+        }
+    }
+
+    impl Ran for EndsTheTransaction {
+        fn failed(&self) -> bool {
+            true
+        }
+
+        fn deliver(self: Box<Self>, _: Result<(), super::ErrorFor<'_>>) {
+            let _ = self.0.send(());
+        }
+    }
+
+    fn plan(query: &str) -> Plan {
+        Plan::new(PlanContext::new(query, Vec::<String>::new()), Vec::new())
+    }
+
+    /// Runs `start` while the connection is held, so that every job it queues (as
+    /// many as `jobs`) waits for it and then all run in one shared transaction.
+    // Holding the connection while the jobs queue is the point: the runner waits on it.
+    #[allow(clippy::await_holding_lock)]
+    async fn in_one_batch(storage: &SqliteStorage, jobs: usize, start: impl FnOnce()) {
+        let held = storage.inner.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        start();
+        while storage.inner.queue.len() < jobs {
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_job_undoes_only_its_own_writes_and_the_others_commit() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("portia.db");
+        let storage = SqliteStorage::open(&path).expect("a database");
+        let (first, failing, last) = (plan("first"), plan("failing"), plan("last"));
+        let mut tasks = tokio::task::JoinSet::new();
+        in_one_batch(&storage, 3, || {
+            let (s, p) = (storage.clone(), first.clone());
+            tasks.spawn(async move { s.save_plan(&p).await.map_err(|e| e.to_string()) });
+            let (s, p) = (storage.clone(), failing.clone());
+            tasks.spawn(async move {
+                let work = move |tx: &mut dyn crate::storage::RowTx| {
+                    tx.insert_plan(p)?;
+                    Err(RowError::value("this job fails after its write"))
+                };
+                s.transaction(Access::Write, Box::new(work)).await.map_err(|e| format!("{e:?}"))
+            });
+            let (s, p) = (storage.clone(), last.clone());
+            tasks.spawn(async move { s.save_plan(&p).await.map_err(|e| e.to_string()) });
+        })
+        .await;
+        let outcomes = tasks.join_all().await;
+        assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 2, "{outcomes:?}");
+        assert!(outcomes.iter().any(|o| o.as_ref().is_err_and(|e| e.contains("fails after its write"))));
+        let reopened = SqliteStorage::open(&path).expect("the database again");
+        assert!(reopened.get_plan(first.id).await.is_ok());
+        assert!(reopened.get_plan(last.id).await.is_ok());
+        assert!(reopened.get_plan(failing.id).await.is_err(), "the failing job's write was kept");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_undone_by_another_job_ending_the_transaction_is_run_again() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("portia.db");
+        let storage = SqliteStorage::open(&path).expect("a database");
+        let saved = plan("saved");
+        let (ended, told) = oneshot::channel();
+        let mut saving = None;
+        in_one_batch(&storage, 2, || {
+            let (s, p) = (storage.clone(), saved.clone());
+            saving = Some(tokio::spawn(async move { s.save_plan(&p).await }));
+            // Queued after the save, so the save has run when the transaction ends.
+            let (s, job) = (storage.clone(), Box::new(EndsTheTransaction(ended)));
+            tokio::spawn(async move {
+                while s.inner.queue.len() < 1 {
+                    tokio::task::yield_now().await;
+                }
+                assert!(!s.inner.queue.push(job), "the queue is already running");
+            });
+        })
+        .await;
+        told.await.expect("the ending job to be told");
+        let outcome = saving.expect("the save started").await.expect("the save to finish");
+        assert!(outcome.is_ok(), "{outcome:?}");
+        let reopened = SqliteStorage::open(&path).expect("the database again");
+        assert!(reopened.get_plan(saved.id).await.is_ok(), "the save is not on disk");
     }
 }

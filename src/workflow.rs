@@ -840,4 +840,31 @@ mod tests {
         assert_eq!(wf.usage.steps["$a"].llm_calls, 2);
         assert_eq!(wf.usage.cost_usd, 0.75);
     }
+
+    #[test]
+    fn a_child_recorded_again_replaces_its_record() {
+        let mut usage = WorkflowUsage::default();
+        usage.add(Some("$own"), Usage::call(100, 10), 1.0);
+        let child = WorkflowId::new();
+        let record = |tokens| ChildUsage { step_output: "$block".into(), usage: Usage::call(tokens, 1), cost_usd: 0.5 };
+        usage.record_child(child, record(20));
+        usage.record_child(child, record(30));
+        usage.record_child(WorkflowId::new(), record(40));
+        assert_eq!(usage.total, Usage::call(100, 10) + Usage::call(30, 1) + Usage::call(40, 1));
+        assert_eq!(usage.steps["$block"], Usage::call(30, 1) + Usage::call(40, 1));
+        assert_eq!(usage.cost_usd, 2.0);
+        assert_eq!(usage.children_total().usage, Usage::call(30, 1) + Usage::call(40, 1));
+        let back: WorkflowUsage = serde_json::from_value(serde_json::to_value(&usage).unwrap()).unwrap();
+        assert_eq!(back, usage);
+    }
+
+    #[test]
+    fn usage_without_children_is_stored_in_the_shape_0_4_wrote() {
+        let mut usage = WorkflowUsage::default();
+        usage.add(None, Usage::call(10, 1), 0.0);
+        let json = serde_json::to_value(&usage).unwrap();
+        assert!(json.get("children").is_none(), "{json}");
+        let old: WorkflowUsage = serde_json::from_value(json).unwrap();
+        assert!(old.children.is_empty());
+    }
 }

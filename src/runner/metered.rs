@@ -30,10 +30,10 @@ use super::Runner;
 use super::calls::{Stop, StopSignal, describe_stop};
 use crate::config::Config;
 use crate::events::{EventKind, RunEvents};
+use crate::ids::WorkflowId;
 use crate::llm::{
     Delta, Deltas, LimiterWaits, LlmClient, LlmError, LlmLayer, LlmRequest, LlmResponse, LlmSettings, NOTABLE_WAIT,
 };
-use crate::ids::WorkflowId;
 use crate::storage::{Journal, Lease, UsageRecord};
 use crate::workflow::{ChildUsage, WorkflowUsage};
 

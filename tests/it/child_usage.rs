@@ -150,3 +150,28 @@ async fn one_budget_caps_the_children_together_though_none_reaches_it_alone() {
     let third = ParentLink::new(parent.id(), 2, Some(2)).child_id();
     assert!(storage.get_workflow(third).await.is_err(), "the run stopped before the third item");
 }
+
+#[tokio::test]
+async fn a_grandchilds_calls_reach_the_top_through_its_parent() {
+    let llm = ScriptedLlm::new().respond(reply(1000, 100)).respond(reply(20, 2)).respond(reply(10, 1));
+    let (runner, _, storage) = runner(Budget::default(), llm);
+    // The inner block is the child's step 0, the outer the top's step 1.
+    let plan =
+        PlanBuilder::new("Write a reply")
+            .step("Pick a tone", None, "$tone")
+            .block("Reply", "$reply", |b| {
+                b.block("Outline", "$outline", |inner| inner.step("Outline a reply in a $tone tone", None, "$points"))
+                    .step("Draft a reply from $outline", None, "$draft")
+            })
+            .build();
+
+    let top = runner.run_plan(&plan).await.unwrap();
+
+    assert_eq!(top.state(), WorkflowState::Complete, "{:?}", top.failure());
+    assert_counts_every_call_once(&top, 3, 1030, 103);
+    let child = ParentLink::new(top.id(), 1, None).child_id();
+    let both = Usage::call(20, 2) + Usage::call(10, 1);
+    assert_eq!(top.usage().children[&child].usage, both, "the child's, its own child's included");
+    let child = storage.get_workflow(child).await.unwrap();
+    assert_eq!(child.usage().children.len(), 1, "the grandchild, recorded in its own parent");
+}

@@ -11,6 +11,10 @@
 //! [`WorkflowUsage`](crate::workflow::WorkflowUsage)), not of every workflow
 //! made from an existing plan.
 //!
+//! A budget covers a workflow with its child workflows (of sub-plan and block
+//! steps): a child checks the spending of every workflow above it too, each of
+//! which counts its children's, so one budget caps the whole run.
+//!
 //! Cost comes from [`Prices`]: US dollars per million input and output tokens, per
 //! model, with the rates of prompt tokens read from (and written to) the provider's
 //! prompt cache where they differ. The defaults are list prices of a few common
@@ -26,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::usage::Usage;
 
-/// Limits on what one workflow may spend; `None` is no limit.
+/// Limits on what one workflow, with its child workflows, may spend; `None` is no limit.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 #[non_exhaustive]

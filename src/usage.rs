@@ -72,6 +72,18 @@ impl Usage {
     pub fn is_zero(&self) -> bool {
         *self == Self::default()
     }
+
+    /// This usage less `other`, each count stopping at zero: takes back a figure
+    /// added earlier (a child workflow's, replaced by its newer one).
+    pub(crate) fn saturating_sub(self, other: Self) -> Self {
+        Self {
+            llm_calls: self.llm_calls.saturating_sub(other.llm_calls),
+            prompt_tokens: self.prompt_tokens.saturating_sub(other.prompt_tokens),
+            completion_tokens: self.completion_tokens.saturating_sub(other.completion_tokens),
+            cache_read_tokens: self.cache_read_tokens.saturating_sub(other.cache_read_tokens),
+            cache_write_tokens: self.cache_write_tokens.saturating_sub(other.cache_write_tokens),
+        }
+    }
 }
 
 impl Add for Usage {

@@ -279,6 +279,12 @@ impl fmt::Display for Failure {
 /// What a workflow spent: LLM usage in total and per step (keyed by output name),
 /// its cost, and how long it has run.
 ///
+/// The figures cover the workflow's child workflows (those its sub-plan and block
+/// steps ran, and theirs): `total`, `cost_usd` and the step's entry in `steps`
+/// include what each child spent, and [`children`](Self::children) tells it apart,
+/// one record per child, so that a child counted again (after a resume, or a
+/// question it asked) replaces its record instead of adding to it.
+///
 /// The calls that wrote the plan count in `total`, `cost_usd` and the budget only
 /// when the plan was written for this workflow alone ([`Runner::execute_query`],
 /// [`Runner::submit_query`], or a request's `count_planning` setter). A workflow
@@ -291,8 +297,8 @@ impl fmt::Display for Failure {
 #[serde(default)]
 #[non_exhaustive]
 pub struct WorkflowUsage {
-    /// Every call this workflow paid for: its steps and summaries, and its planning
-    /// when [`planning_counted`](Self::planning_counted).
+    /// Every call this workflow paid for: its steps and summaries, its child
+    /// workflows', and its planning when [`planning_counted`](Self::planning_counted).
     pub total: Usage,
     /// The calls that wrote the workflow's plan ([`Plan::usage`]; zero for a plan
     /// written by hand), counted in `total` only when
@@ -304,11 +310,17 @@ pub struct WorkflowUsage {
     /// in the shape 0.3 wrote.)
     #[serde(default = "counted_before_the_field_existed", skip_serializing_if = "is_true")]
     pub planning_counted: bool,
-    /// The calls each step made, keyed by the step's output name.
+    /// The calls each step made, keyed by the step's output name; a sub-plan or
+    /// block step's include its child workflows'.
     pub steps: BTreeMap<String, Usage>,
     /// What the calls in `total` cost in US dollars, by the configured
     /// [`Prices`](crate::config::Prices); models without a price count nothing.
     pub cost_usd: f64,
+    /// What each child workflow spent, its own children included, by the child's
+    /// id: already part of `total`, `cost_usd` and `steps`. (Empty, and not
+    /// written, for a workflow without children and in usage stored by 0.4.)
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub children: BTreeMap<WorkflowId, ChildUsage>,
     /// How long the workflow has been running, over all its runs, in milliseconds
     /// (time waiting for a human is not counted).
     pub running_ms: u64,
@@ -342,6 +354,50 @@ impl WorkflowUsage {
         if let Some(name) = step_output {
             *self.steps.entry(name.to_owned()).or_default() += usage;
         }
+    }
+
+    /// Records what child workflow `child` has spent so far, replacing what was
+    /// recorded of it before: a child is counted once however often it is recorded.
+    pub fn record_child(&mut self, child: WorkflowId, spent: ChildUsage) {
+        if let Some(old) = self.children.insert(child, spent.clone()) {
+            self.total = self.total.saturating_sub(old.usage);
+            self.cost_usd = (self.cost_usd - old.cost_usd).max(0.0);
+            if let Some(step) = self.steps.get_mut(&old.step_output) {
+                *step = step.saturating_sub(old.usage);
+            }
+        }
+        self.add(Some(&spent.step_output), spent.usage, spent.cost_usd);
+    }
+
+    /// What the workflow's child workflows spent, together.
+    pub fn children_total(&self) -> ChildUsage {
+        let mut all = ChildUsage::default();
+        for child in self.children.values() {
+            all.usage += child.usage;
+            all.cost_usd += child.cost_usd;
+        }
+        all
+    }
+}
+
+/// What one child workflow spent, its own children included: one entry of
+/// [`WorkflowUsage::children`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct ChildUsage {
+    /// The output name of the parent's step that ran the child.
+    pub step_output: String,
+    /// The child's calls ([`WorkflowUsage::total`] of the child).
+    pub usage: Usage,
+    /// Their cost in US dollars ([`WorkflowUsage::cost_usd`] of the child).
+    pub cost_usd: f64,
+}
+
+impl ChildUsage {
+    /// What a child workflow that ran for step `step_output` spent in all.
+    pub fn of(step_output: impl Into<String>, child: &WorkflowUsage) -> Self {
+        Self { step_output: step_output.into(), usage: child.total, cost_usd: child.cost_usd }
     }
 }
 
@@ -783,5 +839,32 @@ mod tests {
         assert_eq!(wf.usage.total, Usage { llm_calls: 3, ..Usage::call(30, 6) });
         assert_eq!(wf.usage.steps["$a"].llm_calls, 2);
         assert_eq!(wf.usage.cost_usd, 0.75);
+    }
+
+    #[test]
+    fn a_child_recorded_again_replaces_its_record() {
+        let mut usage = WorkflowUsage::default();
+        usage.add(Some("$own"), Usage::call(100, 10), 1.0);
+        let child = WorkflowId::new();
+        let record = |tokens| ChildUsage { step_output: "$block".into(), usage: Usage::call(tokens, 1), cost_usd: 0.5 };
+        usage.record_child(child, record(20));
+        usage.record_child(child, record(30));
+        usage.record_child(WorkflowId::new(), record(40));
+        assert_eq!(usage.total, Usage::call(100, 10) + Usage::call(30, 1) + Usage::call(40, 1));
+        assert_eq!(usage.steps["$block"], Usage::call(30, 1) + Usage::call(40, 1));
+        assert_eq!(usage.cost_usd, 2.0);
+        assert_eq!(usage.children_total().usage, Usage::call(30, 1) + Usage::call(40, 1));
+        let back: WorkflowUsage = serde_json::from_value(serde_json::to_value(&usage).unwrap()).unwrap();
+        assert_eq!(back, usage);
+    }
+
+    #[test]
+    fn usage_without_children_is_stored_in_the_shape_0_4_wrote() {
+        let mut usage = WorkflowUsage::default();
+        usage.add(None, Usage::call(10, 1), 0.0);
+        let json = serde_json::to_value(&usage).unwrap();
+        assert!(json.get("children").is_none(), "{json}");
+        let old: WorkflowUsage = serde_json::from_value(json).unwrap();
+        assert!(old.children.is_empty());
     }
 }

@@ -15,7 +15,7 @@ use tracing::Instrument;
 use super::Runner;
 use super::calls::{CallServices, Stop, StopSignal, ToolCalls};
 use super::control::{RegisteredRun, spawn_heartbeat};
-use super::metered::Meter;
+use super::metered::{Meter, ParentMeter};
 use super::sub_plan::ChildPlan;
 use crate::agent::{Agent, StepContext, StepInput, StepOutcome, ask_user, skip_unless_holds, summarize_final_output};
 use crate::clarification::Clarification;
@@ -75,22 +75,24 @@ impl Runner {
     /// releasing it at the end, however the run ends. `signal` stops it early.
     pub(super) async fn run_granted(&self, grant: LeaseGrant, signal: StopSignal) -> Result<Workflow> {
         let registered = self.inner.local_runs.register(grant.workflow.id(), signal.clone(), &self.inner.storage);
-        self.run_registered(grant, signal, registered).await
+        self.run_registered(grant, signal, registered, None).await
     }
 
     /// Runs a workflow as [`Runner::run_granted`] does, once registered as a run of
-    /// this process (which it stays until the run ends).
+    /// this process (which it stays until the run ends); a child run is metered
+    /// under its `parent`'s meter.
     pub(super) async fn run_registered(
         &self,
         grant: LeaseGrant,
         signal: StopSignal,
         _registered: RegisteredRun,
+        parent: Option<ParentMeter>,
     ) -> Result<Workflow> {
         let ttl = self.inner.config.lease_ttl();
         let (id, lease) = (grant.workflow.id(), grant.lease.clone());
         let heartbeat = spawn_heartbeat(self.inner.storage.clone(), lease.clone(), ttl, signal.clone());
         let span = workflow_span(&grant.workflow);
-        let result = self.run_leased(grant, signal).instrument(span).await;
+        let result = self.run_leased(grant, signal, parent).instrument(span).await;
         heartbeat.abort();
         if let Err(e) = self.inner.storage.release_lease(&lease).await {
             tracing::warn!(workflow = %id, error = %e, "could not release the lease; it lapses on its own");
@@ -98,14 +100,14 @@ impl Runner {
         result
     }
 
-    async fn run_leased(&self, grant: LeaseGrant, signal: StopSignal) -> Result<Workflow> {
+    async fn run_leased(&self, grant: LeaseGrant, signal: StopSignal, parent: Option<ParentMeter>) -> Result<Workflow> {
         let LeaseGrant { lease, workflow, reclaimed, attempts, cancel_requested } = grant;
         let id = workflow.id();
         let plan = self.inner.storage.get_plan(workflow.plan_id()).await?;
         let journal = self.inner.storage.tool_calls(id).await?;
         let usage = self.journaled_usage(&workflow).await?;
         let events = self.inner.events.for_run();
-        let meter = Meter::new(self, lease.clone(), signal.clone(), events.clone(), usage);
+        let meter = Meter::new(self, lease.clone(), signal.clone(), events.clone(), usage, parent);
         let saved_state = workflow.state();
         let mut run = Run { workflow, saved_state, events, plan, lease, signal, meter, journal };
         if let Some(reason) = cancel_requested {
@@ -159,7 +161,9 @@ impl Runner {
 
     /// The workflow's usage as journaled: planning (counted or as a reference, as
     /// when it was made), then every call recorded, including those of a run that
-    /// died before it could save them.
+    /// died before it could save them, then its children's records as last saved
+    /// (a child's own journal is its to read: the parent records the child anew
+    /// when it takes the child's outcome).
     async fn journaled_usage(&self, workflow: &Workflow) -> Result<WorkflowUsage> {
         let stored = workflow.usage();
         let mut usage = if stored.planning_counted {
@@ -170,6 +174,9 @@ impl Runner {
         usage.running_ms = stored.running_ms;
         for record in self.inner.storage.usage_records(workflow.id()).await? {
             usage.add(record.step_output.as_deref(), record.usage, record.cost_usd);
+        }
+        for (child, spent) in &stored.children {
+            usage.record_child(*child, spent.clone());
         }
         Ok(usage)
     }
@@ -385,7 +392,8 @@ impl Runner {
         };
         let work = match child {
             Some(plan) => {
-                Work::Child { runner: self.clone(), plan, events: run.events.clone(), signal: run.signal.child() }
+                let (runner, events, signal) = (self.clone(), run.events.clone(), run.signal.child());
+                Work::Child { runner, plan, events, signal, meter: run.meter.for_child(&step.output) }
             }
             None => Work::Agent(Arc::clone(&self.inner.agent)),
         };
@@ -688,15 +696,15 @@ enum Work {
     /// The agent: tool, function, ReAct and LLM steps.
     Agent(Arc<dyn Agent>),
     /// A child workflow: sub-plan and block steps.
-    Child { runner: Runner, plan: ChildPlan, events: RunEvents, signal: StopSignal },
+    Child { runner: Runner, plan: ChildPlan, events: RunEvents, signal: StopSignal, meter: ParentMeter },
 }
 
 impl Work {
     async fn execute(&self, ctx: &StepContext) -> StepOutcome {
         match self {
             Self::Agent(agent) => agent.execute(ctx).await,
-            Self::Child { runner, plan, events, signal } => {
-                super::sub_plan::run(runner, ctx, plan, events, signal.clone()).await
+            Self::Child { runner, plan, events, signal, meter } => {
+                super::sub_plan::run(runner, ctx, plan, events, signal.clone(), meter).await
             }
         }
     }

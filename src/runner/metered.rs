@@ -10,6 +10,11 @@
 //! and turns the pieces into events for subscribers only: the store keeps the
 //! finished reply, as it does for an unstreamed one.
 //!
+//! A child workflow's run (a sub-plan or block step's) is metered under its
+//! parent's meter: what it spends is reported up to its ancestors as each call
+//! returns, and its budget check counts theirs, so one budget caps the whole tree
+//! of runs, siblings running side by side included.
+//!
 //! A call that waits for the client-side rate limit (inside, below any fallback
 //! and retries) is told here too, and becomes an [`EventKind::LlmCallThrottled`]
 //! of the workflow.
@@ -25,11 +30,12 @@ use super::Runner;
 use super::calls::{Stop, StopSignal, describe_stop};
 use crate::config::Config;
 use crate::events::{EventKind, RunEvents};
+use crate::ids::WorkflowId;
 use crate::llm::{
     Delta, Deltas, LimiterWaits, LlmClient, LlmError, LlmLayer, LlmRequest, LlmResponse, LlmSettings, NOTABLE_WAIT,
 };
 use crate::storage::{Journal, Lease, UsageRecord};
-use crate::workflow::WorkflowUsage;
+use crate::workflow::{ChildUsage, WorkflowUsage};
 
 /// The run's spending so far, shared by its metered clients.
 #[derive(Debug, Clone)]
@@ -48,6 +54,23 @@ pub(super) struct Meter {
     /// earlier runs ran.
     started: Instant,
     ran_before: Duration,
+    /// The meter of the run that started this one, for a child run.
+    parent: Option<ParentMeter>,
+}
+
+/// The meter of a parent's run, as its child run sees it: where the child's
+/// spending is reported, under the parent's step that ran it.
+#[derive(Debug, Clone)]
+pub(super) struct ParentMeter {
+    meter: Box<Meter>,
+    step_output: String,
+}
+
+impl ParentMeter {
+    /// Records what `child` (the step's child workflow, as stored) has spent.
+    pub(super) fn record(&self, child: &crate::workflow::Workflow) {
+        self.meter.record_child(child.id(), ChildUsage::of(&self.step_output, child.usage()));
+    }
 }
 
 impl Meter {
@@ -57,6 +80,7 @@ impl Meter {
         signal: StopSignal,
         events: RunEvents,
         start: WorkflowUsage,
+        parent: Option<ParentMeter>,
     ) -> Self {
         let ran_before = Duration::from_millis(start.running_ms);
         Self {
@@ -70,6 +94,31 @@ impl Meter {
             tally: Arc::new(Mutex::new(start)),
             started: Instant::now(),
             ran_before,
+            parent,
+        }
+    }
+
+    /// This meter as the parent of the child run of step `step_output`.
+    pub(super) fn for_child(&self, step_output: &str) -> ParentMeter {
+        ParentMeter { meter: Box::new(self.clone()), step_output: step_output.to_owned() }
+    }
+
+    /// Records what child workflow `child` has spent in all, replacing its earlier
+    /// record, and tells this run's own parent.
+    fn record_child(&self, child: WorkflowId, spent: ChildUsage) {
+        let mut tally = self.tally.lock().unwrap_or_else(PoisonError::into_inner);
+        tally.record_child(child, spent);
+        self.report_to_parent(&tally);
+    }
+
+    /// Tells the parent's meter (and through it every ancestor's) what this run has
+    /// spent in all, `tally`, so that their usage and budget checks count it at
+    /// once. Called under the lock of `tally`, so that two calls of this run
+    /// finishing together report in the order they were counted (locks are only
+    /// ever taken from child to parent).
+    fn report_to_parent(&self, tally: &WorkflowUsage) {
+        if let Some(parent) = &self.parent {
+            parent.meter.record_child(self.lease.workflow_id, ChildUsage::of(&parent.step_output, tally));
         }
     }
 
@@ -90,20 +139,33 @@ impl Meter {
         self.ran_before + self.started.elapsed()
     }
 
-    /// Stops the run when its budget is spent; `true` if it is.
+    /// Stops the run when its budget is spent, or the budget of a run it is a
+    /// child of (whose spending includes this one's); `true` if it is.
     pub(super) fn check_budget(&self) -> bool {
+        let mut meter = Some(self);
+        while let Some(current) = meter {
+            if let Some(reason) = current.exceeded() {
+                let reason = match current.lease.workflow_id {
+                    id if id == self.lease.workflow_id => reason,
+                    ancestor => format!("{reason} by workflow {ancestor} and its child workflows"),
+                };
+                self.signal.stop(Stop::Budget(reason));
+                return true;
+            }
+            meter = current.parent.as_ref().map(|parent| &*parent.meter);
+        }
+        false
+    }
+
+    /// The first limit of the budget this run's spending (its children's included)
+    /// has reached.
+    fn exceeded(&self) -> Option<String> {
         // Read under the lock rather than copying the per-step usage on every call.
         let (total, cost_usd) = {
             let tally = self.tally.lock().unwrap_or_else(PoisonError::into_inner);
             (tally.total, tally.cost_usd)
         };
-        match self.config.budget.exceeded(&total, cost_usd, self.running()) {
-            Some(reason) => {
-                self.signal.stop(Stop::Budget(reason));
-                true
-            }
-            None => false,
-        }
+        self.config.budget.exceeded(&total, cost_usd, self.running())
     }
 
     /// Whether `request` streams: a text reply (a structured one is JSON for the
@@ -161,11 +223,11 @@ impl Meter {
         };
         self.events.emit(self.lease.workflow_id, finished);
         let record = UsageRecord { workflow_id: self.lease.workflow_id, step_output, usage: response.usage, cost_usd };
-        self.tally.lock().unwrap_or_else(PoisonError::into_inner).add(
-            record.step_output.as_deref(),
-            record.usage,
-            cost_usd,
-        );
+        {
+            let mut tally = self.tally.lock().unwrap_or_else(PoisonError::into_inner);
+            tally.add(record.step_output.as_deref(), record.usage, cost_usd);
+            self.report_to_parent(&tally);
+        }
         match self.journal.record_usage(&self.lease, &record).await {
             Ok(()) => {}
             Err(crate::Error::LeaseLost { .. }) => self.signal.stop(Stop::LeaseLost),

@@ -6,6 +6,10 @@
 //! starting another. The child is stored with a link to its parent. Its questions
 //! surface on the parent, as the step's clarifications with the same ids: answered
 //! there, they are passed on to the child when the parent resumes.
+//!
+//! What the child spends counts in its parent's usage and against the budget (see
+//! the metered module); when the step takes the child's outcome, the parent records
+//! the child's usage as stored, replacing any earlier record of it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,6 +18,7 @@ use serde_json::Value;
 
 use super::Runner;
 use super::calls::StopSignal;
+use super::metered::ParentMeter;
 use crate::agent::{StepContext, StepOutcome};
 use crate::events::{EventKind, RunEvents};
 use crate::ids::PlanId;
@@ -41,21 +46,26 @@ impl ChildPlan {
 
 /// Runs a sub-plan or block step's child workflow (its condition and hooks were
 /// seen to by the caller). `signal` is the child's: a stop of the parent's run
-/// reaches it.
+/// reaches it. `meter` is the parent's, where the child's spending is recorded.
 pub(super) async fn run(
     runner: &Runner,
     ctx: &StepContext,
     plan: &ChildPlan,
     events: &RunEvents,
     signal: StopSignal,
+    meter: &ParentMeter,
 ) -> StepOutcome {
     let failed = |e: &dyn std::fmt::Display| {
         StepOutcome::failed(FailureKind::SubPlan, format!("the sub-plan {} could not run: {e}", plan.id()))
     };
-    match runner.run_child(ctx, plan, events, signal).await {
-        Ok(Child::Ended(child)) => outcome_of(&child),
+    let taken = |child: &Workflow| {
+        meter.record(child);
+        outcome_of(child)
+    };
+    match runner.run_child(ctx, plan, events, signal, meter).await {
+        Ok(Child::Ended(child)) => taken(&child),
         Ok(Child::Running(task)) => match task.await {
-            Ok(Ok(child)) => outcome_of(&child),
+            Ok(Ok(child)) => taken(&child),
             Ok(Err(e)) => failed(&e),
             Err(e) => failed(&e),
         },
@@ -103,6 +113,7 @@ impl Runner {
         child_plan: &ChildPlan,
         events: &RunEvents,
         signal: StopSignal,
+        meter: &ParentMeter,
     ) -> Result<Child> {
         let storage = &self.inner.storage;
         let link = ParentLink { workflow_id: ctx.workflow_id, step: ctx.step_index, item: ctx.loop_item };
@@ -142,9 +153,9 @@ impl Runner {
         let grant = storage.acquire_lease(child.id(), &self.inner.owner, self.inner.config.lease_ttl()).await?;
         // Registered before the task starts, so a cancel made from now on finds the run.
         let registered = self.inner.local_runs.register(child.id(), signal.clone(), storage);
-        let runner = self.clone();
+        let (runner, meter) = (self.clone(), meter.clone());
         let run: Pin<Box<dyn Future<Output = Result<Workflow>> + Send>> =
-            Box::pin(async move { runner.run_registered(grant, signal, registered).await });
+            Box::pin(async move { runner.run_registered(grant, signal, registered, Some(meter)).await });
         Ok(Child::Running(tokio::spawn(run)))
     }
 

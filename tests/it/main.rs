@@ -38,6 +38,7 @@ mod architecture;
 mod blocks;
 mod budgets;
 mod cassette_protocols;
+mod child_usage;
 #[cfg(feature = "cli")]
 mod cli;
 mod control_flow;

@@ -107,8 +107,16 @@ fn usage_line(usage: &portia::workflow::WorkflowUsage) -> String {
         cached.push(format!("{} written to cache", total.cache_write_tokens));
     }
     let cached = if cached.is_empty() { String::new() } else { format!(" ({})", cached.join(", ")) };
+    let children = match usage.children.len() {
+        0 => String::new(),
+        count => {
+            let spent = usage.children_total();
+            let s = if count == 1 { "" } else { "s" };
+            format!(" (of which {} calls, ${:.4} by {count} child workflow{s})", spent.usage.llm_calls, spent.cost_usd)
+        }
+    };
     format!(
-        "{} LLM calls, {} prompt{cached} + {} completion tokens, ${:.4}",
+        "{} LLM calls, {} prompt{cached} + {} completion tokens, ${:.4}{children}",
         total.llm_calls, total.prompt_tokens, total.completion_tokens, usage.cost_usd
     )
 }
@@ -182,8 +190,9 @@ pub(crate) fn tools_json(registry: &dyn ToolRegistry, available: &[String]) -> V
 
 #[cfg(test)]
 mod tests {
+    use portia::WorkflowId;
     use portia::llm::Usage;
-    use portia::workflow::WorkflowUsage;
+    use portia::workflow::{ChildUsage, WorkflowUsage};
 
     use super::usage_line;
 
@@ -195,6 +204,18 @@ mod tests {
         assert_eq!(
             usage_line(&cached),
             "1 LLM calls, 900 prompt (800 cached, 64 written to cache) + 50 completion tokens, $0.0002"
+        );
+    }
+
+    #[test]
+    fn the_usage_line_tells_what_child_workflows_spent() {
+        let mut parent = WorkflowUsage::planned(Usage::call(900, 50), 0.001);
+        let child = WorkflowUsage::planned(Usage::call(100, 10), 0.0002);
+        parent.record_child(WorkflowId::new(), ChildUsage::of("$replies", &child));
+        parent.record_child(WorkflowId::new(), ChildUsage::of("$replies", &child));
+        assert_eq!(
+            usage_line(&parent),
+            "3 LLM calls, 1100 prompt + 70 completion tokens, $0.0014 (of which 2 calls, $0.0004 by 2 child workflows)"
         );
     }
 }

@@ -15,7 +15,7 @@ use portia::testing::{MockBehavior, MockTool, ScriptedLlm};
 use serde_json::{Value, json};
 
 use crate::serve::{Served, runner_with, serve, tool_plan};
-use crate::serve_events::gated_runner;
+use crate::serve_events::{GatedToolCall, gated_runner, streaming_runner};
 
 /// Chromium under chromedriver, both ended when dropped.
 struct Browser {
@@ -360,56 +360,11 @@ async fn the_answer_streams_into_the_page_as_it_is_written() {
     browser.client.clone().close().await.unwrap();
 }
 
-/// An LLM of the test's own that calls `echo_tool`, streaming the call's arguments
-/// in two pieces, each let out by the test; its other calls answer at once.
-#[derive(Debug, Default)]
-struct StreamedCall {
-    gates: [tokio::sync::Notify; 2],
-}
-
-const ARGUMENT_PIECES: [&str; 2] = ["{\"text\": \"Amazon", " grew\"}"];
-
-#[portia::async_trait]
-impl LlmClient for StreamedCall {
-    async fn chat(&self, request: LlmRequest) -> Result<LlmResponse, LlmError> {
-        if request.tools.is_empty() {
-            return Ok(LlmResponse::text("Echoed."));
-        }
-        let stream = Deltas::current();
-        if let Some(stream) = &stream {
-            stream.begin_attempt();
-            stream.tool_arguments(0, "echo_tool", "");
-        }
-        for (gate, piece) in self.gates.iter().zip(ARGUMENT_PIECES) {
-            gate.notified().await;
-            if let Some(stream) = &stream {
-                stream.tool_arguments(0, "echo_tool", piece);
-            }
-        }
-        let call = portia::llm::ToolCall {
-            id: "call_1".into(),
-            name: "echo_tool".into(),
-            arguments: serde_json::from_str(&ARGUMENT_PIECES.concat()).unwrap(),
-        };
-        Ok(LlmResponse { tool_calls: vec![call], ..LlmResponse::default() })
-    }
-}
-
 #[tokio::test]
 #[ignore = "needs chromium: Debian's chromium and chromium-driver (.ci/run installs them)"]
 async fn a_tool_calls_arguments_stream_into_the_timeline_until_the_call_is_made() {
-    let llm = Arc::new(StreamedCall::default());
-    let config = portia::Config::builder()
-        .summarize_final_output(false)
-        .llm_stream(portia::llm::StreamMode::On)
-        .build()
-        .unwrap();
-    let runner = portia::Runner::builder(config)
-        .llm(llm.clone())
-        .tools(portia::tool::InMemoryToolRegistry::new().with(MockTool::echo("echo_tool")).unwrap())
-        .storage(Arc::new(portia::storage::InMemoryStorage::new()))
-        .build()
-        .unwrap();
+    let llm = Arc::new(GatedToolCall::default());
+    let runner = streaming_runner(llm.clone());
     let served = serve(runner, ServeOptions::new()).await;
     let plan = json!({
         "plan_context": {"query": "Echo how Amazon did", "tool_ids": ["echo_tool"]},

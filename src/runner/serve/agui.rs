@@ -778,4 +778,54 @@ mod tests {
         assert_eq!(starts.len(), 2);
         assert_eq!(starts[1]["toolCallId"], key.to_string());
     }
+
+    /// A stream dropped midway carries its streamed call over to the one that
+    /// resumes it: the call's next pieces, its end and its result keep the id.
+    #[test]
+    fn a_resumed_translator_goes_on_under_the_carried_calls_id() {
+        let workflow = Workflow::new(crate::ids::PlanId::new(), crate::execution_context::ExecutionContext::default());
+        let workflow_id = workflow.id();
+        let piece = |arguments: &str| {
+            let kind = EventKind::LlmToolCallDelta {
+                step_output: None,
+                call: 1,
+                index: 0,
+                tool_id: "echo".into(),
+                arguments: arguments.into(),
+            };
+            WorkflowEvent::new(workflow_id, kind)
+        };
+        let mut dropped = Translator::new(workflow_id.to_string());
+        let seen = dropped.live(&piece("{\"text\": "));
+        assert!(Translator::new(workflow_id.to_string()).carried().is_empty(), "nothing to carry at first");
+
+        let mut resumed = Translator::new(workflow_id.to_string());
+        resumed.resume(&dropped.carried(), workflow_id);
+        let mut out = resumed.live(&piece("\"hi\"}"));
+        let key = ToolCallKey::new(workflow_id, 0, 0, 0);
+        let stored = [
+            EventKind::ToolCallStarted { call: key, tool_id: "echo".into(), arguments: json!({"text": "hi"}) },
+            EventKind::ToolCallFinished {
+                call: key,
+                tool_id: "echo".into(),
+                status: crate::call::ToolCallStatus::Success,
+                output: json!("hi"),
+                latency_ms: 1,
+                replayed: false,
+            },
+        ];
+        for (seq, kind) in stored.into_iter().enumerate() {
+            let stored = StoredEvent::new(seq as u64 + 1, WorkflowEvent::new(workflow_id, kind));
+            out.extend(resumed.translate(&stored, &workflow));
+        }
+
+        let started = seen.iter().find(|e| e["type"] == "TOOL_CALL_START").unwrap()["toolCallId"].clone();
+        let shape: Vec<(&str, bool)> = out
+            .iter()
+            .filter(|e| e["type"].as_str().unwrap().starts_with("TOOL_CALL"))
+            .map(|e| (e["type"].as_str().unwrap(), e["toolCallId"] == started))
+            .collect();
+        assert_eq!(shape, [("TOOL_CALL_ARGS", true), ("TOOL_CALL_END", true), ("TOOL_CALL_RESULT", true)], "{out:#?}");
+        assert!(resumed.carried().is_empty(), "nothing left to carry once the call finished");
+    }
 }

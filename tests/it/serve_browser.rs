@@ -15,7 +15,7 @@ use portia::testing::{MockBehavior, MockTool, ScriptedLlm};
 use serde_json::{Value, json};
 
 use crate::serve::{Served, runner_with, serve, tool_plan};
-use crate::serve_events::gated_runner;
+use crate::serve_events::{GatedToolCall, gated_runner, streaming_runner};
 
 /// Chromium under chromedriver, both ended when dropped.
 struct Browser {
@@ -357,5 +357,45 @@ async fn the_answer_streams_into_the_page_as_it_is_written() {
         .await
         .unwrap();
     assert_eq!(answer.text().await.unwrap(), "Amazon grew faster in 2024.");
+    browser.client.clone().close().await.unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs chromium: Debian's chromium and chromium-driver (.ci/run installs them)"]
+async fn a_tool_calls_arguments_stream_into_the_timeline_until_the_call_is_made() {
+    let llm = Arc::new(GatedToolCall::default());
+    let runner = streaming_runner(llm.clone());
+    let served = serve(runner, ServeOptions::new()).await;
+    let plan = json!({
+        "plan_context": {"query": "Echo how Amazon did", "tool_ids": ["echo_tool"]},
+        "steps": [{"task": "Echo how Amazon did", "inputs": [], "tool_id": "echo_tool", "output": "$out"}]
+    });
+    let (_, created) = served.post("/v1/workflows", json!({"plan": plan})).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+
+    let browser = Browser::start().await;
+    browser.client.goto(&served.url(&format!("/workflows/{id}"))).await.unwrap();
+    browser.wait_for("#timeline li[data-event='state_changed']").await;
+    // The call shows once its first piece is out, its arguments growing with each.
+    llm.gates[0].notify_one();
+    let partial = "//li[@data-tool-call][@aria-busy='true']/pre[@class='arguments'][.='{\"text\": \"Amazon']";
+    browser.client.wait().forever().for_element(Locator::XPath(partial)).await.unwrap();
+    let streaming = browser.text_of("#timeline li.streaming").await;
+    assert!(streaming.contains("echo_tool"), "the call names its tool: {streaming}");
+    assert!(
+        browser.client.find(Locator::Css("#timeline li[data-event='tool_call_started']")).await.is_err(),
+        "the call is not made before its arguments are whole"
+    );
+    browser.screenshot("tool-call-streaming").await;
+
+    llm.gates[1].notify_one();
+    browser.wait_for("#state .state-COMPLETE").await;
+    browser.wait_for("#timeline li[data-event='tool_call_finished']").await;
+    let streamed_left = browser.client.find_all(Locator::Css("#timeline li[data-tool-call]")).await.unwrap();
+    assert!(streamed_left.is_empty(), "the made call takes the streamed one's place");
+    let made = browser.client.find_all(Locator::Css("#timeline li[data-event='tool_call_started'] pre")).await.unwrap();
+    assert_eq!(made.len(), 1, "the call shows once");
+    let arguments: Value = serde_json::from_str(&made[0].text().await.unwrap()).unwrap();
+    assert_eq!(arguments, json!({"text": "Amazon grew"}));
     browser.client.clone().close().await.unwrap();
 }

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use portia::llm::{Deltas, LlmClient, LlmError, LlmRequest, LlmResponse};
 use portia::runner::ApprovalGate;
 use portia::runner::serve::ServeOptions;
 use portia::storage::{InMemoryStorage, Storage};
@@ -19,7 +20,10 @@ use crate::serve::{Served, config, serve, tool_plan};
 /// One Server-Sent Event: its `id` and `event` fields, if any, and its data as JSON.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Sse {
+    /// The number of the stored event the id names.
     pub(crate) id: Option<u64>,
+    /// The id as sent, to send back as `Last-Event-ID`.
+    pub(crate) raw_id: Option<String>,
     pub(crate) event: Option<String>,
     pub(crate) data: Value,
 }
@@ -41,10 +45,10 @@ impl SseReader {
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
-                let (mut id, mut event, mut data) = (None, None, String::new());
+                let (mut raw_id, mut event, mut data) = (None::<String>, None, String::new());
                 for line in block.lines() {
                     if let Some(value) = line.strip_prefix("id:") {
-                        id = Some(value.trim().parse().unwrap());
+                        raw_id = Some(value.trim().to_owned());
                     } else if let Some(value) = line.strip_prefix("event:") {
                         event = Some(value.trim().to_owned());
                     } else if let Some(value) = line.strip_prefix("data:") {
@@ -52,7 +56,8 @@ impl SseReader {
                     }
                 }
                 if !data.is_empty() {
-                    return Some(Sse { id, event, data: serde_json::from_str(&data).unwrap() });
+                    let id = raw_id.as_deref().map(|r| r.split('/').next().unwrap().parse().unwrap());
+                    return Some(Sse { id, raw_id, event, data: serde_json::from_str(&data).unwrap() });
                 }
                 continue;
             }
@@ -101,7 +106,7 @@ pub(crate) fn gated_runner() -> Runner {
         .unwrap()
 }
 
-async fn open(served: &Served, path: &str, last_id: Option<u64>) -> SseReader {
+async fn open(served: &Served, path: &str, last_id: Option<impl ToString>) -> SseReader {
     let mut request = served.http.get(served.url(path));
     if let Some(id) = last_id {
         request = request.header("Last-Event-ID", id.to_string());
@@ -125,7 +130,7 @@ async fn approval_stream() -> Vec<Sse> {
     let served = serve(gated_runner(), ServeOptions::new()).await;
     let (_, created) = served.post("/v1/workflows", json!({"plan": tool_plan("Pay Ann", "send_tool")})).await;
     let id = created["id"].as_str().unwrap().to_owned();
-    let mut stream = open(&served, &format!("/v1/workflows/{id}/events"), None).await;
+    let mut stream = open(&served, &format!("/v1/workflows/{id}/events"), None::<u64>).await;
 
     let first = stream.until(is_run_end).await;
     assert_eq!(first[0].data["type"], "RUN_STARTED");
@@ -171,7 +176,7 @@ async fn last_event_id_resumes_a_dropped_stream_with_no_gap_or_repeat() {
     assert_eq!(served.rest(&id).await.state(), WorkflowState::Complete);
 
     let path = format!("/v1/workflows/{id}/events");
-    let whole = open(&served, &path, None).await.rest().await;
+    let whole = open(&served, &path, None::<u64>).await.rest().await;
     let ids: Vec<u64> = whole.iter().filter_map(|e| e.id).collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids rise: {ids:?}");
     assert_eq!(whole.last().unwrap().id, ids.last().copied(), "the last event carries its number");
@@ -379,4 +384,96 @@ async fn the_ag_ui_http_client_accepts_a_streamed_tool_call() {
     assert!(calls.iter().all(|e| e["toolCallId"] == calls[0]["toolCallId"]), "one call: {calls:#?}");
     let arguments: Vec<&str> = calls.iter().filter_map(|e| e["delta"].as_str()).collect();
     assert_eq!(arguments, ARGUMENT_PIECES);
+}
+
+/// An LLM that calls `echo_tool`, streaming the call's arguments in two pieces,
+/// each let out by the test; its calls without tools answer at once.
+#[derive(Debug, Default)]
+pub(crate) struct GatedToolCall {
+    pub(crate) gates: [tokio::sync::Notify; 2],
+}
+
+/// The pieces of the arguments [`GatedToolCall`] streams.
+pub(crate) const GATED_PIECES: [&str; 2] = ["{\"text\": \"Amazon", " grew\"}"];
+
+#[portia::async_trait]
+impl LlmClient for GatedToolCall {
+    async fn chat(&self, request: LlmRequest) -> Result<LlmResponse, LlmError> {
+        if request.tools.is_empty() {
+            return Ok(LlmResponse::text("Echoed."));
+        }
+        let stream = Deltas::current();
+        if let Some(stream) = &stream {
+            stream.begin_attempt();
+            stream.tool_arguments(0, "echo_tool", "");
+        }
+        for (gate, piece) in self.gates.iter().zip(GATED_PIECES) {
+            gate.notified().await;
+            if let Some(stream) = &stream {
+                stream.tool_arguments(0, "echo_tool", piece);
+            }
+        }
+        let arguments = serde_json::from_str(&GATED_PIECES.concat()).unwrap();
+        let call = portia::llm::ToolCall { id: "call_1".into(), name: "echo_tool".into(), arguments };
+        Ok(LlmResponse { tool_calls: vec![call], ..LlmResponse::default() })
+    }
+}
+
+/// A runner streaming replies from `llm`, with `echo_tool`.
+pub(crate) fn streaming_runner(llm: Arc<GatedToolCall>) -> Runner {
+    let config = portia::Config::builder()
+        .summarize_final_output(false)
+        .llm_stream(portia::llm::StreamMode::On)
+        .build()
+        .unwrap();
+    Runner::builder(config)
+        .llm(llm)
+        .tools(InMemoryToolRegistry::new().with(MockTool::echo("echo_tool")).unwrap())
+        .storage(Arc::new(InMemoryStorage::new()))
+        .build()
+        .unwrap()
+}
+
+/// A stream dropped while a tool call's arguments stream in, and resumed with
+/// `Last-Event-ID` once the call is made and finished: the client's two streams
+/// together show the call under one id, started once, ended, with its result.
+#[tokio::test]
+async fn a_stream_resumed_between_a_streamed_call_and_its_result_keeps_the_calls_id() {
+    let llm = Arc::new(GatedToolCall::default());
+    let served = serve(streaming_runner(llm.clone()), ServeOptions::new()).await;
+    let plan = json!({
+        "plan_context": {"query": "Echo how Amazon did", "tool_ids": ["echo_tool"]},
+        "steps": [{"task": "Echo how Amazon did", "inputs": [], "tool_id": "echo_tool", "output": "$out"}]
+    });
+    let (_, created) = served.post("/v1/workflows", json!({"plan": plan})).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/workflows/{id}/events");
+    let mut first = open(&served, &path, None::<u64>).await;
+    let mut seen = first.until(|e| e["type"] == "RUN_STARTED").await;
+    llm.gates[0].notify_one();
+    seen.extend(first.until(|e| e["type"] == "TOOL_CALL_ARGS" && e["delta"] != "").await);
+    drop(first);
+
+    llm.gates[1].notify_one();
+    assert_eq!(served.rest(&id).await.state(), WorkflowState::Complete);
+    let last_id = seen.iter().rev().find_map(|e| e.raw_id.clone()).unwrap();
+    let resumed = open(&served, &path, Some(last_id)).await.rest().await;
+
+    let all: Vec<&Value> = seen.iter().chain(&resumed).map(|e| &e.data).collect();
+    let of = |kind: &str| -> Vec<String> {
+        all.iter().filter(|e| e["type"] == kind).map(|e| e["toolCallId"].as_str().unwrap().to_owned()).collect()
+    };
+    let (starts, ends, results) = (of("TOOL_CALL_START"), of("TOOL_CALL_END"), of("TOOL_CALL_RESULT"));
+    assert_eq!(results.len(), 1, "{all:#?}");
+    for result in &results {
+        assert_eq!(starts.iter().filter(|s| *s == result).count(), 1, "started once: {all:#?}");
+        assert_eq!(ends.iter().filter(|s| *s == result).count(), 1, "ended once: {all:#?}");
+    }
+    assert_eq!(starts, results, "no call is left without its result: {all:#?}");
+    // The pieces streamed while no one listened are gone; the call as made, with
+    // its whole arguments, comes as the raw event of its end.
+    let end = resumed.iter().find(|e| e.data["type"] == "TOOL_CALL_END").unwrap();
+    assert_eq!(end.data["rawEvent"]["event"], "tool_call_started");
+    assert_eq!(end.data["rawEvent"]["arguments"], json!({"text": "Amazon grew"}));
+    assert_eq!(resumed.last().unwrap().data["type"], "RUN_FINISHED");
 }

@@ -3,8 +3,8 @@
 //! from the run's event stream. Shown only when
 //! stderr is a terminal; otherwise the run goes on silently. Watching the run
 //! makes its text replies stream (`PORTIA_LLM_STREAM=auto`): a step's spinner
-//! shows the end of its reply as it comes, and the final answer is printed as it
-//! is written.
+//! shows the end of its reply (or of the tool call it is writing) as it comes, and
+//! the final answer is printed as it is written.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{IsTerminal, Write};
@@ -156,6 +156,8 @@ struct View<'a> {
     throttled: HashMap<String, Throttled>,
     /// The text each step's reply has streamed so far, by step output.
     streamed: HashMap<String, String>,
+    /// The arguments each step's streamed tool call has so far, by step output.
+    calling: HashMap<String, String>,
     /// Whether the final answer is being printed as it streams.
     answering: bool,
 }
@@ -190,6 +192,7 @@ impl<'a> View<'a> {
             tokens: HashMap::new(),
             throttled: HashMap::new(),
             streamed: HashMap::new(),
+            calling: HashMap::new(),
             answering: false,
         }
     }
@@ -206,13 +209,19 @@ impl<'a> View<'a> {
             }
             EventKind::LlmTextDelta { step_output: Some(output), text, .. } => self.step_text(output, text),
             EventKind::LlmTextDelta { step_output: None, text, .. } => self.answer_text(text),
+            EventKind::LlmToolCallDelta { step_output: Some(output), tool_id, arguments, .. } => {
+                self.step_call(output, tool_id, arguments);
+            }
             EventKind::LlmStreamRestarted { step_output: Some(output), .. } => {
                 self.streamed.remove(output);
+                self.calling.remove(output);
             }
             EventKind::LlmStreamRestarted { step_output: None, .. } => self.end_answer(" (interrupted; starting over)"),
             EventKind::LlmCallFinished { step_output, usage, .. } => {
-                if step_output.is_none() {
-                    self.end_answer("");
+                match step_output {
+                    None => self.end_answer(""),
+                    // The next call's tool call is written afresh.
+                    Some(output) => _ = self.calling.remove(output),
                 }
                 let key = step_output.clone().unwrap_or_default();
                 *self.tokens.entry(key).or_default() += usage.prompt_tokens + usage.completion_tokens;
@@ -267,6 +276,19 @@ impl<'a> View<'a> {
         let flat = so_far.replace(['\n', '\r'], " ");
         let skip = flat.chars().count().saturating_sub(TAIL_CHARS);
         bar.set_message(format!("llm · …{}", flat.chars().skip(skip).collect::<String>()));
+    }
+
+    /// Shows a step's tool call as the model writes it, `→ tool {arguments…}`,
+    /// on its line: the end of the arguments so far.
+    fn step_call(&mut self, output: &str, tool_id: &str, arguments: &str) {
+        let so_far = self.calling.entry(output.to_owned()).or_default();
+        so_far.push_str(arguments);
+        let Some(step) = self.plan.steps.iter().position(|s| s.output == output) else { return };
+        let Some(bar) = self.steps.get(&step) else { return };
+        let flat = so_far.replace(['\n', '\r'], " ");
+        let skip = flat.chars().count().saturating_sub(TAIL_CHARS);
+        let more = if skip > 0 { "…" } else { "" };
+        bar.set_message(format!("→ {tool_id} {more}{}…", flat.chars().skip(skip).collect::<String>()));
     }
 
     /// Prints more of the final answer (the run's own call, once the steps are done).

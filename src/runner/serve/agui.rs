@@ -6,12 +6,13 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::call::ToolCallKey;
 use crate::clarification::{Clarification, ClarificationKind};
 use crate::events::{EventKind, StoredEvent, WorkflowEvent};
-use crate::ids::ClarificationId;
+use crate::ids::{ClarificationId, WorkflowId};
 use crate::workflow::{FailureKind, Workflow, WorkflowState};
 
 /// Turns one workflow's stored events, in order, into AG-UI events.
@@ -44,6 +45,41 @@ pub(super) struct Translator {
     tool_calls: u64,
     /// The AG-UI id of each tool call that was streamed before it was made.
     tool_call_ids: HashMap<ToolCallKey, String>,
+    /// The tool calls of `tool_call_ids` with no result yet.
+    unfinished: HashSet<ToolCallKey>,
+    /// Streamed tool calls a resumed stream took over (see [`Self::resume`]):
+    /// their arguments are unknown here, so the call made with their tool is theirs.
+    restored: Vec<RestoredCall>,
+}
+
+/// A streamed tool call a stream dropped midway told its client of, carried over
+/// to the stream that resumes it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RestoredCall {
+    id: String,
+    call: u64,
+    index: usize,
+    tool_id: String,
+    /// Whether its `TOOL_CALL_END` went out.
+    ended: bool,
+}
+
+/// What a resumed stream must know to go on with the ids its client has seen:
+/// the streamed tool calls are never stored, so a translator reading the store
+/// again cannot know them. It travels in the events' SSE ids, so the client's
+/// `Last-Event-ID` brings it back to whichever process serves the resumed stream.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Carried {
+    /// How many tool calls streamed replies have opened.
+    #[serde(rename = "n")]
+    tool_calls: u64,
+    /// The streamed tool calls not yet made.
+    #[serde(rename = "s", default)]
+    streamed: Vec<RestoredCall>,
+    /// The calls made under a streamed call's id and not finished: step, attempt,
+    /// sequence number, id.
+    #[serde(rename = "m", default)]
+    made: Vec<(usize, u32, u32, String)>,
 }
 
 /// A tool call of a streamed reply.
@@ -82,6 +118,51 @@ impl Translator {
             ended_calls: HashSet::new(),
             tool_calls: 0,
             tool_call_ids: HashMap::new(),
+            unfinished: HashSet::new(),
+            restored: Vec::new(),
+        }
+    }
+
+    /// What a stream resumed after the events sent so far must carry over (see
+    /// [`Carried`]), as hex text fit for an SSE id; empty when there is nothing.
+    pub(super) fn carried(&self) -> String {
+        let own = |c: &StreamedCall, ended| RestoredCall {
+            id: c.id.clone(),
+            call: c.key.0,
+            index: c.key.1,
+            tool_id: c.tool_id.clone(),
+            ended,
+        };
+        let mut streamed: Vec<RestoredCall> = self.streaming_calls.values().map(|c| own(c, false)).collect();
+        streamed.extend(self.streamed_calls.iter().map(|c| own(c, true)));
+        streamed.extend(self.restored.iter().cloned());
+        let made: Vec<(usize, u32, u32, String)> = self
+            .unfinished
+            .iter()
+            .filter_map(|k| self.tool_call_ids.get(k).map(|id| (k.step, k.attempt, k.seq, id.clone())))
+            .collect();
+        if streamed.is_empty() && made.is_empty() {
+            return String::new();
+        }
+        let carried = Carried { tool_calls: self.tool_calls, streamed, made };
+        serde_json::to_vec(&carried).unwrap_or_default().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Takes over what a dropped stream carried (from [`Self::carried`]), after
+    /// the stored events up to its last one went through. Text that is not such
+    /// is ignored: the stream then goes on under the stored calls' own ids.
+    pub(super) fn resume(&mut self, carried: &str, workflow_id: WorkflowId) {
+        let bytes: Option<Vec<u8>> = (0..carried.len())
+            .step_by(2)
+            .map(|i| carried.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .collect();
+        let Some(carried) = bytes.and_then(|b| serde_json::from_slice::<Carried>(&b).ok()) else { return };
+        self.tool_calls = self.tool_calls.max(carried.tool_calls);
+        self.restored = carried.streamed;
+        for (step, attempt, seq, id) in carried.made {
+            let key = ToolCallKey::new(workflow_id, step, attempt, seq);
+            self.tool_call_ids.insert(key, id);
+            self.unfinished.insert(key);
         }
     }
 
@@ -119,6 +200,7 @@ impl Translator {
             }
             EventKind::ToolCallFinished { call, output, .. } => {
                 self.open_run(&mut out);
+                self.unfinished.remove(call);
                 let content = match output {
                     Value::String(text) => text.clone(),
                     other => other.to_string(),
@@ -176,6 +258,15 @@ impl Translator {
             }
             // A piece of a call that has ended is none of a new one.
             EventKind::LlmToolCallDelta { call, index, .. } if self.ended_calls.contains(&(*call, *index)) => {}
+            // A piece of a call streamed before the stream resumed goes on under its id.
+            EventKind::LlmToolCallDelta { call, index, arguments, .. }
+                if self.restored.iter().any(|c| (c.call, c.index) == (*call, *index)) =>
+            {
+                let restored = self.restored.iter().find(|c| (c.call, c.index) == (*call, *index));
+                if let Some(restored) = restored.filter(|c| !c.ended && !arguments.is_empty()) {
+                    out.push(json!({"type": "TOOL_CALL_ARGS", "toolCallId": restored.id, "delta": arguments}));
+                }
+            }
             EventKind::LlmToolCallDelta { step_output, call, index, tool_id, arguments } => {
                 let id = self.tool_call_for(*call, *index, step_output, tool_id, &mut out);
                 if !arguments.is_empty() {
@@ -213,6 +304,13 @@ impl Translator {
                 void.push(streamed.id);
             }
         }
+        for restored in self.restored.iter().filter(|c| c.call == call) {
+            if !restored.ended {
+                out.push(json!({"type": "TOOL_CALL_END", "toolCallId": restored.id}));
+            }
+            void.push(restored.id.clone());
+        }
+        self.restored.retain(|c| c.call != call);
         // The next attempt numbers its tool calls afresh.
         self.ended_calls.retain(|(of, _)| *of != call);
         self.streamed_calls.retain(|c| c.key.0 != call);
@@ -316,6 +414,7 @@ impl Translator {
         self.streaming_calls.clear();
         self.streamed_calls.clear();
         self.ended_calls.clear();
+        self.restored.clear();
         self.run_id = None;
         self.usage.clear();
     }
@@ -395,8 +494,20 @@ impl Translator {
         } else {
             self.streamed_calls.iter().position(same).map(|i| self.streamed_calls.remove(i))
         };
-        let Some(streamed) = streamed else { return false };
-        self.tool_call_ids.insert(call, streamed.id);
+        let id = match streamed {
+            Some(streamed) => streamed.id,
+            None => {
+                // Streamed before the stream resumed: its arguments are unknown here.
+                let Some(i) = self.restored.iter().position(|c| c.tool_id == tool_id) else { return false };
+                let restored = self.restored.remove(i);
+                if !restored.ended {
+                    out.push(json!({"type": "TOOL_CALL_END", "toolCallId": restored.id}));
+                }
+                restored.id
+            }
+        };
+        self.tool_call_ids.insert(call, id);
+        self.unfinished.insert(call);
         true
     }
 
@@ -448,6 +559,12 @@ impl Translator {
                 out.push(json!({"type": "TOOL_CALL_END", "toolCallId": streamed.id}));
                 self.ended_calls.insert(key);
                 self.streamed_calls.push(streamed);
+            }
+        }
+        if step_output.is_none() {
+            for restored in self.restored.iter_mut().filter(|c| !c.ended) {
+                out.push(json!({"type": "TOOL_CALL_END", "toolCallId": restored.id}));
+                restored.ended = true;
             }
         }
     }
@@ -660,5 +777,55 @@ mod tests {
         let starts: Vec<&Value> = out.iter().filter(|e| e["type"] == "TOOL_CALL_START").collect();
         assert_eq!(starts.len(), 2);
         assert_eq!(starts[1]["toolCallId"], key.to_string());
+    }
+
+    /// A stream dropped midway carries its streamed call over to the one that
+    /// resumes it: the call's next pieces, its end and its result keep the id.
+    #[test]
+    fn a_resumed_translator_goes_on_under_the_carried_calls_id() {
+        let workflow = Workflow::new(crate::ids::PlanId::new(), crate::execution_context::ExecutionContext::default());
+        let workflow_id = workflow.id();
+        let piece = |arguments: &str| {
+            let kind = EventKind::LlmToolCallDelta {
+                step_output: None,
+                call: 1,
+                index: 0,
+                tool_id: "echo".into(),
+                arguments: arguments.into(),
+            };
+            WorkflowEvent::new(workflow_id, kind)
+        };
+        let mut dropped = Translator::new(workflow_id.to_string());
+        let seen = dropped.live(&piece("{\"text\": "));
+        assert!(Translator::new(workflow_id.to_string()).carried().is_empty(), "nothing to carry at first");
+
+        let mut resumed = Translator::new(workflow_id.to_string());
+        resumed.resume(&dropped.carried(), workflow_id);
+        let mut out = resumed.live(&piece("\"hi\"}"));
+        let key = ToolCallKey::new(workflow_id, 0, 0, 0);
+        let stored = [
+            EventKind::ToolCallStarted { call: key, tool_id: "echo".into(), arguments: json!({"text": "hi"}) },
+            EventKind::ToolCallFinished {
+                call: key,
+                tool_id: "echo".into(),
+                status: crate::call::ToolCallStatus::Success,
+                output: json!("hi"),
+                latency_ms: 1,
+                replayed: false,
+            },
+        ];
+        for (seq, kind) in stored.into_iter().enumerate() {
+            let stored = StoredEvent::new(seq as u64 + 1, WorkflowEvent::new(workflow_id, kind));
+            out.extend(resumed.translate(&stored, &workflow));
+        }
+
+        let started = seen.iter().find(|e| e["type"] == "TOOL_CALL_START").unwrap()["toolCallId"].clone();
+        let shape: Vec<(&str, bool)> = out
+            .iter()
+            .filter(|e| e["type"].as_str().unwrap().starts_with("TOOL_CALL"))
+            .map(|e| (e["type"].as_str().unwrap(), e["toolCallId"] == started))
+            .collect();
+        assert_eq!(shape, [("TOOL_CALL_ARGS", true), ("TOOL_CALL_END", true), ("TOOL_CALL_RESULT", true)], "{out:#?}");
+        assert!(resumed.carried().is_empty(), "nothing left to carry once the call finished");
     }
 }

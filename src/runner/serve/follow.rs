@@ -41,8 +41,9 @@ pub(super) struct EventParams {
 }
 
 /// A workflow's events as AG-UI 1.0 events over Server-Sent Events; each event's
-/// `id` is the number of the stored event it comes from, so `Last-Event-ID`
-/// resumes a dropped stream with nothing missed or repeated.
+/// `id` starts with the number of the stored event it comes from, so `Last-Event-ID`
+/// resumes a dropped stream with nothing missed or repeated (and, after a `/`,
+/// carries over the streamed tool calls, so the resumed stream keeps their ids).
 #[utoipa::path(get, path = "/v1/workflows/{id}/events", params(("id" = String, Path, description = "The workflow's id"), EventParams),
     tag = "workflows",
     responses((status = 200, description = "AG-UI events", content_type = "text/event-stream", body = String),
@@ -56,16 +57,37 @@ pub(super) async fn events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let workflow = state.visible(&caller, &id).await?;
-    let last_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok());
-    let after = last_id.or(params.after).unwrap_or(0);
+    let last_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(LastEventId::parse);
+    let after = last_id.as_ref().map(|l| l.seq).or(params.after).unwrap_or(0);
     let until_rest = match params.until.as_deref() {
         None | Some("end") => false,
         Some("rest") => true,
         Some(other) => return Err(ApiError::bad_request(format!("`until` is `rest` or `end`, not {other:?}"))),
     };
-    let thread = workflow.id().to_string();
-    let follow = Follow::start(state, workflow.id(), after, Translator::new(thread), None, until_rest).await?;
+    let carried = last_id.map(|l| l.carried).unwrap_or_default();
+    let translator = Translator::new(workflow.id().to_string());
+    let follow = Follow::start(state, workflow.id(), (after, &carried), translator, None, until_rest).await?;
     Ok(sse(follow))
+}
+
+/// An event's SSE id: the number of the last stored event the client has, and,
+/// after a `/`, what the stream carries over for a resumed one (see
+/// [`Translator::carried`]).
+#[derive(Debug)]
+struct LastEventId {
+    seq: u64,
+    carried: String,
+}
+
+impl LastEventId {
+    fn parse(text: &str) -> Option<Self> {
+        let (seq, carried) = text.trim().split_once('/').unwrap_or((text.trim(), ""));
+        Some(Self { seq: seq.parse().ok()?, carried: carried.to_owned() })
+    }
+
+    fn format(seq: u64, carried: &str) -> String {
+        if carried.is_empty() { seq.to_string() } else { format!("{seq}/{carried}") }
+    }
 }
 
 /// A request to run, as AG-UI clients send it (`RunAgentInput`); only the fields
@@ -114,7 +136,7 @@ pub(super) async fn run_agent(
             resume_thread(&state, &caller, &input.thread_id, input.forwarded_props.as_ref(), entries).await?;
         let after = state.runner.storage().events(workflow.id(), 0).await?.last().map_or(0, |e| e.seq);
         // Listening before the run starts: its streamed pieces are heard from the first.
-        let follow = Follow::start(state.clone(), workflow.id(), after, translator, run_id, true).await?;
+        let follow = Follow::start(state.clone(), workflow.id(), (after, ""), translator, run_id, true).await?;
         if workflow.state() == WorkflowState::ReadyToResume {
             state.run_in_background(workflow.id());
         }
@@ -126,7 +148,7 @@ pub(super) async fn run_agent(
     let plan =
         state.runner.generate_plan(query).tools(state.plan_tools.to_vec()).execution_context(context.clone()).await?;
     let workflow = state.runner.create_workflow(&plan).execution_context(context).count_planning().await?;
-    let follow = Follow::start(state.clone(), workflow.id(), 0, translator, run_id, true).await?;
+    let follow = Follow::start(state.clone(), workflow.id(), (0, ""), translator, run_id, true).await?;
     state.run_in_background(workflow.id());
     Ok(sse(follow))
 }
@@ -213,12 +235,13 @@ enum Woken {
 
 impl Follow {
     /// A stream of workflow `id`'s events after number `after`. The events up to it
-    /// go through the translator unsent, so that the stream goes on as it was; the
-    /// first run opened after them is named `run_id`, if given.
+    /// go through the translator unsent, then what the dropped stream carried over,
+    /// so that the stream goes on as it was; the first run opened after them is
+    /// named `run_id`, if given.
     async fn start(
         state: AppState,
         id: WorkflowId,
-        after: u64,
+        (after, carried): (u64, &str),
         mut translator: Translator,
         run_id: Option<String>,
         until_rest: bool,
@@ -229,6 +252,7 @@ impl Follow {
             for stored in state.runner.storage().events(id, 0).await?.iter().take_while(|e| e.seq <= after) {
                 translator.translate(stored, &workflow);
             }
+            translator.resume(carried, id);
         }
         if let Some(run_id) = run_id {
             translator.name_next_run(run_id);
@@ -282,7 +306,7 @@ impl Follow {
                 // The id goes on a stored event's last AG-UI event only: a stream
                 // dropped midway resumes with the rest of it.
                 if i == last {
-                    sse = sse.id(stored.seq.to_string());
+                    sse = sse.id(LastEventId::format(stored.seq, &self.translator.carried()));
                 }
                 self.ready.push_back(sse);
             }
@@ -317,11 +341,16 @@ impl Follow {
             }
         };
         match woken {
-            // Live pieces carry no id: a stream resumed later starts from the store,
-            // which holds the finished reply.
+            // Live pieces carry no number of their own: a stream resumed later
+            // starts from the store, which holds the finished reply. Those of tool
+            // calls carry the calls over, so the resumed stream goes on under their ids.
             Woken::Live(event) => {
                 let events = self.translator.live(&event);
-                self.ready.extend(events.into_iter().map(|e| Event::default().data(e.to_string())));
+                let carried = self.translator.carried();
+                self.ready.extend(events.into_iter().map(|e| {
+                    let sse = Event::default().data(e.to_string());
+                    if carried.is_empty() { sse } else { sse.id(LastEventId::format(self.seen, &carried)) }
+                }));
             }
             Woken::Store => self.stale = true,
             Woken::LocalEnded => {

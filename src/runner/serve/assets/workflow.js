@@ -1,6 +1,7 @@
 // One workflow: its state, open questions as forms, the answer (streamed in as it
 // is written), the plan as a graph, and a timeline fed by its AG-UI event stream
-// (each stored event comes as rawEvent; streamed text as TEXT_MESSAGE_*).
+// (each stored event comes as rawEvent; streamed text as TEXT_MESSAGE_*, streamed
+// tool-call arguments as TOOL_CALL_*).
 "use strict";
 
 const id = decodeURIComponent(window.location.pathname.split("/").pop());
@@ -192,19 +193,81 @@ function outcomeText(outcome) {
 
 const LIVE_ONLY = new Set(["llm_text_delta", "llm_tool_call_delta", "llm_stream_restarted"]);
 
+/// Tool calls whose arguments are streaming in, by AG-UI id: each a timeline entry
+/// whose arguments grow piece by piece until the stored call takes its place. A
+/// restarted attempt's calls are void and go.
+const streamedCalls = new Map();
+
+function streamCall(event) {
+  const shown = streamedCalls.get(event.toolCallId);
+  if (event.type === "TOOL_CALL_START") {
+    const args = el("pre", { class: "arguments", "aria-label": "Arguments of " + event.toolCallName + " so far" });
+    const li = el("li", { class: "kind-tool streaming", "data-tool-call": event.toolCallId, "data-tool": event.toolCallName,
+      "aria-busy": "true" },
+      el("span", { class: "muted" }, new Date(event.timestamp).toLocaleTimeString() + " "),
+      el("span", { class: "what" }, "→ " + event.toolCallName + " (its arguments are being written)"), args);
+    streamedCalls.set(event.toolCallId, li);
+    document.getElementById("timeline").append(li);
+  } else if (event.type === "TOOL_CALL_ARGS" && shown) {
+    shown.querySelector("pre.arguments").append(event.delta);
+  } else if (event.type === "TOOL_CALL_END" && shown) {
+    written(shown);
+  } else if (event.type === "CUSTOM" && event.name === "portia.stream_restarted") {
+    for (const voided of event.value.toolCallIds || []) {
+      const li = streamedCalls.get(voided);
+      if (li) li.remove();
+      streamedCalls.delete(voided);
+    }
+  }
+}
+
+/// A streamed call's arguments are whole: it waits to be made.
+function written(li) {
+  li.classList.remove("streaming");
+  li.removeAttribute("aria-busy");
+  li.querySelector(".what").textContent = "→ " + li.dataset.tool + " (arguments written)";
+  li.querySelector("pre.arguments").setAttribute("aria-label", "Arguments of " + li.dataset.tool);
+}
+
+/// Puts a stored event's timeline entry in the page. The stored call a streamed
+/// one turns into takes its place; when the stream already showed the whole call
+/// (the stored call then comes without AG-UI events of its own), its result puts
+/// the call's entry in its place, as the history shows it.
+function place(event, li) {
+  const raw = event.rawEvent;
+  const streamed = event.toolCallId && streamedCalls.get(event.toolCallId);
+  if (streamed && raw.event === "tool_call_started") {
+    streamed.replaceWith(li);
+    streamedCalls.delete(event.toolCallId);
+    return;
+  }
+  if (streamed && raw.event === "tool_call_finished") {
+    const args = parseOr(streamed.querySelector("pre.arguments").textContent, {});
+    streamed.replaceWith(timelineEntry({ event: "tool_call_started", tool_id: raw.tool_id, call: raw.call, arguments: args, at: raw.at }));
+    streamedCalls.delete(event.toolCallId);
+  }
+  document.getElementById("timeline").append(li);
+}
+
+function timelineEntry(raw) {
+  const [kind, text, detail] = entry(raw);
+  const time = new Date(raw.at).toLocaleTimeString();
+  return el("li", { class: "kind-" + kind, "data-event": raw.event }, el("span", { class: "muted" }, time + " "), text, detail);
+}
+
 function follow() {
   const events = new EventSource(base + "/events");
   events.onmessage = (message) => {
     const event = JSON.parse(message.data);
     if (event.type.startsWith("TEXT_MESSAGE_")) stream(event);
     const raw = event.rawEvent;
-    // Streamed pieces are shown in the answer, not the timeline.
+    // Streamed text is shown in the answer; streamed tool calls as entries of
+    // their own, replaced by the stored call.
+    if (raw && LIVE_ONLY.has(raw.event)) streamCall(event);
+    else if (raw && event.type === "TOOL_CALL_END") streamCall(event);
     if (raw && !LIVE_ONLY.has(raw.event) && !seen.has(raw.seq)) {
       seen.add(raw.seq);
-      const [kind, text, detail] = entry(raw);
-      const time = new Date(raw.at).toLocaleTimeString();
-      document.getElementById("timeline").append(
-        el("li", { class: "kind-" + kind, "data-event": raw.event }, el("span", { class: "muted" }, time + " "), text, detail));
+      place(event, timelineEntry(raw));
     }
     if (["STATE_SNAPSHOT", "RUN_FINISHED", "RUN_ERROR", "CUSTOM"].includes(event.type)) load();
   };

@@ -472,10 +472,23 @@ impl ParentLink {
     /// The id of the child workflow this link starts: derived from the parent's id,
     /// the step and the item, so a resumed parent finds the child it started instead
     /// of starting a second one.
+    ///
+    /// A name-based UUID (version 5, named by the step and item under the parent's
+    /// id): no two links share a child id, and no descendant, however deep, gets an
+    /// ancestor's id.
     pub fn child_id(&self) -> WorkflowId {
+        let name = match self.item {
+            Some(item) => format!("child/{}/{item}", self.step),
+            None => format!("child/{}", self.step),
+        };
+        WorkflowId::from_uuid(uuid::Uuid::new_v5(&self.workflow_id.uuid(), name.as_bytes()))
+    }
+
+    /// The id 0.4 gave this link's child. It was reversible, so a block nested in a
+    /// block at the same step got its grandparent's id; kept only to find children
+    /// that a parent stopped under 0.4 started, and checked by their parent link.
+    pub(crate) fn child_id_before_0_5(&self) -> WorkflowId {
         let salt = ((self.step as u128 + 1) << 64) | (self.item.map_or(0, |i| i as u128 + 1));
-        // An odd multiplier spreads the salt over all the bits, and is reversible: two
-        // links of one parent never share a child id.
         let mixed = salt.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835);
         WorkflowId::from_uuid(uuid::Uuid::from_u128(self.workflow_id.uuid().as_u128() ^ mixed))
     }

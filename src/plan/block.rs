@@ -133,11 +133,9 @@ fn input_variable(plan: &Plan, index: usize, name: String) -> Variable {
 /// The id of the plan block step `index` of plan `parent` runs: a fixed mix of the
 /// two, so every run (and every resume) finds the same plan.
 fn block_plan_id(parent: PlanId, index: usize) -> PlanId {
-    let salt = (index as u128 + 1) << 32 | 0xB10C;
-    // An odd multiplier spreads the salt over all the bits, and is reversible: two
-    // blocks of one plan never share an id.
-    let mixed = salt.wrapping_mul(0xD6E8_FEB8_6659_FD93_A3B1_95C3_5AB4_F1C5);
-    PlanId::from_uuid(uuid::Uuid::from_u128(parent.uuid().as_u128() ^ mixed))
+    // Name-based (UUID version 5): a block nested in a block at the same index gets
+    // an id of its own, never an enclosing plan's.
+    PlanId::from_uuid(uuid::Uuid::new_v5(&parent.uuid(), format!("block/{index}").as_bytes()))
 }
 
 impl Plan {

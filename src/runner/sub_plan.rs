@@ -117,7 +117,7 @@ impl Runner {
     ) -> Result<Child> {
         let storage = &self.inner.storage;
         let link = ParentLink { workflow_id: ctx.workflow_id, step: ctx.step_index, item: ctx.loop_item };
-        let child = match storage.get_workflow(link.child_id()).await {
+        let child = match self.find_child(&link).await {
             Ok(child) => child,
             Err(Error::WorkflowNotFound(_)) => {
                 let plan = match child_plan {
@@ -159,6 +159,21 @@ impl Runner {
         Ok(Child::Running(tokio::spawn(run)))
     }
 
+    /// The child workflow `link` started: at its id, or at the id 0.4 gave it when
+    /// the workflow there names `link` as its parent link (a parent stopped under
+    /// 0.4 and resumed now goes on with the child it started).
+    async fn find_child(&self, link: &ParentLink) -> Result<Workflow> {
+        let storage = &self.inner.storage;
+        match storage.get_workflow(link.child_id()).await {
+            Err(Error::WorkflowNotFound(id)) => match storage.get_workflow(link.child_id_before_0_5()).await {
+                Ok(child) if child.parent() == Some(link) => Ok(child),
+                Ok(_) | Err(Error::WorkflowNotFound(_)) => Err(Error::WorkflowNotFound(id)),
+                Err(e) => Err(e),
+            },
+            found => found,
+        }
+    }
+
     /// Cancels the child workflows `parent` started (and theirs) that have not
     /// finished, as [`Runner::cancel_workflow`] does.
     pub(super) async fn cancel_children(&self, parent: &Workflow, reason: &str) -> Result<()> {
@@ -168,7 +183,7 @@ impl Runner {
             Err(e) => return Err(e),
         };
         for link in child_links(&plan, parent) {
-            match self.inner.storage.get_workflow(link.child_id()).await {
+            match self.find_child(&link).await {
                 Ok(child) if !child.state().is_terminal() => {
                     match Box::pin(self.cancel_stored(&child, reason)).await {
                         // It ended meanwhile.

@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use portia::agent::StepContext;
 use portia::plan::{AskUser, PlanProblem, Step};
 use portia::runner::{HookError, Hooks, StepDecision};
-use portia::storage::{InMemoryStorage, ManualClock, SqliteStorage, Storage, WorkflowQuery, WorkflowStore};
+use portia::storage::{
+    InMemoryStorage, ManualClock, PlanStore, Retention, SqliteStorage, Storage, WorkflowQuery, WorkflowStore,
+};
 use portia::testing::{MockTool, ScriptedLlm};
 use portia::workflow::{FailureKind, ParentLink, StepOutcome};
 use portia::{Config, InMemoryToolRegistry, Plan, PlanBuilder, Runner, WorkflowId, WorkflowState};
@@ -222,6 +224,72 @@ async fn cancelling_a_parent_cancels_the_block_children_waiting_on_questions() {
     assert_eq!(child.state(), WorkflowState::Failed);
     let failure = child.failure().unwrap();
     assert_eq!((failure.kind, failure.message.as_str()), (FailureKind::Cancelled, "not today"));
+}
+
+#[tokio::test]
+async fn a_block_nested_at_its_blocks_own_step_index_runs_as_a_child_of_its_own() {
+    let note = Arc::new(MockTool::echo("note_tool"));
+    let h = common::harness_with(sequential(), tools(note), ScriptedLlm::new());
+    let plan = PlanBuilder::new("Nested")
+        .step("List the tickets", Some("tickets_tool"), "$tickets")
+        .args(json!({}))
+        .block("Outer", "$outer", |b| {
+            b.step("Note the first", Some("note_tool"), "$first").args(json!({"id": "first"})).block(
+                "Inner",
+                "$inner",
+                |b| b.step("Note the count", Some("note_tool"), "$n").args(json!({"n": 2})),
+            )
+        })
+        .build();
+
+    let workflow = h.runner.run_plan(&plan).await.unwrap();
+
+    assert_eq!(workflow.state(), WorkflowState::Complete, "{:?}", workflow.failure());
+    let child = ParentLink::new(workflow.id(), 1, None).child_id();
+    let grandchild = ParentLink::new(child, 1, None).child_id();
+    assert_ne!(grandchild, workflow.id(), "a grandchild never gets its grandparent's id");
+    let grandchild = h.storage.get_workflow(grandchild).await.unwrap();
+    assert_eq!(grandchild.state(), WorkflowState::Complete);
+    assert_eq!(grandchild.parent(), Some(&ParentLink::new(child, 1, None)));
+    assert_ne!(grandchild.plan_id(), plan.id, "the inner block has a plan of its own");
+}
+
+/// The id 0.4 derived for a link's child (pinned here as 0.4 wrote it).
+fn child_id_of_0_4(link: &ParentLink) -> WorkflowId {
+    let salt = ((link.step as u128 + 1) << 64) | (link.item.map_or(0, |i| i as u128 + 1));
+    let mixed = salt.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835);
+    WorkflowId::from_uuid(uuid::Uuid::from_u128(link.workflow_id.uuid().as_u128() ^ mixed))
+}
+
+#[tokio::test]
+async fn a_parent_stopped_under_0_4_goes_on_with_the_child_it_started_there() {
+    let note = Arc::new(MockTool::echo("note_tool"));
+    let h = common::harness_with(sequential(), tools(note), ScriptedLlm::new());
+    let confirm = PlanBuilder::new("Confirm").ask_user("Close them all?", AskUser::Confirm, "$yes").build();
+    h.storage.save_plan(&confirm).await.unwrap();
+    let plan = PlanBuilder::new("Close the tickets")
+        .step("List the tickets", Some("tickets_tool"), "$tickets")
+        .args(json!({}))
+        .sub_plan("Confirm all", confirm.id, json!({}), "$ok")
+        .build();
+    let waiting = h.runner.run_plan(&plan).await.unwrap();
+    let link = ParentLink::new(waiting.id(), 1, None);
+    // Move the child to the id 0.4 gave it, as a store written by 0.4 holds it.
+    let child = serde_json::to_string(&h.storage.get_workflow(link.child_id()).await.unwrap()).unwrap();
+    let child = child.replace(&link.child_id().to_string(), &child_id_of_0_4(&link).to_string());
+    h.storage.create_workflow(&serde_json::from_str(&child).unwrap()).await.unwrap();
+    h.storage.delete_workflow(link.child_id()).await.unwrap();
+
+    let question = waiting.outstanding_clarifications().next().unwrap().clone();
+    h.runner.resolve_clarification(&question, true).await.unwrap();
+    let done = h.runner.execute_workflow_by_id(waiting.id()).await.unwrap();
+
+    assert_eq!(done.state(), WorkflowState::Complete, "{:?}", done.failure());
+    assert_eq!(done.outputs().step_outputs.get("$ok").unwrap().value, json!(true));
+    let old = h.storage.get_workflow(child_id_of_0_4(&link)).await.unwrap();
+    assert_eq!(old.state(), WorkflowState::Complete, "the child 0.4 started was resumed");
+    let second = h.storage.get_workflow(link.child_id()).await;
+    assert!(matches!(second, Err(portia::Error::WorkflowNotFound(_))), "no second child: {second:?}");
 }
 
 #[tokio::test]

@@ -595,6 +595,46 @@ mod tests {
     use super::*;
     use crate::ids::WorkflowId;
 
+    fn workflow() -> Workflow {
+        Workflow::new(crate::ids::PlanId::new(), crate::execution_context::ExecutionContext::default())
+    }
+
+    /// A piece of the arguments of the first tool call (to `echo`) streamed in LLM call 1.
+    fn echo_piece(step_output: Option<&str>, arguments: &str) -> EventKind {
+        EventKind::LlmToolCallDelta {
+            step_output: step_output.map(str::to_owned),
+            call: 1,
+            index: 0,
+            tool_id: "echo".into(),
+            arguments: arguments.into(),
+        }
+    }
+
+    /// The stored start and finish of the call `key` to `echo` with `{"text": "hi"}`.
+    fn echo_made(key: ToolCallKey) -> [EventKind; 2] {
+        [
+            EventKind::ToolCallStarted { call: key, tool_id: "echo".into(), arguments: json!({"text": "hi"}) },
+            EventKind::ToolCallFinished {
+                call: key,
+                tool_id: "echo".into(),
+                status: crate::call::ToolCallStatus::Success,
+                output: json!("hi"),
+                latency_ms: 1,
+                replayed: false,
+            },
+        ]
+    }
+
+    /// What `translator` sends for `kinds` read from the store, numbered from 1.
+    fn translate_stored(translator: &mut Translator, workflow: &Workflow, kinds: Vec<EventKind>) -> Vec<Value> {
+        let mut out = Vec::new();
+        for (seq, kind) in kinds.into_iter().enumerate() {
+            let stored = StoredEvent::new(seq as u64 + 1, WorkflowEvent::new(workflow.id(), kind));
+            out.extend(translator.translate(&stored, workflow));
+        }
+        out
+    }
+
     #[test]
     fn a_restart_ends_the_streamed_message_and_the_next_attempt_opens_a_new_one() {
         let workflow_id = WorkflowId::new();
@@ -627,43 +667,22 @@ mod tests {
 
     #[test]
     fn a_streamed_tool_call_is_shown_once_and_its_result_goes_to_it() {
-        let workflow = Workflow::new(crate::ids::PlanId::new(), crate::execution_context::ExecutionContext::default());
+        let workflow = workflow();
         let workflow_id = workflow.id();
         let mut translator = Translator::new(workflow_id.to_string());
-        let piece = |arguments: &str| EventKind::LlmToolCallDelta {
-            step_output: Some("$out".into()),
-            call: 1,
-            index: 0,
-            tool_id: "echo".into(),
-            arguments: arguments.into(),
-        };
         let mut out = Vec::new();
         for arguments in ["", "{\"text\": ", "\"hi\"}"] {
-            out.extend(translator.live(&WorkflowEvent::new(workflow_id, piece(arguments))));
+            out.extend(translator.live(&WorkflowEvent::new(workflow_id, echo_piece(Some("$out"), arguments))));
         }
-        let key = ToolCallKey::new(workflow_id, 0, 0, 0);
-        let stored = [
-            EventKind::LlmCallFinished {
-                step_output: Some("$out".into()),
-                model: "m".into(),
-                usage: crate::usage::Usage::default(),
-                cost_usd: 0.0,
-                latency_ms: 1,
-            },
-            EventKind::ToolCallStarted { call: key, tool_id: "echo".into(), arguments: json!({"text": "hi"}) },
-            EventKind::ToolCallFinished {
-                call: key,
-                tool_id: "echo".into(),
-                status: crate::call::ToolCallStatus::Success,
-                output: json!("hi"),
-                latency_ms: 1,
-                replayed: false,
-            },
-        ];
-        for (seq, kind) in stored.into_iter().enumerate() {
-            let stored = StoredEvent::new(seq as u64 + 1, WorkflowEvent::new(workflow_id, kind));
-            out.extend(translator.translate(&stored, &workflow));
-        }
+        let finished = EventKind::LlmCallFinished {
+            step_output: Some("$out".into()),
+            model: "m".into(),
+            usage: crate::usage::Usage::default(),
+            cost_usd: 0.0,
+            latency_ms: 1,
+        };
+        let stored = [finished].into_iter().chain(echo_made(ToolCallKey::new(workflow_id, 0, 0, 0))).collect();
+        out.extend(translate_stored(&mut translator, &workflow, stored));
 
         let calls: Vec<&Value> = out.iter().filter(|e| e["type"].as_str().unwrap().starts_with("TOOL_CALL")).collect();
         let shape: Vec<&str> = calls.iter().map(|e| e["type"].as_str().unwrap()).collect();
@@ -678,16 +697,7 @@ mod tests {
     fn a_restart_voids_the_streamed_tool_calls_and_the_next_attempt_opens_new_ones() {
         let workflow_id = WorkflowId::new();
         let mut translator = Translator::new(workflow_id.to_string());
-        let piece = |arguments: &str| {
-            let kind = EventKind::LlmToolCallDelta {
-                step_output: None,
-                call: 1,
-                index: 0,
-                tool_id: "echo".into(),
-                arguments: arguments.into(),
-            };
-            WorkflowEvent::new(workflow_id, kind)
-        };
+        let piece = |arguments: &str| WorkflowEvent::new(workflow_id, echo_piece(None, arguments));
         let mut out = translator.live(&piece("{\"a\""));
         let restarted = EventKind::LlmStreamRestarted { step_output: None, call: 1 };
         out.extend(translator.live(&WorkflowEvent::new(workflow_id, restarted)));
@@ -714,7 +724,7 @@ mod tests {
     /// streaming: call 1's tool call ends, call 2's goes on under its id.
     #[test]
     fn an_llm_calls_end_heard_late_ends_only_the_tool_calls_that_are_whole() {
-        let workflow = Workflow::new(crate::ids::PlanId::new(), crate::execution_context::ExecutionContext::default());
+        let workflow = workflow();
         let workflow_id = workflow.id();
         let mut translator = Translator::new(workflow_id.to_string());
         let piece = |call: u64, arguments: &str| {
@@ -760,17 +770,10 @@ mod tests {
 
     #[test]
     fn a_tool_call_made_with_other_arguments_than_streamed_is_a_call_of_its_own() {
-        let workflow = Workflow::new(crate::ids::PlanId::new(), crate::execution_context::ExecutionContext::default());
+        let workflow = workflow();
         let workflow_id = workflow.id();
         let mut translator = Translator::new(workflow_id.to_string());
-        let piece = EventKind::LlmToolCallDelta {
-            step_output: None,
-            call: 1,
-            index: 0,
-            tool_id: "echo".into(),
-            arguments: "{}".into(),
-        };
-        let mut out = translator.live(&WorkflowEvent::new(workflow_id, piece));
+        let mut out = translator.live(&WorkflowEvent::new(workflow_id, echo_piece(None, "{}")));
         let key = ToolCallKey::new(workflow_id, 0, 0, 0);
         let started = EventKind::ToolCallStarted { call: key, tool_id: "echo".into(), arguments: json!({"a": 1}) };
         out.extend(translator.translate(&StoredEvent::new(1, WorkflowEvent::new(workflow_id, started)), &workflow));
@@ -783,18 +786,9 @@ mod tests {
     /// resumes it: the call's next pieces, its end and its result keep the id.
     #[test]
     fn a_resumed_translator_goes_on_under_the_carried_calls_id() {
-        let workflow = Workflow::new(crate::ids::PlanId::new(), crate::execution_context::ExecutionContext::default());
+        let workflow = workflow();
         let workflow_id = workflow.id();
-        let piece = |arguments: &str| {
-            let kind = EventKind::LlmToolCallDelta {
-                step_output: None,
-                call: 1,
-                index: 0,
-                tool_id: "echo".into(),
-                arguments: arguments.into(),
-            };
-            WorkflowEvent::new(workflow_id, kind)
-        };
+        let piece = |arguments: &str| WorkflowEvent::new(workflow_id, echo_piece(None, arguments));
         let mut dropped = Translator::new(workflow_id.to_string());
         let seen = dropped.live(&piece("{\"text\": "));
         assert!(Translator::new(workflow_id.to_string()).carried().is_empty(), "nothing to carry at first");
@@ -802,22 +796,8 @@ mod tests {
         let mut resumed = Translator::new(workflow_id.to_string());
         resumed.resume(&dropped.carried(), workflow_id);
         let mut out = resumed.live(&piece("\"hi\"}"));
-        let key = ToolCallKey::new(workflow_id, 0, 0, 0);
-        let stored = [
-            EventKind::ToolCallStarted { call: key, tool_id: "echo".into(), arguments: json!({"text": "hi"}) },
-            EventKind::ToolCallFinished {
-                call: key,
-                tool_id: "echo".into(),
-                status: crate::call::ToolCallStatus::Success,
-                output: json!("hi"),
-                latency_ms: 1,
-                replayed: false,
-            },
-        ];
-        for (seq, kind) in stored.into_iter().enumerate() {
-            let stored = StoredEvent::new(seq as u64 + 1, WorkflowEvent::new(workflow_id, kind));
-            out.extend(resumed.translate(&stored, &workflow));
-        }
+        let stored = echo_made(ToolCallKey::new(workflow_id, 0, 0, 0)).into();
+        out.extend(translate_stored(&mut resumed, &workflow, stored));
 
         let started = seen.iter().find(|e| e["type"] == "TOOL_CALL_START").unwrap()["toolCallId"].clone();
         let shape: Vec<(&str, bool)> = out

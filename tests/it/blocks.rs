@@ -4,7 +4,6 @@
 //! killed loop over a block resumes at its first unfinished item.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use portia::agent::StepContext;
@@ -482,20 +481,11 @@ async fn a_loop_over_a_block_killed_mid_way_resumes_at_its_first_unfinished_item
     let setup = setup.llm(Arc::new(ScriptedLlm::new())).storage(storage).build().unwrap();
     let id = setup.create_workflow(&loop_plan()).await.unwrap().id();
 
-    let child = Command::new(std::env::current_exe().unwrap())
-        .args(["blocks::block_loop_child", "--exact", "--ignored", "--nocapture", "--test-threads=1", "--quiet"])
-        .env("BLOCK_DB", &db)
-        .env("BLOCK_WORKFLOW", id.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut child = common::ChildGuard(child);
-    let stdout = child.stdout.take().unwrap();
-    let reached = std::io::BufRead::lines(std::io::BufReader::new(stdout)).any(|l| l.unwrap().starts_with(MARKER));
-    assert!(reached, "the child process ended before the point it was to be killed at");
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    common::kill_child_test_at_marker(
+        "blocks::block_loop_child",
+        &[("BLOCK_DB", db.as_os_str()), ("BLOCK_WORKFLOW", id.to_string().as_ref())],
+        MARKER,
+    );
 
     let clock = ManualClock::new(chrono::Utc::now() + chrono::Duration::hours(1));
     let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open_with_clock(&db, Arc::new(clock)).unwrap());

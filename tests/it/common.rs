@@ -236,3 +236,22 @@ impl Drop for ChildGuard {
         let _ = self.0.wait();
     }
 }
+
+/// Runs `test`, an ignored test of this binary, as a child process with `env`,
+/// reads its output until it prints a line starting with `marker`, and SIGKILLs it
+/// there: the crash the durability tests resume from.
+pub fn kill_child_test_at_marker(test: &str, env: &[(&str, &std::ffi::OsStr)], marker: &str) {
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--ignored", "--nocapture", "--test-threads=1", "--quiet"])
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = ChildGuard(child);
+    let stdout = child.stdout.take().unwrap();
+    let reached = std::io::BufRead::lines(std::io::BufReader::new(stdout)).any(|l| l.unwrap().starts_with(marker));
+    assert!(reached, "the child process {test} ended before the point it was to be killed at");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}

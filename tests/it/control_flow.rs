@@ -2,7 +2,6 @@
 //! what depends on them, and exit steps; skips survive a kill and a resume.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use common::{config, harness};
@@ -408,20 +407,11 @@ async fn a_killed_loop_resumes_at_the_first_unfinished_item_and_never_repeats_on
 
 /// Runs `child` (a test of this binary) on the workflow until it prints the marker, then kills it.
 fn kill_child_at_marker(child: &str, db: &std::path::Path, id: WorkflowId) {
-    let child = Command::new(std::env::current_exe().unwrap())
-        .args([child, "--exact", "--ignored", "--nocapture", "--test-threads=1", "--quiet"])
-        .env("CONTROL_DB", db)
-        .env("CONTROL_WORKFLOW", id.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut child = common::ChildGuard(child);
-    let stdout = child.stdout.take().unwrap();
-    let reached = std::io::BufRead::lines(std::io::BufReader::new(stdout)).any(|l| l.unwrap().starts_with(MARKER));
-    assert!(reached, "the child ended before the point it was to be killed at");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    common::kill_child_test_at_marker(
+        child,
+        &[("CONTROL_DB", db.as_os_str()), ("CONTROL_WORKFLOW", id.to_string().as_ref())],
+        MARKER,
+    );
 }
 
 #[tokio::test]

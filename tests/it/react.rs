@@ -3,7 +3,6 @@
 //! a run killed in the middle resumes without repeating a finished call.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use portia::config::Budget;
@@ -322,21 +321,15 @@ async fn a_killed_react_loop_resumes_without_repeating_a_finished_call() {
         Runner::builder(config()).tools(effect_tools(&effects)).llm(Arc::new(ScriptedLlm::new())).storage(storage);
     let id = setup.build().unwrap().create_workflow(&effect_plan()).await.unwrap().id();
 
-    let child = Command::new(std::env::current_exe().unwrap())
-        .args([CHILD, "--exact", "--ignored", "--nocapture", "--test-threads=1", "--quiet"])
-        .env("REACT_DB", &db)
-        .env("REACT_EFFECTS", &effects)
-        .env("REACT_WORKFLOW", id.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut child = common::ChildGuard(child);
-    let stdout = child.stdout.take().unwrap();
-    let reached = std::io::BufRead::lines(std::io::BufReader::new(stdout)).any(|l| l.unwrap().starts_with(MARKER));
-    assert!(reached, "the child ended before the point it was to be killed at");
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    common::kill_child_test_at_marker(
+        CHILD,
+        &[
+            ("REACT_DB", db.as_os_str()),
+            ("REACT_EFFECTS", effects.as_os_str()),
+            ("REACT_WORKFLOW", id.to_string().as_ref()),
+        ],
+        MARKER,
+    );
 
     let clock = ManualClock::new(chrono::Utc::now() + chrono::Duration::hours(1));
     let storage = Arc::new(SqliteStorage::open_with_clock(&db, Arc::new(clock)).unwrap());

@@ -183,20 +183,11 @@ async fn a_parent_killed_while_its_child_runs_resumes_the_same_child() {
     storage.save_plan(&child_plan).await.unwrap();
     let id = runner(storage, ScriptedLlm::new()).0.create_workflow(&parent_of(&child_plan)).await.unwrap().id();
 
-    let child = Command::new(std::env::current_exe().unwrap())
-        .args(["sub_plans::sub_plan_child", "--exact", "--ignored", "--nocapture", "--test-threads=1", "--quiet"])
-        .env("SUB_PLAN_DB", &db)
-        .env("SUB_PLAN_WORKFLOW", id.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut child = common::ChildGuard(child);
-    let stdout = child.stdout.take().unwrap();
-    let reached = std::io::BufRead::lines(std::io::BufReader::new(stdout)).any(|l| l.unwrap().starts_with(MARKER));
-    assert!(reached, "the child process ended before the point it was to be killed at");
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    common::kill_child_test_at_marker(
+        "sub_plans::sub_plan_child",
+        &[("SUB_PLAN_DB", db.as_os_str()), ("SUB_PLAN_WORKFLOW", id.to_string().as_ref())],
+        MARKER,
+    );
 
     let clock = ManualClock::new(chrono::Utc::now() + chrono::Duration::hours(1));
     let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open_with_clock(&db, Arc::new(clock)).unwrap());

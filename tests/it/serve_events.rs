@@ -286,24 +286,25 @@ async fn a_token_bound_to_another_end_user_gets_404_on_the_event_stream() {
     assert_eq!(events.last().unwrap().data["outcome"]["type"], "interrupt");
 }
 
+/// Starts a run of `query` through `POST /v1/agui` with the protocol's own HTTP
+/// client (`@ag-ui/client`) and returns the events it read, in order.
+async fn run_agui_client(served: &Served, query: &str) -> Vec<Value> {
+    let check = std::env::var("PORTIA_AGUI_CHECK").expect("PORTIA_AGUI_CHECK: run `eval \"$(bash .ci/install-agui)\"`");
+    let script = std::path::Path::new(&check).with_file_name("run-agent.js");
+    let output =
+        tokio::process::Command::new("node").arg(script).arg(served.url("/v1/agui")).arg(query).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    stdout.lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+}
+
 #[tokio::test]
 #[ignore = "needs @ag-ui/client: PORTIA_AGUI_CHECK (set by .ci/install-agui)"]
 async fn the_ag_ui_http_client_starts_a_run_and_reads_it_to_the_end() {
     let plan_reply = json!({"steps": [{"task": "Say hello", "inputs": [], "output": "$hello"}]});
     let runner = crate::serve::runner_with(vec![], ScriptedLlm::new().json(plan_reply).text("Hello from portia"));
     let served = serve(runner, ServeOptions::new()).await;
-    let check = std::env::var("PORTIA_AGUI_CHECK").expect("PORTIA_AGUI_CHECK: run `eval \"$(bash .ci/install-agui)\"`");
-    let script = std::path::Path::new(&check).with_file_name("run-agent.js");
-    let output = tokio::process::Command::new("node")
-        .arg(script)
-        .arg(served.url("/v1/agui"))
-        .arg("Say hello")
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
-    let events: Vec<Value> = stdout.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    let events = run_agui_client(&served, "Say hello").await;
     assert_eq!(events[0]["type"], "RUN_STARTED");
     assert_eq!(
         (events[0]["threadId"].as_str(), events[0]["runId"].as_str()),
@@ -363,18 +364,7 @@ async fn the_ag_ui_http_client_accepts_a_streamed_tool_call() {
         .build()
         .unwrap();
     let served = serve(runner, ServeOptions::new()).await;
-    let check = std::env::var("PORTIA_AGUI_CHECK").expect("PORTIA_AGUI_CHECK: run `eval \"$(bash .ci/install-agui)\"`");
-    let script = std::path::Path::new(&check).with_file_name("run-agent.js");
-    let output = tokio::process::Command::new("node")
-        .arg(script)
-        .arg(served.url("/v1/agui"))
-        .arg("Echo hi")
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
-    let events: Vec<Value> = stdout.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    let events = run_agui_client(&served, "Echo hi").await;
     let calls: Vec<&Value> = events.iter().filter(|e| e["type"].as_str().unwrap().starts_with("TOOL_CALL")).collect();
     let shape: Vec<&str> = calls.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(

@@ -119,6 +119,10 @@ struct Args {
     /// and session: `--stream off,on` shows what streaming every reply costs.
     #[arg(long, value_delimiter = ',', value_parser = |s: &str| s.parse::<StreamMode>())]
     stream: Vec<StreamMode>,
+    /// The most idle HTTP connections kept per host (`http_max_idle_per_host`); the
+    /// library's default unless set. A comma-separated list measures each in turn.
+    #[arg(long, value_delimiter = ',')]
+    max_idle_per_host: Vec<usize>,
     /// Internal: serve the fake APIs and print the port.
     #[arg(long, hide = true)]
     serve: bool,
@@ -187,6 +191,41 @@ fn spawn_server(args: &Args) -> Result<(Child, String), String> {
     Ok((child, url.to_owned()))
 }
 
+/// What one measurement varies.
+#[derive(Clone, Copy, Debug, Default)]
+struct Variant {
+    storage: Option<StorageChoice>,
+    client_rpm: Option<u32>,
+    stream: Option<StreamMode>,
+    max_idle_per_host: Option<usize>,
+}
+
+/// The measurements `args` asks for, in order: per store, per idle bound, each
+/// streaming mode (or the default), then with the client-side rate limit.
+fn variants(args: &Args) -> Vec<Variant> {
+    if !args.workers.is_empty() {
+        return Vec::new();
+    }
+    let idle: Vec<Option<usize>> = if args.max_idle_per_host.is_empty() {
+        vec![None]
+    } else {
+        args.max_idle_per_host.iter().copied().map(Some).collect()
+    };
+    let streams: Vec<Option<StreamMode>> =
+        if args.stream.is_empty() { vec![None] } else { args.stream.iter().copied().map(Some).collect() };
+    let mut variants = Vec::new();
+    for &storage in &args.storage {
+        for &max_idle_per_host in &idle {
+            let base = Variant { storage: Some(storage), max_idle_per_host, ..Variant::default() };
+            variants.extend(streams.iter().map(|&stream| Variant { stream, ..base }));
+            if let Some(rpm) = args.client_rpm {
+                variants.push(Variant { client_rpm: Some(rpm), ..base });
+            }
+        }
+    }
+    variants
+}
+
 /// Measures, printing one JSON line per measurement.
 async fn run(args: &Args) -> Result<(), String> {
     let (child, base_url) = match &args.base_url {
@@ -197,16 +236,8 @@ async fn run(args: &Args) -> Result<(), String> {
         }
     };
     let result = async {
-        for &storage in args.storage.iter().filter(|_| args.workers.is_empty()) {
-            if args.stream.is_empty() {
-                println!("{}", measure(args, &base_url, storage, None, None).await?);
-            }
-            for &mode in &args.stream {
-                println!("{}", measure(args, &base_url, storage, None, Some(mode)).await?);
-            }
-            if let Some(rpm) = args.client_rpm {
-                println!("{}", measure(args, &base_url, storage, Some(rpm), None).await?);
-            }
+        for variant in variants(args) {
+            println!("{}", measure(args, &base_url, variant).await?);
         }
         for &workers in &args.workers {
             println!("{}", bench_workers::measure(args, &base_url, workers.max(1)).await?);
@@ -221,22 +252,18 @@ async fn run(args: &Args) -> Result<(), String> {
     result
 }
 
-/// A runner against the server at `base_url`, on `storage`, sending at most
-/// `client_rpm` LLM requests a minute when set.
-fn runner(
-    args: &Args,
-    base_url: &str,
-    storage: Arc<dyn Storage>,
-    client_rpm: Option<u32>,
-    stream: Option<StreamMode>,
-) -> Result<Runner, String> {
+/// A runner against the server at `base_url`, on `storage`, configured as `variant` says.
+fn runner(args: &Args, base_url: &str, storage: Arc<dyn Storage>, variant: Variant) -> Result<Runner, String> {
     let execution = if args.sequential { "sequential" } else { "parallel" };
     let mut config = Config::builder();
-    if let Some(rpm) = client_rpm {
+    if let Some(rpm) = variant.client_rpm {
         config = config.llm_rpm(rpm);
     }
-    if let Some(mode) = stream {
+    if let Some(mode) = variant.stream {
         config = config.llm_stream(mode);
+    }
+    if let Some(idle) = variant.max_idle_per_host {
+        config = config.http_max_idle_per_host(idle);
     }
     let config = config
         .llm_provider(portia::llm::LlmProvider::OpenAi)
@@ -257,17 +284,11 @@ async fn rate_limited(base_url: &str) -> u64 {
     stats.await.and_then(|s| s["rate_limited"].as_u64()).unwrap_or(0)
 }
 
-async fn measure(
-    args: &Args,
-    base_url: &str,
-    storage: StorageChoice,
-    client_rpm: Option<u32>,
-    stream: Option<StreamMode>,
-) -> Result<Value, String> {
+async fn measure(args: &Args, base_url: &str, variant: Variant) -> Result<Value, String> {
     let execution = if args.sequential { "sequential" } else { "parallel" };
     // Kept until the end of the run, so the database outlives every workflow.
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let choice = storage;
+    let choice = variant.storage.unwrap_or(StorageChoice::Memory);
     let storage: Arc<dyn Storage> = match choice {
         StorageChoice::Memory => Arc::new(InMemoryStorage::new()),
         StorageChoice::Sqlite => {
@@ -278,7 +299,7 @@ async fn measure(
             bench_workers::open_store(&bench_workers::fresh_postgres(url))?
         }
     };
-    let runner = runner(args, base_url, storage, client_rpm, stream)?;
+    let runner = runner(args, base_url, storage, variant)?;
     let rate_limited_before = rate_limited(base_url).await;
     let watching = args.watched.then(|| watch_everything(&runner));
 
@@ -342,8 +363,9 @@ async fn measure(
         "server": args.base_url.clone().unwrap_or_else(|| format!("built-in ({} ms per LLM call, {} ms per search)", args.latency_ms, args.tool_latency_ms)),
         "server_llm_rps": args.server_rps,
         "server_retry_after": args.server_retry_after,
-        "client_rpm": client_rpm,
-        "llm_stream": stream.unwrap_or_default().as_str(),
+        "client_rpm": variant.client_rpm,
+        "llm_stream": variant.stream.unwrap_or_default().as_str(),
+        "http_max_idle_per_host": variant.max_idle_per_host.unwrap_or(Config::default().http_max_idle_per_host),
         "http_429": http_429,
         "llm_calls_per_second": round(calls as f64 / wall.as_secs_f64(), 1),
         "wall_seconds": round(wall.as_secs_f64(), 3),

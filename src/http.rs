@@ -13,23 +13,39 @@ use std::time::Duration;
 /// The environment variable that turns offline mode on (`1`) or off (`0`).
 pub const OFFLINE_VAR: &str = "PORTIA_OFFLINE";
 
-/// Idle connections kept per host once a burst is over. A burst of N concurrent calls
-/// opens N connections; without a bound every one stayed open (reqwest keeps them all
-/// for 90 s), and 500 concurrent workflows left about 1,500 descriptors behind.
-const MAX_IDLE_PER_HOST: usize = 16;
+/// How many idle connections a client keeps per host once a burst is over, and for
+/// how long. A burst of N concurrent calls opens N connections; unbounded, every one
+/// stayed open (reqwest keeps them all for 90 s), and 500 concurrent workflows left
+/// about 1,500 descriptors behind. Too tight a bound costs the other way: a service
+/// that keeps N calls in flight reopens a connection for most calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pool {
+    /// The most idle connections kept per host.
+    pub(crate) max_idle_per_host: usize,
+    /// How long an idle connection is kept for reuse.
+    pub(crate) idle_timeout: Duration,
+}
 
-/// How long an idle connection is kept for reuse.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+impl Default for Pool {
+    fn default() -> Self {
+        Self { max_idle_per_host: DEFAULT_MAX_IDLE_PER_HOST, idle_timeout: DEFAULT_IDLE_TIMEOUT }
+    }
+}
+
+/// [`Pool::max_idle_per_host`] unless configured (`PORTIA_HTTP_MAX_IDLE_PER_HOST`).
+pub(crate) const DEFAULT_MAX_IDLE_PER_HOST: usize = 64;
+
+/// [`Pool::idle_timeout`] unless configured (`PORTIA_HTTP_IDLE_TIMEOUT_SECS`).
+pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An HTTP client (rustls, connection pooling) with a per-request timeout: the LLM
-/// providers' and the tools'. Its pool keeps at most [`MAX_IDLE_PER_HOST`] idle
-/// connections per host, each for at most [`IDLE_TIMEOUT`].
-pub(crate) fn client(timeout: Duration) -> reqwest::Client {
+/// providers' and the tools'. Its pool keeps idle connections as `pool` says.
+pub(crate) fn client(timeout: Duration, pool: Pool) -> reqwest::Client {
     builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
-        .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
-        .pool_idle_timeout(IDLE_TIMEOUT)
+        .pool_max_idle_per_host(pool.max_idle_per_host)
+        .pool_idle_timeout(pool.idle_timeout)
         .build()
         // Only fails if the TLS backend cannot initialise, which is a broken build, not bad input.
         .expect("the HTTP client could not be built")
@@ -125,7 +141,7 @@ pub fn offline() -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use super::*;
@@ -145,15 +161,28 @@ mod tests {
     /// its idle bound at once, so descriptors go back to a small number.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_burst_leaves_at_most_the_idle_bound_of_connections_open() {
+        let client = client(Duration::from_secs(60), Pool::default());
+        let burst = DEFAULT_MAX_IDLE_PER_HOST + 8;
+        assert_eq!(closed_after_burst(&client, burst, 8).await, 8, "the idle ones stay for reuse");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_idle_bound_is_the_pools_own() {
+        let pool = Pool { max_idle_per_host: 3, idle_timeout: Duration::from_secs(60) };
+        assert_eq!(closed_after_burst(&client(Duration::from_secs(60), pool), 10, 7).await, 7);
+    }
+
+    /// Sends `burst` requests at once through `client`, to a server that answers none
+    /// until all are in (so each has its own connection), waits until the client has
+    /// closed at least `closing` connections and returns how many it closed.
+    pub(crate) async fn closed_after_burst(client: &reqwest::Client, burst: usize, closing: usize) -> usize {
         use std::sync::atomic::AtomicUsize;
         use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 
-        const BURST: usize = MAX_IDLE_PER_HOST + 8;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap());
         let closed = Arc::new((AtomicUsize::new(0), tokio::sync::Notify::new()));
-        // Every request waits until the whole burst is in, so each has its own connection.
-        let all_in = Arc::new(tokio::sync::Barrier::new(BURST));
+        let all_in = Arc::new(tokio::sync::Barrier::new(burst));
         let server_closed = Arc::clone(&closed);
         tokio::spawn(async move {
             loop {
@@ -175,8 +204,7 @@ mod tests {
                 });
             }
         });
-        let client = client(Duration::from_secs(60));
-        let requests = (0..BURST).map(|_| {
+        let requests = (0..burst).map(|_| {
             let (client, url) = (client.clone(), url.clone());
             tokio::spawn(async move { client.get(url).send().await.unwrap().text().await.unwrap() })
         });
@@ -184,10 +212,10 @@ mod tests {
             assert_eq!(request.await.unwrap(), "ok");
         }
         // The connections past the bound are closed as they come back to the pool.
-        while closed.0.load(Ordering::SeqCst) < BURST - MAX_IDLE_PER_HOST {
+        while closed.0.load(Ordering::SeqCst) < closing {
             closed.1.notified().await;
         }
-        assert_eq!(closed.0.load(Ordering::SeqCst), BURST - MAX_IDLE_PER_HOST, "the idle ones stay for reuse");
+        closed.0.load(Ordering::SeqCst)
     }
 
     /// The TLS policy, proven offline where `SSL_CERT_FILE` names the OS store (Unix
@@ -286,15 +314,18 @@ mod tests {
                 // Without the CA in the store, the same server is refused: what passes
                 // in the child is the store, not a lax verifier.
                 let port = serve().await;
-                let err = get(&super::client(Duration::from_secs(5)), &format!("https://localhost:{port}/"))
-                    .await
-                    .unwrap_err();
+                let err = get(
+                    &super::client(Duration::from_secs(5), super::Pool::default()),
+                    &format!("https://localhost:{port}/"),
+                )
+                .await
+                .unwrap_err();
                 assert!(err.contains("UnknownIssuer"), "{err}");
                 return run_child("every_client_trusts_a_ca_in_the_os_store", CA);
             }
             let port = serve().await;
             let url = format!("https://localhost:{port}/");
-            let llm_and_tools = super::client(Duration::from_secs(5));
+            let llm_and_tools = super::client(Duration::from_secs(5), super::Pool::default());
             assert_eq!(get(&llm_and_tools, &url).await.unwrap(), "ok");
             #[cfg(feature = "mcp")]
             assert_eq!(get(&super::mcp_client(), &url).await.unwrap(), "ok");
@@ -318,7 +349,7 @@ mod tests {
             if std::env::var_os(CHILD).is_none() {
                 return run_child("every_client_has_mozillas_roots_without_an_os_store", "");
             }
-            let _ = super::client(Duration::from_secs(5));
+            let _ = super::client(Duration::from_secs(5), super::Pool::default());
             #[cfg(feature = "mcp")]
             let _ = super::mcp_client();
             #[cfg(feature = "otel")]
@@ -328,8 +359,12 @@ mod tests {
             assert!(format!("{err:?}").contains("No CA certificates"), "{err:?}");
             // And the test CA, not in the store, is not trusted.
             let port = serve().await;
-            let err =
-                get(&super::client(Duration::from_secs(5)), &format!("https://localhost:{port}/")).await.unwrap_err();
+            let err = get(
+                &super::client(Duration::from_secs(5), super::Pool::default()),
+                &format!("https://localhost:{port}/"),
+            )
+            .await
+            .unwrap_err();
             assert!(err.contains("UnknownIssuer"), "{err}");
         }
     }

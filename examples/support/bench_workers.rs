@@ -41,7 +41,12 @@ pub(crate) async fn measure(args: &Args, base_url: &str, workers: usize) -> Resu
         None => format!("sqlite:{}", dir.path().join("portia.db").display()),
     };
     let storage = open_store(&spec)?;
-    let runner = super::runner(args, base_url, Arc::clone(&storage), args.client_rpm, None)?;
+    let runner = super::runner(
+        args,
+        base_url,
+        Arc::clone(&storage),
+        super::Variant { client_rpm: args.client_rpm, ..Default::default() },
+    )?;
     let plan = runner.generate_plan(QUERY).await.map_err(|e| e.to_string())?;
     let mut children = Vec::new();
     for _ in 0..workers {
@@ -131,7 +136,8 @@ fn stop_worker(mut child: Child) -> Result<f64, String> {
 /// then prints its CPU time.
 pub(crate) async fn work(args: &Args, spec: &str, base_url: &str) -> Result<(), String> {
     let storage = open_store(spec)?;
-    let runner: Runner = super::runner(args, base_url, storage, args.client_rpm, None)?;
+    let runner: Runner =
+        super::runner(args, base_url, storage, super::Variant { client_rpm: args.client_rpm, ..Default::default() })?;
     let options = WorkerOptions::new().concurrency(args.worker_concurrency).poll_interval(Duration::from_millis(20));
     println!("READY");
     let cpu_before = cpu_seconds();

@@ -76,6 +76,10 @@ impl ConfigBuilder {
         max_parallel_steps: usize;
         /// Sets the HTTP request timeout in seconds.
         request_timeout_secs: u64;
+        /// Sets the most idle connections each HTTP client keeps open per host.
+        http_max_idle_per_host: usize;
+        /// Sets how long an idle HTTP connection is kept for reuse, in seconds.
+        http_idle_timeout_secs: u64;
         /// Sets the overall time allowed for one LLM call, retries included, in seconds.
         llm_deadline_secs: u64;
         /// Sets when LLM replies are streamed to a run's subscribers.

@@ -176,6 +176,15 @@ pub struct Config {
     /// Timeout of one HTTP request in milliseconds (`PORTIA_REQUEST_TIMEOUT_MS`); when
     /// set it wins over `request_timeout_secs`.
     pub request_timeout_ms: Option<u64>,
+    /// The most idle connections each HTTP client (the LLM providers', each web
+    /// tool's) keeps open per host for reuse (`PORTIA_HTTP_MAX_IDLE_PER_HOST`). Set it
+    /// near the number of calls you keep in flight: a call that finds no idle
+    /// connection opens a new one (and a TLS session), and every idle one holds a file
+    /// descriptor until `http_idle_timeout_secs` passes.
+    pub http_max_idle_per_host: usize,
+    /// How long an idle HTTP connection is kept for reuse, in seconds
+    /// (`PORTIA_HTTP_IDLE_TIMEOUT_SECS`).
+    pub http_idle_timeout_secs: u64,
     /// How many times a failed LLM request, or a tool call that failed on the
     /// service's side and is safe to repeat, is sent again (`PORTIA_MAX_RETRIES`).
     pub max_retries: u32,
@@ -283,6 +292,8 @@ impl Default for Config {
             llm_deadline_secs: 300,
             llm_stream: StreamMode::Auto,
             request_timeout_ms: None,
+            http_max_idle_per_host: crate::http::DEFAULT_MAX_IDLE_PER_HOST,
+            http_idle_timeout_secs: crate::http::DEFAULT_IDLE_TIMEOUT.as_secs(),
             max_retries: DEFAULT_MAX_RETRIES,
             retry_backoff_ms: 500,
             max_output_chars: 20_000,
@@ -446,6 +457,8 @@ impl Config {
         set(&mut self.llm_stream, vars.parse("PORTIA_LLM_STREAM")?);
         set(&mut self.max_retries, vars.parse("PORTIA_MAX_RETRIES")?);
         self.request_timeout_ms = vars.parse("PORTIA_REQUEST_TIMEOUT_MS")?.or(self.request_timeout_ms);
+        set(&mut self.http_max_idle_per_host, vars.parse("PORTIA_HTTP_MAX_IDLE_PER_HOST")?);
+        set(&mut self.http_idle_timeout_secs, vars.parse("PORTIA_HTTP_IDLE_TIMEOUT_SECS")?);
         set(&mut self.retry_backoff_ms, vars.parse("PORTIA_RETRY_BACKOFF_MS")?);
         set(&mut self.max_output_chars, vars.parse("PORTIA_MAX_OUTPUT_CHARS")?);
         set(&mut self.max_tokens, vars.parse("PORTIA_MAX_TOKENS")?);
@@ -747,6 +760,7 @@ impl Config {
             .rate_limit(RateLimit { requests_per_minute: self.llm_rpm, tokens_per_minute: self.llm_tpm })
             .max_tokens(self.max_tokens)
             .request_timeout(self.request_timeout())
+            .connection_pool(self.http_max_idle_per_host, self.http_idle_timeout())
             .retry(self.llm_retry_policy())
             .stream(self.llm_stream);
         for role in [ModelRole::Planning, ModelRole::Execution, ModelRole::Summary] {
@@ -826,6 +840,11 @@ impl Config {
     /// The wait before the first re-send of a failed call.
     pub fn retry_backoff(&self) -> Duration {
         Duration::from_millis(self.retry_backoff_ms)
+    }
+
+    /// How long an idle HTTP connection is kept for reuse.
+    pub fn http_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.http_idle_timeout_secs)
     }
 
     /// How long a run's lease on a workflow lasts without a heartbeat.
@@ -1054,6 +1073,18 @@ mod tests {
     fn zero_parallelism_is_refused_with_the_fix() {
         let err = Config::builder().max_parallel_steps(0usize).build().unwrap_err();
         assert!(err.to_string().contains("PORTIA_MAX_PARALLEL_STEPS"), "{err}");
+    }
+
+    #[test]
+    fn the_http_pool_settings_read_their_variables_and_reach_the_llm_settings() {
+        let config = Config::from_vars(vars(&[])).unwrap();
+        assert_eq!(config.llm_settings().pool(), crate::http::Pool::default());
+        let set = [("PORTIA_HTTP_MAX_IDLE_PER_HOST", "2"), ("PORTIA_HTTP_IDLE_TIMEOUT_SECS", "5")];
+        let config = Config::from_vars(vars(&set)).unwrap();
+        let pool = crate::http::Pool { max_idle_per_host: 2, idle_timeout: Duration::from_secs(5) };
+        assert_eq!(config.llm_settings().pool(), pool);
+        let err = Config::from_vars(vars(&[("PORTIA_HTTP_MAX_IDLE_PER_HOST", "many")])).unwrap_err();
+        assert!(err.to_string().contains("PORTIA_HTTP_MAX_IDLE_PER_HOST"), "{err}");
     }
 
     #[test]

@@ -27,7 +27,7 @@ impl Router {
     /// One stack per provider, all on one HTTP client so they share its connection
     /// pool. Keys are checked per request: only the providers actually used need one.
     pub(crate) fn new(settings: LlmSettings) -> Self {
-        let http = crate::http::client(settings.timeout());
+        let http = crate::http::client(settings.timeout(), settings.pool());
         let settings = Arc::new(settings);
         // One registry for every provider: a model's limits hold across all its callers.
         let limiters = Arc::new(Limiters::new(Arc::clone(&settings)));

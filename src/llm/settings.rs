@@ -35,6 +35,7 @@ pub struct LlmSettings {
     base_urls: HashMap<LlmProvider, String>,
     max_tokens: u32,
     request_timeout: Duration,
+    pool: crate::http::Pool,
     retry: RetryPolicy,
     fallback: Vec<String>,
     rate_limit: RateLimit,
@@ -63,6 +64,7 @@ impl LlmSettings {
             base_urls: HashMap::new(),
             max_tokens: 4096,
             request_timeout: Duration::from_secs(60),
+            pool: crate::http::Pool::default(),
             retry: RetryPolicy::default(),
             fallback: Vec::new(),
             rate_limit: RateLimit::default(),
@@ -231,6 +233,14 @@ impl LlmSettings {
         self
     }
 
+    /// How many idle connections the HTTP client keeps per host (64 unless set), and
+    /// for how long (30 s unless set).
+    #[must_use]
+    pub fn connection_pool(mut self, max_idle_per_host: usize, idle_timeout: Duration) -> Self {
+        self.pool = crate::http::Pool { max_idle_per_host, idle_timeout };
+        self
+    }
+
     /// How failed calls are retried, and how long one may take in all.
     #[must_use]
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
@@ -325,5 +335,9 @@ impl LlmSettings {
 
     pub(crate) fn timeout(&self) -> Duration {
         self.request_timeout
+    }
+
+    pub(crate) fn pool(&self) -> crate::http::Pool {
+        self.pool
     }
 }

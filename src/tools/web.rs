@@ -30,7 +30,7 @@ impl Api {
     /// `service` at `default_base_url`, with no key and the default request timeout.
     pub(super) fn new(service: &'static str, key_var: &'static str, default_base_url: &str) -> Self {
         let timeout = Config::default().request_timeout();
-        let client = crate::http::client(timeout);
+        let client = crate::http::client(timeout, crate::http::Pool::default());
         Self { service, key_var, key: None, base_url: default_base_url.to_owned(), timeout, client }
     }
 
@@ -39,6 +39,13 @@ impl Api {
         self.set_key(key);
         self.set_base_url(base_url.map_or("", String::as_str));
         self.set_timeout(config.request_timeout());
+        let pool = crate::http::Pool {
+            max_idle_per_host: config.http_max_idle_per_host,
+            idle_timeout: config.http_idle_timeout(),
+        };
+        if pool != crate::http::Pool::default() {
+            self.client = crate::http::client(self.timeout, pool);
+        }
         self
     }
 
@@ -186,6 +193,13 @@ pub(super) fn api_message(body: &str, key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_configured_idle_bound_reaches_the_tools_client() {
+        let config = Config::builder().http_max_idle_per_host(2usize).build().unwrap();
+        let api = Api::new("Test", "TEST_API_KEY", "http://127.0.0.1:1").configured(None, None, &config);
+        assert_eq!(crate::http::tests::closed_after_burst(&api.client, 6, 4).await, 4);
+    }
 
     #[test]
     fn messages_are_found_in_common_shapes_and_keys_blanked() {

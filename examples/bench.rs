@@ -8,6 +8,8 @@
 //! cargo run --release --example bench -- --n 100 --concurrency 50 --storage sqlite
 //! # memory, then SQLite, in one session (each line also gives allocations and heap per workflow)
 //! cargo run --release --example bench -- --n 500 --concurrency 500 --storage memory,sqlite
+//! # the same after 500 workflows not measured, as a service that has been running
+//! cargo run --release --example bench -- --n 500 --concurrency 500 --storage memory,sqlite --warmup 500
 //! # or a fresh schema of a Postgres database
 //! cargo run --release --features postgres --example bench -- --n 200 --concurrency 50 --storage postgres --database-url postgres://...
 //! # on worker processes sharing one SQLite database: 1, then 2, then 4 workers
@@ -123,6 +125,10 @@ struct Args {
     /// library's default unless set. A comma-separated list measures each in turn.
     #[arg(long, value_delimiter = ',')]
     max_idle_per_host: Vec<usize>,
+    /// Workflows run before each measurement, at its concurrency, and not counted:
+    /// they open the connections and warm the allocator as a running service has.
+    #[arg(long, default_value_t = 0)]
+    warmup: usize,
     /// Internal: serve the fake APIs and print the port.
     #[arg(long, hide = true)]
     serve: bool,
@@ -285,6 +291,7 @@ async fn rate_limited(base_url: &str) -> u64 {
 }
 
 async fn measure(args: &Args, base_url: &str, variant: Variant) -> Result<Value, String> {
+    settle_heap().await;
     let execution = if args.sequential { "sequential" } else { "parallel" };
     // Kept until the end of the run, so the database outlives every workflow.
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -300,29 +307,25 @@ async fn measure(args: &Args, base_url: &str, variant: Variant) -> Result<Value,
         }
     };
     let runner = runner(args, base_url, storage, variant)?;
+    if args.warmup > 0 {
+        // Not measured: the first workflows of a session fill the connection pools
+        // and the allocator's free lists, which a long-running service has done.
+        let warmed = run_batch(&runner, args.warmup, args.concurrency).await?;
+        if let Some((_, Err(e))) = warmed.iter().find(|(_, result)| result.is_err()) {
+            return Err(format!("a warm-up workflow failed: {e}"));
+        }
+    }
     let rate_limited_before = rate_limited(base_url).await;
     let watching = args.watched.then(|| watch_everything(&runner));
 
     let memory_before = Memory::start();
     let cpu_before = cpu_seconds();
     let started = Instant::now();
-    let semaphore = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..args.n {
-        let runner = runner.clone();
-        let permit = semaphore.clone().acquire_owned().await.map_err(|e| e.to_string())?;
-        tasks.spawn(async move {
-            let began = Instant::now();
-            let result = runner.execute_query(QUERY).await;
-            drop(permit);
-            (began.elapsed(), result)
-        });
-    }
+    let runs = run_batch(&runner, args.n, args.concurrency).await?;
     let mut latencies = Vec::with_capacity(args.n);
     let (mut calls, mut prompt, mut completion, mut failed) = (0u64, 0u64, 0u64, 0usize);
     let mut completed = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        let (latency, result) = joined.map_err(|e| e.to_string())?;
+    for (latency, result) in runs {
         latencies.push(latency);
         match result {
             Ok(workflow) if workflow.state() == WorkflowState::Complete => {
@@ -358,6 +361,7 @@ async fn measure(args: &Args, base_url: &str, variant: Variant) -> Result<Value,
         "failed": failed,
         "fault_rate": args.fault_rate,
         "concurrency": args.concurrency,
+        "warmup": args.warmup,
         "execution": execution,
         "storage": format!("{choice:?}").to_lowercase(),
         "server": args.base_url.clone().unwrap_or_else(|| format!("built-in ({} ms per LLM call, {} ms per search)", args.latency_ms, args.tool_latency_ms)),
@@ -385,6 +389,47 @@ async fn measure(args: &Args, base_url: &str, variant: Variant) -> Result<Value,
         "peak_heap_kb_per_workflow_in_flight": memory.peak_heap_kb_per_in_flight,
         "heap_kb_kept_per_workflow": memory.heap_kb_kept_per_workflow,
     }))
+}
+
+/// Waits until what an earlier measurement left behind is freed (its runner's
+/// background tasks end within a second of their last run), so that this one's heap
+/// figures start from a steady heap and do not count that freeing.
+async fn settle_heap() {
+    let mut last = heap_bytes();
+    for round in 0..20 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = heap_bytes();
+        // Past the background tasks' one-second poll, and steady.
+        if round >= 4 && (now - last).abs() < 64 * 1024 {
+            return;
+        }
+        last = now;
+    }
+}
+
+/// Runs the query `n` times, `concurrency` at a time; each run's latency and outcome.
+async fn run_batch(
+    runner: &Runner,
+    n: usize,
+    concurrency: usize,
+) -> Result<Vec<(Duration, portia::Result<portia::Workflow>)>, String> {
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let runner = runner.clone();
+        let permit = semaphore.clone().acquire_owned().await.map_err(|e| e.to_string())?;
+        tasks.spawn(async move {
+            let began = Instant::now();
+            let result = runner.execute_query(QUERY).await;
+            drop(permit);
+            (began.elapsed(), result)
+        });
+    }
+    let mut runs = Vec::with_capacity(n);
+    while let Some(joined) = tasks.join_next().await {
+        runs.push(joined.map_err(|e| e.to_string())?);
+    }
+    Ok(runs)
 }
 
 /// Subscribes to every event of `runner` (counting them) and logs every span at

@@ -58,6 +58,15 @@ struct Halt {
     exit: Option<(usize, Exit)>,
 }
 
+/// What a run starts with besides its lease.
+#[derive(Debug, Default)]
+pub(super) struct Start {
+    /// The workflow's plan, when the caller has it (else it is read).
+    pub(super) plan: Option<Plan>,
+    /// The meter of the parent a child run is metered under.
+    pub(super) parent: Option<ParentMeter>,
+}
+
 impl Halt {
     fn stops_new_steps(&self) -> bool {
         self.failure.is_some() || self.clarifying || self.exit.is_some()
@@ -74,25 +83,34 @@ impl Runner {
     /// Runs a workflow whose lease was granted, renewing the lease meanwhile and
     /// releasing it at the end, however the run ends. `signal` stops it early.
     pub(super) async fn run_granted(&self, grant: LeaseGrant, signal: StopSignal) -> Result<Workflow> {
+        self.run_granted_plan(grant, signal, None).await
+    }
+
+    /// [`Runner::run_granted`], given the workflow's plan if it is at hand.
+    pub(super) async fn run_granted_plan(
+        &self,
+        grant: LeaseGrant,
+        signal: StopSignal,
+        plan: Option<Plan>,
+    ) -> Result<Workflow> {
         let registered = self.inner.local_runs.register(grant.workflow.id(), signal.clone(), &self.inner.storage);
-        self.run_registered(grant, signal, registered, None).await
+        self.run_registered(grant, signal, registered, Start { plan, parent: None }).await
     }
 
     /// Runs a workflow as [`Runner::run_granted`] does, once registered as a run of
-    /// this process (which it stays until the run ends); a child run is metered
-    /// under its `parent`'s meter.
+    /// this process (which it stays until the run ends), with what `start` knows.
     pub(super) async fn run_registered(
         &self,
         grant: LeaseGrant,
         signal: StopSignal,
         _registered: RegisteredRun,
-        parent: Option<ParentMeter>,
+        start: Start,
     ) -> Result<Workflow> {
         let ttl = self.inner.config.lease_ttl();
         let (id, lease) = (grant.workflow.id(), grant.lease.clone());
         let heartbeat = spawn_heartbeat(self.inner.storage.clone(), lease.clone(), ttl, signal.clone());
         let span = workflow_span(&grant.workflow);
-        let result = self.run_leased(grant, signal, parent).instrument(span).await;
+        let result = self.run_leased(grant, signal, start).instrument(span).await;
         heartbeat.abort();
         if let Err(e) = self.inner.storage.release_lease(&lease).await {
             tracing::warn!(workflow = %id, error = %e, "could not release the lease; it lapses on its own");
@@ -100,14 +118,19 @@ impl Runner {
         result
     }
 
-    async fn run_leased(&self, grant: LeaseGrant, signal: StopSignal, parent: Option<ParentMeter>) -> Result<Workflow> {
+    async fn run_leased(&self, grant: LeaseGrant, signal: StopSignal, start: Start) -> Result<Workflow> {
         let LeaseGrant { lease, workflow, reclaimed, attempts, cancel_requested } = grant;
         let id = workflow.id();
-        let plan = self.inner.storage.get_plan(workflow.plan_id()).await?;
-        let journal = self.inner.storage.tool_calls(id).await?;
-        let usage = self.journaled_usage(&workflow).await?;
+        let plan = match start.plan {
+            Some(plan) => plan,
+            None => self.inner.storage.get_plan(workflow.plan_id()).await?,
+        };
+        // Steps run, and so journal, only once a workflow is saved IN_PROGRESS.
+        let journaled = workflow.state() != WorkflowState::NotStarted;
+        let journal = if journaled { self.inner.storage.tool_calls(id).await? } else { Vec::new() };
+        let usage = self.journaled_usage(&workflow, journaled).await?;
         let events = self.inner.events.for_run();
-        let meter = Meter::new(self, lease.clone(), signal.clone(), events.clone(), usage, parent);
+        let meter = Meter::new(self, lease.clone(), signal.clone(), events.clone(), usage, start.parent);
         let saved_state = workflow.state();
         let mut run = Run { workflow, saved_state, events, plan, lease, signal, meter, journal };
         if let Some(reason) = cancel_requested {
@@ -164,7 +187,7 @@ impl Runner {
     /// died before it could save them, then its children's records as last saved
     /// (a child's own journal is its to read: the parent records the child anew
     /// when it takes the child's outcome).
-    async fn journaled_usage(&self, workflow: &Workflow) -> Result<WorkflowUsage> {
+    async fn journaled_usage(&self, workflow: &Workflow, journaled: bool) -> Result<WorkflowUsage> {
         let stored = workflow.usage();
         let mut usage = if stored.planning_counted {
             WorkflowUsage::planned(stored.planning, self.planning_cost(stored.planning))
@@ -172,7 +195,8 @@ impl Runner {
             WorkflowUsage::of_existing_plan(stored.planning)
         };
         usage.running_ms = stored.running_ms;
-        for record in self.inner.storage.usage_records(workflow.id()).await? {
+        let records = if journaled { self.inner.storage.usage_records(workflow.id()).await? } else { Vec::new() };
+        for record in records {
             usage.add(record.step_output.as_deref(), record.usage, record.cost_usd);
         }
         for (child, spent) in &stored.children {

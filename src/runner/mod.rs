@@ -61,7 +61,7 @@ use crate::storage::{PostgresSettings, PostgresStorage};
 use crate::tool::{InMemoryToolRegistry, ToolRegistry};
 use crate::workflow::{Failure, FailureKind, Workflow, WorkflowState, WorkflowUsage};
 use crate::{Error, Result};
-use calls::Stop;
+use calls::{Stop, StopSignal};
 
 /// Plans queries and runs workflows. See the [module docs](self).
 ///
@@ -265,7 +265,15 @@ impl Runner {
         CreateWorkflow::new(self, plan)
     }
 
+    /// Plans `query` and saves the plan.
     async fn plan_query(&self, query: String, options: PlanOptions) -> Result<Plan> {
+        let plan = self.make_plan(query, options).await?;
+        self.inner.storage.save_plan(&plan).await?;
+        Ok(plan)
+    }
+
+    /// Plans `query`, leaving the plan unsaved: whoever makes its workflow saves it.
+    async fn make_plan(&self, query: String, options: PlanOptions) -> Result<Plan> {
         let PlanOptions { tool_ids, examples, execution_context, output_schema } = options;
         let tools = match tool_ids {
             Some(ids) => ids.iter().map(|id| self.inner.tools.get_tool(id)).collect::<Result<Vec<_>>>()?,
@@ -284,8 +292,24 @@ impl Runner {
             plan.output_schema = output_schema;
         }
         tracing::debug!(plan = %plan.id, json = %serde_json::to_string(&plan).unwrap_or_default(), "plan");
-        self.inner.storage.save_plan(&plan).await?;
         Ok(plan)
+    }
+
+    /// Makes a workflow of `plan` and runs it at once. It is stored with this
+    /// runner's lease already taken (one write, where the store can), and run with
+    /// the plan in hand: a new workflow has nothing to read back.
+    async fn start_new_workflow(
+        &self,
+        plan: &Plan,
+        context: ExecutionContext,
+        planning: Planning,
+        inputs: &inputs::Inputs,
+    ) -> Result<Workflow> {
+        let workflow = self.new_workflow(plan, context, planning, inputs).await?;
+        let ttl = self.inner.config.lease_ttl();
+        let grant = self.inner.storage.create_leased(&workflow, &self.inner.owner, ttl).await?;
+        tracing::info!(workflow = %workflow.id(), plan = %plan.id, "workflow created");
+        self.run_granted_plan(grant, StopSignal::default(), Some(plan.clone())).await
     }
 
     async fn store_new_workflow(

@@ -151,9 +151,8 @@ query_request!(
     ExecuteQuery -> Workflow,
     |runner, query, options| {
         let context = options.execution_context.clone();
-        let plan = runner.plan_query(query, options).await?;
-        let workflow = runner.store_new_workflow(&plan, context, Planning::Counted, &Inputs::new()).await?;
-        runner.execute(workflow.id()).await
+        let plan = runner.make_plan(query, options).await?;
+        runner.start_new_workflow(&plan, context, Planning::Counted, &Inputs::new()).await
     }
 );
 
@@ -162,7 +161,7 @@ query_request!(
     SubmitQuery -> WorkflowId,
     |runner, query, options| {
         let context = options.execution_context.clone();
-        let plan = runner.plan_query(query, options).await?;
+        let plan = runner.make_plan(query, options).await?;
         runner.queue_new_workflow(&plan, context, Planning::Counted, &Inputs::new()).await
     }
 );
@@ -177,8 +176,7 @@ plan_request!(
     /// Creates a plan's workflow and runs it: [`Runner::run_plan`].
     RunPlan -> Workflow,
     |runner, plan, context, planning, inputs| {
-        let workflow = runner.store_new_workflow(plan, context, planning, &inputs).await?;
-        runner.execute(workflow.id()).await
+        runner.start_new_workflow(plan, context, planning, &inputs).await
     }
 );
 
@@ -280,13 +278,13 @@ impl<'a, T: JsonSchema + DeserializeOwned + Send + 'a> IntoFuture for RunPlanAs<
         let RunPlan { runner, plan, context, planning, inputs } = self.request;
         Box::pin(async move {
             let workflow = if plan.output_schema.is_some() {
-                runner.store_new_workflow(plan, context, planning, &inputs).await?
+                runner.start_new_workflow(plan, context, planning, &inputs).await?
             } else {
                 let mut typed = plan.clone();
                 typed.output_schema = Some(schema_of::<T>());
-                runner.store_new_workflow(&typed, context, planning, &inputs).await?
+                runner.start_new_workflow(&typed, context, planning, &inputs).await?
             };
-            TypedWorkflow::from_workflow(runner.execute(workflow.id()).await?)
+            TypedWorkflow::from_workflow(workflow)
         })
     }
 }

@@ -18,11 +18,13 @@ use serde_json::Value;
 
 use super::Runner;
 use super::calls::StopSignal;
+use super::executor::Start;
 use super::metered::ParentMeter;
 use crate::agent::{StepContext, StepOutcome};
 use crate::events::{EventKind, RunEvents};
 use crate::ids::PlanId;
 use crate::plan::{Plan, PlanProblem};
+use crate::storage::LeaseGrant;
 use crate::workflow::{Failure, FailureKind, ParentLink, Workflow, WorkflowState};
 use crate::{Error, Result};
 
@@ -117,46 +119,62 @@ impl Runner {
     ) -> Result<Child> {
         let storage = &self.inner.storage;
         let link = ParentLink { workflow_id: ctx.workflow_id, step: ctx.step_index, item: ctx.loop_item };
-        let child = match self.find_child(&link).await {
-            Ok(child) => child,
-            Err(Error::WorkflowNotFound(_)) => {
-                let plan = match child_plan {
-                    ChildPlan::Stored(id) => storage.get_plan(*id).await?,
-                    ChildPlan::Block(plan) => {
-                        // Stored at most once (saving a plan again keeps the first);
-                        // a resumed parent finds the child, and the child its plan.
-                        storage.save_plan(plan).await?;
-                        (**plan).clone()
+        let ttl = self.inner.config.lease_ttl();
+        let (grant, plan) = match self.find_child(&link).await {
+            Ok(child) => {
+                for answer in ctx.clarifications.iter().filter(|c| c.resolved) {
+                    if let Some(question) = child.outstanding_clarifications().find(|c| c.id == answer.id) {
+                        self.resolve_clarification(question, answer.response.clone().unwrap_or_default()).await?;
                     }
-                };
-                let plan_id = plan.id;
-                let mut child = Workflow::child(link, &plan, ctx.execution_context.clone());
-                let given = ctx.args.as_ref().and_then(Value::as_object).cloned().unwrap_or_default();
-                child.set_inputs(&plan, &given);
-                storage.create_workflow(&child).await?;
-                tracing::info!(workflow = %ctx.workflow_id, child = %child.id(), plan = %plan_id, "sub-plan started");
-                let started =
-                    EventKind::SubPlanStarted { step: link.step, item: link.item, child: child.id(), plan_id };
-                events.emit(ctx.workflow_id, started);
-                child
+                }
+                if child.state().is_terminal() {
+                    return Ok(Child::Ended(Box::new(child)));
+                }
+                (storage.acquire_lease(child.id(), &self.inner.owner, ttl).await?, None)
+            }
+            Err(Error::WorkflowNotFound(_)) => {
+                let (grant, plan) = self.start_child(ctx, link, child_plan).await?;
+                let (child, plan_id) = (grant.workflow.id(), plan.id);
+                tracing::info!(workflow = %ctx.workflow_id, %child, plan = %plan_id, "sub-plan started");
+                events.emit(
+                    ctx.workflow_id,
+                    EventKind::SubPlanStarted { step: link.step, item: link.item, child, plan_id },
+                );
+                (grant, Some(plan))
             }
             Err(e) => return Err(e),
         };
-        for answer in ctx.clarifications.iter().filter(|c| c.resolved) {
-            if let Some(question) = child.outstanding_clarifications().find(|c| c.id == answer.id) {
-                self.resolve_clarification(question, answer.response.clone().unwrap_or_default()).await?;
-            }
-        }
-        if child.state().is_terminal() {
-            return Ok(Child::Ended(Box::new(child)));
-        }
-        let grant = storage.acquire_lease(child.id(), &self.inner.owner, self.inner.config.lease_ttl()).await?;
         // Registered before the task starts, so a cancel made from now on finds the run.
-        let registered = self.inner.local_runs.register(child.id(), signal.clone(), storage);
-        let (runner, meter) = (self.clone(), meter.clone());
+        let registered = self.inner.local_runs.register(grant.workflow.id(), signal.clone(), storage);
+        let start = Start { plan, parent: Some(meter.clone()) };
+        let runner = self.clone();
         let run: Pin<Box<dyn Future<Output = Result<Workflow>> + Send>> =
-            Box::pin(async move { runner.run_registered(grant, signal, registered, Some(meter)).await });
+            Box::pin(async move { runner.run_registered(grant, signal, registered, start).await });
         Ok(Child::Running(tokio::spawn(run)))
+    }
+
+    /// Stores the step's new child workflow, leased to this runner, with its plan.
+    async fn start_child(
+        &self,
+        ctx: &StepContext,
+        link: ParentLink,
+        child_plan: &ChildPlan,
+    ) -> Result<(LeaseGrant, Plan)> {
+        let storage = &self.inner.storage;
+        let plan = match child_plan {
+            ChildPlan::Stored(id) => storage.get_plan(*id).await?,
+            ChildPlan::Block(plan) => {
+                // Stored at most once (saving a plan again keeps the first);
+                // a resumed parent finds the child, and the child its plan.
+                storage.save_plan(plan).await?;
+                (**plan).clone()
+            }
+        };
+        let mut child = Workflow::child(link, &plan, ctx.execution_context.clone());
+        let given = ctx.args.as_ref().and_then(Value::as_object).cloned().unwrap_or_default();
+        child.set_inputs(&plan, &given);
+        let grant = storage.create_leased(&child, &self.inner.owner, self.inner.config.lease_ttl()).await?;
+        Ok((grant, plan))
     }
 
     /// The child workflow `link` started: at its id, or at the id 0.4 gave it when

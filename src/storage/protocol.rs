@@ -161,6 +161,20 @@ impl<S: RowStore> LeaseQueue for S {
         run(self, Access::Write, what, again(move |tx| grant(tx, id, &owner, ttl, None))).await
     }
 
+    async fn create_leased(&self, workflow: &Workflow, owner: &str, ttl: Duration) -> Result<LeaseGrant> {
+        let id = workflow.id();
+        let work = |_| {
+            let (workflow, owner) = (workflow.clone(), owner.to_owned());
+            move |tx: &mut dyn RowTx| {
+                insert(tx, workflow.clone(), false)?;
+                let row = tx.lease(id)?.ok_or(Error::WorkflowNotFound(id))?;
+                let now = tx.now()?;
+                lease_for(tx, row, workflow, &owner, ttl, now)
+            }
+        };
+        run(self, Access::Write, || format!("cannot create workflow {id}"), work).await
+    }
+
     async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<LeaseStatus> {
         let (id, lease) = (lease.workflow_id, lease.clone());
         let what = || format!("cannot renew the lease of workflow {id}");
@@ -413,8 +427,20 @@ fn grant(
         None => tx.now()?,
     };
     let workflow = tx.workflow(id)?.ok_or(Error::WorkflowNotFound(id))?;
+    lease_for(tx, row, workflow, owner, ttl, now)
+}
+
+/// Takes the lease of `workflow`, stored with `row`, for `owner` at `now`.
+fn lease_for(
+    tx: &mut dyn RowTx,
+    row: LeaseRow,
+    workflow: Workflow,
+    owner: &str,
+    ttl: Duration,
+    now: DateTime<Utc>,
+) -> Rows<LeaseGrant> {
     let (next, lease, reclaimed) = row.lease.acquire(&workflow, owner, ttl, now)?;
-    tx.store_lease(id, &next)?;
+    tx.store_lease(workflow.id(), &next)?;
     Ok(LeaseGrant { lease, workflow, reclaimed, attempts: next.attempts, cancel_requested: row.cancel_requested })
 }
 

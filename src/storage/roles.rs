@@ -144,6 +144,18 @@ pub trait LeaseQueue: WorkflowStore {
     /// lease is held, [`Error::InvalidWorkflowState`](crate::Error::InvalidWorkflowState)
     /// for a finished workflow.
     async fn acquire_lease(&self, id: WorkflowId, owner: &str, ttl: Duration) -> Result<LeaseGrant>;
+    /// Stores a new workflow, not queued, with its lease taken for `owner` for `ttl`:
+    /// [`create_workflow`](WorkflowStore::create_workflow) then
+    /// [`acquire_lease`](LeaseQueue::acquire_lease), which this default does. Every
+    /// [`RowStore`](super::RowStore) does both in one write, without reading the
+    /// workflow back: what a run started at once needs.
+    ///
+    /// # Errors
+    /// As `create_workflow` and `acquire_lease`.
+    async fn create_leased(&self, workflow: &Workflow, owner: &str, ttl: Duration) -> Result<LeaseGrant> {
+        self.create_workflow(workflow).await?;
+        self.acquire_lease(workflow.id(), owner, ttl).await
+    }
     /// Extends a current lease by `ttl` from now, and reports any cancellation request.
     async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<LeaseStatus>;
     /// Gives a lease up; the next run does not count as a takeover. A lost lease is left alone.

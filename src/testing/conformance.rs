@@ -254,6 +254,7 @@ cases!(
     create_then_get_round_trips,
     compare_and_swap,
     leases_exclude_expire_and_release,
+    a_workflow_created_leased_is_stored_held_and_not_queued,
     finished_workflows_cannot_be_leased,
     renewal_extends_a_lease,
     stale_writers_are_fenced,
@@ -404,6 +405,27 @@ async fn leases_exclude_expire_and_release(f: Fixture) {
     assert!(next.lease.epoch > taken.lease.epoch);
     let missing = store.acquire_lease(WorkflowId::new(), "runner-a", TTL).await.unwrap_err();
     assert!(matches!(missing, Error::WorkflowNotFound(_)), "{missing}");
+}
+
+async fn a_workflow_created_leased_is_stored_held_and_not_queued(f: Fixture) {
+    let store = f.store();
+    let plan = plan();
+    store.save_plan(&plan).await.unwrap();
+    let workflow = workflow_in(&plan, WorkflowState::NotStarted, None);
+    let grant = store.create_leased(&workflow, "runner-a", TTL).await.unwrap();
+    assert_eq!(
+        (grant.lease.owner.as_str(), grant.lease.epoch, grant.reclaimed, grant.attempts),
+        ("runner-a", 1, false, 0)
+    );
+    assert_eq!(grant.workflow, workflow);
+    assert_eq!(store.get_workflow(workflow.id()).await.unwrap(), workflow);
+    let busy = store.acquire_lease(workflow.id(), "runner-b", TTL).await.unwrap_err();
+    assert!(matches!(&busy, Error::AlreadyRunning { owner, .. } if owner == "runner-a"), "{busy}");
+    store.update_workflow(&next_version(&workflow), &grant.lease, &[]).await.expect("the lease writes");
+    let again = store.create_leased(&workflow, "runner-b", TTL).await.unwrap_err();
+    assert!(matches!(again, Error::VersionConflict { .. }), "{again}");
+    store.release_lease(&grant.lease).await.unwrap();
+    assert!(store.claim_runnable("worker", TTL).await.unwrap().is_none(), "a workflow run at once is not queued");
 }
 
 async fn finished_workflows_cannot_be_leased(f: Fixture) {

@@ -151,7 +151,7 @@ async fn a_store_that_saves_with_a_lost_lease_fails_the_fencing_case() {
 #[should_panic(expected = "storage conformance: no case is named \"no_such_case\"; the cases are: ")]
 async fn an_unknown_case_name_is_refused_with_the_list() {
     let suite = StorageConformance::new(|clock| async move { memory(clock) });
-    assert_eq!(suite.cases().count(), 23);
+    assert_eq!(suite.cases().count(), 24);
     assert!(suite.cases().any(|case| case == WAKE));
     let _ = suite.only(&["no_such_case"]);
 }

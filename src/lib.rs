@@ -38,6 +38,7 @@ mod hooks;
 mod http;
 mod live;
 mod logging;
+mod memo;
 mod schema_check;
 
 pub use clarification::{Clarification, ClarificationKind};

@@ -15,8 +15,8 @@ use serde_json::Value;
 use crate::config::Config;
 use crate::execution_context::ExecutionContext;
 use crate::llm::{LlmClient, LlmRequest, Message, ModelRole, OutputSchema, Usage, structured};
-use crate::plan::{AskUser, Exit, Plan, PlanContext, PlanProblem, Step, Variable};
-use crate::tool::{InMemoryToolRegistry, Tool};
+use crate::plan::{AskUser, Exit, Plan, PlanContext, PlanProblem, Step, ToolLookup, Variable};
+use crate::tool::{Tool, ToolSpec};
 use crate::{Error, Result};
 
 /// What a planner is asked.
@@ -113,9 +113,11 @@ impl OneShotPlanner {
 #[async_trait::async_trait]
 impl Planner for OneShotPlanner {
     async fn plan(&self, request: PlanningRequest) -> Result<Plan> {
-        let registry = InMemoryToolRegistry::from_tools(request.tools.iter().cloned())?;
-        let tool_ids: Vec<String> = request.tools.iter().map(|t| t.spec().id).collect();
-        let mut messages = vec![Message::system(instructions(&request)), Message::user(prompt(&request))];
+        // A spec (and its schema) per tool, once per plan.
+        let offered = Offered(request.tools.iter().map(|t| t.spec()).collect());
+        let tool_ids: Vec<String> = offered.0.iter().map(|spec| spec.id.clone()).collect();
+        let system = instructions(&offered.0, &request.examples);
+        let mut messages = vec![Message::system(system), Message::user(prompt(&request))];
         let mut usage = Usage::default();
         let mut problems = Vec::new();
         for attempt in 1..=self.attempts {
@@ -133,7 +135,7 @@ impl Planner for OneShotPlanner {
             } else {
                 let mut plan = to_plan(&request.query, &tool_ids, &reply.steps);
                 plan.output_schema.clone_from(&request.output_schema);
-                problems = plan.problems(&registry);
+                problems = plan.problems(&offered);
                 if problems.is_empty() {
                     tracing::info!(plan = %plan.id, steps = plan.steps.len(), attempt, "plan created");
                     plan.usage = usage;
@@ -153,11 +155,23 @@ impl Planner for OneShotPlanner {
     }
 }
 
+/// The specs of the tools offered to the planner, which a plan may use.
+struct Offered(Vec<ToolSpec>);
+
+impl ToolLookup for Offered {
+    fn has_tool(&self, id: &str) -> bool {
+        self.0.iter().any(|spec| spec.id == id || spec.name.eq_ignore_ascii_case(id))
+    }
+}
+
 /// The shape of the planner's reply.
 pub(crate) fn output_schema() -> OutputSchema {
-    let mut output = OutputSchema::of::<StepsOrError>("StepsOrError");
-    strip_defaults(&mut output.schema);
-    output
+    static MADE: std::sync::LazyLock<OutputSchema> = std::sync::LazyLock::new(|| {
+        let mut output = OutputSchema::of::<StepsOrError>("StepsOrError");
+        strip_defaults(&mut output.schema);
+        output
+    });
+    MADE.clone()
 }
 
 /// Serde fills the defaults in; the model gains nothing from reading them.
@@ -226,15 +240,14 @@ fn with_kind(mut step: Step, tool_id: Option<&str>, tool_ids: &[String]) -> Step
 /// the example plans. It is the same for every query planned with one set of tools,
 /// so it is the prefix the providers' prompt caches keep (Anthropic's breakpoint
 /// and Bedrock's cache point sit at its end).
-fn instructions(request: &PlanningRequest) -> String {
+fn instructions(tools: &[ToolSpec], examples: &[Plan]) -> String {
     let mut out = format!("{SYSTEM}\nTools:\n");
-    for tool in &request.tools {
-        let spec = tool.spec();
+    for spec in tools {
         let _ = writeln!(out, "- {}: {} Arguments: {}", spec.id, spec.description, describe_args(&spec.args_schema));
     }
-    if !request.examples.is_empty() {
+    if !examples.is_empty() {
         out.push_str("Example plans:\n");
-        for example in &request.examples {
+        for example in examples {
             let steps = serde_json::to_string(&example.steps).unwrap_or_default();
             let _ = writeln!(out, "Query: {} -> {{\"steps\":{steps}}}", example.plan_context.query);
         }
@@ -310,7 +323,7 @@ mod tests {
         assert_eq!((plan.steps[0].condition.as_deref(), plan.steps[0].for_each.as_deref()), (None, None));
         assert_eq!(plan.steps[1].for_each.as_deref(), Some("$list"));
         assert_eq!(plan.steps[1].condition.as_deref(), Some("$item.urgent"));
-        assert!(plan.problems(&InMemoryToolRegistry::new()).is_empty());
+        assert!(plan.problems(&crate::tool::InMemoryToolRegistry::new()).is_empty());
     }
 
     #[test]

@@ -46,7 +46,8 @@ pub(crate) fn check(schema: &Value, args: &Value) -> Result<Map<String, Value>, 
     let Value::Object(object) = args else {
         return Err(format!("the arguments must be a JSON object, not {}", quoted(args)));
     };
-    let Some(validator) = compile(schema) else { return Ok(object.clone()) };
+    let compiled = compile(schema);
+    let Some(validator) = compiled.as_ref() else { return Ok(object.clone()) };
     // The common case: valid as given, with nothing to drop or describe.
     if validator.is_valid(args) {
         return Ok(object.clone());
@@ -66,7 +67,8 @@ pub(crate) fn check(schema: &Value, args: &Value) -> Result<Map<String, Value>, 
 /// # Errors
 /// A message for the model, worded as [`check`]'s, about "the output".
 pub(crate) fn check_value(schema: &Value, value: &Value) -> Result<(), String> {
-    let Some(validator) = compile(schema) else { return Ok(()) };
+    let compiled = compile(schema);
+    let Some(validator) = compiled.as_ref() else { return Ok(()) };
     if validator.is_valid(value) { Ok(()) } else { Err(problems(&validator, schema, value, OUTPUT)) }
 }
 
@@ -82,7 +84,14 @@ const OUTPUT: Wording = Wording { whole: "the output", top: "property" };
 
 /// The validator for `schema`, or `None` (with a warning the first time) when the
 /// schema itself is invalid or refers to a document elsewhere: nothing is fetched.
-fn compile(schema: &Value) -> Option<Validator> {
+/// Compiled once per schema: the same few are checked on every step.
+fn compile(schema: &Value) -> std::sync::Arc<Option<Validator>> {
+    static COMPILED: std::sync::LazyLock<crate::memo::SchemaMemo<Option<Validator>>> =
+        std::sync::LazyLock::new(Default::default);
+    COMPILED.get(schema, compile_now)
+}
+
+fn compile_now(schema: &Value) -> Option<Validator> {
     let options = jsonschema::options().offline().should_validate_formats(false);
     match options.build(schema) {
         Ok(validator) => Some(validator),

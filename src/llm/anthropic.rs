@@ -36,7 +36,7 @@ pub(crate) struct AnthropicClient {
 #[derive(Debug)]
 struct ReplyTool {
     name: String,
-    input: SentSchema,
+    input: std::sync::Arc<SentSchema>,
 }
 
 impl AnthropicClient {

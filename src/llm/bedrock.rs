@@ -40,7 +40,7 @@ pub(crate) struct BedrockClient {
 #[derive(Debug)]
 struct ReplyTool {
     name: String,
-    input: SentSchema,
+    input: std::sync::Arc<SentSchema>,
 }
 
 impl BedrockClient {

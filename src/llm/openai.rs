@@ -203,7 +203,7 @@ fn request_body(
     model: &str,
     request: &LlmRequest,
     format: Format,
-    wanted: Option<&(String, SentSchema)>,
+    wanted: Option<&(String, std::sync::Arc<SentSchema>)>,
     cap: (&str, u32),
 ) -> Result<Value, String> {
     let mut messages = request.messages.iter().map(message).collect::<Result<Vec<_>, _>>()?;

@@ -145,8 +145,15 @@ fn walk(schema: &Value, at: &str, problems: &mut Vec<String>) {
 }
 
 impl SentSchema {
-    /// The object schema to send for `wanted`, in the portable subset.
-    pub(crate) fn new(wanted: &Value) -> Self {
+    /// The object schema to send for `wanted`, in the portable subset (made once
+    /// per schema, as the same few are sent on every call).
+    pub(crate) fn new(wanted: &Value) -> std::sync::Arc<Self> {
+        static MADE: std::sync::LazyLock<crate::memo::SchemaMemo<SentSchema>> =
+            std::sync::LazyLock::new(Default::default);
+        MADE.get(wanted, Self::make)
+    }
+
+    fn make(wanted: &Value) -> Self {
         let wanted = &portable(wanted);
         match object_schema(wanted) {
             Some(schema) => Self { schema, wrapped: false },
@@ -215,7 +222,7 @@ mod tests {
     fn every_schema_the_crate_sends_is_portable() {
         let outputs = std::iter::once(crate::planner::output_schema()).chain(crate::agent::output_schemas());
         let mut sent: Vec<(String, Value)> =
-            outputs.map(|o| (o.name.clone(), SentSchema::new(&o.schema).schema)).collect();
+            outputs.map(|o| (o.name.clone(), SentSchema::new(&o.schema).schema.clone())).collect();
         for tool in crate::tools::open_source_tool_registry(&crate::Config::default()).get_tools() {
             let spec = tool.spec();
             sent.push((format!("{} as declared", spec.id), spec.args_schema.clone()));
@@ -280,7 +287,7 @@ mod tests {
     fn object_schemas_are_sent_as_they_are() {
         let wanted = json!({"type": "object", "properties": {}});
         let sent = SentSchema::new(&wanted);
-        assert_eq!(sent, SentSchema { schema: wanted.clone(), wrapped: false });
+        assert_eq!(*sent, SentSchema { schema: wanted.clone(), wrapped: false });
         assert_eq!(sent.unwrap_text("{}".into()), "{}");
         assert_eq!(object_schema(&json!({"properties": {}})), Some(json!({"type": "object", "properties": {}})));
         assert_eq!(object_schema(&json!({"type": ["object", "null"]})), None);

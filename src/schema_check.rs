@@ -53,8 +53,8 @@ pub(crate) fn check(schema: &Value, args: &Value) -> Result<Map<String, Value>, 
         return Ok(object.clone());
     }
     let mut args = Value::Object(object.clone());
-    drop_refused_nulls(&validator, &mut args);
-    let problems = problems(&validator, schema, &args, ARGUMENTS);
+    drop_refused_nulls(validator, &mut args);
+    let problems = problems(validator, schema, &args, ARGUMENTS);
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -69,7 +69,7 @@ pub(crate) fn check(schema: &Value, args: &Value) -> Result<Map<String, Value>, 
 pub(crate) fn check_value(schema: &Value, value: &Value) -> Result<(), String> {
     let compiled = compile(schema);
     let Some(validator) = compiled.as_ref() else { return Ok(()) };
-    if validator.is_valid(value) { Ok(()) } else { Err(problems(&validator, schema, value, OUTPUT)) }
+    if validator.is_valid(value) { Ok(()) } else { Err(problems(validator, schema, value, OUTPUT)) }
 }
 
 /// How a message names what is checked: the whole, and a top-level property.

@@ -175,6 +175,9 @@ impl Runner {
     /// Runs the before- or after-workflow hooks in a task of their own, so that a
     /// panicking hook is an error like any other instead of unwinding the run.
     async fn workflow_hook(&self, workflow: &Workflow, before: bool) -> std::result::Result<(), HookError> {
+        if self.inner.hooks.is_empty() {
+            return Ok(());
+        }
         let (hooks, workflow) = (self.inner.hooks.clone(), workflow.clone());
         let task = tokio::spawn(async move {
             if before { hooks.before_workflow(&workflow).await } else { hooks.after_workflow(&workflow).await }

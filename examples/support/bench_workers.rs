@@ -1,15 +1,16 @@
 //! The benchmark's worker mode: N worker processes share one database; this process
-//! plans once, submits the workflows, and watches them complete.
+//! plans once, submits the workflows, and hears from the workers as each ends.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use portia::runner::WorkerOptions;
+use portia::runner::{EventKind, WorkerOptions};
 use portia::storage::{SqliteStorage, Storage, WorkflowQuery};
-use portia::{Runner, WorkflowState};
+use portia::{Runner, WorkflowId, WorkflowState};
 use serde_json::{Value, json};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use super::{Args, QUERY, cpu_seconds, percentile, round};
 
@@ -48,19 +49,23 @@ pub(crate) async fn measure(args: &Args, base_url: &str, workers: usize) -> Resu
         super::Variant { client_rpm: args.client_rpm, ..Default::default() },
     )?;
     let plan = runner.generate_plan(QUERY).await.map_err(|e| e.to_string())?;
+    let (ended_tx, ended) = tokio::sync::mpsc::unbounded_channel();
     let mut children = Vec::new();
     for _ in 0..workers {
-        children.push(spawn_worker(args, base_url, &spec)?);
+        children.push(spawn_worker(args, base_url, &spec, ended_tx.clone())?);
     }
     let started = Instant::now();
     let mut submitted = Vec::with_capacity(args.n);
     for _ in 0..args.n {
-        submitted.push((runner.submit_plan(&plan).await.map_err(|e| e.to_string())?, Instant::now()));
+        submitted.push((runner.submit_plan(&plan).await.map_err(|e| e.to_string())?, SystemTime::now()));
     }
-    let finished = watch(storage.as_ref(), &submitted).await?;
+    let finished = watch(storage.as_ref(), &submitted, ended).await?;
     let wall = started.elapsed();
     let worker_cpu: f64 = children.into_iter().map(stop_worker).sum::<Result<f64, String>>()?;
-    let mut latencies: Vec<Duration> = submitted.iter().map(|(id, at)| finished[id].duration_since(*at)).collect();
+    let mut latencies: Vec<Duration> = submitted
+        .iter()
+        .map(|(id, at)| finished[id].duration_since(*at).unwrap_or_default())
+        .collect();
     latencies.sort();
     Ok(json!({
         "workflows": args.n,
@@ -75,29 +80,72 @@ pub(crate) async fn measure(args: &Args, base_url: &str, workers: usize) -> Resu
     }))
 }
 
-/// Polls the store until every workflow is COMPLETE, noting when each was first seen so.
+/// How a worker process reports what it did, a line on its stdout each.
+enum Report {
+    /// A workflow ended in this state, at this time.
+    Ended(WorkflowId, WorkflowState, SystemTime),
+    /// The worker's CPU time, in seconds, as it stops.
+    Cpu(f64),
+}
+
+impl Report {
+    fn parse(line: &str) -> Option<Self> {
+        if let Some(cpu) = line.strip_prefix("CPU ") {
+            return cpu.parse().ok().map(Self::Cpu);
+        }
+        let mut words = line.strip_prefix("ENDED ")?.split(' ');
+        let id = words.next()?.parse().ok()?;
+        let state = serde_json::from_value(json!(words.next()?)).ok()?;
+        let micros: u64 = words.next()?.parse().ok()?;
+        Some(Self::Ended(id, state, SystemTime::UNIX_EPOCH + Duration::from_micros(micros)))
+    }
+}
+
+/// Waits until every workflow submitted has ended COMPLETE, as the workers report
+/// (the store is only asked, cheaply, should a report be missed); returns when each
+/// ended.
 async fn watch(
     storage: &dyn Storage,
-    submitted: &[(portia::WorkflowId, Instant)],
-) -> Result<std::collections::HashMap<portia::WorkflowId, Instant>, String> {
+    submitted: &[(WorkflowId, SystemTime)],
+    mut ended: UnboundedReceiver<(WorkflowId, WorkflowState, SystemTime)>,
+) -> Result<std::collections::HashMap<WorkflowId, SystemTime>, String> {
     let mut finished = std::collections::HashMap::new();
-    let query = WorkflowQuery::in_state(WorkflowState::Complete).page_size(submitted.len().max(1));
+    let complete = WorkflowQuery::in_state(WorkflowState::Complete).page_size(1);
     while finished.len() < submitted.len() {
-        tokio::time::sleep(Duration::from_millis(25)).await;
-        let page = storage.list_workflows(&query).await.map_err(|e| e.to_string())?;
-        let now = Instant::now();
-        for workflow in page.results {
-            finished.entry(workflow.id()).or_insert(now);
-        }
-        let failed = storage.list_workflows(&WorkflowQuery::in_state(WorkflowState::Failed)).await;
-        if failed.map_err(|e| e.to_string())?.count > 0 {
-            return Err("a workflow FAILED; run with PORTIA_LOG_LEVEL=warn to see why".to_owned());
+        match tokio::time::timeout(Duration::from_millis(500), ended.recv()).await {
+            Ok(Some((id, WorkflowState::Complete, at))) => {
+                finished.insert(id, at);
+            }
+            Ok(Some((id, state, _))) => {
+                return Err(format!("workflow {id} ended {state}; run with PORTIA_LOG_LEVEL=warn to see why"));
+            }
+            Ok(None) => return Err("every worker stopped".to_owned()),
+            Err(_) => {
+                let count = storage.list_workflows(&complete).await.map_err(|e| e.to_string())?.count;
+                if count >= submitted.len() {
+                    let now = SystemTime::now();
+                    for (id, _) in submitted {
+                        finished.entry(*id).or_insert(now);
+                    }
+                }
+            }
         }
     }
     Ok(finished)
 }
 
-fn spawn_worker(args: &Args, base_url: &str, spec: &str) -> Result<Child, String> {
+/// A worker process, and the thread reading its reports (which yields its CPU time).
+struct WorkerProcess {
+    child: Child,
+    reports: std::thread::JoinHandle<Option<f64>>,
+}
+
+fn spawn_worker(
+    args: &Args,
+    base_url: &str,
+    spec: &str,
+    ended: UnboundedSender<(WorkflowId, WorkflowState, SystemTime)>,
+) -> Result<WorkerProcess, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = Command::new(exe)
         .args(["--work", spec, "--base-url", base_url])
@@ -113,23 +161,26 @@ fn spawn_worker(args: &Args, base_url: &str, spec: &str) -> Result<Child, String
     if line.trim() != "READY" {
         return Err(format!("unexpected worker output {line:?}"));
     }
-    // Keep the pipe: the worker reports its CPU time there when it stops.
-    child.stdout = Some(reader.into_inner());
-    Ok(child)
+    let reports = std::thread::spawn(move || {
+        let mut cpu = None;
+        for report in reader.lines().map_while(Result::ok).filter_map(|line| Report::parse(&line)) {
+            match report {
+                Report::Ended(id, state, at) => drop(ended.send((id, state, at))),
+                Report::Cpu(seconds) => cpu = Some(seconds),
+            }
+        }
+        cpu
+    });
+    Ok(WorkerProcess { child, reports })
 }
 
 /// Asks a worker to shut down (SIGTERM) and returns the CPU time it reported.
-fn stop_worker(mut child: Child) -> Result<f64, String> {
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+fn stop_worker(mut worker: WorkerProcess) -> Result<f64, String> {
+    let status = Command::new("kill").args(["-TERM", &worker.child.id().to_string()]).status();
     status.map_err(|e| format!("could not stop a worker: {e}"))?;
-    let stdout = child.stdout.take().ok_or("the worker has no stdout")?;
-    let cpu = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|line| line.strip_prefix("CPU ").and_then(|s| s.parse::<f64>().ok()))
-        .ok_or("the worker did not report its CPU time")?;
-    child.wait().map_err(|e| e.to_string())?;
-    Ok(cpu)
+    worker.child.wait().map_err(|e| e.to_string())?;
+    let cpu = worker.reports.join().map_err(|_| "the worker's reader panicked")?;
+    cpu.ok_or_else(|| "the worker did not report its CPU time".to_owned())
 }
 
 /// A worker process: runs queued workflows from the store `spec` names until SIGTERM,
@@ -139,9 +190,26 @@ pub(crate) async fn work(args: &Args, spec: &str, base_url: &str) -> Result<(), 
     let runner: Runner =
         super::runner(args, base_url, storage, super::Variant { client_rpm: args.client_rpm, ..Default::default() })?;
     let options = WorkerOptions::new().concurrency(args.worker_concurrency).poll_interval(Duration::from_millis(20));
+    report_endings(&runner);
     println!("READY");
     let cpu_before = cpu_seconds();
     runner.worker(options).run().await;
     println!("CPU {}", cpu_seconds() - cpu_before);
     Ok(())
+}
+
+/// Prints `ENDED <id> <state> <unix µs>` as each workflow this worker runs ends.
+fn report_endings(runner: &Runner) {
+    let mut events = runner.subscribe();
+    tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            // A missed event is only a report missed: the parent then asks the store.
+            let Ok(event) = event else { continue };
+            if let EventKind::StateChanged { to, .. } = event.kind
+                && to.is_terminal()
+            {
+                println!("ENDED {} {} {}", event.workflow_id, to, event.at.timestamp_micros());
+            }
+        }
+    });
 }

@@ -62,10 +62,8 @@ pub(crate) async fn measure(args: &Args, base_url: &str, workers: usize) -> Resu
     let finished = watch(storage.as_ref(), &submitted, ended).await?;
     let wall = started.elapsed();
     let worker_cpu: f64 = children.into_iter().map(stop_worker).sum::<Result<f64, String>>()?;
-    let mut latencies: Vec<Duration> = submitted
-        .iter()
-        .map(|(id, at)| finished[id].duration_since(*at).unwrap_or_default())
-        .collect();
+    let mut latencies: Vec<Duration> =
+        submitted.iter().map(|(id, at)| finished[id].duration_since(*at).unwrap_or_default()).collect();
     latencies.sort();
     Ok(json!({
         "workflows": args.n,

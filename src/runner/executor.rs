@@ -123,7 +123,7 @@ impl Runner {
         let id = workflow.id();
         let plan = match start.plan {
             Some(plan) => plan,
-            None => self.inner.storage.get_plan(workflow.plan_id()).await?,
+            None => self.inner.plans.get(workflow.plan_id(), self.inner.storage.as_ref()).await?,
         };
         // Steps run, and so journal, only once a workflow is saved IN_PROGRESS.
         let journaled = workflow.state() != WorkflowState::NotStarted;

@@ -14,6 +14,7 @@ mod executor;
 mod functions;
 mod inputs;
 mod metered;
+mod plans;
 mod requests;
 #[cfg(feature = "server")]
 #[cfg_attr(docsrs, doc(cfg(feature = "server")))]
@@ -102,6 +103,8 @@ struct Inner {
     /// This runner's name on the leases it takes: unique per runner and process.
     owner: String,
     local_runs: control::LocalRuns,
+    /// Plans read to run their workflows.
+    plans: plans::KnownPlans,
     hooks: HookChain,
     events: EventSink,
     /// Questions running tools of this runner wait on (see [`Runner::resolve_clarification`]).
@@ -1009,6 +1012,7 @@ impl RunnerBuilder {
             today: self.today,
             owner: crate::storage::local_owner(&format!("runner-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])),
             local_runs: control::LocalRuns::default(),
+            plans: plans::KnownPlans::default(),
             hooks: self.hooks,
             events: EventSink::new(self.event_capacity),
             live: LiveQuestions::default(),

@@ -58,7 +58,7 @@ impl AnthropicClient {
         let body = request_body(model, max_tokens, request, reply_tool.as_ref()).map_err(|e| endpoint.not_sent(e))?;
         let reply = match Deltas::current() {
             Some(deltas) => streamed(&endpoint, body, &deltas).await?,
-            None => endpoint.post(&body).await?,
+            None => endpoint.post(body).await?,
         };
         let response = parse_reply(&reply.body, reply_tool.as_ref()).map_err(|e| endpoint.invalid(e))?;
         endpoint.log_success(&reply, response.usage);
@@ -84,7 +84,7 @@ async fn streamed(endpoint: &Endpoint<'_>, mut body: Value, deltas: &Deltas) -> 
     body["stream"] = json!(true);
     deltas.begin_attempt();
     let mut reader = EventReader::default();
-    let mut reply = endpoint.post_events(&body, |name, data| reader.read(name, data, deltas)).await?;
+    let mut reply = endpoint.post_events(body, |name, data| reader.read(name, data, deltas)).await?;
     if reply.body.is_null() {
         reply.body = reader.into_reply();
     }

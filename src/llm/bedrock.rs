@@ -72,7 +72,7 @@ impl BedrockClient {
         self.sign(&mut endpoint, &body)?;
         let reply = match &deltas {
             Some(deltas) => streamed(&endpoint, &body, deltas).await?,
-            None => endpoint.post(&body).await?,
+            None => endpoint.post(body).await?,
         };
         let response = parse_reply(&reply.body, reply_tool.as_ref()).map_err(|e| endpoint.invalid(e))?;
         endpoint.log_success(&reply, response.usage);

@@ -45,8 +45,8 @@ impl GeminiClient {
         let endpoint = self.endpoint(model, deltas.is_some())?;
         let body = request_body(request, max_tokens).map_err(|e| endpoint.not_sent(e))?;
         let reply = match deltas {
-            Some(deltas) => streamed(&endpoint, &body, &deltas).await?,
-            None => endpoint.post(&body).await?,
+            Some(deltas) => streamed(&endpoint, body, &deltas).await?,
+            None => endpoint.post(body).await?,
         };
         let response = parse_reply(&reply.body).map_err(|e| endpoint.invalid(e))?;
         endpoint.log_success(&reply, response.usage);
@@ -70,7 +70,7 @@ impl GeminiClient {
 
 /// Sends `body` as a streamed request, handing the text to `deltas` as it comes,
 /// and returns the reply an unstreamed request would have got.
-async fn streamed(endpoint: &Endpoint<'_>, body: &Value, deltas: &Deltas) -> Result<Reply, LlmError> {
+async fn streamed(endpoint: &Endpoint<'_>, body: Value, deltas: &Deltas) -> Result<Reply, LlmError> {
     deltas.begin_attempt();
     let mut reader = ChunkReader::default();
     let mut reply = endpoint.post_events(body, |_, data| reader.read(data, deltas)).await?;

@@ -160,7 +160,7 @@ impl OpenAiClient {
             request_body(endpoint.model, request, format, wanted.as_ref(), cap).map_err(|e| endpoint.not_sent(e))?;
         let reply = match Deltas::current() {
             Some(deltas) => streamed(endpoint, body, &deltas).await?,
-            None => endpoint.post(&body).await?,
+            None => endpoint.post(body).await?,
         };
         let mut response = parse_reply(&reply.body).map_err(|e| endpoint.invalid(e))?;
         if let Some((_, sent)) = &wanted {
@@ -179,7 +179,7 @@ async fn streamed(endpoint: &Endpoint<'_>, mut body: Value, deltas: &Deltas) -> 
     body["stream_options"] = json!({"include_usage": true});
     deltas.begin_attempt();
     let mut reader = ChunkReader::default();
-    let mut reply = endpoint.post_events(&body, |_, data| reader.read(data, deltas)).await?;
+    let mut reply = endpoint.post_events(body, |_, data| reader.read(data, deltas)).await?;
     if reply.body.is_null() {
         reply.body = reader.into_reply();
     }

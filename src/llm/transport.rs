@@ -114,9 +114,9 @@ impl Endpoint<'_> {
 
     /// Posts `body` once. Never retries, nor checks offline mode: those are the
     /// [`Retry`](super::Retry) and [`Offline`](super::Offline) layers' jobs.
-    pub(crate) async fn post(&self, body: &Value) -> Result<Reply, LlmError> {
+    pub(crate) async fn post(&self, body: Value) -> Result<Reply, LlmError> {
         let started = Instant::now();
-        let sent = self.http.post(&self.url).headers(self.headers.clone()).json(body).send().await;
+        let sent = self.request(body)?.send().await;
         let response = sent.map_err(|e| self.transport_error(&e))?;
         let status = response.status();
         let headers = response.headers().clone();
@@ -140,11 +140,11 @@ impl Endpoint<'_> {
     /// [`post`](Self::post) would, into the reply's body.
     pub(crate) async fn post_events(
         &self,
-        body: &Value,
+        body: Value,
         on_event: impl FnMut(Option<&str>, &str) -> Result<Flow, String>,
     ) -> Result<Reply, LlmError> {
         let started = Instant::now();
-        let sent = self.http.post(&self.url).headers(self.headers.clone()).json(body).send().await;
+        let sent = self.request(body)?.send().await;
         let response = sent.map_err(|e| self.transport_error(&e))?;
         let status = response.status();
         let headers = response.headers().clone();
@@ -227,6 +227,20 @@ impl Endpoint<'_> {
             }
         }
         Err(self.broken("the reply stream ended before the reply was complete"))
+    }
+
+    /// The POST of `body`, as JSON text: the tree is dropped before the request is
+    /// sent, so that only the text is held while the reply is awaited.
+    fn request(&self, body: Value) -> Result<reqwest::RequestBuilder, LlmError> {
+        let text = serde_json::to_vec(&body).map_err(|e| self.not_sent(e.to_string()))?;
+        drop(body);
+        let json = reqwest::header::HeaderValue::from_static("application/json");
+        Ok(self
+            .http
+            .post(&self.url)
+            .headers(self.headers.clone())
+            .header(reqwest::header::CONTENT_TYPE, json)
+            .body(text))
     }
 
     fn json(&self, bytes: &[u8]) -> Result<Value, LlmError> {

@@ -312,7 +312,9 @@ impl Runner {
         let ttl = self.inner.config.lease_ttl();
         let grant = self.inner.storage.create_leased(&workflow, &self.inner.owner, ttl).await?;
         tracing::info!(workflow = %workflow.id(), plan = %plan.id, "workflow created");
-        self.run_granted_plan(grant, StopSignal::default(), Some(plan.clone())).await
+        // Boxed: the run's state is large, and otherwise the whole request's future
+        // (planning included) holds room for it from the start.
+        Box::pin(self.run_granted_plan(grant, StopSignal::default(), Some(plan.clone()))).await
     }
 
     async fn store_new_workflow(

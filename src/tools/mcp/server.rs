@@ -209,6 +209,9 @@ impl PortiaMcpServer {
         let mut cancelled = false;
         loop {
             tokio::select! {
+                // Events first: a run that ended has sent all of its events, and each
+                // step's report goes out before the run's end is returned.
+                biased;
                 event = next_event(&mut events) => {
                     let (Some(token), Some(Ok(event))) = (&token, event) else {
                         events = None; // at rest, or the runner is gone: the run's end says the rest

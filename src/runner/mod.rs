@@ -113,6 +113,17 @@ struct Inner {
     functions: HashMap<String, Arc<dyn crate::tool::Tool>>,
 }
 
+/// Where [`Runner::place_new_workflow`] puts a new workflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// Stored, NOT_STARTED, for the caller to run.
+    Stored,
+    /// Queued for the workers.
+    Queued,
+    /// Stored leased to this runner, and run at once.
+    Started,
+}
+
 /// Options for planning a query, for [`GeneratePlan::options`] and the like.
 #[derive(Debug, Clone, Default)]
 #[must_use]
@@ -298,49 +309,35 @@ impl Runner {
         Ok(plan)
     }
 
-    /// Makes a workflow of `plan` and runs it at once. It is stored with this
-    /// runner's lease already taken (one write, where the store can), and run with
-    /// the plan in hand: a new workflow has nothing to read back.
-    async fn start_new_workflow(
+    /// Makes a workflow of `plan` and puts it where `placement` says. A workflow
+    /// started at once is stored with this runner's lease already taken (one write,
+    /// where the store can) and run with the plan in hand: a new workflow has nothing
+    /// to read back. Returns the stored or queued workflow, or the one run.
+    async fn place_new_workflow(
         &self,
         plan: &Plan,
         context: ExecutionContext,
         planning: Planning,
         inputs: &inputs::Inputs,
+        placement: Placement,
     ) -> Result<Workflow> {
         let workflow = self.new_workflow(plan, context, planning, inputs).await?;
-        let ttl = self.inner.config.lease_ttl();
-        let grant = self.inner.storage.create_leased(&workflow, &self.inner.owner, ttl).await?;
-        tracing::info!(workflow = %workflow.id(), plan = %plan.id, "workflow created");
-        // Boxed: the run's state is large, and otherwise the whole request's future
-        // (planning included) holds room for it from the start.
-        Box::pin(self.run_granted_plan(grant, StopSignal::default(), Some(plan.clone()))).await
-    }
-
-    async fn store_new_workflow(
-        &self,
-        plan: &Plan,
-        context: ExecutionContext,
-        planning: Planning,
-        inputs: &inputs::Inputs,
-    ) -> Result<Workflow> {
-        let workflow = self.new_workflow(plan, context, planning, inputs).await?;
-        self.inner.storage.create_workflow(&workflow).await?;
-        tracing::info!(workflow = %workflow.id(), plan = %plan.id, "workflow created");
-        Ok(workflow)
-    }
-
-    async fn queue_new_workflow(
-        &self,
-        plan: &Plan,
-        context: ExecutionContext,
-        planning: Planning,
-        inputs: &inputs::Inputs,
-    ) -> Result<WorkflowId> {
-        let workflow = self.new_workflow(plan, context, planning, inputs).await?;
-        self.inner.storage.submit_workflow(&workflow).await?;
-        tracing::info!(workflow = %workflow.id(), plan = %plan.id, "workflow submitted");
-        Ok(workflow.id())
+        let storage = &self.inner.storage;
+        let grant = match placement {
+            Placement::Stored => storage.create_workflow(&workflow).await.map(|()| None)?,
+            Placement::Queued => storage.submit_workflow(&workflow).await.map(|()| None)?,
+            Placement::Started => {
+                Some(storage.create_leased(&workflow, &self.inner.owner, self.inner.config.lease_ttl()).await?)
+            }
+        };
+        let verb = if placement == Placement::Queued { "submitted" } else { "created" };
+        tracing::info!(workflow = %workflow.id(), plan = %plan.id, "workflow {verb}");
+        match grant {
+            // Boxed: the run's state is large, and otherwise the whole request's
+            // future (planning included) holds room for it from the start.
+            Some(grant) => Box::pin(self.run_granted_plan(grant, StopSignal::default(), Some(plan.clone()))).await,
+            None => Ok(workflow),
+        }
     }
 
     /// Checks and saves `plan`, and makes (without storing it) a workflow of it with

@@ -59,7 +59,7 @@ struct Halt {
 }
 
 /// What a run starts with besides its lease.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Start {
     /// The workflow's plan, when the caller has it (else it is read).
     pub(super) plan: Option<Plan>,

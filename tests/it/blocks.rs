@@ -460,12 +460,7 @@ fn loop_plan() -> Plan {
 async fn block_loop_child() {
     let Some(db) = std::env::var_os("BLOCK_DB") else { return };
     let storage = Arc::new(SqliteStorage::open(PathBuf::from(db)).unwrap());
-    let llm = ScriptedLlm::new().text("A").text("B").respond_with(|_| {
-        println!("{MARKER}");
-        loop {
-            std::thread::park();
-        }
-    });
+    let llm = ScriptedLlm::new().text("A").text("B").respond_with(|_| common::print_marker_and_wait(MARKER));
     let note = Arc::new(MockTool::echo("note_tool"));
     let runner = Runner::builder(sequential()).tools(tools(note)).llm(Arc::new(llm)).storage(storage).build().unwrap();
     let id: WorkflowId = std::env::var("BLOCK_WORKFLOW").unwrap().parse().unwrap();

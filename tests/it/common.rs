@@ -237,6 +237,15 @@ impl Drop for ChildGuard {
     }
 }
 
+/// In a child test that [`kill_child_test_at_marker`] runs: prints `marker`, so that
+/// the parent kills the process here, and waits for that.
+pub fn print_marker_and_wait(marker: &str) -> ! {
+    println!("{marker}");
+    loop {
+        std::thread::park();
+    }
+}
+
 /// Runs `test`, an ignored test of this binary, as a child process with `env`,
 /// reads its output until it prints a line starting with `marker`, and SIGKILLs it
 /// there: the crash the durability tests resume from.

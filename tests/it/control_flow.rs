@@ -205,12 +205,9 @@ fn sequential() -> Config {
 async fn control_child() {
     let Some(db) = std::env::var_os("CONTROL_DB") else { return };
     let storage = Arc::new(SqliteStorage::open(PathBuf::from(db)).unwrap());
-    let llm = ScriptedLlm::new().json(json!({"holds": false, "reason": "calm words"})).respond_with(|_| {
-        println!("{MARKER}");
-        loop {
-            std::thread::park();
-        }
-    });
+    let llm = ScriptedLlm::new()
+        .json(json!({"holds": false, "reason": "calm words"}))
+        .respond_with(|_| common::print_marker_and_wait(MARKER));
     let runner = Runner::builder(sequential()).llm(Arc::new(llm)).storage(storage).build().unwrap();
     let id: WorkflowId = std::env::var("CONTROL_WORKFLOW").unwrap().parse().unwrap();
     let _ = runner.execute_workflow_by_id(id).await;
@@ -369,12 +366,7 @@ fn loop_plan() -> Plan {
 async fn loop_child() {
     let Some(db) = std::env::var_os("CONTROL_DB") else { return };
     let storage = Arc::new(SqliteStorage::open(PathBuf::from(db)).unwrap());
-    let llm = ScriptedLlm::new().text("A").text("B").respond_with(|_| {
-        println!("{MARKER}");
-        loop {
-            std::thread::park();
-        }
-    });
+    let llm = ScriptedLlm::new().text("A").text("B").respond_with(|_| common::print_marker_and_wait(MARKER));
     let tools = InMemoryToolRegistry::new().with(tickets_tool()).unwrap();
     let runner = Runner::builder(sequential()).tools(tools).llm(Arc::new(llm)).storage(storage).build().unwrap();
     let id: WorkflowId = std::env::var("CONTROL_WORKFLOW").unwrap().parse().unwrap();

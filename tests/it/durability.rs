@@ -44,12 +44,12 @@ impl Tool for EffectTool {
     async fn run(&self, ctx: &ToolRunContext, args: Value) -> Result<ToolOutput, ToolError> {
         let what = args["what"].as_str().unwrap_or_default().to_owned();
         if self.hang == Some("after_intent") && what == "charge" {
-            hang();
+            common::print_marker_and_wait(MARKER);
         }
         let key = ctx.idempotency_key.clone().unwrap_or_default();
         append_line(&self.effects, &format!("{what} {key}"));
         if self.hang == Some("after_effect") && what == "charge" {
-            hang();
+            common::print_marker_and_wait(MARKER);
         }
         Ok(ToolOutput::value(json!({"done": what})))
     }
@@ -60,14 +60,6 @@ fn append_line(path: &Path, line: &str) {
     let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
     writeln!(file, "{line}").unwrap();
     file.sync_all().unwrap();
-}
-
-/// Tells the parent where we are, then waits to be killed.
-fn hang() -> ! {
-    println!("{MARKER}");
-    loop {
-        std::thread::park();
-    }
 }
 
 fn effects(path: &Path) -> Vec<String> {
@@ -90,7 +82,7 @@ fn llm(charge: bool, receipt: bool, hang_on_receipt: bool) -> ScriptedLlm {
         llm = llm.tool_call("effect_tool", json!({"what": "charge"}));
     }
     if hang_on_receipt {
-        llm = llm.respond_with(|_| hang());
+        llm = llm.respond_with(|_| common::print_marker_and_wait(MARKER));
     } else if receipt {
         llm = llm.tool_call("effect_tool", json!({"what": "receipt"}));
     }

@@ -300,12 +300,7 @@ async fn react_child() {
     let llm = ScriptedLlm::new()
         .tool_call("reserve_tool", json!({"room": 4}))
         .tool_call("charge_tool", json!({"amount": 90}))
-        .respond_with(|_| {
-            println!("{MARKER}");
-            loop {
-                std::thread::park();
-            }
-        });
+        .respond_with(|_| common::print_marker_and_wait(MARKER));
     let tools = effect_tools(Path::new(&std::env::var("REACT_EFFECTS").unwrap()));
     let runner = Runner::builder(config()).tools(tools).llm(Arc::new(llm)).storage(storage).build().unwrap();
     let id: WorkflowId = std::env::var("REACT_WORKFLOW").unwrap().parse().unwrap();

@@ -163,12 +163,8 @@ fn two_step_child() -> Plan {
 async fn sub_plan_child() {
     let Some(db) = std::env::var_os("SUB_PLAN_DB") else { return };
     let storage = Arc::new(SqliteStorage::open(PathBuf::from(db)).unwrap());
-    let llm = ScriptedLlm::new().text("ticket 9").text("billing").respond_with(|_| {
-        println!("{MARKER}");
-        loop {
-            std::thread::park();
-        }
-    });
+    let llm =
+        ScriptedLlm::new().text("ticket 9").text("billing").respond_with(|_| common::print_marker_and_wait(MARKER));
     let (runner, _) = runner(storage, llm);
     let id: WorkflowId = std::env::var("SUB_PLAN_WORKFLOW").unwrap().parse().unwrap();
     let _ = runner.execute_workflow_by_id(id).await;

@@ -309,33 +309,27 @@ impl LlmClient for TwoPieces {
     }
 }
 
+/// Starts `plan`, whose LLM calls wait for the test, and opens its page once the page
+/// follows the run live: it shows the run starting, stored before the first call.
+async fn watch_gated_run(served: &Served, plan: Value) -> (String, Browser) {
+    let (_, created) = served.post("/v1/workflows", json!({"plan": plan})).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let browser = Browser::start().await;
+    browser.client.goto(&served.url(&format!("/workflows/{id}"))).await.unwrap();
+    browser.wait_for("#timeline li[data-event='state_changed']").await;
+    (id, browser)
+}
+
 #[tokio::test]
 #[ignore = "needs chromium: Debian's chromium and chromium-driver (.ci/run installs them)"]
 async fn the_answer_streams_into_the_page_as_it_is_written() {
     let llm = Arc::new(TwoPieces::default());
-    let config = portia::Config::builder()
-        .summarize_final_output(false)
-        .llm_stream(portia::llm::StreamMode::On)
-        .build()
-        .unwrap();
-    let runner = portia::Runner::builder(config)
-        .llm(llm.clone())
-        .storage(Arc::new(portia::storage::InMemoryStorage::new()))
-        .build()
-        .unwrap();
-    let served = serve(runner, ServeOptions::new()).await;
+    let served = serve(streaming_runner(llm.clone()), ServeOptions::new()).await;
     let plan = json!({
         "plan_context": {"query": "Which stock grew faster?", "tool_ids": []},
         "steps": [{"task": "Say which stock grew faster", "inputs": [], "output": "$answer"}]
     });
-    let (_, created) = served.post("/v1/workflows", json!({"plan": plan})).await;
-    let id = created["id"].as_str().unwrap().to_owned();
-
-    let browser = Browser::start().await;
-    browser.client.goto(&served.url(&format!("/workflows/{id}"))).await.unwrap();
-    // The page follows the run live once it shows the run starting (stored before
-    // the step's LLM call, which waits for the test).
-    browser.wait_for("#timeline li[data-event='state_changed']").await;
+    let (id, browser) = watch_gated_run(&served, plan).await;
     llm.gates[0].notify_one();
     let partial = browser.wait_for("#answer.streaming").await;
     browser.client.wait().forever().for_element(Locator::XPath("//pre[@id='answer'][.='Amazon grew ']")).await.unwrap();
@@ -370,12 +364,7 @@ async fn a_tool_calls_arguments_stream_into_the_timeline_until_the_call_is_made(
         "plan_context": {"query": "Echo how Amazon did", "tool_ids": ["echo_tool"]},
         "steps": [{"task": "Echo how Amazon did", "inputs": [], "tool_id": "echo_tool", "output": "$out"}]
     });
-    let (_, created) = served.post("/v1/workflows", json!({"plan": plan})).await;
-    let id = created["id"].as_str().unwrap().to_owned();
-
-    let browser = Browser::start().await;
-    browser.client.goto(&served.url(&format!("/workflows/{id}"))).await.unwrap();
-    browser.wait_for("#timeline li[data-event='state_changed']").await;
+    let (_, browser) = watch_gated_run(&served, plan).await;
     // The call shows once its first piece is out, its arguments growing with each.
     llm.gates[0].notify_one();
     let partial = "//li[@data-tool-call][@aria-busy='true']/pre[@class='arguments'][.='{\"text\": \"Amazon']";

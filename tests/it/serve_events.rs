@@ -410,7 +410,7 @@ impl LlmClient for GatedToolCall {
 }
 
 /// A runner streaming replies from `llm`, with `echo_tool`.
-pub(crate) fn streaming_runner(llm: Arc<GatedToolCall>) -> Runner {
+pub(crate) fn streaming_runner(llm: Arc<dyn portia::llm::LlmClient>) -> Runner {
     let config = portia::Config::builder()
         .summarize_final_output(false)
         .llm_stream(portia::llm::StreamMode::On)

@@ -271,11 +271,10 @@ impl<'a> View<'a> {
     fn step_text(&mut self, output: &str, text: &str) {
         let so_far = self.streamed.entry(output.to_owned()).or_default();
         so_far.push_str(text);
-        let Some(step) = self.plan.steps.iter().position(|s| s.output == output) else { return };
-        let Some(bar) = self.steps.get(&step) else { return };
-        let flat = so_far.replace(['\n', '\r'], " ");
-        let skip = flat.chars().count().saturating_sub(TAIL_CHARS);
-        bar.set_message(format!("llm · …{}", flat.chars().skip(skip).collect::<String>()));
+        let (_, end) = tail(so_far);
+        if let Some(bar) = self.bar_of(output) {
+            bar.set_message(format!("llm · …{end}"));
+        }
     }
 
     /// Shows a step's tool call as the model writes it, `→ tool {arguments…}`,
@@ -283,12 +282,17 @@ impl<'a> View<'a> {
     fn step_call(&mut self, output: &str, tool_id: &str, arguments: &str) {
         let so_far = self.calling.entry(output.to_owned()).or_default();
         so_far.push_str(arguments);
-        let Some(step) = self.plan.steps.iter().position(|s| s.output == output) else { return };
-        let Some(bar) = self.steps.get(&step) else { return };
-        let flat = so_far.replace(['\n', '\r'], " ");
-        let skip = flat.chars().count().saturating_sub(TAIL_CHARS);
-        let more = if skip > 0 { "…" } else { "" };
-        bar.set_message(format!("→ {tool_id} {more}{}…", flat.chars().skip(skip).collect::<String>()));
+        let (clipped, end) = tail(so_far);
+        if let Some(bar) = self.bar_of(output) {
+            let more = if clipped { "…" } else { "" };
+            bar.set_message(format!("→ {tool_id} {more}{end}…"));
+        }
+    }
+
+    /// The line of the step that writes `output`, once it has one.
+    fn bar_of(&self, output: &str) -> Option<&ProgressBar> {
+        let step = self.plan.steps.iter().position(|s| s.output == output)?;
+        self.steps.get(&step)
     }
 
     /// Prints more of the final answer (the run's own call, once the steps are done).
@@ -362,9 +366,44 @@ impl<'a> View<'a> {
     }
 }
 
+/// The last [`TAIL_CHARS`] characters of `text` on one line, and whether any came before.
+fn tail(text: &str) -> (bool, String) {
+    let flat = text.replace(['\n', '\r'], " ");
+    let skip = flat.chars().count().saturating_sub(TAIL_CHARS);
+    (skip > 0, flat.chars().skip(skip).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_step_line_shows_the_tool_call_being_written_and_keeps_its_end() {
+        let plan = portia::PlanBuilder::new("q").step("a", Some("echo_tool"), "$a").build();
+        let mut view = View::new(&plan);
+        view.on(&EventKind::StepStarted { step: 0, task: "a".into(), tool_id: Some("echo_tool".into()) });
+        let piece = |arguments: &str| EventKind::LlmToolCallDelta {
+            step_output: Some("$a".into()),
+            call: 1,
+            index: 0,
+            tool_id: "echo_tool".into(),
+            arguments: arguments.into(),
+        };
+        view.on(&piece("{\"text\":\n"));
+        assert_eq!(view.steps[&0].message(), "→ echo_tool {\"text\": …");
+        view.on(&piece(&format!("\"{}\"}}", "x".repeat(TAIL_CHARS))));
+        let shown = view.steps[&0].message();
+        assert!(shown.starts_with("→ echo_tool …") && shown.ends_with("xx\"}…"), "{shown}");
+        assert_eq!(shown.chars().count(), "→ echo_tool …".chars().count() + TAIL_CHARS + 1);
+        view.close();
+    }
+
+    #[test]
+    fn the_tail_of_a_text_is_one_line_and_says_when_it_is_clipped() {
+        assert_eq!(tail("a\nb"), (false, "a b".to_owned()));
+        let long = "é".repeat(TAIL_CHARS + 3);
+        assert_eq!(tail(&long), (true, "é".repeat(TAIL_CHARS)));
+    }
 
     #[test]
     fn a_step_line_counts_its_waits_for_the_rate_limit() {

@@ -601,12 +601,28 @@ mod tests {
 
     /// A piece of the arguments of the first tool call (to `echo`) streamed in LLM call 1.
     fn echo_piece(step_output: Option<&str>, arguments: &str) -> EventKind {
+        echo_piece_of_call(1, step_output, arguments)
+    }
+
+    /// A piece of the arguments of the first tool call (to `echo`) streamed in LLM call `call`.
+    fn echo_piece_of_call(call: u64, step_output: Option<&str>, arguments: &str) -> EventKind {
         EventKind::LlmToolCallDelta {
             step_output: step_output.map(str::to_owned),
-            call: 1,
+            call,
             index: 0,
             tool_id: "echo".into(),
             arguments: arguments.into(),
+        }
+    }
+
+    /// The end of an LLM call of the step that outputs `$out`.
+    fn llm_call_finished() -> EventKind {
+        EventKind::LlmCallFinished {
+            step_output: Some("$out".into()),
+            model: "m".into(),
+            usage: crate::usage::Usage::default(),
+            cost_usd: 0.0,
+            latency_ms: 1,
         }
     }
 
@@ -674,13 +690,7 @@ mod tests {
         for arguments in ["", "{\"text\": ", "\"hi\"}"] {
             out.extend(translator.live(&WorkflowEvent::new(workflow_id, echo_piece(Some("$out"), arguments))));
         }
-        let finished = EventKind::LlmCallFinished {
-            step_output: Some("$out".into()),
-            model: "m".into(),
-            usage: crate::usage::Usage::default(),
-            cost_usd: 0.0,
-            latency_ms: 1,
-        };
+        let finished = llm_call_finished();
         let stored = [finished].into_iter().chain(echo_made(ToolCallKey::new(workflow_id, 0, 0, 0))).collect();
         out.extend(translate_stored(&mut translator, &workflow, stored));
 
@@ -728,24 +738,11 @@ mod tests {
         let workflow_id = workflow.id();
         let mut translator = Translator::new(workflow_id.to_string());
         let piece = |call: u64, arguments: &str| {
-            let kind = EventKind::LlmToolCallDelta {
-                step_output: Some("$out".into()),
-                call,
-                index: 0,
-                tool_id: "echo".into(),
-                arguments: arguments.into(),
-            };
-            WorkflowEvent::new(workflow_id, kind)
+            WorkflowEvent::new(workflow_id, echo_piece_of_call(call, Some("$out"), arguments))
         };
         let mut out = translator.live(&piece(1, "{}"));
         out.extend(translator.live(&piece(2, "{\"a\":")));
-        let finished = EventKind::LlmCallFinished {
-            step_output: Some("$out".into()),
-            model: "m".into(),
-            usage: crate::usage::Usage::default(),
-            cost_usd: 0.0,
-            latency_ms: 1,
-        };
+        let finished = llm_call_finished();
         out.extend(translator.translate(&StoredEvent::new(1, WorkflowEvent::new(workflow_id, finished)), &workflow));
         out.extend(translator.live(&piece(2, " 1}")));
         out.extend(translator.live(&piece(1, "")));

@@ -311,8 +311,11 @@ impl RunEvents {
     /// Announces `kind` now and keeps it for the next save.
     pub(crate) fn emit(&self, workflow_id: WorkflowId, kind: EventKind) {
         let event = WorkflowEvent::new(workflow_id, kind);
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner).push(event.clone());
-        self.sink.send(event);
+        // A copy only for subscribers: a tool call's event carries its whole output.
+        if self.sink.sender.receiver_count() > 0 {
+            self.sink.send(event.clone());
+        }
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner).push(event);
     }
 
     /// Announces `kind` now without keeping it: for streamed pieces whose whole is

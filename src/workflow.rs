@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
@@ -97,13 +98,17 @@ impl Output {
 }
 
 /// Step outputs keyed by output name, kept in plan order (also in JSON).
+///
+/// Each output is shared, not copied, between clones: a workflow is cloned for
+/// every save and every event that carries it, and a search result or a document
+/// is the bulk of it.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct StepOutputs(Vec<(String, Output)>);
+pub struct StepOutputs(Vec<(String, Arc<Output>)>);
 
 impl StepOutputs {
     /// The output stored under `name`.
     pub fn get(&self, name: &str) -> Option<&Output> {
-        self.0.iter().find(|(n, _)| n == name).map(|(_, o)| o)
+        self.0.iter().find(|(n, _)| n == name).map(|(_, o)| &**o)
     }
 
     /// Whether an output is stored under `name`.
@@ -113,7 +118,7 @@ impl StepOutputs {
 
     /// The outputs in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Output)> {
-        self.0.iter().map(|(n, o)| (n.as_str(), o))
+        self.0.iter().map(|(n, o)| (n.as_str(), &**o))
     }
 
     /// How many outputs are stored.
@@ -149,7 +154,7 @@ impl StepOutputs {
         self.0.retain(|(n, _)| *n != name);
         let new_rank = rank(&name);
         let at = self.0.iter().position(|(n, _)| rank(n) > new_rank).unwrap_or(self.0.len());
-        self.0.insert(at, (name, output));
+        self.0.insert(at, (name, Arc::new(output)));
     }
 }
 
@@ -157,7 +162,7 @@ impl Serialize for StepOutputs {
     fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.0.len()))?;
         for (name, output) in &self.0 {
-            map.serialize_entry(name, output)?;
+            map.serialize_entry(name, &**output)?;
         }
         map.end()
     }
@@ -173,8 +178,8 @@ impl<'de> Deserialize<'de> for StepOutputs {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> std::result::Result<StepOutputs, A::Error> {
                 let mut entries = Vec::new();
-                while let Some(entry) = access.next_entry::<String, Output>()? {
-                    entries.push(entry);
+                while let Some((name, output)) = access.next_entry::<String, Output>()? {
+                    entries.push((name, Arc::new(output)));
                 }
                 Ok(StepOutputs(entries))
             }

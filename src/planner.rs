@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::execution_context::ExecutionContext;
-use crate::llm::{LlmClient, LlmRequest, Message, ModelRole, OutputSchema, Usage, structured};
+use crate::llm::{LlmClient, LlmRequest, Message, ModelRole, OutputSchema, Usage, structured_ref};
 use crate::plan::{AskUser, Exit, Plan, PlanContext, PlanProblem, Step, ToolLookup, Variable};
 use crate::tool::{Tool, ToolSpec};
 use crate::{Error, Result};
@@ -117,13 +117,13 @@ impl Planner for OneShotPlanner {
         let offered = Offered(request.tools.iter().map(|t| t.spec()).collect());
         let tool_ids: Vec<String> = offered.0.iter().map(|spec| spec.id.clone()).collect();
         let system = instructions(&offered.0, &request.examples);
-        let mut messages = vec![Message::system(system), Message::user(prompt(&request))];
+        let messages = vec![Message::system(system), Message::user(prompt(&request))];
+        // One request, which each attempt extends with what was wrong with the last plan.
+        let mut llm_request = LlmRequest::new(ModelRole::Planning, messages).with_output_schema(output_schema());
         let mut usage = Usage::default();
         let mut problems = Vec::new();
         for attempt in 1..=self.attempts {
-            let llm_request =
-                LlmRequest::new(ModelRole::Planning, messages.clone()).with_output_schema(output_schema());
-            let (reply, spent): (StepsOrError, Usage) = structured(self.llm.as_ref(), llm_request).await?;
+            let (reply, spent): (StepsOrError, Usage) = structured_ref(self.llm.as_ref(), &llm_request).await?;
             usage += spent;
             if let Some(error) = reply.error.filter(|e| !e.trim().is_empty())
                 && reply.steps.is_empty()
@@ -144,6 +144,7 @@ impl Planner for OneShotPlanner {
             }
             tracing::warn!(attempt, ?problems, "planner returned an invalid plan; asking again");
             let reply_json = serde_json::to_string(&reply.steps).unwrap_or_default();
+            let messages = &mut llm_request.messages;
             messages.push(Message::assistant(format!("{{\"steps\":{reply_json}}}"), Vec::new()));
             let listed: Vec<String> = problems.iter().map(ToString::to_string).collect();
             messages.push(Message::user(format!(

@@ -77,7 +77,12 @@ struct FallingBack {
 #[async_trait::async_trait]
 impl LlmClient for FallingBack {
     async fn chat(&self, request: LlmRequest) -> Result<LlmResponse, LlmError> {
-        let mut error = match self.inner.chat(request.clone()).await {
+        self.chat_ref(&request).await
+    }
+
+    /// The request is copied only for a fallback model.
+    async fn chat_ref(&self, request: &LlmRequest) -> Result<LlmResponse, LlmError> {
+        let mut error = match self.inner.chat_ref(request).await {
             Err(error) if error.is_unavailable() => error,
             answered => return answered,
         };

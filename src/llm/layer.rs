@@ -43,7 +43,9 @@ use super::LlmClient;
 ///
 /// A layer of your own implements this trait and wraps the client in a type that
 /// implements [`LlmClient`] by calling the inner one. It should pass
-/// [`LlmClient::retries`] through, so the runner knows whether the stack retries.
+/// [`LlmClient::retries`] through, so the runner knows whether the stack retries,
+/// and implement [`LlmClient::chat_ref`] by calling the inner one's, so that a
+/// request a retry or a structured call keeps is not copied on its way.
 ///
 /// Given the inner client, [`layer`](LlmLayer::layer) returns the client that
 /// wraps it. Apply one with [`LlmClientExt::with`].

@@ -51,6 +51,7 @@ mod transport;
 
 pub use schema::{portability_problems, portable};
 
+use std::borrow::Cow;
 use std::fmt;
 
 use schemars::JsonSchema;
@@ -306,6 +307,16 @@ pub trait LlmClient: Send + Sync + fmt::Debug {
     /// Sends one request and returns the reply.
     async fn chat(&self, request: LlmRequest) -> Result<LlmResponse, LlmError>;
 
+    /// Sends a request the caller keeps: a retry sends the same request again, a
+    /// structured call may re-ask with it. The default clones it for
+    /// [`chat`](Self::chat). A client that only reads its request implements this
+    /// as well, as every built-in client and layer does, so that no copy of a
+    /// request (its messages, tool schemas and output schema) is made on its way
+    /// to the provider.
+    async fn chat_ref(&self, request: &LlmRequest) -> Result<LlmResponse, LlmError> {
+        self.chat(request.clone()).await
+    }
+
     /// Whether this client retries failed requests itself: `true` for [`client`]'s
     /// and for anything inside a [`Retry`] layer, `false` by default.
     /// [`RunnerBuilder::llm`](crate::runner::RunnerBuilder::llm) adds a [`Retry`]
@@ -325,13 +336,22 @@ pub trait LlmClient: Send + Sync + fmt::Debug {
 /// The client's [`LlmError`], or [`LlmError::Structured`] when both replies are unusable.
 pub async fn structured<T: DeserializeOwned>(
     client: &dyn LlmClient,
-    mut request: LlmRequest,
+    request: LlmRequest,
+) -> Result<(T, Usage), LlmError> {
+    structured_ref(client, &request).await
+}
+
+/// [`structured`] for a request the caller keeps: it is copied only to re-ask.
+pub(crate) async fn structured_ref<T: DeserializeOwned>(
+    client: &dyn LlmClient,
+    request: &LlmRequest,
 ) -> Result<(T, Usage), LlmError> {
     let schema_name = request.output_schema.as_ref().map_or_else(|| "output".to_owned(), |s| s.name.clone());
+    let mut request = Cow::Borrowed(request);
     let mut usage = Usage::default();
     let mut last_error = String::new();
     for attempt in 0..2 {
-        let response = client.chat(request.clone()).await?;
+        let response = client.chat_ref(&request).await?;
         usage += response.usage;
         let text = response.text.unwrap_or_default();
         match serde_json::from_str::<T>(strip_code_fence(&text)) {
@@ -339,6 +359,7 @@ pub async fn structured<T: DeserializeOwned>(
             Err(e) => {
                 tracing::warn!(attempt, schema = %schema_name, error = %e, "structured reply did not parse");
                 last_error = e.to_string();
+                let request = request.to_mut();
                 request.messages.push(Message::assistant(text, Vec::new()));
                 request.messages.push(Message::user(format!(
                     "That reply is not valid JSON for the {schema_name} schema ({e}). Reply again with only the corrected JSON."
@@ -350,6 +371,15 @@ pub async fn structured<T: DeserializeOwned>(
 }
 
 pub(crate) use crate::text::strip_code_fence;
+
+/// Passes a request on as a layer got it: owned to [`LlmClient::chat`], borrowed to
+/// [`LlmClient::chat_ref`], so that a layer copies nothing.
+pub(crate) async fn forward(client: &dyn LlmClient, request: Cow<'_, LlmRequest>) -> Result<LlmResponse, LlmError> {
+    match request {
+        Cow::Owned(request) => client.chat(request).await,
+        Cow::Borrowed(request) => client.chat_ref(request).await,
+    }
+}
 
 /// The LLM client `settings` describe.
 ///
@@ -383,17 +413,25 @@ struct OnFirstUse {
     client: std::sync::OnceLock<Result<std::sync::Arc<dyn LlmClient>, LlmError>>,
 }
 
-#[async_trait::async_trait]
-impl LlmClient for OnFirstUse {
-    async fn chat(&self, request: LlmRequest) -> Result<LlmResponse, LlmError> {
-        let client = self.client.get_or_init(|| {
+impl OnFirstUse {
+    /// The client, built on the first call; the error of building it, on every call.
+    fn client(&self) -> Result<&dyn LlmClient, LlmError> {
+        let built = self.client.get_or_init(|| {
             self.settings.require_api_key(self.settings.provider())?;
             Ok(client(self.settings.clone()))
         });
-        match client {
-            Ok(client) => client.chat(request).await,
-            Err(e) => Err(e.clone()),
-        }
+        built.as_deref().map_err(Clone::clone)
+    }
+}
+
+#[async_trait::async_trait]
+impl LlmClient for OnFirstUse {
+    async fn chat(&self, request: LlmRequest) -> Result<LlmResponse, LlmError> {
+        forward(self.client()?, Cow::Owned(request)).await
+    }
+
+    async fn chat_ref(&self, request: &LlmRequest) -> Result<LlmResponse, LlmError> {
+        forward(self.client()?, Cow::Borrowed(request)).await
     }
 
     fn retries(&self) -> bool {

@@ -103,14 +103,29 @@ struct OfflineChecked {
     offline: Offline,
 }
 
+impl OfflineChecked {
+    /// Refuses a request offline mode does not allow.
+    fn check(&self, request: &LlmRequest) -> Result<(), LlmError> {
+        match self.offline.refusal() {
+            Some(message) => {
+                let (provider, model) = call_names(self.offline.settings.as_deref(), request);
+                Err(LlmError::NotSent { provider, model, message })
+            }
+            None => Ok(()),
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl LlmClient for OfflineChecked {
     async fn chat(&self, request: LlmRequest) -> Result<LlmResponse, LlmError> {
-        if let Some(message) = self.offline.refusal() {
-            let (provider, model) = call_names(self.offline.settings.as_deref(), &request);
-            return Err(LlmError::NotSent { provider, model, message });
-        }
+        self.check(&request)?;
         self.inner.chat(request).await
+    }
+
+    async fn chat_ref(&self, request: &LlmRequest) -> Result<LlmResponse, LlmError> {
+        self.check(request)?;
+        self.inner.chat_ref(request).await
     }
 
     fn retries(&self) -> bool {

@@ -27,6 +27,7 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use reqwest::header::HeaderMap;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tokio::time::Instant;
 
 use super::layer::LlmLayer;
@@ -141,6 +142,11 @@ impl ModelLimiter {
     }
 
     /// Waits until a request of about `tokens` prompt tokens may go out; returns how long it waited.
+    /// Whether a call's tokens count against a limit.
+    pub(crate) fn counts_tokens(&self) -> bool {
+        self.tokens.is_some()
+    }
+
     pub(crate) async fn acquire(&self, tokens: u32) -> Duration {
         let started = Instant::now();
         self.wait_out_pause().await;
@@ -297,12 +303,14 @@ struct LimitedClient {
     limiters: Arc<Limiters>,
 }
 
-#[async_trait::async_trait]
-impl LlmClient for LimitedClient {
-    async fn chat(&self, request: LlmRequest) -> Result<LlmResponse, LlmError> {
-        let target = self.limiters.settings.resolve(&request);
+impl LimitedClient {
+    /// Waits until the request's model's limiter lets it go, and says so when that took a while.
+    async fn admit(&self, request: &LlmRequest) {
+        let target = self.limiters.settings.resolve(request);
         let limiter = self.limiters.for_model(target.provider, &target.model);
-        let waited = limiter.acquire(estimated_tokens(&request)).await;
+        // Only a token limit needs the prompt's size.
+        let tokens = if limiter.counts_tokens() { estimated_tokens(request) } else { 0 };
+        let waited = limiter.acquire(tokens).await;
         if !waited.is_zero() {
             tracing::info!(
                 provider = %target.provider,
@@ -312,7 +320,19 @@ impl LlmClient for LimitedClient {
             );
             LimiterWaits::report(&target, waited);
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl LlmClient for LimitedClient {
+    async fn chat(&self, request: LlmRequest) -> Result<LlmResponse, LlmError> {
+        self.admit(&request).await;
         self.inner.chat(request).await
+    }
+
+    async fn chat_ref(&self, request: &LlmRequest) -> Result<LlmResponse, LlmError> {
+        self.admit(request).await;
+        self.inner.chat_ref(request).await
     }
 
     fn retries(&self) -> bool {
@@ -366,14 +386,31 @@ pub(crate) fn estimated_tokens(request: &LlmRequest) -> u32 {
     let messages: usize = request
         .messages
         .iter()
-        .map(|m| {
-            m.content.len() + m.tool_calls.iter().map(|c| c.name.len() + c.arguments.to_string().len()).sum::<usize>()
-        })
+        .map(|m| m.content.len() + m.tool_calls.iter().map(|c| c.name.len() + json_len(&c.arguments)).sum::<usize>())
         .sum();
-    let tools: usize =
-        request.tools.iter().map(|t| t.name.len() + t.description.len() + t.parameters.to_string().len()).sum();
-    let schema = request.output_schema.as_ref().map_or(0, |s| s.schema.to_string().len());
+    let tools: usize = request.tools.iter().map(|t| t.name.len() + t.description.len() + json_len(&t.parameters)).sum();
+    let schema = request.output_schema.as_ref().map_or(0, |s| json_len(&s.schema));
     u32::try_from((messages + tools + schema).div_ceil(4)).unwrap_or(u32::MAX)
+}
+
+/// The length of `value` as compact JSON, counted as it is written out, into nothing:
+/// every call is estimated, and a schema's text is not worth allocating to measure.
+fn json_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a `Value` into a sink that takes everything cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 #[cfg(test)]
@@ -381,6 +418,12 @@ mod tests {
     use reqwest::header::HeaderValue;
 
     use super::*;
+
+    #[test]
+    fn a_value_is_measured_at_the_length_of_its_json_text() {
+        let value = serde_json::json!({"q": "caf\u{e9} \"quoted\"\n", "n": [1, 2.5, null, true], "o": {}});
+        assert_eq!(json_len(&value), value.to_string().len());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_429s_wait_and_an_exhausted_allowance_pause_the_model() {

@@ -241,9 +241,14 @@ struct Retrying {
 #[async_trait::async_trait]
 impl LlmClient for Retrying {
     async fn chat(&self, request: LlmRequest) -> Result<LlmResponse, LlmError> {
-        let (provider, model) = call_names(self.retry.settings.as_deref(), &request);
-        let (inner, request) = (&self.inner, &request);
-        self.retry.policy.run(&provider, &model, |_| inner.chat(request.clone())).await
+        self.chat_ref(&request).await
+    }
+
+    /// Every attempt sends the one request, borrowed.
+    async fn chat_ref(&self, request: &LlmRequest) -> Result<LlmResponse, LlmError> {
+        let (provider, model) = call_names(self.retry.settings.as_deref(), request);
+        let inner = &self.inner;
+        self.retry.policy.run(&provider, &model, |_| inner.chat_ref(request)).await
     }
 
     fn retries(&self) -> bool {

@@ -2,6 +2,7 @@
 //! each request and hands it to that provider's stack: the client-side rate limit,
 //! then the [`Retry`] and [`Offline`] layers around a client that sends each request once.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -63,9 +64,9 @@ impl Router {
     }
 }
 
-#[async_trait::async_trait]
-impl LlmClient for Router {
-    async fn chat(&self, request: LlmRequest) -> Result<LlmResponse, LlmError> {
+impl Router {
+    /// Checks the request's provider and model, then sends it to that provider's client.
+    async fn route(&self, request: Cow<'_, LlmRequest>) -> Result<LlmResponse, LlmError> {
         let ModelRef { provider, model } = self.settings.resolve(&request);
         if let Some(problem) = request.named_model().and_then(|name| unknown_provider(self.settings.provider(), name)) {
             return Err(LlmError::NotSent { provider: provider.to_string(), model, message: problem });
@@ -90,9 +91,20 @@ impl LlmClient for Router {
             return Err(LlmError::NotSent { provider: provider.to_string(), model, message: message.into() });
         }
         match self.clients.get(&provider) {
-            Some(client) => client.chat(request).await,
+            Some(client) => super::forward(client.as_ref(), request).await,
             None => Err(LlmError::Other(format!("no client is built in for the provider {provider}"))),
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl LlmClient for Router {
+    async fn chat(&self, request: LlmRequest) -> Result<LlmResponse, LlmError> {
+        self.route(Cow::Owned(request)).await
+    }
+
+    async fn chat_ref(&self, request: &LlmRequest) -> Result<LlmResponse, LlmError> {
+        self.route(Cow::Borrowed(request)).await
     }
 
     fn retries(&self) -> bool {
@@ -117,16 +129,20 @@ enum ProviderClient {
 
 #[async_trait::async_trait]
 impl LlmClient for SendOnce {
+    async fn chat(&self, request: LlmRequest) -> Result<LlmResponse, LlmError> {
+        self.chat_ref(&request).await
+    }
+
     /// Sends with the cap that fits the request's purpose and the model's context;
     /// a refusal for context length is sent once more with a cap that fits.
-    async fn chat(&self, request: LlmRequest) -> Result<LlmResponse, LlmError> {
-        let target = self.settings.resolve(&request);
-        let cap = self.settings.completion_cap_for(&request, &target.model);
-        let error = match self.send(&target.model, &request, cap).await {
+    async fn chat_ref(&self, request: &LlmRequest) -> Result<LlmResponse, LlmError> {
+        let target = self.settings.resolve(request);
+        let cap = self.settings.completion_cap_for(request, &target.model);
+        let error = match self.send(&target.model, request, cap).await {
             Err(error) if caps::is_context_overflow(&error) => error,
             result => return result,
         };
-        let prompt = rate_limit::estimated_tokens(&request);
+        let prompt = rate_limit::estimated_tokens(request);
         let Some(smaller) = caps::after_refusal(&error, cap, self.settings.context_of(&target.model), prompt) else {
             return Err(error);
         };
@@ -138,7 +154,7 @@ impl LlmClient for SendOnce {
             error = %error,
             "the prompt and reply cap exceed the model's context; sending once more with a smaller cap"
         );
-        self.send(&target.model, &request, smaller).await
+        self.send(&target.model, request, smaller).await
     }
 }
 

@@ -800,6 +800,13 @@ impl LlmClient for StepModel {
         self.inner.chat(request).await
     }
 
+    async fn chat_ref(&self, request: &LlmRequest) -> std::result::Result<LlmResponse, LlmError> {
+        match request.model {
+            Some(_) => self.inner.chat_ref(request).await,
+            None => self.chat(request.clone()).await,
+        }
+    }
+
     fn retries(&self) -> bool {
         self.inner.retries()
     }

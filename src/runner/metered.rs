@@ -19,6 +19,7 @@
 //! and retries) is told here too, and becomes an [`EventKind::LlmCallThrottled`]
 //! of the workflow.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -33,6 +34,7 @@ use crate::events::{EventKind, RunEvents};
 use crate::ids::WorkflowId;
 use crate::llm::{
     Delta, Deltas, LimiterWaits, LlmClient, LlmError, LlmLayer, LlmRequest, LlmResponse, LlmSettings, NOTABLE_WAIT,
+    forward,
 };
 use crate::storage::{Journal, Lease, UsageRecord};
 use crate::workflow::{ChildUsage, WorkflowUsage};
@@ -259,6 +261,21 @@ struct MeteredLlm {
 #[async_trait::async_trait]
 impl LlmClient for MeteredLlm {
     async fn chat(&self, request: LlmRequest) -> Result<LlmResponse, LlmError> {
+        self.metered(Cow::Owned(request)).await
+    }
+
+    async fn chat_ref(&self, request: &LlmRequest) -> Result<LlmResponse, LlmError> {
+        self.metered(Cow::Borrowed(request)).await
+    }
+
+    fn retries(&self) -> bool {
+        self.inner.retries()
+    }
+}
+
+impl MeteredLlm {
+    /// Sends the request inside its span, and records what it cost once it is answered.
+    async fn metered(&self, request: Cow<'_, LlmRequest>) -> Result<LlmResponse, LlmError> {
         self.meter.check_budget();
         if let Some(stop) = self.meter.signal.reason() {
             return Err(LlmError::Other(describe_stop(&stop)));
@@ -278,9 +295,9 @@ impl LlmClient for MeteredLlm {
         let waits = self.meter.waits(self.step_output.as_deref(), Arc::clone(&waited));
         let call = if self.meter.streams(&request) {
             let deltas = self.meter.deltas(self.step_output.as_deref());
-            waits.scope(deltas.scope(self.inner.chat(request).instrument(span.clone()))).await
+            waits.scope(deltas.scope(forward(self.inner.as_ref(), request).instrument(span.clone()))).await
         } else {
-            waits.scope(self.inner.chat(request).instrument(span.clone())).await
+            waits.scope(forward(self.inner.as_ref(), request).instrument(span.clone())).await
         };
         let response = call?;
         span.record("gen_ai.usage.input_tokens", response.usage.prompt_tokens);
@@ -292,9 +309,5 @@ impl LlmClient for MeteredLlm {
             .record(self.step_output.as_deref(), served, &response, started.elapsed().saturating_sub(waited))
             .await;
         Ok(response)
-    }
-
-    fn retries(&self) -> bool {
-        self.inner.retries()
     }
 }

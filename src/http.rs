@@ -8,6 +8,7 @@
 //! keyless demo uses it), which wins over the variable.
 
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 /// The environment variable that turns offline mode on (`1`) or off (`0`).
@@ -49,6 +50,46 @@ pub(crate) fn client(timeout: Duration, pool: Pool) -> reqwest::Client {
         .build()
         // Only fails if the TLS backend cannot initialise, which is a broken build, not bad input.
         .expect("the HTTP client could not be built")
+}
+
+/// The URL last parsed, kept with its text: a client sends to the same URL call
+/// after call, and parsing it again (its host through IDNA) cost more than the rest
+/// of building a request. A clone starts empty.
+#[derive(Debug, Default)]
+pub(crate) struct UrlMemo(Mutex<Option<(String, reqwest::Url)>>);
+
+impl Clone for UrlMemo {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl UrlMemo {
+    /// A `method` request of `client` to `url`. A URL that does not parse is left to
+    /// reqwest, whose error the caller already words (naming the setting to fix).
+    pub(crate) fn request(
+        &self,
+        client: &reqwest::Client,
+        method: reqwest::Method,
+        url: &str,
+    ) -> reqwest::RequestBuilder {
+        match self.parse(url) {
+            Some(parsed) => client.request(method, parsed),
+            None => client.request(method, url),
+        }
+    }
+
+    fn parse(&self, url: &str) -> Option<reqwest::Url> {
+        let mut last = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((text, parsed)) = last.as_ref()
+            && text == url
+        {
+            return Some(parsed.clone());
+        }
+        let parsed = reqwest::Url::parse(url).ok()?;
+        *last = Some((url.to_owned(), parsed.clone()));
+        Some(parsed)
+    }
 }
 
 /// A client builder with the crate's TLS policy, which every HTTP client it builds
@@ -155,6 +196,18 @@ pub(crate) mod tests {
         assert!(check_allowed("http://[::1]:80/").is_ok());
         let err = check_allowed("https://api.openai.com/v1").unwrap_err();
         assert!(err.contains("PORTIA_OFFLINE") && err.contains("api.openai.com"), "{err}");
+    }
+
+    #[test]
+    fn a_request_goes_to_the_url_given_parsed_or_not() {
+        let (memo, client) = (UrlMemo::default(), client(Duration::from_secs(5), Pool::default()));
+        let url_of =
+            |text: &str| memo.request(&client, reqwest::Method::POST, text).build().map(|r| r.url().to_string());
+        assert_eq!(url_of("http://127.0.0.1:9/v1/a").unwrap(), "http://127.0.0.1:9/v1/a");
+        assert_eq!(url_of("http://127.0.0.1:9/v1/a").unwrap(), "http://127.0.0.1:9/v1/a", "kept");
+        assert_eq!(url_of("http://127.0.0.1:9/v1/b").unwrap(), "http://127.0.0.1:9/v1/b", "replaced");
+        let refused = url_of("/v1/a").unwrap_err();
+        assert!(refused.is_builder(), "reqwest's own error, as before: {refused}");
     }
 
     /// After a burst of concurrent requests, the pool closes every connection beyond

@@ -23,6 +23,7 @@ pub(crate) struct Account {
     pub(crate) key: Option<Secret>,
     pub(crate) timeout: Duration,
     limiters: std::sync::Arc<super::rate_limit::Limiters>,
+    urls: crate::http::UrlMemo,
 }
 
 impl Account {
@@ -39,6 +40,7 @@ impl Account {
             key: settings.key(provider),
             timeout: settings.timeout(),
             limiters,
+            urls: crate::http::UrlMemo::default(),
         }
     }
 
@@ -47,6 +49,7 @@ impl Account {
     pub(crate) fn endpoint<'a>(&'a self, provider: LlmProvider, model: &'a str, url: String) -> Endpoint<'a> {
         Endpoint {
             http: &self.http,
+            urls: &self.urls,
             provider,
             model,
             url,
@@ -63,6 +66,7 @@ impl Account {
 #[derive(Debug)]
 pub(crate) struct Endpoint<'a> {
     pub(crate) http: &'a reqwest::Client,
+    urls: &'a crate::http::UrlMemo,
     pub(crate) provider: LlmProvider,
     pub(crate) model: &'a str,
     pub(crate) url: String,
@@ -206,7 +210,7 @@ impl Endpoint<'_> {
         mut on_bytes: impl FnMut(&[u8]) -> Result<Flow, String>,
     ) -> Result<Reply, LlmError> {
         let started = Instant::now();
-        let sent = self.http.post(&self.url).headers(self.headers.clone()).json(body).send().await;
+        let sent = self.post_to_url().headers(self.headers.clone()).json(body).send().await;
         let mut response = sent.map_err(|e| self.transport_error(&e))?;
         let status = response.status();
         let headers = response.headers().clone();
@@ -235,12 +239,11 @@ impl Endpoint<'_> {
         let text = serde_json::to_vec(&body).map_err(|e| self.not_sent(e.to_string()))?;
         drop(body);
         let json = reqwest::header::HeaderValue::from_static("application/json");
-        Ok(self
-            .http
-            .post(&self.url)
-            .headers(self.headers.clone())
-            .header(reqwest::header::CONTENT_TYPE, json)
-            .body(text))
+        Ok(self.post_to_url().headers(self.headers.clone()).header(reqwest::header::CONTENT_TYPE, json).body(text))
+    }
+
+    fn post_to_url(&self) -> reqwest::RequestBuilder {
+        self.urls.request(self.http, reqwest::Method::POST, &self.url)
     }
 
     fn json(&self, bytes: &[u8]) -> Result<Value, LlmError> {

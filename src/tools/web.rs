@@ -24,6 +24,7 @@ pub(super) struct Api {
     base_url: String,
     timeout: Duration,
     client: reqwest::Client,
+    urls: crate::http::UrlMemo,
 }
 
 impl Api {
@@ -31,7 +32,8 @@ impl Api {
     pub(super) fn new(service: &'static str, key_var: &'static str, default_base_url: &str) -> Self {
         let timeout = Config::default().request_timeout();
         let client = crate::http::client(timeout, crate::http::Pool::default());
-        Self { service, key_var, key: None, base_url: default_base_url.to_owned(), timeout, client }
+        let base_url = default_base_url.to_owned();
+        Self { service, key_var, key: None, base_url, timeout, client, urls: crate::http::UrlMemo::default() }
     }
 
     /// This API with `key`, and the base URL (when given) and request timeout of `config`.
@@ -83,7 +85,7 @@ impl Api {
 
     /// A request to `url`.
     pub(super) fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
-        self.client.request(method, url)
+        self.urls.request(&self.client, method, url)
     }
 
     /// Sends `request` and reads the answer. A request that gets no answer is a soft

@@ -110,7 +110,9 @@ impl Runner {
         let (id, lease) = (grant.workflow.id(), grant.lease.clone());
         let heartbeat = spawn_heartbeat(self.inner.storage.clone(), lease.clone(), ttl, signal.clone());
         let span = workflow_span(&grant.workflow);
-        let result = self.run_leased(grant, signal, start).instrument(span).await;
+        // Boxed, as are the ends of a run below: a future holds room for every
+        // future it awaits, and the parts of a run are large (see performance.md).
+        let result = Box::pin(self.run_leased(grant, signal, start).instrument(span)).await;
         heartbeat.abort();
         if let Err(e) = self.inner.storage.release_lease(&lease).await {
             tracing::warn!(workflow = %id, error = %e, "could not release the lease; it lapses on its own");
@@ -134,7 +136,7 @@ impl Runner {
         let saved_state = workflow.state();
         let mut run = Run { workflow, saved_state, events, plan, lease, signal, meter, journal };
         if let Some(reason) = cancel_requested {
-            return self.end_failed(run, Failure::new(FailureKind::Cancelled, reason)).await;
+            return Box::pin(self.end_failed(run, Failure::new(FailureKind::Cancelled, reason))).await;
         }
         let limit = self.inner.config.max_run_attempts;
         if reclaimed && attempts > limit {
@@ -142,7 +144,7 @@ impl Runner {
                 "the workflow was taken over {attempts} times after its runs stopped without finishing; \
                  the limit is {limit} (PORTIA_MAX_RUN_ATTEMPTS)"
             );
-            return self.end_failed(run, Failure::new(FailureKind::AttemptsExhausted, message)).await;
+            return Box::pin(self.end_failed(run, Failure::new(FailureKind::AttemptsExhausted, message))).await;
         }
         if reclaimed {
             tracing::warn!(workflow = %id, attempts, "taking over a workflow whose run stopped without finishing");
@@ -154,7 +156,8 @@ impl Runner {
             run.workflow.transition_to(WorkflowState::ReadyToResume)?;
         }
         if let Err(e) = self.workflow_hook(&run.workflow, true).await {
-            return self.end_failed(run, Failure::new(FailureKind::Hook, format!("a hook failed: {e}"))).await;
+            let failure = Failure::new(FailureKind::Hook, format!("a hook failed: {e}"));
+            return Box::pin(self.end_failed(run, failure)).await;
         }
         if run.workflow.state() != WorkflowState::InProgress {
             run.workflow.transition_to(WorkflowState::InProgress)?;
@@ -162,8 +165,8 @@ impl Runner {
         self.save(&mut run).await?;
         let halt = self.run_steps(&mut run).await?;
         let ended = match run.signal.reason() {
-            Some(stop) => self.end_stopped(run, stop).await?,
-            None => self.conclude(run, halt).await?,
+            Some(stop) => Box::pin(self.end_stopped(run, stop)).await?,
+            None => Box::pin(self.conclude(run, halt)).await?,
         };
         // The workflow is at rest and saved: a failing hook can only be reported.
         if let Err(e) = self.workflow_hook(&ended, false).await {
@@ -730,8 +733,9 @@ impl Work {
     async fn execute(&self, ctx: &StepContext) -> StepOutcome {
         match self {
             Self::Agent(agent) => agent.execute(ctx).await,
+            // Boxed: a child's run is large, and an agent's step (the common one) needs none of that room.
             Self::Child { runner, plan, events, signal, meter } => {
-                super::sub_plan::run(runner, ctx, plan, events, signal.clone(), meter).await
+                Box::pin(super::sub_plan::run(runner, ctx, plan, events, signal.clone(), meter)).await
             }
         }
     }
@@ -741,7 +745,7 @@ impl Work {
 async fn run_step(work: Work, hooks: HookChain, ctx: StepContext) -> StepOutcome {
     if let Some(text) = &ctx.step.condition
         && let Condition::Words(words) = Condition::parse(text)
-        && let Some(outcome) = skip_unless_holds(&ctx, &words).await
+        && let Some(outcome) = Box::pin(skip_unless_holds(&ctx, &words)).await
     {
         return outcome;
     }

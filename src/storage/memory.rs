@@ -38,8 +38,6 @@ struct State {
     workflows: HashMap<WorkflowId, Row>,
     /// Counts submissions, so that the longest-waiting queued workflow goes first.
     submitted: u64,
-    tool_calls: BTreeMap<ToolCallKey, ToolCallRecord>,
-    usage: Vec<UsageRecord>,
 }
 
 #[derive(Debug)]
@@ -51,6 +49,10 @@ struct Row {
     /// When the workflow was submitted for the workers, in submission order.
     queued: Option<u64>,
     events: Vec<StoredEvent>,
+    /// Its journal, kept with it so that reading or deleting one workflow's records
+    /// does not go through every other workflow's.
+    tool_calls: BTreeMap<ToolCallKey, ToolCallRecord>,
+    usage: Vec<UsageRecord>,
 }
 
 impl Default for InMemoryStorage {
@@ -129,8 +131,6 @@ impl State {
     /// Deletes a workflow with its journal and usage, and its plan once unused.
     fn delete(&mut self, id: WorkflowId) -> bool {
         let Some(row) = self.workflows.remove(&id) else { return false };
-        self.tool_calls.retain(|key, _| key.workflow_id != id);
-        self.usage.retain(|record| record.workflow_id != id);
         let plan_id = row.workflow.plan_id();
         if !self.workflows.values().any(|r| r.workflow.plan_id() == plan_id) {
             self.plans.remove(&plan_id);
@@ -203,6 +203,8 @@ impl RowTx for Rows<'_> {
             updated_at: now,
             queued,
             events: Vec::new(),
+            tool_calls: BTreeMap::new(),
+            usage: Vec::new(),
         };
         state.workflows.insert(row.workflow.id(), row);
         Ok(true)
@@ -282,8 +284,10 @@ impl RowTx for Rows<'_> {
         Ok(self.row(id).map(|row| row.events.last().is_some_and(|event| event.seq > after)))
     }
 
+    /// The protocol fences every journal write first, so the workflow's row is there.
     fn insert_tool_call(&mut self, record: ToolCallRecord) -> Done<bool> {
-        match self.state.tool_calls.entry(record.key) {
+        let Some(row) = self.row(record.key.workflow_id) else { return Ok(false) };
+        match row.tool_calls.entry(record.key) {
             std::collections::btree_map::Entry::Occupied(_) => Ok(false),
             std::collections::btree_map::Entry::Vacant(slot) => {
                 slot.insert(record);
@@ -293,25 +297,29 @@ impl RowTx for Rows<'_> {
     }
 
     fn put_tool_call(&mut self, record: ToolCallRecord) -> Done<()> {
-        self.state.tool_calls.insert(record.key, record);
+        if let Some(row) = self.row(record.key.workflow_id) {
+            row.tool_calls.insert(record.key, record);
+        }
         Ok(())
     }
 
     fn tool_call(&mut self, key: ToolCallKey) -> Done<Option<ToolCallRecord>> {
-        Ok(self.state.tool_calls.get(&key).cloned())
+        Ok(self.row(key.workflow_id).and_then(|row| row.tool_calls.get(&key).cloned()))
     }
 
     fn tool_calls(&mut self, id: WorkflowId) -> Done<Vec<ToolCallRecord>> {
-        Ok(self.state.tool_calls.values().filter(|r| r.key.workflow_id == id).cloned().collect())
+        Ok(self.row(id).map(|row| row.tool_calls.values().cloned().collect()).unwrap_or_default())
     }
 
     fn insert_usage(&mut self, record: UsageRecord) -> Done<()> {
-        self.state.usage.push(record);
+        if let Some(row) = self.row(record.workflow_id) {
+            row.usage.push(record);
+        }
         Ok(())
     }
 
     fn usage(&mut self, id: WorkflowId) -> Done<Vec<UsageRecord>> {
-        Ok(self.state.usage.iter().filter(|r| r.workflow_id == id).cloned().collect())
+        Ok(self.row(id).map(|row| row.usage.clone()).unwrap_or_default())
     }
 
     fn workflows_of_end_user(&mut self, end_user_id: &str) -> Done<Vec<String>> {

@@ -360,7 +360,7 @@ async fn an_unwatched_run_sends_the_plain_request_by_default() {
 #[tokio::test]
 async fn serve_streams_the_pieces_as_one_ag_ui_text_message() {
     use crate::serve::serve;
-    use crate::serve_events::SseReader;
+    use crate::serve_events::{Sse, SseReader};
     use portia::runner::ApprovalGate;
     use portia::runner::serve::ServeOptions;
     use portia::tool::ToolSpec;
@@ -407,11 +407,14 @@ async fn serve_streams_the_pieces_as_one_ag_ui_text_message() {
         ]
     );
     assert!(texts[..4].iter().all(|e| e["messageId"] == streamed), "one message: {texts:#?}");
-    let pieces = second.iter().filter(|e| e.data["messageId"] == streamed);
-    assert!(
-        pieces.clone().count() == 4 && pieces.clone().all(|e| e.id.is_none()),
-        "live pieces carry no id to resume from"
-    );
+    // The pieces are not stored: each one's id names the last stored event sent
+    // before it, so that a stream resumed from it repeats nothing, and carries the
+    // open message over, so that the resumed stream can end it.
+    let before = second.iter().take_while(|e| e.data["messageId"] != streamed).filter_map(|e| e.id).last();
+    let pieces: Vec<&Sse> = second.iter().filter(|e| e.data["messageId"] == streamed).collect();
+    assert_eq!(pieces.len(), 4);
+    let live = &pieces[..3];
+    assert!(live.iter().all(|e| e.id == before && e.raw_id.as_deref().is_some_and(|id| id.contains('/'))), "{live:#?}");
     assert_eq!(second.last().unwrap().data["type"], "RUN_FINISHED");
 }
 

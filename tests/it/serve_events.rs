@@ -467,3 +467,67 @@ async fn a_stream_resumed_between_a_streamed_call_and_its_result_keeps_the_calls
     assert_eq!(end.data["rawEvent"]["arguments"], json!({"text": "Amazon grew"}));
     assert_eq!(resumed.last().unwrap().data["type"], "RUN_FINISHED");
 }
+
+/// An LLM whose replies stream in two pieces of text, each let out by the test.
+#[derive(Debug, Default)]
+struct GatedText {
+    gates: [tokio::sync::Notify; 2],
+}
+
+/// The pieces of text [`GatedText`] streams.
+const TEXT_PIECES: [&str; 2] = ["Amazon grew", " faster."];
+
+#[portia::async_trait]
+impl LlmClient for GatedText {
+    async fn chat(&self, _request: LlmRequest) -> Result<LlmResponse, LlmError> {
+        let stream = Deltas::current();
+        if let Some(stream) = &stream {
+            stream.begin_attempt();
+        }
+        for (gate, piece) in self.gates.iter().zip(TEXT_PIECES) {
+            gate.notified().await;
+            if let Some(stream) = &stream {
+                stream.text(piece);
+            }
+        }
+        Ok(LlmResponse::text(TEXT_PIECES.concat()))
+    }
+}
+
+/// A stream dropped in the middle of a streamed text and resumed with
+/// `Last-Event-ID` once the run is over: the resumed stream first ends the message
+/// its client has open and names it cut, sends no piece of it that the client
+/// would join to the wrong text, and the whole text comes with the run's result.
+#[tokio::test]
+async fn a_stream_resumed_in_the_middle_of_a_text_ends_the_open_message_and_says_it_was_cut() {
+    let llm = Arc::new(GatedText::default());
+    let served = serve(streaming_runner(llm.clone()), ServeOptions::new()).await;
+    let plan = json!({
+        "plan_context": {"query": "Say how Amazon did", "tool_ids": []},
+        "steps": [{"task": "Say how Amazon did", "inputs": [], "output": "$out"}]
+    });
+    let (_, created) = served.post("/v1/workflows", json!({"plan": plan})).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/workflows/{id}/events");
+    let mut first = open(&served, &path, None::<u64>).await;
+    let mut seen = first.until(|e| e["type"] == "RUN_STARTED").await;
+    llm.gates[0].notify_one();
+    seen.extend(first.until(|e| e["type"] == "TEXT_MESSAGE_CONTENT").await);
+    drop(first);
+
+    llm.gates[1].notify_one();
+    assert_eq!(served.rest(&id).await.state(), WorkflowState::Complete);
+    let opened = seen.iter().find(|e| e.data["type"] == "TEXT_MESSAGE_START").unwrap().data["messageId"].clone();
+    let last_id = seen.iter().rev().find_map(|e| e.raw_id.clone()).unwrap();
+    let resumed = open(&served, &path, Some(last_id)).await.rest().await;
+
+    assert_eq!(resumed[0].data["type"], "TEXT_MESSAGE_END", "{resumed:#?}");
+    assert_eq!(resumed[0].data["messageId"], opened);
+    assert_eq!(resumed[1].data["name"], "portia.stream_resumed");
+    assert_eq!(resumed[1].data["value"]["messageIds"], json!([opened]));
+    let of_opened = resumed.iter().filter(|e| e.data["messageId"] == opened).count();
+    assert_eq!(of_opened, 1, "only its end: {resumed:#?}");
+    let finished = resumed.last().unwrap();
+    assert_eq!(finished.data["type"], "RUN_FINISHED");
+    assert_eq!(finished.data["result"], json!(TEXT_PIECES.concat()));
+}

@@ -4,7 +4,7 @@
 //! rest) is a run. Every AG-UI event carries the stored event it comes from as
 //! `rawEvent`, so a client that knows this crate loses nothing.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -33,6 +33,10 @@ pub(super) struct Translator {
     streaming: BTreeMap<u64, OpenMessage>,
     /// How many text messages streamed replies have opened, to name each anew.
     messages: u64,
+    /// Streamed replies whose text message a dropped stream left open, which the
+    /// stream resuming it ended: the rest of their pieces is not sent, as the
+    /// pieces sent in between are lost (the reply's whole text comes with its step).
+    cut_texts: BTreeSet<u64>,
     /// Tool calls of streamed replies whose arguments are coming, by call number
     /// and the reply's index of the tool call.
     streaming_calls: BTreeMap<(u64, usize), StreamedCall>,
@@ -80,6 +84,15 @@ struct Carried {
     /// sequence number, id.
     #[serde(rename = "m", default)]
     made: Vec<(usize, u32, u32, String)>,
+    /// How many text messages streamed replies have opened.
+    #[serde(rename = "k", default)]
+    messages: u64,
+    /// The streamed replies' open text messages: call number, message id.
+    #[serde(rename = "t", default)]
+    texts: Vec<(u64, String)>,
+    /// The calls whose text was cut (see [`Translator::cut_texts`]).
+    #[serde(rename = "c", default)]
+    cut: Vec<u64>,
 }
 
 /// A tool call of a streamed reply.
@@ -113,6 +126,7 @@ impl Translator {
             usage: BTreeMap::new(),
             streaming: BTreeMap::new(),
             messages: 0,
+            cut_texts: BTreeSet::new(),
             streaming_calls: BTreeMap::new(),
             streamed_calls: Vec::new(),
             ended_calls: HashSet::new(),
@@ -141,29 +155,48 @@ impl Translator {
             .iter()
             .filter_map(|k| self.tool_call_ids.get(k).map(|id| (k.step, k.attempt, k.seq, id.clone())))
             .collect();
-        if streamed.is_empty() && made.is_empty() {
+        let texts: Vec<(u64, String)> = self.streaming.iter().map(|(call, m)| (*call, m.id.clone())).collect();
+        let cut: Vec<u64> = self.cut_texts.iter().copied().collect();
+        if streamed.is_empty() && made.is_empty() && self.messages == 0 && cut.is_empty() {
             return String::new();
         }
-        let carried = Carried { tool_calls: self.tool_calls, streamed, made };
+        let carried = Carried { tool_calls: self.tool_calls, streamed, made, messages: self.messages, texts, cut };
         serde_json::to_vec(&carried).unwrap_or_default().iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// Takes over what a dropped stream carried (from [`Self::carried`]), after
     /// the stored events up to its last one went through. Text that is not such
     /// is ignored: the stream then goes on under the stored calls' own ids.
-    pub(super) fn resume(&mut self, carried: &str, workflow_id: WorkflowId) {
+    ///
+    /// Returns the events the resumed stream starts with: the end of each text
+    /// message its client has open, as the pieces streamed while it was away are
+    /// not kept, and a `CUSTOM` `portia.stream_resumed` event naming them, so a
+    /// client can mark them cut; the whole text comes with the step's result.
+    pub(super) fn resume(&mut self, carried: &str, workflow_id: WorkflowId) -> Vec<Value> {
         let bytes: Option<Vec<u8>> = (0..carried.len())
             .step_by(2)
             .map(|i| carried.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
             .collect();
-        let Some(carried) = bytes.and_then(|b| serde_json::from_slice::<Carried>(&b).ok()) else { return };
+        let Some(carried) = bytes.and_then(|b| serde_json::from_slice::<Carried>(&b).ok()) else { return Vec::new() };
         self.tool_calls = self.tool_calls.max(carried.tool_calls);
+        self.messages = self.messages.max(carried.messages);
+        self.cut_texts.extend(carried.cut);
         self.restored = carried.streamed;
         for (step, attempt, seq, id) in carried.made {
             let key = ToolCallKey::new(workflow_id, step, attempt, seq);
             self.tool_call_ids.insert(key, id);
             self.unfinished.insert(key);
         }
+        let mut out = Vec::new();
+        for (call, id) in &carried.texts {
+            self.cut_texts.insert(*call);
+            out.push(json!({"type": "TEXT_MESSAGE_END", "messageId": id}));
+        }
+        if !carried.texts.is_empty() {
+            let ids: Vec<&String> = carried.texts.iter().map(|(_, id)| id).collect();
+            out.push(json!({"type": "CUSTOM", "name": "portia.stream_resumed", "value": {"messageIds": ids}}));
+        }
+        out
     }
 
     /// Names the next run that opens `run_id`: the run an AG-UI request asked for.
@@ -252,6 +285,7 @@ impl Translator {
     pub(super) fn live(&mut self, event: &WorkflowEvent) -> Vec<Value> {
         let mut out = Vec::new();
         match &event.kind {
+            EventKind::LlmTextDelta { call, .. } if self.cut_texts.contains(call) => {}
             EventKind::LlmTextDelta { step_output, call, text } => {
                 let id = self.message_for(*call, step_output, &mut out);
                 out.push(json!({"type": "TEXT_MESSAGE_CONTENT", "messageId": id, "delta": text}));
@@ -311,6 +345,8 @@ impl Translator {
             void.push(restored.id.clone());
         }
         self.restored.retain(|c| c.call != call);
+        // The next attempt streams its text from the start.
+        self.cut_texts.remove(&call);
         // The next attempt numbers its tool calls afresh.
         self.ended_calls.retain(|(of, _)| *of != call);
         self.streamed_calls.retain(|c| c.key.0 != call);
@@ -411,6 +447,7 @@ impl Translator {
 
     fn close_run(&mut self) {
         self.streaming.clear();
+        self.cut_texts.clear();
         self.streaming_calls.clear();
         self.streamed_calls.clear();
         self.ended_calls.clear();
@@ -804,5 +841,37 @@ mod tests {
             .collect();
         assert_eq!(shape, [("TOOL_CALL_ARGS", true), ("TOOL_CALL_END", true), ("TOOL_CALL_RESULT", true)], "{out:#?}");
         assert!(resumed.carried().is_empty(), "nothing left to carry once the call finished");
+    }
+
+    /// A stream dropped in the middle of a streamed text: the resumed stream ends
+    /// the message its client has open and says it was cut, sends none of the
+    /// reply's later pieces (those in between are lost), and a restarted attempt
+    /// streams anew under a new id.
+    #[test]
+    fn a_resumed_stream_ends_the_text_its_client_has_open_and_sends_no_more_of_it() {
+        let workflow_id = WorkflowId::new();
+        let delta = |text: &str| {
+            WorkflowEvent::new(workflow_id, EventKind::LlmTextDelta { step_output: None, call: 1, text: text.into() })
+        };
+        let mut dropped = Translator::new(workflow_id.to_string());
+        let seen = dropped.live(&delta("Hel"));
+        let opened = seen.iter().find(|e| e["type"] == "TEXT_MESSAGE_START").unwrap()["messageId"].clone();
+
+        let mut resumed = Translator::new(workflow_id.to_string());
+        let mut out = resumed.resume(&dropped.carried(), workflow_id);
+        out.extend(resumed.live(&delta("ld")));
+        assert_eq!(out.len(), 2, "{out:#?}");
+        assert_eq!((&out[0]["type"], &out[0]["messageId"]), (&json!("TEXT_MESSAGE_END"), &opened));
+        assert_eq!(out[1]["name"], "portia.stream_resumed");
+        assert_eq!(out[1]["value"]["messageIds"], json!([opened]));
+
+        let mut again = Translator::new(workflow_id.to_string());
+        assert!(again.resume(&resumed.carried(), workflow_id).is_empty(), "ended once, not at every resume");
+        assert!(again.live(&delta("more")).is_empty(), "the cut reply stays cut after another drop");
+        let restarted = EventKind::LlmStreamRestarted { step_output: None, call: 1 };
+        again.live(&WorkflowEvent::new(workflow_id, restarted));
+        let anew = again.live(&delta("Hello"));
+        let start = anew.iter().find(|e| e["type"] == "TEXT_MESSAGE_START").expect("the new attempt streams");
+        assert_ne!(start["messageId"], opened, "under a new id");
     }
 }

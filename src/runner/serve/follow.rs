@@ -247,29 +247,25 @@ impl Follow {
         until_rest: bool,
     ) -> Result<Self, ApiError> {
         let local = Some(state.runner.subscribe_to(id));
+        let mut ready = VecDeque::new();
         if after > 0 {
             let workflow = state.runner.get_workflow(id).await?;
             for stored in state.runner.storage().events(id, 0).await?.iter().take_while(|e| e.seq <= after) {
                 translator.translate(stored, &workflow);
             }
-            translator.resume(carried, id);
+            let resumed = translator.resume(carried, id);
+            let sse_id = LastEventId::format(after, &translator.carried());
+            let now = chrono::Utc::now().timestamp_millis();
+            ready.extend(resumed.into_iter().map(|mut event| {
+                event["timestamp"] = now.into();
+                Event::default().data(event.to_string()).id(sse_id.clone())
+            }));
         }
         if let Some(run_id) = run_id {
             translator.name_next_run(run_id);
         }
         let run_ended = false;
-        Ok(Self {
-            state,
-            id,
-            seen: after,
-            translator,
-            ready: VecDeque::new(),
-            until_rest,
-            run_ended,
-            done: false,
-            local,
-            stale: true,
-        })
+        Ok(Self { state, id, seen: after, translator, ready, until_rest, run_ended, done: false, local, stale: true })
     }
 
     async fn next(&mut self) -> Option<Event> {

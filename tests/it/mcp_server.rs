@@ -5,7 +5,7 @@ use std::sync::Arc;
 use portia::config::ExecutionMode;
 use portia::testing::{MockBehavior, MockTool, ScriptedLlm};
 use portia::tools::mcp::PortiaMcpServer;
-use portia::{InMemoryToolRegistry, Runner};
+use portia::{InMemoryToolRegistry, PlanBuilder, Runner};
 use rmcp::model::{CallToolRequestParams, ProgressNotificationParam};
 use rmcp::service::{NotificationContext, RoleClient, RunningService};
 use rmcp::{ClientHandler, ServiceExt};
@@ -48,8 +48,11 @@ impl ClientHandler for Client {
 type Connected = (RunningService<RoleClient, Client>, Arc<Progress>);
 
 async fn serve(llm: ScriptedLlm, tools: InMemoryToolRegistry) -> Connected {
-    let h = common::harness(common::config(ExecutionMode::Sequential, false), tools, llm);
-    let runner: Arc<Runner> = Arc::new(h.runner);
+    serve_runner(common::harness(common::config(ExecutionMode::Sequential, false), tools, llm).runner).await
+}
+
+async fn serve_runner(runner: Runner) -> Connected {
+    let runner = Arc::new(runner);
     let (client_end, server_end) = tokio::io::duplex(64 * 1024);
     tokio::spawn(async move {
         let server = PortiaMcpServer::new(runner).serve(server_end).await.unwrap();
@@ -118,5 +121,29 @@ async fn a_client_plans_then_runs_and_answers_a_clarification() {
 
     let error = client.call_tool(params("show_workflow", json!({"workflow_id": "nope"}))).await.unwrap();
     assert_eq!(error.is_error, Some(true), "a bad id is a tool error the client's model can read");
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn run_plan_takes_the_plans_inputs_and_a_missing_one_is_an_error_naming_it() {
+    let tools = InMemoryToolRegistry::new().with(MockTool::echo("echo_tool")).unwrap();
+    let h = common::harness(common::config(ExecutionMode::Sequential, false), tools, ScriptedLlm::new());
+    let plan = PlanBuilder::new("Echo a ticket")
+        .plan_input("$ticket", "the ticket's text")
+        .step("Echo the ticket", Some("echo_tool"), "$reply")
+        .args(json!({"text": "$ticket"}))
+        .build();
+    h.runner.storage().save_plan(&plan).await.unwrap();
+    let (client, _) = serve_runner(h.runner).await;
+
+    let given = json!({"plan_id": plan.id, "inputs": {"ticket": "card charged twice"}});
+    let done = call(&client, "run_plan", given).await;
+    assert_eq!(done["state"], "COMPLETE", "{done}");
+    assert_eq!(done["final_output"]["value"], json!({"text": "card charged twice"}), "{done}");
+
+    let refused = client.call_tool(params("run_plan", json!({"plan_id": plan.id}))).await.unwrap();
+    assert_eq!(refused.is_error, Some(true), "{refused:?}");
+    let message = serde_json::to_string(&refused.content).unwrap();
+    assert!(message.contains("needs the input `ticket`"), "{message}");
     client.cancel().await.unwrap();
 }

@@ -61,8 +61,12 @@ struct QueryArgs {
 
 #[derive(Deserialize, JsonSchema)]
 struct PlanArgs {
-    /// The id of a plan `plan_query` returned.
+    /// The id of a stored plan (one `plan_query` returned, say).
     plan_id: String,
+    /// Values for the plan's inputs, by name (`{"ticket": "..."}`); an input with a
+    /// default may be left out.
+    #[serde(default)]
+    inputs: serde_json::Map<String, Value>,
 }
 
 #[derive(Deserialize, JsonSchema)]
@@ -120,7 +124,7 @@ impl PortiaMcpServer {
                 "Plans and runs a query. Returns the workflow: its state, final output and any questions.",
                 false,
             ),
-            tool::<PlanArgs>("run_plan", "Runs a stored plan. Returns the workflow.", false),
+            tool::<PlanArgs>("run_plan", "Runs a stored plan with values for its inputs. Returns the workflow.", false),
             tool::<ListArgs>("list_workflows", "Lists stored workflows, newest ids last.", true),
             tool::<WorkflowArgs>("show_workflow", "Shows one workflow in full.", true),
             tool::<ClarificationArgs>(
@@ -143,8 +147,9 @@ impl PortiaMcpServer {
                 Ok(summary(&self.run(workflow, plan.steps.len(), ctx).await?))
             }
             "run_plan" => {
-                let plan = self.runner.get_plan(parse_id(&parse::<PlanArgs>(name, args)?.plan_id)?).await?;
-                let workflow = self.runner.create_workflow(&plan).await?;
+                let args = parse::<PlanArgs>(name, args)?;
+                let plan = self.runner.get_plan(parse_id(&args.plan_id)?).await?;
+                let workflow = self.runner.create_workflow(&plan).inputs(args.inputs).await?;
                 Ok(summary(&self.run(workflow, plan.steps.len(), ctx).await?))
             }
             "list_workflows" => self.list(parse(name, args)?).await,

@@ -286,11 +286,12 @@ async fn the_plan_graph_shows_each_step_with_how_far_the_workflow_got() {
 /// An LLM of the test's own that writes its answer in two pieces, each let out by
 /// the test, streaming them when the runner asks for a stream.
 #[derive(Debug, Default)]
-struct TwoPieces {
-    gates: [tokio::sync::Notify; 2],
+pub(crate) struct TwoPieces {
+    pub(crate) gates: [tokio::sync::Notify; 2],
 }
 
-const PIECES: [&str; 2] = ["Amazon grew ", "faster in 2024."];
+/// The pieces [`TwoPieces`] writes.
+pub(crate) const PIECES: [&str; 2] = ["Amazon grew ", "faster in 2024."];
 
 #[portia::async_trait]
 impl LlmClient for TwoPieces {

@@ -16,6 +16,7 @@ use portia::{InMemoryToolRegistry, Runner, WorkflowState};
 use serde_json::{Value, json};
 
 use crate::serve::{Served, config, serve, tool_plan};
+use crate::serve_browser::{PIECES, TwoPieces};
 
 /// One Server-Sent Event: its `id` and `event` fields, if any, and its data as JSON.
 #[derive(Debug, Clone, PartialEq)]
@@ -435,14 +436,8 @@ async fn a_stream_resumed_between_a_streamed_call_and_its_result_keeps_the_calls
         "plan_context": {"query": "Echo how Amazon did", "tool_ids": ["echo_tool"]},
         "steps": [{"task": "Echo how Amazon did", "inputs": [], "tool_id": "echo_tool", "output": "$out"}]
     });
-    let (_, created) = served.post("/v1/workflows", json!({"plan": plan})).await;
-    let id = created["id"].as_str().unwrap().to_owned();
-    let path = format!("/v1/workflows/{id}/events");
-    let mut first = open(&served, &path, None::<u64>).await;
-    let mut seen = first.until(|e| e["type"] == "RUN_STARTED").await;
-    llm.gates[0].notify_one();
-    seen.extend(first.until(|e| e["type"] == "TOOL_CALL_ARGS" && e["delta"] != "").await);
-    drop(first);
+    let first_piece = |e: &Value| e["type"] == "TOOL_CALL_ARGS" && e["delta"] != "";
+    let (id, path, seen) = drop_stream_at_first_piece(&served, plan, &llm.gates[0], first_piece).await;
 
     llm.gates[1].notify_one();
     assert_eq!(served.rest(&id).await.state(), WorkflowState::Complete);
@@ -468,52 +463,20 @@ async fn a_stream_resumed_between_a_streamed_call_and_its_result_keeps_the_calls
     assert_eq!(resumed.last().unwrap().data["type"], "RUN_FINISHED");
 }
 
-/// An LLM whose replies stream in two pieces of text, each let out by the test.
-#[derive(Debug, Default)]
-struct GatedText {
-    gates: [tokio::sync::Notify; 2],
-}
-
-/// The pieces of text [`GatedText`] streams.
-const TEXT_PIECES: [&str; 2] = ["Amazon grew", " faster."];
-
-#[portia::async_trait]
-impl LlmClient for GatedText {
-    async fn chat(&self, _request: LlmRequest) -> Result<LlmResponse, LlmError> {
-        let stream = Deltas::current();
-        if let Some(stream) = &stream {
-            stream.begin_attempt();
-        }
-        for (gate, piece) in self.gates.iter().zip(TEXT_PIECES) {
-            gate.notified().await;
-            if let Some(stream) = &stream {
-                stream.text(piece);
-            }
-        }
-        Ok(LlmResponse::text(TEXT_PIECES.concat()))
-    }
-}
-
 /// A stream dropped in the middle of a streamed text and resumed with
 /// `Last-Event-ID` once the run is over: the resumed stream first ends the message
 /// its client has open and names it cut, sends no piece of it that the client
 /// would join to the wrong text, and the whole text comes with the run's result.
 #[tokio::test]
 async fn a_stream_resumed_in_the_middle_of_a_text_ends_the_open_message_and_says_it_was_cut() {
-    let llm = Arc::new(GatedText::default());
+    let llm = Arc::new(TwoPieces::default());
     let served = serve(streaming_runner(llm.clone()), ServeOptions::new()).await;
     let plan = json!({
         "plan_context": {"query": "Say how Amazon did", "tool_ids": []},
         "steps": [{"task": "Say how Amazon did", "inputs": [], "output": "$out"}]
     });
-    let (_, created) = served.post("/v1/workflows", json!({"plan": plan})).await;
-    let id = created["id"].as_str().unwrap().to_owned();
-    let path = format!("/v1/workflows/{id}/events");
-    let mut first = open(&served, &path, None::<u64>).await;
-    let mut seen = first.until(|e| e["type"] == "RUN_STARTED").await;
-    llm.gates[0].notify_one();
-    seen.extend(first.until(|e| e["type"] == "TEXT_MESSAGE_CONTENT").await);
-    drop(first);
+    let first_piece = |e: &Value| e["type"] == "TEXT_MESSAGE_CONTENT";
+    let (id, path, seen) = drop_stream_at_first_piece(&served, plan, &llm.gates[0], first_piece).await;
 
     llm.gates[1].notify_one();
     assert_eq!(served.rest(&id).await.state(), WorkflowState::Complete);
@@ -529,5 +492,24 @@ async fn a_stream_resumed_in_the_middle_of_a_text_ends_the_open_message_and_says
     assert_eq!(of_opened, 1, "only its end: {resumed:#?}");
     let finished = resumed.last().unwrap();
     assert_eq!(finished.data["type"], "RUN_FINISHED");
-    assert_eq!(finished.data["result"], json!(TEXT_PIECES.concat()));
+    assert_eq!(finished.data["result"], json!(PIECES.concat()));
+}
+
+/// Creates a workflow of `plan` and follows its events until the run starts, lets the
+/// LLM's first piece out through `gate`, reads on until `first_piece`, and drops the
+/// stream there: the workflow's id, its events' path, and what the client saw.
+async fn drop_stream_at_first_piece(
+    served: &Served,
+    plan: Value,
+    gate: &tokio::sync::Notify,
+    first_piece: impl Fn(&Value) -> bool,
+) -> (String, String, Vec<Sse>) {
+    let (_, created) = served.post("/v1/workflows", json!({"plan": plan})).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/workflows/{id}/events");
+    let mut stream = open(served, &path, None::<u64>).await;
+    let mut seen = stream.until(|e| e["type"] == "RUN_STARTED").await;
+    gate.notify_one();
+    seen.extend(stream.until(first_piece).await);
+    (id, path, seen)
 }

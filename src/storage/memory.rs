@@ -1,4 +1,4 @@
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -50,8 +50,9 @@ struct Row {
     queued: Option<u64>,
     events: Vec<StoredEvent>,
     /// Its journal, kept with it so that reading or deleting one workflow's records
-    /// does not go through every other workflow's.
-    tool_calls: BTreeMap<ToolCallKey, ToolCallRecord>,
+    /// does not go through every other workflow's; the tool calls in key order (a
+    /// workflow makes a few, and a map's node would hold room for eleven).
+    tool_calls: Vec<ToolCallRecord>,
     usage: Vec<UsageRecord>,
 }
 
@@ -203,7 +204,7 @@ impl RowTx for Rows<'_> {
             updated_at: now,
             queued,
             events: Vec::new(),
-            tool_calls: BTreeMap::new(),
+            tool_calls: Vec::new(),
             usage: Vec::new(),
         };
         state.workflows.insert(row.workflow.id(), row);
@@ -287,10 +288,10 @@ impl RowTx for Rows<'_> {
     /// The protocol fences every journal write first, so the workflow's row is there.
     fn insert_tool_call(&mut self, record: ToolCallRecord) -> Done<bool> {
         let Some(row) = self.row(record.key.workflow_id) else { return Ok(false) };
-        match row.tool_calls.entry(record.key) {
-            std::collections::btree_map::Entry::Occupied(_) => Ok(false),
-            std::collections::btree_map::Entry::Vacant(slot) => {
-                slot.insert(record);
+        match row.tool_calls.binary_search_by_key(&record.key, |r| r.key) {
+            Ok(_) => Ok(false),
+            Err(at) => {
+                row.tool_calls.insert(at, record);
                 Ok(true)
             }
         }
@@ -298,17 +299,21 @@ impl RowTx for Rows<'_> {
 
     fn put_tool_call(&mut self, record: ToolCallRecord) -> Done<()> {
         if let Some(row) = self.row(record.key.workflow_id) {
-            row.tool_calls.insert(record.key, record);
+            match row.tool_calls.binary_search_by_key(&record.key, |r| r.key) {
+                Ok(at) => row.tool_calls[at] = record,
+                Err(at) => row.tool_calls.insert(at, record),
+            }
         }
         Ok(())
     }
 
     fn tool_call(&mut self, key: ToolCallKey) -> Done<Option<ToolCallRecord>> {
-        Ok(self.row(key.workflow_id).and_then(|row| row.tool_calls.get(&key).cloned()))
+        let row = self.row(key.workflow_id);
+        Ok(row.and_then(|row| row.tool_calls.iter().find(|r| r.key == key).cloned()))
     }
 
     fn tool_calls(&mut self, id: WorkflowId) -> Done<Vec<ToolCallRecord>> {
-        Ok(self.row(id).map(|row| row.tool_calls.values().cloned().collect()).unwrap_or_default())
+        Ok(self.row(id).map(|row| row.tool_calls.clone()).unwrap_or_default())
     }
 
     fn insert_usage(&mut self, record: UsageRecord) -> Done<()> {

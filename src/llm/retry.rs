@@ -279,4 +279,42 @@ mod tests {
         assert_eq!(policy.attempt_timeout, Some(Duration::from_secs(9)));
         assert_eq!(policy.deadline, None);
     }
+
+    /// Counts how it is called; its first borrowed call fails with a 503.
+    #[derive(Debug, Default)]
+    struct Counting {
+        owned: std::sync::atomic::AtomicUsize,
+        borrowed: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl LlmClient for Counting {
+        async fn chat(&self, _request: LlmRequest) -> Result<LlmResponse, LlmError> {
+            self.owned.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(LlmResponse::text("by value"))
+        }
+
+        async fn chat_ref(&self, _request: &LlmRequest) -> Result<LlmResponse, LlmError> {
+            if self.borrowed.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                let message = "overloaded".into();
+                let (provider, model) = ("p".into(), "m".into());
+                return Err(LlmError::Http { provider, model, status: 503, message, retry_after: None, key_var: None });
+            }
+            Ok(LlmResponse::text("borrowed"))
+        }
+    }
+
+    /// Every attempt, the retried one too, reaches the client inside as the one
+    /// request borrowed, through the offline check: none is copied on its way.
+    #[tokio::test(start_paused = true)]
+    async fn the_retry_and_offline_layers_pass_the_request_on_borrowed() {
+        use super::super::{LlmClientExt, Message, ModelRole, Offline};
+        let inner = Arc::new(Counting::default());
+        let policy = RetryPolicy::default().initial_backoff(Duration::from_millis(10)).jitter(0.0);
+        let llm = inner.clone().with(Offline::unless_loopback("http://127.0.0.1:1/v1")).with(Retry::new(policy));
+        let reply = llm.chat(LlmRequest::new(ModelRole::Execution, vec![Message::user("Hi")])).await.unwrap();
+        assert_eq!(reply.text.as_deref(), Some("borrowed"));
+        let calls = |n: &std::sync::atomic::AtomicUsize| n.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!((calls(&inner.owned), calls(&inner.borrowed)), (0, 2));
+    }
 }

@@ -141,12 +141,12 @@ impl ModelLimiter {
         Self { requests, tokens, paused_until: Mutex::new(None) }
     }
 
-    /// Waits until a request of about `tokens` prompt tokens may go out; returns how long it waited.
     /// Whether a call's tokens count against a limit.
     pub(crate) fn counts_tokens(&self) -> bool {
         self.tokens.is_some()
     }
 
+    /// Waits until a request of about `tokens` prompt tokens may go out; returns how long it waited.
     pub(crate) async fn acquire(&self, tokens: u32) -> Duration {
         let started = Instant::now();
         self.wait_out_pause().await;

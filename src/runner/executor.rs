@@ -39,7 +39,8 @@ struct Run {
     /// The state last saved, so that a save announces a change of state.
     saved_state: WorkflowState,
     events: RunEvents,
-    plan: Plan,
+    /// Shared with the plan cache and the caller: a run only reads it.
+    plan: Arc<Plan>,
     lease: Lease,
     signal: StopSignal,
     meter: Meter,
@@ -62,7 +63,7 @@ struct Halt {
 #[derive(Debug)]
 pub(super) struct Start {
     /// The workflow's plan, when the caller has it (else it is read).
-    pub(super) plan: Option<Plan>,
+    pub(super) plan: Option<Arc<Plan>>,
     /// The meter of the parent a child run is metered under.
     pub(super) parent: Option<ParentMeter>,
 }
@@ -91,7 +92,7 @@ impl Runner {
         &self,
         grant: LeaseGrant,
         signal: StopSignal,
-        plan: Option<Plan>,
+        plan: Option<Arc<Plan>>,
     ) -> Result<Workflow> {
         let registered = self.inner.local_runs.register(grant.workflow.id(), signal.clone(), &self.inner.storage);
         self.run_registered(grant, signal, registered, Start { plan, parent: None }).await
@@ -418,7 +419,7 @@ impl Runner {
         let span = step_span(index, step);
         let child = match (step.plan, run.plan.block_plan(index)) {
             (Some(id), _) => Some(ChildPlan::Stored(id)),
-            (None, block) => block.map(|plan| ChildPlan::Block(Box::new(plan))),
+            (None, block) => block.map(|plan| ChildPlan::Block(Arc::new(plan))),
         };
         let work = match child {
             Some(plan) => {

@@ -35,6 +35,7 @@ pub use typed::TypedWorkflow;
 pub use watch::Watch;
 pub use worker::{Worker, WorkerOptions, WorkerReport, shutdown_signal};
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -312,16 +313,17 @@ impl Runner {
     /// Makes a workflow of `plan` and puts it where `placement` says. A workflow
     /// started at once is stored with this runner's lease already taken (one write,
     /// where the store can) and run with the plan in hand: a new workflow has nothing
-    /// to read back. Returns the stored or queued workflow, or the one run.
+    /// to read back. Returns the stored or queued workflow, or the one run. The run
+    /// takes the plan: an owned one as it is, a borrowed one copied.
     async fn place_new_workflow(
         &self,
-        plan: &Plan,
+        plan: Cow<'_, Plan>,
         context: ExecutionContext,
         planning: Planning,
         inputs: &inputs::Inputs,
         placement: Placement,
     ) -> Result<Workflow> {
-        let workflow = self.new_workflow(plan, context, planning, inputs).await?;
+        let workflow = self.new_workflow(&plan, context, planning, inputs).await?;
         let storage = &self.inner.storage;
         let grant = match placement {
             Placement::Stored => storage.create_workflow(&workflow).await.map(|()| None)?,
@@ -335,7 +337,9 @@ impl Runner {
         match grant {
             // Boxed: the run's state is large, and otherwise the whole request's
             // future (planning included) holds room for it from the start.
-            Some(grant) => Box::pin(self.run_granted_plan(grant, StopSignal::default(), Some(plan.clone()))).await,
+            Some(grant) => {
+                Box::pin(self.run_granted_plan(grant, StopSignal::default(), Some(Arc::new(plan.into_owned())))).await
+            }
             None => Ok(workflow),
         }
     }

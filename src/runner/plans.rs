@@ -19,16 +19,16 @@ pub(super) struct KnownPlans(Mutex<HashMap<PlanId, Arc<Plan>>>);
 
 impl KnownPlans {
     /// Plan `id`, from this cache or else read from `storage` (and kept).
-    pub(super) async fn get(&self, id: PlanId, storage: &dyn Storage) -> Result<Plan> {
+    pub(super) async fn get(&self, id: PlanId, storage: &dyn Storage) -> Result<Arc<Plan>> {
         if let Some(plan) = self.lock().get(&id) {
-            return Ok(Plan::clone(plan));
+            return Ok(Arc::clone(plan));
         }
-        let plan = storage.get_plan(id).await?;
+        let plan = Arc::new(storage.get_plan(id).await?);
         let mut kept = self.lock();
         if kept.len() >= MAX_KEPT {
             kept.clear();
         }
-        kept.insert(id, Arc::new(plan.clone()));
+        kept.insert(id, Arc::clone(&plan));
         Ok(plan)
     }
 
@@ -52,10 +52,10 @@ mod tests {
         let workflow = Workflow::new(plan.id, crate::ExecutionContext::default());
         storage.create_workflow(&workflow).await.unwrap();
         let known = KnownPlans::default();
-        assert_eq!(known.get(plan.id, &storage).await.unwrap(), plan);
+        assert_eq!(*known.get(plan.id, &storage).await.unwrap(), plan);
         // Deleting the plan's only workflow deletes the plan: only the cache has it now.
         storage.delete_workflow(workflow.id()).await.unwrap();
         assert!(storage.get_plan(plan.id).await.is_err());
-        assert_eq!(known.get(plan.id, &storage).await.unwrap(), plan);
+        assert_eq!(*known.get(plan.id, &storage).await.unwrap(), plan);
     }
 }

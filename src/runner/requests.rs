@@ -2,6 +2,7 @@
 //! so `runner.execute_query(q).await` and
 //! `runner.execute_query(q).tools(["search_tool"]).await` are one method.
 
+use std::borrow::Cow;
 use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -152,7 +153,7 @@ query_request!(
     |runner, query, options| {
         let context = options.execution_context.clone();
         let plan = runner.make_plan(query, options).await?;
-        runner.place_new_workflow(&plan, context, Planning::Counted, &Inputs::new(), Placement::Started).await
+        runner.place_new_workflow(Cow::Owned(plan), context, Planning::Counted, &Inputs::new(), Placement::Started).await
     }
 );
 
@@ -162,28 +163,28 @@ query_request!(
     |runner, query, options| {
         let context = options.execution_context.clone();
         let plan = runner.make_plan(query, options).await?;
-        runner.place_new_workflow(&plan, context, Planning::Counted, &Inputs::new(), Placement::Queued).await.map(|w| w.id())
+        runner.place_new_workflow(Cow::Owned(plan), context, Planning::Counted, &Inputs::new(), Placement::Queued).await.map(|w| w.id())
     }
 );
 
 plan_request!(
     /// Checks and saves a plan and creates its NOT_STARTED workflow: [`Runner::create_workflow`].
     CreateWorkflow -> Workflow,
-    |runner, plan, context, planning, inputs| runner.place_new_workflow(plan, context, planning, &inputs, Placement::Stored).await
+    |runner, plan, context, planning, inputs| runner.place_new_workflow(Cow::Borrowed(plan), context, planning, &inputs, Placement::Stored).await
 );
 
 plan_request!(
     /// Creates a plan's workflow and runs it: [`Runner::run_plan`].
     RunPlan -> Workflow,
     |runner, plan, context, planning, inputs| {
-        runner.place_new_workflow(plan, context, planning, &inputs, Placement::Started).await
+        runner.place_new_workflow(Cow::Borrowed(plan), context, planning, &inputs, Placement::Started).await
     }
 );
 
 plan_request!(
     /// Queues a plan's workflow for the workers: [`Runner::submit_plan`].
     SubmitPlan -> WorkflowId,
-    |runner, plan, context, planning, inputs| runner.place_new_workflow(plan, context, planning, &inputs, Placement::Queued).await.map(|w| w.id())
+    |runner, plan, context, planning, inputs| runner.place_new_workflow(Cow::Borrowed(plan), context, planning, &inputs, Placement::Queued).await.map(|w| w.id())
 );
 
 /// Plans a query for a typed result, runs it and reads the output:
@@ -278,11 +279,11 @@ impl<'a, T: JsonSchema + DeserializeOwned + Send + 'a> IntoFuture for RunPlanAs<
         let RunPlan { runner, plan, context, planning, inputs } = self.request;
         Box::pin(async move {
             let workflow = if plan.output_schema.is_some() {
-                runner.place_new_workflow(plan, context, planning, &inputs, Placement::Started).await?
+                runner.place_new_workflow(Cow::Borrowed(plan), context, planning, &inputs, Placement::Started).await?
             } else {
                 let mut typed = plan.clone();
                 typed.output_schema = Some(schema_of::<T>());
-                runner.place_new_workflow(&typed, context, planning, &inputs, Placement::Started).await?
+                runner.place_new_workflow(Cow::Owned(typed), context, planning, &inputs, Placement::Started).await?
             };
             TypedWorkflow::from_workflow(workflow)
         })

@@ -13,6 +13,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -34,7 +35,7 @@ pub(super) enum ChildPlan {
     /// A stored plan, by id.
     Stored(PlanId),
     /// A block's plan, stored when its first child starts.
-    Block(Box<Plan>),
+    Block(Arc<Plan>),
 }
 
 impl ChildPlan {
@@ -159,15 +160,15 @@ impl Runner {
         ctx: &StepContext,
         link: ParentLink,
         child_plan: &ChildPlan,
-    ) -> Result<(LeaseGrant, Plan)> {
+    ) -> Result<(LeaseGrant, Arc<Plan>)> {
         let storage = &self.inner.storage;
         let plan = match child_plan {
-            ChildPlan::Stored(id) => storage.get_plan(*id).await?,
+            ChildPlan::Stored(id) => self.inner.plans.get(*id, storage.as_ref()).await?,
             ChildPlan::Block(plan) => {
                 // Stored at most once (saving a plan again keeps the first);
                 // a resumed parent finds the child, and the child its plan.
                 storage.save_plan(plan).await?;
-                (**plan).clone()
+                Arc::clone(plan)
             }
         };
         let mut child = Workflow::child(link, &plan, ctx.execution_context.clone());

@@ -5,21 +5,26 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use foldhash::fast::RandomState;
 use serde_json::Value;
 
 /// Schemas kept per memo. Past it the memo starts afresh, so a process that makes
 /// schemas without end (one per query, say) holds a bounded number.
 const MAX_KEPT: usize = 256;
 
-/// Values made from schemas, by the schema.
+/// Values made from schemas, by the schema. A lookup hashes the whole schema, so
+/// the hasher is a fast one (seeded per process, so schemas from a server cannot be
+/// made to collide on purpose).
 #[derive(Debug)]
 pub(crate) struct SchemaMemo<T> {
-    made: Mutex<HashMap<Value, Arc<T>>>,
+    made: Mutex<Made<T>>,
 }
+
+type Made<T> = HashMap<Value, Arc<T>, RandomState>;
 
 impl<T> Default for SchemaMemo<T> {
     fn default() -> Self {
-        Self { made: Mutex::new(HashMap::new()) }
+        Self { made: Mutex::new(HashMap::default()) }
     }
 }
 
@@ -39,7 +44,7 @@ impl<T> SchemaMemo<T> {
         made
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Value, Arc<T>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Made<T>> {
         self.made.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

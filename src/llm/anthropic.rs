@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 use super::anthropic_stream::EventReader;
 use super::rate_limit::Limiters;
 use super::reply::{CallShape, system_text, usage_with_cache_apart};
-use super::schema::{SentSchema, object_schema, portable};
+use super::schema::{SentSchema, object_schema, portable_shared};
 use super::stream::Deltas;
 use super::transport::{Account, Endpoint, Reply, secret_header};
 use super::{
@@ -107,7 +107,7 @@ impl ReplyTool {
 
 /// Tool inputs must be object schemas; a tool without arguments may have none at all.
 fn tool_input_schema(parameters: &Value) -> Value {
-    let parameters = &portable(parameters);
+    let parameters = &*portable_shared(parameters);
     object_schema(parameters).unwrap_or_else(|| match parameters {
         Value::Object(node) if !node.is_empty() => parameters.clone(),
         _ => json!({"type": "object", "properties": {}}),

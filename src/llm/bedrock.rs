@@ -21,7 +21,7 @@ use super::aws::AwsCredentials;
 use super::bedrock_stream::FrameReader;
 use super::rate_limit::Limiters;
 use super::reply::{CallShape, Turns, system_text, usage_with_cache_apart};
-use super::schema::{SentSchema, object_schema, portable};
+use super::schema::{SentSchema, object_schema, portable_shared};
 use super::stream::Deltas;
 use super::transport::{Account, Endpoint, Reply};
 use super::{
@@ -148,7 +148,7 @@ fn tool_spec(name: &str, description: &str, schema: Value) -> Value {
 
 /// Tool inputs must be object schemas; a tool without arguments gets an empty one.
 fn input_schema(parameters: &Value) -> Value {
-    let parameters = &portable(parameters);
+    let parameters = &*portable_shared(parameters);
     object_schema(parameters).unwrap_or_else(|| match parameters {
         Value::Object(node) if !node.is_empty() => parameters.clone(),
         _ => json!({"type": "object", "properties": {}}),

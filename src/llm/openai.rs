@@ -17,14 +17,20 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::{Mutex, PoisonError};
 
-use serde_json::{Map, Value, json};
+use std::borrow::Cow;
+
+use serde::Serialize;
+use serde_json::{Value, json};
 
 use super::openai_stream::ChunkReader;
 use super::rate_limit::Limiters;
-use super::schema::{SentSchema, portable};
+use super::schema::{SentSchema, portable_shared};
 use super::stream::Deltas;
 use super::transport::{Account, Endpoint, Reply, secret_header};
-use super::{LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, Message, Role, ToolCall, ToolChoice, Usage};
+use super::{
+    LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, Message, Role, ToolCall, ToolChoice, ToolDefinition,
+    Usage,
+};
 
 /// A client for one OpenAI-protocol provider.
 #[derive(Debug)]
@@ -157,9 +163,9 @@ impl OpenAiClient {
         let wanted = request.output_schema.as_ref().map(|s| (s.wire_name(), SentSchema::new(&s.schema)));
         let cap = (self.token_cap_field(), max_tokens);
         let body =
-            request_body(endpoint.model, request, format, wanted.as_ref(), cap).map_err(|e| endpoint.not_sent(e))?;
+            Body::new(endpoint.model, request, format, wanted.as_ref(), cap).map_err(|e| endpoint.not_sent(e))?;
         let reply = match Deltas::current() {
-            Some(deltas) => streamed(endpoint, body, &deltas).await?,
+            Some(deltas) => streamed(endpoint, body.streamed(), &deltas).await?,
             None => endpoint.post(body).await?,
         };
         let mut response = parse_reply(&reply.body).map_err(|e| endpoint.invalid(e))?;
@@ -174,9 +180,7 @@ impl OpenAiClient {
 /// Sends `body` as a streamed request, handing the text to `deltas` as it comes,
 /// and returns the reply an unstreamed request would have got (or got, from a
 /// server that answers whole).
-async fn streamed(endpoint: &Endpoint<'_>, mut body: Value, deltas: &Deltas) -> Result<Reply, LlmError> {
-    body["stream"] = json!(true);
-    body["stream_options"] = json!({"include_usage": true});
+async fn streamed(endpoint: &Endpoint<'_>, body: Body<'_>, deltas: &Deltas) -> Result<Reply, LlmError> {
     deltas.begin_attempt();
     let mut reader = ChunkReader::default();
     let mut reply = endpoint.post_events(body, |_, data| reader.read(data, deltas)).await?;
@@ -195,140 +199,206 @@ fn refuses_request(error: &LlmError) -> bool {
     matches!(error, LlmError::Http { status: 400 | 422, .. }) && !super::caps::is_context_overflow(error)
 }
 
-/// The Chat Completions body. Only widely supported fields are sent, so compatible
-/// servers accept it too (no `seed`, `store`, `temperature` or `parallel_tool_calls`).
-/// `wanted` is the output schema's name and the schema sent for it; `cap` the field
-/// that caps the reply's tokens, and the cap (so a looping model stops).
-fn request_body(
-    model: &str,
-    request: &LlmRequest,
-    format: Format,
-    wanted: Option<&(String, std::sync::Arc<SentSchema>)>,
-    cap: (&str, u32),
-) -> Result<Value, String> {
-    let mut messages = request.messages.iter().map(message).collect::<Result<Vec<_>, _>>()?;
-    let mut body = Map::new();
-    body.insert("model".into(), json!(model));
-    body.insert(cap.0.into(), json!(cap.1));
-    if !request.tools.is_empty() {
-        let tools: Vec<Value> = request
-            .tools
-            .iter()
-            .map(|t| json!({"type": "function", "function": {"name": t.name, "description": t.description, "parameters": portable(&t.parameters)}}))
-            .collect();
-        body.insert("tools".into(), Value::Array(tools));
-        body.insert("tool_choice".into(), tool_choice(&request.tool_choice));
-    }
-    match (format, wanted) {
-        (Format::JsonSchema, Some((name, sent))) => {
-            body.insert("response_format".into(), json_schema_format(name, &sent.schema));
-        }
-        (Format::JsonObject, Some((name, sent))) => {
-            add_schema_instruction(&mut messages, name, &sent.schema);
-            body.insert("response_format".into(), json!({"type": "json_object"}));
-        }
-        _ => {}
-    }
-    body.insert("messages".into(), Value::Array(messages));
-    Ok(Value::Object(body))
+/// The Chat Completions body, written out straight from the request: no JSON tree
+/// is built for it (a prompt may carry whole search results, and the schemas come
+/// from memos). Only widely supported fields are sent, so compatible servers accept
+/// it too (no `seed`, `store`, `temperature` or `parallel_tool_calls`).
+#[derive(Debug, Serialize)]
+struct Body<'a> {
+    model: &'a str,
+    /// The reply's token cap (so a looping model stops), in the field the provider takes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_completion_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<WireTool<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<WireChoice<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<ResponseFormat<'a>>,
+    messages: Vec<WireMessage<'a>>,
+    /// Set for a streamed reply, with `stream_options` asking for the usage last.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
 }
 
-fn message(message: &Message) -> Result<Value, String> {
-    Ok(match message.role {
-        Role::System => json!({"role": "system", "content": message.content}),
-        Role::User => json!({"role": "user", "content": message.content}),
-        Role::Assistant if message.tool_calls.is_empty() => json!({"role": "assistant", "content": message.content}),
-        Role::Assistant => {
-            let calls: Vec<Value> = message
-                .tool_calls
-                .iter()
-                .map(|call| {
-                    json!({"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments.to_string()}})
-                })
-                .collect();
-            json!({"role": "assistant", "content": message.content, "tool_calls": calls})
-        }
-        Role::Tool => {
-            let id = message.tool_call_id.as_deref().ok_or("a tool message has no tool_call_id")?;
-            json!({"role": "tool", "tool_call_id": id, "content": message.content})
-        }
-    })
-}
+impl<'a> Body<'a> {
+    /// The body for `request` to `model`. `wanted` is the output schema's name and the
+    /// schema sent for it; `cap` the field that caps the reply's tokens, and the cap.
+    fn new(
+        model: &'a str,
+        request: &'a LlmRequest,
+        format: Format,
+        wanted: Option<&'a (String, Arc<SentSchema>)>,
+        cap: (&str, u32),
+    ) -> Result<Self, String> {
+        let mut messages = request.messages.iter().map(WireMessage::new).collect::<Result<Vec<_>, _>>()?;
+        let response_format = match (format, wanted) {
+            (Format::JsonSchema, Some((name, sent))) => Some(ResponseFormat::JsonSchema {
+                json_schema: JsonSchema { name, schema: &sent.schema, strict: sent.strict },
+            }),
+            (Format::JsonObject, Some((name, sent))) => {
+                add_schema_instruction(&mut messages, name, &sent.schema);
+                Some(ResponseFormat::JsonObject)
+            }
+            _ => None,
+        };
+        let (max_tokens, max_completion_tokens) =
+            if cap.0 == "max_completion_tokens" { (None, Some(cap.1)) } else { (Some(cap.1), None) };
+        Ok(Self {
+            model,
+            max_tokens,
+            max_completion_tokens,
+            tools: request.tools.iter().map(WireTool::new).collect(),
+            tool_choice: (!request.tools.is_empty()).then(|| WireChoice::new(&request.tool_choice)),
+            response_format,
+            messages,
+            stream: false,
+            stream_options: None,
+        })
+    }
 
-fn tool_choice(choice: &ToolChoice) -> Value {
-    match choice {
-        ToolChoice::Auto => json!("auto"),
-        ToolChoice::Required => json!("required"),
-        ToolChoice::Tool(name) => json!({"type": "function", "function": {"name": name}}),
+    /// The same body, asking for the reply as a stream of chunks with the usage last.
+    fn streamed(self) -> Self {
+        Self { stream: true, stream_options: Some(StreamOptions { include_usage: true }), ..self }
     }
 }
 
-fn json_schema_format(name: &str, schema: &Value) -> Value {
-    json!({
-        "type": "json_schema",
-        "json_schema": {"name": name, "schema": schema, "strict": is_strict(schema)},
-    })
+#[derive(Debug, Serialize)]
+struct WireTool<'a> {
+    r#type: &'static str,
+    function: WireFunction<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct WireFunction<'a> {
+    name: &'a str,
+    description: &'a str,
+    parameters: Arc<Value>,
+}
+
+impl<'a> WireTool<'a> {
+    fn new(tool: &'a ToolDefinition) -> Self {
+        let parameters = portable_shared(&tool.parameters);
+        Self {
+            r#type: "function",
+            function: WireFunction { name: &tool.name, description: &tool.description, parameters },
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum WireChoice<'a> {
+    Mode(&'static str),
+    Tool { r#type: &'static str, function: Named<'a> },
+}
+
+impl<'a> WireChoice<'a> {
+    fn new(choice: &'a ToolChoice) -> Self {
+        match choice {
+            ToolChoice::Auto => Self::Mode("auto"),
+            ToolChoice::Required => Self::Mode("required"),
+            ToolChoice::Tool(name) => Self::Tool { r#type: "function", function: Named { name } },
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Named<'a> {
+    name: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ResponseFormat<'a> {
+    JsonSchema { json_schema: JsonSchema<'a> },
+    JsonObject,
+}
+
+#[derive(Debug, Serialize)]
+struct JsonSchema<'a> {
+    name: &'a str,
+    schema: &'a Value,
+    strict: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct WireMessage<'a> {
+    role: &'static str,
+    /// Borrowed from the request but where the schema instruction is added to it.
+    content: Cow<'a, str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<WireCall<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_call_id: Option<&'a str>,
+}
+
+impl<'a> WireMessage<'a> {
+    fn new(message: &'a Message) -> Result<Self, String> {
+        let role = match message.role {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Tool => "tool",
+        };
+        let tool_call_id = match message.role {
+            Role::Tool => Some(message.tool_call_id.as_deref().ok_or("a tool message has no tool_call_id")?),
+            _ => None,
+        };
+        let tool_calls = match message.role {
+            Role::Assistant => message.tool_calls.iter().map(WireCall::new).collect(),
+            _ => Vec::new(),
+        };
+        Ok(Self { role, content: Cow::Borrowed(&message.content), tool_calls, tool_call_id })
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct WireCall<'a> {
+    id: &'a str,
+    r#type: &'static str,
+    function: WireCallFunction<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct WireCallFunction<'a> {
+    name: &'a str,
+    /// The arguments as JSON text, as the API takes them.
+    arguments: String,
+}
+
+impl<'a> WireCall<'a> {
+    fn new(call: &'a ToolCall) -> Self {
+        let function = WireCallFunction { name: &call.name, arguments: call.arguments.to_string() };
+        Self { id: &call.id, r#type: "function", function }
+    }
 }
 
 /// `json_object` mode only promises JSON, so the shape goes in the prompt; the
 /// prompt must also say "JSON" or OpenAI refuses the mode.
-fn add_schema_instruction(messages: &mut Vec<Value>, name: &str, schema: &Value) {
+fn add_schema_instruction(messages: &mut Vec<WireMessage<'_>>, name: &str, schema: &Value) {
     let instruction = format!("Reply with only a JSON object that matches this JSON schema ({name}):\n{schema}");
-    let leading_system = messages.first_mut().filter(|m| m["role"] == "system");
-    match leading_system.and_then(|m| m.get_mut("content")) {
-        Some(Value::String(content)) => {
-            content.push_str("\n\n");
-            content.push_str(&instruction);
-        }
-        _ => messages.insert(0, json!({"role": "system", "content": instruction})),
+    match messages.first_mut().filter(|m| m.role == "system") {
+        Some(system) => system.content = Cow::Owned(format!("{}\n\n{instruction}", system.content)),
+        None => messages.insert(
+            0,
+            WireMessage {
+                role: "system",
+                content: Cow::Owned(instruction),
+                tool_calls: Vec::new(),
+                tool_call_id: None,
+            },
+        ),
     }
-}
-
-/// Whether OpenAI's strict mode would accept `schema` as it is: the root and every
-/// object in it close their properties (`additionalProperties: false`) and require
-/// all of them. Schemas with optional fields are sent non-strict rather than
-/// rewritten, since the types they come from rely on serde defaults.
-pub(crate) fn is_strict(schema: &Value) -> bool {
-    schema.as_object().is_some_and(is_object_schema) && all_objects_closed(schema)
-}
-
-fn all_objects_closed(schema: &Value) -> bool {
-    let Some(node) = schema.as_object() else { return true };
-    if is_object_schema(node) && !closes_all_properties(node) {
-        return false;
-    }
-    subschemas(node).all(all_objects_closed)
-}
-
-fn is_object_schema(node: &Map<String, Value>) -> bool {
-    let typed_object = match node.get("type") {
-        Some(Value::String(t)) => t == "object",
-        Some(Value::Array(types)) => types.iter().any(|t| t == "object"),
-        _ => false,
-    };
-    typed_object || node.contains_key("properties")
-}
-
-fn closes_all_properties(node: &Map<String, Value>) -> bool {
-    let required: HashSet<&str> =
-        node.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
-    let properties = node.get("properties").and_then(Value::as_object);
-    node.get("additionalProperties") == Some(&Value::Bool(false))
-        && properties.into_iter().flat_map(Map::keys).all(|name| required.contains(name.as_str()))
-}
-
-/// The schemas nested in `node`, found by keyword so that a property that happens
-/// to be called `items` or `type` is not mistaken for one.
-fn subschemas(node: &Map<String, Value>) -> impl Iterator<Item = &Value> {
-    const NAMED: [&str; 4] = ["properties", "$defs", "definitions", "patternProperties"];
-    const DIRECT: [&str; 10] =
-        ["items", "prefixItems", "additionalProperties", "anyOf", "oneOf", "allOf", "not", "if", "then", "else"];
-    let named = NAMED.iter().filter_map(|k| node.get(*k)).filter_map(Value::as_object).flat_map(Map::values);
-    let direct = DIRECT.iter().filter_map(|k| node.get(*k)).flat_map(|v| match v {
-        Value::Array(items) => items.iter().collect::<Vec<_>>(),
-        other => vec![other],
-    });
-    named.chain(direct)
 }
 
 fn parse_reply(body: &Value) -> Result<LlmResponse, String> {
@@ -385,61 +455,92 @@ fn usage(usage: Option<&Value>) -> Usage {
 mod tests {
     use super::*;
 
-    #[test]
-    fn strict_needs_every_object_closed_and_fully_required() {
-        let closed = json!({
-            "type": "object",
-            "properties": {"a": {"type": "string"}, "b": {"$ref": "#/$defs/B"}},
-            "required": ["a", "b"],
-            "additionalProperties": false,
-            "$defs": {"B": {"type": "object", "properties": {"c": {"type": "integer"}}, "required": ["c"], "additionalProperties": false}},
-        });
-        assert!(is_strict(&closed));
+    fn request_with(messages: Vec<Message>) -> LlmRequest {
+        LlmRequest::new(crate::llm::ModelRole::Planning, messages)
+    }
 
-        let mut optional = closed.clone();
-        optional["required"] = json!(["a"]);
-        assert!(!is_strict(&optional));
-
-        let mut open_def = closed.clone();
-        open_def["$defs"]["B"]["additionalProperties"] = json!(true);
-        assert!(!is_strict(&open_def));
-
-        let mut open_in_array = closed.clone();
-        open_in_array["properties"]["list"] = json!({"type": "array", "items": {"type": "object", "properties": {}}});
-        open_in_array["required"] = json!(["a", "b", "list"]);
-        assert!(!is_strict(&open_in_array));
-
-        let mut open_in_any_of = closed;
-        open_in_any_of["properties"]["b"] = json!({"anyOf": [{"type": "null"}, {"type": ["object", "null"]}]});
-        assert!(!is_strict(&open_in_any_of));
-
-        assert!(!is_strict(&json!({"type": "array", "items": {"type": "string"}})), "the root must be an object");
+    fn body_of(request: &LlmRequest, format: Format, wanted: Option<&(String, Arc<SentSchema>)>) -> Value {
+        let body = Body::new("m", request, format, wanted, ("max_tokens", 64)).unwrap();
+        serde_json::to_value(body).unwrap()
     }
 
     #[test]
-    fn a_property_named_like_a_keyword_is_not_a_schema() {
-        let schema = json!({
-            "type": "object",
-            "properties": {"items": {"type": "string"}, "properties": {"type": "string"}},
-            "required": ["items", "properties"],
-            "additionalProperties": false,
-        });
-        assert!(is_strict(&schema));
+    fn the_body_carries_every_part_of_the_request() {
+        let call = ToolCall { id: "c1".into(), name: "add".into(), arguments: json!({"a": 1}) };
+        let asked = Message::assistant("", vec![call]);
+        let mut answered = Message::user("3");
+        (answered.role, answered.tool_call_id) = (Role::Tool, Some("c1".into()));
+        let mut request = request_with(vec![Message::system("Be brief."), Message::user("1+2?"), asked, answered]);
+        request.tools = vec![ToolDefinition {
+            name: "add".into(),
+            description: "Adds.".into(),
+            parameters: json!({"type": "object", "properties": {"a": true}}),
+        }];
+        request.tool_choice = ToolChoice::Tool("add".into());
+        let wanted = ("Sum".to_owned(), SentSchema::new(&json!({"type": "integer"})));
+        let body = Body::new("m", &request, Format::JsonSchema, Some(&wanted), ("max_completion_tokens", 64)).unwrap();
+        assert_eq!(
+            serde_json::to_value(body.streamed()).unwrap(),
+            json!({
+                "model": "m",
+                "max_completion_tokens": 64,
+                "tools": [{"type": "function", "function": {
+                    "name": "add", "description": "Adds.",
+                    "parameters": {"type": "object", "properties": {"a": {}}},
+                }}],
+                "tool_choice": {"type": "function", "function": {"name": "add"}},
+                "response_format": {"type": "json_schema", "json_schema": {
+                    "name": "Sum", "schema": wanted.1.schema, "strict": true,
+                }},
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "1+2?"},
+                    {"role": "assistant", "content": "", "tool_calls": [
+                        {"id": "c1", "type": "function", "function": {"name": "add", "arguments": "{\"a\":1}"}},
+                    ]},
+                    {"role": "tool", "content": "3", "tool_call_id": "c1"},
+                ],
+                "stream": true,
+                "stream_options": {"include_usage": true},
+            })
+        );
+    }
+
+    #[test]
+    fn a_plain_request_sends_no_tools_format_or_stream() {
+        let body = body_of(&request_with(vec![Message::user("hi")]), Format::Free, None);
+        assert_eq!(body, json!({"model": "m", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}));
+        let mut request = request_with(vec![Message::user("hi")]);
+        request.tools = vec![ToolDefinition { name: "t".into(), description: String::new(), parameters: json!({}) }];
+        for (choice, sent) in [(ToolChoice::Auto, json!("auto")), (ToolChoice::Required, json!("required"))] {
+            request.tool_choice = choice;
+            assert_eq!(body_of(&request, Format::Free, None)["tool_choice"], sent);
+        }
+    }
+
+    #[test]
+    fn a_tool_message_without_its_call_id_is_not_sent() {
+        let mut answered = Message::user("3");
+        answered.role = Role::Tool;
+        let err = Body::new("m", &request_with(vec![answered]), Format::Free, None, ("max_tokens", 1)).unwrap_err();
+        assert!(err.contains("tool_call_id"), "{err}");
     }
 
     #[test]
     fn json_object_instruction_joins_the_leading_system_message() {
-        let schema = json!({"type": "object"});
-        let mut with_system =
-            vec![json!({"role": "system", "content": "Be brief."}), json!({"role": "user", "content": "hi"})];
-        add_schema_instruction(&mut with_system, "Out", &schema);
-        assert_eq!(with_system.len(), 2);
-        assert!(with_system[0]["content"].as_str().unwrap().starts_with("Be brief.\n\nReply with only a JSON object"));
+        let wanted = ("Out".to_owned(), SentSchema::new(&json!({"type": "object"})));
+        let with_system = request_with(vec![Message::system("Be brief."), Message::user("hi")]);
+        let body = body_of(&with_system, Format::JsonObject, Some(&wanted));
+        assert_eq!(body["response_format"], json!({"type": "json_object"}));
+        assert_eq!(body["messages"].as_array().unwrap().len(), 2);
+        assert!(
+            body["messages"][0]["content"].as_str().unwrap().starts_with("Be brief.\n\nReply with only a JSON object")
+        );
 
-        let mut without = vec![json!({"role": "user", "content": "hi"})];
-        add_schema_instruction(&mut without, "Out", &schema);
-        assert_eq!(without[0]["role"], "system");
-        assert_eq!(without.len(), 2);
+        let body = body_of(&request_with(vec![Message::user("hi")]), Format::JsonObject, Some(&wanted));
+        assert_eq!(body["messages"][0]["role"], "system");
+        assert!(body["messages"][0]["content"].as_str().unwrap().contains("JSON schema (Out)"));
+        assert_eq!(body["messages"].as_array().unwrap().len(), 2);
     }
 
     #[test]

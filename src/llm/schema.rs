@@ -11,7 +11,12 @@
 //! an enum) is asked for inside a `{"value": ...}` object, and the value is taken
 //! back out of the reply.
 
+use std::collections::HashSet;
+use std::sync::{Arc, LazyLock};
+
 use serde_json::{Map, Value, json};
+
+use crate::memo::SchemaMemo;
 
 /// The property a non-object schema is wrapped in.
 const WRAPPED_VALUE: &str = "value";
@@ -23,6 +28,8 @@ pub(crate) struct SentSchema {
     pub(crate) schema: Value,
     /// Whether the wanted schema was wrapped in a `value` property.
     pub(crate) wrapped: bool,
+    /// Whether OpenAI's strict mode accepts the schema as it is ([`is_strict`]).
+    pub(crate) strict: bool,
 }
 
 /// Formats every JSON-schema consumer knows; others are dropped.
@@ -55,6 +62,13 @@ pub fn portable(schema: &Value) -> Value {
     let mut schema = schema.clone();
     normalize(&mut schema, true);
     schema
+}
+
+/// [`portable`] of `schema`, made once per schema and shared: a tool's parameters
+/// are sent on every call that offers the tool.
+pub(crate) fn portable_shared(schema: &Value) -> Arc<Value> {
+    static MADE: LazyLock<SchemaMemo<Value>> = LazyLock::new(Default::default);
+    MADE.get(schema, portable)
 }
 
 fn normalize(schema: &mut Value, allow_bool: bool) {
@@ -147,18 +161,18 @@ fn walk(schema: &Value, at: &str, problems: &mut Vec<String>) {
 impl SentSchema {
     /// The object schema to send for `wanted`, in the portable subset (made once
     /// per schema, as the same few are sent on every call).
-    pub(crate) fn new(wanted: &Value) -> std::sync::Arc<Self> {
-        static MADE: std::sync::LazyLock<crate::memo::SchemaMemo<SentSchema>> =
-            std::sync::LazyLock::new(Default::default);
+    pub(crate) fn new(wanted: &Value) -> Arc<Self> {
+        static MADE: LazyLock<SchemaMemo<SentSchema>> = LazyLock::new(Default::default);
         MADE.get(wanted, Self::make)
     }
 
     fn make(wanted: &Value) -> Self {
         let wanted = &portable(wanted);
-        match object_schema(wanted) {
-            Some(schema) => Self { schema, wrapped: false },
-            None => Self { schema: wrap_in_object(wanted), wrapped: true },
-        }
+        let (schema, wrapped) = match object_schema(wanted) {
+            Some(schema) => (schema, false),
+            None => (wrap_in_object(wanted), true),
+        };
+        Self { strict: is_strict(&schema), schema, wrapped }
     }
 
     /// The reply the caller asked for, out of the object the provider produced.
@@ -213,10 +227,99 @@ fn wrap_in_object(schema: &Value) -> Value {
     Value::Object(root)
 }
 
+/// Whether OpenAI's strict mode would accept `schema` as it is: the root and every
+/// object in it close their properties (`additionalProperties: false`) and require
+/// all of them. Schemas with optional fields are sent non-strict rather than
+/// rewritten, since the types they come from rely on serde defaults.
+fn is_strict(schema: &Value) -> bool {
+    schema.as_object().is_some_and(is_object_schema) && all_objects_closed(schema)
+}
+
+fn all_objects_closed(schema: &Value) -> bool {
+    let Some(node) = schema.as_object() else { return true };
+    if is_object_schema(node) && !closes_all_properties(node) {
+        return false;
+    }
+    subschemas(node).all(all_objects_closed)
+}
+
+fn is_object_schema(node: &Map<String, Value>) -> bool {
+    let typed_object = match node.get("type") {
+        Some(Value::String(t)) => t == "object",
+        Some(Value::Array(types)) => types.iter().any(|t| t == "object"),
+        _ => false,
+    };
+    typed_object || node.contains_key("properties")
+}
+
+fn closes_all_properties(node: &Map<String, Value>) -> bool {
+    let required: HashSet<&str> =
+        node.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+    let properties = node.get("properties").and_then(Value::as_object);
+    node.get("additionalProperties") == Some(&Value::Bool(false))
+        && properties.into_iter().flat_map(Map::keys).all(|name| required.contains(name.as_str()))
+}
+
+/// The schemas nested in `node`, found by keyword so that a property that happens
+/// to be called `items` or `type` is not mistaken for one.
+fn subschemas(node: &Map<String, Value>) -> impl Iterator<Item = &Value> {
+    const NAMED: [&str; 4] = ["properties", "$defs", "definitions", "patternProperties"];
+    const DIRECT: [&str; 10] =
+        ["items", "prefixItems", "additionalProperties", "anyOf", "oneOf", "allOf", "not", "if", "then", "else"];
+    let named = NAMED.iter().filter_map(|k| node.get(*k)).filter_map(Value::as_object).flat_map(Map::values);
+    let direct = DIRECT.iter().filter_map(|k| node.get(*k)).flat_map(|v| match v {
+        Value::Array(items) => items.iter().collect::<Vec<_>>(),
+        other => vec![other],
+    });
+    named.chain(direct)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::tool::ToolRegistry;
+
+    #[test]
+    fn strict_needs_every_object_closed_and_fully_required() {
+        let closed = json!({
+            "type": "object",
+            "properties": {"a": {"type": "string"}, "b": {"$ref": "#/$defs/B"}},
+            "required": ["a", "b"],
+            "additionalProperties": false,
+            "$defs": {"B": {"type": "object", "properties": {"c": {"type": "integer"}}, "required": ["c"], "additionalProperties": false}},
+        });
+        assert!(is_strict(&closed));
+
+        let mut optional = closed.clone();
+        optional["required"] = json!(["a"]);
+        assert!(!is_strict(&optional));
+
+        let mut open_def = closed.clone();
+        open_def["$defs"]["B"]["additionalProperties"] = json!(true);
+        assert!(!is_strict(&open_def));
+
+        let mut open_in_array = closed.clone();
+        open_in_array["properties"]["list"] = json!({"type": "array", "items": {"type": "object", "properties": {}}});
+        open_in_array["required"] = json!(["a", "b", "list"]);
+        assert!(!is_strict(&open_in_array));
+
+        let mut open_in_any_of = closed;
+        open_in_any_of["properties"]["b"] = json!({"anyOf": [{"type": "null"}, {"type": ["object", "null"]}]});
+        assert!(!is_strict(&open_in_any_of));
+
+        assert!(!is_strict(&json!({"type": "array", "items": {"type": "string"}})), "the root must be an object");
+    }
+
+    #[test]
+    fn a_property_named_like_a_keyword_is_not_a_schema() {
+        let schema = json!({
+            "type": "object",
+            "properties": {"items": {"type": "string"}, "properties": {"type": "string"}},
+            "required": ["items", "properties"],
+            "additionalProperties": false,
+        });
+        assert!(is_strict(&schema));
+    }
 
     #[test]
     fn every_schema_the_crate_sends_is_portable() {
@@ -287,7 +390,7 @@ mod tests {
     fn object_schemas_are_sent_as_they_are() {
         let wanted = json!({"type": "object", "properties": {}});
         let sent = SentSchema::new(&wanted);
-        assert_eq!(*sent, SentSchema { schema: wanted.clone(), wrapped: false });
+        assert_eq!(*sent, SentSchema { schema: wanted.clone(), wrapped: false, strict: false });
         assert_eq!(sent.unwrap_text("{}".into()), "{}");
         assert_eq!(object_schema(&json!({"properties": {}})), Some(json!({"type": "object", "properties": {}})));
         assert_eq!(object_schema(&json!({"type": ["object", "null"]})), None);

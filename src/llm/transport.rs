@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde::Serialize;
 use serde_json::Value;
 
 use super::{LlmError, LlmProvider, Usage};
@@ -118,7 +119,7 @@ impl Endpoint<'_> {
 
     /// Posts `body` once. Never retries, nor checks offline mode: those are the
     /// [`Retry`](super::Retry) and [`Offline`](super::Offline) layers' jobs.
-    pub(crate) async fn post(&self, body: Value) -> Result<Reply, LlmError> {
+    pub(crate) async fn post(&self, body: impl Serialize) -> Result<Reply, LlmError> {
         let started = Instant::now();
         let sent = self.request(body)?.send().await;
         let response = sent.map_err(|e| self.transport_error(&e))?;
@@ -144,7 +145,7 @@ impl Endpoint<'_> {
     /// [`post`](Self::post) would, into the reply's body.
     pub(crate) async fn post_events(
         &self,
-        body: Value,
+        body: impl Serialize,
         on_event: impl FnMut(Option<&str>, &str) -> Result<Flow, String>,
     ) -> Result<Reply, LlmError> {
         let started = Instant::now();
@@ -233,9 +234,9 @@ impl Endpoint<'_> {
         Err(self.broken("the reply stream ended before the reply was complete"))
     }
 
-    /// The POST of `body`, as JSON text: the tree is dropped before the request is
-    /// sent, so that only the text is held while the reply is awaited.
-    fn request(&self, body: Value) -> Result<reqwest::RequestBuilder, LlmError> {
+    /// The POST of `body`, as JSON text: `body` is dropped before the request is sent,
+    /// so that only the text is held while the reply is awaited.
+    fn request(&self, body: impl Serialize) -> Result<reqwest::RequestBuilder, LlmError> {
         let text = serde_json::to_vec(&body).map_err(|e| self.not_sent(e.to_string()))?;
         drop(body);
         let json = reqwest::header::HeaderValue::from_static("application/json");

@@ -100,8 +100,10 @@ impl UrlMemo {
 /// are built in. A corporate CA installed in the OS is trusted, and a machine with no
 /// CA bundle still reaches public services.
 pub(crate) fn builder() -> reqwest::ClientBuilder {
-    install_crypto_provider();
-    reqwest::Client::builder().tls_certs_merge(webpki_roots())
+    match shared_tls() {
+        Some(tls) => reqwest::Client::builder().tls_backend_preconfigured(tls),
+        None => reqwest::Client::builder().tls_certs_merge(webpki_roots()),
+    }
 }
 
 /// The MCP streamable HTTP transport's client: rmcp's own default (no idle connections
@@ -131,8 +133,50 @@ pub(crate) fn mcp_client() -> reqwest::Client {
 /// [`builder`] for the blocking client (the OTLP exporter's, on its own thread).
 #[cfg(feature = "otel")]
 pub(crate) fn blocking_builder() -> reqwest::blocking::ClientBuilder {
-    install_crypto_provider();
-    reqwest::blocking::Client::builder().tls_certs_merge(webpki_roots())
+    match shared_tls() {
+        Some(tls) => reqwest::blocking::Client::builder().tls_backend_preconfigured(tls),
+        None => reqwest::blocking::Client::builder().tls_certs_merge(webpki_roots()),
+    }
+}
+
+/// The TLS policy of [`builder`] as one rustls configuration, made once per process
+/// and shared by every client: making it reads and parses the OS's whole CA bundle,
+/// which was most of the cost of building a client (a runner builds several).
+/// `None` where it cannot be made here; each client then makes its own through
+/// reqwest, which reports the failure as it did before.
+fn shared_tls() -> Option<rustls::ClientConfig> {
+    static TLS: std::sync::LazyLock<Option<rustls::ClientConfig>> = std::sync::LazyLock::new(|| {
+        install_crypto_provider();
+        let tls = tls_config();
+        if let Err(e) = &tls {
+            tracing::debug!(error = %e, "no shared TLS configuration; each HTTP client makes its own");
+        }
+        tls.ok()
+    });
+    TLS.clone()
+}
+
+/// What reqwest makes of `tls_certs_merge(webpki_roots())`: the platform verifier
+/// with Mozilla's roots added, TLS 1.2 and 1.3, and HTTP/2 offered before HTTP/1.1.
+#[cfg(any(all(unix, not(target_os = "android")), target_os = "windows"))]
+fn tls_config() -> Result<rustls::ClientConfig, String> {
+    let provider = rustls::crypto::CryptoProvider::get_default().ok_or("no rustls crypto provider")?;
+    let roots = webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().cloned();
+    let verifier = rustls_platform_verifier::Verifier::new_with_extra_roots(roots, std::sync::Arc::clone(provider))
+        .map_err(|e| e.to_string())?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::clone(provider))
+        .with_protocol_versions(rustls::ALL_VERSIONS)
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(verifier))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tls)
+}
+
+#[cfg(not(any(all(unix, not(target_os = "android")), target_os = "windows")))]
+fn tls_config() -> Result<rustls::ClientConfig, String> {
+    Err("the platform verifier takes no extra roots here".into())
 }
 
 /// Mozilla's root certificates (the `webpki-root-certs` crate), added to the OS store's.
@@ -208,6 +252,15 @@ pub(crate) mod tests {
         assert_eq!(url_of("http://127.0.0.1:9/v1/b").unwrap(), "http://127.0.0.1:9/v1/b", "replaced");
         let refused = url_of("/v1/a").unwrap_err();
         assert!(refused.is_builder(), "reqwest's own error, as before: {refused}");
+    }
+
+    /// Every client shares one TLS configuration (made once, not per client), and
+    /// it offers HTTP/2 first, as reqwest's own would.
+    #[test]
+    fn clients_share_one_tls_configuration_offering_http2() {
+        let tls = shared_tls().expect("the shared TLS configuration is made on this platform");
+        assert_eq!(tls.alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
+        assert!(client(Duration::from_secs(5), Pool::default()).get("https://localhost:1/").build().is_ok());
     }
 
     /// After a burst of concurrent requests, the pool closes every connection beyond

@@ -4,6 +4,7 @@
 //! The same syntax is read wherever a plan names an output: a step's inputs, its
 //! plan-time `args`, its `condition` and its `for_each`.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde_json::Value;
@@ -62,25 +63,36 @@ impl Reference {
     /// `None` when the path leads nowhere. A string holding JSON (an untyped LLM
     /// step's answer) is read as that JSON when a path goes into it.
     pub(crate) fn select(&self, value: &Value) -> Option<Value> {
-        let mut current = value.clone();
+        // Walked borrowed, so that only what the path leads to is copied (a field of a
+        // search result, say), unless a string has to be parsed on the way.
+        let mut current = Cow::Borrowed(value);
         for segment in &self.path {
-            if let Value::String(text) = &current
+            if let Value::String(text) = current.as_ref()
                 && let Ok(parsed) = serde_json::from_str::<Value>(crate::text::strip_code_fence(text))
             {
-                current = parsed;
+                current = Cow::Owned(parsed);
             }
-            current = match (segment, current) {
-                (Segment::Field(name), Value::Object(mut map)) => map.remove(name)?,
-                (Segment::Index(i), Value::Array(mut items)) => {
-                    let len = i64::try_from(items.len()).ok()?;
-                    let index = if *i < 0 { len + i } else { *i };
-                    let index = usize::try_from(index).ok().filter(|&n| n < items.len())?;
-                    items.swap_remove(index)
-                }
-                _ => return None,
+            current = match current {
+                Cow::Borrowed(value) => Cow::Borrowed(segment.within(value)?),
+                Cow::Owned(value) => Cow::Owned(segment.within(&value)?.clone()),
             };
         }
-        Some(current)
+        Some(current.into_owned())
+    }
+}
+
+impl Segment {
+    /// The field or item of `value` this segment names (an index below 0 counts from the end).
+    fn within<'a>(&self, value: &'a Value) -> Option<&'a Value> {
+        match (self, value) {
+            (Segment::Field(name), Value::Object(map)) => map.get(name),
+            (Segment::Index(i), Value::Array(items)) => {
+                let len = i64::try_from(items.len()).ok()?;
+                let index = if *i < 0 { len + i } else { *i };
+                items.get(usize::try_from(index).ok()?)
+            }
+            _ => None,
+        }
     }
 }
 
@@ -194,6 +206,7 @@ mod tests {
         assert_eq!(get("$a.items[0].id"), Some(json!(1)));
         assert_eq!(get("$a.items[-1]"), Some(json!({"id": 2})));
         assert_eq!(get("$a.items[2]"), None);
+        assert_eq!(get("$a.items[-3]"), None);
         assert_eq!(get("$a.missing"), None);
         assert_eq!(Reference::parse("$a.items[-1].id").unwrap().to_string(), "$a.items[-1].id");
     }
@@ -202,6 +215,8 @@ mod tests {
     fn a_path_reads_into_json_text() {
         let r = Reference::parse("$a.urgent").unwrap();
         assert_eq!(r.select(&json!("{\"urgent\": true}")), Some(json!(true)));
+        let deep = Reference::parse("$a.list[-1].n").unwrap();
+        assert_eq!(deep.select(&json!({"list": [{"n": 1}, "{\"n\": 2}"]})), Some(json!(2)), "text inside a value");
     }
 
     #[test]

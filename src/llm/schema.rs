@@ -263,11 +263,8 @@ fn closes_all_properties(node: &Map<String, Value>) -> bool {
 /// The schemas nested in `node`, found by keyword so that a property that happens
 /// to be called `items` or `type` is not mistaken for one.
 fn subschemas(node: &Map<String, Value>) -> impl Iterator<Item = &Value> {
-    const NAMED: [&str; 4] = ["properties", "$defs", "definitions", "patternProperties"];
-    const DIRECT: [&str; 10] =
-        ["items", "prefixItems", "additionalProperties", "anyOf", "oneOf", "allOf", "not", "if", "then", "else"];
-    let named = NAMED.iter().filter_map(|k| node.get(*k)).filter_map(Value::as_object).flat_map(Map::values);
-    let direct = DIRECT.iter().filter_map(|k| node.get(*k)).flat_map(|v| match v {
+    let named = SCHEMA_MAPS.iter().filter_map(|k| node.get(*k)).filter_map(Value::as_object).flat_map(Map::values);
+    let direct = SCHEMA_KEYWORDS.iter().filter_map(|k| node.get(*k)).flat_map(|v| match v {
         Value::Array(items) => items.iter().collect::<Vec<_>>(),
         other => vec![other],
     });
@@ -302,6 +299,11 @@ mod tests {
         open_in_array["properties"]["list"] = json!({"type": "array", "items": {"type": "object", "properties": {}}});
         open_in_array["required"] = json!(["a", "b", "list"]);
         assert!(!is_strict(&open_in_array));
+
+        let mut open_in_contains = closed.clone();
+        open_in_contains["properties"]["list"] = json!({"type": "array", "contains": {"type": "object"}});
+        open_in_contains["required"] = json!(["a", "b", "list"]);
+        assert!(!is_strict(&open_in_contains));
 
         let mut open_in_any_of = closed;
         open_in_any_of["properties"]["b"] = json!({"anyOf": [{"type": "null"}, {"type": ["object", "null"]}]});

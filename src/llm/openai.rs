@@ -277,7 +277,13 @@ struct WireTool<'a> {
 struct WireFunction<'a> {
     name: &'a str,
     description: &'a str,
+    #[serde(serialize_with = "shared")]
     parameters: Arc<Value>,
+}
+
+/// Writes a shared value as the value itself (serde's `rc` feature is not assumed).
+fn shared<S: serde::Serializer>(value: &Arc<Value>, serializer: S) -> Result<S::Ok, S::Error> {
+    Value::serialize(value, serializer)
 }
 
 impl<'a> WireTool<'a> {

@@ -114,7 +114,9 @@ impl fmt::Display for RolledBack {
 impl std::error::Error for RolledBack {}
 
 impl RowError {
-    /// The error of work undone by another's failure (see [`RolledBack`]).
+    /// The error of work undone by another's failure (see [`RolledBack`]); only
+    /// SQLite's group commit undoes work that way.
+    #[cfg(feature = "sqlite")]
     pub(crate) fn rolled_back() -> Self {
         Self::store(RolledBack)
     }

@@ -13,11 +13,10 @@
 //! Inside a streaming scope ([`Deltas`]) the request asks for a stream, with the
 //! usage in its last chunk (see [`openai_stream`](super::openai_stream)).
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::{Mutex, PoisonError};
-
-use std::borrow::Cow;
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -339,7 +338,7 @@ struct StreamOptions {
 
 #[derive(Debug, Serialize)]
 struct WireMessage<'a> {
-    role: &'static str,
+    role: Role,
     /// Borrowed from the request but where the schema instruction is added to it.
     content: Cow<'a, str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -350,12 +349,6 @@ struct WireMessage<'a> {
 
 impl<'a> WireMessage<'a> {
     fn new(message: &'a Message) -> Result<Self, String> {
-        let role = match message.role {
-            Role::System => "system",
-            Role::User => "user",
-            Role::Assistant => "assistant",
-            Role::Tool => "tool",
-        };
         let tool_call_id = match message.role {
             Role::Tool => Some(message.tool_call_id.as_deref().ok_or("a tool message has no tool_call_id")?),
             _ => None,
@@ -364,7 +357,7 @@ impl<'a> WireMessage<'a> {
             Role::Assistant => message.tool_calls.iter().map(WireCall::new).collect(),
             _ => Vec::new(),
         };
-        Ok(Self { role, content: Cow::Borrowed(&message.content), tool_calls, tool_call_id })
+        Ok(Self { role: message.role, content: Cow::Borrowed(&message.content), tool_calls, tool_call_id })
     }
 }
 
@@ -393,12 +386,12 @@ impl<'a> WireCall<'a> {
 /// prompt must also say "JSON" or OpenAI refuses the mode.
 fn add_schema_instruction(messages: &mut Vec<WireMessage<'_>>, name: &str, schema: &Value) {
     let instruction = format!("Reply with only a JSON object that matches this JSON schema ({name}):\n{schema}");
-    match messages.first_mut().filter(|m| m.role == "system") {
+    match messages.first_mut().filter(|m| m.role == Role::System) {
         Some(system) => system.content = Cow::Owned(format!("{}\n\n{instruction}", system.content)),
         None => messages.insert(
             0,
             WireMessage {
-                role: "system",
+                role: Role::System,
                 content: Cow::Owned(instruction),
                 tool_calls: Vec::new(),
                 tool_call_id: None,

@@ -109,10 +109,10 @@ impl OpenAiClient {
 
     /// OpenAI took `max_tokens` away from its newer models in favour of
     /// `max_completion_tokens`; compatible servers only know `max_tokens`.
-    fn token_cap_field(&self) -> &'static str {
+    fn token_cap(&self, max_tokens: u32) -> TokenCap {
         match self.provider {
-            LlmProvider::OpenAi | LlmProvider::AzureOpenAi => "max_completion_tokens",
-            _ => "max_tokens",
+            LlmProvider::OpenAi | LlmProvider::AzureOpenAi => TokenCap::MaxCompletionTokens(max_tokens),
+            _ => TokenCap::MaxTokens(max_tokens),
         }
     }
 
@@ -160,7 +160,7 @@ impl OpenAiClient {
         max_tokens: u32,
     ) -> Result<LlmResponse, LlmError> {
         let wanted = request.output_schema.as_ref().map(|s| (s.wire_name(), SentSchema::new(&s.schema)));
-        let cap = (self.token_cap_field(), max_tokens);
+        let cap = self.token_cap(max_tokens);
         let body =
             Body::new(endpoint.model, request, format, wanted.as_ref(), cap).map_err(|e| endpoint.not_sent(e))?;
         let reply = match Deltas::current() {
@@ -205,11 +205,8 @@ fn refuses_request(error: &LlmError) -> bool {
 #[derive(Debug, Serialize)]
 struct Body<'a> {
     model: &'a str,
-    /// The reply's token cap (so a looping model stops), in the field the provider takes.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_tokens: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_completion_tokens: Option<u32>,
+    #[serde(flatten)]
+    cap: TokenCap,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     tools: Vec<WireTool<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -226,13 +223,13 @@ struct Body<'a> {
 
 impl<'a> Body<'a> {
     /// The body for `request` to `model`. `wanted` is the output schema's name and the
-    /// schema sent for it; `cap` the field that caps the reply's tokens, and the cap.
+    /// schema sent for it; `cap` the reply's token cap.
     fn new(
         model: &'a str,
         request: &'a LlmRequest,
         format: Format,
         wanted: Option<&'a (String, Arc<SentSchema>)>,
-        cap: (&str, u32),
+        cap: TokenCap,
     ) -> Result<Self, String> {
         let mut messages = request.messages.iter().map(WireMessage::new).collect::<Result<Vec<_>, _>>()?;
         let response_format = match (format, wanted) {
@@ -245,12 +242,9 @@ impl<'a> Body<'a> {
             }
             _ => None,
         };
-        let (max_tokens, max_completion_tokens) =
-            if cap.0 == "max_completion_tokens" { (None, Some(cap.1)) } else { (Some(cap.1), None) };
         Ok(Self {
             model,
-            max_tokens,
-            max_completion_tokens,
+            cap,
             tools: request.tools.iter().map(WireTool::new).collect(),
             tool_choice: (!request.tools.is_empty()).then(|| WireChoice::new(&request.tool_choice)),
             response_format,
@@ -264,6 +258,16 @@ impl<'a> Body<'a> {
     fn streamed(self) -> Self {
         Self { stream: true, stream_options: Some(StreamOptions { include_usage: true }), ..self }
     }
+}
+
+/// The reply's token cap (so a looping model stops), in the field the provider takes.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum TokenCap {
+    /// What compatible servers (and OpenAI's older models) know.
+    MaxTokens(u32),
+    /// What OpenAI's newer models take instead.
+    MaxCompletionTokens(u32),
 }
 
 #[derive(Debug, Serialize)]
@@ -459,7 +463,7 @@ mod tests {
     }
 
     fn body_of(request: &LlmRequest, format: Format, wanted: Option<&(String, Arc<SentSchema>)>) -> Value {
-        let body = Body::new("m", request, format, wanted, ("max_tokens", 64)).unwrap();
+        let body = Body::new("m", request, format, wanted, TokenCap::MaxTokens(64)).unwrap();
         serde_json::to_value(body).unwrap()
     }
 
@@ -477,7 +481,8 @@ mod tests {
         }];
         request.tool_choice = ToolChoice::Tool("add".into());
         let wanted = ("Sum".to_owned(), SentSchema::new(&json!({"type": "integer"})));
-        let body = Body::new("m", &request, Format::JsonSchema, Some(&wanted), ("max_completion_tokens", 64)).unwrap();
+        let body =
+            Body::new("m", &request, Format::JsonSchema, Some(&wanted), TokenCap::MaxCompletionTokens(64)).unwrap();
         assert_eq!(
             serde_json::to_value(body.streamed()).unwrap(),
             json!({
@@ -521,7 +526,8 @@ mod tests {
     fn a_tool_message_without_its_call_id_is_not_sent() {
         let mut answered = Message::user("3");
         answered.role = Role::Tool;
-        let err = Body::new("m", &request_with(vec![answered]), Format::Free, None, ("max_tokens", 1)).unwrap_err();
+        let err =
+            Body::new("m", &request_with(vec![answered]), Format::Free, None, TokenCap::MaxTokens(1)).unwrap_err();
         assert!(err.contains("tool_call_id"), "{err}");
     }
 

@@ -56,6 +56,13 @@ struct Row {
     usage: Vec<UsageRecord>,
 }
 
+impl Row {
+    /// Where the tool call `key` is in the journal, or where it would go.
+    fn tool_call_at(&self, key: ToolCallKey) -> Result<usize, usize> {
+        self.tool_calls.binary_search_by_key(&key, |r| r.key)
+    }
+}
+
 impl Default for InMemoryStorage {
     fn default() -> Self {
         Self::with_clock(Arc::new(SystemClock))
@@ -288,7 +295,7 @@ impl RowTx for Rows<'_> {
     /// The protocol fences every journal write first, so the workflow's row is there.
     fn insert_tool_call(&mut self, record: ToolCallRecord) -> Done<bool> {
         let Some(row) = self.row(record.key.workflow_id) else { return Ok(false) };
-        match row.tool_calls.binary_search_by_key(&record.key, |r| r.key) {
+        match row.tool_call_at(record.key) {
             Ok(_) => Ok(false),
             Err(at) => {
                 row.tool_calls.insert(at, record);
@@ -299,7 +306,7 @@ impl RowTx for Rows<'_> {
 
     fn put_tool_call(&mut self, record: ToolCallRecord) -> Done<()> {
         if let Some(row) = self.row(record.key.workflow_id) {
-            match row.tool_calls.binary_search_by_key(&record.key, |r| r.key) {
+            match row.tool_call_at(record.key) {
                 Ok(at) => row.tool_calls[at] = record,
                 Err(at) => row.tool_calls.insert(at, record),
             }
@@ -309,7 +316,7 @@ impl RowTx for Rows<'_> {
 
     fn tool_call(&mut self, key: ToolCallKey) -> Done<Option<ToolCallRecord>> {
         let row = self.row(key.workflow_id);
-        Ok(row.and_then(|row| row.tool_calls.iter().find(|r| r.key == key).cloned()))
+        Ok(row.and_then(|row| row.tool_call_at(key).ok().map(|at| row.tool_calls[at].clone())))
     }
 
     fn tool_calls(&mut self, id: WorkflowId) -> Done<Vec<ToolCallRecord>> {

@@ -434,7 +434,7 @@ impl Tool for CassetteTool {
             Mode::Record(recorder) => {
                 let result = self.inner.run(ctx, args.clone()).await;
                 let outcome = match &result {
-                    Ok(ToolOutput::Value(value)) => Some(ToolOutcome::Value { value: value.clone() }),
+                    Ok(ToolOutput::Value(value)) => Some(ToolOutcome::Value { value: value.clone().into() }),
                     Err(ToolError::Soft(message)) => Some(ToolOutcome::SoftError { message: message.clone() }),
                     Err(ToolError::Hard(message)) => Some(ToolOutcome::HardError { message: message.clone() }),
                     Err(ToolError::Transient { message, hint }) => Some(ToolOutcome::TransientError {
@@ -466,7 +466,7 @@ fn replay_tool(replayer: &Replayer, tool_id: &str, args: &Value) -> Result<ToolO
         return Err(ToolError::hard(no_match(&format!("call of {tool_id}"), args, &candidates)));
     }
     match &replayer.take(format!("tool:{tool_id}:{args}"), &matches).outcome {
-        ToolOutcome::Value { value } => Ok(ToolOutput::Value(value.clone())),
+        ToolOutcome::Value { value } => Ok(ToolOutput::Value(value.clone().into())),
         ToolOutcome::SoftError { message } => Err(ToolError::Soft(message.clone())),
         ToolOutcome::HardError { message } => Err(ToolError::Hard(message.clone())),
         ToolOutcome::TransientError { message, not_performed, retry_after_ms } => {

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::broadcast;
 
+use crate::SharedValue;
 use crate::call::{ToolCallKey, ToolCallStatus};
 use crate::clarification::Clarification;
 use crate::ids::{ClarificationId, PlanId, WorkflowId};
@@ -116,8 +117,9 @@ pub enum EventKind {
         tool_id: String,
         /// How it ended.
         status: ToolCallStatus,
-        /// The value, the clarifications or the error message.
-        output: Value,
+        /// The value, the clarifications or the error message (shared with the
+        /// journal's record and the step's output, not copied).
+        output: SharedValue,
         /// How long the tool took, in milliseconds (0 for a replay).
         latency_ms: u64,
         /// Whether the outcome came from the journal instead of a call.

@@ -28,6 +28,7 @@ mod secret;
 mod state;
 mod text;
 mod usage;
+mod value;
 
 // Machinery behind the public modules, reached through their re-exports.
 mod budget;
@@ -51,6 +52,7 @@ pub use runner::{PlanOptions, Runner};
 pub use tool::{
     InMemoryToolRegistry, RetryHint, Tool, ToolError, ToolOutput, ToolRegistry, ToolRunContext, ToolSpec, TypedTool,
 };
+pub use value::SharedValue;
 pub use workflow::{FailureKind, Output, Workflow, WorkflowState};
 
 /// What a tool author needs besides this crate, re-exported so that its versions

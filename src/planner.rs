@@ -168,9 +168,9 @@ impl ToolLookup for Offered {
 /// The shape of the planner's reply.
 pub(crate) fn output_schema() -> OutputSchema {
     static MADE: std::sync::LazyLock<OutputSchema> = std::sync::LazyLock::new(|| {
-        let mut output = OutputSchema::of::<StepsOrError>("StepsOrError");
-        strip_defaults(&mut output.schema);
-        output
+        let mut schema = (*crate::llm::schema_value::<StepsOrError>()).clone();
+        strip_defaults(&mut schema);
+        OutputSchema::new("StepsOrError", schema)
     });
     MADE.clone()
 }

@@ -18,13 +18,14 @@
 
 use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use jsonschema::error::{TypeKind, ValidationErrorKind};
 use jsonschema::paths::{Location, LocationSegment};
 use jsonschema::{ValidationError, Validator};
 use serde_json::{Map, Value};
 
+use crate::SharedValue;
 use crate::text::clip;
 
 /// Problems listed in one message; the others are counted.
@@ -42,11 +43,11 @@ const MAX_WARNED_SCHEMAS: usize = 1024;
 /// # Errors
 /// A message for the model: every problem (up to [`MAX_PROBLEMS`]) with the path of
 /// the value and what it must be, joined by `; `.
-pub(crate) fn check(schema: &Value, args: &Value) -> Result<Map<String, Value>, String> {
+pub(crate) fn check(schema: &SharedValue, args: &Value) -> Result<Map<String, Value>, String> {
     let Value::Object(object) = args else {
         return Err(format!("the arguments must be a JSON object, not {}", quoted(args)));
     };
-    let compiled = compile(schema);
+    let compiled = compile_shared(schema);
     let Some(validator) = compiled.as_ref() else { return Ok(object.clone()) };
     // The common case: valid as given, with nothing to drop or describe.
     if validator.is_valid(args) {
@@ -85,11 +86,17 @@ const OUTPUT: Wording = Wording { whole: "the output", top: "property" };
 /// The validator for `schema`, or `None` (with a warning the first time) when the
 /// schema itself is invalid or refers to a document elsewhere: nothing is fetched.
 /// Compiled once per schema: the same few are checked on every step.
-fn compile(schema: &Value) -> std::sync::Arc<Option<Validator>> {
-    static COMPILED: std::sync::LazyLock<crate::memo::SchemaMemo<Option<Validator>>> =
-        std::sync::LazyLock::new(Default::default);
+fn compile(schema: &Value) -> Arc<Option<Validator>> {
     COMPILED.get(schema, compile_now)
 }
+
+/// [`compile`] for a shared schema (a tool's), found by its address.
+fn compile_shared(schema: &SharedValue) -> Arc<Option<Validator>> {
+    COMPILED.get_shared(schema, compile_now)
+}
+
+static COMPILED: std::sync::LazyLock<crate::memo::SchemaMemo<Option<Validator>>> =
+    std::sync::LazyLock::new(Default::default);
 
 fn compile_now(schema: &Value) -> Option<Validator> {
     let options = jsonschema::options().offline().should_validate_formats(false);
@@ -261,8 +268,8 @@ mod tests {
 
     use super::*;
 
-    fn order_schema() -> Value {
-        json!({
+    fn order_schema() -> SharedValue {
+        SharedValue::from(json!({
             "type": "object",
             "properties": {
                 "customer": {
@@ -285,7 +292,7 @@ mod tests {
                 "note": {"type": "string"},
             },
             "required": ["customer", "items"],
-        })
+        }))
     }
 
     fn order() -> Value {
@@ -326,7 +333,8 @@ mod tests {
         let mut args = order();
         args["items"][0]["colour"] = json!("green");
         assert_eq!(problems_with(args), "unknown property `items/0/colour` (the known ones are `name`, `price`)");
-        let closed = json!({"type": "object", "properties": {"a": {}}, "additionalProperties": false});
+        let closed =
+            SharedValue::from(json!({"type": "object", "properties": {"a": {}}, "additionalProperties": false}));
         assert_eq!(
             check(&closed, &json!({"b": 1, "c": 2})).unwrap_err(),
             "unknown arguments `b`, `c` (the known ones are `a`)"
@@ -375,10 +383,13 @@ mod tests {
         args["items"][0]["name"] = json!("tea");
         let sent = check(&order_schema(), &args).unwrap();
         assert_eq!(Value::Object(sent), order(), "the optional null is left out of what is sent");
-        let nullable = json!({"type": "object", "properties": {"days": {"type": ["integer", "null"]}}});
+        let nullable =
+            SharedValue::from(json!({"type": "object", "properties": {"days": {"type": ["integer", "null"]}}}));
         let sent = check(&nullable, &json!({"days": null})).unwrap();
         assert_eq!(Value::Object(sent), json!({"days": null}), "a null the schema allows stays");
-        let list = json!({"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"}}}});
+        let list = SharedValue::from(
+            json!({"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"}}}}),
+        );
         assert_eq!(
             check(&list, &json!({"tags": ["a", null]})).unwrap_err(),
             "`tags/1` must be of type string, got null"
@@ -396,11 +407,11 @@ mod tests {
 
     #[test]
     fn local_references_are_followed() {
-        let schema = json!({
+        let schema = SharedValue::from(json!({
             "type": "object",
             "properties": {"point": {"$ref": "#/$defs/Point"}},
             "$defs": {"Point": {"type": "object", "properties": {"x": {"type": "number"}}, "additionalProperties": false}},
-        });
+        }));
         assert_eq!(
             check(&schema, &json!({"point": {"x": 1, "y": 2}})).unwrap_err(),
             "unknown property `point/y` (the known ones are `x`)"
@@ -409,8 +420,11 @@ mod tests {
 
     #[test]
     fn arguments_must_be_an_object_and_long_values_are_clipped() {
-        assert_eq!(check(&json!({}), &json!([1])).unwrap_err(), "the arguments must be a JSON object, not [1]");
-        let schema = json!({"type": "object", "properties": {"n": {"type": "number"}}});
+        assert_eq!(
+            check(&SharedValue::from(json!({})), &json!([1])).unwrap_err(),
+            "the arguments must be a JSON object, not [1]"
+        );
+        let schema = SharedValue::from(json!({"type": "object", "properties": {"n": {"type": "number"}}}));
         let message = check(&schema, &json!({"n": "x".repeat(500)})).unwrap_err();
         assert!(message.len() < 200 && message.ends_with('…'), "{message}");
     }
@@ -444,7 +458,11 @@ mod tests {
             json!({"type": "object", "properties": {"a": {"$ref": "#/$defs/Missing"}}}),
             json!("not a schema"),
         ] {
-            assert_eq!(check(&schema, &args).map(Value::Object), Ok(args.clone()), "{schema}");
+            assert_eq!(
+                check(&SharedValue::from(schema.clone()), &args).map(Value::Object),
+                Ok(args.clone()),
+                "{schema}"
+            );
         }
         assert!(!first_warning(&json!({"type": "object", "properties": {"a": {"type": "strnig"}}})), "warned once");
     }

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::SharedValue;
 use crate::clarification::Clarification;
 pub use crate::events::ToolEvents;
 use crate::execution_context::ExecutionContext;
@@ -27,8 +28,9 @@ use crate::{Error, Result};
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ToolOutput {
-    /// A value, which becomes the step's output.
-    Value(Value),
+    /// A value, which becomes the step's output (shared with the journal, the
+    /// events and the step's output, not copied).
+    Value(SharedValue),
     /// Questions for a human; the workflow waits for them before the step runs again.
     Clarifications(Vec<Clarification>),
 }
@@ -36,7 +38,7 @@ pub enum ToolOutput {
 impl ToolOutput {
     /// A value output.
     pub fn value(value: impl Into<Value>) -> Self {
-        Self::Value(value.into())
+        Self::Value(SharedValue::new(value.into()))
     }
 
     /// One clarification.
@@ -280,8 +282,9 @@ pub struct ToolSpec {
     pub name: String,
     /// What the tool does and when to use it; the planner and agents read this.
     pub description: String,
-    /// The JSON schema of the tool's arguments (an object).
-    pub args_schema: Value,
+    /// The JSON schema of the tool's arguments (an object), shared: a spec is asked
+    /// for at every plan and step, and its schema goes out with every call.
+    pub args_schema: SharedValue,
     /// What the tool returns; may be empty.
     pub output_description: String,
     /// Whether calling twice with the same arguments (and the same idempotency key)
@@ -305,7 +308,7 @@ impl ToolSpec {
             id: id.into(),
             name: name.into(),
             description: description.into(),
-            args_schema: serde_json::json!({"type": "object", "properties": {}}),
+            args_schema: no_arguments(),
             output_description: String::new(),
             idempotent: false,
             side_effects: true,
@@ -316,8 +319,8 @@ impl ToolSpec {
 
     /// Sets the JSON schema of the arguments.
     #[must_use]
-    pub fn args_schema(mut self, schema: Value) -> Self {
-        self.args_schema = schema;
+    pub fn args_schema(mut self, schema: impl Into<SharedValue>) -> Self {
+        self.args_schema = schema.into();
         self
     }
 
@@ -378,6 +381,13 @@ impl ToolSpec {
         let name = self.task_argument.as_ref()?;
         Some(serde_json::json!({ name.as_str(): task }))
     }
+}
+
+/// The schema of a tool that takes no arguments, made once.
+fn no_arguments() -> SharedValue {
+    static NONE: std::sync::LazyLock<SharedValue> =
+        std::sync::LazyLock::new(|| serde_json::json!({"type": "object", "properties": {}}).into());
+    NONE.clone()
 }
 
 /// A capability a step can call.

@@ -21,6 +21,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
+use crate::SharedValue;
 use crate::clarification::Clarification;
 use crate::error::LlmError;
 use crate::execution_context::ExecutionContext;
@@ -67,9 +68,10 @@ impl StepOutcome {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Output {
-    /// The value, with its JSON type kept (a number stays a number).
+    /// The value, with its JSON type kept (a number stays a number). Shared: the
+    /// events, the journal and later steps that carry it hold the same value.
     #[serde(default)]
-    pub value: Value,
+    pub value: SharedValue,
     /// A short summary of the value, when one was made.
     #[serde(default)]
     pub summary: Option<String>,
@@ -81,12 +83,18 @@ pub struct Output {
 impl Output {
     /// An output with no summary.
     pub fn new(value: impl Into<Value>) -> Self {
-        Self { value: value.into(), summary: None, skipped: None }
+        Self::shared(SharedValue::new(value.into()))
+    }
+
+    /// An output with no summary, holding a value that is already shared (a
+    /// tool's output, say) instead of a copy of it.
+    pub fn shared(value: SharedValue) -> Self {
+        Self { value, summary: None, skipped: None }
     }
 
     /// The output of a step that was skipped, for `reason`.
     pub fn skipped(reason: impl Into<String>) -> Self {
-        Self { value: Value::Null, summary: None, skipped: Some(reason.into()) }
+        Self { value: SharedValue::default(), summary: None, skipped: Some(reason.into()) }
     }
 
     /// Sets the summary.
@@ -146,6 +154,14 @@ impl StepOutputs {
     pub fn resolve(&self, reference: &str) -> Option<Value> {
         let reference = Reference::parse(reference)?;
         reference.select(&self.get(&reference.name)?.value)
+    }
+
+    /// [`resolve`](Self::resolve), sharing the output's value when the reference
+    /// names a whole output instead of copying it.
+    pub(crate) fn resolve_shared(&self, reference: &str) -> Option<SharedValue> {
+        let reference = Reference::parse(reference)?;
+        let value = &self.get(&reference.name)?.value;
+        if reference.path.is_empty() { Some(value.clone()) } else { reference.select(value).map(SharedValue::new) }
     }
 
     /// Stores `output` under `name`, replacing an earlier one, at the position
@@ -662,8 +678,8 @@ impl Workflow {
     /// a skipped one), in place of its items.
     pub(crate) fn finish_loop(&mut self, plan: &Plan, step: usize, items: usize) -> Output {
         let name = plan.steps.get(step).map(|s| s.output.clone()).unwrap_or_default();
-        let done = self.outputs.loop_items.remove(&name).unwrap_or_default();
-        let values = (0..items).map(|i| done.get(&i).map(|o| o.value.clone()).unwrap_or_default()).collect();
+        let mut done = self.outputs.loop_items.remove(&name).unwrap_or_default();
+        let values = (0..items).map(|i| done.remove(&i).map(|o| o.value.into_value()).unwrap_or_default()).collect();
         let output = Output::new(Value::Array(values));
         self.record_step_output(plan, step, output.clone());
         output

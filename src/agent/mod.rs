@@ -39,6 +39,7 @@ pub(crate) use summarize::summarize_final_output;
 pub(crate) use user_step::ask_user;
 pub use verifier::VerifierAgent;
 
+use crate::SharedValue;
 use crate::clarification::Clarification;
 use crate::execution_context::ExecutionContext;
 use crate::ids::WorkflowId;
@@ -57,8 +58,9 @@ pub struct StepInput {
     pub name: String,
     /// What it means.
     pub description: String,
-    /// Its value: the constant, or the earlier step's output value.
-    pub value: Value,
+    /// Its value: the constant, or the earlier step's output value (shared with
+    /// that output when the input reads all of it).
+    pub value: SharedValue,
 }
 
 /// The run's journaled path for a step's tool calls. The runner provides it, so an
@@ -116,7 +118,7 @@ pub struct StepContext {
     /// The step's plan-time tool arguments, with their `$name` references resolved.
     pub args: Option<Value>,
     /// Outputs of earlier steps that are not declared inputs: `(name, value)`.
-    pub other_outputs: Vec<(String, Value)>,
+    pub other_outputs: Vec<(String, SharedValue)>,
     /// This step's clarifications, with the responses given so far.
     pub clarifications: Vec<Clarification>,
     /// Who the workflow runs for.

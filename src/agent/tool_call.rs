@@ -27,7 +27,7 @@ pub(super) async fn run_tool(ctx: &StepContext, tool: &dyn Tool, spec: &ToolSpec
 
 pub(super) fn attempt_of(spec: &ToolSpec, result: Result<ToolOutput, ToolError>) -> ToolAttempt {
     match result {
-        Ok(ToolOutput::Value(value)) => ToolAttempt::Finished(StepOutcome::Output(Output::new(value))),
+        Ok(ToolOutput::Value(value)) => ToolAttempt::Finished(StepOutcome::Output(Output::shared(value))),
         Ok(ToolOutput::Clarifications(list)) if !list.is_empty() => {
             ToolAttempt::Finished(StepOutcome::Clarifications(list))
         }
@@ -123,7 +123,7 @@ pub(super) async fn finish(ctx: &StepContext, spec: &ToolSpec, outcome: StepOutc
 /// [`crate::schema_check`]): the message names each value that does not fit and what
 /// it must be. The tool gets the arguments as they were written: a `null` the check
 /// took for "not given" reaches it too, and is the tool's to read as such.
-fn check_args(schema: &Value, args: &Value) -> Result<(), String> {
+fn check_args(schema: &crate::SharedValue, args: &Value) -> Result<(), String> {
     crate::schema_check::check(schema, args).map(drop)
 }
 
@@ -135,11 +135,11 @@ mod tests {
 
     #[test]
     fn schema_check_finds_missing_and_mistyped_arguments() {
-        let schema = json!({
+        let schema = crate::SharedValue::from(json!({
             "type": "object",
             "properties": {"city": {"type": "string"}, "days": {"type": ["integer", "null"]}},
             "required": ["city"]
-        });
+        }));
         assert!(check_args(&schema, &json!({"city": "Paris"})).is_ok());
         assert!(check_args(&schema, &json!({"city": "Paris", "days": null})).is_ok());
         assert!(check_args(&schema, &json!({})).unwrap_err().contains("`city` is missing"));

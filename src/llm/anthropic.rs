@@ -23,6 +23,7 @@ use super::transport::{Account, Endpoint, Reply, secret_header};
 use super::{
     LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, Message, OutputSchema, Role, ToolChoice, Usage,
 };
+use crate::SharedValue;
 
 const API_VERSION: &str = "2023-06-01";
 
@@ -106,7 +107,7 @@ impl ReplyTool {
 }
 
 /// Tool inputs must be object schemas; a tool without arguments may have none at all.
-fn tool_input_schema(parameters: &Value) -> Value {
+fn tool_input_schema(parameters: &SharedValue) -> Value {
     let parameters = &*portable_shared(parameters);
     object_schema(parameters).unwrap_or_else(|| match parameters {
         Value::Object(node) if !node.is_empty() => parameters.clone(),
@@ -276,7 +277,7 @@ mod tests {
         let tool = |name: &str| super::super::ToolDefinition {
             name: name.into(),
             description: "d".into(),
-            parameters: json!({"type": "object"}),
+            parameters: json!({"type": "object"}).into(),
         };
         let request = LlmRequest::new(super::super::ModelRole::Execution, vec![Message::user("hi")])
             .with_tools(vec![tool("a"), tool("b")], ToolChoice::Auto);
@@ -288,8 +289,8 @@ mod tests {
 
     #[test]
     fn tools_without_an_object_schema_get_an_empty_one() {
-        assert_eq!(tool_input_schema(&Value::Null), json!({"type": "object", "properties": {}}));
-        assert_eq!(tool_input_schema(&json!({"properties": {}})), json!({"type": "object", "properties": {}}));
+        assert_eq!(tool_input_schema(&Value::Null.into()), json!({"type": "object", "properties": {}}));
+        assert_eq!(tool_input_schema(&json!({"properties": {}}).into()), json!({"type": "object", "properties": {}}));
     }
 
     #[test]

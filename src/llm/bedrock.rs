@@ -27,6 +27,7 @@ use super::transport::{Account, Endpoint, Reply};
 use super::{
     LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, Message, OutputSchema, Role, ToolChoice, Usage,
 };
+use crate::SharedValue;
 
 /// A client for Bedrock's Converse API.
 #[derive(Debug)]
@@ -147,7 +148,7 @@ fn tool_spec(name: &str, description: &str, schema: Value) -> Value {
 }
 
 /// Tool inputs must be object schemas; a tool without arguments gets an empty one.
-fn input_schema(parameters: &Value) -> Value {
+fn input_schema(parameters: &SharedValue) -> Value {
     let parameters = &*portable_shared(parameters);
     object_schema(parameters).unwrap_or_else(|| match parameters {
         Value::Object(node) if !node.is_empty() => parameters.clone(),
@@ -360,7 +361,7 @@ mod tests {
         let clock = crate::llm::ToolDefinition {
             name: "clock".into(),
             description: "The time".into(),
-            parameters: Value::Null,
+            parameters: Value::Null.into(),
         };
         let request = LlmRequest::new(crate::llm::ModelRole::Execution, vec![Message::user("time?")])
             .with_tools(vec![clock], ToolChoice::Auto);

@@ -59,6 +59,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::SharedValue;
 pub use crate::error::LlmError;
 pub use crate::usage::Usage;
 pub use aws::AwsCredentials;
@@ -153,8 +154,9 @@ pub struct ToolDefinition {
     pub name: String,
     /// What it does.
     pub description: String,
-    /// Its arguments' JSON schema.
-    pub parameters: Value,
+    /// Its arguments' JSON schema, shared: the same tool's schema goes out with
+    /// every call that offers it.
+    pub parameters: SharedValue,
 }
 
 /// Whether and which tool the model must call.
@@ -176,11 +178,17 @@ pub enum ToolChoice {
 pub struct OutputSchema {
     /// A name for the shape (letters, digits, `_`).
     pub name: String,
-    /// Its JSON schema.
-    pub schema: Value,
+    /// Its JSON schema, shared: the same schema goes out with every call that asks
+    /// for this shape.
+    pub schema: SharedValue,
 }
 
 impl OutputSchema {
+    /// A shape named `name` with this JSON schema.
+    pub fn new(name: impl Into<String>, schema: impl Into<SharedValue>) -> Self {
+        Self { name: name.into(), schema: schema.into() }
+    }
+
     /// The schema of a Rust type.
     pub fn of<T: JsonSchema>(name: impl Into<String>) -> Self {
         Self { name: name.into(), schema: schema_value::<T>() }
@@ -205,10 +213,10 @@ impl OutputSchema {
 /// and every byte of a schema is sent (and paid for) on every call. The schema is
 /// [`portable`]: servers such as llama.cpp accept it.
 ///
-/// Each type's schema is made once per process and copied after that: a tool's spec
+/// Each type's schema is made once per process and shared after that: a tool's spec
 /// (and so its schema) is asked for at every lookup, plan check and step.
-pub fn schema_value<T: JsonSchema>() -> Value {
-    type Made = std::sync::Mutex<std::collections::HashMap<(&'static str, String), Value>>;
+pub fn schema_value<T: JsonSchema>() -> SharedValue {
+    type Made = std::sync::Mutex<std::collections::HashMap<(&'static str, String), SharedValue>>;
     static MADE: std::sync::OnceLock<Made> = std::sync::OnceLock::new();
     let made = MADE.get_or_init(Default::default);
     // The type's path, and the id schemars tells schemas apart by (a hand-written
@@ -222,7 +230,7 @@ pub fn schema_value<T: JsonSchema>() -> Value {
         root.remove("$schema");
         root.remove("title");
     }
-    let schema = portable(&schema);
+    let schema = SharedValue::new(portable(&schema));
     made.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key, schema.clone());
     schema
 }

@@ -280,13 +280,7 @@ struct WireTool<'a> {
 struct WireFunction<'a> {
     name: &'a str,
     description: &'a str,
-    #[serde(serialize_with = "shared")]
     parameters: Arc<Value>,
-}
-
-/// Writes a shared value as the value itself (serde's `rc` feature is not assumed).
-fn shared<S: serde::Serializer>(value: &Arc<Value>, serializer: S) -> Result<S::Ok, S::Error> {
-    Value::serialize(value, serializer)
 }
 
 impl<'a> WireTool<'a> {
@@ -477,10 +471,10 @@ mod tests {
         request.tools = vec![ToolDefinition {
             name: "add".into(),
             description: "Adds.".into(),
-            parameters: json!({"type": "object", "properties": {"a": true}}),
+            parameters: json!({"type": "object", "properties": {"a": true}}).into(),
         }];
         request.tool_choice = ToolChoice::Tool("add".into());
-        let wanted = ("Sum".to_owned(), SentSchema::new(&json!({"type": "integer"})));
+        let wanted = ("Sum".to_owned(), SentSchema::new(&json!({"type": "integer"}).into()));
         let body =
             Body::new("m", &request, Format::JsonSchema, Some(&wanted), TokenCap::MaxCompletionTokens(64)).unwrap();
         assert_eq!(
@@ -515,7 +509,8 @@ mod tests {
         let body = body_of(&request_with(vec![Message::user("hi")]), Format::Free, None);
         assert_eq!(body, json!({"model": "m", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}));
         let mut request = request_with(vec![Message::user("hi")]);
-        request.tools = vec![ToolDefinition { name: "t".into(), description: String::new(), parameters: json!({}) }];
+        request.tools =
+            vec![ToolDefinition { name: "t".into(), description: String::new(), parameters: json!({}).into() }];
         for (choice, sent) in [(ToolChoice::Auto, json!("auto")), (ToolChoice::Required, json!("required"))] {
             request.tool_choice = choice;
             assert_eq!(body_of(&request, Format::Free, None)["tool_choice"], sent);
@@ -533,7 +528,7 @@ mod tests {
 
     #[test]
     fn json_object_instruction_joins_the_leading_system_message() {
-        let wanted = ("Out".to_owned(), SentSchema::new(&json!({"type": "object"})));
+        let wanted = ("Out".to_owned(), SentSchema::new(&json!({"type": "object"}).into()));
         let with_system = request_with(vec![Message::system("Be brief."), Message::user("hi")]);
         let body = body_of(&with_system, Format::JsonObject, Some(&wanted));
         assert_eq!(body["response_format"], json!({"type": "json_object"}));

@@ -16,6 +16,7 @@ use std::sync::{Arc, LazyLock};
 
 use serde_json::{Map, Value, json};
 
+use crate::SharedValue;
 use crate::memo::SchemaMemo;
 
 /// The property a non-object schema is wrapped in.
@@ -66,9 +67,9 @@ pub fn portable(schema: &Value) -> Value {
 
 /// [`portable`] of `schema`, made once per schema and shared: a tool's parameters
 /// are sent on every call that offers the tool.
-pub(crate) fn portable_shared(schema: &Value) -> Arc<Value> {
+pub(crate) fn portable_shared(schema: &SharedValue) -> Arc<Value> {
     static MADE: LazyLock<SchemaMemo<Value>> = LazyLock::new(Default::default);
-    MADE.get(schema, portable)
+    MADE.get_shared(schema, portable)
 }
 
 fn normalize(schema: &mut Value, allow_bool: bool) {
@@ -161,9 +162,9 @@ fn walk(schema: &Value, at: &str, problems: &mut Vec<String>) {
 impl SentSchema {
     /// The object schema to send for `wanted`, in the portable subset (made once
     /// per schema, as the same few are sent on every call).
-    pub(crate) fn new(wanted: &Value) -> Arc<Self> {
+    pub(crate) fn new(wanted: &SharedValue) -> Arc<Self> {
         static MADE: LazyLock<SchemaMemo<SentSchema>> = LazyLock::new(Default::default);
-        MADE.get(wanted, Self::make)
+        MADE.get_shared(wanted, Self::make)
     }
 
     fn make(wanted: &Value) -> Self {
@@ -330,7 +331,7 @@ mod tests {
             outputs.map(|o| (o.name.clone(), SentSchema::new(&o.schema).schema.clone())).collect();
         for tool in crate::tools::open_source_tool_registry(&crate::Config::default()).get_tools() {
             let spec = tool.spec();
-            sent.push((format!("{} as declared", spec.id), spec.args_schema.clone()));
+            sent.push((format!("{} as declared", spec.id), (*spec.args_schema).clone()));
             sent.push((format!("{} as sent", spec.id), portable(&spec.definition().parameters)));
         }
         assert!(sent.len() >= 14, "planner, verifier and six tools twice: {}", sent.len());
@@ -371,7 +372,7 @@ mod tests {
     #[test]
     fn non_object_schemas_are_wrapped_with_their_definitions_lifted() {
         let wanted = json!({"type": "array", "items": {"$ref": "#/$defs/Item"}, "$defs": {"Item": {"type": "string"}}});
-        let sent = SentSchema::new(&wanted);
+        let sent = SentSchema::new(&wanted.into());
         assert!(sent.wrapped);
         assert_eq!(
             sent.schema,
@@ -391,7 +392,7 @@ mod tests {
     #[test]
     fn object_schemas_are_sent_as_they_are() {
         let wanted = json!({"type": "object", "properties": {}});
-        let sent = SentSchema::new(&wanted);
+        let sent = SentSchema::new(&wanted.clone().into());
         assert_eq!(*sent, SentSchema { schema: wanted.clone(), wrapped: false, strict: false });
         assert_eq!(sent.unwrap_text("{}".into()), "{}");
         assert_eq!(object_schema(&json!({"properties": {}})), Some(json!({"type": "object", "properties": {}})));

@@ -267,7 +267,7 @@ impl ToolCalls {
         }
         match unknown_outcome(spec, &earlier, &run_ctx.clarifications) {
             Unknown::Call => self.make(tool, spec, run_ctx, earlier).await,
-            Unknown::Done(value) => self.finish(earlier, Ok(ToolOutput::Value(value)), 0.0).await,
+            Unknown::Done(value) => self.finish(earlier, Ok(ToolOutput::Value(value.into())), 0.0).await,
             Unknown::Ask(clarification) => Ok(ToolOutput::clarification(*clarification)),
         }
     }

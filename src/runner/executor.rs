@@ -31,7 +31,7 @@ use crate::plan::{Condition, Exit, INDEX, ITEM, Plan, Reference};
 use crate::schema_check::check_value;
 use crate::storage::{Lease, LeaseGrant, ToolCallRecord};
 use crate::workflow::{Failure, FailureKind, Output, Workflow, WorkflowState, WorkflowUsage};
-use crate::{Error, Result};
+use crate::{Error, Result, SharedValue};
 
 /// A run in progress: the workflow, and what it runs with.
 struct Run {
@@ -541,7 +541,7 @@ impl Runner {
             let message = format!("the final output does not fit the plan's output schema: {problems}");
             return Err(Failure::new(FailureKind::SchemaMismatch, message).at_step(run.plan.steps.len() - 1));
         }
-        let mut final_output = Output::new(output.value.clone());
+        let mut final_output = Output::shared(output.value.clone());
         // A child's final output is its parent's step output, which takes no summary.
         let summarize = self.inner.config.summarize_final_output && run.workflow.parent().is_none();
         let written = output.summary.clone().filter(|_| last.tool_id.is_none());
@@ -570,6 +570,10 @@ impl Runner {
         let current = unit.item.zip(item);
         let outputs = &workflow.outputs().step_outputs;
         let lookup = |reference: &str| loop_value(current, reference).or_else(|| outputs.resolve(reference));
+        let lookup_shared = |reference: &str| match loop_value(current, reference) {
+            Some(value) => Some(SharedValue::new(value)),
+            None => outputs.resolve_shared(reference),
+        };
         let tool = match &step.tool_id {
             None if step.function.is_some() => {
                 let name = step.function.as_deref().unwrap_or_default();
@@ -586,8 +590,8 @@ impl Runner {
         let mut inputs = Vec::with_capacity(step.inputs.len());
         for variable in &step.inputs {
             let value = match &variable.value {
-                Some(constant) => constant.clone(),
-                None => lookup(&variable.name).ok_or_else(|| {
+                Some(constant) => SharedValue::new(constant.clone()),
+                None => lookup_shared(&variable.name).ok_or_else(|| {
                     let message = format!("step {index} reads {}, which has not been produced", variable.name);
                     Failure::new(FailureKind::InvalidStep, message)
                 })?,
@@ -599,7 +603,7 @@ impl Runner {
         {
             let list = step.for_each.as_deref().unwrap_or_default();
             let description = format!("item {i} (from 0) of {list}");
-            inputs.push(StepInput { name: ITEM.to_owned(), description, value: value.clone() });
+            inputs.push(StepInput { name: ITEM.to_owned(), description, value: SharedValue::new(value.clone()) });
         }
         let read =
             |output: &str| step.inputs.iter().any(|v| Reference::parse(&v.name).is_some_and(|r| r.name == output));

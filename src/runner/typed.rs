@@ -29,7 +29,7 @@ impl<T: DeserializeOwned> TypedWorkflow<T> {
             return Ok(Self { workflow, output: None });
         }
         let value = workflow.outputs().final_output.as_ref().map(|o| o.value.clone()).unwrap_or_default();
-        let output = serde_json::from_value(value).map_err(|e| Error::TypedOutput {
+        let output = T::deserialize(&*value).map_err(|e| Error::TypedOutput {
             workflow_id: workflow.id(),
             message: format!("its final output does not deserialize into {}: {e}", std::any::type_name::<T>()),
         })?;

@@ -3,6 +3,7 @@
 //! never silently repeats one whose outcome is unknown. LLM usage is journaled as
 //! it is spent, so a workflow's usage stays exact across crashes.
 
+use crate::SharedValue;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -29,7 +30,7 @@ pub struct ToolCallRecord {
     /// Where the call stands.
     pub status: ToolCallStatus,
     /// The value, the clarifications, or the error message; null while STARTED.
-    pub output: Value,
+    pub output: SharedValue,
     /// When the intent was stored.
     pub started_at: DateTime<Utc>,
     /// How long the tool took, in seconds, once it returned.
@@ -45,7 +46,7 @@ impl ToolCallRecord {
             end_user_id,
             input,
             status: ToolCallStatus::Started,
-            output: Value::Null,
+            output: Value::Null.into(),
             started_at: Utc::now(),
             latency_seconds: None,
         }
@@ -57,13 +58,13 @@ impl ToolCallRecord {
         let (status, output) = match result {
             Ok(ToolOutput::Value(value)) => (ToolCallStatus::Success, value.clone()),
             Ok(ToolOutput::Clarifications(list)) => {
-                (ToolCallStatus::NeedClarification, serde_json::to_value(list).unwrap_or_default())
+                (ToolCallStatus::NeedClarification, serde_json::to_value(list).unwrap_or_default().into())
             }
             Err(ToolError::Soft(message) | ToolError::Transient { message, .. }) => {
-                (ToolCallStatus::SoftError, Value::from(message.as_str()))
+                (ToolCallStatus::SoftError, Value::from(message.as_str()).into())
             }
-            Err(ToolError::Hard(message)) => (ToolCallStatus::HardError, Value::from(message.as_str())),
-            Err(other) => (ToolCallStatus::HardError, Value::from(other.to_string())),
+            Err(ToolError::Hard(message)) => (ToolCallStatus::HardError, Value::from(message.as_str()).into()),
+            Err(other) => (ToolCallStatus::HardError, Value::from(other.to_string()).into()),
         };
         self.status = status;
         self.output = output;
@@ -78,7 +79,7 @@ impl ToolCallRecord {
             ToolCallStatus::Held | ToolCallStatus::Started => return None,
             ToolCallStatus::Success => Ok(ToolOutput::Value(self.output.clone())),
             ToolCallStatus::NeedClarification => {
-                let list: Vec<Clarification> = serde_json::from_value(self.output.clone()).unwrap_or_default();
+                let list = Vec::<Clarification>::deserialize(&*self.output).unwrap_or_default();
                 Ok(ToolOutput::Clarifications(list))
             }
             ToolCallStatus::SoftError => Err(ToolError::Soft(message())),

@@ -460,7 +460,7 @@ async fn assert_fenced(store: &dyn Storage, workflow: &Workflow, lease: &Lease, 
     };
     lost(store.update_workflow(&next_version(workflow), lease, &[]).await, "update_workflow");
     lost(store.begin_tool_call(lease, &intent(key(workflow, 0, 0, 1), json!({}))).await.map(drop), "begin_tool_call");
-    let outcome = journaled.clone().finished(&Ok(ToolOutput::Value(json!("sunny"))), 0.1);
+    let outcome = journaled.clone().finished(&Ok(ToolOutput::Value(json!("sunny").into())), 0.1);
     lost(store.finish_tool_call(lease, &outcome).await, "finish_tool_call");
     lost(store.record_usage(lease, &usage(workflow, None, 5)).await, "record_usage");
     lost(store.renew_lease(lease, TTL).await.map(drop), "renew_lease");
@@ -513,7 +513,7 @@ async fn the_journal_replays(f: Fixture) {
     let retry = intent(key(&workflow, 0, 0, 0), json!({"city": "Rome"}));
     let replayed = store.begin_tool_call(&lease, &retry).await.unwrap();
     assert_eq!(replayed.as_ref(), Some(&first), "the first intent stands");
-    let done = first.clone().finished(&Ok(ToolOutput::Value(json!({"temp": 21.5}))), 0.25);
+    let done = first.clone().finished(&Ok(ToolOutput::Value(json!({"temp": 21.5}).into())), 0.25);
     store.finish_tool_call(&lease, &done).await.unwrap();
     let replayed = store.begin_tool_call(&lease, &retry).await.unwrap().expect("the call is journaled");
     assert_eq!(replayed.status, ToolCallStatus::Success);

@@ -82,8 +82,8 @@ impl MockTool {
 
     /// Replaces the argument schema (default: any object).
     #[must_use]
-    pub fn with_schema(mut self, schema: Value) -> Self {
-        self.spec.args_schema = schema;
+    pub fn with_schema(mut self, schema: impl Into<crate::SharedValue>) -> Self {
+        self.spec.args_schema = schema.into();
         self
     }
 
@@ -130,9 +130,9 @@ impl Tool for MockTool {
             calls.len()
         };
         match &self.behavior {
-            MockBehavior::Echo => Ok(ToolOutput::Value(args)),
-            MockBehavior::Return(value) => Ok(ToolOutput::Value(value.clone())),
-            MockBehavior::SoftErrorsThen(n, value) if attempt > *n => Ok(ToolOutput::Value(value.clone())),
+            MockBehavior::Echo => Ok(ToolOutput::Value(args.into())),
+            MockBehavior::Return(value) => Ok(ToolOutput::Value(value.clone().into())),
+            MockBehavior::SoftErrorsThen(n, value) if attempt > *n => Ok(ToolOutput::Value(value.clone().into())),
             MockBehavior::SoftErrorsThen(..) => Err(ToolError::soft(format!("transient failure #{attempt}"))),
             MockBehavior::AlwaysSoft(message) => Err(ToolError::soft(format!("{message} #{attempt}"))),
             MockBehavior::Hard(message) => Err(ToolError::hard(message)),
@@ -145,7 +145,7 @@ impl Tool for MockTool {
                 )),
             }),
             MockBehavior::ClarifyChoice(argument, options) => Ok(match Self::answered(ctx, argument) {
-                Some(choice) => ToolOutput::Value(choice),
+                Some(choice) => ToolOutput::Value(choice.into()),
                 None => ToolOutput::clarification(Clarification::multiple_choice(
                     ctx.workflow_id,
                     argument,
@@ -156,7 +156,7 @@ impl Tool for MockTool {
             MockBehavior::Action(url, value) => {
                 let done = ctx.clarifications.iter().any(|c| c.resolved && c.category() == "Action");
                 Ok(if done {
-                    ToolOutput::Value(value.clone())
+                    ToolOutput::Value(value.clone().into())
                 } else {
                     ToolOutput::clarification(Clarification::action(ctx.workflow_id, url, "Sign in to continue"))
                 })

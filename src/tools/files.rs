@@ -113,7 +113,7 @@ impl TypedTool for FileReaderTool {
         let filename = chosen.unwrap_or(args.filename);
         let root = self.root.clone();
         match blocking(move || read(&root, &filename)).await? {
-            Read::Value(value) => Ok(ToolOutput::Value(value)),
+            Read::Value(value) => Ok(ToolOutput::Value(value.into())),
             Read::Missing { relative, matches } if matches.is_empty() || was_chosen => {
                 Err(ToolError::hard(format!("{relative} was not found under the files root")))
             }

@@ -91,7 +91,8 @@ async fn request_body_and_headers_are_exact() {
     let price = ToolDefinition {
         name: "price".into(),
         description: "Stock price".into(),
-        parameters: json!({"type": "object", "properties": {"ticker": {"type": "string"}}, "required": ["ticker"]}),
+        parameters: json!({"type": "object", "properties": {"ticker": {"type": "string"}}, "required": ["ticker"]})
+            .into(),
     };
     let request = LlmRequest::new(
         ModelRole::Execution,
@@ -149,7 +150,8 @@ async fn max_tokens_comes_from_the_config_and_tool_choice_maps_auto_and_tool() {
     let server = MockServer::start().await;
     mount(&server, text_reply("ok"), 3).await;
     let llm = client(config(&server).max_tokens(1234u32));
-    let tool = ToolDefinition { name: "t".into(), description: "d".into(), parameters: json!({"type": "object"}) };
+    let tool =
+        ToolDefinition { name: "t".into(), description: "d".into(), parameters: json!({"type": "object"}).into() };
     llm.chat(ask("a").with_tools(vec![tool.clone()], ToolChoice::Auto)).await.unwrap();
     llm.chat(ask("b").with_tools(vec![tool], ToolChoice::Tool("t".into()))).await.unwrap();
     llm.chat(ask("c")).await.unwrap();

@@ -66,7 +66,7 @@ async fn a_context_length_refusal_is_sent_once_more_with_a_cap_that_fits() {
     let llm = config(&server).build().unwrap().llm_client().unwrap();
     let request = ask(ModelRole::Execution).with_output_schema(OutputSchema {
         name: "a".into(),
-        schema: json!({"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}),
+        schema: json!({"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}).into(),
     });
 
     let reply = llm.chat(request).await.expect("the second try fits");

@@ -94,9 +94,11 @@ async fn request_carries_system_contents_function_declarations_and_config_exactl
     let search = ToolDefinition {
         name: "search".into(),
         description: "Searches the web".into(),
-        parameters: json!({"type": "object", "properties": {"q": {"type": "string", "format": "uint32"}}, "required": ["q"]}),
+        parameters:
+            json!({"type": "object", "properties": {"q": {"type": "string", "format": "uint32"}}, "required": ["q"]})
+                .into(),
     };
-    let clock = ToolDefinition { name: "clock".into(), description: "The time".into(), parameters: Value::Null };
+    let clock = ToolDefinition { name: "clock".into(), description: "The time".into(), parameters: Value::Null.into() };
     let request = LlmRequest::new(
         ModelRole::Execution,
         vec![
@@ -145,7 +147,8 @@ async fn request_carries_system_contents_function_declarations_and_config_exactl
 async fn tool_choice_auto_and_required_map_to_the_calling_modes() {
     let server = MockServer::start().await;
     mount(&server, reply(json!([{"text": "ok"}])), 2).await;
-    let tool = ToolDefinition { name: "f".into(), description: "d".into(), parameters: json!({"type": "object"}) };
+    let tool =
+        ToolDefinition { name: "f".into(), description: "d".into(), parameters: json!({"type": "object"}).into() };
     let llm = client(config(&server));
     llm.chat(ask("a").with_tools(vec![tool.clone()], ToolChoice::Auto)).await.unwrap();
     llm.chat(ask("b").with_tools(vec![tool], ToolChoice::Required)).await.unwrap();

@@ -96,12 +96,12 @@ async fn request_body_carries_messages_tools_and_tool_choice_exactly() {
     let search = ToolDefinition {
         name: "search".into(),
         description: "Searches the web".into(),
-        parameters: json!({"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}),
+        parameters: json!({"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}).into(),
     };
     let weather = ToolDefinition {
         name: "weather".into(),
         description: "Current weather".into(),
-        parameters: json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+        parameters: json!({"type": "object", "properties": {"city": {"type": "string"}}}).into(),
     };
     let request = LlmRequest::new(
         ModelRole::Execution,
@@ -153,7 +153,8 @@ async fn tool_choice_auto_and_required_are_sent_as_strings_and_omitted_without_t
     let server = MockServer::start().await;
     mount(&server, text_reply("ok"), 3).await;
     let llm = client(config(&server));
-    let tool = ToolDefinition { name: "t".into(), description: "d".into(), parameters: json!({"type": "object"}) };
+    let tool =
+        ToolDefinition { name: "t".into(), description: "d".into(), parameters: json!({"type": "object"}).into() };
     llm.chat(ask("a").with_tools(vec![tool.clone()], ToolChoice::Auto)).await.unwrap();
     llm.chat(ask("b").with_tools(vec![tool], ToolChoice::Required)).await.unwrap();
     llm.chat(ask("c")).await.unwrap();
@@ -249,7 +250,7 @@ async fn strict_is_sent_only_for_schemas_that_already_satisfy_it() {
         "additionalProperties": false,
     });
     let request =
-        ask("Capital?").with_output_schema(OutputSchema { name: "City answer".into(), schema: closed.clone() });
+        ask("Capital?").with_output_schema(OutputSchema { name: "City answer".into(), schema: closed.clone().into() });
     client(config(&server)).chat(request).await.unwrap();
     let body = &bodies(&server).await[0];
     assert_eq!(
@@ -555,10 +556,10 @@ async fn compatible_servers_get_max_tokens_and_portable_schemas() {
         .default_model("local")
         .max_tokens(512u32);
     let any_value = json!({"type": "object", "properties": {"value": true}, "required": ["value"]});
-    let tool = ToolDefinition { name: "t".into(), description: "d".into(), parameters: any_value.clone() };
+    let tool = ToolDefinition { name: "t".into(), description: "d".into(), parameters: any_value.clone().into() };
     let request = ask("hi")
         .with_tools(vec![tool], ToolChoice::Auto)
-        .with_output_schema(OutputSchema { name: "Out".into(), schema: any_value });
+        .with_output_schema(OutputSchema { name: "Out".into(), schema: any_value.into() });
     client(config).chat(request).await.unwrap();
     let body = &bodies(&server).await[0];
     assert_eq!(body["max_tokens"], 512);

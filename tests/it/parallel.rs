@@ -54,7 +54,7 @@ impl Tool for GateTool {
         }
         tokio::time::sleep(self.delay).await;
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        self.result.clone().map(ToolOutput::Value)
+        self.result.clone().map(ToolOutput::value)
     }
 }
 

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 async fn ask(question: &str) -> Result<Value, ToolError> {
     let ctx = ToolRunContext::new(WorkflowId::new());
     match CalculatorTool.run(&ctx, json!({ "math_question": question })).await? {
-        ToolOutput::Value(value) => Ok(value),
+        ToolOutput::Value(value) => Ok(value.into_value()),
         other => panic!("expected a value for {question:?}, got {other:?}"),
     }
 }

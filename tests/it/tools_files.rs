@@ -56,7 +56,7 @@ async fn read_with(sandbox: &Sandbox, ctx: &ToolRunContext, filename: &str) -> R
 
 async fn read(sandbox: &Sandbox, filename: &str) -> Result<Value, ToolError> {
     match read_with(sandbox, &sandbox.ctx(), filename).await? {
-        ToolOutput::Value(value) => Ok(value),
+        ToolOutput::Value(value) => Ok(value.into_value()),
         other => panic!("expected a value for {filename}, got {other:?}"),
     }
 }
@@ -66,7 +66,7 @@ async fn write(sandbox: &Sandbox, filename: &str, content: &str) -> Result<Value
         .run(&sandbox.ctx(), json!({ "filename": filename, "content": content }))
         .await?
     {
-        ToolOutput::Value(value) => Ok(value),
+        ToolOutput::Value(value) => Ok(value.into_value()),
         other => panic!("expected a value for {filename}, got {other:?}"),
     }
 }

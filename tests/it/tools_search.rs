@@ -23,7 +23,7 @@ fn config_timing_out(base_url: &str, timeout: Duration) -> Config {
 async fn search(tool: &SearchTool, query: &str) -> Result<Value, ToolError> {
     let ctx = ToolRunContext::new(WorkflowId::new());
     match tool.run(&ctx, json!({ "search_query": query })).await? {
-        ToolOutput::Value(value) => Ok(value),
+        ToolOutput::Value(value) => Ok(value.into_value()),
         other => panic!("expected a value, got {other:?}"),
     }
 }

@@ -28,7 +28,7 @@ fn config_timing_out(base_url: &str, timeout: Duration) -> Config {
 async fn weather(config: Config, city: &str) -> Result<Value, ToolError> {
     let ctx = ToolRunContext::new(WorkflowId::new());
     match WeatherTool::from_config(&config).run(&ctx, json!({ "city": city })).await? {
-        ToolOutput::Value(value) => Ok(value),
+        ToolOutput::Value(value) => Ok(value.into_value()),
         other => panic!("expected a value, got {other:?}"),
     }
 }

@@ -234,7 +234,7 @@ impl Translator {
             EventKind::ToolCallFinished { call, output, .. } => {
                 self.open_run(&mut out);
                 self.unfinished.remove(call);
-                let content = match output {
+                let content = match &**output {
                     Value::String(text) => text.clone(),
                     other => other.to_string(),
                 };
@@ -399,7 +399,7 @@ impl Translator {
                 self.open_run(out);
                 self.answer(workflow, out);
                 self.snapshot(to, workflow, out);
-                let result = workflow.outputs().final_output.as_ref().map(|o| o.value.clone());
+                let result = workflow.outputs().final_output.as_ref().map(|o| (*o.value).clone());
                 self.finish(out, json!({"type": "success"}), result);
             }
             WorkflowState::Failed => {
@@ -473,7 +473,7 @@ impl Translator {
     /// stream read from history gets it in one chunk.
     fn answer(&self, workflow: &Workflow, out: &mut Vec<Value>) {
         let Some(output) = &workflow.outputs().final_output else { return };
-        let text = match (&output.summary, &output.value) {
+        let text = match (&output.summary, &*output.value) {
             (Some(summary), _) => summary.clone(),
             (None, Value::String(text)) => text.clone(),
             (None, value) => value.to_string(),
@@ -671,7 +671,7 @@ mod tests {
                 call: key,
                 tool_id: "echo".into(),
                 status: crate::call::ToolCallStatus::Success,
-                output: json!("hi"),
+                output: json!("hi").into(),
                 latency_ms: 1,
                 replayed: false,
             },

@@ -604,7 +604,7 @@ impl Tool for McpTool {
     }
 
     async fn run(&self, ctx: &ToolRunContext, args: Value) -> Result<ToolOutput, ToolError> {
-        let args = check_arguments(&self.info.input_schema, &args)?;
+        let args = check_arguments(&self.spec.args_schema, &args)?;
         let call = InFlight::start(&self.server, ActiveCall::new(ctx, &self.server.config));
         let result = self.server.call(&self.info.name, args, &call.0).await;
         let call = call.end();

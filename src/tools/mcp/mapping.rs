@@ -3,6 +3,7 @@
 use rmcp::model::{CallToolResult, Tool as McpToolInfo};
 use serde_json::{Map, Value};
 
+use crate::SharedValue;
 use crate::tool::{ToolError, ToolOutput, ToolSpec};
 
 /// The longest id OpenAI and Anthropic accept for a function.
@@ -68,13 +69,13 @@ pub(crate) fn output_from_result(result: CallToolResult) -> Result<ToolOutput, T
         return Err(ToolError::soft(texts(&result).unwrap_or_else(|| "the tool reported an error".into())));
     }
     if let Some(structured) = result.structured_content {
-        return Ok(ToolOutput::Value(structured));
+        return Ok(ToolOutput::Value(structured.into()));
     }
     if let [rmcp::model::ContentBlock::Text(text)] = result.content.as_slice() {
         return Ok(ToolOutput::value(text.text.clone()));
     }
     let blocks = result.content.iter().map(|block| serde_json::to_value(block).unwrap_or(Value::Null)).collect();
-    Ok(ToolOutput::Value(Value::Array(blocks)))
+    Ok(ToolOutput::Value(Value::Array(blocks).into()))
 }
 
 /// The text blocks of a result, joined.
@@ -101,8 +102,8 @@ fn texts(result: &CallToolResult) -> Option<String> {
 /// # Errors
 /// A [`ToolError::Soft`] for the model to correct the call: each value that does not
 /// fit (up to five), by its path such as `items/0/price`, and what it must be.
-pub(crate) fn check_arguments(schema: &Map<String, Value>, args: &Value) -> Result<Map<String, Value>, ToolError> {
-    crate::schema_check::check(&Value::Object(schema.clone()), args).map_err(ToolError::soft)
+pub(crate) fn check_arguments(schema: &SharedValue, args: &Value) -> Result<Map<String, Value>, ToolError> {
+    crate::schema_check::check(schema, args).map_err(ToolError::soft)
 }
 
 #[cfg(test)]
@@ -162,7 +163,8 @@ mod tests {
             {"type": "text", "text": "a picture"},
             {"type": "image", "data": "iVBOR", "mimeType": "image/png"}]}))
         .unwrap();
-        let ToolOutput::Value(Value::Array(blocks)) = output_from_result(image).unwrap() else { panic!() };
+        let ToolOutput::Value(value) = output_from_result(image).unwrap() else { panic!() };
+        let Value::Array(blocks) = &*value else { panic!() };
         assert_eq!(blocks[1]["type"], "image");
         assert_eq!(blocks[1]["mimeType"], "image/png");
         let error: CallToolResult =
@@ -175,7 +177,7 @@ mod tests {
     fn arguments_are_checked_against_the_schema() {
         let schema = json!({"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "string"}},
             "required": ["a"], "additionalProperties": false});
-        let schema = schema.as_object().unwrap();
+        let schema = &SharedValue::from(schema);
         assert!(check_arguments(schema, &json!({"a": 1, "b": "x"})).is_ok());
         let missing = check_arguments(schema, &json!({"b": "x"})).unwrap_err();
         assert!(missing.is_soft() && missing.to_string().contains("the required argument `a` is missing"));
@@ -198,7 +200,7 @@ mod tests {
     fn arguments_are_checked_and_a_null_optional_is_left_out() {
         let schema = json!({"type": "object", "required": ["a"],
             "properties": {"a": {"type": "number"}, "note": {"type": "string"}}});
-        let schema = schema.as_object().unwrap();
+        let schema = &SharedValue::from(schema);
         let sent = check_arguments(schema, &json!({"a": 1, "note": null})).unwrap();
         assert_eq!(serde_json::Value::Object(sent), json!({"a": 1}));
         let error = check_arguments(schema, &json!({"a": "1"})).unwrap_err();

@@ -92,8 +92,8 @@ struct ClarificationArgs {
 }
 
 fn tool<T: JsonSchema>(name: &'static str, description: &'static str, read_only: bool) -> McpToolInfo {
-    let schema = match crate::llm::schema_value::<T>() {
-        Value::Object(schema) => schema,
+    let schema = match &*crate::llm::schema_value::<T>() {
+        Value::Object(schema) => schema.clone(),
         _ => serde_json::Map::new(),
     };
     let annotations = if read_only {

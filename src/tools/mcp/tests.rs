@@ -193,9 +193,10 @@ async fn calls_keep_result_types_and_is_error_is_soft() {
         ToolOutput::value(json!({"sum": 5.0}))
     );
     assert_eq!(call(&registry, "fx__fail", json!({})).await, Err(ToolError::soft("no such city")));
-    let ToolOutput::Value(Value::Array(blocks)) = call(&registry, "fx__picture", json!({})).await.unwrap() else {
+    let ToolOutput::Value(value) = call(&registry, "fx__picture", json!({})).await.unwrap() else {
         panic!("content blocks")
     };
+    let Value::Array(blocks) = &*value else { panic!("content blocks") };
     assert_eq!(blocks[0], json!({"type": "text", "text": "a dot"}));
     assert_eq!((blocks[1]["type"].as_str(), blocks[1]["mimeType"].as_str()), (Some("image"), Some("image/png")));
 }
@@ -367,7 +368,7 @@ async fn run_answering(
 }
 
 fn step_output(workflow: &crate::Workflow) -> Value {
-    workflow.outputs().step_outputs.get("$out").map(|o| o.value.clone()).unwrap_or_default()
+    workflow.outputs().step_outputs.get("$out").map(|o| o.value.clone()).unwrap_or_default().into()
 }
 
 #[tokio::test]

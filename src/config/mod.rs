@@ -180,7 +180,8 @@ pub struct Config {
     /// tool's) keeps open per host for reuse (`PORTIA_HTTP_MAX_IDLE_PER_HOST`). Set it
     /// near the number of calls you keep in flight: a call that finds no idle
     /// connection opens a new one (and a TLS session), and every idle one holds a file
-    /// descriptor until `http_idle_timeout_secs` passes.
+    /// descriptor until `http_idle_timeout_secs` passes. By default a sixteenth of the
+    /// process's limit on open files (`ulimit -n`), at least 64 and at most 512.
     pub http_max_idle_per_host: usize,
     /// How long an idle HTTP connection is kept for reuse, in seconds
     /// (`PORTIA_HTTP_IDLE_TIMEOUT_SECS`).
@@ -292,7 +293,7 @@ impl Default for Config {
             llm_deadline_secs: 300,
             llm_stream: StreamMode::Auto,
             request_timeout_ms: None,
-            http_max_idle_per_host: crate::http::DEFAULT_MAX_IDLE_PER_HOST,
+            http_max_idle_per_host: crate::http::default_max_idle_per_host(),
             http_idle_timeout_secs: crate::http::DEFAULT_IDLE_TIMEOUT.as_secs(),
             max_retries: DEFAULT_MAX_RETRIES,
             retry_backoff_ms: 500,

@@ -216,12 +216,13 @@ impl OutputSchema {
 /// Each type's schema is made once per process and shared after that: a tool's spec
 /// (and so its schema) is asked for at every lookup, plan check and step.
 pub fn schema_value<T: JsonSchema>() -> SharedValue {
-    type Made = std::sync::Mutex<std::collections::HashMap<(&'static str, String), SharedValue>>;
+    type Key = (&'static str, Cow<'static, str>);
+    type Made = std::sync::Mutex<std::collections::HashMap<Key, SharedValue, foldhash::fast::RandomState>>;
     static MADE: std::sync::OnceLock<Made> = std::sync::OnceLock::new();
     let made = MADE.get_or_init(Default::default);
     // The type's path, and the id schemars tells schemas apart by (a hand-written
     // schema may share a path's name with another).
-    let key = (std::any::type_name::<T>(), T::schema_id().into_owned());
+    let key = (std::any::type_name::<T>(), T::schema_id());
     if let Some(schema) = made.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key) {
         return schema.clone();
     }

@@ -244,12 +244,12 @@ fn until_moment(text: &str) -> Option<Duration> {
 pub(crate) struct Limiters {
     settings: Arc<LlmSettings>,
     clock: TokioClock,
-    by_model: Mutex<HashMap<ModelRef, Arc<ModelLimiter>>>,
+    by_model: Mutex<HashMap<ModelRef, Arc<ModelLimiter>, foldhash::fast::RandomState>>,
 }
 
 impl Limiters {
     pub(crate) fn new(settings: Arc<LlmSettings>) -> Self {
-        Self { settings, clock: TokioClock { origin: Instant::now() }, by_model: Mutex::new(HashMap::new()) }
+        Self { settings, clock: TokioClock { origin: Instant::now() }, by_model: Mutex::default() }
     }
 
     /// The limiter of `model` on `provider`.

@@ -3,6 +3,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use foldhash::fast::RandomState;
 
 use super::bells::Bells;
 use super::rows::{Access, LeaseRow, RowError, RowStore, RowTx, Work};
@@ -34,8 +35,9 @@ pub struct InMemoryStorage {
 
 #[derive(Debug, Default)]
 struct State {
-    plans: HashMap<PlanId, Plan>,
-    workflows: HashMap<WorkflowId, Row>,
+    // Every save looks its workflow up: ids are random, so a fast hasher will do.
+    plans: HashMap<PlanId, Plan, RandomState>,
+    workflows: HashMap<WorkflowId, Row, RandomState>,
     /// Counts submissions, so that the longest-waiting queued workflow goes first.
     submitted: u64,
 }

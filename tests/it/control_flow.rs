@@ -495,6 +495,50 @@ async fn a_function_step_calls_a_registered_rust_function_journaled_and_without_
     );
 }
 
+/// A tool's output is one value, not copies: the journal's record, the
+/// `ToolCallFinished` and `StepFinished` events, the step's output and the final
+/// output all hold the same one.
+#[tokio::test]
+async fn a_tool_output_is_held_once_by_the_journal_the_events_and_the_outputs() {
+    let tools =
+        InMemoryToolRegistry::new().with(MockTool::returning("search_tool", json!({"results": ["a", "b"]}))).unwrap();
+    let runner = Runner::builder(config(ExecutionMode::Sequential, false))
+        .tools(tools)
+        .llm(Arc::new(ScriptedLlm::new()))
+        .build()
+        .unwrap();
+    let plan = PlanBuilder::new("Search").step("Search", Some("search_tool"), "$found").args(json!({})).build();
+    let workflow = runner.create_workflow(&plan).await.unwrap();
+    let (mut events, run) = runner.execute_workflow_stream(workflow);
+    let mut seen = Vec::new();
+    while let Some(event) = events.next().await {
+        seen.push(event.unwrap().kind);
+    }
+    let workflow = run.await.unwrap().unwrap();
+    assert_eq!(workflow.state(), WorkflowState::Complete, "{:?}", workflow.failure());
+
+    let output = &workflow.outputs().step_outputs.get("$found").unwrap().value;
+    assert_eq!(*output, json!({"results": ["a", "b"]}));
+    let record = runner.tool_calls(workflow.id()).await.unwrap().remove(0);
+    let announced = seen.iter().find_map(|kind| match kind {
+        EventKind::ToolCallFinished { output, .. } => Some(output),
+        _ => None,
+    });
+    let finished = seen.iter().find_map(|kind| match kind {
+        EventKind::StepFinished { outcome: StepOutcome::Output(output), .. } => Some(&output.value),
+        _ => None,
+    });
+    let last = &workflow.outputs().final_output.as_ref().unwrap().value;
+    for (holder, value) in [
+        ("journal", &record.output),
+        ("tool event", announced.unwrap()),
+        ("step event", finished.unwrap()),
+        ("final", last),
+    ] {
+        assert!(Arc::ptr_eq(value.as_arc(), output.as_arc()), "the {holder} holds a copy");
+    }
+}
+
 #[tokio::test]
 async fn references_in_a_tasks_text_read_as_their_values() {
     let tools = InMemoryToolRegistry::new()

@@ -46,7 +46,7 @@ impl ToolCallRecord {
             end_user_id,
             input,
             status: ToolCallStatus::Started,
-            output: Value::Null.into(),
+            output: SharedValue::default(),
             started_at: Utc::now(),
             latency_seconds: None,
         }

@@ -172,7 +172,7 @@ pub(crate) fn blocking_builder() -> reqwest::blocking::ClientBuilder {
 /// `None` where it cannot be made here; each client then makes its own through
 /// reqwest, which reports the failure as it did before.
 fn shared_tls() -> Option<rustls::ClientConfig> {
-    static TLS: std::sync::LazyLock<Option<rustls::ClientConfig>> = std::sync::LazyLock::new(|| {
+    static TLS: LazyLock<Option<rustls::ClientConfig>> = LazyLock::new(|| {
         install_crypto_provider();
         let tls = tls_config();
         if let Err(e) = &tls {

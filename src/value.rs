@@ -70,12 +70,6 @@ impl AsRef<Value> for SharedValue {
     }
 }
 
-impl std::borrow::Borrow<Value> for SharedValue {
-    fn borrow(&self) -> &Value {
-        &self.0
-    }
-}
-
 impl From<Value> for SharedValue {
     fn from(value: Value) -> Self {
         Self::new(value)

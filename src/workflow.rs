@@ -152,8 +152,7 @@ impl StepOutputs {
     /// assert_eq!(outputs.resolve("$r.nope"), None);
     /// ```
     pub fn resolve(&self, reference: &str) -> Option<Value> {
-        let reference = Reference::parse(reference)?;
-        reference.select(&self.get(&reference.name)?.value)
+        self.resolve_shared(reference).map(SharedValue::into_value)
     }
 
     /// [`resolve`](Self::resolve), sharing the output's value when the reference

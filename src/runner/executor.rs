@@ -569,11 +569,11 @@ impl Runner {
         let step = &plan.steps[index];
         let current = unit.item.zip(item);
         let outputs = &workflow.outputs().step_outputs;
-        let lookup = |reference: &str| loop_value(current, reference).or_else(|| outputs.resolve(reference));
         let lookup_shared = |reference: &str| match loop_value(current, reference) {
             Some(value) => Some(SharedValue::new(value)),
             None => outputs.resolve_shared(reference),
         };
+        let lookup = |reference: &str| lookup_shared(reference).map(SharedValue::into_value);
         let tool = match &step.tool_id {
             None if step.function.is_some() => {
                 let name = step.function.as_deref().unwrap_or_default();

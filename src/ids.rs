@@ -1,8 +1,12 @@
 //! Prefixed identifiers: `plan-<uuid>`, `wkfl-<uuid>` and `clar-<uuid>`.
 //!
 //! Each kind of id is its own type, so a workflow id can never be passed where a
-//! plan id is expected. Ids print and serialize as `<prefix>-<uuid v4>`; on input a
+//! plan id is expected. Ids print and serialize as `<prefix>-<uuid>`; on input a
 //! bare UUID is accepted too, because plans written by older SDKs have them.
+//!
+//! A new id is a time-ordered UUID (version 7): ids made later sort after those made
+//! before, so a listing in id order is in the order things were made, and a store's
+//! indexes keyed by id take new rows at one end rather than all over.
 
 use std::fmt;
 use std::str::FromStr;
@@ -34,9 +38,10 @@ macro_rules! prefixed_id {
             /// The prefix this kind of id carries, without the dash.
             pub const PREFIX: &'static str = $prefix;
 
-            /// A fresh random (v4) id.
+            /// A fresh id: a time-ordered (v7) UUID, so that ids made one after
+            /// another sort together and a store's indexes grow at one end.
             pub fn new() -> Self {
-                Self(Uuid::new_v4())
+                Self(Uuid::now_v7())
             }
 
             /// Wraps an existing UUID.
@@ -135,6 +140,15 @@ mod tests {
         let text = id.to_string();
         assert!(text.starts_with("wkfl-"));
         assert_eq!(text.parse::<WorkflowId>().unwrap(), id);
+    }
+
+    #[test]
+    fn ids_made_one_after_another_sort_in_the_order_they_were_made() {
+        let made: Vec<WorkflowId> = (0..1000).map(|_| WorkflowId::new()).collect();
+        let texts: Vec<String> = made.iter().map(ToString::to_string).collect();
+        assert!(made.windows(2).all(|pair| pair[0] < pair[1]), "as ids");
+        assert!(texts.windows(2).all(|pair| pair[0] < pair[1]), "as text, as a store sorts them");
+        assert!(made.iter().all(|id| id.uuid().get_version_num() == 7));
     }
 
     #[test]

@@ -108,7 +108,7 @@ impl ReplyTool {
 
 /// Tool inputs must be object schemas; a tool without arguments may have none at all.
 fn tool_input_schema(parameters: &SharedValue) -> Value {
-    let parameters = &*portable_shared(parameters);
+    let parameters = &portable_shared(parameters).value;
     object_schema(parameters).unwrap_or_else(|| match parameters {
         Value::Object(node) if !node.is_empty() => parameters.clone(),
         _ => json!({"type": "object", "properties": {}}),

@@ -149,7 +149,7 @@ fn tool_spec(name: &str, description: &str, schema: Value) -> Value {
 
 /// Tool inputs must be object schemas; a tool without arguments gets an empty one.
 fn input_schema(parameters: &SharedValue) -> Value {
-    let parameters = &*portable_shared(parameters);
+    let parameters = &portable_shared(parameters).value;
     object_schema(parameters).unwrap_or_else(|| match parameters {
         Value::Object(node) if !node.is_empty() => parameters.clone(),
         _ => json!({"type": "object", "properties": {}}),

@@ -19,11 +19,12 @@ use std::sync::Arc;
 use std::sync::{Mutex, PoisonError};
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::openai_stream::ChunkReader;
 use super::rate_limit::Limiters;
-use super::schema::{SentSchema, portable_shared};
+use super::schema::{Portable, SentSchema, portable_shared};
 use super::stream::Deltas;
 use super::transport::{Account, Endpoint, Reply, secret_header};
 use super::{
@@ -234,7 +235,7 @@ impl<'a> Body<'a> {
         let mut messages = request.messages.iter().map(WireMessage::new).collect::<Result<Vec<_>, _>>()?;
         let response_format = match (format, wanted) {
             (Format::JsonSchema, Some((name, sent))) => Some(ResponseFormat::JsonSchema {
-                json_schema: JsonSchema { name, schema: &sent.schema, strict: sent.strict },
+                json_schema: JsonSchema { name, schema: &sent.json, strict: sent.strict },
             }),
             (Format::JsonObject, Some((name, sent))) => {
                 add_schema_instruction(&mut messages, name, &sent.schema);
@@ -280,7 +281,7 @@ struct WireTool<'a> {
 struct WireFunction<'a> {
     name: &'a str,
     description: &'a str,
-    parameters: Arc<Value>,
+    parameters: Arc<Portable>,
 }
 
 impl<'a> WireTool<'a> {
@@ -325,7 +326,7 @@ enum ResponseFormat<'a> {
 #[derive(Debug, Serialize)]
 struct JsonSchema<'a> {
     name: &'a str,
-    schema: &'a Value,
+    schema: &'a RawValue,
     strict: bool,
 }
 

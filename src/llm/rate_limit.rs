@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use super::layer::LlmLayer;
 use super::transport::millis;
 use super::{LlmClient, LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, ModelRef};
+use super::schema::{SentSchema, portable_shared};
 
 /// How many requests and tokens one model may be sent per minute; `None` is no limit.
 ///
@@ -381,20 +382,25 @@ impl LimiterWaits {
     }
 }
 
-/// The prompt's size in tokens, at four characters a token: messages, tools and schema.
+/// The prompt's size in tokens, at four characters a token: messages, tools and schema
+/// (the schemas as sent, whose text is kept rather than written out again).
 pub(crate) fn estimated_tokens(request: &LlmRequest) -> u32 {
     let messages: usize = request
         .messages
         .iter()
         .map(|m| m.content.len() + m.tool_calls.iter().map(|c| c.name.len() + json_len(&c.arguments)).sum::<usize>())
         .sum();
-    let tools: usize = request.tools.iter().map(|t| t.name.len() + t.description.len() + json_len(&t.parameters)).sum();
-    let schema = request.output_schema.as_ref().map_or(0, |s| json_len(&s.schema));
+    let tools: usize = request
+        .tools
+        .iter()
+        .map(|t| t.name.len() + t.description.len() + portable_shared(&t.parameters).json.get().len())
+        .sum();
+    let schema = request.output_schema.as_ref().map_or(0, |s| SentSchema::new(&s.schema).json.get().len());
     u32::try_from((messages + tools + schema).div_ceil(4)).unwrap_or(u32::MAX)
 }
 
 /// The length of `value` as compact JSON, counted as it is written out, into nothing:
-/// every call is estimated, and a schema's text is not worth allocating to measure.
+/// every call is estimated, and a call's arguments are not worth allocating to measure.
 fn json_len(value: &Value) -> usize {
     struct Count(usize);
     impl std::io::Write for Count {

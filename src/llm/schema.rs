@@ -14,6 +14,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use crate::SharedValue;
@@ -23,10 +24,13 @@ use crate::memo::SchemaMemo;
 const WRAPPED_VALUE: &str = "value";
 
 /// The schema sent to the provider for one wanted output schema.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub(crate) struct SentSchema {
     /// What the provider is asked for: always an object schema.
     pub(crate) schema: Value,
+    /// [`schema`](Self::schema) as compact JSON text, written into every request
+    /// as it is rather than written out again from the tree each time.
+    pub(crate) json: Box<RawValue>,
     /// Whether the wanted schema was wrapped in a `value` property.
     pub(crate) wrapped: bool,
     /// Whether OpenAI's strict mode accepts the schema as it is ([`is_strict`]).
@@ -65,11 +69,35 @@ pub fn portable(schema: &Value) -> Value {
     schema
 }
 
+/// A schema in the portable subset, as a tree and as compact JSON text.
+#[derive(Debug)]
+pub(crate) struct Portable {
+    /// [`portable`] of the schema.
+    pub(crate) value: Value,
+    /// [`value`](Self::value) written out, ready to go into a request as it is.
+    pub(crate) json: Box<RawValue>,
+}
+
 /// [`portable`] of `schema`, made once per schema and shared: a tool's parameters
 /// are sent on every call that offers the tool.
-pub(crate) fn portable_shared(schema: &SharedValue) -> Arc<Value> {
-    static MADE: LazyLock<SchemaMemo<Value>> = LazyLock::new(Default::default);
-    MADE.get_shared(schema, portable)
+pub(crate) fn portable_shared(schema: &SharedValue) -> Arc<Portable> {
+    static MADE: LazyLock<SchemaMemo<Portable>> = LazyLock::new(Default::default);
+    MADE.get_shared(schema, |schema| {
+        let value = portable(schema);
+        Portable { json: json_text(&value), value }
+    })
+}
+
+impl serde::Serialize for Portable {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.json.serialize(serializer)
+    }
+}
+
+/// `value` as compact JSON text.
+fn json_text(value: &Value) -> Box<RawValue> {
+    // Writing out a `Value` cannot fail: its keys are strings and its numbers finite.
+    serde_json::value::to_raw_value(value).unwrap_or_default()
 }
 
 fn normalize(schema: &mut Value, allow_bool: bool) {
@@ -173,7 +201,7 @@ impl SentSchema {
             Some(schema) => (schema, false),
             None => (wrap_in_object(wanted), true),
         };
-        Self { strict: is_strict(&schema), schema, wrapped }
+        Self { strict: is_strict(&schema), json: json_text(&schema), schema, wrapped }
     }
 
     /// The reply the caller asked for, out of the object the provider produced.
@@ -393,7 +421,8 @@ mod tests {
     fn object_schemas_are_sent_as_they_are() {
         let wanted = json!({"type": "object", "properties": {}});
         let sent = SentSchema::new(&wanted.clone().into());
-        assert_eq!(*sent, SentSchema { schema: wanted.clone(), wrapped: false, strict: false });
+        assert_eq!((&sent.schema, sent.wrapped, sent.strict), (&wanted, false, false));
+        assert_eq!(sent.json.get(), wanted.to_string());
         assert_eq!(sent.unwrap_text("{}".into()), "{}");
         assert_eq!(object_schema(&json!({"properties": {}})), Some(json!({"type": "object", "properties": {}})));
         assert_eq!(object_schema(&json!({"type": ["object", "null"]})), None);

@@ -250,6 +250,11 @@ impl RowTx for Rows<'_> {
         Ok(())
     }
 
+    fn cancel_requested(&mut self, id: WorkflowId) -> Done<Option<String>> {
+        // Every local run is asked about each second: no copy of its lease for that.
+        Ok(self.row(id).and_then(|row| row.cancel_requested.clone()))
+    }
+
     fn request_cancel(&mut self, id: WorkflowId, reason: &str) -> Done<bool> {
         Ok(self.row(id).map(|row| row.cancel_requested = Some(reason.to_owned())).is_some())
     }

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
 
 use super::web::{self, Api};
 use crate::config::Config;
@@ -44,7 +44,7 @@ pub struct SearchArgs {
 }
 
 /// One source of a search, as returned to the agent.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize)]
 struct SearchResult {
     #[serde(default)]
     title: String,
@@ -52,6 +52,17 @@ struct SearchResult {
     url: String,
     #[serde(default)]
     content: String,
+}
+
+impl SearchResult {
+    /// The result as the tool's output holds it, its text moved rather than copied.
+    fn into_value(self) -> Value {
+        let mut fields = Map::new();
+        for (name, text) in [("title", self.title), ("url", self.url), ("content", self.content)] {
+            fields.insert(name.to_owned(), Value::String(text));
+        }
+        Value::Object(fields)
+    }
 }
 
 /// The part of Tavily's reply the tool keeps; scores and raw pages only cost tokens.
@@ -152,7 +163,11 @@ impl SearchTool {
             return Err(ToolError::soft(format!("{SERVICE} found nothing for {query:?}; try a broader query")));
         }
         let limit = usize::try_from(self.max_results).unwrap_or(usize::MAX);
-        let results: Vec<SearchResult> = reply.results.into_iter().take(limit).collect();
-        Ok(ToolOutput::value(json!({ "answer": answer, "results": results })))
+        let results = reply.results.into_iter().take(limit).map(SearchResult::into_value).collect();
+        // Built in place: `json!` would write every result out into a copy.
+        let mut output = Map::new();
+        output.insert("answer".to_owned(), answer.map_or(Value::Null, Value::String));
+        output.insert("results".to_owned(), Value::Array(results));
+        Ok(ToolOutput::value(Value::Object(output)))
     }
 }

@@ -31,9 +31,9 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::layer::LlmLayer;
+use super::schema::{SentSchema, portable_shared};
 use super::transport::millis;
 use super::{LlmClient, LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, ModelRef};
-use super::schema::{SentSchema, portable_shared};
 
 /// How many requests and tokens one model may be sent per minute; `None` is no limit.
 ///
@@ -201,13 +201,21 @@ const MAX_PAUSE: Duration = Duration::from_secs(60);
 fn exhausted_for(headers: &HeaderMap) -> Option<Duration> {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     let empty = |name: &str| text(name).and_then(|v| v.parse::<f64>().ok()).is_some_and(|left| left <= 0.0);
-    let openai = ["requests", "tokens"].into_iter().filter(|kind| empty(&format!("x-ratelimit-remaining-{kind}")));
-    let openai = openai.filter_map(|kind| text(&format!("x-ratelimit-reset-{kind}")).and_then(go_duration));
-    let anthropic = ["requests", "tokens", "input-tokens", "output-tokens"]
-        .into_iter()
-        .filter(|kind| empty(&format!("anthropic-ratelimit-{kind}-remaining")))
-        .filter_map(|kind| text(&format!("anthropic-ratelimit-{kind}-reset")).and_then(until_moment));
-    openai.chain(anthropic).max()
+    // Each reply is read this way, so the names are written out rather than made.
+    let openai = [
+        ("x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"),
+        ("x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
+    ];
+    let anthropic = [
+        ("anthropic-ratelimit-requests-remaining", "anthropic-ratelimit-requests-reset"),
+        ("anthropic-ratelimit-tokens-remaining", "anthropic-ratelimit-tokens-reset"),
+        ("anthropic-ratelimit-input-tokens-remaining", "anthropic-ratelimit-input-tokens-reset"),
+        ("anthropic-ratelimit-output-tokens-remaining", "anthropic-ratelimit-output-tokens-reset"),
+    ];
+    let reset = |pairs: &[(&str, &'static str)], parse: fn(&str) -> Option<Duration>| {
+        pairs.iter().filter(|(left, _)| empty(left)).filter_map(|(_, reset)| text(reset).and_then(parse)).max()
+    };
+    reset(&openai, go_duration).max(reset(&anthropic, until_moment))
 }
 
 /// A Go-style duration as OpenAI writes it: `1s`, `6m0s`, `1h2m3.5s`, `20ms`.

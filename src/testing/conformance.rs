@@ -553,7 +553,9 @@ async fn listing_filters_orders_and_pages(f: Fixture) {
             ids.push((workflow.id(), state));
         }
     }
+    let made = ids.clone();
     ids.sort_by_key(|(id, _)| *id);
+    assert_eq!(ids, made, "new ids are time-ordered, so a listing in id order is in the order they were made");
     let page = store.list_workflows(&WorkflowQuery::default().page(2).page_size(3)).await.unwrap();
     assert_eq!((page.count, page.total_pages, page.current_page), (8, 3, 2));
     let listed: Vec<_> = page.results.iter().map(Workflow::id).collect();

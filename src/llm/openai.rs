@@ -18,7 +18,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::{Mutex, PoisonError};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
@@ -164,15 +164,20 @@ impl OpenAiClient {
         let cap = self.token_cap(max_tokens);
         let body =
             Body::new(endpoint.model, request, format, wanted.as_ref(), cap).map_err(|e| endpoint.not_sent(e))?;
-        let reply = match Deltas::current() {
-            Some(deltas) => streamed(endpoint, body.streamed(), &deltas).await?,
-            None => endpoint.post(body).await?,
+        let Reply { body, status, latency } = match Deltas::current() {
+            Some(deltas) => {
+                let reply = streamed(endpoint, body.streamed(), &deltas).await?;
+                let body = serde_json::from_value(reply.body)
+                    .map_err(|e| endpoint.invalid(format!("the reply is not in the expected shape: {e}")))?;
+                Reply { body, status: reply.status, latency: reply.latency }
+            }
+            None => endpoint.post_as::<WireReply>(body).await?,
         };
-        let mut response = parse_reply(&reply.body).map_err(|e| endpoint.invalid(e))?;
+        let mut response = body.into_response().map_err(|e| endpoint.invalid(e))?;
         if let Some((_, sent)) = &wanted {
             response.text = response.text.map(|text| sent.unwrap_text(text));
         }
-        endpoint.log_success(&reply, response.usage);
+        endpoint.log_success(&Reply { body: (), status, latency }, response.usage);
         Ok(response)
     }
 }
@@ -399,54 +404,124 @@ fn add_schema_instruction(messages: &mut Vec<WireMessage<'_>>, name: &str, schem
     }
 }
 
-fn parse_reply(body: &Value) -> Result<LlmResponse, String> {
-    let choice = body.get("choices").and_then(|c| c.get(0)).ok_or("the reply has no choices")?;
-    let message = choice.get("message").ok_or("the reply's first choice has no message")?;
-    if choice.get("finish_reason").and_then(Value::as_str) == Some("length") {
-        tracing::warn!("the LLM reply was cut off at its token limit");
-    }
-    let tool_calls = match message.get("tool_calls") {
-        Some(Value::Array(calls)) => calls.iter().enumerate().map(tool_call).collect::<Result<_, _>>()?,
-        _ => Vec::new(),
-    };
-    Ok(LlmResponse { text: text(message.get("content")), tool_calls, usage: usage(body.get("usage")), model: None })
+/// What the client reads of a Chat Completions reply. The rest (ids, timestamps,
+/// fingerprints, log probabilities) is skipped as the reply is read, not built
+/// into a tree first.
+#[derive(Debug, Deserialize)]
+struct WireReply {
+    #[serde(default)]
+    choices: Vec<WireReplyChoice>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
 }
 
-/// Content is a string, or (on some compatible servers) a list of text parts.
-fn text(content: Option<&Value>) -> Option<String> {
+#[derive(Debug, Deserialize)]
+struct WireReplyChoice {
+    #[serde(default)]
+    message: Option<WireReplyMessage>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireReplyMessage {
+    /// A string, or (on some compatible servers) a list of text parts.
+    #[serde(default)]
+    content: Option<Value>,
+    #[serde(default)]
+    tool_calls: Option<Vec<WireReplyCall>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireReplyCall {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    function: Option<WireReplyFunction>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireReplyFunction {
+    #[serde(default)]
+    name: Option<String>,
+    /// A JSON string, or (on some compatible servers) an object.
+    #[serde(default)]
+    arguments: Option<Value>,
+}
+
+/// `prompt_tokens` includes the prefix OpenAI read from its prompt cache, which
+/// `prompt_tokens_details.cached_tokens` counts apart (OpenAI bills no cache writes).
+#[derive(Debug, Default, Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+    #[serde(default)]
+    prompt_tokens_details: Option<WireTokenDetails>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireTokenDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+impl WireReply {
+    fn into_response(self) -> Result<LlmResponse, String> {
+        let choice = self.choices.into_iter().next().ok_or("the reply has no choices")?;
+        let message = choice.message.ok_or("the reply's first choice has no message")?;
+        if choice.finish_reason.as_deref() == Some("length") {
+            tracing::warn!("the LLM reply was cut off at its token limit");
+        }
+        let calls = message.tool_calls.unwrap_or_default().into_iter().enumerate();
+        let tool_calls = calls.map(WireReplyCall::into_call).collect::<Result<_, _>>()?;
+        Ok(LlmResponse {
+            text: text(message.content),
+            tool_calls,
+            usage: self.usage.unwrap_or_default().into(),
+            model: None,
+        })
+    }
+}
+
+impl From<WireUsage> for Usage {
+    fn from(usage: WireUsage) -> Self {
+        let cached = usage.prompt_tokens_details.and_then(|d| d.cached_tokens);
+        Usage::call(usage.prompt_tokens.unwrap_or(0), usage.completion_tokens.unwrap_or(0))
+            .with_cache(cached.unwrap_or(0), 0)
+    }
+}
+
+/// The text of a reply's content: a string, or the text of its parts.
+fn text(content: Option<Value>) -> Option<String> {
     let text = match content? {
-        Value::String(text) => text.clone(),
+        Value::String(text) => text,
         Value::Array(parts) => parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect(),
         _ => return None,
     };
     (!text.is_empty()).then_some(text)
 }
 
-fn tool_call((index, call): (usize, &Value)) -> Result<ToolCall, String> {
-    let function = call.get("function").ok_or_else(|| format!("tool call {index} has no function"))?;
-    let name = function.get("name").and_then(Value::as_str).ok_or_else(|| format!("tool call {index} has no name"))?;
-    let arguments = match function.get("arguments") {
-        // Some servers send an empty string for a call without arguments.
-        Some(Value::String(text)) if text.trim().is_empty() => json!({}),
-        Some(Value::String(text)) => serde_json::from_str(text)
-            .map_err(|e| format!("the arguments of tool call {index} ({name}) are not valid JSON: {e}"))?,
-        // Some compatible servers send the arguments as an object.
-        Some(object @ Value::Object(_)) => object.clone(),
-        None | Some(Value::Null) => json!({}),
-        Some(other) => {
-            return Err(format!("the arguments of tool call {index} ({name}) are not a JSON string: {other}"));
-        }
-    };
-    let id = call.get("id").and_then(Value::as_str).map_or_else(|| format!("call_{index}"), str::to_owned);
-    Ok(ToolCall { id, name: name.to_owned(), arguments })
-}
-
-/// `prompt_tokens` includes the prefix OpenAI read from its prompt cache, which
-/// `prompt_tokens_details.cached_tokens` counts apart (OpenAI bills no cache writes).
-fn usage(usage: Option<&Value>) -> Usage {
-    let count = |path: &str| usage.and_then(|u| u.pointer(path)).and_then(Value::as_u64).unwrap_or(0);
-    Usage::call(count("/prompt_tokens"), count("/completion_tokens"))
-        .with_cache(count("/prompt_tokens_details/cached_tokens"), 0)
+impl WireReplyCall {
+    fn into_call((index, call): (usize, Self)) -> Result<ToolCall, String> {
+        let function = call.function.ok_or_else(|| format!("tool call {index} has no function"))?;
+        let name = function.name.ok_or_else(|| format!("tool call {index} has no name"))?;
+        let arguments = match function.arguments {
+            // Some servers send an empty string for a call without arguments.
+            Some(Value::String(text)) if text.trim().is_empty() => json!({}),
+            Some(Value::String(text)) => serde_json::from_str(&text)
+                .map_err(|e| format!("the arguments of tool call {index} ({name}) are not valid JSON: {e}"))?,
+            // Some compatible servers send the arguments as an object.
+            Some(object @ Value::Object(_)) => object,
+            None | Some(Value::Null) => json!({}),
+            Some(other) => {
+                return Err(format!("the arguments of tool call {index} ({name}) are not a JSON string: {other}"));
+            }
+        };
+        let id = call.id.unwrap_or_else(|| format!("call_{index}"));
+        Ok(ToolCall { id, name, arguments })
+    }
 }
 
 #[cfg(test)]
@@ -546,10 +621,38 @@ mod tests {
 
     #[test]
     fn tool_arguments_accept_empty_strings_and_objects_but_not_garbage() {
-        let call = |arguments: Value| json!({"id": "c", "function": {"name": "f", "arguments": arguments}});
-        assert_eq!(tool_call((0, &call(json!("")))).unwrap().arguments, json!({}));
-        assert_eq!(tool_call((0, &call(json!({"x": 1})))).unwrap().arguments, json!({"x": 1}));
-        assert!(tool_call((0, &call(json!("{oops")))).unwrap_err().contains("not valid JSON"));
-        assert!(tool_call((0, &call(json!(5)))).is_err());
+        let call = |arguments: Value| {
+            let call = json!({"id": "c", "function": {"name": "f", "arguments": arguments}});
+            WireReplyCall::into_call((0, serde_json::from_value(call).unwrap()))
+        };
+        assert_eq!(call(json!("")).unwrap().arguments, json!({}));
+        assert_eq!(call(json!({"x": 1})).unwrap().arguments, json!({"x": 1}));
+        assert!(call(json!("{oops")).unwrap_err().contains("not valid JSON"));
+        assert!(call(json!(5)).is_err());
+    }
+
+    #[test]
+    fn a_reply_is_read_for_its_text_calls_and_usage_and_nothing_else() {
+        let reply = json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m", "system_fingerprint": "fp",
+            "choices": [{"index": 0, "logprobs": null, "finish_reason": "tool_calls", "message": {
+                "role": "assistant", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
+                "tool_calls": [{"type": "function", "function": {"name": "add", "arguments": "{\"a\": 1}"}}],
+            }}],
+            "usage": {"prompt_tokens": 12, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 8}},
+        });
+        let reply: WireReply = serde_json::from_slice(reply.to_string().as_bytes()).unwrap();
+        let response = reply.into_response().unwrap();
+        assert_eq!(response.text.as_deref(), Some("ab"));
+        let call = &response.tool_calls[0];
+        assert_eq!((call.id.as_str(), call.name.as_str(), &call.arguments), ("call_0", "add", &json!({"a": 1})));
+        assert_eq!(response.usage, Usage::call(12, 3).with_cache(8, 0));
+
+        let read = |reply: Value| serde_json::from_value::<WireReply>(reply).unwrap().into_response();
+        assert_eq!(read(json!({"choices": []})).unwrap_err(), "the reply has no choices");
+        assert_eq!(read(json!({})).unwrap_err(), "the reply has no choices");
+        assert_eq!(read(json!({"choices": [{}]})).unwrap_err(), "the reply's first choice has no message");
+        let bare = read(json!({"choices": [{"message": {"content": null, "tool_calls": null}}]})).unwrap();
+        assert_eq!((bare.text, bare.tool_calls.len(), bare.usage), (None, 0, Usage::call(0, 0)));
     }
 }

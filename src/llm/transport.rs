@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::{LlmError, LlmProvider, Usage};
@@ -94,8 +95,8 @@ pub(crate) enum Flow {
 
 /// A successful exchange: the parsed body and how long it took.
 #[derive(Debug)]
-pub(crate) struct Reply {
-    pub(crate) body: Value,
+pub(crate) struct Reply<T = Value> {
+    pub(crate) body: T,
     pub(crate) status: u16,
     pub(crate) latency: Duration,
 }
@@ -120,6 +121,12 @@ impl Endpoint<'_> {
     /// Posts `body` once. Never retries, nor checks offline mode: those are the
     /// [`Retry`](super::Retry) and [`Offline`](super::Offline) layers' jobs.
     pub(crate) async fn post(&self, body: impl Serialize) -> Result<Reply, LlmError> {
+        self.post_as(body).await
+    }
+
+    /// [`post`](Self::post), with the reply read straight into a `T` rather than a
+    /// JSON tree: the fields `T` leaves out are skipped as they are read.
+    pub(crate) async fn post_as<T: DeserializeOwned>(&self, body: impl Serialize) -> Result<Reply<T>, LlmError> {
         let started = Instant::now();
         let sent = self.request(body)?.send().await;
         let response = sent.map_err(|e| self.transport_error(&e))?;
@@ -132,7 +139,7 @@ impl Endpoint<'_> {
             tracing::debug!(provider = %self.provider, model = self.model, status = status.as_u16(), latency_ms = millis(latency), "LLM call failed");
             return Err(self.http_error(status.as_u16(), &headers, &bytes));
         }
-        let body = self.json(&bytes)?;
+        let body = self.parse(&bytes)?;
         Ok(Reply { body, status: status.as_u16(), latency })
     }
 
@@ -248,8 +255,19 @@ impl Endpoint<'_> {
     }
 
     fn json(&self, bytes: &[u8]) -> Result<Value, LlmError> {
-        serde_json::from_slice(bytes)
-            .map_err(|e| self.invalid(format!("the body is not valid JSON ({e}); it starts with: {}", excerpt(bytes))))
+        self.parse(bytes)
+    }
+
+    /// `bytes` read as a `T`. A body that is not JSON is shown in part; JSON of
+    /// another shape is named by what did not fit.
+    fn parse<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, LlmError> {
+        serde_json::from_slice(bytes).map_err(|e| {
+            self.invalid(if e.is_data() {
+                format!("the reply is not in the expected shape: {e}")
+            } else {
+                format!("the body is not valid JSON ({e}); it starts with: {}", excerpt(bytes))
+            })
+        })
     }
 
     fn broken(&self, message: &str) -> LlmError {
@@ -270,7 +288,7 @@ impl Endpoint<'_> {
     }
 
     /// The one DEBUG line per successful call: who, how fast, how much. Never a body.
-    pub(crate) fn log_success(&self, reply: &Reply, usage: Usage) {
+    pub(crate) fn log_success<T>(&self, reply: &Reply<T>, usage: Usage) {
         tracing::debug!(
             provider = %self.provider,
             model = self.model,

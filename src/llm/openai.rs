@@ -167,9 +167,7 @@ impl OpenAiClient {
         let Reply { body, status, latency } = match Deltas::current() {
             Some(deltas) => {
                 let reply = streamed(endpoint, body.streamed(), &deltas).await?;
-                let body = serde_json::from_value(reply.body)
-                    .map_err(|e| endpoint.invalid(format!("the reply is not in the expected shape: {e}")))?;
-                Reply { body, status: reply.status, latency: reply.latency }
+                Reply { body: endpoint.read(reply.body)?, status: reply.status, latency: reply.latency }
             }
             None => endpoint.post_as::<WireReply>(body).await?,
         };

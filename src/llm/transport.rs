@@ -171,7 +171,7 @@ impl Endpoint<'_> {
             self.observe_limits(status, &headers, &bytes);
             if !looks_like_events(&bytes) {
                 // A compatible server that ignores `stream: true` answers whole.
-                let body = self.json(&bytes)?;
+                let body = self.parse(&bytes)?;
                 return Ok(Reply { body, status, latency: started.elapsed() });
             }
             // A server, or a proxy before it, that streams under another content type.
@@ -229,7 +229,7 @@ impl Endpoint<'_> {
             if !status.is_success() {
                 return Err(self.http_error(status.as_u16(), &headers, &bytes));
             }
-            let body = self.json(&bytes)?;
+            let body = self.parse(&bytes)?;
             return Ok(Reply { body, status: status.as_u16(), latency: started.elapsed() });
         }
         self.observe_limits(status.as_u16(), &headers, &[]);
@@ -254,20 +254,25 @@ impl Endpoint<'_> {
         self.urls.request(self.http, reqwest::Method::POST, &self.url)
     }
 
-    fn json(&self, bytes: &[u8]) -> Result<Value, LlmError> {
-        self.parse(bytes)
-    }
-
     /// `bytes` read as a `T`. A body that is not JSON is shown in part; JSON of
     /// another shape is named by what did not fit.
     fn parse<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, LlmError> {
         serde_json::from_slice(bytes).map_err(|e| {
-            self.invalid(if e.is_data() {
-                format!("the reply is not in the expected shape: {e}")
+            if e.is_data() {
+                self.unexpected_shape(&e)
             } else {
-                format!("the body is not valid JSON ({e}); it starts with: {}", excerpt(bytes))
-            })
+                self.invalid(format!("the body is not valid JSON ({e}); it starts with: {}", excerpt(bytes)))
+            }
         })
+    }
+
+    /// A reply already read as JSON (a stream's pieces put together), read as a `T`.
+    pub(crate) fn read<T: DeserializeOwned>(&self, body: Value) -> Result<T, LlmError> {
+        serde_json::from_value(body).map_err(|e| self.unexpected_shape(&e))
+    }
+
+    fn unexpected_shape(&self, error: &serde_json::Error) -> LlmError {
+        self.invalid(format!("the reply is not in the expected shape: {error}"))
     }
 
     fn broken(&self, message: &str) -> LlmError {

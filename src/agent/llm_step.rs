@@ -5,9 +5,12 @@
 //! that writes the workflow's final answer writes its summary in the same call, so
 //! no separate summary call is needed.
 
+use std::sync::LazyLock;
+
 use serde_json::{Map, Value, json};
 
 use super::{StepContext, StepOutcome};
+use crate::SharedValue;
 use crate::llm::{LlmRequest, Message, ModelRole, OutputSchema};
 use crate::schema_check::check_value;
 use crate::text::strip_code_fence;
@@ -51,8 +54,7 @@ pub(super) fn text_output(text: String) -> StepOutcome {
 /// the JSON format still answers: its text is the answer, and the runner
 /// summarizes as it would have.
 async fn answer_with_summary(ctx: &StepContext) -> StepOutcome {
-    let schema = with_summary(&json!({"type": "string"}));
-    let request = final_request(ctx, schema);
+    let request = final_request(ctx, text_and_summary());
     let text = match ctx.llm.chat(request).await {
         Ok(response) => response.text.unwrap_or_default(),
         Err(e) => return StepOutcome::llm_failed(&e),
@@ -118,12 +120,19 @@ pub(super) async fn reply_typed(
     StepOutcome::failed(FailureKind::SchemaMismatch, message)
 }
 
-fn final_request(ctx: &StepContext, schema: Value) -> LlmRequest {
+/// The schema of a final answer in text with its summary: one value shared by every
+/// such step, so that the memos of what is sent find it by its address.
+fn text_and_summary() -> SharedValue {
+    static MADE: LazyLock<SharedValue> = LazyLock::new(|| with_summary(&json!({"type": "string"})).into());
+    MADE.clone()
+}
+
+fn final_request(ctx: &StepContext, schema: impl Into<SharedValue>) -> LlmRequest {
     LlmRequest::new(ModelRole::Execution, vec![Message::system(FINAL_SYSTEM), Message::user(ctx.prompt())])
         .with_output_schema(output_schema(schema))
 }
 
-pub(super) fn output_schema(schema: Value) -> OutputSchema {
+pub(super) fn output_schema(schema: impl Into<SharedValue>) -> OutputSchema {
     OutputSchema::new("answer", schema)
 }
 
@@ -168,5 +177,12 @@ mod tests {
         let output = split_summary(json!({"answer": {"n": 1}, "summary": " s "}));
         assert_eq!(output.value, json!({"n": 1}));
         assert_eq!(output.summary.as_deref(), Some("s"));
+    }
+
+    #[test]
+    fn every_final_text_answer_asks_with_one_shared_schema() {
+        let (first, second) = (text_and_summary(), text_and_summary());
+        assert!(std::sync::Arc::ptr_eq(first.as_arc(), second.as_arc()));
+        assert_eq!(first, with_summary(&json!({"type": "string"})));
     }
 }

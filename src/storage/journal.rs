@@ -3,11 +3,11 @@
 //! never silently repeats one whose outcome is unknown. LLM usage is journaled as
 //! it is spent, so a workflow's usage stays exact across crashes.
 
-use crate::SharedValue;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::SharedValue;
 pub use crate::call::{ToolCallKey, ToolCallStatus};
 use crate::clarification::Clarification;
 use crate::ids::WorkflowId;

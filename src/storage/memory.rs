@@ -35,7 +35,8 @@ pub struct InMemoryStorage {
 
 #[derive(Debug, Default)]
 struct State {
-    // Every save looks its workflow up: ids are random, so a fast hasher will do.
+    // Every save looks its workflow up. The crate makes the ids, so no one can pick
+    // keys that collide: a fast hasher will do.
     plans: HashMap<PlanId, Plan, RandomState>,
     workflows: HashMap<WorkflowId, Row, RandomState>,
     /// Counts submissions, so that the longest-waiting queued workflow goes first.

@@ -6,12 +6,16 @@
 //! the canceller can wait for that run to end.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::calls::{Stop, StopSignal};
+use crate::Result;
+use crate::events::WorkflowEvent;
 use crate::ids::WorkflowId;
 use crate::storage::{Lease, LeaseQueue, Storage};
+use crate::workflow::Workflow;
 
 /// How often the store is asked whether someone cancelled one of this process's runs.
 const CANCEL_POLL: Duration = Duration::from_secs(1);
@@ -102,32 +106,73 @@ impl Drop for RegisteredRun {
     }
 }
 
-/// Renews `lease` every third of `ttl` until dropped. A cancellation request seen
-/// in the store, or a lost lease, stops the run through `signal`.
-pub(super) fn spawn_heartbeat(
-    storage: Arc<dyn LeaseQueue>,
+/// A run's hold on its lease: a heartbeat renews it every third of its ttl until
+/// the run ends, and the run's last save may give it up in the same write.
+#[derive(Debug)]
+pub(super) struct Tenure {
     lease: Lease,
-    ttl: Duration,
-    signal: StopSignal,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let period = (ttl / 3).max(Duration::from_millis(10));
-        loop {
-            tokio::time::sleep(period).await;
-            match storage.renew_lease(&lease, ttl).await {
-                Ok(status) => {
-                    if let Some(reason) = status.cancel_requested {
-                        signal.stop(Stop::Cancelled(reason));
-                    }
-                }
-                Err(crate::Error::LeaseLost { .. }) => {
-                    tracing::warn!(workflow = %lease.workflow_id, "the run lost its lease; stopping it");
-                    signal.stop(Stop::LeaseLost);
-                    return;
-                }
-                // A store that is briefly unreachable: the lease may still be renewed in time.
-                Err(e) => tracing::warn!(workflow = %lease.workflow_id, error = %e, "could not renew the lease"),
-            }
+    heartbeat: tokio::task::JoinHandle<()>,
+    released: AtomicBool,
+}
+
+impl Tenure {
+    /// Starts renewing `lease`. A cancellation request seen in the store, or a lost
+    /// lease, stops the run through `signal`.
+    pub(super) fn start(storage: Arc<dyn LeaseQueue>, lease: Lease, ttl: Duration, signal: StopSignal) -> Arc<Self> {
+        let heartbeat = tokio::spawn(renew(storage, lease.clone(), ttl, signal));
+        Arc::new(Self { lease, heartbeat, released: AtomicBool::new(false) })
+    }
+
+    /// Saves `workflow` and gives the lease up in one write: the run's last save.
+    /// The heartbeat stops first, so that it cannot find the lease gone and take
+    /// that for a lost one.
+    pub(super) async fn save_and_release(
+        &self,
+        storage: &dyn LeaseQueue,
+        workflow: &Workflow,
+        events: &[WorkflowEvent],
+    ) -> Result<()> {
+        self.heartbeat.abort();
+        storage.update_and_release(workflow, &self.lease, events).await?;
+        self.released.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Ends the hold: stops the heartbeat, and releases the lease unless the last
+    /// save did. A release that fails is logged; the lease lapses on its own.
+    pub(super) async fn end(&self, storage: &dyn LeaseQueue) {
+        self.heartbeat.abort();
+        if !self.released.load(Ordering::Acquire) {
+            release(storage, &self.lease).await;
         }
-    })
+    }
+}
+
+/// Releases `lease`; a release that fails is logged, as the lease lapses on its own.
+pub(super) async fn release(storage: &dyn LeaseQueue, lease: &Lease) {
+    if let Err(e) = storage.release_lease(lease).await {
+        tracing::warn!(workflow = %lease.workflow_id, error = %e, "could not release the lease; it lapses on its own");
+    }
+}
+
+/// Renews `lease` every third of `ttl`, until the lease is lost.
+async fn renew(storage: Arc<dyn LeaseQueue>, lease: Lease, ttl: Duration, signal: StopSignal) {
+    let period = (ttl / 3).max(Duration::from_millis(10));
+    loop {
+        tokio::time::sleep(period).await;
+        match storage.renew_lease(&lease, ttl).await {
+            Ok(status) => {
+                if let Some(reason) = status.cancel_requested {
+                    signal.stop(Stop::Cancelled(reason));
+                }
+            }
+            Err(crate::Error::LeaseLost { .. }) => {
+                tracing::warn!(workflow = %lease.workflow_id, "the run lost its lease; stopping it");
+                signal.stop(Stop::LeaseLost);
+                return;
+            }
+            // A store that is briefly unreachable: the lease may still be renewed in time.
+            Err(e) => tracing::warn!(workflow = %lease.workflow_id, error = %e, "could not renew the lease"),
+        }
+    }
 }

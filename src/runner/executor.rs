@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use super::Runner;
 use super::calls::{CallServices, Stop, StopSignal, ToolCalls};
-use super::control::{RegisteredRun, spawn_heartbeat};
+use super::control::{RegisteredRun, Tenure};
 use super::metered::{Meter, ParentMeter};
 use super::sub_plan::ChildPlan;
 use crate::agent::{Agent, StepContext, StepInput, StepOutcome, ask_user, skip_unless_holds, summarize_final_output};
@@ -42,6 +42,8 @@ struct Run {
     /// Shared with the plan cache and the caller: a run only reads it.
     plan: Arc<Plan>,
     lease: Lease,
+    /// The heartbeat keeping `lease`, which the last save gives up.
+    tenure: Arc<Tenure>,
     signal: StopSignal,
     meter: Meter,
     /// Calls journaled by earlier, interrupted runs.
@@ -108,20 +110,22 @@ impl Runner {
         start: Start,
     ) -> Result<Workflow> {
         let ttl = self.inner.config.lease_ttl();
-        let (id, lease) = (grant.workflow.id(), grant.lease.clone());
-        let heartbeat = spawn_heartbeat(self.inner.storage.clone(), lease.clone(), ttl, signal.clone());
+        let tenure = Tenure::start(self.inner.storage.clone(), grant.lease.clone(), ttl, signal.clone());
         let span = workflow_span(&grant.workflow);
         // Boxed, as are the ends of a run below: a future holds room for every
         // future it awaits, and the parts of a run are large (see performance.md).
-        let result = Box::pin(self.run_leased(grant, signal, start).instrument(span)).await;
-        heartbeat.abort();
-        if let Err(e) = self.inner.storage.release_lease(&lease).await {
-            tracing::warn!(workflow = %id, error = %e, "could not release the lease; it lapses on its own");
-        }
+        let result = Box::pin(self.run_leased(grant, signal, start, Arc::clone(&tenure)).instrument(span)).await;
+        tenure.end(self.inner.storage.as_ref()).await;
         result
     }
 
-    async fn run_leased(&self, grant: LeaseGrant, signal: StopSignal, start: Start) -> Result<Workflow> {
+    async fn run_leased(
+        &self,
+        grant: LeaseGrant,
+        signal: StopSignal,
+        start: Start,
+        tenure: Arc<Tenure>,
+    ) -> Result<Workflow> {
         let LeaseGrant { lease, workflow, reclaimed, attempts, cancel_requested } = grant;
         let id = workflow.id();
         let plan = match start.plan {
@@ -135,7 +139,7 @@ impl Runner {
         let events = self.inner.events.for_run();
         let meter = Meter::new(self, lease.clone(), signal.clone(), events.clone(), usage, start.parent);
         let saved_state = workflow.state();
-        let mut run = Run { workflow, saved_state, events, plan, lease, signal, meter, journal };
+        let mut run = Run { workflow, saved_state, events, plan, lease, tenure, signal, meter, journal };
         if let Some(reason) = cancel_requested {
             return Box::pin(self.end_failed(run, Failure::new(FailureKind::Cancelled, reason))).await;
         }
@@ -214,11 +218,26 @@ impl Runner {
 
     /// Saves the run's workflow as the next version, under the lease.
     async fn save(&self, run: &mut Run) -> Result<()> {
+        self.save_version(run, false).await
+    }
+
+    /// Saves the run's workflow at rest, as its last version of this run, and gives
+    /// the lease up in the same write.
+    async fn save_last(&self, run: &mut Run) -> Result<()> {
+        self.save_version(run, true).await
+    }
+
+    async fn save_version(&self, run: &mut Run, last: bool) -> Result<()> {
         run.workflow.set_usage(run.meter.usage());
         run.workflow.bump_version();
         let (from, to) = (run.saved_state, run.workflow.state());
         let change = (from != to).then(|| run.events.stage(run.workflow.id(), EventKind::StateChanged { from, to }));
-        self.inner.storage.update_workflow(&run.workflow, &run.lease, &run.events.take()).await?;
+        let (storage, events) = (self.inner.storage.as_ref(), run.events.take());
+        if last {
+            run.tenure.save_and_release(storage, &run.workflow, &events).await?;
+        } else {
+            storage.update_workflow(&run.workflow, &run.lease, &events).await?;
+        }
         run.saved_state = to;
         if let Some(change) = change {
             run.events.announce(change);
@@ -228,7 +247,7 @@ impl Runner {
 
     async fn end_failed(&self, mut run: Run, failure: Failure) -> Result<Workflow> {
         run.workflow.fail(failure)?;
-        self.save(&mut run).await?;
+        self.save_last(&mut run).await?;
         Ok(run.workflow)
     }
 
@@ -522,7 +541,7 @@ impl Runner {
             run.workflow.transition_to(WorkflowState::Complete)?;
             tracing::info!(workflow = %run.workflow.id(), plan = %run.plan.id, "workflow complete");
         }
-        self.save(&mut run).await?;
+        self.save_last(&mut run).await?;
         Ok(run.workflow)
     }
 

@@ -639,27 +639,27 @@ impl Runner {
         let mut workflow = grant.workflow;
         let from = workflow.state();
         let events = self.inner.events.for_run();
-        let result = match change(&mut workflow) {
-            Ok(caused) => {
-                let to = workflow.state();
-                let staged: Vec<WorkflowEvent> = caused
-                    .into_iter()
-                    .chain((from != to).then_some(EventKind::StateChanged { from, to }))
-                    .map(|kind| events.stage(id, kind))
-                    .collect();
-                workflow.bump_version();
-                let saved = storage.update_workflow(&workflow, &grant.lease, &events.take()).await;
-                if saved.is_ok() {
-                    staged.into_iter().for_each(|event| events.announce(event));
-                }
-                saved
+        let caused = match change(&mut workflow) {
+            Ok(caused) => caused,
+            Err(e) => {
+                control::release(storage.as_ref(), &grant.lease).await;
+                return Err(e);
             }
-            Err(e) => Err(e),
         };
-        if let Err(e) = storage.release_lease(&grant.lease).await {
-            tracing::warn!(workflow = %id, error = %e, "could not release the lease; it lapses on its own");
+        let to = workflow.state();
+        let staged: Vec<WorkflowEvent> = caused
+            .into_iter()
+            .chain((from != to).then_some(EventKind::StateChanged { from, to }))
+            .map(|kind| events.stage(id, kind))
+            .collect();
+        workflow.bump_version();
+        // One write saves and releases; should it fail, the lease is given up alone.
+        if let Err(e) = storage.update_and_release(&workflow, &grant.lease, &events.take()).await {
+            control::release(storage.as_ref(), &grant.lease).await;
+            return Err(e);
         }
-        result.map(|()| workflow)
+        staged.into_iter().for_each(|event| events.announce(event));
+        Ok(workflow)
     }
 
     /// Every tool call a workflow journaled, with its arguments and outcome.

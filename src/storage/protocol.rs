@@ -136,7 +136,7 @@ impl<S: RowStore> WorkflowStore for S {
         let id = workflow.id();
         let work = |_| {
             let (new, lease, stored) = (workflow.clone(), lease.clone(), events.to_vec());
-            move |tx: &mut dyn RowTx| update(tx, new, &lease, stored)
+            move |tx: &mut dyn RowTx| update(tx, new, &lease, stored).map(drop)
         };
         run(self, Access::Write, || format!("cannot save workflow {id}"), work).await?;
         self.workflow_saved(workflow, !events.is_empty());
@@ -210,6 +210,22 @@ impl<S: RowStore> LeaseQueue for S {
             }),
         )
         .await?;
+        self.runnable_changed();
+        Ok(())
+    }
+
+    async fn update_and_release(&self, workflow: &Workflow, lease: &Lease, events: &[WorkflowEvent]) -> Result<()> {
+        let id = workflow.id();
+        let work = |_| {
+            let (new, lease, stored) = (workflow.clone(), lease.clone(), events.to_vec());
+            move |tx: &mut dyn RowTx| {
+                let fenced = update(tx, new, &lease, stored)?;
+                tx.store_lease(id, &fenced.lease.release(&lease))?;
+                tx.announce_runnable()
+            }
+        };
+        run(self, Access::Write, || format!("cannot save workflow {id}"), work).await?;
+        self.workflow_saved(workflow, !events.is_empty());
         self.runnable_changed();
         Ok(())
     }
@@ -380,8 +396,8 @@ fn insert(tx: &mut dyn RowTx, workflow: Workflow, queued: bool) -> Rows<()> {
 }
 
 /// Replaces a workflow whose stored version is one less, fenced on `lease`, and
-/// stores `events` numbered after its earlier ones.
-fn update(tx: &mut dyn RowTx, workflow: Workflow, lease: &Lease, events: Vec<WorkflowEvent>) -> Rows<()> {
+/// stores `events` numbered after its earlier ones. Returns the row as fenced.
+fn update(tx: &mut dyn RowTx, workflow: Workflow, lease: &Lease, events: Vec<WorkflowEvent>) -> Rows<LeaseRow> {
     let id = workflow.id();
     let (row, now) = fence(tx, lease, lease.workflow_id)?;
     let expected = workflow.version().saturating_sub(1);
@@ -389,13 +405,13 @@ fn update(tx: &mut dyn RowTx, workflow: Workflow, lease: &Lease, events: Vec<Wor
         return Err(Error::VersionConflict { workflow_id: id, expected, found: row.version }.into());
     }
     tx.replace_workflow(workflow, now)?;
-    if events.is_empty() {
-        return Ok(());
+    if !events.is_empty() {
+        let last = tx.last_event(id)?;
+        let numbered = (last + 1..).zip(events).map(|(seq, event)| StoredEvent { seq, event }).collect();
+        tx.insert_events(id, numbered)?;
+        tx.announce_events(id)?;
     }
-    let last = tx.last_event(id)?;
-    let numbered = (last + 1..).zip(events).map(|(seq, event)| StoredEvent { seq, event }).collect();
-    tx.insert_events(id, numbered)?;
-    tx.announce_events(id)
+    Ok(row)
 }
 
 /// Refuses a write to workflow `target` unless `lease` is its current lease. Returns

@@ -275,6 +275,7 @@ cases!(
     a_save_through_another_handle_wakes_an_event_waiter,
     a_runner_watches_a_workflow_another_runner_runs,
     a_submission_or_release_wakes_a_waiting_worker,
+    a_last_save_gives_the_lease_up_in_the_same_write,
 );
 
 const TTL: Duration = Duration::from_secs(30);
@@ -764,6 +765,41 @@ async fn a_submission_or_release_wakes_a_waiting_worker(f: Fixture) {
     store.release_lease(&lease).await.unwrap();
     waiter.await.unwrap();
     assert!(started.elapsed() < hour, "a release wakes the waiting worker");
+
+    let grant = store.claim_runnable("w2", TTL).await.unwrap().expect("claimed again");
+    let started = tokio::time::Instant::now();
+    let waiter = tokio::spawn({
+        let store = Arc::clone(&store);
+        async move { store.wait_for_runnable(hour).await }
+    });
+    tokio::task::yield_now().await;
+    store.update_and_release(&next_version(&grant.workflow), &grant.lease, &[]).await.unwrap();
+    waiter.await.unwrap();
+    assert!(started.elapsed() < hour, "a last save's release wakes the waiting worker");
+}
+
+async fn a_last_save_gives_the_lease_up_in_the_same_write(f: Fixture) {
+    let store = f.store();
+    let workflow = submitted(store).await;
+    let lease = store.claim_runnable("w1", TTL).await.unwrap().expect("claimed").lease;
+    let saved = next_version(&workflow);
+    let event = changed_to(&workflow, WorkflowState::InProgress);
+
+    let refused =
+        store.update_and_release(&next_version(&saved), &lease, std::slice::from_ref(&event)).await.unwrap_err();
+    assert!(matches!(refused, Error::VersionConflict { .. }), "{refused}");
+    assert!(store.claim_runnable("w2", TTL).await.unwrap().is_none(), "a refused save keeps the lease");
+    assert!(store.events(workflow.id(), 0).await.unwrap().is_empty(), "a refused save stores no event");
+
+    store.update_and_release(&saved, &lease, &[event]).await.unwrap();
+    assert_eq!(store.get_workflow(workflow.id()).await.unwrap(), saved);
+    assert_eq!(store.events(workflow.id(), 0).await.unwrap().len(), 1, "the event is stored with the save");
+
+    let next =
+        store.claim_runnable("w2", TTL).await.unwrap().expect("claimable at once, before the lease would expire");
+    assert_eq!((&next.workflow, next.reclaimed, next.lease.owner.as_str()), (&saved, false, "w2"));
+    let late = store.update_and_release(&next_version(&saved), &lease, &[]).await.unwrap_err();
+    assert!(matches!(late, Error::LeaseLost { .. }), "the released lease writes no more: {late}");
 }
 
 async fn events_are_stored_with_the_save_in_order(f: Fixture) {

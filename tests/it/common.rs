@@ -17,11 +17,14 @@ use portia::{Config, InMemoryToolRegistry, Plan, PlanId, Runner, Workflow, Workf
 
 type SaveHook = Box<dyn Fn(&Workflow) + Send + Sync>;
 
-/// Storage that keeps a copy of every workflow saved, in order, and may run a hook
-/// before each save.
+/// Storage that keeps a copy of every workflow saved, in order, notes how each
+/// lease was given up, and may run a hook before each save.
 pub struct RecordingStorage {
     pub inner: Arc<dyn Storage>,
     pub saved: Mutex<Vec<Workflow>>,
+    /// `"release"` for each lease released alone, `"save and release"` for each
+    /// given up with a save.
+    pub lease_ends: Mutex<Vec<&'static str>>,
     before_save: Option<SaveHook>,
 }
 
@@ -39,11 +42,23 @@ impl Default for RecordingStorage {
 
 impl RecordingStorage {
     pub fn wrapping(inner: Arc<dyn Storage>, before_save: Option<SaveHook>) -> Self {
-        Self { inner, saved: Mutex::default(), before_save }
+        Self { inner, saved: Mutex::default(), lease_ends: Mutex::default(), before_save }
     }
 
     pub fn snapshots(&self) -> Vec<Workflow> {
         self.saved.lock().unwrap().clone()
+    }
+
+    /// How each lease was given up so far, in order (then forgotten).
+    pub fn take_lease_ends(&self) -> Vec<&'static str> {
+        std::mem::take(&mut *self.lease_ends.lock().unwrap())
+    }
+
+    fn record_save(&self, workflow: &Workflow) {
+        if let Some(hook) = &self.before_save {
+            hook(workflow);
+        }
+        self.saved.lock().unwrap().push(workflow.clone());
     }
 }
 
@@ -79,10 +94,7 @@ impl WorkflowStore for RecordingStorage {
         lease: &Lease,
         events: &[WorkflowEvent],
     ) -> portia::Result<()> {
-        if let Some(hook) = &self.before_save {
-            hook(workflow);
-        }
-        self.saved.lock().unwrap().push(workflow.clone());
+        self.record_save(workflow);
         self.inner.update_workflow(workflow, lease, events).await
     }
     async fn events(&self, id: WorkflowId, after: u64) -> portia::Result<Vec<StoredEvent>> {
@@ -99,7 +111,18 @@ impl LeaseQueue for RecordingStorage {
         self.inner.renew_lease(lease, ttl).await
     }
     async fn release_lease(&self, lease: &Lease) -> portia::Result<()> {
+        self.lease_ends.lock().unwrap().push("release");
         self.inner.release_lease(lease).await
+    }
+    async fn update_and_release(
+        &self,
+        workflow: &Workflow,
+        lease: &Lease,
+        events: &[WorkflowEvent],
+    ) -> portia::Result<()> {
+        self.record_save(workflow);
+        self.lease_ends.lock().unwrap().push("save and release");
+        self.inner.update_and_release(workflow, lease, events).await
     }
     async fn claim_runnable(&self, owner: &str, ttl: Duration) -> portia::Result<Option<LeaseGrant>> {
         self.inner.claim_runnable(owner, ttl).await

@@ -147,6 +147,28 @@ async fn clarification_resolved_then_resumed_to_complete() {
     );
 }
 
+/// Whatever a run ends in, its last save gives the lease up in the same write; so
+/// does a change made outside a run, such as an answer.
+#[tokio::test]
+async fn a_run_ends_with_one_write_that_saves_and_gives_the_lease_up() {
+    let (h, _tool, plan) = ask_city_harness();
+    let waiting = h.runner.run_plan(&plan).await.unwrap();
+    assert_eq!(waiting.state(), WorkflowState::NeedClarification);
+    assert_eq!(h.storage.take_lease_ends(), ["save and release"]);
+    let ttl = Duration::from_secs(30);
+    let free = h.storage.inner.acquire_lease(waiting.id(), "someone-else", ttl).await.unwrap();
+    assert!(!free.reclaimed, "the lease was given up, not left to lapse");
+    h.storage.inner.release_lease(&free.lease).await.unwrap();
+
+    let clarification = waiting.outstanding_clarifications().next().unwrap().clone();
+    let ready = h.runner.resolve_clarification(&clarification, "Lisbon").await.unwrap();
+    assert_eq!(h.storage.take_lease_ends(), ["save and release"], "an answer is saved the same way");
+    let done = h.runner.execute_workflow(ready).await.unwrap();
+    assert_eq!(done.state(), WorkflowState::Complete);
+    assert_eq!(h.storage.take_lease_ends(), ["save and release"]);
+    assert_eq!(h.storage.snapshots().last(), Some(&done), "the last save is the workflow returned");
+}
+
 #[tokio::test]
 async fn multiple_choice_answer_outside_the_options_is_refused_and_not_saved() {
     let options = vec![json!("a.txt"), json!("b.txt")];

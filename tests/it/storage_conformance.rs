@@ -134,7 +134,7 @@ pass_on!(Unfenced, update_workflow(inner, workflow, lease, events) {
 async fn a_store_that_saves_with_a_lost_lease_fails_the_fencing_case() {
     let suite =
         StorageConformance::new(|clock| async move { Arc::new(Unfenced(memory_store(clock))) as Arc<dyn Storage> })
-            .skip(&[WAKE]);
+            .skip(&[WAKE, "a_last_save_gives_the_lease_up_in_the_same_write"]);
     let count = suite.cases().count();
     let failed = tokio::spawn(suite.run()).await.expect_err("the suite fails the store");
     let payload = failed.into_panic();
@@ -151,7 +151,7 @@ async fn a_store_that_saves_with_a_lost_lease_fails_the_fencing_case() {
 #[should_panic(expected = "storage conformance: no case is named \"no_such_case\"; the cases are: ")]
 async fn an_unknown_case_name_is_refused_with_the_list() {
     let suite = StorageConformance::new(|clock| async move { memory(clock) });
-    assert_eq!(suite.cases().count(), 24);
+    assert_eq!(suite.cases().count(), 25);
     assert!(suite.cases().any(|case| case == WAKE));
     let _ = suite.only(&["no_such_case"]);
 }

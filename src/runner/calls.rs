@@ -1,7 +1,9 @@
 //! The one path every tool call takes: the intent is journaled before the tool is
 //! called and the outcome after it returns, so a resumed run replays finished calls
 //! instead of repeating them, and never silently repeats a call whose outcome is
-//! unknown.
+//! unknown. A read-only tool's call, which a resumed run would make again anyway
+//! had only its intent been journaled, is journaled once, with its outcome (unless
+//! hooks decide it, or an interrupted run journaled it).
 //!
 //! A call that fails on the service's side (a soft error with a
 //! [`RetryHint`](crate::tool::RetryHint)) is sent again with the same arguments,
@@ -171,6 +173,15 @@ impl StepCalls for ToolCalls {
     }
 }
 
+/// What of a call the journal holds before its outcome is known.
+#[derive(Debug, Clone, Copy)]
+enum Journaled {
+    /// Its intent.
+    Intent,
+    /// Nothing: the call is journaled once it is over.
+    Nothing,
+}
+
 /// What to do with a call whose intent was journaled and whose outcome is not.
 enum Unknown {
     Call,
@@ -234,6 +245,9 @@ impl ToolCalls {
         };
         let end_user = run_ctx.execution_context.end_user_id.clone();
         let mut intent = ToolCallRecord::intent(key, &spec.id, end_user, args);
+        if self.outcome_only(spec, key) {
+            return self.make(tool, spec, run_ctx, intent, Journaled::Nothing).await;
+        }
         if !self.hooks.is_empty() {
             // Undecided until the hooks have spoken: a crash meanwhile leaves a call
             // that was certainly not made.
@@ -248,7 +262,20 @@ impl ToolCalls {
         if record.status == ToolCallStatus::Held {
             return self.decide(tool, spec, run_ctx, record).await;
         }
-        self.make(tool, spec, run_ctx, record).await
+        self.make(tool, spec, run_ctx, record, Journaled::Intent).await
+    }
+
+    /// Whether call `key` of `spec`'s tool is journaled only once it is over: when
+    /// the tool is read-only. A resumed run calls it again whether the journal holds
+    /// its intent or nothing, so the intent's write is spared; what is given up is
+    /// only the arguments of a call cut short, which the model then chooses again.
+    /// A tool with side effects keeps its intent, so that an idempotent one is sent
+    /// again with the very arguments its idempotency key was first sent with. Not
+    /// either when hooks decide the call (their verdict is journaled), nor when an
+    /// interrupted run journaled this call (it is resumed from that record).
+    fn outcome_only(&self, spec: &ToolSpec, key: ToolCallKey) -> bool {
+        let read_only = spec.idempotent && !spec.side_effects;
+        read_only && self.hooks.is_empty() && !self.journaled.iter().any(|r| r.key.seq == key.seq)
     }
 
     /// A call an interrupted run journaled: its outcome replayed, or, unknown, made
@@ -266,8 +293,10 @@ impl ToolCalls {
             return outcome;
         }
         match unknown_outcome(spec, &earlier, &run_ctx.clarifications) {
-            Unknown::Call => self.make(tool, spec, run_ctx, earlier).await,
-            Unknown::Done(value) => self.finish(earlier, Ok(ToolOutput::Value(value.into())), 0.0).await,
+            Unknown::Call => self.make(tool, spec, run_ctx, earlier, Journaled::Intent).await,
+            Unknown::Done(value) => {
+                self.finish(earlier, Ok(ToolOutput::Value(value.into())), 0.0, Journaled::Intent).await
+            }
             Unknown::Ask(clarification) => Ok(ToolOutput::clarification(*clarification)),
         }
     }
@@ -290,30 +319,34 @@ impl ToolCalls {
         };
         let decision = match self.hooks.before_tool_call(&request).await {
             Ok(decision) => decision,
-            Err(e) => return self.finish(record, Err(ToolError::Hook(e.0)), 0.0).await,
+            Err(e) => return self.finish(record, Err(ToolError::Hook(e.0)), 0.0, Journaled::Intent).await,
         };
         match decision {
             ToolCallDecision::Ask(mut question) => {
                 question.tool_call = Some(record.key);
                 return Ok(ToolOutput::clarification(*question));
             }
-            ToolCallDecision::Deny(reason) => return self.finish(record, Err(ToolError::Denied(reason)), 0.0).await,
+            ToolCallDecision::Deny(reason) => {
+                return self.finish(record, Err(ToolError::Denied(reason)), 0.0, Journaled::Intent).await;
+            }
             ToolCallDecision::ProceedWith(arguments) => record.input = arguments,
             ToolCallDecision::Proceed => {}
         }
         // Decided: from now on a crash leaves a call that may have been made.
         record.status = ToolCallStatus::Started;
         self.journal.finish_tool_call(&self.lease, &record).await.map_err(|e| self.unjournaled(e))?;
-        self.make(tool, spec, run_ctx, record).await
+        self.make(tool, spec, run_ctx, record, Journaled::Intent).await
     }
 
-    /// Calls the tool and records the outcome.
+    /// Calls the tool and records the outcome; `journaled` says whether the call's
+    /// record is stored yet.
     async fn make(
         &self,
         tool: &dyn Tool,
         spec: &ToolSpec,
         mut run_ctx: ToolRunContext,
         record: ToolCallRecord,
+        journaled: Journaled,
     ) -> Result<ToolOutput, ToolError> {
         let key = record.key;
         self.events.emit(
@@ -334,7 +367,7 @@ impl ToolCalls {
         let started = Instant::now();
         let result = tool.run(&run_ctx, record.input.clone()).instrument(span).await;
         let arguments = record.input.clone();
-        let outcome = self.finish(record, result, started.elapsed().as_secs_f64()).await;
+        let outcome = self.finish(record, result, started.elapsed().as_secs_f64(), journaled).await;
         let request = ToolCallRequest {
             spec,
             arguments: &arguments,
@@ -354,10 +387,16 @@ impl ToolCalls {
         record: ToolCallRecord,
         result: Result<ToolOutput, ToolError>,
         latency: f64,
+        journaled: Journaled,
     ) -> Result<ToolOutput, ToolError> {
         let record = record.finished(&result, latency);
         tracing::debug!(tool = %record.tool_id, call = %record.key, status = ?record.status, "tool called");
-        self.journal.finish_tool_call(&self.lease, &record).await.map_err(|e| self.unjournaled(e))?;
+        let written = match journaled {
+            Journaled::Intent => self.journal.finish_tool_call(&self.lease, &record).await,
+            // Stored whole: no record has this key (see `outcome_only`).
+            Journaled::Nothing => self.journal.begin_tool_call(&self.lease, &record).await.map(drop),
+        };
+        written.map_err(|e| self.unjournaled(e))?;
         self.announce_finished(&record, false);
         result
     }

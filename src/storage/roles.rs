@@ -241,6 +241,9 @@ pub trait Journal: Send + Sync + fmt::Debug {
     /// Stores a call's intent unless one with its key is stored. Returns `None` when
     /// the intent was stored now, and the earlier record (with its outcome, if known)
     /// when one was there already; the earlier one is then kept unchanged.
+    ///
+    /// The record is stored as given: a call journaled only once it is over (an
+    /// idempotent tool's) comes here whole, with its outcome.
     async fn begin_tool_call(&self, lease: &Lease, intent: &ToolCallRecord) -> Result<Option<ToolCallRecord>>;
     /// Stores the outcome of a call whose intent is stored.
     async fn finish_tool_call(&self, lease: &Lease, record: &ToolCallRecord) -> Result<()>;

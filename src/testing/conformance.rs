@@ -519,7 +519,12 @@ async fn the_journal_replays(f: Fixture) {
     let replayed = store.begin_tool_call(&lease, &retry).await.unwrap().expect("the call is journaled");
     assert_eq!(replayed.status, ToolCallStatus::Success);
     assert_eq!(replayed, done);
-    for (step, attempt, seq) in [(1, 0, 0), (0, 1, 0), (0, 0, 2), (0, 0, 1)] {
+    // A call journaled only once it is over is stored whole, outcome and all.
+    let whole = intent(key(&workflow, 0, 0, 1), json!({"city": "Oslo"}));
+    let whole = whole.finished(&Ok(ToolOutput::Value(json!({"temp": 3.0}).into())), 0.5);
+    assert_eq!(store.begin_tool_call(&lease, &whole).await.unwrap(), None, "stored now");
+    assert_eq!(store.tool_calls(workflow.id()).await.unwrap()[1], whole);
+    for (step, attempt, seq) in [(1, 0, 0), (0, 1, 0), (0, 0, 2)] {
         store.begin_tool_call(&lease, &intent(key(&workflow, step, attempt, seq), json!(null))).await.unwrap();
     }
     let keys: Vec<_> = store.tool_calls(workflow.id()).await.unwrap().iter().map(|r| r.key).collect();

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use portia::storage::{InMemoryStorage, LeaseQueue, ManualClock, WorkflowStore};
+use portia::storage::{InMemoryStorage, LeaseQueue, ManualClock, ToolCallStatus, WorkflowStore};
 use portia::testing::{MockBehavior, MockTool, ScriptedLlm};
 use portia::tool::{Tool, ToolError, ToolOutput, ToolRunContext, ToolSpec};
 use portia::workflow::FailureKind;
@@ -15,16 +15,21 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 
 /// A tool that says when it has started, then waits to be let go or cancelled.
+/// It has side effects unless `read_only`.
 #[derive(Debug, Default)]
 struct GateTool {
     entered: Notify,
     release: Notify,
+    read_only: bool,
 }
 
 #[async_trait::async_trait]
 impl Tool for GateTool {
     fn spec(&self) -> ToolSpec {
-        ToolSpec::new("gate_tool", "Gate Tool", "Waits.").task_argument("task")
+        ToolSpec::new("gate_tool", "Gate Tool", "Waits.")
+            .task_argument("task")
+            .idempotent(self.read_only)
+            .side_effects(!self.read_only)
     }
 
     async fn run(&self, ctx: &ToolRunContext, _args: Value) -> Result<ToolOutput, ToolError> {
@@ -110,6 +115,40 @@ async fn a_run_that_lost_its_lease_writes_nothing_and_starts_no_new_call() {
     assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
     assert_eq!(s.storage.get_workflow(workflow.id()).await.unwrap(), before, "the stale run changed nothing");
     assert!(s.after.calls().is_empty(), "no new tool call after the lease was lost");
+}
+
+/// A read-only tool's call is journaled once, when it is over: a resumed run makes a
+/// call cut short again whether or not its intent was journaled, so no intent is
+/// written. A tool with side effects journals its intent before it is called.
+#[tokio::test(start_paused = true)]
+async fn a_read_only_call_is_journaled_once_it_is_over_and_made_again_if_cut_short() {
+    let mut s = setup();
+    s.gate = Arc::new(GateTool { read_only: true, ..GateTool::default() });
+    let runner = s.runner();
+    let workflow = s.workflow(&runner).await;
+    let running = spawn_run(&runner, workflow.id());
+    s.gate.entered.notified().await;
+    assert!(runner.tool_calls(workflow.id()).await.unwrap().is_empty(), "no intent is journaled");
+    assert!(runner.interrupt(workflow.id()));
+    assert_eq!(running.await.unwrap().unwrap().state(), WorkflowState::InProgress);
+
+    let resumed = spawn_run(&runner, workflow.id());
+    s.gate.entered.notified().await;
+    s.gate.release.notify_one();
+    assert_eq!(resumed.await.unwrap().unwrap().state(), WorkflowState::Complete);
+    let calls = runner.tool_calls(workflow.id()).await.unwrap();
+    let journaled: Vec<_> = calls.iter().map(|c| (c.key.seq, c.status, Value::clone(&c.output))).collect();
+    assert_eq!(journaled, [(0, ToolCallStatus::Success, json!("let go"))], "one record, with the outcome");
+
+    let s = setup();
+    let runner = s.runner();
+    let workflow = s.workflow(&runner).await;
+    let running = spawn_run(&runner, workflow.id());
+    s.gate.entered.notified().await;
+    let calls = runner.tool_calls(workflow.id()).await.unwrap();
+    assert_eq!(calls.iter().map(|c| c.status).collect::<Vec<_>>(), [ToolCallStatus::Started], "its intent first");
+    s.gate.release.notify_one();
+    assert_eq!(running.await.unwrap().unwrap().state(), WorkflowState::Complete);
 }
 
 #[tokio::test(start_paused = true)]

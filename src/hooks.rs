@@ -85,6 +85,8 @@ pub trait Hooks: Send + Sync + fmt::Debug {
         Ok(())
     }
     /// After a run of `workflow` ends: COMPLETE, FAILED, or waiting for a human.
+    /// The workflow is saved and its lease given up by then, so the hook may resume
+    /// it or answer its questions; another run of it may also start meanwhile.
     async fn after_workflow(&self, _workflow: &Workflow) -> Result<(), HookError> {
         Ok(())
     }

@@ -394,7 +394,13 @@ impl ToolCalls {
         let written = match journaled {
             Journaled::Intent => self.journal.finish_tool_call(&self.lease, &record).await,
             // Stored whole: no record has this key (see `outcome_only`).
-            Journaled::Nothing => self.journal.begin_tool_call(&self.lease, &record).await.map(drop),
+            Journaled::Nothing => match self.journal.begin_tool_call(&self.lease, &record).await {
+                Ok(Some(_)) => {
+                    tracing::warn!(call = %record.key, "a record of this call was journaled meanwhile; it is kept");
+                    Ok(())
+                }
+                written => written.map(drop),
+            },
         };
         written.map_err(|e| self.unjournaled(e))?;
         self.announce_finished(&record, false);

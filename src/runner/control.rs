@@ -148,6 +148,14 @@ impl Tenure {
     }
 }
 
+impl Drop for Tenure {
+    /// A run dropped before it ended (its task aborted, its caller gone) stops
+    /// renewing: its lease then lapses, and the workflow is taken over.
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+    }
+}
+
 /// Releases `lease`; a release that fails is logged, as the lease lapses on its own.
 pub(super) async fn release(storage: &dyn LeaseQueue, lease: &Lease) {
     if let Err(e) = storage.release_lease(lease).await {

@@ -6,7 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -471,8 +471,17 @@ const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 /// answer read later.
 type Arg = Box<dyn ToSql + Sync + Send>;
 
-/// A statement sent whose answer is yet to be read: how many rows it changed.
-type Pending<'a> = Pin<Box<dyn Future<Output = std::result::Result<u64, tokio_postgres::Error>> + 'a>>;
+/// How many rows a statement changed, or why it failed.
+type Answer = std::result::Result<u64, tokio_postgres::Error>;
+
+/// A statement sent whose answer is yet to be read.
+type Pending<'a> = Pin<Box<dyn Future<Output = Answer> + 'a>>;
+
+/// A statement sent, and its answer once it came.
+enum Sent<'a> {
+    Waiting(Pending<'a>),
+    Answered(Answer),
+}
 
 /// Row operations on a pooled connection (in a transaction, or not for a plain
 /// read), on a blocking thread.
@@ -480,31 +489,49 @@ struct Rows<'a, C> {
     conn: &'a C,
     runtime: &'a Handle,
     inner: &'a Inner,
-    /// Statements sent whose answers are not read yet, in the order sent.
-    pending: Vec<Pending<'a>>,
+    /// Statements sent whose answers the work has not read, in the order sent.
+    sent: Vec<Sent<'a>>,
 }
 
 impl<'a, C: GenericClient> Rows<'a, C> {
     fn new(conn: &'a C, runtime: &'a Handle, inner: &'a Inner) -> Self {
-        Self { conn, runtime, inner, pending: Vec::new() }
+        Self { conn, runtime, inner, sent: Vec::new() }
+    }
+
+    /// Waits for `future` on this blocking thread, taking in the answers of the
+    /// statements sent before it meanwhile: the connection stops reading while an
+    /// answer waits to be taken, so an answer left untaken could stall it.
+    fn wait<T>(&mut self, future: impl Future<Output = T>) -> T {
+        let sent = &mut self.sent;
+        self.runtime.block_on(async {
+            let mut future = std::pin::pin!(future);
+            std::future::poll_fn(|cx| {
+                take_answers(sent, cx);
+                future.as_mut().poll(cx)
+            })
+            .await
+        })
     }
 
     /// `sql`, prepared on this connection (a round trip only the first time).
     fn prepared(&mut self, sql: &str) -> DbResult<tokio_postgres::Statement> {
         let sql = sql.replace("{S}", &self.inner.quoted);
-        let statement = self.runtime.block_on(self.conn.prepare_cached(&sql));
+        let conn = self.conn;
+        let statement = self.wait(conn.prepare_cached(&sql));
         self.answered(statement)
     }
 
     fn query(&mut self, sql: &str, args: &[&(dyn ToSql + Sync)]) -> DbResult<Vec<Row>> {
         let statement = self.prepared(sql)?;
-        let rows = self.runtime.block_on(self.conn.query(&statement, args));
+        let conn = self.conn;
+        let rows = self.wait(conn.query(&statement, args));
         self.answered(rows)
     }
 
     fn execute(&mut self, sql: &str, args: &[&(dyn ToSql + Sync)]) -> DbResult<u64> {
         let statement = self.prepared(sql)?;
-        let changed = self.runtime.block_on(self.conn.execute(&statement, args));
+        let conn = self.conn;
+        let changed = self.wait(conn.execute(&statement, args));
         self.answered(changed)
     }
 
@@ -535,11 +562,11 @@ impl<'a, C: GenericClient> Rows<'a, C> {
     }
 
     /// Polls `statement` once, which sends it (tokio-postgres queues the request as
-    /// it is first polled), and keeps it to read its answer later.
+    /// it is first polled), and keeps it to read its answer later. Polled with a
+    /// waker that does nothing: its answer wakes no one until it is awaited.
     fn push(&mut self, mut statement: Pending<'a>) -> DbResult<()> {
-        let polled = self.runtime.block_on(std::future::poll_fn(|cx| Poll::Ready(statement.as_mut().poll(cx))));
-        match polled {
-            Poll::Pending => self.pending.push(statement),
+        match statement.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Pending => self.sent.push(Sent::Waiting(statement)),
             Poll::Ready(answer) => drop(self.answered(answer)?),
         }
         Ok(())
@@ -547,19 +574,28 @@ impl<'a, C: GenericClient> Rows<'a, C> {
 
     /// Reads the answers of every statement sent: the first error, if any.
     fn confirm(&mut self) -> DbResult<()> {
-        let pending = std::mem::take(&mut self.pending);
-        self.runtime.block_on(async {
-            for statement in pending {
-                statement.await?;
+        let sent = &mut self.sent;
+        self.runtime.block_on(std::future::poll_fn(|cx| {
+            take_answers(sent, cx);
+            if sent.iter().all(|statement| matches!(statement, Sent::Answered(_))) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
             }
-            Ok(())
-        })
+        }));
+        let mut first = Ok(());
+        for statement in std::mem::take(&mut self.sent) {
+            if let (Ok(()), Sent::Answered(Err(e))) = (&first, statement) {
+                first = Err(e.into());
+            }
+        }
+        first
     }
 
     /// Ends a failed transaction: the answers still owed are dropped, and the
     /// transaction is rolled back. Whether that worked.
     fn roll_back(&mut self) -> bool {
-        self.pending.clear();
+        self.sent.clear();
         match self.runtime.block_on(self.conn.batch_execute("ROLLBACK")) {
             Ok(()) => true,
             Err(e) => {
@@ -622,6 +658,18 @@ impl<'a, C: GenericClient> Rows<'a, C> {
     }
 }
 
+/// Takes in the answers that have come of the statements `sent`, so that the
+/// connection never waits for one to be taken.
+fn take_answers(sent: &mut [Sent<'_>], cx: &mut Context<'_>) {
+    for statement in sent {
+        if let Sent::Waiting(pending) = statement
+            && let Poll::Ready(answer) = pending.as_mut().poll(cx)
+        {
+            *statement = Sent::Answered(answer);
+        }
+    }
+}
+
 /// The statement that writes a journal record; `on_conflict` says what to do when
 /// its key is stored.
 fn tool_call_sql(on_conflict: &str) -> String {
@@ -643,7 +691,8 @@ impl<C: GenericClient> RowTx for Rows<'_, C> {
         match &self.inner.clock {
             Some(clock) => Ok(micros(clock.now())),
             None => {
-                let row = self.runtime.block_on(self.conn.query_one("SELECT clock_timestamp()", &[]));
+                let conn = self.conn;
+                let row = self.wait(conn.query_one("SELECT clock_timestamp()", &[]));
                 Ok(self.answered(row)?.try_get(0)?)
             }
         }

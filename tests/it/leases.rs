@@ -151,6 +151,26 @@ async fn a_read_only_call_is_journaled_once_it_is_over_and_made_again_if_cut_sho
     assert_eq!(running.await.unwrap().unwrap().state(), WorkflowState::Complete);
 }
 
+/// A run dropped before it ends (its task aborted) stops renewing its lease, which
+/// then lapses, so another runner takes the workflow over.
+#[tokio::test(start_paused = true)]
+async fn a_run_dropped_midway_stops_renewing_its_lease() {
+    let s = setup();
+    let runner = s.runner();
+    let workflow = s.workflow(&runner).await;
+    let running = spawn_run(&runner, workflow.id());
+    s.gate.entered.notified().await;
+    running.abort();
+    assert!(running.await.unwrap_err().is_cancelled());
+    // A heartbeat that outlived its run would renew the lease meanwhile (every 10 s
+    // of tokio's clock, which jumps ahead) to 30 s past the store's time then.
+    s.clock.advance(Duration::from_secs(20));
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    s.clock.advance(Duration::from_secs(20));
+    let taken = s.storage.acquire_lease(workflow.id(), "another process", Duration::from_secs(30)).await.unwrap();
+    assert!(taken.reclaimed, "the dropped run's lease lapsed");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_cancellation_from_another_runner_stops_the_run_and_its_tool() {
     let s = setup();

@@ -227,9 +227,9 @@ async fn a_failed_pipelined_write_is_the_error_reported_and_nothing_of_it_is_kep
     let schema = pg::Schema::fresh(&url);
     let store = PostgresStorage::connect(&settings(&schema).pool_size(1)).await.unwrap();
     let unkept = plan();
-    let (plan, orphan) = (unkept.clone(), orphan_usage());
+    let (unkept_copy, orphan) = (unkept.clone(), orphan_usage());
     let work: Work<()> = Box::new(move |tx| {
-        tx.insert_plan(plan)?;
+        tx.insert_plan(unkept_copy)?;
         tx.insert_usage(orphan.clone())?;
         tx.last_event(orphan.workflow_id).map(drop)
     });
@@ -237,6 +237,17 @@ async fn a_failed_pipelined_write_is_the_error_reported_and_nothing_of_it_is_kep
     assert_eq!(sql_state(&err), Some(SqlState::FOREIGN_KEY_VIOLATION), "{err:?}");
     let missing = store.get_plan(unkept.id).await.unwrap_err();
     assert!(matches!(missing, Error::PlanNotFound(_)), "{missing}");
+
+    // A write sent without waiting is in place for the statements after it.
+    let written = plan();
+    let read = store.transaction(
+        Access::Write,
+        Box::new(move |tx| {
+            tx.insert_plan(written.clone())?;
+            tx.plan(written.id)
+        }),
+    );
+    assert!(read.await.unwrap().is_some(), "the plan written is read back in its transaction");
 
     // Failing where no statement after it reads an answer: found at the commit.
     let orphan = orphan_usage();

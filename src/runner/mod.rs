@@ -662,7 +662,9 @@ impl Runner {
         Ok(workflow)
     }
 
-    /// Every tool call a workflow journaled, with its arguments and outcome.
+    /// Every tool call a workflow journaled, with its arguments and outcome. A
+    /// read-only tool's call is journaled once it is over, so one still running is
+    /// not listed yet; [`EventKind::ToolCallStarted`] says when a call begins.
     ///
     /// # Errors
     /// A storage error.

@@ -471,17 +471,20 @@ const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 /// answer read later.
 type Arg = Box<dyn ToSql + Sync + Send>;
 
-/// How many rows a statement changed, or why it failed.
-type Answer = std::result::Result<u64, tokio_postgres::Error>;
+/// A statement's answer (how many rows it changed, for a write), or why it failed.
+type Answer<T = u64> = std::result::Result<T, tokio_postgres::Error>;
 
 /// A statement sent whose answer is yet to be read.
-type Pending<'a> = Pin<Box<dyn Future<Output = Answer> + 'a>>;
+type Pending<'a, T = u64> = Pin<Box<dyn Future<Output = Answer<T>> + 'a>>;
 
 /// A statement sent, and its answer once it came.
-enum Sent<'a> {
-    Waiting(Pending<'a>),
-    Answered(Answer),
+enum Sent<'a, T = u64> {
+    Waiting(Pending<'a, T>),
+    Answered(Answer<T>),
 }
+
+/// The statement that reads the database's clock.
+const CLOCK: &str = "SELECT clock_timestamp()";
 
 /// Row operations on a pooled connection (in a transaction, or not for a plain
 /// read), on a blocking thread.
@@ -491,22 +494,26 @@ struct Rows<'a, C> {
     inner: &'a Inner,
     /// Statements sent whose answers the work has not read, in the order sent.
     sent: Vec<Sent<'a>>,
+    /// The database's clock, read right after the last row lock was taken, until
+    /// [`RowTx::now`] takes it.
+    clock: Option<Sent<'a, DateTime<Utc>>>,
 }
 
 impl<'a, C: GenericClient> Rows<'a, C> {
     fn new(conn: &'a C, runtime: &'a Handle, inner: &'a Inner) -> Self {
-        Self { conn, runtime, inner, sent: Vec::new() }
+        Self { conn, runtime, inner, sent: Vec::new(), clock: None }
     }
 
     /// Waits for `future` on this blocking thread, taking in the answers of the
     /// statements sent before it meanwhile: the connection stops reading while an
     /// answer waits to be taken, so an answer left untaken could stall it.
     fn wait<T>(&mut self, future: impl Future<Output = T>) -> T {
-        let sent = &mut self.sent;
+        let (sent, clock) = (&mut self.sent, &mut self.clock);
         self.runtime.block_on(async {
             let mut future = std::pin::pin!(future);
             std::future::poll_fn(|cx| {
                 take_answers(sent, cx);
+                take_answers(clock.as_mut_slice(), cx);
                 future.as_mut().poll(cx)
             })
             .await
@@ -574,9 +581,10 @@ impl<'a, C: GenericClient> Rows<'a, C> {
 
     /// Reads the answers of every statement sent: the first error, if any.
     fn confirm(&mut self) -> DbResult<()> {
-        let sent = &mut self.sent;
+        let (sent, clock) = (&mut self.sent, &mut self.clock);
         self.runtime.block_on(std::future::poll_fn(|cx| {
             take_answers(sent, cx);
+            take_answers(clock.as_mut_slice(), cx);
             if sent.iter().all(|statement| matches!(statement, Sent::Answered(_))) {
                 Poll::Ready(())
             } else {
@@ -592,10 +600,35 @@ impl<'a, C: GenericClient> Rows<'a, C> {
         first
     }
 
+    /// Locks workflow `id`'s row and reads it. On the database's clock, a read of the
+    /// clock goes right behind the lock: the database answers it once the row is
+    /// locked, in the same round trip, and [`RowTx::now`] takes that answer.
+    fn lock_row(&mut self, id: String) -> DbResult<Vec<Row>> {
+        let lock = self.prepared(LOCK_ROW)?;
+        let clock = if self.inner.clock.is_none() { Some(self.prepared(CLOCK)?) } else { None };
+        let (conn, args): (_, [&(dyn ToSql + Sync); 1]) = (self.conn, [&id]);
+        let mut rows = std::pin::pin!(conn.query(&lock, &args));
+        let sent = rows.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+        if let Some(clock) = clock {
+            let mut read: Pending<'a, DateTime<Utc>> =
+                Box::pin(async move { conn.query_one(&clock, &[]).await?.try_get(0) });
+            self.clock = Some(match read.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+                Poll::Ready(answer) => Sent::Answered(answer),
+                Poll::Pending => Sent::Waiting(read),
+            });
+        }
+        let rows = match sent {
+            Poll::Ready(rows) => rows,
+            Poll::Pending => self.wait(rows),
+        };
+        self.answered(rows)
+    }
+
     /// Ends a failed transaction: the answers still owed are dropped, and the
     /// transaction is rolled back. Whether that worked.
     fn roll_back(&mut self) -> bool {
         self.sent.clear();
+        self.clock = None;
         match self.runtime.block_on(self.conn.batch_execute("ROLLBACK")) {
             Ok(()) => true,
             Err(e) => {
@@ -660,7 +693,7 @@ impl<'a, C: GenericClient> Rows<'a, C> {
 
 /// Takes in the answers that have come of the statements `sent`, so that the
 /// connection never waits for one to be taken.
-fn take_answers(sent: &mut [Sent<'_>], cx: &mut Context<'_>) {
+fn take_answers<T>(sent: &mut [Sent<'_, T>], cx: &mut Context<'_>) {
     for statement in sent {
         if let Sent::Waiting(pending) = statement
             && let Poll::Ready(answer) = pending.as_mut().poll(cx)
@@ -686,16 +719,23 @@ fn params(args: &[Arg]) -> Vec<&(dyn ToSql + Sync)> {
 
 impl<C: GenericClient> RowTx for Rows<'_, C> {
     /// The store's time to the microsecond, the precision Postgres keeps, so that a
-    /// lease reads back exactly as it was granted.
+    /// lease reads back exactly as it was granted. Right after a row lock, it is the
+    /// clock read sent behind the lock ([`Rows::lock_row`]); otherwise a read of its
+    /// own, by a prepared statement (given as text, it would be prepared anew each
+    /// time, a round trip more).
     fn now(&mut self) -> DbResult<DateTime<Utc>> {
-        match &self.inner.clock {
-            Some(clock) => Ok(micros(clock.now())),
-            None => {
-                let conn = self.conn;
-                let row = self.wait(conn.query_one("SELECT clock_timestamp()", &[]));
-                Ok(self.answered(row)?.try_get(0)?)
-            }
+        if let Some(clock) = &self.inner.clock {
+            return Ok(micros(clock.now()));
         }
+        let read = match self.clock.take() {
+            Some(Sent::Answered(answer)) => answer,
+            Some(Sent::Waiting(pending)) => self.wait(pending),
+            None => {
+                let read = self.column(CLOCK, &[])?.pop();
+                return read.ok_or_else(|| RowError::value("the database's clock returned no time"));
+            }
+        };
+        self.answered(read)
     }
 
     fn insert_plan(&mut self, plan: Plan) -> DbResult<()> {
@@ -738,7 +778,7 @@ impl<C: GenericClient> RowTx for Rows<'_, C> {
 
     /// Locks workflow `id`'s row for the rest of the transaction and reads its lease.
     fn lease(&mut self, id: WorkflowId) -> DbResult<Option<LeaseRow>> {
-        let rows = self.query(LOCK_ROW, &[&id.to_string()])?;
+        let rows = self.lock_row(id.to_string())?;
         let Some(row) = rows.first() else { return Ok(None) };
         let lease = LeaseState {
             owner: row.try_get(0)?,

@@ -457,6 +457,42 @@ async fn leases_run_on_the_database_clock() {
     schema.remove().await;
 }
 
+/// On the database's clock, a lease's time is read once its row is locked: a grant
+/// that waited for another transaction's lock on the row runs from when it got it.
+#[tokio::test]
+#[ignore = "needs Postgres: .ci/run starts it (PORTIA_TEST_PG_URL)"]
+async fn a_grant_that_waited_for_the_row_lock_runs_from_when_it_got_it() {
+    let url = pg::test_url();
+    let schema = pg::Schema::fresh(&url);
+    let store = PostgresStorage::connect(&settings(&schema)).await.unwrap();
+    let workflow = workflow_of(&plan());
+    store.create_workflow(&workflow).await.unwrap();
+    let mut holder = pg::connect(&url).await;
+    let lock = format!("SELECT 1 FROM \"{}\".workflows WHERE id = $1 FOR UPDATE", schema.name);
+    let held = holder.transaction().await.unwrap();
+    held.execute(&lock, &[&workflow.id().to_string()]).await.unwrap();
+
+    let ttl = Duration::from_secs(30);
+    let grant = tokio::spawn({
+        let (store, id) = (store.clone(), workflow.id());
+        async move { store.acquire_lease(id, "runner-a", ttl).await }
+    });
+    let watcher = pg::connect(&url).await;
+    let waiting =
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()";
+    while watcher.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0) == 0 {
+        tokio::task::yield_now().await;
+    }
+    let unlocked_at: chrono::DateTime<chrono::Utc> =
+        held.query_one("SELECT clock_timestamp()", &[]).await.unwrap().get(0);
+    held.commit().await.unwrap();
+
+    let lease = grant.await.unwrap().unwrap().lease;
+    let from = lease.expires_at - chrono::Duration::from_std(ttl).unwrap();
+    assert!(from >= unlocked_at, "the lease runs from {from}, before the lock was given up at {unlocked_at}");
+    schema.remove().await;
+}
+
 /// The test server's user and port, and the certificate `.ci/postgres.sh` made for
 /// `localhost`; a server without TLS fails the test, saying how to get one.
 fn tls_server() -> (String, u16, String) {

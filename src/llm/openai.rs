@@ -165,11 +165,8 @@ impl OpenAiClient {
         let body =
             Body::new(endpoint.model, request, format, wanted.as_ref(), cap).map_err(|e| endpoint.not_sent(e))?;
         let Reply { body, status, latency } = match Deltas::current() {
-            Some(deltas) => {
-                let reply = streamed(endpoint, body.streamed(), &deltas).await?;
-                Reply { body: endpoint.read(reply.body)?, status: reply.status, latency: reply.latency }
-            }
-            None => endpoint.post_as::<WireReply>(body).await?,
+            Some(deltas) => streamed(endpoint, body.streamed(), &deltas).await?,
+            None => endpoint.post_as(body).await?,
         };
         let mut response = body.into_response().map_err(|e| endpoint.invalid(e))?;
         if let Some((_, sent)) = &wanted {
@@ -183,14 +180,12 @@ impl OpenAiClient {
 /// Sends `body` as a streamed request, handing the text to `deltas` as it comes,
 /// and returns the reply an unstreamed request would have got (or got, from a
 /// server that answers whole).
-async fn streamed(endpoint: &Endpoint<'_>, body: Body<'_>, deltas: &Deltas) -> Result<Reply, LlmError> {
+async fn streamed(endpoint: &Endpoint<'_>, body: Body<'_>, deltas: &Deltas) -> Result<Reply<WireReply>, LlmError> {
     deltas.begin_attempt();
     let mut reader = ChunkReader::default();
-    let mut reply = endpoint.post_events(body, |_, data| reader.read(data, deltas)).await?;
-    if reply.body.is_null() {
-        reply.body = reader.into_reply();
-    }
-    Ok(reply)
+    let Reply { body, status, latency } = endpoint.post_events(body, |_, data| reader.read(data, deltas)).await?;
+    let body = if body.is_null() { reader.into_reply() } else { body };
+    Ok(Reply { body: endpoint.read(body)?, status, latency })
 }
 
 /// A 400 or 422 to a request carrying a response format. Servers word their

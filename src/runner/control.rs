@@ -110,6 +110,7 @@ impl Drop for RegisteredRun {
 /// the run ends, and the run's last save may give it up in the same write.
 #[derive(Debug)]
 pub(super) struct Tenure {
+    storage: Arc<dyn LeaseQueue>,
     lease: Lease,
     heartbeat: tokio::task::JoinHandle<()>,
     released: AtomicBool,
@@ -119,31 +120,31 @@ impl Tenure {
     /// Starts renewing `lease`. A cancellation request seen in the store, or a lost
     /// lease, stops the run through `signal`.
     pub(super) fn start(storage: Arc<dyn LeaseQueue>, lease: Lease, ttl: Duration, signal: StopSignal) -> Arc<Self> {
-        let heartbeat = tokio::spawn(renew(storage, lease.clone(), ttl, signal));
-        Arc::new(Self { lease, heartbeat, released: AtomicBool::new(false) })
+        let heartbeat = tokio::spawn(renew(Arc::clone(&storage), lease.clone(), ttl, signal));
+        Arc::new(Self { storage, lease, heartbeat, released: AtomicBool::new(false) })
+    }
+
+    /// The lease held.
+    pub(super) fn lease(&self) -> &Lease {
+        &self.lease
     }
 
     /// Saves `workflow` and gives the lease up in one write: the run's last save.
     /// The heartbeat stops first, so that it cannot find the lease gone and take
     /// that for a lost one.
-    pub(super) async fn save_and_release(
-        &self,
-        storage: &dyn LeaseQueue,
-        workflow: &Workflow,
-        events: &[WorkflowEvent],
-    ) -> Result<()> {
+    pub(super) async fn save_and_release(&self, workflow: &Workflow, events: &[WorkflowEvent]) -> Result<()> {
         self.heartbeat.abort();
-        storage.update_and_release(workflow, &self.lease, events).await?;
+        self.storage.update_and_release(workflow, &self.lease, events).await?;
         self.released.store(true, Ordering::Release);
         Ok(())
     }
 
     /// Ends the hold: stops the heartbeat, and releases the lease unless the last
     /// save did. A release that fails is logged; the lease lapses on its own.
-    pub(super) async fn end(&self, storage: &dyn LeaseQueue) {
+    pub(super) async fn end(&self) {
         self.heartbeat.abort();
         if !self.released.load(Ordering::Acquire) {
-            release(storage, &self.lease).await;
+            release(self.storage.as_ref(), &self.lease).await;
         }
     }
 }

@@ -29,7 +29,7 @@ use crate::llm::{LlmClient, LlmClientExt, LlmRequest, LlmResponse};
 use crate::plan::args::resolve as resolve_args;
 use crate::plan::{Condition, Exit, INDEX, ITEM, Plan, Reference};
 use crate::schema_check::check_value;
-use crate::storage::{Lease, LeaseGrant, ToolCallRecord};
+use crate::storage::{LeaseGrant, ToolCallRecord};
 use crate::workflow::{Failure, FailureKind, Output, Workflow, WorkflowState, WorkflowUsage};
 use crate::{Error, Result, SharedValue};
 
@@ -41,8 +41,7 @@ struct Run {
     events: RunEvents,
     /// Shared with the plan cache and the caller: a run only reads it.
     plan: Arc<Plan>,
-    lease: Lease,
-    /// The heartbeat keeping `lease`, which the last save gives up.
+    /// The run's lease and the heartbeat keeping it, which the last save gives up.
     tenure: Arc<Tenure>,
     signal: StopSignal,
     meter: Meter,
@@ -115,7 +114,7 @@ impl Runner {
         // Boxed, as are the ends of a run below: a future holds room for every
         // future it awaits, and the parts of a run are large (see performance.md).
         let result = Box::pin(self.run_leased(grant, signal, start, Arc::clone(&tenure)).instrument(span)).await;
-        tenure.end(self.inner.storage.as_ref()).await;
+        tenure.end().await;
         result
     }
 
@@ -139,7 +138,7 @@ impl Runner {
         let events = self.inner.events.for_run();
         let meter = Meter::new(self, lease.clone(), signal.clone(), events.clone(), usage, start.parent);
         let saved_state = workflow.state();
-        let mut run = Run { workflow, saved_state, events, plan, lease, tenure, signal, meter, journal };
+        let mut run = Run { workflow, saved_state, events, plan, tenure, signal, meter, journal };
         if let Some(reason) = cancel_requested {
             return Box::pin(self.end_failed(run, Failure::new(FailureKind::Cancelled, reason))).await;
         }
@@ -232,11 +231,11 @@ impl Runner {
         run.workflow.bump_version();
         let (from, to) = (run.saved_state, run.workflow.state());
         let change = (from != to).then(|| run.events.stage(run.workflow.id(), EventKind::StateChanged { from, to }));
-        let (storage, events) = (self.inner.storage.as_ref(), run.events.take());
+        let events = run.events.take();
         if last {
-            run.tenure.save_and_release(storage, &run.workflow, &events).await?;
+            run.tenure.save_and_release(&run.workflow, &events).await?;
         } else {
-            storage.update_workflow(&run.workflow, &run.lease, &events).await?;
+            self.inner.storage.update_workflow(&run.workflow, run.tenure.lease(), &events).await?;
         }
         run.saved_state = to;
         if let Some(change) = change {
@@ -711,7 +710,7 @@ impl Runner {
         earlier.sort_by_key(|r| (r.key.attempt, r.key.seq));
         let services = CallServices {
             journal: self.inner.storage.clone(),
-            lease: run.lease.clone(),
+            lease: run.tenure.lease().clone(),
             signal: run.signal.clone(),
             hooks: self.inner.hooks.clone(),
             events: run.events.clone(),

@@ -639,27 +639,31 @@ impl Runner {
         let mut workflow = grant.workflow;
         let from = workflow.state();
         let events = self.inner.events.for_run();
-        let caused = match change(&mut workflow) {
-            Ok(caused) => caused,
+        let saved = match change(&mut workflow) {
+            Ok(caused) => {
+                let to = workflow.state();
+                let staged: Vec<WorkflowEvent> = caused
+                    .into_iter()
+                    .chain((from != to).then_some(EventKind::StateChanged { from, to }))
+                    .map(|kind| events.stage(id, kind))
+                    .collect();
+                workflow.bump_version();
+                // One write saves and gives the lease up.
+                storage.update_and_release(&workflow, &grant.lease, &events.take()).await.map(|()| staged)
+            }
+            Err(e) => Err(e),
+        };
+        match saved {
+            Ok(staged) => {
+                staged.into_iter().for_each(|event| events.announce(event));
+                Ok(workflow)
+            }
+            // The change, or its write, failed: the lease is given up alone.
             Err(e) => {
                 control::release(storage.as_ref(), &grant.lease).await;
-                return Err(e);
+                Err(e)
             }
-        };
-        let to = workflow.state();
-        let staged: Vec<WorkflowEvent> = caused
-            .into_iter()
-            .chain((from != to).then_some(EventKind::StateChanged { from, to }))
-            .map(|kind| events.stage(id, kind))
-            .collect();
-        workflow.bump_version();
-        // One write saves and releases; should it fail, the lease is given up alone.
-        if let Err(e) = storage.update_and_release(&workflow, &grant.lease, &events.take()).await {
-            control::release(storage.as_ref(), &grant.lease).await;
-            return Err(e);
         }
-        staged.into_iter().for_each(|event| events.announce(event));
-        Ok(workflow)
     }
 
     /// Every tool call a workflow journaled, with its arguments and outcome. A

@@ -569,13 +569,11 @@ impl<'a, C: GenericClient> Rows<'a, C> {
         self.push(Box::pin(async move { conn.batch_execute(sql).await.map(|()| 0) }))
     }
 
-    /// Polls `statement` once, which sends it (tokio-postgres queues the request as
-    /// it is first polled), and keeps it to read its answer later. Polled with a
-    /// waker that does nothing: its answer wakes no one until it is awaited.
-    fn push(&mut self, mut statement: Pending<'a>) -> DbResult<()> {
-        match statement.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-            Poll::Pending => self.sent.push(Sent::Waiting(statement)),
-            Poll::Ready(answer) => drop(self.answered(answer)?),
+    /// Sends `statement` ([`sent_now`]) and keeps it to read its answer later.
+    fn push(&mut self, statement: Pending<'a>) -> DbResult<()> {
+        match sent_now(statement) {
+            Sent::Answered(answer) => drop(self.answered(answer)?),
+            waiting => self.sent.push(waiting),
         }
         Ok(())
     }
@@ -611,12 +609,9 @@ impl<'a, C: GenericClient> Rows<'a, C> {
         let mut rows = std::pin::pin!(conn.query(&lock, &args));
         let sent = rows.as_mut().poll(&mut Context::from_waker(Waker::noop()));
         if let Some(clock) = clock {
-            let mut read: Pending<'a, DateTime<Utc>> =
+            let read: Pending<'a, DateTime<Utc>> =
                 Box::pin(async move { conn.query_one(&clock, &[]).await?.try_get(0) });
-            self.clock = Some(match read.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-                Poll::Ready(answer) => Sent::Answered(answer),
-                Poll::Pending => Sent::Waiting(read),
-            });
+            self.clock = Some(sent_now(read));
         }
         let rows = match sent {
             Poll::Ready(rows) => rows,
@@ -689,6 +684,16 @@ impl<'a, C: GenericClient> Rows<'a, C> {
 
     fn notify(&mut self, channel: &'static str, payload: String) -> DbResult<()> {
         self.send(NOTIFY, vec![Box::new(channel), Box::new(payload)])
+    }
+}
+
+/// Polls `statement` once, which sends it (tokio-postgres queues a request as it is
+/// first polled), with a waker that does nothing: its answer wakes no one until it
+/// is awaited.
+fn sent_now<T>(mut statement: Pending<'_, T>) -> Sent<'_, T> {
+    match statement.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(answer) => Sent::Answered(answer),
+        Poll::Pending => Sent::Waiting(statement),
     }
 }
 

@@ -133,14 +133,7 @@ impl<S: RowStore> WorkflowStore for S {
     }
 
     async fn update_workflow(&self, workflow: &Workflow, lease: &Lease, events: &[WorkflowEvent]) -> Result<()> {
-        let id = workflow.id();
-        let work = |_| {
-            let (new, lease, stored) = (workflow.clone(), lease.clone(), events.to_vec());
-            move |tx: &mut dyn RowTx| update(tx, new, &lease, stored).map(drop)
-        };
-        run(self, Access::Write, || format!("cannot save workflow {id}"), work).await?;
-        self.workflow_saved(workflow, !events.is_empty());
-        Ok(())
+        save(self, workflow, lease, events, false).await
     }
 
     async fn events(&self, id: WorkflowId, after: u64) -> Result<Vec<StoredEvent>> {
@@ -215,19 +208,7 @@ impl<S: RowStore> LeaseQueue for S {
     }
 
     async fn update_and_release(&self, workflow: &Workflow, lease: &Lease, events: &[WorkflowEvent]) -> Result<()> {
-        let id = workflow.id();
-        let work = |_| {
-            let (new, lease, stored) = (workflow.clone(), lease.clone(), events.to_vec());
-            move |tx: &mut dyn RowTx| {
-                let fenced = update(tx, new, &lease, stored)?;
-                tx.store_lease(id, &fenced.lease.release(&lease))?;
-                tx.announce_runnable()
-            }
-        };
-        run(self, Access::Write, || format!("cannot save workflow {id}"), work).await?;
-        self.workflow_saved(workflow, !events.is_empty());
-        self.runnable_changed();
-        Ok(())
+        save(self, workflow, lease, events, true).await
     }
 
     async fn claim_runnable(&self, owner: &str, ttl: Duration) -> Result<Option<LeaseGrant>> {
@@ -379,6 +360,35 @@ impl<S: RowStore> Retention for S {
         }
         Ok(deleted)
     }
+}
+
+/// Saves `workflow` under `lease` with `events` in one transaction, and gives the
+/// lease up in it too when `release`.
+async fn save<S: RowStore + ?Sized>(
+    store: &S,
+    workflow: &Workflow,
+    lease: &Lease,
+    events: &[WorkflowEvent],
+    release: bool,
+) -> Result<()> {
+    let id = workflow.id();
+    let work = |_| {
+        let (new, lease, stored) = (workflow.clone(), lease.clone(), events.to_vec());
+        move |tx: &mut dyn RowTx| {
+            let fenced = update(tx, new, &lease, stored)?;
+            if release {
+                tx.store_lease(id, &fenced.lease.release(&lease))?;
+                tx.announce_runnable()?;
+            }
+            Ok(())
+        }
+    };
+    run(store, Access::Write, || format!("cannot save workflow {id}"), work).await?;
+    store.workflow_saved(workflow, !events.is_empty());
+    if release {
+        store.runnable_changed();
+    }
+    Ok(())
 }
 
 /// Stores a new workflow (at the back of the queue when `queued`), unless its id is taken.

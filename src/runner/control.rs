@@ -106,22 +106,21 @@ impl Drop for RegisteredRun {
     }
 }
 
-/// A run's hold on its lease: a heartbeat renews it every third of its ttl until
-/// the run ends, and the run's last save may give it up in the same write.
+/// A run's hold on its lease: a heartbeat renews it every third of its ttl while
+/// the run goes on, and the run's last save may give it up in the same write.
 #[derive(Debug)]
 pub(super) struct Tenure {
     storage: Arc<dyn LeaseQueue>,
     lease: Lease,
-    heartbeat: tokio::task::JoinHandle<()>,
+    /// Set when the last save begins: the heartbeat renews no more.
+    closing: AtomicBool,
+    /// Set once the last save gave the lease up.
     released: AtomicBool,
 }
 
 impl Tenure {
-    /// Starts renewing `lease`. A cancellation request seen in the store, or a lost
-    /// lease, stops the run through `signal`.
-    pub(super) fn start(storage: Arc<dyn LeaseQueue>, lease: Lease, ttl: Duration, signal: StopSignal) -> Arc<Self> {
-        let heartbeat = tokio::spawn(renew(Arc::clone(&storage), lease.clone(), ttl, signal));
-        Arc::new(Self { storage, lease, heartbeat, released: AtomicBool::new(false) })
+    pub(super) fn new(storage: Arc<dyn LeaseQueue>, lease: Lease) -> Arc<Self> {
+        Arc::new(Self { storage, lease, closing: AtomicBool::new(false), released: AtomicBool::new(false) })
     }
 
     /// The lease held.
@@ -129,31 +128,66 @@ impl Tenure {
         &self.lease
     }
 
+    /// Runs `run` while renewing the lease every third of `ttl`. The heartbeat is
+    /// polled in the run's own task rather than spawned: it cannot outlive a run
+    /// whose future is dropped, and a run costs the scheduler one task fewer. A
+    /// cancellation request seen in the store, or a lost lease, stops the run
+    /// through `signal`.
+    pub(super) async fn hold<T>(&self, ttl: Duration, signal: StopSignal, run: impl Future<Output = T>) -> T {
+        let mut run = std::pin::pin!(run);
+        tokio::select! {
+            biased;
+            outcome = &mut run => return outcome,
+            () = self.renew(ttl, signal) => {}
+        }
+        run.await
+    }
+
+    /// Renews the lease until it is lost or the last save begins.
+    async fn renew(&self, ttl: Duration, signal: StopSignal) {
+        let period = (ttl / 3).max(Duration::from_millis(10));
+        let workflow = self.lease.workflow_id;
+        loop {
+            tokio::time::sleep(period).await;
+            if self.closing.load(Ordering::Acquire) {
+                return;
+            }
+            let renewed = self.storage.renew_lease(&self.lease, ttl).await;
+            // A renewal that crossed the last save may find the lease given up.
+            if self.closing.load(Ordering::Acquire) {
+                return;
+            }
+            match renewed {
+                Ok(status) => {
+                    if let Some(reason) = status.cancel_requested {
+                        signal.stop(Stop::Cancelled(reason));
+                    }
+                }
+                Err(crate::Error::LeaseLost { .. }) => {
+                    tracing::warn!(%workflow, "the run lost its lease; stopping it");
+                    signal.stop(Stop::LeaseLost);
+                    return;
+                }
+                // A store that is briefly unreachable: the lease may still be renewed in time.
+                Err(e) => tracing::warn!(%workflow, error = %e, "could not renew the lease"),
+            }
+        }
+    }
+
     /// Saves `workflow` and gives the lease up in one write: the run's last save.
-    /// The heartbeat stops first, so that it cannot find the lease gone and take
-    /// that for a lost one.
     pub(super) async fn save_and_release(&self, workflow: &Workflow, events: &[WorkflowEvent]) -> Result<()> {
-        self.heartbeat.abort();
+        self.closing.store(true, Ordering::Release);
         self.storage.update_and_release(workflow, &self.lease, events).await?;
         self.released.store(true, Ordering::Release);
         Ok(())
     }
 
-    /// Ends the hold: stops the heartbeat, and releases the lease unless the last
-    /// save did. A release that fails is logged; the lease lapses on its own.
+    /// Ends the hold: releases the lease unless the last save did. A release that
+    /// fails is logged; the lease lapses on its own.
     pub(super) async fn end(&self) {
-        self.heartbeat.abort();
         if !self.released.load(Ordering::Acquire) {
             release(self.storage.as_ref(), &self.lease).await;
         }
-    }
-}
-
-impl Drop for Tenure {
-    /// A run dropped before it ended (its task aborted, its caller gone) stops
-    /// renewing: its lease then lapses, and the workflow is taken over.
-    fn drop(&mut self) {
-        self.heartbeat.abort();
     }
 }
 
@@ -161,27 +195,5 @@ impl Drop for Tenure {
 pub(super) async fn release(storage: &dyn LeaseQueue, lease: &Lease) {
     if let Err(e) = storage.release_lease(lease).await {
         tracing::warn!(workflow = %lease.workflow_id, error = %e, "could not release the lease; it lapses on its own");
-    }
-}
-
-/// Renews `lease` every third of `ttl`, until the lease is lost.
-async fn renew(storage: Arc<dyn LeaseQueue>, lease: Lease, ttl: Duration, signal: StopSignal) {
-    let period = (ttl / 3).max(Duration::from_millis(10));
-    loop {
-        tokio::time::sleep(period).await;
-        match storage.renew_lease(&lease, ttl).await {
-            Ok(status) => {
-                if let Some(reason) = status.cancel_requested {
-                    signal.stop(Stop::Cancelled(reason));
-                }
-            }
-            Err(crate::Error::LeaseLost { .. }) => {
-                tracing::warn!(workflow = %lease.workflow_id, "the run lost its lease; stopping it");
-                signal.stop(Stop::LeaseLost);
-                return;
-            }
-            // A store that is briefly unreachable: the lease may still be renewed in time.
-            Err(e) => tracing::warn!(workflow = %lease.workflow_id, error = %e, "could not renew the lease"),
-        }
     }
 }

@@ -109,11 +109,12 @@ impl Runner {
         start: Start,
     ) -> Result<Workflow> {
         let ttl = self.inner.config.lease_ttl();
-        let tenure = Tenure::start(self.inner.storage.clone(), grant.lease.clone(), ttl, signal.clone());
+        let tenure = Tenure::new(self.inner.storage.clone(), grant.lease.clone());
         let span = workflow_span(&grant.workflow);
         // Boxed, as are the ends of a run below: a future holds room for every
         // future it awaits, and the parts of a run are large (see performance.md).
-        let result = Box::pin(self.run_leased(grant, signal, start, Arc::clone(&tenure)).instrument(span)).await;
+        let run = Box::pin(self.run_leased(grant, signal.clone(), start, Arc::clone(&tenure)).instrument(span));
+        let result = tenure.hold(ttl, signal, run).await;
         tenure.end().await;
         result
     }

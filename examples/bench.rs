@@ -25,6 +25,8 @@
 //! # every LLM reply sent whole, then every one streamed (the built-in server streams
 //! # when asked), in one session
 //! cargo run --release --example bench -- --n 200 --concurrency 50 --stream off,on
+//! # on a current-thread tokio runtime instead of the multi-threaded default
+//! cargo run --release --example bench -- --n 2000 --concurrency 500 --warmup 500 --runtime current-thread
 //! # against any OpenAI- and Tavily-compatible server
 //! cargo run --release --example bench -- --n 100 --concurrency 50 --base-url http://127.0.0.1:8099
 //! ```
@@ -129,6 +131,13 @@ struct Args {
     /// they open the connections and warm the allocator as a running service has.
     #[arg(long, default_value_t = 0)]
     warmup: usize,
+    /// The tokio runtime of the benchmark (and of its worker processes, with
+    /// --workers): `multi-thread` (one worker thread per core, the default of
+    /// `#[tokio::main]`) or `current-thread` (everything on the thread that runs the
+    /// workflows), to show what the runtime an application picks costs. The
+    /// built-in server always runs on every core.
+    #[arg(long, value_enum, default_value = "multi-thread")]
+    runtime: RuntimeChoice,
     /// Internal: serve the fake APIs and print the port.
     #[arg(long, hide = true)]
     serve: bool,
@@ -149,9 +158,29 @@ enum StorageChoice {
     Postgres,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum RuntimeChoice {
+    MultiThread,
+    CurrentThread,
+}
+
+impl RuntimeChoice {
+    /// The name the command line takes.
+    fn name(self) -> &'static str {
+        match self {
+            Self::MultiThread => "multi-thread",
+            Self::CurrentThread => "current-thread",
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let mut builder = match args.runtime {
+        RuntimeChoice::MultiThread => tokio::runtime::Builder::new_multi_thread(),
+        RuntimeChoice::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = builder.enable_all().build().expect("tokio runtime");
     if args.serve {
         runtime.block_on(serve(&args));
         return ExitCode::SUCCESS;
@@ -362,6 +391,7 @@ async fn measure(args: &Args, base_url: &str, variant: Variant) -> Result<Value,
         "fault_rate": args.fault_rate,
         "concurrency": args.concurrency,
         "warmup": args.warmup,
+        "runtime": args.runtime.name(),
         "execution": execution,
         "storage": format!("{choice:?}").to_lowercase(),
         "server": args.base_url.clone().unwrap_or_else(|| format!("built-in ({} ms per LLM call, {} ms per search)", args.latency_ms, args.tool_latency_ms)),

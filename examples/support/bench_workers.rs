@@ -69,6 +69,7 @@ pub(crate) async fn measure(args: &Args, base_url: &str, workers: usize) -> Resu
         "workflows": args.n,
         "workers": workers,
         "concurrency_per_worker": args.worker_concurrency,
+        "runtime": args.runtime.name(),
         "storage": spec.split(':').next(),
         "wall_seconds": round(wall.as_secs_f64(), 3),
         "workflows_per_second": round(args.n as f64 / wall.as_secs_f64(), 1),
@@ -148,6 +149,7 @@ fn spawn_worker(
     let mut child = Command::new(exe)
         .args(["--work", spec, "--base-url", base_url])
         .args(["--worker-concurrency", &args.worker_concurrency.to_string()])
+        .args(["--runtime", args.runtime.name()])
         .args(if args.sequential { &["--sequential"][..] } else { &[] })
         .stdout(Stdio::piped())
         .spawn()

@@ -119,6 +119,7 @@ pub(super) struct Tenure {
 }
 
 impl Tenure {
+    /// A hold on `lease`, which [`Tenure::hold`] keeps renewed.
     pub(super) fn new(storage: Arc<dyn LeaseQueue>, lease: Lease) -> Arc<Self> {
         Arc::new(Self { storage, lease, closing: AtomicBool::new(false), released: AtomicBool::new(false) })
     }

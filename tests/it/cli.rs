@@ -278,6 +278,32 @@ fn cancel_fails_a_waiting_workflow_and_resume_then_exits_1() {
     assert!(stderr(&unknown).contains("not found"), "{}", stderr(&unknown));
 }
 
+/// The workers guide suggests one runtime thread per worker process
+/// (`TOKIO_WORKER_THREADS=1`, which tokio reads); such a worker runs the whole
+/// queue as any other does.
+#[test]
+fn a_worker_on_one_runtime_thread_runs_the_whole_queue() {
+    let dir = workdir();
+    let plan = read_plan(dir.path(), "report.csv");
+    let ids: Vec<String> = (0..3)
+        .map(|_| {
+            let submitted = run(dir.path(), &["submit", "--plan", plan.to_str().unwrap()]);
+            assert_eq!(code(&submitted), 0, "{}", stderr(&submitted));
+            String::from_utf8_lossy(&submitted.stdout).trim().to_owned()
+        })
+        .collect();
+    let worker = portia(dir.path())
+        .args(["worker", "--concurrency", "3", "--exit-when-idle"])
+        .env("TOKIO_WORKER_THREADS", "1")
+        .output()
+        .unwrap();
+    assert_eq!(code(&worker), 0, "{}", stderr(&worker));
+    assert_eq!(stdout_json(&worker)["runs"], 3);
+    for id in &ids {
+        assert_eq!(stdout_json(&run(dir.path(), &["show", id]))["state"], "COMPLETE", "{id}");
+    }
+}
+
 #[test]
 fn submit_then_a_worker_runs_it_and_prune_deletes_it() {
     let dir = workdir();

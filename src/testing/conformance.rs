@@ -761,26 +761,26 @@ async fn a_submission_or_release_wakes_a_waiting_worker(f: Fixture) {
     assert!(started.elapsed() < hour, "a submission made before the wait is not missed");
 
     let lease = store.claim_runnable("w1", TTL).await.unwrap().expect("claimed").lease;
-    let started = tokio::time::Instant::now();
-    let waiter = tokio::spawn({
-        let store = Arc::clone(&store);
-        async move { store.wait_for_runnable(hour).await }
-    });
-    tokio::task::yield_now().await;
-    store.release_lease(&lease).await.unwrap();
-    waiter.await.unwrap();
-    assert!(started.elapsed() < hour, "a release wakes the waiting worker");
+    let released = async { store.release_lease(&lease).await.unwrap() };
+    assert!(ends_a_wait_for_runnable(&store, released).await, "a release wakes the waiting worker");
 
     let grant = store.claim_runnable("w2", TTL).await.unwrap().expect("claimed again");
+    let saved = async { store.update_and_release(&next_version(&grant.workflow), &grant.lease, &[]).await.unwrap() };
+    assert!(ends_a_wait_for_runnable(&store, saved).await, "a last save's release wakes the waiting worker");
+}
+
+/// Whether `wake`, done while a worker waits an hour for runnable work, ends that wait.
+async fn ends_a_wait_for_runnable(store: &Arc<dyn Storage>, wake: impl Future<Output = ()>) -> bool {
+    let hour = Duration::from_secs(3600);
     let started = tokio::time::Instant::now();
     let waiter = tokio::spawn({
-        let store = Arc::clone(&store);
+        let store = Arc::clone(store);
         async move { store.wait_for_runnable(hour).await }
     });
     tokio::task::yield_now().await;
-    store.update_and_release(&next_version(&grant.workflow), &grant.lease, &[]).await.unwrap();
+    wake.await;
     waiter.await.unwrap();
-    assert!(started.elapsed() < hour, "a last save's release wakes the waiting worker");
+    started.elapsed() < hour
 }
 
 async fn a_last_save_gives_the_lease_up_in_the_same_write(f: Fixture) {

@@ -56,6 +56,13 @@ fn run(dir: &Path, args: &[&str]) -> Output {
     portia(dir).args(args).output().unwrap()
 }
 
+/// Submits `plan` for the workers and returns the new workflow's id.
+fn submit(dir: &Path, plan: &Path) -> String {
+    let submitted = run(dir, &["submit", "--plan", plan.to_str().unwrap()]);
+    assert_eq!(code(&submitted), 0, "{}", stderr(&submitted));
+    String::from_utf8_lossy(&submitted.stdout).trim().to_owned()
+}
+
 fn code(output: &Output) -> i32 {
     output.status.code().expect("an exit code")
 }
@@ -209,13 +216,7 @@ fn a_full_stdout_ends_the_command_with_one_line() {
 fn list_shows_an_unreadable_row_and_delete_removes_it() {
     let dir = workdir();
     let plan = read_plan(dir.path(), "report.csv");
-    let ids: Vec<String> = (0..2)
-        .map(|_| {
-            let submitted = run(dir.path(), &["submit", "--plan", plan.to_str().unwrap()]);
-            assert_eq!(code(&submitted), 0, "{}", stderr(&submitted));
-            String::from_utf8_lossy(&submitted.stdout).trim().to_owned()
-        })
-        .collect();
+    let ids: Vec<String> = (0..2).map(|_| submit(dir.path(), &plan)).collect();
     let db = rusqlite::Connection::open(dir.path().join(".portia/portia.db")).unwrap();
     db.execute("UPDATE workflows SET body = '{}' WHERE id = ?1", [&ids[0]]).unwrap();
 
@@ -246,12 +247,7 @@ fn list_shows_an_unreadable_row_and_delete_removes_it() {
 fn a_worker_skips_an_unreadable_queued_workflow_and_runs_the_next() {
     let dir = workdir();
     let plan = read_plan(dir.path(), "report.csv");
-    let ids: Vec<String> = (0..2)
-        .map(|_| {
-            let submitted = run(dir.path(), &["submit", "--plan", plan.to_str().unwrap()]);
-            String::from_utf8_lossy(&submitted.stdout).trim().to_owned()
-        })
-        .collect();
+    let ids: Vec<String> = (0..2).map(|_| submit(dir.path(), &plan)).collect();
     let db = rusqlite::Connection::open(dir.path().join(".portia/portia.db")).unwrap();
     db.execute("UPDATE workflows SET body = '{}' WHERE id = ?1", [&ids[0]]).unwrap();
 
@@ -285,13 +281,7 @@ fn cancel_fails_a_waiting_workflow_and_resume_then_exits_1() {
 fn a_worker_on_one_runtime_thread_runs_the_whole_queue() {
     let dir = workdir();
     let plan = read_plan(dir.path(), "report.csv");
-    let ids: Vec<String> = (0..3)
-        .map(|_| {
-            let submitted = run(dir.path(), &["submit", "--plan", plan.to_str().unwrap()]);
-            assert_eq!(code(&submitted), 0, "{}", stderr(&submitted));
-            String::from_utf8_lossy(&submitted.stdout).trim().to_owned()
-        })
-        .collect();
+    let ids: Vec<String> = (0..3).map(|_| submit(dir.path(), &plan)).collect();
     let worker = portia(dir.path())
         .args(["worker", "--concurrency", "3", "--exit-when-idle"])
         .env("TOKIO_WORKER_THREADS", "1")
@@ -308,9 +298,7 @@ fn a_worker_on_one_runtime_thread_runs_the_whole_queue() {
 fn submit_then_a_worker_runs_it_and_prune_deletes_it() {
     let dir = workdir();
     let plan = read_plan(dir.path(), "report.csv");
-    let submitted = run(dir.path(), &["submit", "--plan", plan.to_str().unwrap()]);
-    assert_eq!(code(&submitted), 0, "{}", stderr(&submitted));
-    let id = String::from_utf8_lossy(&submitted.stdout).trim().to_owned();
+    let id = submit(dir.path(), &plan);
     assert!(id.starts_with("wkfl-"), "{id}");
 
     let worker = run(dir.path(), &["worker", "--concurrency", "2", "--exit-when-idle"]);
@@ -686,8 +674,7 @@ async fn ctrl_c_stops_a_run_with_130_leaving_it_for_resume() {
 async fn sigterm_stops_an_exit_when_idle_worker_gracefully() {
     let dir = workdir();
     let plan = llm_plan(dir.path());
-    let submitted = run(dir.path(), &["submit", "--plan", plan.to_str().unwrap()]);
-    let id = String::from_utf8_lossy(&submitted.stdout).trim().to_owned();
+    let id = submit(dir.path(), &plan);
     let silent = Silent::start();
     let (mut child, _request) =
         stuck_in_its_llm_call(dir.path(), &silent, &["worker", "--exit-when-idle", "--grace", "0"], &[]);
@@ -712,8 +699,7 @@ async fn sigterm_stops_an_exit_when_idle_worker_gracefully() {
 fn a_worker_logs_failed_runs_and_a_summary_as_json_lines() {
     let dir = workdir();
     let plan = read_plan(dir.path(), "missing.txt");
-    let submitted = run(dir.path(), &["submit", "--plan", plan.to_str().unwrap()]);
-    let id = String::from_utf8_lossy(&submitted.stdout).trim().to_owned();
+    let id = submit(dir.path(), &plan);
     let output = portia(dir.path())
         .args(["worker", "--exit-when-idle"])
         .env_remove("PORTIA_LOG_LEVEL")
@@ -782,13 +768,7 @@ fn a_worker_exits_when_idle_despite_a_workflow_no_worker_will_run() {
 fn list_shows_one_end_users_workflows() {
     let dir = workdir();
     let plan = read_plan(dir.path(), "report.csv");
-    let ids: Vec<String> = (0..2)
-        .map(|_| {
-            let submitted = run(dir.path(), &["submit", "--plan", plan.to_str().unwrap()]);
-            assert_eq!(code(&submitted), 0, "{}", stderr(&submitted));
-            String::from_utf8_lossy(&submitted.stdout).trim().to_owned()
-        })
-        .collect();
+    let ids: Vec<String> = (0..2).map(|_| submit(dir.path(), &plan)).collect();
     let db = rusqlite::Connection::open(dir.path().join(".portia/portia.db")).unwrap();
     db.execute(
         "UPDATE workflows SET end_user_id = 'ann', \

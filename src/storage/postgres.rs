@@ -155,8 +155,12 @@ impl PostgresStorage {
             target.tls.clone(),
             ManagerConfig { recycling_method: RecyclingMethod::Fast },
         );
+        // tokio-postgres's `connect_timeout` covers the TCP connect only; the pool's
+        // bounds the login as well, so a host that accepts and never answers fails.
         let pool = Pool::builder(manager)
             .max_size(settings.pool_size)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .create_timeout(target.config.get_connect_timeout().copied())
             .build()
             .map_err(|e| Error::storage_source(None, "cannot set up the connection pool", e))?;
         let inner = Inner {
@@ -327,6 +331,7 @@ impl RowStore for PostgresStorage {
                 Err(source) => match source.downcast::<deadpool_postgres::PoolError>() {
                     Ok(e) => match *e {
                         deadpool_postgres::PoolError::Backend(e) => pg_error(target, schema, what, e),
+                        deadpool_postgres::PoolError::Timeout(_) => silent_server(&self.inner.target, what),
                         other => Error::storage_source(None, format!("{what} ({target})"), other),
                     },
                     Err(source) => Error::Storage { path: None, message: what.to_owned(), source: Some(source) },
@@ -435,6 +440,22 @@ fn pg_error(target: &str, schema: &str, what: &str, e: tokio_postgres::Error) ->
         ),
     };
     Error::storage_source(None, format!("{what} ({advice})"), e)
+}
+
+/// The error for a server that took the connection but did not finish the login in
+/// time: something listens there, but it is not a Postgres that answers.
+fn silent_server(target: &Target, what: &str) -> Error {
+    let waited = target.config.get_connect_timeout().map_or(0, Duration::as_secs);
+    Error::Storage {
+        path: None,
+        message: format!(
+            "{what} ({}: the server took the connection but did not answer the login within {waited} s; \
+             check the host and port in {URL_SETTING}, and that Postgres listens there (connect_timeout in \
+             the URL sets the wait)",
+            target.describe
+        ),
+        source: None,
+    }
 }
 
 fn micros(t: DateTime<Utc>) -> DateTime<Utc> {

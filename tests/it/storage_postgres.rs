@@ -95,6 +95,28 @@ async fn a_refused_connection_says_what_to_check_and_hides_the_password() {
 }
 
 #[tokio::test]
+async fn a_server_that_never_answers_the_login_is_reported_after_the_connect_timeout() {
+    // Something listens and takes the connection, but never says a word: before,
+    // only the TCP connect was bounded, and the store waited for the login forever.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            open.push(socket);
+        }
+    });
+    let url = format!("postgres://portia:hunter2@127.0.0.1:{port}/portia?connect_timeout=1&sslmode=disable");
+    let err = PostgresStorage::connect(&PostgresSettings::new(url)).await.unwrap_err();
+    held.abort();
+    assert!(matches!(err, Error::Storage { .. }), "{err}");
+    let message = err.to_string();
+    assert!(message.contains("did not answer the login within 1 s"), "says what happened: {message}");
+    assert!(message.contains("PORTIA_DATABASE_URL") && message.contains(&format!("127.0.0.1:{port}")), "{message}");
+    assert!(!message.contains("hunter2"), "{message}");
+}
+
+#[tokio::test]
 #[ignore = "needs Postgres: .ci/run starts it (PORTIA_TEST_PG_URL)"]
 async fn a_missing_database_is_named() {
     let url = pg::test_url();

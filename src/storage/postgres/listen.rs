@@ -91,6 +91,29 @@ pub(super) async fn listen(target: Target, schema: String, wakeups: Arc<Wakeups>
     }
 }
 
+/// Why the wake-up connection ended.
+#[derive(Debug)]
+enum ListenError {
+    Postgres(tokio_postgres::Error),
+    /// The server took the connection but did not finish the login within this.
+    Silent(Duration),
+}
+
+impl From<tokio_postgres::Error> for ListenError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::Postgres(e)
+    }
+}
+
+impl std::fmt::Display for ListenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Postgres(e) => e.fmt(f),
+            Self::Silent(wait) => write!(f, "the server did not answer the login within {} s", wait.as_secs()),
+        }
+    }
+}
+
 /// Connects, listens, and passes notifications on until the connection ends.
 async fn listen_once(
     target: &Target,
@@ -98,8 +121,13 @@ async fn listen_once(
     wakeups: &Wakeups,
     started: &mut Option<oneshot::Sender<()>>,
     reconnected: bool,
-) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = target.config.connect(target.tls.clone()).await?;
+) -> Result<(), ListenError> {
+    // As the pool does: `connect_timeout` alone does not bound the login.
+    let wait = target.config.get_connect_timeout().copied().unwrap_or(Duration::MAX);
+    let Ok(connected) = tokio::time::timeout(wait, target.config.connect(target.tls.clone())).await else {
+        return Err(ListenError::Silent(wait));
+    };
+    let (client, mut connection) = connected?;
     let statement = format!("LISTEN {CHANNEL}; LISTEN {EVENTS_CHANNEL}");
     let listening = client.batch_execute(&statement);
     tokio::pin!(listening);
@@ -109,7 +137,7 @@ async fn listen_once(
             done = &mut listening => { done?; break; }
             message = poll_fn(|cx| connection.poll_message(cx)) => match message {
                 Some(Ok(message)) => pass_on(&message, schema, wakeups),
-                Some(Err(e)) => return Err(e),
+                Some(Err(e)) => return Err(e.into()),
                 None => return Ok(()),
             },
         }

@@ -129,6 +129,13 @@ pub enum Error {
     #[error("plan {0} not found in storage")]
     PlanNotFound(PlanId),
 
+    /// Another plan is stored under this plan's id. A plan's id names one plan: a
+    /// changed plan needs an id of its own, or none (one is then made).
+    #[error(
+        "plan {0} is already stored with other content; a changed plan needs a new id (leave `id` out and one is made)"
+    )]
+    PlanIdTaken(PlanId),
+
     /// No workflow with this id is stored.
     #[error("workflow {0} not found in storage")]
     WorkflowNotFound(WorkflowId),

@@ -87,9 +87,15 @@ pub(super) async fn has_events_after<S: RowStore + ?Sized>(store: &S, id: Workfl
 impl<S: RowStore> PlanStore for S {
     async fn save_plan(&self, plan: &Plan) -> Result<()> {
         let id = plan.id;
+        // Workflows run the stored plan, so a different plan under a stored id would
+        // be ignored without a word.
         let work = |_| {
             let plan = plan.clone();
-            move |tx: &mut dyn RowTx| tx.insert_plan(plan)
+            move |tx: &mut dyn RowTx| match tx.plan(plan.id)? {
+                None => tx.insert_plan(plan),
+                Some(stored) if stored == plan => Ok(()),
+                Some(_) => Err(RowError::Refused(Error::PlanIdTaken(plan.id))),
+            }
         };
         run(self, Access::Write, || format!("cannot save plan {id}"), work).await
     }

@@ -92,7 +92,9 @@ impl<S: PlanStore + WorkflowStore + LeaseQueue + Journal + Retention> Storage fo
 /// Plans: stored once, never changed.
 #[async_trait::async_trait]
 pub trait PlanStore: Send + Sync + fmt::Debug {
-    /// Saves a plan. Plans never change, so saving one already stored does nothing.
+    /// Saves a plan. Plans never change, so saving one already stored does nothing,
+    /// and another plan under a stored id is refused with
+    /// [`Error::PlanIdTaken`](crate::Error::PlanIdTaken).
     async fn save_plan(&self, plan: &Plan) -> Result<()>;
     /// Loads a plan. [`Error::PlanNotFound`](crate::Error::PlanNotFound) if there is none.
     async fn get_plan(&self, id: PlanId) -> Result<Plan>;

@@ -358,6 +358,11 @@ async fn create_then_get_round_trips(f: Fixture) {
     store.save_plan(&plan).await.unwrap();
     store.save_plan(&plan).await.expect("saving a stored plan again does nothing");
     assert_eq!(store.get_plan(plan.id).await.unwrap(), plan);
+    let mut changed = plan.clone();
+    changed.plan_context.query.push_str(", and why?");
+    let refused = store.save_plan(&changed).await;
+    assert!(matches!(refused, Err(Error::PlanIdTaken(id)) if id == plan.id), "{refused:?}");
+    assert_eq!(store.get_plan(plan.id).await.unwrap(), plan, "the stored plan stays as it was");
     let workflow = workflow_in(&plan, WorkflowState::NotStarted, Some("alice"));
     store.create_workflow(&workflow).await.unwrap();
     let back = store.get_workflow(workflow.id()).await.unwrap();

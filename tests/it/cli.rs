@@ -131,6 +131,26 @@ fn run_stops_with_3_then_answer_and_resume_in_other_processes_complete_it() {
 }
 
 #[test]
+fn a_changed_plan_file_keeping_its_id_is_refused_rather_than_the_stored_plan_run() {
+    let dir = workdir();
+    let path = read_plan(dir.path(), "report.csv");
+    let mut plan: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    plan["id"] = json!("plan-01a24d37-0000-7000-8000-00000000abcd");
+    std::fs::write(&path, plan.to_string()).unwrap();
+    let first = run(dir.path(), &["run", "--plan", path.to_str().unwrap()]);
+    assert_eq!(code(&first), 0, "{}", stderr(&first));
+
+    std::fs::write(dir.path().join("files/other.csv"), "city,temp\nLima,19\n").unwrap();
+    plan["steps"][0]["args"]["filename"] = json!("other.csv");
+    std::fs::write(&path, plan.to_string()).unwrap();
+    let changed = run(dir.path(), &["run", "--plan", path.to_str().unwrap()]);
+    assert_eq!(code(&changed), 1, "the stored plan was run instead: {}", String::from_utf8_lossy(&changed.stdout));
+    let err = stderr(&changed);
+    assert!(err.contains("plan-01a24d37-0000-7000-8000-00000000abcd is already stored with other content"), "{err}");
+    assert!(err.contains("new id"), "says how to fix it: {err}");
+}
+
+#[test]
 fn a_failed_workflow_exits_1_with_one_line_naming_the_cause() {
     let dir = workdir();
     let plan = read_plan(dir.path(), "missing.txt");

@@ -71,12 +71,18 @@ pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) fn client(timeout: Duration, pool: Pool) -> reqwest::Client {
     builder()
         .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .connect_timeout(connect_timeout(timeout))
         .pool_max_idle_per_host(pool.max_idle_per_host)
         .pool_idle_timeout(pool.idle_timeout)
         .build()
         // Only fails if the TLS backend cannot initialise, which is a broken build, not bad input.
         .expect("the HTTP client could not be built")
+}
+
+/// How long a client made with request timeout `timeout` waits for a connection
+/// (TCP and TLS): at most 10 s, so an unreachable host fails well before a slow answer.
+pub(crate) fn connect_timeout(timeout: Duration) -> Duration {
+    timeout.min(Duration::from_secs(10))
 }
 
 /// The URL last parsed, kept with its text: a client sends to the same URL call

@@ -306,6 +306,15 @@ impl Endpoint<'_> {
     }
 
     fn transport_error(&self, error: &reqwest::Error) -> LlmError {
+        // A connection that timed out is a timeout too, but of the shorter connect limit.
+        if error.is_timeout() && error.is_connect() {
+            let waited = crate::http::connect_timeout(self.timeout);
+            return LlmError::Connection {
+                provider: self.provider_name(),
+                model: self.model.to_owned(),
+                message: format!("no connection (TCP and TLS) within {waited:?}: {}", self.redact(&error_chain(error))),
+            };
+        }
         if error.is_timeout() {
             return LlmError::Timeout {
                 provider: self.provider_name(),

@@ -24,6 +24,8 @@ pub(super) struct Api {
     base_url: String,
     timeout: Duration,
     client: reqwest::Client,
+    /// How long `client` waits for a connection, to report when that runs out.
+    connect_timeout: Duration,
     urls: crate::http::UrlMemo,
 }
 
@@ -32,8 +34,9 @@ impl Api {
     pub(super) fn new(service: &'static str, key_var: &'static str, default_base_url: &str) -> Self {
         let timeout = Config::default().request_timeout();
         let client = crate::http::client(timeout, crate::http::Pool::default());
-        let base_url = default_base_url.to_owned();
-        Self { service, key_var, key: None, base_url, timeout, client, urls: crate::http::UrlMemo::default() }
+        let (base_url, connect_timeout) = (default_base_url.to_owned(), crate::http::connect_timeout(timeout));
+        let urls = crate::http::UrlMemo::default();
+        Self { service, key_var, key: None, base_url, timeout, client, connect_timeout, urls }
     }
 
     /// This API with `key`, and the base URL (when given) and request timeout of `config`.
@@ -47,6 +50,7 @@ impl Api {
         };
         if pool != crate::http::Pool::default() {
             self.client = crate::http::client(self.timeout, pool);
+            self.connect_timeout = crate::http::connect_timeout(self.timeout);
         }
         self
     }
@@ -91,11 +95,12 @@ impl Api {
     /// Sends `request` and reads the answer. A request that gets no answer is a soft
     /// error the service caused (see [`RetryHint`]).
     pub(super) async fn exchange(&self, request: reqwest::RequestBuilder) -> Result<Answer, ToolError> {
+        let limits = (self.timeout, self.connect_timeout);
         let (service, timeout) = (self.service, self.timeout);
-        let response = request.timeout(timeout).send().await.map_err(|e| send_error(service, e, timeout))?;
+        let response = request.timeout(timeout).send().await.map_err(|e| send_error(service, e, limits))?;
         let status = response.status();
         let retry_after = crate::llm::retry_after(response.headers());
-        let text = response.text().await.map_err(|e| send_error(service, e, timeout))?;
+        let text = response.text().await.map_err(|e| send_error(service, e, limits))?;
         Ok(Answer { status, text, retry_after })
     }
 }
@@ -110,8 +115,13 @@ pub(super) struct Answer {
 
 /// A request that got no HTTP answer: worth sending again. Only a refused
 /// connection certainly did not reach the service. The URL is dropped from the
-/// message because it may carry a key in its query.
-fn send_error(service: &str, error: reqwest::Error, timeout: Duration) -> ToolError {
+/// message because it may carry a key in its query. `limits` are the request's
+/// timeout and the client's connect timeout.
+fn send_error(service: &str, error: reqwest::Error, (timeout, connect_timeout): (Duration, Duration)) -> ToolError {
+    if error.is_timeout() && error.is_connect() {
+        let message = format!("could not connect to {service} within {connect_timeout:?} (TCP and TLS); try again");
+        return ToolError::transient(message, RetryHint::not_performed());
+    }
     if error.is_timeout() {
         let message = format!("{service} did not answer within {timeout:?}; try again");
         return ToolError::transient(message, RetryHint::unknown_outcome());

@@ -415,6 +415,32 @@ async fn slow_server_times_out_after_the_request_timeout() {
     assert!(matches!(&err, LlmError::Timeout { after, .. } if *after == timeout), "{err:?}");
 }
 
+// The clock is paused, and moves on to the next timer whenever everything waits.
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_never_completes_is_reported_as_one_with_the_connect_limit() {
+    // TLS to a port that takes the connection and never speaks: the handshake hangs
+    // until the connect timeout (10 s), which used to be reported as the request's
+    // timeout (60 s) running out.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            open.push(socket);
+        }
+    });
+    let config = Config::builder()
+        .openai_api_key(KEY)
+        .openai_base_url(format!("https://127.0.0.1:{port}/v1"))
+        .default_model("gpt-test")
+        .max_retries(0u32)
+        .request_timeout_secs(60u64);
+    let err = client(config).chat(ask("hi")).await.unwrap_err();
+    held.abort();
+    assert!(matches!(&err, LlmError::Connection { .. }), "{err:?}");
+    assert!(err.to_string().contains("no connection (TCP and TLS) within 10s"), "{err}");
+}
+
 #[tokio::test]
 async fn retries_stop_after_max_retries() {
     let server = MockServer::start().await;

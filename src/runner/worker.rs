@@ -68,6 +68,9 @@ impl WorkerOptions {
 pub struct WorkerReport {
     /// Runs that ended (finished, failed, or stopped to wait for a human).
     pub runs: usize,
+    /// Runs that left their workflow FAILED (each is also logged, with its id).
+    #[serde(default)]
+    pub failed: usize,
     /// Runs that returned an error (a lost lease, a storage failure...).
     pub errors: usize,
     /// Runs stopped at shutdown, past the grace period, and left for another worker.
@@ -144,7 +147,13 @@ impl Worker {
         }
         tracing::info!(running = runs.tasks.len(), "worker shutting down");
         self.drain(runs, &mut report).await;
-        tracing::info!(runs = report.runs, errors = report.errors, handed_back = report.handed_back, "worker stopped");
+        tracing::info!(
+            runs = report.runs,
+            failed = report.failed,
+            errors = report.errors,
+            handed_back = report.handed_back,
+            "worker stopped"
+        );
         report
     }
 
@@ -277,6 +286,7 @@ fn count(
         Ok((_, Ok(workflow))) => {
             match workflow.failure() {
                 Some(failure) => {
+                    report.failed += 1;
                     tracing::warn!(workflow = %id, kind = ?failure.kind, error = %failure.message, "workflow FAILED");
                 }
                 None => tracing::info!(workflow = %id, state = %workflow.state(), "worker run ended"),

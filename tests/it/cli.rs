@@ -271,8 +271,11 @@ fn a_worker_skips_an_unreadable_queued_workflow_and_runs_the_next() {
     let db = rusqlite::Connection::open(dir.path().join(".portia/portia.db")).unwrap();
     db.execute("UPDATE workflows SET body = '{}' WHERE id = ?1", [&ids[0]]).unwrap();
 
-    let worker =
-        portia(dir.path()).args(["worker", "--exit-when-idle"]).env("PORTIA_LOG_LEVEL", "warn").output().unwrap();
+    let worker = portia(dir.path())
+        .args(["worker", "--exit-when-idle", "--without-model"])
+        .env("PORTIA_LOG_LEVEL", "warn")
+        .output()
+        .unwrap();
     assert_eq!(code(&worker), 0, "{}", stderr(&worker));
     let shown = stdout_json(&run(dir.path(), &["show", &ids[1]]));
     assert_eq!(shown["state"], json!("COMPLETE"));
@@ -303,7 +306,7 @@ fn a_worker_on_one_runtime_thread_runs_the_whole_queue() {
     let plan = read_plan(dir.path(), "report.csv");
     let ids: Vec<String> = (0..3).map(|_| submit(dir.path(), &plan)).collect();
     let worker = portia(dir.path())
-        .args(["worker", "--concurrency", "3", "--exit-when-idle"])
+        .args(["worker", "--concurrency", "3", "--exit-when-idle", "--without-model"])
         .env("TOKIO_WORKER_THREADS", "1")
         .output()
         .unwrap();
@@ -314,6 +317,21 @@ fn a_worker_on_one_runtime_thread_runs_the_whole_queue() {
     }
 }
 
+/// Without a key for the model, a worker would FAIL every workflow that calls it
+/// (for good: a FAILED workflow is not resumed once the key is set), so it does not
+/// start, and the queue waits for a worker that has one.
+#[test]
+fn a_worker_without_a_key_for_the_model_refuses_to_start_and_leaves_the_queue() {
+    let dir = workdir();
+    let plan = read_plan(dir.path(), "report.csv");
+    let id = submit(dir.path(), &plan);
+    let worker = run(dir.path(), &["worker", "--exit-when-idle"]);
+    assert_eq!(code(&worker), 1, "{}", stderr(&worker));
+    let err = stderr(&worker);
+    assert!(err.contains("OPENAI_API_KEY") && err.contains("--without-model"), "{err}");
+    assert_eq!(stdout_json(&run(dir.path(), &["show", &id]))["state"], "NOT_STARTED", "the queue is untouched");
+}
+
 #[test]
 fn submit_then_a_worker_runs_it_and_prune_deletes_it() {
     let dir = workdir();
@@ -321,7 +339,7 @@ fn submit_then_a_worker_runs_it_and_prune_deletes_it() {
     let id = submit(dir.path(), &plan);
     assert!(id.starts_with("wkfl-"), "{id}");
 
-    let worker = run(dir.path(), &["worker", "--concurrency", "2", "--exit-when-idle"]);
+    let worker = run(dir.path(), &["worker", "--concurrency", "2", "--exit-when-idle", "--without-model"]);
     assert_eq!(code(&worker), 0, "{}", stderr(&worker));
     assert_eq!(stdout_json(&worker)["runs"], 1);
     assert_eq!(stdout_json(&run(dir.path(), &["show", &id]))["state"], "COMPLETE");
@@ -721,7 +739,7 @@ fn a_worker_logs_failed_runs_and_a_summary_as_json_lines() {
     let plan = read_plan(dir.path(), "missing.txt");
     let id = submit(dir.path(), &plan);
     let output = portia(dir.path())
-        .args(["worker", "--exit-when-idle"])
+        .args(["worker", "--exit-when-idle", "--without-model"])
         .env_remove("PORTIA_LOG_LEVEL")
         .env("PORTIA_LOG_FORMAT", "json")
         .output()
@@ -736,7 +754,9 @@ fn a_worker_logs_failed_runs_and_a_summary_as_json_lines() {
     assert_eq!((failed["level"].as_str(), failed["fields"]["workflow"].as_str()), (Some("WARN"), Some(id.as_str())));
     assert!(failed["fields"]["error"].as_str().unwrap().contains("missing.txt"), "{failed}");
     let summary = logged("worker stopped").expect("a summary is logged");
-    assert_eq!((summary["fields"]["runs"].as_u64(), summary["fields"]["errors"].as_u64()), (Some(1), Some(0)));
+    let counts = ["runs", "failed", "errors"].map(|count| summary["fields"][count].as_u64());
+    assert_eq!(counts, [Some(1), Some(1), Some(0)], "{summary}");
+    assert_eq!(stdout_json(&output)["failed"], 1, "the report counts the FAILED workflow");
 }
 
 /// `portia cancel` of a run in another process waits for that run to stop (it does
@@ -779,7 +799,7 @@ fn a_worker_exits_when_idle_despite_a_workflow_no_worker_will_run() {
     let left = stdout_json(&run(dir.path(), &["list", "--format", "json"]));
     assert_eq!(left[0]["state"], "IN_PROGRESS");
 
-    let worker = run(dir.path(), &["worker", "--exit-when-idle"]);
+    let worker = run(dir.path(), &["worker", "--exit-when-idle", "--without-model"]);
     assert_eq!(code(&worker), 0, "{}", stderr(&worker));
     assert_eq!(stdout_json(&worker)["runs"], 0);
 }

@@ -121,6 +121,11 @@ pub(crate) enum Command {
         /// running then are stopped, their leases released, for another worker to resume.
         #[arg(long, default_value_t = 30, value_name = "SECS")]
         grace: u64,
+        /// Start even without a key for the model: only for queues of plans that
+        /// need none (their tools' arguments fixed, no LLM steps, no summaries);
+        /// any other workflow would FAIL.
+        #[arg(long)]
+        without_model: bool,
     },
     /// Run the seed scenario from a recording shipped with portia: no key, no network.
     Demo,

@@ -19,6 +19,9 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<Exit, Failure> {
     }
     let config = setup::config(&cli)?;
     setup::logging(&config, matches!(cli.command, Command::Worker { .. }));
+    if matches!(cli.command, Command::Worker { without_model: false, .. }) && cli.cassette.is_none() {
+        model_for_worker(&config)?;
+    }
     let setup = setup::runner(&cli, config).await?;
     let exit = command(&setup, cli.command).await;
     // A recording is saved even when the run failed: it shows what happened.
@@ -118,7 +121,7 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
             }
             Ok(Exit::Ok)
         }
-        Command::Worker { concurrency, exit_when_idle, grace } => {
+        Command::Worker { concurrency, exit_when_idle, grace, without_model: _ } => {
             let options = WorkerOptions::new().concurrency(concurrency).shutdown_grace(Duration::from_secs(grace));
             let worker = runner.worker(options);
             let report = if exit_when_idle {
@@ -317,6 +320,18 @@ async fn list(
         }
     }
     Ok(Exit::Ok)
+}
+
+/// Refuses to start a worker that has no key for the model: each workflow it took
+/// would FAIL for want of it, and a FAILED workflow cannot be resumed once the key is
+/// set. Left queued, the workflows wait for a worker that has one.
+fn model_for_worker(config: &portia::Config) -> Result<(), Failure> {
+    config.llm_client().map(drop).map_err(|e| {
+        Failure(format!(
+            "{e}; a worker without it would fail every workflow that calls the model (pass --without-model \
+             for a queue of plans that need none)"
+        ))
+    })
 }
 
 /// Completes once no queued workflow is left for a worker to run: none waiting,

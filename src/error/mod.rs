@@ -216,6 +216,21 @@ pub enum Error {
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
 
+    /// The database file this process opened was deleted or replaced under it: its
+    /// writes would go to a file no other process sees. The process must open the
+    /// store again (a worker stops, so that its supervisor restarts it).
+    #[error(
+        "storage error in {}: the database file was {what} while this process had it open, so its writes would \
+         be lost; restart the process (or open the store again) to use the file now at this path",
+        .path.display()
+    )]
+    StoreFileChanged {
+        /// The database file.
+        path: PathBuf,
+        /// `deleted`, or `replaced by another file`.
+        what: String,
+    },
+
     /// The database was written by a newer version of this crate.
     #[error("the database{} has schema version {found}, newer than {supported}, the newest this version of portia knows; upgrade portia or use another database", .path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
     SchemaTooNew {

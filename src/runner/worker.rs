@@ -75,6 +75,10 @@ pub struct WorkerReport {
     pub errors: usize,
     /// Runs stopped at shutdown, past the grace period, and left for another worker.
     pub handed_back: usize,
+    /// Why the worker stopped of its own accord, when it did: its store can no
+    /// longer be used by this process (its database file was deleted or replaced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_on: Option<String>,
 }
 
 /// The first wait after the store fails, doubled for each failure in a row.
@@ -127,7 +131,11 @@ impl Worker {
         tracing::info!(concurrency = self.options.concurrency, "worker started");
         loop {
             if !backoff.waiting() {
-                self.fill(&mut runs, &mut backoff).await;
+                self.fill(&mut runs, &mut backoff, &mut report).await;
+            }
+            if let Some(reason) = &report.stopped_on {
+                tracing::error!(error = %reason, "the worker stops: its store cannot be used by this process any more");
+                break;
             }
             let storage = self.runner.storage();
             tokio::select! {
@@ -158,12 +166,16 @@ impl Worker {
     }
 
     /// Claims workflows until the worker is full or nothing is runnable.
-    async fn fill(&self, runs: &mut Runs, backoff: &mut Backoff) {
+    async fn fill(&self, runs: &mut Runs, backoff: &mut Backoff, report: &mut WorkerReport) {
         let ttl = self.runner.config().lease_ttl();
         while runs.tasks.len() < self.options.concurrency {
             match self.runner.storage().claim_runnable(self.runner.owner(), ttl).await {
                 Ok(Some(grant)) => self.start(runs, grant),
                 Ok(None) => return,
+                Err(e @ Error::StoreFileChanged { .. }) => {
+                    report.stopped_on = Some(e.to_string());
+                    return;
+                }
                 Err(e) => {
                     tracing::warn!(error = %with_causes(&e), "could not claim a workflow");
                     backoff.failed();
@@ -295,6 +307,9 @@ fn count(
         }
         Ok((_, Err(e))) => {
             report.errors += 1;
+            if matches!(e, Error::StoreFileChanged { .. }) {
+                report.stopped_on = Some(e.to_string());
+            }
             tracing::warn!(workflow = %id, error = %with_causes(&e), "worker run stopped on an error; its lease is released");
             if matches!(e, Error::Storage { .. }) { Ended::StoreFailed } else { Ended::OtherError }
         }

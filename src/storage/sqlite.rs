@@ -272,14 +272,7 @@ impl Inner {
             return Ok(());
         }
         let what = if now.is_none() { "deleted" } else { "replaced by another file" };
-        Err(RowError::Refused(Error::Storage {
-            path: Some(self.path.clone()),
-            message: format!(
-                "the database file was {what} while this process had it open, so its writes would be lost; \
-                 restart the process (or open the store again) to use the file now at this path"
-            ),
-            source: None,
-        }))
+        Err(RowError::Refused(Error::StoreFileChanged { path: self.path.clone(), what: what.to_owned() }))
     }
 }
 

@@ -18,8 +18,29 @@ async fn a_deleted_database_file_is_refused_rather_than_written_unseen() {
 
     std::fs::remove_file(&path).unwrap();
     let err = storage.save_plan(&plan()).await.unwrap_err();
-    assert!(matches!(&err, Error::Storage { path: Some(p), .. } if *p == path), "{err:?}");
+    assert!(matches!(&err, Error::StoreFileChanged { path: p, what } if *p == path && what == "deleted"), "{err:?}");
     assert!(err.to_string().contains("deleted while this process had it open"), "{err}");
+}
+
+/// A worker whose database file is deleted cannot do anything useful any more: it
+/// stops of its own accord, saying why, so that its supervisor restarts it on the
+/// file now at the path (before, it backed off and claimed again forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_database_file_is_deleted_stops_saying_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portia.db");
+    let storage = std::sync::Arc::new(SqliteStorage::open(&path).unwrap());
+    let config = portia::Config::builder().summarize_final_output(false).build().unwrap();
+    let runner = portia::Runner::builder(config)
+        .llm(std::sync::Arc::new(portia::testing::ScriptedLlm::new()))
+        .storage(storage)
+        .build()
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+
+    let report = runner.worker(portia::runner::WorkerOptions::new()).run_until(std::future::pending()).await;
+    let reason = report.stopped_on.expect("the worker says why it stopped");
+    assert!(reason.contains("deleted while this process had it open") && reason.contains("restart"), "{reason}");
 }
 
 #[tokio::test]

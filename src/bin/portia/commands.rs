@@ -135,7 +135,7 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
                 worker.run().await
             };
             print_json(&report)?;
-            Ok(if report.errors > 0 { Exit::Failed } else { Exit::Ok })
+            Ok(if report.errors > 0 || report.stopped_on.is_some() { Exit::Failed } else { Exit::Ok })
         }
         Command::Demo => demo().await,
         #[cfg(feature = "mcp")]

@@ -264,9 +264,9 @@ impl Runner {
     /// for with the [`GeneratePlan`] setters.
     ///
     /// # Errors
-    /// [`Error::Planning`] if no valid plan was made, [`Error::Llm`] if the LLM failed,
-    /// [`Error::ToolNotFound`] for an unknown tool id given to
-    /// [`GeneratePlan::tools`].
+    /// [`Error::Planning`] if no valid plan was made (or, before any LLM call, if the
+    /// query is blank), [`Error::Llm`] if the LLM failed, [`Error::ToolNotFound`] for
+    /// an unknown tool id given to [`GeneratePlan::tools`].
     pub fn generate_plan(&self, query: impl Into<String>) -> GeneratePlan<'_> {
         GeneratePlan::new(self, query.into())
     }
@@ -289,6 +289,9 @@ impl Runner {
 
     /// Plans `query`, leaving the plan unsaved: whoever makes its workflow saves it.
     async fn make_plan(&self, query: String, options: PlanOptions) -> Result<Plan> {
+        if query.trim().is_empty() {
+            return Err(Error::planning("the query is empty: say what the plan should achieve"));
+        }
         let PlanOptions { tool_ids, examples, execution_context, output_schema } = options;
         let tools = match tool_ids {
             Some(ids) => ids.iter().map(|id| self.inner.tools.get_tool(id)).collect::<Result<Vec<_>>>()?,

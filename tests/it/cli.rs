@@ -151,6 +151,16 @@ fn a_changed_plan_file_keeping_its_id_is_refused_rather_than_the_stored_plan_run
 }
 
 #[test]
+fn a_blank_query_is_a_usage_error() {
+    let dir = workdir();
+    for args in [&["plan", ""][..], &["run", "   "], &["submit", "\t"]] {
+        let output = run(dir.path(), args);
+        assert_eq!(code(&output), 2, "{args:?}: {}", stderr(&output));
+        assert!(stderr(&output).contains("the query is empty"), "{args:?}: {}", stderr(&output));
+    }
+}
+
+#[test]
 fn a_failed_workflow_exits_1_with_one_line_naming_the_cause() {
     let dir = workdir();
     let plan = read_plan(dir.path(), "missing.txt");

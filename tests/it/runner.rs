@@ -237,6 +237,18 @@ async fn an_empty_plan_is_refused_before_it_runs() {
 }
 
 #[tokio::test]
+async fn a_blank_query_is_refused_before_any_llm_call() {
+    // The scripted LLM has nothing to say: a call to it would fail as unscripted.
+    let h = harness(config(ExecutionMode::Sequential, true), registry(vec![]), ScriptedLlm::new());
+    for query in ["", "  \n\t"] {
+        let err = h.runner.generate_plan(query).await.unwrap_err();
+        assert!(matches!(&err, Error::Planning { message, .. } if message.contains("the query is empty")), "{err}");
+        let err = h.runner.execute_query(query).await.unwrap_err();
+        assert!(matches!(&err, Error::Planning { .. }), "{err}");
+    }
+}
+
+#[tokio::test]
 async fn final_summary_failure_only_leaves_the_summary_empty() {
     let llm = ScriptedLlm::new().text("the answer").error(portia::llm::LlmError::Other("summary model down".into()));
     let h = harness(config(ExecutionMode::Sequential, true), registry(vec![]), llm);

@@ -34,6 +34,7 @@ pub(crate) enum Command {
     /// Plan a query and print the plan (nothing is run).
     Plan {
         /// The query.
+        #[arg(value_parser = parse_query)]
         query: String,
         /// JSON, or a Mermaid or Graphviz graph of the steps and their `$name` dependencies.
         #[arg(long, value_enum, default_value_t = PlanFormat::Json)]
@@ -151,7 +152,11 @@ pub(crate) enum Command {
 #[derive(Debug, Args)]
 pub(crate) struct Source {
     /// The query to plan.
-    #[arg(required_unless_present_any = ["plan", "plan_id"], conflicts_with_all = ["plan", "plan_id"])]
+    #[arg(
+        required_unless_present_any = ["plan", "plan_id"],
+        conflicts_with_all = ["plan", "plan_id"],
+        value_parser = parse_query
+    )]
     pub(crate) query: Option<String>,
     /// Run this plan (JSON, as `portia plan` prints it) instead of planning.
     #[arg(long, value_name = "FILE", conflicts_with = "plan_id")]
@@ -170,6 +175,14 @@ impl Source {
     pub(crate) fn input_map(&self) -> serde_json::Map<String, serde_json::Value> {
         self.inputs.iter().cloned().collect()
     }
+}
+
+/// A query with something in it: a blank one would be planned (and paid for) all the same.
+fn parse_query(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        return Err("the query is empty: say what the plan should achieve".to_owned());
+    }
+    Ok(text.to_owned())
 }
 
 /// `NAME=VALUE`, the value read as JSON when it parses, else as a string.

@@ -739,7 +739,8 @@ impl Workflow {
     pub(crate) fn fail(&mut self, failure: Failure) -> Result<()> {
         self.transition_to(WorkflowState::Failed)?;
         let Failure { step, kind, message } = &failure;
-        tracing::warn!(workflow = %self.id, plan = %self.plan_id, ?step, ?kind, %message, "workflow failed");
+        // `error`, not `message`: that is the event's own text in JSON logs.
+        tracing::warn!(workflow = %self.id, plan = %self.plan_id, step = *step, ?kind, error = %message, "workflow failed");
         self.failure = Some(failure);
         Ok(())
     }

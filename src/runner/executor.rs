@@ -509,7 +509,7 @@ impl Runner {
                 halt.clarifying = true;
             }
             StepOutcome::Failed(failure) => {
-                tracing::warn!(workflow = %workflow.id(), step = index, message = %failure.message, "step failed");
+                tracing::warn!(workflow = %workflow.id(), step = index, error = %failure.message, "step failed");
                 halt.failure.get_or_insert(failure.at_step(index));
             }
         }

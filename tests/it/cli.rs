@@ -763,6 +763,13 @@ fn a_worker_logs_failed_runs_and_a_summary_as_json_lines() {
     let failed = logged("workflow FAILED").expect("the failed run is logged");
     assert_eq!((failed["level"].as_str(), failed["fields"]["workflow"].as_str()), (Some("WARN"), Some(id.as_str())));
     assert!(failed["fields"]["error"].as_str().unwrap().contains("missing.txt"), "{failed}");
+    // Each event's own text stays its `message` (a field named so would replace it),
+    // and a step is a number, not Rust's `Some(0)`.
+    for event in ["step failed", "workflow failed"] {
+        let line = logged(event).unwrap_or_else(|| panic!("{event:?} is logged under its own name"));
+        assert_eq!(line["fields"]["step"], json!(0), "{line}");
+        assert!(line["fields"]["error"].as_str().unwrap().contains("missing.txt"), "{line}");
+    }
     let summary = logged("worker stopped").expect("a summary is logged");
     let counts = ["runs", "failed", "errors"].map(|count| summary["fields"][count].as_u64());
     assert_eq!(counts, [Some(1), Some(1), Some(0)], "{summary}");

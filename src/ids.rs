@@ -117,17 +117,16 @@ prefixed_id!(
 
 fn parse_prefixed(input: &str, prefix: &'static str, kind: &'static str) -> Result<Uuid, IdParseError> {
     let error = |reason: String| IdParseError { kind, prefix, input: input.to_owned(), reason };
-    // A bare UUID is 36 characters; anything longer must carry our prefix.
+    // A bare UUID is 36 characters; anything longer must carry our prefix. No prefix
+    // is hexadecimal, so one is never mistaken for a bare UUID's first group.
     let uuid_text = match input.split_once('-') {
-        Some((head, rest)) if input.len() > 36 => {
-            if head != prefix {
-                return Err(error(format!("the prefix is {head:?}, not {prefix:?}")));
-            }
-            rest
-        }
+        Some((head, rest)) if head == prefix => rest,
+        Some((head, _)) if input.len() > 36 => return Err(error(format!("the prefix is {head:?}, not {prefix:?}"))),
         _ => input,
     };
-    Uuid::parse_str(uuid_text).map_err(|e| error(e.to_string()))
+    // The parser counts positions from the start of the UUID, after any prefix.
+    let after = if uuid_text.len() == input.len() { String::new() } else { format!("after \"{prefix}-\": ") };
+    Uuid::parse_str(uuid_text).map_err(|e| error(format!("{after}{e}")))
 }
 
 #[cfg(test)]
@@ -164,6 +163,12 @@ mod tests {
         let message = err.to_string();
         assert!(message.contains("\"plan-<uuid>\""), "{message}");
         assert!(message.contains("\"wkfl\""), "{message}");
+    }
+
+    #[test]
+    fn a_short_id_with_the_right_prefix_is_faulted_after_it() {
+        let message = "wkfl-xyz".parse::<WorkflowId>().unwrap_err().to_string();
+        assert!(message.contains("after \"wkfl-\"") && !message.contains("found 'w'"), "{message}");
     }
 
     #[test]

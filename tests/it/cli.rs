@@ -161,6 +161,13 @@ fn a_blank_query_is_a_usage_error() {
 }
 
 #[test]
+fn a_worker_of_no_concurrency_is_a_usage_error() {
+    let output = run(workdir().path(), &["worker", "--concurrency", "0", "--without-model"]);
+    assert_eq!(code(&output), 2, "{}", stderr(&output));
+    assert!(stderr(&output).contains("must be at least 1"), "{}", stderr(&output));
+}
+
+#[test]
 fn a_failed_workflow_exits_1_with_one_line_naming_the_cause() {
     let dir = workdir();
     let plan = read_plan(dir.path(), "missing.txt");

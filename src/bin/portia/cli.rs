@@ -112,8 +112,8 @@ pub(crate) enum Command {
     },
     /// Run submitted workflows until SIGTERM or ctrl-c.
     Worker {
-        /// How many workflows to run at once.
-        #[arg(long, default_value_t = 8)]
+        /// How many workflows to run at once (at least 1).
+        #[arg(long, default_value_t = 8, value_parser = at_least_one)]
         concurrency: usize,
         /// Stop once no workflow is queued or running (for scripts and CI).
         #[arg(long)]
@@ -174,6 +174,15 @@ impl Source {
     /// The values given with `--input`, by name.
     pub(crate) fn input_map(&self) -> serde_json::Map<String, serde_json::Value> {
         self.inputs.iter().cloned().collect()
+    }
+}
+
+/// A count of at least one.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
     }
 }
 

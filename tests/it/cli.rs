@@ -161,6 +161,20 @@ fn a_blank_query_is_a_usage_error() {
 }
 
 #[test]
+fn submit_refuses_the_memory_store_where_no_worker_would_see_the_workflow() {
+    let dir = workdir();
+    let plan = read_plan(dir.path(), "report.csv");
+    let output = portia(dir.path())
+        .args(["submit", "--plan", plan.to_str().unwrap()])
+        .env("PORTIA_STORAGE", "memory")
+        .output()
+        .unwrap();
+    assert_eq!(code(&output), 1, "{}", String::from_utf8_lossy(&output.stdout));
+    assert!(output.stdout.is_empty(), "no id is printed for a workflow that would be lost");
+    assert!(stderr(&output).contains("PORTIA_STORAGE"), "{}", stderr(&output));
+}
+
+#[test]
 fn a_worker_of_no_concurrency_is_a_usage_error() {
     let output = run(workdir().path(), &["worker", "--concurrency", "0", "--without-model"]);
     assert_eq!(code(&output), 2, "{}", stderr(&output));

@@ -49,6 +49,14 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
             run(runner, &plan, workflow).await
         }
         Command::Submit(source) => {
+            if runner.config().storage == portia::config::StorageKind::Memory {
+                // Checked before planning, which would be paid for and then lost.
+                return Err(Failure(
+                    "a submitted workflow waits in the store for a worker, and the memory store ends with this \
+                     process: set PORTIA_STORAGE to sqlite (the default) or postgres"
+                        .to_owned(),
+                ));
+            }
             let plan = load_or_plan(setup, runner, &source).await?;
             let submit = runner.submit_plan(&plan).inputs(source.input_map());
             let id = if source.query.is_some() { submit.count_planning() } else { submit }.await?;

@@ -261,6 +261,20 @@ fn a_full_stdout_ends_the_command_with_one_line() {
     assert!(message.starts_with("portia: cannot write to standard output: No space left on device"), "{message}");
 }
 
+/// A workflow submitted (or run) whose id could not be written out is stored all
+/// the same: the line says which, so a script does not submit it twice.
+#[test]
+fn a_submission_whose_id_cannot_be_written_names_it_on_stderr() {
+    let dir = workdir();
+    let plan = read_plan(dir.path(), "report.csv");
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let output = portia(dir.path()).args(["submit", "--plan", plan.to_str().unwrap()]).stdout(full).output().unwrap();
+    assert_eq!(code(&output), 1, "{}", stderr(&output));
+    let listed = stdout_json(&run(dir.path(), &["list", "--format", "json"]));
+    let id = listed[0]["id"].as_str().expect("the workflow is stored").to_owned();
+    assert!(stderr(&output).contains(&format!("workflow {id} is stored all the same")), "{}", stderr(&output));
+}
+
 /// A stored row that no longer parses is listed as unreadable, with its id, and the
 /// others are listed as usual; `show` names the row and `delete` removes it.
 #[test]

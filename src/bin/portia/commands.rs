@@ -60,7 +60,7 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
             let plan = load_or_plan(setup, runner, &source).await?;
             let submit = runner.submit_plan(&plan).inputs(source.input_map());
             let id = if source.query.is_some() { submit.count_planning() } else { submit }.await?;
-            emit(format_args!("{id}\n"))?;
+            emit(format_args!("{id}\n")).map_err(|e| e.naming(id))?;
             Ok(Exit::Ok)
         }
         Command::Resume { id } => {
@@ -226,7 +226,7 @@ async fn run(runner: &Runner, plan: &Plan, workflow: Workflow) -> Result<Exit, F
                 let _stopped = running.await;
             }
             let workflow = runner.get_workflow(id).await?;
-            print_json(&workflow)?;
+            print_json(&workflow).map_err(|e| e.naming(id))?;
             eprintln!(
                 "portia: stopped workflow {id} ({}); resume it with `portia resume {id}`: no finished tool call is repeated",
                 workflow.state()
@@ -234,7 +234,7 @@ async fn run(runner: &Runner, plan: &Plan, workflow: Workflow) -> Result<Exit, F
             return Ok(Exit::Interrupted);
         }
     };
-    print_json(&workflow)?;
+    print_json(&workflow).map_err(|e| e.naming(id))?;
     Ok(report(&workflow))
 }
 

@@ -72,6 +72,14 @@ impl Failure {
     fn silent() -> Self {
         Self(String::new())
     }
+
+    /// This failure to write the output, saying that workflow `id` is stored all the
+    /// same (even where a closed pipe would end the command quietly): a script that
+    /// could not read the id must not submit or run the workflow twice.
+    pub(crate) fn naming(self, id: portia::WorkflowId) -> Self {
+        let said = if self.0.is_empty() { "standard output was closed".to_owned() } else { self.0 };
+        Self(format!("{said}; workflow {id} is stored all the same"))
+    }
 }
 
 /// Writes `text` to standard output. A reader that went away (`portia list | head`)

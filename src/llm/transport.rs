@@ -342,6 +342,21 @@ impl Endpoint<'_> {
         }
     }
 
+    /// Adds a header that carries the key, marked sensitive so `Debug` output hides it.
+    /// A key HTTP cannot carry is named by its variable (never shown).
+    pub(crate) fn add_key_header(&mut self, name: &'static str, value: &str) -> Result<(), LlmError> {
+        let mut value = HeaderValue::from_str(value).map_err(|_| {
+            let key = self.key_var.map_or_else(|| "the API key".to_owned(), |var| format!("the key in {var}"));
+            self.not_sent(format!(
+                "{key} holds characters an HTTP header cannot carry (a control character, such as a \
+                 newline): set it again without them"
+            ))
+        })?;
+        value.set_sensitive(true);
+        self.headers.insert(HeaderName::from_static(name), value);
+        Ok(())
+    }
+
     /// Providers sometimes quote the key or the signed headers they were sent; no
     /// credential may reach an error.
     fn redact(&self, text: &str) -> String {
@@ -368,13 +383,6 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
     content_type.is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
 }
 
-/// A header that carries a secret: marked sensitive so `Debug` output hides it.
-pub(crate) fn secret_header(name: &'static str, value: &str) -> Result<(HeaderName, HeaderValue), String> {
-    let mut value = HeaderValue::from_str(value)
-        .map_err(|_| format!("the API key for the {name} header contains characters HTTP headers cannot carry"))?;
-    value.set_sensitive(true);
-    Ok((HeaderName::from_static(name), value))
-}
 
 /// The provider's own message, else the start of the raw body.
 fn error_message(body: &[u8]) -> String {

@@ -277,10 +277,11 @@ impl McpConfig {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path)
             .map_err(|e| McpError::config(path.display(), format!("cannot read it ({e}); check {MCP_CONFIG_VAR}")))?;
+        // The parsers' own messages quote the line at fault, which may hold a header's token.
         let raw = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("toml")) {
-            toml::from_str(&text).map_err(|e| McpError::config(path.display(), e))?
+            toml::from_str(&text).map_err(|e| McpError::config(path.display(), crate::config::toml_problem(&text, &e)))?
         } else {
-            serde_json::from_str(&text).map_err(|e| McpError::config(path.display(), e))?
+            serde_json::from_str(&text).map_err(|e| McpError::config(path.display(), crate::config::json_problem(&e)))?
         };
         Self::from_raw(raw, &lookup).map_err(|e| e.in_file(path))
     }
@@ -298,7 +299,8 @@ impl McpConfig {
     /// # Errors
     /// [`McpError::Config`] naming the server and the fix.
     pub fn from_json_with(json: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Self, McpError> {
-        let raw: RawFile = serde_json::from_str(json).map_err(|e| McpError::config("mcpServers", e))?;
+        let raw: RawFile =
+            serde_json::from_str(json).map_err(|e| McpError::config("mcpServers", crate::config::json_problem(&e)))?;
         Self::from_raw(raw, &lookup)
     }
 
@@ -347,6 +349,13 @@ fn convert(name: &str, raw: RawServer, lookup: &dyn Fn(&str) -> Option<String>) 
         return Err(McpError::config(&setting, "`timeoutSecs` must be at least 1"));
     }
     let elicitation_wait = Duration::from_secs(raw.elicitation_wait_secs.unwrap_or(DEFAULT_ELICITATION_WAIT_SECS));
+    // A timer further off than this overflows the clock rather than waiting.
+    let max = crate::config::MAX_DURATION.as_secs();
+    for (field, wait) in [("timeoutSecs", timeout), ("elicitationWaitSecs", elicitation_wait)] {
+        if wait.as_secs() > max {
+            return Err(McpError::config(&setting, format!("`{field}` must be at most {max} (7 days)")));
+        }
+    }
     Ok(McpServerConfig { transport, timeout, elicitation_wait })
 }
 

@@ -650,7 +650,9 @@ impl Config {
         match self.budget.usd {
             Some(usd) if !(usd.is_finite() && usd > 0.0) => Err(Error::invalid_config(
                 "PORTIA_BUDGET_USD",
-                format!("{usd} is no cost budget: give a number of US dollars above 0, such as 0.50, or leave it unset"),
+                format!(
+                    "{usd} is no cost budget: give a number of US dollars above 0, such as 0.50, or leave it unset"
+                ),
             )),
             _ => Ok(()),
         }
@@ -660,7 +662,10 @@ impl Config {
     /// headers cannot carry one, and the error would come at the first call, naming
     /// a header rather than the variable. The value is never shown.
     fn validate_secrets(&self) -> Result<()> {
-        let bad = self.secrets().into_iter().find(|(_, secret)| secret.is_some_and(|s| s.expose().contains(char::is_control)));
+        let bad = self
+            .secrets()
+            .into_iter()
+            .find(|(_, secret)| secret.is_some_and(|s| s.expose().contains(char::is_control)));
         match bad {
             Some((var, _)) => Err(Error::invalid_config(
                 var,
@@ -1098,7 +1103,10 @@ mod tests {
         ] {
             let err = Config::from_vars(vars(&[(var, too_long)])).unwrap_err();
             assert!(matches!(&err, Error::InvalidConfig { setting, .. } if setting == var), "{err}");
-            assert!(err.to_string().contains("7 days") && err.to_string().contains(&format!("set {var} lower")), "{err}");
+            assert!(
+                err.to_string().contains("7 days") && err.to_string().contains(&format!("set {var} lower")),
+                "{err}"
+            );
         }
         assert!(Config::from_vars(vars(&[("PORTIA_HTTP_IDLE_TIMEOUT_SECS", "604800")])).is_ok());
         let err = Config::builder().request_timeout(Duration::MAX).build().unwrap_err();

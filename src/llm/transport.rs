@@ -383,7 +383,6 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
     content_type.is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
 }
 
-
 /// The provider's own message, else the start of the raw body.
 fn error_message(body: &[u8]) -> String {
     crate::text::api_error_message(body).unwrap_or_else(|| excerpt(body))

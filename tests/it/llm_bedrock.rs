@@ -323,7 +323,8 @@ struct EchoHeaders;
 
 impl wiremock::Respond for EchoHeaders {
     fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {
-        let headers: Vec<String> = request.headers.iter().map(|(n, v)| format!("{n}: {}", v.to_str().unwrap())).collect();
+        let headers: Vec<String> =
+            request.headers.iter().map(|(n, v)| format!("{n}: {}", v.to_str().unwrap())).collect();
         error_reply(403, "AccessDeniedException", &format!("denied; you sent {}", headers.join("; ")))
     }
 }

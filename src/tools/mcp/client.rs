@@ -15,9 +15,8 @@ use rmcp::model::{
     Tool as McpToolInfo, UrlElicitationCapability,
 };
 use rmcp::service::{
-    ClientInitializeError,
-    InboundStreamOrigin, NotificationContext, Peer, PeerRequestOptions, RequestContext, RequestHandle, RoleClient,
-    RunningService, ServiceError,
+    ClientInitializeError, InboundStreamOrigin, NotificationContext, Peer, PeerRequestOptions, RequestContext,
+    RequestHandle, RoleClient, RunningService, ServiceError,
 };
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};

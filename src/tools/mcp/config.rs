@@ -200,8 +200,11 @@ impl McpTransport {
             Self::Http { url, headers, bearer_token } => {
                 let header_values = headers.values().map(Secret::expose);
                 let tokens = header_values.clone().filter_map(|v| v.strip_prefix("Bearer ")).map(str::trim);
-                let mut secrets: Vec<String> =
-                    header_values.chain(tokens).chain(bearer_token.as_ref().map(Secret::expose)).map(str::to_owned).collect();
+                let mut secrets: Vec<String> = header_values
+                    .chain(tokens)
+                    .chain(bearer_token.as_ref().map(Secret::expose))
+                    .map(str::to_owned)
+                    .collect();
                 secrets.extend(url_secrets(url));
                 secrets
             }
@@ -321,9 +324,11 @@ impl McpConfig {
             .map_err(|e| McpError::config(path.display(), format!("cannot read it ({e}); check {MCP_CONFIG_VAR}")))?;
         // The parsers' own messages quote the line at fault, which may hold a header's token.
         let raw = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("toml")) {
-            toml::from_str(&text).map_err(|e| McpError::config(path.display(), crate::config::toml_problem(&text, &e)))?
+            toml::from_str(&text)
+                .map_err(|e| McpError::config(path.display(), crate::config::toml_problem(&text, &e)))?
         } else {
-            serde_json::from_str(&text).map_err(|e| McpError::config(path.display(), crate::config::json_problem(&e)))?
+            serde_json::from_str(&text)
+                .map_err(|e| McpError::config(path.display(), crate::config::json_problem(&e)))?
         };
         Self::from_raw(raw, &lookup).map_err(|e| e.in_file(path))
     }

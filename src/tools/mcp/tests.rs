@@ -347,7 +347,8 @@ impl wiremock::Respond for EchoRequest {
 async fn an_http_servers_error_shows_none_of_its_headers_tokens_or_query_values() {
     let server = wiremock::MockServer::start().await;
     wiremock::Mock::given(wiremock::matchers::any()).respond_with(EchoRequest).mount(&server).await;
-    let bearer = json!({"mcpServers": {"remote": {"url": format!("{}/mcp", server.uri()), "bearerToken": "LEAK-bearer"}}});
+    let bearer =
+        json!({"mcpServers": {"remote": {"url": format!("{}/mcp", server.uri()), "bearerToken": "LEAK-bearer"}}});
     for config in [
         McpConfig::new().server(
             "remote",

@@ -59,8 +59,8 @@ use crate::{Error, Result};
 /// The cassette format this crate writes and reads.
 pub const FORMAT: u32 = 1;
 
-/// What stands in for a secret in a saved cassette.
-pub const REDACTED: &str = "[redacted]";
+/// What stands in for a secret in a saved cassette (and in an error or a log line).
+pub use crate::secret::REDACTED;
 
 /// A recording: LLM exchanges and tool calls, with what is needed to replay them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

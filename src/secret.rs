@@ -20,7 +20,11 @@ impl Secret {
     }
 }
 
-/// `text` with each of `secrets` replaced by `[redacted]`, in whatever form a service
+/// What stands in for a secret wherever it would be shown: an error, a log line, a
+/// saved cassette.
+pub const REDACTED: &str = "[redacted]";
+
+/// `text` with each of `secrets` replaced by [`REDACTED`], in whatever form a service
 /// may echo it back: as given, percent-encoded (upper or lower case hex, a space as
 /// `+` or `%20`, as a key sent in a query string comes back in a URL) or JSON-escaped
 /// (a `"`, `\` or `/` preceded by `\`). Empty secrets are skipped.
@@ -39,7 +43,7 @@ fn redact_one(text: &str, secret: &[u8]) -> String {
     while at < bytes.len() {
         match match_len(&bytes[at..], secret) {
             Some(len) => {
-                out.extend_from_slice(crate::cassette::REDACTED.as_bytes());
+                out.extend_from_slice(REDACTED.as_bytes());
                 at += len;
             }
             None => {

@@ -59,8 +59,8 @@ use crate::{Error, Result};
 /// The cassette format this crate writes and reads.
 pub const FORMAT: u32 = 1;
 
-/// What stands in for a secret in a saved cassette.
-pub const REDACTED: &str = "[redacted]";
+/// What stands in for a secret in a saved cassette (and in an error or a log line).
+pub use crate::secret::REDACTED;
 
 /// A recording: LLM exchanges and tool calls, with what is needed to replay them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -168,12 +168,9 @@ impl Cassette {
 
     /// The cassette as pretty JSON, with each of `secrets` replaced by [`REDACTED`].
     pub fn to_json_scrubbed(&self, secrets: &[String]) -> String {
-        let mut text = serde_json::to_string_pretty(self).unwrap_or_else(|_| "{}".to_owned());
-        for secret in secrets.iter().filter(|s| s.len() >= 4) {
-            // Keys are plain ASCII, so they appear in the JSON as they are.
-            text = text.replace(secret.as_str(), REDACTED);
-        }
-        text
+        let text = serde_json::to_string_pretty(self).unwrap_or_else(|_| "{}".to_owned());
+        // Shorter ones are no real keys, and would blank out words of the exchanges.
+        crate::secret::redact(&text, secrets.iter().map(String::as_str).filter(|s| s.len() >= 4))
     }
 }
 
@@ -193,6 +190,7 @@ fn secrets_of(config: &Config) -> Vec<String> {
         &config.gemini_api_key,
         &config.azure_openai_api_key,
         &config.azure_openai_ad_token,
+        &config.aws_access_key_id,
         &config.aws_secret_access_key,
         &config.aws_session_token,
         &config.tavily_api_key,

@@ -224,18 +224,51 @@ fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// `url` as a message may show it: its user info (a password, or a token given as
+/// the user) and the values of its query (where keys travel) as `***`, and its
+/// fragment dropped. Works on the text, so a URL that does not parse is masked too.
+pub(crate) fn shown_url(url: &str) -> String {
+    let without_fragment = url.split_once('#').map_or(url, |(before, _)| before);
+    let (base, query) = match without_fragment.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (without_fragment, None),
+    };
+    let authority_start = base.find("://").map_or(0, |at| at + 3);
+    let authority_end = base[authority_start..].find('/').map_or(base.len(), |at| authority_start + at);
+    let mut shown = base[..authority_start].to_owned();
+    match base[authority_start..authority_end].rsplit_once('@') {
+        Some((_, host)) => shown.push_str(&format!("***@{host}")),
+        None => shown.push_str(&base[authority_start..authority_end]),
+    }
+    shown.push_str(&base[authority_end..]);
+    if let Some(query) = query {
+        let masked: Vec<String> = query
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| pair.split_once('=').map_or_else(|| "***".to_owned(), |(name, _)| format!("{name}=***")))
+            .collect();
+        shown.push('?');
+        shown.push_str(&masked.join("&"));
+    }
+    if without_fragment.len() < url.len() {
+        shown.push_str("#***");
+    }
+    shown
+}
+
 /// Refuses `url` when offline mode is on and it does not point at a loopback host.
 pub(crate) fn check_allowed(url: &str) -> Result<(), String> {
     if !offline() {
         return Ok(());
     }
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("invalid URL {url}: {e}"))?;
+    let shown = shown_url(url);
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("invalid URL {shown}: {e}"))?;
     let host = parsed.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
     let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
     if loopback {
         Ok(())
     } else {
-        Err(format!("{OFFLINE_VAR} is set, so only loopback hosts may be called; refusing {url}"))
+        Err(format!("{OFFLINE_VAR} is set, so only loopback hosts may be called; refusing {shown}"))
     }
 }
 
@@ -263,6 +296,21 @@ pub(crate) mod tests {
     use std::sync::Arc;
 
     use super::*;
+
+    #[test]
+    fn shown_urls_mask_user_info_query_values_and_fragments() {
+        for (url, shown) in [
+            ("ftp://user:LEAKCANARYPW@host/v1", "ftp://***@host/v1"),
+            ("https://ghp_LEAKCANARY@github.com/x?y=1", "https://***@github.com/x?y=***"),
+            ("http://127.0.0.1:1/v1?key=LEAKCANARY&flag&&b=", "http://127.0.0.1:1/v1?key=***&***&b=***"),
+            ("https://host/v1#access_token=LEAKCANARY", "https://host/v1#***"),
+            ("user:LEAKCANARY@host:80/x", "***@host:80/x"),
+            ("localhost:8080/v1", "localhost:8080/v1"),
+            ("https://api.openai.com/v1", "https://api.openai.com/v1"),
+        ] {
+            assert_eq!(shown_url(url), shown, "{url}");
+        }
+    }
 
     #[test]
     fn offline_mode_allows_only_loopback() {

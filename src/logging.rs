@@ -41,7 +41,14 @@ config_enum!(
 /// Does nothing if a subscriber is already installed.
 ///
 /// [`Config::init_logging`](crate::Config::init_logging) calls this with the configured level.
+///
+/// Events of the AWS crates (targets `aws_*`) are kept at INFO and above whatever
+/// `RUST_LOG` or `level` asks: at TRACE, aws-sigv4 writes out the canonical request
+/// it signs, the session token included.
 pub fn init_logging(level: LogLevel, format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
     let spans = match level {
         LogLevel::Trace => tracing_subscriber::fmt::format::FmtSpan::CLOSE,
         _ => tracing_subscriber::fmt::format::FmtSpan::NONE,
@@ -52,15 +59,33 @@ pub fn init_logging(level: LogLevel, format: LogFormat) {
         .with_span_events(spans);
     // Already installed is not an error: the application's own subscriber wins.
     let _ = match format {
-        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init(),
-        LogFormat::Json => builder.json().with_current_span(false).try_init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .finish()
+            .with(credential_cap())
+            .try_init(),
+        LogFormat::Json => builder.json().with_current_span(false).finish().with(credential_cap()).try_init(),
     };
 }
 
 /// `RUST_LOG` when set, else portia's own events at `level`.
 fn env_filter(level: LogLevel) -> tracing_subscriber::EnvFilter {
-    tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("portia={level}")))
+    env_filter_from(std::env::var("RUST_LOG").ok(), level)
+}
+
+fn env_filter_from(rust_log: Option<String>, level: LogLevel) -> tracing_subscriber::EnvFilter {
+    rust_log
+        .and_then(|directives| tracing_subscriber::EnvFilter::try_new(directives).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(format!("portia={level}")))
+}
+
+/// The AWS crates' events at INFO and above only. A filter of its own rather than a
+/// directive added to `RUST_LOG`'s, which a more specific one
+/// (`aws_sigv4::http_request=trace`) would win over.
+fn credential_cap<S: tracing::Subscriber>() -> impl tracing_subscriber::Layer<S> {
+    tracing_subscriber::filter::filter_fn(|meta| {
+        !meta.target().starts_with("aws_") || *meta.level() <= tracing::Level::INFO
+    })
 }
 
 /// Spans exported over OTLP until this is dropped; dropping it sends what is left.
@@ -107,6 +132,7 @@ pub fn init_otlp(level: LogLevel, endpoint: Option<&str>) -> crate::Result<OtlpG
     let tracer = provider.tracer("portia");
     tracing_subscriber::registry()
         .with(env_filter(level))
+        .with(credential_cap())
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .with(tracing_opentelemetry::layer().with_tracer(tracer))
         .try_init()
@@ -132,4 +158,47 @@ fn otlp_client(setting: &str) -> crate::Result<reqwest::blocking::Client> {
         .join()
         .map_err(|_| failed("its thread panicked".into()))?
         .map_err(|e| failed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    use super::*;
+
+    #[test]
+    fn aws_crates_log_at_info_at_most_whatever_rust_log_asks() {
+        let lines = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let writer = lines.clone();
+        let rust_log = "trace,aws_sigv4=trace,aws_sigv4::http_request=trace".to_owned();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(env_filter_from(Some(rust_log), LogLevel::Trace))
+            .with_ansi(false)
+            .with_writer(move || WriteTo(writer.clone()))
+            .finish()
+            .with(credential_cap());
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::trace!(target: "aws_sigv4::http_request::sign", canonical_request = "x-amz-security-token:LEAK");
+            tracing::debug!(target: "aws_credential_types", "LEAK too");
+            tracing::info!(target: "aws_sigv4", "signing kept at info");
+            tracing::trace!(target: "portia::llm", "portia's own trace");
+        });
+        let logged = String::from_utf8(lines.lock().unwrap().clone()).unwrap();
+        assert!(!logged.contains("LEAK"), "{logged}");
+        assert!(logged.contains("signing kept at info") && logged.contains("portia's own trace"), "{logged}");
+    }
+
+    struct WriteTo(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for WriteTo {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
 }

@@ -13,6 +13,7 @@
 mod aws;
 mod builder;
 mod enums;
+mod files;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::secret::Secret;
 pub use builder::ConfigBuilder;
 pub use enums::{AgentKind, ExecutionMode, StorageKind};
+pub(crate) use files::{json_problem, toml_problem};
 
 pub use crate::budget::{Budget, Price, Prices};
 pub use crate::http::{OFFLINE_VAR, offline, set_offline};
@@ -321,6 +323,10 @@ impl Default for Config {
 /// completes 99.9% of the time instead of 96%.
 pub const DEFAULT_MAX_RETRIES: u32 = 6;
 
+/// The longest any duration setting may be: far beyond any sensible timeout, lease
+/// or budget, and far short of what overflows a clock.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
 /// The reply cap of summaries unless configured: a summary is short, and a smaller
 /// cap leaves more of a small context window to the prompt.
 const DEFAULT_SUMMARY_MAX_TOKENS: u32 = 2048;
@@ -377,7 +383,7 @@ impl Config {
     /// [`Error::InvalidConfig`] naming the variable when a value is not valid, or the
     /// file when it cannot be parsed.
     pub fn from_env_and_file(path: impl AsRef<Path>) -> Result<Self> {
-        let file = read_dotenv(path.as_ref())?;
+        let file = files::read_dotenv(path.as_ref())?;
         let lookup = |name: &str| std::env::var(name).ok().or_else(|| file.get(name).map(|v| v.expose().to_owned()));
         let mut config = Self::from_vars(lookup)?;
         if std::env::var_os(crate::http::OFFLINE_VAR).is_none()
@@ -532,10 +538,11 @@ impl Config {
         let path = path.as_ref();
         let setting = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| Error::invalid_config(&setting, e.to_string()))?;
+        // The parsers' own messages quote the line at fault, which may hold a key.
         let mut config: Config = if is_toml(path) {
-            toml::from_str(&text).map_err(|e| Error::invalid_config(&setting, e.to_string()))?
+            toml::from_str(&text).map_err(|e| Error::invalid_config(&setting, files::toml_problem(&text, &e)))?
         } else {
-            serde_json::from_str(&text).map_err(|e| Error::invalid_config(&setting, e.to_string()))?
+            serde_json::from_str(&text).map_err(|e| Error::invalid_config(&setting, files::json_problem(&e)))?
         };
         let env = Vars(|name: &str| std::env::var(name).ok());
         config.fill_secrets(&env);
@@ -598,12 +605,96 @@ impl Config {
             ));
         }
         self.validate_postgres()?;
+        self.validate_durations()?;
+        self.validate_budget()?;
+        self.validate_secrets()?;
         self.validate_urls()?;
         let models = [&self.default_model, &self.planning_model, &self.execution_model, &self.summary_model];
         if models.iter().any(|m| m.as_deref().is_some_and(|m| split_provider(m).1.trim().is_empty())) {
             return Err(Error::invalid_config("model", "a model name is empty; give a name such as gpt-4.1-mini"));
         }
         self.validate_model_names()
+    }
+
+    /// Checks that no duration is beyond [`MAX_DURATION`]: a timer that far off
+    /// overflows the clock (a panic in a runtime worker) rather than waiting.
+    fn validate_durations(&self) -> Result<()> {
+        let max_secs = MAX_DURATION.as_secs();
+        let seconds = [
+            ("PORTIA_REQUEST_TIMEOUT_SECS", Some(self.request_timeout_secs)),
+            ("PORTIA_LLM_DEADLINE_SECS", Some(self.llm_deadline_secs)),
+            ("PORTIA_HTTP_IDLE_TIMEOUT_SECS", Some(self.http_idle_timeout_secs)),
+            ("PORTIA_LEASE_TTL_SECS", Some(self.lease_ttl_secs)),
+            ("PORTIA_BUDGET_SECONDS", self.budget.seconds),
+        ];
+        let millis = [
+            ("PORTIA_REQUEST_TIMEOUT_MS", self.request_timeout_ms),
+            ("PORTIA_RETRY_BACKOFF_MS", Some(self.retry_backoff_ms)),
+        ];
+        let too_long = seconds
+            .into_iter()
+            .filter_map(|(var, secs)| Some((var, secs?, max_secs, "seconds")))
+            .chain(millis.into_iter().filter_map(|(var, ms)| Some((var, ms?, max_secs * 1000, "milliseconds"))))
+            .find(|(_, value, max, _)| value > max);
+        match too_long {
+            Some((var, value, max, unit)) => Err(Error::invalid_config(
+                var,
+                format!("{value} {unit} is more than the {max} (7 days) a duration may be: set {var} lower"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks that a cost budget is a number of dollars above zero.
+    fn validate_budget(&self) -> Result<()> {
+        match self.budget.usd {
+            Some(usd) if !(usd.is_finite() && usd > 0.0) => Err(Error::invalid_config(
+                "PORTIA_BUDGET_USD",
+                format!(
+                    "{usd} is no cost budget: give a number of US dollars above 0, such as 0.50, or leave it unset"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks that no key holds a control character (a newline, a `\x01`): HTTP
+    /// headers cannot carry one, and the error would come at the first call, naming
+    /// a header rather than the variable. The value is never shown.
+    fn validate_secrets(&self) -> Result<()> {
+        let bad = self
+            .secrets()
+            .into_iter()
+            .find(|(_, secret)| secret.is_some_and(|s| s.expose().contains(char::is_control)));
+        match bad {
+            Some((var, _)) => Err(Error::invalid_config(
+                var,
+                "the value holds a control character (such as a newline or \\x01), which HTTP cannot carry: \
+                 set it again without it (the value is not shown)",
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Every secret with the variable that gives it.
+    fn secrets(&self) -> [(&'static str, Option<&Secret>); 15] {
+        [
+            ("OPENAI_API_KEY", self.openai_api_key.as_ref()),
+            ("PORTIA_LLM_API_KEY", self.llm_api_key.as_ref()),
+            ("ANTHROPIC_API_KEY", self.anthropic_api_key.as_ref()),
+            ("MISTRAL_API_KEY", self.mistral_api_key.as_ref()),
+            ("GROQ_API_KEY", self.groq_api_key.as_ref()),
+            ("OPENROUTER_API_KEY", self.openrouter_api_key.as_ref()),
+            ("GEMINI_API_KEY", self.gemini_api_key.as_ref()),
+            ("AZURE_OPENAI_API_KEY", self.azure_openai_api_key.as_ref()),
+            ("AZURE_OPENAI_AD_TOKEN", self.azure_openai_ad_token.as_ref()),
+            ("AWS_ACCESS_KEY_ID", self.aws_access_key_id.as_ref()),
+            ("AWS_SECRET_ACCESS_KEY", self.aws_secret_access_key.as_ref()),
+            ("AWS_SESSION_TOKEN", self.aws_session_token.as_ref()),
+            ("TAVILY_API_KEY", self.tavily_api_key.as_ref()),
+            ("OPENWEATHERMAP_API_KEY", self.openweathermap_api_key.as_ref()),
+            ("PORTIA_DATABASE_URL", self.database_url.as_ref()),
+        ]
     }
 
     /// Checks that every model name's `provider/` prefix names a known provider.
@@ -633,8 +724,10 @@ impl Config {
         Ok(())
     }
 
-    /// Checks that every base URL set is an absolute `http` or `https` URL, naming the
-    /// variable of one that is not (rather than the HTTP client's words at call time).
+    /// Checks that every base URL set is an absolute `http` or `https` URL without a
+    /// query or fragment (paths are added after it), naming the variable of one that
+    /// is not (rather than the HTTP client's words at call time). The URL is shown
+    /// masked ([`crate::http::shown_url`]): it may hold a password or a key.
     fn validate_urls(&self) -> Result<()> {
         let urls = [
             ("PORTIA_LLM_BASE_URL", &self.llm_base_url),
@@ -648,15 +741,21 @@ impl Config {
         ];
         for (var, url) in urls {
             let Some(url) = url else { continue };
+            let shown = crate::http::shown_url(url);
+            let fix = "give one such as https://host/v1";
             let problem = match reqwest::Url::parse(url) {
                 Ok(parsed) if !matches!(parsed.scheme(), "http" | "https") => {
-                    format!("{url:?} is not an http or https URL")
+                    format!("{shown:?} is not an http or https URL: {fix}")
                 }
-                Ok(parsed) if parsed.host_str().is_none() => format!("{url:?} names no host"),
+                Ok(parsed) if parsed.host_str().is_none() => format!("{shown:?} names no host: {fix}"),
+                Ok(parsed) if parsed.query().is_some() || parsed.fragment().is_some() => format!(
+                    "{shown:?} has a query string or fragment, which a base URL cannot take (paths are added \
+                     after it): remove what follows `?` or `#`"
+                ),
                 Ok(_) => continue,
-                Err(e) => format!("{url:?} is not a URL ({e})"),
+                Err(e) => format!("{shown:?} is not a URL ({e}): {fix}"),
             };
-            return Err(Error::invalid_config(var, format!("{problem}: give one such as https://host/v1")));
+            return Err(Error::invalid_config(var, problem));
         }
         Ok(())
     }
@@ -862,17 +961,6 @@ impl Config {
     }
 }
 
-/// The variables of the dotenv file at `path`, or none when there is no file.
-fn read_dotenv(path: &Path) -> Result<std::collections::BTreeMap<String, Secret>> {
-    let invalid = |e: dotenvy::Error| Error::invalid_config(path.display().to_string(), e.to_string());
-    let entries = match dotenvy::from_path_iter(path) {
-        Ok(entries) => entries,
-        Err(e) if e.not_found() => return Ok(std::collections::BTreeMap::new()),
-        Err(e) => return Err(invalid(e)),
-    };
-    entries.map(|entry| entry.map(|(name, value)| (name, Secret::new(value))).map_err(invalid)).collect()
-}
-
 fn set<T>(field: &mut T, value: Option<T>) {
     if let Some(value) = value {
         *field = value;
@@ -915,6 +1003,10 @@ mod tests {
         std::fs::write(&path, "NOT A LINE\n").unwrap();
         let err = Config::from_env_and_file(&path).unwrap_err();
         assert!(matches!(&err, Error::InvalidConfig { setting, .. } if setting.ends_with(".env")), "{err}");
+        std::fs::write(&path, "PORTIA_AGENT=verifier\n\nOPENAI_API_KEY=sk-LEAKCANARY dotenv\n").unwrap();
+        let message = Config::from_env_and_file(&path).unwrap_err().to_string();
+        assert!(message.contains("line 3 (OPENAI_API_KEY) cannot be parsed"), "{message}");
+        assert!(message.contains("the value is not shown") && !message.contains("LEAKCANARY"), "{message}");
     }
 
     #[test]
@@ -931,6 +1023,28 @@ mod tests {
         }
         let fine = Config::from_vars(|name| (name == "OPENAI_BASE_URL").then(|| "http://127.0.0.1:8080/v1".into()));
         assert!(fine.is_ok());
+    }
+
+    #[test]
+    fn a_refused_base_url_is_shown_without_its_credentials() {
+        let err = Config::from_vars(vars(&[("OPENAI_BASE_URL", "ftp://user:LEAKCANARYPW@host/v1")])).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("ftp://***@host/v1") && !message.contains("LEAKCANARY"), "{message}");
+    }
+
+    #[test]
+    fn a_base_url_with_a_query_or_fragment_is_refused_naming_its_variable() {
+        for (var, url) in [
+            ("OPENAI_BASE_URL", "http://127.0.0.1:1/v1?key=LEAKCANARY"),
+            ("ANTHROPIC_BASE_URL", "http://127.0.0.1:1/v1?"),
+            ("TAVILY_BASE_URL", "http://127.0.0.1:1#frag"),
+            ("AZURE_OPENAI_ENDPOINT", "https://r.openai.azure.com/?api-version=1"),
+        ] {
+            let err = Config::from_vars(vars(&[(var, url)])).unwrap_err();
+            let message = err.to_string();
+            assert!(matches!(&err, Error::InvalidConfig { setting, .. } if setting == var), "{message}");
+            assert!(message.contains("query string or fragment") && !message.contains("LEAKCANARY"), "{message}");
+        }
     }
 
     #[test]
@@ -974,6 +1088,51 @@ mod tests {
         assert_eq!((config.budget.llm_calls, config.budget.usd, config.budget.tokens), (Some(20), Some(0.5), None));
         let err = Config::from_vars(vars(&[("PORTIA_BUDGET_TOKENS", "lots")])).unwrap_err();
         assert!(err.to_string().contains("PORTIA_BUDGET_TOKENS"), "{err}");
+    }
+
+    #[test]
+    fn a_duration_beyond_seven_days_is_refused_naming_its_variable() {
+        for (var, too_long) in [
+            ("PORTIA_HTTP_IDLE_TIMEOUT_SECS", "18446744073709551615"),
+            ("PORTIA_REQUEST_TIMEOUT_SECS", "604801"),
+            ("PORTIA_REQUEST_TIMEOUT_MS", "604800001"),
+            ("PORTIA_LLM_DEADLINE_SECS", "99999999999"),
+            ("PORTIA_RETRY_BACKOFF_MS", "18446744073709551615"),
+            ("PORTIA_LEASE_TTL_SECS", "604801"),
+            ("PORTIA_BUDGET_SECONDS", "18446744073709551615"),
+        ] {
+            let err = Config::from_vars(vars(&[(var, too_long)])).unwrap_err();
+            assert!(matches!(&err, Error::InvalidConfig { setting, .. } if setting == var), "{err}");
+            assert!(
+                err.to_string().contains("7 days") && err.to_string().contains(&format!("set {var} lower")),
+                "{err}"
+            );
+        }
+        assert!(Config::from_vars(vars(&[("PORTIA_HTTP_IDLE_TIMEOUT_SECS", "604800")])).is_ok());
+        let err = Config::builder().request_timeout(Duration::MAX).build().unwrap_err();
+        assert!(matches!(&err, Error::InvalidConfig { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_cost_budget_must_be_a_number_of_dollars_above_zero() {
+        for usd in ["NaN", "-1", "0", "inf"] {
+            let err = Config::from_vars(vars(&[("PORTIA_BUDGET_USD", usd)])).unwrap_err();
+            assert!(matches!(&err, Error::InvalidConfig { setting, .. } if setting == "PORTIA_BUDGET_USD"), "{err}");
+            assert!(err.to_string().contains("above 0"), "{err}");
+        }
+        let err = Config::builder().budget(Budget::default().usd(f64::NAN)).build().unwrap_err();
+        assert!(err.to_string().contains("PORTIA_BUDGET_USD"), "{err}");
+    }
+
+    #[test]
+    fn a_key_with_a_control_character_is_refused_naming_its_variable_not_its_value() {
+        for var in ["OPENAI_API_KEY", "OPENWEATHERMAP_API_KEY", "AWS_SESSION_TOKEN"] {
+            let err = Config::from_vars(vars(&[(var, "sk-LEAKCANARY\x01x")])).unwrap_err();
+            assert!(matches!(&err, Error::InvalidConfig { setting, .. } if setting == var), "{err}");
+            assert!(!err.to_string().contains("LEAKCANARY"), "{err}");
+        }
+        let err = Config::builder().anthropic_api_key("a\nb").build().unwrap_err();
+        assert!(err.to_string().contains("ANTHROPIC_API_KEY"), "{err}");
     }
 
     #[test]
@@ -1056,6 +1215,23 @@ mod tests {
             let mut back = Config::from_file(&path).unwrap();
             back.strip_secrets_for_test();
             assert_eq!(back, config, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_config_file_that_does_not_parse_is_located_but_not_quoted() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text, at) in [
+            ("c3.toml", "max_retries = 2\nopenai_api_key = sk-LEAKCANARY-file\n", "line 2, column 18"),
+            ("c3.json", "{\n  \"openai_api_key\": sk-LEAKCANARY-file\n}", "line 2, column 21"),
+            ("c4.json", "{\"openai_api_key\": \"sk-LEAKCANARY-file", "line 1, column 38"),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            let err = Config::from_file(&path).unwrap_err();
+            let message = err.to_string();
+            assert!(matches!(&err, Error::InvalidConfig { setting, .. } if setting.ends_with(name)), "{message}");
+            assert!(message.contains(at) && !message.contains("LEAKCANARY") && !message.contains('\n'), "{message}");
         }
     }
 

@@ -19,7 +19,7 @@ use super::rate_limit::Limiters;
 use super::reply::{CallShape, system_text, usage_with_cache_apart};
 use super::schema::{SentSchema, object_schema, portable_shared};
 use super::stream::Deltas;
-use super::transport::{Account, Endpoint, Reply, secret_header};
+use super::transport::{Account, Endpoint, Reply};
 use super::{
     LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, Message, OutputSchema, Role, ToolChoice, Usage,
 };
@@ -71,8 +71,7 @@ impl AnthropicClient {
         let mut endpoint = self.account.endpoint(LlmProvider::Anthropic, model, url);
         endpoint.headers.insert("anthropic-version", HeaderValue::from_static(API_VERSION));
         if let Some(key) = &self.account.key {
-            let (name, value) = secret_header("x-api-key", key.expose()).map_err(|e| endpoint.not_sent(e))?;
-            endpoint.headers.insert(name, value);
+            endpoint.add_key_header("x-api-key", key.expose())?;
         }
         Ok(endpoint)
     }

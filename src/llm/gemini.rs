@@ -18,7 +18,7 @@ use super::rate_limit::Limiters;
 use super::reply::{CallShape, Turns, system_text};
 use super::schema::{object_schema, portable};
 use super::stream::Deltas;
-use super::transport::{Account, Endpoint, Reply, secret_header};
+use super::transport::{Account, Endpoint, Reply};
 use super::{LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, Message, Role, ToolChoice, Usage};
 
 /// A client for the Gemini API.
@@ -61,8 +61,7 @@ impl GeminiClient {
             return Err(endpoint.not_sent(format!("{model:?} is not a Gemini model name (such as gemini-2.5-flash)")));
         }
         if let Some(key) = &self.account.key {
-            let (name, value) = secret_header("x-goog-api-key", key.expose()).map_err(|e| endpoint.not_sent(e))?;
-            endpoint.headers.insert(name, value);
+            endpoint.add_key_header("x-goog-api-key", key.expose())?;
         }
         Ok(endpoint)
     }

@@ -26,7 +26,7 @@ use super::openai_stream::ChunkReader;
 use super::rate_limit::Limiters;
 use super::schema::{Portable, SentSchema, portable_shared};
 use super::stream::Deltas;
-use super::transport::{Account, Endpoint, Reply, secret_header};
+use super::transport::{Account, Endpoint, Reply};
 use super::{
     LlmError, LlmProvider, LlmRequest, LlmResponse, LlmSettings, Message, Role, ToolCall, ToolChoice, ToolDefinition,
     Usage,
@@ -133,13 +133,11 @@ impl OpenAiClient {
             None => true,
         };
         if let Some(key) = &self.account.key {
-            let header = if bearer {
-                secret_header("authorization", &format!("Bearer {}", key.expose()))
+            if bearer {
+                endpoint.add_key_header("authorization", &format!("Bearer {}", key.expose()))?;
             } else {
-                secret_header("api-key", key.expose())
-            };
-            let (name, value) = header.map_err(|e| endpoint.not_sent(e))?;
-            endpoint.headers.insert(name, value);
+                endpoint.add_key_header("api-key", key.expose())?;
+            }
         }
         Ok(endpoint)
     }

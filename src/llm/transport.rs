@@ -23,6 +23,9 @@ pub(crate) struct Account {
     pub(crate) http: reqwest::Client,
     pub(crate) base_url: String,
     pub(crate) key: Option<Secret>,
+    /// Every credential of the account (the key; for Bedrock, the AWS keys and
+    /// session token), kept to scrub from anything the provider echoes back.
+    credentials: Vec<Secret>,
     pub(crate) timeout: Duration,
     limiters: std::sync::Arc<super::rate_limit::Limiters>,
     urls: crate::http::UrlMemo,
@@ -36,10 +39,17 @@ impl Account {
         provider: LlmProvider,
         limiters: std::sync::Arc<super::rate_limit::Limiters>,
     ) -> Self {
+        let key = settings.key(provider);
+        let mut credentials: Vec<Secret> = key.iter().cloned().collect();
+        if let (LlmProvider::Bedrock, (Some(aws), _)) = (provider, settings.aws()) {
+            let (id, secret, token) = aws.clone().into_parts();
+            credentials.extend([id, secret].into_iter().chain(token));
+        }
         Self {
             http,
             base_url: settings.url(provider),
-            key: settings.key(provider),
+            key,
+            credentials,
             timeout: settings.timeout(),
             limiters,
             urls: crate::http::UrlMemo::default(),
@@ -56,7 +66,7 @@ impl Account {
             model,
             url,
             headers: HeaderMap::new(),
-            key: self.key.as_ref(),
+            credentials: &self.credentials,
             key_var: provider.api_key_var(),
             timeout: self.timeout,
             limiter: Some(self.limiters.for_model(provider, model)),
@@ -74,8 +84,8 @@ pub(crate) struct Endpoint<'a> {
     pub(crate) url: String,
     /// Authentication and version headers (values are marked sensitive).
     pub(crate) headers: HeaderMap,
-    /// Kept only to scrub it from anything the provider echoes back.
-    pub(crate) key: Option<&'a Secret>,
+    /// The account's credentials, kept only to scrub them from anything the provider echoes back.
+    credentials: &'a [Secret],
     /// The variable to name when the provider refuses the key.
     pub(crate) key_var: Option<&'static str>,
     /// The HTTP client's per-request timeout, to report when it fires.
@@ -261,7 +271,8 @@ impl Endpoint<'_> {
             if e.is_data() {
                 self.unexpected_shape(&e)
             } else {
-                self.invalid(format!("the body is not valid JSON ({e}); it starts with: {}", excerpt(bytes)))
+                let start = excerpt(self.scrubbed(bytes).as_bytes());
+                self.invalid(format!("the body is not valid JSON ({e}); it starts with: {start}"))
             }
         })
     }
@@ -334,18 +345,37 @@ impl Endpoint<'_> {
             provider: self.provider_name(),
             model: self.model.to_owned(),
             status,
-            message: self.redact(&error_message(body)),
+            message: error_message(self.scrubbed(body).as_bytes()),
             retry_after: retry_after(headers).or_else(|| retry_delay(body)),
             key_var: matches!(status, 401 | 403).then(|| self.key_var.map(str::to_owned)).flatten(),
         }
     }
 
-    /// Providers sometimes quote the key they were sent; it must not reach an error.
+    /// Adds a header that carries the key, marked sensitive so `Debug` output hides it.
+    /// A key HTTP cannot carry is named by its variable (never shown).
+    pub(crate) fn add_key_header(&mut self, name: &'static str, value: &str) -> Result<(), LlmError> {
+        let mut value = HeaderValue::from_str(value).map_err(|_| {
+            let key = self.key_var.map_or_else(|| "the API key".to_owned(), |var| format!("the key in {var}"));
+            self.not_sent(format!(
+                "{key} holds characters an HTTP header cannot carry (a control character, such as a \
+                 newline): set it again without them"
+            ))
+        })?;
+        value.set_sensitive(true);
+        self.headers.insert(HeaderName::from_static(name), value);
+        Ok(())
+    }
+
+    /// Providers sometimes quote the key or the signed headers they were sent; no
+    /// credential may reach an error.
     fn redact(&self, text: &str) -> String {
-        match self.key.map(Secret::expose).filter(|key| !key.is_empty()) {
-            Some(key) if text.contains(key) => text.replace(key, "[redacted]"),
-            _ => text.to_owned(),
-        }
+        crate::secret::redact(text, self.credentials.iter().map(Secret::expose))
+    }
+
+    /// `body` as text with the credentials scrubbed, before any of it is cut to an
+    /// excerpt: a cut through a key would leave part of it that no longer matches.
+    fn scrubbed(&self, body: &[u8]) -> String {
+        self.redact(&String::from_utf8_lossy(body))
     }
 }
 
@@ -360,14 +390,6 @@ fn looks_like_events(body: &[u8]) -> bool {
 fn is_event_stream(headers: &HeaderMap) -> bool {
     let content_type = headers.get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     content_type.is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
-}
-
-/// A header that carries a secret: marked sensitive so `Debug` output hides it.
-pub(crate) fn secret_header(name: &'static str, value: &str) -> Result<(HeaderName, HeaderValue), String> {
-    let mut value = HeaderValue::from_str(value)
-        .map_err(|_| format!("the API key for the {name} header contains characters HTTP headers cannot carry"))?;
-    value.set_sensitive(true);
-    Ok((HeaderName::from_static(name), value))
 }
 
 /// The provider's own message, else the start of the raw body.

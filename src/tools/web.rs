@@ -198,7 +198,7 @@ fn classify(
 /// the API echoed it.
 pub(super) fn api_message(body: &str, key: &str) -> String {
     let message = crate::text::api_error_message(body.as_bytes()).unwrap_or_else(|| body.trim().to_owned());
-    let message = if key.is_empty() { message } else { message.replace(key, "[redacted]") };
+    let message = crate::secret::redact(&message, [key]);
     if message.is_empty() { "no details given".to_owned() } else { crate::text::clip(&message, MESSAGE_LIMIT, "…") }
 }
 

@@ -213,6 +213,41 @@ fn planning_without_a_key_exits_1_naming_the_variable() {
     assert!(err.contains("OPENAI_API_KEY"), "{err}");
 }
 
+/// `portia args` in `dir` with `vars` set, which must fail with one line on stderr
+/// (not a panic's several) that shows none of the secrets the tests plant.
+fn refused_in_one_line(dir: &Path, args: &[&str], vars: &[(&str, &str)]) -> String {
+    let output = portia(dir).args(args).envs(vars.iter().copied()).output().unwrap();
+    let err = stderr(&output);
+    assert_eq!((code(&output), err.lines().count()), (1, 1), "{args:?} {vars:?}: {err}");
+    assert!(!err.contains("LEAKCANARY") && !err.contains("panicked"), "{args:?} {vars:?}: {err}");
+    err
+}
+
+/// The tester's reports, run as they were: each bad setting is named, where it is
+/// wrong, and its secret is not shown.
+#[test]
+fn bad_settings_are_refused_in_one_line_that_shows_no_secret() {
+    let dir = workdir();
+    std::fs::write(dir.path().join(".env"), "A=1\nOPENAI_API_KEY=sk-LEAKCANARY dotenv\n").unwrap();
+    let err = refused_in_one_line(dir.path(), &["plan", "x"], &[]);
+    assert!(err.contains(".env`: line 2 (OPENAI_API_KEY) cannot be parsed"), "{err}");
+    std::fs::remove_file(dir.path().join(".env")).unwrap();
+
+    std::fs::write(dir.path().join("c3.toml"), "openai_api_key = sk-LEAKCANARY-file\n").unwrap();
+    let err = refused_in_one_line(dir.path(), &["--config", "c3.toml", "plan", "x"], &[]);
+    assert!(err.contains("c3.toml`: line 1, column 18"), "{err}");
+
+    let err = refused_in_one_line(dir.path(), &["plan", "x"], &[("OPENAI_BASE_URL", "ftp://u:LEAKCANARYPW@host/v1")]);
+    assert!(err.contains("ftp://***@host/v1"), "{err}");
+    let err =
+        refused_in_one_line(dir.path(), &["plan", "x"], &[("OPENAI_BASE_URL", "http://127.0.0.1:1/v1?key=LEAKCANARY")]);
+    assert!(err.contains("`OPENAI_BASE_URL`") && err.contains("query string"), "{err}");
+
+    let forever = [("OPENAI_API_KEY", "sk-test"), ("PORTIA_HTTP_IDLE_TIMEOUT_SECS", "18446744073709551615")];
+    let err = refused_in_one_line(dir.path(), &["plan", "What is 3+4?"], &forever);
+    assert!(err.contains("`PORTIA_HTTP_IDLE_TIMEOUT_SECS`"), "{err}");
+}
+
 #[test]
 fn commands_that_need_no_model_need_no_key() {
     let dir = workdir();

@@ -297,6 +297,17 @@ async fn unauthorized_names_the_key_variable_and_never_the_key() {
 }
 
 #[tokio::test]
+async fn a_key_cut_by_the_excerpt_of_a_long_body_is_not_shown_in_part() {
+    // Not JSON, so the error keeps an excerpt of the body; the cut falls inside the key.
+    let body = format!("{}{KEY}", "x".repeat(295));
+    let server = MockServer::start().await;
+    mount_exactly(&server, ResponseTemplate::new(401).set_body_string(body), 1).await;
+    let err = client(config(&server)).chat(ask("hi")).await.unwrap_err();
+    let shown = err.to_string();
+    assert!(!shown.contains(&KEY[..5]), "{shown}");
+}
+
+#[tokio::test]
 async fn slow_server_times_out_after_the_request_timeout() {
     let server = MockServer::start().await;
     mount_exactly(&server, text_reply("late").set_delay(Duration::from_secs(5)), 1).await;

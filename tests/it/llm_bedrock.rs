@@ -318,6 +318,30 @@ async fn refused_credentials_name_the_variables_and_never_the_secret() {
     assert!(shown.contains("AWS_ACCESS_KEY_ID") && !shown.contains(SECRET), "{shown}");
 }
 
+/// Answers 403 quoting the request's headers, as a misbehaving proxy may.
+struct EchoHeaders;
+
+impl wiremock::Respond for EchoHeaders {
+    fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {
+        let headers: Vec<String> =
+            request.headers.iter().map(|(n, v)| format!("{n}: {}", v.to_str().unwrap())).collect();
+        error_reply(403, "AccessDeniedException", &format!("denied; you sent {}", headers.join("; ")))
+    }
+}
+
+#[tokio::test]
+async fn an_error_echoing_the_signed_headers_shows_no_credential() {
+    let server = MockServer::start().await;
+    let token = "FwoGZXIvYXdzLEAKCANARYTOKEN";
+    Mock::given(method("POST")).respond_with(EchoHeaders).mount(&server).await;
+    let err = client(config(&server).aws_session_token(token)).chat(ask("hi")).await.unwrap_err();
+    let shown = format!("{err} {err:?}");
+    assert!(shown.contains("x-amz-security-token: [redacted]"), "the double echoed the headers: {shown}");
+    for credential in [KEY_ID, SECRET, token] {
+        assert!(!shown.contains(credential), "{credential} in {shown}");
+    }
+}
+
 #[tokio::test]
 async fn missing_credentials_or_region_are_errors_naming_what_to_set() {
     let no_keys = Config::builder().llm_provider(LlmProvider::Bedrock).aws_region("us-east-1").build().unwrap();

@@ -596,3 +596,18 @@ async fn compatible_servers_get_max_tokens_and_portable_schemas() {
         assert_eq!(schema["properties"]["value"], json!({}));
     }
 }
+
+#[tokio::test]
+async fn a_key_http_cannot_carry_is_named_by_its_variable() {
+    let server = MockServer::start().await;
+    let config = Config::builder().openai_api_key("sk-x\u{1}").openai_base_url(format!("{}/v1", server.uri()));
+    let err = config.clone().build().unwrap_err();
+    assert!(matches!(&err, Error::InvalidConfig { setting, .. } if setting == "OPENAI_API_KEY"), "{err}");
+    // Settings made in code are not checked until the call, which names the variable too.
+    let settings = portia::llm::LlmSettings::new(LlmProvider::OpenAi)
+        .api_key(LlmProvider::OpenAi, "sk-x\u{1}")
+        .base_url(LlmProvider::OpenAi, format!("{}/v1", server.uri()));
+    let err = portia::llm::client(settings).chat(ask("hi")).await.unwrap_err();
+    assert!(matches!(&err, LlmError::NotSent { .. }) && err.to_string().contains("OPENAI_API_KEY"), "{err}");
+    assert!(server.received_requests().await.unwrap().is_empty());
+}

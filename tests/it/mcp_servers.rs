@@ -58,7 +58,10 @@ async fn a_stdio_server_sees_none_of_this_process_s_variables_but_path_home_and_
     let err = McpToolRegistry::connect(&McpConfig::new().server("envdump", server)).await.unwrap_err();
     let McpError::Connect { stderr, .. } = err else { panic!("expected a connection error, got {err:?}") };
     let names: Vec<&str> = stderr.iter().filter_map(|line| line.split_once('=').map(|(name, _)| name)).collect();
-    assert!(stderr.contains(&"SERVER_TOKEN=t0k3n".to_owned()) && names.contains(&"PATH"), "{stderr:?}");
+    assert!(names.contains(&"SERVER_TOKEN") && names.contains(&"PATH"), "{stderr:?}");
+    // What its entry gave it is a secret to portia: blanked out of the stderr tail.
+    assert!(stderr.contains(&"SERVER_TOKEN=[redacted]".to_owned()), "{stderr:?}");
+    assert!(!stderr.iter().any(|line| line.contains("t0k3n")), "{stderr:?}");
     // The shell adds PWD, OLDPWD, SHLVL and _ itself.
     let allowed = ["PATH", "HOME", "LANG", "SERVER_TOKEN", "PWD", "OLDPWD", "SHLVL", "_"];
     assert!(names.iter().all(|name| allowed.contains(name)), "{stderr:?}");

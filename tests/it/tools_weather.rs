@@ -128,6 +128,28 @@ async fn rejected_key_is_a_hard_error_that_does_not_show_the_key() {
     assert!(!message.contains(KEY), "{message}");
 }
 
+/// Answers 401 quoting the query string it got, as a proxy or an API may.
+struct EchoQuery;
+
+impl wiremock::Respond for EchoQuery {
+    fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {
+        let message = format!("Invalid API key in {}", request.url.query().unwrap_or_default());
+        ResponseTemplate::new(401).set_body_json(json!({"cod": 401, "message": message}))
+    }
+}
+
+#[tokio::test]
+async fn a_key_echoed_percent_encoded_is_redacted_too() {
+    let key = "owm/LEAKCANARY+x=";
+    let server = MockServer::start().await;
+    Mock::given(method("GET")).respond_with(EchoQuery).mount(&server).await;
+    let config = Config::builder().openweathermap_api_key(key).openweathermap_base_url(server.uri()).build().unwrap();
+    let err = weather(config, "Paris").await.unwrap_err();
+    let ToolError::Hard(message) = &err else { panic!("expected hard, got {err:?}") };
+    assert!(message.contains("appid=[redacted]"), "the service echoed the query: {message}");
+    assert!(!message.contains("LEAKCANARY"), "{message}");
+}
+
 #[tokio::test]
 async fn rate_limits_and_server_errors_are_transient_and_bad_city_arguments_soft() {
     for status in [400, 429, 500, 503] {

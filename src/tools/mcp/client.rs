@@ -15,8 +15,8 @@ use rmcp::model::{
     Tool as McpToolInfo, UrlElicitationCapability,
 };
 use rmcp::service::{
-    InboundStreamOrigin, NotificationContext, Peer, PeerRequestOptions, RequestContext, RequestHandle, RoleClient,
-    RunningService, ServiceError,
+    ClientInitializeError, InboundStreamOrigin, NotificationContext, Peer, PeerRequestOptions, RequestContext,
+    RequestHandle, RoleClient, RunningService, ServiceError,
 };
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
@@ -135,6 +135,9 @@ impl ToolRegistry for McpToolRegistry {
 struct Server {
     name: String,
     config: McpServerConfig,
+    /// What the config gave the server that may be a secret, blanked out of its
+    /// errors and stderr lines.
+    secrets: Arc<[String]>,
     connection: tokio::sync::Mutex<Option<Arc<Connection>>>,
     /// The listed tools. Descriptions, not `McpTool`s: a tool holds its server, and a
     /// server holding its tools would never be dropped, nor its process ended.
@@ -162,6 +165,7 @@ impl Server {
     fn new(name: &str, config: McpServerConfig, changed: Arc<watch::Sender<u64>>) -> Self {
         Self {
             name: name.to_owned(),
+            secrets: config.transport.secrets().into(),
             config,
             connection: tokio::sync::Mutex::default(),
             tools: RwLock::default(),
@@ -178,6 +182,10 @@ impl Server {
 
     /// The live connection, connecting (again, after a death) when there is none.
     async fn connection(self: &Arc<Self>) -> Result<Arc<Connection>, McpError> {
+        self.connection_or_error().await.map_err(|e| e.redacted(&self.secrets))
+    }
+
+    async fn connection_or_error(self: &Arc<Self>) -> Result<Arc<Connection>, McpError> {
         let mut slot = self.connection.lock().await;
         if let Some(connection) = slot.as_ref().filter(|c| !c.service.is_closed()) {
             return Ok(connection.clone());
@@ -202,7 +210,7 @@ impl Server {
                     TokioChildProcess::builder(cmd).stderr(Stdio::piped()).spawn().map_err(|e| {
                         connect_error(format!("cannot start `{command}` ({e}); check `command` and PATH"), vec![])
                     })?;
-                let stderr = stderr.map(|pipe| StderrTail::spawn(&self.name, pipe));
+                let stderr = stderr.map(|pipe| StderrTail::spawn(&self.name, pipe, self.secrets.clone()));
                 match self.handshake(handler.serve(transport)).await {
                     Ok(service) => Ok(Connection { service, stderr }),
                     Err(message) => Err(connect_error(message, drain(stderr.as_ref()).await)),
@@ -225,12 +233,16 @@ impl Server {
     }
 
     /// Waits for the initialize handshake, no longer than a call may take.
-    async fn handshake<E: fmt::Display>(
+    async fn handshake(
         &self,
-        serving: impl Future<Output = Result<RunningService<RoleClient, Handler>, E>>,
+        serving: impl Future<Output = Result<RunningService<RoleClient, Handler>, ClientInitializeError>>,
     ) -> Result<RunningService<RoleClient, Handler>, String> {
         match tokio::time::timeout(self.config.timeout, serving).await {
             Ok(Ok(service)) => Ok(service),
+            // rmcp's own words name the transport's Rust type; the transport's error says what happened.
+            Ok(Err(ClientInitializeError::TransportError { error, context })) => {
+                Err(format!("the MCP handshake failed ({context}): {}", error.error))
+            }
             Ok(Err(e)) => Err(format!("the MCP handshake failed: {e}")),
             Err(_) => Err(format!("no answer to initialize within {} s", self.config.timeout.as_secs())),
         }
@@ -272,10 +284,9 @@ impl Server {
 
     /// Lists the tools and replaces the cached list.
     async fn refresh(&self, peer: &Peer<RoleClient>) -> Result<(), McpError> {
-        let listed = peer.list_all_tools().await.map_err(|e| McpError::Connect {
-            server: self.name.clone(),
-            message: format!("tools/list failed: {e}"),
-            stderr: vec![],
+        let listed = peer.list_all_tools().await.map_err(|e| {
+            let message = format!("tools/list failed: {}", service_error_words(&e));
+            McpError::Connect { server: self.name.clone(), message, stderr: vec![] }.redacted(&self.secrets)
         })?;
         *self.tools.write().unwrap_or_else(PoisonError::into_inner) = listed;
         self.changed.send_modify(|n| *n += 1);
@@ -283,6 +294,15 @@ impl Server {
     }
 
     async fn call(
+        self: &Arc<Self>,
+        tool: &str,
+        args: Map<String, Value>,
+        call: &ActiveCall,
+    ) -> Result<rmcp::model::CallToolResult, McpError> {
+        self.call_or_error(tool, args, call).await.map_err(|e| e.redacted(&self.secrets))
+    }
+
+    async fn call_or_error(
         self: &Arc<Self>,
         tool: &str,
         args: Map<String, Value>,
@@ -415,13 +435,22 @@ impl Server {
                     error: McpError::ServerDied {
                         server: self.name.clone(),
                         tool: tool.to_owned(),
-                        message: other.to_string(),
+                        message: service_error_words(&other),
                         stderr: vec![],
                     },
                     stderr: connection.stderr.clone(),
                 }
             }
         }
+    }
+}
+
+/// What a failed request's error says, without the Rust type name rmcp puts in a
+/// transport's error.
+fn service_error_words(error: &ServiceError) -> String {
+    match error {
+        ServiceError::TransportSend(e) => format!("sending failed: {}", e.error),
+        other => other.to_string(),
     }
 }
 
@@ -464,12 +493,15 @@ struct StderrTail {
 }
 
 impl StderrTail {
-    fn spawn(server: &str, pipe: tokio::process::ChildStderr) -> Arc<Self> {
+    /// Reads `pipe`, blanking `secrets` (the values the server was started with,
+    /// which it may print) out of each line before it is logged or kept.
+    fn spawn(server: &str, pipe: tokio::process::ChildStderr, secrets: Arc<[String]>) -> Arc<Self> {
         let tail = Arc::new(Self { lines: Mutex::default(), closed: watch::channel(false).0 });
         let (writer, server) = (tail.clone(), server.to_owned());
         tokio::spawn(async move {
             let mut lines = tokio::io::BufReader::new(pipe).lines();
             while let Ok(Some(line)) = lines.next_line().await {
+                let line = crate::secret::redact(&line, secrets.iter().map(String::as_str));
                 tracing::debug!(server = %server, "mcp server stderr: {line}");
                 let mut kept = writer.lines.lock().unwrap_or_else(PoisonError::into_inner);
                 if kept.len() == STDERR_LINES {

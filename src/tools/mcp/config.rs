@@ -188,7 +188,52 @@ impl fmt::Debug for McpServerConfig {
     }
 }
 
-/// Names only: values of `env` and `headers` may hold keys, so they are never printed.
+impl McpTransport {
+    /// What this transport was given that may be a secret, to scrub from the server's
+    /// errors and stderr: the values of `env` and `headers` (a bearer header's token
+    /// on its own too), the bearer token, and the user info and query values of the
+    /// URL. Values under four characters (`1`, `yes`) are left: no key is that short,
+    /// and blanking them would garble every message.
+    pub(crate) fn secrets(&self) -> Vec<String> {
+        let mut secrets: Vec<String> = match self {
+            Self::Stdio { env, .. } => env.values().map(|v| v.expose().to_owned()).collect(),
+            Self::Http { url, headers, bearer_token } => {
+                let header_values = headers.values().map(Secret::expose);
+                let tokens = header_values.clone().filter_map(|v| v.strip_prefix("Bearer ")).map(str::trim);
+                let mut secrets: Vec<String> = header_values
+                    .chain(tokens)
+                    .chain(bearer_token.as_ref().map(Secret::expose))
+                    .map(str::to_owned)
+                    .collect();
+                secrets.extend(url_secrets(url));
+                secrets
+            }
+            Self::InProcess(_) => Vec::new(),
+        };
+        secrets.retain(|s| s.chars().count() >= 4);
+        // The longest first, so that a token is not left half blanked by a shorter one inside it.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.dedup();
+        secrets
+    }
+}
+
+/// The user name, password and query values of `url`, as written and decoded.
+fn url_secrets(url: &str) -> Vec<String> {
+    let mut secrets = Vec::new();
+    if let Some((_, query)) = url.split_once('?') {
+        let query = query.split_once('#').map_or(query, |(query, _)| query);
+        secrets.extend(query.split('&').filter_map(|pair| pair.split_once('=')).map(|(_, value)| value.to_owned()));
+    }
+    if let Ok(parsed) = reqwest::Url::parse(url) {
+        secrets.extend(parsed.query_pairs().map(|(_, value)| value.into_owned()));
+        secrets.extend([parsed.username().to_owned()].into_iter().chain(parsed.password().map(str::to_owned)));
+    }
+    secrets
+}
+
+/// Names only: values of `env` and `headers` may hold keys, so they are never
+/// printed, nor the user info and query values of the URL.
 impl fmt::Debug for McpTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -200,7 +245,7 @@ impl fmt::Debug for McpTransport {
                 .finish(),
             Self::Http { url, headers, bearer_token } => f
                 .debug_struct("Http")
-                .field("url", url)
+                .field("url", &crate::http::shown_url(url))
                 .field("headers", &headers.keys().map(|k| format!("{k}: [redacted]")).collect::<Vec<_>>())
                 .field("bearer_token", &bearer_token.as_ref().map(|_| "[redacted]"))
                 .finish(),
@@ -277,10 +322,13 @@ impl McpConfig {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path)
             .map_err(|e| McpError::config(path.display(), format!("cannot read it ({e}); check {MCP_CONFIG_VAR}")))?;
+        // The parsers' own messages quote the line at fault, which may hold a header's token.
         let raw = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("toml")) {
-            toml::from_str(&text).map_err(|e| McpError::config(path.display(), e))?
+            toml::from_str(&text)
+                .map_err(|e| McpError::config(path.display(), crate::config::toml_problem(&text, &e)))?
         } else {
-            serde_json::from_str(&text).map_err(|e| McpError::config(path.display(), e))?
+            serde_json::from_str(&text)
+                .map_err(|e| McpError::config(path.display(), crate::config::json_problem(&e)))?
         };
         Self::from_raw(raw, &lookup).map_err(|e| e.in_file(path))
     }
@@ -298,7 +346,8 @@ impl McpConfig {
     /// # Errors
     /// [`McpError::Config`] naming the server and the fix.
     pub fn from_json_with(json: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Self, McpError> {
-        let raw: RawFile = serde_json::from_str(json).map_err(|e| McpError::config("mcpServers", e))?;
+        let raw: RawFile =
+            serde_json::from_str(json).map_err(|e| McpError::config("mcpServers", crate::config::json_problem(&e)))?;
         Self::from_raw(raw, &lookup)
     }
 
@@ -347,6 +396,13 @@ fn convert(name: &str, raw: RawServer, lookup: &dyn Fn(&str) -> Option<String>) 
         return Err(McpError::config(&setting, "`timeoutSecs` must be at least 1"));
     }
     let elicitation_wait = Duration::from_secs(raw.elicitation_wait_secs.unwrap_or(DEFAULT_ELICITATION_WAIT_SECS));
+    // A timer further off than this overflows the clock rather than waiting.
+    let max = crate::config::MAX_DURATION.as_secs();
+    for (field, wait) in [("timeoutSecs", timeout), ("elicitationWaitSecs", elicitation_wait)] {
+        if wait.as_secs() > max {
+            return Err(McpError::config(&setting, format!("`{field}` must be at most {max} (7 days)")));
+        }
+    }
     Ok(McpServerConfig { transport, timeout, elicitation_wait })
 }
 

@@ -56,6 +56,28 @@ impl McpError {
         Self::Config { setting: setting.to_string(), message: message.to_string() }
     }
 
+    /// This error with each of `secrets` (see `McpTransport::secrets`) blanked out of
+    /// its message and stderr lines: a server may echo a header it was sent, or print
+    /// the variables it was started with.
+    pub(crate) fn redacted(self, secrets: &[String]) -> Self {
+        if secrets.is_empty() {
+            return self;
+        }
+        let scrub = |text: String| crate::secret::redact(&text, secrets.iter().map(String::as_str));
+        let scrub_all = |lines: Vec<String>| lines.into_iter().map(scrub).collect();
+        match self {
+            Self::Connect { server, message, stderr } => {
+                Self::Connect { server, message: scrub(message), stderr: scrub_all(stderr) }
+            }
+            Self::ServerDied { server, tool, message, stderr } => {
+                Self::ServerDied { server, tool, message: scrub(message), stderr: scrub_all(stderr) }
+            }
+            Self::Protocol { server, tool, message } => Self::Protocol { server, tool, message: scrub(message) },
+            Self::Config { setting, message } => Self::Config { setting, message: scrub(message) },
+            other => other,
+        }
+    }
+
     fn in_file(self, path: &std::path::Path) -> Self {
         match self {
             Self::Config { setting, message } => {

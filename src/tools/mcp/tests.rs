@@ -331,6 +331,49 @@ async fn a_reserved_or_invalid_header_is_a_config_error_naming_it() {
     }
 }
 
+/// Answers 401 quoting every header and the query it got, as a careless server may.
+struct EchoRequest;
+
+impl wiremock::Respond for EchoRequest {
+    fn respond(&self, request: &wiremock::Request) -> wiremock::ResponseTemplate {
+        let headers: Vec<String> =
+            request.headers.iter().map(|(n, v)| format!("{n}: {}", v.to_str().unwrap_or_default())).collect();
+        let query = request.url.query().unwrap_or_default();
+        wiremock::ResponseTemplate::new(401).set_body_string(format!("refused {query} with {}", headers.join("; ")))
+    }
+}
+
+#[tokio::test]
+async fn an_http_servers_error_shows_none_of_its_headers_tokens_or_query_values() {
+    let server = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::any()).respond_with(EchoRequest).mount(&server).await;
+    let bearer =
+        json!({"mcpServers": {"remote": {"url": format!("{}/mcp", server.uri()), "bearerToken": "LEAK-bearer"}}});
+    for config in [
+        McpConfig::new().server(
+            "remote",
+            McpServerConfig::http(format!("{}/mcp?token=LEAK-query%2Fvalue", server.uri()))
+                .header("Authorization", "Bearer LEAKCANARY-mcpsecret")
+                .header("X-Api-Key", "LEAK-header"),
+        ),
+        McpConfig::from_json_with(&bearer.to_string(), |_| None).unwrap(),
+    ] {
+        let error = McpToolRegistry::connect(&config).await.unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("MCP server remote: cannot connect") && message.contains("401"), "{message}");
+        assert!(message.contains("[redacted]"), "the server echoed them: {message}");
+        assert!(!message.contains("LEAK") && !message.contains("rmcp::"), "{message}");
+        assert!(!format!("{error:?}").contains("LEAK"), "{error:?}");
+    }
+}
+
+#[test]
+fn an_http_servers_debug_shows_no_query_value() {
+    let config = McpServerConfig::http("https://mcp.example.com/mcp?key=LEAK-query");
+    let shown = format!("{config:?}");
+    assert!(shown.contains("key=***") && !shown.contains("LEAK"), "{shown}");
+}
+
 /// A runner whose plan calls the fixture's `tool` once per run (`runs` runs).
 async fn workflow_calling(registry: McpToolRegistry, tool: &str, runs: usize) -> (crate::Runner, crate::Workflow) {
     let llm = (0..runs).fold(crate::testing::ScriptedLlm::new(), |llm, _| llm.tool_call(tool, json!({})));

@@ -66,6 +66,19 @@ pub fn init_logging(level: LogLevel, format: LogFormat) {
             .try_init(),
         LogFormat::Json => builder.json().with_current_span(false).finish().with(credential_cap()).try_init(),
     };
+    warn_of_a_bad_rust_log();
+}
+
+/// Says so when `RUST_LOG` is set but cannot be read: its filter is then ignored,
+/// and logging at `PORTIA_LOG_LEVEL` instead without a word would be a puzzle.
+fn warn_of_a_bad_rust_log() {
+    if let Some(problem) = rust_log_problem(std::env::var("RUST_LOG").ok()) {
+        tracing::warn!(error = %problem, "RUST_LOG is not a valid filter; logging at PORTIA_LOG_LEVEL instead");
+    }
+}
+
+fn rust_log_problem(rust_log: Option<String>) -> Option<String> {
+    tracing_subscriber::EnvFilter::try_new(rust_log?).err().map(|e| e.to_string())
 }
 
 /// `RUST_LOG` when set, else portia's own events at `level`.
@@ -137,6 +150,7 @@ pub fn init_otlp(level: LogLevel, endpoint: Option<&str>) -> crate::Result<OtlpG
         .with(tracing_opentelemetry::layer().with_tracer(tracer))
         .try_init()
         .map_err(|e| crate::Error::invalid_config(setting, format!("cannot install the tracing subscriber: {e}")))?;
+    warn_of_a_bad_rust_log();
     Ok(OtlpGuard { provider })
 }
 
@@ -167,6 +181,13 @@ mod tests {
     use tracing_subscriber::layer::SubscriberExt as _;
 
     use super::*;
+
+    #[test]
+    fn a_rust_log_that_cannot_be_read_is_a_problem_to_tell() {
+        assert!(rust_log_problem(Some("[[[".to_owned())).is_some());
+        assert_eq!(rust_log_problem(Some("portia=debug,hyper=warn".to_owned())), None);
+        assert_eq!(rust_log_problem(None), None);
+    }
 
     #[test]
     fn aws_crates_log_at_info_at_most_whatever_rust_log_asks() {

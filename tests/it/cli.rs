@@ -175,6 +175,13 @@ fn submit_refuses_the_memory_store_where_no_worker_would_see_the_workflow() {
 }
 
 #[test]
+fn a_rust_log_that_cannot_be_read_is_said_not_ignored() {
+    let output = portia(workdir().path()).args(["list"]).env("RUST_LOG", "[[[").output().unwrap();
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    assert!(stderr(&output).contains("RUST_LOG is not a valid filter"), "{}", stderr(&output));
+}
+
+#[test]
 fn a_worker_of_no_concurrency_is_a_usage_error() {
     let output = run(workdir().path(), &["worker", "--concurrency", "0", "--without-model"]);
     assert_eq!(code(&output), 2, "{}", stderr(&output));

@@ -294,6 +294,7 @@ impl Runner {
             Some(ids) => ids.iter().map(|id| self.inner.tools.get_tool(id)).collect::<Result<Vec<_>>>()?,
             None => self.inner.tools.match_tools(&query),
         };
+        let end_user_id = execution_context.end_user_id.clone();
         let request = PlanningRequest {
             query,
             tools,
@@ -303,6 +304,8 @@ impl Runner {
             output_schema: output_schema.clone(),
         };
         let mut plan = self.inner.planner.plan(request).await?;
+        // Recorded here, not left to each planner: whoever serves plans by id needs it.
+        plan.plan_context.end_user_id = end_user_id;
         if plan.output_schema.is_none() {
             plan.output_schema = output_schema;
         }

@@ -81,6 +81,8 @@ mod serve_changes;
 mod serve_cli;
 #[cfg(feature = "server")]
 mod serve_events;
+#[cfg(feature = "server")]
+mod serve_plans;
 #[cfg(feature = "sqlite")]
 mod storage_conformance;
 mod storage_import;

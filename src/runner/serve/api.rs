@@ -175,8 +175,8 @@ pub(super) async fn create_workflow(
             let tools = request.tools.unwrap_or_else(|| state.plan_tools.to_vec());
             runner.generate_plan(query).tools(tools).execution_context(context.clone()).await?
         }
-        (None, Some(plan), None) => plan,
-        (None, None, Some(id)) => runner.get_plan(id).await?,
+        (None, Some(plan), None) => state.posted_plan(&caller, &context, plan).await?,
+        (None, None, Some(id)) => state.visible_plan(&caller, id).await?,
         _ => return Err(ApiError::bad_request("give exactly one of `query`, `plan` or `plan_id`")),
     };
     let mode = request.mode.unwrap_or(if state.workers { StartMode::Queue } else { StartMode::Run });
@@ -248,7 +248,13 @@ pub(super) async fn get_workflow_plan(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Plan>> {
     let workflow = state.visible(&caller, &id).await?;
-    Ok(Json(state.runner.get_plan(workflow.plan_id()).await?))
+    let plan = state.runner.get_plan(workflow.plan_id()).await?;
+    // A plan stored before plans recorded their end user is shown through the
+    // workflows the caller sees; one recorded for someone else is not.
+    match &plan.plan_context.end_user_id {
+        Some(owner) if !caller.sees(Some(owner)) => Err(Error::PlanNotFound(plan.id).into()),
+        _ => Ok(Json(plan)),
+    }
 }
 
 /// A workflow's journaled tool calls: arguments, outcome, latency, attempt.
@@ -421,6 +427,39 @@ impl AppState {
             Ok(workflow)
         } else {
             Err(Error::WorkflowNotFound(id).into())
+        }
+    }
+
+    /// Stored plan `id` if the caller may see it (the rule for workflows: a token
+    /// bound to an end user sees that user's plans only); not found otherwise.
+    pub(super) async fn visible_plan(&self, caller: &Caller, id: PlanId) -> ApiResult<Plan> {
+        let plan = self.runner.get_plan(id).await?;
+        if caller.sees(plan.plan_context.end_user_id.as_deref()) {
+            Ok(plan)
+        } else {
+            Err(Error::PlanNotFound(id).into())
+        }
+    }
+
+    /// A plan posted whole, made the caller's: it records the workflow's end user
+    /// and, from a bound token, may name no other. A stored plan keeps its first
+    /// version, so one posted under a stored plan's id runs the stored one: that is
+    /// a use by id, allowed only if the caller may see the stored plan.
+    async fn posted_plan(&self, caller: &Caller, context: &ExecutionContext, mut plan: Plan) -> ApiResult<Plan> {
+        if let (Some(mine), Some(named)) = (&caller.end_user_id, &plan.plan_context.end_user_id)
+            && mine != named
+        {
+            return Err(forbidden(mine));
+        }
+        if plan.plan_context.end_user_id.is_none() {
+            plan.plan_context.end_user_id.clone_from(&context.end_user_id);
+        }
+        match self.runner.get_plan(plan.id).await {
+            Ok(stored) if !caller.sees(stored.plan_context.end_user_id.as_deref()) => {
+                Err(Error::PlanNotFound(plan.id).into())
+            }
+            Ok(_) | Err(Error::PlanNotFound(_)) => Ok(plan),
+            Err(e) => Err(e.into()),
         }
     }
 

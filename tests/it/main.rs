@@ -83,6 +83,8 @@ mod serve_cli;
 mod serve_events;
 #[cfg(feature = "server")]
 mod serve_plans;
+#[cfg(feature = "server")]
+mod serve_runs;
 #[cfg(feature = "sqlite")]
 mod storage_conformance;
 mod storage_import;

@@ -190,7 +190,7 @@ pub(super) async fn create_workflow(
         StartMode::Run => {
             let create = runner.create_workflow(&plan).execution_context(context).inputs(inputs);
             let workflow = if planned_here { create.count_planning() } else { create }.await?;
-            state.run_in_background(workflow.id());
+            state.run_on(workflow.id()).await;
             workflow
         }
     };
@@ -293,7 +293,7 @@ pub(super) async fn answer(
     };
     let workflow = state.runner.resolve_clarification(clarification, request.response).await?;
     if request.resume && workflow.state() == WorkflowState::ReadyToResume {
-        state.run_in_background(workflow.id());
+        state.run_on(workflow.id()).await;
     }
     Ok(Json(workflow))
 }
@@ -341,7 +341,7 @@ pub(super) async fn resume(
             format!("workflow {} is waiting for {open} clarification(s); answer them first", workflow.id()),
         ));
     }
-    state.run_in_background(workflow.id());
+    state.run_on(workflow.id()).await;
     Ok((StatusCode::ACCEPTED, Json(workflow)))
 }
 

@@ -138,7 +138,7 @@ pub(super) async fn run_agent(
         // Listening before the run starts: its streamed pieces are heard from the first.
         let follow = Follow::start(state.clone(), workflow.id(), (after, ""), translator, run_id, true).await?;
         if workflow.state() == WorkflowState::ReadyToResume {
-            state.run_in_background(workflow.id());
+            state.run_on(workflow.id()).await;
         }
         return Ok(sse(follow));
     }
@@ -149,7 +149,7 @@ pub(super) async fn run_agent(
         state.runner.generate_plan(query).tools(state.plan_tools.to_vec()).execution_context(context.clone()).await?;
     let workflow = state.runner.create_workflow(&plan).execution_context(context).count_planning().await?;
     let follow = Follow::start(state.clone(), workflow.id(), (0, ""), translator, run_id, true).await?;
-    state.run_in_background(workflow.id());
+    state.run_on(workflow.id()).await;
     Ok(sse(follow))
 }
 

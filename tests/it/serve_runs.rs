@@ -1,6 +1,7 @@
-//! The runs `portia serve` starts in tasks of its own: shutdown neither drops them
-//! nor waits on them for ever: they go on for the grace period, then are stopped
-//! with their leases released, left to be resumed.
+//! The runs `portia serve` starts in tasks of its own: a second start of one under
+//! way is refused, and shutdown neither drops them nor waits on them for ever: they
+//! go on for the grace period, then are stopped with their leases released, left
+//! to be resumed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -86,6 +87,19 @@ impl Stoppable {
     fn shut_down(&mut self) {
         let _ = self.stop.take().unwrap().send(());
     }
+}
+
+/// A second resume of a workflow running in this server is refused, as a
+/// concurrent answer is, rather than accepted and dropped.
+#[tokio::test]
+async fn resuming_a_workflow_running_here_is_409_already_running() {
+    let gate = Arc::new(GateTool::default());
+    let served = Stoppable::start(&gate, ServeOptions::new()).await;
+    let id = served.started_at_gate(&gate).await;
+    let (status, refused) = served.post(&format!("/v1/workflows/{id}/resume"), Value::Null).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    assert_eq!(refused["error"]["code"], "already_running");
+    gate.gate.notify_one();
 }
 
 /// Past the grace period (30 seconds by default, on a paused clock here), a run

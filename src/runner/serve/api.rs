@@ -320,7 +320,9 @@ pub(super) async fn cancel(
     Ok(Json(state.runner.cancel_workflow(workflow.id(), &reason).await?))
 }
 
-/// Runs a workflow on: one READY_TO_RESUME, NOT_STARTED, or whose run died.
+/// Runs a workflow on: one READY_TO_RESUME, NOT_STARTED, or whose run died. Its
+/// lease is taken before the answer, so a run already under way (here or in any
+/// process) is 409 `already_running`, not accepted and dropped.
 #[utoipa::path(post, path = "/v1/workflows/{id}/resume", tag = "workflows",
     params(("id" = String, Path, description = "The workflow's id")),
     responses((status = 202, description = "The workflow, as stored before it runs on", body = Object), (status = "4XX", body = ErrorBody)))]
@@ -341,7 +343,7 @@ pub(super) async fn resume(
             format!("workflow {} is waiting for {open} clarification(s); answer them first", workflow.id()),
         ));
     }
-    state.run_on(workflow.id()).await;
+    state.start_run(workflow.id()).await?;
     Ok((StatusCode::ACCEPTED, Json(workflow)))
 }
 

@@ -807,8 +807,12 @@ impl Runner {
 
     /// What writing a plan cost, on the configured planning model.
     fn planning_cost(&self, usage: crate::llm::Usage) -> f64 {
-        let model = self.inner.llm_settings.model_for(crate::llm::ModelRole::Planning).model;
-        self.inner.config.prices.cost(&model, &usage)
+        self.inner.config.prices.cost(&self.planning_model(), &usage)
+    }
+
+    /// The model this runner plans with.
+    fn planning_model(&self) -> String {
+        self.inner.llm_settings.model_for(crate::llm::ModelRole::Planning).model
     }
 
     fn today(&self) -> String {

@@ -80,6 +80,8 @@ mod serve_changes;
 #[cfg(all(feature = "server", feature = "cli"))]
 mod serve_cli;
 #[cfg(feature = "server")]
+mod serve_errors;
+#[cfg(feature = "server")]
 mod serve_events;
 #[cfg(feature = "server")]
 mod serve_plans;

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
@@ -10,7 +10,7 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
-use super::errors::{ApiError, Body, ErrorBody};
+use super::errors::{ApiError, Body, ErrorBody, OptionalBody, PathParams};
 use super::router::AppState;
 use crate::Error;
 use crate::execution_context::ExecutionContext;
@@ -151,6 +151,7 @@ pub(super) async fn create_plan(
     Body(request): Body<CreatePlan>,
 ) -> ApiResult<(StatusCode, Json<Plan>)> {
     let context = context_for(&caller, request.end_user_id)?;
+    check_query(&request.query)?;
     let tools = request.tools.unwrap_or_else(|| state.plan_tools.to_vec());
     let plan = state.runner.generate_plan(request.query).tools(tools).execution_context(context).await?;
     Ok((StatusCode::CREATED, Json(plan)))
@@ -172,6 +173,7 @@ pub(super) async fn create_workflow(
     let planned_here = request.query.is_some();
     let plan = match (request.query, request.plan, request.plan_id) {
         (Some(query), None, None) => {
+            check_query(&query)?;
             let tools = request.tools.unwrap_or_else(|| state.plan_tools.to_vec());
             runner.generate_plan(query).tools(tools).execution_context(context.clone()).await?
         }
@@ -233,7 +235,7 @@ pub(super) async fn list_workflows(
 pub(super) async fn get_workflow(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> ApiResult<Json<Workflow>> {
     Ok(Json(state.visible(&caller, &id).await?))
 }
@@ -245,7 +247,7 @@ pub(super) async fn get_workflow(
 pub(super) async fn get_workflow_plan(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> ApiResult<Json<Plan>> {
     let workflow = state.visible(&caller, &id).await?;
     let plan = state.runner.get_plan(workflow.plan_id()).await?;
@@ -264,7 +266,7 @@ pub(super) async fn get_workflow_plan(
 pub(super) async fn get_tool_calls(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> ApiResult<Json<Vec<crate::storage::ToolCallRecord>>> {
     let workflow = state.visible(&caller, &id).await?;
     Ok(Json(state.runner.tool_calls(workflow.id()).await?))
@@ -278,7 +280,7 @@ pub(super) async fn get_tool_calls(
 pub(super) async fn answer(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path((id, clarification_id)): Path<(String, String)>,
+    PathParams((id, clarification_id)): PathParams<(String, String)>,
     Body(request): Body<Answer>,
 ) -> ApiResult<Json<Workflow>> {
     let workflow = state.visible(&caller, &id).await?;
@@ -305,17 +307,11 @@ pub(super) async fn answer(
 pub(super) async fn cancel(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-    body: axum::body::Bytes,
+    PathParams(id): PathParams<String>,
+    // The body is optional: none, or `{"reason": ...}`.
+    OptionalBody(cancel): OptionalBody<Cancel>,
 ) -> ApiResult<Json<Workflow>> {
     let workflow = state.visible(&caller, &id).await?;
-    // The body is optional: none, or `{"reason": ...}`.
-    let cancel: Cancel = if body.iter().all(u8::is_ascii_whitespace) {
-        Cancel::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("the body is not a cancellation: {e}")))?
-    };
     let reason = cancel.reason.unwrap_or_else(|| "cancelled from the web".to_owned());
     Ok(Json(state.runner.cancel_workflow(workflow.id(), &reason).await?))
 }
@@ -329,7 +325,7 @@ pub(super) async fn cancel(
 pub(super) async fn resume(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> ApiResult<(StatusCode, Json<Workflow>)> {
     let workflow = state.visible(&caller, &id).await?;
     if workflow.state().is_terminal() {
@@ -354,7 +350,7 @@ pub(super) async fn resume(
 pub(super) async fn delete_workflow(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> ApiResult<StatusCode> {
     let workflow = state.visible(&caller, &id).await?;
     state.runner.delete_workflow(workflow.id()).await?;
@@ -394,6 +390,14 @@ fn context_for(caller: &Caller, asked: Option<String>) -> ApiResult<ExecutionCon
         (None, asked) => asked,
     };
     Ok(user.map(ExecutionContext::for_end_user).unwrap_or_default())
+}
+
+/// A query with nothing to plan is refused before any model is asked.
+fn check_query(query: &str) -> ApiResult<()> {
+    if query.trim().is_empty() {
+        return Err(ApiError::bad_request("the query is empty: say in words what to do"));
+    }
+    Ok(())
 }
 
 fn forbidden(end_user: &str) -> ApiError {

@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Extension;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
@@ -17,7 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::agui::Translator;
 use super::auth::Caller;
-use super::errors::{ApiError, Body, ErrorBody};
+use super::errors::{ApiError, Body, ErrorBody, PathParams};
 use super::router::AppState;
 use crate::Error;
 use crate::events::EventStream;
@@ -51,7 +51,7 @@ pub(super) struct EventParams {
 pub(super) async fn events(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     headers: HeaderMap,
     params: Result<Query<EventParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {

@@ -101,10 +101,12 @@ pub(super) fn build(
         .route("/v1/openapi.json", get(openapi::document))
         .route("/metrics", get(metrics::metrics))
         .merge(pages::routes())
+        .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
     let app = Router::new()
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
+        .method_not_allowed_fallback(method_not_allowed)
         .merge(guarded)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(options.body_limit))
@@ -117,6 +119,15 @@ pub(super) fn build(
 
 async fn not_found() -> super::errors::ApiError {
     super::errors::ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+/// A route asked with a method it does not take; the router adds the `Allow` header.
+async fn method_not_allowed() -> super::errors::ApiError {
+    super::errors::ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method: the `Allow` header lists those it takes",
+    )
 }
 
 /// CORS for the configured origins only; none configured, no CORS header is sent.

@@ -431,7 +431,8 @@ async fn metrics_agree_with_the_workflows_usage_planning_included() {
         usage: portia::llm::Usage::call(1000, 200),
         ..portia::llm::LlmResponse::text(plan_reply.to_string())
     };
-    let hello = portia::llm::LlmResponse { usage: portia::llm::Usage::call(40, 3), ..portia::llm::LlmResponse::text("Hi") };
+    let hello =
+        portia::llm::LlmResponse { usage: portia::llm::Usage::call(40, 3), ..portia::llm::LlmResponse::text("Hi") };
     let llm = ScriptedLlm::new().respond(planned.clone()).respond(hello.clone()).respond(planned).respond(hello);
     let served = serve(runner_with(vec![], llm), ServeOptions::new()).await;
     let (_, said) = served.post("/v1/workflows", json!({"query": "Say hello"})).await;

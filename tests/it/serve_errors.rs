@@ -28,7 +28,8 @@ async fn a_path_that_is_not_utf8_is_400_invalid_id_as_json() {
 async fn a_cancel_body_past_the_limit_is_413_body_too_large_as_json() {
     let weather = portia::testing::MockTool::returning("weather_tool", json!("-3°C"));
     let served = serve(runner_with(vec![weather], ScriptedLlm::new()), ServeOptions::new().body_limit(1024)).await;
-    let (_, created) = served.post("/v1/workflows", json!({"plan": tool_plan("W", "weather_tool"), "mode": "queue"})).await;
+    let (_, created) =
+        served.post("/v1/workflows", json!({"plan": tool_plan("W", "weather_tool"), "mode": "queue"})).await;
     let id = created["id"].as_str().unwrap();
     let big = json!({"reason": "x".repeat(4096)});
     let (status, _, body) = sent(served.http.post(served.url(&format!("/v1/workflows/{id}/cancel"))).json(&big)).await;

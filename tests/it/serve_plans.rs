@@ -61,8 +61,8 @@ async fn a_plan_made_for_an_end_user_is_hers_alone() {
 #[tokio::test]
 async fn a_bound_token_cannot_use_a_plan_made_for_no_one() {
     let plan_reply = json!({"steps": [{"task": "Say hello", "inputs": [], "output": "$hello"}]});
-    let served = serve(runner_with(vec![], ScriptedLlm::new().json(plan_reply)), ServeOptions::new().tokens(tokens()))
-        .await;
+    let served =
+        serve(runner_with(vec![], ScriptedLlm::new().json(plan_reply)), ServeOptions::new().tokens(tokens())).await;
     let (status, plan) = served.post_as("admin-token", "/v1/plans", json!({"query": "Say hello"})).await;
     assert_eq!(status, StatusCode::CREATED, "{plan}");
     assert!(plan["plan_context"].get("end_user_id").is_none(), "none is written for no one: {plan}");
@@ -77,7 +77,8 @@ async fn a_plan_posted_by_a_bound_token_is_its_end_users() {
     let plan = json!({"plan_context": {"query": "Hi"}, "steps": [{"task": "Hi", "inputs": [], "output": "$hi", "exit": {"complete": "hi"}}]});
     let (status, created) = served.post_as("ann-token", "/v1/workflows", json!({"plan": plan, "mode": "queue"})).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{created}");
-    let (_, stored) = served.get_as("ann-token", &format!("/v1/workflows/{}/plan", created["id"].as_str().unwrap())).await;
+    let (_, stored) =
+        served.get_as("ann-token", &format!("/v1/workflows/{}/plan", created["id"].as_str().unwrap())).await;
     assert_eq!(stored["plan_context"]["end_user_id"], "ann", "{stored}");
 
     let mut bobs = plan.clone();

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use portia::runner::serve::{ServeOptions, Server};
+use portia::storage::{InMemoryStorage, Storage};
 use portia::testing::ScriptedLlm;
 use portia::tool::ToolSpec;
-use portia::storage::{InMemoryStorage, Storage};
 use portia::{InMemoryToolRegistry, Runner, WorkflowId, WorkflowState};
 use reqwest::StatusCode;
 use serde_json::{Value, json};

@@ -156,12 +156,7 @@ async fn acknowledged(runner: &Runner, id: WorkflowId) -> Result<Workflow, Failu
 
 /// Serves the runner over HTTP until SIGTERM or ctrl-c.
 #[cfg(feature = "server")]
-async fn serve(
-    setup: &Setup,
-    listen: std::net::SocketAddr,
-    workers: usize,
-    grace: Duration,
-) -> Result<Exit, Failure> {
+async fn serve(setup: &Setup, listen: std::net::SocketAddr, workers: usize, grace: Duration) -> Result<Exit, Failure> {
     use portia::runner::serve::{ServeOptions, Server};
     let options = ServeOptions::from_config(setup.runner.config())?
         .workers(workers)

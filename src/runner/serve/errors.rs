@@ -189,13 +189,14 @@ async fn read_bytes<S: Send + Sync>(request: axum::extract::Request, state: &S) 
 /// The body read as `T`: it must be valid JSON and an object (an array is not
 /// read field by field in order), with the fields `T` takes.
 fn parse_object<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let value: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
     if !value.is_object() {
         return Err(ApiError::bad_request(format!("the body must be a JSON object, not {}", json_kind(&value))));
     }
-    serde_json::from_value(value)
-        .map_err(|e| ApiError::bad_request(format!("the body does not fit the request: {}", in_json_terms(&e.to_string()))))
+    serde_json::from_value(value).map_err(|e| {
+        ApiError::bad_request(format!("the body does not fit the request: {}", in_json_terms(&e.to_string())))
+    })
 }
 
 /// What kind of JSON value `value` is, with its article.

@@ -110,7 +110,10 @@ impl BackgroundRuns {
 
 impl Tracked {
     /// Forgets an ended task; returns its workflow and how it ended.
-    fn ended(&mut self, ended: std::result::Result<(Id, Result<Workflow>), JoinError>) -> Option<(WorkflowId, Outcome)> {
+    fn ended(
+        &mut self,
+        ended: std::result::Result<(Id, Result<Workflow>), JoinError>,
+    ) -> Option<(WorkflowId, Outcome)> {
         let task = match &ended {
             Ok((task, _)) => *task,
             Err(e) => e.id(),

@@ -533,6 +533,13 @@ impl Runner {
             Ok(vec![EventKind::ClarificationResolved { clarification_id: clarification.id, response }])
         })
         .await
+        .map_err(|e| match e {
+            // The store refuses a finished workflow's lease in the words of running it.
+            Error::InvalidWorkflowState { workflow_id, state, .. } if state.is_terminal() => {
+                Error::InvalidWorkflowState { workflow_id, state, action: "answer its clarification".to_owned() }
+            }
+            other => other,
+        })
     }
 
     /// Every event of every workflow this runner (or a clone) runs, from now on.

@@ -107,3 +107,66 @@ async fn a_401_asks_for_a_bearer_token_and_the_scheme_is_read_in_any_case() {
         assert_eq!(request.send().await.unwrap().status(), StatusCode::OK, "{scheme}");
     }
 }
+
+/// A workflow waiting on a choice: a run of a picker tool's one-step plan.
+async fn waiting_on_a_choice(served: &crate::serve::Served) -> (String, String) {
+    let (_, created) = served.post("/v1/workflows", json!({"plan": tool_plan("Pick a file", "pick_tool")})).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let waiting = served.rest(&id).await;
+    let question = waiting.outstanding_clarifications().next().unwrap().id.to_string();
+    (id, question)
+}
+
+fn picker() -> portia::testing::MockTool {
+    let options = vec![json!("a.csv"), json!("b.csv")];
+    portia::testing::MockTool::new("pick_tool", portia::testing::MockBehavior::ClarifyChoice("file".into(), options))
+}
+
+#[tokio::test]
+async fn answering_a_finished_workflow_speaks_of_answering() {
+    let served = serve(runner_with(vec![picker()], ScriptedLlm::new()), ServeOptions::new()).await;
+    let (id, question) = waiting_on_a_choice(&served).await;
+    let (status, _) = served.post(&format!("/v1/workflows/{id}/cancel"), json!({"reason": "no"})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, refused) =
+        served.post(&format!("/v1/workflows/{id}/clarifications/{question}"), json!({"response": "a.csv"})).await;
+    assert_eq!((status, &refused["error"]["code"]), (StatusCode::CONFLICT, &json!("invalid_workflow_state")));
+    assert_eq!(
+        refused["error"]["message"],
+        format!("workflow {id}: cannot answer its clarification while it is FAILED"),
+        "{refused}"
+    );
+}
+
+/// Only `resolved` and `cancelled` are statuses of a resume entry: another is not
+/// taken as an answer.
+#[tokio::test]
+async fn an_ag_ui_resume_entry_of_an_unknown_status_is_400() {
+    let served = serve(runner_with(vec![picker()], ScriptedLlm::new()), ServeOptions::new()).await;
+    let (id, question) = waiting_on_a_choice(&served).await;
+    let input = json!({"threadId": id, "runId": "run-2", "messages": [],
+                       "resume": [{"interruptId": question, "status": "bogus", "payload": "a.csv"}]});
+    let (status, refused) = served.post("/v1/agui", input).await;
+    assert_eq!((status, &refused["error"]["code"]), (StatusCode::BAD_REQUEST, &json!("bad_request")), "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.contains("resolved") && message.contains("cancelled") && message.contains("bogus"), "{message}");
+    let (_, workflow) = served.get(&format!("/v1/workflows/{id}")).await;
+    assert_eq!(workflow["state"], "NEED_CLARIFICATION", "nothing was answered");
+}
+
+#[tokio::test]
+async fn page_and_page_size_of_0_are_refused() {
+    let served = serve(runner_with(vec![], ScriptedLlm::new()), ServeOptions::new()).await;
+    for query in ["page=0", "page_size=0"] {
+        let (status, refused) = served.get(&format!("/v1/workflows?{query}")).await;
+        assert_eq!((status, &refused["error"]["code"]), (StatusCode::BAD_REQUEST, &json!("bad_request")), "{query}");
+    }
+    assert_eq!(served.get("/v1/workflows?page=1&page_size=1").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_metrics() {
+    let served = serve(runner_with(vec![], ScriptedLlm::new()), ServeOptions::new()).await;
+    let (_, doc) = served.get("/v1/openapi.json").await;
+    assert!(doc["paths"]["/metrics"]["get"].is_object(), "{}", doc["paths"]);
+}

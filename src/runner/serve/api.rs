@@ -86,9 +86,9 @@ pub(super) struct ListParams {
     state: Option<String>,
     /// Only the workflows of this end user.
     end_user_id: Option<String>,
-    /// The page, from 1.
+    /// The page, from 1 (0 is refused).
     page: Option<usize>,
-    /// Workflows per page (at most 500; 50 by default).
+    /// Workflows per page, from 1 (0 is refused); more than 500 is 500; 50 by default.
     page_size: Option<usize>,
 }
 
@@ -215,8 +215,11 @@ pub(super) async fn list_workflows(
         (None, asked) => asked,
     };
     let workflow_state = params.state.as_deref().map(parse_state).transpose()?;
-    let page = params.page.unwrap_or(1).max(1);
-    let page_size = params.page_size.unwrap_or(50).clamp(1, 500);
+    let page = params.page.unwrap_or(1);
+    let page_size = params.page_size.unwrap_or(50).min(500);
+    if page == 0 || page_size == 0 {
+        return Err(ApiError::bad_request("`page` counts from 1, and `page_size` is at least 1"));
+    }
     let query = WorkflowQuery::default().state(workflow_state).end_user(wanted).page(page).page_size(page_size);
     let listed = state.runner.list_workflows(&query).await?;
     let (workflows, count, unreadable) = (listed.results, listed.count, listed.unreadable.len());

@@ -109,6 +109,9 @@ pub(super) struct RunAgentInput {
     forwarded_props: Option<Value>,
 }
 
+/// The statuses an AG-UI resume entry may have: its interrupt answered, or cancelled.
+const RESUME_STATUSES: [&str; 2] = ["resolved", "cancelled"];
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ResumeEntry {
@@ -164,6 +167,12 @@ async fn resume_thread(
 ) -> Result<Workflow, ApiError> {
     let id = forwarded.and_then(|p| p.get("workflow_id")).and_then(Value::as_str).unwrap_or(thread_id);
     let mut workflow = state.visible(caller, id).await?;
+    if let Some(unknown) = entries.iter().find(|e| !RESUME_STATUSES.contains(&e.status.as_str())) {
+        return Err(ApiError::bad_request(format!(
+            "a resume entry's `status` is `resolved` or `cancelled`, not {:?}",
+            unknown.status
+        )));
+    }
     for entry in entries {
         if entry.status == "cancelled" {
             return Ok(state.runner.cancel_workflow(workflow.id(), "the interrupt was cancelled").await?);

@@ -156,7 +156,10 @@ fn seconds(duration: chrono::TimeDelta) -> f64 {
     duration.num_microseconds().unwrap_or(i64::MAX).max(0) as f64 / 1e6
 }
 
-/// The metrics of the workflows the caller may see.
+/// The metrics of the workflows the caller may see, as Prometheus text (see the module docs).
+#[utoipa::path(get, path = "/metrics", tag = "metrics",
+    responses((status = 200, description = "Prometheus text, format 0.0.4", content_type = "text/plain", body = String),
+              (status = "4XX", body = super::errors::ErrorBody)))]
 pub(super) async fn metrics(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

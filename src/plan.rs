@@ -95,6 +95,11 @@ pub struct PlanContext {
     /// The ids of the tools the planner was offered.
     #[serde(default)]
     pub tool_ids: Vec<String>,
+    /// The end user the plan was made for, if any. `portia serve` lets a token bound
+    /// to an end user use only that user's plans, as its query may hold their data.
+    /// Absent in plans stored before plans recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_user_id: Option<String>,
 }
 
 /// One step of a plan.
@@ -331,7 +336,14 @@ pub(crate) fn schema_of<T: JsonSchema>() -> Value {
 impl PlanContext {
     /// The context of a plan for `query` that was offered the tools `tool_ids`.
     pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(query: impl Into<String>, tool_ids: I) -> Self {
-        Self { query: query.into(), tool_ids: tool_ids.into_iter().map(Into::into).collect() }
+        Self { query: query.into(), tool_ids: tool_ids.into_iter().map(Into::into).collect(), end_user_id: None }
+    }
+
+    /// The same context, made for `end_user_id` (or for no one).
+    #[must_use]
+    pub fn for_end_user(mut self, end_user_id: Option<String>) -> Self {
+        self.end_user_id = end_user_id;
+        self
     }
 }
 
@@ -948,7 +960,7 @@ impl PlanBuilder {
             }
             ids
         });
-        let mut plan = Plan::new(PlanContext { query: self.query, tool_ids }, self.steps);
+        let mut plan = Plan::new(PlanContext::new(self.query, tool_ids), self.steps);
         plan.output_schema = self.output_schema;
         plan.inputs = self.inputs;
         plan

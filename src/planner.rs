@@ -215,7 +215,7 @@ fn to_plan(query: &str, tool_ids: &[String], steps: &[PlannedStep]) -> Plan {
         .zip(steps)
         .map(|(step, planned)| with_kind(step, planned.tool_id.as_deref(), tool_ids))
         .collect();
-    Plan::new(PlanContext { query: query.to_owned(), tool_ids: tool_ids.to_vec() }, steps)
+    Plan::new(PlanContext::new(query, tool_ids.iter().cloned()), steps)
 }
 
 /// Reads the planner's `tool_id`: a tool; several (`"a,b"`), for a ReAct step;

@@ -297,6 +297,7 @@ impl Runner {
             Some(ids) => ids.iter().map(|id| self.inner.tools.get_tool(id)).collect::<Result<Vec<_>>>()?,
             None => self.inner.tools.match_tools(&query),
         };
+        let end_user_id = execution_context.end_user_id.clone();
         let request = PlanningRequest {
             query,
             tools,
@@ -306,6 +307,8 @@ impl Runner {
             output_schema: output_schema.clone(),
         };
         let mut plan = self.inner.planner.plan(request).await?;
+        // Recorded here, not left to each planner: whoever serves plans by id needs it.
+        plan.plan_context.end_user_id = end_user_id;
         if plan.output_schema.is_none() {
             plan.output_schema = output_schema;
         }
@@ -533,6 +536,13 @@ impl Runner {
             Ok(vec![EventKind::ClarificationResolved { clarification_id: clarification.id, response }])
         })
         .await
+        .map_err(|e| match e {
+            // The store refuses a finished workflow's lease in the words of running it.
+            Error::InvalidWorkflowState { workflow_id, state, .. } if state.is_terminal() => {
+                Error::InvalidWorkflowState { workflow_id, state, action: "answer its clarification".to_owned() }
+            }
+            other => other,
+        })
     }
 
     /// Every event of every workflow this runner (or a clone) runs, from now on.
@@ -807,8 +817,12 @@ impl Runner {
 
     /// What writing a plan cost, on the configured planning model.
     fn planning_cost(&self, usage: crate::llm::Usage) -> f64 {
-        let model = self.inner.llm_settings.model_for(crate::llm::ModelRole::Planning).model;
-        self.inner.config.prices.cost(&model, &usage)
+        self.inner.config.prices.cost(&self.planning_model(), &usage)
+    }
+
+    /// The model this runner plans with.
+    fn planning_model(&self) -> String {
+        self.inner.llm_settings.model_for(crate::llm::ModelRole::Planning).model
     }
 
     fn today(&self) -> String {

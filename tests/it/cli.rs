@@ -63,16 +63,16 @@ fn submit(dir: &Path, plan: &Path) -> String {
     String::from_utf8_lossy(&submitted.stdout).trim().to_owned()
 }
 
-fn code(output: &Output) -> i32 {
+pub(crate) fn code(output: &Output) -> i32 {
     output.status.code().expect("an exit code")
 }
 
-fn stdout_json(output: &Output) -> Value {
+pub(crate) fn stdout_json(output: &Output) -> Value {
     serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)))
 }
 
-fn stderr(output: &Output) -> String {
+pub(crate) fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
@@ -703,7 +703,7 @@ fn mcp_serves_the_sdk_over_stdio() {
 }
 
 /// A one-step plan whose step is an LLM call: it needs a model.
-fn llm_plan(dir: &Path) -> PathBuf {
+pub(crate) fn llm_plan(dir: &Path) -> PathBuf {
     let plan = json!({
         "plan_context": {"query": "Say hello", "tool_ids": []},
         "steps": [{"task": "Say hello", "inputs": [], "tool_id": null, "output": "$hello"}]
@@ -715,19 +715,19 @@ fn llm_plan(dir: &Path) -> PathBuf {
 
 /// An OpenAI endpoint that takes requests and never answers, so that a run waits in
 /// its LLM call until it is stopped.
-struct Silent(std::net::TcpListener);
+pub(crate) struct Silent(std::net::TcpListener);
 
 impl Silent {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Self(std::net::TcpListener::bind("127.0.0.1:0").unwrap())
     }
 
-    fn base_url(&self) -> String {
+    pub(crate) fn base_url(&self) -> String {
         format!("http://{}/v1", self.0.local_addr().unwrap())
     }
 
     /// Returns once a request has come in: the run is then inside its LLM call.
-    fn wait_for_request(&self) -> std::net::TcpStream {
+    pub(crate) fn wait_for_request(&self) -> std::net::TcpStream {
         self.0.accept().unwrap().0
     }
 }
@@ -752,13 +752,13 @@ fn stuck_in_its_llm_call(
     (child, silent.wait_for_request())
 }
 
-fn signal(child: &std::process::Child, name: &str) {
+pub(crate) fn signal(child: &std::process::Child, name: &str) {
     let status = Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status().unwrap();
     assert!(status.success());
 }
 
 /// The binary with a model whose endpoint is `base_url`.
-fn with_model(dir: &Path, base_url: &str) -> Command {
+pub(crate) fn with_model(dir: &Path, base_url: &str) -> Command {
     let mut command = portia(dir);
     command.env("OPENAI_API_KEY", "sk-test").env("OPENAI_BASE_URL", base_url).env("PORTIA_MAX_RETRIES", "0");
     command

@@ -80,7 +80,13 @@ mod serve_changes;
 #[cfg(all(feature = "server", feature = "cli"))]
 mod serve_cli;
 #[cfg(feature = "server")]
+mod serve_errors;
+#[cfg(feature = "server")]
 mod serve_events;
+#[cfg(feature = "server")]
+mod serve_plans;
+#[cfg(feature = "server")]
+mod serve_runs;
 #[cfg(feature = "sqlite")]
 mod storage_conformance;
 mod storage_import;

@@ -386,7 +386,7 @@ async fn metrics_count_workflows_llm_calls_tokens_and_latencies_from_the_store()
         post("ann-token", json!({"plan": tool_plan("W", "weather_tool")})).await.unwrap().json().await.unwrap();
     let said: Value = post("admin", json!({"query": "Say hello"})).await.unwrap().json().await.unwrap();
     served.rest(ann["id"].as_str().unwrap()).await;
-    served.rest(said["id"].as_str().unwrap()).await;
+    let planning = served.rest(said["id"].as_str().unwrap()).await.usage().planning;
 
     let served = &served;
     let scrape = |token: &'static str| async move {
@@ -400,13 +400,13 @@ async fn metrics_count_workflows_llm_calls_tokens_and_latencies_from_the_store()
     assert_eq!(sample(&text, "portia_workflows{state=\"FAILED\"}"), Some(0.0));
     let calls: Vec<&str> = text.lines().filter(|l| l.starts_with("portia_llm_calls_total{")).collect();
     assert_eq!(calls.len(), 1, "one model: {calls:?}");
-    assert!(calls[0].ends_with(" 1"), "the step's call (planning is no workflow's): {calls:?}");
+    assert!(calls[0].ends_with(" 2"), "the plan written for the workflow, and its step: {calls:?}");
     let tokens = |kind: &str| {
         let line = text.lines().find(|l| l.starts_with("portia_llm_tokens_total{") && l.contains(kind));
         line.and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
     };
-    assert_eq!(tokens("kind=\"prompt\""), Some(40.0), "{text}");
-    assert_eq!(tokens("kind=\"completion\""), Some(3.0), "{text}");
+    assert_eq!(tokens("kind=\"prompt\""), Some(40.0 + planning.prompt_tokens as f64), "{text}");
+    assert_eq!(tokens("kind=\"completion\""), Some(3.0 + planning.completion_tokens as f64), "{text}");
     assert_eq!(tokens("kind=\"cache_read\""), Some(32.0), "cached tokens by kind: {text}");
     assert_eq!(tokens("kind=\"cache_write\""), Some(0.0), "{text}");
     assert_eq!(sample(&text, "portia_tool_call_duration_seconds_count{tool=\"weather_tool\"}"), Some(1.0));
@@ -419,4 +419,43 @@ async fn metrics_count_workflows_llm_calls_tokens_and_latencies_from_the_store()
     assert_eq!(sample(&anns, "portia_workflows{state=\"COMPLETE\"}"), Some(1.0), "a bound token counts its own");
     assert!(!anns.contains("portia_llm_calls_total{"), "{anns}");
     assert_eq!(served.get("/metrics").await.0, StatusCode::UNAUTHORIZED);
+}
+
+/// The LLM figures agree with the workflows' own usage: a workflow whose plan was
+/// written for it pays for the planning calls, which come with no event, and the
+/// metrics count them too; a plan stored apart is no workflow's.
+#[tokio::test]
+async fn metrics_agree_with_the_workflows_usage_planning_included() {
+    let plan_reply = json!({"steps": [{"task": "Say hello", "inputs": [], "output": "$hello"}]});
+    let planned = portia::llm::LlmResponse {
+        usage: portia::llm::Usage::call(1000, 200),
+        ..portia::llm::LlmResponse::text(plan_reply.to_string())
+    };
+    let hello =
+        portia::llm::LlmResponse { usage: portia::llm::Usage::call(40, 3), ..portia::llm::LlmResponse::text("Hi") };
+    let llm = ScriptedLlm::new().respond(planned.clone()).respond(hello.clone()).respond(planned).respond(hello);
+    let served = serve(runner_with(vec![], llm), ServeOptions::new()).await;
+    let (_, said) = served.post("/v1/workflows", json!({"query": "Say hello"})).await;
+    let said = served.rest(said["id"].as_str().unwrap()).await;
+    let (_, plan) = served.post("/v1/plans", json!({"query": "Say hello"})).await;
+    let (_, from_plan) = served.post("/v1/workflows", json!({"plan_id": plan["id"]})).await;
+    let from_plan = served.rest(from_plan["id"].as_str().unwrap()).await;
+    assert_eq!(said.usage().total.llm_calls, 2, "it paid for its plan");
+    assert_eq!(from_plan.usage().total.llm_calls, 1, "a stored plan's planning is a reference");
+
+    let text = served.http.get(served.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let total = |metric: &str, kind: &str| -> f64 {
+        let of_metric = text.lines().filter(|l| l.starts_with(&format!("{metric}{{")) && l.contains(kind));
+        of_metric.filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+    };
+    let usages = [said.usage(), from_plan.usage()];
+    let calls: u32 = usages.iter().map(|u| u.total.llm_calls).sum();
+    let prompt: u64 = usages.iter().map(|u| u.total.prompt_tokens).sum();
+    let completion: u64 = usages.iter().map(|u| u.total.completion_tokens).sum();
+    let cost: f64 = usages.iter().map(|u| u.cost_usd).sum();
+    assert_eq!(total("portia_llm_calls_total", ""), f64::from(calls), "{text}");
+    assert_eq!(total("portia_llm_tokens_total", "kind=\"prompt\""), prompt as f64, "{text}");
+    assert_eq!(total("portia_llm_tokens_total", "kind=\"completion\""), completion as f64, "{text}");
+    assert!(cost > 0.0, "priced: {cost}");
+    assert!((total("portia_llm_cost_usd_total", "") - cost).abs() < 1e-9, "{cost} in all: {text}");
 }

@@ -145,6 +145,11 @@ pub(crate) enum Command {
         /// run in the server's own tasks, and queued ones wait for `portia worker`).
         #[arg(long, value_name = "N", default_value_t = 0)]
         workers: usize,
+        /// Seconds running workflows may go on after SIGTERM or ctrl-c; those still
+        /// running then are stopped, their leases released, and each named in the
+        /// log with how to resume it.
+        #[arg(long, default_value_t = 30, value_name = "SECS")]
+        grace: u64,
     },
 }
 

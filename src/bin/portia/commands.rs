@@ -152,7 +152,7 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
             Ok(Exit::Ok)
         }
         #[cfg(feature = "server")]
-        Command::Serve { listen, workers } => serve(setup, listen, workers).await,
+        Command::Serve { listen, workers, grace } => serve(setup, listen, workers, Duration::from_secs(grace)).await,
     }
 }
 
@@ -167,10 +167,12 @@ async fn acknowledged(runner: &Runner, id: WorkflowId) -> Result<Workflow, Failu
 
 /// Serves the runner over HTTP until SIGTERM or ctrl-c.
 #[cfg(feature = "server")]
-async fn serve(setup: &Setup, listen: std::net::SocketAddr, workers: usize) -> Result<Exit, Failure> {
+async fn serve(setup: &Setup, listen: std::net::SocketAddr, workers: usize, grace: Duration) -> Result<Exit, Failure> {
     use portia::runner::serve::{ServeOptions, Server};
-    let options =
-        ServeOptions::from_config(setup.runner.config())?.workers(workers).plan_tools(setup.plan_tools.clone());
+    let options = ServeOptions::from_config(setup.runner.config())?
+        .workers(workers)
+        .shutdown_grace(grace)
+        .plan_tools(setup.plan_tools.clone());
     let server = Server::bind(setup.runner.clone(), listen, options).await?;
     eprintln!("portia: serving on http://{}", server.local_addr()?);
     server.run().await?;

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
@@ -10,7 +10,7 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
-use super::errors::{ApiError, Body, ErrorBody};
+use super::errors::{ApiError, Body, ErrorBody, OptionalBody, PathParams};
 use super::router::AppState;
 use crate::Error;
 use crate::execution_context::ExecutionContext;
@@ -86,9 +86,9 @@ pub(super) struct ListParams {
     state: Option<String>,
     /// Only the workflows of this end user.
     end_user_id: Option<String>,
-    /// The page, from 1.
+    /// The page, from 1 (0 is refused).
     page: Option<usize>,
-    /// Workflows per page (at most 500; 50 by default).
+    /// Workflows per page, from 1 (0 is refused); more than 500 is 500; 50 by default.
     page_size: Option<usize>,
 }
 
@@ -151,6 +151,7 @@ pub(super) async fn create_plan(
     Body(request): Body<CreatePlan>,
 ) -> ApiResult<(StatusCode, Json<Plan>)> {
     let context = context_for(&caller, request.end_user_id)?;
+    check_query(&request.query)?;
     let tools = request.tools.unwrap_or_else(|| state.plan_tools.to_vec());
     let plan = state.runner.generate_plan(request.query).tools(tools).execution_context(context).await?;
     Ok((StatusCode::CREATED, Json(plan)))
@@ -172,11 +173,12 @@ pub(super) async fn create_workflow(
     let planned_here = request.query.is_some();
     let plan = match (request.query, request.plan, request.plan_id) {
         (Some(query), None, None) => {
+            check_query(&query)?;
             let tools = request.tools.unwrap_or_else(|| state.plan_tools.to_vec());
             runner.generate_plan(query).tools(tools).execution_context(context.clone()).await?
         }
-        (None, Some(plan), None) => plan,
-        (None, None, Some(id)) => runner.get_plan(id).await?,
+        (None, Some(plan), None) => state.posted_plan(&caller, &context, plan).await?,
+        (None, None, Some(id)) => state.visible_plan(&caller, id).await?,
         _ => return Err(ApiError::bad_request("give exactly one of `query`, `plan` or `plan_id`")),
     };
     let mode = request.mode.unwrap_or(if state.workers { StartMode::Queue } else { StartMode::Run });
@@ -190,7 +192,7 @@ pub(super) async fn create_workflow(
         StartMode::Run => {
             let create = runner.create_workflow(&plan).execution_context(context).inputs(inputs);
             let workflow = if planned_here { create.count_planning() } else { create }.await?;
-            state.run_in_background(workflow.id());
+            state.run_on(workflow.id()).await;
             workflow
         }
     };
@@ -213,8 +215,11 @@ pub(super) async fn list_workflows(
         (None, asked) => asked,
     };
     let workflow_state = params.state.as_deref().map(parse_state).transpose()?;
-    let page = params.page.unwrap_or(1).max(1);
-    let page_size = params.page_size.unwrap_or(50).clamp(1, 500);
+    let page = params.page.unwrap_or(1);
+    let page_size = params.page_size.unwrap_or(50).min(500);
+    if page == 0 || page_size == 0 {
+        return Err(ApiError::bad_request("`page` counts from 1, and `page_size` is at least 1"));
+    }
     let query = WorkflowQuery::default().state(workflow_state).end_user(wanted).page(page).page_size(page_size);
     let listed = state.runner.list_workflows(&query).await?;
     let (workflows, count, unreadable) = (listed.results, listed.count, listed.unreadable.len());
@@ -233,7 +238,7 @@ pub(super) async fn list_workflows(
 pub(super) async fn get_workflow(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> ApiResult<Json<Workflow>> {
     Ok(Json(state.visible(&caller, &id).await?))
 }
@@ -245,10 +250,16 @@ pub(super) async fn get_workflow(
 pub(super) async fn get_workflow_plan(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> ApiResult<Json<Plan>> {
     let workflow = state.visible(&caller, &id).await?;
-    Ok(Json(state.runner.get_plan(workflow.plan_id()).await?))
+    let plan = state.runner.get_plan(workflow.plan_id()).await?;
+    // A plan stored before plans recorded their end user is shown through the
+    // workflows the caller sees; one recorded for someone else is not.
+    match &plan.plan_context.end_user_id {
+        Some(owner) if !caller.sees(Some(owner)) => Err(Error::PlanNotFound(plan.id).into()),
+        _ => Ok(Json(plan)),
+    }
 }
 
 /// A workflow's journaled tool calls: arguments, outcome, latency, attempt.
@@ -258,7 +269,7 @@ pub(super) async fn get_workflow_plan(
 pub(super) async fn get_tool_calls(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> ApiResult<Json<Vec<crate::storage::ToolCallRecord>>> {
     let workflow = state.visible(&caller, &id).await?;
     Ok(Json(state.runner.tool_calls(workflow.id()).await?))
@@ -272,7 +283,7 @@ pub(super) async fn get_tool_calls(
 pub(super) async fn answer(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path((id, clarification_id)): Path<(String, String)>,
+    PathParams((id, clarification_id)): PathParams<(String, String)>,
     Body(request): Body<Answer>,
 ) -> ApiResult<Json<Workflow>> {
     let workflow = state.visible(&caller, &id).await?;
@@ -287,7 +298,7 @@ pub(super) async fn answer(
     };
     let workflow = state.runner.resolve_clarification(clarification, request.response).await?;
     if request.resume && workflow.state() == WorkflowState::ReadyToResume {
-        state.run_in_background(workflow.id());
+        state.run_on(workflow.id()).await;
     }
     Ok(Json(workflow))
 }
@@ -299,29 +310,25 @@ pub(super) async fn answer(
 pub(super) async fn cancel(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-    body: axum::body::Bytes,
+    PathParams(id): PathParams<String>,
+    // The body is optional: none, or `{"reason": ...}`.
+    OptionalBody(cancel): OptionalBody<Cancel>,
 ) -> ApiResult<Json<Workflow>> {
     let workflow = state.visible(&caller, &id).await?;
-    // The body is optional: none, or `{"reason": ...}`.
-    let cancel: Cancel = if body.iter().all(u8::is_ascii_whitespace) {
-        Cancel::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("the body is not a cancellation: {e}")))?
-    };
     let reason = cancel.reason.unwrap_or_else(|| "cancelled from the web".to_owned());
     Ok(Json(state.runner.cancel_workflow(workflow.id(), &reason).await?))
 }
 
-/// Runs a workflow on: one READY_TO_RESUME, NOT_STARTED, or whose run died.
+/// Runs a workflow on: one READY_TO_RESUME, NOT_STARTED, or whose run died. Its
+/// lease is taken before the answer, so a run already under way (here or in any
+/// process) is 409 `already_running`, not accepted and dropped.
 #[utoipa::path(post, path = "/v1/workflows/{id}/resume", tag = "workflows",
     params(("id" = String, Path, description = "The workflow's id")),
     responses((status = 202, description = "The workflow, as stored before it runs on", body = Object), (status = "4XX", body = ErrorBody)))]
 pub(super) async fn resume(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> ApiResult<(StatusCode, Json<Workflow>)> {
     let workflow = state.visible(&caller, &id).await?;
     if workflow.state().is_terminal() {
@@ -335,7 +342,7 @@ pub(super) async fn resume(
             format!("workflow {} is waiting for {open} clarification(s); answer them first", workflow.id()),
         ));
     }
-    state.run_in_background(workflow.id());
+    state.start_run(workflow.id()).await?;
     Ok((StatusCode::ACCEPTED, Json(workflow)))
 }
 
@@ -346,7 +353,7 @@ pub(super) async fn resume(
 pub(super) async fn delete_workflow(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> ApiResult<StatusCode> {
     let workflow = state.visible(&caller, &id).await?;
     state.runner.delete_workflow(workflow.id()).await?;
@@ -388,6 +395,14 @@ fn context_for(caller: &Caller, asked: Option<String>) -> ApiResult<ExecutionCon
     Ok(user.map(ExecutionContext::for_end_user).unwrap_or_default())
 }
 
+/// A query with nothing to plan is refused before any model is asked.
+fn check_query(query: &str) -> ApiResult<()> {
+    if query.trim().is_empty() {
+        return Err(ApiError::bad_request("the query is empty: say in words what to do"));
+    }
+    Ok(())
+}
+
 fn forbidden(end_user: &str) -> ApiError {
     ApiError::new(
         StatusCode::FORBIDDEN,
@@ -421,6 +436,39 @@ impl AppState {
             Ok(workflow)
         } else {
             Err(Error::WorkflowNotFound(id).into())
+        }
+    }
+
+    /// Stored plan `id` if the caller may see it (the rule for workflows: a token
+    /// bound to an end user sees that user's plans only); not found otherwise.
+    pub(super) async fn visible_plan(&self, caller: &Caller, id: PlanId) -> ApiResult<Plan> {
+        let plan = self.runner.get_plan(id).await?;
+        if caller.sees(plan.plan_context.end_user_id.as_deref()) {
+            Ok(plan)
+        } else {
+            Err(Error::PlanNotFound(id).into())
+        }
+    }
+
+    /// A plan posted whole, made the caller's: it records the workflow's end user
+    /// and, from a bound token, may name no other. A stored plan keeps its first
+    /// version, so one posted under a stored plan's id runs the stored one: that is
+    /// a use by id, allowed only if the caller may see the stored plan.
+    async fn posted_plan(&self, caller: &Caller, context: &ExecutionContext, mut plan: Plan) -> ApiResult<Plan> {
+        if let (Some(mine), Some(named)) = (&caller.end_user_id, &plan.plan_context.end_user_id)
+            && mine != named
+        {
+            return Err(forbidden(mine));
+        }
+        if plan.plan_context.end_user_id.is_none() {
+            plan.plan_context.end_user_id.clone_from(&context.end_user_id);
+        }
+        match self.runner.get_plan(plan.id).await {
+            Ok(stored) if !caller.sees(stored.plan_context.end_user_id.as_deref()) => {
+                Err(Error::PlanNotFound(plan.id).into())
+            }
+            Ok(_) | Err(Error::PlanNotFound(_)) => Ok(plan),
+            Err(e) => Err(e.into()),
         }
     }
 

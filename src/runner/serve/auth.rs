@@ -112,7 +112,9 @@ impl Caller {
 pub(super) fn presented(request: &Request) -> Option<String> {
     let headers = request.headers();
     if let Some(value) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        return value.strip_prefix("Bearer ").map(|t| t.trim().to_owned());
+        // The scheme's name is case-insensitive (RFC 7235).
+        let (scheme, token) = value.trim().split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned());
     }
     headers
         .get_all(COOKIE)

@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Extension;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
@@ -17,7 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::agui::Translator;
 use super::auth::Caller;
-use super::errors::{ApiError, Body, ErrorBody};
+use super::errors::{ApiError, Body, ErrorBody, PathParams};
 use super::router::AppState;
 use crate::Error;
 use crate::events::EventStream;
@@ -51,7 +51,7 @@ pub(super) struct EventParams {
 pub(super) async fn events(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     headers: HeaderMap,
     params: Result<Query<EventParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
@@ -109,6 +109,9 @@ pub(super) struct RunAgentInput {
     forwarded_props: Option<Value>,
 }
 
+/// The statuses an AG-UI resume entry may have: its interrupt answered, or cancelled.
+const RESUME_STATUSES: [&str; 2] = ["resolved", "cancelled"];
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ResumeEntry {
@@ -138,7 +141,7 @@ pub(super) async fn run_agent(
         // Listening before the run starts: its streamed pieces are heard from the first.
         let follow = Follow::start(state.clone(), workflow.id(), (after, ""), translator, run_id, true).await?;
         if workflow.state() == WorkflowState::ReadyToResume {
-            state.run_in_background(workflow.id());
+            state.run_on(workflow.id()).await;
         }
         return Ok(sse(follow));
     }
@@ -149,7 +152,7 @@ pub(super) async fn run_agent(
         state.runner.generate_plan(query).tools(state.plan_tools.to_vec()).execution_context(context.clone()).await?;
     let workflow = state.runner.create_workflow(&plan).execution_context(context).count_planning().await?;
     let follow = Follow::start(state.clone(), workflow.id(), (0, ""), translator, run_id, true).await?;
-    state.run_in_background(workflow.id());
+    state.run_on(workflow.id()).await;
     Ok(sse(follow))
 }
 
@@ -164,6 +167,12 @@ async fn resume_thread(
 ) -> Result<Workflow, ApiError> {
     let id = forwarded.and_then(|p| p.get("workflow_id")).and_then(Value::as_str).unwrap_or(thread_id);
     let mut workflow = state.visible(caller, id).await?;
+    if let Some(unknown) = entries.iter().find(|e| !RESUME_STATUSES.contains(&e.status.as_str())) {
+        return Err(ApiError::bad_request(format!(
+            "a resume entry's `status` is `resolved` or `cancelled`, not {:?}",
+            unknown.status
+        )));
+    }
     for entry in entries {
         if entry.status == "cancelled" {
             return Ok(state.runner.cancel_workflow(workflow.id(), "the interrupt was cancelled").await?);

@@ -2,6 +2,13 @@
 //! process's runs: workflows by state, LLM calls, tokens and cost by model, and step,
 //! tool-call and LLM-call latencies.
 //!
+//! The LLM figures agree with the workflows' own usage: the calls of their runs,
+//! from their stored events, and the planning calls of the workflows that paid for
+//! their plan (one written for them), which come with no event as the plan is made
+//! before its workflow. Those are put down to this server's planning model and
+//! priced as the workflow priced them; having no recorded latency, they are not in
+//! the latency histogram.
+//!
 //! A workflow's figures are read from its stored events once per version and kept:
 //! a scrape reads again only the workflows that changed since the last.
 
@@ -19,7 +26,7 @@ use super::errors::ApiError;
 use super::router::AppState;
 use crate::events::EventKind;
 use crate::ids::WorkflowId;
-use crate::workflow::{Workflow, WorkflowState};
+use crate::workflow::{Workflow, WorkflowState, WorkflowUsage};
 
 /// Histogram bounds, in seconds.
 const BUCKETS: [f64; 11] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
@@ -76,9 +83,11 @@ pub(super) struct Figures {
 }
 
 impl Figures {
-    /// A workflow's figures, from its stored events.
-    async fn of(state: &AppState, id: WorkflowId) -> crate::Result<Self> {
+    /// A workflow's figures: from its stored events, and its planning calls when it paid for them.
+    async fn of(state: &AppState, workflow: &Workflow) -> crate::Result<Self> {
+        let id = workflow.id();
         let mut figures = Self::default();
+        figures.add_planning(&state.runner, workflow.usage());
         let mut step_started = HashMap::new();
         for stored in state.runner.storage().events(id, 0).await? {
             let at = stored.event.at;
@@ -110,6 +119,21 @@ impl Figures {
         Ok(figures)
     }
 
+    /// The calls that wrote the workflow's plan, when its usage counts them (see the module docs).
+    fn add_planning(&mut self, runner: &crate::runner::Runner, usage: &WorkflowUsage) {
+        if !usage.planning_counted || usage.planning.llm_calls == 0 {
+            return;
+        }
+        let planning = usage.planning;
+        let model = self.models.entry(runner.planning_model()).or_default();
+        model.calls += u64::from(planning.llm_calls);
+        model.prompt_tokens += planning.prompt_tokens;
+        model.completion_tokens += planning.completion_tokens;
+        model.cache_read_tokens += planning.cache_read_tokens;
+        model.cache_write_tokens += planning.cache_write_tokens;
+        model.cost_usd += runner.planning_cost(planning);
+    }
+
     fn add(&mut self, other: &Self) {
         for (name, theirs) in &other.models {
             let mine = self.models.entry(name.clone()).or_default();
@@ -132,7 +156,10 @@ fn seconds(duration: chrono::TimeDelta) -> f64 {
     duration.num_microseconds().unwrap_or(i64::MAX).max(0) as f64 / 1e6
 }
 
-/// The metrics of the workflows the caller may see.
+/// The metrics of the workflows the caller may see, as Prometheus text (see the module docs).
+#[utoipa::path(get, path = "/metrics", tag = "metrics",
+    responses((status = 200, description = "Prometheus text, format 0.0.4", content_type = "text/plain", body = String),
+              (status = "4XX", body = super::errors::ErrorBody)))]
 pub(super) async fn metrics(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -148,7 +175,7 @@ pub(super) async fn metrics(
         let cached = state.metrics.lock().unwrap_or_else(PoisonError::into_inner).get(&workflow.id()).cloned();
         let figures = match cached {
             Some((version, figures)) if version == workflow.version() => figures,
-            _ => Figures::of(&state, workflow.id()).await?,
+            _ => Figures::of(&state, workflow).await?,
         };
         total.add(&figures);
         seen.insert(workflow.id(), (workflow.version(), figures));
@@ -186,7 +213,12 @@ fn render(by_state: &BTreeMap<String, u64>, unreadable: usize, total: &Figures) 
     );
     let _ = writeln!(out, "portia_workflows_unreadable {unreadable}");
 
-    header(&mut out, "portia_llm_calls_total", "counter", "LLM calls by model, of the stored workflows.");
+    header(
+        &mut out,
+        "portia_llm_calls_total",
+        "counter",
+        "LLM calls by model, of the stored workflows (their runs, and the planning of those whose plan was written for them).",
+    );
     for (model, figures) in &total.models {
         let _ = writeln!(out, "portia_llm_calls_total{{model=\"{}\"}} {}", escape(model), figures.calls);
     }
@@ -218,7 +250,12 @@ fn render(by_state: &BTreeMap<String, u64>, unreadable: usize, total: &Figures) 
     for (model, figures) in &total.models {
         let _ = writeln!(out, "portia_llm_cost_usd_total{{model=\"{}\"}} {}", escape(model), figures.cost_usd);
     }
-    header(&mut out, "portia_llm_call_duration_seconds", "histogram", "LLM call latency by model.");
+    header(
+        &mut out,
+        "portia_llm_call_duration_seconds",
+        "histogram",
+        "LLM call latency by model, of the calls of the workflows' runs (planning calls have no recorded latency).",
+    );
     for (model, figures) in &total.models {
         histogram(
             &mut out,

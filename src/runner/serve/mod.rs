@@ -12,9 +12,11 @@ mod metrics;
 mod openapi;
 mod pages;
 mod router;
+mod runs;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 pub use auth::{ServerToken, Tokens};
 
@@ -24,6 +26,10 @@ use crate::{Error, Result};
 
 /// The largest request body the server reads, by default (1 MiB).
 pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
+
+/// How long runs may go on after shutdown is asked, by default: as long as a
+/// [`Worker`](super::Worker)'s.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// How a [`Server`] serves. Start from [`ServeOptions::new`] or
 /// [`ServeOptions::from_config`].
@@ -35,6 +41,7 @@ pub struct ServeOptions {
     body_limit: usize,
     workers: usize,
     plan_tools: Option<Vec<String>>,
+    shutdown_grace: Duration,
 }
 
 impl Default for ServeOptions {
@@ -45,13 +52,14 @@ impl Default for ServeOptions {
             body_limit: DEFAULT_BODY_LIMIT,
             workers: 0,
             plan_tools: None,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
 }
 
 impl ServeOptions {
-    /// No tokens (loopback only), no CORS, 1 MiB bodies, no in-process workers: each
-    /// new workflow runs in a task of the server's own.
+    /// No tokens (loopback only), no CORS, 1 MiB bodies, no in-process workers (each
+    /// new workflow runs in a task of the server's own), 30 seconds' grace at shutdown.
     pub fn new() -> Self {
         Self::default()
     }
@@ -99,6 +107,15 @@ impl ServeOptions {
     /// without, they run in a task of the server's own.
     pub fn workers(mut self, workers: usize) -> Self {
         self.workers = workers;
+        self
+    }
+
+    /// How long the runs in progress may go on once shutdown is asked (30 seconds
+    /// by default), the server's own and its workers' alike. Those still running
+    /// then are stopped as a worker stops its runs: their leases released, each left
+    /// to be resumed, and named in the log with how to resume it.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
         self
     }
 
@@ -163,30 +180,42 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, with the in-process workers, if any; then
-    /// stops accepting, lets open requests end, and stops the workers gracefully.
+    /// stops accepting and lets open requests end. The runs in progress, the
+    /// server's own and its workers', go on for the
+    /// [grace period](ServeOptions::shutdown_grace); those still running then are
+    /// stopped, each saved with its lease released, and the ones the server started
+    /// are logged with how to resume them (no worker takes them over: they were
+    /// never queued).
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] when serving fails.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let grace = self.options.shutdown_grace;
         let workers = (self.options.workers > 0).then(|| {
-            let worker = self.runner.worker(WorkerOptions::new().concurrency(self.options.workers));
+            let options = WorkerOptions::new().concurrency(self.options.workers).shutdown_grace(grace);
+            let worker = self.runner.worker(options);
             let mut stop = stop_rx.clone();
             tokio::spawn(worker.run_until(async move {
                 let _ = stop.wait_for(|stopped| *stopped).await;
             }))
         });
+        let runs = runs::BackgroundRuns::default();
         // Event streams end when the server stops, or graceful shutdown would wait on them.
-        let app = router::build(self.runner, &self.options, stop_rx);
+        let app = router::build(self.runner, &self.options, stop_rx, runs.clone());
         let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 let _ = stop_tx.send(true);
             })
             .await;
-        if let Some(workers) = workers {
-            let _ = workers.await;
-        }
+        // No request is left to start a run: what runs now is all there is to wait for.
+        let workers_stopped = async {
+            if let Some(workers) = workers {
+                let _ = workers.await;
+            }
+        };
+        tokio::join!(runs.shut_down(grace), workers_stopped);
         served.map_err(|e| Error::InvalidConfig {
             setting: "--listen".to_owned(),
             message: format!("serving failed: {e}"),

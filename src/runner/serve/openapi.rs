@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::OpenApi;
 
 use super::errors::{ErrorBody, ErrorDetail};
-use super::{api, changes, follow};
+use super::{api, changes, follow, metrics};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -26,6 +26,7 @@ use super::{api, changes, follow};
         api::tools,
         api::healthz,
         api::readyz,
+        metrics::metrics,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth)

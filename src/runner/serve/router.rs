@@ -12,6 +12,7 @@ use tower_http::cors::CorsLayer;
 use super::ServeOptions;
 use super::api::{self, PlanQueries, StartTimes};
 use super::auth::{self, Tokens};
+use super::runs::BackgroundRuns;
 use super::{changes, follow, metrics, openapi, pages};
 use crate::ids::WorkflowId;
 use crate::runner::Runner;
@@ -32,27 +33,42 @@ pub(super) struct AppState {
     pub(super) touched: changes::Touched,
     /// Turns `true` when the server stops: event streams end then.
     pub(super) stopping: tokio::sync::watch::Receiver<bool>,
+    /// The runs started in the server's own tasks, which shutdown waits for or stops.
+    pub(super) runs: BackgroundRuns,
 }
 
 impl AppState {
-    /// Runs workflow `id` in a task of the server's; what goes wrong is logged, and
-    /// the stored workflow says how it ended.
-    pub(super) fn run_in_background(&self, id: WorkflowId) {
-        let runner = self.runner.clone();
-        tokio::spawn(async move {
-            match runner.execute_workflow_by_id(id).await {
-                Ok(workflow) => tracing::debug!(workflow = %id, state = %workflow.state(), "run ended"),
-                // A worker or another request got to it first: it runs there.
-                Err(crate::Error::AlreadyRunning { .. }) => tracing::debug!(workflow = %id, "already running"),
-                Err(e) => tracing::warn!(workflow = %id, error = %e, "run failed"),
-            }
-        });
+    /// Runs workflow `id` in a task of the server's, tracked for shutdown; its
+    /// lease is taken first, so a run already under way is refused at once.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyRunning`](crate::Error::AlreadyRunning) while a run holds
+    /// the workflow's lease, here or in any process; a storage error.
+    pub(super) async fn start_run(&self, id: WorkflowId) -> crate::Result<()> {
+        self.runs.start(&self.runner, id).await
+    }
+
+    /// Runs workflow `id` on, as [`Self::start_run`] does, after a request that
+    /// succeeded anyway (an answer, a new workflow): what keeps it from running is
+    /// logged, not answered, and the stored workflow says where it stands.
+    pub(super) async fn run_on(&self, id: WorkflowId) {
+        match self.start_run(id).await {
+            Ok(()) => {}
+            // A worker or another request got to it first: it runs there.
+            Err(crate::Error::AlreadyRunning { .. }) => tracing::debug!(workflow = %id, "already running"),
+            Err(e) => tracing::warn!(workflow = %id, error = %e, "cannot run it"),
+        }
     }
 }
 
 /// Every route, behind the token check (but the health checks), with the body limit
 /// and, when configured, CORS.
-pub(super) fn build(runner: Runner, options: &ServeOptions, stopping: tokio::sync::watch::Receiver<bool>) -> Router {
+pub(super) fn build(
+    runner: Runner,
+    options: &ServeOptions,
+    stopping: tokio::sync::watch::Receiver<bool>,
+    runs: BackgroundRuns,
+) -> Router {
     let plan_tools: Arc<[String]> = match &options.plan_tools {
         Some(ids) => ids.clone().into(),
         None => runner.tools().get_tools().iter().map(|t| t.spec().id).collect(),
@@ -67,6 +83,7 @@ pub(super) fn build(runner: Runner, options: &ServeOptions, stopping: tokio::syn
         metrics: metrics::MetricsCache::default(),
         touched: changes::touched(),
         stopping,
+        runs,
     };
     let guarded = Router::new()
         .route("/v1/plans", post(api::create_plan))
@@ -84,10 +101,12 @@ pub(super) fn build(runner: Runner, options: &ServeOptions, stopping: tokio::syn
         .route("/v1/openapi.json", get(openapi::document))
         .route("/metrics", get(metrics::metrics))
         .merge(pages::routes())
+        .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
     let app = Router::new()
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
+        .method_not_allowed_fallback(method_not_allowed)
         .merge(guarded)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(options.body_limit))
@@ -100,6 +119,15 @@ pub(super) fn build(runner: Runner, options: &ServeOptions, stopping: tokio::syn
 
 async fn not_found() -> super::errors::ApiError {
     super::errors::ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+/// A route asked with a method it does not take; the router adds the `Allow` header.
+async fn method_not_allowed() -> super::errors::ApiError {
+    super::errors::ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method: the `Allow` header lists those it takes",
+    )
 }
 
 /// CORS for the configured origins only; none configured, no CORS header is sent.

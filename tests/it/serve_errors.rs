@@ -1,0 +1,172 @@
+//! Every refusal of `portia serve` is the JSON error body, with a code that agrees
+//! with its status and a message in JSON's terms, not Rust's.
+
+use portia::runner::serve::{ServeOptions, ServerToken, Tokens};
+use portia::testing::ScriptedLlm;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::serve::{runner_with, serve, tool_plan};
+
+/// The status, the `Content-Type`, and the JSON body (null if it is not JSON).
+async fn sent(request: reqwest::RequestBuilder) -> (StatusCode, String, Value) {
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let content_type = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
+    (status, content_type.unwrap_or_default(), response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_path_that_is_not_utf8_is_400_invalid_id_as_json() {
+    let served = serve(runner_with(vec![], ScriptedLlm::new()), ServeOptions::new()).await;
+    let (status, content_type, body) = sent(served.http.get(served.url("/v1/workflows/%FF"))).await;
+    assert_eq!((status, content_type.as_str()), (StatusCode::BAD_REQUEST, "application/json"), "{body}");
+    assert_eq!(body["error"]["code"], "invalid_id");
+}
+
+#[tokio::test]
+async fn a_cancel_body_past_the_limit_is_413_body_too_large_as_json() {
+    let weather = portia::testing::MockTool::returning("weather_tool", json!("-3°C"));
+    let served = serve(runner_with(vec![weather], ScriptedLlm::new()), ServeOptions::new().body_limit(1024)).await;
+    let (_, created) =
+        served.post("/v1/workflows", json!({"plan": tool_plan("W", "weather_tool"), "mode": "queue"})).await;
+    let id = created["id"].as_str().unwrap();
+    let big = json!({"reason": "x".repeat(4096)});
+    let (status, _, body) = sent(served.http.post(served.url(&format!("/v1/workflows/{id}/cancel"))).json(&big)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["error"]["code"], "body_too_large");
+}
+
+#[tokio::test]
+async fn a_method_a_route_does_not_take_is_405_method_not_allowed_with_allow() {
+    let served = serve(runner_with(vec![], ScriptedLlm::new()), ServeOptions::new()).await;
+    for (path, allowed) in [("/v1/tools", "GET"), ("/healthz", "GET")] {
+        let response = served.http.put(served.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED, "{path}");
+        let allow = response.headers().get("allow").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        assert!(allow.contains(allowed), "{path}: Allow {allow:?}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "method_not_allowed", "{path}");
+    }
+}
+
+#[tokio::test]
+async fn a_body_of_the_wrong_shape_is_400_bad_request_in_json_terms() {
+    let served = serve(runner_with(vec![], ScriptedLlm::new()), ServeOptions::new()).await;
+    let (status, body) = served.post("/v1/workflows", json!({"plan": "not a plan"})).await;
+    assert_eq!((status, &body["error"]["code"]), (StatusCode::BAD_REQUEST, &json!("bad_request")), "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("expected an object") && !message.contains("struct"), "{message}");
+    let (status, body) = served.post("/v1/workflows", json!({"qurey": "x"})).await;
+    assert_eq!((status, &body["error"]["code"]), (StatusCode::BAD_REQUEST, &json!("bad_request")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("unknown field `qurey`"), "{body}");
+    let not_json = served.http.post(served.url("/v1/workflows")).header("content-type", "application/json");
+    let (status, _, body) = sent(not_json.body("{\"query\":")).await;
+    assert_eq!((status, &body["error"]["code"]), (StatusCode::BAD_REQUEST, &json!("bad_request")), "{body}");
+}
+
+#[tokio::test]
+async fn a_body_without_a_json_content_type_is_415_unsupported_media_type() {
+    let served = serve(runner_with(vec![], ScriptedLlm::new()), ServeOptions::new()).await;
+    let (status, _, body) = sent(served.http.post(served.url("/v1/workflows")).body(r#"{"query": "x"}"#)).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{body}");
+    assert_eq!(body["error"]["code"], "unsupported_media_type");
+}
+
+/// An array is not read field by field, in order, as the request object.
+#[tokio::test]
+async fn a_body_that_is_not_a_json_object_is_refused() {
+    let served = serve(runner_with(vec![], ScriptedLlm::new()), ServeOptions::new()).await;
+    let (status, body) = served.post("/v1/plans", json!(["Say hello"])).await;
+    assert_eq!((status, &body["error"]["code"]), (StatusCode::BAD_REQUEST, &json!("bad_request")), "{body}");
+    assert_eq!(body["error"]["message"], "the body must be a JSON object, not an array");
+}
+
+/// An empty query is refused before any model is asked (this one has no reply scripted).
+#[tokio::test]
+async fn an_empty_query_is_400_before_planning() {
+    let served = serve(runner_with(vec![], ScriptedLlm::new()), ServeOptions::new()).await;
+    for (path, body) in [("/v1/plans", json!({"query": "  "})), ("/v1/workflows", json!({"query": ""}))] {
+        let (status, refused) = served.post(path, body).await;
+        assert_eq!((status, &refused["error"]["code"]), (StatusCode::BAD_REQUEST, &json!("bad_request")), "{path}");
+    }
+    let (_, listed) = served.get("/v1/workflows").await;
+    assert_eq!(listed["count"], 0);
+}
+
+/// A 401 says how to authenticate, and the scheme's name is read in any case (RFC 7235).
+#[tokio::test]
+async fn a_401_asks_for_a_bearer_token_and_the_scheme_is_read_in_any_case() {
+    let tokens = Tokens::new([ServerToken::new("s3cret")]);
+    let served = serve(runner_with(vec![], ScriptedLlm::new()), ServeOptions::new().tokens(tokens)).await;
+    let response = served.http.get(served.url("/v1/tools")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(response.headers().get("www-authenticate").map(|v| v.to_str().unwrap()), Some("Bearer"));
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let request = served.http.get(served.url("/v1/tools")).header("authorization", format!("{scheme} s3cret"));
+        assert_eq!(request.send().await.unwrap().status(), StatusCode::OK, "{scheme}");
+    }
+}
+
+/// A workflow waiting on a choice: a run of a picker tool's one-step plan.
+async fn waiting_on_a_choice(served: &crate::serve::Served) -> (String, String) {
+    let (_, created) = served.post("/v1/workflows", json!({"plan": tool_plan("Pick a file", "pick_tool")})).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let waiting = served.rest(&id).await;
+    let question = waiting.outstanding_clarifications().next().unwrap().id.to_string();
+    (id, question)
+}
+
+fn picker() -> portia::testing::MockTool {
+    let options = vec![json!("a.csv"), json!("b.csv")];
+    portia::testing::MockTool::new("pick_tool", portia::testing::MockBehavior::ClarifyChoice("file".into(), options))
+}
+
+#[tokio::test]
+async fn answering_a_finished_workflow_speaks_of_answering() {
+    let served = serve(runner_with(vec![picker()], ScriptedLlm::new()), ServeOptions::new()).await;
+    let (id, question) = waiting_on_a_choice(&served).await;
+    let (status, _) = served.post(&format!("/v1/workflows/{id}/cancel"), json!({"reason": "no"})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, refused) =
+        served.post(&format!("/v1/workflows/{id}/clarifications/{question}"), json!({"response": "a.csv"})).await;
+    assert_eq!((status, &refused["error"]["code"]), (StatusCode::CONFLICT, &json!("invalid_workflow_state")));
+    assert_eq!(
+        refused["error"]["message"],
+        format!("workflow {id}: cannot answer its clarification while it is FAILED"),
+        "{refused}"
+    );
+}
+
+/// Only `resolved` and `cancelled` are statuses of a resume entry: another is not
+/// taken as an answer.
+#[tokio::test]
+async fn an_ag_ui_resume_entry_of_an_unknown_status_is_400() {
+    let served = serve(runner_with(vec![picker()], ScriptedLlm::new()), ServeOptions::new()).await;
+    let (id, question) = waiting_on_a_choice(&served).await;
+    let input = json!({"threadId": id, "runId": "run-2", "messages": [],
+                       "resume": [{"interruptId": question, "status": "bogus", "payload": "a.csv"}]});
+    let (status, refused) = served.post("/v1/agui", input).await;
+    assert_eq!((status, &refused["error"]["code"]), (StatusCode::BAD_REQUEST, &json!("bad_request")), "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.contains("resolved") && message.contains("cancelled") && message.contains("bogus"), "{message}");
+    let (_, workflow) = served.get(&format!("/v1/workflows/{id}")).await;
+    assert_eq!(workflow["state"], "NEED_CLARIFICATION", "nothing was answered");
+}
+
+#[tokio::test]
+async fn page_and_page_size_of_0_are_refused() {
+    let served = serve(runner_with(vec![], ScriptedLlm::new()), ServeOptions::new()).await;
+    for query in ["page=0", "page_size=0"] {
+        let (status, refused) = served.get(&format!("/v1/workflows?{query}")).await;
+        assert_eq!((status, &refused["error"]["code"]), (StatusCode::BAD_REQUEST, &json!("bad_request")), "{query}");
+    }
+    assert_eq!(served.get("/v1/workflows?page=1&page_size=1").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_metrics() {
+    let served = serve(runner_with(vec![], ScriptedLlm::new()), ServeOptions::new()).await;
+    let (_, doc) = served.get("/v1/openapi.json").await;
+    assert!(doc["paths"]["/metrics"]["get"].is_object(), "{}", doc["paths"]);
+}

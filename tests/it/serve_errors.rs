@@ -38,6 +38,20 @@ async fn a_cancel_body_past_the_limit_is_413_body_too_large_as_json() {
 }
 
 #[tokio::test]
+async fn another_plan_under_a_stored_plans_id_is_409_plan_id_taken() {
+    let weather = portia::testing::MockTool::returning("weather_tool", json!("-3°C"));
+    let served = serve(runner_with(vec![weather], ScriptedLlm::new()), ServeOptions::new()).await;
+    let mut plan = tool_plan("W", "weather_tool");
+    plan["id"] = json!("plan-01a24d37-0000-7000-8000-00000000abce");
+    let (status, body) = served.post("/v1/workflows", json!({"plan": plan, "mode": "queue"})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let mut changed = plan.clone();
+    changed["plan_context"]["query"] = json!("Another question");
+    let (status, body) = served.post("/v1/workflows", json!({"plan": changed, "mode": "queue"})).await;
+    assert_eq!((status, &body["error"]["code"]), (StatusCode::CONFLICT, &json!("plan_id_taken")), "{body}");
+}
+
+#[tokio::test]
 async fn a_method_a_route_does_not_take_is_405_method_not_allowed_with_allow() {
     let served = serve(runner_with(vec![], ScriptedLlm::new()), ServeOptions::new()).await;
     for (path, allowed) in [("/v1/tools", "GET"), ("/healthz", "GET")] {

@@ -60,6 +60,7 @@ impl From<Error> for ApiError {
         let (status, code) = match &error {
             Error::WorkflowNotFound(_) => (StatusCode::NOT_FOUND, "workflow_not_found"),
             Error::PlanNotFound(_) => (StatusCode::NOT_FOUND, "plan_not_found"),
+            Error::PlanIdTaken(_) => (StatusCode::CONFLICT, "plan_id_taken"),
             Error::ClarificationNotFound { .. } => (StatusCode::NOT_FOUND, "clarification_not_found"),
             Error::InvalidPlan(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_plan"),
             Error::Planning { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "planning_failed"),
@@ -75,6 +76,7 @@ impl From<Error> for ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "not_configured")
             }
             Error::Llm(_) => (StatusCode::BAD_GATEWAY, "llm_failed"),
+            Error::StoreFileChanged { .. } => (StatusCode::SERVICE_UNAVAILABLE, "store_file_changed"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         Self::new(status, code, with_causes(&error))
@@ -96,7 +98,7 @@ fn with_causes(error: &dyn std::error::Error) -> String {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {
-            tracing::warn!(code = self.code, message = %self.message, "request failed");
+            tracing::warn!(code = self.code, error = %self.message, "request failed");
         }
         let challenge = self.status == StatusCode::UNAUTHORIZED;
         let body = ErrorBody { error: ErrorDetail { code: self.code, message: self.message } };

@@ -73,7 +73,8 @@ pub fn init_logging(level: LogLevel, format: LogFormat) {
 /// and logging at `PORTIA_LOG_LEVEL` instead without a word would be a puzzle.
 fn warn_of_a_bad_rust_log() {
     if let Some(problem) = rust_log_problem(std::env::var("RUST_LOG").ok()) {
-        tracing::warn!(error = %problem, "RUST_LOG is not a valid filter; logging at PORTIA_LOG_LEVEL instead");
+        // An error, so that it shows at any level the fallback filter may have.
+        tracing::error!(error = %problem, "RUST_LOG is not a valid filter; logging at PORTIA_LOG_LEVEL instead");
     }
 }
 

@@ -287,3 +287,17 @@ pub fn kill_child_test_at_marker(test: &str, env: &[(&str, &std::ffi::OsStr)], m
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 }
+
+/// A port on loopback that takes connections and never says a word, as a host whose
+/// server hangs; it listens until the returned task is aborted.
+pub async fn silent_port() -> (u16, tokio::task::JoinHandle<()>) {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            open.push(socket);
+        }
+    });
+    (port, held)
+}

@@ -421,14 +421,7 @@ async fn a_connection_that_never_completes_is_reported_as_one_with_the_connect_l
     // TLS to a port that takes the connection and never speaks: the handshake hangs
     // until the connect timeout (10 s), which used to be reported as the request's
     // timeout (60 s) running out.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = silent.local_addr().unwrap().port();
-    let held = tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((socket, _)) = silent.accept().await {
-            open.push(socket);
-        }
-    });
+    let (port, held) = crate::common::silent_port().await;
     let config = Config::builder()
         .openai_api_key(KEY)
         .openai_base_url(format!("https://127.0.0.1:{port}/v1"))

@@ -98,14 +98,7 @@ async fn a_refused_connection_says_what_to_check_and_hides_the_password() {
 async fn a_server_that_never_answers_the_login_is_reported_after_the_connect_timeout() {
     // Something listens and takes the connection, but never says a word: before,
     // only the TCP connect was bounded, and the store waited for the login forever.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = silent.local_addr().unwrap().port();
-    let held = tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((socket, _)) = silent.accept().await {
-            open.push(socket);
-        }
-    });
+    let (port, held) = crate::common::silent_port().await;
     let url = format!("postgres://portia:hunter2@127.0.0.1:{port}/portia?connect_timeout=1&sslmode=disable");
     let err = PostgresStorage::connect(&PostgresSettings::new(url)).await.unwrap_err();
     held.abort();

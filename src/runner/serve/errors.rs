@@ -191,13 +191,18 @@ async fn read_bytes<S: Send + Sync>(request: axum::extract::Request, state: &S) 
 /// The body read as `T`: it must be valid JSON and an object (an array is not
 /// read field by field in order), with the fields `T` takes.
 fn parse_object<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
-    if !value.is_object() {
+    let not_json = |e: serde_json::Error| ApiError::bad_request(format!("the body is not valid JSON: {e}"));
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        // Not an object: read whole only to say what it is. An object, the request
+        // of every call, is read once, straight into `T`.
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(not_json)?;
         return Err(ApiError::bad_request(format!("the body must be a JSON object, not {}", json_kind(&value))));
     }
-    serde_json::from_value(value).map_err(|e| {
-        ApiError::bad_request(format!("the body does not fit the request: {}", in_json_terms(&e.to_string())))
+    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            ApiError::bad_request(format!("the body does not fit the request: {}", in_json_terms(&e.to_string())))
+        }
+        _ => not_json(e),
     })
 }
 

@@ -74,6 +74,18 @@ struct ModelFigures {
     latency: Histogram,
 }
 
+impl ModelFigures {
+    /// Counts `calls` calls that used `usage` and cost `cost_usd`.
+    fn spend(&mut self, calls: u64, usage: &crate::usage::Usage, cost_usd: f64) {
+        self.calls += calls;
+        self.prompt_tokens += usage.prompt_tokens;
+        self.completion_tokens += usage.completion_tokens;
+        self.cache_read_tokens += usage.cache_read_tokens;
+        self.cache_write_tokens += usage.cache_write_tokens;
+        self.cost_usd += cost_usd;
+    }
+}
+
 /// The figures of one workflow, or of many added up.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Figures {
@@ -105,12 +117,7 @@ impl Figures {
                 }
                 EventKind::LlmCallFinished { model, usage, cost_usd, latency_ms, .. } => {
                     let model = figures.models.entry(model).or_default();
-                    model.calls += 1;
-                    model.prompt_tokens += usage.prompt_tokens;
-                    model.completion_tokens += usage.completion_tokens;
-                    model.cache_read_tokens += usage.cache_read_tokens;
-                    model.cache_write_tokens += usage.cache_write_tokens;
-                    model.cost_usd += cost_usd;
+                    model.spend(1, &usage, cost_usd);
                     model.latency.observe(latency_ms as f64 / 1000.0);
                 }
                 _ => {}
@@ -126,12 +133,7 @@ impl Figures {
         }
         let planning = usage.planning;
         let model = self.models.entry(runner.planning_model()).or_default();
-        model.calls += u64::from(planning.llm_calls);
-        model.prompt_tokens += planning.prompt_tokens;
-        model.completion_tokens += planning.completion_tokens;
-        model.cache_read_tokens += planning.cache_read_tokens;
-        model.cache_write_tokens += planning.cache_write_tokens;
-        model.cost_usd += runner.planning_cost(planning);
+        model.spend(u64::from(planning.llm_calls), &planning, runner.planning_cost(planning));
     }
 
     fn add(&mut self, other: &Self) {

@@ -216,6 +216,24 @@ pub enum Error {
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
 
+    /// A stored value cannot be read as this version of portia reads it: its row was
+    /// edited by hand, cut short, or written by another version. (Rarely, a value
+    /// cannot be encoded to be stored.) Unlike [`Error::Storage`], trying again does
+    /// not help: the row must be fixed, restored from a backup, or deleted. A worker
+    /// takes a workflow that meets this off the queue (see
+    /// [`LeaseQueue::set_aside`](crate::storage::LeaseQueue::set_aside)) and goes on
+    /// with the others.
+    #[error("storage error{}: {message}", .path.as_ref().map(|p| format!(" in {}", p.display())).unwrap_or_default())]
+    Unreadable {
+        /// The file concerned, for file-backed stores.
+        path: Option<PathBuf>,
+        /// Which value, and why.
+        message: String,
+        /// The parser's error, if there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+
     /// The database file this process opened was deleted or replaced under it: its
     /// writes would go to a file no other process sees. The process must open the
     /// store again (a worker stops, so that its supervisor restarts it).

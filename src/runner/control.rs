@@ -190,6 +190,20 @@ impl Tenure {
             release(self.storage.as_ref(), &self.lease).await;
         }
     }
+
+    /// Ends the hold of a run that met a stored row it cannot read: gives the lease
+    /// up and takes the workflow off the queue, as no run can go on until the row
+    /// is fixed (see [`LeaseQueue::set_aside`]). A failure is logged: the lease
+    /// lapses on its own.
+    pub(super) async fn set_aside(&self) {
+        if self.released.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(e) = self.storage.set_aside(&self.lease).await {
+            let workflow = self.lease.workflow_id;
+            tracing::warn!(%workflow, error = %e, "could not take the workflow off the queue; its lease lapses on its own");
+        }
+    }
 }
 
 /// Releases `lease`; a release that fails is logged, as the lease lapses on its own.

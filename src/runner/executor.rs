@@ -115,7 +115,10 @@ impl Runner {
         // future it awaits, and the parts of a run are large (see performance.md).
         let run = Box::pin(self.run_leased(grant, signal.clone(), start, Arc::clone(&tenure)).instrument(span));
         let result = tenure.hold(ttl, signal, run).await;
-        tenure.end().await;
+        match &result {
+            Err(Error::Unreadable { .. }) => tenure.set_aside().await,
+            _ => tenure.end().await,
+        }
         result
     }
 

@@ -94,6 +94,12 @@ const STORE_BACKOFF_MOST: Duration = Duration::from_secs(30);
 /// failure and twice as long after each further one in a row, at most 30 seconds,
 /// so that it neither spins on a failing store nor gives up on it. A run that ends
 /// without a store error ends the backing off.
+///
+/// A stored row that cannot be read ([`Error::Unreadable`]) is not a failing store:
+/// it fails the same way however often it is tried. A queued workflow that cannot
+/// be read is taken off the queue by the claim; one whose plan or journal cannot be
+/// read is taken off the queue by its run, which logs what to do. Either way the
+/// worker goes on with the others without backing off.
 #[derive(Debug)]
 pub struct Worker {
     runner: Runner,
@@ -310,7 +316,19 @@ fn count(
             if matches!(e, Error::StoreFileChanged { .. }) {
                 report.stopped_on = Some(e.to_string());
             }
-            tracing::warn!(workflow = %id, error = %with_causes(&e), "worker run stopped on an error; its lease is released");
+            match e {
+                Error::Unreadable { .. } => tracing::error!(
+                    workflow = %id,
+                    error = %with_causes(&e),
+                    "a row the workflow needs cannot be read, so it is taken off the queue; fix or restore the row \
+                     and `portia resume` it, or `portia delete` it"
+                ),
+                _ => tracing::warn!(
+                    workflow = %id,
+                    error = %with_causes(&e),
+                    "worker run stopped on an error; its lease is released"
+                ),
+            }
             if matches!(e, Error::Storage { .. }) { Ended::StoreFailed } else { Ended::OtherError }
         }
         Err(e) => {

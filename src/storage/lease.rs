@@ -147,8 +147,7 @@ impl LeaseState {
     /// # Errors
     /// [`Error::LeaseLost`].
     pub fn check_fence(&self, lease: &Lease, now: DateTime<Utc>) -> Result<()> {
-        let current = self.owner.as_deref() == Some(lease.owner.as_str()) && self.epoch == lease.epoch;
-        if current && self.expires_at.is_some_and(|until| until > now) {
+        if self.was_granted(lease) && self.expires_at.is_some_and(|until| until > now) {
             Ok(())
         } else {
             Err(Error::LeaseLost { workflow_id: lease.workflow_id })
@@ -167,11 +166,17 @@ impl LeaseState {
     /// Gives a current lease up, so the workflow can be taken at once and the next
     /// run does not count as a takeover. Releasing a lease already lost does nothing.
     pub fn release(&self, lease: &Lease) -> LeaseState {
-        if self.owner.as_deref() == Some(lease.owner.as_str()) && self.epoch == lease.epoch {
+        if self.was_granted(lease) {
             LeaseState { owner: None, expires_at: None, ..self.clone() }
         } else {
             self.clone()
         }
+    }
+
+    /// Whether this is the state `lease` was granted in and no one has taken it
+    /// since (it may have expired).
+    pub(crate) fn was_granted(&self, lease: &Lease) -> bool {
+        self.owner.as_deref() == Some(lease.owner.as_str()) && self.epoch == lease.epoch
     }
 }
 

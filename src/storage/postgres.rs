@@ -338,7 +338,7 @@ impl RowStore for PostgresStorage {
                 },
             },
             RowError::Value { message, source } => {
-                Error::Storage { path: None, message: format!("{what}: {message}"), source }
+                Error::Unreadable { path: None, message: format!("{what}: {message}"), source }
             }
             RowError::Refused(e) => e,
         }

@@ -157,7 +157,7 @@ impl<S: RowStore> LeaseQueue for S {
     async fn acquire_lease(&self, id: WorkflowId, owner: &str, ttl: Duration) -> Result<LeaseGrant> {
         let owner = owner.to_owned();
         let what = || format!("cannot take the lease of workflow {id}");
-        run(self, Access::Write, what, again(move |tx| grant(tx, id, &owner, ttl, None))).await
+        run(self, Access::Write, what, again(move |tx| grant(tx, id, &owner, ttl))).await
     }
 
     async fn create_leased(&self, workflow: &Workflow, owner: &str, ttl: Duration) -> Result<LeaseGrant> {
@@ -215,6 +215,27 @@ impl<S: RowStore> LeaseQueue for S {
 
     async fn update_and_release(&self, workflow: &Workflow, lease: &Lease, events: &[WorkflowEvent]) -> Result<()> {
         save(self, workflow, lease, events, true).await
+    }
+
+    async fn set_aside(&self, lease: &Lease) -> Result<()> {
+        let (id, lease) = (lease.workflow_id, lease.clone());
+        let what = || format!("cannot take workflow {id} off the queue");
+        run(
+            self,
+            Access::Write,
+            what,
+            again(move |tx| {
+                // A lease already lost is left alone: its new holder decides.
+                if let Some(row) = tx.lease(id)?
+                    && row.lease.was_granted(&lease)
+                {
+                    tx.store_lease(id, &row.lease.release(&lease))?;
+                    tx.dequeue(&id.to_string())?;
+                }
+                Ok(())
+            }),
+        )
+        .await
     }
 
     async fn claim_runnable(&self, owner: &str, ttl: Duration) -> Result<Option<LeaseGrant>> {
@@ -444,20 +465,11 @@ fn fence(tx: &mut dyn RowTx, lease: &Lease, target: WorkflowId) -> Rows<(LeaseRo
     Ok((row, now))
 }
 
-/// Takes the lease of workflow `id` for `owner` by the rules of [`LeaseState`](super::LeaseState), at
-/// `now` if given (else the store's time once the row is read).
-fn grant(
-    tx: &mut dyn RowTx,
-    id: WorkflowId,
-    owner: &str,
-    ttl: Duration,
-    now: Option<DateTime<Utc>>,
-) -> Rows<LeaseGrant> {
+/// Takes the lease of workflow `id` for `owner` by the rules of [`LeaseState`](super::LeaseState),
+/// at the store's time once the row is read.
+fn grant(tx: &mut dyn RowTx, id: WorkflowId, owner: &str, ttl: Duration) -> Rows<LeaseGrant> {
     let row = tx.lease(id)?.ok_or(Error::WorkflowNotFound(id))?;
-    let now = match now {
-        Some(now) => now,
-        None => tx.now()?,
-    };
+    let now = tx.now()?;
     let workflow = tx.workflow(id)?.ok_or(Error::WorkflowNotFound(id))?;
     lease_for(tx, row, workflow, owner, ttl, now)
 }
@@ -482,12 +494,9 @@ fn claim(tx: &mut dyn RowTx, owner: &str, ttl: Duration) -> Rows<Option<LeaseGra
     // One time for the whole claim: the candidates are chosen by it.
     let now = tx.now()?;
     while let Some(raw) = tx.next_runnable(now)? {
-        let granted = match raw.parse::<WorkflowId>() {
-            Ok(id) => grant(tx, id, owner, ttl, Some(now)),
-            Err(e) => Err(RowError::value(format!("workflow id {raw:?}: {e}"))),
-        };
-        match granted {
-            Ok(grant) => return Ok(Some(grant)),
+        match claim_queued(tx, &raw, owner, ttl, now) {
+            Ok(Some(grant)) => return Ok(Some(grant)),
+            Ok(None) => {}
             Err(fail) => {
                 let why = fail.unreadable().ok_or(fail)?;
                 tx.dequeue(&raw)?;
@@ -496,6 +505,32 @@ fn claim(tx: &mut dyn RowTx, owner: &str, ttl: Duration) -> Rows<Option<LeaseGra
         }
     }
     Ok(None)
+}
+
+/// Takes the lease of queued workflow `raw` at `now`. `None` when its body says it
+/// is finished or waiting for a human although its row was chosen as runnable (its
+/// state column was edited): the row is written again from its body, which puts
+/// the column right, so that no claim chooses it again.
+fn claim_queued(
+    tx: &mut dyn RowTx,
+    raw: &str,
+    owner: &str,
+    ttl: Duration,
+    now: DateTime<Utc>,
+) -> Rows<Option<LeaseGrant>> {
+    let id = raw.parse::<WorkflowId>().map_err(|e| RowError::value(format!("workflow id {raw:?}: {e}")))?;
+    let row = tx.lease(id)?.ok_or(Error::WorkflowNotFound(id))?;
+    let workflow = tx.workflow(id)?.ok_or(Error::WorkflowNotFound(id))?;
+    if !workflow.state().is_runnable() {
+        tracing::warn!(
+            workflow = %id,
+            state = %workflow.state(),
+            "a queued workflow's stored state disagreed with its body; its row is written again from the body"
+        );
+        tx.replace_workflow(workflow, now)?;
+        return Ok(None);
+    }
+    lease_for(tx, row, workflow, owner, ttl, now).map(Some)
 }
 
 /// Deletes each workflow of `ids` with what belongs to it; returns how many there were.

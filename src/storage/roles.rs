@@ -163,6 +163,17 @@ pub trait LeaseQueue: WorkflowStore {
     /// Gives a lease up; the next run does not count as a takeover. A lost lease is left alone.
     /// A queued workflow that can run on is then runnable again, and a waiting worker is woken.
     async fn release_lease(&self, lease: &Lease) -> Result<()>;
+    /// Gives a lease up as [`LeaseQueue::release_lease`] does and takes the workflow
+    /// off the workers' queue: its run cannot go on until someone fixes what it
+    /// needs (a stored row that cannot be read, [`Error::Unreadable`](crate::Error::Unreadable)),
+    /// and a worker that claimed it again would only meet the same row. The workflow
+    /// stays stored as it was; [`LeaseQueue::acquire_lease`] (`portia resume`) runs
+    /// it once the row is fixed. A lost lease is left alone. Every
+    /// [`RowStore`](super::RowStore) does both in one write.
+    ///
+    /// # Errors
+    /// As `release_lease`.
+    async fn set_aside(&self, lease: &Lease) -> Result<()>;
     /// Saves a workflow as [`WorkflowStore::update_workflow`] does and gives the lease
     /// up as [`LeaseQueue::release_lease`] does: a run's last save, which leaves the
     /// workflow at rest for anyone to resume.

@@ -60,8 +60,9 @@ pub enum RowError {
     /// The store failed (its driver's error); [`RowStore::describe`] words it.
     Store(Box<dyn std::error::Error + Send + Sync>),
     /// A stored value cannot be read, or a value cannot be encoded to be stored:
-    /// `message` says which. A queued workflow that cannot be read this way is
-    /// taken off the queue by a claim, so that it does not block the others.
+    /// `message` says which. The caller gets [`Error::Unreadable`]. A queued
+    /// workflow that cannot be read this way is taken off the queue by a claim, so
+    /// that it does not block the others.
     Value {
         /// Which value, and why.
         message: String,
@@ -206,7 +207,7 @@ pub trait RowStore: Send + Sync + fmt::Debug {
         match error {
             RowError::Store(source) => Error::Storage { path: None, message: what.to_owned(), source: Some(source) },
             RowError::Value { message, source } => {
-                Error::Storage { path: None, message: format!("{what}: {message}"), source }
+                Error::Unreadable { path: None, message: format!("{what}: {message}"), source }
             }
             RowError::Refused(error) => error,
         }

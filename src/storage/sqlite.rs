@@ -371,7 +371,7 @@ fn describe(path: &Path, what: &str, error: RowError) -> Error {
             }
         },
         RowError::Value { message, source } => {
-            Error::Storage { path: Some(path.to_owned()), message: format!("{what}: {message}"), source }
+            Error::Unreadable { path: Some(path.to_owned()), message: format!("{what}: {message}"), source }
         }
         RowError::Refused(e) => e,
     }

@@ -269,6 +269,7 @@ cases!(
     claims_hand_out_queued_workflows_oldest_first,
     claims_skip_workflows_waiting_for_a_human_or_finished,
     queued_work_counts_only_what_a_worker_will_run,
+    a_workflow_set_aside_is_claimed_no_more_but_can_be_resumed,
     events_are_stored_with_the_save_in_order,
     racing_handles_for_one_lease_let_one_win,
     an_event_wait_finds_stored_events_and_otherwise_times_out,
@@ -748,6 +749,27 @@ async fn queued_work_counts_only_what_a_worker_will_run(f: Fixture) {
     let lease = store.claim_runnable("w2", TTL).await.unwrap().expect("claimed").lease;
     move_to(store, &ready, &lease, WorkflowState::Complete).await;
     assert!(!work("all finished").await);
+}
+
+async fn a_workflow_set_aside_is_claimed_no_more_but_can_be_resumed(f: Fixture) {
+    let store = f.store();
+    let (aside, next) = (submitted(store).await, submitted(store).await);
+    let lease = store.claim_runnable("w1", TTL).await.unwrap().expect("the first submitted").lease;
+    store.set_aside(&lease).await.expect("set aside");
+    assert_eq!(store.get_workflow(aside.id()).await.unwrap(), aside, "the workflow is kept as it was");
+    let claimed = store.claim_runnable("w2", TTL).await.unwrap().expect("the next one");
+    assert_eq!(claimed.workflow.id(), next.id());
+    f.expire_leases();
+    let again = store.claim_runnable("w3", TTL).await.unwrap().expect("a dead run's workflow is handed out again");
+    assert_eq!(again.workflow.id(), next.id(), "{} is off the queue", aside.id());
+    store.set_aside(&claimed.lease).await.expect("a lost lease is left alone");
+    store.release_lease(&again.lease).await.unwrap();
+    let kept = store.claim_runnable("w4", TTL).await.unwrap().expect("still queued: w2's lease was lost");
+    assert_eq!(kept.workflow.id(), next.id());
+
+    // Once the row is fixed, `portia resume` takes it by id; its lease was given up.
+    let resumed = store.acquire_lease(aside.id(), "resumer", TTL).await.expect("resumed by id");
+    assert!(!resumed.reclaimed, "set aside, not left to expire");
 }
 
 async fn a_submission_or_release_wakes_a_waiting_worker(f: Fixture) {

@@ -368,6 +368,72 @@ fn a_worker_skips_an_unreadable_queued_workflow_and_runs_the_next() {
     assert_eq!(shown["state"], json!("COMPLETE"));
 }
 
+/// A queued workflow whose plan cannot be read does not hold the workers up either:
+/// its run takes it off the queue, the worker says which row and what to do, and
+/// runs the next without backing off. Once the plan's row is put back, `portia
+/// resume` completes the workflow, which was kept as it was.
+#[test]
+fn a_worker_sets_aside_a_workflow_whose_plan_cannot_be_read_and_runs_the_next() {
+    let dir = workdir();
+    let plan = read_plan(dir.path(), "report.csv");
+    let ids: Vec<String> = (0..2).map(|_| submit(dir.path(), &plan)).collect();
+    let db = rusqlite::Connection::open(dir.path().join(".portia/portia.db")).unwrap();
+    let plan_id: String = db.query_row("SELECT plan_id FROM workflows WHERE id = ?1", [&ids[0]], |r| r.get(0)).unwrap();
+    let body: String = db.query_row("SELECT body FROM plans WHERE id = ?1", [&plan_id], |r| r.get(0)).unwrap();
+    db.execute("UPDATE plans SET body = '{}' WHERE id = ?1", [&plan_id]).unwrap();
+
+    let worker = portia(dir.path())
+        .args(["worker", "--exit-when-idle", "--without-model"])
+        .env("PORTIA_LOG_LEVEL", "warn")
+        .output()
+        .unwrap();
+    let log = stderr(&worker);
+    assert_eq!(code(&worker), 1, "a run stopped on an error: {log}");
+    let said: Vec<&str> = log.lines().filter(|l| l.contains("taken off the queue")).collect();
+    assert_eq!(said.len(), 1, "{log}");
+    assert!(said[0].contains(&ids[0]) && said[0].contains(&plan_id) && said[0].contains("portia resume"), "{log}");
+    assert!(!log.contains("the store failed"), "a row that cannot be read is not a failing store: {log}");
+    assert_eq!(stdout_json(&run(dir.path(), &["show", &ids[1]]))["state"], json!("COMPLETE"));
+    assert_eq!(stdout_json(&run(dir.path(), &["show", &ids[0]]))["state"], json!("NOT_STARTED"));
+
+    db.execute("UPDATE plans SET body = ?2 WHERE id = ?1", [&plan_id, &body]).unwrap();
+    let resumed = run(dir.path(), &["resume", &ids[0]]);
+    assert_eq!(code(&resumed), 0, "{}", stderr(&resumed));
+    assert_eq!(stdout_json(&resumed)["state"], json!("COMPLETE"));
+}
+
+/// The same for a workflow whose journal cannot be read: answered and queued again,
+/// its run meets the journal's row, and the worker takes it off the queue and exits
+/// when idle, leaving it READY_TO_RESUME; once the row is fixed, `portia resume`
+/// completes it.
+#[test]
+fn a_worker_sets_aside_a_workflow_whose_journal_cannot_be_read() {
+    let dir = workdir();
+    let plan = read_plan(dir.path(), "reprot.csv");
+    let id = submit(dir.path(), &plan);
+    let worker = || portia(dir.path()).args(["worker", "--exit-when-idle", "--without-model"]).output().unwrap();
+    assert_eq!(code(&worker()), 0);
+    let waiting = stdout_json(&run(dir.path(), &["show", &id]));
+    let clarification = waiting["outputs"]["clarifications"][0]["id"].as_str().expect("a clarification").to_owned();
+    let answered = run(dir.path(), &["answer", &id, &clarification, "report.csv"]);
+    assert_eq!(code(&answered), 0, "{}", stderr(&answered));
+    let db = rusqlite::Connection::open(dir.path().join(".portia/portia.db")).unwrap();
+    let journaled = db.execute("UPDATE tool_calls SET status = 'MISLAID' WHERE workflow_id = ?1", [&id]).unwrap();
+    assert_eq!(journaled, 1, "the call that asked is journaled");
+
+    let stopped = worker();
+    assert_eq!(code(&stopped), 1, "{}", stderr(&stopped));
+    assert_eq!(stdout_json(&run(dir.path(), &["show", &id]))["state"], json!("READY_TO_RESUME"));
+    let refused = run(dir.path(), &["resume", &id]);
+    assert_eq!(code(&refused), 1);
+    assert!(stderr(&refused).contains("unknown status \"MISLAID\""), "{}", stderr(&refused));
+
+    db.execute("UPDATE tool_calls SET status = 'NEED_CLARIFICATION' WHERE workflow_id = ?1", [&id]).unwrap();
+    let resumed = run(dir.path(), &["resume", &id]);
+    assert_eq!(code(&resumed), 0, "{}", stderr(&resumed));
+    assert_eq!(stdout_json(&resumed)["state"], json!("COMPLETE"));
+}
+
 #[test]
 fn cancel_fails_a_waiting_workflow_and_resume_then_exits_1() {
     let dir = workdir();

@@ -114,6 +114,10 @@ impl LeaseQueue for RecordingStorage {
         self.lease_ends.lock().unwrap().push("release");
         self.inner.release_lease(lease).await
     }
+    async fn set_aside(&self, lease: &Lease) -> portia::Result<()> {
+        self.lease_ends.lock().unwrap().push("set aside");
+        self.inner.set_aside(lease).await
+    }
     async fn update_and_release(
         &self,
         workflow: &Workflow,

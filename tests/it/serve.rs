@@ -352,7 +352,8 @@ fn sample(text: &str, name: &str) -> Option<f64> {
 }
 
 /// A stored workflow that cannot be read (here its JSON is cut short) is counted
-/// apart, never in a state, so an operator sees it on a dashboard.
+/// apart, never in a state, so an operator sees it on a dashboard; asked for by id,
+/// it is 500 `unreadable`, naming it.
 #[tokio::test]
 async fn metrics_count_unreadable_workflows() {
     let dir = tempfile::tempdir().unwrap();
@@ -368,6 +369,11 @@ async fn metrics_count_unreadable_workflows() {
     let text = response.text().await.unwrap();
     assert_eq!(sample(&text, "portia_workflows_unreadable"), Some(1.0), "{text}");
     assert_eq!(sample(&text, "portia_workflows{state=\"NOT_STARTED\"}"), Some(1.0), "only {}: {text}", good.id());
+    let response = served.http.get(served.url(&format!("/v1/workflows/{}", bad.id()))).send().await.unwrap();
+    assert_eq!(response.status(), 500);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unreadable");
+    assert!(body["error"]["message"].as_str().unwrap().contains(&bad.id().to_string()), "{body}");
 }
 
 #[tokio::test]

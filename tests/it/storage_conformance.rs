@@ -72,6 +72,7 @@ macro_rules! pass_on {
             acquire_lease(id: WorkflowId, owner: &str, ttl: Duration) -> portia::Result<portia::storage::LeaseGrant>;
             renew_lease(lease: &Lease, ttl: Duration) -> portia::Result<portia::storage::LeaseStatus>;
             release_lease(lease: &Lease) -> portia::Result<()>;
+            set_aside(lease: &Lease) -> portia::Result<()>;
             claim_runnable(owner: &str, ttl: Duration) -> portia::Result<Option<portia::storage::LeaseGrant>>;
             wait_for_runnable(timeout: Duration) -> ();
             has_queued_work() -> portia::Result<bool>;
@@ -151,7 +152,7 @@ async fn a_store_that_saves_with_a_lost_lease_fails_the_fencing_case() {
 #[should_panic(expected = "storage conformance: no case is named \"no_such_case\"; the cases are: ")]
 async fn an_unknown_case_name_is_refused_with_the_list() {
     let suite = StorageConformance::new(|clock| async move { memory(clock) });
-    assert_eq!(suite.cases().count(), 25);
+    assert_eq!(suite.cases().count(), 26);
     assert!(suite.cases().any(|case| case == WAKE));
     let _ = suite.only(&["no_such_case"]);
 }
@@ -312,7 +313,7 @@ async fn sqlite_reports_a_corrupt_row_by_id() {
     let (good, bad) = (stored(&store).await, stored(&store).await);
     raw(&path).execute("UPDATE workflows SET body = '{\"id\": 42' WHERE id = ?1", [bad.id().to_string()]).unwrap();
     let err = store.get_workflow(bad.id()).await.unwrap_err();
-    assert!(matches!(err, Error::Storage { .. }), "{err}");
+    assert!(matches!(err, Error::Unreadable { .. }), "{err}");
     assert!(err.to_string().contains(&bad.id().to_string()), "{err}");
     assert!(std::error::Error::source(&err).is_some(), "the parse error is kept");
     let page = store.list_workflows(&WorkflowQuery::default()).await.unwrap();
@@ -346,6 +347,36 @@ async fn sqlite_takes_an_unreadable_queued_workflow_off_the_queue_and_claims_the
     assert!(store.claim_runnable("worker", ttl).await.unwrap().is_none());
     let page = store.list_workflows(&WorkflowQuery::default()).await.unwrap();
     assert!(page.unreadable.iter().any(|row| row.contains(&queued[0].id().to_string())), "{:?}", page.unreadable);
+}
+
+/// A queued row whose state column says it is runnable while its body says it is
+/// finished or waiting for a human (edited by hand) is put right from its body by
+/// the claim, which hands out the next instead of failing on it every time.
+#[tokio::test]
+async fn sqlite_puts_right_a_queued_row_whose_state_disagrees_with_its_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portia.db");
+    let store = SqliteStorage::open(&path).unwrap();
+    let plan = plan();
+    store.save_plan(&plan).await.unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..3 {
+        let value = json!({ "id": WorkflowId::new(), "plan_id": plan.id, "state": "NOT_STARTED", "version": 1 });
+        let workflow: Workflow = serde_json::from_value(value).unwrap();
+        store.submit_workflow(&workflow).await.unwrap();
+        queued.push(workflow);
+    }
+    let edit = "UPDATE workflows SET body = json_set(body, '$.state', ?2) WHERE id = ?1";
+    raw(&path).execute(edit, [queued[0].id().to_string(), "COMPLETE".into()]).unwrap();
+    raw(&path).execute(edit, [queued[1].id().to_string(), "NEED_CLARIFICATION".into()]).unwrap();
+    let ttl = Duration::from_secs(60);
+    let claimed = store.claim_runnable("worker", ttl).await.unwrap().expect("the runnable one");
+    assert_eq!(claimed.workflow.id(), queued[2].id());
+    let column = |id: WorkflowId| -> String {
+        raw(&path).query_row("SELECT state FROM workflows WHERE id = ?1", [id.to_string()], |r| r.get(0)).unwrap()
+    };
+    assert_eq!((column(queued[0].id()), column(queued[1].id())), ("COMPLETE".into(), "NEED_CLARIFICATION".into()));
+    assert!(store.claim_runnable("worker", ttl).await.unwrap().is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -77,6 +77,7 @@ impl From<Error> for ApiError {
             }
             Error::Llm(_) => (StatusCode::BAD_GATEWAY, "llm_failed"),
             Error::StoreFileChanged { .. } => (StatusCode::SERVICE_UNAVAILABLE, "store_file_changed"),
+            Error::Unreadable { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "unreadable"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         Self::new(status, code, with_causes(&error))

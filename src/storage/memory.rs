@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -191,9 +192,14 @@ impl RowTx for Rows<'_> {
         Ok(self.clock.now())
     }
 
-    fn insert_plan(&mut self, plan: Plan) -> Done<()> {
-        self.state.plans.entry(plan.id).or_insert(plan);
-        Ok(())
+    fn insert_plan(&mut self, plan: &Plan) -> Done<bool> {
+        match self.state.plans.entry(plan.id) {
+            Entry::Vacant(vacant) => {
+                vacant.insert(plan.clone());
+                Ok(true)
+            }
+            Entry::Occupied(_) => Ok(false),
+        }
     }
 
     fn plan(&mut self, id: PlanId) -> Done<Option<Plan>> {

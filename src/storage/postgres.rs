@@ -765,10 +765,10 @@ impl<C: GenericClient> RowTx for Rows<'_, C> {
         self.answered(read)
     }
 
-    fn insert_plan(&mut self, plan: Plan) -> DbResult<()> {
-        let body = to_json(&plan, &format!("plan {}", plan.id))?;
+    fn insert_plan(&mut self, plan: &Plan) -> DbResult<bool> {
+        let body = to_json(plan, &format!("plan {}", plan.id))?;
         let sql = "INSERT INTO {S}.plans (id, body) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING";
-        self.send(sql, vec![Box::new(plan.id.to_string()), Box::new(body)])
+        Ok(self.execute(sql, &[&plan.id.to_string(), &body])? > 0)
     }
 
     fn plan(&mut self, id: PlanId) -> DbResult<Option<Plan>> {

@@ -91,10 +91,12 @@ impl<S: RowStore> PlanStore for S {
         // be ignored without a word.
         let work = |_| {
             let plan = plan.clone();
-            move |tx: &mut dyn RowTx| match tx.plan(plan.id)? {
-                None => tx.insert_plan(plan),
-                Some(stored) if stored == plan => Ok(()),
-                Some(_) => Err(RowError::Refused(Error::PlanIdTaken(plan.id))),
+            move |tx: &mut dyn RowTx| {
+                if tx.insert_plan(&plan)? || tx.plan(plan.id)?.is_some_and(|stored| stored == plan) {
+                    Ok(())
+                } else {
+                    Err(RowError::Refused(Error::PlanIdTaken(plan.id)))
+                }
             }
         };
         run(self, Access::Write, || format!("cannot save plan {id}"), work).await

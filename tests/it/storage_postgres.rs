@@ -244,7 +244,7 @@ async fn a_failed_pipelined_write_is_the_error_reported_and_nothing_of_it_is_kep
     let unkept = plan();
     let (unkept_copy, orphan) = (unkept.clone(), orphan_usage());
     let work: Work<()> = Box::new(move |tx| {
-        tx.insert_plan(unkept_copy)?;
+        tx.insert_plan(&unkept_copy)?;
         tx.insert_usage(orphan.clone())?;
         tx.last_event(orphan.workflow_id).map(drop)
     });
@@ -254,15 +254,23 @@ async fn a_failed_pipelined_write_is_the_error_reported_and_nothing_of_it_is_kep
     assert!(matches!(missing, Error::PlanNotFound(_)), "{missing}");
 
     // A write sent without waiting is in place for the statements after it.
-    let written = plan();
+    let saved = plan();
+    store.save_plan(&saved).await.unwrap();
+    let stored = workflow_of(&saved);
+    store.create_workflow(&stored).await.unwrap();
+    let mut value = serde_json::to_value(&stored).unwrap();
+    value["version"] = json!(2);
+    let written: Workflow = serde_json::from_value(value).unwrap();
     let read = store.transaction(
         Access::Write,
         Box::new(move |tx| {
-            tx.insert_plan(written.clone())?;
-            tx.plan(written.id)
+            let now = tx.now()?;
+            tx.replace_workflow(written.clone(), now)?;
+            tx.workflow(written.id())
         }),
     );
-    assert!(read.await.unwrap().is_some(), "the plan written is read back in its transaction");
+    let read = read.await.unwrap().expect("the workflow is stored");
+    assert_eq!(read.version(), 2, "the workflow written is read back in its transaction");
 
     // Failing where no statement after it reads an answer: found at the commit.
     let orphan = orphan_usage();

@@ -106,9 +106,12 @@ impl RowTx for Tx<'_> {
         Ok(self.now)
     }
 
-    fn insert_plan(&mut self, plan: Plan) -> Done<()> {
-        self.tables.plans.entry(plan.id).or_insert(plan);
-        Ok(())
+    fn insert_plan(&mut self, plan: &Plan) -> Done<bool> {
+        if self.tables.plans.contains_key(&plan.id) {
+            return Ok(false);
+        }
+        self.tables.plans.insert(plan.id, plan.clone());
+        Ok(true)
     }
 
     fn plan(&mut self, id: PlanId) -> Done<Option<Plan>> {

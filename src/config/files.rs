@@ -8,6 +8,8 @@ use std::io::Read;
 use std::path::Path;
 use std::rc::Rc;
 
+use serde::de::DeserializeOwned;
+
 use crate::secret::Secret;
 use crate::{Error, Result};
 
@@ -103,6 +105,80 @@ impl<R: Read> Read for LineCounter<R> {
     }
 }
 
+/// Reads a configuration file's `text`, TOML when `toml` and JSON otherwise, into
+/// `T`, refusing keys that no setting takes (a typo, or a setting of another
+/// version), nested ones too, rather than ignoring them. The error says where, or
+/// which keys, without quoting the file, which may hold a key.
+pub(super) fn read_settings<T: DeserializeOwned>(text: &str, toml: bool) -> std::result::Result<T, String> {
+    let mut unknown = Vec::new();
+    let note = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+    let settings = if toml {
+        let reader = toml::Deserializer::parse(text).map_err(|e| toml_problem(text, &e))?;
+        serde_ignored::deserialize(reader, note).map_err(|e| toml_problem(text, &e))?
+    } else {
+        let mut reader = serde_json::Deserializer::from_str(text);
+        let settings = serde_ignored::deserialize(&mut reader, note).map_err(|e| json_problem(&e))?;
+        reader.end().map_err(|e| json_problem(&e))?;
+        settings
+    };
+    if unknown.is_empty() { Ok(settings) } else { Err(unknown_settings::<T>(&unknown)) }
+}
+
+/// Names the keys no setting takes, with the setting each top-level one most likely
+/// meant.
+fn unknown_settings<T: DeserializeOwned>(keys: &[String]) -> String {
+    let known = field_names::<T>();
+    let named: Vec<String> = keys
+        .iter()
+        .map(|key| {
+            let nearest = known
+                .iter()
+                .map(|field| (strsim::jaro_winkler(key, field), field))
+                .filter(|(likeness, _)| *likeness > 0.85)
+                .max_by(|a, b| a.0.total_cmp(&b.0));
+            match nearest {
+                Some((_, field)) if !key.contains('.') => format!("`{key}` (did you mean `{field}`?)"),
+                _ => format!("`{key}`"),
+            }
+        })
+        .collect();
+    let noun = if keys.len() == 1 { "setting" } else { "settings" };
+    format!("unknown {noun} {}; the settings are listed in the configuration guide", named.join(", "))
+}
+
+/// The fields of struct `T`, as its derived `Deserialize` names them to a reader.
+fn field_names<T: DeserializeOwned>() -> &'static [&'static str] {
+    /// A reader that reads nothing: it notes the fields a struct asks for, and stops.
+    struct Fields<'a>(&'a Cell<&'static [&'static str]>);
+
+    impl<'de> serde::Deserializer<'de> for Fields<'_> {
+        type Error = serde::de::value::Error;
+
+        fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> std::result::Result<V::Value, Self::Error> {
+            Err(serde::de::Error::custom("not a struct"))
+        }
+
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> std::result::Result<V::Value, Self::Error> {
+            self.0.set(fields);
+            Err(serde::de::Error::custom("fields noted"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option
+            unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+        }
+    }
+
+    let fields = Cell::new(&[][..]);
+    let _ = T::deserialize(Fields(&fields));
+    fields.get()
+}
+
 /// A TOML file's parse error: the line, column and the parser's words, without the
 /// snippet of the file the error's `Display` quotes.
 pub(crate) fn toml_problem(text: &str, error: &toml::de::Error) -> String {
@@ -186,5 +262,30 @@ mod tests {
         let error = serde_json::from_str::<serde_json::Value>(text).unwrap_err();
         let message = json_problem(&error);
         assert_eq!(message, "line 2, column 21: expected value");
+    }
+
+    #[test]
+    fn unknown_settings_are_refused_by_name_with_the_likely_one() {
+        let text = "max_retries = 2\ndefualt_model = \"openai/gpt-4o\"\n[budget]\nllm_call = 3\n";
+        let message = read_settings::<crate::Config>(text, true).unwrap_err();
+        assert_eq!(
+            message,
+            "unknown settings `budget.llm_call`, `defualt_model` (did you mean `default_model`?); \
+             the settings are listed in the configuration guide"
+        );
+        let text = r#"{"openai_apikey": "sk-LEAKCANARY", "max_retries": 2}"#;
+        let message = read_settings::<crate::Config>(text, false).unwrap_err();
+        assert!(message.starts_with("unknown setting `openai_apikey` (did you mean `openai_api_key`?)"), "{message}");
+        assert!(!message.contains("LEAKCANARY"), "{message}");
+    }
+
+    #[test]
+    fn a_saved_config_reads_back_with_every_key_known() {
+        let config = crate::Config::builder().max_retries(5_u32).build().unwrap();
+        for (text, toml) in [(config.to_toml(), true), (config.to_json(), false)] {
+            let read: crate::Config = read_settings(&text, toml).unwrap();
+            assert_eq!(read.max_retries, 5);
+        }
+        assert!(field_names::<crate::Config>().contains(&"openai_api_key"), "secrets are settings too");
     }
 }

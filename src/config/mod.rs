@@ -533,17 +533,15 @@ impl Config {
     /// file are read from the environment, since [`Config::to_json`] never writes them.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] naming the file when it cannot be read or parsed.
+    /// [`Error::InvalidConfig`] naming the file when it cannot be read or parsed, or
+    /// when it has a key that no setting takes (a misspelt one, say): each such key
+    /// is named, nested ones by their path (`budget.llm_call`).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let setting = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| Error::invalid_config(&setting, e.to_string()))?;
-        // The parsers' own messages quote the line at fault, which may hold a key.
-        let mut config: Config = if is_toml(path) {
-            toml::from_str(&text).map_err(|e| Error::invalid_config(&setting, files::toml_problem(&text, &e)))?
-        } else {
-            serde_json::from_str(&text).map_err(|e| Error::invalid_config(&setting, files::json_problem(&e)))?
-        };
+        let mut config: Config =
+            files::read_settings(&text, is_toml(path)).map_err(|problem| Error::invalid_config(&setting, problem))?;
         let env = Vars(|name: &str| std::env::var(name).ok());
         config.fill_secrets(&env);
         config.fill_aws(&|name| env.get(name))?;

@@ -244,6 +244,11 @@ fn bad_settings_are_refused_in_one_line_that_shows_no_secret() {
     let err = refused_in_one_line(dir.path(), &["--config", "c3.toml", "plan", "x"], &[]);
     assert!(err.contains("c3.toml`: line 1, column 18"), "{err}");
 
+    // A misspelt setting was ignored, and the run went on without it.
+    std::fs::write(dir.path().join("c4.toml"), "max_retries = 2\nopenai_apikey = \"sk-LEAKCANARY\"\n").unwrap();
+    let err = refused_in_one_line(dir.path(), &["--config", "c4.toml", "plan", "x"], &[]);
+    assert!(err.contains("unknown setting `openai_apikey` (did you mean `openai_api_key`?)"), "{err}");
+
     let err = refused_in_one_line(dir.path(), &["plan", "x"], &[("OPENAI_BASE_URL", "ftp://u:LEAKCANARYPW@host/v1")]);
     assert!(err.contains("ftp://***@host/v1"), "{err}");
     let err =

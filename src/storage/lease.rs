@@ -78,6 +78,24 @@ impl LeaseStatus {
     }
 }
 
+/// The run that holds a workflow's lease now: see
+/// [`LeaseQueue::lease_holder`](super::LeaseQueue::lease_holder).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct LeaseHolder {
+    /// Who holds it: `prefix@host:pidns:pid` for a run of this crate's runners.
+    pub owner: String,
+    /// When it lapses unless renewed, on the store's clock.
+    pub until: DateTime<Utc>,
+}
+
+impl LeaseHolder {
+    /// `owner`, holding the lease until `until`.
+    pub fn new(owner: impl Into<String>, until: DateTime<Utc>) -> Self {
+        Self { owner: owner.into(), until }
+    }
+}
+
 /// The lease columns a store keeps beside each workflow, and the protocol's
 /// decisions on them. A [`RowStore`](super::RowStore) only keeps these four values
 /// (the shared protocol decides acquisitions, fences, renewals and releases with
@@ -120,10 +138,8 @@ impl LeaseState {
         if workflow.state().is_terminal() {
             return Err(workflow.invalid_state("execute it"));
         }
-        if let (false, Some(holder), Some(until)) = (self.is_free(now), &self.owner, self.expires_at)
-            && !holder_is_gone(holder)
-        {
-            return Err(Error::AlreadyRunning { workflow_id: workflow.id(), owner: holder.clone(), until });
+        if let Some(LeaseHolder { owner: holder, until }) = self.holder(now) {
+            return Err(Error::AlreadyRunning { workflow_id: workflow.id(), owner: holder, until });
         }
         let reclaimed = self.owner.is_some();
         let expires_at = later(now, ttl);
@@ -135,6 +151,15 @@ impl LeaseState {
         };
         let lease = Lease { workflow_id: workflow.id(), owner: owner.to_owned(), epoch: next.epoch, expires_at };
         Ok((next, lease, reclaimed))
+    }
+
+    /// The live lease's holder at `now`: `None` when no live lease is held, or when
+    /// its holder was a process of this machine that is gone (see [`local_owner`]).
+    pub fn holder(&self, now: DateTime<Utc>) -> Option<LeaseHolder> {
+        match (self.is_free(now), &self.owner, self.expires_at) {
+            (false, Some(owner), Some(until)) if !holder_is_gone(owner) => Some(LeaseHolder::new(owner, until)),
+            _ => None,
+        }
     }
 
     /// Whether no live lease is held: never taken, released, or expired.

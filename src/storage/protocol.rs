@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 
 use super::rows::{Access, LeaseRow, RowError, RowStore, RowTx};
 use super::{
-    Journal, Lease, LeaseGrant, LeaseQueue, LeaseStatus, PlanStore, Retention, ToolCallRecord, UsageRecord,
-    WorkflowPage, WorkflowQuery, WorkflowStore,
+    Journal, Lease, LeaseGrant, LeaseHolder, LeaseQueue, LeaseStatus, PlanStore, Retention, ToolCallRecord,
+    UsageRecord, WorkflowPage, WorkflowQuery, WorkflowStore,
 };
 use crate::events::{StoredEvent, WorkflowEvent};
 use crate::ids::{PlanId, WorkflowId};
@@ -217,6 +217,15 @@ impl<S: RowStore> LeaseQueue for S {
 
     async fn update_and_release(&self, workflow: &Workflow, lease: &Lease, events: &[WorkflowEvent]) -> Result<()> {
         save(self, workflow, lease, events, true).await
+    }
+
+    async fn lease_holder(&self, id: WorkflowId) -> Result<Option<LeaseHolder>> {
+        let what = || format!("cannot read the lease of workflow {id}");
+        read(self, what, move |tx| {
+            let row = tx.lease(id)?.ok_or(Error::WorkflowNotFound(id))?;
+            Ok(row.lease.holder(tx.now()?))
+        })
+        .await
     }
 
     async fn set_aside(&self, lease: &Lease) -> Result<()> {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::{Lease, LeaseGrant, LeaseStatus, ToolCallRecord, UsageRecord, WorkflowPage, WorkflowQuery};
+use super::{Lease, LeaseGrant, LeaseHolder, LeaseStatus, ToolCallRecord, UsageRecord, WorkflowPage, WorkflowQuery};
 use crate::Result;
 use crate::events::{StoredEvent, WorkflowEvent};
 use crate::ids::{PlanId, WorkflowId};
@@ -163,6 +163,14 @@ pub trait LeaseQueue: WorkflowStore {
     /// Gives a lease up; the next run does not count as a takeover. A lost lease is left alone.
     /// A queued workflow that can run on is then runnable again, and a waiting worker is woken.
     async fn release_lease(&self, lease: &Lease) -> Result<()>;
+    /// The run holding workflow `id`'s lease now, on the store's clock: `None` when
+    /// no run does (it was never started, its run ended, or its run died and the
+    /// lease lapsed, or its holder was a process of this machine that is gone). What
+    /// tells a watcher that nothing is running a workflow that is not at rest.
+    ///
+    /// # Errors
+    /// [`Error::WorkflowNotFound`](crate::Error::WorkflowNotFound), or the store's.
+    async fn lease_holder(&self, id: WorkflowId) -> Result<Option<LeaseHolder>>;
     /// Gives a lease up as [`LeaseQueue::release_lease`] does and takes the workflow
     /// off the workers' queue: its run cannot go on until someone fixes what it
     /// needs (a stored row that cannot be read, [`Error::Unreadable`](crate::Error::Unreadable)),

@@ -17,7 +17,8 @@ use crate::config::ExecutionMode;
 use crate::events::{EventKind, WorkflowEvent};
 use crate::llm::Usage;
 use crate::storage::{
-    Clock, Lease, ManualClock, Storage, ToolCallKey, ToolCallRecord, ToolCallStatus, UsageRecord, WorkflowQuery,
+    Clock, Lease, LeaseHolder, ManualClock, Storage, ToolCallKey, ToolCallRecord, ToolCallStatus, UsageRecord,
+    WorkflowQuery,
 };
 use crate::{
     Config, Error, InMemoryToolRegistry, Plan, PlanBuilder, PlanId, Runner, Tool, ToolError, ToolOutput,
@@ -397,20 +398,27 @@ async fn compare_and_swap(f: Fixture) {
 async fn leases_exclude_expire_and_release(f: Fixture) {
     let store = f.store();
     let workflow = stored(store).await;
+    let holder = || async { store.lease_holder(workflow.id()).await.expect("the lease read") };
+    assert_eq!(holder().await, None, "never taken");
     let first = store.acquire_lease(workflow.id(), "runner-a", TTL).await.unwrap();
     assert_eq!((first.lease.epoch, first.reclaimed, first.attempts), (1, false, 0));
     assert_eq!(first.workflow, workflow);
+    assert_eq!(holder().await, Some(LeaseHolder::new("runner-a", first.lease.expires_at)));
     let busy = store.acquire_lease(workflow.id(), "runner-b", TTL).await.unwrap_err();
     assert!(matches!(&busy, Error::AlreadyRunning { owner, .. } if owner == "runner-a"), "{busy}");
     f.expire_leases();
+    assert_eq!(holder().await, None, "lapsed");
     let taken = store.acquire_lease(workflow.id(), "runner-b", TTL).await.unwrap();
     assert!(taken.lease.epoch > first.lease.epoch);
     assert_eq!((taken.reclaimed, taken.attempts, taken.lease.owner.as_str()), (true, 1, "runner-b"));
     store.release_lease(&taken.lease).await.unwrap();
+    assert_eq!(holder().await, None, "released");
     let next = store.acquire_lease(workflow.id(), "runner-c", TTL).await.unwrap();
     assert_eq!((next.reclaimed, next.attempts), (false, 1), "a released lease is no takeover");
     assert!(next.lease.epoch > taken.lease.epoch);
     let missing = store.acquire_lease(WorkflowId::new(), "runner-a", TTL).await.unwrap_err();
+    assert!(matches!(missing, Error::WorkflowNotFound(_)), "{missing}");
+    let missing = store.lease_holder(WorkflowId::new()).await.unwrap_err();
     assert!(matches!(missing, Error::WorkflowNotFound(_)), "{missing}");
 }
 

@@ -439,6 +439,30 @@ fn a_worker_sets_aside_a_workflow_whose_journal_cannot_be_read() {
     assert_eq!(stdout_json(&resumed)["state"], json!("COMPLETE"));
 }
 
+/// A watch of a workflow that nothing runs says so, with what would run it, rather
+/// than wait without a word; it goes on watching, and ends once a worker has run it.
+#[test]
+fn watch_says_when_nothing_runs_the_workflow_and_follows_the_worker_that_does() {
+    use std::io::BufRead;
+    let dir = workdir();
+    let plan = read_plan(dir.path(), "report.csv");
+    let id = submit(dir.path(), &plan);
+    let mut watch =
+        portia(dir.path()).args(["watch", &id]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut said = String::new();
+    std::io::BufReader::new(watch.stderr.take().unwrap()).read_line(&mut said).unwrap();
+    assert!(said.starts_with(&format!("portia: nothing is running workflow {id} (NOT_STARTED)")), "{said}");
+    assert!(said.contains(&format!("`portia resume {id}`")), "{said}");
+
+    let worker = run(dir.path(), &["worker", "--exit-when-idle", "--without-model"]);
+    assert_eq!(code(&worker), 0, "{}", stderr(&worker));
+    let watched = watch.wait_with_output().unwrap();
+    assert_eq!(code(&watched), 0);
+    let last =
+        String::from_utf8_lossy(&watched.stdout).lines().last().map(|l| serde_json::from_str::<Value>(l).unwrap());
+    assert_eq!(last.expect("the events")["to"], json!("COMPLETE"));
+}
+
 #[test]
 fn cancel_fails_a_waiting_workflow_and_resume_then_exits_1() {
     let dir = workdir();

@@ -114,6 +114,9 @@ impl LeaseQueue for RecordingStorage {
         self.lease_ends.lock().unwrap().push("release");
         self.inner.release_lease(lease).await
     }
+    async fn lease_holder(&self, id: WorkflowId) -> portia::Result<Option<portia::storage::LeaseHolder>> {
+        self.inner.lease_holder(id).await
+    }
     async fn set_aside(&self, lease: &Lease) -> portia::Result<()> {
         self.lease_ends.lock().unwrap().push("set aside");
         self.inner.set_aside(lease).await

@@ -73,6 +73,7 @@ macro_rules! pass_on {
             renew_lease(lease: &Lease, ttl: Duration) -> portia::Result<portia::storage::LeaseStatus>;
             release_lease(lease: &Lease) -> portia::Result<()>;
             set_aside(lease: &Lease) -> portia::Result<()>;
+            lease_holder(id: WorkflowId) -> portia::Result<Option<portia::storage::LeaseHolder>>;
             claim_runnable(owner: &str, ttl: Duration) -> portia::Result<Option<portia::storage::LeaseGrant>>;
             wait_for_runnable(timeout: Duration) -> ();
             has_queued_work() -> portia::Result<bool>;

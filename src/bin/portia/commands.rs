@@ -179,14 +179,47 @@ async fn serve(setup: &Setup, listen: std::net::SocketAddr, workers: usize, grac
     Ok(Exit::Ok)
 }
 
+/// How long a watch goes without an event before it looks again at whether anything
+/// is running the workflow.
+const WATCH_QUIET: Duration = Duration::from_secs(10);
+
 /// Prints each of a workflow's events as a JSON line until it rests, then exits as
-/// its state says.
+/// its state says. When nothing is running the workflow (at the start, or after a
+/// quiet spell: its run died, say), it says so on stderr, once until events come
+/// again, and goes on watching.
 async fn watch(runner: &Runner, id: WorkflowId) -> Result<Exit, Failure> {
     let mut events = runner.watch(id);
-    while let Some(event) = events.next().await {
+    let mut said = say_if_unrun(runner, id, false).await?;
+    loop {
+        let next = events.next();
+        tokio::pin!(next);
+        let event = loop {
+            tokio::select! {
+                event = &mut next => break event,
+                () = tokio::time::sleep(WATCH_QUIET) => said = say_if_unrun(runner, id, said).await?,
+            }
+        };
+        let Some(event) = event else { break };
+        said = false;
         emit(format_args!("{}\n", serde_json::to_string(&event?).unwrap_or_default()))?;
     }
     Ok(report(&runner.get_workflow(id).await?))
+}
+
+/// Says on stderr that no run holds workflow `id` although it is yet to finish,
+/// unless `said` already; returns whether that is the case.
+async fn say_if_unrun(runner: &Runner, id: WorkflowId, said: bool) -> Result<bool, Failure> {
+    let state = runner.get_workflow(id).await?.state();
+    if !state.is_runnable() || runner.storage().lease_holder(id).await?.is_some() {
+        return Ok(false);
+    }
+    if !said {
+        eprintln!(
+            "portia: nothing is running workflow {id} ({state}): a worker takes it on if it was submitted, \
+             else `portia resume {id}` runs it; still watching"
+        );
+    }
+    Ok(true)
 }
 
 /// Plans `query`, offering the tools that work with the settings, with a spinner on a terminal.

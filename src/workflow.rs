@@ -468,6 +468,9 @@ pub struct Workflow {
     /// The workflow and step that run this one as a sub-plan, when one does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     parent: Option<ParentLink>,
+    /// The FAILED workflow this one takes up again, when it is a retry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retry_of: Option<WorkflowId>,
 }
 
 /// Where a child workflow (a sub-plan's run) was started from.
@@ -532,7 +535,42 @@ impl Workflow {
             usage: WorkflowUsage::default(),
             version: 1,
             parent: None,
+            retry_of: None,
         }
+    }
+
+    /// A new workflow that takes this FAILED one up again: the same plan, context
+    /// and inputs, with the outputs of the steps that finished (so that they do not
+    /// run again, nor repeat what they did) and of the finished items of a loop
+    /// cut short, and the answers given to questions of steps yet to run. What
+    /// failed runs again; what it spent is this workflow's, not the retry's.
+    pub(crate) fn retry(&self, plan: &Plan) -> Result<Self> {
+        if self.state != WorkflowState::Failed {
+            return Err(self.invalid_state("retry it (only a FAILED workflow is retried)"));
+        }
+        if let Some(parent) = &self.parent {
+            return Err(self.invalid_state(format!(
+                "retry a sub-plan's run on its own (retry workflow {}, which runs it)",
+                parent.workflow_id
+            )));
+        }
+        let mut retry = Self::new(self.plan_id, self.execution_context.clone());
+        retry.retry_of = Some(self.id);
+        retry.usage = WorkflowUsage::of_existing_plan(self.usage.planning);
+        retry.outputs.step_outputs = self.outputs.step_outputs.clone();
+        retry.outputs.loop_items = self.outputs.loop_items.clone();
+        retry.outputs.clarifications = (self.outputs.clarifications.iter())
+            .filter(|c| c.resolved && !c.step.is_some_and(|step| self.is_step_done(plan, step)))
+            .map(|c| Clarification { workflow_id: retry.id, ..c.clone() })
+            .collect();
+        retry.update_current_step(plan);
+        Ok(retry)
+    }
+
+    /// The FAILED workflow this one takes up again, when it is a retry (see
+    /// [`Runner::retry_workflow`](crate::Runner::retry_workflow)).
+    pub fn retry_of(&self) -> Option<WorkflowId> {
+        self.retry_of
     }
 
     /// The child workflow `link` starts for the plan `plan`, with the plan's inputs
@@ -823,6 +861,46 @@ mod tests {
         let back: Output = serde_json::from_str(&serde_json::to_string(&output).unwrap()).unwrap();
         assert_eq!(back.value["price"], json!(219.39));
         assert_eq!(back.value["up"], json!(true));
+    }
+
+    #[test]
+    fn a_retry_keeps_what_finished_and_the_answers_still_needed_under_its_own_id() {
+        let plan = PlanBuilder::new("q").step("a", None, "$a").step("b", None, "$b").step("c", None, "$c").build();
+        let mut wf = Workflow::new(plan.id, ExecutionContext::for_end_user("ann"));
+        wf.record_step_output(&plan, 0, Output::new(1));
+        wf.outputs.loop_items.entry("$b".into()).or_default().insert(0, Output::new("item 0"));
+        let questions = [(0, "x"), (1, "y"), (1, "z")].map(|(step, name)| {
+            let mut question = Clarification::input(wf.id, name, "?");
+            question.step = Some(step);
+            question
+        });
+        let answered = [questions[0].id, questions[1].id];
+        wf.outputs.clarifications.extend(questions);
+        for id in answered {
+            wf.outputs.clarifications.iter_mut().find(|c| c.id == id).unwrap().resolved = true;
+        }
+        wf.state = WorkflowState::InProgress;
+        let err = wf.retry(&plan).unwrap_err();
+        assert!(matches!(err, Error::InvalidWorkflowState { state: WorkflowState::InProgress, .. }), "{err}");
+        wf.fail(Failure::new(FailureKind::Llm, "down").at_step(1)).unwrap();
+
+        let retry = wf.retry(&plan).unwrap();
+        assert_eq!(
+            (retry.state, retry.retry_of, retry.current_step_index),
+            (WorkflowState::NotStarted, Some(wf.id), 1)
+        );
+        assert_eq!((retry.version, retry.failure.as_ref()), (1, None));
+        assert_eq!(retry.execution_context.end_user_id.as_deref(), Some("ann"));
+        assert_eq!(
+            (&retry.outputs.step_outputs, &retry.outputs.loop_items),
+            (&wf.outputs.step_outputs, &wf.outputs.loop_items)
+        );
+        let kept: Vec<_> = retry.outputs.clarifications.iter().map(|c| (c.id, c.workflow_id)).collect();
+        assert_eq!(kept, [(answered[1], retry.id)], "only the answer a step yet to run needs, moved to the retry");
+
+        wf.parent = Some(ParentLink::new(WorkflowId::new(), 0, None));
+        let err = wf.retry(&plan).unwrap_err();
+        assert!(err.to_string().contains("sub-plan"), "{err}");
     }
 
     #[test]

@@ -602,6 +602,49 @@ impl Runner {
         self.cancel_stored(&stored, reason).await
     }
 
+    /// Takes a FAILED workflow up again, once what failed it is put right (a
+    /// provider back after an outage, a key set, a file restored): stores a new
+    /// workflow, NOT_STARTED, for the caller to run with [`Runner::execute_workflow`].
+    /// It has the failed one's plan, context and inputs, and keeps the outputs of
+    /// the steps that finished, which do not run again (nor repeat their tool
+    /// calls), and of the finished items of a loop that was cut short, and the
+    /// answers given to questions of steps yet to run. The steps that did not
+    /// finish run again, a sub-plan's from its start. The new workflow names the
+    /// failed one in [`Workflow::retry_of`]; the failed one stays as it was, and
+    /// what it spent does not count against the retry's budget.
+    ///
+    /// # Errors
+    /// [`Error::WorkflowNotFound`], [`Error::InvalidWorkflowState`] unless the
+    /// workflow is FAILED, or for a sub-plan's run (retry the workflow that runs
+    /// it), [`Error::PlanNotFound`], or a storage error.
+    pub async fn retry_workflow(&self, id: WorkflowId) -> Result<Workflow> {
+        self.place_retry(id, false).await
+    }
+
+    /// [`Runner::retry_workflow`], with the new workflow queued for the workers
+    /// rather than left for the caller to run.
+    ///
+    /// # Errors
+    /// As [`Runner::retry_workflow`].
+    pub async fn submit_retry(&self, id: WorkflowId) -> Result<Workflow> {
+        self.place_retry(id, true).await
+    }
+
+    /// Stores the retry of FAILED workflow `id`, at the back of the queue when `queued`.
+    async fn place_retry(&self, id: WorkflowId, queued: bool) -> Result<Workflow> {
+        let storage = &self.inner.storage;
+        let failed = storage.get_workflow(id).await?;
+        let plan = self.inner.plans.get(failed.plan_id(), storage.as_ref()).await?;
+        let retry = failed.retry(&plan)?;
+        if queued {
+            storage.submit_workflow(&retry).await?;
+        } else {
+            storage.create_workflow(&retry).await?;
+        }
+        tracing::info!(workflow = %retry.id(), retry_of = %id, plan = %plan.id, "workflow created to retry a failed one");
+        Ok(retry)
+    }
+
     /// Cancels `stored`, which was not finished when read, and its child workflows.
     async fn cancel_stored(&self, stored: &Workflow, reason: &str) -> Result<Workflow> {
         let id = stored.id();

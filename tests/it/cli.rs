@@ -463,6 +463,46 @@ fn watch_says_when_nothing_runs_the_workflow_and_follows_the_worker_that_does() 
     assert_eq!(last.expect("the events")["to"], json!("COMPLETE"));
 }
 
+/// A workflow FAILED on a missing file is taken up again once the file is there:
+/// `portia retry ID` runs a new workflow that keeps the first step's output and
+/// completes; `--submit` queues one for the workers instead and prints its id.
+#[test]
+fn retry_takes_a_failed_workflow_up_again_here_or_on_a_worker() {
+    let dir = workdir();
+    let step = |file: &str| json!({"task": "Read", "inputs": [], "tool_id": "file_reader_tool", "output": format!("${}", &file[..5]), "args": {"filename": file}});
+    let plan = json!({
+        "plan_context": {"query": "Read two reports", "tool_ids": ["file_reader_tool"]},
+        "steps": [step("report.csv"), step("zzzzz.csv")]
+    });
+    let path = dir.path().join("plan.json");
+    std::fs::write(&path, plan.to_string()).unwrap();
+    let failed = run(dir.path(), &["run", "--plan", path.to_str().unwrap()]);
+    assert_eq!(code(&failed), 1, "{}", stderr(&failed));
+    let failed = stdout_json(&failed);
+    let id = failed["id"].as_str().unwrap().to_owned();
+    assert_eq!((&failed["state"], &failed["failure"]["step"]), (&json!("FAILED"), &json!(1)));
+    std::fs::write(dir.path().join("files/zzzzz.csv"), "city,temp\nRome,12\n").unwrap();
+
+    let queued = run(dir.path(), &["retry", &id, "--submit"]);
+    assert_eq!(code(&queued), 0, "{}", stderr(&queued));
+    let queued = String::from_utf8_lossy(&queued.stdout).trim().to_owned();
+    let stored = stdout_json(&run(dir.path(), &["show", &queued]));
+    assert_eq!((&stored["state"], &stored["retry_of"]), (&json!("NOT_STARTED"), &json!(id)));
+    assert_eq!(stored["outputs"]["step_outputs"]["$repor"], failed["outputs"]["step_outputs"]["$repor"]);
+    let worker = run(dir.path(), &["worker", "--exit-when-idle", "--without-model"]);
+    assert_eq!(code(&worker), 0, "{}", stderr(&worker));
+    assert_eq!(stdout_json(&run(dir.path(), &["show", &queued]))["state"], json!("COMPLETE"));
+
+    let here = run(dir.path(), &["retry", &id]);
+    assert_eq!(code(&here), 0, "{}", stderr(&here));
+    let here = stdout_json(&here);
+    assert_eq!((&here["state"], &here["retry_of"]), (&json!("COMPLETE"), &json!(id)));
+    assert!(here["outputs"]["step_outputs"]["$zzzzz"]["value"].to_string().contains("Rome"), "{here}");
+    let again = run(dir.path(), &["retry", here["id"].as_str().unwrap()]);
+    assert_eq!(code(&again), 1);
+    assert!(stderr(&again).contains("only a FAILED workflow is retried"), "{}", stderr(&again));
+}
+
 #[test]
 fn cancel_fails_a_waiting_workflow_and_resume_then_exits_1() {
     let dir = workdir();

@@ -568,3 +568,39 @@ async fn answers_are_refused_while_running_and_a_cancelled_workflow_never_starts
     let err = h.runner.execute_workflow(other).await.unwrap_err();
     assert!(matches!(err, Error::InvalidWorkflowState { state: WorkflowState::Failed, .. }), "{err}");
 }
+
+/// A workflow FAILED by a provider's error is taken up again once the provider is
+/// back: the retry keeps the finished step's output, so its tool is not called
+/// again, runs the step that failed, and completes; the failed workflow stays as it
+/// was, and the retry names it.
+#[tokio::test]
+async fn a_failed_workflow_is_retried_from_the_step_that_failed_keeping_what_finished() {
+    let weather = Arc::new(MockTool::returning("weather_tool", json!({"temp": 21})));
+    let tools = InMemoryToolRegistry::from_tools([weather.clone() as Arc<dyn portia::Tool>]).unwrap();
+    let outage = portia::llm::LlmError::Other("the provider is down".into());
+    let h = harness(config(ExecutionMode::Sequential, false), tools, ScriptedLlm::new().error(outage).text("Warm."));
+    let plan = PlanBuilder::new("Is it warm?")
+        .step("Get the weather", Some("weather_tool"), "$weather")
+        .args(json!({"city": "Paris"}))
+        .step("Say whether it is warm", None, "$answer")
+        .build();
+    let failed = h.runner.run_plan(&plan).await.unwrap();
+    assert_eq!((failed.state(), failed.failure().unwrap().step), (WorkflowState::Failed, Some(1)));
+
+    let retry = h.runner.retry_workflow(failed.id()).await.unwrap();
+    assert_eq!((retry.state(), retry.retry_of()), (WorkflowState::NotStarted, Some(failed.id())));
+    assert_ne!(retry.id(), failed.id());
+    assert_eq!(h.runner.get_workflow(retry.id()).await.unwrap(), retry, "the retry is stored");
+    let done = h.runner.execute_workflow(retry).await.unwrap();
+    assert_eq!(done.state(), WorkflowState::Complete, "{:?}", done.failure());
+    assert_eq!(done.outputs().step_outputs.get("$weather").unwrap().value, json!({"temp": 21}));
+    assert_eq!(done.outputs().step_outputs.get("$answer").unwrap().value, json!("Warm."));
+    assert_eq!(weather.calls().len(), 1, "the finished step is not run again");
+    assert_eq!(done.usage().total.llm_calls, 1, "the retry counts its own calls only");
+    assert_eq!(h.runner.get_workflow(failed.id()).await.unwrap(), failed, "the failed workflow is kept as it was");
+
+    let finished = h.runner.retry_workflow(done.id()).await.unwrap_err();
+    assert!(matches!(finished, Error::InvalidWorkflowState { state: WorkflowState::Complete, .. }), "{finished}");
+    let missing = h.runner.retry_workflow(portia::WorkflowId::new()).await.unwrap_err();
+    assert!(matches!(missing, Error::WorkflowNotFound(_)), "{missing}");
+}

@@ -213,6 +213,27 @@ async fn cancel_resume_and_delete_act_on_the_stored_workflow() {
     assert_eq!(served.get(&format!("/v1/workflows/{id}")).await.0, StatusCode::NOT_FOUND);
 }
 
+/// A FAILED workflow (here cancelled before it ran) is retried as a new workflow,
+/// which names it and runs; a workflow that did not fail is not retried.
+#[tokio::test]
+async fn a_failed_workflow_is_retried_as_a_new_workflow_that_runs() {
+    let served = serve(runner_with(vec![weather()], ScriptedLlm::new()), ServeOptions::new().workers(0)).await;
+    let (_, queued) =
+        served.post("/v1/workflows", json!({"plan": tool_plan("Weather?", "weather_tool"), "mode": "queue"})).await;
+    let id = queued["id"].as_str().unwrap();
+    let (status, _) = served.post(&format!("/v1/workflows/{id}/cancel"), json!({"reason": "too soon"})).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (status, retry) = served.post(&format!("/v1/workflows/{id}/retry"), Value::Null).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{retry}");
+    assert_eq!((&retry["state"], &retry["retry_of"]), (&json!("NOT_STARTED"), &json!(id)));
+    let retry = retry["id"].as_str().unwrap();
+    assert_eq!(served.rest(retry).await.state(), WorkflowState::Complete);
+    assert_eq!(served.rest(id).await.state(), WorkflowState::Failed, "the failed one is kept as it was");
+    let (status, refused) = served.post(&format!("/v1/workflows/{retry}/retry"), Value::Null).await;
+    assert_eq!((status, &refused["error"]["code"]), (StatusCode::CONFLICT, &json!("invalid_workflow_state")));
+}
+
 #[tokio::test]
 async fn errors_are_json_worded_as_the_command_line_words_them() {
     let served = serve(runner_with(vec![weather()], ScriptedLlm::new()), ServeOptions::new().body_limit(4096)).await;
@@ -264,6 +285,7 @@ async fn the_openapi_document_is_3_1_and_lists_every_route() {
         ("/v1/workflows/{id}/clarifications/{clarification_id}", "post"),
         ("/v1/workflows/{id}/cancel", "post"),
         ("/v1/workflows/{id}/resume", "post"),
+        ("/v1/workflows/{id}/retry", "post"),
         ("/v1/tools", "get"),
         ("/v1/events", "get"),
         ("/healthz", "get"),
@@ -318,6 +340,9 @@ async fn with_tokens_every_route_but_health_needs_one_and_bound_users_see_only_t
     assert_eq!(listed["results"][0]["id"], ann["id"]);
     let bobs = served.get_as("ann-token", &format!("/v1/workflows/{}", bob["id"].as_str().unwrap())).await;
     assert_eq!(bobs.0, StatusCode::NOT_FOUND, "another user's workflow is not there");
+    let bobs_retry = format!("/v1/workflows/{}/retry", bob["id"].as_str().unwrap());
+    let retried = served.post_as("ann-token", &bobs_retry, json!({})).await;
+    assert_eq!(retried.0, StatusCode::NOT_FOUND, "nor can it be retried");
     let (_, all) = served.get_as("admin-token", "/v1/workflows").await;
     assert_eq!(all["count"], 2);
 }

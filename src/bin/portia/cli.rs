@@ -49,6 +49,15 @@ pub(crate) enum Command {
         /// The workflow.
         id: WorkflowId,
     },
+    /// Take a FAILED workflow up again as a new one, keeping what its finished steps
+    /// did, and run it (or, with --submit, queue it and print its id).
+    Retry {
+        /// The FAILED workflow.
+        id: WorkflowId,
+        /// Queue the retry for the workers instead of running it here.
+        #[arg(long)]
+        submit: bool,
+    },
     /// Answer a clarification; VALUE is read as JSON when it parses, else as a string.
     Answer {
         /// The workflow.

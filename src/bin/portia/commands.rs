@@ -49,14 +49,8 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
             run(runner, &plan, workflow).await
         }
         Command::Submit(source) => {
-            if runner.config().storage == portia::config::StorageKind::Memory {
-                // Checked before planning, which would be paid for and then lost.
-                return Err(Failure(
-                    "a submitted workflow waits in the store for a worker, and the memory store ends with this \
-                     process: set PORTIA_STORAGE to sqlite (the default) or postgres"
-                        .to_owned(),
-                ));
-            }
+            // Checked before planning, which would be paid for and then lost.
+            refuse_memory_store(runner)?;
             let plan = load_or_plan(setup, runner, &source).await?;
             let submit = runner.submit_plan(&plan).inputs(source.input_map());
             let id = if source.query.is_some() { submit.count_planning() } else { submit }.await?;
@@ -67,6 +61,17 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
             let workflow = runner.get_workflow(id).await?;
             let plan = runner.get_plan(workflow.plan_id()).await?;
             run(runner, &plan, workflow).await
+        }
+        Command::Retry { id, submit: true } => {
+            refuse_memory_store(runner)?;
+            let retry = runner.submit_retry(id).await?.id();
+            emit(format_args!("{retry}\n")).map_err(|e| e.naming(retry))?;
+            Ok(Exit::Ok)
+        }
+        Command::Retry { id, submit: false } => {
+            let retry = runner.retry_workflow(id).await?;
+            let plan = runner.get_plan(retry.plan_id()).await?;
+            run(runner, &plan, retry).await
         }
         Command::Answer { id, clarification_id, value } => {
             let workflow = runner.get_workflow(id).await?;
@@ -177,6 +182,18 @@ async fn serve(setup: &Setup, listen: std::net::SocketAddr, workers: usize, grac
     eprintln!("portia: serving on http://{}", server.local_addr()?);
     server.run().await?;
     Ok(Exit::Ok)
+}
+
+/// Refuses to queue a workflow in the memory store, where no worker would see it.
+fn refuse_memory_store(runner: &Runner) -> Result<(), Failure> {
+    if runner.config().storage != portia::config::StorageKind::Memory {
+        return Ok(());
+    }
+    Err(Failure(
+        "a submitted workflow waits in the store for a worker, and the memory store ends with this process: \
+         set PORTIA_STORAGE to sqlite (the default) or postgres"
+            .to_owned(),
+    ))
 }
 
 /// How long a watch goes without an event before it looks again at whether anything

@@ -346,6 +346,23 @@ pub(super) async fn resume(
     Ok((StatusCode::ACCEPTED, Json(workflow)))
 }
 
+/// Takes a FAILED workflow up again as a new workflow, which keeps what the failed
+/// one's finished steps did, and runs it (see [`Runner::retry_workflow`](crate::Runner::retry_workflow)).
+#[utoipa::path(post, path = "/v1/workflows/{id}/retry", tag = "workflows",
+    params(("id" = String, Path, description = "The FAILED workflow's id")),
+    responses((status = 202, description = "The new workflow, as stored before it runs", body = Object), (status = "4XX", body = ErrorBody)))]
+pub(super) async fn retry(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    PathParams(id): PathParams<String>,
+) -> ApiResult<(StatusCode, Json<Workflow>)> {
+    let failed = state.visible(&caller, &id).await?;
+    let retry = state.runner.retry_workflow(failed.id()).await?;
+    let _ = state.touched.send(retry.id());
+    state.run_on(retry.id()).await;
+    Ok((StatusCode::ACCEPTED, Json(retry)))
+}
+
 /// Deletes a workflow with its journal, whatever its state.
 #[utoipa::path(delete, path = "/v1/workflows/{id}", tag = "workflows",
     params(("id" = String, Path, description = "The workflow's id")),

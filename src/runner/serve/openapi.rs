@@ -22,6 +22,7 @@ use super::{api, changes, follow, metrics};
         api::answer,
         api::cancel,
         api::resume,
+        api::retry,
         api::delete_workflow,
         api::tools,
         api::healthz,

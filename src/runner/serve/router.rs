@@ -97,6 +97,7 @@ pub(super) fn build(
         .route("/v1/workflows/{id}/clarifications/{clarification_id}", post(api::answer))
         .route("/v1/workflows/{id}/cancel", post(api::cancel))
         .route("/v1/workflows/{id}/resume", post(api::resume))
+        .route("/v1/workflows/{id}/retry", post(api::retry))
         .route("/v1/tools", get(api::tools))
         .route("/v1/openapi.json", get(openapi::document))
         .route("/metrics", get(metrics::metrics))

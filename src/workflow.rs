@@ -545,16 +545,32 @@ impl Workflow {
     /// cut short, and the answers given to questions of steps yet to run. What
     /// failed runs again; what it spent is this workflow's, not the retry's.
     pub(crate) fn retry(&self, plan: &Plan) -> Result<Self> {
-        if self.state != WorkflowState::Failed {
-            return Err(self.invalid_state("retry it (only a FAILED workflow is retried)"));
-        }
+        self.check_failed()?;
         if let Some(parent) = &self.parent {
             return Err(self.invalid_state(format!(
                 "retry a sub-plan's run on its own (retry workflow {}, which runs it)",
                 parent.workflow_id
             )));
         }
-        let mut retry = Self::new(self.plan_id, self.execution_context.clone());
+        Ok(self.retried(plan, Self::new(self.plan_id, self.execution_context.clone())))
+    }
+
+    /// The retry of this FAILED run of a sub-plan, as [`Workflow::retry`] makes it,
+    /// made the child `link` of its parent's retry.
+    pub(crate) fn retry_as_child(&self, link: ParentLink, plan: &Plan) -> Result<Self> {
+        self.check_failed()?;
+        Ok(self.retried(plan, Self::child(link, plan, self.execution_context.clone())))
+    }
+
+    fn check_failed(&self) -> Result<()> {
+        match self.state {
+            WorkflowState::Failed => Ok(()),
+            _ => Err(self.invalid_state("retry it (only a FAILED workflow is retried)")),
+        }
+    }
+
+    /// `retry`, a new workflow, given what it keeps of this one.
+    fn retried(&self, plan: &Plan, mut retry: Self) -> Self {
         retry.retry_of = Some(self.id);
         retry.usage = WorkflowUsage::of_existing_plan(self.usage.planning);
         retry.outputs.step_outputs = self.outputs.step_outputs.clone();
@@ -564,7 +580,7 @@ impl Workflow {
             .map(|c| Clarification { workflow_id: retry.id, ..c.clone() })
             .collect();
         retry.update_current_step(plan);
-        Ok(retry)
+        retry
     }
 
     /// The FAILED workflow this one takes up again, when it is a retry (see

@@ -609,7 +609,8 @@ impl Runner {
     /// the steps that finished, which do not run again (nor repeat their tool
     /// calls), and of the finished items of a loop that was cut short, and the
     /// answers given to questions of steps yet to run. The steps that did not
-    /// finish run again, a sub-plan's from its start. The new workflow names the
+    /// finish run again; a sub-plan step whose child workflow FAILED takes that
+    /// child up again the same way, as its new child. The new workflow names the
     /// failed one in [`Workflow::retry_of`]; the failed one stays as it was, and
     /// what it spent does not count against the retry's budget.
     ///

@@ -171,11 +171,30 @@ impl Runner {
                 Arc::clone(plan)
             }
         };
-        let mut child = Workflow::child(link, &plan, ctx.execution_context.clone());
-        let given = ctx.args.as_ref().and_then(Value::as_object).cloned().unwrap_or_default();
-        child.set_inputs(&plan, &given);
+        let child = match self.failed_child_retried(&link).await? {
+            Some(failed) => failed.retry_as_child(link, &plan)?,
+            None => {
+                let mut child = Workflow::child(link, &plan, ctx.execution_context.clone());
+                let given = ctx.args.as_ref().and_then(Value::as_object).cloned().unwrap_or_default();
+                child.set_inputs(&plan, &given);
+                child
+            }
+        };
         let grant = storage.create_leased(&child, &self.inner.owner, self.inner.config.lease_ttl()).await?;
         Ok((grant, plan))
+    }
+
+    /// When the parent of `link` is the retry of a FAILED workflow, the child that
+    /// one's same step started, if it FAILED too: the new child takes it up again
+    /// rather than start the sub-plan afresh.
+    async fn failed_child_retried(&self, link: &ParentLink) -> Result<Option<Workflow>> {
+        let parent = self.inner.storage.get_workflow(link.workflow_id).await?;
+        let Some(failed_parent) = parent.retry_of() else { return Ok(None) };
+        match self.find_child(&ParentLink { workflow_id: failed_parent, ..*link }).await {
+            Ok(child) if child.state() == WorkflowState::Failed => Ok(Some(child)),
+            Ok(_) | Err(Error::WorkflowNotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// The child workflow `link` started: at its id, or at the id 0.4 gave it when

@@ -406,3 +406,36 @@ async fn an_interrupted_parent_leaves_its_child_resumable_and_resuming_the_paren
     assert_eq!(llm.calls.load(std::sync::atomic::Ordering::SeqCst), 3, "the parent's finished step is not asked again");
     assert_eq!(storage.list_workflows(&WorkflowQuery::default()).await.unwrap().count, 2, "the same child");
 }
+
+/// A parent FAILED because its child did (the provider went down in the child's
+/// second step) is retried: the retry's sub-plan step takes the FAILED child up
+/// again, so neither the parent's first step nor the child's runs again, and only
+/// the step that failed calls the model.
+#[tokio::test]
+async fn retrying_a_parent_takes_its_failed_child_up_again_keeping_what_the_child_finished() {
+    let storage: Arc<dyn Storage> = Arc::new(InMemoryStorage::new());
+    let child_plan = PlanBuilder::new("Summarise, then classify")
+        .plan_input("$ticket", "the ticket")
+        .step("Summarise the ticket", None, "$summary")
+        .input("$ticket", "the ticket")
+        .step("Classify the summary", None, "$class")
+        .input("$summary", "the summary")
+        .build();
+    storage.save_plan(&child_plan).await.unwrap();
+    let outage = portia::llm::LlmError::Other("the provider is down".into());
+    let script = ScriptedLlm::new().text("ticket 7").text("charged twice").error(outage).text("billing");
+    let (runner, llm) = runner(storage.clone(), script);
+    let failed = runner.run_plan(&parent_of(&child_plan)).await.unwrap();
+    assert_eq!((failed.state(), failed.failure().unwrap().step), (WorkflowState::Failed, Some(1)));
+    let failed_child = ParentLink::new(failed.id(), 1, None).child_id();
+
+    let retry = runner.retry_workflow(failed.id()).await.unwrap();
+    let done = runner.execute_workflow(retry).await.unwrap();
+    assert_eq!(done.state(), WorkflowState::Complete, "{:?}", done.failure());
+    assert_eq!(done.outputs().step_outputs.get("$class").unwrap().value, json!("billing"));
+    assert_eq!(llm.requests().len(), 4, "one call more than the failed run made: the step that failed");
+    let child = storage.get_workflow(ParentLink::new(done.id(), 1, None).child_id()).await.unwrap();
+    assert_eq!((child.retry_of(), child.parent()), (Some(failed_child), Some(&ParentLink::new(done.id(), 1, None))));
+    assert_eq!(child.outputs().step_outputs.get("$summary").unwrap().value, json!("charged twice"));
+    assert_eq!(storage.get_workflow(failed_child).await.unwrap().state(), WorkflowState::Failed);
+}

@@ -148,6 +148,31 @@ async fn an_input_clarification_is_answered_in_the_page() {
     browser.client.clone().close().await.unwrap();
 }
 
+/// A FAILED workflow's page offers Retry: it opens the retry's page, which names the
+/// failed workflow, and the retry runs to COMPLETE.
+#[tokio::test]
+#[ignore = "needs chromium: Debian's chromium and chromium-driver (.ci/run installs them)"]
+async fn a_failed_workflow_is_retried_from_its_page() {
+    let weather = MockTool::returning("weather_tool", json!("-3°C"));
+    let served = serve(runner_with(vec![weather], ScriptedLlm::new()), ServeOptions::new().workers(0)).await;
+    let queued = json!({"plan": tool_plan("Weather?", "weather_tool"), "mode": "queue"});
+    let (_, queued) = served.post("/v1/workflows", queued).await;
+    let id = queued["id"].as_str().unwrap().to_owned();
+    let (status, _) = served.post(&format!("/v1/workflows/{id}/cancel"), json!({"reason": "too soon"})).await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    let browser = Browser::start().await;
+    browser.client.goto(&served.url(&format!("/workflows/{id}"))).await.unwrap();
+    browser.wait_for("#state .state-FAILED").await;
+    browser.wait_for("#retry:not([disabled])").await.click().await.unwrap();
+    browser.wait_for("#retry-of:not([hidden])").await;
+    browser.wait_for("#state .state-COMPLETE").await;
+    assert_eq!(browser.text_of("#retry-of-link").await, id);
+    let retry: portia::WorkflowId = browser.text_of("#workflow-id").await.parse().unwrap();
+    assert_eq!(served.runner.get_workflow(retry).await.unwrap().retry_of(), Some(id.parse().unwrap()));
+    browser.screenshot("retry").await;
+    browser.client.clone().close().await.unwrap();
+}
+
 #[tokio::test]
 #[ignore = "needs chromium: Debian's chromium and chromium-driver (.ci/run installs them)"]
 async fn the_list_updates_without_a_reload() {

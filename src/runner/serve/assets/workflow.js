@@ -27,6 +27,12 @@ async function load() {
   const failure = document.getElementById("failure");
   failure.hidden = !current.failure;
   failure.textContent = current.failure ? current.failure.kind + ": " + current.failure.message : "";
+  document.getElementById("retry-of").hidden = !current.retry_of;
+  if (current.retry_of) {
+    const link = document.getElementById("retry-of-link");
+    link.textContent = current.retry_of;
+    link.href = "/workflows/" + encodeURIComponent(current.retry_of);
+  }
   const final = current.outputs && current.outputs.final_output;
   const answer = document.getElementById("answer");
   if (final) {
@@ -39,6 +45,8 @@ async function load() {
   }
   const finished = state === "COMPLETE" || state === "FAILED";
   document.getElementById("cancel").disabled = finished;
+  // A sub-plan's run is retried with the workflow that runs it.
+  document.getElementById("retry").disabled = state !== "FAILED" || Boolean(current.parent);
   document.getElementById("resume").disabled = !(state === "READY_TO_RESUME" || state === "NOT_STARTED" || state === "IN_PROGRESS");
   renderQuestions(current.outputs.clarifications.filter((c) => !c.resolved));
   renderPlan();
@@ -281,6 +289,14 @@ document.getElementById("cancel").addEventListener("click", async () => {
   try {
     await api("POST", base + "/cancel", { reason: "cancelled in the inspector" });
     await load();
+  } catch (error) {
+    say(actionStatus, error.message, true);
+  }
+});
+document.getElementById("retry").addEventListener("click", async () => {
+  try {
+    const retry = await api("POST", base + "/retry");
+    window.location.assign("/workflows/" + encodeURIComponent(retry.id));
   } catch (error) {
     say(actionStatus, error.message, true);
   }

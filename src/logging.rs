@@ -141,7 +141,9 @@ pub fn init_otlp(level: LogLevel, endpoint: Option<&str>) -> crate::Result<OtlpG
     if let Some(endpoint) = endpoint {
         exporter = exporter.with_endpoint(endpoint);
     }
-    let exporter = exporter.build().map_err(|e| crate::Error::invalid_config(setting, e.to_string()))?;
+    let exporter = exporter
+        .build()
+        .map_err(|e| crate::Error::invalid_config(setting, masked_endpoints(&e.to_string(), endpoint)))?;
     let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().with_batch_exporter(exporter).build();
     let tracer = provider.tracer("portia");
     tracing_subscriber::registry()
@@ -153,6 +155,19 @@ pub fn init_otlp(level: LogLevel, endpoint: Option<&str>) -> crate::Result<OtlpG
         .map_err(|e| crate::Error::invalid_config(setting, format!("cannot install the tracing subscriber: {e}")))?;
     warn_of_a_bad_rust_log();
     Ok(OtlpGuard { provider })
+}
+
+/// `message` with each OTLP endpoint it may quote (the one given, or those the
+/// variables give) shown without its user info and query values, as every URL in an
+/// error is ([`crate::http::shown_url`]).
+#[cfg(feature = "otel")]
+fn masked_endpoints(message: &str, given: Option<&str>) -> String {
+    use opentelemetry_otlp::{OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT};
+    let from_variables =
+        [OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_ENDPOINT].map(|v| std::env::var(v).ok());
+    (given.map(str::to_owned).into_iter().chain(from_variables.into_iter().flatten()))
+        .filter(|endpoint| !endpoint.is_empty())
+        .fold(message.to_owned(), |text, endpoint| text.replace(&endpoint, &crate::http::shown_url(&endpoint)))
 }
 
 /// The exporter's blocking HTTP client, as opentelemetry-otlp would build it (the
@@ -182,6 +197,16 @@ mod tests {
     use tracing_subscriber::layer::SubscriberExt as _;
 
     use super::*;
+
+    /// The SDK's error quotes the endpoint whole; the password in it is not shown.
+    #[cfg(feature = "otel")]
+    #[test]
+    fn an_otlp_endpoint_that_cannot_be_used_is_named_without_its_credentials() {
+        let endpoint = "http://user:LEAKCANARY@ho st:4318/v1/traces";
+        let err = init_otlp(LogLevel::Info, Some(endpoint)).expect_err("not a URI").to_string();
+        assert!(err.contains("OTEL_EXPORTER_OTLP_ENDPOINT") && err.contains("http://***@ho st:4318"), "{err}");
+        assert!(!err.contains("LEAKCANARY"), "{err}");
+    }
 
     #[test]
     fn a_rust_log_that_cannot_be_read_is_a_problem_to_tell() {

@@ -194,6 +194,11 @@ pub enum Error {
     #[error(transparent)]
     Llm(#[from] LlmError),
 
+    /// The query to plan is empty or only whitespace: there is nothing to plan, and
+    /// no model is asked.
+    #[error("the query is empty: say in words what the plan should achieve")]
+    EmptyQuery,
+
     /// A workflow's final output could not be read as the type asked for: the
     /// workflow did not complete, or its output does not deserialize into it.
     #[error("workflow {workflow_id} has no typed output: {message}")]

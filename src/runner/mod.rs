@@ -290,7 +290,7 @@ impl Runner {
     /// Plans `query`, leaving the plan unsaved: whoever makes its workflow saves it.
     async fn make_plan(&self, query: String, options: PlanOptions) -> Result<Plan> {
         if query.trim().is_empty() {
-            return Err(Error::planning("the query is empty: say what the plan should achieve"));
+            return Err(Error::EmptyQuery);
         }
         let PlanOptions { tool_ids, examples, execution_context, output_schema } = options;
         let tools = match tool_ids {

@@ -203,7 +203,7 @@ fn at_least_one(text: &str) -> Result<usize, String> {
 /// A query with something in it: a blank one would be planned (and paid for) all the same.
 fn parse_query(text: &str) -> Result<String, String> {
     if text.trim().is_empty() {
-        return Err("the query is empty: say what the plan should achieve".to_owned());
+        return Err(portia::Error::EmptyQuery.to_string());
     }
     Ok(text.to_owned())
 }

@@ -151,7 +151,6 @@ pub(super) async fn create_plan(
     Body(request): Body<CreatePlan>,
 ) -> ApiResult<(StatusCode, Json<Plan>)> {
     let context = context_for(&caller, request.end_user_id)?;
-    check_query(&request.query)?;
     let tools = request.tools.unwrap_or_else(|| state.plan_tools.to_vec());
     let plan = state.runner.generate_plan(request.query).tools(tools).execution_context(context).await?;
     Ok((StatusCode::CREATED, Json(plan)))
@@ -173,7 +172,6 @@ pub(super) async fn create_workflow(
     let planned_here = request.query.is_some();
     let plan = match (request.query, request.plan, request.plan_id) {
         (Some(query), None, None) => {
-            check_query(&query)?;
             let tools = request.tools.unwrap_or_else(|| state.plan_tools.to_vec());
             runner.generate_plan(query).tools(tools).execution_context(context.clone()).await?
         }
@@ -413,13 +411,6 @@ fn context_for(caller: &Caller, asked: Option<String>) -> ApiResult<ExecutionCon
 }
 
 /// A query with nothing to plan is refused before any model is asked.
-fn check_query(query: &str) -> ApiResult<()> {
-    if query.trim().is_empty() {
-        return Err(ApiError::bad_request("the query is empty: say in words what to do"));
-    }
-    Ok(())
-}
-
 fn forbidden(end_user: &str) -> ApiError {
     ApiError::new(
         StatusCode::FORBIDDEN,

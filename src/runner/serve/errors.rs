@@ -69,6 +69,7 @@ impl From<Error> for ApiError {
             }
             Error::ToolNotFound(_) => (StatusCode::UNPROCESSABLE_ENTITY, "tool_not_found"),
             Error::InvalidId(_) => (StatusCode::BAD_REQUEST, "invalid_id"),
+            Error::EmptyQuery => (StatusCode::BAD_REQUEST, "bad_request"),
             Error::PlanInputs { .. } => (StatusCode::BAD_REQUEST, "invalid_inputs"),
             Error::InvalidWorkflowState { .. } => (StatusCode::CONFLICT, "invalid_workflow_state"),
             Error::AlreadyRunning { .. } => (StatusCode::CONFLICT, "already_running"),

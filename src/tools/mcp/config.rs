@@ -211,8 +211,10 @@ impl McpTransport {
             Self::InProcess(_) => Vec::new(),
         };
         secrets.retain(|s| s.chars().count() >= 4);
-        // The longest first, so that a token is not left half blanked by a shorter one inside it.
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        // The longest first, so that a token is not left half blanked by a shorter one
+        // inside it; equal ones side by side, so that each is kept once (a query value
+        // is gathered both as written and decoded, mostly the same).
+        secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         secrets.dedup();
         secrets
     }

@@ -543,7 +543,9 @@ impl Workflow {
     /// and inputs, with the outputs of the steps that finished (so that they do not
     /// run again, nor repeat what they did) and of the finished items of a loop
     /// cut short, and the answers given to questions of steps yet to run. What
-    /// failed runs again; what it spent is this workflow's, not the retry's.
+    /// failed runs again; what it spent is this workflow's, not the retry's. Its id
+    /// follows from this one's, so that a workflow is retried once however often
+    /// it is asked (see [`Workflow::retry_id`]).
     pub(crate) fn retry(&self, plan: &Plan) -> Result<Self> {
         self.check_failed()?;
         if let Some(parent) = &self.parent {
@@ -552,7 +554,16 @@ impl Workflow {
                 parent.workflow_id
             )));
         }
-        Ok(self.retried(plan, Self::new(self.plan_id, self.execution_context.clone())))
+        let mut retry = Self::new(self.plan_id, self.execution_context.clone());
+        retry.id = self.retry_id();
+        Ok(self.retried(plan, retry))
+    }
+
+    /// The id of this workflow's retry, should it be retried: the same for every
+    /// retry asked for, so that a second one finds the first (a second click, a
+    /// script run twice) rather than run the failed steps again.
+    pub fn retry_id(&self) -> WorkflowId {
+        WorkflowId::from_uuid(uuid::Uuid::new_v5(&self.id.uuid(), b"retry"))
     }
 
     /// The retry of this FAILED run of a sub-plan, as [`Workflow::retry`] makes it,
@@ -905,7 +916,8 @@ mod tests {
             (retry.state, retry.retry_of, retry.current_step_index),
             (WorkflowState::NotStarted, Some(wf.id), 1)
         );
-        assert_eq!((retry.version, retry.failure.as_ref()), (1, None));
+        assert_eq!((retry.id, retry.version, retry.failure.as_ref()), (wf.retry_id(), 1, None));
+        assert_eq!(wf.retry(&plan).unwrap().id, retry.id, "one retry id, however often asked");
         assert_eq!(retry.execution_context.end_user_id.as_deref(), Some("ann"));
         assert_eq!(
             (&retry.outputs.step_outputs, &retry.outputs.loop_items),

@@ -614,6 +614,10 @@ impl Runner {
     /// failed one in [`Workflow::retry_of`]; the failed one stays as it was, and
     /// what it spent does not count against the retry's budget.
     ///
+    /// A workflow is retried once: asked again, this returns the retry made the
+    /// first time, as stored now (at [`Workflow::retry_id`]), whatever its state.
+    /// Should the retry fail too, retry it.
+    ///
     /// # Errors
     /// [`Error::WorkflowNotFound`], [`Error::InvalidWorkflowState`] unless the
     /// workflow is FAILED, or for a sub-plan's run (retry the workflow that runs
@@ -637,13 +641,16 @@ impl Runner {
         let failed = storage.get_workflow(id).await?;
         let plan = self.inner.plans.get(failed.plan_id(), storage.as_ref()).await?;
         let retry = failed.retry(&plan)?;
-        if queued {
-            storage.submit_workflow(&retry).await?;
-        } else {
-            storage.create_workflow(&retry).await?;
+        let stored = if queued { storage.submit_workflow(&retry).await } else { storage.create_workflow(&retry).await };
+        match stored {
+            Ok(()) => {
+                tracing::info!(workflow = %retry.id(), retry_of = %id, plan = %plan.id, "workflow created to retry a failed one");
+                Ok(retry)
+            }
+            // Retried before: that retry stands.
+            Err(Error::VersionConflict { expected: 0, .. }) => storage.get_workflow(retry.id()).await,
+            Err(e) => Err(e),
         }
-        tracing::info!(workflow = %retry.id(), retry_of = %id, plan = %plan.id, "workflow created to retry a failed one");
-        Ok(retry)
     }
 
     /// Cancels `stored`, which was not finished when read, and its child workflows.

@@ -464,10 +464,11 @@ fn watch_says_when_nothing_runs_the_workflow_and_follows_the_worker_that_does() 
 }
 
 /// A workflow FAILED on a missing file is taken up again once the file is there:
-/// `portia retry ID` runs a new workflow that keeps the first step's output and
-/// completes; `--submit` queues one for the workers instead and prints its id.
+/// `portia retry ID --submit` queues a new workflow that keeps the first step's
+/// output, and a worker completes it; `portia retry ID` then gives that same retry
+/// rather than a second one.
 #[test]
-fn retry_takes_a_failed_workflow_up_again_here_or_on_a_worker() {
+fn retry_takes_a_failed_workflow_up_again_once() {
     let dir = workdir();
     let step = |file: &str| json!({"task": "Read", "inputs": [], "tool_id": "file_reader_tool", "output": format!("${}", &file[..5]), "args": {"filename": file}});
     let plan = json!({
@@ -493,10 +494,11 @@ fn retry_takes_a_failed_workflow_up_again_here_or_on_a_worker() {
     assert_eq!(code(&worker), 0, "{}", stderr(&worker));
     assert_eq!(stdout_json(&run(dir.path(), &["show", &queued]))["state"], json!("COMPLETE"));
 
+    // Asked again, the same retry: it ran already, so nothing runs twice.
     let here = run(dir.path(), &["retry", &id]);
     assert_eq!(code(&here), 0, "{}", stderr(&here));
     let here = stdout_json(&here);
-    assert_eq!((&here["state"], &here["retry_of"]), (&json!("COMPLETE"), &json!(id)));
+    assert_eq!((&here["id"], &here["state"], &here["retry_of"]), (&json!(queued), &json!("COMPLETE"), &json!(id)));
     assert!(here["outputs"]["step_outputs"]["$zzzzz"]["value"].to_string().contains("Rome"), "{here}");
     let again = run(dir.path(), &["retry", here["id"].as_str().unwrap()]);
     assert_eq!(code(&again), 1);

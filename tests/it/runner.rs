@@ -599,6 +599,9 @@ async fn a_failed_workflow_is_retried_from_the_step_that_failed_keeping_what_fin
     assert_eq!(done.usage().total.llm_calls, 1, "the retry counts its own calls only");
     assert_eq!(h.runner.get_workflow(failed.id()).await.unwrap(), failed, "the failed workflow is kept as it was");
 
+    let again = h.runner.retry_workflow(failed.id()).await.unwrap();
+    assert_eq!((again.id(), again.state()), (done.id(), WorkflowState::Complete), "retried once: the same retry");
+    assert_eq!(weather.calls().len(), 1);
     let finished = h.runner.retry_workflow(done.id()).await.unwrap_err();
     assert!(matches!(finished, Error::InvalidWorkflowState { state: WorkflowState::Complete, .. }), "{finished}");
     let missing = h.runner.retry_workflow(portia::WorkflowId::new()).await.unwrap_err();

@@ -50,7 +50,8 @@ pub(crate) enum Command {
         id: WorkflowId,
     },
     /// Take a FAILED workflow up again as a new one, keeping what its finished steps
-    /// did, and run it (or, with --submit, queue it and print its id).
+    /// did, and run it (or, with --submit, queue it and print its id). A workflow is
+    /// retried once: asked again, this is about the same retry.
     Retry {
         /// The FAILED workflow.
         id: WorkflowId,

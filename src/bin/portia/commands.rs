@@ -70,6 +70,11 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
         }
         Command::Retry { id, submit: false } => {
             let retry = runner.retry_workflow(id).await?;
+            if retry.state().is_terminal() {
+                // Retried before, and that retry has ended: it is the answer.
+                print_json(&retry).map_err(|e| e.naming(retry.id()))?;
+                return Ok(report(&retry));
+            }
             let plan = runner.get_plan(retry.plan_id()).await?;
             run(runner, &plan, retry).await
         }

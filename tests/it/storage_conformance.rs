@@ -323,13 +323,8 @@ async fn sqlite_reports_a_corrupt_row_by_id() {
     assert!(page.unreadable[0].contains(&bad.id().to_string()), "{:?}", page.unreadable);
 }
 
-/// One queued workflow that cannot be read does not stop the queue: the claim takes
-/// it off the queue and hands out the next; the row stays, listed as unreadable.
-#[tokio::test]
-async fn sqlite_takes_an_unreadable_queued_workflow_off_the_queue_and_claims_the_next() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("portia.db");
-    let store = SqliteStorage::open(&path).unwrap();
+/// Three workflows of one plan, submitted in this order.
+async fn submit_three(store: &dyn Storage) -> Vec<Workflow> {
     let plan = plan();
     store.save_plan(&plan).await.unwrap();
     let mut queued = Vec::new();
@@ -339,6 +334,17 @@ async fn sqlite_takes_an_unreadable_queued_workflow_off_the_queue_and_claims_the
         store.submit_workflow(&workflow).await.unwrap();
         queued.push(workflow);
     }
+    queued
+}
+
+/// One queued workflow that cannot be read does not stop the queue: the claim takes
+/// it off the queue and hands out the next; the row stays, listed as unreadable.
+#[tokio::test]
+async fn sqlite_takes_an_unreadable_queued_workflow_off_the_queue_and_claims_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portia.db");
+    let store = SqliteStorage::open(&path).unwrap();
+    let queued = submit_three(&store).await;
     raw(&path).execute("UPDATE workflows SET body = '{}' WHERE id = ?1", [queued[0].id().to_string()]).unwrap();
     let ttl = Duration::from_secs(60);
     let first = store.claim_runnable("worker", ttl).await.unwrap().expect("a readable workflow");
@@ -358,15 +364,7 @@ async fn sqlite_puts_right_a_queued_row_whose_state_disagrees_with_its_body() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("portia.db");
     let store = SqliteStorage::open(&path).unwrap();
-    let plan = plan();
-    store.save_plan(&plan).await.unwrap();
-    let mut queued = Vec::new();
-    for _ in 0..3 {
-        let value = json!({ "id": WorkflowId::new(), "plan_id": plan.id, "state": "NOT_STARTED", "version": 1 });
-        let workflow: Workflow = serde_json::from_value(value).unwrap();
-        store.submit_workflow(&workflow).await.unwrap();
-        queued.push(workflow);
-    }
+    let queued = submit_three(&store).await;
     let edit = "UPDATE workflows SET body = json_set(body, '$.state', ?2) WHERE id = ?1";
     raw(&path).execute(edit, [queued[0].id().to_string(), "COMPLETE".into()]).unwrap();
     raw(&path).execute(edit, [queued[1].id().to_string(), "NEED_CLARIFICATION".into()]).unwrap();

@@ -281,13 +281,10 @@ async fn a_failed_pipelined_write_is_the_error_reported_and_nothing_of_it_is_kep
     schema.remove().await;
 }
 
-/// One queued workflow that cannot be read does not stop the queue: the claim takes
-/// it off the queue and hands out the next; the row stays, listed as unreadable.
-#[tokio::test]
-#[ignore = "needs Postgres: .ci/run starts it (PORTIA_TEST_PG_URL)"]
-async fn an_unreadable_queued_workflow_is_taken_off_the_queue_and_the_next_is_claimed() {
-    let url = pg::test_url();
-    let schema = pg::Schema::fresh(&url);
+/// A fresh schema and its store, with three workflows of one plan submitted in
+/// this order.
+async fn three_queued() -> (pg::Schema, PostgresStorage, Vec<Workflow>) {
+    let schema = pg::Schema::fresh(&pg::test_url());
     let store = PostgresStorage::connect(&settings(&schema)).await.unwrap();
     let plan = plan();
     store.save_plan(&plan).await.unwrap();
@@ -295,6 +292,15 @@ async fn an_unreadable_queued_workflow_is_taken_off_the_queue_and_the_next_is_cl
     for workflow in &queued {
         store.submit_workflow(workflow).await.unwrap();
     }
+    (schema, store, queued)
+}
+
+/// One queued workflow that cannot be read does not stop the queue: the claim takes
+/// it off the queue and hands out the next; the row stays, listed as unreadable.
+#[tokio::test]
+#[ignore = "needs Postgres: .ci/run starts it (PORTIA_TEST_PG_URL)"]
+async fn an_unreadable_queued_workflow_is_taken_off_the_queue_and_the_next_is_claimed() {
+    let (schema, store, queued) = three_queued().await;
     schema.execute(&format!("UPDATE {{S}}.workflows SET body = '{{}}' WHERE id = '{}'", queued[0].id())).await;
     let ttl = Duration::from_secs(60);
     let first = store.claim_runnable("worker", ttl).await.unwrap().expect("a readable workflow");
@@ -313,15 +319,7 @@ async fn an_unreadable_queued_workflow_is_taken_off_the_queue_and_the_next_is_cl
 #[tokio::test]
 #[ignore = "needs Postgres: .ci/run starts it (PORTIA_TEST_PG_URL)"]
 async fn a_queued_row_whose_state_disagrees_with_its_body_is_put_right_by_the_claim() {
-    let url = pg::test_url();
-    let schema = pg::Schema::fresh(&url);
-    let store = PostgresStorage::connect(&settings(&schema)).await.unwrap();
-    let plan = plan();
-    store.save_plan(&plan).await.unwrap();
-    let queued: Vec<Workflow> = (0..3).map(|_| workflow_of(&plan)).collect();
-    for workflow in &queued {
-        store.submit_workflow(workflow).await.unwrap();
-    }
+    let (schema, store, queued) = three_queued().await;
     for (workflow, state) in queued.iter().zip(["COMPLETE", "NEED_CLARIFICATION"]) {
         let edit = format!(
             "UPDATE {{S}}.workflows SET body = jsonb_set(body::jsonb, '{{state}}', '\"{state}\"')::text WHERE id = '{}'",

@@ -192,13 +192,13 @@ impl RowTx for Rows<'_> {
         Ok(self.clock.now())
     }
 
-    fn insert_plan(&mut self, plan: &Plan) -> Done<bool> {
+    fn insert_plan(&mut self, plan: Plan) -> Done<Option<Plan>> {
         match self.state.plans.entry(plan.id) {
             Entry::Vacant(vacant) => {
-                vacant.insert(plan.clone());
-                Ok(true)
+                vacant.insert(plan);
+                Ok(None)
             }
-            Entry::Occupied(_) => Ok(false),
+            Entry::Occupied(_) => Ok(Some(plan)),
         }
     }
 

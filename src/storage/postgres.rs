@@ -765,10 +765,10 @@ impl<C: GenericClient> RowTx for Rows<'_, C> {
         self.answered(read)
     }
 
-    fn insert_plan(&mut self, plan: &Plan) -> DbResult<bool> {
-        let body = to_json(plan, &format!("plan {}", plan.id))?;
+    fn insert_plan(&mut self, plan: Plan) -> DbResult<Option<Plan>> {
+        let body = to_json(&plan, &format!("plan {}", plan.id))?;
         let sql = "INSERT INTO {S}.plans (id, body) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING";
-        Ok(self.execute(sql, &[&plan.id.to_string(), &body])? > 0)
+        Ok((self.execute(sql, &[&plan.id.to_string(), &body])? == 0).then_some(plan))
     }
 
     fn plan(&mut self, id: PlanId) -> DbResult<Option<Plan>> {

@@ -91,12 +91,10 @@ impl<S: RowStore> PlanStore for S {
         // be ignored without a word.
         let work = |_| {
             let plan = plan.clone();
-            move |tx: &mut dyn RowTx| {
-                if tx.insert_plan(&plan)? || tx.plan(plan.id)?.is_some_and(|stored| stored == plan) {
-                    Ok(())
-                } else {
-                    Err(RowError::Refused(Error::PlanIdTaken(plan.id)))
-                }
+            move |tx: &mut dyn RowTx| match tx.insert_plan(plan)? {
+                None => Ok(()),
+                Some(plan) if tx.plan(plan.id)?.is_some_and(|stored| stored == plan) => Ok(()),
+                Some(plan) => Err(RowError::Refused(Error::PlanIdTaken(plan.id))),
             }
         };
         run(self, Access::Write, || format!("cannot save plan {id}"), work).await

@@ -265,12 +265,13 @@ pub trait RowTx {
     fn now(&mut self) -> Result<DateTime<Utc>, RowError>;
 
     /// Stores `plan` unless a plan with its id is stored (plans never change).
-    /// Returns `false`, storing nothing, when its id is taken: the protocol then
-    /// reads the stored plan to tell the same plan saved again from another.
+    /// Returns `None` once stored, or the plan back, storing nothing, when its id
+    /// is taken: the protocol then reads the stored plan to tell the same plan
+    /// saved again from another.
     ///
     /// # Errors
     /// The store's.
-    fn insert_plan(&mut self, plan: &Plan) -> Result<bool, RowError>;
+    fn insert_plan(&mut self, plan: Plan) -> Result<Option<Plan>, RowError>;
     /// The plan `id`, if stored.
     ///
     /// # Errors

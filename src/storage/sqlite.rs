@@ -512,10 +512,10 @@ impl RowTx for Rows<'_> {
         Ok(now_ms(self.clock))
     }
 
-    fn insert_plan(&mut self, plan: &Plan) -> DbResult<bool> {
-        let body = to_json(plan, &format!("plan {}", plan.id))?;
+    fn insert_plan(&mut self, plan: Plan) -> DbResult<Option<Plan>> {
+        let body = to_json(&plan, &format!("plan {}", plan.id))?;
         let sql = "INSERT INTO plans (id, body) VALUES (?1, ?2) ON CONFLICT (id) DO NOTHING";
-        Ok(self.run(sql, [plan.id.to_string(), body])? > 0)
+        Ok((self.run(sql, [plan.id.to_string(), body])? == 0).then_some(plan))
     }
 
     fn plan(&mut self, id: PlanId) -> DbResult<Option<Plan>> {

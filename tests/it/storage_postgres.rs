@@ -244,7 +244,7 @@ async fn a_failed_pipelined_write_is_the_error_reported_and_nothing_of_it_is_kep
     let unkept = plan();
     let (unkept_copy, orphan) = (unkept.clone(), orphan_usage());
     let work: Work<()> = Box::new(move |tx| {
-        tx.insert_plan(&unkept_copy)?;
+        tx.insert_plan(unkept_copy)?;
         tx.insert_usage(orphan.clone())?;
         tx.last_event(orphan.workflow_id).map(drop)
     });

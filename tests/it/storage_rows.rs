@@ -106,12 +106,12 @@ impl RowTx for Tx<'_> {
         Ok(self.now)
     }
 
-    fn insert_plan(&mut self, plan: &Plan) -> Done<bool> {
+    fn insert_plan(&mut self, plan: Plan) -> Done<Option<Plan>> {
         if self.tables.plans.contains_key(&plan.id) {
-            return Ok(false);
+            return Ok(Some(plan));
         }
-        self.tables.plans.insert(plan.id, plan.clone());
-        Ok(true)
+        self.tables.plans.insert(plan.id, plan);
+        Ok(None)
     }
 
     fn plan(&mut self, id: PlanId) -> Done<Option<Plan>> {

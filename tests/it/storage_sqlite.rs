@@ -103,7 +103,7 @@ async fn concurrent_transactions_commit_together_and_fail_alone() {
         let storage = std::sync::Arc::clone(&storage);
         tasks.spawn(async move {
             let work = Box::new(move |tx: &mut dyn portia::storage::RowTx| {
-                tx.insert_plan(&kept)?;
+                tx.insert_plan(kept)?;
                 if i % 2 == 1 { Err(RowError::value("refused after writing")) } else { Ok(i) }
             });
             (i, storage.transaction(Access::Write, work).await)

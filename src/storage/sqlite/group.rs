@@ -325,7 +325,7 @@ mod tests {
             let (s, p) = (storage.clone(), failing.clone());
             tasks.spawn(async move {
                 let work = move |tx: &mut dyn crate::storage::RowTx| {
-                    tx.insert_plan(&p)?;
+                    tx.insert_plan(p)?;
                     Err(RowError::value("this job fails after its write"))
                 };
                 s.transaction(Access::Write, Box::new(work)).await.map_err(|e| format!("{e:?}"))

@@ -618,6 +618,12 @@ impl Runner {
     /// first time, as stored now (at [`Workflow::retry_id`]), whatever its state.
     /// Should the retry fail too, retry it.
     ///
+    /// What the retry does not carry over: the failed workflow's journal, so a
+    /// tool call the failed step made before it failed is made again (under the
+    /// retry's own idempotency key), and an approval given for such a call is asked
+    /// for again; and its spending, so a workflow that failed on its
+    /// [`Budget`](crate::config::Budget) gets the whole budget again.
+    ///
     /// # Errors
     /// [`Error::WorkflowNotFound`], [`Error::InvalidWorkflowState`] unless the
     /// workflow is FAILED, or for a sub-plan's run (retry the workflow that runs
@@ -627,7 +633,8 @@ impl Runner {
     }
 
     /// [`Runner::retry_workflow`], with the new workflow queued for the workers
-    /// rather than left for the caller to run.
+    /// rather than left for the caller to run. A retry made before is returned as it
+    /// is, and queued only if it was made queued.
     ///
     /// # Errors
     /// As [`Runner::retry_workflow`].

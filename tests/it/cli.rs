@@ -500,6 +500,9 @@ fn retry_takes_a_failed_workflow_up_again_once() {
     let here = stdout_json(&here);
     assert_eq!((&here["id"], &here["state"], &here["retry_of"]), (&json!(queued), &json!("COMPLETE"), &json!(id)));
     assert!(here["outputs"]["step_outputs"]["$zzzzz"]["value"].to_string().contains("Rome"), "{here}");
+    let requeued = run(dir.path(), &["retry", &id, "--submit"]);
+    assert_eq!(String::from_utf8_lossy(&requeued.stdout).trim(), queued);
+    assert!(stderr(&requeued).contains("(COMPLETE), which is not queued again"), "{}", stderr(&requeued));
     let again = run(dir.path(), &["retry", here["id"].as_str().unwrap()]);
     assert_eq!(code(&again), 1);
     assert!(stderr(&again).contains("only a FAILED workflow is retried"), "{}", stderr(&again));

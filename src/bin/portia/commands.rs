@@ -64,8 +64,16 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
         }
         Command::Retry { id, submit: true } => {
             refuse_memory_store(runner)?;
-            let retry = runner.submit_retry(id).await?.id();
-            emit(format_args!("{retry}\n")).map_err(|e| e.naming(retry))?;
+            let retry = runner.submit_retry(id).await?;
+            emit(format_args!("{}\n", retry.id())).map_err(|e| e.naming(retry.id()))?;
+            if retry.state() != WorkflowState::NotStarted {
+                // Retried before, and that retry has run: it is not queued again.
+                eprintln!(
+                    "portia: workflow {id} was retried before as {} ({}), which is not queued again",
+                    retry.id(),
+                    retry.state()
+                );
+            }
             Ok(Exit::Ok)
         }
         Command::Retry { id, submit: false } => {
@@ -211,14 +219,14 @@ const WATCH_QUIET: Duration = Duration::from_secs(10);
 /// again, and goes on watching.
 async fn watch(runner: &Runner, id: WorkflowId) -> Result<Exit, Failure> {
     let mut events = runner.watch(id);
-    let mut said = say_if_unrun(runner, id, false).await?;
+    let mut said = say_if_unrun(runner, id, false).await;
     loop {
         let next = events.next();
         tokio::pin!(next);
         let event = loop {
             tokio::select! {
                 event = &mut next => break event,
-                () = tokio::time::sleep(WATCH_QUIET) => said = say_if_unrun(runner, id, said).await?,
+                () = tokio::time::sleep(WATCH_QUIET) => said = say_if_unrun(runner, id, said).await,
             }
         };
         let Some(event) = event else { break };
@@ -229,19 +237,23 @@ async fn watch(runner: &Runner, id: WorkflowId) -> Result<Exit, Failure> {
 }
 
 /// Says on stderr that no run holds workflow `id` although it is yet to finish,
-/// unless `said` already; returns whether that is the case.
-async fn say_if_unrun(runner: &Runner, id: WorkflowId, said: bool) -> Result<bool, Failure> {
-    let state = runner.get_workflow(id).await?.state();
-    if !state.is_runnable() || runner.storage().lease_holder(id).await?.is_some() {
-        return Ok(false);
+/// unless `said` already; returns whether that is the case. A store that cannot
+/// tell just now changes nothing: the watch itself reports a store that fails.
+async fn say_if_unrun(runner: &Runner, id: WorkflowId, said: bool) -> bool {
+    let Ok(workflow) = runner.get_workflow(id).await else { return said };
+    let state = workflow.state();
+    match runner.storage().lease_holder(id).await {
+        Ok(None) if state.is_runnable() => {}
+        Ok(_) => return false,
+        Err(_) => return said,
     }
     if !said {
         eprintln!(
-            "portia: nothing is running workflow {id} ({state}): a worker takes it on if it was submitted, \
+            "portia: nothing is running workflow {id} ({state}): a worker takes it on if it is queued, \
              else `portia resume {id}` runs it; still watching"
         );
     }
-    Ok(true)
+    true
 }
 
 /// Plans `query`, offering the tools that work with the settings, with a spinner on a terminal.

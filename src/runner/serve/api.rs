@@ -357,7 +357,10 @@ pub(super) async fn retry(
     let failed = state.visible(&caller, &id).await?;
     let retry = state.runner.retry_workflow(failed.id()).await?;
     let _ = state.touched.send(retry.id());
-    state.run_on(retry.id()).await;
+    // Retried before, that retry may have ended: it is the answer, and nothing runs.
+    if !retry.state().is_terminal() {
+        state.run_on(retry.id()).await;
+    }
     Ok((StatusCode::ACCEPTED, Json(retry)))
 }
 
@@ -410,7 +413,7 @@ fn context_for(caller: &Caller, asked: Option<String>) -> ApiResult<ExecutionCon
     Ok(user.map(ExecutionContext::for_end_user).unwrap_or_default())
 }
 
-/// A query with nothing to plan is refused before any model is asked.
+/// A bound token's refusal to act for another end user.
 fn forbidden(end_user: &str) -> ApiError {
     ApiError::new(
         StatusCode::FORBIDDEN,

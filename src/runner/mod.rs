@@ -747,12 +747,19 @@ impl Runner {
         self.inner.storage.tool_calls(id).await
     }
 
-    /// Deletes a workflow, its journal and usage, and its plan when no other
-    /// workflow uses it.
+    /// Deletes a workflow, its journal and usage, the child workflows its sub-plan
+    /// steps started (and theirs), and its plan when no other workflow uses it. A
+    /// workflow that cannot be read is deleted all the same, without its children,
+    /// which it no longer names.
     ///
     /// # Errors
     /// A storage error.
     pub async fn delete_workflow(&self, id: WorkflowId) -> Result<()> {
+        match self.inner.storage.get_workflow(id).await {
+            Ok(workflow) => self.delete_children(&workflow).await?,
+            Err(Error::WorkflowNotFound(_) | Error::Unreadable { .. }) => {}
+            Err(e) => return Err(e),
+        }
         self.inner.storage.delete_workflow(id).await
     }
 

@@ -236,6 +236,27 @@ impl Runner {
         Ok(())
     }
 
+    /// Deletes the child workflows `parent` started (and theirs): left behind, a
+    /// child would be found again by a workflow stored later under `parent`'s id
+    /// (a retry deleted and made again), and taken for its own.
+    pub(super) async fn delete_children(&self, parent: &Workflow) -> Result<()> {
+        let plan = match self.inner.storage.get_plan(parent.plan_id()).await {
+            Ok(plan) => plan,
+            Err(Error::PlanNotFound(_) | Error::Unreadable { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for link in child_links(&plan, parent) {
+            match self.find_child(&link).await {
+                Ok(child) => Box::pin(self.delete_workflow(child.id())).await?,
+                Err(Error::WorkflowNotFound(_)) => {}
+                // It names no children that can be found: it goes alone.
+                Err(Error::Unreadable { .. }) => self.inner.storage.delete_workflow(link.child_id()).await?,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// What only the store can tell of `plan`'s sub-plan steps (those inside blocks
     /// too): plans that are not stored, inputs a sub-plan needs and is not given,
     /// and cycles of sub-plans.

@@ -439,3 +439,23 @@ async fn retrying_a_parent_takes_its_failed_child_up_again_keeping_what_the_chil
     assert_eq!(child.outputs().step_outputs.get("$summary").unwrap().value, json!("charged twice"));
     assert_eq!(storage.get_workflow(failed_child).await.unwrap().state(), WorkflowState::Failed);
 }
+
+/// Deleting a parent deletes the child workflow its sub-plan step started: left
+/// behind, the child would be taken up by a workflow stored later under the same
+/// id (a retry deleted and made again).
+#[tokio::test]
+async fn deleting_a_parent_deletes_its_child_workflows() {
+    let storage: Arc<dyn Storage> = Arc::new(InMemoryStorage::new());
+    let child_plan = classify_plan();
+    storage.save_plan(&child_plan).await.unwrap();
+    let (runner, _) = runner(storage.clone(), ScriptedLlm::new().text("My card was charged twice").text("billing"));
+    let parent = runner.run_plan(&parent_of(&child_plan)).await.unwrap();
+    let child = ParentLink::new(parent.id(), 1, None).child_id();
+    assert!(storage.get_workflow(child).await.is_ok(), "the child ran");
+
+    runner.delete_workflow(parent.id()).await.unwrap();
+    for id in [parent.id(), child] {
+        let gone = storage.get_workflow(id).await.unwrap_err();
+        assert!(matches!(gone, Error::WorkflowNotFound(_)), "{gone}");
+    }
+}

@@ -84,6 +84,17 @@ impl Stoppable {
         created["id"].as_str().unwrap().parse().unwrap()
     }
 
+    /// A server whose one run waits at `gate`, asked to shut down on tokio's paused
+    /// clock: with the run's workflow and when the shutdown was asked.
+    async fn shutting_down_at_gate(gate: &Arc<GateTool>) -> (Self, WorkflowId, tokio::time::Instant) {
+        let mut served = Self::start(gate, ServeOptions::new()).await;
+        let id = served.started_at_gate(gate).await;
+        tokio::time::pause();
+        let asked = tokio::time::Instant::now();
+        served.shut_down();
+        (served, id, asked)
+    }
+
     fn shut_down(&mut self) {
         let _ = self.stop.take().unwrap().send(());
     }
@@ -108,11 +119,7 @@ async fn resuming_a_workflow_running_here_is_409_already_running() {
 #[tokio::test]
 async fn shutdown_stops_a_run_past_the_grace_period_and_leaves_it_to_resume() {
     let gate = Arc::new(GateTool::default());
-    let mut served = Stoppable::start(&gate, ServeOptions::new()).await;
-    let id = served.started_at_gate(&gate).await;
-    tokio::time::pause();
-    let asked = tokio::time::Instant::now();
-    served.shut_down();
+    let (mut served, id, asked) = Stoppable::shutting_down_at_gate(&gate).await;
     (&mut served.served).await.unwrap().unwrap();
     assert!(asked.elapsed() >= Duration::from_secs(30), "stopped after {:?}", asked.elapsed());
 
@@ -128,11 +135,7 @@ async fn shutdown_stops_a_run_past_the_grace_period_and_leaves_it_to_resume() {
 #[tokio::test]
 async fn shutdown_lets_a_run_end_within_the_grace_period() {
     let gate = Arc::new(GateTool::default());
-    let mut served = Stoppable::start(&gate, ServeOptions::new()).await;
-    let id = served.started_at_gate(&gate).await;
-    tokio::time::pause();
-    let asked = tokio::time::Instant::now();
-    served.shut_down();
+    let (mut served, id, asked) = Stoppable::shutting_down_at_gate(&gate).await;
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert!(!served.served.is_finished(), "the server waits for its run");
     gate.gate.notify_one();

@@ -212,15 +212,20 @@ impl Runner {
         }
     }
 
+    /// The links of every child `parent` may have started (see [`child_links`]);
+    /// none when its plan is gone or cannot be read, as it then names no step.
+    async fn links_of(&self, parent: &Workflow) -> Result<Vec<ParentLink>> {
+        match self.inner.plans.get(parent.plan_id(), self.inner.storage.as_ref()).await {
+            Ok(plan) => Ok(child_links(&plan, parent)),
+            Err(Error::PlanNotFound(_) | Error::Unreadable { .. }) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Cancels the child workflows `parent` started (and theirs) that have not
     /// finished, as [`Runner::cancel_workflow`] does.
     pub(super) async fn cancel_children(&self, parent: &Workflow, reason: &str) -> Result<()> {
-        let plan = match self.inner.storage.get_plan(parent.plan_id()).await {
-            Ok(plan) => plan,
-            Err(Error::PlanNotFound(_)) => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        for link in child_links(&plan, parent) {
+        for link in self.links_of(parent).await? {
             match self.find_child(&link).await {
                 Ok(child) if !child.state().is_terminal() => {
                     match Box::pin(self.cancel_stored(&child, reason)).await {
@@ -240,12 +245,7 @@ impl Runner {
     /// child would be found again by a workflow stored later under `parent`'s id
     /// (a retry deleted and made again), and taken for its own.
     pub(super) async fn delete_children(&self, parent: &Workflow) -> Result<()> {
-        let plan = match self.inner.storage.get_plan(parent.plan_id()).await {
-            Ok(plan) => plan,
-            Err(Error::PlanNotFound(_) | Error::Unreadable { .. }) => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        for link in child_links(&plan, parent) {
+        for link in self.links_of(parent).await? {
             match self.find_child(&link).await {
                 Ok(child) => Box::pin(self.delete_workflow(child.id())).await?,
                 Err(Error::WorkflowNotFound(_)) => {}

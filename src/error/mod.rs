@@ -225,7 +225,7 @@ pub enum Error {
     /// edited by hand, cut short, or written by another version. (Rarely, a value
     /// cannot be encoded to be stored.) Unlike [`Error::Storage`], trying again does
     /// not help: the row must be fixed, restored from a backup, or deleted. A worker
-    /// takes a workflow that meets this off the queue (see
+    /// sets a workflow that meets this aside (see
     /// [`LeaseQueue::set_aside`](crate::storage::LeaseQueue::set_aside)) and goes on
     /// with the others.
     #[error("storage error{}: {message}", .path.as_ref().map(|p| format!(" in {}", p.display())).unwrap_or_default())]

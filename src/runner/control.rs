@@ -11,11 +11,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::calls::{Stop, StopSignal};
-use crate::Result;
 use crate::events::WorkflowEvent;
 use crate::ids::WorkflowId;
 use crate::storage::{Lease, LeaseQueue, Storage};
 use crate::workflow::Workflow;
+use crate::{Error, Result};
 
 /// How often the store is asked whether someone cancelled one of this process's runs.
 const CANCEL_POLL: Duration = Duration::from_secs(1);
@@ -192,16 +192,16 @@ impl Tenure {
     }
 
     /// Ends the hold of a run that met a stored row it cannot read: gives the lease
-    /// up and takes the workflow off the queue, as no run can go on until the row
+    /// up and sets the workflow aside with `reason`, as no run can go on until the row
     /// is fixed (see [`LeaseQueue::set_aside`]). A failure is logged: the lease
     /// lapses on its own.
-    pub(super) async fn set_aside(&self) {
+    pub(super) async fn set_aside(&self, reason: &Error) {
         if self.released.load(Ordering::Acquire) {
             return;
         }
-        if let Err(e) = self.storage.set_aside(&self.lease).await {
+        if let Err(e) = self.storage.set_aside(&self.lease, &reason.to_string()).await {
             let workflow = self.lease.workflow_id;
-            tracing::warn!(%workflow, error = %e, "could not take the workflow off the queue; its lease lapses on its own");
+            tracing::warn!(%workflow, error = %e, "could not set the workflow aside; its lease lapses on its own");
         }
     }
 }

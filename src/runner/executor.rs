@@ -116,7 +116,7 @@ impl Runner {
         let run = Box::pin(self.run_leased(grant, signal.clone(), start, Arc::clone(&tenure)).instrument(span));
         let result = tenure.hold(ttl, signal, run).await;
         match &result {
-            Err(Error::Unreadable { .. }) => tenure.set_aside().await,
+            Err(unreadable @ Error::Unreadable { .. }) => tenure.set_aside(unreadable).await,
             _ => tenure.end().await,
         }
         result

@@ -97,9 +97,10 @@ const STORE_BACKOFF_MOST: Duration = Duration::from_secs(30);
 ///
 /// A stored row that cannot be read ([`Error::Unreadable`]) is not a failing store:
 /// it fails the same way however often it is tried. A queued workflow that cannot
-/// be read is taken off the queue by the claim; one whose plan or journal cannot be
-/// read is taken off the queue by its run, which logs what to do. Either way the
-/// worker goes on with the others without backing off.
+/// be read is set aside by the claim; one whose plan or journal cannot be read is
+/// set aside by its run, which logs what to do. Either way the worker goes on with
+/// the others without backing off, and `portia list` shows the workflow set aside
+/// with the reason.
 #[derive(Debug)]
 pub struct Worker {
     runner: Runner,
@@ -320,7 +321,7 @@ fn count(
                 Error::Unreadable { .. } => tracing::error!(
                     workflow = %id,
                     error = %with_causes(&e),
-                    "a row the workflow needs cannot be read, so it is taken off the queue; fix or restore the row \
+                    "a row the workflow needs cannot be read, so it is set aside; fix or restore the row \
                      and `portia resume` it, or `portia delete` it"
                 ),
                 _ => tracing::warn!(

@@ -96,6 +96,25 @@ impl LeaseHolder {
     }
 }
 
+/// A workflow taken off the workers' queue because its run met a stored value it
+/// cannot read: see [`LeaseQueue::set_aside`](super::LeaseQueue::set_aside).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct SetAside {
+    /// The workflow's id, as stored: a row whose body cannot be read may also have
+    /// an id that does not parse.
+    pub workflow_id: String,
+    /// Why it was set aside: what could not be read, and the parser's error.
+    pub reason: String,
+}
+
+impl SetAside {
+    /// Workflow `workflow_id`, set aside for `reason`.
+    pub fn new(workflow_id: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self { workflow_id: workflow_id.into(), reason: reason.into() }
+    }
+}
+
 /// The lease columns a store keeps beside each workflow, and the protocol's
 /// decisions on them. A [`RowStore`](super::RowStore) only keeps these four values
 /// (the shared protocol decides acquisitions, fences, renewals and releases with

@@ -8,7 +8,9 @@ use foldhash::fast::RandomState;
 
 use super::bells::Bells;
 use super::rows::{Access, LeaseRow, RowError, RowStore, RowTx, Work};
-use super::{Clock, LeaseState, SystemClock, ToolCallKey, ToolCallRecord, UsageRecord, WorkflowPage, WorkflowQuery};
+use super::{
+    Clock, LeaseState, SetAside, SystemClock, ToolCallKey, ToolCallRecord, UsageRecord, WorkflowPage, WorkflowQuery,
+};
 use crate::Result;
 use crate::events::StoredEvent;
 use crate::ids::{PlanId, WorkflowId};
@@ -52,12 +54,21 @@ struct Row {
     updated_at: DateTime<Utc>,
     /// When the workflow was submitted for the workers, in submission order.
     queued: Option<u64>,
+    /// Why no worker may claim it, if it was set aside.
+    set_aside: Option<String>,
     events: Vec<StoredEvent>,
     /// Its journal, kept with it so that reading or deleting one workflow's records
     /// does not go through every other workflow's; the tool calls in key order (a
     /// workflow makes a few, and a map's node would hold room for eleven).
     tool_calls: Vec<ToolCallRecord>,
     usage: Vec<UsageRecord>,
+}
+
+impl Row {
+    /// Whether a worker may claim it, once its lease is free.
+    fn is_claimable(&self) -> bool {
+        self.queued.is_some() && self.set_aside.is_none() && self.workflow.state().is_runnable()
+    }
 }
 
 impl Row {
@@ -219,6 +230,7 @@ impl RowTx for Rows<'_> {
             cancel_requested: None,
             updated_at: now,
             queued,
+            set_aside: None,
             events: Vec::new(),
             tool_calls: Vec::new(),
             usage: Vec::new(),
@@ -271,20 +283,35 @@ impl RowTx for Rows<'_> {
             .state
             .workflows
             .values()
-            .filter(|row| row.queued.is_some() && row.workflow.state().is_runnable() && row.lease.is_free(now))
+            .filter(|row| row.is_claimable() && row.lease.is_free(now))
             .min_by_key(|row| row.queued);
         Ok(next.map(|row| row.workflow.id().to_string()))
     }
 
     fn has_queued_work(&mut self) -> Done<bool> {
-        Ok(self.state.workflows.values().any(|row| row.queued.is_some() && row.workflow.state().is_runnable()))
+        Ok(self.state.workflows.values().any(Row::is_claimable))
     }
 
-    fn dequeue(&mut self, id: &str) -> Done<()> {
+    fn set_aside(&mut self, id: &str, reason: &str) -> Done<()> {
         if let Some(row) = id.parse().ok().and_then(|id| self.row(id)) {
-            row.queued = None;
+            row.set_aside = Some(reason.to_owned());
         }
         Ok(())
+    }
+
+    fn put_back(&mut self, id: WorkflowId) -> Done<()> {
+        if let Some(row) = self.row(id) {
+            row.set_aside = None;
+        }
+        Ok(())
+    }
+
+    fn set_aside_rows(&mut self) -> Done<Vec<SetAside>> {
+        let rows = self.state.workflows.values();
+        let mut aside: Vec<_> =
+            rows.filter_map(|row| Some(SetAside::new(row.workflow.id().to_string(), row.set_aside.clone()?))).collect();
+        aside.sort_by(|a, b| a.workflow_id.cmp(&b.workflow_id));
+        Ok(aside)
     }
 
     fn last_event(&mut self, id: WorkflowId) -> Done<u64> {

@@ -26,7 +26,7 @@ pub use chrono;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use import::{ImportReport, import_json_dir};
 pub use journal::{ToolCallKey, ToolCallRecord, ToolCallStatus, UsageRecord};
-pub use lease::{Lease, LeaseGrant, LeaseHolder, LeaseState, LeaseStatus, local_owner};
+pub use lease::{Lease, LeaseGrant, LeaseHolder, LeaseState, LeaseStatus, SetAside, local_owner};
 pub use memory::InMemoryStorage;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresSettings, PostgresStorage};

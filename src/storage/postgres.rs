@@ -24,7 +24,7 @@ use settings::{Target, URL_SETTING};
 use super::bells::Bell;
 use super::rows::{Access, LeaseRow, RowError, RowStore, RowTx, Work};
 use super::sql::{self, REPLACE_TOOL_CALL, StoredToolCall, TOOL_CALL_COLUMNS, from_int, from_json, to_int, to_json};
-use super::{Clock, LeaseState, ToolCallKey, ToolCallRecord, UsageRecord, WorkflowPage, WorkflowQuery};
+use super::{Clock, LeaseState, SetAside, ToolCallKey, ToolCallRecord, UsageRecord, WorkflowPage, WorkflowQuery};
 use crate::events::StoredEvent;
 use crate::ids::{PlanId, WorkflowId};
 use crate::plan::Plan;
@@ -42,6 +42,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("postgres/0002_cost_and_events.sql"),
     include_str!("postgres/0003_cache_tokens.sql"),
     include_str!("postgres/0004_end_user_listing.sql"),
+    include_str!("postgres/0005_set_aside.sql"),
 ];
 
 /// Keeps everything in one Postgres database that processes on many machines share.
@@ -481,11 +482,11 @@ const INSERT_WORKFLOW: &str = "INSERT INTO {S}.workflows \
                                ON CONFLICT (id) DO NOTHING";
 const UPDATE_WORKFLOW: &str = "UPDATE {S}.workflows SET plan_id = $2, state = $3, version = $4, end_user_id = $5, \
                                body = $6, updated_at = $7 WHERE id = $1";
-const NEXT_RUNNABLE: &str = "SELECT id FROM {S}.workflows WHERE queued IS NOT NULL \
+const NEXT_RUNNABLE: &str = "SELECT id FROM {S}.workflows WHERE queued IS NOT NULL AND set_aside IS NULL \
                              AND state IN ('NOT_STARTED', 'IN_PROGRESS', 'READY_TO_RESUME') \
                              AND (lease_owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= $1) \
                              ORDER BY queued LIMIT 1 FOR UPDATE SKIP LOCKED";
-const QUEUED_WORK: &str = "SELECT 1 FROM {S}.workflows WHERE queued IS NOT NULL \
+const QUEUED_WORK: &str = "SELECT 1 FROM {S}.workflows WHERE queued IS NOT NULL AND set_aside IS NULL \
                            AND state IN ('NOT_STARTED', 'IN_PROGRESS', 'READY_TO_RESUME') LIMIT 1";
 const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 
@@ -848,8 +849,20 @@ impl<C: GenericClient> RowTx for Rows<'_, C> {
         Ok(!self.column::<i32>(QUEUED_WORK, &[])?.is_empty())
     }
 
-    fn dequeue(&mut self, id: &str) -> DbResult<()> {
-        self.send("UPDATE {S}.workflows SET queued = NULL WHERE id = $1", vec![Box::new(id.to_owned())])
+    fn set_aside(&mut self, id: &str, reason: &str) -> DbResult<()> {
+        let args: Vec<Arg> = vec![Box::new(id.to_owned()), Box::new(reason.to_owned())];
+        self.send("UPDATE {S}.workflows SET set_aside = $2 WHERE id = $1", args)
+    }
+
+    fn put_back(&mut self, id: WorkflowId) -> DbResult<()> {
+        let sql = "UPDATE {S}.workflows SET set_aside = NULL WHERE id = $1 AND set_aside IS NOT NULL";
+        self.send(sql, vec![Box::new(id.to_string())])
+    }
+
+    fn set_aside_rows(&mut self) -> DbResult<Vec<SetAside>> {
+        let sql = "SELECT id, set_aside FROM {S}.workflows WHERE set_aside IS NOT NULL ORDER BY id";
+        let rows = self.query(sql, &[])?;
+        rows.iter().map(|row| Ok(SetAside::new(row.try_get::<_, String>(0)?, row.try_get::<_, String>(1)?))).collect()
     }
 
     /// The workflow's row is locked (by the fence), so no other save numbers events meanwhile.

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 
 use super::rows::{Access, LeaseRow, RowError, RowStore, RowTx};
 use super::{
-    Journal, Lease, LeaseGrant, LeaseHolder, LeaseQueue, LeaseStatus, PlanStore, Retention, ToolCallRecord,
+    Journal, Lease, LeaseGrant, LeaseHolder, LeaseQueue, LeaseStatus, PlanStore, Retention, SetAside, ToolCallRecord,
     UsageRecord, WorkflowPage, WorkflowQuery, WorkflowStore,
 };
 use crate::events::{StoredEvent, WorkflowEvent};
@@ -226,9 +226,9 @@ impl<S: RowStore> LeaseQueue for S {
         .await
     }
 
-    async fn set_aside(&self, lease: &Lease) -> Result<()> {
-        let (id, lease) = (lease.workflow_id, lease.clone());
-        let what = || format!("cannot take workflow {id} off the queue");
+    async fn set_aside(&self, lease: &Lease, reason: &str) -> Result<()> {
+        let (id, lease, reason) = (lease.workflow_id, lease.clone(), reason.to_owned());
+        let what = || format!("cannot set workflow {id} aside");
         run(
             self,
             Access::Write,
@@ -239,12 +239,16 @@ impl<S: RowStore> LeaseQueue for S {
                     && row.lease.was_granted(&lease)
                 {
                     tx.store_lease(id, &row.lease.release(&lease))?;
-                    tx.dequeue(&id.to_string())?;
+                    tx.set_aside(&id.to_string(), &reason)?;
                 }
                 Ok(())
             }),
         )
         .await
+    }
+
+    async fn set_aside_workflows(&self) -> Result<Vec<SetAside>> {
+        read(self, || "cannot list the workflows set aside".to_owned(), |tx| tx.set_aside_rows()).await
     }
 
     async fn claim_runnable(&self, owner: &str, ttl: Duration) -> Result<Option<LeaseGrant>> {
@@ -480,7 +484,9 @@ fn grant(tx: &mut dyn RowTx, id: WorkflowId, owner: &str, ttl: Duration) -> Rows
     let row = tx.lease(id)?.ok_or(Error::WorkflowNotFound(id))?;
     let now = tx.now()?;
     let workflow = tx.workflow(id)?.ok_or(Error::WorkflowNotFound(id))?;
-    lease_for(tx, row, workflow, owner, ttl, now)
+    let grant = lease_for(tx, row, workflow, owner, ttl, now)?;
+    tx.put_back(id)?;
+    Ok(grant)
 }
 
 /// Takes the lease of `workflow`, stored with `row`, for `owner` at `now`.
@@ -498,7 +504,7 @@ fn lease_for(
 }
 
 /// Takes the lease of the queued runnable workflow that has waited longest. A row
-/// that cannot be read is taken off the queue, so it never blocks the others.
+/// that cannot be read is set aside, so it never blocks the others.
 fn claim(tx: &mut dyn RowTx, owner: &str, ttl: Duration) -> Rows<Option<LeaseGrant>> {
     // One time for the whole claim: the candidates are chosen by it.
     let now = tx.now()?;
@@ -508,8 +514,8 @@ fn claim(tx: &mut dyn RowTx, owner: &str, ttl: Duration) -> Rows<Option<LeaseGra
             Ok(None) => {}
             Err(fail) => {
                 let why = fail.unreadable().ok_or(fail)?;
-                tx.dequeue(&raw)?;
-                log_dequeued(&raw, &why);
+                tx.set_aside(&raw, &why)?;
+                log_set_aside(&raw, &why);
             }
         }
     }
@@ -550,12 +556,12 @@ fn delete_all(tx: &mut dyn RowTx, ids: &[String]) -> Rows<usize> {
     Ok(ids.len())
 }
 
-/// Says, once per row, that a queued workflow that cannot be read was taken off the
-/// queue, so that the workers go on with the others.
-fn log_dequeued(id: &str, why: &str) {
+/// Says, once per row, that a queued workflow that cannot be read was set aside, so
+/// that the workers go on with the others.
+fn log_set_aside(id: &str, why: &str) {
     tracing::warn!(
         workflow = %id,
         error = %why,
-        "a queued workflow cannot be read and was taken off the queue; `portia list` shows it, `portia delete` removes it"
+        "a queued workflow cannot be read and was set aside; `portia list` shows it, `portia delete` removes it"
     );
 }

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::{Lease, LeaseGrant, LeaseHolder, LeaseStatus, ToolCallRecord, UsageRecord, WorkflowPage, WorkflowQuery};
+use super::{
+    Lease, LeaseGrant, LeaseHolder, LeaseStatus, SetAside, ToolCallRecord, UsageRecord, WorkflowPage, WorkflowQuery,
+};
 use crate::Result;
 use crate::events::{StoredEvent, WorkflowEvent};
 use crate::ids::{PlanId, WorkflowId};
@@ -144,7 +146,9 @@ pub trait LeaseQueue: WorkflowStore {
     /// Takes the lease on a workflow for `owner`, for `ttl` on the store's clock.
     /// [`Error::AlreadyRunning`](crate::Error::AlreadyRunning) while another live
     /// lease is held, [`Error::InvalidWorkflowState`](crate::Error::InvalidWorkflowState)
-    /// for a finished workflow.
+    /// for a finished workflow. A workflow [set aside](LeaseQueue::set_aside) is
+    /// put back: once its run has the lease, its mark is cleared and, if it was
+    /// queued, the workers may claim it again.
     async fn acquire_lease(&self, id: WorkflowId, owner: &str, ttl: Duration) -> Result<LeaseGrant>;
     /// Stores a new workflow, not queued, with its lease taken for `owner` for `ttl`:
     /// [`create_workflow`](WorkflowStore::create_workflow) then
@@ -171,17 +175,25 @@ pub trait LeaseQueue: WorkflowStore {
     /// # Errors
     /// [`Error::WorkflowNotFound`](crate::Error::WorkflowNotFound), or the store's.
     async fn lease_holder(&self, id: WorkflowId) -> Result<Option<LeaseHolder>>;
-    /// Gives a lease up as [`LeaseQueue::release_lease`] does and takes the workflow
-    /// off the workers' queue: its run cannot go on until someone fixes what it
+    /// Gives a lease up as [`LeaseQueue::release_lease`] does and sets the workflow
+    /// aside, marked with `reason`: its run cannot go on until someone fixes what it
     /// needs (a stored row that cannot be read, [`Error::Unreadable`](crate::Error::Unreadable)),
-    /// and a worker that claimed it again would only meet the same row. The workflow
-    /// stays stored as it was; [`LeaseQueue::acquire_lease`] (`portia resume`) runs
-    /// it once the row is fixed. A lost lease is left alone. Every
+    /// and a worker that claimed it again would only meet the same row, so no worker
+    /// claims it. [`LeaseQueue::set_aside_workflows`] lists it with the reason
+    /// (`portia list`, and a gauge of `portia serve`'s metrics). The workflow stays
+    /// stored as it was; [`LeaseQueue::acquire_lease`] (`portia resume`) runs it
+    /// once the row is fixed, and puts it back. A lost lease is left alone. Every
     /// [`RowStore`](super::RowStore) does both in one write.
     ///
     /// # Errors
     /// As `release_lease`.
-    async fn set_aside(&self, lease: &Lease) -> Result<()>;
+    async fn set_aside(&self, lease: &Lease, reason: &str) -> Result<()>;
+    /// The workflows set aside, by a run ([`LeaseQueue::set_aside`]) or by a claim
+    /// that could not read a queued row, with the reasons, in id order.
+    ///
+    /// # Errors
+    /// A storage error.
+    async fn set_aside_workflows(&self) -> Result<Vec<SetAside>>;
     /// Saves a workflow as [`WorkflowStore::update_workflow`] does and gives the lease
     /// up as [`LeaseQueue::release_lease`] does: a run's last save, which leaves the
     /// workflow at rest for anyone to resume.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::{LeaseState, ToolCallKey, ToolCallRecord, UsageRecord, WorkflowPage, WorkflowQuery};
+use super::{LeaseState, SetAside, ToolCallKey, ToolCallRecord, UsageRecord, WorkflowPage, WorkflowQuery};
 use crate::Error;
 use crate::events::StoredEvent;
 use crate::ids::{PlanId, WorkflowId};
@@ -61,8 +61,8 @@ pub enum RowError {
     Store(Box<dyn std::error::Error + Send + Sync>),
     /// A stored value cannot be read, or a value cannot be encoded to be stored:
     /// `message` says which. The caller gets [`Error::Unreadable`]. A queued
-    /// workflow that cannot be read this way is taken off the queue by a claim, so
-    /// that it does not block the others.
+    /// workflow that cannot be read this way is set aside by a claim, so that it
+    /// does not block the others.
     Value {
         /// Which value, and why.
         message: String,
@@ -253,8 +253,7 @@ pub trait RowStore: Send + Sync + fmt::Debug {
 /// protocol decides, from what they read, what to write.
 ///
 /// Ids of workflows are passed as text where a stored row's id may not parse (the
-/// queue and deletions), so that such a row can still be taken off the queue or
-/// deleted.
+/// queue and deletions), so that such a row can still be set aside or deleted.
 pub trait RowTx {
     /// The store's time, to the precision it keeps times (so that a lease reads back
     /// exactly as it was granted). Asked once the workflow's lease row was read in a
@@ -320,19 +319,31 @@ pub trait RowTx {
     /// The store's.
     fn request_cancel(&mut self, id: WorkflowId, reason: &str) -> Result<bool, RowError>;
 
-    /// The id of the queued workflow that has waited longest among those in a
-    /// runnable state (NOT_STARTED, IN_PROGRESS, READY_TO_RESUME) whose lease is free
+    /// The id of the queued workflow that has waited longest among those not set
+    /// aside and in a runnable state (NOT_STARTED, IN_PROGRESS, READY_TO_RESUME) whose lease is free
     /// at `now` (never taken, released, or expired). A store that locks rows takes
     /// the row's lock here, skipping rows locked by others.
     ///
     /// # Errors
     /// The store's.
     fn next_runnable(&mut self, now: DateTime<Utc>) -> Result<Option<String>, RowError>;
-    /// Takes workflow `id` off the queue (it stays stored).
+    /// Marks workflow `id` set aside for `reason`: no claim chooses it (neither
+    /// [`RowTx::next_runnable`] nor [`RowTx::has_queued_work`] counts it) until
+    /// [`RowTx::put_back`]. It stays stored, and queued if it was.
     ///
     /// # Errors
     /// The store's.
-    fn dequeue(&mut self, id: &str) -> Result<(), RowError>;
+    fn set_aside(&mut self, id: &str, reason: &str) -> Result<(), RowError>;
+    /// Clears workflow `id`'s set-aside mark, if it has one.
+    ///
+    /// # Errors
+    /// The store's.
+    fn put_back(&mut self, id: WorkflowId) -> Result<(), RowError>;
+    /// Every workflow set aside, with its reason, in id order.
+    ///
+    /// # Errors
+    /// The store's.
+    fn set_aside_rows(&mut self) -> Result<Vec<SetAside>, RowError>;
     /// The reason of a cancellation requested of workflow `id`, if one was, read by
     /// [`RowStore::read`] (outside a write). This default reads [`RowTx::lease`]; a store whose
     /// `lease` locks the row for a write overrides it with a plain read.
@@ -342,8 +353,8 @@ pub trait RowTx {
     fn cancel_requested(&mut self, id: WorkflowId) -> Result<Option<String>, RowError> {
         Ok(self.lease(id)?.and_then(|row| row.cancel_requested))
     }
-    /// Whether a queued workflow is NOT_STARTED, IN_PROGRESS or READY_TO_RESUME,
-    /// whatever its lease.
+    /// Whether a queued workflow not set aside is NOT_STARTED, IN_PROGRESS or
+    /// READY_TO_RESUME, whatever its lease.
     ///
     /// # Errors
     /// The store's.

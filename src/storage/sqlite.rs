@@ -11,7 +11,9 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavio
 use super::bells::{Bell, Bells};
 use super::rows::{Access, LeaseRow, RowError, RowStore, RowTx, Work};
 use super::sql::{self, REPLACE_TOOL_CALL, StoredToolCall, TOOL_CALL_COLUMNS, from_int, from_json, to_int, to_json};
-use super::{Clock, LeaseState, SystemClock, ToolCallKey, ToolCallRecord, UsageRecord, WorkflowPage, WorkflowQuery};
+use super::{
+    Clock, LeaseState, SetAside, SystemClock, ToolCallKey, ToolCallRecord, UsageRecord, WorkflowPage, WorkflowQuery,
+};
 use crate::events::StoredEvent;
 use crate::ids::{PlanId, WorkflowId};
 use crate::plan::Plan;
@@ -33,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("sqlite/0004_events.sql"),
     include_str!("sqlite/0005_cache_tokens.sql"),
     include_str!("sqlite/0006_end_user_listing.sql"),
+    include_str!("sqlite/0007_set_aside.sql"),
 ];
 
 /// Keeps everything in one SQLite database file, which several processes may share.
@@ -494,11 +497,11 @@ const INSERT_WORKFLOW: &str = "INSERT INTO workflows (id, plan_id, state, versio
                                VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING";
 const QUEUE_WORKFLOW: &str =
     "UPDATE workflows SET queued = (SELECT COALESCE(MAX(queued), 0) + 1 FROM workflows) WHERE id = ?1";
-const NEXT_RUNNABLE: &str = "SELECT id FROM workflows WHERE queued IS NOT NULL \
+const NEXT_RUNNABLE: &str = "SELECT id FROM workflows WHERE queued IS NOT NULL AND set_aside IS NULL \
                              AND state IN ('NOT_STARTED', 'IN_PROGRESS', 'READY_TO_RESUME') \
                              AND (lease_owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= ?1) \
                              ORDER BY queued LIMIT 1";
-const QUEUED_WORK: &str = "SELECT 1 FROM workflows WHERE queued IS NOT NULL \
+const QUEUED_WORK: &str = "SELECT 1 FROM workflows WHERE queued IS NOT NULL AND set_aside IS NULL \
                            AND state IN ('NOT_STARTED', 'IN_PROGRESS', 'READY_TO_RESUME') LIMIT 1";
 const UPDATE_WORKFLOW: &str = "UPDATE workflows SET plan_id = ?2, state = ?3, version = ?4, end_user_id = ?5, \
                                body = ?6, updated_at = ?7 WHERE id = ?1";
@@ -600,8 +603,18 @@ impl RowTx for Rows<'_> {
         Ok(found.is_some())
     }
 
-    fn dequeue(&mut self, id: &str) -> DbResult<()> {
-        self.run("UPDATE workflows SET queued = NULL WHERE id = ?1", [id]).map(drop)
+    fn set_aside(&mut self, id: &str, reason: &str) -> DbResult<()> {
+        self.run("UPDATE workflows SET set_aside = ?2 WHERE id = ?1", [id, reason]).map(drop)
+    }
+
+    fn put_back(&mut self, id: WorkflowId) -> DbResult<()> {
+        let sql = "UPDATE workflows SET set_aside = NULL WHERE id = ?1 AND set_aside IS NOT NULL";
+        self.run(sql, [id.to_string()]).map(drop)
+    }
+
+    fn set_aside_rows(&mut self) -> DbResult<Vec<SetAside>> {
+        let sql = "SELECT id, set_aside FROM workflows WHERE set_aside IS NOT NULL ORDER BY id";
+        self.all(sql, [], |row| Ok(SetAside::new(row.get::<_, String>(0)?, row.get::<_, String>(1)?)))
     }
 
     fn last_event(&mut self, id: WorkflowId) -> DbResult<u64> {

@@ -17,8 +17,8 @@ use crate::config::ExecutionMode;
 use crate::events::{EventKind, WorkflowEvent};
 use crate::llm::Usage;
 use crate::storage::{
-    Clock, Lease, LeaseHolder, ManualClock, Storage, ToolCallKey, ToolCallRecord, ToolCallStatus, UsageRecord,
-    WorkflowQuery,
+    Clock, Lease, LeaseHolder, ManualClock, SetAside, Storage, ToolCallKey, ToolCallRecord, ToolCallStatus,
+    UsageRecord, WorkflowQuery,
 };
 use crate::{
     Config, Error, InMemoryToolRegistry, Plan, PlanBuilder, PlanId, Runner, Tool, ToolError, ToolOutput,
@@ -762,22 +762,32 @@ async fn queued_work_counts_only_what_a_worker_will_run(f: Fixture) {
 async fn a_workflow_set_aside_is_claimed_no_more_but_can_be_resumed(f: Fixture) {
     let store = f.store();
     let (aside, next) = (submitted(store).await, submitted(store).await);
+    assert_eq!(store.set_aside_workflows().await.unwrap(), Vec::new(), "none set aside yet");
     let lease = store.claim_runnable("w1", TTL).await.unwrap().expect("the first submitted").lease;
-    store.set_aside(&lease).await.expect("set aside");
+    store.set_aside(&lease, "plan p cannot be read").await.expect("set aside");
     assert_eq!(store.get_workflow(aside.id()).await.unwrap(), aside, "the workflow is kept as it was");
+    let listed = vec![SetAside::new(aside.id().to_string(), "plan p cannot be read")];
+    assert_eq!(store.set_aside_workflows().await.unwrap(), listed, "listed with the reason");
     let claimed = store.claim_runnable("w2", TTL).await.unwrap().expect("the next one");
     assert_eq!(claimed.workflow.id(), next.id());
     f.expire_leases();
     let again = store.claim_runnable("w3", TTL).await.unwrap().expect("a dead run's workflow is handed out again");
-    assert_eq!(again.workflow.id(), next.id(), "{} is off the queue", aside.id());
-    store.set_aside(&claimed.lease).await.expect("a lost lease is left alone");
+    assert_eq!(again.workflow.id(), next.id(), "{} is set aside", aside.id());
+    store.set_aside(&claimed.lease, "lost").await.expect("a lost lease is left alone");
+    assert_eq!(store.set_aside_workflows().await.unwrap(), listed, "a lost lease sets nothing aside");
     store.release_lease(&again.lease).await.unwrap();
     let kept = store.claim_runnable("w4", TTL).await.unwrap().expect("still queued: w2's lease was lost");
     assert_eq!(kept.workflow.id(), next.id());
+    move_to(store, &kept.workflow, &kept.lease, WorkflowState::Complete).await;
+    assert!(!store.has_queued_work().await.unwrap(), "a workflow set aside is no work for the workers");
 
     // Once the row is fixed, `portia resume` takes it by id; its lease was given up.
     let resumed = store.acquire_lease(aside.id(), "resumer", TTL).await.expect("resumed by id");
     assert!(!resumed.reclaimed, "set aside, not left to expire");
+    assert_eq!(store.set_aside_workflows().await.unwrap(), Vec::new(), "put back by the resume");
+    store.release_lease(&resumed.lease).await.unwrap();
+    let back = store.claim_runnable("w5", TTL).await.unwrap().expect("back on the queue, in its place");
+    assert_eq!(back.workflow.id(), aside.id());
 }
 
 async fn a_submission_or_release_wakes_a_waiting_worker(f: Fixture) {

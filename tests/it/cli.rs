@@ -374,9 +374,10 @@ fn a_worker_skips_an_unreadable_queued_workflow_and_runs_the_next() {
 }
 
 /// A queued workflow whose plan cannot be read does not hold the workers up either:
-/// its run takes it off the queue, the worker says which row and what to do, and
-/// runs the next without backing off. Once the plan's row is put back, `portia
-/// resume` completes the workflow, which was kept as it was.
+/// its run sets it aside, the worker says which row and what to do, and runs the
+/// next without backing off. `portia list` and `portia show` say why it is set
+/// aside. Once the plan's row is put back, `portia resume` completes the workflow,
+/// which was kept as it was.
 #[test]
 fn a_worker_sets_aside_a_workflow_whose_plan_cannot_be_read_and_runs_the_next() {
     let dir = workdir();
@@ -394,21 +395,33 @@ fn a_worker_sets_aside_a_workflow_whose_plan_cannot_be_read_and_runs_the_next() 
         .unwrap();
     let log = stderr(&worker);
     assert_eq!(code(&worker), 1, "a run stopped on an error: {log}");
-    let said: Vec<&str> = log.lines().filter(|l| l.contains("taken off the queue")).collect();
+    let said: Vec<&str> = log.lines().filter(|l| l.contains("so it is set aside")).collect();
     assert_eq!(said.len(), 1, "{log}");
     assert!(said[0].contains(&ids[0]) && said[0].contains(&plan_id) && said[0].contains("portia resume"), "{log}");
     assert!(!log.contains("the store failed"), "a row that cannot be read is not a failing store: {log}");
     assert_eq!(stdout_json(&run(dir.path(), &["show", &ids[1]]))["state"], json!("COMPLETE"));
-    assert_eq!(stdout_json(&run(dir.path(), &["show", &ids[0]]))["state"], json!("NOT_STARTED"));
+    let shown = run(dir.path(), &["show", &ids[0]]);
+    assert_eq!(stdout_json(&shown)["state"], json!("NOT_STARTED"));
+    let why = stderr(&shown);
+    assert!(why.contains("is set aside") && why.contains(&plan_id) && why.contains("portia resume"), "{why}");
+    let listed = String::from_utf8(run(dir.path(), &["list"]).stdout).unwrap();
+    let row = listed.lines().find(|l| l.starts_with(&ids[0])).unwrap_or_else(|| panic!("{listed}"));
+    assert!(row.contains("NOT_STARTED, set aside"), "{listed}");
+    let reason = listed.lines().find(|l| l.starts_with("SET ASIDE")).unwrap_or_else(|| panic!("{listed}"));
+    assert!(reason.contains(&ids[0]) && reason.contains(&plan_id), "{listed}");
+    let json_list = run(dir.path(), &["list", "--format", "json"]);
+    assert!(stderr(&json_list).contains(&format!("set aside: {}", ids[0])), "{}", stderr(&json_list));
 
     db.execute("UPDATE plans SET body = ?2 WHERE id = ?1", [&plan_id, &body]).unwrap();
     let resumed = run(dir.path(), &["resume", &ids[0]]);
     assert_eq!(code(&resumed), 0, "{}", stderr(&resumed));
     assert_eq!(stdout_json(&resumed)["state"], json!("COMPLETE"));
+    let listed = String::from_utf8(run(dir.path(), &["list"]).stdout).unwrap();
+    assert!(!listed.contains("set aside") && !listed.contains("SET ASIDE"), "put back by the resume: {listed}");
 }
 
 /// The same for a workflow whose journal cannot be read: answered and queued again,
-/// its run meets the journal's row, and the worker takes it off the queue and exits
+/// its run meets the journal's row, and the worker sets it aside and exits
 /// when idle, leaving it READY_TO_RESUME; once the row is fixed, `portia resume`
 /// completes it.
 #[test]

@@ -117,9 +117,12 @@ impl LeaseQueue for RecordingStorage {
     async fn lease_holder(&self, id: WorkflowId) -> portia::Result<Option<portia::storage::LeaseHolder>> {
         self.inner.lease_holder(id).await
     }
-    async fn set_aside(&self, lease: &Lease) -> portia::Result<()> {
+    async fn set_aside(&self, lease: &Lease, reason: &str) -> portia::Result<()> {
         self.lease_ends.lock().unwrap().push("set aside");
-        self.inner.set_aside(lease).await
+        self.inner.set_aside(lease, reason).await
+    }
+    async fn set_aside_workflows(&self) -> portia::Result<Vec<portia::storage::SetAside>> {
+        self.inner.set_aside_workflows().await
     }
     async fn update_and_release(
         &self,
@@ -307,4 +310,13 @@ pub async fn silent_port() -> (u16, tokio::task::JoinHandle<()>) {
         }
     });
     (port, held)
+}
+
+/// Asserts that `workflow`, queued with a body that cannot be read, is the one
+/// workflow the store lists as set aside, for a reason that names it.
+pub async fn assert_set_aside_as_unreadable(store: &dyn portia::storage::Storage, workflow: &Workflow) {
+    let aside = store.set_aside_workflows().await.unwrap();
+    let [only] = aside.as_slice() else { panic!("one workflow set aside, not {aside:?}") };
+    assert_eq!(only.workflow_id, workflow.id().to_string());
+    assert!(only.reason.contains(&format!("workflow {}", workflow.id())), "{}", only.reason);
 }

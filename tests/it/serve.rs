@@ -4,6 +4,7 @@
 //! document; tokens; CORS only when configured.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use portia::config::ExecutionMode;
 use portia::runner::serve::{ServeOptions, Server, ServerToken, Tokens};
@@ -399,6 +400,28 @@ async fn metrics_count_unreadable_workflows() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "unreadable");
     assert!(body["error"]["message"].as_str().unwrap().contains(&bad.id().to_string()), "{body}");
+}
+
+/// A workflow set aside (its run met a row it cannot read) is counted on its own
+/// gauge, so that an operator sees what no worker will take; once resumed it is not.
+#[tokio::test]
+async fn metrics_count_workflows_set_aside() {
+    let runner = Runner::builder(config()).llm(Arc::new(ScriptedLlm::new())).build().unwrap();
+    let plan = portia::PlanBuilder::new("W").step("W", None, "$w").build();
+    let storage = Arc::clone(runner.storage());
+    runner.submit_plan(&plan).await.unwrap();
+    runner.submit_plan(&plan).await.unwrap();
+    let ttl = Duration::from_secs(60);
+    let claimed = storage.claim_runnable("worker", ttl).await.unwrap().expect("queued");
+    storage.set_aside(&claimed.lease, "plan p cannot be read").await.unwrap();
+    let served = serve(runner, ServeOptions::new()).await;
+    let gauge = || async {
+        let text = served.http.get(served.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        sample(&text, "portia_workflows_set_aside").unwrap_or_else(|| panic!("no gauge in {text}"))
+    };
+    assert_eq!(gauge().await, 1.0);
+    storage.acquire_lease(claimed.workflow.id(), "resumer", ttl).await.expect("resumed");
+    assert_eq!(gauge().await, 0.0, "put back by the resume");
 }
 
 #[tokio::test]

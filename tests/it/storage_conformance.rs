@@ -72,7 +72,8 @@ macro_rules! pass_on {
             acquire_lease(id: WorkflowId, owner: &str, ttl: Duration) -> portia::Result<portia::storage::LeaseGrant>;
             renew_lease(lease: &Lease, ttl: Duration) -> portia::Result<portia::storage::LeaseStatus>;
             release_lease(lease: &Lease) -> portia::Result<()>;
-            set_aside(lease: &Lease) -> portia::Result<()>;
+            set_aside(lease: &Lease, reason: &str) -> portia::Result<()>;
+            set_aside_workflows() -> portia::Result<Vec<portia::storage::SetAside>>;
             lease_holder(id: WorkflowId) -> portia::Result<Option<portia::storage::LeaseHolder>>;
             claim_runnable(owner: &str, ttl: Duration) -> portia::Result<Option<portia::storage::LeaseGrant>>;
             wait_for_runnable(timeout: Duration) -> ();
@@ -263,6 +264,7 @@ async fn sqlite_upgrades_a_usage_journal_from_0_3() {
     store.record_usage(&lease, &old).await.unwrap();
     drop(store);
     let db = raw(&path);
+    as_before_set_aside(&db);
     db.execute_batch(
         "ALTER TABLE usage DROP COLUMN cache_read_tokens; ALTER TABLE usage DROP COLUMN cache_write_tokens;",
     )
@@ -293,6 +295,7 @@ async fn sqlite_upgrade_backfills_the_end_user_column_from_the_body() {
     store.create_workflow(&workflow).await.unwrap();
     drop(store);
     let db = raw(&path);
+    as_before_set_aside(&db);
     db.execute_batch(
         "UPDATE workflows SET end_user_id = NULL; DROP INDEX workflows_by_end_user; \
          CREATE INDEX workflows_by_end_user ON workflows (end_user_id) WHERE end_user_id IS NOT NULL;",
@@ -304,6 +307,37 @@ async fn sqlite_upgrade_backfills_the_end_user_column_from_the_body() {
     let store = SqliteStorage::open(&path).expect("a 0.4 file opens");
     let page = store.list_workflows(&WorkflowQuery::default().end_user(Some("ann".into()))).await.unwrap();
     assert_eq!(page.results, [workflow]);
+}
+
+/// A 0.8 file (schema version 6) with a workflow queued is upgraded on open, and
+/// the workflow is claimed from it as before.
+#[tokio::test]
+async fn sqlite_upgrade_keeps_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portia.db");
+    let store = SqliteStorage::open(&path).unwrap();
+    let queued = submit_three(&store).await;
+    drop(store);
+    let db = raw(&path);
+    as_before_set_aside(&db);
+    db.pragma_update(None, "user_version", 6).unwrap();
+    drop(db);
+
+    let store = SqliteStorage::open(&path).expect("a 0.8 file opens");
+    let claimed = store.claim_runnable("worker", Duration::from_secs(60)).await.unwrap().expect("still queued");
+    assert_eq!(claimed.workflow.id(), queued[0].id());
+    assert_eq!(store.set_aside_workflows().await.unwrap(), Vec::new());
+}
+
+/// Undoes schema version 7 of a file just made: the set-aside column and indexes.
+fn as_before_set_aside(db: &rusqlite::Connection) {
+    db.execute_batch(
+        "DROP INDEX workflows_set_aside; DROP INDEX workflows_runnable; \
+         ALTER TABLE workflows DROP COLUMN set_aside; \
+         CREATE INDEX workflows_runnable ON workflows (queued) \
+         WHERE queued IS NOT NULL AND state IN ('NOT_STARTED', 'IN_PROGRESS', 'READY_TO_RESUME');",
+    )
+    .unwrap();
 }
 
 #[tokio::test]
@@ -337,10 +371,11 @@ async fn submit_three(store: &dyn Storage) -> Vec<Workflow> {
     queued
 }
 
-/// One queued workflow that cannot be read does not stop the queue: the claim takes
-/// it off the queue and hands out the next; the row stays, listed as unreadable.
+/// One queued workflow that cannot be read does not stop the queue: the claim sets
+/// it aside, with the reason, and hands out the next; the row stays, listed as
+/// unreadable.
 #[tokio::test]
-async fn sqlite_takes_an_unreadable_queued_workflow_off_the_queue_and_claims_the_next() {
+async fn sqlite_sets_aside_an_unreadable_queued_workflow_and_claims_the_next() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("portia.db");
     let store = SqliteStorage::open(&path).unwrap();
@@ -354,6 +389,7 @@ async fn sqlite_takes_an_unreadable_queued_workflow_off_the_queue_and_claims_the
     assert!(store.claim_runnable("worker", ttl).await.unwrap().is_none());
     let page = store.list_workflows(&WorkflowQuery::default()).await.unwrap();
     assert!(page.unreadable.iter().any(|row| row.contains(&queued[0].id().to_string())), "{:?}", page.unreadable);
+    crate::common::assert_set_aside_as_unreadable(&store, &queued[0]).await;
 }
 
 /// A queued row whose state column says it is runnable while its body says it is

@@ -184,7 +184,11 @@ async fn the_upgrade_fills_the_end_user_column_from_the_body() {
     drop(store);
     schema
         .execute(
-            "UPDATE {S}.workflows SET end_user_id = NULL; DELETE FROM {S}.schema_migrations WHERE version = 4; \
+            "UPDATE {S}.workflows SET end_user_id = NULL; DELETE FROM {S}.schema_migrations WHERE version >= 4; \
+             DROP INDEX {S}.workflows_set_aside; DROP INDEX {S}.workflows_runnable; \
+             ALTER TABLE {S}.workflows DROP COLUMN set_aside; \
+             CREATE INDEX workflows_runnable ON {S}.workflows (queued) \
+             WHERE queued IS NOT NULL AND state IN ('NOT_STARTED', 'IN_PROGRESS', 'READY_TO_RESUME'); \
              DROP INDEX {S}.workflows_by_end_user; \
              CREATE INDEX workflows_by_end_user ON {S}.workflows (end_user_id) WHERE end_user_id IS NOT NULL",
         )
@@ -295,11 +299,12 @@ async fn three_queued() -> (pg::Schema, PostgresStorage, Vec<Workflow>) {
     (schema, store, queued)
 }
 
-/// One queued workflow that cannot be read does not stop the queue: the claim takes
-/// it off the queue and hands out the next; the row stays, listed as unreadable.
+/// One queued workflow that cannot be read does not stop the queue: the claim sets
+/// it aside, with the reason, and hands out the next; the row stays, listed as
+/// unreadable.
 #[tokio::test]
 #[ignore = "needs Postgres: .ci/run starts it (PORTIA_TEST_PG_URL)"]
-async fn an_unreadable_queued_workflow_is_taken_off_the_queue_and_the_next_is_claimed() {
+async fn an_unreadable_queued_workflow_is_set_aside_and_the_next_is_claimed() {
     let (schema, store, queued) = three_queued().await;
     schema.execute(&format!("UPDATE {{S}}.workflows SET body = '{{}}' WHERE id = '{}'", queued[0].id())).await;
     let ttl = Duration::from_secs(60);
@@ -310,6 +315,7 @@ async fn an_unreadable_queued_workflow_is_taken_off_the_queue_and_the_next_is_cl
     assert!(store.claim_runnable("worker", ttl).await.unwrap().is_none());
     let page = store.list_workflows(&WorkflowQuery::default()).await.unwrap();
     assert!(page.unreadable.iter().any(|row| row.contains(&queued[0].id().to_string())), "{:?}", page.unreadable);
+    crate::common::assert_set_aside_as_unreadable(&store, &queued[0]).await;
     schema.remove().await;
 }
 

@@ -12,8 +12,8 @@ use chrono::{DateTime, Utc};
 use portia::runner::StoredEvent;
 use portia::runner::WorkerOptions;
 use portia::storage::{
-    Access, Clock, LeaseRow, LeaseState, ManualClock, RowError, RowStore, RowTx, Storage, ToolCallKey, ToolCallRecord,
-    UsageRecord, Work, WorkflowPage, WorkflowQuery,
+    Access, Clock, LeaseRow, LeaseState, ManualClock, RowError, RowStore, RowTx, SetAside, Storage, ToolCallKey,
+    ToolCallRecord, UsageRecord, Work, WorkflowPage, WorkflowQuery,
 };
 use portia::testing::{ScriptedLlm, storage_conformance};
 use portia::{Config, Plan, PlanBuilder, PlanId, Runner, Workflow, WorkflowId, WorkflowState};
@@ -61,7 +61,14 @@ struct WorkflowRow {
     cancel_requested: Option<String>,
     updated_at: DateTime<Utc>,
     queued: Option<u64>,
+    set_aside: Option<String>,
     events: Vec<StoredEvent>,
+}
+
+impl WorkflowRow {
+    fn is_claimable(&self) -> bool {
+        self.queued.is_some() && self.set_aside.is_none() && self.workflow.state().is_runnable()
+    }
 }
 
 impl RowStore for MapStore {
@@ -125,7 +132,7 @@ impl RowTx for Tx<'_> {
         self.tables.submissions += 1;
         let queued = queued.then_some(self.tables.submissions);
         let (lease, cancel_requested, events) = (LeaseState::default(), None, Vec::new());
-        let row = WorkflowRow { workflow, lease, cancel_requested, updated_at: now, queued, events };
+        let row = WorkflowRow { workflow, lease, cancel_requested, updated_at: now, queued, set_aside: None, events };
         self.tables.workflows.insert(row.workflow.id(), row);
         Ok(true)
     }
@@ -165,21 +172,35 @@ impl RowTx for Tx<'_> {
     }
 
     fn has_queued_work(&mut self) -> Done<bool> {
-        Ok(self.tables.workflows.values().any(|row| row.queued.is_some() && row.workflow.state().is_runnable()))
+        Ok(self.tables.workflows.values().any(WorkflowRow::is_claimable))
     }
 
     fn next_runnable(&mut self, now: DateTime<Utc>) -> Done<Option<String>> {
-        let runnable =
-            |row: &&WorkflowRow| row.queued.is_some() && row.workflow.state().is_runnable() && row.lease.is_free(now);
+        let runnable = |row: &&WorkflowRow| row.is_claimable() && row.lease.is_free(now);
         let next = self.tables.workflows.values().filter(runnable).min_by_key(|row| row.queued);
         Ok(next.map(|row| row.workflow.id().to_string()))
     }
 
-    fn dequeue(&mut self, id: &str) -> Done<()> {
+    fn set_aside(&mut self, id: &str, reason: &str) -> Done<()> {
         if let Some(row) = id.parse().ok().and_then(|id| self.row(id)) {
-            row.queued = None;
+            row.set_aside = Some(reason.to_owned());
         }
         Ok(())
+    }
+
+    fn put_back(&mut self, id: WorkflowId) -> Done<()> {
+        if let Some(row) = self.row(id) {
+            row.set_aside = None;
+        }
+        Ok(())
+    }
+
+    fn set_aside_rows(&mut self) -> Done<Vec<SetAside>> {
+        let rows = self.tables.workflows.values();
+        let mut aside: Vec<_> =
+            rows.filter_map(|row| Some(SetAside::new(row.workflow.id().to_string(), row.set_aside.clone()?))).collect();
+        aside.sort_by(|a, b| a.workflow_id.cmp(&b.workflow_id));
+        Ok(aside)
     }
 
     fn last_event(&mut self, id: WorkflowId) -> Done<u64> {

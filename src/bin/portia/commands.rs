@@ -122,6 +122,7 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
             Ok(Exit::Ok)
         }
         Command::Show { id, format } => {
+            let _ = say_if_set_aside(runner, id).await;
             let workflow = runner.get_workflow(id).await?;
             match format {
                 Format::Json => print_json(&workflow)?,
@@ -247,12 +248,25 @@ async fn say_if_unrun(runner: &Runner, id: WorkflowId, said: bool) -> bool {
         Ok(_) => return false,
         Err(_) => return said,
     }
-    if !said {
+    if !said && !say_if_set_aside(runner, id).await {
         eprintln!(
             "portia: nothing is running workflow {id} ({state}): a worker takes it on if it is queued, \
              else `portia resume {id}` runs it; still watching"
         );
     }
+    true
+}
+
+/// Says on stderr why workflow `id` is set aside, if it is, and what to do; whether
+/// it said so. Silent when the store cannot say (the command meets that error itself).
+async fn say_if_set_aside(runner: &Runner, id: WorkflowId) -> bool {
+    let Ok(aside) = runner.storage().set_aside_workflows().await else { return false };
+    let Some(entry) = aside.iter().find(|entry| entry.workflow_id == id.to_string()) else { return false };
+    eprintln!(
+        "portia: workflow {id} is set aside, and no worker takes it: {}; fix or restore what it names, then \
+         `portia resume {id}`, or `portia delete {id}`",
+        entry.reason
+    );
     true
 }
 
@@ -379,10 +393,17 @@ async fn list(
         }
         page_number += 1;
     }
+    let aside = runner.storage().set_aside_workflows().await?;
     match format {
         Format::Json => {
             print_json(&workflows)?;
-            // The JSON stays a list of workflows; the rows that are not one are said apart.
+            // The JSON stays a list of workflows; what is not in one is said apart.
+            for workflow in &workflows {
+                let id = workflow.id().to_string();
+                if let Some(entry) = aside.iter().find(|entry| entry.workflow_id == id) {
+                    eprintln!("portia: set aside: {id}: {}", entry.reason);
+                }
+            }
             for row in &unreadable {
                 eprintln!("portia: unreadable: {row}");
             }
@@ -393,7 +414,7 @@ async fn list(
                 let query = runner.get_plan(workflow.plan_id()).await.map(|p| p.plan_context.query).unwrap_or_default();
                 rows.push((workflow, query));
             }
-            emit(table::workflows(&rows, &unreadable))?;
+            emit(table::workflows(&rows, &aside, &unreadable))?;
         }
     }
     Ok(Exit::Ok)

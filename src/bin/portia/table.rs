@@ -2,6 +2,7 @@
 
 use std::fmt::Write;
 
+use portia::storage::SetAside;
 use portia::tool::ToolRegistry;
 use portia::{Plan, Workflow};
 use serde_json::{Value, json};
@@ -32,18 +33,22 @@ fn columns(rows: &[Vec<String>]) -> String {
     out
 }
 
-/// One row per workflow: id, state, current step, query.
-pub(crate) fn workflows(rows: &[(&Workflow, String)], unreadable: &[String]) -> String {
+/// One row per workflow: id, state, current step, query; then why each one set
+/// aside is, and the rows that do not parse.
+pub(crate) fn workflows(rows: &[(&Workflow, String)], aside: &[SetAside], unreadable: &[String]) -> String {
     let mut table = vec![vec!["ID".to_owned(), "STATE".to_owned(), "STEP".to_owned(), "QUERY".to_owned()]];
+    let mut reasons = Vec::new();
     for (workflow, query) in rows {
-        table.push(vec![
-            workflow.id().to_string(),
-            workflow.state().to_string(),
-            (workflow.current_step_index() + 1).to_string(),
-            clip(query, VALUE_WIDTH),
-        ]);
+        let id = workflow.id().to_string();
+        let mut state = workflow.state().to_string();
+        if let Some(entry) = aside.iter().find(|entry| entry.workflow_id == id) {
+            state.push_str(", set aside");
+            reasons.push(format!("SET ASIDE   {id}: {}\n", clip(&entry.reason, 2 * VALUE_WIDTH)));
+        }
+        table.push(vec![id, state, (workflow.current_step_index() + 1).to_string(), clip(query, VALUE_WIDTH)]);
     }
     let mut out = columns(&table);
+    out.extend(reasons);
     // A row that does not parse is listed too, with why, so that it can be shown or deleted.
     for row in unreadable {
         out.push_str(&format!("UNREADABLE  {}\n", clip(row, 2 * VALUE_WIDTH)));

@@ -188,11 +188,27 @@ pub(super) async fn metrics(
     } else {
         state.metrics.lock().unwrap_or_else(PoisonError::into_inner).extend(seen);
     }
-    let text = render(&by_state, unreadable, &total);
+    let set_aside = set_aside_seen(&state, &caller, &workflows).await?;
+    let text = render(&by_state, Stranded { unreadable, set_aside }, &total);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
 }
 
-fn render(by_state: &BTreeMap<String, u64>, unreadable: usize, total: &Figures) -> String {
+/// How many of the workflows set aside the caller may see: those among `workflows`,
+/// and for a caller not bound to an end user, those that cannot be read as well.
+async fn set_aside_seen(state: &AppState, caller: &Caller, workflows: &[Workflow]) -> Result<usize, ApiError> {
+    let aside = state.runner.storage().set_aside_workflows().await?;
+    let seen: std::collections::HashSet<String> = workflows.iter().map(|w| w.id().to_string()).collect();
+    Ok(aside.iter().filter(|entry| caller.end_user_id.is_none() || seen.contains(&entry.workflow_id)).count())
+}
+
+/// The stored workflows no worker runs as they are.
+#[derive(Debug, Clone, Copy)]
+struct Stranded {
+    unreadable: usize,
+    set_aside: usize,
+}
+
+fn render(by_state: &BTreeMap<String, u64>, stranded: Stranded, total: &Figures) -> String {
     let mut out = String::new();
     header(&mut out, "portia_workflows", "gauge", "Stored workflows by state.");
     for workflow_state in [
@@ -211,9 +227,17 @@ fn render(by_state: &BTreeMap<String, u64>, unreadable: usize, total: &Figures) 
         &mut out,
         "portia_workflows_unreadable",
         "gauge",
-        "Stored workflows that cannot be read (a queued one is taken off the queue; `portia list` names them).",
+        "Stored workflows that cannot be read (a queued one is set aside; `portia list` names them).",
     );
-    let _ = writeln!(out, "portia_workflows_unreadable {unreadable}");
+    let _ = writeln!(out, "portia_workflows_unreadable {}", stranded.unreadable);
+    header(
+        &mut out,
+        "portia_workflows_set_aside",
+        "gauge",
+        "Stored workflows set aside: their runs met a row that cannot be read, and no worker takes them \
+         until they are resumed (`portia list` says why).",
+    );
+    let _ = writeln!(out, "portia_workflows_set_aside {}", stranded.set_aside);
 
     header(
         &mut out,

@@ -225,14 +225,37 @@ async fn a_failed_workflow_is_retried_as_a_new_workflow_that_runs() {
     let (status, _) = served.post(&format!("/v1/workflows/{id}/cancel"), json!({"reason": "too soon"})).await;
     assert_eq!(status, StatusCode::OK);
 
-    let (status, retry) = served.post(&format!("/v1/workflows/{id}/retry"), Value::Null).await;
+    let (status, retry) = served.post(&format!("/v1/workflows/{id}/retry"), json!({})).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{retry}");
     assert_eq!((&retry["state"], &retry["retry_of"]), (&json!("NOT_STARTED"), &json!(id)));
     let retry = retry["id"].as_str().unwrap();
     assert_eq!(served.rest(retry).await.state(), WorkflowState::Complete);
     assert_eq!(served.rest(id).await.state(), WorkflowState::Failed, "the failed one is kept as it was");
-    let (status, refused) = served.post(&format!("/v1/workflows/{retry}/retry"), Value::Null).await;
+    let (status, refused) = served.post(&format!("/v1/workflows/{retry}/retry"), json!({})).await;
     assert_eq!((status, &refused["error"]["code"]), (StatusCode::CONFLICT, &json!("invalid_workflow_state")));
+}
+
+/// Asked to queue, a retry is left for the workers, as a new workflow would be: the
+/// server does not run it. Asked again, the answer is the same retry, queued once.
+#[tokio::test]
+async fn a_retry_asked_to_queue_is_left_for_the_workers() {
+    let served = serve(runner_with(vec![weather()], ScriptedLlm::new()), ServeOptions::new().workers(0)).await;
+    let (_, queued) =
+        served.post("/v1/workflows", json!({"plan": tool_plan("Weather?", "weather_tool"), "mode": "queue"})).await;
+    let id = queued["id"].as_str().unwrap();
+    served.post(&format!("/v1/workflows/{id}/cancel"), json!({})).await;
+    let (status, bad) = served.post(&format!("/v1/workflows/{id}/retry"), json!({"mode": "later"})).await;
+    assert_eq!((status, &bad["error"]["code"]), (StatusCode::BAD_REQUEST, &json!("bad_request")), "{bad}");
+
+    let (status, retry) = served.post(&format!("/v1/workflows/{id}/retry"), json!({"mode": "queue"})).await;
+    assert_eq!((status, &retry["state"]), (StatusCode::ACCEPTED, &json!("NOT_STARTED")), "{retry}");
+    let (_, again) = served.post(&format!("/v1/workflows/{id}/retry"), json!({"mode": "queue"})).await;
+    assert_eq!(again["id"], retry["id"]);
+    let storage = served.runner.storage();
+    let ttl = Duration::from_secs(60);
+    let claimed = storage.claim_runnable("worker", ttl).await.unwrap().expect("queued, and no run of the server's");
+    assert_eq!(json!(claimed.workflow.id()), retry["id"]);
+    assert!(storage.claim_runnable("worker", ttl).await.unwrap().is_none(), "queued once");
 }
 
 #[tokio::test]

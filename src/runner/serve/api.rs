@@ -142,6 +142,23 @@ pub(super) struct Cancel {
     reason: Option<String>,
 }
 
+/// How a workflow asked for as `asked` starts: by default, queued when the server
+/// has workers of its own, else run in the server.
+fn start_mode(state: &AppState, asked: Option<StartMode>) -> StartMode {
+    asked.unwrap_or(if state.workers { StartMode::Queue } else { StartMode::Run })
+}
+
+/// How the retry of a failed workflow starts.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Retry {
+    /// `run` in the server now, or `queue` for the workers; by default, as for a
+    /// new workflow, the server queues when it has workers of its own and runs
+    /// otherwise.
+    #[serde(default)]
+    mode: Option<StartMode>,
+}
+
 /// Plans a query and stores the plan.
 #[utoipa::path(post, path = "/v1/plans", request_body = CreatePlan, tag = "plans",
     responses((status = 201, description = "The plan", body = Object), (status = "4XX", body = ErrorBody)))]
@@ -179,7 +196,7 @@ pub(super) async fn create_workflow(
         (None, None, Some(id)) => state.visible_plan(&caller, id).await?,
         _ => return Err(ApiError::bad_request("give exactly one of `query`, `plan` or `plan_id`")),
     };
-    let mode = request.mode.unwrap_or(if state.workers { StartMode::Queue } else { StartMode::Run });
+    let mode = start_mode(&state, request.mode);
     let inputs = request.inputs.unwrap_or_default();
     let workflow = match mode {
         StartMode::Queue => {
@@ -345,22 +362,31 @@ pub(super) async fn resume(
 }
 
 /// Takes a FAILED workflow up again as a new workflow, which keeps what the failed
-/// one's finished steps did, and runs it (see [`Runner::retry_workflow`](crate::Runner::retry_workflow)).
-#[utoipa::path(post, path = "/v1/workflows/{id}/retry", tag = "workflows",
+/// one's finished steps did, and runs it or queues it for the workers (see
+/// [`Runner::retry_workflow`](crate::Runner::retry_workflow)). Retried before,
+/// the answer is that retry as it is now; one that has ended is not run again.
+#[utoipa::path(post, path = "/v1/workflows/{id}/retry", request_body(content = Retry, description = "Optional"), tag = "workflows",
     params(("id" = String, Path, description = "The FAILED workflow's id")),
     responses((status = 202, description = "The new workflow, as stored before it runs", body = Object), (status = "4XX", body = ErrorBody)))]
 pub(super) async fn retry(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     PathParams(id): PathParams<String>,
+    OptionalBody(request): OptionalBody<Retry>,
 ) -> ApiResult<(StatusCode, Json<Workflow>)> {
     let failed = state.visible(&caller, &id).await?;
-    let retry = state.runner.retry_workflow(failed.id()).await?;
+    let retry = match start_mode(&state, request.mode) {
+        StartMode::Queue => state.runner.submit_retry(failed.id()).await?,
+        StartMode::Run => {
+            let retry = state.runner.retry_workflow(failed.id()).await?;
+            // Retried before, that retry may have ended: it is the answer, and nothing runs.
+            if !retry.state().is_terminal() {
+                state.run_on(retry.id()).await;
+            }
+            retry
+        }
+    };
     let _ = state.touched.send(retry.id());
-    // Retried before, that retry may have ended: it is the answer, and nothing runs.
-    if !retry.state().is_terminal() {
-        state.run_on(retry.id()).await;
-    }
     Ok((StatusCode::ACCEPTED, Json(retry)))
 }
 

@@ -18,6 +18,22 @@ pub use plan::PlanProblem;
 use crate::ids::{ClarificationId, IdParseError, PlanId, WorkflowId};
 use crate::state::WorkflowState;
 
+/// `error` and each of its causes, as `error: cause: cause`, on one line. A cause
+/// already said (hyper repeats its cause in its own message) is not said again.
+pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text.replace('\n', " ")
+}
+
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::{LlmError, LlmProvider, Usage};
+use crate::error::with_causes;
 use crate::secret::Secret;
 
 /// How much of a body that is not a provider error message is kept in an error.
@@ -243,7 +244,7 @@ impl Endpoint<'_> {
             return Ok(Reply { body, status: status.as_u16(), latency: started.elapsed() });
         }
         self.observe_limits(status.as_u16(), &headers, &[]);
-        while let Some(chunk) = response.chunk().await.map_err(|e| self.broken(&error_chain(&e)))? {
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.broken(&with_causes(&e)))? {
             if on_bytes(&chunk).map_err(|e| self.invalid(e))? == Flow::Done {
                 return Ok(Reply { body: Value::Null, status: status.as_u16(), latency: started.elapsed() });
             }
@@ -323,7 +324,7 @@ impl Endpoint<'_> {
             return LlmError::Connection {
                 provider: self.provider_name(),
                 model: self.model.to_owned(),
-                message: format!("no connection (TCP and TLS) within {waited:?}: {}", self.redact(&error_chain(error))),
+                message: format!("no connection (TCP and TLS) within {waited:?}: {}", self.redact(&with_causes(error))),
             };
         }
         if error.is_timeout() {
@@ -336,7 +337,7 @@ impl Endpoint<'_> {
         LlmError::Connection {
             provider: self.provider_name(),
             model: self.model.to_owned(),
-            message: self.redact(&error_chain(error)),
+            message: self.redact(&with_causes(error)),
         }
     }
 
@@ -425,18 +426,6 @@ fn retry_delay(body: &[u8]) -> Option<Duration> {
     let delay = details.iter().find_map(|d| d.get("retryDelay").and_then(Value::as_str))?;
     let seconds: f64 = delay.trim().strip_suffix('s')?.parse().ok()?;
     Duration::try_from_secs_f64(seconds).ok()
-}
-
-/// reqwest's top-level message is vague ("error sending request"); the cause says why.
-fn error_chain(error: &reqwest::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }
 
 pub(crate) fn millis(duration: Duration) -> u64 {

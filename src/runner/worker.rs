@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::Runner;
 use super::calls::{Stop, StopSignal};
+use crate::error::with_causes;
 use crate::ids::WorkflowId;
 use crate::storage::LeaseGrant;
 use crate::workflow::Workflow;
@@ -275,18 +276,6 @@ impl Backoff {
             None => otherwise.await,
         }
     }
-}
-
-/// `error` and the errors that caused it, so that a log line says what the store said.
-fn with_causes(error: &Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = std::error::Error::source(error);
-    while let Some(e) = cause {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        cause = e.source();
-    }
-    text
 }
 
 fn count(

@@ -6,6 +6,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 
 use crate::config::Config;
+use crate::error::with_causes;
 use crate::secret::Secret;
 use crate::tool::{RetryHint, ToolError};
 
@@ -131,28 +132,13 @@ fn send_error(service: &str, error: reqwest::Error, (timeout, connect_timeout): 
     } else {
         ("lost the connection to", RetryHint::unknown_outcome())
     };
-    ToolError::transient(format!("{kind} {service}: {}", describe(&error.without_url())), hint)
+    ToolError::transient(format!("{kind} {service}: {}", with_causes(&error.without_url())), hint)
 }
 
 /// A reply that could not be read: usually a transient proxy or server fault.
 pub(super) fn garbled(service: &str, error: &serde_json::Error) -> ToolError {
     let message = format!("{service} sent a reply that could not be read ({error}); try again");
     ToolError::transient(message, RetryHint::unknown_outcome())
-}
-
-/// The error and its causes, each once (hyper repeats its cause in its own message).
-fn describe(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let part = cause.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// An error status as a soft or hard error, with the service's `Retry-After`

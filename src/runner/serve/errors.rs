@@ -8,6 +8,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::Error;
+use crate::error::with_causes;
 
 /// An error answer.
 #[derive(Debug)]
@@ -83,18 +84,6 @@ impl From<Error> for ApiError {
         };
         Self::new(status, code, with_causes(&error))
     }
-}
-
-/// The error and each of its causes, as `error: cause: cause`, as the command line prints it.
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut line = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        line.push_str(": ");
-        line.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    line.replace('\n', " ")
 }
 
 impl IntoResponse for ApiError {

@@ -2,6 +2,7 @@
 //! [`LlmError`]. Provider modules build bodies and read replies; this module owns
 //! the HTTP exchange, error messages and key redaction.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -30,6 +31,8 @@ pub(crate) struct Account {
     pub(crate) timeout: Duration,
     limiters: std::sync::Arc<super::rate_limit::Limiters>,
     urls: crate::http::UrlMemo,
+    /// The length of the latest request body written, to size the next one's buffer.
+    body_len: AtomicUsize,
 }
 
 impl Account {
@@ -54,6 +57,7 @@ impl Account {
             timeout: settings.timeout(),
             limiters,
             urls: crate::http::UrlMemo::default(),
+            body_len: AtomicUsize::new(0),
         }
     }
 
@@ -63,6 +67,7 @@ impl Account {
         Endpoint {
             http: &self.http,
             urls: &self.urls,
+            body_len: &self.body_len,
             provider,
             model,
             url,
@@ -80,6 +85,7 @@ impl Account {
 pub(crate) struct Endpoint<'a> {
     pub(crate) http: &'a reqwest::Client,
     urls: &'a crate::http::UrlMemo,
+    body_len: &'a AtomicUsize,
     pub(crate) provider: LlmProvider,
     pub(crate) model: &'a str,
     pub(crate) url: String,
@@ -140,9 +146,10 @@ impl Endpoint<'_> {
     pub(crate) async fn post_as<T: DeserializeOwned>(&self, body: impl Serialize) -> Result<Reply<T>, LlmError> {
         let started = Instant::now();
         let sent = self.request(body)?.send().await;
-        let response = sent.map_err(|e| self.transport_error(&e))?;
+        let mut response = sent.map_err(|e| self.transport_error(&e))?;
         let status = response.status();
-        let headers = response.headers().clone();
+        // Taken, not copied: reading the body needs none of them.
+        let headers = std::mem::take(response.headers_mut());
         let bytes = response.bytes().await.map_err(|e| self.transport_error(&e))?;
         self.observe_limits(status.as_u16(), &headers, &bytes);
         let latency = started.elapsed();
@@ -168,9 +175,10 @@ impl Endpoint<'_> {
     ) -> Result<Reply, LlmError> {
         let started = Instant::now();
         let sent = self.request(body)?.send().await;
-        let response = sent.map_err(|e| self.transport_error(&e))?;
+        let mut response = sent.map_err(|e| self.transport_error(&e))?;
         let status = response.status();
-        let headers = response.headers().clone();
+        // Taken, not copied: reading the body needs none of them.
+        let headers = std::mem::take(response.headers_mut());
         if !status.is_success() {
             let bytes = response.bytes().await.map_err(|e| self.transport_error(&e))?;
             self.observe_limits(status.as_u16(), &headers, &bytes);
@@ -232,7 +240,8 @@ impl Endpoint<'_> {
         let sent = self.post_to_url().headers(self.headers.clone()).json(body).send().await;
         let mut response = sent.map_err(|e| self.transport_error(&e))?;
         let status = response.status();
-        let headers = response.headers().clone();
+        // Taken, not copied: reading the body needs none of them.
+        let headers = std::mem::take(response.headers_mut());
         let content_type = headers.get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         if !status.is_success() || !content_type.contains("amazon.eventstream") {
             let bytes = response.bytes().await.map_err(|e| self.transport_error(&e))?;
@@ -254,9 +263,15 @@ impl Endpoint<'_> {
 
     /// The POST of `body`, as JSON text: `body` is dropped before the request is sent,
     /// so that only the text is held while the reply is awaited.
+    /// The buffer starts a quarter larger than the account's latest body: the bodies
+    /// of one client are alike in size (a few KB of prompt), and writing into
+    /// serde_json's default 128 bytes grew it by doubling, copying it each time.
     fn request(&self, body: impl Serialize) -> Result<reqwest::RequestBuilder, LlmError> {
-        let text = serde_json::to_vec(&body).map_err(|e| self.not_sent(e.to_string()))?;
+        let latest = self.body_len.load(Ordering::Relaxed);
+        let mut text = Vec::with_capacity(latest + latest / 4);
+        serde_json::to_writer(&mut text, &body).map_err(|e| self.not_sent(e.to_string()))?;
         drop(body);
+        self.body_len.store(text.len(), Ordering::Relaxed);
         let json = reqwest::header::HeaderValue::from_static("application/json");
         Ok(self.post_to_url().headers(self.headers.clone()).header(reqwest::header::CONTENT_TYPE, json).body(text))
     }

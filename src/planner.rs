@@ -242,9 +242,14 @@ fn with_kind(mut step: Step, tool_id: Option<&str>, tool_ids: &[String]) -> Step
 /// so it is the prefix the providers' prompt caches keep (Anthropic's breakpoint
 /// and Bedrock's cache point sit at its end).
 fn instructions(tools: &[ToolSpec], examples: &[Plan]) -> String {
-    let mut out = format!("{SYSTEM}\nTools:\n");
+    // Sized for a few lines per tool: grown from empty, the text was copied at every doubling.
+    let mut out = String::with_capacity(SYSTEM.len() + 256 * tools.len());
+    out.push_str(SYSTEM);
+    out.push_str("\nTools:\n");
     for spec in tools {
-        let _ = writeln!(out, "- {}: {} Arguments: {}", spec.id, spec.description, describe_args(&spec.args_schema));
+        let _ = write!(out, "- {}: {} Arguments: ", spec.id, spec.description);
+        write_args(&mut out, &spec.args_schema);
+        out.push('\n');
     }
     if !examples.is_empty() {
         out.push_str("Example plans:\n");
@@ -278,24 +283,33 @@ fn prompt(request: &PlanningRequest) -> String {
     out
 }
 
-/// `name (type, required): description` for each argument, compactly.
-fn describe_args(schema: &Value) -> String {
-    let Some(properties) = schema.get("properties").and_then(Value::as_object) else { return "none".to_owned() };
+/// Appends `name (type, required): description` for each argument, compactly,
+/// or `none`. Written straight into the instructions: a string per argument and
+/// their join cost more allocations than the rest of the planning prompt.
+fn write_args(out: &mut String, schema: &Value) {
+    let properties = schema.get("properties").and_then(Value::as_object).filter(|p| !p.is_empty());
+    let Some(properties) = properties else { return out.push_str("none") };
     let required = schema.get("required").and_then(Value::as_array);
-    let parts: Vec<String> = properties
-        .iter()
-        .map(|(name, p)| {
-            let kind = p
-                .get("type")
-                .map_or_else(|| "any".to_owned(), |t| t.as_str().map_or_else(|| t.to_string(), str::to_owned));
-            let req = if required.is_some_and(|r| r.iter().any(|v| v == name)) { ", required" } else { "" };
-            match p.get("description").and_then(Value::as_str) {
-                Some(about) => format!("{name} ({kind}{req}): {about}"),
-                None => format!("{name} ({kind}{req})"),
+    for (i, (name, p)) in properties.iter().enumerate() {
+        if i > 0 {
+            out.push_str("; ");
+        }
+        let _ = write!(out, "{name} (");
+        match p.get("type") {
+            None => out.push_str("any"),
+            Some(Value::String(kind)) => out.push_str(kind),
+            Some(kind) => {
+                let _ = write!(out, "{kind}");
             }
-        })
-        .collect();
-    if parts.is_empty() { "none".to_owned() } else { parts.join("; ") }
+        }
+        if required.is_some_and(|r| r.iter().any(|v| v == name)) {
+            out.push_str(", required");
+        }
+        out.push(')');
+        if let Some(about) = p.get("description").and_then(Value::as_str) {
+            let _ = write!(out, ": {about}");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -360,7 +374,13 @@ mod tests {
             "properties": {"city": {"type": "string", "description": "The city"}, "days": {"type": ["integer", "null"]}},
             "required": ["city"]
         });
-        assert_eq!(describe_args(&schema), "city (string, required): The city; days ([\"integer\",\"null\"])");
-        assert_eq!(describe_args(&json!({})), "none");
+        let described = |schema: &Value| {
+            let mut out = String::new();
+            write_args(&mut out, schema);
+            out
+        };
+        assert_eq!(described(&schema), "city (string, required): The city; days ([\"integer\",\"null\"])");
+        assert_eq!(described(&json!({})), "none");
+        assert_eq!(described(&json!({"properties": {}})), "none");
     }
 }

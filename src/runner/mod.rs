@@ -891,7 +891,13 @@ impl Runner {
     }
 
     fn today(&self) -> String {
-        self.inner.today.clone().unwrap_or_else(|| chrono::Utc::now().date_naive().to_string())
+        use std::fmt::Write as _;
+        self.inner.today.clone().unwrap_or_else(|| {
+            // `YYYY-MM-DD` in one allocation: `to_string` grew its string twice.
+            let mut date = String::with_capacity(10);
+            let _ = write!(date, "{}", chrono::Utc::now().date_naive());
+            date
+        })
     }
 }
 

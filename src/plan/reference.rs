@@ -104,13 +104,16 @@ impl fmt::Display for Reference {
 }
 
 /// The length in bytes of the identifier at the start of `text` (0 if there is none).
+///
+/// Read as bytes: an identifier is ASCII, and the first byte of any other character
+/// is not, so it ends there as it would by characters, without decoding each one.
 pub(crate) fn identifier_len(text: &str) -> usize {
-    let mut chars = text.char_indices();
-    match chars.next() {
-        Some((_, c)) if c.is_ascii_alphabetic() || c == '_' => {}
+    let bytes = text.as_bytes();
+    match bytes.first() {
+        Some(&b) if b.is_ascii_alphabetic() || b == b'_' => {}
         _ => return 0,
     }
-    chars.find(|(_, c)| !(c.is_ascii_alphanumeric() || *c == '_')).map_or(text.len(), |(i, _)| i)
+    bytes.iter().position(|&b| !(b.is_ascii_alphanumeric() || b == b'_')).unwrap_or(bytes.len())
 }
 
 /// The path segment at the start of `text`: `.identifier` or `[integer]`.

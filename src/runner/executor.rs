@@ -269,7 +269,9 @@ impl Runner {
             ExecutionMode::Sequential => 1,
             _ => self.inner.config.max_parallel_steps.max(1),
         };
-        let mut schedule = Schedule { started: vec![false; run.plan.steps.len()], ..Schedule::default() };
+        let steps = run.plan.steps.len();
+        let needs = (0..steps).map(|i| run.plan.dependencies(i)).collect();
+        let mut schedule = Schedule { started: vec![false; steps], needs, ..Schedule::default() };
         let mut halt = Halt { exit: exit_taken(&run.plan, &run.workflow), ..Halt::default() };
         loop {
             // A skip, or a loop's last item, may make other steps ready at once.
@@ -302,7 +304,7 @@ impl Runner {
     /// without a task (a skip, a loop's end), so that another pass may find more.
     async fn start_ready(&self, run: &mut Run, schedule: &mut Schedule, halt: &mut Halt, limit: usize) -> Result<bool> {
         let mut progressed = false;
-        for index in self.ready_steps(run, &schedule.started) {
+        for index in self.ready_steps(run, schedule) {
             if schedule.running.len() >= limit || halt.stops_new_steps() {
                 break;
             }
@@ -455,15 +457,15 @@ impl Runner {
 
     /// Steps not started whose inputs are all available, in plan order. Run one at a
     /// time, only the lowest step not yet done is ready.
-    fn ready_steps(&self, run: &Run, started: &[bool]) -> Vec<usize> {
-        let (plan, workflow) = (&run.plan, &run.workflow);
+    fn ready_steps(&self, run: &Run, schedule: &Schedule) -> Vec<usize> {
+        let (plan, workflow, started) = (&run.plan, &run.workflow, &schedule.started);
         if self.inner.config.execution == ExecutionMode::Sequential {
             let lowest = (0..plan.steps.len()).find(|&i| !workflow.is_step_done(plan, i));
             return lowest.filter(|&i| !started[i]).into_iter().collect();
         }
         (0..plan.steps.len())
             .filter(|&i| !started[i] && !workflow.is_step_done(plan, i))
-            .filter(|&i| plan.dependencies(i).iter().all(|name| workflow.outputs().step_outputs.contains(name)))
+            .filter(|&i| schedule.needs[i].iter().all(|name| workflow.outputs().step_outputs.contains(name)))
             .collect()
     }
 
@@ -855,6 +857,9 @@ struct Unit {
 struct Schedule {
     /// Whether each step was started (a loop step: once its output is recorded).
     started: Vec<bool>,
+    /// Each step's [dependencies](Plan::dependencies), worked out once per run
+    /// rather than for every step at every pass.
+    needs: Vec<Vec<String>>,
     /// The loop items started, as `(step, item)`.
     started_items: HashSet<(usize, usize)>,
     running: JoinSet<StepOutcome>,

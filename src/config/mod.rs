@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::secret::Secret;
 pub use builder::ConfigBuilder;
 pub use enums::{AgentKind, ExecutionMode, StorageKind};
+#[cfg(feature = "mcp")]
 pub(crate) use files::{json_problem, toml_problem};
 
 pub use crate::budget::{Budget, Price, Prices};

@@ -263,6 +263,7 @@ impl Endpoint<'_> {
 
     /// The POST of `body`, as JSON text: `body` is dropped before the request is sent,
     /// so that only the text is held while the reply is awaited.
+    ///
     /// The buffer starts a quarter larger than the account's latest body: the bodies
     /// of one client are alike in size (a few KB of prompt), and writing into
     /// serde_json's default 128 bytes grew it by doubling, copying it each time.

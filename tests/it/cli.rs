@@ -521,6 +521,48 @@ fn retry_takes_a_failed_workflow_up_again_once() {
     assert!(stderr(&again).contains("only a FAILED workflow is retried"), "{}", stderr(&again));
 }
 
+/// After an outage, `portia retry --all-failed --submit` queues a retry of each
+/// FAILED workflow not retried yet, once: run again, it queues none.
+#[test]
+fn retry_all_failed_queues_one_retry_of_each_failed_workflow() {
+    let dir = workdir();
+    let plan = json!({
+        "plan_context": {"query": "Read a report", "tool_ids": ["file_reader_tool"]},
+        "steps": [{"task": "Read", "inputs": [], "tool_id": "file_reader_tool", "output": "$r", "args": {"filename": "later.csv"}}]
+    });
+    let path = dir.path().join("plan.json");
+    std::fs::write(&path, plan.to_string()).unwrap();
+    let failed: Vec<String> = (0..3)
+        .map(|_| {
+            let out = run(dir.path(), &["run", "--plan", path.to_str().unwrap()]);
+            assert_eq!(code(&out), 1, "{}", stderr(&out));
+            stdout_json(&out)["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let one = run(dir.path(), &["retry", &failed[0], "--submit"]);
+    let retried_before = String::from_utf8_lossy(&one.stdout).trim().to_owned();
+    std::fs::write(dir.path().join("files/later.csv"), "city,temp\nRome,12\n").unwrap();
+
+    let all = run(dir.path(), &["retry", "--all-failed", "--submit"]);
+    assert_eq!(code(&all), 0, "{}", stderr(&all));
+    let queued: Vec<String> = String::from_utf8_lossy(&all.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(queued.len(), 2, "{queued:?}");
+    assert!(stderr(&all).contains("retries queued: 2; FAILED workflows retried before: 1"), "{}", stderr(&all));
+    for retry in &queued {
+        let stored = stdout_json(&run(dir.path(), &["show", retry]));
+        assert!(failed[1..].contains(&stored["retry_of"].as_str().unwrap().to_owned()), "{stored}");
+    }
+    let again = run(dir.path(), &["retry", "--all-failed", "--submit"]);
+    assert_eq!(String::from_utf8_lossy(&again.stdout), "", "each was retried once");
+    let worker = run(dir.path(), &["worker", "--exit-when-idle", "--without-model"]);
+    assert_eq!(code(&worker), 0, "{}", stderr(&worker));
+    for retry in queued.iter().chain([&retried_before]) {
+        assert_eq!(stdout_json(&run(dir.path(), &["show", retry]))["state"], json!("COMPLETE"));
+    }
+    let refused = run(dir.path(), &["retry", "--all-failed"]);
+    assert_eq!(code(&refused), 2, "queued only: {}", stderr(&refused));
+}
+
 #[test]
 fn cancel_fails_a_waiting_workflow_and_resume_then_exits_1() {
     let dir = workdir();

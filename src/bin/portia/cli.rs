@@ -54,10 +54,15 @@ pub(crate) enum Command {
     /// retried once: asked again, this is about the same retry.
     Retry {
         /// The FAILED workflow.
-        id: WorkflowId,
+        #[arg(required_unless_present = "all_failed")]
+        id: Option<WorkflowId>,
         /// Queue the retry for the workers instead of running it here.
         #[arg(long)]
         submit: bool,
+        /// Queue a retry of every FAILED workflow not retried yet (after an outage,
+        /// say), printing each retry's id; a sub-plan's run goes with its parent's.
+        #[arg(long, conflicts_with = "id", requires = "submit")]
+        all_failed: bool,
     },
     /// Answer a clarification; VALUE is read as JSON when it parses, else as a string.
     Answer {

@@ -62,7 +62,9 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
             let plan = runner.get_plan(workflow.plan_id()).await?;
             run(runner, &plan, workflow).await
         }
-        Command::Retry { id, submit: true } => {
+        Command::Retry { all_failed: true, .. } => retry_all_failed(runner).await,
+        Command::Retry { id: None, .. } => Err(Failure("give the FAILED workflow's id, or --all-failed".to_owned())),
+        Command::Retry { id: Some(id), submit: true, .. } => {
             refuse_memory_store(runner)?;
             let retry = runner.submit_retry(id).await?;
             emit(format_args!("{}\n", retry.id())).map_err(|e| e.naming(retry.id()))?;
@@ -76,7 +78,7 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
             }
             Ok(Exit::Ok)
         }
-        Command::Retry { id, submit: false } => {
+        Command::Retry { id: Some(id), submit: false, .. } => {
             let retry = runner.retry_workflow(id).await?;
             if retry.state().is_terminal() {
                 // Retried before, and that retry has ended: it is the answer.
@@ -375,24 +377,57 @@ fn report(workflow: &Workflow) -> Exit {
     }
 }
 
-async fn list(
-    runner: &Runner,
-    state: Option<WorkflowState>,
-    end_user: Option<String>,
-    format: Format,
-) -> Result<Exit, Failure> {
+/// Queues a retry of every FAILED workflow not retried yet, printing each retry's
+/// id. They are all listed first, so that a retry that fails meanwhile is not
+/// retried in the same go. A sub-plan's run is retried with its parent.
+async fn retry_all_failed(runner: &Runner) -> Result<Exit, Failure> {
+    refuse_memory_store(runner)?;
+    let (failed, _) = every_page(runner, WorkflowQuery::in_state(WorkflowState::Failed)).await?;
+    let (mut queued, mut before, mut children) = (0, 0, 0);
+    for workflow in failed {
+        if workflow.parent().is_some() {
+            children += 1;
+            continue;
+        }
+        match runner.get_workflow(workflow.retry_id()).await {
+            Ok(_) => before += 1,
+            Err(portia::Error::WorkflowNotFound(_)) => {
+                let retry = runner.submit_retry(workflow.id()).await?;
+                emit(format_args!("{}\n", retry.id())).map_err(|e| e.naming(retry.id()))?;
+                queued += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    eprintln!(
+        "portia: retries queued: {queued}; FAILED workflows retried before: {before}; sub-plan runs left to \
+         their parents' retries: {children}"
+    );
+    Ok(Exit::Ok)
+}
+
+/// Every workflow `query` matches, page after page, and the rows that cannot be read.
+async fn every_page(runner: &Runner, query: WorkflowQuery) -> Result<(Vec<Workflow>, Vec<String>), Failure> {
     let (mut workflows, mut unreadable) = (Vec::new(), Vec::new());
-    let query = WorkflowQuery::default().state(state).end_user(end_user);
     let mut page_number = 1;
     loop {
         let page = runner.list_workflows(&query.clone().page(page_number)).await?;
         workflows.extend(page.results);
         unreadable.extend(page.unreadable);
         if page.current_page >= page.total_pages {
-            break;
+            return Ok((workflows, unreadable));
         }
         page_number += 1;
     }
+}
+
+async fn list(
+    runner: &Runner,
+    state: Option<WorkflowState>,
+    end_user: Option<String>,
+    format: Format,
+) -> Result<Exit, Failure> {
+    let (workflows, unreadable) = every_page(runner, WorkflowQuery::default().state(state).end_user(end_user)).await?;
     let aside = runner.storage().set_aside_workflows().await?;
     match format {
         Format::Json => {

@@ -644,16 +644,29 @@ impl Config {
         }
     }
 
-    /// Checks that a cost budget is a number of dollars above zero.
+    /// Checks that a cost budget is a number of dollars above zero, and that no
+    /// other limit is zero: many tools read 0 as "no limit", where here it would
+    /// stop every workflow at once.
     fn validate_budget(&self) -> Result<()> {
-        match self.budget.usd {
-            Some(usd) if !(usd.is_finite() && usd > 0.0) => Err(Error::invalid_config(
+        if let Some(usd) = self.budget.usd.filter(|usd| !(usd.is_finite() && *usd > 0.0)) {
+            return Err(Error::invalid_config(
                 "PORTIA_BUDGET_USD",
                 format!(
                     "{usd} is no cost budget: give a number of US dollars above 0, such as 0.50, or leave it unset"
                 ),
+            ));
+        }
+        let limits = [
+            ("PORTIA_BUDGET_LLM_CALLS", self.budget.llm_calls.map(u64::from)),
+            ("PORTIA_BUDGET_TOKENS", self.budget.tokens),
+            ("PORTIA_BUDGET_SECONDS", self.budget.seconds),
+        ];
+        match limits.into_iter().find(|(_, limit)| *limit == Some(0)) {
+            Some((setting, _)) => Err(Error::invalid_config(
+                setting,
+                "0 would stop every workflow before it starts: give a limit above 0, or leave it unset for no limit",
             )),
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 
@@ -1121,6 +1134,18 @@ mod tests {
         }
         let err = Config::builder().budget(Budget::default().usd(f64::NAN)).build().unwrap_err();
         assert!(err.to_string().contains("PORTIA_BUDGET_USD"), "{err}");
+    }
+
+    #[test]
+    fn a_limit_of_zero_is_refused_naming_its_variable() {
+        for var in ["PORTIA_BUDGET_LLM_CALLS", "PORTIA_BUDGET_TOKENS", "PORTIA_BUDGET_SECONDS"] {
+            let err = Config::from_vars(vars(&[(var, "0")])).unwrap_err();
+            assert!(matches!(&err, Error::InvalidConfig { setting, .. } if setting == var), "{err}");
+            assert!(err.to_string().contains("leave it unset for no limit"), "{err}");
+            assert!(Config::from_vars(vars(&[(var, "1")])).is_ok());
+        }
+        let err = Config::builder().budget(Budget::default().seconds(0)).build().unwrap_err();
+        assert!(err.to_string().contains("PORTIA_BUDGET_SECONDS"), "{err}");
     }
 
     #[test]

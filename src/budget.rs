@@ -47,21 +47,22 @@ pub struct Budget {
 }
 
 impl Budget {
-    /// At most this many LLM calls.
+    /// At most this many LLM calls, above 0 (a configuration with 0 is refused:
+    /// leave the limit unset for none).
     #[must_use]
     pub fn llm_calls(mut self, calls: u32) -> Self {
         self.llm_calls = Some(calls);
         self
     }
 
-    /// At most this many tokens, prompt and completion together.
+    /// At most this many tokens, prompt and completion together, above 0.
     #[must_use]
     pub fn tokens(mut self, tokens: u64) -> Self {
         self.tokens = Some(tokens);
         self
     }
 
-    /// At most this many seconds of running.
+    /// At most this many seconds of running, above 0.
     #[must_use]
     pub fn seconds(mut self, seconds: u64) -> Self {
         self.seconds = Some(seconds);

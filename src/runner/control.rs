@@ -199,7 +199,7 @@ impl Tenure {
         if self.released.load(Ordering::Acquire) {
             return;
         }
-        if let Err(e) = self.storage.set_aside(&self.lease, &reason.to_string()).await {
+        if let Err(e) = self.storage.set_aside(&self.lease, &crate::error::with_causes(reason)).await {
             let workflow = self.lease.workflow_id;
             tracing::warn!(%workflow, error = %e, "could not set the workflow aside; its lease lapses on its own");
         }

@@ -96,8 +96,9 @@ impl LeaseHolder {
     }
 }
 
-/// A workflow taken off the workers' queue because its run met a stored value it
-/// cannot read: see [`LeaseQueue::set_aside`](super::LeaseQueue::set_aside).
+/// A workflow no worker claims until it is put back, because its run, or a claim,
+/// met a stored value it cannot read: see
+/// [`LeaseQueue::set_aside`](super::LeaseQueue::set_aside).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct SetAside {

@@ -513,7 +513,7 @@ fn claim(tx: &mut dyn RowTx, owner: &str, ttl: Duration) -> Rows<Option<LeaseGra
             Ok(Some(grant)) => return Ok(Some(grant)),
             Ok(None) => {}
             Err(fail) => {
-                let why = fail.unreadable().ok_or(fail)?;
+                let why = fail.unreadable().ok_or(fail)?.replace('\n', " ");
                 tx.set_aside(&raw, &why)?;
                 log_set_aside(&raw, &why);
             }

@@ -147,8 +147,8 @@ pub trait LeaseQueue: WorkflowStore {
     /// [`Error::AlreadyRunning`](crate::Error::AlreadyRunning) while another live
     /// lease is held, [`Error::InvalidWorkflowState`](crate::Error::InvalidWorkflowState)
     /// for a finished workflow. A workflow [set aside](LeaseQueue::set_aside) is
-    /// put back: once its run has the lease, its mark is cleared and, if it was
-    /// queued, the workers may claim it again.
+    /// put back by whatever takes its lease (a resume, an answer, a cancel): its
+    /// mark is cleared and, if it was queued, the workers may claim it again.
     async fn acquire_lease(&self, id: WorkflowId, owner: &str, ttl: Duration) -> Result<LeaseGrant>;
     /// Stores a new workflow, not queued, with its lease taken for `owner` for `ttl`:
     /// [`create_workflow`](WorkflowStore::create_workflow) then

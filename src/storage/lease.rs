@@ -107,12 +107,14 @@ pub struct SetAside {
     pub workflow_id: String,
     /// Why it was set aside: what could not be read, and the parser's error.
     pub reason: String,
+    /// Whether it was submitted for the workers: put back, a worker takes it.
+    pub queued: bool,
 }
 
 impl SetAside {
-    /// Workflow `workflow_id`, set aside for `reason`.
-    pub fn new(workflow_id: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self { workflow_id: workflow_id.into(), reason: reason.into() }
+    /// Workflow `workflow_id`, set aside for `reason`, submitted for the workers if `queued`.
+    pub fn new(workflow_id: impl Into<String>, reason: impl Into<String>, queued: bool) -> Self {
+        Self { workflow_id: workflow_id.into(), reason: reason.into(), queued }
     }
 }
 

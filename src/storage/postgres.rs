@@ -854,15 +854,17 @@ impl<C: GenericClient> RowTx for Rows<'_, C> {
         self.send("UPDATE {S}.workflows SET set_aside = $2 WHERE id = $1", args)
     }
 
-    fn put_back(&mut self, id: WorkflowId) -> DbResult<()> {
+    fn put_back(&mut self, id: WorkflowId) -> DbResult<bool> {
         let sql = "UPDATE {S}.workflows SET set_aside = NULL WHERE id = $1 AND set_aside IS NOT NULL";
-        self.send(sql, vec![Box::new(id.to_string())])
+        Ok(self.execute(sql, &[&id.to_string()])? > 0)
     }
 
     fn set_aside_rows(&mut self) -> DbResult<Vec<SetAside>> {
-        let sql = "SELECT id, set_aside FROM {S}.workflows WHERE set_aside IS NOT NULL ORDER BY id";
+        let sql = "SELECT id, set_aside, queued IS NOT NULL FROM {S}.workflows WHERE set_aside IS NOT NULL ORDER BY id";
         let rows = self.query(sql, &[])?;
-        rows.iter().map(|row| Ok(SetAside::new(row.try_get::<_, String>(0)?, row.try_get::<_, String>(1)?))).collect()
+        let aside =
+            |row: &Row| Ok(SetAside::new(row.try_get::<_, String>(0)?, row.try_get::<_, String>(1)?, row.try_get(2)?));
+        rows.iter().map(aside).collect()
     }
 
     /// The workflow's row is locked (by the fence), so no other save numbers events meanwhile.

@@ -247,6 +247,28 @@ impl<S: RowStore> LeaseQueue for S {
         .await
     }
 
+    async fn put_back(&self, id: WorkflowId) -> Result<bool> {
+        let what = || format!("cannot put workflow {id} back");
+        let put = run(
+            self,
+            Access::Write,
+            what,
+            again(move |tx| {
+                tx.lease(id)?.ok_or(Error::WorkflowNotFound(id))?;
+                let put = tx.put_back(id)?;
+                if put {
+                    tx.announce_runnable()?;
+                }
+                Ok(put)
+            }),
+        )
+        .await?;
+        if put {
+            self.runnable_changed();
+        }
+        Ok(put)
+    }
+
     async fn set_aside_workflows(&self) -> Result<Vec<SetAside>> {
         read(self, || "cannot list the workflows set aside".to_owned(), |tx| tx.set_aside_rows()).await
     }

@@ -188,6 +188,13 @@ pub trait LeaseQueue: WorkflowStore {
     /// # Errors
     /// As `release_lease`.
     async fn set_aside(&self, lease: &Lease, reason: &str) -> Result<()>;
+    /// Clears the mark of a workflow [set aside](LeaseQueue::set_aside) without
+    /// running it: once what it needs is fixed, a worker takes it if it was queued
+    /// ([`SetAside::queued`]), in its place. Whether it was set aside.
+    ///
+    /// # Errors
+    /// [`Error::WorkflowNotFound`](crate::Error::WorkflowNotFound), or the store's.
+    async fn put_back(&self, id: WorkflowId) -> Result<bool>;
     /// The workflows set aside, by a run ([`LeaseQueue::set_aside`]) or by a claim
     /// that could not read a queued row, with the reasons, in id order.
     ///

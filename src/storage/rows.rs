@@ -334,11 +334,11 @@ pub trait RowTx {
     /// # Errors
     /// The store's.
     fn set_aside(&mut self, id: &str, reason: &str) -> Result<(), RowError>;
-    /// Clears workflow `id`'s set-aside mark, if it has one.
+    /// Clears workflow `id`'s set-aside mark; whether it had one.
     ///
     /// # Errors
     /// The store's.
-    fn put_back(&mut self, id: WorkflowId) -> Result<(), RowError>;
+    fn put_back(&mut self, id: WorkflowId) -> Result<bool, RowError>;
     /// Every workflow set aside, with its reason, in id order.
     ///
     /// # Errors

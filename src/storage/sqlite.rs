@@ -607,14 +607,14 @@ impl RowTx for Rows<'_> {
         self.run("UPDATE workflows SET set_aside = ?2 WHERE id = ?1", [id, reason]).map(drop)
     }
 
-    fn put_back(&mut self, id: WorkflowId) -> DbResult<()> {
+    fn put_back(&mut self, id: WorkflowId) -> DbResult<bool> {
         let sql = "UPDATE workflows SET set_aside = NULL WHERE id = ?1 AND set_aside IS NOT NULL";
-        self.run(sql, [id.to_string()]).map(drop)
+        Ok(self.run(sql, [id.to_string()])? > 0)
     }
 
     fn set_aside_rows(&mut self) -> DbResult<Vec<SetAside>> {
-        let sql = "SELECT id, set_aside FROM workflows WHERE set_aside IS NOT NULL ORDER BY id";
-        self.all(sql, [], |row| Ok(SetAside::new(row.get::<_, String>(0)?, row.get::<_, String>(1)?)))
+        let sql = "SELECT id, set_aside, queued IS NOT NULL FROM workflows WHERE set_aside IS NOT NULL ORDER BY id";
+        self.all(sql, [], |row| Ok(SetAside::new(row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get(2)?)))
     }
 
     fn last_event(&mut self, id: WorkflowId) -> DbResult<u64> {

@@ -271,6 +271,7 @@ cases!(
     claims_skip_workflows_waiting_for_a_human_or_finished,
     queued_work_counts_only_what_a_worker_will_run,
     a_workflow_set_aside_is_claimed_no_more_but_can_be_resumed,
+    a_workflow_set_aside_is_put_back_for_the_workers,
     events_are_stored_with_the_save_in_order,
     racing_handles_for_one_lease_let_one_win,
     an_event_wait_finds_stored_events_and_otherwise_times_out,
@@ -766,7 +767,7 @@ async fn a_workflow_set_aside_is_claimed_no_more_but_can_be_resumed(f: Fixture) 
     let lease = store.claim_runnable("w1", TTL).await.unwrap().expect("the first submitted").lease;
     store.set_aside(&lease, "plan p cannot be read").await.expect("set aside");
     assert_eq!(store.get_workflow(aside.id()).await.unwrap(), aside, "the workflow is kept as it was");
-    let listed = vec![SetAside::new(aside.id().to_string(), "plan p cannot be read")];
+    let listed = vec![SetAside::new(aside.id().to_string(), "plan p cannot be read", true)];
     assert_eq!(store.set_aside_workflows().await.unwrap(), listed, "listed with the reason");
     let claimed = store.claim_runnable("w2", TTL).await.unwrap().expect("the next one");
     assert_eq!(claimed.workflow.id(), next.id());
@@ -789,6 +790,23 @@ async fn a_workflow_set_aside_is_claimed_no_more_but_can_be_resumed(f: Fixture) 
     store.release_lease(&resumed.lease).await.unwrap();
     let back = store.claim_runnable("w5", TTL).await.unwrap().expect("back on the queue");
     assert_eq!(back.workflow.id(), aside.id(), "in its place, before {} submitted later", later.id());
+}
+
+async fn a_workflow_set_aside_is_put_back_for_the_workers(f: Fixture) {
+    let store = f.store();
+    let aside = submitted(store).await;
+    let lease = store.claim_runnable("w1", TTL).await.unwrap().expect("queued").lease;
+    store.set_aside(&lease, "journal j cannot be read").await.unwrap();
+    let later = submitted(store).await;
+    assert!(!store.put_back(later.id()).await.unwrap(), "{} was not set aside", later.id());
+    assert!(matches!(store.put_back(WorkflowId::new()).await, Err(Error::WorkflowNotFound(_))));
+
+    assert!(store.put_back(aside.id()).await.unwrap());
+    assert_eq!(store.set_aside_workflows().await.unwrap(), Vec::new());
+    assert!(!store.put_back(aside.id()).await.unwrap(), "put back once");
+    let claimed = store.claim_runnable("w2", TTL).await.unwrap().expect("back on the queue");
+    assert_eq!(claimed.workflow.id(), aside.id(), "in its place, before {}", later.id());
+    assert!(!claimed.reclaimed, "setting it aside gave the lease up: no takeover");
 }
 
 async fn a_submission_or_release_wakes_a_waiting_worker(f: Fixture) {

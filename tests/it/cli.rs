@@ -424,6 +424,34 @@ fn a_worker_sets_aside_a_workflow_whose_plan_cannot_be_read_and_runs_the_next() 
     assert!(!listed.contains("set aside") && !listed.contains("SET ASIDE"), "put back by the resume: {listed}");
 }
 
+/// Workflows set aside are put back, once the row is fixed, with `portia put-back`:
+/// no run here, and the workers take them again.
+#[test]
+fn put_back_returns_workflows_set_aside_to_the_workers() {
+    let dir = workdir();
+    let plan = read_plan(dir.path(), "report.csv");
+    let ids: Vec<String> = (0..2).map(|_| submit(dir.path(), &plan)).collect();
+    let db = rusqlite::Connection::open(dir.path().join(".portia/portia.db")).unwrap();
+    db.execute_batch("CREATE TABLE kept AS SELECT * FROM plans; UPDATE plans SET body = '{}';").unwrap();
+    let worker = || portia(dir.path()).args(["worker", "--exit-when-idle", "--without-model"]).output().unwrap();
+    assert_eq!(code(&worker()), 1, "both set aside");
+    let listed = String::from_utf8(run(dir.path(), &["list"]).stdout).unwrap();
+    assert_eq!(listed.lines().filter(|l| l.starts_with("SET ASIDE")).count(), 2, "{listed}");
+
+    db.execute_batch("UPDATE plans SET body = (SELECT body FROM kept WHERE kept.id = plans.id)").unwrap();
+    let one = run(dir.path(), &["put-back", &ids[0]]);
+    assert_eq!((code(&one), String::from_utf8_lossy(&one.stdout).trim()), (0, ids[0].as_str()), "{}", stderr(&one));
+    let again = run(dir.path(), &["put-back", &ids[0]]);
+    assert_eq!(code(&again), 1);
+    assert!(stderr(&again).contains("is not set aside"), "{}", stderr(&again));
+    let rest = run(dir.path(), &["put-back", "--all"]);
+    assert_eq!(String::from_utf8_lossy(&rest.stdout).trim(), ids[1], "{}", stderr(&rest));
+    assert_eq!(code(&worker()), 0);
+    for id in &ids {
+        assert_eq!(stdout_json(&run(dir.path(), &["show", id]))["state"], json!("COMPLETE"));
+    }
+}
+
 /// The same for a workflow whose journal cannot be read: answered and queued again,
 /// its run meets the journal's row, and the worker sets it aside and exits
 /// when idle, leaving it READY_TO_RESUME; once the row is fixed, `portia resume`

@@ -121,6 +121,9 @@ impl LeaseQueue for RecordingStorage {
         self.lease_ends.lock().unwrap().push("set aside");
         self.inner.set_aside(lease, reason).await
     }
+    async fn put_back(&self, id: WorkflowId) -> portia::Result<bool> {
+        self.inner.put_back(id).await
+    }
     async fn set_aside_workflows(&self) -> portia::Result<Vec<portia::storage::SetAside>> {
         self.inner.set_aside_workflows().await
     }

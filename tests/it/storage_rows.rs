@@ -188,17 +188,17 @@ impl RowTx for Tx<'_> {
         Ok(())
     }
 
-    fn put_back(&mut self, id: WorkflowId) -> Done<()> {
-        if let Some(row) = self.row(id) {
-            row.set_aside = None;
-        }
-        Ok(())
+    fn put_back(&mut self, id: WorkflowId) -> Done<bool> {
+        Ok(self.row(id).and_then(|row| row.set_aside.take()).is_some())
     }
 
     fn set_aside_rows(&mut self) -> Done<Vec<SetAside>> {
         let rows = self.tables.workflows.values();
-        let mut aside: Vec<_> =
-            rows.filter_map(|row| Some(SetAside::new(row.workflow.id().to_string(), row.set_aside.clone()?))).collect();
+        let mut aside: Vec<_> = rows
+            .filter_map(|row| {
+                Some(SetAside::new(row.workflow.id().to_string(), row.set_aside.clone()?, row.queued.is_some()))
+            })
+            .collect();
         aside.sort_by(|a, b| a.workflow_id.cmp(&b.workflow_id));
         Ok(aside)
     }

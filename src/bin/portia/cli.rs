@@ -107,6 +107,17 @@ pub(crate) enum Command {
         /// The workflow.
         id: WorkflowId,
     },
+    /// Put a workflow set aside (its run met a row that could not be read) back,
+    /// once the row is fixed, without running it: the workers take it if it was
+    /// queued. Prints the ids put back.
+    PutBack {
+        /// The workflow set aside.
+        #[arg(required_unless_present = "all")]
+        id: Option<WorkflowId>,
+        /// Every workflow set aside.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
     /// Delete a stored workflow with its journal, whatever its state, even one that
     /// can no longer be read.
     Delete {

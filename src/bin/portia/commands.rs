@@ -138,6 +138,7 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
             Ok(Exit::Ok)
         }
         Command::Watch { id } => watch(runner, id).await,
+        Command::PutBack { id, all } => put_back(runner, id.filter(|_| !all)).await,
         Command::Prune { older_than } => {
             let pruned = runner.prune_finished(older_than).await?;
             emit(format_args!("{pruned}\n"))?;
@@ -420,6 +421,34 @@ async fn retry_all_failed(runner: &Runner) -> Result<Exit, Failure> {
          their parents' retries: {children}; not retried: {refused}"
     );
     Ok(if refused == 0 { Exit::Ok } else { Exit::Failed })
+}
+
+/// Puts workflow `id` back, or every workflow set aside for `None`, printing the ids
+/// put back and saying who runs each.
+async fn put_back(runner: &Runner, id: Option<WorkflowId>) -> Result<Exit, Failure> {
+    let aside = runner.storage().set_aside_workflows().await?;
+    let wanted: Vec<_> = match id {
+        Some(id) => aside.into_iter().filter(|entry| entry.workflow_id == id.to_string()).collect(),
+        None => aside,
+    };
+    if let (Some(id), true) = (id, wanted.is_empty()) {
+        return Err(Failure(format!("workflow {id} is not set aside (`portia list` shows those that are)")));
+    }
+    let mut exit = Exit::Ok;
+    for entry in wanted {
+        let Ok(id) = entry.workflow_id.parse::<WorkflowId>() else {
+            eprintln!("portia: {} is no workflow id: fix or `portia delete` that row", entry.workflow_id);
+            exit = Exit::Failed;
+            continue;
+        };
+        if runner.storage().put_back(id).await? {
+            emit(format_args!("{id}\n"))?;
+            if !entry.queued {
+                eprintln!("portia: workflow {id} was not queued: `portia resume {id}` runs it");
+            }
+        }
+    }
+    Ok(exit)
 }
 
 /// Every workflow `query` matches, page after page, and the rows that cannot be read.

@@ -273,6 +273,9 @@ impl Endpoint<'_> {
         serde_json::to_writer(&mut text, &body).map_err(|e| self.not_sent(e.to_string()))?;
         drop(body);
         self.body_len.store(text.len(), Ordering::Relaxed);
+        // The text is held until the reply: give the spare room back (shrinking in
+        // place, without a copy), as it would be held by every call in flight.
+        text.shrink_to_fit();
         let json = reqwest::header::HeaderValue::from_static("application/json");
         Ok(self.post_to_url().headers(self.headers.clone()).header(reqwest::header::CONTENT_TYPE, json).body(text))
     }

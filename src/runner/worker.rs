@@ -311,7 +311,7 @@ fn count(
                     workflow = %id,
                     error = %with_causes(&e),
                     "a row the workflow needs cannot be read, so it is set aside; fix or restore the row \
-                     and `portia resume` it, or `portia delete` it"
+                     and `portia put-back` or `portia resume` it, or `portia delete` it"
                 ),
                 _ => tracing::warn!(
                     workflow = %id,

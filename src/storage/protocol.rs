@@ -584,6 +584,7 @@ fn log_set_aside(id: &str, why: &str) {
     tracing::warn!(
         workflow = %id,
         error = %why,
-        "a queued workflow cannot be read and was set aside; `portia list` shows it, `portia delete` removes it"
+        "a queued workflow cannot be read and was set aside; `portia list` shows it, `portia put-back` hands it back \
+         once fixed, `portia delete` removes it"
     );
 }

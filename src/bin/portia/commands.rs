@@ -269,7 +269,7 @@ async fn say_if_set_aside(runner: &Runner, id: WorkflowId) -> bool {
     let Some(entry) = aside.iter().find(|entry| entry.workflow_id == id.to_string()) else { return false };
     eprintln!(
         "portia: workflow {id} is set aside, and no worker takes it: {}; fix or restore what it names, then \
-         `portia resume {id}`, or `portia delete {id}`",
+         `portia put-back {id}` for the workers or `portia resume {id}` to run it here, or `portia delete {id}`",
         entry.reason
     );
     true

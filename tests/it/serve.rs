@@ -309,6 +309,8 @@ async fn the_openapi_document_is_3_1_and_lists_every_route() {
         ("/v1/workflows/{id}/cancel", "post"),
         ("/v1/workflows/{id}/resume", "post"),
         ("/v1/workflows/{id}/retry", "post"),
+        ("/v1/workflows/{id}/put-back", "post"),
+        ("/v1/set-aside", "get"),
         ("/v1/tools", "get"),
         ("/v1/events", "get"),
         ("/healthz", "get"),
@@ -444,6 +446,36 @@ async fn metrics_count_workflows_set_aside() {
     assert_eq!(gauge().await, 1.0);
     storage.acquire_lease(claimed.workflow.id(), "resumer", ttl).await.expect("resumed");
     assert_eq!(gauge().await, 0.0, "put back by the resume");
+}
+
+/// The workflows set aside are listed with why, each to whoever may see it, and put
+/// back over HTTP: then a worker claims it.
+#[tokio::test]
+async fn set_aside_workflows_are_listed_and_put_back_over_http() {
+    let tokens = Tokens::new([ServerToken::new("admin-token"), ServerToken::for_end_user("ann-token", "ann")]);
+    let runner = runner_with(vec![weather()], ScriptedLlm::new());
+    let storage = Arc::clone(runner.storage());
+    let served = serve(runner, ServeOptions::new().tokens(tokens).workers(0)).await;
+    let body = json!({"plan": tool_plan("Bob's", "weather_tool"), "end_user_id": "bob", "mode": "queue"});
+    let (_, bob) = served.post_as("admin-token", "/v1/workflows", body).await;
+    let ttl = Duration::from_secs(60);
+    let claimed = storage.claim_runnable("worker", ttl).await.unwrap().expect("queued");
+    storage.set_aside(&claimed.lease, "plan p cannot be read").await.unwrap();
+
+    let (status, listed) = served.get_as("admin-token", "/v1/set-aside").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listed, json!([{"workflow_id": bob["id"], "reason": "plan p cannot be read", "queued": true}]));
+    assert_eq!(served.get_as("ann-token", "/v1/set-aside").await.1, json!([]), "not ann's to see");
+    let path = format!("/v1/workflows/{}/put-back", bob["id"].as_str().unwrap());
+    assert_eq!(served.post_as("ann-token", &path, json!({})).await.0, StatusCode::NOT_FOUND);
+
+    let (status, put) = served.post_as("admin-token", &path, json!({})).await;
+    assert_eq!((status, &put["id"]), (StatusCode::OK, &bob["id"]));
+    assert_eq!(served.get_as("admin-token", "/v1/set-aside").await.1, json!([]));
+    let (status, again) = served.post_as("admin-token", &path, json!({})).await;
+    assert_eq!((status, &again["error"]["code"]), (StatusCode::CONFLICT, &json!("not_set_aside")));
+    let back = storage.claim_runnable("worker", ttl).await.unwrap().expect("back on the queue");
+    assert_eq!(json!(back.workflow.id()), bob["id"]);
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 
 mod agui;
 mod api;
+mod aside;
 mod auth;
 mod changes;
 mod errors;

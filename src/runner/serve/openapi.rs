@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::OpenApi;
 
 use super::errors::{ErrorBody, ErrorDetail};
-use super::{api, changes, follow, metrics};
+use super::{api, aside, changes, follow, metrics};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -23,6 +23,8 @@ use super::{api, changes, follow, metrics};
         api::cancel,
         api::resume,
         api::retry,
+        aside::list,
+        aside::put_back,
         api::delete_workflow,
         api::tools,
         api::healthz,

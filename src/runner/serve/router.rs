@@ -13,7 +13,7 @@ use super::ServeOptions;
 use super::api::{self, PlanQueries, StartTimes};
 use super::auth::{self, Tokens};
 use super::runs::BackgroundRuns;
-use super::{changes, follow, metrics, openapi, pages};
+use super::{aside, changes, follow, metrics, openapi, pages};
 use crate::ids::WorkflowId;
 use crate::runner::Runner;
 
@@ -98,6 +98,8 @@ pub(super) fn build(
         .route("/v1/workflows/{id}/cancel", post(api::cancel))
         .route("/v1/workflows/{id}/resume", post(api::resume))
         .route("/v1/workflows/{id}/retry", post(api::retry))
+        .route("/v1/workflows/{id}/put-back", post(aside::put_back))
+        .route("/v1/set-aside", get(aside::list))
         .route("/v1/tools", get(api::tools))
         .route("/v1/openapi.json", get(openapi::document))
         .route("/metrics", get(metrics::metrics))

@@ -173,6 +173,33 @@ async fn a_failed_workflow_is_retried_from_its_page() {
     browser.client.clone().close().await.unwrap();
 }
 
+/// A workflow set aside says why on its page, and is put back from it: then a
+/// worker claims it.
+#[tokio::test]
+#[ignore = "needs chromium: Debian's chromium and chromium-driver (.ci/run installs them)"]
+async fn a_workflow_set_aside_says_why_and_is_put_back_from_its_page() {
+    let weather = MockTool::returning("weather_tool", json!("-3°C"));
+    let served = serve(runner_with(vec![weather], ScriptedLlm::new()), ServeOptions::new().workers(0)).await;
+    let queued = json!({"plan": tool_plan("Weather?", "weather_tool"), "mode": "queue"});
+    let (_, queued) = served.post("/v1/workflows", queued).await;
+    let id = queued["id"].as_str().unwrap().to_owned();
+    let storage = served.runner.storage();
+    let ttl = std::time::Duration::from_secs(60);
+    let claimed = storage.claim_runnable("worker", ttl).await.unwrap().expect("queued");
+    storage.set_aside(&claimed.lease, "plan p cannot be read").await.unwrap();
+    let browser = Browser::start().await;
+    browser.client.goto(&served.url(&format!("/workflows/{id}"))).await.unwrap();
+    browser.wait_for("#set-aside:not([hidden])").await;
+    assert_eq!(browser.text_of("#set-aside-reason").await, "plan p cannot be read");
+    browser.screenshot("set-aside").await;
+    browser.wait_for("#put-back:not([hidden])").await.click().await.unwrap();
+    browser.wait_for("#set-aside[hidden]").await;
+    assert!(storage.set_aside_workflows().await.unwrap().is_empty());
+    let back = storage.claim_runnable("worker", ttl).await.unwrap().expect("back on the queue");
+    assert_eq!(back.workflow.id().to_string(), id);
+    browser.client.clone().close().await.unwrap();
+}
+
 #[tokio::test]
 #[ignore = "needs chromium: Debian's chromium and chromium-driver (.ci/run installs them)"]
 async fn the_list_updates_without_a_reload() {

@@ -50,6 +50,23 @@ async function load() {
   document.getElementById("resume").disabled = !(state === "READY_TO_RESUME" || state === "NOT_STARTED" || state === "IN_PROGRESS");
   renderQuestions(current.outputs.clarifications.filter((c) => !c.resolved));
   renderPlan();
+  await loadSetAside(finished);
+}
+
+/// Whether the workflow is set aside (its run met a stored row that cannot be
+/// read), and why: then it can be put back for the workers. A finished one is not.
+async function loadSetAside(finished) {
+  let entry = null;
+  if (!finished) {
+    try {
+      entry = (await api("GET", "/v1/set-aside")).find((e) => e.workflow_id === id) || null;
+    } catch (error) {
+      say(actionStatus, error.message, true);
+    }
+  }
+  document.getElementById("set-aside").hidden = !entry;
+  document.getElementById("set-aside-reason").textContent = entry ? entry.reason : "";
+  document.getElementById("put-back").hidden = !entry;
 }
 
 /// Streamed text goes into the answer as it comes; the stored answer replaces it
@@ -297,6 +314,15 @@ document.getElementById("retry").addEventListener("click", async () => {
   try {
     const retry = await api("POST", base + "/retry");
     window.location.assign("/workflows/" + encodeURIComponent(retry.id));
+  } catch (error) {
+    say(actionStatus, error.message, true);
+  }
+});
+document.getElementById("put-back").addEventListener("click", async () => {
+  try {
+    await api("POST", base + "/put-back");
+    say(actionStatus, "Put back for the workers.");
+    await load();
   } catch (error) {
     say(actionStatus, error.message, true);
   }

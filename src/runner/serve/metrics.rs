@@ -235,7 +235,7 @@ fn render(by_state: &BTreeMap<String, u64>, stranded: Stranded, total: &Figures)
         "portia_workflows_set_aside",
         "gauge",
         "Stored workflows set aside: their runs met a row that cannot be read, and no worker takes them \
-         until they are resumed (`portia list` says why).",
+         until they are put back or resumed (`portia list` says why).",
     );
     let _ = writeln!(out, "portia_workflows_set_aside {}", stranded.set_aside);
 

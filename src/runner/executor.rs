@@ -329,7 +329,7 @@ impl Runner {
         limit: usize,
     ) -> Result<bool> {
         let whole = Unit { step: index, item: None };
-        if let Ok(Some(reason)) = self.skip_reason(run, whole, None) {
+        if let Ok(Some(reason)) = self.skip_reason(run, whole, None, &schedule.needs[index]) {
             schedule.started[index] = true;
             self.apply(run, whole, StepOutcome::Skipped(reason), Vec::new(), halt);
             self.save(run).await?;
@@ -382,7 +382,7 @@ impl Runner {
         schedule: &mut Schedule,
         halt: &mut Halt,
     ) -> Result<bool> {
-        match self.skip_reason(run, unit, item) {
+        match self.skip_reason(run, unit, item, &schedule.needs[unit.step]) {
             Ok(None) => {}
             Ok(Some(reason)) => {
                 self.apply(run, unit, StepOutcome::Skipped(reason), Vec::new(), halt);
@@ -407,11 +407,17 @@ impl Runner {
     /// Why a unit is skipped without running, if it is: every output the step reads
     /// was skipped, or its condition (an expression) is false; a loop's condition is
     /// asked of each item. A condition in words is decided when the step runs.
-    fn skip_reason(&self, run: &Run, unit: Unit, item: Option<&Value>) -> std::result::Result<Option<String>, Failure> {
+    /// `needed` is the step's dependencies.
+    fn skip_reason(
+        &self,
+        run: &Run,
+        unit: Unit,
+        item: Option<&Value>,
+        needed: &[String],
+    ) -> std::result::Result<Option<String>, Failure> {
         let outputs = &run.workflow.outputs().step_outputs;
         let step = &run.plan.steps[unit.step];
         if unit.item.is_none() {
-            let needed = run.plan.dependencies(unit.step);
             if !needed.is_empty() && needed.iter().all(|name| outputs.get(name).is_some_and(|o| o.skipped.is_some())) {
                 return Ok(Some(format!("every output it reads was skipped ({})", needed.join(", "))));
             }

@@ -471,8 +471,8 @@ fn cutoff_micros(before: DateTime<Utc>) -> DateTime<Utc> {
     if fraction { rounded.checked_add_signed(chrono::Duration::microseconds(1)).unwrap_or(rounded) } else { rounded }
 }
 
-const LOCK_ROW: &str = "SELECT lease_owner, lease_epoch, lease_expires_at, attempts, cancel_requested, version \
-                        FROM {S}.workflows WHERE id = $1 FOR UPDATE";
+const LOCK_ROW: &str = "SELECT lease_owner, lease_epoch, lease_expires_at, attempts, cancel_requested, version, \
+                        set_aside IS NOT NULL FROM {S}.workflows WHERE id = $1 FOR UPDATE";
 const STORE_LEASE: &str = "UPDATE {S}.workflows SET lease_owner = $2, lease_epoch = $3, lease_expires_at = $4, \
                            attempts = $5 WHERE id = $1";
 const INSERT_WORKFLOW: &str = "INSERT INTO {S}.workflows \
@@ -814,7 +814,8 @@ impl<C: GenericClient> RowTx for Rows<'_, C> {
             expires_at: row.try_get(2)?,
             attempts: from_int(row.try_get(3)?)?,
         };
-        Ok(Some(LeaseRow { lease, cancel_requested: row.try_get(4)?, version: from_int(row.try_get(5)?)? }))
+        let version = from_int(row.try_get(5)?)?;
+        Ok(Some(LeaseRow::new(lease, row.try_get(4)?, version).set_aside(row.try_get(6)?)))
     }
 
     fn store_lease(&mut self, id: WorkflowId, lease: &LeaseState) -> DbResult<()> {
@@ -854,9 +855,8 @@ impl<C: GenericClient> RowTx for Rows<'_, C> {
         self.send("UPDATE {S}.workflows SET set_aside = $2 WHERE id = $1", args)
     }
 
-    fn put_back(&mut self, id: WorkflowId) -> DbResult<bool> {
-        let sql = "UPDATE {S}.workflows SET set_aside = NULL WHERE id = $1 AND set_aside IS NOT NULL";
-        Ok(self.execute(sql, &[&id.to_string()])? > 0)
+    fn put_back(&mut self, id: WorkflowId) -> DbResult<()> {
+        self.send("UPDATE {S}.workflows SET set_aside = NULL WHERE id = $1", vec![Box::new(id.to_string())])
     }
 
     fn set_aside_rows(&mut self) -> DbResult<Vec<SetAside>> {

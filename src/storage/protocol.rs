@@ -254,12 +254,12 @@ impl<S: RowStore> LeaseQueue for S {
             Access::Write,
             what,
             again(move |tx| {
-                tx.lease(id)?.ok_or(Error::WorkflowNotFound(id))?;
-                let put = tx.put_back(id)?;
-                if put {
+                let row = tx.lease(id)?.ok_or(Error::WorkflowNotFound(id))?;
+                if row.set_aside {
+                    tx.put_back(id)?;
                     tx.announce_runnable()?;
                 }
-                Ok(put)
+                Ok(row.set_aside)
             }),
         )
         .await?;
@@ -506,8 +506,11 @@ fn grant(tx: &mut dyn RowTx, id: WorkflowId, owner: &str, ttl: Duration) -> Rows
     let row = tx.lease(id)?.ok_or(Error::WorkflowNotFound(id))?;
     let now = tx.now()?;
     let workflow = tx.workflow(id)?.ok_or(Error::WorkflowNotFound(id))?;
+    let set_aside = row.set_aside;
     let grant = lease_for(tx, row, workflow, owner, ttl, now)?;
-    tx.put_back(id)?;
+    if set_aside {
+        tx.put_back(id)?;
+    }
     Ok(grant)
 }
 

@@ -44,12 +44,23 @@ pub struct LeaseRow {
     pub cancel_requested: Option<String>,
     /// The stored workflow's version.
     pub version: u64,
+    /// Whether the workflow is [set aside](RowTx::set_aside): taking its lease puts
+    /// it back.
+    pub set_aside: bool,
 }
 
 impl LeaseRow {
-    /// The row of a workflow at `version`, with `lease` and any cancellation request.
+    /// The row of a workflow at `version`, with `lease` and any cancellation
+    /// request, not set aside.
     pub fn new(lease: LeaseState, cancel_requested: Option<String>, version: u64) -> Self {
-        Self { lease, cancel_requested, version }
+        Self { lease, cancel_requested, version, set_aside: false }
+    }
+
+    /// This row, set aside if `set_aside`.
+    #[must_use]
+    pub fn set_aside(mut self, set_aside: bool) -> Self {
+        self.set_aside = set_aside;
+        self
     }
 }
 
@@ -329,16 +340,18 @@ pub trait RowTx {
     fn next_runnable(&mut self, now: DateTime<Utc>) -> Result<Option<String>, RowError>;
     /// Marks workflow `id` set aside for `reason`: no claim chooses it (neither
     /// [`RowTx::next_runnable`] nor [`RowTx::has_queued_work`] counts it) until
-    /// [`RowTx::put_back`]. It stays stored, and queued if it was.
+    /// [`RowTx::put_back`], and [`RowTx::lease`] says so ([`LeaseRow::set_aside`]).
+    /// It stays stored, and queued if it was.
     ///
     /// # Errors
     /// The store's.
     fn set_aside(&mut self, id: &str, reason: &str) -> Result<(), RowError>;
-    /// Clears workflow `id`'s set-aside mark; whether it had one.
+    /// Clears workflow `id`'s set-aside mark (asked only of a row whose
+    /// [`LeaseRow::set_aside`] is set).
     ///
     /// # Errors
     /// The store's.
-    fn put_back(&mut self, id: WorkflowId) -> Result<bool, RowError>;
+    fn put_back(&mut self, id: WorkflowId) -> Result<(), RowError>;
     /// Every workflow set aside, with its reason, in id order.
     ///
     /// # Errors

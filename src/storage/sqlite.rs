@@ -505,8 +505,8 @@ const QUEUED_WORK: &str = "SELECT 1 FROM workflows WHERE queued IS NOT NULL AND 
                            AND state IN ('NOT_STARTED', 'IN_PROGRESS', 'READY_TO_RESUME') LIMIT 1";
 const UPDATE_WORKFLOW: &str = "UPDATE workflows SET plan_id = ?2, state = ?3, version = ?4, end_user_id = ?5, \
                                body = ?6, updated_at = ?7 WHERE id = ?1";
-const LEASE_ROW: &str = "SELECT lease_owner, lease_epoch, lease_expires_at, attempts, cancel_requested, version \
-                         FROM workflows WHERE id = ?1";
+const LEASE_ROW: &str = "SELECT lease_owner, lease_epoch, lease_expires_at, attempts, cancel_requested, version, \
+                         set_aside IS NOT NULL FROM workflows WHERE id = ?1";
 const STORE_LEASE: &str =
     "UPDATE workflows SET lease_owner = ?2, lease_epoch = ?3, lease_expires_at = ?4, attempts = ?5 WHERE id = ?1";
 
@@ -577,7 +577,7 @@ impl RowTx for Rows<'_> {
                 expires_at: expires_at.map(from_ms).transpose()?,
                 attempts: from_int(row.get(3)?)?,
             };
-            Ok(LeaseRow { lease, cancel_requested: row.get(4)?, version: from_int(row.get(5)?)? })
+            Ok(LeaseRow::new(lease, row.get(4)?, from_int(row.get(5)?)?).set_aside(row.get(6)?))
         })?;
         Ok(rows.pop())
     }
@@ -607,9 +607,8 @@ impl RowTx for Rows<'_> {
         self.run("UPDATE workflows SET set_aside = ?2 WHERE id = ?1", [id, reason]).map(drop)
     }
 
-    fn put_back(&mut self, id: WorkflowId) -> DbResult<bool> {
-        let sql = "UPDATE workflows SET set_aside = NULL WHERE id = ?1 AND set_aside IS NOT NULL";
-        Ok(self.run(sql, [id.to_string()])? > 0)
+    fn put_back(&mut self, id: WorkflowId) -> DbResult<()> {
+        self.run("UPDATE workflows SET set_aside = NULL WHERE id = ?1", [id.to_string()]).map(drop)
     }
 
     fn set_aside_rows(&mut self) -> DbResult<Vec<SetAside>> {

@@ -159,7 +159,10 @@ impl RowTx for Tx<'_> {
 
     fn lease(&mut self, id: WorkflowId) -> Done<Option<LeaseRow>> {
         let row = self.row(id);
-        Ok(row.map(|row| LeaseRow::new(row.lease.clone(), row.cancel_requested.clone(), row.workflow.version())))
+        Ok(row.map(|row| {
+            LeaseRow::new(row.lease.clone(), row.cancel_requested.clone(), row.workflow.version())
+                .set_aside(row.set_aside.is_some())
+        }))
     }
 
     fn store_lease(&mut self, id: WorkflowId, lease: &LeaseState) -> Done<()> {
@@ -188,8 +191,11 @@ impl RowTx for Tx<'_> {
         Ok(())
     }
 
-    fn put_back(&mut self, id: WorkflowId) -> Done<bool> {
-        Ok(self.row(id).and_then(|row| row.set_aside.take()).is_some())
+    fn put_back(&mut self, id: WorkflowId) -> Done<()> {
+        if let Some(row) = self.row(id) {
+            row.set_aside = None;
+        }
+        Ok(())
     }
 
     fn set_aside_rows(&mut self) -> Done<Vec<SetAside>> {

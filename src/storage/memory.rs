@@ -39,9 +39,12 @@ pub struct InMemoryStorage {
 #[derive(Debug, Default)]
 struct State {
     // Every save looks its workflow up. The crate makes the ids, so no one can pick
-    // keys that collide: a fast hasher will do.
-    plans: HashMap<PlanId, Plan, RandomState>,
-    workflows: HashMap<WorkflowId, Row, RandomState>,
+    // keys that collide: a fast hasher will do. Rows and plans are boxed: a table
+    // keeps a quarter or more of its slots empty, and an empty slot of a few hundred
+    // bytes per finished workflow kept added up; growing the table also copied
+    // every row while the old table was still held.
+    plans: HashMap<PlanId, Box<Plan>, RandomState>,
+    workflows: HashMap<WorkflowId, Box<Row>, RandomState>,
     /// Counts submissions, so that the longest-waiting queued workflow goes first.
     submitted: u64,
 }
@@ -75,6 +78,18 @@ impl Row {
     /// Where the tool call `key` is in the journal, or where it would go.
     fn tool_call_at(&self, key: ToolCallKey) -> Result<usize, usize> {
         self.tool_calls.binary_search_by_key(&key, |r| r.key)
+    }
+
+    /// Stores `events`. The save that finishes a workflow stores its last ones: the
+    /// room its lists keep for more is then given back, since a finished workflow
+    /// gets no more events, calls or usage, and a store keeps many of them.
+    fn add_events(&mut self, events: impl IntoIterator<Item = StoredEvent>) {
+        self.events.extend(events);
+        if self.workflow.state().is_terminal() {
+            self.events.shrink_to_fit();
+            self.tool_calls.shrink_to_fit();
+            self.usage.shrink_to_fit();
+        }
     }
 }
 
@@ -194,7 +209,7 @@ type Done<T> = std::result::Result<T, RowError>;
 
 impl Rows<'_> {
     fn row(&mut self, id: WorkflowId) -> Option<&mut Row> {
-        self.state.workflows.get_mut(&id)
+        self.state.workflows.get_mut(&id).map(Box::as_mut)
     }
 }
 
@@ -206,7 +221,7 @@ impl RowTx for Rows<'_> {
     fn insert_plan(&mut self, plan: Plan) -> Done<Option<Plan>> {
         match self.state.plans.entry(plan.id) {
             Entry::Vacant(vacant) => {
-                vacant.insert(plan);
+                vacant.insert(Box::new(plan));
                 Ok(None)
             }
             Entry::Occupied(_) => Ok(Some(plan)),
@@ -214,7 +229,7 @@ impl RowTx for Rows<'_> {
     }
 
     fn plan(&mut self, id: PlanId) -> Done<Option<Plan>> {
-        Ok(self.state.plans.get(&id).cloned())
+        Ok(self.state.plans.get(&id).map(|plan| Plan::clone(plan)))
     }
 
     fn insert_workflow(&mut self, workflow: Workflow, now: DateTime<Utc>, queued: bool) -> Done<bool> {
@@ -235,7 +250,7 @@ impl RowTx for Rows<'_> {
             tool_calls: Vec::new(),
             usage: Vec::new(),
         };
-        state.workflows.insert(row.workflow.id(), row);
+        state.workflows.insert(row.workflow.id(), Box::new(row));
         Ok(true)
     }
 
@@ -290,7 +305,7 @@ impl RowTx for Rows<'_> {
     }
 
     fn has_queued_work(&mut self) -> Done<bool> {
-        Ok(self.state.workflows.values().any(Row::is_claimable))
+        Ok(self.state.workflows.values().any(|row| row.is_claimable()))
     }
 
     fn set_aside(&mut self, id: &str, reason: &str) -> Done<()> {
@@ -324,7 +339,14 @@ impl RowTx for Rows<'_> {
 
     fn insert_event(&mut self, id: WorkflowId, event: StoredEvent) -> Done<()> {
         if let Some(row) = self.row(id) {
-            row.events.push(event);
+            row.add_events([event]);
+        }
+        Ok(())
+    }
+
+    fn insert_events(&mut self, id: WorkflowId, events: Vec<StoredEvent>) -> Done<()> {
+        if let Some(row) = self.row(id) {
+            row.add_events(events);
         }
         Ok(())
     }
@@ -389,5 +411,43 @@ impl RowTx for Rows<'_> {
 
     fn delete_workflow(&mut self, id: &str) -> Done<bool> {
         Ok(id.parse().is_ok_and(|id| self.state.delete(id)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{EventKind, WorkflowEvent};
+    use crate::plan::PlanBuilder;
+    use crate::state::WorkflowState;
+    use crate::storage::{Lease, LeaseQueue, PlanStore, WorkflowStore};
+
+    /// Saves the next version of `workflow`, in `state`, with one event per version.
+    async fn save(store: &InMemoryStorage, workflow: &mut Workflow, lease: &Lease, to: WorkflowState) {
+        let from = workflow.state();
+        workflow.transition_to(to).expect("a legal move");
+        workflow.bump_version();
+        let event = WorkflowEvent::new(workflow.id(), EventKind::StateChanged { from, to });
+        store.update_workflow(workflow, lease, &[event.clone(), event.clone(), event]).await.expect("saved");
+    }
+
+    #[tokio::test]
+    async fn a_finished_workflow_keeps_no_room_for_more_events() {
+        let store = InMemoryStorage::new();
+        let plan = PlanBuilder::new("q").step("a", None, "$a").build();
+        store.save_plan(&plan).await.expect("plan saved");
+        let mut workflow = Workflow::new(plan.id, crate::ExecutionContext::default());
+        let lease = store.create_leased(&workflow, "me", Duration::from_secs(60)).await.expect("leased").lease;
+        save(&store, &mut workflow, &lease, WorkflowState::InProgress).await;
+        let id = workflow.id();
+        let room = |store: &InMemoryStorage| {
+            let events = &store.state().workflows[&id].events;
+            (events.len(), events.capacity())
+        };
+        let (stored, capacity) = room(&store);
+        assert!(capacity > stored, "a running workflow's events have room to grow ({stored} of {capacity})");
+
+        save(&store, &mut workflow, &lease, WorkflowState::Complete).await;
+        assert_eq!(room(&store), (6, 6));
     }
 }

@@ -106,8 +106,8 @@ pub enum EventKind {
         call: ToolCallKey,
         /// The tool.
         tool_id: String,
-        /// The arguments.
-        arguments: Value,
+        /// The arguments (shared with the journal's record, not copied).
+        arguments: SharedValue,
     },
     /// A tool call ended, or its recorded outcome was replayed from the journal.
     ToolCallFinished {
@@ -211,8 +211,9 @@ pub enum EventKind {
     /// A step asked a human: when it ended, or, for a question a running tool asks
     /// while its call waits, at once (announced once either way).
     ClarificationRaised {
-        /// The question.
-        clarification: Clarification,
+        /// The question, boxed: it is several times the size of any other event's
+        /// fields, and every event stored or sent takes the size of the largest.
+        clarification: Box<Clarification>,
     },
     /// A human answered.
     ClarificationResolved {
@@ -419,5 +420,18 @@ impl EventStream {
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_event_takes_no_more_room_than_its_usual_kinds() {
+        // Every event takes the size of the largest kind, and a store keeps every
+        // event of every workflow it keeps; a clarification held inline doubled it.
+        let size = std::mem::size_of::<StoredEvent>();
+        assert!(size <= 160, "a stored event takes {size} bytes");
     }
 }

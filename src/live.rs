@@ -114,7 +114,9 @@ impl Asker {
         question.step = Some(asker.call.step);
         let mut registered = asker.live.register(question.clone());
         asker.step.keep(question.clone());
-        asker.events.emit(question.workflow_id, EventKind::ClarificationRaised { clarification: question.clone() });
+        asker
+            .events
+            .emit(question.workflow_id, EventKind::ClarificationRaised { clarification: Box::new(question.clone()) });
         let answered = tokio::select! {
             answer = &mut registered.receiver => answer.ok(),
             () = tokio::time::sleep(wait) => None,
@@ -170,7 +172,7 @@ mod tests {
 
     async fn raised(stream: &mut crate::events::EventStream) -> Clarification {
         match stream.next().await.unwrap().unwrap().kind {
-            EventKind::ClarificationRaised { clarification } => clarification,
+            EventKind::ClarificationRaised { clarification } => *clarification,
             other => panic!("expected a raised question, got {other:?}"),
         }
     }

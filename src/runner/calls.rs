@@ -122,12 +122,14 @@ pub(crate) struct CallServices {
 impl StepCalls for ToolCalls {
     fn journaled_call(&self) -> Option<(String, Value)> {
         let seq = self.next_seq.load(Ordering::SeqCst);
-        self.journaled.iter().find(|r| r.key.seq == seq).map(|r| (r.tool_id.clone(), r.input.clone()))
+        self.journaled.iter().find(|r| r.key.seq == seq).map(|r| (r.tool_id.clone(), Value::clone(&r.input)))
     }
 
     fn earlier_calls(&self) -> Vec<PastCall> {
         let finished = self.earlier.iter().filter_map(|r| Some((r, r.outcome()?)));
-        finished.map(|(r, outcome)| PastCall { tool_id: r.tool_id.clone(), args: r.input.clone(), outcome }).collect()
+        finished
+            .map(|(r, outcome)| PastCall { tool_id: r.tool_id.clone(), args: Value::clone(&r.input), outcome })
+            .collect()
     }
 
     fn cancellation(&self) -> CancellationToken {
@@ -329,7 +331,7 @@ impl ToolCalls {
             ToolCallDecision::Deny(reason) => {
                 return self.finish(record, Err(ToolError::Denied(reason)), 0.0, Journaled::Intent).await;
             }
-            ToolCallDecision::ProceedWith(arguments) => record.input = arguments,
+            ToolCallDecision::ProceedWith(arguments) => record.input = arguments.into(),
             ToolCallDecision::Proceed => {}
         }
         // Decided: from now on a crash leaves a call that may have been made.
@@ -365,7 +367,7 @@ impl ToolCalls {
             gen_ai.tool.call.id = %key,
         );
         let started = Instant::now();
-        let result = tool.run(&run_ctx, record.input.clone()).instrument(span).await;
+        let result = tool.run(&run_ctx, Value::clone(&record.input)).instrument(span).await;
         let arguments = record.input.clone();
         let outcome = self.finish(record, result, started.elapsed().as_secs_f64(), journaled).await;
         let request = ToolCallRequest {
@@ -446,9 +448,11 @@ fn unknown_outcome(spec: &ToolSpec, record: &ToolCallRecord, clarifications: &[C
         Some(CallVerdict::Done(value)) => {
             Unknown::Done(value.unwrap_or_else(|| Value::from("A person confirmed that this call took effect.")))
         }
-        None => {
-            Unknown::Ask(Box::new(Clarification::tool_call_outcome(record.key, &record.tool_id, record.input.clone())))
-        }
+        None => Unknown::Ask(Box::new(Clarification::tool_call_outcome(
+            record.key,
+            &record.tool_id,
+            Value::clone(&record.input),
+        ))),
     }
 }
 

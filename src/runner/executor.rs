@@ -515,7 +515,8 @@ impl Runner {
                 let raised = workflow.add_clarifications(index, list);
                 // A question first asked live was announced then.
                 for clarification in raised.into_iter().filter(|c| !asked_live.iter().any(|l| l.id == c.id)) {
-                    run.events.emit(workflow.id(), EventKind::ClarificationRaised { clarification });
+                    run.events
+                        .emit(workflow.id(), EventKind::ClarificationRaised { clarification: Box::new(clarification) });
                 }
                 halt.clarifying = true;
             }

@@ -25,8 +25,9 @@ pub struct ToolCallRecord {
     pub tool_id: String,
     /// The end user the workflow runs for.
     pub end_user_id: Option<String>,
-    /// The arguments chosen, stored before the call.
-    pub input: Value,
+    /// The arguments chosen, stored before the call (shared with the
+    /// [`ToolCallStarted`](crate::runner::EventKind::ToolCallStarted) event, not copied).
+    pub input: SharedValue,
     /// Where the call stands.
     pub status: ToolCallStatus,
     /// The value, the clarifications, or the error message; null while STARTED.
@@ -39,12 +40,12 @@ pub struct ToolCallRecord {
 
 impl ToolCallRecord {
     /// The intent to call `tool_id` with `input`.
-    pub fn intent(key: ToolCallKey, tool_id: &str, end_user_id: Option<String>, input: Value) -> Self {
+    pub fn intent(key: ToolCallKey, tool_id: &str, end_user_id: Option<String>, input: impl Into<SharedValue>) -> Self {
         Self {
             key,
             tool_id: tool_id.to_owned(),
             end_user_id,
-            input,
+            input: input.into(),
             status: ToolCallStatus::Started,
             output: SharedValue::default(),
             started_at: Utc::now(),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use portia::llm::{LlmProvider, StreamMode};
 use portia::runner::EventKind;
 use portia::testing::MockTool;
-use portia::{Config, InMemoryToolRegistry, PlanBuilder, Runner, Workflow, WorkflowState};
+use portia::{Config, InMemoryToolRegistry, PlanBuilder, Runner, SharedValue, Workflow, WorkflowState};
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -164,7 +164,7 @@ async fn tool_input_is_assembled_from_its_fragments_and_streamed() {
         EventKind::ToolCallStarted { arguments, .. } => Some(arguments.clone()),
         _ => None,
     });
-    assert_eq!(arguments, Some(json!({"text": "hi"})));
+    assert_eq!(arguments.map(SharedValue::into_value), Some(json!({"text": "hi"})));
     assert_eq!((done.usage().total.prompt_tokens, done.usage().total.completion_tokens), (20, 7));
 }
 

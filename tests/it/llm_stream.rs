@@ -9,7 +9,7 @@ use std::sync::Arc;
 use portia::llm::{LlmProvider, StreamMode};
 use portia::runner::{EventKind, WorkflowEvent};
 use portia::testing::MockTool;
-use portia::{Config, InMemoryToolRegistry, Plan, PlanBuilder, Runner, Workflow, WorkflowState};
+use portia::{Config, InMemoryToolRegistry, Plan, PlanBuilder, Runner, SharedValue, Workflow, WorkflowState};
 use serde_json::{Value, json};
 use wiremock::matchers::{body_partial_json, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -209,7 +209,7 @@ async fn openai_tool_call_arguments_are_assembled_from_their_pieces_and_streamed
         EventKind::ToolCallStarted { arguments, .. } => Some(arguments.clone()),
         _ => None,
     });
-    assert_eq!(arguments, Some(json!({"text": "hi"})));
+    assert_eq!(arguments.map(SharedValue::into_value), Some(json!({"text": "hi"})));
     assert_eq!((done.usage().total.prompt_tokens, done.usage().total.completion_tokens), (20, 7));
 }
 
@@ -266,7 +266,7 @@ async fn anthropic_text_and_tool_input_stream_with_exact_usage() {
         EventKind::ToolCallStarted { arguments, .. } => Some(arguments.clone()),
         _ => None,
     });
-    assert_eq!(arguments, Some(json!({"text": "hi"})));
+    assert_eq!(arguments.map(SharedValue::into_value), Some(json!({"text": "hi"})));
     assert_eq!((done.usage().total.prompt_tokens, done.usage().total.completion_tokens), (32, 12));
     assert_eq!(done.usage().total.cache_read_tokens, 2, "the cached input is counted apart");
 }

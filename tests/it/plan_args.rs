@@ -66,7 +66,8 @@ async fn seed_scenario_with_planned_arguments_takes_three_llm_calls_and_under_12
     let total = workflow.usage().total;
     assert_eq!(total.llm_calls, 3, "plan, comparison, summary: the searches need no LLM call");
     assert!(total.prompt_tokens <= 1200, "{total:?}");
-    let searched: Vec<Value> = h.runner.tool_calls(workflow.id()).await.unwrap().into_iter().map(|c| c.input).collect();
+    let searched: Vec<Value> =
+        h.runner.tool_calls(workflow.id()).await.unwrap().into_iter().map(|c| c.input.into_value()).collect();
     assert!(searched.contains(&json!({"search_query": "Amazon stock price growth 2024"})), "{searched:?}");
     let planner = &h.llm.requests()[0];
     let schema = planner.output_schema.as_ref().unwrap().schema.to_string();

@@ -248,7 +248,7 @@ impl<'a> View<'a> {
             EventKind::ClarificationRaised { clarification }
                 if clarification.step.is_some_and(|step| self.steps.contains_key(&step)) =>
             {
-                return Some(clarification.clone());
+                return Some(Clarification::clone(clarification));
             }
             _ => {}
         }

@@ -253,7 +253,7 @@ impl Translator {
                 custom(&mut out, "portia.llm_call", stored);
             }
             EventKind::ClarificationRaised { clarification } => {
-                self.open_questions.insert(clarification.id, clarification.clone());
+                self.open_questions.insert(clarification.id, Clarification::clone(clarification));
                 let name = if is_approval(clarification) { "portia.approval" } else { "portia.clarification" };
                 out.push(json!({"type": "CUSTOM", "name": name, "value": clarification}));
             }
@@ -666,7 +666,7 @@ mod tests {
     /// The stored start and finish of the call `key` to `echo` with `{"text": "hi"}`.
     fn echo_made(key: ToolCallKey) -> [EventKind; 2] {
         [
-            EventKind::ToolCallStarted { call: key, tool_id: "echo".into(), arguments: json!({"text": "hi"}) },
+            EventKind::ToolCallStarted { call: key, tool_id: "echo".into(), arguments: json!({"text": "hi"}).into() },
             EventKind::ToolCallFinished {
                 call: key,
                 tool_id: "echo".into(),
@@ -809,7 +809,8 @@ mod tests {
         let mut translator = Translator::new(workflow_id.to_string());
         let mut out = translator.live(&WorkflowEvent::new(workflow_id, echo_piece(None, "{}")));
         let key = ToolCallKey::new(workflow_id, 0, 0, 0);
-        let started = EventKind::ToolCallStarted { call: key, tool_id: "echo".into(), arguments: json!({"a": 1}) };
+        let started =
+            EventKind::ToolCallStarted { call: key, tool_id: "echo".into(), arguments: json!({"a": 1}).into() };
         out.extend(translator.translate(&StoredEvent::new(1, WorkflowEvent::new(workflow_id, started)), &workflow));
         let starts: Vec<&Value> = out.iter().filter(|e| e["type"] == "TOOL_CALL_START").collect();
         assert_eq!(starts.len(), 2);

@@ -177,7 +177,7 @@ async fn a_failed_workflow_is_retried_from_its_page() {
 /// worker claims it.
 #[tokio::test]
 #[ignore = "needs chromium: Debian's chromium and chromium-driver (.ci/run installs them)"]
-async fn a_workflow_set_aside_says_why_and_is_put_back_from_its_page() {
+async fn a_workflow_set_aside_is_marked_in_the_list_and_put_back_from_its_page() {
     let weather = MockTool::returning("weather_tool", json!("-3°C"));
     let served = serve(runner_with(vec![weather], ScriptedLlm::new()), ServeOptions::new().workers(0)).await;
     let queued = json!({"plan": tool_plan("Weather?", "weather_tool"), "mode": "queue"});
@@ -188,6 +188,10 @@ async fn a_workflow_set_aside_says_why_and_is_put_back_from_its_page() {
     let claimed = storage.claim_runnable("worker", ttl).await.unwrap().expect("queued");
     storage.set_aside(&claimed.lease, "plan p cannot be read").await.unwrap();
     let browser = Browser::start().await;
+    browser.client.goto(&served.url("/")).await.unwrap();
+    let marked = format!("tr[data-id='{id}'][data-aside='plan p cannot be read']");
+    browser.wait_for(&format!("{marked} .aside")).await;
+    assert_eq!(browser.text_of(&format!("{marked} .aside")).await, "set aside");
     browser.client.goto(&served.url(&format!("/workflows/{id}"))).await.unwrap();
     browser.wait_for("#set-aside:not([hidden])").await;
     assert_eq!(browser.text_of("#set-aside-reason").await, "plan p cannot be read");

@@ -7,17 +7,46 @@ const FALLBACK_POLL_MS = 10000;
 const table = document.getElementById("workflows");
 const body = table.querySelector("tbody");
 const listStatus = document.getElementById("list-status");
+const ASIDE_POLL_MS = 10000;
 let count = 0;
+// Why each workflow set aside was (GET /v1/set-aside), by id. Setting one aside
+// changes no workflow, so the stream does not announce it: it is read with the list
+// and every ten seconds.
+let aside = new Map();
 
 function row(workflow) {
   const link = el("a", { href: "/workflows/" + workflow.id }, workflow.id.slice(0, 13) + "…");
   const waiting = workflow.open_clarifications ? " (" + workflow.open_clarifications + " open)" : "";
-  return el("tr", { "data-id": workflow.id, "data-state": workflow.state },
+  return markAside(el("tr", { "data-id": workflow.id, "data-state": workflow.state },
     el("td", { "data-label": "Workflow" }, link),
     el("td", { "data-label": "Query" }, workflow.query),
     el("td", { "data-label": "State" }, stateBadge(workflow.state), waiting),
     el("td", { "data-label": "Cost" }, money(workflow.cost_usd)),
-    el("td", { "data-label": "Age" }, age(workflow.started_at)));
+    el("td", { "data-label": "Age" }, age(workflow.started_at))));
+}
+
+// Shows whether the row's workflow is set aside, with why on hover and on its page.
+function markAside(tr) {
+  const reason = aside.get(tr.dataset.id);
+  const state = tr.querySelector("td[data-label='State']");
+  state.querySelector(".aside")?.remove();
+  if (reason === undefined) {
+    delete tr.dataset.aside;
+  } else {
+    tr.dataset.aside = reason;
+    state.append(" ", el("span", { class: "aside error", title: reason }, "set aside"));
+  }
+  return tr;
+}
+
+async function readAside() {
+  try {
+    const entries = await api("GET", "/v1/set-aside");
+    aside = new Map(entries.map((entry) => [entry.workflow_id, entry.reason]));
+    [...body.rows].forEach(markAside);
+  } catch {
+    // The list's own status says when the server cannot be read.
+  }
 }
 
 async function refresh() {
@@ -27,6 +56,7 @@ async function refresh() {
     count = page.count;
     showCount();
     say(listStatus, "");
+    readAside();
   } catch (error) {
     say(listStatus, "Could not read the workflows: " + error.message, true);
   }
@@ -98,3 +128,4 @@ function follow() {
 }
 
 follow();
+setInterval(readAside, ASIDE_POLL_MS);

@@ -189,6 +189,9 @@ pub(super) async fn metrics(
         state.metrics.lock().unwrap_or_else(PoisonError::into_inner).extend(seen);
     }
     let set_aside = set_aside_seen(&state, &caller, &workflows).await?;
+    // A row that cannot be read cannot be told whose it is: counted for a caller who
+    // sees every workflow only.
+    let unreadable = caller.end_user_id.is_none().then_some(unreadable);
     let text = render(&by_state, Stranded { unreadable, set_aside }, &total);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
 }
@@ -204,7 +207,8 @@ async fn set_aside_seen(state: &AppState, caller: &Caller, workflows: &[Workflow
 /// The stored workflows no worker runs as they are.
 #[derive(Debug, Clone, Copy)]
 struct Stranded {
-    unreadable: usize,
+    /// `None` for a caller bound to an end user.
+    unreadable: Option<usize>,
     set_aside: usize,
 }
 
@@ -223,13 +227,15 @@ fn render(by_state: &BTreeMap<String, u64>, stranded: Stranded, total: &Figures)
         let count = by_state.get(&name).copied().unwrap_or(0);
         let _ = writeln!(out, "portia_workflows{{state=\"{}\"}} {count}", escape(&name));
     }
-    header(
-        &mut out,
-        "portia_workflows_unreadable",
-        "gauge",
-        "Stored workflows that cannot be read (a queued one is set aside; `portia list` names them).",
-    );
-    let _ = writeln!(out, "portia_workflows_unreadable {}", stranded.unreadable);
+    if let Some(unreadable) = stranded.unreadable {
+        header(
+            &mut out,
+            "portia_workflows_unreadable",
+            "gauge",
+            "Stored workflows that cannot be read (a queued one is set aside; `portia list` names them).",
+        );
+        let _ = writeln!(out, "portia_workflows_unreadable {unreadable}");
+    }
     header(
         &mut out,
         "portia_workflows_set_aside",

@@ -633,8 +633,10 @@ impl Runner {
     }
 
     /// [`Runner::retry_workflow`], with the new workflow queued for the workers
-    /// rather than left for the caller to run. A retry made before is returned as it
-    /// is, and queued only if it was made queued.
+    /// rather than left for the caller to run. A retry made before is returned as
+    /// stored, and queued now if it was not: one made to run in its own process
+    /// whose run died would otherwise wait for a resume (a worker takes it only
+    /// while it is runnable and no live run holds its lease).
     ///
     /// # Errors
     /// As [`Runner::retry_workflow`].
@@ -654,8 +656,13 @@ impl Runner {
                 tracing::info!(workflow = %retry.id(), retry_of = %id, plan = %plan.id, "workflow created to retry a failed one");
                 Ok(retry)
             }
-            // Retried before: that retry stands.
-            Err(Error::VersionConflict { expected: 0, .. }) => storage.get_workflow(retry.id()).await,
+            // Retried before: that retry stands, and goes to the workers if asked.
+            Err(Error::VersionConflict { expected: 0, .. }) => {
+                if queued && storage.queue(retry.id()).await? {
+                    tracing::info!(workflow = %retry.id(), retry_of = %id, "a retry made to run in its own process is queued now");
+                }
+                storage.get_workflow(retry.id()).await
+            }
             Err(e) => Err(e),
         }
     }

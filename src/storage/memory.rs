@@ -322,6 +322,14 @@ impl RowTx for Rows<'_> {
         Ok(())
     }
 
+    fn queue(&mut self, id: WorkflowId) -> Done<bool> {
+        let state = &mut *self.state;
+        let Some(row) = state.workflows.get_mut(&id).filter(|row| row.queued.is_none()) else { return Ok(false) };
+        state.submitted += 1;
+        row.queued = Some(state.submitted);
+        Ok(true)
+    }
+
     fn set_aside_rows(&mut self) -> Done<Vec<SetAside>> {
         let rows = self.state.workflows.values();
         let mut aside: Vec<_> = rows

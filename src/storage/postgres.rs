@@ -859,6 +859,11 @@ impl<C: GenericClient> RowTx for Rows<'_, C> {
         self.send("UPDATE {S}.workflows SET set_aside = NULL WHERE id = $1", vec![Box::new(id.to_string())])
     }
 
+    fn queue(&mut self, id: WorkflowId) -> DbResult<bool> {
+        let sql = "UPDATE {S}.workflows SET queued = nextval('{S}.submissions') WHERE id = $1 AND queued IS NULL";
+        Ok(self.execute(sql, &[&id.to_string()])? > 0)
+    }
+
     fn set_aside_rows(&mut self) -> DbResult<Vec<SetAside>> {
         let sql = "SELECT id, set_aside, queued IS NOT NULL FROM {S}.workflows WHERE set_aside IS NOT NULL ORDER BY id";
         let rows = self.query(sql, &[])?;

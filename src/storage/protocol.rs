@@ -269,6 +269,22 @@ impl<S: RowStore> LeaseQueue for S {
         Ok(put)
     }
 
+    async fn queue(&self, id: WorkflowId) -> Result<bool> {
+        let queue = again(move |tx| {
+            tx.lease(id)?.ok_or(Error::WorkflowNotFound(id))?;
+            let queued = tx.queue(id)?;
+            if queued {
+                tx.announce_runnable()?;
+            }
+            Ok(queued)
+        });
+        let queued = run(self, Access::Write, || format!("cannot queue workflow {id}"), queue).await?;
+        if queued {
+            self.runnable_changed();
+        }
+        Ok(queued)
+    }
+
     async fn set_aside_workflows(&self) -> Result<Vec<SetAside>> {
         read(self, || "cannot list the workflows set aside".to_owned(), |tx| tx.set_aside_rows()).await
     }

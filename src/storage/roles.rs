@@ -195,6 +195,15 @@ pub trait LeaseQueue: WorkflowStore {
     /// # Errors
     /// [`Error::WorkflowNotFound`](crate::Error::WorkflowNotFound), or the store's.
     async fn put_back(&self, id: WorkflowId) -> Result<bool>;
+    /// Queues a stored workflow for the workers, at the back, unless it is queued
+    /// already: one created to run in its own process
+    /// ([`WorkflowStore::create_workflow`]) whose run died, say. Whether it was put
+    /// on the queue now. A claim takes it only while it is runnable and its lease
+    /// is free, as any queued workflow.
+    ///
+    /// # Errors
+    /// [`Error::WorkflowNotFound`](crate::Error::WorkflowNotFound), or the store's.
+    async fn queue(&self, id: WorkflowId) -> Result<bool>;
     /// The workflows set aside, by a run ([`LeaseQueue::set_aside`]) or by a claim
     /// that could not read a queued row, with the reasons, in id order.
     ///

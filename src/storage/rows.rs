@@ -357,6 +357,12 @@ pub trait RowTx {
     /// # Errors
     /// The store's.
     fn set_aside_rows(&mut self) -> Result<Vec<SetAside>, RowError>;
+    /// Puts stored workflow `id` at the back of the queue, as if submitted now,
+    /// unless it is queued already; whether it was put there.
+    ///
+    /// # Errors
+    /// The store's.
+    fn queue(&mut self, id: WorkflowId) -> Result<bool, RowError>;
     /// The reason of a cancellation requested of workflow `id`, if one was, read by
     /// [`RowStore::read`] (outside a write). This default reads [`RowTx::lease`]; a store whose
     /// `lease` locks the row for a write overrides it with a plain read.

@@ -495,8 +495,8 @@ fn workflow_args(workflow: &Workflow, now: DateTime<Utc>) -> DbResult<[rusqlite:
 
 const INSERT_WORKFLOW: &str = "INSERT INTO workflows (id, plan_id, state, version, end_user_id, body, updated_at) \
                                VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING";
-const QUEUE_WORKFLOW: &str =
-    "UPDATE workflows SET queued = (SELECT COALESCE(MAX(queued), 0) + 1 FROM workflows) WHERE id = ?1";
+const QUEUE_WORKFLOW: &str = "UPDATE workflows SET queued = (SELECT COALESCE(MAX(queued), 0) + 1 FROM workflows) \
+                              WHERE id = ?1 AND queued IS NULL";
 const NEXT_RUNNABLE: &str = "SELECT id FROM workflows WHERE queued IS NOT NULL AND set_aside IS NULL \
                              AND state IN ('NOT_STARTED', 'IN_PROGRESS', 'READY_TO_RESUME') \
                              AND (lease_owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= ?1) \
@@ -609,6 +609,10 @@ impl RowTx for Rows<'_> {
 
     fn put_back(&mut self, id: WorkflowId) -> DbResult<()> {
         self.run("UPDATE workflows SET set_aside = NULL WHERE id = ?1", [id.to_string()]).map(drop)
+    }
+
+    fn queue(&mut self, id: WorkflowId) -> DbResult<bool> {
+        Ok(self.run(QUEUE_WORKFLOW, [id.to_string()])? > 0)
     }
 
     fn set_aside_rows(&mut self) -> DbResult<Vec<SetAside>> {

@@ -272,6 +272,7 @@ cases!(
     queued_work_counts_only_what_a_worker_will_run,
     a_workflow_set_aside_is_claimed_no_more_but_can_be_resumed,
     a_workflow_set_aside_is_put_back_for_the_workers,
+    a_workflow_not_queued_is_queued_behind_those_before,
     events_are_stored_with_the_save_in_order,
     racing_handles_for_one_lease_let_one_win,
     an_event_wait_finds_stored_events_and_otherwise_times_out,
@@ -807,6 +808,21 @@ async fn a_workflow_set_aside_is_put_back_for_the_workers(f: Fixture) {
     let claimed = store.claim_runnable("w2", TTL).await.unwrap().expect("back on the queue");
     assert_eq!(claimed.workflow.id(), aside.id(), "in its place, before {}", later.id());
     assert!(!claimed.reclaimed, "setting it aside gave the lease up: no takeover");
+}
+
+async fn a_workflow_not_queued_is_queued_behind_those_before(f: Fixture) {
+    let store = f.store();
+    let kept = stored(store).await; // created to run in its own process
+    let first = submitted(store).await;
+    assert!(!store.queue(first.id()).await.unwrap(), "{} was queued when submitted", first.id());
+    assert!(matches!(store.queue(WorkflowId::new()).await, Err(Error::WorkflowNotFound(_))));
+
+    assert!(store.queue(kept.id()).await.unwrap());
+    assert!(!store.queue(kept.id()).await.unwrap(), "queued once");
+    let claim = |owner: &'static str| async move { store.claim_runnable(owner, TTL).await.expect("claim") };
+    assert_eq!(claim("w1").await.expect("the one submitted first").workflow.id(), first.id());
+    assert_eq!(claim("w2").await.expect("the one queued now").workflow.id(), kept.id());
+    assert!(claim("w3").await.is_none());
 }
 
 async fn a_submission_or_release_wakes_a_waiting_worker(f: Fixture) {

@@ -117,6 +117,9 @@ impl LeaseQueue for RecordingStorage {
     async fn lease_holder(&self, id: WorkflowId) -> portia::Result<Option<portia::storage::LeaseHolder>> {
         self.inner.lease_holder(id).await
     }
+    async fn queue(&self, id: WorkflowId) -> portia::Result<bool> {
+        self.inner.queue(id).await
+    }
     async fn set_aside(&self, lease: &Lease, reason: &str) -> portia::Result<()> {
         self.lease_ends.lock().unwrap().push("set aside");
         self.inner.set_aside(lease, reason).await

@@ -607,3 +607,30 @@ async fn a_failed_workflow_is_retried_from_the_step_that_failed_keeping_what_fin
     let missing = h.runner.retry_workflow(portia::WorkflowId::new()).await.unwrap_err();
     assert!(matches!(missing, Error::WorkflowNotFound(_)), "{missing}");
 }
+
+/// A retry made to run in its own process, whose run died before it started, is
+/// queued when a retry for the workers is asked for next, so a worker takes it
+/// where nothing would have run it until a resume.
+#[tokio::test]
+async fn a_retry_made_to_run_here_is_queued_when_asked_again_for_the_workers() {
+    let outage = portia::llm::LlmError::Other("the provider is down".into());
+    let h = harness(
+        config(ExecutionMode::Sequential, false),
+        InMemoryToolRegistry::new(),
+        ScriptedLlm::new().error(outage),
+    );
+    let plan = PlanBuilder::new("Anything?").step("Answer", None, "$answer").build();
+    let failed = h.runner.run_plan(&plan).await.unwrap();
+    assert_eq!(failed.state(), WorkflowState::Failed);
+    let storage = Arc::clone(h.runner.storage());
+    let ttl = Duration::from_secs(60);
+
+    let made_here = h.runner.retry_workflow(failed.id()).await.unwrap();
+    assert!(storage.claim_runnable("worker", ttl).await.unwrap().is_none(), "made to run here: not queued");
+    let queued = h.runner.submit_retry(failed.id()).await.unwrap();
+    assert_eq!(queued.id(), made_here.id(), "the same retry");
+    let claimed = storage.claim_runnable("worker", ttl).await.unwrap().expect("queued now");
+    assert_eq!(claimed.workflow.id(), made_here.id());
+    storage.release_lease(&claimed.lease).await.unwrap();
+    assert!(!storage.queue(made_here.id()).await.unwrap(), "queued once");
+}

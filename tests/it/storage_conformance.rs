@@ -75,6 +75,7 @@ macro_rules! pass_on {
             set_aside(lease: &Lease, reason: &str) -> portia::Result<()>;
             set_aside_workflows() -> portia::Result<Vec<portia::storage::SetAside>>;
             put_back(id: WorkflowId) -> portia::Result<bool>;
+            queue(id: WorkflowId) -> portia::Result<bool>;
             lease_holder(id: WorkflowId) -> portia::Result<Option<portia::storage::LeaseHolder>>;
             claim_runnable(owner: &str, ttl: Duration) -> portia::Result<Option<portia::storage::LeaseGrant>>;
             wait_for_runnable(timeout: Duration) -> ();
@@ -155,7 +156,7 @@ async fn a_store_that_saves_with_a_lost_lease_fails_the_fencing_case() {
 #[should_panic(expected = "storage conformance: no case is named \"no_such_case\"; the cases are: ")]
 async fn an_unknown_case_name_is_refused_with_the_list() {
     let suite = StorageConformance::new(|clock| async move { memory(clock) });
-    assert_eq!(suite.cases().count(), 27);
+    assert_eq!(suite.cases().count(), 28);
     assert!(suite.cases().any(|case| case == WAKE));
     let _ = suite.only(&["no_such_case"]);
 }

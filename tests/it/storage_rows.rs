@@ -198,6 +198,14 @@ impl RowTx for Tx<'_> {
         Ok(())
     }
 
+    fn queue(&mut self, id: WorkflowId) -> Done<bool> {
+        let tables = &mut *self.tables;
+        let Some(row) = tables.workflows.get_mut(&id).filter(|row| row.queued.is_none()) else { return Ok(false) };
+        tables.submissions += 1;
+        row.queued = Some(tables.submissions);
+        Ok(true)
+    }
+
     fn set_aside_rows(&mut self) -> Done<Vec<SetAside>> {
         let rows = self.tables.workflows.values();
         let mut aside: Vec<_> = rows

@@ -364,8 +364,9 @@ pub(super) async fn resume(
 /// Takes a FAILED workflow up again as a new workflow, which keeps what the failed
 /// one's finished steps did, and runs it or queues it for the workers (see
 /// [`Runner::retry_workflow`](crate::Runner::retry_workflow)). Retried before,
-/// the answer is that retry as it is: one that has ended is not run again, and
-/// one queued is not queued twice (`POST .../resume` runs on one whose run died).
+/// the answer is that retry as stored: one that has ended is not run again, one
+/// queued is not queued twice, and one made to run here whose run died is run on
+/// (`run`) or queued (`queue`).
 #[utoipa::path(post, path = "/v1/workflows/{id}/retry", request_body(content = Retry, description = "Optional"), tag = "workflows",
     params(("id" = String, Path, description = "The FAILED workflow's id")),
     responses((status = 202, description = "The new workflow, as stored before it runs", body = Object), (status = "4XX", body = ErrorBody)))]

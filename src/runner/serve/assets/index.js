@@ -4,10 +4,10 @@
 "use strict";
 
 const FALLBACK_POLL_MS = 10000;
+const ASIDE_POLL_MS = 10000;
 const table = document.getElementById("workflows");
 const body = table.querySelector("tbody");
 const listStatus = document.getElementById("list-status");
-const ASIDE_POLL_MS = 10000;
 let count = 0;
 // Why each workflow set aside was (GET /v1/set-aside), by id. Setting one aside
 // changes no workflow, so the stream does not announce it: it is read with the list

@@ -324,7 +324,8 @@ impl RowTx for Rows<'_> {
 
     fn queue(&mut self, id: WorkflowId) -> Done<bool> {
         let state = &mut *self.state;
-        let Some(row) = state.workflows.get_mut(&id).filter(|row| row.queued.is_none()) else { return Ok(false) };
+        let waiting = |row: &&mut Box<Row>| row.queued.is_none() && !row.workflow.state().is_terminal();
+        let Some(row) = state.workflows.get_mut(&id).filter(waiting) else { return Ok(false) };
         state.submitted += 1;
         row.queued = Some(state.submitted);
         Ok(true)
@@ -428,7 +429,9 @@ mod tests {
     use crate::events::{EventKind, WorkflowEvent};
     use crate::plan::PlanBuilder;
     use crate::state::WorkflowState;
-    use crate::storage::{Lease, LeaseQueue, PlanStore, WorkflowStore};
+    use crate::storage::{
+        Journal, Lease, LeaseQueue, PlanStore, ToolCallKey, ToolCallRecord, UsageRecord, WorkflowStore,
+    };
 
     /// Saves the next version of `workflow`, in `state`, with one event per version.
     async fn save(store: &InMemoryStorage, workflow: &mut Workflow, lease: &Lease, to: WorkflowState) {
@@ -440,7 +443,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_finished_workflow_keeps_no_room_for_more_events() {
+    async fn a_finished_workflow_keeps_no_room_for_more_events_calls_or_usage() {
         let store = InMemoryStorage::new();
         let plan = PlanBuilder::new("q").step("a", None, "$a").build();
         store.save_plan(&plan).await.expect("plan saved");
@@ -448,14 +451,27 @@ mod tests {
         let lease = store.create_leased(&workflow, "me", Duration::from_secs(60)).await.expect("leased").lease;
         save(&store, &mut workflow, &lease, WorkflowState::InProgress).await;
         let id = workflow.id();
+        for seq in 0..3 {
+            let key = ToolCallKey { workflow_id: id, step: 0, attempt: 0, seq };
+            store
+                .begin_tool_call(&lease, &ToolCallRecord::intent(key, "t", None, serde_json::Value::Null))
+                .await
+                .expect("journaled");
+            let usage = UsageRecord::new(id, None, crate::usage::Usage::default(), 0.0);
+            store.record_usage(&lease, &usage).await.expect("recorded");
+        }
+        // (stored, room) of the events, the journal and the usage.
         let room = |store: &InMemoryStorage| {
-            let events = &store.state().workflows[&id].events;
-            (events.len(), events.capacity())
+            let row = &store.state().workflows[&id];
+            [
+                (row.events.len(), row.events.capacity()),
+                (row.tool_calls.len(), row.tool_calls.capacity()),
+                (row.usage.len(), row.usage.capacity()),
+            ]
         };
-        let (stored, capacity) = room(&store);
-        assert!(capacity > stored, "a running workflow's events have room to grow ({stored} of {capacity})");
+        assert!(room(&store).iter().all(|(stored, room)| room > stored), "room to grow: {:?}", room(&store));
 
         save(&store, &mut workflow, &lease, WorkflowState::Complete).await;
-        assert_eq!(room(&store), (6, 6));
+        assert_eq!(room(&store), [(6, 6), (3, 3), (3, 3)]);
     }
 }

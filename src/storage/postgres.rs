@@ -860,7 +860,8 @@ impl<C: GenericClient> RowTx for Rows<'_, C> {
     }
 
     fn queue(&mut self, id: WorkflowId) -> DbResult<bool> {
-        let sql = "UPDATE {S}.workflows SET queued = nextval('{S}.submissions') WHERE id = $1 AND queued IS NULL";
+        let sql = "UPDATE {S}.workflows SET queued = nextval('{S}.submissions') \
+                   WHERE id = $1 AND queued IS NULL AND state NOT IN ('COMPLETE', 'FAILED')";
         Ok(self.execute(sql, &[&id.to_string()])? > 0)
     }
 

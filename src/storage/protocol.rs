@@ -271,15 +271,17 @@ impl<S: RowStore> LeaseQueue for S {
 
     async fn queue(&self, id: WorkflowId) -> Result<bool> {
         let queue = again(move |tx| {
-            tx.lease(id)?.ok_or(Error::WorkflowNotFound(id))?;
+            let row = tx.lease(id)?.ok_or(Error::WorkflowNotFound(id))?;
             let queued = tx.queue(id)?;
-            if queued {
+            // One set aside is not for the workers until it is put back.
+            let claimable = queued && !row.set_aside;
+            if claimable {
                 tx.announce_runnable()?;
             }
-            Ok(queued)
+            Ok((queued, claimable))
         });
-        let queued = run(self, Access::Write, || format!("cannot queue workflow {id}"), queue).await?;
-        if queued {
+        let (queued, claimable) = run(self, Access::Write, || format!("cannot queue workflow {id}"), queue).await?;
+        if claimable {
             self.runnable_changed();
         }
         Ok(queued)

@@ -196,10 +196,11 @@ pub trait LeaseQueue: WorkflowStore {
     /// [`Error::WorkflowNotFound`](crate::Error::WorkflowNotFound), or the store's.
     async fn put_back(&self, id: WorkflowId) -> Result<bool>;
     /// Queues a stored workflow for the workers, at the back, unless it is queued
-    /// already: one created to run in its own process
+    /// already or finished: one created to run in its own process
     /// ([`WorkflowStore::create_workflow`]) whose run died, say. Whether it was put
     /// on the queue now. A claim takes it only while it is runnable and its lease
-    /// is free, as any queued workflow.
+    /// is free, as any queued workflow; one [set aside](LeaseQueue::set_aside)
+    /// stays aside until it is put back.
     ///
     /// # Errors
     /// [`Error::WorkflowNotFound`](crate::Error::WorkflowNotFound), or the store's.

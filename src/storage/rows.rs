@@ -358,7 +358,8 @@ pub trait RowTx {
     /// The store's.
     fn set_aside_rows(&mut self) -> Result<Vec<SetAside>, RowError>;
     /// Puts stored workflow `id` at the back of the queue, as if submitted now,
-    /// unless it is queued already; whether it was put there.
+    /// unless it is queued already or finished (COMPLETE or FAILED); whether it was
+    /// put there.
     ///
     /// # Errors
     /// The store's.

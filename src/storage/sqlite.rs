@@ -496,7 +496,7 @@ fn workflow_args(workflow: &Workflow, now: DateTime<Utc>) -> DbResult<[rusqlite:
 const INSERT_WORKFLOW: &str = "INSERT INTO workflows (id, plan_id, state, version, end_user_id, body, updated_at) \
                                VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING";
 const QUEUE_WORKFLOW: &str = "UPDATE workflows SET queued = (SELECT COALESCE(MAX(queued), 0) + 1 FROM workflows) \
-                              WHERE id = ?1 AND queued IS NULL";
+                              WHERE id = ?1 AND queued IS NULL AND state NOT IN ('COMPLETE', 'FAILED')";
 const NEXT_RUNNABLE: &str = "SELECT id FROM workflows WHERE queued IS NOT NULL AND set_aside IS NULL \
                              AND state IN ('NOT_STARTED', 'IN_PROGRESS', 'READY_TO_RESUME') \
                              AND (lease_owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= ?1) \

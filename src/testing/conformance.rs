@@ -816,6 +816,10 @@ async fn a_workflow_not_queued_is_queued_behind_those_before(f: Fixture) {
     let first = submitted(store).await;
     assert!(!store.queue(first.id()).await.unwrap(), "{} was queued when submitted", first.id());
     assert!(matches!(store.queue(WorkflowId::new()).await, Err(Error::WorkflowNotFound(_))));
+    let done = stored(store).await;
+    let lease = store.acquire_lease(done.id(), "w0", TTL).await.unwrap().lease;
+    move_to(store, &done, &lease, WorkflowState::Complete).await;
+    assert!(!store.queue(done.id()).await.unwrap(), "a finished workflow is not queued");
 
     assert!(store.queue(kept.id()).await.unwrap());
     assert!(!store.queue(kept.id()).await.unwrap(), "queued once");

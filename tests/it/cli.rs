@@ -547,14 +547,15 @@ fn retry_takes_a_failed_workflow_up_again_once() {
     assert!(here["outputs"]["step_outputs"]["$zzzzz"]["value"].to_string().contains("Rome"), "{here}");
     let requeued = run(dir.path(), &["retry", &id, "--submit"]);
     assert_eq!(String::from_utf8_lossy(&requeued.stdout).trim(), queued);
-    assert!(stderr(&requeued).contains("(COMPLETE), which is not queued again"), "{}", stderr(&requeued));
+    assert!(stderr(&requeued).contains("(COMPLETE), which has ended: it is not queued again"), "{}", stderr(&requeued));
     let again = run(dir.path(), &["retry", here["id"].as_str().unwrap()]);
     assert_eq!(code(&again), 1);
     assert!(stderr(&again).contains("only a FAILED workflow is retried"), "{}", stderr(&again));
 }
 
 /// After an outage, `portia retry --all-failed --submit` queues a retry of each
-/// FAILED workflow not retried yet, once: run again, it queues none.
+/// FAILED workflow not retried yet, once: run again, it queues none. A retry made
+/// before but not queued (made to run in its own process, whose run died) is queued.
 #[test]
 fn retry_all_failed_queues_one_retry_of_each_failed_workflow() {
     let dir = workdir();
@@ -573,13 +574,20 @@ fn retry_all_failed_queues_one_retry_of_each_failed_workflow() {
         .collect();
     let one = run(dir.path(), &["retry", &failed[0], "--submit"]);
     let retried_before = String::from_utf8_lossy(&one.stdout).trim().to_owned();
+    let db = rusqlite::Connection::open(dir.path().join(".portia/portia.db")).unwrap();
+    // As if made by `portia retry ID`, whose process died before it ran.
+    assert_eq!(db.execute("UPDATE workflows SET queued = NULL WHERE id = ?1", [&retried_before]).unwrap(), 1);
     std::fs::write(dir.path().join("files/later.csv"), "city,temp\nRome,12\n").unwrap();
 
     let all = run(dir.path(), &["retry", "--all-failed", "--submit"]);
     assert_eq!(code(&all), 0, "{}", stderr(&all));
-    let queued: Vec<String> = String::from_utf8_lossy(&all.stdout).lines().map(str::to_owned).collect();
-    assert_eq!(queued.len(), 2, "{queued:?}");
-    assert!(stderr(&all).contains("retries queued: 2; FAILED workflows retried before: 1"), "{}", stderr(&all));
+    let printed: Vec<String> = String::from_utf8_lossy(&all.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(printed.len(), 3, "{printed:?}");
+    assert!(printed.contains(&retried_before), "{printed:?}");
+    let expected = "retries queued: 2; FAILED workflows retried before: 1 (their retries queued now, made to run \
+                    elsewhere and not finished: 1)";
+    assert!(stderr(&all).contains(expected), "{}", stderr(&all));
+    let queued: Vec<&String> = printed.iter().filter(|id| **id != retried_before).collect();
     for retry in &queued {
         let stored = stdout_json(&run(dir.path(), &["show", retry]));
         assert!(failed[1..].contains(&stored["retry_of"].as_str().unwrap().to_owned()), "{stored}");
@@ -588,7 +596,7 @@ fn retry_all_failed_queues_one_retry_of_each_failed_workflow() {
     assert_eq!(String::from_utf8_lossy(&again.stdout), "", "each was retried once");
     let worker = run(dir.path(), &["worker", "--exit-when-idle", "--without-model"]);
     assert_eq!(code(&worker), 0, "{}", stderr(&worker));
-    for retry in queued.iter().chain([&retried_before]) {
+    for retry in queued.into_iter().chain([&retried_before]) {
         assert_eq!(stdout_json(&run(dir.path(), &["show", retry]))["state"], json!("COMPLETE"));
     }
     let refused = run(dir.path(), &["retry", "--all-failed"]);

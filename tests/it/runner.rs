@@ -608,27 +608,31 @@ async fn a_failed_workflow_is_retried_from_the_step_that_failed_keeping_what_fin
     assert!(matches!(missing, Error::WorkflowNotFound(_)), "{missing}");
 }
 
-/// A retry made to run in its own process, whose run died before it started, is
-/// queued when a retry for the workers is asked for next, so a worker takes it
-/// where nothing would have run it until a resume.
+/// A retry made to run in its own process, whose run stopped mid-step (as a run
+/// does at shutdown; one that died leaves its lease to expire), is queued when a
+/// retry for the workers is asked for next, so a worker takes it, where nothing
+/// would have run it until a resume.
 #[tokio::test]
 async fn a_retry_made_to_run_here_is_queued_when_asked_again_for_the_workers() {
     let outage = portia::llm::LlmError::Other("the provider is down".into());
-    let h = harness(
-        config(ExecutionMode::Sequential, false),
-        InMemoryToolRegistry::new(),
-        ScriptedLlm::new().error(outage),
-    );
-    let plan = PlanBuilder::new("Anything?").step("Answer", None, "$answer").build();
+    let (h, tool, plan) = slow_harness(ScriptedLlm::new().error(outage).tool_call("slow_tool", json!({})));
     let failed = h.runner.run_plan(&plan).await.unwrap();
     assert_eq!(failed.state(), WorkflowState::Failed);
     let storage = Arc::clone(h.runner.storage());
     let ttl = Duration::from_secs(60);
 
     let made_here = h.runner.retry_workflow(failed.id()).await.unwrap();
+    let run = tokio::spawn({
+        let (runner, id) = (h.runner.clone(), made_here.id());
+        async move { runner.execute_workflow_by_id(id).await }
+    });
+    tool.started.notified().await;
+    assert!(h.runner.interrupt(made_here.id()));
+    assert_eq!(run.await.unwrap().unwrap().state(), WorkflowState::InProgress);
     assert!(storage.claim_runnable("worker", ttl).await.unwrap().is_none(), "made to run here: not queued");
+
     let queued = h.runner.submit_retry(failed.id()).await.unwrap();
-    assert_eq!(queued.id(), made_here.id(), "the same retry");
+    assert_eq!((queued.id(), queued.state()), (made_here.id(), WorkflowState::InProgress), "the same retry");
     let claimed = storage.claim_runnable("worker", ttl).await.unwrap().expect("queued now");
     assert_eq!(claimed.workflow.id(), made_here.id());
     storage.release_lease(&claimed.lease).await.unwrap();

@@ -173,8 +173,8 @@ async fn a_failed_workflow_is_retried_from_its_page() {
     browser.client.clone().close().await.unwrap();
 }
 
-/// A workflow set aside says why on its page, and is put back from it: then a
-/// worker claims it.
+/// A workflow set aside is marked in the list, with why on hover, says why on its
+/// page, and is put back from it: then a worker claims it.
 #[tokio::test]
 #[ignore = "needs chromium: Debian's chromium and chromium-driver (.ci/run installs them)"]
 async fn a_workflow_set_aside_is_marked_in_the_list_and_put_back_from_its_page() {
@@ -192,6 +192,10 @@ async fn a_workflow_set_aside_is_marked_in_the_list_and_put_back_from_its_page()
     let marked = format!("tr[data-id='{id}'][data-aside='plan p cannot be read']");
     browser.wait_for(&format!("{marked} .aside")).await;
     assert_eq!(browser.text_of(&format!("{marked} .aside")).await, "set aside");
+    let hover = browser
+        .client
+        .execute("return document.querySelector(arguments[0]).title", vec![json!(format!("{marked} .aside"))]);
+    assert_eq!(hover.await.unwrap(), json!("plan p cannot be read"));
     browser.client.goto(&served.url(&format!("/workflows/{id}"))).await.unwrap();
     browser.wait_for("#set-aside:not([hidden])").await;
     assert_eq!(browser.text_of("#set-aside-reason").await, "plan p cannot be read");

@@ -200,7 +200,8 @@ impl RowTx for Tx<'_> {
 
     fn queue(&mut self, id: WorkflowId) -> Done<bool> {
         let tables = &mut *self.tables;
-        let Some(row) = tables.workflows.get_mut(&id).filter(|row| row.queued.is_none()) else { return Ok(false) };
+        let waiting = |row: &&mut WorkflowRow| row.queued.is_none() && !row.workflow.state().is_terminal();
+        let Some(row) = tables.workflows.get_mut(&id).filter(waiting) else { return Ok(false) };
         tables.submissions += 1;
         row.queued = Some(tables.submissions);
         Ok(true)

@@ -70,10 +70,17 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
             refuse_memory_store(runner)?;
             let retry = runner.submit_retry(id).await?;
             emit(format_args!("{}\n", retry.id())).map_err(|e| e.naming(retry.id()))?;
-            if retry.state() != WorkflowState::NotStarted {
-                // Retried before, and that retry has run: it is not queued again.
+            if retry.state().is_terminal() {
                 eprintln!(
-                    "portia: workflow {id} was retried before as {} ({}), which is not queued again",
+                    "portia: workflow {id} was retried before as {} ({}), which has ended: it is not queued again",
+                    retry.id(),
+                    retry.state()
+                );
+            } else if retry.state() != WorkflowState::NotStarted {
+                // Retried before, and that retry has run: a run that died left it to the workers.
+                eprintln!(
+                    "portia: workflow {id} was retried before as {} ({}); it is queued for the workers, who take it \
+                     once no run holds it",
                     retry.id(),
                     retry.state()
                 );
@@ -387,7 +394,7 @@ fn report(workflow: &Workflow) -> Exit {
 async fn retry_all_failed(runner: &Runner) -> Result<Exit, Failure> {
     refuse_memory_store(runner)?;
     let (failed, unreadable) = every_page(runner, WorkflowQuery::in_state(WorkflowState::Failed)).await?;
-    let (mut queued, mut before, mut children, mut refused) = (0, 0, 0, unreadable.len());
+    let (mut queued, mut before, mut requeued, mut children, mut refused) = (0, 0, 0, 0, unreadable.len());
     for row in &unreadable {
         eprintln!("portia: unreadable, not retried: {row}");
     }
@@ -398,8 +405,20 @@ async fn retry_all_failed(runner: &Runner) -> Result<Exit, Failure> {
         }
         let id = workflow.id();
         let retried = match runner.get_workflow(workflow.retry_id()).await {
-            Ok(_) => {
+            Ok(retry) => {
                 before += 1;
+                // A retry made to run elsewhere, whose run died, goes to the workers too.
+                match runner.storage().queue(retry.id()).await {
+                    Ok(true) => {
+                        emit(format_args!("{}\n", retry.id())).map_err(|e| e.naming(retry.id()))?;
+                        requeued += 1;
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        eprintln!("portia: cannot queue retry {} of workflow {id}: {}", retry.id(), Failure::from(e).0);
+                        refused += 1;
+                    }
+                }
                 continue;
             }
             Err(portia::Error::WorkflowNotFound(_)) => runner.submit_retry(id).await,
@@ -417,8 +436,9 @@ async fn retry_all_failed(runner: &Runner) -> Result<Exit, Failure> {
         }
     }
     eprintln!(
-        "portia: retries queued: {queued}; FAILED workflows retried before: {before}; sub-plan runs left to \
-         their parents' retries: {children}; not retried: {refused}"
+        "portia: retries queued: {queued}; FAILED workflows retried before: {before} (their retries queued \
+         now, made to run elsewhere and not finished: {requeued}); sub-plan runs left to their parents' retries: \
+         {children}; not retried: {refused}"
     );
     Ok(if refused == 0 { Exit::Ok } else { Exit::Failed })
 }

@@ -1,6 +1,7 @@
 // The front page: every workflow the caller may see, read once and then kept
 // current from the server's stream of workflow changes (GET /v1/events). Only
-// while that stream is down is the list read again, every ten seconds.
+// while that stream is down is the list read again, every ten seconds. Those set
+// aside are marked, from GET /v1/set-aside, read every ten seconds too.
 "use strict";
 
 const FALLBACK_POLL_MS = 10000;
@@ -10,8 +11,8 @@ const body = table.querySelector("tbody");
 const listStatus = document.getElementById("list-status");
 let count = 0;
 // Why each workflow set aside was (GET /v1/set-aside), by id. Setting one aside
-// changes no workflow, so the stream does not announce it: it is read with the list
-// and every ten seconds.
+// changes no workflow, so the stream does not announce it: it is read at first,
+// every ten seconds while the page is shown, and when a workflow marked changes.
 let aside = new Map();
 
 function row(workflow) {
@@ -56,7 +57,6 @@ async function refresh() {
     count = page.count;
     showCount();
     say(listStatus, "");
-    readAside();
   } catch (error) {
     say(listStatus, "Could not read the workflows: " + error.message, true);
   }
@@ -82,6 +82,8 @@ function showCount() {
 
 // Rows are in id order, as the list gives them.
 function upsert(workflow) {
+  // A put back or a resume changes the workflow: its mark may be gone.
+  if (aside.has(workflow.id)) readAside();
   const fresh = row(workflow);
   const rows = [...body.rows];
   const same = rows.find((r) => r.dataset.id === workflow.id);
@@ -128,4 +130,5 @@ function follow() {
 }
 
 follow();
-setInterval(readAside, ASIDE_POLL_MS);
+readAside();
+setInterval(() => document.hidden || readAside(), ASIDE_POLL_MS);

@@ -405,34 +405,29 @@ async fn retry_all_failed(runner: &Runner) -> Result<Exit, Failure> {
         }
         let id = workflow.id();
         let retried = match runner.get_workflow(workflow.retry_id()).await {
-            Ok(retry) => {
-                before += 1;
-                // A retry made to run elsewhere, whose run died, goes to the workers too.
-                match runner.storage().queue(retry.id()).await {
-                    Ok(true) => {
-                        emit(format_args!("{}\n", retry.id())).map_err(|e| e.naming(retry.id()))?;
-                        requeued += 1;
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        eprintln!("portia: cannot queue retry {} of workflow {id}: {}", retry.id(), Failure::from(e).0);
-                        refused += 1;
-                    }
-                }
-                continue;
-            }
-            Err(portia::Error::WorkflowNotFound(_)) => runner.submit_retry(id).await,
+            // Retried before: one made to run elsewhere, not finished, goes to the workers too.
+            Ok(retry) => runner.storage().queue(retry.id()).await.map(|now| Retried::Before(now.then_some(retry))),
+            Err(portia::Error::WorkflowNotFound(_)) => runner.submit_retry(id).await.map(Retried::Now),
             Err(e) => Err(e),
         };
-        match retried {
-            Ok(retry) => {
-                emit(format_args!("{}\n", retry.id())).map_err(|e| e.naming(retry.id()))?;
+        let printed = match retried {
+            Ok(Retried::Now(retry)) => {
                 queued += 1;
+                Some(retry)
+            }
+            Ok(Retried::Before(requeued_now)) => {
+                before += 1;
+                requeued += usize::from(requeued_now.is_some());
+                requeued_now
             }
             Err(e) => {
                 eprintln!("portia: cannot retry workflow {id}: {}", Failure::from(e).0);
                 refused += 1;
+                None
             }
+        };
+        if let Some(retry) = printed {
+            emit(format_args!("{}\n", retry.id())).map_err(|e| e.naming(retry.id()))?;
         }
     }
     eprintln!(
@@ -441,6 +436,14 @@ async fn retry_all_failed(runner: &Runner) -> Result<Exit, Failure> {
          {children}; not retried: {refused}"
     );
     Ok(if refused == 0 { Exit::Ok } else { Exit::Failed })
+}
+
+/// What `retry --all-failed` did with one FAILED workflow.
+enum Retried {
+    /// Its retry, made and queued now.
+    Now(Workflow),
+    /// It was retried before; its retry if it was queued now.
+    Before(Option<Workflow>),
 }
 
 /// Puts workflow `id` back, or every workflow set aside for `None`, printing the ids

@@ -274,8 +274,10 @@ impl Runner {
         let mut schedule = Schedule { started: vec![false; steps], needs, ..Schedule::default() };
         let mut halt = Halt { exit: exit_taken(&run.plan, &run.workflow), ..Halt::default() };
         loop {
-            // A skip, or a loop's last item, may make other steps ready at once.
-            while !halt.stops_new_steps() && !run.meter.check_budget() {
+            // A skip, or a loop's last item, may make other steps ready at once. The
+            // budget is asked only when there is a step to start: a run whose last
+            // call spent it exactly has done its work and ends as that work did.
+            while !halt.stops_new_steps() && !self.ready_steps(run, &schedule).is_empty() && !run.meter.check_budget() {
                 if !self.start_ready(run, &mut schedule, &mut halt, limit).await? {
                     break;
                 }

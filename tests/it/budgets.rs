@@ -198,16 +198,30 @@ async fn a_query_s_workflow_counts_its_own_planning() {
 #[tokio::test]
 async fn only_a_plan_written_for_the_workflow_counts_against_its_budget() {
     let mut llm = ScriptedLlm::new().respond(plan_reply(1_000));
-    for _ in 0..6 {
+    for _ in 0..3 + 2 {
         llm = llm.respond(reply(10, 1));
     }
-    // Four calls is the limit: the shared plan's three steps stay under it.
-    let (runner, _) = runner(Budget::default().llm_calls(4), llm, InMemoryToolRegistry::new());
+    // Three calls is the limit: the shared plan's three steps spend it exactly.
+    let (runner, _) = runner(Budget::default().llm_calls(3), llm, InMemoryToolRegistry::new());
     let plan = runner.generate_plan("think thrice").await.unwrap();
     let shared = runner.run_plan(&plan).await.unwrap();
     assert_eq!(shared.state(), WorkflowState::Complete, "{:?}", shared.failure());
     let own = runner.run_plan(&plan).count_planning().await.unwrap();
     assert_eq!(own.state(), WorkflowState::Failed);
     assert_eq!(own.failure().unwrap().kind, FailureKind::BudgetExceeded);
-    assert_eq!(own.usage().total.llm_calls, 4, "the planning and three steps");
+    assert_eq!(own.usage().total.llm_calls, 3, "the planning and two steps; the third step's call was refused");
+}
+
+#[tokio::test]
+async fn a_run_whose_last_call_spends_the_budget_exactly_completes_with_its_answer() {
+    let two_thoughts = PlanBuilder::new("think twice").step("one", None, "$a").step("two", None, "$b").build();
+    for budget in [Budget::default().llm_calls(2), Budget::default().tokens(22), Budget::default().tokens(15)] {
+        let llm = ScriptedLlm::new().respond(reply(10, 1)).respond(reply(10, 1));
+        let (runner, _) = runner(budget.clone(), llm, InMemoryToolRegistry::new());
+        let done = runner.run_plan(&two_thoughts).await.unwrap();
+        assert_eq!(done.state(), WorkflowState::Complete, "{budget:?}: {:?}", done.failure());
+        let answer = done.outputs().final_output.as_ref().map(|o| o.value.to_string());
+        assert_eq!(answer.as_deref(), Some("\"thought\""), "{budget:?}");
+        assert_eq!(done.usage().total.llm_calls, 2);
+    }
 }

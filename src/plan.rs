@@ -468,6 +468,7 @@ impl Plan {
             }
             self.args_problems(step, &scope, &mut problems);
             self.condition_problems(step, &scope, &mut problems);
+            self.task_problems(step, &scope, &mut problems);
             self.for_each_problems(step, &scope, &mut problems);
             if s.is_block() {
                 self.block_problems(registry, step, outer, &mut problems);
@@ -556,6 +557,11 @@ impl Plan {
     fn for_each_problems(&self, step: usize, scope: &Scope<'_>, problems: &mut Vec<PlanProblem>) {
         let Some(list) = &self.steps[step].for_each else { return };
         let invalid = |reason: String| PlanProblem::InvalidForEach { step, list: list.clone(), reason };
+        if self.steps[step].exit.is_some() {
+            let reason = "an exit ends the whole workflow, so it cannot run once per item; \
+                          put the exit step in a looping block (for_each with steps) instead";
+            return problems.push(invalid(reason.into()));
+        }
         let Some(reference) = Reference::parse(list.trim()) else {
             return problems.push(invalid("it must be a reference to an earlier output, such as $tickets".into()));
         };
@@ -584,6 +590,9 @@ impl Plan {
 
     fn condition_problems(&self, step: usize, scope: &Scope<'_>, problems: &mut Vec<PlanProblem>) {
         let Some(condition) = &self.steps[step].condition else { return };
+        if let Some(reason) = Condition::problem(condition) {
+            return problems.push(PlanProblem::InvalidCondition { step, reason });
+        }
         let expression = matches!(Condition::parse(condition), Condition::Expression { .. });
         for token in condition::references(condition) {
             let Some(reference) = Reference::parse(&token) else { continue };
@@ -593,6 +602,20 @@ impl Plan {
                 problems.push(PlanProblem::UnknownConditionReference { step, reference: token });
             } else if names_output {
                 self.field_problems(step, scope.outer, Some(&reference), problems);
+            }
+        }
+    }
+
+    /// The references of a step's task text to outputs: one to a later step's
+    /// output is a problem (the step would not wait for it), and one to an earlier
+    /// output must name fields it has. Other `$` words are the task's own prose.
+    fn task_problems(&self, step: usize, scope: &Scope<'_>, problems: &mut Vec<PlanProblem>) {
+        for token in condition::references(&self.steps[step].task) {
+            let Some(reference) = Reference::parse(&token) else { continue };
+            if scope.produced.contains(reference.name.as_str()) {
+                self.field_problems(step, scope.outer, Some(&reference), problems);
+            } else if self.step_producing(&reference.name).is_some_and(|producer| producer >= step) {
+                problems.push(PlanProblem::ForwardTaskReference { step, reference: token });
             }
         }
     }
@@ -613,20 +636,38 @@ impl Plan {
         }
     }
 
-    /// The outputs step `index` needs before it can run: its reference inputs, and
-    /// the outputs its arguments refer to.
+    /// The outputs step `index` needs before it can run: those it
+    /// [reads](Plan::reads), and those its condition tests.
     pub fn dependencies(&self, index: usize) -> Vec<String> {
+        let Some(step) = self.steps.get(index) else { return Vec::new() };
+        let tested = step.condition.iter().flat_map(|c| condition::references(c)).map(|t| output_name(&t));
+        let mut needed = self.reads(index);
+        for name in tested.filter(|name| self.step_producing(name).is_some()) {
+            if !needed.contains(&name) {
+                needed.push(name);
+            }
+        }
+        needed
+    }
+
+    /// The outputs step `index` reads as data: its reference inputs, its list, and
+    /// the outputs its arguments, task text, exit message or block refer to. A step
+    /// all of whose reads were skipped is skipped; its condition may still test a
+    /// skipped output (`$reply == null`).
+    pub fn reads(&self, index: usize) -> Vec<String> {
         let Some(step) = self.steps.get(index) else { return Vec::new() };
         let mut needed: Vec<String> = Vec::new();
         let from_inputs = step.inputs.iter().filter(|v| v.is_reference()).map(|v| output_name(&v.name));
         let from_inputs = from_inputs.filter(|name| step.for_each.is_none() || !is_loop_variable(name));
         let from_inputs = from_inputs.chain(step.for_each.iter().map(|list| output_name(list.trim())));
         let from_args = step.args.iter().flat_map(args::tokens_in).map(|(token, _)| output_name(&token));
-        let from_condition = step.condition.iter().flat_map(|c| condition::references(c)).map(|t| output_name(&t));
+        // Only earlier outputs: a later one in the text is a plan problem, never a wait.
+        let earlier = |name: &String| self.step_producing(name).is_some_and(|producer| producer < index);
+        let from_task = condition::references(&step.task).into_iter().map(|t| output_name(&t)).filter(earlier);
         let from_exit =
             step.exit.iter().flat_map(|e| args::tokens_in(&Value::from(e.message()))).map(|(t, _)| output_name(&t));
         let from_block = step.block_references().into_iter().filter(|name| !is_loop_variable(name));
-        let referenced = from_args.chain(from_condition).chain(from_exit).chain(from_block);
+        let referenced = from_args.chain(from_task).chain(from_exit).chain(from_block);
         for name in from_inputs.chain(referenced.filter(|name| self.step_producing(name).is_some())) {
             if !needed.contains(&name) {
                 needed.push(name);

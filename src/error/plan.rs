@@ -75,6 +75,22 @@ pub enum PlanProblem {
         /// The reference.
         reference: String,
     },
+    /// A step's condition cannot be read: it is empty, or an expression that does
+    /// not parse or is too long.
+    InvalidCondition {
+        /// The step's index.
+        step: usize,
+        /// What is wrong, and how to fix it.
+        reason: String,
+    },
+    /// A step's task text refers to `$name`, an output of a later step: the step
+    /// would run before it exists.
+    ForwardTaskReference {
+        /// The step's index.
+        step: usize,
+        /// The reference.
+        reference: String,
+    },
     /// A step calls a function that is not registered on the runner.
     UnknownFunction {
         /// The step's index.
@@ -193,6 +209,12 @@ impl fmt::Display for PlanProblem {
             Self::UnknownConditionReference { step, reference } => {
                 write!(f, "step {step}'s condition refers to {reference}, which no earlier step outputs")
             }
+            Self::InvalidCondition { step, reason } => write!(f, "step {step}'s condition cannot be read: {reason}"),
+            Self::ForwardTaskReference { step, reference } => write!(
+                f,
+                "step {step}'s task refers to {reference}, which a later step outputs; \
+                 move that step before it, or drop the reference"
+            ),
             Self::UnknownFunction { step, function } => write!(
                 f,
                 "step {step} calls the function {function:?}, which is not registered on the runner \

@@ -271,7 +271,8 @@ impl Runner {
         };
         let steps = run.plan.steps.len();
         let needs = (0..steps).map(|i| run.plan.dependencies(i)).collect();
-        let mut schedule = Schedule { started: vec![false; steps], needs, ..Schedule::default() };
+        let reads = (0..steps).map(|i| run.plan.reads(i)).collect();
+        let mut schedule = Schedule { started: vec![false; steps], needs, reads, ..Schedule::default() };
         let mut halt = Halt { exit: exit_taken(&run.plan, &run.workflow), ..Halt::default() };
         loop {
             // A skip, or a loop's last item, may make other steps ready at once. The
@@ -331,7 +332,7 @@ impl Runner {
         limit: usize,
     ) -> Result<bool> {
         let whole = Unit { step: index, item: None };
-        if let Ok(Some(reason)) = self.skip_reason(run, whole, None, &schedule.needs[index]) {
+        if let Ok(Some(reason)) = self.skip_reason(run, whole, None, &schedule.reads[index]) {
             schedule.started[index] = true;
             self.apply(run, whole, StepOutcome::Skipped(reason), Vec::new(), halt);
             self.save(run).await?;
@@ -384,7 +385,7 @@ impl Runner {
         schedule: &mut Schedule,
         halt: &mut Halt,
     ) -> Result<bool> {
-        match self.skip_reason(run, unit, item, &schedule.needs[unit.step]) {
+        match self.skip_reason(run, unit, item, &schedule.reads[unit.step]) {
             Ok(None) => {}
             Ok(Some(reason)) => {
                 self.apply(run, unit, StepOutcome::Skipped(reason), Vec::new(), halt);
@@ -409,7 +410,8 @@ impl Runner {
     /// Why a unit is skipped without running, if it is: every output the step reads
     /// was skipped, or its condition (an expression) is false; a loop's condition is
     /// asked of each item. A condition in words is decided when the step runs.
-    /// `needed` is the step's dependencies.
+    /// `needed` is what the step [reads](Plan::reads). A condition that cannot be
+    /// evaluated because an output it tests was skipped skips the step too.
     fn skip_reason(
         &self,
         run: &Run,
@@ -433,6 +435,13 @@ impl Runner {
             None | Some(Ok(true)) => Ok(None),
             Some(Ok(false)) => Ok(Some(format!("its condition is false: {text}"))),
             Some(Err(e)) => {
+                let skipped: Vec<String> = Condition::tested_outputs(text)
+                    .into_iter()
+                    .filter(|name| outputs.get(name).is_some_and(|o| o.skipped.is_some()))
+                    .collect();
+                if !skipped.is_empty() {
+                    return Ok(Some(format!("its condition tests what was skipped ({})", skipped.join(", "))));
+                }
                 let message = format!("the condition `{text}` cannot be evaluated: {e}");
                 Err(Failure::new(FailureKind::InvalidStep, message))
             }
@@ -471,7 +480,11 @@ impl Runner {
             let lowest = (0..plan.steps.len()).find(|&i| !workflow.is_step_done(plan, i));
             return lowest.filter(|&i| !started[i]).into_iter().collect();
         }
-        (0..plan.steps.len())
+        // An exit ends the workflow when it runs, so no step after it starts before
+        // it is decided: a later step's side effects would outlive the exit.
+        let undecided_exit =
+            (0..plan.steps.len()).find(|&i| plan.steps[i].exit.is_some() && !workflow.is_step_done(plan, i));
+        (0..undecided_exit.map_or(plan.steps.len(), |exit| exit + 1))
             .filter(|&i| !started[i] && !workflow.is_step_done(plan, i))
             .filter(|&i| schedule.needs[i].iter().all(|name| workflow.outputs().step_outputs.contains(name)))
             .collect()
@@ -869,6 +882,8 @@ struct Schedule {
     /// Each step's [dependencies](Plan::dependencies), worked out once per run
     /// rather than for every step at every pass.
     needs: Vec<Vec<String>>,
+    /// Each step's [reads](Plan::reads): all skipped, the step is skipped too.
+    reads: Vec<Vec<String>>,
     /// The loop items started, as `(step, item)`.
     started_items: HashSet<(usize, usize)>,
     running: JoinSet<StepOutcome>,

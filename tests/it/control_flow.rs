@@ -556,3 +556,123 @@ async fn references_in_a_tasks_text_read_as_their_values() {
     let prompt = common::last_user_text(&llm.requests()[0]);
     assert!(prompt.contains("Task: Summarise ticket 7: the printer is on fire (costs $5)"), "{prompt}");
 }
+
+/// A step with no inputs is ready at once; in a parallel run it started beside the
+/// exit before it, and its side effects outlived the exit.
+#[tokio::test]
+async fn no_step_after_an_exit_starts_before_the_exit_is_decided_in_a_parallel_run() {
+    let h = harness(config(ExecutionMode::Parallel, false), ticket_tools(false), ScriptedLlm::new());
+    let plan = PlanBuilder::new("Triage")
+        .step("Read the ticket", Some("ticket_tool"), "$ticket")
+        .args(json!({}))
+        .exit("Stop when nothing is urgent", Exit::Failed("nothing to do".into()), "$done")
+        .condition("not $ticket.urgent")
+        .step("Page someone", Some("send_tool"), "$paged")
+        .args(json!({"text": "page"}))
+        .build();
+
+    let workflow = h.runner.run_plan(&plan).await.unwrap();
+
+    let failure = workflow.failure().unwrap();
+    assert_eq!((workflow.state(), failure.kind), (WorkflowState::Failed, FailureKind::Exited));
+    assert!(!workflow.outputs().step_outputs.contains("$paged"), "the page was never sent");
+}
+
+#[tokio::test]
+async fn a_step_waits_for_the_outputs_its_task_text_names_in_a_parallel_run() {
+    let tools = InMemoryToolRegistry::new()
+        .with(MockTool::returning("ticket_tool", json!({"body": "the printer is on fire"})))
+        .unwrap();
+    let plan = PlanBuilder::new("Summarise the ticket")
+        .step("Fetch", Some("ticket_tool"), "$ticket")
+        .args(json!({}))
+        .step("Summarise $ticket.body", None, "$summary")
+        .build();
+    assert_eq!(plan.dependencies(1), ["$ticket"]);
+    let h = harness(config(ExecutionMode::Parallel, false), tools, ScriptedLlm::new().text("Fire."));
+
+    let workflow = h.runner.run_plan(&plan).await.unwrap();
+
+    assert_eq!(workflow.state(), WorkflowState::Complete, "{:?}", workflow.failure());
+    let prompt = common::last_user_text(&h.llm.requests()[0]);
+    assert!(prompt.contains("Task: Summarise the printer is on fire"), "{prompt}");
+}
+
+#[test]
+fn an_exit_cannot_loop_and_a_task_cannot_name_a_later_output() {
+    let plan = PlanBuilder::new("q")
+        .plan_input("$items", "the items")
+        .exit("stop at 2", Exit::Failed("hit $item".into()), "$stop")
+        .for_each("$items")
+        .step("Then read $later", None, "$then")
+        .step("later", None, "$later")
+        .build();
+    let problems = plan.problems(&InMemoryToolRegistry::new());
+    assert!(
+        matches!(&problems[0], PlanProblem::InvalidForEach { step: 0, reason, .. } if reason.contains("looping block")),
+        "{problems:?}"
+    );
+    assert_eq!(problems[1], PlanProblem::ForwardTaskReference { step: 1, reference: "$later".into() });
+    assert_eq!(problems.len(), 2, "{problems:?}");
+}
+
+#[tokio::test]
+async fn a_condition_may_test_an_output_that_was_skipped() {
+    let h = harness(config(ExecutionMode::Parallel, false), ticket_tools(false), ScriptedLlm::new());
+    let plan = PlanBuilder::new("Triage")
+        .step("Read the ticket", Some("ticket_tool"), "$ticket")
+        .args(json!({}))
+        .step("Draft a reply", None, "$draft")
+        .condition("$ticket.urgent")
+        .exit("Say so when there is no draft", Exit::Complete("no reply needed".into()), "$none")
+        .condition("$draft == null")
+        .step("Page when the draft is long", Some("send_tool"), "$paged")
+        .args(json!({"text": "page"}))
+        .condition("$draft > 3")
+        .build();
+
+    let workflow = h.runner.run_plan(&plan).await.unwrap();
+
+    assert_eq!(workflow.state(), WorkflowState::Complete, "{:?}", workflow.failure());
+    assert_eq!(workflow.outputs().final_output.clone().unwrap().value, json!("no reply needed"));
+    assert!(h.llm.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_condition_comparing_what_was_skipped_skips_its_step_rather_than_failing() {
+    let h = harness(config(ExecutionMode::Sequential, false), ticket_tools(false), ScriptedLlm::new());
+    let plan = PlanBuilder::new("Triage")
+        .step("Read the ticket", Some("ticket_tool"), "$ticket")
+        .args(json!({}))
+        .step("Score it", None, "$score")
+        .condition("$ticket.urgent")
+        .step("Page when the score is high", Some("send_tool"), "$paged")
+        .args(json!({"text": "page"}))
+        .condition("$score > 3")
+        .build();
+
+    let workflow = h.runner.run_plan(&plan).await.unwrap();
+
+    assert_eq!(workflow.state(), WorkflowState::Complete, "{:?}", workflow.failure());
+    let paged = workflow.outputs().step_outputs.get("$paged").unwrap();
+    assert_eq!(paged.skipped.as_deref(), Some("its condition tests what was skipped ($score)"));
+}
+
+#[tokio::test]
+async fn a_condition_of_literals_is_decided_without_the_model_and_a_malformed_one_is_a_plan_problem() {
+    let h = harness(config(ExecutionMode::Sequential, false), ticket_tools(false), ScriptedLlm::new());
+    let plan = PlanBuilder::new("q").step("never", None, "$never").condition("false").build();
+    let workflow = h.runner.run_plan(&plan).await.unwrap();
+    assert_eq!(workflow.state(), WorkflowState::Complete, "{:?}", workflow.failure());
+    assert!(h.llm.requests().is_empty(), "`false` needs no model");
+
+    let deep = format!("{}$never == 1", "not ".repeat(50_000));
+    for (condition, expected) in [("$never >", "missing a value"), ("", "empty"), (deep.as_str(), "256 allowed")] {
+        let plan = PlanBuilder::new("q").step("a", None, "$never").step("b", None, "$b").condition(condition).build();
+        let problems = plan.problems(&InMemoryToolRegistry::new());
+        assert!(
+            matches!(&problems[..], [PlanProblem::InvalidCondition { step: 1, reason }] if reason.contains(expected)),
+            "{condition:.20}: {problems:?}"
+        );
+    }
+}

@@ -21,6 +21,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 pub use crate::secret::Secret;
 pub use builder::ConfigBuilder;
@@ -550,6 +551,39 @@ impl Config {
         Ok(config)
     }
 
+    /// Reads the environment and `.env` as [`Config::from_env`] does, then the
+    /// settings file at `path` (as [`Config::from_file`] reads it) over them: what
+    /// the file sets wins, setting by setting (a `[budget]` table's keys one by
+    /// one), and what it leaves out comes from the environment. This is how the
+    /// `portia` command line reads `--config FILE`.
+    ///
+    /// # Errors
+    /// As [`Config::from_env`] and [`Config::from_file`].
+    pub fn from_env_under_file(path: impl AsRef<Path>) -> Result<Self> {
+        Self::from_env()?.under_file(path.as_ref())
+    }
+
+    /// This configuration with the settings file at `path` over it.
+    fn under_file(self, path: &Path) -> Result<Self> {
+        let setting = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::invalid_config(&setting, e.to_string()))?;
+        // Read as settings first, for its errors: a misspelt key is named, not ignored.
+        let _: Config = files::read_settings(&text, is_toml(path)).map_err(|p| Error::invalid_config(&setting, p))?;
+        let file: Value = files::read_settings(&text, is_toml(path)).map_err(|p| Error::invalid_config(&setting, p))?;
+        let env = self;
+        let mut merged = serde_json::to_value(&env).expect("a Config always serializes");
+        overlay(&mut merged, file);
+        let mut config: Config =
+            serde_json::from_value(merged).map_err(|e| Error::invalid_config(&setting, e.to_string()))?;
+        // Keys are never serialized: those the file leaves out come from where `env` read them.
+        let vars = Vars(|name: &str| env.var(name));
+        config.fill_secrets(&vars);
+        config.fill_aws(&|name| vars.get(name))?;
+        config.dotenv = env.dotenv;
+        config.validate()?;
+        Ok(config)
+    }
+
     /// Writes the config as pretty JSON. API keys are left out.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a Config always serializes")
@@ -979,6 +1013,18 @@ fn set<T>(field: &mut T, value: Option<T>) {
     }
 }
 
+/// Sets in `base` every value `over` has, merging objects key by key.
+fn overlay(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Object(base), Value::Object(over)) => {
+            for (key, value) in over {
+                overlay(base.entry(key).or_insert(Value::Null), value);
+            }
+        }
+        (base, over) => *base = over,
+    }
+}
+
 fn is_toml(path: &Path) -> bool {
     path.extension().is_some_and(|e| e.eq_ignore_ascii_case("toml"))
 }
@@ -1240,6 +1286,26 @@ mod tests {
             back.strip_secrets_for_test();
             assert_eq!(back, config, "{name}");
         }
+    }
+
+    #[test]
+    fn a_file_over_the_environment_sets_what_it_names_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("portia.toml");
+        std::fs::write(&path, "max_retries = 2\n[budget]\nllm_calls = 7\n").unwrap();
+        let vars = |name: &str| match name {
+            "PORTIA_MAX_RETRIES" => Some("5".to_owned()),
+            "PORTIA_BUDGET_USD" => Some("1.5".to_owned()),
+            "OPENAI_BASE_URL" => Some("http://127.0.0.1:9/v1".to_owned()),
+            _ => None,
+        };
+        let config = Config::from_vars(vars).unwrap().under_file(&path).unwrap();
+        assert_eq!(config.max_retries, 2, "the file wins");
+        assert_eq!((config.budget.llm_calls, config.budget.usd), (Some(7), Some(1.5)), "table keys merge one by one");
+        assert_eq!(config.openai_base_url.as_deref(), Some("http://127.0.0.1:9/v1"), "the rest is the environment's");
+        std::fs::write(&path, "max_retires = 2\n").unwrap();
+        let err = Config::from_vars(vars).unwrap().under_file(&path).unwrap_err().to_string();
+        assert!(err.contains("did you mean `max_retries`"), "{err}");
     }
 
     #[test]

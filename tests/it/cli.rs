@@ -150,6 +150,37 @@ fn a_changed_plan_file_keeping_its_id_is_refused_rather_than_the_stored_plan_run
     assert!(err.contains("new id"), "says how to fix it: {err}");
 }
 
+/// `--config FILE` read the file alone: the store the environment named, its
+/// budget and its base URLs were dropped, so a worker started with a one-line
+/// config file looked at another store than `submit` had used.
+#[test]
+fn a_config_file_sets_what_it_names_and_the_environment_gives_the_rest() {
+    let dir = workdir();
+    let store = dir.path().join("elsewhere");
+    std::fs::write(dir.path().join("portia.toml"), "max_retries = 2\n[budget]\nllm_calls = 7\n").unwrap();
+    let plan = read_plan(dir.path(), "report.csv");
+    let with_file = |args: &[&str]| {
+        let mut command = portia(dir.path());
+        command.env("PORTIA_STORAGE_DIR", &store).env("PORTIA_MAX_RETRIES", "5").env("PORTIA_BUDGET_USD", "1.5");
+        command.args(["--config", "portia.toml"]).args(args).output().unwrap()
+    };
+    let submitted = with_file(&["submit", "--plan", plan.to_str().unwrap()]);
+    assert_eq!(code(&submitted), 0, "{}", stderr(&submitted));
+    assert!(store.join("portia.db").exists(), "the environment's store was used");
+
+    let mut listed = portia(dir.path());
+    let listed =
+        stdout_json(&listed.env("PORTIA_STORAGE_DIR", &store).args(["list", "--format", "json"]).output().unwrap());
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+
+    // An invalid value in the environment is read, and refused, under a file too.
+    let mut refused = portia(dir.path());
+    let refused =
+        refused.env("PORTIA_LOG_LEVEL", "verbose").args(["--config", "portia.toml", "list"]).output().unwrap();
+    assert_eq!(code(&refused), 1);
+    assert!(stderr(&refused).contains("PORTIA_LOG_LEVEL"), "{}", stderr(&refused));
+}
+
 #[test]
 fn a_blank_query_is_a_usage_error() {
     let dir = workdir();

@@ -8,14 +8,14 @@ use portia::{ClarificationId, PlanId, WorkflowId, WorkflowState};
 
 const AFTER_HELP: &str = "\
 Exit codes: 0 COMPLETE (or done), 1 FAILED or an error, 2 a usage error, 3 waiting for a clarification.
-Settings come from the environment and .env (or --config FILE), as for the library; the store is
-SQLite in .portia/portia.db unless PORTIA_STORAGE says otherwise.";
+Settings come from the environment and .env, with --config FILE over them, as for the library; the
+store is SQLite in .portia/portia.db unless PORTIA_STORAGE says otherwise.";
 
 /// Plan-then-execute LLM agents: plan a query, run it, answer its questions.
 #[derive(Debug, Parser)]
 #[command(name = "portia", version, after_help = AFTER_HELP)]
 pub(crate) struct Cli {
-    /// Read settings from this TOML or JSON file (keys missing from it come from the environment).
+    /// Read settings from this TOML or JSON file, over the environment's (what it leaves out comes from the environment and .env).
     #[arg(long, global = true, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
     /// Replay LLM replies and read-only tool calls from this cassette: no key, no network.

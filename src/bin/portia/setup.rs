@@ -31,12 +31,12 @@ impl Setup {
     }
 }
 
-/// The settings: from `--config FILE`, else from the environment and `.env`. The
+/// The settings: from the environment and `.env`, with `--config FILE` over them. The
 /// store is SQLite in `.portia/` unless the settings name one, so that commands
 /// in different shells see the same workflows.
 pub(crate) fn config(cli: &Cli) -> Result<Config, Failure> {
     let (mut config, names_storage) = match &cli.config {
-        Some(path) => (Config::from_file(path)?, file_names_storage(path)),
+        Some(path) => (Config::from_env_under_file(path)?, file_names_storage(path)),
         None => (Config::from_env()?, false),
     };
     // The environment's PORTIA_STORAGE, or `.env`'s.

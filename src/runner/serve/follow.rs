@@ -297,11 +297,20 @@ impl Follow {
         }
     }
 
-    /// Reads the events stored since the last read; the state first, so that once
-    /// it is final, the events read hold everything up to it.
+    /// Reads the events stored since the last read, then the workflow, which is
+    /// then as new as every event read: a COMPLETE or FAILED event is translated
+    /// with the answer or failure it announces (read the other way round, a run
+    /// finishing between the reads was announced without its answer). Once the
+    /// workflow is final, the events stored between the two reads are read too.
     async fn read(&mut self) -> crate::Result<()> {
+        let storage = self.state.runner.storage();
+        let mut events = storage.events(self.id, self.seen).await?;
         let workflow = self.state.runner.get_workflow(self.id).await?;
-        for stored in self.state.runner.storage().events(self.id, self.seen).await? {
+        if workflow.state().is_terminal() {
+            let last = events.last().map_or(self.seen, |e| e.seq);
+            events.extend(storage.events(self.id, last).await?);
+        }
+        for stored in events {
             let was_in_run = self.translator.in_run();
             let events = self.translator.translate(&stored, &workflow);
             self.run_ended |= was_in_run && !self.translator.in_run();

@@ -113,9 +113,12 @@ async fn an_empty_query_is_400_before_planning() {
 async fn a_401_asks_for_a_bearer_token_and_the_scheme_is_read_in_any_case() {
     let tokens = Tokens::new([ServerToken::new("s3cret")]);
     let served = serve(runner_with(vec![], ScriptedLlm::new()), ServeOptions::new().tokens(tokens)).await;
-    let response = served.http.get(served.url("/v1/tools")).send().await.unwrap();
-    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(response.headers().get("www-authenticate").map(|v| v.to_str().unwrap()), Some("Bearer"));
+    // The API's 401, and the inspector's sign-in page.
+    for path in ["/v1/tools", "/"] {
+        let response = served.http.get(served.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(response.headers().get("www-authenticate").map(|v| v.to_str().unwrap()), Some("Bearer"), "{path}");
+    }
     for scheme in ["bearer", "BEARER", "Bearer"] {
         let request = served.http.get(served.url("/v1/tools")).header("authorization", format!("{scheme} s3cret"));
         assert_eq!(request.send().await.unwrap().status(), StatusCode::OK, "{scheme}");

@@ -188,6 +188,40 @@ async fn last_event_id_resumes_a_dropped_stream_with_no_gap_or_repeat() {
     }
 }
 
+/// A page streaming with `fetch` across origins cannot set `Last-Event-ID` unless
+/// CORS lets it, and may give the id as `?after=` instead; an id the server never
+/// sent replayed the whole stream.
+#[tokio::test]
+async fn a_stream_resumes_after_an_id_given_in_the_query_and_refuses_one_it_never_sent() {
+    let served = serve(gated_runner(), ServeOptions::new().cors_origins(["https://app.example"])).await;
+    let (_, created) = served.post("/v1/workflows", json!({"plan": tool_plan("Pay Ann", "send_tool")})).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/workflows/{id}/events");
+    let whole = open(&served, &format!("{path}?until=rest"), None::<u64>).await.rest().await;
+    let first = whole[0].id.expect("an id");
+    let resumed = open(&served, &format!("{path}?until=rest&after={first}"), None::<u64>).await.rest().await;
+    assert_eq!(resumed, whole[1..]);
+
+    for bad in ["abc", "-1"] {
+        let response = served.http.get(served.url(&path)).header("Last-Event-ID", bad).send().await.unwrap();
+        assert_eq!(response.status(), 400, "{bad}");
+        let body: Value = response.json().await.unwrap();
+        assert!(body["error"]["message"].as_str().unwrap().contains("not an event id"), "{body}");
+    }
+
+    let preflight = served
+        .http
+        .request(reqwest::Method::OPTIONS, served.url(&path))
+        .header("Origin", "https://app.example")
+        .header("Access-Control-Request-Method", "GET")
+        .header("Access-Control-Request-Headers", "authorization,last-event-id")
+        .send()
+        .await
+        .unwrap();
+    let allowed = preflight.headers()["access-control-allow-headers"].to_str().unwrap().to_lowercase();
+    assert!(allowed.contains("last-event-id") && allowed.contains("authorization"), "{allowed}");
+}
+
 #[tokio::test]
 async fn an_ag_ui_run_agent_input_plans_runs_and_streams_until_the_run_rests() {
     ag_ui_run().await;

@@ -33,8 +33,9 @@ const RECHECK: Duration = Duration::from_secs(5);
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(super) struct EventParams {
-    /// Start after this event number (`Last-Event-ID` takes precedence).
-    after: Option<u64>,
+    /// Start after this event: the `id` of the last event received, as
+    /// `Last-Event-ID` would give it (which takes precedence).
+    after: Option<String>,
     /// `rest`: end once a run rests (waits for a human or ends), not only once the
     /// workflow is finished.
     until: Option<String>,
@@ -57,8 +58,17 @@ pub(super) async fn events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let workflow = state.visible(&caller, &id).await?;
-    let last_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(LastEventId::parse);
-    let after = last_id.as_ref().map(|l| l.seq).or(params.after).unwrap_or(0);
+    let given = headers.get("last-event-id").map(|v| v.to_str().unwrap_or_default().to_owned()).or(params.after);
+    let last_id = match given.as_deref().map(|text| (text, LastEventId::parse(text))) {
+        None => None,
+        Some((_, Some(last_id))) => Some(last_id),
+        Some((text, None)) => {
+            let message =
+                format!("{text:?} is not an event id this stream sent; give the `id` of the last event received");
+            return Err(ApiError::bad_request(message));
+        }
+    };
+    let after = last_id.as_ref().map_or(0, |l| l.seq);
     let until_rest = match params.until.as_deref() {
         None | Some("end") => false,
         Some("rest") => true,

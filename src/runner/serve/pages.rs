@@ -51,5 +51,6 @@ pub(super) fn signed_in(uri: &Uri, token: &str) -> Response {
 
 /// A page asking for the token.
 pub(super) fn sign_in_page() -> Response {
-    (StatusCode::UNAUTHORIZED, Html(include_str!("assets/sign-in.html"))).into_response()
+    let challenge = [(axum::http::header::WWW_AUTHENTICATE, "Bearer")];
+    (StatusCode::UNAUTHORIZED, challenge, Html(include_str!("assets/sign-in.html"))).into_response()
 }

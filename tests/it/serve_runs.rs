@@ -113,6 +113,34 @@ async fn resuming_a_workflow_running_here_is_409_already_running() {
     gate.gate.notify_one();
 }
 
+/// Deleted under its run, a workflow's run died at its next write and its event
+/// streams ended with the run open; a DELETE is refused while a run holds it, and
+/// goes through once the run has rested.
+#[tokio::test]
+async fn deleting_a_workflow_a_run_holds_is_409_already_running_and_deletes_once_it_rests() {
+    let gate = Arc::new(GateTool::default());
+    let served = Stoppable::start(&gate, ServeOptions::new()).await;
+    let id = served.started_at_gate(&gate).await;
+    let url = format!("{}/v1/workflows/{id}", served.base);
+    let refused = served.http.delete(&url).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::CONFLICT);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "already_running", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("cancel it"), "{body}");
+
+    let mut events = served.runner.subscribe_to(id);
+    gate.gate.notify_one();
+    while let Some(Ok(event)) = events.next().await {
+        if matches!(event.kind, portia::runner::EventKind::StateChanged { to: WorkflowState::Complete, .. }) {
+            break;
+        }
+    }
+    assert_eq!(served.runner.get_workflow(id).await.unwrap().state(), WorkflowState::Complete);
+    // The run has released its lease with its last save.
+    assert_eq!(served.http.delete(&url).send().await.unwrap().status(), StatusCode::NO_CONTENT);
+    assert!(served.runner.get_workflow(id).await.is_err());
+}
+
 /// Past the grace period (30 seconds by default, on a paused clock here), a run
 /// still going is stopped as a worker's shutdown stops it: the server ends once it
 /// has saved, and its lease is released, so it is resumed at once.

@@ -392,16 +392,23 @@ pub(super) async fn retry(
     Ok((StatusCode::ACCEPTED, Json(retry)))
 }
 
-/// Deletes a workflow with its journal, whatever its state.
+/// Deletes a workflow with its journal, whatever its state, unless a run holds it:
+/// deleted under a run, the run would die at its next write, and its event streams
+/// would end with the run still open. Cancel it first, or wait for it to rest.
 #[utoipa::path(delete, path = "/v1/workflows/{id}", tag = "workflows",
     params(("id" = String, Path, description = "The workflow's id")),
-    responses((status = 204, description = "Deleted"), (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "Deleted"), (status = 404, body = ErrorBody),
+              (status = 409, description = "A run holds it (`already_running`)", body = ErrorBody)))]
 pub(super) async fn delete_workflow(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     PathParams(id): PathParams<String>,
 ) -> ApiResult<StatusCode> {
     let workflow = state.visible(&caller, &id).await?;
+    if let Some(holder) = state.runner.storage().lease_holder(workflow.id()).await? {
+        let (owner, until) = (holder.owner, holder.until);
+        return Err(crate::Error::AlreadyRunning { workflow_id: workflow.id(), owner, until }.into());
+    }
     state.runner.delete_workflow(workflow.id()).await?;
     let _ = state.touched.send(workflow.id());
     Ok(StatusCode::NO_CONTENT)

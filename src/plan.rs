@@ -444,6 +444,7 @@ impl Plan {
         if self.steps.is_empty() {
             problems.push(PlanProblem::NoSteps);
         }
+        self.plan_level_problems(&mut problems);
         let produced = self.inputs.iter().map(|input| input.name.as_str()).collect();
         let mut scope = Scope { produced, outer };
         for (step, s) in self.steps.iter().enumerate() {
@@ -476,11 +477,34 @@ impl Plan {
             if !args::is_output_name(&s.output) {
                 problems.push(PlanProblem::InvalidOutputName { step, output: s.output.clone() });
             }
+            if let Some(reason) = s.output_schema.as_ref().and_then(crate::schema_check::schema_problem) {
+                problems.push(PlanProblem::InvalidOutputSchema { step: Some(step), reason });
+            }
+            if let Some(reason) = s.ask_user.as_ref().and_then(ask_user_problem) {
+                problems.push(PlanProblem::InvalidAskUser { step, reason });
+            }
             if !scope.produced.insert(s.output.as_str()) {
                 problems.push(PlanProblem::DuplicateOutput { step, output: s.output.clone() });
             }
         }
         problems
+    }
+
+    /// The problems of the plan's own inputs and output schema.
+    fn plan_level_problems(&self, problems: &mut Vec<PlanProblem>) {
+        let mut seen = HashSet::new();
+        for input in &self.inputs {
+            let name = input.name.clone();
+            if !args::is_output_name(&input.name) {
+                let reason = "is not a name: write $ followed by letters, digits or _, such as $ticket".to_owned();
+                problems.push(PlanProblem::InvalidPlanInput { name, reason });
+            } else if !seen.insert(input.name.as_str()) {
+                problems.push(PlanProblem::InvalidPlanInput { name, reason: "is declared twice".to_owned() });
+            }
+        }
+        if let Some(reason) = self.output_schema.as_ref().and_then(crate::schema_check::schema_problem) {
+            problems.push(PlanProblem::InvalidOutputSchema { step: None, reason });
+        }
     }
 
     /// The problems of block step `step`'s own steps, each naming the block step.
@@ -700,6 +724,16 @@ fn react_problem(step: &Step) -> Option<String> {
         (true, Some(0)) => Some("max_tool_calls must be at least 1".to_owned()),
         _ => None,
     }
+}
+
+/// Why a user step's question cannot be answered, if it cannot.
+fn ask_user_problem(ask: &AskUser) -> Option<String> {
+    let AskUser::Choice { options } = ask else { return None };
+    if options.is_empty() {
+        return Some("a choice of no options refuses every answer; list the options".to_owned());
+    }
+    let repeated = options.iter().enumerate().find(|(i, option)| options[..*i].contains(option));
+    repeated.map(|(_, option)| format!("the option {option} is listed twice"))
 }
 
 /// The fields a step sets that each make it a kind of step of its own.

@@ -73,6 +73,13 @@ pub(crate) fn check_value(schema: &Value, value: &Value) -> Result<(), String> {
     if validator.is_valid(value) { Ok(()) } else { Err(problems(validator, schema, value, OUTPUT)) }
 }
 
+/// Why `schema` is not a schema this crate can check values against, if it is not
+/// (a type that does not exist, a keyword of the wrong kind, a reference elsewhere).
+pub(crate) fn schema_problem(schema: &Value) -> Option<String> {
+    let options = jsonschema::options().offline().should_validate_formats(false);
+    options.build(schema).err().map(|error| error.to_string())
+}
+
 /// How a message names what is checked: the whole, and a top-level property.
 #[derive(Debug, Clone, Copy)]
 struct Wording {

@@ -91,3 +91,19 @@ async fn step_outputs_are_logged_at_debug_and_keys_never() {
     assert!(!logs.contains("sk-live-do-not-log") && !logs.contains("tvly-live-do-not-log"), "{logs}");
     assert!(logs.contains("openai_api_key: Some(Secret(\"**********\"))"), "{logs}");
 }
+
+/// Taking a cell from a limiter with room takes microseconds; every LLM call of a
+/// worker logged it at INFO as a wait of 0 ms, doubling its log.
+#[tokio::test(flavor = "current_thread")]
+async fn a_call_the_rate_limiter_lets_straight_through_logs_no_wait() {
+    use portia::llm::{LlmClientExt, LlmProvider, LlmRequest, LlmSettings, RateLimit, RateLimits};
+    let (buffer, _guard) = capture(tracing::Level::INFO);
+    let settings = LlmSettings::new(LlmProvider::OpenAi).rate_limit(RateLimit::requests_per_minute(6_000));
+    let llm = Arc::new(ScriptedLlm::new().text("one").text("two")).with(RateLimits::new(settings));
+    for _ in 0..2 {
+        let request = LlmRequest::new(portia::llm::ModelRole::Execution, vec![portia::llm::Message::user("hi")]);
+        llm.chat(request).await.unwrap();
+    }
+    let logs = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    assert!(!logs.contains("waited for the client-side rate limit"), "{logs}");
+}

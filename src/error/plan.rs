@@ -91,6 +91,28 @@ pub enum PlanProblem {
         /// The reference.
         reference: String,
     },
+    /// An input the plan declares is misnamed or declared twice.
+    InvalidPlanInput {
+        /// The name given.
+        name: String,
+        /// What is wrong, and how to fix it.
+        reason: String,
+    },
+    /// An output schema (a step's, or the plan's with `step` `None`) is not a
+    /// JSON Schema values can be checked against.
+    InvalidOutputSchema {
+        /// The step's index; `None` for the plan's own `output_schema`.
+        step: Option<usize>,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A user step cannot be answered as written (a choice of no options, say).
+    InvalidAskUser {
+        /// The step's index.
+        step: usize,
+        /// What is wrong, and how to fix it.
+        reason: String,
+    },
     /// A step calls a function that is not registered on the runner.
     UnknownFunction {
         /// The step's index.
@@ -208,6 +230,16 @@ impl fmt::Display for PlanProblem {
             }
             Self::UnknownConditionReference { step, reference } => {
                 write!(f, "step {step}'s condition refers to {reference}, which no earlier step outputs")
+            }
+            Self::InvalidPlanInput { name, reason } => write!(f, "the plan's input {name:?} {reason}"),
+            Self::InvalidOutputSchema { step: Some(step), reason } => {
+                write!(f, "step {step}'s output_schema is not a valid JSON Schema: {reason}")
+            }
+            Self::InvalidOutputSchema { step: None, reason } => {
+                write!(f, "the plan's output_schema is not a valid JSON Schema: {reason}")
+            }
+            Self::InvalidAskUser { step, reason } => {
+                write!(f, "step {step} asks the user something unanswerable: {reason}")
             }
             Self::InvalidCondition { step, reason } => write!(f, "step {step}'s condition cannot be read: {reason}"),
             Self::ForwardTaskReference { step, reference } => write!(

@@ -313,20 +313,24 @@ struct LimitedClient {
 }
 
 impl LimitedClient {
-    /// Waits until the request's model's limiter lets it go, and says so when that took a while.
+    /// Waits until the request's model's limiter lets it go, and says so when that
+    /// took at least [`NOTABLE_WAIT`].
     async fn admit(&self, request: &LlmRequest) {
         let target = self.limiters.settings.resolve(request);
         let limiter = self.limiters.for_model(target.provider, &target.model);
         // Only a token limit needs the prompt's size.
         let tokens = if limiter.counts_tokens() { estimated_tokens(request) } else { 0 };
         let waited = limiter.acquire(tokens).await;
-        if !waited.is_zero() {
+        // Taking a cell from a limiter with room costs microseconds: counted, not logged.
+        if waited >= NOTABLE_WAIT {
             tracing::info!(
                 provider = %target.provider,
                 model = %target.model,
                 waited_ms = millis(waited),
                 "waited for the client-side rate limit"
             );
+        }
+        if !waited.is_zero() {
             LimiterWaits::report(&target, waited);
         }
     }

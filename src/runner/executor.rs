@@ -908,9 +908,16 @@ fn loop_value(current: Option<(usize, &Value)>, reference: &str) -> Option<Value
 }
 
 /// The items loop step `index` runs over.
-fn loop_list(plan: &Plan, workflow: &Workflow, index: usize) -> std::result::Result<Vec<Value>, Failure> {
+pub(super) fn loop_list(plan: &Plan, workflow: &Workflow, index: usize) -> std::result::Result<Vec<Value>, Failure> {
     let list = plan.steps[index].for_each.as_deref().unwrap_or_default().trim();
-    match workflow.outputs().step_outputs.resolve(list) {
+    let list_value = match workflow.outputs().step_outputs.resolve(list) {
+        // A text output that holds JSON is read as that JSON, here as everywhere.
+        Some(Value::String(text)) => {
+            serde_json::from_str(&text).ok().filter(Value::is_array).or(Some(Value::String(text)))
+        }
+        other => other,
+    };
+    match list_value {
         Some(Value::Array(items)) => Ok(items),
         Some(Value::Null) => Ok(Vec::new()),
         Some(other) => {

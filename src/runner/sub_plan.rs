@@ -280,6 +280,21 @@ impl Runner {
                     let reason = format!("plan {} needs the input {}; give it in args", child.id, input.name);
                     push(PlanProblem::InvalidArgs { step, reason });
                 }
+                let declared = |name: &str| {
+                    child.inputs.iter().any(|i| i.name.trim_start_matches('$') == name.trim_start_matches('$'))
+                };
+                for name in s.args.iter().filter_map(Value::as_object).flat_map(|args| args.keys()) {
+                    if !declared(name) {
+                        let names: Vec<&str> = child.inputs.iter().map(|i| i.name.as_str()).collect();
+                        let takes = if names.is_empty() {
+                            "it takes none".to_owned()
+                        } else {
+                            format!("it takes {}", names.join(", "))
+                        };
+                        let reason = format!("plan {} has no input {name}; {takes}", child.id);
+                        push(PlanProblem::InvalidArgs { step, reason });
+                    }
+                }
             }
         }
         Ok(problems)
@@ -316,9 +331,8 @@ fn child_links(plan: &Plan, workflow: &Workflow) -> Vec<ParentLink> {
     for (index, step) in plan.steps.iter().enumerate().filter(|(_, s)| s.plan.is_some() || s.is_block()) {
         match &step.for_each {
             None => links.push(ParentLink::new(workflow.id(), index, None)),
-            Some(list) => {
-                let items = workflow.outputs().step_outputs.resolve(list.trim());
-                let count = items.as_ref().and_then(Value::as_array).map_or(0, Vec::len);
+            Some(_) => {
+                let count = super::executor::loop_list(plan, workflow, index).map_or(0, |items| items.len());
                 links.extend((0..count).map(|item| ParentLink::new(workflow.id(), index, Some(item))));
             }
         }

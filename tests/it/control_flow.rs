@@ -307,6 +307,24 @@ async fn a_loops_condition_and_schema_apply_to_each_item() {
 }
 
 #[tokio::test]
+async fn for_each_reads_a_text_output_holding_a_json_list_as_that_list() {
+    let tools = InMemoryToolRegistry::new().with(MockTool::returning("ids_tool", json!("[1, 2, 3]"))).unwrap();
+    let tools = tools.with(MockTool::echo("send_tool")).unwrap();
+    let plan = PlanBuilder::new("Send each")
+        .step("List the ids", Some("ids_tool"), "$ids")
+        .args(json!({}))
+        .step("Send one", Some("send_tool"), "$sent")
+        .args(json!({"id": "$item"}))
+        .for_each("$ids")
+        .build();
+    let h = harness(config(ExecutionMode::Parallel, false), tools, ScriptedLlm::new());
+    let workflow = h.runner.run_plan(&plan).await.unwrap();
+    assert_eq!(workflow.state(), WorkflowState::Complete, "{:?}", workflow.failure());
+    let sent = &workflow.outputs().step_outputs.get("$sent").unwrap().value;
+    assert_eq!(**sent, json!([{"id": 1}, {"id": 2}, {"id": 3}]));
+}
+
+#[tokio::test]
 async fn for_each_over_something_that_is_not_a_list_fails_the_step() {
     let tools = InMemoryToolRegistry::new().with(MockTool::returning("one_tool", json!({"id": 1}))).unwrap();
     let h = harness(config(ExecutionMode::Sequential, false), tools, ScriptedLlm::new());
@@ -674,5 +692,32 @@ async fn a_condition_of_literals_is_decided_without_the_model_and_a_malformed_on
             matches!(&problems[..], [PlanProblem::InvalidCondition { step: 1, reason }] if reason.contains(expected)),
             "{condition:.20}: {problems:?}"
         );
+    }
+}
+
+#[test]
+fn misnamed_inputs_invalid_schemas_and_unanswerable_choices_are_plan_problems() {
+    let mut plan = PlanBuilder::new("q")
+        .plan_input("ticket", "no $")
+        .plan_input("$y", "once")
+        .plan_input("$y", "twice")
+        .step("a", None, "$a")
+        .step_output_schema(json!({"type": "frobnicate"}))
+        .ask_user("Which one?", AskUser::Choice { options: vec![] }, "$pick")
+        .ask_user("Which?", AskUser::Choice { options: vec![json!("x"), json!("x")] }, "$pick2")
+        .build();
+    plan.output_schema = Some(json!({"properties": 7}));
+    let problems: Vec<String> = plan.problems(&InMemoryToolRegistry::new()).iter().map(ToString::to_string).collect();
+    let expected = [
+        "the plan's input \"ticket\" is not a name",
+        "the plan's input \"$y\" is declared twice",
+        "the plan's output_schema is not a valid JSON Schema",
+        "step 0's output_schema is not a valid JSON Schema",
+        "step 1 asks the user something unanswerable: a choice of no options",
+        "step 2 asks the user something unanswerable: the option \"x\" is listed twice",
+    ];
+    assert_eq!(problems.len(), expected.len(), "{problems:#?}");
+    for (problem, expected) in problems.iter().zip(expected) {
+        assert!(problem.starts_with(expected), "{problem} / {expected}");
     }
 }

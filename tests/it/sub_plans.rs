@@ -117,6 +117,11 @@ async fn validation_refuses_an_unknown_plan_a_missing_input_and_a_cycle() {
     let no_input = PlanBuilder::new("q").sub_plan("Run it", child.id, json!({}), "$a").build();
     let Err(Error::InvalidPlan(problems)) = runner.create_workflow(&no_input).await else { panic!("accepted") };
     assert!(problems[0].to_string().contains("needs the input $ticket"), "{problems:?}");
+    // A misspelt input would leave the real one to its default, unseen.
+    let misspelt = PlanBuilder::new("q").sub_plan("Run it", child.id, json!({"ticket": "t", "tikcet": "t"}), "$a");
+    let Err(Error::InvalidPlan(problems)) = runner.create_workflow(&misspelt.build()).await else { panic!("accepted") };
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].to_string().contains("has no input tikcet; it takes $ticket"), "{problems:?}");
 
     // a runs b, b runs a.
     let mut a = PlanBuilder::new("a").step("x", None, "$x").build();

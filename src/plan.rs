@@ -409,6 +409,41 @@ impl Plan {
         self.steps.iter().position(|step| step.output == output)
     }
 
+    /// Reads a plan from its JSON, as `portia plan` prints it, refusing keys that
+    /// no field takes rather than ignoring them (a misspelt `condition` would drop
+    /// the guard). `serde_json::from_str` reads one leniently.
+    ///
+    /// ```
+    /// use portia::Plan;
+    ///
+    /// let json = r#"{"plan_context": {"query": "q", "tool_ids": []},
+    ///                "steps": [{"task": "a", "output": "$a", "conditon": "false"}]}"#;
+    /// let err = Plan::from_json(json).unwrap_err();
+    /// assert!(err.to_string().contains("`steps.0.conditon` (did you mean `condition`?)"));
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidPlan`] with [`PlanProblem::NotAPlan`], or a
+    /// [`PlanProblem::UnknownKey`] for each key no field takes.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let value: Value = serde_json::from_str(text).map_err(|e| not_a_plan(&e))?;
+        Self::from_value(value)
+    }
+
+    /// [`Plan::from_json`] for JSON already parsed.
+    ///
+    /// # Errors
+    /// As [`Plan::from_json`].
+    pub fn from_value(value: Value) -> Result<Self> {
+        let mut unknown = Vec::new();
+        let plan: Plan =
+            serde_ignored::deserialize(value, |path| unknown.push(path.to_string())).map_err(|e| not_a_plan(&e))?;
+        if unknown.is_empty() {
+            return Ok(plan);
+        }
+        Err(Error::InvalidPlan(unknown.into_iter().map(unknown_key).collect()))
+    }
+
     /// Checks the plan against a tool registry and reports every problem at once.
     ///
     /// ```
@@ -724,6 +759,30 @@ fn react_problem(step: &Step) -> Option<String> {
         (true, Some(0)) => Some("max_tool_calls must be at least 1".to_owned()),
         _ => None,
     }
+}
+
+fn not_a_plan(error: &serde_json::Error) -> Error {
+    Error::InvalidPlan(vec![PlanProblem::NotAPlan { reason: error.to_string() }])
+}
+
+/// The problem of `key`, which no field of a plan takes, with the field of a plan,
+/// a step, its context or an input it most likely meant.
+fn unknown_key(key: String) -> PlanProblem {
+    let last = key.rsplit('.').next().unwrap_or(&key);
+    let fields = [
+        crate::config::field_names::<Plan>(),
+        crate::config::field_names::<Step>(),
+        crate::config::field_names::<PlanContext>(),
+        crate::config::field_names::<Variable>(),
+    ];
+    let suggestion = fields
+        .iter()
+        .flat_map(|names| names.iter())
+        .map(|field| (strsim::jaro_winkler(last, field), *field))
+        .filter(|(likeness, _)| *likeness > 0.85)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, field)| field.to_owned());
+    PlanProblem::UnknownKey { key, suggestion }
 }
 
 /// Why a user step's question cannot be answered, if it cannot.

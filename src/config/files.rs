@@ -147,7 +147,7 @@ fn unknown_settings<T: DeserializeOwned>(keys: &[String]) -> String {
 }
 
 /// The fields of struct `T`, as its derived `Deserialize` names them to a reader.
-fn field_names<T: DeserializeOwned>() -> &'static [&'static str] {
+pub(crate) fn field_names<T: DeserializeOwned>() -> &'static [&'static str] {
     /// A reader that reads nothing: it notes the fields a struct asks for, and stops.
     struct Fields<'a>(&'a Cell<&'static [&'static str]>);
 

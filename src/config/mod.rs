@@ -26,6 +26,7 @@ use serde_json::Value;
 pub use crate::secret::Secret;
 pub use builder::ConfigBuilder;
 pub use enums::{AgentKind, ExecutionMode, StorageKind};
+pub(crate) use files::field_names;
 #[cfg(feature = "mcp")]
 pub(crate) use files::{json_problem, toml_problem};
 

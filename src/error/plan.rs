@@ -91,6 +91,20 @@ pub enum PlanProblem {
         /// The reference.
         reference: String,
     },
+    /// The plan's JSON cannot be read as a plan: it does not parse, or a field has
+    /// the wrong type.
+    NotAPlan {
+        /// Why, as the JSON reader says.
+        reason: String,
+    },
+    /// The plan's JSON has a key no field takes: a misspelt `condition` would
+    /// silently drop a guard, so it is refused rather than ignored.
+    UnknownKey {
+        /// Where, as `steps.1.conditon`.
+        key: String,
+        /// The field it was most likely meant to be.
+        suggestion: Option<String>,
+    },
     /// An input the plan declares is misnamed or declared twice.
     InvalidPlanInput {
         /// The name given.
@@ -230,6 +244,13 @@ impl fmt::Display for PlanProblem {
             }
             Self::UnknownConditionReference { step, reference } => {
                 write!(f, "step {step}'s condition refers to {reference}, which no earlier step outputs")
+            }
+            Self::NotAPlan { reason } => write!(f, "the JSON is not a plan: {reason}"),
+            Self::UnknownKey { key, suggestion: Some(field) } => {
+                write!(f, "the plan has an unknown key `{key}` (did you mean `{field}`?)")
+            }
+            Self::UnknownKey { key, suggestion: None } => {
+                write!(f, "the plan has an unknown key `{key}`; the plan format guide lists the fields")
             }
             Self::InvalidPlanInput { name, reason } => write!(f, "the plan's input {name:?} {reason}"),
             Self::InvalidOutputSchema { step: Some(step), reason } => {

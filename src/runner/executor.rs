@@ -550,10 +550,18 @@ impl Runner {
             workflow.fail(failure)?;
         } else if let Some((step, exit)) = halt.exit {
             match exit {
-                Exit::Complete(message) => {
-                    workflow.set_final_output(Output::new(message.clone()).with_summary(message));
-                    workflow.transition_to(WorkflowState::Complete)?;
-                }
+                Exit::Complete(message) => match plan.output_schema.as_ref().map(|schema| fitted(schema, &message)) {
+                    Some(Err(problems)) => {
+                        let message = format!("the exit's message does not fit the plan's output schema: {problems}");
+                        workflow.fail(Failure::new(FailureKind::SchemaMismatch, message).at_step(step))?;
+                    }
+                    fits => {
+                        let value =
+                            fits.and_then(std::result::Result::ok).unwrap_or_else(|| Value::from(message.as_str()));
+                        workflow.set_final_output(Output::new(value).with_summary(message));
+                        workflow.transition_to(WorkflowState::Complete)?;
+                    }
+                },
                 Exit::Failed(error) => workflow.fail(Failure::new(FailureKind::Exited, error).at_step(step))?,
             }
         } else if halt.clarifying {
@@ -801,7 +809,14 @@ async fn run_step(work: Work, hooks: HookChain, ctx: StepContext) -> StepOutcome
         return outcome;
     }
     if let Some(exit) = &ctx.step.exit {
-        return StepOutcome::Output(Output::new(exit.message()));
+        let Some(schema) = &ctx.step.output_schema else { return StepOutcome::Output(Output::new(exit.message())) };
+        return match fitted(schema, exit.message()) {
+            Ok(value) => StepOutcome::Output(Output::new(value)),
+            Err(problems) => StepOutcome::failed(
+                FailureKind::SchemaMismatch,
+                format!("the exit's message does not fit the step's output schema: {problems}"),
+            ),
+        };
     }
     if let Some(ask) = &ctx.step.ask_user {
         return ask_user(&ctx, ask);
@@ -815,6 +830,17 @@ async fn run_step(work: Work, hooks: HookChain, ctx: StepContext) -> StepOutcome
     match hooks.after_step(&ctx, &outcome).await {
         Ok(()) => checked_against_schema(&ctx, outcome),
         Err(e) => hook_failed(e),
+    }
+}
+
+/// The value of an exit's message that fits `schema`: the text, or the JSON it
+/// holds (an exit may write `{"total": $n}`); else why neither fits.
+fn fitted(schema: &Value, text: &str) -> std::result::Result<Value, String> {
+    let as_text = Value::from(text);
+    let Err(problems) = check_value(schema, &as_text) else { return Ok(as_text) };
+    match serde_json::from_str::<Value>(text) {
+        Ok(parsed) if check_value(schema, &parsed).is_ok() => Ok(parsed),
+        _ => Err(problems),
     }
 }
 

@@ -182,6 +182,19 @@ fn a_config_file_sets_what_it_names_and_the_environment_gives_the_rest() {
 }
 
 #[test]
+fn a_plan_file_with_a_misspelt_key_is_refused_naming_it() {
+    let dir = workdir();
+    let path = read_plan(dir.path(), "report.csv");
+    let mut plan: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    plan["steps"][0]["conditon"] = json!("false");
+    std::fs::write(&path, plan.to_string()).unwrap();
+    let output = run(dir.path(), &["run", "--plan", path.to_str().unwrap()]);
+    assert_eq!(code(&output), 1);
+    assert!(stderr(&output).contains("`steps.0.conditon` (did you mean `condition`?)"), "{}", stderr(&output));
+    assert!(output.stdout.is_empty(), "nothing ran");
+}
+
+#[test]
 fn a_blank_query_is_a_usage_error() {
     let dir = workdir();
     for args in [&["plan", ""][..], &["run", "   "], &["submit", "\t"]] {

@@ -721,3 +721,43 @@ fn misnamed_inputs_invalid_schemas_and_unanswerable_choices_are_plan_problems() 
         assert!(problem.starts_with(expected), "{problem} / {expected}");
     }
 }
+
+/// An exit's message was the final output whatever the plan's output schema said,
+/// so a typed run could be COMPLETE with an output that is not its type.
+#[tokio::test]
+async fn an_exits_message_is_held_to_the_plans_and_its_steps_output_schema() {
+    let h = harness(config(ExecutionMode::Sequential, false), ticket_tools(false), ScriptedLlm::new());
+    let exiting = |message: &str| {
+        PlanBuilder::new("Count")
+            .step("Read the ticket", Some("ticket_tool"), "$ticket")
+            .args(json!({}))
+            .exit("Stop early", Exit::Complete(message.into()), "$stop")
+            .condition("not $ticket.urgent")
+            .step("Count properly", None, "$total")
+            .build()
+    };
+    let schema = json!({"type": "object", "properties": {"total": {"type": "number"}}, "required": ["total"]});
+
+    let mut mismatched = exiting("done early");
+    mismatched.output_schema = Some(schema.clone());
+    let failed = h.runner.run_plan(&mismatched).await.unwrap();
+    let failure = failed.failure().unwrap();
+    assert_eq!(
+        (failed.state(), failure.kind, failure.step),
+        (WorkflowState::Failed, FailureKind::SchemaMismatch, Some(1))
+    );
+    assert!(failure.message.contains("the exit's message does not fit the plan's output schema"), "{failure}");
+
+    let mut fitting = exiting("{\"total\": $ticket.count}");
+    fitting.output_schema = Some(schema);
+    let done = h.runner.run_plan(&fitting).await.unwrap();
+    assert_eq!(done.state(), WorkflowState::Complete, "{:?}", done.failure());
+    assert_eq!(*done.outputs().final_output.clone().unwrap().value, json!({"total": 3}), "the JSON it holds");
+
+    let mut step_typed = exiting("x");
+    step_typed.steps[1].output_schema = Some(json!({"type": "number"}));
+    let failed = h.runner.run_plan(&step_typed).await.unwrap();
+    let failure = failed.failure().unwrap();
+    assert_eq!((failure.kind, failure.step), (FailureKind::SchemaMismatch, Some(1)), "{failure}");
+    assert!(failure.message.contains("the step's output schema"), "{failure}");
+}

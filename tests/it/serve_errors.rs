@@ -108,6 +108,21 @@ async fn an_empty_query_is_400_before_planning() {
     assert_eq!(listed["count"], 0);
 }
 
+/// A plan posted with a misspelt key is refused naming it: read leniently, a
+/// `conditon` dropped the step's guard and the step ran.
+#[tokio::test]
+async fn a_posted_plan_with_a_key_no_field_takes_is_422_naming_it() {
+    let served = serve(runner_with(vec![], ScriptedLlm::new()), ServeOptions::new()).await;
+    let mut plan = crate::serve::tool_plan("Say hi", "weather_tool");
+    plan["steps"][0]["conditon"] = json!("false");
+    let (status, refused) = served.post("/v1/workflows", json!({"plan": plan})).await;
+    assert_eq!((status, &refused["error"]["code"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("invalid_plan")));
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.contains("`steps.0.conditon` (did you mean `condition`?)"), "{message}");
+    let (_, listed) = served.get("/v1/workflows").await;
+    assert_eq!(listed["count"], 0, "nothing was created");
+}
+
 /// A 401 says how to authenticate, and the scheme's name is read in any case (RFC 7235).
 #[tokio::test]
 async fn a_401_asks_for_a_bearer_token_and_the_scheme_is_read_in_any_case() {

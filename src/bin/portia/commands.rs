@@ -298,7 +298,7 @@ async fn load_or_plan(setup: &Setup, runner: &Runner, source: &Source) -> Result
         (Some(path), _) => {
             let text =
                 std::fs::read_to_string(path).map_err(|e| Failure(format!("cannot read {}: {e}", path.display())))?;
-            serde_json::from_str(&text).map_err(|e| Failure(format!("{} is not a plan: {e}", path.display())))
+            Plan::from_json(&text).map_err(|e| Failure(format!("{}: {e}", path.display())))
         }
         (None, Some(query)) => plan(setup, query).await,
         (None, None) => Err(Failure("give a query, --plan FILE or --plan-id ID".to_owned())),

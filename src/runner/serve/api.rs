@@ -42,10 +42,10 @@ pub(super) struct CreateWorkflow {
     /// A query to plan first.
     #[serde(default)]
     query: Option<String>,
-    /// A plan, as `portia plan` prints it.
+    /// A plan, as `portia plan` prints it; a key no field takes is refused.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
-    plan: Option<Plan>,
+    plan: Option<Value>,
     /// A stored plan.
     #[serde(default)]
     #[schema(value_type = Option<String>)]
@@ -192,7 +192,7 @@ pub(super) async fn create_workflow(
             let tools = request.tools.unwrap_or_else(|| state.plan_tools.to_vec());
             runner.generate_plan(query).tools(tools).execution_context(context.clone()).await?
         }
-        (None, Some(plan), None) => state.posted_plan(&caller, &context, plan).await?,
+        (None, Some(plan), None) => state.posted_plan(&caller, &context, read_plan(plan)?).await?,
         (None, None, Some(id)) => state.visible_plan(&caller, id).await?,
         _ => return Err(ApiError::bad_request("give exactly one of `query`, `plan` or `plan_id`")),
     };
@@ -390,6 +390,20 @@ pub(super) async fn retry(
     };
     let _ = state.touched.send(retry.id());
     Ok((StatusCode::ACCEPTED, Json(retry)))
+}
+
+/// A posted plan, read strictly: JSON of the wrong shape is a 400 like any body's,
+/// a key no field takes a 422 `invalid_plan` naming it.
+fn read_plan(plan: Value) -> ApiResult<Plan> {
+    Plan::from_value(plan).map_err(|e| match e {
+        crate::Error::InvalidPlan(problems) => match &problems[..] {
+            [crate::plan::PlanProblem::NotAPlan { reason }] => {
+                ApiError::bad_request(format!("`plan`: {}", super::errors::in_json_terms(reason)))
+            }
+            _ => crate::Error::InvalidPlan(problems).into(),
+        },
+        other => other.into(),
+    })
 }
 
 /// Deletes a workflow with its journal, whatever its state, unless a run holds it:

@@ -213,7 +213,7 @@ fn json_kind(value: &serde_json::Value) -> &'static str {
 /// A serde message with the Rust names of what was expected put in JSON's terms:
 /// `expected struct Plan` is `expected an object`, a `map` an object, a `sequence`
 /// an array.
-fn in_json_terms(message: &str) -> String {
+pub(super) fn in_json_terms(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
     let mut rest = message;
     // `struct NAME` names a Rust type: the whole of it is an object.

@@ -316,8 +316,18 @@ async fn the_openapi_document_is_3_1_and_lists_every_route() {
         ("/healthz", "get"),
         ("/readyz", "get"),
     ] {
-        assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} missing");
+        let operation = paths.get(path).and_then(|p| p.get(method));
+        assert!(operation.is_some(), "{method} {path} missing");
+        // Generated clients send the token where it is needed, and know a 401.
+        let open = path == "/healthz" || path == "/readyz";
+        let operation = operation.unwrap();
+        assert_eq!(operation["security"] == json!([{}]), open, "{method} {path}: {}", operation["security"]);
+        assert_eq!(operation["responses"].get("401").is_some(), !open, "{method} {path}");
     }
+    assert_eq!(doc["security"], json!([{"bearer": []}]));
+    let list = &paths["/v1/workflows"]["get"]["parameters"];
+    let page = list.as_array().unwrap().iter().find(|p| p["name"] == "page").unwrap();
+    assert_eq!(page["schema"]["minimum"], 1, "page 0 is refused: {page}");
     let (_, tools) = served.get("/v1/tools").await;
     assert_eq!(tools[0]["id"], "weather_tool");
     assert_eq!(served.get("/healthz").await.0, StatusCode::OK);

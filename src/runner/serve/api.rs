@@ -87,8 +87,10 @@ pub(super) struct ListParams {
     /// Only the workflows of this end user.
     end_user_id: Option<String>,
     /// The page, from 1 (0 is refused).
+    #[param(minimum = 1)]
     page: Option<usize>,
     /// Workflows per page, from 1 (0 is refused); more than 500 is 500; 50 by default.
+    #[param(minimum = 1)]
     page_size: Option<usize>,
 }
 

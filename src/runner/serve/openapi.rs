@@ -36,17 +36,42 @@ use super::{api, aside, changes, follow, metrics};
 )]
 struct ApiDoc;
 
-/// Says that every operation takes a bearer token when the server has tokens.
+/// Says that every operation but the health checks takes a bearer token when the
+/// server has tokens, and may answer 401 without one: generated clients send it.
 struct BearerAuth;
+
+/// The operations open to anyone, tokens or not.
+const OPEN_PATHS: [&str; 2] = ["/healthz", "/readyz"];
 
 impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+        use utoipa::openapi::{Content, Ref, ResponseBuilder};
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+        openapi.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
+        let unauthorized = ResponseBuilder::new()
+            .description("No token, or not one of the server's (`unauthorized`)")
+            .content("application/json", Content::new(Some(Ref::from_schema_name("ErrorBody"))))
+            .build();
+        for (path, item) in &mut openapi.paths.paths {
+            let operations = [&mut item.get, &mut item.post, &mut item.delete];
+            for operation in operations.into_iter().flatten() {
+                if OPEN_PATHS.contains(&path.as_str()) {
+                    // An empty requirement: no token needed.
+                    operation.security = Some(vec![SecurityRequirement::default()]);
+                } else {
+                    operation
+                        .responses
+                        .responses
+                        .entry("401".to_owned())
+                        .or_insert_with(|| unauthorized.clone().into());
+                }
+            }
+        }
     }
 }
 

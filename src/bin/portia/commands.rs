@@ -464,11 +464,19 @@ async fn put_back(runner: &Runner, id: Option<WorkflowId>) -> Result<Exit, Failu
             exit = Exit::Failed;
             continue;
         };
-        if runner.storage().put_back(id).await? {
-            emit(format_args!("{id}\n"))?;
-            if !entry.queued {
-                eprintln!("portia: workflow {id} was not queued: `portia resume {id}` runs it");
+        match runner.put_back(id).await {
+            Ok(true) => {
+                emit(format_args!("{id}\n"))?;
+                if !entry.queued {
+                    eprintln!("portia: workflow {id} was not queued: `portia resume {id}` runs it");
+                }
             }
+            Ok(false) => {}
+            Err(e @ portia::Error::Unreadable { .. }) => {
+                eprintln!("portia: workflow {id} stays set aside: {}", Failure::from(e).0);
+                exit = Exit::Failed;
+            }
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(exit)

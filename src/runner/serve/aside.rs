@@ -31,7 +31,8 @@ pub(super) async fn list(
 }
 
 /// Puts a workflow set aside back without running it: a worker takes it, in its
-/// place, if it was queued. 409 `not_set_aside` for one that is not.
+/// place, if it was queued. 409 `not_set_aside` for one that is not; 500
+/// `unreadable` for one whose rows still cannot be read (it stays aside).
 #[utoipa::path(post, path = "/v1/workflows/{id}/put-back", tag = "workflows",
     params(("id" = String, Path, description = "The workflow's id")),
     responses((status = 200, description = "The workflow", body = Object), (status = "4XX", body = ErrorBody)))]
@@ -41,7 +42,7 @@ pub(super) async fn put_back(
     PathParams(id): PathParams<String>,
 ) -> Result<Json<Workflow>, ApiError> {
     let workflow = state.visible(&caller, &id).await?;
-    if !state.runner.storage().put_back(workflow.id()).await? {
+    if !state.runner.put_back(workflow.id()).await? {
         let message = format!("workflow {} is not set aside (`GET /v1/set-aside` lists those that are)", workflow.id());
         return Err(ApiError::new(StatusCode::CONFLICT, "not_set_aside", message));
     }

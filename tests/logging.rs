@@ -107,3 +107,39 @@ async fn a_call_the_rate_limiter_lets_straight_through_logs_no_wait() {
     let logs = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
     assert!(!logs.contains("waited for the client-side rate limit"), "{logs}");
 }
+
+/// Busy once, then done; safe to send again.
+#[derive(Debug, Default)]
+struct BusyOnce(std::sync::atomic::AtomicBool);
+
+#[async_trait::async_trait]
+impl portia::Tool for BusyOnce {
+    fn spec(&self) -> portia::tool::ToolSpec {
+        portia::tool::ToolSpec::new("busy_tool", "Busy Tool", "Busy at first.").idempotent(true)
+    }
+    async fn run(
+        &self,
+        _ctx: &portia::ToolRunContext,
+        _args: serde_json::Value,
+    ) -> Result<portia::ToolOutput, portia::ToolError> {
+        if !self.0.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(portia::ToolError::transient("busy", portia::tool::RetryHint::default()));
+        }
+        Ok(portia::ToolOutput::value("done"))
+    }
+}
+
+/// At the command line's default level (warnings only), a retry's line named no
+/// workflow: several `portia run` processes sharing a log could not be told apart.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_warning_inside_a_run_names_its_workflow_at_the_warn_level() {
+    let (buffer, _guard) = capture(tracing::Level::WARN);
+    let mut tools = InMemoryToolRegistry::new();
+    tools.register(Arc::new(BusyOnce::default())).unwrap();
+    let h = harness(config(ExecutionMode::Sequential, false), tools, ScriptedLlm::new());
+    let plan = PlanBuilder::new("q").step("Do it", Some("busy_tool"), "$done").args(serde_json::json!({})).build();
+    let done = h.runner.run_plan(&plan).await.unwrap();
+    let logs = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    let line = logs.lines().find(|l| l.contains("sending the tool call again")).unwrap_or_else(|| panic!("{logs}"));
+    assert!(line.contains(&done.id().to_string()), "{line}");
+}

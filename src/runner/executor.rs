@@ -758,9 +758,11 @@ impl Runner {
 }
 
 /// The span of one run of a workflow, named as OpenTelemetry's GenAI conventions
-/// name an agent's invocation.
+/// name an agent's invocation. At WARN level, so that it is on wherever warnings
+/// are logged (the command line's default): a retry's warning then names its
+/// workflow.
 fn workflow_span(workflow: &Workflow) -> tracing::Span {
-    tracing::info_span!(
+    tracing::warn_span!(
         "workflow",
         otel.name = "invoke_agent portia",
         gen_ai.operation.name = "invoke_agent",
@@ -770,8 +772,10 @@ fn workflow_span(workflow: &Workflow) -> tracing::Span {
     )
 }
 
+/// The span of one step, at WARN level as the run's is: a step runs in a task of
+/// its own, and a disabled span there would hide the run's from its warnings.
 fn step_span(index: usize, step: &crate::plan::Step) -> tracing::Span {
-    tracing::info_span!(
+    tracing::warn_span!(
         "step",
         otel.name = format!("step {index}"),
         portia.step.index = index,

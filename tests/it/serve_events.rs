@@ -430,11 +430,15 @@ impl LlmClient for GatedToolCall {
         let stream = Deltas::current();
         if let Some(stream) = &stream {
             stream.begin_attempt();
-            stream.tool_arguments(0, "echo_tool", "");
         }
-        for (gate, piece) in self.gates.iter().zip(GATED_PIECES) {
+        for (i, (gate, piece)) in self.gates.iter().zip(GATED_PIECES).enumerate() {
             gate.notified().await;
             if let Some(stream) = &stream {
+                // The call is named once the test's stream listens: one that joins
+                // after a call's start leaves the call's pieces out.
+                if i == 0 {
+                    stream.tool_arguments(0, "echo_tool", "");
+                }
                 stream.tool_arguments(0, "echo_tool", piece);
             }
         }

@@ -301,6 +301,14 @@ impl Translator {
                     out.push(json!({"type": "TOOL_CALL_ARGS", "toolCallId": restored.id, "delta": arguments}));
                 }
             }
+            // A call's first piece is empty (it is announced as soon as it is named):
+            // a first piece with arguments means this stream joined mid-call, its
+            // start gone before. Its pieces are left out; the call shows whole once made.
+            EventKind::LlmToolCallDelta { call, index, arguments, .. }
+                if !arguments.is_empty() && !self.streaming_calls.contains_key(&(*call, *index)) =>
+            {
+                self.ended_calls.insert((*call, *index));
+            }
             EventKind::LlmToolCallDelta { step_output, call, index, tool_id, arguments } => {
                 let id = self.tool_call_for(*call, *index, step_output, tool_id, &mut out);
                 if !arguments.is_empty() {
@@ -745,9 +753,11 @@ mod tests {
         let workflow_id = WorkflowId::new();
         let mut translator = Translator::new(workflow_id.to_string());
         let piece = |arguments: &str| WorkflowEvent::new(workflow_id, echo_piece(None, arguments));
-        let mut out = translator.live(&piece("{\"a\""));
+        let mut out = translator.live(&piece(""));
+        out.extend(translator.live(&piece("{\"a\"")));
         let restarted = EventKind::LlmStreamRestarted { step_output: None, call: 1 };
         out.extend(translator.live(&WorkflowEvent::new(workflow_id, restarted)));
+        out.extend(translator.live(&piece("")));
         out.extend(translator.live(&piece("{}")));
 
         let types: Vec<&str> = out.iter().map(|e| e["type"].as_str().unwrap()).collect();
@@ -777,7 +787,9 @@ mod tests {
         let piece = |call: u64, arguments: &str| {
             WorkflowEvent::new(workflow_id, echo_piece_of_call(call, Some("$out"), arguments))
         };
-        let mut out = translator.live(&piece(1, "{}"));
+        let mut out = translator.live(&piece(1, ""));
+        out.extend(translator.live(&piece(1, "{}")));
+        out.extend(translator.live(&piece(2, "")));
         out.extend(translator.live(&piece(2, "{\"a\":")));
         let finished = llm_call_finished();
         out.extend(translator.translate(&StoredEvent::new(1, WorkflowEvent::new(workflow_id, finished)), &workflow));
@@ -807,7 +819,8 @@ mod tests {
         let workflow = workflow();
         let workflow_id = workflow.id();
         let mut translator = Translator::new(workflow_id.to_string());
-        let mut out = translator.live(&WorkflowEvent::new(workflow_id, echo_piece(None, "{}")));
+        let mut out = translator.live(&WorkflowEvent::new(workflow_id, echo_piece(None, "")));
+        out.extend(translator.live(&WorkflowEvent::new(workflow_id, echo_piece(None, "{}"))));
         let key = ToolCallKey::new(workflow_id, 0, 0, 0);
         let started =
             EventKind::ToolCallStarted { call: key, tool_id: "echo".into(), arguments: json!({"a": 1}).into() };
@@ -815,6 +828,32 @@ mod tests {
         let starts: Vec<&Value> = out.iter().filter(|e| e["type"] == "TOOL_CALL_START").collect();
         assert_eq!(starts.len(), 2);
         assert_eq!(starts[1]["toolCallId"], key.to_string());
+    }
+
+    /// A stream that joins while a call's arguments stream (its first, empty piece
+    /// gone before) leaves that call's pieces out, rather than sending half its
+    /// arguments under a call that is then made, and shown, again; the call shows
+    /// whole, once, when it is made.
+    #[test]
+    fn a_stream_joining_in_the_middle_of_a_call_shows_it_once_and_whole_when_made() {
+        let workflow = workflow();
+        let workflow_id = workflow.id();
+        let mut translator = Translator::new(workflow_id.to_string());
+        let mut out = Vec::new();
+        for arguments in ["\"hi\"", "}"] {
+            out.extend(translator.live(&WorkflowEvent::new(workflow_id, echo_piece(Some("$out"), arguments))));
+        }
+        assert!(out.iter().all(|e| !e["type"].as_str().unwrap().starts_with("TOOL_CALL")), "{out:#?}");
+        let key = ToolCallKey::new(workflow_id, 0, 0, 0);
+        let stored = [llm_call_finished()].into_iter().chain(echo_made(key)).collect();
+        out.extend(translate_stored(&mut translator, &workflow, stored));
+
+        let calls: Vec<&Value> = out.iter().filter(|e| e["type"].as_str().unwrap().starts_with("TOOL_CALL")).collect();
+        let shape: Vec<&str> = calls.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(shape, ["TOOL_CALL_START", "TOOL_CALL_ARGS", "TOOL_CALL_END", "TOOL_CALL_RESULT"]);
+        assert!(calls.iter().all(|e| e["toolCallId"] == key.to_string()), "under the call's own id: {calls:#?}");
+        let arguments: String = calls.iter().filter_map(|e| e["delta"].as_str()).collect();
+        assert_eq!(serde_json::from_str::<Value>(&arguments).unwrap(), json!({"text": "hi"}));
     }
 
     /// A stream dropped midway carries its streamed call over to the one that
@@ -825,7 +864,8 @@ mod tests {
         let workflow_id = workflow.id();
         let piece = |arguments: &str| WorkflowEvent::new(workflow_id, echo_piece(None, arguments));
         let mut dropped = Translator::new(workflow_id.to_string());
-        let seen = dropped.live(&piece("{\"text\": "));
+        let mut seen = dropped.live(&piece(""));
+        seen.extend(dropped.live(&piece("{\"text\": ")));
         assert!(Translator::new(workflow_id.to_string()).carried().is_empty(), "nothing to carry at first");
 
         let mut resumed = Translator::new(workflow_id.to_string());

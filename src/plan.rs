@@ -698,9 +698,15 @@ impl Plan {
     /// The outputs step `index` needs before it can run: those it
     /// [reads](Plan::reads), and those its condition tests.
     pub fn dependencies(&self, index: usize) -> Vec<String> {
-        let Some(step) = self.steps.get(index) else { return Vec::new() };
+        self.with_tested(index, self.reads(index))
+    }
+
+    /// `reads` (step `index`'s [reads](Plan::reads)) with the outputs its condition
+    /// tests: its [dependencies](Plan::dependencies), for a caller that has both.
+    pub(crate) fn with_tested(&self, index: usize, reads: Vec<String>) -> Vec<String> {
+        let Some(step) = self.steps.get(index) else { return reads };
         let tested = step.condition.iter().flat_map(|c| condition::references(c)).map(|t| output_name(&t));
-        let mut needed = self.reads(index);
+        let mut needed = reads;
         for name in tested.filter(|name| self.step_producing(name).is_some()) {
             if !needed.contains(&name) {
                 needed.push(name);

@@ -93,12 +93,15 @@ impl Plan {
 impl Step {
     /// What this block's steps read from outside it: each step's references but
     /// the outputs of the block's earlier steps and an inner loop's own `$item`
-    /// and `$index`.
+    /// and `$index`. The list an inner loop runs over is read from outside, even
+    /// when it is this block's `$item` (a loop over each item's list).
     pub(super) fn block_references(&self) -> Vec<String> {
         let mut names: Vec<String> = Vec::new();
         for (i, inner) in self.steps.iter().enumerate() {
             let produced_inside = |name: &str| self.steps[..i].iter().any(|s| s.output == name);
-            let own_loop = |name: &str| inner.for_each.is_some() && is_loop_variable(name);
+            let list = inner.for_each.as_deref().map(|list| output_name(list.trim()));
+            let own_loop =
+                |name: &str| inner.for_each.is_some() && is_loop_variable(name) && list.as_deref() != Some(name);
             for name in inner.references() {
                 if !produced_inside(&name) && !own_loop(&name) && !names.contains(&name) {
                     names.push(name);

@@ -270,15 +270,13 @@ impl Runner {
             _ => self.inner.config.max_parallel_steps.max(1),
         };
         let steps = run.plan.steps.len();
-        let needs = (0..steps).map(|i| run.plan.dependencies(i)).collect();
-        let reads = (0..steps).map(|i| run.plan.reads(i)).collect();
+        let reads: Vec<Vec<String>> = (0..steps).map(|i| run.plan.reads(i)).collect();
+        let needs = reads.iter().enumerate().map(|(i, read)| run.plan.with_tested(i, read.clone())).collect();
         let mut schedule = Schedule { started: vec![false; steps], needs, reads, ..Schedule::default() };
         let mut halt = Halt { exit: exit_taken(&run.plan, &run.workflow), ..Halt::default() };
         loop {
-            // A skip, or a loop's last item, may make other steps ready at once. The
-            // budget is asked only when there is a step to start: a run whose last
-            // call spent it exactly has done its work and ends as that work did.
-            while !halt.stops_new_steps() && !self.ready_steps(run, &schedule).is_empty() && !run.meter.check_budget() {
+            // A skip, or a loop's last item, may make other steps ready at once.
+            while !halt.stops_new_steps() {
                 if !self.start_ready(run, &mut schedule, &mut halt, limit).await? {
                     break;
                 }
@@ -305,9 +303,15 @@ impl Runner {
 
     /// Starts what is ready, up to `limit` tasks; `true` when something finished
     /// without a task (a skip, a loop's end), so that another pass may find more.
+    /// The budget is asked only when there is a step to start: a run whose last
+    /// call spent it exactly has done its work, and ends as that work did.
     async fn start_ready(&self, run: &mut Run, schedule: &mut Schedule, halt: &mut Halt, limit: usize) -> Result<bool> {
+        let ready = self.ready_steps(run, schedule);
+        if ready.is_empty() || run.meter.check_budget() {
+            return Ok(false);
+        }
         let mut progressed = false;
-        for index in self.ready_steps(run, schedule) {
+        for index in ready {
             if schedule.running.len() >= limit || halt.stops_new_steps() {
                 break;
             }

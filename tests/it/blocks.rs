@@ -497,3 +497,31 @@ async fn a_loop_over_a_block_killed_mid_way_resumes_at_its_first_unfinished_item
     let all = storage.list_workflows(&WorkflowQuery::default()).await.unwrap();
     assert_eq!(all.count, 4, "the parent and one child per item: item 2's child was resumed, not started again");
 }
+
+/// A loop inside a looped block over each item's own list: its `for_each` names
+/// the block's `$item`, and inside it `$item` is the inner item. Refused before as
+/// a loop over something no earlier step outputs.
+#[tokio::test]
+async fn a_loop_in_a_looped_block_runs_over_each_items_list() {
+    let cells = Arc::new(MockTool::echo("cell_tool"));
+    let tools = InMemoryToolRegistry::from_tools([Arc::clone(&cells) as Arc<dyn portia::Tool>]).unwrap();
+    let plan = PlanBuilder::new("Each cell")
+        .plan_input("$grid", "rows of cells")
+        .block("Each row", "$rows", |b| {
+            b.step("Each cell", Some("cell_tool"), "$cells")
+                .args(json!({"cell": "$item", "at": "$index"}))
+                .for_each("$item")
+        })
+        .for_each("$grid")
+        .build();
+    assert_eq!(plan.problems(&tools), []);
+    let h =
+        common::harness_with(common::config(portia::config::ExecutionMode::Parallel, false), tools, ScriptedLlm::new());
+    let grid = json!({"grid": [[1, 2], [3]]}).as_object().unwrap().clone();
+    let created = h.runner.create_workflow(&plan).inputs(grid).await.unwrap();
+    let workflow = h.runner.execute_workflow(created).await.unwrap();
+    assert_eq!(workflow.state(), WorkflowState::Complete, "{:?}", workflow.failure());
+    let rows = &workflow.outputs().step_outputs.get("$rows").unwrap().value;
+    let expected = json!([[{"cell": 1, "at": 0}, {"cell": 2, "at": 1}], [{"cell": 3, "at": 0}]]);
+    assert_eq!(**rows, expected);
+}

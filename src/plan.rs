@@ -504,7 +504,7 @@ impl Plan {
             }
             self.args_problems(step, &scope, &mut problems);
             self.condition_problems(step, &scope, &mut problems);
-            self.task_problems(step, &scope, &mut problems);
+            self.text_problems(step, &scope, &mut problems);
             self.for_each_problems(step, &scope, &mut problems);
             if s.is_block() {
                 self.block_problems(registry, step, outer, &mut problems);
@@ -665,16 +665,19 @@ impl Plan {
         }
     }
 
-    /// The references of a step's task text to outputs: one to a later step's
-    /// output is a problem (the step would not wait for it), and one to an earlier
-    /// output must name fields it has. Other `$` words are the task's own prose.
-    fn task_problems(&self, step: usize, scope: &Scope<'_>, problems: &mut Vec<PlanProblem>) {
-        for token in condition::references(&self.steps[step].task) {
+    /// The references of a step's task text and exit message to outputs: one to a
+    /// later step's output is a problem (the step cannot wait for it: no step after
+    /// an exit starts before it), and one to an earlier output must name fields it
+    /// has. Other `$` words, the step's own output among them, are prose.
+    fn text_problems(&self, step: usize, scope: &Scope<'_>, problems: &mut Vec<PlanProblem>) {
+        let s = &self.steps[step];
+        let texts = [Some(s.task.as_str()), s.exit.as_ref().map(Exit::message)];
+        for token in texts.into_iter().flatten().flat_map(condition::references) {
             let Some(reference) = Reference::parse(&token) else { continue };
             if scope.produced.contains(reference.name.as_str()) {
                 self.field_problems(step, scope.outer, Some(&reference), problems);
-            } else if self.step_producing(&reference.name).is_some_and(|producer| producer >= step) {
-                problems.push(PlanProblem::ForwardTaskReference { step, reference: token });
+            } else if self.step_producing(&reference.name).is_some_and(|producer| producer > step) {
+                problems.push(PlanProblem::ForwardReference { step, reference: token });
             }
         }
     }
@@ -706,6 +709,9 @@ impl Plan {
     pub(crate) fn with_tested(&self, index: usize, reads: Vec<String>) -> Vec<String> {
         let Some(step) = self.steps.get(index) else { return reads };
         let tested = step.condition.iter().flat_map(|c| condition::references(c)).map(|t| output_name(&t));
+        // A block's steps' conditions too: the block waits for what they test.
+        let in_block = step.block_references().into_iter().filter(|name| !is_loop_variable(name));
+        let tested = tested.chain(in_block);
         let mut needed = reads;
         for name in tested.filter(|name| self.step_producing(name).is_some()) {
             if !needed.contains(&name) {
@@ -729,9 +735,9 @@ impl Plan {
         // Only earlier outputs: a later one in the text is a plan problem, never a wait.
         let earlier = |name: &String| self.step_producing(name).is_some_and(|producer| producer < index);
         let from_task = condition::references(&step.task).into_iter().map(|t| output_name(&t)).filter(earlier);
-        let from_exit =
-            step.exit.iter().flat_map(|e| args::tokens_in(&Value::from(e.message()))).map(|(t, _)| output_name(&t));
-        let from_block = step.block_references().into_iter().filter(|name| !is_loop_variable(name));
+        let from_exit = step.exit.iter().flat_map(|e| args::tokens_in(&Value::from(e.message())));
+        let from_exit = from_exit.map(|(t, _)| output_name(&t)).filter(earlier);
+        let from_block = step.block_reads().into_iter().filter(|name| !is_loop_variable(name));
         let referenced = from_args.chain(from_task).chain(from_exit).chain(from_block);
         for name in from_inputs.chain(referenced.filter(|name| self.step_producing(name).is_some())) {
             if !needed.contains(&name) {

@@ -554,9 +554,10 @@ impl Config {
 
     /// Reads the environment and `.env` as [`Config::from_env`] does, then the
     /// settings file at `path` (as [`Config::from_file`] reads it) over them: what
-    /// the file sets wins, setting by setting (a `[budget]` table's keys one by
-    /// one), and what it leaves out comes from the environment. This is how the
-    /// `portia` command line reads `--config FILE`.
+    /// the file sets wins, setting by setting (a table such as `[budget]` or
+    /// `[prices]` entry by entry, each entry whole), and what it leaves out comes
+    /// from the environment. This is how the `portia` command line reads
+    /// `--config FILE`.
     ///
     /// # Errors
     /// As [`Config::from_env`] and [`Config::from_file`].
@@ -568,12 +569,14 @@ impl Config {
     fn under_file(self, path: &Path) -> Result<Self> {
         let setting = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| Error::invalid_config(&setting, e.to_string()))?;
-        // Read as settings first, for its errors: a misspelt key is named, not ignored.
+        // Read as settings first, for its errors (a misspelt key is named, not
+        // ignored); then as JSON, for what it names and nothing it leaves out.
         let _: Config = files::read_settings(&text, is_toml(path)).map_err(|p| Error::invalid_config(&setting, p))?;
-        let file: Value = files::read_settings(&text, is_toml(path)).map_err(|p| Error::invalid_config(&setting, p))?;
+        let named: Value =
+            files::read_settings(&text, is_toml(path)).map_err(|p| Error::invalid_config(&setting, p))?;
         let env = self;
         let mut merged = serde_json::to_value(&env).expect("a Config always serializes");
-        overlay(&mut merged, file);
+        overlay(&mut merged, named);
         let mut config: Config =
             serde_json::from_value(merged).map_err(|e| Error::invalid_config(&setting, e.to_string()))?;
         // Keys are never serialized: those the file leaves out come from where `env` read them.
@@ -1014,15 +1017,18 @@ fn set<T>(field: &mut T, value: Option<T>) {
     }
 }
 
-/// Sets in `base` every value `over` has, merging objects key by key.
+/// Sets in `base` (a configuration as JSON) every setting `over` has; a table
+/// (`budget`, `prices`, ...) entry by entry, each entry whole: a file's price of a
+/// model is that price, with none of the default's rates for it left over.
 fn overlay(base: &mut Value, over: Value) {
-    match (base, over) {
-        (Value::Object(base), Value::Object(over)) => {
-            for (key, value) in over {
-                overlay(base.entry(key).or_insert(Value::Null), value);
+    let (Value::Object(base), Value::Object(over)) = (base, over) else { return };
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(Value::Object(table)), Value::Object(entries)) => table.extend(entries),
+            (_, value) => {
+                base.insert(key, value);
             }
         }
-        (base, over) => *base = over,
     }
 }
 
@@ -1293,7 +1299,9 @@ mod tests {
     fn a_file_over_the_environment_sets_what_it_names_and_keeps_the_rest() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("portia.toml");
-        std::fs::write(&path, "max_retries = 2\n[budget]\nllm_calls = 7\n").unwrap();
+        let file =
+            "max_retries = 2\n[budget]\nllm_calls = 7\n[prices.gpt-4o]\ninput_per_mtok = 1.0\noutput_per_mtok = 2.0\n";
+        std::fs::write(&path, file).unwrap();
         let vars = |name: &str| match name {
             "PORTIA_MAX_RETRIES" => Some("5".to_owned()),
             "PORTIA_BUDGET_USD" => Some("1.5".to_owned()),
@@ -1304,6 +1312,8 @@ mod tests {
         assert_eq!(config.max_retries, 2, "the file wins");
         assert_eq!((config.budget.llm_calls, config.budget.usd), (Some(7), Some(1.5)), "table keys merge one by one");
         assert_eq!(config.openai_base_url.as_deref(), Some("http://127.0.0.1:9/v1"), "the rest is the environment's");
+        assert_eq!(config.prices.get("gpt-4o"), Some(Price::new(1.0, 2.0)), "an entry is taken whole");
+        assert_eq!(config.prices.get("gpt-4.1-mini"), Prices::default().get("gpt-4.1-mini"), "others are kept");
         std::fs::write(&path, "max_retires = 2\n").unwrap();
         let err = Config::from_vars(vars).unwrap().under_file(&path).unwrap_err().to_string();
         assert!(err.contains("did you mean `max_retries`"), "{err}");

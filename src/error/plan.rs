@@ -83,9 +83,9 @@ pub enum PlanProblem {
         /// What is wrong, and how to fix it.
         reason: String,
     },
-    /// A step's task text refers to `$name`, an output of a later step: the step
-    /// would run before it exists.
-    ForwardTaskReference {
+    /// A step's task text or exit message refers to `$name`, an output of a later
+    /// step: the step would run before it exists.
+    ForwardReference {
         /// The step's index.
         step: usize,
         /// The reference.
@@ -263,9 +263,9 @@ impl fmt::Display for PlanProblem {
                 write!(f, "step {step} asks the user something unanswerable: {reason}")
             }
             Self::InvalidCondition { step, reason } => write!(f, "step {step}'s condition cannot be read: {reason}"),
-            Self::ForwardTaskReference { step, reference } => write!(
+            Self::ForwardReference { step, reference } => write!(
                 f,
-                "step {step}'s task refers to {reference}, which a later step outputs; \
+                "step {step}'s text refers to {reference}, which a later step outputs; \
                  move that step before it, or drop the reference"
             ),
             Self::UnknownFunction { step, function } => write!(

@@ -10,9 +10,10 @@
 //! client's own layers pass it on untouched. A client of one's own streams the
 //! same way, through [`Deltas::current`].
 
+use std::collections::HashSet;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::macros::config_enum;
 
@@ -104,6 +105,8 @@ pub struct Deltas {
     send: Arc<dyn Fn(Delta) + Send + Sync>,
     /// Whether the current attempt has sent any piece (so a new attempt voids it).
     sent: Arc<AtomicBool>,
+    /// The tool calls (by index) the current attempt has named with an empty piece.
+    named: Arc<Mutex<HashSet<usize>>>,
 }
 
 impl fmt::Debug for Deltas {
@@ -115,7 +118,7 @@ impl fmt::Debug for Deltas {
 impl Deltas {
     /// Pieces handed to `send`.
     pub(crate) fn new(send: impl Fn(Delta) + Send + Sync + 'static) -> Self {
-        Self { send: Arc::new(send), sent: Arc::default() }
+        Self { send: Arc::new(send), sent: Arc::default(), named: Arc::default() }
     }
 
     /// Runs `call` with its replies streamed to these deltas.
@@ -132,6 +135,7 @@ impl Deltas {
     /// Starts an attempt at the reply: call it before each try. If an earlier try
     /// had sent pieces, subscribers are told to drop them.
     pub fn begin_attempt(&self) {
+        self.named.lock().unwrap_or_else(PoisonError::into_inner).clear();
         if self.sent.swap(false, Ordering::Relaxed) {
             (self.send)(Delta::Restarted);
         }
@@ -148,11 +152,18 @@ impl Deltas {
     /// Hands on the next piece of the arguments of the reply's tool call `index`
     /// (the provider's numbering: the same for every piece of one call), which
     /// calls `tool`. The pieces of one call, joined, are its arguments as JSON text.
-    /// Call it once with an empty piece as soon as the call is named, so that
-    /// watchers see it start before its arguments come.
+    /// Call it with an empty piece as soon as the call is named, so that watchers
+    /// see it start before its arguments come; a call's first piece is preceded by
+    /// an empty one all the same (a watcher that missed it knows it joined late).
     pub fn tool_arguments(&self, index: usize, tool: &str, arguments: &str) {
         self.sent.store(true, Ordering::Relaxed);
-        (self.send)(Delta::ToolArguments { index, tool: tool.to_owned(), arguments: arguments.to_owned() });
+        let newly_named = self.named.lock().unwrap_or_else(PoisonError::into_inner).insert(index);
+        let piece =
+            |arguments: &str| Delta::ToolArguments { index, tool: tool.to_owned(), arguments: arguments.to_owned() };
+        if newly_named && !arguments.is_empty() {
+            (self.send)(piece(""));
+        }
+        (self.send)(piece(arguments));
     }
 }
 
@@ -179,6 +190,37 @@ mod tests {
             .await;
         assert_eq!(*seen.lock().unwrap(), [Delta::Text("Hel".into()), Delta::Restarted, Delta::Text("Hello".into())]);
         assert!(Deltas::current().is_none(), "outside the scope nothing streams");
+    }
+
+    /// Watchers tell a call they joined late by a first piece that is not empty, so
+    /// every call starts with an empty one, even a client's that sends none.
+    #[tokio::test]
+    async fn every_tool_call_of_an_attempt_is_named_with_an_empty_piece_first() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        let deltas = Deltas::new(move |d| sink.lock().unwrap().push(d));
+        deltas
+            .scope(async {
+                let deltas = Deltas::current().unwrap();
+                deltas.begin_attempt();
+                deltas.tool_arguments(0, "t", "{\"a\":");
+                deltas.tool_arguments(0, "t", " 1}");
+                deltas.tool_arguments(1, "t", "");
+                deltas.tool_arguments(1, "t", "{}");
+                deltas.begin_attempt();
+                deltas.tool_arguments(0, "t", "{}");
+            })
+            .await;
+        let pieces: Vec<String> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|d| match d {
+                Delta::ToolArguments { index, arguments, .. } => format!("{index}:{arguments}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(pieces, ["0:", "0:{\"a\":", "0: 1}", "1:", "1:{}", "Restarted", "0:", "0:{}"]);
     }
 
     #[test]

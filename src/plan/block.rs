@@ -29,7 +29,8 @@ impl Step {
     /// once: its inputs, loop, arguments, condition, exit message and task, and for
     /// a block what its steps read from outside it. A step's own `$item` and
     /// `$index` are kept; an inner loop's are its own and are not.
-    pub(crate) fn references(&self) -> Vec<String> {
+    /// With `tested` false, what conditions only test is left out.
+    fn references_tested(&self, tested: bool) -> Vec<String> {
         let mut names: Vec<String> = Vec::new();
         let mut add = |name: String| {
             if !names.contains(&name) {
@@ -41,8 +42,10 @@ impl Step {
         let texts = self.args.iter().cloned().chain([Value::from(self.task.as_str())]);
         let texts = texts.chain(self.exit.iter().map(|e| Value::from(e.message())));
         texts.flat_map(|text| args::tokens_in(&text)).for_each(|(token, _)| add(output_name(&token)));
-        self.condition.iter().flat_map(|c| condition::references(c)).for_each(|t| add(output_name(&t)));
-        self.block_references().into_iter().for_each(add);
+        if tested {
+            self.condition.iter().flat_map(|c| condition::references(c)).for_each(|t| add(output_name(&t)));
+        }
+        self.references_from_outside(tested).into_iter().for_each(add);
         names
     }
 }
@@ -96,13 +99,24 @@ impl Step {
     /// and `$index`. The list an inner loop runs over is read from outside, even
     /// when it is this block's `$item` (a loop over each item's list).
     pub(super) fn block_references(&self) -> Vec<String> {
+        self.references_from_outside(true)
+    }
+
+    /// What this block's steps read from outside it as data: as
+    /// [`Step::block_references`], less what their conditions only test.
+    pub(super) fn block_reads(&self) -> Vec<String> {
+        self.references_from_outside(false)
+    }
+
+    /// [`Step::block_references`], with what conditions test or without it (`tested`).
+    fn references_from_outside(&self, tested: bool) -> Vec<String> {
         let mut names: Vec<String> = Vec::new();
         for (i, inner) in self.steps.iter().enumerate() {
             let produced_inside = |name: &str| self.steps[..i].iter().any(|s| s.output == name);
             let list = inner.for_each.as_deref().map(|list| output_name(list.trim()));
             let own_loop =
                 |name: &str| inner.for_each.is_some() && is_loop_variable(name) && list.as_deref() != Some(name);
-            for name in inner.references() {
+            for name in inner.references_tested(tested) {
                 if !produced_inside(&name) && !own_loop(&name) && !names.contains(&name) {
                     names.push(name);
                 }

@@ -276,7 +276,7 @@ impl Runner {
         let mut halt = Halt { exit: exit_taken(&run.plan, &run.workflow), ..Halt::default() };
         loop {
             // A skip, or a loop's last item, may make other steps ready at once.
-            while !halt.stops_new_steps() {
+            while !halt.stops_new_steps() && run.signal.reason().is_none() {
                 if !self.start_ready(run, &mut schedule, &mut halt, limit).await? {
                     break;
                 }
@@ -303,16 +303,10 @@ impl Runner {
 
     /// Starts what is ready, up to `limit` tasks; `true` when something finished
     /// without a task (a skip, a loop's end), so that another pass may find more.
-    /// The budget is asked only when there is a step to start: a run whose last
-    /// call spent it exactly has done its work, and ends as that work did.
     async fn start_ready(&self, run: &mut Run, schedule: &mut Schedule, halt: &mut Halt, limit: usize) -> Result<bool> {
-        let ready = self.ready_steps(run, schedule);
-        if ready.is_empty() || run.meter.check_budget() {
-            return Ok(false);
-        }
         let mut progressed = false;
-        for index in ready {
-            if schedule.running.len() >= limit || halt.stops_new_steps() {
+        for index in self.ready_steps(run, schedule) {
+            if schedule.running.len() >= limit || halt.stops_new_steps() || run.signal.reason().is_some() {
                 break;
             }
             if run.plan.steps[index].for_each.is_some() {
@@ -401,6 +395,14 @@ impl Runner {
                 return Ok(false);
             }
         }
+        // The budget is asked only before work that may spend it: a run whose last
+        // call spent it exactly, with only skips or a loop's end left, ends as its
+        // work did. A spent budget stops the run through its signal.
+        let step = &run.plan.steps[unit.step];
+        let spends = step.exit.is_none() && step.ask_user.is_none();
+        if spends && run.meter.check_budget() {
+            return Ok(false);
+        }
         match self.step_context(run, unit, item) {
             Ok((ctx, questions)) => {
                 let task = self.start_step(run, unit, ctx, &mut schedule.running);
@@ -439,12 +441,10 @@ impl Runner {
             None | Some(Ok(true)) => Ok(None),
             Some(Ok(false)) => Ok(Some(format!("its condition is false: {text}"))),
             Some(Err(e)) => {
-                let skipped: Vec<String> = Condition::tested_outputs(text)
-                    .into_iter()
-                    .filter(|name| outputs.get(name).is_some_and(|o| o.skipped.is_some()))
-                    .collect();
-                if !skipped.is_empty() {
-                    return Ok(Some(format!("its condition tests what was skipped ({})", skipped.join(", "))));
+                let tested = Condition::tested_outputs(text);
+                let skipped = |name: &String| outputs.get(name).is_some_and(|o| o.skipped.is_some());
+                if !tested.is_empty() && tested.iter().all(skipped) {
+                    return Ok(Some(format!("its condition tests only what was skipped ({})", tested.join(", "))));
                 }
                 let message = format!("the condition `{text}` cannot be evaluated: {e}");
                 Err(Failure::new(FailureKind::InvalidStep, message))
@@ -817,8 +817,11 @@ async fn run_step(work: Work, hooks: HookChain, ctx: StepContext) -> StepOutcome
         return outcome;
     }
     if let Some(exit) = &ctx.step.exit {
-        let Some(schema) = &ctx.step.output_schema else { return StepOutcome::Output(Output::new(exit.message())) };
-        return match fitted(schema, exit.message()) {
+        // A failed exit's error is no output: only a `complete` message is checked.
+        let (Exit::Complete(message), Some(schema)) = (exit, &ctx.step.output_schema) else {
+            return StepOutcome::Output(Output::new(exit.message()));
+        };
+        return match fitted(schema, message) {
             Ok(value) => StepOutcome::Output(Output::new(value)),
             Err(problems) => StepOutcome::failed(
                 FailureKind::SchemaMismatch,
@@ -847,8 +850,8 @@ fn fitted(schema: &Value, text: &str) -> std::result::Result<Value, String> {
     let as_text = Value::from(text);
     let Err(problems) = check_value(schema, &as_text) else { return Ok(as_text) };
     match serde_json::from_str::<Value>(text) {
-        Ok(parsed) if check_value(schema, &parsed).is_ok() => Ok(parsed),
-        _ => Err(problems),
+        Ok(parsed) => check_value(schema, &parsed).map(|()| parsed),
+        Err(_) => Err(problems),
     }
 }
 

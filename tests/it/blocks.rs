@@ -525,3 +525,25 @@ async fn a_loop_in_a_looped_block_runs_over_each_items_list() {
     let expected = json!([[{"cell": 1, "at": 0}, {"cell": 2, "at": 1}], [{"cell": 3, "at": 0}]]);
     assert_eq!(**rows, expected);
 }
+
+/// A block whose steps only test a skipped output in their conditions runs, as a
+/// step testing it would: only what is read as data skips a step.
+#[tokio::test]
+async fn a_block_whose_steps_only_test_a_skipped_output_runs() {
+    let note = Arc::new(MockTool::echo("note_tool"));
+    let tools = InMemoryToolRegistry::from_tools([Arc::clone(&note) as Arc<dyn portia::Tool>]).unwrap();
+    let plan = PlanBuilder::new("Fallback")
+        .step("Draft", None, "$draft")
+        .condition("false")
+        .block("Fall back", "$fallback", |b| {
+            b.step("Note it", Some("note_tool"), "$noted").args(json!({"text": "no draft"})).condition("$draft == null")
+        })
+        .build();
+    assert!(plan.reads(1).is_empty(), "{:?}", plan.reads(1));
+    assert_eq!(plan.dependencies(1), ["$draft"]);
+    let h = common::harness_with(sequential(), tools, ScriptedLlm::new());
+    let workflow = h.runner.run_plan(&plan).await.unwrap();
+    assert_eq!(workflow.state(), WorkflowState::Complete, "{:?}", workflow.failure());
+    let fallback = workflow.outputs().step_outputs.get("$fallback").unwrap();
+    assert_eq!((fallback.skipped.as_deref(), &*fallback.value), (None, &json!({"text": "no draft"})));
+}

@@ -224,4 +224,18 @@ async fn a_run_whose_last_call_spends_the_budget_exactly_completes_with_its_answ
         assert_eq!(answer.as_deref(), Some("\"thought\""), "{budget:?}");
         assert_eq!(done.usage().total.llm_calls, 2);
     }
+    // Ending on a loop: the loop is finished (its output recorded) after its last
+    // item's call spent the budget; that is no work to refuse.
+    let items = MockTool::returning("items_tool", json!(["a", "b"]));
+    let looped = PlanBuilder::new("think per item")
+        .step("List", Some("items_tool"), "$items")
+        .args(json!({}))
+        .step("Think about $item", None, "$thoughts")
+        .for_each("$items")
+        .build();
+    let llm = ScriptedLlm::new().respond(reply(10, 1)).respond(reply(10, 1));
+    let (runner, _) = runner(Budget::default().llm_calls(2), llm, InMemoryToolRegistry::new().with(items).unwrap());
+    let done = runner.run_plan(&looped).await.unwrap();
+    assert_eq!(done.state(), WorkflowState::Complete, "{:?}", done.failure());
+    assert_eq!(*done.outputs().step_outputs.get("$thoughts").unwrap().value, json!(["thought", "thought"]));
 }

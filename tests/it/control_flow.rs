@@ -622,16 +622,19 @@ fn an_exit_cannot_loop_and_a_task_cannot_name_a_later_output() {
         .plan_input("$items", "the items")
         .exit("stop at 2", Exit::Failed("hit $item".into()), "$stop")
         .for_each("$items")
-        .step("Then read $later", None, "$then")
+        .step("Then read $later and write $then", None, "$then")
+        .exit("stop", Exit::Complete("done: $last".into()), "$stopped")
         .step("later", None, "$later")
+        .step("last", None, "$last")
         .build();
     let problems = plan.problems(&InMemoryToolRegistry::new());
     assert!(
         matches!(&problems[0], PlanProblem::InvalidForEach { step: 0, reason, .. } if reason.contains("looping block")),
         "{problems:?}"
     );
-    assert_eq!(problems[1], PlanProblem::ForwardTaskReference { step: 1, reference: "$later".into() });
-    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert_eq!(problems[1], PlanProblem::ForwardReference { step: 1, reference: "$later".into() });
+    assert_eq!(problems[2], PlanProblem::ForwardReference { step: 2, reference: "$last".into() });
+    assert_eq!(problems.len(), 3, "a step's own output in its task is prose: {problems:?}");
 }
 
 #[tokio::test]
@@ -644,9 +647,6 @@ async fn a_condition_may_test_an_output_that_was_skipped() {
         .condition("$ticket.urgent")
         .exit("Say so when there is no draft", Exit::Complete("no reply needed".into()), "$none")
         .condition("$draft == null")
-        .step("Page when the draft is long", Some("send_tool"), "$paged")
-        .args(json!({"text": "page"}))
-        .condition("$draft > 3")
         .build();
 
     let workflow = h.runner.run_plan(&plan).await.unwrap();
@@ -673,7 +673,20 @@ async fn a_condition_comparing_what_was_skipped_skips_its_step_rather_than_faili
 
     assert_eq!(workflow.state(), WorkflowState::Complete, "{:?}", workflow.failure());
     let paged = workflow.outputs().step_outputs.get("$paged").unwrap();
-    assert_eq!(paged.skipped.as_deref(), Some("its condition tests what was skipped ($score)"));
+    assert_eq!(paged.skipped.as_deref(), Some("its condition tests only what was skipped ($score)"));
+
+    // With an output that was not skipped beside it, the type error is the author's.
+    let mixed = PlanBuilder::new("Triage")
+        .step("Read the ticket", Some("ticket_tool"), "$ticket")
+        .args(json!({}))
+        .step("Score it", None, "$score")
+        .condition("$ticket.urgent")
+        .step("Page", Some("send_tool"), "$paged")
+        .args(json!({"text": "page"}))
+        .condition("$score == null and $ticket.count > \"x\"")
+        .build();
+    let failed = h.runner.run_plan(&mixed).await.unwrap();
+    assert_eq!(failed.failure().map(|f| f.kind), Some(FailureKind::InvalidStep), "{:?}", failed.failure());
 }
 
 #[tokio::test]
@@ -753,6 +766,17 @@ async fn an_exits_message_is_held_to_the_plans_and_its_steps_output_schema() {
     let done = h.runner.run_plan(&fitting).await.unwrap();
     assert_eq!(done.state(), WorkflowState::Complete, "{:?}", done.failure());
     assert_eq!(*done.outputs().final_output.clone().unwrap().value, json!({"total": 3}), "the JSON it holds");
+
+    let mut failing = exiting("x");
+    failing.steps[1].exit = Some(Exit::Failed("nothing to count".into()));
+    failing.steps[1].output_schema = Some(json!({"type": "number"}));
+    let failed = h.runner.run_plan(&failing).await.unwrap();
+    let failure = failed.failure().unwrap();
+    assert_eq!(
+        (failure.kind, failure.message.as_str()),
+        (FailureKind::Exited, "nothing to count"),
+        "no output to check"
+    );
 
     let mut step_typed = exiting("x");
     step_typed.steps[1].output_schema = Some(json!({"type": "number"}));

@@ -201,6 +201,8 @@ async fn a_stream_resumes_after_an_id_given_in_the_query_and_refuses_one_it_neve
     let first = whole[0].id.expect("an id");
     let resumed = open(&served, &format!("{path}?until=rest&after={first}"), None::<u64>).await.rest().await;
     assert_eq!(resumed, whole[1..]);
+    let from_start = open(&served, &format!("{path}?until=rest"), Some("")).await.rest().await;
+    assert_eq!(from_start, whole, "an empty Last-Event-ID is none");
 
     for bad in ["abc", "-1"] {
         let response = served.http.get(served.url(&path)).header("Last-Event-ID", bad).send().await.unwrap();
@@ -480,7 +482,14 @@ async fn a_stream_resumed_between_a_streamed_call_and_its_result_keeps_the_calls
     llm.gates[1].notify_one();
     assert_eq!(served.rest(&id).await.state(), WorkflowState::Complete);
     let last_id = seen.iter().rev().find_map(|e| e.raw_id.clone()).unwrap();
-    let resumed = open(&served, &path, Some(last_id)).await.rest().await;
+    assert!(last_id.contains('/'), "the id carries the streamed call: {last_id}");
+    let resumed = open(&served, &path, Some(&last_id)).await.rest().await;
+    // The same id given in the query, for a client that cannot set the header.
+    let via_query = open(&served, &format!("{path}?after={last_id}"), None::<u64>).await.rest().await;
+    let shape = |events: &[Sse]| -> Vec<(Value, Value)> {
+        events.iter().map(|e| (e.data["type"].clone(), e.data["toolCallId"].clone())).collect()
+    };
+    assert_eq!(shape(&via_query), shape(&resumed));
 
     let all: Vec<&Value> = seen.iter().chain(&resumed).map(|e| &e.data).collect();
     let of = |kind: &str| -> Vec<String> {

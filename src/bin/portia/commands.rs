@@ -471,7 +471,8 @@ async fn put_back(runner: &Runner, id: Option<WorkflowId>) -> Result<Exit, Failu
                     eprintln!("portia: workflow {id} was not queued: `portia resume {id}` runs it");
                 }
             }
-            Ok(false) => {}
+            // Put back, or deleted, since the list was read.
+            Ok(false) | Err(portia::Error::WorkflowNotFound(_)) => {}
             Err(e @ portia::Error::Unreadable { .. }) => {
                 eprintln!("portia: workflow {id} stays set aside: {}", Failure::from(e).0);
                 exit = Exit::Failed;

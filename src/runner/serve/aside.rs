@@ -35,7 +35,8 @@ pub(super) async fn list(
 /// `unreadable` for one whose rows still cannot be read (it stays aside).
 #[utoipa::path(post, path = "/v1/workflows/{id}/put-back", tag = "workflows",
     params(("id" = String, Path, description = "The workflow's id")),
-    responses((status = 200, description = "The workflow", body = Object), (status = "4XX", body = ErrorBody)))]
+    responses((status = 200, description = "The workflow", body = Object), (status = "4XX", body = ErrorBody),
+              (status = 500, description = "Its rows still cannot be read (`unreadable`); it stays aside", body = ErrorBody)))]
 pub(super) async fn put_back(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

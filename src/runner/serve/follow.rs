@@ -58,7 +58,9 @@ pub(super) async fn events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let workflow = state.visible(&caller, &id).await?;
-    let given = headers.get("last-event-id").map(|v| v.to_str().unwrap_or_default().to_owned()).or(params.after);
+    let header = headers.get("last-event-id").map(|v| v.to_str().unwrap_or_default().to_owned());
+    // An empty id is none: a client that has seen nothing yet may send one.
+    let given = header.or(params.after).filter(|id| !id.trim().is_empty());
     let last_id = match given.as_deref().map(|text| (text, LastEventId::parse(text))) {
         None => None,
         Some((_, Some(last_id))) => Some(last_id),

@@ -46,6 +46,12 @@ pub(crate) fn prompt_value(value: &Value, limit: usize) -> String {
     clip(&text, limit, &note)
 }
 
+/// The JSON a text holds (a model's answer, an exit's message), fenced in
+/// Markdown or not; `None` when it holds none.
+pub(crate) fn json_in(text: &str) -> Option<serde_json::Value> {
+    serde_json::from_str(strip_code_fence(text)).ok()
+}
+
 /// Models served without native JSON mode often wrap JSON in a Markdown fence.
 pub(crate) fn strip_code_fence(text: &str) -> &str {
     let trimmed = text.trim();

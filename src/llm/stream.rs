@@ -173,22 +173,26 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
-    async fn a_new_attempt_after_text_is_a_restart_and_only_then() {
+    /// What `stream` sends to a watcher, inside a call's scope.
+    async fn sent(stream: impl FnOnce(Deltas)) -> Vec<Delta> {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&seen);
         let deltas = Deltas::new(move |d| sink.lock().unwrap().push(d));
-        deltas
-            .scope(async {
-                let deltas = Deltas::current().unwrap();
-                deltas.begin_attempt();
-                deltas.begin_attempt();
-                deltas.text("Hel");
-                deltas.begin_attempt();
-                deltas.text("Hello");
-            })
-            .await;
-        assert_eq!(*seen.lock().unwrap(), [Delta::Text("Hel".into()), Delta::Restarted, Delta::Text("Hello".into())]);
+        deltas.scope(async { stream(Deltas::current().unwrap()) }).await;
+        std::mem::take(&mut *seen.lock().unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_new_attempt_after_text_is_a_restart_and_only_then() {
+        let seen = sent(|deltas| {
+            deltas.begin_attempt();
+            deltas.begin_attempt();
+            deltas.text("Hel");
+            deltas.begin_attempt();
+            deltas.text("Hello");
+        })
+        .await;
+        assert_eq!(seen, [Delta::Text("Hel".into()), Delta::Restarted, Delta::Text("Hello".into())]);
         assert!(Deltas::current().is_none(), "outside the scope nothing streams");
     }
 
@@ -196,24 +200,17 @@ mod tests {
     /// every call starts with an empty one, even a client's that sends none.
     #[tokio::test]
     async fn every_tool_call_of_an_attempt_is_named_with_an_empty_piece_first() {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&seen);
-        let deltas = Deltas::new(move |d| sink.lock().unwrap().push(d));
-        deltas
-            .scope(async {
-                let deltas = Deltas::current().unwrap();
-                deltas.begin_attempt();
-                deltas.tool_arguments(0, "t", "{\"a\":");
-                deltas.tool_arguments(0, "t", " 1}");
-                deltas.tool_arguments(1, "t", "");
-                deltas.tool_arguments(1, "t", "{}");
-                deltas.begin_attempt();
-                deltas.tool_arguments(0, "t", "{}");
-            })
-            .await;
+        let seen = sent(|deltas| {
+            deltas.begin_attempt();
+            deltas.tool_arguments(0, "t", "{\"a\":");
+            deltas.tool_arguments(0, "t", " 1}");
+            deltas.tool_arguments(1, "t", "");
+            deltas.tool_arguments(1, "t", "{}");
+            deltas.begin_attempt();
+            deltas.tool_arguments(0, "t", "{}");
+        })
+        .await;
         let pieces: Vec<String> = seen
-            .lock()
-            .unwrap()
             .iter()
             .map(|d| match d {
                 Delta::ToolArguments { index, arguments, .. } => format!("{index}:{arguments}"),

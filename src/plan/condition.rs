@@ -72,13 +72,10 @@ impl Condition {
             Self::Invalid(reason) => return Some(Err(reason.clone())),
             Self::Words(_) => return None,
         };
-        let mut context = HashMapContext::new();
-        for (variable, reference) in bindings {
-            let value = to_expr(&lookup(reference).unwrap_or(Value::Null));
-            if let Err(e) = context.set_value(variable.clone(), value) {
-                return Some(Err(e.to_string()));
-            }
-        }
+        let context = match context(bindings, |reference| to_expr(&lookup(reference).unwrap_or(Value::Null))) {
+            Ok(context) => context,
+            Err(e) => return Some(Err(e.to_string())),
+        };
         Some(evalexpr::eval_boolean_with_context(text, &context).map_err(|e| describe(&e)))
     }
 }
@@ -91,10 +88,7 @@ fn malformed(text: &str, bindings: &[(String, String)]) -> Option<String> {
         Ok(tree) => tree,
         Err(e) => return Some(describe(&e)),
     };
-    let mut context = HashMapContext::new();
-    for (variable, _) in bindings {
-        context.set_value(variable.clone(), ExprValue::Empty).ok()?;
-    }
+    let context = context(bindings, |_| ExprValue::Empty).ok()?;
     match tree.eval_with_context(&context) {
         Err(
             e @ (EvalexprError::WrongOperatorArgumentAmount { .. }
@@ -105,6 +99,19 @@ fn malformed(text: &str, bindings: &[(String, String)]) -> Option<String> {
         ) => Some(describe(&e)),
         _ => None,
     }
+}
+
+/// The evaluator's variables of an expression: each binding's, valued by
+/// `value_of` its reference.
+fn context(
+    bindings: &[(String, String)],
+    value_of: impl Fn(&str) -> ExprValue,
+) -> Result<HashMapContext, EvalexprError> {
+    let mut context = HashMapContext::new();
+    for (variable, reference) in bindings {
+        context.set_value(variable.clone(), value_of(reference))?;
+    }
+    Ok(context)
 }
 
 /// An evaluator's error in the words of a plan's author (the evaluator's own name

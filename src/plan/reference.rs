@@ -68,7 +68,7 @@ impl Reference {
         let mut current = Cow::Borrowed(value);
         for segment in &self.path {
             if let Value::String(text) = current.as_ref()
-                && let Ok(parsed) = serde_json::from_str::<Value>(crate::text::strip_code_fence(text))
+                && let Some(parsed) = crate::text::json_in(text)
             {
                 current = Cow::Owned(parsed);
             }

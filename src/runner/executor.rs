@@ -554,18 +554,23 @@ impl Runner {
             workflow.fail(failure)?;
         } else if let Some((step, exit)) = halt.exit {
             match exit {
-                Exit::Complete(message) => match plan.output_schema.as_ref().map(|schema| fitted(schema, &message)) {
-                    Some(Err(problems)) => {
-                        let message = format!("the exit's message does not fit the plan's output schema: {problems}");
-                        workflow.fail(Failure::new(FailureKind::SchemaMismatch, message).at_step(step))?;
+                Exit::Complete(message) => {
+                    let fits = match &plan.output_schema {
+                        Some(schema) => fitted(schema, &message),
+                        None => Ok(Value::from(message.as_str())),
+                    };
+                    match fits {
+                        Ok(value) => {
+                            workflow.set_final_output(Output::new(value).with_summary(message));
+                            workflow.transition_to(WorkflowState::Complete)?;
+                        }
+                        Err(problems) => {
+                            let message =
+                                format!("the exit's message does not fit the plan's output schema: {problems}");
+                            workflow.fail(Failure::new(FailureKind::SchemaMismatch, message).at_step(step))?;
+                        }
                     }
-                    fits => {
-                        let value =
-                            fits.and_then(std::result::Result::ok).unwrap_or_else(|| Value::from(message.as_str()));
-                        workflow.set_final_output(Output::new(value).with_summary(message));
-                        workflow.transition_to(WorkflowState::Complete)?;
-                    }
-                },
+                }
                 Exit::Failed(error) => workflow.fail(Failure::new(FailureKind::Exited, error).at_step(step))?,
             }
         } else if halt.clarifying {
@@ -849,9 +854,9 @@ async fn run_step(work: Work, hooks: HookChain, ctx: StepContext) -> StepOutcome
 fn fitted(schema: &Value, text: &str) -> std::result::Result<Value, String> {
     let as_text = Value::from(text);
     let Err(problems) = check_value(schema, &as_text) else { return Ok(as_text) };
-    match serde_json::from_str::<Value>(text) {
-        Ok(parsed) => check_value(schema, &parsed).map(|()| parsed),
-        Err(_) => Err(problems),
+    match crate::text::json_in(text) {
+        Some(parsed) => check_value(schema, &parsed).map(|()| parsed),
+        None => Err(problems),
     }
 }
 
@@ -948,10 +953,8 @@ fn loop_value(current: Option<(usize, &Value)>, reference: &str) -> Option<Value
 pub(super) fn loop_list(plan: &Plan, workflow: &Workflow, index: usize) -> std::result::Result<Vec<Value>, Failure> {
     let list = plan.steps[index].for_each.as_deref().unwrap_or_default().trim();
     let list_value = match workflow.outputs().step_outputs.resolve(list) {
-        // A text output that holds JSON is read as that JSON, here as everywhere.
-        Some(Value::String(text)) => {
-            serde_json::from_str(&text).ok().filter(Value::is_array).or(Some(Value::String(text)))
-        }
+        // A text output that holds JSON is read as that JSON, as a path into it is.
+        Some(Value::String(text)) => crate::text::json_in(&text).filter(Value::is_array).or(Some(Value::String(text))),
         other => other,
     };
     match list_value {

@@ -549,6 +549,70 @@ async fn metrics_count_workflows_llm_calls_tokens_and_latencies_from_the_store()
     assert_eq!(served.get("/metrics").await.0, StatusCode::UNAUTHORIZED);
 }
 
+/// Prometheus reads a counter that falls as a restart and counts what remains again:
+/// deleting a workflow leaves the `portia_workflows` gauge and nothing else, for a
+/// caller bound to an end user as for one who sees every workflow.
+#[tokio::test]
+async fn deleting_a_workflow_keeps_what_it_spent_in_the_counters() {
+    let hello =
+        || portia::llm::LlmResponse { usage: portia::llm::Usage::call(40, 3), ..portia::llm::LlmResponse::text("Hi") };
+    let llm = ScriptedLlm::new().respond(hello()).respond(hello()).respond(hello());
+    let tokens = Tokens::new([ServerToken::new("admin"), ServerToken::for_end_user("ann-token", "ann")]);
+    let served = serve(runner_with(vec![], llm), ServeOptions::new().tokens(tokens)).await;
+    let plan = json!({
+        "plan_context": {"query": "Say hello", "tool_ids": []},
+        "steps": [{"task": "Say hello", "inputs": [], "output": "$hello"}]
+    });
+    let served = &served;
+    let start = |token: &'static str| {
+        let plan = plan.clone();
+        async move {
+            let url = served.url("/v1/workflows");
+            let made: Value = served
+                .http
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({"plan": plan}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let id = made["id"].as_str().unwrap().to_owned();
+            served.rest(&id).await;
+            id
+        }
+    };
+    let (anns, admins) = (start("ann-token").await, start("admin").await);
+    let scrape = |token: &'static str| async move {
+        let text =
+            served.http.get(served.url("/metrics")).bearer_auth(token).send().await.unwrap().text().await.unwrap();
+        let figure = |name: &str| sample(&text, name).unwrap_or_else(|| panic!("no {name} in {text}"));
+        let calls: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("portia_llm_calls_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        (figure("portia_workflows{state=\"COMPLETE\"}"), calls, figure("portia_step_duration_seconds_count"))
+    };
+    assert_eq!(scrape("admin").await, (2.0, 2.0, 2.0));
+    assert_eq!(scrape("ann-token").await, (1.0, 1.0, 1.0));
+
+    let delete = |token: &'static str, id: String| async move {
+        let url = served.url(&format!("/v1/workflows/{id}"));
+        assert_eq!(served.http.delete(url).bearer_auth(token).send().await.unwrap().status(), StatusCode::NO_CONTENT);
+    };
+    delete("ann-token", anns).await;
+    assert_eq!(scrape("ann-token").await, (0.0, 1.0, 1.0), "a bound caller's own deleted workflow still counts");
+    assert_eq!(scrape("admin").await, (1.0, 2.0, 2.0));
+    delete("admin", admins).await;
+    assert_eq!(scrape("admin").await, (0.0, 2.0, 2.0), "every deleted workflow still counts");
+    assert_eq!(scrape("ann-token").await, (0.0, 1.0, 1.0), "another's deleted workflow is not a bound caller's");
+    start("admin").await;
+    assert_eq!(scrape("admin").await, (1.0, 3.0, 3.0), "a new workflow counts on top");
+}
+
 /// The LLM figures agree with the workflows' own usage: a workflow whose plan was
 /// written for it pays for the planning calls, which come with no event, and the
 /// metrics count them too; a plan stored apart is no workflow's.

@@ -10,11 +10,14 @@
 //! the latency histogram.
 //!
 //! A workflow's figures are read from its stored events once per version and kept:
-//! a scrape reads again only the workflows that changed since the last.
+//! a scrape reads again only the workflows that changed since the last. The counters
+//! and histograms never fall while the server runs: what a workflow spent stays
+//! counted after it is deleted (Prometheus would read a fall as a restart, and count
+//! every remaining call again).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use axum::Extension;
 use axum::extract::State;
@@ -31,8 +34,57 @@ use crate::workflow::{Workflow, WorkflowState, WorkflowUsage};
 /// Histogram bounds, in seconds.
 const BUCKETS: [f64; 11] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
-/// What each workflow contributed at the version last read.
-pub(super) type MetricsCache = Arc<Mutex<HashMap<WorkflowId, (u64, Figures)>>>;
+/// What the scrapes so far have read, which the next one starts from. Scrapes take
+/// turns: one that read the store before a workflow was made must not take it for
+/// deleted when another scrape has seen it since.
+pub(super) type MetricsCache = Arc<tokio::sync::Mutex<Scraped>>;
+
+/// What each workflow contributed at the version last read, and what the workflows
+/// deleted since had contributed.
+#[derive(Debug, Default)]
+pub(super) struct Scraped {
+    workflows: HashMap<WorkflowId, Read>,
+    /// By end user, as a caller bound to one sees only theirs.
+    deleted: HashMap<Option<String>, Figures>,
+}
+
+/// One workflow's figures at one version.
+#[derive(Debug, Clone)]
+struct Read {
+    version: u64,
+    end_user: Option<String>,
+    figures: Figures,
+}
+
+impl Scraped {
+    /// The figures of `workflow`, if read at its version.
+    fn figures(&self, workflow: &Workflow) -> Option<Figures> {
+        let read = self.workflows.get(&workflow.id())?;
+        (read.version == workflow.version()).then(|| read.figures.clone())
+    }
+
+    /// Keeps what a scrape by `caller` read: a workflow the caller would have read
+    /// that is neither among `read` nor `unreadable` was deleted, and its figures
+    /// move to the deleted ones.
+    fn keep(&mut self, caller: &Caller, read: HashMap<WorkflowId, Read>, unreadable: &[String]) {
+        let gone: Vec<WorkflowId> = (self.workflows.iter())
+            .filter(|(id, old)| caller.sees(old.end_user.as_deref()) && !read.contains_key(id))
+            .filter(|(id, _)| !unreadable.iter().any(|entry| entry.starts_with(&format!("workflow {id}:"))))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            if let Some(old) = self.workflows.remove(&id) {
+                self.deleted.entry(old.end_user).or_default().add(&old.figures);
+            }
+        }
+        self.workflows.extend(read);
+    }
+
+    /// What the workflows `caller` would have seen had contributed before they were deleted.
+    fn deleted_seen_by<'a>(&'a self, caller: &'a Caller) -> impl Iterator<Item = &'a Figures> {
+        self.deleted.iter().filter(|(end_user, _)| caller.sees(end_user.as_deref())).map(|(_, figures)| figures)
+    }
+}
 
 /// A latency histogram.
 #[derive(Debug, Clone, Default)]
@@ -166,32 +218,30 @@ pub(super) async fn metrics(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let mut scraped = state.metrics.lock().await;
     let (workflows, unreadable) = state.all_workflows(None).await?;
     let workflows: Vec<Workflow> =
         workflows.into_iter().filter(|w| caller.sees(w.execution_context().end_user_id.as_deref())).collect();
     let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
     let mut total = Figures::default();
-    let mut seen = HashMap::new();
+    let mut read = HashMap::new();
     for workflow in &workflows {
         *by_state.entry(workflow.state().to_string()).or_default() += 1;
-        let cached = state.metrics.lock().unwrap_or_else(PoisonError::into_inner).get(&workflow.id()).cloned();
-        let figures = match cached {
-            Some((version, figures)) if version == workflow.version() => figures,
-            _ => Figures::of(&state, workflow).await?,
+        let figures = match scraped.figures(workflow) {
+            Some(figures) => figures,
+            None => Figures::of(&state, workflow).await?,
         };
         total.add(&figures);
-        seen.insert(workflow.id(), (workflow.version(), figures));
+        let end_user = workflow.execution_context().end_user_id.clone();
+        read.insert(workflow.id(), Read { version: workflow.version(), end_user, figures });
     }
-    // Deleted workflows drop out of the cache.
-    if caller.end_user_id.is_none() {
-        *state.metrics.lock().unwrap_or_else(PoisonError::into_inner) = seen;
-    } else {
-        state.metrics.lock().unwrap_or_else(PoisonError::into_inner).extend(seen);
-    }
+    scraped.keep(&caller, read, &unreadable);
+    scraped.deleted_seen_by(&caller).for_each(|deleted| total.add(deleted));
+    drop(scraped);
     let set_aside = set_aside_seen(&state, &caller, &workflows).await?;
     // A row that cannot be read cannot be told whose it is: counted for a caller who
     // sees every workflow only.
-    let unreadable = caller.end_user_id.is_none().then_some(unreadable);
+    let unreadable = caller.end_user_id.is_none().then_some(unreadable.len());
     let text = render(&by_state, Stranded { unreadable, set_aside }, &total);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
 }

@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use super::reference::{Reference, identifier_len};
 use crate::text::render_value;
+use crate::value::SharedValue;
 
 /// Whether `name` is an output name: `$` followed by an identifier (a letter or `_`,
 /// then letters, digits and `_`).
@@ -76,6 +77,35 @@ pub(crate) fn resolve(args: &Value, lookup: &impl Fn(&str) -> Option<Value>) -> 
     }
 }
 
+/// The first reference in `args` into an output that `output` has, along a path
+/// that leads nowhere in it (`$list[10]` of a three-item list), said as a sentence.
+/// Left as it is, such a reference reached the tool as literal text.
+pub(crate) fn missed_path(args: &Value, output: &impl Fn(&str) -> Option<SharedValue>) -> Option<String> {
+    tokens_in(args).into_iter().find_map(|(token, _)| {
+        let reference = Reference::parse(&token).filter(|r| !r.path.is_empty())?;
+        let value = output(&reference.name)?;
+        let missed = reference.select(&value).is_none();
+        missed.then(|| format!("`{token}` leads nowhere: {} is {}", reference.name, shape(&value)))
+    })
+}
+
+/// What `value` is, in a few words: enough to see why a path misses it.
+fn shape(value: &Value) -> String {
+    match value {
+        Value::Array(items) => format!("a list of {} items", items.len()),
+        Value::Object(map) if map.is_empty() => "an empty object".to_owned(),
+        Value::Object(map) => {
+            let keys: Vec<&str> = map.keys().take(8).map(String::as_str).collect();
+            let more = if map.len() > keys.len() { ", ..." } else { "" };
+            format!("an object with the fields {}{more}", keys.join(", "))
+        }
+        Value::String(_) => "text that holds no JSON".to_owned(),
+        Value::Null => "null".to_owned(),
+        Value::Bool(_) => "a boolean".to_owned(),
+        Value::Number(_) => "a number".to_owned(),
+    }
+}
+
 fn resolve_text(text: &str, lookup: &impl Fn(&str) -> Option<Value>) -> Value {
     if Reference::parse(text).is_some()
         && let Some(value) = lookup(text)
@@ -100,6 +130,24 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn a_path_that_misses_its_output_is_named_with_what_the_output_holds() {
+        let outputs = json!({"$list": [1, 2, 3], "$quote": {"price": 5, "currency": "USD"}, "$text": "plain"});
+        let output = |name: &str| outputs.get(name).cloned().map(SharedValue::new);
+        let missed = |args: Value| missed_path(&args, &output);
+        assert_eq!(missed(json!({"n": "$list[2]", "p": "$quote.price costs", "all": "$list"})), None);
+        assert_eq!(missed(json!({"n": "$list[-4]"})).unwrap(), "`$list[-4]` leads nowhere: $list is a list of 3 items");
+        assert_eq!(
+            missed(json!({"deep": [{"p": "it costs $quote.cost"}]})).unwrap(),
+            "`$quote.cost` leads nowhere: $quote is an object with the fields currency, price"
+        );
+        assert_eq!(
+            missed(json!("$text.field")).unwrap(),
+            "`$text.field` leads nowhere: $text is text that holds no JSON"
+        );
+        assert_eq!(missed(json!({"price": "$USD.rate", "other": "$nothing[0]"})), None, "no such outputs: plain text");
+    }
 
     #[test]
     fn output_names_are_a_dollar_and_an_identifier() {

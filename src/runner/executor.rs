@@ -26,7 +26,7 @@ use crate::hooks::{HookChain, HookError, StepDecision};
 use crate::ids::WorkflowId;
 use crate::live::StepQuestions;
 use crate::llm::{LlmClient, LlmClientExt, LlmRequest, LlmResponse};
-use crate::plan::args::resolve as resolve_args;
+use crate::plan::args::{missed_path, resolve as resolve_args};
 use crate::plan::{Condition, Exit, INDEX, ITEM, Plan, Reference};
 use crate::schema_check::check_value;
 use crate::storage::{LeaseGrant, ToolCallRecord};
@@ -682,6 +682,10 @@ impl Runner {
             let given = plan.block_inputs(index).into_iter().filter_map(|name| lookup(&name).map(|v| (name, v)));
             Some(Value::Object(given.collect()))
         } else {
+            if let Some(missed) = step.args.as_ref().and_then(|args| missed_path(args, &lookup_shared)) {
+                let message = format!("step {index}'s arguments read an output that lacks what they name: {missed}");
+                return Err(Failure::new(FailureKind::InvalidStep, message));
+            }
             step.args.as_ref().map(|args| resolve_args(args, &lookup))
         };
         let runs_child = step.plan.is_some() || step.is_block();

@@ -115,6 +115,35 @@ async fn references_in_arguments_become_earlier_outputs_and_the_step_waits_for_t
     assert_eq!(echo.calls()[0].args, expected, "a whole-string reference keeps its JSON type");
 }
 
+/// A reference into an output along a path it lacks (`$list[10]` of a three-item
+/// list) used to reach the tool as that literal text.
+#[tokio::test]
+async fn an_argument_reaching_past_an_output_fails_the_step_before_its_tool_runs() {
+    let echo = Arc::new(MockTool::echo("echo_tool"));
+    let mut tools = InMemoryToolRegistry::new().with(MockTool::returning("list_tool", json!(["a", "b", "c"]))).unwrap();
+    tools.register(echo.clone()).unwrap();
+    let plan = |reference: &str| {
+        PlanBuilder::new("q")
+            .step("List", Some("list_tool"), "$list")
+            .args(json!({}))
+            .step("Echo an item", Some("echo_tool"), "$echoed")
+            .args(json!({"item": reference, "note": "the last is $list[-1]"}))
+            .build()
+    };
+    let h = harness(config(ExecutionMode::Parallel, false), tools, ScriptedLlm::new());
+    let workflow = h.runner.run_plan(&plan("$list[10]")).await.unwrap();
+    assert_eq!(workflow.state(), WorkflowState::Failed);
+    let failure = workflow.failure().unwrap();
+    assert_eq!(failure.kind, portia::FailureKind::InvalidStep);
+    assert_eq!(failure.step, Some(1));
+    assert!(failure.message.contains("`$list[10]` leads nowhere: $list is a list of 3 items"), "{}", failure.message);
+    assert!(echo.calls().is_empty(), "the tool never saw the literal reference");
+
+    let workflow = h.runner.run_plan(&plan("$list[2]")).await.unwrap();
+    assert_eq!(workflow.state(), WorkflowState::Complete);
+    assert_eq!(echo.calls()[0].args, json!({"item": "c", "note": "the last is c"}));
+}
+
 #[tokio::test]
 async fn arguments_that_do_not_fit_the_schema_fall_back_to_the_agent() {
     let schema = json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]});

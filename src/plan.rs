@@ -411,7 +411,8 @@ impl Plan {
 
     /// Reads a plan from its JSON, as `portia plan` prints it, refusing keys that
     /// no field takes rather than ignoring them (a misspelt `condition` would drop
-    /// the guard). `serde_json::from_str` reads one leniently.
+    /// the guard), and a step's empty `steps` or `tools` list, which would read as
+    /// no list. `serde_json::from_str` reads one leniently.
     ///
     /// ```
     /// use portia::Plan;
@@ -424,7 +425,9 @@ impl Plan {
     ///
     /// # Errors
     /// [`Error::InvalidPlan`] with [`PlanProblem::NotAPlan`], or a
-    /// [`PlanProblem::UnknownKey`] for each key no field takes.
+    /// [`PlanProblem::UnknownKey`] for each key no field takes, and a
+    /// [`PlanProblem::NoSteps`] (in its block) or [`PlanProblem::InvalidToolList`]
+    /// for each empty list.
     pub fn from_json(text: &str) -> Result<Self> {
         let value: Value = serde_json::from_str(text).map_err(|e| not_a_plan(&e))?;
         Self::from_value(value)
@@ -435,13 +438,13 @@ impl Plan {
     /// # Errors
     /// As [`Plan::from_json`].
     pub fn from_value(value: Value) -> Result<Self> {
+        let mut problems = Vec::new();
+        empty_lists(&value, &mut Vec::new(), &mut problems);
         let mut unknown = Vec::new();
         let plan: Plan =
             serde_ignored::deserialize(value, |path| unknown.push(path.to_string())).map_err(|e| not_a_plan(&e))?;
-        if unknown.is_empty() {
-            return Ok(plan);
-        }
-        Err(Error::InvalidPlan(unknown.into_iter().map(unknown_key).collect()))
+        problems.extend(unknown.into_iter().map(unknown_key));
+        if problems.is_empty() { Ok(plan) } else { Err(Error::InvalidPlan(problems)) }
     }
 
     /// Checks the plan against a tool registry and reports every problem at once.
@@ -770,6 +773,29 @@ fn react_problem(step: &Step) -> Option<String> {
         (false, Some(_)) => Some("max_tool_calls is set, but the step lists no tools".to_owned()),
         (true, Some(0)) => Some("max_tool_calls must be at least 1".to_owned()),
         _ => None,
+    }
+}
+
+/// The problems of `"steps": []` and `"tools": []` among the steps of `plan` (a
+/// plan's JSON, the block at `path` within it). Read as fields, an empty list is no
+/// list: the step would silently become an LLM step instead of a block, or a step
+/// that may call tools.
+fn empty_lists(plan: &Value, path: &mut Vec<usize>, problems: &mut Vec<PlanProblem>) {
+    let Some(steps) = plan.get("steps").and_then(Value::as_array) else { return };
+    for (step, json) in steps.iter().enumerate() {
+        let empty = |key: &str| json.get(key).and_then(Value::as_array).is_some_and(Vec::is_empty);
+        if empty("steps") {
+            path.push(step);
+            problems.push(PlanProblem::in_blocks(path, PlanProblem::NoSteps));
+            path.pop();
+        }
+        if empty("tools") {
+            let reason = "it is empty: list the tools the step may call, or leave `tools` out".to_owned();
+            problems.push(PlanProblem::in_blocks(path, PlanProblem::InvalidToolList { step, reason }));
+        }
+        path.push(step);
+        empty_lists(json, path, problems);
+        path.pop();
     }
 }
 

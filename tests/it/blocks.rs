@@ -547,3 +547,36 @@ async fn a_block_whose_steps_only_test_a_skipped_output_runs() {
     let fallback = workflow.outputs().step_outputs.get("$fallback").unwrap();
     assert_eq!((fallback.skipped.as_deref(), &*fallback.value), (None, &json!({"text": "no draft"})));
 }
+
+/// Read as fields, an empty `steps` or `tools` list is no list at all: the step
+/// would quietly become an LLM step. A plan read strictly names each one.
+#[test]
+fn empty_steps_and_tools_lists_in_a_plans_json_are_refused_by_path() {
+    let json = json!({
+        "plan_context": {"query": "q", "tool_ids": []},
+        "steps": [
+            {"task": "Nothing inside", "output": "$a", "steps": []},
+            {"task": "No tools", "output": "$b", "tools": []},
+            {"task": "A block", "output": "$c", "steps": [
+                {"task": "Empty inner block", "output": "$d", "steps": []},
+                {"task": "Inner, no tools", "output": "$e", "tools": []}
+            ]}
+        ]
+    });
+    let Err(portia::Error::InvalidPlan(problems)) = Plan::from_value(json.clone()) else {
+        panic!("an empty list was read as none")
+    };
+    let said: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        said,
+        [
+            "step 0's block: the plan has no steps",
+            "step 1 has an invalid tool list: it is empty: list the tools the step may call, or leave `tools` out",
+            "step 2, block step 0's block: the plan has no steps",
+            "step 2, block step 1 has an invalid tool list: it is empty: list the tools the step may call, or leave `tools` out",
+        ]
+    );
+    assert!(matches!(problems[0], PlanProblem::InBlock { step: 0, ref inner } if **inner == PlanProblem::NoSteps));
+    let read = serde_json::from_value::<Plan>(json).expect("a lenient read still takes it");
+    assert!(read.steps[0].steps.is_empty(), "which is what a strict read guards against");
+}

@@ -99,7 +99,7 @@ async fn runner_error_for(plan: &Plan) -> String {
 
 #[cfg(feature = "cli")]
 #[test]
-fn the_command_line_takes_a_stored_plan_and_its_inputs() {
+fn the_command_line_takes_a_stored_plan_and_its_inputs_and_refuses_inputs_that_do_not_fit() {
     let dir = crate::cli::workdir();
     let plan = json!({
         "plan_context": {"query": "Read a report", "tool_ids": ["file_reader_tool"]},
@@ -112,9 +112,22 @@ fn the_command_line_takes_a_stored_plan_and_its_inputs() {
     let path = path.to_str().unwrap();
 
     let missing = crate::cli::portia(dir.path()).args(["run", "--plan", path]).output().unwrap();
-    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(missing.status.code(), Some(2), "inputs that do not fit the plan are a usage error");
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert!(stderr.contains("needs the input `file`") && stderr.contains("--input file=VALUE"), "{stderr}");
+    let unknown = crate::cli::portia(dir.path())
+        .args(["run", "--plan", path, "--input", "file=report.csv", "--input", "fiel=x"])
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(2), "{}", String::from_utf8_lossy(&unknown.stderr));
+    let twice = crate::cli::portia(dir.path())
+        .args(["run", "--plan", path, "--input", "file=a.csv", "--input", "$file=report.csv"])
+        .output()
+        .unwrap();
+    assert_eq!(twice.status.code(), Some(2), "an input given twice is refused, not the last one kept");
+    let stderr = String::from_utf8_lossy(&twice.stderr);
+    assert!(stderr.contains("--input file is given twice"), "{stderr}");
+    assert!(twice.stdout.is_empty(), "nothing ran");
 
     let ran =
         crate::cli::portia(dir.path()).args(["run", "--plan", path, "--input", "file=report.csv"]).output().unwrap();

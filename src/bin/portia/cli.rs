@@ -202,9 +202,18 @@ pub(crate) struct Source {
 }
 
 impl Source {
-    /// The values given with `--input`, by name.
-    pub(crate) fn input_map(&self) -> serde_json::Map<String, serde_json::Value> {
-        self.inputs.iter().cloned().collect()
+    /// The values given with `--input`, by name; an input given twice is a usage
+    /// error, as neither value can be told to be the one meant.
+    pub(crate) fn input_map(&self) -> Result<serde_json::Map<String, serde_json::Value>, crate::Failure> {
+        let mut map = serde_json::Map::new();
+        for (name, value) in &self.inputs {
+            let bare = name.trim_start_matches('$');
+            if map.keys().any(|given| given.trim_start_matches('$') == bare) {
+                return Err(crate::Failure::usage(format!("--input {bare} is given twice: give each input once")));
+            }
+            map.insert(name.clone(), value.clone());
+        }
+        Ok(map)
     }
 }
 

@@ -42,18 +42,22 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
             Ok(Exit::Ok)
         }
         Command::Run(source) => {
+            let inputs = source.input_map()?;
             let plan = load_or_plan(setup, runner, &source).await?;
             // A plan written for this run is paid for by it; a given plan is not.
-            let create = runner.create_workflow(&plan).inputs(source.input_map());
-            let workflow = if source.query.is_some() { create.count_planning() } else { create }.await?;
+            let create = runner.create_workflow(&plan).inputs(inputs);
+            let workflow =
+                if source.query.is_some() { create.count_planning() } else { create }.await.map_err(given_wrongly)?;
             run(runner, &plan, workflow).await
         }
         Command::Submit(source) => {
             // Checked before planning, which would be paid for and then lost.
             refuse_memory_store(runner)?;
+            let inputs = source.input_map()?;
             let plan = load_or_plan(setup, runner, &source).await?;
-            let submit = runner.submit_plan(&plan).inputs(source.input_map());
-            let id = if source.query.is_some() { submit.count_planning() } else { submit }.await?;
+            let submit = runner.submit_plan(&plan).inputs(inputs);
+            let id =
+                if source.query.is_some() { submit.count_planning() } else { submit }.await.map_err(given_wrongly)?;
             emit(format_args!("{id}\n")).map_err(|e| e.naming(id))?;
             Ok(Exit::Ok)
         }
@@ -64,7 +68,7 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
         }
         Command::Retry { all_failed: true, .. } => retry_all_failed(runner).await,
         Command::Retry { id: None, .. } => {
-            Err(Failure("give the FAILED workflow's id, or --all-failed --submit".to_owned()))
+            Err(Failure::usage("give the FAILED workflow's id, or --all-failed --submit"))
         }
         Command::Retry { id: Some(id), submit: true, .. } => {
             refuse_memory_store(runner)?;
@@ -101,7 +105,7 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
             let workflow = runner.get_workflow(id).await?;
             let Some(clarification) = workflow.outputs().clarifications.iter().find(|c| c.id == clarification_id)
             else {
-                return Err(Failure(format!("workflow {id} has no clarification {clarification_id}")));
+                return Err(Failure::new(format!("workflow {id} has no clarification {clarification_id}")));
             };
             let workflow = runner.resolve_clarification(clarification, prompt::parse_value(&value)).await?;
             print_json(&workflow)?;
@@ -211,11 +215,19 @@ async fn serve(setup: &Setup, listen: std::net::SocketAddr, workers: usize, grac
 }
 
 /// Refuses to queue a workflow in the memory store, where no worker would see it.
+/// `error`, a usage error when it says the `--input`s do not fit the plan.
+fn given_wrongly(error: portia::Error) -> Failure {
+    match error {
+        portia::Error::PlanInputs { .. } => Failure::usage(error.to_string()),
+        other => other.into(),
+    }
+}
+
 fn refuse_memory_store(runner: &Runner) -> Result<(), Failure> {
     if runner.config().storage != portia::config::StorageKind::Memory {
         return Ok(());
     }
-    Err(Failure(
+    Err(Failure::new(
         "a submitted workflow waits in the store for a worker, and the memory store ends with this process: \
          set PORTIA_STORAGE to sqlite (the default) or postgres"
             .to_owned(),
@@ -296,12 +308,12 @@ async fn load_or_plan(setup: &Setup, runner: &Runner, source: &Source) -> Result
     }
     match (&source.plan, &source.query) {
         (Some(path), _) => {
-            let text =
-                std::fs::read_to_string(path).map_err(|e| Failure(format!("cannot read {}: {e}", path.display())))?;
-            Plan::from_json(&text).map_err(|e| Failure(format!("{}: {e}", path.display())))
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Failure::new(format!("cannot read {}: {e}", path.display())))?;
+            Plan::from_json(&text).map_err(|e| Failure::new(format!("{}: {e}", path.display())))
         }
         (None, Some(query)) => plan(setup, query).await,
-        (None, None) => Err(Failure("give a query, --plan FILE or --plan-id ID".to_owned())),
+        (None, None) => Err(Failure::usage("give a query, --plan FILE or --plan-id ID")),
     }
 }
 
@@ -421,7 +433,7 @@ async fn retry_all_failed(runner: &Runner) -> Result<Exit, Failure> {
                 requeued_now
             }
             Err(e) => {
-                eprintln!("portia: cannot retry workflow {id}: {}", Failure::from(e).0);
+                eprintln!("portia: cannot retry workflow {id}: {}", Failure::from(e).line);
                 refused += 1;
                 None
             }
@@ -455,7 +467,7 @@ async fn put_back(runner: &Runner, id: Option<WorkflowId>) -> Result<Exit, Failu
         None => aside,
     };
     if let (Some(id), true) = (id, wanted.is_empty()) {
-        return Err(Failure(format!("workflow {id} is not set aside (`portia list` shows those that are)")));
+        return Err(Failure::new(format!("workflow {id} is not set aside (`portia list` shows those that are)")));
     }
     let mut exit = Exit::Ok;
     for entry in wanted {
@@ -474,7 +486,7 @@ async fn put_back(runner: &Runner, id: Option<WorkflowId>) -> Result<Exit, Failu
             // Put back, or deleted, since the list was read.
             Ok(false) | Err(portia::Error::WorkflowNotFound(_)) => {}
             Err(e @ portia::Error::Unreadable { .. }) => {
-                eprintln!("portia: workflow {id} stays set aside: {}", Failure::from(e).0);
+                eprintln!("portia: workflow {id} stays set aside: {}", Failure::from(e).line);
                 exit = Exit::Failed;
             }
             Err(e) => return Err(e.into()),
@@ -538,7 +550,7 @@ async fn list(
 /// set. Left queued, the workflows wait for a worker that has one.
 fn model_for_worker(config: &portia::Config) -> Result<(), Failure> {
     config.llm_client().map(drop).map_err(|e| {
-        Failure(format!(
+        Failure::new(format!(
             "{e}; a worker without it would fail every workflow that calls the model (pass --without-model \
              for a queue of plans that need none)"
         ))

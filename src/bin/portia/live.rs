@@ -83,7 +83,7 @@ pub(crate) async fn execute(runner: &Runner, plan: &Plan, workflow: Workflow, sh
     };
     live.done(&view.bars);
     view.close();
-    Ok(result.map_err(|e| Failure(format!("the run stopped abnormally: {e}")))??)
+    Ok(result.map_err(|e| Failure::new(format!("the run stopped abnormally: {e}")))??)
 }
 
 type Asking = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -125,7 +125,7 @@ impl LiveQuestions {
                     eprintln!("(that question was withdrawn; it comes back when the run pauses)");
                 }
                 Ok(_) => {}
-                Err(e) => eprintln!("{}", e.0),
+                Err(e) => eprintln!("{}", e.line),
             }
         }));
     }

@@ -30,15 +30,20 @@ pub(crate) enum Exit {
     Ok = 0,
     /// 1: the workflow FAILED, or the command could not be carried out.
     Failed = 1,
+    /// 2: the command was given wrongly (clap exits so for what it checks itself).
+    Usage = 2,
     /// 3: the workflow waits for a human.
     Waiting = 3,
     /// 130 (128 + SIGINT, as shells report ctrl-c): the run was stopped and can be resumed.
     Interrupted = 130,
 }
 
-/// A command that could not be carried out: one line saying why.
+/// A command that could not be carried out: one line saying why, and the exit code.
 #[derive(Debug)]
-pub(crate) struct Failure(pub(crate) String);
+pub(crate) struct Failure {
+    pub(crate) line: String,
+    exit: Exit,
+}
 
 impl<E: std::error::Error> From<E> for Failure {
     /// The error and each of its causes, as `error: cause: cause`.
@@ -50,7 +55,7 @@ impl<E: std::error::Error> From<E> for Failure {
             line.push_str(&cause.to_string());
             source = cause.source();
         }
-        Self(line)
+        Self::new(line)
     }
 }
 
@@ -59,7 +64,7 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
-        Err(e) => return fail(&Failure(format!("could not start the async runtime: {e}"))),
+        Err(e) => return fail(&Failure::new(format!("could not start the async runtime: {e}"))),
     };
     match runtime.block_on(commands::dispatch(cli)) {
         Ok(exit) => ExitCode::from(exit as u8),
@@ -68,17 +73,27 @@ fn main() -> ExitCode {
 }
 
 impl Failure {
+    /// A command that could not be carried out, for the reason `line` gives (exit 1).
+    pub(crate) fn new(line: impl Into<String>) -> Self {
+        Self { line: line.into(), exit: Exit::Failed }
+    }
+
+    /// A command given wrongly, as `line` says (exit 2, as for what clap refuses).
+    pub(crate) fn usage(line: impl Into<String>) -> Self {
+        Self { line: line.into(), exit: Exit::Usage }
+    }
+
     /// A failure already said, or that is not worth saying: its command just ends.
     fn silent() -> Self {
-        Self(String::new())
+        Self::new(String::new())
     }
 
     /// This failure to write the output, saying that workflow `id` is stored all the
     /// same (even where a closed pipe would end the command quietly): a script that
     /// could not read the id must not submit or run the workflow twice.
     pub(crate) fn naming(self, id: portia::WorkflowId) -> Self {
-        let said = if self.0.is_empty() { "standard output was closed".to_owned() } else { self.0 };
-        Self(format!("{said}; workflow {id} is stored all the same"))
+        let said = if self.line.is_empty() { "standard output was closed".to_owned() } else { self.line };
+        Self { line: format!("{said}; workflow {id} is stored all the same"), exit: self.exit }
     }
 }
 
@@ -91,14 +106,14 @@ pub(crate) fn emit(text: impl std::fmt::Display) -> Result<(), Failure> {
     match write!(out, "{text}").and_then(|()| out.flush()) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(Failure::silent()),
-        Err(e) => Err(Failure(format!("cannot write to standard output: {e}"))),
+        Err(e) => Err(Failure::new(format!("cannot write to standard output: {e}"))),
     }
 }
 
 fn fail(failure: &Failure) -> ExitCode {
     // One line: the cause, with no secrets (errors of this crate never carry keys).
-    if !failure.0.is_empty() {
-        eprintln!("portia: {}", failure.0.replace('\n', " "));
+    if !failure.line.is_empty() {
+        eprintln!("portia: {}", failure.line.replace('\n', " "));
     }
-    ExitCode::from(Exit::Failed as u8)
+    ExitCode::from(failure.exit as u8)
 }

@@ -120,7 +120,7 @@ async fn read_line() -> Result<Option<String>, Failure> {
     });
     match lines.lock().await.recv().await {
         Some(Ok(line)) => Ok(Some(line)),
-        Some(Err(e)) => Err(Failure(format!("reading the terminal failed: {e}"))),
+        Some(Err(e)) => Err(Failure::new(format!("reading the terminal failed: {e}"))),
         None => Ok(None),
     }
 }

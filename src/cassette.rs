@@ -257,14 +257,14 @@ impl Recorder {
     /// Writes the cassette to `path` as pretty JSON, with every key blanked out.
     ///
     /// # Errors
-    /// [`Error::Io`](crate::Error) when the file cannot be written.
+    /// [`Error::Io`] when the file cannot be written.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| io_error(path, &e))?;
+            std::fs::create_dir_all(dir).map_err(|e| io_error(path, e))?;
         }
         let text = self.cassette().to_json_scrubbed(&self.secrets);
-        std::fs::write(path, text + "\n").map_err(|e| io_error(path, &e))
+        std::fs::write(path, text + "\n").map_err(|e| io_error(path, e))
     }
 }
 
@@ -277,8 +277,8 @@ impl LlmLayer for Recorder {
     }
 }
 
-fn io_error(path: &Path, e: &std::io::Error) -> Error {
-    Error::invalid_config("cassette", format!("cannot write {}: {e}", path.display()))
+fn io_error(path: &Path, source: std::io::Error) -> Error {
+    Error::Io { action: "write the recording", path: path.to_owned(), source }
 }
 
 #[derive(Debug)]

@@ -225,6 +225,20 @@ pub enum Error {
         message: String,
     },
 
+    /// A file could not be written (a recording, say): its disk is full, or its
+    /// directory cannot be made or written to. Not a setting to fix: the same path
+    /// works once there is room.
+    #[error("cannot {action} {}", .path.display())]
+    Io {
+        /// What was being done, as `write the recording`.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// Reading or writing stored state failed.
     #[error("storage error{}: {message}", .path.as_ref().map(|p| format!(" in {}", p.display())).unwrap_or_default())]
     Storage {

@@ -834,6 +834,21 @@ async fn record_then_replay_gives_the_same_workflow() {
     assert_eq!(stable(recorded), stable(replayed));
 }
 
+/// A recording that cannot be written (a full disk) says so, naming the file and
+/// the system's reason; it was worded as a configuration error to fix.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_recording_to_a_full_disk_fails_naming_the_file_and_the_cause() {
+    let dir = workdir();
+    let path = read_plan(dir.path(), "report.csv");
+    let output = run(dir.path(), &["--record", "/dev/full", "run", "--plan", path.to_str().unwrap()]);
+    assert_eq!(code(&output), 1);
+    let said = stderr(&output);
+    assert!(said.contains("cannot write the recording /dev/full: No space left on device"), "{said}");
+    assert!(!said.contains("configuration"), "{said}");
+    assert_eq!(stdout_json(&output)["state"], "COMPLETE", "the run itself is printed");
+}
+
 /// `portia ARGS` on a pseudo-terminal (util-linux `script`, installed by `.ci/run`),
 /// with `envs` set: typed into and read from as a person would.
 #[cfg(target_os = "linux")]

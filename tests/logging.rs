@@ -143,3 +143,53 @@ async fn a_warning_inside_a_run_names_its_workflow_at_the_warn_level() {
     let line = logs.lines().find(|l| l.contains("sending the tool call again")).unwrap_or_else(|| panic!("{logs}"));
     assert!(line.contains(&done.id().to_string()), "{line}");
 }
+
+/// Deletes the database file under the run that calls it.
+#[derive(Debug)]
+struct DeletesTheDatabase(std::path::PathBuf);
+
+#[async_trait::async_trait]
+impl portia::Tool for DeletesTheDatabase {
+    fn spec(&self) -> portia::tool::ToolSpec {
+        portia::tool::ToolSpec::new("delete_tool", "Delete Tool", "Deletes the database.")
+    }
+    async fn run(
+        &self,
+        _ctx: &portia::ToolRunContext,
+        _args: serde_json::Value,
+    ) -> Result<portia::ToolOutput, portia::ToolError> {
+        std::fs::remove_file(&self.0).map_err(|e| portia::ToolError::hard(e))?;
+        Ok(portia::ToolOutput::value("deleted"))
+    }
+}
+
+/// With its database deleted mid-run, a worker's run can neither save nor release
+/// its lease. The worker said both that the lease was released and that it could
+/// not be: now only what happened, and why the worker stops.
+#[tokio::test(flavor = "current_thread")]
+async fn a_worker_whose_database_goes_mid_run_logs_no_release_that_did_not_happen() {
+    let (buffer, _guard) = capture(tracing::Level::WARN);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portia.db");
+    let storage = Arc::new(portia::storage::SqliteStorage::open(&path).unwrap());
+    let mut tools = InMemoryToolRegistry::new();
+    tools.register(Arc::new(DeletesTheDatabase(path.clone()))).unwrap();
+    let config = portia::Config::builder().summarize_final_output(false).build().unwrap();
+    let runner = portia::Runner::builder(config)
+        .llm(Arc::new(ScriptedLlm::new()))
+        .tools(tools)
+        .storage(storage)
+        .build()
+        .unwrap();
+    let plan = PlanBuilder::new("q").step("Delete", Some("delete_tool"), "$gone").args(serde_json::json!({})).build();
+    let id = runner.submit_plan(&plan).await.unwrap();
+
+    let report = runner.worker(portia::runner::WorkerOptions::new()).run_until(std::future::pending()).await;
+    assert!(report.stopped_on.is_some_and(|why| why.contains("deleted")));
+    let logs = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    let about_the_run: Vec<&str> = logs.lines().filter(|l| l.contains(&id.to_string())).collect();
+    assert!(about_the_run.iter().any(|l| l.contains("could not release the lease")), "{logs}");
+    assert!(!logs.contains("lease is released"), "a release that failed is not reported done: {logs}");
+    let stopped = about_the_run.iter().find(|l| l.contains("worker run stopped")).unwrap_or_else(|| panic!("{logs}"));
+    assert!(stopped.contains("deleted while this process had it open"), "{stopped}");
+}

@@ -313,11 +313,9 @@ fn count(
                     "a row the workflow needs cannot be read, so it is set aside; fix or restore the row \
                      and `portia put-back` or `portia resume` it, or `portia delete` it"
                 ),
-                _ => tracing::warn!(
-                    workflow = %id,
-                    error = %with_causes(&e),
-                    "worker run stopped on an error; its lease is released"
-                ),
+                // Whether the run could release its lease is logged by the run: a
+                // store that failed may have refused the release too.
+                _ => tracing::warn!(workflow = %id, error = %with_causes(&e), "worker run stopped on an error"),
             }
             if matches!(e, Error::Storage { .. }) { Ended::StoreFailed } else { Ended::OtherError }
         }

@@ -158,7 +158,7 @@ impl portia::Tool for DeletesTheDatabase {
         _ctx: &portia::ToolRunContext,
         _args: serde_json::Value,
     ) -> Result<portia::ToolOutput, portia::ToolError> {
-        std::fs::remove_file(&self.0).map_err(|e| portia::ToolError::hard(e))?;
+        std::fs::remove_file(&self.0).map_err(portia::ToolError::hard)?;
         Ok(portia::ToolOutput::value("deleted"))
     }
 }

@@ -772,17 +772,16 @@ impl Runner {
 
     /// Puts a workflow [set aside](crate::storage::LeaseQueue::set_aside) back
     /// without running it, once what its run needs reads again: its row, its plan
-    /// and its journal are read first, and one that still cannot be read is refused
-    /// and stays aside (a worker would only set it aside again). Whether it was set
-    /// aside.
+    /// and its journal, and those of the sub-plan and block workflows it started,
+    /// are read first, and one that still cannot be read is refused and stays aside
+    /// (a worker would only set it aside again). Whether it was set aside.
     ///
     /// # Errors
     /// [`Error::Unreadable`] naming the row that still cannot be read,
     /// [`Error::WorkflowNotFound`], or the store's.
     pub async fn put_back(&self, id: WorkflowId) -> Result<bool> {
         let workflow = self.inner.storage.get_workflow(id).await?;
-        self.inner.storage.get_plan(workflow.plan_id()).await?;
-        self.inner.storage.tool_calls(id).await?;
+        self.read_what_a_run_needs(&workflow).await?;
         self.inner.storage.put_back(id).await
     }
 

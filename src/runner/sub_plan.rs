@@ -222,6 +222,21 @@ impl Runner {
         }
     }
 
+    /// Reads what a run of `workflow` needs (its plan and journal) and, through the
+    /// child workflows it started, theirs: the first row that cannot be read fails it.
+    pub(super) async fn read_what_a_run_needs(&self, workflow: &Workflow) -> Result<()> {
+        self.inner.storage.get_plan(workflow.plan_id()).await?;
+        self.inner.storage.tool_calls(workflow.id()).await?;
+        for link in self.links_of(workflow).await? {
+            match self.find_child(&link).await {
+                Ok(child) => Box::pin(self.read_what_a_run_needs(&child)).await?,
+                Err(Error::WorkflowNotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Cancels the child workflows `parent` started (and theirs) that have not
     /// finished, as [`Runner::cancel_workflow`] does.
     pub(super) async fn cancel_children(&self, parent: &Workflow, reason: &str) -> Result<()> {

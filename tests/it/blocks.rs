@@ -580,3 +580,35 @@ fn empty_steps_and_tools_lists_in_a_plans_json_are_refused_by_path() {
     let read = serde_json::from_value::<Plan>(json).expect("a lenient read still takes it");
     assert!(read.steps[0].steps.is_empty(), "which is what a strict read guards against");
 }
+
+/// A workflow set aside is put back only once its run can read all it needs: the
+/// rows of the block children it started too, which `put_back` did not read.
+#[tokio::test]
+async fn putting_back_reads_the_rows_of_the_children_a_workflow_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portia.db");
+    let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open(&path).unwrap());
+    let runner = Runner::builder(sequential())
+        .llm(Arc::new(ScriptedLlm::new()))
+        .tools(tools(Arc::new(MockTool::echo("note_tool"))))
+        .storage(storage)
+        .build()
+        .unwrap();
+    let plan = PlanBuilder::new("Confirm")
+        .block("Confirm it", "$confirmed", |b| b.ask_user("Close the ticket?", AskUser::Confirm, "$ok"))
+        .build();
+    let parent = runner.run_plan(&plan).await.unwrap();
+    assert_eq!(parent.state(), WorkflowState::NeedClarification);
+    let child = portia::workflow::ParentLink::new(parent.id(), 0, None).child_id();
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let body: String =
+        db.query_row("SELECT body FROM workflows WHERE id = ?1", [child.to_string()], |row| row.get(0)).unwrap();
+    db.execute("UPDATE workflows SET body = '{}' WHERE id = ?1", [child.to_string()]).unwrap();
+
+    let refused = runner.put_back(parent.id()).await.unwrap_err();
+    assert!(matches!(refused, portia::Error::Unreadable { .. }), "{refused:?}");
+    assert!(refused.to_string().contains(&child.to_string()), "names the child's row: {refused}");
+
+    db.execute("UPDATE workflows SET body = ?2 WHERE id = ?1", [child.to_string(), body]).unwrap();
+    assert!(!runner.put_back(parent.id()).await.unwrap(), "readable again (and never set aside)");
+}

@@ -510,6 +510,57 @@ async fn a_stream_resumed_between_a_streamed_call_and_its_result_keeps_the_calls
     assert_eq!(resumed.last().unwrap().data["type"], "RUN_FINISHED");
 }
 
+fn echo_plan() -> Value {
+    json!({
+        "plan_context": {"query": "Echo how Amazon did", "tool_ids": ["echo_tool"]},
+        "steps": [{"task": "Echo how Amazon did", "inputs": [], "tool_id": "echo_tool", "output": "$out"}]
+    })
+}
+
+/// A step's start is stored with the step's outcome, after the reply it streams:
+/// its `STEP_STARTED` came after the pieces of the tool call it streamed, which a
+/// client showed outside any step. It now comes first, and once.
+#[tokio::test]
+async fn a_streamed_tool_call_comes_after_its_steps_start_which_comes_once() {
+    let llm = Arc::new(GatedToolCall::default());
+    let served = serve(streaming_runner(llm.clone()), ServeOptions::new()).await;
+    let (_, created) = served.post("/v1/workflows", json!({"plan": echo_plan()})).await;
+    let path = format!("/v1/workflows/{}/events", created["id"].as_str().unwrap());
+    let mut stream = open(&served, &path, None::<u64>).await;
+    let mut seen = stream.until(|e| e["type"] == "RUN_STARTED").await;
+    llm.gates[0].notify_one();
+    seen.extend(stream.until(|e| e["type"] == "TOOL_CALL_ARGS" && e["delta"] != "").await);
+    llm.gates[1].notify_one();
+    seen.extend(stream.rest().await);
+
+    let kinds = types(&seen);
+    let step_started = kinds.iter().position(|k| *k == "STEP_STARTED").unwrap_or_else(|| panic!("{kinds:?}"));
+    let call_started = kinds.iter().position(|k| *k == "TOOL_CALL_START").unwrap();
+    assert!(step_started < call_started, "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| **k == "STEP_STARTED").count(), 1, "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| **k == "STEP_FINISHED").count(), 1, "{kinds:?}");
+    assert_eq!(seen[step_started].data["stepName"], "1. Echo how Amazon did");
+    assert_eq!(kinds.last(), Some(&"RUN_FINISHED"));
+}
+
+/// A stream that saw a step start early (see above) and dropped before the start
+/// was stored does not see it start again when it resumes.
+#[tokio::test]
+async fn a_stream_resumed_after_a_step_started_early_does_not_start_it_again() {
+    let llm = Arc::new(GatedToolCall::default());
+    let served = serve(streaming_runner(llm.clone()), ServeOptions::new()).await;
+    let first_piece = |e: &Value| e["type"] == "TOOL_CALL_ARGS" && e["delta"] != "";
+    let (id, path, seen) = drop_stream_at_first_piece(&served, echo_plan(), &llm.gates[0], first_piece).await;
+    assert!(types(&seen).contains(&"STEP_STARTED"), "{:?}", types(&seen));
+    llm.gates[1].notify_one();
+    assert_eq!(served.rest(&id).await.state(), WorkflowState::Complete);
+
+    let last_id = seen.iter().rev().find_map(|e| e.raw_id.clone()).unwrap();
+    let resumed = types(&open(&served, &path, Some(&last_id)).await.rest().await).join(" ");
+    assert!(!resumed.contains("STEP_STARTED"), "{resumed}");
+    assert!(resumed.contains("STEP_FINISHED") && resumed.ends_with("RUN_FINISHED"), "{resumed}");
+}
+
 /// A stream dropped in the middle of a streamed text and resumed with
 /// `Last-Event-ID` once the run is over: the resumed stream first ends the message
 /// its client has open and names it cut, sends no piece of it that the client

@@ -54,6 +54,11 @@ pub(super) struct Translator {
     /// Streamed tool calls a resumed stream took over (see [`Self::resume`]):
     /// their arguments are unknown here, so the call made with their tool is theirs.
     restored: Vec<RestoredCall>,
+    /// The steps of the open run that have started and not finished.
+    open_steps: BTreeSet<usize>,
+    /// Steps whose `STEP_STARTED` went out before their start was stored (see
+    /// [`Self::start_step_early`]); the stored start sends nothing.
+    early_steps: BTreeSet<usize>,
 }
 
 /// A streamed tool call a stream dropped midway told its client of, carried over
@@ -93,6 +98,9 @@ struct Carried {
     /// The calls whose text was cut (see [`Translator::cut_texts`]).
     #[serde(rename = "c", default)]
     cut: Vec<u64>,
+    /// The steps started early (see [`Translator::early_steps`]).
+    #[serde(rename = "e", default)]
+    early: Vec<usize>,
 }
 
 /// A tool call of a streamed reply.
@@ -134,6 +142,8 @@ impl Translator {
             tool_call_ids: HashMap::new(),
             unfinished: HashSet::new(),
             restored: Vec::new(),
+            open_steps: BTreeSet::new(),
+            early_steps: BTreeSet::new(),
         }
     }
 
@@ -157,10 +167,12 @@ impl Translator {
             .collect();
         let texts: Vec<(u64, String)> = self.streaming.iter().map(|(call, m)| (*call, m.id.clone())).collect();
         let cut: Vec<u64> = self.cut_texts.iter().copied().collect();
-        if streamed.is_empty() && made.is_empty() && self.messages == 0 && cut.is_empty() {
+        let early: Vec<usize> = self.early_steps.iter().copied().collect();
+        if streamed.is_empty() && made.is_empty() && self.messages == 0 && cut.is_empty() && early.is_empty() {
             return String::new();
         }
-        let carried = Carried { tool_calls: self.tool_calls, streamed, made, messages: self.messages, texts, cut };
+        let (tool_calls, messages) = (self.tool_calls, self.messages);
+        let carried = Carried { tool_calls, streamed, made, messages, texts, cut, early };
         serde_json::to_vec(&carried).unwrap_or_default().iter().map(|b| format!("{b:02x}")).collect()
     }
 
@@ -181,6 +193,8 @@ impl Translator {
         self.tool_calls = self.tool_calls.max(carried.tool_calls);
         self.messages = self.messages.max(carried.messages);
         self.cut_texts.extend(carried.cut);
+        self.early_steps.extend(&carried.early);
+        self.open_steps.extend(carried.early);
         self.restored = carried.streamed;
         for (step, attempt, seq, id) in carried.made {
             let key = ToolCallKey::new(workflow_id, step, attempt, seq);
@@ -212,12 +226,15 @@ impl Translator {
         match &stored.event.kind {
             EventKind::StateChanged { to, .. } => self.state_changed(*to, workflow, &mut out),
             EventKind::StepStarted { step, task, .. } => {
-                let name = format!("{}. {task}", step + 1);
-                self.step_names.insert(*step, name.clone());
-                self.open_run(&mut out);
-                out.push(json!({"type": "STEP_STARTED", "stepName": name}));
+                let name = self.name_step(*step, task);
+                if !self.early_steps.remove(step) {
+                    self.open_run(&mut out);
+                    self.open_steps.insert(*step);
+                    out.push(json!({"type": "STEP_STARTED", "stepName": name}));
+                }
             }
             EventKind::StepFinished { step, .. } => {
+                self.open_steps.remove(step);
                 self.open_run(&mut out);
                 let name = self.step_names.get(step).cloned().unwrap_or_else(|| format!("{}", step + 1));
                 out.push(json!({"type": "STEP_FINISHED", "stepName": name}));
@@ -274,6 +291,27 @@ impl Translator {
         out
     }
 
+    /// `STEP_STARTED` for step `step` (its task `task`), ahead of `event`, a
+    /// streamed piece of the step's reply, unless the step is open. A step's start
+    /// is stored with its end, so read from the store it would come after the
+    /// pieces, outside its step; the stored start then sends nothing. Only within
+    /// an open run, whose id the stored events name.
+    pub(super) fn start_step_early(&mut self, step: usize, task: &str, event: &WorkflowEvent) -> Vec<Value> {
+        if !self.in_run() || !self.open_steps.insert(step) {
+            return Vec::new();
+        }
+        self.early_steps.insert(step);
+        let name = self.name_step(step, task);
+        vec![stamped(json!({"type": "STEP_STARTED", "stepName": name}), event)]
+    }
+
+    /// Names step `step`, with task `task`, as its AG-UI events do, and keeps the name.
+    fn name_step(&mut self, step: usize, task: &str) -> String {
+        let name = format!("{}. {task}", step + 1);
+        self.step_names.insert(step, name.clone());
+        name
+    }
+
     /// The AG-UI events of an event announced and never stored (see
     /// [`EventKind::is_live_only`]): a streamed reply's text as
     /// `TEXT_MESSAGE_START`/`CONTENT`, and its tool calls as
@@ -321,12 +359,7 @@ impl Translator {
             EventKind::LlmStreamRestarted { call, .. } => self.restart(*call, &mut out),
             _ => {}
         }
-        let raw = serde_json::to_value(event).unwrap_or(Value::Null);
-        for out in &mut out {
-            out["timestamp"] = json!(event.at.timestamp_millis());
-            out["rawEvent"] = raw.clone();
-        }
-        out
+        out.into_iter().map(|out| stamped(out, event)).collect()
     }
 
     /// Ends what streamed call `call` has opened, and says in a `CUSTOM` event
@@ -460,6 +493,8 @@ impl Translator {
         self.streamed_calls.clear();
         self.ended_calls.clear();
         self.restored.clear();
+        self.open_steps.clear();
+        self.early_steps.clear();
         self.run_id = None;
         self.usage.clear();
     }
@@ -623,6 +658,13 @@ impl Translator {
             })
             .collect()
     }
+}
+
+/// `out` with the time and the raw event of `event`, which it comes from.
+fn stamped(mut out: Value, event: &WorkflowEvent) -> Value {
+    out["timestamp"] = json!(event.at.timestamp_millis());
+    out["rawEvent"] = serde_json::to_value(event).unwrap_or(Value::Null);
+    out
 }
 
 fn custom(out: &mut Vec<Value>, name: &str, stored: &StoredEvent) {

@@ -2,7 +2,7 @@
 //! first, then live from whichever process runs it; and the AG-UI endpoint that
 //! starts (or resumes) a run from a `RunAgentInput`.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ use super::auth::Caller;
 use super::errors::{ApiError, Body, ErrorBody, PathParams};
 use super::router::AppState;
 use crate::Error;
-use crate::events::EventStream;
+use crate::events::{EventKind, EventStream, WorkflowEvent};
 use crate::execution_context::ExecutionContext;
 use crate::ids::WorkflowId;
 use crate::workflow::{Workflow, WorkflowState};
@@ -242,6 +242,9 @@ struct Follow {
     /// Whether the store may hold events not read yet. A streamed reply's pieces,
     /// heard live, go out at once and leave the store unread.
     stale: bool,
+    /// The index and task of each step of the workflow's plan, by output name:
+    /// read when the first streamed piece comes, to start its step.
+    steps: Option<HashMap<String, (usize, String)>>,
 }
 
 /// What woke a stream waiting for events.
@@ -286,7 +289,8 @@ impl Follow {
             translator.name_next_run(run_id);
         }
         let run_ended = false;
-        Ok(Self { state, id, seen: after, translator, ready, until_rest, run_ended, done: false, local, stale: true })
+        let (done, stale, steps) = (false, true, None);
+        Ok(Self { state, id, seen: after, translator, ready, until_rest, run_ended, done, local, stale, steps })
     }
 
     async fn next(&mut self) -> Option<Event> {
@@ -342,6 +346,27 @@ impl Follow {
         Ok(())
     }
 
+    /// The index and task of the step whose reply `piece` is a streamed piece of,
+    /// if any. The plan is read once; one that cannot be read names no step.
+    async fn step_of(&mut self, piece: &WorkflowEvent) -> Option<(usize, String)> {
+        let (EventKind::LlmTextDelta { step_output, .. } | EventKind::LlmToolCallDelta { step_output, .. }) =
+            &piece.kind
+        else {
+            return None;
+        };
+        let output = step_output.as_deref()?;
+        if self.steps.is_none() {
+            let runner = &self.state.runner;
+            let plan = match runner.get_workflow(self.id).await {
+                Ok(workflow) => runner.get_plan(workflow.plan_id()).await.ok(),
+                Err(_) => None,
+            };
+            let steps = plan.iter().flat_map(|p| p.steps.iter().enumerate());
+            self.steps = Some(steps.map(|(i, s)| (s.output.clone(), (i, s.task.clone()))).collect());
+        }
+        self.steps.as_ref()?.get(output).cloned()
+    }
+
     /// Waits until new events may be stored: announced by a run in this process,
     /// heard of by the store, the server stopping, or [`RECHECK`] passed.
     async fn wait(&mut self) {
@@ -371,7 +396,11 @@ impl Follow {
             // starts from the store, which holds the finished reply. Those of tool
             // calls carry the calls over, so the resumed stream goes on under their ids.
             Woken::Live(event) => {
-                let events = self.translator.live(&event);
+                let mut events = match self.step_of(&event).await {
+                    Some((step, task)) => self.translator.start_step_early(step, &task, &event),
+                    None => Vec::new(),
+                };
+                events.extend(self.translator.live(&event));
                 let carried = self.translator.carried();
                 self.ready.extend(events.into_iter().map(|e| {
                     let sse = Event::default().data(e.to_string());

@@ -397,6 +397,29 @@ fn list_shows_an_unreadable_row_and_delete_removes_it() {
     assert!(!String::from_utf8_lossy(&table.stdout).contains("UNREADABLE"));
 }
 
+/// `portia delete` refuses a workflow a run holds, as the HTTP API does: deleted
+/// under its run, the run failed at its next save. `--force` deletes it anyway.
+#[tokio::test]
+async fn delete_refuses_a_workflow_a_run_holds_unless_forced() {
+    use portia::storage::LeaseQueue as _;
+    let dir = workdir();
+    let plan = read_plan(dir.path(), "report.csv");
+    let id = submit(dir.path(), &plan);
+    let storage = portia::storage::SqliteStorage::open(dir.path().join(".portia/portia.db")).unwrap();
+    let held = storage.claim_runnable("a worker elsewhere", std::time::Duration::from_secs(600)).await.unwrap();
+    assert_eq!(held.expect("the submitted workflow").workflow.id().to_string(), id);
+
+    let refused = run(dir.path(), &["delete", &id]);
+    assert_eq!(code(&refused), 1);
+    let said = stderr(&refused);
+    assert!(said.contains("is being run by a worker elsewhere") && said.contains("--force"), "{said}");
+    assert_eq!(code(&run(dir.path(), &["show", &id])), 0, "still stored");
+
+    let forced = run(dir.path(), &["delete", "--force", &id]);
+    assert_eq!(code(&forced), 0, "{}", stderr(&forced));
+    assert_eq!(code(&run(dir.path(), &["show", &id])), 1, "deleted");
+}
+
 /// A queued workflow that cannot be read does not stop the workers: it is set aside
 /// (and listed so), the one behind it runs, and `--exit-when-idle` does not wait
 /// for it.

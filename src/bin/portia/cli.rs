@@ -119,10 +119,13 @@ pub(crate) enum Command {
         all: bool,
     },
     /// Delete a stored workflow with its journal, whatever its state, even one that
-    /// can no longer be read.
+    /// can no longer be read; one a run holds only with --force.
     Delete {
         /// The workflow.
         id: WorkflowId,
+        /// Delete it even while a run holds it (that run then fails at its next save).
+        #[arg(long)]
+        force: bool,
     },
     /// Delete finished workflows older than AGE (such as 7d, 12h, 30m).
     Prune {

@@ -127,10 +127,13 @@ async fn command(setup: &Setup, command: Command) -> Result<Exit, Failure> {
             Ok(Exit::Ok)
         }
         Command::List { state, end_user, format } => list(runner, state, end_user, format).await,
-        Command::Delete { id } => {
+        Command::Delete { id, force } => {
             // An unreadable row is still deleted; only one that is not there is an error.
             if let Err(e @ portia::Error::WorkflowNotFound(_)) = runner.get_workflow(id).await {
                 return Err(e.into());
+            }
+            if !force {
+                refuse_if_running(runner, id).await?;
             }
             runner.delete_workflow(id).await?;
             eprintln!("portia: deleted workflow {id}");
@@ -215,6 +218,20 @@ async fn serve(setup: &Setup, listen: std::net::SocketAddr, workers: usize, grac
 }
 
 /// Refuses to queue a workflow in the memory store, where no worker would see it.
+/// Refuses to delete workflow `id` while a run holds it, as `DELETE
+/// /v1/workflows/{id}` does: deleted under it, the run would fail at its next save.
+async fn refuse_if_running(runner: &Runner, id: portia::WorkflowId) -> Result<(), Failure> {
+    match runner.storage().lease_holder(id).await {
+        Ok(Some(holder)) => {
+            let running = portia::Error::AlreadyRunning { workflow_id: id, owner: holder.owner, until: holder.until };
+            Err(Failure::new(format!("{running}; `portia delete --force` deletes it all the same")))
+        }
+        // A row that cannot be read has no run to hold it.
+        Ok(None) | Err(portia::Error::Unreadable { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// `error`, a usage error when it says the `--input`s do not fit the plan.
 fn given_wrongly(error: portia::Error) -> Failure {
     match error {

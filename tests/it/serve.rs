@@ -551,14 +551,19 @@ async fn metrics_count_workflows_llm_calls_tokens_and_latencies_from_the_store()
 
 /// Prometheus reads a counter that falls as a restart and counts what remains again:
 /// deleting a workflow leaves the `portia_workflows` gauge and nothing else, for a
-/// caller bound to an end user as for one who sees every workflow.
+/// caller bound to an end user as for one who sees every workflow, and a row that
+/// cannot be read for a while counts as it was last read.
 #[tokio::test]
-async fn deleting_a_workflow_keeps_what_it_spent_in_the_counters() {
+async fn deleting_a_workflow_or_losing_its_row_for_a_while_keeps_what_it_spent_in_the_counters() {
     let hello =
         || portia::llm::LlmResponse { usage: portia::llm::Usage::call(40, 3), ..portia::llm::LlmResponse::text("Hi") };
     let llm = ScriptedLlm::new().respond(hello()).respond(hello()).respond(hello());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portia.db");
+    let storage = Arc::new(portia::storage::SqliteStorage::open(&path).unwrap());
+    let runner = Runner::builder(config()).llm(Arc::new(llm)).storage(storage).build().unwrap();
     let tokens = Tokens::new([ServerToken::new("admin"), ServerToken::for_end_user("ann-token", "ann")]);
-    let served = serve(runner_with(vec![], llm), ServeOptions::new().tokens(tokens)).await;
+    let served = serve(runner, ServeOptions::new().tokens(tokens)).await;
     let plan = json!({
         "plan_context": {"query": "Say hello", "tool_ids": []},
         "steps": [{"task": "Say hello", "inputs": [], "output": "$hello"}]
@@ -598,6 +603,13 @@ async fn deleting_a_workflow_keeps_what_it_spent_in_the_counters() {
     };
     assert_eq!(scrape("admin").await, (2.0, 2.0, 2.0));
     assert_eq!(scrape("ann-token").await, (1.0, 1.0, 1.0));
+
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let body: String = raw.query_row("SELECT body FROM workflows WHERE id = ?1", [&admins], |row| row.get(0)).unwrap();
+    raw.execute("UPDATE workflows SET body = '{\"id\": 4' WHERE id = ?1", [&admins]).unwrap();
+    assert_eq!(scrape("admin").await, (1.0, 2.0, 2.0), "an unreadable row still counts what it spent");
+    raw.execute("UPDATE workflows SET body = ?2 WHERE id = ?1", [&admins, &body]).unwrap();
+    assert_eq!(scrape("admin").await, (2.0, 2.0, 2.0), "and only once when it reads again");
 
     let delete = |token: &'static str, id: String| async move {
         let url = served.url(&format!("/v1/workflows/{id}"));

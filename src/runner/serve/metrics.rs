@@ -11,9 +11,10 @@
 //!
 //! A workflow's figures are read from its stored events once per version and kept:
 //! a scrape reads again only the workflows that changed since the last. The counters
-//! and histograms never fall while the server runs: what a workflow spent stays
-//! counted after it is deleted (Prometheus would read a fall as a restart, and count
-//! every remaining call again).
+//! and histograms never fall while the server runs: what a workflow spent, as last
+//! scraped, stays counted after it is deleted (Prometheus would read a fall as a
+//! restart, and count every remaining call again), and a workflow whose row cannot
+//! be read for a while counts as last read.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -63,21 +64,24 @@ impl Scraped {
         (read.version == workflow.version()).then(|| read.figures.clone())
     }
 
-    /// Keeps what a scrape by `caller` read: a workflow the caller would have read
-    /// that is neither among `read` nor `unreadable` was deleted, and its figures
-    /// move to the deleted ones.
-    fn keep(&mut self, caller: &Caller, read: HashMap<WorkflowId, Read>, unreadable: &[String]) {
-        let gone: Vec<WorkflowId> = (self.workflows.iter())
-            .filter(|(id, old)| caller.sees(old.end_user.as_deref()) && !read.contains_key(id))
-            .filter(|(id, _)| !unreadable.iter().any(|entry| entry.starts_with(&format!("workflow {id}:"))))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in gone {
-            if let Some(old) = self.workflows.remove(&id) {
-                self.deleted.entry(old.end_user).or_default().add(&old.figures);
-            }
+    /// The workflows `caller` would have seen that an earlier scrape read and this
+    /// one did not (`read`): deleted since, or missed (a row that cannot be read
+    /// now, or one a page of the listing skipped as others were deleted).
+    fn missing(&self, caller: &Caller, read: &HashMap<WorkflowId, Read>) -> Vec<WorkflowId> {
+        let seen = |(id, old): (&WorkflowId, &Read)| caller.sees(old.end_user.as_deref()) && !read.contains_key(id);
+        self.workflows.iter().filter(|entry| seen(*entry)).map(|(id, _)| *id).collect()
+    }
+
+    /// What workflow `id` contributed when last read.
+    fn last_read(&self, id: WorkflowId) -> Option<&Figures> {
+        self.workflows.get(&id).map(|read| &read.figures)
+    }
+
+    /// Moves what workflow `id`, deleted, contributed to the deleted workflows' figures.
+    fn retire(&mut self, id: WorkflowId) {
+        if let Some(old) = self.workflows.remove(&id) {
+            self.deleted.entry(old.end_user).or_default().add(&old.figures);
         }
-        self.workflows.extend(read);
     }
 
     /// What the workflows `caller` would have seen had contributed before they were deleted.
@@ -226,6 +230,10 @@ pub(super) async fn metrics(
     let mut total = Figures::default();
     let mut read = HashMap::new();
     for workflow in &workflows {
+        // A page of the listing may repeat a row of the last as others are deleted.
+        if read.contains_key(&workflow.id()) {
+            continue;
+        }
         *by_state.entry(workflow.state().to_string()).or_default() += 1;
         let figures = match scraped.figures(workflow) {
             Some(figures) => figures,
@@ -235,7 +243,14 @@ pub(super) async fn metrics(
         let end_user = workflow.execution_context().end_user_id.clone();
         read.insert(workflow.id(), Read { version: workflow.version(), end_user, figures });
     }
-    scraped.keep(&caller, read, &unreadable);
+    for id in scraped.missing(&caller, &read) {
+        match state.runner.get_workflow(id).await {
+            Err(crate::Error::WorkflowNotFound(_)) => scraped.retire(id),
+            // Still stored, though not read now: counted as last read.
+            _ => total.add(scraped.last_read(id).unwrap_or(&Figures::default())),
+        }
+    }
+    scraped.workflows.extend(read);
     scraped.deleted_seen_by(&caller).for_each(|deleted| total.add(deleted));
     drop(scraped);
     let set_aside = set_aside_seen(&state, &caller, &workflows).await?;
@@ -299,7 +314,8 @@ fn render(by_state: &BTreeMap<String, u64>, stranded: Stranded, total: &Figures)
         &mut out,
         "portia_llm_calls_total",
         "counter",
-        "LLM calls by model, of the stored workflows (their runs, and the planning of those whose plan was written for them).",
+        "LLM calls by model, of the workflows stored while this server ran, deleted ones included (their runs, \
+         and the planning of those whose plan was written for them).",
     );
     for (model, figures) in &total.models {
         let _ = writeln!(out, "portia_llm_calls_total{{model=\"{}\"}} {}", escape(model), figures.calls);
@@ -308,7 +324,7 @@ fn render(by_state: &BTreeMap<String, u64>, stranded: Stranded, total: &Figures)
         &mut out,
         "portia_llm_tokens_total",
         "counter",
-        "LLM tokens by model and kind, of the stored workflows (prompt counts every input token; \
+        "LLM tokens by model and kind, of the workflows stored while this server ran (prompt counts every input token; \
          cache_read and cache_write count again those the provider's prompt cache served or stored).",
     );
     for (model, figures) in &total.models {
@@ -327,7 +343,7 @@ fn render(by_state: &BTreeMap<String, u64>, stranded: Stranded, total: &Figures)
         &mut out,
         "portia_llm_cost_usd_total",
         "counter",
-        "LLM cost in US dollars by model, of the stored workflows.",
+        "LLM cost in US dollars by model, of the workflows stored while this server ran.",
     );
     for (model, figures) in &total.models {
         let _ = writeln!(out, "portia_llm_cost_usd_total{{model=\"{}\"}} {}", escape(model), figures.cost_usd);

@@ -56,6 +56,9 @@ pub(super) struct Translator {
     restored: Vec<RestoredCall>,
     /// The steps of the open run that have started and not finished.
     open_steps: BTreeSet<usize>,
+    /// The steps of the open run that have finished: a piece of theirs heard late
+    /// starts nothing.
+    finished_steps: BTreeSet<usize>,
     /// Steps whose `STEP_STARTED` went out before their start was stored (see
     /// [`Self::start_step_early`]); the stored start sends nothing.
     early_steps: BTreeSet<usize>,
@@ -143,6 +146,7 @@ impl Translator {
             unfinished: HashSet::new(),
             restored: Vec::new(),
             open_steps: BTreeSet::new(),
+            finished_steps: BTreeSet::new(),
             early_steps: BTreeSet::new(),
         }
     }
@@ -235,6 +239,7 @@ impl Translator {
             }
             EventKind::StepFinished { step, .. } => {
                 self.open_steps.remove(step);
+                self.finished_steps.insert(*step);
                 self.open_run(&mut out);
                 let name = self.step_names.get(step).cloned().unwrap_or_else(|| format!("{}", step + 1));
                 out.push(json!({"type": "STEP_FINISHED", "stepName": name}));
@@ -297,7 +302,7 @@ impl Translator {
     /// pieces, outside its step; the stored start then sends nothing. Only within
     /// an open run, whose id the stored events name.
     pub(super) fn start_step_early(&mut self, step: usize, task: &str, event: &WorkflowEvent) -> Vec<Value> {
-        if !self.in_run() || !self.open_steps.insert(step) {
+        if !self.in_run() || self.finished_steps.contains(&step) || !self.open_steps.insert(step) {
             return Vec::new();
         }
         self.early_steps.insert(step);
@@ -494,6 +499,7 @@ impl Translator {
         self.ended_calls.clear();
         self.restored.clear();
         self.open_steps.clear();
+        self.finished_steps.clear();
         self.early_steps.clear();
         self.run_id = None;
         self.usage.clear();
@@ -736,6 +742,28 @@ mod tests {
             out.extend(translator.translate(&stored, workflow));
         }
         out
+    }
+
+    #[test]
+    fn a_step_starts_early_once_only_in_a_run_and_never_after_it_finished() {
+        let workflow = workflow();
+        let mut translator = Translator::new("thread".into());
+        let piece = WorkflowEvent::new(workflow.id(), echo_piece(Some("$out"), ""));
+        assert!(translator.start_step_early(0, "Echo", &piece).is_empty(), "no run is open");
+        let started = |step: usize| EventKind::StepStarted { step, task: "Echo".into(), tool_id: None };
+        let finished =
+            |step: usize| EventKind::StepFinished { step, outcome: crate::workflow::StepOutcome::Skipped("no".into()) };
+        let running = EventKind::StateChanged { from: WorkflowState::NotStarted, to: WorkflowState::InProgress };
+        translate_stored(&mut translator, &workflow, vec![running, started(0), finished(0)]);
+        assert!(translator.start_step_early(0, "Echo", &piece).is_empty(), "a late piece of a finished step");
+
+        let early = translator.start_step_early(1, "Echo", &piece);
+        assert_eq!(early.len(), 1);
+        assert_eq!((&early[0]["type"], &early[0]["stepName"]), (&json!("STEP_STARTED"), &json!("2. Echo")));
+        assert!(translator.start_step_early(1, "Echo", &piece).is_empty(), "started once");
+        assert!(translate_stored(&mut translator, &workflow, vec![started(1)]).is_empty(), "the stored start is quiet");
+        let out = translate_stored(&mut translator, &workflow, vec![finished(1)]);
+        assert_eq!(out[0]["type"], "STEP_FINISHED");
     }
 
     #[test]

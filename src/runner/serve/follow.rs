@@ -346,8 +346,9 @@ impl Follow {
         Ok(())
     }
 
-    /// The index and task of the step whose reply `piece` is a streamed piece of,
-    /// if any. The plan is read once; one that cannot be read names no step.
+    /// The index and task of the top-level step whose reply `piece` is a streamed
+    /// piece of, if any (a block's steps stream in their own workflows). The plan is
+    /// read once.
     async fn step_of(&mut self, piece: &WorkflowEvent) -> Option<(usize, String)> {
         let (EventKind::LlmTextDelta { step_output, .. } | EventKind::LlmToolCallDelta { step_output, .. }) =
             &piece.kind
@@ -356,13 +357,11 @@ impl Follow {
         };
         let output = step_output.as_deref()?;
         if self.steps.is_none() {
+            // Read again at the next piece if it fails now.
             let runner = &self.state.runner;
-            let plan = match runner.get_workflow(self.id).await {
-                Ok(workflow) => runner.get_plan(workflow.plan_id()).await.ok(),
-                Err(_) => None,
-            };
-            let steps = plan.iter().flat_map(|p| p.steps.iter().enumerate());
-            self.steps = Some(steps.map(|(i, s)| (s.output.clone(), (i, s.task.clone()))).collect());
+            let plan = runner.get_plan(runner.get_workflow(self.id).await.ok()?.plan_id()).await.ok()?;
+            self.steps =
+                Some(plan.steps.iter().enumerate().map(|(i, s)| (s.output.clone(), (i, s.task.clone()))).collect());
         }
         self.steps.as_ref()?.get(output).cloned()
     }
@@ -374,7 +373,10 @@ impl Follow {
         let stored = storage.wait_for_events(self.id, self.seen, RECHECK);
         let mut stopping = self.state.stopping.clone();
         let woken = match &mut self.local {
+            // Announcements first: pieces queued behind a slow client go out
+            // before a store read that would end their step.
             Some(local) => tokio::select! {
+                biased;
                 announced = local.next() => match announced {
                     Some(Ok(event)) if event.kind.is_live_only() => Woken::Live(Box::new(event)),
                     Some(_) => Woken::Store,

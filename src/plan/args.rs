@@ -77,32 +77,35 @@ pub(crate) fn resolve(args: &Value, lookup: &impl Fn(&str) -> Option<Value>) -> 
     }
 }
 
-/// The first reference in `args` into an output that `output` has, along a path
-/// that leads nowhere in it (`$list[10]` of a three-item list), said as a sentence.
-/// Left as it is, such a reference reached the tool as literal text.
+/// The first reference in `args` along a path that an output `output` has does not
+/// have (`$list[10]` of a three-item list), said as a sentence. Left as it is, such a
+/// reference reached the tool as literal text. Only an output with a structure to
+/// look into counts (a list or an object, or text that holds one): `$report.txt`
+/// after a plain-text `$report` is a file name, and a path through `null` (a skipped
+/// output) reads as null.
 pub(crate) fn missed_path(args: &Value, output: &impl Fn(&str) -> Option<SharedValue>) -> Option<String> {
     tokens_in(args).into_iter().find_map(|(token, _)| {
         let reference = Reference::parse(&token).filter(|r| !r.path.is_empty())?;
         let value = output(&reference.name)?;
-        let missed = reference.select(&value).is_none();
-        missed.then(|| format!("`{token}` leads nowhere: {} is {}", reference.name, shape(&value)))
+        let shape = shape(&value)?;
+        reference.misses(&value).then(|| format!("`{token}` leads nowhere: {} is {shape}", reference.name))
     })
 }
 
-/// What `value` is, in a few words: enough to see why a path misses it.
-fn shape(value: &Value) -> String {
+/// What `value` is, in a few words, when it has a structure a path looks into.
+fn shape(value: &Value) -> Option<String> {
     match value {
-        Value::Array(items) => format!("a list of {} items", items.len()),
-        Value::Object(map) if map.is_empty() => "an empty object".to_owned(),
+        Value::Array(items) => Some(format!("a list of {} items", items.len())),
+        Value::Object(map) if map.is_empty() => Some("an empty object".to_owned()),
         Value::Object(map) => {
             let keys: Vec<&str> = map.keys().take(8).map(String::as_str).collect();
             let more = if map.len() > keys.len() { ", ..." } else { "" };
-            format!("an object with the fields {}{more}", keys.join(", "))
+            Some(format!("an object with the fields {}{more}", keys.join(", ")))
         }
-        Value::String(_) => "text that holds no JSON".to_owned(),
-        Value::Null => "null".to_owned(),
-        Value::Bool(_) => "a boolean".to_owned(),
-        Value::Number(_) => "a number".to_owned(),
+        Value::String(text) => {
+            crate::text::json_in(text).and_then(|json| shape(&json)).map(|s| format!("text holding {s}"))
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => None,
     }
 }
 
@@ -133,18 +136,27 @@ mod tests {
 
     #[test]
     fn a_path_that_misses_its_output_is_named_with_what_the_output_holds() {
-        let outputs = json!({"$list": [1, 2, 3], "$quote": {"price": 5, "currency": "USD"}, "$text": "plain"});
+        let outputs = json!({
+            "$list": [1, null, 3], "$quote": {"price": 5, "currency": "USD"}, "$text": "plain",
+            "$json": "```json\n{\"a\": 1}\n```", "$skipped": null, "$count": 2
+        });
         let output = |name: &str| outputs.get(name).cloned().map(SharedValue::new);
         let missed = |args: Value| missed_path(&args, &output);
-        assert_eq!(missed(json!({"n": "$list[2]", "p": "$quote.price costs", "all": "$list"})), None);
+        assert_eq!(missed(json!({"n": "$list[2]", "p": "$quote.price costs", "all": "$list", "j": "$json.a"})), None);
         assert_eq!(missed(json!({"n": "$list[-4]"})).unwrap(), "`$list[-4]` leads nowhere: $list is a list of 3 items");
         assert_eq!(
             missed(json!({"deep": [{"p": "it costs $quote.cost"}]})).unwrap(),
             "`$quote.cost` leads nowhere: $quote is an object with the fields currency, price"
         );
         assert_eq!(
-            missed(json!("$text.field")).unwrap(),
-            "`$text.field` leads nowhere: $text is text that holds no JSON"
+            missed(json!("$json.b")).unwrap(),
+            "`$json.b` leads nowhere: $json is text holding an object with the fields a"
+        );
+        assert_eq!(missed(json!({"file": "$text.txt", "n": "$count.x"})), None, "nothing to look into: plain text");
+        assert_eq!(
+            missed(json!({"a": "$skipped.price", "b": "$list[1].title"})),
+            None,
+            "a skipped value reads as null"
         );
         assert_eq!(missed(json!({"price": "$USD.rate", "other": "$nothing[0]"})), None, "no such outputs: plain text");
     }

@@ -63,6 +63,20 @@ impl Reference {
     /// `None` when the path leads nowhere. A string holding JSON (an untyped LLM
     /// step's answer) is read as that JSON when a path goes into it.
     pub(crate) fn select(&self, value: &Value) -> Option<Value> {
+        match self.walk(value) {
+            Walked::To(found) => Some(found.into_owned()),
+            Walked::ThroughNull | Walked::Nowhere => None,
+        }
+    }
+
+    /// Whether the path leads nowhere in `value`: to a field or item it does not
+    /// have. A path that meets `null` on the way (a skipped output, or a skipped
+    /// item of a loop's) does not miss: there is nothing to look into.
+    pub(crate) fn misses(&self, value: &Value) -> bool {
+        matches!(self.walk(value), Walked::Nowhere)
+    }
+
+    fn walk<'a>(&self, value: &'a Value) -> Walked<'a> {
         // Walked borrowed, so that only what the path leads to is copied (a field of a
         // search result, say), unless a string has to be parsed on the way.
         let mut current = Cow::Borrowed(value);
@@ -72,13 +86,27 @@ impl Reference {
             {
                 current = Cow::Owned(parsed);
             }
-            current = match current {
-                Cow::Borrowed(value) => Cow::Borrowed(segment.within(value)?),
-                Cow::Owned(value) => Cow::Owned(segment.within(&value)?.clone()),
+            if current.is_null() {
+                return Walked::ThroughNull;
+            }
+            let next = match current {
+                Cow::Borrowed(value) => segment.within(value).map(Cow::Borrowed),
+                Cow::Owned(value) => segment.within(&value).cloned().map(Cow::Owned),
             };
+            match next {
+                Some(next) => current = next,
+                None => return Walked::Nowhere,
+            }
         }
-        Some(current.into_owned())
+        Walked::To(current)
     }
+}
+
+/// Where a path led.
+enum Walked<'a> {
+    To(Cow<'a, Value>),
+    ThroughNull,
+    Nowhere,
 }
 
 impl Segment {

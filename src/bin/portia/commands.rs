@@ -217,7 +217,6 @@ async fn serve(setup: &Setup, listen: std::net::SocketAddr, workers: usize, grac
     Ok(Exit::Ok)
 }
 
-/// Refuses to queue a workflow in the memory store, where no worker would see it.
 /// Refuses to delete workflow `id` while a run holds it, as `DELETE
 /// /v1/workflows/{id}` does: deleted under it, the run would fail at its next save.
 async fn refuse_if_running(runner: &Runner, id: portia::WorkflowId) -> Result<(), Failure> {
@@ -240,6 +239,7 @@ fn given_wrongly(error: portia::Error) -> Failure {
     }
 }
 
+/// Refuses to queue a workflow in the memory store, where no worker would see it.
 fn refuse_memory_store(runner: &Runner) -> Result<(), Failure> {
     if runner.config().storage != portia::config::StorageKind::Memory {
         return Ok(());

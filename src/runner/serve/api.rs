@@ -394,8 +394,9 @@ pub(super) async fn retry(
     Ok((StatusCode::ACCEPTED, Json(retry)))
 }
 
-/// A posted plan, read strictly: JSON of the wrong shape is a 400 like any body's,
-/// a key no field takes a 422 `invalid_plan` naming it.
+/// A posted plan, read strictly: JSON of the wrong shape is a 400 like any body's;
+/// a key no field takes, or a step's empty `steps` or `tools` list, a 422
+/// `invalid_plan` naming it.
 fn read_plan(plan: Value) -> ApiResult<Plan> {
     Plan::from_value(plan).map_err(|e| match e {
         crate::Error::InvalidPlan(problems) => match &problems[..] {

@@ -535,18 +535,15 @@ impl AppState {
         }
     }
 
-    /// Every readable workflow in `state` (or any), with the stored entries that could not be read.
-    pub(super) async fn all_workflows(
-        &self,
-        state: Option<WorkflowState>,
-    ) -> crate::Result<(Vec<Workflow>, Vec<String>)> {
-        let (mut all, mut unreadable) = (Vec::new(), Vec::new());
+    /// Every readable workflow in `state` (or any), with how many could not be read.
+    pub(super) async fn all_workflows(&self, state: Option<WorkflowState>) -> crate::Result<(Vec<Workflow>, usize)> {
+        let (mut all, mut unreadable) = (Vec::new(), 0);
         let mut page = 1;
         loop {
             let listed =
                 self.runner.list_workflows(&WorkflowQuery::default().state(state).page(page).page_size(500)).await?;
             all.extend(listed.results);
-            unreadable.extend(listed.unreadable);
+            unreadable += listed.unreadable.len();
             if listed.current_page >= listed.total_pages {
                 return Ok((all, unreadable));
             }

@@ -256,7 +256,7 @@ pub(super) async fn metrics(
     let set_aside = set_aside_seen(&state, &caller, &workflows).await?;
     // A row that cannot be read cannot be told whose it is: counted for a caller who
     // sees every workflow only.
-    let unreadable = caller.end_user_id.is_none().then_some(unreadable.len());
+    let unreadable = caller.end_user_id.is_none().then_some(unreadable);
     let text = render(&by_state, Stranded { unreadable, set_aside }, &total);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
 }

@@ -25,6 +25,8 @@
 //! # every LLM reply sent whole, then every one streamed (the built-in server streams
 //! # when asked), in one session
 //! cargo run --release --example bench -- --n 200 --concurrency 50 --stream off,on
+//! # allocating with mimalloc, the `portia` binary's allocator, instead of the system's malloc
+//! PORTIA_BENCH_ALLOCATOR=mimalloc cargo run --release --example bench -- --n 2000 --concurrency 500 --warmup 500
 //! # on a current-thread tokio runtime instead of the multi-threaded default
 //! cargo run --release --example bench -- --n 2000 --concurrency 500 --warmup 500 --runtime current-thread
 //! # against any OpenAI- and Tavily-compatible server
@@ -54,11 +56,15 @@ mod fake_apis;
 #[path = "support/bench_workers.rs"]
 mod bench_workers;
 
-/// The system's allocator, counting allocations and bytes, so that a measurement can
-/// say what a workflow allocates (a few atomic additions per allocation, which the
-/// CPU figures include).
+// The only unsafe code of the project: a global allocator is an unsafe trait.
+#[allow(unsafe_code)]
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
+
+/// The system's allocator or mimalloc (`PORTIA_BENCH_ALLOCATOR=mimalloc`), counting
+/// allocations and bytes, so that a measurement can say what a workflow allocates.
 #[global_allocator]
-static ALLOCATOR: stats_alloc::StatsAlloc<std::alloc::System> = stats_alloc::StatsAlloc::system();
+static ALLOCATOR: counting_alloc::Counting = counting_alloc::Counting::new();
 
 const QUERY: &str = "Which stock price grew faster in 2024, Amazon or Google?";
 
@@ -391,6 +397,7 @@ async fn measure(args: &Args, base_url: &str, variant: Variant) -> Result<Value,
         "fault_rate": args.fault_rate,
         "concurrency": args.concurrency,
         "warmup": args.warmup,
+        "allocator": ALLOCATOR.name(),
         "runtime": args.runtime.name(),
         "execution": execution,
         "storage": format!("{choice:?}").to_lowercase(),
@@ -571,7 +578,7 @@ impl Memory {
         Self {
             rss_kb: status_kb("VmRSS:"),
             heap: heap_bytes(),
-            allocations: stats.allocations + stats.reallocations,
+            allocations: stats.allocations,
             allocated: stats.bytes_allocated,
             peak_heap,
             sampling,
@@ -591,7 +598,7 @@ impl Memory {
         let kb = |bytes: f64| bytes / 1024.0;
         MemoryCost {
             rss_kb_per_in_flight: round((status_kb("VmHWM:") - self.rss_kb) / in_flight, 1),
-            allocations_per_workflow: round((stats.allocations + stats.reallocations - self.allocations) as f64 / n, 1),
+            allocations_per_workflow: round((stats.allocations - self.allocations) as f64 / n, 1),
             allocated_kb_per_workflow: round(kb((stats.bytes_allocated - self.allocated) as f64) / n, 1),
             peak_heap_kb_per_in_flight: round(kb((self.peak_heap.load(Relaxed) - self.heap) as f64) / in_flight, 1),
             heap_kb_kept_per_workflow: round(kb((heap_bytes() - self.heap) as f64) / n, 1),

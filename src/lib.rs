@@ -1,4 +1,5 @@
 #![doc = include_str!("docs/tutorial.md")]
+#![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 // The public modules, one per concept; everything else is the crate's own.

@@ -69,6 +69,7 @@ pub(crate) async fn measure(args: &Args, base_url: &str, workers: usize) -> Resu
         "workflows": args.n,
         "workers": workers,
         "concurrency_per_worker": args.worker_concurrency,
+        "allocator": crate::ALLOCATOR.name(),
         "runtime": args.runtime.name(),
         "storage": spec.split(':').next(),
         "wall_seconds": round(wall.as_secs_f64(), 3),

@@ -5,6 +5,8 @@
 //! clarification, 130 a run stopped by ctrl-c or SIGTERM (resumable with `portia
 //! resume`). A failure prints one line on stderr naming its cause.
 
+#![forbid(unsafe_code)]
+
 mod cli;
 mod commands;
 mod graph;

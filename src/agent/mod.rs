@@ -214,6 +214,10 @@ pub(crate) async fn route(ctx: &StepContext) -> Route {
     }
     let Some(tool) = &ctx.tool else { return Route::Done(llm_step::answer(ctx).await) };
     let spec = tool.spec();
+    if ctx.step.function.is_some() {
+        let args = ctx.args.clone().unwrap_or_else(|| Value::Object(Default::default()));
+        return Route::Done(tool_call::call_function(ctx, tool.as_ref(), &spec, args).await);
+    }
     if let Some(args) = spec.direct_args(&ctx.step.task) {
         return Route::Done(tool_call::call_directly(ctx, tool.as_ref(), &spec, args).await);
     }

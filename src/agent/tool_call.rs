@@ -91,6 +91,23 @@ pub(super) async fn call_with_plan_args(
     }
 }
 
+/// Calls a function step's function with the plan's arguments (`{}` when it gives
+/// none). A function step makes no LLM call, so arguments that do not fit, or a
+/// soft error, fail the step rather than let a model choose other arguments.
+pub(super) async fn call_function(ctx: &StepContext, tool: &dyn Tool, spec: &ToolSpec, args: Value) -> StepOutcome {
+    if let Err(problem) = check_args(&spec.args_schema, &args) {
+        let shown = clip(&args.to_string(), ctx.max_output_chars, "…");
+        let message = format!("the arguments {shown} do not fit the function {}: {problem}", spec.id);
+        return StepOutcome::failed(FailureKind::InvalidStep, message);
+    }
+    match attempt_of(spec, ctx.call_tool(tool, spec, args).await) {
+        ToolAttempt::Finished(outcome) => finish(ctx, spec, outcome).await,
+        ToolAttempt::Retry(message) => {
+            StepOutcome::failed(FailureKind::ToolError, format!("The function {} failed: {message}", spec.id))
+        }
+    }
+}
+
 /// Makes again, in order, the calls an interrupted run of this step journaled,
 /// without asking the model for their arguments. `None` when there were none, or
 /// when all of them failed softly and the model must choose again.

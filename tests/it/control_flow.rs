@@ -513,6 +513,38 @@ async fn a_function_step_calls_a_registered_rust_function_journaled_and_without_
     );
 }
 
+/// A function step makes no LLM call, so a model cannot make up arguments that
+/// fit: arguments that do not fit, or a soft error, fail the step by name.
+#[tokio::test]
+async fn a_function_step_whose_arguments_do_not_fit_fails_without_asking_a_model() {
+    let llm = Arc::new(ScriptedLlm::new());
+    let runner = Runner::builder(config(ExecutionMode::Sequential, false))
+        .llm(llm.clone())
+        .function("refund", "Refunds an order", |refund: Refund| async move {
+            if refund.cents > 10_000 {
+                return Err("too much to refund at once".to_owned());
+            }
+            Ok(json!({"refunded": refund.cents}))
+        })
+        .build()
+        .unwrap();
+
+    let unfit = PlanBuilder::new("Refund").function("Refund it", "refund", json!({"order": "five"}), "$r").build();
+    let workflow = runner.run_plan(&unfit).await.unwrap();
+    let failure = workflow.failure().expect("the step fails");
+    assert_eq!(failure.kind, FailureKind::InvalidStep, "{failure:?}");
+    assert!(failure.message.contains(r#"{"order":"five"}"#) && failure.message.contains("refund"), "{failure:?}");
+
+    let refused =
+        PlanBuilder::new("Refund").function("Refund it", "refund", json!({"order": 7, "cents": 50_000}), "$r").build();
+    let workflow = runner.run_plan(&refused).await.unwrap();
+    let failure = workflow.failure().expect("the step fails");
+    assert_eq!(failure.kind, FailureKind::ToolError, "{failure:?}");
+    assert!(failure.message.contains("too much to refund at once"), "{failure:?}");
+
+    assert!(llm.requests().is_empty(), "no model was asked: {:?}", llm.requests());
+}
+
 /// A tool's output is one value, not copies: the journal's record, the
 /// `ToolCallFinished` and `StepFinished` events, the step's output and the final
 /// output all hold the same one.

@@ -21,6 +21,7 @@ use crate::agent::StepContext;
 use crate::call::ToolCallKey;
 use crate::clarification::{Clarification, ClarificationKind};
 use crate::execution_context::ExecutionContext;
+use crate::storage::ToolCallRecord;
 use crate::tool::{ToolError, ToolOutput, ToolSpec};
 use crate::workflow::StepOutcome;
 use crate::workflow::{Output, Workflow};
@@ -75,6 +76,9 @@ pub struct ToolCallRequest<'a> {
     pub clarifications: &'a [Clarification],
     /// Who the workflow runs for.
     pub execution_context: &'a ExecutionContext,
+    /// The calls the step made in its earlier attempts (each question a tool of
+    /// the step asked starts a new attempt), with the arguments they were made with.
+    pub earlier_calls: &'a [ToolCallRecord],
 }
 
 /// Code that runs at each moment of a run. Every method does nothing by default.
@@ -198,7 +202,9 @@ impl HookChain {
 /// it with the arguments (as shown, or edited), or `true`, to approve: the call is
 /// then made with them, with no new model call. Answer `false`, or `{"denied": "why"}`, to
 /// refuse: the step fails as denied. Like any clarification, the question and its
-/// answer survive a restart.
+/// answer survive a restart. A call approved and made, whose tool then asked a
+/// question of its own, is not asked about again when the step makes it anew with
+/// the same arguments after the answer; with other arguments it is.
 #[derive(Debug, Clone, Default)]
 pub struct ApprovalGate {
     tools: Option<Vec<String>>,
@@ -229,10 +235,10 @@ impl Hooks for ApprovalGate {
         if !self.guards(call.spec) {
             return Ok(ToolCallDecision::Proceed);
         }
-        let answer =
-            call.clarifications.iter().rev().find(|c| {
-                c.tool_call == Some(call.call) && matches!(c.kind, ClarificationKind::ValueConfirmation { .. })
-            });
+        if approved_before(call) {
+            return Ok(ToolCallDecision::Proceed);
+        }
+        let answer = call.clarifications.iter().rev().find(|c| c.tool_call == Some(call.call) && is_approval(c));
         Ok(match answer {
             Some(c) if c.resolved => verdict(c.response.clone().unwrap_or(Value::Null)),
             _ => {
@@ -251,6 +257,30 @@ impl Hooks for ApprovalGate {
             }
         })
     }
+}
+
+/// Whether an approval question a hook asked of `clarification`'s call.
+fn is_approval(clarification: &Clarification) -> bool {
+    matches!(clarification.kind, ClarificationKind::ValueConfirmation { .. })
+}
+
+/// Whether an earlier attempt of the step made this very call (same tool, same
+/// arguments) after a person approved it.
+fn approved_before(call: &ToolCallRequest<'_>) -> bool {
+    let approved = |key| {
+        call.clarifications.iter().any(|c| {
+            c.tool_call == Some(key)
+                && is_approval(c)
+                && c.resolved
+                && matches!(
+                    verdict(c.response.clone().unwrap_or(Value::Null)),
+                    ToolCallDecision::Proceed | ToolCallDecision::ProceedWith(_)
+                )
+        })
+    };
+    call.earlier_calls
+        .iter()
+        .any(|made| made.tool_id == call.spec.id && *made.input == *call.arguments && approved(made.key))
 }
 
 /// What a person's answer to an approval question decides.

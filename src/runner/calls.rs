@@ -318,6 +318,7 @@ impl ToolCalls {
             call: record.key,
             clarifications: &run_ctx.clarifications,
             execution_context: &run_ctx.execution_context,
+            earlier_calls: &self.earlier,
         };
         let decision = match self.hooks.before_tool_call(&request).await {
             Ok(decision) => decision,
@@ -376,6 +377,7 @@ impl ToolCalls {
             call: key,
             clarifications: &run_ctx.clarifications,
             execution_context: &run_ctx.execution_context,
+            earlier_calls: &self.earlier,
         };
         // The call happened and is recorded whatever the hook says; only the step fails.
         match self.hooks.after_tool_call(&request, &outcome).await {

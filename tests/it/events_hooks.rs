@@ -9,7 +9,7 @@ use portia::runner::RunnerBuilder;
 use portia::runner::{ApprovalGate, HookError, Hooks, StepDecision, ToolCallDecision, ToolCallRequest};
 use portia::runner::{EventKind, Missed, WorkflowEvent};
 use portia::storage::{SqliteStorage, Storage};
-use portia::testing::{MockTool, ScriptedLlm};
+use portia::testing::{MockBehavior, MockTool, ScriptedLlm};
 use portia::tool::ToolSpec;
 use portia::workflow::FailureKind;
 use portia::{Clarification, Config, InMemoryToolRegistry, Output, Plan, PlanBuilder, Runner, Workflow, WorkflowState};
@@ -242,6 +242,43 @@ async fn an_approval_survives_a_restart_and_runs_the_call_without_a_new_model_ca
     assert_eq!(tool.calls().len(), 1);
     assert_eq!(tool.calls()[0].args, json!({"to": "Ann", "amount": 4}), "the approved (edited) arguments");
     assert_eq!(llm.requests().len(), 1);
+}
+
+/// Runs a one-step payment whose tool asks for a memo after the gate's approval,
+/// the model choosing the arguments first `first`, then (after the memo) `second`.
+/// Answers every question with yes (the memo with "lunch"); returns the workflow
+/// and the approvals asked.
+async fn approve_then_answer_the_tools_question(first: Value, second: Value) -> (Workflow, usize) {
+    let spec = ToolSpec::new("send_tool", "Send Tool", "Sends a payment.");
+    let tool = Arc::new(MockTool::new("send_tool", MockBehavior::ClarifyInput("memo".into())).with_spec(spec));
+    let llm = ScriptedLlm::new().tool_call("send_tool", first).tool_call("send_tool", second);
+    let (runner, _) = gated(Arc::new(portia::storage::InMemoryStorage::new()), tool, llm).await;
+    let plan = PlanBuilder::new("pay").step("Send 5 euros to Ann", Some("send_tool"), "$sent").build();
+    let mut workflow = runner.run_plan(&plan).await.unwrap();
+    let mut approvals = 0;
+    while workflow.state() == WorkflowState::NeedClarification {
+        let question = workflow.outstanding_clarifications().next().unwrap().clone();
+        let answer = if question.tool_call.is_some() { json!(true) } else { json!("lunch") };
+        approvals += usize::from(question.tool_call.is_some());
+        runner.resolve_clarification(&question, answer).await.unwrap();
+        workflow = runner.execute_workflow(workflow).await.unwrap();
+    }
+    (workflow, approvals)
+}
+
+#[tokio::test]
+async fn an_approved_call_made_again_after_its_tools_own_question_is_not_asked_about_twice() {
+    let args = json!({"to": "Ann", "amount": 5});
+    let (done, approvals) = approve_then_answer_the_tools_question(args.clone(), args).await;
+    assert_eq!(done.state(), WorkflowState::Complete, "{:?}", done.failure());
+    assert_eq!(done.outputs().step_outputs.get("$sent").unwrap().value, json!({"memo": "lunch"}));
+    assert_eq!(approvals, 1, "the same call with the same arguments was approved once");
+
+    let (done, approvals) =
+        approve_then_answer_the_tools_question(json!({"to": "Ann", "amount": 5}), json!({"to": "Bob", "amount": 500}))
+            .await;
+    assert_eq!(done.state(), WorkflowState::Complete, "{:?}", done.failure());
+    assert_eq!(approvals, 2, "other arguments need their own approval");
 }
 
 #[tokio::test]

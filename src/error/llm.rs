@@ -61,7 +61,9 @@ pub enum LlmError {
         message: String,
     },
     /// The provider needs an API key that is not set.
-    #[error("missing API key for {provider}: set the environment variable {env_var}")]
+    #[error(
+        "missing API key for {provider}: set the environment variable {env_var} (a `Config::builder()` reads no environment: give it the key)"
+    )]
     MissingApiKey {
         /// The provider.
         provider: String,
@@ -78,6 +80,18 @@ pub enum LlmError {
         model: String,
         /// Why it was not sent.
         message: String,
+    },
+    /// The model asked was unavailable, and so was every fallback model tried, or
+    /// one refused the request (see [`Fallback`](crate::llm::Fallback)). Both ends
+    /// are kept: the first model's error is usually the one to mend.
+    #[error("{first}; then the fallback {model} failed too: {last}")]
+    FellBack {
+        /// The error of the model the request went to first.
+        first: Box<LlmError>,
+        /// The fallback model tried last, as `provider/model`.
+        model: String,
+        /// Its error, which decides whether the call may be retried.
+        last: Box<LlmError>,
     },
     /// The client was misused (for example a test double called when nothing was scripted).
     #[error("{0}")]
@@ -98,6 +112,7 @@ impl LlmError {
             Self::Http { status, .. } => matches!(status, 408 | 409 | 429 | 500 | 502 | 503 | 504 | 529),
             Self::Connection { .. } | Self::Timeout { .. } | Self::InvalidResponse { .. } => true,
             Self::Structured { .. } | Self::MissingApiKey { .. } | Self::NotSent { .. } | Self::Other(_) => false,
+            Self::FellBack { last, .. } => last.is_retryable(),
         }
     }
 
@@ -112,6 +127,7 @@ impl LlmError {
             Self::Http { status: 429, retry_after, .. } => retry_after.is_none_or(|wait| wait > USABLE_WAIT),
             Self::Http { status, .. } => *status == 408 || (500..=599).contains(status),
             Self::Connection { .. } | Self::Timeout { .. } => true,
+            Self::FellBack { last, .. } => last.is_unavailable(),
             _ => false,
         }
     }
@@ -120,6 +136,7 @@ impl LlmError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Http { retry_after, .. } => *retry_after,
+            Self::FellBack { last, .. } => last.retry_after(),
             _ => None,
         }
     }

@@ -80,14 +80,18 @@ impl LlmClient for FallingBack {
         self.chat_ref(&request).await
     }
 
-    /// The request is copied only for a fallback model.
+    /// The request is copied only for a fallback model. When every model fails,
+    /// the error keeps the first model's error and the last fallback's
+    /// ([`LlmError::FellBack`]).
     async fn chat_ref(&self, request: &LlmRequest) -> Result<LlmResponse, LlmError> {
-        let mut error = match self.inner.chat_ref(request).await {
+        let first = match self.inner.chat_ref(request).await {
             Err(error) if error.is_unavailable() => error,
             answered => return answered,
         };
         let asked = request.named_model().map(str::to_owned);
+        let mut last: Option<(String, LlmError)> = None;
         for model in self.models.iter().filter(|m| asked.as_deref() != Some(m.as_str())) {
+            let error = last.as_ref().map_or(&first, |(_, error)| error);
             tracing::warn!(fallback = %model, error = %error, "LLM unavailable; falling back on the next model");
             let mut attempt = request.clone();
             attempt.model = Some(model.clone());
@@ -96,11 +100,19 @@ impl LlmClient for FallingBack {
                     response.model = Some(model.clone());
                     return Ok(response);
                 }
-                Err(next) if next.is_unavailable() => error = next,
-                Err(refused) => return Err(refused),
+                Err(next) => {
+                    let refused = !next.is_unavailable();
+                    last = Some((model.clone(), next));
+                    if refused {
+                        break;
+                    }
+                }
             }
         }
-        Err(error)
+        Err(match last {
+            Some((model, last)) => LlmError::FellBack { first: Box::new(first), model, last: Box::new(last) },
+            None => first,
+        })
     }
 
     fn retries(&self) -> bool {

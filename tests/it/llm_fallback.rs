@@ -83,6 +83,47 @@ async fn a_400_is_returned_as_it_is_and_never_falls_back() {
 }
 
 #[tokio::test]
+async fn when_every_model_fails_the_error_keeps_the_first_models_and_names_the_last() {
+    let server = MockServer::start().await;
+    openai_answers(503, 3).mount(&server).await;
+    Mock::given(method("POST"))
+        .and(path("/v1/messages"))
+        .respond_with(
+            ResponseTemplate::new(502).set_body_json(json!({"type": "error", "error": {"message": "bad gateway"}})),
+        )
+        .expect(3)
+        .mount(&server)
+        .await;
+    let llm = config(&server).build().unwrap().llm_client().unwrap();
+
+    let err = llm.chat(ask()).await.unwrap_err();
+
+    let LlmError::FellBack { first, model, last } = &err else { panic!("{err:?}") };
+    assert!(matches!(&**first, LlmError::Http { status: 503, provider, .. } if provider == "openai"), "{err:?}");
+    assert_eq!(model, FALLBACK);
+    assert!(matches!(&**last, LlmError::Http { status: 502, provider, .. } if provider == "anthropic"), "{err:?}");
+    assert!(err.is_unavailable() && err.is_retryable(), "as its last error is");
+    let shown = err.to_string();
+    assert!(shown.starts_with("openai (gpt-4.1-mini) returned HTTP 503"), "{shown}");
+    assert!(shown.contains("then the fallback anthropic/claude-haiku-4-5 failed too: anthropic"), "{shown}");
+}
+
+#[test]
+fn a_model_or_fallback_whose_provider_has_no_key_is_refused_when_the_client_is_made() {
+    let base = || Config::builder().openai_api_key("sk-test").default_model("openai/gpt-4.1-mini");
+
+    let err = base().llm_fallback(["gemini/gemini-2.5-flash"]).build().unwrap().llm_client().unwrap_err();
+    assert!(matches!(&err, portia::Error::MissingApiKey { env_var, .. } if env_var == "GEMINI_API_KEY"), "{err}");
+
+    let mut config = base().build().unwrap();
+    config.planning_model = Some("anthropic/claude-sonnet-4-5".into());
+    let err = config.llm_client().unwrap_err();
+    assert!(matches!(&err, portia::Error::MissingApiKey { env_var, .. } if env_var == "ANTHROPIC_API_KEY"), "{err}");
+
+    assert!(base().llm_fallback(["openai/gpt-4.1"]).build().unwrap().llm_client().is_ok());
+}
+
+#[tokio::test]
 async fn a_run_names_and_prices_the_model_that_served_each_call() {
     let server = MockServer::start().await;
     openai_answers(503, 3).mount(&server).await;

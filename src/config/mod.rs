@@ -644,6 +644,7 @@ impl Config {
         self.validate_postgres()?;
         self.validate_durations()?;
         self.validate_budget()?;
+        self.validate_rate_limits()?;
         self.validate_secrets()?;
         self.validate_urls()?;
         let models = [&self.default_model, &self.planning_model, &self.execution_model, &self.summary_model];
@@ -703,6 +704,26 @@ impl Config {
             Some((setting, _)) => Err(Error::invalid_config(
                 setting,
                 "0 would stop every workflow before it starts: give a limit above 0, or leave it unset for no limit",
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks that no rate limit is zero: the limiter reads 0 as no limit, where
+    /// "none a minute" would stop every call.
+    fn validate_rate_limits(&self) -> Result<()> {
+        let global = [("PORTIA_LLM_RPM", self.llm_rpm), ("PORTIA_LLM_TPM", self.llm_tpm)];
+        let zero = global.into_iter().find(|(_, limit)| *limit == Some(0)).map(|(var, _)| var.to_owned());
+        let zero = zero.or_else(|| {
+            self.llm_rate_limits.iter().find_map(|(model, limit)| {
+                let zero = limit.requests_per_minute == Some(0) || limit.tokens_per_minute == Some(0);
+                zero.then(|| format!("llm_rate_limits.{model:?}"))
+            })
+        });
+        match zero {
+            Some(setting) => Err(Error::invalid_config(
+                setting,
+                "0 a minute would stop every LLM call: give a limit above 0, or leave it unset for no limit",
             )),
             None => Ok(()),
         }
@@ -953,11 +974,19 @@ impl Config {
     /// The LLM client this configuration names (see [`crate::llm::client`]).
     ///
     /// # Errors
-    /// [`Error::MissingApiKey`] naming the variable to set when the configured
-    /// provider's key is missing; [`Error::InvalidConfig`] for an invalid config.
+    /// [`Error::MissingApiKey`] naming the variable to set when the key of the
+    /// configured provider, or of a provider a model or fallback names
+    /// (`anthropic/...`), is missing; [`Error::InvalidConfig`] for an invalid config.
     pub fn llm_client(&self) -> Result<std::sync::Arc<dyn LlmClient>> {
         self.validate()?;
         self.require_api_key(self.llm_provider)?;
+        // A fallback without its key would fail only once the first model is down,
+        // and then hide that model's error behind its own.
+        let models = [&self.default_model, &self.planning_model, &self.execution_model, &self.summary_model];
+        let named = models.into_iter().flatten().chain(&self.llm_fallback);
+        for provider in named.filter_map(|name| split_provider(name).0) {
+            self.require_api_key(provider)?;
+        }
         if self.llm_provider == LlmProvider::Bedrock && self.aws_region.is_none() {
             return Err(Error::invalid_config("AWS_REGION", crate::llm::AWS_MISSING_REGION));
         }
@@ -1191,7 +1220,8 @@ mod tests {
 
     #[test]
     fn a_limit_of_zero_is_refused_naming_its_variable() {
-        for var in ["PORTIA_BUDGET_LLM_CALLS", "PORTIA_BUDGET_TOKENS", "PORTIA_BUDGET_SECONDS"] {
+        let limits = ["PORTIA_BUDGET_LLM_CALLS", "PORTIA_BUDGET_TOKENS", "PORTIA_BUDGET_SECONDS"];
+        for var in limits.into_iter().chain(["PORTIA_LLM_RPM", "PORTIA_LLM_TPM"]) {
             let err = Config::from_vars(vars(&[(var, "0")])).unwrap_err();
             assert!(matches!(&err, Error::InvalidConfig { setting, .. } if setting == var), "{err}");
             assert!(err.to_string().contains("leave it unset for no limit"), "{err}");
@@ -1199,6 +1229,18 @@ mod tests {
         }
         let err = Config::builder().budget(Budget::default().seconds(0)).build().unwrap_err();
         assert!(err.to_string().contains("PORTIA_BUDGET_SECONDS"), "{err}");
+        let mut config = Config::default();
+        config.llm_rate_limits.insert("openai/gpt-4.1".into(), RateLimit::requests_per_minute(0));
+        let err = config.validate().unwrap_err();
+        assert!(err.to_string().contains(r#"llm_rate_limits."openai/gpt-4.1""#), "{err}");
+    }
+
+    #[test]
+    fn a_fallback_naming_a_provider_without_a_model_is_refused() {
+        let err = Config::from_vars(vars(&[("PORTIA_LLM_FALLBACK", "anthropic")])).unwrap_err();
+        assert!(matches!(&err, Error::InvalidConfig { setting, .. } if setting == "PORTIA_LLM_FALLBACK"), "{err}");
+        assert!(err.to_string().contains("names the provider anthropic but no model"), "{err}");
+        assert!(Config::from_vars(vars(&[("PORTIA_LLM_FALLBACK", "anthropic/claude-haiku-4-5")])).is_ok());
     }
 
     #[test]

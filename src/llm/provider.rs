@@ -129,10 +129,18 @@ pub(crate) fn split_provider(name: &str) -> (Option<LlmProvider>, &str) {
 
 /// Why `name` cannot be a model of `default` (the provider that serves names without
 /// a prefix): a `prefix/` that names no provider, on a provider whose own model
-/// names have no slash, is taken for a mistyped provider.
+/// names have no slash, is taken for a mistyped provider; a provider's name alone
+/// (`anthropic`), on a provider with a fixed list of models, for a model left out.
 pub(crate) fn unknown_provider(default: LlmProvider, name: &str) -> Option<String> {
     let (provider, _) = split_provider(name);
-    let (prefix, _) = name.split_once('/')?;
+    let free_names = default.takes_slashed_models() || default == LlmProvider::AzureOpenAi;
+    let Some((prefix, _)) = name.split_once('/') else {
+        let named = name.trim().parse::<LlmProvider>().ok().filter(|_| !free_names)?;
+        return Some(format!(
+            "{name:?} names the provider {named} but no model; write {named}/ and a model, such as \
+             anthropic/claude-haiku-4-5, or a model of {default} without a prefix"
+        ));
+    };
     if provider.is_some() || default.takes_slashed_models() {
         return None;
     }
@@ -162,6 +170,16 @@ mod tests {
         assert_eq!(unknown_provider(LlmProvider::OpenAi, "gemini/gemini-2.5-flash"), None);
         assert_eq!(unknown_provider(LlmProvider::OpenAi, "gpt-4.1"), None);
         assert_eq!(unknown_provider(LlmProvider::OpenRouter, "meta/llama-4"), None);
+    }
+
+    #[test]
+    fn a_providers_name_alone_is_refused_where_model_names_are_not_free() {
+        let problem = unknown_provider(LlmProvider::OpenAi, "anthropic").unwrap();
+        assert!(problem.contains("\"anthropic\" names the provider anthropic but no model"), "{problem}");
+        assert!(unknown_provider(LlmProvider::Anthropic, "openai").is_some());
+        // Ollama serves a model called mistral; an Azure deployment is named freely.
+        assert_eq!(unknown_provider(LlmProvider::Ollama, "mistral"), None);
+        assert_eq!(unknown_provider(LlmProvider::AzureOpenAi, "openai"), None);
     }
 
     #[test]

@@ -14,14 +14,18 @@ enum Reply {
 }
 
 /// An LLM double that plays back a script. Strict: a call with nothing scripted
-/// panics with the request, and dropping it with replies left panics too (unless
-/// the thread is already panicking).
+/// panics with the request, and dropping it with replies left, or after such a
+/// call, panics too (unless the thread is already panicking). The runner catches a
+/// step's panic as a failed step, so the panic at the drop is what fails a test
+/// that did not look at the workflow's state.
 ///
 /// Usage is estimated like the fake server does, one token per four characters of
 /// the request's messages, tools and schema, so token budgets can be asserted offline.
 pub struct ScriptedLlm {
     script: Mutex<VecDeque<Reply>>,
     requests: Mutex<Vec<LlmRequest>>,
+    /// The numbers of the calls that found nothing scripted.
+    unexpected: Mutex<Vec<usize>>,
 }
 
 impl fmt::Debug for ScriptedLlm {
@@ -60,7 +64,7 @@ fn estimate_prompt(request: &LlmRequest) -> u64 {
 impl ScriptedLlm {
     /// An empty script.
     pub fn new() -> Self {
-        Self { script: Mutex::new(VecDeque::new()), requests: Mutex::new(Vec::new()) }
+        Self { script: Mutex::new(VecDeque::new()), requests: Mutex::new(Vec::new()), unexpected: Mutex::default() }
     }
 
     fn push(self, reply: Reply) -> Self {
@@ -130,8 +134,11 @@ impl ScriptedLlm {
         lock(&self.script).len()
     }
 
-    /// Panics unless every scripted reply was used.
+    /// Panics unless every scripted reply was used and no call came with nothing
+    /// scripted.
     pub fn assert_done(&self) {
+        let unexpected = lock(&self.unexpected).clone();
+        assert!(unexpected.is_empty(), "ScriptedLlm: calls {unexpected:?} came with nothing scripted");
         let left = self.remaining();
         assert!(left == 0, "ScriptedLlm: {left} scripted replies were never requested");
     }
@@ -146,6 +153,7 @@ impl LlmClient for ScriptedLlm {
             requests.len()
         };
         let Some(reply) = lock(&self.script).pop_front() else {
+            lock(&self.unexpected).push(number);
             panic!(
                 "ScriptedLlm: unexpected call #{number}; nothing left in the script. Request: {}",
                 serde_json::to_string_pretty(&request).unwrap_or_default()
@@ -171,5 +179,33 @@ impl Drop for ScriptedLlm {
         if !std::thread::panicking() {
             self.assert_done();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::llm::{Message, ModelRole};
+
+    fn message_of(panic: Box<dyn std::any::Any + Send>) -> String {
+        panic.downcast_ref::<String>().cloned().unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn a_call_with_nothing_scripted_fails_the_test_at_the_drop_though_its_panic_was_caught() {
+        let llm = Arc::new(ScriptedLlm::new());
+        let request = LlmRequest::new(ModelRole::Execution, vec![Message::user("hello")]);
+        // As a runner does: the step's task panics and the panic becomes a failed step.
+        let caller = Arc::clone(&llm);
+        let caught = tokio::spawn(async move { caller.chat(request).await }).await;
+        assert!(caught.is_err_and(|e| e.is_panic()));
+
+        let llm = Arc::into_inner(llm).expect("the only reference is left");
+        let dropped = catch_unwind(AssertUnwindSafe(|| drop(llm)));
+        let message = message_of(dropped.expect_err("dropping it panics"));
+        assert!(message.contains("calls [1] came with nothing scripted"), "{message}");
     }
 }

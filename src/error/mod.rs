@@ -56,7 +56,9 @@ pub enum Error {
     Mcp(#[from] McpError),
 
     /// An API key the chosen provider or tool needs is not set.
-    #[error("missing API key for {service}: set the environment variable {env_var}")]
+    #[error(
+        "missing API key for {service}: set the environment variable {env_var} (a `Config::builder()` reads no environment: give it the key)"
+    )]
     MissingApiKey {
         /// What needs the key (`OpenAI`, `Tavily`, ...).
         service: String,

@@ -204,7 +204,8 @@ async fn a_stream_resumes_after_an_id_given_in_the_query_and_refuses_one_it_neve
     let from_start = open(&served, &format!("{path}?until=rest"), Some("")).await.rest().await;
     assert_eq!(from_start, whole, "an empty Last-Event-ID is none");
 
-    for bad in ["abc", "-1"] {
+    // "99999" reads as an id but names no event: the stream would start mid-run.
+    for bad in ["abc", "-1", "99999"] {
         let response = served.http.get(served.url(&path)).header("Last-Event-ID", bad).send().await.unwrap();
         assert_eq!(response.status(), 400, "{bad}");
         let body: Value = response.json().await.unwrap();
@@ -272,6 +273,44 @@ async fn an_ag_ui_resume_answers_the_interrupt_and_streams_the_run_on() {
     assert_eq!(events[0].data["runId"], "run-2", "the run the client named");
     assert_eq!(events.last().unwrap().data["outcome"]["type"], "success");
     assert_eq!(served.rest(&id).await.state(), WorkflowState::Complete);
+}
+
+/// Answers that leave a question open, or a cancel, start no run: the answer is a
+/// run that rests at once, so an AG-UI client is not left waiting on a stream
+/// that never sends anything.
+#[tokio::test]
+async fn an_ag_ui_resume_that_starts_no_run_streams_a_run_that_rests_at_once() {
+    let config = portia::Config::builder().summarize_final_output(false).build().unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(InMemoryStorage::new());
+    let runner = Runner::builder(config).llm(Arc::new(ScriptedLlm::new())).storage(storage).build().unwrap();
+    let served = serve(runner, ServeOptions::new()).await;
+    let plan = json!({"plan_context": {"query": "Where, and are you sure?", "tool_ids": []}, "steps": [
+        {"task": "Which city?", "inputs": [], "output": "$city", "ask_user": {"kind": "input"}},
+        {"task": "Are you sure?", "inputs": [], "output": "$sure", "ask_user": {"kind": "confirm"}},
+    ]});
+    let (_, created) = served.post("/v1/workflows", json!({"plan": plan})).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let open: Vec<String> = served.rest(&id).await.outstanding_clarifications().map(|c| c.id.to_string()).collect();
+    assert_eq!(open.len(), 2, "both questions are asked at once");
+    let resume = |entry: Value| json!({"threadId": id, "runId": "run-2", "messages": [], "resume": [entry]});
+
+    let input = resume(json!({"interruptId": open[0], "status": "resolved", "payload": "Oslo"}));
+    let response = served.http.post(served.url("/v1/agui")).json(&input).send().await.unwrap();
+    let events = SseReader::new(response).rest().await;
+    assert_eq!(types(&events).first(), Some(&"RUN_STARTED"), "{:?}", types(&events));
+    let last = &events.last().unwrap().data;
+    assert_eq!((last["type"].as_str(), last["runId"].as_str()), (Some("RUN_FINISHED"), Some("run-2")));
+    assert_eq!(last["outcome"]["type"], "interrupt", "{last}");
+    let left: Vec<&str> =
+        last["outcome"]["interrupts"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap()).collect();
+    assert_eq!(left, [open[1].as_str()], "only the question still open");
+    assert_eq!(served.rest(&id).await.state(), WorkflowState::NeedClarification);
+
+    let input = resume(json!({"interruptId": open[1], "status": "cancelled"}));
+    let response = served.http.post(served.url("/v1/agui")).json(&input).send().await.unwrap();
+    let events = SseReader::new(response).rest().await;
+    assert_eq!(types(&events).first(), Some(&"RUN_STARTED"), "{:?}", types(&events));
+    assert_eq!(events.last().unwrap().data["outcome"]["type"], "cancelled", "{:?}", types(&events));
 }
 
 #[tokio::test]

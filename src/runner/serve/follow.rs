@@ -48,6 +48,7 @@ pub(super) struct EventParams {
 #[utoipa::path(get, path = "/v1/workflows/{id}/events", params(("id" = String, Path, description = "The workflow's id"), EventParams),
     tag = "workflows",
     responses((status = 200, description = "AG-UI events", content_type = "text/event-stream", body = String),
+              (status = 400, description = "Not a workflow id, an event id this stream never sent, or an unknown `until`", body = ErrorBody),
               (status = 404, body = ErrorBody)))]
 pub(super) async fn events(
     State(state): State<AppState>,
@@ -151,9 +152,13 @@ pub(super) async fn run_agent(
             resume_thread(&state, &caller, &input.thread_id, input.forwarded_props.as_ref(), entries).await?;
         let after = state.runner.storage().events(workflow.id(), 0).await?.last().map_or(0, |e| e.seq);
         // Listening before the run starts: its streamed pieces are heard from the first.
-        let follow = Follow::start(state.clone(), workflow.id(), (after, ""), translator, run_id, true).await?;
+        let mut follow = Follow::start(state.clone(), workflow.id(), (after, ""), translator, run_id, true).await?;
         if workflow.state() == WorkflowState::ReadyToResume {
             state.run_on(workflow.id()).await;
+        } else {
+            // Questions left open, or a cancel: no run starts, so the answer is a
+            // run that rests at once, saying where the workflow stands.
+            follow.end_at_rest(&workflow);
         }
         return Ok(sse(follow));
     }
@@ -274,7 +279,17 @@ impl Follow {
         let mut ready = VecDeque::new();
         if after > 0 {
             let workflow = state.runner.get_workflow(id).await?;
-            for stored in state.runner.storage().events(id, 0).await?.iter().take_while(|e| e.seq <= after) {
+            let stored = state.runner.storage().events(id, 0).await?;
+            // Every id a stream sends names a stored event; one past them would
+            // start the stream in the middle of a run it never opened.
+            if !stored.iter().any(|e| e.seq == after) {
+                let message = format!(
+                    "{after} is not an event id this stream sent: workflow {id} has no event {after}; \
+                     give the `id` of the last event received"
+                );
+                return Err(ApiError::bad_request(message));
+            }
+            for stored in stored.iter().take_while(|e| e.seq <= after) {
                 translator.translate(stored, &workflow);
             }
             let resumed = translator.resume(carried, id);
@@ -291,6 +306,18 @@ impl Follow {
         let run_ended = false;
         let (done, stale, steps) = (false, true, None);
         Ok(Self { state, id, seen: after, translator, ready, until_rest, run_ended, done, local, stale, steps })
+    }
+
+    /// Ends the stream with a run of the workflow as it rests now (see
+    /// [`Translator::run_at_rest`]).
+    fn end_at_rest(&mut self, workflow: &Workflow) {
+        let now = chrono::Utc::now().timestamp_millis();
+        let sse_id = LastEventId::format(self.seen, &self.translator.carried());
+        for mut event in self.translator.run_at_rest(workflow) {
+            event["timestamp"] = now.into();
+            self.ready.push_back(Event::default().data(event.to_string()).id(sse_id.clone()));
+        }
+        self.done = true;
     }
 
     async fn next(&mut self) -> Option<Event> {

@@ -87,6 +87,64 @@ async fn a_body_without_a_json_content_type_is_415_unsupported_media_type() {
     assert_eq!(body["error"]["code"], "unsupported_media_type");
 }
 
+/// A queued workflow on a server without tokens, and the path of its cancel.
+async fn queued_weather(served: &crate::serve::Served) -> String {
+    let (_, created) =
+        served.post("/v1/workflows", json!({"plan": tool_plan("W", "weather_tool"), "mode": "queue"})).await;
+    format!("/v1/workflows/{}/cancel", created["id"].as_str().unwrap())
+}
+
+fn weather() -> portia::testing::MockTool {
+    portia::testing::MockTool::returning("weather_tool", json!("-3°C"))
+}
+
+/// A body a cancel or retry may leave out is still refused when it says it is not
+/// JSON, empty or not: a web page posts forms and text without asking first.
+#[tokio::test]
+async fn an_optional_body_that_is_not_json_is_415_even_empty() {
+    let served = serve(runner_with(vec![weather()], ScriptedLlm::new()), ServeOptions::new()).await;
+    let cancel = queued_weather(&served).await;
+    for (content_type, body) in [
+        ("text/plain", r#"{"reason": "plain text"}"#),
+        ("application/x-www-form-urlencoded", r#"{"reason": "a form"}"#),
+        ("text/plain", ""),
+    ] {
+        let request = served.http.post(served.url(&cancel)).header("content-type", content_type).body(body);
+        let (status, _, answer) = sent(request).await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{content_type} {body:?}: {answer}");
+        assert_eq!(answer["error"]["code"], "unsupported_media_type");
+    }
+    let (status, _, answer) = sent(served.http.post(served.url(&cancel))).await;
+    assert_eq!(status, StatusCode::OK, "an empty body with no Content-Type takes the defaults: {answer}");
+}
+
+/// A page of another origin cannot change anything on a server without tokens; the
+/// server's own pages, the origins CORS lists and clients that send no `Origin` can.
+#[tokio::test]
+async fn a_change_asked_by_a_page_of_another_origin_is_403_cross_origin() {
+    let options = ServeOptions::new().cors_origins(["https://app.example"]);
+    let served = serve(runner_with(vec![weather()], ScriptedLlm::new()), options).await;
+    let cancel = queued_weather(&served).await;
+    let from = |origin: &str, path: &str| served.http.post(served.url(path)).header("origin", origin);
+
+    for origin in ["https://evil.example", "null", "http://localhost.evil.example"] {
+        let (status, _, body) = sent(from(origin, &cancel)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{origin}: {body}");
+        assert_eq!(body["error"]["code"], "cross_origin");
+        assert!(body["error"]["message"].as_str().unwrap().contains("PORTIA_SERVER_CORS_ORIGINS"), "{body}");
+    }
+    let (status, _, _) = sent(served.http.get(served.url("/v1/tools")).header("origin", "https://evil.example")).await;
+    assert_eq!(status, StatusCode::OK, "reading is left to CORS");
+
+    let own = served.url("/").trim_end_matches('/').to_owned();
+    let (status, _, body) = sent(from(&own, &cancel)).await;
+    assert_eq!(status, StatusCode::OK, "the server's own pages: {body}");
+    let (status, _, body) = sent(from("https://app.example", &queued_weather(&served).await)).await;
+    assert_eq!(status, StatusCode::OK, "an origin CORS lists: {body}");
+    let (status, _, body) = sent(served.http.post(served.url(&queued_weather(&served).await))).await;
+    assert_eq!(status, StatusCode::OK, "no Origin, as from a command line: {body}");
+}
+
 /// An array is not read field by field, in order, as the request object.
 #[tokio::test]
 async fn a_body_that_is_not_a_json_object_is_refused() {

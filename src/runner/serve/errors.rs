@@ -132,11 +132,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
 
     async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
         if !is_json(request.headers()) {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "the body must be JSON: send `Content-Type: application/json`",
-            ));
+            return Err(not_json());
         }
         let bytes = read_bytes(request, state).await?;
         parse_object(&bytes).map(Self)
@@ -144,8 +140,9 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
 }
 
 /// A JSON object body that may be left out (empty, only whitespace, or `null`):
-/// then the request's defaults. Any `Content-Type` is taken, as clients often send none
-/// with an empty body; one given is refused as [`Body`] refuses it.
+/// then the request's defaults. With no `Content-Type`, as clients often send an
+/// empty body, it is read as JSON; any other than JSON is refused as [`Body`]
+/// refuses it, empty or not (a form or text a web page posts is not JSON).
 #[derive(Debug)]
 pub(super) struct OptionalBody<T>(pub(super) T);
 
@@ -153,6 +150,9 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Default> axum::extract::Fr
     type Rejection = ApiError;
 
     async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        if request.headers().contains_key(axum::http::header::CONTENT_TYPE) && !is_json(request.headers()) {
+            return Err(not_json());
+        }
         let bytes = read_bytes(request, state).await?;
         let text = bytes.trim_ascii();
         if text.is_empty() || text == b"null" {
@@ -160,6 +160,15 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Default> axum::extract::Fr
         }
         parse_object(&bytes).map(Self)
     }
+}
+
+/// 415 `unsupported_media_type`: a body that does not say it is JSON.
+fn not_json() -> ApiError {
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "the body must be JSON: send `Content-Type: application/json`",
+    )
 }
 
 /// Whether the request says its body is JSON (`application/json`, or `+json`).

@@ -105,7 +105,8 @@ pub(super) fn build(
         .route("/metrics", get(metrics::metrics))
         .merge(pages::routes())
         .method_not_allowed_fallback(method_not_allowed)
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token))
+        .route_layer(middleware::from_fn_with_state(options.cors_origins.clone().into(), auth::refuse_cross_site));
     let app = Router::new()
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))

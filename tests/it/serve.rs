@@ -323,6 +323,13 @@ async fn the_openapi_document_is_3_1_and_lists_every_route() {
         let operation = operation.unwrap();
         assert_eq!(operation["security"] == json!([{}]), open, "{method} {path}: {}", operation["security"]);
         assert_eq!(operation["responses"].get("401").is_some(), !open, "{method} {path}");
+        // A change a page of another origin asks for is refused.
+        assert_eq!(operation["responses"].get("403").is_some(), method != "get", "{method} {path}");
+        // Every route taking a workflow id refuses one that is not, and says so.
+        if path.contains("/workflows/{id}") {
+            let codes = operation["responses"].as_object().unwrap();
+            assert!(codes.contains_key("400") || codes.contains_key("4XX"), "{method} {path}: {codes:?}");
+        }
     }
     assert_eq!(doc["security"], json!([{"bearer": []}]));
     let list = &paths["/v1/workflows"]["get"]["parameters"];

@@ -251,7 +251,7 @@ pub(super) async fn list_workflows(
 /// A stored workflow.
 #[utoipa::path(get, path = "/v1/workflows/{id}", tag = "workflows",
     params(("id" = String, Path, description = "The workflow's id")),
-    responses((status = 200, description = "The workflow", body = Object), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "The workflow", body = Object), (status = 400, description = "Not a workflow id (`invalid_id`)", body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn get_workflow(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -263,7 +263,7 @@ pub(super) async fn get_workflow(
 /// The plan a workflow runs.
 #[utoipa::path(get, path = "/v1/workflows/{id}/plan", tag = "workflows",
     params(("id" = String, Path, description = "The workflow's id")),
-    responses((status = 200, description = "The plan", body = Object), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "The plan", body = Object), (status = 400, description = "Not a workflow id (`invalid_id`)", body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn get_workflow_plan(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -282,7 +282,7 @@ pub(super) async fn get_workflow_plan(
 /// A workflow's journaled tool calls: arguments, outcome, latency, attempt.
 #[utoipa::path(get, path = "/v1/workflows/{id}/tool-calls", tag = "workflows",
     params(("id" = String, Path, description = "The workflow's id")),
-    responses((status = 200, description = "The calls, in key order", body = [Object]), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "The calls, in key order", body = [Object]), (status = 400, description = "Not a workflow id (`invalid_id`)", body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn get_tool_calls(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -414,7 +414,7 @@ fn read_plan(plan: Value) -> ApiResult<Plan> {
 /// would end with the run still open. Cancel it first, or wait for it to rest.
 #[utoipa::path(delete, path = "/v1/workflows/{id}", tag = "workflows",
     params(("id" = String, Path, description = "The workflow's id")),
-    responses((status = 204, description = "Deleted"), (status = 404, body = ErrorBody),
+    responses((status = 204, description = "Deleted"), (status = 400, description = "Not a workflow id (`invalid_id`)", body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 409, description = "A run holds it (`already_running`)", body = ErrorBody)))]
 pub(super) async fn delete_workflow(
     State(state): State<AppState>,

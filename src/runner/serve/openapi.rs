@@ -37,7 +37,8 @@ use super::{api, aside, changes, follow, metrics};
 struct ApiDoc;
 
 /// Says that every operation but the health checks takes a bearer token when the
-/// server has tokens, and may answer 401 without one: generated clients send it.
+/// server has tokens, and may answer 401 without one: generated clients send it;
+/// and that those that change something answer 403 to a page of another origin.
 struct BearerAuth;
 
 /// The operations open to anyone, tokens or not.
@@ -57,19 +58,23 @@ impl utoipa::Modify for BearerAuth {
             .description("No token, or not one of the server's (`unauthorized`)")
             .content("application/json", Content::new(Some(Ref::from_schema_name("ErrorBody"))))
             .build();
+        let cross_origin = ResponseBuilder::new()
+            .description("Asked by a web page of an origin neither this server's nor listed for CORS (`cross_origin`)")
+            .content("application/json", Content::new(Some(Ref::from_schema_name("ErrorBody"))))
+            .build();
         for (path, item) in &mut openapi.paths.paths {
-            let operations = [&mut item.get, &mut item.post, &mut item.delete];
-            for operation in operations.into_iter().flatten() {
-                if OPEN_PATHS.contains(&path.as_str()) {
+            if OPEN_PATHS.contains(&path.as_str()) {
+                for operation in [&mut item.get, &mut item.post, &mut item.delete].into_iter().flatten() {
                     // An empty requirement: no token needed.
                     operation.security = Some(vec![SecurityRequirement::default()]);
-                } else {
-                    operation
-                        .responses
-                        .responses
-                        .entry("401".to_owned())
-                        .or_insert_with(|| unauthorized.clone().into());
                 }
+                continue;
+            }
+            for operation in [&mut item.get, &mut item.post, &mut item.delete].into_iter().flatten() {
+                operation.responses.responses.entry("401".to_owned()).or_insert_with(|| unauthorized.clone().into());
+            }
+            for operation in [&mut item.post, &mut item.delete].into_iter().flatten() {
+                operation.responses.responses.entry("403".to_owned()).or_insert_with(|| cross_origin.clone().into());
             }
         }
     }

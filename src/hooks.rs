@@ -76,9 +76,12 @@ pub struct ToolCallRequest<'a> {
     pub clarifications: &'a [Clarification],
     /// Who the workflow runs for.
     pub execution_context: &'a ExecutionContext,
-    /// The calls the step made in its earlier attempts (each question a tool of
-    /// the step asked starts a new attempt), with the arguments they were made with.
-    pub earlier_calls: &'a [ToolCallRecord],
+    /// The call of an earlier attempt of the step that this one makes anew: each
+    /// question a tool asks ends an attempt of its step, and after the answer the
+    /// step makes that call again. Set when this call has the same tool and
+    /// arguments as the call whose tool asked, and no other call of the attempt
+    /// made it anew before; `None` otherwise.
+    pub remakes: Option<&'a ToolCallRecord>,
 }
 
 /// Code that runs at each moment of a run. Every method does nothing by default.
@@ -204,7 +207,8 @@ impl HookChain {
 /// refuse: the step fails as denied. Like any clarification, the question and its
 /// answer survive a restart. A call approved and made, whose tool then asked a
 /// question of its own, is not asked about again when the step makes it anew with
-/// the same arguments after the answer; with other arguments it is.
+/// the same arguments after the answer (once: see [`ToolCallRequest::remakes`]);
+/// with other arguments it is.
 #[derive(Debug, Clone, Default)]
 pub struct ApprovalGate {
     tools: Option<Vec<String>>,
@@ -264,23 +268,23 @@ fn is_approval(clarification: &Clarification) -> bool {
     matches!(clarification.kind, ClarificationKind::ValueConfirmation { .. })
 }
 
-/// Whether an earlier attempt of the step made this very call (same tool, same
-/// arguments) after a person approved it.
+/// Whether this call makes anew one a person approved (see
+/// [`ToolCallRequest::remakes`]).
 fn approved_before(call: &ToolCallRequest<'_>) -> bool {
-    let approved = |key| {
-        call.clarifications.iter().any(|c| {
-            c.tool_call == Some(key)
-                && is_approval(c)
-                && c.resolved
-                && matches!(
-                    verdict(c.response.clone().unwrap_or(Value::Null)),
-                    ToolCallDecision::Proceed | ToolCallDecision::ProceedWith(_)
-                )
-        })
-    };
-    call.earlier_calls
+    let Some(made) = call.remakes else { return false };
+    call.clarifications
         .iter()
-        .any(|made| made.tool_id == call.spec.id && *made.input == *call.arguments && approved(made.key))
+        .any(|c| c.tool_call == Some(made.key) && is_approval(c) && c.resolved && approves(c.response.as_ref()))
+}
+
+/// Whether an answer to an approval question approved the call: yes, or the
+/// arguments (edited or not), but not a refusal nor no answer.
+fn approves(answer: Option<&Value>) -> bool {
+    match answer {
+        Some(Value::Bool(yes)) => *yes,
+        Some(Value::Object(map)) => !map.contains_key("denied"),
+        _ => false,
+    }
 }
 
 /// What a person's answer to an approval question decides.

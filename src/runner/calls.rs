@@ -97,6 +97,10 @@ pub(crate) struct ToolCalls {
     journaled: Arc<Vec<ToolCallRecord>>,
     /// The calls earlier attempts of the step made (before a question it asked).
     earlier: Arc<Vec<ToolCallRecord>>,
+    /// The call whose tool asked the question that ended the step's last attempt,
+    /// and the call of this attempt that makes it anew, once one does (see
+    /// [`ToolCallRequest::remakes`]).
+    remade: Arc<(Option<ToolCallRecord>, Mutex<Option<ToolCallKey>>)>,
     /// Where a running tool's question waits for a person's answer.
     live: LiveQuestions,
     /// What this step's tools asked a person while their calls were open.
@@ -202,6 +206,8 @@ impl ToolCalls {
     ) -> Self {
         let CallServices { journal, lease, signal, hooks, events, retry, live } = services;
         let next_seq = Arc::new(AtomicU32::new(0));
+        let asked = earlier.iter().filter(|r| r.status == ToolCallStatus::NeedClarification).max_by_key(|r| r.key);
+        let remade = Arc::new((asked.cloned(), Mutex::new(None)));
         let (journaled, earlier) = (Arc::new(journaled), Arc::new(earlier));
         let questions = StepQuestions::default();
         Self {
@@ -216,9 +222,25 @@ impl ToolCalls {
             next_seq,
             journaled,
             earlier,
+            remade,
             live,
             questions,
         }
+    }
+
+    /// The call of an earlier attempt that call `key` (of `spec` with `args`) makes
+    /// anew: the one whose tool asked the question that ended the last attempt, if
+    /// it has the same tool and arguments and no other call of this attempt took it.
+    fn remakes(&self, spec: &ToolSpec, args: &Value, key: ToolCallKey) -> Option<&ToolCallRecord> {
+        let (asked, taken_by) = &*self.remade;
+        let asked = asked.as_ref().filter(|r| r.tool_id == spec.id && *r.input == *args)?;
+        let taken_by = taken_by.lock().unwrap_or_else(PoisonError::into_inner);
+        taken_by.is_none_or(|taker| taker == key).then_some(asked)
+    }
+
+    /// Notes that call `key` makes the earlier call anew, so no other call does.
+    fn take_remade(&self, key: ToolCallKey) {
+        self.remade.1.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(key);
     }
 
     /// The questions this step's tools asked a person while their calls were open,
@@ -312,18 +334,22 @@ impl ToolCalls {
         run_ctx: ToolRunContext,
         mut record: ToolCallRecord,
     ) -> Result<ToolOutput, ToolError> {
+        let remakes = self.remakes(spec, &record.input, record.key);
         let request = ToolCallRequest {
             spec,
             arguments: &record.input,
             call: record.key,
             clarifications: &run_ctx.clarifications,
             execution_context: &run_ctx.execution_context,
-            earlier_calls: &self.earlier,
+            remakes,
         };
         let decision = match self.hooks.before_tool_call(&request).await {
             Ok(decision) => decision,
             Err(e) => return self.finish(record, Err(ToolError::Hook(e.0)), 0.0, Journaled::Intent).await,
         };
+        if remakes.is_some() && matches!(decision, ToolCallDecision::Proceed) {
+            self.take_remade(record.key);
+        }
         match decision {
             ToolCallDecision::Ask(mut question) => {
                 question.tool_call = Some(record.key);
@@ -377,7 +403,7 @@ impl ToolCalls {
             call: key,
             clarifications: &run_ctx.clarifications,
             execution_context: &run_ctx.execution_context,
-            earlier_calls: &self.earlier,
+            remakes: self.remakes(spec, &arguments, key),
         };
         // The call happened and is recorded whatever the hook says; only the step fails.
         match self.hooks.after_tool_call(&request, &outcome).await {

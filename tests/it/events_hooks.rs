@@ -246,9 +246,9 @@ async fn an_approval_survives_a_restart_and_runs_the_call_without_a_new_model_ca
 
 /// Runs a one-step payment whose tool asks for a memo after the gate's approval,
 /// the model choosing the arguments first `first`, then (after the memo) `second`.
-/// Answers every question with yes (the memo with "lunch"); returns the workflow
-/// and the approvals asked.
-async fn approve_then_answer_the_tools_question(first: Value, second: Value) -> (Workflow, usize) {
+/// Answers every approval with `approval` and the memo with "lunch"; returns the
+/// workflow and the approvals asked.
+async fn approve_then_answer_the_tools_question(first: Value, second: Value, approval: Value) -> (Workflow, usize) {
     let spec = ToolSpec::new("send_tool", "Send Tool", "Sends a payment.");
     let tool = Arc::new(MockTool::new("send_tool", MockBehavior::ClarifyInput("memo".into())).with_spec(spec));
     let llm = ScriptedLlm::new().tool_call("send_tool", first).tool_call("send_tool", second);
@@ -258,7 +258,7 @@ async fn approve_then_answer_the_tools_question(first: Value, second: Value) -> 
     let mut approvals = 0;
     while workflow.state() == WorkflowState::NeedClarification {
         let question = workflow.outstanding_clarifications().next().unwrap().clone();
-        let answer = if question.tool_call.is_some() { json!(true) } else { json!("lunch") };
+        let answer = if question.tool_call.is_some() { approval.clone() } else { json!("lunch") };
         approvals += usize::from(question.tool_call.is_some());
         runner.resolve_clarification(&question, answer).await.unwrap();
         workflow = runner.execute_workflow(workflow).await.unwrap();
@@ -268,17 +268,22 @@ async fn approve_then_answer_the_tools_question(first: Value, second: Value) -> 
 
 #[tokio::test]
 async fn an_approved_call_made_again_after_its_tools_own_question_is_not_asked_about_twice() {
-    let args = json!({"to": "Ann", "amount": 5});
-    let (done, approvals) = approve_then_answer_the_tools_question(args.clone(), args).await;
+    let ann = json!({"to": "Ann", "amount": 5});
+    let (done, approvals) = approve_then_answer_the_tools_question(ann.clone(), ann.clone(), json!(true)).await;
     assert_eq!(done.state(), WorkflowState::Complete, "{:?}", done.failure());
     assert_eq!(done.outputs().step_outputs.get("$sent").unwrap().value, json!({"memo": "lunch"}));
     assert_eq!(approvals, 1, "the same call with the same arguments was approved once");
 
-    let (done, approvals) =
-        approve_then_answer_the_tools_question(json!({"to": "Ann", "amount": 5}), json!({"to": "Bob", "amount": 500}))
-            .await;
+    let bob = json!({"to": "Bob", "amount": 500});
+    let (done, approvals) = approve_then_answer_the_tools_question(ann.clone(), bob, json!(true)).await;
     assert_eq!(done.state(), WorkflowState::Complete, "{:?}", done.failure());
     assert_eq!(approvals, 2, "other arguments need their own approval");
+
+    // Approved edited, the call was made with 4: the model's 5 again is another call.
+    let edited = json!({"to": "Ann", "amount": 4});
+    let (done, approvals) = approve_then_answer_the_tools_question(ann.clone(), ann, edited).await;
+    assert_eq!(done.state(), WorkflowState::Complete, "{:?}", done.failure());
+    assert_eq!(approvals, 2, "the arguments the person approved are not the model's");
 }
 
 #[tokio::test]

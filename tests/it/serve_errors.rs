@@ -143,6 +143,37 @@ async fn a_change_asked_by_a_page_of_another_origin_is_403_cross_origin() {
     assert_eq!(status, StatusCode::OK, "an origin CORS lists: {body}");
     let (status, _, body) = sent(served.http.post(served.url(&queued_weather(&served).await))).await;
     assert_eq!(status, StatusCode::OK, "no Origin, as from a command line: {body}");
+
+    // Behind a proxy: the first X-Forwarded-Host, its port the scheme's default.
+    let proxied =
+        |forwarded: &str, path: &str| from("https://portia.example", path).header("x-forwarded-host", forwarded);
+    let (status, _, body) = sent(proxied("portia.example:443, proxy.internal", &queued_weather(&served).await)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _, body) = sent(proxied("portia.example:8443", &queued_weather(&served).await)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "another port is another origin: {body}");
+}
+
+/// A page can have a name of its own resolve to 127.0.0.1 (DNS rebinding): its
+/// requests then name the page's host, which a server without tokens refuses, reads
+/// too. With tokens, the token is what is checked.
+#[tokio::test]
+async fn a_server_without_tokens_answers_to_loopback_names_only() {
+    let served = serve(runner_with(vec![weather()], ScriptedLlm::new()), ServeOptions::new()).await;
+    let port = served.url("/").rsplit(':').next().unwrap().trim_end_matches('/').to_owned();
+    let rebound = format!("evil.example:{port}");
+    let request = served.http.get(served.url("/v1/tools")).header("host", &rebound);
+    let (status, _, body) = sent(request).await;
+    assert_eq!((status, &body["error"]["code"]), (StatusCode::FORBIDDEN, &json!("host_not_allowed")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("PORTIA_SERVER_TOKENS"), "{body}");
+    for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}")] {
+        let (status, _, body) = sent(served.http.get(served.url("/v1/tools")).header("host", &host)).await;
+        assert_eq!(status, StatusCode::OK, "{host}: {body}");
+    }
+
+    let options = ServeOptions::new().tokens(Tokens::new([ServerToken::new("s3cret")]));
+    let served = serve(runner_with(vec![weather()], ScriptedLlm::new()), options).await;
+    let request = served.http.get(served.url("/v1/tools")).header("host", "portia.example").bearer_auth("s3cret");
+    assert_eq!(sent(request).await.0, StatusCode::OK);
 }
 
 /// An array is not read field by field, in order, as the request object.

@@ -4,8 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Query, Request, State};
-use axum::http::header::{AUTHORIZATION, COOKIE, HOST, ORIGIN};
-use axum::http::{Method, StatusCode};
+use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
@@ -148,44 +147,6 @@ pub(super) async fn require_token(State(state): State<AppState>, mut request: Re
         None if page => super::pages::sign_in_page(),
         None => ApiError::unauthorized().into_response(),
     }
-}
-
-/// Refuses a request that changes something (any method but GET, HEAD and
-/// OPTIONS) from a web page of another origin. A browser sends such requests (a
-/// form's, or a `fetch` without headers) without asking first, and a server without
-/// tokens would carry them out; it names the page's origin in `Origin`. An origin
-/// that is neither this server's (its `Host`) nor one of `allowed` (the CORS
-/// origins) is answered 403 `cross_origin`. Requests without `Origin` (command-line
-/// clients, other servers) pass.
-pub(super) async fn refuse_cross_site(State(allowed): State<Arc<[String]>>, request: Request, next: Next) -> Response {
-    let changes = !matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    let headers = request.headers();
-    let origin = headers.get(ORIGIN).map(|v| v.to_str().unwrap_or("null").to_owned());
-    // Behind a proxy that rewrites `Host` the page's host comes as X-Forwarded-Host,
-    // which a page cannot set without asking first (and this server's CORS never allows).
-    let host = |name| headers.get(name).and_then(|v: &axum::http::HeaderValue| v.to_str().ok()).unwrap_or_default();
-    let own = |origin: &str| {
-        origin_allowed(origin, host(HOST.as_str()), &allowed) || origin_allowed(origin, host("x-forwarded-host"), &[])
-    };
-    match origin {
-        Some(origin) if changes && !own(&origin) => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "cross_origin",
-            format!(
-                "a page of {origin} may not change anything here: list its origin in \
-                 PORTIA_SERVER_CORS_ORIGINS to let it"
-            ),
-        )
-        .into_response(),
-        _ => next.run(request).await,
-    }
-}
-
-/// Whether `origin` is the server's own (its authority is `host`) or one allowed.
-fn origin_allowed(origin: &str, host: &str, allowed: &[String]) -> bool {
-    let authority = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
-    authority.is_some_and(|a| !host.is_empty() && a.eq_ignore_ascii_case(host))
-        || allowed.iter().any(|o| o.trim_end_matches('/').eq_ignore_ascii_case(origin))
 }
 
 /// A `token` in a page's query string: how a person signs in to the inspector.

@@ -14,6 +14,7 @@ mod openapi;
 mod pages;
 mod router;
 mod runs;
+mod site;
 
 use std::future::Future;
 use std::net::SocketAddr;

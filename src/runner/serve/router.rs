@@ -13,7 +13,7 @@ use super::ServeOptions;
 use super::api::{self, PlanQueries, StartTimes};
 use super::auth::{self, Tokens};
 use super::runs::BackgroundRuns;
-use super::{aside, changes, follow, metrics, openapi, pages};
+use super::{aside, changes, follow, metrics, openapi, pages, site};
 use crate::ids::WorkflowId;
 use crate::runner::Runner;
 
@@ -85,6 +85,8 @@ pub(super) fn build(
         stopping,
         runs,
     };
+    let site_rules =
+        site::SiteRules { origins: options.cors_origins.clone().into(), tokenless: options.tokens.is_empty() };
     let guarded = Router::new()
         .route("/v1/plans", post(api::create_plan))
         .route("/v1/workflows", post(api::create_workflow).get(api::list_workflows))
@@ -106,7 +108,7 @@ pub(super) fn build(
         .merge(pages::routes())
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token))
-        .route_layer(middleware::from_fn_with_state(options.cors_origins.clone().into(), auth::refuse_cross_site));
+        .route_layer(middleware::from_fn_with_state(site_rules, site::guard));
     let app = Router::new()
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))

@@ -438,16 +438,13 @@ impl Translator {
         self.run_id.is_some()
     }
 
-    /// A run that opens and rests at once in `workflow`'s state: for a request
-    /// that starts no run (answers that leave questions open, or a cancel), so that
-    /// its client still gets a run that ends, with the questions left as interrupts.
+    /// A run that opens and rests at once in `workflow`'s state, one at rest
+    /// (waiting for a human, COMPLETE or FAILED): for a request that starts no run
+    /// (answers that leave questions open, or a cancel), so that its client still
+    /// gets a run that ends, with the questions left as interrupts.
     pub(super) fn run_at_rest(&mut self, workflow: &Workflow) -> Vec<Value> {
         let mut out = Vec::new();
-        self.open_run(&mut out);
         self.state_changed(workflow.state(), workflow, &mut out);
-        if self.in_run() {
-            self.finish(&mut out, json!({"type": "success"}), Some(json!({"state": workflow.state()})));
-        }
         out
     }
 

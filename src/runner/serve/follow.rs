@@ -153,12 +153,15 @@ pub(super) async fn run_agent(
         let after = state.runner.storage().events(workflow.id(), 0).await?.last().map_or(0, |e| e.seq);
         // Listening before the run starts: its streamed pieces are heard from the first.
         let mut follow = Follow::start(state.clone(), workflow.id(), (after, ""), translator, run_id, true).await?;
-        if workflow.state() == WorkflowState::ReadyToResume {
-            state.run_on(workflow.id()).await;
-        } else {
+        match workflow.state() {
+            WorkflowState::ReadyToResume => state.run_on(workflow.id()).await,
             // Questions left open, or a cancel: no run starts, so the answer is a
-            // run that rests at once, saying where the workflow stands.
-            follow.end_at_rest(&workflow);
+            // run that rests at once, saying where the workflow stands. A run
+            // under way elsewhere (a cancel it has not heard yet) is followed.
+            WorkflowState::NeedClarification | WorkflowState::Failed | WorkflowState::Complete => {
+                follow.end_at_rest(&workflow);
+            }
+            _ => {}
         }
         return Ok(sse(follow));
     }
@@ -312,10 +315,16 @@ impl Follow {
     /// [`Translator::run_at_rest`]).
     fn end_at_rest(&mut self, workflow: &Workflow) {
         let now = chrono::Utc::now().timestamp_millis();
-        let sse_id = LastEventId::format(self.seen, &self.translator.carried());
-        for mut event in self.translator.run_at_rest(workflow) {
+        let events = self.translator.run_at_rest(workflow);
+        let last = events.len().saturating_sub(1);
+        for (i, mut event) in events.into_iter().enumerate() {
             event["timestamp"] = now.into();
-            self.ready.push_back(Event::default().data(event.to_string()).id(sse_id.clone()));
+            let mut sse = Event::default().data(event.to_string());
+            // As for a stored event's: a stream dropped midway is sent the rest again.
+            if i == last {
+                sse = sse.id(LastEventId::format(self.seen, &self.translator.carried()));
+            }
+            self.ready.push_back(sse);
         }
         self.done = true;
     }

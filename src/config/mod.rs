@@ -38,7 +38,8 @@ pub use crate::logging::{LogFormat, LogLevel, init_logging};
 pub use crate::logging::{OtlpGuard, init_otlp};
 
 use crate::llm::{
-    LlmClient, LlmSettings, ModelRef, ModelRole, RateLimit, RetryPolicy, StreamMode, split_provider, unknown_provider,
+    LlmClient, LlmSettings, ModelRef, ModelRole, RateLimit, RetryPolicy, StreamMode, provider_without_model,
+    split_provider, unknown_provider,
 };
 use crate::{Error, Result};
 
@@ -357,7 +358,10 @@ impl<F: Fn(&str) -> Option<String>> Vars<F> {
 }
 
 impl Config {
-    /// Starts a config in code from the defaults.
+    /// Starts a config in code from the defaults. It reads no environment: keys
+    /// come from its setters ([`ConfigBuilder::openai_api_key`] and the like), so a
+    /// [`Error::MissingApiKey`] naming a variable that is set means the key was not
+    /// given here; [`Config::from_env`] reads the variables.
     pub fn builder() -> ConfigBuilder {
         ConfigBuilder::new()
     }
@@ -768,7 +772,9 @@ impl Config {
         ]
     }
 
-    /// Checks that every model name's `provider/` prefix names a known provider.
+    /// Checks that every model name's `provider/` prefix names a known provider, and
+    /// that none is a provider's name alone, unless `PORTIA_LLM_BASE_URL` points
+    /// at a server (a proxy, say) whose model names are its own.
     fn validate_model_names(&self) -> Result<()> {
         let named = [
             ("PORTIA_LLM_MODEL", &self.default_model),
@@ -776,15 +782,15 @@ impl Config {
             ("PORTIA_EXECUTION_MODEL", &self.execution_model),
             ("PORTIA_SUMMARY_MODEL", &self.summary_model),
         ];
-        for (var, name) in named {
-            if let Some(problem) = name.as_deref().and_then(|name| unknown_provider(self.llm_provider, name)) {
+        let fallbacks = self.llm_fallback.iter().map(|name| ("PORTIA_LLM_FALLBACK", Some(name)));
+        let names = named.into_iter().map(|(var, name)| (var, name.as_ref())).chain(fallbacks);
+        for (var, name) in names.filter_map(|(var, name)| Some((var, name?))) {
+            let bare = || provider_without_model(self.llm_provider, name).filter(|_| self.llm_base_url.is_none());
+            if let Some(problem) = unknown_provider(self.llm_provider, name).or_else(bare) {
                 return Err(Error::invalid_config(var, problem));
             }
         }
         for name in &self.llm_fallback {
-            if let Some(problem) = unknown_provider(self.llm_provider, name) {
-                return Err(Error::invalid_config("PORTIA_LLM_FALLBACK", problem));
-            }
             if split_provider(name).1.trim().is_empty() {
                 return Err(Error::invalid_config(
                     "PORTIA_LLM_FALLBACK",
@@ -1241,6 +1247,9 @@ mod tests {
         assert!(matches!(&err, Error::InvalidConfig { setting, .. } if setting == "PORTIA_LLM_FALLBACK"), "{err}");
         assert!(err.to_string().contains("names the provider anthropic but no model"), "{err}");
         assert!(Config::from_vars(vars(&[("PORTIA_LLM_FALLBACK", "anthropic/claude-haiku-4-5")])).is_ok());
+        // A proxy's own names: a LiteLLM alias may well be `anthropic`.
+        let proxied = [("PORTIA_LLM_FALLBACK", "anthropic"), ("PORTIA_LLM_BASE_URL", "http://127.0.0.1:4000/v1")];
+        assert!(Config::from_vars(vars(&proxied)).is_ok());
     }
 
     #[test]

@@ -61,9 +61,7 @@ pub enum LlmError {
         message: String,
     },
     /// The provider needs an API key that is not set.
-    #[error(
-        "missing API key for {provider}: set the environment variable {env_var} (a `Config::builder()` reads no environment: give it the key)"
-    )]
+    #[error("missing API key for {provider}: set the environment variable {env_var}")]
     MissingApiKey {
         /// The provider.
         provider: String,

@@ -56,9 +56,7 @@ pub enum Error {
     Mcp(#[from] McpError),
 
     /// An API key the chosen provider or tool needs is not set.
-    #[error(
-        "missing API key for {service}: set the environment variable {env_var} (a `Config::builder()` reads no environment: give it the key)"
-    )]
+    #[error("missing API key for {service}: set the environment variable {env_var}")]
     MissingApiKey {
         /// What needs the key (`OpenAI`, `Tavily`, ...).
         service: String,

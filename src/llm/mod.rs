@@ -71,7 +71,7 @@ pub use fallback::Fallback;
 pub use layer::{LlmClientExt, LlmLayer};
 pub use offline::Offline;
 pub use provider::{LlmProvider, ModelRef, ModelRole};
-pub(crate) use provider::{split_provider, unknown_provider};
+pub(crate) use provider::{provider_without_model, split_provider, unknown_provider};
 pub(crate) use rate_limit::{LimiterWaits, NOTABLE_WAIT};
 pub use rate_limit::{RateLimit, RateLimits};
 pub use retry::{Retry, RetryPolicy};

@@ -129,18 +129,10 @@ pub(crate) fn split_provider(name: &str) -> (Option<LlmProvider>, &str) {
 
 /// Why `name` cannot be a model of `default` (the provider that serves names without
 /// a prefix): a `prefix/` that names no provider, on a provider whose own model
-/// names have no slash, is taken for a mistyped provider; a provider's name alone
-/// (`anthropic`), on a provider with a fixed list of models, for a model left out.
+/// names have no slash, is taken for a mistyped provider.
 pub(crate) fn unknown_provider(default: LlmProvider, name: &str) -> Option<String> {
     let (provider, _) = split_provider(name);
-    let free_names = default.takes_slashed_models() || default == LlmProvider::AzureOpenAi;
-    let Some((prefix, _)) = name.split_once('/') else {
-        let named = name.trim().parse::<LlmProvider>().ok().filter(|_| !free_names)?;
-        return Some(format!(
-            "{name:?} names the provider {named} but no model; write {named}/ and a model, such as \
-             anthropic/claude-haiku-4-5, or a model of {default} without a prefix"
-        ));
-    };
+    let (prefix, _) = name.split_once('/')?;
     if provider.is_some() || default.takes_slashed_models() {
         return None;
     }
@@ -149,6 +141,21 @@ pub(crate) fn unknown_provider(default: LlmProvider, name: &str) -> Option<Strin
         "{name:?} names the provider {prefix:?}, which is not one of the known providers ({}); \
          write provider/model, such as gemini/gemini-2.5-flash, or a model of {default} without a prefix",
         known.join(", ")
+    ))
+}
+
+/// Why `name` is taken for a provider with its model left out: it is a provider's
+/// name alone (`anthropic`), and `default` has a fixed list of models (unlike
+/// Ollama, which serves a model called `mistral`, or an Azure deployment).
+pub(crate) fn provider_without_model(default: LlmProvider, name: &str) -> Option<String> {
+    if default.takes_slashed_models() || default == LlmProvider::AzureOpenAi || name.contains('/') {
+        return None;
+    }
+    let named = name.trim().parse::<LlmProvider>().ok()?;
+    Some(format!(
+        "{name:?} names the provider {named} but no model; write {named}/ and a model, such as {named}/{}, \
+         or a model of {default} without a prefix",
+        named.default_model()
     ))
 }
 
@@ -174,12 +181,14 @@ mod tests {
 
     #[test]
     fn a_providers_name_alone_is_refused_where_model_names_are_not_free() {
-        let problem = unknown_provider(LlmProvider::OpenAi, "anthropic").unwrap();
-        assert!(problem.contains("\"anthropic\" names the provider anthropic but no model"), "{problem}");
-        assert!(unknown_provider(LlmProvider::Anthropic, "openai").is_some());
+        let problem = provider_without_model(LlmProvider::OpenAi, "gemini").unwrap();
+        assert!(problem.contains("\"gemini\" names the provider gemini but no model"), "{problem}");
+        assert!(problem.contains("such as gemini/gemini-2.5-flash"), "{problem}");
+        assert!(provider_without_model(LlmProvider::Anthropic, "openai").is_some());
+        assert_eq!(provider_without_model(LlmProvider::OpenAi, "gpt-4.1"), None);
         // Ollama serves a model called mistral; an Azure deployment is named freely.
-        assert_eq!(unknown_provider(LlmProvider::Ollama, "mistral"), None);
-        assert_eq!(unknown_provider(LlmProvider::AzureOpenAi, "openai"), None);
+        assert_eq!(provider_without_model(LlmProvider::Ollama, "mistral"), None);
+        assert_eq!(provider_without_model(LlmProvider::AzureOpenAi, "openai"), None);
     }
 
     #[test]

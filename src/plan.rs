@@ -144,8 +144,9 @@ pub struct Step {
     pub for_each: Option<String>,
     /// The name of a Rust function registered on the runner
     /// ([`RunnerBuilder::function`](crate::runner::RunnerBuilder::function)) that
-    /// carries the step out instead of a tool: called with the step's `args`, with no
-    /// LLM call when they fit, and journaled like a tool call.
+    /// carries the step out instead of a tool: called with the step's `args` and
+    /// journaled like a tool call, with no LLM call ever (`args` that do not fit the
+    /// function's schema fail the step `InvalidStep`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub function: Option<String>,
     /// The model this step's LLM calls go to (`provider/model` accepted, such as

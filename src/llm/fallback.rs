@@ -7,9 +7,11 @@ use super::{LlmClient, LlmError, LlmLayer, LlmRequest, LlmResponse};
 /// The layer that sends a request to further models, in order, when the model it
 /// went to is unavailable: the client inside gave up on an error that says the
 /// provider is down or overloaded ([`LlmError::is_unavailable`]: a 5xx, a 429 with
-/// no usable `Retry-After`, a refused or timed-out connection). Any other error,
-/// a 400 above all, is returned as it is: the next model would refuse the same
-/// request.
+/// no usable `Retry-After`, a refused or timed-out connection). Any other error of
+/// the model first asked, a 400 above all, is returned as it is: the next model
+/// would refuse the same request. When the fallbacks fail too (all unavailable, or
+/// one refusing, which ends them), the error is [`LlmError::FellBack`], holding the
+/// first model's error and the last one's.
 ///
 /// Put it outside the [`Retry`](super::Retry) layer, so a model's retries are spent
 /// before the next model is tried; [`client`](super::client) does so for the

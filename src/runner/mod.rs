@@ -952,8 +952,10 @@ pub struct RunnerBuilder {
 impl RunnerBuilder {
     /// Registers an async Rust function for function steps ([`Step::function`](crate::Step::function)),
     /// under `name`. Its argument type's JSON Schema (derived with `schemars`) checks
-    /// the step's `args` before the call; the call is journaled like a tool call, so
-    /// a resumed run never repeats one that finished. An `Err` fails the step.
+    /// the step's `args` before the call (`args` that do not fit fail the step
+    /// `InvalidStep`: no model is asked for others); the call is journaled like a
+    /// tool call, so a resumed run never repeats one that finished. An `Err` fails
+    /// the step.
     ///
     /// ```
     /// use std::sync::Arc;

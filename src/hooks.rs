@@ -79,8 +79,8 @@ pub struct ToolCallRequest<'a> {
     /// The call of an earlier attempt of the step that this one makes anew: each
     /// question a tool asks ends an attempt of its step, and after the answer the
     /// step makes that call again. Set when this call has the same tool and
-    /// arguments as the call whose tool asked, and no other call of the attempt
-    /// made it anew before; `None` otherwise.
+    /// arguments as the call whose tool asked, and is the first call of the
+    /// attempt that does; `None` otherwise.
     pub remakes: Option<&'a ToolCallRecord>,
 }
 

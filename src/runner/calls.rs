@@ -230,17 +230,13 @@ impl ToolCalls {
 
     /// The call of an earlier attempt that call `key` (of `spec` with `args`) makes
     /// anew: the one whose tool asked the question that ended the last attempt, if
-    /// it has the same tool and arguments and no other call of this attempt took it.
+    /// it has the same tool and arguments and no other call of this attempt claimed
+    /// it first (calls may run at once: the claim and the check are one step).
     fn remakes(&self, spec: &ToolSpec, args: &Value, key: ToolCallKey) -> Option<&ToolCallRecord> {
-        let (asked, taken_by) = &*self.remade;
+        let (asked, claimed_by) = &*self.remade;
         let asked = asked.as_ref().filter(|r| r.tool_id == spec.id && *r.input == *args)?;
-        let taken_by = taken_by.lock().unwrap_or_else(PoisonError::into_inner);
-        taken_by.is_none_or(|taker| taker == key).then_some(asked)
-    }
-
-    /// Notes that call `key` makes the earlier call anew, so no other call does.
-    fn take_remade(&self, key: ToolCallKey) {
-        self.remade.1.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(key);
+        let mut claimed_by = claimed_by.lock().unwrap_or_else(PoisonError::into_inner);
+        (*claimed_by.get_or_insert(key) == key).then_some(asked)
     }
 
     /// The questions this step's tools asked a person while their calls were open,
@@ -347,9 +343,6 @@ impl ToolCalls {
             Ok(decision) => decision,
             Err(e) => return self.finish(record, Err(ToolError::Hook(e.0)), 0.0, Journaled::Intent).await,
         };
-        if remakes.is_some() && matches!(decision, ToolCallDecision::Proceed) {
-            self.take_remade(record.key);
-        }
         match decision {
             ToolCallDecision::Ask(mut question) => {
                 question.tool_call = Some(record.key);

@@ -87,8 +87,9 @@ pub(crate) fn missed_path(args: &Value, output: &impl Fn(&str) -> Option<SharedV
     tokens_in(args).into_iter().find_map(|(token, _)| {
         let reference = Reference::parse(&token).filter(|r| !r.path.is_empty())?;
         let value = output(&reference.name)?;
-        let shape = shape(&value)?;
-        reference.misses(&value).then(|| format!("`{token}` leads nowhere: {} is {shape}", reference.name))
+        // The path is walked first: the shape (text parsed as JSON again) is for a miss only.
+        let shape = reference.misses(&value).then(|| shape(&value)).flatten()?;
+        Some(format!("`{token}` leads nowhere: {} is {shape}", reference.name))
     })
 }
 

@@ -691,33 +691,27 @@ async fn a_condition_may_test_an_output_that_was_skipped() {
 #[tokio::test]
 async fn a_condition_comparing_what_was_skipped_skips_its_step_rather_than_failing() {
     let h = harness(config(ExecutionMode::Sequential, false), ticket_tools(false), ScriptedLlm::new());
-    let plan = PlanBuilder::new("Triage")
-        .step("Read the ticket", Some("ticket_tool"), "$ticket")
-        .args(json!({}))
-        .step("Score it", None, "$score")
-        .condition("$ticket.urgent")
-        .step("Page when the score is high", Some("send_tool"), "$paged")
-        .args(json!({"text": "page"}))
-        .condition("$score > 3")
-        .build();
+    // The ticket is not urgent, so `$score` is skipped; paging tests `condition`.
+    let paging = |condition: &str| {
+        PlanBuilder::new("Triage")
+            .step("Read the ticket", Some("ticket_tool"), "$ticket")
+            .args(json!({}))
+            .step("Score it", None, "$score")
+            .condition("$ticket.urgent")
+            .step("Page when the score is high", Some("send_tool"), "$paged")
+            .args(json!({"text": "page"}))
+            .condition(condition)
+            .build()
+    };
 
-    let workflow = h.runner.run_plan(&plan).await.unwrap();
+    let workflow = h.runner.run_plan(&paging("$score > 3")).await.unwrap();
 
     assert_eq!(workflow.state(), WorkflowState::Complete, "{:?}", workflow.failure());
     let paged = workflow.outputs().step_outputs.get("$paged").unwrap();
     assert_eq!(paged.skipped.as_deref(), Some("its condition tests only what was skipped ($score)"));
 
     // With an output that was not skipped beside it, the type error is the author's.
-    let mixed = PlanBuilder::new("Triage")
-        .step("Read the ticket", Some("ticket_tool"), "$ticket")
-        .args(json!({}))
-        .step("Score it", None, "$score")
-        .condition("$ticket.urgent")
-        .step("Page", Some("send_tool"), "$paged")
-        .args(json!({"text": "page"}))
-        .condition("$score == null and $ticket.count > \"x\"")
-        .build();
-    let failed = h.runner.run_plan(&mixed).await.unwrap();
+    let failed = h.runner.run_plan(&paging("$score == null and $ticket.count > \"x\"")).await.unwrap();
     assert_eq!(failed.failure().map(|f| f.kind), Some(FailureKind::InvalidStep), "{:?}", failed.failure());
 }
 

@@ -246,8 +246,7 @@ fn refuse_memory_store(runner: &Runner) -> Result<(), Failure> {
     }
     Err(Failure::new(
         "a submitted workflow waits in the store for a worker, and the memory store ends with this process: \
-         set PORTIA_STORAGE to sqlite (the default) or postgres"
-            .to_owned(),
+         set PORTIA_STORAGE to sqlite (the default) or postgres",
     ))
 }
 

@@ -707,6 +707,12 @@ mod tests {
         echo_piece_of_call(1, step_output, arguments)
     }
 
+    /// The AG-UI events of the pieces of `echo`'s arguments streamed for step `$out`.
+    fn stream_echo(translator: &mut Translator, workflow_id: WorkflowId, pieces: &[&str]) -> Vec<Value> {
+        let piece = |arguments| WorkflowEvent::new(workflow_id, echo_piece(Some("$out"), arguments));
+        pieces.iter().flat_map(|arguments| translator.live(&piece(arguments))).collect()
+    }
+
     /// A piece of the arguments of the first tool call (to `echo`) streamed in LLM call `call`.
     fn echo_piece_of_call(call: u64, step_output: Option<&str>, arguments: &str) -> EventKind {
         EventKind::LlmToolCallDelta {
@@ -811,10 +817,7 @@ mod tests {
         let workflow = workflow();
         let workflow_id = workflow.id();
         let mut translator = Translator::new(workflow_id.to_string());
-        let mut out = Vec::new();
-        for arguments in ["", "{\"text\": ", "\"hi\"}"] {
-            out.extend(translator.live(&WorkflowEvent::new(workflow_id, echo_piece(Some("$out"), arguments))));
-        }
+        let mut out = stream_echo(&mut translator, workflow_id, &["", "{\"text\": ", "\"hi\"}"]);
         let finished = llm_call_finished();
         let stored = [finished].into_iter().chain(echo_made(ToolCallKey::new(workflow_id, 0, 0, 0))).collect();
         out.extend(translate_stored(&mut translator, &workflow, stored));
@@ -919,10 +922,7 @@ mod tests {
         let workflow = workflow();
         let workflow_id = workflow.id();
         let mut translator = Translator::new(workflow_id.to_string());
-        let mut out = Vec::new();
-        for arguments in ["\"hi\"", "}"] {
-            out.extend(translator.live(&WorkflowEvent::new(workflow_id, echo_piece(Some("$out"), arguments))));
-        }
+        let mut out = stream_echo(&mut translator, workflow_id, &["\"hi\"", "}"]);
         assert!(out.iter().all(|e| !e["type"].as_str().unwrap().starts_with("TOOL_CALL")), "{out:#?}");
         let key = ToolCallKey::new(workflow_id, 0, 0, 0);
         let stored = [llm_call_finished()].into_iter().chain(echo_made(key)).collect();

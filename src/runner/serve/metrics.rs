@@ -247,7 +247,7 @@ pub(super) async fn metrics(
         match state.runner.get_workflow(id).await {
             Err(crate::Error::WorkflowNotFound(_)) => scraped.retire(id),
             // Still stored, though not read now: counted as last read.
-            _ => total.add(scraped.last_read(id).unwrap_or(&Figures::default())),
+            _ => scraped.last_read(id).into_iter().for_each(|figures| total.add(figures)),
         }
     }
     scraped.workflows.extend(read);
